@@ -1,0 +1,237 @@
+"""Checkpoints: the published DVT format and dvt-edge's own (which rebuilds its model).
+
+Published (``*.pth.tar``): ``model_state_dict`` (keys ``less_less_token.`` /
+``less_token.`` / ``normal_token.``) plus ``flops``, ``anytime_classification``,
+``dynamic_threshold``, ``budgeted_batch_classification``.
+
+Ours: the same weights key plus ``format``/``format_version``, ``model`` (registry
+name and every :class:`DVTConfig` field), ``classes``, ``preprocess`` and optional
+training state. Both load with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from dvt_edge.models import DVT, DVTConfig, create_model, list_models, model_from_args
+from dvt_runtime.io import atomic_write
+from dvt_runtime.preprocess import Preprocess
+
+__all__ = ["CheckpointError", "CheckpointInfo", "load_checkpoint", "save_checkpoint", "infer_model_name", "read_checkpoint"]
+
+FORMAT = "dvt-edge-checkpoint"
+FORMAT_VERSION = 1
+PUBLISHED_EXTRAS = ("flops", "anytime_classification", "dynamic_threshold", "budgeted_batch_classification")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be read or does not fit the model; the message says why."""
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint file says besides its weights."""
+
+    path: str
+    format: str  # "dvt-edge" or "published"
+    model_name: str
+    config: DVTConfig
+    classes: Optional[list[str]] = None
+    preprocess: Optional[Preprocess] = None
+    flops: Optional[list[float]] = None  # GFLOPs (MACs) per exit, cumulative
+    accuracies: Optional[list[float]] = None  # per-exit top-1 (anytime_classification)
+    thresholds: Optional[torch.Tensor] = None  # dynamic_threshold (budgets x exits)
+    budget_curve: Optional[list] = None  # budgeted_batch_classification
+    extras: dict = field(default_factory=dict)  # any other top-level entries (train state, ...)
+
+
+def _torch_load(path: Path, map_location, trusted: bool) -> object:
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory, not a file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=not trusted)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        lines = msg.strip().splitlines()
+        detail = next((line for line in lines if "GLOBAL" in line or "Unsupported global" in line), None)
+        if detail is not None:  # a real pickle that references Python classes/functions
+            raise CheckpointError(
+                f"{path} needs arbitrary Python unpickling to load ({detail.strip()}). Unpickling can run code, so "
+                "it is refused by default. If you trust the file's source, load it with trusted=True "
+                "(CLI: --trust-checkpoint)."
+            ) from None
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({lines[0] if lines else type(e).__name__})") from None
+    except (RuntimeError, EOFError, ValueError, OSError, UnicodeDecodeError, AttributeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({first})") from None
+
+
+def read_checkpoint(path: Union[str, Path], map_location="cpu", trusted: bool = False) -> dict:
+    """Load the raw checkpoint dict (weights_only unless ``trusted``)."""
+    path = Path(path)
+    obj = _torch_load(path, map_location, trusted)
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
+    return obj
+
+
+def _state_dict_of(ckpt: dict, path: Path) -> dict[str, torch.Tensor]:
+    for key in ("model_state_dict", "state_dict", "model"):
+        sd = ckpt.get(key)
+        if isinstance(sd, dict) and sd and all(isinstance(v, torch.Tensor) for v in sd.values()):
+            break
+    else:
+        if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+            sd = ckpt  # a bare state dict
+        else:
+            raise CheckpointError(
+                f"{path} has no model weights: expected a 'model_state_dict' entry (found keys {sorted(ckpt)[:8]})"
+            )
+    if all(k.startswith("module.") for k in sd):  # saved from DataParallel/DDP
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _signature(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _diff(expected: dict[str, tuple], got: dict[str, tuple]) -> tuple[list, list, list]:
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    wrong = sorted((k, expected[k], got[k]) for k in set(expected) & set(got) if expected[k] != got[k])
+    return missing, unexpected, wrong
+
+
+def _format_diff(missing: list, unexpected: list, wrong: list, n: int = 5) -> str:
+    parts = []
+    if missing:
+        parts.append(f"missing keys ({len(missing)}): {missing[:n]}")
+    if unexpected:
+        parts.append(f"unexpected keys ({len(unexpected)}): {unexpected[:n]}")
+    if wrong:
+        shown = [f"{k}: model {tuple(e)} vs file {tuple(g)}" for k, e, g in wrong[:n]]
+        parts.append(f"wrong-shaped keys ({len(wrong)}): {shown}")
+    return "; ".join(parts)
+
+
+def _num_classes(sd: dict[str, torch.Tensor]) -> Optional[int]:
+    heads = [v for k, v in sd.items() if k.endswith("head.weight")]
+    return int(heads[0].shape[0]) if heads else None
+
+
+def infer_model_name(sd: dict[str, torch.Tensor]) -> tuple[str, int]:
+    """The registered model whose keys and shapes match ``sd`` exactly, and its class count."""
+    n_cls = _num_classes(sd)
+    got = {k: tuple(v.shape) for k, v in sd.items()}
+    best = None
+    for name in list_models():
+        with torch.device("meta"):
+            m = create_model(name, num_classes=n_cls) if n_cls is not None else create_model(name)
+        diff = _diff(_signature(m), got)
+        score = sum(len(d) for d in diff)
+        if score == 0:
+            return name, n_cls if n_cls is not None else m.cfg.num_classes
+        if best is None or score < best[0]:
+            best = (score, name, diff)
+    assert best is not None
+    raise CheckpointError(
+        f"cannot infer the architecture: no registered model matches the checkpoint's keys and shapes. "
+        f"Closest is {best[1]!r}: {_format_diff(*best[2])}. Registered: {list_models()}. "
+        "Pass model=... (CLI: --model NAME) if it is one of them."
+    )
+
+
+def load_checkpoint(
+    path: Union[str, Path],
+    model: Union[DVT, str, None] = None,
+    map_location="cpu",
+    trusted: bool = False,
+) -> tuple[DVT, CheckpointInfo]:
+    """Load a published or dvt-edge checkpoint strictly -> (model in eval mode, info).
+
+    ``model``: a DVT instance or registry name to load into; by default the model is
+    rebuilt from the checkpoint's own arguments (ours) or inferred from keys (published).
+    ``trusted=True`` allows arbitrary unpickling (``weights_only=False``): only for
+    files you trust.
+    """
+    path = Path(path)
+    ckpt = read_checkpoint(path, map_location, trusted)
+    sd = _state_dict_of(ckpt, path)
+    ours = ckpt.get("format") == FORMAT
+    if ours and int(ckpt.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} is format version {ckpt['format_version']}, newer than this dvt-edge reads ({FORMAT_VERSION}); upgrade dvt-edge"
+        )
+    if isinstance(model, str):
+        n_cls = _num_classes(sd)
+        model = create_model(model, num_classes=n_cls)
+    elif model is None:
+        if ours:
+            try:
+                model = model_from_args(ckpt["model"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise CheckpointError(f"{path}: cannot rebuild its model from the stored arguments ({e})") from None
+        else:
+            name, n_cls = infer_model_name(sd)
+            model = create_model(name, num_classes=n_cls)
+    missing, unexpected, wrong = _diff(_signature(model), {k: tuple(v.shape) for k, v in sd.items()})
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{path} does not fit model {model.name!r} ({model.cfg.num_exits} exits, embed {model.cfg.embed_dim}, "
+            f"depth {model.cfg.depth}, {model.cfg.num_classes} classes): {_format_diff(missing, unexpected, wrong)}"
+        )
+    model.load_state_dict(sd, strict=True)
+    model.eval()
+    pre = ckpt.get("preprocess")
+    extras = {k: v for k, v in ckpt.items() if k not in ("model_state_dict", "state_dict", "model", "format", "format_version", "classes", "preprocess") + PUBLISHED_EXTRAS}
+    info = CheckpointInfo(
+        path=str(path),
+        format="dvt-edge" if ours else "published",
+        model_name=model.name,
+        config=model.cfg,
+        classes=list(ckpt["classes"]) if ckpt.get("classes") is not None else None,
+        preprocess=Preprocess.from_dict(pre) if isinstance(pre, dict) else None,
+        flops=[float(f) for f in ckpt["flops"]] if ckpt.get("flops") is not None else None,
+        accuracies=[float(a) for a in ckpt["anytime_classification"]] if ckpt.get("anytime_classification") is not None else None,
+        thresholds=torch.as_tensor(ckpt["dynamic_threshold"]) if ckpt.get("dynamic_threshold") is not None else None,
+        budget_curve=ckpt.get("budgeted_batch_classification"),
+        extras=extras,
+    )
+    return model, info
+
+
+def save_checkpoint(
+    path: Union[str, Path],
+    model: DVT,
+    classes: Optional[list[str]] = None,
+    preprocess: Optional[Preprocess] = None,
+    accuracies: Optional[list[float]] = None,
+    **extras,
+) -> Path:
+    """Write our format atomically (temp file + rename): a crash never leaves half a file."""
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    ckpt = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": model.constructor_args(),
+        "model_state_dict": state,
+        "classes": list(classes) if classes is not None else None,
+        "preprocess": preprocess.to_dict() if preprocess is not None else None,
+        "flops": [e.gflops for e in model.exits],
+        "anytime_classification": list(accuracies) if accuracies is not None else None,
+        **extras,
+    }
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    return atomic_write(path, buf.getvalue())
+
+

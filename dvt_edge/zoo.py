@@ -1,0 +1,55 @@
+"""The model zoo as a table: exits, token grids, FLOPs and parameters of every variant.
+
+    python -m dvt_edge.zoo [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Optional, Sequence
+
+import torch
+
+from dvt_edge.models import create_model, describe_model, list_models
+
+
+def zoo_rows() -> list[dict]:
+    rows = []
+    for name in list_models():
+        with torch.device("meta"):
+            m = create_model(name)
+        params = sum(p.numel() for p in m.parameters())
+        rows.append({
+            "model": name,
+            "input": "x".join(map(str, m.input_shape)),
+            "classes": m.cfg.num_classes,
+            "exits": [f"{e.grid}x{e.grid}" for e in m.exits],
+            "gflops": [round(e.gflops, 4) for e in m.exits],
+            "params_m": round(params / 1e6, 3),
+            "description": describe_model(name),
+        })
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    head = f"{'model':<18} {'input':<10} {'exits (tokens)':<22} {'cumulative GFLOPs per exit':<28} {'params':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        g = " / ".join(f"{f:.3g}" for f in r["gflops"])
+        lines.append(f"{r['model']:<18} {r['input']:<10} {' / '.join(r['exits']):<22} {g:<28} {r['params_m']:>7.2f}M")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m dvt_edge.zoo", description=__doc__)
+    ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = ap.parse_args(argv)
+    rows = zoo_rows()
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

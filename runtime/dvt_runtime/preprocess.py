@@ -1,0 +1,189 @@
+"""Image preprocessing, defined once as data (it travels in checkpoints and manifests).
+
+Training-time evaluation (``dvt_edge.data``) and device-time inference (``dvt_runtime``)
+both call :meth:`Preprocess.apply`, so they see the same pixels. OpenCV does the resize
+when it is installed; without it a numpy fallback is used (area/nearest/linear resize),
+which may differ from OpenCV by a rounding step for non-integer scale factors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+
+__all__ = ["Preprocess", "INTERPOLATIONS"]
+
+INTERPOLATIONS = ("area", "linear", "cubic", "nearest")
+CHANNELS = ("gray", "rgb", "bgr")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """BGR/gray uint8 image -> float32 (C, size, size) network input.
+
+    Steps: convert channels, resize so the shorter side is ``resize``, center-crop
+    ``size`` x ``size``, scale to [0, 1], subtract ``mean``, divide by ``std``,
+    HWC -> CHW (``layout`` is always NCHW for a batch).
+    """
+
+    size: int = 28
+    resize: int = 28
+    channels: str = "gray"
+    mean: tuple[float, ...] = (0.2860,)
+    std: tuple[float, ...] = (0.3530,)
+    interpolation: str = "area"
+    layout: str = "NCHW"
+    invert: bool = False  # for dark-on-light photos of light-on-dark training data
+
+    def __post_init__(self) -> None:
+        if self.channels not in CHANNELS:
+            raise ValueError(f"unknown channels {self.channels!r}; valid: {list(CHANNELS)}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"unknown interpolation {self.interpolation!r}; valid: {list(INTERPOLATIONS)}")
+        if self.layout != "NCHW":
+            raise ValueError(f"unsupported layout {self.layout!r}; valid: ['NCHW']")
+        nc = self.num_channels
+        if len(self.mean) != nc or len(self.std) != nc:
+            raise ValueError(f"mean/std need {nc} value(s) for channels={self.channels!r}")
+        if self.resize < self.size:
+            raise ValueError(f"resize ({self.resize}) must be >= size ({self.size})")
+
+    @property
+    def num_channels(self) -> int:
+        return 1 if self.channels == "gray" else 3
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.num_channels, self.size, self.size)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocess":
+        d = dict(d)
+        d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
+        return cls(**d)
+
+    # ------------------------------------------------------------------ apply
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        """One uint8 image (H, W), (H, W, 1) or BGR (H, W, 3) -> float32 (C, size, size)."""
+        img = np.asarray(image)
+        if img.dtype != np.uint8:
+            raise ValueError(f"expected a uint8 image, got dtype {img.dtype}; pass raw pixels (0-255)")
+        img = self._convert_channels(img)  # (H, W, C) uint8
+        img = self._resize_crop(img)
+        x = img.astype(np.float32) * np.float32(1.0 / 255.0)
+        if self.invert:
+            x = 1.0 - x
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(x.transpose(2, 0, 1))  # (C, size, size)
+
+    def apply_batch(self, images) -> np.ndarray:
+        """Sequence of uint8 images -> contiguous float32 (N, C, size, size)."""
+        out = np.empty((len(images),) + self.input_shape, np.float32)
+        for i, im in enumerate(images):
+            out[i] = self.apply(im)
+        return out
+
+    def _convert_channels(self, img: np.ndarray) -> np.ndarray:
+        if img.ndim == 2:
+            img = img[:, :, None]
+        if img.ndim != 3 or img.shape[2] not in (1, 3, 4):
+            raise ValueError(f"expected an image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got {img.shape}")
+        if img.shape[2] == 4:
+            img = img[:, :, :3]
+        if self.channels == "gray":
+            if img.shape[2] == 3:
+                cv2 = _cv2()
+                if cv2 is not None:
+                    return cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)[:, :, None]
+                w = np.array([0.114, 0.587, 0.299], np.float32)  # BGR weights (ITU-R 601)
+                return np.clip(np.rint(img.astype(np.float32) @ w), 0, 255).astype(np.uint8)[:, :, None]
+            return img
+        if img.shape[2] == 1:
+            img = np.repeat(img, 3, axis=2)
+        return img[:, :, ::-1] if self.channels == "rgb" else img  # input is BGR (OpenCV)
+
+    def _resize_crop(self, img: np.ndarray) -> np.ndarray:
+        h, w = img.shape[:2]
+        scale = self.resize / min(h, w)
+        nh, nw = max(self.size, round(h * scale)), max(self.size, round(w * scale))
+        if (nh, nw) != (h, w):
+            img = _resize(img, nh, nw, self.interpolation)
+        top, left = (nh - self.size) // 2, (nw - self.size) // 2
+        return img[top : top + self.size, left : left + self.size]
+
+
+_CV2: Optional[object] = None
+_CV2_TRIED = False
+
+
+def _cv2():
+    global _CV2, _CV2_TRIED
+    if not _CV2_TRIED:
+        _CV2_TRIED = True
+        try:
+            import cv2  # noqa: PLC0415
+
+            _CV2 = cv2
+        except ImportError:
+            _CV2 = None
+    return _CV2
+
+
+def _resize(img: np.ndarray, nh: int, nw: int, interpolation: str) -> np.ndarray:
+    cv2 = _cv2()
+    if cv2 is not None:
+        flag = {
+            "area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR,
+            "cubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST,
+        }[interpolation]
+        out = cv2.resize(img, (nw, nh), interpolation=flag)
+        return out[:, :, None] if out.ndim == 2 else out
+    return _np_resize(img, nh, nw, interpolation)
+
+
+def _np_resize(img: np.ndarray, nh: int, nw: int, interpolation: str) -> np.ndarray:
+    """numpy fallback: box filter for 'area' downscaling, else bilinear (half-pixel centers)."""
+    h, w = img.shape[:2]
+    x = img.astype(np.float32)
+    if interpolation == "nearest":
+        ys = np.minimum((np.arange(nh) * h / nh).astype(int), h - 1)
+        xs = np.minimum((np.arange(nw) * w / nw).astype(int), w - 1)
+        return img[ys][:, xs]
+    if interpolation == "area" and nh <= h and nw <= w:
+        x = _area_axis(x, nh, 0)
+        x = _area_axis(x, nw, 1)
+    else:
+        x = _linear_axis(x, nh, 0)
+        x = _linear_axis(x, nw, 1)
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def _area_axis(x: np.ndarray, n: int, axis: int) -> np.ndarray:
+    src = x.shape[axis]
+    m = np.zeros((n, src), np.float32)
+    for i in range(n):
+        a, b = i * src / n, (i + 1) * src / n
+        for j in range(int(np.floor(a)), min(int(np.ceil(b)), src)):
+            m[i, j] = min(b, j + 1) - max(a, j)
+    m /= m.sum(axis=1, keepdims=True)
+    return np.moveaxis(np.tensordot(m, np.moveaxis(x, axis, 0), axes=1), 0, axis)
+
+
+def _linear_axis(x: np.ndarray, n: int, axis: int) -> np.ndarray:
+    src = x.shape[axis]
+    pos = np.clip((np.arange(n) + 0.5) * src / n - 0.5, 0, src - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, src - 1)
+    t = (pos - lo).astype(np.float32)
+    xa, xb = np.take(x, lo, axis=axis), np.take(x, hi, axis=axis)
+    shape = [1] * x.ndim
+    shape[axis] = n
+    t = t.reshape(shape)
+    return xa * (1 - t) + xb * t

@@ -1,0 +1,143 @@
+"""Checkpoints: the published format (arch inferred, strict), ours, and refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dvt_edge import load_checkpoint, save_checkpoint
+from dvt_edge.checkpoint import CheckpointError
+from dvt_edge.models import create_model
+from dvt_runtime.preprocess import Preprocess
+
+FIXTURE = Path(__file__).parent / "fixtures" / "official-checkpoint-keys.json"
+PUBLISHED = {"dvt_t2t_vit_12": "DVT_T2t_vit_12", "dvt_t2t_vit_14": "DVT_T2t_vit_14", "dvt_deit_small": "DVT_Deit_small"}
+
+
+def published_state_dict(arch: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random values of exactly the listed keys and shapes."""
+    shapes = json.loads(FIXTURE.read_text())[arch]
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(s, generator=g) * 0.02 for k, s in shapes.items()}
+
+
+def save_published(path: Path, sd: dict, **extra) -> Path:
+    ckpt = {
+        "model_state_dict": sd,
+        "flops": [0.47, 1.46, 3.50],
+        "anytime_classification": [69.0, 75.6, 80.0],
+        "dynamic_threshold": torch.rand(59, 3),
+        "budgeted_batch_classification": [[0.5, 1.0], [70.0, 78.0]],
+        **extra,
+    }
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.mark.parametrize("name", ["dvt_t2t_vit_12", "dvt_t2t_vit_14"])
+def test_published_checkpoint_loads_strictly_with_arch_inferred(tmp_path, name):
+    sd = published_state_dict(PUBLISHED[name])
+    path = save_published(tmp_path / "model_best.pth.tar", sd)
+    model, info = load_checkpoint(path)
+    assert model.name == name and info.format == "published"
+    loaded = model.state_dict()
+    assert set(loaded) == set(sd)
+    for k in sd:
+        assert torch.equal(loaded[k], sd[k]), k
+    assert info.flops == pytest.approx([0.47, 1.46, 3.50])
+    assert info.accuracies == pytest.approx([69.0, 75.6, 80.0])
+    assert tuple(info.thresholds.shape) == (59, 3)
+    assert info.budget_curve == [[0.5, 1.0], [70.0, 78.0]]
+    assert not model.training
+
+
+def test_published_checkpoint_with_module_prefix_and_new_class_count(tmp_path):
+    sd = published_state_dict("DVT_T2t_vit_12")
+    for k in [k for k in sd if k.endswith("head.weight")]:
+        sd[k] = sd[k][:100]
+    for k in [k for k in sd if k.endswith("head.bias")]:
+        sd[k] = sd[k][:100]
+    sd = {"module." + k: v for k, v in sd.items()}
+    model, _ = load_checkpoint(save_published(tmp_path / "c100.pth.tar", sd))
+    assert model.name == "dvt_t2t_vit_12" and model.cfg.num_classes == 100
+
+
+def test_missing_key_is_listed(tmp_path):
+    sd = published_state_dict("DVT_T2t_vit_12")
+    del sd["less_token.blocks.3.attn.qkv.weight"]
+    path = save_published(tmp_path / "bad.pth.tar", sd)
+    with pytest.raises(CheckpointError, match=r"missing keys \(1\).*less_token\.blocks\.3\.attn\.qkv\.weight") as e:
+        load_checkpoint(path, model="dvt_t2t_vit_12")
+    assert "dvt_t2t_vit_12" in str(e.value)
+    # inferred: no model fits exactly, the closest is named with its differences
+    with pytest.raises(CheckpointError, match="Closest is 'dvt_t2t_vit_12'.*missing keys"):
+        load_checkpoint(path)
+
+
+def test_wrong_shape_is_listed(tmp_path):
+    sd = published_state_dict("DVT_T2t_vit_12")
+    sd["normal_token.blocks.0.mlp.fc1.weight"] = torch.zeros(512, 256)  # should be (512, 304)
+    path = save_published(tmp_path / "bad.pth.tar", sd)
+    with pytest.raises(CheckpointError, match=r"wrong-shaped keys \(1\).*normal_token\.blocks\.0\.mlp\.fc1\.weight.*\(512, 304\).*\(512, 256\)"):
+        load_checkpoint(path, model="dvt_t2t_vit_12")
+
+
+def test_wrong_arch_fails_with_keys(tmp_path):
+    path = save_published(tmp_path / "t2t12.pth.tar", published_state_dict("DVT_T2t_vit_12"))
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path, model="dvt_t2t_vit_14")
+    msg = str(e.value)
+    assert "dvt_t2t_vit_14" in msg and "missing keys" in msg and "wrong-shaped keys" in msg
+    assert "less_less_token.blocks.12" in msg  # T2T-14 has 14 blocks
+
+
+def test_our_format_round_trip_rebuilds_model(tmp_path):
+    torch.manual_seed(3)
+    m = create_model("dvt_micro_fmnist", drop_path_rate=0.1).eval()
+    pre = Preprocess(size=28, resize=32, channels="gray", mean=(0.5,), std=(0.25,))
+    path = save_checkpoint(tmp_path / "run" / "best.pt", m, classes=list("abcdefghij"), preprocess=pre, accuracies=[80.0, 85.0, 88.0])
+    m2, info = load_checkpoint(path)
+    assert info.format == "dvt-edge" and m2.name == "dvt_micro_fmnist"
+    assert m2.cfg == m.cfg  # every constructor argument travelled
+    assert info.preprocess == pre and info.classes == list("abcdefghij")
+    assert info.accuracies == [80.0, 85.0, 88.0]
+    assert info.flops == pytest.approx([e.gflops for e in m.exits])
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        for a, b in zip(m(x), m2(x)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not list(path.parent.glob(".*.tmp")), "no temporary files left behind"
+
+
+class Custom:  # an arbitrary Python object: loading it needs full unpickling
+    pass
+
+
+def test_arbitrary_pickle_is_refused_with_override(tmp_path):
+    path = tmp_path / "evil.pt"
+    m = create_model("dvt_micro_fmnist")
+    torch.save({"model_state_dict": m.state_dict(), "extra": Custom()}, path)
+    with pytest.raises(CheckpointError, match=r"arbitrary Python unpickling.*trusted=True"):
+        load_checkpoint(path)
+    # knowingly overridden: it loads
+    m2, info = load_checkpoint(path, trusted=True)
+    assert m2.name == "dvt_micro_fmnist" and isinstance(info.extras["extra"], Custom)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all\n" * 10, bytes(range(256)) * 4])
+def test_non_checkpoint_file_is_a_clear_error(tmp_path, content):
+    path = tmp_path / "junk.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="not a"):
+        load_checkpoint(path)
+
+
+def test_missing_file_and_dict_without_weights(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+    torch.save({"epoch": 3}, tmp_path / "noweights.pt")
+    with pytest.raises(CheckpointError, match="model_state_dict"):
+        load_checkpoint(tmp_path / "noweights.pt")

@@ -1,0 +1,182 @@
+"""The DVT model family: registry, shapes, stage chaining, reuse resize, FLOPs, export."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dvt_edge.models import (
+    DVTConfig,
+    create_model,
+    get_config,
+    list_models,
+    resize_matrix,
+)
+from tests.reference_dvt import resize_reference, stage_forward
+
+SMALL = [n for n in list_models() if get_config(n).img_size <= 64]
+BIG = [n for n in list_models() if n not in SMALL]
+
+
+def _model(name: str, seed: int = 0):
+    torch.manual_seed(seed)
+    return create_model(name).eval()
+
+
+@pytest.fixture(scope="module")
+def t2t12():
+    m = _model("dvt_t2t_vit_12")
+    # random (not default-init) values everywhere, so every weight matters in comparisons
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for k, v in m.state_dict().items():
+            if v.dtype.is_floating_point and not k.endswith("pos_embed"):
+                v.copy_(torch.randn(v.shape, generator=g) * 0.05 + (1.0 if k.endswith("norm1.weight") else 0.0))
+    return m
+
+
+def test_registry_has_required_variants():
+    names = list_models()
+    for req in ("dvt_t2t_vit_12", "dvt_t2t_vit_14"):
+        assert req in names
+    small = [n for n in names if get_config(n).in_chans == 1 and get_config(n).img_size == 28]
+    assert small, "need a 28x28 grayscale variant"
+    for n in small:
+        c = get_config(n)
+        assert c.num_exits == 3 and list(c.grids) == sorted(c.grids) and len(set(c.grids)) == 3
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_forward_shapes_and_stage_chain(name):
+    m = _model(name)
+    c = m.cfg
+    for batch in (1, 4) if name in SMALL else (1, 2):
+        x = torch.randn(batch, c.in_chans, c.img_size, c.img_size)
+        with torch.no_grad():
+            outs = m(x)
+            assert isinstance(outs, list) and len(outs) == c.num_exits == len(m.stages)
+            for o in outs:
+                assert o.shape == (batch, c.num_classes)
+            # chaining the pure stage functions by hand gives model(x)
+            feats = rels = None
+            for i, stage in enumerate(m.stages):
+                logits, feats, rels = stage(x, feats, rels)
+                shapes = stage.output_shapes(batch)
+                assert tuple(feats.shape) == shapes["features"] and tuple(rels.shape) == shapes["relations"]
+                torch.testing.assert_close(logits, outs[i], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_exit_metadata_without_running(name):
+    m = create_model(name)
+    exits = m.exits
+    assert [e.grid for e in exits] == list(m.cfg.grids)
+    assert all(e.tokens == 1 + e.grid**2 for e in exits)
+    flops = [e.flops for e in exits]
+    assert flops == sorted(flops) and flops[0] > 0
+    assert sum(e.stage_flops for e in exits) == flops[-1]
+
+
+def test_t2t_vit_12_flops_match_published_pattern():
+    # published (both reuses): 0.47 / 1.46 / 3.50 GFLOPs; measured from the graph here
+    g = [e.gflops for e in create_model("dvt_t2t_vit_12").exits]
+    assert g == pytest.approx([0.47, 1.46, 3.50], rel=0.03)
+
+
+@pytest.mark.parametrize("s,mid,g", [(7, 14, 10), (10, 20, 14), (3, 6, 5), (5, 10, 7), (4, 8, 7), (7, 9, 5), (6, 13, 11)])
+def test_reuse_resize_matrix_equals_upsample_pool(s, mid, g):
+    x = torch.randn(3, 5, s, s, dtype=torch.float64)
+    m = resize_matrix(s, mid, g)
+    ours = m @ x @ m.T
+    ref = resize_reference(x, mid, g)
+    assert (ours - ref).abs().max().item() < 1e-12
+    # float32, as the model runs it
+    m32, x32 = m.float(), x.float()
+    assert ((m32 @ x32 @ m32.T) - resize_reference(x32, mid, g)).abs().max().item() < 1e-5
+
+
+def test_stages_equal_literal_spec_implementation(t2t12):
+    """Every stage of dvt_t2t_vit_12 equals the spec's literal ops (einsum, upsample+pool)."""
+    sd = t2t12.state_dict()
+    x = torch.randn(1, 3, 224, 224)
+    feats = rels = None
+    ref_feats = ref_rels = None
+    with torch.no_grad():
+        for i, (stage, prefix) in enumerate(zip(t2t12.stages, t2t12.stage_names)):
+            logits, feats, rels = stage(x, feats, rels)
+            r_logits, ref_feats, ref_rels = stage_forward(sd, prefix + ".", t2t12.cfg, i, x, ref_feats, ref_rels)
+            assert (logits - r_logits).abs().max().item() < 1e-4, f"exit {i + 1}"
+            assert (feats - ref_feats).abs().max().item() < 1e-4
+            assert (rels - ref_rels).abs().max().item() < 1e-3
+
+
+def test_sinusoid_position_table_matches_definition():
+    m = create_model("dvt_t2t_vit_12")
+    pe = m.stages[0].pos_embed[0]  # (50, 256)
+    pos, j = 7, 10
+    angle = pos / 10000 ** (2 * (j // 2) / 256)
+    assert pe[pos, j].item() == pytest.approx(torch.sin(torch.tensor(angle, dtype=torch.float64)).item(), abs=1e-6)
+    assert pe[pos, j + 1].item() == pytest.approx(torch.cos(torch.tensor(angle, dtype=torch.float64)).item(), abs=1e-6)
+    assert not m.stages[0].pos_embed.requires_grad
+
+
+def test_reuse_ablation_flags_remove_modules():
+    m = create_model("dvt_micro_fmnist", feature_reuse=False, relation_reuse=False)
+    keys = list(m.state_dict())
+    assert not any("feature_resuse_mlp" in k or "relation_reuse_conv" in k for k in keys)
+    with torch.no_grad():
+        assert len(m(torch.randn(2, 1, 28, 28))) == 3
+
+
+def test_unknown_model_lists_registered():
+    with pytest.raises(ValueError, match="registered models") as e:
+        create_model("dvt_t2t_vit_13")
+    assert "dvt_t2t_vit_12" in str(e.value) and "Did you mean" in str(e.value)
+
+
+def test_bad_override_and_inconsistent_config():
+    with pytest.raises(ValueError, match="unknown override"):
+        create_model("dvt_micro_fmnist", embed=3)
+    with pytest.raises(ValueError, match="token grid"):
+        create_model("dvt_micro_fmnist", grids=(3, 5, 8))
+    with pytest.raises(ValueError, match="valid"):
+        DVTConfig(tokenizer="vit")
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 28, 28), (1, 1, 32, 32), (28, 28), (2, 1, 28, 27)])
+def test_wrong_input_shape_names_expected(shape):
+    m = _model("dvt_micro_fmnist")
+    with pytest.raises(ValueError, match=r"\(B, 1, 28, 28\)"):
+        m(torch.randn(*shape))
+
+
+def test_later_stage_requires_reuse_tensors():
+    m = _model("dvt_micro_fmnist")
+    with pytest.raises(ValueError, match="features"):
+        m.stages[1](torch.randn(1, 1, 28, 28))
+
+
+def test_training_mode_gradients_reach_every_stage():
+    m = create_model("dvt_micro_fmnist", drop_path_rate=0.1).train()
+    loss = sum(F.cross_entropy(o, torch.tensor([1, 2])) for o in m(torch.randn(2, 1, 28, 28)))
+    loss.backward()
+    for s in m.stages:
+        assert s.head.weight.grad is not None and s.head.weight.grad.abs().sum() > 0
+    # reuse modules are trained through later exits
+    assert m.stages[1].relation_reuse_conv[0].weight.grad.abs().sum() > 0
+    assert m.stages[2].blocks[0].feature_resuse_mlp[1].fc1.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_torch_export_every_stage(name):
+    """Each stage exports at batch 1 with torch.export (one graph, no breaks)."""
+    m = _model(name)
+    for stage in m.stages:
+        inputs = stage.example_inputs(1)
+        ep = torch.export.export(stage, inputs)
+        with torch.no_grad():
+            got = ep.module()(*inputs)
+            want = stage(*inputs)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,50 @@
+"""dvt_runtime's core must import and work with torch unimportable (device installs have none)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BLOCK_TORCH = textwrap.dedent(
+    """
+    import importlib.abc, sys
+    class _Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError(f"torch is blocked in this test ({name})")
+    sys.meta_path.insert(0, _Block())
+    """
+)
+
+
+def run_without_torch(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK_TORCH + textwrap.dedent(code)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={"PYTHONPATH": f"{ROOT / 'runtime'}", "PATH": "/usr/bin:/bin"},
+    )
+
+
+def test_blocker_really_blocks_torch():
+    r = run_without_torch("import torch")
+    assert r.returncode != 0 and "blocked" in r.stderr
+
+
+def test_runtime_core_imports_without_torch():
+    r = run_without_torch(
+        """
+        import numpy as np
+        import dvt_runtime
+        from dvt_runtime.preprocess import Preprocess
+        x = Preprocess().apply(np.zeros((40, 30, 3), np.uint8))
+        assert x.shape == (1, 28, 28) and x.dtype == np.float32
+        assert "torch" not in sys.modules
+        print("ok", dvt_runtime.__version__)
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    assert "ok" in r.stdout
