@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
-
-from dvt_edge.models import DVT, DVTConfig, create_model, list_models, model_from_args
 from dvt_runtime.io import atomic_write
 from dvt_runtime.preprocess import Preprocess
+
+from dvt_edge.models import DVT, DVTConfig, create_model, list_models, model_from_args
 
 __all__ = ["CheckpointError", "CheckpointInfo", "load_checkpoint", "save_checkpoint", "infer_model_name", "read_checkpoint"]
 
@@ -69,7 +69,7 @@ def _torch_load(path: Path, map_location, trusted: bool) -> object:
                 "(CLI: --trust-checkpoint)."
             ) from None
         raise CheckpointError(f"{path} is not a PyTorch checkpoint ({lines[0] if lines else type(e).__name__})") from None
-    except (RuntimeError, EOFError, ValueError, OSError, UnicodeDecodeError, AttributeError) as e:
+    except Exception as e:  # torch raises many types on junk (KeyError, RuntimeError, EOFError, ...)
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({first})") from None
 

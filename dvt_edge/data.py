@@ -15,12 +15,12 @@ import pickle
 import sys
 import urllib.request
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import numpy as np
-
 from dvt_runtime.io import atomic_write
 from dvt_runtime.preprocess import Preprocess
 

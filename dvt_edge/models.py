@@ -16,12 +16,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 __all__ = [
     "DVTConfig",
@@ -109,7 +109,7 @@ class DVTConfig:
         return json_safe(dataclasses.asdict(self))
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DVTConfig":
+    def from_dict(cls, d: dict) -> DVTConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -250,7 +250,7 @@ class Block(nn.Module):
     def reused_features(self, prev: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         """F from the previous stage's features ``prev (B, 1+s*s, C_prev)`` -> (B, 1+g*g, 48)."""
         B = prev.shape[0]
-        s, g = m.shape[1], m.shape[0]
+        s = m.shape[1]  # m: (g, s)
         f = self.feature_resuse_mlp(prev)[:, 1:, :]  # (B, s*s, 48), class token dropped
         f = f.transpose(1, 2).reshape(B, -1, s, s)  # (B, 48, s, s)
         f = _resize_last2(f, m).flatten(2).transpose(1, 2)  # (B, g*g, 48)

@@ -1,0 +1,154 @@
+"""Evaluate a DVT checkpoint: per-exit top-1, cumulative FLOPs, and the FLOPs-budget curve.
+
+    python -m dvt_edge.evaluate --checkpoint runs/ref/best.pt --data fashion-mnist
+
+The budget curve follows the authors' procedure: for each of 59 exit distributions
+(q = p/20, p = 1..59; exit e gets a share proportional to q**e) thresholds are set on a
+threshold-selection set so that those shares of its samples leave at each exit; the
+thresholds are then applied to the evaluation split, giving accuracy vs expected GFLOPs.
+The threshold-selection set is held out from the training split (as the authors used a
+validation set), not the evaluation split. Writes ``evaluate.json`` and ``evaluate.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from dvt_runtime.io import atomic_write, atomic_write_json
+from dvt_runtime.search import ExitOutputs, StageCosts, evaluate_thresholds, pareto_frontier, sweep_thresholds
+
+from dvt_edge.checkpoint import CheckpointError, load_checkpoint
+from dvt_edge.data import DATASETS, DataError, ImageSet, default_preprocess, load_dataset
+from dvt_edge.train import evaluate_exits
+
+SCHEMA = "dvt-edge/evaluate/1"
+
+
+def _subset(ds: ImageSet, n: Optional[int], seed: int) -> ImageSet:
+    if n is None or n >= len(ds):
+        return ds
+    idx = np.random.default_rng(seed).permutation(len(ds))[:n]
+    images = ds.images[idx] if isinstance(ds.images, np.ndarray) else [ds.images[i] for i in idx]
+    return ImageSet(ds.name, ds.split, images, ds.labels[idx], ds.classes, ds.preprocess, ds.preprocessed)
+
+
+def evaluate_checkpoint(
+    checkpoint: str,
+    data: str = "fashion-mnist",
+    split: str = "val",
+    model_name: Optional[str] = None,
+    limit: Optional[int] = None,
+    threshold_n: int = 5000,
+    n_budgets: int = 59,
+    trusted: bool = False,
+    progress: bool = True,
+) -> dict:
+    model, info = load_checkpoint(checkpoint, model=model_name, trusted=trusted)
+    pre = info.preprocess or default_preprocess(model.cfg.in_chans, model.cfg.img_size)
+    ds = _subset(load_dataset(data, split, preprocess=pre), limit, seed=0)
+    if info.classes and ds.classes != info.classes:
+        raise DataError(f"{data} classes {ds.classes[:5]}... differ from the checkpoint's {info.classes[:5]}...")
+    if ds.num_classes != model.cfg.num_classes:
+        raise DataError(f"{data} has {ds.num_classes} classes, the model {model.cfg.num_classes}")
+    acc, probs = evaluate_exits(model, ds, progress=progress)
+    flops = [e.gflops for e in model.exits]
+    costs = StageCosts.from_cumulative(flops, unit="GFLOPs")
+    test_out = ExitOutputs.from_probs(probs, ds.labels)
+
+    # thresholds chosen on a held-out selection set (training split), per the authors' procedure
+    sel_note = f"{threshold_n} held-out training images"
+    try:
+        sel = _subset(load_dataset(data, "train", preprocess=pre), threshold_n, seed=1)
+        _, sel_probs = evaluate_exits(model, sel, progress=progress)
+        sel_out = ExitOutputs.from_probs(sel_probs, sel.labels)
+    except DataError:
+        sel_out, sel_note = test_out, "the evaluation split itself (no training split available)"
+    curve = [evaluate_thresholds(test_out, None, t, costs) for t in sweep_thresholds(sel_out, n_budgets)]
+    frontier = pareto_frontier(curve)
+    return {
+        "schema": SCHEMA,
+        "checkpoint": str(checkpoint),
+        "model": model.name,
+        "data": data,
+        "split": ds.split,
+        "n": len(ds),
+        "threshold_selection": sel_note,
+        "exits": [
+            {"exit": e.index + 1, "grid": f"{e.grid}x{e.grid}", "tokens": e.tokens, "gflops": e.gflops, "top1": a}
+            for e, a in zip(model.exits, acc)
+        ],
+        "budget_curve": [c.to_dict() for c in curve],
+        "pareto": [c.to_dict() for c in frontier],
+        "checkpoint_accuracies": info.accuracies,
+    }
+
+
+def format_report(r: dict) -> str:
+    lines = [f"{r['model']} on {r['data']} [{r['split']}], {r['n']} images", "",
+             f"{'exit':>4}  {'tokens':>7}  {'cum. GFLOPs':>12}  {'top-1 %':>8}"]
+    for e in r["exits"]:
+        lines.append(f"{e['exit']:>4}  {e['grid']:>7}  {e['gflops']:>12.4f}  {e['top1']:>8.2f}")
+    lines += ["", f"FLOPs-budget curve ({len(r['budget_curve'])} budgets, thresholds from {r['threshold_selection']}); Pareto points:",
+              f"{'exp. GFLOPs':>12}  {'top-1 %':>8}  exits taken (%)"]
+    for p in r["pareto"]:
+        frac = " / ".join(f"{100 * f:.0f}" for f in p["exit_fractions"])
+        lines.append(f"{p['mean_cost']:>12.4f}  {p['accuracy']:>8.2f}  {frac}")
+    return "\n".join(lines)
+
+
+def plot_report(r: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    c = sorted(r["budget_curve"], key=lambda p: p["mean_cost"])
+    ax.plot([p["mean_cost"] for p in c], [p["accuracy"] for p in c], "-", color="tab:blue", alpha=0.8, label="dynamic (authors' thresholds)")
+    ax.plot([e["gflops"] for e in r["exits"]], [e["top1"] for e in r["exits"]], "s", color="tab:red", label="each exit alone")
+    for e in r["exits"]:
+        ax.annotate(f"exit {e['exit']} ({e['grid']})", (e["gflops"], e["top1"]), textcoords="offset points", xytext=(4, -12), fontsize=8)
+    ax.set_xlabel("expected GFLOPs per image")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title(f"{r['model']}: accuracy vs FLOPs budget")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m dvt_edge.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--model", default=None, help="registered model name (published checkpoints: inferred when omitted)")
+    ap.add_argument("--data", default="fashion-mnist", help=f"dataset spec: {', '.join(DATASETS)}")
+    ap.add_argument("--split", default="val", help="evaluation split (val = Fashion-MNIST's test split)")
+    ap.add_argument("--limit", type=int, default=None, help="evaluate a seeded random subset of N images")
+    ap.add_argument("--threshold-n", type=int, default=5000, help="held-out training images for threshold selection")
+    ap.add_argument("--out", default=None, help="output directory (default: next to the checkpoint)")
+    ap.add_argument("--trust-checkpoint", action="store_true", help="allow arbitrary unpickling (only for files you trust)")
+    args = ap.parse_args(argv)
+    try:
+        r = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.model, args.limit, args.threshold_n, trusted=args.trust_checkpoint)
+    except (CheckpointError, DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "evaluate"
+    atomic_write_json(out / "evaluate.json", r)
+    plot_report(r, out / "evaluate.png")
+    print(format_report(r))
+    print(f"\nwrote {out / 'evaluate.json'} and {out / 'evaluate.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Datasets by spec, preprocessing, and data export."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+
+import cv2
+import numpy as np
+import pytest
+from dvt_runtime import preprocess as P
+from dvt_runtime.preprocess import Preprocess
+
+from dvt_edge import data as D
+from dvt_edge.data import DataError, export_npz, load_dataset
+
+
+@pytest.fixture(scope="module")
+def fmnist_test():
+    return load_dataset("fashion-mnist", "test")
+
+
+def test_fashion_mnist_splits(fmnist_test):
+    train = load_dataset("fashion-mnist", "train")
+    assert len(train) == 60000 and len(fmnist_test) == 10000
+    assert fmnist_test.classes[0] == "T-shirt/top" and fmnist_test.num_classes == 10
+    assert np.bincount(fmnist_test.labels).tolist() == [1000] * 10
+    x, y = fmnist_test.arrays(8)
+    assert x.shape == (8, 1, 28, 28) and x.dtype == np.float32 and x.flags.c_contiguous
+    # normalisation with the dataset's own statistics
+    big, _ = train.arrays(5000, seed=0)
+    assert abs(float(big.mean())) < 0.05 and abs(float(big.std()) - 1) < 0.05
+
+
+def test_missing_fashion_mnist_says_where_it_looked(monkeypatch, tmp_path):
+    monkeypatch.setenv("DVT_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("DVT_OFFLINE", "1")
+    monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
+    D._FMNIST_CACHE.clear()
+    with pytest.raises(DataError) as e:
+        load_dataset("fashion-mnist", "train")
+    msg = str(e.value)
+    for where in (tmp_path / "data", tmp_path / "debian", tmp_path / "cache"):
+        assert str(where) in msg
+    assert "apt-get install dataset-fashion-mnist" in msg
+
+
+def test_corrupted_fashion_mnist_fails_checksum(monkeypatch, tmp_path, fmnist_test):
+    d = tmp_path / "fashion-mnist"
+    d.mkdir()
+    import gzip
+    import shutil
+
+    for name in D.FASHION_MNIST_FILES:
+        shutil.copy(D.DEBIAN_FASHION_MNIST / name, d / name)
+    raw = gzip.decompress((d / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    (d / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(raw[:-1] + bytes([(raw[-1] + 1) % 10])))
+    monkeypatch.setenv("DVT_DATA", str(tmp_path))
+    D._FMNIST_CACHE.clear()
+    with pytest.raises(DataError, match="checksum"):
+        load_dataset("fashion-mnist", "test")
+    D._FMNIST_CACHE.clear()
+
+
+def test_unknown_spec_and_split():
+    with pytest.raises(DataError, match="valid"):
+        load_dataset("mnist-fashion")
+    with pytest.raises(DataError, match="valid"):
+        load_dataset("fashion-mnist", "holdout")
+    with pytest.raises(DataError, match="needs a path"):
+        load_dataset("imagefolder:")
+
+
+def _make_folder(root, images, labels, classes, ext=".png"):
+    for split in ("train", "val"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+        for i, (im, y) in enumerate(zip(images, labels)):
+            cv2.imwrite(str(root / split / classes[y] / f"{i}{ext}"), im)
+
+
+def test_imagefolder_reads_generated_folder(tmp_path, fmnist_test):
+    classes = ["bag", "boot", "shirt"]
+    imgs = [fmnist_test.raw(i) for i in range(12)]
+    labels = [i % 3 for i in range(12)]
+    _make_folder(tmp_path, imgs, labels, classes)
+    (tmp_path / "val" / "bag" / "broken.jpg").write_bytes(b"not a jpeg")
+    ds_train = load_dataset(f"imagefolder:{tmp_path}", "train")
+    assert ds_train.classes == classes and len(ds_train) == 12
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable.*broken\.jpg"):
+        ds_val = load_dataset(f"imagefolder:{tmp_path}", "val", preprocess=fmnist_test.preprocess)
+    assert len(ds_val) == 12 and ds_val.skipped[0].endswith("broken.jpg")
+    # PNG round trip is lossless: the same network input as the in-memory image
+    k = next(i for i in range(len(ds_val)) if ds_val.images[i].endswith("/0.png"))
+    np.testing.assert_array_equal(ds_val.input(k), fmnist_test.preprocess.apply(imgs[0]))
+
+
+def test_imagefolder_bad_layouts(tmp_path):
+    with pytest.raises(DataError, match="not a directory"):
+        load_dataset(f"imagefolder:{tmp_path / 'nope'}")
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    (tmp_path / "train" / "b").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "train" / "a" / "x.png"), np.zeros((8, 8), np.uint8))
+    with pytest.raises(DataError, match=r"no readable image.*\['b'\]"):
+        load_dataset(f"imagefolder:{tmp_path}", "train")
+    with pytest.raises(DataError, match="no val/ folder"):
+        load_dataset(f"imagefolder:{tmp_path}", "val")
+
+
+def test_imagefolder_warns_when_unbalanced(tmp_path):
+    for c, n in (("a", 22), ("b", 2)):
+        (tmp_path / "train" / c).mkdir(parents=True)
+        for i in range(n):
+            cv2.imwrite(str(tmp_path / "train" / c / f"{i}.png"), np.full((8, 8), i, np.uint8))
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        load_dataset(f"imagefolder:{tmp_path}", "train")
+    assert any("unbalanced" in str(x.message) for x in w)
+
+
+def test_npz_uint8_and_errors(tmp_path, fmnist_test):
+    imgs = np.stack([fmnist_test.raw(i) for i in range(10)])
+    np.savez(tmp_path / "a.npz", images=imgs, labels=fmnist_test.labels[:10], classes=np.array(fmnist_test.classes))
+    ds = load_dataset(f"npz:{tmp_path / 'a.npz'}", "val")
+    np.testing.assert_array_equal(ds.arrays()[0], fmnist_test.arrays(10)[0])
+    np.savez(tmp_path / "b.npz", images=imgs, labels=np.full(10, 12), classes=np.array(fmnist_test.classes))
+    with pytest.raises(DataError, match="out of range"):
+        load_dataset(f"npz:{tmp_path / 'b.npz'}")
+    np.savez(tmp_path / "c.npz", pixels=imgs)
+    with pytest.raises(DataError, match="no 'images'"):
+        load_dataset(f"npz:{tmp_path / 'c.npz'}")
+
+
+def test_cifar10_batches(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(root / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": [0, 1, 2, 9]}, f)
+    ds = load_dataset(f"cifar10:{tmp_path}", "train")
+    assert len(ds) == 20 and ds.classes[9] == "truck"
+    assert ds.arrays(2)[0].shape == (2, 3, 32, 32)
+    # a batch file that smuggles in a callable is refused
+    with open(root / "test_batch", "wb") as f:
+        pickle.dump({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0], b"x": print}, f)
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        load_dataset(f"cifar10:{tmp_path}", "val")
+
+
+def test_data_export_round_trip(tmp_path, fmnist_test):
+    from dvt_edge.data import main
+
+    out = tmp_path / "val.npz"
+    assert main(["export", "--data", "fashion-mnist", "--split", "val", "--n", "64", "--seed", "3", "--out", str(out)]) == 0
+    z = np.load(out, allow_pickle=False)  # a device reads it with numpy alone
+    x, y = fmnist_test.arrays(64, seed=3)
+    np.testing.assert_array_equal(z["images"], x)
+    np.testing.assert_array_equal(z["labels"], y)
+    back = load_dataset(f"npz:{out}", "val")
+    assert back.preprocessed and back.preprocess == fmnist_test.preprocess and back.classes == fmnist_test.classes
+    np.testing.assert_array_equal(back.arrays()[0], x)
+    # export_npz is atomic: no temp files
+    export_npz(fmnist_test, tmp_path / "again.npz", n=4, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again.npz", "val.npz"]
+
+
+@pytest.mark.parametrize("shape,pre", [
+    ((28, 28), Preprocess()),
+    ((56, 56), Preprocess()),  # integer downscale: area = box filter, exact in numpy too
+    ((60, 40, 3), Preprocess(size=20, resize=20, channels="rgb", mean=(0.5,) * 3, std=(0.25,) * 3)),
+])
+def test_numpy_fallback_matches_opencv(monkeypatch, shape, pre):
+    img = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    with_cv = pre.apply(img)
+    monkeypatch.setattr(P, "_CV2", None)
+    monkeypatch.setattr(P, "_CV2_TRIED", True)
+    without = pre.apply(img)
+    assert with_cv.shape == without.shape == pre.input_shape
+    # identical without a resize; otherwise at most one gray level apart (rounding of the average)
+    tol = 0 if shape[:2] == (pre.size, pre.size) else 1.0 / 255 / min(pre.std)
+    assert np.abs(with_cv - without).max() <= tol + 1e-6
+
+
+def test_preprocess_validation_and_round_trip():
+    p = Preprocess(size=224, resize=256, channels="rgb", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), interpolation="cubic")
+    assert Preprocess.from_dict(p.to_dict()) == p
+    with pytest.raises(ValueError, match="valid"):
+        Preprocess(channels="yuv")
+    with pytest.raises(ValueError, match="mean/std"):
+        Preprocess(channels="rgb")
+    with pytest.raises(ValueError, match="uint8"):
+        Preprocess().apply(np.zeros((28, 28), np.float32))

@@ -1,0 +1,41 @@
+"""python -m dvt_edge.evaluate: per-exit accuracy, FLOPs, and the authors' budget curve."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dvt_edge import save_checkpoint
+from dvt_edge.data import load_dataset
+from dvt_edge.evaluate import main
+from dvt_edge.models import create_model
+from dvt_edge.train import evaluate_exits
+
+
+def test_evaluate_writes_report(tmp_path, capsys):
+    m = create_model("dvt_micro_fmnist").eval()
+    ds = load_dataset("fashion-mnist", "val")
+    save_checkpoint(tmp_path / "m.pt", m, classes=ds.classes, preprocess=ds.preprocess)
+    assert main(["--checkpoint", str(tmp_path / "m.pt"), "--limit", "300", "--threshold-n", "300", "--out", str(tmp_path / "ev")]) == 0
+    r = json.loads((tmp_path / "ev" / "evaluate.json").read_text())
+    assert r["n"] == 300 and [e["grid"] for e in r["exits"]] == ["3x3", "5x5", "7x7"]
+    assert [e["gflops"] for e in r["exits"]] == pytest.approx([e.gflops for e in m.exits])
+    assert len(r["budget_curve"]) == 59
+    for p in r["budget_curve"]:
+        assert sum(p["exit_fractions"]) == pytest.approx(1.0)
+        assert r["exits"][0]["gflops"] - 1e-9 <= p["mean_cost"] <= r["exits"][-1]["gflops"] + 1e-9
+    # the per-exit numbers are the model's own: recompute on the same subset
+    idx = np.random.default_rng(0).permutation(len(ds))[:300]
+    ds.images, ds.labels = ds.images[idx], ds.labels[idx]
+    acc, _ = evaluate_exits(m, ds)
+    assert [e["top1"] for e in r["exits"]] == pytest.approx(acc)
+    assert (tmp_path / "ev" / "evaluate.png").stat().st_size > 1000
+    assert "FLOPs-budget curve" in capsys.readouterr().out
+
+
+def test_evaluate_bad_checkpoint(tmp_path, capsys):
+    (tmp_path / "x.pt").write_text("hello")
+    assert main(["--checkpoint", str(tmp_path / "x.pt")]) == 2
+    assert "not a" in capsys.readouterr().err

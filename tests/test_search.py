@@ -1,0 +1,497 @@
+"""Tests for dvt_runtime.search (threshold search for early-exit DVTs). Fast: numpy only."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+from dvt_runtime.search import (
+    ALGORITHMS,
+    Evaluation,
+    ExitOutputs,
+    StageCosts,
+    budget_curve,
+    evaluate_thresholds,
+    exit_indices,
+    frontier_table,
+    pareto_frontier,
+    search_thresholds,
+    sweep_thresholds,
+    thresholds_from_list,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def synth_probs(n_exits: int, n: int, seed: int, n_classes: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded synthetic softmax outputs (E, N, C) where later exits are more accurate."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(n_classes, size=n)
+    probs = []
+    for e in range(n_exits):
+        logits = rng.normal(size=(n, n_classes))
+        logits[np.arange(n), labels] += 0.5 + 0.8 * e
+        p = np.exp(logits)
+        probs.append(p / p.sum(axis=1, keepdims=True))
+    return np.stack(probs), labels
+
+
+def synth_outputs(n_exits: int, n: int, seed: int, round_to: int | None = None) -> ExitOutputs:
+    probs, labels = synth_probs(n_exits, n, seed)
+    out = ExitOutputs.from_probs(probs, labels)
+    if round_to is not None:  # coarse confidences -> many ties
+        out = ExitOutputs.from_predictions(np.round(out.confidences, round_to), out.predictions, labels)
+    return out
+
+
+def synth_costs(n_exits: int, seed: int) -> StageCosts:
+    rng = np.random.default_rng(1000 + seed)
+    return StageCosts.from_samples([rng.gamma(4.0, 1.0 + e, size=300) + 1.0 for e in range(n_exits)])
+
+
+def brute_force(out: ExitOutputs, cumulative: np.ndarray, budget: float):
+    """Independent enumeration of every threshold combination (observed confidences + inf).
+
+    Returns (best accuracy %, per-combination accuracies %, mean costs, thresholds).
+    """
+    conf, correct = out.confidences, out.correct
+    n_exits, n = conf.shape
+    cands = [np.append(np.unique(conf[e]), np.inf) for e in range(n_exits - 1)]
+    thr = np.array(list(itertools.product(*cands))).reshape(-1, n_exits - 1)
+    accs, costs = [], []
+    for s in range(0, len(thr), 4000):
+        t = thr[s : s + 4000]
+        ex = np.full((len(t), n), n_exits - 1)
+        undecided = np.ones((len(t), n), dtype=bool)
+        for e in range(n_exits - 1):
+            stop = undecided & (conf[e][None, :] >= t[:, e : e + 1])
+            ex[stop] = e
+            undecided &= ~stop
+        accs.append(100.0 * correct[ex, np.arange(n)].sum(axis=1) / n)
+        costs.append(cumulative[ex].mean(axis=1))
+    acc, cost = np.concatenate(accs), np.concatenate(costs)
+    feasible = cost <= budget + 1e-9
+    return acc[feasible].max(), acc, cost, thr
+
+
+def brute_pareto(acc: np.ndarray, cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.lexsort((-acc, cost))
+    best, keep = -1.0, []
+    for i in order:
+        if acc[i] > best + 1e-12:
+            keep.append(i)
+            best = acc[i]
+    return acc[keep], cost[keep]
+
+
+def budgets_between(costs: StageCosts, fractions) -> list[float]:
+    lo, hi = costs.cumulative[0], costs.cumulative[-1]
+    return [float(lo + f * (hi - lo)) for f in fractions]
+
+
+# ---------------------------------------------------------------------------- basics
+
+
+def test_exit_indices_semantics():
+    conf = np.array(
+        [
+            [0.9, 0.5, 0.5, 0.1],
+            [0.0, 0.8, 0.6, 0.1],
+            [0.0, 0.0, 0.0, 0.0],
+        ]
+    )
+    # stop at the first exit whose confidence is >= its threshold; the last always answers
+    assert exit_indices(conf, [0.7, 0.7]).tolist() == [0, 1, 2, 2]
+    assert exit_indices(conf, [0.5, 0.6, 123.0]).tolist() == [0, 0, 0, 2]  # ">=" and last threshold ignored
+    assert exit_indices(conf, [0.95, 0.1]).tolist() == [2, 1, 1, 1]
+    assert exit_indices(conf, [np.inf, np.inf]).tolist() == [2, 2, 2, 2]
+    assert exit_indices(conf, [-np.inf, np.inf]).tolist() == [0, 0, 0, 0]
+    assert exit_indices(conf[:1], []).tolist() == [0, 0, 0, 0]
+    with pytest.raises(ValueError, match="thresholds"):
+        exit_indices(conf, [0.5])
+
+
+def test_stage_costs_constructors():
+    c = StageCosts.from_cumulative([1.5, 4.0, 10.0])
+    np.testing.assert_allclose(c.mean, [1.5, 2.5, 6.0])
+    np.testing.assert_allclose(c.cumulative, [1.5, 4.0, 10.0])
+    assert c.unit == "GFLOPs" and c.samples is None
+    s = StageCosts.from_samples([[1.0, 3.0], [2.0, 2.0, 5.0]])
+    np.testing.assert_allclose(s.mean, [2.0, 3.0])
+    np.testing.assert_allclose(s.cumulative, [2.0, 5.0])
+    assert s.unit == "ms" and len(s.samples) == 2
+    with pytest.raises(ValueError, match="non-decreasing"):
+        StageCosts.from_cumulative([2.0, 1.0])
+    with pytest.raises(ValueError, match="no latency samples"):
+        StageCosts.from_samples([[1.0], []])
+
+
+def test_input_forms_agree():
+    probs, labels = synth_probs(3, 30, seed=3)
+    costs = synth_costs(3, 3)
+    out = ExitOutputs.from_probs(probs, labels)
+    conf, pred = probs.max(axis=2), probs.argmax(axis=2)
+    budget = budgets_between(costs, [0.4])[0]
+    ref = search_thresholds(out, costs, budget).best
+    for form in [dict(outputs=probs, labels=labels), dict(outputs=(conf, pred), labels=labels), dict(outputs=(conf, pred, labels))]:
+        best = search_thresholds(costs=costs, budget=budget, **form).best
+        assert best.accuracy == ref.accuracy and best.cost == ref.cost
+    e1 = evaluate_thresholds(probs, labels, [0.6, 0.5], costs)
+    e2 = evaluate_thresholds(out, None, [0.6, 0.5, 0.0], costs)
+    assert e1.to_dict() == e2.to_dict()
+
+
+def test_evaluate_thresholds_values():
+    conf = np.array([[0.9, 0.2, 0.3, 0.95], [0.5, 0.9, 0.1, 0.5]])
+    pred = np.array([[1, 0, 0, 3], [1, 1, 2, 3]])
+    labels = np.array([1, 1, 2, 0])
+    costs = StageCosts.from_cumulative([2.0, 5.0], unit="ms")
+    ev = evaluate_thresholds((conf, pred), labels, [0.8], costs)
+    # exits: 0, 1, 1, 0 -> correct: yes, yes, yes, no
+    assert ev.accuracy == pytest.approx(75.0)
+    np.testing.assert_allclose(ev.exit_fractions, [0.5, 0.5])
+    assert ev.mean_cost == pytest.approx(3.5) and ev.cost == pytest.approx(3.5)
+    assert ev.thresholds[-1] == -np.inf
+
+
+def test_to_dict_json_serialisable():
+    out = synth_outputs(3, 25, seed=1)
+    costs = synth_costs(3, 1)
+    res = search_thresholds(out, costs, budgets_between(costs, [0.5])[0], metric="p90")
+    d = res.to_dict()
+    text = json.dumps(d, allow_nan=False)
+    back = json.loads(text)
+    assert back["best"]["thresholds"][-1] is None
+    assert back["algorithm"] == "exact" and back["metric"] == "p90" and back["unit"] == "ms"
+    assert len(back["frontier"]) == len(res.frontier)
+    np.testing.assert_array_equal(thresholds_from_list(back["best"]["thresholds"]), res.best.thresholds)
+    # +inf ("never stop here") round-trips through None as well
+    ev = evaluate_thresholds(out, None, [np.inf, 0.5], costs)
+    assert ev.to_dict()["thresholds"] == [None, 0.5, None]
+    np.testing.assert_array_equal(thresholds_from_list(ev.to_dict()["thresholds"]), [np.inf, 0.5, -np.inf])
+    json.dumps(ev.to_dict(), allow_nan=False)
+
+
+def test_pareto_frontier():
+    def ev(acc, cost):
+        return Evaluation(np.array([0.5, -np.inf]), acc, cost, cost, np.array([0.5, 0.5]))
+
+    evals = [ev(70, 5), ev(60, 3), ev(65, 6), ev(80, 9), ev(60, 2), ev(80, 8), ev(75, 8)]
+    front = pareto_frontier(evals)
+    assert [(e.accuracy, e.cost) for e in front] == [(60, 2), (70, 5), (80, 8)]
+
+
+# ---------------------------------------------------------------------------- exact
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("n", [12, 25, 40])
+def test_exact_matches_brute_force_mean(seed, n):
+    out = synth_outputs(3, n, seed)
+    costs = synth_costs(3, seed)
+    for budget in budgets_between(costs, [0.0, 0.1, 0.3, 0.5, 0.8, 1.0]):
+        res = search_thresholds(out, costs, budget)
+        best_acc, acc, cost, _ = brute_force(out, costs.cumulative, budget)
+        assert res.best.accuracy == pytest.approx(best_acc)
+        assert res.best.cost <= budget + 1e-9
+        assert res.info["exact"] is True
+        # the reported best is really what its thresholds achieve
+        check = evaluate_thresholds(out, None, res.best.thresholds, costs)
+        assert check.accuracy == res.best.accuracy and check.cost == pytest.approx(res.best.cost)
+    # the frontier is the brute-force Pareto frontier
+    front_acc, front_cost = brute_pareto(acc, cost)
+    np.testing.assert_allclose([e.accuracy for e in res.frontier], front_acc)
+    np.testing.assert_allclose([e.cost for e in res.frontier], front_cost)
+
+
+@pytest.mark.parametrize("n_exits,n", [(2, 30), (4, 9)])
+def test_exact_matches_brute_force_other_exit_counts(n_exits, n):
+    out = synth_outputs(n_exits, n, seed=5)
+    costs = synth_costs(n_exits, 5)
+    for budget in budgets_between(costs, [0.05, 0.3, 0.6]):
+        res = search_thresholds(out, costs, budget)
+        assert res.best.accuracy == pytest.approx(brute_force(out, costs.cumulative, budget)[0])
+        assert res.best.cost <= budget + 1e-9
+
+
+def test_exact_with_ties():
+    out = synth_outputs(3, 40, seed=7, round_to=1)  # confidences on a 0.1 grid: many ties
+    costs = synth_costs(3, 7)
+    for budget in budgets_between(costs, [0.1, 0.4, 0.7]):
+        res = search_thresholds(out, costs, budget)
+        assert res.best.accuracy == pytest.approx(brute_force(out, costs.cumulative, budget)[0])
+
+
+def test_exact_percentile_matches_brute_force():
+    out = synth_outputs(3, 14, seed=11)
+    costs = synth_costs(3, 11)
+    n_sim = 3000
+    cands = [np.append(np.unique(out.confidences[e]), np.inf) for e in range(2)]
+    evals = [evaluate_thresholds(out, None, t, costs, metric="p90", n_sim=n_sim) for t in itertools.product(*cands)]
+    p90 = np.array([e.cost for e in evals])
+    acc = np.array([e.accuracy for e in evals])
+    for budget in np.quantile(p90, [0.0, 0.2, 0.5, 0.9]):
+        res = search_thresholds(out, costs, float(budget), metric="p90", n_sim=n_sim)
+        assert res.best.accuracy == pytest.approx(acc[p90 <= budget].max())
+        assert res.best.cost <= budget
+    front_acc, front_cost = brute_pareto(acc, p90)
+    np.testing.assert_allclose([e.accuracy for e in res.frontier], front_acc)
+    np.testing.assert_allclose([e.cost for e in res.frontier], front_cost)
+
+
+def test_exact_subsampled_grid_is_flagged():
+    out = synth_outputs(3, 60, seed=2)
+    costs = synth_costs(3, 2)
+    res = search_thresholds(out, costs, budgets_between(costs, [0.5])[0], max_candidates=10)
+    assert res.info["exact"] is False and res.info["n_candidates"] == [11, 11]
+    assert res.best.cost <= res.budget
+    full = search_thresholds(out, costs, res.budget)
+    assert full.best.accuracy >= res.best.accuracy
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(5, 40),
+    frac=st.floats(0.0, 1.0),
+    thr=st.lists(st.floats(0.0, 1.0), min_size=2, max_size=2),
+)
+def test_exact_feasible_and_dominates_random_thresholds(seed, n, frac, thr):
+    out = synth_outputs(3, n, seed)
+    costs = synth_costs(3, seed % 7)
+    random_eval = evaluate_thresholds(out, None, thr, costs)
+    budget = budgets_between(costs, [frac])[0]
+    res = search_thresholds(out, costs, budget)
+    assert res.best.cost <= budget + 1e-9
+    if random_eval.cost <= budget:
+        assert res.best.accuracy >= random_eval.accuracy
+    costs_ = [e.cost for e in res.frontier]
+    accs = [e.accuracy for e in res.frontier]
+    assert costs_ == sorted(costs_) and all(b > a for a, b in zip(accs, accs[1:], strict=False))
+
+
+def test_budget_above_everything_is_max_accuracy():
+    out = synth_outputs(3, 30, seed=4)
+    costs = synth_costs(3, 4)
+    res = search_thresholds(out, costs, costs.cumulative[-1] * 2)
+    _, acc, _, _ = brute_force(out, costs.cumulative, np.inf)
+    assert res.best.accuracy == pytest.approx(acc.max())
+    assert "all exits fit" in res.info["note"]
+
+
+def test_single_exit():
+    out = synth_outputs(1, 10, seed=0)
+    costs = StageCosts.from_cumulative([3.0])
+    res = search_thresholds(out, costs, 3.0)
+    assert res.best.cost == pytest.approx(3.0)
+    np.testing.assert_allclose(res.best.exit_fractions, [1.0])
+
+
+# ---------------------------------------------------------------------------- ga
+
+
+@pytest.mark.parametrize("frac", [0.0, 0.15, 0.4, 0.7])
+def test_ga_close_to_brute_force_and_feasible(frac):
+    out = synth_outputs(3, 200, seed=21)
+    costs = synth_costs(3, 21)
+    budget = budgets_between(costs, [frac])[0]
+    best_acc, *_ = brute_force(out, costs.cumulative, budget)
+    res = search_thresholds(out, costs, budget, algorithm="ga", seed=1)
+    assert res.best.cost <= budget + 1e-9
+    assert res.best.accuracy >= best_acc - 2.0
+    check = evaluate_thresholds(out, None, res.best.thresholds, costs)
+    assert check.accuracy == res.best.accuracy and check.cost <= budget + 1e-9
+    # deterministic for a given seed
+    again = search_thresholds(out, costs, budget, algorithm="ga", seed=1)
+    np.testing.assert_array_equal(again.best.thresholds, res.best.thresholds)
+
+
+def test_ga_percentile_never_infeasible():
+    out = synth_outputs(4, 80, seed=8)
+    costs = synth_costs(4, 8)
+    floor = evaluate_thresholds(out, None, [-np.inf] * 3, costs, metric="p90").cost
+    for budget in [floor, floor * 1.3, floor * 2.0]:
+        res = search_thresholds(out, costs, budget, metric="p90", algorithm="ga", generations=15, seed_with_sweep=False)
+        assert res.best.cost <= budget + 1e-9
+        assert all(e.metric == "p90" for e in res.frontier)
+
+
+# ---------------------------------------------------------------------------- sweep
+
+
+def reference_find_threshold(max_preds: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Line-by-line port of MSDNet/DVT ``dynamic_eval_find_threshold`` (torch -> numpy)."""
+    n_stage, n_sample = max_preds.shape
+    sorted_idx = np.argsort(-max_preds, axis=1, kind="stable")
+    filtered = np.zeros(n_sample)
+    T = np.full(n_stage, 1e8)
+    for k in range(n_stage - 1):
+        count = 0
+        out_n = math.floor(n_sample * p[k])
+        for i in range(n_sample):
+            ori_idx = sorted_idx[k][i]
+            if filtered[ori_idx] == 0:
+                count += 1
+                if count == out_n:
+                    T[k] = max_preds[k][ori_idx]
+                    break
+        filtered += max_preds[k] >= T[k]
+    T[n_stage - 1] = -1e8
+    return T
+
+
+def test_sweep_hand_checked_two_exits():
+    conf = np.array([[0.91, 0.35, 0.72, 0.55, 0.88, 0.15, 0.64, 0.42, 0.99, 0.27], np.linspace(0.1, 0.9, 10)])
+    vectors = sweep_thresholds((conf, np.zeros_like(conf, dtype=int)), n_budgets=20)
+    # p = 20: q = 1, probs = [1/2, 1/2] -> 5 samples leave at exit 1: the 5th largest confidence is 0.64
+    assert vectors[19][0] == 0.64 and vectors[19][1] == -np.inf
+    # p = 1: q = 0.05, probs[0] = 1/1.05 -> floor(9.52) = 9 leave: the 9th largest is 0.27
+    assert vectors[0][0] == 0.27
+    assert (exit_indices(conf, vectors[0]) == 0).sum() == 9
+
+
+def test_sweep_matches_reference_and_target_fractions():
+    out = synth_outputs(3, 97, seed=13)
+    vectors = sweep_thresholds(out)
+    assert len(vectors) == 59
+    n = out.n_samples
+    for p, thr in enumerate(vectors, start=1):
+        q = p / 20
+        probs = q ** np.arange(1, 4)
+        probs /= probs.sum()
+        ref = reference_find_threshold(out.confidences, probs)
+        np.testing.assert_array_equal(np.where(thr == np.inf, 1e8, np.where(thr == -np.inf, -1e8, thr)), ref)
+        counts = np.bincount(exit_indices(out.confidences, thr), minlength=3)
+        # confidences are distinct, so exactly floor(N * probs_e) samples leave at exit e
+        assert counts[0] == math.floor(n * probs[0])
+        assert counts[1] == min(math.floor(n * probs[1]), n - counts[0])
+    # ties: the reference lets every tied sample leave; so do we
+    tied = synth_outputs(3, 60, seed=14, round_to=1)
+    for p, thr in enumerate(sweep_thresholds(tied, n_budgets=39), start=1):
+        probs = (p / 20) ** np.arange(1, 4)
+        ref = reference_find_threshold(tied.confidences, probs / probs.sum())
+        np.testing.assert_array_equal(np.where(np.isinf(thr), np.sign(thr) * 1e8, thr), ref)
+
+
+def test_sweep_search_and_budget_curve():
+    out = synth_outputs(3, 120, seed=15)
+    costs = StageCosts.from_cumulative([1.0, 2.2, 3.5])
+    curve = budget_curve(out, costs)
+    assert len(curve) == 59 and all(e.unit == "GFLOPs" for e in curve)
+    assert curve[0].mean_cost < curve[-1].mean_cost  # p grows -> later exits -> more FLOPs
+    budget = 2.0
+    res = search_thresholds(out, costs, budget, algorithm="sweep")
+    feasible = [e.accuracy for e in curve if e.cost <= budget]
+    assert res.best.accuracy == pytest.approx(max(feasible))
+    front = pareto_frontier(curve)
+    assert [e.accuracy for e in res.frontier] == [e.accuracy for e in front]
+    # a budget below every sweep point falls back to "everyone stops at exit 1"
+    low = search_thresholds(out, costs, 1.0, algorithm="sweep")
+    np.testing.assert_allclose(low.best.exit_fractions, [1.0, 0.0, 0.0])
+    assert "cheapest" in low.info["note"]
+
+
+def test_frontier_table():
+    out = synth_outputs(3, 40, seed=16)
+    costs = synth_costs(3, 16)
+    budgets = budgets_between(costs, [0.1, 0.4, 0.8])
+    for algorithm in ALGORITHMS:
+        kw = {"generations": 5} if algorithm == "ga" else {}
+        table = frontier_table(out, costs, budgets, algorithm=algorithm, **kw)
+        assert [r.budget for r in table] == budgets
+        accs = [r.best.accuracy for r in table]
+        if algorithm != "ga":
+            assert accs == sorted(accs)
+        for r, b in zip(table, budgets, strict=True):
+            single = search_thresholds(out, costs, b, algorithm=algorithm, **kw)
+            assert r.best.accuracy == single.best.accuracy and r.best.cost <= b + 1e-9
+
+
+# ---------------------------------------------------------------------------- percentile metric
+
+
+def test_percentile_single_exit_matches_numpy():
+    out = synth_outputs(3, 50, seed=0)
+    stage1 = np.random.default_rng(0).gamma(3.0, 2.0, size=400)
+    costs = StageCosts.from_samples([stage1, stage1 + 1, stage1 + 2])
+    for q in (50, 90, 99):
+        ev = evaluate_thresholds(out, None, [-np.inf, -np.inf], costs, metric=f"p{q}")
+        np.testing.assert_allclose(ev.exit_fractions, [1, 0, 0])
+        assert ev.cost == pytest.approx(np.percentile(stage1, q), rel=0.03)
+    same = evaluate_thresholds(out, None, [-np.inf, -np.inf], costs, metric="p90", seed=0)
+    assert same.cost == evaluate_thresholds(out, None, [-np.inf, -np.inf], costs, metric="p90", seed=0).cost
+
+
+def test_percentile_of_mixture_is_not_mixture_of_percentiles():
+    # 10 samples, 8 stop at exit 1 (10 ms), 2 continue to exit 2 (10 + 5 ms)
+    conf = np.array([[0.9] * 8 + [0.1] * 2, [0.5] * 10])
+    pred = np.zeros((2, 10), dtype=int)
+    labels = np.zeros(10, dtype=int)
+    costs = StageCosts.from_samples([[10.0], [5.0]])
+    ev = evaluate_thresholds((conf, pred), labels, [0.5], costs, metric="p90")
+    mixture_of_p90s = 0.8 * 10.0 + 0.2 * 15.0
+    assert ev.cost == 15.0 and ev.mean_cost == pytest.approx(11.0)
+    assert ev.cost != pytest.approx(mixture_of_p90s)
+    assert evaluate_thresholds((conf, pred), labels, [0.5], costs, metric="p75").cost == 10.0
+    # stochastic version: simulated p90 of the mixture vs the fraction-weighted per-exit p90s
+    rng = np.random.default_rng(3)
+    s1, s2 = rng.normal(10, 1, 500).clip(0), rng.normal(5, 1, 500).clip(0)
+    costs = StageCosts.from_samples([s1, s2])
+    ev = evaluate_thresholds((conf, pred), labels, [0.5], costs, metric="p90")
+    naive = 0.8 * np.percentile(s1, 90) + 0.2 * np.percentile(s1[:, None] + s2[None, :], 90)
+    assert abs(ev.cost - naive) > 1.0
+    assert ev.cost == pytest.approx(np.percentile(np.concatenate([np.repeat(s1, 4)[:2000], (s1 + s2)[:500]]), 90), rel=0.05)
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+def test_errors():
+    probs, labels = synth_probs(3, 20, seed=0)
+    out = ExitOutputs.from_probs(probs, labels)
+    costs = StageCosts.from_cumulative([1.0, 2.0, 3.0], unit="GFLOPs")
+    with pytest.raises(ValueError, match="unknown algorithm.*exact, ga, sweep"):
+        search_thresholds(out, costs, 2.0, algorithm="bayes")
+    with pytest.raises(ValueError, match="unknown metric"):
+        search_thresholds(out, costs, 2.0, metric="median")
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="budget must be a finite, non-negative"):
+            search_thresholds(out, costs, bad)
+    with pytest.raises(ValueError, match=r"below the cheapest achievable mean cost 1 GFLOPs.*at least 1 GFLOPs"):
+        search_thresholds(out, costs, 0.5)
+    with pytest.raises(ValueError, match="empty validation set"):
+        ExitOutputs.from_probs(np.zeros((3, 0, 5)), np.zeros(0))
+    with pytest.raises(ValueError, match="empty validation set"):
+        search_thresholds((np.zeros((3, 0)), np.zeros((3, 0))), costs, 2.0, labels=np.zeros(0))
+    with pytest.raises(ValueError, match="labels length mismatch"):
+        search_thresholds(probs, costs, 2.0, labels=labels[:-1])
+    with pytest.raises(ValueError, match="labels are missing"):
+        search_thresholds(probs, costs, 2.0)
+    with pytest.raises(ValueError, match="3-D"):
+        search_thresholds(probs[0], costs, 2.0, labels=labels)
+    with pytest.raises(ValueError, match="2 stages but the outputs have 3 exits"):
+        search_thresholds(out, StageCosts.from_cumulative([1.0, 2.0]), 2.0)
+    nan_probs = probs.copy()
+    nan_probs[1, 3, :] = np.nan
+    with pytest.raises(ValueError, match="NaN.*exit 2"):
+        ExitOutputs.from_probs(nan_probs, labels)
+    with pytest.raises(ValueError, match="latency samples"):
+        search_thresholds(out, costs, 2.0, metric="p90")
+    with pytest.raises(ValueError, match="unknown option.*max_candidate"):
+        search_thresholds(out, costs, 2.0, max_candidate=5)
+    with pytest.raises(ValueError, match="labels differ"):
+        search_thresholds(out, costs, 2.0, labels=labels[::-1] + 1)
+
+
+def test_budget_below_minimum_percentile_names_minimum():
+    out = synth_outputs(2, 20, seed=0)
+    costs = StageCosts.from_samples([[4.0, 5.0, 6.0], [1.0]])
+    with pytest.raises(ValueError, match=r"cheapest achievable p90 cost 6 ms"):
+        search_thresholds(out, costs, 3.0, metric="p90")
+    with pytest.raises(ValueError, match=r"cheapest achievable"):
+        frontier_table(out, costs, [10.0, 3.0], metric="p90")

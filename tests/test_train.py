@@ -1,0 +1,126 @@
+"""Training: learns on real Fashion-MNIST, resumes exactly, survives kill -9, runs under torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dvt_edge import load_checkpoint
+from dvt_edge.checkpoint import CheckpointError
+from dvt_edge.train import build_parser, train
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = ["--model", "dvt_micro_fmnist", "--data", "fashion-mnist", "--train-limit", "1500", "--val-limit", "500",
+         "--batch-size", "64", "--threads", "1", "--quiet", "--lr", "1e-2", "--warmup-epochs", "0.1", "--no-augment"]
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "runtime"), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _train_cli(*args: str, wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "dvt_edge.train", *QUICK, *args]
+    if wait:
+        return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    return subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)[0].state_dict()
+
+
+def test_short_run_beats_chance(tmp_path):
+    args = build_parser().parse_args([*QUICK, "--train-limit", "3000", "--epochs", "2", "--out", str(tmp_path)])
+    summary = train(args)
+    acc = summary["history"][-1]["val_acc"]
+    assert len(acc) == 3 and min(acc) > 30.0 and max(acc) > 50.0, acc  # chance is 10%
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(metrics["history"]) == 2 and (tmp_path / "metrics.png").stat().st_size > 1000
+    model, info = load_checkpoint(tmp_path / "best.pt")
+    assert info.classes[0] == "T-shirt/top" and info.preprocess is not None
+    assert info.accuracies == pytest.approx(max(metrics["history"], key=lambda h: h["val_acc"][-1])["val_acc"])
+
+
+@pytest.mark.xdist_group("subprocess-train")
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    r = _train_cli("--epochs", "3", "--out", str(straight))
+    assert r.returncode == 0, r.stdout + r.stderr
+    # same run, killed with SIGKILL as soon as the first checkpoint exists (mid-epoch 2)
+    p = _train_cli("--epochs", "3", "--out", str(broken), wait=False)
+    deadline = time.time() + 240
+    while not (broken / "last.pt").exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert p.returncode == -signal.SIGKILL, "the run should have been killed mid-training"
+    _, info = load_checkpoint(broken / "last.pt")  # previous checkpoint still readable
+    done = info.extras["train"]["epoch"]
+    assert 1 <= done < 3
+    # overwriting without --resume is refused, and nothing is touched
+    before = (broken / "last.pt").read_bytes()
+    r = _train_cli("--epochs", "3", "--out", str(broken))
+    assert r.returncode == 2 and "--resume" in r.stderr
+    assert (broken / "last.pt").read_bytes() == before
+    # resume finishes with exactly the uninterrupted weights
+    r = _train_cli("--epochs", "3", "--out", str(broken), "--resume")
+    assert r.returncode == 0, r.stdout + r.stderr
+    a, b = _weights(straight / "last.pt"), _weights(broken / "last.pt")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ha = json.loads((straight / "metrics.json").read_text())["history"]
+    hb = json.loads((broken / "metrics.json").read_text())["history"]
+    assert [h["val_acc"] for h in ha] == [h["val_acc"] for h in hb]
+
+
+def test_resume_with_another_model_is_refused(tmp_path):
+    args = build_parser().parse_args([*QUICK, "--epochs", "1", "--train-limit", "200", "--out", str(tmp_path)])
+    train(args)
+    before = (tmp_path / "last.pt").read_bytes()
+    bad = build_parser().parse_args([*QUICK, "--model", "dvt_tiny_fmnist", "--epochs", "2", "--out", str(tmp_path), "--resume"])
+    with pytest.raises(CheckpointError, match="dvt_micro_fmnist"):
+        train(bad)
+    assert (tmp_path / "last.pt").read_bytes() == before
+
+
+def test_finetune_onto_new_classes_reinitialises_heads(tmp_path):
+    from dvt_edge import save_checkpoint
+    from dvt_edge.models import create_model
+
+    src = create_model("dvt_micro_fmnist", num_classes=7)
+    save_checkpoint(tmp_path / "src.pt", src)
+    args = build_parser().parse_args([*QUICK, "--epochs", "1", "--train-limit", "100", "--val-limit", "50",
+                                      "--finetune", str(tmp_path / "src.pt"), "--lr", "0", "--out", str(tmp_path / "ft")])
+    train(args)
+    m, _ = load_checkpoint(tmp_path / "ft" / "last.pt")
+    assert m.cfg.num_classes == 10
+    s = src.state_dict()
+    for k, v in m.state_dict().items():
+        if ".head." not in k and v.dtype.is_floating_point:
+            assert torch.equal(v, s[k]), k  # lr 0: copied weights unchanged
+
+
+@pytest.mark.xdist_group("subprocess-train")
+def test_torchrun_two_processes_gloo(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "dvt_edge.train", *QUICK, "--epochs", "1", "--out", str(out)]
+    r = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "2 process(es)" in r.stdout
+    assert sorted(p.name for p in out.glob("*.pt")) == ["best.pt", "last.pt"]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["world_size"] == 2 and len(m["history"]) == 1
+    load_checkpoint(out / "last.pt")
