@@ -22,6 +22,7 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 __all__ = [
     "DVTConfig",
@@ -172,8 +173,13 @@ def resize_matrix(src: int, mid: int, dst: int) -> torch.Tensor:
 
 
 def _resize_last2(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """Resize the last two (square) axes of ``x (.., s, s)`` with ``m (g, s)`` -> (.., g, g)."""
-    return m @ x @ m.transpose(0, 1)
+    """Resize the last two (square) axes of ``x (.., s, s)`` with ``m (g, s)`` -> (.., g, g).
+
+    Computes ``m @ x @ m.T`` as two ``linear`` ops with a constant weight (fully-connected
+    layers, which every backend delegates) instead of broadcast matmuls.
+    """
+    y = F.linear(x, m)  # (.., s, g) = x @ m.T
+    return F.linear(y.transpose(-1, -2), m).transpose(-1, -2)  # (.., g, g) = m @ y
 
 
 # --------------------------------------------------------------------------- building blocks

@@ -1,0 +1,452 @@
+"""Export every exit of a DVT separately, quantized and verified, as a bundle directory.
+
+    python -m dvt_edge.export --checkpoint CKPT --target coreml [--precision fp16]
+
+A bundle is ``manifest.json`` plus one artifact per exit. It is written to a temporary
+directory next to its destination and renamed into place, so an interrupted export never
+leaves a half bundle, and an existing bundle is replaced only with ``force=True``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from dvt_runtime.io import sha256_file
+from dvt_runtime.manifest import ExitSpec, Manifest, TensorSpec, artifact_digest
+from dvt_runtime.preprocess import Preprocess
+
+from dvt_edge.checkpoint import CheckpointInfo, load_checkpoint
+from dvt_edge.data import DataError, default_preprocess, load_dataset
+from dvt_edge.export.common import ExitArtifact, ExitGraph, ExitJob, exit_graphs
+from dvt_edge.export.targets import TARGETS, Target, TargetUnavailable, get_target
+from dvt_edge.models import DVT
+
+__all__ = ["export_bundle", "ExportError", "TARGETS", "get_target", "TargetUnavailable", "ExportResult"]
+
+FP32_TOL = 1e-3  # max abs logit difference allowed for fp32 artifacts
+INT8_MIN_AGREEMENT = 97.0  # % top-1 agreement with PyTorch fp32 on real images
+
+
+class ExportError(RuntimeError):
+    """Export failed (verification, toolchain); nothing was written to the destination."""
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    manifest: Manifest
+    report: str
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class _Data:
+    spec: Optional[str]
+    calib: list[np.ndarray]  # (N, C, H, W) images for calibration
+    verify_x: Optional[np.ndarray]  # (M, C, H, W) held-out real images for verification
+    verify_y: Optional[np.ndarray]
+    note: str = ""
+
+
+def _default_data_spec(model: DVT, info: CheckpointInfo) -> Optional[str]:
+    if info.extras.get("data"):
+        return str(info.extras["data"])
+    summary = info.extras.get("train_summary") or info.extras.get("train", {}).get("args")
+    if summary:
+        import json
+
+        try:
+            d = json.loads(summary) if isinstance(summary, str) else summary
+            args = d.get("args", d)
+            if args.get("data"):
+                return str(args["data"])
+        except (ValueError, AttributeError):
+            pass
+    if (model.cfg.in_chans, model.cfg.img_size) == (1, 28):
+        return "fashion-mnist"
+    return None
+
+
+def _load_data(spec: Optional[str], pre: Preprocess, calib_n: int, verify_n: int, need_calib: bool) -> _Data:
+    if spec is None:
+        if need_calib:
+            raise ExportError("int8 needs calibration images and none are known for this checkpoint: "
+                              "pass --calib-data SPEC (e.g. imagefolder:PATH or npz:PATH)")
+        return _Data(None, [], None, None, "no real images (fixed inputs only); pass --calib-data to verify on real images")
+    try:
+        train = load_dataset(spec, "train", preprocess=pre)
+        calib, _ = train.arrays(calib_n, seed=0)
+        try:
+            val = load_dataset(spec, "val", preprocess=pre)
+        except DataError:
+            val = train
+        vx, vy = val.arrays(min(verify_n, len(val)), seed=1)
+    except DataError as e:
+        raise ExportError(f"calibration data {spec!r}: {e}") from None
+    return _Data(spec, list(calib), vx, vy, f"{len(calib)} calibration images from {spec}/train, {len(vx)} verification images from {spec}/val")
+
+
+# ----------------------------------------------------------------------------- reference
+
+
+@torch.no_grad()
+def _torch_cascade(graphs: list[ExitGraph], images: np.ndarray) -> list[list[dict[str, np.ndarray]]]:
+    """Per image, per exit: the inputs each exit sees and its outputs, from PyTorch fp32."""
+    out = []
+    for x in images:
+        feats = rels = None
+        per_exit = []
+        for g in graphs:
+            img = torch.from_numpy(x[None])
+            inputs = {"image": img.numpy()}
+            if g.reuse:
+                inputs.update(features=feats.numpy(), relations=rels.numpy())
+            logits, f, r = g.stage(img, feats, rels)
+            per_exit.append({"inputs": inputs, "logits": logits.numpy()})
+            feats, rels = f, r
+        out.append(per_exit)
+    return out
+
+
+def _run_artifact_cascade(sessions, images: np.ndarray, graphs: list[ExitGraph], upto: Optional[int] = None) -> list[np.ndarray]:
+    """Run the artifacts chained (each exit fed by the previous artifact's outputs) -> per-exit logits (N, K)."""
+    n_exits = len(sessions) if upto is None else upto
+    logits = [[] for _ in range(n_exits)]
+    for x in images:
+        carry: dict[str, np.ndarray] = {}
+        for e in range(n_exits):
+            inputs = {"image": np.ascontiguousarray(x[None], dtype=np.float32)}
+            if graphs[e].reuse:
+                inputs.update(features=carry["features_out"], relations=carry["relations_out"])
+            carry = sessions[e].run(inputs)
+            logits[e].append(carry["logits"][0])
+    return [np.stack(v) for v in logits]
+
+
+# ----------------------------------------------------------------------------- thresholds
+
+
+def _default_thresholds(model: DVT, info: CheckpointInfo, ref_logits: Optional[list[np.ndarray]], labels) -> tuple[Optional[list], str]:
+    if info.thresholds is not None and info.thresholds.ndim == 2 and info.thresholds.shape[1] == model.num_exits:
+        row = info.thresholds.shape[0] // 2
+        t = [float(v) for v in info.thresholds[row]]
+        return t[:-1] + [None], f"checkpoint dynamic_threshold row {row} of {info.thresholds.shape[0]}"
+    if ref_logits is None:
+        return None, "none (no real images to choose them on)"
+    from dvt_runtime.search import ExitOutputs, StageCosts, search_thresholds
+
+    probs = np.stack([_softmax(lg) for lg in ref_logits])
+    costs = StageCosts.from_cumulative([e.gflops for e in model.exits], unit="GFLOPs")
+    res = search_thresholds(ExitOutputs.from_probs(probs, labels), costs, budget=costs.cumulative[-1] * (1 + 1e-9), algorithm="exact")
+    best = max(p.accuracy for p in res.frontier)
+    pick = min((p for p in res.frontier if p.accuracy >= best - 0.5), key=lambda p: p.mean_cost)
+    return pick.to_dict()["thresholds"], (f"cheapest FLOPs point within 0.5 points of the best accuracy on {len(labels)} "
+                                          "verification images (PyTorch fp32); re-calibrate on the device with dvt_runtime.calibrate")
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - x.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def _exit_decisions(logits: list[np.ndarray], thresholds: Optional[list]) -> Optional[np.ndarray]:
+    if thresholds is None:
+        return None
+    from dvt_runtime.search import exit_indices, thresholds_from_list
+
+    conf = np.stack([_softmax(lg).max(-1) for lg in logits])
+    return exit_indices(conf, thresholds_from_list(thresholds))
+
+
+# ----------------------------------------------------------------------------- verify
+
+
+def _parity(target: Target, precision: str, graphs, sessions, data: _Data, ref_real, fixed_ref, thresholds) -> dict:
+    """Compare the artifacts with PyTorch fp32: fixed inputs (per exit) and real images (chained)."""
+    rows = []
+    for e, (g, s) in enumerate(zip(graphs, sessions)):
+        ins = {n: t.numpy() for n, t in zip(g.input_names, g.example_inputs())}
+        got = s.run(ins)["logits"]
+        rows.append({"exit": e + 1, "max_abs_diff_fixed": float(np.abs(got - fixed_ref[e]).max())})
+    report = {"runtime": target.backend, "n_real": 0, "exits": rows, "checked": "numerical"}
+    if data.verify_x is not None:
+        art = _run_artifact_cascade(sessions, data.verify_x, graphs)
+        for e, row in enumerate(rows):
+            diff = np.abs(art[e] - ref_real[e])
+            row["max_abs_diff_real"] = float(diff.max())
+            row["top1_agreement"] = float((art[e].argmax(-1) == ref_real[e].argmax(-1)).mean() * 100)
+            row["top1_artifact"] = float((art[e].argmax(-1) == data.verify_y).mean() * 100)
+            row["top1_pytorch"] = float((ref_real[e].argmax(-1) == data.verify_y).mean() * 100)
+        report["n_real"] = len(data.verify_x)
+        d_ref, d_art = _exit_decisions(ref_real, thresholds), _exit_decisions(art, thresholds)
+        if d_ref is not None:
+            final_ref = np.stack(ref_real)[d_ref, np.arange(len(d_ref))].argmax(-1)
+            final_art = np.stack(art)[d_art, np.arange(len(d_art))].argmax(-1)
+            report["exit_decision_agreement"] = float((d_ref == d_art).mean() * 100)
+            report["cascade_answer_agreement"] = float((final_ref == final_art).mean() * 100)
+    return report
+
+
+def _check_parity(report: dict, precision: str) -> list[str]:
+    problems = []
+    for row in report["exits"]:
+        if precision == "fp32":
+            for k in ("max_abs_diff_fixed", "max_abs_diff_real"):
+                if k in row and row[k] > FP32_TOL:
+                    problems.append(f"exit {row['exit']}: fp32 {k} {row[k]:.2e} > {FP32_TOL:g}")
+        elif "top1_agreement" in row and row["top1_agreement"] < INT8_MIN_AGREEMENT and precision == "int8":
+            problems.append(f"exit {row['exit']}: int8 top-1 agreement {row['top1_agreement']:.2f}% < {INT8_MIN_AGREEMENT}% on real images")
+    return problems
+
+
+def format_parity(m: Manifest) -> str:
+    p = m.parity
+    lines = [f"{m.model} -> {m.target} {m.precision}  ({p.get('checked', '?')} check on {p.get('runtime', '?')}; "
+             f"{p.get('n_real', 0)} real images)"]
+    head = f"{'exit':>4} {'grid':>6} {'artifact':<28} {'size KB':>8} {'scheme':<10} {'max|dlogit| fixed':>17} {'real':>9} {'top-1 agree %':>13} {'top-1 art/pt %':>15}"
+    lines.append(head)
+    for e, row in zip(m.exits, p.get("exits", [{}] * len(m.exits))):
+        fx = f"{row['max_abs_diff_fixed']:.2e}" if "max_abs_diff_fixed" in row else "-"
+        rl = f"{row['max_abs_diff_real']:.2e}" if "max_abs_diff_real" in row else "-"
+        ag = f"{row['top1_agreement']:.2f}" if "top1_agreement" in row else "-"
+        ac = f"{row['top1_artifact']:.2f}/{row['top1_pytorch']:.2f}" if "top1_artifact" in row else "-"
+        lines.append(f"{e.index + 1:>4} {e.grid:>4}x{e.grid:<1} {e.artifact:<28} {e.size_bytes / 1024:>8.0f} "
+                     f"{str(e.quantization.get('scheme', '-')):<10} {fx:>17} {rl:>9} {ag:>13} {ac:>15}")
+        if e.undelegated_ops:
+            lines.append(f"       not delegated to XNNPACK: {', '.join(f'{k} x{v}' for k, v in e.undelegated_ops.items())}")
+    if "exit_decision_agreement" in p:
+        lines.append(f"exit decision agreement at the default thresholds: {p['exit_decision_agreement']:.2f}%, "
+                     f"cascade answer agreement: {p['cascade_answer_agreement']:.2f}%")
+    for prob in p.get("problems", []):
+        lines.append(f"PROBLEM: {prob}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- main entry
+
+
+def _toolchain() -> dict:
+    from importlib import metadata
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for d in ("dvt-edge", "dvt-runtime", "torch", "executorch", "torchao", "coremltools", "onnx", "onnxruntime", "onnxscript"):
+        try:
+            out[d] = metadata.version(d)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _sessions(target: Target, bundle: Path, graphs, artifacts: list[ExitArtifact]):
+    """Load the artifacts with the target's runtime; None when that runtime cannot run on this host."""
+    from dvt_runtime.backends import BackendUnavailable, open_session
+
+    sessions = []
+    for e, (g, a) in enumerate(zip(graphs, artifacts)):
+        try:
+            s = open_session(target.backend, bundle / a.artifact, g.input_names, g.output_names, threads=1)
+            s.run({n: t.numpy() for n, t in zip(g.input_names, g.example_inputs())})  # some runtimes fail only at first run
+        except BackendUnavailable:
+            return None
+        except Exception as ex:  # the runtime rejects what the toolchain wrote
+            raise ExportError(f"exit {e + 1}: {a.artifact} was written but {target.backend} cannot run it "
+                              f"({a.quantization.get('scheme', '')} {str(ex).strip()[:300]})") from None
+        sessions.append(s)
+    return sessions
+
+
+def export_bundle(
+    checkpoint: str,
+    target: str,
+    precision: str = "fp32",
+    out: Optional[str] = None,
+    model_name: Optional[str] = None,
+    calib_data: Optional[str] = None,
+    calib_n: int = 64,
+    verify_n: int = 300,
+    scheme: Optional[str] = None,
+    force: bool = False,
+    verify: bool = True,
+    trusted: bool = False,
+    progress: bool = True,
+) -> ExportResult:
+    """Export one (model, target, precision) bundle; returns its path, manifest and parity table."""
+    t = get_target(target)
+    t.check_precision(precision)
+    t.check_available()
+    model, info = load_checkpoint(checkpoint, model=model_name, trusted=trusted)
+    pre = info.preprocess or default_preprocess(model.cfg.in_chans, model.cfg.img_size)
+    dest = Path(out) if out else Path("bundles") / f"{model.name}-{t.name}-{precision}"
+    if dest.exists() and not force:
+        raise ExportError(f"{dest} already exists; pass --force to replace it (the old bundle is kept until the new one is complete)")
+    schemes = [None]
+    if precision == "int8":
+        valid = list(t.int8.get("schemes", []))
+        chosen = scheme or t.int8.get("default_scheme", valid[0])
+        if chosen != "auto" and chosen not in valid:
+            raise ValueError(f"target {t.name!r} int8 schemes: {valid + ['auto']}; got {chosen!r}")
+        schemes = valid if chosen == "auto" else [chosen]
+    elif scheme:
+        raise ValueError(f"--scheme applies to int8 only (got precision {precision})")
+
+    spec = calib_data or _default_data_spec(model, info)
+    data = _load_data(spec, pre, calib_n, verify_n, need_calib=precision == "int8")
+    graphs = exit_graphs(model)
+    calib_ref = _torch_cascade(graphs, np.stack(data.calib)) if data.calib else []
+    real_ref = [np.stack(v) for v in zip(*[[d["logits"][0] for d in per] for per in _torch_cascade(graphs, data.verify_x)])] if data.verify_x is not None else None
+    with torch.no_grad():
+        fixed_ref = [g.stage(*g.example_inputs())[0].numpy() for g in graphs]
+    thresholds, thr_source = _default_thresholds(model, info, real_ref, data.verify_y)
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        artifacts: list[ExitArtifact] = []
+        choice_notes = []
+        mod = t.load()
+        it = range(len(graphs))
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(it, desc=f"export {t.name} {precision}", unit="exit")
+        for e in it:
+            calib_e = [c[e]["inputs"] for c in calib_ref]
+            candidates = []
+            for sch in schemes:
+                cdir = tmp if len(schemes) == 1 else Path(tempfile.mkdtemp(prefix=f"{sch}-", dir=tmp))
+                art = mod.export_exit(ExitJob(e, graphs[e], t, precision, sch, calib_e, cdir))
+                candidates.append((sch, cdir, art))
+            if len(candidates) > 1:
+                sch, cdir, art = _pick_scheme(t, candidates, graphs, artifacts, tmp, data, real_ref, e, choice_notes)
+            else:
+                sch, cdir, art = candidates[0]
+            artifacts.append(art)
+        # the ort target: one required_operators.config for the whole bundle
+        cfgs = [f for a in artifacts for f in a.extra_files if f.endswith(".config")]
+        if cfgs:
+            from dvt_edge.export.onnx import merge_required_operators
+
+            merge_required_operators(tmp, cfgs)
+
+        # -- verification
+        sessions = _sessions(t, tmp, graphs, artifacts) if verify else None
+        if sessions is not None:
+            parity = _parity(t, precision, graphs, sessions, data, real_ref, fixed_ref, thresholds)
+        else:
+            parity = {"runtime": t.backend, "checked": "structural" if verify else "skipped (--no-verify)", "n_real": 0,
+                      "exits": [{"exit": e + 1} for e in range(len(graphs))],
+                      "note": f"{t.backend} cannot run on {platform.system()} here"}
+            if verify and t.name == "coreml":
+                from dvt_edge.export.coreml import check_structure
+
+                probs = []
+                for g, a in zip(graphs, artifacts):
+                    probs += [f"{a.artifact}: {p}" for p in check_structure(tmp / a.artifact, g.input_shapes(), g.output_shapes())]
+                parity["structure_problems"] = probs
+                if probs:
+                    raise ExportError("Core ML structural check failed: " + "; ".join(probs))
+        parity["data"] = data.note
+        if choice_notes:
+            parity["scheme_selection"] = choice_notes
+        problems = _check_parity(parity, precision) if verify else []
+        parity["problems"] = problems
+        parity["passed"] = not problems
+
+        exits = []
+        for e, (g, a) in enumerate(zip(graphs, artifacts)):
+            ex = model.exits[e]
+            p = tmp / a.artifact
+            in_s, out_s = g.input_shapes(), g.output_shapes()
+            exits.append(ExitSpec(
+                index=e, grid=ex.grid, tokens=ex.tokens, gflops=ex.gflops, stage_gflops=ex.stage_flops / 1e9,
+                artifact=a.artifact, sha256=artifact_digest(p), size_bytes=_size(p),
+                inputs=[TensorSpec(n, list(in_s[n])) for n in g.input_names],
+                outputs=[TensorSpec(n, list(out_s[n])) for n in g.output_names],
+                quantization=a.quantization, undelegated_ops=a.undelegated_ops,
+            ))
+        manifest = Manifest(
+            model=model.name, target=t.name, precision=precision,
+            classes=list(info.classes) if info.classes else [str(i) for i in range(model.cfg.num_classes)],
+            preprocess=pre, exits=exits, backend=t.backend, model_config=model.cfg.to_dict(),
+            quantization={"schemes_tried": [s for s in schemes if s], "recipe": t.recipe} if precision == "int8" else {},
+            thresholds=thresholds, thresholds_source=thr_source, parity=parity, toolchain=_toolchain(),
+            source={"checkpoint": str(checkpoint), "sha256": sha256_file(checkpoint), "format": info.format, "data": spec},
+            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        )
+        if cfgs:
+            manifest.extras["required_operators"] = "required_operators.config"
+        manifest.save(tmp)
+        report = format_parity(manifest)
+        if problems:
+            raise ExportError("verification failed (use --no-verify to write the bundle anyway):\n" + report)
+        _install(tmp, dest)
+        return ExportResult(dest, manifest, report)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _pick_scheme(t, candidates, graphs, chosen_artifacts, tmp, data, real_ref, e, notes):
+    """Keep the int8 scheme whose exit agrees best with PyTorch on real images (chained)."""
+    if data.verify_x is None:
+        sch, cdir, art = candidates[0]
+        notes.append(f"exit {e + 1}: {sch} (no real images to compare schemes)")
+    else:
+        scored = []
+        for sch, cdir, art in candidates:
+            try:
+                sess = _sessions(t, tmp, graphs[: e + 1], [*chosen_artifacts, _moved(art, cdir, tmp)])
+            except ExportError as ex:
+                notes.append(f"exit {e + 1}: {sch} rejected: {ex}")
+                scored.append((-1.0, -np.inf, sch, cdir, art))
+                continue
+            if sess is None:
+                scored.append((0.0, 0.0, sch, cdir, art))
+                continue
+            lg = _run_artifact_cascade(sess, data.verify_x, graphs, upto=e + 1)[e]
+            agree = float((lg.argmax(-1) == real_ref[e].argmax(-1)).mean() * 100)
+            err = float(np.abs(lg - real_ref[e]).max())
+            scored.append((agree, -err, sch, cdir, art))
+        scored.sort(key=lambda s: (s[0], s[1]), reverse=True)
+        if scored[0][0] < 0:
+            raise ExportError(f"exit {e + 1}: no int8 scheme produced an artifact the runtime can run: {notes[-len(scored):]}")
+        _, _, sch, cdir, art = scored[0]
+        notes.append(f"exit {e + 1}: " + ", ".join(f"{s[2]} {s[0]:.2f}% agreement (max|dlogit| {-s[1]:.3f})" if s[0] >= 0
+                                                 else f"{s[2]} failed" for s in scored) + f" -> {sch}")
+    for name in [art.artifact, *art.extra_files]:
+        shutil.move(str(cdir / name), str(tmp / name))
+    for _, d, _ in candidates:
+        if d != tmp:
+            shutil.rmtree(d, ignore_errors=True)
+    return sch, tmp, art
+
+
+def _moved(art: ExitArtifact, src: Path, tmp: Path) -> ExitArtifact:
+    """An artifact as seen from the bundle root (for scoring before it is moved there)."""
+    return ExitArtifact(os.path.relpath(src / art.artifact, tmp), art.quantization, art.undelegated_ops, art.extra_files)
+
+
+def _size(p: Path) -> int:
+    return p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def _install(tmp: Path, dest: Path) -> None:
+    """Rename the finished bundle into place; an old bundle is moved aside first, removed after."""
+    old = None
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

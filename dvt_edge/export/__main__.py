@@ -1,0 +1,81 @@
+"""python -m dvt_edge.export --checkpoint CKPT --target TARGET [--precision fp32|fp16|int8] ..."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from dvt_edge.checkpoint import CheckpointError
+from dvt_edge.data import DATASETS, DataError
+from dvt_edge.export import ExportError, export_bundle
+from dvt_edge.export.targets import TARGETS, TargetUnavailable, get_target
+
+
+def list_targets() -> str:
+    lines = [f"{'target':<11} {'precisions':<16} {'extra':<11} {'available':<9} produces"]
+    for t in TARGETS.values():
+        lines.append(f"{t.name:<11} {','.join(t.precisions):<16} {t.extra:<11} {'yes' if t.available else 'no':<9} {t.produces}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m dvt_edge.export", description=__doc__)
+    ap.add_argument("--checkpoint", help="our checkpoint or a published DVT .pth.tar")
+    ap.add_argument("--model", default=None, help="registered model name (published checkpoints: inferred when omitted)")
+    ap.add_argument("--target", help=f"one of {sorted(TARGETS)} or 'all'")
+    ap.add_argument("--precision", default="fp32", help="fp32, fp16 (coreml) or int8; comma-separated for several")
+    ap.add_argument("--scheme", default=None, help="int8 scheme (see --list-targets; default: the recipe's, 'auto' picks by accuracy)")
+    ap.add_argument("--calib-data", default=None, help=f"calibration/verification data spec ({', '.join(DATASETS)}); default: the checkpoint's training data")
+    ap.add_argument("--calib-n", type=int, default=64, help="calibration images for static int8")
+    ap.add_argument("--verify-n", type=int, default=300, help="held-out real images for verification")
+    ap.add_argument("--out", default=None, help="bundle directory (one target/precision) or parent directory (several); default bundles/")
+    ap.add_argument("--force", action="store_true", help="replace an existing bundle")
+    ap.add_argument("--no-verify", action="store_true", help="write the bundle even if parity checks fail")
+    ap.add_argument("--trust-checkpoint", action="store_true", help="allow arbitrary unpickling (only for files you trust)")
+    ap.add_argument("--list-targets", action="store_true", help="print the targets and exit")
+    return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if args.list_targets:
+        print(list_targets())
+        return 0
+    if not args.checkpoint or not args.target:
+        ap.error("--checkpoint and --target are required (or --list-targets)")
+    try:
+        names = sorted(TARGETS) if args.target == "all" else [get_target(n).name for n in args.target.split(",")]
+        precisions = args.precision.split(",")
+        jobs = [(n, p) for n in names for p in precisions if p in TARGETS[n].precisions or len(names) == 1]
+        if not jobs:
+            raise ValueError(f"no target supports precision(s) {precisions}")
+        several = len(jobs) > 1
+        failed = 0
+        for name, prec in jobs:
+            out = None
+            if args.out:
+                out = f"{args.out.rstrip('/')}/{{}}-{name}-{prec}" if several else args.out
+            try:
+                if out and several:
+                    from dvt_edge.checkpoint import load_checkpoint
+
+                    out = out.format(load_checkpoint(args.checkpoint, model=args.model, trusted=args.trust_checkpoint)[0].name)
+                r = export_bundle(args.checkpoint, name, prec, out, args.model, args.calib_data, args.calib_n, args.verify_n,
+                                  args.scheme, args.force, not args.no_verify, args.trust_checkpoint)
+                print(r.report)
+                print(f"wrote {r.path}\n")
+            except (ExportError, TargetUnavailable) as e:
+                if not several:
+                    raise
+                failed += 1
+                print(f"FAILED {name} {prec}: {e}\n", file=sys.stderr)
+        return 1 if failed else 0
+    except (ExportError, TargetUnavailable, CheckpointError, DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

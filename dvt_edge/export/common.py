@@ -1,0 +1,97 @@
+"""What every target exporter shares: the per-exit graph, its named tensors, the job."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from dvt_edge.export.targets import Target
+from dvt_edge.models import DVT, DVTStage
+
+INPUT_NAMES = ("image", "features", "relations")
+OUTPUT_NAMES = ("logits", "features_out", "relations_out")
+
+
+class ExitGraph(nn.Module):
+    """One exit as exported: named positional inputs, and only the outputs someone uses.
+
+    The last exit returns logits only: nothing reuses its features and relations, so
+    exporting them would only copy memory on the device.
+    """
+
+    def __init__(self, stage: DVTStage, last: bool):
+        super().__init__()
+        self.stage, self.last, self.reuse = stage, last, stage.reuse
+
+    def forward(self, image: torch.Tensor, features: Optional[torch.Tensor] = None, relations: Optional[torch.Tensor] = None):
+        logits, feats, rels = self.stage(image, features, relations)
+        if self.last:
+            return logits
+        return logits, feats, rels
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(INPUT_NAMES if self.reuse else INPUT_NAMES[:1])
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(OUTPUT_NAMES[:1] if self.last else OUTPUT_NAMES)
+
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        return dict(self.stage.input_shapes(1))
+
+    def output_shapes(self) -> dict[str, tuple[int, ...]]:
+        s = self.stage.output_shapes(1)
+        return {n: s[k] for n, k in zip(self.output_names, ("logits", "features", "relations"))}
+
+    def example_inputs(self) -> tuple[torch.Tensor, ...]:
+        return self.stage.example_inputs(1)
+
+
+def exit_graphs(model: DVT) -> list[ExitGraph]:
+    n = model.num_exits
+    return [ExitGraph(s, i == n - 1).eval() for i, s in enumerate(model.stages)]
+
+
+@dataclass
+class ExitJob:
+    """Everything a target needs to export one exit."""
+
+    index: int
+    graph: ExitGraph
+    target: Target
+    precision: str  # fp32 | fp16 | int8
+    scheme: Optional[str]  # int8 scheme (target-specific), None otherwise
+    calib: list[dict[str, np.ndarray]]  # real, deployment-preprocessed inputs (batch 1 each)
+    out_dir: Path
+    options: dict = field(default_factory=dict)
+
+    @property
+    def basename(self) -> str:
+        return f"exit{self.index + 1}"
+
+    @property
+    def artifact(self) -> Path:
+        return self.out_dir / (self.basename + self.target.suffix)
+
+    def example_inputs(self) -> tuple[torch.Tensor, ...]:
+        return self.graph.example_inputs()
+
+
+@dataclass
+class ExitArtifact:
+    """What a target wrote for one exit."""
+
+    artifact: str  # file (or directory) name inside the bundle
+    quantization: dict = field(default_factory=dict)
+    undelegated_ops: Optional[dict] = None
+    extra_files: list[str] = field(default_factory=list)
+
+
+def torch_inputs(d: dict[str, np.ndarray], names: list[str]) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.from_numpy(np.ascontiguousarray(d[n])) for n in names)

@@ -1,0 +1,103 @@
+"""ExecuTorch (.pte) exits delegated to XNNPACK.
+
+fp32: ``torch.export`` -> ``to_edge_transform_and_lower(XnnpackPartitioner)``.
+int8: pt2e with ``XNNPACKQuantizer``, per-channel int8 weights and either dynamic int8
+activations or static ones calibrated on real images. Linear/conv layers only: the
+classifier head, the reuse-resize matrices, residual adds, LayerNorm, softmax and GELU
+stay float (static per-tensor activations on those lose accuracy on DVT stages).
+"""
+
+from __future__ import annotations
+
+import collections
+import warnings
+
+import torch
+
+from dvt_edge.export.common import ExitArtifact, ExitJob, torch_inputs
+
+QUANTIZED_TARGETS = ("aten.linear.default", "aten.conv2d.default")
+
+
+def _is_excluded(node: torch.fx.Node) -> str | None:
+    """Why a linear/conv node stays float (None: it is quantized)."""
+    stack = node.meta.get("nn_module_stack", {})
+    paths = [v[0] if isinstance(v, tuple) else str(v) for v in stack.values()]
+    if any(p.endswith("head") for p in paths):
+        return "classifier head"
+    if len(node.args) > 1 and isinstance(node.args[1], torch.fx.Node) and "reuse_resize" in str(node.args[1].target):
+        return "reuse resize (constant matrix)"
+    return None
+
+
+def _quantize(job: ExitJob, example: tuple) -> tuple[torch.nn.Module, dict]:
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    scheme = job.scheme or "dynamic"
+    dynamic = scheme == "dynamic"
+    gm = torch.export.export(job.graph, example).module()
+    excluded: collections.Counter = collections.Counter()
+    quantized = [0]
+
+    def keep(node: torch.fx.Node) -> bool:
+        if str(node.target) not in QUANTIZED_TARGETS:
+            return False
+        why = _is_excluded(node)
+        if why:
+            excluded[why] += 1
+            return False
+        quantized[0] += 1
+        return True
+
+    q = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic))
+    q.set_filter_function(keep)
+    prepared = prepare_pt2e(gm, q)
+    calib = job.calib if not dynamic else job.calib[:1]
+    if not calib:
+        raise ValueError("static int8 needs calibration images: pass --calib-data SPEC")
+    with torch.no_grad():
+        for c in calib:
+            prepared(*torch_inputs(c, job.graph.input_names))
+    converted = convert_pt2e(prepared)
+    info = {
+        "scheme": scheme,
+        "method": "pt2e XNNPACKQuantizer",
+        "weights": "int8 symmetric per-channel",
+        "activations": "int8 dynamic per-token" if dynamic else f"int8 static per-tensor ({len(calib)} calibration images)",
+        "quantized_layers": quantized[0] // max(1, 1),
+        "excluded_ops": dict(excluded) | {"float (not linear/conv)": "add, layer_norm, softmax, gelu, matmul"},
+    }
+    return converted, info
+
+
+def undelegated_ops(edge_program) -> dict[str, int]:
+    """Ops left outside the XNNPACK delegate (they run on portable kernels)."""
+    counts: collections.Counter = collections.Counter()
+    for node in edge_program.graph_module.graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = getattr(node.target, "__name__", str(node.target))
+        if "executorch_call_delegate" in name or name == "getitem":
+            continue
+        counts[name.replace("aten.", "").replace(".default", "")] += 1
+    return dict(sorted(counts.items()))
+
+
+def export_exit(job: ExitJob) -> ExitArtifact:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    example = job.example_inputs()
+    quant: dict = {"scheme": "none", "precision": "fp32"}
+    module: torch.nn.Module = job.graph
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if job.precision == "int8":
+            module, quant = _quantize(job, example)
+        ep = torch.export.export(module, example)
+        edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+        ops = undelegated_ops(edge.exported_program())
+        prog = edge.to_executorch()
+    job.artifact.write_bytes(prog.buffer)
+    return ExitArtifact(artifact=job.artifact.name, quantization=quant, undelegated_ops=ops)

@@ -1,0 +1,130 @@
+"""ONNX Runtime (.onnx) and ONNX Runtime Mobile (.ort) exits.
+
+fp32: torch's dynamo exporter, weights embedded. int8: ``quantize_static`` (QDQ,
+per-channel weights) restricted to MatMul/Gemm/Conv and calibrated on real images, or
+``quantize_dynamic``. The ``ort`` target converts the result to the ORT format and writes
+``required_operators.config`` for reduced builds.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dvt_edge.export.common import ExitArtifact, ExitJob
+
+OPSET = 20
+
+
+def _export_fp32(job: ExitJob, path: Path) -> None:
+    import warnings
+
+    g = job.graph
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        prog = torch.onnx.export(
+            g, job.example_inputs(), dynamo=True, opset_version=OPSET, external_data=False,
+            input_names=g.input_names, output_names=g.output_names, verbose=False,
+        )
+    prog.save(str(path), external_data=False)
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over real, preprocessed inputs (one method)."""
+
+    def __init__(self, calib: list[dict[str, np.ndarray]]):
+        self._it = iter(calib)
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+def _quantize(job: ExitJob, fp32: Path, out: Path, scheme: str) -> dict:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    op_types = list(job.target.int8.get("op_types", ["MatMul", "Gemm", "Conv"]))
+    with tempfile.TemporaryDirectory() as td:
+        pre = Path(td) / "pre.onnx"
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        if scheme == "dynamic":
+            quantize_dynamic(str(pre), str(out), op_types_to_quantize=op_types, per_channel=True, weight_type=QuantType.QInt8)
+            return {"scheme": "dynamic", "method": "onnxruntime.quantize_dynamic", "op_types": op_types,
+                    "weights": "int8 per-channel", "activations": "uint8 dynamic"}
+        if not job.calib:
+            raise ValueError("static int8 needs calibration images: pass --calib-data SPEC")
+        quantize_static(
+            str(pre), str(out), _Reader(job.calib), quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types,
+            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        )
+    return {"scheme": "static", "method": "onnxruntime.quantize_static (QDQ)", "op_types": op_types,
+            "weights": "int8 per-channel", "activations": "int8 static (MinMax)", "calibration_images": len(job.calib),
+            "excluded_ops": "all but " + "/".join(op_types)}
+
+
+def _to_ort(onnx_path: Path, out_dir: Path) -> list[str]:
+    """Convert to the ORT format with onnxruntime's own tool; returns the files written."""
+    with tempfile.TemporaryDirectory() as td:
+        src = Path(td) / onnx_path.name
+        shutil.copy(onnx_path, src)
+        r = subprocess.run(
+            [sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(src),
+             "--output_dir", str(td), "--optimization_style", "Fixed"],
+            capture_output=True, text=True,
+        )
+        ort_files = list(Path(td).glob("*.ort"))
+        if r.returncode != 0 or not ort_files:
+            raise RuntimeError(f"convert_onnx_models_to_ort failed for {onnx_path.name}: {r.stderr[-2000:] or r.stdout[-2000:]}")
+        out = []
+        for f in ort_files:
+            shutil.copy(f, out_dir / (onnx_path.stem + ".ort"))
+            out.append(onnx_path.stem + ".ort")
+        cfg = next(Path(td).glob("*required_operators*.config"), None)
+        if cfg is not None:
+            shutil.copy(cfg, out_dir / f"{onnx_path.stem}.required_operators.config")
+            out.append(f"{onnx_path.stem}.required_operators.config")
+        return out
+
+
+def export_exit(job: ExitJob) -> ExitArtifact:
+    out_dir = job.out_dir
+    onnx_path = out_dir / f"{job.basename}.onnx"
+    quant: dict = {"scheme": "none", "precision": "fp32"}
+    with tempfile.TemporaryDirectory() as td:
+        fp32 = Path(td) / "fp32.onnx"
+        _export_fp32(job, fp32)
+        if job.precision == "int8":
+            quant = _quantize(job, fp32, onnx_path, job.scheme or "static")
+        else:
+            shutil.copy(fp32, onnx_path)
+    quant["opset"] = OPSET
+    if job.target.name == "ort":
+        files = _to_ort(onnx_path, out_dir)
+        onnx_path.unlink()
+        return ExitArtifact(artifact=files[0], quantization=quant, extra_files=files[1:])
+    return ExitArtifact(artifact=onnx_path.name, quantization=quant)
+
+
+def merge_required_operators(bundle_dir: Path, names: list[str]) -> None:
+    """Merge per-exit required_operators configs into one ``required_operators.config``."""
+    lines: dict[str, set[str]] = {}
+    for n in names:
+        for line in (bundle_dir / n).read_text().splitlines():
+            if not line.strip() or line.startswith("#"):
+                continue
+            head, _, rest = line.rpartition(";")  # "ai.onnx;20;Add,Gemm" -> "ai.onnx;20", "Add,Gemm"
+            lines.setdefault(head.strip(), set()).update(o.strip() for o in rest.split(",") if o.strip())
+        (bundle_dir / n).unlink()
+    text = "# ONNX Runtime required operators for all exits of this bundle (reduced builds)\n"
+    text += "".join(f"{k};{','.join(sorted(v))}\n" for k, v in sorted(lines.items()))
+    (bundle_dir / "required_operators.config").write_text(text)

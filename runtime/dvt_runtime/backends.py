@@ -1,0 +1,166 @@
+"""Inference backends, each loading its library lazily.
+
+    session = open_session("onnxruntime", "exit1.onnx", input_names, output_names, threads=1)
+    outputs = session.run({"image": x})   # dict name -> np.ndarray
+
+A backend whose library is missing raises :class:`BackendUnavailable` naming the pip
+extra to install. ExecuTorch's Python runtime imports torch (the C++ runtime on a phone
+does not); ONNX Runtime and Core ML do not need torch.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+__all__ = ["BackendUnavailable", "Session", "open_session", "backend_version", "BACKENDS", "available_backends"]
+
+BACKENDS = ("onnxruntime", "executorch", "coreml")
+_EXTRA = {"onnxruntime": "onnx", "executorch": "executorch", "coreml": "coreml"}
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend's library is not installed or cannot run on this host."""
+
+
+def _missing(backend: str, err: Exception) -> BackendUnavailable:
+    return BackendUnavailable(
+        f"the {backend} backend needs its library, which could not be imported ({err}). "
+        f"Install it with: pip install 'dvt-runtime[{_EXTRA[backend]}]'"
+    )
+
+
+class Session:
+    """One loaded artifact (one exit). ``run`` maps input names to arrays and back."""
+
+    backend = "base"
+
+    def __init__(self, input_names: Sequence[str], output_names: Sequence[str]):
+        self.input_names, self.output_names = list(input_names), list(output_names)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+
+class OrtSession(Session):
+    backend = "onnxruntime"
+
+    def __init__(self, path: Path, input_names, output_names, threads: Optional[int] = None,
+                 providers: Optional[Sequence[str]] = None, spinning: bool = False):
+        super().__init__(input_names, output_names)
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise _missing("onnxruntime", e) from None
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = int(threads) if threads else 0
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # a cascade runs sessions back to back: spinning threads steal the next session's cores
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        available = ort.get_available_providers()
+        wanted = list(providers) if providers else ["CPUExecutionProvider"]
+        unknown = [p for p in wanted if p not in available]
+        if unknown:
+            raise BackendUnavailable(f"ONNX Runtime execution provider(s) {unknown} not available here; available: {available}")
+        self.sess = ort.InferenceSession(str(path), so, providers=wanted)
+        got = [i.name for i in self.sess.get_inputs()]
+        if sorted(got) != sorted(self.input_names):
+            raise BackendUnavailable(f"{path.name}: graph inputs {got} differ from the manifest's {self.input_names}")
+        self.providers = self.sess.get_providers()
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outs = self.sess.run(self.output_names, inputs)
+        return dict(zip(self.output_names, outs))
+
+
+class ExecuTorchSession(Session):
+    backend = "executorch"
+
+    def __init__(self, path: Path, input_names, output_names, threads: Optional[int] = None):
+        super().__init__(input_names, output_names)
+        try:
+            import torch  # noqa: F401  (the ExecuTorch Python runtime exchanges torch tensors)
+            from executorch.runtime import Runtime
+        except ImportError as e:
+            raise _missing("executorch", e) from None
+        if threads:
+            _executorch_threads(int(threads))
+        self._torch = __import__("torch")
+        self.program = Runtime.get().load_program(str(path))
+        self.method = self.program.load_method("forward")
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch = self._torch
+        # contiguous NCHW only: a strided view would be read as if it were contiguous
+        args = [torch.from_numpy(np.ascontiguousarray(inputs[n], dtype=np.float32)) for n in self.input_names]
+        outs = self.method.execute(args)
+        return {n: o.numpy() for n, o in zip(self.output_names, outs)}
+
+
+def _executorch_threads(n: int) -> None:
+    try:
+        from executorch.extension.pybindings import portable_lib
+
+        reset = getattr(portable_lib, "_unsafe_reset_threadpool", None)
+        if reset is not None:
+            reset(n)
+    except ImportError:
+        pass
+
+
+class CoreMLSession(Session):
+    backend = "coreml"
+
+    def __init__(self, path: Path, input_names, output_names, compute_units: str = "CPU_AND_NE"):
+        super().__init__(input_names, output_names)
+        if platform.system() != "Darwin":
+            raise BackendUnavailable("Core ML models run only on macOS/iOS (MLModel.predict); on this host they can be converted and inspected only")
+        try:
+            import coremltools as ct
+        except ImportError as e:
+            raise _missing("coreml", e) from None
+        self.model = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, compute_units))
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = self.model.predict({n: np.ascontiguousarray(inputs[n], dtype=np.float32) for n in self.input_names})
+        return {n: np.asarray(out[n]) for n in self.output_names}
+
+
+def open_session(backend: str, path, input_names, output_names, threads: Optional[int] = None, **opts) -> Session:
+    """Load one artifact with the named backend."""
+    path = Path(path)
+    if backend == "onnxruntime":
+        return OrtSession(path, input_names, output_names, threads, opts.get("providers"), opts.get("spinning", False))
+    if backend == "executorch":
+        return ExecuTorchSession(path, input_names, output_names, threads)
+    if backend == "coreml":
+        return CoreMLSession(path, input_names, output_names, opts.get("compute_units", "CPU_AND_NE"))
+    raise ValueError(f"unknown backend {backend!r}; valid: {list(BACKENDS)}")
+
+
+def backend_version(backend: str) -> Optional[str]:
+    """Version of the backend's library, or None when it is not installed."""
+    from importlib import metadata
+
+    dist = {"onnxruntime": "onnxruntime", "executorch": "executorch", "coreml": "coremltools"}[backend]
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def available_backends() -> list[str]:
+    """Backends that can run artifacts on this host."""
+    out = []
+    for b in BACKENDS:
+        if backend_version(b) is None:
+            continue
+        if b == "coreml" and platform.system() != "Darwin":
+            continue
+        out.append(b)
+    return out

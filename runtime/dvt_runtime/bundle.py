@@ -1,0 +1,262 @@
+"""Open a bundle and run its early-exit cascade on the device (numpy + one backend).
+
+    bundle = Bundle.open("bundles/dvt_tiny_fmnist-onnx-fp32")
+    pred = bundle.predict(bundle.preprocess(bgr_image))     # stops at the first confident exit
+    pred.label, pred.confidence, pred.exit, pred.stage_ms
+
+Stages run one after another; each later stage gets the previous stage's features and
+relations. A batch is regrouped at each stage: only the samples still undecided run on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from dvt_runtime.backends import Session, open_session
+from dvt_runtime.manifest import Manifest, ManifestError
+
+__all__ = ["Bundle", "Prediction", "InputError"]
+
+
+class InputError(ValueError):
+    """An input of the wrong shape, dtype or with non-finite values."""
+
+
+@dataclass
+class Prediction:
+    label: int
+    class_name: str
+    confidence: float
+    exit: int  # 0-based index of the exit that answered
+    probs: np.ndarray  # (classes,) softmax of that exit
+    total_ms: float  # all stages run for this sample (and its share of waiting in a batch)
+    stage_ms: list[float] = field(default_factory=list)  # per stage actually run
+    deadline_skipped: bool = False  # a later stage was skipped to meet the deadline
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "class_name": self.class_name, "confidence": self.confidence, "exit": self.exit,
+                "total_ms": self.total_ms, "stage_ms": self.stage_ms, "deadline_skipped": self.deadline_skipped}
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - x.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+class Bundle:
+    """A verified bundle with one loaded session per exit."""
+
+    def __init__(self, path: Path, manifest: Manifest, sessions: list[Session], load_ms: list[float], device_name: Optional[str] = None):
+        self.path, self.manifest, self.sessions, self.load_ms = path, manifest, sessions, load_ms
+        self.device_name = device_name
+        self.calibration: Optional[dict] = None
+        self.stage_p90_ms: Optional[list[float]] = None  # for deadline mode (from a profile/calibration)
+        self.controller = None
+        if device_name:
+            self.use_calibration(device_name, missing_ok=True)
+
+    # ------------------------------------------------------------------ open
+    @classmethod
+    def open(cls, path: Union[str, Path], threads: Optional[int] = 1, providers: Optional[Sequence[str]] = None,
+             verify: bool = True, device_name: Optional[str] = None, **backend_opts) -> "Bundle":
+        """Validate the manifest (schema, paths, SHA-256 of every artifact) and load each exit.
+
+        ``threads``: intra-op threads per session (1 is usually fastest for a cascade of small
+        graphs; None = the backend's default). ``providers``: ONNX Runtime execution providers,
+        e.g. ``["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]``.
+        """
+        path = Path(path)
+        m = Manifest.load(path, verify=verify)
+        sessions, load_ms = [], []
+        for i, e in enumerate(m.exits):
+            t0 = time.perf_counter()
+            opts = dict(backend_opts)
+            if providers:
+                opts["providers"] = list(providers)
+            sessions.append(open_session(m.backend, m.artifact_path(path, i), [t.name for t in e.inputs],
+                                         [t.name for t in e.outputs], threads=threads, **opts))
+            load_ms.append((time.perf_counter() - t0) * 1e3)
+        return cls(path, m, sessions, load_ms, device_name)
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def num_exits(self) -> int:
+        return self.manifest.num_exits
+
+    @property
+    def classes(self) -> list[str]:
+        return self.manifest.classes
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.manifest.exits[0].inputs[0].shape[1:])
+
+    def default_thresholds(self) -> list[Optional[float]]:
+        if self.calibration is not None:
+            return self.calibration["chosen"]["thresholds"]
+        if self.manifest.thresholds is not None:
+            return self.manifest.thresholds
+        return [None] * self.num_exits  # no thresholds: always the last exit
+
+    # ------------------------------------------------------------------ calibration
+    def calibration_path(self, device_name: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in device_name)
+        return self.path / "calibration" / f"{safe}.json"
+
+    def use_calibration(self, device_name: str, missing_ok: bool = False) -> Optional[dict]:
+        """Use ``calibration/<device>.json``: its thresholds, per-stage p90 and budget table."""
+        p = self.calibration_path(device_name)
+        if not p.is_file():
+            if missing_ok:
+                return None
+            raise FileNotFoundError(f"no calibration for device {device_name!r} in {self.path} (run python -m dvt_runtime.calibrate)")
+        cal = json.loads(p.read_text())
+        self.calibration = cal
+        self.stage_p90_ms = [s["p90"] for s in cal["profile"]["stages"]]
+        return cal
+
+    def use_profile(self, stage_p90_ms: Sequence[float]) -> None:
+        if len(stage_p90_ms) != self.num_exits:
+            raise ValueError(f"need one p90 per stage ({self.num_exits}), got {len(stage_p90_ms)}")
+        self.stage_p90_ms = [float(v) for v in stage_p90_ms]
+
+    # ------------------------------------------------------------------ inputs
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """BGR/gray uint8 image -> (1, C, H, W) float32 per the manifest; float32 arrays are checked and passed."""
+        a = np.asarray(image)
+        if a.dtype == np.uint8:
+            return self.manifest.preprocess.apply(a)[None]
+        return self._check_input(a)
+
+    def _check_input(self, x: np.ndarray) -> np.ndarray:
+        want = self.input_shape
+        if x.ndim == len(want):
+            x = x[None]
+        if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != want:
+            raise InputError(f"input must be preprocessed float32 of shape (N, {', '.join(map(str, want))}) or a uint8 image; got {x.shape} {x.dtype}")
+        if x.dtype != np.float32:
+            raise InputError(f"input must be float32 (got {x.dtype}); pass uint8 images through bundle.preprocess")
+        if not np.isfinite(x).all():
+            raise InputError("input contains NaN or infinite values")
+        return np.ascontiguousarray(x)
+
+    # ------------------------------------------------------------------ running
+    def run_exit(self, e: int, image: np.ndarray, carry: Optional[dict] = None) -> dict[str, np.ndarray]:
+        """Run exit ``e`` on one (1, C, H, W) image; ``carry`` = previous exit's outputs."""
+        inputs = {"image": image}
+        if e > 0:
+            if carry is None:
+                raise ValueError(f"exit {e + 1} needs the outputs of exit {e}")
+            inputs["features"], inputs["relations"] = carry["features_out"], carry["relations_out"]
+        return self.sessions[e].run(inputs)
+
+    def run_exits(self, x: np.ndarray) -> list[np.ndarray]:
+        """Logits of every exit for every sample: list of (N, classes) arrays (no early exit)."""
+        x = self._check_input(np.asarray(x))
+        out: list[list[np.ndarray]] = [[] for _ in range(self.num_exits)]
+        for i in range(len(x)):
+            carry = None
+            for e in range(self.num_exits):
+                carry = self.run_exit(e, x[i : i + 1], carry)
+                out[e].append(carry["logits"][0])
+        return [np.stack(v) for v in out]
+
+    def predict(self, x: np.ndarray, thresholds: Optional[Sequence[Optional[float]]] = None,
+                budget_ms: Optional[float] = None, deadline_ms: Optional[float] = None) -> Union[Prediction, list[Prediction]]:
+        """Early-exit prediction. One image -> Prediction; a batch (N, C, H, W) -> list.
+
+        ``thresholds``: per-exit confidence thresholds (default: this device's calibration,
+        else the manifest's). ``budget_ms``: let the budget controller pick thresholds from
+        the calibration's Pareto table. ``deadline_ms``: before each later stage, skip it when
+        its profiled p90 would overrun the deadline.
+        """
+        a = np.asarray(x)
+        single = a.dtype == np.uint8 or a.ndim == len(self.input_shape)
+        xb = self.preprocess(a) if a.dtype == np.uint8 else self._check_input(a)
+        if budget_ms is not None:
+            if thresholds is not None:
+                raise ValueError("pass either thresholds or budget_ms, not both")
+            thresholds = self._controller(budget_ms).thresholds()
+        thr = self._thresholds(thresholds)
+        if deadline_ms is not None:
+            if deadline_ms <= 0:
+                raise ValueError(f"deadline_ms must be positive, got {deadline_ms}")
+            if self.stage_p90_ms is None:
+                raise ValueError("deadline mode needs per-stage p90 latencies: open with device_name= of a calibrated device, "
+                                 "or call bundle.use_profile(p90s)")
+        preds = self._cascade(xb, thr, deadline_ms)
+        if budget_ms is not None:
+            for p in preds:
+                self.controller.observe(p.stage_ms)
+        return preds[0] if single else preds
+
+    def _thresholds(self, thresholds) -> np.ndarray:
+        t = list(self.default_thresholds() if thresholds is None else thresholds)
+        if len(t) == self.num_exits - 1:
+            t = t + [None]
+        if len(t) != self.num_exits:
+            raise ValueError(f"need {self.num_exits - 1} or {self.num_exits} thresholds, got {len(t)}")
+        out = np.array([np.inf if v is None else float(v) for v in t], dtype=np.float64)
+        out[-1] = -np.inf  # the last exit always answers
+        return out
+
+    def _cascade(self, xb: np.ndarray, thr: np.ndarray, deadline_ms: Optional[float]) -> list[Prediction]:
+        n, E = len(xb), self.num_exits
+        carry: list[Optional[dict]] = [None] * n
+        stage_ms: list[list[float]] = [[] for _ in range(n)]
+        elapsed = np.zeros(n)
+        result: list[Optional[Prediction]] = [None] * n
+        active = list(range(n))
+        for e in range(E):
+            still = []
+            for i in active:  # regrouped: only undecided samples run this stage
+                if deadline_ms is not None and e > 0 and elapsed[i] + self.stage_p90_ms[e] > deadline_ms:
+                    result[i] = self._answer(carry[i]["logits"][0], e - 1, stage_ms[i], True)
+                    continue
+                t0 = time.perf_counter()
+                out = self.run_exit(e, xb[i : i + 1], carry[i])
+                dt = (time.perf_counter() - t0) * 1e3
+                stage_ms[i].append(dt)
+                elapsed[i] += dt
+                carry[i] = out
+                logits = out["logits"][0]
+                if e == E - 1 or softmax(logits).max() >= thr[e]:
+                    result[i] = self._answer(logits, e, stage_ms[i], False)
+                else:
+                    still.append(i)
+            active = still
+        assert all(r is not None for r in result)
+        return result  # type: ignore[return-value]
+
+    def _answer(self, logits: np.ndarray, e: int, stage_ms: list[float], skipped: bool) -> Prediction:
+        p = softmax(logits.astype(np.float64))
+        k = int(p.argmax())
+        return Prediction(k, self.classes[k] if k < len(self.classes) else str(k), float(p[k]), e, p,
+                          float(sum(stage_ms)), list(stage_ms), skipped)
+
+    def _controller(self, budget_ms: float):
+        from dvt_runtime.controller import BudgetController
+
+        if self.calibration is None:
+            raise ValueError("budget_ms needs a calibration for this device (python -m dvt_runtime.calibrate); "
+                             "open the bundle with device_name=...")
+        if self.controller is None or self.controller.budget_ms != budget_ms:
+            self.controller = BudgetController.from_calibration(self.calibration, budget_ms)
+        return self.controller
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return f"Bundle({self.path}, {m.model}, {m.target}/{m.precision}, {self.num_exits} exits, backend={m.backend})"
+
+
+def open_bundle(path, **kw) -> Bundle:
+    return Bundle.open(path, **kw)
+
+
+_ = ManifestError  # re-exported for callers catching bundle errors

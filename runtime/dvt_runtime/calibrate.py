@@ -1,0 +1,229 @@
+"""Calibrate a bundle's thresholds to a measured latency budget on this device.
+
+    python -m dvt_runtime.calibrate --bundle B --data val.npz --budget-ms 0.4 [--metric mean|p90]
+        [--profile P] [--algorithm exact|ga|sweep] [--device-name NAME]
+
+1. runs the bundle's own artifacts on the validation set (int8/fp16 shift confidences:
+   never reuse fp32 thresholds);
+2. profiles each exit on this device (or takes ``--profile``, e.g. imported from a phone);
+3. splits calibration/holdout, searches thresholds for the budget on the calibration half
+   and builds a Pareto table of thresholds over budgets;
+4. verifies by running the real cascade on the holdout and measuring accuracy and latency
+   (skipped with ``--profile`` from another device: the host cannot measure that device);
+5. writes ``calibration/<device>.json`` into the bundle atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from dvt_runtime.bundle import Bundle, softmax
+from dvt_runtime.io import atomic_write_json
+from dvt_runtime.manifest import ManifestError
+from dvt_runtime.search import ALGORITHMS, ExitOutputs, evaluate_thresholds, frontier_table, search_thresholds
+
+SCHEMA = "dvt-calibration/1"
+
+
+class CalibrationError(ValueError):
+    pass
+
+
+def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """A preprocessed validation set (``python -m dvt_edge.data export``): float32 images (N,C,H,W), labels (N,)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CalibrationError(f"validation data {p} not found (write one with: python -m dvt_edge.data export --split val --out val.npz)")
+    z = np.load(p, allow_pickle=False)
+    if "images" not in z.files:
+        raise CalibrationError(f"{p} has no 'images' array (found {z.files})")
+    if "labels" not in z.files:
+        raise CalibrationError(f"{p} has no 'labels': calibration measures accuracy, so it needs labelled images")
+    x, y = z["images"], z["labels"].astype(np.int64)
+    if len(x) == 0:
+        raise CalibrationError(f"{p} holds no images")
+    if len(x) != len(y):
+        raise CalibrationError(f"{p}: {len(x)} images but {len(y)} labels")
+    if x.dtype != np.float32 or x.ndim != 4:
+        raise CalibrationError(f"{p}: images must be preprocessed float32 (N, C, H, W); got {x.dtype} {x.shape}")
+    return x, y
+
+
+def exit_probs(bundle: Bundle, x: np.ndarray, progress: bool = False) -> np.ndarray:
+    """Softmax outputs of every exit of the bundle's own artifacts: (E, N, classes)."""
+    it = range(len(x))
+    if progress:
+        try:
+            from tqdm import tqdm
+
+            it = tqdm(it, desc="run exits", unit="img", leave=False)
+        except ImportError:
+            pass
+    out = [[] for _ in range(bundle.num_exits)]
+    for i in it:
+        carry = None
+        for e in range(bundle.num_exits):
+            carry = bundle.run_exit(e, x[i : i + 1], carry)
+            out[e].append(carry["logits"][0])
+    return np.stack([softmax(np.stack(v).astype(np.float64)) for v in out])
+
+
+def measure_cascade(bundle: Bundle, x: np.ndarray, y: np.ndarray, thresholds, warmup: int = 20) -> dict:
+    """Run the real cascade one image at a time; wall-clock latency per predict call."""
+    for i in range(min(warmup, len(x))):
+        bundle.predict(x[i], thresholds=thresholds)
+    ms, exits, correct = [], [], []
+    for i in range(len(x)):
+        t0 = time.perf_counter()
+        p = bundle.predict(x[i], thresholds=thresholds)
+        ms.append((time.perf_counter() - t0) * 1e3)
+        exits.append(p.exit)
+        correct.append(p.label == y[i])
+    ms_a = np.asarray(ms)
+    return {
+        "accuracy": float(np.mean(correct) * 100), "mean_ms": float(ms_a.mean()), "p50_ms": float(np.median(ms_a)),
+        "p90_ms": float(np.percentile(ms_a, 90)), "p99_ms": float(np.percentile(ms_a, 99)), "n": len(x),
+        "exit_fractions": (np.bincount(exits, minlength=bundle.num_exits) / len(x)).tolist(),
+    }
+
+
+def _budget_grid(costs, n: int = 24) -> list[float]:
+    lo, hi = float(costs.cumulative[0]), float(costs.cumulative[-1])
+    return [float(b) for b in np.linspace(lo, hi, n)]
+
+
+def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, metric: str = "mean", profile=None,
+              algorithm: str = "exact", device_name: Optional[str] = None, holdout: float = 0.5, seed: int = 0,
+              runs: int = 200, warmup: int = 20, verify: bool = True, progress: bool = True) -> dict:
+    """Search thresholds for ``budget_ms`` on measured latency, verify on a holdout, write the file."""
+    from dvt_runtime.profile import profile_bundle
+
+    if algorithm not in ALGORITHMS:
+        raise CalibrationError(f"unknown algorithm {algorithm!r}; valid: {list(ALGORITHMS)}")
+    if not np.isfinite(budget_ms) or budget_ms <= 0:
+        raise CalibrationError(f"budget must be a positive number of milliseconds, got {budget_ms}")
+    if not 0 < holdout < 1:
+        raise CalibrationError(f"holdout must be a fraction in (0, 1), got {holdout}")
+    if len(x) < 4:
+        raise CalibrationError(f"need at least 4 validation images, got {len(x)}")
+    if int(y.max()) >= len(bundle.classes) or int(y.min()) < 0:
+        raise CalibrationError(f"labels must be in 0..{len(bundle.classes) - 1} for this bundle's classes")
+    device_name = device_name or socket.gethostname()
+    measured_here = profile is None
+    if profile is None:
+        profile = profile_bundle(bundle, warmup=warmup, runs=runs, images=x[: min(len(x), 64)], progress=progress)
+    if len(profile.stages) != bundle.num_exits:
+        raise CalibrationError(f"profile has {len(profile.stages)} stages, the bundle {bundle.num_exits} exits")
+    costs = profile.stage_costs()
+    probs = exit_probs(bundle, x, progress)
+    perm = np.random.default_rng(seed).permutation(len(x))
+    n_hold = max(1, int(round(len(x) * holdout)))
+    cal_idx, hold_idx = perm[n_hold:], perm[:n_hold]
+    cal_out = ExitOutputs.from_probs(probs[:, cal_idx], y[cal_idx])
+    hold_out = ExitOutputs.from_probs(probs[:, hold_idx], y[hold_idx])
+
+    cheapest = float(costs.cumulative[0])
+    if budget_ms < cheapest * (1 - 1e-9) and metric == "mean":
+        raise CalibrationError(f"budget {budget_ms:g} ms is below the cheapest possible mean latency on this device: "
+                               f"exit 1 alone takes {cheapest:.4g} ms; ask for at least that")
+    try:
+        chosen = search_thresholds(cal_out, costs, budget_ms, metric=metric, algorithm=algorithm, seed=seed)
+    except ValueError as e:
+        raise CalibrationError(str(e)) from None
+    note = chosen.info.get("note", "")
+    if budget_ms >= float(costs.cumulative[-1]):
+        note = (note + "; " if note else "") + f"budget >= exit {bundle.num_exits} latency ({costs.cumulative[-1]:.4g} ms): all exits fit"
+    table = []
+    for res in frontier_table(cal_out, costs, _budget_grid(costs), metric="mean", algorithm="exact"):
+        b = res.best
+        table.append({"budget_ms": res.budget, "thresholds": b.to_dict()["thresholds"],
+                      "predicted": {"accuracy": b.accuracy, "mean_ms": b.mean_cost,
+                                    "exit_fractions": np.asarray(b.exit_fractions).tolist()}})
+    thr = chosen.best.to_dict()["thresholds"]
+    predicted = evaluate_thresholds(hold_out, None, chosen.best.thresholds, costs, metric=metric, seed=seed)
+    p90 = evaluate_thresholds(hold_out, None, chosen.best.thresholds, costs, metric="p90", seed=seed) if costs.samples else None
+    result = {
+        "schema": SCHEMA, "schema_version": 1, "device": device_name,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "bundle": {"model": bundle.manifest.model, "target": bundle.manifest.target, "precision": bundle.manifest.precision},
+        "profile": profile.summary(), "profile_source": "measured here" if measured_here else "given (--profile)",
+        "metric": metric, "algorithm": algorithm, "budget_ms": budget_ms,
+        "n_calibration": len(cal_idx), "n_holdout": len(hold_idx),
+        "table": table,
+        "chosen": {"thresholds": thr, "budget_ms": budget_ms,
+                   "predicted": {"accuracy": predicted.accuracy, "mean_ms": predicted.mean_cost,
+                                 "p90_ms": p90.cost if p90 else None, "exit_fractions": np.asarray(predicted.exit_fractions).tolist(),
+                                 "on": "holdout outputs x profiled latency"}},
+        "note": note,
+    }
+    if verify and measured_here:
+        result["chosen"]["measured"] = measure_cascade(bundle, x[hold_idx], y[hold_idx], thr, warmup=warmup)
+    elif verify:
+        result["chosen"]["measured"] = None
+        result["note"] = (result["note"] + "; " if result["note"] else "") + "latency measured on another device: verify there"
+    atomic_write_json(bundle.calibration_path(device_name), result)
+    bundle.use_calibration(device_name)
+    return result
+
+
+def format_result(r: dict) -> str:
+    c = r["chosen"]
+    p, m = c["predicted"], c.get("measured")
+    lines = [f"calibration of {r['bundle']['model']} {r['bundle']['target']}/{r['bundle']['precision']} for device {r['device']} "
+             f"({r['metric']} budget {r['budget_ms']:g} ms, {r['algorithm']}, profile {r['profile_source']})"]
+    st = r["profile"]["stages"]
+    lines.append("stage latency (ms): " + ", ".join(f"exit {i + 1} p50 {s['median']:.3f} p90 {s['p90']:.3f}" for i, s in enumerate(st)))
+    lines.append(f"thresholds: {['-' if t is None else round(t, 4) for t in c['thresholds']]}")
+    lines.append(f"{'':>10} {'accuracy %':>10} {'mean ms':>9} {'p90 ms':>8}  exits taken %")
+    fr = lambda f: " / ".join(f"{100 * v:.0f}" for v in f)
+    lines.append(f"{'predicted':>10} {p['accuracy']:>10.2f} {p['mean_ms']:>9.3f} {p['p90_ms'] if p['p90_ms'] is not None else float('nan'):>8.3f}  {fr(p['exit_fractions'])}")
+    if m:
+        lines.append(f"{'measured':>10} {m['accuracy']:>10.2f} {m['mean_ms']:>9.3f} {m['p90_ms']:>8.3f}  {fr(m['exit_fractions'])}")
+        lines.append(f"measured mean is {100 * (m['mean_ms'] / r['budget_ms'] - 1):+.1f}% vs the budget ({r['n_holdout']} holdout images)")
+    if r.get("note"):
+        lines.append(f"note: {r['note']}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m dvt_runtime.calibrate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", required=True)
+    ap.add_argument("--data", required=True, help="preprocessed validation .npz (python -m dvt_edge.data export)")
+    ap.add_argument("--budget-ms", type=float, required=True)
+    ap.add_argument("--metric", default="mean", help="mean or a percentile such as p90")
+    ap.add_argument("--profile", default=None, help="latency profile JSON (e.g. imported from a phone); default: profile here")
+    ap.add_argument("--algorithm", default="exact", help=f"one of {list(ALGORITHMS)}")
+    ap.add_argument("--device-name", default=None, help="name of this device (default: hostname)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--holdout", type=float, default=0.5)
+    ap.add_argument("--runs", type=int, default=200, help="profiling runs per stage")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    try:
+        bundle = Bundle.open(args.bundle, threads=args.threads)
+        x, y = load_npz(args.data)
+        profile = None
+        if args.profile:
+            from dvt_runtime.profile import LatencyProfile
+
+            profile = LatencyProfile.load(args.profile)
+        r = calibrate(bundle, x, y, args.budget_ms, args.metric, profile, args.algorithm, args.device_name,
+                      args.holdout, args.seed, args.runs)
+    except (CalibrationError, ManifestError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_result(r))
+    print(f"wrote {bundle.calibration_path(r['device'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

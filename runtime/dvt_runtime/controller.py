@@ -1,0 +1,59 @@
+"""Budget controller: stay within a latency budget when the device slows down or speeds up.
+
+The calibration file holds a Pareto table of thresholds over latency budgets, predicted
+from the profiled stage latencies. The controller keeps a running estimate of how fast
+the stages run now relative to the profile (an exponential moving average of observed /
+profiled time) and picks the most accurate table row whose predicted latency, rescaled
+by that factor, fits the budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+__all__ = ["BudgetController"]
+
+
+@dataclass
+class BudgetController:
+    budget_ms: float
+    table: list[dict]  # rows: {"thresholds": [...], "predicted_ms": float, "accuracy": float}
+    stage_mean_ms: list[float]  # profiled mean per stage
+    alpha: float = 0.2  # EMA weight of each new observation
+    scale: float = 1.0  # observed / profiled latency, running estimate
+    history: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.budget_ms <= 0:
+            raise ValueError(f"budget_ms must be positive, got {self.budget_ms}")
+        if not self.table:
+            raise ValueError("the calibration has an empty budget table; re-run python -m dvt_runtime.calibrate")
+        self.table = sorted(self.table, key=lambda r: r["predicted_ms"])
+
+    @classmethod
+    def from_calibration(cls, cal: dict, budget_ms: float, alpha: float = 0.2) -> "BudgetController":
+        rows = [{"thresholds": r["thresholds"], "predicted_ms": r["predicted"]["mean_ms"], "accuracy": r["predicted"]["accuracy"]}
+                for r in cal["table"]]
+        return cls(budget_ms, rows, [s["mean"] for s in cal["profile"]["stages"]], alpha)
+
+    def row(self) -> dict:
+        """Most accurate row whose rescaled predicted latency fits the budget (else the cheapest)."""
+        fit = [r for r in self.table if r["predicted_ms"] * self.scale <= self.budget_ms]
+        if not fit:
+            return self.table[0]
+        return max(fit, key=lambda r: (r["accuracy"], -r["predicted_ms"]))
+
+    def thresholds(self) -> list[Optional[float]]:
+        return list(self.row()["thresholds"])
+
+    def observe(self, stage_ms: Sequence[float]) -> None:
+        """Update the speed estimate from one sample's measured stage times."""
+        if not stage_ms:
+            return
+        expected = sum(self.stage_mean_ms[: len(stage_ms)])
+        if expected <= 0:
+            return
+        ratio = sum(stage_ms) / expected
+        self.scale = (1 - self.alpha) * self.scale + self.alpha * ratio
+        self.history.append(self.scale)

@@ -1,0 +1,186 @@
+"""The bundle manifest: one dataclass, schema-versioned, that round-trips to JSON.
+
+A bundle is a directory holding ``manifest.json`` and one artifact per exit. The
+manifest says everything a device needs: the model and its classes, preprocessing, per
+exit the token grid, FLOPs, artifact file and SHA-256, named input/output tensors, the
+target and precision with quantization details, toolchain versions, the parity report
+measured at export, and default thresholds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Optional, Union
+
+from dvt_runtime.io import atomic_write_json, sha256_file
+from dvt_runtime.preprocess import Preprocess
+
+__all__ = ["SCHEMA_VERSION", "TensorSpec", "ExitSpec", "Manifest", "ManifestError"]
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+class ManifestError(ValueError):
+    """An invalid, tampered or incompatible bundle; the message names the problem."""
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    shape: list[int]
+    dtype: str = "float32"
+
+
+@dataclass
+class ExitSpec:
+    index: int  # 0-based exit index
+    grid: int  # token grid side
+    tokens: int  # 1 + grid*grid
+    gflops: float  # cumulative GFLOPs (multiply-accumulates) to reach this exit
+    stage_gflops: float
+    artifact: str  # path relative to the bundle directory
+    sha256: str
+    size_bytes: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    quantization: dict = field(default_factory=dict)  # scheme, excluded ops, ...
+    undelegated_ops: Optional[dict] = None  # ExecuTorch: op -> count left outside the delegate
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ExitSpec":
+        d = dict(d)
+        d["inputs"] = [TensorSpec(**t) for t in d["inputs"]]
+        d["outputs"] = [TensorSpec(**t) for t in d["outputs"]]
+        return cls(**_known(cls, d))
+
+
+@dataclass
+class Manifest:
+    model: str  # registry name
+    target: str  # executorch | coreml | onnx | ort
+    precision: str  # fp32 | fp16 | int8
+    classes: list[str]
+    preprocess: Preprocess
+    exits: list[ExitSpec]
+    backend: str  # runtime backend that runs the artifacts: onnxruntime | executorch | coreml
+    model_config: dict = field(default_factory=dict)
+    quantization: dict = field(default_factory=dict)
+    thresholds: Optional[list[Optional[float]]] = None  # default per-exit thresholds (last: None)
+    thresholds_source: str = ""
+    parity: dict = field(default_factory=dict)
+    toolchain: dict = field(default_factory=dict)
+    source: dict = field(default_factory=dict)  # checkpoint path, sha256
+    created: str = ""
+    schema_version: int = SCHEMA_VERSION
+    extras: dict = field(default_factory=dict)
+
+    # ---------------------------------------------------------------- JSON
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["preprocess"] = self.preprocess.to_dict()
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Manifest":
+        if not isinstance(d, dict):
+            raise ManifestError("manifest must be a JSON object")
+        version = d.get("schema_version")
+        if not isinstance(version, int):
+            raise ManifestError("manifest has no integer schema_version; is this a dvt-edge bundle?")
+        if version > SCHEMA_VERSION:
+            raise ManifestError(
+                f"manifest schema_version {version} is newer than this dvt-runtime understands ({SCHEMA_VERSION}); "
+                "upgrade dvt-runtime (pip install -U dvt-runtime)"
+            )
+        missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in d]
+        if missing:
+            raise ManifestError(f"manifest lacks required field(s) {missing}")
+        d = dict(d)
+        try:
+            d["preprocess"] = Preprocess.from_dict(d["preprocess"])
+            d["exits"] = [ExitSpec.from_dict(e) for e in d["exits"]]
+        except (TypeError, KeyError, ValueError) as e:
+            raise ManifestError(f"malformed manifest: {e}") from None
+        return cls(**_known(cls, d))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Manifest":
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"manifest.json is not valid JSON: {e}") from None
+
+    # ---------------------------------------------------------------- files
+    def save(self, bundle_dir: Union[str, Path]) -> Path:
+        return atomic_write_json(Path(bundle_dir) / MANIFEST_NAME, self.to_dict())
+
+    @classmethod
+    def load(cls, bundle_dir: Union[str, Path], verify: bool = True) -> "Manifest":
+        """Read ``bundle_dir/manifest.json``; with ``verify`` check paths and SHA-256 of every artifact."""
+        bundle_dir = Path(bundle_dir)
+        path = bundle_dir / MANIFEST_NAME
+        if not path.is_file():
+            raise ManifestError(f"{bundle_dir} is not a bundle: {MANIFEST_NAME} not found (export one with python -m dvt_edge.export)")
+        m = cls.from_json(path.read_text())
+        if verify:
+            m.verify(bundle_dir)
+        return m
+
+    def artifact_path(self, bundle_dir: Union[str, Path], exit_index: int) -> Path:
+        """Resolved path of an exit's artifact; refuses paths that leave the bundle."""
+        rel = self.exits[exit_index].artifact
+        p = PurePosixPath(rel)
+        if p.is_absolute() or ".." in p.parts or not rel:
+            raise ManifestError(f"exit {exit_index + 1}: artifact path {rel!r} escapes the bundle (must be relative, inside it)")
+        root = Path(bundle_dir).resolve()
+        full = (root / Path(*p.parts)).resolve()
+        if root not in full.parents:
+            raise ManifestError(f"exit {exit_index + 1}: artifact path {rel!r} escapes the bundle")
+        return full
+
+    def verify(self, bundle_dir: Union[str, Path]) -> None:
+        """Check every artifact exists and matches its SHA-256 (the message names the file)."""
+        if not self.exits:
+            raise ManifestError("manifest lists no exits")
+        for i, e in enumerate(self.exits):
+            p = self.artifact_path(bundle_dir, i)
+            if not p.exists():
+                raise ManifestError(f"exit {i + 1}: artifact {e.artifact} is missing from {bundle_dir}")
+            digest = _digest(p)
+            if digest != e.sha256:
+                raise ManifestError(
+                    f"exit {i + 1}: artifact {e.artifact} fails its SHA-256 check (tampered or corrupted): "
+                    f"manifest {e.sha256[:16]}..., file {digest[:16]}...; re-export the bundle"
+                )
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.exits)
+
+
+def _digest(p: Path) -> str:
+    """SHA-256 of a file, or of a directory artifact (e.g. .mlpackage) as sorted (path, file hash) pairs."""
+    if p.is_file():
+        return sha256_file(p)
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(x for x in p.rglob("*") if x.is_file()):
+        h.update(f.relative_to(p).as_posix().encode() + b"\0" + sha256_file(f).encode() + b"\n")
+    return h.hexdigest()
+
+
+def artifact_digest(p: Union[str, Path]) -> str:
+    return _digest(Path(p))
+
+
+def _known(cls, d: dict) -> dict:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in d.items() if k in names}

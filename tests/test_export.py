@@ -1,0 +1,202 @@
+"""Export: every target x precision that runs here, on a tiny model; manifest; tampering; interruption."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from dvt_runtime.manifest import Manifest, ManifestError
+
+from dvt_edge import create_model, save_checkpoint
+from dvt_edge.data import load_dataset
+from dvt_edge.export import ExportError, export_bundle
+from dvt_edge.export.__main__ import main as export_main
+from dvt_edge.export.targets import TARGETS, TargetUnavailable, get_target
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = [(t.name, p) for t in TARGETS.values() for p in t.precisions]
+# layers that must run inside the XNNPACK delegate
+HOT_OPS = ("linear", "addmm", "mm", "bmm", "convolution", "conv2d", "softmax")
+
+
+@pytest.fixture(scope="session")
+def micro_ckpt(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    m = create_model("dvt_micro_fmnist")
+    ds = load_dataset("fashion-mnist", "val")
+    # a few quick steps so the exits are not all-equal noise (agreement checks mean something)
+    from dvt_edge.train import build_parser, train
+
+    train(build_parser().parse_args(["--model", "dvt_micro_fmnist", "--epochs", "1", "--train-limit", "2000", "--val-limit", "200",
+                                     "--batch-size", "64", "--lr", "1e-2", "--warmup-epochs", "0.1", "--no-augment",
+                                     "--threads", "1", "--quiet", "--out", str(d / "run")]))
+    del m, ds
+    return d / "run" / "best.pt"
+
+
+@pytest.mark.parametrize("target,precision", CASES, ids=[f"{t}-{p}" for t, p in CASES])
+def test_export_target_precision(tmp_path, micro_ckpt, target, precision):
+    t = get_target(target)
+    if not t.available:
+        pytest.skip(f"{target} toolchain not installed")
+    res = export_bundle(str(micro_ckpt), target, precision, out=str(tmp_path / "b"), verify_n=60, calib_n=16, progress=False)
+    m = Manifest.load(res.path)  # validates paths and checksums
+    assert m.target == target and m.precision == precision and m.num_exits == 3
+    assert m.classes[0] == "T-shirt/top" and m.preprocess.size == 28
+    assert [e.grid for e in m.exits] == [3, 5, 7]
+    assert [t.name for t in m.exits[0].inputs] == ["image"]
+    assert [t.name for t in m.exits[1].inputs] == ["image", "features", "relations"]
+    assert [t.name for t in m.exits[1].outputs] == ["logits", "features_out", "relations_out"]
+    assert [t.name for t in m.exits[2].outputs] == ["logits"]
+    assert m.parity["passed"] and m.parity["problems"] == []
+    assert m.toolchain["torch"].startswith("2.13")
+    for e in m.exits:
+        assert (res.path / e.artifact).exists() and e.artifact.endswith(t.suffix)
+        if precision == "int8":
+            assert e.quantization["scheme"] in t.int8["schemes"]
+    if t.backend == "coreml":
+        assert m.parity["checked"] == "structural" and m.parity["structure_problems"] == []
+    else:
+        rows = m.parity["exits"]
+        assert m.parity["n_real"] == 60
+        if precision == "fp32":
+            assert max(r["max_abs_diff_fixed"] for r in rows) < 1e-3
+            assert max(r["max_abs_diff_real"] for r in rows) < 1e-3
+        assert min(r["top1_agreement"] for r in rows) >= 97.0
+        assert "exit_decision_agreement" in m.parity
+    if target == "executorch":
+        for e in m.exits:
+            assert e.undelegated_ops is not None
+            hot = [op for op in e.undelegated_ops if any(op == h or op.startswith(h + ".") for h in HOT_OPS)]
+            assert not hot, f"exit {e.index + 1}: hot ops not delegated: {hot}"
+    if target == "ort":
+        cfg = (res.path / "required_operators.config").read_text()
+        assert "ai.onnx" in cfg
+    if precision == "int8" and len(t.int8["schemes"]) > 1 and t.int8.get("default_scheme") == "auto":
+        assert len(m.parity["scheme_selection"]) == 3  # measured, per exit
+
+
+def test_manifest_round_trip(tmp_path, micro_ckpt):
+    res = export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(tmp_path / "b"), verify_n=20, progress=False)
+    m = Manifest.load(res.path)
+    again = Manifest.from_json(m.to_json())
+    assert again.to_dict() == m.to_dict()
+    assert json.loads(m.to_json())["schema_version"] == 1
+
+
+def test_tampered_artifact_is_detected(tmp_path, micro_ckpt):
+    res = export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(tmp_path / "b"), verify_n=20, progress=False)
+    p = res.path / "exit2.onnx"
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    p.write_bytes(bytes(data))
+    with pytest.raises(ManifestError, match=r"exit 2.*exit2\.onnx.*SHA-256"):
+        Manifest.load(res.path)
+    p.unlink()
+    with pytest.raises(ManifestError, match="exit2.onnx is missing"):
+        Manifest.load(res.path)
+
+
+def test_manifest_rejects_escaping_paths_and_newer_schema(tmp_path, micro_ckpt):
+    res = export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(tmp_path / "b"), verify_n=20, progress=False)
+    d = json.loads((res.path / "manifest.json").read_text())
+    d["exits"][0]["artifact"] = "../../etc/passwd"
+    (res.path / "manifest.json").write_text(json.dumps(d))
+    with pytest.raises(ManifestError, match="escapes the bundle"):
+        Manifest.load(res.path)
+    d["schema_version"] = 99
+    (res.path / "manifest.json").write_text(json.dumps(d))
+    with pytest.raises(ManifestError, match="newer"):
+        Manifest.load(res.path)
+
+
+def test_existing_bundle_needs_force_and_is_replaced_whole(tmp_path, micro_ckpt):
+    out = tmp_path / "b"
+    export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(out), verify_n=20, progress=False)
+    with pytest.raises(ExportError, match="--force"):
+        export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(out), verify_n=20, progress=False)
+    export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(out), verify_n=20, progress=False, force=True)
+    Manifest.load(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no temp or old directories left
+
+
+@pytest.mark.xdist_group("subprocess-export")
+def test_killed_export_leaves_no_bundle_and_keeps_previous(tmp_path, micro_ckpt):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "runtime")]), OMP_NUM_THREADS="1")
+    out = tmp_path / "b"
+    cmd = [sys.executable, "-m", "dvt_edge.export", "--checkpoint", str(micro_ckpt), "--target", "onnx",
+           "--out", str(out), "--verify-n", "20"]
+    for with_previous in (False, True):
+        if with_previous:
+            export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(out), verify_n=20, progress=False)
+            before = {p.name: p.read_bytes() for p in out.iterdir()}
+        p = subprocess.Popen(cmd + (["--force"] if with_previous else []), cwd=ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline and p.poll() is None:  # wait until it is writing exits
+            tmps = list(tmp_path.glob(".b.tmp-*"))
+            if tmps and any(tmps[0].glob("exit1.onnx")):
+                break
+            time.sleep(0.02)
+        assert p.poll() is None, "export finished before it could be interrupted"
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        if with_previous:
+            assert {q.name: q.read_bytes() for q in out.iterdir()} == before
+            Manifest.load(out)
+        else:
+            assert not out.exists()
+        for leftover in tmp_path.glob(".b.tmp-*"):  # a killed process cannot clean up; never mistaken for a bundle
+            with pytest.raises(ManifestError):
+                Manifest.load(leftover)
+            shutil.rmtree(leftover)
+
+
+def test_bad_targets_and_missing_extra(monkeypatch, micro_ckpt, capsys):
+    with pytest.raises(ValueError, match=r"valid targets.*Did you mean 'coreml'"):
+        get_target("coremI")
+    assert export_main(["--checkpoint", str(micro_ckpt), "--target", "tflite"]) == 2
+    assert "valid targets" in capsys.readouterr().err
+    t = get_target("onnx")
+    monkeypatch.setattr(type(t), "requires", property(lambda self: ("onnx_not_installed_pkg",)), raising=False)
+    with pytest.raises(TargetUnavailable, match=r"pip install 'dvt-edge\[onnx\]'"):
+        get_target("onnx").check_available()
+
+
+def test_int8_without_calibration_data_says_how(tmp_path):
+    m = create_model("dvt_micro_fmnist", img_size=56, splits=((10, 8, 1), (8, 6, 1), (4, 4, 0)))  # no known dataset
+    save_checkpoint(tmp_path / "m.pt", m)
+    with pytest.raises(ExportError, match="--calib-data"):
+        export_bundle(str(tmp_path / "m.pt"), "onnx", "int8", out=str(tmp_path / "b"), progress=False)
+    assert not (tmp_path / "b").exists()
+
+
+def test_cli_lists_targets(capsys):
+    assert export_main(["--list-targets"]) == 0
+    out = capsys.readouterr().out
+    for name in TARGETS:
+        assert name in out
+
+
+def test_bundle_runs_in_runtime(tmp_path, micro_ckpt):
+    from dvt_runtime.bundle import Bundle
+
+    res = export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(tmp_path / "b"), verify_n=20, progress=False)
+    b = Bundle.open(res.path)
+    x = load_dataset("fashion-mnist", "val").arrays(4)[0]
+    logits = b.run_exits(x)
+    model, _ = __import__("dvt_edge").load_checkpoint(micro_ckpt)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x))
+    for a, r in zip(logits, ref):
+        np.testing.assert_allclose(a, r.numpy(), atol=1e-4)
