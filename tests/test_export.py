@@ -28,22 +28,6 @@ CASES = [(t.name, p) for t in TARGETS.values() for p in t.precisions]
 HOT_OPS = ("linear", "addmm", "mm", "bmm", "convolution", "conv2d", "softmax")
 
 
-@pytest.fixture(scope="session")
-def micro_ckpt(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    m = create_model("dvt_micro_fmnist")
-    ds = load_dataset("fashion-mnist", "val")
-    # a few quick steps so the exits are not all-equal noise (agreement checks mean something)
-    from dvt_edge.train import build_parser, train
-
-    train(build_parser().parse_args(["--model", "dvt_micro_fmnist", "--epochs", "1", "--train-limit", "2000", "--val-limit", "200",
-                                     "--batch-size", "64", "--lr", "1e-2", "--warmup-epochs", "0.1", "--no-augment",
-                                     "--threads", "1", "--quiet", "--out", str(d / "run")]))
-    del m, ds
-    return d / "run" / "best.pt"
-
-
 @pytest.mark.parametrize("target,precision", CASES, ids=[f"{t}-{p}" for t, p in CASES])
 def test_export_target_precision(tmp_path, micro_ckpt, target, precision):
     t = get_target(target)

@@ -1,0 +1,363 @@
+"""Benchmark: dynamic vs static on every target, latency-calibrated vs FLOPs-calibrated.
+
+    python -m dvt_edge.bench --checkpoint CKPT --data fashion-mnist [--targets all|LIST]
+        [--precisions fp32,int8] [--budgets 0.3,0.4] [--out DIR]
+    python -m dvt_edge.bench report RESULTS.json... [--out DIR]     # merge devices
+
+For each target x precision that runs on this host (a failing one becomes a row with its
+error): artifact sizes and export parity, per-exit accuracy of the artifact itself,
+per-exit latency from the runtime's profiler, each exit alone as a static model, and the
+dynamic cascade at several latency budgets, with thresholds searched (a) on measured
+latency and (b) on FLOPs (the paper's way), each run for real on a holdout split and
+measured. Writes ``bench.json`` (versioned), ``bench.md`` and PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+from dvt_runtime.io import atomic_write, atomic_write_json
+
+from dvt_edge.data import DATASETS, DataError, load_dataset
+
+SCHEMA = "dvt-edge/bench/1"
+MATCH_POINTS = 0.2  # "matched accuracy": within this many points of the last exit
+
+
+# ----------------------------------------------------------------------------- one target
+
+
+def _run_cascade(bundle, x, y, thresholds) -> dict:
+    from dvt_runtime.calibrate import measure_cascade
+
+    return measure_cascade(bundle, x, y, thresholds, warmup=10)
+
+
+def _flops_costs(manifest):
+    from dvt_runtime.search import StageCosts
+
+    return StageCosts.from_cumulative([e.gflops for e in manifest.exits], unit="GFLOPs")
+
+
+def bench_bundle(bundle_dir: Path, x: np.ndarray, y: np.ndarray, budgets: Optional[list[float]], threads: int = 1,
+                 runs: int = 200, holdout: float = 0.5, seed: int = 0, progress: bool = True, device_name: Optional[str] = None) -> dict:
+    """Everything measured on one bundle (this host)."""
+    from dvt_runtime.bundle import Bundle
+    from dvt_runtime.calibrate import exit_probs
+    from dvt_runtime.profile import profile_bundle
+    from dvt_runtime.search import ExitOutputs, evaluate_thresholds, search_thresholds
+
+    b = Bundle.open(bundle_dir, threads=threads)
+    m = b.manifest
+    prof = profile_bundle(b, warmup=20, runs=runs, images=x[:64], progress=progress)
+    if device_name:
+        prof.device["device_name"] = device_name
+    lat = prof.stage_costs()
+    probs = exit_probs(b, x, progress)  # (E, N, K): the artifact's own outputs
+    acc_all = [float((probs[e].argmax(-1) == y).mean() * 100) for e in range(b.num_exits)]
+    perm = np.random.default_rng(seed).permutation(len(x))
+    n_hold = int(round(len(x) * holdout))
+    hold, cal = perm[:n_hold], perm[n_hold:]
+    cal_out = ExitOutputs.from_probs(probs[:, cal], y[cal])
+    hold_out = ExitOutputs.from_probs(probs[:, hold], y[hold])
+    xh, yh = x[hold], y[hold]
+
+    cum = prof.cumulative
+    static = []
+    for e in range(b.num_exits):
+        # exit e alone = stages 1..e always run (it needs its predecessors' reuse tensors)
+        thr = [0.0 if k == e else 1.1 for k in range(b.num_exits - 1)] if e < b.num_exits - 1 else [1.1] * (b.num_exits - 1)
+        meas = _run_cascade(b, xh, yh, thr)
+        static.append({"exit": e + 1, "grid": m.exits[e].grid, "gflops": m.exits[e].gflops,
+                       "accuracy_all": acc_all[e], "accuracy": meas["accuracy"],
+                       "profile_p50_ms": cum[e]["median"], "profile_p90_ms": cum[e]["p90"],
+                       "measured_mean_ms": meas["mean_ms"], "measured_p90_ms": meas["p90_ms"]})
+    lo, hi = float(lat.cumulative[0]), float(lat.cumulative[-1])
+    if not budgets:
+        budgets = [float(v) for v in np.linspace(lo, hi, 7)[1:-1]]
+    flops = _flops_costs(m)
+    ms_per_gflop = hi / float(flops.cumulative[-1])  # the paper's assumption: latency proportional to FLOPs
+    dynamic, flops_rows = [], []
+    for budget in budgets:
+        row = {"budget_ms": budget}
+        if budget < lo:
+            row["error"] = f"below exit 1 latency {lo:.4g} ms"
+            dynamic.append(row)
+            flops_rows.append(dict(row))
+            continue
+        res = search_thresholds(cal_out, lat, budget, algorithm="exact")
+        pred = evaluate_thresholds(hold_out, None, res.best.thresholds, lat)
+        meas = _run_cascade(b, xh, yh, res.best.to_dict()["thresholds"])
+        dynamic.append({**row, "thresholds": res.best.to_dict()["thresholds"], "predicted_ms": pred.mean_cost,
+                        "predicted_accuracy": pred.accuracy, **_meas(meas, budget)})
+        fb = budget / ms_per_gflop
+        fres = search_thresholds(cal_out, flops, max(fb, float(flops.cumulative[0])), algorithm="exact")
+        fmeas = _run_cascade(b, xh, yh, fres.best.to_dict()["thresholds"])
+        flops_rows.append({**row, "flops_budget_gflops": fb, "thresholds": fres.best.to_dict()["thresholds"], **_meas(fmeas, budget)})
+    # speedup over the last exit alone at matched accuracy (within MATCH_POINTS on the holdout)
+    last = static[-1]
+    front = search_thresholds(cal_out, lat, hi * (1 + 1e-9), algorithm="exact").frontier
+    target_acc = last["accuracy"] - MATCH_POINTS
+    matched = None
+    for p in sorted(front, key=lambda p: p.mean_cost):  # cheapest candidate that holds accuracy on the holdout
+        meas_pred = evaluate_thresholds(hold_out, None, p.thresholds, lat)
+        if meas_pred.accuracy >= target_acc:
+            meas = _run_cascade(b, xh, yh, p.to_dict()["thresholds"])
+            if meas["accuracy"] >= target_acc:
+                matched = {"thresholds": p.to_dict()["thresholds"], **_meas(meas, None),
+                           "speedup_vs_last_exit": last["measured_mean_ms"] / meas["mean_ms"],
+                           "accuracy_delta": meas["accuracy"] - last["accuracy"]}
+                break
+    return {"profile": prof.summary(), "device": prof.device, "static": static, "dynamic": dynamic,
+            "flops_calibrated": flops_rows, "matched": matched, "n_holdout": len(hold), "n_calibration": len(cal)}
+
+
+def _meas(meas: dict, budget: Optional[float]) -> dict:
+    out = {"accuracy": meas["accuracy"], "measured_mean_ms": meas["mean_ms"], "measured_p90_ms": meas["p90_ms"],
+           "exit_fractions": meas["exit_fractions"]}
+    if budget:
+        out["error_vs_budget_pct"] = 100 * (meas["mean_ms"] / budget - 1)
+    return out
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def run_bench(checkpoint: str, data: str, targets: list[str], precisions: list[str], budgets: Optional[list[float]],
+              out: Path, n: int = 2000, threads: int = 1, runs: int = 200, progress: bool = True,
+              device_name: Optional[str] = None, reuse: bool = False) -> dict:
+    from dvt_runtime.backends import available_backends
+    from dvt_runtime.manifest import Manifest
+
+    from dvt_edge.checkpoint import load_checkpoint
+    from dvt_edge.export import export_bundle
+    from dvt_edge.export.targets import TARGETS, get_target
+
+    model, info = load_checkpoint(checkpoint)
+    ds = load_dataset(data, "val", preprocess=info.preprocess)
+    x, y = ds.arrays(min(n, len(ds)), seed=0, progress=progress)
+    names = sorted(TARGETS) if targets == ["all"] else [get_target(t).name for t in targets]
+    runnable = available_backends()
+    rows = []
+    for name in names:
+        t = TARGETS[name]
+        for prec in precisions:
+            if prec not in t.precisions:
+                continue
+            row = {"target": name, "precision": prec, "backend": t.backend}
+            t0 = time.time()
+            try:
+                bdir = out / "bundles" / f"{model.name}-{name}-{prec}"
+                if reuse and (bdir / "manifest.json").is_file():
+                    man = Manifest.load(bdir)
+                else:
+                    man = export_bundle(checkpoint, name, prec, out=str(bdir), force=True, progress=progress).manifest
+                row.update(artifact_kb=[round(e.size_bytes / 1024, 1) for e in man.exits],
+                           parity=man.parity, quantization=[e.quantization.get("scheme") for e in man.exits],
+                           undelegated_ops=[e.undelegated_ops for e in man.exits])
+                if t.backend not in runnable:
+                    row["status"] = f"exported; {t.backend} does not run on this host (structure checked)"
+                else:
+                    row.update(bench_bundle(bdir, x, y, budgets, threads, runs, progress=progress, device_name=device_name))
+                    row["status"] = "ok"
+            except Exception as e:  # a failing target is a row, not a crash
+                row["status"] = "error"
+                row["error"] = f"{type(e).__name__}: {str(e).strip()[:500]}"
+                row["traceback"] = traceback.format_exc(limit=3)
+            row["seconds"] = round(time.time() - t0, 1)
+            rows.append(row)
+            if progress:
+                print(f"[bench] {name} {prec}: {row['status']} ({row['seconds']} s)", file=sys.stderr)
+    from dvt_runtime.profile import device_facts
+
+    dev = device_facts(threads=threads)
+    if device_name:
+        dev["device_name"] = device_name
+    return {"schema": SCHEMA, "schema_version": 1,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv), "checkpoint": checkpoint, "model": model.name, "data": data, "n_images": len(x),
+            "threads": threads, "device": dev, "rows": rows}
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _device_label(r: dict) -> str:
+    d = r.get("device", {})
+    return f"{d.get('device_name') or d.get('hostname', '?')} ({r.get('threads', '?')} thr)"
+
+
+def markdown(results: list[dict]) -> str:
+    out = []
+    for r in results:
+        dev = _device_label(r)
+        out.append(f"## {r['model']} on {dev}: {r['n_images']} images of {r['data']}\n")
+        out.append("| target | prec | status | exit sizes KB | per-exit top-1 % (artifact) | exit p50/p90 ms (cumulative) | last exit alone: acc %, mean ms | dynamic @ matched acc: acc %, mean ms | speedup |")
+        out.append("|---|---|---|---|---|---|---|---|---|")
+        for row in r["rows"]:
+            if row.get("status") != "ok":
+                msg = row.get("error") or row.get("status")
+                out.append(f"| {row['target']} | {row['precision']} | {msg[:120]} | {row.get('artifact_kb', '-')} | | | | | |")
+                continue
+            st = row["static"]
+            accs = " / ".join(f"{s['accuracy_all']:.2f}" for s in st)
+            lats = " / ".join(f"{s['profile_p50_ms']:.3f}/{s['profile_p90_ms']:.3f}" for s in st)
+            mt = row.get("matched")
+            dyn = f"{mt['accuracy']:.2f}, {mt['measured_mean_ms']:.3f}" if mt else "not reached"
+            sp = f"{mt['speedup_vs_last_exit']:.2f}x" if mt else "-"
+            out.append(f"| {row['target']} | {row['precision']} | ok | {row['artifact_kb']} | {accs} | {lats} | "
+                       f"{st[-1]['accuracy']:.2f}, {st[-1]['measured_mean_ms']:.3f} | {dyn} | {sp} |")
+        for row in r["rows"]:
+            if row.get("status") != "ok":
+                continue
+            out.append(f"\n### {row['target']} {row['precision']}: budgets (holdout {row['n_holdout']} images)\n")
+            out.append("| budget ms | latency-calibrated: acc %, mean ms (err %), p90 ms, exits % | FLOPs-calibrated: acc %, mean ms (err %), p90 ms, exits % |")
+            out.append("|---|---|---|")
+            for d, f in zip(row["dynamic"], row["flops_calibrated"]):
+                if "error" in d:
+                    out.append(f"| {d['budget_ms']:.3f} | {d['error']} | |")
+                    continue
+                cell = lambda v: (f"{v['accuracy']:.2f}, {v['measured_mean_ms']:.3f} ({v['error_vs_budget_pct']:+.1f}%), "
+                                  f"{v['measured_p90_ms']:.3f}, " + "/".join(f"{100 * q:.0f}" for q in v["exit_fractions"]))
+                out.append(f"| {d['budget_ms']:.3f} | {cell(d)} | {cell(f)} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def plot(results: list[dict], path_acc: Path, path_exits: Optional[Path] = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    k = 0
+    for r in results:
+        for row in r["rows"]:
+            if row.get("status") != "ok":
+                continue
+            c = colors[k % len(colors)]
+            k += 1
+            label = f"{_device_label(r)} {row['target']} {row['precision']}"
+            st = row["static"]
+            ax.plot([s["measured_mean_ms"] for s in st], [s["accuracy"] for s in st], "s", color=c, mfc="none", ms=8)
+            d = [p for p in row["dynamic"] if "error" not in p]
+            ax.plot([p["measured_mean_ms"] for p in d], [p["accuracy"] for p in d], "-o", color=c, label=f"{label}: latency-calibrated")
+            f = [p for p in row["flops_calibrated"] if "error" not in p]
+            ax.plot([p["measured_mean_ms"] for p in f], [p["accuracy"] for p in f], ":x", color=c, alpha=0.7, label=f"{label}: FLOPs-calibrated")
+    ax.set_xlabel("measured mean latency per image (ms, batch 1)")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title("dynamic cascade (lines) vs each exit alone (squares)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    _save(fig, path_acc)
+    if path_exits is None:
+        return
+    ok = [(r, row) for r in results for row in r["rows"] if row.get("status") == "ok"]
+    if not ok:
+        return
+    fig, axes = plt.subplots(1, len(ok), figsize=(3.2 * len(ok) + 1, 3.6), squeeze=False)
+    for ax, (r, row) in zip(axes[0], ok):
+        d = [p for p in row["dynamic"] if "error" not in p]
+        ax.set_title(f"{_device_label(r)}\n{row['target']} {row['precision']}", fontsize=8)
+        bottom = np.zeros(len(d))
+        for e in range(len(row["static"])):
+            v = np.array([p["exit_fractions"][e] * 100 for p in d])
+            ax.bar([f"{p['budget_ms']:.2f}" for p in d], v, bottom=bottom, label=f"exit {e + 1}")
+            bottom += v
+        ax.set_xlabel("budget (ms)")
+        ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+    axes[0][0].set_ylabel("images exiting (%)")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path_exits)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())
+
+
+def write_outputs(results: list[dict], out: Path, name: str = "bench") -> None:
+    if len(results) == 1:
+        atomic_write_json(out / f"{name}.json", results[0])
+    else:
+        atomic_write_json(out / f"{name}.json", {"schema": SCHEMA, "schema_version": 1, "merged": results})
+    atomic_write(out / f"{name}.md", markdown(results).encode())
+    plot(results, out / f"{name}_accuracy_vs_latency.png", out / f"{name}_exit_distribution.png")
+
+
+def load_results(paths: Sequence[str]) -> list[dict]:
+    out = []
+    for p in paths:
+        d = json.loads(Path(p).read_text())
+        if d.get("schema") != SCHEMA:
+            raise ValueError(f"{p} is not a dvt-edge bench result (schema {d.get('schema')!r})")
+        if d.get("schema_version", 0) > 1:
+            raise ValueError(f"{p} has a newer schema_version; upgrade dvt-edge")
+        out.extend(d["merged"] if "merged" in d else [d])
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "report":
+        ap = argparse.ArgumentParser(prog="python -m dvt_edge.bench report", description="merge results from several devices")
+        ap.add_argument("results", nargs="+")
+        ap.add_argument("--out", default="runs/bench-report")
+        a = ap.parse_args(argv[1:])
+        try:
+            results = load_results(a.results)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        write_outputs(results, Path(a.out), "report")
+        print(markdown(results))
+        print(f"wrote {a.out}/report.json, report.md and PNG plots")
+        return 0
+    ap = argparse.ArgumentParser(prog="python -m dvt_edge.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--data", default="fashion-mnist", help=f"dataset spec: {', '.join(DATASETS)}")
+    ap.add_argument("--targets", default="all", help="all or a comma-separated list")
+    ap.add_argument("--precisions", default="fp32,int8")
+    ap.add_argument("--budgets", default=None, help="comma-separated latency budgets in ms (default: 5 between exit 1 and exit 3)")
+    ap.add_argument("--n", type=int, default=2000, help="evaluation images (half calibrate thresholds, half measure)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=200, help="profiler runs per stage")
+    ap.add_argument("--device-name", default=None, help="label of this device in reports")
+    ap.add_argument("--reuse-bundles", action="store_true", help="reuse bundles already in OUT/bundles")
+    ap.add_argument("--out", default="runs/bench")
+    a = ap.parse_args(argv)
+    try:
+        budgets = [float(v) for v in a.budgets.split(",")] if a.budgets else None
+        if budgets and any(v <= 0 for v in budgets):
+            raise ValueError("budgets must be positive milliseconds")
+        out = Path(a.out)
+        r = run_bench(a.checkpoint, a.data, a.targets.split(","), a.precisions.split(","), budgets, out, a.n, a.threads,
+                      a.runs, device_name=a.device_name, reuse=a.reuse_bundles)
+    except (DataError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    write_outputs([r], out)
+    print(markdown([r]))
+    print(f"wrote {out}/bench.json, bench.md, bench_accuracy_vs_latency.png, bench_exit_distribution.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,583 @@
+"""dvt_runtime.profile: measuring a real bundle, statistics, drift, JSON, importers (CSV/JSON/ETDump), CLI, no torch."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dvt_runtime.backends import BackendUnavailable
+from dvt_runtime.bundle import Bundle, InputError
+from dvt_runtime.profile import (
+    DRIFT_THRESHOLD,
+    SCHEMA,
+    SCHEMA_VERSION,
+    LatencyProfile,
+    ProfileError,
+    device_facts,
+    import_csv,
+    import_etdump,
+    import_json,
+    main,
+    profile_bundle,
+)
+from dvt_runtime.search import StageCosts
+
+from tests.test_runtime_torch_free import run_without_torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = 40
+
+bundle_group = pytest.mark.xdist_group("profile-bundle")  # one export per run, not one per worker
+etdump_group = pytest.mark.xdist_group("profile-etdump")
+
+
+# --------------------------------------------------------------------------------------
+# fixtures
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory) -> Path:
+    from dvt_edge import create_model, save_checkpoint
+    from dvt_edge.data import load_dataset
+    from dvt_edge.export import export_bundle
+
+    tmp = tmp_path_factory.mktemp("profile")
+    ds = load_dataset("fashion-mnist", "val")
+    save_checkpoint(tmp / "m.pt", create_model("dvt_micro_fmnist"), classes=ds.classes, preprocess=ds.preprocess, data="fashion-mnist")
+    res = export_bundle(str(tmp / "m.pt"), "onnx", "fp32", out=str(tmp / "bundle"), verify_n=20, progress=False)
+    return Path(res.path)
+
+
+@pytest.fixture(scope="module")
+def measured(bundle_dir) -> tuple[Bundle, LatencyProfile]:
+    bundle = Bundle.open(bundle_dir, threads=1)
+    return bundle, profile_bundle(bundle, warmup=3, runs=RUNS, threads=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def val_images() -> tuple[np.ndarray, np.ndarray]:
+    from dvt_edge.data import load_dataset
+
+    ds = load_dataset("fashion-mnist", "val")
+    raw = np.asarray(ds.images[:6])
+    return ds.preprocess.apply_batch(raw), raw
+
+
+# exactly representable values, so cumulative sums and their differences are exact
+STAGES = [[0.5, 0.75, 0.625, 0.5, 1.25, 0.5, 0.5, 0.875],
+          [1.0, 1.5, 1.25, 1.0, 1.0, 2.0, 1.125, 1.0],
+          [2.0, 2.25, 2.5, 2.0, 3.0, 2.0, 2.0, 2.125]]
+
+
+def same_stats(a: LatencyProfile, b: LatencyProfile) -> None:
+    assert a.stages == b.stages
+    assert a.cumulative == b.cumulative
+    assert a.drift == b.drift
+    assert a.throttling_suspected == b.throttling_suspected
+
+
+# --------------------------------------------------------------------------------------
+# a real bundle
+# --------------------------------------------------------------------------------------
+
+
+@bundle_group
+def test_measured_stats_match_raw_samples(measured):
+    bundle, prof = measured
+    assert prof.source == "measured" and prof.num_exits == bundle.num_exits == 3
+    raw = prof.stage_samples()
+    for s, a in zip(prof.stages, raw):
+        assert s["n"] == a.size == RUNS
+        assert s["mean"] == pytest.approx(np.mean(a), rel=1e-12)
+        assert s["median"] == s["p50"] == pytest.approx(np.median(a), rel=1e-12)
+        assert s["p90"] == pytest.approx(np.percentile(a, 90), rel=1e-12)
+        assert s["p99"] == pytest.approx(np.percentile(a, 99), rel=1e-12)
+        assert s["std"] == pytest.approx(np.std(a), rel=1e-9)
+        assert (s["min"], s["max"]) == (a.min(), a.max())
+        assert np.all(a > 0)
+    cum = np.cumsum(np.stack(raw), axis=0)
+    for e, c in enumerate(prof.cumulative):
+        got = np.asarray(c["samples"])
+        np.testing.assert_allclose(got, cum[e], rtol=1e-12)
+        assert c["p90"] == pytest.approx(np.percentile(cum[e], 90), rel=1e-12)
+        if e:
+            assert np.all(got >= np.asarray(prof.cumulative[e - 1]["samples"]))  # per iteration
+    q = RUNS // 4
+    for d, a in zip(prof.drift, raw):
+        assert d["first_quarter_median"] == pytest.approx(np.median(a[:q]))
+        assert d["last_quarter_median"] == pytest.approx(np.median(a[-q:]))
+        assert d["ratio"] == pytest.approx(d["last_quarter_median"] / d["first_quarter_median"])
+    assert prof.throttling_suspected == any(d["ratio"] > DRIFT_THRESHOLD for d in prof.drift)
+    assert prof.load_ms == bundle.load_ms
+    assert len(prof.first_inference_ms) == 3 and all(v > 0 for v in prof.first_inference_ms)
+    assert prof.preprocess_ms["n"] == RUNS and prof.preprocess_ms["p50"] > 0
+    assert prof.peak_rss_mb > 10
+    assert prof.bundle["model"] == "dvt_micro_fmnist" and prof.bundle["backend"] == "onnxruntime"
+    assert prof.bundle["target"] == "onnx" and prof.bundle["precision"] == "fp32"
+    assert prof.device["backend"] == "onnxruntime" and prof.device["backend_version"]
+    assert prof.threads == prof.device["threads"] == 1
+    assert prof.settings["runs"] == RUNS and prof.settings["warmup"] == 3
+
+
+@bundle_group
+def test_measured_json_round_trip(measured, tmp_path):
+    _, prof = measured
+    path = prof.save(tmp_path / "sub" / "p.json")
+    d = json.loads(path.read_text())
+    assert d["schema"] == SCHEMA == "dvt-profile/1" and d["schema_version"] == SCHEMA_VERSION == 1
+    back = LatencyProfile.load(path)
+    assert back == prof
+    assert back.to_dict() == prof.to_dict()
+    assert LatencyProfile.from_dict(json.loads(json.dumps(prof.to_dict()))) == prof
+
+
+@bundle_group
+def test_measured_stage_costs_p90_summary_table(measured):
+    bundle, prof = measured
+    costs = prof.stage_costs()
+    assert isinstance(costs, StageCosts) and costs.unit == "ms" and costs.n_stages == 3
+    np.testing.assert_allclose(costs.mean, [s["mean"] for s in prof.stages], rtol=1e-12)
+    for got, s in zip(costs.samples, prof.stages):
+        np.testing.assert_array_equal(got, s["samples"])
+    assert prof.stage_p90() == [s["p90"] for s in prof.stages]
+    bundle.use_profile(prof.stage_p90())  # deadline mode accepts it
+
+    summary = prof.summary()
+    text = json.dumps(summary)
+    assert "samples" not in text
+    assert [s["p90"] for s in summary["stages"]] == prof.stage_p90()
+    assert summary["cumulative"][2]["p99"] == prof.cumulative[2]["p99"]
+    assert "samples" in prof.stages[0]  # summary() does not modify the profile
+    summarised = LatencyProfile.from_dict(summary)
+    assert summarised.stage_p90() == prof.stage_p90()
+    with pytest.raises(ProfileError, match="summary"):
+        summarised.stage_costs()
+
+    table = prof.format_table()
+    for word in ("exit 1", "exit 2", "exit 3", "p50", "p90", "p99", "mean", "load", "first", "cumulative", "preprocess", "peak RSS"):
+        assert word in table
+    assert f"{prof.stages[1]['p90']:.3f}" in table
+    assert f"{prof.cumulative[2]['p50']:.3f}" in table
+
+
+@bundle_group
+def test_profile_on_real_images(bundle_dir, val_images):
+    x, raw = val_images
+    bundle = Bundle.open(bundle_dir)
+    prof = profile_bundle(bundle, warmup=1, runs=8, images=x, images_raw=list(raw), progress=False, device_name="bench")
+    assert prof.settings["inputs"] == "6 images" and prof.stages[0]["n"] == 8
+    assert prof.device["device_name"] == "bench" and prof.preprocess_ms["n"] == 8
+    with pytest.raises(ValueError, match="at least 4"):
+        profile_bundle(bundle, runs=3, progress=False)
+    with pytest.raises(ValueError, match="warmup"):
+        profile_bundle(bundle, warmup=-1, runs=8, progress=False)
+    with pytest.raises(InputError):
+        profile_bundle(bundle, runs=8, images=np.zeros((2, 3, 28, 28), np.float32), progress=False)
+
+
+@bundle_group
+def test_cli_measure(bundle_dir, val_images, tmp_path, capsys):
+    out = tmp_path / "p.json"
+    assert main(["--bundle", str(bundle_dir), "--runs", "8", "--warmup", "1", "--device-name", "lab-pc",
+                 "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "exit 3" in printed and "wrote" in printed
+    prof = LatencyProfile.load(out)
+    assert prof.device["device_name"] == "lab-pc" and prof.stages[0]["n"] == 8 and prof.threads == 1
+
+    x, raw = val_images
+    for name, images in (("f.npz", x), ("u.npz", raw)):  # preprocessed float32 and raw uint8 images
+        np.savez(tmp_path / name, images=images)
+        assert main(["--bundle", str(bundle_dir), "--runs", "4", "--warmup", "0", "--data", str(tmp_path / name),
+                     "--out", str(out), "--no-progress"]) == 0
+        assert LatencyProfile.load(out).settings["inputs"] == "6 images"
+    np.savez(tmp_path / "bad.npz", labels=np.zeros(3))
+    assert main(["--bundle", str(bundle_dir), "--runs", "4", "--data", str(tmp_path / "bad.npz"), "--no-progress"]) == 2
+    assert "no 'images'" in capsys.readouterr().err
+
+
+def test_cli_bad_input(tmp_path, capsys):
+    assert main(["--bundle", str(tmp_path / "nope"), "--runs", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "manifest.json" in err
+    with pytest.raises(SystemExit) as ex:
+        main(["--bundle", str(tmp_path), "--runs", "3"])
+    assert ex.value.code == 2 and "--runs must be at least 4" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as ex:
+        main(["import", "--out", str(tmp_path / "p.json")])  # no source
+    assert ex.value.code == 2
+    assert main(["import", "--csv", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "p.json")]) == 2
+    assert "not found" in capsys.readouterr().err
+    # a real process: message, exit code 2, no traceback
+    r = subprocess.run([sys.executable, "-m", "dvt_runtime.profile", "--bundle", str(tmp_path / "nope")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(ROOT / "runtime"), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr
+
+
+# --------------------------------------------------------------------------------------
+# synthetic samples: drift, validation, schema
+# --------------------------------------------------------------------------------------
+
+
+def test_drift_flags_slowed_second_half():
+    rng = np.random.default_rng(0)
+    steady = [1.0 + 0.01 * rng.standard_normal(200) for _ in range(3)]
+    prof = LatencyProfile.from_samples([np.abs(s) for s in steady], device={"device_name": "x"})
+    assert not prof.throttling_suspected
+    assert all(abs(d["ratio"] - 1) < 0.05 for d in prof.drift)
+
+    slowed = [np.abs(s) for s in steady]
+    slowed[1] = slowed[1].copy()
+    slowed[1][100:] *= 1.5  # the second half of stage 2 runs 50% slower
+    prof = LatencyProfile.from_samples(slowed, device={"device_name": "x"})
+    assert prof.throttling_suspected
+    assert prof.drift[1]["ratio"] == pytest.approx(1.5, rel=0.05)
+    assert prof.drift[0]["ratio"] < DRIFT_THRESHOLD
+    assert "WARNING" in prof.format_table()
+
+    few = LatencyProfile.from_samples([[1.0, 2.0, 3.0]])  # under 4 samples: no quarters
+    assert few.drift[0]["ratio"] is None and not few.throttling_suspected
+
+
+def test_from_samples_validation_and_unequal_counts():
+    for bad in ([], [[]], [[1.0, -1.0]], [[1.0, float("nan")]], [[1.0, float("inf")]], [1.0, 2.0], [["fast"]], [[[1.0]]]):
+        with pytest.raises(ProfileError):
+            LatencyProfile.from_samples(bad)
+    with pytest.raises(ProfileError, match="source"):
+        LatencyProfile.from_samples([[1.0]], source="guess")
+    with pytest.raises(ProfileError, match="load_ms"):
+        LatencyProfile.from_samples([[1.0], [2.0]], load_ms=[1.0])
+    prof = LatencyProfile.from_samples([[1.0, 2.0, 3.0, 4.0, 5.0], [1.0, 1.0, 1.0]])
+    assert [s["n"] for s in prof.stages] == [5, 3] and [c["n"] for c in prof.cumulative] == [3, 3]
+    assert prof.cumulative[1]["samples"] == [2.0, 3.0, 4.0]
+    assert any("different sample counts" in n for n in prof.notes)
+
+
+def test_newer_schema_refused(tmp_path):
+    d = LatencyProfile.from_samples(STAGES).to_dict()
+    d["schema_version"] = SCHEMA_VERSION + 1
+    with pytest.raises(ProfileError, match=r"schema_version 2 is newer than this dvt-runtime understands \(1\).*upgrade"):
+        LatencyProfile.from_dict(d)
+    (tmp_path / "p.json").write_text(json.dumps(d))
+    with pytest.raises(ProfileError, match="newer"):
+        LatencyProfile.load(tmp_path / "p.json")
+    with pytest.raises(ProfileError, match="newer"):
+        import_json(tmp_path / "p.json")
+    for not_profile in ({"stages": []}, {"schema": "other/1", "schema_version": 1}, [], {"schema": SCHEMA, "schema_version": "1"}):
+        with pytest.raises(ProfileError, match="not a dvt latency profile|JSON object"):
+            LatencyProfile.from_dict(not_profile)
+    (tmp_path / "bad.json").write_text("{nope")
+    with pytest.raises(ProfileError, match="not valid JSON"):
+        LatencyProfile.load(tmp_path / "bad.json")
+
+
+def test_device_facts_never_raise(monkeypatch):
+    facts = device_facts(threads=2, backend="onnxruntime")
+    assert facts["threads"] == 2 and facts["backend"] == "onnxruntime" and facts["logical_cores"] >= 1
+    assert facts["device_name"] and facts["os"] and facts["python"]
+    for key in ("cpu_model", "affinity_cores", "cpu_governor", "temperatures", "jetson_power_mode", "nv_tegra_release"):
+        assert key in facts
+    import dvt_runtime.profile as P
+
+    def boom(*a, **k):
+        raise OSError("unreadable")
+
+    monkeypatch.setattr(P.os, "cpu_count", boom)
+    monkeypatch.setattr(P.platform, "platform", boom)
+    monkeypatch.setattr(P, "_temperatures", boom)
+    monkeypatch.setattr(P.shutil, "which", lambda name: "/bin/false")  # a failing "nvpmodel"
+    facts = device_facts(backend="no-such-backend")
+    assert facts["logical_cores"] is None and facts["os"] is None and facts["temperatures"] is None
+    assert facts["backend_version"] is None and facts["jetson_power_mode"] is None
+
+
+# --------------------------------------------------------------------------------------
+# CSV / JSON importers
+# --------------------------------------------------------------------------------------
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+def test_csv_layouts_match_from_samples(tmp_path):
+    ref = LatencyProfile.from_samples(STAGES)
+    rows = list(zip(*STAGES))
+    wide = write(tmp_path / "wide.csv", "stage1_ms,stage2_ms,stage3_ms\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+    # columns in any order, spaces and blank lines tolerated
+    shuffled = write(tmp_path / "shuffled.csv", "stage3_ms, stage1_ms ,stage2_ms\n\n" + "".join(f"{c}, {a},{b}\n" for a, b, c in rows))
+    long = write(tmp_path / "long.csv", "exit,ms\n" + "".join(f"{e + 1},{v}\n" for r in rows for e, v in enumerate(r)))
+    cum = np.cumsum(np.array(STAGES), axis=0).T
+    cumulative = write(tmp_path / "cum.csv", "exit1_cumulative_ms,exit2_cumulative_ms,exit3_cumulative_ms\n"
+                       + "".join(",".join(str(v) for v in r) + "\n" for r in cum))
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + wide.read_bytes().replace(b"\n", b"\r\n"))  # as a spreadsheet saves it
+    for path, layout in ((wide, "wide"), (shuffled, "wide"), (long, "long"), (cumulative, "cumulative"), (bom, "wide")):
+        prof = import_csv(path, device_name="phone")
+        same_stats(prof, ref)
+        assert prof.source == "csv" and prof.device == {"device_name": "phone"} and prof.settings["layout"] == layout
+    assert import_csv(wide).device == {"device_name": None}
+
+
+@pytest.mark.parametrize("text,match", [
+    ("", "empty"),
+    ("a,b\n1,2\n", "stage1_ms,stage2_ms"),
+    ("ms,exit\n1,2\n", "exit,ms"),
+    ("stage1_ms,stage2_ms\n", "no samples"),
+    ("stage1_ms,stage3_ms\n1,2\n", "numbered 1..2"),
+    ("stage1_ms,stage1_ms\n1,2\n", "numbered 1..2"),
+    ("stage1_ms,stage2_ms\n1,2\n3\n", "line 3: 1 cells for 2 columns"),
+    ("stage1_ms,stage2_ms\n1,fast\n", "line 2: 'fast' is not a number"),
+    ("stage1_ms,stage2_ms\n1,-2\n", "finite and non-negative"),
+    ("exit1_cumulative_ms,exit2_cumulative_ms\n1,3\n2,1.5\n", "must not decrease"),
+    ("exit,ms\n0,1.0\n", "1-based integer"),
+    ("exit,ms\n1,1.0\n3,1.0\n", "without gaps"),
+    ("exit,ms\n1.5,1.0\n", "1-based integer"),
+])
+def test_csv_malformed(tmp_path, text, match):
+    with pytest.raises(ProfileError, match=match):
+        import_csv(write(tmp_path / "bad.csv", text))
+
+
+def test_json_import(tmp_path):
+    ref = LatencyProfile.from_samples(STAGES)
+    device = {"device_name": "pixel-8", "cpu_model": "Tensor G3"}
+    p = tmp_path / "s.json"
+    p.write_text(json.dumps({"device": device, "stages_ms": STAGES, "threads": 4, "notes": ["app v2"]}))
+    prof = import_json(p)
+    same_stats(prof, ref)
+    assert prof.source == "json" and prof.device == device and prof.threads == 4 and "app v2" in prof.notes
+    assert import_json(p, device_name="renamed").device == {**device, "device_name": "renamed"}
+
+    cum = np.cumsum(np.array(STAGES), axis=0).tolist()
+    p.write_text(json.dumps({"cumulative_ms": cum}))
+    prof = import_json(p, device_name="jetson")
+    same_stats(prof, ref)
+    assert prof.device == {"device_name": "jetson"}
+
+    full = tmp_path / "full.json"
+    ref.save(full)
+    assert import_json(full) == ref  # a dvt-profile file is loaded as is
+
+    for bad, match in (({"stages_ms": STAGES, "cumulative_ms": cum}, "exactly one"), ({}, "exactly one"), ([1, 2], "exactly one"),
+                       ({"stages_ms": [1, 2]}, "list of per-exit"), ({"stages_ms": []}, "list of per-exit"),
+                       ({"stages_ms": [[1.0], []]}, "no latency samples"),
+                       ({"cumulative_ms": [[1.0, 2.0], [1.0]]}, "same number of iterations")):
+        p.write_text(json.dumps(bad))
+        with pytest.raises(ProfileError, match=match):
+            import_json(p)
+    p.write_text("not json")
+    with pytest.raises(ProfileError, match="not valid JSON"):
+        import_json(p)
+
+
+def test_cli_import_csv_json(tmp_path, capsys):
+    rows = list(zip(*STAGES))
+    csv_path = write(tmp_path / "w.csv", "stage1_ms,stage2_ms,stage3_ms\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+    out = tmp_path / "o" / "p.json"
+    assert main(["import", "--csv", str(csv_path), "--out", str(out), "--device-name", "rpi5"]) == 0
+    assert "exit 3" in capsys.readouterr().out
+    prof = LatencyProfile.load(out)
+    assert prof.source == "csv" and prof.device["device_name"] == "rpi5"
+    js = tmp_path / "s.json"
+    js.write_text(json.dumps({"stages_ms": STAGES}))
+    assert main(["import", "--json", str(js), "--out", str(out)]) == 0
+    same_stats(LatencyProfile.load(out), prof)
+    write(tmp_path / "bad.csv", "x,y\n1,2\n")
+    assert main(["import", "--csv", str(tmp_path / "bad.csv"), "--out", str(out)]) == 2
+    assert "stage1_ms" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["import", "--csv", str(csv_path), "--etrecord", "r", "--out", str(out)])
+
+
+# --------------------------------------------------------------------------------------
+# no torch
+# --------------------------------------------------------------------------------------
+
+
+def test_profile_module_imports_without_torch(tmp_path):
+    (tmp_path / "w.csv").write_text("stage1_ms,stage2_ms\n1.0,2.0\n1.5,2.5\n1.0,2.0\n1.25,2.0\n")
+    r = run_without_torch(
+        f"""
+        import dvt_runtime.profile as P
+        prof = P.LatencyProfile.from_samples([[1.0, 2.0, 1.5, 1.0], [2.0, 2.5, 2.0, 2.0]], device=P.device_facts(threads=1))
+        assert P.LatencyProfile.from_dict(prof.to_dict()) == prof
+        assert prof.stage_costs().n_stages == 2
+        assert P.import_csv({str(tmp_path / 'w.csv')!r}).stages[1]["n"] == 4
+        prof.format_table(); prof.summary()
+        assert P.main(["import", "--csv", {str(tmp_path / 'w.csv')!r}, "--out", {str(tmp_path / 'p.json')!r}]) == 0
+        assert "torch" not in sys.modules
+        print("ok")
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    assert "ok" in r.stdout
+
+
+# --------------------------------------------------------------------------------------
+# ETDump
+# --------------------------------------------------------------------------------------
+
+
+def _profile_event(schema, name: str, chain: int, instruction: int, start: int, end: int, delegate_id: int = -1):
+    ev = schema.ProfileEvent(name=name, chain_index=chain, instruction_id=instruction, delegate_debug_id_int=delegate_id,
+                             delegate_debug_id_str="", delegate_debug_metadata=b"", start_time=start, end_time=end)
+    return schema.Event(profile_event=ev, allocation_event=None, debug_event=None)
+
+
+def write_etdump(path: Path, durations_ns, *, execute_event: bool = True, load_ns: int | None = None, odd_run: int | None = None) -> Path:
+    """A real ETDump flatbuffer laid out like the runtime's (size-prefixed, as ETDumpGen writes it).
+
+    One "Default" block (Program::load_method, Method::init), then one "Execute" block per
+    run: Method::execute around an OPERATOR_CALL and a DELEGATE_CALL (with an XNNPACK-style
+    delegate-internal event nested in it). ``odd_run``: that run has an extra event, so the
+    Inspector files it in an event block of its own, after the others (order must come from
+    the start times).
+    """
+    from executorch.devtools.etdump import schema_flatcc as s
+    from executorch.devtools.etdump.serialize import serialize_to_etdump_flatcc
+
+    runs = []
+    if load_ns is not None:
+        runs.append(s.RunData(name="Default", bundled_input_index=-1, allocators=[], events=[
+            _profile_event(s, "Program::load_method", -1, 0, 0, load_ns), _profile_event(s, "Method::init", -1, 0, 10, load_ns - 10)]))
+    t = 1_000_000
+    for i, d in enumerate(durations_ns):
+        half = d // 2
+        events = [_profile_event(s, "OPERATOR_CALL", 0, 0, t + 100, t + half),  # framework overhead: 100 ns before, 200 after
+                  _profile_event(s, "DELEGATE_CALL", 0, 1, t + half, t + d - 200),
+                  _profile_event(s, "Fully Connected (NC, F32) GEMM #1", 0, 1, t + half + 50, t + d - 300, delegate_id=7)]
+        if execute_event:
+            events.insert(0, _profile_event(s, "Method::execute", -1, 0, t, t + d))
+        if i == odd_run:
+            events.append(_profile_event(s, "OPERATOR_CALL", 0, 2, t + d - 200, t + d - 150))
+        runs.append(s.RunData(name="Execute", bundled_input_index=-1, allocators=[], events=events))
+        t += d + 5_000
+    blob = serialize_to_etdump_flatcc(s.ETDumpFlatCC(version=0, run_data=runs))
+    path.write_bytes(struct.pack("<I", len(blob)) + blob)
+    return path
+
+
+DURATIONS_NS = [[900_000, 200_000, 250_000, 210_000, 220_000, 205_000],
+                [1_500_000, 400_000, 410_000, 500_000, 405_000, 420_000],
+                [2_000_000, 800_000, 810_000, 805_000, 900_000, 820_000]]
+
+
+@pytest.fixture(scope="module")
+def executorch_devtools():
+    return pytest.importorskip("executorch.devtools")
+
+
+@etdump_group
+def test_etdump_import_method_execute(executorch_devtools, tmp_path):
+    paths = [write_etdump(tmp_path / f"exit{e + 1}.etdp", d, load_ns=3_000_000 + e, odd_run=2 if e == 1 else None) for e, d in enumerate(DURATIONS_NS)]
+    prof = import_etdump(paths, device_name="pixel-8")
+    ms = [[v / 1e6 for v in d] for d in DURATIONS_NS]
+    ref = LatencyProfile.from_samples([m[1:] for m in ms])
+    assert prof.source == "etdump" and prof.device == {"device_name": "pixel-8"} and prof.bundle["backend"] == "executorch"
+    for got, want in zip(prof.stage_samples(), ref.stage_samples()):
+        np.testing.assert_allclose(got, want, rtol=1e-12)  # chronological, the first run left out
+    for a, b in zip(prof.cumulative, ref.cumulative):
+        assert a["p90"] == pytest.approx(b["p90"], rel=1e-12)
+    assert prof.first_inference_ms == pytest.approx([m[0] for m in ms])
+    assert prof.load_ms == pytest.approx([3.0, 3.000001, 3.000002])
+    assert any("Method::execute" in n for n in prof.notes)
+
+    kept = import_etdump(paths, skip_first=0)
+    assert kept.stages[0]["n"] == 6 and kept.first_inference_ms is None
+    single = import_etdump(paths[0])
+    assert single.num_exits == 1 and single.stages[0]["n"] == 5
+
+
+@etdump_group
+def test_etdump_import_falls_back_to_instruction_events(executorch_devtools, tmp_path):
+    paths = [write_etdump(tmp_path / f"e{e}.etdp", d, execute_event=False) for e, d in enumerate(DURATIONS_NS)]
+    prof = import_etdump(paths, skip_first=0)
+    # OPERATOR_CALL + DELEGATE_CALL per run (the nested delegate event is not added again)
+    want = [[(d - 300) / 1e6 for d in run] for run in DURATIONS_NS]
+    for got, w in zip(prof.stage_samples(), want):
+        np.testing.assert_allclose(got, w, rtol=1e-12)
+    assert prof.load_ms is None
+    assert any("OPERATOR_CALL+DELEGATE_CALL" in n for n in prof.notes)
+
+
+@etdump_group
+def test_etdump_errors(executorch_devtools, tmp_path, monkeypatch):
+    good = write_etdump(tmp_path / "g.etdp", DURATIONS_NS[0])
+    with pytest.raises(FileNotFoundError):
+        import_etdump([good, tmp_path / "missing.etdp"])
+    with pytest.raises(ValueError, match="one ETRecord"):
+        import_etdump([good, good], etrecord_path=str(good))
+    with pytest.raises(ValueError, match="2 ETDump files but 1 ETRecords"):
+        import_etdump([good, good], etrecord_path=[good])
+    (tmp_path / "junk.etdp").write_bytes(b"\x10\x00\x00\x00not a flatbuffer")
+    with pytest.raises(ProfileError, match="cannot read ETDump"):
+        import_etdump(tmp_path / "junk.etdp")
+    only_load = tmp_path / "init.etdp"
+    write_etdump(only_load, [], load_ns=1000)
+    with pytest.raises(ProfileError, match="EXECUTORCH_ENABLE_EVENT_TRACER"):
+        import_etdump(only_load)
+    monkeypatch.setitem(sys.modules, "executorch.devtools", None)  # as if executorch were not installed
+    with pytest.raises(BackendUnavailable, match=r"pip install 'dvt-runtime\[executorch\]'"):
+        import_etdump(good)
+
+
+@pytest.fixture(scope="module")
+def tiny_program(executorch_devtools, tmp_path_factory):
+    """A real .pte and its ETRecord (a small matmul+relu program)."""
+    import copy
+
+    import torch
+    from executorch.devtools import generate_etrecord
+    from executorch.exir import to_edge_transform_and_lower
+
+    class M(torch.nn.Module):
+        def forward(self, x):
+            return torch.relu(x @ x.T + 1)
+
+    d = tmp_path_factory.mktemp("pte")
+    edge = to_edge_transform_and_lower(torch.export.export(M(), (torch.randn(8, 8),)))
+    edge_copy = copy.deepcopy(edge)
+    program = edge.to_executorch()
+    (d / "m.pte").write_bytes(program.buffer)
+    generate_etrecord(str(d / "m.etrecord"), edge_copy, program)
+    return d / "m.pte", d / "m.etrecord"
+
+
+@etdump_group
+def test_etdump_with_real_etrecord(tiny_program, tmp_path, capsys):
+    pte, etrecord = tiny_program
+    paths = [write_etdump(tmp_path / f"x{e}.etdp", d) for e, d in enumerate(DURATIONS_NS[:2])]
+    prof = import_etdump(paths, etrecord_path=[etrecord, etrecord])
+    assert prof.stages[1]["n"] == 5 and prof.settings["etrecords"] == [str(etrecord)] * 2
+    out = tmp_path / "p.json"
+    assert main(["import", "--etdump", *map(str, paths), "--etrecord", str(etrecord), str(etrecord), "--out", str(out)]) == 0
+    assert LatencyProfile.load(out).stages == prof.stages
+    assert "exit 2" in capsys.readouterr().out
+
+
+@etdump_group
+def test_etdump_from_the_python_runtime(tiny_program, tmp_path):
+    """ETDump written by ExecuTorch's own runtime, when this build has the event tracer."""
+    import torch
+    from executorch.runtime import Runtime
+
+    pte, _ = tiny_program
+    program = Runtime.get().load_program(pte, enable_etdump=True, debug_buffer_size=1 << 20)
+    method = program.load_method("forward")
+    for _ in range(6):
+        method.execute((torch.randn(8, 8),))
+    etdump = tmp_path / "rt.etdp"
+    program.write_etdump_result_to_file(str(etdump), str(tmp_path / "rt.bin"))
+    if not etdump.is_file():
+        pytest.skip("this ExecuTorch build has no event tracer (EXECUTORCH_ENABLE_EVENT_TRACER=OFF): it writes no ETDump")
+    prof = import_etdump(etdump)
+    assert prof.stages[0]["n"] == 5 and prof.stages[0]["min"] > 0

@@ -1,0 +1,183 @@
+"""The torch-free runtime: cascade semantics, batch regrouping, deadline, controller, calibration."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import numpy as np
+import pytest
+from dvt_runtime.bundle import Bundle, InputError
+from dvt_runtime.controller import BudgetController
+
+from dvt_edge.data import export_npz, load_dataset
+from tests.test_runtime_torch_free import run_without_torch
+
+
+@pytest.fixture(scope="module")
+def val():
+    return load_dataset("fashion-mnist", "val").arrays(120, seed=5)
+
+
+@pytest.fixture()
+def bundle_copy(onnx_bundle, tmp_path):
+    dst = tmp_path / "b"
+    shutil.copytree(onnx_bundle, dst)
+    return dst
+
+
+def test_open_and_predict_with_torch_unimportable(onnx_bundle):
+    r = run_without_torch(f"""
+        import numpy as np
+        from dvt_runtime.bundle import Bundle
+        b = Bundle.open({str(onnx_bundle)!r})
+        img = (np.arange(28 * 28) % 255).astype(np.uint8).reshape(28, 28)
+        p = b.predict(img)
+        assert 0 <= p.label < 10 and p.exit in (0, 1, 2) and len(p.stage_ms) == p.exit + 1
+        assert "torch" not in sys.modules
+        print("ok", p.class_name, p.exit)
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ok")
+
+
+def test_threshold_semantics(onnx_bundle, val):
+    b = Bundle.open(onnx_bundle)
+    x = val[0][:10]
+    assert all(p.exit == 0 for p in b.predict(x, thresholds=[0.0, 0.0]))  # everyone stops at exit 1
+    assert all(p.exit == 2 for p in b.predict(x, thresholds=[1.1, 1.1]))  # nobody is confident enough
+    logits = b.run_exits(x)
+    for p, lg in zip(b.predict(x, thresholds=[1.1, 1.1]), logits[2]):
+        assert p.label == int(lg.argmax())
+    # the first exit whose confidence reaches its threshold answers
+    conf = [np.exp(lg - lg.max(1, keepdims=True)) / np.exp(lg - lg.max(1, keepdims=True)).sum(1, keepdims=True) for lg in logits]
+    t = [float(np.median(conf[0].max(1))), float(np.median(conf[1].max(1)))]
+    for i, p in enumerate(b.predict(x, thresholds=t)):
+        want = 0 if conf[0][i].max() >= t[0] else (1 if conf[1][i].max() >= t[1] else 2)
+        assert p.exit == want
+        assert p.label == int(logits[want][i].argmax())
+
+
+def test_batch_regrouping_equals_one_by_one(onnx_bundle, val):
+    b = Bundle.open(onnx_bundle)
+    x = val[0][:40]
+    lg = b.run_exits(x)
+    conf = [(np.exp(v - v.max(1, keepdims=True)) / np.exp(v - v.max(1, keepdims=True)).sum(1, keepdims=True)).max(1) for v in lg]
+    t = [float(np.quantile(conf[0], 0.7)), float(np.quantile(conf[1], 0.5))]  # some stop at each exit
+    batch = b.predict(x, thresholds=t)
+    single = [b.predict(x[i], thresholds=t) for i in range(len(x))]
+    assert [(p.label, p.exit) for p in batch] == [(p.label, p.exit) for p in single]
+    for p, q in zip(batch, single):
+        np.testing.assert_allclose(p.probs, q.probs, rtol=1e-6)
+    assert {p.exit for p in batch} == {0, 1, 2}, "thresholds must exercise regrouping"
+
+
+def test_deadline_skips_stages_that_would_overrun(onnx_bundle, val):
+    b = Bundle.open(onnx_bundle)
+    with pytest.raises(ValueError, match="p90"):
+        b.predict(val[0][0], deadline_ms=1.0)
+    b.use_profile([0.01, 1000.0, 1000.0])  # exit 2 "takes" a second
+    ps = b.predict(val[0][:5], thresholds=[1.1, 1.1], deadline_ms=5.0)
+    assert all(p.exit == 0 and p.deadline_skipped for p in ps)
+    b.use_profile([0.0, 0.0, 0.0])
+    assert all(p.exit == 2 and not p.deadline_skipped for p in b.predict(val[0][:5], thresholds=[1.1, 1.1], deadline_ms=1e6))
+
+
+def test_bad_inputs(onnx_bundle):
+    b = Bundle.open(onnx_bundle)
+    with pytest.raises(InputError, match=r"\(N, 1, 28, 28\)"):
+        b.predict(np.zeros((1, 3, 28, 28), np.float32))
+    with pytest.raises(InputError, match="float32"):
+        b.predict(np.zeros((1, 1, 28, 28), np.float64))
+    x = np.zeros((1, 1, 28, 28), np.float32)
+    x[0, 0, 3, 3] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        b.predict(x)
+    with pytest.raises(ValueError, match="thresholds"):
+        b.predict(np.zeros((1, 1, 28, 28), np.float32), thresholds=[0.5])
+
+
+def test_controller_moves_along_table_when_device_slows():
+    table = [{"thresholds": [0.0, 0.0], "predicted_ms": 1.0, "accuracy": 80.0},
+             {"thresholds": [0.9, 0.0], "predicted_ms": 2.0, "accuracy": 85.0},
+             {"thresholds": [0.99, 0.99], "predicted_ms": 3.0, "accuracy": 88.0}]
+    c = BudgetController(2.5, table, stage_mean_ms=[1.0, 1.0, 1.0])
+    assert c.thresholds() == [0.9, 0.0]
+    for _ in range(30):  # the device got twice as slow
+        c.observe([2.0, 2.0])
+    assert c.scale == pytest.approx(2.0, rel=0.01)
+    assert c.thresholds() == [0.0, 0.0]  # predicted 1 ms x 2 fits 2.5 ms
+    for _ in range(30):  # and fast again
+        c.observe([0.5])
+    assert c.thresholds() == [0.99, 0.99]
+    with pytest.raises(ValueError, match="positive"):
+        BudgetController(-1, table, [1, 1, 1])
+
+
+class _Slow:
+    """Wrap a session so that it takes ``extra_ms`` longer (an artificially slowed stage)."""
+
+    def __init__(self, inner, extra_ms):
+        self.inner, self.extra = inner, extra_ms / 1e3
+        self.input_names, self.output_names = inner.input_names, inner.output_names
+
+    def run(self, inputs):
+        t0 = time.perf_counter()
+        out = self.inner.run(inputs)
+        while time.perf_counter() - t0 < self.extra:
+            pass
+        return out
+
+
+@pytest.mark.xdist_group("timing")
+def test_calibrate_and_controller_keep_budget_when_a_stage_slows(bundle_copy, val, tmp_path):
+    from dvt_runtime.calibrate import calibrate
+
+    x, y = val
+    # make latencies large and stable enough to measure: stage k costs ~ (k+1) ms
+    b = Bundle.open(bundle_copy)
+    b.sessions = [_Slow(s, 1.0 * (k + 1)) for k, s in enumerate(b.sessions)]
+    budget = 3.5  # between exit 1 (~1 ms) and exit 3 (~6 ms)
+    r = calibrate(b, x, y, budget, device_name="testdev", runs=20, warmup=3, progress=False)
+    assert (bundle_copy / "calibration" / "testdev.json").is_file()
+    m = r["chosen"]["measured"]
+    assert m["n"] == r["n_holdout"] and sum(m["exit_fractions"]) == pytest.approx(1.0)
+    assert m["mean_ms"] <= budget * 1.25
+    # now stage 1, which every sample runs, slows 2.5x: the controller must move to cheaper rows
+    b.sessions[0] = _Slow(b.sessions[0].inner, 2.5)
+    times = []
+    for i in range(len(x)):
+        t0 = time.perf_counter()
+        b.predict(x[i], budget_ms=budget)
+        times.append((time.perf_counter() - t0) * 1e3)
+    assert b.controller.scale > 1.2
+    assert np.mean(times[len(times) // 2 :]) <= budget * 1.3
+
+
+def test_calibrate_errors_keep_previous_file(bundle_copy, val, tmp_path):
+    from dvt_runtime.calibrate import CalibrationError, calibrate, load_npz, main
+
+    x, y = val
+    b = Bundle.open(bundle_copy)
+    calibrate(b, x[:40], y[:40], 1e6, device_name="dev", runs=10, warmup=2, progress=False)
+    path = bundle_copy / "calibration" / "dev.json"
+    before = path.read_bytes()
+    assert "all exits fit" in json.loads(before)["note"]
+    with pytest.raises(CalibrationError, match=r"below the cheapest.*exit 1 alone takes"):
+        calibrate(b, x[:40], y[:40], 1e-6, device_name="dev", runs=10, warmup=2, progress=False)
+    with pytest.raises(CalibrationError, match="valid"):
+        calibrate(b, x[:40], y[:40], 1.0, algorithm="annealing", device_name="dev", progress=False)
+    with pytest.raises(CalibrationError, match="positive"):
+        calibrate(b, x[:40], y[:40], -3, device_name="dev", progress=False)
+    assert path.read_bytes() == before
+    np.savez(tmp_path / "nolabels.npz", images=x[:4])
+    with pytest.raises(CalibrationError, match="labels"):
+        load_npz(str(tmp_path / "nolabels.npz"))
+    np.savez(tmp_path / "empty.npz", images=x[:0], labels=y[:0])
+    with pytest.raises(CalibrationError, match="no images"):
+        load_npz(str(tmp_path / "empty.npz"))
+    ds = load_dataset("fashion-mnist", "val")
+    export_npz(ds, tmp_path / "val.npz", n=30, progress=False)
+    assert main(["--bundle", str(bundle_copy), "--data", str(tmp_path / "val.npz"), "--budget-ms", "-1"]) == 2
+    assert path.read_bytes() == before

@@ -1,0 +1,271 @@
+"""The webcam demo (apps/webcam.py), headless, on a video of Fashion-MNIST test images shown large.
+
+The video plays the part of a camera pointed at a screen: each test image is upscaled to
+~90% of the frame height, centred (with a few pixels of jitter) on a dark, noisy background,
+for a few frames each, and encoded with mp4v. The demo must classify every frame exactly as
+``bundle.predict(bundle.preprocess(frame))`` does, write an annotated video with every
+frame, a stats JSON and a snapshot PNG, and (with the reference checkpoint) name the shown
+item on most frames.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+cv2 = pytest.importorskip("cv2")
+pytest.importorskip("onnxruntime")
+
+from apps import webcam  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT / "dvt_edge" / "assets" / "dvt_tiny_fmnist.pt"
+
+W, H = 640, 480
+PER_IMAGE = 4  # frames per shown image
+N_IMAGES = 10  # one test image per class -> 40 frames
+
+pytestmark = pytest.mark.xdist_group("webcam")
+
+
+def _fmnist():
+    from dvt_edge.data import DataError, load_dataset
+
+    try:
+        return load_dataset("fashion-mnist", "val")
+    except DataError as e:  # no copy and no network
+        pytest.skip(f"Fashion-MNIST unavailable: {e}")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """(bundle path, is_reference, video path, per-frame labels) shared by the tests of this module."""
+    from dvt_edge.export import export_bundle
+
+    tmp = tmp_path_factory.mktemp("webcam")
+    ds = _fmnist()
+    if REFERENCE.is_file():
+        ckpt, reference = REFERENCE, True
+    else:  # the reference checkpoint is not trained yet: an untrained micro model exercises everything else
+        from dvt_edge import create_model, save_checkpoint
+
+        ckpt, reference = tmp / "micro.pt", False
+        save_checkpoint(ckpt, create_model("dvt_micro_fmnist"), classes=ds.classes, preprocess=ds.preprocess, data="fashion-mnist")
+    res = export_bundle(str(ckpt), "onnx", "fp32", out=str(tmp / "bundle"), verify_n=50, progress=False)
+    video, labels = make_video(ds, tmp / "input.mp4")
+    return res.path, reference, video, labels
+
+
+def make_video(ds, path: Path, seed: int = 0) -> tuple[Path, list[int]]:
+    """Frames of real test images shown large on a dark background; returns the path and each frame's label."""
+    rng = np.random.default_rng(seed)
+    picks = [int(np.flatnonzero(ds.labels == c)[0]) for c in range(N_IMAGES)]  # the first test image of each class
+    side = int(0.9 * min(W, H))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (W, H))
+    assert writer.isOpened()
+    labels = []
+    for i in picks:
+        big = cv2.resize(ds.raw(i), (side, side), interpolation=cv2.INTER_LINEAR)
+        for _ in range(PER_IMAGE):
+            frame = np.full((H, W), 14, np.float32)
+            dx, dy = rng.integers(-8, 9, size=2)
+            y0, x0 = (H - side) // 2 + dy, (W - side) // 2 + dx
+            frame[y0 : y0 + side, x0 : x0 + side] = np.maximum(frame[y0 : y0 + side, x0 : x0 + side], big)
+            frame += rng.normal(0, 4, frame.shape)
+            g = np.clip(frame, 0, 255).astype(np.uint8)
+            writer.write(cv2.merge([g, g, np.clip(g.astype(np.int16) + 6, 0, 255).astype(np.uint8)]))  # a slightly warm "screen"
+            labels.append(int(ds.labels[i]))
+    writer.release()
+    return path, labels
+
+
+def read_frames(path: Path) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(f)
+    cap.release()
+    return frames
+
+
+@pytest.fixture(scope="module")
+def headless(env, tmp_path_factory):
+    """One headless run of the demo with --record, --stats and --snapshot."""
+    bundle, _, video, _ = env
+    out = tmp_path_factory.mktemp("webcam_out")
+    argv = ["--bundle", str(bundle), "--video", str(video), "--headless", "--record", str(out / "annotated.mp4"),
+            "--stats", str(out / "stats.json"), "--snapshot-frame", "30", "--snapshot", str(out / "snapshot.png")]
+    assert webcam.main(argv) == 0
+    return out, json.loads((out / "stats.json").read_text())
+
+
+def test_headless_run_outputs(env, headless):
+    _, _, video, labels = env
+    out, stats = headless
+    n = len(labels)
+    assert stats["frames"] == n == N_IMAGES * PER_IMAGE
+    assert sum(stats["exit_counts"]) == n
+    assert len(stats["exit_counts"]) == stats["num_exits"]
+    assert [p["frame"] for p in stats["predictions"]] == list(range(n))
+    for p in stats["predictions"]:
+        assert set(p) >= {"frame", "label", "class", "confidence", "exit", "total_ms", "stage_ms"}
+        assert len(p["stage_ms"]) == p["exit"] + 1 and p["total_ms"] >= 0
+    for key in ("predict", "frame"):
+        lat = stats["latency_ms"][key]
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    assert stats["latency_ms"]["frame"]["mean"] >= stats["latency_ms"]["predict"]["mean"]
+    assert stats["fps"] > 0 and stats["budget"] is None and stats["mode"]["kind"] == "none"
+
+    # the annotated video: every frame, the input's size
+    annotated = read_frames(out / "annotated.mp4")
+    assert len(annotated) == n
+    assert annotated[0].shape == (H, W, 3)
+
+    # the snapshot: the chosen frame, full size
+    snap = cv2.imread(str(out / "snapshot.png"))
+    assert snap is not None and snap.shape == (H, W, 3)
+    assert stats["snapshot"] == str(out / "snapshot.png")
+
+
+def test_predictions_match_the_runtime(env, headless):
+    """The demo classifies each frame exactly as bundle.predict(bundle.preprocess(frame)) does."""
+    from dvt_runtime.bundle import Bundle
+
+    bundle_path, _, video, labels = env
+    _, stats = headless
+    frames = read_frames(video)
+    assert len(frames) == len(labels)
+    b = Bundle.open(bundle_path, threads=1)
+    got = [(p["label"], p["exit"]) for p in stats["predictions"]]
+    want = []
+    for f in frames:
+        p = b.predict(b.preprocess(f))
+        p = p[0] if isinstance(p, list) else p  # (1, C, H, W) is a batch of one
+        want.append((p.label, p.exit))
+    assert got == want
+
+
+def test_most_frames_name_the_shown_item(env, headless):
+    _, reference, _, labels = env
+    _, stats = headless
+    if not reference:
+        pytest.skip(f"reference checkpoint {REFERENCE.relative_to(ROOT)} not trained yet: an untrained micro model "
+                    "cannot name the shown items (train it with python -m dvt_edge.train --model dvt_tiny_fmnist)")
+    pred = np.array([p["label"] for p in stats["predictions"]])
+    acc = float((pred == np.array(labels)).mean())
+    assert acc > 0.6, f"only {100 * acc:.0f}% of the frames named the shown item"
+
+
+def test_unreadable_video_exits_2_with_a_way_out(env, tmp_path):
+    bundle = env[0]
+    bad = tmp_path / "not_a_video.mp4"
+    bad.write_text("this is not a video")
+    for video in (bad, tmp_path / "missing.mp4"):
+        r = subprocess.run([sys.executable, "-m", "apps.webcam", "--bundle", str(bundle), "--video", str(video), "--headless"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "runtime")])})
+        assert r.returncode == 2, r.stderr
+        assert "--camera" in r.stderr and "--video" in r.stderr
+        assert "Traceback" not in r.stderr
+
+
+def test_missing_camera_is_a_clear_error():
+    with pytest.raises(webcam.AppError) as e:
+        webcam.open_source(camera="987")
+    assert e.value.code == 2 and "--camera 1" in str(e.value) and "--video FILE" in str(e.value)
+
+
+def test_budget_without_calibration_falls_back_and_says_how_to_calibrate(env, tmp_path, capsys):
+    bundle, _, video, _ = env
+    stats = webcam.run(webcam.parse_args(["--bundle", str(bundle), "--video", str(video), "--headless", "--budget-ms", "0.5",
+                                          "--max-frames", "6", "--stats", str(tmp_path / "s.json")]))
+    assert stats["frames"] == 6 and sum(stats["exit_counts"]) == 6
+    assert stats["mode"]["kind"] == "budget" and not stats["mode"]["active"]
+    assert "dvt_runtime.calibrate" in stats["mode"]["note"] and "dvt_runtime.calibrate" in capsys.readouterr().err
+    b = stats["budget"]
+    assert b["ms"] == 0.5 and b["hits"] + b["misses"] == 6
+    assert json.loads((tmp_path / "s.json").read_text())["budget"]["ms"] == 0.5
+
+
+def test_deadline_without_calibration_profiles_the_stages(env):
+    bundle, _, video, _ = env
+    stats = webcam.run(webcam.parse_args(["--bundle", str(bundle), "--video", str(video), "--headless", "--deadline-ms", "1000",
+                                          "--max-frames", "4"]))
+    assert stats["mode"]["kind"] == "deadline" and stats["mode"]["active"]
+    assert "profiled" in stats["mode"]["source"]
+    assert stats["deadline_ms"] == 1000 and stats["budget"]["misses"] == 0
+    assert not any(p["deadline_skipped"] for p in stats["predictions"])
+
+
+def test_window_mode_without_gui_build_says_what_to_do(env, monkeypatch):
+    def no_gui(*a, **k):
+        raise cv2.error("The function is not implemented. Rebuild the library with Windows, GTK+ 2.x or Cocoa support.")
+
+    monkeypatch.setenv("DISPLAY", ":0")
+    monkeypatch.setattr(webcam.cv2, "namedWindow", no_gui)
+    with pytest.raises(webcam.AppError) as e:
+        webcam.run(webcam.parse_args(["--bundle", str(env[0]), "--video", str(env[2])]))
+    msg = str(e.value)
+    assert "--headless" in msg and "pip uninstall opencv-python-headless && pip install opencv-python" in msg
+
+
+def test_keys_and_overlay_pieces(env):
+    from dvt_runtime.bundle import Bundle
+
+    b = Bundle.open(env[0], threads=1)
+    pre = b.manifest.preprocess
+    # the crop box is what the preprocessing keeps: a 640x480 frame -> its central ~square
+    x0, y0, x1, y1 = webcam.crop_box(pre, H, W)
+    assert (y0, y1) == (0, H) and abs((x0 + x1) / 2 - W / 2) <= W * 0.02 and abs((x1 - x0) - H) <= H * 0.02
+    inside = np.zeros((H, W, 3), np.uint8)
+    inside[y0:y1, x0:x1] = 255
+    seen = webcam.model_input_image(b.preprocess(inside), pre)
+    assert seen.min() >= 250  # the model sees only the box ...
+    seen = webcam.model_input_image(b.preprocess(255 - inside), pre)
+    assert seen.max() <= 5  # ... and nothing outside it
+    # the inset undoes the normalization: a 28x28 image comes back as itself
+    img = np.random.default_rng(1).integers(0, 256, (pre.size, pre.size), dtype=np.uint8)
+    back = webcam.model_input_image(b.preprocess(img), pre)
+    assert back.shape == (pre.size, pre.size, 3) and np.abs(back[:, :, 0].astype(int) - img).max() <= 1
+
+    mode = webcam.Mode("budget", 10.0)
+    overlay = webcam.Overlay.for_bundle(b, mode)
+    assert webcam._handle_key(ord("+"), mode, overlay) and mode.ms == pytest.approx(11.0)
+    assert webcam._handle_key(ord("-"), mode, overlay) and mode.ms == pytest.approx(9.9)
+    assert webcam._handle_key(ord(" "), mode, overlay) and overlay.paused
+    assert not webcam._handle_key(ord("q"), mode, overlay) and not webcam._handle_key(27, mode, overlay)
+
+    frame = np.zeros((H, W, 3), np.uint8)
+    pred = b.predict(b.preprocess(frame))[0]
+    for _ in range(5):
+        overlay.record(pred)
+    out = webcam.annotate(frame, pred, overlay, model_input=b.preprocess(frame))
+    assert out.shape == frame.shape and out.any() and not frame.any()  # drawn on a copy
+    assert overlay.histogram().sum() == 5
+
+
+def test_window_mode_keys_with_a_stand_in_gui(env, monkeypatch):
+    """The window loop, with OpenCV's GUI calls replaced (this environment has the headless build)."""
+    bundle, _, video, _ = env
+    keys = iter([ord("+"), ord(" "), ord(" "), 255, ord("q")])  # raise, pause, resume (in the pause loop), -, quit
+    shown = []
+    monkeypatch.setenv("DISPLAY", ":0")
+    monkeypatch.setattr(webcam.cv2, "namedWindow", lambda *a, **k: None)
+    monkeypatch.setattr(webcam.cv2, "imshow", lambda name, img: shown.append(img.shape))
+    monkeypatch.setattr(webcam.cv2, "waitKey", lambda ms=0: next(keys))
+    monkeypatch.setattr(webcam.cv2, "getWindowProperty", lambda *a: -1.0)  # GTK: property not implemented
+    monkeypatch.setattr(webcam.cv2, "destroyAllWindows", lambda: None)
+    stats = webcam.run(webcam.parse_args(["--bundle", str(bundle), "--video", str(video), "--deadline-ms", "1000"]))
+    assert stats["frames"] == 4  # quit on the 4th frame
+    assert len(shown) == 5 and all(s == (H, W, 3) for s in shown)  # 4 frames + 1 redraw while paused
+    assert stats["deadline_ms"] == pytest.approx(1100.0)  # "+" raised the deadline by 10 %
+    assert [p["limit_ms"] for p in stats["predictions"]] == pytest.approx([1000.0, 1100.0, 1100.0, 1100.0])
