@@ -52,7 +52,7 @@ def bench_bundle(bundle_dir: Path, x: np.ndarray, y: np.ndarray, budgets: Option
                  runs: int = 200, holdout: float = 0.5, seed: int = 0, progress: bool = True, device_name: Optional[str] = None) -> dict:
     """Everything measured on one bundle (this host)."""
     from dvt_runtime.bundle import Bundle
-    from dvt_runtime.calibrate import exit_probs
+    from dvt_runtime.calibrate import cascade_overhead_ms, exit_probs, with_overhead
     from dvt_runtime.profile import profile_bundle
     from dvt_runtime.search import ExitOutputs, evaluate_thresholds, search_thresholds
 
@@ -61,7 +61,8 @@ def bench_bundle(bundle_dir: Path, x: np.ndarray, y: np.ndarray, budgets: Option
     prof = profile_bundle(b, warmup=20, runs=runs, images=x[:64], progress=progress)
     if device_name:
         prof.device["device_name"] = device_name
-    lat = prof.stage_costs()
+    overhead = cascade_overhead_ms(b, x)
+    lat = with_overhead(prof.stage_costs(), overhead)  # what a predict() call costs per stage
     probs = exit_probs(b, x, progress)  # (E, N, K): the artifact's own outputs
     acc_all = [float((probs[e].argmax(-1) == y).mean() * 100) for e in range(b.num_exits)]
     perm = np.random.default_rng(seed).permutation(len(x))
@@ -117,7 +118,10 @@ def bench_bundle(bundle_dir: Path, x: np.ndarray, y: np.ndarray, budgets: Option
                            "speedup_vs_last_exit": last["measured_mean_ms"] / meas["mean_ms"],
                            "accuracy_delta": meas["accuracy"] - last["accuracy"]}
                 break
-    return {"profile": prof.summary(), "device": prof.device, "static": static, "dynamic": dynamic,
+    stage1 = float(np.mean(prof.stage_samples()[0]))
+    return {"profile": prof.summary(), "device": prof.device,
+            "runtime_overhead": {"ms_per_sample": overhead, "exit1_stage_ms": stage1,
+                                 "pct_of_exit1_total": 100 * overhead / (stage1 + overhead)}, "static": static, "dynamic": dynamic,
             "flops_calibrated": flops_rows, "matched": matched, "n_holdout": len(hold), "n_calibration": len(cal)}
 
 

@@ -1,0 +1,70 @@
+"""python -m dvt_edge.bench: output shape, numbers from real runs, and merging devices."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dvt_edge.bench import SCHEMA, load_results, main, markdown, run_bench, write_outputs
+
+
+@pytest.fixture(scope="module")
+def results(micro_ckpt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    r1 = run_bench(str(micro_ckpt), "fashion-mnist", ["onnx", "coreml"], ["fp32"], None, out / "a", n=120, threads=1, runs=20,
+                   progress=False, device_name="host-1thread")
+    # a second "device": the same host with another thread count, labelled as such
+    r2 = run_bench(str(micro_ckpt), "fashion-mnist", ["onnx"], ["fp32"], None, out / "b", n=120, threads=2, runs=20,
+                   progress=False, device_name="host-2threads (fake second device)")
+    write_outputs([r1], out / "a")
+    write_outputs([r2], out / "b")
+    return out, r1, r2
+
+
+def test_bench_result_shape_and_real_numbers(results):
+    out, r1, _ = results
+    assert r1["schema"] == SCHEMA and r1["n_images"] == 120
+    rows = {(r["target"], r["precision"]): r for r in r1["rows"]}
+    onnx = rows[("onnx", "fp32")]
+    assert onnx["status"] == "ok"
+    assert "does not run on this host" in rows[("coreml", "fp32")]["status"]  # a row, not a crash
+    n_hold = onnx["n_holdout"]
+    assert len(onnx["static"]) == 3 and len(onnx["dynamic"]) == len(onnx["flops_calibrated"]) == 5
+    for s in onnx["static"]:
+        assert s["measured_mean_ms"] > 0 and 0 <= s["accuracy"] <= 100
+    for d in onnx["dynamic"] + onnx["flops_calibrated"]:
+        if "error" in d:
+            continue
+        counts = np.asarray(d["exit_fractions"]) * n_hold
+        np.testing.assert_allclose(counts, np.round(counts), atol=1e-6)  # fractions of real samples
+        assert int(round(counts.sum())) == n_hold
+        assert d["measured_mean_ms"] > 0 and d["measured_p90_ms"] >= d["measured_mean_ms"] * 0.5
+    cum = [s["profile_p50_ms"] for s in onnx["static"]]
+    assert cum == sorted(cum)
+    assert onnx["runtime_overhead"]["ms_per_sample"] >= 0
+    saved = json.loads((out / "a" / "bench.json").read_text())
+    assert saved["rows"][0]["target"] in ("onnx", "coreml")
+    for f in ("bench.md", "bench_accuracy_vs_latency.png", "bench_exit_distribution.png"):
+        assert (out / "a" / f).stat().st_size > 500
+    md = (out / "a" / "bench.md").read_text()
+    assert "latency-calibrated" in md and "FLOPs-calibrated" in md
+
+
+def test_bench_report_merges_devices(results, tmp_path, capsys):
+    out, r1, r2 = results
+    assert main(["report", str(out / "a" / "bench.json"), str(out / "b" / "bench.json"), "--out", str(tmp_path)]) == 0
+    merged = load_results([str(tmp_path / "report.json")])
+    assert [m["device"]["device_name"] for m in merged] == ["host-1thread", "host-2threads (fake second device)"]
+    assert [m["threads"] for m in merged] == [1, 2]
+    text = capsys.readouterr().out
+    assert "host-1thread" in text and "fake second device" in text
+    assert (tmp_path / "report_accuracy_vs_latency.png").stat().st_size > 500
+    assert "fake second device" in markdown(merged)
+
+
+def test_bench_report_rejects_other_json(tmp_path, capsys):
+    (tmp_path / "x.json").write_text(json.dumps({"schema": "something-else"}))
+    assert main(["report", str(tmp_path / "x.json")]) == 2
+    assert "not a dvt-edge bench result" in capsys.readouterr().err
