@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-from dvt_runtime.io import atomic_write, atomic_write_json
 
 from dvt_edge.data import DATASETS, DataError, load_dataset
+from dvt_runtime.io import atomic_write, atomic_write_json
 
 SCHEMA = "dvt-edge/bench/1"
 MATCH_POINTS = 0.2  # "matched accuracy": within this many points of the last exit
@@ -139,12 +139,11 @@ def _meas(meas: dict, budget: Optional[float]) -> dict:
 def run_bench(checkpoint: str, data: str, targets: list[str], precisions: list[str], budgets: Optional[list[float]],
               out: Path, n: int = 2000, threads: int = 1, runs: int = 200, progress: bool = True,
               device_name: Optional[str] = None, reuse: bool = False) -> dict:
-    from dvt_runtime.backends import available_backends
-    from dvt_runtime.manifest import Manifest
-
     from dvt_edge.checkpoint import load_checkpoint
     from dvt_edge.export import export_bundle
     from dvt_edge.export.targets import TARGETS, get_target
+    from dvt_runtime.backends import available_backends
+    from dvt_runtime.manifest import Manifest
 
     model, info = load_checkpoint(checkpoint)
     ds = load_dataset(data, "val", preprocess=info.preprocess)

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
-from dvt_runtime.io import atomic_write
-from dvt_runtime.preprocess import Preprocess
 
 from dvt_edge.models import DVT, DVTConfig, create_model, list_models, model_from_args
+from dvt_runtime.io import atomic_write
+from dvt_runtime.preprocess import Preprocess
 
 __all__ = ["CheckpointError", "CheckpointInfo", "load_checkpoint", "save_checkpoint", "infer_model_name", "read_checkpoint"]
 

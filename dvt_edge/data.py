@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
 from dvt_runtime.io import atomic_write
 from dvt_runtime.preprocess import Preprocess
 

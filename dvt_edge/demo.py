@@ -1,35 +1,112 @@
-"""``make demo``: the tour of dvt-edge on this machine.
+"""``make demo``: the tour of dvt-edge on the reference model, on this machine.
 
-Today: the model zoo (exits, FLOPs, parameters of every variant) and, when the
-reference checkpoint is present, its per-exit accuracy on the Fashion-MNIST test split.
+1. the model zoo (exits, FLOPs, parameters of every variant);
+2. the reference checkpoint's per-exit accuracy and FLOPs-budget curve (``--retrain``
+   reproduces the checkpoint with the exact command of its model card first);
+3. export to every target (fp32 and int8; Core ML fp16/int8 is converted and checked
+   structurally), profile each exit, calibrate thresholds to measured latency budgets,
+   and benchmark dynamic vs static, latency- vs FLOPs-calibrated (``dvt_edge.bench``);
+4. calibrate the best backend's bundle for this device (``dvt_runtime.calibrate``);
+5. print the table; plots and JSON land in ``--out`` (default ``runs/demo``).
 """
 
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
-from dvt_edge.zoo import format_table, zoo_rows
+ASSETS = Path(__file__).resolve().parent / "assets"
+REFERENCE = ASSETS / "dvt_tiny_fmnist.pt"
+# the exact command that produced the reference checkpoint (see dvt_edge/assets/MODEL_CARD.md)
+RETRAIN = ["--model", "dvt_tiny_fmnist", "--data", "fashion-mnist", "--epochs", "20", "--drop-path", "0.05", "--seed", "0"]
 
-REFERENCE = Path(__file__).resolve().parent / "assets" / "dvt_tiny_fmnist.pt"
+
+def _section(title: str) -> None:
+    print(f"\n{'=' * 8} {title} {'=' * max(4, 70 - len(title))}", flush=True)
+
+
+def best_row(result: dict) -> Optional[dict]:
+    """The fastest runnable target/precision at matched accuracy."""
+    ok = [r for r in result["rows"] if r.get("status") == "ok" and r.get("matched")]
+    return min(ok, key=lambda r: r["matched"]["measured_mean_ms"]) if ok else None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m dvt_edge.demo", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m dvt_edge.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default=str(REFERENCE), help="model to tour (default: the reference checkpoint)")
+    ap.add_argument("--retrain", action="store_true", help="reproduce the reference checkpoint first (about an hour on 2 cores)")
+    ap.add_argument("--targets", default="all")
+    ap.add_argument("--precisions", default="fp32,int8")
+    ap.add_argument("--n", type=int, default=2000, help="evaluation images for the benchmark")
+    ap.add_argument("--out", default="runs/demo")
     args = ap.parse_args(argv)
-    print("== dvt-edge model zoo (FLOPs counted from each stage's graph) ==")
-    print(format_table(zoo_rows()))
-    ckpt = Path(args.checkpoint)
-    if ckpt.is_file():
-        from dvt_edge.evaluate import main as evaluate_main
+    out = Path(args.out)
 
-        print(f"\n== evaluating {ckpt} ==")
-        return evaluate_main(["--checkpoint", str(ckpt), "--out", "runs/demo/evaluate"])
-    print(f"\n(no checkpoint at {ckpt}; train one with `python -m dvt_edge.train --out runs/ref`)")
+    from dvt_edge.zoo import format_table, zoo_rows
+
+    _section("model zoo (FLOPs counted from each stage's graph)")
+    print(format_table(zoo_rows()))
+
+    ckpt = Path(args.checkpoint)
+    if args.retrain:
+        from dvt_edge.train import main as train_main
+
+        _section("retraining the reference checkpoint: python -m dvt_edge.train " + " ".join(RETRAIN))
+        rc = train_main([*RETRAIN, "--out", str(out / "retrain"), "--force"])
+        if rc:
+            return rc
+        ckpt = out / "retrain" / "best.pt"
+    if not ckpt.is_file():
+        print(f"\nno checkpoint at {ckpt}; train one with: python -m dvt_edge.train {' '.join(RETRAIN)} --out runs/ref", file=sys.stderr)
+        return 2
+
+    from dvt_edge.evaluate import evaluate_checkpoint, format_report, plot_report
+    from dvt_runtime.io import atomic_write_json
+
+    _section(f"evaluating {ckpt} (PyTorch, Fashion-MNIST test split)")
+    ev = evaluate_checkpoint(str(ckpt), progress=True)
+    atomic_write_json(out / "evaluate" / "evaluate.json", ev)
+    plot_report(ev, out / "evaluate" / "evaluate.png")
+    print(format_report(ev))
+
+    from dvt_edge.bench import markdown, run_bench, write_outputs
+
+    _section("export every target, profile, calibrate to latency budgets, benchmark")
+    device = socket.gethostname()
+    result = run_bench(str(ckpt), "fashion-mnist", args.targets.split(","), args.precisions.split(","), None, out,
+                       n=args.n, threads=1, device_name=device)
+    write_outputs([result], out)
+
+    best = best_row(result)
+    if best is not None:
+        from dvt_edge.data import export_npz, load_dataset
+        from dvt_runtime.bundle import Bundle
+        from dvt_runtime.calibrate import calibrate, format_result
+
+        bdir = out / "bundles" / f"{result['model']}-{best['target']}-{best['precision']}"
+        _section(f"calibrating {bdir.name} for this device ({device}) at the matched-accuracy budget")
+        from dvt_edge.checkpoint import load_checkpoint
+
+        info = load_checkpoint(str(ckpt))[1]
+        val = export_npz(load_dataset("fashion-mnist", "val", preprocess=info.preprocess), out / "val.npz", n=2000, seed=3, progress=False)
+        import numpy as np
+
+        z = np.load(val)
+        b = Bundle.open(bdir, threads=1)
+        cal = calibrate(b, z["images"], z["labels"], round(best["matched"]["measured_mean_ms"], 4), device_name=device, progress=False)
+        print(format_result(cal))
+
+    _section("benchmark (batch 1, this machine)")
+    print(markdown([result]))
+    if best is not None:
+        m = best["matched"]
+        last = best["static"][-1]
+        print(f"best backend: {best['target']} {best['precision']}: dynamic cascade {m['measured_mean_ms']:.3f} ms vs last exit alone "
+              f"{last['measured_mean_ms']:.3f} ms ({m['speedup_vs_last_exit']:.2f}x faster) at {m['accuracy']:.2f}% vs {last['accuracy']:.2f}% top-1")
+    print(f"\nwrote {out}/bench.json, bench.md, bench_accuracy_vs_latency.png, bench_exit_distribution.png, evaluate/evaluate.png")
     return 0
 
 

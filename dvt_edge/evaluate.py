@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from dvt_runtime.io import atomic_write, atomic_write_json
-from dvt_runtime.search import ExitOutputs, StageCosts, evaluate_thresholds, pareto_frontier, sweep_thresholds
 
 from dvt_edge.checkpoint import CheckpointError, load_checkpoint
 from dvt_edge.data import DATASETS, DataError, ImageSet, default_preprocess, load_dataset
 from dvt_edge.train import evaluate_exits
+from dvt_runtime.io import atomic_write, atomic_write_json
+from dvt_runtime.search import ExitOutputs, StageCosts, evaluate_thresholds, pareto_frontier, sweep_thresholds
 
 SCHEMA = "dvt-edge/evaluate/1"
 

@@ -26,11 +26,11 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from dvt_runtime.io import atomic_write_json
 
 from dvt_edge.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from dvt_edge.data import DATASETS, DataError, ImageSet, default_preprocess, load_dataset
 from dvt_edge.models import DVT, create_model, list_models, model_from_args
+from dvt_runtime.io import atomic_write_json
 
 __all__ = ["train", "evaluate_exits", "main", "build_parser"]
 

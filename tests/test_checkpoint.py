@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from dvt_runtime.preprocess import Preprocess
 
 from dvt_edge import load_checkpoint, save_checkpoint
 from dvt_edge.checkpoint import CheckpointError
 from dvt_edge.models import create_model
+from dvt_runtime.preprocess import Preprocess
 
 FIXTURE = Path(__file__).parent / "fixtures" / "official-checkpoint-keys.json"
 PUBLISHED = {"dvt_t2t_vit_12": "DVT_T2t_vit_12", "dvt_t2t_vit_14": "DVT_T2t_vit_14", "dvt_deit_small": "DVT_Deit_small"}

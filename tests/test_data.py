@@ -8,11 +8,11 @@ import warnings
 import cv2
 import numpy as np
 import pytest
-from dvt_runtime import preprocess as P
-from dvt_runtime.preprocess import Preprocess
 
 from dvt_edge import data as D
 from dvt_edge.data import DataError, export_npz, load_dataset
+from dvt_runtime import preprocess as P
+from dvt_runtime.preprocess import Preprocess
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from dvt_runtime.manifest import Manifest, ManifestError
 
 from dvt_edge import create_model, save_checkpoint
 from dvt_edge.data import load_dataset
 from dvt_edge.export import ExportError, export_bundle
 from dvt_edge.export.__main__ import main as export_main
 from dvt_edge.export.targets import TARGETS, TargetUnavailable, get_target
+from dvt_runtime.manifest import Manifest, ManifestError
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = [(t.name, p) for t in TARGETS.values() for p in t.precisions]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from dvt_runtime.backends import BackendUnavailable
 from dvt_runtime.bundle import Bundle, InputError
 from dvt_runtime.profile import (
@@ -27,7 +28,6 @@ from dvt_runtime.profile import (
     profile_bundle,
 )
 from dvt_runtime.search import StageCosts
-
 from tests.test_runtime_torch_free import run_without_torch
 
 ROOT = Path(__file__).resolve().parents[1]

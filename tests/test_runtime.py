@@ -8,10 +8,10 @@ import time
 
 import numpy as np
 import pytest
-from dvt_runtime.bundle import Bundle, InputError
-from dvt_runtime.controller import BudgetController
 
 from dvt_edge.data import export_npz, load_dataset
+from dvt_runtime.bundle import Bundle, InputError
+from dvt_runtime.controller import BudgetController
 from tests.test_runtime_torch_free import run_without_torch
 
 

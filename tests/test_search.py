@@ -8,6 +8,9 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from dvt_runtime.search import (
     ALGORITHMS,
     Evaluation,
@@ -22,8 +25,6 @@ from dvt_runtime.search import (
     sweep_thresholds,
     thresholds_from_list,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 # ---------------------------------------------------------------------------- helpers
 

@@ -20,15 +20,15 @@ from typing import Optional
 
 import numpy as np
 import torch
-from dvt_runtime.io import sha256_file
-from dvt_runtime.manifest import ExitSpec, Manifest, TensorSpec, artifact_digest
-from dvt_runtime.preprocess import Preprocess
 
 from dvt_edge.checkpoint import CheckpointInfo, load_checkpoint
 from dvt_edge.data import DataError, default_preprocess, load_dataset
 from dvt_edge.export.common import ExitArtifact, ExitGraph, ExitJob, exit_graphs
 from dvt_edge.export.targets import TARGETS, Target, TargetUnavailable, get_target
 from dvt_edge.models import DVT
+from dvt_runtime.io import sha256_file
+from dvt_runtime.manifest import ExitSpec, Manifest, TensorSpec, artifact_digest
+from dvt_runtime.preprocess import Preprocess
 
 __all__ = ["export_bundle", "ExportError", "TARGETS", "get_target", "TargetUnavailable", "ExportResult"]
 

@@ -66,19 +66,12 @@ class Target:
 
 
 def recipe_dir() -> Path:
-    """Where the recipes are: the installed ``dvt_edge.recipes`` package, else the checkout's ``export/``."""
-    try:
-        from importlib.resources import files
-
-        p = Path(str(files("dvt_edge.recipes")))
+    """Where the recipes are: ``dvt_edge/recipes`` in an installed wheel, else the checkout's ``export/``."""
+    here = Path(__file__).resolve().parents[1]  # .../dvt_edge
+    for p in (here / "recipes", here.parent / "export"):
         if any(p.glob("*.toml")):
             return p
-    except (ModuleNotFoundError, TypeError):
-        pass
-    p = Path(__file__).resolve().parents[2] / "export"
-    if not any(p.glob("*.toml")):
-        raise FileNotFoundError(f"no export recipes found (looked in the dvt_edge.recipes package and {p})")
-    return p
+    raise FileNotFoundError(f"no export recipes found (looked in {here / 'recipes'} and {here.parent / 'export'})")
 
 
 def _load_targets() -> dict[str, Target]:
