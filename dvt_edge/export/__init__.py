@@ -26,6 +26,7 @@ from dvt_edge.data import DataError, default_preprocess, load_dataset
 from dvt_edge.export.common import ExitArtifact, ExitGraph, ExitJob, exit_graphs
 from dvt_edge.export.targets import TARGETS, Target, TargetUnavailable, get_target
 from dvt_edge.models import DVT
+from dvt_runtime.bundle import softmax
 from dvt_runtime.io import sha256_file
 from dvt_runtime.manifest import ExitSpec, Manifest, TensorSpec, artifact_digest
 from dvt_runtime.preprocess import Preprocess
@@ -146,7 +147,7 @@ def _default_thresholds(model: DVT, info: CheckpointInfo, ref_logits: Optional[l
         return None, "none (no real images to choose them on)"
     from dvt_runtime.search import ExitOutputs, StageCosts, search_thresholds
 
-    probs = np.stack([_softmax(lg) for lg in ref_logits])
+    probs = np.stack([softmax(lg) for lg in ref_logits])
     costs = StageCosts.from_cumulative([e.gflops for e in model.exits], unit="GFLOPs")
     res = search_thresholds(ExitOutputs.from_probs(probs, labels), costs, budget=costs.cumulative[-1] * (1 + 1e-9), algorithm="exact")
     best = max(p.accuracy for p in res.frontier)
@@ -155,17 +156,12 @@ def _default_thresholds(model: DVT, info: CheckpointInfo, ref_logits: Optional[l
                                           "verification images (PyTorch fp32); re-calibrate on the device with dvt_runtime.calibrate")
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    z = np.exp(x - x.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
-
-
 def _exit_decisions(logits: list[np.ndarray], thresholds: Optional[list]) -> Optional[np.ndarray]:
     if thresholds is None:
         return None
     from dvt_runtime.search import exit_indices, thresholds_from_list
 
-    conf = np.stack([_softmax(lg).max(-1) for lg in logits])
+    conf = np.stack([softmax(lg).max(-1) for lg in logits])
     return exit_indices(conf, thresholds_from_list(thresholds))
 
 
@@ -403,12 +399,12 @@ def _pick_scheme(t, candidates, graphs, chosen_artifacts, tmp, data, real_ref, e
         sch, cdir, art = candidates[0]
         notes.append(f"exit {e + 1}: {sch} (no real images to compare schemes)")
     else:
-        scored = []
+        scored, rejected = [], {}
         for sch, cdir, art in candidates:
             try:
                 sess = _sessions(t, tmp, graphs[: e + 1], [*chosen_artifacts, _moved(art, cdir, tmp)])
             except ExportError as ex:
-                notes.append(f"exit {e + 1}: {sch} rejected: {ex}")
+                rejected[sch] = str(ex)
                 scored.append((-1.0, -np.inf, sch, cdir, art))
                 continue
             if sess is None:
@@ -420,10 +416,10 @@ def _pick_scheme(t, candidates, graphs, chosen_artifacts, tmp, data, real_ref, e
             scored.append((agree, -err, sch, cdir, art))
         scored.sort(key=lambda s: (s[0], s[1]), reverse=True)
         if scored[0][0] < 0:
-            raise ExportError(f"exit {e + 1}: no int8 scheme produced an artifact the runtime can run: {notes[-len(scored):]}")
+            raise ExportError(f"exit {e + 1}: no int8 scheme produced an artifact the runtime can run: {rejected}")
         _, _, sch, cdir, art = scored[0]
         notes.append(f"exit {e + 1}: " + ", ".join(f"{s[2]} {s[0]:.2f}% agreement (max|dlogit| {-s[1]:.3f})" if s[0] >= 0
-                                                 else f"{s[2]} failed" for s in scored) + f" -> {sch}")
+                                                 else f"{s[2]} rejected ({rejected[s[2]]})" for s in scored) + f" -> {sch}")
     for name in [art.artifact, *art.extra_files]:
         shutil.move(str(cdir / name), str(tmp / name))
     for _, d, _ in candidates:

@@ -1,7 +1,14 @@
-"""dvt-runtime: the torch-free runtime for exported DVT bundles (numpy + stdlib at its core)."""
+"""dvt-runtime: the torch-free runtime for exported DVT bundles (numpy + stdlib at its core).
+
+    from dvt_runtime import Bundle
+    bundle = Bundle.open("bundles/dvt_tiny_fmnist-onnx-fp32", device_name="laptop")
+    pred = bundle.predict(bundle.preprocess(bgr_image))
+"""
 
 __version__ = "0.1.0"
 
+from dvt_runtime.bundle import Bundle, InputError, Prediction  # noqa: E402
+from dvt_runtime.manifest import Manifest, ManifestError  # noqa: E402
 from dvt_runtime.preprocess import Preprocess  # noqa: E402
 
-__all__ = ["Preprocess", "__version__"]
+__all__ = ["Bundle", "InputError", "Manifest", "ManifestError", "Prediction", "Preprocess", "__version__"]

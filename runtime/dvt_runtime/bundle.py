@@ -19,7 +19,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from dvt_runtime.backends import Session, open_session
-from dvt_runtime.manifest import Manifest, ManifestError
+from dvt_runtime.manifest import Manifest, ManifestError  # noqa: F401  (ManifestError: raised by open)
 
 __all__ = ["Bundle", "Prediction", "InputError"]
 
@@ -253,10 +253,3 @@ class Bundle:
     def __repr__(self) -> str:
         m = self.manifest
         return f"Bundle({self.path}, {m.model}, {m.target}/{m.precision}, {self.num_exits} exits, backend={m.backend})"
-
-
-def open_bundle(path, **kw) -> Bundle:
-    return Bundle.open(path, **kw)
-
-
-_ = ManifestError  # re-exported for callers catching bundle errors
