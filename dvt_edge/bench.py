@@ -287,7 +287,7 @@ def plot(results: list[dict], path_acc: Path, path_exits: Optional[Path] = None)
     ax.set_ylabel("top-1 (%)")
     ax.set_title("dynamic cascade (lines) vs each exit alone (squares)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best", framealpha=0.85)
     fig.tight_layout()
     _save(fig, path_acc)
     if path_exits is None:

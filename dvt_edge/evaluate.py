@@ -48,6 +48,7 @@ def evaluate_checkpoint(
     n_budgets: int = 59,
     trusted: bool = False,
     progress: bool = True,
+    bundles: Sequence[str] = (),
 ) -> dict:
     model, info = load_checkpoint(checkpoint, model=model_name, trusted=trusted)
     pre = info.preprocess or default_preprocess(model.cfg.in_chans, model.cfg.img_size)
@@ -70,6 +71,7 @@ def evaluate_checkpoint(
     except DataError:
         sel_out, sel_note = test_out, "the evaluation split itself (no training split available)"
     curve = [evaluate_thresholds(test_out, None, t, costs) for t in sweep_thresholds(sel_out, n_budgets)]
+    artifacts = [artifact_accuracy(b, ds, acc, progress) for b in bundles]
     frontier = pareto_frontier(curve)
     return {
         "schema": SCHEMA,
@@ -86,7 +88,22 @@ def evaluate_checkpoint(
         "budget_curve": [c.to_dict() for c in curve],
         "pareto": [c.to_dict() for c in frontier],
         "checkpoint_accuracies": info.accuracies,
+        "artifacts": artifacts,
     }
+
+
+def artifact_accuracy(bundle_dir: str, ds: ImageSet, torch_acc: list[float], progress: bool = True) -> dict:
+    """Per-exit top-1 of an exported bundle's own artifacts (chained exits) on the same images."""
+    from dvt_runtime.bundle import Bundle
+
+    b = Bundle.open(bundle_dir, threads=1)
+    x, y = ds.arrays(progress=progress)
+    logits = b.run_exits(x)
+    acc = [float((lg.argmax(-1) == y).mean() * 100) for lg in logits]
+    m = b.manifest
+    return {"bundle": str(bundle_dir), "target": m.target, "precision": m.precision,
+            "schemes": [e.quantization.get("scheme") for e in m.exits], "top1": acc,
+            "delta_vs_pytorch_fp32": [a - t for a, t in zip(acc, torch_acc)]}
 
 
 def format_report(r: dict) -> str:
@@ -99,6 +116,11 @@ def format_report(r: dict) -> str:
     for p in r["pareto"]:
         frac = " / ".join(f"{100 * f:.0f}" for f in p["exit_fractions"])
         lines.append(f"{p['mean_cost']:>12.4f}  {p['accuracy']:>8.2f}  {frac}")
+    if r.get("artifacts"):
+        lines += ["", f"exported artifacts on the same {r['n']} images (top-1 %, delta vs PyTorch fp32 in points):"]
+        for a in r["artifacts"]:
+            cells = "  ".join(f"exit {i + 1} {t:.2f} ({d:+.2f})" for i, (t, d) in enumerate(zip(a["top1"], a["delta_vs_pytorch_fp32"])))
+            lines.append(f"  {a['target']:<10} {a['precision']:<5} {cells}   [{Path(a['bundle']).name}]")
     return "\n".join(lines)
 
 
@@ -118,7 +140,7 @@ def plot_report(r: dict, path: Path) -> None:
     ax.set_ylabel("top-1 (%)")
     ax.set_title(f"{r['model']}: accuracy vs FLOPs budget")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best", framealpha=0.85)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
@@ -134,12 +156,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--split", default="val", help="evaluation split (val = Fashion-MNIST's test split)")
     ap.add_argument("--limit", type=int, default=None, help="evaluate a seeded random subset of N images")
     ap.add_argument("--threshold-n", type=int, default=5000, help="held-out training images for threshold selection")
+    ap.add_argument("--bundles", nargs="*", default=[], help="exported bundles to evaluate on the same images (per-exit top-1 vs PyTorch)")
     ap.add_argument("--out", default=None, help="output directory (default: next to the checkpoint)")
     ap.add_argument("--trust-checkpoint", action="store_true", help="allow arbitrary unpickling (only for files you trust)")
     args = ap.parse_args(argv)
     try:
-        r = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.model, args.limit, args.threshold_n, trusted=args.trust_checkpoint)
-    except (CheckpointError, DataError, ValueError) as e:
+        r = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.model, args.limit, args.threshold_n,
+                                trusted=args.trust_checkpoint, bundles=args.bundles)
+    except (CheckpointError, DataError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "evaluate"

@@ -39,3 +39,13 @@ def test_evaluate_bad_checkpoint(tmp_path, capsys):
     (tmp_path / "x.pt").write_text("hello")
     assert main(["--checkpoint", str(tmp_path / "x.pt")]) == 2
     assert "not a" in capsys.readouterr().err
+
+
+def test_evaluate_exported_bundle_matches_pytorch(micro_ckpt, onnx_bundle, tmp_path):
+    from dvt_edge.evaluate import evaluate_checkpoint, format_report
+
+    r = evaluate_checkpoint(str(micro_ckpt), limit=200, threshold_n=200, bundles=[str(onnx_bundle)], progress=False)
+    (a,) = r["artifacts"]
+    assert a["target"] == "onnx" and len(a["top1"]) == 3
+    assert max(abs(d) for d in a["delta_vs_pytorch_fp32"]) < 1.0  # fp32: same answers up to ties
+    assert "delta vs PyTorch fp32" in format_report(r)
