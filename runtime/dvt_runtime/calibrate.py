@@ -169,6 +169,11 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
     except ValueError as e:
         raise CalibrationError(str(e)) from None
     note = chosen.info.get("note", "")
+    top = max(chosen.frontier, key=lambda p: p.accuracy) if chosen.frontier else None
+    if top is not None and chosen.best.accuracy >= top.accuracy and chosen.best.mean_cost < 0.9 * budget_ms and metric == "mean":
+        note = (note + "; " if note else "") + (
+            f"accuracy saturates at {top.accuracy:.2f}% from {top.mean_cost:.4g} ms on the calibration split: "
+            f"the rest of the budget buys no accuracy, so it is not spent")
     if budget_ms >= float(costs.cumulative[-1]):
         note = (note + "; " if note else "") + f"budget >= exit {bundle.num_exits} latency ({costs.cumulative[-1]:.4g} ms): all exits fit"
     table = []
