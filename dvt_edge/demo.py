@@ -30,7 +30,7 @@ def _section(title: str) -> None:
 
 def best_row(result: dict) -> Optional[dict]:
     """The fastest runnable target/precision at matched accuracy."""
-    ok = [r for r in result["rows"] if r.get("status") == "ok" and r.get("matched")]
+    ok = [r for r in result["rows"] if r.get("status") == "ok" and r.get("matched") and r["matched"]["within_match"]]
     return min(ok, key=lambda r: r["matched"]["measured_mean_ms"]) if ok else None
 
 
