@@ -84,7 +84,7 @@ def bench_bundle(bundle_dir: Path, x: np.ndarray, y: np.ndarray, budgets: Option
                        "measured_mean_ms": meas["mean_ms"], "measured_p90_ms": meas["p90_ms"]})
     lo, hi = float(lat.cumulative[0]), float(lat.cumulative[-1])
     if not budgets:
-        budgets = [float(v) for v in np.linspace(lo, hi, 7)[1:-1]]
+        budgets = [float(v) for v in np.geomspace(lo, hi, 7)[1:-1]]  # denser where early exits decide
     flops = _flops_costs(m)
     ms_per_gflop = hi / float(flops.cumulative[-1])  # the paper's assumption: latency proportional to FLOPs
     dynamic, flops_rows = [], []
@@ -364,7 +364,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--data", default="fashion-mnist", help=f"dataset spec: {', '.join(DATASETS)}")
     ap.add_argument("--targets", default="all", help="all or a comma-separated list")
     ap.add_argument("--precisions", default="fp32,int8")
-    ap.add_argument("--budgets", default=None, help="comma-separated latency budgets in ms (default: 5 between exit 1 and exit 3)")
+    ap.add_argument("--budgets", default=None, help="comma-separated latency budgets in ms (default: 5, geometrically spaced between exit 1 and exit 3)")
     ap.add_argument("--n", type=int, default=2000, help="evaluation images (half calibrate thresholds, half measure)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", type=int, default=200, help="profiler runs per stage")
