@@ -10,6 +10,7 @@ does not); ONNX Runtime and Core ML do not need torch.
 
 from __future__ import annotations
 
+import importlib
 import platform
 from pathlib import Path
 from typing import Optional, Sequence
@@ -84,13 +85,13 @@ class ExecuTorchSession(Session):
     def __init__(self, path: Path, input_names, output_names, threads: Optional[int] = None):
         super().__init__(input_names, output_names)
         try:
-            import torch  # noqa: F401  (the ExecuTorch Python runtime exchanges torch tensors)
+            # lazily: the ExecuTorch Python runtime exchanges torch tensors (a phone's C++ runtime does not)
+            self._torch = importlib.import_module("torch")
             from executorch.runtime import Runtime
         except ImportError as e:
             raise _missing("executorch", e) from None
         if threads:
             _executorch_threads(int(threads))
-        self._torch = __import__("torch")
         self.program = Runtime.get().load_program(str(path))
         self.method = self.program.load_method("forward")
 
