@@ -71,7 +71,8 @@ def evaluate_checkpoint(
     except DataError:
         sel_out, sel_note = test_out, "the evaluation split itself (no training split available)"
     curve = [evaluate_thresholds(test_out, None, t, costs) for t in sweep_thresholds(sel_out, n_budgets)]
-    artifacts = [artifact_accuracy(b, ds, acc, progress) for b in bundles]
+    arrays = ds.arrays(progress=progress) if bundles else None  # preprocess once for every bundle
+    artifacts = [artifact_accuracy(b, *arrays, acc) for b in bundles]
     frontier = pareto_frontier(curve)
     return {
         "schema": SCHEMA,
@@ -92,12 +93,11 @@ def evaluate_checkpoint(
     }
 
 
-def artifact_accuracy(bundle_dir: str, ds: ImageSet, torch_acc: list[float], progress: bool = True) -> dict:
-    """Per-exit top-1 of an exported bundle's own artifacts (chained exits) on the same images."""
+def artifact_accuracy(bundle_dir: str, x: np.ndarray, y: np.ndarray, torch_acc: list[float]) -> dict:
+    """Per-exit top-1 of an exported bundle's own artifacts (chained exits) on preprocessed images."""
     from dvt_runtime.bundle import Bundle
 
     b = Bundle.open(bundle_dir, threads=1)
-    x, y = ds.arrays(progress=progress)
     logits = b.run_exits(x)
     acc = [float((lg.argmax(-1) == y).mean() * 100) for lg in logits]
     m = b.manifest

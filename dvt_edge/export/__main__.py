@@ -53,15 +53,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ValueError(f"no target supports precision(s) {precisions}")
         several = len(jobs) > 1
         failed = 0
+        model_name = None
+        if args.out and several:  # one directory per job under --out, named like the default
+            from dvt_edge.checkpoint import load_checkpoint
+
+            model_name = load_checkpoint(args.checkpoint, model=args.model, trusted=args.trust_checkpoint)[0].name
         for name, prec in jobs:
             out = None
             if args.out:
-                out = f"{args.out.rstrip('/')}/{{}}-{name}-{prec}" if several else args.out
+                out = f"{args.out.rstrip('/')}/{model_name}-{name}-{prec}" if several else args.out
             try:
-                if out and several:
-                    from dvt_edge.checkpoint import load_checkpoint
-
-                    out = out.format(load_checkpoint(args.checkpoint, model=args.model, trusted=args.trust_checkpoint)[0].name)
                 r = export_bundle(args.checkpoint, name, prec, out, args.model, args.calib_data, args.calib_n, args.verify_n,
                                   args.scheme, args.force, not args.no_verify, args.trust_checkpoint)
                 print(r.report)

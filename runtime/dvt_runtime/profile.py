@@ -286,14 +286,7 @@ class LatencyProfile:
 
     @classmethod
     def load(cls, path: PathLike) -> LatencyProfile:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"latency profile {p} not found")
-        try:
-            d = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise ProfileError(f"{p} is not valid JSON: {e}") from None
-        return cls.from_dict(d)
+        return cls.from_dict(_read_json(path, "latency profile"))
 
     # ---------------------------------------------------------------- display
     def format_table(self) -> str:
@@ -346,6 +339,16 @@ def _fmt(v: Optional[float]) -> str:
 
 def _at(values: Optional[Sequence[Optional[float]]], i: int) -> Optional[float]:
     return values[i] if values is not None and i < len(values) else None
+
+
+def _read_json(path: PathLike, what: str) -> Any:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} {p} not found")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ProfileError(f"{p} is not valid JSON: {e}") from None
 
 
 def _now() -> str:
@@ -681,12 +684,7 @@ def import_json(path: PathLike, device_name: Optional[str] = None) -> LatencyPro
     ``dvt-profile/N`` file is also accepted (loaded as is).
     """
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"JSON file {p} not found")
-    try:
-        d = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise ProfileError(f"{p} is not valid JSON: {e}") from None
+    d = _read_json(p, "JSON file")
     if isinstance(d, dict) and "schema_version" in d and "stages" in d:
         prof = LatencyProfile.from_dict(d)
         if device_name:
