@@ -58,7 +58,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rc = train_main([*RETRAIN, "--out", str(out / "retrain"), "--force"])
         if rc:
             return rc
-        ckpt = out / "retrain" / "best.pt"
+        from dvt_edge.model_card import publish_run
+
+        # the final epoch, as for the committed reference (no selection on the test split)
+        ckpt = out / "retrain" / REFERENCE.name
+        publish_run(str(out / "retrain"), str(ckpt))
+        print(f"wrote {ckpt} and its model card {ckpt.parent / 'MODEL_CARD.md'}")
     if not ckpt.is_file():
         print(f"\nno checkpoint at {ckpt}; train one with: python -m dvt_edge.train {' '.join(RETRAIN)} --out runs/ref", file=sys.stderr)
         return 2

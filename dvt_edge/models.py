@@ -72,6 +72,9 @@ class DVTConfig:
     feature_reuse: bool = True
     relation_reuse: bool = True
     pos_embed: str = "sinusoid"  # fixed table (T2T) or ``learned`` (DeiT)
+    #: Resolution each stage's tokenizer sees (the image is area-resized inside the stage's
+    #: graph); empty: ``img_size`` for every stage, as in the published models.
+    stage_img_sizes: tuple[int, ...] = ()
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
 
@@ -90,16 +93,22 @@ class DVTConfig:
             raise ValueError(f"unknown pos_embed {self.pos_embed!r}; valid: ['learned', 'sinusoid']")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if self.stage_img_sizes and (len(self.stage_img_sizes) != n or not all(0 < r <= self.img_size for r in self.stage_img_sizes)):
+            raise ValueError(f"stage_img_sizes={self.stage_img_sizes} needs one size per exit, each in 1..img_size={self.img_size}")
         for i in range(n):
             got = tokenizer_grid(self, i)
             if got != self.grids[i]:
                 raise ValueError(
-                    f"exit {i + 1}: split (kernel, stride, padding)={self.splits[i]} on a {self.img_size}px image "
+                    f"exit {i + 1}: split (kernel, stride, padding)={self.splits[i]} on a {self.stage_img_size(i)}px image "
                     f"gives a {got}x{got} token grid, but grids[{i}]={self.grids[i]}"
                 )
         for i in range(1, n):
             if self.reuse_upsample[i] < max(self.grids[i - 1], 1):
                 raise ValueError(f"reuse_upsample[{i}]={self.reuse_upsample[i]} is smaller than grid {self.grids[i - 1]}")
+
+    def stage_img_size(self, stage: int) -> int:
+        """Input side of stage ``stage``'s tokenizer."""
+        return self.stage_img_sizes[stage] if self.stage_img_sizes else self.img_size
 
     @property
     def num_exits(self) -> int:
@@ -170,6 +179,19 @@ def resize_matrix(src: int, mid: int, dst: int) -> torch.Tensor:
         end = -((-(i + 1) * mid) // dst)  # ceil
         pool[i, start:end] = 1.0 / (end - start)
     return pool @ up  # (dst, src)
+
+
+def area_matrix(src: int, dst: int) -> torch.Tensor:
+    """(dst, src) matrix of an area (box) downscale, as OpenCV's INTER_AREA: each output
+    pixel averages the input span it covers, fractional overlaps weighted."""
+    assert 0 < dst <= src, (src, dst)
+    m = torch.zeros(dst, src, dtype=torch.float64)
+    scale = src / dst
+    for i in range(dst):
+        a, b = i * scale, (i + 1) * scale
+        for j in range(int(math.floor(a)), min(int(math.ceil(b)), src)):
+            m[i, j] = (min(b, j + 1) - max(a, j)) / scale
+    return m
 
 
 def _resize_last2(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -370,13 +392,14 @@ def _conv_out(n: int, k: int, s: int, p: int) -> int:
 
 
 def tokenizer_grid(cfg: DVTConfig, stage: int) -> int:
-    """Side of the token grid the stage's tokenizer produces from a ``img_size`` image."""
+    """Side of the token grid the stage's tokenizer produces from its input image."""
     k, s, p = cfg.splits[stage]
+    n = cfg.stage_img_size(stage)
     if cfg.tokenizer == "t2t":
-        return _conv_out(_conv_out(_conv_out(cfg.img_size, k, s, p), 3, 2, 1), 3, 2, 1)
+        return _conv_out(_conv_out(_conv_out(n, k, s, p), 3, 2, 1), 3, 2, 1)
     if cfg.tokenizer == "conv":
-        return _conv_out(_conv_out(cfg.img_size, 3, 2, 1), k, s, p)
-    return _conv_out(cfg.img_size, k, s, p)
+        return _conv_out(_conv_out(n, 3, 2, 1), k, s, p)
+    return _conv_out(n, k, s, p)
 
 
 TOKENIZERS: dict[str, Callable[[DVTConfig, int], nn.Module]] = {
@@ -429,6 +452,9 @@ class DVTStage(nn.Module):
             self.relation_reuse_conv = nn.Sequential(
                 nn.Conv2d(maps, maps * 3, 1), nn.GELU(), nn.Conv2d(maps * 3, maps, 1)
             )
+        self.input_size = cfg.stage_img_size(index)
+        if self.input_size != cfg.img_size:  # image -> this stage's resolution, in the graph
+            self.register_buffer("input_resize", area_matrix(cfg.img_size, self.input_size).float(), persistent=False)
         if self.reuse:
             prev = cfg.grids[index - 1]
             m = resize_matrix(prev, cfg.reuse_upsample[index], self.grid).float()
@@ -500,6 +526,8 @@ class DVTStage(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Image -> tokens with class token and position embedding: (B, 1+g*g, embed)."""
+        if self.input_size != self.cfg.img_size:
+            x = _resize_last2(x, self.input_resize)  # (B, C, r, r), area downscale
         t = self.tokenizer(x)
         cls = self.cls_token.expand(t.shape[0], -1, -1)
         return self.pos_drop(torch.cat([cls, t], dim=1) + self.pos_embed)
@@ -554,6 +582,10 @@ class DVT(nn.Module):
     @property
     def stages(self) -> tuple[DVTStage, ...]:
         return tuple(getattr(self, n) for n in self.stage_names)
+
+    def stage_img_size(self, stage: int) -> int:
+        """Input side of stage ``stage``'s tokenizer."""
+        return self.stage_img_sizes[stage] if self.stage_img_sizes else self.img_size
 
     @property
     def num_exits(self) -> int:
@@ -692,6 +724,16 @@ register_model(
         reuse_dim=16, reuse_hidden=32, pos_embed="learned",
     ),
     "small DVT for 28x28 grayscale (Fashion-MNIST), exits at 3x3 / 5x5 / 7x7 tokens",
+)
+register_model(
+    "dvt_tiny_fmnist_ms",
+    DVTConfig(
+        img_size=28, in_chans=1, num_classes=10, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0,
+        tokenizer="conv", token_dim=32, grids=(3, 5, 7), stage_img_sizes=(12, 18, 28),
+        splits=((2, 2, 0), (3, 2, 1), (2, 2, 0)), reuse_upsample=(0, 6, 10),
+        reuse_dim=16, reuse_hidden=32, pos_embed="learned",
+    ),
+    "dvt_tiny_fmnist with coarser input for earlier exits (12px / 18px / 28px -> 3x3 / 5x5 / 7x7 tokens)",
 )
 register_model(
     "dvt_micro_fmnist",

@@ -286,7 +286,7 @@ def train(args: argparse.Namespace) -> dict:
     opt = torch.optim.AdamW(_param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.999))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(args.epochs * steps_per_epoch, int(args.warmup_epochs * steps_per_epoch)))
     gen = torch.Generator().manual_seed(args.seed * 1000 + rank)
-    start_epoch, history, best_acc = 0, [], -1.0
+    start_epoch, history, best_acc, prior_seconds = 0, [], -1.0, 0.0
     if resume_state is not None:
         model.load_state_dict(resume_state["model_state_dict"])
         t = resume_state["train"]
@@ -295,6 +295,7 @@ def train(args: argparse.Namespace) -> dict:
         gen.set_state(t["generator"][rank] if rank < len(t["generator"]) else t["generator"][0])
         _set_rng_state(t["rng"][rank] if rank < len(t["rng"]) else t["rng"][0])
         start_epoch, history, best_acc = t["epoch"], json.loads(t["history"]), t["best_acc"]
+        prior_seconds = float(t.get("run_seconds", 0.0))
         if t.get("epochs") != args.epochs:
             log(f"note: run was planned for {t.get('epochs')} epochs; the schedule continues as planned, stopping at {args.epochs}")
         log(f"resuming {args.model} from {last} at epoch {start_epoch}")
@@ -353,13 +354,15 @@ def train(args: argparse.Namespace) -> dict:
             improved = acc[-1] > best_acc
             best_acc = max(best_acc, acc[-1])
             meta = dict(classes=train_ds.classes, preprocess=train_ds.preprocess, accuracies=acc)
-            t = {"epoch": epoch + 1, "epochs": args.epochs, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            run_seconds = round(prior_seconds + time.time() - t_run, 1)  # wall time, evaluation included, over resumes
+            t = {"epoch": epoch + 1, "epochs": args.epochs, "run_seconds": run_seconds, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "generator": gens, "rng": rngs, "history": json.dumps(history), "best_acc": best_acc, "args": json.dumps(vars(args))}
             save_checkpoint(last, model, **meta, train=t)
             if improved:
                 save_checkpoint(best_path, model, **meta, train_summary=json.dumps({"epoch": epoch + 1, "args": vars(args)}))
             atomic_write_json(out / "metrics.json", {"model": args.model, "data": args.data, "history": history,
-                                                     "exits": [e.__dict__ for e in model.exits], "world_size": world})
+                                                     "exits": [e.__dict__ for e in model.exits], "world_size": world,
+                                                     "run_seconds": run_seconds, "args": vars(args)})
             _plot_metrics(history, out / "metrics.png")
             log(f"epoch {epoch + 1}/{args.epochs}  loss {entry['train_loss']:.4f}  val top-1 per exit "
                 f"{[round(a, 2) for a in acc]}  ({train_time:.0f}s)")

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from dvt_edge.models import (
     DVTConfig,
+    area_matrix,
     create_model,
     get_config,
     list_models,
@@ -133,6 +134,32 @@ def test_unknown_model_lists_registered():
     with pytest.raises(ValueError, match="registered models") as e:
         create_model("dvt_t2t_vit_13")
     assert "dvt_t2t_vit_12" in str(e.value) and "Did you mean" in str(e.value)
+
+
+@pytest.mark.parametrize("src,dst", [(28, 12), (28, 18), (28, 14), (224, 150), (10, 10)])
+def test_area_matrix_equals_opencv_inter_area(src, dst):
+    import cv2
+    import numpy as np
+
+    x = np.random.default_rng(0).random((src, src), dtype=np.float32)
+    m = area_matrix(src, dst).float()
+    ours = (m @ torch.from_numpy(x) @ m.T).numpy()
+    assert np.abs(ours - cv2.resize(x, (dst, dst), interpolation=cv2.INTER_AREA)).max() < 1e-5
+
+
+def test_stage_img_sizes_resize_inside_each_stage():
+    model = create_model("dvt_micro_fmnist", stage_img_sizes=(12, 18, 28), splits=((2, 2, 0), (3, 2, 1), (2, 2, 0))).eval()
+    assert [s.input_size for s in model.stages] == [12, 18, 28] and [e.grid for e in model.exits] == [3, 5, 7]
+    x = torch.rand(2, 1, 28, 28)
+    stage, m = model.stages[0], area_matrix(28, 12).float()
+    with torch.no_grad():  # the stage's tokens are those of the area-downscaled image
+        want = torch.cat([stage.cls_token.expand(2, -1, -1), stage.tokenizer(m @ x @ m.T)], 1) + stage.pos_embed
+        assert torch.allclose(stage.embed(x), want, atol=1e-6)
+    assert "input_resize" not in model.state_dict()  # a constant, not a weight: same keys as without it
+    with pytest.raises(ValueError, match="stage_img_sizes"):
+        create_model("dvt_micro_fmnist", stage_img_sizes=(12, 28))
+    with pytest.raises(ValueError, match="12px image"):
+        create_model("dvt_micro_fmnist", stage_img_sizes=(12, 18, 28))  # the 28px splits do not give 3x3 on 12px
 
 
 def test_bad_override_and_inconsistent_config():

@@ -1,0 +1,185 @@
+"""Publish a finished training run as a reference checkpoint with a model card.
+
+    python -m dvt_edge.model_card --run runs/ref --out dvt_edge/assets/dvt_tiny_fmnist.pt
+
+Takes the run's **final** epoch (``RUN/last.pt``; no model selection on the evaluation
+split), writes a weights-only checkpoint atomically (no optimizer state: small enough to
+commit), evaluates it with :func:`dvt_edge.evaluate.evaluate_checkpoint`, and writes
+``MODEL_CARD.md`` beside it: the exact training command, seed, wall time, per-exit top-1
+and FLOPs, the FLOPs-budget curve's Pareto points and the per-epoch history. Every number
+in the card comes from the run's files or from this evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional
+
+from dvt_edge.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from dvt_edge.data import DataError
+from dvt_runtime.io import atomic_write, atomic_write_json, sha256_file
+
+#: train.py flags that do not change the result (left out of the reproduced command)
+_NOT_IN_COMMAND = {"out", "resume", "force", "quiet", "workers", "trust_checkpoint"}
+
+
+def train_command(args: dict, out: str) -> str:
+    """The ``python -m dvt_edge.train`` command that reproduces a run (non-default flags only)."""
+    from dvt_edge.train import build_parser
+
+    defaults = vars(build_parser().parse_args(["--out", "x"]))
+    parts = ["python -m dvt_edge.train"]
+    for key in ("model", "data", "epochs", "seed"):  # always shown, even when default
+        parts.append(f"--{key.replace('_', '-')} {args[key]}")
+    for key, value in args.items():
+        if key in _NOT_IN_COMMAND or key in ("model", "data", "epochs", "seed") or value == defaults.get(key, object()):
+            continue
+        flag = f"--{key.replace('_', '-')}"
+        parts.append(flag if value is True else f"{flag} {value}")
+    parts.append(f"--out {out}")
+    return " ".join(parts)
+
+
+def exit_gains(top1: Sequence[float]) -> list[float]:
+    """Points gained from each exit to the next."""
+    return [round(b - a, 2) for a, b in zip(top1, top1[1:])]
+
+
+def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[str] = None,
+                threshold_n: int = 5000, progress: bool = True) -> dict:
+    """Final checkpoint of ``run`` -> weights-only ``out`` + evaluation + model card. Returns the evaluation."""
+    from dvt_edge.evaluate import evaluate_checkpoint, plot_report
+
+    run_dir, out_path = Path(run), Path(out)
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        raise CheckpointError(f"{last} not found: --run must be a training run directory (python -m dvt_edge.train --out RUN)")
+    raw = read_checkpoint(last)
+    t = raw.get("train")
+    if not t:
+        raise CheckpointError(f"{last} holds no training state; pass the run directory written by python -m dvt_edge.train")
+    if t["epoch"] < t["epochs"]:
+        raise CheckpointError(f"{run} stopped at epoch {t['epoch']} of {t['epochs']}; finish it with "
+                              f"python -m dvt_edge.train ... --out {run} --resume")
+    args = json.loads(t["args"])
+    history = json.loads(t["history"])
+    model, info = load_checkpoint(last)
+    save_checkpoint(out_path, model, classes=info.classes, preprocess=info.preprocess, accuracies=info.accuracies,
+                    data=args["data"], train_summary=json.dumps({"epoch": t["epoch"], "args": args}))
+
+    report = evaluate_checkpoint(str(out_path), data=data or args["data"], threshold_n=threshold_n, progress=progress)
+    eval_dir = run_dir / "card_eval"
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(eval_dir / "evaluate.json", report)
+    plot_report(report, eval_dir / "evaluate.png")
+
+    card_path = Path(card) if card else out_path.parent / "MODEL_CARD.md"
+    text = render_card(out_path, model, info, args, t, history, report, run_dir)
+    atomic_write(card_path, text.encode())
+    report["card"] = str(card_path)
+    return report
+
+
+def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict], report: dict, run_dir: Path) -> str:
+    c = model.cfg
+    n_params = sum(p.numel() for p in model.parameters())
+    grids = " / ".join(f"{g}x{g}" for g in c.grids)
+    top1 = [e["top1"] for e in report["exits"]]
+    gains = exit_gains(top1)
+    epoch_s = sum(h.get("epoch_seconds", 0.0) for h in history)
+    if t.get("run_seconds"):
+        wall = (f"{t['run_seconds'] / 60:.1f} min wall time for the whole run (training and per-epoch "
+                f"evaluation); {epoch_s / 60:.1f} min of it in training epochs")
+    else:
+        wall = f"{epoch_s / 60:.1f} min in training epochs (sum of the per-epoch times below; per-epoch evaluation not included)"
+    resumed = " The run was resumed at least once (`--resume` restores optimizer, scheduler, data order and RNG)." if args.get("resume") else ""
+    pre = info.preprocess
+    lines = [
+        f"# Model card: `{path.name}`",
+        "",
+        f"Written by `python -m dvt_edge.model_card --run {run_dir} --out {path}` from the run's final epoch",
+        "(no model selection on the evaluation split). Every figure below was measured by that command",
+        "or recorded by the training run.",
+        "",
+        "## Model",
+        f"- Registry name `{model.name}`: {c.num_exits} exits over {grids} token grids, embed {c.embed_dim}, depth {c.depth}, "
+        f"{c.num_heads} heads, MLP ratio {c.mlp_ratio:g}, `{c.tokenizer}` tokenizer per stage "
+        f"(splits (kernel, stride, padding) {list(c.splits)}), {c.pos_embed} position embeddings, "
+        f"feature reuse and relation reuse between stages (reuse resize via {list(c.reuse_upsample[1:])}).",
+        f"- {n_params / 1e6:.2f} M parameters; file {path.stat().st_size / 1e6:.2f} MB (fp32 weights, no optimizer state); "
+        f"SHA-256 `{sha256_file(path)}`.",
+    ]
+    if pre is not None:
+        lines.append(f"- Preprocessing (stored in the checkpoint and every exported manifest): {pre.channels}, {pre.size}x{pre.size}, "
+                     f"mean {list(pre.mean)}, std {list(pre.std)}, {pre.interpolation} resize, {pre.layout}.")
+    lines += [
+        "",
+        "## Training",
+        f"- Data: `{args['data']}` training split; objective: the sum of every exit's cross-entropy.",
+        f"- AdamW (lr {args['lr']:g}, weight decay {args['weight_decay']:g}), {args['warmup_epochs']:g} warmup epoch(s) then cosine, "
+        f"batch {args['batch_size']} per process, stochastic depth {args['drop_path'] if args['drop_path'] is not None else c.drop_path_rate:g}, "
+        f"label smoothing {args['label_smoothing']:g}, augmentation {'off' if args['no_augment'] else 'random translation' + ('' if args['no_flip'] else ' + horizontal flip')}; "
+        f"seed {args['seed']}; {t['epochs']} epochs.",
+        "- Command:",
+        "",
+        f"      {train_command(args, str(run_dir))}",
+        "",
+        f"- Wall time: {wall}.{resumed}",
+        "",
+        f"## Results (`python -m dvt_edge.evaluate --checkpoint {path}`)",
+        f"{report['data']} {report['split']} split, {report['n']} images, PyTorch fp32:",
+        "",
+        "| exit | tokens | cumulative MFLOPs (MACs) | top-1 % | gain over previous exit |",
+        "|---|---|---|---|---|",
+    ]
+    for i, e in enumerate(report["exits"]):
+        gain = f"+{gains[i - 1]:.2f}" if i and gains[i - 1] >= 0 else (f"{gains[i - 1]:.2f}" if i else "")
+        lines.append(f"| {e['exit']} | {e['grid']} | {e['gflops'] * 1e3:.2f} | {e['top1']:.2f} | {gain} |")
+    lines += [
+        "",
+        "FLOPs are counted by torch's flop counter on each stage's graph (`python -m dvt_edge.zoo`).",
+        "",
+        f"FLOPs-budget curve (the authors' exit-distribution procedure, thresholds from {report['threshold_selection']}), Pareto points:",
+        "",
+        "| expected MFLOPs | top-1 % | exits taken (%) |",
+        "|---|---|---|",
+    ]
+    for p in report["pareto"]:
+        lines.append(f"| {p['mean_cost'] * 1e3:.2f} | {p['accuracy']:.2f} | {' / '.join(f'{100 * f:.0f}' for f in p['exit_fractions'])} |")
+    lines += [
+        "",
+        "## Per-epoch validation accuracy (from the run's `metrics.json`)",
+        "",
+        "| epoch | train loss | " + " | ".join(f"exit {i + 1}" for i in range(c.num_exits)) + " | seconds |",
+        "|---|---|" + "---|" * c.num_exits + "---|",
+    ]
+    for h in history:
+        accs = " | ".join(f"{a:.2f}" for a in h["val_acc"])
+        lines.append(f"| {h['epoch']} | {h['train_loss']:.3f} | {accs} | {h.get('epoch_seconds', 0):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m dvt_edge.model_card", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", required=True, help="finished training run directory (holds last.pt)")
+    ap.add_argument("--out", required=True, help="checkpoint to write (weights only)")
+    ap.add_argument("--card", default=None, help="model card path (default: MODEL_CARD.md beside --out)")
+    ap.add_argument("--data", default=None, help="evaluation dataset spec (default: the run's)")
+    ap.add_argument("--threshold-n", type=int, default=5000, help="held-out training images for the budget curve's thresholds")
+    args = ap.parse_args(argv)
+    try:
+        r = publish_run(args.run, args.out, args.card, args.data, args.threshold_n)
+    except (CheckpointError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    top1 = [e["top1"] for e in r["exits"]]
+    print(f"wrote {args.out} and {r['card']}; per-exit top-1 {top1}, gains {exit_gains(top1)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

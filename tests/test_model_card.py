@@ -1,0 +1,95 @@
+"""Publishing a run as a reference checkpoint + model card, and the committed reference itself."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from dvt_edge import load_checkpoint
+from dvt_edge.checkpoint import CheckpointError, read_checkpoint
+from dvt_edge.model_card import _NOT_IN_COMMAND, publish_run, train_command
+from dvt_edge.train import build_parser
+from dvt_runtime.io import sha256_file
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT / "dvt_edge" / "assets" / "dvt_tiny_fmnist.pt"
+CARD = REFERENCE.parent / "MODEL_CARD.md"
+
+
+def test_publish_run_writes_final_weights_and_a_card(micro_ckpt, tmp_path):
+    run = micro_ckpt.parent
+    out = tmp_path / "assets" / "ref.pt"
+    out.parent.mkdir()
+    r = publish_run(str(run), str(out), threshold_n=500, progress=False)
+    # weights are the final epoch's, without optimizer state
+    raw = read_checkpoint(out)
+    assert "train" not in raw and raw["format"] == "dvt-edge-checkpoint"
+    final = load_checkpoint(run / "last.pt")[0].state_dict()
+    for k, v in load_checkpoint(out)[0].state_dict().items():
+        assert torch.equal(v, final[k]), k
+    card = (out.parent / "MODEL_CARD.md").read_text()
+    assert sha256_file(out) in card
+    assert len(r["exits"]) == 3 and r["n"] == 10000
+    for e in r["exits"]:  # every per-exit figure of the evaluation is in the card's table
+        assert re.search(rf"\| {e['exit']} \| {e['grid']} \| {e['gflops'] * 1e3:.2f} \| {e['top1']:.2f} \|", card), e
+    history = json.loads((run / "metrics.json").read_text())["history"]
+    assert f"| {len(history)} | {history[-1]['train_loss']:.3f} |" in card
+    assert (run / "card_eval" / "evaluate.json").is_file() and (run / "card_eval" / "evaluate.png").stat().st_size > 1000
+
+
+def test_train_command_reproduces_the_run_arguments(micro_ckpt):
+    t = read_checkpoint(micro_ckpt.parent / "last.pt")["train"]
+    args = json.loads(t["args"])
+    cmd = train_command(args, "runs/again")
+    assert cmd.startswith("python -m dvt_edge.train --model dvt_micro_fmnist --data fashion-mnist --epochs 1 --seed 0")
+    again = vars(build_parser().parse_args(cmd.split()[3:]))
+    assert again["out"] == "runs/again"
+    assert {k: v for k, v in again.items() if k not in _NOT_IN_COMMAND} == {k: v for k, v in args.items() if k not in _NOT_IN_COMMAND}
+
+
+def test_unfinished_run_is_refused_and_nothing_written(micro_ckpt, tmp_path):
+    raw = read_checkpoint(micro_ckpt.parent / "last.pt")
+    raw["train"]["epochs"] = raw["train"]["epoch"] + 5  # as if stopped early
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save(raw, run / "last.pt")
+    with pytest.raises(CheckpointError, match="--resume"):
+        publish_run(str(run), str(tmp_path / "ref.pt"), progress=False)
+    assert not (tmp_path / "ref.pt").exists()
+    with pytest.raises(CheckpointError, match="training run directory"):
+        publish_run(str(tmp_path / "nope"), str(tmp_path / "ref.pt"), progress=False)
+
+
+@pytest.fixture(scope="module")
+def reference_accuracy() -> list[float]:
+    """Per-exit top-1 of the committed reference on the full Fashion-MNIST test split."""
+    from dvt_edge.data import load_dataset
+    from dvt_edge.train import evaluate_exits
+
+    if not REFERENCE.is_file():
+        pytest.skip("reference checkpoint not committed")
+    model, info = load_checkpoint(REFERENCE)
+    ds = load_dataset("fashion-mnist", "val", preprocess=info.preprocess)
+    assert len(ds) == 10000
+    return evaluate_exits(model, ds)[0]
+
+
+def test_reference_checkpoint_accuracy_and_card(reference_accuracy):
+    """Issue 4's bar: first exit >= 84%, last exit >= 90%; the card states this file's figures."""
+    acc = reference_accuracy
+    assert acc[0] >= 84.0 and acc[-1] >= 90.0, acc
+    card = CARD.read_text()
+    assert sha256_file(REFERENCE) in card, "MODEL_CARD.md describes another file: regenerate it with python -m dvt_edge.model_card"
+    for i, a in enumerate(acc):
+        assert re.search(rf"\| {i + 1} \| \d+x\d+ \| [\d.]+ \| {a:.2f} \|", card), (i, a)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 4 is open: the committed reference gains +1.86 then only +0.01 points "
+                                        "(exit 2 -> 3); retrain, republish and drop this marker")
+def test_reference_checkpoint_gains_clearly_from_exit_to_exit(reference_accuracy):
+    gains = [b - a for a, b in zip(reference_accuracy, reference_accuracy[1:])]
+    assert min(gains) >= 0.5, f"exit-to-exit gains {gains} (accuracies {reference_accuracy})"
