@@ -583,10 +583,6 @@ class DVT(nn.Module):
     def stages(self) -> tuple[DVTStage, ...]:
         return tuple(getattr(self, n) for n in self.stage_names)
 
-    def stage_img_size(self, stage: int) -> int:
-        """Input side of stage ``stage``'s tokenizer."""
-        return self.stage_img_sizes[stage] if self.stage_img_sizes else self.img_size
-
     @property
     def num_exits(self) -> int:
         return self.cfg.num_exits

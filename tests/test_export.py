@@ -184,3 +184,22 @@ def test_bundle_runs_in_runtime(tmp_path, micro_ckpt):
         ref = model(torch.from_numpy(x))
     for a, r in zip(logits, ref):
         np.testing.assert_allclose(a, r.numpy(), atol=1e-4)
+
+
+@pytest.mark.skipif(not get_target("executorch").available, reason="executorch not installed")
+def test_in_graph_input_resize_is_delegated_like_the_rest(tmp_path):
+    """stage_img_sizes adds two constant linears per stage: parity holds and XNNPACK takes them
+    (the ops left outside the delegate are the same as without the resize)."""
+    from dvt_edge.checkpoint import save_checkpoint
+    from dvt_edge.data import default_preprocess
+    from dvt_edge.models import create_model
+
+    left = {}
+    for name, kw in {"plain": {}, "resized": dict(stage_img_sizes=(12, 18, 28), splits=((2, 2, 0), (3, 2, 1), (2, 2, 0)))}.items():
+        ckpt = save_checkpoint(tmp_path / f"{name}.pt", create_model("dvt_micro_fmnist", **kw),
+                               classes=[str(i) for i in range(10)], preprocess=default_preprocess(1, 28))
+        res = export_bundle(str(ckpt), "executorch", "fp32", out=str(tmp_path / name), verify_n=20, progress=False)
+        m = Manifest.load(res.path)
+        assert m.parity["passed"], m.parity
+        left[name] = [e.undelegated_ops for e in m.exits]
+    assert left["resized"] == left["plain"]
