@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
-from dvt_edge.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from dvt_edge.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from dvt_edge.data import DataError
 from dvt_runtime.io import atomic_write, atomic_write_json, sha256_file
 
@@ -58,8 +58,8 @@ def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[s
     last = run_dir / "last.pt"
     if not last.is_file():
         raise CheckpointError(f"{last} not found: --run must be a training run directory (python -m dvt_edge.train --out RUN)")
-    raw = read_checkpoint(last)
-    t = raw.get("train")
+    model, info = load_checkpoint(last)
+    t = info.extras.get("train")
     if not t:
         raise CheckpointError(f"{last} holds no training state; pass the run directory written by python -m dvt_edge.train")
     if t["epoch"] < t["epochs"]:
@@ -67,7 +67,6 @@ def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[s
                               f"python -m dvt_edge.train ... --out {run} --resume")
     args = json.loads(t["args"])
     history = json.loads(t["history"])
-    model, info = load_checkpoint(last)
     save_checkpoint(out_path, model, classes=info.classes, preprocess=info.preprocess, accuracies=info.accuracies,
                     data=args["data"], train_summary=json.dumps({"epoch": t["epoch"], "args": args}))
 
