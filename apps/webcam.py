@@ -1,6 +1,6 @@
 """Webcam demo: a DVT bundle classifying camera (or video) frames with early exit, live.
 
-    python -m apps.webcam --bundle bundles/dvt_tiny_fmnist-onnx-fp32                # camera 0, window
+    python -m apps.webcam --bundle bundles/dvt_tiny_fmnist_ms-onnx-fp32                # camera 0, window
     python -m apps.webcam --bundle B --camera 1 --budget-ms 0.5 --device-name laptop
     python -m apps.webcam --bundle B --video in.mp4 --headless --record out.mp4 --stats stats.json
 

@@ -1,6 +1,6 @@
 """Publish a finished training run as a reference checkpoint with a model card.
 
-    python -m dvt_edge.model_card --run runs/ref --out dvt_edge/assets/dvt_tiny_fmnist.pt
+    python -m dvt_edge.model_card --run runs/ref --out dvt_edge/assets/dvt_tiny_fmnist_ms.pt
 
 Takes the run's **final** epoch (``RUN/last.pt``; no model selection on the evaluation
 split), writes a weights-only checkpoint atomically (no optimizer state: small enough to
@@ -91,7 +91,7 @@ def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict
     gains = exit_gains(top1)
     epoch_s = sum(h.get("epoch_seconds", 0.0) for h in history)
     if t.get("run_seconds"):
-        wall = (f"{t['run_seconds'] / 60:.1f} min wall time for the whole run (training and per-epoch "
+        wall = (f"{t['run_seconds'] / 60:.1f} min for the whole run (training and per-epoch "
                 f"evaluation); {epoch_s / 60:.1f} min of it in training epochs")
     else:
         wall = f"{epoch_s / 60:.1f} min in training epochs (sum of the per-epoch times below; per-epoch evaluation not included)"

@@ -719,7 +719,7 @@ register_model(
         splits=((6, 4, 0), (4, 3, 1), (2, 2, 0)), reuse_upsample=(0, 6, 10),
         reuse_dim=16, reuse_hidden=32, pos_embed="learned",
     ),
-    "small DVT for 28x28 grayscale (Fashion-MNIST), exits at 3x3 / 5x5 / 7x7 tokens",
+    "small DVT for 28x28 grayscale, every stage sees the full 28px image (ablation: its exits barely separate)",
 )
 register_model(
     "dvt_tiny_fmnist_ms",
@@ -729,7 +729,7 @@ register_model(
         splits=((2, 2, 0), (3, 2, 1), (2, 2, 0)), reuse_upsample=(0, 6, 10),
         reuse_dim=16, reuse_hidden=32, pos_embed="learned",
     ),
-    "dvt_tiny_fmnist with coarser input for earlier exits (12px / 18px / 28px -> 3x3 / 5x5 / 7x7 tokens)",
+    "the reference: small DVT for 28x28 grayscale, stages see 12px / 18px / 28px -> 3x3 / 5x5 / 7x7 tokens",
 )
 register_model(
     "dvt_micro_fmnist",

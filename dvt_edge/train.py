@@ -1,6 +1,6 @@
 """Multi-exit DVT training: sum of every exit's cross-entropy, AdamW, warmup + cosine.
 
-    python -m dvt_edge.train --model dvt_tiny_fmnist --data fashion-mnist --epochs 20 --out runs/ref
+    python -m dvt_edge.train --model dvt_tiny_fmnist_ms --data fashion-mnist --epochs 20 --out runs/ref
     torchrun --nproc_per_node 2 -m dvt_edge.train ...      # DDP (gloo on CPU, nccl on GPU)
 
 Writes ``OUT/last.pt`` (with optimizer/scheduler/RNG state, for ``--resume``),
@@ -181,7 +181,7 @@ def _plot_metrics(history: list[dict], path: Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m dvt_edge.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="dvt_tiny_fmnist", help=f"registered model: {', '.join(list_models())}")
+    ap.add_argument("--model", default="dvt_tiny_fmnist_ms", help=f"registered model: {', '.join(list_models())}")
     ap.add_argument("--data", default="fashion-mnist", help=f"dataset spec: {', '.join(DATASETS)}")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--out", required=True, help="run directory (checkpoints, metrics)")

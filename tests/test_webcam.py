@@ -23,9 +23,9 @@ cv2 = pytest.importorskip("cv2")
 pytest.importorskip("onnxruntime")
 
 from apps import webcam  # noqa: E402
+from dvt_edge.demo import REFERENCE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = ROOT / "dvt_edge" / "assets" / "dvt_tiny_fmnist.pt"
 
 W, H = 640, 480
 PER_IMAGE = 4  # frames per shown image
@@ -45,21 +45,15 @@ def _fmnist():
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    """(bundle path, is_reference, video path, per-frame labels) shared by the tests of this module."""
+    """(bundle path of the reference checkpoint's ONNX export, video path, per-frame labels)."""
     from dvt_edge.export import export_bundle
 
     tmp = tmp_path_factory.mktemp("webcam")
     ds = _fmnist()
-    if REFERENCE.is_file():
-        ckpt, reference = REFERENCE, True
-    else:  # the reference checkpoint is not trained yet: an untrained micro model exercises everything else
-        from dvt_edge import create_model, save_checkpoint
-
-        ckpt, reference = tmp / "micro.pt", False
-        save_checkpoint(ckpt, create_model("dvt_micro_fmnist"), classes=ds.classes, preprocess=ds.preprocess, data="fashion-mnist")
-    res = export_bundle(str(ckpt), "onnx", "fp32", out=str(tmp / "bundle"), verify_n=50, progress=False)
+    assert REFERENCE.is_file(), f"the committed reference checkpoint {REFERENCE} is missing"
+    res = export_bundle(str(REFERENCE), "onnx", "fp32", out=str(tmp / "bundle"), verify_n=50, progress=False)
     video, labels = make_video(ds, tmp / "input.mp4")
-    return res.path, reference, video, labels
+    return res.path, video, labels
 
 
 def make_video(ds, path: Path, seed: int = 0) -> tuple[Path, list[int]]:
@@ -100,7 +94,7 @@ def read_frames(path: Path) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def headless(env, tmp_path_factory):
     """One headless run of the demo with --record, --stats and --snapshot."""
-    bundle, _, video, _ = env
+    bundle, video, _ = env
     out = tmp_path_factory.mktemp("webcam_out")
     argv = ["--bundle", str(bundle), "--video", str(video), "--headless", "--record", str(out / "annotated.mp4"),
             "--stats", str(out / "stats.json"), "--snapshot-frame", "30", "--snapshot", str(out / "snapshot.png")]
@@ -109,7 +103,7 @@ def headless(env, tmp_path_factory):
 
 
 def test_headless_run_outputs(env, headless):
-    _, _, video, labels = env
+    _, video, labels = env
     out, stats = headless
     n = len(labels)
     assert stats["frames"] == n == N_IMAGES * PER_IMAGE
@@ -140,7 +134,7 @@ def test_predictions_match_the_runtime(env, headless):
     """The demo classifies each frame exactly as bundle.predict(bundle.preprocess(frame)) does."""
     from dvt_runtime.bundle import Bundle
 
-    bundle_path, _, video, labels = env
+    bundle_path, video, labels = env
     _, stats = headless
     frames = read_frames(video)
     assert len(frames) == len(labels)
@@ -155,11 +149,8 @@ def test_predictions_match_the_runtime(env, headless):
 
 
 def test_most_frames_name_the_shown_item(env, headless):
-    _, reference, _, labels = env
+    _, _, labels = env
     _, stats = headless
-    if not reference:
-        pytest.skip(f"reference checkpoint {REFERENCE.relative_to(ROOT)} not trained yet: an untrained micro model "
-                    "cannot name the shown items (train it with python -m dvt_edge.train --model dvt_tiny_fmnist)")
     pred = np.array([p["label"] for p in stats["predictions"]])
     acc = float((pred == np.array(labels)).mean())
     assert acc > 0.6, f"only {100 * acc:.0f}% of the frames named the shown item"
@@ -185,7 +176,7 @@ def test_missing_camera_is_a_clear_error():
 
 
 def test_budget_without_calibration_falls_back_and_says_how_to_calibrate(env, tmp_path, capsys):
-    bundle, _, video, _ = env
+    bundle, video, _ = env
     stats = webcam.run(webcam.parse_args(["--bundle", str(bundle), "--video", str(video), "--headless", "--budget-ms", "0.5",
                                           "--max-frames", "6", "--stats", str(tmp_path / "s.json")]))
     assert stats["frames"] == 6 and sum(stats["exit_counts"]) == 6
@@ -197,7 +188,7 @@ def test_budget_without_calibration_falls_back_and_says_how_to_calibrate(env, tm
 
 
 def test_deadline_without_calibration_profiles_the_stages(env):
-    bundle, _, video, _ = env
+    bundle, video, _ = env
     stats = webcam.run(webcam.parse_args(["--bundle", str(bundle), "--video", str(video), "--headless", "--deadline-ms", "1000",
                                           "--max-frames", "4"]))
     assert stats["mode"]["kind"] == "deadline" and stats["mode"]["active"]
@@ -213,7 +204,7 @@ def test_window_mode_without_gui_build_says_what_to_do(env, monkeypatch):
     monkeypatch.setenv("DISPLAY", ":0")
     monkeypatch.setattr(webcam.cv2, "namedWindow", no_gui)
     with pytest.raises(webcam.AppError) as e:
-        webcam.run(webcam.parse_args(["--bundle", str(env[0]), "--video", str(env[2])]))
+        webcam.run(webcam.parse_args(["--bundle", str(env[0]), "--video", str(env[1])]))
     msg = str(e.value)
     assert "--headless" in msg and "pip uninstall opencv-python-headless && pip install opencv-python" in msg
 
@@ -255,7 +246,7 @@ def test_keys_and_overlay_pieces(env):
 
 def test_window_mode_keys_with_a_stand_in_gui(env, monkeypatch):
     """The window loop, with OpenCV's GUI calls replaced (this environment has the headless build)."""
-    bundle, _, video, _ = env
+    bundle, video, _ = env
     keys = iter([ord("+"), ord(" "), ord(" "), 255, ord("q")])  # raise, pause, resume (in the pause loop), -, quit
     shown = []
     monkeypatch.setenv("DISPLAY", ":0")

@@ -1,7 +1,7 @@
 """dvt-runtime: the torch-free runtime for exported DVT bundles (numpy + stdlib at its core).
 
     from dvt_runtime import Bundle
-    bundle = Bundle.open("bundles/dvt_tiny_fmnist-onnx-fp32", device_name="laptop")
+    bundle = Bundle.open("bundles/dvt_tiny_fmnist_ms-onnx-fp32", device_name="laptop")
     pred = bundle.predict(bundle.preprocess(bgr_image))
 """
 

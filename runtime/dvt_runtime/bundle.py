@@ -1,6 +1,6 @@
 """Open a bundle and run its early-exit cascade on the device (numpy + one backend).
 
-    bundle = Bundle.open("bundles/dvt_tiny_fmnist-onnx-fp32")
+    bundle = Bundle.open("bundles/dvt_tiny_fmnist_ms-onnx-fp32")
     pred = bundle.predict(bundle.preprocess(bgr_image))     # stops at the first confident exit
     pred.label, pred.confidence, pred.exit, pred.stage_ms
 

@@ -1,6 +1,6 @@
 """On-device latency profile of a bundle's early-exit cascade (numpy + stdlib only).
 
-    bundle = Bundle.open("bundles/dvt_tiny_fmnist-onnx-fp32", threads=1)
+    bundle = Bundle.open("bundles/dvt_tiny_fmnist_ms-onnx-fp32", threads=1)
     prof = profile_bundle(bundle, warmup=20, runs=200)
     print(prof.format_table())
     prof.save("profile.json")
