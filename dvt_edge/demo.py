@@ -21,7 +21,8 @@ from typing import Optional, Sequence
 ASSETS = Path(__file__).resolve().parent / "assets"
 REFERENCE = ASSETS / "dvt_tiny_fmnist_ms.pt"
 # the exact command that produced the reference checkpoint (see dvt_edge/assets/MODEL_CARD.md)
-RETRAIN = ["--model", "dvt_tiny_fmnist_ms", "--data", "fashion-mnist", "--epochs", "20", "--drop-path", "0.05", "--seed", "0"]
+RETRAIN = ["--model", "dvt_tiny_fmnist_ms", "--data", "fashion-mnist", "--epochs", "20", "--drop-path", "0.05", "--seed", "0",
+           "--threads", "2"]
 
 
 def _section(title: str) -> None:

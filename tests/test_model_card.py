@@ -10,7 +10,7 @@ import torch
 
 from dvt_edge import load_checkpoint
 from dvt_edge.checkpoint import CheckpointError, read_checkpoint
-from dvt_edge.demo import REFERENCE
+from dvt_edge.demo import REFERENCE, RETRAIN
 from dvt_edge.model_card import _NOT_IN_COMMAND, publish_run, train_command
 from dvt_edge.train import build_parser
 from dvt_runtime.io import sha256_file
@@ -60,6 +60,15 @@ def test_unfinished_run_is_refused_and_nothing_written(micro_ckpt, tmp_path):
     assert not (tmp_path / "ref.pt").exists()
     with pytest.raises(CheckpointError, match="training run directory"):
         publish_run(str(tmp_path / "nope"), str(tmp_path / "ref.pt"), progress=False)
+
+
+def test_demo_retrain_is_the_reference_run():
+    """`python -m dvt_edge.demo --retrain` runs the command recorded in the committed reference."""
+    recorded = json.loads(load_checkpoint(REFERENCE)[1].extras["train_summary"])["args"]
+    retrain = vars(build_parser().parse_args([*RETRAIN, "--out", "x"]))
+    assert {k: v for k, v in retrain.items() if k not in _NOT_IN_COMMAND} == \
+        {k: v for k, v in recorded.items() if k not in _NOT_IN_COMMAND}
+    assert train_command(recorded, "runs/tiny_ms") in CARD.read_text()
 
 
 @pytest.fixture(scope="module")
