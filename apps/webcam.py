@@ -1,6 +1,7 @@
 """Webcam demo: a DVT bundle classifying camera (or video) frames with early exit, live.
 
-    python -m apps.webcam --bundle bundles/dvt_tiny_fmnist_ms-onnx-fp32                # camera 0, window
+    python -m apps.webcam                                       # the CIFAR-10 reference, camera 0, window
+    python -m apps.webcam --bundle bundles/dvt_small_cifar-onnx-fp32
     python -m apps.webcam --bundle B --camera 1 --budget-ms 0.5 --device-name laptop
     python -m apps.webcam --bundle B --video in.mp4 --headless --record out.mp4 --stats stats.json
 
@@ -547,8 +548,28 @@ def _parse_thresholds(s: Optional[str]) -> Optional[list[Optional[float]]]:
     return out
 
 
+def reference_bundle() -> Path:
+    """The natural-image reference (``dvt_small_cifar``) exported to ONNX fp32 in the user cache,
+    exported once on first use (needs ``dvt-edge[onnx]``; the app itself needs only the runtime)."""
+    try:
+        from dvt_edge.data import cache_dir
+        from dvt_edge.export import export_bundle
+        from dvt_edge.references import DEFAULT_REFERENCE
+    except ImportError as e:
+        raise AppError(f"no --bundle given, and the reference model cannot be exported here ({e}); pass --bundle DIR "
+                       "(python -m dvt_edge.export ...) or install dvt-edge[onnx]") from None
+    ref = DEFAULT_REFERENCE
+    d = cache_dir() / "bundles" / f"{ref.model}-onnx-fp32"
+    if not (d / "manifest.json").is_file():
+        _warn(f"no --bundle given: exporting the reference {ref.checkpoint.name} to {d} (once)")
+        export_bundle(str(ref.checkpoint), "onnx", "fp32", out=str(d), force=d.exists(), progress=False)
+    return d
+
+
 def open_bundle(args):
     """Open the bundle named by ``args`` (the runtime is imported here, so ``--help`` works without it)."""
+    if args.bundle is None:
+        args.bundle = str(reference_bundle())
     try:
         from dvt_runtime.backends import BackendUnavailable
         from dvt_runtime.bundle import Bundle
@@ -783,7 +804,8 @@ def _warn(msg: str) -> None:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m apps.webcam", description="Live early-exit DVT classification of camera or video frames.",
                                  epilog="keys (window): q/Esc quit, +/- budget or deadline +-10%%, space pause")
-    ap.add_argument("--bundle", required=True, help="exported bundle directory (python -m dvt_edge.export ...)")
+    ap.add_argument("--bundle", default=None,
+                    help="exported bundle directory (python -m dvt_edge.export ...); default: the CIFAR-10 reference, exported once to the cache")
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--camera", default=None, help="camera index (default 0), device path, URL or GStreamer pipeline")
     src.add_argument("--video", default=None, help="video file instead of a camera")

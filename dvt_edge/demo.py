@@ -18,11 +18,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-ASSETS = Path(__file__).resolve().parent / "assets"
-REFERENCE = ASSETS / "dvt_tiny_fmnist_ms.pt"
-# the exact command that produced the reference checkpoint (see dvt_edge/assets/MODEL_CARD.md)
-RETRAIN = ["--model", "dvt_tiny_fmnist_ms", "--data", "fashion-mnist", "--epochs", "20", "--drop-path", "0.05", "--seed", "0",
-           "--threads", "2"]
+from dvt_edge.references import REFERENCES, get_reference
 
 
 def _section(title: str) -> None:
@@ -37,8 +33,12 @@ def best_row(result: dict) -> Optional[dict]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dvt_edge.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", default=str(REFERENCE), help="model to tour (default: the reference checkpoint)")
-    ap.add_argument("--retrain", action="store_true", help="reproduce the reference checkpoint first (about an hour on 2 cores)")
+    ap.add_argument("--reference", default="cifar10", choices=sorted(REFERENCES),
+                    help="which committed reference to tour (default: cifar10, the natural-image model)")
+    ap.add_argument("--checkpoint", default=None, help="model to tour instead of a reference")
+    ap.add_argument("--data", default=None, help="evaluation data spec (default: the checkpoint's evaluation set)")
+    ap.add_argument("--retrain", action="store_true", help="reproduce the reference checkpoint first with its model card's command "
+                    "(CIFAR-10: about two hours on 2 cores; needs the JPEG copy, see python -m dvt_edge.data info --data cifar10-jpeg)")
     ap.add_argument("--targets", default="all")
     ap.add_argument("--precisions", default="fp32,fp16,int8", help="fp16 applies to Core ML only")
     ap.add_argument("--n", type=int, default=2000, help="evaluation images for the benchmark")
@@ -51,29 +51,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _section("model zoo (FLOPs counted from each stage's graph)")
     print(format_table(zoo_rows()))
 
-    ckpt = Path(args.checkpoint)
+    ref = get_reference(args.reference)
+    ckpt = Path(args.checkpoint) if args.checkpoint else ref.checkpoint
     if args.retrain:
         from dvt_edge.train import main as train_main
 
-        _section("retraining the reference checkpoint: python -m dvt_edge.train " + " ".join(RETRAIN))
-        rc = train_main([*RETRAIN, "--out", str(out / "retrain"), "--force"])
+        _section("retraining the reference checkpoint: python -m dvt_edge.train " + " ".join(ref.retrain))
+        rc = train_main([*ref.retrain, "--out", str(out / "retrain"), "--force"])
         if rc:
             return rc
         from dvt_edge.model_card import publish_run
 
-        # the final epoch, as for the committed reference (no selection on the test split)
-        ckpt = out / "retrain" / REFERENCE.name
-        publish_run(str(out / "retrain"), str(ckpt))
-        print(f"wrote {ckpt} and its model card {ckpt.parent / 'MODEL_CARD.md'}")
+        # the final epoch, as for the committed reference (no selection on the evaluation split)
+        ckpt = out / "retrain" / ref.checkpoint.name
+        r = publish_run(str(out / "retrain"), str(ckpt))
+        print(f"wrote {ckpt} and its model card {r['card']}")
     if not ckpt.is_file():
-        print(f"\nno checkpoint at {ckpt}; train one with: python -m dvt_edge.train {' '.join(RETRAIN)} --out runs/ref", file=sys.stderr)
+        print(f"\nno checkpoint at {ckpt}; train one with: python -m dvt_edge.train {' '.join(ref.retrain)} --out runs/ref", file=sys.stderr)
         return 2
 
+    from dvt_edge.checkpoint import load_checkpoint
+    from dvt_edge.data import default_data
     from dvt_edge.evaluate import evaluate_checkpoint, format_report, plot_report
     from dvt_runtime.io import atomic_write_json
 
-    _section(f"evaluating {ckpt} (PyTorch, Fashion-MNIST test split)")
-    ev = evaluate_checkpoint(str(ckpt), progress=True)
+    model, info = load_checkpoint(str(ckpt))
+    data = args.data or default_data(model.name, info.extras)
+    _section(f"evaluating {ckpt} (PyTorch, {data} validation split)")
+    ev = evaluate_checkpoint(str(ckpt), data, progress=True)
     atomic_write_json(out / "evaluate" / "evaluate.json", ev)
     plot_report(ev, out / "evaluate" / "evaluate.png")
     print(format_report(ev))
@@ -82,7 +87,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     _section("export every target, profile, calibrate to latency budgets, benchmark")
     device = socket.gethostname()
-    result = run_bench(str(ckpt), "fashion-mnist", args.targets.split(","), args.precisions.split(","), None, out,
+    result = run_bench(str(ckpt), data, args.targets.split(","), args.precisions.split(","), None, out,
                        n=args.n, threads=1, device_name=device)
     write_outputs([result], out)
 
@@ -94,10 +99,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         bdir = out / "bundles" / f"{result['model']}-{best['target']}-{best['precision']}"
         _section(f"calibrating {bdir.name} for this device ({device}), budget halfway between exit 1 and exit 3")
-        from dvt_edge.checkpoint import load_checkpoint
-
-        info = load_checkpoint(str(ckpt))[1]
-        val = export_npz(load_dataset("fashion-mnist", "val", preprocess=info.preprocess), out / "val.npz", n=2000, seed=3, progress=False)
+        val = export_npz(load_dataset(data, "val", preprocess=info.preprocess), out / "val.npz", n=2000, seed=3, progress=False)
         import numpy as np
 
         from dvt_runtime.calibrate import CalibrationError

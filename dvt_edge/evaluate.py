@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 
 from dvt_edge.checkpoint import CheckpointError, load_checkpoint
-from dvt_edge.data import DATASETS, DataError, ImageSet, default_preprocess, load_dataset
+from dvt_edge.data import DATASETS, DataError, default_data, default_preprocess, load_dataset
 from dvt_edge.train import evaluate_exits
 from dvt_runtime.io import atomic_write, atomic_write_json
 from dvt_runtime.search import ExitOutputs, StageCosts, evaluate_thresholds, pareto_frontier, sweep_thresholds
@@ -30,17 +30,9 @@ from dvt_runtime.search import ExitOutputs, StageCosts, evaluate_thresholds, par
 SCHEMA = "dvt-edge/evaluate/1"
 
 
-def _subset(ds: ImageSet, n: Optional[int], seed: int) -> ImageSet:
-    if n is None or n >= len(ds):
-        return ds
-    idx = np.random.default_rng(seed).permutation(len(ds))[:n]
-    images = ds.images[idx] if isinstance(ds.images, np.ndarray) else [ds.images[i] for i in idx]
-    return ImageSet(ds.name, ds.split, images, ds.labels[idx], ds.classes, ds.preprocess, ds.preprocessed)
-
-
 def evaluate_checkpoint(
     checkpoint: str,
-    data: str = "fashion-mnist",
+    data: Optional[str] = None,
     split: str = "val",
     model_name: Optional[str] = None,
     limit: Optional[int] = None,
@@ -51,8 +43,9 @@ def evaluate_checkpoint(
     bundles: Sequence[str] = (),
 ) -> dict:
     model, info = load_checkpoint(checkpoint, model=model_name, trusted=trusted)
+    data = data or default_data(model.name, info.extras)
     pre = info.preprocess or default_preprocess(model.cfg.in_chans, model.cfg.img_size)
-    ds = _subset(load_dataset(data, split, preprocess=pre), limit, seed=0)
+    ds = load_dataset(data, split, preprocess=pre).limit(limit, seed=0)
     if info.classes and ds.classes != info.classes:
         raise DataError(f"{data} classes {ds.classes[:5]}... differ from the checkpoint's {info.classes[:5]}...")
     if ds.num_classes != model.cfg.num_classes:
@@ -65,7 +58,7 @@ def evaluate_checkpoint(
     # thresholds chosen on a held-out selection set (training split), per the authors' procedure
     sel_note = f"{threshold_n} held-out training images"
     try:
-        sel = _subset(load_dataset(data, "train", preprocess=pre), threshold_n, seed=1)
+        sel = load_dataset(data, "train", preprocess=pre).limit(threshold_n, seed=1)
         _, sel_probs = evaluate_exits(model, sel, progress=progress)
         sel_out = ExitOutputs.from_probs(sel_probs, sel.labels)
     except DataError:
@@ -152,8 +145,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dvt_edge.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--model", default=None, help="registered model name (published checkpoints: inferred when omitted)")
-    ap.add_argument("--data", default="fashion-mnist", help=f"dataset spec: {', '.join(DATASETS)}")
-    ap.add_argument("--split", default="val", help="evaluation split (val = Fashion-MNIST's test split)")
+    ap.add_argument("--data", default=None, help=f"dataset spec: {', '.join(DATASETS)} (default: the checkpoint's evaluation set)")
+    ap.add_argument("--split", default="val", help="evaluation split (val = Fashion-MNIST's test split, the held-out images of an image folder)")
     ap.add_argument("--limit", type=int, default=None, help="evaluate a seeded random subset of N images")
     ap.add_argument("--threshold-n", type=int, default=5000, help="held-out training images for threshold selection")
     ap.add_argument("--bundles", nargs="*", default=[], help="exported bundles to evaluate on the same images (per-exit top-1 vs PyTorch)")

@@ -5,7 +5,7 @@
 Takes the run's **final** epoch (``RUN/last.pt``; no model selection on the evaluation
 split), writes a weights-only checkpoint atomically (no optimizer state: small enough to
 commit), evaluates it with :func:`dvt_edge.evaluate.evaluate_checkpoint`, and writes
-``MODEL_CARD.md`` beside it: the exact training command, seed, wall time, per-exit top-1
+``MODEL_CARD_<name>.md`` beside it: the exact training command, seed, wall time, per-exit top-1
 and FLOPs, the FLOPs-budget curve's Pareto points and the per-epoch history. Every number
 in the card comes from the run's files or from this evaluation.
 """
@@ -21,6 +21,7 @@ from typing import Optional
 
 from dvt_edge.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from dvt_edge.data import DataError
+from dvt_edge.references import card_path
 from dvt_runtime.io import atomic_write, atomic_write_json, sha256_file
 
 #: train.py flags that do not change the result (left out of the reproduced command)
@@ -76,10 +77,10 @@ def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[s
     atomic_write_json(eval_dir / "evaluate.json", report)
     plot_report(report, eval_dir / "evaluate.png")
 
-    card_path = Path(card) if card else out_path.parent / "MODEL_CARD.md"
+    card_file = Path(card) if card else card_path(out_path)
     text = render_card(out_path, model, info, args, t, history, report, run_dir)
-    atomic_write(card_path, text.encode())
-    report["card"] = str(card_path)
+    atomic_write(card_file, text.encode())
+    report["card"] = str(card_file)
     return report
 
 
@@ -131,7 +132,7 @@ def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict
         "",
         f"- Wall time: {wall}.{resumed}",
         "",
-        f"## Results (`python -m dvt_edge.evaluate --checkpoint {path}`)",
+        f"## Results (`python -m dvt_edge.evaluate --checkpoint {path} --data {report['data']}`)",
         f"{report['data']} {report['split']} split, {report['n']} images, PyTorch fp32:",
         "",
         "| exit | tokens | cumulative MFLOPs (MACs) | top-1 % | gain over previous exit |",
@@ -168,7 +169,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dvt_edge.model_card", description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True, help="finished training run directory (holds last.pt)")
     ap.add_argument("--out", required=True, help="checkpoint to write (weights only)")
-    ap.add_argument("--card", default=None, help="model card path (default: MODEL_CARD.md beside --out)")
+    ap.add_argument("--card", default=None, help="model card path (default: MODEL_CARD_<name>.md beside --out)")
     ap.add_argument("--data", default=None, help="evaluation dataset spec (default: the run's)")
     ap.add_argument("--threshold-n", type=int, default=5000, help="held-out training images for the budget curve's thresholds")
     args = ap.parse_args(argv)

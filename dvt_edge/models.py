@@ -644,14 +644,34 @@ def count_exit_flops(cfg: DVTConfig) -> list[ExitInfo]:
 
 _REGISTRY: dict[str, DVTConfig] = {}
 _DESCRIPTIONS: dict[str, str] = {}
+#: Per variant (as timm's ``_cfg``): the preprocessing it is trained with (a
+#: ``dvt_runtime.Preprocess`` as a dict) and its default dataset spec.
+_DEFAULTS: dict[str, dict] = {}
+
+#: Preprocessing presets by name.
+PREPROCESS_PRESETS: dict[str, dict] = {
+    "fashion-mnist": dict(size=28, resize=28, channels="gray", mean=(0.2860,), std=(0.3530,), interpolation="area"),
+    "cifar10": dict(size=32, resize=32, channels="rgb", mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), interpolation="area"),
+    # ImageNet evaluation of T2T-ViT / DeiT: resize to 224/0.875, center crop, bicubic
+    "imagenet": dict(size=224, resize=256, channels="rgb", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), interpolation="cubic"),
+}
 
 
-def register_model(name: str, cfg: DVTConfig, description: str = "") -> DVTConfig:
+def register_model(name: str, cfg: DVTConfig, description: str = "", preprocess: str = "imagenet", dataset: str = "") -> DVTConfig:
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered")
+    if preprocess not in PREPROCESS_PRESETS:
+        raise ValueError(f"unknown preprocess preset {preprocess!r}; valid: {sorted(PREPROCESS_PRESETS)}")
     _REGISTRY[name] = cfg
     _DESCRIPTIONS[name] = description
+    _DEFAULTS[name] = {"preprocess": dict(PREPROCESS_PRESETS[preprocess]), "dataset": dataset}
     return cfg
+
+
+def model_defaults(name: str) -> dict:
+    """``{"preprocess": dict, "dataset": spec}`` a registered variant is trained with."""
+    d = _DEFAULTS[_check_name(name)]
+    return {"preprocess": dict(d["preprocess"]), "dataset": d["dataset"]}
 
 
 def list_models() -> list[str]:
@@ -720,6 +740,7 @@ register_model(
         reuse_dim=16, reuse_hidden=32, pos_embed="learned",
     ),
     "small DVT for 28x28 grayscale, every stage sees the full 28px image (ablation: its exits barely separate)",
+    preprocess="fashion-mnist", dataset="fashion-mnist",
 )
 register_model(
     "dvt_tiny_fmnist_ms",
@@ -729,7 +750,8 @@ register_model(
         splits=((2, 2, 0), (3, 2, 1), (2, 2, 0)), reuse_upsample=(0, 6, 10),
         reuse_dim=16, reuse_hidden=32, pos_embed="learned",
     ),
-    "the reference: small DVT for 28x28 grayscale, stages see 12px / 18px / 28px -> 3x3 / 5x5 / 7x7 tokens",
+    "second reference: small DVT for 28x28 grayscale, stages see 12px / 18px / 28px -> 3x3 / 5x5 / 7x7 tokens",
+    preprocess="fashion-mnist", dataset="fashion-mnist",
 )
 register_model(
     "dvt_micro_fmnist",
@@ -740,4 +762,17 @@ register_model(
         reuse_dim=8, reuse_hidden=16, pos_embed="learned",
     ),
     "micro DVT for tests (28x28 grayscale), exits at 3x3 / 5x5 / 7x7 tokens",
+    preprocess="fashion-mnist", dataset="fashion-mnist",
+)
+# Natural images: 32x32 RGB (CIFAR-10). Conv stem, stages see 16 / 24 / 32 px -> 4x4 / 6x6 / 8x8 tokens.
+register_model(
+    "dvt_small_cifar",
+    DVTConfig(
+        img_size=32, in_chans=3, num_classes=10, embed_dim=96, depth=4, num_heads=2, mlp_ratio=2.0,
+        tokenizer="conv", token_dim=48, grids=(4, 6, 8), stage_img_sizes=(16, 24, 32),
+        splits=((2, 2, 0), (2, 2, 0), (2, 2, 0)), reuse_upsample=(0, 12, 16),
+        reuse_dim=24, reuse_hidden=48, pos_embed="learned",
+    ),
+    "the reference: DVT for 32x32 RGB natural images (CIFAR-10), stages see 16px / 24px / 32px -> 4x4 / 6x6 / 8x8 tokens",
+    preprocess="cifar10", dataset="cifar10-ref",
 )

@@ -29,8 +29,9 @@ import torch.nn.functional as F
 
 from dvt_edge.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from dvt_edge.data import DATASETS, DataError, ImageSet, default_preprocess, load_dataset
-from dvt_edge.models import DVT, create_model, list_models, model_from_args
+from dvt_edge.models import DVT, create_model, list_models, model_defaults, model_from_args
 from dvt_runtime.io import atomic_write_json
+from dvt_runtime.preprocess import Preprocess
 
 __all__ = ["train", "evaluate_exits", "main", "build_parser"]
 
@@ -193,11 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--drop-path", type=float, default=None, help="stochastic depth rate (default: the model's)")
     ap.add_argument("--no-augment", action="store_true", help="disable random translation + flip")
     ap.add_argument("--no-flip", action="store_true", help="no horizontal flips (e.g. digits, text)")
+    ap.add_argument("--pad", type=int, default=None, help="random translation in pixels (default: max(2, img_size // 14))")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads per process")
     ap.add_argument("--workers", type=int, default=2, help="data-loading workers for file-backed datasets")
-    ap.add_argument("--train-limit", type=int, default=None, help="use only the first N training images (quick runs)")
-    ap.add_argument("--val-limit", type=int, default=None, help="evaluate on the first N validation images")
+    ap.add_argument("--train-limit", type=int, default=None, help="train on a seeded, class-stratified random N of the training images (quick runs)")
+    ap.add_argument("--val-limit", type=int, default=None, help="evaluate on a seeded, class-stratified random N of the validation images")
     ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt exactly")
     ap.add_argument("--force", action="store_true", help="start over even if OUT already holds checkpoints")
     ap.add_argument("--finetune", default=None, help="initialise from a checkpoint (published or ours); heads re-initialised when classes differ")
@@ -268,17 +270,16 @@ def train(args: argparse.Namespace) -> dict:
     else:
         model = create_model(args.model, **overrides)
     c = model.cfg
-    if (c.in_chans, c.img_size) != (train_ds.preprocess.num_channels, train_ds.preprocess.size):
+    pre = Preprocess(**model_defaults(model.name)["preprocess"]) if model.name in list_models() else train_ds.preprocess
+    if (c.in_chans, c.img_size) != (pre.num_channels, pre.size):
         pre = default_preprocess(c.in_chans, c.img_size)
-        pre = type(pre)(**{**pre.to_dict(), "mean": pre.mean, "std": pre.std, "interpolation": train_ds.preprocess.interpolation})
-        log(f"note: {args.data} images are preprocessed to the model's input {c.in_chans}x{c.img_size}x{c.img_size}")
-        train_ds.preprocess = val_ds.preprocess = pre
+    if pre != train_ds.preprocess:
+        log(f"note: {args.data} images are preprocessed as {model.name} expects: {pre.to_dict()}")
+    train_ds.preprocess = val_ds.preprocess = pre
     if args.finetune and resume_state is None:
         log(_finetune_init(model, args.finetune, args.trust_checkpoint))
-    if args.train_limit:
-        train_ds.images, train_ds.labels = train_ds.images[: args.train_limit], train_ds.labels[: args.train_limit]
-    if args.val_limit:
-        val_ds.images, val_ds.labels = val_ds.images[: args.val_limit], val_ds.labels[: args.val_limit]
+    train_ds = train_ds.limit(args.train_limit, seed=args.seed)
+    val_ds = val_ds.limit(args.val_limit, seed=args.seed)
     model.to(device)
     ddp_model = nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
@@ -305,7 +306,7 @@ def train(args: argparse.Namespace) -> dict:
     if cache is not None:
         cache = (cache[0].to(device), cache[1].to(device))
     bg = torch.tensor([(0.0 - m) / s for m, s in zip(train_ds.preprocess.mean, train_ds.preprocess.std)], device=device)
-    pad = max(2, c.img_size // 14)
+    pad = max(2, c.img_size // 14) if args.pad is None else args.pad
     log(f"training {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, exits at "
         f"{[f'{e.grid}x{e.grid}' for e in model.exits]}, GFLOPs {[round(e.gflops, 4) for e in model.exits]}) "
         f"on {len(train_ds)} images of {args.data}, {world} process(es), device {device}")

@@ -92,7 +92,7 @@ def test_imagefolder_reads_generated_folder(tmp_path, fmnist_test):
         ds_val = load_dataset(f"imagefolder:{tmp_path}", "val", preprocess=fmnist_test.preprocess)
     assert len(ds_val) == 12 and ds_val.skipped[0].endswith("broken.jpg")
     # PNG round trip is lossless: the same network input as the in-memory image
-    k = next(i for i in range(len(ds_val)) if ds_val.images[i].endswith("/0.png"))
+    k = next(i for i in range(len(ds_val)) if ds_val.files[i].endswith("/0.png"))
     np.testing.assert_array_equal(ds_val.input(k), fmnist_test.preprocess.apply(imgs[0]))
 
 
@@ -104,7 +104,8 @@ def test_imagefolder_bad_layouts(tmp_path):
     cv2.imwrite(str(tmp_path / "train" / "a" / "x.png"), np.zeros((8, 8), np.uint8))
     with pytest.raises(DataError, match=r"no readable image.*\['b'\]"):
         load_dataset(f"imagefolder:{tmp_path}", "train")
-    with pytest.raises(DataError, match="no val/ folder"):
+    cv2.imwrite(str(tmp_path / "train" / "b" / "y.png"), np.ones((8, 8), np.uint8))
+    with pytest.raises(DataError, match="no val/ folder and too few images"):
         load_dataset(f"imagefolder:{tmp_path}", "val")
 
 
@@ -123,7 +124,7 @@ def test_npz_uint8_and_errors(tmp_path, fmnist_test):
     imgs = np.stack([fmnist_test.raw(i) for i in range(10)])
     np.savez(tmp_path / "a.npz", images=imgs, labels=fmnist_test.labels[:10], classes=np.array(fmnist_test.classes))
     ds = load_dataset(f"npz:{tmp_path / 'a.npz'}", "val")
-    np.testing.assert_array_equal(ds.arrays()[0], fmnist_test.arrays(10)[0])
+    np.testing.assert_array_equal(ds.arrays()[0], fmnist_test.subset(np.arange(10)).arrays()[0])
     np.savez(tmp_path / "b.npz", images=imgs, labels=np.full(10, 12), classes=np.array(fmnist_test.classes))
     with pytest.raises(DataError, match="out of range"):
         load_dataset(f"npz:{tmp_path / 'b.npz'}")
@@ -145,7 +146,7 @@ def test_cifar10_batches(tmp_path):
     # a batch file that smuggles in a callable is refused
     with open(root / "test_batch", "wb") as f:
         pickle.dump({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0], b"x": print}, f)
-    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+    with pytest.raises(DataError, match="refusing to unpickle builtins.print"):
         load_dataset(f"cifar10:{tmp_path}", "val")
 
 
@@ -192,3 +193,167 @@ def test_preprocess_validation_and_round_trip():
         Preprocess(channels="rgb")
     with pytest.raises(ValueError, match="uint8"):
         Preprocess().apply(np.zeros((28, 28), np.float32))
+
+
+# ----------------------------------------------------------------------------- subsets, holdout, CIFAR-10
+
+
+def test_stratified_subset_covers_every_class_in_random_order():
+    labels = np.repeat(np.arange(10), [500] * 9 + [50])  # class-sorted, like an image folder; class 9 is small
+    idx = D.stratified_subset(labels, 1000, seed=0)
+    assert len(idx) == len(set(idx.tolist())) == 1000
+    counts = np.bincount(labels[idx], minlength=10)
+    assert counts.tolist() == [110] * 8 + [109, 11], counts  # 1000 * share (109.9, 10.99), leftovers to the largest remainders
+    assert not (np.diff(idx) > 0).all(), "the subset must come in random order (halves and prefixes are random samples)"
+    np.testing.assert_array_equal(idx, D.stratified_subset(labels, 1000, seed=0))
+    assert set(idx.tolist()) != set(D.stratified_subset(labels, 1000, seed=1).tolist())
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(DataError, match="positive whole number"):
+            D.stratified_subset(labels, bad, seed=0)
+
+
+def _class_sorted_folder(root, n_per_class=20, classes=("a", "b", "c", "d"), val=False):
+    rng = np.random.default_rng(0)
+    for ci, c in enumerate(classes):
+        for split in ("train", "val") if val else ("train",):
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n_per_class):
+                img = np.clip(rng.normal(40 * ci + 30, 10, (8, 8, 3)), 0, 255).astype(np.uint8)
+                cv2.imwrite(str(root / split / c / f"{i:04d}.png"), img)
+
+
+def test_train_limit_takes_a_stratified_random_subset(tmp_path):
+    """--train-limit / --val-limit on class-sorted folders: every class, not the first one's files."""
+    from dvt_edge.train import build_parser, train
+
+    _class_sorted_folder(tmp_path, val=True)
+    ds = load_dataset(f"imagefolder:{tmp_path}", "train")
+    sub = ds.limit(8, seed=0)
+    assert np.bincount(sub.labels, minlength=4).tolist() == [2, 2, 2, 2]
+    assert sub.files == [ds.files[i] for i in D.stratified_subset(ds.labels, 8, seed=0)]
+    x, y = ds.arrays(8, seed=3)  # every other subset option is stratified too
+    assert np.bincount(y, minlength=4).tolist() == [2, 2, 2, 2]
+    out = tmp_path / "run"
+    r = train(build_parser().parse_args(["--model", "dvt_micro_fmnist", "--data", f"imagefolder:{tmp_path}", "--epochs", "1",
+                                         "--train-limit", "8", "--val-limit", "4", "--batch-size", "4", "--threads", "1",
+                                         "--quiet", "--out", str(out)]))
+    acc = r["history"][0]["val_acc"]
+    assert all(a in (0.0, 25.0, 50.0, 75.0, 100.0) for a in acc)  # 4 validation images, one per class
+
+
+def test_folder_without_val_holds_out_a_stratified_tenth(tmp_path):
+    _class_sorted_folder(tmp_path, n_per_class=30)
+    train = load_dataset(f"imagefolder:{tmp_path}", "train")
+    val = load_dataset(f"imagefolder:{tmp_path}", "val")
+    assert len(train) == 108 and len(val) == 12
+    assert np.bincount(val.labels).tolist() == [3, 3, 3, 3]
+    assert not set(train.files) & set(val.files), "a held-out image must never be trained on"
+    again = load_dataset(f"imagefolder:{tmp_path}", "val")
+    assert again.files == val.files  # seeded: the same holdout every time
+    # decoded once into memory (compute-bound training), pixel-identical to the files
+    assert isinstance(val.images, np.ndarray) and val.images.shape == (12, 8, 8, 3)
+    np.testing.assert_array_equal(val.images[0], cv2.imread(val.files[0], cv2.IMREAD_UNCHANGED))
+
+
+def test_truncated_jpeg_and_nested_folders_are_reported(tmp_path):
+    _class_sorted_folder(tmp_path, n_per_class=10, val=True)
+    ok, buf = cv2.imencode(".jpg", np.full((16, 16, 3), 128, np.uint8))
+    (tmp_path / "val" / "a" / "cut.jpg").write_bytes(buf.tobytes()[: len(buf) // 2])
+    (tmp_path / "val" / "b" / "more").mkdir()
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        ds = load_dataset(f"imagefolder:{tmp_path}", "val")
+    msgs = " | ".join(str(x.message) for x in w)
+    assert "truncated" in msgs and "cut.jpg" in msgs and "nested" in msgs and "more" in msgs, msgs
+    assert len(ds) == 40 and not any(f.endswith("cut.jpg") for f in ds.files)
+
+
+def test_jpeg_pack_round_trip_and_split_guard(tmp_path):
+    _class_sorted_folder(tmp_path / "f", n_per_class=10, val=True)
+    ds = load_dataset(f"imagefolder:{tmp_path / 'f'}", "val")
+    D.write_jpeg_pack(ds, tmp_path / "p.npz", split="val")
+    z = load_dataset(f"npz:{tmp_path / 'p.npz'}", "val")
+    np.testing.assert_array_equal(z.images, ds.images)
+    np.testing.assert_array_equal(z.labels, ds.labels)
+    assert z.classes == ds.classes
+    with pytest.raises(DataError, match="holds only the 'val' split"):
+        load_dataset(f"npz:{tmp_path / 'p.npz'}", "train")
+
+
+def test_shipped_cifar10_reference_data():
+    """cifar10-ref: the reference's 5,000 held-out images and 1,000 training images travel with the package."""
+    val, train = load_dataset("cifar10-ref", "val"), load_dataset("cifar10-ref", "train")
+    assert len(val) == 5000 and len(train) == 1000
+    assert np.bincount(val.labels).tolist() == [500] * 10 and np.bincount(train.labels).tolist() == [100] * 10
+    assert val.classes == D.CIFAR10_CLASSES and val.images.shape == (5000, 32, 32, 3)
+    names = lambda p: set(np.load(p)["names"].tolist())
+    assert not names(D.CIFAR10_REF["val"]) & names(D.CIFAR10_REF["train"])
+
+
+def _tiny_cifar_tarball(path) -> str:
+    """A CIFAR-10-shaped python tarball (2 images per batch); returns its md5."""
+    import hashlib
+    import io
+    import tarfile
+
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, "w:gz") as tf:
+        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            blob = pickle.dumps({b"data": rng.integers(0, 256, (2, 3072), dtype=np.uint8), b"labels": [3, 7]})
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tf.addfile(info, io.BytesIO(blob))
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A file server on 127.0.0.1 (loopback only) serving tmp_path/www; yields its base URL."""
+    import functools
+    import http.server
+    import threading
+
+    www = tmp_path / "www"
+    www.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+    handler.log_message = lambda *a: None
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield www, f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_cifar10_downloads_verifies_and_extracts(monkeypatch, tmp_path, http_server):
+    www, base = http_server
+    md5 = _tiny_cifar_tarball(www / "cifar-10-python.tar.gz")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("DVT_DATA", raising=False)
+    monkeypatch.delenv("DVT_OFFLINE", raising=False)
+    monkeypatch.setattr(D, "CIFAR10_URL", f"{base}/cifar-10-python.tar.gz")
+    # a wrong checksum is refused and nothing is kept
+    monkeypatch.setattr(D, "CIFAR10_MD5", "0" * 32)
+    with pytest.raises(DataError, match="checksum mismatch"):
+        load_dataset("cifar10", "train")
+    assert not (tmp_path / "cache" / "dvt-edge" / "cifar10" / "cifar-10-python.tar.gz").exists()
+    monkeypatch.setattr(D, "CIFAR10_MD5", md5)
+    train = load_dataset("cifar10", "train")
+    test = load_dataset("cifar10", "val")
+    assert len(train) == 10 and len(test) == 2 and train.labels.tolist()[:2] == [3, 7]
+    assert (tmp_path / "cache" / "dvt-edge" / "cifar10" / "cifar-10-batches-py" / "test_batch").is_file()
+    (www / "cifar-10-python.tar.gz").unlink()  # found in the cache now: no second download
+    assert len(load_dataset("cifar10", "train")) == 10
+
+
+def test_cifar10_offline_and_missing_says_where_it_looked(monkeypatch, tmp_path):
+    monkeypatch.setenv("DVT_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("DVT_OFFLINE", "1")
+    with pytest.raises(DataError) as e:
+        load_dataset("cifar10", "train")
+    msg = str(e.value)
+    assert str(tmp_path / "data" / "cifar10") in msg and str(tmp_path / "cache" / "dvt-edge" / "cifar10") in msg
+    assert D.CIFAR10_URL in msg and D.CIFAR10_MD5 in msg
+    with pytest.raises(DataError, match="JPEG copy"):
+        load_dataset("cifar10-jpeg", "train")

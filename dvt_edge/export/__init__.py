@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from dvt_edge.checkpoint import CheckpointInfo, load_checkpoint
-from dvt_edge.data import DataError, default_preprocess, load_dataset
+from dvt_edge.data import DataError, default_data, default_preprocess, load_dataset
 from dvt_edge.export.common import ExitArtifact, ExitGraph, ExitJob, exit_graphs
 from dvt_edge.export.targets import TARGETS, Target, TargetUnavailable, get_target
 from dvt_edge.models import DVT
@@ -61,8 +61,11 @@ class _Data:
 
 
 def _default_data_spec(model: DVT, info: CheckpointInfo) -> Optional[str]:
+    """Real images for calibration and verification: the checkpoint's training data where it is
+    on this machine, else the data its variant is registered with (e.g. ``cifar10-ref``, shipped)."""
+    candidates = []
     if info.extras.get("data"):
-        return str(info.extras["data"])
+        candidates.append(str(info.extras["data"]))
     summary = info.extras.get("train_summary") or info.extras.get("train", {}).get("args")
     if summary:
         import json
@@ -71,12 +74,22 @@ def _default_data_spec(model: DVT, info: CheckpointInfo) -> Optional[str]:
             d = json.loads(summary) if isinstance(summary, str) else summary
             args = d.get("args", d)
             if args.get("data"):
-                return str(args["data"])
+                candidates.append(str(args["data"]))
         except (ValueError, AttributeError):
             pass
+    try:
+        candidates.append(default_data(model.name, info.extras))
+    except DataError:
+        pass
     if (model.cfg.in_chans, model.cfg.img_size) == (1, 28):
-        return "fashion-mnist"
-    return None
+        candidates.append("fashion-mnist")
+    for spec in dict.fromkeys(candidates):
+        try:
+            load_dataset(spec, "train", download=False)
+            return spec
+        except DataError:
+            continue
+    return candidates[0] if candidates else None
 
 
 def _load_data(spec: Optional[str], pre: Preprocess, calib_n: int, verify_n: int, need_calib: bool) -> _Data:

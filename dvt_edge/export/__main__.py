@@ -1,4 +1,4 @@
-"""python -m dvt_edge.export --checkpoint CKPT --target TARGET [--precision fp32|fp16|int8] ..."""
+"""python -m dvt_edge.export --target TARGET [--checkpoint CKPT] [--precision fp32|fp16|int8] ..."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def list_targets() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m dvt_edge.export", description=__doc__)
-    ap.add_argument("--checkpoint", help="our checkpoint or a published DVT .pth.tar")
+    ap.add_argument("--checkpoint", help="our checkpoint or a published DVT .pth.tar (default: the CIFAR-10 reference dvt_small_cifar)")
     ap.add_argument("--model", default=None, help="registered model name (published checkpoints: inferred when omitted)")
     ap.add_argument("--target", help=f"one of {sorted(TARGETS)} or 'all'")
     ap.add_argument("--precision", default="fp32", help="fp32, fp16 (coreml) or int8; comma-separated for several")
@@ -43,8 +43,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.list_targets:
         print(list_targets())
         return 0
-    if not args.checkpoint or not args.target:
-        ap.error("--checkpoint and --target are required (or --list-targets)")
+    if not args.target:
+        ap.error(f"--target is required: one of {sorted(TARGETS)} or 'all' (or --list-targets)")
+    if not args.checkpoint:
+        from dvt_edge.references import DEFAULT_REFERENCE
+
+        args.checkpoint = str(DEFAULT_REFERENCE.checkpoint)
+        print(f"no --checkpoint: exporting the reference model {DEFAULT_REFERENCE.model} ({args.checkpoint})")
     try:
         names = sorted(TARGETS) if args.target == "all" else [get_target(n).name for n in args.target.split(",")]
         precisions = args.precision.split(",")

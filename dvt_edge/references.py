@@ -1,0 +1,57 @@
+"""The reference checkpoints shipped with dvt-edge, and the commands that made them.
+
+``cifar10`` (``dvt_small_cifar``, 32x32 RGB natural images) is the default of the demo, the
+webcam app, ``bench`` and ``export``; ``fashion-mnist`` (``dvt_tiny_fmnist_ms``, 28x28
+grayscale) is the second reference, kept for tests and comparison.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A committed checkpoint, its model card, and the exact training command (flags of
+    ``python -m dvt_edge.train`` without ``--out``) that produced it."""
+
+    key: str
+    model: str
+    checkpoint: Path
+    retrain: tuple[str, ...]
+    about: str
+
+    @property
+    def card(self) -> Path:
+        return card_path(self.checkpoint)
+
+
+def card_path(checkpoint: Path) -> Path:
+    """Where a published checkpoint's model card lives: ``MODEL_CARD_<stem>.md`` beside it."""
+    return Path(checkpoint).parent / f"MODEL_CARD_{Path(checkpoint).stem}.md"
+
+
+REFERENCES: dict[str, Reference] = {
+    "cifar10": Reference(
+        "cifar10", "dvt_small_cifar", ASSETS / "dvt_small_cifar.pt",
+        ("--model", "dvt_small_cifar", "--data", "cifar10-jpeg", "--epochs", "30", "--seed", "0", "--lr", "0.002",
+         "--warmup-epochs", "2.0", "--label-smoothing", "0.1", "--pad", "4", "--threads", "2"),
+        "CIFAR-10 (32x32 RGB natural images), trained on 45,000 training images, figures on the 5,000 held out",
+    ),
+    "fashion-mnist": Reference(
+        "fashion-mnist", "dvt_tiny_fmnist_ms", ASSETS / "dvt_tiny_fmnist_ms.pt",
+        ("--model", "dvt_tiny_fmnist_ms", "--data", "fashion-mnist", "--epochs", "20", "--drop-path", "0.05", "--seed", "0",
+         "--threads", "2"),
+        "Fashion-MNIST (28x28 grayscale clothes), figures on the official test split",
+    ),
+}
+DEFAULT_REFERENCE = REFERENCES["cifar10"]
+
+
+def get_reference(key: str) -> Reference:
+    if key not in REFERENCES:
+        raise ValueError(f"unknown reference {key!r}; valid: {sorted(REFERENCES)}")
+    return REFERENCES[key]
