@@ -78,7 +78,7 @@ def bench_bundle(bundle_dir: Path, x: np.ndarray, y: np.ndarray, budgets: Option
     static = []
     for e in range(b.num_exits):
         # exit e alone = stages 1..e always run (it needs its predecessors' reuse tensors)
-        thr = [0.0 if k == e else 1.1 for k in range(b.num_exits - 1)] if e < b.num_exits - 1 else [1.1] * (b.num_exits - 1)
+        thr = [0.0 if k == e else None for k in range(b.num_exits - 1)]  # None: never stop there
         meas = _run_cascade(b, xh, yh, thr)
         static.append({"exit": e + 1, "grid": m.exits[e].grid, "gflops": m.exits[e].gflops,
                        "accuracy_all": acc_all[e], "accuracy": meas["accuracy"],

@@ -46,9 +46,9 @@ def test_threshold_semantics(onnx_bundle, val):
     b = Bundle.open(onnx_bundle)
     x = val[0][:10]
     assert all(p.exit == 0 for p in b.predict(x, thresholds=[0.0, 0.0]))  # everyone stops at exit 1
-    assert all(p.exit == 2 for p in b.predict(x, thresholds=[1.1, 1.1]))  # nobody is confident enough
+    assert all(p.exit == 2 for p in b.predict(x, thresholds=[None, None]))  # nobody is confident enough
     logits = b.run_exits(x)
-    for p, lg in zip(b.predict(x, thresholds=[1.1, 1.1]), logits[2]):
+    for p, lg in zip(b.predict(x, thresholds=[None, None]), logits[2]):
         assert p.label == int(lg.argmax())
     # the first exit whose confidence reaches its threshold answers
     conf = [np.exp(lg - lg.max(1, keepdims=True)) / np.exp(lg - lg.max(1, keepdims=True)).sum(1, keepdims=True) for lg in logits]
@@ -78,10 +78,10 @@ def test_deadline_skips_stages_that_would_overrun(onnx_bundle, val):
     with pytest.raises(ValueError, match="p90"):
         b.predict(val[0][0], deadline_ms=1.0)
     b.use_profile([0.01, 1000.0, 1000.0])  # exit 2 "takes" a second
-    ps = b.predict(val[0][:5], thresholds=[1.1, 1.1], deadline_ms=5.0)
+    ps = b.predict(val[0][:5], thresholds=[None, None], deadline_ms=5.0)
     assert all(p.exit == 0 and p.deadline_skipped for p in ps)
     b.use_profile([0.0, 0.0, 0.0])
-    assert all(p.exit == 2 and not p.deadline_skipped for p in b.predict(val[0][:5], thresholds=[1.1, 1.1], deadline_ms=1e6))
+    assert all(p.exit == 2 and not p.deadline_skipped for p in b.predict(val[0][:5], thresholds=[None, None], deadline_ms=1e6))
 
 
 def test_bad_inputs(onnx_bundle):

@@ -21,11 +21,43 @@ import numpy as np
 from dvt_runtime.backends import Session, open_session
 from dvt_runtime.manifest import Manifest, ManifestError  # noqa: F401  (ManifestError: raised by open)
 
-__all__ = ["Bundle", "Prediction", "InputError"]
+__all__ = ["Bundle", "Prediction", "InputError", "NonFiniteOutput", "check_thresholds", "positive_ms"]
 
 
 class InputError(ValueError):
     """An input of the wrong shape, dtype or with non-finite values."""
+
+
+class NonFiniteOutput(ValueError):
+    """An exit produced NaN or infinite logits: the answer would be meaningless."""
+
+
+def positive_ms(name: str, v, allow_zero: bool = False) -> float:
+    """A finite, positive (or with ``allow_zero`` non-negative) number of milliseconds, not a bool
+    or a string; otherwise a ValueError naming ``name``."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number of milliseconds, got {type(v).__name__} {v!r}")
+    if not np.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise ValueError(f"{name} must be a finite {'non-negative' if allow_zero else 'positive'} number of milliseconds, got {v!r}")
+    return float(v)
+
+
+def check_thresholds(t, num_exits: int, where: str = "thresholds") -> list[Optional[float]]:
+    """``num_exits - 1`` (or ``num_exits``) confidences in [0, 1] or None (never stop there)."""
+    if isinstance(t, (str, bytes, dict)) or not hasattr(t, "__len__"):
+        raise ValueError(f"{where} must be a list of {num_exits - 1} confidences in [0, 1] (or None), got {t!r}")
+    t = list(t)
+    if len(t) not in (num_exits - 1, num_exits):
+        raise ValueError(f"{where}: need {num_exits - 1} (or {num_exits}) thresholds for {num_exits} exits, got {len(t)}")
+    out: list[Optional[float]] = []
+    for k, v in enumerate(t):
+        if v is None:
+            out.append(None)
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v) or not 0.0 <= v <= 1.0:
+            raise ValueError(f"{where}: threshold of exit {k + 1} must be a confidence in [0, 1] or None, got {v!r}")
+        out.append(float(v))
+    return out
 
 
 @dataclass
@@ -110,21 +142,28 @@ class Bundle:
         return self.path / "calibration" / f"{safe}.json"
 
     def use_calibration(self, device_name: str, missing_ok: bool = False) -> Optional[dict]:
-        """Use ``calibration/<device>.json``: its thresholds, per-stage p90 and budget table."""
+        """Use ``calibration/<device>.json``: its thresholds, per-stage p90 and budget table.
+
+        The file is validated (schema, types, ranges) and must have been made for this bundle
+        (model, target, precision, artifact hashes); otherwise a CalibrationError names the file.
+        """
+        from dvt_runtime.calibration import read_calibration
+
         p = self.calibration_path(device_name)
-        if not p.is_file():
+        if not p.exists():
             if missing_ok:
                 return None
             raise FileNotFoundError(f"no calibration for device {device_name!r} in {self.path} (run python -m dvt_runtime.calibrate)")
-        cal = json.loads(p.read_text())
+        cal = read_calibration(p, self.manifest)
         self.calibration = cal
         self.stage_p90_ms = [s["p90"] for s in cal["profile"]["stages"]]
+        self.controller = None
         return cal
 
     def use_profile(self, stage_p90_ms: Sequence[float]) -> None:
-        if len(stage_p90_ms) != self.num_exits:
-            raise ValueError(f"need one p90 per stage ({self.num_exits}), got {len(stage_p90_ms)}")
-        self.stage_p90_ms = [float(v) for v in stage_p90_ms]
+        if isinstance(stage_p90_ms, (str, bytes)) or not hasattr(stage_p90_ms, "__len__") or len(stage_p90_ms) != self.num_exits:
+            raise ValueError(f"need one p90 per stage ({self.num_exits}), got {stage_p90_ms!r}")
+        self.stage_p90_ms = [positive_ms(f"p90 of stage {i + 1}", v, allow_zero=True) for i, v in enumerate(stage_p90_ms)]
 
     # ------------------------------------------------------------------ inputs
     def preprocess(self, image: np.ndarray) -> np.ndarray:
@@ -159,6 +198,8 @@ class Bundle:
     def run_exits(self, x: np.ndarray) -> list[np.ndarray]:
         """Logits of every exit for every sample: list of (N, classes) arrays (no early exit)."""
         x = self._check_input(np.asarray(x))
+        if len(x) == 0:
+            raise InputError("run_exits got an empty batch (0 images); pass at least one image")
         out: list[list[np.ndarray]] = [[] for _ in range(self.num_exits)]
         for i in range(len(x)):
             carry = None
@@ -177,16 +218,21 @@ class Bundle:
         its profiled p90 would overrun the deadline.
         """
         a = np.asarray(x)
+        if a.dtype == object:
+            raise InputError("predict takes one image or one array of images; a list of arrays of different sizes or dtypes "
+                             "is ambiguous: preprocess each image (bundle.preprocess) and stack them")
         single = a.dtype == np.uint8 or a.ndim == len(self.input_shape)
         xb = self.preprocess(a) if a.dtype == np.uint8 else self._check_input(a)
+        if len(xb) == 0:
+            raise InputError("predict got an empty batch (0 images); pass at least one image")
         if budget_ms is not None:
+            budget_ms = positive_ms("budget_ms", budget_ms)
             if thresholds is not None:
                 raise ValueError("pass either thresholds or budget_ms, not both")
             thresholds = self._controller(budget_ms).thresholds()
         thr = self._thresholds(thresholds)
         if deadline_ms is not None:
-            if deadline_ms <= 0:
-                raise ValueError(f"deadline_ms must be positive, got {deadline_ms}")
+            deadline_ms = positive_ms("deadline_ms", deadline_ms)
             if self.stage_p90_ms is None:
                 raise ValueError("deadline mode needs per-stage p90 latencies: open with device_name= of a calibrated device, "
                                  "or call bundle.use_profile(p90s)")
@@ -197,11 +243,9 @@ class Bundle:
         return preds[0] if single else preds
 
     def _thresholds(self, thresholds) -> np.ndarray:
-        t = list(self.default_thresholds() if thresholds is None else thresholds)
+        t = check_thresholds(self.default_thresholds() if thresholds is None else thresholds, self.num_exits)
         if len(t) == self.num_exits - 1:
             t = t + [None]
-        if len(t) != self.num_exits:
-            raise ValueError(f"need {self.num_exits - 1} or {self.num_exits} thresholds, got {len(t)}")
         out = np.array([np.inf if v is None else float(v) for v in t], dtype=np.float64)
         out[-1] = -np.inf  # the last exit always answers
         return out
@@ -218,17 +262,23 @@ class Bundle:
             for i in active:  # regrouped: only undecided samples run this stage
                 if deadline_ms is not None and e > 0 and elapsed[i] + self.stage_p90_ms[e] > deadline_ms:
                     result[i] = self._answer(carry[i]["logits"][0], e - 1, stage_ms[i], True)
+                    carry[i] = None
                     continue
                 t0 = time.perf_counter()
                 out = self.run_exit(e, xb[i : i + 1], carry[i])
                 dt = (time.perf_counter() - t0) * 1e3
                 stage_ms[i].append(dt)
                 elapsed[i] += dt
-                carry[i] = out
                 logits = out["logits"][0]
+                if not np.isfinite(logits).all():
+                    raise NonFiniteOutput(f"exit {e + 1} of {self.manifest.model} ({self.manifest.target}/{self.manifest.precision}) "
+                                          f"returned non-finite logits for sample {i}: the input is out of range for this model, "
+                                          "or the artifact is broken (re-export and verify it)")
                 if e == E - 1 or softmax(logits).max() >= thr[e]:
                     result[i] = self._answer(logits, e, stage_ms[i], False)
+                    carry[i] = None  # decided: its features and relations are no longer needed
                 else:
+                    carry[i] = out
                     still.append(i)
             active = still
         assert all(r is not None for r in result)

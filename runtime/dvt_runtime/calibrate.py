@@ -30,11 +30,7 @@ from dvt_runtime.io import atomic_write_json
 from dvt_runtime.manifest import ManifestError
 from dvt_runtime.search import ALGORITHMS, ExitOutputs, evaluate_thresholds, frontier_table, search_thresholds
 
-SCHEMA = "dvt-calibration/1"
-
-
-class CalibrationError(ValueError):
-    pass
+from dvt_runtime.calibration import SCHEMA, CalibrationError, bundle_identity  # noqa: F401  (re-exported)
 
 
 def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -42,12 +38,20 @@ def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
     p = Path(path)
     if not p.is_file():
         raise CalibrationError(f"validation data {p} not found (write one with: python -m dvt_edge.data export --split val --out val.npz)")
-    z = np.load(p, allow_pickle=False)
-    if "images" not in z.files:
+    try:
+        z = np.load(p, allow_pickle=False)
+        files = z.files
+    except (OSError, ValueError, EOFError) as e:
+        raise CalibrationError(f"{p} is not a readable .npz archive ({type(e).__name__}); write one with: "
+                               "python -m dvt_edge.data export --split val --out val.npz") from None
+    if "images" not in files:
         raise CalibrationError(f"{p} has no 'images' array (found {z.files})")
     if "labels" not in z.files:
         raise CalibrationError(f"{p} has no 'labels': calibration measures accuracy, so it needs labelled images")
-    x, y = z["images"], z["labels"].astype(np.int64)
+    x, y = z["images"], z["labels"]
+    if y.ndim != 1 or y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer):
+        raise CalibrationError(f"{p}: labels must be a 1-D integer array (class indices); got {y.dtype} {y.shape}")
+    y = y.astype(np.int64)
     if len(x) == 0:
         raise CalibrationError(f"{p} holds no images")
     if len(x) != len(y):
@@ -137,8 +141,13 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
 
     if algorithm not in ALGORITHMS:
         raise CalibrationError(f"unknown algorithm {algorithm!r}; valid: {list(ALGORITHMS)}")
-    if not np.isfinite(budget_ms) or budget_ms <= 0:
-        raise CalibrationError(f"budget must be a positive number of milliseconds, got {budget_ms}")
+    if isinstance(budget_ms, bool) or not isinstance(budget_ms, (int, float)) or not np.isfinite(budget_ms) or budget_ms <= 0:
+        raise CalibrationError(f"budget must be a positive number of milliseconds, got {budget_ms!r}")
+    target = bundle.calibration_path(device_name or socket.gethostname())
+    if target.parent.exists() and not target.parent.is_dir():
+        raise CalibrationError(f"{target.parent} is a file, not a folder: calibrations are written to {target}; move that file away")
+    if target.exists() and not target.is_file():
+        raise CalibrationError(f"{target} exists and is not a file; move it away")
     if not 0 < holdout < 1:
         raise CalibrationError(f"holdout must be a fraction in (0, 1), got {holdout}")
     if len(x) < 4:
@@ -188,7 +197,7 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
     result = {
         "schema": SCHEMA, "schema_version": 1, "device": device_name,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "bundle": {"model": bundle.manifest.model, "target": bundle.manifest.target, "precision": bundle.manifest.precision},
+        "bundle": bundle_identity(bundle.manifest),
         "profile": profile.summary(), "profile_source": "measured here" if measured_here else "given (--profile)",
         "cascade_overhead_ms": overhead,
         "metric": metric, "algorithm": algorithm, "budget_ms": budget_ms,
@@ -238,11 +247,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--profile", default=None, help="latency profile JSON (e.g. imported from a phone); default: profile here")
     ap.add_argument("--algorithm", default="exact", help=f"one of {list(ALGORITHMS)}")
     ap.add_argument("--device-name", default=None, help="name of this device (default: hostname)")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads per session (>= 1)")
     ap.add_argument("--holdout", type=float, default=0.5)
     ap.add_argument("--runs", type=int, default=200, help="profiling runs per stage")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.threads < 1:
+        ap.error(f"--threads must be >= 1, got {args.threads}")
     try:
         bundle = Bundle.open(args.bundle, threads=args.threads)
         x, y = load_npz(args.data)

@@ -9,8 +9,11 @@ by that factor, fits the budget.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
+
+HISTORY = 1000  # recent speed estimates kept (bounded: a controller may run for months)
 
 __all__ = ["BudgetController"]
 
@@ -22,7 +25,7 @@ class BudgetController:
     stage_mean_ms: list[float]  # profiled mean per stage
     alpha: float = 0.2  # EMA weight of each new observation
     scale: float = 1.0  # observed / profiled latency, running estimate
-    history: list[float] = field(default_factory=list)
+    history: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
 
     def __post_init__(self) -> None:
         if self.budget_ms <= 0:

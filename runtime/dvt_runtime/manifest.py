@@ -52,6 +52,8 @@ class ExitSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ExitSpec":
+        if not isinstance(d, dict):
+            raise TypeError(f"an exit must be an object, got {type(d).__name__}")
         d = dict(d)
         d["inputs"] = [TensorSpec(**t) for t in d["inputs"]]
         d["outputs"] = [TensorSpec(**t) for t in d["outputs"]]
@@ -105,10 +107,48 @@ class Manifest:
         d = dict(d)
         try:
             d["preprocess"] = Preprocess.from_dict(d["preprocess"])
+            if not isinstance(d["exits"], list):
+                raise TypeError("exits must be a list")
             d["exits"] = [ExitSpec.from_dict(e) for e in d["exits"]]
+            m = cls(**_known(cls, d))
         except (TypeError, KeyError, ValueError) as e:
+            if isinstance(e, ManifestError):
+                raise
             raise ManifestError(f"malformed manifest: {e}") from None
-        return cls(**_known(cls, d))
+        m.validate()
+        return m
+
+    def validate(self) -> None:
+        """Types and ranges of every field a device relies on (a wrong type is a ManifestError, never a wrong label)."""
+        for name in ("model", "target", "precision", "backend"):
+            _need(isinstance(getattr(self, name), str) and getattr(self, name), f"{name} must be a non-empty string, got {getattr(self, name)!r}")
+        _need(isinstance(self.exits, list) and self.exits, "exits must be a non-empty list")
+        for i, e in enumerate(self.exits):
+            w = f"exit {i + 1}:"
+            _need(_is_int(e.index) and e.index == i, f"{w} index must be {i}, got {e.index!r}")
+            _need(_is_int(e.grid) and e.grid > 0 and _is_int(e.tokens) and e.tokens > 0, f"{w} grid and tokens must be positive integers")
+            _need(isinstance(e.artifact, str) and e.artifact, f"{w} artifact must be a relative path string, got {e.artifact!r}")
+            _need(isinstance(e.sha256, str) and len(e.sha256) == 64 and all(c in "0123456789abcdef" for c in e.sha256),
+                  f"{w} sha256 must be 64 lowercase hex digits, got {e.sha256!r}")
+            _need(_is_int(e.size_bytes) and e.size_bytes >= 0, f"{w} size_bytes must be a non-negative integer, got {e.size_bytes!r}")
+            _need(all(_is_num(v) and v >= 0 for v in (e.gflops, e.stage_gflops)), f"{w} gflops must be non-negative numbers")
+            for t in list(e.inputs) + list(e.outputs):
+                _need(isinstance(t.name, str) and t.name, f"{w} tensor names must be strings, got {t.name!r}")
+                _need(isinstance(t.shape, list) and all(_is_int(v) and v > 0 for v in t.shape), f"{w} tensor {t.name} has a bad shape {t.shape!r}")
+            _need(isinstance(e.quantization, dict), f"{w} quantization must be an object")
+        logits = [t for t in self.exits[-1].outputs if t.name == "logits"]
+        _need(bool(logits), "the last exit has no 'logits' output")
+        n_classes = logits[0].shape[-1]
+        _need(isinstance(self.classes, list) and all(isinstance(c, str) for c in self.classes),
+              f"classes must be a list of strings, got {type(self.classes).__name__}")
+        _need(len(self.classes) == n_classes, f"classes lists {len(self.classes)} names but the model outputs {n_classes} logits")
+        if self.thresholds is not None:
+            t = self.thresholds
+            _need(isinstance(t, list) and len(t) in (self.num_exits - 1, self.num_exits),
+                  f"thresholds must be a list of {self.num_exits - 1} numbers (or null), got {t!r}")
+            _need(all(v is None or (_is_num(v) and 0.0 <= v <= 1.0) for v in t), f"thresholds must be confidences in [0, 1] or null, got {t!r}")
+        for name in ("model_config", "quantization", "parity", "toolchain", "source", "extras"):
+            _need(isinstance(getattr(self, name), dict), f"{name} must be an object")
 
     @classmethod
     def from_json(cls, text: str) -> "Manifest":
@@ -116,6 +156,8 @@ class Manifest:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as e:
             raise ManifestError(f"manifest.json is not valid JSON: {e}") from None
+        except RecursionError:
+            raise ManifestError("manifest.json is nested too deeply to be a manifest") from None
 
     # ---------------------------------------------------------------- files
     def save(self, bundle_dir: Union[str, Path]) -> Path:
@@ -179,6 +221,21 @@ def _digest(p: Path) -> str:
 
 def artifact_digest(p: Union[str, Path]) -> str:
     return _digest(Path(p))
+
+
+def _need(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ManifestError(f"malformed manifest: {msg}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    import math
+
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _known(cls, d: dict) -> dict:

@@ -8,6 +8,7 @@ which may differ from OpenCV by a rounding step for non-integer scale factors.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Optional
 
@@ -47,6 +48,14 @@ class Preprocess:
         nc = self.num_channels
         if len(self.mean) != nc or len(self.std) != nc:
             raise ValueError(f"mean/std need {nc} value(s) for channels={self.channels!r}")
+        for name, v in (("size", self.size), ("resize", self.resize)):
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= 16384:
+                raise ValueError(f"preprocess {name} must be a whole number of pixels in 1..16384, got {v!r}")
+        for name, vals in (("mean", self.mean), ("std", self.std)):
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in vals):
+                raise ValueError(f"preprocess {name} must be finite numbers, got {list(vals)}")
+        if not all(v > 0 for v in self.std):
+            raise ValueError(f"preprocess std must be positive (it divides the pixels), got {list(self.std)}")
         if self.resize < self.size:
             raise ValueError(f"resize ({self.resize}) must be >= size ({self.size})")
 
@@ -65,7 +74,12 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocess:
+        if not isinstance(d, dict):
+            raise ValueError(f"preprocess must be a JSON object, got {type(d).__name__}")
         d = dict(d)
+        for k in ("mean", "std"):
+            if not isinstance(d.get(k), (list, tuple)):
+                raise ValueError(f"preprocess {k} must be a list of numbers, got {d.get(k)!r}")
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
         return cls(**d)
 
@@ -75,6 +89,8 @@ class Preprocess:
         img = np.asarray(image)
         if img.dtype != np.uint8:
             raise ValueError(f"expected a uint8 image, got dtype {img.dtype}; pass raw pixels (0-255)")
+        if img.ndim >= 2 and (img.shape[0] == 0 or img.shape[1] == 0):
+            raise ValueError(f"empty image of shape {img.shape}: nothing to classify (check the camera or file)")
         img = self._convert_channels(img)  # (H, W, C) uint8
         img = self._resize_crop(img)
         x = img.astype(np.float32) * np.float32(1.0 / 255.0)
