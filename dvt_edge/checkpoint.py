@@ -19,7 +19,7 @@ from typing import Optional, Union
 
 import torch
 
-from dvt_edge.models import DVT, DVTConfig, create_model, list_models, model_from_args
+from dvt_edge.models import DVT, STAGE_NAMES, DVTConfig, create_model, list_models, model_from_args
 from dvt_runtime.io import atomic_write
 from dvt_runtime.preprocess import Preprocess
 
@@ -150,6 +150,41 @@ def infer_model_name(sd: dict[str, torch.Tensor]) -> tuple[str, int]:
     )
 
 
+def _check_config_against_weights(cfg: DVTConfig, sd: dict[str, torch.Tensor], path: Path) -> None:
+    """Before building anything: the stored config's sizes must be those of the stored weights.
+
+    A small file whose config claims ``depth=10**6`` or ``embed_dim=2**20`` would otherwise
+    allocate the model first and exhaust memory; the weights bound what the config may say.
+    """
+    stages = sorted({k.split(".")[0] for k in sd if "." in k})
+    first = STAGE_NAMES[0] if cfg.num_exits == 3 else "stage0"
+    facts = []
+    if len(stages) != cfg.num_exits:
+        facts.append(f"{cfg.num_exits} exits configured, weights for {len(stages)} stage(s)")
+    cls = sd.get(f"{first}.cls_token")
+    if cls is None or cls.shape[-1] != cfg.embed_dim:
+        facts.append(f"embed_dim {cfg.embed_dim} configured, weights have {None if cls is None else cls.shape[-1]}")
+    blocks = {int(k.split(".")[2]) for k in sd if k.startswith(f"{first}.blocks.") and k.split(".")[2].isdigit()}
+    if len(blocks) != cfg.depth:
+        facts.append(f"depth {cfg.depth} configured, weights have {len(blocks)} block(s)")
+    head = sd.get(f"{first}.head.weight")
+    if (head.shape[0] if head is not None else 0) != cfg.num_classes:
+        facts.append(f"{cfg.num_classes} classes configured, the head in the weights has {None if head is None else head.shape[0]}")
+    fc1 = sd.get(f"{first}.blocks.0.mlp.fc1.weight")
+    if fc1 is not None and fc1.shape[0] != int(cfg.embed_dim * cfg.mlp_ratio):
+        facts.append(f"mlp_ratio {cfg.mlp_ratio} configured, weights have MLP width {fc1.shape[0]}")
+    for i, name in enumerate(stages[: cfg.num_exits]):
+        pe = sd.get(f"{name}.pos_embed")
+        if pe is not None and i < len(cfg.grids) and pe.shape[1] != 1 + cfg.grids[i] ** 2:
+            facts.append(f"exit {i + 1}: grid {cfg.grids[i]} configured, position table for {pe.shape[1]} tokens")
+    rel = [v for k, v in sd.items() if k.endswith("relation_reuse_conv.0.weight")]
+    if rel and rel[0].shape[1] != cfg.depth * cfg.num_heads:
+        facts.append(f"depth x num_heads = {cfg.depth * cfg.num_heads} configured, relation maps in the weights: {rel[0].shape[1]}")
+    if facts:
+        raise CheckpointError(f"{path}: its stored model config does not match its weights ({'; '.join(facts)}); "
+                              "the file is corrupted or was edited: nothing was built")
+
+
 def load_checkpoint(
     path: Union[str, Path],
     model: Union[DVT, str, None] = None,
@@ -177,8 +212,11 @@ def load_checkpoint(
     elif model is None:
         if ours:
             try:
+                _check_config_against_weights(DVTConfig.from_dict(ckpt["model"]["config"]), sd, path)
                 model = model_from_args(ckpt["model"])
             except (KeyError, TypeError, ValueError) as e:
+                if isinstance(e, CheckpointError):
+                    raise
                 raise CheckpointError(f"{path}: cannot rebuild its model from the stored arguments ({e})") from None
         else:
             name, n_cls = infer_model_name(sd)

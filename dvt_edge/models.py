@@ -79,6 +79,16 @@ class DVTConfig:
     drop_path_rate: float = 0.0
 
     def __post_init__(self) -> None:
+        # bounds a stored config cannot exceed (a checkpoint is untrusted input: sizes allocate)
+        for name, hi in (("img_size", 8192), ("in_chans", 64), ("embed_dim", 16384), ("depth", 256), ("num_heads", 256),
+                         ("token_dim", 16384), ("reuse_dim", 16384), ("reuse_hidden", 65536)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= hi:
+                raise ValueError(f"{name} must be an integer in 1..{hi}, got {v!r}")
+        if not all(isinstance(g, int) and 0 < g <= 512 for g in self.grids) or not all(isinstance(u, int) and 0 <= u <= 8192 for u in self.reuse_upsample):
+            raise ValueError(f"grids must be in 1..512 and reuse_upsample in 0..8192, got {self.grids}, {self.reuse_upsample}")
+        if not (isinstance(self.mlp_ratio, (int, float)) and 0 < self.mlp_ratio <= 64):
+            raise ValueError(f"mlp_ratio must be in (0, 64], got {self.mlp_ratio!r}")
         n = len(self.grids)
         if n < 1:
             raise ValueError("a DVT needs at least one exit (grids=() given)")

@@ -27,8 +27,8 @@ from dvt_edge.export.common import ExitArtifact, ExitGraph, ExitJob, exit_graphs
 from dvt_edge.export.targets import TARGETS, Target, TargetUnavailable, get_target
 from dvt_edge.models import DVT
 from dvt_runtime.bundle import softmax
-from dvt_runtime.io import sha256_file
-from dvt_runtime.manifest import ExitSpec, Manifest, TensorSpec, artifact_digest
+from dvt_runtime.io import current_umask, sha256_file
+from dvt_runtime.manifest import ExitSpec, Manifest, ManifestError, TensorSpec, artifact_digest
 from dvt_runtime.preprocess import Preprocess
 
 __all__ = ["export_bundle", "ExportError", "TARGETS", "get_target", "TargetUnavailable", "ExportResult"]
@@ -297,8 +297,9 @@ def export_bundle(
     model, info = load_checkpoint(checkpoint, model=model_name, trusted=trusted)
     pre = info.preprocess or default_preprocess(model.cfg.in_chans, model.cfg.img_size)
     dest = Path(out) if out else Path("bundles") / f"{model.name}-{t.name}-{precision}"
-    if dest.exists() and not force:
-        raise ExportError(f"{dest} already exists; pass --force to replace it (the old bundle is kept until the new one is complete)")
+    for note in _recover_leftovers(dest):
+        print(f"note: {note}")
+    _check_destination(dest, force)
     schemes = [None]
     if precision == "int8":
         valid = list(t.int8.get("schemes", []))
@@ -319,7 +320,8 @@ def export_bundle(
     thresholds, thr_source = _default_thresholds(model, info, real_ref, data.verify_y)
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{os.getpid()}-", dir=dest.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; a bundle is as readable as any folder the user makes
     try:
         artifacts: list[ExitArtifact] = []
         choice_notes = []
@@ -451,11 +453,86 @@ def _size(p: Path) -> int:
 
 
 def _install(tmp: Path, dest: Path) -> None:
-    """Rename the finished bundle into place; an old bundle is moved aside first, removed after."""
-    old = None
-    if dest.exists():
-        old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-        os.replace(dest, old)
+    """Put the finished bundle at ``dest`` so that the path always holds the old or the new one.
+
+    Linux: one atomic ``renameat2(RENAME_EXCHANGE)`` swaps the two directories. Elsewhere the
+    old bundle is renamed aside first; if the process dies between the two renames, the next
+    export to the same path puts it back (:func:`_recover_leftovers`).
+    """
+    if not dest.exists():
+        os.replace(tmp, dest)
+        return
+    if _exchange(tmp, dest):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old bundle
+        return
+    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+    os.replace(dest, old)
     os.replace(tmp, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    AT_FDCWD, RENAME_EXCHANGE = -100, 2
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn(AT_FDCWD, os.fsencode(str(a)), AT_FDCWD, os.fsencode(str(b)), RENAME_EXCHANGE) == 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _recover_leftovers(dest: Path) -> list[str]:
+    """Clean what interrupted exports to ``dest`` left: temporary folders of dead processes are
+    removed; an old bundle moved aside is put back when ``dest`` is missing, removed otherwise."""
+    notes: list[str] = []
+    if dest.name in ("", ".", "..") or not dest.parent.is_dir():
+        return notes
+    for p in sorted(dest.parent.glob(f".{dest.name}.*")):
+        kind, _, rest = p.name[len(dest.name) + 2 :].partition("-")
+        pid = rest.split("-")[0]
+        if kind not in ("tmp", "old") or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        if kind == "old" and not dest.exists() and (p / "manifest.json").is_file():
+            os.replace(p, dest)
+            notes.append(f"restored the previous bundle {dest} from an interrupted export")
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+            notes.append(f"removed {p.name} left by an interrupted export")
+    return notes
+
+
+def _check_destination(dest: Path, force: bool) -> None:
+    """Refuse to replace anything but a bundle this package wrote (and never the working directory)."""
+    if dest.exists() or dest.is_symlink():
+        here = Path.cwd().resolve()
+        if dest.resolve() == here or dest.resolve() in here.parents:
+            raise ExportError(f"--out {dest} is the current directory (or holds it); name a new folder for the bundle, e.g. --out bundles/my-model")
+        if not dest.is_dir():
+            raise ExportError(f"{dest} exists and is not a folder; choose another --out")
+        if not force:
+            raise ExportError(f"{dest} already exists; pass --force to replace it (the old bundle is kept until the new one is complete)")
+        try:
+            Manifest.load(dest, verify=False)
+        except (ManifestError, OSError) as e:
+            raise ExportError(f"{dest} exists and is not a dvt-edge bundle ({e}); --force replaces only bundles: "
+                              "choose another --out, nothing was changed") from None
+    for parent in dest.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ExportError(f"cannot write the bundle under {parent}: it is a file, not a folder; choose another --out")

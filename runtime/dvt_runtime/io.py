@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Union
 
-__all__ = ["atomic_write", "atomic_write_json", "sha256_file"]
+__all__ = ["atomic_write", "atomic_write_json", "sha256_file", "current_umask"]
 
 
 def atomic_write(path: Union[str, Path], data: bytes) -> Path:
@@ -22,7 +22,7 @@ def atomic_write(path: Union[str, Path], data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -37,7 +37,7 @@ def atomic_write(path: Union[str, Path], data: bytes) -> Path:
     return path
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
