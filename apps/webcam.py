@@ -579,7 +579,7 @@ def open_bundle(args):
     providers = [p.strip() for p in args.providers.split(",") if p.strip()] if getattr(args, "providers", None) else None
     try:
         bundle = Bundle.open(args.bundle, threads=args.threads, providers=providers, device_name=args.device_name)
-    except (ManifestError, BackendUnavailable, FileNotFoundError, OSError) as e:
+    except (ManifestError, BackendUnavailable, FileNotFoundError, OSError, ValueError) as e:  # ValueError: CalibrationError
         raise AppError(f"cannot open bundle {args.bundle}: {e}") from None
     return bundle
 

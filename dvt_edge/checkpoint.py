@@ -68,10 +68,19 @@ def _torch_load(path: Path, map_location, trusted: bool) -> object:
                 "it is refused by default. If you trust the file's source, load it with trusted=True "
                 "(CLI: --trust-checkpoint)."
             ) from None
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({lines[0] if lines else type(e).__name__})") from None
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({_safe_reason(lines, e)}); it may be truncated or another "
+                              "kind of file: re-download or re-save it") from None
     except Exception as e:  # torch raises many types on junk (KeyError, RuntimeError, EOFError, ...)
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({first})") from None
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({_safe_reason(str(e).strip().splitlines(), e)}); "
+                              "it may be truncated or another kind of file: re-download or re-save it") from None
+
+
+def _safe_reason(lines: list[str], e: BaseException) -> str:
+    """The loader's first line, unless it suggests unsafe loading (weights_only=False), which we never advise."""
+    first = lines[0].strip() if lines else ""
+    if not first or "weights_only" in first or "unsafe" in first.lower():
+        return type(e).__name__
+    return first[:200]
 
 
 def read_checkpoint(path: Union[str, Path], map_location="cpu", trusted: bool = False) -> dict:
@@ -185,6 +194,17 @@ def _check_config_against_weights(cfg: DVTConfig, sd: dict[str, torch.Tensor], p
                               "the file is corrupted or was edited: nothing was built")
 
 
+def _classes(classes, n: int, path: Path) -> Optional[list[str]]:
+    """The stored class names: a list of ``n`` strings, or None when the file has none."""
+    if classes is None:
+        return None
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes):
+        raise CheckpointError(f"{path}: 'classes' must be a list of class-name strings, got {type(classes).__name__} {str(classes)[:60]!r}")
+    if len(classes) != n:
+        raise CheckpointError(f"{path}: 'classes' names {len(classes)} classes but the model has {n} outputs")
+    return list(classes)
+
+
 def load_checkpoint(
     path: Union[str, Path],
     model: Union[DVT, str, None] = None,
@@ -236,7 +256,7 @@ def load_checkpoint(
         format="dvt-edge" if ours else "published",
         model_name=model.name,
         config=model.cfg,
-        classes=list(ckpt["classes"]) if ckpt.get("classes") is not None else None,
+        classes=_classes(ckpt.get("classes"), model.cfg.num_classes, path),
         preprocess=Preprocess.from_dict(pre) if isinstance(pre, dict) else None,
         flops=[float(f) for f in ckpt["flops"]] if ckpt.get("flops") is not None else None,
         accuracies=[float(a) for a in ckpt["anytime_classification"]] if ckpt.get("anytime_classification") is not None else None,

@@ -774,7 +774,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         out = export_npz(ds, Path(args.out), args.n, args.seed)
         print(f"wrote {out} ({min(args.n or len(ds), len(ds))} samples of {ds.name}/{ds.split}, preprocessed {ds.preprocess.input_shape})")
         return 0
-    except DataError as e:
+    except (DataError, ValueError) as e:  # CheckpointError (--checkpoint) is a ValueError too
         print(f"error: {e}", file=sys.stderr)
         return 2
 

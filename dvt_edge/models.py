@@ -57,7 +57,8 @@ class DVTConfig:
     mlp_ratio: float = 2.0
     qkv_bias: bool = False
     #: ``t2t`` (tokens-to-token performer, T2T-ViT), ``patch`` (conv patch embedding,
-    #: DeiT) or ``conv`` (a small conv stem then a strided conv; for tiny images).
+    #: DeiT), ``conv`` (a small conv stem then a strided conv; for tiny images) or
+    #: ``convbn`` (three conv+BatchNorm layers then a strided conv; natural images).
     tokenizer: str = "t2t"
     #: Token grid side of each stage (one entry per exit).
     grids: tuple[int, ...] = (7, 10, 14)
@@ -397,6 +398,25 @@ class ConvTokenizer(nn.Module):
         return self.proj(self.stem(x)).flatten(2).transpose(1, 2)  # (B, g*g, embed)
 
 
+class ConvBNTokenizer(nn.Module):
+    """A stronger conv stem for natural images: three 3x3 convs with BatchNorm (one stride 2),
+    then the strided conv to the token grid. BatchNorm folds into the convs at inference."""
+
+    def __init__(self, cfg: DVTConfig, stage: int):
+        super().__init__()
+        k, s, p = cfg.splits[stage]
+        c = cfg.token_dim
+
+        def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.GELU()]
+
+        self.stem = nn.Sequential(*block(cfg.in_chans, c // 2, 1), *block(c // 2, c, 2), *block(c, c, 1))
+        self.proj = nn.Conv2d(c, cfg.embed_dim, kernel_size=k, stride=s, padding=p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.stem(x)).flatten(2).transpose(1, 2)  # (B, g*g, embed)
+
+
 def _conv_out(n: int, k: int, s: int, p: int) -> int:
     return (n + 2 * p - k) // s + 1
 
@@ -407,7 +427,7 @@ def tokenizer_grid(cfg: DVTConfig, stage: int) -> int:
     n = cfg.stage_img_size(stage)
     if cfg.tokenizer == "t2t":
         return _conv_out(_conv_out(_conv_out(n, k, s, p), 3, 2, 1), 3, 2, 1)
-    if cfg.tokenizer == "conv":
+    if cfg.tokenizer in ("conv", "convbn"):
         return _conv_out(_conv_out(n, 3, 2, 1), k, s, p)
     return _conv_out(n, k, s, p)
 
@@ -416,8 +436,9 @@ TOKENIZERS: dict[str, Callable[[DVTConfig, int], nn.Module]] = {
     "t2t": T2TTokenizer,
     "patch": PatchTokenizer,
     "conv": ConvTokenizer,
+    "convbn": ConvBNTokenizer,
 }
-_TOKENIZER_ATTR = {"t2t": "tokens_to_token", "patch": "patch_embed", "conv": "patch_embed"}
+_TOKENIZER_ATTR = {"t2t": "tokens_to_token", "patch": "patch_embed", "conv": "patch_embed", "convbn": "patch_embed"}
 
 
 def sinusoid_table(n_position: int, d: int) -> torch.Tensor:
@@ -778,8 +799,8 @@ register_model(
 register_model(
     "dvt_small_cifar",
     DVTConfig(
-        img_size=32, in_chans=3, num_classes=10, embed_dim=96, depth=4, num_heads=2, mlp_ratio=2.0,
-        tokenizer="conv", token_dim=48, grids=(4, 6, 8), stage_img_sizes=(16, 24, 32),
+        img_size=32, in_chans=3, num_classes=10, embed_dim=96, depth=3, num_heads=2, mlp_ratio=2.0,
+        tokenizer="convbn", token_dim=64, grids=(4, 6, 8), stage_img_sizes=(16, 24, 32),
         splits=((2, 2, 0), (2, 2, 0), (2, 2, 0)), reuse_upsample=(0, 12, 16),
         reuse_dim=24, reuse_hidden=48, pos_embed="learned",
     ),

@@ -224,7 +224,22 @@ def _finetune_init(model: DVT, path: str, trusted: bool) -> str:
     return f"fine-tuning from {path}: {len(loadable)} tensors loaded, re-initialised {len(skipped)} (e.g. {skipped[:4]})"
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Nonsense arguments are refused before anything is read or written."""
+    for name, lo in (("epochs", 1), ("batch_size", 1), ("workers", 0), ("train_limit", 1), ("val_limit", 1), ("threads", 1), ("pad", 0)):
+        v = getattr(args, name, None)
+        if v is not None and v < lo:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {lo}, got {v}")
+    for name in ("lr", "weight_decay", "warmup_epochs", "label_smoothing"):
+        v = getattr(args, name)
+        if not math.isfinite(v) or v < 0 or (name == "lr" and v == 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite {'positive' if name == 'lr' else 'non-negative'} number, got {v}")
+    if args.label_smoothing >= 1 or (args.drop_path is not None and not 0 <= args.drop_path < 1):
+        raise ValueError("--label-smoothing and --drop-path must be in [0, 1)")
+
+
 def train(args: argparse.Namespace) -> dict:
+    check_args(args)
     rank, world, local_rank = _dist_info()
     if world > 1:
         backend = "nccl" if torch.cuda.is_available() else "gloo"

@@ -25,6 +25,7 @@ from dvt_edge.checkpoint import CheckpointInfo, load_checkpoint
 from dvt_edge.data import DataError, default_data, default_preprocess, load_dataset
 from dvt_edge.export.common import ExitArtifact, ExitGraph, ExitJob, exit_graphs
 from dvt_edge.export.targets import TARGETS, Target, TargetUnavailable, get_target
+from dvt_edge.logs import quiet_toolchains
 from dvt_edge.models import DVT
 from dvt_runtime.bundle import softmax
 from dvt_runtime.io import current_umask, sha256_file
@@ -289,8 +290,13 @@ def export_bundle(
     verify: bool = True,
     trusted: bool = False,
     progress: bool = True,
+    verbose: bool = False,
+    log_path: Optional[str] = None,
 ) -> ExportResult:
     """Export one (model, target, precision) bundle; returns its path, manifest and parity table."""
+    for name, v, lo in (("calib_n", calib_n, 1), ("verify_n", verify_n, 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ValueError(f"--{name.replace('_', '-')} must be a whole number >= {lo}, got {v!r}")
     t = get_target(target)
     t.check_precision(precision)
     t.check_available()
@@ -322,90 +328,99 @@ def export_bundle(
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{os.getpid()}-", dir=dest.parent))
     os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; a bundle is as readable as any folder the user makes
+    log = Path(log_path) if log_path else dest.parent / "dvt-edge-export.log"
     try:
-        artifacts: list[ExitArtifact] = []
-        choice_notes = []
-        mod = t.load()
-        it = range(len(graphs))
-        if progress:
-            from tqdm import tqdm
-
-            it = tqdm(it, desc=f"export {t.name} {precision}", unit="exit")
-        for e in it:
-            calib_e = [c[e]["inputs"] for c in calib_ref]
-            candidates = []
-            for sch in schemes:
-                cdir = tmp if len(schemes) == 1 else Path(tempfile.mkdtemp(prefix=f"{sch}-", dir=tmp))
-                art = mod.export_exit(ExitJob(e, graphs[e], t, precision, sch, calib_e, cdir))
-                candidates.append((sch, cdir, art))
-            if len(candidates) > 1:
-                sch, cdir, art = _pick_scheme(t, candidates, graphs, artifacts, tmp, data, real_ref, e, choice_notes)
-            else:
-                sch, cdir, art = candidates[0]
-            artifacts.append(art)
-        # the ort target: one required_operators.config for the whole bundle
-        cfgs = [f for a in artifacts for f in a.extra_files if f.endswith(".config")]
-        if cfgs:
-            from dvt_edge.export.onnx import merge_required_operators
-
-            merge_required_operators(tmp, cfgs)
-
-        # -- verification
-        sessions = _sessions(t, tmp, graphs, artifacts) if verify else None
-        if sessions is not None:
-            parity = _parity(t, precision, graphs, sessions, data, real_ref, fixed_ref, thresholds)
-        else:
-            parity = {"runtime": t.backend, "checked": "structural" if verify else "skipped (--no-verify)", "n_real": 0,
-                      "exits": [{"exit": e + 1} for e in range(len(graphs))],
-                      "note": f"{t.backend} cannot run on {platform.system()} here"}
-            if verify and t.name == "coreml":
-                from dvt_edge.export.coreml import check_structure
-
-                probs = []
-                for g, a in zip(graphs, artifacts):
-                    probs += [f"{a.artifact}: {p}" for p in check_structure(tmp / a.artifact, g.input_shapes(), g.output_shapes())]
-                parity["structure_problems"] = probs
-                if probs:
-                    raise ExportError("Core ML structural check failed: " + "; ".join(probs))
-        parity["data"] = data.note
-        if choice_notes:
-            parity["scheme_selection"] = choice_notes
-        problems = _check_parity(parity, precision) if verify else []
-        parity["problems"] = problems
-        parity["passed"] = not problems
-
-        exits = []
-        for e, (g, a) in enumerate(zip(graphs, artifacts)):
-            ex = model.exits[e]
-            p = tmp / a.artifact
-            in_s, out_s = g.input_shapes(), g.output_shapes()
-            exits.append(ExitSpec(
-                index=e, grid=ex.grid, tokens=ex.tokens, gflops=ex.gflops, stage_gflops=ex.stage_flops / 1e9,
-                artifact=a.artifact, sha256=artifact_digest(p), size_bytes=_size(p),
-                inputs=[TensorSpec(n, list(in_s[n])) for n in g.input_names],
-                outputs=[TensorSpec(n, list(out_s[n])) for n in g.output_names],
-                quantization=a.quantization, undelegated_ops=a.undelegated_ops,
-            ))
-        manifest = Manifest(
-            model=model.name, target=t.name, precision=precision,
-            classes=list(info.classes) if info.classes else [str(i) for i in range(model.cfg.num_classes)],
-            preprocess=pre, exits=exits, backend=t.backend, model_config=model.cfg.to_dict(),
-            quantization={"schemes_tried": [s for s in schemes if s], "recipe": t.recipe} if precision == "int8" else {},
-            thresholds=thresholds, thresholds_source=thr_source, parity=parity, toolchain=_toolchain(),
-            source={"checkpoint": str(checkpoint), "sha256": sha256_file(checkpoint), "format": info.format, "data": spec},
-            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        )
-        if cfgs:
-            manifest.extras["required_operators"] = "required_operators.config"
-        manifest.save(tmp)
-        report = format_parity(manifest)
-        if problems:
-            raise ExportError("verification failed (use --no-verify to write the bundle anyway):\n" + report)
-        _install(tmp, dest)
-        return ExportResult(dest, manifest, report)
+        with quiet_toolchains(log, verbose) as console:
+            return _export_into(tmp, dest, t, precision, model, info, pre, graphs, schemes, data, calib_ref, real_ref, fixed_ref,
+                                thresholds, thr_source, spec, checkpoint, verify, progress, console)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _export_into(tmp, dest, t, precision, model, info, pre, graphs, schemes, data, calib_ref, real_ref, fixed_ref,
+                 thresholds, thr_source, spec, checkpoint, verify, progress, console) -> ExportResult:
+    """Export, verify and write the manifest in ``tmp``, then install it at ``dest``."""
+    artifacts: list[ExitArtifact] = []
+    choice_notes = []
+    mod = t.load()
+    it = range(len(graphs))
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc=f"export {t.name} {precision}", unit="exit", file=console)
+    for e in it:
+        calib_e = [c[e]["inputs"] for c in calib_ref]
+        candidates = []
+        for sch in schemes:
+            cdir = tmp if len(schemes) == 1 else Path(tempfile.mkdtemp(prefix=f"{sch}-", dir=tmp))
+            art = mod.export_exit(ExitJob(e, graphs[e], t, precision, sch, calib_e, cdir))
+            candidates.append((sch, cdir, art))
+        if len(candidates) > 1:
+            sch, cdir, art = _pick_scheme(t, candidates, graphs, artifacts, tmp, data, real_ref, e, choice_notes)
+        else:
+            sch, cdir, art = candidates[0]
+        artifacts.append(art)
+    # the ort target: one required_operators.config for the whole bundle
+    cfgs = [f for a in artifacts for f in a.extra_files if f.endswith(".config")]
+    if cfgs:
+        from dvt_edge.export.onnx import merge_required_operators
+
+        merge_required_operators(tmp, cfgs)
+
+    # -- verification
+    sessions = _sessions(t, tmp, graphs, artifacts) if verify else None
+    if sessions is not None:
+        parity = _parity(t, precision, graphs, sessions, data, real_ref, fixed_ref, thresholds)
+    else:
+        parity = {"runtime": t.backend, "checked": "structural" if verify else "skipped (--no-verify)", "n_real": 0,
+                  "exits": [{"exit": e + 1} for e in range(len(graphs))],
+                  "note": f"{t.backend} cannot run on {platform.system()} here"}
+        if verify and t.name == "coreml":
+            from dvt_edge.export.coreml import check_structure
+
+            probs = []
+            for g, a in zip(graphs, artifacts):
+                probs += [f"{a.artifact}: {p}" for p in check_structure(tmp / a.artifact, g.input_shapes(), g.output_shapes())]
+            parity["structure_problems"] = probs
+            if probs:
+                raise ExportError("Core ML structural check failed: " + "; ".join(probs))
+    parity["data"] = data.note
+    if choice_notes:
+        parity["scheme_selection"] = choice_notes
+    problems = _check_parity(parity, precision) if verify else []
+    parity["problems"] = problems
+    parity["passed"] = not problems
+
+    exits = []
+    for e, (g, a) in enumerate(zip(graphs, artifacts)):
+        ex = model.exits[e]
+        p = tmp / a.artifact
+        in_s, out_s = g.input_shapes(), g.output_shapes()
+        exits.append(ExitSpec(
+            index=e, grid=ex.grid, tokens=ex.tokens, gflops=ex.gflops, stage_gflops=ex.stage_flops / 1e9,
+            artifact=a.artifact, sha256=artifact_digest(p), size_bytes=_size(p),
+            inputs=[TensorSpec(n, list(in_s[n])) for n in g.input_names],
+            outputs=[TensorSpec(n, list(out_s[n])) for n in g.output_names],
+            quantization=a.quantization, undelegated_ops=a.undelegated_ops,
+        ))
+    manifest = Manifest(
+        model=model.name, target=t.name, precision=precision,
+        classes=list(info.classes) if info.classes else [str(i) for i in range(model.cfg.num_classes)],
+        preprocess=pre, exits=exits, backend=t.backend, model_config=model.cfg.to_dict(),
+        quantization={"schemes_tried": [s for s in schemes if s], "recipe": t.recipe} if precision == "int8" else {},
+        thresholds=thresholds, thresholds_source=thr_source, parity=parity, toolchain=_toolchain(),
+        source={"checkpoint": str(checkpoint), "sha256": sha256_file(checkpoint), "format": info.format, "data": spec},
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+    if cfgs:
+        manifest.extras["required_operators"] = "required_operators.config"
+    manifest.save(tmp)
+    report = format_parity(manifest)
+    if problems:
+        raise ExportError("verification failed (use --no-verify to write the bundle anyway):\n" + report)
+    _install(tmp, dest)
+    return ExportResult(dest, manifest, report)
 
 
 def _pick_scheme(t, candidates, graphs, chosen_artifacts, tmp, data, real_ref, e, notes):

@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--force", action="store_true", help="replace an existing bundle")
     ap.add_argument("--no-verify", action="store_true", help="write the bundle even if parity checks fail")
     ap.add_argument("--trust-checkpoint", action="store_true", help="allow arbitrary unpickling (only for files you trust)")
+    ap.add_argument("--verbose", action="store_true", help="show the toolchains' own output (default: it goes to OUT/../dvt-edge-export.log)")
     ap.add_argument("--list-targets", action="store_true", help="print the targets and exit")
     return ap
 
@@ -68,8 +69,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.out:
                 out = f"{args.out.rstrip('/')}/{model_name}-{name}-{prec}" if several else args.out
             try:
-                r = export_bundle(args.checkpoint, name, prec, out, args.model, args.calib_data, args.calib_n, args.verify_n,
-                                  args.scheme, args.force, not args.no_verify, args.trust_checkpoint)
+                r = export_bundle(args.checkpoint, name, prec, out=out, model_name=args.model, calib_data=args.calib_data,
+                                  calib_n=args.calib_n, verify_n=args.verify_n, scheme=args.scheme, force=args.force,
+                                  verify=not args.no_verify, trusted=args.trust_checkpoint, verbose=args.verbose)
                 print(r.report)
                 print(f"wrote {r.path}\n")
             except (ExportError, TargetUnavailable) as e:

@@ -28,6 +28,7 @@ import datetime
 import gc
 import glob
 import json
+import math
 import os
 import platform
 import re
@@ -65,6 +66,8 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
+MAX_INPUT_BYTES = 64 << 20  # profiles and latency CSVs are kilobytes; refuse absurd files before reading
+MAX_CSV_LINE = 1 << 16
 SCHEMA = f"dvt-profile/{SCHEMA_VERSION}"
 SOURCES = ("measured", "csv", "json", "etdump")
 DRIFT_THRESHOLD = 1.15  # last-quarter / first-quarter median above this flags throttling
@@ -119,6 +122,8 @@ def _drift(samples: np.ndarray) -> dict[str, Optional[float]]:
 
 
 def _check_samples(samples: Sequence[float], what: str) -> np.ndarray:
+    if any(isinstance(v, (bool, np.bool_)) for v in samples):
+        raise ProfileError(f"{what}: latency samples must be numbers (ms), not true/false")
     try:
         a = np.asarray(samples, dtype=np.float64)
     except (TypeError, ValueError):
@@ -276,8 +281,17 @@ class LatencyProfile:
         missing = [k for k in ("stages", "cumulative", "drift") if k not in d]
         if missing:
             raise ProfileError(f"latency profile lacks required field(s) {missing}")
-        if not isinstance(d["stages"], list) or not d["stages"] or not all(isinstance(s, dict) and "p90" in s for s in d["stages"]):
-            raise ProfileError("latency profile 'stages' must be a non-empty list of per-stage statistics")
+        for key in ("stages", "cumulative"):
+            rows = d[key]
+            if not isinstance(rows, list) or not rows or not all(isinstance(s, dict) for s in rows):
+                raise ProfileError(f"latency profile '{key}' must be a non-empty list of per-stage statistics")
+            for i, s in enumerate(rows):
+                for k in ("n", "mean", "median", "p50", "p90", "p99"):
+                    v = s.get(k)
+                    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                        raise ProfileError(f"latency profile '{key}' entry {i + 1}: {k!r} must be a finite non-negative number, got {v!r}")
+        if len(d["cumulative"]) != len(d["stages"]) or not isinstance(d["drift"], list):
+            raise ProfileError("latency profile: 'cumulative' needs one entry per stage and 'drift' must be a list")
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def save(self, path: PathLike) -> Path:
@@ -345,10 +359,14 @@ def _read_json(path: PathLike, what: str) -> Any:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{what} {p} not found")
+    if p.stat().st_size > MAX_INPUT_BYTES:
+        raise ProfileError(f"{p} is {p.stat().st_size} bytes, more than the {MAX_INPUT_BYTES >> 20} MB a {what} may have")
     try:
         return json.loads(p.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ProfileError(f"{p} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ProfileError(f"{p} is nested too deeply to be a {what}") from None
 
 
 def _now() -> str:
@@ -616,9 +634,12 @@ def _numbered(header: list[str], pattern: re.Pattern) -> Optional[list[int]]:
 
 def _float(cell: str, where: str) -> float:
     try:
-        return float(cell)
+        v = float(cell)
     except ValueError:
-        raise ProfileError(f"{where}: {cell!r} is not a number") from None
+        raise ProfileError(f"{where}: {cell[:40]!r} is not a number") from None
+    if not math.isfinite(v) or v < 0:
+        raise ProfileError(f"{where}: {cell[:40]!r} must be a finite non-negative number")
+    return v
 
 
 def import_csv(path: PathLike, device_name: Optional[str] = None) -> LatencyProfile:
@@ -632,8 +653,18 @@ def import_csv(path: PathLike, device_name: Optional[str] = None) -> LatencyProf
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"CSV file {p} not found")
+    if p.stat().st_size > MAX_INPUT_BYTES:
+        raise ProfileError(f"{p} is {p.stat().st_size} bytes, more than the {MAX_INPUT_BYTES >> 20} MB a latency CSV may have")
+    lines = []
     with open(p, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets write a BOM
-        rows = [[c.strip() for c in r] for r in csv.reader(f) if any(c.strip() for c in r)]
+        while line := f.readline(MAX_CSV_LINE + 1):  # bounded: a huge line is refused, never held whole
+            if len(line) > MAX_CSV_LINE:
+                raise ProfileError(f"{p} line {len(lines) + 1} is longer than {MAX_CSV_LINE} characters: not a latency CSV")
+            lines.append(line)
+    try:
+        rows = [[c.strip() for c in r] for r in csv.reader(lines) if any(c.strip() for c in r)]
+    except csv.Error as e:
+        raise ProfileError(f"{p} is not a readable CSV ({e})") from None
     if not rows:
         raise ProfileError(f"{p} is empty; expected a header: {_CSV_LAYOUTS}")
     header, body = [h.lower() for h in rows[0]], rows[1:]

@@ -1,0 +1,35 @@
+"""``dvt-edge``: one command, one subcommand per tool (the ``python -m`` forms keep working).
+
+    dvt-edge train --model dvt_small_cifar --data cifar10-jpeg --epochs 28 --out runs/ref
+    dvt-edge export --target coreml              # the CIFAR-10 reference, to bundles/
+    dvt-edge bench | evaluate | demo | zoo | data | model-card | webcam
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Optional
+
+from dvt_runtime.cli import dispatch, usage
+
+#: subcommand -> (module with a ``main(argv)``, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("dvt_edge.train", "train a multi-exit DVT (DDP with torchrun)"),
+    "evaluate": ("dvt_edge.evaluate", "per-exit accuracy, FLOPs-budget curve, exported bundles vs PyTorch"),
+    "export": ("dvt_edge.export.__main__", "one graph per exit to ExecuTorch / Core ML / ONNX / ORT, verified"),
+    "bench": ("dvt_edge.bench", "dynamic vs static, latency- vs FLOPs-calibrated, every target"),
+    "demo": ("dvt_edge.demo", "the tour on the reference model"),
+    "zoo": ("dvt_edge.zoo", "the registered models: exits, FLOPs, parameters"),
+    "data": ("dvt_edge.data", "dataset info and preprocessed .npz export"),
+    "model-card": ("dvt_edge.model_card", "publish a finished run as a checkpoint + model card"),
+    "webcam": ("apps.webcam", "live early-exit classification of camera or video frames"),
+}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return dispatch(COMMANDS, usage("dvt-edge", COMMANDS, "device side (torch-free): dvt-runtime profile | calibrate"), argv, "dvt-edge")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""``dvt-runtime``: the device-side tools (torch-free).
+
+    dvt-runtime profile --bundle B [--device-name phone]      # per-exit latency on this device
+    dvt-runtime calibrate --bundle B --data val.npz --budget-ms 5
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import Optional
+
+COMMANDS = {
+    "profile": ("dvt_runtime.profile", "profile each exit of a bundle on this device; import phone/Jetson measurements"),
+    "calibrate": ("dvt_runtime.calibrate", "search thresholds for a measured latency budget and write calibration/<device>.json"),
+}
+
+
+def dispatch(commands: dict[str, tuple[str, str]], usage_text: str, argv: Optional[Sequence[str]], prog: str) -> int:
+    """Run ``commands[argv[0]]``'s ``main`` with the rest of ``argv``; exit code 2 on a bad command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage_text)
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in commands:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(commands), n=1)
+        print(f"{prog}: unknown command {name!r}; valid: {', '.join(commands)}" + (f" (did you mean {close[0]!r}?)" if close else ""),
+              file=sys.stderr)
+        return 2
+    module = importlib.import_module(commands[name][0])
+    sys.argv = [f"{prog} {name}", *rest]
+    return int(module.main(rest) or 0)
+
+
+def usage(prog: str, commands: dict[str, tuple[str, str]], footer: str = "") -> str:
+    width = max(map(len, commands))
+    lines = [f"usage: {prog} COMMAND [ARGS...]   ({prog} COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in commands.items()]
+    return "\n".join(lines + ([""] + [footer] if footer else []))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return dispatch(COMMANDS, usage("dvt-runtime", COMMANDS), argv, "dvt-runtime")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,399 @@
+"""The attack list (issue 15): hostile inputs, crashes and careless commands.
+
+One case per item. Each asserts the message a user gets (what is wrong, which file, what to
+do) and that nothing the user made was lost. The next hostile input joins this list.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dvt_edge.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+from dvt_edge.data import DataError, load_dataset
+from dvt_runtime.bundle import Bundle, InputError, NonFiniteOutput
+from dvt_runtime.calibration import CalibrationError
+from dvt_runtime.manifest import Manifest, ManifestError
+from dvt_runtime.preprocess import Preprocess
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def bundle_copy(onnx_bundle, tmp_path) -> Path:
+    dst = tmp_path / "b"
+    shutil.copytree(onnx_bundle, dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def images():
+    return load_dataset("fashion-mnist", "val").arrays(40, seed=5)
+
+
+def _edit_manifest(bundle: Path, **changes) -> None:
+    d = json.loads((bundle / "manifest.json").read_text())
+    for k, v in changes.items():
+        if "." in k:
+            head, idx, field = k.split(".")
+            d[head][int(idx)][field] = v
+        else:
+            d[k] = v
+    (bundle / "manifest.json").write_text(json.dumps(d))
+
+
+def _tree(p: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(p)): f.read_bytes() for f in sorted(p.rglob("*")) if f.is_file()}
+
+
+# ----------------------------------------------------------------------------- 1-4: data loss and crash windows
+
+
+def test_01_force_replaces_only_a_bundle(micro_ckpt, tmp_path):
+    from dvt_edge.export import ExportError, export_bundle
+
+    mine = tmp_path / "mine"
+    (mine / "photos").mkdir(parents=True)
+    (mine / "important.txt").write_text("do not delete")
+    (mine / "photos" / "a.jpg").write_bytes(b"\xff\xd8 holiday")
+    before = _tree(mine)
+    with pytest.raises(ExportError, match="is not a dvt-edge bundle.*nothing was changed"):
+        export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(mine), force=True, verify_n=20, progress=False)
+    assert _tree(mine) == before
+    assert not list(tmp_path.glob(".mine.*")), "no temporary folder may be left behind"
+
+
+def test_02_interrupted_replace_is_recovered_by_the_next_run(onnx_bundle, tmp_path):
+    from dvt_edge.export import _exchange, _recover_leftovers
+
+    dest = tmp_path / "bundle"
+    dead = 2**22 + 12345  # above pid_max's default: no such process
+    shutil.copytree(onnx_bundle, tmp_path / f".bundle.old-{dead}")  # killed between the two renames
+    (tmp_path / f".bundle.tmp-{dead}-abc").mkdir()  # killed mid-export
+    (tmp_path / f".bundle.tmp-{os.getpid()}-live").mkdir()  # a running export's folder is left alone
+    notes = _recover_leftovers(dest)
+    assert (dest / "manifest.json").is_file() and Manifest.load(dest) is not None
+    assert any("restored" in n for n in notes) and any("removed" in n for n in notes)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".bundle.tmp-{os.getpid()}-live", "bundle"]
+    # where the OS offers it, replacing is one atomic exchange: the path never goes missing
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "x").write_text("new")
+    if _exchange(other, dest):
+        assert (dest / "x").read_text() == "new" and (other / "manifest.json").is_file()
+
+
+def test_03_bundle_folders_follow_the_umask(micro_ckpt, tmp_path):
+    from dvt_edge.export import export_bundle
+
+    old = os.umask(0o022)
+    try:
+        r = export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(tmp_path / "b"), verify_n=20, progress=False)
+    finally:
+        os.umask(old)
+    assert (r.path.stat().st_mode & 0o777) == 0o755
+
+
+def test_04_calibration_folder_that_is_a_file(bundle_copy, images):
+    from dvt_runtime.calibrate import calibrate
+
+    (bundle_copy / "calibration").write_text("my notes")
+    b = Bundle.open(bundle_copy)
+    t0 = time.perf_counter()
+    with pytest.raises(CalibrationError, match="is a file, not a folder"):
+        calibrate(b, *images, 1.0, device_name="dev", progress=False)
+    assert time.perf_counter() - t0 < 5, "refused before any work"
+    assert (bundle_copy / "calibration").read_text() == "my notes"
+
+
+# ----------------------------------------------------------------------------- 5-6: denial of service through "safe" files
+
+
+@pytest.mark.parametrize("field,value", [("depth", 10**6), ("embed_dim", 2**20), ("num_classes", 10**8), ("depth", 3)])
+def test_05_config_is_checked_against_the_weights_before_building(micro_ckpt, tmp_path, field, value):
+    raw = read_checkpoint(micro_ckpt)
+    raw["model"]["config"][field] = value
+    torch.save(raw, tmp_path / "evil.pt")
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointError, match="config|must be an integer"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert time.perf_counter() - t0 < 5
+
+
+def test_06_deeply_nested_json_and_huge_csv_fields(tmp_path):
+    from dvt_runtime.profile import LatencyProfile, ProfileError, import_csv
+
+    (tmp_path / "deep.json").write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(ProfileError, match="nested too deeply"):
+        LatencyProfile.load(tmp_path / "deep.json")
+    (tmp_path / "wide.csv").write_text("stage1_ms\n" + "1" * (50 << 20) + "\n")
+    with pytest.raises(ProfileError, match="longer than"):
+        import_csv(tmp_path / "wide.csv")
+    (tmp_path / "inf.csv").write_text("exit,ms\ninf,0.5\n")
+    with pytest.raises(ProfileError, match="finite"):
+        import_csv(tmp_path / "inf.csv")
+    prof = json.loads(json.dumps({"schema": "dvt-profile/1", "schema_version": 1, "stages": [{"mean": 1.0, "p90": 1.0}],
+                                  "cumulative": [{"mean": 1.0}], "drift": []}))
+    (tmp_path / "no_n.json").write_text(json.dumps(prof))
+    with pytest.raises(ProfileError, match="'n' must be"):
+        LatencyProfile.load(tmp_path / "no_n.json")
+
+
+# ----------------------------------------------------------------------------- 7-8: NaN and nonsense taken as answers
+
+
+def test_07_non_finite_logits_name_the_exit(onnx_bundle, images):
+    b = Bundle.open(onnx_bundle)
+    x = np.full((1, 1, 28, 28), 3e38, np.float32)  # finite, absurd
+    with pytest.raises(NonFiniteOutput, match=r"exit \d"):
+        b.predict(x)
+
+
+@pytest.mark.parametrize("change", [{"std": [0.0]}, {"mean": [float("nan")]}, {"size": -3}])
+def test_07_manifest_preprocess_nonsense_is_refused(bundle_copy, change):
+    d = json.loads((bundle_copy / "manifest.json").read_text())
+    d["preprocess"].update(change)
+    (bundle_copy / "manifest.json").write_text(json.dumps(d))
+    with pytest.raises(ManifestError, match="preprocess"):
+        Bundle.open(bundle_copy)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"thresholds": [float("nan"), 0.5]}, "confidence in"),
+    ({"thresholds": [-0.1, 0.5]}, "confidence in"),
+    ({"thresholds": [1.5, 0.5]}, "confidence in"),
+    ({"thresholds": "0.9,0.8"}, "must be a list"),
+    ({"thresholds": [0.9, 0.8, 0.7, 0.6]}, "need 2"),
+    ({"deadline_ms": float("nan")}, "deadline_ms must be a finite"),
+    ({"deadline_ms": -1.0}, "deadline_ms must be a finite"),
+    ({"budget_ms": float("nan")}, "budget_ms must be a finite"),
+    ({"budget_ms": "5"}, "budget_ms must be a number"),
+    ({"budget_ms": True}, "budget_ms must be a number"),
+])
+def test_08_nonsense_controls_are_refused(onnx_bundle, images, kwargs, match):
+    b = Bundle.open(onnx_bundle)
+    b.use_profile([0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match=match):
+        b.predict(images[0][0], **kwargs)
+
+
+@pytest.mark.parametrize("p90", [[float("nan"), 1, 1], [-1, 1, 1], [True, 1, 1], [1, 1]])
+def test_08_nonsense_profiles_are_refused(onnx_bundle, p90):
+    with pytest.raises(ValueError, match="p90|stage"):
+        Bundle.open(onnx_bundle).use_profile(p90)
+
+
+# ----------------------------------------------------------------------------- 9: calibration files
+
+
+@pytest.fixture(scope="module")
+def calibrated(onnx_bundle, tmp_path_factory):
+    """A bundle copy with a real calibration for device 'dev'; returns (bundle dir, calibration JSON)."""
+    from dvt_runtime.calibrate import calibrate
+
+    d = tmp_path_factory.mktemp("cal") / "b"
+    shutil.copytree(onnx_bundle, d)
+    x, y = load_dataset("fashion-mnist", "val").arrays(40, seed=5)
+    b = Bundle.open(d)
+    calibrate(b, x, y, 1.0, device_name="dev", runs=20, warmup=2, progress=False)
+    return d, json.loads((d / "calibration" / "dev.json").read_text())
+
+
+def _break(cal: dict, path: str, value) -> dict:
+    cal = json.loads(json.dumps(cal))
+    keys = path.split(".")
+    node = cal
+    for k in keys[:-1]:
+        node = node[int(k)] if isinstance(node, list) else node[k]
+    if value is KeyError:
+        del node[keys[-1]]
+    else:
+        node[keys[-1]] = value
+    return cal
+
+
+@pytest.mark.parametrize("path,value,match", [
+    ("chosen", KeyError, "lacks the field 'chosen'"),
+    ("chosen.thresholds", [0.5], "must list 2 thresholds"),
+    ("chosen.thresholds", [float("nan"), 0.5], "confidences in"),
+    ("chosen.thresholds", [2.0, 0.5], "confidences in"),
+    ("bundle.model", "dvt_tiny_fmnist", "made for model"),
+    ("bundle.target", "executorch", "made for target"),
+    ("bundle.precision", "int8", "made for precision"),
+    ("bundle.artifacts", ["0" * 64] * 3, "other artifacts"),
+    ("schema_version", 99, "newer"),
+    ("profile.stages.0.p90", -1, "p90 must be a positive"),
+])
+def test_09_bad_calibration_files_are_refused_with_their_name(calibrated, tmp_path, path, value, match):
+    src, cal = calibrated
+    d = tmp_path / "b"
+    shutil.copytree(src, d)
+    (d / "calibration" / "dev.json").write_text(json.dumps(_break(cal, path, value)))
+    with pytest.raises(CalibrationError, match=match) as e:
+        Bundle.open(d, device_name="dev")
+    assert "dev.json" in str(e.value) and "dvt_runtime.calibrate" in str(e.value)
+
+
+def test_09_broken_json_calibration_names_the_file(calibrated, tmp_path):
+    src, _ = calibrated
+    d = tmp_path / "b"
+    shutil.copytree(src, d)
+    (d / "calibration" / "dev.json").write_text('{"schema": "dvt-calibration/1", ')
+    with pytest.raises(CalibrationError, match=r"dev\.json is not valid JSON"):
+        Bundle.open(d, device_name="dev")
+
+
+def test_09_the_webcam_reports_a_bad_calibration(calibrated, tmp_path):
+    from apps import webcam
+
+    src, _ = calibrated
+    d = tmp_path / "b"
+    shutil.copytree(src, d)
+    (d / "calibration" / "dev.json").write_text("not json")
+    with pytest.raises(webcam.AppError, match="not valid JSON"):
+        webcam.open_bundle(webcam.parse_args(["--bundle", str(d), "--device-name", "dev", "--video", "x.mp4"]))
+
+
+# ----------------------------------------------------------------------------- 10: manifest field types
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"exits.0.sha256": None}, "sha256 must be 64"),
+    ({"exits.0.artifact": 123}, "artifact must be"),
+    ({"classes": "T-shirt"}, "classes must be a list"),
+    ({"classes": ["a", "b"]}, "classes lists 2 names but the model outputs 10"),
+    ({"thresholds": "0.9"}, "thresholds must be a list"),
+    ({"exits": {"0": 1}}, "exits must be a list"),
+])
+def test_10_manifest_field_types(bundle_copy, change, match):
+    _edit_manifest(bundle_copy, **change)
+    with pytest.raises(ManifestError, match=match):
+        Bundle.open(bundle_copy)
+
+
+def test_10_profile_cli_on_a_broken_manifest_is_a_message(bundle_copy):
+    _edit_manifest(bundle_copy, **{"exits.0.sha256": None})
+    r = subprocess.run([sys.executable, "-m", "dvt_runtime.profile", "--bundle", str(bundle_copy), "--runs", "5"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "sha256" in r.stderr, r.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------- 11: labels, latencies, images
+
+
+def test_11_float_labels_in_calibration_data(tmp_path):
+    from dvt_runtime.calibrate import load_npz
+
+    np.savez(tmp_path / "v.npz", images=np.zeros((4, 1, 28, 28), np.float32), labels=np.array([0.0, 1.7, 2.0, 3.0]))
+    with pytest.raises(CalibrationError, match="integer"):
+        load_npz(str(tmp_path / "v.npz"))
+
+
+def test_11_stray_label_without_classes(tmp_path):
+    np.savez(tmp_path / "a.npz", images=np.zeros((5, 8, 8), np.uint8), labels=np.array([0, 1, 2, 1, 42]))
+    with pytest.raises(DataError, match="skip class"):
+        load_dataset(f"npz:{tmp_path / 'a.npz'}")
+
+
+def test_11_zero_sized_and_empty_inputs(onnx_bundle):
+    with pytest.raises(ValueError, match="empty image"):
+        Preprocess().apply(np.zeros((0, 0), np.uint8))
+    b = Bundle.open(onnx_bundle)
+    with pytest.raises(InputError, match="empty batch"):
+        b.run_exits(np.zeros((0, 1, 28, 28), np.float32))
+    with pytest.raises(InputError, match="empty batch"):
+        b.predict(np.zeros((0, 1, 28, 28), np.float32))
+
+
+# ----------------------------------------------------------------------------- tracebacks instead of messages
+
+
+def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["dvt_edge.train", "--batch-size", "0", "--out", "{tmp}/r"], "--batch-size must be >= 1"),
+    (["dvt_edge.train", "--epochs", "0", "--out", "{tmp}/r"], "--epochs must be >= 1"),
+    (["dvt_edge.train", "--train-limit", "0", "--out", "{tmp}/r"], "--train-limit must be >= 1"),
+    (["dvt_edge.export", "--checkpoint", "{ckpt}", "--target", "onnx", "--verify-n", "-5", "--out", "{tmp}/b"], "--verify-n must be"),
+    (["dvt_edge.export", "--checkpoint", "{ckpt}", "--target", "onnx", "--out", "{tmp}/afile/b"], "is a file, not a folder"),
+    (["dvt_edge.export", "--checkpoint", "{ckpt}", "--target", "onnx", "--out", ".", "--force"], "is the current directory"),
+    (["dvt_edge.export", "--checkpoint", "{tmp}/classes5.pt", "--target", "onnx", "--out", "{tmp}/c"], "'classes' must be a list"),
+    (["dvt_edge.data", "export", "--data", "npz:{tmp}/empty.npz", "--out", "{tmp}/x.npz"], "holds no samples"),
+    (["dvt_edge.data", "export", "--checkpoint", "{tmp}/afile", "--out", "{tmp}/x.npz"], "afile"),
+    (["dvt_runtime.calibrate", "--bundle", "{bundle}", "--data", "{tmp}/empty.npz", "--budget-ms", "1", "--threads", "-1"], "--threads must be >= 1"),
+])
+def test_cli_errors_are_messages_not_tracebacks(micro_ckpt, onnx_bundle, tmp_path, argv, match):
+    (tmp_path / "afile").write_text("I am a file")
+    np.savez(tmp_path / "empty.npz", images=np.zeros((0, 8, 8), np.uint8), labels=np.zeros(0, np.int64))
+    raw = read_checkpoint(micro_ckpt)
+    raw["classes"] = 5
+    torch.save(raw, tmp_path / "classes5.pt")
+    argv = [a.format(tmp=tmp_path, ckpt=micro_ckpt, bundle=onnx_bundle) for a in argv]
+    r = _cli(*argv, cwd=tmp_path)
+    assert r.returncode == 2, (r.returncode, r.stderr[-3000:])
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert match in r.stderr, r.stderr[-3000:]
+    assert (tmp_path / "afile").read_text() == "I am a file"
+
+
+def test_unsafe_loading_is_never_suggested(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(os.urandom(4096))
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(tmp_path / "junk.pt")
+    assert "weights_only=False" not in str(e.value)
+    (tmp_path / "junk.npz").write_bytes(os.urandom(4096))
+    with pytest.raises(DataError) as e2:
+        load_dataset(f"npz:{tmp_path / 'junk.npz'}")
+    assert "allow_pickle" not in str(e2.value)
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def test_controller_history_is_bounded():
+    from dvt_runtime.controller import HISTORY, BudgetController
+
+    c = BudgetController(1.0, [{"thresholds": [0.5, 0.5], "predicted_ms": 0.5, "accuracy": 90.0}], [0.2, 0.3, 0.4])
+    for _ in range(HISTORY * 3):
+        c.observe([0.2, 0.3])
+    assert len(c.history) == HISTORY
+
+
+def test_batch_predict_releases_decided_samples(onnx_bundle, images, monkeypatch):
+    """While undecided samples run on, the ones answered at exit 1 no longer hold features and relations."""
+    import gc
+    import weakref
+
+    b = Bundle.open(onnx_bundle)
+    x = images[0][:20]
+    conf = [p.confidence for p in b.predict(x, thresholds=[0.0, 0.0])]
+    t = float(np.median(conf))
+    refs, alive = [], []
+    real = b.run_exit
+
+    def spy(e, image, carry=None):
+        if e == 1 and not alive:
+            gc.collect()
+            alive.append(sum(r() is not None for r in refs))
+        out = real(e, image, carry)
+        if e == 0:
+            refs.append(weakref.ref(out["features_out"]))
+        return out
+
+    monkeypatch.setattr(b, "run_exit", spy)
+    preds = b.predict(x, thresholds=[t, None])
+    undecided = sum(p.exit > 0 for p in preds)
+    assert 0 < undecided < len(x)
+    assert alive == [undecided], f"{alive[0]} exit-1 outputs alive at exit 2, but only {undecided} samples go on"
