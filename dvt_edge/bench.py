@@ -27,6 +27,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from dvt_edge.data import DATASETS, DataError, default_data, load_dataset
+from dvt_edge.logs import quiet_toolchains
 from dvt_edge.references import DEFAULT_REFERENCE
 from dvt_runtime.io import atomic_write, atomic_write_json
 
@@ -162,7 +163,7 @@ def _meas(meas: dict, budget: Optional[float]) -> dict:
 
 def run_bench(checkpoint: str, data: Optional[str], targets: list[str], precisions: list[str], budgets: Optional[list[float]],
               out: Path, n: int = 2000, threads: int = 1, runs: int = 200, progress: bool = True,
-              device_name: Optional[str] = None, reuse: bool = False) -> dict:
+              device_name: Optional[str] = None, reuse: bool = False, verbose: bool = False) -> dict:
     from dvt_edge.checkpoint import load_checkpoint
     from dvt_edge.export import export_bundle
     from dvt_edge.export.targets import TARGETS, get_target
@@ -188,14 +189,18 @@ def run_bench(checkpoint: str, data: Optional[str], targets: list[str], precisio
                 if reuse and (bdir / "manifest.json").is_file():
                     man = Manifest.load(bdir)
                 else:
-                    man = export_bundle(checkpoint, name, prec, out=str(bdir), force=True, progress=progress).manifest
+                    man = export_bundle(checkpoint, name, prec, out=str(bdir), force=True, progress=progress, verbose=verbose,
+                                        log_path=str(out / "bench-toolchains.log")).manifest
                 row.update(artifact_kb=[round(e.size_bytes / 1024, 1) for e in man.exits],
                            parity=man.parity, quantization=[e.quantization.get("scheme") for e in man.exits],
                            undelegated_ops=[e.undelegated_ops for e in man.exits])
                 if t.backend not in runnable:
                     row["status"] = f"exported; {t.backend} does not run on this host (structure checked)"
                 else:
-                    row.update(bench_bundle(bdir, x, y, budgets, threads, runs, progress=progress, device_name=device_name))
+                    if progress:
+                        print(f"[bench] {name} {prec}: profiling and measuring the cascade ...", file=sys.stderr, flush=True)
+                    with quiet_toolchains(out / "bench-toolchains.log", verbose):  # runtimes' own chatter goes to the log
+                        row.update(bench_bundle(bdir, x, y, budgets, threads, runs, progress=False, device_name=device_name))
                     row["status"] = "ok"
             except Exception as e:  # a failing target is a row, not a crash
                 row["status"] = "error"
@@ -391,6 +396,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--runs", type=int, default=200, help="profiler runs per stage")
     ap.add_argument("--device-name", default=None, help="label of this device in reports")
     ap.add_argument("--reuse-bundles", action="store_true", help="reuse bundles already in OUT/bundles")
+    ap.add_argument("--verbose", action="store_true", help="show the toolchains' own output (default: OUT/bench-toolchains.log)")
     ap.add_argument("--out", default="runs/bench")
     a = ap.parse_args(argv)
     try:
@@ -399,7 +405,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ValueError("budgets must be positive milliseconds")
         out = Path(a.out)
         r = run_bench(a.checkpoint, a.data, a.targets.split(","), a.precisions.split(","), budgets, out, a.n, a.threads,
-                      a.runs, device_name=a.device_name, reuse=a.reuse_bundles)
+                      a.runs, device_name=a.device_name, reuse=a.reuse_bundles, verbose=a.verbose)
     except (DataError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -335,7 +335,10 @@ class TokenPerformer(nn.Module):
         kp, qp = self.prm_exp(k), self.prm_exp(q)  # (B, T, m)
         d = qp @ kp.sum(dim=1).unsqueeze(-1)  # (B, T, 1)
         kptv = v.transpose(1, 2) @ kp  # (B, emb, m)
-        y = (qp @ kptv.transpose(1, 2)) / (d + 1e-8)  # (B, T, emb)
+        # the published code divides by (d + 1e-8); ONNX exporters' optimizers fold that tiny add
+        # away (then 0/0 = NaN when prm_exp underflows), so the floor is a Max no pass removes.
+        # For d >= 0 the two differ by at most 1e-8 / d relative.
+        y = (qp @ kptv.transpose(1, 2)) / torch.clamp_min(d, 1e-8)  # (B, T, emb)
         y = v + self.proj(y)
         return y + self.mlp(self.norm2(y))
 
@@ -794,6 +797,15 @@ register_model(
     ),
     "micro DVT for tests (28x28 grayscale), exits at 3x3 / 5x5 / 7x7 tokens",
     preprocess="fashion-mnist", dataset="fashion-mnist",
+)
+register_model(
+    "dvt_t2t_micro",
+    DVTConfig(
+        img_size=64, in_chans=3, num_classes=10, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, tokenizer="t2t",
+        token_dim=16, grids=(2, 3, 4), splits=((8, 8, 0), (9, 5, 0), (7, 4, 2)), reuse_upsample=(0, 4, 6),
+        reuse_dim=8, reuse_hidden=16,
+    ),
+    "micro T2T DVT for tests (64x64 RGB): the published T2T stage structure (performer tokenizer, Unfold) at toy size",
 )
 # Natural images: 32x32 RGB (CIFAR-10). Conv stem, stages see 16 / 24 / 32 px -> 4x4 / 6x6 / 8x8 tokens.
 register_model(

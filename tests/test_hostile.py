@@ -397,3 +397,48 @@ def test_batch_predict_releases_decided_samples(onnx_bundle, images, monkeypatch
     undecided = sum(p.exit > 0 for p in preds)
     assert 0 < undecided < len(x)
     assert alive == [undecided], f"{alive[0]} exit-1 outputs alive at exit 2, but only {undecided} samples go on"
+
+
+# ----------------------------------------------------------------------------- the command line a user meets
+
+
+def test_export_with_only_a_target_exports_the_reference(tmp_path):
+    """The design card's command, in an empty directory: a Core ML bundle of the reference model."""
+    r = _cli("dvt_edge.export", "--target", "coreml", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = Manifest.load(tmp_path / "bundles" / "dvt_small_cifar-coreml-fp32", verify=True)
+    assert m.model == "dvt_small_cifar" and m.target == "coreml"
+
+
+TOOLCHAIN_NOISE = ("threadpool", "Failed to create", "Torch version", "has not been tested", "torchao", "Running MIL",
+                   "Converting PyTorch", "WARNING:", "W1201", "UserWarning")
+
+
+def test_int8_executorch_and_coreml_export_is_quiet(micro_ckpt, tmp_path):
+    r = _cli("dvt_edge.export", "--checkpoint", str(micro_ckpt), "--target", "executorch,coreml", "--precision", "int8",
+             "--out", str(tmp_path / "b"), "--verify-n", "50", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = (r.stdout + r.stderr).splitlines()
+    noisy = [line for line in lines if any(n in line for n in TOOLCHAIN_NOISE)]
+    assert len(lines) <= 60 and not noisy, f"{len(lines)} lines; toolchain lines: {noisy[:5]}"
+    log = tmp_path / "b" / "dvt-edge-export.log"
+    assert log.is_file() and str(log) in r.stderr  # the toolchains' output is kept, and where is said once
+
+
+def test_one_console_command_with_subcommands():
+    from dvt_edge.cli import COMMANDS, main
+
+    assert set(COMMANDS) >= {"train", "evaluate", "export", "bench", "demo", "zoo", "webcam"}
+    assert main(["zoo"]) == 0
+    assert main(["nope"]) == 2
+    r = _cli("dvt_runtime.cli", "calibrate", "--help")
+    assert r.returncode == 0 and "--budget-ms" in r.stdout
+    exe = Path(sys.executable).parent
+    for script in ("dvt-edge", "dvt-runtime"):
+        assert (exe / script).is_file(), f"{script} is not installed (pip install -e . installs it)"
+
+
+def test_webcam_runs_from_any_directory(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "apps.webcam", "--help"], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                       env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert r.returncode == 0 and "--camera" in r.stdout, r.stderr

@@ -23,7 +23,9 @@ cv2 = pytest.importorskip("cv2")
 pytest.importorskip("onnxruntime")
 
 from apps import webcam  # noqa: E402
-from dvt_edge.demo import REFERENCE  # noqa: E402
+from dvt_edge.references import DEFAULT_REFERENCE  # noqa: E402
+
+REFERENCE = DEFAULT_REFERENCE.checkpoint  # the natural-image reference (CIFAR-10)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,13 +36,11 @@ N_IMAGES = 10  # one test image per class -> 40 frames
 pytestmark = pytest.mark.xdist_group("webcam")
 
 
-def _fmnist():
-    from dvt_edge.data import DataError, load_dataset
+def _holdout():
+    """CIFAR-10 images the reference never trained on (shipped with the package)."""
+    from dvt_edge.data import load_dataset
 
-    try:
-        return load_dataset("fashion-mnist", "val")
-    except DataError as e:  # no copy and no network
-        pytest.skip(f"Fashion-MNIST unavailable: {e}")
+    return load_dataset("cifar10-ref", "val")
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def env(tmp_path_factory):
     from dvt_edge.export import export_bundle
 
     tmp = tmp_path_factory.mktemp("webcam")
-    ds = _fmnist()
+    ds = _holdout()
     assert REFERENCE.is_file(), f"the committed reference checkpoint {REFERENCE} is missing"
     res = export_bundle(str(REFERENCE), "onnx", "fp32", out=str(tmp / "bundle"), verify_n=50, progress=False)
     video, labels = make_video(ds, tmp / "input.mp4")
@@ -57,23 +57,24 @@ def env(tmp_path_factory):
 
 
 def make_video(ds, path: Path, seed: int = 0) -> tuple[Path, list[int]]:
-    """Frames of real test images shown large on a dark background; returns the path and each frame's label."""
+    """Frames of held-out pictures held up large in front of a grey wall, jittered and noisy, as a
+    camera would see a printed photo; returns the path and each frame's label."""
     rng = np.random.default_rng(seed)
-    picks = [int(np.flatnonzero(ds.labels == c)[0]) for c in range(N_IMAGES)]  # the first test image of each class
+    picks = [int(np.flatnonzero(ds.labels == c)[0]) for c in range(N_IMAGES)]  # the first held-out image of each class
     side = int(0.9 * min(W, H))
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (W, H))
     assert writer.isOpened()
     labels = []
     for i in picks:
-        big = cv2.resize(ds.raw(i), (side, side), interpolation=cv2.INTER_LINEAR)
+        big = cv2.resize(ds.raw(i), (side, side), interpolation=cv2.INTER_CUBIC).astype(np.float32)
         for _ in range(PER_IMAGE):
-            frame = np.full((H, W), 14, np.float32)
+            frame = np.empty((H, W, 3), np.float32)
+            frame[:] = (118, 124, 128)  # a grey wall, slightly warm (BGR)
             dx, dy = rng.integers(-8, 9, size=2)
             y0, x0 = (H - side) // 2 + dy, (W - side) // 2 + dx
-            frame[y0 : y0 + side, x0 : x0 + side] = np.maximum(frame[y0 : y0 + side, x0 : x0 + side], big)
-            frame += rng.normal(0, 4, frame.shape)
-            g = np.clip(frame, 0, 255).astype(np.uint8)
-            writer.write(cv2.merge([g, g, np.clip(g.astype(np.int16) + 6, 0, 255).astype(np.uint8)]))  # a slightly warm "screen"
+            frame[y0 : y0 + side, x0 : x0 + side] = big
+            frame += rng.normal(0, 3, frame.shape)
+            writer.write(np.clip(frame, 0, 255).astype(np.uint8))
             labels.append(int(ds.labels[i]))
     writer.release()
     return path, labels
@@ -223,7 +224,7 @@ def test_keys_and_overlay_pieces(env):
     assert seen.min() >= 250  # the model sees only the box ...
     seen = webcam.model_input_image(b.preprocess(255 - inside), pre)
     assert seen.max() <= 5  # ... and nothing outside it
-    # the inset undoes the normalization: a 28x28 image comes back as itself
+    # the inset undoes the normalization: an image of the input's size comes back as itself
     img = np.random.default_rng(1).integers(0, 256, (pre.size, pre.size), dtype=np.uint8)
     back = webcam.model_input_image(b.preprocess(img), pre)
     assert back.shape == (pre.size, pre.size, 3) and np.abs(back[:, :, 0].astype(int) - img).max() <= 1
@@ -260,3 +261,15 @@ def test_window_mode_keys_with_a_stand_in_gui(env, monkeypatch):
     assert len(shown) == 5 and all(s == (H, W, 3) for s in shown)  # 4 frames + 1 redraw while paused
     assert stats["deadline_ms"] == pytest.approx(1100.0)  # "+" raised the deadline by 10 %
     assert [p["limit_ms"] for p in stats["predictions"]] == pytest.approx([1000.0, 1100.0, 1100.0, 1100.0])
+
+
+def test_default_bundle_is_the_natural_image_reference(monkeypatch, tmp_path):
+    """`python -m apps.webcam` with no --bundle runs the CIFAR-10 reference (exported once to the cache)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    args = webcam.parse_args(["--video", "x.mp4", "--headless"])
+    b = webcam.open_bundle(args)
+    assert b.manifest.model == DEFAULT_REFERENCE.model and b.classes[9] == "truck"
+    assert Path(args.bundle).parent == tmp_path / "cache" / "dvt-edge" / "bundles"
+    again = webcam.parse_args(["--video", "x.mp4", "--headless"])
+    webcam.open_bundle(again)  # the second time it is found, not exported
+    assert again.bundle == args.bundle

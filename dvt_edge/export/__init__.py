@@ -188,13 +188,15 @@ def _parity(target: Target, precision: str, graphs, sessions, data: _Data, ref_r
     for e, (g, s) in enumerate(zip(graphs, sessions)):
         ins = {n: t.numpy() for n, t in zip(g.input_names, g.example_inputs())}
         got = s.run(ins)["logits"]
-        rows.append({"exit": e + 1, "max_abs_diff_fixed": float(np.abs(got - fixed_ref[e]).max())})
+        rows.append({"exit": e + 1, "max_abs_diff_fixed": float(np.abs(got - fixed_ref[e]).max()),
+                     "finite": bool(np.isfinite(got).all())})
     report = {"runtime": target.backend, "n_real": 0, "exits": rows, "checked": "numerical"}
     if data.verify_x is not None:
         art = _run_artifact_cascade(sessions, data.verify_x, graphs)
         for e, row in enumerate(rows):
             diff = np.abs(art[e] - ref_real[e])
             row["max_abs_diff_real"] = float(diff.max())
+            row["finite"] = row["finite"] and bool(np.isfinite(art[e]).all())
             row["top1_agreement"] = float((art[e].argmax(-1) == ref_real[e].argmax(-1)).mean() * 100)
             row["top1_artifact"] = float((art[e].argmax(-1) == data.verify_y).mean() * 100)
             row["top1_pytorch"] = float((ref_real[e].argmax(-1) == data.verify_y).mean() * 100)
@@ -208,14 +210,26 @@ def _parity(target: Target, precision: str, graphs, sessions, data: _Data, ref_r
     return report
 
 
+def _check_finite_reference(fixed_ref: list[np.ndarray], real_ref: Optional[list[np.ndarray]], checkpoint: str) -> None:
+    """PyTorch itself must give finite logits: otherwise there is nothing to export faithfully."""
+    for e, lg in enumerate(fixed_ref):
+        bad = not np.isfinite(lg).all() or (real_ref is not None and not np.isfinite(real_ref[e]).all())
+        if bad:
+            raise ExportError(f"exit {e + 1} of {checkpoint} gives NaN or infinite logits in PyTorch itself: its weights are "
+                              "broken (diverged training or a corrupted file); nothing was exported")
+
+
 def _check_parity(report: dict, precision: str) -> list[str]:
+    """Every failed check; NaN is a failure (each comparison is written so that NaN fails it)."""
     problems = []
     for row in report["exits"]:
+        if row.get("finite") is False:
+            problems.append(f"exit {row['exit']}: the artifact returned NaN or infinite logits where PyTorch's are finite")
         if precision == "fp32":
             for k in ("max_abs_diff_fixed", "max_abs_diff_real"):
-                if k in row and row[k] > FP32_TOL:
+                if k in row and not row[k] <= FP32_TOL:
                     problems.append(f"exit {row['exit']}: fp32 {k} {row[k]:.2e} > {FP32_TOL:g}")
-        elif "top1_agreement" in row and row["top1_agreement"] < INT8_MIN_AGREEMENT and precision == "int8":
+        elif "top1_agreement" in row and not row["top1_agreement"] >= INT8_MIN_AGREEMENT and precision == "int8":
             problems.append(f"exit {row['exit']}: int8 top-1 agreement {row['top1_agreement']:.2f}% < {INT8_MIN_AGREEMENT}% on real images")
     return problems
 
@@ -323,6 +337,7 @@ def export_bundle(
     real_ref = [np.stack(v) for v in zip(*[[d["logits"][0] for d in per] for per in _torch_cascade(graphs, data.verify_x)])] if data.verify_x is not None else None
     with torch.no_grad():
         fixed_ref = [g.stage(*g.example_inputs())[0].numpy() for g in graphs]
+    _check_finite_reference(fixed_ref, real_ref, checkpoint)
     thresholds, thr_source = _default_thresholds(model, info, real_ref, data.verify_y)
 
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,6 @@ relations. A batch is regrouped at each stage: only the samples still undecided 
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,7 +192,12 @@ class Bundle:
             if carry is None:
                 raise ValueError(f"exit {e + 1} needs the outputs of exit {e}")
             inputs["features"], inputs["relations"] = carry["features_out"], carry["relations_out"]
-        return self.sessions[e].run(inputs)
+        out = self.sessions[e].run(inputs)
+        if not np.isfinite(out["logits"]).all():
+            m = self.manifest
+            raise NonFiniteOutput(f"exit {e + 1} of {m.model} ({m.target}/{m.precision}) returned NaN or infinite logits: the input "
+                                  "is out of range for this model, or the artifact is broken (re-export and verify it)")
+        return out
 
     def run_exits(self, x: np.ndarray) -> list[np.ndarray]:
         """Logits of every exit for every sample: list of (N, classes) arrays (no early exit)."""
@@ -270,10 +274,6 @@ class Bundle:
                 stage_ms[i].append(dt)
                 elapsed[i] += dt
                 logits = out["logits"][0]
-                if not np.isfinite(logits).all():
-                    raise NonFiniteOutput(f"exit {e + 1} of {self.manifest.model} ({self.manifest.target}/{self.manifest.precision}) "
-                                          f"returned non-finite logits for sample {i}: the input is out of range for this model, "
-                                          "or the artifact is broken (re-export and verify it)")
                 if e == E - 1 or softmax(logits).max() >= thr[e]:
                     result[i] = self._answer(logits, e, stage_ms[i], False)
                     carry[i] = None  # decided: its features and relations are no longer needed

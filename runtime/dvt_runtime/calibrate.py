@@ -26,11 +26,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 from dvt_runtime.bundle import Bundle, softmax
+from dvt_runtime.calibration import SCHEMA, CalibrationError, bundle_identity  # noqa: F401  (re-exported)
 from dvt_runtime.io import atomic_write_json
 from dvt_runtime.manifest import ManifestError
 from dvt_runtime.search import ALGORITHMS, ExitOutputs, evaluate_thresholds, frontier_table, search_thresholds
-
-from dvt_runtime.calibration import SCHEMA, CalibrationError, bundle_identity  # noqa: F401  (re-exported)
 
 
 def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,96 @@
+"""Fidelity for any legal weights: published-format T2T checkpoints whose norms, biases and
+weights are far from their initialisation export to every target that runs here with every
+exit finite and within 1e-3 of PyTorch; NaN anywhere fails the export's verification."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dvt_edge import create_model
+from dvt_edge.export import FP32_TOL, ExportError, _check_parity, export_bundle
+from dvt_edge.export.targets import TARGETS
+from dvt_runtime.backends import available_backends
+
+RUNNABLE = [n for n, t in TARGETS.items() if t.backend in available_backends() and t.available and "fp32" in t.precisions]
+
+
+def stress(model: torch.nn.Module, seed: int = 0, scale: float = 3.0) -> torch.nn.Module:
+    """Far-from-init weights: every norm weight and bias moved by 0.1*N(0,1), matrices scaled up (the
+    T2T performer's projections most, so that its exp features underflow as with trained weights)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            if ".norm" in name or "norm1" in name or "norm2" in name or name.endswith("bias"):
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+            elif p.ndim >= 2:
+                p.mul_(scale * (10.0 if ".kqv." in name else 1.0))  # performer projections large: exp features underflow
+    return model
+
+
+@pytest.fixture(scope="module")
+def stressed_t2t(tmp_path_factory):
+    """A published-format (model_state_dict only) checkpoint of dvt_t2t_micro with stress weights."""
+    model = stress(create_model("dvt_t2t_micro").eval())
+    path = tmp_path_factory.mktemp("stress") / "model_best.pth.tar"
+    torch.save({"model_state_dict": model.state_dict()}, path)
+    return path, model
+
+
+def test_stress_weights_make_the_performer_underflow(stressed_t2t):
+    """The case the epsilon guards: some performer denominators underflow to 0 in float32."""
+    _, model = stressed_t2t
+    stage = model.stages[-1]
+    perf = stage.tokenizer.attention1
+    x = stage.tokenizer.soft_split0(torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 3).transpose(1, 2)
+    k, q, _ = torch.split(perf.kqv(perf.norm1(x)), perf.emb, dim=-1)
+    d = perf.prm_exp(q) @ perf.prm_exp(k).sum(dim=1).unsqueeze(-1)
+    logits = [s for s in model(torch.randn(2, 3, 64, 64))]
+    assert all(torch.isfinite(lg).all() for lg in logits), "PyTorch itself must stay finite"
+    assert float(d.detach().min()) < 1e-6, "these weights should push the performer to its floor; make stress() stronger"
+
+
+@pytest.mark.parametrize("target", RUNNABLE)
+def test_stress_weights_export_finite_and_within_tolerance(stressed_t2t, tmp_path, target):
+    path, _ = stressed_t2t
+    r = export_bundle(str(path), target, "fp32", out=str(tmp_path / target), progress=False)
+    for row in r.manifest.parity["exits"]:
+        assert row["finite"], row
+        assert row["max_abs_diff_fixed"] <= FP32_TOL, row
+    assert r.manifest.parity["passed"]
+
+
+def test_nan_in_an_artifact_output_fails_verification():
+    report = {"exits": [{"exit": 1, "max_abs_diff_fixed": 1e-6, "finite": True},
+                        {"exit": 2, "max_abs_diff_fixed": float("nan"), "finite": False}]}
+    problems = _check_parity(report, "fp32")
+    assert any("exit 2" in p and "NaN" in p for p in problems)
+    assert any("exit 2" in p and "max_abs_diff_fixed" in p for p in problems), "a NaN difference must fail the tolerance check"
+    assert not _check_parity({"exits": [{"exit": 1, "top1_agreement": float("nan")}]}, "int8") == []
+
+
+def test_nan_weights_are_refused_naming_the_exit(tmp_path):
+    model = create_model("dvt_t2t_micro").eval()
+    with torch.no_grad():
+        model.stages[1].head.bias[0] = float("nan")
+    path = tmp_path / "broken.pth.tar"
+    torch.save({"model_state_dict": model.state_dict()}, path)
+    with pytest.raises(ExportError, match="exit 2 .*NaN or infinite logits in PyTorch itself"):
+        export_bundle(str(path), "onnx", "fp32", out=str(tmp_path / "b"), progress=False)
+    assert not (tmp_path / "b").exists()
+
+
+def test_published_t2t_vit_12_stress_export_onnx(tmp_path):
+    """The real scale: dvt_t2t_vit_12 (224 px) with stress weights, ONNX Runtime, every exit finite and within 1e-3."""
+    if "onnx" not in RUNNABLE:
+        pytest.skip("onnxruntime not installed")
+    model = stress(create_model("dvt_t2t_vit_12").eval(), scale=1.0)
+    path = tmp_path / "t2t12.pth.tar"
+    torch.save({"model_state_dict": model.state_dict()}, path)
+    r = export_bundle(str(path), "onnx", "fp32", out=str(tmp_path / "b"), progress=False)
+    rows = r.manifest.parity["exits"]
+    assert all(row["finite"] and row["max_abs_diff_fixed"] <= FP32_TOL for row in rows), rows
+    assert np.isfinite([row["max_abs_diff_fixed"] for row in rows]).all()
