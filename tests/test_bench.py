@@ -69,3 +69,25 @@ def test_bench_report_rejects_other_json(tmp_path, capsys):
     (tmp_path / "x.json").write_text(json.dumps({"schema": "something-else"}))
     assert main(["report", str(tmp_path / "x.json")]) == 2
     assert "not a dvt-edge bench result" in capsys.readouterr().err
+
+
+def test_unmatched_point_is_never_a_plain_speedup(results, tmp_path):
+    """A cascade point below the last exit's accuracy (beyond 0.2 points) is marked in the table and the plot."""
+    import copy
+
+    from dvt_edge.bench import MATCH_POINTS, matched_cells, plot
+
+    _, r1, _ = results
+    r = copy.deepcopy(r1)
+    row = next(x for x in r["rows"] if x["status"] == "ok")
+    row["matched"] = {**(row["matched"] or {"thresholds": [0.5, 0.5], "measured_mean_ms": 0.1, "exit_fractions": [1, 0, 0]}),
+                      "accuracy": 80.0, "accuracy_delta": -1.9, "speedup_vs_last_exit": 3.28, "within_match": False}
+    md = markdown([r])
+    line = next(x for x in md.splitlines() if x.startswith(f"| {row['target']} | {row['precision']} | ok"))
+    assert "NOT matched" in line and "-1.90 pts" in line and "| 3.28x |" not in line, line
+    assert "no speedup at matched accuracy" in line
+    dyn, sp = matched_cells({**row["matched"], "within_match": True, "accuracy_delta": -0.1})
+    assert sp == "3.28x" and "NOT" not in dyn
+    assert MATCH_POINTS == 0.2
+    plot([r], tmp_path / "acc.png")  # the hollow star and its note are drawn without error
+    assert (tmp_path / "acc.png").stat().st_size > 500

@@ -442,3 +442,28 @@ def test_webcam_runs_from_any_directory(tmp_path):
     r = subprocess.run([sys.executable, "-m", "apps.webcam", "--help"], capture_output=True, text=True, timeout=60, cwd=tmp_path,
                        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert r.returncode == 0 and "--camera" in r.stdout, r.stderr
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs /proc (Linux)")
+def test_soak_predict_with_budget_keeps_rss_flat(calibrated, images):
+    """10,000 predict(..., budget_ms=...) calls: resident memory stays within 5 MB."""
+    d, _ = calibrated
+    b = Bundle.open(d, device_name="dev")
+    x = images[0][0]
+    for _ in range(300):  # warm-up: allocator pools, caches
+        b.predict(x, budget_ms=1.0)
+    import gc
+
+    gc.collect()
+    before = _rss_mb()
+    for _ in range(10_000):
+        b.predict(x, budget_ms=1.0)
+    gc.collect()
+    grown = _rss_mb() - before
+    assert grown < 5.0, f"RSS grew by {grown:.1f} MB over 10,000 calls"
+    assert len(b.controller.history) <= 1000

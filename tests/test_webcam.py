@@ -1,8 +1,8 @@
-"""The webcam demo (apps/webcam.py), headless, on a video of Fashion-MNIST test images shown large.
+"""The webcam demo (apps/webcam.py), headless, on a video of held-out CIFAR-10 pictures shown large.
 
-The video plays the part of a camera pointed at a screen: each test image is upscaled to
-~90% of the frame height, centred (with a few pixels of jitter) on a dark, noisy background,
-for a few frames each, and encoded with mp4v. The demo must classify every frame exactly as
+The video plays the part of a camera pointed at a printed photo: each held-out image is
+upscaled to ~90% of the frame height, centred (with a few pixels of jitter) on a grey, noisy
+wall, for a few frames each, and encoded with mp4v. The demo must classify every frame exactly as
 ``bundle.predict(bundle.preprocess(frame))`` does, write an annotated video with every
 frame, a stats JSON and a snapshot PNG, and (with the reference checkpoint) name the shown
 item on most frames.
