@@ -682,15 +682,18 @@ DATASETS: dict[str, str] = {
 }
 
 
-def default_data(model_name: str, extras: Optional[dict] = None) -> str:
+def default_data(model_name: str, extras: Optional[dict] = None, cfg=None) -> str:
     """The dataset spec a checkpoint is evaluated on by default: the one it records
-    (``eval_data``, set when a reference is published), else its variant's registered dataset."""
-    from dvt_edge.models import list_models, model_defaults
+    (``eval_data``), else its variant's registered dataset, when the checkpoint's input
+    (``cfg``: channels and size) is the registered variant's."""
+    from dvt_edge.models import get_config, list_models, model_defaults
 
     if extras and extras.get("eval_data"):
         return str(extras["eval_data"])
     if model_name in list_models() and model_defaults(model_name)["dataset"]:
-        return model_defaults(model_name)["dataset"]
+        reg = get_config(model_name)
+        if cfg is None or (cfg.in_chans, cfg.img_size) == (reg.in_chans, reg.img_size):
+            return model_defaults(model_name)["dataset"]
     raise DataError(f"no default dataset for model {model_name!r}; pass --data (valid specs: {', '.join(DATASETS)})")
 
 

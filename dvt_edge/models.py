@@ -335,10 +335,10 @@ class TokenPerformer(nn.Module):
         kp, qp = self.prm_exp(k), self.prm_exp(q)  # (B, T, m)
         d = qp @ kp.sum(dim=1).unsqueeze(-1)  # (B, T, 1)
         kptv = v.transpose(1, 2) @ kp  # (B, emb, m)
-        # the published code divides by (d + 1e-8); ONNX exporters' optimizers fold that tiny add
-        # away (then 0/0 = NaN when prm_exp underflows), so the floor is a Max no pass removes.
-        # For d >= 0 the two differ by at most 1e-8 / d relative.
-        y = (qp @ kptv.transpose(1, 2)) / torch.clamp_min(d, 1e-8)  # (B, T, emb)
+        # y / (d + 1e-8) as published, written as (y * 1e8) / (d * 1e8 + 1): the ONNX exporter's
+        # optimizer drops an Add of a constant within 1e-8 of zero (then 0/0 = NaN when prm_exp
+        # underflows); constants 1e8 and 1 survive every pass. Equal up to float rounding.
+        y = (qp @ kptv.transpose(1, 2)) * 1e8 / (d * 1e8 + 1.0)  # (B, T, emb)
         y = v + self.proj(y)
         return y + self.mlp(self.norm2(y))
 

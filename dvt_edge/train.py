@@ -232,8 +232,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {lo}, got {v}")
     for name in ("lr", "weight_decay", "warmup_epochs", "label_smoothing"):
         v = getattr(args, name)
-        if not math.isfinite(v) or v < 0 or (name == "lr" and v == 0):
-            raise ValueError(f"--{name.replace('_', '-')} must be a finite {'positive' if name == 'lr' else 'non-negative'} number, got {v}")
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite non-negative number, got {v}")
     if args.label_smoothing >= 1 or (args.drop_path is not None and not 0 <= args.drop_path < 1):
         raise ValueError("--label-smoothing and --drop-path must be in [0, 1)")
 

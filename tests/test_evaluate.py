@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dvt_edge import save_checkpoint
-from dvt_edge.data import load_dataset
+from dvt_edge.data import load_dataset, stratified_subset
 from dvt_edge.evaluate import main
 from dvt_edge.models import create_model
 from dvt_edge.train import evaluate_exits
@@ -27,9 +27,9 @@ def test_evaluate_writes_report(tmp_path, capsys):
         assert sum(p["exit_fractions"]) == pytest.approx(1.0)
         assert r["exits"][0]["gflops"] - 1e-9 <= p["mean_cost"] <= r["exits"][-1]["gflops"] + 1e-9
     # the per-exit numbers are the model's own: recompute on the same subset
-    idx = np.random.default_rng(0).permutation(len(ds))[:300]
-    ds.images, ds.labels = ds.images[idx], ds.labels[idx]
-    acc, _ = evaluate_exits(m, ds)
+    sub = ds.subset(stratified_subset(ds.labels, 300, seed=0))  # --limit: a seeded, class-stratified subset
+    assert np.bincount(sub.labels).tolist() == [30] * 10
+    acc, _ = evaluate_exits(m, sub)
     assert [e["top1"] for e in r["exits"]] == pytest.approx(acc)
     assert (tmp_path / "ev" / "evaluate.png").stat().st_size > 1000
     assert "FLOPs-budget curve" in capsys.readouterr().out

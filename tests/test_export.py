@@ -111,7 +111,7 @@ def test_existing_bundle_needs_force_and_is_replaced_whole(tmp_path, micro_ckpt)
         export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(out), verify_n=20, progress=False)
     export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(out), verify_n=20, progress=False, force=True)
     Manifest.load(out)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no temp or old directories left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "dvt-edge-export.log"]  # no temp or old directories left
 
 
 @pytest.mark.xdist_group("subprocess-export")

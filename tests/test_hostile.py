@@ -396,7 +396,8 @@ def test_batch_predict_releases_decided_samples(onnx_bundle, images, monkeypatch
     preds = b.predict(x, thresholds=[t, None])
     undecided = sum(p.exit > 0 for p in preds)
     assert 0 < undecided < len(x)
-    assert alive == [undecided], f"{alive[0]} exit-1 outputs alive at exit 2, but only {undecided} samples go on"
+    # the undecided samples' outputs (+ at most the one the loop variable still holds)
+    assert undecided <= alive[0] <= undecided + 1, f"{alive[0]} exit-1 outputs alive at exit 2, but only {undecided} samples go on"
 
 
 # ----------------------------------------------------------------------------- the command line a user meets

@@ -79,7 +79,7 @@ def _default_data_spec(model: DVT, info: CheckpointInfo) -> Optional[str]:
         except (ValueError, AttributeError):
             pass
     try:
-        candidates.append(default_data(model.name, info.extras))
+        candidates.append(default_data(model.name, info.extras, model.cfg))
     except DataError:
         pass
     if (model.cfg.in_chans, model.cfg.img_size) == (1, 28):

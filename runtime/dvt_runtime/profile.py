@@ -638,7 +638,7 @@ def _float(cell: str, where: str) -> float:
     except ValueError:
         raise ProfileError(f"{where}: {cell[:40]!r} is not a number") from None
     if not math.isfinite(v) or v < 0:
-        raise ProfileError(f"{where}: {cell[:40]!r} must be a finite non-negative number")
+        raise ProfileError(f"{where}: {cell[:40]!r}: latencies and exit numbers must be finite and non-negative")
     return v
 
 
