@@ -64,7 +64,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         # the final epoch, as for the committed reference (no selection on the evaluation split)
         ckpt = out / "retrain" / ref.checkpoint.name
-        r = publish_run(str(out / "retrain"), str(ckpt))
+        r = publish_run(str(out / "retrain"), str(ckpt), eval_data=ref.eval_data)
         print(f"wrote {ckpt} and its model card {r['card']}")
     if not ckpt.is_file():
         print(f"\nno checkpoint at {ckpt}; train one with: python -m dvt_edge.train {' '.join(ref.retrain)} --out runs/ref", file=sys.stderr)

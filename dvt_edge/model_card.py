@@ -51,7 +51,7 @@ def exit_gains(top1: Sequence[float]) -> list[float]:
 
 
 def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[str] = None,
-                threshold_n: int = 5000, progress: bool = True) -> dict:
+                threshold_n: int = 5000, progress: bool = True, eval_data: Optional[str] = None) -> dict:
     """Final checkpoint of ``run`` -> weights-only ``out`` + evaluation + model card. Returns the evaluation."""
     from dvt_edge.evaluate import evaluate_checkpoint, plot_report
 
@@ -68,8 +68,9 @@ def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[s
                               f"python -m dvt_edge.train ... --out {run} --resume")
     args = json.loads(t["args"])
     history = json.loads(t["history"])
+    extra = {"eval_data": eval_data} if eval_data else {}  # portable evaluation data (e.g. shipped with the package)
     save_checkpoint(out_path, model, classes=info.classes, preprocess=info.preprocess, accuracies=info.accuracies,
-                    data=args["data"], train_summary=json.dumps({"epoch": t["epoch"], "args": args}))
+                    data=args["data"], train_summary=json.dumps({"epoch": t["epoch"], "args": args}), **extra)
 
     report = evaluate_checkpoint(str(out_path), data=data or args["data"], threshold_n=threshold_n, progress=progress)
     eval_dir = run_dir / "card_eval"
@@ -172,9 +173,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--card", default=None, help="model card path (default: MODEL_CARD_<name>.md beside --out)")
     ap.add_argument("--data", default=None, help="evaluation dataset spec (default: the run's)")
     ap.add_argument("--threshold-n", type=int, default=5000, help="held-out training images for the budget curve's thresholds")
+    ap.add_argument("--eval-data", default=None, help="data spec recorded as the checkpoint's portable evaluation/calibration set "
+                    "(e.g. cifar10-ref, shipped with the package)")
     args = ap.parse_args(argv)
     try:
-        r = publish_run(args.run, args.out, args.card, args.data, args.threshold_n)
+        r = publish_run(args.run, args.out, args.card, args.data, args.threshold_n, eval_data=args.eval_data)
     except (CheckpointError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

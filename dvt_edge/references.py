@@ -23,6 +23,7 @@ class Reference:
     checkpoint: Path
     retrain: tuple[str, ...]
     about: str
+    eval_data: str = ""  # recorded in the published file: where it is evaluated and calibrated by default
 
     @property
     def card(self) -> Path:
@@ -40,6 +41,7 @@ REFERENCES: dict[str, Reference] = {
         ("--model", "dvt_small_cifar", "--data", "cifar10-jpeg", "--epochs", "28", "--seed", "0", "--lr", "0.002",
          "--warmup-epochs", "2.0", "--label-smoothing", "0.1", "--pad", "4", "--threads", "2"),
         "CIFAR-10 (32x32 RGB natural images), trained on 45,000 training images, figures on the 5,000 held out",
+        eval_data="cifar10-ref",
     ),
     "fashion-mnist": Reference(
         "fashion-mnist", "dvt_tiny_fmnist_ms", ASSETS / "dvt_tiny_fmnist_ms.pt",

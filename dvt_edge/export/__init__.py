@@ -65,6 +65,8 @@ def _default_data_spec(model: DVT, info: CheckpointInfo) -> Optional[str]:
     """Real images for calibration and verification: the checkpoint's training data where it is
     on this machine, else the data its variant is registered with (e.g. ``cifar10-ref``, shipped)."""
     candidates = []
+    if info.extras.get("eval_data"):  # a published reference's portable set comes first
+        candidates.append(str(info.extras["eval_data"]))
     if info.extras.get("data"):
         candidates.append(str(info.extras["data"]))
     summary = info.extras.get("train_summary") or info.extras.get("train", {}).get("args")
