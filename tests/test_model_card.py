@@ -90,22 +90,42 @@ def reference_accuracy(request) -> tuple[Reference, list[float]]:
     return ref, evaluate_exits(model, ds)[0]
 
 
-def test_reference_checkpoint_accuracy_and_card(reference_accuracy):
-    """The reference's bar on its first and last exit; the card states this file's figures."""
+#: references that do not reach their bar yet: key -> why (the bar tests then xfail strictly, so a
+#: retrained file that meets the bar makes the suite fail until its entry is removed)
+SHORT_OF_BAR: dict[str, str] = {}
+
+
+def _bar(ref: Reference, ok: bool, detail: str) -> None:
+    """Assert the bar; for a reference listed in SHORT_OF_BAR, an expected failure that turns into an
+    error as soon as the file meets the bar (strict)."""
+    if ref.key in SHORT_OF_BAR:
+        if ok:
+            pytest.fail(f"{ref.key} now meets its bar ({detail}): remove it from SHORT_OF_BAR")
+        pytest.xfail(f"{SHORT_OF_BAR[ref.key]} (measured: {detail})")
+    assert ok, detail
+
+
+def test_reference_card_states_the_file(reference_accuracy):
+    """The card is this file's: its SHA-256 and every per-exit top-1 measured here."""
     ref, acc = reference_accuracy
-    first, last, _ = BARS[ref.key]
-    assert acc[0] >= first and acc[-1] >= last, acc
     card = ref.card.read_text()
     assert sha256_file(ref.checkpoint) in card, f"{ref.card.name} describes another file: regenerate it with python -m dvt_edge.model_card"
     for i, a in enumerate(acc):
         assert re.search(rf"\| {i + 1} \| \d+x\d+ \| [\d.]+ \| {a:.2f} \|", card), (i, a)
 
 
+def test_reference_checkpoint_accuracy(reference_accuracy):
+    """The reference's bar on its first and last exit."""
+    ref, acc = reference_accuracy
+    first, last, _ = BARS[ref.key]
+    _bar(ref, acc[0] >= first and acc[-1] >= last, f"top-1 per exit {acc}, bar: exit 1 >= {first}, last >= {last}")
+
+
 def test_reference_checkpoint_gains_clearly_from_exit_to_exit(reference_accuracy):
     """A clear gain from every exit to the next (the cascade's reason to exist)."""
     ref, acc = reference_accuracy
     gains = [b - a for a, b in zip(acc, acc[1:])]
-    assert min(gains) >= BARS[ref.key][2], f"exit-to-exit gains {gains} (accuracies {acc})"
+    _bar(ref, min(gains) >= BARS[ref.key][2], f"exit-to-exit gains {gains} (accuracies {acc}), bar >= {BARS[ref.key][2]}")
 
 
 def test_reference_checkpoint_is_small():
