@@ -50,7 +50,7 @@ def test_stress_weights_make_the_performer_underflow(stressed_t2t):
     d = perf.prm_exp(q) @ perf.prm_exp(k).sum(dim=1).unsqueeze(-1)
     logits = [s for s in model(torch.randn(2, 3, 64, 64))]
     assert all(torch.isfinite(lg).all() for lg in logits), "PyTorch itself must stay finite"
-    assert float(d.detach().min()) < 1e-6, "these weights should push the performer to its floor; make stress() stronger"
+    assert bool(torch.isfinite(d).all()) and float(d.detach().min()) < 1e-6, "these weights should push the performer to its floor; make stress() stronger"
 
 
 @pytest.mark.parametrize("target", RUNNABLE)
