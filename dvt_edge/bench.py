@@ -52,7 +52,8 @@ def _flops_costs(manifest):
 
 
 def bench_bundle(bundle_dir: Path, x: np.ndarray, y: np.ndarray, budgets: Optional[list[float]], threads: int = 1,
-                 runs: int = 200, holdout: float = 0.5, seed: int = 0, progress: bool = True, device_name: Optional[str] = None) -> dict:
+                 runs: int = 200, holdout: float = 0.5, seed: int = 0, progress: bool = True, device_name: Optional[str] = None,
+                 batches: Sequence[int] = ()) -> dict:
     """Everything measured on one bundle (this host)."""
     from dvt_runtime.bundle import Bundle
     from dvt_runtime.calibrate import cascade_overhead_ms, exit_probs, with_overhead
@@ -122,8 +123,40 @@ def bench_bundle(bundle_dir: Path, x: np.ndarray, y: np.ndarray, budgets: Option
                    **_meas(meas, None), "speedup_vs_last_exit": last["measured_mean_ms"] / meas["mean_ms"],
                    "accuracy_delta": meas["accuracy"] - last["accuracy"],
                    "within_match": meas["accuracy"] >= last["accuracy"] - MATCH_POINTS}
-    return {"profile": prof.summary(), "device": prof.device, "runtime_overhead": runtime_overhead(b, x), "static": static, "dynamic": dynamic,
-            "flops_calibrated": flops_rows, "matched": matched, "n_holdout": len(hold), "n_calibration": len(cal)}
+    out = {"profile": prof.summary(), "device": prof.device, "runtime_overhead": runtime_overhead(b, x), "static": static, "dynamic": dynamic,
+           "flops_calibrated": flops_rows, "matched": matched, "n_holdout": len(hold), "n_calibration": len(cal)}
+    if batches:  # at the matched-accuracy thresholds (their accuracy delta is reported with them)
+        thr = matched["thresholds"] if matched else never_stop(b.num_exits)
+        out["throughput"] = {"thresholds": thr, "max_batch": m.max_batch, "rows": throughput(b, xh, yh, thr, batches)}
+    return out
+
+
+def never_stop(num_exits: int) -> list:
+    return [None] * (num_exits - 1)
+
+
+def throughput(bundle, x: np.ndarray, y: Optional[np.ndarray], thresholds: list, batches: Sequence[int]) -> list[dict]:
+    """Images/s of the static model (every stage, last exit answers) and of the dynamic cascade
+    at ``thresholds``, ``batch`` images per ``predict`` call (the measured analog of the
+    paper's Table 2). Both run on the same images in the same process, interleaved per batch size."""
+    from dvt_runtime.calibrate import measure_cascade
+
+    y = np.zeros(len(x), np.int64) if y is None else y
+    never = [None] * (bundle.num_exits - 1)
+    rows = []
+    for bs in batches:
+        if bs > len(x):
+            rows.append({"batch": bs, "error": f"only {len(x)} images to measure on"})
+            continue
+        n = (len(x) // bs) * bs  # whole batches only
+        st = measure_cascade(bundle, x[:n], y[:n], never, warmup=2, batch=bs)
+        dy = measure_cascade(bundle, x[:n], y[:n], thresholds, warmup=2, batch=bs)
+        rows.append({"batch": bs, "n": n, "calls_per_stage": "one per batch" if bundle.batch_limit() >= bs else
+                     f"{-(-bs // bundle.batch_limit())} per batch (max_batch {bundle.batch_limit()})",
+                     "static_images_per_s": st["images_per_s"], "dynamic_images_per_s": dy["images_per_s"],
+                     "speedup": dy["images_per_s"] / st["images_per_s"], "static_accuracy": st["accuracy"],
+                     "dynamic_accuracy": dy["accuracy"], "exit_fractions": dy["exit_fractions"]})
+    return rows
 
 
 def runtime_overhead(bundle, x: np.ndarray, n: int = 300) -> dict:
@@ -161,9 +194,78 @@ def _meas(meas: dict, budget: Optional[float]) -> dict:
 # ----------------------------------------------------------------------------- driver
 
 
+def random_checkpoint(model_name: str, out: Path) -> str:
+    """A checkpoint of ``model_name`` with random weights (seed 0), for latency/throughput only."""
+    import torch
+
+    from dvt_edge.checkpoint import save_checkpoint
+    from dvt_edge.data import default_preprocess
+    from dvt_edge.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(model_name)
+    pre = default_preprocess(model.cfg.in_chans, model.cfg.img_size)
+    path = out / f"{model_name}-random-weights.pt"
+    save_checkpoint(path, model, preprocess=pre, note="random weights (seed 0): latency and throughput only")
+    return str(path)
+
+
+def run_throughput(checkpoint: str, targets: list[str], precisions: list[str], thresholds: list, batches: Sequence[int], out: Path,
+                   n: int = 256, threads: int = 1, progress: bool = True, device_name: Optional[str] = None, verbose: bool = False,
+                   data: Optional[str] = None) -> dict:
+    """Static vs dynamic images/s at fixed ``thresholds``: on ``n`` images of ``data`` (with accuracy),
+    or on ``n`` random images when ``data`` is None (latency only, e.g. random weights)."""
+    from dvt_edge.checkpoint import load_checkpoint
+    from dvt_edge.export import export_bundle
+    from dvt_edge.export.targets import TARGETS, get_target
+    from dvt_runtime.backends import available_backends
+    from dvt_runtime.bundle import Bundle, check_thresholds
+    from dvt_runtime.profile import device_facts
+
+    model, info = load_checkpoint(checkpoint)
+    check_thresholds(thresholds, model.num_exits, "--thresholds")
+    if data:
+        x, y = load_dataset(data, "val", preprocess=info.preprocess).arrays(n, seed=0, progress=progress)
+    else:
+        x, y = np.random.default_rng(0).standard_normal((n, model.cfg.in_chans, model.cfg.img_size, model.cfg.img_size)).astype(np.float32), None
+    names = sorted(TARGETS) if targets == ["all"] else [get_target(t).name for t in targets]
+    rows = []
+    for name in names:
+        t = TARGETS[name]
+        for prec in precisions:
+            if prec not in t.precisions:
+                continue
+            row = {"target": name, "precision": prec, "backend": t.backend}
+            t0 = time.time()
+            try:
+                if t.backend not in available_backends():
+                    raise RuntimeError(f"{t.backend} does not run on this host")
+                bdir = out / "bundles" / f"{model.name}-{name}-{prec}"
+                export_bundle(checkpoint, name, prec, out=str(bdir), force=True, progress=progress, verbose=verbose,
+                              log_path=str(out / "bench-toolchains.log"))
+                with quiet_toolchains(out / "bench-toolchains.log", verbose):
+                    b = Bundle.open(bdir, threads=threads)
+                    row["throughput"] = {"thresholds": list(thresholds), "max_batch": b.manifest.max_batch,
+                                         "rows": throughput(b, x, y, list(thresholds), batches)}
+                row["status"] = "ok"
+            except Exception as e:  # a failing target is a row, not a crash
+                row.update(status="error", error=f"{type(e).__name__}: {str(e).strip()[:500]}", traceback=traceback.format_exc(limit=3))
+            row["seconds"] = round(time.time() - t0, 1)
+            rows.append(row)
+            if progress:
+                print(f"[bench] {name} {prec}: {row['status']} ({row['seconds']} s)", file=sys.stderr)
+    dev = device_facts(threads=threads)
+    if device_name:
+        dev["device_name"] = device_name
+    return {"schema": SCHEMA, "schema_version": 1, "mode": "throughput",
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv), "checkpoint": checkpoint, "model": model.name, "data": data or f"{n} random images",
+            "n_images": len(x), "threads": threads, "device": dev, "rows": rows, "has_accuracy": y is not None}
+
+
 def run_bench(checkpoint: str, data: Optional[str], targets: list[str], precisions: list[str], budgets: Optional[list[float]],
               out: Path, n: int = 2000, threads: int = 1, runs: int = 200, progress: bool = True,
-              device_name: Optional[str] = None, reuse: bool = False, verbose: bool = False) -> dict:
+              device_name: Optional[str] = None, reuse: bool = False, verbose: bool = False, batches: Sequence[int] = ()) -> dict:
     from dvt_edge.checkpoint import load_checkpoint
     from dvt_edge.export import export_bundle
     from dvt_edge.export.targets import TARGETS, get_target
@@ -200,7 +302,8 @@ def run_bench(checkpoint: str, data: Optional[str], targets: list[str], precisio
                     if progress:
                         print(f"[bench] {name} {prec}: profiling and measuring the cascade ...", file=sys.stderr, flush=True)
                     with quiet_toolchains(out / "bench-toolchains.log", verbose):  # runtimes' own chatter goes to the log
-                        row.update(bench_bundle(bdir, x, y, budgets, threads, runs, progress=False, device_name=device_name))
+                        row.update(bench_bundle(bdir, x, y, budgets, threads, runs, progress=False, device_name=device_name,
+                                                batches=batches))
                     row["status"] = "ok"
             except Exception as e:  # a failing target is a row, not a crash
                 row["status"] = "error"
@@ -241,10 +344,43 @@ def matched_cells(mt: Optional[dict]) -> tuple[str, str]:
     return f"{dyn} ({miss})", f"no speedup at matched accuracy ({mt['speedup_vs_last_exit']:.2f}x at {mt['accuracy_delta']:+.2f} pts)"
 
 
+def throughput_markdown(r: dict) -> list[str]:
+    """The throughput table (static vs dynamic images/s per batch size) of every row that has one."""
+    out = []
+    for row in r["rows"]:
+        tp = row.get("throughput")
+        if row.get("status") != "ok" or not tp:
+            if r.get("mode") == "throughput":
+                out.append(f"\n{row['target']} {row['precision']}: {row.get('error') or row.get('status')}\n")
+            continue
+        thr = ", ".join("-" if v is None else f"{v:.4g}" for v in tp["thresholds"])
+        mb = "any" if tp["max_batch"] is None else tp["max_batch"]
+        out.append(f"\n### {row['target']} {row['precision']}: throughput, {r.get('threads', '?')} thread(s), thresholds [{thr}], "
+                   f"artifact max_batch {mb}\n")
+        has_acc = r.get("mode") != "throughput" or r.get("has_accuracy", False)
+        out.append("| batch | static (all stages) img/s | dynamic img/s | speedup | exits % (1/2/...) |" + (" accuracy static / dynamic % |" if has_acc else ""))
+        out.append("|---|---|---|---|---|" + ("---|" if has_acc else ""))
+        for t in tp["rows"]:
+            if "error" in t:
+                out.append(f"| {t['batch']} | {t['error']} | | | |" + (" |" if has_acc else ""))
+                continue
+            line = (f"| {t['batch']} | {t['static_images_per_s']:.1f} | {t['dynamic_images_per_s']:.1f} | {t['speedup']:.2f}x | "
+                    + "/".join(f"{100 * q:.0f}" for q in t["exit_fractions"]) + " |")
+            if has_acc:
+                line += f" {t['static_accuracy']:.2f} / {t['dynamic_accuracy']:.2f} |"
+            out.append(line)
+    return out
+
+
 def markdown(results: list[dict]) -> str:
     out = []
     for r in results:
         dev = _device_label(r)
+        if r.get("mode") == "throughput":
+            out.append(f"## {r['model']} on {dev}: throughput on {r['data']}\n")
+            out.extend(throughput_markdown(r))
+            out.append("")
+            continue
         out.append(f"## {r['model']} on {dev}: {r['n_images']} images of {r['data']}\n")
         out.append("| target | prec | status | exit sizes KB | per-exit top-1 % (artifact) | exit p50/p90 ms (cumulative) | last exit alone: acc %, mean ms | dynamic @ matched acc: acc %, mean ms | speedup |")
         out.append("|---|---|---|---|---|---|---|---|---|")
@@ -276,6 +412,7 @@ def markdown(results: list[dict]) -> str:
                 cell = lambda v: (f"{v['accuracy']:.2f}, {v['measured_mean_ms']:.3f} ({v['error_vs_budget_pct']:+.1f}%), "
                                   f"{v['measured_p90_ms']:.3f}, " + "/".join(f"{100 * q:.0f}" for q in v["exit_fractions"]))
                 out.append(f"| {d['budget_ms']:.3f} | {cell(d)} | {cell(f)} |")
+        out.extend(throughput_markdown(r))
         out.append("")
     return "\n".join(out)
 
@@ -286,12 +423,14 @@ def plot(results: list[dict], path_acc: Path, path_exits: Optional[Path] = None)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not any(row.get("status") == "ok" and "static" in row for r in results for row in r["rows"]):
+        return  # throughput-only results: see plot_throughput
     fig, ax = plt.subplots(figsize=(7.5, 5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     k = 0
     for r in results:
         for row in r["rows"]:
-            if row.get("status") != "ok":
+            if row.get("status") != "ok" or "static" not in row:
                 continue
             c = colors[k % len(colors)]
             k += 1
@@ -319,7 +458,7 @@ def plot(results: list[dict], path_acc: Path, path_exits: Optional[Path] = None)
     _save(fig, path_acc)
     if path_exits is None:
         return
-    ok = [(r, row) for r in results for row in r["rows"] if row.get("status") == "ok"]
+    ok = [(r, row) for r in results for row in r["rows"] if row.get("status") == "ok" and "static" in row]
     if not ok:
         return
     fig, axes = plt.subplots(1, len(ok), figsize=(3.2 * len(ok) + 1, 3.6), squeeze=False)
@@ -339,6 +478,34 @@ def plot(results: list[dict], path_acc: Path, path_exits: Optional[Path] = None)
     _save(fig, path_exits)
 
 
+def plot_throughput(results: list[dict], path: Path) -> bool:
+    """Images/s against batch size, static (dashed) and dynamic (solid), per target x precision."""
+    rows = [(r, row) for r in results for row in r["rows"] if row.get("status") == "ok" and row.get("throughput")]
+    if not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, (r, row) in enumerate(rows):
+        t = [v for v in row["throughput"]["rows"] if "error" not in v]
+        c, label = colors[k % len(colors)], f"{_device_label(r)} {row['target']} {row['precision']}"
+        ax.plot([v["batch"] for v in t], [v["static_images_per_s"] for v in t], "--s", color=c, mfc="none", label=f"{label}: static")
+        ax.plot([v["batch"] for v in t], [v["dynamic_images_per_s"] for v in t], "-o", color=c, label=f"{label}: dynamic")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size (images per predict call)")
+    ax.set_ylabel("images / s")
+    ax.set_title(f"{results[0]['model']}: throughput, static model vs dynamic cascade")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
 def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -355,6 +522,7 @@ def write_outputs(results: list[dict], out: Path, name: str = "bench") -> None:
         atomic_write_json(out / f"{name}.json", {"schema": SCHEMA, "schema_version": 1, "merged": results})
     atomic_write(out / f"{name}.md", markdown(results).encode())
     plot(results, out / f"{name}_accuracy_vs_latency.png", out / f"{name}_exit_distribution.png")
+    plot_throughput(results, out / f"{name}_throughput.png")
 
 
 def load_results(paths: Sequence[str]) -> list[dict]:
@@ -367,6 +535,23 @@ def load_results(paths: Sequence[str]) -> list[dict]:
             raise ValueError(f"{p} has a newer schema_version; upgrade dvt-edge")
         out.extend(d["merged"] if "merged" in d else [d])
     return out
+
+
+def _checkpoint_data(checkpoint: str) -> str:
+    from dvt_edge.checkpoint import load_checkpoint
+
+    model, info = load_checkpoint(checkpoint)
+    return default_data(model.name, info.extras, model.cfg)
+
+
+def _ints(text: str, name: str) -> list[int]:
+    try:
+        v = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{name} must be comma-separated whole numbers, e.g. 1,8,32,128; got {text!r}") from None
+    if any(b < 1 for b in v):
+        raise ValueError(f"{name} must be >= 1, got {v}")
+    return v
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -397,6 +582,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--device-name", default=None, help="label of this device in reports")
     ap.add_argument("--reuse-bundles", action="store_true", help="reuse bundles already in OUT/bundles")
     ap.add_argument("--verbose", action="store_true", help="show the toolchains' own output (default: OUT/bench-toolchains.log)")
+    ap.add_argument("--batches", default=None,
+                    help="throughput mode: comma-separated batch sizes, e.g. 1,8,32,128 (images/s of the static model and the "
+                         "dynamic cascade per batch size)")
+    ap.add_argument("--model", default=None, help="with --batches: a registered model with random weights (random images, no accuracy)")
+    ap.add_argument("--thresholds", default=None,
+                    help="with --batches: fixed per-exit thresholds, e.g. 0.9,0.8 ('-' = never stop), instead of the full "
+                         "benchmark's matched-accuracy ones")
     ap.add_argument("--out", default="runs/bench")
     a = ap.parse_args(argv)
     try:
@@ -404,14 +596,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if budgets and any(v <= 0 for v in budgets):
             raise ValueError("budgets must be positive milliseconds")
         out = Path(a.out)
-        r = run_bench(a.checkpoint, a.data, a.targets.split(","), a.precisions.split(","), budgets, out, a.n, a.threads,
-                      a.runs, device_name=a.device_name, reuse=a.reuse_bundles, verbose=a.verbose)
+        batches = _ints(a.batches, "--batches") if a.batches else []
+        if a.model or a.thresholds:
+            if not batches or not a.thresholds:
+                raise ValueError("fixed-threshold throughput (--model / --thresholds) needs both --batches and --thresholds")
+            out.mkdir(parents=True, exist_ok=True)
+            thr = [None if v.strip() in ("-", "none", "None") else float(v) for v in a.thresholds.split(",")]
+            ckpt = random_checkpoint(a.model, out) if a.model else a.checkpoint
+            data = None if a.model else (a.data or _checkpoint_data(ckpt))
+            r = run_throughput(ckpt, a.targets.split(","), a.precisions.split(","), thr, batches, out, n=a.n,
+                               threads=a.threads, device_name=a.device_name, verbose=a.verbose, data=data)
+        else:
+            r = run_bench(a.checkpoint, a.data, a.targets.split(","), a.precisions.split(","), budgets, out, a.n, a.threads,
+                          a.runs, device_name=a.device_name, reuse=a.reuse_bundles, verbose=a.verbose, batches=batches)
     except (DataError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     write_outputs([r], out)
     print(markdown([r]))
-    print(f"wrote {out}/bench.json, bench.md, bench_accuracy_vs_latency.png, bench_exit_distribution.png")
+    print(f"wrote {out}/bench.json, bench.md and " + ", ".join(sorted(p.name for p in out.glob("bench_*.png"))))
     return 0
 
 

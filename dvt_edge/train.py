@@ -33,6 +33,8 @@ from dvt_edge.models import DVT, create_model, list_models, model_defaults, mode
 from dvt_runtime.io import atomic_write_json
 from dvt_runtime.preprocess import Preprocess
 
+AMP_CHOICES = ("fp32", "bf16")
+
 __all__ = ["train", "evaluate_exits", "main", "build_parser"]
 
 
@@ -197,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--pad", type=int, default=None, help="random translation in pixels (default: max(2, img_size // 14))")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads per process")
+    ap.add_argument("--amp", choices=AMP_CHOICES, default="fp32",
+                    help="compute precision of the forward/backward pass (weights and optimizer stay fp32); "
+                         "bf16 autocast trains about 1.4x faster on CPUs with AMX/AVX512-BF16")
     ap.add_argument("--workers", type=int, default=2, help="data-loading workers for file-backed datasets")
     ap.add_argument("--train-limit", type=int, default=None, help="train on a seeded, class-stratified random N of the training images (quick runs)")
     ap.add_argument("--val-limit", type=int, default=None, help="evaluate on a seeded, class-stratified random N of the validation images")
@@ -226,6 +231,8 @@ def _finetune_init(model: DVT, path: str, trusted: bool) -> str:
 
 def check_args(args: argparse.Namespace) -> None:
     """Nonsense arguments are refused before anything is read or written."""
+    if getattr(args, "amp", "fp32") not in AMP_CHOICES:
+        raise ValueError(f"--amp must be one of {', '.join(AMP_CHOICES)}, got {args.amp!r}")
     for name, lo in (("epochs", 1), ("batch_size", 1), ("workers", 0), ("train_limit", 1), ("val_limit", 1), ("threads", 1), ("pad", 0)):
         v = getattr(args, name, None)
         if v is not None and v < lo:
@@ -326,6 +333,7 @@ def train(args: argparse.Namespace) -> dict:
         f"{[f'{e.grid}x{e.grid}' for e in model.exits]}, GFLOPs {[round(e.gflops, 4) for e in model.exits]}) "
         f"on {len(train_ds)} images of {args.data}, {world} process(es), device {device}")
 
+    amp = getattr(args, "amp", "fp32")
     t_run = time.time()
     for epoch in range(start_epoch, args.epochs):
         ddp_model.train()
@@ -342,8 +350,9 @@ def train(args: argparse.Namespace) -> dict:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if not args.no_augment:
                 x = augment(x, pad, bg, gen, flip=not args.no_flip)
-            outs = ddp_model(x)
-            loss = sum(F.cross_entropy(o, y, label_smoothing=args.label_smoothing) for o in outs)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
+                outs = ddp_model(x)
+            loss = sum(F.cross_entropy(o.float(), y, label_smoothing=args.label_smoothing) for o in outs)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

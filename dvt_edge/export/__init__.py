@@ -27,7 +27,7 @@ from dvt_edge.export.common import ExitArtifact, ExitGraph, ExitJob, exit_graphs
 from dvt_edge.export.targets import TARGETS, Target, TargetUnavailable, get_target
 from dvt_edge.logs import quiet_toolchains
 from dvt_edge.models import DVT
-from dvt_runtime.bundle import softmax
+from dvt_runtime.bundle import Bundle, softmax
 from dvt_runtime.io import current_umask, sha256_file
 from dvt_runtime.manifest import ExitSpec, Manifest, ManifestError, TensorSpec, artifact_digest
 from dvt_runtime.preprocess import Preprocess
@@ -35,6 +35,8 @@ from dvt_runtime.preprocess import Preprocess
 __all__ = ["export_bundle", "ExportError", "TARGETS", "get_target", "TargetUnavailable", "ExportResult"]
 
 FP32_TOL = 1e-3  # max abs logit difference allowed for fp32 artifacts
+BATCH_TOL = 1e-4  # max abs logit difference between a batched call and one image per call
+VERIFY_BATCH = 64  # images per call in the batched check of a dynamic-batch bundle
 INT8_MIN_AGREEMENT = 97.0  # % top-1 agreement with PyTorch fp32 on real images
 
 
@@ -136,19 +138,15 @@ def _torch_cascade(graphs: list[ExitGraph], images: np.ndarray) -> list[list[dic
     return out
 
 
-def _run_artifact_cascade(sessions, images: np.ndarray, graphs: list[ExitGraph], upto: Optional[int] = None) -> list[np.ndarray]:
-    """Run the artifacts chained (each exit fed by the previous artifact's outputs) -> per-exit logits (N, K)."""
-    n_exits = len(sessions) if upto is None else upto
-    logits = [[] for _ in range(n_exits)]
-    for x in images:
-        carry: dict[str, np.ndarray] = {}
-        for e in range(n_exits):
-            inputs = {"image": np.ascontiguousarray(x[None], dtype=np.float32)}
-            if graphs[e].reuse:
-                inputs.update(features=carry["features_out"], relations=carry["relations_out"])
-            carry = sessions[e].run(inputs)
-            logits[e].append(carry["logits"][0])
-    return [np.stack(v) for v in logits]
+def _verification_bundle(model: DVT, target: Target, graphs, artifacts: list[ExitArtifact], sessions, root: Path,
+                         max_batch: Optional[int] = 1) -> Bundle:
+    """The runtime's own :class:`Bundle` over freshly loaded sessions (exits ``0..len(sessions)-1``):
+    export verifies through the code path the device runs, not a second implementation."""
+    n = len(sessions)
+    m = Manifest(model=model.name, target=target.name, precision="-", classes=[str(i) for i in range(model.cfg.num_classes)],
+                 preprocess=default_preprocess(model.cfg.in_chans, model.cfg.img_size),
+                 exits=_exit_specs(model, graphs[:n], artifacts[:n], root), backend=target.backend, max_batch=max_batch)
+    return Bundle(root, m, list(sessions), [0.0] * n)
 
 
 # ----------------------------------------------------------------------------- thresholds
@@ -184,17 +182,18 @@ def _exit_decisions(logits: list[np.ndarray], thresholds: Optional[list]) -> Opt
 # ----------------------------------------------------------------------------- verify
 
 
-def _parity(target: Target, precision: str, graphs, sessions, data: _Data, ref_real, fixed_ref, thresholds) -> dict:
-    """Compare the artifacts with PyTorch fp32: fixed inputs (per exit) and real images (chained)."""
+def _parity(target: Target, bundle: Bundle, graphs, data: _Data, ref_real, fixed_ref, thresholds) -> dict:
+    """Compare the artifacts with PyTorch fp32: fixed inputs (per exit) and real images (chained
+    through the runtime's cascade, one image per call and, where the bundle takes a batch, batched)."""
     rows = []
-    for e, (g, s) in enumerate(zip(graphs, sessions)):
+    for e, g in enumerate(graphs):
         ins = {n: t.numpy() for n, t in zip(g.input_names, g.example_inputs())}
-        got = s.run(ins)["logits"]
+        got = bundle.sessions[e].run(ins)["logits"]
         rows.append({"exit": e + 1, "max_abs_diff_fixed": float(np.abs(got - fixed_ref[e]).max()),
                      "finite": bool(np.isfinite(got).all())})
     report = {"runtime": target.backend, "n_real": 0, "exits": rows, "checked": "numerical"}
     if data.verify_x is not None:
-        art = _run_artifact_cascade(sessions, data.verify_x, graphs)
+        art = _chained(bundle, data.verify_x, 1)
         for e, row in enumerate(rows):
             diff = np.abs(art[e] - ref_real[e])
             row["max_abs_diff_real"] = float(diff.max())
@@ -203,6 +202,12 @@ def _parity(target: Target, precision: str, graphs, sessions, data: _Data, ref_r
             row["top1_artifact"] = float((art[e].argmax(-1) == data.verify_y).mean() * 100)
             row["top1_pytorch"] = float((ref_real[e].argmax(-1) == data.verify_y).mean() * 100)
         report["n_real"] = len(data.verify_x)
+        if bundle.batch_limit() > 1:  # the same images in batches: must give the same logits
+            n = min(len(data.verify_x), VERIFY_BATCH if bundle.manifest.max_batch is None else bundle.manifest.max_batch)
+            batched = _chained(bundle, data.verify_x, n)
+            report["batch_checked"] = n
+            for e, row in enumerate(rows):
+                row["max_abs_diff_batched"] = float(np.abs(batched[e] - art[e]).max()) if np.isfinite(batched[e]).all() else float("nan")
         d_ref, d_art = _exit_decisions(ref_real, thresholds), _exit_decisions(art, thresholds)
         if d_ref is not None:
             final_ref = np.stack(ref_real)[d_ref, np.arange(len(d_ref))].argmax(-1)
@@ -210,6 +215,12 @@ def _parity(target: Target, precision: str, graphs, sessions, data: _Data, ref_r
             report["exit_decision_agreement"] = float((d_ref == d_art).mean() * 100)
             report["cascade_answer_agreement"] = float((final_ref == final_art).mean() * 100)
     return report
+
+
+def _chained(bundle: Bundle, x: np.ndarray, batch: int) -> list[np.ndarray]:
+    """Every exit's logits, the runtime chaining the stages, ``batch`` images per call; non-finite
+    logits are returned (and reported per exit) instead of raised."""
+    return bundle.run_exits(x, max_batch=batch, check_finite=False)
 
 
 def _check_finite_reference(fixed_ref: list[np.ndarray], real_ref: Optional[list[np.ndarray]], checkpoint: str) -> None:
@@ -227,6 +238,8 @@ def _check_parity(report: dict, precision: str) -> list[str]:
     for row in report["exits"]:
         if row.get("finite") is False:
             problems.append(f"exit {row['exit']}: the artifact returned NaN or infinite logits where PyTorch's are finite")
+        if "max_abs_diff_batched" in row and not row["max_abs_diff_batched"] <= BATCH_TOL:
+            problems.append(f"exit {row['exit']}: batched logits differ from one-by-one by {row['max_abs_diff_batched']:.2e} > {BATCH_TOL:g}")
         if precision == "fp32":
             for k in ("max_abs_diff_fixed", "max_abs_diff_real"):
                 if k in row and not row[k] <= FP32_TOL:
@@ -251,6 +264,12 @@ def format_parity(m: Manifest) -> str:
                      f"{str(e.quantization.get('scheme', '-')):<10} {fx:>17} {rl:>9} {ag:>13} {ac:>15}")
         if e.undelegated_ops:
             lines.append(f"       not delegated to XNNPACK: {', '.join(f'{k} x{v}' for k, v in e.undelegated_ops.items())}")
+    if "batch_checked" in p:
+        d = [row.get("max_abs_diff_batched", float("nan")) for row in p.get("exits", [])]
+        lines.append(f"batched ({p['batch_checked']} images per call) vs one per call: max|dlogit| per exit "
+                     + ", ".join(f"{v:.1e}" for v in d))
+    lines.append("batch: " + ("any size per call" if m.max_batch is None else f"up to {m.max_batch} per call" if m.max_batch > 1
+                              else f"1 per call ({m.batch_note})"))
     if "exit_decision_agreement" in p:
         lines.append(f"exit decision agreement at the default thresholds: {p['exit_decision_agreement']:.2f}%, "
                      f"cascade answer agreement: {p['cascade_answer_agreement']:.2f}%")
@@ -374,7 +393,7 @@ def _export_into(tmp, dest, t, precision, model, info, pre, graphs, schemes, dat
             art = mod.export_exit(ExitJob(e, graphs[e], t, precision, sch, calib_e, cdir))
             candidates.append((sch, cdir, art))
         if len(candidates) > 1:
-            sch, cdir, art = _pick_scheme(t, candidates, graphs, artifacts, tmp, data, real_ref, e, choice_notes)
+            sch, cdir, art = _pick_scheme(model, t, candidates, graphs, artifacts, tmp, data, real_ref, e, choice_notes)
         else:
             sch, cdir, art = candidates[0]
         artifacts.append(art)
@@ -385,10 +404,13 @@ def _export_into(tmp, dest, t, precision, model, info, pre, graphs, schemes, dat
 
         merge_required_operators(tmp, cfgs)
 
+    max_batch, batch_note = _batch_support(t, artifacts)
+
     # -- verification
     sessions = _sessions(t, tmp, graphs, artifacts) if verify else None
     if sessions is not None:
-        parity = _parity(t, precision, graphs, sessions, data, real_ref, fixed_ref, thresholds)
+        vb = _verification_bundle(model, t, graphs, artifacts, sessions, tmp, max_batch)
+        parity = _parity(t, vb, graphs, data, real_ref, fixed_ref, thresholds)
     else:
         parity = {"runtime": t.backend, "checked": "structural" if verify else "skipped (--no-verify)", "n_real": 0,
                   "exits": [{"exit": e + 1} for e in range(len(graphs))],
@@ -409,18 +431,7 @@ def _export_into(tmp, dest, t, precision, model, info, pre, graphs, schemes, dat
     parity["problems"] = problems
     parity["passed"] = not problems
 
-    exits = []
-    for e, (g, a) in enumerate(zip(graphs, artifacts)):
-        ex = model.exits[e]
-        p = tmp / a.artifact
-        in_s, out_s = g.input_shapes(), g.output_shapes()
-        exits.append(ExitSpec(
-            index=e, grid=ex.grid, tokens=ex.tokens, gflops=ex.gflops, stage_gflops=ex.stage_flops / 1e9,
-            artifact=a.artifact, sha256=artifact_digest(p), size_bytes=_size(p),
-            inputs=[TensorSpec(n, list(in_s[n])) for n in g.input_names],
-            outputs=[TensorSpec(n, list(out_s[n])) for n in g.output_names],
-            quantization=a.quantization, undelegated_ops=a.undelegated_ops,
-        ))
+    exits = _exit_specs(model, graphs, artifacts, tmp)
     manifest = Manifest(
         model=model.name, target=t.name, precision=precision,
         classes=list(info.classes) if info.classes else [str(i) for i in range(model.cfg.num_classes)],
@@ -429,6 +440,7 @@ def _export_into(tmp, dest, t, precision, model, info, pre, graphs, schemes, dat
         thresholds=thresholds, thresholds_source=thr_source, parity=parity, toolchain=_toolchain(),
         source={"checkpoint": str(checkpoint), "sha256": sha256_file(checkpoint), "format": info.format, "data": spec},
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        max_batch=max_batch, batch_note=batch_note,
     )
     if cfgs:
         manifest.extras["required_operators"] = "required_operators.config"
@@ -440,7 +452,7 @@ def _export_into(tmp, dest, t, precision, model, info, pre, graphs, schemes, dat
     return ExportResult(dest, manifest, report)
 
 
-def _pick_scheme(t, candidates, graphs, chosen_artifacts, tmp, data, real_ref, e, notes):
+def _pick_scheme(model, t, candidates, graphs, chosen_artifacts, tmp, data, real_ref, e, notes):
     """Keep the int8 scheme whose exit agrees best with PyTorch on real images (chained)."""
     if data.verify_x is None:
         sch, cdir, art = candidates[0]
@@ -457,7 +469,8 @@ def _pick_scheme(t, candidates, graphs, chosen_artifacts, tmp, data, real_ref, e
             if sess is None:
                 scored.append((0.0, 0.0, sch, cdir, art))
                 continue
-            lg = _run_artifact_cascade(sess, data.verify_x, graphs, upto=e + 1)[e]
+            partial = [*chosen_artifacts, _moved(art, cdir, tmp)]
+            lg = _chained(_verification_bundle(model, t, graphs, partial, sess, tmp), data.verify_x, 1)[e]
             agree = float((lg.argmax(-1) == real_ref[e].argmax(-1)).mean() * 100)
             err = float(np.abs(lg - real_ref[e]).max())
             scored.append((agree, -err, sch, cdir, art))
@@ -473,6 +486,33 @@ def _pick_scheme(t, candidates, graphs, chosen_artifacts, tmp, data, real_ref, e
         if d != tmp:
             shutil.rmtree(d, ignore_errors=True)
     return sch, tmp, art
+
+
+def _exit_specs(model: DVT, graphs, artifacts: list[ExitArtifact], root: Path) -> list[ExitSpec]:
+    """The manifest's per-exit entries (artifact file, SHA-256, named tensor shapes at batch 1)."""
+    exits = []
+    for e, (g, a) in enumerate(zip(graphs, artifacts)):
+        ex = model.exits[e]
+        p = root / a.artifact
+        in_s, out_s = g.input_shapes(), g.output_shapes()
+        exits.append(ExitSpec(
+            index=e, grid=ex.grid, tokens=ex.tokens, gflops=ex.gflops, stage_gflops=ex.stage_flops / 1e9,
+            artifact=a.artifact, sha256=artifact_digest(p), size_bytes=_size(p),
+            inputs=[TensorSpec(n, list(in_s[n])) for n in g.input_names],
+            outputs=[TensorSpec(n, list(out_s[n])) for n in g.output_names],
+            quantization=a.quantization, undelegated_ops=a.undelegated_ops,
+        ))
+    return exits
+
+
+def _batch_support(t: Target, artifacts: list[ExitArtifact]) -> tuple[Optional[int], str]:
+    """The bundle's ``max_batch`` (None: any) and, when it is 1, why."""
+    if t.batch != "dynamic":
+        return 1, t.batch_note or f"the {t.name} recipe exports batch 1"
+    if any(a.quantization.get("scheme") == "dynamic" for a in artifacts):
+        return 1, ("dynamic-range int8 quantizes each call's activations with one scale for the whole batch, so a sample's "
+                   "answer would depend on its batch-mates: the runtime runs one sample per call")
+    return (t.max_batch or None), ""
 
 
 def _moved(art: ExitArtifact, src: Path, tmp: Path) -> ExitArtifact:

@@ -49,8 +49,13 @@ class ExitGraph(nn.Module):
         s = self.stage.output_shapes(1)
         return {n: s[k] for n, k in zip(self.output_names, ("logits", "features", "relations"))}
 
-    def example_inputs(self) -> tuple[torch.Tensor, ...]:
-        return self.stage.example_inputs(1)
+    def example_inputs(self, batch: int = 1) -> tuple[torch.Tensor, ...]:
+        return self.stage.example_inputs(batch)
+
+    def dynamic_shapes(self, max_batch: int = 0) -> dict[str, dict[int, "torch.export.Dim"]]:
+        """One shared batch dimension (axis 0) on every input; ``max_batch`` 0 = unbounded."""
+        dim = torch.export.Dim("batch", min=1, max=max_batch or torch.utils._sympy.numbers.int_oo)
+        return {n: {0: dim} for n in self.input_names}
 
 
 def exit_graphs(model: DVT) -> list[ExitGraph]:
@@ -79,8 +84,14 @@ class ExitJob:
     def artifact(self) -> Path:
         return self.out_dir / (self.basename + self.target.suffix)
 
+    @property
+    def dynamic_batch(self) -> bool:
+        """Export with a dynamic batch axis (the target's recipe says ``batch = "dynamic"``)."""
+        return self.target.batch == "dynamic"
+
     def example_inputs(self) -> tuple[torch.Tensor, ...]:
-        return self.graph.example_inputs()
+        # batch 2 when the axis is dynamic: torch.export specializes a size-1 example to the constant 1
+        return self.graph.example_inputs(2 if self.dynamic_batch else 1)
 
 
 @dataclass

@@ -33,6 +33,7 @@ def _export_fp32(job: ExitJob, path: Path) -> None:
         prog = torch.onnx.export(
             g, job.example_inputs(), dynamo=True, opset_version=OPSET, external_data=False,
             input_names=g.input_names, output_names=g.output_names, verbose=False,
+            dynamic_shapes=g.dynamic_shapes(job.target.max_batch) if job.dynamic_batch else None,
         )
     prog.save(str(path), external_data=False)
 

@@ -22,6 +22,9 @@ except ModuleNotFoundError:  # Python 3.10
 __all__ = ["Target", "TARGETS", "get_target", "TargetUnavailable", "recipe_dir"]
 
 
+BATCH_MODES = ("static", "dynamic")
+
+
 class TargetUnavailable(RuntimeError):
     """A target's toolchain is not installed; the message names the pip extra."""
 
@@ -39,6 +42,11 @@ class Target:
     produces: str
     int8: dict = field(default_factory=dict, hash=False, compare=False)
     recipe: str = ""
+    # batch axis of the exported exits: "dynamic" (any batch up to max_batch; 0 = unbounded)
+    # or "static" (batch 1; the runtime loops over samples)
+    batch: str = "static"
+    max_batch: int = 1
+    batch_note: str = ""
 
     def missing_requirements(self) -> list[str]:
         return [r for r in self.requires if importlib.util.find_spec(r) is None]
@@ -82,8 +90,12 @@ def _load_targets() -> dict[str, Target]:
             name=d["name"], description=d["description"], module=d["module"], suffix=d["suffix"],
             backend=d["backend"], extra=d["extra"], requires=tuple(d.get("requires", ())),
             precisions=tuple(d["precisions"]), produces=d.get("produces", ""), int8=dict(d.get("int8", {})),
-            recipe=f.name,
+            recipe=f.name, batch=d.get("batch", "static"), max_batch=int(d.get("max_batch", 1 if d.get("batch", "static") == "static" else 0)),
+            batch_note=d.get("batch_note", ""),
         )
+        if t.batch not in BATCH_MODES or t.max_batch < 0 or (t.batch == "static" and t.max_batch != 1):
+            raise ValueError(f"{f.name}: batch must be one of {list(BATCH_MODES)} (static means max_batch 1), "
+                             f"got batch={t.batch!r} max_batch={t.max_batch}")
         out[t.name] = t
     return out
 

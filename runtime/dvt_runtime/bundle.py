@@ -5,11 +5,16 @@
     pred.label, pred.confidence, pred.exit, pred.stage_ms
 
 Stages run one after another; each later stage gets the previous stage's features and
-relations. A batch is regrouped at each stage: only the samples still undecided run on.
+relations. A batch is regrouped at each stage: the samples still undecided are gathered
+(images, features and relations together) and the stage runs once on them, in chunks of
+at most ``max_batch``. Bundles whose artifacts take batch 1 only (``manifest.max_batch ==
+1``: ExecuTorch, Core ML, dynamic-range int8) run the same regrouping one sample per call.
+Answers are the same either way.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +71,7 @@ class Prediction:
     confidence: float
     exit: int  # 0-based index of the exit that answered
     probs: np.ndarray  # (classes,) softmax of that exit
-    total_ms: float  # all stages run for this sample (and its share of waiting in a batch)
+    total_ms: float  # wall time of every stage call this sample was part of (in a batch: the whole call)
     stage_ms: list[float] = field(default_factory=list)  # per stage actually run
     deadline_skipped: bool = False  # a later stage was skipped to meet the deadline
 
@@ -166,9 +171,12 @@ class Bundle:
 
     # ------------------------------------------------------------------ inputs
     def preprocess(self, image: np.ndarray) -> np.ndarray:
-        """BGR/gray uint8 image -> (1, C, H, W) float32 per the manifest; float32 arrays are checked and passed."""
+        """BGR/gray uint8 image -> (1, C, H, W) float32 per the manifest; a uint8 batch (N, H, W, C)
+        -> (N, C, H, W); float32 arrays are checked and passed."""
         a = np.asarray(image)
         if a.dtype == np.uint8:
+            if a.ndim == 4:
+                return self.manifest.preprocess.apply_batch(a)
             return self.manifest.preprocess.apply(a)[None]
         return self._check_input(a)
 
@@ -184,51 +192,102 @@ class Bundle:
             raise InputError("input contains NaN or infinite values")
         return np.ascontiguousarray(x)
 
+    def _as_array(self, x) -> np.ndarray:
+        """One array from an array or a list of same-dtype, same-size images (never silently converted)."""
+        if isinstance(x, (list, tuple)):
+            if not x:
+                raise InputError("got an empty list of images (0 images); pass at least one image")
+            arrs = [np.asarray(v) for v in x]
+            dtypes, shapes = {a.dtype for a in arrs}, {a.shape for a in arrs}
+            if len(dtypes) > 1:
+                raise InputError(f"a list of images must share one dtype, got {sorted(map(str, dtypes))}: pass all uint8 "
+                                 "images, or all float32 arrays already preprocessed (bundle.preprocess)")
+            if len(shapes) > 1:
+                raise InputError(f"a list of images must share one size, got {sorted(shapes)[:4]}: preprocess each image "
+                                 "(bundle.preprocess) and np.concatenate the results")
+            return np.stack(arrs)
+        a = np.asarray(x)
+        if a.dtype == object:
+            raise InputError("predict takes one image or one array of images; a list of arrays of different sizes or dtypes "
+                             "is ambiguous: preprocess each image (bundle.preprocess) and stack them")
+        return a
+
+    def batch_limit(self, max_batch: Optional[int] = None) -> int:
+        """Samples per stage call: what the artifacts accept (``manifest.max_batch``), capped by ``max_batch``."""
+        if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or max_batch < 1):
+            raise ValueError(f"max_batch must be a whole number >= 1 (samples per stage call), got {max_batch!r}")
+        limits = [int(v) for v in (self.manifest.max_batch, max_batch) if v is not None]
+        return min(limits) if limits else sys.maxsize
+
     # ------------------------------------------------------------------ running
-    def run_exit(self, e: int, image: np.ndarray, carry: Optional[dict] = None) -> dict[str, np.ndarray]:
-        """Run exit ``e`` on one (1, C, H, W) image; ``carry`` = previous exit's outputs."""
+    def run_exit(self, e: int, image: np.ndarray, carry: Optional[dict] = None, check_finite: bool = True) -> dict[str, np.ndarray]:
+        """Run exit ``e`` on (n, C, H, W) images (n within ``batch_limit()``); ``carry`` = previous exit's outputs.
+        Non-finite logits raise :class:`NonFiniteOutput` unless ``check_finite`` is False."""
         inputs = {"image": image}
         if e > 0:
             if carry is None:
                 raise ValueError(f"exit {e + 1} needs the outputs of exit {e}")
             inputs["features"], inputs["relations"] = carry["features_out"], carry["relations_out"]
         out = self.sessions[e].run(inputs)
-        if not np.isfinite(out["logits"]).all():
+        if check_finite and not np.isfinite(out["logits"]).all():
             m = self.manifest
             raise NonFiniteOutput(f"exit {e + 1} of {m.model} ({m.target}/{m.precision}) returned NaN or infinite logits: the input "
                                   "is out of range for this model, or the artifact is broken (re-export and verify it)")
         return out
 
-    def run_exits(self, x: np.ndarray) -> list[np.ndarray]:
+    def run_stage(self, e: int, x: np.ndarray, carry: Optional[dict], chunk: int,
+                  check_finite: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Exit ``e`` on all of ``x`` in calls of at most ``chunk`` samples.
+
+        Returns the outputs (concatenated over the calls) and, per sample, the wall time in ms
+        of the call it was part of.
+        """
+        outs, ms = [], np.empty(len(x))
+        for s in range(0, len(x), chunk):
+            sl = slice(s, s + chunk)
+            c = None if carry is None else {k: carry[k][sl] for k in ("features_out", "relations_out")}
+            t0 = time.perf_counter()
+            outs.append(self.run_exit(e, x[sl], c, check_finite))
+            ms[sl] = (time.perf_counter() - t0) * 1e3
+        if len(outs) == 1:
+            return outs[0], ms
+        return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}, ms
+
+    def run_exits(self, x: np.ndarray, max_batch: Optional[int] = None, check_finite: bool = True) -> list[np.ndarray]:
         """Logits of every exit for every sample: list of (N, classes) arrays (no early exit)."""
-        x = self._check_input(np.asarray(x))
+        x = self._check_input(self._as_array(x))
         if len(x) == 0:
             raise InputError("run_exits got an empty batch (0 images); pass at least one image")
-        out: list[list[np.ndarray]] = [[] for _ in range(self.num_exits)]
-        for i in range(len(x)):
-            carry = None
-            for e in range(self.num_exits):
-                carry = self.run_exit(e, x[i : i + 1], carry)
-                out[e].append(carry["logits"][0])
-        return [np.stack(v) for v in out]
+        chunk = self.batch_limit(max_batch)
+        out, carry = [], None
+        for e in range(self.num_exits):
+            carry, _ = self.run_stage(e, x, carry, chunk, check_finite)
+            out.append(carry["logits"])
+        return out
 
     def predict(self, x: np.ndarray, thresholds: Optional[Sequence[Optional[float]]] = None,
-                budget_ms: Optional[float] = None, deadline_ms: Optional[float] = None) -> Union[Prediction, list[Prediction]]:
-        """Early-exit prediction. One image -> Prediction; a batch (N, C, H, W) -> list.
+                budget_ms: Optional[float] = None, deadline_ms: Optional[float] = None,
+                max_batch: Optional[int] = None) -> Union[Prediction, list[Prediction]]:
+        """Early-exit prediction. One image -> Prediction; a batch (N, C, H, W), a uint8 batch
+        (N, H, W, C) or a list of same-size images -> list.
 
         ``thresholds``: per-exit confidence thresholds (default: this device's calibration,
         else the manifest's). ``budget_ms``: let the budget controller pick thresholds from
         the calibration's Pareto table. ``deadline_ms``: before each later stage, skip it when
-        its profiled p90 would overrun the deadline.
+        its profiled p90 would overrun the deadline. ``max_batch``: at most this many samples
+        per stage call (memory); a larger batch is split into calls of ``max_batch``, with the
+        same answers.
         """
-        a = np.asarray(x)
-        if a.dtype == object:
-            raise InputError("predict takes one image or one array of images; a list of arrays of different sizes or dtypes "
-                             "is ambiguous: preprocess each image (bundle.preprocess) and stack them")
-        single = a.dtype == np.uint8 or a.ndim == len(self.input_shape)
-        xb = self.preprocess(a) if a.dtype == np.uint8 else self._check_input(a)
+        a = self._as_array(x)
+        if isinstance(x, (list, tuple)):  # one entry per image
+            single = False
+            xb = self.manifest.preprocess.apply_batch(a) if a.dtype == np.uint8 else self._check_input(a)
+        else:
+            single = a.ndim == len(self.input_shape) or (a.dtype == np.uint8 and a.ndim < 4)
+            xb = self.preprocess(a) if a.dtype == np.uint8 else self._check_input(a)
         if len(xb) == 0:
             raise InputError("predict got an empty batch (0 images); pass at least one image")
+        chunk = self.batch_limit(max_batch)
         if budget_ms is not None:
             budget_ms = positive_ms("budget_ms", budget_ms)
             if thresholds is not None:
@@ -240,7 +299,7 @@ class Bundle:
             if self.stage_p90_ms is None:
                 raise ValueError("deadline mode needs per-stage p90 latencies: open with device_name= of a calibrated device, "
                                  "or call bundle.use_profile(p90s)")
-        preds = self._cascade(xb, thr, deadline_ms)
+        preds = self._cascade(xb, thr, deadline_ms, chunk)
         if budget_ms is not None:
             for p in preds:
                 self.controller.observe(p.stage_ms)
@@ -254,33 +313,37 @@ class Bundle:
         out[-1] = -np.inf  # the last exit always answers
         return out
 
-    def _cascade(self, xb: np.ndarray, thr: np.ndarray, deadline_ms: Optional[float]) -> list[Prediction]:
+    def _cascade(self, xb: np.ndarray, thr: np.ndarray, deadline_ms: Optional[float], chunk: int) -> list[Prediction]:
+        """Regrouped early exit: each stage runs once (in calls of ``chunk``) on the undecided samples."""
         n, E = len(xb), self.num_exits
-        carry: list[Optional[dict]] = [None] * n
         stage_ms: list[list[float]] = [[] for _ in range(n)]
         elapsed = np.zeros(n)
         result: list[Optional[Prediction]] = [None] * n
-        active = list(range(n))
+        active = np.arange(n)  # indexes into xb of the undecided samples
+        carry: Optional[dict] = None  # previous stage's outputs, rows aligned with `active`
         for e in range(E):
-            still = []
-            for i in active:  # regrouped: only undecided samples run this stage
-                if deadline_ms is not None and e > 0 and elapsed[i] + self.stage_p90_ms[e] > deadline_ms:
-                    result[i] = self._answer(carry[i]["logits"][0], e - 1, stage_ms[i], True)
-                    carry[i] = None
-                    continue
-                t0 = time.perf_counter()
-                out = self.run_exit(e, xb[i : i + 1], carry[i])
-                dt = (time.perf_counter() - t0) * 1e3
-                stage_ms[i].append(dt)
-                elapsed[i] += dt
-                logits = out["logits"][0]
-                if e == E - 1 or softmax(logits).max() >= thr[e]:
-                    result[i] = self._answer(logits, e, stage_ms[i], False)
-                    carry[i] = None  # decided: its features and relations are no longer needed
-                else:
-                    carry[i] = out
-                    still.append(i)
-            active = still
+            if deadline_ms is not None and e > 0:
+                late = elapsed[active] + self.stage_p90_ms[e] > deadline_ms
+                for j in np.flatnonzero(late):
+                    i = active[j]
+                    result[i] = self._answer(carry["logits"][j], e - 1, stage_ms[i], True)
+                active, carry = active[~late], {k: v[~late] for k, v in carry.items()}
+                if len(active) == 0:
+                    break
+            x = xb if len(active) == n else xb[active]  # gathered: (n_active, C, H, W)
+            out, ms = self.run_stage(e, x, carry, chunk)
+            for j, i in enumerate(active):
+                stage_ms[i].append(float(ms[j]))
+            elapsed[active] += ms
+            done = np.ones(len(active), bool) if e == E - 1 else softmax(out["logits"]).max(-1) >= thr[e]
+            for j in np.flatnonzero(done):
+                i = active[j]
+                result[i] = self._answer(out["logits"][j], e, stage_ms[i], False)
+            keep = ~done  # decided samples release their features and relations here
+            active = active[keep]
+            carry = None if e == E - 1 else {k: v[keep] for k, v in out.items()}
+            if len(active) == 0:
+                break
         assert all(r is not None for r in result)
         return result  # type: ignore[return-value]
 

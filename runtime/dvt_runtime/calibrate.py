@@ -60,58 +60,67 @@ def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def exit_probs(bundle: Bundle, x: np.ndarray, progress: bool = False) -> np.ndarray:
+def exit_probs(bundle: Bundle, x: np.ndarray, progress: bool = False, chunk: int = 256) -> np.ndarray:
     """Softmax outputs of every exit of the bundle's own artifacts: (E, N, classes)."""
-    it = range(len(x))
+    starts = range(0, len(x), chunk)
     if progress:
         try:
             from tqdm import tqdm
 
-            it = tqdm(it, desc="run exits", unit="img", leave=False)
+            starts = tqdm(starts, desc="run exits", unit="batch", leave=False)
         except ImportError:
             pass
-    out = [[] for _ in range(bundle.num_exits)]
-    for i in it:
-        carry = None
-        for e in range(bundle.num_exits):
-            carry = bundle.run_exit(e, x[i : i + 1], carry)
-            out[e].append(carry["logits"][0])
-    return np.stack([softmax(np.stack(v).astype(np.float64)) for v in out])
+    out = [bundle.run_exits(x[s : s + chunk]) for s in starts]  # per chunk: E arrays (n, classes)
+    return np.stack([softmax(np.concatenate([o[e] for o in out]).astype(np.float64)) for e in range(bundle.num_exits)])
 
 
-def measure_cascade(bundle: Bundle, x: np.ndarray, y: np.ndarray, thresholds, warmup: int = 20) -> dict:
-    """Run the real cascade one image at a time; wall-clock latency per predict call."""
-    for i in range(min(warmup, len(x))):
-        bundle.predict(x[i], thresholds=thresholds)
+def measure_cascade(bundle: Bundle, x: np.ndarray, y: np.ndarray, thresholds, warmup: int = 20, batch: int = 1) -> dict:
+    """Run the real cascade on ``batch`` images per predict call; wall-clock latency.
+
+    ``mean_ms`` etc. are per call at batch 1 and per image (call / batch) above it, so that
+    a throughput budget (ms per image at batch N) compares with them; ``images_per_s``
+    is the throughput.
+    """
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise ValueError(f"batch must be a whole number >= 1, got {batch!r}")
+    calls = [slice(s, s + batch) for s in range(0, len(x), batch)]
+    for i in range(min(warmup, len(calls))):
+        bundle.predict(x[calls[i]], thresholds=thresholds)
     ms, exits, correct = [], [], []
-    for i in range(len(x)):
+    t_all = time.perf_counter()
+    for sl in calls:
         t0 = time.perf_counter()
-        p = bundle.predict(x[i], thresholds=thresholds)
-        ms.append((time.perf_counter() - t0) * 1e3)
-        exits.append(p.exit)
-        correct.append(p.label == y[i])
+        preds = bundle.predict(x[sl], thresholds=thresholds)
+        ms.append((time.perf_counter() - t0) * 1e3 / len(preds))
+        exits += [p.exit for p in preds]
+        correct += [p.label == t for p, t in zip(preds, y[sl])]
+    wall = time.perf_counter() - t_all
     ms_a = np.asarray(ms)
     return {
         "accuracy": float(np.mean(correct) * 100), "mean_ms": float(ms_a.mean()), "p50_ms": float(np.median(ms_a)),
         "p90_ms": float(np.percentile(ms_a, 90)), "p99_ms": float(np.percentile(ms_a, 99)), "n": len(x),
         "exit_fractions": (np.bincount(exits, minlength=bundle.num_exits) / len(x)).tolist(),
+        "batch": int(batch), "images_per_s": float(len(x) / wall),
     }
 
 
-def cascade_overhead_ms(bundle: Bundle, x: np.ndarray, n: int = 60) -> float:
-    """Per-sample time of ``predict`` beyond the stages themselves (input checks, softmax, bookkeeping).
+def cascade_overhead_ms(bundle: Bundle, x: np.ndarray, n: int = 60, batch: int = 1) -> float:
+    """Per-image time of ``predict`` beyond the stage calls (input checks, softmax, bookkeeping).
 
-    Measured with every sample stopping at exit 1; median over ``n`` calls.
+    Measured with every sample stopping at exit 1, ``batch`` images per call; median over ``n`` calls.
     """
     thr = [0.0] * (bundle.num_exits - 1)
+    per_call = min(batch, bundle.batch_limit())  # samples per stage call
     over = []
-    for i in range(min(n, len(x)) + 5):
-        xi = x[i % len(x)]
+    for i in range(n + 5):
+        s = (i * batch) % max(1, len(x) - batch + 1)
+        xi = x[s : s + batch]
         t0 = time.perf_counter()
-        p = bundle.predict(xi, thresholds=thr)
+        preds = bundle.predict(xi, thresholds=thr)
         wall = (time.perf_counter() - t0) * 1e3
+        stages = sum(p.stage_ms[0] for p in preds) / per_call  # each call's time is recorded on each of its samples
         if i >= 5:  # warm-up
-            over.append(max(0.0, wall - sum(p.stage_ms)))
+            over.append(max(0.0, wall - stages) / len(preds))
     return float(np.median(over))
 
 
@@ -134,8 +143,12 @@ def _budget_grid(costs, n: int = 24) -> list[float]:
 
 def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, metric: str = "mean", profile=None,
               algorithm: str = "exact", device_name: Optional[str] = None, holdout: float = 0.5, seed: int = 0,
-              runs: int = 200, warmup: int = 20, verify: bool = True, progress: bool = True) -> dict:
-    """Search thresholds for ``budget_ms`` on measured latency, verify on a holdout, write the file."""
+              runs: int = 200, warmup: int = 20, verify: bool = True, progress: bool = True, batch: int = 1) -> dict:
+    """Search thresholds for ``budget_ms`` on measured latency, verify on a holdout, write the file.
+
+    ``batch`` > 1 calibrates for throughput: the budget is ms per image when ``batch`` images
+    go through ``predict`` together (stages profiled at that batch size).
+    """
     from dvt_runtime.profile import profile_bundle
 
     if algorithm not in ALGORITHMS:
@@ -149,6 +162,8 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
         raise CalibrationError(f"{target} exists and is not a file; move it away")
     if not 0 < holdout < 1:
         raise CalibrationError(f"holdout must be a fraction in (0, 1), got {holdout}")
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise CalibrationError(f"batch must be a whole number of images per call >= 1, got {batch!r}")
     if len(x) < 4:
         raise CalibrationError(f"need at least 4 validation images, got {len(x)}")
     if int(y.max()) >= len(bundle.classes) or int(y.min()) < 0:
@@ -156,10 +171,14 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
     device_name = device_name or socket.gethostname()
     measured_here = profile is None
     if profile is None:
-        profile = profile_bundle(bundle, warmup=warmup, runs=runs, images=x[: min(len(x), 64)], progress=progress)
+        profile = profile_bundle(bundle, warmup=warmup, runs=runs, images=x[: min(len(x), max(64, 8 * batch))], progress=progress,
+                                 batch=batch)
     if len(profile.stages) != bundle.num_exits:
         raise CalibrationError(f"profile has {len(profile.stages)} stages, the bundle {bundle.num_exits} exits")
-    overhead = cascade_overhead_ms(bundle, x) if measured_here else 0.0
+    if profile.batch != batch:
+        raise CalibrationError(f"the profile was measured at batch {profile.batch}, not {batch}: profile at --batch {batch} "
+                               "or calibrate at the profile's batch")
+    overhead = cascade_overhead_ms(bundle, x, batch=batch) if measured_here else 0.0
     costs = with_overhead(profile.stage_costs(), overhead)
     probs = exit_probs(bundle, x, progress)
     perm = np.random.default_rng(seed).permutation(len(x))
@@ -199,7 +218,8 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
         "bundle": bundle_identity(bundle.manifest),
         "profile": profile.summary(), "profile_source": "measured here" if measured_here else "given (--profile)",
         "cascade_overhead_ms": overhead,
-        "metric": metric, "algorithm": algorithm, "budget_ms": budget_ms,
+        "metric": metric, "algorithm": algorithm, "budget_ms": budget_ms, "batch": int(batch),
+        "budget_unit": "ms per image" if batch > 1 else "ms per image (batch 1)",
         "n_calibration": len(cal_idx), "n_holdout": len(hold_idx),
         "table": table,
         "chosen": {"thresholds": thr, "budget_ms": budget_ms,
@@ -209,7 +229,7 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
         "note": note,
     }
     if verify and measured_here:
-        result["chosen"]["measured"] = measure_cascade(bundle, x[hold_idx], y[hold_idx], thr, warmup=warmup)
+        result["chosen"]["measured"] = measure_cascade(bundle, x[hold_idx], y[hold_idx], thr, warmup=warmup, batch=batch)
     elif verify:
         result["chosen"]["measured"] = None
         result["note"] = (result["note"] + "; " if result["note"] else "") + "latency measured on another device: verify there"
@@ -222,7 +242,8 @@ def format_result(r: dict) -> str:
     c = r["chosen"]
     p, m = c["predicted"], c.get("measured")
     lines = [f"calibration of {r['bundle']['model']} {r['bundle']['target']}/{r['bundle']['precision']} for device {r['device']} "
-             f"({r['metric']} budget {r['budget_ms']:g} ms, {r['algorithm']}, profile {r['profile_source']})"]
+             f"({r['metric']} budget {r['budget_ms']:g} ms" + (f" per image at batch {r['batch']}" if r.get("batch", 1) > 1 else "")
+             + f", {r['algorithm']}, profile {r['profile_source']})"]
     st = r["profile"]["stages"]
     lines.append("stage latency (ms): " + ", ".join(f"exit {i + 1} p50 {s['median']:.3f} p90 {s['p90']:.3f}" for i, s in enumerate(st)))
     lines.append(f"thresholds: {['-' if t is None else round(t, 4) for t in c['thresholds']]}")
@@ -250,6 +271,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--holdout", type=float, default=0.5)
     ap.add_argument("--runs", type=int, default=200, help="profiling runs per stage")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=1, help="images per predict call; > 1: the budget is ms per image at that batch (throughput)")
     args = ap.parse_args(argv)
     if args.threads < 1:
         ap.error(f"--threads must be >= 1, got {args.threads}")
@@ -262,7 +284,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             profile = LatencyProfile.load(args.profile)
         r = calibrate(bundle, x, y, args.budget_ms, args.metric, profile, args.algorithm, args.device_name,
-                      args.holdout, args.seed, args.runs)
+                      args.holdout, args.seed, args.runs, batch=args.batch)
     except (CalibrationError, ManifestError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -79,6 +79,10 @@ class Manifest:
     created: str = ""
     schema_version: int = SCHEMA_VERSION
     extras: dict = field(default_factory=dict)
+    # the batch axis (axis 0 of every tensor; the shapes above list batch 1): 1 = the
+    # artifacts take one sample per call (the runtime loops); N = up to N; None = any size
+    max_batch: Optional[int] = 1
+    batch_note: str = ""  # why the batch is fixed, when it is
 
     # ---------------------------------------------------------------- JSON
     def to_dict(self) -> dict[str, Any]:
@@ -147,6 +151,9 @@ class Manifest:
             _need(isinstance(t, list) and len(t) in (self.num_exits - 1, self.num_exits),
                   f"thresholds must be a list of {self.num_exits - 1} numbers (or null), got {t!r}")
             _need(all(v is None or (_is_num(v) and 0.0 <= v <= 1.0) for v in t), f"thresholds must be confidences in [0, 1] or null, got {t!r}")
+        _need(self.max_batch is None or (_is_int(self.max_batch) and self.max_batch >= 1),
+              f"max_batch must be null (any batch size) or an integer >= 1, got {self.max_batch!r}")
+        _need(isinstance(self.batch_note, str), "batch_note must be a string")
         for name in ("model_config", "quantization", "parity", "toolchain", "source", "extras"):
             _need(isinstance(getattr(self, name), dict), f"{name} must be an object")
 

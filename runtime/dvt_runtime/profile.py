@@ -171,6 +171,9 @@ class LatencyProfile:
     source: str = "measured"
     created: str = ""
     notes: list[str] = field(default_factory=list)
+    # images per stage call while measuring; with batch > 1 every sample is ms per image
+    # (the call's wall time / batch), i.e. a throughput cost at that batch size
+    batch: int = 1
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
 
@@ -190,6 +193,7 @@ class LatencyProfile:
         peak_rss_mb: Optional[float] = None,
         settings: Optional[dict] = None,
         notes: Optional[Sequence[str]] = None,
+        batch: int = 1,
     ) -> LatencyProfile:
         """Profile from raw per-stage samples (ms), one sequence per stage in measurement order.
 
@@ -229,6 +233,7 @@ class LatencyProfile:
             source=source,
             created=_now(),
             notes=notes,
+            batch=_check_batch(batch),
         )
 
     # ---------------------------------------------------------------- facts
@@ -292,6 +297,7 @@ class LatencyProfile:
                         raise ProfileError(f"latency profile '{key}' entry {i + 1}: {k!r} must be a finite non-negative number, got {v!r}")
         if len(d["cumulative"]) != len(d["stages"]) or not isinstance(d["drift"], list):
             raise ProfileError("latency profile: 'cumulative' needs one entry per stage and 'drift' must be a list")
+        _check_batch(d.get("batch", 1))
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def save(self, path: PathLike) -> Path:
@@ -315,6 +321,8 @@ class LatencyProfile:
         if self.threads is not None:
             facts.append(f"threads {self.threads}")
         facts.append(f"{self.stages[0]['n']} runs" + (f" after {self.settings['warmup']} warm-up" if self.settings.get("warmup") is not None else ""))
+        if self.batch > 1:
+            facts.append(f"batch {self.batch}: ms per image")
         head.append(", ".join(facts))
 
         def row(label: str, s: dict, extra: Sequence[Optional[float]]) -> str:
@@ -483,6 +491,18 @@ def _progress(it: Iterable, total: int, enabled: bool, desc: str) -> Iterable:
     return tqdm(it, total=total, desc=desc, leave=False)
 
 
+def _check_batch(batch: Any) -> int:
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise ProfileError(f"batch must be a whole number of images per call >= 1, got {batch!r}")
+    return int(batch)
+
+
+def _batches(xs: list[np.ndarray], batch: int, n: int = 8) -> list[np.ndarray]:
+    """Up to ``n`` distinct (batch, C, H, W) inputs cycling through the (1, C, H, W) images."""
+    count = max(1, min(n, len(xs) // batch)) if len(xs) >= batch else 1
+    return [np.ascontiguousarray(np.concatenate([xs[(b * batch + k) % len(xs)] for k in range(batch)])) for b in range(count)]
+
+
 def _inputs(bundle, images) -> list[np.ndarray]:
     """(1, C, H, W) float32 inputs: the given preprocessed images, or one fixed random image."""
     if images is None:
@@ -517,8 +537,13 @@ def profile_bundle(
     progress: bool = True,
     images_raw: Optional[Sequence[np.ndarray]] = None,
     device_name: Optional[str] = None,
+    batch: int = 1,
 ) -> LatencyProfile:
     """Measure a loaded :class:`~dvt_runtime.bundle.Bundle`'s cascade on this device.
+
+    ``batch``: images per stage call (as ``Bundle.predict`` runs a batch: one call per stage
+    where the artifacts take a batch, a loop where they take one image); samples are then
+    ms per image at that batch size, a throughput cost.
 
     Per exit: the first inference after load, then ``warmup`` discarded chain runs, then
     ``runs`` timed chain runs (every ``run_exit`` timed with ``time.perf_counter``).
@@ -533,7 +558,10 @@ def profile_bundle(
     if int(warmup) < 0:
         raise ValueError(f"warmup must be >= 0, got {warmup}")
     runs, warmup = int(runs), int(warmup)
-    xs = _inputs(bundle, images)
+    batch = _check_batch(batch)
+    singles = _inputs(bundle, images)
+    xs = _batches(singles, batch)
+    chunk = bundle.batch_limit()
     raws = _raw_images(bundle, images_raw)
     n_exits = bundle.num_exits
 
@@ -541,8 +569,8 @@ def profile_bundle(
     carry = None
     for e in range(n_exits):
         t0 = time.perf_counter()
-        carry = bundle.run_exit(e, xs[0], carry)
-        first.append((time.perf_counter() - t0) * 1e3)
+        carry, _ = bundle.run_stage(e, xs[0], carry, chunk)
+        first.append((time.perf_counter() - t0) * 1e3 / batch)
 
     samples: list[list[float]] = [[] for _ in range(n_exits)]
     gc.collect()
@@ -552,10 +580,10 @@ def profile_bundle(
         carry = None
         for e in range(n_exits):
             t0 = clock()
-            carry = bundle.run_exit(e, x, carry)
+            carry, _ = bundle.run_stage(e, x, carry, chunk)
             dt = clock() - t0
             if it >= warmup:
-                samples[e].append(dt * 1e3)
+                samples[e].append(dt * 1e3 / batch)
 
     pre_samples = []
     for i in range(runs):
@@ -582,8 +610,10 @@ def profile_bundle(
         first_inference_ms=first,
         preprocess_samples=pre_samples,
         peak_rss_mb=_peak_rss_mb(),
-        settings={"warmup": warmup, "runs": runs, "inputs": "random" if images is None else f"{len(xs)} images",
-                  "timer": "time.perf_counter"},
+        settings={"warmup": warmup, "runs": runs, "inputs": "random" if images is None else f"{len(singles)} images" + (f" in {len(xs)} batches of {batch}" if batch > 1 else ""),
+                  "timer": "time.perf_counter", "unit": "ms per image" if batch > 1 else "ms per call",
+                  "calls_per_stage": "loop (batch-1 artifacts)" if chunk == 1 and batch > 1 else "one"},
+        batch=batch,
     )
 
 
@@ -880,6 +910,7 @@ def _measure_parser() -> argparse.ArgumentParser:
     ap.add_argument("--runs", type=int, default=200, help=f"timed chain runs (default 200, at least {MIN_RUNS})")
     ap.add_argument("--data", help="profile on real images: .npz with 'images' (float32 N,C,H,W preprocessed, or uint8 N,H,W[,C])")
     ap.add_argument("--device-name", help="name of this device (default: the hostname)")
+    ap.add_argument("--batch", type=int, default=1, help="images per stage call (default 1); > 1 gives ms per image at that batch")
     ap.add_argument("--out", help="write the profile JSON here")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap
@@ -926,12 +957,14 @@ def _measure(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
         ap.error(f"--warmup must be >= 0, got {args.warmup}")
     if args.threads is not None and args.threads < 1:
         ap.error(f"--threads must be >= 1, got {args.threads}")
+    if args.batch < 1:
+        ap.error(f"--batch must be >= 1, got {args.batch}")
     from dvt_runtime.bundle import Bundle
 
     bundle = Bundle.open(args.bundle, threads=args.threads)
     images, raw = _load_npz(args.data, bundle) if args.data else (None, None)
     prof = profile_bundle(bundle, warmup=args.warmup, runs=args.runs, images=images, images_raw=raw,
-                          threads=args.threads, progress=not args.no_progress, device_name=args.device_name)
+                          threads=args.threads, progress=not args.no_progress, device_name=args.device_name, batch=args.batch)
     return _finish(prof, args.out)
 
 

@@ -1,0 +1,222 @@
+"""Batched early exit: each stage runs once on the undecided samples, answers identical to one by one."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dvt_runtime import Bundle
+from dvt_runtime.bundle import InputError
+from dvt_runtime.manifest import Manifest, ManifestError
+
+pytestmark = pytest.mark.xdist_group("onnx_bundle")
+
+
+class CountingSession:
+    """Wraps a backend session: records the batch size of every call."""
+
+    def __init__(self, inner):
+        self.inner, self.batches = inner, []
+
+    def run(self, inputs):
+        self.batches.append(len(inputs["image"]))
+        return self.inner.run(inputs)
+
+
+def _images(n: int, shape, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, *shape)).astype(np.float32)
+
+
+def _mixed_thresholds(b: Bundle, x: np.ndarray) -> list[float]:
+    """Thresholds at the median confidence of exits 1 and 2: samples leave at every exit."""
+    logits = b.run_exits(x)
+    conf = [np.exp(lg - lg.max(-1, keepdims=True)) for lg in logits]
+    conf = [(c / c.sum(-1, keepdims=True)).max(-1) for c in conf]
+    return [float(np.median(conf[0])), float(np.median(conf[1]))]
+
+
+@pytest.fixture()
+def bundle(onnx_bundle):
+    return Bundle.open(onnx_bundle)
+
+
+def test_onnx_bundle_takes_any_batch(bundle):
+    m = bundle.manifest
+    assert m.max_batch is None and m.batch_note == ""
+    assert bundle.batch_limit() > 10**6
+    p = m.parity
+    assert p["batch_checked"] >= 2
+    for row in p["exits"]:
+        assert row["max_abs_diff_batched"] <= 1e-4  # NaN fails
+
+
+def test_batch_matches_one_by_one_and_regroups(bundle):
+    x = _images(48, bundle.input_shape)
+    thr = _mixed_thresholds(bundle, x)
+    one = [bundle.predict(x[i], thresholds=thr) for i in range(len(x))]
+    counters = [CountingSession(s) for s in bundle.sessions]
+    bundle.sessions = counters
+    batched = bundle.predict(x, thresholds=thr)
+    assert [p.label for p in batched] == [p.label for p in one]
+    assert [p.exit for p in batched] == [p.exit for p in one]
+    exits = np.bincount([p.exit for p in one], minlength=3)
+    assert (exits > 0).all(), exits  # the check covers samples leaving at every exit
+    # one call per stage, on exactly the samples still undecided
+    assert [c.batches for c in counters] == [[48], [48 - exits[0]], [exits[2]]]
+    for a, b in zip(batched, one):
+        assert np.allclose(a.probs, b.probs, atol=1e-6)
+        assert len(a.stage_ms) == a.exit + 1 and a.total_ms == pytest.approx(sum(a.stage_ms))
+
+
+def test_max_batch_splits_calls_same_answers(bundle):
+    x = _images(30, bundle.input_shape, seed=1)
+    thr = _mixed_thresholds(bundle, x)
+    full = bundle.predict(x, thresholds=thr)
+    counters = [CountingSession(s) for s in bundle.sessions]
+    bundle.sessions = counters
+    split = bundle.predict(x, thresholds=thr, max_batch=7)
+    assert [(p.label, p.exit) for p in split] == [(p.label, p.exit) for p in full]
+    assert counters[0].batches == [7, 7, 7, 7, 2]
+    assert all(b <= 7 for c in counters for b in c.batches)
+    logits = bundle.run_exits(x, max_batch=4)
+    ref = Bundle.open(bundle.path).run_exits(x)
+    for a, b in zip(logits, ref):
+        assert np.abs(a - b).max() <= 1e-5
+
+
+def test_batch_one_bundle_loops(bundle):
+    """A bundle whose artifacts take one image (ExecuTorch, Core ML) runs the same regrouping one per call."""
+    bundle.manifest.max_batch = 1
+    x = _images(12, bundle.input_shape, seed=2)
+    thr = _mixed_thresholds(bundle, x)
+    counters = [CountingSession(s) for s in bundle.sessions]
+    bundle.sessions = counters
+    preds = bundle.predict(x, thresholds=thr, max_batch=64)
+    assert all(b == 1 for c in counters for b in c.batches)
+    assert len(counters[0].batches) == 12
+    fresh = Bundle.open(bundle.path)
+    assert [(p.label, p.exit) for p in preds] == [(p.label, p.exit) for p in fresh.predict(x, thresholds=thr)]
+
+
+def test_uint8_batches_and_lists(bundle):
+    rng = np.random.default_rng(3)
+    imgs = [rng.integers(0, 256, (28, 28), dtype=np.uint8) for _ in range(5)]
+    as_list = bundle.predict(imgs, thresholds=[0.5, 0.5])
+    assert isinstance(as_list, list) and len(as_list) == 5
+    one = [bundle.predict(im, thresholds=[0.5, 0.5]) for im in imgs]
+    assert [p.label for p in as_list] == [p.label for p in one]
+    color = rng.integers(0, 256, (4, 40, 30, 3), dtype=np.uint8)  # (N, H, W, C) uint8 batch
+    assert len(bundle.predict(color)) == 4
+
+
+@pytest.mark.parametrize("bad, match", [
+    (0, "max_batch must be a whole number >= 1"),
+    (-3, "max_batch must be a whole number >= 1"),
+    (2.5, "max_batch must be a whole number >= 1"),
+    (True, "max_batch must be a whole number >= 1"),
+])
+def test_bad_max_batch(bundle, bad, match):
+    with pytest.raises(ValueError, match=match):
+        bundle.predict(_images(2, bundle.input_shape), max_batch=bad)
+
+
+def test_bad_batches(bundle):
+    x = _images(2, bundle.input_shape)
+    with pytest.raises(InputError, match="empty batch"):
+        bundle.predict(x[:0])
+    with pytest.raises(InputError, match="empty list"):
+        bundle.predict([])
+    with pytest.raises(InputError, match="share one dtype"):
+        bundle.predict([x[0], (x[1] * 10).astype(np.uint8)])
+    with pytest.raises(InputError, match="share one size"):
+        bundle.predict([np.zeros((28, 28), np.uint8), np.zeros((30, 28), np.uint8)])
+
+
+def test_manifest_max_batch_round_trip_and_validation(onnx_bundle):
+    d = json.loads((onnx_bundle / "manifest.json").read_text())
+    assert Manifest.from_dict(d).max_batch is None
+    old = {k: v for k, v in d.items() if k not in ("max_batch", "batch_note")}  # written before batching existed
+    assert Manifest.from_dict(old).max_batch == 1
+    for bad in (0, -1, 1.5, "64", True):
+        with pytest.raises(ManifestError, match="max_batch"):
+            Manifest.from_dict({**d, "max_batch": bad})
+    assert Manifest.from_dict({**d, "max_batch": 16}).max_batch == 16
+
+
+def test_batch_support_rules():
+    from dvt_edge.export import _batch_support
+    from dvt_edge.export.common import ExitArtifact
+    from dvt_edge.export.targets import TARGETS
+
+    static = [ExitArtifact("a", {"scheme": "static"})] * 3
+    assert _batch_support(TARGETS["onnx"], static) == (None, "")
+    mb, note = _batch_support(TARGETS["onnx"], [*static[:2], ExitArtifact("c", {"scheme": "dynamic"})])
+    assert mb == 1 and "batch-mates" in note
+    mb, note = _batch_support(TARGETS["executorch"], static)
+    assert mb == 1 and "batch 1" in note
+    assert TARGETS["ort"].batch == "dynamic" and TARGETS["coreml"].batch == "static"
+
+
+def test_parity_fails_on_batched_difference():
+    from dvt_edge.export import _check_parity
+
+    for v in (1e-2, float("nan")):
+        probs = _check_parity({"exits": [{"exit": 2, "max_abs_diff_batched": v}]}, "fp32")
+        assert probs and "batched logits differ" in probs[0]
+    assert _check_parity({"exits": [{"exit": 2, "max_abs_diff_batched": 0.0}]}, "fp32") == []
+
+
+def test_profile_at_batch(bundle, tmp_path):
+    from dvt_runtime.profile import MIN_RUNS, LatencyProfile, ProfileError, profile_bundle
+
+    x = _images(16, bundle.input_shape)
+    counters = [CountingSession(s) for s in bundle.sessions]
+    bundle.sessions = counters
+    prof = profile_bundle(bundle, warmup=2, runs=MIN_RUNS, images=x, batch=8, progress=False)
+    assert prof.batch == 8 and "batch 8: ms per image" in prof.format_table()
+    assert set(counters[2].batches) == {8}  # every stage ran on 8 images per call
+    back = LatencyProfile.load(prof.save(tmp_path / "p.json"))
+    assert back.batch == 8
+    d = prof.to_dict()
+    for bad in (0, "8", 2.5):
+        with pytest.raises(ProfileError, match="batch"):
+            LatencyProfile.from_dict({**d, "batch": bad})
+
+
+def test_calibrate_for_throughput(onnx_bundle, tmp_path):
+    import shutil
+
+    from dvt_runtime.calibrate import CalibrationError, calibrate
+    from dvt_runtime.profile import MIN_RUNS, profile_bundle
+
+    dst = tmp_path / "b"
+    shutil.copytree(onnx_bundle, dst)
+    b = Bundle.open(dst)
+    x = _images(64, b.input_shape, seed=4)
+    y = np.argmax(b.run_exits(x)[-1], -1)
+    r = calibrate(b, x, y, budget_ms=10.0, runs=MIN_RUNS, warmup=2, device_name="t", progress=False, batch=8)
+    assert r["batch"] == 8 and r["budget_unit"] == "ms per image"
+    assert r["chosen"]["measured"]["batch"] == 8 and r["chosen"]["measured"]["images_per_s"] > 0
+    prof1 = profile_bundle(b, warmup=1, runs=MIN_RUNS, images=x, progress=False)
+    with pytest.raises(CalibrationError, match="batch 1, not 8"):
+        calibrate(b, x, y, budget_ms=10.0, profile=prof1, device_name="t2", progress=False, batch=8)
+
+
+def test_bench_throughput_rows(bundle):
+    from dvt_edge.bench import throughput, throughput_markdown
+
+    x = _images(32, bundle.input_shape, seed=5)
+    y = np.argmax(bundle.run_exits(x)[-1], -1)
+    thr = _mixed_thresholds(bundle, x)
+    rows = throughput(bundle, x, y, thr, [1, 8, 64])
+    assert [r["batch"] for r in rows] == [1, 8, 64]
+    assert "error" in rows[2]  # more than the images there are
+    for r in rows[:2]:
+        assert r["static_accuracy"] == 100.0  # labels are the last exit's own answers
+        assert r["exit_fractions"][0] > 0 and abs(sum(r["exit_fractions"]) - 1) < 1e-9
+        assert r["static_images_per_s"] > 0 and r["dynamic_images_per_s"] > 0
+    md = "\n".join(throughput_markdown({"threads": 1, "rows": [{"target": "onnx", "precision": "fp32", "status": "ok",
+                                                              "throughput": {"thresholds": thr, "max_batch": None, "rows": rows}}]}))
+    assert "| 8 |" in md and "only 32 images" in md
