@@ -342,6 +342,7 @@ class Bundle:
             keep = ~done  # decided samples release their features and relations here
             active = active[keep]
             carry = None if e == E - 1 else {k: v[keep] for k, v in out.items()}
+            del out, x  # the whole batch's outputs: only the undecided rows (copied above) go on
             if len(active) == 0:
                 break
         assert all(r is not None for r in result)
