@@ -156,6 +156,10 @@ def throughput(bundle, x: np.ndarray, y: Optional[np.ndarray], thresholds: list,
                      "static_images_per_s": st["images_per_s"], "dynamic_images_per_s": dy["images_per_s"],
                      "speedup": dy["images_per_s"] / st["images_per_s"], "static_accuracy": st["accuracy"],
                      "dynamic_accuracy": dy["accuracy"], "exit_fractions": dy["exit_fractions"]})
+    one = next((r for r in rows if r["batch"] == 1 and "error" not in r), None)
+    for r in rows:  # batched vs one image per call, same thresholds, same run
+        if one is not None and "error" not in r:
+            r["dynamic_vs_one_by_one"] = r["dynamic_images_per_s"] / one["dynamic_images_per_s"]
     return rows
 
 
@@ -358,13 +362,15 @@ def throughput_markdown(r: dict) -> list[str]:
         out.append(f"\n### {row['target']} {row['precision']}: throughput, {r.get('threads', '?')} thread(s), thresholds [{thr}], "
                    f"artifact max_batch {mb}\n")
         has_acc = r.get("mode") != "throughput" or r.get("has_accuracy", False)
-        out.append("| batch | static (all stages) img/s | dynamic img/s | speedup | exits % (1/2/...) |" + (" accuracy static / dynamic % |" if has_acc else ""))
-        out.append("|---|---|---|---|---|" + ("---|" if has_acc else ""))
+        out.append("| batch | static (all stages) img/s | dynamic img/s | dynamic vs static | dynamic vs batch 1 | exits % (1/2/...) |"
+                   + (" accuracy static / dynamic % |" if has_acc else ""))
+        out.append("|---|---|---|---|---|---|" + ("---|" if has_acc else ""))
         for t in tp["rows"]:
             if "error" in t:
-                out.append(f"| {t['batch']} | {t['error']} | | | |" + (" |" if has_acc else ""))
+                out.append(f"| {t['batch']} | {t['error']} | | | | |" + (" |" if has_acc else ""))
                 continue
-            line = (f"| {t['batch']} | {t['static_images_per_s']:.1f} | {t['dynamic_images_per_s']:.1f} | {t['speedup']:.2f}x | "
+            vs1 = f"{t['dynamic_vs_one_by_one']:.2f}x" if "dynamic_vs_one_by_one" in t else "-"
+            line = (f"| {t['batch']} | {t['static_images_per_s']:.1f} | {t['dynamic_images_per_s']:.1f} | {t['speedup']:.2f}x | {vs1} | "
                     + "/".join(f"{100 * q:.0f}" for q in t["exit_fractions"]) + " |")
             if has_acc:
                 line += f" {t['static_accuracy']:.2f} / {t['dynamic_accuracy']:.2f} |"

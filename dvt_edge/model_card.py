@@ -126,7 +126,8 @@ def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict
         f"- AdamW (lr {args['lr']:g}, weight decay {args['weight_decay']:g}), {args['warmup_epochs']:g} warmup epoch(s) then cosine, "
         f"batch {args['batch_size']} per process, stochastic depth {args['drop_path'] if args['drop_path'] is not None else c.drop_path_rate:g}, "
         f"label smoothing {args['label_smoothing']:g}, augmentation {'off' if args['no_augment'] else 'random translation' + ('' if args['no_flip'] else ' + horizontal flip')}; "
-        f"seed {args['seed']}; {t['epochs']} epochs.",
+        f"seed {args['seed']}; {t['epochs']} epochs; compute {args.get('amp', 'fp32')}"
+        f"{' autocast (weights and optimizer fp32)' if args.get('amp', 'fp32') != 'fp32' else ''}.",
         "- Command:",
         "",
         f"      {train_command(args, str(run_dir))}",
