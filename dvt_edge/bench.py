@@ -149,8 +149,8 @@ def throughput(bundle, x: np.ndarray, y: Optional[np.ndarray], thresholds: list,
             rows.append({"batch": bs, "error": f"only {len(x)} images to measure on"})
             continue
         n = (len(x) // bs) * bs  # whole batches only
-        st = measure_cascade(bundle, x[:n], y[:n], never, warmup=2, batch=bs)
-        dy = measure_cascade(bundle, x[:n], y[:n], thresholds, warmup=2, batch=bs)
+        st = measure_cascade(bundle, x[:n], y[:n], never, warmup=1, batch=bs)
+        dy = measure_cascade(bundle, x[:n], y[:n], thresholds, warmup=1, batch=bs)
         rows.append({"batch": bs, "n": n, "calls_per_stage": "one per batch" if bundle.batch_limit() >= bs else
                      f"{-(-bs // bundle.batch_limit())} per batch (max_batch {bundle.batch_limit()})",
                      "static_images_per_s": st["images_per_s"], "dynamic_images_per_s": dy["images_per_s"],
@@ -216,7 +216,7 @@ def random_checkpoint(model_name: str, out: Path) -> str:
 
 def run_throughput(checkpoint: str, targets: list[str], precisions: list[str], thresholds: list, batches: Sequence[int], out: Path,
                    n: int = 256, threads: int = 1, progress: bool = True, device_name: Optional[str] = None, verbose: bool = False,
-                   data: Optional[str] = None) -> dict:
+                   data: Optional[str] = None, reuse: bool = False) -> dict:
     """Static vs dynamic images/s at fixed ``thresholds``: on ``n`` images of ``data`` (with accuracy),
     or on ``n`` random images when ``data`` is None (latency only, e.g. random weights)."""
     from dvt_edge.checkpoint import load_checkpoint
@@ -245,8 +245,9 @@ def run_throughput(checkpoint: str, targets: list[str], precisions: list[str], t
                 if t.backend not in available_backends():
                     raise RuntimeError(f"{t.backend} does not run on this host")
                 bdir = out / "bundles" / f"{model.name}-{name}-{prec}"
-                export_bundle(checkpoint, name, prec, out=str(bdir), force=True, progress=progress, verbose=verbose,
-                              log_path=str(out / "bench-toolchains.log"))
+                if not (reuse and (bdir / "manifest.json").is_file()):
+                    export_bundle(checkpoint, name, prec, out=str(bdir), force=True, progress=progress, verbose=verbose,
+                                  log_path=str(out / "bench-toolchains.log"))
                 with quiet_toolchains(out / "bench-toolchains.log", verbose):
                     b = Bundle.open(bdir, threads=threads)
                     row["throughput"] = {"thresholds": list(thresholds), "max_batch": b.manifest.max_batch,
@@ -611,7 +612,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ckpt = random_checkpoint(a.model, out) if a.model else a.checkpoint
             data = None if a.model else (a.data or _checkpoint_data(ckpt))
             r = run_throughput(ckpt, a.targets.split(","), a.precisions.split(","), thr, batches, out, n=a.n,
-                               threads=a.threads, device_name=a.device_name, verbose=a.verbose, data=data)
+                               threads=a.threads, device_name=a.device_name, verbose=a.verbose, data=data, reuse=a.reuse_bundles)
         else:
             r = run_bench(a.checkpoint, a.data, a.targets.split(","), a.precisions.split(","), budgets, out, a.n, a.threads,
                           a.runs, device_name=a.device_name, reuse=a.reuse_bundles, verbose=a.verbose, batches=batches)

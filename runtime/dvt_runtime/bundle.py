@@ -324,21 +324,17 @@ class Bundle:
         for e in range(E):
             if deadline_ms is not None and e > 0:
                 late = elapsed[active] + self.stage_p90_ms[e] > deadline_ms
-                for j in np.flatnonzero(late):
-                    i = active[j]
-                    result[i] = self._answer(carry["logits"][j], e - 1, stage_ms[i], True)
+                self._answers(result, carry["logits"], late, active, e - 1, stage_ms, True)
                 active, carry = active[~late], {k: v[~late] for k, v in carry.items()}
                 if len(active) == 0:
                     break
             x = xb if len(active) == n else xb[active]  # gathered: (n_active, C, H, W)
             out, ms = self.run_stage(e, x, carry, chunk)
-            for j, i in enumerate(active):
-                stage_ms[i].append(float(ms[j]))
+            for i, v in zip(active.tolist(), ms.tolist()):
+                stage_ms[i].append(v)
             elapsed[active] += ms
             done = np.ones(len(active), bool) if e == E - 1 else softmax(out["logits"]).max(-1) >= thr[e]
-            for j in np.flatnonzero(done):
-                i = active[j]
-                result[i] = self._answer(out["logits"][j], e, stage_ms[i], False)
+            self._answers(result, out["logits"], done, active, e, stage_ms, False)
             keep = ~done  # decided samples release their features and relations here
             active = active[keep]
             carry = None if e == E - 1 else {k: v[keep] for k, v in out.items()}
@@ -348,11 +344,17 @@ class Bundle:
         assert all(r is not None for r in result)
         return result  # type: ignore[return-value]
 
-    def _answer(self, logits: np.ndarray, e: int, stage_ms: list[float], skipped: bool) -> Prediction:
-        p = softmax(logits.astype(np.float64))
-        k = int(p.argmax())
-        return Prediction(k, self.classes[k] if k < len(self.classes) else str(k), float(p[k]), e, p,
-                          float(sum(stage_ms)), list(stage_ms), skipped)
+    def _answers(self, result: list, logits: np.ndarray, mask: np.ndarray, active: np.ndarray, e: int,
+                 stage_ms: list[list[float]], skipped: bool) -> None:
+        """Answer the samples ``active[mask]`` from exit ``e``'s ``logits[mask]`` (vectorized softmax)."""
+        rows = np.flatnonzero(mask)
+        if len(rows) == 0:
+            return
+        probs = softmax(logits[rows].astype(np.float64))  # (k, classes)
+        labels = probs.argmax(-1)
+        for p, k, i in zip(probs, labels.tolist(), active[rows].tolist()):
+            name = self.classes[k] if k < len(self.classes) else str(k)
+            result[i] = Prediction(k, name, float(p[k]), e, p, float(sum(stage_ms[i])), list(stage_ms[i]), skipped)
 
     def _controller(self, budget_ms: float):
         from dvt_runtime.controller import BudgetController
