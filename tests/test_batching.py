@@ -220,3 +220,26 @@ def test_bench_throughput_rows(bundle):
     md = "\n".join(throughput_markdown({"threads": 1, "rows": [{"target": "onnx", "precision": "fp32", "status": "ok",
                                                               "throughput": {"thresholds": thr, "max_batch": None, "rows": rows}}]}))
     assert "| 8 |" in md and "only 32 images" in md
+
+
+@pytest.mark.parametrize("key", ["cifar10", "fashion-mnist"])
+def test_reference_models_batch_equals_one_by_one(key, tmp_path):
+    """On the published references and their own evaluation images: identical labels and exits,
+    batched (one call per stage) and one image at a time, at the bundle's default thresholds."""
+    from dvt_edge.data import default_data, load_dataset
+    from dvt_edge.export import export_bundle
+    from dvt_edge.references import REFERENCES
+
+    ref = REFERENCES[key]
+    r = export_bundle(str(ref.checkpoint), "onnx", "fp32", out=str(tmp_path / "b"), verify_n=128, progress=False)
+    assert r.manifest.max_batch is None and r.manifest.parity["batch_checked"] == 64
+    b = Bundle.open(r.path)
+    model = r.manifest
+    ds = load_dataset(ref.eval_data or default_data(model.model), "val", preprocess=model.preprocess)
+    x, _ = ds.arrays(256, seed=3, progress=False)
+    thr = b.default_thresholds()
+    assert thr is not None and any(t is not None for t in thr)
+    batched = b.predict(x, thresholds=thr)
+    one = [b.predict(x[i], thresholds=thr) for i in range(len(x))]
+    assert [(p.label, p.exit) for p in batched] == [(p.label, p.exit) for p in one]
+    assert len({p.exit for p in one}) == b.num_exits  # images leave at every exit
