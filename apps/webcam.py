@@ -173,17 +173,10 @@ def setup_mode(bundle, budget_ms: Optional[float] = None, deadline_ms: Optional[
 
 
 def profile_stages(bundle, runs: int = 30) -> list[float]:
-    """p90 latency (ms) of every stage on this machine, from ``runs`` runs of the full cascade."""
-    x = np.zeros((1,) + tuple(bundle.input_shape), np.float32)
-    times: list[list[float]] = [[] for _ in range(bundle.num_exits)]
-    for r in range(runs + 2):
-        carry = None
-        for e in range(bundle.num_exits):
-            t0 = time.perf_counter()
-            carry = bundle.run_exit(e, x, carry)
-            if r >= 2:  # the first runs warm the sessions up
-                times[e].append((time.perf_counter() - t0) * 1e3)
-    return [float(np.percentile(t, 90)) for t in times]
+    """p90 latency (ms) of every stage on this machine: the runtime's profiler, ``runs`` chain runs after 2 warm-up runs."""
+    from dvt_runtime.profile import MIN_RUNS, profile_bundle
+
+    return profile_bundle(bundle, warmup=2, runs=max(int(runs), MIN_RUNS), progress=False).stage_p90()
 
 
 # ----------------------------------------------------------------------------- geometry

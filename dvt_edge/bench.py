@@ -56,24 +56,17 @@ def bench_bundle(bundle_dir: Path, x: np.ndarray, y: np.ndarray, budgets: Option
                  batches: Sequence[int] = ()) -> dict:
     """Everything measured on one bundle (this host)."""
     from dvt_runtime.bundle import Bundle
-    from dvt_runtime.calibrate import cascade_overhead_ms, exit_probs, with_overhead
-    from dvt_runtime.profile import profile_bundle
-    from dvt_runtime.search import ExitOutputs, evaluate_thresholds, search_thresholds
+    from dvt_runtime.calibrate import fit
+    from dvt_runtime.search import evaluate_thresholds, search_thresholds
 
     b = Bundle.open(bundle_dir, threads=threads)
     m = b.manifest
-    prof = profile_bundle(b, warmup=20, runs=runs, images=x[:64], progress=progress)
+    f = fit(b, x, y, holdout=holdout, seed=seed, runs=runs, warmup=20, progress=progress)
+    prof, lat, probs = f.profile, f.costs, f.probs  # lat: what a predict() call costs per stage
     if device_name:
         prof.device["device_name"] = device_name
-    overhead = cascade_overhead_ms(b, x)
-    lat = with_overhead(prof.stage_costs(), overhead)  # what a predict() call costs per stage
-    probs = exit_probs(b, x, progress)  # (E, N, K): the artifact's own outputs
     acc_all = [float((probs[e].argmax(-1) == y).mean() * 100) for e in range(b.num_exits)]
-    perm = np.random.default_rng(seed).permutation(len(x))
-    n_hold = int(round(len(x) * holdout))
-    hold, cal = perm[:n_hold], perm[n_hold:]
-    cal_out = ExitOutputs.from_probs(probs[:, cal], y[cal])
-    hold_out = ExitOutputs.from_probs(probs[:, hold], y[hold])
+    hold, cal, cal_out, hold_out = f.hold_idx, f.cal_idx, f.cal, f.hold
     xh, yh = x[hold], y[hold]
 
     cum = prof.cumulative

@@ -311,6 +311,31 @@ def _sessions(target: Target, bundle: Path, graphs, artifacts: list[ExitArtifact
     return sessions
 
 
+@dataclass
+class _Plan:
+    """Everything prepared for one export (checkpoint read, data loaded, PyTorch reference run)."""
+
+    tmp: Path  # the bundle is built here, then installed at dest
+    dest: Path
+    target: Target
+    precision: str
+    model: DVT
+    info: CheckpointInfo
+    pre: Preprocess
+    graphs: list[ExitGraph]
+    schemes: list[Optional[str]]  # int8 schemes to try ([None] otherwise)
+    data: _Data
+    calib_ref: list  # per calibration image, per exit: its inputs (PyTorch)
+    real_ref: Optional[list[np.ndarray]]  # per exit: (M, classes) PyTorch logits on the verification images
+    fixed_ref: list[np.ndarray]  # per exit: PyTorch logits on the fixed example inputs
+    thresholds: Optional[list]
+    thr_source: str
+    spec: Optional[str]
+    checkpoint: str
+    verify: bool
+    progress: bool
+
+
 def export_bundle(
     checkpoint: str,
     target: str,
@@ -367,33 +392,34 @@ def export_bundle(
     log = Path(log_path) if log_path else dest.parent / "dvt-edge-export.log"
     try:
         with quiet_toolchains(log, verbose) as console:
-            return _export_into(tmp, dest, t, precision, model, info, pre, graphs, schemes, data, calib_ref, real_ref, fixed_ref,
-                                thresholds, thr_source, spec, checkpoint, verify, progress, console)
+            plan = _Plan(tmp, dest, t, precision, model, info, pre, graphs, schemes, data, calib_ref, real_ref, fixed_ref,
+                         thresholds, thr_source, spec, checkpoint, verify, progress)
+            return _export_into(plan, console)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def _export_into(tmp, dest, t, precision, model, info, pre, graphs, schemes, data, calib_ref, real_ref, fixed_ref,
-                 thresholds, thr_source, spec, checkpoint, verify, progress, console) -> ExportResult:
-    """Export, verify and write the manifest in ``tmp``, then install it at ``dest``."""
+def _export_into(p: _Plan, console) -> ExportResult:
+    """Export, verify and write the manifest in ``p.tmp``, then install it at ``p.dest``."""
+    tmp, t, precision, model, graphs, data = p.tmp, p.target, p.precision, p.model, p.graphs, p.data
     artifacts: list[ExitArtifact] = []
     choice_notes = []
     mod = t.load()
     it = range(len(graphs))
-    if progress:
+    if p.progress:
         from tqdm import tqdm
 
         it = tqdm(it, desc=f"export {t.name} {precision}", unit="exit", file=console)
     for e in it:
-        calib_e = [c[e]["inputs"] for c in calib_ref]
+        calib_e = [c[e]["inputs"] for c in p.calib_ref]
         candidates = []
-        for sch in schemes:
-            cdir = tmp if len(schemes) == 1 else Path(tempfile.mkdtemp(prefix=f"{sch}-", dir=tmp))
+        for sch in p.schemes:
+            cdir = tmp if len(p.schemes) == 1 else Path(tempfile.mkdtemp(prefix=f"{sch}-", dir=tmp))
             art = mod.export_exit(ExitJob(e, graphs[e], t, precision, sch, calib_e, cdir))
             candidates.append((sch, cdir, art))
         if len(candidates) > 1:
-            sch, cdir, art = _pick_scheme(model, t, candidates, graphs, artifacts, tmp, data, real_ref, e, choice_notes)
+            sch, cdir, art = _pick_scheme(model, t, candidates, graphs, artifacts, tmp, data, p.real_ref, e, choice_notes)
         else:
             sch, cdir, art = candidates[0]
         artifacts.append(art)
@@ -407,15 +433,15 @@ def _export_into(tmp, dest, t, precision, model, info, pre, graphs, schemes, dat
     max_batch, batch_note = _batch_support(t, artifacts)
 
     # -- verification
-    sessions = _sessions(t, tmp, graphs, artifacts) if verify else None
+    sessions = _sessions(t, tmp, graphs, artifacts) if p.verify else None
     if sessions is not None:
         vb = _verification_bundle(model, t, graphs, artifacts, sessions, tmp, max_batch)
-        parity = _parity(t, vb, graphs, data, real_ref, fixed_ref, thresholds)
+        parity = _parity(t, vb, graphs, data, p.real_ref, p.fixed_ref, p.thresholds)
     else:
-        parity = {"runtime": t.backend, "checked": "structural" if verify else "skipped (--no-verify)", "n_real": 0,
+        parity = {"runtime": t.backend, "checked": "structural" if p.verify else "skipped (--no-verify)", "n_real": 0,
                   "exits": [{"exit": e + 1} for e in range(len(graphs))],
                   "note": f"{t.backend} cannot run on {platform.system()} here"}
-        if verify and t.name == "coreml":
+        if p.verify and t.name == "coreml":
             from dvt_edge.export.coreml import check_structure
 
             probs = []
@@ -427,18 +453,18 @@ def _export_into(tmp, dest, t, precision, model, info, pre, graphs, schemes, dat
     parity["data"] = data.note
     if choice_notes:
         parity["scheme_selection"] = choice_notes
-    problems = _check_parity(parity, precision) if verify else []
+    problems = _check_parity(parity, precision) if p.verify else []
     parity["problems"] = problems
     parity["passed"] = not problems
 
     exits = _exit_specs(model, graphs, artifacts, tmp)
     manifest = Manifest(
         model=model.name, target=t.name, precision=precision,
-        classes=list(info.classes) if info.classes else [str(i) for i in range(model.cfg.num_classes)],
-        preprocess=pre, exits=exits, backend=t.backend, model_config=model.cfg.to_dict(),
-        quantization={"schemes_tried": [s for s in schemes if s], "recipe": t.recipe} if precision == "int8" else {},
-        thresholds=thresholds, thresholds_source=thr_source, parity=parity, toolchain=_toolchain(),
-        source={"checkpoint": str(checkpoint), "sha256": sha256_file(checkpoint), "format": info.format, "data": spec},
+        classes=list(p.info.classes) if p.info.classes else [str(i) for i in range(model.cfg.num_classes)],
+        preprocess=p.pre, exits=exits, backend=t.backend, model_config=model.cfg.to_dict(),
+        quantization={"schemes_tried": [s for s in p.schemes if s], "recipe": t.recipe} if precision == "int8" else {},
+        thresholds=p.thresholds, thresholds_source=p.thr_source, parity=parity, toolchain=_toolchain(),
+        source={"checkpoint": str(p.checkpoint), "sha256": sha256_file(p.checkpoint), "format": p.info.format, "data": p.spec},
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         max_batch=max_batch, batch_note=batch_note,
     )
@@ -448,8 +474,8 @@ def _export_into(tmp, dest, t, precision, model, info, pre, graphs, schemes, dat
     report = format_parity(manifest)
     if problems:
         raise ExportError("verification failed (use --no-verify to write the bundle anyway):\n" + report)
-    _install(tmp, dest)
-    return ExportResult(dest, manifest, report)
+    _install(tmp, p.dest)
+    return ExportResult(p.dest, manifest, report)
 
 
 def _pick_scheme(model, t, candidates, graphs, chosen_artifacts, tmp, data, real_ref, e, notes):

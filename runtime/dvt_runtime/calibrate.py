@@ -20,8 +20,9 @@ import datetime
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
@@ -29,7 +30,10 @@ from dvt_runtime.bundle import Bundle, softmax
 from dvt_runtime.calibration import SCHEMA, CalibrationError, bundle_identity  # noqa: F401  (re-exported)
 from dvt_runtime.io import atomic_write_json
 from dvt_runtime.manifest import ManifestError
-from dvt_runtime.search import ALGORITHMS, ExitOutputs, evaluate_thresholds, frontier_table, search_thresholds
+from dvt_runtime.search import ALGORITHMS, ExitOutputs, StageCosts, evaluate_thresholds, frontier_table, search_thresholds
+
+if TYPE_CHECKING:
+    from dvt_runtime.profile import LatencyProfile
 
 
 def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -124,16 +128,54 @@ def cascade_overhead_ms(bundle: Bundle, x: np.ndarray, n: int = 60, batch: int =
     return float(np.median(over))
 
 
-def with_overhead(costs, overhead_ms: float):
+def with_overhead(costs: StageCosts, overhead_ms: float) -> StageCosts:
     """Stage costs with the cascade's per-sample overhead added to stage 1 (every sample runs it)."""
-    from dvt_runtime.search import StageCosts
-
     if costs.samples is not None:
         samples = [np.asarray(s) + (overhead_ms if k == 0 else 0.0) for k, s in enumerate(costs.samples)]
         return StageCosts.from_samples(samples, unit=costs.unit)
     mean = np.asarray(costs.mean, dtype=float).copy()
     mean[0] += overhead_ms
     return StageCosts(mean=mean, unit=costs.unit)
+
+
+@dataclass
+class Fit:
+    """What a threshold search on a device stands on: measured stage costs and the artifacts' own
+    outputs on labelled images, split into a calibration part and a holdout part."""
+
+    profile: "LatencyProfile"
+    measured_here: bool  # profiled here (else given, e.g. imported from a phone)
+    overhead_ms: float  # predict's own per-image cost beyond the stages (0 for a given profile)
+    costs: StageCosts  # per stage, in ms, overhead included in stage 1
+    probs: np.ndarray  # (E, N, classes) softmax of every exit
+    cal_idx: np.ndarray  # indexes of the calibration images
+    hold_idx: np.ndarray  # indexes of the holdout images
+    cal: ExitOutputs
+    hold: ExitOutputs
+
+
+def fit(bundle: Bundle, x: np.ndarray, y: np.ndarray, holdout: float = 0.5, seed: int = 0, profile=None, runs: int = 200,
+        warmup: int = 20, batch: int = 1, progress: bool = True) -> Fit:
+    """Profile (unless ``profile`` is given), measure the cascade overhead, run every exit on ``x``
+    and split the images (seeded): the one pipeline behind calibration and the benchmark."""
+    from dvt_runtime.profile import profile_bundle
+
+    measured_here = profile is None
+    if profile is None:
+        profile = profile_bundle(bundle, warmup=warmup, runs=runs, images=x[: min(len(x), max(64, 8 * batch))], progress=progress,
+                                 batch=batch)
+    if len(profile.stages) != bundle.num_exits:
+        raise CalibrationError(f"profile has {len(profile.stages)} stages, the bundle {bundle.num_exits} exits")
+    if profile.batch != batch:
+        raise CalibrationError(f"the profile was measured at batch {profile.batch}, not {batch}: profile at --batch {batch} "
+                               "or calibrate at the profile's batch")
+    overhead = cascade_overhead_ms(bundle, x, batch=batch) if measured_here else 0.0
+    probs = exit_probs(bundle, x, progress)
+    perm = np.random.default_rng(seed).permutation(len(x))
+    n_hold = max(1, int(round(len(x) * holdout)))
+    cal_idx, hold_idx = perm[n_hold:], perm[:n_hold]
+    return Fit(profile, measured_here, overhead, with_overhead(profile.stage_costs(), overhead), probs, cal_idx, hold_idx,
+               ExitOutputs.from_probs(probs[:, cal_idx], y[cal_idx]), ExitOutputs.from_probs(probs[:, hold_idx], y[hold_idx]))
 
 
 def _budget_grid(costs, n: int = 24) -> list[float]:
@@ -149,8 +191,6 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
     ``batch`` > 1 calibrates for throughput: the budget is ms per image when ``batch`` images
     go through ``predict`` together (stages profiled at that batch size).
     """
-    from dvt_runtime.profile import profile_bundle
-
     if algorithm not in ALGORITHMS:
         raise CalibrationError(f"unknown algorithm {algorithm!r}; valid: {list(ALGORITHMS)}")
     if isinstance(budget_ms, bool) or not isinstance(budget_ms, (int, float)) or not np.isfinite(budget_ms) or budget_ms <= 0:
@@ -169,23 +209,9 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
     if int(y.max()) >= len(bundle.classes) or int(y.min()) < 0:
         raise CalibrationError(f"labels must be in 0..{len(bundle.classes) - 1} for this bundle's classes")
     device_name = device_name or socket.gethostname()
-    measured_here = profile is None
-    if profile is None:
-        profile = profile_bundle(bundle, warmup=warmup, runs=runs, images=x[: min(len(x), max(64, 8 * batch))], progress=progress,
-                                 batch=batch)
-    if len(profile.stages) != bundle.num_exits:
-        raise CalibrationError(f"profile has {len(profile.stages)} stages, the bundle {bundle.num_exits} exits")
-    if profile.batch != batch:
-        raise CalibrationError(f"the profile was measured at batch {profile.batch}, not {batch}: profile at --batch {batch} "
-                               "or calibrate at the profile's batch")
-    overhead = cascade_overhead_ms(bundle, x, batch=batch) if measured_here else 0.0
-    costs = with_overhead(profile.stage_costs(), overhead)
-    probs = exit_probs(bundle, x, progress)
-    perm = np.random.default_rng(seed).permutation(len(x))
-    n_hold = max(1, int(round(len(x) * holdout)))
-    cal_idx, hold_idx = perm[n_hold:], perm[:n_hold]
-    cal_out = ExitOutputs.from_probs(probs[:, cal_idx], y[cal_idx])
-    hold_out = ExitOutputs.from_probs(probs[:, hold_idx], y[hold_idx])
+    f = fit(bundle, x, y, holdout=holdout, seed=seed, profile=profile, runs=runs, warmup=warmup, batch=batch, progress=progress)
+    profile, measured_here, overhead, costs = f.profile, f.measured_here, f.overhead_ms, f.costs
+    cal_idx, hold_idx, cal_out, hold_out = f.cal_idx, f.hold_idx, f.cal, f.hold
 
     cheapest = float(costs.cumulative[0])
     if budget_ms < cheapest * (1 - 1e-9) and metric == "mean":
