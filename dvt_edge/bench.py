@@ -207,24 +207,14 @@ def random_checkpoint(model_name: str, out: Path) -> str:
     return str(path)
 
 
-def run_throughput(checkpoint: str, targets: list[str], precisions: list[str], thresholds: list, batches: Sequence[int], out: Path,
-                   n: int = 256, threads: int = 1, progress: bool = True, device_name: Optional[str] = None, verbose: bool = False,
-                   data: Optional[str] = None, reuse: bool = False) -> dict:
-    """Static vs dynamic images/s at fixed ``thresholds``: on ``n`` images of ``data`` (with accuracy),
-    or on ``n`` random images when ``data`` is None (latency only, e.g. random weights)."""
-    from dvt_edge.checkpoint import load_checkpoint
+def _each_target(checkpoint: str, model_name: str, targets: list[str], precisions: list[str], out: Path, measure,
+                 reuse: bool = False, progress: bool = True, verbose: bool = False) -> list[dict]:
+    """Export (or reuse) a bundle per target x precision and ``measure(row, bundle_dir, target)`` it;
+    a target that fails becomes a row with its error, never a crash (the format table drives the loop)."""
     from dvt_edge.export import export_bundle
     from dvt_edge.export.targets import TARGETS, get_target
-    from dvt_runtime.backends import available_backends
-    from dvt_runtime.bundle import Bundle, check_thresholds
-    from dvt_runtime.profile import device_facts
+    from dvt_runtime.manifest import Manifest
 
-    model, info = load_checkpoint(checkpoint)
-    check_thresholds(thresholds, model.num_exits, "--thresholds")
-    if data:
-        x, y = load_dataset(data, "val", preprocess=info.preprocess).arrays(n, seed=0, progress=progress)
-    else:
-        x, y = np.random.default_rng(0).standard_normal((n, model.cfg.in_chans, model.cfg.img_size, model.cfg.img_size)).astype(np.float32), None
     names = sorted(TARGETS) if targets == ["all"] else [get_target(t).name for t in targets]
     rows = []
     for name in names:
@@ -235,23 +225,52 @@ def run_throughput(checkpoint: str, targets: list[str], precisions: list[str], t
             row = {"target": name, "precision": prec, "backend": t.backend}
             t0 = time.time()
             try:
-                if t.backend not in available_backends():
-                    raise RuntimeError(f"{t.backend} does not run on this host")
-                bdir = out / "bundles" / f"{model.name}-{name}-{prec}"
-                if not (reuse and (bdir / "manifest.json").is_file()):
-                    export_bundle(checkpoint, name, prec, out=str(bdir), force=True, progress=progress, verbose=verbose,
-                                  log_path=str(out / "bench-toolchains.log"))
-                with quiet_toolchains(out / "bench-toolchains.log", verbose):
-                    b = Bundle.open(bdir, threads=threads)
-                    row["throughput"] = {"thresholds": list(thresholds), "max_batch": b.manifest.max_batch,
-                                         "rows": throughput(b, x, y, list(thresholds), batches)}
-                row["status"] = "ok"
+                bdir = out / "bundles" / f"{model_name}-{name}-{prec}"
+                if reuse and (bdir / "manifest.json").is_file():
+                    man = Manifest.load(bdir)
+                else:
+                    man = export_bundle(checkpoint, name, prec, out=str(bdir), force=True, progress=progress, verbose=verbose,
+                                        log_path=str(out / "bench-toolchains.log")).manifest
+                row.update(artifact_kb=[round(e.size_bytes / 1024, 1) for e in man.exits],
+                           parity=man.parity, quantization=[e.quantization.get("scheme") for e in man.exits],
+                           undelegated_ops=[e.undelegated_ops for e in man.exits])
+                measure(row, bdir, t)
             except Exception as e:  # a failing target is a row, not a crash
                 row.update(status="error", error=f"{type(e).__name__}: {str(e).strip()[:500]}", traceback=traceback.format_exc(limit=3))
             row["seconds"] = round(time.time() - t0, 1)
             rows.append(row)
             if progress:
                 print(f"[bench] {name} {prec}: {row['status']} ({row['seconds']} s)", file=sys.stderr)
+    return rows
+
+
+def run_throughput(checkpoint: str, targets: list[str], precisions: list[str], thresholds: list, batches: Sequence[int], out: Path,
+                   n: int = 256, threads: int = 1, progress: bool = True, device_name: Optional[str] = None, verbose: bool = False,
+                   data: Optional[str] = None, reuse: bool = False) -> dict:
+    """Static vs dynamic images/s at fixed ``thresholds``: on ``n`` images of ``data`` (with accuracy),
+    or on ``n`` random images when ``data`` is None (latency only, e.g. random weights)."""
+    from dvt_edge.checkpoint import load_checkpoint
+    from dvt_runtime.backends import available_backends
+    from dvt_runtime.bundle import Bundle, check_thresholds
+    from dvt_runtime.profile import device_facts
+
+    model, info = load_checkpoint(checkpoint)
+    check_thresholds(thresholds, model.num_exits, "--thresholds")
+    if data:
+        x, y = load_dataset(data, "val", preprocess=info.preprocess).arrays(n, seed=0, progress=progress)
+    else:
+        x, y = np.random.default_rng(0).standard_normal((n, model.cfg.in_chans, model.cfg.img_size, model.cfg.img_size)).astype(np.float32), None
+
+    def measure(row: dict, bdir: Path, t) -> None:
+        if t.backend not in available_backends():
+            raise RuntimeError(f"{t.backend} does not run on this host")
+        with quiet_toolchains(out / "bench-toolchains.log", verbose):
+            b = Bundle.open(bdir, threads=threads)
+            row["throughput"] = {"thresholds": list(thresholds), "max_batch": b.manifest.max_batch,
+                                 "rows": throughput(b, x, y, list(thresholds), batches)}
+        row["status"] = "ok"
+
+    rows = _each_target(checkpoint, model.name, targets, precisions, out, measure, reuse, progress, verbose)
     dev = device_facts(threads=threads)
     if device_name:
         dev["device_name"] = device_name
@@ -265,52 +284,25 @@ def run_bench(checkpoint: str, data: Optional[str], targets: list[str], precisio
               out: Path, n: int = 2000, threads: int = 1, runs: int = 200, progress: bool = True,
               device_name: Optional[str] = None, reuse: bool = False, verbose: bool = False, batches: Sequence[int] = ()) -> dict:
     from dvt_edge.checkpoint import load_checkpoint
-    from dvt_edge.export import export_bundle
-    from dvt_edge.export.targets import TARGETS, get_target
     from dvt_runtime.backends import available_backends
-    from dvt_runtime.manifest import Manifest
 
     model, info = load_checkpoint(checkpoint)
     data = data or default_data(model.name, info.extras)
     ds = load_dataset(data, "val", preprocess=info.preprocess)
     x, y = ds.arrays(min(n, len(ds)), seed=0, progress=progress)
-    names = sorted(TARGETS) if targets == ["all"] else [get_target(t).name for t in targets]
     runnable = available_backends()
-    rows = []
-    for name in names:
-        t = TARGETS[name]
-        for prec in precisions:
-            if prec not in t.precisions:
-                continue
-            row = {"target": name, "precision": prec, "backend": t.backend}
-            t0 = time.time()
-            try:
-                bdir = out / "bundles" / f"{model.name}-{name}-{prec}"
-                if reuse and (bdir / "manifest.json").is_file():
-                    man = Manifest.load(bdir)
-                else:
-                    man = export_bundle(checkpoint, name, prec, out=str(bdir), force=True, progress=progress, verbose=verbose,
-                                        log_path=str(out / "bench-toolchains.log")).manifest
-                row.update(artifact_kb=[round(e.size_bytes / 1024, 1) for e in man.exits],
-                           parity=man.parity, quantization=[e.quantization.get("scheme") for e in man.exits],
-                           undelegated_ops=[e.undelegated_ops for e in man.exits])
-                if t.backend not in runnable:
-                    row["status"] = f"exported; {t.backend} does not run on this host (structure checked)"
-                else:
-                    if progress:
-                        print(f"[bench] {name} {prec}: profiling and measuring the cascade ...", file=sys.stderr, flush=True)
-                    with quiet_toolchains(out / "bench-toolchains.log", verbose):  # runtimes' own chatter goes to the log
-                        row.update(bench_bundle(bdir, x, y, budgets, threads, runs, progress=False, device_name=device_name,
-                                                batches=batches))
-                    row["status"] = "ok"
-            except Exception as e:  # a failing target is a row, not a crash
-                row["status"] = "error"
-                row["error"] = f"{type(e).__name__}: {str(e).strip()[:500]}"
-                row["traceback"] = traceback.format_exc(limit=3)
-            row["seconds"] = round(time.time() - t0, 1)
-            rows.append(row)
-            if progress:
-                print(f"[bench] {name} {prec}: {row['status']} ({row['seconds']} s)", file=sys.stderr)
+
+    def measure(row: dict, bdir: Path, t) -> None:
+        if t.backend not in runnable:
+            row["status"] = f"exported; {t.backend} does not run on this host (structure checked)"
+            return
+        if progress:
+            print(f"[bench] {t.name} {row['precision']}: profiling and measuring the cascade ...", file=sys.stderr, flush=True)
+        with quiet_toolchains(out / "bench-toolchains.log", verbose):  # runtimes' own chatter goes to the log
+            row.update(bench_bundle(bdir, x, y, budgets, threads, runs, progress=False, device_name=device_name, batches=batches))
+        row["status"] = "ok"
+
+    rows = _each_target(checkpoint, model.name, targets, precisions, out, measure, reuse, progress, verbose)
     from dvt_runtime.profile import device_facts
 
     dev = device_facts(threads=threads)

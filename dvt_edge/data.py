@@ -22,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-from dvt_runtime.io import atomic_write
+from dvt_runtime.io import atomic_write, check_labels, read_npz
 from dvt_runtime.preprocess import Preprocess
 
 __all__ = [
@@ -583,25 +583,16 @@ def _load_npz(path: str, split: str, preprocess: Optional[Preprocess]) -> ImageS
     an error (so a held-out set can never serve as training data by accident).
     """
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise DataError(f"npz: {p} not found")
-    try:
-        z = np.load(p, allow_pickle=False)
-        files = z.files
-    except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"npz: {p} is not a readable .npz archive ({type(e).__name__}); write one with numpy.savez "
-                        "(arrays 'images', 'labels', optional 'classes') or python -m dvt_edge.data export") from e
+    hint = "write one with numpy.savez (arrays 'images', 'labels', optional 'classes') or python -m dvt_edge.data export"
+    z = read_npz(p, (), lambda m: DataError(f"npz: {m}"), hint)
+    files = list(z)
     if "split" in files and str(z["split"]) != split:
         raise DataError(f"npz: {p} holds only the {str(z['split'])!r} split, not {split!r}")
     jpeg = "jpeg" in files and "offsets" in files
     for k in ("labels",) if jpeg else ("images", "labels"):
         if k not in files:
             raise DataError(f"npz: {p} has no '{k}' array (found {files}); expected 'images', 'labels' and optional 'classes'")
-    labels = z["labels"]
-    if labels.ndim != 1 or not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_) or labels.dtype == np.bool_:
-        raise DataError(f"npz: {p}: 'labels' must be a 1-D integer array; got {labels.dtype} {labels.shape}")
-    if len(labels) == 0:
-        raise DataError(f"npz: {p} holds no samples")
+    labels = check_labels(z["labels"], f"npz: {p}", DataError)
     if "classes" in files:
         classes = [str(c) for c in z["classes"]]
     else:

@@ -28,7 +28,7 @@ import numpy as np
 
 from dvt_runtime.bundle import Bundle, softmax
 from dvt_runtime.calibration import SCHEMA, CalibrationError, bundle_identity  # noqa: F401  (re-exported)
-from dvt_runtime.io import atomic_write_json
+from dvt_runtime.io import atomic_write_json, check_labels, read_npz
 from dvt_runtime.manifest import ManifestError
 from dvt_runtime.search import ALGORITHMS, ExitOutputs, StageCosts, evaluate_thresholds, frontier_table, search_thresholds
 
@@ -39,24 +39,9 @@ if TYPE_CHECKING:
 def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
     """A preprocessed validation set (``python -m dvt_edge.data export``): float32 images (N,C,H,W), labels (N,)."""
     p = Path(path)
-    if not p.is_file():
-        raise CalibrationError(f"validation data {p} not found (write one with: python -m dvt_edge.data export --split val --out val.npz)")
-    try:
-        z = np.load(p, allow_pickle=False)
-        files = z.files
-    except (OSError, ValueError, EOFError) as e:
-        raise CalibrationError(f"{p} is not a readable .npz archive ({type(e).__name__}); write one with: "
-                               "python -m dvt_edge.data export --split val --out val.npz") from None
-    if "images" not in files:
-        raise CalibrationError(f"{p} has no 'images' array (found {z.files})")
-    if "labels" not in z.files:
-        raise CalibrationError(f"{p} has no 'labels': calibration measures accuracy, so it needs labelled images")
-    x, y = z["images"], z["labels"]
-    if y.ndim != 1 or y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer):
-        raise CalibrationError(f"{p}: labels must be a 1-D integer array (class indices); got {y.dtype} {y.shape}")
-    y = y.astype(np.int64)
-    if len(x) == 0:
-        raise CalibrationError(f"{p} holds no images")
+    hint = "calibration measures accuracy on labelled images: write one with python -m dvt_edge.data export --split val --out val.npz"
+    z = read_npz(p, ("images", "labels"), CalibrationError, hint)
+    x, y = z["images"], check_labels(z["labels"], str(p), CalibrationError)
     if len(x) != len(y):
         raise CalibrationError(f"{p}: {len(x)} images but {len(y)} labels")
     if x.dtype != np.float32 or x.ndim != 4:

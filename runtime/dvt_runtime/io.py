@@ -7,9 +7,9 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Union
+from typing import Callable, Sequence, Union
 
-__all__ = ["atomic_write", "atomic_write_json", "sha256_file", "current_umask"]
+__all__ = ["atomic_write", "atomic_write_json", "sha256_file", "current_umask", "read_npz", "check_labels"]
 
 
 def atomic_write(path: Union[str, Path], data: bytes) -> Path:
@@ -56,3 +56,36 @@ def sha256_file(path: Union[str, Path], chunk: int = 1 << 20) -> str:
                 break
             h.update(b)
     return h.hexdigest()
+
+
+def read_npz(path: Union[str, Path], need: Sequence[str], error: Callable[[str], Exception], hint: str) -> dict:
+    """The arrays of a .npz file (never unpickled), with those in ``need`` present.
+
+    Missing, unreadable files and missing arrays raise ``error(message)``; ``hint`` says how to
+    write a good file. The one npz reader of the project (data sets, calibration, profiling).
+    """
+    import numpy as np
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise error(f"{p} not found ({hint})")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise error(f"{p} is not a readable .npz archive ({type(e).__name__}); {hint}") from None
+    missing = [k for k in need if k not in arrays]
+    if missing:
+        raise error(f"{p} has no {' / '.join(repr(k) for k in missing)} array (found {sorted(arrays)}); {hint}")
+    return arrays
+
+
+def check_labels(labels, where: str, error: Callable[[str], Exception]):
+    """Class indices: a non-empty 1-D integer array (not bool), as int64."""
+    import numpy as np
+
+    if labels.ndim != 1 or labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
+        raise error(f"{where}: 'labels' must be a 1-D integer array (class indices); got {labels.dtype} {labels.shape}")
+    if len(labels) == 0:
+        raise error(f"{where} holds no samples (no images)")
+    return labels.astype(np.int64)

@@ -930,16 +930,11 @@ def _import_parser() -> argparse.ArgumentParser:
 
 
 def _load_npz(path: str, bundle) -> tuple[np.ndarray, Optional[list[np.ndarray]]]:
+    from dvt_runtime.io import read_npz
+
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"--data {p} not found")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            if "images" not in z.files:
-                raise ValueError(f"--data {p} has no 'images' array (found {z.files})")
-            images = z["images"]
-    except (OSError, ValueError) as e:
-        raise ValueError(f"--data {p}: cannot read images ({e})") from None
+    hint = "'images' must be float32 (N, C, H, W) preprocessed or uint8 (N, H, W[, C])"
+    images = read_npz(p, ("images",), lambda m: ValueError(f"--data {m}"), hint)["images"]
     if len(images) == 0:
         raise ValueError(f"--data {p}: 'images' is empty")
     if images.dtype == np.uint8:
