@@ -262,12 +262,9 @@ def _find_fashion_mnist(download: bool) -> Path:
             reason = f"download from {FASHION_MNIST_URL} failed ({e})"
     else:
         reason = "download disabled"
-    raise DataError(
-        "Fashion-MNIST not found. Looked in:\n"
-        + "".join(f"  - {d}\n" for d in looked)
-        + f"({reason}).\nInstall it with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), "
-        "or put the four *-ubyte.gz files from " + FASHION_MNIST_URL + " into $DVT_DATA/fashion-mnist."
-    )
+    raise _not_found("Fashion-MNIST", looked, reason,
+                     "Install it with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), "
+                     "or put the four *-ubyte.gz files from " + FASHION_MNIST_URL + " into $DVT_DATA/fashion-mnist.")
 
 
 def _download_fashion_mnist(dest: Path) -> Path:
@@ -520,12 +517,9 @@ def _find_cifar10(download_ok: bool) -> Path:
             reason = f"download from {CIFAR10_URL} failed ({e})"
     else:
         reason = "download disabled (offline)"
-    raise DataError(
-        "CIFAR-10 not found. Looked in:\n"
-        + "".join(f"  - {d}\n" for d in looked)
-        + f"({reason}).\nPut the official {CIFAR10_TAR} (md5 {CIFAR10_MD5}, from {CIFAR10_URL}) or its extracted "
-        "cifar-10-batches-py/ into $DVT_DATA/cifar10, or use cifar10:PATH, or imagefolder:PATH for a JPEG copy."
-    )
+    raise _not_found("CIFAR-10", looked, reason,
+                     f"Put the official {CIFAR10_TAR} (md5 {CIFAR10_MD5}, from {CIFAR10_URL}) or its extracted "
+                     "cifar-10-batches-py/ into $DVT_DATA/cifar10, or use cifar10:PATH, or imagefolder:PATH for a JPEG copy.")
 
 
 def _find_cifar10_jpeg() -> Path:
@@ -573,6 +567,11 @@ def _load_cifar10(root: str, split: str, preprocess: Optional[Preprocess], downl
 def cifar10_preprocess(size: int = 32) -> Preprocess:
     """CIFAR-10 training statistics; area resize of the shorter side, center crop."""
     return Preprocess(size=size, resize=size, channels="rgb", mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), interpolation="area")
+
+
+def _not_found(name: str, looked: list[Path], reason: str, how: str) -> DataError:
+    """A data set that is not on this machine: where we looked, why nothing was fetched, how to get it."""
+    return DataError(f"{name} not found. Looked in:\n" + "".join(f"  - {d}\n" for d in looked) + f"({reason}).\n{how}")
 
 
 def _load_npz(path: str, split: str, preprocess: Optional[Preprocess]) -> ImageSet:

@@ -764,37 +764,27 @@ register_model(
     ),
     "DVT on DeiT-small (published checkpoint layout), 224x224 RGB, 1000 classes",
 )
-# Small variants for 28x28 grayscale input (Fashion-MNIST): same stages, same reuse.
+# Small variants for 28x28 grayscale input (Fashion-MNIST): same stages, same reuse; each
+# variant is the base plus its differences (as timm's dict(model_args, **kwargs)).
+_FMNIST = dict(img_size=28, in_chans=1, num_classes=10, mlp_ratio=2.0, tokenizer="conv", grids=(3, 5, 7),
+               reuse_upsample=(0, 6, 10), pos_embed="learned")
+_FMNIST_TINY = dict(_FMNIST, embed_dim=64, depth=4, num_heads=4, token_dim=32, reuse_dim=16, reuse_hidden=32)
 register_model(
     "dvt_tiny_fmnist",
-    DVTConfig(
-        img_size=28, in_chans=1, num_classes=10, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0,
-        tokenizer="conv", token_dim=32, grids=(3, 5, 7),
-        splits=((6, 4, 0), (4, 3, 1), (2, 2, 0)), reuse_upsample=(0, 6, 10),
-        reuse_dim=16, reuse_hidden=32, pos_embed="learned",
-    ),
+    DVTConfig(**dict(_FMNIST_TINY, splits=((6, 4, 0), (4, 3, 1), (2, 2, 0)))),
     "small DVT for 28x28 grayscale, every stage sees the full 28px image (ablation: its exits barely separate)",
     preprocess="fashion-mnist", dataset="fashion-mnist",
 )
 register_model(
     "dvt_tiny_fmnist_ms",
-    DVTConfig(
-        img_size=28, in_chans=1, num_classes=10, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0,
-        tokenizer="conv", token_dim=32, grids=(3, 5, 7), stage_img_sizes=(12, 18, 28),
-        splits=((2, 2, 0), (3, 2, 1), (2, 2, 0)), reuse_upsample=(0, 6, 10),
-        reuse_dim=16, reuse_hidden=32, pos_embed="learned",
-    ),
+    DVTConfig(**dict(_FMNIST_TINY, stage_img_sizes=(12, 18, 28), splits=((2, 2, 0), (3, 2, 1), (2, 2, 0)))),
     "second reference: small DVT for 28x28 grayscale, stages see 12px / 18px / 28px -> 3x3 / 5x5 / 7x7 tokens",
     preprocess="fashion-mnist", dataset="fashion-mnist",
 )
 register_model(
     "dvt_micro_fmnist",
-    DVTConfig(
-        img_size=28, in_chans=1, num_classes=10, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0,
-        tokenizer="conv", token_dim=8, grids=(3, 5, 7),
-        splits=((6, 4, 0), (4, 3, 1), (2, 2, 0)), reuse_upsample=(0, 6, 10),
-        reuse_dim=8, reuse_hidden=16, pos_embed="learned",
-    ),
+    DVTConfig(**dict(_FMNIST, embed_dim=32, depth=2, num_heads=2, token_dim=8, splits=((6, 4, 0), (4, 3, 1), (2, 2, 0)),
+                     reuse_dim=8, reuse_hidden=16)),
     "micro DVT for tests (28x28 grayscale), exits at 3x3 / 5x5 / 7x7 tokens",
     preprocess="fashion-mnist", dataset="fashion-mnist",
 )
