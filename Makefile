@@ -13,10 +13,10 @@ help:
 	@echo "make test   - set up, then run the test suite"
 	@echo "make lint   - ruff"
 
-$(STAMP): pyproject.toml runtime/pyproject.toml
+$(STAMP): pyproject.toml runtime/pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ./runtime -e '.[all,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e ./runtime -e '.[all,dev]'
 	@$(MAKE) --no-print-directory data
 	@touch $(STAMP)
 

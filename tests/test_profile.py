@@ -577,7 +577,27 @@ def test_etdump_from_the_python_runtime(tiny_program, tmp_path):
         method.execute((torch.randn(8, 8),))
     etdump = tmp_path / "rt.etdp"
     program.write_etdump_result_to_file(str(etdump), str(tmp_path / "rt.bin"))
-    if not etdump.is_file():
-        pytest.skip("this ExecuTorch build has no event tracer (EXECUTORCH_ENABLE_EVENT_TRACER=OFF): it writes no ETDump")
+    assert etdump.is_file(), "the pinned executorch (>= 1.5.1) writes ETDump from its pip wheel"
     prof = import_etdump(etdump)
     assert prof.stages[0]["n"] == 5 and prof.stages[0]["min"] > 0
+
+
+@etdump_group
+def test_runtime_writes_etdump_per_exit(executorch_devtools, micro_ckpt, onnx_bundle, tmp_path, capsys):
+    """`profile --etdump-dir` on an ExecuTorch bundle: ExecuTorch's own trace of every exit, read back by `import --etdump`."""
+    from dvt_edge.export import export_bundle
+
+    b = export_bundle(str(micro_ckpt), "executorch", "fp32", out=str(tmp_path / "b"), verify_n=10, progress=False).path
+    d = tmp_path / "etdump"
+    assert main(["--bundle", str(b), "--runs", "8", "--warmup", "2", "--etdump-dir", str(d), "--no-progress"]) == 0
+    files = sorted(d.glob("exit*.etdp"))
+    assert [f.name for f in files] == ["exit1.etdp", "exit2.etdp", "exit3.etdp"]
+    out = tmp_path / "p.json"
+    assert main(["import", "--etdump", *map(str, files), "--out", str(out)]) == 0
+    prof = LatencyProfile.load(out)
+    assert prof.source == "etdump" and prof.num_exits == 3
+    for st in prof.stages:  # first inference + 2 warm-up + 8 timed runs were traced
+        assert st["n"] >= 8 and st["min"] > 0 and st["median"] < 1000
+    with pytest.raises(SystemExit):  # ETDump is ExecuTorch's: an ONNX bundle is refused
+        main(["--bundle", str(onnx_bundle), "--etdump-dir", str(tmp_path / "x")])
+    assert "--etdump-dir is for ExecuTorch bundles" in capsys.readouterr().err

@@ -20,6 +20,7 @@ import numpy as np
 __all__ = ["BackendUnavailable", "Session", "open_session", "backend_version", "BACKENDS", "available_backends"]
 
 BACKENDS = ("onnxruntime", "executorch", "coreml")
+ETDUMP_DEBUG_BUFFER = 0  # bytes for intermediate outputs in the ETDump: none, timings only (a full buffer aborts)
 _EXTRA = {"onnxruntime": "onnx", "executorch": "executorch", "coreml": "coreml"}
 
 
@@ -82,7 +83,7 @@ class OrtSession(Session):
 class ExecuTorchSession(Session):
     backend = "executorch"
 
-    def __init__(self, path: Path, input_names, output_names, threads: Optional[int] = None):
+    def __init__(self, path: Path, input_names, output_names, threads: Optional[int] = None, etdump: bool = False):
         super().__init__(input_names, output_names)
         try:
             # lazily: the ExecuTorch Python runtime exchanges torch tensors (a phone's C++ runtime does not)
@@ -92,8 +93,24 @@ class ExecuTorchSession(Session):
             raise _missing("executorch", e) from None
         if threads:
             _executorch_threads(int(threads))
-        self.program = Runtime.get().load_program(str(path))
+        self.etdump = bool(etdump)
+        if self.etdump:  # ExecuTorch's own event tracer: per-run timings, as on a phone
+            self.program = Runtime.get().load_program(str(path), enable_etdump=True, debug_buffer_size=ETDUMP_DEBUG_BUFFER)
+        else:
+            self.program = Runtime.get().load_program(str(path))
         self.method = self.program.load_method("forward")
+
+    def write_etdump(self, path: Path) -> Path:
+        """Write the ETDump of every run so far (``profile import --etdump`` reads it)."""
+        if not self.etdump:
+            raise ValueError("open the bundle with etdump=True to record ETDump")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.program.write_etdump_result_to_file(str(path), str(path.with_suffix(".debug.bin")))
+        if not path.is_file():
+            raise BackendUnavailable("this ExecuTorch build has no event tracer (EXECUTORCH_ENABLE_EVENT_TRACER=OFF): "
+                                     "it writes no ETDump; install executorch>=1.5.1 from PyPI")
+        return path
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self._torch
@@ -138,7 +155,7 @@ def open_session(backend: str, path, input_names, output_names, threads: Optiona
     if backend == "onnxruntime":
         return OrtSession(path, input_names, output_names, threads, opts.get("providers"), opts.get("spinning", False))
     if backend == "executorch":
-        return ExecuTorchSession(path, input_names, output_names, threads)
+        return ExecuTorchSession(path, input_names, output_names, threads, opts.get("etdump", False))
     if backend == "coreml":
         return CoreMLSession(path, input_names, output_names, opts.get("compute_units", "CPU_AND_NE"))
     raise ValueError(f"unknown backend {backend!r}; valid: {list(BACKENDS)}")

@@ -120,6 +120,13 @@ class Bundle:
             load_ms.append((time.perf_counter() - t0) * 1e3)
         return cls(path, m, sessions, load_ms, device_name)
 
+    def write_etdump(self, directory: Union[str, Path]) -> list[Path]:
+        """ExecuTorch bundles opened with ``etdump=True``: one ETDump per exit (``exit<k>.etdp``) of
+        every run so far, for ``python -m dvt_runtime.profile import --etdump``."""
+        if self.manifest.backend != "executorch":
+            raise ValueError(f"ETDump is ExecuTorch's trace; this bundle runs on {self.manifest.backend}")
+        return [s.write_etdump(Path(directory) / f"exit{e + 1}.etdp") for e, s in enumerate(self.sessions)]
+
     # ------------------------------------------------------------------ facts
     @property
     def num_exits(self) -> int:

@@ -912,6 +912,8 @@ def _measure_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device-name", help="name of this device (default: the hostname)")
     ap.add_argument("--batch", type=int, default=1, help="images per stage call (default 1); > 1 gives ms per image at that batch")
     ap.add_argument("--out", help="write the profile JSON here")
+    ap.add_argument("--etdump-dir", help="ExecuTorch bundles: also record ExecuTorch's own trace and write exit<k>.etdp here "
+                                         "(read back with: python -m dvt_runtime.profile import --etdump DIR/exit*.etdp)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap
 
@@ -956,10 +958,15 @@ def _measure(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
         ap.error(f"--batch must be >= 1, got {args.batch}")
     from dvt_runtime.bundle import Bundle
 
-    bundle = Bundle.open(args.bundle, threads=args.threads)
+    bundle = Bundle.open(args.bundle, threads=args.threads, **({"etdump": True} if args.etdump_dir else {}))
+    if args.etdump_dir and bundle.manifest.backend != "executorch":
+        ap.error(f"--etdump-dir is for ExecuTorch bundles; this one runs on {bundle.manifest.backend}")
     images, raw = _load_npz(args.data, bundle) if args.data else (None, None)
     prof = profile_bundle(bundle, warmup=args.warmup, runs=args.runs, images=images, images_raw=raw,
                           threads=args.threads, progress=not args.no_progress, device_name=args.device_name, batch=args.batch)
+    if args.etdump_dir:
+        for path in bundle.write_etdump(args.etdump_dir):
+            print(f"wrote {path}")
     return _finish(prof, args.out)
 
 
