@@ -68,6 +68,9 @@ def test_batch_matches_one_by_one_and_regroups(bundle):
     for a, b in zip(batched, one):
         assert np.allclose(a.probs, b.probs, atol=1e-6)
         assert len(a.stage_ms) == a.exit + 1 and a.total_ms == pytest.approx(sum(a.stage_ms))
+        # per image: each call's time over the images in it (what the budget controller observes)
+        assert a.stage_ms_per_image[0] == pytest.approx(a.stage_ms[0] / 48)
+        assert b.stage_ms_per_image == b.stage_ms
 
 
 def test_max_batch_splits_calls_same_answers(bundle):
@@ -130,8 +133,30 @@ def test_bad_batches(bundle):
         bundle.predict([])
     with pytest.raises(InputError, match="share one dtype"):
         bundle.predict([x[0], (x[1] * 10).astype(np.uint8)])
-    with pytest.raises(InputError, match="share one size"):
-        bundle.predict([np.zeros((28, 28), np.uint8), np.zeros((30, 28), np.uint8)])
+    with pytest.raises(InputError, match="preprocessed images must be float32 of shape"):
+        bundle.predict([x[0], x[1][:, :20]])
+
+
+def test_lists_of_preprocessed_and_of_any_size(bundle):
+    rng = np.random.default_rng(6)
+    imgs = [rng.integers(0, 256, (28 + 4 * k, 28 + k, 3), dtype=np.uint8) for k in range(4)]  # sizes differ
+    preds = bundle.predict(imgs, thresholds=[0.5, 0.5])
+    assert [p.label for p in preds] == [bundle.predict(im, thresholds=[0.5, 0.5]).label for im in imgs]
+    pre = [bundle.preprocess(im) for im in imgs]  # (1, C, H, W) each, as bundle.preprocess returns
+    assert [p.label for p in bundle.predict(pre, thresholds=[0.5, 0.5])] == [p.label for p in preds]
+    assert len(bundle.predict([p[0] for p in pre])) == 4  # (C, H, W) each
+
+
+def test_deadline_runs_one_image_per_call(bundle):
+    """A deadline is per image against per-image p90s: a batch runs one image per call and
+    skips exactly what one image at a time skips."""
+    x = _images(6, bundle.input_shape, seed=7)
+    bundle.use_profile([0.0, 1000.0, 0.0])  # exit 2 "takes" 1 s: a 500 ms deadline always skips it
+    counters = [CountingSession(s) for s in bundle.sessions]
+    bundle.sessions = counters
+    preds = bundle.predict(x, thresholds=[None, None], deadline_ms=500.0)
+    assert [p.exit for p in preds] == [0] * 6 and all(p.deadline_skipped for p in preds)
+    assert counters[0].batches == [1] * 6 and counters[1].batches == []
 
 
 def test_manifest_max_batch_round_trip_and_validation(onnx_bundle):

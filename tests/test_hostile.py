@@ -290,6 +290,16 @@ def test_10_profile_cli_on_a_broken_manifest_is_a_message(bundle_copy):
 # ----------------------------------------------------------------------------- 11: labels, latencies, images
 
 
+def test_11_truncated_npz_is_a_clear_error(tmp_path):
+    from dvt_runtime.calibrate import load_npz
+
+    np.savez(tmp_path / "v.npz", images=np.zeros((4, 1, 28, 28), np.float32), labels=np.arange(4))
+    data = (tmp_path / "v.npz").read_bytes()
+    (tmp_path / "v.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CalibrationError, match="not a readable .npz"):
+        load_npz(str(tmp_path / "v.npz"))
+
+
 def test_11_float_labels_in_calibration_data(tmp_path):
     from dvt_runtime.calibrate import load_npz
 

@@ -202,7 +202,7 @@ def _parity(target: Target, bundle: Bundle, graphs, data: _Data, ref_real, fixed
             row["top1_artifact"] = float((art[e].argmax(-1) == data.verify_y).mean() * 100)
             row["top1_pytorch"] = float((ref_real[e].argmax(-1) == data.verify_y).mean() * 100)
         report["n_real"] = len(data.verify_x)
-        if bundle.batch_limit() > 1:  # the same images in batches: must give the same logits
+        if bundle.batch_limit() > 1 and len(data.verify_x) > 1:  # the same images in batches: must give the same logits
             n = min(len(data.verify_x), VERIFY_BATCH if bundle.manifest.max_batch is None else bundle.manifest.max_batch)
             batched = _chained(bundle, data.verify_x, n)
             report["batch_checked"] = n

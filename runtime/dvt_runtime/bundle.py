@@ -74,6 +74,7 @@ class Prediction:
     total_ms: float  # wall time of every stage call this sample was part of (in a batch: the whole call)
     stage_ms: list[float] = field(default_factory=list)  # per stage actually run
     deadline_skipped: bool = False  # a later stage was skipped to meet the deadline
+    stage_ms_per_image: list[float] = field(default_factory=list)  # each stage call's time / images in it
 
     def to_dict(self) -> dict:
         return {"label": self.label, "class_name": self.class_name, "confidence": self.confidence, "exit": self.exit,
@@ -200,24 +201,31 @@ class Bundle:
         return np.ascontiguousarray(x)
 
     def _as_array(self, x) -> np.ndarray:
-        """One array from an array or a list of same-dtype, same-size images (never silently converted)."""
-        if isinstance(x, (list, tuple)):
-            if not x:
-                raise InputError("got an empty list of images (0 images); pass at least one image")
-            arrs = [np.asarray(v) for v in x]
-            dtypes, shapes = {a.dtype for a in arrs}, {a.shape for a in arrs}
-            if len(dtypes) > 1:
-                raise InputError(f"a list of images must share one dtype, got {sorted(map(str, dtypes))}: pass all uint8 "
-                                 "images, or all float32 arrays already preprocessed (bundle.preprocess)")
-            if len(shapes) > 1:
-                raise InputError(f"a list of images must share one size, got {sorted(shapes)[:4]}: preprocess each image "
-                                 "(bundle.preprocess) and np.concatenate the results")
-            return np.stack(arrs)
+        """One array from an array (never silently converted)."""
         a = np.asarray(x)
         if a.dtype == object:
             raise InputError("predict takes one image or one array of images; a list of arrays of different sizes or dtypes "
                              "is ambiguous: preprocess each image (bundle.preprocess) and stack them")
         return a
+
+    def _from_list(self, x: Sequence) -> np.ndarray:
+        """A list of images -> (N, C, H, W) float32: uint8 images (any sizes, each preprocessed) or
+        preprocessed float32 arrays ((C, H, W) or (n, C, H, W), as ``bundle.preprocess`` returns)."""
+        if not len(x):
+            raise InputError("got an empty list of images (0 images); pass at least one image")
+        arrs = [np.asarray(v) for v in x]
+        dtypes = {a.dtype for a in arrs}
+        if len(dtypes) > 1:
+            raise InputError(f"a list of images must share one dtype, got {sorted(map(str, dtypes))}: pass all uint8 "
+                             "images, or all float32 arrays already preprocessed (bundle.preprocess)")
+        if arrs[0].dtype == np.uint8:
+            return self.manifest.preprocess.apply_batch(arrs)
+        d = len(self.input_shape)
+        bad = [a.shape for a in arrs if a.ndim not in (d, d + 1) or tuple(a.shape[-d:]) != self.input_shape]
+        if bad:
+            raise InputError(f"preprocessed images must be float32 of shape {self.input_shape} or (n, {', '.join(map(str, self.input_shape))}); "
+                             f"got {bad[:3]}: pass uint8 images or the output of bundle.preprocess")
+        return self._check_input(np.concatenate([a[None] if a.ndim == d else a for a in arrs]))
 
     def batch_limit(self, max_batch: Optional[int] = None) -> int:
         """Samples per stage call: what the artifacts accept (``manifest.max_batch``), capped by ``max_batch``."""
@@ -276,27 +284,29 @@ class Bundle:
                 budget_ms: Optional[float] = None, deadline_ms: Optional[float] = None,
                 max_batch: Optional[int] = None) -> Union[Prediction, list[Prediction]]:
         """Early-exit prediction. One image -> Prediction; a batch (N, C, H, W), a uint8 batch
-        (N, H, W, C) or a list of same-size images -> list.
+        (N, H, W, C) or a list of images (uint8 of any size, or preprocessed float32) -> list.
 
         ``thresholds``: per-exit confidence thresholds (default: this device's calibration,
         else the manifest's). ``budget_ms``: let the budget controller pick thresholds from
         the calibration's Pareto table. ``deadline_ms``: before each later stage, skip it when
-        its profiled p90 would overrun the deadline. ``max_batch``: at most this many samples
-        per stage call (memory); a larger batch is split into calls of ``max_batch``, with the
-        same answers.
+        its profiled p90 would overrun the deadline (images then run one per call, as the p90s
+        are per image). ``max_batch``: at most this many samples per stage call (memory); a
+        larger batch is split into calls of ``max_batch``, with the same answers. With fixed
+        thresholds a batch gets the answers of one image at a time; ``budget_ms`` picks the
+        thresholds once per call.
         """
-        a = self._as_array(x)
         if isinstance(x, (list, tuple)):  # one entry per image
             single = False
-            xb = self.manifest.preprocess.apply_batch(a) if a.dtype == np.uint8 else self._check_input(a)
+            xb = self._from_list(x)
         else:
+            a = self._as_array(x)
             single = a.ndim == len(self.input_shape) or (a.dtype == np.uint8 and a.ndim < 4)
             xb = self.preprocess(a) if a.dtype == np.uint8 else self._check_input(a)
         if len(xb) == 0:
             raise InputError("predict got an empty batch (0 images); pass at least one image")
         chunk = self.batch_limit(max_batch)
         if budget_ms is not None:
-            budget_ms = positive_ms("budget_ms", budget_ms)
+            budget_ms = positive_ms("budget_ms", budget_ms)  # thresholds picked once per call
             if thresholds is not None:
                 raise ValueError("pass either thresholds or budget_ms, not both")
             thresholds = self._controller(budget_ms).thresholds()
@@ -306,10 +316,11 @@ class Bundle:
             if self.stage_p90_ms is None:
                 raise ValueError("deadline mode needs per-stage p90 latencies: open with device_name= of a calibrated device, "
                                  "or call bundle.use_profile(p90s)")
+            chunk = 1  # a deadline is per image, against per-image p90s: one image per call
         preds = self._cascade(xb, thr, deadline_ms, chunk)
-        if budget_ms is not None:
+        if budget_ms is not None:  # the controller compares per-image stage costs with the profile's
             for p in preds:
-                self.controller.observe(p.stage_ms)
+                self.controller.observe(p.stage_ms_per_image)
         return preds[0] if single else preds
 
     def _thresholds(self, thresholds) -> np.ndarray:
@@ -324,6 +335,7 @@ class Bundle:
         """Regrouped early exit: each stage runs once (in calls of ``chunk``) on the undecided samples."""
         n, E = len(xb), self.num_exits
         stage_ms: list[list[float]] = [[] for _ in range(n)]
+        per_image: list[list[float]] = [[] for _ in range(n)]
         elapsed = np.zeros(n)
         result: list[Optional[Prediction]] = [None] * n
         active = np.arange(n)  # indexes into xb of the undecided samples
@@ -331,17 +343,19 @@ class Bundle:
         for e in range(E):
             if deadline_ms is not None and e > 0:
                 late = elapsed[active] + self.stage_p90_ms[e] > deadline_ms
-                self._answers(result, carry["logits"], late, active, e - 1, stage_ms, True)
+                self._answers(result, carry["logits"], late, active, e - 1, stage_ms, per_image, True)
                 active, carry = active[~late], {k: v[~late] for k, v in carry.items()}
                 if len(active) == 0:
                     break
             x = xb if len(active) == n else xb[active]  # gathered: (n_active, C, H, W)
             out, ms = self.run_stage(e, x, carry, chunk)
-            for i, v in zip(active.tolist(), ms.tolist()):
+            sizes = np.minimum(chunk, len(active) - (np.arange(len(active)) // chunk) * chunk)  # images in each sample's call
+            for i, v, k in zip(active.tolist(), ms.tolist(), sizes.tolist()):
                 stage_ms[i].append(v)
+                per_image[i].append(v / k)
             elapsed[active] += ms
             done = np.ones(len(active), bool) if e == E - 1 else softmax(out["logits"]).max(-1) >= thr[e]
-            self._answers(result, out["logits"], done, active, e, stage_ms, False)
+            self._answers(result, out["logits"], done, active, e, stage_ms, per_image, False)
             keep = ~done  # decided samples release their features and relations here
             active = active[keep]
             carry = None if e == E - 1 else {k: v[keep] for k, v in out.items()}
@@ -352,7 +366,7 @@ class Bundle:
         return result  # type: ignore[return-value]
 
     def _answers(self, result: list, logits: np.ndarray, mask: np.ndarray, active: np.ndarray, e: int,
-                 stage_ms: list[list[float]], skipped: bool) -> None:
+                 stage_ms: list[list[float]], per_image: list[list[float]], skipped: bool) -> None:
         """Answer the samples ``active[mask]`` from exit ``e``'s ``logits[mask]`` (vectorized softmax)."""
         rows = np.flatnonzero(mask)
         if len(rows) == 0:
@@ -361,7 +375,7 @@ class Bundle:
         labels = probs.argmax(-1)
         for p, k, i in zip(probs, labels.tolist(), active[rows].tolist()):
             name = self.classes[k] if k < len(self.classes) else str(k)
-            result[i] = Prediction(k, name, float(p[k]), e, p, float(sum(stage_ms[i])), list(stage_ms[i]), skipped)
+            result[i] = Prediction(k, name, float(p[k]), e, p, float(sum(stage_ms[i])), stage_ms[i], skipped, per_image[i])
 
     def _controller(self, budget_ms: float):
         from dvt_runtime.controller import BudgetController

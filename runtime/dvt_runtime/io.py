@@ -69,10 +69,18 @@ def read_npz(path: Union[str, Path], need: Sequence[str], error: Callable[[str],
     p = Path(path).expanduser()
     if not p.is_file():
         raise error(f"{p} not found ({hint})")
+    import zipfile
+
+    arrays = {}
     try:
         with np.load(p, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as e:
+            for k in z.files:
+                try:
+                    arrays[k] = z[k]
+                except ValueError:  # an object array (it would need unpickling): fatal only if needed
+                    if k in need:
+                        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise error(f"{p} is not a readable .npz archive ({type(e).__name__}); {hint}") from None
     missing = [k for k in need if k not in arrays]
     if missing:
