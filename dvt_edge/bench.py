@@ -135,7 +135,7 @@ def throughput(bundle, x: np.ndarray, y: Optional[np.ndarray], thresholds: list,
     from dvt_runtime.calibrate import measure_cascade
 
     y = np.zeros(len(x), np.int64) if y is None else y
-    never = [None] * (bundle.num_exits - 1)
+    never = never_stop(bundle.num_exits)
     rows = []
     for bs in batches:
         if bs > len(x):

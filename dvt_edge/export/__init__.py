@@ -138,14 +138,14 @@ def _torch_cascade(graphs: list[ExitGraph], images: np.ndarray) -> list[list[dic
     return out
 
 
-def _verification_bundle(model: DVT, target: Target, graphs, artifacts: list[ExitArtifact], sessions, root: Path,
+def _verification_bundle(model: DVT, target: Target, exits: list[ExitSpec], sessions, root: Path,
                          max_batch: Optional[int] = 1) -> Bundle:
     """The runtime's own :class:`Bundle` over freshly loaded sessions (exits ``0..len(sessions)-1``):
     export verifies through the code path the device runs, not a second implementation."""
     n = len(sessions)
     m = Manifest(model=model.name, target=target.name, precision="-", classes=[str(i) for i in range(model.cfg.num_classes)],
                  preprocess=default_preprocess(model.cfg.in_chans, model.cfg.img_size),
-                 exits=_exit_specs(model, graphs[:n], artifacts[:n], root), backend=target.backend, max_batch=max_batch)
+                 exits=exits[:n], backend=target.backend, max_batch=max_batch)
     return Bundle(root, m, list(sessions), [0.0] * n)
 
 
@@ -431,11 +431,12 @@ def _export_into(p: _Plan, console) -> ExportResult:
         merge_required_operators(tmp, cfgs)
 
     max_batch, batch_note = _batch_support(t, artifacts)
+    exits = _exit_specs(model, graphs, artifacts, tmp)  # artifacts hashed once: verification and manifest
 
     # -- verification
     sessions = _sessions(t, tmp, graphs, artifacts) if p.verify else None
     if sessions is not None:
-        vb = _verification_bundle(model, t, graphs, artifacts, sessions, tmp, max_batch)
+        vb = _verification_bundle(model, t, exits, sessions, tmp, max_batch)
         parity = _parity(t, vb, graphs, data, p.real_ref, p.fixed_ref, p.thresholds)
     else:
         parity = {"runtime": t.backend, "checked": "structural" if p.verify else "skipped (--no-verify)", "n_real": 0,
@@ -457,7 +458,6 @@ def _export_into(p: _Plan, console) -> ExportResult:
     parity["problems"] = problems
     parity["passed"] = not problems
 
-    exits = _exit_specs(model, graphs, artifacts, tmp)
     manifest = Manifest(
         model=model.name, target=t.name, precision=precision,
         classes=list(p.info.classes) if p.info.classes else [str(i) for i in range(model.cfg.num_classes)],
@@ -496,7 +496,7 @@ def _pick_scheme(model, t, candidates, graphs, chosen_artifacts, tmp, data, real
                 scored.append((0.0, 0.0, sch, cdir, art))
                 continue
             partial = [*chosen_artifacts, _moved(art, cdir, tmp)]
-            lg = _chained(_verification_bundle(model, t, graphs, partial, sess, tmp), data.verify_x, 1)[e]
+            lg = _chained(_verification_bundle(model, t, _exit_specs(model, graphs, partial, tmp), sess, tmp), data.verify_x, 1)[e]
             agree = float((lg.argmax(-1) == real_ref[e].argmax(-1)).mean() * 100)
             err = float(np.abs(lg - real_ref[e]).max())
             scored.append((agree, -err, sch, cdir, art))

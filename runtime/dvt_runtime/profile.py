@@ -499,7 +499,7 @@ def _check_batch(batch: Any) -> int:
 
 def _batches(xs: list[np.ndarray], batch: int, n: int = 8) -> list[np.ndarray]:
     """Up to ``n`` distinct (batch, C, H, W) inputs cycling through the (1, C, H, W) images."""
-    count = max(1, min(n, len(xs) // batch)) if len(xs) >= batch else 1
+    count = max(1, min(n, len(xs) // batch))
     return [np.ascontiguousarray(np.concatenate([xs[(b * batch + k) % len(xs)] for k in range(batch)])) for b in range(count)]
 
 
