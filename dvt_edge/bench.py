@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import io
-import json
 import sys
 import time
 import traceback
@@ -26,14 +24,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from dvt_edge.bench_report import MATCH_POINTS, SCHEMA, load_results, markdown, write_outputs
 from dvt_edge.data import DATASETS, DataError, default_data, load_dataset
 from dvt_edge.logs import quiet_toolchains
 from dvt_edge.references import DEFAULT_REFERENCE
-from dvt_runtime.io import atomic_write, atomic_write_json
+from dvt_runtime.stats import sample_stats
 
-SCHEMA = "dvt-edge/bench/1"
 REFERENCE = DEFAULT_REFERENCE.checkpoint
-MATCH_POINTS = 0.2  # "matched accuracy": within this many points of the last exit
 
 
 # ----------------------------------------------------------------------------- one target
@@ -51,39 +48,56 @@ def _flops_costs(manifest):
     return StageCosts.from_cumulative([e.gflops for e in manifest.exits], unit="GFLOPs")
 
 
-def bench_bundle(bundle_dir: Path, x: np.ndarray, y: np.ndarray, budgets: Optional[list[float]], threads: int = 1,
+def bench_bundle(bundle, x: np.ndarray, y: np.ndarray, budgets: Optional[list[float]], threads: int = 1,
                  runs: int = 200, holdout: float = 0.5, seed: int = 0, progress: bool = True, device_name: Optional[str] = None,
                  batches: Sequence[int] = ()) -> dict:
-    """Everything measured on one bundle (this host)."""
+    """Everything measured on one bundle (this host); ``bundle``: a bundle folder or an open ``Bundle``."""
     from dvt_runtime.bundle import Bundle
     from dvt_runtime.calibrate import fit
-    from dvt_runtime.search import evaluate_thresholds, search_thresholds
 
-    b = Bundle.open(bundle_dir, threads=threads)
-    m = b.manifest
+    b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle, threads=threads)
     f = fit(b, x, y, holdout=holdout, seed=seed, runs=runs, warmup=20, progress=progress)
-    prof, lat, probs = f.profile, f.costs, f.probs  # lat: what a predict() call costs per stage
     if device_name:
-        prof.device["device_name"] = device_name
-    acc_all = [float((probs[e].argmax(-1) == y).mean() * 100) for e in range(b.num_exits)]
-    hold, cal, cal_out, hold_out = f.hold_idx, f.cal_idx, f.cal, f.hold
-    xh, yh = x[hold], y[hold]
-
-    cum = prof.cumulative
-    static = []
-    for e in range(b.num_exits):
-        # exit e alone = stages 1..e always run (it needs its predecessors' reuse tensors)
-        thr = [0.0 if k == e else None for k in range(b.num_exits - 1)]  # None: never stop there
-        meas = _run_cascade(b, xh, yh, thr)
-        static.append({"exit": e + 1, "grid": m.exits[e].grid, "gflops": m.exits[e].gflops,
-                       "accuracy_all": acc_all[e], "accuracy": meas["accuracy"],
-                       "profile_p50_ms": cum[e]["median"], "profile_p90_ms": cum[e]["p90"],
-                       "measured_mean_ms": meas["mean_ms"], "measured_p90_ms": meas["p90_ms"]})
-    lo, hi = float(lat.cumulative[0]), float(lat.cumulative[-1])
+        f.profile.device["device_name"] = device_name
+    xh, yh = x[f.hold_idx], y[f.hold_idx]
+    static = _static_rows(b, f, xh, yh, y)
+    lo, hi = float(f.costs.cumulative[0]), float(f.costs.cumulative[-1])
     if not budgets:
         budgets = [float(v) for v in np.geomspace(lo, hi, 7)[1:-1]]  # denser where early exits decide
-    flops = _flops_costs(m)
-    ms_per_gflop = hi / float(flops.cumulative[-1])  # the paper's assumption: latency proportional to FLOPs
+    dynamic, flops_rows = _budget_rows(b, f, xh, yh, budgets)
+    matched = _matched_point(b, f, xh, yh, static[-1])
+    out = {"profile": f.profile.summary(), "device": f.profile.device, "runtime_overhead": runtime_overhead(b, x), "static": static,
+           "dynamic": dynamic, "flops_calibrated": flops_rows, "matched": matched, "n_holdout": len(f.hold_idx),
+           "n_calibration": len(f.cal_idx)}
+    if batches:  # at the matched-accuracy thresholds (their accuracy delta is reported with them)
+        thr = matched["thresholds"] if matched else never_stop(b.num_exits)
+        out["throughput"] = {"thresholds": thr, "max_batch": b.manifest.max_batch, "rows": throughput(b, xh, yh, thr, batches)}
+    return out
+
+
+def _static_rows(b, f, xh: np.ndarray, yh: np.ndarray, y: np.ndarray) -> list[dict]:
+    """Each exit alone as a static model: stages 1..e always run (it needs its predecessors' reuse tensors)."""
+    cum, m = f.profile.cumulative, b.manifest
+    rows = []
+    for e in range(b.num_exits):
+        thr = [0.0 if k == e else None for k in range(b.num_exits - 1)]  # None: never stop there
+        meas = _run_cascade(b, xh, yh, thr)
+        rows.append({"exit": e + 1, "grid": m.exits[e].grid, "gflops": m.exits[e].gflops,
+                     "accuracy_all": float((f.probs[e].argmax(-1) == y).mean() * 100), "accuracy": meas["accuracy"],
+                     "profile_p50_ms": cum[e]["median"], "profile_p90_ms": cum[e]["p90"],
+                     "measured_mean_ms": meas["mean_ms"], "measured_p90_ms": meas["p90_ms"]})
+    return rows
+
+
+def _budget_rows(b, f, xh: np.ndarray, yh: np.ndarray, budgets: list[float]) -> tuple[list[dict], list[dict]]:
+    """Per budget, thresholds searched (a) on measured latency and (b) on FLOPs (the paper's way,
+    latency taken as proportional to FLOPs), each run for real on the holdout and measured."""
+    from dvt_runtime.search import evaluate_thresholds, search_thresholds
+
+    lat = f.costs  # what a predict() call costs per stage
+    lo, hi = float(lat.cumulative[0]), float(lat.cumulative[-1])
+    flops = _flops_costs(b.manifest)
+    ms_per_gflop = hi / float(flops.cumulative[-1])
     dynamic, flops_rows = [], []
     for budget in budgets:
         row = {"budget_ms": budget}
@@ -92,36 +106,35 @@ def bench_bundle(bundle_dir: Path, x: np.ndarray, y: np.ndarray, budgets: Option
             dynamic.append(row)
             flops_rows.append(dict(row))
             continue
-        res = search_thresholds(cal_out, lat, budget, algorithm="exact")
-        pred = evaluate_thresholds(hold_out, None, res.best.thresholds, lat)
+        res = search_thresholds(f.cal, lat, budget, algorithm="exact")
+        pred = evaluate_thresholds(f.hold, None, res.best.thresholds, lat)
         meas = _run_cascade(b, xh, yh, res.best.to_dict()["thresholds"])
         dynamic.append({**row, "thresholds": res.best.to_dict()["thresholds"], "predicted_ms": pred.mean_cost,
                         "predicted_accuracy": pred.accuracy, **_meas(meas, budget)})
         fb = budget / ms_per_gflop
-        fres = search_thresholds(cal_out, flops, max(fb, float(flops.cumulative[0])), algorithm="exact")
+        fres = search_thresholds(f.cal, flops, max(fb, float(flops.cumulative[0])), algorithm="exact")
         fmeas = _run_cascade(b, xh, yh, fres.best.to_dict()["thresholds"])
         flops_rows.append({**row, "flops_budget_gflops": fb, "thresholds": fres.best.to_dict()["thresholds"], **_meas(fmeas, budget)})
-    # speedup over the last exit alone at matched accuracy: thresholds chosen on the calibration
-    # split (cheapest point at least as accurate as the last exit there), then measured on the
-    # holdout, where "matched" means within MATCH_POINTS of the last exit
-    last = static[-1]
-    last_cal = float(cal_out.correct[-1].mean() * 100)
-    front = search_thresholds(cal_out, lat, hi * (1 + 1e-9), algorithm="exact").frontier
+    return dynamic, flops_rows
+
+
+def _matched_point(b, f, xh: np.ndarray, yh: np.ndarray, last: dict) -> Optional[dict]:
+    """Speedup over the last exit alone at matched accuracy: thresholds chosen on the calibration
+    split (cheapest point at least as accurate as the last exit there), then measured on the
+    holdout, where "matched" means within MATCH_POINTS of the last exit."""
+    from dvt_runtime.search import search_thresholds
+
+    last_cal = float(f.cal.correct[-1].mean() * 100)
+    front = search_thresholds(f.cal, f.costs, float(f.costs.cumulative[-1]) * (1 + 1e-9), algorithm="exact").frontier
     ok = [p for p in front if p.accuracy >= last_cal]
-    matched = None
-    if ok:
-        p = min(ok, key=lambda p: p.mean_cost)
-        meas = _run_cascade(b, xh, yh, p.to_dict()["thresholds"])
-        matched = {"thresholds": p.to_dict()["thresholds"], "calibration_accuracy": p.accuracy, "last_exit_calibration_accuracy": last_cal,
-                   **_meas(meas, None), "speedup_vs_last_exit": last["measured_mean_ms"] / meas["mean_ms"],
-                   "accuracy_delta": meas["accuracy"] - last["accuracy"],
-                   "within_match": meas["accuracy"] >= last["accuracy"] - MATCH_POINTS}
-    out = {"profile": prof.summary(), "device": prof.device, "runtime_overhead": runtime_overhead(b, x), "static": static, "dynamic": dynamic,
-           "flops_calibrated": flops_rows, "matched": matched, "n_holdout": len(hold), "n_calibration": len(cal)}
-    if batches:  # at the matched-accuracy thresholds (their accuracy delta is reported with them)
-        thr = matched["thresholds"] if matched else never_stop(b.num_exits)
-        out["throughput"] = {"thresholds": thr, "max_batch": m.max_batch, "rows": throughput(b, xh, yh, thr, batches)}
-    return out
+    if not ok:
+        return None
+    p = min(ok, key=lambda p: p.mean_cost)
+    meas = _run_cascade(b, xh, yh, p.to_dict()["thresholds"])
+    return {"thresholds": p.to_dict()["thresholds"], "calibration_accuracy": p.accuracy, "last_exit_calibration_accuracy": last_cal,
+            **_meas(meas, None), "speedup_vs_last_exit": last["measured_mean_ms"] / meas["mean_ms"],
+            "accuracy_delta": meas["accuracy"] - last["accuracy"],
+            "within_match": meas["accuracy"] >= last["accuracy"] - MATCH_POINTS}
 
 
 def never_stop(num_exits: int) -> list:
@@ -175,7 +188,7 @@ def runtime_overhead(bundle, x: np.ndarray, n: int = 300) -> dict:
         if i >= 20:
             pred_ms.append((t1 - t0) * 1e3)
             backend_ms.append((t2 - t1) * 1e3)
-    p, bk = float(np.median(pred_ms)), float(np.median(backend_ms))
+    p, bk = sample_stats(pred_ms, keep_samples=False)["median"], sample_stats(backend_ms, keep_samples=False)["median"]
     return {"predict_exit1_ms": p, "backend_exit1_ms": bk, "overhead_ms": p - bk, "overhead_pct": 100 * (p - bk) / p,
             "within_goal": (p - bk) <= max(0.05 * p, 0.1), "goal": "<= 5% of the total or 0.1 ms, whichever is larger"}
 
@@ -232,7 +245,7 @@ def _each_target(checkpoint: str, model_name: str, targets: list[str], precision
                     man = export_bundle(checkpoint, name, prec, out=str(bdir), force=True, progress=progress, verbose=verbose,
                                         log_path=str(out / "bench-toolchains.log")).manifest
                 row.update(artifact_kb=[round(e.size_bytes / 1024, 1) for e in man.exits],
-                           parity=man.parity, quantization=[e.quantization.get("scheme") for e in man.exits],
+                           parity=man.parity.to_dict() if man.parity else None, quantization=[e.quantization.get("scheme") for e in man.exits],
                            undelegated_ops=[e.undelegated_ops for e in man.exits])
                 measure(row, bdir, t)
             except Exception as e:  # a failing target is a row, not a crash
@@ -312,221 +325,6 @@ def run_bench(checkpoint: str, data: Optional[str], targets: list[str], precisio
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join(sys.argv), "checkpoint": checkpoint, "model": model.name, "data": data, "n_images": len(x),
             "threads": threads, "device": dev, "rows": rows}
-
-
-# ----------------------------------------------------------------------------- report
-
-
-def _device_label(r: dict) -> str:
-    d = r.get("device", {})
-    return f"{d.get('device_name') or d.get('hostname', '?')} ({r.get('threads', '?')} thr)"
-
-
-def matched_cells(mt: Optional[dict]) -> tuple[str, str]:
-    """(accuracy/latency cell, speedup cell) of the matched-accuracy point; a point that missed
-    the match on the holdout says so and is never shown as a plain speedup."""
-    if not mt:
-        return "not reached on the calibration split", "-"
-    dyn = f"{mt['accuracy']:.2f}, {mt['measured_mean_ms']:.3f}"
-    if mt["within_match"]:
-        return dyn, f"{mt['speedup_vs_last_exit']:.2f}x"
-    miss = f"NOT matched: {mt['accuracy_delta']:+.2f} pts vs last exit (limit -{MATCH_POINTS})"
-    return f"{dyn} ({miss})", f"no speedup at matched accuracy ({mt['speedup_vs_last_exit']:.2f}x at {mt['accuracy_delta']:+.2f} pts)"
-
-
-def throughput_markdown(r: dict) -> list[str]:
-    """The throughput table (static vs dynamic images/s per batch size) of every row that has one."""
-    out = []
-    for row in r["rows"]:
-        tp = row.get("throughput")
-        if row.get("status") != "ok" or not tp:
-            if r.get("mode") == "throughput":
-                out.append(f"\n{row['target']} {row['precision']}: {row.get('error') or row.get('status')}\n")
-            continue
-        thr = ", ".join("-" if v is None else f"{v:.4g}" for v in tp["thresholds"])
-        mb = "any" if tp["max_batch"] is None else tp["max_batch"]
-        out.append(f"\n### {row['target']} {row['precision']}: throughput, {r.get('threads', '?')} thread(s), thresholds [{thr}], "
-                   f"artifact max_batch {mb}\n")
-        has_acc = r.get("mode") != "throughput" or r.get("has_accuracy", False)
-        out.append("| batch | static (all stages) img/s | dynamic img/s | dynamic vs static | dynamic vs batch 1 | exits % (1/2/...) |"
-                   + (" accuracy static / dynamic % |" if has_acc else ""))
-        out.append("|---|---|---|---|---|---|" + ("---|" if has_acc else ""))
-        for t in tp["rows"]:
-            if "error" in t:
-                out.append(f"| {t['batch']} | {t['error']} | | | | |" + (" |" if has_acc else ""))
-                continue
-            vs1 = f"{t['dynamic_vs_one_by_one']:.2f}x" if "dynamic_vs_one_by_one" in t else "-"
-            line = (f"| {t['batch']} | {t['static_images_per_s']:.1f} | {t['dynamic_images_per_s']:.1f} | {t['speedup']:.2f}x | {vs1} | "
-                    + "/".join(f"{100 * q:.0f}" for q in t["exit_fractions"]) + " |")
-            if has_acc:
-                line += f" {t['static_accuracy']:.2f} / {t['dynamic_accuracy']:.2f} |"
-            out.append(line)
-    return out
-
-
-def markdown(results: list[dict]) -> str:
-    out = []
-    for r in results:
-        dev = _device_label(r)
-        if r.get("mode") == "throughput":
-            out.append(f"## {r['model']} on {dev}: throughput on {r['data']}\n")
-            out.extend(throughput_markdown(r))
-            out.append("")
-            continue
-        out.append(f"## {r['model']} on {dev}: {r['n_images']} images of {r['data']}\n")
-        out.append("| target | prec | status | exit sizes KB | per-exit top-1 % (artifact) | exit p50/p90 ms (cumulative) | last exit alone: acc %, mean ms | dynamic @ matched acc: acc %, mean ms | speedup |")
-        out.append("|---|---|---|---|---|---|---|---|---|")
-        for row in r["rows"]:
-            if row.get("status") != "ok":
-                msg = row.get("error") or row.get("status")
-                out.append(f"| {row['target']} | {row['precision']} | {msg[:120]} | {row.get('artifact_kb', '-')} | | | | | |")
-                continue
-            st = row["static"]
-            accs = " / ".join(f"{s['accuracy_all']:.2f}" for s in st)
-            lats = " / ".join(f"{s['profile_p50_ms']:.3f}/{s['profile_p90_ms']:.3f}" for s in st)
-            dyn, sp = matched_cells(row.get("matched"))
-            out.append(f"| {row['target']} | {row['precision']} | ok | {row['artifact_kb']} | {accs} | {lats} | "
-                       f"{st[-1]['accuracy']:.2f}, {st[-1]['measured_mean_ms']:.3f} | {dyn} | {sp} |")
-        for row in r["rows"]:
-            if row.get("status") != "ok":
-                continue
-            ov = row["runtime_overhead"]
-            out.append(f"\n### {row['target']} {row['precision']}: budgets (holdout {row['n_holdout']} images)\n")
-            out.append(f"Runtime overhead for a sample stopping at exit 1: predict {ov['predict_exit1_ms']:.4f} ms vs backend "
-                       f"{ov['backend_exit1_ms']:.4f} ms = {ov['overhead_ms']:+.4f} ms ({ov['overhead_pct']:.1f}%; goal {ov['goal']}: "
-                       f"{'met' if ov['within_goal'] else 'NOT met'}).\n")
-            out.append("| budget ms | latency-calibrated: acc %, mean ms (err %), p90 ms, exits % | FLOPs-calibrated: acc %, mean ms (err %), p90 ms, exits % |")
-            out.append("|---|---|---|")
-            for d, f in zip(row["dynamic"], row["flops_calibrated"]):
-                if "error" in d:
-                    out.append(f"| {d['budget_ms']:.3f} | {d['error']} | |")
-                    continue
-                cell = lambda v: (f"{v['accuracy']:.2f}, {v['measured_mean_ms']:.3f} ({v['error_vs_budget_pct']:+.1f}%), "
-                                  f"{v['measured_p90_ms']:.3f}, " + "/".join(f"{100 * q:.0f}" for q in v["exit_fractions"]))
-                out.append(f"| {d['budget_ms']:.3f} | {cell(d)} | {cell(f)} |")
-        out.extend(throughput_markdown(r))
-        out.append("")
-    return "\n".join(out)
-
-
-def plot(results: list[dict], path_acc: Path, path_exits: Optional[Path] = None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not any(row.get("status") == "ok" and "static" in row for r in results for row in r["rows"]):
-        return  # throughput-only results: see plot_throughput
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    k = 0
-    for r in results:
-        for row in r["rows"]:
-            if row.get("status") != "ok" or "static" not in row:
-                continue
-            c = colors[k % len(colors)]
-            k += 1
-            label = f"{_device_label(r)} {row['target']} {row['precision']}"
-            st = row["static"]
-            ax.plot([s["measured_mean_ms"] for s in st], [s["accuracy"] for s in st], "s", color=c, mfc="none", ms=8)
-            d = [p for p in row["dynamic"] if "error" not in p]
-            ax.plot([p["measured_mean_ms"] for p in d], [p["accuracy"] for p in d], "-o", color=c, label=f"{label}: latency-calibrated")
-            f = [p for p in row["flops_calibrated"] if "error" not in p]
-            ax.plot([p["measured_mean_ms"] for p in f], [p["accuracy"] for p in f], ":x", color=c, alpha=0.7, label=f"{label}: FLOPs-calibrated")
-            mt = row.get("matched")
-            if mt:  # filled star: matched accuracy reached on the holdout; hollow with a note: missed
-                ok = mt["within_match"]
-                ax.plot([mt["measured_mean_ms"]], [mt["accuracy"]], "*", ms=13, color=c, mfc=c if ok else "none",
-                        label=f"{label}: {'matched accuracy' if ok else 'NOT matched accuracy'} point")
-                if not ok:
-                    ax.annotate(f"not matched ({mt['accuracy_delta']:+.2f} pts)", (mt["measured_mean_ms"], mt["accuracy"]),
-                                textcoords="offset points", xytext=(6, -10), fontsize=7, color=c)
-    ax.set_xlabel("measured mean latency per image (ms, batch 1)")
-    ax.set_ylabel("top-1 (%)")
-    ax.set_title("dynamic cascade (lines) vs each exit alone (squares)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best", framealpha=0.85)
-    fig.tight_layout()
-    _save(fig, path_acc)
-    if path_exits is None:
-        return
-    ok = [(r, row) for r in results for row in r["rows"] if row.get("status") == "ok" and "static" in row]
-    if not ok:
-        return
-    fig, axes = plt.subplots(1, len(ok), figsize=(3.2 * len(ok) + 1, 3.6), squeeze=False)
-    for ax, (r, row) in zip(axes[0], ok):
-        d = [p for p in row["dynamic"] if "error" not in p]
-        ax.set_title(f"{_device_label(r)}\n{row['target']} {row['precision']}", fontsize=8)
-        bottom = np.zeros(len(d))
-        for e in range(len(row["static"])):
-            v = np.array([p["exit_fractions"][e] * 100 for p in d])
-            ax.bar([f"{p['budget_ms']:.2f}" for p in d], v, bottom=bottom, label=f"exit {e + 1}")
-            bottom += v
-        ax.set_xlabel("budget (ms)")
-        ax.tick_params(axis="x", labelrotation=45, labelsize=7)
-    axes[0][0].set_ylabel("images exiting (%)")
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    _save(fig, path_exits)
-
-
-def plot_throughput(results: list[dict], path: Path) -> bool:
-    """Images/s against batch size, static (dashed) and dynamic (solid), per target x precision."""
-    rows = [(r, row) for r in results for row in r["rows"] if row.get("status") == "ok" and row.get("throughput")]
-    if not rows:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for k, (r, row) in enumerate(rows):
-        t = [v for v in row["throughput"]["rows"] if "error" not in v]
-        c, label = colors[k % len(colors)], f"{_device_label(r)} {row['target']} {row['precision']}"
-        ax.plot([v["batch"] for v in t], [v["static_images_per_s"] for v in t], "--s", color=c, mfc="none", label=f"{label}: static")
-        ax.plot([v["batch"] for v in t], [v["dynamic_images_per_s"] for v in t], "-o", color=c, label=f"{label}: dynamic")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch size (images per predict call)")
-    ax.set_ylabel("images / s")
-    ax.set_title(f"{results[0]['model']}: throughput, static model vs dynamic cascade")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    _save(fig, path)
-    return True
-
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
-
-
-def write_outputs(results: list[dict], out: Path, name: str = "bench") -> None:
-    if len(results) == 1:
-        atomic_write_json(out / f"{name}.json", results[0])
-    else:
-        atomic_write_json(out / f"{name}.json", {"schema": SCHEMA, "schema_version": 1, "merged": results})
-    atomic_write(out / f"{name}.md", markdown(results).encode())
-    plot(results, out / f"{name}_accuracy_vs_latency.png", out / f"{name}_exit_distribution.png")
-    plot_throughput(results, out / f"{name}_throughput.png")
-
-
-def load_results(paths: Sequence[str]) -> list[dict]:
-    out = []
-    for p in paths:
-        d = json.loads(Path(p).read_text())
-        if d.get("schema") != SCHEMA:
-            raise ValueError(f"{p} is not a dvt-edge bench result (schema {d.get('schema')!r})")
-        if d.get("schema_version", 0) > 1:
-            raise ValueError(f"{p} has a newer schema_version; upgrade dvt-edge")
-        out.extend(d["merged"] if "merged" in d else [d])
-    return out
 
 
 def _checkpoint_data(checkpoint: str) -> str:

@@ -31,7 +31,7 @@ def best_row(result: dict) -> Optional[dict]:
     return min(ok, key=lambda r: r["matched"]["measured_mean_ms"]) if ok else None
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m dvt_edge.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reference", default="cifar10", choices=sorted(REFERENCES),
                     help="which committed reference to tour (default: cifar10, the natural-image model)")
@@ -43,76 +43,107 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--precisions", default="fp32,fp16,int8", help="fp16 applies to Core ML only")
     ap.add_argument("--n", type=int, default=2000, help="evaluation images for the benchmark")
     ap.add_argument("--out", default="runs/demo")
-    args = ap.parse_args(argv)
-    out = Path(args.out)
+    return ap
 
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Path(args.out)
+    _show_zoo()
+    ref = get_reference(args.reference)
+    ckpt = Path(args.checkpoint) if args.checkpoint else ref.checkpoint
+    if args.retrain:
+        ckpt = out / "retrain" / ref.checkpoint.name
+        rc = _retrain(ref, out / "retrain", ckpt)
+        if rc:
+            return rc
+    if not ckpt.is_file():
+        print(f"\nno checkpoint at {ckpt}; train one with: python -m dvt_edge.train {' '.join(ref.retrain)} --out runs/ref", file=sys.stderr)
+        return 2
+    data, info = _evaluate(ckpt, args.data, out)
+    result, device = _benchmark(ckpt, data, args, out)
+    best = best_row(result)
+    if best is not None:
+        _calibrate_best(result, best, data, info, device, out)
+    _print_summary(result, best, out)
+    return 0
+
+
+def _show_zoo() -> None:
     from dvt_edge.zoo import format_table, zoo_rows
 
     _section("model zoo (FLOPs counted from each stage's graph)")
     print(format_table(zoo_rows()))
 
-    ref = get_reference(args.reference)
-    ckpt = Path(args.checkpoint) if args.checkpoint else ref.checkpoint
-    if args.retrain:
-        from dvt_edge.train import main as train_main
 
-        _section("retraining the reference checkpoint: python -m dvt_edge.train " + " ".join(ref.retrain))
-        rc = train_main([*ref.retrain, "--out", str(out / "retrain"), "--force"])
-        if rc:
-            return rc
-        from dvt_edge.model_card import publish_run
+def _retrain(ref, run_dir: Path, ckpt: Path) -> int:
+    """Reproduce the reference with its model card's command into ``run_dir``, publish ``ckpt``; the exit status."""
+    from dvt_edge.train import main as train_main
 
-        # the final epoch, as for the committed reference (no selection on the evaluation split)
-        ckpt = out / "retrain" / ref.checkpoint.name
-        r = publish_run(str(out / "retrain"), str(ckpt), eval_data=ref.eval_data)
-        print(f"wrote {ckpt} and its model card {r['card']}")
-    if not ckpt.is_file():
-        print(f"\nno checkpoint at {ckpt}; train one with: python -m dvt_edge.train {' '.join(ref.retrain)} --out runs/ref", file=sys.stderr)
-        return 2
+    _section("retraining the reference checkpoint: python -m dvt_edge.train " + " ".join(ref.retrain))
+    rc = train_main([*ref.retrain, "--out", str(run_dir), "--force"])
+    if rc:
+        return rc
+    from dvt_edge.model_card import publish_run
 
+    # the final epoch, as for the committed reference (no selection on the evaluation split)
+    r = publish_run(str(run_dir), str(ckpt), eval_data=ref.eval_data)
+    print(f"wrote {ckpt} and its model card {r['card']}")
+    return 0
+
+
+def _evaluate(ckpt: Path, data: Optional[str], out: Path):
+    """Per-exit accuracy and the FLOPs-budget curve in PyTorch; (the data spec, the checkpoint's info)."""
     from dvt_edge.checkpoint import load_checkpoint
     from dvt_edge.data import default_data
     from dvt_edge.evaluate import evaluate_checkpoint, format_report, plot_report
     from dvt_runtime.io import atomic_write_json
 
     model, info = load_checkpoint(str(ckpt))
-    data = args.data or default_data(model.name, info.extras)
+    data = data or default_data(model.name, info.extras)
     _section(f"evaluating {ckpt} (PyTorch, {data} validation split)")
     ev = evaluate_checkpoint(str(ckpt), data, progress=True)
     atomic_write_json(out / "evaluate" / "evaluate.json", ev)
     plot_report(ev, out / "evaluate" / "evaluate.png")
     print(format_report(ev))
+    return data, info
 
-    from dvt_edge.bench import markdown, run_bench, write_outputs
+
+def _benchmark(ckpt: Path, data: str, args: argparse.Namespace, out: Path) -> tuple[dict, str]:
+    """Export every target, profile, calibrate, benchmark (``dvt_edge.bench``); (the result, this device's name)."""
+    from dvt_edge.bench import run_bench, write_outputs
 
     _section("export every target, profile, calibrate to latency budgets, benchmark")
     device = socket.gethostname()
     result = run_bench(str(ckpt), data, args.targets.split(","), args.precisions.split(","), None, out,
                        n=args.n, threads=1, device_name=device)
     write_outputs([result], out)
+    return result, device
 
-    best = best_row(result)
-    if best is not None:
-        from dvt_edge.data import export_npz, load_dataset
-        from dvt_runtime.bundle import Bundle
-        from dvt_runtime.calibrate import calibrate, format_result
 
-        bdir = out / "bundles" / f"{result['model']}-{best['target']}-{best['precision']}"
-        _section(f"calibrating {bdir.name} for this device ({device}), budget halfway between exit 1 and exit 3")
-        val = export_npz(load_dataset(data, "val", preprocess=info.preprocess), out / "val.npz", n=2000, seed=3, progress=False)
-        import numpy as np
+def _calibrate_best(result: dict, best: dict, data: str, info, device: str, out: Path) -> None:
+    """Calibrate the best backend's bundle for this device, at a budget halfway between exit 1 and exit 3."""
+    from dvt_edge.data import export_npz, load_dataset
+    from dvt_runtime.bundle import Bundle
+    from dvt_runtime.calibrate import CalibrationError, calibrate, format_result
+    from dvt_runtime.io import read_npz
 
-        from dvt_runtime.calibrate import CalibrationError
+    bdir = out / "bundles" / f"{result['model']}-{best['target']}-{best['precision']}"
+    _section(f"calibrating {bdir.name} for this device ({device}), budget halfway between exit 1 and exit 3")
+    val = export_npz(load_dataset(data, "val", preprocess=info.preprocess), out / "val.npz", n=2000, seed=3, progress=False)
+    z = read_npz(val, ("images", "labels"), CalibrationError, "the demo writes it with dvt_edge.data.export_npz; run the demo again")
+    b = Bundle.open(bdir, threads=1)
+    st = best["static"]
+    budget = round(0.5 * (st[0]["measured_mean_ms"] + st[-1]["measured_mean_ms"]), 4)  # halfway from exit 1 to exit 3
+    try:
+        cal = calibrate(b, z["images"], z["labels"], budget, device_name=device, progress=False)
+        print(format_result(cal))
+    except CalibrationError as e:
+        print(f"calibration at {budget} ms failed: {e}")
 
-        z = np.load(val)
-        b = Bundle.open(bdir, threads=1)
-        st = best["static"]
-        budget = round(0.5 * (st[0]["measured_mean_ms"] + st[-1]["measured_mean_ms"]), 4)  # halfway from exit 1 to exit 3
-        try:
-            cal = calibrate(b, z["images"], z["labels"], budget, device_name=device, progress=False)
-            print(format_result(cal))
-        except CalibrationError as e:
-            print(f"calibration at {budget} ms failed: {e}")
+
+def _print_summary(result: dict, best: Optional[dict], out: Path) -> None:
+    from dvt_edge.bench import markdown
 
     _section("benchmark (batch 1, this machine)")
     print(markdown([result]))
@@ -122,7 +153,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"best backend: {best['target']} {best['precision']}: dynamic cascade {m['measured_mean_ms']:.3f} ms vs last exit alone "
               f"{last['measured_mean_ms']:.3f} ms ({m['speedup_vs_last_exit']:.2f}x faster) at {m['accuracy']:.2f}% vs {last['accuracy']:.2f}% top-1")
     print(f"\nwrote {out}/bench.json, bench.md, bench_accuracy_vs_latency.png, bench_exit_distribution.png, evaluate/evaluate.png")
-    return 0
 
 
 if __name__ == "__main__":

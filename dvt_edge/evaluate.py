@@ -13,7 +13,6 @@ validation set), not the evaluation split. Writes ``evaluate.json`` and ``evalua
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 from dvt_edge.checkpoint import CheckpointError, load_checkpoint
 from dvt_edge.data import DATASETS, DataError, default_data, default_preprocess, load_dataset
 from dvt_edge.train import evaluate_exits
-from dvt_runtime.io import atomic_write, atomic_write_json
+from dvt_runtime.io import atomic_write_json, save_png
 from dvt_runtime.search import ExitOutputs, StageCosts, evaluate_thresholds, pareto_frontier, sweep_thresholds
 
 SCHEMA = "dvt-edge/evaluate/1"
@@ -135,10 +134,7 @@ def plot_report(r: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="best", framealpha=0.85)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
+    save_png(fig, path)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -17,7 +17,8 @@ import os
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -27,10 +28,12 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dvt_edge.batches import augment, batches, materialize
 from dvt_edge.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from dvt_edge.data import DATASETS, DataError, ImageSet, default_preprocess, load_dataset
 from dvt_edge.models import DVT, create_model, list_models, model_defaults, model_from_args
-from dvt_runtime.io import atomic_write_json
+from dvt_runtime.io import atomic_write_json, save_png
+from dvt_runtime.io import progress as progress_bar
 from dvt_runtime.preprocess import Preprocess
 
 AMP_CHOICES = ("fp32", "bf16")
@@ -84,67 +87,15 @@ def _lr_lambda(total_steps: int, warmup_steps: int, min_ratio: float = 0.01):
     return f
 
 
-def augment(x: torch.Tensor, pad: int, bg: torch.Tensor, gen: torch.Generator, flip: bool = True) -> torch.Tensor:
-    """Random translation (pad + crop, background-filled) and horizontal flip: (B, C, H, W)."""
-    B, C, H, W = x.shape
-    padded = bg.view(1, C, 1, 1).expand(B, C, H + 2 * pad, W + 2 * pad).clone()
-    padded[:, :, pad : pad + H, pad : pad + W] = x
-    dy = torch.randint(0, 2 * pad + 1, (B,), generator=gen).tolist()
-    dx = torch.randint(0, 2 * pad + 1, (B,), generator=gen).tolist()
-    out = torch.stack([padded[i, :, dy[i] : dy[i] + H, dx[i] : dx[i] + W] for i in range(B)])
-    if flip:
-        f = torch.rand(B, generator=gen) < 0.5
-        out[f] = out[f].flip(-1)
-    return out
-
-
-class _TorchSet(torch.utils.data.Dataset):
-    def __init__(self, ds: ImageSet):
-        self.ds = ds
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def __getitem__(self, i: int):
-        return torch.from_numpy(self.ds.input(i)), int(self.ds.labels[i])
-
-
-def _batches(ds: ImageSet, cache: Optional[tuple], idx: torch.Tensor, batch_size: int, workers: int):
-    """Yield (x, y) batches in ``idx`` order; in-memory arrays are sliced, files are decoded by workers."""
-    if cache is not None:
-        X, Y = cache
-        for s in range(0, len(idx), batch_size):
-            b = idx[s : s + batch_size]
-            yield X[b], Y[b]
-        return
-    sampler = torch.utils.data.BatchSampler(idx.tolist(), batch_size, drop_last=False)
-    loader = torch.utils.data.DataLoader(_TorchSet(ds), batch_sampler=sampler, num_workers=workers)
-    yield from loader
-
-
-def _materialize(ds: ImageSet, limit_bytes: float = 3e9) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
-    """Preprocess an in-memory dataset once (Fashion-MNIST: 188 MB); None for file-backed sets."""
-    if not isinstance(ds.images, np.ndarray):
-        return None
-    if len(ds) * int(np.prod(ds.preprocess.input_shape)) * 4 > limit_bytes:
-        return None
-    x, y = ds.arrays()
-    return torch.from_numpy(x), torch.from_numpy(y)
-
-
 @torch.no_grad()
 def evaluate_exits(model: DVT, ds: ImageSet, batch_size: int = 500, cache=None, workers: int = 0, progress: bool = False) -> tuple[list[float], np.ndarray]:
     """Per-exit top-1 accuracy (%) and the softmax outputs (exits, N, classes)."""
     model.eval()
-    cache = cache if cache is not None else _materialize(ds)
+    cache = cache if cache is not None else materialize(ds)
     idx = torch.arange(len(ds))
     probs = []
-    it = _batches(ds, cache, idx, batch_size, workers)
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(it, total=math.ceil(len(ds) / batch_size), desc="evaluate", unit="batch", leave=False)
-    for x, _ in it:
+    it = batches(ds, cache, idx, batch_size, workers)
+    for x, _ in progress_bar(it, total=math.ceil(len(ds) / batch_size), desc="evaluate", unit="batch", enabled=progress):
         probs.append(torch.stack([o.softmax(-1) for o in model(x)]))
     p = torch.cat(probs, dim=1).numpy()  # (exits, N, classes)
     labels = ds.labels
@@ -169,14 +120,7 @@ def _plot_metrics(history: list[dict], path: Path) -> None:
     ax.legend()
     ax.set_title("per-exit validation accuracy")
     fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    from dvt_runtime.io import atomic_write
-
-    atomic_write(path, buf.getvalue())
+    save_png(fig, path)
 
 
 # ----------------------------------------------------------------------------- train
@@ -245,8 +189,74 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError("--label-smoothing and --drop-path must be in [0, 1)")
 
 
+@dataclass
+class _Run:
+    """One training run's fixed parts: processes, data, model, optimizer and the augmentation's settings."""
+
+    args: argparse.Namespace
+    rank: int
+    world: int
+    device: torch.device
+    log: Callable[..., None]
+    train_ds: ImageSet
+    val_ds: ImageSet
+    model: DVT
+    ddp_model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    gen: torch.Generator
+    steps_per_epoch: int
+    cache: Optional[tuple] = None
+    val_cache: Optional[tuple] = None
+    bg: Optional[torch.Tensor] = None
+    pad: int = 0
+
+    @property
+    def main_proc(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class _RunState:
+    """What carries over from epoch to epoch (and across ``--resume``)."""
+
+    start_epoch: int = 0
+    history: list = field(default_factory=list)
+    best_acc: float = -1.0
+    prior_seconds: float = 0.0
+
+
 def train(args: argparse.Namespace) -> dict:
+    """Train (or resume, or fine-tune) as ``build_parser``'s arguments say; the history, best accuracy and seconds."""
     check_args(args)
+    rank, world, device = _init_processes(args)
+    log = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
+    out = Path(args.out)
+    resume_state = _resume_state(args, out)
+    random.seed(args.seed + rank)
+    np.random.seed(args.seed + rank)
+    torch.manual_seed(args.seed)  # same init on every rank
+    train_ds, val_ds = _load_splits(args.data)
+    model = _build_model(args, resume_state, train_ds, val_ds, log)
+    run = _setup_run(args, rank, world, device, log, model, train_ds, val_ds)
+    state = _RunState() if resume_state is None else _restore(run, resume_state, out / "last.pt")
+    _prepare_batches(run)
+    t_run = time.time()
+    for epoch in range(state.start_epoch, args.epochs):
+        train_loss, train_time = _train_epoch(run, epoch)
+        rngs, gens = _gather_rng_states(run)
+        if run.main_proc:
+            _end_epoch(run, state, out, epoch, train_loss, train_time, rngs, gens, t_run)
+        if world > 1:
+            dist.barrier()
+    summary = {"history": state.history, "best_acc": state.best_acc, "seconds": time.time() - t_run}
+    if world > 1:
+        dist.destroy_process_group()
+    return summary
+
+
+def _init_processes(args: argparse.Namespace) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); joins the process group under torchrun, sets --threads."""
     rank, world, local_rank = _dist_info()
     if world > 1:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -254,13 +264,12 @@ def train(args: argparse.Namespace) -> dict:
     device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() and world > 1 else ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.threads:
         torch.set_num_threads(args.threads)
-    main_proc = rank == 0
-    log = (lambda *a: print(*a, flush=True)) if main_proc else (lambda *a: None)
-    out = Path(args.out)
-    last, best_path = out / "last.pt", out / "best.pt"
+    return rank, world, device
 
-    # -- resume / overwrite checks before touching anything
-    resume_state = None
+
+def _resume_state(args: argparse.Namespace, out: Path) -> Optional[dict]:
+    """The checkpoint to resume from (``--resume``), after the resume / overwrite checks, before anything is touched."""
+    last, best_path = out / "last.pt", out / "best.pt"
     if args.resume:
         if not last.is_file():
             raise CheckpointError(f"--resume: {last} not found (nothing to resume); drop --resume to start a new run")
@@ -271,19 +280,22 @@ def train(args: argparse.Namespace) -> dict:
                 f"--resume: {last} is a checkpoint of model {stored.get('name')!r}, not {args.model!r}; "
                 f"pass --model {stored.get('name')} or another --out"
             )
-    elif (last.exists() or best_path.exists()) and not args.force:
+        return resume_state
+    if (last.exists() or best_path.exists()) and not args.force:
         raise CheckpointError(f"{out} already holds checkpoints; pass --resume to continue that run or --force to start over")
+    return None
 
-    random.seed(args.seed + rank)
-    np.random.seed(args.seed + rank)
-    torch.manual_seed(args.seed)  # same init on every rank
 
-    # -- data
-    train_ds = load_dataset(args.data, "train")
-    val_ds = load_dataset(args.data, "val", preprocess=train_ds.preprocess)
+def _load_splits(data: str) -> tuple[ImageSet, ImageSet]:
+    train_ds = load_dataset(data, "train")
+    val_ds = load_dataset(data, "val", preprocess=train_ds.preprocess)
     if val_ds.classes != train_ds.classes:
         raise DataError(f"train and val class lists differ: {train_ds.classes} vs {val_ds.classes}")
-    # -- model
+    return train_ds, val_ds
+
+
+def _build_model(args: argparse.Namespace, resume_state: Optional[dict], train_ds: ImageSet, val_ds: ImageSet, log) -> DVT:
+    """The model (fresh, resumed or fine-tuned); both splits get the preprocessing it expects."""
     overrides = {"num_classes": train_ds.num_classes}
     if args.drop_path is not None:
         overrides["drop_path_rate"] = args.drop_path
@@ -300,103 +312,124 @@ def train(args: argparse.Namespace) -> dict:
     train_ds.preprocess = val_ds.preprocess = pre
     if args.finetune and resume_state is None:
         log(_finetune_init(model, args.finetune, args.trust_checkpoint))
+    return model
+
+
+def _setup_run(args, rank: int, world: int, device: torch.device, log, model: DVT, train_ds: ImageSet, val_ds: ImageSet) -> _Run:
+    """Limit the splits, place the model, and build optimizer, schedule and augmentation generator."""
     train_ds = train_ds.limit(args.train_limit, seed=args.seed)
     val_ds = val_ds.limit(args.val_limit, seed=args.seed)
     model.to(device)
     ddp_model = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-
     steps_per_epoch = math.ceil(math.ceil(len(train_ds) / world) / args.batch_size)
     opt = torch.optim.AdamW(_param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.999))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(args.epochs * steps_per_epoch, int(args.warmup_epochs * steps_per_epoch)))
     gen = torch.Generator().manual_seed(args.seed * 1000 + rank)
-    start_epoch, history, best_acc, prior_seconds = 0, [], -1.0, 0.0
-    if resume_state is not None:
-        model.load_state_dict(resume_state["model_state_dict"])
-        t = resume_state["train"]
-        opt.load_state_dict(t["optimizer"])
-        sched.load_state_dict(t["scheduler"])
-        gen.set_state(t["generator"][rank] if rank < len(t["generator"]) else t["generator"][0])
-        _set_rng_state(t["rng"][rank] if rank < len(t["rng"]) else t["rng"][0])
-        start_epoch, history, best_acc = t["epoch"], json.loads(t["history"]), t["best_acc"]
-        prior_seconds = float(t.get("run_seconds", 0.0))
-        if t.get("epochs") != args.epochs:
-            log(f"note: run was planned for {t.get('epochs')} epochs; the schedule continues as planned, stopping at {args.epochs}")
-        log(f"resuming {args.model} from {last} at epoch {start_epoch}")
+    return _Run(args, rank, world, device, log, train_ds, val_ds, model, ddp_model, opt, sched, gen, steps_per_epoch)
 
-    cache = _materialize(train_ds)
-    val_cache = _materialize(val_ds)
-    if cache is not None:
-        cache = (cache[0].to(device), cache[1].to(device))
-    bg = torch.tensor([(0.0 - m) / s for m, s in zip(train_ds.preprocess.mean, train_ds.preprocess.std)], device=device)
-    pad = max(2, c.img_size // 14) if args.pad is None else args.pad
-    log(f"training {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, exits at "
-        f"{[f'{e.grid}x{e.grid}' for e in model.exits]}, GFLOPs {[round(e.gflops, 4) for e in model.exits]}) "
-        f"on {len(train_ds)} images of {args.data}, {world} process(es), device {device}")
 
+def _restore(run: _Run, resume_state: dict, last: Path) -> _RunState:
+    """Weights, optimizer, schedule, generators and history of the run in ``resume_state``."""
+    run.model.load_state_dict(resume_state["model_state_dict"])
+    t = resume_state["train"]
+    run.opt.load_state_dict(t["optimizer"])
+    run.sched.load_state_dict(t["scheduler"])
+    rank = run.rank
+    run.gen.set_state(t["generator"][rank] if rank < len(t["generator"]) else t["generator"][0])
+    _set_rng_state(t["rng"][rank] if rank < len(t["rng"]) else t["rng"][0])
+    state = _RunState(t["epoch"], json.loads(t["history"]), t["best_acc"], float(t.get("run_seconds", 0.0)))
+    if t.get("epochs") != run.args.epochs:
+        run.log(f"note: run was planned for {t.get('epochs')} epochs; the schedule continues as planned, stopping at {run.args.epochs}")
+    run.log(f"resuming {run.args.model} from {last} at epoch {state.start_epoch}")
+    return state
+
+
+def _prepare_batches(run: _Run) -> None:
+    """Preprocess in-memory splits once; the augmentation's background and translation."""
+    run.cache = materialize(run.train_ds)
+    run.val_cache = materialize(run.val_ds)
+    if run.cache is not None:
+        run.cache = (run.cache[0].to(run.device), run.cache[1].to(run.device))
+    pre = run.train_ds.preprocess
+    run.bg = torch.tensor([(0.0 - m) / s for m, s in zip(pre.mean, pre.std)], device=run.device)
+    run.pad = max(2, run.model.cfg.img_size // 14) if run.args.pad is None else run.args.pad
+    model, args = run.model, run.args
+    run.log(f"training {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, exits at "
+            f"{[f'{e.grid}x{e.grid}' for e in model.exits]}, GFLOPs {[round(e.gflops, 4) for e in model.exits]}) "
+            f"on {len(run.train_ds)} images of {args.data}, {run.world} process(es), device {run.device}")
+
+
+def _train_epoch(run: _Run, epoch: int) -> tuple[float, float]:
+    """One pass over this process's shard of the training split: (mean loss, seconds)."""
+    args, device = run.args, run.device
     amp = getattr(args, "amp", "fp32")
-    t_run = time.time()
-    for epoch in range(start_epoch, args.epochs):
-        ddp_model.train()
-        perm = torch.randperm(len(train_ds), generator=gen)
-        idx = perm[rank::world]  # disjoint shard per process
-        t0, loss_sum, n_seen = time.time(), 0.0, 0
-        batches = _batches(train_ds, cache, idx, args.batch_size, args.workers)
-        if main_proc and not args.quiet:
-            from tqdm import tqdm
+    run.ddp_model.train()
+    perm = torch.randperm(len(run.train_ds), generator=run.gen)
+    idx = perm[run.rank :: run.world]  # disjoint shard per process
+    t0, loss_sum, n_seen = time.time(), 0.0, 0
+    it = batches(run.train_ds, run.cache, idx, args.batch_size, args.workers)
+    for x, y in _epoch_bar(it, run.steps_per_epoch, f"epoch {epoch + 1}/{args.epochs}", run.main_proc and not args.quiet):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if not args.no_augment:
+            x = augment(x, run.pad, run.bg, run.gen, flip=not args.no_flip)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
+            outs = run.ddp_model(x)
+        loss = sum(F.cross_entropy(o.float(), y, label_smoothing=args.label_smoothing) for o in outs)
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        run.opt.step()
+        run.sched.step()
+        loss_val = float(loss.detach())
+        loss_sum += loss_val * len(y)
+        n_seen += len(y)
+        if not math.isfinite(loss_val):
+            raise FloatingPointError(f"loss became {loss_val} at epoch {epoch + 1}; lower --lr")
+    return loss_sum / max(n_seen, 1), time.time() - t0
 
-            batches = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch",
-                           mininterval=1.0 if sys.stderr.isatty() else 30.0, leave=False)
-        for x, y in batches:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if not args.no_augment:
-                x = augment(x, pad, bg, gen, flip=not args.no_flip)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
-                outs = ddp_model(x)
-            loss = sum(F.cross_entropy(o.float(), y, label_smoothing=args.label_smoothing) for o in outs)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_val = float(loss.detach())
-            loss_sum += loss_val * len(y)
-            n_seen += len(y)
-            if not math.isfinite(loss_val):
-                raise FloatingPointError(f"loss became {loss_val} at epoch {epoch + 1}; lower --lr")
-        train_time = time.time() - t0
-        # -- per-exit validation, checkpoints (rank 0)
-        rngs = [_rng_state()]
-        gens = [gen.get_state()]
-        if world > 1:
-            all_rngs, all_gens = [None] * world, [None] * world
-            dist.all_gather_object(all_rngs, rngs[0])
-            dist.all_gather_object(all_gens, gens[0])
-            rngs, gens = all_rngs, all_gens
-        if main_proc:
-            acc, _ = evaluate_exits(model, val_ds, cache=val_cache)
-            entry = {"epoch": epoch + 1, "train_loss": loss_sum / max(n_seen, 1), "val_acc": acc,
-                     "lr": sched.get_last_lr()[0], "epoch_seconds": round(train_time, 1)}
-            history.append(entry)
-            improved = acc[-1] > best_acc
-            best_acc = max(best_acc, acc[-1])
-            meta = dict(classes=train_ds.classes, preprocess=train_ds.preprocess, accuracies=acc)
-            run_seconds = round(prior_seconds + time.time() - t_run, 1)  # wall time, evaluation included, over resumes
-            t = {"epoch": epoch + 1, "epochs": args.epochs, "run_seconds": run_seconds, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "generator": gens, "rng": rngs, "history": json.dumps(history), "best_acc": best_acc, "args": json.dumps(vars(args))}
-            save_checkpoint(last, model, **meta, train=t)
-            if improved:
-                save_checkpoint(best_path, model, **meta, train_summary=json.dumps({"epoch": epoch + 1, "args": vars(args)}))
-            atomic_write_json(out / "metrics.json", {"model": args.model, "data": args.data, "history": history,
-                                                     "exits": [e.__dict__ for e in model.exits], "world_size": world,
-                                                     "run_seconds": run_seconds, "args": vars(args)})
-            _plot_metrics(history, out / "metrics.png")
-            log(f"epoch {epoch + 1}/{args.epochs}  loss {entry['train_loss']:.4f}  val top-1 per exit "
-                f"{[round(a, 2) for a in acc]}  ({train_time:.0f}s)")
-        if world > 1:
-            dist.barrier()
-    summary = {"history": history, "best_acc": best_acc, "seconds": time.time() - t_run}
-    if world > 1:
-        dist.destroy_process_group()
-    return summary
+
+def _epoch_bar(it, total: int, desc: str, enabled: bool):
+    """The epoch's progress bar: refreshed at most every second on a terminal, every 30 s in a log file."""
+    bar = progress_bar(it, total=total, desc=desc, unit="batch", enabled=enabled)
+    if hasattr(bar, "mininterval"):  # a tqdm bar (progress() takes no mininterval)
+        bar.mininterval = 1.0 if sys.stderr.isatty() else 30.0
+    return bar
+
+
+def _gather_rng_states(run: _Run) -> tuple[list, list]:
+    """Every process's RNG and augmentation-generator states (saved in last.pt for an exact resume)."""
+    rngs = [_rng_state()]
+    gens = [run.gen.get_state()]
+    if run.world > 1:
+        all_rngs, all_gens = [None] * run.world, [None] * run.world
+        dist.all_gather_object(all_rngs, rngs[0])
+        dist.all_gather_object(all_gens, gens[0])
+        rngs, gens = all_rngs, all_gens
+    return rngs, gens
+
+
+def _end_epoch(run: _Run, state: _RunState, out: Path, epoch: int, train_loss: float, train_time: float,
+               rngs: list, gens: list, t_run: float) -> None:
+    """Per-exit validation, checkpoints (last.pt, best.pt when improved), metrics.json/png (rank 0)."""
+    args, model = run.args, run.model
+    acc, _ = evaluate_exits(model, run.val_ds, cache=run.val_cache)
+    entry = {"epoch": epoch + 1, "train_loss": train_loss, "val_acc": acc,
+             "lr": run.sched.get_last_lr()[0], "epoch_seconds": round(train_time, 1)}
+    state.history.append(entry)
+    improved = acc[-1] > state.best_acc
+    state.best_acc = max(state.best_acc, acc[-1])
+    meta = dict(classes=run.train_ds.classes, preprocess=run.train_ds.preprocess, accuracies=acc)
+    run_seconds = round(state.prior_seconds + time.time() - t_run, 1)  # wall time, evaluation included, over resumes
+    t = {"epoch": epoch + 1, "epochs": args.epochs, "run_seconds": run_seconds, "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
+         "generator": gens, "rng": rngs, "history": json.dumps(state.history), "best_acc": state.best_acc, "args": json.dumps(vars(args))}
+    save_checkpoint(out / "last.pt", model, **meta, train=t)
+    if improved:
+        save_checkpoint(out / "best.pt", model, **meta, train_summary=json.dumps({"epoch": epoch + 1, "args": vars(args)}))
+    atomic_write_json(out / "metrics.json", {"model": args.model, "data": args.data, "history": state.history,
+                                             "exits": [e.__dict__ for e in model.exits], "world_size": run.world,
+                                             "run_seconds": run_seconds, "args": vars(args)})
+    _plot_metrics(state.history, out / "metrics.png")
+    run.log(f"epoch {epoch + 1}/{args.epochs}  loss {train_loss:.4f}  val top-1 per exit "
+            f"{[round(a, 2) for a in acc]}  ({train_time:.0f}s)")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -47,9 +47,9 @@ def test_onnx_bundle_takes_any_batch(bundle):
     assert m.max_batch is None and m.batch_note == ""
     assert bundle.batch_limit() > 10**6
     p = m.parity
-    assert p["batch_checked"] >= 2
-    for row in p["exits"]:
-        assert row["max_abs_diff_batched"] <= 1e-4  # NaN fails
+    assert p.batch_checked >= 2
+    for row in p.exits:
+        assert row.max_abs_diff_batched <= 1e-4  # NaN fails
 
 
 def test_batch_matches_one_by_one_and_regroups(bundle):
@@ -185,12 +185,16 @@ def test_batch_support_rules():
 
 
 def test_parity_fails_on_batched_difference():
-    from dvt_edge.export import _check_parity
+    from dvt_edge.export.verify import check_parity
+    from dvt_runtime.manifest import ExitParity, ParityReport
+
+    def report(v):
+        return ParityReport("onnxruntime", "numerical", [ExitParity(2, max_abs_diff_batched=v)])
 
     for v in (1e-2, float("nan")):
-        probs = _check_parity({"exits": [{"exit": 2, "max_abs_diff_batched": v}]}, "fp32")
+        probs = check_parity(report(v), "fp32")
         assert probs and "batched logits differ" in probs[0]
-    assert _check_parity({"exits": [{"exit": 2, "max_abs_diff_batched": 0.0}]}, "fp32") == []
+    assert check_parity(report(0.0), "fp32") == []
 
 
 def test_profile_at_batch(bundle, tmp_path):
@@ -222,15 +226,16 @@ def test_calibrate_for_throughput(onnx_bundle, tmp_path):
     x = _images(64, b.input_shape, seed=4)
     y = np.argmax(b.run_exits(x)[-1], -1)
     r = calibrate(b, x, y, budget_ms=10.0, runs=MIN_RUNS, warmup=2, device_name="t", progress=False, batch=8)
-    assert r["batch"] == 8 and r["budget_unit"] == "ms per image"
-    assert r["chosen"]["measured"]["batch"] == 8 and r["chosen"]["measured"]["images_per_s"] > 0
+    assert r.batch == 8 and r.budget_unit == "ms per image"
+    assert r.chosen.measured["batch"] == 8 and r.chosen.measured["images_per_s"] > 0
     prof1 = profile_bundle(b, warmup=1, runs=MIN_RUNS, images=x, progress=False)
     with pytest.raises(CalibrationError, match="batch 1, not 8"):
         calibrate(b, x, y, budget_ms=10.0, profile=prof1, device_name="t2", progress=False, batch=8)
 
 
 def test_bench_throughput_rows(bundle):
-    from dvt_edge.bench import throughput, throughput_markdown
+    from dvt_edge.bench import throughput
+    from dvt_edge.bench_report import throughput_markdown
 
     x = _images(32, bundle.input_shape, seed=5)
     y = np.argmax(bundle.run_exits(x)[-1], -1)
@@ -257,7 +262,7 @@ def test_reference_models_batch_equals_one_by_one(key, tmp_path):
 
     ref = REFERENCES[key]
     r = export_bundle(str(ref.checkpoint), "onnx", "fp32", out=str(tmp_path / "b"), verify_n=128, progress=False)
-    assert r.manifest.max_batch is None and r.manifest.parity["batch_checked"] == 64
+    assert r.manifest.max_batch is None and r.manifest.parity.batch_checked == 64
     b = Bundle.open(r.path)
     model = r.manifest
     ds = load_dataset(ref.eval_data or default_data(model.model), "val", preprocess=model.preprocess)

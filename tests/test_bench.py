@@ -75,7 +75,7 @@ def test_unmatched_point_is_never_a_plain_speedup(results, tmp_path):
     """A cascade point below the last exit's accuracy (beyond 0.2 points) is marked in the table and the plot."""
     import copy
 
-    from dvt_edge.bench import MATCH_POINTS, matched_cells, plot
+    from dvt_edge.bench_report import MATCH_POINTS, matched_cells, plot
 
     _, r1, _ = results
     r = copy.deepcopy(r1)
@@ -91,3 +91,31 @@ def test_unmatched_point_is_never_a_plain_speedup(results, tmp_path):
     assert MATCH_POINTS == 0.2
     plot([r], tmp_path / "acc.png")  # the hollow star and its note are drawn without error
     assert (tmp_path / "acc.png").stat().st_size > 500
+
+
+def test_flops_calibration_misses_small_budgets_on_a_slowed_stage(tmp_path):
+    """The product's claim, as a behaviour: when one stage is slow on the device (an op off the
+    delegate, say), thresholds searched on FLOPs miss small latency budgets by more than thresholds
+    searched on measured latency, and buy less accuracy with them. On the CIFAR-10 reference, whose
+    later exits are clearly more accurate, so that both searches want to spend the budget."""
+    from dvt_edge.bench import bench_bundle
+    from dvt_edge.data import load_dataset
+    from dvt_edge.export import export_bundle
+    from dvt_edge.references import REFERENCES
+    from dvt_runtime.bundle import Bundle
+    from tests.test_runtime import _Slow
+
+    ref = REFERENCES["cifar10"]
+    path = export_bundle(str(ref.checkpoint), "onnx", "fp32", out=str(tmp_path / "b"), verify_n=20, progress=False).path
+    b = Bundle.open(path)
+    b.sessions[2] = _Slow(b.sessions[2], 6.0)  # the last stage: +6 ms, its FLOPs unchanged
+    x, y = load_dataset(ref.eval_data, "val", preprocess=b.manifest.preprocess).arrays(600, seed=3)
+    r = bench_bundle(b, x, y, None, runs=20, progress=False)  # 5 budgets, geometric from exit 1 to exit 3
+    lat, flops = r["dynamic"][:3], r["flops_calibrated"][:3]  # the three smallest
+    assert all("error" not in d for d in lat + flops)
+    lat_miss = [abs(d["error_vs_budget_pct"]) for d in lat]  # |measured mean latency - budget|, % of the budget
+    flops_miss = [abs(f["error_vs_budget_pct"]) for f in flops]
+    assert np.all(np.isfinite(lat_miss + flops_miss))
+    # FLOPs price the slow stage 3 like its FLOPs and stage 1-2 too dear: they leave the budget unspent
+    assert np.mean(flops_miss) > np.mean(lat_miss) + 8, (lat_miss, flops_miss)
+    assert np.mean([d["accuracy"] for d in lat]) > np.mean([f["accuracy"] for f in flops]) + 1, (lat, flops)

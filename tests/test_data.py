@@ -9,7 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
+from dvt_edge import cifar10 as C10
 from dvt_edge import data as D
+from dvt_edge import fashion_mnist as FM
 from dvt_edge.data import DataError, export_npz, load_dataset
 from dvt_runtime import preprocess as P
 from dvt_runtime.preprocess import Preprocess
@@ -36,8 +38,8 @@ def test_missing_fashion_mnist_says_where_it_looked(monkeypatch, tmp_path):
     monkeypatch.setenv("DVT_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("DVT_OFFLINE", "1")
-    monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
-    D._FMNIST_CACHE.clear()
+    monkeypatch.setattr(FM, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
+    FM._FMNIST_CACHE.clear()
     with pytest.raises(DataError) as e:
         load_dataset("fashion-mnist", "train")
     msg = str(e.value)
@@ -57,10 +59,10 @@ def test_corrupted_fashion_mnist_fails_checksum(monkeypatch, tmp_path, fmnist_te
     raw = gzip.decompress((d / "t10k-labels-idx1-ubyte.gz").read_bytes())
     (d / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(raw[:-1] + bytes([(raw[-1] + 1) % 10])))
     monkeypatch.setenv("DVT_DATA", str(tmp_path))
-    D._FMNIST_CACHE.clear()
+    FM._FMNIST_CACHE.clear()
     with pytest.raises(DataError, match="checksum"):
         load_dataset("fashion-mnist", "test")
-    D._FMNIST_CACHE.clear()
+    FM._FMNIST_CACHE.clear()
 
 
 def test_unknown_spec_and_split():
@@ -331,13 +333,13 @@ def test_cifar10_downloads_verifies_and_extracts(monkeypatch, tmp_path, http_ser
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("DVT_DATA", raising=False)
     monkeypatch.delenv("DVT_OFFLINE", raising=False)
-    monkeypatch.setattr(D, "CIFAR10_URL", f"{base}/cifar-10-python.tar.gz")
+    monkeypatch.setattr(C10, "CIFAR10_URL", f"{base}/cifar-10-python.tar.gz")
     # a wrong checksum is refused and nothing is kept
-    monkeypatch.setattr(D, "CIFAR10_MD5", "0" * 32)
+    monkeypatch.setattr(C10, "CIFAR10_MD5", "0" * 32)
     with pytest.raises(DataError, match="checksum mismatch"):
         load_dataset("cifar10", "train")
     assert not (tmp_path / "cache" / "dvt-edge" / "cifar10" / "cifar-10-python.tar.gz").exists()
-    monkeypatch.setattr(D, "CIFAR10_MD5", md5)
+    monkeypatch.setattr(C10, "CIFAR10_MD5", md5)
     train = load_dataset("cifar10", "train")
     test = load_dataset("cifar10", "val")
     assert len(train) == 10 and len(test) == 2 and train.labels.tolist()[:2] == [3, 7]
@@ -354,6 +356,6 @@ def test_cifar10_offline_and_missing_says_where_it_looked(monkeypatch, tmp_path)
         load_dataset("cifar10", "train")
     msg = str(e.value)
     assert str(tmp_path / "data" / "cifar10") in msg and str(tmp_path / "cache" / "dvt-edge" / "cifar10") in msg
-    assert D.CIFAR10_URL in msg and D.CIFAR10_MD5 in msg
+    assert C10.CIFAR10_URL in msg and C10.CIFAR10_MD5 in msg
     with pytest.raises(DataError, match="JPEG copy"):
         load_dataset("cifar10-jpeg", "train")

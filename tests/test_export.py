@@ -42,22 +42,22 @@ def test_export_target_precision(tmp_path, micro_ckpt, target, precision):
     assert [t.name for t in m.exits[1].inputs] == ["image", "features", "relations"]
     assert [t.name for t in m.exits[1].outputs] == ["logits", "features_out", "relations_out"]
     assert [t.name for t in m.exits[2].outputs] == ["logits"]
-    assert m.parity["passed"] and m.parity["problems"] == []
+    assert m.parity.passed and m.parity.problems == []
     assert m.toolchain["torch"].startswith("2.13")
     for e in m.exits:
         assert (res.path / e.artifact).exists() and e.artifact.endswith(t.suffix)
         if precision == "int8":
             assert e.quantization["scheme"] in t.int8["schemes"]
     if t.backend == "coreml":
-        assert m.parity["checked"] == "structural" and m.parity["structure_problems"] == []
+        assert m.parity.checked == "structural" and m.parity.structure_problems == []
     else:
-        rows = m.parity["exits"]
-        assert m.parity["n_real"] == 60
+        rows = m.parity.exits
+        assert m.parity.n_real == 60
         if precision == "fp32":
-            assert max(r["max_abs_diff_fixed"] for r in rows) < 1e-3
-            assert max(r["max_abs_diff_real"] for r in rows) < 1e-3
-        assert min(r["top1_agreement"] for r in rows) >= 97.0
-        assert "exit_decision_agreement" in m.parity
+            assert max(r.max_abs_diff_fixed for r in rows) < 1e-3
+            assert max(r.max_abs_diff_real for r in rows) < 1e-3
+        assert min(r.top1_agreement for r in rows) >= 97.0
+        assert m.parity.exit_decision_agreement is not None
     if target == "executorch":
         for e in m.exits:
             assert e.undelegated_ops is not None
@@ -67,7 +67,7 @@ def test_export_target_precision(tmp_path, micro_ckpt, target, precision):
         cfg = (res.path / "required_operators.config").read_text()
         assert "ai.onnx" in cfg
     if precision == "int8" and len(t.int8["schemes"]) > 1 and t.int8.get("default_scheme") == "auto":
-        assert len(m.parity["scheme_selection"]) == 3  # measured, per exit
+        assert len(m.parity.scheme_selection) == 3  # measured, per exit
 
 
 def test_manifest_round_trip(tmp_path, micro_ckpt):
@@ -200,6 +200,6 @@ def test_in_graph_input_resize_is_delegated_like_the_rest(tmp_path):
                                classes=[str(i) for i in range(10)], preprocess=default_preprocess(1, 28))
         res = export_bundle(str(ckpt), "executorch", "fp32", out=str(tmp_path / name), verify_n=20, progress=False)
         m = Manifest.load(res.path)
-        assert m.parity["passed"], m.parity
+        assert m.parity.passed, m.parity
         left[name] = [e.undelegated_ops for e in m.exits]
     assert left["resized"] == left["plain"]

@@ -73,7 +73,8 @@ def test_01_force_replaces_only_a_bundle(micro_ckpt, tmp_path):
 
 
 def test_02_interrupted_replace_is_recovered_by_the_next_run(onnx_bundle, tmp_path):
-    from dvt_edge.export import _exchange, _recover_leftovers
+    from dvt_edge.export.install import _exchange
+    from dvt_edge.export.install import recover_leftovers as _recover_leftovers
 
     dest = tmp_path / "bundle"
     dead = 2**22 + 12345  # above pid_max's default: no such process

@@ -284,7 +284,7 @@ def test_device_facts_never_raise(monkeypatch):
     assert facts["device_name"] and facts["os"] and facts["python"]
     for key in ("cpu_model", "affinity_cores", "cpu_governor", "temperatures", "jetson_power_mode", "nv_tegra_release"):
         assert key in facts
-    import dvt_runtime.profile as P
+    import dvt_runtime.device as P
 
     def boom(*a, **k):
         raise OSError("unreadable")

@@ -141,8 +141,8 @@ def test_calibrate_and_controller_keep_budget_when_a_stage_slows(bundle_copy, va
     budget = 3.5  # between exit 1 (~1 ms) and exit 3 (~6 ms)
     r = calibrate(b, x, y, budget, device_name="testdev", runs=20, warmup=3, progress=False)
     assert (bundle_copy / "calibration" / "testdev.json").is_file()
-    m = r["chosen"]["measured"]
-    assert m["n"] == r["n_holdout"] and sum(m["exit_fractions"]) == pytest.approx(1.0)
+    m = r.chosen.measured
+    assert m["n"] == r.n_holdout and sum(m["exit_fractions"]) == pytest.approx(1.0)
     assert m["mean_ms"] <= budget * 1.25
     # now stage 1, which every sample runs, slows 2.5x: the controller must move to cheaper rows
     b.sessions[0] = _Slow(b.sessions[0].inner, 2.5)

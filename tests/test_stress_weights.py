@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from dvt_edge import create_model
-from dvt_edge.export import FP32_TOL, ExportError, _check_parity, export_bundle
+from dvt_edge.export import FP32_TOL, ExportError, export_bundle
 from dvt_edge.export.targets import TARGETS
+from dvt_edge.export.verify import check_parity
 from dvt_runtime.backends import available_backends
+from dvt_runtime.manifest import ExitParity, ParityReport
 
 RUNNABLE = [n for n, t in TARGETS.items() if t.backend in available_backends() and t.available and "fp32" in t.precisions]
 
@@ -57,19 +59,19 @@ def test_stress_weights_make_the_performer_underflow(stressed_t2t):
 def test_stress_weights_export_finite_and_within_tolerance(stressed_t2t, tmp_path, target):
     path, _ = stressed_t2t
     r = export_bundle(str(path), target, "fp32", out=str(tmp_path / target), progress=False)
-    for row in r.manifest.parity["exits"]:
-        assert row["finite"], row
-        assert row["max_abs_diff_fixed"] <= FP32_TOL, row
-    assert r.manifest.parity["passed"]
+    for row in r.manifest.parity.exits:
+        assert row.finite, row
+        assert row.max_abs_diff_fixed <= FP32_TOL, row
+    assert r.manifest.parity.passed
 
 
 def test_nan_in_an_artifact_output_fails_verification():
-    report = {"exits": [{"exit": 1, "max_abs_diff_fixed": 1e-6, "finite": True},
-                        {"exit": 2, "max_abs_diff_fixed": float("nan"), "finite": False}]}
-    problems = _check_parity(report, "fp32")
+    report = ParityReport("onnxruntime", "numerical", [ExitParity(1, finite=True, max_abs_diff_fixed=1e-6),
+                                                       ExitParity(2, finite=False, max_abs_diff_fixed=float("nan"))])
+    problems = check_parity(report, "fp32")
     assert any("exit 2" in p and "NaN" in p for p in problems)
     assert any("exit 2" in p and "max_abs_diff_fixed" in p for p in problems), "a NaN difference must fail the tolerance check"
-    assert not _check_parity({"exits": [{"exit": 1, "top1_agreement": float("nan")}]}, "int8") == []
+    assert not check_parity(ParityReport("onnxruntime", "numerical", [ExitParity(1, top1_agreement=float("nan"))]), "int8") == []
 
 
 def test_nan_weights_are_refused_naming_the_exit(tmp_path):
@@ -91,6 +93,6 @@ def test_published_t2t_vit_12_stress_export_onnx(tmp_path):
     path = tmp_path / "t2t12.pth.tar"
     torch.save({"model_state_dict": model.state_dict()}, path)
     r = export_bundle(str(path), "onnx", "fp32", out=str(tmp_path / "b"), progress=False)
-    rows = r.manifest.parity["exits"]
-    assert all(row["finite"] and row["max_abs_diff_fixed"] <= FP32_TOL for row in rows), rows
-    assert np.isfinite([row["max_abs_diff_fixed"] for row in rows]).all()
+    rows = r.manifest.parity.exits
+    assert all(row.finite and row.max_abs_diff_fixed <= FP32_TOL for row in rows), rows
+    assert np.isfinite([row.max_abs_diff_fixed for row in rows]).all()

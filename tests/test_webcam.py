@@ -22,7 +22,7 @@ import pytest
 cv2 = pytest.importorskip("cv2")
 pytest.importorskip("onnxruntime")
 
-from apps import webcam  # noqa: E402
+from apps import modes, webcam  # noqa: E402
 from dvt_edge.references import DEFAULT_REFERENCE  # noqa: E402
 
 REFERENCE = DEFAULT_REFERENCE.checkpoint  # the natural-image reference (CIFAR-10)
@@ -198,6 +198,57 @@ def test_deadline_without_calibration_profiles_the_stages(env):
     assert not any(p["deadline_skipped"] for p in stats["predictions"])
 
 
+def _num_exits(env) -> int:
+    from dvt_runtime.bundle import Bundle
+
+    return Bundle.open(env[0], threads=1).num_exits
+
+
+def _deadline_run(env, monkeypatch, deadline_ms: float, p90: list[float]) -> dict:
+    """A headless deadline run whose per-stage p90s are ``p90`` (as if profiled at start), with no
+    early exit by confidence: only the deadline can stop a frame before the last exit."""
+    bundle, video, _ = env
+    n = len(p90)
+    monkeypatch.setattr(modes, "profile_stages", lambda b, runs=30: list(p90))
+    return webcam.run(webcam.parse_args(["--bundle", str(bundle), "--video", str(video), "--headless", "--max-frames", "3",
+                                         "--deadline-ms", f"{deadline_ms:g}", "--thresholds", ",".join(["none"] * (n - 1))]))
+
+
+def test_deadline_between_stage_costs_stops_at_the_last_stage_that_fits(env, monkeypatch):
+    """Stage k has a p90 of 10^(k+2) ms. A deadline of 5 x 10^(stop+2) ms lies between the p90s of
+    stages ``stop`` and ``stop + 1``: the stages up to ``stop`` run (their real elapsed time is far
+    below the margin) and stage ``stop + 1``, whose p90 alone overruns the deadline, is skipped."""
+    n = _num_exits(env)
+    assert n >= 2
+    p90 = [10.0 ** (k + 2) for k in range(n)]
+    for stop in range(n - 1):
+        stats = _deadline_run(env, monkeypatch, 5 * 10.0 ** (stop + 2), p90)
+        assert stats["mode"]["kind"] == "deadline" and stats["mode"]["source"] == "p90 profiled at start"
+        assert stats["frames"] == 3 and stats["exit_counts"][stop] == 3, (stop, stats["exit_counts"])
+        for p in stats["predictions"]:
+            assert p["exit"] == stop and p["deadline_skipped"], (stop, p)
+            assert len(p["stage_ms"]) == stop + 1  # the later stages never ran
+
+
+def test_deadline_above_the_full_cost_runs_the_last_stage(env, monkeypatch):
+    n = _num_exits(env)
+    p90 = [10.0 ** (k + 2) for k in range(n)]
+    stats = _deadline_run(env, monkeypatch, 5 * sum(p90), p90)
+    assert stats["exit_counts"][n - 1] == stats["frames"] == 3
+    for p in stats["predictions"]:
+        assert p["exit"] == n - 1 and not p["deadline_skipped"] and len(p["stage_ms"]) == n, p
+
+
+def test_latency_summary_is_the_runtimes_and_none_when_empty():
+    from apps.session import latency_summary
+    from dvt_runtime.stats import sample_stats
+
+    assert latency_summary([]) == {"mean": None, "p50": None, "p90": None, "p99": None, "max": None}
+    v = [3.0, 1.0, 2.0, 10.0]
+    want = sample_stats(v, keep_samples=False)
+    assert latency_summary(v) == {k: want[k] for k in ("mean", "p50", "p90", "p99", "max")}
+
+
 def test_window_mode_without_gui_build_says_what_to_do(env, monkeypatch):
     def no_gui(*a, **k):
         raise cv2.error("The function is not implemented. Rebuild the library with Windows, GTK+ 2.x or Cocoa support.")
@@ -216,7 +267,7 @@ def test_keys_and_overlay_pieces(env):
     b = Bundle.open(env[0], threads=1)
     pre = b.manifest.preprocess
     # the crop box is what the preprocessing keeps: a 640x480 frame -> its central ~square
-    x0, y0, x1, y1 = webcam.crop_box(pre, H, W)
+    x0, y0, x1, y1 = pre.crop_box(H, W)
     assert (y0, y1) == (0, H) and abs((x0 + x1) / 2 - W / 2) <= W * 0.02 and abs((x1 - x0) - H) <= H * 0.02
     inside = np.zeros((H, W, 3), np.uint8)
     inside[y0:y1, x0:x1] = 255
@@ -231,10 +282,10 @@ def test_keys_and_overlay_pieces(env):
 
     mode = webcam.Mode("budget", 10.0)
     overlay = webcam.Overlay.for_bundle(b, mode)
-    assert webcam._handle_key(ord("+"), mode, overlay) and mode.ms == pytest.approx(11.0)
-    assert webcam._handle_key(ord("-"), mode, overlay) and mode.ms == pytest.approx(9.9)
-    assert webcam._handle_key(ord(" "), mode, overlay) and overlay.paused
-    assert not webcam._handle_key(ord("q"), mode, overlay) and not webcam._handle_key(27, mode, overlay)
+    assert webcam.handle_key(ord("+"), mode, overlay) and mode.ms == pytest.approx(11.0)
+    assert webcam.handle_key(ord("-"), mode, overlay) and mode.ms == pytest.approx(9.9)
+    assert webcam.handle_key(ord(" "), mode, overlay) and overlay.paused
+    assert not webcam.handle_key(ord("q"), mode, overlay) and not webcam.handle_key(27, mode, overlay)
 
     frame = np.zeros((H, W, 3), np.uint8)
     pred = b.predict(b.preprocess(frame))[0]

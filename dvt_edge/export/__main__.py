@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 from dvt_edge.checkpoint import CheckpointError
 from dvt_edge.data import DATASETS, DataError
-from dvt_edge.export import ExportError, export_bundle
+from dvt_edge.export import ExportError, ExportOptions, export_bundle
 from dvt_edge.export.targets import TARGETS, TargetUnavailable, get_target
 
 
@@ -69,9 +69,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.out:
                 out = f"{args.out.rstrip('/')}/{model_name}-{name}-{prec}" if several else args.out
             try:
-                r = export_bundle(args.checkpoint, name, prec, out=out, model_name=args.model, calib_data=args.calib_data,
-                                  calib_n=args.calib_n, verify_n=args.verify_n, scheme=args.scheme, force=args.force,
-                                  verify=not args.no_verify, trusted=args.trust_checkpoint, verbose=args.verbose)
+                opts = ExportOptions(out=out, model_name=args.model, calib_data=args.calib_data, calib_n=args.calib_n,
+                                     verify_n=args.verify_n, scheme=args.scheme, force=args.force, verify=not args.no_verify,
+                                     trusted=args.trust_checkpoint, verbose=args.verbose)
+                r = export_bundle(args.checkpoint, name, prec, opts)
                 print(r.report)
                 print(f"wrote {r.path}\n")
             except (ExportError, TargetUnavailable) as e:

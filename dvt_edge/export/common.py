@@ -12,6 +12,12 @@ import torch.nn as nn
 
 from dvt_edge.export.targets import Target
 from dvt_edge.models import DVT, DVTStage
+from dvt_runtime.manifest import ExitSpec, TensorSpec, artifact_digest
+
+
+class ExportError(RuntimeError):
+    """Export failed (verification, toolchain); nothing was written to the destination."""
+
 
 INPUT_NAMES = ("image", "features", "relations")
 OUTPUT_NAMES = ("logits", "features_out", "relations_out")
@@ -106,3 +112,24 @@ class ExitArtifact:
 
 def torch_inputs(d: dict[str, np.ndarray], names: list[str]) -> tuple[torch.Tensor, ...]:
     return tuple(torch.from_numpy(np.ascontiguousarray(d[n])) for n in names)
+
+
+def exit_specs(model: DVT, graphs, artifacts: list[ExitArtifact], root: Path) -> list[ExitSpec]:
+    """The manifest's per-exit entries (artifact file, SHA-256, named tensor shapes at batch 1)."""
+    exits = []
+    for e, (g, a) in enumerate(zip(graphs, artifacts)):
+        ex = model.exits[e]
+        p = root / a.artifact
+        in_s, out_s = g.input_shapes(), g.output_shapes()
+        exits.append(ExitSpec(
+            index=e, grid=ex.grid, tokens=ex.tokens, gflops=ex.gflops, stage_gflops=ex.stage_flops / 1e9,
+            artifact=a.artifact, sha256=artifact_digest(p), size_bytes=_size(p),
+            inputs=[TensorSpec(n, list(in_s[n])) for n in g.input_names],
+            outputs=[TensorSpec(n, list(out_s[n])) for n in g.output_names],
+            quantization=a.quantization, undelegated_ops=a.undelegated_ops,
+        ))
+    return exits
+
+
+def _size(p: Path) -> int:
+    return p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())

@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 
 from dvt_runtime.backends import Session, open_session
 from dvt_runtime.manifest import Manifest, ManifestError  # noqa: F401  (ManifestError: raised by open)
+
+if TYPE_CHECKING:
+    from dvt_runtime.calibration import Calibration
 
 __all__ = ["Bundle", "Prediction", "InputError", "NonFiniteOutput", "check_thresholds", "positive_ms"]
 
@@ -92,7 +96,7 @@ class Bundle:
     def __init__(self, path: Path, manifest: Manifest, sessions: list[Session], load_ms: list[float], device_name: Optional[str] = None):
         self.path, self.manifest, self.sessions, self.load_ms = path, manifest, sessions, load_ms
         self.device_name = device_name
-        self.calibration: Optional[dict] = None
+        self.calibration: Optional[Calibration] = None
         self.stage_p90_ms: Optional[list[float]] = None  # for deadline mode (from a profile/calibration)
         self.controller = None
         if device_name:
@@ -143,7 +147,7 @@ class Bundle:
 
     def default_thresholds(self) -> list[Optional[float]]:
         if self.calibration is not None:
-            return self.calibration["chosen"]["thresholds"]
+            return self.calibration.chosen.thresholds
         if self.manifest.thresholds is not None:
             return self.manifest.thresholds
         return [None] * self.num_exits  # no thresholds: always the last exit
@@ -153,7 +157,7 @@ class Bundle:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in device_name)
         return self.path / "calibration" / f"{safe}.json"
 
-    def use_calibration(self, device_name: str, missing_ok: bool = False) -> Optional[dict]:
+    def use_calibration(self, device_name: str, missing_ok: bool = False) -> Optional[Calibration]:
         """Use ``calibration/<device>.json``: its thresholds, per-stage p90 and budget table.
 
         The file is validated (schema, types, ranges) and must have been made for this bundle
@@ -168,7 +172,7 @@ class Bundle:
             raise FileNotFoundError(f"no calibration for device {device_name!r} in {self.path} (run python -m dvt_runtime.calibrate)")
         cal = read_calibration(p, self.manifest)
         self.calibration = cal
-        self.stage_p90_ms = [s["p90"] for s in cal["profile"]["stages"]]
+        self.stage_p90_ms = cal.stage_p90_ms()
         self.controller = None
         return cal
 
@@ -273,12 +277,15 @@ class Bundle:
         x = self._check_input(self._as_array(x))
         if len(x) == 0:
             raise InputError("run_exits got an empty batch (0 images); pass at least one image")
-        chunk = self.batch_limit(max_batch)
-        out, carry = [], None
+        return [out["logits"] for out, _ in self.chain(x, self.batch_limit(max_batch), check_finite)]
+
+    def chain(self, x: np.ndarray, chunk: int, check_finite: bool = True) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+        """Every sample of ``x`` through exit 1, 2, ..., E, each exit fed the previous one's features
+        and relations (no early exit); yields each stage's outputs and per-sample call times (ms)."""
+        carry = None
         for e in range(self.num_exits):
-            carry, _ = self.run_stage(e, x, carry, chunk, check_finite)
-            out.append(carry["logits"])
-        return out
+            carry, ms = self.run_stage(e, x, carry, chunk, check_finite)
+            yield carry, ms
 
     def predict(self, x: np.ndarray, thresholds: Optional[Sequence[Optional[float]]] = None,
                 budget_ms: Optional[float] = None, deadline_ms: Optional[float] = None,
@@ -376,6 +383,10 @@ class Bundle:
         for p, k, i in zip(probs, labels.tolist(), active[rows].tolist()):
             name = self.classes[k] if k < len(self.classes) else str(k)
             result[i] = Prediction(k, name, float(p[k]), e, p, float(sum(stage_ms[i])), stage_ms[i], skipped, per_image[i])
+
+    def reset_budget(self) -> None:
+        """Forget what the budget controller has observed: the next ``budget_ms`` call starts fresh."""
+        self.controller = None
 
     def _controller(self, budget_ms: float):
         from dvt_runtime.controller import BudgetController

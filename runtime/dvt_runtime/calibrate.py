@@ -27,10 +27,12 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 
 from dvt_runtime.bundle import Bundle, softmax
-from dvt_runtime.calibration import SCHEMA, CalibrationError, bundle_identity  # noqa: F401  (re-exported)
+from dvt_runtime.calibration import SCHEMA, BudgetRow, Calibration, CalibrationError, Chosen, bundle_identity  # noqa: F401  (re-exported)
 from dvt_runtime.io import atomic_write_json, check_labels, read_npz
+from dvt_runtime.io import progress as _bar
 from dvt_runtime.manifest import ManifestError
 from dvt_runtime.search import ALGORITHMS, ExitOutputs, StageCosts, evaluate_thresholds, frontier_table, search_thresholds
+from dvt_runtime.stats import sample_stats
 
 if TYPE_CHECKING:
     from dvt_runtime.profile import LatencyProfile
@@ -51,14 +53,7 @@ def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 def exit_probs(bundle: Bundle, x: np.ndarray, progress: bool = False, chunk: int = 16) -> np.ndarray:
     """Softmax outputs of every exit of the bundle's own artifacts: (E, N, classes)."""
-    starts = range(0, len(x), chunk)
-    if progress:
-        try:
-            from tqdm import tqdm
-
-            starts = tqdm(starts, desc="run exits", unit="batch", leave=False)
-        except ImportError:
-            pass
+    starts = _bar(range(0, len(x), chunk), desc="run exits", unit="batch", enabled=progress)
     out = [bundle.run_exits(x[s : s + chunk]) for s in starts]  # per chunk: E arrays (n, classes)
     return np.stack([softmax(np.concatenate([o[e] for o in out]).astype(np.float64)) for e in range(bundle.num_exits)])
 
@@ -84,10 +79,10 @@ def measure_cascade(bundle: Bundle, x: np.ndarray, y: np.ndarray, thresholds, wa
         exits += [p.exit for p in preds]
         correct += [p.label == t for p, t in zip(preds, y[sl])]
     wall = time.perf_counter() - t_all
-    ms_a = np.asarray(ms)
+    st = sample_stats(ms, keep_samples=False)
     return {
-        "accuracy": float(np.mean(correct) * 100), "mean_ms": float(ms_a.mean()), "p50_ms": float(np.median(ms_a)),
-        "p90_ms": float(np.percentile(ms_a, 90)), "p99_ms": float(np.percentile(ms_a, 99)), "n": len(x),
+        "accuracy": float(np.mean(correct) * 100), "mean_ms": st["mean"], "p50_ms": st["p50"],
+        "p90_ms": st["p90"], "p99_ms": st["p99"], "n": len(x),
         "exit_fractions": (np.bincount(exits, minlength=bundle.num_exits) / len(x)).tolist(),
         "batch": int(batch), "images_per_s": float(len(x) / wall),
     }
@@ -170,17 +165,55 @@ def _budget_grid(costs, n: int = 24) -> list[float]:
 
 def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, metric: str = "mean", profile=None,
               algorithm: str = "exact", device_name: Optional[str] = None, holdout: float = 0.5, seed: int = 0,
-              runs: int = 200, warmup: int = 20, verify: bool = True, progress: bool = True, batch: int = 1) -> dict:
+              runs: int = 200, warmup: int = 20, verify: bool = True, progress: bool = True, batch: int = 1) -> Calibration:
     """Search thresholds for ``budget_ms`` on measured latency, verify on a holdout, write the file.
 
     ``batch`` > 1 calibrates for throughput: the budget is ms per image when ``batch`` images
     go through ``predict`` together (stages profiled at that batch size).
     """
+    device_name = device_name or socket.gethostname()
+    _check_request(bundle, x, y, budget_ms, algorithm, device_name, holdout, batch)
+    f = fit(bundle, x, y, holdout=holdout, seed=seed, profile=profile, runs=runs, warmup=warmup, batch=batch, progress=progress)
+    costs = f.costs
+    cheapest = float(costs.cumulative[0])
+    if budget_ms < cheapest * (1 - 1e-9) and metric == "mean":
+        raise CalibrationError(f"budget {budget_ms:g} ms is below the cheapest possible mean latency on this device: "
+                               f"exit 1 alone takes {cheapest:.4g} ms; ask for at least that")
+    try:
+        chosen = search_thresholds(f.cal, costs, budget_ms, metric=metric, algorithm=algorithm, seed=seed)
+    except ValueError as e:
+        raise CalibrationError(str(e)) from None
+    thr = chosen.best.to_dict()["thresholds"]
+    predicted = evaluate_thresholds(f.hold, None, chosen.best.thresholds, costs, metric=metric, seed=seed)
+    p90 = evaluate_thresholds(f.hold, None, chosen.best.thresholds, costs, metric="p90", seed=seed) if costs.samples else None
+    result = Calibration(
+        device=device_name, bundle=bundle_identity(bundle.manifest), profile=f.profile.summary(),
+        table=_pareto_table(f.cal, costs), budget_ms=budget_ms, metric=metric, algorithm=algorithm, batch=int(batch),
+        chosen=Chosen(thr, budget_ms, {"accuracy": predicted.accuracy, "mean_ms": predicted.mean_cost,
+                                       "p90_ms": p90.cost if p90 else None, "exit_fractions": np.asarray(predicted.exit_fractions).tolist(),
+                                       "on": "holdout outputs x profiled latency"}),
+        budget_unit="ms per image" if batch > 1 else "ms per image (batch 1)",
+        profile_source="measured here" if f.measured_here else "given (--profile)", cascade_overhead_ms=f.overhead_ms,
+        n_calibration=len(f.cal_idx), n_holdout=len(f.hold_idx), note=_search_note(chosen, costs, budget_ms, metric, bundle.num_exits),
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+    if verify and f.measured_here:
+        result.chosen.measured = measure_cascade(bundle, x[f.hold_idx], y[f.hold_idx], thr, warmup=warmup, batch=batch)
+    elif verify:
+        result.note = (result.note + "; " if result.note else "") + "latency measured on another device: verify there"
+    atomic_write_json(bundle.calibration_path(device_name), result.to_dict())
+    bundle.use_calibration(device_name)
+    return result
+
+
+def _check_request(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, algorithm: str, device_name: str,
+                   holdout: float, batch: int) -> None:
+    """CalibrationError for a request that cannot be calibrated, before anything is measured."""
     if algorithm not in ALGORITHMS:
         raise CalibrationError(f"unknown algorithm {algorithm!r}; valid: {list(ALGORITHMS)}")
     if isinstance(budget_ms, bool) or not isinstance(budget_ms, (int, float)) or not np.isfinite(budget_ms) or budget_ms <= 0:
         raise CalibrationError(f"budget must be a positive number of milliseconds, got {budget_ms!r}")
-    target = bundle.calibration_path(device_name or socket.gethostname())
+    target = bundle.calibration_path(device_name)
     if target.parent.exists() and not target.parent.is_dir():
         raise CalibrationError(f"{target.parent} is a file, not a folder: calibrations are written to {target}; move that file away")
     if target.exists() and not target.is_file():
@@ -193,79 +226,47 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
         raise CalibrationError(f"need at least 4 validation images, got {len(x)}")
     if int(y.max()) >= len(bundle.classes) or int(y.min()) < 0:
         raise CalibrationError(f"labels must be in 0..{len(bundle.classes) - 1} for this bundle's classes")
-    device_name = device_name or socket.gethostname()
-    f = fit(bundle, x, y, holdout=holdout, seed=seed, profile=profile, runs=runs, warmup=warmup, batch=batch, progress=progress)
-    profile, measured_here, overhead, costs = f.profile, f.measured_here, f.overhead_ms, f.costs
-    cal_idx, hold_idx, cal_out, hold_out = f.cal_idx, f.hold_idx, f.cal, f.hold
 
-    cheapest = float(costs.cumulative[0])
-    if budget_ms < cheapest * (1 - 1e-9) and metric == "mean":
-        raise CalibrationError(f"budget {budget_ms:g} ms is below the cheapest possible mean latency on this device: "
-                               f"exit 1 alone takes {cheapest:.4g} ms; ask for at least that")
-    try:
-        chosen = search_thresholds(cal_out, costs, budget_ms, metric=metric, algorithm=algorithm, seed=seed)
-    except ValueError as e:
-        raise CalibrationError(str(e)) from None
-    note = chosen.info.get("note", "")
+
+def _pareto_table(cal: ExitOutputs, costs: StageCosts) -> list[BudgetRow]:
+    """Best thresholds (exact search, mean latency) over a grid of budgets from exit 1 to the last exit."""
+    table = []
+    for res in frontier_table(cal, costs, _budget_grid(costs), metric="mean", algorithm="exact"):
+        b = res.best
+        table.append(BudgetRow(res.budget, b.to_dict()["thresholds"],
+                               {"accuracy": b.accuracy, "mean_ms": b.mean_cost, "exit_fractions": np.asarray(b.exit_fractions).tolist()}))
+    return table
+
+
+def _search_note(chosen, costs: StageCosts, budget_ms: float, metric: str, num_exits: int) -> str:
+    """What the user should know about the chosen point (saturated accuracy, a budget above every exit)."""
+    notes = [chosen.info["note"]] if chosen.info.get("note") else []
     top = max(chosen.frontier, key=lambda p: p.accuracy) if chosen.frontier else None
     if top is not None and chosen.best.accuracy >= top.accuracy and chosen.best.mean_cost < 0.9 * budget_ms and metric == "mean":
-        note = (note + "; " if note else "") + (
-            f"accuracy saturates at {top.accuracy:.2f}% from {top.mean_cost:.4g} ms on the calibration split: "
-            f"the rest of the budget buys no accuracy, so it is not spent")
+        notes.append(f"accuracy saturates at {top.accuracy:.2f}% from {top.mean_cost:.4g} ms on the calibration split: "
+                     f"the rest of the budget buys no accuracy, so it is not spent")
     if budget_ms >= float(costs.cumulative[-1]):
-        note = (note + "; " if note else "") + f"budget >= exit {bundle.num_exits} latency ({costs.cumulative[-1]:.4g} ms): all exits fit"
-    table = []
-    for res in frontier_table(cal_out, costs, _budget_grid(costs), metric="mean", algorithm="exact"):
-        b = res.best
-        table.append({"budget_ms": res.budget, "thresholds": b.to_dict()["thresholds"],
-                      "predicted": {"accuracy": b.accuracy, "mean_ms": b.mean_cost,
-                                    "exit_fractions": np.asarray(b.exit_fractions).tolist()}})
-    thr = chosen.best.to_dict()["thresholds"]
-    predicted = evaluate_thresholds(hold_out, None, chosen.best.thresholds, costs, metric=metric, seed=seed)
-    p90 = evaluate_thresholds(hold_out, None, chosen.best.thresholds, costs, metric="p90", seed=seed) if costs.samples else None
-    result = {
-        "schema": SCHEMA, "schema_version": 1, "device": device_name,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "bundle": bundle_identity(bundle.manifest),
-        "profile": profile.summary(), "profile_source": "measured here" if measured_here else "given (--profile)",
-        "cascade_overhead_ms": overhead,
-        "metric": metric, "algorithm": algorithm, "budget_ms": budget_ms, "batch": int(batch),
-        "budget_unit": "ms per image" if batch > 1 else "ms per image (batch 1)",
-        "n_calibration": len(cal_idx), "n_holdout": len(hold_idx),
-        "table": table,
-        "chosen": {"thresholds": thr, "budget_ms": budget_ms,
-                   "predicted": {"accuracy": predicted.accuracy, "mean_ms": predicted.mean_cost,
-                                 "p90_ms": p90.cost if p90 else None, "exit_fractions": np.asarray(predicted.exit_fractions).tolist(),
-                                 "on": "holdout outputs x profiled latency"}},
-        "note": note,
-    }
-    if verify and measured_here:
-        result["chosen"]["measured"] = measure_cascade(bundle, x[hold_idx], y[hold_idx], thr, warmup=warmup, batch=batch)
-    elif verify:
-        result["chosen"]["measured"] = None
-        result["note"] = (result["note"] + "; " if result["note"] else "") + "latency measured on another device: verify there"
-    atomic_write_json(bundle.calibration_path(device_name), result)
-    bundle.use_calibration(device_name)
-    return result
+        notes.append(f"budget >= exit {num_exits} latency ({costs.cumulative[-1]:.4g} ms): all exits fit")
+    return "; ".join(notes)
 
 
-def format_result(r: dict) -> str:
-    c = r["chosen"]
-    p, m = c["predicted"], c.get("measured")
-    lines = [f"calibration of {r['bundle']['model']} {r['bundle']['target']}/{r['bundle']['precision']} for device {r['device']} "
-             f"({r['metric']} budget {r['budget_ms']:g} ms" + (f" per image at batch {r['batch']}" if r.get("batch", 1) > 1 else "")
-             + f", {r['algorithm']}, profile {r['profile_source']})"]
-    st = r["profile"]["stages"]
+def format_result(r: Calibration) -> str:
+    c = r.chosen
+    p, m = c.predicted, c.measured
+    lines = [f"calibration of {r.bundle['model']} {r.bundle['target']}/{r.bundle['precision']} for device {r.device} "
+             f"({r.metric} budget {r.budget_ms:g} ms" + (f" per image at batch {r.batch}" if r.batch > 1 else "")
+             + f", {r.algorithm}, profile {r.profile_source})"]
+    st = r.profile["stages"]
     lines.append("stage latency (ms): " + ", ".join(f"exit {i + 1} p50 {s['median']:.3f} p90 {s['p90']:.3f}" for i, s in enumerate(st)))
-    lines.append(f"thresholds: {['-' if t is None else round(t, 4) for t in c['thresholds']]}")
+    lines.append(f"thresholds: {['-' if t is None else round(t, 4) for t in c.thresholds]}")
     lines.append(f"{'':>10} {'accuracy %':>10} {'mean ms':>9} {'p90 ms':>8}  exits taken %")
     fr = lambda f: " / ".join(f"{100 * v:.0f}" for v in f)
     lines.append(f"{'predicted':>10} {p['accuracy']:>10.2f} {p['mean_ms']:>9.3f} {p['p90_ms'] if p['p90_ms'] is not None else float('nan'):>8.3f}  {fr(p['exit_fractions'])}")
     if m:
         lines.append(f"{'measured':>10} {m['accuracy']:>10.2f} {m['mean_ms']:>9.3f} {m['p90_ms']:>8.3f}  {fr(m['exit_fractions'])}")
-        lines.append(f"measured mean is {100 * (m['mean_ms'] / r['budget_ms'] - 1):+.1f}% vs the budget ({r['n_holdout']} holdout images)")
-    if r.get("note"):
-        lines.append(f"note: {r['note']}")
+        lines.append(f"measured mean is {100 * (m['mean_ms'] / r.budget_ms - 1):+.1f}% vs the budget ({r.n_holdout} holdout images)")
+    if r.note:
+        lines.append(f"note: {r.note}")
     return "\n".join(lines)
 
 
@@ -300,7 +301,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_result(r))
-    print(f"wrote {bundle.calibration_path(r['device'])}")
+    print(f"wrote {bundle.calibration_path(r.device)}")
     return 0
 
 

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "CalibrationError", "read_calibration", "validate_calibration", "bundle_identity",
-           "MAX_FILE_BYTES"]
+from dvt_runtime.schema import checked_fields
+
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "Calibration", "BudgetRow", "Chosen", "CalibrationError", "read_calibration",
+           "validate_calibration", "bundle_identity", "MAX_FILE_BYTES"]
 
 SCHEMA = "dvt-calibration/1"
 SCHEMA_VERSION = 1
@@ -35,7 +38,72 @@ def bundle_identity(manifest) -> dict:
             "artifacts": [e.sha256 for e in manifest.exits]}
 
 
-def read_calibration(path: Union[str, Path], manifest) -> dict:
+@dataclass
+class BudgetRow:
+    """One row of the Pareto table: the thresholds for a budget and what they are predicted to give."""
+
+    budget_ms: float
+    thresholds: list[Optional[float]]
+    predicted: dict  # accuracy (%), mean_ms, exit_fractions: on the calibration split x the profile
+
+
+@dataclass
+class Chosen:
+    """The thresholds chosen for the requested budget, predicted on the holdout and measured there."""
+
+    thresholds: list[Optional[float]]
+    budget_ms: float
+    predicted: dict  # accuracy, mean_ms, p90_ms, exit_fractions, on
+    measured: Optional[dict] = None  # dvt_runtime.calibrate.measure_cascade on the holdout (None: another device)
+
+
+@dataclass
+class Calibration:
+    """``<bundle>/calibration/<device>.json``: thresholds for a latency budget on one device."""
+
+    device: str
+    bundle: dict  # bundle_identity(): model, target, precision, artifact SHA-256s
+    profile: dict  # LatencyProfile.summary() the search stood on
+    table: list[BudgetRow]
+    chosen: Chosen
+    budget_ms: float
+    metric: str = "mean"
+    algorithm: str = "exact"
+    batch: int = 1
+    budget_unit: str = "ms per image (batch 1)"
+    profile_source: str = ""
+    cascade_overhead_ms: float = 0.0
+    n_calibration: int = 0
+    n_holdout: int = 0
+    note: str = ""
+    created: str = ""
+    schema: str = SCHEMA
+    schema_version: int = SCHEMA_VERSION
+
+    def stage_mean_ms(self) -> list[float]:
+        return [float(s["mean"]) for s in self.profile["stages"]]
+
+    def stage_p90_ms(self) -> list[float]:
+        return [float(s["p90"]) for s in self.profile["stages"]]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        return {"schema": d.pop("schema"), "schema_version": d.pop("schema_version"), **d}
+
+    @classmethod
+    def from_dict(cls, d: Any, manifest) -> "Calibration":
+        """Validate ``d`` (see :func:`validate_calibration`) for ``manifest``'s bundle and type it."""
+        validate_calibration(d, manifest)
+        d = checked_fields(cls, d, "the calibration", CalibrationError, SCHEMA_VERSION)
+        try:
+            d["table"] = [BudgetRow(**checked_fields(BudgetRow, r, f"table row {j + 1}", CalibrationError)) for j, r in enumerate(d["table"])]
+            d["chosen"] = Chosen(**checked_fields(Chosen, d["chosen"], "chosen", CalibrationError))
+        except TypeError as e:
+            raise CalibrationError(f"malformed calibration: {e}") from None
+        return cls(**d)
+
+
+def read_calibration(path: Union[str, Path], manifest) -> Calibration:
     """Load and validate ``path`` for the bundle described by ``manifest``."""
     path = Path(path)
     fix = "re-run python -m dvt_runtime.calibrate for this bundle"
@@ -50,10 +118,9 @@ def read_calibration(path: Union[str, Path], manifest) -> dict:
     except RecursionError:
         raise CalibrationError(f"calibration {path} is nested too deeply to be a calibration; {fix}") from None
     try:
-        validate_calibration(d, manifest)
+        return Calibration.from_dict(d, manifest)
     except CalibrationError as e:
         raise CalibrationError(f"calibration {path}: {e}; {fix}") from None
-    return d
 
 
 def _need(ok: bool, msg: str) -> None:

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
+
+if TYPE_CHECKING:
+    from dvt_runtime.calibration import Calibration
 
 HISTORY = 1000  # recent speed estimates kept (bounded: a controller may run for months)
 
@@ -35,10 +38,10 @@ class BudgetController:
         self.table = sorted(self.table, key=lambda r: r["predicted_ms"])
 
     @classmethod
-    def from_calibration(cls, cal: dict, budget_ms: float, alpha: float = 0.2) -> "BudgetController":
-        rows = [{"thresholds": r["thresholds"], "predicted_ms": r["predicted"]["mean_ms"], "accuracy": r["predicted"]["accuracy"]}
-                for r in cal["table"]]
-        return cls(budget_ms, rows, [s["mean"] for s in cal["profile"]["stages"]], alpha)
+    def from_calibration(cls, cal: "Calibration", budget_ms: float, alpha: float = 0.2) -> "BudgetController":
+        rows = [{"thresholds": r.thresholds, "predicted_ms": r.predicted["mean_ms"], "accuracy": r.predicted["accuracy"]}
+                for r in cal.table]
+        return cls(budget_ms, rows, cal.stage_mean_ms(), alpha)
 
     def row(self) -> dict:
         """Most accurate row whose rescaled predicted latency fits the budget (else the cheapest)."""

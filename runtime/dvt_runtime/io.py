@@ -7,9 +7,9 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
-__all__ = ["atomic_write", "atomic_write_json", "sha256_file", "current_umask", "read_npz", "check_labels"]
+__all__ = ["atomic_write", "atomic_write_json", "sha256_file", "current_umask", "read_npz", "check_labels", "progress", "save_png"]
 
 
 def atomic_write(path: Union[str, Path], data: bytes) -> Path:
@@ -97,3 +97,26 @@ def check_labels(labels, where: str, error: Callable[[str], Exception]):
     if len(labels) == 0:
         raise error(f"{where} holds no samples (no images)")
     return labels.astype(np.int64)
+
+
+def progress(it, total: Optional[int] = None, desc: str = "", unit: str = "it", enabled: bool = True, file=None, leave: bool = False):
+    """``it`` wrapped in a tqdm bar when ``enabled`` and tqdm is installed, else ``it`` itself."""
+    if not enabled:
+        return it
+    try:
+        from tqdm import tqdm
+    except ImportError:  # the runtime does not require tqdm
+        return it
+    return tqdm(it, total=total, desc=desc, unit=unit, leave=leave, file=file)
+
+
+def save_png(fig, path: Union[str, Path], dpi: int = 120) -> Path:
+    """Write a matplotlib figure to ``path`` as PNG, atomically, and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return atomic_write(path, buf.getvalue())

@@ -9,7 +9,6 @@ measured at export, and default thresholds.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -17,8 +16,9 @@ from typing import Any, Optional, Union
 
 from dvt_runtime.io import atomic_write_json, sha256_file
 from dvt_runtime.preprocess import Preprocess
+from dvt_runtime.schema import checked_fields
 
-__all__ = ["SCHEMA_VERSION", "TensorSpec", "ExitSpec", "Manifest", "ManifestError"]
+__all__ = ["SCHEMA_VERSION", "TensorSpec", "ExitSpec", "ExitParity", "ParityReport", "Manifest", "ManifestError"]
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -54,10 +54,58 @@ class ExitSpec:
     def from_dict(cls, d: dict) -> "ExitSpec":
         if not isinstance(d, dict):
             raise TypeError(f"an exit must be an object, got {type(d).__name__}")
-        d = dict(d)
-        d["inputs"] = [TensorSpec(**t) for t in d["inputs"]]
-        d["outputs"] = [TensorSpec(**t) for t in d["outputs"]]
-        return cls(**_known(cls, d))
+        d = checked_fields(cls, d, f"exit {d.get('index', '?')}", ManifestError)
+        d["inputs"] = [TensorSpec(**checked_fields(TensorSpec, t, "tensor", ManifestError)) for t in d["inputs"]]
+        d["outputs"] = [TensorSpec(**checked_fields(TensorSpec, t, "tensor", ManifestError)) for t in d["outputs"]]
+        return cls(**d)
+
+
+@dataclass
+class ExitParity:
+    """One exit's artifact against PyTorch fp32 (None: not measured, e.g. no real images)."""
+
+    exit: int  # 1-based
+    finite: Optional[bool] = None  # the artifact's logits were all finite
+    max_abs_diff_fixed: Optional[float] = None  # on the fixed example inputs
+    max_abs_diff_real: Optional[float] = None  # on real images, chained through the runtime's cascade
+    max_abs_diff_batched: Optional[float] = None  # batched vs one image per call
+    top1_agreement: Optional[float] = None  # % of real images where artifact and PyTorch agree
+    top1_artifact: Optional[float] = None  # % top-1 accuracy of the artifact
+    top1_pytorch: Optional[float] = None  # % top-1 accuracy of PyTorch
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "ExitParity":
+        return cls(**checked_fields(cls, d, "parity exit row", ManifestError))
+
+
+@dataclass
+class ParityReport:
+    """What export verified: each exit's artifact, run by the device's runtime, against PyTorch."""
+
+    runtime: str  # the backend that ran the artifacts
+    checked: str  # numerical | structural | skipped (--no-verify)
+    exits: list[ExitParity]
+    n_real: int = 0  # real images compared
+    batch_checked: Optional[int] = None  # images per call in the batched check
+    exit_decision_agreement: Optional[float] = None  # % at the default thresholds
+    cascade_answer_agreement: Optional[float] = None
+    data: str = ""
+    note: str = ""
+    scheme_selection: list[str] = field(default_factory=list)  # int8: each exit's candidates, measured
+    structure_problems: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # every failed check
+    passed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "ParityReport":
+        d = checked_fields(cls, d, "parity report", ManifestError)
+        if not isinstance(d["exits"], list):
+            raise ManifestError("parity report: exits must be a list")
+        d["exits"] = [ExitParity.from_dict(r) for r in d["exits"]]
+        return cls(**d)
 
 
 @dataclass
@@ -73,7 +121,7 @@ class Manifest:
     quantization: dict = field(default_factory=dict)
     thresholds: Optional[list[Optional[float]]] = None  # default per-exit thresholds (last: None)
     thresholds_source: str = ""
-    parity: dict = field(default_factory=dict)
+    parity: Optional[ParityReport] = None  # None: built in memory (export's own verification bundle)
     toolchain: dict = field(default_factory=dict)
     source: dict = field(default_factory=dict)  # checkpoint path, sha256
     created: str = ""
@@ -95,26 +143,14 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Manifest":
-        if not isinstance(d, dict):
-            raise ManifestError("manifest must be a JSON object")
-        version = d.get("schema_version")
-        if not isinstance(version, int):
-            raise ManifestError("manifest has no integer schema_version; is this a dvt-edge bundle?")
-        if version > SCHEMA_VERSION:
-            raise ManifestError(
-                f"manifest schema_version {version} is newer than this dvt-runtime understands ({SCHEMA_VERSION}); "
-                "upgrade dvt-runtime (pip install -U dvt-runtime)"
-            )
-        missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in d]
-        if missing:
-            raise ManifestError(f"manifest lacks required field(s) {missing}")
-        d = dict(d)
+        d = checked_fields(cls, d, "manifest", ManifestError, SCHEMA_VERSION)
         try:
             d["preprocess"] = Preprocess.from_dict(d["preprocess"])
             if not isinstance(d["exits"], list):
                 raise TypeError("exits must be a list")
             d["exits"] = [ExitSpec.from_dict(e) for e in d["exits"]]
-            m = cls(**_known(cls, d))
+            d["parity"] = ParityReport.from_dict(d["parity"]) if d.get("parity") else None
+            m = cls(**d)
         except (TypeError, KeyError, ValueError) as e:
             if isinstance(e, ManifestError):
                 raise
@@ -154,7 +190,8 @@ class Manifest:
         _need(self.max_batch is None or (_is_int(self.max_batch) and self.max_batch >= 1),
               f"max_batch must be null (any batch size) or an integer >= 1, got {self.max_batch!r}")
         _need(isinstance(self.batch_note, str), "batch_note must be a string")
-        for name in ("model_config", "quantization", "parity", "toolchain", "source", "extras"):
+        _need(self.parity is None or isinstance(self.parity, ParityReport), "parity must be a parity report object")
+        for name in ("model_config", "quantization", "toolchain", "source", "extras"):
             _need(isinstance(getattr(self, name), dict), f"{name} must be an object")
 
     @classmethod
@@ -243,8 +280,3 @@ def _is_num(v) -> bool:
     import math
 
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _known(cls, d: dict) -> dict:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in d.items() if k in names}

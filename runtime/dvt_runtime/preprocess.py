@@ -125,13 +125,23 @@ class Preprocess:
             img = np.repeat(img, 3, axis=2)
         return img[:, :, ::-1] if self.channels == "rgb" else img  # input is BGR (OpenCV)
 
-    def _resize_crop(self, img: np.ndarray) -> np.ndarray:
-        h, w = img.shape[:2]
+    def _geometry(self, h: int, w: int) -> tuple[int, int, int, int]:
+        """Resized height and width (shorter side -> ``resize``), then the crop's top and left."""
         scale = self.resize / min(h, w)
         nh, nw = max(self.size, round(h * scale)), max(self.size, round(w * scale))
+        return nh, nw, (nh - self.size) // 2, (nw - self.size) // 2
+
+    def crop_box(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """The region (x0, y0, x1, y1) of a ``width`` x ``height`` image that :meth:`apply` feeds the model."""
+        nh, nw, top, left = self._geometry(height, width)
+        sy, sx = height / nh, width / nw
+        return (int(round(left * sx)), int(round(top * sy)), int(round((left + self.size) * sx)), int(round((top + self.size) * sy)))
+
+    def _resize_crop(self, img: np.ndarray) -> np.ndarray:
+        h, w = img.shape[:2]
+        nh, nw, top, left = self._geometry(h, w)
         if (nh, nw) != (h, w):
             img = _resize(img, nh, nw, self.interpolation)
-        top, left = (nh - self.size) // 2, (nw - self.size) // 2
         return img[top : top + self.size, left : left + self.size]
 
 

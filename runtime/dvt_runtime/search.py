@@ -596,6 +596,35 @@ def _run_exact(
     conf, correct = out.confidences, out.correct
     n_exits, n = conf.shape
     inner = n_exits - 2  # index of the vectorised exit
+    cands, complete = _exact_grid(conf, max_candidates)
+    outer_shape = tuple(len(c) for c in cands[:inner])
+    n_rows = int(np.prod(outer_shape, dtype=np.int64))
+    if float(n_rows) * n > _EXACT_MAX_WORK:
+        raise ValueError(
+            f"exact search over {n_rows} outer threshold combinations x {n} samples is too large; "
+            "lower max_candidates or use algorithm='ga'"
+        )
+    order = np.argsort(-conf[inner], kind="stable")
+    k = np.searchsorted(-conf[inner, order], -cands[inner], side="right")  # samples with conf >= t, per candidate t
+    chunk = max(1, 1_000_000 // n)
+    parts: list[_Points] = []
+    for start in range(0, n_rows, chunk):
+        rows = np.arange(start, min(start + chunk, n_rows))
+        parts.append(_exact_rows(conf, correct, cands, outer_shape, rows, order, k, model))
+        if len(parts) >= 16:
+            parts = [_Points.concat(parts).pareto()]
+    info = {
+        "exact": bool(complete),
+        "n_candidates": [int(len(c)) for c in cands],
+        "n_evaluated": int(n_rows) * int(len(cands[inner])),
+    }
+    return _Points.concat(parts).pareto(), info
+
+
+def _exact_grid(conf: np.ndarray, max_candidates: Optional[int]) -> tuple[list[np.ndarray], bool]:
+    """Candidate thresholds per non-final exit, and whether the grid is complete (the search exact)."""
+    n_exits = conf.shape[0]
+    inner = n_exits - 2
     if max_candidates is not None and int(max_candidates) < 1:
         raise ValueError(f"max_candidates must be >= 1; got {max_candidates}")
     inner_cap = int(max_candidates) if max_candidates is not None else DEFAULT_MAX_CANDIDATES
@@ -608,67 +637,54 @@ def _run_exact(
         c, ok = _candidates(conf[e], inner_cap if e == inner else outer_cap)
         cands.append(c)
         complete &= ok
-    outer_shape = tuple(len(c) for c in cands[:inner])
-    n_rows = int(np.prod(outer_shape, dtype=np.int64))
-    if float(n_rows) * n > _EXACT_MAX_WORK:
-        raise ValueError(
-            f"exact search over {n_rows} outer threshold combinations x {n} samples is too large; "
-            "lower max_candidates or use algorithm='ga'"
-        )
+    return cands, complete
 
-    order = np.argsort(-conf[inner], kind="stable")
-    inner_sorted = conf[inner, order]
-    k = np.searchsorted(-inner_sorted, -cands[inner], side="right")  # samples with conf >= t, per candidate t
-    correct_inner = correct[inner, order]
-    correct_last = correct[n_exits - 1, order]
+
+def _exact_rows(conf: np.ndarray, correct: np.ndarray, cands: list[np.ndarray], outer_shape: tuple, rows: np.ndarray,
+                order: np.ndarray, k: np.ndarray, model: _CostModel) -> _Points:
+    """Pareto points of the outer-grid ``rows`` x every candidate of the vectorised exit.
+
+    ``order``: samples sorted by the vectorised exit's confidence (descending); ``k[j]``: how many
+    of them stop there at candidate ``j``.
+    """
+    n_exits, n = conf.shape
+    inner = n_exits - 2
+    correct_inner, correct_last = correct[inner, order], correct[n_exits - 1, order]
     cols = np.arange(n)[None, :]
-    chunk = max(1, 1_000_000 // n)
-    parts: list[_Points] = []
-    for start in range(0, n_rows, chunk):
-        rows = np.arange(start, min(start + chunk, n_rows))
-        b = rows.size
-        thr_outer = np.empty((b, inner))
-        if inner:
-            for e, idx in enumerate(np.unravel_index(rows, outer_shape)):
-                thr_outer[:, e] = cands[e][idx]
-            stop = np.ones((b, inner + 1, n), dtype=bool)
-            stop[:, :inner, :] = conf[None, :inner, :] >= thr_outer[:, :, None]
-            ex = stop.argmax(axis=1)  # (b, N); == inner means "reaches the vectorised exit"
-        else:
-            ex = np.zeros((b, n), dtype=np.int64)
-        early = ex < inner
-        correct_pre = (correct[ex, cols] & early).sum(axis=1)
-        offs = np.arange(b)[:, None] * (inner + 1)
-        counts_pre = np.bincount((ex + offs).ravel(), minlength=b * (inner + 1)).reshape(b, inner + 1)
-        reach = ~early[:, order]
-        zero = np.zeros((b, 1), dtype=np.int64)
-        cum_reach = np.concatenate([zero, np.cumsum(reach, axis=1)], axis=1)
-        cum_inner = np.concatenate([zero, np.cumsum(reach & correct_inner, axis=1)], axis=1)
-        cum_last = np.concatenate([zero, np.cumsum(reach & correct_last, axis=1)], axis=1)
-        acc = correct_pre[:, None] + cum_inner[:, k] + (cum_last[:, -1:] - cum_last[:, k])  # (b, K)
-        # row Pareto points: strict accuracy records scanning from the cheapest column (largest k)
-        rev = acc[:, ::-1]
-        prev = np.concatenate([np.full((b, 1), -1), np.maximum.accumulate(rev, axis=1)[:, :-1]], axis=1)
-        r, j = np.nonzero((rev > prev)[:, ::-1])
-        n_inner = cum_reach[r, k[j]]
-        counts = np.empty((r.size, n_exits), dtype=np.int64)
-        counts[:, :inner] = counts_pre[r, :inner]
-        counts[:, inner] = n_inner
-        counts[:, inner + 1] = counts_pre[r, inner] - n_inner
-        thr = np.empty((r.size, n_exits))
-        thr[:, :inner] = thr_outer[r]
-        thr[:, inner] = cands[inner][j]
-        thr[:, -1] = -np.inf
-        pts = _Points(thr, acc[r, j], counts, model.cost(counts), model.mean_cost(counts)).pareto()
-        parts.append(pts)
-        if len(parts) >= 16:
-            parts = [_Points.concat(parts).pareto()]
-    info = {
-        "exact": bool(complete),
-        "n_candidates": [int(len(c)) for c in cands],
-        "n_evaluated": int(n_rows) * int(len(cands[inner])),
-    }
-    return _Points.concat(parts).pareto(), info
+    b = rows.size
+    thr_outer = np.empty((b, inner))
+    if inner:
+        for e, idx in enumerate(np.unravel_index(rows, outer_shape)):
+            thr_outer[:, e] = cands[e][idx]
+        stop = np.ones((b, inner + 1, n), dtype=bool)
+        stop[:, :inner, :] = conf[None, :inner, :] >= thr_outer[:, :, None]
+        ex = stop.argmax(axis=1)  # (b, N); == inner means "reaches the vectorised exit"
+    else:
+        ex = np.zeros((b, n), dtype=np.int64)
+    early = ex < inner
+    correct_pre = (correct[ex, cols] & early).sum(axis=1)
+    offs = np.arange(b)[:, None] * (inner + 1)
+    counts_pre = np.bincount((ex + offs).ravel(), minlength=b * (inner + 1)).reshape(b, inner + 1)
+    reach = ~early[:, order]
+    zero = np.zeros((b, 1), dtype=np.int64)
+    cum_reach = np.concatenate([zero, np.cumsum(reach, axis=1)], axis=1)
+    cum_inner = np.concatenate([zero, np.cumsum(reach & correct_inner, axis=1)], axis=1)
+    cum_last = np.concatenate([zero, np.cumsum(reach & correct_last, axis=1)], axis=1)
+    acc = correct_pre[:, None] + cum_inner[:, k] + (cum_last[:, -1:] - cum_last[:, k])  # (b, K)
+    # row Pareto points: strict accuracy records scanning from the cheapest column (largest k)
+    rev = acc[:, ::-1]
+    prev = np.concatenate([np.full((b, 1), -1), np.maximum.accumulate(rev, axis=1)[:, :-1]], axis=1)
+    r, j = np.nonzero((rev > prev)[:, ::-1])
+    n_inner = cum_reach[r, k[j]]
+    counts = np.empty((r.size, n_exits), dtype=np.int64)
+    counts[:, :inner] = counts_pre[r, :inner]
+    counts[:, inner] = n_inner
+    counts[:, inner + 1] = counts_pre[r, inner] - n_inner
+    thr = np.empty((r.size, n_exits))
+    thr[:, :inner] = thr_outer[r]
+    thr[:, inner] = cands[inner][j]
+    thr[:, -1] = -np.inf
+    return _Points(thr, acc[r, j], counts, model.cost(counts), model.mean_cost(counts)).pareto()
 
 
 # ---- sweep (MSDNet / DVT reference procedure) ----------------------------------------

@@ -1,0 +1,119 @@
+"""How the webcam asks the runtime's cascade to run: default thresholds, a latency budget or a
+per-frame deadline, with a clear fallback when the device's calibration is missing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from apps.common import CALIBRATE_HINT, AppError, fmt_ms
+
+__all__ = ["Mode", "profile_stages", "setup_mode"]
+
+
+@dataclass
+class Mode:
+    """How the cascade is asked to run: default thresholds, or a budget, or a deadline.
+
+    ``active`` is False when a budget was asked for but cannot be honoured (no calibration):
+    the cascade then runs with the default thresholds and frames are still counted against
+    ``ms``.
+    """
+
+    kind: str = "none"  # none | budget | deadline
+    ms: Optional[float] = None
+    thresholds: Optional[list[Optional[float]]] = None  # explicit --thresholds
+    active: bool = True
+    source: str = ""  # where thresholds / p90s come from, for the overlay
+    note: str = ""  # why the mode fell back, for stderr and the stats
+
+    def predict_kwargs(self) -> dict:
+        kw: dict = {}
+        if self.thresholds is not None:
+            kw["thresholds"] = self.thresholds
+        if self.active and self.kind == "budget":
+            kw["budget_ms"] = self.ms
+        if self.active and self.kind == "deadline":
+            kw["deadline_ms"] = self.ms
+        return kw
+
+    def scale(self, factor: float) -> bool:
+        """Raise/lower the budget or deadline (the +/- keys); False when there is none."""
+        if self.kind == "none" or self.ms is None:
+            return False
+        self.ms = float(self.ms * factor)
+        return True
+
+    def label(self) -> str:
+        if self.kind == "none":
+            return f"no budget | thresholds: {self.source}"
+        text = f"{self.kind} {fmt_ms(self.ms)} ms"
+        if not self.active:
+            return text + " | UNCALIBRATED: default thresholds"
+        return text + (f" | {self.source}" if self.source else "")
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "ms": self.ms, "thresholds": self.thresholds, "active": self.active, "source": self.source,
+                "note": self.note}
+
+
+def setup_mode(bundle, budget_ms: Optional[float] = None, deadline_ms: Optional[float] = None,
+               thresholds: Optional[list] = None, profile_runs: int = 30) -> Mode:
+    """Decide how ``bundle.predict`` is called, falling back clearly when calibration is missing."""
+    cal_src = f"calibration {bundle.device_name}" if getattr(bundle, "calibration", None) is not None else "manifest"
+    if budget_ms is not None and deadline_ms is not None:
+        raise AppError("pass either --budget-ms or --deadline-ms, not both")
+    if budget_ms is not None:
+        return _budget_mode(bundle, float(budget_ms), thresholds, cal_src)
+    if deadline_ms is not None:
+        return _deadline_mode(bundle, float(deadline_ms), thresholds, cal_src, profile_runs)
+    return Mode("none", None, thresholds, source="--thresholds" if thresholds is not None else cal_src)
+
+
+def _calibrate_hint(bundle, ms: float) -> str:
+    return CALIBRATE_HINT.format(bundle=bundle.path, ms=ms, name=bundle.device_name or "NAME")
+
+
+def _budget_mode(bundle, budget_ms: float, thresholds: Optional[list], cal_src: str) -> Mode:
+    """Budget mode when the device's calibration allows it, else the default thresholds (inactive, with a note)."""
+    if budget_ms <= 0:
+        raise AppError(f"--budget-ms must be positive, got {budget_ms:g}")
+    mode = Mode("budget", budget_ms, thresholds, source=cal_src)
+    fallback_src = "--thresholds" if thresholds is not None else cal_src
+    if getattr(bundle, "calibration", None) is None:
+        mode.active, mode.source = False, fallback_src
+        where = f"no calibration for device {bundle.device_name!r}" if bundle.device_name else "no --device-name given"
+        mode.note = (f"budget mode needs this device's calibration ({where}); running with the default thresholds. "
+                     + _calibrate_hint(bundle, budget_ms))
+        return mode
+    try:  # a dry run: the controller needs the device's calibration (its Pareto table)
+        bundle.predict(np.zeros((1,) + tuple(bundle.input_shape), np.float32), **mode.predict_kwargs())
+    except (ValueError, ImportError, KeyError, TypeError) as e:
+        mode.active, mode.source = False, fallback_src
+        mode.note = f"budget mode unavailable ({e}); running with the default thresholds. " + _calibrate_hint(bundle, budget_ms)
+    finally:
+        bundle.reset_budget()  # start the controller fresh on the first real frame
+    return mode
+
+
+def _deadline_mode(bundle, deadline_ms: float, thresholds: Optional[list], cal_src: str, profile_runs: int) -> Mode:
+    """Deadline mode on the calibration's per-stage p90s, or on p90s profiled here when there are none."""
+    if deadline_ms <= 0:
+        raise AppError(f"--deadline-ms must be positive, got {deadline_ms:g}")
+    mode = Mode("deadline", deadline_ms, thresholds, source=f"p90 {cal_src}")
+    if getattr(bundle, "stage_p90_ms", None) is None:
+        p90 = profile_stages(bundle, profile_runs)
+        bundle.use_profile(p90)
+        mode.source = "p90 profiled at start"
+        mode.note = (f"no calibration with per-stage latencies: profiled the stages here ({profile_runs} runs, p90 "
+                     f"{' / '.join(fmt_ms(v) for v in p90)} ms). " + _calibrate_hint(bundle, deadline_ms))
+    return mode
+
+
+def profile_stages(bundle, runs: int = 30) -> list[float]:
+    """p90 latency (ms) of every stage on this machine: the runtime's profiler, ``runs`` chain runs after 2 warm-up runs."""
+    from dvt_runtime.profile import MIN_RUNS, profile_bundle
+
+    return profile_bundle(bundle, warmup=2, runs=max(int(runs), MIN_RUNS), progress=False).stage_p90()

@@ -1,0 +1,273 @@
+"""One run of the webcam demo over a source's frames: open the bundle, decide the mode, warm up,
+then the frame loop (preprocess, the runtime's cascade, the overlay, the record / snapshot, the
+window), and the stats it ends with."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from apps import window
+from apps.common import AppError, cv2, warn
+from apps.modes import Mode, setup_mode
+from apps.overlay import Overlay, annotate
+from apps.sources import open_bundle, read_first_frame
+
+__all__ = ["FrameLoop", "Tally", "build_stats", "latency_summary", "run_session"]
+
+WARMUP_RUNS = 3  # the first runs of a session are slow
+MAX_MISSED_READS = 10  # a camera may drop a frame now and then
+SUMMARY_KEYS = ("mean", "p50", "p90", "p99", "max")  # of sample_stats, in the stats JSON
+
+
+def run_session(args, cap, source: str, thresholds: Optional[list]) -> dict:
+    """Classify the frames of ``cap`` as ``args`` asks; returns the stats (also written to ``args.stats``)."""
+    frame = read_first_frame(cap, source, is_video=args.video is not None)
+    bundle = open_bundle(args)
+    mode = prepare_mode(args, bundle, thresholds)
+    warm_up(bundle, frame, thresholds)
+    fps_in = source_fps(cap)
+    writer = open_writer(args.record, frame, fps_in)
+    loop = FrameLoop(args, cap, bundle, mode, Overlay.for_bundle(bundle, mode), writer, fps_in)
+    loop.run(frame)
+    stats = build_stats(args, source, frame, bundle, mode, thresholds, loop)
+    if args.stats:
+        Path(args.stats).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.stats).write_text(json.dumps(stats, indent=1) + "\n")
+    return stats
+
+
+def prepare_mode(args, bundle, thresholds: Optional[list]) -> Mode:
+    """Check ``--thresholds`` against the bundle and set up the budget / deadline mode (notes on stderr)."""
+    n = bundle.num_exits
+    if thresholds is not None and len(thresholds) not in (n - 1, n):
+        raise AppError(f"--thresholds: this bundle has {n} exits: give {n - 1} thresholds "
+                       f"(the last exit always answers), got {len(thresholds)}")
+    if args.device_name and bundle.calibration is None:
+        warn(f"no calibration for device {args.device_name!r} ({bundle.calibration_path(args.device_name)}): "
+             "using the manifest's thresholds")
+    try:
+        mode = setup_mode(bundle, args.budget_ms, args.deadline_ms, thresholds)
+    except ValueError as e:
+        raise AppError(str(e)) from None
+    if mode.note:
+        warn(mode.note)
+    return mode
+
+
+def warm_up(bundle, frame, thresholds: Optional[list], runs: int = WARMUP_RUNS) -> None:
+    """A few untimed runs on the first frame, then a fresh budget controller."""
+    for _ in range(runs):
+        bundle.predict(bundle.preprocess(frame), thresholds=thresholds)
+    bundle.reset_budget()
+
+
+def source_fps(cap) -> float:
+    """The source's frame rate when it reports a plausible one, else 30."""
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    return float(fps) if fps and math.isfinite(fps) and 1 <= fps <= 240 else 30.0
+
+
+def open_writer(path, frame, fps: float):
+    """A video writer (mp4v) for ``--record``, frames of ``frame``'s size; None without ``--record``."""
+    if not path:
+        return None
+    h, w = frame.shape[:2]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    if not writer.isOpened():
+        raise AppError(f"cannot write video {path} with the mp4v codec; try a .mp4 or .avi path in a writable folder")
+    return writer
+
+
+def write_png(path, img) -> str:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), img):
+        raise AppError(f"cannot write snapshot {path} (use a .png path in a writable folder)")
+    return str(path)
+
+
+@dataclass
+class Tally:
+    """What the session saw, frame by frame: predictions, latencies, exits, frames within the budget / deadline."""
+
+    num_exits: int
+    predictions: list[dict] = field(default_factory=list)
+    predict_ms: list[float] = field(default_factory=list)
+    frame_ms: list[float] = field(default_factory=list)
+    exit_counts: list[int] = field(init=False)
+    hits: int = 0  # frames whose predict time met the budget / deadline
+    misses: int = 0
+
+    def __post_init__(self) -> None:
+        self.exit_counts = [0] * self.num_exits
+
+    @property
+    def frames(self) -> int:
+        return len(self.predictions)
+
+    def add(self, pred, predict_ms: float, frame_ms: float, limit_ms: Optional[float]) -> None:
+        self.predictions.append({
+            "frame": self.frames, "label": int(pred.label), "class": str(pred.class_name), "confidence": float(pred.confidence),
+            "exit": int(pred.exit), "total_ms": float(pred.total_ms), "stage_ms": [float(v) for v in pred.stage_ms],
+            "predict_ms": predict_ms, "frame_ms": frame_ms, "deadline_skipped": bool(pred.deadline_skipped), "limit_ms": limit_ms})
+        self.predict_ms.append(predict_ms)
+        self.frame_ms.append(frame_ms)
+        self.exit_counts[pred.exit] += 1
+        if limit_ms is not None:
+            if predict_ms > limit_ms:
+                self.misses += 1
+            else:
+                self.hits += 1
+
+
+class FrameLoop:
+    """Read, classify, draw, record and (in a window) show frames until the source ends, ``--max-frames``,
+    q / Esc, a closed window or Ctrl-C."""
+
+    def __init__(self, args, cap, bundle, mode: Mode, overlay: Overlay, writer=None, fps_in: float = 30.0):
+        self.args, self.cap, self.bundle, self.mode, self.overlay = args, cap, bundle, mode, overlay
+        self.writer, self.fps_in = writer, fps_in
+        self.tally = Tally(bundle.num_exits)
+        self.snapshot: Optional[str] = None  # the PNG written for --snapshot
+        self.last_img = None
+        self.interrupted = False
+        self.wall_s = 0.0  # not counting pauses
+
+    def run(self, frame) -> None:
+        """The loop, from ``frame`` (already read) on; then the release of the writer and the default snapshot."""
+        t_start, paused_s = time.perf_counter(), 0.0
+        try:
+            while self.args.max_frames is None or self.tally.frames < self.args.max_frames:
+                if self.tally.frames > 0:
+                    frame = self._read()
+                    if frame is None:
+                        break
+                go_on, paused = self._step(frame)
+                paused_s += paused
+                if not go_on:
+                    break
+        except KeyboardInterrupt:
+            self.interrupted = True
+            warn("interrupted: writing what was processed so far")
+        finally:
+            if self.writer is not None:
+                self.writer.release()
+        self.wall_s = time.perf_counter() - t_start - paused_s
+        self._final_snapshot()
+
+    def _read(self):
+        """The next frame, or None at the end (a camera gets a few retries for dropped frames)."""
+        misses = 0
+        while True:
+            ok, frame = self.cap.read()
+            if ok and frame is not None:
+                return frame
+            if self.args.video is not None or misses >= MAX_MISSED_READS:
+                return None
+            misses += 1
+            time.sleep(0.02)
+
+    def _step(self, frame) -> tuple[bool, float]:
+        """One frame: classify, draw, count and record it; in a window, show it and apply the keys.
+        Returns (go on?, seconds spent paused)."""
+        t0 = time.perf_counter()
+        x = self.bundle.preprocess(frame)
+        t1 = time.perf_counter()
+        pred = self._predict(x)
+        t2 = time.perf_counter()
+        p_ms = (t2 - t1) * 1e3
+        self.overlay.record(pred, t2)
+        img = annotate(frame, pred, self.overlay, model_input=x, model_ms=p_ms)
+        f_ms = (time.perf_counter() - t0) * 1e3
+        self.overlay.add_frame_ms(f_ms)
+        self._keep(img, pred, p_ms, f_ms)
+        if self.args.headless:
+            return True, 0.0
+        redraw = lambda: self.overlay.draw(frame, pred, model_input=x, model_ms=p_ms)
+        return window.present(img, self.mode, self.overlay, self._wait_ms(t0), redraw)
+
+    def _predict(self, x):
+        try:
+            pred = self.bundle.predict(x, **self.mode.predict_kwargs())
+        except (ValueError, ImportError) as e:
+            raise AppError(f"prediction failed in {self.mode.kind} mode: {e}") from None
+        return pred[0] if isinstance(pred, list) else pred  # a (1, C, H, W) batch of one
+
+    def _keep(self, img, pred, p_ms: float, f_ms: float) -> None:
+        """Count the frame, write it to the record and, when it is ``--snapshot-frame``, to the snapshot."""
+        index = self.tally.frames
+        self.tally.add(pred, p_ms, f_ms, self.mode.ms)
+        if self.writer is not None:
+            self.writer.write(img)
+        if self.args.snapshot and self.args.snapshot_frame is not None and index == self.args.snapshot_frame:
+            self.snapshot = write_png(self.args.snapshot, img)
+        self.last_img = img
+
+    def _wait_ms(self, t0: float) -> int:
+        """How long the window waits for a key: a video file plays at its own frame rate (headless runs flat out)."""
+        if self.args.video is None:
+            return 1
+        return max(1, int(1000.0 / self.fps_in - (time.perf_counter() - t0) * 1e3))
+
+    def _final_snapshot(self) -> None:
+        """Without ``--snapshot-frame`` the snapshot is the last frame; say so when the chosen one was not reached."""
+        if not self.args.snapshot:
+            return
+        if self.args.snapshot_frame is None and self.last_img is not None:
+            self.snapshot = write_png(self.args.snapshot, self.last_img)
+        elif self.snapshot is None:
+            warn(f"--snapshot-frame {self.args.snapshot_frame} was not reached ({self.tally.frames} frames processed): "
+                 "no snapshot written")
+
+
+def latency_summary(values: Sequence[float]) -> dict:
+    """mean / p50 / p90 / p99 / max (ms) of ``values`` by the runtime's ``sample_stats``; all None when empty."""
+    if not len(values):
+        return dict.fromkeys(SUMMARY_KEYS)
+    from dvt_runtime.stats import sample_stats
+
+    s = sample_stats(values, keep_samples=False)
+    return {k: s[k] for k in SUMMARY_KEYS}
+
+
+def _jsonable(thresholds) -> list:
+    return [None if v is None or not math.isfinite(float(v)) else float(v) for v in thresholds]
+
+
+def build_stats(args, source: str, frame, bundle, mode: Mode, thresholds: Optional[list], loop: FrameLoop) -> dict:
+    """The session's stats: source, bundle, mode, exit counts, latency summaries, budget hits, FPS, per-frame predictions."""
+    tally, n, m = loop.tally, loop.tally.frames, bundle.manifest
+    fixed_thresholds = mode.kind != "budget" or not mode.active
+    return {
+        "source": source,
+        "frames": n,
+        "frame_size": [int(frame.shape[1]), int(frame.shape[0])],
+        "bundle": str(bundle.path),
+        "model": m.model, "target": m.target, "precision": m.precision, "backend": m.backend,
+        "num_exits": bundle.num_exits,
+        "device_name": args.device_name,
+        "calibrated": bundle.calibration is not None,
+        "threads": args.threads,
+        "mode": mode.to_dict(),
+        "budget_ms": mode.ms if mode.kind == "budget" else None,
+        "deadline_ms": mode.ms if mode.kind == "deadline" else None,
+        "thresholds": _jsonable(thresholds if thresholds is not None else bundle.default_thresholds()) if fixed_thresholds else None,
+        "exit_counts": tally.exit_counts,
+        "exit_fractions": [c / n if n else 0.0 for c in tally.exit_counts],
+        "latency_ms": {"predict": latency_summary(tally.predict_ms), "frame": latency_summary(tally.frame_ms)},
+        "budget": None if mode.ms is None else {"kind": mode.kind, "ms": mode.ms, "hits": tally.hits, "misses": tally.misses,
+                                                "hit_rate": tally.hits / n if n else None,
+                                                "counted_on": "predict wall time per frame"},
+        "fps": n / loop.wall_s if loop.wall_s > 0 else None,
+        "wall_s": loop.wall_s,
+        "interrupted": loop.interrupted,
+        "record": str(args.record) if args.record else None,
+        "snapshot": loop.snapshot,
+        "predictions": tally.predictions,
+    }

@@ -1,0 +1,91 @@
+"""Where the webcam demo's frames and model come from: a camera or a video file, and a bundle
+(the one named by ``--bundle``, else the natural-image reference exported once to the cache)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from apps.common import SOURCE_HINT, AppError, cv2, warn
+
+__all__ = ["open_bundle", "open_source", "read_first_frame", "reference_bundle"]
+
+
+def _quiet_opencv() -> None:
+    try:  # OpenCV prints backend warnings ("can't open camera by index") we replace with our own message
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    except AttributeError:
+        pass
+
+
+def open_source(camera=None, video: Optional[str] = None):
+    """Open a camera (index, or a device path / GStreamer pipeline / URL) or a video file; returns (capture, description).
+
+    Raises :class:`AppError` (exit status 2) with the way out when nothing can be read.
+    """
+    _quiet_opencv()
+    if video is not None:
+        p = Path(video)
+        if not p.is_file():
+            raise AppError(f"cannot read video {video!r}: no such file. {SOURCE_HINT}")
+        cap = cv2.VideoCapture(str(p))
+        if not cap.isOpened():
+            cap.release()
+            raise AppError(f"cannot read video {video!r}: OpenCV cannot decode it. {SOURCE_HINT}")
+        return cap, f"video {video}"
+    cam = 0 if camera is None else camera
+    if isinstance(cam, str) and cam.strip().lstrip("-").isdigit():
+        cam = int(cam)
+    if isinstance(cam, str) and "!" in cam:
+        cap = cv2.VideoCapture(cam, cv2.CAP_GSTREAMER)  # e.g. a Jetson CSI camera (nvarguscamerasrc ... ! appsink)
+    else:
+        cap = cv2.VideoCapture(cam)
+    if not cap.isOpened():
+        cap.release()
+        raise AppError(f"camera {cam} is not available (not connected, busy, or no permission). {SOURCE_HINT}")
+    return cap, f"camera {cam}"
+
+
+def read_first_frame(cap, source: str, is_video: bool):
+    """The source's first frame; AppError with the way out when it delivers none."""
+    ok, frame = cap.read()
+    if not ok or frame is None:
+        what = "holds no decodable frame" if is_video else "delivered no frame"
+        raise AppError(f"{source} {what}. {SOURCE_HINT}")
+    return frame
+
+
+def reference_bundle() -> Path:
+    """The natural-image reference (``dvt_small_cifar``) exported to ONNX fp32 in the user cache,
+    exported once on first use (needs ``dvt-edge[onnx]``; the app itself needs only the runtime)."""
+    try:
+        from dvt_edge.data import cache_dir
+        from dvt_edge.export import export_bundle
+        from dvt_edge.references import DEFAULT_REFERENCE
+    except ImportError as e:
+        raise AppError(f"no --bundle given, and the reference model cannot be exported here ({e}); pass --bundle DIR "
+                       "(python -m dvt_edge.export ...) or install dvt-edge[onnx]") from None
+    ref = DEFAULT_REFERENCE
+    d = cache_dir() / "bundles" / f"{ref.model}-onnx-fp32"
+    if not (d / "manifest.json").is_file():
+        warn(f"no --bundle given: exporting the reference {ref.checkpoint.name} to {d} (once)")
+        export_bundle(str(ref.checkpoint), "onnx", "fp32", out=str(d), force=d.exists(), progress=False)
+    return d
+
+
+def open_bundle(args):
+    """Open the bundle named by ``args`` (the runtime is imported here, so ``--help`` works without it)."""
+    if args.bundle is None:
+        args.bundle = str(reference_bundle())
+    try:
+        from dvt_runtime.backends import BackendUnavailable
+        from dvt_runtime.bundle import Bundle
+        from dvt_runtime.manifest import ManifestError
+    except ImportError as e:
+        raise AppError(f"dvt-runtime is not importable ({e}); install it: pip install ./runtime[onnx]") from None
+    providers = [p.strip() for p in args.providers.split(",") if p.strip()] if getattr(args, "providers", None) else None
+    try:
+        bundle = Bundle.open(args.bundle, threads=args.threads, providers=providers, device_name=args.device_name)
+    except (ManifestError, BackendUnavailable, FileNotFoundError, OSError, ValueError) as e:  # ValueError: CalibrationError
+        raise AppError(f"cannot open bundle {args.bundle}: {e}") from None
+    return bundle

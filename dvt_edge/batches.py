@@ -1,0 +1,61 @@
+"""Feeding an ``ImageSet`` to a model: whole in-memory splits as tensors, file-backed ones through
+DataLoader workers, and the training augmentation (random translation and flip)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from dvt_edge.imageset import ImageSet
+
+__all__ = ["augment", "TorchSet", "batches", "materialize"]
+
+
+def augment(x: torch.Tensor, pad: int, bg: torch.Tensor, gen: torch.Generator, flip: bool = True) -> torch.Tensor:
+    """Random translation (pad + crop, background-filled) and horizontal flip: (B, C, H, W)."""
+    B, C, H, W = x.shape
+    padded = bg.view(1, C, 1, 1).expand(B, C, H + 2 * pad, W + 2 * pad).clone()
+    padded[:, :, pad : pad + H, pad : pad + W] = x
+    dy = torch.randint(0, 2 * pad + 1, (B,), generator=gen).tolist()
+    dx = torch.randint(0, 2 * pad + 1, (B,), generator=gen).tolist()
+    out = torch.stack([padded[i, :, dy[i] : dy[i] + H, dx[i] : dx[i] + W] for i in range(B)])
+    if flip:
+        f = torch.rand(B, generator=gen) < 0.5
+        out[f] = out[f].flip(-1)
+    return out
+
+
+class TorchSet(torch.utils.data.Dataset):
+    def __init__(self, ds: ImageSet):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        return torch.from_numpy(self.ds.input(i)), int(self.ds.labels[i])
+
+
+def batches(ds: ImageSet, cache: Optional[tuple], idx: torch.Tensor, batch_size: int, workers: int):
+    """Yield (x, y) batches in ``idx`` order; in-memory arrays are sliced, files are decoded by workers."""
+    if cache is not None:
+        X, Y = cache
+        for s in range(0, len(idx), batch_size):
+            b = idx[s : s + batch_size]
+            yield X[b], Y[b]
+        return
+    sampler = torch.utils.data.BatchSampler(idx.tolist(), batch_size, drop_last=False)
+    loader = torch.utils.data.DataLoader(TorchSet(ds), batch_sampler=sampler, num_workers=workers)
+    yield from loader
+
+
+def materialize(ds: ImageSet, limit_bytes: float = 3e9) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """Preprocess an in-memory dataset once (Fashion-MNIST: 188 MB); None for file-backed sets."""
+    if not isinstance(ds.images, np.ndarray):
+        return None
+    if len(ds) * int(np.prod(ds.preprocess.input_shape)) * 4 > limit_bytes:
+        return None
+    x, y = ds.arrays()
+    return torch.from_numpy(x), torch.from_numpy(y)

@@ -1,0 +1,230 @@
+"""Bench results as people read them: Markdown tables, PNG plots, merged reports from several devices.
+
+A point that does not reach matched accuracy on the holdout is marked as such in the table
+and the plot, never shown as a plain speedup.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from dvt_runtime.io import atomic_write, atomic_write_json, save_png
+
+__all__ = ["SCHEMA", "MATCH_POINTS", "markdown", "matched_cells", "throughput_markdown", "plot", "plot_exits", "plot_throughput",
+           "write_outputs", "load_results"]
+
+SCHEMA = "dvt-edge/bench/1"
+MATCH_POINTS = 0.2  # "matched accuracy": within this many points of the last exit
+
+
+def _device_label(r: dict) -> str:
+    d = r.get("device", {})
+    return f"{d.get('device_name') or d.get('hostname', '?')} ({r.get('threads', '?')} thr)"
+
+
+def matched_cells(mt: Optional[dict]) -> tuple[str, str]:
+    """(accuracy/latency cell, speedup cell) of the matched-accuracy point; a point that missed
+    the match on the holdout says so and is never shown as a plain speedup."""
+    if not mt:
+        return "not reached on the calibration split", "-"
+    dyn = f"{mt['accuracy']:.2f}, {mt['measured_mean_ms']:.3f}"
+    if mt["within_match"]:
+        return dyn, f"{mt['speedup_vs_last_exit']:.2f}x"
+    miss = f"NOT matched: {mt['accuracy_delta']:+.2f} pts vs last exit (limit -{MATCH_POINTS})"
+    return f"{dyn} ({miss})", f"no speedup at matched accuracy ({mt['speedup_vs_last_exit']:.2f}x at {mt['accuracy_delta']:+.2f} pts)"
+
+
+def throughput_markdown(r: dict) -> list[str]:
+    """The throughput table (static vs dynamic images/s per batch size) of every row that has one."""
+    out = []
+    for row in r["rows"]:
+        tp = row.get("throughput")
+        if row.get("status") != "ok" or not tp:
+            if r.get("mode") == "throughput":
+                out.append(f"\n{row['target']} {row['precision']}: {row.get('error') or row.get('status')}\n")
+            continue
+        thr = ", ".join("-" if v is None else f"{v:.4g}" for v in tp["thresholds"])
+        mb = "any" if tp["max_batch"] is None else tp["max_batch"]
+        out.append(f"\n### {row['target']} {row['precision']}: throughput, {r.get('threads', '?')} thread(s), thresholds [{thr}], "
+                   f"artifact max_batch {mb}\n")
+        has_acc = r.get("mode") != "throughput" or r.get("has_accuracy", False)
+        out.append("| batch | static (all stages) img/s | dynamic img/s | dynamic vs static | dynamic vs batch 1 | exits % (1/2/...) |"
+                   + (" accuracy static / dynamic % |" if has_acc else ""))
+        out.append("|---|---|---|---|---|---|" + ("---|" if has_acc else ""))
+        for t in tp["rows"]:
+            if "error" in t:
+                out.append(f"| {t['batch']} | {t['error']} | | | | |" + (" |" if has_acc else ""))
+                continue
+            vs1 = f"{t['dynamic_vs_one_by_one']:.2f}x" if "dynamic_vs_one_by_one" in t else "-"
+            line = (f"| {t['batch']} | {t['static_images_per_s']:.1f} | {t['dynamic_images_per_s']:.1f} | {t['speedup']:.2f}x | {vs1} | "
+                    + "/".join(f"{100 * q:.0f}" for q in t["exit_fractions"]) + " |")
+            if has_acc:
+                line += f" {t['static_accuracy']:.2f} / {t['dynamic_accuracy']:.2f} |"
+            out.append(line)
+    return out
+
+
+def markdown(results: list[dict]) -> str:
+    out = []
+    for r in results:
+        dev = _device_label(r)
+        if r.get("mode") == "throughput":
+            out.append(f"## {r['model']} on {dev}: throughput on {r['data']}\n")
+            out.extend(throughput_markdown(r))
+            out.append("")
+            continue
+        out.append(f"## {r['model']} on {dev}: {r['n_images']} images of {r['data']}\n")
+        out.append("| target | prec | status | exit sizes KB | per-exit top-1 % (artifact) | exit p50/p90 ms (cumulative) | last exit alone: acc %, mean ms | dynamic @ matched acc: acc %, mean ms | speedup |")
+        out.append("|---|---|---|---|---|---|---|---|---|")
+        for row in r["rows"]:
+            if row.get("status") != "ok":
+                msg = row.get("error") or row.get("status")
+                out.append(f"| {row['target']} | {row['precision']} | {msg[:120]} | {row.get('artifact_kb', '-')} | | | | | |")
+                continue
+            st = row["static"]
+            accs = " / ".join(f"{s['accuracy_all']:.2f}" for s in st)
+            lats = " / ".join(f"{s['profile_p50_ms']:.3f}/{s['profile_p90_ms']:.3f}" for s in st)
+            dyn, sp = matched_cells(row.get("matched"))
+            out.append(f"| {row['target']} | {row['precision']} | ok | {row['artifact_kb']} | {accs} | {lats} | "
+                       f"{st[-1]['accuracy']:.2f}, {st[-1]['measured_mean_ms']:.3f} | {dyn} | {sp} |")
+        for row in r["rows"]:
+            if row.get("status") != "ok":
+                continue
+            ov = row["runtime_overhead"]
+            out.append(f"\n### {row['target']} {row['precision']}: budgets (holdout {row['n_holdout']} images)\n")
+            out.append(f"Runtime overhead for a sample stopping at exit 1: predict {ov['predict_exit1_ms']:.4f} ms vs backend "
+                       f"{ov['backend_exit1_ms']:.4f} ms = {ov['overhead_ms']:+.4f} ms ({ov['overhead_pct']:.1f}%; goal {ov['goal']}: "
+                       f"{'met' if ov['within_goal'] else 'NOT met'}).\n")
+            out.append("| budget ms | latency-calibrated: acc %, mean ms (err %), p90 ms, exits % | FLOPs-calibrated: acc %, mean ms (err %), p90 ms, exits % |")
+            out.append("|---|---|---|")
+            for d, f in zip(row["dynamic"], row["flops_calibrated"]):
+                if "error" in d:
+                    out.append(f"| {d['budget_ms']:.3f} | {d['error']} | |")
+                    continue
+                cell = lambda v: (f"{v['accuracy']:.2f}, {v['measured_mean_ms']:.3f} ({v['error_vs_budget_pct']:+.1f}%), "
+                                  f"{v['measured_p90_ms']:.3f}, " + "/".join(f"{100 * q:.0f}" for q in v["exit_fractions"]))
+                out.append(f"| {d['budget_ms']:.3f} | {cell(d)} | {cell(f)} |")
+        out.extend(throughput_markdown(r))
+        out.append("")
+    return "\n".join(out)
+
+
+def plot(results: list[dict], path_acc: Path, path_exits: Optional[Path] = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not any(row.get("status") == "ok" and "static" in row for r in results for row in r["rows"]):
+        return  # throughput-only results: see plot_throughput
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    k = 0
+    for r in results:
+        for row in r["rows"]:
+            if row.get("status") != "ok" or "static" not in row:
+                continue
+            c = colors[k % len(colors)]
+            k += 1
+            label = f"{_device_label(r)} {row['target']} {row['precision']}"
+            st = row["static"]
+            ax.plot([s["measured_mean_ms"] for s in st], [s["accuracy"] for s in st], "s", color=c, mfc="none", ms=8)
+            d = [p for p in row["dynamic"] if "error" not in p]
+            ax.plot([p["measured_mean_ms"] for p in d], [p["accuracy"] for p in d], "-o", color=c, label=f"{label}: latency-calibrated")
+            f = [p for p in row["flops_calibrated"] if "error" not in p]
+            ax.plot([p["measured_mean_ms"] for p in f], [p["accuracy"] for p in f], ":x", color=c, alpha=0.7, label=f"{label}: FLOPs-calibrated")
+            mt = row.get("matched")
+            if mt:  # filled star: matched accuracy reached on the holdout; hollow with a note: missed
+                ok = mt["within_match"]
+                ax.plot([mt["measured_mean_ms"]], [mt["accuracy"]], "*", ms=13, color=c, mfc=c if ok else "none",
+                        label=f"{label}: {'matched accuracy' if ok else 'NOT matched accuracy'} point")
+                if not ok:
+                    ax.annotate(f"not matched ({mt['accuracy_delta']:+.2f} pts)", (mt["measured_mean_ms"], mt["accuracy"]),
+                                textcoords="offset points", xytext=(6, -10), fontsize=7, color=c)
+    ax.set_xlabel("measured mean latency per image (ms, batch 1)")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title("dynamic cascade (lines) vs each exit alone (squares)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best", framealpha=0.85)
+    fig.tight_layout()
+    save_png(fig, path_acc)
+    if path_exits is not None:
+        plot_exits(results, path_exits)
+
+
+def plot_exits(results: list[dict], path_exits: Path) -> None:
+    """Stacked bars: the share of images leaving at each exit, per budget, per target x precision."""
+    import matplotlib.pyplot as plt
+
+    ok = [(r, row) for r in results for row in r["rows"] if row.get("status") == "ok" and "static" in row]
+    if not ok:
+        return
+    fig, axes = plt.subplots(1, len(ok), figsize=(3.2 * len(ok) + 1, 3.6), squeeze=False)
+    for ax, (r, row) in zip(axes[0], ok):
+        d = [p for p in row["dynamic"] if "error" not in p]
+        ax.set_title(f"{_device_label(r)}\n{row['target']} {row['precision']}", fontsize=8)
+        bottom = np.zeros(len(d))
+        for e in range(len(row["static"])):
+            v = np.array([p["exit_fractions"][e] * 100 for p in d])
+            ax.bar([f"{p['budget_ms']:.2f}" for p in d], v, bottom=bottom, label=f"exit {e + 1}")
+            bottom += v
+        ax.set_xlabel("budget (ms)")
+        ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+    axes[0][0].set_ylabel("images exiting (%)")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    save_png(fig, path_exits)
+
+
+def plot_throughput(results: list[dict], path: Path) -> bool:
+    """Images/s against batch size, static (dashed) and dynamic (solid), per target x precision."""
+    rows = [(r, row) for r in results for row in r["rows"] if row.get("status") == "ok" and row.get("throughput")]
+    if not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, (r, row) in enumerate(rows):
+        t = [v for v in row["throughput"]["rows"] if "error" not in v]
+        c, label = colors[k % len(colors)], f"{_device_label(r)} {row['target']} {row['precision']}"
+        ax.plot([v["batch"] for v in t], [v["static_images_per_s"] for v in t], "--s", color=c, mfc="none", label=f"{label}: static")
+        ax.plot([v["batch"] for v in t], [v["dynamic_images_per_s"] for v in t], "-o", color=c, label=f"{label}: dynamic")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size (images per predict call)")
+    ax.set_ylabel("images / s")
+    ax.set_title(f"{results[0]['model']}: throughput, static model vs dynamic cascade")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_png(fig, path)
+    return True
+
+
+def write_outputs(results: list[dict], out: Path, name: str = "bench") -> None:
+    if len(results) == 1:
+        atomic_write_json(out / f"{name}.json", results[0])
+    else:
+        atomic_write_json(out / f"{name}.json", {"schema": SCHEMA, "schema_version": 1, "merged": results})
+    atomic_write(out / f"{name}.md", markdown(results).encode())
+    plot(results, out / f"{name}_accuracy_vs_latency.png", out / f"{name}_exit_distribution.png")
+    plot_throughput(results, out / f"{name}_throughput.png")
+
+
+def load_results(paths: Sequence[str]) -> list[dict]:
+    out = []
+    for p in paths:
+        d = json.loads(Path(p).read_text())
+        if d.get("schema") != SCHEMA:
+            raise ValueError(f"{p} is not a dvt-edge bench result (schema {d.get('schema')!r})")
+        if d.get("schema_version", 0) > 1:
+            raise ValueError(f"{p} has a newer schema_version; upgrade dvt-edge")
+        out.extend(d["merged"] if "merged" in d else [d])
+    return out

@@ -1,0 +1,147 @@
+"""CIFAR-10: the official python batches (spec ``cifar10[:PATH]``: found, or downloaded and
+md5-verified, then unpickled safely), where the JPEG copy lies (``cifar10-jpeg``), and the
+packs shipped with the package (``cifar10-ref``)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from dvt_edge.downloads import cache_dir, download, md5_file, not_found, offline
+from dvt_edge.imageset import DataError, ImageSet
+from dvt_runtime.preprocess import Preprocess
+
+__all__ = ["CIFAR10_CLASSES", "CIFAR10_URL", "CIFAR10_MD5", "CIFAR10_TAR", "CIFAR10_REF",
+           "cifar10_dirs", "cifar10_preprocess", "load_cifar10", "find_cifar10_jpeg"]
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_TAR = "cifar-10-python.tar.gz"
+#: ``cifar10-ref``, shipped with the package and packed byte for byte from the JPEG copy:
+#: val = the 5,000 CIFAR-10 training images held out from the reference model's training;
+#: train = 1,000 of its training images (int8 calibration, threshold selection).
+CIFAR10_REF = {"val": Path(__file__).resolve().parent / "assets" / "cifar10_holdout.npz",
+               "train": Path(__file__).resolve().parent / "assets" / "cifar10_calib.npz"}
+
+
+def cifar10_preprocess(size: int = 32) -> Preprocess:
+    """CIFAR-10 training statistics; area resize of the shorter side, center crop."""
+    return Preprocess(size=size, resize=size, channels="rgb", mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), interpolation="area")
+
+
+def cifar10_dirs() -> list[Path]:
+    """Where the official CIFAR-10 python version is looked for, in order."""
+    dirs = []
+    if os.environ.get("DVT_DATA"):
+        root = Path(os.environ["DVT_DATA"]).expanduser()
+        dirs += [root / "cifar10", root / "cifar-10", root]
+    dirs.append(cache_dir() / "cifar10")
+    return dirs
+
+
+def load_cifar10(root: str, split: str, preprocess: Optional[Preprocess], download_ok: bool = True) -> ImageSet:
+    """The python batches in ``root`` (found or fetched when empty): 50,000 train / 10,000 val images."""
+    if root:
+        base = Path(root).expanduser()
+        if (base / "cifar-10-batches-py").is_dir():
+            base = base / "cifar-10-batches-py"
+        elif (base / CIFAR10_TAR).is_file() and _cifar_batches_dir(base) is None:
+            base = _extract_cifar10(base / CIFAR10_TAR, base)
+    else:
+        base = _find_cifar10(download_ok)
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    missing = [n for n in names if not (base / n).is_file()]
+    if missing:
+        raise DataError(f"cifar10: {missing} not found in {base} (expected the python version, cifar-10-batches-py)")
+    xs, ys = [], []
+    for n in names:
+        with open(base / n, "rb") as f:
+            try:
+                d = _RestrictedUnpickler(f, encoding="bytes").load()
+            except (pickle.UnpicklingError, EOFError, ValueError) as e:
+                raise DataError(f"cifar10: {base / n} is not a CIFAR-10 python batch ({e})") from e
+        xs.append(np.asarray(d[b"data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)[..., ::-1])  # RGB -> BGR
+        ys.append(np.asarray(d[b"labels"], np.int64))
+    pre = preprocess or cifar10_preprocess()
+    return ImageSet(f"cifar10:{base}", split, np.ascontiguousarray(np.concatenate(xs)), np.concatenate(ys), list(CIFAR10_CLASSES), pre)
+
+
+def find_cifar10_jpeg() -> Path:
+    """The CIFAR-10 training split as JPEG class folders (``train/<class>/*.jpg``)."""
+    looked = []
+    if os.environ.get("DVT_DATA"):
+        looked.append(Path(os.environ["DVT_DATA"]).expanduser() / "cifar10-jpeg")
+    looked.append(cache_dir() / "cifar10-jpeg")
+    for d in looked:
+        if (d / "train").is_dir():
+            return d
+    raise DataError(
+        "the CIFAR-10 JPEG copy (train/<class>/*.jpg) was not found. Looked in:\n" + "".join(f"  - {d}\n" for d in looked)
+        + f"Unpack cifar10-train-jpeg.tar.gz into one of them (mkdir -p {looked[-1]} && tar -xzf cifar10-train-jpeg.tar.gz -C {looked[-1]}), "
+        "or use the official python version: --data cifar10."
+    )
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """CIFAR batches are pickles: allow only plain containers and numpy arrays."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name} from a CIFAR batch file")
+
+
+def _cifar_batches_dir(d: Path) -> Optional[Path]:
+    for cand in (d / "cifar-10-batches-py", d):
+        if (cand / "data_batch_1").is_file() and (cand / "test_batch").is_file():
+            return cand
+    return None
+
+
+def _extract_cifar10(tar_path: Path, dest: Path) -> Path:
+    """Verify the official tarball's md5, then extract its batches (no path escapes)."""
+    import shutil
+    import tarfile
+
+    if md5_file(tar_path) != CIFAR10_MD5:
+        raise DataError(f"{tar_path} does not match the official CIFAR-10 md5 {CIFAR10_MD5} (corrupted or another file); delete it and retry")
+    tmp = dest / f".extract-{os.getpid()}"
+    with tarfile.open(tar_path, "r:gz") as tf:
+        members = [m for m in tf.getmembers() if m.isfile() and m.name.startswith("cifar-10-batches-py/")]
+        tf.extractall(tmp, members=members, filter="data")
+    final = dest / "cifar-10-batches-py"
+    if not final.exists():
+        os.replace(tmp / "cifar-10-batches-py", final)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _find_cifar10(download_ok: bool) -> Path:
+    looked = cifar10_dirs()
+    for d in looked:
+        found = _cifar_batches_dir(d)
+        if found:
+            return found
+        if (d / CIFAR10_TAR).is_file():
+            return _extract_cifar10(d / CIFAR10_TAR, d)
+    if download_ok and not offline():
+        dest = looked[-1]
+        try:
+            download(CIFAR10_URL, dest / CIFAR10_TAR, CIFAR10_MD5)
+            return _extract_cifar10(dest / CIFAR10_TAR, dest)
+        except OSError as e:
+            reason = f"download from {CIFAR10_URL} failed ({e})"
+    else:
+        reason = "download disabled (offline)"
+    raise not_found("CIFAR-10", looked, reason,
+                    f"Put the official {CIFAR10_TAR} (md5 {CIFAR10_MD5}, from {CIFAR10_URL}) or its extracted "
+                    "cifar-10-batches-py/ into $DVT_DATA/cifar10, or use cifar10:PATH, or imagefolder:PATH for a JPEG copy.")

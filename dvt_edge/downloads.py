@@ -1,0 +1,62 @@
+"""Getting public data sets onto this machine: the cache folder, checksummed downloads, and
+the message that says where a missing data set was looked for."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import urllib.request
+from pathlib import Path
+
+from dvt_edge.imageset import DataError
+from dvt_runtime.io import atomic_write
+
+__all__ = ["cache_dir", "download", "md5_file", "offline", "not_found"]
+
+
+def cache_dir() -> Path:
+    """dvt-edge's cache folder ($XDG_CACHE_HOME/dvt-edge or ~/.cache/dvt-edge)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "dvt-edge"
+
+
+def offline() -> bool:
+    """True when downloads are switched off (``DVT_OFFLINE=1``)."""
+    return os.environ.get("DVT_OFFLINE") == "1"
+
+
+def md5_file(path: Path) -> str:
+    """The md5 hex digest of a file, read in 1 MiB chunks."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download(url: str, target: Path, md5: str) -> Path:
+    """Fetch ``url`` to ``target`` (atomically), refusing content whose md5 is not ``md5``."""
+    # a byte-counting bar (unit_scale, manual updates): more than dvt_runtime.io.progress expresses
+    from tqdm import tqdm
+
+    print(f"downloading {url} -> {target}", file=sys.stderr)
+    h, chunks = hashlib.md5(), []
+    with urllib.request.urlopen(url, timeout=60) as r:
+        total = int(r.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc=target.name, leave=False, disable=total is None or total < 1 << 20) as bar:
+            while chunk := r.read(1 << 20):
+                h.update(chunk)
+                chunks.append(chunk)
+                bar.update(len(chunk))
+    got = h.hexdigest()
+    if got != md5:
+        raise OSError(f"checksum mismatch for {url}: md5 {got}, expected {md5}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(target, b"".join(chunks))
+    return target
+
+
+def not_found(name: str, looked: list[Path], reason: str, how: str) -> DataError:
+    """A data set that is not on this machine: where we looked, why nothing was fetched, how to get it."""
+    return DataError(f"{name} not found. Looked in:\n" + "".join(f"  - {d}\n" for d in looked) + f"({reason}).\n{how}")

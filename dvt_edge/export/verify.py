@@ -1,0 +1,185 @@
+"""Export verification through the device's runtime: each artifact against PyTorch fp32.
+
+An in-memory :class:`dvt_runtime.Bundle` over freshly loaded sessions runs the cascade (the
+code the device runs, as ExecuTorch's ``aot_compiler --test_after_export`` does); the result
+is a typed :class:`~dvt_runtime.manifest.ParityReport` in the manifest. NaN is a failure:
+every comparison below is written so that a non-finite value fails it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from dvt_edge.data import default_preprocess
+from dvt_edge.export.common import ExitArtifact, ExitGraph, ExportError
+from dvt_edge.export.targets import Target
+from dvt_edge.models import DVT
+from dvt_runtime.bundle import Bundle, softmax
+from dvt_runtime.manifest import ExitParity, ExitSpec, Manifest, ParityReport
+
+__all__ = ["FP32_TOL", "BATCH_TOL", "VERIFY_BATCH", "INT8_MIN_AGREEMENT", "torch_cascade", "verification_bundle", "open_sessions",
+           "parity", "chained", "check_finite_reference", "check_parity", "format_parity"]
+
+FP32_TOL = 1e-3  # max abs logit difference allowed for fp32 artifacts
+BATCH_TOL = 1e-4  # max abs logit difference between a batched call and one image per call
+VERIFY_BATCH = 64  # images per call in the batched check of a dynamic-batch bundle
+INT8_MIN_AGREEMENT = 97.0  # % top-1 agreement with PyTorch fp32 on real images
+
+
+@torch.no_grad()
+def torch_cascade(graphs: list[ExitGraph], images: np.ndarray) -> list[list[dict[str, np.ndarray]]]:
+    """Per image, per exit: the inputs each exit sees and its outputs, from PyTorch fp32."""
+    out = []
+    for x in images:
+        feats = rels = None
+        per_exit = []
+        for g in graphs:
+            img = torch.from_numpy(x[None])
+            inputs = {"image": img.numpy()}
+            if g.reuse:
+                inputs.update(features=feats.numpy(), relations=rels.numpy())
+            logits, f, r = g.stage(img, feats, rels)
+            per_exit.append({"inputs": inputs, "logits": logits.numpy()})
+            feats, rels = f, r
+        out.append(per_exit)
+    return out
+
+
+def verification_bundle(model: DVT, target: Target, exits: list[ExitSpec], sessions, root: Path,
+                        max_batch: Optional[int] = 1) -> Bundle:
+    """The runtime's own :class:`Bundle` over freshly loaded sessions (exits ``0..len(sessions)-1``):
+    export verifies through the code path the device runs, not a second implementation."""
+    n = len(sessions)
+    m = Manifest(model=model.name, target=target.name, precision="-", classes=[str(i) for i in range(model.cfg.num_classes)],
+                 preprocess=default_preprocess(model.cfg.in_chans, model.cfg.img_size),
+                 exits=exits[:n], backend=target.backend, max_batch=max_batch)
+    return Bundle(root, m, list(sessions), [0.0] * n)
+
+
+def open_sessions(target: Target, bundle: Path, graphs, artifacts: list[ExitArtifact]):
+    """Load the artifacts with the target's runtime; None when that runtime cannot run on this host."""
+    from dvt_runtime.backends import BackendUnavailable, open_session
+
+    sessions = []
+    for e, (g, a) in enumerate(zip(graphs, artifacts)):
+        try:
+            s = open_session(target.backend, bundle / a.artifact, g.input_names, g.output_names, threads=1)
+            s.run({n: t.numpy() for n, t in zip(g.input_names, g.example_inputs())})  # some runtimes fail only at first run
+        except BackendUnavailable:
+            return None
+        except Exception as ex:  # the runtime rejects what the toolchain wrote
+            raise ExportError(f"exit {e + 1}: {a.artifact} was written but {target.backend} cannot run it "
+                              f"({a.quantization.get('scheme', '')} {str(ex).strip()[:300]})") from None
+        sessions.append(s)
+    return sessions
+
+
+def _exit_decisions(logits: list[np.ndarray], thresholds: Optional[list]) -> Optional[np.ndarray]:
+    if thresholds is None:
+        return None
+    from dvt_runtime.search import exit_indices, thresholds_from_list
+
+    conf = np.stack([softmax(lg).max(-1) for lg in logits])
+    return exit_indices(conf, thresholds_from_list(thresholds))
+
+
+def parity(target: Target, bundle: Bundle, graphs: list[ExitGraph], data, ref_real: Optional[list[np.ndarray]],
+           fixed_ref: list[np.ndarray], thresholds) -> ParityReport:
+    """Compare the artifacts with PyTorch fp32: fixed inputs (per exit) and real images (chained
+    through the runtime's cascade, one image per call and, where the bundle takes a batch, batched)."""
+    rows = []
+    for e, g in enumerate(graphs):
+        ins = {n: t.numpy() for n, t in zip(g.input_names, g.example_inputs())}
+        got = bundle.sessions[e].run(ins)["logits"]
+        rows.append(ExitParity(exit=e + 1, max_abs_diff_fixed=float(np.abs(got - fixed_ref[e]).max()), finite=bool(np.isfinite(got).all())))
+    report = ParityReport(runtime=target.backend, checked="numerical", exits=rows)
+    if data.verify_x is None:
+        return report
+    art = chained(bundle, data.verify_x, 1)
+    for e, row in enumerate(rows):
+        row.max_abs_diff_real = float(np.abs(art[e] - ref_real[e]).max())
+        row.finite = row.finite and bool(np.isfinite(art[e]).all())
+        row.top1_agreement = float((art[e].argmax(-1) == ref_real[e].argmax(-1)).mean() * 100)
+        row.top1_artifact = float((art[e].argmax(-1) == data.verify_y).mean() * 100)
+        row.top1_pytorch = float((ref_real[e].argmax(-1) == data.verify_y).mean() * 100)
+    report.n_real = len(data.verify_x)
+    if bundle.batch_limit() > 1 and len(data.verify_x) > 1:  # the same images in batches: must give the same logits
+        n = min(len(data.verify_x), VERIFY_BATCH if bundle.manifest.max_batch is None else bundle.manifest.max_batch)
+        batched = chained(bundle, data.verify_x, n)
+        report.batch_checked = n
+        for e, row in enumerate(rows):
+            row.max_abs_diff_batched = float(np.abs(batched[e] - art[e]).max()) if np.isfinite(batched[e]).all() else float("nan")
+    d_ref, d_art = _exit_decisions(ref_real, thresholds), _exit_decisions(art, thresholds)
+    if d_ref is not None:
+        final_ref = np.stack(ref_real)[d_ref, np.arange(len(d_ref))].argmax(-1)
+        final_art = np.stack(art)[d_art, np.arange(len(d_art))].argmax(-1)
+        report.exit_decision_agreement = float((d_ref == d_art).mean() * 100)
+        report.cascade_answer_agreement = float((final_ref == final_art).mean() * 100)
+    return report
+
+
+def chained(bundle: Bundle, x: np.ndarray, batch: int) -> list[np.ndarray]:
+    """Every exit's logits, the runtime chaining the stages, ``batch`` images per call; non-finite
+    logits are returned (and reported per exit) instead of raised."""
+    return bundle.run_exits(x, max_batch=batch, check_finite=False)
+
+
+def check_finite_reference(fixed_ref: list[np.ndarray], real_ref: Optional[list[np.ndarray]], checkpoint: str) -> None:
+    """PyTorch itself must give finite logits: otherwise there is nothing to export faithfully."""
+    for e, lg in enumerate(fixed_ref):
+        bad = not np.isfinite(lg).all() or (real_ref is not None and not np.isfinite(real_ref[e]).all())
+        if bad:
+            raise ExportError(f"exit {e + 1} of {checkpoint} gives NaN or infinite logits in PyTorch itself: its weights are "
+                              "broken (diverged training or a corrupted file); nothing was exported")
+
+
+def check_parity(report: ParityReport, precision: str) -> list[str]:
+    """Every failed check; NaN is a failure (each comparison is written so that NaN fails it)."""
+    problems = []
+    for row in report.exits:
+        if row.finite is False:
+            problems.append(f"exit {row.exit}: the artifact returned NaN or infinite logits where PyTorch's are finite")
+        if row.max_abs_diff_batched is not None and not row.max_abs_diff_batched <= BATCH_TOL:
+            problems.append(f"exit {row.exit}: batched logits differ from one-by-one by {row.max_abs_diff_batched:.2e} > {BATCH_TOL:g}")
+        if precision == "fp32":
+            for k in ("max_abs_diff_fixed", "max_abs_diff_real"):
+                v = getattr(row, k)
+                if v is not None and not v <= FP32_TOL:
+                    problems.append(f"exit {row.exit}: fp32 {k} {v:.2e} > {FP32_TOL:g}")
+        elif precision == "int8" and row.top1_agreement is not None and not row.top1_agreement >= INT8_MIN_AGREEMENT:
+            problems.append(f"exit {row.exit}: int8 top-1 agreement {row.top1_agreement:.2f}% < {INT8_MIN_AGREEMENT}% on real images")
+    return problems
+
+
+def _cell(v: Optional[float], fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def format_parity(m: Manifest) -> str:
+    """The export's table: per exit, artifact, size, scheme, logit differences and agreement."""
+    p = m.parity or ParityReport(runtime="?", checked="?", exits=[])
+    lines = [f"{m.model} -> {m.target} {m.precision}  ({p.checked} check on {p.runtime}; {p.n_real} real images)"]
+    lines.append(f"{'exit':>4} {'grid':>6} {'artifact':<28} {'size KB':>8} {'scheme':<10} {'max|dlogit| fixed':>17} {'real':>9} "
+                 f"{'top-1 agree %':>13} {'top-1 art/pt %':>15}")
+    for e in m.exits:
+        row = next((r for r in p.exits if r.exit == e.index + 1), ExitParity(e.index + 1))
+        ac = f"{row.top1_artifact:.2f}/{row.top1_pytorch:.2f}" if row.top1_artifact is not None else "-"
+        lines.append(f"{e.index + 1:>4} {e.grid:>4}x{e.grid:<1} {e.artifact:<28} {e.size_bytes / 1024:>8.0f} "
+                     f"{str(e.quantization.get('scheme', '-')):<10} {_cell(row.max_abs_diff_fixed, '.2e'):>17} "
+                     f"{_cell(row.max_abs_diff_real, '.2e'):>9} {_cell(row.top1_agreement, '.2f'):>13} {ac:>15}")
+        if e.undelegated_ops:
+            lines.append(f"       not delegated to XNNPACK: {', '.join(f'{k} x{v}' for k, v in e.undelegated_ops.items())}")
+    if p.batch_checked is not None:
+        d = [float("nan") if r.max_abs_diff_batched is None else r.max_abs_diff_batched for r in p.exits]
+        lines.append(f"batched ({p.batch_checked} images per call) vs one per call: max|dlogit| per exit " + ", ".join(f"{v:.1e}" for v in d))
+    lines.append("batch: " + ("any size per call" if m.max_batch is None else f"up to {m.max_batch} per call" if m.max_batch > 1
+                              else f"1 per call ({m.batch_note})"))
+    if p.exit_decision_agreement is not None:
+        lines.append(f"exit decision agreement at the default thresholds: {p.exit_decision_agreement:.2f}%, "
+                     f"cascade answer agreement: {p.cascade_answer_agreement:.2f}%")
+    lines += [f"PROBLEM: {prob}" for prob in p.problems]
+    return "\n".join(lines)

@@ -1,0 +1,158 @@
+"""The in-memory form of every data set: ``ImageSet``, its errors, subsets and default preprocessing.
+
+Loaders (``dvt_edge.fashion_mnist``, ``dvt_edge.cifar10``, ``dvt_edge.imagefolder``,
+``dvt_edge.npzdata``) return an ``ImageSet``; ``dvt_edge.data.load_dataset`` picks the loader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from dvt_runtime.io import progress as progress_bar
+from dvt_runtime.preprocess import Preprocess
+
+__all__ = ["DataError", "ImageSet", "stratified_subset", "default_preprocess", "read_image", "to_uint8"]
+
+
+class DataError(ValueError):
+    """A dataset could not be found or read; the message says what to do."""
+
+
+def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Indices of a seeded, class-stratified random subset of ``n`` samples, in random order.
+
+    Each class gets ``n`` times its share (largest remainders get the leftovers), so a
+    subset of class-sorted data (image folders) still covers every class; the order is
+    shuffled so that any prefix or half of the subset is a random sample too.
+    """
+    labels = np.asarray(labels)
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n <= 0:
+        raise DataError(f"a subset size must be a positive whole number; got {n!r}")
+    rng = np.random.default_rng(seed)
+    if n >= len(labels):
+        return rng.permutation(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * (n / len(labels))
+    take = np.floor(exact).astype(int)
+    order = np.argsort(-(exact - take), kind="stable")
+    take[order[: n - int(take.sum())]] += 1
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
+    return rng.permutation(np.concatenate(picked))
+
+
+@dataclass
+class ImageSet:
+    """A labelled image set plus the preprocessing that turns its images into inputs.
+
+    ``images`` is either a uint8 array (N, H, W[, C]) in memory, a list of file paths
+    (decoded with OpenCV on access), or a float32 array (N, C, H, W) that is already
+    preprocessed (``preprocessed=True``, e.g. an exported ``.npz``).
+    """
+
+    name: str
+    split: str
+    images: object
+    labels: np.ndarray
+    classes: list[str]
+    preprocess: Preprocess
+    preprocessed: bool = False
+    skipped: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # source file of each sample (image folders)
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if len(self.labels) != len(self.images):
+            raise DataError(f"{self.name}: {len(self.images)} images but {len(self.labels)} labels")
+        if len(self.labels) == 0:
+            raise DataError(f"{self.name} ({self.split}) holds no images")
+        bad = (self.labels < 0) | (self.labels >= len(self.classes))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"{self.name}: label {int(self.labels[i])} of sample {i} is out of range for "
+                f"{len(self.classes)} classes (valid: 0..{len(self.classes) - 1})"
+            )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx: np.ndarray) -> ImageSet:
+        """The samples at ``idx`` (same classes and preprocessing)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        images = self.images[idx] if isinstance(self.images, np.ndarray) else [self.images[int(i)] for i in idx]
+        files = [self.files[int(i)] for i in idx] if self.files else []
+        return ImageSet(self.name, self.split, images, self.labels[idx], self.classes, self.preprocess, self.preprocessed, self.skipped, files)
+
+    def limit(self, n: Optional[int], seed: int = 0) -> ImageSet:
+        """A seeded, class-stratified random subset of ``n`` samples (all when None)."""
+        return self if n is None else self.subset(stratified_subset(self.labels, n, seed))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def raw(self, i: int) -> np.ndarray:
+        """The i-th image as uint8 pixels (BGR or gray), before preprocessing."""
+        if self.preprocessed:
+            raise DataError(f"{self.name} holds preprocessed arrays only; raw pixels are not available")
+        im = self.images[i]
+        return read_image(im) if isinstance(im, (str, Path)) else np.asarray(im)
+
+    def input(self, i: int) -> np.ndarray:
+        """The i-th network input, float32 (C, H, W)."""
+        if self.preprocessed:
+            return np.asarray(self.images[i], dtype=np.float32)
+        return self.preprocess.apply(self.raw(i))
+
+    def arrays(self, n: Optional[int] = None, seed: Optional[int] = None, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Preprocess (a subset of) the set into float32 (N, C, H, W) and int64 (N,) arrays.
+
+        ``n``: how many samples, a seeded class-stratified random subset (all when None);
+        ``seed``: the subset's seed (0 when None), or with ``n=None`` a shuffle of all.
+        """
+        if n is not None:
+            idx = stratified_subset(self.labels, n, 0 if seed is None else seed)
+        elif seed is not None:
+            idx = np.random.default_rng(seed).permutation(len(self))
+        else:
+            idx = np.arange(len(self))
+        if self.preprocessed:
+            return np.ascontiguousarray(np.asarray(self.images)[idx], dtype=np.float32), self.labels[idx]
+        out = np.empty((len(idx),) + self.preprocess.input_shape, np.float32)
+        it = progress_bar(idx, desc=f"preprocess {self.name}/{self.split}", unit="img", enabled=progress)
+        for j, i in enumerate(it):
+            out[j] = self.input(int(i))
+        return out, self.labels[idx]
+
+
+def default_preprocess(in_chans: int, img_size: int) -> Preprocess:
+    """The preprocessing a fresh model of this input shape is trained with."""
+    if in_chans == 1:
+        # Fashion-MNIST statistics
+        return Preprocess(size=img_size, resize=img_size, channels="gray", mean=(0.2860,), std=(0.3530,), interpolation="area")
+    # ImageNet (T2T-ViT / DeiT evaluation: resize to size/0.875, center crop, bicubic)
+    return Preprocess(
+        size=img_size, resize=int(round(img_size / 0.875)), channels="rgb",
+        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), interpolation="cubic",
+    )
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    """Decoded pixels as uint8 (16-bit PNGs are scaled down)."""
+    if img.dtype != np.uint8:
+        img = (img / 257).astype(np.uint8) if img.dtype == np.uint16 else img.astype(np.uint8)
+    return img
+
+
+def read_image(path) -> np.ndarray:
+    """An image file's uint8 pixels (BGR or gray) as OpenCV decodes them."""
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise DataError(f"cannot read image {path} (not an image OpenCV can decode, or unreadable)")
+    return to_uint8(img)

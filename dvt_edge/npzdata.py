@@ -1,0 +1,107 @@
+"""Data sets in one ``.npz`` file (spec ``npz:PATH``): pixel or preprocessed arrays, or a JPEG
+pack; writing JPEG packs and the preprocessed exports a device reads with numpy alone."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from dvt_edge.imageset import DataError, ImageSet, default_preprocess
+from dvt_runtime.io import atomic_write, check_labels, read_npz
+from dvt_runtime.preprocess import Preprocess
+
+__all__ = ["load_npz", "write_jpeg_pack", "export_npz"]
+
+
+def load_npz(path: str, split: str, preprocess: Optional[Preprocess]) -> ImageSet:
+    """Arrays ``images`` + ``labels`` (+ ``classes``, ``preprocess``), or a JPEG pack:
+    ``jpeg`` (uint8, every file's bytes end to end) + ``offsets`` (N+1) + ``labels``.
+
+    An optional ``split`` entry names the one split the file holds; asking for another is
+    an error (so a held-out set can never serve as training data by accident).
+    """
+    p = Path(path).expanduser()
+    hint = "write one with numpy.savez (arrays 'images', 'labels', optional 'classes') or python -m dvt_edge.data export"
+    z = read_npz(p, (), lambda m: DataError(f"npz: {m}"), hint)
+    files = list(z)
+    if "split" in files and str(z["split"]) != split:
+        raise DataError(f"npz: {p} holds only the {str(z['split'])!r} split, not {split!r}")
+    jpeg = "jpeg" in files and "offsets" in files
+    for k in ("labels",) if jpeg else ("images", "labels"):
+        if k not in files:
+            raise DataError(f"npz: {p} has no '{k}' array (found {files}); expected 'images', 'labels' and optional 'classes'")
+    labels = check_labels(z["labels"], f"npz: {p}", DataError)
+    classes = [str(c) for c in z["classes"]] if "classes" in files else _numbered_classes(labels, p)
+    stored = Preprocess.from_dict(json.loads(str(z["preprocess"]))) if "preprocess" in files else None
+    images = _decode_jpeg_pack(z["jpeg"], z["offsets"], p) if jpeg else z["images"]
+    if len(images) != len(labels):
+        raise DataError(f"npz: {p} has {len(images)} images but {len(labels)} labels")
+    if images.dtype == np.float32 and images.ndim == 4:
+        pre = stored or preprocess or default_preprocess(images.shape[1], images.shape[2])
+        return ImageSet(f"npz:{p}", split, images, labels, classes, pre, preprocessed=True)
+    if images.dtype != np.uint8:
+        raise DataError(f"npz: 'images' must be uint8 pixels (N, H, W[, C]) or preprocessed float32 (N, C, H, W); got {images.dtype} {images.shape}")
+    chans = 1 if images.ndim == 3 else images.shape[3]
+    pre = preprocess or stored or default_preprocess(1 if chans == 1 else 3, images.shape[1])
+    return ImageSet(f"npz:{p}", split, images, labels, classes, pre)
+
+
+def _numbered_classes(labels: np.ndarray, p: Path) -> list[str]:
+    """Class names "0".."max label" for a file without ``classes``; every class must occur."""
+    classes = [str(i) for i in range(int(labels.max()) + 1)]
+    counts = np.bincount(labels[labels >= 0]) if (labels >= 0).all() else None
+    if counts is not None and (counts == 0).any():
+        raise DataError(f"npz: {p} has no 'classes' array and labels skip class(es) {np.flatnonzero(counts == 0)[:10].tolist()} "
+                        f"(labels run 0..{int(labels.max())}); add a 'classes' array naming every class")
+    return classes
+
+
+def _decode_jpeg_pack(data: np.ndarray, offsets: np.ndarray, p: Path) -> np.ndarray:
+    import cv2
+
+    if data.dtype != np.uint8 or offsets.ndim != 1 or len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != len(data) or (np.diff(offsets) <= 0).any():
+        raise DataError(f"npz: {p}: 'jpeg' must be uint8 bytes and 'offsets' N+1 increasing positions from 0 to len(jpeg)")
+    out = []
+    for i in range(len(offsets) - 1):
+        img = cv2.imdecode(data[offsets[i] : offsets[i + 1]], cv2.IMREAD_UNCHANGED)
+        if img is None:
+            raise DataError(f"npz: {p}: image {i} of the JPEG pack cannot be decoded")
+        out.append(img)
+    if len({im.shape for im in out}) != 1:
+        raise DataError(f"npz: {p}: the JPEG pack's images differ in size")
+    return np.stack(out)
+
+
+def write_jpeg_pack(ds: ImageSet, out: Path, split: str = "val") -> Path:
+    """Pack an image folder's files byte for byte (no re-encoding) into one ``.npz``.
+
+    Decoding the pack gives exactly the pixels of the files (same decoder), so a
+    held-out split can travel with the package.
+    """
+    if not ds.files:
+        raise DataError(f"write_jpeg_pack needs an image-folder dataset; {ds.name} has no source files")
+    paths = ds.files
+    blobs = [np.fromfile(f, dtype=np.uint8) for f in paths]
+    offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
+    buf = io.BytesIO()
+    np.savez(buf, jpeg=np.concatenate(blobs), offsets=offsets, labels=ds.labels, classes=np.array(ds.classes),
+             names=np.array([str(Path(f).relative_to(Path(f).parents[2])) for f in paths]), split=np.array(split),
+             preprocess=np.array(json.dumps(ds.preprocess.to_dict())), source=np.array(f"{ds.name}/{ds.split}"))
+    atomic_write(out, buf.getvalue())
+    return Path(out)
+
+
+def export_npz(ds: ImageSet, out: Path, n: Optional[int] = None, seed: int = 0, progress: bool = True) -> Path:
+    """Write a preprocessed subset (float32 NCHW) a device can read with numpy alone."""
+    x, y = ds.arrays(n, seed=seed, progress=progress)
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf, images=x, labels=y, classes=np.array(ds.classes),
+        preprocess=np.array(json.dumps(ds.preprocess.to_dict())), source=np.array(f"{ds.name}/{ds.split}"),
+    )
+    atomic_write(out, buf.getvalue())
+    return Path(out)

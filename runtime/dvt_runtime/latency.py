@@ -1,0 +1,269 @@
+"""The latency profile: per-stage and cumulative latencies of one bundle on one device.
+
+:class:`LatencyProfile` is schema-versioned (``dvt-profile/N``) and round-trips to JSON like
+``Manifest``. It is built by :func:`dvt_runtime.profile.profile_bundle` (measured here) or by
+the importers in :mod:`dvt_runtime.importers` (measured elsewhere), and read by calibration,
+the search (:meth:`LatencyProfile.stage_costs`) and deadline mode (:meth:`LatencyProfile.stage_p90`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from dvt_runtime.io import atomic_write_json
+from dvt_runtime.schema import checked_fields
+from dvt_runtime.search import StageCosts
+from dvt_runtime.stats import DRIFT_THRESHOLD, ProfileError, check_samples, drift, sample_stats
+
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "SOURCES", "LatencyProfile", "ProfileError", "read_json", "check_batch"]
+
+SCHEMA_VERSION = 1
+MAX_INPUT_BYTES = 64 << 20  # profiles and latency CSVs are kilobytes; refuse absurd files before reading
+SCHEMA = f"dvt-profile/{SCHEMA_VERSION}"
+SOURCES = ("measured", "csv", "json", "etdump")
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _strip(d: Optional[dict]) -> Optional[dict]:
+    return None if d is None else {k: v for k, v in d.items() if k != "samples"}
+
+
+
+def check_batch(batch: Any) -> int:
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise ProfileError(f"batch must be a whole number of images per call >= 1, got {batch!r}")
+    return int(batch)
+
+
+
+@dataclass
+class LatencyProfile:
+    """Per-stage and cumulative latencies of one bundle on one device (all times in ms).
+
+    ``stages[e]`` / ``cumulative[e]``: :func:`sample_stats` dicts (with raw ``samples``) of
+    stage ``e + 1`` alone and of reaching exit ``e + 1`` (per-iteration sums of stages
+    1..e+1). ``drift[e]``: first- vs last-quarter median of stage ``e + 1``.
+    Build one with :func:`profile_bundle`, :meth:`from_samples` or an importer.
+    """
+
+    stages: list[dict[str, Any]]
+    cumulative: list[dict[str, Any]]
+    drift: list[dict[str, Optional[float]]]
+    throttling_suspected: bool = False
+    device: dict[str, Any] = field(default_factory=dict)
+    bundle: dict[str, Any] = field(default_factory=dict)  # model, target, precision, backend, path
+    threads: Optional[int] = None
+    load_ms: Optional[list[Optional[float]]] = None  # per exit
+    first_inference_ms: Optional[list[Optional[float]]] = None  # per exit
+    preprocess_ms: Optional[dict[str, Any]] = None
+    peak_rss_mb: Optional[float] = None
+    settings: dict[str, Any] = field(default_factory=dict)  # warmup, runs, inputs
+    source: str = "measured"
+    created: str = ""
+    notes: list[str] = field(default_factory=list)
+    # images per stage call while measuring; with batch > 1 every sample is ms per image
+    # (the call's wall time / batch), i.e. a throughput cost at that batch size
+    batch: int = 1
+    schema: str = SCHEMA
+    schema_version: int = SCHEMA_VERSION
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def from_samples(
+        cls,
+        stage_samples: Sequence[Sequence[float]],
+        *,
+        device: Optional[dict] = None,
+        source: str = "measured",
+        bundle: Optional[dict] = None,
+        threads: Optional[int] = None,
+        load_ms: Optional[Sequence[Optional[float]]] = None,
+        first_inference_ms: Optional[Sequence[Optional[float]]] = None,
+        preprocess_samples: Optional[Sequence[float]] = None,
+        peak_rss_mb: Optional[float] = None,
+        settings: Optional[dict] = None,
+        notes: Optional[Sequence[str]] = None,
+        batch: int = 1,
+    ) -> LatencyProfile:
+        """Profile from raw per-stage samples (ms), one sequence per stage in measurement order.
+
+        Sample ``i`` of every stage is taken to come from the same iteration; the cumulative
+        stats use the first ``min(n)`` iterations when stages have different sample counts.
+        """
+        if source not in SOURCES:
+            raise ProfileError(f"unknown source {source!r}; valid: {list(SOURCES)}")
+        stage_samples = list(stage_samples)
+        if any(np.ndim(s) != 1 for s in stage_samples):
+            raise ProfileError("stage_samples must hold one sequence of samples per stage, e.g. [[...], [...], [...]]")
+        arrays = [check_samples(s, f"stage {i + 1}") for i, s in enumerate(stage_samples)]
+        if not arrays:
+            raise ProfileError("no stages: pass one sequence of latency samples per stage")
+        n_common = min(a.size for a in arrays)
+        cum = np.cumsum(np.stack([a[:n_common] for a in arrays]), axis=0)
+        drifts = [drift(a) for a in arrays]
+        notes = list(notes or [])
+        if len({a.size for a in arrays}) > 1:
+            notes.append(f"stages have different sample counts {[a.size for a in arrays]}; cumulative stats use the first {n_common} iterations")
+        for name, per_exit in (("load_ms", load_ms), ("first_inference_ms", first_inference_ms)):
+            if per_exit is not None and len(per_exit) != len(arrays):
+                raise ProfileError(f"{name} has {len(per_exit)} values for {len(arrays)} stages")
+        return cls(
+            stages=[{"exit": i + 1, **sample_stats(a)} for i, a in enumerate(arrays)],
+            cumulative=[{"exit": i + 1, **sample_stats(c)} for i, c in enumerate(cum)],
+            drift=[{"exit": i + 1, **d} for i, d in enumerate(drifts)],
+            throttling_suspected=any(d["ratio"] is not None and d["ratio"] > DRIFT_THRESHOLD for d in drifts),
+            device=dict(device or {}),
+            bundle=dict(bundle or {}),
+            threads=threads,
+            load_ms=None if load_ms is None else [None if v is None else float(v) for v in load_ms],
+            first_inference_ms=None if first_inference_ms is None else [None if v is None else float(v) for v in first_inference_ms],
+            preprocess_ms=None if preprocess_samples is None else sample_stats(check_samples(preprocess_samples, "preprocessing")),
+            peak_rss_mb=None if peak_rss_mb is None else float(peak_rss_mb),
+            settings=dict(settings or {}),
+            source=source,
+            created=_now(),
+            notes=notes,
+            batch=check_batch(batch),
+        )
+
+    # ---------------------------------------------------------------- facts
+    @property
+    def num_exits(self) -> int:
+        return len(self.stages)
+
+    def stage_samples(self) -> list[np.ndarray]:
+        """Raw per-stage samples (ms); a summary-only profile has none."""
+        if any("samples" not in s for s in self.stages):
+            raise ProfileError("this profile holds summary statistics only (no raw samples); re-profile or load the full profile JSON")
+        return [np.asarray(s["samples"], dtype=np.float64) for s in self.stages]
+
+    def stage_costs(self) -> StageCosts:
+        """:class:`dvt_runtime.search.StageCosts` from the raw per-stage samples (unit ms)."""
+        return StageCosts.from_samples(self.stage_samples(), unit="ms")
+
+    def stage_p90(self) -> list[float]:
+        """p90 of each stage alone (ms), e.g. for ``Bundle.use_profile`` (deadline mode)."""
+        return [float(s["p90"]) for s in self.stages]
+
+    def summary(self) -> dict[str, Any]:
+        """Everything but the raw samples, for embedding (calibration files)."""
+        d = self.to_dict()
+        d["stages"] = [_strip(s) for s in self.stages]
+        d["cumulative"] = [_strip(s) for s in self.cumulative]
+        d["preprocess_ms"] = _strip(self.preprocess_ms)
+        return d
+
+    # ---------------------------------------------------------------- JSON
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {"schema": d.pop("schema"), "schema_version": d.pop("schema_version"), **d}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> LatencyProfile:
+        """Inverse of :meth:`to_dict`; refuses profiles written by a newer dvt-runtime."""
+        if not isinstance(d, dict) or not (isinstance(d.get("schema"), str) and d["schema"].startswith("dvt-profile/")):
+            raise ProfileError("not a dvt latency profile: missing schema 'dvt-profile/N' or integer schema_version")
+        d = checked_fields(cls, d, "latency profile", ProfileError, SCHEMA_VERSION)
+        for key in ("stages", "cumulative"):
+            rows = d[key]
+            if not isinstance(rows, list) or not rows or not all(isinstance(s, dict) for s in rows):
+                raise ProfileError(f"latency profile '{key}' must be a non-empty list of per-stage statistics")
+            for i, s in enumerate(rows):
+                for k in ("n", "mean", "median", "p50", "p90", "p99"):
+                    v = s.get(k)
+                    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                        raise ProfileError(f"latency profile '{key}' entry {i + 1}: {k!r} must be a finite non-negative number, got {v!r}")
+        if len(d["cumulative"]) != len(d["stages"]) or not isinstance(d["drift"], list):
+            raise ProfileError("latency profile: 'cumulative' needs one entry per stage and 'drift' must be a list")
+        check_batch(d.get("batch", 1))
+        return cls(**d)
+
+    def save(self, path: PathLike) -> Path:
+        """Write the profile as JSON, atomically."""
+        return atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: PathLike) -> LatencyProfile:
+        return cls.from_dict(read_json(path, "latency profile"))
+
+    # ---------------------------------------------------------------- display
+    def format_table(self) -> str:
+        """Human-readable table: per stage and cumulative p50/p90/p99/mean, load and first inference."""
+        b, dev = self.bundle, self.device
+        what = " ".join(str(x) for x in (b.get("model"), f"{b.get('target')}/{b.get('precision')}" if b.get("target") else None) if x)
+        backend = " ".join(str(x) for x in (b.get("backend") or dev.get("backend"), dev.get("backend_version")) if x)
+        head = [f"latency profile ({self.source})" + (f": {what}" if what else "") + (f" [{backend}]" if backend else "")]
+        facts = [f"device {dev.get('device_name') or '?'}"]
+        if dev.get("cpu_model"):
+            facts.append(str(dev["cpu_model"]))
+        if self.threads is not None:
+            facts.append(f"threads {self.threads}")
+        facts.append(f"{self.stages[0]['n']} runs" + (f" after {self.settings['warmup']} warm-up" if self.settings.get("warmup") is not None else ""))
+        if self.batch > 1:
+            facts.append(f"batch {self.batch}: ms per image")
+        head.append(", ".join(facts))
+
+        def row(label: str, s: dict, extra: Sequence[Optional[float]]) -> str:
+            cells = [s["p50"], s["p90"], s["p99"], s["mean"], *extra]
+            return f"  {label:<8}" + "".join(f"{_fmt(v):>10}" for v in cells)
+
+        cols = f"  {'':<8}" + "".join(f"{c:>10}" for c in ("p50", "p90", "p99", "mean"))
+        lines = [*head, "", "per stage (ms)", cols + f"{'load':>10}{'first':>10}"]
+        for e, s in enumerate(self.stages):
+            lines.append(row(f"exit {e + 1}", s, [_at(self.load_ms, e), _at(self.first_inference_ms, e)]))
+        lines += ["cumulative to exit (ms)", cols]
+        for e, s in enumerate(self.cumulative):
+            lines.append(row(f"exit {e + 1}", s, []))
+        tail = []
+        if self.preprocess_ms:
+            tail.append(f"preprocess p50 {_fmt(self.preprocess_ms['p50'])} ms, p90 {_fmt(self.preprocess_ms['p90'])} ms")
+        if self.peak_rss_mb is not None:
+            tail.append(f"peak RSS {self.peak_rss_mb:.1f} MB")
+        if tail:
+            lines += ["", "; ".join(tail)]
+        ratios = [d.get("ratio") for d in self.drift]
+        if any(r is not None for r in ratios):
+            lines.append("drift (last/first quarter median): " + " / ".join("-" if r is None else f"{r:.2f}" for r in ratios))
+        if self.throttling_suspected:
+            lines.append(f"WARNING: latency rose by more than {DRIFT_THRESHOLD - 1:.0%} during the run "
+                         "(thermal throttling or background load?); cool the device, fix the governor and re-profile")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _fmt(v: Optional[float]) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
+
+
+def _at(values: Optional[Sequence[Optional[float]]], i: int) -> Optional[float]:
+    return values[i] if values is not None and i < len(values) else None
+
+
+def read_json(path: PathLike, what: str) -> Any:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} {p} not found")
+    if p.stat().st_size > MAX_INPUT_BYTES:
+        raise ProfileError(f"{p} is {p.stat().st_size} bytes, more than the {MAX_INPUT_BYTES >> 20} MB a {what} may have")
+    try:
+        return json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ProfileError(f"{p} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ProfileError(f"{p} is nested too deeply to be a {what}") from None
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+

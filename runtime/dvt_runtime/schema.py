@@ -1,0 +1,35 @@
+"""One ``from_dict`` discipline for every typed file that crosses a boundary.
+
+Manifest, latency profile, calibration and parity report are dataclasses that round-trip to
+JSON. Reading one: it must be an object; its ``schema_version`` (where the type has one) an
+integer no newer than this dvt-runtime; every field without a default present; and no key
+the type does not know (a typo or a file of another kind, named in the error with the
+valid keys).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+
+def checked_fields(cls, d: Any, what: str, error: Callable[[str], Exception], current_version: int | None = None) -> dict:
+    """``d``'s fields for ``cls(**...)`` after the checks above; raises ``error(message)``."""
+    if not isinstance(d, dict):
+        raise error(f"{what} must be a JSON object, got {type(d).__name__}")
+    if current_version is not None:
+        v = d.get("schema_version")
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise error(f"not a dvt {what}: it has no integer schema_version")
+        if v > current_version:
+            raise error(f"{what} schema_version {v} is newer than this dvt-runtime understands ({current_version}); "
+                        "upgrade dvt-runtime (pip install -U dvt-runtime)")
+    fields = dataclasses.fields(cls)
+    names = [f.name for f in fields]
+    missing = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in d]
+    if missing:
+        raise error(f"{what} lacks required field(s) {missing}")
+    unknown = sorted(k for k in d if k not in names)
+    if unknown:
+        raise error(f"{what} has unknown field(s) {unknown}; valid: {names}")
+    return dict(d)

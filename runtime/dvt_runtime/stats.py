@@ -1,0 +1,77 @@
+"""Statistics of latency samples: the one implementation every report uses (numpy only).
+
+:func:`sample_stats` summarises samples (ms) for profiles, calibration results, the bench and
+the webcam's session summary; :func:`drift` compares the first and last quarter of a run
+(thermal throttling); :func:`check_samples` refuses what cannot be a latency.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import numpy as np
+
+__all__ = ["DRIFT_THRESHOLD", "MIN_RUNS", "ProfileError", "check_samples", "drift", "sample_stats"]
+
+DRIFT_THRESHOLD = 1.15  # last-quarter / first-quarter median above this flags throttling
+MIN_RUNS = 4  # the drift check compares quarters of the samples
+
+
+class ProfileError(ValueError):
+    """An invalid, malformed or incompatible latency profile (or import file, or samples)."""
+
+
+def sample_stats(samples: Sequence[float], keep_samples: bool = True) -> dict[str, Any]:
+    """Summary statistics of latency samples (ms).
+
+    Keys: ``n, mean, median, p50 (= median), p90, p99, std (population, ddof=0), min, max``
+    and, with ``keep_samples``, ``samples`` (the raw values as floats). Percentiles use
+    numpy's default linear interpolation. Non-finite samples are refused.
+    """
+    a = np.asarray(samples, dtype=np.float64).ravel()
+    if a.size == 0:
+        raise ProfileError("no latency samples")
+    if not np.all(np.isfinite(a)):
+        raise ProfileError(f"latency samples must be finite, got {int((~np.isfinite(a)).sum())} non-finite value(s)")
+    median = float(np.median(a))
+    out: dict[str, Any] = {
+        "n": int(a.size),
+        "mean": float(a.mean()),
+        "median": median,
+        "p50": median,
+        "p90": float(np.percentile(a, 90)),
+        "p99": float(np.percentile(a, 99)),
+        "std": float(a.std()),
+        "min": float(a.min()),
+        "max": float(a.max()),
+    }
+    if keep_samples:
+        out["samples"] = [float(v) for v in a]
+    return out
+
+
+def drift(samples: np.ndarray) -> dict[str, Optional[float]]:
+    """Median of the first vs the last quarter of the samples (in measurement order)."""
+    q = samples.size // 4
+    if q == 0:
+        return {"first_quarter_median": None, "last_quarter_median": None, "ratio": None}
+    first, last = float(np.median(samples[:q])), float(np.median(samples[-q:]))
+    return {"first_quarter_median": first, "last_quarter_median": last, "ratio": (last / first) if first > 0 else None}
+
+
+def check_samples(samples: Sequence[float], what: str) -> np.ndarray:
+    """``samples`` as a flat float64 array; ProfileError unless finite, non-negative numbers."""
+    if any(isinstance(v, (bool, np.bool_)) for v in samples):
+        raise ProfileError(f"{what}: latency samples must be numbers (ms), not true/false")
+    try:
+        a = np.asarray(samples, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ProfileError(f"{what}: latency samples must be numbers (ms)") from None
+    if a.ndim != 1:
+        raise ProfileError(f"{what}: expected a flat sequence of latency samples, got shape {a.shape}")
+    if a.size == 0:
+        raise ProfileError(f"{what} has no latency samples")
+    if not np.all(np.isfinite(a)) or np.any(a < 0):
+        raise ProfileError(f"{what}: latency samples must be finite and non-negative")
+    return a
