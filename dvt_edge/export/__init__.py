@@ -183,7 +183,6 @@ class ExportOptions:
 class _Plan:
     """Everything prepared for one export (checkpoint read, data loaded, PyTorch reference run)."""
 
-    tmp: Path  # the bundle is built here, then installed at dest
     dest: Path
     target: Target
     precision: str
@@ -201,6 +200,7 @@ class _Plan:
     thr_source: str
     spec: Optional[str]
     checkpoint: str
+    tmp: Path = Path()  # the bundle is built here (set once everything is prepared), then installed at dest
 
 
 def export_bundle(checkpoint: str, target: str, precision: str = "fp32", options: Optional[ExportOptions] = None, **kwargs) -> ExportResult:
@@ -224,12 +224,12 @@ def export_bundle(checkpoint: str, target: str, precision: str = "fp32", options
         print(f"note: {note}")
     check_destination(dest, opts.force)
     schemes = int8_schemes(t, precision, opts.scheme)
+    plan = _prepare(dest, t, precision, opts, model, info, schemes, checkpoint)  # fails before anything is written
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{os.getpid()}-", dir=dest.parent))
+    plan.tmp = tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{os.getpid()}-", dir=dest.parent))
     os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; a bundle is as readable as any folder the user makes
     log = Path(opts.log_path) if opts.log_path else dest.parent / "dvt-edge-export.log"
     try:
-        plan = _prepare(tmp, dest, t, precision, opts, model, info, schemes, checkpoint)
         with quiet_toolchains(log, opts.verbose) as console:
             return _export_into(plan, console)
     except BaseException:
@@ -237,7 +237,7 @@ def export_bundle(checkpoint: str, target: str, precision: str = "fp32", options
         raise
 
 
-def _prepare(tmp: Path, dest: Path, t: Target, precision: str, opts: ExportOptions, model: DVT, info: CheckpointInfo,
+def _prepare(dest: Path, t: Target, precision: str, opts: ExportOptions, model: DVT, info: CheckpointInfo,
              schemes: list[Optional[str]], checkpoint: str) -> _Plan:
     """Load the calibration and verification images and run the PyTorch reference on them."""
     pre = info.preprocess or default_preprocess(model.cfg.in_chans, model.cfg.img_size)
@@ -252,7 +252,7 @@ def _prepare(tmp: Path, dest: Path, t: Target, precision: str, opts: ExportOptio
         fixed_ref = [g.stage(*g.example_inputs())[0].numpy() for g in graphs]
     check_finite_reference(fixed_ref, real_ref, checkpoint)
     thresholds, thr_source = _default_thresholds(model, info, real_ref, data.verify_y)
-    return _Plan(tmp, dest, t, precision, opts, model, info, pre, graphs, schemes, data, calib_ref, real_ref, fixed_ref,
+    return _Plan(dest, t, precision, opts, model, info, pre, graphs, schemes, data, calib_ref, real_ref, fixed_ref,
                  thresholds, thr_source, spec, checkpoint)
 
 

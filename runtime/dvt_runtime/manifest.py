@@ -54,9 +54,10 @@ class ExitSpec:
     def from_dict(cls, d: dict) -> "ExitSpec":
         if not isinstance(d, dict):
             raise TypeError(f"an exit must be an object, got {type(d).__name__}")
-        d = checked_fields(cls, d, f"exit {d.get('index', '?')}", ManifestError)
-        d["inputs"] = [TensorSpec(**checked_fields(TensorSpec, t, "tensor", ManifestError)) for t in d["inputs"]]
-        d["outputs"] = [TensorSpec(**checked_fields(TensorSpec, t, "tensor", ManifestError)) for t in d["outputs"]]
+        where = f"malformed manifest: exit {d['index'] + 1}" if isinstance(d.get("index"), int) else "malformed manifest: an exit"
+        d = checked_fields(cls, d, where, ManifestError)
+        for key in ("inputs", "outputs"):
+            d[key] = [TensorSpec(**checked_fields(TensorSpec, t, f"{where} {key[:-1]} {j + 1}", ManifestError)) for j, t in enumerate(d[key])]
         return cls(**d)
 
 
@@ -74,8 +75,8 @@ class ExitParity:
     top1_pytorch: Optional[float] = None  # % top-1 accuracy of PyTorch
 
     @classmethod
-    def from_dict(cls, d: Any) -> "ExitParity":
-        return cls(**checked_fields(cls, d, "parity exit row", ManifestError))
+    def from_dict(cls, d: Any, where: str = "malformed manifest: parity exit row") -> "ExitParity":
+        return cls(**checked_fields(cls, d, where, ManifestError))
 
 
 @dataclass
@@ -101,10 +102,10 @@ class ParityReport:
 
     @classmethod
     def from_dict(cls, d: Any) -> "ParityReport":
-        d = checked_fields(cls, d, "parity report", ManifestError)
+        d = checked_fields(cls, d, "malformed manifest: parity report", ManifestError)
         if not isinstance(d["exits"], list):
-            raise ManifestError("parity report: exits must be a list")
-        d["exits"] = [ExitParity.from_dict(r) for r in d["exits"]]
+            raise ManifestError("malformed manifest: parity report: exits must be a list")
+        d["exits"] = [ExitParity.from_dict(r, f"malformed manifest: parity row {k + 1}") for k, r in enumerate(d["exits"])]
         return cls(**d)
 
 
@@ -149,7 +150,7 @@ class Manifest:
             if not isinstance(d["exits"], list):
                 raise TypeError("exits must be a list")
             d["exits"] = [ExitSpec.from_dict(e) for e in d["exits"]]
-            d["parity"] = ParityReport.from_dict(d["parity"]) if d.get("parity") else None
+            d["parity"] = None if d.get("parity") in (None, {}) else ParityReport.from_dict(d["parity"])
             m = cls(**d)
         except (TypeError, KeyError, ValueError) as e:
             if isinstance(e, ManifestError):

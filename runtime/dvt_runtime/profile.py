@@ -7,7 +7,7 @@
     costs = prof.stage_costs()          # -> dvt_runtime.search.StageCosts (raw per-stage samples)
 
 Each iteration runs the whole chain exit 1 -> exit 2 -> ... and times every
-``run_exit`` call, so stage ``e``'s samples and the cumulative latency to reach exit ``e``
+stage (all its calls, through ``Bundle.chain``), so stage ``e``'s samples and the cumulative latency to reach exit ``e``
 (per-iteration sums of stages 1..e) come from the same runs. Latencies measured elsewhere
 (a phone app, a C++ harness, ExecuTorch's ETDump) are turned into the same
 :class:`LatencyProfile` by :func:`import_csv`, :func:`import_json` and :func:`import_etdump`.
@@ -110,7 +110,7 @@ def profile_bundle(
     ms per image at that batch size, a throughput cost.
 
     Per exit: the first inference after load, then ``warmup`` discarded chain runs, then
-    ``runs`` timed chain runs (every ``run_exit`` timed with ``time.perf_counter``).
+    ``runs`` timed chain runs (every stage timed with ``time.perf_counter``).
     ``images``: preprocessed float32 inputs, (N, C, H, W) or a sequence, cycled through
     (default: one fixed random image). ``images_raw``: uint8 images for the preprocessing
     time (default: a random image of the manifest's input size). ``threads``: the thread

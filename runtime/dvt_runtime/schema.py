@@ -4,7 +4,8 @@ Manifest, latency profile, calibration and parity report are dataclasses that ro
 JSON. Reading one: it must be an object; its ``schema_version`` (where the type has one) an
 integer no newer than this dvt-runtime; every field without a default present; and no key
 the type does not know (a typo or a file of another kind, named in the error with the
-valid keys).
+valid keys). Unknown keys are refused rather than dropped, so a field added to a type must
+come with a ``schema_version`` bump: an older runtime then says "upgrade" instead of "unknown field".
 """
 
 from __future__ import annotations
