@@ -351,15 +351,41 @@ def _tokens_to_map(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(B, C, h, h)
 
 
+class SoftSplit(nn.Module):
+    """``nn.Unfold(k, s, p)`` written as a grouped convolution with one-hot kernels.
+
+    (B, C, H, W) -> (B, C*k*k, L), output channel ``c*k*k + i*k + j`` = input channel ``c`` at
+    kernel offset (i, j), as Unfold orders them. Each output is one input value times 1 plus
+    zeros, so the numbers are Unfold's, but the op is a convolution, which every backend runs
+    in its fast path (ExecuTorch's XNNPACK leaves Unfold's gather/index ops outside the
+    delegate). The kernels are a non-persistent buffer: checkpoints are unchanged.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, stride: int, padding: int):
+        super().__init__()
+        self.channels, self.kernel_size, self.stride, self.padding = channels, kernel_size, stride, padding
+        kk = kernel_size * kernel_size
+        w = torch.zeros(channels, kk, kk)
+        w[:, torch.arange(kk), torch.arange(kk)] = 1.0  # kernel m (= i*k + j) picks offset (i, j)
+        self.register_buffer("weight", w.reshape(channels * kk, 1, kernel_size, kernel_size), persistent=False)
+        self.as_unfold = False  # FLOP counting: a copy, no multiply-accumulates (as the paper counts Unfold)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.as_unfold:
+            return F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)
+        y = F.conv2d(x, self.weight, stride=self.stride, padding=self.padding, groups=self.channels)  # (B, C*k*k, h, w)
+        return y.flatten(2)  # (B, C*k*k, h*w)
+
+
 class T2TTokenizer(nn.Module):
     """Tokens-to-token module (performer version): image -> (B, g*g, embed)."""
 
     def __init__(self, cfg: DVTConfig, stage: int):
         super().__init__()
         k, s, p = cfg.splits[stage]
-        self.soft_split0 = nn.Unfold(kernel_size=k, stride=s, padding=p)
-        self.soft_split1 = nn.Unfold(kernel_size=3, stride=2, padding=1)
-        self.soft_split2 = nn.Unfold(kernel_size=3, stride=2, padding=1)
+        self.soft_split0 = SoftSplit(cfg.in_chans, k, s, p)
+        self.soft_split1 = SoftSplit(cfg.token_dim, 3, 2, 1)
+        self.soft_split2 = SoftSplit(cfg.token_dim, 3, 2, 1)
         self.attention1 = TokenPerformer(cfg.in_chans * k * k, cfg.token_dim)
         self.attention2 = TokenPerformer(cfg.token_dim * 9, cfg.token_dim)
         self.project = nn.Linear(cfg.token_dim * 9, cfg.embed_dim)
@@ -659,6 +685,9 @@ def count_exit_flops(cfg: DVTConfig) -> list[ExitInfo]:
     cfg_eval = dataclasses.replace(cfg, drop_rate=0.0, drop_path_rate=0.0)
     with torch.device("meta"):
         model = DVT(cfg_eval).eval()
+    for m in model.modules():
+        if isinstance(m, SoftSplit):
+            m.as_unfold = True
     exits, total = [], 0
     feats = rels = None
     with torch.no_grad():
