@@ -260,13 +260,16 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, reused: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, heads, N, head_dim)
-        attn = (q @ k.transpose(-2, -1)) * self.scale  # (B, heads, N, N)
+        H, D = self.num_heads, self.head_dim
+        qkv = self.qkv(x)  # (B, N, 3C): q | k | v, each heads x head_dim
+        # slices and 3-D bmm rather than select + 4-D matmul: the same numbers, and no copies
+        # (select_copy, expand_copy) left outside ExecuTorch's XNNPACK delegate
+        q, k, v = (qkv[:, :, i * C : (i + 1) * C].reshape(B, N, H, D).transpose(1, 2).reshape(B * H, N, D) for i in range(3))
+        attn = (torch.bmm(q, k.transpose(1, 2)) * self.scale).reshape(B, H, N, N)
         if reused is not None:
             attn = attn + reused
-        out = attn.softmax(dim=-1) @ v  # (B, heads, N, head_dim)
-        out = out.transpose(1, 2).reshape(B, N, C)
+        out = torch.bmm(attn.softmax(dim=-1).reshape(B * H, N, N), v)  # (B*heads, N, head_dim)
+        out = out.reshape(B, H, N, D).transpose(1, 2).reshape(B, N, C)
         return self.drop(self.proj(out)), attn
 
 
@@ -293,7 +296,7 @@ class Block(nn.Module):
         f = self.feature_resuse_mlp(prev)[:, 1:, :]  # (B, s*s, 48), class token dropped
         f = f.transpose(1, 2).reshape(B, -1, s, s)  # (B, 48, s, s)
         f = _resize_last2(f, m).flatten(2).transpose(1, 2)  # (B, g*g, 48)
-        return torch.cat([f.new_zeros(B, 1, f.shape[2]), f], dim=1)  # (B, 1+g*g, 48)
+        return F.pad(f, (0, 0, 1, 0))  # (B, 1+g*g, 48): a zero row for the class token
 
     def forward(
         self, x: torch.Tensor, reused_feat: Optional[torch.Tensor], reused_rel: Optional[torch.Tensor]
@@ -328,17 +331,20 @@ class TokenPerformer(nn.Module):
     def prm_exp(self, x: torch.Tensor) -> torch.Tensor:
         # phi(x) = exp(x . w^T - |x|^2 / 2) / sqrt(m): (B, T, emb) -> (B, T, m)
         xd = (x * x).sum(dim=-1, keepdim=True) / 2
-        return torch.exp(x @ self.w.t() - xd) / math.sqrt(self.m)
+        return torch.exp(F.linear(x, self.w) - xd) / math.sqrt(self.m)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k, q, v = torch.split(self.kqv(self.norm1(x)), self.emb, dim=-1)
+        # slices, linear and 3-D bmm rather than split and broadcast matmuls: the same numbers,
+        # and no copies (split_with_sizes_copy, expand_copy) outside ExecuTorch's XNNPACK delegate
+        kqv = self.kqv(self.norm1(x))
+        k, q, v = (kqv[:, :, i * self.emb : (i + 1) * self.emb] for i in range(3))
         kp, qp = self.prm_exp(k), self.prm_exp(q)  # (B, T, m)
-        d = qp @ kp.sum(dim=1).unsqueeze(-1)  # (B, T, 1)
-        kptv = v.transpose(1, 2) @ kp  # (B, emb, m)
+        d = torch.bmm(qp, kp.sum(dim=1).unsqueeze(-1))  # (B, T, 1)
+        kptv = torch.bmm(v.transpose(1, 2), kp)  # (B, emb, m)
         # y / (d + 1e-8) as published, written as (y * 1e8) / (d * 1e8 + 1): the ONNX exporter's
         # optimizer drops an Add of a constant within 1e-8 of zero (then 0/0 = NaN when prm_exp
         # underflows); constants 1e8 and 1 survive every pass. Equal up to float rounding.
-        y = (qp @ kptv.transpose(1, 2)) * 1e8 / (d * 1e8 + 1.0)  # (B, T, emb)
+        y = torch.bmm(qp, kptv.transpose(1, 2)) * 1e8 / (d * 1e8 + 1.0)  # (B, T, emb)
         y = v + self.proj(y)
         return y + self.mlp(self.norm2(y))
 

@@ -10,13 +10,50 @@ stay float (static per-tensor activations on those lose accuracy on DVT stages).
 from __future__ import annotations
 
 import collections
+import copy
 import warnings
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from dvt_edge.export.common import ExitArtifact, ExitJob, torch_inputs
 
 QUANTIZED_TARGETS = ("aten.linear.default", "aten.conv2d.default")
+LN_MEAN = "ln_mean_weights"  # the constant averaging row of PrimitiveLayerNorm (never quantized)
+
+
+class PrimitiveLayerNorm(nn.Module):
+    """``nn.LayerNorm`` over the last dimension from ops XNNPACK delegates.
+
+    ExecuTorch 1.5.1's XNNPACK partitioner has no layer_norm: each one split the stage into
+    several delegate calls with a portable kernel between them. Here the two means are a
+    linear with a constant 1/C row, then sub, mul, add and rsqrt: the same function, equal to
+    ``nn.LayerNorm`` up to float rounding (the export's parity check holds it to 1e-3 on logits).
+    """
+
+    def __init__(self, ln: nn.LayerNorm):
+        super().__init__()
+        c = ln.normalized_shape[-1]
+        assert len(ln.normalized_shape) == 1 and ln.elementwise_affine, "last-dimension affine LayerNorm only"
+        self.eps, self.weight, self.bias = ln.eps, ln.weight, ln.bias
+        self.register_buffer(LN_MEAN, torch.full((1, c), 1.0 / c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = getattr(self, LN_MEAN)
+        xc = x - F.linear(x, w)  # (..., C) minus the mean (..., 1)
+        var = F.linear(xc * xc, w)  # (..., 1)
+        return xc * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+
+def for_xnnpack(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` with every LayerNorm as :class:`PrimitiveLayerNorm` (the original is untouched)."""
+    module = copy.deepcopy(module)
+    for child in list(module.modules()):
+        for attr, sub in list(child.named_children()):
+            if isinstance(sub, nn.LayerNorm) and len(sub.normalized_shape) == 1 and sub.elementwise_affine:
+                setattr(child, attr, PrimitiveLayerNorm(sub))
+    return module.eval()
 
 
 def _is_excluded(node: torch.fx.Node) -> str | None:
@@ -27,16 +64,18 @@ def _is_excluded(node: torch.fx.Node) -> str | None:
         return "classifier head"
     if len(node.args) > 1 and isinstance(node.args[1], torch.fx.Node) and "reuse_resize" in str(node.args[1].target):
         return "reuse resize (constant matrix)"
+    if len(node.args) > 1 and isinstance(node.args[1], torch.fx.Node) and LN_MEAN in str(node.args[1].target):
+        return "layer norm means (constant 1/C row)"
     return None
 
 
-def _quantize(job: ExitJob, example: tuple) -> tuple[torch.nn.Module, dict]:
+def _quantize(job: ExitJob, graph: nn.Module, example: tuple) -> tuple[torch.nn.Module, dict]:
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     scheme = job.scheme or "dynamic"
     dynamic = scheme == "dynamic"
-    gm = torch.export.export(job.graph, example).module()
+    gm = torch.export.export(graph, example).module()
     excluded: collections.Counter = collections.Counter()
     quantized = [0]
 
@@ -90,11 +129,11 @@ def export_exit(job: ExitJob) -> ExitArtifact:
 
     example = job.example_inputs()
     quant: dict = {"scheme": "none", "precision": "fp32"}
-    module: torch.nn.Module = job.graph
+    module = for_xnnpack(job.graph)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if job.precision == "int8":
-            module, quant = _quantize(job, example)
+            module, quant = _quantize(job, module, example)
         ep = torch.export.export(module, example)
         edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
         ops = undelegated_ops(edge.exported_program())
