@@ -176,12 +176,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--threshold-n", type=int, default=5000, help="held-out training images for the budget curve's thresholds")
     ap.add_argument("--eval-data", default=None, help="data spec recorded as the checkpoint's portable evaluation/calibration set "
                     "(e.g. cifar10-ref, shipped with the package)")
+    ap.add_argument("--note", action="append", default=[], help="a line for the card's Notes section (repeatable), e.g. what "
+                    "else ran on the machine during training")
     args = ap.parse_args(argv)
     try:
         r = publish_run(args.run, args.out, args.card, args.data, args.threshold_n, eval_data=args.eval_data)
     except (CheckpointError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.note:
+        card = Path(r["card"])
+        atomic_write(card, (card.read_text() + "\n## Notes\n\n" + "".join(f"- {n}\n" for n in args.note)).encode())
     top1 = [e["top1"] for e in r["exits"]]
     print(f"wrote {args.out} and {r['card']}; per-exit top-1 {top1}, gains {exit_gains(top1)}")
     return 0

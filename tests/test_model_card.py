@@ -95,9 +95,7 @@ def reference_accuracy(request) -> tuple[Reference, list[float]]:
 
 #: references that do not reach their bar yet: key -> why (the bar tests then xfail strictly, so a
 #: retrained file that meets the bar makes the suite fail until its entry is removed)
-SHORT_OF_BAR: dict[str, str] = {
-    "cifar10": "issue 14: dvt_small_cifar's last exit is short of 85% (first exit and gains meet the bar); a longer run is needed",
-}
+SHORT_OF_BAR: dict[str, str] = {}
 
 
 def _bar(ref: Reference, ok: bool, detail: str) -> None:
