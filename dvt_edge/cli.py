@@ -1,6 +1,6 @@
 """``dvt-edge``: one command, one subcommand per tool (the ``python -m`` forms keep working).
 
-    dvt-edge train --model dvt_small_cifar --data cifar10-jpeg --epochs 28 --out runs/ref
+    dvt-edge train --model dvt_small_cifar --data cifar10-jpeg --epochs 42 --amp bf16 --out runs/ref
     dvt-edge export --target coreml              # the CIFAR-10 reference, to bundles/
     dvt-edge bench | evaluate | demo | zoo | data | model-card | webcam
 """
