@@ -49,6 +49,7 @@ def test_onnx_bundle_takes_any_batch(bundle):
     p = m.parity
     assert p.batch_checked >= 2
     for row in p.exits:
+        assert np.isfinite(row.max_abs_diff_batched)
         assert row.max_abs_diff_batched <= 1e-4  # NaN fails
 
 
