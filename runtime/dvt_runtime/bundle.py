@@ -14,6 +14,7 @@ Answers are the same either way.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Iterator
@@ -248,7 +249,8 @@ class Bundle:
                 raise ValueError(f"exit {e + 1} needs the outputs of exit {e}")
             inputs["features"], inputs["relations"] = carry["features_out"], carry["relations_out"]
         out = self.sessions[e].run(inputs)
-        if check_finite and not np.isfinite(out["logits"]).all():
+        # one reduction: a float64 sum of float32 values is finite iff every value is
+        if check_finite and not math.isfinite(out["logits"].sum(dtype=np.float64)):
             m = self.manifest
             raise NonFiniteOutput(f"exit {e + 1} of {m.model} ({m.target}/{m.precision}) returned NaN or infinite logits: the input "
                                   "is out of range for this model, or the artifact is broken (re-export and verify it)")
@@ -261,6 +263,10 @@ class Bundle:
         Returns the outputs (concatenated over the calls) and, per sample, the wall time in ms
         of the call it was part of.
         """
+        if len(x) <= chunk:  # one call (the common case): no slicing
+            t0 = time.perf_counter()
+            out = self.run_exit(e, x, carry, check_finite)
+            return out, np.full(len(x), (time.perf_counter() - t0) * 1e3)
         outs, ms = [], np.empty(len(x))
         for s in range(0, len(x), chunk):
             sl = slice(s, s + chunk)
@@ -339,48 +345,58 @@ class Bundle:
         return out
 
     def _cascade(self, xb: np.ndarray, thr: np.ndarray, deadline_ms: Optional[float], chunk: int) -> list[Prediction]:
-        """Regrouped early exit: each stage runs once (in calls of ``chunk``) on the undecided samples."""
+        """Regrouped early exit: each stage runs once (in calls of ``chunk``) on the undecided samples.
+
+        Kept cheap for one image (the latency path): no masks or copies when every sample stays
+        or every sample stops, and per-sample bookkeeping only in Python lists.
+        """
         n, E = len(xb), self.num_exits
         stage_ms: list[list[float]] = [[] for _ in range(n)]
         per_image: list[list[float]] = [[] for _ in range(n)]
-        elapsed = np.zeros(n)
         result: list[Optional[Prediction]] = [None] * n
-        active = np.arange(n)  # indexes into xb of the undecided samples
+        active = list(range(n))  # indexes into xb of the undecided samples
         carry: Optional[dict] = None  # previous stage's outputs, rows aligned with `active`
         for e in range(E):
             if deadline_ms is not None and e > 0:
-                late = elapsed[active] + self.stage_p90_ms[e] > deadline_ms
-                self._answers(result, carry["logits"], late, active, e - 1, stage_ms, per_image, True)
-                active, carry = active[~late], {k: v[~late] for k, v in carry.items()}
-                if len(active) == 0:
+                late = np.array([sum(stage_ms[i]) + self.stage_p90_ms[e] > deadline_ms for i in active])
+                self._answers(result, carry["logits"], None, late, active, e - 1, stage_ms, per_image, True)
+                active, carry = self._keep(active, carry, ~late)
+                if not active:
                     break
             x = xb if len(active) == n else xb[active]  # gathered: (n_active, C, H, W)
             out, ms = self.run_stage(e, x, carry, chunk)
-            sizes = np.minimum(chunk, len(active) - (np.arange(len(active)) // chunk) * chunk)  # images in each sample's call
-            for i, v, k in zip(active.tolist(), ms.tolist(), sizes.tolist()):
+            for pos, (i, v) in enumerate(zip(active, ms.tolist())):
                 stage_ms[i].append(v)
-                per_image[i].append(v / k)
-            elapsed[active] += ms
-            done = np.ones(len(active), bool) if e == E - 1 else softmax(out["logits"]).max(-1) >= thr[e]
-            self._answers(result, out["logits"], done, active, e, stage_ms, per_image, False)
-            keep = ~done  # decided samples release their features and relations here
-            active = active[keep]
-            carry = None if e == E - 1 else {k: v[keep] for k, v in out.items()}
-            del out, x  # the whole batch's outputs: only the undecided rows (copied above) go on
-            if len(active) == 0:
+                per_image[i].append(v / min(chunk, len(active) - (pos // chunk) * chunk))  # / images in its call
+            probs = softmax(out["logits"].astype(np.float64))  # (n_active, classes)
+            done = np.ones(len(active), bool) if e == E - 1 else probs.max(-1) >= thr[e]
+            self._answers(result, out["logits"], probs, done, active, e, stage_ms, per_image, False)
+            # decided samples release their features and relations here
+            active, carry = self._keep(active, None if e == E - 1 else out, ~done)
+            del out, x
+            if not active:
                 break
         assert all(r is not None for r in result)
         return result  # type: ignore[return-value]
 
-    def _answers(self, result: list, logits: np.ndarray, mask: np.ndarray, active: np.ndarray, e: int,
+    @staticmethod
+    def _keep(active: list[int], out: Optional[dict], keep: np.ndarray) -> tuple[list[int], Optional[dict]]:
+        """The samples still undecided and their rows of ``out`` (no copy when all of them stay)."""
+        rows = np.flatnonzero(keep)
+        if len(rows) == len(active):
+            return active, out
+        return [active[r] for r in rows.tolist()], None if out is None or not len(rows) else {k: v[rows] for k, v in out.items()}
+
+    def _answers(self, result: list, logits: np.ndarray, probs: Optional[np.ndarray], mask: np.ndarray, active: list[int], e: int,
                  stage_ms: list[list[float]], per_image: list[list[float]], skipped: bool) -> None:
-        """Answer the samples ``active[mask]`` from exit ``e``'s ``logits[mask]`` (vectorized softmax)."""
+        """Answer the samples ``active[mask]`` from exit ``e`` (``probs``: softmax of ``logits``, if computed)."""
         rows = np.flatnonzero(mask)
-        if len(rows) == 0:
+        if not len(rows):
             return
-        probs = softmax(logits[rows].astype(np.float64))  # (k, classes)
+        probs = softmax(logits[rows].astype(np.float64)) if probs is None else probs[rows]  # (k, classes)
         labels = probs.argmax(-1)
-        for p, k, i in zip(probs, labels.tolist(), active[rows].tolist()):
+        for p, k, r in zip(probs, labels.tolist(), rows.tolist()):
+            i = active[r]
             name = self.classes[k] if k < len(self.classes) else str(k)
             result[i] = Prediction(k, name, float(p[k]), e, p, float(sum(stage_ms[i])), stage_ms[i], skipped, per_image[i])
 
