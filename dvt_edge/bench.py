@@ -3,6 +3,7 @@
     python -m dvt_edge.bench --checkpoint CKPT --data fashion-mnist [--targets all|LIST]
         [--precisions fp32,int8] [--budgets 0.3,0.4] [--out DIR]
     python -m dvt_edge.bench report RESULTS.json... [--out DIR]     # merge devices
+    python -m dvt_edge.bench --latency-only --model dvt_t2t_vit_12   # no data: per-exit latency table
 
 For each target x precision that runs on this host (a failing one becomes a row with its
 error): artifact sizes and export parity, per-exit accuracy of the artifact itself,
@@ -221,9 +222,10 @@ def random_checkpoint(model_name: str, out: Path) -> str:
 
 
 def _each_target(checkpoint: str, model_name: str, targets: list[str], precisions: list[str], out: Path, measure,
-                 reuse: bool = False, progress: bool = True, verbose: bool = False) -> list[dict]:
+                 reuse: bool = False, progress: bool = True, verbose: bool = False, **export_opts) -> list[dict]:
     """Export (or reuse) a bundle per target x precision and ``measure(row, bundle_dir, target)`` it;
-    a target that fails becomes a row with its error, never a crash (the format table drives the loop)."""
+    a target that fails becomes a row with its error, never a crash (the format table drives the loop).
+    ``export_opts``: more :class:`dvt_edge.export.ExportOptions` fields (e.g. ``calib_data``)."""
     from dvt_edge.export import export_bundle
     from dvt_edge.export.targets import TARGETS, get_target
     from dvt_runtime.manifest import Manifest
@@ -243,7 +245,7 @@ def _each_target(checkpoint: str, model_name: str, targets: list[str], precision
                     man = Manifest.load(bdir)
                 else:
                     man = export_bundle(checkpoint, name, prec, out=str(bdir), force=True, progress=progress, verbose=verbose,
-                                        log_path=str(out / "bench-toolchains.log")).manifest
+                                        log_path=str(out / "bench-toolchains.log"), **export_opts).manifest
                 row.update(artifact_kb=[round(e.size_bytes / 1024, 1) for e in man.exits],
                            parity=man.parity.to_dict() if man.parity else None, quantization=[e.quantization.get("scheme") for e in man.exits],
                            undelegated_ops=[e.undelegated_ops for e in man.exits])
@@ -362,20 +364,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     ap = argparse.ArgumentParser(prog="python -m dvt_edge.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default=str(REFERENCE), help="checkpoint (default: the natural-image reference dvt_small_cifar)")
-    ap.add_argument("--data", default=None, help=f"dataset spec: {', '.join(DATASETS)} (default: the checkpoint's evaluation set)")
+    ap.add_argument("--data", default=None, help=f"dataset spec: {', '.join(DATASETS)} (default: the checkpoint's evaluation set; "
+                                                 "with --latency-only: int8 calibration images, default random images for --model)")
     ap.add_argument("--targets", default="all", help="all or a comma-separated list")
     ap.add_argument("--precisions", default="fp32,int8")
     ap.add_argument("--budgets", default=None, help="comma-separated latency budgets in ms (default: 5, geometrically spaced between exit 1 and exit 3)")
     ap.add_argument("--n", type=int, default=2000, help="evaluation images (half calibrate thresholds, half measure)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--runs", type=int, default=200, help="profiler runs per stage")
+    ap.add_argument("--runs", type=int, default=None, help="profiler runs per stage (default 200; 60 with --latency-only)")
     ap.add_argument("--device-name", default=None, help="label of this device in reports")
     ap.add_argument("--reuse-bundles", action="store_true", help="reuse bundles already in OUT/bundles")
     ap.add_argument("--verbose", action="store_true", help="show the toolchains' own output (default: OUT/bench-toolchains.log)")
     ap.add_argument("--batches", default=None,
                     help="throughput mode: comma-separated batch sizes, e.g. 1,8,32,128 (images/s of the static model and the "
                          "dynamic cascade per batch size)")
-    ap.add_argument("--model", default=None, help="with --batches: a registered model with random weights (random images, no accuracy)")
+    ap.add_argument("--latency-only", action="store_true",
+                    help="no data: per-exit p50/p90 of every target x precision and of eager PyTorch on random images, MAC "
+                         "rates against this machine's GEMM peak (with --model NAME for random weights, or --checkpoint)")
+    ap.add_argument("--rounds", type=int, default=4, help="with --latency-only: interleaved timing rounds")
+    ap.add_argument("--model", default=None, help="with --batches or --latency-only: a registered model with random weights "
+                                                  "(random images, no accuracy)")
     ap.add_argument("--thresholds", default=None,
                     help="with --batches: fixed per-exit thresholds, e.g. 0.9,0.8 ('-' = never stop), instead of the full "
                          "benchmark's matched-accuracy ones")
@@ -387,7 +395,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ValueError("budgets must be positive milliseconds")
         out = Path(a.out)
         batches = _ints(a.batches, "--batches") if a.batches else []
-        if a.model or a.thresholds:
+        if a.latency_only:
+            from dvt_edge.bench_latency import run_latency
+
+            if a.batches or a.thresholds or a.budgets:
+                raise ValueError("--latency-only measures latency alone: drop --batches, --thresholds and --budgets")
+            ckpt = None if a.model else a.checkpoint
+            r = run_latency(ckpt, a.model, a.targets.split(","), a.precisions.split(","), out, a.threads, a.runs or 60,
+                            _ints(str(a.rounds), "--rounds")[0], device_name=a.device_name, verbose=a.verbose,
+                            reuse=a.reuse_bundles, calib_data=a.data)
+        elif a.model or a.thresholds:
             if not batches or not a.thresholds:
                 raise ValueError("fixed-threshold throughput (--model / --thresholds) needs both --batches and --thresholds")
             out.mkdir(parents=True, exist_ok=True)
@@ -398,8 +415,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                threads=a.threads, device_name=a.device_name, verbose=a.verbose, data=data, reuse=a.reuse_bundles)
         else:
             r = run_bench(a.checkpoint, a.data, a.targets.split(","), a.precisions.split(","), budgets, out, a.n, a.threads,
-                          a.runs, device_name=a.device_name, reuse=a.reuse_bundles, verbose=a.verbose, batches=batches)
-    except (DataError, ValueError, OSError) as e:
+                          a.runs or 200, device_name=a.device_name, reuse=a.reuse_bundles, verbose=a.verbose, batches=batches)
+    except (DataError, ValueError, OSError, MemoryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     write_outputs([r], out)

@@ -72,6 +72,12 @@ def markdown(results: list[dict]) -> str:
     out = []
     for r in results:
         dev = _device_label(r)
+        if r.get("mode") == "latency":
+            from dvt_edge.bench_latency import latency_markdown
+
+            out.extend(latency_markdown(r, dev))
+            out.append("")
+            continue
         if r.get("mode") == "throughput":
             out.append(f"## {r['model']} on {dev}: throughput on {r['data']}\n")
             out.extend(throughput_markdown(r))
@@ -216,6 +222,9 @@ def write_outputs(results: list[dict], out: Path, name: str = "bench") -> None:
     atomic_write(out / f"{name}.md", markdown(results).encode())
     plot(results, out / f"{name}_accuracy_vs_latency.png", out / f"{name}_exit_distribution.png")
     plot_throughput(results, out / f"{name}_throughput.png")
+    from dvt_edge.bench_latency import plot_latency
+
+    plot_latency(results, out / f"{name}_latency.png")
 
 
 def load_results(paths: Sequence[str]) -> list[dict]:
