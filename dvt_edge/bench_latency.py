@@ -209,17 +209,18 @@ class _Eager:
         return out
 
 
-def _time_rounds(runners: dict[str, Callable[[int], list[list[float]]]], rounds: int, runs: int, progress: bool) -> dict[str, list]:
+def _time_rounds(runners: dict[str, Callable[[int], list[list[float]]]], rounds: int, runs: int, progress: bool,
+                 console=None) -> dict[str, list]:
     """``runners[name](n)`` -> per-stage samples of n timed chain runs; called in ``rounds`` interleaved
     rounds of ``runs // rounds`` runs each. Returns per name: per-stage samples, in run order."""
     from dvt_runtime.io import progress as bar
 
     per = max(4, runs // rounds)
     samples: dict[str, list] = {name: None for name in runners}
-    for _ in bar(range(rounds), rounds, "timing rounds", enabled=progress):
-        for name, run in runners.items():
-            got = run(per)
-            samples[name] = got if samples[name] is None else [a + b for a, b in zip(samples[name], got)]
+    order = [name for _ in range(rounds) for name in runners]  # round 1: every row, round 2: every row, ...
+    for name in bar(order, len(order), "timing", unit="row", enabled=progress, file=console):
+        got = runners[name](per)
+        samples[name] = got if samples[name] is None else [a + b for a, b in zip(samples[name], got)]
     return samples
 
 
@@ -295,8 +296,8 @@ def run_latency(checkpoint: Optional[str], model_name: Optional[str], targets: l
     import torch
 
     torch.set_num_threads(threads)  # the exporters may have changed it
-    with quiet_toolchains(out / "bench-toolchains.log", verbose):
-        samples = _time_rounds(runners, rounds, runs, progress)
+    with quiet_toolchains(out / "bench-toolchains.log", verbose) as console:  # the bar stays on the terminal
+        samples = _time_rounds(runners, rounds, runs, progress, console)
     for row in rows:
         name = f"{row['target']} {row['precision']}"
         if name in samples:
@@ -340,7 +341,7 @@ def latency_markdown(r: dict, device_label: str) -> list[str]:
         out.append("| ratio | " + " | ".join(f"exit {e + 1}" for e in range(n)) + " | goal | met |")
         out.append("|---|" + "---|" * (n + 2))
         for c in r["comparisons"]:
-            cells = [f"{v:.2f}" + ("" if ok else " (miss)") for v, ok in zip(c["per_exit"], c["met_per_exit"])]
+            cells = [f"{v:.3f}" + ("" if ok else " (miss)") for v, ok in zip(c["per_exit"], c["met_per_exit"])]
             out.append(f"| {c['what']} | " + " | ".join(cells) + f" | {c['goal']} | {'yes' if c['met'] else 'NO'} |")
     return out
 

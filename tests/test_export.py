@@ -70,6 +70,12 @@ def test_export_target_precision(tmp_path, micro_ckpt, target, precision):
         assert "ai.onnx" in cfg
     if precision == "int8" and len(t.int8["schemes"]) > 1 and t.int8.get("default_scheme") == "auto":
         assert len(m.parity.scheme_selection) == 3  # measured, per exit
+        if t.backend != "coreml":  # agreement and speed measured through the runtime, recorded per exit
+            for e in m.exits:
+                sel = e.quantization["selection"]
+                assert {c["scheme"] for c in sel["candidates"]} | set(sel["rejected"]) == set(t.int8["schemes"])
+                for c in sel["candidates"]:
+                    assert np.isfinite([c["agreement"], c["max_abs_diff"], c["p50_ms"]]).all() and c["p50_ms"] > 0, c
 
 
 def test_manifest_round_trip(tmp_path, micro_ckpt):
@@ -205,3 +211,15 @@ def test_in_graph_input_resize_is_delegated_like_the_rest(tmp_path):
         assert m.parity.passed, m.parity
         left[name] = [e.undelegated_ops for e in m.exits]
     assert left["resized"] == left["plain"]
+
+
+def test_int8_scheme_choice_trades_agreement_for_speed_within_the_slack():
+    from dvt_edge.export.int8 import SPEED_SLACK_POINTS, _choose
+
+    c = lambda sch, agree, ms, err=0.1: {"scheme": sch, "agreement": agree, "max_abs_diff": err, "p50_ms": ms}  # noqa: E731
+    pick, why = _choose([c("static", 99.0, 10.0), c("dynamic", 99.0 - SPEED_SLACK_POINTS / 2, 6.0)])
+    assert pick["scheme"] == "dynamic" and "fastest" in why  # as faithful, within the slack: the faster one
+    pick, why = _choose([c("static", 99.0, 10.0), c("dynamic", 99.0 - 2 * SPEED_SLACK_POINTS, 6.0)])
+    assert pick["scheme"] == "static" and why == "best agreement"  # faster but less faithful: refused
+    pick, _ = _choose([c("static", -1.0, 1.0, float("inf")), c("dynamic", 97.5, 9.0)])
+    assert pick["scheme"] == "dynamic"  # non-finite logits (agreement -1) never win on speed

@@ -1,8 +1,9 @@
 """int8 per exit: which quantization scheme each exit keeps, chosen by measured agreement.
 
 With ``--scheme auto`` every scheme the target's recipe lists is exported for an exit, each
-is run by the device's runtime chained after the exits already chosen, and the scheme whose
-logits agree best with PyTorch fp32 on real images is kept (ties: the smaller error).
+is run and timed by the device's runtime chained after the exits already chosen, and the
+fastest scheme whose top-1 agreement with PyTorch fp32 on real images is within
+``SPEED_SLACK_POINTS`` of the best is kept; the manifest records every candidate's figures.
 """
 
 from __future__ import annotations
@@ -34,8 +35,14 @@ def int8_schemes(t: Target, precision: str, scheme: Optional[str]) -> list[Optio
     return valid if chosen == "auto" else [chosen]
 
 
+SPEED_SLACK_POINTS = 0.5  # top-1 agreement (points) a faster scheme may give up to the most faithful one
+TIMED_RUNS = 12  # chained runs timed per candidate (p50 of its stage)
+
+
 def pick_scheme(model, t, candidates, graphs, chosen_artifacts, tmp, data, real_ref, e, notes):
-    """Keep the int8 scheme whose exit agrees best with PyTorch on real images (chained)."""
+    """Keep the int8 scheme of exit ``e`` by measured agreement with PyTorch on real images and
+    measured speed, both through the device's runtime chained after the exits already chosen:
+    the fastest scheme within ``SPEED_SLACK_POINTS`` of the best agreement (ties: smaller error)."""
     if data.verify_x is None:
         sch, cdir, art = candidates[0]
         notes.append(f"exit {e + 1}: {sch} (no real images to compare schemes)")
@@ -46,28 +53,60 @@ def pick_scheme(model, t, candidates, graphs, chosen_artifacts, tmp, data, real_
                 sess = open_sessions(t, tmp, graphs[: e + 1], [*chosen_artifacts, _moved(art, cdir, tmp)])
             except ExportError as ex:
                 rejected[sch] = str(ex)
-                scored.append((-1.0, -np.inf, sch, cdir, art))
                 continue
-            if sess is None:
-                scored.append((0.0, 0.0, sch, cdir, art))
+            if sess is None:  # the runtime does not run here: nothing to measure
+                scored.append({"scheme": sch, "agreement": None, "max_abs_diff": None, "p50_ms": None, "c": (sch, cdir, art)})
                 continue
-            partial = [*chosen_artifacts, _moved(art, cdir, tmp)]
-            lg = chained(verification_bundle(model, t, exit_specs(model, graphs, partial, tmp), sess, tmp), data.verify_x, 1)[e]
-            agree = float((lg.argmax(-1) == real_ref[e].argmax(-1)).mean() * 100)
-            err = float(np.abs(lg - real_ref[e]).max())
-            scored.append((agree, -err, sch, cdir, art))
-        scored.sort(key=lambda s: (s[0], s[1]), reverse=True)
-        if scored[0][0] < 0:
+            vb = verification_bundle(model, t, exit_specs(model, graphs, [*chosen_artifacts, _moved(art, cdir, tmp)], tmp), sess, tmp)
+            lg = chained(vb, data.verify_x, 1)[e]
+            ok = bool(np.isfinite(lg).all())
+            scored.append({"scheme": sch, "agreement": float((lg.argmax(-1) == real_ref[e].argmax(-1)).mean() * 100) if ok else -1.0,
+                           "max_abs_diff": float(np.abs(lg - real_ref[e]).max()) if ok else float("inf"),
+                           "p50_ms": _stage_p50(vb, data.verify_x, e), "c": (sch, cdir, art)})
+        if not scored:
             raise ExportError(f"exit {e + 1}: no int8 scheme produced an artifact the runtime can run: {rejected}")
-        _, _, sch, cdir, art = scored[0]
-        notes.append(f"exit {e + 1}: " + ", ".join(f"{s[2]} {s[0]:.2f}% agreement (max|dlogit| {-s[1]:.3f})" if s[0] >= 0
-                                                 else f"{s[2]} rejected ({rejected[s[2]]})" for s in scored) + f" -> {sch}")
+        pick, why = _choose(scored)
+        sch, cdir, art = pick["c"]
+        art.quantization["selection"] = {"rule": why, "candidates": [{k: v for k, v in s.items() if k != "c"} for s in scored],
+                                         "rejected": rejected}
+        notes.append(f"exit {e + 1}: " + ", ".join(_describe(s) for s in scored)
+                     + "".join(f", {k} rejected ({v})" for k, v in rejected.items()) + f" -> {sch} ({why})")
     for name in [art.artifact, *art.extra_files]:
         shutil.move(str(cdir / name), str(tmp / name))
     for _, d, _ in candidates:
         if d != tmp:
             shutil.rmtree(d, ignore_errors=True)
     return sch, tmp, art
+
+
+def _stage_p50(bundle, x: np.ndarray, e: int) -> float:
+    """p50 (ms) of exit ``e``'s own stage, chained as the device runs it, on a few real images."""
+    from dvt_runtime.profile import profile_bundle
+
+    prof = profile_bundle(bundle, warmup=2, runs=TIMED_RUNS, images=x[:4], progress=False)
+    return float(prof.stages[e]["median"])
+
+
+def _choose(scored: list[dict]) -> tuple[dict, str]:
+    """The fastest candidate within SPEED_SLACK_POINTS of the best agreement (non-finite output never wins)."""
+    if any(s["agreement"] is None for s in scored):
+        return scored[0], "first scheme: the runtime does not run on this host, nothing measured"
+    best = max(s["agreement"] for s in scored)
+    if best < 0:
+        return scored[0], "every scheme gave non-finite logits"
+    near = [s for s in scored if s["agreement"] >= best - SPEED_SLACK_POINTS]
+    pick = min(near, key=lambda s: (s["p50_ms"], -s["agreement"], s["max_abs_diff"]))
+    if len(near) == 1:
+        return pick, "best agreement"
+    return pick, f"fastest within {SPEED_SLACK_POINTS} points of the best agreement"
+
+
+def _describe(s: dict) -> str:
+    if s["agreement"] is None:
+        return f"{s['scheme']} (not measured)"
+    if s["agreement"] < 0:
+        return f"{s['scheme']} non-finite logits"
+    return f"{s['scheme']} {s['agreement']:.2f}% agreement (max|dlogit| {s['max_abs_diff']:.3f}, stage p50 {s['p50_ms']:.3f} ms)"
 
 
 def _moved(art: ExitArtifact, src: Path, tmp: Path) -> ExitArtifact:

@@ -1,7 +1,7 @@
 """ONNX Runtime (.onnx) and ONNX Runtime Mobile (.ort) exits.
 
-fp32: torch's dynamo exporter, weights embedded. int8: ``quantize_static`` (QDQ,
-per-channel weights) restricted to MatMul/Gemm/Conv and calibrated on real images, or
+fp32: torch's dynamo exporter, weights embedded. int8: ``quantize_static`` (QDQ, U8S8,
+per-channel weights) restricted to MatMul/Gemm and calibrated on real images, or
 ``quantize_dynamic``. The ``ort`` target converts the result to the ORT format and writes
 ``required_operators.config`` for reduced builds.
 """
@@ -52,7 +52,7 @@ def _quantize(job: ExitJob, fp32: Path, out: Path, scheme: str) -> dict:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    op_types = list(job.target.int8.get("op_types", ["MatMul", "Gemm", "Conv"]))
+    op_types = list(job.target.int8.get("op_types", ["MatMul", "Gemm"]))
     with tempfile.TemporaryDirectory() as td:
         pre = Path(td) / "pre.onnx"
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
@@ -62,15 +62,16 @@ def _quantize(job: ExitJob, fp32: Path, out: Path, scheme: str) -> dict:
                     "weights": "int8 per-channel", "activations": "uint8 dynamic"}
         if not job.calib:
             raise ValueError("static int8 needs calibration images: pass --calib-data SPEC")
+        # U8S8 (asymmetric uint8 activations, symmetric int8 weights): MLAS's VNNI path on x86;
+        # S8S8 measured 0.87x of fp32 on dvt_t2t_vit_12 exit 3 here, U8S8 1.13x
         quantize_static(
             str(pre), str(out), _Reader(job.calib), quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types,
-            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax, extra_options={"WeightSymmetric": True},
         )
     return {"scheme": "static", "method": "onnxruntime.quantize_static (QDQ)", "op_types": op_types,
-            "weights": "int8 per-channel", "activations": "int8 static (MinMax)", "calibration_images": len(job.calib),
-            "excluded_ops": "all but " + "/".join(op_types)}
+            "weights": "int8 per-channel symmetric", "activations": "uint8 static asymmetric (MinMax)",
+            "calibration_images": len(job.calib), "excluded_ops": "all but " + "/".join(op_types)}
 
 
 def _to_ort(onnx_path: Path, out_dir: Path) -> list[str]:
