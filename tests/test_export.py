@@ -223,3 +223,16 @@ def test_int8_scheme_choice_trades_agreement_for_speed_within_the_slack():
     assert pick["scheme"] == "static" and why == "best agreement"  # faster but less faithful: refused
     pick, _ = _choose([c("static", -1.0, 1.0, float("inf")), c("dynamic", 97.5, 9.0)])
     assert pick["scheme"] == "dynamic"  # non-finite logits (agreement -1) never win on speed
+
+
+def test_int8_agreement_requirement_can_be_recorded_only():
+    from dvt_edge.export.verify import INT8_MIN_AGREEMENT, check_parity
+    from dvt_runtime.manifest import ExitParity, ParityReport
+
+    rep = ParityReport(runtime="onnxruntime", checked="numerical", exits=[ExitParity(exit=1, top1_agreement=60.0, finite=True)])
+    assert any("agreement 60.00%" in p for p in check_parity(rep, "int8"))  # the default requires INT8_MIN_AGREEMENT
+    assert check_parity(rep, "int8", None) == []  # random weights: recorded, not required
+    rep.exits[0].finite = False
+    assert check_parity(rep, "int8", None)  # non-finite logits fail whatever the agreement rule
+    nan = ParityReport(runtime="onnxruntime", checked="numerical", exits=[ExitParity(exit=1, top1_agreement=float("nan"))])
+    assert check_parity(nan, "int8", INT8_MIN_AGREEMENT)  # NaN agreement is a failure
