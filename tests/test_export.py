@@ -236,3 +236,26 @@ def test_int8_agreement_requirement_can_be_recorded_only():
     assert check_parity(rep, "int8", None)  # non-finite logits fail whatever the agreement rule
     nan = ParityReport(runtime="onnxruntime", checked="numerical", exits=[ExitParity(exit=1, top1_agreement=float("nan"))])
     assert check_parity(nan, "int8", INT8_MIN_AGREEMENT)  # NaN agreement is a failure
+
+
+def test_xnnpack_form_takes_large_soft_splits_as_slices_all_delegated():
+    """ExecuTorch's recipe runs T2T's large-kernel soft splits as slices (no k*k multiply-accumulates
+    per value), with the numbers of nn.Unfold and nothing left outside the XNNPACK delegate."""
+    pytest.importorskip("executorch")
+    import torch
+
+    from dvt_edge.export.executorch import BLOCKED_SOFT_SPLIT_MIN_KERNEL, for_xnnpack, undelegated_ops
+    from dvt_edge.models import SoftSplit
+
+    net = torch.nn.Sequential(SoftSplit(3, 14, 8, 3), torch.nn.Identity())
+    small = torch.nn.Sequential(SoftSplit(3, 7, 4, 2))
+    x = torch.randn(1, 3, 64, 64)
+    xn, xs = for_xnnpack(net), for_xnnpack(small)
+    assert xn[0].blocked and not xs[0].blocked and not net[0].blocked  # the original is untouched
+    assert 14 >= BLOCKED_SOFT_SPLIT_MIN_KERNEL > 7
+    assert torch.equal(xn(x), torch.nn.Unfold(14, padding=3, stride=8)(x))
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    edge = to_edge_transform_and_lower(torch.export.export(xn, (x,)), partitioner=[XnnpackPartitioner()])
+    assert undelegated_ops(edge.exported_program()) == {}

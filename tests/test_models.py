@@ -209,15 +209,20 @@ def test_torch_export_every_stage(name):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("channels,k,s,p,size", [(3, 7, 4, 2, 57), (64, 3, 2, 1, 28), (5, 3, 2, 1, 7)])
-def test_soft_split_is_unfold_exactly(channels, k, s, p, size):
-    """T2T's soft split as a one-hot grouped convolution: the very numbers of nn.Unfold (channel
-    order c*k*k + i*k + j, padding included), so published T2T checkpoints keep their outputs."""
+@pytest.mark.parametrize("blocked", [False, True], ids=["one-hot-conv", "blocked"])
+@pytest.mark.parametrize("channels,k,s,p,size", [(3, 7, 4, 2, 57), (64, 3, 2, 1, 28), (5, 3, 2, 1, 7), (3, 14, 8, 3, 64),
+                                                 (3, 11, 6, 5, 61), (64, 3, 2, 1, 19), (2, 4, 2, 0, 9), (2, 5, 5, 0, 20)])
+def test_soft_split_is_unfold_exactly(channels, k, s, p, size, blocked):
+    """T2T's soft split as a one-hot grouped convolution, or as blocks, slices and concatenations:
+    the very numbers of nn.Unfold (channel order c*k*k + i*k + j, padding included), so published
+    T2T checkpoints keep their outputs."""
     from dvt_edge.models import SoftSplit
 
     x = torch.randn(2, channels, size, size) * 10
     ref = torch.nn.Unfold(kernel_size=k, stride=s, padding=p)(x)
-    got = SoftSplit(channels, k, s, p)(x)
+    m = SoftSplit(channels, k, s, p)
+    m.blocked = blocked
+    got = m(x)
     assert got.shape == ref.shape
     assert torch.equal(got, ref)
     assert "weight" not in SoftSplit(channels, k, s, p).state_dict()  # checkpoints unchanged
