@@ -23,7 +23,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from dvt_edge.bench_report import SCHEMA
+from dvt_edge.bench_report import SCHEMA, _device_label
 from dvt_edge.logs import quiet_toolchains
 from dvt_runtime.io import save_png
 from dvt_runtime.stats import sample_stats
@@ -370,7 +370,7 @@ def plot_latency(results: list[dict], path: Path) -> bool:
         ax.set_xticks(np.arange(len(ok[0]["stages"])) + 0.4 - width / 2 if ok else [])
         ax.set_xticklabels([f"exit {e + 1}" for e in range(len(ok[0]["stages"]))] if ok else [])
         ax.set_ylabel("ms to reach the exit (p50, whisker p90)")
-        ax.set_title(f"{r['model']}: {r['threads']} thread(s), batch 1", fontsize=9)
+        ax.set_title(f"{r['model']} on {_device_label(r)}, batch 1", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()

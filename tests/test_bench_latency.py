@@ -102,3 +102,13 @@ def test_roofline_rows_are_real():
     for row in r["rows"]:
         assert "error" in row or _finite_positive(row["gmacs_per_s"]), row
     assert np.isfinite(r["peak"]["fp32"]["gmacs_per_s"])
+
+
+def test_latency_results_merge_into_a_report(latency, tmp_path, capsys):
+    out, r = latency
+    other = dict(r, device=dict(r["device"], device_name="second-device"))  # a second device's file
+    (tmp_path / "b.json").write_text(json.dumps(other))
+    assert bench.main(["report", str(out / "bench.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert md.count("latency only") == 2 and "second-device" in md
+    assert (tmp_path / "rep" / "report_latency.png").stat().st_size > 1000
