@@ -36,8 +36,8 @@ ROOF_SHAPES = ((1024, 1024, 1024), (256, 1024, 1024), (197, 384, 1536))  # (M, K
 # model, the checkpoint, the exporters' graph copies, the int8 calibration model and one open
 # session per bundle.
 MEMORY_FACTOR = 12
-MEMORY_BASE_MB = 600.0
-VERIFY_N = 100  # verification images per export (random ones for random weights)  # interpreter, torch, the runtimes' libraries
+MEMORY_BASE_MB = 600.0  # interpreter, torch, the runtimes' libraries
+VERIFY_N = 100  # verification images per export (random ones for random weights)
 GOALS = {"executorch fp32 / onnx fp32": ("<=", 1.15), "executorch fp32 / eager fp32": ("<=", 1.0),
          "onnx fp32 / onnx int8": (">=", 1.5), "executorch fp32 / executorch int8": (">=", 1.5)}
 
@@ -212,14 +212,21 @@ class _Eager:
 def _time_rounds(runners: dict[str, Callable[[int], list[list[float]]]], rounds: int, runs: int, progress: bool,
                  console=None) -> dict[str, list]:
     """``runners[name](n)`` -> per-stage samples of n timed chain runs; called in ``rounds`` interleaved
-    rounds of ``runs // rounds`` runs each. Returns per name: per-stage samples, in run order."""
+    rounds of ``runs // rounds`` runs each. Returns per name: per-stage samples, in run order, or the
+    error (a string) of a row that failed while timing."""
     from dvt_runtime.io import progress as bar
 
     per = max(4, runs // rounds)
     samples: dict[str, list] = {name: None for name in runners}
     order = [name for _ in range(rounds) for name in runners]  # round 1: every row, round 2: every row, ...
     for name in bar(order, len(order), "timing", unit="row", enabled=progress, file=console):
-        got = runners[name](per)
+        if isinstance(samples[name], str):
+            continue  # failed in an earlier round
+        try:
+            got = runners[name](per)
+        except Exception as e:  # a row that fails while timing becomes an error, the others go on
+            samples[name] = f"{type(e).__name__} while timing: {str(e).strip()[:300]}"
+            continue
         samples[name] = got if samples[name] is None else [a + b for a, b in zip(samples[name], got)]
     return samples
 
@@ -302,7 +309,9 @@ def run_latency(checkpoint: Optional[str], model_name: Optional[str], targets: l
         samples = _time_rounds(runners, rounds, runs, progress, console)
     for row in rows:
         name = f"{row['target']} {row['precision']}"
-        if name in samples:
+        if isinstance(samples.get(name), str):
+            row.update(status="error", error=samples[name])
+        elif name in samples:
             peak = roof["peak"].get("int8" if row["precision"] == "int8" else "fp32", {}).get("gmacs_per_s")
             row["stages"] = _stage_rows(samples[name], macs, peak)
     dev = device_facts(threads=threads)
@@ -311,7 +320,8 @@ def run_latency(checkpoint: Optional[str], model_name: Optional[str], targets: l
     return {"schema": SCHEMA, "schema_version": 1, "mode": "latency",
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "command": " ".join(sys.argv),
             "checkpoint": checkpoint, "model": model.name, "weights": "random (seed 0)" if model_name else "checkpoint",
-            "input": f"random images {tuple(x.shape[1:])}", "threads": threads, "runs": runs, "rounds": rounds, "warmup": warmup,
+            "input": f"random images {tuple(x.shape[1:])}", "threads": threads, "runs": rounds * max(4, runs // rounds), "rounds": rounds,
+            "warmup": warmup,
             "memory": mem, "device": dev, "roofline": roof, "rows": rows, "comparisons": _comparisons(rows)}
 
 

@@ -112,3 +112,18 @@ def test_latency_results_merge_into_a_report(latency, tmp_path, capsys):
     md = (tmp_path / "rep" / "report.md").read_text()
     assert md.count("latency only") == 2 and "second-device" in md
     assert (tmp_path / "rep" / "report_latency.png").stat().st_size > 1000
+
+
+def test_a_row_failing_while_timing_becomes_an_error_the_others_go_on():
+    calls = {"bad": 0}
+
+    def good(n):
+        return [[1.0] * n, [2.0] * n]
+
+    def bad(n):
+        calls["bad"] += 1
+        raise RuntimeError("backend crashed")
+
+    got = bl._time_rounds({"good": good, "bad": bad}, rounds=3, runs=12, progress=False)
+    assert got["good"] == [[1.0] * 12, [2.0] * 12]  # 3 rounds of 4 runs, stages aligned
+    assert isinstance(got["bad"], str) and "backend crashed" in got["bad"] and calls["bad"] == 1  # not retried

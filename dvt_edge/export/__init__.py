@@ -132,7 +132,7 @@ def _default_thresholds(model: DVT, info: CheckpointInfo, ref_logits: Optional[l
         return None, "none (no real images to choose them on)"
     from dvt_runtime.search import ExitOutputs, StageCosts, search_thresholds
 
-    probs = np.stack([softmax(lg) for lg in ref_logits])
+    probs = np.stack([softmax(lg.astype(np.float64)) for lg in ref_logits])  # float64, as the runtime decides
     costs = StageCosts.from_cumulative([e.gflops for e in model.exits], unit="GFLOPs")
     res = search_thresholds(ExitOutputs.from_probs(probs, labels), costs, budget=costs.cumulative[-1] * (1 + 1e-9), algorithm="exact")
     best = max(p.accuracy for p in res.frontier)

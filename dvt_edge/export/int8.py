@@ -2,8 +2,9 @@
 
 With ``--scheme auto`` every scheme the target's recipe lists is exported for an exit, each
 is run and timed by the device's runtime chained after the exits already chosen, and the
-fastest scheme whose top-1 agreement with PyTorch fp32 on real images is within
-``SPEED_SLACK_POINTS`` of the best is kept; the manifest records every candidate's figures.
+most faithful scheme is kept unless another within ``SPEED_SLACK_POINTS`` of its top-1
+agreement with PyTorch fp32 runs at least ``MIN_SPEEDUP`` faster (then the fastest such); the
+manifest records every candidate's figures.
 """
 
 from __future__ import annotations
@@ -36,13 +37,14 @@ def int8_schemes(t: Target, precision: str, scheme: Optional[str]) -> list[Optio
 
 
 SPEED_SLACK_POINTS = 0.5  # top-1 agreement (points) a faster scheme may give up to the most faithful one
+MIN_SPEEDUP = 0.05  # ... when it is at least this much faster (a smaller difference is timing noise)
 TIMED_RUNS = 12  # chained runs timed per candidate (p50 of its stage)
 
 
 def pick_scheme(model, t, candidates, graphs, chosen_artifacts, tmp, data, real_ref, e, notes):
     """Keep the int8 scheme of exit ``e`` by measured agreement with PyTorch on real images and
-    measured speed, both through the device's runtime chained after the exits already chosen:
-    the fastest scheme within ``SPEED_SLACK_POINTS`` of the best agreement (ties: smaller error)."""
+    measured speed, both through the device's runtime chained after the exits already chosen
+    (see :func:`_choose`); every scheme non-finite: ExportError."""
     if data.verify_x is None:
         sch, cdir, art = candidates[0]
         notes.append(f"exit {e + 1}: {sch} (no real images to compare schemes)")
@@ -59,13 +61,16 @@ def pick_scheme(model, t, candidates, graphs, chosen_artifacts, tmp, data, real_
                 continue
             vb = verification_bundle(model, t, exit_specs(model, graphs, [*chosen_artifacts, _moved(art, cdir, tmp)], tmp), sess, tmp)
             lg = chained(vb, data.verify_x, 1)[e]
-            ok = bool(np.isfinite(lg).all())
+            ok = bool(np.isfinite(lg).all())  # non-finite logits: never kept, not timed (the runtime would refuse them)
             scored.append({"scheme": sch, "agreement": float((lg.argmax(-1) == real_ref[e].argmax(-1)).mean() * 100) if ok else -1.0,
-                           "max_abs_diff": float(np.abs(lg - real_ref[e]).max()) if ok else float("inf"),
-                           "p50_ms": _stage_p50(vb, data.verify_x, e), "c": (sch, cdir, art)})
+                           "max_abs_diff": float(np.abs(lg - real_ref[e]).max()) if ok else None,
+                           "p50_ms": _stage_p50(vb, data.verify_x, e) if ok else None, "c": (sch, cdir, art)})
         if not scored:
             raise ExportError(f"exit {e + 1}: no int8 scheme produced an artifact the runtime can run: {rejected}")
         pick, why = _choose(scored)
+        if pick["agreement"] is not None and pick["agreement"] < 0:
+            raise ExportError(f"exit {e + 1}: every int8 scheme gave NaN or infinite logits on real images "
+                              f"({', '.join(s['scheme'] for s in scored)}); export fp32, or int8 with other calibration data")
         sch, cdir, art = pick["c"]
         art.quantization["selection"] = {"rule": why, "candidates": [{k: v for k, v in s.items() if k != "c"} for s in scored],
                                          "rejected": rejected}
@@ -88,17 +93,21 @@ def _stage_p50(bundle, x: np.ndarray, e: int) -> float:
 
 
 def _choose(scored: list[dict]) -> tuple[dict, str]:
-    """The fastest candidate within SPEED_SLACK_POINTS of the best agreement (non-finite output never wins)."""
+    """The most faithful candidate (best agreement, then smaller error), unless another within
+    SPEED_SLACK_POINTS of its agreement is at least MIN_SPEEDUP faster (then the fastest such).
+    Non-finite output (agreement -1) never wins over a finite one."""
     if any(s["agreement"] is None for s in scored):
         return scored[0], "first scheme: the runtime does not run on this host, nothing measured"
     best = max(s["agreement"] for s in scored)
     if best < 0:
         return scored[0], "every scheme gave non-finite logits"
+    faithful = min((s for s in scored if s["agreement"] == best), key=lambda s: s["max_abs_diff"])
     near = [s for s in scored if s["agreement"] >= best - SPEED_SLACK_POINTS]
-    pick = min(near, key=lambda s: (s["p50_ms"], -s["agreement"], s["max_abs_diff"]))
-    if len(near) == 1:
-        return pick, "best agreement"
-    return pick, f"fastest within {SPEED_SLACK_POINTS} points of the best agreement"
+    fastest = min(near, key=lambda s: (s["p50_ms"], -s["agreement"], s["max_abs_diff"]))
+    if fastest is not faithful and fastest["p50_ms"] <= faithful["p50_ms"] * (1 - MIN_SPEEDUP):
+        return fastest, f"fastest within {SPEED_SLACK_POINTS} points of the best agreement ({MIN_SPEEDUP:.0%} or more faster)"
+    return faithful, "best agreement (then smaller error)" + ("" if len(near) == 1 else f"; no scheme within {SPEED_SLACK_POINTS} "
+                                                                                        f"points was {MIN_SPEEDUP:.0%} faster")
 
 
 def _describe(s: dict) -> str:

@@ -48,6 +48,10 @@ class _Reader:
         return next(self._it, None)
 
 
+U8S8_NOTE = ("uint8 activations x int8 weights: on x86 CPUs without VNNI, ONNX Runtime's u8s8 kernels can saturate; "
+             "verify on such a device (python -m dvt_edge.evaluate --bundles) before deploying there")
+
+
 def _quantize(job: ExitJob, fp32: Path, out: Path, scheme: str) -> dict:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -59,7 +63,7 @@ def _quantize(job: ExitJob, fp32: Path, out: Path, scheme: str) -> dict:
         if scheme == "dynamic":
             quantize_dynamic(str(pre), str(out), op_types_to_quantize=op_types, per_channel=True, weight_type=QuantType.QInt8)
             return {"scheme": "dynamic", "method": "onnxruntime.quantize_dynamic", "op_types": op_types,
-                    "weights": "int8 per-channel", "activations": "uint8 dynamic"}
+                    "weights": "int8 per-channel", "activations": "uint8 dynamic", "note": U8S8_NOTE}
         if not job.calib:
             raise ValueError("static int8 needs calibration images: pass --calib-data SPEC")
         # U8S8 (asymmetric uint8 activations, symmetric int8 weights): MLAS's VNNI path on x86;
@@ -71,7 +75,7 @@ def _quantize(job: ExitJob, fp32: Path, out: Path, scheme: str) -> dict:
         )
     return {"scheme": "static", "method": "onnxruntime.quantize_static (QDQ)", "op_types": op_types,
             "weights": "int8 per-channel symmetric", "activations": "uint8 static asymmetric (MinMax)",
-            "calibration_images": len(job.calib), "excluded_ops": "all but " + "/".join(op_types)}
+            "calibration_images": len(job.calib), "excluded_ops": "all but " + "/".join(op_types), "note": U8S8_NOTE}
 
 
 def _to_ort(onnx_path: Path, out_dir: Path) -> list[str]:
