@@ -25,6 +25,7 @@ import numpy as np
 
 from dvt_edge.bench_report import SCHEMA, _device_label
 from dvt_edge.logs import quiet_toolchains
+from dvt_runtime.device import available_memory_mb
 from dvt_runtime.io import save_png
 from dvt_runtime.stats import sample_stats
 
@@ -119,22 +120,6 @@ def gemm_roofline(threads: int = 1, reps: int = 5, shapes=ROOF_SHAPES) -> dict:
 # ----------------------------------------------------------------------------- memory
 
 
-def available_memory_mb() -> Optional[float]:
-    """Memory the system can give without swapping (MemAvailable), or None where unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    try:
-        import os
-
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def memory_need_mb(weight_bytes: float) -> float:
     """Estimated peak memory (MiB) to export and time every target of a model of ``weight_bytes``."""
     return MEMORY_BASE_MB + MEMORY_FACTOR * weight_bytes / 2**20
@@ -165,19 +150,17 @@ def check_memory(weight_bytes: float, what: str) -> dict:
     return facts
 
 
-def _random_images_npz(checkpoint: str, path: Path, n: int = 64 + VERIFY_N) -> str:
-    """An ``npz:`` data spec of uniform random uint8 images of the checkpoint's input size, for int8
+def _random_images_npz(model, classes: Optional[list[str]], path: Path, n: int = 64 + VERIFY_N) -> str:
+    """An ``npz:`` data spec of uniform random uint8 images of ``model``'s input size, for int8
     calibration of random weights (latency only: the images carry no meaning)."""
-    from dvt_edge.checkpoint import load_checkpoint
     from dvt_runtime.io import atomic_write
 
-    model, info = load_checkpoint(checkpoint)
     size, chans = model.cfg.img_size, model.cfg.in_chans
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, size, size) if chans == 1 else (n, size, size, 3), dtype=np.uint8)
     buf = io.BytesIO()
     np.savez(buf, images=images, labels=np.arange(n) % model.cfg.num_classes,
-             classes=np.array(info.classes or [str(i) for i in range(model.cfg.num_classes)]))
+             classes=np.array(classes or [str(i) for i in range(model.cfg.num_classes)]))
     atomic_write(path, buf.getvalue())
     return f"npz:{path}"
 
@@ -276,10 +259,11 @@ def run_latency(checkpoint: Optional[str], model_name: Optional[str], targets: l
         mem = check_memory(_model_weight_bytes(model_name), model_name)
         out.mkdir(parents=True, exist_ok=True)
         checkpoint = random_checkpoint(model_name, out)
-        calib_data = calib_data or _random_images_npz(checkpoint, out / "random-calibration-images.npz")
     else:
         mem = check_memory(Path(checkpoint).stat().st_size, checkpoint)
-    model, _ = load_checkpoint(checkpoint)
+    model, info = load_checkpoint(checkpoint)
+    if model_name is not None and not calib_data:
+        calib_data = _random_images_npz(model, info.classes, out / "random-calibration-images.npz")
     macs = [i.stage_flops for i in count_exit_flops(model.cfg)]
     roof = gemm_roofline(threads)
     x = np.random.default_rng(0).standard_normal((4, model.cfg.in_chans, model.cfg.img_size, model.cfg.img_size)).astype(np.float32)

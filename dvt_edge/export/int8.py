@@ -51,15 +51,16 @@ def pick_scheme(model, t, candidates, graphs, chosen_artifacts, tmp, data, real_
     else:
         scored, rejected = [], {}
         for sch, cdir, art in candidates:
+            partial = [*chosen_artifacts, _moved(art, cdir, tmp)]  # exits 1..e as seen from the bundle root
             try:
-                sess = open_sessions(t, tmp, graphs[: e + 1], [*chosen_artifacts, _moved(art, cdir, tmp)])
+                sess = open_sessions(t, tmp, graphs[: e + 1], partial)
             except ExportError as ex:
                 rejected[sch] = str(ex)
                 continue
             if sess is None:  # the runtime does not run here: nothing to measure
                 scored.append({"scheme": sch, "agreement": None, "max_abs_diff": None, "p50_ms": None, "c": (sch, cdir, art)})
                 continue
-            vb = verification_bundle(model, t, exit_specs(model, graphs, [*chosen_artifacts, _moved(art, cdir, tmp)], tmp), sess, tmp)
+            vb = verification_bundle(model, t, exit_specs(model, graphs, partial, tmp), sess, tmp)
             lg = chained(vb, data.verify_x, 1)[e]
             ok = bool(np.isfinite(lg).all())  # non-finite logits: never kept, not timed (the runtime would refuse them)
             scored.append({"scheme": sch, "agreement": float((lg.argmax(-1) == real_ref[e].argmax(-1)).mean() * 100) if ok else -1.0,

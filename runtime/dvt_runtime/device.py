@@ -21,7 +21,7 @@ import numpy as np
 
 from dvt_runtime.backends import backend_version
 
-__all__ = ["device_facts", "peak_rss_mb"]
+__all__ = ["available_memory_mb", "device_facts", "peak_rss_mb"]
 
 
 # Device facts
@@ -56,9 +56,24 @@ def _affinity() -> Optional[int]:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
 
 
-def _memory_mb() -> Optional[float]:
-    m = re.search(r"^MemTotal:\s*(\d+)\s*kB", _read("/proc/meminfo") or "", re.MULTILINE)
+def _meminfo_mb(key: str) -> Optional[float]:
+    m = re.search(rf"^{key}:\s*(\d+)\s*kB", _read("/proc/meminfo") or "", re.MULTILINE)
     return round(int(m.group(1)) / 1024, 1) if m else None
+
+
+def _memory_mb() -> Optional[float]:
+    return _meminfo_mb("MemTotal")
+
+
+def available_memory_mb() -> Optional[float]:
+    """Memory the system can give without swapping (Linux MemAvailable, else free pages), or None where unknown."""
+    got = _meminfo_mb("MemAvailable")
+    if got is not None:
+        return got
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _temperatures() -> Optional[list[dict[str, Any]]]:
