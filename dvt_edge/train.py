@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt exactly")
     ap.add_argument("--force", action="store_true", help="start over even if OUT already holds checkpoints")
     ap.add_argument("--finetune", default=None, help="initialise from a checkpoint (published or ours); heads re-initialised when classes differ")
+    ap.add_argument("--distill", type=float, default=0.0,
+                    help="self-distillation weight: each earlier exit also learns the last exit's softened answer (KL at --distill-temp); 0 = off")
+    ap.add_argument("--distill-temp", type=float, default=2.0, help="softmax temperature of --distill")
     ap.add_argument("--trust-checkpoint", action="store_true", help="allow arbitrary unpickling of --finetune (only for files you trust)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap
@@ -164,8 +167,7 @@ def _finetune_init(model: DVT, path: str, trusted: bool) -> str:
     if all(k.startswith("module.") for k in src):
         src = {k[7:]: v for k, v in src.items()}
     own = model.state_dict()
-    heads = [k for k in own if ".head." in k]
-    loadable = {k: v for k, v in src.items() if k in own and tuple(v.shape) == tuple(own[k].shape) and k not in heads}
+    loadable = {k: v for k, v in src.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
     skipped = sorted(k for k in own if k not in loadable)
     if len(loadable) < len(own) // 2:
         raise CheckpointError(f"--finetune {path}: only {len(loadable)} of {len(own)} tensors fit model {model.name!r}; is it the same architecture?")
@@ -181,10 +183,13 @@ def check_args(args: argparse.Namespace) -> None:
         v = getattr(args, name, None)
         if v is not None and v < lo:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {lo}, got {v}")
-    for name in ("lr", "weight_decay", "warmup_epochs", "label_smoothing"):
-        v = getattr(args, name)
+    for name in ("lr", "weight_decay", "warmup_epochs", "label_smoothing", "distill"):
+        v = getattr(args, name, 0.0)
         if not math.isfinite(v) or v < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be a finite non-negative number, got {v}")
+    temp = getattr(args, "distill_temp", 2.0)
+    if not (math.isfinite(temp) and temp > 0):
+        raise ValueError(f"--distill-temp must be a finite positive number, got {temp}")
     if args.label_smoothing >= 1 or (args.drop_path is not None and not 0 <= args.drop_path < 1):
         raise ValueError("--label-smoothing and --drop-path must be in [0, 1)")
 
@@ -374,7 +379,7 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[float, float]:
             x = augment(x, run.pad, run.bg, run.gen, flip=not args.no_flip)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
             outs = run.ddp_model(x)
-        loss = sum(F.cross_entropy(o.float(), y, label_smoothing=args.label_smoothing) for o in outs)
+        loss = exit_loss([o.float() for o in outs], y, args.label_smoothing, getattr(args, "distill", 0.0), getattr(args, "distill_temp", 2.0))
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
         run.opt.step()
@@ -385,6 +390,19 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[float, float]:
         if not math.isfinite(loss_val):
             raise FloatingPointError(f"loss became {loss_val} at epoch {epoch + 1}; lower --lr")
     return loss_sum / max(n_seen, 1), time.time() - t0
+
+
+def exit_loss(outs: Sequence[torch.Tensor], y: torch.Tensor, label_smoothing: float = 0.0,
+              distill: float = 0.0, temp: float = 2.0) -> torch.Tensor:
+    """Sum of every exit's cross-entropy, plus ``distill`` x each earlier exit's KL divergence from
+    the last exit's (detached) answer at temperature ``temp``, scaled by ``temp**2`` (self-distillation:
+    earlier exits learn which images the last exit finds easy, so their confidence means more)."""
+    loss = sum(F.cross_entropy(o, y, label_smoothing=label_smoothing) for o in outs)
+    if distill > 0 and len(outs) > 1:
+        teacher = F.log_softmax(outs[-1].detach() / temp, dim=-1)  # (B, classes)
+        kd = sum(F.kl_div(F.log_softmax(o / temp, dim=-1), teacher, log_target=True, reduction="batchmean") for o in outs[:-1])
+        loss = loss + distill * temp**2 * kd
+    return loss
 
 
 def _epoch_bar(it, total: int, desc: str, enabled: bool):

@@ -263,3 +263,42 @@ def test_xnnpack_form_takes_large_soft_splits_as_slices_all_delegated():
 
     edge = to_edge_transform_and_lower(torch.export.export(xn, (x,)), partitioner=[XnnpackPartitioner()])
     assert undelegated_ops(edge.exported_program()) == {}
+
+
+def test_coreml_w8a8_quantizes_activations_and_weights(tmp_path, micro_ckpt):
+    """Core ML W8A8: quantize/dequantize on activations and int8 weights in every exit's program,
+    the quantized graph's accuracy measured on held-out real images (in PyTorch off macOS, where
+    predict does not exist; on macOS the export's parity check runs the .mlpackage too)."""
+    t = get_target("coreml")
+    if not t.available:
+        pytest.skip("coremltools not installed")
+    res = export_bundle(str(micro_ckpt), "coreml", "int8", out=str(tmp_path / "b"), verify_n=60, calib_n=16, scheme="w8a8",
+                        progress=False)
+    m = Manifest.load(res.path)
+    assert m.parity.passed, m.parity.problems
+    for e in m.exits:
+        q = e.quantization
+        assert q["scheme"] == "w8a8" and q["minimum_deployment_target"] == "iOS17"
+        assert q["program_ops"]["quantize"] >= q["quantized_layers"] > 0
+        assert q["program_ops"]["constexpr_affine_dequantize"] >= q["quantized_layers"]
+        sim = q["simulated"]
+        assert sim["finite"] is True and sim["images"] == 60
+        assert np.isfinite([sim["agreement"], sim["max_abs_logit_diff"]]).all() and sim["agreement"] >= 97.0, sim
+        assert 0 < sim["max_abs_logit_diff"] < 1.0, sim  # quantized: not the float graph, not broken
+    if sys.platform == "darwin":
+        assert m.parity.checked != "structural" and min(r.top1_agreement for r in m.parity.exits) >= 97.0
+
+
+def test_simulated_quantization_problems_fail_on_nan():
+    from dvt_edge.export.verify import simulated_problems
+
+    ok = {"scheme": "w8a8", "simulated": {"finite": True, "agreement": 99.0, "max_abs_logit_diff": 0.1}}
+    assert simulated_problems([ok, {"scheme": "linear"}], 97.0) == []
+    nan_agree = {"scheme": "w8a8", "simulated": {**ok["simulated"], "agreement": float("nan")}}
+    nan_diff = {"scheme": "w8a8", "simulated": {**ok["simulated"], "max_abs_logit_diff": float("nan")}}
+    not_finite = {"scheme": "w8a8", "simulated": {**ok["simulated"], "finite": False}}
+    low = {"scheme": "w8a8", "simulated": {**ok["simulated"], "agreement": 90.0}}
+    probs = simulated_problems([nan_agree, nan_diff, not_finite, low], 97.0)
+    assert len(probs) == 4 and "exit 1" in probs[0] and "exit 4" in probs[3], probs
+    assert simulated_problems([low], None) == []  # agreement not required (random weights); finiteness still is
+    assert len(simulated_problems([not_finite], None)) == 1

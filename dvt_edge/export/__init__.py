@@ -35,6 +35,7 @@ from dvt_edge.export.verify import (
     format_parity,
     open_sessions,
     parity,
+    simulated_problems,
     torch_cascade,
     verification_bundle,
 )
@@ -44,6 +45,8 @@ from dvt_runtime.bundle import softmax
 from dvt_runtime.io import current_umask, progress, sha256_file
 from dvt_runtime.manifest import ExitParity, ExitSpec, Manifest, ParityReport
 from dvt_runtime.preprocess import Preprocess
+
+CHECK_IMAGES = 64  # verification images whose per-exit inputs reach the recipes (e.g. Core ML W8A8's simulated check)
 
 __all__ = ["export_bundle", "ExportOptions", "ExportError", "ExportResult", "TARGETS", "get_target", "TargetUnavailable", "FP32_TOL",
            "format_parity"]
@@ -207,6 +210,7 @@ class _Plan:
     thr_source: str
     spec: Optional[str]
     checkpoint: str
+    check_inputs: list  # per verification image (at most CHECK_IMAGES), per exit: its inputs (PyTorch)
     tmp: Path = Path()  # the bundle is built here (set once everything is prepared), then installed at dest
 
 
@@ -252,15 +256,17 @@ def _prepare(dest: Path, t: Target, precision: str, opts: ExportOptions, model: 
     data = _load_data(spec, pre, opts.calib_n, opts.verify_n, need_calib=precision == "int8")
     graphs = exit_graphs(model)
     calib_ref = torch_cascade(graphs, np.stack(data.calib)) if data.calib else []
-    real_ref = None
+    real_ref, check_inputs = None, []
     if data.verify_x is not None:  # per exit: (M, classes)
-        real_ref = [np.stack(v) for v in zip(*[[d["logits"][0] for d in per] for per in torch_cascade(graphs, data.verify_x)])]
+        real_io = torch_cascade(graphs, data.verify_x)
+        real_ref = [np.stack(v) for v in zip(*[[d["logits"][0] for d in per] for per in real_io])]
+        check_inputs = [[d["inputs"] for d in per] for per in real_io[:CHECK_IMAGES]]
     with torch.no_grad():
         fixed_ref = [g.stage(*g.example_inputs())[0].numpy() for g in graphs]
     check_finite_reference(fixed_ref, real_ref, checkpoint)
     thresholds, thr_source = _default_thresholds(model, info, real_ref, data.verify_y)
     return _Plan(dest, t, precision, opts, model, info, pre, graphs, schemes, data, calib_ref, real_ref, fixed_ref,
-                 thresholds, thr_source, spec, checkpoint)
+                 thresholds, thr_source, spec, checkpoint, check_inputs)
 
 
 def _export_exits(p: _Plan, console) -> tuple[list[ExitArtifact], list[str]]:
@@ -274,7 +280,8 @@ def _export_exits(p: _Plan, console) -> tuple[list[ExitArtifact], list[str]]:
         candidates = []
         for sch in p.schemes:
             cdir = p.tmp if len(p.schemes) == 1 else Path(tempfile.mkdtemp(prefix=f"{sch}-", dir=p.tmp))
-            art = mod.export_exit(ExitJob(e, p.graphs[e], p.target, p.precision, sch, calib_e, cdir))
+            check_e = [c[e] for c in p.check_inputs]
+            art = mod.export_exit(ExitJob(e, p.graphs[e], p.target, p.precision, sch, calib_e, cdir, check=check_e))
             candidates.append((sch, cdir, art))
         if len(candidates) > 1:
             _, _, art = pick_scheme(p.model, p.target, candidates, p.graphs, artifacts, p.tmp, p.data, p.real_ref, e, notes)
@@ -299,12 +306,15 @@ def _verify(p: _Plan, exits: list[ExitSpec], artifacts: list[ExitArtifact], max_
             from dvt_edge.export.coreml import check_structure
 
             for g, a in zip(p.graphs, artifacts):
-                report.structure_problems += [f"{a.artifact}: {q}" for q in check_structure(p.tmp / a.artifact, g.input_shapes(), g.output_shapes())]
+                report.structure_problems += [f"{a.artifact}: {q}" for q in check_structure(p.tmp / a.artifact, g.input_shapes(), g.output_shapes(),
+                                                                                            a.quantization.get("scheme"))]
             if report.structure_problems:
                 raise ExportError("Core ML structural check failed: " + "; ".join(report.structure_problems))
     report.data = p.data.note
     report.scheme_selection = notes
     report.problems = check_parity(report, p.precision, p.opts.int8_min_agreement) if p.opts.verify else []
+    if p.opts.verify:
+        report.problems += simulated_problems([a.quantization for a in artifacts], p.opts.int8_min_agreement)
     if p.precision == "int8" and p.opts.int8_min_agreement is None:
         report.note = (report.note + "; " if report.note else "") + "int8 top-1 agreement recorded, not required (random weights)"
     report.passed = not report.problems

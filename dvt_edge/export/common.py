@@ -81,6 +81,7 @@ class ExitJob:
     calib: list[dict[str, np.ndarray]]  # real, deployment-preprocessed inputs (batch 1 each)
     out_dir: Path
     options: dict = field(default_factory=dict)
+    check: list[dict[str, np.ndarray]] = field(default_factory=list)  # inputs of held-out verification images (not calibration)
 
     @property
     def basename(self) -> str:

@@ -17,10 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dvt_edge.export.common import ExitArtifact, ExitJob, torch_inputs
-
-QUANTIZED_TARGETS = ("aten.linear.default", "aten.conv2d.default")
-LN_MEAN = "ln_mean_weights"  # the constant averaging row of PrimitiveLayerNorm (never quantized)
+from dvt_edge.export.common import ExitArtifact, ExitJob
+from dvt_edge.export.pt2e import LN_MEAN, LayerFilter, quantize_static
 
 
 class PrimitiveLayerNorm(nn.Module):
@@ -66,56 +64,23 @@ def for_xnnpack(module: nn.Module) -> nn.Module:
     return module.eval()
 
 
-def _is_excluded(node: torch.fx.Node) -> str | None:
-    """Why a linear/conv node stays float (None: it is quantized)."""
-    stack = node.meta.get("nn_module_stack", {})
-    paths = [v[0] if isinstance(v, tuple) else str(v) for v in stack.values()]
-    if any(p.endswith("head") for p in paths):
-        return "classifier head"
-    if len(node.args) > 1 and isinstance(node.args[1], torch.fx.Node) and "reuse_resize" in str(node.args[1].target):
-        return "reuse resize (constant matrix)"
-    if len(node.args) > 1 and isinstance(node.args[1], torch.fx.Node) and LN_MEAN in str(node.args[1].target):
-        return "layer norm means (constant 1/C row)"
-    return None
-
-
 def _quantize(job: ExitJob, graph: nn.Module, example: tuple) -> tuple[torch.nn.Module, dict]:
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     scheme = job.scheme or "dynamic"
     dynamic = scheme == "dynamic"
-    gm = torch.export.export(graph, example).module()
-    excluded: collections.Counter = collections.Counter()
-    quantized = [0]
-
-    def keep(node: torch.fx.Node) -> bool:
-        if str(node.target) not in QUANTIZED_TARGETS:
-            return False
-        why = _is_excluded(node)
-        if why:
-            excluded[why] += 1
-            return False
-        quantized[0] += 1
-        return True
-
+    keep = LayerFilter()
     q = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic))
     q.set_filter_function(keep)
-    prepared = prepare_pt2e(gm, q)
     calib = job.calib if not dynamic else job.calib[:1]
-    if not calib:
-        raise ValueError("static int8 needs calibration images: pass --calib-data SPEC")
-    with torch.no_grad():
-        for c in calib:
-            prepared(*torch_inputs(c, job.graph.input_names))
-    converted = convert_pt2e(prepared)
+    converted = quantize_static(graph, example, q, calib, job.graph.input_names)
     info = {
         "scheme": scheme,
         "method": "pt2e XNNPACKQuantizer",
         "weights": "int8 symmetric per-channel",
         "activations": "int8 dynamic per-token" if dynamic else f"int8 static per-tensor ({len(calib)} calibration images)",
-        "quantized_layers": quantized[0] // max(1, 1),
-        "excluded_ops": dict(excluded) | {"float (not linear/conv)": "add, layer_norm, softmax, gelu, matmul"},
+        "quantized_layers": keep.quantized,
+        "excluded_ops": dict(keep.excluded) | {"float (not linear/conv)": "add, layer_norm, softmax, gelu, matmul"},
     }
     return converted, info
 

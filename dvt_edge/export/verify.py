@@ -8,6 +8,7 @@ every comparison below is written so that a non-finite value fails it.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -154,6 +155,21 @@ def check_parity(report: ParityReport, precision: str, min_agreement: Optional[f
         elif (precision == "int8" and min_agreement is not None and row.top1_agreement is not None
               and not row.top1_agreement >= min_agreement):
             problems.append(f"exit {row.exit}: int8 top-1 agreement {row.top1_agreement:.2f}% < {min_agreement}% on real images")
+    return problems
+
+
+def simulated_problems(quantizations: list[dict], min_agreement: Optional[float] = INT8_MIN_AGREEMENT) -> list[str]:
+    """Failed checks of quantized graphs simulated in PyTorch (Core ML W8A8 off macOS), NaN failing."""
+    problems = []
+    for e, q in enumerate(quantizations):
+        sim = q.get("simulated")
+        if not sim:
+            continue
+        if sim.get("finite") is not True or not math.isfinite(sim.get("max_abs_logit_diff", float("nan"))):
+            problems.append(f"exit {e + 1}: the {q.get('scheme')} graph gave NaN or infinite logits in PyTorch on real images")
+        elif min_agreement is not None and not sim.get("agreement", float("nan")) >= min_agreement:
+            problems.append(f"exit {e + 1}: {q.get('scheme')} top-1 agreement {sim.get('agreement'):.2f}% < {min_agreement}% "
+                            "(simulated in PyTorch on real images)")
     return problems
 
 

@@ -1,0 +1,109 @@
+"""Post-training static quantization of an exit graph with PyTorch 2 export (pt2e, torchao).
+
+Shared by the ExecuTorch recipe (``XNNPACKQuantizer``) and Core ML W8A8
+(:class:`W8A8Quantizer`): which layers are quantized, how the graph is calibrated, and how
+far the quantized graph's logits move from float, simulated in PyTorch.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Optional
+
+import numpy as np
+import torch
+
+from dvt_edge.export.common import torch_inputs
+
+QUANTIZED_TARGETS = ("aten.linear.default", "aten.conv2d.default")
+LN_MEAN = "ln_mean_weights"  # the constant averaging row of PrimitiveLayerNorm (never quantized)
+
+
+def excluded_reason(node: torch.fx.Node) -> Optional[str]:
+    """Why a linear/conv node stays float (None: it is quantized)."""
+    stack = node.meta.get("nn_module_stack", {})
+    paths = [v[0] if isinstance(v, tuple) else str(v) for v in stack.values()]
+    if any(p.endswith("head") for p in paths):
+        return "classifier head"
+    if len(node.args) > 1 and isinstance(node.args[1], torch.fx.Node) and "reuse_resize" in str(node.args[1].target):
+        return "reuse resize (constant matrix)"
+    if len(node.args) > 1 and isinstance(node.args[1], torch.fx.Node) and LN_MEAN in str(node.args[1].target):
+        return "layer norm means (constant 1/C row)"
+    return None
+
+
+class LayerFilter:
+    """Quantizer filter: True for the linear/conv nodes to quantize; counts what it kept and why it skipped."""
+
+    def __init__(self) -> None:
+        self.quantized = 0
+        self.excluded: collections.Counter = collections.Counter()
+
+    def __call__(self, node: torch.fx.Node) -> bool:
+        if str(node.target) not in QUANTIZED_TARGETS:
+            return False
+        why = excluded_reason(node)
+        if why:
+            self.excluded[why] += 1
+            return False
+        self.quantized += 1
+        return True
+
+
+def quantize_static(graph: torch.nn.Module, example: tuple, quantizer, calib: list, input_names: list[str]) -> torch.fx.GraphModule:
+    """``graph`` exported, observed on every calibration input (dicts of named arrays), converted
+    to quantize/dequantize form (``quantized_decomposed`` ops)."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    if not calib:
+        raise ValueError("static int8 needs calibration images: pass --calib-data SPEC")
+    gm = torch.export.export(graph, example).module()
+    prepared = prepare_pt2e(gm, quantizer)
+    with torch.no_grad():
+        for c in calib:
+            prepared(*torch_inputs(c, input_names))
+    return convert_pt2e(prepared)
+
+
+def w8a8_quantizer(layer_filter: LayerFilter):
+    """A pt2e quantizer for Core ML W8A8: each kept linear/conv gets int8 symmetric per-tensor
+    activations (static, calibrated) and int8 symmetric per-channel weights; bias and every
+    other op stay float. coremltools turns the result into ``quantize``/``dequantize`` ops and
+    ``constexpr_affine_dequantize`` weights, the form ``linear_quantize_activations`` writes."""
+    from torchao.quantization.pt2e.observer import MinMaxObserver, PerChannelMinMaxObserver
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, QuantizationSpec, Quantizer
+
+    act = QuantizationSpec(dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_tensor_symmetric,
+                           is_dynamic=False, observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2**-12))
+    weight = QuantizationSpec(dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_channel_symmetric, ch_axis=0,
+                              is_dynamic=False, observer_or_fake_quant_ctr=PerChannelMinMaxObserver.with_args(eps=2**-12))
+
+    class W8A8Quantizer(Quantizer):
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            for node in model.graph.nodes:
+                if node.op != "call_function" or not layer_filter(node):
+                    continue
+                x, w = node.args[0], node.args[1]
+                node.meta["quantization_annotation"] = QuantizationAnnotation(input_qspec_map={x: act, w: weight}, _annotated=True)
+            return model
+
+        def validate(self, model: torch.fx.GraphModule) -> None:
+            pass
+
+    return W8A8Quantizer()
+
+
+def simulated_agreement(float_graph: torch.nn.Module, quantized: torch.fx.GraphModule, inputs: list, input_names: list[str]) -> dict:
+    """Top-1 agreement (%) and max |dlogit| of the quantized graph against the float one, both run
+    in PyTorch on the same exit inputs; non-finite logits are reported, never hidden."""
+    agree, worst, finite = [], 0.0, True
+    with torch.no_grad():
+        for c in inputs:
+            args = torch_inputs(c, input_names)
+            ref, got = float_graph(*args), quantized(*args)
+            ref, got = (ref[0] if isinstance(ref, tuple) else ref).numpy(), (got[0] if isinstance(got, (tuple, list)) else got).numpy()
+            finite = finite and bool(np.isfinite(got).all())
+            agree.append(float((ref.argmax(-1) == got.argmax(-1)).mean()))
+            worst = max(worst, float(np.abs(ref - got).max())) if finite else float("nan")
+    return {"agreement": 100.0 * float(np.mean(agree)) if agree else float("nan"), "max_abs_logit_diff": worst, "finite": finite,
+            "images": len(inputs)}
