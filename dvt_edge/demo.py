@@ -58,7 +58,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if rc:
             return rc
     if not ckpt.is_file():
-        print(f"\nno checkpoint at {ckpt}; train one with: python -m dvt_edge.train {' '.join(ref.retrain)} --out runs/ref", file=sys.stderr)
+        cmds = "; ".join("python -m dvt_edge.train " + " ".join(a) for a in ref.step_argv(Path("runs/ref")))
+        print(f"\nno checkpoint at {ckpt}; train one with: {cmds}", file=sys.stderr)
         return 2
     data, info = _evaluate(ckpt, args.data, out)
     result, device = _benchmark(ckpt, data, args, out)
@@ -80,10 +81,11 @@ def _retrain(ref, run_dir: Path, ckpt: Path) -> int:
     """Reproduce the reference with its model card's command into ``run_dir``, publish ``ckpt``; the exit status."""
     from dvt_edge.train import main as train_main
 
-    _section("retraining the reference checkpoint: python -m dvt_edge.train " + " ".join(ref.retrain))
-    rc = train_main([*ref.retrain, "--out", str(run_dir), "--force"])
-    if rc:
-        return rc
+    for i, argv in enumerate(ref.step_argv(run_dir)):
+        _section(f"retraining the reference checkpoint, step {i + 1} of {len(ref.steps)}: python -m dvt_edge.train " + " ".join(argv))
+        rc = train_main([*argv, "--force"])
+        if rc:
+            return rc
     from dvt_edge.model_card import publish_run
 
     # the final epoch, as for the committed reference (no selection on the evaluation split)

@@ -45,6 +45,39 @@ def train_command(args: dict, out: str) -> str:
     return " ".join(parts)
 
 
+def lineage(args: dict) -> list[dict]:
+    """The training steps before this run, oldest first: for ``--finetune SOURCE``, SOURCE's own
+    lineage plus one entry for SOURCE (its SHA-256, and its training arguments and per-exit
+    accuracy when it is one of our checkpoints). Read when publishing, while SOURCE exists."""
+    src = args.get("finetune")
+    if not src:
+        return []
+    if not Path(src).is_file():
+        raise CheckpointError(f"the run was fine-tuned from {src}, which is gone: its lineage cannot be recorded; "
+                              "restore the file (or publish before deleting it)")
+    _, info = load_checkpoint(src, trusted=bool(args.get("trust_checkpoint")))
+    summary = info.extras.get("train_summary") or (info.extras.get("train") or {}).get("args")
+    src_args = (json.loads(summary)["args"] if "train_summary" in info.extras else json.loads(summary)) if summary else None
+    before = json.loads(info.extras["lineage"]) if "lineage" in info.extras else (lineage(src_args) if src_args else [])
+    return [*before, {"checkpoint": str(src), "sha256": sha256_file(src), "args": src_args, "accuracies": info.accuracies}]
+
+
+def step_commands(steps: list[dict], args: dict, run_dir: str) -> list[str]:
+    """One ``python -m dvt_edge.train`` command per step, each fine-tuning from the previous step's
+    ``last.pt`` (a step without recorded arguments is named by its file and SHA-256)."""
+    outs = [f"{run_dir}-step{i + 1}" for i in range(len(steps))] + [run_dir]
+    cmds = []
+    for i, st in enumerate([*steps, {"args": args}]):
+        a = dict(st["args"]) if st.get("args") else None
+        if a is None:
+            cmds.append(f"(start from {st['checkpoint']}, SHA-256 {st['sha256']})")
+            continue
+        if i and a.get("finetune") and steps[i - 1].get("args"):
+            a["finetune"] = f"{outs[i - 1]}/last.pt"
+        cmds.append(train_command(a, outs[i]))
+    return cmds
+
+
 def exit_gains(top1: Sequence[float]) -> list[float]:
     """Points gained from each exit to the next."""
     return [round(b - a, 2) for a, b in zip(top1, top1[1:])]
@@ -69,6 +102,9 @@ def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[s
     args = json.loads(t["args"])
     history = json.loads(t["history"])
     extra = {"eval_data": eval_data} if eval_data else {}  # portable evaluation data (e.g. shipped with the package)
+    steps = lineage(args)  # before anything is written: ``out`` may be the fine-tuning source itself
+    if steps:
+        extra["lineage"] = json.dumps(steps)
     save_checkpoint(out_path, model, classes=info.classes, preprocess=info.preprocess, accuracies=info.accuracies,
                     data=args["data"], train_summary=json.dumps({"epoch": t["epoch"], "args": args}), **extra)
 
@@ -79,13 +115,33 @@ def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[s
     plot_report(report, eval_dir / "evaluate.png")
 
     card_file = Path(card) if card else card_path(out_path)
-    text = render_card(out_path, model, info, args, t, history, report, run_dir)
+    text = render_card(out_path, model, info, args, t, history, report, run_dir, steps)
     atomic_write(card_file, text.encode())
     report["card"] = str(card_file)
     return report
 
 
-def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict], report: dict, run_dir: Path) -> str:
+def _objective(args: dict) -> str:
+    text = "the sum of every exit's cross-entropy"
+    if args.get("distill"):
+        text += (f", plus {args['distill']:g} x each earlier exit's KL divergence from the last exit's answer at temperature "
+                 f"{args.get('distill_temp', 2.0):g} (self-distillation)")
+    return text
+
+
+def _command_lines(args: dict, run_dir: Path, steps: list[dict]) -> list[str]:
+    if not steps:
+        return ["- Command:", "", f"      {train_command(args, str(run_dir))}", ""]
+    lines = [f"- Trained in {len(steps) + 1} steps, each fine-tuning the previous one's final epoch (`--finetune`):", ""]
+    for i, (cmd, st) in enumerate(zip(step_commands(steps, args, str(run_dir)), [*steps, None])):
+        acc = f" (its final epoch: top-1 per exit {[round(a, 2) for a in st['accuracies']]} on the training run's validation split)" \
+            if st and st.get("accuracies") else ""
+        lines += [f"  {i + 1}. Step {i + 1}{acc}:", "", f"      {cmd}", ""]
+    return lines
+
+
+def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict], report: dict, run_dir: Path,
+                steps: Optional[list[dict]] = None) -> str:
     c = model.cfg
     n_params = sum(p.numel() for p in model.parameters())
     grids = " / ".join(f"{g}x{g}" for g in c.grids)
@@ -122,17 +178,14 @@ def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict
     lines += [
         "",
         "## Training",
-        f"- Data: `{args['data']}` training split; objective: the sum of every exit's cross-entropy.",
+        f"- Data: `{args['data']}` training split; objective: {_objective(args)}.",
         f"- AdamW (lr {args['lr']:g}, weight decay {args['weight_decay']:g}), {args['warmup_epochs']:g} warmup epoch(s) then cosine, "
         f"batch {args['batch_size']} per process, stochastic depth {args['drop_path'] if args['drop_path'] is not None else c.drop_path_rate:g}, "
         f"label smoothing {args['label_smoothing']:g}, augmentation {'off' if args['no_augment'] else 'random translation' + ('' if args['no_flip'] else ' + horizontal flip')}; "
         f"seed {args['seed']}; {t['epochs']} epochs; compute {args.get('amp', 'fp32')}"
         f"{' autocast (weights and optimizer fp32)' if args.get('amp', 'fp32') != 'fp32' else ''}.",
-        "- Command:",
-        "",
-        f"      {train_command(args, str(run_dir))}",
-        "",
-        f"- Wall time: {wall}.{resumed}",
+        *_command_lines(args, run_dir, steps or []),
+        f"- Wall time{' of the last step' if steps else ''}: {wall}.{resumed}",
         "",
         f"## Results (`python -m dvt_edge.evaluate --checkpoint {path} --data {report['data']}`)",
         f"{report['data']} {report['split']} split, {report['n']} images, PyTorch fp32:",

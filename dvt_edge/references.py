@@ -13,21 +13,32 @@ from pathlib import Path
 ASSETS = Path(__file__).resolve().parent / "assets"
 
 
+PREVIOUS = "{previous}"  # in a later training step: the previous step's final checkpoint (its OUT/last.pt)
+
+
 @dataclass(frozen=True)
 class Reference:
-    """A committed checkpoint, its model card, and the exact training command (flags of
-    ``python -m dvt_edge.train`` without ``--out``) that produced it."""
+    """A committed checkpoint, its model card, and the exact training commands (flags of
+    ``python -m dvt_edge.train`` without ``--out``, one tuple per step) that produced it; a later
+    step fine-tunes the previous one's final epoch (``--finetune {previous}``)."""
 
     key: str
     model: str
     checkpoint: Path
-    retrain: tuple[str, ...]
+    steps: tuple[tuple[str, ...], ...]
     about: str
     eval_data: str = ""  # recorded in the published file: where it is evaluated and calibrated by default
 
     @property
     def card(self) -> Path:
         return card_path(self.checkpoint)
+
+    def step_argv(self, run_dir: Path) -> list[list[str]]:
+        """Each step's argument list with its ``--out`` (``RUN-stepN``, the last step ``RUN``) and
+        ``{previous}`` filled in."""
+        outs = [Path(f"{run_dir}-step{i + 1}") for i in range(len(self.steps) - 1)] + [Path(run_dir)]
+        return [[str(outs[i - 1] / "last.pt") if a == PREVIOUS else a for a in step] + ["--out", str(outs[i])]
+                for i, step in enumerate(self.steps)]
 
 
 def card_path(checkpoint: Path) -> Path:
@@ -38,15 +49,18 @@ def card_path(checkpoint: Path) -> Path:
 REFERENCES: dict[str, Reference] = {
     "cifar10": Reference(
         "cifar10", "dvt_small_cifar", ASSETS / "dvt_small_cifar.pt",
-        ("--model", "dvt_small_cifar", "--data", "cifar10-jpeg", "--epochs", "42", "--seed", "0", "--lr", "0.002",
-         "--warmup-epochs", "2.0", "--label-smoothing", "0.1", "--pad", "4", "--threads", "2", "--amp", "bf16"),
+        (("--model", "dvt_small_cifar", "--data", "cifar10-jpeg", "--epochs", "42", "--seed", "0", "--lr", "0.002",
+          "--warmup-epochs", "2.0", "--label-smoothing", "0.1", "--pad", "4", "--threads", "2", "--amp", "bf16"),
+         ("--model", "dvt_small_cifar", "--data", "cifar10-jpeg", "--epochs", "12", "--seed", "0", "--lr", "0.0005",
+          "--warmup-epochs", "0.5", "--label-smoothing", "0.1", "--pad", "4", "--threads", "2", "--amp", "bf16",
+          "--finetune", PREVIOUS, "--distill", "1.0", "--distill-temp", "2.0")),
         "CIFAR-10 (32x32 RGB natural images), trained on 45,000 training images, figures on the 5,000 held out",
         eval_data="cifar10-ref",
     ),
     "fashion-mnist": Reference(
         "fashion-mnist", "dvt_tiny_fmnist_ms", ASSETS / "dvt_tiny_fmnist_ms.pt",
-        ("--model", "dvt_tiny_fmnist_ms", "--data", "fashion-mnist", "--epochs", "20", "--drop-path", "0.05", "--seed", "0",
-         "--threads", "2"),
+        (("--model", "dvt_tiny_fmnist_ms", "--data", "fashion-mnist", "--epochs", "20", "--drop-path", "0.05", "--seed", "0",
+          "--threads", "2"),),
         "Fashion-MNIST (28x28 grayscale clothes), figures on the official test split",
     ),
 }

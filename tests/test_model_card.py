@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
 
 from dvt_edge import load_checkpoint
 from dvt_edge.checkpoint import CheckpointError, read_checkpoint
-from dvt_edge.model_card import _NOT_IN_COMMAND, publish_run, train_command
+from dvt_edge.model_card import _NOT_IN_COMMAND, publish_run, step_commands, train_command
 from dvt_edge.references import REFERENCES, Reference
 from dvt_edge.train import build_parser
 from dvt_runtime.io import sha256_file
@@ -42,6 +43,46 @@ def test_publish_run_writes_final_weights_and_a_card(micro_ckpt, tmp_path):
     assert (run / "card_eval" / "evaluate.json").is_file() and (run / "card_eval" / "evaluate.png").stat().st_size > 1000
 
 
+def test_fine_tuned_run_publishes_its_lineage_and_every_step(micro_ckpt, tmp_path):
+    """A run fine-tuned (with self-distillation) from one of our runs: the published file records the
+    source's SHA-256, arguments and accuracy; the card gives both steps' commands, the second
+    fine-tuning from where the first wrote; publishing over the source itself works."""
+    from dvt_edge.train import train
+
+    step1 = micro_ckpt.parent
+    src = tmp_path / "ref.pt"
+    publish_run(str(step1), str(src), threshold_n=500, progress=False)
+    src_sha = sha256_file(src)
+    run = tmp_path / "ft"
+    train(build_parser().parse_args(["--model", "dvt_micro_fmnist", "--epochs", "1", "--train-limit", "500", "--val-limit", "200",
+                                     "--batch-size", "64", "--lr", "1e-3", "--warmup-epochs", "0.1", "--no-augment", "--threads", "1",
+                                     "--quiet", "--finetune", str(src), "--distill", "0.5", "--distill-temp", "3", "--out", str(run)]))
+    publish_run(str(run), str(src), threshold_n=500, progress=False)  # the fine-tuned weights replace their source
+    extras = load_checkpoint(src)[1].extras
+    steps = json.loads(extras["lineage"])
+    assert len(steps) == 1 and steps[0]["sha256"] == src_sha and steps[0]["checkpoint"] == str(src)
+    assert steps[0]["args"] == json.loads(read_checkpoint(step1 / "last.pt")["train"]["args"])
+    card = (tmp_path / "MODEL_CARD_ref.md").read_text()
+    assert "Trained in 2 steps" in card and "0.5 x each earlier exit's KL divergence" in card and "temperature 3" in card
+    cmds = step_commands(steps, json.loads(extras["train_summary"])["args"], str(run))
+    assert len(cmds) == 2 and all(c in card for c in cmds), cmds
+    assert f"--out {run}-step1" in cmds[0] and f"--finetune {run}-step1/last.pt" in cmds[1] and "--distill 0.5" in cmds[1]
+
+
+def test_publish_refuses_a_run_whose_source_is_gone(micro_ckpt, tmp_path):
+    from dvt_edge.train import train
+
+    src = tmp_path / "src.pt"
+    publish_run(str(micro_ckpt.parent), str(src), threshold_n=500, progress=False)
+    run = tmp_path / "ft"
+    train(build_parser().parse_args(["--model", "dvt_micro_fmnist", "--epochs", "1", "--train-limit", "200", "--val-limit", "100",
+                                     "--threads", "1", "--quiet", "--finetune", str(src), "--out", str(run)]))
+    src.unlink()
+    with pytest.raises(CheckpointError, match="lineage"):
+        publish_run(str(run), str(tmp_path / "out.pt"), threshold_n=500, progress=False)
+    assert not (tmp_path / "out.pt").exists()
+
+
 def test_train_command_reproduces_the_run_arguments(micro_ckpt):
     t = read_checkpoint(micro_ckpt.parent / "last.pt")["train"]
     args = json.loads(t["args"])
@@ -67,15 +108,24 @@ def test_unfinished_run_is_refused_and_nothing_written(micro_ckpt, tmp_path):
 
 @pytest.mark.parametrize("ref", REFERENCES.values(), ids=list(REFERENCES))
 def test_demo_retrain_is_the_reference_run(ref: Reference):
-    """`python -m dvt_edge.demo --retrain` runs the command recorded in the committed reference."""
-    recorded = json.loads(load_checkpoint(ref.checkpoint)[1].extras["train_summary"])["args"]
-    retrain = vars(build_parser().parse_args([*ref.retrain, "--out", "x"]))
+    """`python -m dvt_edge.demo --retrain` runs, step by step, the commands recorded in the committed
+    reference (the last step's arguments and, for fine-tuned references, its lineage)."""
+    extras = load_checkpoint(ref.checkpoint)[1].extras
+    steps = json.loads(extras["lineage"]) if "lineage" in extras else []
+    recorded_steps = [st["args"] for st in steps] + [json.loads(extras["train_summary"])["args"]]
+    assert len(recorded_steps) == len(ref.steps)
     defaults = vars(build_parser().parse_args(["--out", "x"]))
-    # flags added after the run was recorded must be at their defaults (the run did not have them)
-    recorded = {**{k: defaults[k] for k in retrain if k not in recorded}, **recorded}
-    assert {k: v for k, v in retrain.items() if k not in _NOT_IN_COMMAND} == \
-        {k: v for k, v in recorded.items() if k not in _NOT_IN_COMMAND}
-    assert train_command(recorded, recorded["out"]) in ref.card.read_text()
+    ignored = _NOT_IN_COMMAND | {"finetune"}  # a path: where the previous step wrote (checked below)
+    for i, (argv, recorded) in enumerate(zip(ref.step_argv(Path("runs/x")), recorded_steps)):
+        retrain = vars(build_parser().parse_args(argv))
+        # flags added after the run was recorded must be at their defaults (the run did not have them)
+        recorded = {**{k: defaults[k] for k in retrain if k not in recorded}, **recorded}
+        assert {k: v for k, v in retrain.items() if k not in ignored} == {k: v for k, v in recorded.items() if k not in ignored}, i
+        assert (retrain["finetune"] == f"runs/x-step{i}/last.pt") if i else retrain["finetune"] is None
+        assert bool(recorded["finetune"]) == bool(i)
+    card = ref.card.read_text()
+    for cmd in step_commands(steps, recorded_steps[-1], "runs/x"):
+        assert cmd.replace("runs/x", json.loads(extras["train_summary"])["args"]["out"]) in card
 
 
 @pytest.fixture(scope="module", params=list(REFERENCES))

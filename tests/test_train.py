@@ -124,3 +124,34 @@ def test_torchrun_two_processes_gloo(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["world_size"] == 2 and len(m["history"]) == 1
     load_checkpoint(out / "last.pt")
+
+
+def test_self_distillation_loss():
+    """--distill adds each earlier exit's KL from the last exit's detached answer (x temp^2); off, the sum of cross-entropies."""
+    import torch.nn.functional as F
+
+    from dvt_edge.train import exit_loss
+
+    g = torch.Generator().manual_seed(0)
+    outs = [torch.randn(8, 10, generator=g, requires_grad=True) for _ in range(3)]
+    y = torch.randint(0, 10, (8,), generator=g)
+    ce = sum(F.cross_entropy(o, y) for o in outs)
+    assert torch.allclose(exit_loss(outs, y), ce)
+    kd = exit_loss(outs, y, distill=0.5, temp=2.0) - ce
+    t = F.softmax(outs[-1] / 2, -1)
+    want = 0.5 * 4 * sum((t * (t.log() - F.log_softmax(o / 2, -1))).sum(-1).mean() for o in outs[:2])
+    assert torch.isfinite(kd) and kd > 0 and torch.allclose(kd, want, atol=1e-5), (kd, want)
+    # the teacher is detached: the distillation term moves only the earlier exits
+    kd.backward()
+    assert outs[-1].grad is None or float(outs[-1].grad.abs().max()) == 0.0
+    assert float(outs[0].grad.abs().max()) > 0
+    same = [outs[-1].detach().clone() for _ in range(3)]
+    assert float(exit_loss(same, y, distill=1.0) - exit_loss(same, y)) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("flag,value", [("--distill", "-1"), ("--distill", "nan"), ("--distill-temp", "0"), ("--distill-temp", "inf")])
+def test_bad_distill_arguments_are_refused(tmp_path, flag, value):
+    from dvt_edge.train import build_parser, check_args
+
+    with pytest.raises(ValueError, match=flag):
+        check_args(build_parser().parse_args([flag, value, "--out", str(tmp_path)]))

@@ -46,7 +46,7 @@ from dvt_runtime.io import current_umask, progress, sha256_file
 from dvt_runtime.manifest import ExitParity, ExitSpec, Manifest, ParityReport
 from dvt_runtime.preprocess import Preprocess
 
-CHECK_IMAGES = 64  # verification images whose per-exit inputs reach the recipes (e.g. Core ML W8A8's simulated check)
+CHECK_BYTES = 256 << 20  # per-exit inputs of verification images kept for the recipes (e.g. Core ML W8A8's simulated check)
 
 __all__ = ["export_bundle", "ExportOptions", "ExportError", "ExportResult", "TARGETS", "get_target", "TargetUnavailable", "FP32_TOL",
            "format_parity"]
@@ -210,7 +210,7 @@ class _Plan:
     thr_source: str
     spec: Optional[str]
     checkpoint: str
-    check_inputs: list  # per verification image (at most CHECK_IMAGES), per exit: its inputs (PyTorch)
+    check_inputs: list  # per verification image (as many as CHECK_BYTES hold, at least 16), per exit: its inputs (PyTorch)
     tmp: Path = Path()  # the bundle is built here (set once everything is prepared), then installed at dest
 
 
@@ -260,7 +260,8 @@ def _prepare(dest: Path, t: Target, precision: str, opts: ExportOptions, model: 
     if data.verify_x is not None:  # per exit: (M, classes)
         real_io = torch_cascade(graphs, data.verify_x)
         real_ref = [np.stack(v) for v in zip(*[[d["logits"][0] for d in per] for per in real_io])]
-        check_inputs = [[d["inputs"] for d in per] for per in real_io[:CHECK_IMAGES]]
+        per_image = sum(a.nbytes for d in real_io[0] for a in d["inputs"].values())
+        check_inputs = [[d["inputs"] for d in per] for per in real_io[: max(16, CHECK_BYTES // max(per_image, 1))]]
     with torch.no_grad():
         fixed_ref = [g.stage(*g.example_inputs())[0].numpy() for g in graphs]
     check_finite_reference(fixed_ref, real_ref, checkpoint)

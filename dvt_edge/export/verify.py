@@ -189,6 +189,9 @@ def format_parity(m: Manifest) -> str:
         lines.append(f"{e.index + 1:>4} {e.grid:>4}x{e.grid:<1} {e.artifact:<28} {e.size_bytes / 1024:>8.0f} "
                      f"{str(e.quantization.get('scheme', '-')):<10} {_cell(row.max_abs_diff_fixed, '.2e'):>17} "
                      f"{_cell(row.max_abs_diff_real, '.2e'):>9} {_cell(row.top1_agreement, '.2f'):>13} {ac:>15}")
+        if sim := e.quantization.get("simulated"):
+            lines.append(f"       simulated in PyTorch ({sim['images']} held-out images): top-1 agreement {sim['agreement']:.2f}%, "
+                         f"max|dlogit| {sim['max_abs_logit_diff']:.2e}")
         if e.undelegated_ops:
             lines.append(f"       not delegated to XNNPACK: {', '.join(f'{k} x{v}' for k, v in e.undelegated_ops.items())}")
     if p.batch_checked is not None:
