@@ -142,31 +142,47 @@ def never_stop(num_exits: int) -> list:
     return [None] * (num_exits - 1)
 
 
-def throughput(bundle, x: np.ndarray, y: Optional[np.ndarray], thresholds: list, batches: Sequence[int]) -> list[dict]:
+THROUGHPUT_ROUNDS = 3  # interleaved passes over every batch size; figures are medians over them
+
+
+def throughput(bundle, x: np.ndarray, y: Optional[np.ndarray], thresholds: list, batches: Sequence[int],
+               rounds: int = THROUGHPUT_ROUNDS) -> list[dict]:
     """Images/s of the static model (every stage, last exit answers) and of the dynamic cascade
     at ``thresholds``, ``batch`` images per ``predict`` call (the measured analog of the
-    paper's Table 2). Both run on the same images in the same process, interleaved per batch size."""
+    paper's Table 2). Both run on the same images in the same process, every batch size once per
+    round, ``rounds`` rounds interleaved (machine drift hits every batch size alike); images/s
+    are medians over rounds, and ``dynamic_vs_one_by_one`` the median of each round's ratio."""
     from dvt_runtime.calibrate import measure_cascade
 
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be a whole number >= 1, got {rounds!r}")
     y = np.zeros(len(x), np.int64) if y is None else y
     never = never_stop(bundle.num_exits)
+    ok = [bs for bs in batches if bs <= len(x)]
+    runs: dict[int, list[tuple[dict, dict]]] = {bs: [] for bs in ok}
+    for _ in range(rounds):
+        for bs in ok:
+            n = (len(x) // bs) * bs  # whole batches only
+            runs[bs].append((measure_cascade(bundle, x[:n], y[:n], never, warmup=1, batch=bs),
+                             measure_cascade(bundle, x[:n], y[:n], thresholds, warmup=1, batch=bs)))
     rows = []
     for bs in batches:
-        if bs > len(x):
+        if bs not in runs:
             rows.append({"batch": bs, "error": f"only {len(x)} images to measure on"})
             continue
-        n = (len(x) // bs) * bs  # whole batches only
-        st = measure_cascade(bundle, x[:n], y[:n], never, warmup=1, batch=bs)
-        dy = measure_cascade(bundle, x[:n], y[:n], thresholds, warmup=1, batch=bs)
-        rows.append({"batch": bs, "n": n, "calls_per_stage": "one per batch" if bundle.batch_limit() >= bs else
+        st, dy = runs[bs][0]
+        med = {k: float(np.median([r[i]["images_per_s"] for r in runs[bs]])) for i, k in enumerate(("static", "dynamic"))}
+        rows.append({"batch": bs, "n": st["n"], "rounds": rounds, "calls_per_stage": "one per batch" if bundle.batch_limit() >= bs else
                      f"{-(-bs // bundle.batch_limit())} per batch (max_batch {bundle.batch_limit()})",
-                     "static_images_per_s": st["images_per_s"], "dynamic_images_per_s": dy["images_per_s"],
-                     "speedup": dy["images_per_s"] / st["images_per_s"], "static_accuracy": st["accuracy"],
+                     "static_images_per_s": med["static"], "dynamic_images_per_s": med["dynamic"],
+                     "dynamic_images_per_s_rounds": [r[1]["images_per_s"] for r in runs[bs]],
+                     "speedup": med["dynamic"] / med["static"], "static_accuracy": st["accuracy"],
                      "dynamic_accuracy": dy["accuracy"], "exit_fractions": dy["exit_fractions"]})
-    one = next((r for r in rows if r["batch"] == 1 and "error" not in r), None)
-    for r in rows:  # batched vs one image per call, same thresholds, same run
-        if one is not None and "error" not in r:
-            r["dynamic_vs_one_by_one"] = r["dynamic_images_per_s"] / one["dynamic_images_per_s"]
+    if 1 in runs:  # batched vs one image per call, same thresholds, paired within each round
+        for r in rows:
+            if "error" not in r:
+                ratios = [b[1]["images_per_s"] / o[1]["images_per_s"] for b, o in zip(runs[r["batch"]], runs[1])]
+                r["dynamic_vs_one_by_one"] = float(np.median(ratios))
     return rows
 
 

@@ -49,8 +49,9 @@ def throughput_markdown(r: dict) -> list[str]:
             continue
         thr = ", ".join("-" if v is None else f"{v:.4g}" for v in tp["thresholds"])
         mb = "any" if tp["max_batch"] is None else tp["max_batch"]
+        rounds = next((t.get("rounds") for t in tp["rows"] if "rounds" in t), None)
         out.append(f"\n### {row['target']} {row['precision']}: throughput, {r.get('threads', '?')} thread(s), thresholds [{thr}], "
-                   f"artifact max_batch {mb}\n")
+                   f"artifact max_batch {mb}" + (f"; medians of {rounds} interleaved rounds" if rounds else "") + "\n")
         has_acc = r.get("mode") != "throughput" or r.get("has_accuracy", False)
         out.append("| batch | static (all stages) img/s | dynamic img/s | dynamic vs static | dynamic vs batch 1 | exits % (1/2/...) |"
                    + (" accuracy static / dynamic % |" if has_acc else ""))

@@ -209,10 +209,15 @@ def _resize_last2(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """Resize the last two (square) axes of ``x (.., s, s)`` with ``m (g, s)`` -> (.., g, g).
 
     Computes ``m @ x @ m.T`` as two ``linear`` ops with a constant weight (fully-connected
-    layers, which every backend delegates) instead of broadcast matmuls.
+    layers, which every backend delegates) instead of broadcast matmuls. The second one gets a
+    2-D input: fed straight from the transpose, ONNX Runtime fuses the two into one batched
+    matmul of thousands of s x g products (11.8% of a Fashion-MNIST exit 3 at batch 12) instead
+    of one large product.
     """
+    g, s = m.shape
     y = F.linear(x, m)  # (.., s, g) = x @ m.T
-    return F.linear(y.transpose(-1, -2), m).transpose(-1, -2)  # (.., g, g) = m @ y
+    y = y.transpose(-1, -2).reshape(-1, s)  # (P*g, s), P = prod(leading axes)
+    return F.linear(y, m).reshape(*x.shape[:-2], g, g).transpose(-1, -2)  # (.., g, g) = m @ y
 
 
 # --------------------------------------------------------------------------- building blocks

@@ -50,10 +50,7 @@ REFERENCES: dict[str, Reference] = {
     "cifar10": Reference(
         "cifar10", "dvt_small_cifar", ASSETS / "dvt_small_cifar.pt",
         (("--model", "dvt_small_cifar", "--data", "cifar10-jpeg", "--epochs", "42", "--seed", "0", "--lr", "0.002",
-          "--warmup-epochs", "2.0", "--label-smoothing", "0.1", "--pad", "4", "--threads", "2", "--amp", "bf16"),
-         ("--model", "dvt_small_cifar", "--data", "cifar10-jpeg", "--epochs", "12", "--seed", "0", "--lr", "0.0005",
-          "--warmup-epochs", "0.5", "--label-smoothing", "0.1", "--pad", "4", "--threads", "2", "--amp", "bf16",
-          "--finetune", PREVIOUS, "--distill", "1.0", "--distill-temp", "2.0")),
+          "--warmup-epochs", "2.0", "--label-smoothing", "0.1", "--pad", "4", "--threads", "2", "--amp", "bf16"),),
         "CIFAR-10 (32x32 RGB natural images), trained on 45,000 training images, figures on the 5,000 held out",
         eval_data="cifar10-ref",
     ),

@@ -248,9 +248,14 @@ def test_bench_throughput_rows(bundle):
         assert r["static_accuracy"] == 100.0  # labels are the last exit's own answers
         assert r["exit_fractions"][0] > 0 and abs(sum(r["exit_fractions"]) - 1) < 1e-9
         assert r["static_images_per_s"] > 0 and r["dynamic_images_per_s"] > 0
+        assert r["rounds"] == 3 and r["dynamic_images_per_s"] == float(np.median(r["dynamic_images_per_s_rounds"]))
+        assert np.isfinite(r["dynamic_vs_one_by_one"]) and r["dynamic_vs_one_by_one"] > 0
+    assert rows[0]["dynamic_vs_one_by_one"] == 1.0  # each round's batch-1 pass against itself
+    with pytest.raises(ValueError, match="rounds"):
+        throughput(bundle, x, y, thr, [1], rounds=0)
     md = "\n".join(throughput_markdown({"threads": 1, "rows": [{"target": "onnx", "precision": "fp32", "status": "ok",
                                                               "throughput": {"thresholds": thr, "max_batch": None, "rows": rows}}]}))
-    assert "| 8 |" in md and "only 32 images" in md
+    assert "| 8 |" in md and "only 32 images" in md and "medians of 3 interleaved rounds" in md
 
 
 @pytest.mark.parametrize("key", ["cifar10", "fashion-mnist"])
