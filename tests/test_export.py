@@ -323,3 +323,18 @@ def test_coreml_w8a8_converts_t2t_stages(tmp_path):
         q = e.quantization
         assert q["program_ops"]["quantize"] > 0 and q["program_ops"]["constexpr_affine_dequantize"] > 0 and q["quantized_layers"] > 0, q
         assert q["simulated"]["finite"] is True and np.isfinite(q["simulated"]["max_abs_logit_diff"])
+
+
+def test_cli_export_without_images_in_a_fresh_interpreter(tmp_path):
+    """A checkpoint with no dataset to verify on (random weights here; e.g. a published one):
+    nothing had imported torch's sympy helpers before the dynamic batch axis needed them
+    (AttributeError in a fresh interpreter)."""
+    from dvt_edge.bench import random_checkpoint
+
+    ckpt = random_checkpoint("dvt_t2t_micro", tmp_path)
+    out = tmp_path / "b"
+    r = subprocess.run([sys.executable, "-m", "dvt_edge.export", "--checkpoint", ckpt, "--target", "onnx", "--out", str(out)],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = Manifest.load(out)
+    assert m.max_batch is None and m.parity.n_real == 0  # dynamic batch axis; fixed inputs only

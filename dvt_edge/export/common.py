@@ -60,7 +60,9 @@ class ExitGraph(nn.Module):
 
     def dynamic_shapes(self, max_batch: int = 0) -> dict[str, dict[int, "torch.export.Dim"]]:
         """One shared batch dimension (axis 0) on every input; ``max_batch`` 0 = unbounded."""
-        dim = torch.export.Dim("batch", min=1, max=max_batch or torch.utils._sympy.numbers.int_oo)
+        from torch.utils._sympy.numbers import int_oo  # not imported by ``import torch`` alone
+
+        dim = torch.export.Dim("batch", min=1, max=max_batch or int_oo)
         return {n: {0: dim} for n in self.input_names}
 
 
