@@ -155,3 +155,22 @@ def test_bad_distill_arguments_are_refused(tmp_path, flag, value):
 
     with pytest.raises(ValueError, match=flag):
         check_args(build_parser().parse_args([flag, value, "--out", str(tmp_path)]))
+
+
+def test_finetune_with_the_same_classes_keeps_every_tensor(tmp_path):
+    """Fine-tuning one of our checkpoints (e.g. to self-distil it) starts from all of its weights, heads included."""
+    from dvt_edge import save_checkpoint
+    from dvt_edge.models import create_model
+
+    src = create_model("dvt_micro_fmnist")
+    save_checkpoint(tmp_path / "src.pt", src)
+    args = build_parser().parse_args([*QUICK, "--epochs", "1", "--train-limit", "100", "--val-limit", "50",
+                                      "--finetune", str(tmp_path / "src.pt"), "--lr", "0", "--out", str(tmp_path / "ft")])
+    train(args)
+    m, _ = load_checkpoint(tmp_path / "ft" / "last.pt")
+    s = src.state_dict()
+    heads = [k for k in s if ".head." in k]
+    assert heads
+    for k, v in m.state_dict().items():
+        if v.dtype.is_floating_point:
+            assert torch.equal(v, s[k]), k
