@@ -338,3 +338,15 @@ def test_cli_export_without_images_in_a_fresh_interpreter(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     m = Manifest.load(out)
     assert m.max_batch is None and m.parity.n_real == 0  # dynamic batch axis; fixed inputs only
+
+
+def test_coreml_w8a8_without_torchao_names_the_extra(tmp_path, micro_ckpt, monkeypatch):
+    if not get_target("coreml").available:
+        pytest.skip("coremltools not installed")
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: None if name == "torchao" else real(name, *a, **k))
+    with pytest.raises(ExportError, match=r"dvt-edge\[coreml\]"):
+        export_bundle(str(micro_ckpt), "coreml", "int8", out=str(tmp_path / "b"), verify_n=20, calib_n=4, scheme="w8a8", progress=False)
+    assert not (tmp_path / "b").exists()

@@ -27,7 +27,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from dvt_edge.export.common import ExitArtifact, ExitJob
+from dvt_edge.export.common import ExitArtifact, ExitJob, ExportError
 
 
 def _convert(job: ExitJob, fp16: bool, module: Optional[torch.nn.Module] = None):
@@ -49,8 +49,13 @@ def _convert(job: ExitJob, fp16: bool, module: Optional[torch.nn.Module] = None)
 
 def _w8a8(job: ExitJob):
     """The exit with int8 static activations and int8 weights on every linear/conv, converted; (model, manifest info)."""
+    import importlib.util
+
     from dvt_edge.export.pt2e import LayerFilter, quantize_static, simulated_agreement, w8a8_quantizer
 
+    if importlib.util.find_spec("torchao") is None:
+        raise ExportError("Core ML w8a8 calibrates its activations with torchao, which is not installed: "
+                          "pip install 'dvt-edge[coreml]' (it brings torchao==0.18.0)")
     keep = LayerFilter()
     quantized = quantize_static(job.graph, job.example_inputs(), w8a8_quantizer(keep), job.calib, job.graph.input_names)
     ml = _convert(job, fp16=True, module=quantized)
