@@ -158,6 +158,7 @@ def throughput(bundle, x: np.ndarray, y: Optional[np.ndarray], thresholds: list,
         raise ValueError(f"rounds must be a whole number >= 1, got {rounds!r}")
     y = np.zeros(len(x), np.int64) if y is None else y
     never = never_stop(bundle.num_exits)
+    batches = list(dict.fromkeys(batches))  # a repeated size is measured (and reported) once
     ok = [bs for bs in batches if bs <= len(x)]
     runs: dict[int, list[tuple[dict, dict]]] = {bs: [] for bs in ok}
     for _ in range(rounds):

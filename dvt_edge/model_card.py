@@ -45,20 +45,27 @@ def train_command(args: dict, out: str) -> str:
     return " ".join(parts)
 
 
-def lineage(args: dict) -> list[dict]:
+def lineage(args: dict, direct: bool = True) -> list[dict]:
     """The training steps before this run, oldest first: for ``--finetune SOURCE``, SOURCE's own
     lineage plus one entry for SOURCE (its SHA-256, and its training arguments and per-exit
-    accuracy when it is one of our checkpoints). Read when publishing, while SOURCE exists."""
+    accuracy when it is one of our checkpoints). Read when publishing, while SOURCE exists; an
+    earlier source that is gone, or a file that is not one of ours, is recorded by name only."""
     src = args.get("finetune")
     if not src:
         return []
+    stub = {"checkpoint": str(src), "sha256": None, "args": None, "accuracies": None}
     if not Path(src).is_file():
+        if not direct:
+            return [{**stub, "note": "gone when this run was published"}]
         raise CheckpointError(f"the run was fine-tuned from {src}, which is gone: its lineage cannot be recorded; "
                               "restore the file (or publish before deleting it)")
-    _, info = load_checkpoint(src, trusted=bool(args.get("trust_checkpoint")))
+    try:
+        _, info = load_checkpoint(src, trusted=bool(args.get("trust_checkpoint")))
+    except CheckpointError:  # accepted by --finetune (enough tensors fit), not loadable as a whole model
+        return [{**stub, "sha256": sha256_file(src)}]
     summary = info.extras.get("train_summary") or (info.extras.get("train") or {}).get("args")
     src_args = (json.loads(summary)["args"] if "train_summary" in info.extras else json.loads(summary)) if summary else None
-    before = json.loads(info.extras["lineage"]) if "lineage" in info.extras else (lineage(src_args) if src_args else [])
+    before = json.loads(info.extras["lineage"]) if "lineage" in info.extras else (lineage(src_args, direct=False) if src_args else [])
     return [*before, {"checkpoint": str(src), "sha256": sha256_file(src), "args": src_args, "accuracies": info.accuracies}]
 
 
@@ -70,7 +77,7 @@ def step_commands(steps: list[dict], args: dict, run_dir: str) -> list[str]:
     for i, st in enumerate([*steps, {"args": args}]):
         a = dict(st["args"]) if st.get("args") else None
         if a is None:
-            cmds.append(f"(start from {st['checkpoint']}, SHA-256 {st['sha256']})")
+            cmds.append(f"(start from {st['checkpoint']}, SHA-256 {st['sha256'] or 'unknown: ' + st.get('note', 'not recorded')})")
             continue
         if i and a.get("finetune") and steps[i - 1].get("args"):
             a["finetune"] = f"{outs[i - 1]}/last.pt"

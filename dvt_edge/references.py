@@ -36,6 +36,8 @@ class Reference:
     def step_argv(self, run_dir: Path) -> list[list[str]]:
         """Each step's argument list with its ``--out`` (``RUN-stepN``, the last step ``RUN``) and
         ``{previous}`` filled in."""
+        if PREVIOUS in self.steps[0]:
+            raise ValueError(f"reference {self.key!r}: its first training step has no previous step to fine-tune ({PREVIOUS})")
         outs = [Path(f"{run_dir}-step{i + 1}") for i in range(len(self.steps) - 1)] + [Path(run_dir)]
         return [[str(outs[i - 1] / "last.pt") if a == PREVIOUS else a for a in step] + ["--out", str(outs[i])]
                 for i, step in enumerate(self.steps)]

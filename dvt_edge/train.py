@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--val-limit", type=int, default=None, help="evaluate on a seeded, class-stratified random N of the validation images")
     ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt exactly")
     ap.add_argument("--force", action="store_true", help="start over even if OUT already holds checkpoints")
-    ap.add_argument("--finetune", default=None, help="initialise from a checkpoint (published or ours); heads re-initialised when classes differ")
+    ap.add_argument("--finetune", default=None, help="initialise from a checkpoint (published or ours); heads re-initialised unless its classes are the data's")
     ap.add_argument("--distill", type=float, default=0.0,
                     help="self-distillation weight: each earlier exit also learns the last exit's softened answer (KL at --distill-temp); 0 = off")
     ap.add_argument("--distill-temp", type=float, default=2.0, help="softmax temperature of --distill")
@@ -160,19 +160,25 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _finetune_init(model: DVT, path: str, trusted: bool) -> str:
-    """Copy weights from a checkpoint; heads (and anything shaped differently) keep their fresh init."""
+def _finetune_init(model: DVT, path: str, trusted: bool, classes: Optional[list[str]] = None) -> str:
+    """Copy weights from a checkpoint. The classifier heads come along only when the checkpoint's
+    class names are the training data's (same names, same order; kept when the checkpoint names
+    none and the shapes fit); they, and anything shaped differently, keep their fresh init otherwise."""
     ckpt = read_checkpoint(path, trusted=trusted)
     src = ckpt.get("model_state_dict", ckpt)
     if all(k.startswith("module.") for k in src):
         src = {k[7:]: v for k, v in src.items()}
     own = model.state_dict()
-    loadable = {k: v for k, v in src.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    src_classes = ckpt.get("classes")
+    same_classes = src_classes is None or classes is None or list(src_classes) == list(classes)
+    loadable = {k: v for k, v in src.items()
+                if k in own and tuple(v.shape) == tuple(own[k].shape) and (same_classes or ".head." not in k)}
     skipped = sorted(k for k in own if k not in loadable)
     if len(loadable) < len(own) // 2:
         raise CheckpointError(f"--finetune {path}: only {len(loadable)} of {len(own)} tensors fit model {model.name!r}; is it the same architecture?")
     model.load_state_dict({**own, **loadable})
-    return f"fine-tuning from {path}: {len(loadable)} tensors loaded, re-initialised {len(skipped)} (e.g. {skipped[:4]})"
+    why = "" if same_classes else " (heads re-initialised: the checkpoint's classes differ from the data's)"
+    return f"fine-tuning from {path}: {len(loadable)} tensors loaded, re-initialised {len(skipped)} (e.g. {skipped[:4]}){why}"
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -316,7 +322,7 @@ def _build_model(args: argparse.Namespace, resume_state: Optional[dict], train_d
         log(f"note: {args.data} images are preprocessed as {model.name} expects: {pre.to_dict()}")
     train_ds.preprocess = val_ds.preprocess = pre
     if args.finetune and resume_state is None:
-        log(_finetune_init(model, args.finetune, args.trust_checkpoint))
+        log(_finetune_init(model, args.finetune, args.trust_checkpoint, train_ds.classes))
     return model
 
 

@@ -251,6 +251,7 @@ def test_bench_throughput_rows(bundle):
         assert r["rounds"] == 3 and r["dynamic_images_per_s"] == float(np.median(r["dynamic_images_per_s_rounds"]))
         assert np.isfinite(r["dynamic_vs_one_by_one"]) and r["dynamic_vs_one_by_one"] > 0
     assert rows[0]["dynamic_vs_one_by_one"] == 1.0  # each round's batch-1 pass against itself
+    assert [r["batch"] for r in throughput(bundle, x, y, thr, [1, 8, 8, 1], rounds=1)] == [1, 8]  # repeats measured once
     with pytest.raises(ValueError, match="rounds"):
         throughput(bundle, x, y, thr, [1], rounds=0)
     md = "\n".join(throughput_markdown({"threads": 1, "rows": [{"target": "onnx", "precision": "fp32", "status": "ok",

@@ -350,3 +350,21 @@ def test_coreml_w8a8_without_torchao_names_the_extra(tmp_path, micro_ckpt, monke
     with pytest.raises(ExportError, match=r"dvt-edge\[coreml\]"):
         export_bundle(str(micro_ckpt), "coreml", "int8", out=str(tmp_path / "b"), verify_n=20, calib_n=4, scheme="w8a8", progress=False)
     assert not (tmp_path / "b").exists()
+
+
+def test_simulated_agreement_fails_on_a_non_finite_reference_or_result():
+    from dvt_edge.export.pt2e import simulated_agreement
+
+    class Const(torch.nn.Module):
+        def __init__(self, v):
+            super().__init__()
+            self.v = v
+
+        def forward(self, image):
+            return torch.tensor([[self.v, 0.0]])
+
+    x = [{"image": np.zeros((1, 1), np.float32)}] * 2
+    assert simulated_agreement(Const(1.0), Const(0.5), x, ["image"])["finite"] is True
+    for ref, got in ((float("nan"), 0.5), (1.0, float("inf"))):
+        r = simulated_agreement(Const(ref), Const(got), x, ["image"])
+        assert r["finite"] is False and not np.isfinite(r["max_abs_logit_diff"]), (ref, got, r)

@@ -83,6 +83,28 @@ def test_publish_refuses_a_run_whose_source_is_gone(micro_ckpt, tmp_path):
     assert not (tmp_path / "out.pt").exists()
 
 
+def test_lineage_records_an_earlier_source_that_is_gone(micro_ckpt, tmp_path):
+    """Publishing needs the direct source; an earlier step's file that is gone is named, not required."""
+    from dvt_edge.model_card import lineage
+    from dvt_edge.references import PREVIOUS, Reference
+    from dvt_edge.train import train
+
+    src = tmp_path / "src.pt"
+    publish_run(str(micro_ckpt.parent), str(src), threshold_n=500, progress=False)
+    run = tmp_path / "ft"
+    train(build_parser().parse_args(["--model", "dvt_micro_fmnist", "--epochs", "1", "--train-limit", "200", "--val-limit", "100",
+                                     "--threads", "1", "--quiet", "--finetune", str(src), "--out", str(run)]))
+    src.unlink()
+    steps = lineage({"finetune": str(run / "last.pt")})  # fine-tuning the fine-tuned run again
+    assert [s["checkpoint"] for s in steps] == [str(src), str(run / "last.pt")]
+    assert steps[0]["sha256"] is None and "gone" in steps[0]["note"] and steps[1]["sha256"] == sha256_file(run / "last.pt")
+    cmds = step_commands(steps, {**steps[1]["args"], "finetune": str(run / "last.pt")}, "runs/x")
+    assert cmds[0].startswith(f"(start from {src}, SHA-256 unknown") and "--finetune runs/x-step2/last.pt" in cmds[2]
+    bad = Reference("bad", "dvt_micro_fmnist", src, (("--finetune", PREVIOUS),), "")
+    with pytest.raises(ValueError, match="first training step"):
+        bad.step_argv(tmp_path / "r")
+
+
 def test_train_command_reproduces_the_run_arguments(micro_ckpt):
     t = read_checkpoint(micro_ckpt.parent / "last.pt")["train"]
     args = json.loads(t["args"])

@@ -174,3 +174,23 @@ def test_finetune_with_the_same_classes_keeps_every_tensor(tmp_path):
     for k, v in m.state_dict().items():
         if v.dtype.is_floating_point:
             assert torch.equal(v, s[k]), k
+
+
+def test_finetune_with_other_class_names_reinitialises_heads(tmp_path):
+    """Same number of classes, other names (or order): the heads are not carried over."""
+    from dvt_edge import save_checkpoint
+    from dvt_edge.models import create_model
+
+    src = create_model("dvt_micro_fmnist")
+    names = [f"class{i}" for i in range(10)]
+    save_checkpoint(tmp_path / "src.pt", src, classes=names)
+    args = build_parser().parse_args([*QUICK, "--epochs", "1", "--train-limit", "100", "--val-limit", "50",
+                                      "--finetune", str(tmp_path / "src.pt"), "--lr", "0", "--out", str(tmp_path / "ft")])
+    train(args)
+    m, _ = load_checkpoint(tmp_path / "ft" / "last.pt")
+    s = src.state_dict()
+    for k, v in m.state_dict().items():
+        if ".head." not in k and v.dtype.is_floating_point:
+            assert torch.equal(v, s[k]), k
+        elif k.endswith(".head.weight"):  # fresh init (biases start at zero either way)
+            assert not torch.equal(v, s[k]), k

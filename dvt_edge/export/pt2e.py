@@ -102,7 +102,7 @@ def simulated_agreement(float_graph: torch.nn.Module, quantized: torch.fx.GraphM
             args = torch_inputs(c, input_names)
             ref, got = float_graph(*args), quantized(*args)
             ref, got = (ref[0] if isinstance(ref, tuple) else ref).numpy(), (got[0] if isinstance(got, (tuple, list)) else got).numpy()
-            finite = finite and bool(np.isfinite(got).all())
+            finite = finite and bool(np.isfinite(got).all()) and bool(np.isfinite(ref).all())
             agree.append(float((ref.argmax(-1) == got.argmax(-1)).mean()))
             worst = max(worst, float(np.abs(ref - got).max())) if finite else float("nan")
     return {"agreement": 100.0 * float(np.mean(agree)) if agree else float("nan"), "max_abs_logit_diff": worst, "finite": finite,
