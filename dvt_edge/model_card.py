@@ -63,8 +63,12 @@ def lineage(args: dict, direct: bool = True) -> list[dict]:
         _, info = load_checkpoint(src, trusted=bool(args.get("trust_checkpoint")))
     except CheckpointError:  # accepted by --finetune (enough tensors fit), not loadable as a whole model
         return [{**stub, "sha256": sha256_file(src)}]
-    summary = info.extras.get("train_summary") or (info.extras.get("train") or {}).get("args")
-    src_args = (json.loads(summary)["args"] if "train_summary" in info.extras else json.loads(summary)) if summary else None
+    if "train_summary" in info.extras:  # a published file
+        src_args = json.loads(info.extras["train_summary"])["args"]
+    elif info.extras.get("train"):  # a run's last.pt
+        src_args = json.loads(info.extras["train"]["args"])
+    else:  # not trained by dvt_edge.train
+        src_args = None
     before = json.loads(info.extras["lineage"]) if "lineage" in info.extras else (lineage(src_args, direct=False) if src_args else [])
     return [*before, {"checkpoint": str(src), "sha256": sha256_file(src), "args": src_args, "accuracies": info.accuracies}]
 

@@ -69,7 +69,8 @@ def test_fine_tuned_run_publishes_its_lineage_and_every_step(micro_ckpt, tmp_pat
     assert f"--out {run}-step1" in cmds[0] and f"--finetune {run}-step1/last.pt" in cmds[1] and "--distill 0.5" in cmds[1]
 
 
-def test_publish_refuses_a_run_whose_source_is_gone(micro_ckpt, tmp_path):
+def _fine_tuned_run_whose_source_is_gone(micro_ckpt, tmp_path):
+    """(source path, run dir): a micro run fine-tuned from a published file, which is then deleted."""
     from dvt_edge.train import train
 
     src = tmp_path / "src.pt"
@@ -78,6 +79,11 @@ def test_publish_refuses_a_run_whose_source_is_gone(micro_ckpt, tmp_path):
     train(build_parser().parse_args(["--model", "dvt_micro_fmnist", "--epochs", "1", "--train-limit", "200", "--val-limit", "100",
                                      "--threads", "1", "--quiet", "--finetune", str(src), "--out", str(run)]))
     src.unlink()
+    return src, run
+
+
+def test_publish_refuses_a_run_whose_source_is_gone(micro_ckpt, tmp_path):
+    src, run = _fine_tuned_run_whose_source_is_gone(micro_ckpt, tmp_path)
     with pytest.raises(CheckpointError, match="lineage"):
         publish_run(str(run), str(tmp_path / "out.pt"), threshold_n=500, progress=False)
     assert not (tmp_path / "out.pt").exists()
@@ -87,14 +93,8 @@ def test_lineage_records_an_earlier_source_that_is_gone(micro_ckpt, tmp_path):
     """Publishing needs the direct source; an earlier step's file that is gone is named, not required."""
     from dvt_edge.model_card import lineage
     from dvt_edge.references import PREVIOUS, Reference
-    from dvt_edge.train import train
 
-    src = tmp_path / "src.pt"
-    publish_run(str(micro_ckpt.parent), str(src), threshold_n=500, progress=False)
-    run = tmp_path / "ft"
-    train(build_parser().parse_args(["--model", "dvt_micro_fmnist", "--epochs", "1", "--train-limit", "200", "--val-limit", "100",
-                                     "--threads", "1", "--quiet", "--finetune", str(src), "--out", str(run)]))
-    src.unlink()
+    src, run = _fine_tuned_run_whose_source_is_gone(micro_ckpt, tmp_path)
     steps = lineage({"finetune": str(run / "last.pt")})  # fine-tuning the fine-tuned run again
     assert [s["checkpoint"] for s in steps] == [str(src), str(run / "last.pt")]
     assert steps[0]["sha256"] is None and "gone" in steps[0]["note"] and steps[1]["sha256"] == sha256_file(run / "last.pt")
