@@ -194,3 +194,16 @@ def test_finetune_with_other_class_names_reinitialises_heads(tmp_path):
             assert torch.equal(v, s[k]), k
         elif k.endswith(".head.weight"):  # fresh init (biases start at zero either way)
             assert not torch.equal(v, s[k]), k
+
+
+def test_bf16_warning_names_the_fix_on_cpus_without_native_bf16(monkeypatch):
+    from dvt_edge.train import bf16_warning
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    w = bf16_warning("bf16", cpu)
+    assert w is not None and "--amp fp32" in w
+    assert bf16_warning("fp32", cpu) is None
+    assert bf16_warning("bf16", torch.device("cuda")) is None
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert bf16_warning("bf16", cpu) is None
