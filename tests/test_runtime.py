@@ -181,3 +181,27 @@ def test_calibrate_errors_keep_previous_file(bundle_copy, val, tmp_path):
     export_npz(ds, tmp_path / "val.npz", n=30, progress=False)
     assert main(["--bundle", str(bundle_copy), "--data", str(tmp_path / "val.npz"), "--budget-ms", "-1"]) == 2
     assert path.read_bytes() == before
+
+
+def test_measure_interleaved_alternates_settings_block_by_block(onnx_bundle, val, monkeypatch):
+    """Each block of images runs under every thresholds setting in turn (rotating order), so that
+    machine drift hits all settings alike; summaries match measure_cascade's answers."""
+    from dvt_runtime.calibrate import measure_cascade, measure_interleaved
+
+    x, y = val
+    x, y = x[:40], y[:40]
+    b = Bundle.open(onnx_bundle, threads=1)
+    stop1, never = [0.0, None], [None, None]
+    ref = [measure_cascade(b, x, y, t, warmup=0) for t in (stop1, never)]
+    seen = []
+    real = b.predict
+    monkeypatch.setattr(b, "predict", lambda xi, thresholds=None: seen.append(tuple(thresholds)) or real(xi, thresholds=thresholds))
+    (s1, sn), block_ms = measure_interleaved(b, x, y, [stop1, never], blocks=4, warmup=0)
+    assert s1["exit_fractions"] == [1.0, 0.0, 0.0] and sn["exit_fractions"] == [0.0, 0.0, 1.0]
+    assert (s1["accuracy"], sn["accuracy"]) == (ref[0]["accuracy"], ref[1]["accuracy"]) and s1["n"] == sn["n"] == 40
+    assert [len(m) for m in block_ms] == [4, 4] and all(v > 0 for m in block_ms for v in m)
+    # 4 blocks of 10 images, one call per image: A then B, B then A, A then B, B then A
+    runs = [seen[i] for i in range(0, 80, 10)]
+    assert runs == [tuple(stop1), tuple(never), tuple(never), tuple(stop1)] * 2, runs
+    with pytest.raises(ValueError, match="blocks"):
+        measure_interleaved(b, x, y, [never], blocks=0)

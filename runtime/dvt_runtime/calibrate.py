@@ -58,6 +58,35 @@ def exit_probs(bundle: Bundle, x: np.ndarray, progress: bool = False, chunk: int
     return np.stack([softmax(np.concatenate([o[e] for o in out]).astype(np.float64)) for e in range(bundle.num_exits)])
 
 
+def _check_batch(batch) -> int:
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise ValueError(f"batch must be a whole number >= 1, got {batch!r}")
+    return int(batch)
+
+
+def _timed_calls(bundle: Bundle, x: np.ndarray, y: np.ndarray, thresholds, batch: int) -> tuple[list, list, list, float]:
+    """``predict`` on ``x`` in calls of ``batch`` images: per-image ms, exit and correctness, and the wall seconds."""
+    ms, exits, correct = [], [], []
+    t_all = time.perf_counter()
+    for s in range(0, len(x), batch):
+        t0 = time.perf_counter()
+        preds = bundle.predict(x[s : s + batch], thresholds=thresholds)
+        ms.append((time.perf_counter() - t0) * 1e3 / len(preds))
+        exits += [p.exit for p in preds]
+        correct += [p.label == t for p, t in zip(preds, y[s : s + batch])]
+    return ms, exits, correct, time.perf_counter() - t_all
+
+
+def _summary(num_exits: int, ms: list, exits: list, correct: list, wall: float, batch: int) -> dict:
+    st = sample_stats(ms, keep_samples=False)
+    return {
+        "accuracy": float(np.mean(correct) * 100), "mean_ms": st["mean"], "p50_ms": st["p50"],
+        "p90_ms": st["p90"], "p99_ms": st["p99"], "n": len(exits),
+        "exit_fractions": (np.bincount(exits, minlength=num_exits) / len(exits)).tolist(),
+        "batch": int(batch), "images_per_s": float(len(exits) / wall),
+    }
+
+
 def measure_cascade(bundle: Bundle, x: np.ndarray, y: np.ndarray, thresholds, warmup: int = 20, batch: int = 1) -> dict:
     """Run the real cascade on ``batch`` images per predict call; wall-clock latency.
 
@@ -65,27 +94,38 @@ def measure_cascade(bundle: Bundle, x: np.ndarray, y: np.ndarray, thresholds, wa
     a throughput budget (ms per image at batch N) compares with them; ``images_per_s``
     is the throughput.
     """
-    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
-        raise ValueError(f"batch must be a whole number >= 1, got {batch!r}")
-    calls = [slice(s, s + batch) for s in range(0, len(x), batch)]
-    for i in range(min(warmup, len(calls))):
-        bundle.predict(x[calls[i]], thresholds=thresholds)
-    ms, exits, correct = [], [], []
-    t_all = time.perf_counter()
-    for sl in calls:
-        t0 = time.perf_counter()
-        preds = bundle.predict(x[sl], thresholds=thresholds)
-        ms.append((time.perf_counter() - t0) * 1e3 / len(preds))
-        exits += [p.exit for p in preds]
-        correct += [p.label == t for p, t in zip(preds, y[sl])]
-    wall = time.perf_counter() - t_all
-    st = sample_stats(ms, keep_samples=False)
-    return {
-        "accuracy": float(np.mean(correct) * 100), "mean_ms": st["mean"], "p50_ms": st["p50"],
-        "p90_ms": st["p90"], "p99_ms": st["p99"], "n": len(x),
-        "exit_fractions": (np.bincount(exits, minlength=bundle.num_exits) / len(x)).tolist(),
-        "batch": int(batch), "images_per_s": float(len(x) / wall),
-    }
+    batch = _check_batch(batch)
+    for s in range(0, min(warmup, -(-len(x) // batch)) * batch, batch):
+        bundle.predict(x[s : s + batch], thresholds=thresholds)
+    return _summary(bundle.num_exits, *_timed_calls(bundle, x, y, thresholds, batch), batch)
+
+
+def measure_interleaved(bundle: Bundle, x: np.ndarray, y: np.ndarray, configs: Sequence, blocks: int = 10,
+                        warmup: int = 20) -> tuple[list[dict], list[list[float]]]:
+    """Several threshold settings measured as :func:`measure_cascade` (batch 1), but interleaved:
+    ``x`` is cut into ``blocks`` parts and each part runs under every setting in turn (the order
+    rotating per part), so that drift of the machine (a busy neighbour, clocks) hits every
+    setting alike. Returns one summary per setting and, per setting, each block's mean ms."""
+    if isinstance(blocks, bool) or not isinstance(blocks, (int, np.integer)) or blocks < 1:
+        raise ValueError(f"blocks must be a whole number >= 1, got {blocks!r}")
+    if not configs:
+        raise ValueError("configs is empty: pass at least one thresholds setting")
+    for thr in configs:
+        for s in range(min(warmup, len(x))):
+            bundle.predict(x[s : s + 1], thresholds=thr)
+    parts = [p for p in np.array_split(np.arange(len(x)), min(int(blocks), len(x))) if len(p)]
+    runs: list[list] = [[[], [], [], 0.0] for _ in configs]
+    block_ms: list[list[float]] = [[] for _ in configs]
+    for b, idx in enumerate(parts):
+        for k in np.roll(np.arange(len(configs)), -b):
+            ms, ex, ok, wall = _timed_calls(bundle, x[idx], y[idx], configs[k], 1)
+            acc = runs[k]
+            acc[0] += ms
+            acc[1] += ex
+            acc[2] += ok
+            acc[3] += wall
+            block_ms[k].append(float(np.mean(ms)))
+    return [_summary(bundle.num_exits, *r, 1) for r in runs], block_ms
 
 
 def cascade_overhead_ms(bundle: Bundle, x: np.ndarray, n: int = 60, batch: int = 1) -> float:
