@@ -330,7 +330,7 @@ def test_11_zero_sized_and_empty_inputs(onnx_bundle):
 
 def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=900, cwd=cwd, env=env)
 
 
 @pytest.mark.parametrize("argv,match", [
