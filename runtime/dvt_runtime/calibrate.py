@@ -30,6 +30,7 @@ from dvt_runtime.bundle import Bundle, softmax
 from dvt_runtime.calibration import SCHEMA, BudgetRow, Calibration, CalibrationError, Chosen, bundle_identity  # noqa: F401  (re-exported)
 from dvt_runtime.io import atomic_write_json, check_labels, read_npz
 from dvt_runtime.io import progress as _bar
+from dvt_runtime.latency import check_batch
 from dvt_runtime.manifest import ManifestError
 from dvt_runtime.search import ALGORITHMS, ExitOutputs, StageCosts, evaluate_thresholds, frontier_table, search_thresholds
 from dvt_runtime.stats import sample_stats
@@ -56,12 +57,6 @@ def exit_probs(bundle: Bundle, x: np.ndarray, progress: bool = False, chunk: int
     starts = _bar(range(0, len(x), chunk), desc="run exits", unit="batch", enabled=progress)
     out = [bundle.run_exits(x[s : s + chunk]) for s in starts]  # per chunk: E arrays (n, classes)
     return np.stack([softmax(np.concatenate([o[e] for o in out]).astype(np.float64)) for e in range(bundle.num_exits)])
-
-
-def _check_batch(batch) -> int:
-    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
-        raise ValueError(f"batch must be a whole number >= 1, got {batch!r}")
-    return int(batch)
 
 
 def _timed_calls(bundle: Bundle, x: np.ndarray, y: np.ndarray, thresholds, batch: int) -> tuple[list, list, list, float]:
@@ -94,7 +89,7 @@ def measure_cascade(bundle: Bundle, x: np.ndarray, y: np.ndarray, thresholds, wa
     a throughput budget (ms per image at batch N) compares with them; ``images_per_s``
     is the throughput.
     """
-    batch = _check_batch(batch)
+    batch = check_batch(batch)
     for s in range(0, min(warmup, -(-len(x) // batch)) * batch, batch):
         bundle.predict(x[s : s + batch], thresholds=thresholds)
     return _summary(bundle.num_exits, *_timed_calls(bundle, x, y, thresholds, batch), batch)
@@ -114,18 +109,12 @@ def measure_interleaved(bundle: Bundle, x: np.ndarray, y: np.ndarray, configs: S
         for s in range(min(warmup, len(x))):
             bundle.predict(x[s : s + 1], thresholds=thr)
     parts = [p for p in np.array_split(np.arange(len(x)), min(int(blocks), len(x))) if len(p)]
-    runs: list[list] = [[[], [], [], 0.0] for _ in configs]
-    block_ms: list[list[float]] = [[] for _ in configs]
+    per: list[list[tuple]] = [[] for _ in configs]  # per setting: each block's (ms, exits, correct, wall)
     for b, idx in enumerate(parts):
         for k in np.roll(np.arange(len(configs)), -b):
-            ms, ex, ok, wall = _timed_calls(bundle, x[idx], y[idx], configs[k], 1)
-            acc = runs[k]
-            acc[0] += ms
-            acc[1] += ex
-            acc[2] += ok
-            acc[3] += wall
-            block_ms[k].append(float(np.mean(ms)))
-    return [_summary(bundle.num_exits, *r, 1) for r in runs], block_ms
+            per[k].append(_timed_calls(bundle, x[idx], y[idx], configs[k], 1))
+    merged = [[sum((c[i] for c in calls), [] if i < 3 else 0.0) for i in range(4)] for calls in per]
+    return [_summary(bundle.num_exits, *m, 1) for m in merged], [[float(np.mean(c[0])) for c in calls] for calls in per]
 
 
 def cascade_overhead_ms(bundle: Bundle, x: np.ndarray, n: int = 60, batch: int = 1) -> float:
