@@ -67,8 +67,12 @@ def test_batch_matches_one_by_one_and_regroups(bundle):
     # one call per stage, on exactly the samples still undecided
     assert [c.batches for c in counters] == [[48], [48 - exits[0]], [exits[2]]]
     for a, b in zip(batched, one):
+        # one image takes the single-image fast path, a batch the regrouping one: same answers
         assert np.allclose(a.probs, b.probs, atol=1e-6)
-        assert len(a.stage_ms) == a.exit + 1 and a.total_ms == pytest.approx(sum(a.stage_ms))
+        assert a.class_name == b.class_name and a.confidence == pytest.approx(b.confidence, abs=1e-6)
+        assert not a.deadline_skipped and not b.deadline_skipped
+        for p in (a, b):
+            assert len(p.stage_ms) == p.exit + 1 and p.total_ms == pytest.approx(sum(p.stage_ms))
         # per image: each call's time over the images in it (what the budget controller observes)
         assert a.stage_ms_per_image[0] == pytest.approx(a.stage_ms[0] / 48)
         assert b.stage_ms_per_image == b.stage_ms

@@ -63,7 +63,7 @@ def check_thresholds(t, num_exits: int, where: str = "thresholds") -> list[Optio
         if v is None:
             out.append(None)
             continue
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v) or not 0.0 <= v <= 1.0:
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v) or not 0.0 <= v <= 1.0:
             raise ValueError(f"{where}: threshold of exit {k + 1} must be a confidence in [0, 1] or None, got {v!r}")
         out.append(float(v))
     return out
@@ -351,6 +351,8 @@ class Bundle:
         or every sample stops, and per-sample bookkeeping only in Python lists.
         """
         n, E = len(xb), self.num_exits
+        if n == 1 and deadline_ms is None:
+            return [self._cascade_one(xb, thr)]
         stage_ms: list[list[float]] = [[] for _ in range(n)]
         per_image: list[list[float]] = [[] for _ in range(n)]
         result: list[Optional[Prediction]] = [None] * n
@@ -378,6 +380,24 @@ class Bundle:
                 break
         assert all(r is not None for r in result)
         return result  # type: ignore[return-value]
+
+    def _cascade_one(self, x: np.ndarray, thr: np.ndarray) -> Prediction:
+        """The cascade for one (1, C, H, W) image without a deadline: the same answer as ``_cascade``
+        with none of its per-sample bookkeeping (the latency path of a camera app)."""
+        E, clock = self.num_exits, time.perf_counter
+        carry: Optional[dict] = None
+        stage_ms: list[float] = []
+        for e in range(E):
+            t0 = clock()
+            out = self.run_exit(e, x, carry)
+            stage_ms.append((clock() - t0) * 1e3)
+            p = softmax(out["logits"].astype(np.float64))[0]  # (classes,)
+            k = int(p.argmax())
+            if e == E - 1 or p[k] >= thr[e]:
+                name = self.classes[k] if k < len(self.classes) else str(k)
+                return Prediction(k, name, float(p[k]), e, p, float(sum(stage_ms)), stage_ms, False, list(stage_ms))
+            carry = out
+        raise AssertionError("the last exit always answers")
 
     @staticmethod
     def _keep(active: list[int], out: Optional[dict], keep: np.ndarray) -> tuple[list[int], Optional[dict]]:
