@@ -109,6 +109,11 @@ def markdown(results: list[dict]) -> str:
             out.append(f"Runtime overhead for a sample stopping at exit 1: predict {ov['predict_exit1_ms']:.4f} ms vs backend "
                        f"{ov['backend_exit1_ms']:.4f} ms = {ov['overhead_ms']:+.4f} ms ({ov['overhead_pct']:.1f}%; goal {ov['goal']}: "
                        f"{'met' if ov['within_goal'] else 'NOT met'}).\n")
+            stop = row["profile"].get("stopping")
+            if stop:  # what the search prices each exit at (profiles before dvt-profile/2 have none)
+                means = [" / ".join(f"{c['mean']:.3f}" for c in rows) for rows in (stop, row["profile"]["cumulative"])]
+                out.append(f"Mean ms per image, every image stopping at the exit (what the latency search prices each exit at, before predict's own overhead): {means[0]}; "
+                           f"reaching it inside chains through every exit: {means[1]}.\n")
             out.append("| budget ms | latency-calibrated: acc %, mean ms (err %), p90 ms, exits % | FLOPs-calibrated: acc %, mean ms (err %), p90 ms, exits % |")
             out.append("|---|---|---|")
             for d, f in zip(row["dynamic"], row["flops_calibrated"]):

@@ -57,6 +57,8 @@ def test_bench_result_shape_and_real_numbers(results):
         assert (out / "a" / f).stat().st_size > 500
     md = (out / "a" / "bench.md").read_text()
     assert "latency-calibrated" in md and "FLOPs-calibrated" in md
+    stop = [s["mean"] for s in onnx["profile"]["stopping"]]  # the per-exit streams the search priced
+    assert "every image stopping at the exit" in md and f"{stop[0]:.3f}" in md
 
 
 def test_bench_report_merges_devices(results, tmp_path, capsys):

@@ -7,6 +7,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -141,7 +142,7 @@ def test_measured_json_round_trip(measured, tmp_path):
     _, prof = measured
     path = prof.save(tmp_path / "sub" / "p.json")
     d = json.loads(path.read_text())
-    assert d["schema"] == SCHEMA == "dvt-profile/1" and d["schema_version"] == SCHEMA_VERSION == 1
+    assert d["schema"] == SCHEMA == "dvt-profile/2" and d["schema_version"] == SCHEMA_VERSION == 2
     back = LatencyProfile.load(path)
     assert back == prof
     assert back.to_dict() == prof.to_dict()
@@ -178,6 +179,80 @@ def test_measured_stage_costs_p90_summary_table(measured):
 
 
 @bundle_group
+@bundle_group
+def test_measured_stopping_streams(measured):
+    _, prof = measured
+    assert prof.stopping is not None and [s["exit"] for s in prof.stopping] == [1, 2, 3]
+    assert all(s["n"] == RUNS for s in prof.stopping)
+    assert prof.stopping[-1]["samples"] == prof.cumulative[-1]["samples"]  # the last exit's stream: the chains
+    # a stream stopping at exit e runs stages 1..e only: cheaper than reaching the next exit
+    assert prof.stopping[0]["mean"] < prof.cumulative[1]["mean"] and prof.stopping[1]["mean"] < prof.cumulative[2]["mean"]
+    costs = prof.stage_costs()
+    for got, s in zip(costs.stopping, prof.stopping):
+        np.testing.assert_array_equal(got, s["samples"])
+    np.testing.assert_allclose(costs.cumulative, [s["mean"] for s in prof.stopping], rtol=1e-12)
+    assert "samples" not in json.dumps(prof.summary()["stopping"])
+    with pytest.raises(ProfileError, match="summary"):
+        LatencyProfile.from_dict(prof.summary()).stage_costs()
+    assert "every image stopping at the exit" in prof.format_table()
+
+
+class _OneEntryCache:
+    """Sessions sharing a one-entry 'cache': a call to another session than the previous call's
+    pays ``miss_ms`` (weights evicted), as on a CPU whose cache holds one stage's weights."""
+
+    def __init__(self, inner, key: int, miss_ms: float, state: dict):
+        self.inner, self.key, self.miss, self.state = inner, key, miss_ms / 1e3, state
+        self.input_names, self.output_names = inner.input_names, inner.output_names
+
+    def run(self, inputs):
+        t0 = time.perf_counter()
+        out = self.inner.run(inputs)
+        if self.state.get("last") != self.key:
+            while time.perf_counter() - t0 < self.miss:
+                pass
+        self.state["last"] = self.key
+        return out
+
+
+@bundle_group
+def test_stopping_streams_price_the_cache_a_cascade_meets(bundle_dir):
+    """A chain through every exit runs stage 1 after the last stage (a miss); a cascade whose
+    images leave at exit 1 runs it after stage 1 (a hit). The profile's exit-1 price must be the
+    cascade's, or a latency budget is under-spent."""
+    bundle = Bundle.open(bundle_dir, threads=1)
+    state: dict = {}
+    bundle.sessions = [_OneEntryCache(s, k, 4.0, state) for k, s in enumerate(bundle.sessions)]
+    prof = profile_bundle(bundle, warmup=2, runs=12, progress=False)
+    chains_only = StageCosts.from_samples(prof.stage_samples()).cumulative  # what the profile priced before
+    costs = prof.stage_costs()
+    x = np.random.default_rng(0).standard_normal((20, *bundle.input_shape)).astype(np.float32)
+    ms = []
+    for xi in x:  # every image answered by exit 1
+        t0 = time.perf_counter()
+        assert bundle.predict(xi, thresholds=[0.0, 0.0]).exit == 0
+        ms.append((time.perf_counter() - t0) * 1e3)
+    measured = float(np.mean(ms[2:]))
+    assert chains_only[0] - measured > 3.0, (chains_only, measured)
+    assert abs(costs.cumulative[0] - measured) < 1.5, (costs.cumulative, measured)
+    assert costs.cumulative[-1] == pytest.approx(chains_only[-1], rel=1e-12)  # the full chain: both agree
+    assert prof.stopping[1]["mean"] > 2 * 4.0  # a stream stopping at exit 2 misses twice per image
+
+
+def test_version_1_profile_loads_without_streams(tmp_path):
+    d = LatencyProfile.from_samples(STAGES).to_dict()
+    d.pop("stopping")
+    d["schema"], d["schema_version"] = "dvt-profile/1", 1
+    (tmp_path / "v1.json").write_text(json.dumps(d))
+    prof = LatencyProfile.load(tmp_path / "v1.json")
+    assert prof.stopping is None and prof.schema_version == SCHEMA_VERSION
+    costs = prof.stage_costs()
+    assert costs.stopping is None
+    np.testing.assert_allclose(costs.cumulative, np.cumsum([np.mean(s) for s in STAGES]))
+    with pytest.raises(ProfileError, match="one sequence of samples per exit"):
+        LatencyProfile.from_samples(STAGES, stopping_samples=STAGES[:2])
+
+
 def test_profile_on_real_images(bundle_dir, val_images):
     x, raw = val_images
     bundle = Bundle.open(bundle_dir)
@@ -273,7 +348,7 @@ def test_from_samples_validation_and_unequal_counts():
 def test_newer_schema_refused(tmp_path):
     d = LatencyProfile.from_samples(STAGES).to_dict()
     d["schema_version"] = SCHEMA_VERSION + 1
-    with pytest.raises(ProfileError, match=r"schema_version 2 is newer than this dvt-runtime understands \(1\).*upgrade"):
+    with pytest.raises(ProfileError, match=r"schema_version 3 is newer than this dvt-runtime understands \(2\).*upgrade"):
         LatencyProfile.from_dict(d)
     (tmp_path / "p.json").write_text(json.dumps(d))
     with pytest.raises(ProfileError, match="newer"):

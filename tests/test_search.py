@@ -428,6 +428,33 @@ def test_percentile_single_exit_matches_numpy():
     assert same.cost == evaluate_thresholds(out, None, [-np.inf, -np.inf], costs, metric="p90", seed=0).cost
 
 
+def test_stopping_streams_price_each_exit():
+    """With per-exit streams, stopping at an exit costs that stream's latency, not the sum of
+    the stages measured in full chains (mean and percentiles)."""
+    out = synth_outputs(3, 50, seed=0)
+    rng = np.random.default_rng(1)
+    stages = [rng.gamma(3.0, 1.0, 300) + 9.0, rng.gamma(3.0, 1.0, 300), rng.gamma(3.0, 1.0, 300)]  # stage 1 ~12 ms in chains
+    streams = [rng.gamma(3.0, 1.0, 300) + 2.0, rng.gamma(3.0, 1.0, 300) + 14.0, rng.gamma(3.0, 1.0, 300) + 16.0]
+    costs = StageCosts.from_samples(stages, stopping=streams)
+    np.testing.assert_allclose(costs.cumulative, [s.mean() for s in streams])
+    chains = StageCosts.from_samples(stages)
+    for q in (50, 90):
+        at1 = evaluate_thresholds(out, None, [-np.inf, -np.inf], costs, metric=f"p{q}")
+        assert at1.cost == pytest.approx(np.percentile(streams[0], q), rel=0.05)
+        assert evaluate_thresholds(out, None, [-np.inf, -np.inf], chains, metric=f"p{q}").cost > at1.cost + 5
+    at1 = evaluate_thresholds(out, None, [-np.inf, -np.inf], costs)
+    assert at1.cost == pytest.approx(streams[0].mean())
+    # a stream cheaper than an earlier exit's is priced at least as that exit (monotone costs)
+    odd = StageCosts.from_samples(stages, stopping=[np.full(5, 3.0), np.full(5, 2.0), np.full(5, 4.0)])
+    np.testing.assert_allclose(odd.cumulative, [3.0, 3.0, 4.0])
+    p = [evaluate_thresholds(out, None, t, odd, metric="p90").cost for t in ([-np.inf, -np.inf], [np.inf, -np.inf])]
+    assert p[0] <= p[1]
+    with pytest.raises(ValueError, match="stopping-stream samples for 2 exits but 3"):
+        StageCosts.from_samples(stages, stopping=streams[:2])
+    with pytest.raises(ValueError, match="finite"):
+        StageCosts.from_samples(stages, stopping=[streams[0], streams[1], [np.nan]])
+
+
 def test_percentile_of_mixture_is_not_mixture_of_percentiles():
     # 10 samples, 8 stop at exit 1 (10 ms), 2 continue to exit 2 (10 + 5 ms)
     conf = np.array([[0.9] * 8 + [0.1] * 2, [0.5] * 10])

@@ -138,13 +138,15 @@ def cascade_overhead_ms(bundle: Bundle, x: np.ndarray, n: int = 60, batch: int =
 
 
 def with_overhead(costs: StageCosts, overhead_ms: float) -> StageCosts:
-    """Stage costs with the cascade's per-sample overhead added to stage 1 (every sample runs it)."""
+    """Stage costs with the cascade's per-sample overhead added to stage 1 (every sample runs it)
+    and to every exit's stopping stream (every sample pays it once)."""
+    stopping = None if costs.stopping is None else [np.asarray(s) + overhead_ms for s in costs.stopping]
     if costs.samples is not None:
         samples = [np.asarray(s) + (overhead_ms if k == 0 else 0.0) for k, s in enumerate(costs.samples)]
-        return StageCosts.from_samples(samples, unit=costs.unit)
+        return StageCosts.from_samples(samples, unit=costs.unit, stopping=stopping)
     mean = np.asarray(costs.mean, dtype=float).copy()
     mean[0] += overhead_ms
-    return StageCosts(mean=mean, unit=costs.unit)
+    return StageCosts(mean=mean, unit=costs.unit, stopping=stopping)
 
 
 @dataclass

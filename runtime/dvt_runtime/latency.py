@@ -26,7 +26,7 @@ from dvt_runtime.stats import DRIFT_THRESHOLD, ProfileError, check_samples, drif
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "SOURCES", "LatencyProfile", "ProfileError", "read_json", "check_batch"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: ``stopping`` (per-exit streams); version-1 files still load
 MAX_INPUT_BYTES = 64 << 20  # profiles and latency CSVs are kilobytes; refuse absurd files before reading
 SCHEMA = f"dvt-profile/{SCHEMA_VERSION}"
 SOURCES = ("measured", "csv", "json", "etdump")
@@ -52,7 +52,11 @@ class LatencyProfile:
 
     ``stages[e]`` / ``cumulative[e]``: :func:`sample_stats` dicts (with raw ``samples``) of
     stage ``e + 1`` alone and of reaching exit ``e + 1`` (per-iteration sums of stages
-    1..e+1). ``drift[e]``: first- vs last-quarter median of stage ``e + 1``.
+    1..e+1), measured in chains through every exit. ``stopping[e]`` (optional): the per-image
+    latency of a stream of images that all stop at exit ``e + 1``, i.e. with the caches as
+    such a stream leaves them; on a small-cache CPU stage 1 after stage 1 is much cheaper than
+    stage 1 after the last stage, and the search prices exits by these when present.
+    ``drift[e]``: first- vs last-quarter median of stage ``e + 1``.
     Build one with :func:`profile_bundle`, :meth:`from_samples` or an importer.
     """
 
@@ -74,6 +78,7 @@ class LatencyProfile:
     # images per stage call while measuring; with batch > 1 every sample is ms per image
     # (the call's wall time / batch), i.e. a throughput cost at that batch size
     batch: int = 1
+    stopping: Optional[list[dict[str, Any]]] = None  # per exit: sample_stats of a stream stopping there
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
 
@@ -94,11 +99,13 @@ class LatencyProfile:
         settings: Optional[dict] = None,
         notes: Optional[Sequence[str]] = None,
         batch: int = 1,
+        stopping_samples: Optional[Sequence[Sequence[float]]] = None,
     ) -> LatencyProfile:
         """Profile from raw per-stage samples (ms), one sequence per stage in measurement order.
 
         Sample ``i`` of every stage is taken to come from the same iteration; the cumulative
         stats use the first ``min(n)`` iterations when stages have different sample counts.
+        ``stopping_samples``: per exit, per-image latencies of a stream stopping there (optional).
         """
         if source not in SOURCES:
             raise ProfileError(f"unknown source {source!r}; valid: {list(SOURCES)}")
@@ -114,6 +121,13 @@ class LatencyProfile:
         notes = list(notes or [])
         if len({a.size for a in arrays}) > 1:
             notes.append(f"stages have different sample counts {[a.size for a in arrays]}; cumulative stats use the first {n_common} iterations")
+        stopping = None
+        if stopping_samples is not None:
+            stopping_samples = list(stopping_samples)
+            if len(stopping_samples) != len(arrays) or any(np.ndim(s) != 1 for s in stopping_samples):
+                raise ProfileError(f"stopping_samples must hold one sequence of samples per exit ({len(arrays)})")
+            stopping = [{"exit": i + 1, **sample_stats(check_samples(s, f"stream stopping at exit {i + 1}"))}
+                        for i, s in enumerate(stopping_samples)]
         for name, per_exit in (("load_ms", load_ms), ("first_inference_ms", first_inference_ms)):
             if per_exit is not None and len(per_exit) != len(arrays):
                 raise ProfileError(f"{name} has {len(per_exit)} values for {len(arrays)} stages")
@@ -134,6 +148,7 @@ class LatencyProfile:
             created=_now(),
             notes=notes,
             batch=check_batch(batch),
+            stopping=stopping,
         )
 
     # ---------------------------------------------------------------- facts
@@ -148,8 +163,14 @@ class LatencyProfile:
         return [np.asarray(s["samples"], dtype=np.float64) for s in self.stages]
 
     def stage_costs(self) -> StageCosts:
-        """:class:`dvt_runtime.search.StageCosts` from the raw per-stage samples (unit ms)."""
-        return StageCosts.from_samples(self.stage_samples(), unit="ms")
+        """:class:`dvt_runtime.search.StageCosts` from the raw per-stage samples (unit ms), with the
+        per-exit stopping streams when the profile has them."""
+        stopping = None
+        if self.stopping is not None:
+            if any("samples" not in s for s in self.stopping):
+                raise ProfileError("this profile holds summary statistics only (no raw samples); re-profile or load the full profile JSON")
+            stopping = [np.asarray(s["samples"], dtype=np.float64) for s in self.stopping]
+        return StageCosts.from_samples(self.stage_samples(), unit="ms", stopping=stopping)
 
     def stage_p90(self) -> list[float]:
         """p90 of each stage alone (ms), e.g. for ``Bundle.use_profile`` (deadline mode)."""
@@ -161,6 +182,7 @@ class LatencyProfile:
         d["stages"] = [_strip(s) for s in self.stages]
         d["cumulative"] = [_strip(s) for s in self.cumulative]
         d["preprocess_ms"] = _strip(self.preprocess_ms)
+        d["stopping"] = None if self.stopping is None else [_strip(s) for s in self.stopping]
         return d
 
     # ---------------------------------------------------------------- JSON
@@ -174,7 +196,9 @@ class LatencyProfile:
         if not isinstance(d, dict) or not (isinstance(d.get("schema"), str) and d["schema"].startswith("dvt-profile/")):
             raise ProfileError("not a dvt latency profile: missing schema 'dvt-profile/N' or integer schema_version")
         d = checked_fields(cls, d, "latency profile", ProfileError, SCHEMA_VERSION)
-        for key in ("stages", "cumulative"):
+        for key in ("stages", "cumulative", "stopping"):
+            if key == "stopping" and d.get(key) is None:
+                continue
             rows = d[key]
             if not isinstance(rows, list) or not rows or not all(isinstance(s, dict) for s in rows):
                 raise ProfileError(f"latency profile '{key}' must be a non-empty list of per-stage statistics")
@@ -185,6 +209,9 @@ class LatencyProfile:
                         raise ProfileError(f"latency profile '{key}' entry {i + 1}: {k!r} must be a finite non-negative number, got {v!r}")
         if len(d["cumulative"]) != len(d["stages"]) or not isinstance(d["drift"], list):
             raise ProfileError("latency profile: 'cumulative' needs one entry per stage and 'drift' must be a list")
+        if d.get("stopping") is not None and len(d["stopping"]) != len(d["stages"]):
+            raise ProfileError("latency profile: 'stopping' needs one entry per exit")
+        d["schema"], d["schema_version"] = SCHEMA, SCHEMA_VERSION  # an older version is read as the current one
         check_batch(d.get("batch", 1))
         return cls(**d)
 
@@ -224,6 +251,10 @@ class LatencyProfile:
         lines += ["cumulative to exit (ms)", cols]
         for e, s in enumerate(self.cumulative):
             lines.append(row(f"exit {e + 1}", s, []))
+        if self.stopping is not None:
+            lines += ["per image, every image stopping at the exit (ms)", cols]
+            for e, s in enumerate(self.stopping):
+                lines.append(row(f"exit {e + 1}", s, []))
         tail = []
         if self.preprocess_ms:
             tail.append(f"preprocess p50 {_fmt(self.preprocess_ms['p50'])} ms, p90 {_fmt(self.preprocess_ms['p90'])} ms")

@@ -194,12 +194,17 @@ class StageCosts:
 
     ``mean``: (E,) mean cost of each stage (not cumulative). ``samples``: optional list of E
     1-D arrays of raw per-stage latency samples (ms), used for percentile budgets.
-    ``unit``: ``'ms'`` or ``'GFLOPs'``.
+    ``stopping``: optional list of E 1-D arrays, the per-image latency (ms) of a stream of
+    images that all stop at exit ``e + 1``: what an image answered there costs on a device
+    whose caches remember the previous image (stage 1 after stage 1 is cheaper than stage 1
+    after the last stage). When given, the cost of stopping at each exit comes from these
+    instead of from sums of ``mean``/``samples``. ``unit``: ``'ms'`` or ``'GFLOPs'``.
     """
 
     mean: np.ndarray
     samples: Optional[list[np.ndarray]] = None
     unit: str = "ms"
+    stopping: Optional[list[np.ndarray]] = None
 
     def __post_init__(self) -> None:
         mean = np.asarray(self.mean, dtype=np.float64)
@@ -212,14 +217,20 @@ class StageCosts:
             if len(self.samples) != mean.size:
                 raise ValueError(f"got latency samples for {len(self.samples)} stages but {mean.size} stage costs")
             self.samples = [_check_stage_samples(s, i) for i, s in enumerate(self.samples)]
+        if self.stopping is not None:
+            if len(self.stopping) != mean.size:
+                raise ValueError(f"got stopping-stream samples for {len(self.stopping)} exits but {mean.size} stage costs")
+            self.stopping = [_check_stage_samples(s, i) for i, s in enumerate(self.stopping)]
 
     @classmethod
-    def from_samples(cls, samples: Sequence[Sequence[float]], unit: str = "ms") -> StageCosts:
-        """From raw per-stage latency samples (a profile); ``mean`` = mean of each stage's samples."""
+    def from_samples(cls, samples: Sequence[Sequence[float]], unit: str = "ms",
+                     stopping: Optional[Sequence[Sequence[float]]] = None) -> StageCosts:
+        """From raw per-stage latency samples (a profile); ``mean`` = mean of each stage's samples;
+        ``stopping``: per-exit samples of streams stopping there (see the class docstring)."""
         arrays = [_check_stage_samples(s, i) for i, s in enumerate(samples)]
         if not arrays:
             raise ValueError("no stages in the latency samples: pass one array of samples per stage")
-        return cls(np.array([a.mean() for a in arrays]), arrays, unit)
+        return cls(np.array([a.mean() for a in arrays]), arrays, unit, None if stopping is None else list(stopping))
 
     @classmethod
     def from_cumulative(cls, cumulative: Sequence[float], unit: str = "GFLOPs") -> StageCosts:
@@ -234,7 +245,10 @@ class StageCosts:
 
     @property
     def cumulative(self) -> np.ndarray:
-        """(E,) cost of stopping at each exit (sum of the stages up to it)."""
+        """(E,) mean cost of stopping at each exit: the sum of the stages up to it, or with
+        ``stopping`` the mean of each exit's stream (made non-decreasing: a later exit never costs less)."""
+        if self.stopping is not None:
+            return np.maximum.accumulate(np.array([s.mean() for s in self.stopping]))
         return np.cumsum(self.mean)
 
     @property
@@ -344,7 +358,8 @@ class _CostModel:
     distributions weighted by the validation exit fractions, i.e. the limit of resampling the
     validation set to infinitely many requests; its Q-th percentile is the inverted-CDF quantile
     of that weighted mixture, computed with integer arithmetic (exact and monotone: moving a
-    sample to a later exit never lowers it).
+    sample to a later exit never lowers it). With ``costs.stopping`` the per-exit distributions
+    are drawn from each exit's measured stream instead of summed from independent stages.
     """
 
     def __init__(self, costs: StageCosts, metric: str, n_samples: int, seed: int = 0, n_sim: int = DEFAULT_N_SIM) -> None:
@@ -355,7 +370,7 @@ class _CostModel:
         self.q = _parse_metric(metric)
         if self.q is None:
             return
-        if costs.samples is None:
+        if costs.samples is None and costs.stopping is None:
             raise ValueError(
                 f"metric {metric!r} needs per-stage latency samples: pass a latency profile, "
                 "e.g. StageCosts.from_samples([[stage-1 ms...], [stage-2 ms...], ...])"
@@ -364,8 +379,14 @@ class _CostModel:
             raise ValueError(f"n_sim must be a positive number of simulated draws; got {n_sim}")
         self.m = int(n_sim)
         rng = np.random.default_rng(seed)
-        draws = np.stack([rng.choice(s, size=self.m, replace=True) for s in costs.samples])
-        totals = np.cumsum(draws, axis=0)  # (E, M)
+        if costs.stopping is not None:
+            # each exit's own stream; sorted draws made non-decreasing over exits keep every
+            # later exit's distribution at or above the earlier one's (the monotonicity above)
+            draws = np.stack([np.sort(rng.choice(s, size=self.m, replace=True)) for s in costs.stopping])
+            totals = np.maximum.accumulate(draws, axis=0)  # (E, M)
+        else:
+            draws = np.stack([rng.choice(s, size=self.m, replace=True) for s in costs.samples])
+            totals = np.cumsum(draws, axis=0)  # (E, M)
         self.grid = np.unique(totals)
         self.cdf_counts = np.stack([np.searchsorted(np.sort(t), self.grid, side="right") for t in totals]).astype(np.int64)
 
