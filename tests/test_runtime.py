@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -102,7 +103,7 @@ def test_controller_moves_along_table_when_device_slows():
     table = [{"thresholds": [0.0, 0.0], "predicted_ms": 1.0, "accuracy": 80.0},
              {"thresholds": [0.9, 0.0], "predicted_ms": 2.0, "accuracy": 85.0},
              {"thresholds": [0.99, 0.99], "predicted_ms": 3.0, "accuracy": 88.0}]
-    c = BudgetController(2.5, table, stage_mean_ms=[1.0, 1.0, 1.0])
+    c = BudgetController(2.5, table, exit_mean_ms=[1.0, 2.0, 3.0])
     assert c.thresholds() == [0.9, 0.0]
     for _ in range(30):  # the device got twice as slow
         c.observe([2.0, 2.0])
@@ -112,7 +113,13 @@ def test_controller_moves_along_table_when_device_slows():
         c.observe([0.5])
     assert c.thresholds() == [0.99, 0.99]
     with pytest.raises(ValueError, match="positive"):
-        BudgetController(-1, table, [1, 1, 1])
+        BudgetController(-1, table, [1, 2, 3])
+    # a sample is compared with the profiled cost of stopping where it stopped: on a device where
+    # a stream of exit-1 samples runs stage 1 warm (0.5 ms, 1.0 ms inside chains), 0.5 ms is on time
+    warm = BudgetController(2.5, table, exit_mean_ms=[0.5, 2.0, 3.0])
+    for _ in range(30):
+        warm.observe([0.5])
+    assert warm.scale == pytest.approx(1.0) and warm.thresholds() == [0.9, 0.0]
 
 
 class _Slow:
@@ -144,6 +151,11 @@ def test_calibrate_and_controller_keep_budget_when_a_stage_slows(bundle_copy, va
     m = r.chosen.measured
     assert m["n"] == r.n_holdout and sum(m["exit_fractions"]) == pytest.approx(1.0)
     assert m["mean_ms"] <= budget * 1.25
+    # the controller's yardstick: the profile's per-exit streams (dvt-profile/2), else stage sums
+    assert r.exit_mean_ms() == [s["mean"] for s in r.profile["stopping"]]
+    assert BudgetController.from_calibration(r, budget).exit_mean_ms == r.exit_mean_ms()
+    old_profile = dataclasses.replace(r, profile={**r.profile, "stopping": None})
+    assert old_profile.exit_mean_ms() == pytest.approx(np.cumsum(r.stage_mean_ms()))
     # now stage 1, which every sample runs, slows 2.5x: the controller must move to cheaper rows
     b.sessions[0] = _Slow(b.sessions[0].inner, 2.5)
     times = []

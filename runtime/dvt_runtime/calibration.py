@@ -83,6 +83,18 @@ class Calibration:
     def stage_mean_ms(self) -> list[float]:
         return [float(s["mean"]) for s in self.profile["stages"]]
 
+    def exit_mean_ms(self) -> list[float]:
+        """Profiled mean cost of a sample stopping at each exit: the profile's per-exit streams
+        (``stopping``, dvt-profile/2), else sums of the stage means."""
+        stop = self.profile.get("stopping")
+        if stop:
+            return [float(s["mean"]) for s in stop]
+        out, total = [], 0.0
+        for v in self.stage_mean_ms():
+            total += v
+            out.append(total)
+        return out
+
     def stage_p90_ms(self) -> list[float]:
         return [float(s["p90"]) for s in self.profile["stages"]]
 

@@ -1,9 +1,9 @@
 """Budget controller: stay within a latency budget when the device slows down or speeds up.
 
 The calibration file holds a Pareto table of thresholds over latency budgets, predicted
-from the profiled stage latencies. The controller keeps a running estimate of how fast
-the stages run now relative to the profile (an exponential moving average of observed /
-profiled time) and picks the most accurate table row whose predicted latency, rescaled
+from the profiled latencies. The controller keeps a running estimate of how fast
+the stages run now relative to the profile (an exponential moving average of a sample's
+observed stage time / the profiled cost of stopping at the exit it stopped at) and picks the most accurate table row whose predicted latency, rescaled
 by that factor, fits the budget.
 """
 
@@ -25,7 +25,7 @@ __all__ = ["BudgetController"]
 class BudgetController:
     budget_ms: float
     table: list[dict]  # rows: {"thresholds": [...], "predicted_ms": float, "accuracy": float}
-    stage_mean_ms: list[float]  # profiled mean per stage
+    exit_mean_ms: list[float]  # profiled mean cost of a sample stopping at each exit (ms, stage calls only)
     alpha: float = 0.2  # EMA weight of each new observation
     scale: float = 1.0  # observed / profiled latency, running estimate
     history: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
@@ -41,7 +41,7 @@ class BudgetController:
     def from_calibration(cls, cal: "Calibration", budget_ms: float, alpha: float = 0.2) -> "BudgetController":
         rows = [{"thresholds": r.thresholds, "predicted_ms": r.predicted["mean_ms"], "accuracy": r.predicted["accuracy"]}
                 for r in cal.table]
-        return cls(budget_ms, rows, cal.stage_mean_ms(), alpha)
+        return cls(budget_ms, rows, cal.exit_mean_ms(), alpha)
 
     def row(self) -> dict:
         """Most accurate row whose rescaled predicted latency fits the budget (else the cheapest)."""
@@ -54,10 +54,10 @@ class BudgetController:
         return list(self.row()["thresholds"])
 
     def observe(self, stage_ms: Sequence[float]) -> None:
-        """Update the speed estimate from one sample's measured stage times."""
+        """Update the speed estimate from one sample's measured stage times (one per stage it ran)."""
         if not stage_ms:
             return
-        expected = sum(self.stage_mean_ms[: len(stage_ms)])
+        expected = self.exit_mean_ms[min(len(stage_ms), len(self.exit_mean_ms)) - 1]
         if expected <= 0:
             return
         ratio = sum(stage_ms) / expected
