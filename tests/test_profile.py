@@ -683,6 +683,7 @@ def test_runtime_writes_etdump_per_exit(executorch_devtools, micro_ckpt, onnx_bu
     assert prof.source == "etdump" and prof.num_exits == 3
     for st in prof.stages:  # first inference + 2 warm-up + 8 timed runs were traced
         assert st["n"] >= 8 and st["min"] > 0 and st["median"] < 1000
+    assert len({st["n"] for st in prof.stages}) == 1  # chains only: no per-exit streams in the trace
     with pytest.raises(SystemExit):  # ETDump is ExecuTorch's: an ONNX bundle is refused
         main(["--bundle", str(onnx_bundle), "--etdump-dir", str(tmp_path / "x")])
     assert "--etdump-dir is for ExecuTorch bundles" in capsys.readouterr().err

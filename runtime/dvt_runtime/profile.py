@@ -105,6 +105,7 @@ def profile_bundle(
     images_raw: Optional[Sequence[np.ndarray]] = None,
     device_name: Optional[str] = None,
     batch: int = 1,
+    streams: bool = True,
 ) -> LatencyProfile:
     """Measure a loaded :class:`~dvt_runtime.bundle.Bundle`'s cascade on this device.
 
@@ -114,7 +115,9 @@ def profile_bundle(
 
     Per exit: the first inference after load, then ``warmup`` discarded chain runs, then
     ``runs`` timed chain runs (every stage timed with ``time.perf_counter``); then for each
-    earlier exit ``warmup`` + ``runs`` chains that stop there (the profile's ``stopping``).
+    earlier exit ``warmup`` + ``runs`` chains that stop there (the profile's ``stopping``;
+    ``streams=False`` skips them, e.g. while ExecuTorch traces every run into an ETDump, whose
+    importer pairs each exit's runs by index).
     ``images``: preprocessed float32 inputs, (N, C, H, W) or a sequence, cycled through
     (default: one fixed random image). ``images_raw``: uint8 images for the preprocessing
     time (default: a random image of the manifest's input size). ``threads``: the thread
@@ -136,7 +139,7 @@ def profile_bundle(
     samples: list[list[float]] = [[] for _ in range(E)]
     stopping: list[list[float]] = [[] for _ in range(E)]
     # chains through every exit first, then a stream stopping at each earlier exit
-    jobs = [(depth, it) for depth in (E, *range(1, E)) for it in range(warmup + runs)]
+    jobs = [(depth, it) for depth in ((E, *range(1, E)) if streams else (E,)) for it in range(warmup + runs)]
     for depth, it in _bar(jobs, len(jobs), "profiling", enabled=progress):
         stage_ms = _time_chain(bundle, xs[it % len(xs)], chunk, depth)
         if it < warmup:
@@ -160,9 +163,10 @@ def profile_bundle(
         settings={"warmup": warmup, "runs": runs, "inputs": inputs,
                   "timer": "time.perf_counter", "unit": "ms per image" if batch > 1 else "ms per call",
                   "calls_per_stage": "loop (batch-1 artifacts)" if chunk == 1 and batch > 1 else "one",
-                  "stopping": "per exit, a stream of warm-up + runs chains that all stop there (the last exit's: the chains above)"},
+                  "stopping": ("per exit, a stream of warm-up + runs chains that all stop there (the last exit's: the chains above)"
+                               if streams else "not measured")},
         batch=batch,
-        stopping_samples=stopping,
+        stopping_samples=stopping if streams else None,
     )
 
 
@@ -263,7 +267,8 @@ def _measure(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
         ap.error(f"--etdump-dir is for ExecuTorch bundles; this one runs on {bundle.manifest.backend}")
     images, raw = _load_npz(args.data, bundle) if args.data else (None, None)
     prof = profile_bundle(bundle, warmup=args.warmup, runs=args.runs, images=images, images_raw=raw,
-                          threads=args.threads, progress=not args.no_progress, device_name=args.device_name, batch=args.batch)
+                          threads=args.threads, progress=not args.no_progress, device_name=args.device_name, batch=args.batch,
+                          streams=not args.etdump_dir)  # the ETDump holds the chains alone, one run per chain
     if args.etdump_dir:
         for path in bundle.write_etdump(args.etdump_dir):
             print(f"wrote {path}")
