@@ -78,6 +78,27 @@ def test_batch_matches_one_by_one_and_regroups(bundle):
         assert b.stage_ms_per_image == b.stage_ms
 
 
+def test_one_image_lean_path_matches_the_regrouping_path(bundle):
+    """``predict`` on one image takes ``_cascade_one``; the regrouping path (forced with a deadline
+    no stage can overrun) must give the same answer, field for field."""
+    x = _images(12, bundle.input_shape, seed=4)
+    bundle.use_profile([1e-6] * bundle.num_exits)
+    mixed = _mixed_thresholds(bundle, x)
+    exits = set()
+    for thr in ([None, None], [0.0, 0.0], mixed):
+        t = bundle._thresholds(thr)
+        for xi in x:
+            lean = bundle.predict(xi, thresholds=thr)
+            general = bundle._cascade(xi[None], t, 1e9, 1)[0]
+            assert (lean.label, lean.class_name, lean.exit, lean.deadline_skipped) == \
+                   (general.label, general.class_name, general.exit, general.deadline_skipped)
+            assert lean.confidence == general.confidence and np.array_equal(lean.probs, general.probs)
+            assert len(lean.stage_ms) == len(lean.stage_ms_per_image) == lean.exit + 1
+            assert lean.stage_ms == lean.stage_ms_per_image and lean.total_ms == pytest.approx(sum(lean.stage_ms))
+            exits.add(lean.exit)
+    assert exits == {0, 1, 2}
+
+
 def test_max_batch_splits_calls_same_answers(bundle):
     x = _images(30, bundle.input_shape, seed=1)
     thr = _mixed_thresholds(bundle, x)

@@ -233,6 +233,8 @@ def _break(cal: dict, path: str, value) -> dict:
     ("bundle.artifacts", ["0" * 64] * 3, "other artifacts"),
     ("schema_version", 99, "newer"),
     ("profile.stages.0.p90", -1, "p90 must be a positive"),
+    ("profile.stopping", [{"mean": 1.0}], "'stopping' must have 3 exits"),
+    ("profile.stopping.1.mean", float("nan"), "'stopping' exit 2: mean must be a positive"),
 ])
 def test_09_bad_calibration_files_are_refused_with_their_name(calibrated, tmp_path, path, value, match):
     src, cal = calibrated

@@ -43,5 +43,6 @@ def test_one_chaining_loop():
     stage_loops = [f.name for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
                    for loop in ast.walk(f) if isinstance(loop, ast.For)
                    and any(isinstance(c, ast.Call) and getattr(c.func, "attr", "") == "run_stage" for c in ast.walk(loop))]
-    # chain(): every sample through every exit; _cascade(): the same with early exit and regrouping
-    assert sorted(stage_loops) == ["_cascade", "chain"], stage_loops
+    # chain(): every sample through every exit; _cascade(): the same with early exit and regrouping;
+    # _cascade_one(): one image, no regrouping (the latency path), checked against _cascade in test_batching
+    assert sorted(stage_loops) == ["_cascade", "_cascade_one", "chain"], stage_loops

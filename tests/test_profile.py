@@ -179,18 +179,17 @@ def test_measured_stage_costs_p90_summary_table(measured):
 
 
 @bundle_group
-@bundle_group
 def test_measured_stopping_streams(measured):
     _, prof = measured
     assert prof.stopping is not None and [s["exit"] for s in prof.stopping] == [1, 2, 3]
     assert all(s["n"] == RUNS for s in prof.stopping)
     assert prof.stopping[-1]["samples"] == prof.cumulative[-1]["samples"]  # the last exit's stream: the chains
-    # a stream stopping at exit e runs stages 1..e only: cheaper than reaching the next exit
-    assert prof.stopping[0]["mean"] < prof.cumulative[1]["mean"] and prof.stopping[1]["mean"] < prof.cumulative[2]["mean"]
+    # a stream stopping at exit e runs stages 1..e only: cheaper than reaching the next exit (medians: a stall moves a mean)
+    assert prof.stopping[0]["median"] < prof.cumulative[1]["median"] and prof.stopping[1]["median"] < prof.cumulative[2]["median"]
     costs = prof.stage_costs()
     for got, s in zip(costs.stopping, prof.stopping):
         np.testing.assert_array_equal(got, s["samples"])
-    np.testing.assert_allclose(costs.cumulative, [s["mean"] for s in prof.stopping], rtol=1e-12)
+    np.testing.assert_allclose(costs.cumulative, np.maximum.accumulate([s["mean"] for s in prof.stopping]), rtol=1e-12)
     assert "samples" not in json.dumps(prof.summary()["stopping"])
     with pytest.raises(ProfileError, match="summary"):
         LatencyProfile.from_dict(prof.summary()).stage_costs()
@@ -232,9 +231,11 @@ def test_stopping_streams_price_the_cache_a_cascade_meets(bundle_dir):
         t0 = time.perf_counter()
         assert bundle.predict(xi, thresholds=[0.0, 0.0]).exit == 0
         ms.append((time.perf_counter() - t0) * 1e3)
-    measured = float(np.mean(ms[2:]))
-    assert chains_only[0] - measured > 3.0, (chains_only, measured)
-    assert abs(costs.cumulative[0] - measured) < 1.5, (costs.cumulative, measured)
+    measured = float(np.median(ms[2:]))  # medians: one stall of a shared VM moves a mean of 12 runs by ms
+    chain_stage1, stream1 = (float(np.median(a)) for a in (prof.stage_samples()[0], costs.stopping[0]))
+    assert chain_stage1 - measured > 3.0, (chain_stage1, measured)
+    assert abs(stream1 - measured) < 1.5, (stream1, measured)
+    assert costs.cumulative[0] < chains_only[0] - 2.0, (costs.cumulative, chains_only)
     assert costs.cumulative[-1] == pytest.approx(chains_only[-1], rel=1e-12)  # the full chain: both agree
     assert prof.stopping[1]["mean"] > 2 * 4.0  # a stream stopping at exit 2 misses twice per image
 
@@ -253,6 +254,7 @@ def test_version_1_profile_loads_without_streams(tmp_path):
         LatencyProfile.from_samples(STAGES, stopping_samples=STAGES[:2])
 
 
+@bundle_group
 def test_profile_on_real_images(bundle_dir, val_images):
     x, raw = val_images
     bundle = Bundle.open(bundle_dir)

@@ -172,6 +172,12 @@ def validate_calibration(d: Any, manifest) -> None:
         _need(isinstance(s, dict), f"profile stage {i + 1} must be an object")
         for k in ("mean", "p90"):
             _need(_num(s.get(k)) and s[k] > 0, f"profile stage {i + 1}: {k} must be a positive number of ms, got {s.get(k)!r}")
+    stopping = d["profile"].get("stopping")  # per-exit streams (dvt-profile/2): the budget controller's yardstick
+    if stopping is not None:
+        _need(isinstance(stopping, list) and len(stopping) == n, f"profile 'stopping' must have {n} exits or be null")
+        for i, s in enumerate(stopping):
+            _need(isinstance(s, dict) and _num(s.get("mean")) and s["mean"] > 0,
+                  f"profile 'stopping' exit {i + 1}: mean must be a positive number of ms, got {s.get('mean') if isinstance(s, dict) else s!r}")
     _need(_num(d["budget_ms"]) and d["budget_ms"] > 0, f"budget_ms must be a positive number, got {d['budget_ms']!r}")
     _need(len(d["table"]) > 0, "the budget table is empty")
     for j, r in enumerate(d["table"]):

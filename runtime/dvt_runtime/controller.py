@@ -57,7 +57,7 @@ class BudgetController:
         """Update the speed estimate from one sample's measured stage times (one per stage it ran)."""
         if not stage_ms:
             return
-        expected = self.exit_mean_ms[min(len(stage_ms), len(self.exit_mean_ms)) - 1]
+        expected = self.exit_mean_ms[len(stage_ms) - 1]  # one price per exit: a sample runs at most that many stages
         if expected <= 0:
             return
         ratio = sum(stage_ms) / expected
