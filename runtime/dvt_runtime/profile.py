@@ -42,6 +42,8 @@ from dvt_runtime.io import progress as _bar
 from dvt_runtime.latency import SCHEMA, SCHEMA_VERSION, LatencyProfile, check_batch
 from dvt_runtime.stats import DRIFT_THRESHOLD, MIN_RUNS, ProfileError, sample_stats
 
+BLOCK = 10  # timed runs per block of one depth (chain or stream); blocks rotate between depths
+
 __all__ = [
     "SCHEMA",
     "SCHEMA_VERSION",
@@ -114,10 +116,11 @@ def profile_bundle(
     ms per image at that batch size, a throughput cost.
 
     Per exit: the first inference after load, then ``warmup`` discarded chain runs, then
-    ``runs`` timed chain runs (every stage timed with ``time.perf_counter``); then for each
-    earlier exit ``warmup`` + ``runs`` chains that stop there (the profile's ``stopping``;
-    ``streams=False`` skips them, e.g. while ExecuTorch traces every run into an ETDump, whose
-    importer pairs each exit's runs by index).
+    ``runs`` timed chain runs (every stage timed with ``time.perf_counter``), and as many
+    runs of chains that stop at each earlier exit (the profile's ``stopping``), timed in
+    rotating blocks of ``BLOCK`` (see :func:`_schedule`; ``streams=False`` times chains only,
+    e.g. while ExecuTorch traces every run into an ETDump, whose importer pairs each exit's
+    runs by index).
     ``images``: preprocessed float32 inputs, (N, C, H, W) or a sequence, cycled through
     (default: one fixed random image). ``images_raw``: uint8 images for the preprocessing
     time (default: a random image of the manifest's input size). ``threads``: the thread
@@ -138,11 +141,9 @@ def profile_bundle(
     E = bundle.num_exits
     samples: list[list[float]] = [[] for _ in range(E)]
     stopping: list[list[float]] = [[] for _ in range(E)]
-    # chains through every exit first, then a stream stopping at each earlier exit
-    jobs = [(depth, it) for depth in ((E, *range(1, E)) if streams else (E,)) for it in range(warmup + runs)]
-    for depth, it in _bar(jobs, len(jobs), "profiling", enabled=progress):
-        stage_ms = _time_chain(bundle, xs[it % len(xs)], chunk, depth)
-        if it < warmup:
+    for depth, timed, x in _bar(_schedule(E, warmup, runs, streams, xs), None, "profiling", enabled=progress):
+        stage_ms = _time_chain(bundle, x, chunk, depth)
+        if not timed:
             continue
         if depth == E:
             for e, ms in enumerate(stage_ms):
@@ -163,11 +164,26 @@ def profile_bundle(
         settings={"warmup": warmup, "runs": runs, "inputs": inputs,
                   "timer": "time.perf_counter", "unit": "ms per image" if batch > 1 else "ms per call",
                   "calls_per_stage": "loop (batch-1 artifacts)" if chunk == 1 and batch > 1 else "one",
-                  "stopping": ("per exit, a stream of warm-up + runs chains that all stop there (the last exit's: the chains above)"
-                               if streams else "not measured")},
+                  "stopping": (f"per exit, runs chains that all stop there, in blocks of {BLOCK} rotating with the chains through "
+                               "every exit (the last exit's stream: those chains)" if streams else "not measured")},
         batch=batch,
         stopping_samples=stopping if streams else None,
     )
+
+
+def _schedule(E: int, warmup: int, runs: int, streams: bool, xs: list[np.ndarray], block: int = BLOCK) -> list[tuple[int, bool, np.ndarray]]:
+    """(depth, timed, input) per run: ``warmup`` untimed runs per depth, then blocks of ``block``
+    timed runs that rotate between the chain through every exit (depth E) and the stream
+    stopping at each earlier exit, each block after one untimed run that sets its cache state.
+    Interleaving keeps a device's drift (a shared VM's speed moves within a minute) out of the
+    comparison between the prices."""
+    depths = [E, *range(1, E)] if streams else [E]
+    plan = [(d, False) for d in depths for _ in range(warmup)]
+    for b, start in enumerate(range(0, runs, block)):
+        k = b % len(depths)
+        for d in depths[k:] + depths[:k]:
+            plan += [(d, False)] + [(d, True)] * min(block, runs - start)
+    return [(d, timed, xs[i % len(xs)]) for i, (d, timed) in enumerate(plan)]
 
 
 def _time_chain(bundle, x: np.ndarray, chunk: int, depth: Optional[int] = None) -> list[float]:
