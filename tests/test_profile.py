@@ -199,19 +199,18 @@ def test_measured_stopping_streams(measured):
 def test_schedule_interleaves_chains_and_streams():
     """Prices are compared with each other, so they are timed in rotating blocks, not one after
     another: a device that slows for a minute shifts all of them alike."""
-    from dvt_runtime.profile import BLOCK, _schedule
+    from dvt_runtime.profile import BLOCK, SETTLE, _schedule
 
     xs = [np.zeros((1, 1)), np.ones((1, 1))]
-    plan = _schedule(3, 2, 25, True, xs)
+    plan = _schedule(3, 2, 45, True, xs)
     timed = [d for d, t, _ in plan if t]
-    assert [timed.count(d) for d in (1, 2, 3)] == [25, 25, 25]
+    assert [timed.count(d) for d in (1, 2, 3)] == [45, 45, 45]
     assert [d for d, t, _ in plan[:6]] == [3, 3, 1, 1, 2, 2] and not any(t for _, t, _ in plan[:6])  # warm-up per depth
-    blocks = [(d, t) for d, t, _ in plan[6:]]
-    firsts = [blocks[i][0] for i in range(len(blocks)) if not blocks[i][1]]  # one untimed run opens each block
-    assert firsts[:6] == [3, 1, 2, 1, 2, 3]  # the order rotates from block to block
-    for i, (d, t) in enumerate(blocks):
-        if not t:
-            assert blocks[i + 1] == (d, True)
+    blocks = [[d, t] for d, t, _ in plan[6:]]
+    starts = [i for i in range(len(blocks)) if blocks[i][1] and not blocks[i - 1][1]]  # where each block's timed runs begin
+    assert [blocks[i][0] for i in starts[:6]] == [3, 1, 2, 1, 2, 3]  # the order rotates from block to block
+    for i in starts:  # each block opens with SETTLE untimed runs of its own depth
+        assert blocks[i - SETTLE : i] == [[blocks[i][0], False]] * SETTLE
     assert max(len(list(g)) for _, g in __import__("itertools").groupby(timed)) <= BLOCK
     assert {d for d, _, _ in _schedule(3, 2, 25, False, xs)} == {3}
     assert [x[0, 0] for _, _, x in plan[:4]] == [0, 1, 0, 1]  # the inputs cycle
