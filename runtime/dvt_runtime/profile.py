@@ -8,10 +8,11 @@
 
 Each iteration runs the whole chain exit 1 -> exit 2 -> ... and times every
 stage (all its calls, through ``Bundle.chain``), so stage ``e``'s samples and the cumulative latency to reach exit ``e``
-(per-iteration sums of stages 1..e) come from the same runs. Then, per exit, a stream of runs that
-all stop there is timed (``stopping``): a cascade whose images mostly leave at exit 1 runs stage 1
-after stage 1, with its weights still in cache, which a chain through every exit never measures
-(on a 2-core EPYC with 1 MiB L2 per core: 0.59 ms vs 0.95 ms for the CIFAR-10 reference's stage 1). Latencies measured elsewhere
+(per-iteration sums of stages 1..e) come from the same runs. Interleaved with them in blocks, a
+stream of runs that all stop at each earlier exit is timed (``stopping``): a cascade whose images
+mostly leave at exit 1 runs stage 1 after stage 1, with its weights still in cache, which a chain
+through every exit never measures (on a 2-core EPYC with 1 MiB L2 per core: 0.67 ms vs 1.10 ms for
+the CIFAR-10 reference's stage 1). Latencies measured elsewhere
 (a phone app, a C++ harness, ExecuTorch's ETDump) are turned into the same
 :class:`LatencyProfile` by :func:`import_csv`, :func:`import_json` and :func:`import_etdump`.
 
