@@ -12,6 +12,7 @@ defaults > none (always the last exit).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -89,11 +90,7 @@ class Calibration:
         stop = self.profile.get("stopping")
         if stop:
             return [float(s["mean"]) for s in stop]
-        out, total = [], 0.0
-        for v in self.stage_mean_ms():
-            total += v
-            out.append(total)
-        return out
+        return list(itertools.accumulate(self.stage_mean_ms()))
 
     def stage_p90_ms(self) -> list[float]:
         return [float(s["p90"]) for s in self.profile["stages"]]

@@ -158,18 +158,12 @@ class LatencyProfile:
 
     def stage_samples(self) -> list[np.ndarray]:
         """Raw per-stage samples (ms); a summary-only profile has none."""
-        if any("samples" not in s for s in self.stages):
-            raise ProfileError("this profile holds summary statistics only (no raw samples); re-profile or load the full profile JSON")
-        return [np.asarray(s["samples"], dtype=np.float64) for s in self.stages]
+        return _raw_samples(self.stages)
 
     def stage_costs(self) -> StageCosts:
         """:class:`dvt_runtime.search.StageCosts` from the raw per-stage samples (unit ms), with the
         per-exit stopping streams when the profile has them."""
-        stopping = None
-        if self.stopping is not None:
-            if any("samples" not in s for s in self.stopping):
-                raise ProfileError("this profile holds summary statistics only (no raw samples); re-profile or load the full profile JSON")
-            stopping = [np.asarray(s["samples"], dtype=np.float64) for s in self.stopping]
+        stopping = None if self.stopping is None else _raw_samples(self.stopping)
         return StageCosts.from_samples(self.stage_samples(), unit="ms", stopping=stopping)
 
     def stage_p90(self) -> list[float]:
@@ -270,6 +264,13 @@ class LatencyProfile:
                          "(thermal throttling or background load?); cool the device, fix the governor and re-profile")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def _raw_samples(rows: list[dict[str, Any]]) -> list[np.ndarray]:
+    """The raw ``samples`` of each stats row; a summary-only profile has none."""
+    if any("samples" not in s for s in rows):
+        raise ProfileError("this profile holds summary statistics only (no raw samples); re-profile or load the full profile JSON")
+    return [np.asarray(s["samples"], dtype=np.float64) for s in rows]
 
 
 def _fmt(v: Optional[float]) -> str:
