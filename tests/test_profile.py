@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import struct
 import subprocess
@@ -211,7 +212,7 @@ def test_schedule_interleaves_chains_and_streams():
     assert [blocks[i][0] for i in starts[:6]] == [3, 1, 2, 1, 2, 3]  # the order rotates from block to block
     for i in starts:  # each block opens with SETTLE untimed runs of its own depth
         assert blocks[i - SETTLE : i] == [[blocks[i][0], False]] * SETTLE
-    assert max(len(list(g)) for _, g in __import__("itertools").groupby(timed)) <= BLOCK
+    assert max(len(list(g)) for _, g in itertools.groupby(timed)) <= BLOCK
     assert {d for d, _, _ in _schedule(3, 2, 25, False, xs)} == {3}
     assert [x[0, 0] for _, _, x in plan[:4]] == [0, 1, 0, 1]  # the inputs cycle
 
