@@ -174,8 +174,8 @@ def _check_config_against_weights(cfg: DVTConfig, sd: dict[str, torch.Tensor], p
     if cls is None or cls.shape[-1] != cfg.embed_dim:
         facts.append(f"embed_dim {cfg.embed_dim} configured, weights have {None if cls is None else cls.shape[-1]}")
     blocks = {int(k.split(".")[2]) for k in sd if k.startswith(f"{first}.blocks.") and k.split(".")[2].isdigit()}
-    if len(blocks) != cfg.depth:
-        facts.append(f"depth {cfg.depth} configured, weights have {len(blocks)} block(s)")
+    if len(blocks) != cfg.stage_depth(0):
+        facts.append(f"depth {cfg.stage_depth(0)} configured, weights have {len(blocks)} block(s)")
     head = sd.get(f"{first}.head.weight")
     if (head.shape[0] if head is not None else 0) != cfg.num_classes:
         facts.append(f"{cfg.num_classes} classes configured, the head in the weights has {None if head is None else head.shape[0]}")
@@ -187,8 +187,8 @@ def _check_config_against_weights(cfg: DVTConfig, sd: dict[str, torch.Tensor], p
         if pe is not None and i < len(cfg.grids) and pe.shape[1] != 1 + cfg.grids[i] ** 2:
             facts.append(f"exit {i + 1}: grid {cfg.grids[i]} configured, position table for {pe.shape[1]} tokens")
     rel = [v for k, v in sd.items() if k.endswith("relation_reuse_conv.0.weight")]
-    if rel and rel[0].shape[1] != cfg.depth * cfg.num_heads:
-        facts.append(f"depth x num_heads = {cfg.depth * cfg.num_heads} configured, relation maps in the weights: {rel[0].shape[1]}")
+    if rel and rel[0].shape[1] != cfg.stage_depth(0) * cfg.num_heads:
+        facts.append(f"depth x num_heads = {cfg.stage_depth(0) * cfg.num_heads} configured, relation maps in the weights: {rel[0].shape[1]}")
     if facts:
         raise CheckpointError(f"{path}: its stored model config does not match its weights ({'; '.join(facts)}); "
                               "the file is corrupted or was edited: nothing was built")

@@ -174,10 +174,12 @@ def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict
         "or recorded by the training run.",
         "",
         "## Model",
-        f"- Registry name `{model.name}`: {c.num_exits} exits over {grids} token grids, embed {c.embed_dim}, depth {c.depth}, "
+        f"- Registry name `{model.name}`: {c.num_exits} exits over {grids} token grids, embed {c.embed_dim}, depth "
+        f"{' / '.join(map(str, c.stage_depths)) if c.stage_depths else c.depth}, "
         f"{c.num_heads} heads, MLP ratio {c.mlp_ratio:g}, `{c.tokenizer}` tokenizer per stage "
         f"(splits (kernel, stride, padding) {list(c.splits)}), {c.pos_embed} position embeddings, "
         f"feature reuse and relation reuse between stages (reuse resize via {list(c.reuse_upsample[1:])})"
+        + (f"; {' / '.join(map(str, c.stem_blocks))} conv blocks in the stems" if c.stem_blocks else "")
         + (f"; stage inputs area-resized to {' / '.join(f'{r}px' for r in c.stage_img_sizes)} inside each stage's graph" if c.stage_img_sizes else "")
         + ".",
         f"- {n_params / 1e6:.2f} M parameters; file {path.stat().st_size / 1e6:.2f} MB (fp32 weights, no optimizer state); "

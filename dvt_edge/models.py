@@ -76,6 +76,13 @@ class DVTConfig:
     #: Resolution each stage's tokenizer sees (the image is area-resized inside the stage's
     #: graph); empty: ``img_size`` for every stage, as in the published models.
     stage_img_sizes: tuple[int, ...] = ()
+    #: Transformer blocks of each stage (one entry per exit); empty: ``depth`` for every stage,
+    #: as in the published models. A stage's relation reuse maps the previous stage's
+    #: depth x heads attention maps to its own.
+    stage_depths: tuple[int, ...] = ()
+    #: ``convbn`` only: 3x3 conv+BatchNorm blocks in each stage's stem, 2 or 3 (the third,
+    #: at stride-2 resolution, is the costliest); empty: 3 for every stage.
+    stem_blocks: tuple[int, ...] = ()
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
 
@@ -106,6 +113,12 @@ class DVTConfig:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.stage_img_sizes and (len(self.stage_img_sizes) != n or not all(0 < r <= self.img_size for r in self.stage_img_sizes)):
             raise ValueError(f"stage_img_sizes={self.stage_img_sizes} needs one size per exit, each in 1..img_size={self.img_size}")
+        if self.stage_depths and (len(self.stage_depths) != n or not all(
+                isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 256 for d in self.stage_depths)):
+            raise ValueError(f"stage_depths={self.stage_depths} needs one block count per exit, each in 1..256")
+        if self.stem_blocks and (self.tokenizer != "convbn" or len(self.stem_blocks) != n or not all(b in (2, 3) for b in self.stem_blocks)):
+            raise ValueError(f"stem_blocks={self.stem_blocks} needs tokenizer 'convbn' (got {self.tokenizer!r}) and one "
+                             f"entry per exit, each 2 or 3")
         for i in range(n):
             got = tokenizer_grid(self, i)
             if got != self.grids[i]:
@@ -116,6 +129,10 @@ class DVTConfig:
         for i in range(1, n):
             if self.reuse_upsample[i] < max(self.grids[i - 1], 1):
                 raise ValueError(f"reuse_upsample[{i}]={self.reuse_upsample[i]} is smaller than grid {self.grids[i - 1]}")
+
+    def stage_depth(self, stage: int) -> int:
+        """Transformer blocks of stage ``stage``."""
+        return self.stage_depths[stage] if self.stage_depths else self.depth
 
     def stage_img_size(self, stage: int) -> int:
         """Input side of stage ``stage``'s tokenizer."""
@@ -471,7 +488,8 @@ class ConvBNTokenizer(nn.Module):
         def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
             return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.GELU()]
 
-        self.stem = nn.Sequential(*block(cfg.in_chans, c // 2, 1), *block(c // 2, c, 2), *block(c, c, 1))
+        third = block(c, c, 1) if not cfg.stem_blocks or cfg.stem_blocks[stage] == 3 else []
+        self.stem = nn.Sequential(*block(cfg.in_chans, c // 2, 1), *block(c // 2, c, 2), *third)
         self.proj = nn.Conv2d(c, cfg.embed_dim, kernel_size=k, stride=s, padding=p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -534,15 +552,16 @@ class DVTStage(nn.Module):
         pe = sinusoid_table(self.num_tokens, cfg.embed_dim) if cfg.pos_embed == "sinusoid" else torch.zeros(1, self.num_tokens, cfg.embed_dim)
         self.pos_embed = nn.Parameter(pe, requires_grad=cfg.pos_embed == "learned")
         self.pos_drop = nn.Dropout(cfg.drop_rate)
-        dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
+        self.depth = depth = cfg.stage_depth(index)
+        dpr = [cfg.drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         feat = self.reuse and cfg.feature_reuse
-        self.blocks = nn.ModuleList([Block(cfg, feat, dpr[i]) for i in range(cfg.depth)])
+        self.blocks = nn.ModuleList([Block(cfg, feat, dpr[i]) for i in range(depth)])
         self.norm = nn.LayerNorm(cfg.embed_dim)
         self.head = nn.Linear(cfg.embed_dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
-        maps = cfg.depth * cfg.num_heads
-        if self.reuse and cfg.relation_reuse:
+        maps = depth * cfg.num_heads
+        if self.reuse and cfg.relation_reuse:  # previous stage's depth x heads maps -> this stage's
             self.relation_reuse_conv = nn.Sequential(
-                nn.Conv2d(maps, maps * 3, 1), nn.GELU(), nn.Conv2d(maps * 3, maps, 1)
+                nn.Conv2d(cfg.stage_depth(index - 1) * cfg.num_heads, maps * 3, 1), nn.GELU(), nn.Conv2d(maps * 3, maps, 1)
             )
         self.input_size = cfg.stage_img_size(index)
         if self.input_size != cfg.img_size:  # image -> this stage's resolution, in the graph
@@ -585,7 +604,7 @@ class DVTStage(nn.Module):
         if self.reuse:
             n = self.prev_tokens
             shapes["features"] = (batch, n, c.embed_dim)
-            shapes["relations"] = (batch, c.depth * c.num_heads, n, n)
+            shapes["relations"] = (batch, c.stage_depth(self.index - 1) * c.num_heads, n, n)
         return shapes
 
     def output_shapes(self, batch: int = 1) -> dict[str, tuple[int, ...]]:
@@ -593,7 +612,7 @@ class DVTStage(nn.Module):
         return {
             "logits": (batch, c.num_classes),
             "features": (batch, n, c.embed_dim),
-            "relations": (batch, c.depth * c.num_heads, n, n),
+            "relations": (batch, self.depth * c.num_heads, n, n),
         }
 
     def example_inputs(self, batch: int = 1) -> tuple[torch.Tensor, ...]:
@@ -644,7 +663,7 @@ class DVTStage(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         self.check_inputs(x, features, relations)
         c = self.cfg
-        rel_in: Sequence[Optional[torch.Tensor]] = [None] * c.depth
+        rel_in: Sequence[Optional[torch.Tensor]] = [None] * self.depth
         if self.reuse and c.relation_reuse:
             rel_in = self.reuse_relations(relations)
         tokens = self.embed(x)

@@ -213,6 +213,24 @@ def test_in_graph_input_resize_is_delegated_like_the_rest(tmp_path):
     assert left["resized"] == left["plain"]
 
 
+def test_stages_of_different_depths_export_and_run(tmp_path):
+    """Per-stage depths and stems: each exit's relations tensor has its own width in the manifest,
+    and the bundle passes parity through ONNX Runtime."""
+    from dvt_edge.checkpoint import save_checkpoint
+    from dvt_edge.data import default_preprocess
+    from dvt_edge.models import create_model
+
+    model = create_model("dvt_small_cifar", stage_depths=(1, 2, 1), stem_blocks=(2, 3, 2))
+    ckpt = save_checkpoint(tmp_path / "uneven.pt", model, classes=[str(i) for i in range(10)], preprocess=default_preprocess(3, 32))
+    res = export_bundle(str(ckpt), "onnx", "fp32", out=str(tmp_path / "b"), verify_n=20, progress=False)
+    m = Manifest.load(res.path)
+    assert m.parity.passed, m.parity
+    heads = model.cfg.num_heads
+    rel = lambda specs: next((t.shape[1:] for t in specs if t.name.startswith("relations")), None)  # noqa: E731
+    assert [rel(e.inputs) for e in m.exits] == [None, [1 * heads, 17, 17], [2 * heads, 37, 37]]
+    assert [rel(e.outputs) for e in m.exits] == [[1 * heads, 17, 17], [2 * heads, 37, 37], None]
+
+
 def test_int8_scheme_choice_trades_agreement_for_speed_within_the_slack():
     from dvt_edge.export.int8 import MIN_SPEEDUP, SPEED_SLACK_POINTS, _choose
 

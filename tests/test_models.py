@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from dvt_edge.models import (
     DVTConfig,
     area_matrix,
+    count_exit_flops,
     create_model,
     get_config,
     list_models,
@@ -160,6 +161,36 @@ def test_stage_img_sizes_resize_inside_each_stage():
         create_model("dvt_micro_fmnist", stage_img_sizes=(12, 28))
     with pytest.raises(ValueError, match="12px image"):
         create_model("dvt_micro_fmnist", stage_img_sizes=(12, 18, 28))  # the 28px splits do not give 3x3 on 12px
+
+
+def test_stage_depths_and_stem_blocks_shape_each_stage():
+    """Per-stage depth and stem: each stage's relations have its own depth x heads maps, the next
+    stage's relation reuse takes them; equal entries build exactly the published layout."""
+    cfg = get_config("dvt_small_cifar")
+    model = create_model("dvt_small_cifar", stage_depths=(1, 2, 4), stem_blocks=(2, 3, 2)).eval()
+    assert [len(s.blocks) for s in model.stages] == [1, 2, 4]
+    assert [len(s.tokenizer.stem) for s in model.stages] == [6, 9, 6]  # conv, BN, GELU per block
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        feats = rels = None
+        for i, s in enumerate(model.stages):
+            assert s.input_shapes(2).get("relations") == (None if i == 0 else (2, model.stages[i - 1].depth * cfg.num_heads) + rels.shape[2:])
+            logits, feats, rels = s(x, feats, rels)
+            assert tuple(rels.shape) == s.output_shapes(2)["relations"] == (2, s.depth * cfg.num_heads, s.num_tokens, s.num_tokens)
+            assert torch.isfinite(logits).all()
+    base = [e.flops for e in count_exit_flops(cfg)]
+    lite = [e.flops for e in count_exit_flops(get_config("dvt_small_cifar", stage_depths=(2, 2, 3), stem_blocks=(2, 2, 3)))]
+    assert lite[0] < base[0] and lite[1] < base[1] and lite[2] - lite[1] == base[2] - base[1] - (
+        # stage 3 is unchanged but for its relation-reuse input: 2x2 maps from stage 2 instead of 3x2
+        (3 - 2) * cfg.num_heads * 3 * cfg.stage_depth(2) * cfg.num_heads * model.stages[2].prev_tokens ** 2)
+    same = create_model("dvt_small_cifar", stage_depths=(3, 3, 3), stem_blocks=(3, 3, 3)).state_dict()
+    assert {k: v.shape for k, v in same.items()} == {k: v.shape for k, v in create_model("dvt_small_cifar").state_dict().items()}
+    for bad, match in ((dict(stage_depths=(2, 2)), "stage_depths"), (dict(stage_depths=(2, 0, 3)), "stage_depths"),
+                       (dict(stem_blocks=(1, 2, 3)), "stem_blocks"), (dict(stem_blocks=(2, 2)), "stem_blocks")):
+        with pytest.raises(ValueError, match=match):
+            create_model("dvt_small_cifar", **bad)
+    with pytest.raises(ValueError, match="needs tokenizer 'convbn'"):
+        create_model("dvt_micro_fmnist", stem_blocks=(2, 2, 2))
 
 
 def test_bad_override_and_inconsistent_config():
