@@ -186,9 +186,17 @@ def _check_config_against_weights(cfg: DVTConfig, sd: dict[str, torch.Tensor], p
         pe = sd.get(f"{name}.pos_embed")
         if pe is not None and i < len(cfg.grids) and pe.shape[1] != 1 + cfg.grids[i] ** 2:
             facts.append(f"exit {i + 1}: grid {cfg.grids[i]} configured, position table for {pe.shape[1]} tokens")
-    rel = [v for k, v in sd.items() if k.endswith("relation_reuse_conv.0.weight")]
-    if rel and rel[0].shape[1] != cfg.stage_depth(0) * cfg.num_heads:
-        facts.append(f"depth x num_heads = {cfg.stage_depth(0) * cfg.num_heads} configured, relation maps in the weights: {rel[0].shape[1]}")
+    second = STAGE_NAMES[1] if cfg.num_exits == 3 else "stage1"
+    rel = sd.get(f"{second}.relation_reuse_conv.0.weight")  # takes exit 1's depth x heads maps
+    if rel is not None and rel.ndim > 1 and rel.shape[1] != cfg.stage_depth(0) * cfg.num_heads:
+        facts.append(f"depth x num_heads = {cfg.stage_depth(0) * cfg.num_heads} configured, relation maps in the weights: {rel.shape[1]}")
+    if not facts:  # every tensor the config implies, at its shape, must be in the file (built on 'meta': no memory),
+        # so building allocates no more than the file holds, whatever the config says of later stages
+        with torch.device("meta"):
+            shapes = _signature(DVT(cfg))
+        missing, _, wrong = _diff(shapes, {k: tuple(v.shape) for k, v in sd.items()})
+        if missing or wrong:
+            facts.append(f"the config implies tensors the weights lack or shape differently: {_format_diff(missing, [], wrong)}")
     if facts:
         raise CheckpointError(f"{path}: its stored model config does not match its weights ({'; '.join(facts)}); "
                               "the file is corrupted or was edited: nothing was built")
@@ -245,7 +253,7 @@ def load_checkpoint(
     if missing or unexpected or wrong:
         raise CheckpointError(
             f"{path} does not fit model {model.name!r} ({model.cfg.num_exits} exits, embed {model.cfg.embed_dim}, "
-            f"depth {model.cfg.depth}, {model.cfg.num_classes} classes): {_format_diff(missing, unexpected, wrong)}"
+            f"depth {model.cfg.stage_depths or model.cfg.depth}, {model.cfg.num_classes} classes): {_format_diff(missing, unexpected, wrong)}"
         )
     model.load_state_dict(sd, strict=True)
     model.eval()

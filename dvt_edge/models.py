@@ -58,7 +58,7 @@ class DVTConfig:
     qkv_bias: bool = False
     #: ``t2t`` (tokens-to-token performer, T2T-ViT), ``patch`` (conv patch embedding,
     #: DeiT), ``conv`` (a small conv stem then a strided conv; for tiny images) or
-    #: ``convbn`` (three conv+BatchNorm layers then a strided conv; natural images).
+    #: ``convbn`` (two or three conv+BatchNorm layers then a strided conv; natural images).
     tokenizer: str = "t2t"
     #: Token grid side of each stage (one entry per exit).
     grids: tuple[int, ...] = (7, 10, 14)
@@ -116,9 +116,10 @@ class DVTConfig:
         if self.stage_depths and (len(self.stage_depths) != n or not all(
                 isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 256 for d in self.stage_depths)):
             raise ValueError(f"stage_depths={self.stage_depths} needs one block count per exit, each in 1..256")
-        if self.stem_blocks and (self.tokenizer != "convbn" or len(self.stem_blocks) != n or not all(b in (2, 3) for b in self.stem_blocks)):
-            raise ValueError(f"stem_blocks={self.stem_blocks} needs tokenizer 'convbn' (got {self.tokenizer!r}) and one "
-                             f"entry per exit, each 2 or 3")
+        if self.stem_blocks and self.tokenizer != "convbn":
+            raise ValueError(f"stem_blocks sets the 'convbn' tokenizer's stems; this config's tokenizer is {self.tokenizer!r}")
+        if self.stem_blocks and (len(self.stem_blocks) != n or not all(type(b) is int and b in (2, 3) for b in self.stem_blocks)):
+            raise ValueError(f"stem_blocks={self.stem_blocks} needs one entry per exit, each 2 or 3")
         for i in range(n):
             got = tokenizer_grid(self, i)
             if got != self.grids[i]:
@@ -477,8 +478,9 @@ class ConvTokenizer(nn.Module):
 
 
 class ConvBNTokenizer(nn.Module):
-    """A stronger conv stem for natural images: three 3x3 convs with BatchNorm (one stride 2),
-    then the strided conv to the token grid. BatchNorm folds into the convs at inference."""
+    """A stronger conv stem for natural images: three 3x3 convs with BatchNorm (the second stride 2;
+    ``stem_blocks`` may drop the third), then the strided conv to the token grid. BatchNorm folds
+    into the convs at inference."""
 
     def __init__(self, cfg: DVTConfig, stage: int):
         super().__init__()

@@ -130,6 +130,25 @@ def test_05_config_is_checked_against_the_weights_before_building(micro_ckpt, tm
     assert time.perf_counter() - t0 < 5
 
 
+def test_05b_later_stages_cannot_claim_more_than_the_file_holds(tmp_path):
+    """Per-stage depths: a stored config that makes exits 2 and 3 deeper than their weights is
+    refused before anything is built (every tensor the config implies must be in the file)."""
+    from dvt_edge.checkpoint import save_checkpoint
+    from dvt_edge.data import default_preprocess
+    from dvt_edge.models import create_model
+
+    ckpt = save_checkpoint(tmp_path / "ok.pt", create_model("dvt_micro_fmnist"), classes=[str(i) for i in range(10)],
+                           preprocess=default_preprocess(1, 28))
+    load_checkpoint(ckpt)  # the honest file loads
+    raw = read_checkpoint(ckpt)
+    raw["model"]["config"]["stage_depths"] = [raw["model"]["config"]["depth"], 256, 256]
+    torch.save(raw, tmp_path / "evil.pt")
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointError, match="config implies tensors the weights lack"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert time.perf_counter() - t0 < 5
+
+
 def test_06_deeply_nested_json_and_huge_csv_fields(tmp_path):
     from dvt_runtime.profile import LatencyProfile, ProfileError, import_csv
 

@@ -189,7 +189,9 @@ def test_stage_depths_and_stem_blocks_shape_each_stage():
                        (dict(stem_blocks=(1, 2, 3)), "stem_blocks"), (dict(stem_blocks=(2, 2)), "stem_blocks")):
         with pytest.raises(ValueError, match=match):
             create_model("dvt_small_cifar", **bad)
-    with pytest.raises(ValueError, match="needs tokenizer 'convbn'"):
+    with pytest.raises(ValueError, match="stem_blocks"):
+        create_model("dvt_small_cifar", stem_blocks=(2.0, 3, 2))  # JSON floats are not block counts
+    with pytest.raises(ValueError, match="stem_blocks sets the 'convbn'"):
         create_model("dvt_micro_fmnist", stem_blocks=(2, 2, 2))
 
 
