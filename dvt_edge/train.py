@@ -32,6 +32,7 @@ from dvt_edge.batches import augment, batches, materialize
 from dvt_edge.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from dvt_edge.data import DATASETS, DataError, ImageSet, default_preprocess, load_dataset
 from dvt_edge.models import DVT, create_model, list_models, model_defaults, model_from_args
+from dvt_edge.transfer import transfer_weights
 from dvt_runtime.io import atomic_write_json, save_png
 from dvt_runtime.io import progress as progress_bar
 from dvt_runtime.preprocess import Preprocess
@@ -161,24 +162,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _finetune_init(model: DVT, path: str, trusted: bool, classes: Optional[list[str]] = None) -> str:
-    """Copy weights from a checkpoint. The classifier heads come along only when the checkpoint's
-    class names are the training data's (same names, same order; kept when the checkpoint names
-    none and the shapes fit); they, and anything shaped differently, keep their fresh init otherwise."""
+    """Copy weights from a checkpoint (across grid and depth changes: :mod:`dvt_edge.transfer`). The
+    classifier heads come along only when the checkpoint's class names are the training data's (same
+    names, same order; kept when the checkpoint names none and the shapes fit); they, and anything
+    else that does not fit, keep their fresh init otherwise."""
     ckpt = read_checkpoint(path, trusted=trusted)
     src = ckpt.get("model_state_dict", ckpt)
     if all(k.startswith("module.") for k in src):
         src = {k[7:]: v for k, v in src.items()}
-    own = model.state_dict()
     src_classes = ckpt.get("classes")
     same_classes = src_classes is None or classes is None or list(src_classes) == list(classes)
-    loadable = {k: v for k, v in src.items()
-                if k in own and tuple(v.shape) == tuple(own[k].shape) and (same_classes or ".head." not in k)}
-    skipped = sorted(k for k in own if k not in loadable)
-    if len(loadable) < len(own) // 2:
-        raise CheckpointError(f"--finetune {path}: only {len(loadable)} of {len(own)} tensors fit model {model.name!r}; is it the same architecture?")
-    model.load_state_dict({**own, **loadable})
+    n_own = len(model.state_dict())
+    t = transfer_weights(model, src, skip=lambda k: not same_classes and ".head." in k)
+    if len(t.copied) + len(t.resampled) + len(t.grown) < n_own // 2:
+        raise CheckpointError(f"--finetune {path}: only {len(t.copied)} of {n_own} tensors fit model {model.name!r}; is it the same architecture?")
     why = "" if same_classes else " (heads re-initialised: the checkpoint's classes differ from the data's)"
-    return f"fine-tuning from {path}: {len(loadable)} tensors loaded, re-initialised {len(skipped)} (e.g. {skipped[:4]}){why}"
+    return f"fine-tuning from {path}: {t.summary()}{why}"
 
 
 def bf16_warning(amp: str, device: torch.device) -> Optional[str]:

@@ -1,0 +1,104 @@
+"""Carry weights from one DVT layout to another (``train --finetune``).
+
+Besides tensors of the same shape, three layout changes keep what the source learned:
+
+- a stage's token grid changed: its learned position embedding is resampled bicubically over the
+  grid (the class token's row kept), as timm does for ViTs at a new resolution;
+- a stage grew blocks: the new blocks start as the identity (their attention output projection and
+  MLP output layer are zero, so the residual stream passes through unchanged);
+- the relation-reuse conv grew because a stage grew (more depth x heads maps in or out): the source's
+  weights fill the overlapping slice, new input channels start at zero and new output channels at
+  their fresh init.
+
+Together the last two are function-preserving: a deeper model starts with the source's answers.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_BLOCK = re.compile(r"^(?P<stage>.+)\.blocks\.(?P<i>\d+)\.")
+_ZEROED_IN_NEW_BLOCKS = ("attn.proj.weight", "attn.proj.bias", "mlp.fc2.weight", "mlp.fc2.bias")
+
+
+@dataclass
+class Transfer:
+    """What :func:`transfer_weights` did, by state-dict key."""
+
+    copied: list[str] = field(default_factory=list)
+    resampled: list[str] = field(default_factory=list)
+    grown: list[str] = field(default_factory=list)
+    identity_blocks: list[str] = field(default_factory=list)  # "<stage>.blocks.<i>"
+    fresh: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"{len(self.copied)} tensors loaded"]
+        if self.resampled:
+            parts.append(f"position embeddings resampled to the new grid: {self.resampled}")
+        if self.grown:
+            parts.append(f"grown (source in the overlapping slice): {self.grown}")
+        if self.identity_blocks:
+            parts.append(f"new blocks starting as the identity: {self.identity_blocks}")
+        parts.append(f"re-initialised {len(self.fresh)} (e.g. {self.fresh[:4]})")
+        return ", ".join(parts)
+
+
+def resample_pos_embed(pe: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """(1, 1 + g*g, C) -> (1, num_tokens, C) with num_tokens = 1 + h*h: bicubic over the grid."""
+    g, h = math.isqrt(pe.shape[1] - 1), math.isqrt(num_tokens - 1)
+    assert g * g == pe.shape[1] - 1 and h * h == num_tokens - 1, (pe.shape, num_tokens)
+    grid = pe[:, 1:].reshape(1, g, g, -1).permute(0, 3, 1, 2).float()  # (1, C, g, g)
+    grid = F.interpolate(grid, size=(h, h), mode="bicubic", align_corners=False)
+    return torch.cat([pe[:, :1], grid.permute(0, 2, 3, 1).reshape(1, h * h, -1).to(pe.dtype)], dim=1)
+
+
+def _grows(src: torch.Tensor, own: torch.Tensor) -> bool:
+    return src.ndim == own.ndim and all(a <= b for a, b in zip(src.shape, own.shape))
+
+
+def transfer_weights(model: nn.Module, src: dict[str, torch.Tensor], skip=lambda key: False) -> Transfer:
+    """Load ``src`` into ``model`` as far as the layouts allow (see the module docstring); keys for
+    which ``skip(key)`` holds keep their fresh init. Returns what was done with each key."""
+    own = model.state_dict()
+    learned_pe = {n for n, p in model.named_parameters() if n.endswith("pos_embed") and p.requires_grad}
+    src_blocks = {(m["stage"], int(m["i"])) for k in src if (m := _BLOCK.match(k))}
+    new, t = {}, Transfer()
+    for k, v in own.items():
+        s = src.get(k)
+        if skip(k) or s is None:
+            continue
+        if tuple(s.shape) == tuple(v.shape):
+            new[k] = s
+            t.copied.append(k)
+        elif k in learned_pe and s.ndim == 3 and s.shape[2] == v.shape[2] and _is_square(s.shape[1] - 1) and _is_square(v.shape[1] - 1):
+            new[k] = resample_pos_embed(s, v.shape[1])
+            t.resampled.append(k)
+        elif ".relation_reuse_conv." in k and _grows(s, v):
+            w = v.clone()
+            if w.ndim > 1:
+                w[:, s.shape[1]:] = 0  # new input maps: no effect on the old outputs
+            w[tuple(slice(0, n) for n in s.shape)] = s
+            new[k] = w
+            t.grown.append(k)
+    for k, v in own.items():  # blocks the source's stage did not have: identity at first
+        m = _BLOCK.match(k)
+        if k in new or skip(k) or not m or (m["stage"], int(m["i"])) in src_blocks or not any(st == m["stage"] for st, _ in src_blocks):
+            continue
+        if k.endswith(_ZEROED_IN_NEW_BLOCKS):
+            new[k] = torch.zeros_like(v)
+            if (b := f"{m['stage']}.blocks.{m['i']}") not in t.identity_blocks:
+                t.identity_blocks.append(b)
+    t.fresh = sorted(k for k in own if k not in new or any(k.startswith(b + ".") for b in t.identity_blocks))
+    model.load_state_dict({**own, **new})
+    return t
+
+
+def _is_square(n: int) -> bool:
+    return n > 0 and math.isqrt(n) ** 2 == n
+

@@ -1,0 +1,63 @@
+"""--finetune across layouts: a new token grid resamples learned position embeddings; deeper stages
+start as the identity, so the fine-tuned model begins with the source's answers."""
+
+from __future__ import annotations
+
+import torch
+
+from dvt_edge import save_checkpoint
+from dvt_edge.models import create_model
+from dvt_edge.train import _finetune_init
+from dvt_edge.transfer import resample_pos_embed
+
+GRID_474 = dict(grids=(4, 7, 8), stage_img_sizes=(16, 28, 32), reuse_upsample=(0, 14, 16))
+
+
+def test_resampling_keeps_the_class_token_and_the_grid_geometry():
+    g, h, C = 6, 7, 4
+    r = torch.arange(g, dtype=torch.float32).repeat_interleave(g)  # row index of each grid token
+    c = torch.arange(g, dtype=torch.float32).repeat(g)  # column index
+    grid = torch.stack([r, c, r + c, torch.zeros(g * g)], dim=1)  # (g*g, C)
+    pe = torch.cat([torch.full((1, C), 5.0), grid])[None]  # (1, 1+g*g, C)
+    out = resample_pos_embed(pe, 1 + h * h)
+    assert out.shape == (1, 1 + h * h, C)
+    assert torch.equal(out[0, 0], pe[0, 0])  # the class token's row is not a grid position
+    rows = out[0, 1:].reshape(h, h, C)
+    assert torch.allclose(rows[:, :, 0], rows[:, :1, 0].expand(h, h), atol=1e-5)  # channel 0 depends on the row only
+    assert torch.allclose(rows[:, :, 1], rows[:1, :, 1].expand(h, h), atol=1e-5)  # channel 1 on the column only
+    assert torch.all(rows[1:, 0, 0] > rows[:-1, 0, 0])  # still increasing down the rows
+    assert torch.isfinite(out).all()
+    assert torch.equal(resample_pos_embed(pe, 1 + g * g), pe)  # same grid: unchanged
+
+
+def test_finetune_onto_a_new_grid_resamples_the_learned_position_embedding(tmp_path):
+    torch.manual_seed(0)
+    src = create_model("dvt_small_cifar")
+    save_checkpoint(tmp_path / "src.pt", src)
+    m = create_model("dvt_small_cifar", **GRID_474)
+    msg = _finetune_init(m, str(tmp_path / "src.pt"), trusted=False)
+    assert "position embeddings resampled to the new grid: ['less_token.pos_embed']" in msg and "re-initialised 0" in msg
+    s, o = src.state_dict(), m.state_dict()
+    assert o["less_token.pos_embed"].shape == (1, 50, 96) and s["less_token.pos_embed"].shape == (1, 37, 96)
+    assert torch.equal(o["less_token.pos_embed"], resample_pos_embed(s["less_token.pos_embed"], 50))
+    assert all(torch.equal(v, s[k]) for k, v in o.items() if k != "less_token.pos_embed")
+
+
+def test_finetune_into_deeper_stages_starts_with_the_same_answers(tmp_path):
+    torch.manual_seed(0)
+    src = create_model("dvt_small_cifar", **GRID_474)
+    for p in src.parameters():  # no zero biases left from init: a copied-or-not slip shows in the outputs
+        p.data.add_(0.01 * torch.randn_like(p))
+    save_checkpoint(tmp_path / "src.pt", src)
+    m = create_model("dvt_small_cifar", **GRID_474, stage_depths=(3, 4, 5))
+    msg = _finetune_init(m, str(tmp_path / "src.pt"), trusted=False)
+    assert "new blocks starting as the identity: ['less_token.blocks.3', 'normal_token.blocks.3', 'normal_token.blocks.4']" in msg
+    assert "normal_token.relation_reuse_conv.0.weight" in msg and "less_token.relation_reuse_conv.2.weight" in msg
+    o = m.state_dict()
+    assert o["normal_token.relation_reuse_conv.0.weight"].shape[1] == 8  # stage 2's 4 blocks x 2 heads in
+    assert o["normal_token.blocks.4.attn.qkv.weight"].abs().sum() > 0  # new blocks learn: only their outputs start at zero
+    src.eval(), m.eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        for a, b in zip(src(x), m(x)):
+            assert torch.isfinite(b).all() and torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
