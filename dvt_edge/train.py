@@ -172,10 +172,9 @@ def _finetune_init(model: DVT, path: str, trusted: bool, classes: Optional[list[
         src = {k[7:]: v for k, v in src.items()}
     src_classes = ckpt.get("classes")
     same_classes = src_classes is None or classes is None or list(src_classes) == list(classes)
-    n_own = len(model.state_dict())
     t = transfer_weights(model, src, skip=lambda k: not same_classes and ".head." in k)
-    if len(t.copied) + len(t.resampled) + len(t.grown) < n_own // 2:
-        raise CheckpointError(f"--finetune {path}: only {len(t.copied)} of {n_own} tensors fit model {model.name!r}; is it the same architecture?")
+    if t.loaded < t.total // 2:
+        raise CheckpointError(f"--finetune {path}: only {t.loaded} of {t.total} tensors fit model {model.name!r}; is it the same architecture?")
     why = "" if same_classes else " (heads re-initialised: the checkpoint's classes differ from the data's)"
     return f"fine-tuning from {path}: {t.summary()}{why}"
 

@@ -36,6 +36,12 @@ class Transfer:
     grown: list[str] = field(default_factory=list)
     identity_blocks: list[str] = field(default_factory=list)  # "<stage>.blocks.<i>"
     fresh: list[str] = field(default_factory=list)
+    total: int = 0  # tensors in the model
+
+    @property
+    def loaded(self) -> int:
+        """Tensors that came from the source (as they were, resampled or grown)."""
+        return len(self.copied) + len(self.resampled) + len(self.grown)
 
     def summary(self) -> str:
         parts = [f"{len(self.copied)} tensors loaded"]
@@ -68,7 +74,8 @@ def transfer_weights(model: nn.Module, src: dict[str, torch.Tensor], skip=lambda
     own = model.state_dict()
     learned_pe = {n for n, p in model.named_parameters() if n.endswith("pos_embed") and p.requires_grad}
     src_blocks = {(m["stage"], int(m["i"])) for k in src if (m := _BLOCK.match(k))}
-    new, t = {}, Transfer()
+    src_stages = {st for st, _ in src_blocks}
+    new, zeroed, t = {}, [], Transfer(total=len(own))
     for k, v in own.items():
         s = src.get(k)
         if skip(k) or s is None:
@@ -88,17 +95,17 @@ def transfer_weights(model: nn.Module, src: dict[str, torch.Tensor], skip=lambda
             t.grown.append(k)
     for k, v in own.items():  # blocks the source's stage did not have: identity at first
         m = _BLOCK.match(k)
-        if k in new or skip(k) or not m or (m["stage"], int(m["i"])) in src_blocks or not any(st == m["stage"] for st, _ in src_blocks):
+        if k in new or skip(k) or not m or m["stage"] not in src_stages or (m["stage"], int(m["i"])) in src_blocks:
             continue
         if k.endswith(_ZEROED_IN_NEW_BLOCKS):
             new[k] = torch.zeros_like(v)
+            zeroed.append(k)
             if (b := f"{m['stage']}.blocks.{m['i']}") not in t.identity_blocks:
                 t.identity_blocks.append(b)
-    t.fresh = sorted(k for k in own if k not in new or any(k.startswith(b + ".") for b in t.identity_blocks))
+    t.fresh = sorted([k for k in own if k not in new] + zeroed)
     model.load_state_dict({**own, **new})
     return t
 
 
 def _is_square(n: int) -> bool:
     return n > 0 and math.isqrt(n) ** 2 == n
-

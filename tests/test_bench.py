@@ -123,7 +123,7 @@ def test_flops_calibration_misses_small_budgets_on_a_slowed_stage(tmp_path):
     # a second try only when the first loses the latency comparison: under `pytest -n 2` the other
     # worker's job can land between profiling and measuring (seen once: latency-calibrated misses of
     # 70 / 77 / 19% on a slowed VM); a real regression loses both tries
-    for attempt in range(2):
+    for _ in range(2):
         r = bench_bundle(b, x, y, None, runs=20, progress=False)  # 5 budgets, geometric from exit 1 to exit 3
         lat, flops = r["dynamic"][:3], r["flops_calibrated"][:3]  # the three smallest
         assert all("error" not in d for d in lat + flops)
