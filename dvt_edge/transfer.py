@@ -8,7 +8,10 @@ Besides tensors of the same shape, three layout changes keep what the source lea
   MLP output layer are zero, so the residual stream passes through unchanged);
 - the relation-reuse conv grew because a stage grew (more depth x heads maps in or out): the source's
   weights fill the overlapping slice, new input channels start at zero and new output channels at
-  their fresh init.
+  their fresh init;
+- a stage's token conv got a larger kernel (a finer grid from the same stem map, e.g. a 2x2 stride-2
+  split becoming 5x5 stride 1): the source kernel sits in the centre of the new one, zeros around it,
+  so every new token starts as a source token taken at a denser position.
 
 Together the last two are function-preserving: a deeper model starts with the source's answers.
 """
@@ -48,7 +51,7 @@ class Transfer:
         if self.resampled:
             parts.append(f"position embeddings resampled to the new grid: {self.resampled}")
         if self.grown:
-            parts.append(f"grown (source in the overlapping slice): {self.grown}")
+            parts.append(f"grown (source in the overlapping slice, or a kernel's centre): {self.grown}")
         if self.identity_blocks:
             parts.append(f"new blocks starting as the identity: {self.identity_blocks}")
         parts.append(f"re-initialised {len(self.fresh)} (e.g. {self.fresh[:4]})")
@@ -66,6 +69,19 @@ def resample_pos_embed(pe: torch.Tensor, num_tokens: int) -> torch.Tensor:
 
 def _grows(src: torch.Tensor, own: torch.Tensor) -> bool:
     return src.ndim == own.ndim and all(a <= b for a, b in zip(src.shape, own.shape))
+
+
+def _kernel_grows(src: torch.Tensor, own: torch.Tensor) -> bool:
+    """Same conv channels (out, in), a larger spatial kernel."""
+    return src.ndim == own.ndim == 4 and src.shape[:2] == own.shape[:2] and src.shape != own.shape and _grows(src, own)
+
+
+def _centred_kernel(src: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """(O, I, k, k) -> (O, I, K, K): ``src`` at offset (K - k) // 2 in each spatial dim, zeros elsewhere."""
+    w = torch.zeros_like(own)
+    (a, b), (h, v) = ((o - s) // 2 for o, s in zip(own.shape[2:], src.shape[2:])), src.shape[2:]
+    w[:, :, a : a + h, b : b + v] = src
+    return w
 
 
 def transfer_weights(model: nn.Module, src: dict[str, torch.Tensor], skip=lambda key: False) -> Transfer:
@@ -92,6 +108,9 @@ def transfer_weights(model: nn.Module, src: dict[str, torch.Tensor], skip=lambda
                 w[:, s.shape[1]:] = 0  # new input maps: no effect on the old outputs
             w[tuple(slice(0, n) for n in s.shape)] = s
             new[k] = w
+            t.grown.append(k)
+        elif k.endswith("proj.weight") and _kernel_grows(s, v):
+            new[k] = _centred_kernel(s, v)
             t.grown.append(k)
     for k, v in own.items():  # blocks the source's stage did not have: identity at first
         m = _BLOCK.match(k)

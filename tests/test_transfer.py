@@ -61,3 +61,23 @@ def test_finetune_into_deeper_stages_starts_with_the_same_answers(tmp_path):
     with torch.no_grad():
         for a, b in zip(src(x), m(x)):
             assert torch.isfinite(b).all() and torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+
+
+def test_finetune_onto_a_finer_stride_one_grid_starts_tokens_as_source_tokens(tmp_path):
+    # stage 3's 2x2 stride-2 split over its 16x16 stem map becomes 5x5 stride 1 (12x12 tokens): with
+    # the source kernel at [1:3, 1:3], new token (2a-1, 2b-1) reads the stem rows 2a..2a+1 of source token (a, b)
+    torch.manual_seed(0)
+    src = create_model("dvt_small_cifar")
+    for p in src.parameters():
+        p.data.add_(0.01 * torch.randn_like(p))
+    save_checkpoint(tmp_path / "src.pt", src)
+    m = create_model("dvt_small_cifar", grids=(4, 6, 12), splits=((2, 2, 0), (2, 2, 0), (5, 1, 0)), reuse_upsample=(0, 12, 24))
+    msg = _finetune_init(m, str(tmp_path / "src.pt"), trusted=False)
+    assert "normal_token.patch_embed.proj.weight" in msg.split("grown")[1] and "re-initialised 0" in msg
+    src.eval(), m.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        a = src.normal_token.tokenizer(x).reshape(2, 8, 8, -1)  # (B, 8, 8, embed)
+        b = m.normal_token.tokenizer(x).reshape(2, 12, 12, -1)  # (B, 12, 12, embed)
+    assert torch.isfinite(b).all()
+    assert torch.allclose(b[:, 1::2, 1::2], a[:, 1:7, 1:7], atol=1e-5), (b[:, 1::2, 1::2] - a[:, 1:7, 1:7]).abs().max()
