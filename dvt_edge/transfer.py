@@ -1,6 +1,6 @@
 """Carry weights from one DVT layout to another (``train --finetune``).
 
-Besides tensors of the same shape, three layout changes keep what the source learned:
+Besides tensors of the same shape, four layout changes keep what the source learned:
 
 - a stage's token grid changed: its learned position embedding is resampled bicubically over the
   grid (the class token's row kept), as timm does for ViTs at a new resolution;
@@ -13,7 +13,7 @@ Besides tensors of the same shape, three layout changes keep what the source lea
   split becoming 5x5 stride 1): the source kernel sits in the centre of the new one, zeros around it,
   so every new token starts as a source token taken at a denser position.
 
-Together the last two are function-preserving: a deeper model starts with the source's answers.
+Together the second and third are function-preserving: a deeper model starts with the source's answers.
 """
 
 from __future__ import annotations
