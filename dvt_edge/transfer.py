@@ -72,14 +72,15 @@ def _grows(src: torch.Tensor, own: torch.Tensor) -> bool:
 
 
 def _kernel_grows(src: torch.Tensor, own: torch.Tensor) -> bool:
-    """Same conv channels (out, in), a larger spatial kernel."""
-    return src.ndim == own.ndim == 4 and src.shape[:2] == own.shape[:2] and src.shape != own.shape and _grows(src, own)
+    """Same conv channels (out, in), a kernel at least as large (equal shapes are copied before this is asked)."""
+    return src.ndim == 4 and src.shape[:2] == own.shape[:2] and _grows(src, own)
 
 
 def _centred_kernel(src: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
     """(O, I, k, k) -> (O, I, K, K): ``src`` at offset (K - k) // 2 in each spatial dim, zeros elsewhere."""
+    (h, v), (H, V) = src.shape[2:], own.shape[2:]
+    a, b = (H - h) // 2, (V - v) // 2
     w = torch.zeros_like(own)
-    (a, b), (h, v) = ((o - s) // 2 for o, s in zip(own.shape[2:], src.shape[2:])), src.shape[2:]
     w[:, :, a : a + h, b : b + v] = src
     return w
 
