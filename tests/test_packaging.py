@@ -1,7 +1,9 @@
-"""The wheel carries the export recipes: targets are found from an installed package, not only a checkout."""
+"""The wheel carries the export recipes and the shipped assets: targets and the reference model are found from
+an installed package, not only a checkout; the build raises no setuptools deprecation warnings."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -12,19 +14,36 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _source_copy(dst: Path) -> Path:
+    """What the wheel is built from, copied without build outputs."""
+    dst.mkdir()
+    for f in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / f, dst / f)
+    for d in ("dvt_edge", "export", "apps"):
+        shutil.copytree(ROOT / d, dst / d, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))
+    return dst
+
+
 @pytest.mark.xdist_group("packaging")
 def test_recipes_found_from_installed_wheel(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+    src = _source_copy(tmp_path / "src")  # a build/ left in the checkout would hide files the wheel no longer gets
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(src)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+    # setuptools warns before it drops things: e.g. a data folder missing from `packages` (assets)
+    assert "BuildBackendWarning" not in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
     wheel = next(tmp_path.glob("dvt_edge-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     for t in ("executorch", "onnx", "ort", "coreml"):
         assert f"dvt_edge/recipes/{t}.toml" in names
+    for a in ("dvt_small_cifar.pt", "MODEL_CARD_dvt_small_cifar.md", "cifar10_holdout.npz", "cifar10_calib.npz",
+              "dvt_tiny_fmnist_ms.pt", "MODEL_CARD_dvt_tiny_fmnist_ms.md"):
+        assert f"dvt_edge/assets/{a}" in names, a
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     code = (f"import dvt_edge.export.targets as T; assert str(T.recipe_dir()).startswith({str(site)!r}), T.recipe_dir(); "
-            "print(sorted(T.TARGETS))")
+            "from dvt_edge.references import DEFAULT_REFERENCE as R; assert R.checkpoint.is_file() and R.card.is_file(), R; "
+            f"assert str(R.checkpoint).startswith({str(site)!r}), R.checkpoint; print(sorted(T.TARGETS))")
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                        env={"PYTHONPATH": f"{site}:{ROOT / 'runtime'}", "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr[-2000:]
