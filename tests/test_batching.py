@@ -99,6 +99,24 @@ def test_one_image_lean_path_matches_the_regrouping_path(bundle):
     assert exits == {0, 1, 2}
 
 
+def test_thresholds_are_checked_on_every_call_though_cached(bundle):
+    """Checked thresholds are cached by value and type: a cached 1.0 does not let True through,
+    a list changed in place is read again, and the cached array cannot be written to."""
+    xi = _images(1, bundle.input_shape)[0]
+    thr = [1.0, 1.0]
+    assert bundle.predict(xi, thresholds=thr).exit == 2  # max softmax < 1: nobody stops early
+    with pytest.raises(ValueError, match="confidence in"):
+        bundle.predict(xi, thresholds=[True, 1.0])
+    for _ in range(2):
+        with pytest.raises(ValueError, match="confidence in"):
+            bundle.predict(xi, thresholds=[float("nan"), 0.5])
+    thr[0] = 0.0
+    assert bundle.predict(xi, thresholds=thr).exit == 0
+    t = bundle._thresholds(thr)
+    assert t is bundle._thresholds([0.0, 1.0]) and not t.flags.writeable
+    assert list(t) == [0.0, 1.0, -np.inf]
+
+
 def test_max_batch_splits_calls_same_answers(bundle):
     x = _images(30, bundle.input_shape, seed=1)
     thr = _mixed_thresholds(bundle, x)

@@ -95,6 +95,10 @@ def test_bad_inputs(onnx_bundle):
     x[0, 0, 3, 3] = np.nan
     with pytest.raises(InputError, match="NaN"):
         b.predict(x)
+    for bad in (np.nan, np.inf, -np.inf):  # one (C, H, W) image takes the lean path: the same check
+        x[0, 0, 3, 3] = bad
+        with pytest.raises(InputError, match="NaN or infinite"):
+            b.predict(x[0])
     with pytest.raises(ValueError, match="thresholds"):
         b.predict(np.zeros((1, 1, 28, 28), np.float32), thresholds=[0.5])
 

@@ -100,6 +100,8 @@ class Bundle:
         self.calibration: Optional[Calibration] = None
         self.stage_p90_ms: Optional[list[float]] = None  # for deadline mode (from a profile/calibration)
         self.controller = None
+        self._thr_cache: dict[tuple, np.ndarray] = {}  # thresholds as given (typed) -> checked array (see _thresholds)
+        self.input_shape: tuple[int, ...] = tuple(manifest.exits[0].inputs[0].shape[1:])  # (C, H, W) of one image
         if device_name:
             self.use_calibration(device_name, missing_ok=True)
 
@@ -141,10 +143,6 @@ class Bundle:
     @property
     def classes(self) -> list[str]:
         return self.manifest.classes
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.manifest.exits[0].inputs[0].shape[1:])
 
     def default_thresholds(self) -> list[Optional[float]]:
         if self.calibration is not None:
@@ -308,6 +306,11 @@ class Bundle:
         thresholds a batch gets the answers of one image at a time; ``budget_ms`` picks the
         thresholds once per call.
         """
+        if (type(x) is np.ndarray and x.dtype == np.float32 and x.shape == self.input_shape and budget_ms is None
+                and deadline_ms is None and max_batch is None):  # one preprocessed image: the camera path, kept lean
+            if not math.isfinite(x.sum(dtype=np.float64)):  # finite iff every value is (float32 values cannot overflow it)
+                raise InputError("input contains NaN or infinite values")
+            return self._cascade_one(np.ascontiguousarray(x)[None], self._thresholds(thresholds))
         if isinstance(x, (list, tuple)):  # one entry per image
             single = False
             xb = self._from_list(x)
@@ -337,11 +340,26 @@ class Bundle:
         return preds[0] if single else preds
 
     def _thresholds(self, thresholds) -> np.ndarray:
-        t = check_thresholds(self.default_thresholds() if thresholds is None else thresholds, self.num_exits)
+        """Per-exit thresholds as a read-only float64 array (never-stop = inf, the last exit -inf);
+        the same list (or the default) checked once, then taken from a small cache."""
+        t = self.default_thresholds() if thresholds is None else thresholds
+        try:
+            key = tuple((v.__class__, v) for v in t) if isinstance(t, (list, tuple)) else None  # typed: True is not 1.0
+            hit = self._thr_cache.get(key) if key is not None else None
+        except TypeError:  # an unhashable entry: check_thresholds names it
+            key = hit = None
+        if hit is not None:
+            return hit
+        t = check_thresholds(t, self.num_exits)
         if len(t) == self.num_exits - 1:
             t = t + [None]
         out = np.array([np.inf if v is None else float(v) for v in t], dtype=np.float64)
         out[-1] = -np.inf  # the last exit always answers
+        out.setflags(write=False)
+        if key is not None:
+            if len(self._thr_cache) >= 64:  # budget mode may try many: keep the cache small
+                self._thr_cache.clear()
+            self._thr_cache[key] = out
         return out
 
     def _cascade(self, xb: np.ndarray, thr: np.ndarray, deadline_ms: Optional[float], chunk: int) -> list[Prediction]:
@@ -388,8 +406,9 @@ class Bundle:
         carry: Optional[dict] = None
         stage_ms: list[float] = []
         for e in range(E):
-            out, ms = self.run_stage(e, x, carry, 1)
-            stage_ms.append(float(ms[0]))
+            t0 = time.perf_counter()
+            out = self.run_exit(e, x, carry)
+            stage_ms.append((time.perf_counter() - t0) * 1e3)
             p = softmax(out["logits"].astype(np.float64))[0]  # (classes,)
             k = int(p.argmax())
             if e == E - 1 or p[k] >= thr[e]:
