@@ -33,7 +33,7 @@ from dvt_edge.checkpoint import CheckpointError, read_checkpoint, save_checkpoin
 from dvt_edge.data import DATASETS, DataError, ImageSet, default_preprocess, load_dataset
 from dvt_edge.models import DVT, create_model, list_models, model_defaults, model_from_args
 from dvt_edge.transfer import transfer_weights
-from dvt_runtime.io import atomic_write_json, save_png
+from dvt_runtime.io import atomic_write_json, save_png, silenced_progress
 from dvt_runtime.io import progress as progress_bar
 from dvt_runtime.preprocess import Preprocess
 
@@ -245,7 +245,13 @@ class _RunState:
 
 
 def train(args: argparse.Namespace) -> dict:
-    """Train (or resume, or fine-tune) as ``build_parser``'s arguments say; the history, best accuracy and seconds."""
+    """Train (or resume, or fine-tune) as ``build_parser``'s arguments say; the history, best accuracy and seconds.
+    With ``--quiet`` no progress bar at all (decoding, preprocessing, epochs, evaluation)."""
+    with silenced_progress(getattr(args, "quiet", False)):
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> dict:
     check_args(args)
     rank, world, device = _init_processes(args)
     log = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
@@ -388,7 +394,7 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[float, float]:
     idx = perm[run.rank :: run.world]  # disjoint shard per process
     t0, loss_sum, n_seen = time.time(), 0.0, 0
     it = batches(run.train_ds, run.cache, idx, args.batch_size, args.workers)
-    for x, y in _epoch_bar(it, run.steps_per_epoch, f"epoch {epoch + 1}/{args.epochs}", run.main_proc and not args.quiet):
+    for x, y in progress_bar(it, run.steps_per_epoch, f"epoch {epoch + 1}/{args.epochs}", "batch", enabled=run.main_proc):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if not args.no_augment:
             x = augment(x, run.pad, run.bg, run.gen, flip=not args.no_flip)
@@ -418,14 +424,6 @@ def exit_loss(outs: Sequence[torch.Tensor], y: torch.Tensor, label_smoothing: fl
         kd = sum(F.kl_div(F.log_softmax(o / temp, dim=-1), teacher, log_target=True, reduction="batchmean") for o in outs[:-1])
         loss = loss + distill * temp**2 * kd
     return loss
-
-
-def _epoch_bar(it, total: int, desc: str, enabled: bool):
-    """The epoch's progress bar: refreshed at most every second on a terminal, every 30 s in a log file."""
-    bar = progress_bar(it, total=total, desc=desc, unit="batch", enabled=enabled)
-    if hasattr(bar, "mininterval"):  # a tqdm bar (progress() takes no mininterval)
-        bar.mininterval = 1.0 if sys.stderr.isatty() else 30.0
-    return bar
 
 
 def _gather_rng_states(run: _Run) -> tuple[list, list]:

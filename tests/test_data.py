@@ -243,6 +243,26 @@ def test_train_limit_takes_a_stratified_random_subset(tmp_path):
     assert all(a in (0.0, 25.0, 50.0, 75.0, 100.0) for a in acc)  # 4 validation images, one per class
 
 
+def test_quiet_training_prints_no_progress_bar_at_all(tmp_path, capsys):
+    """``train --quiet``: no bar from decoding a large folder or preprocessing either, only the log
+    lines; the switch is scoped to the run."""
+    from dvt_edge.train import build_parser, train
+    from dvt_runtime.io import progress, silenced_progress
+
+    _class_sorted_folder(tmp_path, n_per_class=520)  # over 2,000 files: decoding shows a bar unless quiet
+    train(build_parser().parse_args(["--model", "dvt_micro_fmnist", "--data", f"imagefolder:{tmp_path}", "--epochs", "1",
+                                     "--train-limit", "8", "--val-limit", "4", "--batch-size", "4", "--threads", "1",
+                                     "--quiet", "--out", str(tmp_path / "run")]))
+    out = capsys.readouterr()
+    assert "epoch 1/1" in out.out, out.out[-2000:]
+    assert "decode" not in out.err and "img/s" not in out.err and "%|" not in out.err, out.err[-2000:]
+    items = [1, 2]
+    with silenced_progress():
+        with silenced_progress(False):  # an inner block does not turn bars back on
+            assert progress(items) is items
+    assert progress(items) is not items  # on again after the block
+
+
 def test_folder_without_val_holds_out_a_stratified_tenth(tmp_path):
     _class_sorted_folder(tmp_path, n_per_class=30)
     train = load_dataset(f"imagefolder:{tmp_path}", "train")

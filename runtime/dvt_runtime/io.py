@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
-__all__ = ["atomic_write", "atomic_write_json", "sha256_file", "current_umask", "read_npz", "check_labels", "progress", "save_png"]
+__all__ = ["atomic_write", "atomic_write_json", "sha256_file", "current_umask", "read_npz", "check_labels", "progress", "silenced_progress", "save_png"]
 
 
 def atomic_write(path: Union[str, Path], data: bytes) -> Path:
@@ -99,15 +101,32 @@ def check_labels(labels, where: str, error: Callable[[str], Exception]):
     return labels.astype(np.int64)
 
 
+_SILENCED = False  # set by silenced_progress(): a --quiet command
+
+
+@contextlib.contextmanager
+def silenced_progress(silenced: bool = True) -> Iterator[None]:
+    """Within the block, every ``progress`` bar of this process is off when ``silenced`` (a ``--quiet`` flag)."""
+    global _SILENCED
+    before, _SILENCED = _SILENCED, _SILENCED or bool(silenced)
+    try:
+        yield
+    finally:
+        _SILENCED = before
+
+
 def progress(it, total: Optional[int] = None, desc: str = "", unit: str = "it", enabled: bool = True, file=None, leave: bool = False):
-    """``it`` wrapped in a tqdm bar when ``enabled`` and tqdm is installed, else ``it`` itself."""
-    if not enabled:
+    """``it`` wrapped in a tqdm bar when ``enabled`` (and not silenced) and tqdm is installed, else ``it``
+    itself. The bar refreshes at most every second on a terminal, every 30 s in a log file."""
+    if not enabled or _SILENCED:
         return it
     try:
         from tqdm import tqdm
     except ImportError:  # the runtime does not require tqdm
         return it
-    return tqdm(it, total=total, desc=desc, unit=unit, leave=leave, file=file)
+    stream = sys.stderr if file is None else file
+    tty = bool(getattr(stream, "isatty", lambda: False)())
+    return tqdm(it, total=total, desc=desc, unit=unit, leave=leave, file=file, mininterval=1.0 if tty else 30.0)
 
 
 def save_png(fig, path: Union[str, Path], dpi: int = 120) -> Path:
