@@ -117,7 +117,7 @@ def silenced_progress(silenced: bool = True) -> Iterator[None]:
 
 def progress(it, total: Optional[int] = None, desc: str = "", unit: str = "it", enabled: bool = True, file=None, leave: bool = False):
     """``it`` wrapped in a tqdm bar when ``enabled`` (and not silenced) and tqdm is installed, else ``it``
-    itself. The bar refreshes at most every second on a terminal, every 30 s in a log file."""
+    itself. The bar refreshes at most every second on a terminal or in a notebook, every 30 s in a log file."""
     if not enabled or _SILENCED:
         return it
     try:
@@ -125,7 +125,7 @@ def progress(it, total: Optional[int] = None, desc: str = "", unit: str = "it", 
     except ImportError:  # the runtime does not require tqdm
         return it
     stream = sys.stderr if file is None else file
-    tty = bool(getattr(stream, "isatty", lambda: False)())
+    tty = bool(getattr(stream, "isatty", lambda: False)()) or "ipykernel" in sys.modules  # a notebook is watched live too
     return tqdm(it, total=total, desc=desc, unit=unit, leave=leave, file=file, mininterval=1.0 if tty else 30.0)
 
 
