@@ -67,6 +67,8 @@ def bench_bundle(bundle, x: np.ndarray, y: np.ndarray, budgets: Optional[list[fl
         budgets = [float(v) for v in np.geomspace(lo, hi, 7)[1:-1]]  # denser where early exits decide
     dynamic, flops_rows = _budget_rows(b, f, xh, yh, budgets)
     matched = _matched_point(b, f, xh, yh, static[-1])
+    if matched:
+        matched["halvings"] = matched_over_halvings(f.probs, y, f.costs, len(f.hold_idx))
     out = {"profile": f.profile.summary(), "device": f.profile.device, "runtime_overhead": runtime_overhead(b, x), "static": static,
            "dynamic": dynamic, "flops_calibrated": flops_rows, "matched": matched, "n_holdout": len(f.hold_idx),
            "n_calibration": len(f.cal_idx)}
@@ -129,14 +131,11 @@ def _matched_point(b, f, xh: np.ndarray, yh: np.ndarray, last: dict) -> Optional
     exit alone are timed interleaved on the same images (machine drift hits both alike); the
     speedup is the ratio of their mean latencies, with each block's ratio for its spread."""
     from dvt_runtime.calibrate import measure_interleaved
-    from dvt_runtime.search import search_thresholds
 
     last_cal = float(f.cal.correct[-1].mean() * 100)
-    front = search_thresholds(f.cal, f.costs, float(f.costs.cumulative[-1]) * (1 + 1e-9), algorithm="exact").frontier
-    ok = [p for p in front if p.accuracy >= last_cal]
-    if not ok:
+    p = _cheapest_matching(f.cal, f.costs)
+    if p is None:
         return None
-    p = min(ok, key=lambda p: p.mean_cost)
     thr = p.to_dict()["thresholds"]
     (alone, meas), (alone_blocks, blocks) = measure_interleaved(b, xh, yh, [never_stop(b.num_exits), thr], blocks=MATCH_BLOCKS, warmup=10)
     return {"thresholds": thr, "calibration_accuracy": p.accuracy, "last_exit_calibration_accuracy": last_cal,
@@ -144,6 +143,47 @@ def _matched_point(b, f, xh: np.ndarray, yh: np.ndarray, last: dict) -> Optional
             "block_speedups": [a / c for a, c in zip(alone_blocks, blocks)],
             "accuracy_delta": meas["accuracy"] - last["accuracy"],
             "within_match": meas["accuracy"] >= last["accuracy"] - MATCH_POINTS}
+
+
+def _cheapest_matching(cal, costs):
+    """The benchmark's threshold rule: the cheapest point of the exact search at least as accurate as
+    the last exit on ``cal`` (an ``ExitOutputs``), or None."""
+    from dvt_runtime.search import search_thresholds
+
+    last = float(cal.correct[-1].mean() * 100)
+    front = search_thresholds(cal, costs, float(costs.cumulative[-1]) * (1 + 1e-9), algorithm="exact").frontier
+    ok = [p for p in front if p.accuracy >= last]
+    return min(ok, key=lambda p: p.mean_cost) if ok else None
+
+
+HALVINGS = 20  # other random splits on which the matched-accuracy rule is replayed (predicted, not re-timed)
+
+
+def matched_over_halvings(probs: np.ndarray, y: np.ndarray, costs, n_hold: int, n: int = HALVINGS) -> Optional[dict]:
+    """How far one split can be trusted: the matched-accuracy rule on ``n`` other seeded halvings of the
+    same images (``probs``: (E, N, classes) of every exit), thresholds chosen on one part, accuracy and
+    mean cost predicted on the other ``n_hold`` from the measured stage prices ``costs``; speedup = the
+    last exit's price over the cascade's."""
+    from dvt_runtime.search import ExitOutputs, evaluate_thresholds
+
+    if n <= 0:
+        return None
+    last_price, speedups, deltas = float(costs.cumulative[-1]), [], []
+    for seed in range(1, n + 1):  # seed 0 is the measured split
+        perm = np.random.default_rng(seed).permutation(len(y))
+        hold, cal = perm[:n_hold], perm[n_hold:]
+        oh = ExitOutputs.from_probs(probs[:, hold], y[hold])
+        p = _cheapest_matching(ExitOutputs.from_probs(probs[:, cal], y[cal]), costs)
+        if p is None:  # no point as accurate as the last exit: the last exit alone
+            speedups.append(1.0)
+            deltas.append(0.0)
+            continue
+        ev = evaluate_thresholds(oh, None, p.thresholds, costs)
+        speedups.append(last_price / ev.mean_cost)
+        deltas.append(ev.accuracy - float(oh.correct[-1].mean() * 100))
+    ok = [s for s, d in zip(speedups, deltas) if d >= -MATCH_POINTS]
+    return {"n": n, "n_holdout": int(n_hold), "speedups": speedups, "accuracy_deltas": deltas, "matched": len(ok),
+            "speedup_median": float(np.median(speedups)), "matched_speedup_median": float(np.median(ok)) if ok else None}
 
 
 def never_stop(num_exits: int) -> list:

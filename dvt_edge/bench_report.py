@@ -14,7 +14,7 @@ import numpy as np
 
 from dvt_runtime.io import atomic_write, atomic_write_json, save_png
 
-__all__ = ["SCHEMA", "MATCH_POINTS", "markdown", "matched_cells", "throughput_markdown", "plot", "plot_exits", "plot_throughput",
+__all__ = ["SCHEMA", "MATCH_POINTS", "markdown", "halvings_line", "matched_cells", "throughput_markdown", "plot", "plot_exits", "plot_throughput",
            "write_outputs", "load_results"]
 
 SCHEMA = "dvt-edge/bench/1"
@@ -24,6 +24,16 @@ MATCH_POINTS = 0.2  # "matched accuracy": within this many points of the last ex
 def _device_label(r: dict) -> str:
     d = r.get("device", {})
     return f"{d.get('device_name') or d.get('hostname', '?')} ({r.get('threads', '?')} thr)"
+
+
+def halvings_line(hv: dict) -> str:
+    """One sentence on the matched-accuracy rule replayed on other random halvings (``bench.matched_over_halvings``)."""
+    rng = f"{min(hv['speedups']):.2f}-{max(hv['speedups']):.2f}x"
+    among = f", {hv['matched_speedup_median']:.2f}x among the matched ones" if hv["matched_speedup_median"] is not None else ""
+    return (f"How far this split can be trusted: the same threshold rule on {hv['n']} other random halvings (thresholds chosen "
+            f"on one half, accuracy and mean latency predicted on the other {hv['n_holdout']} images from this run's stage "
+            f"prices, nothing re-timed) stayed within {MATCH_POINTS} points of the last exit on {hv['matched']} of {hv['n']}; "
+            f"predicted speedup median {hv['speedup_median']:.2f}x (range {rng}){among}.")
 
 
 def matched_cells(mt: Optional[dict]) -> tuple[str, str]:
@@ -109,6 +119,9 @@ def markdown(results: list[dict]) -> str:
             out.append(f"Runtime overhead for a sample stopping at exit 1: predict {ov['predict_exit1_ms']:.4f} ms vs backend "
                        f"{ov['backend_exit1_ms']:.4f} ms = {ov['overhead_ms']:+.4f} ms ({ov['overhead_pct']:.1f}%; goal {ov['goal']}: "
                        f"{'met' if ov['within_goal'] else 'NOT met'}).\n")
+            hv = (row.get("matched") or {}).get("halvings")
+            if hv:  # results before this field have none
+                out.append(halvings_line(hv) + "\n")
             stop = row["profile"].get("stopping")
             if stop:  # what the search prices each exit at (profiles before dvt-profile/2 have none)
                 means = [" / ".join(f"{c['mean']:.3f}" for c in rows) for rows in (stop, row["profile"]["cumulative"])]

@@ -47,6 +47,11 @@ def test_bench_result_shape_and_real_numbers(results):
 
         assert len(mt["block_speedups"]) == MATCH_BLOCKS and all(np.isfinite(mt["block_speedups"]))
         assert mt["speedup_vs_last_exit"] == pytest.approx(mt["last_exit_mean_ms"] / mt["measured_mean_ms"])
+        hv = mt["halvings"]  # the rule replayed on other splits, from the measured prices
+        assert hv["n"] == len(hv["speedups"]) == len(hv["accuracy_deltas"]) == 20 and hv["n_holdout"] == n_hold
+        assert all(np.isfinite(hv["speedups"])) and min(hv["speedups"]) >= 1.0 - 1e-9
+        assert hv["matched"] == sum(d >= -0.2 for d in hv["accuracy_deltas"])
+        assert "How far this split can be trusted" in (out / "a" / "bench.md").read_text()
     cum = [s["profile_p50_ms"] for s in onnx["static"]]
     assert cum == sorted(cum)
     ov = onnx["runtime_overhead"]
@@ -59,6 +64,36 @@ def test_bench_result_shape_and_real_numbers(results):
     assert "latency-calibrated" in md and "FLOPs-calibrated" in md
     stop = [s["mean"] for s in onnx["profile"]["stopping"]]  # the per-exit streams the search priced
     assert "every image stopping at the exit" in md and f"{stop[0]:.3f}" in md
+
+
+def _outputs(conf: list[float], right: list[float], n: int = 400, classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """(E, n, classes) softmax outputs: exit e gives ``conf[e]`` to the true class on a ``right[e]`` fraction
+    of the images (spread over them), to another class on the rest."""
+    y = np.arange(n) % classes
+    probs = np.empty((len(conf), n, classes))
+    for e, (c, r) in enumerate(zip(conf, right)):
+        ok = np.random.default_rng(e).random(n) < r
+        probs[e] = (1 - c) / (classes - 1)
+        probs[e, np.arange(n), np.where(ok, y, (y + 1) % classes)] = c
+    return probs, y
+
+
+def test_matched_over_halvings_replays_the_rule():
+    from dvt_edge.bench import matched_over_halvings
+    from dvt_runtime.search import StageCosts
+
+    costs = StageCosts.from_cumulative([1.0, 2.0, 4.0])
+    easy = matched_over_halvings(*_outputs([0.99, 0.99, 0.99], [1, 1, 1]), costs, 200, n=5)
+    assert easy["speedups"] == pytest.approx([4.0] * 5) and easy["matched"] == 5  # all stop at exit 1
+    # early exits as confident when wrong as when right, and less accurate: never stop there, whatever the split
+    trap = matched_over_halvings(*_outputs([0.99, 0.99, 0.6], [0.9, 0.95, 1]), costs, 200, n=5)
+    assert trap["speedups"] == pytest.approx([1.0] * 5) and trap["accuracy_deltas"] == pytest.approx([0.0] * 5)
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(10) * 0.3, size=(3, 400))
+    mixed = matched_over_halvings(probs, rng.integers(0, 10, 400), costs, 200, n=8)
+    assert all(1.0 - 1e-9 <= v <= 4.0 + 1e-9 for v in mixed["speedups"])
+    assert mixed["matched"] == sum(d >= -0.2 for d in mixed["accuracy_deltas"])
+    assert matched_over_halvings(probs, rng.integers(0, 10, 400), costs, 200, n=0) is None
 
 
 def test_bench_report_merges_devices(results, tmp_path, capsys):
