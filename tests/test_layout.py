@@ -42,7 +42,8 @@ def test_one_chaining_loop():
     tree = ast.parse((ROOT / "runtime" / "dvt_runtime" / "bundle.py").read_text())
     stage_loops = [f.name for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
                    for loop in ast.walk(f) if isinstance(loop, ast.For)
-                   and any(isinstance(c, ast.Call) and getattr(c.func, "attr", "") == "run_stage" for c in ast.walk(loop))]
+                   and any(isinstance(c, ast.Call) and getattr(c.func, "attr", "") in ("run_stage", "run_exit") for c in ast.walk(loop))]
     # chain(): every sample through every exit; _cascade(): the same with early exit and regrouping;
-    # _cascade_one(): one image, no regrouping (the latency path), checked against _cascade in test_batching
-    assert sorted(stage_loops) == ["_cascade", "_cascade_one", "chain"], stage_loops
+    # _cascade_one(): one image, no regrouping (the latency path), checked against _cascade in test_batching;
+    # run_stage(): one exit over a batch in chunks (no chaining)
+    assert sorted(stage_loops) == ["_cascade", "_cascade_one", "chain", "run_stage"], stage_loops
