@@ -86,6 +86,12 @@ class Prediction:
                 "total_ms": self.total_ms, "stage_ms": self.stage_ms, "deadline_skipped": self.deadline_skipped}
 
 
+def _check_finite(x: np.ndarray) -> None:
+    """float32 input: one float64 sum is finite iff every value is (float32 values cannot overflow it)."""
+    if not math.isfinite(x.sum(dtype=np.float64)):
+        raise InputError("input contains NaN or infinite values")
+
+
 def softmax(x: np.ndarray) -> np.ndarray:
     z = np.exp(x - x.max(axis=-1, keepdims=True))
     return z / z.sum(axis=-1, keepdims=True)
@@ -199,8 +205,7 @@ class Bundle:
             raise InputError(f"input must be preprocessed float32 of shape (N, {', '.join(map(str, want))}) or a uint8 image; got {x.shape} {x.dtype}")
         if x.dtype != np.float32:
             raise InputError(f"input must be float32 (got {x.dtype}); pass uint8 images through bundle.preprocess")
-        if not np.isfinite(x).all():
-            raise InputError("input contains NaN or infinite values")
+        _check_finite(x)
         return np.ascontiguousarray(x)
 
     def _as_array(self, x) -> np.ndarray:
@@ -308,8 +313,7 @@ class Bundle:
         """
         if (type(x) is np.ndarray and x.dtype == np.float32 and x.shape == self.input_shape and budget_ms is None
                 and deadline_ms is None and max_batch is None):  # one preprocessed image: the camera path, kept lean
-            if not math.isfinite(x.sum(dtype=np.float64)):  # finite iff every value is (float32 values cannot overflow it)
-                raise InputError("input contains NaN or infinite values")
+            _check_finite(x)
             return self._cascade_one(np.ascontiguousarray(x)[None], self._thresholds(thresholds))
         if isinstance(x, (list, tuple)):  # one entry per image
             single = False
