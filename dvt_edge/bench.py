@@ -168,13 +168,14 @@ def matched_over_halvings(probs: np.ndarray, y: np.ndarray, costs, n_hold: int, 
 
     if n <= 0:
         return None
-    last_price, speedups, deltas = float(costs.cumulative[-1]), [], []
+    last_price, speedups, deltas, fallbacks = float(costs.cumulative[-1]), [], [], 0
     for seed in range(1, n + 1):  # seed 0 is the measured split
         perm = np.random.default_rng(seed).permutation(len(y))
         hold, cal = perm[:n_hold], perm[n_hold:]
         oh = ExitOutputs.from_probs(probs[:, hold], y[hold])
         p = _cheapest_matching(ExitOutputs.from_probs(probs[:, cal], y[cal]), costs)
-        if p is None:  # no point as accurate as the last exit: the last exit alone
+        if p is None:  # no point as accurate as the last exit: the rule falls back to the last exit alone
+            fallbacks += 1
             speedups.append(1.0)
             deltas.append(0.0)
             continue
@@ -183,7 +184,7 @@ def matched_over_halvings(probs: np.ndarray, y: np.ndarray, costs, n_hold: int, 
         deltas.append(ev.accuracy - float(oh.correct[-1].mean() * 100))
     ok = [s for s, d in zip(speedups, deltas) if d >= -MATCH_POINTS]
     return {"n": n, "n_holdout": int(n_hold), "speedups": speedups, "accuracy_deltas": deltas, "matched": len(ok),
-            "speedup_median": float(np.median(speedups)), "matched_speedup_median": float(np.median(ok)) if ok else None}
+            "last_exit_fallbacks": fallbacks, "speedup_median": float(np.median(speedups)), "matched_speedup_median": float(np.median(ok)) if ok else None}
 
 
 def never_stop(num_exits: int) -> list:

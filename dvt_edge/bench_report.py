@@ -30,6 +30,8 @@ def halvings_line(hv: dict) -> str:
     """One sentence on the matched-accuracy rule replayed on other random halvings (``bench.matched_over_halvings``)."""
     rng = f"{min(hv['speedups']):.2f}-{max(hv['speedups']):.2f}x"
     among = f", {hv['matched_speedup_median']:.2f}x among the matched ones" if hv["matched_speedup_median"] is not None else ""
+    if hv.get("last_exit_fallbacks"):  # counted as matched at 1.0x: the rule then runs the last exit alone
+        among += f"; {hv['last_exit_fallbacks']} of them found no point as accurate as the last exit (1.00x, the last exit alone)"
     return (f"How far this split can be trusted: the same threshold rule on {hv['n']} other random halvings (thresholds chosen "
             f"on one half, accuracy and mean latency predicted on the other {hv['n_holdout']} images from this run's stage "
             f"prices, nothing re-timed) stayed within {MATCH_POINTS} points of the last exit on {hv['matched']} of {hv['n']}; "

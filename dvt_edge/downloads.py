@@ -40,11 +40,13 @@ def download(url: str, target: Path, md5: str) -> Path:
     # a byte-counting bar (unit_scale, manual updates): more than dvt_runtime.io.progress expresses
     from tqdm import tqdm
 
+    from dvt_runtime.io import progress_silenced
+
     print(f"downloading {url} -> {target}", file=sys.stderr)
     h, chunks = hashlib.md5(), []
     with urllib.request.urlopen(url, timeout=60) as r:
         total = int(r.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, desc=target.name, leave=False, disable=total is None or total < 1 << 20) as bar:
+        with tqdm(total=total, unit="B", unit_scale=True, desc=target.name, leave=False, disable=progress_silenced() or total is None or total < 1 << 20) as bar:
             while chunk := r.read(1 << 20):
                 h.update(chunk)
                 chunks.append(chunk)

@@ -107,9 +107,10 @@ def test_thresholds_are_checked_on_every_call_though_cached(bundle):
     assert bundle.predict(xi, thresholds=thr).exit == 2  # max softmax < 1: nobody stops early
     with pytest.raises(ValueError, match="confidence in"):
         bundle.predict(xi, thresholds=[True, 1.0])
+    nan = [float("nan"), 0.5]  # the same objects twice: a NaN cached before its check would hit the second time
     for _ in range(2):
         with pytest.raises(ValueError, match="confidence in"):
-            bundle.predict(xi, thresholds=[float("nan"), 0.5])
+            bundle.predict(xi, thresholds=nan)
     thr[0] = 0.0
     assert bundle.predict(xi, thresholds=thr).exit == 0
     t = bundle._thresholds(thr)

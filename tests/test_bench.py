@@ -94,6 +94,21 @@ def test_matched_over_halvings_replays_the_rule():
     assert all(1.0 - 1e-9 <= v <= 4.0 + 1e-9 for v in mixed["speedups"])
     assert mixed["matched"] == sum(d >= -0.2 for d in mixed["accuracy_deltas"])
     assert matched_over_halvings(probs, rng.integers(0, 10, 400), costs, 200, n=0) is None
+    assert easy["last_exit_fallbacks"] == trap["last_exit_fallbacks"] == mixed["last_exit_fallbacks"] == 0
+
+
+def test_halvings_without_a_matching_point_are_counted_and_said(monkeypatch):
+    """A halving whose calibration part has no point as accurate as the last exit falls back to the last
+    exit alone (1.00x, matched by definition): counted, and the report says so."""
+    import dvt_edge.bench as B
+    from dvt_edge.bench_report import halvings_line
+    from dvt_runtime.search import StageCosts
+
+    monkeypatch.setattr(B, "_cheapest_matching", lambda cal, costs: None)
+    hv = B.matched_over_halvings(*_outputs([0.99, 0.99, 0.99], [1, 1, 1]), StageCosts.from_cumulative([1.0, 2.0, 4.0]), 200, n=3)
+    assert hv["last_exit_fallbacks"] == 3 and hv["speedups"] == [1.0] * 3
+    assert "3 of them found no point as accurate as the last exit" in halvings_line(hv)
+    assert "found no point" not in halvings_line(dict(hv, last_exit_fallbacks=0))
 
 
 def test_bench_report_merges_devices(results, tmp_path, capsys):

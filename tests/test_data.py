@@ -260,7 +260,29 @@ def test_quiet_training_prints_no_progress_bar_at_all(tmp_path, capsys):
     with silenced_progress():
         with silenced_progress(False):  # an inner block does not turn bars back on
             assert progress(items) is items
-    assert progress(items) is not items  # on again after the block
+    bar = progress(items)
+    assert bar is not items  # on again after the block
+    bar.close()
+
+
+def test_quiet_silences_the_download_bar_too(tmp_path, http_server, capsys):
+    """A download's byte-counting bar (its own tqdm) follows ``silenced_progress`` like ``progress`` does."""
+    import hashlib
+
+    from dvt_edge.downloads import download
+    from dvt_runtime.io import silenced_progress
+
+    www, base = http_server
+    blob = bytes(range(256)) * (6 << 10)  # 1.5 MiB: over the size that shows a bar
+    (www / "big.bin").write_bytes(blob)
+    md5 = hashlib.md5(blob).hexdigest()
+    with silenced_progress():
+        download(f"{base}/big.bin", tmp_path / "quiet.bin", md5)
+    err = capsys.readouterr().err
+    assert "downloading" in err and "%|" not in err and "B/s" not in err, err
+    download(f"{base}/big.bin", tmp_path / "loud.bin", md5)
+    assert "B/s" in capsys.readouterr().err  # the bar itself, outside the block
+    assert (tmp_path / "quiet.bin").read_bytes() == blob
 
 
 def test_folder_without_val_holds_out_a_stratified_tenth(tmp_path):

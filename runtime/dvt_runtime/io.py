@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import os
@@ -11,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
 
-__all__ = ["atomic_write", "atomic_write_json", "sha256_file", "current_umask", "read_npz", "check_labels", "progress", "silenced_progress", "save_png"]
+__all__ = ["atomic_write", "atomic_write_json", "sha256_file", "current_umask", "read_npz", "check_labels", "progress", "progress_silenced", "silenced_progress", "save_png"]
 
 
 def atomic_write(path: Union[str, Path], data: bytes) -> Path:
@@ -101,24 +102,29 @@ def check_labels(labels, where: str, error: Callable[[str], Exception]):
     return labels.astype(np.int64)
 
 
-_SILENCED = False  # set by silenced_progress(): a --quiet command
+_SILENCED: contextvars.ContextVar[bool] = contextvars.ContextVar("dvt_progress_silenced", default=False)
 
 
 @contextlib.contextmanager
 def silenced_progress(silenced: bool = True) -> Iterator[None]:
-    """Within the block, every ``progress`` bar of this process is off when ``silenced`` (a ``--quiet`` flag)."""
-    global _SILENCED
-    before, _SILENCED = _SILENCED, _SILENCED or bool(silenced)
+    """Within the block, every ``progress`` bar (and download bar) of this thread is off when
+    ``silenced`` (a ``--quiet`` flag). Per context: a thread started elsewhere is not affected."""
+    token = _SILENCED.set(_SILENCED.get() or bool(silenced))
     try:
         yield
     finally:
-        _SILENCED = before
+        _SILENCED.reset(token)
+
+
+def progress_silenced() -> bool:
+    """True inside ``silenced_progress()`` (for bars that ``progress`` cannot express, as a download's byte counter)."""
+    return _SILENCED.get()
 
 
 def progress(it, total: Optional[int] = None, desc: str = "", unit: str = "it", enabled: bool = True, file=None, leave: bool = False):
     """``it`` wrapped in a tqdm bar when ``enabled`` (and not silenced) and tqdm is installed, else ``it``
     itself. The bar refreshes at most every second on a terminal or in a notebook, every 30 s in a log file."""
-    if not enabled or _SILENCED:
+    if not enabled or _SILENCED.get():
         return it
     try:
         from tqdm import tqdm
