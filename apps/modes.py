@@ -3,6 +3,7 @@ per-frame deadline, with a clear fallback when the device's calibration is missi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -78,8 +79,8 @@ def _calibrate_hint(bundle, ms: float) -> str:
 
 def _budget_mode(bundle, budget_ms: float, thresholds: Optional[list], cal_src: str) -> Mode:
     """Budget mode when the device's calibration allows it, else the default thresholds (inactive, with a note)."""
-    if budget_ms <= 0:
-        raise AppError(f"--budget-ms must be positive, got {budget_ms:g}")
+    if not math.isfinite(budget_ms) or budget_ms <= 0:
+        raise AppError(f"--budget-ms must be a finite positive number of milliseconds, got {budget_ms:g}")
     mode = Mode("budget", budget_ms, thresholds, source=cal_src)
     fallback_src = "--thresholds" if thresholds is not None else cal_src
     if getattr(bundle, "calibration", None) is None:
@@ -100,8 +101,8 @@ def _budget_mode(bundle, budget_ms: float, thresholds: Optional[list], cal_src: 
 
 def _deadline_mode(bundle, deadline_ms: float, thresholds: Optional[list], cal_src: str, profile_runs: int) -> Mode:
     """Deadline mode on the calibration's per-stage p90s, or on p90s profiled here when there are none."""
-    if deadline_ms <= 0:
-        raise AppError(f"--deadline-ms must be positive, got {deadline_ms:g}")
+    if not math.isfinite(deadline_ms) or deadline_ms <= 0:
+        raise AppError(f"--deadline-ms must be a finite positive number of milliseconds, got {deadline_ms:g}")
     mode = Mode("deadline", deadline_ms, thresholds, source=f"p90 {cal_src}")
     if getattr(bundle, "stage_p90_ms", None) is None:
         p90 = profile_stages(bundle, profile_runs)

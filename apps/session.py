@@ -4,7 +4,6 @@ window), and the stats it ends with."""
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -36,9 +35,11 @@ def run_session(args, cap, source: str, thresholds: Optional[list]) -> dict:
     loop = FrameLoop(args, cap, bundle, mode, Overlay.for_bundle(bundle, mode), writer, fps_in)
     loop.run(frame)
     stats = build_stats(args, source, frame, bundle, mode, thresholds, loop)
-    if args.stats:
+    if args.stats:  # atomic: an interrupted write never leaves half a file
+        from dvt_runtime.io import atomic_write_json
+
         Path(args.stats).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.stats).write_text(json.dumps(stats, indent=1) + "\n")
+        atomic_write_json(args.stats, stats)
     return stats
 
 

@@ -35,6 +35,7 @@ stats), ``modes`` (budget / deadline), ``overlay`` (drawing), ``window`` (window
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -87,6 +88,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         ap.error("--threads must be >= 0 (0 = the backend's default)")
     if args.threads == 0:
         args.threads = None
+    for flag, v in (("--budget-ms", args.budget_ms), ("--deadline-ms", args.deadline_ms)):
+        if v is not None and not (math.isfinite(v) and v > 0):  # NaN would pass a plain `v <= 0` check
+            ap.error(f"{flag} must be a finite positive number of milliseconds, got {v}")
+    if args.max_frames is not None and args.max_frames < 1:
+        ap.error(f"--max-frames must be >= 1 (omit it to run until the source ends), got {args.max_frames}")
+    outs = {flag: Path(v).expanduser().resolve() for flag, v in (("--record", args.record), ("--stats", args.stats),
+                                                                  ("--snapshot", args.snapshot)) if v}
+    if args.video and Path(args.video).expanduser().resolve() in outs.values():
+        ap.error(f"an output path is the input video {args.video}: writing it would destroy the video; choose another path")
+    if len(set(outs.values())) < len(outs):
+        ap.error(f"two outputs share one path ({', '.join(f'{k} {v}' for k, v in outs.items())}); give each its own")
     return args
 
 

@@ -324,3 +324,28 @@ def test_default_bundle_is_the_natural_image_reference(monkeypatch, tmp_path):
     again = webcam.parse_args(["--video", "x.mp4", "--headless"])
     webcam.open_bundle(again)  # the second time it is found, not exported
     assert again.bundle == args.bundle
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--budget-ms", "nan"], "--budget-ms must be a finite positive"),
+    (["--deadline-ms", "inf"], "--deadline-ms must be a finite positive"),
+    (["--deadline-ms", "0"], "--deadline-ms must be a finite positive"),
+    (["--max-frames", "0"], "--max-frames must be >= 1"),
+    (["--video", "{tmp}/in.mp4", "--record", "{tmp}/in.mp4"], "would destroy the video"),
+    (["--video", "{tmp}/in.mp4", "--stats", "{tmp}/./in.mp4"], "would destroy the video"),
+    (["--stats", "{tmp}/o.json", "--snapshot", "{tmp}/o.json"], "two outputs share one path"),
+])
+def test_bad_flags_are_refused_before_anything_runs(tmp_path, capsys, argv, message):
+    """NaN budgets would count every frame as a hit; an output on the input video would truncate it."""
+    video = tmp_path / "in.mp4"
+    video.write_bytes(b"the user's video")
+    with pytest.raises(SystemExit) as e:
+        webcam.parse_args([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert video.read_bytes() == b"the user's video"
+
+
+def test_setup_mode_refuses_non_finite_limits():
+    for kw in ({"budget_ms": float("nan")}, {"deadline_ms": float("inf")}):
+        with pytest.raises(webcam.AppError, match="finite positive"):
+            modes.setup_mode(None, kw.get("budget_ms"), kw.get("deadline_ms"), None)
