@@ -386,3 +386,57 @@ def test_simulated_agreement_fails_on_a_non_finite_reference_or_result():
     for ref, got in ((float("nan"), 0.5), (1.0, float("inf"))):
         r = simulated_agreement(Const(ref), Const(got), x, ["image"])
         assert r["finite"] is False and not np.isfinite(r["max_abs_logit_diff"]), (ref, got, r)
+
+
+def test_checkpoint_thresholds_become_confidences_or_a_clear_error():
+    """A published dynamic_threshold row may hold 1e8 for an exit no sample reaches (never stop there) or a
+    negative value (always stop): mapped into [0, 1] / None so the bundle loads; NaN is refused."""
+    from types import SimpleNamespace
+
+    from dvt_edge.export import _default_thresholds
+    from dvt_edge.export.common import ExportError
+
+    model = SimpleNamespace(num_exits=3)
+    rows = np.array([[0.9, 0.8, 0.1], [1e8, -0.5, 0.7], [0.5, 0.5, 0.5]])
+    t, src = _default_thresholds(model, SimpleNamespace(thresholds=rows), None, None)
+    assert t == [None, 0.0, None] and "row 1 of 3" in src
+    with pytest.raises(ExportError, match="non-finite"):
+        _default_thresholds(model, SimpleNamespace(thresholds=np.array([[np.nan, 0.5, 0.1]])), None, None)
+
+
+def test_a_manifest_that_load_would_refuse_is_never_written(onnx_bundle, tmp_path):
+    from dvt_runtime.manifest import Manifest, ManifestError
+
+    m = Manifest.load(onnx_bundle)
+    m.thresholds = [1e8, None]
+    with pytest.raises(ManifestError, match="confidences in"):
+        m.save(tmp_path)
+    assert not (tmp_path / "manifest.json").exists()
+    m.thresholds = [0.9, None]
+    m.save(tmp_path)
+    assert Manifest.load(tmp_path, verify=False).thresholds == [0.9, None]
+
+
+def test_one_crashing_target_is_a_failed_line_and_the_others_still_run(micro_ckpt, monkeypatch, capsys):
+    """Ultralytics-style: in a multi-target run a toolchain crash (not an ExportError) is a FAILED line with
+    its type, the remaining jobs run, the exit code is 1; precisions a target lacks are named as skipped."""
+    from types import SimpleNamespace
+
+    import dvt_edge.export.__main__ as M
+
+    ran = []
+
+    def fake_export(checkpoint, name, prec, opts):  # the CLI's job loop only: the real exports are tested above
+        ran.append((name, prec))
+        if name == "coreml":
+            raise RuntimeError("converter exploded")
+        return SimpleNamespace(report=f"{name} {prec} ok", path=f"bundles/{name}-{prec}")
+
+    monkeypatch.setattr(M, "export_bundle", fake_export)
+    assert M.main(["--checkpoint", str(micro_ckpt), "--target", "coreml,onnx", "--precision", "fp16,fp32"]) == 1
+    out = capsys.readouterr()
+    assert ran == [("coreml", "fp16"), ("coreml", "fp32"), ("onnx", "fp32")]
+    assert "FAILED coreml fp16: RuntimeError in the toolchain: converter exploded" in out.err
+    assert "skipping onnx fp16: onnx supports fp32, int8" in out.err and "onnx fp32 ok" in out.out
+    assert M.main(["--checkpoint", str(micro_ckpt), "--target", "onnx,ort", "--precision", "bf16"]) == 2
+    assert "valid per target" in capsys.readouterr().err

@@ -502,3 +502,22 @@ def test_soak_predict_with_budget_keeps_rss_flat(calibrated, images):
     grown = _rss_mb() - before
     assert grown < 5.0, f"RSS grew by {grown:.1f} MB over 10,000 calls"
     assert len(b.controller.history) <= 1000
+
+
+def test_graph_whose_inputs_differ_from_the_manifest_is_a_broken_bundle_not_a_missing_runtime(tmp_path):
+    """An ONNX artifact whose input names disagree with the manifest is a ManifestError (re-export), never
+    BackendUnavailable: the exporter's verification reads "unavailable" as "cannot run on this host" and skips."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from dvt_runtime.backends import BackendUnavailable, open_session
+
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["logits"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])])
+    path = tmp_path / "exit1.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(ManifestError, match="differ from the manifest") as e:
+        open_session("onnxruntime", path, ["image"], ["logits"], threads=1)
+    assert not isinstance(e.value, BackendUnavailable) and "re-export" in str(e.value)
+    assert open_session("onnxruntime", path, ["x"], ["logits"], threads=1).run({"x": np.ones((1, 3), np.float32)})["logits"].sum() == 3

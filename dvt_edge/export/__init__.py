@@ -129,8 +129,13 @@ def _load_data(spec: Optional[str], pre: Preprocess, calib_n: int, verify_n: int
 def _default_thresholds(model: DVT, info: CheckpointInfo, ref_logits: Optional[list[np.ndarray]], labels) -> tuple[Optional[list], str]:
     if info.thresholds is not None and info.thresholds.ndim == 2 and info.thresholds.shape[1] == model.num_exits:
         row = info.thresholds.shape[0] // 2
-        t = [float(v) for v in info.thresholds[row]]
-        return t[:-1] + [None], f"checkpoint dynamic_threshold row {row} of {info.thresholds.shape[0]}"
+        t = [float(v) for v in info.thresholds[row]][:-1]  # the last exit always answers
+        if not all(np.isfinite(t)):
+            raise ExportError(f"the checkpoint's dynamic_threshold row {row} holds non-finite values {t}: fix or drop "
+                              "dynamic_threshold in the checkpoint (without it, thresholds are chosen on real images)")
+        # a confidence is in [0, 1]: above 1 (MSDNet-style 1e8 for an exit no sample reaches) never stops, below 0 always does
+        t = [None if v > 1.0 else max(v, 0.0) for v in t]
+        return t + [None], f"checkpoint dynamic_threshold row {row} of {info.thresholds.shape[0]}"
     if ref_logits is None:
         return None, "none (no real images to choose them on)"
     from dvt_runtime.search import ExitOutputs, StageCosts, search_thresholds

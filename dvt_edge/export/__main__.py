@@ -56,7 +56,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         precisions = args.precision.split(",")
         jobs = [(n, p) for n in names for p in precisions if p in TARGETS[n].precisions or len(names) == 1]
         if not jobs:
-            raise ValueError(f"no target supports precision(s) {precisions}")
+            valid = {n: list(TARGETS[n].precisions) for n in names}
+            raise ValueError(f"no target supports precision(s) {precisions}; valid per target: {valid}")
+        for n in names:  # a target left out of a multi-target run is said, not dropped silently
+            if len(names) > 1 and (skip := [p for p in precisions if p not in TARGETS[n].precisions]):
+                print(f"skipping {n} {','.join(skip)}: {n} supports {', '.join(TARGETS[n].precisions)}", file=sys.stderr)
         several = len(jobs) > 1
         failed = 0
         model_name = None
@@ -75,11 +79,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 r = export_bundle(args.checkpoint, name, prec, opts)
                 print(r.report)
                 print(f"wrote {r.path}\n")
-            except (ExportError, TargetUnavailable) as e:
+            except Exception as e:  # noqa: BLE001  one failed job is a FAILED line; the other targets still run
                 if not several:
                     raise
                 failed += 1
-                print(f"FAILED {name} {prec}: {e}\n", file=sys.stderr)
+                kind = "" if isinstance(e, (ExportError, TargetUnavailable)) else f"{type(e).__name__} in the toolchain: "
+                print(f"FAILED {name} {prec}: {kind}{str(e).strip()[:2000]}\n", file=sys.stderr)
         return 1 if failed else 0
     except (ExportError, TargetUnavailable, CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -72,7 +72,10 @@ class OrtSession(Session):
         self.sess = ort.InferenceSession(str(path), so, providers=wanted)
         got = [i.name for i in self.sess.get_inputs()]
         if sorted(got) != sorted(self.input_names):
-            raise BackendUnavailable(f"{path.name}: graph inputs {got} differ from the manifest's {self.input_names}")
+            from dvt_runtime.manifest import ManifestError  # the artifact is wrong, not the host: never "unavailable"
+
+            raise ManifestError(f"{path.name}: graph inputs {got} differ from the manifest's {self.input_names} "
+                                "(the artifact or the manifest was changed: re-export the bundle)")
         self.providers = self.sess.get_providers()
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

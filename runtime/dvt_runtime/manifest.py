@@ -206,6 +206,8 @@ class Manifest:
 
     # ---------------------------------------------------------------- files
     def save(self, bundle_dir: Union[str, Path]) -> Path:
+        """Validate, then write ``bundle_dir/manifest.json`` atomically: never a manifest that ``load`` would refuse."""
+        self.validate()
         return atomic_write_json(Path(bundle_dir) / MANIFEST_NAME, self.to_dict())
 
     @classmethod
