@@ -230,7 +230,7 @@ def load_checkpoint(
     ckpt = read_checkpoint(path, map_location, trusted)
     sd = _state_dict_of(ckpt, path)
     ours = ckpt.get("format") == FORMAT
-    if ours and int(ckpt.get("format_version", 0)) > FORMAT_VERSION:
+    if ours and _field(path, "format_version", lambda: int(ckpt.get("format_version", 0))) > FORMAT_VERSION:
         raise CheckpointError(
             f"{path} is format version {ckpt['format_version']}, newer than this dvt-edge reads ({FORMAT_VERSION}); upgrade dvt-edge"
         )
@@ -258,6 +258,9 @@ def load_checkpoint(
     model.load_state_dict(sd, strict=True)
     model.eval()
     pre = ckpt.get("preprocess")
+    if pre is not None and not isinstance(pre, dict):  # dropping it would ship another model's mean/std and resize
+        raise CheckpointError(f"{path}: 'preprocess' must be a dict of Preprocess fields (resize, mean, std, ...), got "
+                              f"{type(pre).__name__}; re-save the checkpoint with dvt_edge.checkpoint.save_checkpoint")
     extras = {k: v for k, v in ckpt.items() if k not in ("model_state_dict", "state_dict", "model", "format", "format_version", "classes", "preprocess") + PUBLISHED_EXTRAS}
     info = CheckpointInfo(
         path=str(path),
@@ -266,13 +269,23 @@ def load_checkpoint(
         config=model.cfg,
         classes=_classes(ckpt.get("classes"), model.cfg.num_classes, path),
         preprocess=Preprocess.from_dict(pre) if isinstance(pre, dict) else None,
-        flops=[float(f) for f in ckpt["flops"]] if ckpt.get("flops") is not None else None,
-        accuracies=[float(a) for a in ckpt["anytime_classification"]] if ckpt.get("anytime_classification") is not None else None,
-        thresholds=torch.as_tensor(ckpt["dynamic_threshold"]) if ckpt.get("dynamic_threshold") is not None else None,
+        flops=_field(path, "flops", lambda: [float(f) for f in ckpt["flops"]]) if ckpt.get("flops") is not None else None,
+        accuracies=(_field(path, "anytime_classification", lambda: [float(a) for a in ckpt["anytime_classification"]])
+                    if ckpt.get("anytime_classification") is not None else None),
+        thresholds=(_field(path, "dynamic_threshold", lambda: torch.as_tensor(ckpt["dynamic_threshold"], dtype=torch.float64))
+                    if ckpt.get("dynamic_threshold") is not None else None),
         budget_curve=ckpt.get("budgeted_batch_classification"),
         extras=extras,
     )
     return model, info
+
+
+def _field(path: Path, name: str, parse):
+    """``parse()`` of one stored field, a malformed value a CheckpointError naming it."""
+    try:
+        return parse()
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: its {name!r} entry is malformed ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 def save_checkpoint(

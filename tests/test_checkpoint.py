@@ -141,3 +141,21 @@ def test_missing_file_and_dict_without_weights(tmp_path):
     torch.save({"epoch": 3}, tmp_path / "noweights.pt")
     with pytest.raises(CheckpointError, match="model_state_dict"):
         load_checkpoint(tmp_path / "noweights.pt")
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("preprocess", '{"size": 28}', "'preprocess' must be a dict"),
+    ("format_version", "two", "'format_version' entry is malformed"),
+    ("flops", ["a", "b", "c"], "'flops' entry is malformed"),
+    ("dynamic_threshold", [[0.5, "x", 0.1]], "'dynamic_threshold' entry is malformed"),
+])
+def test_malformed_stored_fields_are_checkpoint_errors(tmp_path, field, value, match):
+    """A wrong-typed field names itself; a preprocess that is not a dict is never dropped for a default one."""
+    m = create_model("dvt_micro_fmnist")
+    path = save_checkpoint(tmp_path / "ok.pt", m, classes=list("abcdefghij"),
+                           preprocess=Preprocess(size=28, resize=28, channels="gray", mean=(0.5,), std=(0.25,)))
+    ckpt = torch.load(path, weights_only=True)
+    ckpt[field] = value
+    torch.save(ckpt, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(tmp_path / "bad.pt")

@@ -54,6 +54,10 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs. On Windows ``os.kill(pid, 0)`` would signal (or terminate) it, so
+    there every owner counts as alive: leftovers are kept rather than risk another export."""
+    if os.name == "nt":
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
