@@ -440,3 +440,20 @@ def test_one_crashing_target_is_a_failed_line_and_the_others_still_run(micro_ckp
     assert "skipping onnx fp16: onnx supports fp32, int8" in out.err and "onnx fp32 ok" in out.out
     assert M.main(["--checkpoint", str(micro_ckpt), "--target", "onnx,ort", "--precision", "bf16"]) == 2
     assert "valid per target" in capsys.readouterr().err
+
+
+def test_one_set_of_images_verifies_on_images_calibration_did_not_see(tmp_path):
+    """An npz without a split serves both splits: verification must not reuse calibration images
+    (int8 agreement measured on calibration images flatters it), and the note says where they came from."""
+    from dvt_edge.export import _load_data
+    from dvt_runtime.preprocess import Preprocess
+
+    n = 40
+    images = np.broadcast_to(np.arange(n, dtype=np.float32)[:, None, None, None], (n, 1, 28, 28)).copy()  # image i is all i
+    np.savez(tmp_path / "one.npz", images=images, labels=np.arange(n) % 4)
+    pre = Preprocess(size=28, resize=28, channels="gray", mean=(0.0,), std=(1.0,))
+    d = _load_data(f"npz:{tmp_path / 'one.npz'}", pre, calib_n=16, verify_n=100, need_calib=True)
+    seen = {float(np.asarray(c)[0, 0, 0]) for c in d.calib}  # calib: a list of (C, H, W) images
+    verified = {float(v[0, 0, 0]) for v in d.verify_x}
+    assert len(seen) == 16 and len(verified) == n - 16 and not seen & verified
+    assert "none of them calibration images" in d.note

@@ -39,6 +39,7 @@ from dvt_edge.export.verify import (
     torch_cascade,
     verification_bundle,
 )
+from dvt_edge.imageset import stratified_subset
 from dvt_edge.logs import quiet_toolchains
 from dvt_edge.models import DVT
 from dvt_runtime.bundle import softmax
@@ -116,11 +117,19 @@ def _load_data(spec: Optional[str], pre: Preprocess, calib_n: int, verify_n: int
         try:
             val = load_dataset(spec, "val", preprocess=pre)
         except DataError:
-            val = train
-        vx, vy = val.arrays(min(verify_n, len(val)), seed=1)
+            val = None
+        if val is not None and not (len(val) == len(train) and np.array_equal(val.labels, train.labels)):
+            vx, vy = val.arrays(min(verify_n, len(val)), seed=1)
+            where = f"{spec}/val"
+        else:  # one set of images (no val split, or an npz without one): verify on images calibration did not see
+            rest = np.setdiff1d(np.arange(len(train)), stratified_subset(train.labels, calib_n, 0))
+            pool = train.subset(rest) if len(rest) else train
+            vx, vy = pool.arrays(min(verify_n, len(pool)), seed=1)
+            where = (f"{spec}/train, none of them calibration images (no separate val split)" if len(rest) else
+                     f"{spec}/train, the calibration images themselves (too few images to hold any apart)")
     except DataError as e:
         raise ExportError(f"calibration data {spec!r}: {e}") from None
-    return _Data(spec, list(calib), vx, vy, f"{len(calib)} calibration images from {spec}/train, {len(vx)} verification images from {spec}/val")
+    return _Data(spec, list(calib), vx, vy, f"{len(calib)} calibration images from {spec}/train, {len(vx)} verification images from {where}")
 
 
 # ----------------------------------------------------------------------------- thresholds
