@@ -47,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if args.retrain and args.checkpoint:
+        ap.error("--retrain reproduces the reference and demos that: it excludes --checkpoint")
     out = Path(args.out)
     _show_zoo()
     ref = get_reference(args.reference)

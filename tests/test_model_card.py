@@ -206,3 +206,12 @@ def test_reference_checkpoint_gains_clearly_from_exit_to_exit(reference_accuracy
 def test_reference_checkpoint_is_small():
     for ref in REFERENCES.values():
         assert ref.checkpoint.stat().st_size <= 5e6, ref.checkpoint
+
+
+def test_demo_retrain_refuses_a_checkpoint_it_would_ignore(capsys, monkeypatch, tmp_path):
+    import dvt_edge.demo as D
+
+    monkeypatch.setattr(D, "_retrain", lambda *a: pytest.fail("--retrain started despite --checkpoint"))
+    with pytest.raises(SystemExit) as e:
+        D.main(["--retrain", "--checkpoint", "mine.pt", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "excludes --checkpoint" in capsys.readouterr().err
