@@ -258,6 +258,9 @@ def test_int8_agreement_requirement_can_be_recorded_only():
     assert check_parity(rep, "int8", None)  # non-finite logits fail whatever the agreement rule
     nan = ParityReport(runtime="onnxruntime", checked="numerical", exits=[ExitParity(exit=1, top1_agreement=float("nan"))])
     assert check_parity(nan, "int8", INT8_MIN_AGREEMENT)  # NaN agreement is a failure
+    rep.exits[0].finite = True  # Core ML fp16 is held to the same bar (it was only checked for finite logits)
+    assert any("fp16 top-1 agreement 60.00%" in p for p in check_parity(rep, "fp16"))
+    assert check_parity(nan, "fp16", INT8_MIN_AGREEMENT) and check_parity(rep, "fp16", None) == []
 
 
 def test_xnnpack_form_takes_large_soft_splits_as_slices_all_delegated():

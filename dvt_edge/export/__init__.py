@@ -182,7 +182,7 @@ class ExportOptions:
     calib_data: Optional[str] = None  # dataset spec for int8 calibration and verification images
     calib_n: int = 64  # calibration images
     verify_n: int = 300  # verification images
-    # int8 top-1 agreement with PyTorch the export requires (None: recorded, not required; for
+    # int8 (and Core ML fp16) top-1 agreement with PyTorch the export requires (None: recorded, not required; for
     # random weights, whose near-equal logits make top-1 noise: bench --latency-only --model)
     int8_min_agreement: Optional[float] = INT8_MIN_AGREEMENT
     scheme: Optional[str] = None  # int8 scheme, or "auto" to measure each and keep the best per exit
