@@ -72,6 +72,28 @@ def test_01_force_replaces_only_a_bundle(micro_ckpt, tmp_path):
     assert not list(tmp_path.glob(".mine.*")), "no temporary folder may be left behind"
 
 
+def test_01b_a_folder_made_during_the_export_is_not_replaced(micro_ckpt, tmp_path, monkeypatch):
+    """The destination is checked again just before the swap: a folder the user made there while the
+    export ran (minutes, for real models) is left alone, with or without --force."""
+    import dvt_edge.export as X
+
+    mine = tmp_path / "mine"
+    real = X.format_parity
+
+    def user_makes_a_folder(manifest):  # runs after the artifacts are written, before the install
+        (mine / "notes").mkdir(parents=True, exist_ok=True)
+        (mine / "notes" / "todo.txt").write_text("mine")
+        return real(manifest)
+
+    monkeypatch.setattr(X, "format_parity", user_makes_a_folder)
+    for force in (False, True):
+        with pytest.raises(X.ExportError, match="already exists|not a dvt-edge bundle"):
+            X.export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(mine), force=force, verify_n=20, progress=False)
+        assert _tree(mine) == {"notes/todo.txt": b"mine"}
+        shutil.rmtree(mine)
+    assert not list(tmp_path.glob(".mine.*")), "no temporary folder may be left behind"
+
+
 def test_02_interrupted_replace_is_recovered_by_the_next_run(onnx_bundle, tmp_path):
     from dvt_edge.export.install import _exchange
     from dvt_edge.export.install import recover_leftovers as _recover_leftovers

@@ -365,6 +365,7 @@ def _export_into(p: _Plan, console) -> ExportResult:
     table = format_parity(manifest)
     if report.problems:
         raise ExportError("verification failed (use --no-verify to write the bundle anyway):\n" + table)
+    check_destination(p.dest, p.opts.force)  # again: a folder may have appeared there while the export ran
     install(p.tmp, p.dest)
     return ExportResult(p.dest, manifest, table)
 
