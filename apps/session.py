@@ -61,10 +61,19 @@ def prepare_mode(args, bundle, thresholds: Optional[list]) -> Mode:
     return mode
 
 
+def model_input(bundle, frame):
+    """The frame preprocessed for the bundle; a frame the model cannot take (16-bit depth or IR) is an AppError."""
+    try:
+        return bundle.preprocess(frame)
+    except ValueError as e:
+        raise AppError(f"cannot classify a {frame.dtype} frame of shape {frame.shape} ({e}): the demo takes 8-bit gray, "
+                       "BGR or BGRA frames; convert a 16-bit depth or IR stream to 8 bits first") from None
+
+
 def warm_up(bundle, frame, thresholds: Optional[list], runs: int = WARMUP_RUNS) -> None:
     """A few untimed runs on the first frame, then a fresh budget controller."""
     for _ in range(runs):
-        bundle.predict(bundle.preprocess(frame), thresholds=thresholds)
+        bundle.predict(model_input(bundle, frame), thresholds=thresholds)
     bundle.reset_budget()
 
 
@@ -178,7 +187,7 @@ class FrameLoop:
         """One frame: classify, draw, count and record it; in a window, show it and apply the keys.
         Returns (go on?, seconds spent paused)."""
         t0 = time.perf_counter()
-        x = self.bundle.preprocess(frame)
+        x = model_input(self.bundle, frame)
         t1 = time.perf_counter()
         pred = self._predict(x)
         t2 = time.perf_counter()

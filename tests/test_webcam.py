@@ -349,3 +349,15 @@ def test_setup_mode_refuses_non_finite_limits():
     for kw in ({"budget_ms": float("nan")}, {"deadline_ms": float("inf")}):
         with pytest.raises(webcam.AppError, match="finite positive"):
             modes.setup_mode(None, kw.get("budget_ms"), kw.get("deadline_ms"), None)
+
+
+def test_a_16_bit_frame_is_a_clear_error(env):
+    """A depth or IR camera's 16-bit frames: the app's message, not a traceback from the runtime."""
+    from apps.session import model_input, warm_up
+    from dvt_runtime.bundle import Bundle
+
+    b = Bundle.open(env[0])
+    frame = np.zeros((48, 64), np.uint16)
+    with pytest.raises(webcam.AppError, match="uint16 frame of shape .*convert a 16-bit"):
+        warm_up(b, frame, None)
+    assert model_input(b, np.zeros((48, 64, 3), np.uint8)).shape == (1, *b.input_shape)
