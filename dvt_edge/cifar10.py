@@ -29,6 +29,23 @@ CIFAR10_REF = {"val": Path(__file__).resolve().parent / "assets" / "cifar10_hold
                "train": Path(__file__).resolve().parent / "assets" / "cifar10_calib.npz"}
 
 
+def check_reference_holdout(ds: ImageSet, root: Path, split: str) -> None:
+    """``cifar10-jpeg`` must hold out exactly the images shipped as ``cifar10-ref`` val: none of them is ever
+    trained on, and its val split is those images. The holdout is drawn by position, so a changed folder (a
+    missing, extra or unreadable file, or an added val/ or test/ folder) would silently move it."""
+    from dvt_runtime.io import read_npz
+
+    held = {str(n) for n in read_npz(CIFAR10_REF["val"], ("names",), DataError, "reinstall dvt-edge")["names"]}
+    names = {Path(f).resolve().relative_to(root.resolve()).as_posix() for f in ds.files}
+    bad = names & held if split == "train" else names ^ held
+    if bad:
+        what = (f"{len(bad)} of the 5,000 images held out from the reference's training (cifar10-ref) would be trained on"
+                if split == "train" else f"its val split differs from the 5,000 held-out images of cifar10-ref in {len(bad)} files")
+        raise DataError(f"cifar10-jpeg at {root}: {what}, e.g. {sorted(bad)[:3]}. The folder differs from the official JPEG copy "
+                        "(50,000 files in train/<class>/, nothing else): unpack it again from cifar10-train-jpeg.tar.gz, or "
+                        "train on this folder as imagefolder:PATH (its own holdout, not comparable with cifar10-ref)")
+
+
 def cifar10_preprocess(size: int = 32) -> Preprocess:
     """CIFAR-10 training statistics; area resize of the shorter side, center crop."""
     return Preprocess(size=size, resize=size, channels="rgb", mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), interpolation="area")

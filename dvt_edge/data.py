@@ -22,6 +22,7 @@ from dvt_edge.cifar10 import (  # noqa: F401  (re-exported)
     CIFAR10_REF,
     CIFAR10_TAR,
     CIFAR10_URL,
+    check_reference_holdout,
     cifar10_dirs,
     cifar10_preprocess,
     find_cifar10_jpeg,
@@ -98,7 +99,9 @@ def load_dataset(spec: str = "fashion-mnist", split: str = "train", preprocess: 
     if kind == "cifar10":
         return load_cifar10(arg, split, preprocess, download)
     if kind == "cifar10-jpeg":
-        ds = load_imagefolder(str(find_cifar10_jpeg()), split, preprocess)
+        root = find_cifar10_jpeg()
+        ds = load_imagefolder(str(root), split, preprocess)
+        check_reference_holdout(ds, root, split)
         ds.name = "cifar10-jpeg"
         return ds
     if kind == "cifar10-ref":

@@ -401,3 +401,29 @@ def test_cifar10_offline_and_missing_says_where_it_looked(monkeypatch, tmp_path)
     assert C10.CIFAR10_URL in msg and C10.CIFAR10_MD5 in msg
     with pytest.raises(DataError, match="JPEG copy"):
         load_dataset("cifar10-jpeg", "train")
+
+
+def test_val_class_folders_that_differ_from_train_are_an_error(tmp_path):
+    """train/ has a, b, c, d; val/ names one of them otherwise ("B") and adds "e": refused, listing both sides
+    (before: val used train's class list and its images under B and e were dropped with at most a warning)."""
+    _class_sorted_folder(tmp_path, n_per_class=3, val=True)
+    (tmp_path / "val" / "b").rename(tmp_path / "val" / "B")
+    (tmp_path / "val" / "e").mkdir()
+    with pytest.raises(DataError, match=r"only in val/: \['B', 'e'\], only in train/: \['b'\]"):
+        load_dataset(f"imagefolder:{tmp_path}", "val")
+    assert len(load_dataset(f"imagefolder:{tmp_path}", "train")) == 12  # train alone is fine
+
+
+def test_cifar10_jpeg_never_trains_on_the_shipped_holdout(monkeypatch, tmp_path):
+    """The cifar10-jpeg holdout is drawn by position: a folder that differs from the official copy must not
+    silently train on cifar10-ref's images (named in the shipped pack) nor call other images its val split."""
+    root = tmp_path / "data" / "cifar10-jpeg"
+    held = [str(n) for n in np.load(C10.CIFAR10_REF["val"])["names"][:40]]  # e.g. train/dog/3986.jpg
+    for name in held + [f"train/{c}/x{i}.jpg" for c in C10.CIFAR10_CLASSES for i in range(12)]:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / name), np.full((32, 32, 3), 100, np.uint8))
+    monkeypatch.setenv("DVT_DATA", str(tmp_path / "data"))
+    with pytest.raises(DataError, match=r"of the 5,000 images held out .* would be trained on"):
+        load_dataset("cifar10-jpeg", "train")
+    with pytest.raises(DataError, match="val split differs from the 5,000 held-out images"):
+        load_dataset("cifar10-jpeg", "val")
