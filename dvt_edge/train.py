@@ -304,10 +304,28 @@ def _resume_state(args: argparse.Namespace, out: Path) -> Optional[dict]:
                 f"--resume: {last} is a checkpoint of model {stored.get('name')!r}, not {args.model!r}; "
                 f"pass --model {stored.get('name')} or another --out"
             )
+        _check_resume_args(json.loads(resume_state.get("train", {}).get("args", "{}")), args, last)
         return resume_state
     if (last.exists() or best_path.exists()) and not args.force:
         raise CheckpointError(f"{out} already holds checkpoints; pass --resume to continue that run or --force to start over")
     return None
+
+
+RESUME_MAY_CHANGE = {"out", "resume", "force", "quiet", "workers", "threads", "trust_checkpoint", "finetune"}
+
+
+def _check_resume_args(stored: dict, args: argparse.Namespace, last: Path) -> None:
+    """``--resume`` continues the run as it was started: a flag that shapes it (schedule, data, seed, loss)
+    may not change, or the resumed run would silently differ from the one the checkpoint records."""
+    defaults = vars(build_parser().parse_args(["--out", "x"]))
+    now = vars(args)
+    diff = {k: (stored.get(k, defaults.get(k)), v) for k, v in now.items()
+            if k not in RESUME_MAY_CHANGE and stored.get(k, defaults.get(k)) != v}
+    if diff:
+        raise CheckpointError(
+            f"--resume: {last} was started with other settings: "
+            + ", ".join(f"--{k.replace('_', '-')} {a!r} (now {b!r})" for k, (a, b) in sorted(diff.items()))
+            + "; resume with the run's own flags, or start a new run from it with --finetune " + str(last))
 
 
 def _load_splits(data: str) -> tuple[ImageSet, ImageSet]:
@@ -364,8 +382,6 @@ def _restore(run: _Run, resume_state: dict, last: Path) -> _RunState:
     run.gen.set_state(t["generator"][rank] if rank < len(t["generator"]) else t["generator"][0])
     _set_rng_state(t["rng"][rank] if rank < len(t["rng"]) else t["rng"][0])
     state = _RunState(t["epoch"], json.loads(t["history"]), t["best_acc"], float(t.get("run_seconds", 0.0)))
-    if t.get("epochs") != run.args.epochs:
-        run.log(f"note: run was planned for {t.get('epochs')} epochs; the schedule continues as planned, stopping at {run.args.epochs}")
     run.log(f"resuming {run.args.model} from {last} at epoch {state.start_epoch}")
     return state
 

@@ -95,6 +95,20 @@ def test_resume_with_another_model_is_refused(tmp_path):
     assert (tmp_path / "last.pt").read_bytes() == before
 
 
+def test_resume_with_other_run_settings_is_refused(tmp_path):
+    """--resume continues the run as started: a new --epochs would re-plan the LR curve, a new --lr be overridden
+    by the saved optimizer, a new --train-limit change the images mid-run. Refused, naming each flag; threads may change."""
+    def run(*extra: str):
+        return train(build_parser().parse_args([*QUICK, "--train-limit", "200", "--out", str(tmp_path), *extra]))
+
+    run("--epochs", "1")
+    before = (tmp_path / "last.pt").read_bytes()
+    with pytest.raises(CheckpointError, match=r"--epochs 1 \(now 2\), --lr 0.01 \(now 0.5\)"):
+        run("--epochs", "2", "--lr", "0.5", "--resume")
+    assert (tmp_path / "last.pt").read_bytes() == before
+    run("--epochs", "1", "--threads", "2", "--resume")  # the thread count may differ (nothing left to train)
+
+
 def test_finetune_onto_new_classes_reinitialises_heads(tmp_path):
     from dvt_edge import save_checkpoint
     from dvt_edge.models import create_model
