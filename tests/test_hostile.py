@@ -272,6 +272,7 @@ def _break(cal: dict, path: str, value) -> dict:
     ("bundle.target", "executorch", "made for target"),
     ("bundle.precision", "int8", "made for precision"),
     ("bundle.artifacts", ["0" * 64] * 3, "other artifacts"),
+    ("bundle.artifacts", KeyError, "records no artifact hashes"),  # else bound by name only: any re-export would pass
     ("schema_version", 99, "newer"),
     ("profile.stages.0.p90", -1, "p90 must be a positive"),
     ("profile.stopping", [{"mean": 1.0}], "'stopping' must have 3 exits"),

@@ -118,6 +118,11 @@ def test_controller_moves_along_table_when_device_slows():
     assert c.thresholds() == [0.99, 0.99]
     with pytest.raises(ValueError, match="positive"):
         BudgetController(-1, table, [1, 2, 3])
+    for bad in (dict(budget_ms=float("nan")), dict(alpha=2.0), dict(alpha=0.0)):  # NaN fits nothing; alpha > 1 oscillates
+        with pytest.raises(ValueError, match="finite positive|alpha"):
+            BudgetController(**{"budget_ms": 2.5, "table": table, "exit_mean_ms": [1, 2, 3], **bad})
+    c.observe([float("nan")])  # a broken timer reading is ignored, not stuck in the estimate
+    assert np.isfinite(c.scale) and c.thresholds() == [0.99, 0.99]
     # a sample is compared with the profiled cost of stopping where it stopped: on a device where
     # a stream of exit-1 samples runs stage 1 warm (0.5 ms, 1.0 ms inside chains), 0.5 ms is on time
     warm = BudgetController(2.5, table, exit_mean_ms=[0.5, 2.0, 3.0])
@@ -169,6 +174,29 @@ def test_calibrate_and_controller_keep_budget_when_a_stage_slows(bundle_copy, va
         times.append((time.perf_counter() - t0) * 1e3)
     assert b.controller.scale > 1.2
     assert np.mean(times[len(times) // 2 :]) <= budget * 1.3
+
+
+def test_calibrate_refuses_profiles_it_cannot_stand_behind(bundle_copy, val):
+    """A --profile of another bundle (fp32 prices for int8 thresholds), or one whose stage reads 0 ms (a whole-ms
+    phone clock), is refused at calibrate time; the file written before stays, and the bundle still opens."""
+    from dvt_runtime.calibrate import CalibrationError, calibrate
+    from dvt_runtime.latency import LatencyProfile
+
+    x, y = val
+    b = Bundle.open(bundle_copy)
+    calibrate(b, x[:40], y[:40], 1e6, device_name="dev", runs=10, warmup=2, progress=False)
+    path = bundle_copy / "calibration" / "dev.json"
+    before = path.read_bytes()
+    m = b.manifest
+    samples = [[0.2, 0.2, 0.3], [0.4, 0.5, 0.4], [0.9, 0.8, 0.9]]
+    other = LatencyProfile.from_samples(samples, bundle={"model": m.model, "target": m.target, "precision": "int8"})
+    with pytest.raises(CalibrationError, match="measured on another bundle.*precision 'int8'"):
+        calibrate(b, x[:40], y[:40], 1.0, profile=other, device_name="dev", progress=False)
+    zero = LatencyProfile.from_samples([[2, 2, 3], [0, 0, 0], [5, 5, 5]], bundle={"model": m.model})
+    with pytest.raises(CalibrationError, match="stage 2: mean must be a positive"):
+        calibrate(b, x[:40], y[:40], 10.0, profile=zero, device_name="dev", progress=False)
+    assert path.read_bytes() == before
+    assert Bundle.open(bundle_copy, device_name="dev").calibration is not None
 
 
 def test_calibrate_errors_keep_previous_file(bundle_copy, val, tmp_path):

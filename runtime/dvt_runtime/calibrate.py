@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 
 from dvt_runtime.bundle import Bundle, softmax
-from dvt_runtime.calibration import SCHEMA, BudgetRow, Calibration, CalibrationError, Chosen, bundle_identity  # noqa: F401  (re-exported)
+from dvt_runtime.calibration import SCHEMA, BudgetRow, Calibration, CalibrationError, Chosen, bundle_identity, validate_calibration  # noqa: F401  (re-exported)
 from dvt_runtime.io import atomic_write_json, check_labels, read_npz
 from dvt_runtime.io import progress as _bar
 from dvt_runtime.latency import check_batch
@@ -177,6 +177,11 @@ def fit(bundle: Bundle, x: np.ndarray, y: np.ndarray, holdout: float = 0.5, seed
                                  batch=batch)
     if len(profile.stages) != bundle.num_exits:
         raise CalibrationError(f"profile has {len(profile.stages)} stages, the bundle {bundle.num_exits} exits")
+    m, pb = bundle.manifest, profile.bundle if isinstance(profile.bundle, dict) else {}
+    other = {k: pb[k] for k in ("model", "target", "precision") if k in pb and pb[k] != getattr(m, k)}
+    if other:  # another bundle's latencies would price these thresholds
+        raise CalibrationError(f"the profile was measured on another bundle ({', '.join(f'{k} {v!r}' for k, v in other.items())}; "
+                               f"this one is {m.model} {m.target}/{m.precision}): profile this bundle on the device")
     if profile.batch != batch:
         raise CalibrationError(f"the profile was measured at batch {profile.batch}, not {batch}: profile at --batch {batch} "
                                "or calibrate at the profile's batch")
@@ -232,7 +237,9 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
         result.chosen.measured = measure_cascade(bundle, x[f.hold_idx], y[f.hold_idx], thr, warmup=warmup, batch=batch)
     elif verify:
         result.note = (result.note + "; " if result.note else "") + "latency measured on another device: verify there"
-    atomic_write_json(bundle.calibration_path(device_name), result.to_dict())
+    d = result.to_dict()
+    validate_calibration(d, bundle.manifest)  # before writing: never a file that would stop this bundle opening
+    atomic_write_json(bundle.calibration_path(device_name), d)
     bundle.use_calibration(device_name)
     return result
 

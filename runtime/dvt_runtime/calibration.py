@@ -160,8 +160,8 @@ def validate_calibration(d: Any, manifest) -> None:
     got = d["bundle"]
     for k in ("model", "target", "precision"):
         _need(got.get(k) == want[k], f"was made for {k} {got.get(k)!r}, this bundle is {want[k]!r}")
-    if "artifacts" in got:  # files written before the hashes were recorded are bound by name only
-        _need(got["artifacts"] == want["artifacts"], "was made for other artifacts (SHA-256 differs): the bundle was re-exported")
+    _need("artifacts" in got, "records no artifact hashes, so it cannot be tied to this export: re-run python -m dvt_runtime.calibrate")
+    _need(got["artifacts"] == want["artifacts"], "was made for other artifacts (SHA-256 differs): the bundle was re-exported")
     n = len(manifest.exits)
     stages = d["profile"].get("stages")
     _need(isinstance(stages, list) and len(stages) == n, f"profile must have {n} stages")

@@ -9,6 +9,7 @@ by that factor, fits the budget.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional, Sequence
@@ -31,8 +32,10 @@ class BudgetController:
     history: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
 
     def __post_init__(self) -> None:
-        if self.budget_ms <= 0:
-            raise ValueError(f"budget_ms must be positive, got {self.budget_ms}")
+        if not math.isfinite(self.budget_ms) or self.budget_ms <= 0:
+            raise ValueError(f"budget_ms must be a finite positive number of ms, got {self.budget_ms}")
+        if not 0.0 < self.alpha <= 1.0:  # above 1 the estimate overshoots and oscillates; NaN fails too
+            raise ValueError(f"alpha (EMA weight of each observation) must be in (0, 1], got {self.alpha}")
         if not self.table:
             raise ValueError("the calibration has an empty budget table; re-run python -m dvt_runtime.calibrate")
         self.table = sorted(self.table, key=lambda r: r["predicted_ms"])
@@ -61,5 +64,7 @@ class BudgetController:
         if expected <= 0:
             return
         ratio = sum(stage_ms) / expected
+        if not math.isfinite(ratio) or ratio < 0:  # a broken timer reading must not pin the estimate for good
+            return
         self.scale = (1 - self.alpha) * self.scale + self.alpha * ratio
         self.history.append(self.scale)
