@@ -239,7 +239,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--out", required=True, help="checkpoint to write (weights only)")
     ap.add_argument("--card", default=None, help="model card path (default: MODEL_CARD_<name>.md beside --out)")
     ap.add_argument("--data", default=None, help="evaluation dataset spec (default: the run's)")
-    ap.add_argument("--threshold-n", type=int, default=5000, help="held-out training images for the budget curve's thresholds")
+    ap.add_argument("--threshold-n", type=int, default=5000, help="training images for the budget curve's thresholds")
     ap.add_argument("--eval-data", default=None, help="data spec recorded as the checkpoint's portable evaluation/calibration set "
                     "(e.g. cifar10-ref, shipped with the package)")
     ap.add_argument("--note", action="append", default=[], help="a line for the card's Notes section (repeatable), e.g. what "

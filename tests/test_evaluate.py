@@ -47,5 +47,6 @@ def test_evaluate_exported_bundle_matches_pytorch(micro_ckpt, onnx_bundle, tmp_p
     r = evaluate_checkpoint(str(micro_ckpt), limit=200, threshold_n=200, bundles=[str(onnx_bundle)], progress=False)
     (a,) = r["artifacts"]
     assert a["target"] == "onnx" and len(a["top1"]) == 3
+    assert r["threshold_selection"] == "200 training images (seeded; the model trained on them)"  # not "held-out"
     assert max(abs(d) for d in a["delta_vs_pytorch_fp32"]) < 1.0  # fp32: same answers up to ties
     assert "delta vs PyTorch fp32" in format_report(r)
