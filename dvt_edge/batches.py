@@ -10,7 +10,23 @@ import torch
 
 from dvt_edge.imageset import ImageSet
 
-__all__ = ["augment", "TorchSet", "batches", "materialize"]
+__all__ = ["augment", "TorchSet", "batches", "materialize", "epoch_shard"]
+
+
+def epoch_shard(n: int, epoch: int, seed: int, rank: int, world: int, gen: torch.Generator) -> torch.Tensor:
+    """This process's sample order for one epoch.
+
+    One process: a permutation from its own generator (``gen``, which also drives augmentation). Several:
+    their generators differ, so the permutation comes from ``seed`` and ``epoch`` alone, the same in every
+    process, wrapped to a multiple of ``world`` (as DistributedSampler pads) and dealt out: disjoint shards of
+    equal length, so every process runs the same number of steps (unequal ones deadlock the gradient sync).
+    """
+    if world == 1:
+        return torch.randperm(n, generator=gen)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    per = -(-n // world)  # ceil
+    perm = torch.cat([perm, perm[: per * world - n]])  # (per * world,)
+    return perm[rank::world]
 
 
 def augment(x: torch.Tensor, pad: int, bg: torch.Tensor, gen: torch.Generator, flip: bool = True) -> torch.Tensor:

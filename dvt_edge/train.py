@@ -28,7 +28,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dvt_edge.batches import augment, batches, materialize
+from dvt_edge.batches import augment, batches, epoch_shard, materialize
 from dvt_edge.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from dvt_edge.data import DATASETS, DataError, ImageSet, default_preprocess, load_dataset
 from dvt_edge.models import DVT, create_model, list_models, model_defaults, model_from_args
@@ -406,8 +406,7 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[float, float]:
     args, device = run.args, run.device
     amp = getattr(args, "amp", "fp32")
     run.ddp_model.train()
-    perm = torch.randperm(len(run.train_ds), generator=run.gen)
-    idx = perm[run.rank :: run.world]  # disjoint shard per process
+    idx = epoch_shard(len(run.train_ds), epoch, args.seed, run.rank, run.world, run.gen)
     t0, loss_sum, n_seen = time.time(), 0.0, 0
     it = batches(run.train_ds, run.cache, idx, args.batch_size, args.workers)
     for x, y in progress_bar(it, run.steps_per_epoch, f"epoch {epoch + 1}/{args.epochs}", "batch", enabled=run.main_proc):

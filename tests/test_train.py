@@ -221,3 +221,17 @@ def test_bf16_warning_names_the_fix_on_cpus_without_native_bf16(monkeypatch):
     assert bf16_warning("bf16", torch.device("cuda")) is None
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     assert bf16_warning("bf16", cpu) is None
+
+
+def test_epoch_shards_are_one_permutation_dealt_out_equally():
+    """Several processes: their generators differ (seed*1000 + rank), so each drew its own permutation and the
+    'disjoint' shards overlapped; and unequal shard lengths (257 images, 2 processes) deadlock DDP's gradient sync."""
+    from dvt_edge.batches import epoch_shard
+
+    gens = [torch.Generator().manual_seed(1000 + r) for r in range(2)]
+    a, b = (epoch_shard(257, 3, 1, r, 2, gens[r]) for r in range(2))
+    assert len(a) == len(b) == 129
+    assert set(a.tolist()) | set(b.tolist()) == set(range(257)) and len(set(a.tolist()) & set(b.tolist())) == 1  # one wrapped
+    assert not torch.equal(epoch_shard(257, 4, 1, 0, 2, gens[0]), a)  # a new order each epoch
+    one = torch.Generator().manual_seed(5)  # one process: its own generator, as before (bit-for-bit reruns)
+    assert torch.equal(epoch_shard(10, 0, 0, 0, 1, one), torch.randperm(10, generator=torch.Generator().manual_seed(5)))
