@@ -60,8 +60,9 @@ def lineage(args: dict, direct: bool = True) -> list[dict]:
         raise CheckpointError(f"the run was fine-tuned from {src}, which is gone: its lineage cannot be recorded; "
                               "restore the file (or publish before deleting it)")
     try:
-        _, info = load_checkpoint(src, trusted=bool(args.get("trust_checkpoint")))
-    except CheckpointError:  # accepted by --finetune (enough tensors fit), not loadable as a whole model
+        # never unpickled here: the run's --trust-checkpoint was the trainer's choice, not the publisher's
+        _, info = load_checkpoint(src, trusted=False)
+    except CheckpointError:  # accepted by --finetune (enough tensors fit), not loadable (or not safely) as a whole model
         return [{**stub, "sha256": sha256_file(src)}]
     if "train_summary" in info.extras:  # a published file
         src_args = json.loads(info.extras["train_summary"])["args"]

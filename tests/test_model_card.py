@@ -215,3 +215,20 @@ def test_demo_retrain_refuses_a_checkpoint_it_would_ignore(capsys, monkeypatch, 
     with pytest.raises(SystemExit) as e:
         D.main(["--retrain", "--checkpoint", "mine.pt", "--out", str(tmp_path)])
     assert e.value.code == 2 and "excludes --checkpoint" in capsys.readouterr().err
+
+
+def test_lineage_never_unpickles_the_finetune_source(tmp_path):
+    """A run trained with --trust-checkpoint from a file that needs full unpickling: publishing records the
+    source by its SHA-256 and never runs its pickled code."""
+    from dvt_edge.model_card import lineage
+    from dvt_edge.models import create_model
+
+    src = tmp_path / "evil.pt"
+    torch.save({"model_state_dict": create_model("dvt_micro_fmnist").state_dict(), "x": _Boom()}, src)
+    (entry,) = lineage({"finetune": str(src), "trust_checkpoint": True})
+    assert entry["sha256"] and entry["args"] is None
+
+
+class _Boom:
+    def __reduce__(self):  # unpickling it would run this
+        return (pytest.fail, ("the finetune source was unpickled while publishing",))
