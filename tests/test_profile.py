@@ -704,8 +704,16 @@ def test_runtime_writes_etdump_per_exit(executorch_devtools, micro_ckpt, onnx_bu
     assert main(["import", "--etdump", *map(str, files), "--out", str(out)]) == 0
     prof = LatencyProfile.load(out)
     assert prof.source == "etdump" and prof.num_exits == 3
-    for st in prof.stages:  # first inference + 2 warm-up + 8 timed runs were traced
-        assert st["n"] >= 8 and st["min"] > 0 and st["median"] < 1000
+    for st in prof.stages:  # first inference, warm-up and settling runs were traced too; only the 8 timed ones count
+        assert st["n"] == 8 and st["min"] > 0 and st["median"] < 1000
+    assert prof.first_inference_ms and prof.settings["timed_runs"] == 8
+    record = json.loads((d / "etdump_runs.json").read_text())
+    (d / "etdump_runs.json").write_text(json.dumps({**record, "timed": record["timed"][:-1]}))  # from another run
+    assert main(["import", "--etdump", *map(str, files), "--out", str(out)]) == 2
+    assert "different profiling runs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one event per call: per-call times would pass for per-image ones
+        main(["--bundle", str(b), "--batch", "4", "--etdump-dir", str(tmp_path / "y")])
+    assert "profile at --batch 1" in capsys.readouterr().err
     assert len({st["n"] for st in prof.stages}) == 1  # chains only: no per-exit streams in the trace
     with pytest.raises(SystemExit):  # ETDump is ExecuTorch's: an ONNX bundle is refused
         main(["--bundle", str(onnx_bundle), "--etdump-dir", str(tmp_path / "x")])

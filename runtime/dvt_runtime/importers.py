@@ -217,6 +217,7 @@ def import_etdump(
     *,
     time_scale: str = "ns",
     skip_first: int = 1,
+    timed: Optional[Sequence[bool]] = None,
 ) -> LatencyProfile:
     """Profile from ExecuTorch ETDump files, one per exit, in exit order.
 
@@ -231,7 +232,10 @@ def import_etdump(
     ``time_scale``: unit of the runtime's timestamps (``ns`` for the default clock; ``us``,
     ``ms``, ``s``). ``etrecord_path``: optional ETRecord per exit, handed to the Inspector
     (it links events to operators; the timings do not need it). Sample ``i`` of every exit
-    is paired for the cumulative stats, although the programs ran separately.
+    is paired for the cumulative stats, although the programs ran separately. ``timed``: which
+    runs were timed (``profile --etdump-dir`` writes it as ``etdump_runs.json``; the command-line
+    import reads it from beside the files): the others (first inference, warm-up, settling runs)
+    are left out, and ``skip_first`` is not applied.
 
     Needs ``executorch`` (``pip install 'dvt-runtime[executorch]'``), imported here only.
     ETDump files are written only by an ExecuTorch runtime built with
@@ -270,8 +274,9 @@ def import_etdump(
                 f"no '{ETDUMP_EXECUTE_EVENT}' or OPERATOR_CALL/DELEGATE_CALL events? Was the runtime built with "
                 "EXECUTORCH_ENABLE_EVENT_TRACER=ON and the method executed?"
             )
-        first.append(runs[0] if skip_first else None)
-        stages.append(runs[skip_first:])
+        f, kept = _timed_only(runs, timed, skip_first, f"{pth} (exit {e + 1})")
+        first.append(f)
+        stages.append(kept)
         load.append(load_ms)
         used.add(event)
     notes = [f"ETDump stage time: {' / '.join(sorted(used))} event per run"]
@@ -279,9 +284,9 @@ def import_etdump(
         stages, device=_device_from(None, device_name), source="etdump",
         bundle={"backend": "executorch"},
         load_ms=load if any(v is not None for v in load) else None,
-        first_inference_ms=first if skip_first else None,
+        first_inference_ms=first if skip_first or timed is not None else None,
         settings={"files": [str(p) for p in paths], "etrecords": [None if r is None else str(r) for r in records],
-                  "time_scale": time_scale, "skip_first": skip_first},
+                  "time_scale": time_scale, **({"timed_runs": int(sum(map(bool, timed)))} if timed is not None else {"skip_first": skip_first})},
         notes=notes,
     )
 
@@ -289,6 +294,16 @@ def import_etdump(
 # --------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------
+
+
+def _timed_only(runs: list[float], timed: Optional[Sequence[bool]], skip_first: int, where: str) -> tuple[Optional[float], list[float]]:
+    """(first inference or None, the timed runs): by the profiler's record when there is one, else all after ``skip_first``."""
+    if timed is None:
+        return (runs[0] if skip_first else None), runs[skip_first:]
+    if len(timed) != len(runs):
+        raise ProfileError(f"{where} holds {len(runs)} runs, the run record {len(timed)}: they come from different "
+                           "profiling runs; profile again with --etdump-dir")
+    return runs[0], [r for r, t in zip(runs, timed) if t]
 
 
 def _etdump_files(etdump_path, etrecord_path) -> tuple[list[Path], list[Optional[PathLike]]]:

@@ -39,8 +39,9 @@ import numpy as np
 from dvt_runtime.backends import BackendUnavailable
 from dvt_runtime.device import device_facts, peak_rss_mb
 from dvt_runtime.importers import import_csv, import_etdump, import_json
+from dvt_runtime.io import atomic_write_json
 from dvt_runtime.io import progress as _bar
-from dvt_runtime.latency import SCHEMA, SCHEMA_VERSION, LatencyProfile, check_batch
+from dvt_runtime.latency import SCHEMA, SCHEMA_VERSION, LatencyProfile, check_batch, read_json
 from dvt_runtime.stats import DRIFT_THRESHOLD, MIN_RUNS, ProfileError, sample_stats
 
 BLOCK = 20  # timed runs per block of one depth (chain or stream); blocks rotate between depths
@@ -287,6 +288,8 @@ def _measure(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     bundle = Bundle.open(args.bundle, threads=args.threads, **({"etdump": True} if args.etdump_dir else {}))
     if args.etdump_dir and bundle.manifest.backend != "executorch":
         ap.error(f"--etdump-dir is for ExecuTorch bundles; this one runs on {bundle.manifest.backend}")
+    if args.etdump_dir and args.batch > 1:  # one ETDump event per call: per-call times, not per image
+        ap.error("--etdump-dir records one event per call: profile at --batch 1")
     images, raw = _load_npz(args.data, bundle) if args.data else (None, None)
     prof = profile_bundle(bundle, warmup=args.warmup, runs=args.runs, images=images, images_raw=raw,
                           threads=args.threads, progress=not args.no_progress, device_name=args.device_name, batch=args.batch,
@@ -294,6 +297,9 @@ def _measure(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     if args.etdump_dir:
         for path in bundle.write_etdump(args.etdump_dir):
             print(f"wrote {path}")
+        # which traced runs were timed: the first inference, warm-up and settling runs are in the trace too
+        timed = [False] + [t for _, t, _ in _schedule(bundle.num_exits, args.warmup, args.runs, False, [None])]
+        print(f"wrote {atomic_write_json(Path(args.etdump_dir) / ETDUMP_RUNS, {'schema': ETDUMP_RUNS_SCHEMA, 'timed': timed})}")
     return _finish(prof, args.out)
 
 
@@ -305,8 +311,23 @@ def _import(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     elif args.json:
         prof = import_json(args.json, device_name=args.device_name)
     else:
-        prof = import_etdump(args.etdump, args.etrecord, device_name=args.device_name)
+        prof = import_etdump(args.etdump, args.etrecord, device_name=args.device_name, timed=_timed_runs(args.etdump))
     return _finish(prof, args.out)
+
+
+ETDUMP_RUNS, ETDUMP_RUNS_SCHEMA = "etdump_runs.json", "dvt-etdump-runs/1"
+
+
+def _timed_runs(files: Sequence[str]) -> Optional[list[bool]]:
+    """The record ``profile --etdump-dir`` wrote beside the ETDump files (which runs were timed), if any."""
+    rec = Path(files[0]).parent / ETDUMP_RUNS
+    if not rec.is_file():
+        return None
+    d = read_json(rec, "ETDump run record")
+    if not (isinstance(d, dict) and d.get("schema") == ETDUMP_RUNS_SCHEMA and isinstance(d.get("timed"), list)
+            and all(isinstance(t, bool) for t in d["timed"])):
+        raise ProfileError(f"{rec} is not a {ETDUMP_RUNS_SCHEMA} run record; delete it to import every run after the first")
+    return d["timed"]
 
 
 def _finish(prof: LatencyProfile, out: Optional[str]) -> int:
