@@ -85,6 +85,9 @@ class DVTConfig:
     stem_blocks: tuple[int, ...] = ()
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
+    #: LayerNorm epsilon of the transformer blocks, their feature-reuse MLP and the final norm
+    #: (DeiT: 1e-6, as published; T2T-ViT: PyTorch's default 1e-5).
+    norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
         # bounds a stored config cannot exceed (a checkpoint is untrusted input: sizes allocate)
@@ -97,6 +100,8 @@ class DVTConfig:
             raise ValueError(f"grids must be in 1..512 and reuse_upsample in 0..8192, got {self.grids}, {self.reuse_upsample}")
         if not (isinstance(self.mlp_ratio, (int, float)) and 0 < self.mlp_ratio <= 64):
             raise ValueError(f"mlp_ratio must be in (0, 64], got {self.mlp_ratio!r}")
+        if isinstance(self.norm_eps, bool) or not (isinstance(self.norm_eps, (int, float)) and 0 < self.norm_eps < 1):
+            raise ValueError(f"norm_eps must be a number in (0, 1), got {self.norm_eps!r}")
         n = len(self.grids)
         if n < 1:
             raise ValueError("a DVT needs at least one exit (grids=() given)")
@@ -303,14 +308,14 @@ class Block(nn.Module):
         super().__init__()
         dim, reuse = cfg.embed_dim, cfg.reuse_dim if feature_reuse else 0
         self.feature_reuse = feature_reuse
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = nn.LayerNorm(dim, eps=cfg.norm_eps)
         self.attn = Attention(dim, cfg.num_heads, cfg.qkv_bias, cfg.drop_rate)
         self.drop_path = DropPath(drop_path)
-        self.norm2 = nn.LayerNorm(dim + reuse)
+        self.norm2 = nn.LayerNorm(dim + reuse, eps=cfg.norm_eps)
         self.mlp = Mlp(dim + reuse, int(dim * cfg.mlp_ratio), dim, cfg.drop_rate)
         if feature_reuse:
             # (sic) the published key name
-            self.feature_resuse_mlp = nn.Sequential(nn.LayerNorm(dim), Mlp(dim, cfg.reuse_hidden, cfg.reuse_dim))
+            self.feature_resuse_mlp = nn.Sequential(nn.LayerNorm(dim, eps=cfg.norm_eps), Mlp(dim, cfg.reuse_hidden, cfg.reuse_dim))
 
     def reused_features(self, prev: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         """F from the previous stage's features ``prev (B, 1+s*s, C_prev)`` -> (B, 1+g*g, 48)."""
@@ -345,6 +350,9 @@ class TokenPerformer(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(emb)
         self.mlp = nn.Sequential(nn.Linear(emb, emb), nn.GELU(), nn.Linear(emb, emb))
+        # the published y / (d + 1e-8)'s epsilon as a (1, 1, 1) tensor: the ONNX exporter's optimizer drops an
+        # Add of a scalar constant within 1e-8 of zero (then 0/0 = NaN when prm_exp underflows), not of a tensor
+        self.register_buffer("eps", torch.full((1, 1, 1), 1e-8), persistent=False)
         self.m = int(emb * kernel_ratio)
         w = torch.empty(self.m, emb)
         if w.device.type != "meta":
@@ -364,10 +372,9 @@ class TokenPerformer(nn.Module):
         kp, qp = self.prm_exp(k), self.prm_exp(q)  # (B, T, m)
         d = torch.bmm(qp, kp.sum(dim=1).unsqueeze(-1))  # (B, T, 1)
         kptv = torch.bmm(v.transpose(1, 2), kp)  # (B, emb, m)
-        # y / (d + 1e-8) as published, written as (y * 1e8) / (d * 1e8 + 1): the ONNX exporter's
-        # optimizer drops an Add of a constant within 1e-8 of zero (then 0/0 = NaN when prm_exp
-        # underflows); constants 1e8 and 1 survive every pass. Equal up to float rounding.
-        y = torch.bmm(qp, kptv.transpose(1, 2)) * 1e8 / (d * 1e8 + 1.0)  # (B, T, emb)
+        # y / (d + 1e-8) exactly as published (the earlier (y * 1e8) / (d * 1e8 + 1), which kept the
+        # epsilon from the optimizer, overflowed float16 (Core ML fp16/int8) to inf / inf = NaN)
+        y = torch.bmm(qp, kptv.transpose(1, 2)) / (d + self.eps)  # (B, T, emb)
         y = v + self.proj(y)
         return y + self.mlp(self.norm2(y))
 
@@ -558,7 +565,7 @@ class DVTStage(nn.Module):
         dpr = [cfg.drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         feat = self.reuse and cfg.feature_reuse
         self.blocks = nn.ModuleList([Block(cfg, feat, dpr[i]) for i in range(depth)])
-        self.norm = nn.LayerNorm(cfg.embed_dim)
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         self.head = nn.Linear(cfg.embed_dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         maps = depth * cfg.num_heads
         if self.reuse and cfg.relation_reuse:  # previous stage's depth x heads maps -> this stage's
@@ -842,7 +849,7 @@ register_model(
     "dvt_deit_small",
     DVTConfig(
         embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, qkv_bias=True, tokenizer="patch",
-        splits=((32, 32, 0), (23, 22, 0), (16, 16, 0)), pos_embed="learned",
+        splits=((32, 32, 0), (23, 23, 3), (16, 16, 0)), pos_embed="learned", norm_eps=1e-6,
     ),
     "DVT on DeiT-small (published checkpoint layout), 224x224 RGB, 1000 classes",
 )

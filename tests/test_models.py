@@ -259,3 +259,29 @@ def test_soft_split_is_unfold_exactly(channels, k, s, p, size, blocked):
     assert got.shape == ref.shape
     assert torch.equal(got, ref)
     assert "weight" not in SoftSplit(channels, k, s, p).state_dict()  # checkpoints unchanged
+
+
+def test_deit_stages_as_published():
+    """The published DVT DeiT-S: the 10x10 stage's patch conv is kernel 23, stride 23, padding 3 (stride 22 without
+    padding gives the same grid and weight shapes, so a published checkpoint loaded without a word), and every
+    LayerNorm of the blocks, the reuse MLP and the final norm has eps 1e-6."""
+    m = create_model("dvt_deit_small")
+    conv = m.stages[1].tokenizer.proj
+    assert (conv.kernel_size, conv.stride, conv.padding) == ((23, 23), (23, 23), (3, 3))
+    assert {mod.eps for st in m.stages for mod in st.modules() if isinstance(mod, torch.nn.LayerNorm)} == {1e-6}
+    assert {mod.eps for mod in create_model("dvt_t2t_micro").stages[0].blocks.modules()
+            if isinstance(mod, torch.nn.LayerNorm)} == {1e-5}  # T2T-ViT: PyTorch's default
+
+
+def test_performer_stays_finite_in_float16():
+    """Core ML fp16 / int8 compute in float16: the performer's normalisation must not overflow it
+    ((y * 1e8) / (d * 1e8 + 1) gave inf / inf = NaN on most tokens)."""
+    from dvt_edge.models import TokenPerformer
+
+    torch.manual_seed(0)
+    t = TokenPerformer(147, 64).eval()
+    x = torch.randn(1, 3136, 147)
+    with torch.no_grad():
+        ref = t(x)
+        half = t.half()(x.half()).float()
+    assert torch.isfinite(half).all() and (half - ref).abs().max().item() < 0.05
