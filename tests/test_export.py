@@ -460,3 +460,19 @@ def test_one_set_of_images_verifies_on_images_calibration_did_not_see(tmp_path):
     verified = {float(v[0, 0, 0]) for v in d.verify_x}
     assert len(seen) == 16 and len(verified) == n - 16 and not seen & verified
     assert "none of them calibration images" in d.note
+
+
+def test_directory_artifact_with_a_symlink_inside_is_refused(tmp_path):
+    """A directory artifact (.mlpackage) whose file is a link to elsewhere on the device (its hash would match if the
+    target's contents are known) is refused, whatever the hash says."""
+    from dvt_runtime.manifest import ManifestError, artifact_digest
+
+    pkg = tmp_path / "exit1.mlpackage"
+    (pkg / "Data").mkdir(parents=True)
+    (pkg / "Manifest.json").write_text("{}")
+    outside = tmp_path / "secret.bin"
+    outside.write_bytes(b"not part of the bundle")
+    assert len(artifact_digest(pkg)) == 64  # plain files: hashed
+    (pkg / "Data" / "weight.bin").symlink_to(outside)
+    with pytest.raises(ManifestError, match=r"contains symbolic links \(Data/weight.bin\)"):
+        artifact_digest(pkg)

@@ -261,6 +261,10 @@ def _digest(p: Path) -> str:
     import hashlib
 
     h = hashlib.sha256()
+    links = [x for x in p.rglob("*") if x.is_symlink()]
+    if links:  # a link could point anywhere on the device: an artifact's files lie inside it
+        raise ManifestError(f"artifact {p.name} contains symbolic links ({', '.join(str(x.relative_to(p)) for x in links[:3])}): "
+                            "a bundle's artifacts must be plain files; re-export or copy the bundle without links")
     for f in sorted(x for x in p.rglob("*") if x.is_file()):
         h.update(f.relative_to(p).as_posix().encode() + b"\0" + sha256_file(f).encode() + b"\n")
     return h.hexdigest()
