@@ -209,6 +209,15 @@ def test_07_manifest_preprocess_nonsense_is_refused(bundle_copy, change):
         Bundle.open(bundle_copy)
 
 
+def test_07_manifest_tensor_without_a_shape_is_refused(bundle_copy):
+    """A logits shape of [] is the manifest's error, not an IndexError from inside validate()."""
+    d = json.loads((bundle_copy / "manifest.json").read_text())
+    next(t for t in d["exits"][-1]["outputs"] if t["name"] == "logits")["shape"] = []
+    (bundle_copy / "manifest.json").write_text(json.dumps(d))
+    with pytest.raises(ManifestError, match="tensor logits has a bad shape"):
+        Bundle.open(bundle_copy)
+
+
 @pytest.mark.parametrize("kwargs,match", [
     ({"thresholds": [float("nan"), 0.5]}, "confidence in"),
     ({"thresholds": [-0.1, 0.5]}, "confidence in"),

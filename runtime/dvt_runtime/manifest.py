@@ -175,7 +175,8 @@ class Manifest:
             _need(all(_is_num(v) and v >= 0 for v in (e.gflops, e.stage_gflops)), f"{w} gflops must be non-negative numbers")
             for t in list(e.inputs) + list(e.outputs):
                 _need(isinstance(t.name, str) and t.name, f"{w} tensor names must be strings, got {t.name!r}")
-                _need(isinstance(t.shape, list) and all(_is_int(v) and v > 0 for v in t.shape), f"{w} tensor {t.name} has a bad shape {t.shape!r}")
+                _need(isinstance(t.shape, list) and t.shape and all(_is_int(v) and v > 0 for v in t.shape),
+                      f"{w} tensor {t.name} has a bad shape {t.shape!r}")
             _need(isinstance(e.quantization, dict), f"{w} quantization must be an object")
         logits = [t for t in self.exits[-1].outputs if t.name == "logits"]
         _need(bool(logits), "the last exit has no 'logits' output")
