@@ -36,7 +36,7 @@ def check_reference_holdout(ds: ImageSet, root: Path, split: str) -> None:
     from dvt_runtime.io import read_npz
 
     held = {str(n) for n in read_npz(CIFAR10_REF["val"], ("names",), DataError, "reinstall dvt-edge")["names"]}
-    names = {Path(f).resolve().relative_to(root.resolve()).as_posix() for f in ds.files}
+    names = {Path(f).relative_to(root).as_posix() for f in ds.files}  # listed under root: no resolve (linked files)
     bad = names & held if split == "train" else names ^ held
     if bad:
         what = (f"{len(bad)} of the 5,000 images held out from the reference's training (cifar10-ref) would be trained on"

@@ -42,11 +42,11 @@ def load_imagefolder(root: str, split: str, preprocess: Optional[Preprocess]) ->
     if sub is None or not sub.is_dir():
         raise DataError(f"imagefolder: no {split}/ folder in {base} (expected ImageNet-style {base}/{split}/<class>/<image>)")
     train_classes = sorted(p.name for p in (base / "train").iterdir() if p.is_dir()) if (base / "train").is_dir() else []
-    own = sorted(p.name for p in sub.iterdir() if p.is_dir())
-    if train_classes and own != train_classes:  # a val class folder named otherwise would be dropped silently
+    own = sorted(p.name for p in sub.iterdir() if p.is_dir() and not p.name.startswith("."))  # not .ipynb_checkpoints
+    if train_classes and (extra := sorted(set(own) - set(train_classes))):  # their images would be dropped silently
         raise DataError(f"imagefolder: the class folders of {sub} differ from those of {base / 'train'}: only in {sub.name}/: "
-                        f"{sorted(set(own) - set(train_classes))}, only in train/: {sorted(set(train_classes) - set(own))}; "
-                        "give both splits the same class folders (same names, same case)")
+                        f"{extra}, only in train/: {sorted(set(train_classes) - set(own))}; give both splits the same "
+                        "class folders (same names, same case; a class missing from val/ is only warned about)")
     classes = train_classes or own
     if not classes:
         raise DataError(f"imagefolder: {sub} has no class folders")

@@ -311,7 +311,7 @@ def _resume_state(args: argparse.Namespace, out: Path) -> Optional[dict]:
     return None
 
 
-RESUME_MAY_CHANGE = {"out", "resume", "force", "quiet", "workers", "threads", "trust_checkpoint", "finetune"}
+RESUME_MAY_CHANGE = {"out", "resume", "force", "quiet", "workers", "threads", "trust_checkpoint", "finetune", "amp"}
 
 
 def _check_resume_args(stored: dict, args: argparse.Namespace, last: Path) -> None:
@@ -376,6 +376,9 @@ def _restore(run: _Run, resume_state: dict, last: Path) -> _RunState:
     """Weights, optimizer, schedule, generators and history of the run in ``resume_state``."""
     run.model.load_state_dict(resume_state["model_state_dict"])
     t = resume_state["train"]
+    if len(t["rng"]) != run.world:  # steps per epoch, and so the LR curve, depend on it
+        raise CheckpointError(f"--resume: {last} was run with {len(t['rng'])} process(es), this run has {run.world}; "
+                              "resume with the same number")
     run.opt.load_state_dict(t["optimizer"])
     run.sched.load_state_dict(t["scheduler"])
     rank = run.rank

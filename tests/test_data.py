@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import shutil
 import warnings
 
 import cv2
@@ -412,6 +413,10 @@ def test_val_class_folders_that_differ_from_train_are_an_error(tmp_path):
     with pytest.raises(DataError, match=r"only in val/: \['B', 'e'\], only in train/: \['b'\]"):
         load_dataset(f"imagefolder:{tmp_path}", "val")
     assert len(load_dataset(f"imagefolder:{tmp_path}", "train")) == 12  # train alone is fine
+    shutil.rmtree(tmp_path / "val" / "e")
+    (tmp_path / "val" / "B").rename(tmp_path / "val" / ".ipynb_checkpoints")  # hidden: not a class; b now missing
+    with pytest.warns(UserWarning, match=r"no images for class\(es\) \['b'\]"):  # a missing val class: warned, as before
+        assert len(load_dataset(f"imagefolder:{tmp_path}", "val")) == 9
 
 
 def test_cifar10_jpeg_never_trains_on_the_shipped_holdout(monkeypatch, tmp_path):

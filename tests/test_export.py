@@ -460,6 +460,12 @@ def test_one_set_of_images_verifies_on_images_calibration_did_not_see(tmp_path):
     verified = {float(v[0, 0, 0]) for v in d.verify_x}
     assert len(seen) == 16 and len(verified) == n - 16 and not seen & verified
     assert "none of them calibration images" in d.note
+    from dvt_edge.export import _same_images
+    from dvt_edge.imageset import ImageSet
+
+    a = ImageSet("a", "train", images, np.arange(n) % 4, list("abcd"), pre, preprocessed=True)
+    b = ImageSet("b", "val", images + 1, np.arange(n) % 4, list("abcd"), pre, preprocessed=True)
+    assert _same_images(a, a) and not _same_images(a, b)  # a real val with train's labels is still a val
 
 
 def test_directory_artifact_with_a_symlink_inside_is_refused(tmp_path):

@@ -107,6 +107,11 @@ def test_resume_with_other_run_settings_is_refused(tmp_path):
         run("--epochs", "2", "--lr", "0.5", "--resume")
     assert (tmp_path / "last.pt").read_bytes() == before
     run("--epochs", "1", "--threads", "2", "--resume")  # the thread count may differ (nothing left to train)
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    ckpt["train"]["rng"] = ckpt["train"]["rng"] * 2  # as if run by two processes: steps per epoch would differ
+    torch.save(ckpt, tmp_path / "last.pt")
+    with pytest.raises(CheckpointError, match=r"run with 2 process\(es\), this run has 1"):
+        run("--epochs", "1", "--resume")
 
 
 def test_finetune_onto_new_classes_reinitialises_heads(tmp_path):

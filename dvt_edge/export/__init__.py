@@ -105,6 +105,16 @@ def _default_data_spec(model: DVT, info: CheckpointInfo) -> Optional[str]:
     return candidates[0] if candidates else None
 
 
+def _same_images(a, b) -> bool:
+    """Whether two splits are one set of images (an npz without a split serves both): same files, or the same
+    labels and the same first and last pixels."""
+    if len(a) != len(b) or not np.array_equal(a.labels, b.labels):
+        return False
+    if a.files or b.files:
+        return a.files == b.files
+    return all(np.array_equal(np.asarray(a.images[i]), np.asarray(b.images[i])) for i in (0, len(a) - 1))
+
+
 def _load_data(spec: Optional[str], pre: Preprocess, calib_n: int, verify_n: int, need_calib: bool) -> _Data:
     if spec is None:
         if need_calib:
@@ -118,7 +128,7 @@ def _load_data(spec: Optional[str], pre: Preprocess, calib_n: int, verify_n: int
             val = load_dataset(spec, "val", preprocess=pre)
         except DataError:
             val = None
-        if val is not None and not (len(val) == len(train) and np.array_equal(val.labels, train.labels)):
+        if val is not None and not _same_images(val, train):
             vx, vy = val.arrays(min(verify_n, len(val)), seed=1)
             where = f"{spec}/val"
         else:  # one set of images (no val split, or an npz without one): verify on images calibration did not see
