@@ -3,7 +3,6 @@ per-frame deadline, with a clear fallback when the device's calibration is missi
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -73,14 +72,23 @@ def setup_mode(bundle, budget_ms: Optional[float] = None, deadline_ms: Optional[
     return Mode("none", None, thresholds, source="--thresholds" if thresholds is not None else cal_src)
 
 
+def _limit_ms(flag: str, v) -> float:
+    """The runtime's own check of a latency limit (finite, positive ms), as an AppError."""
+    from dvt_runtime.bundle import positive_ms
+
+    try:
+        return positive_ms(flag, v)
+    except ValueError as e:
+        raise AppError(str(e)) from None
+
+
 def _calibrate_hint(bundle, ms: float) -> str:
     return CALIBRATE_HINT.format(bundle=bundle.path, ms=ms, name=bundle.device_name or "NAME")
 
 
 def _budget_mode(bundle, budget_ms: float, thresholds: Optional[list], cal_src: str) -> Mode:
     """Budget mode when the device's calibration allows it, else the default thresholds (inactive, with a note)."""
-    if not math.isfinite(budget_ms) or budget_ms <= 0:
-        raise AppError(f"--budget-ms must be a finite positive number of milliseconds, got {budget_ms:g}")
+    budget_ms = _limit_ms("--budget-ms", budget_ms)
     mode = Mode("budget", budget_ms, thresholds, source=cal_src)
     fallback_src = "--thresholds" if thresholds is not None else cal_src
     if getattr(bundle, "calibration", None) is None:
@@ -101,8 +109,7 @@ def _budget_mode(bundle, budget_ms: float, thresholds: Optional[list], cal_src: 
 
 def _deadline_mode(bundle, deadline_ms: float, thresholds: Optional[list], cal_src: str, profile_runs: int) -> Mode:
     """Deadline mode on the calibration's per-stage p90s, or on p90s profiled here when there are none."""
-    if not math.isfinite(deadline_ms) or deadline_ms <= 0:
-        raise AppError(f"--deadline-ms must be a finite positive number of milliseconds, got {deadline_ms:g}")
+    deadline_ms = _limit_ms("--deadline-ms", deadline_ms)
     mode = Mode("deadline", deadline_ms, thresholds, source=f"p90 {cal_src}")
     if getattr(bundle, "stage_p90_ms", None) is None:
         p90 = profile_stages(bundle, profile_runs)

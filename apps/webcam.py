@@ -35,7 +35,6 @@ stats), ``modes`` (budget / deadline), ``overlay`` (drawing), ``window`` (window
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -88,9 +87,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         ap.error("--threads must be >= 0 (0 = the backend's default)")
     if args.threads == 0:
         args.threads = None
+    from dvt_runtime.bundle import positive_ms
+
     for flag, v in (("--budget-ms", args.budget_ms), ("--deadline-ms", args.deadline_ms)):
-        if v is not None and not (math.isfinite(v) and v > 0):  # NaN would pass a plain `v <= 0` check
-            ap.error(f"{flag} must be a finite positive number of milliseconds, got {v}")
+        try:  # the runtime's check (NaN would pass a plain `v <= 0`)
+            if v is not None:
+                positive_ms(flag, v)
+        except ValueError as e:
+            ap.error(str(e))
     if args.max_frames is not None and args.max_frames < 1:
         ap.error(f"--max-frames must be >= 1 (omit it to run until the source ends), got {args.max_frames}")
     outs = {flag: Path(v).expanduser().resolve() for flag, v in (("--record", args.record), ("--stats", args.stats),
