@@ -368,6 +368,34 @@ def test_from_samples_validation_and_unequal_counts():
     assert any("different sample counts" in n for n in prof.notes)
 
 
+@pytest.mark.parametrize("key,value,match", [
+    ("device", "pixel-8", "'device' must be an object"),
+    ("bundle", ["onnx"], "'bundle' must be an object"),
+    ("load_ms", ["slow", 1.0], "'load_ms'"),
+    ("load_ms", [1.0], "'load_ms'"),
+    ("first_inference_ms", [float("nan"), 1.0], "'first_inference_ms'"),
+    ("peak_rss_mb", -3, "'peak_rss_mb'"),
+    ("preprocess_ms", {"p50": "fast"}, "'preprocess_ms'"),
+    ("threads", 0, "'threads'"),
+    ("notes", "checked", "'notes'"),
+    ("throttling_suspected", "no", "'throttling_suspected'"),
+    ("drift", [{"ratio": "1.0"}, {"ratio": None}], "'drift'"),
+])
+def test_profile_informational_fields_typed(tmp_path, key, value, match):
+    """Fields the search does not price still fail on load when malformed, not later in format_table."""
+    prof = LatencyProfile.from_samples([[1.0, 2.0, 3.0, 4.0], [2.0, 3.0, 4.0, 5.0]], load_ms=[5.0, None], threads=2,
+                                       device={"device_name": "d"})
+    prof.format_table()
+    d = json.loads(json.dumps(prof.to_dict()))
+    assert LatencyProfile.from_dict(d) == prof
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps({**d, key: value}))
+    with pytest.raises(ProfileError, match=match):
+        LatencyProfile.load(p)
+    with pytest.raises(ProfileError, match=match):
+        import_json(p)
+
+
 def test_newer_schema_refused(tmp_path):
     d = LatencyProfile.from_samples(STAGES).to_dict()
     d["schema_version"] = SCHEMA_VERSION + 1

@@ -205,6 +205,7 @@ class LatencyProfile:
             raise ProfileError("latency profile: 'cumulative' needs one entry per stage and 'drift' must be a list")
         if d.get("stopping") is not None and len(d["stopping"]) != len(d["stages"]):
             raise ProfileError("latency profile: 'stopping' needs one entry per exit")
+        _check_informational(d, len(d["stages"]))
         d["schema"], d["schema_version"] = SCHEMA, SCHEMA_VERSION  # an older version is read as the current one
         check_batch(d.get("batch", 1))
         return cls(**d)
@@ -264,6 +265,44 @@ class LatencyProfile:
                          "(thermal throttling or background load?); cool the device, fix the governor and re-profile")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def _check_informational(d: dict[str, Any], num_exits: int) -> None:
+    """The fields the search never prices (device facts, load times, notes) still have their types:
+    a malformed one would otherwise surface later as a crash in ``format_table`` or a report."""
+    for key in ("device", "bundle", "settings"):
+        if key in d and not isinstance(d[key], dict):
+            raise ProfileError(f"latency profile '{key}' must be an object, got {type(d[key]).__name__}")
+    for key in ("load_ms", "first_inference_ms"):
+        v = d.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, list) or len(v) != num_exits or not all(
+                x is None or (not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x) and x >= 0) for x in v):
+            raise ProfileError(f"latency profile '{key}' must be null or one finite non-negative number (or null) per exit "
+                               f"({num_exits}), got {v!r}")
+    for key in ("peak_rss_mb",):
+        v = d.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0):
+            raise ProfileError(f"latency profile '{key}' must be null or a finite non-negative number, got {v!r}")
+    pre = d.get("preprocess_ms")
+    if pre is not None and not (isinstance(pre, dict) and all(
+            not isinstance(pre.get(k), bool) and isinstance(pre.get(k), (int, float)) and math.isfinite(pre[k]) and pre[k] >= 0
+            for k in ("p50", "p90"))):
+        raise ProfileError(f"latency profile 'preprocess_ms' must be null or statistics with finite 'p50' and 'p90', got {pre!r}")
+    t = d.get("threads")
+    if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 1):
+        raise ProfileError(f"latency profile 'threads' must be null or a whole number >= 1, got {t!r}")
+    if not all(isinstance(d.get(k, ""), str) for k in ("source", "created")):
+        raise ProfileError("latency profile 'source' and 'created' must be strings")
+    if not isinstance(d.get("notes", []), list) or not all(isinstance(n, str) for n in d.get("notes", [])):
+        raise ProfileError(f"latency profile 'notes' must be a list of strings, got {d.get('notes')!r}")
+    if not isinstance(d.get("throttling_suspected", False), bool):
+        raise ProfileError(f"latency profile 'throttling_suspected' must be true or false, got {d['throttling_suspected']!r}")
+    drift = d["drift"]
+    if not all(isinstance(r, dict) and (r.get("ratio") is None or (not isinstance(r["ratio"], bool) and isinstance(
+            r["ratio"], (int, float)) and math.isfinite(r["ratio"]))) for r in drift):
+        raise ProfileError("latency profile 'drift' entries must be objects whose 'ratio' is null or a finite number")
 
 
 def _raw_samples(rows: list[dict[str, Any]]) -> list[np.ndarray]:
