@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import sys
 import time
 import traceback
@@ -25,7 +26,17 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from dvt_edge.bench_report import MATCH_POINTS, SCHEMA, load_results, markdown, write_outputs
+from dvt_edge.bench_match import (  # noqa: F401  (re-exported: the rule's names are the bench's)
+    ACC_EPS,
+    HALVINGS,
+    MATCH_BLOCKS,
+    _cheapest_matching,
+    _matched_point,
+    _meas,
+    matched_over_halvings,
+    never_stop,
+)
+from dvt_edge.bench_report import SCHEMA, load_results, markdown, write_outputs, wrote_line
 from dvt_edge.data import DATASETS, DataError, default_data, load_dataset
 from dvt_edge.logs import quiet_toolchains
 from dvt_edge.references import DEFAULT_REFERENCE
@@ -74,7 +85,8 @@ def bench_bundle(bundle, x: np.ndarray, y: np.ndarray, budgets: Optional[list[fl
            "n_calibration": len(f.cal_idx)}
     if batches:  # at the matched-accuracy thresholds (their accuracy delta is reported with them)
         thr = matched["thresholds"] if matched else never_stop(b.num_exits)
-        out["throughput"] = {"thresholds": thr, "max_batch": b.manifest.max_batch, "rows": throughput(b, xh, yh, thr, batches)}
+        out["throughput"] = {"thresholds": thr, "max_batch": b.manifest.max_batch, "rows": throughput(b, xh, yh, thr, batches),
+                             "within_match": matched["within_match"] if matched else None}
     return out
 
 
@@ -121,76 +133,6 @@ def _budget_rows(b, f, xh: np.ndarray, yh: np.ndarray, budgets: list[float]) -> 
     return dynamic, flops_rows
 
 
-MATCH_BLOCKS = 10  # the matched cascade and the last exit alone are timed interleaved, in this many blocks
-
-
-def _matched_point(b, f, xh: np.ndarray, yh: np.ndarray, last: dict) -> Optional[dict]:
-    """Speedup over the last exit alone at matched accuracy: thresholds chosen on the calibration
-    split (cheapest point at least as accurate as the last exit there), then measured on the
-    holdout, where "matched" means within MATCH_POINTS of the last exit. The cascade and the last
-    exit alone are timed interleaved on the same images (machine drift hits both alike); the
-    speedup is the ratio of their mean latencies, with each block's ratio for its spread."""
-    from dvt_runtime.calibrate import measure_interleaved
-
-    last_cal = float(f.cal.correct[-1].mean() * 100)
-    p = _cheapest_matching(f.cal, f.costs)
-    if p is None:
-        return None
-    thr = p.to_dict()["thresholds"]
-    (alone, meas), (alone_blocks, blocks) = measure_interleaved(b, xh, yh, [never_stop(b.num_exits), thr], blocks=MATCH_BLOCKS, warmup=10)
-    return {"thresholds": thr, "calibration_accuracy": p.accuracy, "last_exit_calibration_accuracy": last_cal,
-            **_meas(meas, None), "last_exit_mean_ms": alone["mean_ms"], "speedup_vs_last_exit": alone["mean_ms"] / meas["mean_ms"],
-            "block_speedups": [a / c for a, c in zip(alone_blocks, blocks)],
-            "accuracy_delta": meas["accuracy"] - last["accuracy"],
-            "within_match": meas["accuracy"] >= last["accuracy"] - MATCH_POINTS}
-
-
-def _cheapest_matching(cal, costs):
-    """The benchmark's threshold rule: the cheapest point of the exact search at least as accurate as
-    the last exit on ``cal`` (an ``ExitOutputs``), or None."""
-    from dvt_runtime.search import search_thresholds
-
-    last = float(cal.correct[-1].mean() * 100)
-    front = search_thresholds(cal, costs, float(costs.cumulative[-1]) * (1 + 1e-9), algorithm="exact").frontier
-    ok = [p for p in front if p.accuracy >= last]
-    return min(ok, key=lambda p: p.mean_cost) if ok else None
-
-
-HALVINGS = 20  # other random splits on which the matched-accuracy rule is replayed (predicted, not re-timed)
-
-
-def matched_over_halvings(probs: np.ndarray, y: np.ndarray, costs, n_hold: int, n: int = HALVINGS) -> Optional[dict]:
-    """How far one split can be trusted: the matched-accuracy rule on ``n`` other seeded halvings of the
-    same images (``probs``: (E, N, classes) of every exit), thresholds chosen on one part, accuracy and
-    mean cost predicted on the other ``n_hold`` from the measured stage prices ``costs``; speedup = the
-    last exit's price over the cascade's."""
-    from dvt_runtime.search import ExitOutputs, evaluate_thresholds
-
-    if n <= 0:
-        return None
-    last_price, speedups, deltas, fallbacks = float(costs.cumulative[-1]), [], [], 0
-    for seed in range(1, n + 1):  # seed 0 is the measured split
-        perm = np.random.default_rng(seed).permutation(len(y))
-        hold, cal = perm[:n_hold], perm[n_hold:]
-        oh = ExitOutputs.from_probs(probs[:, hold], y[hold])
-        p = _cheapest_matching(ExitOutputs.from_probs(probs[:, cal], y[cal]), costs)
-        if p is None:  # no point as accurate as the last exit: the rule falls back to the last exit alone
-            fallbacks += 1
-            speedups.append(1.0)
-            deltas.append(0.0)
-            continue
-        ev = evaluate_thresholds(oh, None, p.thresholds, costs)
-        speedups.append(last_price / ev.mean_cost)
-        deltas.append(ev.accuracy - float(oh.correct[-1].mean() * 100))
-    ok = [s for s, d in zip(speedups, deltas) if d >= -MATCH_POINTS]
-    return {"n": n, "n_holdout": int(n_hold), "speedups": speedups, "accuracy_deltas": deltas, "matched": len(ok),
-            "last_exit_fallbacks": fallbacks, "speedup_median": float(np.median(speedups)), "matched_speedup_median": float(np.median(ok)) if ok else None}
-
-
-def never_stop(num_exits: int) -> list:
-    return [None] * (num_exits - 1)
-
-
 THROUGHPUT_ROUNDS = 3  # interleaved passes over every batch size; figures are medians over them
 
 
@@ -205,7 +147,8 @@ def throughput(bundle, x: np.ndarray, y: Optional[np.ndarray], thresholds: list,
 
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds must be a whole number >= 1, got {rounds!r}")
-    y = np.zeros(len(x), np.int64) if y is None else y
+    labelled = y is not None
+    y = np.zeros(len(x), np.int64) if y is None else y  # no labels: accuracies are not reported (None)
     never = never_stop(bundle.num_exits)
     batches = list(dict.fromkeys(batches))  # a repeated size is measured (and reported) once
     ok = [bs for bs in batches if bs <= len(x)]
@@ -226,8 +169,8 @@ def throughput(bundle, x: np.ndarray, y: Optional[np.ndarray], thresholds: list,
                      f"{-(-bs // bundle.batch_limit())} per batch (max_batch {bundle.batch_limit()})",
                      "static_images_per_s": med["static"], "dynamic_images_per_s": med["dynamic"],
                      "dynamic_images_per_s_rounds": [r[1]["images_per_s"] for r in runs[bs]],
-                     "speedup": med["dynamic"] / med["static"], "static_accuracy": st["accuracy"],
-                     "dynamic_accuracy": dy["accuracy"], "exit_fractions": dy["exit_fractions"]})
+                     "speedup": med["dynamic"] / med["static"], "static_accuracy": st["accuracy"] if labelled else None,
+                     "dynamic_accuracy": dy["accuracy"] if labelled else None, "exit_fractions": dy["exit_fractions"]})
     if 1 in runs:  # batched vs one image per call, same thresholds, paired within each round
         for r in rows:
             if "error" not in r:
@@ -260,12 +203,6 @@ def runtime_overhead(bundle, x: np.ndarray, n: int = 300) -> dict:
             "within_goal": (p - bk) <= max(0.05 * p, 0.1), "goal": "<= 5% of the total or 0.1 ms, whichever is larger"}
 
 
-def _meas(meas: dict, budget: Optional[float]) -> dict:
-    out = {"accuracy": meas["accuracy"], "measured_mean_ms": meas["mean_ms"], "measured_p90_ms": meas["p90_ms"],
-           "exit_fractions": meas["exit_fractions"]}
-    if budget:
-        out["error_vs_budget_pct"] = 100 * (meas["mean_ms"] / budget - 1)
-    return out
 
 
 # ----------------------------------------------------------------------------- driver
@@ -294,7 +231,6 @@ def _each_target(checkpoint: str, model_name: str, targets: list[str], precision
     ``export_opts``: more :class:`dvt_edge.export.ExportOptions` fields (e.g. ``calib_data``)."""
     from dvt_edge.export import export_bundle
     from dvt_edge.export.targets import TARGETS, get_target
-    from dvt_runtime.manifest import Manifest
 
     names = sorted(TARGETS) if targets == ["all"] else [get_target(t).name for t in targets]
     rows = []
@@ -307,9 +243,8 @@ def _each_target(checkpoint: str, model_name: str, targets: list[str], precision
             t0 = time.time()
             try:
                 bdir = out / "bundles" / f"{model_name}-{name}-{prec}"
-                if reuse and (bdir / "manifest.json").is_file():
-                    man = Manifest.load(bdir)
-                else:
+                man = _reusable(bdir, checkpoint, name, prec, progress) if reuse else None
+                if man is None:
                     man = export_bundle(checkpoint, name, prec, out=str(bdir), force=True, progress=progress, verbose=verbose,
                                         log_path=str(out / "bench-toolchains.log"), **export_opts).manifest
                 row.update(artifact_kb=[round(e.size_bytes / 1024, 1) for e in man.exits],
@@ -323,6 +258,23 @@ def _each_target(checkpoint: str, model_name: str, targets: list[str], precision
             if progress:
                 print(f"[bench] {name} {prec}: {row['status']} ({row['seconds']} s)", file=sys.stderr)
     return rows
+
+
+def _reusable(bdir: Path, checkpoint: str, target: str, precision: str, progress: bool):
+    """The bundle in ``bdir`` when it was exported from this very checkpoint (SHA-256) to this target and
+    precision; else None (it is re-exported: a bundle of other weights must never be measured as this one)."""
+    from dvt_runtime.io import sha256_file
+    from dvt_runtime.manifest import Manifest
+
+    if not (bdir / "manifest.json").is_file():
+        return None
+    man = Manifest.load(bdir)
+    if (man.source or {}).get("sha256") == sha256_file(checkpoint) and (man.target, man.precision) == (target, precision):
+        return man
+    if progress:
+        print(f"[bench] {bdir} was exported from {(man.source or {}).get('checkpoint')} ({man.target}/{man.precision}), "
+              f"not {checkpoint}: exporting it again", file=sys.stderr)
+    return None
 
 
 def run_throughput(checkpoint: str, targets: list[str], precisions: list[str], thresholds: list, batches: Sequence[int], out: Path,
@@ -412,22 +364,51 @@ def _ints(text: str, name: str) -> list[int]:
     return v
 
 
+def _check_run_args(a: argparse.Namespace) -> None:
+    """Arguments checked before anything is exported or timed (a mistake found after the work loses it)."""
+    from dvt_edge.export.targets import TARGETS, get_target
+    from dvt_runtime.stats import MIN_RUNS
+
+    if a.threads < 1:
+        raise ValueError(f"--threads must be >= 1 (threads per session, stated in the report), got {a.threads}")
+    if a.runs is not None and a.runs < MIN_RUNS:
+        raise ValueError(f"--runs must be at least {MIN_RUNS} (the drift check compares quarters), got {a.runs}")
+    if a.n < 4:
+        raise ValueError(f"--n must be at least 4 images (half choose thresholds, half measure), got {a.n}")
+    names = sorted(TARGETS) if a.targets == "all" else [get_target(t).name for t in a.targets.split(",")]
+    supported = sorted({p for t in names for p in TARGETS[t].precisions})
+    unknown = [p for p in a.precisions.split(",") if p not in supported]
+    if unknown:
+        raise ValueError(f"--precisions {unknown} not supported by {', '.join(names)}; valid: {supported}")
+    out = Path(a.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; pass a folder for the bench's results")
+
+
+def _report_main(argv: list[str]) -> int:
+    """``bench report A.json B.json ...``: merge results from several devices into one report."""
+    ap = argparse.ArgumentParser(prog="python -m dvt_edge.bench report", description="merge results from several devices")
+    ap.add_argument("results", nargs="+")
+    ap.add_argument("--out", default="runs/bench-report")
+    a = ap.parse_args(argv)
+    try:
+        results = load_results(a.results)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if Path(a.out).exists() and not Path(a.out).is_dir():
+        print(f"error: --out {a.out} is a file; pass a folder for the report", file=sys.stderr)
+        return 2
+    written = write_outputs(results, Path(a.out), "report")
+    print(markdown(results))
+    print(wrote_line(written, Path(a.out), "report"))
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "report":
-        ap = argparse.ArgumentParser(prog="python -m dvt_edge.bench report", description="merge results from several devices")
-        ap.add_argument("results", nargs="+")
-        ap.add_argument("--out", default="runs/bench-report")
-        a = ap.parse_args(argv[1:])
-        try:
-            results = load_results(a.results)
-        except (OSError, ValueError, KeyError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        write_outputs(results, Path(a.out), "report")
-        print(markdown(results))
-        print(f"wrote {a.out}/report.json, report.md and PNG plots")
-        return 0
+        return _report_main(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m dvt_edge.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default=str(REFERENCE), help="checkpoint (default: the natural-image reference dvt_small_cifar)")
     ap.add_argument("--data", default=None, help=f"dataset spec: {', '.join(DATASETS)} (default: the checkpoint's evaluation set; "
@@ -457,8 +438,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     a = ap.parse_args(argv)
     try:
         budgets = [float(v) for v in a.budgets.split(",")] if a.budgets else None
-        if budgets and any(v <= 0 for v in budgets):
-            raise ValueError("budgets must be positive milliseconds")
+        if budgets and not all(math.isfinite(v) and v > 0 for v in budgets):  # NaN fails every comparison: ask for finite
+            raise ValueError(f"--budgets must be finite positive milliseconds, got {a.budgets!r}")
+        _check_run_args(a)
         out = Path(a.out)
         batches = _ints(a.batches, "--batches") if a.batches else []
         if a.latency_only:
@@ -485,9 +467,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (DataError, ValueError, OSError, MemoryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    write_outputs([r], out)
+    written = write_outputs([r], out)
     print(markdown([r]))
-    print(f"wrote {out}/bench.json, bench.md and " + ", ".join(sorted(p.name for p in out.glob("bench_*.png"))))
+    print(wrote_line(written, out, "bench"))
     return 0
 
 

@@ -65,7 +65,13 @@ def throughput_markdown(r: dict) -> list[str]:
         rounds = next((t.get("rounds") for t in tp["rows"] if "rounds" in t), None)
         out.append(f"\n### {row['target']} {row['precision']}: throughput, {r.get('threads', '?')} thread(s), thresholds [{thr}], "
                    f"artifact max_batch {mb}" + (f"; medians of {rounds} interleaved rounds" if rounds else "") + "\n")
-        has_acc = r.get("mode") != "throughput" or r.get("has_accuracy", False)
+        if tp.get("within_match") is False:
+            out.append("These thresholds did NOT reach matched accuracy on the holdout (see the matched-accuracy cell above): "
+                       "the dynamic figures below are not at the last exit's accuracy.\n")
+        elif "within_match" in tp and tp["within_match"] is None and r.get("mode") != "throughput":
+            out.append("No matched-accuracy point was found on the calibration split: the cascade never stops early here.\n")
+        has_acc = (r.get("mode") != "throughput" or r.get("has_accuracy", False)) and all(
+            t.get("static_accuracy") is not None for t in tp["rows"] if "error" not in t)
         out.append("| batch | static (all stages) img/s | dynamic img/s | dynamic vs static | dynamic vs batch 1 | exits % (1/2/...) |"
                    + (" accuracy static / dynamic % |" if has_acc else ""))
         out.append("|---|---|---|---|---|---|" + ("---|" if has_acc else ""))
@@ -143,14 +149,15 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(out)
 
 
-def plot(results: list[dict], path_acc: Path, path_exits: Optional[Path] = None) -> None:
+def plot(results: list[dict], path_acc: Path, path_exits: Optional[Path] = None) -> list[Path]:
+    """The accuracy-vs-latency plot (and the exit-distribution one); returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     if not any(row.get("status") == "ok" and "static" in row for r in results for row in r["rows"]):
-        return  # throughput-only results: see plot_throughput
+        return []  # throughput-only results: see plot_throughput
     fig, ax = plt.subplots(figsize=(7.5, 5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     k = 0
@@ -182,32 +189,33 @@ def plot(results: list[dict], path_acc: Path, path_exits: Optional[Path] = None)
     ax.legend(fontsize=7, loc="best", framealpha=0.85)
     fig.tight_layout()
     save_png(fig, path_acc)
-    if path_exits is not None:
-        plot_exits(results, path_exits)
+    return [path_acc] + ([path_exits] if path_exits is not None and plot_exits(results, path_exits) else [])
 
 
-def plot_exits(results: list[dict], path_exits: Path) -> None:
+def plot_exits(results: list[dict], path_exits: Path) -> bool:
     """Stacked bars: the share of images leaving at each exit, per budget, per target x precision."""
     import matplotlib.pyplot as plt
 
     ok = [(r, row) for r in results for row in r["rows"] if row.get("status") == "ok" and "static" in row]
     if not ok:
-        return
+        return False
     fig, axes = plt.subplots(1, len(ok), figsize=(3.2 * len(ok) + 1, 3.6), squeeze=False)
     for ax, (r, row) in zip(axes[0], ok):
         d = [p for p in row["dynamic"] if "error" not in p]
         ax.set_title(f"{_device_label(r)}\n{row['target']} {row['precision']}", fontsize=8)
-        bottom = np.zeros(len(d))
+        bottom, x = np.zeros(len(d)), np.arange(len(d))  # one bar per budget: close budgets never share a slot
         for e in range(len(row["static"])):
             v = np.array([p["exit_fractions"][e] * 100 for p in d])
-            ax.bar([f"{p['budget_ms']:.2f}" for p in d], v, bottom=bottom, label=f"exit {e + 1}")
+            ax.bar(x, v, bottom=bottom, label=f"exit {e + 1}")
             bottom += v
+        ax.set_xticks(x, [f"{p['budget_ms']:.3g}" for p in d])
         ax.set_xlabel("budget (ms)")
         ax.tick_params(axis="x", labelrotation=45, labelsize=7)
     axes[0][0].set_ylabel("images exiting (%)")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     save_png(fig, path_exits)
+    return True
 
 
 def plot_throughput(results: list[dict], path: Path) -> bool:
@@ -238,25 +246,38 @@ def plot_throughput(results: list[dict], path: Path) -> bool:
     return True
 
 
-def write_outputs(results: list[dict], out: Path, name: str = "bench") -> None:
+def write_outputs(results: list[dict], out: Path, name: str = "bench") -> list[Path]:
+    """JSON, Markdown and the plots that apply; returns the files written (an older run's plots in ``out``
+    are left as they are and not listed)."""
     if len(results) == 1:
         atomic_write_json(out / f"{name}.json", results[0])
     else:
         atomic_write_json(out / f"{name}.json", {"schema": SCHEMA, "schema_version": 1, "merged": results})
     atomic_write(out / f"{name}.md", markdown(results).encode())
-    plot(results, out / f"{name}_accuracy_vs_latency.png", out / f"{name}_exit_distribution.png")
-    plot_throughput(results, out / f"{name}_throughput.png")
+    written = [out / f"{name}.json", out / f"{name}.md"]
+    written += plot(results, out / f"{name}_accuracy_vs_latency.png", out / f"{name}_exit_distribution.png")
+    if plot_throughput(results, out / f"{name}_throughput.png"):
+        written.append(out / f"{name}_throughput.png")
     from dvt_edge.bench_latency import plot_latency
 
-    plot_latency(results, out / f"{name}_latency.png")
+    if plot_latency(results, out / f"{name}_latency.png"):
+        written.append(out / f"{name}_latency.png")
+    return written
+
+
+def wrote_line(written: list[Path], out: Path, name: str) -> str:
+    """What this run wrote, and any plot of an earlier run in the same folder (kept, named as such)."""
+    stale = sorted(p.name for p in out.glob(f"{name}_*.png") if p not in written)
+    return (f"wrote {', '.join(p.name for p in written)} in {out}"
+            + (f" ({', '.join(stale)} there are from an earlier run)" if stale else ""))
 
 
 def load_results(paths: Sequence[str]) -> list[dict]:
     out = []
     for p in paths:
         d = json.loads(Path(p).read_text())
-        if d.get("schema") != SCHEMA:
-            raise ValueError(f"{p} is not a dvt-edge bench result (schema {d.get('schema')!r})")
+        if not isinstance(d, dict) or d.get("schema") != SCHEMA:
+            raise ValueError(f"{p} is not a dvt-edge bench result (schema {d.get('schema') if isinstance(d, dict) else None!r})")
         if d.get("schema_version", 0) > 1:
             raise ValueError(f"{p} has a newer schema_version; upgrade dvt-edge")
         out.extend(d["merged"] if "merged" in d else [d])

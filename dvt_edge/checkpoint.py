@@ -268,7 +268,7 @@ def load_checkpoint(
         model_name=model.name,
         config=model.cfg,
         classes=_classes(ckpt.get("classes"), model.cfg.num_classes, path),
-        preprocess=Preprocess.from_dict(pre) if isinstance(pre, dict) else None,
+        preprocess=_field(path, "preprocess", lambda: Preprocess.from_dict(pre)) if isinstance(pre, dict) else None,
         flops=_field(path, "flops", lambda: [float(f) for f in ckpt["flops"]]) if ckpt.get("flops") is not None else None,
         accuracies=(_field(path, "anytime_classification", lambda: [float(a) for a in ckpt["anytime_classification"]])
                     if ckpt.get("anytime_classification") is not None else None),

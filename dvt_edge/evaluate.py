@@ -41,6 +41,8 @@ def evaluate_checkpoint(
     progress: bool = True,
     bundles: Sequence[str] = (),
 ) -> dict:
+    if isinstance(threshold_n, bool) or not isinstance(threshold_n, int) or threshold_n < 1:
+        raise ValueError(f"threshold_n must be a whole number >= 1 (training images to choose thresholds on), got {threshold_n!r}")
     model, info = load_checkpoint(checkpoint, model=model_name, trusted=trusted)
     data = data or default_data(model.name, info.extras)
     pre = info.preprocess or default_preprocess(model.cfg.in_chans, model.cfg.img_size)
@@ -61,11 +63,11 @@ def evaluate_checkpoint(
         _, sel_probs = evaluate_exits(model, sel, progress=progress)
         sel_out = ExitOutputs.from_probs(sel_probs, sel.labels)
         sel_note = f"{len(sel)} training images (seeded; the model trained on them)"
-    except DataError:
-        sel_out, sel_note = test_out, "the evaluation split itself (no training split available)"
+    except DataError as e:  # no usable training split: say why, in the report itself
+        sel_out, sel_note = test_out, f"the evaluation split itself (training split unavailable: {str(e)[:200]})"
     curve = [evaluate_thresholds(test_out, None, t, costs) for t in sweep_thresholds(sel_out, n_budgets)]
     arrays = ds.arrays(progress=progress) if bundles else None  # preprocess once for every bundle
-    artifacts = [artifact_accuracy(b, *arrays, acc) for b in bundles]
+    artifacts = [artifact_accuracy(b, *arrays, acc, checkpoint=checkpoint, classes=ds.classes) for b in bundles]
     frontier = pareto_frontier(curve)
     return {
         "schema": SCHEMA,
@@ -86,11 +88,21 @@ def evaluate_checkpoint(
     }
 
 
-def artifact_accuracy(bundle_dir: str, x: np.ndarray, y: np.ndarray, torch_acc: list[float]) -> dict:
-    """Per-exit top-1 of an exported bundle's own artifacts (chained exits) on preprocessed images."""
+def artifact_accuracy(bundle_dir: str, x: np.ndarray, y: np.ndarray, torch_acc: list[float], checkpoint: Optional[str] = None,
+                      classes: Optional[list[str]] = None) -> dict:
+    """Per-exit top-1 of an exported bundle's own artifacts (chained exits) on preprocessed images;
+    with ``checkpoint``, the bundle must have been exported from that very file (else the deltas compare two models)."""
     from dvt_runtime.bundle import Bundle
+    from dvt_runtime.io import sha256_file
 
     b = Bundle.open(bundle_dir, threads=1)
+    src = b.manifest.source or {}
+    if checkpoint is not None and src.get("sha256") != sha256_file(checkpoint):
+        raise ValueError(f"bundle {bundle_dir} was exported from {src.get('checkpoint')!r}, not from {checkpoint} (SHA-256 differs): "
+                         f"its accuracy cannot be compared with this checkpoint's; export it with python -m dvt_edge.export "
+                         f"--checkpoint {checkpoint}")
+    if classes is not None and b.classes and list(b.classes) != list(classes):
+        raise ValueError(f"bundle {bundle_dir} names other classes ({b.classes[:3]}...) than the evaluation data ({classes[:3]}...)")
     logits = b.run_exits(x)
     acc = [float((lg.argmax(-1) == y).mean() * 100) for lg in logits]
     m = b.manifest
@@ -150,13 +162,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--out", default=None, help="output directory (default: next to the checkpoint)")
     ap.add_argument("--trust-checkpoint", action="store_true", help="allow arbitrary unpickling (only for files you trust)")
     args = ap.parse_args(argv)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "evaluate"
+    if out.exists() and not out.is_dir():  # checked before the work, not after it
+        print(f"error: --out {out} is a file; pass a folder", file=sys.stderr)
+        return 2
     try:
         r = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.model, args.limit, args.threshold_n,
                                 trusted=args.trust_checkpoint, bundles=args.bundles)
     except (CheckpointError, DataError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "evaluate"
     atomic_write_json(out / "evaluate.json", r)
     plot_report(r, out / "evaluate.png")
     print(format_report(r))

@@ -36,7 +36,10 @@ def load_npz(path: str, split: str, preprocess: Optional[Preprocess]) -> ImageSe
             raise DataError(f"npz: {p} has no '{k}' array (found {files}); expected 'images', 'labels' and optional 'classes'")
     labels = check_labels(z["labels"], f"npz: {p}", DataError)
     classes = [str(c) for c in z["classes"]] if "classes" in files else _numbered_classes(labels, p)
-    stored = Preprocess.from_dict(json.loads(str(z["preprocess"]))) if "preprocess" in files else None
+    try:
+        stored = Preprocess.from_dict(json.loads(str(z["preprocess"]))) if "preprocess" in files else None
+    except ValueError as e:  # json.JSONDecodeError is a ValueError too
+        raise DataError(f"npz: {p} has an unusable 'preprocess' entry ({e}); re-export it with python -m dvt_edge.data export") from None
     images = _decode_jpeg_pack(z["jpeg"], z["offsets"], p) if jpeg else z["images"]
     if len(images) != len(labels):
         raise DataError(f"npz: {p} has {len(images)} images but {len(labels)} labels")

@@ -127,6 +127,9 @@ def test_bench_report_rejects_other_json(tmp_path, capsys):
     (tmp_path / "x.json").write_text(json.dumps({"schema": "something-else"}))
     assert main(["report", str(tmp_path / "x.json")]) == 2
     assert "not a dvt-edge bench result" in capsys.readouterr().err
+    (tmp_path / "list.json").write_text("[1, 2]")  # not an object: an error, not an AttributeError
+    assert main(["report", str(tmp_path / "list.json")]) == 2
+    assert "not a dvt-edge bench result" in capsys.readouterr().err
 
 
 def test_unmatched_point_is_never_a_plain_speedup(results, tmp_path):
@@ -185,3 +188,117 @@ def test_flops_calibration_misses_small_budgets_on_a_slowed_stage(tmp_path):
     # FLOPs price the slow stage 3 like its FLOPs and stage 1-2 too dear: they leave the budget unspent
     assert np.mean(flops_miss) > np.mean(lat_miss) + 8, (lat_miss, flops_miss)
     assert np.mean([d["accuracy"] for d in lat]) > np.mean([f["accuracy"] for f in flops]) + 1, (lat, flops)
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--budgets", "nan,0.3"], "--budgets must be finite positive"),
+    (["--budgets", "inf"], "--budgets must be finite positive"),
+    (["--threads", "0"], "--threads must be >= 1"),
+    (["--runs", "0"], "--runs must be at least"),
+    (["--runs", "-3", "--latency-only", "--model", "dvt_micro_fmnist"], "--runs must be at least"),
+    (["--n", "2"], "--n must be at least 4"),
+    (["--targets", "onnx", "--precisions", "fp23"], r"--precisions \['fp23'\] not supported by onnx; valid: \['fp32', 'int8'\]"),
+])
+def test_bad_arguments_refused_before_any_work(micro_ckpt, tmp_path, capsys, args, match):
+    """Checked before exporting or timing anything: NaN budgets lost every row after the work; --threads 0 gave ORT
+    every core while the report said 0; --runs 0 silently became 200; a precision typo gave an empty report."""
+    import re
+
+    out = tmp_path / "o"
+    assert main(["--checkpoint", str(micro_ckpt), "--targets", "onnx", *args, "--out", str(out)]) == 2
+    assert re.search(match, capsys.readouterr().err)
+    assert not out.exists()  # nothing exported
+    (tmp_path / "file").write_text("x")
+    assert main(["--checkpoint", str(micro_ckpt), "--targets", "onnx", "--out", str(tmp_path / "file")]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_reused_bundle_of_other_weights_is_exported_again(micro_ckpt, tmp_path, capsys):
+    """--reuse-bundles reuses a bundle only when it was exported from this very checkpoint."""
+    import torch
+
+    from dvt_edge.bench import _reusable
+    from dvt_edge.export import export_bundle
+    from dvt_runtime.manifest import Manifest
+
+    bdir = tmp_path / "bundles" / "m-onnx-fp32"
+    export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(bdir), force=True, progress=False)
+    assert _reusable(bdir, str(micro_ckpt), "onnx", "fp32", False) is not None
+    other = tmp_path / "other.pt"
+    ck = torch.load(micro_ckpt, weights_only=True)
+    ck["model_state_dict"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in ck["model_state_dict"].items()}
+    torch.save(ck, other)
+    assert _reusable(bdir, str(other), "onnx", "fp32", True) is None
+    assert "not " + str(other) in capsys.readouterr().err
+    assert _reusable(bdir, str(micro_ckpt), "onnx", "int8", False) is None
+    assert Manifest.load(bdir).source["sha256"]  # the bundle on disk is untouched by the check
+
+
+def test_accuracy_comparisons_allow_the_two_formulas_last_bit():
+    """100*k/n (the search) and mean()*100 (the measurement) differ in the last bit for some k: the rule must not
+    miss a point exactly as accurate as the last exit because of it."""
+    from dvt_edge.bench import _cheapest_matching
+    from dvt_runtime.search import ExitOutputs, StageCosts
+
+    n, k = 1000, 806
+    assert 100.0 * k / n != float((np.arange(n) < k).mean() * 100)  # the two formulas do differ here
+    correct = np.arange(n) < k
+    conf = np.tile(np.linspace(0.5, 1.0, n), (3, 1))
+    out = ExitOutputs.from_predictions(conf, np.where(np.tile(correct, (3, 1)), 0, 1), np.zeros(n, np.int64))
+    p = _cheapest_matching(out, StageCosts.from_cumulative([1.0, 2.0, 3.0]))
+    assert p is not None and p.mean_cost == 1.0  # every exit as accurate as the last: exit 1 for all
+
+
+def test_outputs_list_only_this_runs_files_and_exit_bars_by_position(results, tmp_path):
+    import copy
+
+    from dvt_edge.bench_report import wrote_line
+
+    _, r1, _ = results
+    (tmp_path / "bench_latency.png").write_bytes(b"old")  # an earlier run's plot: kept, not claimed
+    written = write_outputs([r1], tmp_path)
+    assert tmp_path / "bench_latency.png" not in written and (tmp_path / "bench_latency.png").read_bytes() == b"old"
+    line = wrote_line(written, tmp_path, "bench")
+    assert "bench_accuracy_vs_latency.png" in line and "bench_latency.png there are from an earlier run" in line
+    r = copy.deepcopy(r1)
+    row = next(x for x in r["rows"] if x["status"] == "ok")
+    for p, b in zip(row["dynamic"], (0.031, 0.0312, 0.0314, 0.0316, 0.0318)):
+        p["budget_ms"] = b
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dvt_edge import bench_report
+
+    seen = []
+    real_bar = plt.Axes.bar
+
+    def spy(self, x, *a, **k):
+        seen.append(list(x))
+        return real_bar(self, x, *a, **k)
+
+    plt.Axes.bar = spy
+    try:
+        assert bench_report.plot_exits([r], tmp_path / "e.png")
+    finally:
+        plt.Axes.bar = real_bar
+    assert len(set(seen[0])) == len(row["dynamic"])  # close budgets never share a bar
+
+
+def test_throughput_without_labels_and_at_unmatched_thresholds(onnx_bundle):
+    """No labels: accuracies are None, not 0.0; thresholds that missed matched accuracy are said so over the table."""
+    from dvt_edge.bench import throughput
+    from dvt_edge.bench_report import throughput_markdown
+    from dvt_runtime.bundle import Bundle
+
+    b = Bundle.open(onnx_bundle, threads=1)
+    x = np.random.default_rng(0).normal(size=(8, *b.input_shape)).astype(np.float32)
+    rows = throughput(b, x, None, [0.5, 0.5], [1, 4], rounds=1)
+    assert all(r["static_accuracy"] is None and r["dynamic_accuracy"] is None for r in rows)
+    tp = {"thresholds": [0.5, 0.5], "max_batch": None, "rows": rows, "within_match": False}
+    md = "\n".join(throughput_markdown({"rows": [{"status": "ok", "target": "onnx", "precision": "fp32", "throughput": tp}]}))
+    assert "did NOT reach matched accuracy" in md and "accuracy static" not in md
+    md = "\n".join(throughput_markdown({"rows": [{"status": "ok", "target": "onnx", "precision": "fp32",
+                                                  "throughput": dict(tp, within_match=True)}]}))
+    assert "NOT" not in md

@@ -145,6 +145,8 @@ def test_missing_file_and_dict_without_weights(tmp_path):
 
 @pytest.mark.parametrize("field, value, match", [
     ("preprocess", '{"size": 28}', "'preprocess' must be a dict"),
+    ("preprocess", {"size": 28, "resize": 28, "channels": "gray", "mean": [0.5], "std": [0.25], "interpolation": "area",
+                    "invert": "false"}, "'preprocess' entry is malformed.*invert must be true or false"),
     ("format_version", "two", "'format_version' entry is malformed"),
     ("flops", ["a", "b", "c"], "'flops' entry is malformed"),
     ("dynamic_threshold", [[0.5, "x", 0.1]], "'dynamic_threshold' entry is malformed"),

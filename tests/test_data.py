@@ -174,6 +174,9 @@ def test_data_export_round_trip(tmp_path, fmnist_test):
     ((28, 28), Preprocess()),
     ((56, 56), Preprocess()),  # integer downscale: area = box filter, exact in numpy too
     ((60, 40, 3), Preprocess(size=20, resize=20, channels="rgb", mean=(0.5,) * 3, std=(0.25,) * 3)),
+    ((20, 20), Preprocess()),  # enlarging: OpenCV's area weights (bilinear was 38 gray levels off)
+    ((14, 14), Preprocess()),
+    ((9, 13, 3), Preprocess(size=32, resize=32, channels="rgb", mean=(0.5,) * 3, std=(0.25,) * 3)),
 ])
 def test_numpy_fallback_matches_opencv(monkeypatch, shape, pre):
     img = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
@@ -196,6 +199,14 @@ def test_preprocess_validation_and_round_trip():
         Preprocess(channels="rgb")
     with pytest.raises(ValueError, match="uint8"):
         Preprocess().apply(np.zeros((28, 28), np.float32))
+    d = p.to_dict()
+    with pytest.raises(ValueError, match="invert must be true or false"):  # a string "false" inverted every image
+        Preprocess.from_dict({**d, "invert": "false"})
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['bogus'\]; valid"):
+        Preprocess.from_dict({**d, "bogus": 1})
+    with pytest.raises(ValueError, match=r"lacks required field\(s\) \['size'\]"):  # not the Fashion-MNIST default
+        Preprocess.from_dict({k: v for k, v in d.items() if k != "size"})
+    assert Preprocess.from_dict({k: v for k, v in d.items() if k not in ("invert", "layout")}) == p  # older files
 
 
 # ----------------------------------------------------------------------------- subsets, holdout, CIFAR-10

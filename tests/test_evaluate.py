@@ -50,3 +50,24 @@ def test_evaluate_exported_bundle_matches_pytorch(micro_ckpt, onnx_bundle, tmp_p
     assert r["threshold_selection"] == "200 training images (seeded; the model trained on them)"  # not "held-out"
     assert max(abs(d) for d in a["delta_vs_pytorch_fp32"]) < 1.0  # fp32: same answers up to ties
     assert "delta vs PyTorch fp32" in format_report(r)
+
+
+def test_evaluate_refuses_other_checkpoints_bundle_and_bad_threshold_n(micro_ckpt, onnx_bundle, tmp_path, capsys):
+    """A bundle exported from other weights is not compared as this checkpoint's; --threshold-n 0 is an error, not a
+    silent fall-back to choosing thresholds on the evaluation split."""
+    import torch
+
+    from dvt_edge.evaluate import evaluate_checkpoint
+
+    other = tmp_path / "other.pt"
+    ck = torch.load(micro_ckpt, weights_only=True)
+    ck["model_state_dict"] = {k: v * 0 if v.is_floating_point() else v for k, v in ck["model_state_dict"].items()}
+    torch.save(ck, other)
+    with pytest.raises(ValueError, match="was exported from .*not from .*other.pt"):
+        evaluate_checkpoint(str(other), limit=50, threshold_n=50, bundles=[str(onnx_bundle)], progress=False)
+    for bad in (0, -5):
+        assert main(["--checkpoint", str(micro_ckpt), "--threshold-n", str(bad), "--out", str(tmp_path / "o")]) == 2
+        assert "threshold_n must be a whole number >= 1" in capsys.readouterr().err
+    (tmp_path / "f").write_text("x")
+    assert main(["--checkpoint", str(micro_ckpt), "--out", str(tmp_path / "f")]) == 2
+    assert "is a file" in capsys.readouterr().err

@@ -30,7 +30,7 @@ from dvt_runtime.profile import (
     profile_bundle,
 )
 from dvt_runtime.search import StageCosts
-from dvt_runtime.stats import sample_stats
+from dvt_runtime.stats import check_samples, sample_stats
 from tests.test_runtime_torch_free import run_without_torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -394,6 +394,42 @@ def test_profile_informational_fields_typed(tmp_path, key, value, match):
         LatencyProfile.load(p)
     with pytest.raises(ProfileError, match=match):
         import_json(p)
+
+
+def test_profile_samples_schema_and_source_checked_on_load(tmp_path):
+    """Raw samples are priced by the search: a malformed one fails when the file is read (naming it), not after
+    calibrate has run every exit; a schema string, version or source that cannot be right is refused too."""
+    d = json.loads(json.dumps(LatencyProfile.from_samples([[1.0, 2.0, 3.0, 4.0], [2.0, 3.0, 4.0, 5.0]]).to_dict()))
+    for key, i, samples, match in (("stages", 1, [0.1, "0.2", None], "stages' entry 2 samples: .*not text"),
+                                   ("stages", 0, {"oops": 1}, "stages' entry 1 samples: expected a sequence"),
+                                   ("cumulative", 0, [1.0, float("nan")], "cumulative' entry 1 samples: .*finite")):
+        bad = json.loads(json.dumps(d))
+        bad[key][i]["samples"] = samples
+        with pytest.raises(ProfileError, match=match):
+            LatencyProfile.from_dict(bad)
+    for change, match in (({"schema_version": -7}, "schema_version >= 1"), ({"schema": "dvt-profile/banana"}, "does not match"),
+                          ({"source": "bogus"}, "source 'bogus' is not one of")):
+        with pytest.raises(ProfileError, match=match):
+            LatencyProfile.from_dict({**d, **change})
+
+
+def test_from_samples_never_writes_what_load_refuses(tmp_path):
+    for kw, match in ((dict(threads=0), "'threads'"), (dict(threads=True), "'threads'"), (dict(peak_rss_mb=float("nan")), "peak_rss_mb"),
+                      (dict(load_ms=[float("inf")]), "load_ms")):
+        with pytest.raises(ProfileError, match=match):
+            LatencyProfile.from_samples([[1.0, 2.0]], **kw)
+    p = tmp_path / "t.json"
+    p.write_text(json.dumps({"stages_ms": [[1.0, 2.0]], "threads": 0}))
+    with pytest.raises(ProfileError, match="'threads'"):  # refused at import, not after it was written
+        import_json(p)
+    # check_samples: a scalar, a generator, text
+    with pytest.raises(ProfileError, match="expected a sequence"):
+        LatencyProfile.from_samples([[1.0]], preprocess_samples=3.0)
+    np.testing.assert_array_equal(check_samples((v for v in (1.0, 2.0)), "g"), [1.0, 2.0])  # read once, not used up
+    with pytest.raises(ProfileError, match="not text"):
+        LatencyProfile.from_samples([["1", "2"]])
+    with pytest.raises(ProfileError, match="numbers"):
+        LatencyProfile.from_samples([np.array(["1", "2"])])
 
 
 def test_newer_schema_refused(tmp_path):

@@ -176,6 +176,15 @@ def test_to_dict_json_serialisable():
     assert ev.to_dict()["thresholds"] == [None, 0.5, None]
     np.testing.assert_array_equal(thresholds_from_list(ev.to_dict()["thresholds"]), [np.inf, 0.5, -np.inf])
     json.dumps(ev.to_dict(), allow_nan=False)
+    # the JSON form (None = never stop) is accepted where thresholds are taken, and means the same
+    again = evaluate_thresholds(out, None, back["best"]["thresholds"], costs)
+    assert again.accuracy == res.best.accuracy and again.mean_cost == res.best.mean_cost
+    np.testing.assert_array_equal(exit_indices(out.confidences, [None, 0.5, None]), exit_indices(out.confidences, [np.inf, 0.5]))
+    for bad in ([float("nan"), 0.5, None], ["0.5", 0.5, None], [True, 0.5, None]):
+        with pytest.raises(ValueError, match="NaN|numbers"):
+            thresholds_from_list(bad)
+    with pytest.raises(ValueError, match="numbers"):
+        evaluate_thresholds(out, None, ["0.5", 0.5], costs)
 
 
 def test_pareto_frontier():
@@ -514,6 +523,13 @@ def test_errors():
         search_thresholds(out, costs, 2.0, max_candidate=5)
     with pytest.raises(ValueError, match="labels differ"):
         search_thresholds(out, costs, 2.0, labels=labels[::-1] + 1)
+    for opt, v, match in (("mutation_rate", float("nan"), "mutation_rate must be a probability"),
+                          ("mutation_rate", -3.0, "mutation_rate must be a probability"),
+                          ("crossover_rate", 5.0, "crossover_rate must be a probability"),
+                          ("mutation_scale", 0.0, "mutation_scale must be a finite number > 0"),
+                          ("mutation_scale", float("nan"), "mutation_scale must be a finite number > 0")):
+        with pytest.raises(ValueError, match=match):
+            search_thresholds(out, costs, 2.0, algorithm="ga", **{opt: v})
 
 
 def test_budget_below_minimum_percentile_names_minimum():

@@ -131,7 +131,7 @@ class LatencyProfile:
         for name, per_exit in (("load_ms", load_ms), ("first_inference_ms", first_inference_ms)):
             if per_exit is not None and len(per_exit) != len(arrays):
                 raise ProfileError(f"{name} has {len(per_exit)} values for {len(arrays)} stages")
-        return cls(
+        prof = cls(
             stages=[{"exit": i + 1, **sample_stats(a)} for i, a in enumerate(arrays)],
             cumulative=[{"exit": i + 1, **sample_stats(c)} for i, c in enumerate(cum)],
             drift=[{"exit": i + 1, **d} for i, d in enumerate(drifts)],
@@ -150,6 +150,9 @@ class LatencyProfile:
             batch=check_batch(batch),
             stopping=stopping,
         )
+        # what from_dict will check on load: never write a profile that cannot be read back
+        _check_informational({k: getattr(prof, k) for k in _INFORMATIONAL}, len(arrays))
+        return prof
 
     # ---------------------------------------------------------------- facts
     @property
@@ -190,6 +193,10 @@ class LatencyProfile:
         if not isinstance(d, dict) or not (isinstance(d.get("schema"), str) and d["schema"].startswith("dvt-profile/")):
             raise ProfileError("not a dvt latency profile: missing schema 'dvt-profile/N' or integer schema_version")
         d = checked_fields(cls, d, "latency profile", ProfileError, SCHEMA_VERSION)
+        if d["schema"] != f"dvt-profile/{d['schema_version']}":
+            raise ProfileError(f"latency profile: schema {d['schema']!r} does not match its schema_version {d['schema_version']}")
+        if d.get("source", "measured") not in SOURCES:
+            raise ProfileError(f"latency profile source {d.get('source')!r} is not one of {list(SOURCES)}")
         for key in ("stages", "cumulative", "stopping"):
             if key == "stopping" and d.get(key) is None:
                 continue
@@ -201,6 +208,8 @@ class LatencyProfile:
                     v = s.get(k)
                     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                         raise ProfileError(f"latency profile '{key}' entry {i + 1}: {k!r} must be a finite non-negative number, got {v!r}")
+                if "samples" in s:  # raw samples are priced by the search: checked here, not when it runs
+                    check_samples(s["samples"], f"latency profile '{key}' entry {i + 1} samples")
         if len(d["cumulative"]) != len(d["stages"]) or not isinstance(d["drift"], list):
             raise ProfileError("latency profile: 'cumulative' needs one entry per stage and 'drift' must be a list")
         if d.get("stopping") is not None and len(d["stopping"]) != len(d["stages"]):
@@ -265,6 +274,10 @@ class LatencyProfile:
                          "(thermal throttling or background load?); cool the device, fix the governor and re-profile")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+_INFORMATIONAL = ("device", "bundle", "settings", "load_ms", "first_inference_ms", "peak_rss_mb", "preprocess_ms", "threads",
+                  "source", "created", "notes", "throttling_suspected", "drift")
 
 
 def _check_informational(d: dict[str, Any], num_exits: int) -> None:

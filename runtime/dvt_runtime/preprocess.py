@@ -3,7 +3,7 @@
 Training-time evaluation (``dvt_edge.data``) and device-time inference (``dvt_runtime``)
 both call :meth:`Preprocess.apply`, so they see the same pixels. OpenCV does the resize
 when it is installed; without it a numpy fallback is used (area/nearest/linear resize),
-which may differ from OpenCV by a rounding step for non-integer scale factors.
+which may differ from OpenCV by a rounding step (one gray level) for non-integer scale factors.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 import numpy as np
+
+from dvt_runtime.schema import checked_fields
 
 __all__ = ["Preprocess", "INTERPOLATIONS"]
 
@@ -56,6 +58,8 @@ class Preprocess:
                 raise ValueError(f"preprocess {name} must be finite numbers, got {list(vals)}")
         if not all(v > 0 for v in self.std):
             raise ValueError(f"preprocess std must be positive (it divides the pixels), got {list(self.std)}")
+        if not isinstance(self.invert, bool):
+            raise ValueError(f"preprocess invert must be true or false, got {self.invert!r}")
         if self.resize < self.size:
             raise ValueError(f"resize ({self.resize}) must be >= size ({self.size})")
 
@@ -76,7 +80,10 @@ class Preprocess:
     def from_dict(cls, d: dict) -> Preprocess:
         if not isinstance(d, dict):
             raise ValueError(f"preprocess must be a JSON object, got {type(d).__name__}")
-        d = dict(d)
+        d = checked_fields(cls, d, "preprocess", ValueError)
+        missing = [k for k in ("size", "resize", "channels", "mean", "std", "interpolation") if k not in d]
+        if missing:  # layout and invert may be absent (older files): the rest is never guessed
+            raise ValueError(f"preprocess lacks required field(s) {missing}")
         for k in ("mean", "std"):
             if not isinstance(d.get(k), (list, tuple)):
                 raise ValueError(f"preprocess {k} must be a list of numbers, got {d.get(k)!r}")
@@ -175,7 +182,8 @@ def _resize(img: np.ndarray, nh: int, nw: int, interpolation: str) -> np.ndarray
 
 
 def _np_resize(img: np.ndarray, nh: int, nw: int, interpolation: str) -> np.ndarray:
-    """numpy fallback: box filter for 'area' downscaling, else bilinear (half-pixel centers)."""
+    """numpy fallback: box filter for 'area' downscaling, OpenCV's area weights for enlarging, else bilinear
+    (half-pixel centers)."""
     h, w = img.shape[:2]
     x = img.astype(np.float32)
     if interpolation == "nearest":
@@ -185,6 +193,9 @@ def _np_resize(img: np.ndarray, nh: int, nw: int, interpolation: str) -> np.ndar
     if interpolation == "area" and nh <= h and nw <= w:
         x = _area_axis(x, nh, 0)
         x = _area_axis(x, nw, 1)
+    elif interpolation == "area":  # enlarging: OpenCV's INTER_AREA interpolates with its own weights
+        x = _area_up_axis(x, nh, 0)
+        x = _area_up_axis(x, nw, 1)
     else:
         x = _linear_axis(x, nh, 0)
         x = _linear_axis(x, nw, 1)
@@ -200,6 +211,23 @@ def _area_axis(x: np.ndarray, n: int, axis: int) -> np.ndarray:
             m[i, j] = min(b, j + 1) - max(a, j)
     m /= m.sum(axis=1, keepdims=True)
     return np.moveaxis(np.tensordot(m, np.moveaxis(x, axis, 0), axes=1), 0, axis)
+
+
+def _area_up_axis(x: np.ndarray, n: int, axis: int) -> np.ndarray:
+    """OpenCV's INTER_AREA weights when an image is enlarged: output ``i`` blends source ``sx`` and
+    ``sx + 1`` by the part of ``[i, i + 1)`` (in output pixels) past source pixel ``sx``'s end."""
+    src = x.shape[axis]
+    i = np.arange(n)
+    sx = np.floor(i * src / n).astype(int)
+    f = (i + 1) - (sx + 1) * n / src
+    f = np.where(f <= 0, 0.0, f - np.floor(f))
+    f = np.where(sx >= src - 1, 0.0, f)
+    sx = np.clip(sx, 0, src - 1)
+    hi = np.minimum(sx + 1, src - 1)
+    shape = [1] * x.ndim
+    shape[axis] = n
+    t = f.astype(np.float32).reshape(shape)
+    return np.take(x, sx, axis=axis) * (1 - t) + np.take(x, hi, axis=axis) * t
 
 
 def _linear_axis(x: np.ndarray, n: int, axis: int) -> np.ndarray:

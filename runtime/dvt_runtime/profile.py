@@ -161,7 +161,7 @@ def profile_bundle(
         source="measured",
         bundle={"model": bundle.manifest.model, "target": bundle.manifest.target, "precision": bundle.manifest.precision,
                 "backend": bundle.manifest.backend, "path": str(bundle.path), "num_exits": bundle.num_exits},
-        threads=threads,
+        threads=threads or None,  # 0 = the backend's default, as None
         load_ms=list(bundle.load_ms),
         first_inference_ms=first,
         preprocess_samples=_time_preprocess(bundle, _raw_images(bundle, images_raw), runs),

@@ -20,8 +20,8 @@ def checked_fields(cls, d: Any, what: str, error: Callable[[str], Exception], cu
         raise error(f"{what} must be a JSON object, got {type(d).__name__}")
     if current_version is not None:
         v = d.get("schema_version")
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise error(f"not a dvt {what}: it has no integer schema_version")
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise error(f"not a dvt {what}: it has no integer schema_version >= 1 (got {v!r})")
         if v > current_version:
             raise error(f"{what} schema_version {v} is newer than this dvt-runtime understands ({current_version}); "
                         "upgrade dvt-runtime (pip install -U dvt-runtime)")

@@ -290,6 +290,10 @@ def _as_thresholds(thresholds: Sequence[float], n_exits: int) -> np.ndarray:
     A -inf on a non-last exit ("always stop here") is stored as the lowest finite float so that
     ``+inf`` / ``None`` unambiguously means "never stop here" in JSON.
     """
+    if isinstance(thresholds, (list, tuple)):  # the JSON form: None = never stop there
+        if any(isinstance(v, (bool, str)) for v in thresholds):
+            raise ValueError(f"thresholds must be numbers (or None = never stop), got {list(thresholds)!r}")
+        thresholds = [np.inf if v is None else v for v in thresholds]
     t = np.array(thresholds, dtype=np.float64).ravel()
     if t.size == n_exits - 1:
         t = np.append(t, -np.inf)
@@ -304,9 +308,13 @@ def _as_thresholds(thresholds: Sequence[float], n_exits: int) -> np.ndarray:
 
 def thresholds_from_list(values: Sequence[Optional[float]]) -> np.ndarray:
     """Inverse of the JSON form (``Evaluation.to_dict()["thresholds"]``): None -> +inf (never stop), last -> -inf."""
+    if any(v is not None and (isinstance(v, (bool, str)) or not isinstance(v, (int, float, np.integer, np.floating))) for v in values):
+        raise ValueError(f"thresholds must be numbers or None (never stop), got {list(values)!r}")
     t = np.array([np.inf if v is None else float(v) for v in values], dtype=np.float64)
     if t.size:
         t[-1] = -np.inf
+    if np.isnan(t).any():
+        raise ValueError(f"thresholds contain NaN: {list(values)!r}")
     return t
 
 
@@ -769,6 +777,15 @@ def budget_curve(
 # ---- genetic algorithm ---------------------------------------------------------------
 
 
+def _check_ga_rates(crossover_rate: float, mutation_rate: Optional[float], mutation_scale: float) -> None:
+    """Probabilities in [0, 1] and a finite positive scale (NaN fails every comparison: refused, not ignored)."""
+    for name, v in (("crossover_rate", crossover_rate), ("mutation_rate", mutation_rate)):
+        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0):
+            raise ValueError(f"ga {name} must be a probability in [0, 1], got {v!r}")
+    if isinstance(mutation_scale, bool) or not isinstance(mutation_scale, (int, float)) or not (0.0 < mutation_scale < math.inf):
+        raise ValueError(f"ga mutation_scale must be a finite number > 0, got {mutation_scale!r}")
+
+
 def _run_ga(
     out: ExitOutputs,
     model: _CostModel,
@@ -796,6 +813,7 @@ def _run_ga(
     population, generations, elite, tournament = int(population), int(generations), int(elite), int(tournament)
     if population < 4 or generations < 1 or not 0 <= elite < population or tournament < 1:
         raise ValueError("ga needs population >= 4, generations >= 1, 0 <= elite < population and tournament >= 1")
+    _check_ga_rates(crossover_rate, mutation_rate, mutation_scale)
     conf = out.confidences
     n_exits, n_genes = out.n_exits, out.n_exits - 1
     lo = min(0.0, float(conf[:-1].min()))

@@ -7,7 +7,7 @@ the webcam's session summary; :func:`drift` compares the first and last quarter 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Optional
 
 import numpy as np
@@ -62,6 +62,14 @@ def drift(samples: np.ndarray) -> dict[str, Optional[float]]:
 
 def check_samples(samples: Sequence[float], what: str) -> np.ndarray:
     """``samples`` as a flat float64 array; ProfileError unless finite, non-negative numbers."""
+    if isinstance(samples, (str, bytes, dict)) or not isinstance(samples, Iterable):
+        raise ProfileError(f"{what}: expected a sequence of latency samples (ms), got {type(samples).__name__}")
+    if not isinstance(samples, np.ndarray):
+        samples = list(samples)  # a generator is read once, here
+        if any(isinstance(v, (str, bytes)) for v in samples):
+            raise ProfileError(f"{what}: latency samples must be numbers (ms), not text")
+    elif samples.dtype.kind not in "iuf":
+        raise ProfileError(f"{what}: latency samples must be numbers (ms), got an array of {samples.dtype}")
     if any(isinstance(v, (bool, np.bool_)) for v in samples):
         raise ProfileError(f"{what}: latency samples must be numbers (ms), not true/false")
     try:
