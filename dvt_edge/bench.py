@@ -364,9 +364,21 @@ def _ints(text: str, name: str) -> list[int]:
     return v
 
 
+def check_targets(targets: str, precisions: str, any_target: bool = False) -> None:
+    """``--targets`` (all or names) and ``--precisions`` (comma-separated) before any work: a ValueError naming the
+    valid choices. Every precision must be supported by a selected target (``any_target``: by any target at all,
+    for a default list like the demo's that names fp16 for Core ML only)."""
+    from dvt_edge.export.targets import TARGETS, get_target
+
+    names = sorted(TARGETS) if targets == "all" else [get_target(t).name for t in targets.split(",")]
+    supported = sorted({p for t in (sorted(TARGETS) if any_target else names) for p in TARGETS[t].precisions})
+    unknown = [p for p in precisions.split(",") if p not in supported]
+    if unknown:
+        raise ValueError(f"--precisions {unknown} not supported by {', '.join(names)}; valid: {supported}")
+
+
 def _check_run_args(a: argparse.Namespace) -> None:
     """Arguments checked before anything is exported or timed (a mistake found after the work loses it)."""
-    from dvt_edge.export.targets import TARGETS, get_target
     from dvt_runtime.stats import MIN_RUNS
 
     if a.threads < 1:
@@ -375,11 +387,7 @@ def _check_run_args(a: argparse.Namespace) -> None:
         raise ValueError(f"--runs must be at least {MIN_RUNS} (the drift check compares quarters), got {a.runs}")
     if a.n < 4:
         raise ValueError(f"--n must be at least 4 images (half choose thresholds, half measure), got {a.n}")
-    names = sorted(TARGETS) if a.targets == "all" else [get_target(t).name for t in a.targets.split(",")]
-    supported = sorted({p for t in names for p in TARGETS[t].precisions})
-    unknown = [p for p in a.precisions.split(",") if p not in supported]
-    if unknown:
-        raise ValueError(f"--precisions {unknown} not supported by {', '.join(names)}; valid: {supported}")
+    check_targets(a.targets, a.precisions)
     out = Path(a.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; pass a folder for the bench's results")

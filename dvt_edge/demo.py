@@ -47,22 +47,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from dvt_edge.bench import check_targets
+    from dvt_edge.checkpoint import CheckpointError
+    from dvt_edge.data import DataError
+
     ap = build_parser()
     args = ap.parse_args(argv)
     if args.retrain and args.checkpoint:
         ap.error("--retrain reproduces the reference and demos that: it excludes --checkpoint")
+    try:
+        check_targets(args.targets, args.precisions, any_target=True)  # before the zoo, the evaluation and any training
+        if args.n < 4:
+            raise ValueError(f"--n must be at least 4 images (half choose thresholds, half measure), got {args.n}")
+        return _tour(args)
+    except (CheckpointError, DataError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _tour(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    _show_zoo()
     ref = get_reference(args.reference)
     ckpt = Path(args.checkpoint) if args.checkpoint else ref.checkpoint
+    if args.checkpoint and not ckpt.is_file():
+        print(f"error: no checkpoint at {ckpt}", file=sys.stderr)
+        return 2
+    _show_zoo()
     if args.retrain:
         ckpt = out / "retrain" / ref.checkpoint.name
         rc = _retrain(ref, out / "retrain", ckpt)
         if rc:
             return rc
     if not ckpt.is_file():
-        cmds = "; ".join("python -m dvt_edge.train " + " ".join(a) for a in ref.step_argv(Path("runs/ref")))
-        print(f"\nno checkpoint at {ckpt}; train one with: {cmds}", file=sys.stderr)
+        print(f"\nerror: the reference checkpoint {ckpt} is missing (reinstall dvt-edge); or reproduce it with "
+              f"python -m dvt_edge.demo --reference {ref.key} --retrain", file=sys.stderr)
         return 2
     data, info = _evaluate(ckpt, args.data, out)
     result, device = _benchmark(ckpt, data, args, out)
@@ -85,8 +103,13 @@ def _retrain(ref, run_dir: Path, ckpt: Path) -> int:
     from dvt_edge.train import main as train_main
 
     for i, argv in enumerate(ref.step_argv(run_dir)):
+        state = _run_state(Path(argv[argv.index("--out") + 1]))
+        if state == "finished":  # an earlier --retrain got this far: its final epoch stands
+            _section(f"retraining the reference checkpoint, step {i + 1} of {len(ref.steps)}: already finished")
+            continue
+        argv = [*argv, "--resume"] if state == "unfinished" else argv  # an interrupted --retrain continues, never restarts
         _section(f"retraining the reference checkpoint, step {i + 1} of {len(ref.steps)}: python -m dvt_edge.train " + " ".join(argv))
-        rc = train_main([*argv, "--force"])
+        rc = train_main(argv)
         if rc:
             return rc
     from dvt_edge.model_card import publish_run
@@ -95,6 +118,17 @@ def _retrain(ref, run_dir: Path, ckpt: Path) -> int:
     r = publish_run(str(run_dir), str(ckpt), eval_data=ref.eval_data)
     print(f"wrote {ckpt} and its model card {r['card']}")
     return 0
+
+
+def _run_state(run: Path) -> Optional[str]:
+    """"finished" or "unfinished" when ``run`` holds a training run's last.pt, else None."""
+    from dvt_edge.checkpoint import read_checkpoint
+
+    last = run / "last.pt"
+    if not last.is_file():
+        return None
+    t = read_checkpoint(last).get("train") or {}
+    return "finished" if t.get("epoch", 0) >= t.get("epochs", 1) else "unfinished"
 
 
 def _evaluate(ckpt: Path, data: Optional[str], out: Path):

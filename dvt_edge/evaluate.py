@@ -77,6 +77,7 @@ def evaluate_checkpoint(
         "split": ds.split,
         "n": len(ds),
         "threshold_selection": sel_note,
+        "threshold_n": threshold_n,
         "exits": [
             {"exit": e.index + 1, "grid": f"{e.grid}x{e.grid}", "tokens": e.tokens, "gflops": e.gflops, "top1": a}
             for e, a in zip(model.exits, acc)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,13 +37,13 @@ def train_command(args: dict, out: str) -> str:
     defaults = vars(build_parser().parse_args(["--out", "x"]))
     parts = ["python -m dvt_edge.train"]
     for key in ("model", "data", "epochs", "seed"):  # always shown, even when default
-        parts.append(f"--{key.replace('_', '-')} {args[key]}")
+        parts.append(f"--{key.replace('_', '-')} {shlex.quote(str(args[key]))}")
     for key, value in args.items():
         if key in _NOT_IN_COMMAND or key in ("model", "data", "epochs", "seed") or value == defaults.get(key, object()):
             continue
         flag = f"--{key.replace('_', '-')}"
-        parts.append(flag if value is True else f"{flag} {value}")
-    parts.append(f"--out {out}")
+        parts.append(flag if value is True else f"{flag} {shlex.quote(str(value))}")
+    parts.append(f"--out {shlex.quote(str(out))}")
     return " ".join(parts)
 
 
@@ -95,12 +97,33 @@ def exit_gains(top1: Sequence[float]) -> list[float]:
     return [round(b - a, 2) for a, b in zip(top1, top1[1:])]
 
 
+def publish_command(run: str, out: str, card: Optional[str], data: Optional[str], threshold_n: int,
+                    eval_data: Optional[str], notes: Sequence[str] = ()) -> str:
+    """The ``python -m dvt_edge.model_card`` command that writes this file and card (every argument, quoted)."""
+    parts = ["python -m dvt_edge.model_card", "--run", run, "--out", out]
+    for flag, v in (("--card", card), ("--data", data), ("--eval-data", eval_data)):
+        if v:
+            parts += [flag, v]
+    parts += ["--threshold-n", str(threshold_n)]
+    return " ".join(shlex.quote(p) if i else p for i, p in enumerate(parts)) + (
+        f" (and the {len(notes)} --note line(s) under Notes)" if notes else "")
+
+
 def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[str] = None,
-                threshold_n: int = 5000, progress: bool = True, eval_data: Optional[str] = None) -> dict:
-    """Final checkpoint of ``run`` -> weights-only ``out`` + evaluation + model card. Returns the evaluation."""
+                threshold_n: int = 5000, progress: bool = True, eval_data: Optional[str] = None,
+                notes: Sequence[str] = ()) -> dict:
+    """Final checkpoint of ``run`` -> weights-only ``out`` + evaluation + model card. Returns the evaluation.
+
+    Nothing at ``out`` (or its card) changes unless the evaluation succeeds: the checkpoint is written to a
+    temporary file beside it, evaluated there, and only then moved into place with its card."""
     from dvt_edge.evaluate import evaluate_checkpoint, plot_report
 
     run_dir, out_path = Path(run), Path(out)
+    if isinstance(threshold_n, bool) or not isinstance(threshold_n, int) or threshold_n < 1:
+        raise ValueError(f"threshold_n must be a whole number >= 1 (training images to choose thresholds on), got {threshold_n!r}")
+    if out_path.resolve() in ((run_dir / "last.pt").resolve(), (run_dir / "best.pt").resolve()):
+        raise ValueError(f"--out {out_path} is one of the run's own checkpoints (inside the run directory {run_dir}, with the "
+                         "training state --resume needs); publish to another path, e.g. assets/NAME.pt")
     last = run_dir / "last.pt"
     if not last.is_file():
         raise CheckpointError(f"{last} not found: --run must be a training run directory (python -m dvt_edge.train --out RUN)")
@@ -117,17 +140,25 @@ def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[s
     steps = lineage(args)  # before anything is written: ``out`` may be the fine-tuning source itself
     if steps:
         extra["lineage"] = json.dumps(steps)
-    save_checkpoint(out_path, model, classes=info.classes, preprocess=info.preprocess, accuracies=info.accuracies,
-                    data=args["data"], train_summary=json.dumps({"epoch": t["epoch"], "args": args}), **extra)
-
-    report = evaluate_checkpoint(str(out_path), data=data or args["data"], threshold_n=threshold_n, progress=progress)
+    tmp = out_path.with_name(f".{out_path.stem}.publishing-{os.getpid()}{out_path.suffix}")
+    try:
+        save_checkpoint(tmp, model, classes=info.classes, preprocess=info.preprocess, accuracies=info.accuracies,
+                        data=args["data"], train_summary=json.dumps({"epoch": t["epoch"], "args": args}), **extra)
+        report = evaluate_checkpoint(str(tmp), data=data or args["data"], threshold_n=threshold_n, progress=progress)
+        report["checkpoint"] = str(out_path)
+        os.replace(tmp, out_path)  # only now: a failed evaluation leaves the previous file (and its card) as they were
+    finally:
+        tmp.unlink(missing_ok=True)  # our own temporary file, never the user's
     eval_dir = run_dir / "card_eval"
     eval_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(eval_dir / "evaluate.json", report)
     plot_report(report, eval_dir / "evaluate.png")
 
     card_file = Path(card) if card else card_path(out_path)
-    text = render_card(out_path, model, info, args, t, history, report, run_dir, steps)
+    cmd = publish_command(run, out, card, data, threshold_n, eval_data, notes)
+    text = render_card(out_path, model, info, args, t, history, report, run_dir, steps, cmd)
+    if notes:
+        text += "\n## Notes\n\n" + "".join(f"- {n}\n" for n in notes)
     atomic_write(card_file, text.encode())
     report["card"] = str(card_file)
     return report
@@ -146,14 +177,22 @@ def _command_lines(args: dict, run_dir: Path, steps: list[dict]) -> list[str]:
         return ["- Command:", "", f"      {train_command(args, str(run_dir))}", ""]
     lines = [f"- Trained in {len(steps) + 1} steps, each fine-tuning the previous one's final epoch (`--finetune`):", ""]
     for i, (cmd, st) in enumerate(zip(step_commands(steps, args, str(run_dir)), [*steps, None])):
-        acc = f" (its final epoch: top-1 per exit {[round(a, 2) for a in st['accuracies']]} on the training run's validation split)" \
-            if st and st.get("accuracies") else ""
+        acc = ""
+        if st and st.get("accuracies"):
+            acc = (f" (its final epoch: top-1 per exit {[round(a, 2) for a in st['accuracies']]} on the training run's validation split)"
+                   if st.get("args") else f" (the file records top-1 per exit {[round(a, 2) for a in st['accuracies']]}, "
+                   "measured by whoever trained it, on their data)")
         lines += [f"  {i + 1}. Step {i + 1}{acc}:", "", f"      {cmd}", ""]
     return lines
 
 
+def _evaluate_command(path: Path, report: dict) -> str:
+    return (f"python -m dvt_edge.evaluate --checkpoint {shlex.quote(str(path))} --data {shlex.quote(report['data'])} "
+            f"--threshold-n {report.get('threshold_n', 5000)}")
+
+
 def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict], report: dict, run_dir: Path,
-                steps: Optional[list[dict]] = None) -> str:
+                steps: Optional[list[dict]] = None, command: Optional[str] = None) -> str:
     c = model.cfg
     n_params = sum(p.numel() for p in model.parameters())
     grids = " / ".join(f"{g}x{g}" for g in c.grids)
@@ -170,7 +209,7 @@ def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict
     lines = [
         f"# Model card: `{path.name}`",
         "",
-        f"Written by `python -m dvt_edge.model_card --run {run_dir} --out {path}` from the run's final epoch",
+        f"Written by `{command or f'python -m dvt_edge.model_card --run {run_dir} --out {path}'}` from the run's final epoch",
         "(no model selection on the evaluation split). Every figure below was measured by that command",
         "or recorded by the training run.",
         "",
@@ -201,7 +240,7 @@ def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict
         *_command_lines(args, run_dir, steps or []),
         f"- Wall time{' of the last step' if steps else ''}: {wall}.{resumed}",
         "",
-        f"## Results (`python -m dvt_edge.evaluate --checkpoint {path} --data {report['data']}`)",
+        f"## Results (`{_evaluate_command(path, report)}`)",
         f"{report['data']} {report['split']} split, {report['n']} images, PyTorch fp32:",
         "",
         "| exit | tokens | cumulative MFLOPs (MACs) | top-1 % | gain over previous exit |",
@@ -247,13 +286,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "else ran on the machine during training")
     args = ap.parse_args(argv)
     try:
-        r = publish_run(args.run, args.out, args.card, args.data, args.threshold_n, eval_data=args.eval_data)
-    except (CheckpointError, DataError) as e:
+        r = publish_run(args.run, args.out, args.card, args.data, args.threshold_n, eval_data=args.eval_data, notes=args.note)
+    except (CheckpointError, DataError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.note:
-        card = Path(r["card"])
-        atomic_write(card, (card.read_text() + "\n## Notes\n\n" + "".join(f"- {n}\n" for n in args.note)).encode())
     top1 = [e["top1"] for e in r["exits"]]
     print(f"wrote {args.out} and {r['card']}; per-exit top-1 {top1}, gains {exit_gains(top1)}")
     return 0

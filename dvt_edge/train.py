@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dvt_edge.batches import augment, batches, epoch_shard, materialize
-from dvt_edge.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from dvt_edge.checkpoint import CheckpointError, _state_dict_of, read_checkpoint, save_checkpoint
 from dvt_edge.data import DATASETS, DataError, ImageSet, default_preprocess, load_dataset
 from dvt_edge.models import DVT, create_model, list_models, model_defaults, model_from_args
 from dvt_edge.transfer import transfer_weights
@@ -167,9 +167,7 @@ def _finetune_init(model: DVT, path: str, trusted: bool, classes: Optional[list[
     names, same order; kept when the checkpoint names none and the shapes fit); they, and anything
     else that does not fit, keep their fresh init otherwise."""
     ckpt = read_checkpoint(path, trusted=trusted)
-    src = ckpt.get("model_state_dict", ckpt)
-    if all(k.startswith("module.") for k in src):
-        src = {k[7:]: v for k, v in src.items()}
+    src = _state_dict_of(ckpt, Path(path))  # the same weight keys load_checkpoint accepts (model_state_dict, state_dict, model)
     src_classes = ckpt.get("classes")
     same_classes = src_classes is None or classes is None or list(src_classes) == list(classes)
     t = transfer_weights(model, src, skip=lambda k: not same_classes and ".head." in k)

@@ -27,7 +27,7 @@ def zoo_rows() -> list[dict]:
             "input": "x".join(map(str, m.input_shape)),
             "classes": m.cfg.num_classes,
             "exits": [f"{e.grid}x{e.grid}" for e in m.exits],
-            "gflops": [round(e.gflops, 4) for e in m.exits],
+            "gflops": [float(f"{e.gflops:.4g}") for e in m.exits],  # 4 significant digits: a micro model's 0.000345 stays itself
             "params_m": round(params / 1e6, 3),
             "description": describe_model(name),
         })

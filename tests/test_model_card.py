@@ -232,3 +232,92 @@ def test_lineage_never_unpickles_the_finetune_source(tmp_path):
 class _Boom:
     def __reduce__(self):  # unpickling it would run this
         return (pytest.fail, ("the finetune source was unpickled while publishing",))
+
+
+def test_failed_publish_leaves_the_previous_file_and_card(micro_ckpt, tmp_path, capsys):
+    """The checkpoint moves into place only after its evaluation succeeded: a failed publish changes nothing."""
+    from dvt_edge.model_card import main
+
+    run = micro_ckpt.parent
+    out = tmp_path / "pub" / "ref.pt"
+    out.parent.mkdir()
+    out.write_bytes(b"the user's previous file")
+    (out.parent / "MODEL_CARD_ref.md").write_text("previous card")
+    assert main(["--run", str(run), "--out", str(out), "--data", f"imagefolder:{tmp_path / 'nodata'}"]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert out.read_bytes() == b"the user's previous file" and (out.parent / "MODEL_CARD_ref.md").read_text() == "previous card"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["MODEL_CARD_ref.md", "ref.pt"]  # no temporary left behind
+    for bad in (0, -3):
+        assert main(["--run", str(run), "--out", str(out), "--threshold-n", str(bad)]) == 2
+        assert "threshold_n must be a whole number >= 1" in capsys.readouterr().err
+    before = sha256_file(run / "last.pt")
+    assert main(["--run", str(run), "--out", str(run / "last.pt")]) == 2  # would wipe the run's training state
+    assert "one of the run's own checkpoints" in capsys.readouterr().err and sha256_file(run / "last.pt") == before
+    assert out.read_bytes() == b"the user's previous file"
+
+
+def test_card_states_the_command_that_writes_it(micro_ckpt, tmp_path):
+    """Every publishing argument is in the card's command, quoted; the evaluate command names --threshold-n."""
+    import shlex
+
+    run = micro_ckpt.parent
+    out = tmp_path / "my assets" / "ref.pt"
+    out.parent.mkdir()
+    publish_run(str(run), str(out), threshold_n=300, progress=False, eval_data="fashion-mnist", notes=["shared machine"])
+    card = (out.parent / "MODEL_CARD_ref.md").read_text()
+    cmd = re.search(r"Written by `([^`]*)`", card).group(1)
+    argv = shlex.split(cmd.split(" (and the")[0])
+    assert argv[argv.index("--out") + 1] == str(out) and argv[argv.index("--threshold-n") + 1] == "300"
+    assert argv[argv.index("--eval-data") + 1] == "fashion-mnist" and "1 --note line(s) under Notes" in cmd
+    assert "## Notes\n\n- shared machine" in card
+    ev = shlex.split(re.search(r"## Results \(`([^`]*)`\)", card).group(1))
+    assert ev[ev.index("--checkpoint") + 1] == str(out) and ev[ev.index("--threshold-n") + 1] == "300"
+
+
+def test_outside_sources_figures_are_not_called_our_runs():
+    from dvt_edge.model_card import _command_lines
+
+    step = {"checkpoint": "authors.pth.tar", "sha256": "abc", "args": None, "accuracies": [69.0, 75.6, 80.0]}
+    text = "\n".join(_command_lines({"model": "m", "data": "d", "epochs": 1, "seed": 0, "finetune": "authors.pth.tar"},
+                                    Path("runs/x"), [step]))
+    assert "on the training run's validation split" not in text and "measured by whoever trained it" in text
+
+
+def test_demo_checks_arguments_first_and_errors_are_not_tracebacks(capsys, monkeypatch, tmp_path):
+    """Bad --targets/--precisions/--n fail before the zoo, the evaluation or any training; a missing or
+    unreadable --checkpoint is an error line with status 2."""
+    import dvt_edge.demo as D
+
+    monkeypatch.setattr(D, "_show_zoo", lambda: pytest.fail("work started before the arguments were checked"))
+    for argv, match in ((["--targets", "bogus"], "unknown target 'bogus'"), (["--precisions", "fp23"], "--precisions ['fp23'] not supported"),
+                        (["--n", "1"], "--n must be at least 4"), (["--checkpoint", str(tmp_path / "nope.pt")], "no checkpoint at")):
+        assert D.main([*argv, "--out", str(tmp_path / "o")]) == 2
+        assert match in capsys.readouterr().err, argv
+    monkeypatch.setattr(D, "_show_zoo", lambda: None)
+    (tmp_path / "junk.pt").write_text("junk")
+    assert D.main(["--checkpoint", str(tmp_path / "junk.pt"), "--out", str(tmp_path / "o")]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_demo_retrain_resumes_an_interrupted_run_and_skips_a_finished_one(micro_ckpt, monkeypatch, tmp_path):
+    import shutil
+
+    import dvt_edge.demo as D
+    import dvt_edge.train as T
+
+    ref = Reference("x", "dvt_micro_fmnist", Path("x.pt"), (("--model", "dvt_micro_fmnist", "--epochs", "1"),), "test")
+    calls = []
+    monkeypatch.setattr(T, "main", lambda argv: calls.append(list(argv)) or 0)
+    monkeypatch.setattr("dvt_edge.model_card.publish_run", lambda *a, **k: {"card": "c"})
+    run = tmp_path / "retrain"
+    D._retrain(ref, run, run / "x.pt")  # nothing there yet: a fresh run, never --force
+    assert "--force" not in calls[-1] and "--resume" not in calls[-1]
+    run.mkdir()
+    shutil.copy(micro_ckpt.parent / "last.pt", run / "last.pt")  # finished (1 of 1 epochs)
+    D._retrain(ref, run, run / "x.pt")
+    assert len(calls) == 1  # skipped
+    raw = torch.load(run / "last.pt", weights_only=True)
+    raw["train"]["epochs"] = raw["train"]["epoch"] + 3  # interrupted
+    torch.save(raw, run / "last.pt")
+    D._retrain(ref, run, run / "x.pt")
+    assert calls[-1][-1] == "--resume" and "--force" not in calls[-1]

@@ -285,3 +285,14 @@ def test_performer_stays_finite_in_float16():
         ref = t(x)
         half = t.half()(x.half()).float()
     assert torch.isfinite(half).all() and (half - ref).abs().max().item() < 0.05
+
+
+def test_zoo_keeps_small_models_flops_significant():
+    """Rounding to 4 decimals showed the micro model's 0.000345 GFLOPs as 0.0003 (13% low)."""
+    from dvt_edge.models import create_model
+    from dvt_edge.zoo import format_table, zoo_rows
+
+    row = next(r for r in zoo_rows() if r["model"] == "dvt_micro_fmnist")
+    exact = create_model("dvt_micro_fmnist").exits[0].gflops
+    assert abs(row["gflops"][0] - exact) <= 1e-3 * exact
+    assert f"{exact:.3g}" in format_table([row])

@@ -81,3 +81,14 @@ def test_finetune_onto_a_finer_stride_one_grid_starts_tokens_as_source_tokens(tm
         b = m.normal_token.tokenizer(x).reshape(2, 12, 12, -1)  # (B, 12, 12, embed)
     assert torch.isfinite(b).all()
     assert torch.allclose(b[:, 1::2, 1::2], a[:, 1:7, 1:7], atol=1e-5), (b[:, 1::2, 1::2] - a[:, 1:7, 1:7]).abs().max()
+
+
+def test_finetune_reads_the_weight_keys_load_checkpoint_accepts(tmp_path):
+    """A file with its weights under 'state_dict' (the authors' format) or 'model', or DDP 'module.' names, fine-tunes."""
+    torch.manual_seed(0)
+    src = create_model("dvt_micro_fmnist")
+    for key in ("state_dict", "model"):
+        torch.save({key: {f"module.{k}": v for k, v in src.state_dict().items()}}, tmp_path / f"{key}.pth.tar")
+        m = create_model("dvt_micro_fmnist")
+        _finetune_init(m, str(tmp_path / f"{key}.pth.tar"), trusted=False)
+        assert all(torch.equal(v, src.state_dict()[k]) for k, v in m.state_dict().items()), key
