@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from dvt_edge import save_checkpoint
 from dvt_edge.data import load_dataset, stratified_subset
@@ -29,8 +30,12 @@ def test_evaluate_writes_report(tmp_path, capsys):
     # the per-exit numbers are the model's own: recompute on the same subset
     sub = ds.subset(stratified_subset(ds.labels, 300, seed=0))  # --limit: a seeded, class-stratified subset
     assert np.bincount(sub.labels).tolist() == [30] * 10
-    acc, _ = evaluate_exits(m, sub)
-    assert [e["top1"] for e in r["exits"]] == pytest.approx(acc)
+    x, y = sub.arrays()  # independently of evaluate_exits: the model's own forward pass on the subset
+    with torch.no_grad():
+        logits = m(torch.from_numpy(x))
+    want = [float((lg.argmax(-1).numpy() == y).mean() * 100) for lg in logits]
+    assert [e["top1"] for e in r["exits"]] == pytest.approx(want, abs=1e-9)
+    assert evaluate_exits(m, sub)[0] == pytest.approx(want, abs=1e-9)
     assert (tmp_path / "ev" / "evaluate.png").stat().st_size > 1000
     assert "FLOPs-budget curve" in capsys.readouterr().out
 
@@ -48,8 +53,21 @@ def test_evaluate_exported_bundle_matches_pytorch(micro_ckpt, onnx_bundle, tmp_p
     (a,) = r["artifacts"]
     assert a["target"] == "onnx" and len(a["top1"]) == 3
     assert r["threshold_selection"] == "200 training images (seeded; the model trained on them)"  # not "held-out"
-    assert max(abs(d) for d in a["delta_vs_pytorch_fp32"]) < 1.0  # fp32: same answers up to ties
+    assert np.all(np.abs(np.asarray(a["delta_vs_pytorch_fp32"], float)) < 1.0)  # fp32: same answers up to ties (NaN fails)
     assert "delta vs PyTorch fp32" in format_report(r)
+    # the figures are the bundle's own: an artifact whose exit 2 answers wrongly shows it
+    from dvt_runtime.bundle import Bundle
+
+    real = Bundle.run_exits
+
+    def broken(self, x, *a, **k):
+        logits = real(self, x, *a, **k)
+        return [logits[0], np.roll(logits[1], 1, axis=1), logits[2]]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Bundle, "run_exits", broken)
+        (b,) = evaluate_checkpoint(str(micro_ckpt), limit=200, threshold_n=200, bundles=[str(onnx_bundle)], progress=False)["artifacts"]
+    assert b["delta_vs_pytorch_fp32"][1] < -5 and abs(b["delta_vs_pytorch_fp32"][0]) < 1.0
 
 
 def test_evaluate_refuses_other_checkpoints_bundle_and_bad_threshold_n(micro_ckpt, onnx_bundle, tmp_path, capsys):

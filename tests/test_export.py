@@ -58,8 +58,9 @@ def test_export_target_precision(tmp_path, micro_ckpt, target, precision):
             assert np.isfinite(diffs).all(), diffs  # max() can skip a NaN that is not first
             assert max(r.max_abs_diff_fixed for r in rows) < 1e-3
             assert max(r.max_abs_diff_real for r in rows) < 1e-3
-        assert min(r.top1_agreement for r in rows) >= 97.0
-        assert m.parity.exit_decision_agreement is not None
+        assert all(r.top1_agreement >= 97.0 for r in rows), [r.top1_agreement for r in rows]  # NaN fails
+        # ties at thresholds equal to an observed confidence allow a few differences, never many (NaN fails)
+        assert m.parity.exit_decision_agreement >= 95.0 and m.parity.cascade_answer_agreement >= 97.0, m.parity
     if target == "executorch":
         for e in m.exits:
             assert e.undelegated_ops is not None

@@ -188,12 +188,24 @@ def test_budget_without_calibration_falls_back_and_says_how_to_calibrate(env, tm
     assert json.loads((tmp_path / "s.json").read_text())["budget"]["ms"] == 0.5
 
 
-def test_deadline_without_calibration_profiles_the_stages(env):
+def test_deadline_without_calibration_profiles_the_stages(env, monkeypatch):
+    import dvt_runtime.profile as P
+
     bundle, video, _ = env
+    measured = []
+    real = P.profile_bundle
+
+    def spy(*a, **k):  # the runtime's profiler really runs, and its p90s are what the deadline uses
+        prof = real(*a, **k)
+        measured.append(prof.stage_p90())
+        return prof
+
+    monkeypatch.setattr(P, "profile_bundle", spy)
     stats = webcam.run(webcam.parse_args(["--bundle", str(bundle), "--video", str(video), "--headless", "--deadline-ms", "1000",
                                           "--max-frames", "4"]))
     assert stats["mode"]["kind"] == "deadline" and stats["mode"]["active"]
     assert "profiled" in stats["mode"]["source"]
+    assert len(measured) == 1 and len(measured[0]) == 3 and all(v > 0 for v in measured[0]), measured
     assert stats["deadline_ms"] == 1000 and stats["budget"]["misses"] == 0
     assert not any(p["deadline_skipped"] for p in stats["predictions"])
 
