@@ -124,7 +124,7 @@ class Tally:
     def add(self, pred, predict_ms: float, frame_ms: float, limit_ms: Optional[float]) -> None:
         self.predictions.append({
             "frame": self.frames, "label": int(pred.label), "class": str(pred.class_name), "confidence": float(pred.confidence),
-            "exit": int(pred.exit), "total_ms": float(pred.total_ms), "stage_ms": [float(v) for v in pred.stage_ms],
+            "exit": int(pred.exit) + 1, "total_ms": float(pred.total_ms), "stage_ms": [float(v) for v in pred.stage_ms],
             "predict_ms": predict_ms, "frame_ms": frame_ms, "deadline_skipped": bool(pred.deadline_skipped), "limit_ms": limit_ms})
         self.predict_ms.append(predict_ms)
         self.frame_ms.append(frame_ms)

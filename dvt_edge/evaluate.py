@@ -160,10 +160,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="evaluate a seeded random subset of N images")
     ap.add_argument("--threshold-n", type=int, default=5000, help="training images for threshold selection (seeded; the model trained on them)")
     ap.add_argument("--bundles", nargs="*", default=[], help="exported bundles to evaluate on the same images (per-exit top-1 vs PyTorch)")
-    ap.add_argument("--out", default=None, help="output directory (default: next to the checkpoint)")
+    ap.add_argument("--out", default=None, help="output directory (default: runs/evaluate/<checkpoint name>; never inside the "
+                                                 "package or the checkpoint's folder)")
     ap.add_argument("--trust-checkpoint", action="store_true", help="allow arbitrary unpickling (only for files you trust)")
     args = ap.parse_args(argv)
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "evaluate"
+    out = Path(args.out) if args.out else Path("runs") / "evaluate" / Path(args.checkpoint).stem
     if out.exists() and not out.is_dir():  # checked before the work, not after it
         print(f"error: --out {out} is a file; pass a folder", file=sys.stderr)
         return 2

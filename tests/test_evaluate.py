@@ -89,3 +89,11 @@ def test_evaluate_refuses_other_checkpoints_bundle_and_bad_threshold_n(micro_ckp
     (tmp_path / "f").write_text("x")
     assert main(["--checkpoint", str(micro_ckpt), "--out", str(tmp_path / "f")]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def test_evaluate_default_out_is_under_runs_not_beside_the_checkpoint(micro_ckpt, tmp_path, monkeypatch):
+    """Evaluating the shipped reference must not write into the package (or a wheel's site-packages)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["--checkpoint", str(micro_ckpt), "--limit", "50", "--threshold-n", "50"]) == 0
+    assert (tmp_path / "runs" / "evaluate" / micro_ckpt.stem / "evaluate.json").is_file()
+    assert not (micro_ckpt.parent / "evaluate").exists()

@@ -500,6 +500,10 @@ def test_one_console_command_with_subcommands():
     assert set(COMMANDS) >= {"train", "evaluate", "export", "bench", "demo", "zoo", "webcam"}
     assert main(["zoo"]) == 0
     assert main(["nope"]) == 2
+    # the python -m forms of the umbrella commands work too (the README says so)
+    for mod, args, want in (("dvt_edge", ["zoo"], "dvt_small_cifar"), ("dvt_runtime", ["profile", "--help"], "--bundle")):
+        r = subprocess.run([sys.executable, "-m", mod, *args], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and want in r.stdout, (mod, r.stderr[-500:])
     r = _cli("dvt_runtime.cli", "calibrate", "--help")
     assert r.returncode == 0 and "--budget-ms" in r.stdout
     exe = Path(sys.executable).parent

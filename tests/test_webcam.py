@@ -113,7 +113,7 @@ def test_headless_run_outputs(env, headless):
     assert [p["frame"] for p in stats["predictions"]] == list(range(n))
     for p in stats["predictions"]:
         assert set(p) >= {"frame", "label", "class", "confidence", "exit", "total_ms", "stage_ms"}
-        assert len(p["stage_ms"]) == p["exit"] + 1 and p["total_ms"] >= 0
+        assert len(p["stage_ms"]) == p["exit"] and 1 <= p["exit"] <= stats["num_exits"] and p["total_ms"] >= 0  # exits from 1
     for key in ("predict", "frame"):
         lat = stats["latency_ms"][key]
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
@@ -145,7 +145,7 @@ def test_predictions_match_the_runtime(env, headless):
     for f in frames:
         p = b.predict(b.preprocess(f))
         p = p[0] if isinstance(p, list) else p  # (1, C, H, W) is a batch of one
-        want.append((p.label, p.exit))
+        want.append((p.label, p.exit + 1))  # the stats JSON names exits from 1
     assert got == want
 
 
@@ -238,7 +238,7 @@ def test_deadline_between_stage_costs_stops_at_the_last_stage_that_fits(env, mon
         assert stats["mode"]["kind"] == "deadline" and stats["mode"]["source"] == "p90 profiled at start"
         assert stats["frames"] == 3 and stats["exit_counts"][stop] == 3, (stop, stats["exit_counts"])
         for p in stats["predictions"]:
-            assert p["exit"] == stop and p["deadline_skipped"], (stop, p)
+            assert p["exit"] == stop + 1 and p["deadline_skipped"], (stop, p)
             assert len(p["stage_ms"]) == stop + 1  # the later stages never ran
 
 
@@ -248,7 +248,7 @@ def test_deadline_above_the_full_cost_runs_the_last_stage(env, monkeypatch):
     stats = _deadline_run(env, monkeypatch, 5 * sum(p90), p90)
     assert stats["exit_counts"][n - 1] == stats["frames"] == 3
     for p in stats["predictions"]:
-        assert p["exit"] == n - 1 and not p["deadline_skipped"] and len(p["stage_ms"]) == n, p
+        assert p["exit"] == n and not p["deadline_skipped"] and len(p["stage_ms"]) == n, p
 
 
 def test_latency_summary_is_the_runtimes_and_none_when_empty():
