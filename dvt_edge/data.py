@@ -100,7 +100,7 @@ def load_dataset(spec: str = "fashion-mnist", split: str = "train", preprocess: 
         return load_cifar10(arg, split, preprocess, download)
     if kind == "cifar10-jpeg":
         root = find_cifar10_jpeg()
-        ds = load_imagefolder(str(root), split, preprocess)
+        ds = load_imagefolder(str(root), split, preprocess or cifar10_preprocess())  # the reference's (not ImageNet's)
         check_reference_holdout(ds, root, split)
         ds.name = "cifar10-jpeg"
         return ds

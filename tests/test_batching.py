@@ -324,3 +324,42 @@ def test_reference_models_batch_equals_one_by_one(key, tmp_path):
     one = [b.predict(x[i], thresholds=thr) for i in range(len(x))]
     assert [(p.label, p.exit) for p in batched] == [(p.label, p.exit) for p in one]
     assert len({p.exit for p in one}) == b.num_exits  # images leave at every exit
+
+
+def test_batch_calibration_never_replaces_the_batch_one_file(onnx_bundle, tmp_path):
+    """A throughput calibration (batch 8) goes to <device>-batch8.json; the camera path keeps its batch-1 file,
+    and a file of another batch size is refused where it would be used one frame at a time."""
+    import shutil
+
+    from dvt_runtime.calibrate import calibrate
+    from dvt_runtime.calibration import CalibrationError
+    from dvt_runtime.profile import MIN_RUNS
+
+    dst = tmp_path / "b"
+    shutil.copytree(onnx_bundle, dst)
+    b = Bundle.open(dst)
+    x = _images(32, b.input_shape, seed=6)
+    y = np.argmax(b.run_exits(x)[-1], -1)
+    one = calibrate(b, x, y, budget_ms=10.0, runs=MIN_RUNS, warmup=2, device_name="d", progress=False)
+    before = (dst / "calibration" / "d.json").read_bytes()
+    calibrate(b, x, y, budget_ms=10.0, runs=MIN_RUNS, warmup=2, device_name="d", progress=False, batch=8)
+    assert (dst / "calibration" / "d.json").read_bytes() == before and (dst / "calibration" / "d-batch8.json").is_file()
+    assert Bundle.open(dst, device_name="d").calibration.batch == one.batch == 1
+    assert Bundle.open(dst).use_calibration("d", batch=8).batch == 8
+    shutil.copy(dst / "calibration" / "d-batch8.json", dst / "calibration" / "d.json")  # an older runtime wrote it there
+    with pytest.raises(CalibrationError, match="calibrated at batch 8, not 1"):
+        Bundle.open(dst, device_name="d")
+
+
+def test_calibration_summary_compares_the_budgets_own_metric():
+    """A p90 budget is checked against the measured p90 (the summary compared the mean, hiding a 52% overrun)."""
+    from types import SimpleNamespace
+
+    from dvt_runtime.calibrate import _budget_line
+
+    m = {"mean_ms": 0.939, "p50_ms": 0.5, "p90_ms": 2.285}
+    line = _budget_line(SimpleNamespace(metric="p90", budget_ms=1.5, n_holdout=100), m)
+    assert "measured p90 2.285 ms is +52.3% vs the p90 budget" in line and "WARNING: over the budget" in line
+    assert "WARNING" not in _budget_line(SimpleNamespace(metric="mean", budget_ms=1.5, n_holdout=100), m)
+    assert "WARNING" in _budget_line(SimpleNamespace(metric="mean", budget_ms=1.5, n_holdout=100), {**m, "mean_ms": float("nan")})
+    assert "not recorded" in _budget_line(SimpleNamespace(metric="p75", budget_ms=1.5, n_holdout=100), m)

@@ -443,3 +443,5 @@ def test_cifar10_jpeg_never_trains_on_the_shipped_holdout(monkeypatch, tmp_path)
         load_dataset("cifar10-jpeg", "train")
     with pytest.raises(DataError, match="val split differs from the 5,000 held-out images"):
         load_dataset("cifar10-jpeg", "val")
+    monkeypatch.setattr("dvt_edge.data.check_reference_holdout", lambda *a: None)
+    assert load_dataset("cifar10-jpeg", "train").preprocess == C10.cifar10_preprocess()  # the reference's, not ImageNet's

@@ -225,6 +225,17 @@ def test_calibrate_errors_keep_previous_file(bundle_copy, val, tmp_path):
     export_npz(ds, tmp_path / "val.npz", n=30, progress=False)
     assert main(["--bundle", str(bundle_copy), "--data", str(tmp_path / "val.npz"), "--budget-ms", "-1"]) == 2
     assert path.read_bytes() == before
+    # images preprocessed otherwise than the bundle expects (another std): refused by calibrate and profile
+    z = dict(np.load(tmp_path / "val.npz", allow_pickle=False))
+    pre = json.loads(str(z["preprocess"]))
+    np.savez(tmp_path / "other.npz", **{**z, "preprocess": np.array(json.dumps({**pre, "std": [0.5]}))})
+    assert main(["--bundle", str(bundle_copy), "--data", str(tmp_path / "other.npz"), "--budget-ms", "1.0"]) == 2
+    from dvt_runtime.profile import main as profile_main
+
+    assert profile_main(["--bundle", str(bundle_copy), "--data", str(tmp_path / "other.npz"), "--runs", "4", "--no-progress",
+                         "--out", str(tmp_path / "p.json")]) == 2
+    assert not (tmp_path / "p.json").exists()  # refused before anything is timed
+    assert path.read_bytes() == before
 
 
 def test_measure_interleaved_alternates_settings_block_by_block(onnx_bundle, val, monkeypatch):

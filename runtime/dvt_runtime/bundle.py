@@ -158,24 +158,31 @@ class Bundle:
         return [None] * self.num_exits  # no thresholds: always the last exit
 
     # ------------------------------------------------------------------ calibration
-    def calibration_path(self, device_name: str) -> Path:
+    def calibration_path(self, device_name: str, batch: int = 1) -> Path:
+        """``calibration/<device>.json`` (batch 1, the latency path), ``<device>-batch<N>.json`` for a throughput
+        calibration at N images per call: one never replaces the other."""
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in device_name)
-        return self.path / "calibration" / f"{safe}.json"
+        return self.path / "calibration" / (f"{safe}.json" if batch == 1 else f"{safe}-batch{int(batch)}.json")
 
-    def use_calibration(self, device_name: str, missing_ok: bool = False) -> Optional[Calibration]:
-        """Use ``calibration/<device>.json``: its thresholds, per-stage p90 and budget table.
+    def use_calibration(self, device_name: str, missing_ok: bool = False, batch: int = 1) -> Optional[Calibration]:
+        """Use ``calibration/<device>.json`` (or the one made at ``batch`` images per call): its thresholds,
+        per-stage p90 and budget table.
 
         The file is validated (schema, types, ranges) and must have been made for this bundle
-        (model, target, precision, artifact hashes); otherwise a CalibrationError names the file.
+        (model, target, precision, artifact hashes) at this batch size; otherwise a CalibrationError names the file.
         """
-        from dvt_runtime.calibration import read_calibration
+        from dvt_runtime.calibration import CalibrationError, read_calibration
 
-        p = self.calibration_path(device_name)
+        p = self.calibration_path(device_name, batch)
         if not p.exists():
             if missing_ok:
                 return None
-            raise FileNotFoundError(f"no calibration for device {device_name!r} in {self.path} (run python -m dvt_runtime.calibrate)")
+            raise FileNotFoundError(f"no calibration for device {device_name!r} at batch {batch} in {self.path} "
+                                    "(run python -m dvt_runtime.calibrate" + (f" --batch {batch})" if batch > 1 else ")"))
         cal = read_calibration(p, self.manifest)
+        if cal.batch != batch:  # its thresholds fit calls of cal.batch images, not these
+            raise CalibrationError(f"{p} was calibrated at batch {cal.batch}, not {batch}: recalibrate with python -m "
+                                   f"dvt_runtime.calibrate --batch {batch}" + (f", or use_calibration(..., batch={cal.batch})"))
         self.calibration = cal
         self.stage_p90_ms = cal.stage_p90_ms()
         self.controller = None

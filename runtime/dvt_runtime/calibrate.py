@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import socket
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -32,6 +33,7 @@ from dvt_runtime.io import atomic_write_json, check_labels, read_npz
 from dvt_runtime.io import progress as _bar
 from dvt_runtime.latency import check_batch
 from dvt_runtime.manifest import ManifestError
+from dvt_runtime.preprocess import Preprocess
 from dvt_runtime.search import ALGORITHMS, ExitOutputs, StageCosts, evaluate_thresholds, frontier_table, search_thresholds
 from dvt_runtime.stats import sample_stats
 
@@ -39,11 +41,29 @@ if TYPE_CHECKING:
     from dvt_runtime.profile import LatencyProfile
 
 
-def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """A preprocessed validation set (``python -m dvt_edge.data export``): float32 images (N,C,H,W), labels (N,)."""
+def check_npz_preprocess(z: dict, preprocess: Preprocess, path: Path, error: Callable[[str], Exception]) -> None:
+    """Images preprocessed otherwise than the bundle's manifest says (another mean/std, resize or size) are refused:
+    the accuracies measured on them are not the bundle's (only files that record their preprocessing are checked)."""
+    if "preprocess" not in z:
+        return
+    try:
+        stored = Preprocess.from_dict(json.loads(str(z["preprocess"])))
+    except ValueError as e:
+        raise error(f"{path}: its 'preprocess' entry is unreadable ({e})") from None
+    if stored != preprocess:
+        diff = {k: (v, preprocess.to_dict()[k]) for k, v in stored.to_dict().items() if v != preprocess.to_dict()[k]}
+        raise error(f"{path} was preprocessed otherwise than this bundle expects ({', '.join(f'{k}: {a} vs {b}' for k, (a, b) in diff.items())}): "
+                    "write it with the checkpoint's own preprocessing: python -m dvt_edge.data export --checkpoint CKPT --data ... --out val.npz")
+
+
+def load_npz(path: str, preprocess: Optional[Preprocess] = None) -> tuple[np.ndarray, np.ndarray]:
+    """A preprocessed validation set (``python -m dvt_edge.data export``): float32 images (N,C,H,W), labels (N,);
+    with ``preprocess`` (the bundle's), a file that records another preprocessing is refused."""
     p = Path(path)
     hint = "calibration measures accuracy on labelled images: write one with python -m dvt_edge.data export --split val --out val.npz"
     z = read_npz(p, ("images", "labels"), CalibrationError, hint)
+    if preprocess is not None:
+        check_npz_preprocess(z, preprocess, p, CalibrationError)
     x, y = z["images"], check_labels(z["labels"], str(p), CalibrationError)
     if len(x) != len(y):
         raise CalibrationError(f"{p}: {len(x)} images but {len(y)} labels")
@@ -239,8 +259,8 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
         result.note = (result.note + "; " if result.note else "") + "latency measured on another device: verify there"
     d = result.to_dict()
     validate_calibration(d, bundle.manifest)  # before writing: never a file that would stop this bundle opening
-    atomic_write_json(bundle.calibration_path(device_name), d)
-    bundle.use_calibration(device_name)
+    atomic_write_json(bundle.calibration_path(device_name, batch), d)
+    bundle.use_calibration(device_name, batch=batch)
     return result
 
 
@@ -251,15 +271,15 @@ def _check_request(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: floa
         raise CalibrationError(f"unknown algorithm {algorithm!r}; valid: {list(ALGORITHMS)}")
     if isinstance(budget_ms, bool) or not isinstance(budget_ms, (int, float)) or not np.isfinite(budget_ms) or budget_ms <= 0:
         raise CalibrationError(f"budget must be a positive number of milliseconds, got {budget_ms!r}")
-    target = bundle.calibration_path(device_name)
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise CalibrationError(f"batch must be a whole number of images per call >= 1, got {batch!r}")
+    target = bundle.calibration_path(device_name, batch)
     if target.parent.exists() and not target.parent.is_dir():
         raise CalibrationError(f"{target.parent} is a file, not a folder: calibrations are written to {target}; move that file away")
     if target.exists() and not target.is_file():
         raise CalibrationError(f"{target} exists and is not a file; move it away")
     if not 0 < holdout < 1:
         raise CalibrationError(f"holdout must be a fraction in (0, 1), got {holdout}")
-    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
-        raise CalibrationError(f"batch must be a whole number of images per call >= 1, got {batch!r}")
     if len(x) < 4:
         raise CalibrationError(f"need at least 4 validation images, got {len(x)}")
     if int(y.max()) >= len(bundle.classes) or int(y.min()) < 0:
@@ -288,6 +308,20 @@ def _search_note(chosen, costs: StageCosts, budget_ms: float, metric: str, num_e
     return "; ".join(notes)
 
 
+def _budget_line(r: Calibration, m: dict) -> str:
+    """The measured figure of the budget's own metric (mean or a percentile) against the budget, and a warning
+    when the holdout is over it (NaN counts as over)."""
+    key = "mean_ms" if r.metric == "mean" else f"{r.metric}_ms"
+    v = m.get(key)
+    if v is None:  # a percentile the measurement does not record: say so rather than compare the mean
+        return f"measured {r.metric}: not recorded (mean {m['mean_ms']:.3f} ms; {r.n_holdout} holdout images)"
+    line = f"measured {r.metric} {v:.3f} ms is {100 * (v / r.budget_ms - 1):+.1f}% vs the {r.metric} budget ({r.n_holdout} holdout images)"
+    if not v <= r.budget_ms:
+        line += (f"\nWARNING: over the budget on the holdout images: the {r.metric} chosen on the calibration split does not "
+                 "hold on these; lower --budget-ms, or calibrate with more images")
+    return line
+
+
 def format_result(r: Calibration) -> str:
     c = r.chosen
     p, m = c.predicted, c.measured
@@ -302,7 +336,7 @@ def format_result(r: Calibration) -> str:
     lines.append(f"{'predicted':>10} {p['accuracy']:>10.2f} {p['mean_ms']:>9.3f} {p['p90_ms'] if p['p90_ms'] is not None else float('nan'):>8.3f}  {fr(p['exit_fractions'])}")
     if m:
         lines.append(f"{'measured':>10} {m['accuracy']:>10.2f} {m['mean_ms']:>9.3f} {m['p90_ms']:>8.3f}  {fr(m['exit_fractions'])}")
-        lines.append(f"measured mean is {100 * (m['mean_ms'] / r.budget_ms - 1):+.1f}% vs the budget ({r.n_holdout} holdout images)")
+        lines.append(_budget_line(r, m))
     if r.note:
         lines.append(f"note: {r.note}")
     return "\n".join(lines)
@@ -327,7 +361,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ap.error(f"--threads must be >= 1, got {args.threads}")
     try:
         bundle = Bundle.open(args.bundle, threads=args.threads)
-        x, y = load_npz(args.data)
+        x, y = load_npz(args.data, bundle.manifest.preprocess)
         profile = None
         if args.profile:
             from dvt_runtime.profile import LatencyProfile
@@ -339,7 +373,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_result(r))
-    print(f"wrote {bundle.calibration_path(r.device)}")
+    print(f"wrote {bundle.calibration_path(r.device, r.batch)}")
     return 0
 
 

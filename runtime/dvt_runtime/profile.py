@@ -259,11 +259,15 @@ def _import_parser() -> argparse.ArgumentParser:
 
 
 def _load_npz(path: str, bundle) -> tuple[np.ndarray, Optional[list[np.ndarray]]]:
+    from dvt_runtime.calibrate import check_npz_preprocess
     from dvt_runtime.io import read_npz
 
     p = Path(path)
     hint = "'images' must be float32 (N, C, H, W) preprocessed or uint8 (N, H, W[, C])"
-    images = read_npz(p, ("images",), lambda m: ValueError(f"--data {m}"), hint)["images"]
+    z = read_npz(p, ("images",), lambda m: ValueError(f"--data {m}"), hint)
+    if z["images"].dtype == np.float32:  # raw uint8 images are preprocessed here, by the bundle's own rules
+        check_npz_preprocess(z, bundle.manifest.preprocess, p, lambda m: ValueError(f"--data {m}"))
+    images = z["images"]
     if len(images) == 0:
         raise ValueError(f"--data {p}: 'images' is empty")
     if images.dtype == np.uint8:
