@@ -87,6 +87,10 @@ def _tour(args: argparse.Namespace) -> int:
     best = best_row(result)
     if best is not None:
         _calibrate_best(result, best, data, info, device, out)
+    else:  # said, not skipped silently
+        _section("calibration for this device: skipped")
+        print(f"no target reached the last exit's accuracy (within 0.2 points) on the {args.n // 2} measured images, so there is "
+              "no matched-accuracy cascade to calibrate; a larger --n gives the threshold search more images")
     _print_summary(result, best, out)
     return 0
 

@@ -28,7 +28,8 @@ def zoo_rows() -> list[dict]:
             "classes": m.cfg.num_classes,
             "exits": [f"{e.grid}x{e.grid}" for e in m.exits],
             "gflops": [float(f"{e.gflops:.4g}") for e in m.exits],  # 4 significant digits: a micro model's 0.000345 stays itself
-            "params_m": round(params / 1e6, 3),
+            "params": params,
+            "params_m": float(f"{params / 1e6:.4g}"),  # not pre-rounded: 75,406 printed as 0.07M, the card says 0.08M
             "description": describe_model(name),
         })
     return rows

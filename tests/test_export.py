@@ -483,3 +483,27 @@ def test_directory_artifact_with_a_symlink_inside_is_refused(tmp_path):
     (pkg / "Data" / "weight.bin").symlink_to(outside)
     with pytest.raises(ManifestError, match=r"contains symbolic links \(Data/weight.bin\)"):
         artifact_digest(pkg)
+
+
+def test_out_that_is_a_folder_of_bundles_is_the_parent(micro_ckpt, tmp_path, capsys, monkeypatch):
+    """--out bundles/ (an existing folder that is not a bundle, or a path ending in /) holds the bundle, as with several
+    targets; an existing non-bundle folder named as the bundle itself is never offered --force."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bundles").mkdir()
+    args = ["--checkpoint", str(micro_ckpt), "--target", "onnx", "--precision", "fp32", "--no-verify"]
+    assert export_main([*args, "--out", "bundles"]) == 0
+    assert (tmp_path / "bundles" / "dvt_micro_fmnist-onnx-fp32" / "manifest.json").is_file()
+    assert export_main([*args, "--out", "new/"]) == 0
+    assert (tmp_path / "new" / "dvt_micro_fmnist-onnx-fp32" / "manifest.json").is_file()
+    assert export_main([*args, "--out", "mine"]) == 0 and (tmp_path / "mine" / "manifest.json").is_file()  # a new path: the bundle
+    capsys.readouterr()
+    assert export_main([*args, "--out", "mine"]) == 2
+    assert "pass --force" in capsys.readouterr().err  # an existing bundle: --force replaces it
+    from dvt_edge.export import ExportError
+    from dvt_edge.export.install import check_destination
+
+    (tmp_path / "notabundle").mkdir()
+    (tmp_path / "notabundle" / "x.txt").write_text("mine")
+    with pytest.raises(ExportError, match="is not a dvt-edge bundle") as e:
+        check_destination(tmp_path / "notabundle", force=False)
+    assert "--force to replace" not in str(e.value)

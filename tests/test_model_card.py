@@ -321,3 +321,16 @@ def test_demo_retrain_resumes_an_interrupted_run_and_skips_a_finished_one(micro_
     torch.save(raw, run / "last.pt")
     D._retrain(ref, run, run / "x.pt")
     assert calls[-1][-1] == "--resume" and "--force" not in calls[-1]
+
+
+def test_demo_says_why_it_skips_calibration(monkeypatch, tmp_path, capsys):
+    import dvt_edge.demo as D
+
+    monkeypatch.setattr(D, "_show_zoo", lambda: None)
+    monkeypatch.setattr(D, "_evaluate", lambda *a: ("cifar10-ref", None))
+    monkeypatch.setattr(D, "_benchmark", lambda *a: ({"rows": [{"status": "ok", "matched": {"within_match": False}}]}, "host"))
+    monkeypatch.setattr(D, "_calibrate_best", lambda *a: pytest.fail("calibrated without a matched point"))
+    monkeypatch.setattr(D, "_print_summary", lambda *a: None)
+    assert D.main(["--n", "200", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "calibration for this device: skipped" in out and "on the 100 measured images" in out

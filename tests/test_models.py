@@ -296,3 +296,5 @@ def test_zoo_keeps_small_models_flops_significant():
     exact = create_model("dvt_micro_fmnist").exits[0].gflops
     assert abs(row["gflops"][0] - exact) <= 1e-3 * exact
     assert f"{exact:.3g}" in format_table([row])
+    assert row["params"] == sum(p.numel() for p in create_model("dvt_micro_fmnist").parameters())
+    assert f"{row['params'] / 1e6:.2f}M" in format_table([row])  # 75,406 is 0.08M, as train and the card say

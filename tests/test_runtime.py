@@ -260,3 +260,24 @@ def test_measure_interleaved_alternates_settings_block_by_block(onnx_bundle, val
     assert runs == [tuple(stop1), tuple(never), tuple(never), tuple(stop1)] * 2, runs
     with pytest.raises(ValueError, match="blocks"):
         measure_interleaved(b, x, y, [never], blocks=0)
+
+
+def test_provider_list_is_a_priority_order(onnx_bundle):
+    """["TensorrtExecutionProvider", "CPUExecutionProvider"] on a host without TensorRT runs on the CPU, with a
+    warning naming what is missing (as ONNX Runtime reads the list); none available is BackendUnavailable."""
+    from dvt_runtime.backends import BackendUnavailable
+
+    with pytest.warns(UserWarning, match=r"\['TensorrtExecutionProvider'\] not available here; using \['CPUExecutionProvider'\]"):
+        b = Bundle.open(onnx_bundle, providers=["TensorrtExecutionProvider", "CPUExecutionProvider"])
+    assert all(s.providers == ["CPUExecutionProvider"] for s in b.sessions)
+    with pytest.raises(BackendUnavailable, match="not available here"):
+        Bundle.open(onnx_bundle, providers=["TensorrtExecutionProvider"])
+
+
+def test_budget_without_calibration_names_the_missing_file(onnx_bundle):
+    b = Bundle.open(onnx_bundle, device_name="laptop")
+    x = np.zeros((1, *b.input_shape), np.float32)
+    with pytest.raises(ValueError, match=r"no .*calibration.*laptop\.json yet: run python -m dvt_runtime.calibrate .*--device-name laptop"):
+        b.predict(x, budget_ms=1.0)
+    with pytest.raises(ValueError, match="open the bundle with device_name"):
+        Bundle.open(onnx_bundle).predict(x, budget_ms=1.0)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 from dvt_edge.checkpoint import CheckpointError
@@ -29,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--calib-data", default=None, help=f"calibration/verification data spec ({', '.join(DATASETS)}); default: the checkpoint's training data")
     ap.add_argument("--calib-n", type=int, default=64, help="calibration images for static int8")
     ap.add_argument("--verify-n", type=int, default=300, help="held-out real images for verification")
-    ap.add_argument("--out", default=None, help="bundle directory (one target/precision) or parent directory (several); default bundles/")
+    ap.add_argument("--out", default=None, help="bundle directory (one target/precision), or the parent of one folder per bundle (several, a path ending "
+                         "in /, or an existing folder that is not a bundle); default bundles/")
     ap.add_argument("--force", action="store_true", help="replace an existing bundle")
     ap.add_argument("--no-verify", action="store_true", help="write the bundle even if parity checks fail")
     ap.add_argument("--trust-checkpoint", action="store_true", help="allow arbitrary unpickling (only for files you trust)")
@@ -61,17 +64,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for n in names:  # a target left out of a multi-target run is said, not dropped silently
             if len(names) > 1 and (skip := [p for p in precisions if p not in TARGETS[n].precisions]):
                 print(f"skipping {n} {','.join(skip)}: {n} supports {', '.join(TARGETS[n].precisions)}", file=sys.stderr)
+        # --out is the parent (one folder per job, named like the default) with several jobs, or when it ends in "/"
+        # or names an existing folder that is not a bundle (e.g. --out bundles/); else the bundle folder itself
         several = len(jobs) > 1
+        as_parent = bool(args.out) and (several or args.out.endswith(("/", os.sep))
+                                        or (Path(args.out).is_dir() and not (Path(args.out) / "manifest.json").exists()))
         failed = 0
         model_name = None
-        if args.out and several:  # one directory per job under --out, named like the default
+        if as_parent:
             from dvt_edge.checkpoint import load_checkpoint
 
             model_name = load_checkpoint(args.checkpoint, model=args.model, trusted=args.trust_checkpoint)[0].name
         for name, prec in jobs:
             out = None
             if args.out:
-                out = f"{args.out.rstrip('/')}/{model_name}-{name}-{prec}" if several else args.out
+                out = str(Path(args.out) / f"{model_name}-{name}-{prec}") if as_parent else args.out
             try:
                 opts = ExportOptions(out=out, model_name=args.model, calib_data=args.calib_data, calib_n=args.calib_n,
                                      verify_n=args.verify_n, scheme=args.scheme, force=args.force, verify=not args.no_verify,

@@ -95,13 +95,13 @@ def check_destination(dest: Path, force: bool) -> None:
             raise ExportError(f"--out {dest} is the current directory (or holds it); name a new folder for the bundle, e.g. --out bundles/my-model")
         if not dest.is_dir():
             raise ExportError(f"{dest} exists and is not a folder; choose another --out")
-        if not force:
-            raise ExportError(f"{dest} already exists; pass --force to replace it (the old bundle is kept until the new one is complete)")
-        try:
+        try:  # before suggesting --force: it replaces only bundles
             Manifest.load(dest, verify=False)
         except (ManifestError, OSError) as e:
             raise ExportError(f"{dest} exists and is not a dvt-edge bundle ({e}); --force replaces only bundles: "
                               "choose another --out, nothing was changed") from None
+        if not force:
+            raise ExportError(f"{dest} already exists; pass --force to replace it (the old bundle is kept until the new one is complete)")
     for parent in dest.parents:
         if parent.exists() and not parent.is_dir():
             raise ExportError(f"cannot write the bundle under {parent}: it is a file, not a folder; choose another --out")

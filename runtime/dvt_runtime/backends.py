@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import platform
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -67,8 +68,11 @@ class OrtSession(Session):
         available = ort.get_available_providers()
         wanted = list(providers) if providers else ["CPUExecutionProvider"]
         unknown = [p for p in wanted if p not in available]
-        if unknown:
+        if len(unknown) == len(wanted):
             raise BackendUnavailable(f"ONNX Runtime execution provider(s) {unknown} not available here; available: {available}")
+        if unknown:  # a priority list, as ONNX Runtime reads it: the first available ones run, and the user is told
+            wanted = [p for p in wanted if p in available]
+            warnings.warn(f"ONNX Runtime execution provider(s) {unknown} not available here; using {wanted}", stacklevel=3)
         self.sess = ort.InferenceSession(str(path), so, providers=wanted)
         got = [i.name for i in self.sess.get_inputs()]
         if sorted(got) != sorted(self.input_names):

@@ -457,8 +457,10 @@ class Bundle:
         from dvt_runtime.controller import BudgetController
 
         if self.calibration is None:
-            raise ValueError("budget_ms needs a calibration for this device (python -m dvt_runtime.calibrate); "
-                             "open the bundle with device_name=...")
+            where = (f"no {self.calibration_path(self.device_name)} yet: run python -m dvt_runtime.calibrate --bundle {self.path} "
+                     f"--device-name {self.device_name} ..." if self.device_name else
+                     "open the bundle with device_name=... of a calibrated device (python -m dvt_runtime.calibrate)")
+            raise ValueError(f"budget_ms needs a calibration for this device: {where}")
         if self.controller is None or self.controller.budget_ms != budget_ms:
             self.controller = BudgetController.from_calibration(self.calibration, budget_ms)
         return self.controller
