@@ -100,7 +100,7 @@ def test_matched_over_halvings_replays_the_rule():
 def test_halvings_without_a_matching_point_are_counted_and_said(monkeypatch):
     """A halving whose calibration part has no point as accurate as the last exit falls back to the last
     exit alone (1.00x, matched by definition): counted, and the report says so."""
-    import dvt_edge.bench as B
+    import dvt_edge.bench_match as B
     from dvt_edge.bench_report import halvings_line
     from dvt_runtime.search import StageCosts
 

@@ -507,3 +507,8 @@ def test_out_that_is_a_folder_of_bundles_is_the_parent(micro_ckpt, tmp_path, cap
     with pytest.raises(ExportError, match="is not a dvt-edge bundle") as e:
         check_destination(tmp_path / "notabundle", force=False)
     assert "--force to replace" not in str(e.value)
+    # --out . (the working directory, not a bundle) is the parent: the bundle goes inside, nothing there is replaced
+    assert export_main([*args, "--out", ".", "--force"]) == 0
+    assert (tmp_path / "dvt_micro_fmnist-onnx-fp32" / "manifest.json").is_file() and (tmp_path / "notabundle" / "x.txt").is_file()
+    with pytest.raises(ExportError, match="is the current directory"):  # never the working directory itself
+        check_destination(Path("."), force=True)

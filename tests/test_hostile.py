@@ -394,7 +394,6 @@ def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     (["dvt_edge.train", "--train-limit", "0", "--out", "{tmp}/r"], "--train-limit must be >= 1"),
     (["dvt_edge.export", "--checkpoint", "{ckpt}", "--target", "onnx", "--verify-n", "-5", "--out", "{tmp}/b"], "--verify-n must be"),
     (["dvt_edge.export", "--checkpoint", "{ckpt}", "--target", "onnx", "--out", "{tmp}/afile/b"], "is a file, not a folder"),
-    (["dvt_edge.export", "--checkpoint", "{ckpt}", "--target", "onnx", "--out", ".", "--force"], "is the current directory"),
     (["dvt_edge.export", "--checkpoint", "{tmp}/classes5.pt", "--target", "onnx", "--out", "{tmp}/c"], "'classes' must be a list"),
     (["dvt_edge.data", "export", "--data", "npz:{tmp}/empty.npz", "--out", "{tmp}/x.npz"], "holds no samples"),
     (["dvt_edge.data", "export", "--checkpoint", "{tmp}/afile", "--out", "{tmp}/x.npz"], "afile"),
