@@ -231,8 +231,10 @@ def _each_target(checkpoint: str, model_name: str, targets: list[str], precision
     ``export_opts``: more :class:`dvt_edge.export.ExportOptions` fields (e.g. ``calib_data``)."""
     from dvt_edge.export import export_bundle
     from dvt_edge.export.targets import TARGETS, get_target
+    from dvt_runtime.io import sha256_file
 
     names = sorted(TARGETS) if targets == ["all"] else [get_target(t).name for t in targets]
+    ckpt_sha = sha256_file(checkpoint) if reuse else None  # once, not per target x precision
     rows = []
     for name in names:
         t = TARGETS[name]
@@ -243,7 +245,7 @@ def _each_target(checkpoint: str, model_name: str, targets: list[str], precision
             t0 = time.time()
             try:
                 bdir = out / "bundles" / f"{model_name}-{name}-{prec}"
-                man = _reusable(bdir, checkpoint, name, prec, progress) if reuse else None
+                man = _reusable(bdir, checkpoint, ckpt_sha, name, prec, progress) if reuse else None
                 if man is None:
                     man = export_bundle(checkpoint, name, prec, out=str(bdir), force=True, progress=progress, verbose=verbose,
                                         log_path=str(out / "bench-toolchains.log"), **export_opts).manifest
@@ -260,16 +262,15 @@ def _each_target(checkpoint: str, model_name: str, targets: list[str], precision
     return rows
 
 
-def _reusable(bdir: Path, checkpoint: str, target: str, precision: str, progress: bool):
-    """The bundle in ``bdir`` when it was exported from this very checkpoint (SHA-256) to this target and
+def _reusable(bdir: Path, checkpoint: str, checkpoint_sha: str, target: str, precision: str, progress: bool):
+    """The bundle in ``bdir`` when it was exported from this very checkpoint (``checkpoint_sha``) to this target and
     precision; else None (it is re-exported: a bundle of other weights must never be measured as this one)."""
-    from dvt_runtime.io import sha256_file
     from dvt_runtime.manifest import Manifest
 
     if not (bdir / "manifest.json").is_file():
         return None
     man = Manifest.load(bdir)
-    if (man.source or {}).get("sha256") == sha256_file(checkpoint) and (man.target, man.precision) == (target, precision):
+    if (man.source or {}).get("sha256") == checkpoint_sha and (man.target, man.precision) == (target, precision):
         return man
     if progress:
         print(f"[bench] {bdir} was exported from {(man.source or {}).get('checkpoint')} ({man.target}/{man.precision}), "

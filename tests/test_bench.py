@@ -239,14 +239,17 @@ def test_reused_bundle_of_other_weights_is_exported_again(micro_ckpt, tmp_path, 
 
     bdir = tmp_path / "bundles" / "m-onnx-fp32"
     export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(bdir), force=True, progress=False)
-    assert _reusable(bdir, str(micro_ckpt), "onnx", "fp32", False) is not None
+    from dvt_runtime.io import sha256_file
+
+    sha = sha256_file(micro_ckpt)
+    assert _reusable(bdir, str(micro_ckpt), sha, "onnx", "fp32", False) is not None
     other = tmp_path / "other.pt"
     ck = torch.load(micro_ckpt, weights_only=True)
     ck["model_state_dict"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in ck["model_state_dict"].items()}
     torch.save(ck, other)
-    assert _reusable(bdir, str(other), "onnx", "fp32", True) is None
+    assert _reusable(bdir, str(other), sha256_file(other), "onnx", "fp32", True) is None
     assert "not " + str(other) in capsys.readouterr().err
-    assert _reusable(bdir, str(micro_ckpt), "onnx", "int8", False) is None
+    assert _reusable(bdir, str(micro_ckpt), sha, "onnx", "int8", False) is None
     assert Manifest.load(bdir).source["sha256"]  # the bundle on disk is untouched by the check
 
 

@@ -51,7 +51,8 @@ def check_npz_preprocess(z: dict, preprocess: Preprocess, path: Path, error: Cal
     except ValueError as e:
         raise error(f"{path}: its 'preprocess' entry is unreadable ({e})") from None
     if stored != preprocess:
-        diff = {k: (v, preprocess.to_dict()[k]) for k, v in stored.to_dict().items() if v != preprocess.to_dict()[k]}
+        want = preprocess.to_dict()
+        diff = {k: (v, want[k]) for k, v in stored.to_dict().items() if v != want[k]}
         raise error(f"{path} was preprocessed otherwise than this bundle expects ({', '.join(f'{k}: {a} vs {b}' for k, (a, b) in diff.items())}): "
                     "write it with the checkpoint's own preprocessing: python -m dvt_edge.data export --checkpoint CKPT --data ... --out val.npz")
 

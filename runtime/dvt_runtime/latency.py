@@ -206,7 +206,7 @@ class LatencyProfile:
             for i, s in enumerate(rows):
                 for k in ("n", "mean", "median", "p50", "p90", "p99"):
                     v = s.get(k)
-                    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                    if not _nonneg(v):
                         raise ProfileError(f"latency profile '{key}' entry {i + 1}: {k!r} must be a finite non-negative number, got {v!r}")
                 if "samples" in s:  # raw samples are priced by the search: checked here, not when it runs
                     check_samples(s["samples"], f"latency profile '{key}' entry {i + 1} samples")
@@ -280,6 +280,11 @@ _INFORMATIONAL = ("device", "bundle", "settings", "load_ms", "first_inference_ms
                   "source", "created", "notes", "throttling_suspected", "drift")
 
 
+def _nonneg(v: Any) -> bool:
+    """A finite non-negative number (not a bool); NaN, inf, text and None are not."""
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v >= 0
+
+
 def _check_informational(d: dict[str, Any], num_exits: int) -> None:
     """The fields the search never prices (device facts, load times, notes) still have their types:
     a malformed one would otherwise surface later as a crash in ``format_table`` or a report."""
@@ -291,17 +296,15 @@ def _check_informational(d: dict[str, Any], num_exits: int) -> None:
         if v is None:
             continue
         if not isinstance(v, list) or len(v) != num_exits or not all(
-                x is None or (not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x) and x >= 0) for x in v):
+                x is None or _nonneg(x) for x in v):
             raise ProfileError(f"latency profile '{key}' must be null or one finite non-negative number (or null) per exit "
                                f"({num_exits}), got {v!r}")
-    for key in ("peak_rss_mb",):
-        v = d.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0):
-            raise ProfileError(f"latency profile '{key}' must be null or a finite non-negative number, got {v!r}")
+    v = d.get("peak_rss_mb")
+    if v is not None and not _nonneg(v):
+        raise ProfileError(f"latency profile 'peak_rss_mb' must be null or a finite non-negative number, got {v!r}")
     pre = d.get("preprocess_ms")
     if pre is not None and not (isinstance(pre, dict) and all(
-            not isinstance(pre.get(k), bool) and isinstance(pre.get(k), (int, float)) and math.isfinite(pre[k]) and pre[k] >= 0
-            for k in ("p50", "p90"))):
+            _nonneg(pre.get(k)) for k in ("p50", "p90"))):
         raise ProfileError(f"latency profile 'preprocess_ms' must be null or statistics with finite 'p50' and 'p90', got {pre!r}")
     t = d.get("threads")
     if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 1):
