@@ -64,6 +64,9 @@ def test_export_target_precision(tmp_path, micro_ckpt, target, precision):
     if target == "executorch":
         for e in m.exits:
             assert e.undelegated_ops is not None
+            if precision == "int8":  # the patch/stem convs too, counted on the converted graph (XNNPACK asks the filter about weights)
+                assert e.quantization["quantized_by_kind"]["conv"] > 0, e.quantization
+                assert e.quantization["quantized_by_kind"]["linear"] > 0, e.quantization
             hot = [op for op in e.undelegated_ops if any(op == h or op.startswith(h + ".") for h in HOT_OPS)]
             assert not hot, f"exit {e.index + 1}: hot ops not delegated: {hot}"
     if target == "ort":
@@ -302,6 +305,7 @@ def test_coreml_w8a8_quantizes_activations_and_weights(tmp_path, micro_ckpt):
         q = e.quantization
         assert q["scheme"] == "w8a8" and q["minimum_deployment_target"] == "iOS17"
         assert q["program_ops"]["quantize"] > 0 and q["quantized_layers"] > 0
+        assert q["quantized_by_kind"]["conv"] > 0 and q["quantized_layers"] == sum(q["quantized_by_kind"].values()), q
         assert q["program_ops"]["constexpr_affine_dequantize"] > 0
         sim = q["simulated"]
         assert sim["finite"] is True and sim["images"] == 60

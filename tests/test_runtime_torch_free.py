@@ -48,3 +48,33 @@ def test_runtime_core_imports_without_torch():
     )
     assert r.returncode == 0, r.stderr
     assert "ok" in r.stdout
+
+
+def test_executorch_without_torch_names_torch_and_its_pin():
+    """executorch declares no torch requirement: a missing torch is named, with the pin, not a bare 'install the extra'."""
+    r = run_without_torch(
+        """
+        import importlib.abc, sys
+        class _NoTorch(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        sys.meta_path.insert(0, _NoTorch())
+        from dvt_runtime.backends import BackendUnavailable, import_backend
+        try:
+            import_backend("executorch")
+        except BackendUnavailable as e:
+            print("MSG", e)
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    assert "needs torch" in r.stdout and "torch==2.13.0" in r.stdout and "dvt-runtime[executorch]" in r.stdout, r.stdout
+
+
+def test_runtime_extra_for_executorch_pins_the_torch_it_needs():
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "runtime" / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    main = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    torch_pin = [d for d in main if d.startswith("torch")]
+    assert torch_pin == ["torch==2.13.0"] and torch_pin[0] in extras["executorch"], extras

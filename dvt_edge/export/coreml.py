@@ -51,7 +51,7 @@ def _w8a8(job: ExitJob):
     """The exit with int8 static activations and int8 weights on every linear/conv, converted; (model, manifest info)."""
     import importlib.util
 
-    from dvt_edge.export.pt2e import LayerFilter, quantize_static, simulated_agreement, w8a8_quantizer
+    from dvt_edge.export.pt2e import LayerFilter, layer_counts, quantize_static, simulated_agreement, w8a8_quantizer
 
     if importlib.util.find_spec("torchao") is None:
         raise ExportError("Core ML w8a8 calibrates its activations with torchao, which is not installed: "
@@ -64,8 +64,7 @@ def _w8a8(job: ExitJob):
         "scheme": "w8a8", "method": "pt2e (torchao) observers in PyTorch, converted to Core ML quantize/dequantize",
         "weights": "int8 symmetric per-channel", "activations": f"int8 symmetric per-tensor, static ({len(job.calib)} calibration images)",
         "compute_precision": "float16", "minimum_deployment_target": "iOS17",
-        "quantized_layers": keep.quantized,
-        "excluded_ops": dict(keep.excluded) | {"float (not linear/conv)": "add, layer_norm, softmax, gelu, matmul"},
+        **layer_counts(quantized, keep),
         "program_ops": {k: ops[k] for k in ("quantize", "dequantize", "constexpr_affine_dequantize", "linear", "conv", "matmul")},
     }
     if job.check:

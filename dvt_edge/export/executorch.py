@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dvt_edge.export.common import ExitArtifact, ExitJob
-from dvt_edge.export.pt2e import LN_MEAN, LayerFilter, quantize_static
+from dvt_edge.export.pt2e import LN_MEAN, LayerFilter, layer_counts, quantize_static
 
 
 class PrimitiveLayerNorm(nn.Module):
@@ -79,8 +79,7 @@ def _quantize(job: ExitJob, graph: nn.Module, example: tuple) -> tuple[torch.nn.
         "method": "pt2e XNNPACKQuantizer",
         "weights": "int8 symmetric per-channel",
         "activations": "int8 dynamic per-token" if dynamic else f"int8 static per-tensor ({len(calib)} calibration images)",
-        "quantized_layers": keep.quantized,
-        "excluded_ops": dict(keep.excluded) | {"float (not linear/conv)": "add, layer_norm, softmax, gelu, matmul"},
+        **layer_counts(converted, keep),
     }
     return converted, info
 

@@ -33,21 +33,50 @@ def excluded_reason(node: torch.fx.Node) -> Optional[str]:
 
 
 class LayerFilter:
-    """Quantizer filter: True for the linear/conv nodes to quantize; counts what it kept and why it skipped."""
+    """Quantizer filter: True for the linear/conv nodes to quantize, and for the weight, bias and
+    input nodes that annotators ask about with them (XNNPACK's conv annotator checks the whole
+    partition: a filter saying no to the weight left every conv float). Records each excluded
+    layer once, with why; what was quantized is counted on the converted graph
+    (:func:`quantized_layers`), not here, as an annotator may still refuse a kept node."""
 
     def __init__(self) -> None:
-        self.quantized = 0
-        self.excluded: collections.Counter = collections.Counter()
+        self._excluded: dict[str, str] = {}
 
     def __call__(self, node: torch.fx.Node) -> bool:
+        if node.op != "call_function":
+            return True
         if str(node.target) not in QUANTIZED_TARGETS:
             return False
         why = excluded_reason(node)
         if why:
-            self.excluded[why] += 1
+            self._excluded[node.name] = why
             return False
-        self.quantized += 1
         return True
+
+    @property
+    def excluded(self) -> collections.Counter:
+        """Excluded linear/conv layers by reason (each node once, however often annotators asked)."""
+        return collections.Counter(self._excluded.values())
+
+
+def quantized_layers(converted: torch.fx.GraphModule) -> dict[str, int]:
+    """Linear and conv layers of a converted graph whose weight is dequantized from int8: what
+    really runs quantized (``{"linear": n, "conv": m}``)."""
+    counts = {"linear": 0, "conv": 0}
+    for node in converted.graph.nodes:
+        if node.op != "call_function" or str(node.target) not in QUANTIZED_TARGETS or len(node.args) < 2:
+            continue
+        w = node.args[1]
+        if isinstance(w, torch.fx.Node) and "dequantize" in str(w.target):
+            counts["conv" if "conv" in str(node.target) else "linear"] += 1
+    return counts
+
+
+def layer_counts(converted: torch.fx.GraphModule, keep: LayerFilter) -> dict:
+    """The manifest's record of which layers a pt2e export quantized and which it left float."""
+    by_kind = quantized_layers(converted)
+    return {"quantized_layers": sum(by_kind.values()), "quantized_by_kind": by_kind,
+            "excluded_ops": dict(keep.excluded) | {"float (not linear/conv)": "add, layer_norm, softmax, gelu, matmul"}}
 
 
 def quantize_static(graph: torch.nn.Module, example: tuple, quantizer, calib: list, input_names: list[str]) -> torch.fx.GraphModule:

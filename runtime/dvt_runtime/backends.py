@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["BackendUnavailable", "Session", "open_session", "backend_version", "BACKENDS", "available_backends"]
+__all__ = ["BackendUnavailable", "Session", "open_session", "import_backend", "backend_version", "BACKENDS", "available_backends"]
 
 BACKENDS = ("onnxruntime", "executorch", "coreml")
 ETDUMP_DEBUG_BUFFER = 0  # bytes for intermediate outputs in the ETDump: none, timings only (a full buffer aborts)
@@ -29,11 +29,35 @@ class BackendUnavailable(RuntimeError):
     """The backend's library is not installed or cannot run on this host."""
 
 
+_LIBRARIES = {"onnxruntime": ("onnxruntime",), "executorch": ("torch", "executorch.runtime"), "coreml": ("coremltools",)}
+TORCH_PIN = "torch==2.13.0"  # the torch executorch 1.5.1's Python runtime is built against (it declares none)
+
+
 def _missing(backend: str, err: Exception) -> BackendUnavailable:
+    if backend == "executorch" and (getattr(err, "name", None) or "").split(".")[0] == "torch":
+        return BackendUnavailable(
+            f"the executorch backend's Python runtime exchanges torch tensors and needs torch, which could not be imported "
+            f"({err}); executorch declares no torch requirement. Install it with: pip install 'dvt-runtime[executorch]' "
+            f"(it pins {TORCH_PIN}; for the CPU-only build add --extra-index-url https://download.pytorch.org/whl/cpu)"
+        )
     return BackendUnavailable(
         f"the {backend} backend needs its library, which could not be imported ({err}). "
         f"Install it with: pip install 'dvt-runtime[{_EXTRA[backend]}]'"
     )
+
+
+def import_backend(backend: str) -> None:
+    """Import the backend's libraries now (a bundle's load times are then its artifacts', not the
+    imports'); :class:`BackendUnavailable` naming what to install when one is missing."""
+    if backend not in _LIBRARIES:
+        raise ValueError(f"unknown backend {backend!r}; valid: {list(BACKENDS)}")
+    if backend == "coreml" and platform.system() != "Darwin":
+        return  # nothing to import for: opening the session says Core ML runs only on macOS/iOS
+    for name in _LIBRARIES[backend]:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise _missing(backend, e) from None
 
 
 class Session:
