@@ -19,6 +19,7 @@ from dvt_edge import create_model, save_checkpoint
 from dvt_edge.data import load_dataset
 from dvt_edge.export import ExportError, export_bundle
 from dvt_edge.export.__main__ import main as export_main
+from dvt_edge.export.pt2e import NO_DYNAMIC_CONV
 from dvt_edge.export.targets import TARGETS, TargetUnavailable, get_target
 from dvt_runtime.bundle import Bundle
 from dvt_runtime.manifest import Manifest, ManifestError
@@ -67,9 +68,11 @@ def test_export_target_precision(tmp_path, micro_ckpt, target, precision):
             assert e.undelegated_ops is not None
             hot = [op for op in e.undelegated_ops if any(op == h or op.startswith(h + ".") for h in HOT_OPS)]
             assert not hot, f"exit {e.index + 1}: hot ops not delegated: {hot}"
-            if precision == "int8":  # the patch/stem convs too, counted on the converted graph (XNNPACK asks the filter about weights)
-                assert e.quantization["quantized_by_kind"]["conv"] > 0, e.quantization
-                assert e.quantization["quantized_by_kind"]["linear"] > 0, e.quantization
+            if precision == "int8":  # counted on the converted graph; static takes the patch/stem convs too (XNNPACK asks
+                q = e.quantization    # the filter about weights), dynamic leaves them float (its convs did not run)
+                assert q["quantized_by_kind"]["linear"] > 0, q
+                assert (q["quantized_by_kind"]["conv"] > 0) == (q["scheme"] == "static"), q
+                assert (NO_DYNAMIC_CONV in q["excluded_ops"]) == (q["scheme"] == "dynamic"), q
         # ExecuTorch reads a tensor's memory as contiguous NCHW: a strided view (every other column) must be copied first
         x = np.random.default_rng(0).random((1, 1, 28, 56), dtype=np.float32)[..., ::2]
         assert not x.flags.c_contiguous
@@ -86,6 +89,7 @@ def test_export_target_precision(tmp_path, micro_ckpt, target, precision):
                 assert {c["scheme"] for c in sel["candidates"]} | set(sel["rejected"]) == set(t.int8["schemes"])
                 for c in sel["candidates"]:
                     assert np.isfinite([c["agreement"], c["max_abs_diff"], c["p50_ms"]]).all() and c["p50_ms"] > 0, c
+                assert not [r for r in sel["rejected"].values() if "cannot run" in r], sel  # every scheme's artifact runs
 
 
 def test_manifest_round_trip(tmp_path, micro_ckpt):
@@ -506,6 +510,8 @@ def test_out_that_is_a_folder_of_bundles_is_the_parent(micro_ckpt, tmp_path, cap
     assert export_main([*args, "--out", "new/"]) == 0
     assert (tmp_path / "new" / "dvt_micro_fmnist-onnx-fp32" / "manifest.json").is_file()
     assert export_main([*args, "--out", "mine"]) == 0 and (tmp_path / "mine" / "manifest.json").is_file()  # a new path: the bundle
+    par = Manifest.load(tmp_path / "mine").parity  # --no-verify: never reads as a passed check
+    assert par.passed is False and par.checked == "skipped (--no-verify)" and "nothing was compared" in par.note, par
     capsys.readouterr()
     assert export_main([*args, "--out", "mine"]) == 2
     assert "pass --force" in capsys.readouterr().err  # an existing bundle: --force replaces it
@@ -522,3 +528,23 @@ def test_out_that_is_a_folder_of_bundles_is_the_parent(micro_ckpt, tmp_path, cap
     assert (tmp_path / "dvt_micro_fmnist-onnx-fp32" / "manifest.json").is_file() and (tmp_path / "notabundle" / "x.txt").is_file()
     with pytest.raises(ExportError, match="is the current directory"):  # never the working directory itself
         check_destination(Path("."), force=True)
+
+
+def test_images_of_other_classes_verify_agreement_but_never_score_labels(micro_ckpt, tmp_path):
+    """A folder whose classes are not the model's (2 against Fashion-MNIST's 10) still calibrates and checks agreement
+    with PyTorch; its labels never report accuracy or choose the default thresholds (they scored 0% and picked
+    thresholds against another label set)."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (tmp_path / "imgs" / "train" / c).mkdir(parents=True)
+        for i in range(20):
+            cv2.imwrite(str(tmp_path / "imgs" / "train" / c / f"{i}.png"), rng.integers(0, 256, (28, 28), dtype=np.uint8))
+    res = export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(tmp_path / "b"), calib_data=f"imagefolder:{tmp_path / 'imgs'}",
+                        verify_n=20, progress=False)
+    m = Manifest.load(res.path)
+    assert m.parity.passed and m.parity.n_real > 0
+    assert all(r.top1_agreement >= 97.0 and r.top1_artifact is None and r.top1_pytorch is None for r in m.parity.exits), m.parity
+    assert "labels are not used" in m.parity.data and "not the checkpoint's" in m.parity.data, m.parity.data
+    assert m.thresholds is None or m.thresholds_source.startswith("checkpoint"), (m.thresholds, m.thresholds_source)

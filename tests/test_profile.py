@@ -130,6 +130,9 @@ def test_measured_stats_match_raw_samples(measured):
     assert prof.load_ms == bundle.load_ms
     assert len(prof.first_inference_ms) == 3 and all(v > 0 for v in prof.first_inference_ms)
     assert prof.preprocess_ms["n"] == RUNS and prof.preprocess_ms["p50"] > 0
+    # timed on a camera's frame (a network-sized image skips most of the resize), and the frame is recorded and shown
+    assert prof.settings["preprocess_frames"] == "1 uint8 image(s) of 480x640x3 (random camera-sized frame)", prof.settings
+    assert "(1 uint8 image(s) of 480x640x3" in prof.format_table()
     assert prof.peak_rss_mb > 10
     assert prof.bundle["model"] == "dvt_micro_fmnist" and prof.bundle["backend"] == "onnxruntime"
     assert prof.bundle["target"] == "onnx" and prof.bundle["precision"] == "fp32"

@@ -539,3 +539,39 @@ def test_budget_below_minimum_percentile_names_minimum():
         search_thresholds(out, costs, 3.0, metric="p90")
     with pytest.raises(ValueError, match=r"cheapest achievable"):
         frontier_table(out, costs, [10.0, 3.0], metric="p90")
+
+
+def test_exact_thresholds_sit_between_observed_confidences():
+    """A threshold on an observed confidence flips that sample on a last-bit difference (a deployed artifact's
+    output; the export's decision agreement read 83% with logits equal to 8e-7): the exact search puts each
+    threshold halfway to the next lower confidence, the same split of these samples."""
+    from dvt_runtime.search import _candidates
+
+    probs, labels = synth_probs(3, 300, seed=4)
+    out = ExitOutputs.from_probs(probs, labels)
+    costs = StageCosts(mean=[1.0, 2.0, 4.0])
+    res = search_thresholds(out, costs, budget=7.0 * (1 + 1e-9), algorithm="exact")
+    seen = 0
+    for p in res.frontier:
+        thr = np.array([np.inf if t is None else t for t in p.to_dict()["thresholds"][:-1]] + [-np.inf], float)
+        on_sample = thr.copy()  # the same split with each threshold on the observed confidence just above it
+        for e, t in enumerate(thr[:-1]):
+            c = out.confidences[e]
+            if np.isfinite(t) and t > c.min():
+                assert not np.any(c == t), (e, t)
+                below, above = c[c < t].max(), c[c > t].min()
+                assert t == pytest.approx((below + above) / 2, rel=1e-12), (below, t, above)
+                on_sample[e] = above
+                seen += 1
+        same = evaluate_thresholds(out, None, on_sample, costs)
+        assert same.accuracy == p.accuracy and same.mean_cost == pytest.approx(p.mean_cost, rel=1e-12)
+    assert seen > 5
+    # two confidences one ulp apart have no midpoint: the upper one itself is the threshold (the split stays exact)
+    up = np.nextafter(0.5, 1.0)
+    cands, complete = _candidates(np.array([0.5, up, 0.9]), cap=10)
+    assert complete and list(cands) == [np.inf, pytest.approx((up + 0.9) / 2), up, 0.5]
+    # subsampled: still halfway to the next lower observed confidence, not to the next candidate
+    conf = np.linspace(0.2, 0.9, 101)
+    cands, complete = _candidates(conf, cap=5)
+    assert not complete and all(not np.any(conf == t) for t in cands[1:-1]) and cands[-1] == conf.min()
+    assert all(np.sum(conf >= t) == np.sum(conf >= conf[conf > t].min()) for t in cands[1:-1])

@@ -115,7 +115,18 @@ def _same_images(a, b) -> bool:
     return all(np.array_equal(np.asarray(a.images[i]), np.asarray(b.images[i])) for i in (0, len(a) - 1))
 
 
-def _load_data(spec: Optional[str], pre: Preprocess, calib_n: int, verify_n: int, need_calib: bool) -> _Data:
+def _label_mismatch(ds, num_classes: int, classes: Optional[list[str]]) -> Optional[str]:
+    """Why the images' labels are not the model's (None: they are). Such images still calibrate and verify
+    agreement with PyTorch; their labels never score accuracy or choose thresholds."""
+    if classes and list(ds.classes) != list(classes):
+        return f"its classes {list(ds.classes)[:5]}... are not the checkpoint's {list(classes)[:5]}..."
+    if ds.num_classes != num_classes:
+        return f"it has {ds.num_classes} classes, the model {num_classes}"
+    return None
+
+
+def _load_data(spec: Optional[str], pre: Preprocess, calib_n: int, verify_n: int, need_calib: bool, num_classes: int,
+               classes: Optional[list[str]] = None) -> _Data:
     if spec is None:
         if need_calib:
             raise ExportError("int8 needs calibration images and none are known for this checkpoint: "
@@ -123,6 +134,7 @@ def _load_data(spec: Optional[str], pre: Preprocess, calib_n: int, verify_n: int
         return _Data(None, [], None, None, "no real images (fixed inputs only); pass --calib-data to verify on real images")
     try:
         train = load_dataset(spec, "train", preprocess=pre)
+        mismatch = _label_mismatch(train, num_classes, classes)
         calib, _ = train.arrays(calib_n, seed=0)
         try:
             val = load_dataset(spec, "val", preprocess=pre)
@@ -139,7 +151,10 @@ def _load_data(spec: Optional[str], pre: Preprocess, calib_n: int, verify_n: int
                      f"{spec}/train, the calibration images themselves (too few images to hold any apart)")
     except DataError as e:
         raise ExportError(f"calibration data {spec!r}: {e}") from None
-    return _Data(spec, list(calib), vx, vy, f"{len(calib)} calibration images from {spec}/train, {len(vx)} verification images from {where}")
+    note = f"{len(calib)} calibration images from {spec}/train, {len(vx)} verification images from {where}"
+    if mismatch:
+        vy, note = None, note + f"; their labels are not used ({mismatch}): no accuracy, no thresholds chosen on them"
+    return _Data(spec, list(calib), vx, vy, note)
 
 
 # ----------------------------------------------------------------------------- thresholds
@@ -155,8 +170,8 @@ def _default_thresholds(model: DVT, info: CheckpointInfo, ref_logits: Optional[l
         # a confidence is in [0, 1]: above 1 (MSDNet-style 1e8 for an exit no sample reaches) never stops, below 0 always does
         t = [None if v > 1.0 else max(v, 0.0) for v in t]
         return t + [None], f"checkpoint dynamic_threshold row {row} of {info.thresholds.shape[0]}"
-    if ref_logits is None:
-        return None, "none (no real images to choose them on)"
+    if ref_logits is None or labels is None:
+        return None, "none (no labelled images of the model's classes to choose them on)"
     from dvt_runtime.search import ExitOutputs, StageCosts, search_thresholds
 
     probs = np.stack([softmax(lg.astype(np.float64)) for lg in ref_logits])  # float64, as the runtime decides
@@ -277,7 +292,8 @@ def _prepare(dest: Path, t: Target, precision: str, opts: ExportOptions, model: 
     """Load the calibration and verification images and run the PyTorch reference on them."""
     pre = info.preprocess or default_preprocess(model.cfg.in_chans, model.cfg.img_size)
     spec = opts.calib_data or _default_data_spec(model, info)
-    data = _load_data(spec, pre, opts.calib_n, opts.verify_n, need_calib=precision == "int8")
+    data = _load_data(spec, pre, opts.calib_n, opts.verify_n, need_calib=precision == "int8", num_classes=model.cfg.num_classes,
+                      classes=info.classes)
     graphs = exit_graphs(model)
     calib_ref = torch_cascade(graphs, np.stack(data.calib)) if data.calib else []
     real_ref, check_inputs = None, []
@@ -327,7 +343,8 @@ def _verify(p: _Plan, exits: list[ExitSpec], artifacts: list[ExitArtifact], max_
     else:
         report = ParityReport(runtime=t.backend, checked="structural" if p.opts.verify else "skipped (--no-verify)",
                               exits=[ExitParity(e + 1) for e in range(len(p.graphs))],
-                              note=f"{t.backend} cannot run on {platform.system()} here")
+                              note=f"{t.backend} cannot run on {platform.system()} here" if p.opts.verify else
+                              "not verified: exported with --no-verify, nothing was compared")
         if p.opts.verify and t.name == "coreml":
             from dvt_edge.export.coreml import check_structure
 
@@ -343,7 +360,7 @@ def _verify(p: _Plan, exits: list[ExitSpec], artifacts: list[ExitArtifact], max_
         report.problems += simulated_problems([a.quantization for a in artifacts], p.opts.int8_min_agreement)
     if p.precision == "int8" and p.opts.int8_min_agreement is None:
         report.note = (report.note + "; " if report.note else "") + "int8 top-1 agreement recorded, not required (random weights)"
-    report.passed = not report.problems
+    report.passed = p.opts.verify and not report.problems  # an unverified bundle never reads as passed
     return report
 
 

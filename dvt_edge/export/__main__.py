@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default=None, help="bundle directory (one target/precision), or the parent of one folder per bundle (several, a path ending "
                          "in /, or an existing folder that is not a bundle); default bundles/")
     ap.add_argument("--force", action="store_true", help="replace an existing bundle")
-    ap.add_argument("--no-verify", action="store_true", help="write the bundle even if parity checks fail")
+    ap.add_argument("--no-verify", action="store_true", help="skip the parity checks: the bundle is written unverified (its manifest says so: parity.passed false)")
     ap.add_argument("--trust-checkpoint", action="store_true", help="allow arbitrary unpickling (only for files you trust)")
     ap.add_argument("--verbose", action="store_true", help="show the toolchains' own output (default: it goes to OUT/../dvt-edge-export.log)")
     ap.add_argument("--list-targets", action="store_true", help="print the targets and exit")

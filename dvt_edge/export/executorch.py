@@ -69,7 +69,7 @@ def _quantize(job: ExitJob, graph: nn.Module, example: tuple) -> tuple[torch.nn.
 
     scheme = job.scheme or "dynamic"
     dynamic = scheme == "dynamic"
-    keep = LayerFilter()
+    keep = LayerFilter(convs=not dynamic)
     q = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic))
     q.set_filter_function(keep)
     calib = job.calib if not dynamic else job.calib[:1]

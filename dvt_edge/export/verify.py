@@ -105,8 +105,9 @@ def parity(target: Target, bundle: Bundle, graphs: list[ExitGraph], data, ref_re
         row.max_abs_diff_real = float(np.abs(art[e] - ref_real[e]).max())
         row.finite = row.finite and bool(np.isfinite(art[e]).all())
         row.top1_agreement = float((art[e].argmax(-1) == ref_real[e].argmax(-1)).mean() * 100)
-        row.top1_artifact = float((art[e].argmax(-1) == data.verify_y).mean() * 100)
-        row.top1_pytorch = float((ref_real[e].argmax(-1) == data.verify_y).mean() * 100)
+        if data.verify_y is not None:  # None: the images' labels are not the model's classes
+            row.top1_artifact = float((art[e].argmax(-1) == data.verify_y).mean() * 100)
+            row.top1_pytorch = float((ref_real[e].argmax(-1) == data.verify_y).mean() * 100)
     report.n_real = len(data.verify_x)
     if bundle.batch_limit() > 1 and len(data.verify_x) > 1:  # the same images in batches: must give the same logits
         n = min(len(data.verify_x), VERIFY_BATCH if bundle.manifest.max_batch is None else bundle.manifest.max_batch)

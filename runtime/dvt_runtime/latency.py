@@ -261,7 +261,9 @@ class LatencyProfile:
                 lines.append(row(f"exit {e + 1}", s, []))
         tail = []
         if self.preprocess_ms:
-            tail.append(f"preprocess p50 {_fmt(self.preprocess_ms['p50'])} ms, p90 {_fmt(self.preprocess_ms['p90'])} ms")
+            frames = self.settings.get("preprocess_frames")
+            tail.append(f"preprocess p50 {_fmt(self.preprocess_ms['p50'])} ms, p90 {_fmt(self.preprocess_ms['p90'])} ms"
+                        + (f" ({frames})" if isinstance(frames, str) else ""))
         if self.peak_rss_mb is not None:
             tail.append(f"peak RSS {self.peak_rss_mb:.1f} MB")
         if tail:

@@ -596,12 +596,17 @@ def _cheapest_thresholds(out: ExitOutputs) -> np.ndarray:
 
 
 def _candidates(conf_e: np.ndarray, cap: int) -> tuple[np.ndarray, bool]:
-    """Descending candidate thresholds for one exit: +inf, then observed confidences (subsampled to ``cap``)."""
+    """Descending candidate thresholds for one exit: +inf, then one per observed confidence (subsampled to
+    ``cap``), each halfway down to the next lower observed confidence: the same split of these samples as
+    the confidence itself, with no sample sitting on a threshold (a last-bit difference in a deployed
+    artifact's output then flips nothing). The lowest stays the lowest confidence (everything stops)."""
     u = np.unique(conf_e)
     complete = u.size <= cap
-    if not complete:
-        u = u[np.unique(np.round(np.linspace(0, u.size - 1, cap)).astype(np.int64))]
-    return np.concatenate([[np.inf], u[::-1]]), complete
+    idx = np.arange(u.size) if complete else np.unique(np.round(np.linspace(0, u.size - 1, cap)).astype(np.int64))
+    below = u[np.maximum(idx - 1, 0)]
+    mid = below + (u[idx] - below) / 2  # no overflow; equal to ``below`` only when the two are one ulp apart
+    thr = np.where((idx > 0) & (mid > below), mid, u[idx])
+    return np.concatenate([[np.inf], thr[::-1]]), complete
 
 
 def _run_exact(
