@@ -177,6 +177,9 @@ def test_data_export_round_trip(tmp_path, fmnist_test):
     ((20, 20), Preprocess()),  # enlarging: OpenCV's area weights (bilinear was 38 gray levels off)
     ((14, 14), Preprocess()),
     ((9, 13, 3), Preprocess(size=32, resize=32, channels="rgb", mean=(0.5,) * 3, std=(0.25,) * 3)),
+    # cubic (the published 224 px models'): it was bilinear without OpenCV, 62 gray levels off on a camera frame
+    ((480, 640, 3), Preprocess(size=224, resize=256, channels="rgb", mean=(0.5,) * 3, std=(0.25,) * 3, interpolation="cubic")),
+    ((20, 20), Preprocess(size=32, resize=32, interpolation="cubic")),
 ])
 def test_numpy_fallback_matches_opencv(monkeypatch, shape, pre):
     img = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
@@ -188,6 +191,21 @@ def test_numpy_fallback_matches_opencv(monkeypatch, shape, pre):
     # identical without a resize; otherwise at most one gray level apart (rounding of the average)
     tol = 0 if shape[:2] == (pre.size, pre.size) else 1.0 / 255 / min(pre.std)
     assert np.abs(with_cv - without).max() <= tol + 1e-6
+
+
+@pytest.mark.parametrize("h,w", [(480, 640), (1080, 1920), (448, 600), (600, 448), (375, 500), (333, 500), (257, 300), (256, 256)])
+def test_resize_and_crop_geometry_is_torchvisions(h, w):
+    """The published models were evaluated with torchvision's Resize(256) (longer side truncated) and
+    CenterCrop(224) (offsets rounded); the same arithmetic, written out, picks the same pixels."""
+    pre = Preprocess(size=224, resize=256, channels="rgb", mean=(0.5,) * 3, std=(0.25,) * 3, interpolation="cubic")
+    short, long = min(h, w), max(h, w)
+    new_long = int(256 * long / short)  # torchvision.transforms.functional._compute_resized_output_size
+    nh, nw = (256, new_long) if h <= w else (new_long, 256)
+    top, left = int(round((nh - 224) / 2.0)), int(round((nw - 224) / 2.0))  # torchvision's center_crop
+    assert pre._geometry(h, w) == (nh, nw, top, left)
+    img = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    ref = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_CUBIC)[top:top + 224, left:left + 224, ::-1]
+    np.testing.assert_allclose(pre.apply(img), (ref.transpose(2, 0, 1) / 255.0 - 0.5) / 0.25, atol=1e-5)
 
 
 def test_preprocess_validation_and_round_trip():

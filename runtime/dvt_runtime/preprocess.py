@@ -2,8 +2,8 @@
 
 Training-time evaluation (``dvt_edge.data``) and device-time inference (``dvt_runtime``)
 both call :meth:`Preprocess.apply`, so they see the same pixels. OpenCV does the resize
-when it is installed; without it a numpy fallback is used (area/nearest/linear resize),
-which may differ from OpenCV by a rounding step (one gray level) for non-integer scale factors.
+when it is installed; without it a numpy fallback does the same resize (area, nearest, linear or
+cubic), which may differ from OpenCV by a rounding step (one gray level) for non-integer scale factors.
 """
 
 from __future__ import annotations
@@ -133,10 +133,14 @@ class Preprocess:
         return img[:, :, ::-1] if self.channels == "rgb" else img  # input is BGR (OpenCV)
 
     def _geometry(self, h: int, w: int) -> tuple[int, int, int, int]:
-        """Resized height and width (shorter side -> ``resize``), then the crop's top and left."""
-        scale = self.resize / min(h, w)
-        nh, nw = max(self.size, round(h * scale)), max(self.size, round(w * scale))
-        return nh, nw, (nh - self.size) // 2, (nw - self.size) // 2
+        """Resized height and width (shorter side -> ``resize``), then the crop's top and left, as the
+        published models' evaluation computes them (torchvision ``Resize(resize)`` truncates the longer
+        side, ``CenterCrop(size)`` rounds the offsets): the same pixels, not one column off."""
+        if h <= w:
+            nh, nw = self.resize, int(self.resize * w / h)
+        else:
+            nh, nw = int(self.resize * h / w), self.resize
+        return nh, nw, int(round((nh - self.size) / 2.0)), int(round((nw - self.size) / 2.0))
 
     def crop_box(self, height: int, width: int) -> tuple[int, int, int, int]:
         """The region (x0, y0, x1, y1) of a ``width`` x ``height`` image that :meth:`apply` feeds the model."""
@@ -182,8 +186,8 @@ def _resize(img: np.ndarray, nh: int, nw: int, interpolation: str) -> np.ndarray
 
 
 def _np_resize(img: np.ndarray, nh: int, nw: int, interpolation: str) -> np.ndarray:
-    """numpy fallback: box filter for 'area' downscaling, OpenCV's area weights for enlarging, else bilinear
-    (half-pixel centers)."""
+    """numpy fallback: box filter for 'area' downscaling, OpenCV's area weights for enlarging, OpenCV's
+    cubic kernel for 'cubic', else bilinear (half-pixel centers)."""
     h, w = img.shape[:2]
     x = img.astype(np.float32)
     if interpolation == "nearest":
@@ -196,10 +200,34 @@ def _np_resize(img: np.ndarray, nh: int, nw: int, interpolation: str) -> np.ndar
     elif interpolation == "area":  # enlarging: OpenCV's INTER_AREA interpolates with its own weights
         x = _area_up_axis(x, nh, 0)
         x = _area_up_axis(x, nw, 1)
+    elif interpolation == "cubic":
+        x = _cubic_axis(x, nh, 0)
+        x = _cubic_axis(x, nw, 1)
     else:
         x = _linear_axis(x, nh, 0)
         x = _linear_axis(x, nw, 1)
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def _cubic_axis(x: np.ndarray, n: int, axis: int) -> np.ndarray:
+    """OpenCV's INTER_CUBIC along one axis: 4 taps of the A = -0.75 kernel around the half-pixel-centred
+    source position, border pixels repeated."""
+    src = x.shape[axis]
+    pos = (np.arange(n) + 0.5) * src / n - 0.5
+    base = np.floor(pos).astype(int)
+    t = pos - base
+    a = -0.75
+    w = [((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a,
+         ((a + 2) * t - (a + 3)) * t * t + 1,
+         ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1]
+    w.append(1 - w[0] - w[1] - w[2])
+    shape = [1] * x.ndim
+    shape[axis] = n
+    out = np.zeros(x.shape[:axis] + (n,) + x.shape[axis + 1:], np.float32)
+    for k in range(4):
+        idx = np.clip(base + k - 1, 0, src - 1)
+        out += np.take(x, idx, axis=axis) * w[k].astype(np.float32).reshape(shape)
+    return out
 
 
 def _area_axis(x: np.ndarray, n: int, axis: int) -> np.ndarray:
