@@ -9,7 +9,7 @@ from typing import Optional
 
 import numpy as np
 
-from dvt_edge.imageset import DataError, ImageSet, default_preprocess, read_image, stratified_subset, to_uint8
+from dvt_edge.imageset import DataError, ImageSet, default_preprocess, display_classes, read_image, stratified_subset, to_uint8
 from dvt_runtime.io import progress
 from dvt_runtime.preprocess import Preprocess
 
@@ -57,7 +57,8 @@ def load_imagefolder(root: str, split: str, preprocess: Optional[Preprocess]) ->
     images, labels, skipped, files = _FOLDER_CACHE[key]
     if preprocess is None:
         preprocess = _folder_preprocess(images)
-    ds = ImageSet(f"imagefolder:{base}", split, images, np.array(labels), classes, preprocess, skipped=skipped, files=files)
+    ds = ImageSet(f"imagefolder:{base}", split, images, np.array(labels), display_classes(classes), preprocess, skipped=skipped,
+                  files=files)
     if val_dir is None:  # hold out part of train/ as the validation split
         ds = _holdout_split(ds, split, base)
     return ds

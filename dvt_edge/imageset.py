@@ -6,6 +6,7 @@ Loaders (``dvt_edge.fashion_mnist``, ``dvt_edge.cifar10``, ``dvt_edge.imagefolde
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -156,3 +157,32 @@ def read_image(path) -> np.ndarray:
     if img is None:
         raise DataError(f"cannot read image {path} (not an image OpenCV can decode, or unreadable)")
     return to_uint8(img)
+
+
+IMAGENET1K_CLASSES = Path(__file__).parent / "assets" / "imagenet1k_classes.tsv"
+
+
+@functools.lru_cache(maxsize=1)
+def imagenet1k() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """ImageNet-1k's 1000 WordNet synset IDs in class-index order (sorted, as its ``train/`` folders
+    are) and a short name for each: the first WordNet lemma, the two cranes and two maillots told
+    apart (from timm 1.0.31's ``imagenet_synsets.txt`` and ``imagenet_synset_to_lemma.txt``)."""
+    rows = [line.split("\t") for line in IMAGENET1K_CLASSES.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 1000 and all(len(r) == 2 for r in rows), IMAGENET1K_CLASSES
+    synsets, names = zip(*rows)
+    return tuple(synsets), tuple(names)
+
+
+def display_classes(folders: list[str]) -> list[str]:
+    """Class names for class folders: ImageNet-1k's synset folders (n01440764, ...) become its class
+    names (tench, ...), as the published models' bundles name them; any other folders name themselves."""
+    synsets, names = imagenet1k()
+    return list(names) if tuple(folders) == synsets else list(folders)
+
+
+def default_classes(num_classes: int, imagenet_layout: bool) -> list[str]:
+    """Class names for a checkpoint that carries none: ImageNet-1k's for a 1000-class model of an
+    ImageNet layout (the published checkpoints), else the output indices."""
+    if imagenet_layout and num_classes == 1000:
+        return list(imagenet1k()[1])
+    return [str(i) for i in range(num_classes)]

@@ -797,6 +797,11 @@ def model_defaults(name: str) -> dict:
     return {"preprocess": dict(d["preprocess"]), "dataset": d["dataset"]}
 
 
+def imagenet_layout(name: str) -> bool:
+    """Whether a registered variant is one of ImageNet's layouts (the published checkpoints' preprocessing)."""
+    return name in _DEFAULTS and _DEFAULTS[name]["preprocess"] == PREPROCESS_PRESETS["imagenet"]
+
+
 def list_models() -> list[str]:
     return sorted(_REGISTRY)
 

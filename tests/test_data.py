@@ -463,3 +463,41 @@ def test_cifar10_jpeg_never_trains_on_the_shipped_holdout(monkeypatch, tmp_path)
         load_dataset("cifar10-jpeg", "val")
     monkeypatch.setattr("dvt_edge.data.check_reference_holdout", lambda *a: None)
     assert load_dataset("cifar10-jpeg", "train").preprocess == C10.cifar10_preprocess()  # the reference's, not ImageNet's
+
+
+def test_imagenet_class_names_are_the_published_index_order():
+    """ImageNet-1k's class names in class-index order: the synsets sorted (its train/ folders), a unique short
+    name each (well-known anchors: 0 tench, 1 goldfish, 999 toilet tissue; the two cranes told apart)."""
+    from dvt_edge.imageset import default_classes, imagenet1k
+    from dvt_edge.models import imagenet_layout
+
+    synsets, names = imagenet1k()
+    assert len(synsets) == len(set(synsets)) == 1000 and list(synsets) == sorted(synsets)
+    assert all(len(s) == 9 and s[0] == "n" and s[1:].isdigit() for s in synsets)
+    assert len(set(names)) == 1000 and all(n and n == n.strip() for n in names)
+    assert (synsets[0], names[0]) == ("n01440764", "tench") and names[1] == "goldfish" and names[999] == "toilet tissue"
+    assert (names[134], names[517]) == ("crane (bird)", "crane (machine)")
+    # a published layout with 1000 outputs and no class names of its own gets these; anything else its indices
+    assert imagenet_layout("dvt_deit_small") and imagenet_layout("dvt_t2t_vit_12") and not imagenet_layout("dvt_small_cifar")
+    assert default_classes(1000, True) == list(names)
+    assert default_classes(1000, False) == [str(i) for i in range(1000)] and default_classes(10, True) == [str(i) for i in range(10)]
+
+
+def test_imagenet_synset_folders_are_named_as_the_published_bundles_name_them(tmp_path):
+    """An ImageNet folder (n01440764/, ...) gives the classes the names a published model's bundle carries, so
+    evaluating a bundle on it compares names with names (it compared '0'.. with 'n01440764'.. and refused)."""
+    from dvt_edge.imageset import imagenet1k
+
+    synsets, names = imagenet1k()
+    img = np.zeros((4, 4, 3), np.uint8)
+    for s in synsets:
+        for split in ("train", "val"):
+            (tmp_path / "in1k" / split / s).mkdir(parents=True)
+            cv2.imwrite(str(tmp_path / "in1k" / split / s / "a.png"), img)
+    ds = load_dataset(f"imagefolder:{tmp_path / 'in1k'}", "val")
+    assert ds.classes == list(names) and ds.num_classes == 1000 and sorted(ds.labels) == list(range(1000))
+    for s in synsets[:3]:  # a subset of ImageNet is not ImageNet: its folders name themselves
+        for split in ("train", "val"):
+            (tmp_path / "sub" / split / s).mkdir(parents=True)
+            cv2.imwrite(str(tmp_path / "sub" / split / s / "a.png"), img)
+    assert load_dataset(f"imagefolder:{tmp_path / 'sub'}", "val").classes == list(synsets[:3])

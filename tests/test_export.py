@@ -548,3 +548,20 @@ def test_images_of_other_classes_verify_agreement_but_never_score_labels(micro_c
     assert all(r.top1_agreement >= 97.0 and r.top1_artifact is None and r.top1_pytorch is None for r in m.parity.exits), m.parity
     assert "labels are not used" in m.parity.data and "not the checkpoint's" in m.parity.data, m.parity.data
     assert m.thresholds is None or m.thresholds_source.startswith("checkpoint"), (m.thresholds, m.thresholds_source)
+
+
+def test_a_1000_class_imagenet_layout_without_names_exports_imagenets(tmp_path):
+    """A published-layout checkpoint carries no class names: its bundle names ImageNet-1k's classes (the webcam
+    showed '283 87%'), not output indices; a checkpoint's own names always win."""
+    from dvt_edge.checkpoint import save_checkpoint
+    from dvt_edge.imageset import imagenet1k
+    from dvt_edge.models import create_model
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "in1k.pt", create_model("dvt_t2t_micro", num_classes=1000))
+    res = export_bundle(str(ckpt), "onnx", "fp32", out=str(tmp_path / "b"), progress=False)
+    m = Manifest.load(res.path)
+    assert m.parity.passed and m.classes == list(imagenet1k()[1])
+    b = Bundle.open(res.path)
+    p = b.predict(np.zeros((64, 64, 3), np.uint8))
+    assert p.class_name == imagenet1k()[1][p.label]

@@ -39,9 +39,9 @@ from dvt_edge.export.verify import (
     torch_cascade,
     verification_bundle,
 )
-from dvt_edge.imageset import stratified_subset
+from dvt_edge.imageset import default_classes, stratified_subset
 from dvt_edge.logs import quiet_toolchains
-from dvt_edge.models import DVT
+from dvt_edge.models import DVT, imagenet_layout
 from dvt_runtime.bundle import softmax
 from dvt_runtime.io import current_umask, progress, sha256_file
 from dvt_runtime.manifest import ExitParity, ExitSpec, Manifest, ParityReport
@@ -378,7 +378,7 @@ def _export_into(p: _Plan, console) -> ExportResult:
     report = _verify(p, exits, artifacts, max_batch, notes)
     manifest = Manifest(
         model=model.name, target=t.name, precision=p.precision,
-        classes=list(p.info.classes) if p.info.classes else [str(i) for i in range(model.cfg.num_classes)],
+        classes=list(p.info.classes) if p.info.classes else default_classes(model.cfg.num_classes, imagenet_layout(model.name)),
         preprocess=p.pre, exits=exits, backend=t.backend, model_config=model.cfg.to_dict(),
         quantization={"schemes_tried": [s for s in p.schemes if s], "recipe": t.recipe} if p.precision == "int8" else {},
         thresholds=p.thresholds, thresholds_source=p.thr_source, parity=report, toolchain=_toolchain(),
