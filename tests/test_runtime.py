@@ -298,3 +298,17 @@ def test_load_times_are_the_artifacts_not_the_library_imports(onnx_bundle, monke
     b = Bundle.open(onnx_bundle)
     assert calls == ["onnxruntime"]
     assert np.isfinite(b.load_ms).all() and max(b.load_ms) < 500, b.load_ms
+
+
+def test_calibrate_cli_says_a_missing_backend_in_one_line(onnx_bundle, monkeypatch, capsys, tmp_path):
+    """A Core ML bundle off macOS (or ExecuTorch without torch) is an error line naming the fix, status 2, as
+    profile says it, not a traceback."""
+    import dvt_runtime.calibrate as cal
+    from dvt_runtime.backends import BackendUnavailable
+
+    def unavailable(*a, **k):
+        raise BackendUnavailable("Core ML models run only on macOS/iOS (MLModel.predict)")
+
+    monkeypatch.setattr(cal.Bundle, "open", unavailable)
+    assert cal.main(["--bundle", str(onnx_bundle), "--data", str(tmp_path / "val.npz"), "--budget-ms", "1"]) == 2
+    assert capsys.readouterr().err.strip() == "error: Core ML models run only on macOS/iOS (MLModel.predict)"

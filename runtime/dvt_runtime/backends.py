@@ -96,7 +96,7 @@ class OrtSession(Session):
             raise BackendUnavailable(f"ONNX Runtime execution provider(s) {unknown} not available here; available: {available}")
         if unknown:  # a priority list, as ONNX Runtime reads it: the first available ones run, and the user is told
             wanted = [p for p in wanted if p in available]
-            warnings.warn(f"ONNX Runtime execution provider(s) {unknown} not available here; using {wanted}", stacklevel=3)
+            warnings.warn(f"ONNX Runtime execution provider(s) {unknown} not available here; using {wanted}", stacklevel=4)  # the caller of Bundle.open
         self.sess = ort.InferenceSession(str(path), so, providers=wanted)
         got = [i.name for i in self.sess.get_inputs()]
         if sorted(got) != sorted(self.input_names):

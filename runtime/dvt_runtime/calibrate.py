@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import numpy as np
 
+from dvt_runtime.backends import BackendUnavailable
 from dvt_runtime.bundle import Bundle, softmax
 from dvt_runtime.calibration import SCHEMA, BudgetRow, Calibration, CalibrationError, Chosen, bundle_identity, validate_calibration  # noqa: F401  (re-exported)
 from dvt_runtime.io import atomic_write_json, check_labels, read_npz
 from dvt_runtime.io import progress as _bar
 from dvt_runtime.latency import check_batch
-from dvt_runtime.manifest import ManifestError
 from dvt_runtime.preprocess import Preprocess
 from dvt_runtime.search import ALGORITHMS, ExitOutputs, StageCosts, evaluate_thresholds, frontier_table, search_thresholds
 from dvt_runtime.stats import sample_stats
@@ -345,17 +345,19 @@ def format_result(r: Calibration) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dvt_runtime.calibrate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", required=True)
+    ap.add_argument("--bundle", required=True, help="bundle directory (manifest.json + one artifact per exit)")
     ap.add_argument("--data", required=True, help="preprocessed validation .npz (python -m dvt_edge.data export)")
-    ap.add_argument("--budget-ms", type=float, required=True)
+    ap.add_argument("--budget-ms", type=float, required=True,
+                    help="latency budget in ms per image (--metric says which statistic: the mean or a percentile)")
     ap.add_argument("--metric", default="mean", help="mean or a percentile such as p90")
     ap.add_argument("--profile", default=None, help="latency profile JSON (e.g. imported from a phone); default: profile here")
     ap.add_argument("--algorithm", default="exact", help=f"one of {list(ALGORITHMS)}")
     ap.add_argument("--device-name", default=None, help="name of this device (default: hostname)")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads per session (>= 1)")
-    ap.add_argument("--holdout", type=float, default=0.5)
+    ap.add_argument("--holdout", type=float, default=0.5,
+                    help="fraction of --data kept out of the search, to verify the thresholds on (default 0.5)")
     ap.add_argument("--runs", type=int, default=200, help="profiling runs per stage")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the calibration/holdout split (and of the ga search)")
     ap.add_argument("--batch", type=int, default=1, help="images per predict call; > 1: the budget is ms per image at that batch (throughput)")
     args = ap.parse_args(argv)
     if args.threads < 1:
@@ -370,7 +372,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             profile = LatencyProfile.load(args.profile)
         r = calibrate(bundle, x, y, args.budget_ms, args.metric, profile, args.algorithm, args.device_name,
                       args.holdout, args.seed, args.runs, batch=args.batch)
-    except (CalibrationError, ManifestError, ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError, BackendUnavailable) as e:  # CalibrationError, ManifestError, ProfileError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_result(r))
