@@ -778,6 +778,15 @@ def test_runtime_writes_etdump_per_exit(executorch_devtools, micro_ckpt, onnx_bu
     (d / "etdump_runs.json").write_text(json.dumps({**record, "timed": record["timed"][:-1]}))  # from another run
     assert main(["import", "--etdump", *map(str, files), "--out", str(out)]) == 2
     assert "different profiling runs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the record says which runs were timed: --skip-first has nothing to do
+        main(["import", "--etdump", *map(str, files), "--skip-first", "3", "--out", str(out)])
+    assert "--skip-first is for traces without a run record" in capsys.readouterr().err
+    (d / "etdump_runs.json").unlink()  # a phone's trace comes without it: the user is told what was kept, and can skip more
+    assert main(["import", "--etdump", *map(str, files), "--out", str(out)]) == 0
+    n_all = LatencyProfile.load(out).stages[0]["n"]
+    assert f"kept every run after each exit's first 1 ({n_all} per exit)" in capsys.readouterr().err and n_all > 8
+    assert main(["import", "--etdump", *map(str, files), "--skip-first", "4", "--out", str(out)]) == 0
+    assert LatencyProfile.load(out).stages[0]["n"] == n_all - 3
     with pytest.raises(SystemExit):  # one event per call: per-call times would pass for per-image ones
         main(["--bundle", str(b), "--batch", "4", "--etdump-dir", str(tmp_path / "y")])
     assert "profile at --batch 1" in capsys.readouterr().err

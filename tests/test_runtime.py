@@ -312,3 +312,40 @@ def test_calibrate_cli_says_a_missing_backend_in_one_line(onnx_bundle, monkeypat
     monkeypatch.setattr(cal.Bundle, "open", unavailable)
     assert cal.main(["--bundle", str(onnx_bundle), "--data", str(tmp_path / "val.npz"), "--budget-ms", "1"]) == 2
     assert capsys.readouterr().err.strip() == "error: Core ML models run only on macOS/iOS (MLModel.predict)"
+
+
+def test_a_calibration_is_named_after_the_device_that_priced_it(bundle_copy, val):
+    """A phone's profile with no --device-name wrote this host's calibration (replacing the host's own); a name that
+    differs from the profile's, a profile that names no device, or one of another backend are refused; a copied
+    file and a misspelled name are caught where the calibration is used; a budget below every point is warned."""
+    import socket
+
+    from dvt_runtime.calibrate import CalibrationError, calibrate
+    from dvt_runtime.latency import LatencyProfile
+
+    x, y = val
+    b = Bundle.open(bundle_copy)
+    m = b.manifest
+    samples = [[0.2, 0.2, 0.3, 0.2], [0.4, 0.5, 0.4, 0.4], [0.9, 0.8, 0.9, 0.9]]
+    ident = {"model": m.model, "target": m.target, "precision": m.precision, "backend": m.backend}
+    phone = LatencyProfile.from_samples(samples, device={"device_name": "pixel8"}, bundle=ident)
+    r = calibrate(b, x[:60], y[:60], 1.0, profile=phone, progress=False)
+    assert r.device == "pixel8" and (bundle_copy / "calibration" / "pixel8.json").is_file()
+    assert not (bundle_copy / "calibration" / f"{socket.gethostname()}.json").exists()
+    with pytest.raises(CalibrationError, match="'jetson', but the profile was measured on 'pixel8'"):
+        calibrate(b, x[:60], y[:60], 1.0, profile=phone, device_name="jetson", progress=False)
+    with pytest.raises(CalibrationError, match="the profile names no device: pass --device-name"):
+        calibrate(b, x[:60], y[:60], 1.0, profile=LatencyProfile.from_samples(samples, bundle=ident), progress=False)
+    et = LatencyProfile.from_samples(samples, device={"device_name": "pixel8"}, bundle={**ident, "backend": "executorch"})
+    with pytest.raises(CalibrationError, match="another bundle.*backend 'executorch'"):
+        calibrate(b, x[:60], y[:60], 1.0, profile=et, progress=False)
+    with pytest.warns(UserWarning, match=r"no calibration for device 'pixel-8' .*\['pixel8'\]"):
+        assert Bundle.open(bundle_copy, device_name="pixel-8").calibration is None
+    shutil.copy(bundle_copy / "calibration" / "pixel8.json", bundle_copy / "calibration" / "jetson.json")
+    with pytest.raises(CalibrationError, match="holds the calibration of device 'pixel8', not 'jetson'"):
+        Bundle.open(bundle_copy, device_name="jetson")
+    (bundle_copy / "calibration" / "jetson.json").unlink()
+    ph = Bundle.open(bundle_copy, device_name="pixel8")
+    cheapest = min(row.predicted["mean_ms"] for row in ph.calibration.table)
+    with pytest.warns(UserWarning, match="below the cheapest point calibrated on 'pixel8'"):
+        ph.predict(x[:1], budget_ms=cheapest / 2)

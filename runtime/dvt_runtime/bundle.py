@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,10 +178,18 @@ class Bundle:
         p = self.calibration_path(device_name, batch)
         if not p.exists():
             if missing_ok:
+                others = sorted(q.stem for q in p.parent.glob("*.json")) if p.parent.is_dir() else []
+                if others:  # a misspelled name silently ran the manifest's thresholds
+                    warnings.warn(f"no calibration for device {device_name!r} in {p.parent} (it holds {others}): using the "
+                                  "manifest's default thresholds; pass one of those names, or calibrate this device", stacklevel=3)
                 return None
             raise FileNotFoundError(f"no calibration for device {device_name!r} at batch {batch} in {self.path} "
                                     "(run python -m dvt_runtime.calibrate" + (f" --batch {batch})" if batch > 1 else ")"))
         cal = read_calibration(p, self.manifest)
+        if cal.device != device_name:  # a copied or renamed file: another device's latencies chose these thresholds
+            raise CalibrationError(f"{p} holds the calibration of device {cal.device!r}, not {device_name!r}: calibrate this "
+                                   f"device (python -m dvt_runtime.calibrate --device-name {device_name}), or open the bundle "
+                                   f"with device_name={cal.device!r}")
         if cal.batch != batch:  # its thresholds fit calls of cal.batch images, not these
             raise CalibrationError(f"{p} was calibrated at batch {cal.batch}, not {batch}: recalibrate with python -m "
                                    f"dvt_runtime.calibrate --batch {batch}" + (f", or use_calibration(..., batch={cal.batch})"))
@@ -464,6 +473,11 @@ class Bundle:
             raise ValueError(f"budget_ms needs a calibration for this device: {where}")
         if self.controller is None or self.controller.budget_ms != budget_ms:
             self.controller = BudgetController.from_calibration(self.calibration, budget_ms)
+            cheapest = self.controller.table[0]["predicted_ms"]
+            if budget_ms < cheapest:  # the cheapest thresholds, and the budget overrun all the same
+                warnings.warn(f"budget_ms {budget_ms:g} is below the cheapest point calibrated on {self.calibration.device!r} "
+                              f"({cheapest:.4g} ms a sample): every sample gets the cheapest thresholds and the budget is overrun",
+                              stacklevel=3)
         return self.controller
 
     def __repr__(self) -> str:

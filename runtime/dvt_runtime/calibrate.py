@@ -199,7 +199,7 @@ def fit(bundle: Bundle, x: np.ndarray, y: np.ndarray, holdout: float = 0.5, seed
     if len(profile.stages) != bundle.num_exits:
         raise CalibrationError(f"profile has {len(profile.stages)} stages, the bundle {bundle.num_exits} exits")
     m, pb = bundle.manifest, profile.bundle if isinstance(profile.bundle, dict) else {}
-    other = {k: pb[k] for k in ("model", "target", "precision") if k in pb and pb[k] != getattr(m, k)}
+    other = {k: pb[k] for k in ("model", "target", "precision", "backend") if k in pb and pb[k] != getattr(m, k)}
     if other:  # another bundle's latencies would price these thresholds
         raise CalibrationError(f"the profile was measured on another bundle ({', '.join(f'{k} {v!r}' for k, v in other.items())}; "
                                f"this one is {m.model} {m.target}/{m.precision}): profile this bundle on the device")
@@ -228,13 +228,13 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
     ``batch`` > 1 calibrates for throughput: the budget is ms per image when ``batch`` images
     go through ``predict`` together (stages profiled at that batch size).
     """
-    device_name = device_name or socket.gethostname()
+    device_name = _device_for(profile, device_name)
     _check_request(bundle, x, y, budget_ms, algorithm, device_name, holdout, batch)
     f = fit(bundle, x, y, holdout=holdout, seed=seed, profile=profile, runs=runs, warmup=warmup, batch=batch, progress=progress)
     costs = f.costs
     cheapest = float(costs.cumulative[0])
     if budget_ms < cheapest * (1 - 1e-9) and metric == "mean":
-        raise CalibrationError(f"budget {budget_ms:g} ms is below the cheapest possible mean latency on this device: "
+        raise CalibrationError(f"budget {budget_ms:g} ms is below the cheapest possible mean latency on {device_name}: "
                                f"exit 1 alone takes {cheapest:.4g} ms; ask for at least that")
     try:
         chosen = search_thresholds(f.cal, costs, budget_ms, metric=metric, algorithm=algorithm, seed=seed)
@@ -257,12 +257,28 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
     if verify and f.measured_here:
         result.chosen.measured = measure_cascade(bundle, x[f.hold_idx], y[f.hold_idx], thr, warmup=warmup, batch=batch)
     elif verify:
-        result.note = (result.note + "; " if result.note else "") + "latency measured on another device: verify there"
+        result.note = (result.note + "; " if result.note else "") + f"latency from the given profile ({device_name}): verify on that device"
     d = result.to_dict()
     validate_calibration(d, bundle.manifest)  # before writing: never a file that would stop this bundle opening
     atomic_write_json(bundle.calibration_path(device_name, batch), d)
     bundle.use_calibration(device_name, batch=batch)
     return result
+
+
+def _device_for(profile, device_name: Optional[str]) -> str:
+    """The device a calibration is named after: this host (or ``device_name``) when it measures; with a
+    given profile, the device that profile was measured on (this host's own file is never replaced by
+    another device's thresholds)."""
+    if profile is None:
+        return device_name or socket.gethostname()
+    theirs = profile.device.get("device_name") if isinstance(profile.device, dict) else None
+    if device_name and theirs and device_name != theirs:
+        raise CalibrationError(f"--device-name {device_name!r}, but the profile was measured on {theirs!r}: a calibration is "
+                               f"named after the device whose latencies priced it; drop --device-name (it is then {theirs!r})")
+    if not (device_name or theirs):
+        raise CalibrationError("the profile names no device: pass --device-name NAME, the device it was measured on "
+                               "(this host's name would replace this host's own calibration)")
+    return str(device_name or theirs)
 
 
 def _check_request(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, algorithm: str, device_name: str,
@@ -352,7 +368,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--metric", default="mean", help="mean or a percentile such as p90")
     ap.add_argument("--profile", default=None, help="latency profile JSON (e.g. imported from a phone); default: profile here")
     ap.add_argument("--algorithm", default="exact", help=f"one of {list(ALGORITHMS)}")
-    ap.add_argument("--device-name", default=None, help="name of this device (default: hostname)")
+    ap.add_argument("--device-name", default=None,
+                    help="the device the calibration is for (default: this host's name; with --profile, the device it names)")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads per session (>= 1)")
     ap.add_argument("--holdout", type=float, default=0.5,
                     help="fraction of --data kept out of the search, to verify the thresholds on (default 0.5)")

@@ -261,6 +261,9 @@ def _import_parser() -> argparse.ArgumentParser:
     src.add_argument("--json", help="JSON: {'device': {...}, 'stages_ms': [[...], ...]} or 'cumulative_ms'")
     src.add_argument("--etdump", nargs="+", metavar="ETDP", help="ExecuTorch ETDump files, one per exit, in exit order")
     ap.add_argument("--etrecord", nargs="+", metavar="ETRECORD", help="ETRecord per exit (optional, with --etdump)")
+    ap.add_argument("--skip-first", type=int, default=None, metavar="N",
+                    help="--etdump without the etdump_runs.json that profile --etdump-dir writes (e.g. a phone's trace): "
+                         "leave out each exit's first N runs, the first inference and warm-up (default 1)")
     ap.add_argument("--device-name", help="name of the device the latencies were measured on")
     ap.add_argument("--out", required=True, help="write the profile JSON here")
     return ap
@@ -323,7 +326,18 @@ def _import(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     elif args.json:
         prof = import_json(args.json, device_name=args.device_name)
     else:
-        prof = import_etdump(args.etdump, args.etrecord, device_name=args.device_name, timed=_timed_runs(args.etdump))
+        timed = _timed_runs(args.etdump)
+        if timed is not None and args.skip_first is not None:
+            ap.error(f"--skip-first is for traces without a run record; {Path(args.etdump[0]).parent / ETDUMP_RUNS} says "
+                     "which runs were timed")
+        if args.skip_first is not None and args.skip_first < 0:
+            ap.error(f"--skip-first must be >= 0, got {args.skip_first}")
+        skip = 1 if args.skip_first is None else args.skip_first
+        prof = import_etdump(args.etdump, args.etrecord, device_name=args.device_name, timed=timed, skip_first=skip)
+        if timed is None:  # every traced run but the first N: warm-up runs too, unless N covers them
+            print(f"note: no {ETDUMP_RUNS} beside the ETDump files: kept every run after each exit's first {skip} "
+                  f"({prof.stages[0]['n']} per exit); if the trace holds warm-up runs, pass --skip-first with their number + 1",
+                  file=sys.stderr)
     return _finish(prof, args.out)
 
 
