@@ -273,7 +273,7 @@ def test_calibrate_for_throughput(onnx_bundle, tmp_path):
     r = calibrate(b, x, y, budget_ms=10.0, runs=MIN_RUNS, warmup=2, device_name="t", progress=False, batch=8)
     assert r.batch == 8 and r.budget_unit == "ms per image"
     assert r.chosen.measured["batch"] == 8 and r.chosen.measured["images_per_s"] > 0
-    prof1 = profile_bundle(b, warmup=1, runs=MIN_RUNS, images=x, progress=False)
+    prof1 = profile_bundle(b, warmup=1, runs=MIN_RUNS, images=x, progress=False, device_name="t2")
     with pytest.raises(CalibrationError, match="batch 1, not 8"):
         calibrate(b, x, y, budget_ms=10.0, profile=prof1, device_name="t2", progress=False, batch=8)
 
