@@ -516,6 +516,9 @@ def test_csv_layouts_match_from_samples(tmp_path):
     ("exit,ms\n0,1.0\n", "1-based integer"),
     ("exit,ms\n1,1.0\n3,1.0\n", "without gaps"),
     ("exit,ms\n1.5,1.0\n", "1-based integer"),
+    # a spreadsheet's semicolons (it said "'2.0;4.0' is not a number"); a whole-ms clock's zeros (refused only by calibrate)
+    ("stage1_ms;stage2_ms\n2.0;4.0\n", "one column separated by ';'.*comma-separated"),
+    ("stage1_ms,stage2_ms\n2,0\n3,0\n", "stage 2 reads 0 ms in every sample"),
 ])
 def test_csv_malformed(tmp_path, text, match):
     with pytest.raises(ProfileError, match=match):

@@ -349,3 +349,14 @@ def test_a_calibration_is_named_after_the_device_that_priced_it(bundle_copy, val
     cheapest = min(row.predicted["mean_ms"] for row in ph.calibration.table)
     with pytest.warns(UserWarning, match="below the cheapest point calibrated on 'pixel8'"):
         ph.predict(x[:1], budget_ms=cheapest / 2)
+
+
+def test_calibrate_with_raw_measurements_says_to_import_them_first(onnx_bundle, tmp_path, capsys):
+    import dvt_runtime.calibrate as cal
+
+    (tmp_path / "phone.csv").write_text("stage1_ms,stage2_ms,stage3_ms\n1,2,3\n")
+    np.savez(tmp_path / "v.npz", images=np.zeros((4, 1, 28, 28), np.float32), labels=np.zeros(4, np.int64))
+    assert cal.main(["--bundle", str(onnx_bundle), "--data", str(tmp_path / "v.npz"), "--budget-ms", "1",
+                     "--profile", str(tmp_path / "phone.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "raw measurements" in err and "profile import --csv" in err, err

@@ -54,6 +54,16 @@ def _stages_from_cumulative(cumulative: Sequence[Sequence[float]], where: str) -
     return list(stages)
 
 
+def _imported(prof: LatencyProfile, where: str) -> LatencyProfile:
+    """An imported profile every stage of which took time: a stage at 0 ms in every sample came from a clock too
+    coarse for it (it was refused only later, by calibrate)."""
+    for i, st in enumerate(prof.stages):
+        if not st["mean"] > 0:
+            raise ProfileError(f"{where}: stage {i + 1} reads 0 ms in every sample: the clock is too coarse for it (whole "
+                               "milliseconds?); time in microseconds and divide by 1000, or time many runs together")
+    return prof
+
+
 def _numbered(header: list[str], pattern: re.Pattern) -> Optional[list[int]]:
     """Column order by exit number when every column matches ``pattern`` with exits 1..E."""
     nums = []
@@ -102,6 +112,9 @@ def import_csv(path: PathLike, device_name: Optional[str] = None) -> LatencyProf
         raise ProfileError(f"{p} is not a readable CSV ({e})") from None
     if not rows:
         raise ProfileError(f"{p} is empty; expected a header: {_CSV_LAYOUTS}")
+    if len(rows[0]) == 1 and (sep := next((c for c in ";\t|" if c in rows[0][0]), None)):
+        raise ProfileError(f"{p}: the header {rows[0][0][:60]!r} is one column separated by {sep!r}: a latency CSV is "
+                           f"comma-separated ({_CSV_LAYOUTS}); save it with commas")
     header, body = [h.lower() for h in rows[0]], rows[1:]
     if not body:
         raise ProfileError(f"{p} has a header but no samples")
@@ -132,8 +145,8 @@ def import_csv(path: PathLike, device_name: Optional[str] = None) -> LatencyProf
             if order is None:
                 raise ProfileError(f"{p}: unrecognised CSV header {rows[0]}; expected {_CSV_LAYOUTS}")
             stages, layout = _stages_from_cumulative([cols[i] for i in order], str(p)), "cumulative"
-    return LatencyProfile.from_samples(stages, device=_device_from(None, device_name), source="csv",
-                                       settings={"file": str(p), "layout": layout})
+    return _imported(LatencyProfile.from_samples(stages, device=_device_from(None, device_name), source="csv",
+                                                 settings={"file": str(p), "layout": layout}), str(p))
 
 
 def import_json(path: PathLike, device_name: Optional[str] = None) -> LatencyProfile:
@@ -165,13 +178,13 @@ def import_json(path: PathLike, device_name: Optional[str] = None) -> LatencyPro
         raise ProfileError(f"{p}: '{key}' must be a non-empty list of per-exit sample lists")
     stages = data if key == "stages_ms" else _stages_from_cumulative(data, str(p))
     threads = d.get("threads")
-    return LatencyProfile.from_samples(
+    return _imported(LatencyProfile.from_samples(
         stages, device=_device_from(d.get("device"), device_name), source="json",
         bundle=d.get("bundle") if isinstance(d.get("bundle"), dict) else None,
         threads=threads if isinstance(threads, int) else None,
         notes=[str(n) for n in d.get("notes", [])] if isinstance(d.get("notes"), list) else None,
         settings={"file": str(p), "layout": key},
-    )
+    ), str(p))
 
 
 # ETDump: events the runtime records around a whole ``Method::execute`` and around each
@@ -280,7 +293,7 @@ def import_etdump(
         load.append(load_ms)
         used.add(event)
     notes = [f"ETDump stage time: {' / '.join(sorted(used))} event per run"]
-    return LatencyProfile.from_samples(
+    return LatencyProfile.from_samples(  # ETDump clocks are nanoseconds: never a whole-ms zero
         stages, device=_device_from(None, device_name), source="etdump",
         bundle={"backend": "executorch"},
         load_ms=load if any(v is not None for v in load) else None,

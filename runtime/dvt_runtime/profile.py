@@ -338,6 +338,10 @@ def _import(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
             print(f"note: no {ETDUMP_RUNS} beside the ETDump files: kept every run after each exit's first {skip} "
                   f"({prof.stages[0]['n']} per exit); if the trace holds warm-up runs, pass --skip-first with their number + 1",
                   file=sys.stderr)
+    slow = [i + 1 for i, st in enumerate(prof.stages) if st["median"] > 1000.0]
+    if slow:  # a stage of a second or more: microseconds under a millisecond header, most likely
+        print(f"note: stage(s) {slow} take over 1000 ms (median): the values are read as milliseconds; if they are "
+              "microseconds, divide them by 1000", file=sys.stderr)
     return _finish(prof, args.out)
 
 
