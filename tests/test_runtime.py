@@ -221,6 +221,11 @@ def test_calibrate_errors_keep_previous_file(bundle_copy, val, tmp_path):
     np.savez(tmp_path / "empty.npz", images=x[:0], labels=y[:0])
     with pytest.raises(CalibrationError, match="no images"):
         load_npz(str(tmp_path / "empty.npz"))
+    nan = x[:6].copy()
+    nan[4, 0, 3, 3] = np.nan  # the file and the image are named (it said only "input contains NaN")
+    np.savez(tmp_path / "nan.npz", images=nan, labels=y[:6])
+    with pytest.raises(CalibrationError, match=r"nan\.npz: 1 image\(s\) hold NaN or infinite values \(first: image 4\)"):
+        load_npz(str(tmp_path / "nan.npz"))
     ds = load_dataset("fashion-mnist", "val")
     export_npz(ds, tmp_path / "val.npz", n=30, progress=False)
     assert main(["--bundle", str(bundle_copy), "--data", str(tmp_path / "val.npz"), "--budget-ms", "-1"]) == 2

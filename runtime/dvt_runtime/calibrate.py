@@ -70,6 +70,10 @@ def load_npz(path: str, preprocess: Optional[Preprocess] = None) -> tuple[np.nda
         raise CalibrationError(f"{p}: {len(x)} images but {len(y)} labels")
     if x.dtype != np.float32 or x.ndim != 4:
         raise CalibrationError(f"{p}: images must be preprocessed float32 (N, C, H, W); got {x.dtype} {x.shape}")
+    bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+    if bad.size:
+        raise CalibrationError(f"{p}: {bad.size} image(s) hold NaN or infinite values (first: image {int(bad[0])}): "
+                               "re-export the file, or drop those images")
     return x, y
 
 
