@@ -176,6 +176,8 @@ def imagenet1k() -> tuple[tuple[str, ...], tuple[str, ...]]:
 def display_classes(folders: list[str]) -> list[str]:
     """Class names for class folders: ImageNet-1k's synset folders (n01440764, ...) become its class
     names (tench, ...), as the published models' bundles name them; any other folders name themselves."""
+    if len(folders) != 1000:  # not ImageNet-1k: the class list is not even read
+        return list(folders)
     synsets, names = imagenet1k()
     return list(names) if tuple(folders) == synsets else list(folders)
 

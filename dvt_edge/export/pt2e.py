@@ -51,7 +51,9 @@ class LayerFilter:
             return True
         if str(node.target) not in QUANTIZED_TARGETS:
             return False
-        why = excluded_reason(node) or (None if self.convs or "conv" not in str(node.target) else NO_DYNAMIC_CONV)
+        why = excluded_reason(node)
+        if why is None and not self.convs and "conv" in str(node.target):
+            why = NO_DYNAMIC_CONV
         if why:
             self._excluded[node.name] = why
             return False

@@ -390,9 +390,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.profile:
             from dvt_runtime.profile import LatencyProfile
 
-            if Path(args.profile).suffix.lower() in (".csv", ".etdp"):  # measurements, not yet a profile
+            raw = {".csv": "csv", ".etdp": "etdump"}.get(Path(args.profile).suffix.lower())
+            if raw:  # measurements, not yet a profile
                 raise ValueError(f"--profile {args.profile} is raw measurements: make a profile of it first with python -m "
-                                 f"dvt_runtime.profile import --{'csv' if args.profile.lower().endswith('.csv') else 'etdump'} "
+                                 f"dvt_runtime.profile import --{raw} "
                                  f"{args.profile} --device-name NAME --out NAME.json, then pass --profile NAME.json")
 
             profile = LatencyProfile.load(args.profile)
