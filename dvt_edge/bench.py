@@ -37,7 +37,7 @@ from dvt_edge.bench_match import (  # noqa: F401  (re-exported: the rule's names
     never_stop,
 )
 from dvt_edge.bench_report import SCHEMA, load_results, markdown, write_outputs, wrote_line
-from dvt_edge.data import DATASETS, DataError, default_data, load_dataset
+from dvt_edge.data import DATASETS, DataError, data_for_checkpoint, load_dataset
 from dvt_edge.logs import quiet_toolchains
 from dvt_edge.references import DEFAULT_REFERENCE
 from dvt_runtime.stats import sample_stats
@@ -321,7 +321,7 @@ def run_bench(checkpoint: str, data: Optional[str], targets: list[str], precisio
     from dvt_runtime.backends import available_backends
 
     model, info = load_checkpoint(checkpoint)
-    data = data or default_data(model.name, info.extras)
+    data = data_for_checkpoint(data, model.name, info.extras, model.cfg)
     ds = load_dataset(data, "val", preprocess=info.preprocess)
     x, y = ds.arrays(min(n, len(ds)), seed=0, progress=progress)
     runnable = available_backends()
@@ -352,7 +352,7 @@ def _checkpoint_data(checkpoint: str) -> str:
     from dvt_edge.checkpoint import load_checkpoint
 
     model, info = load_checkpoint(checkpoint)
-    return default_data(model.name, info.extras, model.cfg)
+    return data_for_checkpoint(None, model.name, info.extras, model.cfg)
 
 
 def _ints(text: str, name: str) -> list[int]:

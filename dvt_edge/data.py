@@ -82,6 +82,65 @@ def default_data(model_name: str, extras: Optional[dict] = None, cfg=None) -> st
     raise DataError(f"no default dataset for model {model_name!r}; pass --data (valid specs: {', '.join(DATASETS)})")
 
 
+def recorded_data(extras: Optional[dict]) -> list[str]:
+    """The dataset specs a checkpoint records, most portable first: a published reference's
+    evaluation set (``eval_data``), its data, and the data its training run was given."""
+    import json
+
+    extras = extras or {}
+    out = [str(extras[k]) for k in ("eval_data", "data") if extras.get(k)]
+    summary = extras.get("train_summary") or (extras.get("train") or {}).get("args")
+    if summary:
+        try:
+            d = json.loads(summary) if isinstance(summary, str) else summary
+            args = d.get("args", d)
+            if args.get("data"):
+                out.append(str(args["data"]))
+        except (ValueError, AttributeError):
+            pass
+    return list(dict.fromkeys(out))
+
+
+def checkpoint_data(model_name: str, extras: Optional[dict] = None, cfg=None) -> tuple[Optional[str], str]:
+    """The dataset a checkpoint is evaluated and calibrated on when none is given: the first spec it
+    records (:func:`recorded_data`) that is on this machine, else its variant's registered dataset.
+
+    Returns ``(spec, note)``; the note (else "") says when the checkpoint's own data is not here and
+    another set stands in, so that no figure is silently measured on other images. ``spec`` is None when
+    nothing is known; when nothing is here, the first candidate (its loader then says where it looked).
+    """
+    recorded = recorded_data(extras)
+    candidates = list(recorded)
+    try:
+        candidates.append(default_data(model_name, extras, cfg))
+    except DataError:
+        pass
+    if cfg is not None and (cfg.in_chans, cfg.img_size) == (1, 28):
+        candidates.append("fashion-mnist")
+    candidates = list(dict.fromkeys(candidates))
+    for spec in candidates:
+        try:
+            load_dataset(spec, "train", download=False)
+        except DataError:
+            continue
+        if recorded and spec not in recorded:
+            return spec, f"the checkpoint's data ({', '.join(recorded)}) is not on this machine; using {spec} instead"
+        return spec, ""
+    return (candidates[0] if candidates else None), ""
+
+
+def data_for_checkpoint(data: Optional[str], model_name: str, extras: Optional[dict] = None, cfg=None) -> str:
+    """``data`` when given, else :func:`checkpoint_data`'s choice; a stand-in set is said on stderr."""
+    if data:
+        return data
+    spec, note = checkpoint_data(model_name, extras, cfg)
+    if spec is None:
+        raise DataError(f"no default dataset for model {model_name!r}; pass --data (valid specs: {', '.join(DATASETS)})")
+    if note:
+        print(f"note: {note} (pass --data SPEC to choose)", file=sys.stderr)
+    return spec
+
+
 def load_dataset(spec: str = "fashion-mnist", split: str = "train", preprocess: Optional[Preprocess] = None, download: bool = True) -> ImageSet:
     """Open a dataset by spec string; ``preprocess`` overrides the dataset's default (e.g. a model's)."""
     if split not in _SPLIT_ALIASES:

@@ -138,12 +138,12 @@ def _run_state(run: Path) -> Optional[str]:
 def _evaluate(ckpt: Path, data: Optional[str], out: Path):
     """Per-exit accuracy and the FLOPs-budget curve in PyTorch; (the data spec, the checkpoint's info)."""
     from dvt_edge.checkpoint import load_checkpoint
-    from dvt_edge.data import default_data
+    from dvt_edge.data import data_for_checkpoint
     from dvt_edge.evaluate import evaluate_checkpoint, format_report, plot_report
     from dvt_runtime.io import atomic_write_json
 
     model, info = load_checkpoint(str(ckpt))
-    data = data or default_data(model.name, info.extras)
+    data = data_for_checkpoint(data, model.name, info.extras, model.cfg)
     _section(f"evaluating {ckpt} (PyTorch, {data} validation split)")
     ev = evaluate_checkpoint(str(ckpt), data, progress=True)
     atomic_write_json(out / "evaluate" / "evaluate.json", ev)

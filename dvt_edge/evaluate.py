@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 
 from dvt_edge.checkpoint import CheckpointError, load_checkpoint
-from dvt_edge.data import DATASETS, DataError, default_data, default_preprocess, load_dataset
+from dvt_edge.data import DATASETS, DataError, data_for_checkpoint, default_preprocess, load_dataset
 from dvt_edge.train import evaluate_exits
 from dvt_runtime.io import atomic_write_json, save_png
 from dvt_runtime.search import ExitOutputs, StageCosts, evaluate_thresholds, pareto_frontier, sweep_thresholds
@@ -44,7 +44,7 @@ def evaluate_checkpoint(
     if isinstance(threshold_n, bool) or not isinstance(threshold_n, int) or threshold_n < 1:
         raise ValueError(f"threshold_n must be a whole number >= 1 (training images to choose thresholds on), got {threshold_n!r}")
     model, info = load_checkpoint(checkpoint, model=model_name, trusted=trusted)
-    data = data or default_data(model.name, info.extras)
+    data = data_for_checkpoint(data, model.name, info.extras, model.cfg)
     pre = info.preprocess or default_preprocess(model.cfg.in_chans, model.cfg.img_size)
     ds = load_dataset(data, split, preprocess=pre).limit(limit, seed=0)
     if info.classes and ds.classes != info.classes:

@@ -9,7 +9,7 @@ from typing import Optional
 
 import numpy as np
 
-from dvt_edge.imageset import DataError, ImageSet, default_preprocess, display_classes, read_image, stratified_subset, to_uint8
+from dvt_edge.imageset import DataError, ImageSet, default_preprocess, display_classes, stratified_subset, to_uint8
 from dvt_runtime.io import progress
 from dvt_runtime.preprocess import Preprocess
 
@@ -41,8 +41,8 @@ def load_imagefolder(root: str, split: str, preprocess: Optional[Preprocess]) ->
     sub = base / "train" if (split == "train" or holdout) else val_dir
     if sub is None or not sub.is_dir():
         raise DataError(f"imagefolder: no {split}/ folder in {base} (expected ImageNet-style {base}/{split}/<class>/<image>)")
-    train_classes = sorted(p.name for p in (base / "train").iterdir() if p.is_dir()) if (base / "train").is_dir() else []
-    own = sorted(p.name for p in sub.iterdir() if p.is_dir() and not p.name.startswith("."))  # not .ipynb_checkpoints
+    train_classes = _class_dirs(base / "train") if (base / "train").is_dir() else []
+    own = _class_dirs(sub)
     if train_classes and (extra := sorted(set(own) - set(train_classes))):  # their images would be dropped silently
         raise DataError(f"imagefolder: the class folders of {sub} differ from those of {base / 'train'}: only in {sub.name}/: "
                         f"{extra}, only in train/: {sorted(set(train_classes) - set(own))}; give both splits the same "
@@ -54,9 +54,9 @@ def load_imagefolder(root: str, split: str, preprocess: Optional[Preprocess]) ->
     key = (str(sub.resolve()), tuple(classes), tuple((sub / c).stat().st_mtime_ns if (sub / c).is_dir() else 0 for c in classes))
     if key not in _FOLDER_CACHE:
         _FOLDER_CACHE[key] = _read_class_folders(sub, classes, "train" if holdout else split)
-    images, labels, skipped, files = _FOLDER_CACHE[key]
+    images, labels, skipped, files, look = _FOLDER_CACHE[key]
     if preprocess is None:
-        preprocess = _folder_preprocess(images)
+        preprocess = _folder_preprocess(*look)
     ds = ImageSet(f"imagefolder:{base}", split, images, np.array(labels), display_classes(classes), preprocess, skipped=skipped,
                   files=files)
     if val_dir is None:  # hold out part of train/ as the validation split
@@ -64,12 +64,16 @@ def load_imagefolder(root: str, split: str, preprocess: Optional[Preprocess]) ->
     return ds
 
 
-def _folder_preprocess(images) -> Preprocess:
-    """The default preprocessing for a folder's images: channels of the first, 224 px above 64."""
-    first = images[0] if isinstance(images, np.ndarray) else read_image(images[0])
-    chans = 1 if first.ndim == 2 or first.shape[2] == 1 else 3
-    side = min(first.shape[:2])
-    return default_preprocess(chans, side if side <= 64 else 224)
+def _class_dirs(split_dir: Path) -> list[str]:
+    """Class folder names of a split, hidden folders (``.ipynb_checkpoints``, ``.DS_Store``-like) left out."""
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _folder_preprocess(color: bool, side: int) -> Preprocess:
+    """The default preprocessing for a folder's images: color when any image has color (a grayscale
+    picture in a color set is read as color, never the other way round), 224 px when the smallest
+    image side is above 64."""
+    return default_preprocess(3 if color else 1, side if side <= 64 else 224)
 
 
 def _holdout_split(ds: ImageSet, split: str, base: Path) -> ImageSet:
@@ -86,25 +90,31 @@ def _holdout_split(ds: ImageSet, split: str, base: Path) -> ImageSet:
     return ds
 
 
-def _read_class_folders(sub: Path, classes: list[str], split: str) -> tuple[object, list[int], list[str], list[str]]:
-    """Decode every image of ``sub/<class>/`` once -> (uint8 array or paths, labels, skipped, paths)."""
+def _read_class_folders(sub: Path, classes: list[str], split: str) -> tuple[object, list[int], list[str], list[str], tuple[bool, int]]:
+    """Decode every image of ``sub/<class>/`` once -> (uint8 array or paths, labels, skipped, paths,
+    (any image in color, smallest side))."""
     files, labels = _list_class_folders(sub, classes)
     decoded, keep, kept_paths, skipped = [], [], [], []
+    shapes: set[tuple[int, ...]] = set()
+    in_memory, nbytes, color, side = True, 0, False, None
     for p, y in zip(progress(files, desc=f"decode {sub}", unit="img", enabled=len(files) > 2000), labels):
         img = _try_read(p)
         if img is None:
             skipped.append(str(p))
-        else:
+            continue
+        keep.append(y)
+        kept_paths.append(str(p))
+        shapes.add(img.shape)
+        color = color or (img.ndim == 3 and img.shape[2] >= 3)
+        side = min(img.shape[:2]) if side is None else min(side, *img.shape[:2])
+        if in_memory:
             decoded.append(img)
-            keep.append(y)
-            kept_paths.append(str(p))
+            nbytes += img.nbytes
+            if len(shapes) > 1 or nbytes > 2e9:  # mixed sizes, or too large: paths, decoded again on access
+                in_memory, decoded = False, []
     _check_classes(sub, classes, keep, skipped, split)
-    shapes = {im.shape for im in decoded}
-    if len(shapes) == 1 and decoded and len(decoded) * decoded[0].nbytes <= 2e9:
-        images: object = np.stack(decoded)  # (N, H, W[, C]) uint8, in memory
-    else:
-        images = kept_paths  # mixed sizes: decoded again on access
-    return images, keep, skipped, kept_paths
+    images: object = np.stack(decoded) if in_memory and decoded else kept_paths  # (N, H, W[, C]) uint8, or paths
+    return images, keep, skipped, kept_paths, (color, side or 0)
 
 
 def _list_class_folders(sub: Path, classes: list[str]) -> tuple[list[Path], list[int]]:

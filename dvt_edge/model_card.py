@@ -47,7 +47,7 @@ def train_command(args: dict, out: str) -> str:
     return " ".join(parts)
 
 
-def lineage(args: dict, direct: bool = True) -> list[dict]:
+def lineage(args: dict, direct: bool = True, _seen: frozenset = frozenset()) -> list[dict]:
     """The training steps before this run, oldest first: for ``--finetune SOURCE``, SOURCE's own
     lineage plus one entry for SOURCE (its SHA-256, and its training arguments and per-exit
     accuracy when it is one of our checkpoints). Read when publishing, while SOURCE exists; an
@@ -56,6 +56,8 @@ def lineage(args: dict, direct: bool = True) -> list[dict]:
     if not src:
         return []
     stub = {"checkpoint": str(src), "sha256": None, "args": None, "accuracies": None}
+    if Path(src).resolve() in _seen:  # a run fine-tuned from its own checkpoint (overwritten since): the chain stops here
+        return [{**stub, "note": "names a checkpoint already in this lineage (a run fine-tuned from its own file)"}]
     if not Path(src).is_file():
         if not direct:
             return [{**stub, "note": "gone when this run was published"}]
@@ -72,7 +74,7 @@ def lineage(args: dict, direct: bool = True) -> list[dict]:
         src_args = json.loads(info.extras["train"]["args"])
     else:  # not trained by dvt_edge.train
         src_args = None
-    before = json.loads(info.extras["lineage"]) if "lineage" in info.extras else (lineage(src_args, direct=False) if src_args else [])
+    before = json.loads(info.extras["lineage"]) if "lineage" in info.extras else (lineage(src_args, direct=False, _seen=_seen | {Path(src).resolve()}) if src_args else [])
     return [*before, {"checkpoint": str(src), "sha256": sha256_file(src), "args": src_args, "accuracies": info.accuracies}]
 
 

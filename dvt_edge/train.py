@@ -17,6 +17,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,6 +199,9 @@ def check_args(args: argparse.Namespace) -> None:
         v = getattr(args, name, 0.0)
         if not math.isfinite(v) or v < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be a finite non-negative number, got {v}")
+    if args.lr == 0:  # AdamW at lr 0 runs every epoch and changes nothing (useful only to re-save a starting point)
+        warnings.warn("--lr 0: no weight will change; this run only evaluates and re-saves its starting point "
+                      "(1e-3 is the default learning rate, 5e-4 the CIFAR recipe's)", stacklevel=2)
     temp = getattr(args, "distill_temp", 2.0)
     if not (math.isfinite(temp) and temp > 0):
         raise ValueError(f"--distill-temp must be a finite positive number, got {temp}")
@@ -306,6 +310,10 @@ def _resume_state(args: argparse.Namespace, out: Path) -> Optional[dict]:
         return resume_state
     if (last.exists() or best_path.exists()) and not args.force:
         raise CheckpointError(f"{out} already holds checkpoints; pass --resume to continue that run or --force to start over")
+    if args.finetune and Path(args.finetune).resolve() in (last.resolve(), best_path.resolve()):
+        # the run would overwrite its own starting point (and its lineage would name itself)
+        raise CheckpointError(f"--finetune {args.finetune} is a checkpoint this run writes in --out {out}: copy it elsewhere "
+                              f"first, or fine-tune into another --out")
     return None
 
 
@@ -329,6 +337,8 @@ def _check_resume_args(stored: dict, args: argparse.Namespace, last: Path) -> No
 def _load_splits(data: str) -> tuple[ImageSet, ImageSet]:
     train_ds = load_dataset(data, "train")
     val_ds = load_dataset(data, "val", preprocess=train_ds.preprocess)
+    if train_ds.num_classes < 2:  # every answer right, confidence 1 at every exit: nothing to learn
+        raise DataError(f"{data} has {train_ds.num_classes} class(es) ({train_ds.classes}); a classifier needs at least 2")
     if val_ds.classes != train_ds.classes:
         raise DataError(f"train and val class lists differ: {train_ds.classes} vs {val_ds.classes}")
     return train_ds, val_ds
@@ -486,6 +496,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # diverged: the checkpoints in --out hold the last finished epoch
+        print(f"error: {e} (nothing was written for that epoch)", file=sys.stderr)
+        return 1
     return 0
 
 

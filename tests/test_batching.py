@@ -59,7 +59,7 @@ def test_batch_matches_one_by_one_and_regroups(bundle):
     one = [bundle.predict(x[i], thresholds=thr) for i in range(len(x))]
     counters = [CountingSession(s) for s in bundle.sessions]
     bundle.sessions = counters
-    batched = bundle.predict(x, thresholds=thr)
+    batched = bundle.predict(x, thresholds=thr, max_batch=48)
     assert [p.label for p in batched] == [p.label for p in one]
     assert [p.exit for p in batched] == [p.exit for p in one]
     exits = np.bincount([p.exit for p in one], minlength=3)
@@ -132,6 +132,24 @@ def test_max_batch_splits_calls_same_answers(bundle):
     ref = Bundle.open(bundle.path).run_exits(x)
     for a, b in zip(logits, ref):
         assert np.abs(a - b).max() <= 1e-5
+
+
+def test_default_calls_hold_at_most_default_max_batch(bundle):
+    """Without max_batch a large batch runs in calls of DEFAULT_MAX_BATCH (ONNX Runtime's arena keeps what
+    the largest call needed); an explicit max_batch above it is one call."""
+    from dvt_runtime.bundle import DEFAULT_MAX_BATCH
+
+    n = 2 * DEFAULT_MAX_BATCH + 6
+    x = _images(n, bundle.input_shape, seed=4)
+    counters = [CountingSession(s) for s in bundle.sessions]
+    bundle.sessions = counters
+    never = [None] * (bundle.num_exits - 1)
+    bundle.predict(x, thresholds=never)
+    assert counters[0].batches == [DEFAULT_MAX_BATCH, DEFAULT_MAX_BATCH, 6]
+    bundle.run_exits(x)
+    assert counters[-1].batches == [DEFAULT_MAX_BATCH, DEFAULT_MAX_BATCH, 6] * 2
+    bundle.predict(x, thresholds=never, max_batch=n)
+    assert counters[0].batches[-1] == n
 
 
 def test_batch_one_bundle_loops(bundle):

@@ -501,3 +501,33 @@ def test_imagenet_synset_folders_are_named_as_the_published_bundles_name_them(tm
             (tmp_path / "sub" / split / s).mkdir(parents=True)
             cv2.imwrite(str(tmp_path / "sub" / split / s / "a.png"), img)
     assert load_dataset(f"imagefolder:{tmp_path / 'sub'}", "val").classes == list(synsets[:3])
+
+
+def test_hidden_folders_are_not_classes_and_any_color_image_makes_a_color_set(tmp_path):
+    """``train/.ipynb_checkpoints`` is no class; a grayscale picture sorted first in a color set does not
+    make the default preprocessing grayscale."""
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (tmp_path / "train" / c).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "train" / c / "0.png"), rng.integers(0, 256, (32, 32), dtype=np.uint8))  # gray first
+        for i in range(1, 12):
+            cv2.imwrite(str(tmp_path / "train" / c / f"{i}.png"), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    (tmp_path / "train" / ".ipynb_checkpoints").mkdir()
+    cv2.imwrite(str(tmp_path / "train" / ".ipynb_checkpoints" / "x.png"), np.zeros((32, 32, 3), np.uint8))
+    ds = load_dataset(f"imagefolder:{tmp_path}", "train")
+    assert ds.classes == ["cat", "dog"]
+    assert ds.preprocess.num_channels == 3 and ds.preprocess.size == 32
+    assert ds.input(0).shape == (3, 32, 32)
+
+
+def test_a_checkpoints_own_data_comes_first_and_a_stand_in_is_said(tmp_path, fmnist_test):
+    import json
+
+    from dvt_edge.data import checkpoint_data
+
+    run = {"train": {"args": json.dumps({"data": f"imagefolder:{tmp_path / 'gone'}"})}}
+    spec, note = checkpoint_data("dvt_micro_fmnist", run)
+    assert spec == "fashion-mnist" and f"imagefolder:{tmp_path / 'gone'}" in note and "not on this machine" in note
+    _make_folder(tmp_path / "here", [fmnist_test.raw(i) for i in range(20)], [i % 2 for i in range(20)], ["a", "b"])
+    here = {"train": {"args": json.dumps({"data": f"imagefolder:{tmp_path / 'here'}"})}}
+    assert checkpoint_data("dvt_micro_fmnist", here) == (f"imagefolder:{tmp_path / 'here'}", "")

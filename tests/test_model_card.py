@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -334,3 +335,19 @@ def test_demo_says_why_it_skips_calibration(monkeypatch, tmp_path, capsys):
     assert D.main(["--n", "200", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "calibration for this device: skipped" in out and "on the 100 measured images" in out
+
+
+def test_lineage_of_a_run_fine_tuned_from_its_own_file_ends(micro_ckpt, tmp_path):
+    """A last.pt whose recorded --finetune is itself (written before train refused it) gives a finite
+    lineage that says so, never endless recursion."""
+    from dvt_edge.model_card import lineage
+
+    run = tmp_path / "run"
+    shutil.copytree(micro_ckpt.parent, run)
+    raw = read_checkpoint(run / "last.pt")
+    args = json.loads(raw["train"]["args"])
+    raw["train"]["args"] = json.dumps({**args, "finetune": str(run / "last.pt")})
+    torch.save(raw, run / "last.pt")
+    steps = lineage({"finetune": str(run / "last.pt")})
+    assert [s["checkpoint"] for s in steps] == [str(run / "last.pt")] * 2
+    assert "already in this lineage" in steps[0]["note"] and steps[1]["sha256"] == sha256_file(run / "last.pt")

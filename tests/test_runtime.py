@@ -365,3 +365,49 @@ def test_calibrate_with_raw_measurements_says_to_import_them_first(onnx_bundle, 
                      "--profile", str(tmp_path / "phone.csv")]) == 2
     err = capsys.readouterr().err
     assert "raw measurements" in err and "profile import --csv" in err, err
+
+
+def test_one_controller_serves_every_budget_and_survives_threads(bundle_copy, val):
+    """The controller's speed estimate is the device's, not a budget's: alternating budgets keep what it
+    learnt. A reset or a new calibration from another thread never breaks a predict in flight."""
+    import threading
+
+    from dvt_runtime.calibrate import calibrate
+    from dvt_runtime.latency import LatencyProfile
+
+    x, y = val
+    m = Bundle.open(bundle_copy).manifest
+    ident = {"model": m.model, "target": m.target, "precision": m.precision, "backend": m.backend}
+    prof = LatencyProfile.from_samples([[0.2, 0.2, 0.3, 0.2], [0.4, 0.5, 0.4, 0.4], [0.9, 0.8, 0.9, 0.9]],
+                                       device={"device_name": "dev"}, bundle=ident)
+    calibrate(Bundle.open(bundle_copy), x[:60], y[:60], 1.0, profile=prof, progress=False)
+    b = Bundle.open(bundle_copy, device_name="dev")
+    cheapest = min(row.predicted["mean_ms"] for row in b.calibration.table)
+    budgets = (cheapest * 1.5, 1e3)
+    for i in range(20):
+        b.predict(x[i], budget_ms=budgets[i % 2])
+    assert len(b.controller.history) == 20  # one estimate, 20 observations (it was rebuilt at each budget)
+
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def predicting() -> None:
+        try:
+            for i in range(300):
+                b.predict(x[i % len(x)], budget_ms=budgets[i % 2])
+        except BaseException as e:  # noqa: BLE001  (any failure is the finding)
+            errors.append(e)
+        finally:
+            done.set()
+
+    def resetting() -> None:
+        while not done.is_set():
+            b.reset_budget()
+            b.use_calibration("dev")
+
+    threads = [threading.Thread(target=predicting), threading.Thread(target=resetting)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors[:1]

@@ -240,3 +240,42 @@ def test_epoch_shards_are_one_permutation_dealt_out_equally():
     assert not torch.equal(epoch_shard(257, 4, 1, 0, 2, gens[0]), a)  # a new order each epoch
     one = torch.Generator().manual_seed(5)  # one process: its own generator, as before (bit-for-bit reruns)
     assert torch.equal(epoch_shard(10, 0, 0, 0, 1, one), torch.randperm(10, generator=torch.Generator().manual_seed(5)))
+
+
+def test_finetune_from_a_checkpoint_this_run_overwrites_is_refused(tmp_path):
+    """--finetune OUT/last.pt --force --out OUT would overwrite its own starting point (and its lineage
+    would name itself): refused before anything is written."""
+    from dvt_edge import save_checkpoint
+    from dvt_edge.models import create_model
+
+    out = tmp_path / "run"
+    out.mkdir()
+    save_checkpoint(out / "last.pt", create_model("dvt_micro_fmnist"))
+    before = (out / "last.pt").read_bytes()
+    args = build_parser().parse_args([*QUICK, "--epochs", "1", "--finetune", str(out / "last.pt"), "--force", "--out", str(out)])
+    with pytest.raises(CheckpointError, match="a checkpoint this run writes.*copy it elsewhere"):
+        train(args)
+    assert (out / "last.pt").read_bytes() == before
+
+
+def test_diverged_loss_is_one_error_line(tmp_path):
+    r = _train_cli("--train-limit", "300", "--val-limit", "100", "--lr", "1e30", "--warmup-epochs", "0", "--epochs", "1",
+                   "--out", str(tmp_path / "r"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "loss became nan at epoch 1; lower --lr" in r.stderr
+
+
+def test_one_class_data_is_refused(tmp_path):
+    import cv2
+    import numpy as np
+
+    (tmp_path / "train" / "only").mkdir(parents=True)
+    for i in range(30):
+        cv2.imwrite(str(tmp_path / "train" / "only" / f"{i}.png"), np.full((28, 28), i * 8, np.uint8))
+    args = build_parser().parse_args(["--model", "dvt_micro_fmnist", "--data", f"imagefolder:{tmp_path}", "--epochs", "1",
+                                      "--threads", "1", "--quiet", "--out", str(tmp_path / "r")])
+    from dvt_edge.data import DataError
+
+    with pytest.raises(DataError, match=r"1 class\(es\) \(\['only'\]\); a classifier needs at least 2"):
+        train(args)
+    assert not (tmp_path / "r" / "last.pt").exists()

@@ -13,6 +13,7 @@ import datetime
 import os
 import platform
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from dvt_edge.checkpoint import CheckpointInfo, load_checkpoint
-from dvt_edge.data import DataError, default_data, default_preprocess, load_dataset
+from dvt_edge.data import DataError, checkpoint_data, default_preprocess, load_dataset
 from dvt_edge.export.common import ExitArtifact, ExitGraph, ExitJob, ExportError, exit_graphs, exit_specs
 from dvt_edge.export.install import check_destination, install, recover_leftovers
 from dvt_edge.export.int8 import int8_schemes, pick_scheme
@@ -69,40 +70,6 @@ class _Data:
     verify_x: Optional[np.ndarray]  # (M, C, H, W) held-out real images for verification
     verify_y: Optional[np.ndarray]
     note: str = ""
-
-
-def _default_data_spec(model: DVT, info: CheckpointInfo) -> Optional[str]:
-    """Real images for calibration and verification: the checkpoint's training data where it is
-    on this machine, else the data its variant is registered with (e.g. ``cifar10-ref``, shipped)."""
-    candidates = []
-    if info.extras.get("eval_data"):  # a published reference's portable set comes first
-        candidates.append(str(info.extras["eval_data"]))
-    if info.extras.get("data"):
-        candidates.append(str(info.extras["data"]))
-    summary = info.extras.get("train_summary") or info.extras.get("train", {}).get("args")
-    if summary:
-        import json
-
-        try:
-            d = json.loads(summary) if isinstance(summary, str) else summary
-            args = d.get("args", d)
-            if args.get("data"):
-                candidates.append(str(args["data"]))
-        except (ValueError, AttributeError):
-            pass
-    try:
-        candidates.append(default_data(model.name, info.extras, model.cfg))
-    except DataError:
-        pass
-    if (model.cfg.in_chans, model.cfg.img_size) == (1, 28):
-        candidates.append("fashion-mnist")
-    for spec in dict.fromkeys(candidates):
-        try:
-            load_dataset(spec, "train", download=False)
-            return spec
-        except DataError:
-            continue
-    return candidates[0] if candidates else None
 
 
 def _same_images(a, b) -> bool:
@@ -291,9 +258,13 @@ def _prepare(dest: Path, t: Target, precision: str, opts: ExportOptions, model: 
              schemes: list[Optional[str]], checkpoint: str) -> _Plan:
     """Load the calibration and verification images and run the PyTorch reference on them."""
     pre = info.preprocess or default_preprocess(model.cfg.in_chans, model.cfg.img_size)
-    spec = opts.calib_data or _default_data_spec(model, info)
+    spec, stand_in = (opts.calib_data, "") if opts.calib_data else checkpoint_data(model.name, info.extras, model.cfg)
+    if stand_in:  # another set calibrates and verifies: said on the console and in the parity table
+        print(f"note: {stand_in} (pass --calib-data SPEC to choose)", file=sys.stderr)
     data = _load_data(spec, pre, opts.calib_n, opts.verify_n, need_calib=precision == "int8", num_classes=model.cfg.num_classes,
                       classes=info.classes)
+    if stand_in:
+        data.note = f"{stand_in}; {data.note}"
     graphs = exit_graphs(model)
     calib_ref = torch_cascade(graphs, np.stack(data.calib)) if data.calib else []
     real_ref, check_inputs = None, []

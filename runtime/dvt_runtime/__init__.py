@@ -1,8 +1,8 @@
 """dvt-runtime: the torch-free runtime for exported DVT bundles (numpy + stdlib at its core).
 
     from dvt_runtime import Bundle
-    bundle = Bundle.open("bundles/dvt_tiny_fmnist_ms-onnx-fp32", device_name="laptop")
-    pred = bundle.predict(bundle.preprocess(bgr_image))
+    bundle = Bundle.open("bundles/dvt_small_cifar-onnx-fp32", device_name="laptop")
+    pred = bundle.predict(bgr_image)   # one uint8 BGR image -> Prediction (label, class_name, confidence, exit)
 """
 
 __version__ = "0.1.0"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import platform
+import threading
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence
@@ -130,6 +131,7 @@ class ExecuTorchSession(Session):
         else:
             self.program = Runtime.get().load_program(str(path))
         self.method = self.program.load_method("forward")
+        self._lock = threading.Lock()  # a method's planned memory serves one call at a time
 
     def write_etdump(self, path: Path) -> Path:
         """Write the ETDump of every run so far (``profile import --etdump`` reads it)."""
@@ -147,8 +149,9 @@ class ExecuTorchSession(Session):
         torch = self._torch
         # contiguous NCHW only: a strided view would be read as if it were contiguous
         args = [torch.from_numpy(np.ascontiguousarray(inputs[n], dtype=np.float32)) for n in self.input_names]
-        outs = self.method.execute(args)
-        return {n: o.numpy() for n, o in zip(self.output_names, outs)}
+        with self._lock:
+            outs = self.method.execute(args)
+            return {n: o.numpy() for n, o in zip(self.output_names, outs)}
 
 
 def _executorch_threads(n: int) -> None:
@@ -174,9 +177,11 @@ class CoreMLSession(Session):
         except ImportError as e:
             raise _missing("coreml", e) from None
         self.model = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, compute_units))
+        self._lock = threading.Lock()
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = self.model.predict({n: np.ascontiguousarray(inputs[n], dtype=np.float32) for n in self.input_names})
+        with self._lock:  # one prediction at a time per model (Core ML's thread safety is not promised for every compute unit)
+            out = self.model.predict({n: np.ascontiguousarray(inputs[n], dtype=np.float32) for n in self.input_names})
         return {n: np.asarray(out[n]) for n in self.output_names}
 
 

@@ -90,7 +90,7 @@ def _timed_calls(bundle: Bundle, x: np.ndarray, y: np.ndarray, thresholds, batch
     t_all = time.perf_counter()
     for s in range(0, len(x), batch):
         t0 = time.perf_counter()
-        preds = bundle.predict(x[s : s + batch], thresholds=thresholds)
+        preds = bundle.predict(x[s : s + batch], thresholds=thresholds, max_batch=batch)  # one call per stage, as profiled
         ms.append((time.perf_counter() - t0) * 1e3 / len(preds))
         exits += [p.exit for p in preds]
         correct += [p.label == t for p, t in zip(preds, y[s : s + batch])]
@@ -116,7 +116,7 @@ def measure_cascade(bundle: Bundle, x: np.ndarray, y: np.ndarray, thresholds, wa
     """
     batch = check_batch(batch)
     for s in range(0, min(warmup, -(-len(x) // batch)) * batch, batch):
-        bundle.predict(x[s : s + batch], thresholds=thresholds)
+        bundle.predict(x[s : s + batch], thresholds=thresholds, max_batch=batch)
     return _summary(bundle.num_exits, *_timed_calls(bundle, x, y, thresholds, batch), batch)
 
 
@@ -154,7 +154,7 @@ def cascade_overhead_ms(bundle: Bundle, x: np.ndarray, n: int = 60, batch: int =
         s = (i * batch) % max(1, len(x) - batch + 1)
         xi = x[s : s + batch]
         t0 = time.perf_counter()
-        preds = bundle.predict(xi, thresholds=thr)
+        preds = bundle.predict(xi, thresholds=thr, max_batch=batch)
         wall = (time.perf_counter() - t0) * 1e3
         stages = sum(preds[s].stage_ms[0] for s in range(0, len(preds), per_call))  # one sample per stage call
         if i >= 5:  # warm-up

@@ -4,7 +4,9 @@ The calibration file holds a Pareto table of thresholds over latency budgets, pr
 from the profiled latencies. The controller keeps a running estimate of how fast
 the stages run now relative to the profile (an exponential moving average of a sample's
 observed stage time / the profiled cost of stopping at the exit it stopped at) and picks the most accurate table row whose predicted latency, rescaled
-by that factor, fits the budget.
+by that factor, fits the budget. The estimate describes the device, not the budget: one
+controller serves every budget (``thresholds(budget_ms)``), so a caller that alternates
+budgets keeps what it has learnt.
 """
 
 from __future__ import annotations
@@ -46,15 +48,19 @@ class BudgetController:
                 for r in cal.table]
         return cls(budget_ms, rows, cal.exit_mean_ms(), alpha)
 
-    def row(self) -> dict:
-        """Most accurate row whose rescaled predicted latency fits the budget (else the cheapest)."""
-        fit = [r for r in self.table if r["predicted_ms"] * self.scale <= self.budget_ms]
+    def row(self, budget_ms: Optional[float] = None) -> dict:
+        """Most accurate row whose rescaled predicted latency fits ``budget_ms`` (default: the
+        controller's budget), else the cheapest."""
+        budget = self.budget_ms if budget_ms is None else budget_ms
+        if not math.isfinite(budget) or budget <= 0:
+            raise ValueError(f"budget_ms must be a finite positive number of ms, got {budget}")
+        fit = [r for r in self.table if r["predicted_ms"] * self.scale <= budget]
         if not fit:
             return self.table[0]
         return max(fit, key=lambda r: (r["accuracy"], -r["predicted_ms"]))
 
-    def thresholds(self) -> list[Optional[float]]:
-        return list(self.row()["thresholds"])
+    def thresholds(self, budget_ms: Optional[float] = None) -> list[Optional[float]]:
+        return list(self.row(budget_ms)["thresholds"])
 
     def observe(self, stage_ms: Sequence[float]) -> None:
         """Update the speed estimate from one sample's measured stage times (one per stage it ran)."""
