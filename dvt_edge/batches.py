@@ -3,6 +3,7 @@ DataLoader workers, and the training augmentation (random translation and flip).
 
 from __future__ import annotations
 
+import random
 from typing import Optional
 
 import numpy as np
@@ -75,3 +76,22 @@ def materialize(ds: ImageSet, limit_bytes: float = 3e9) -> Optional[tuple[torch.
         return None
     x, y = ds.arrays()
     return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def rng_state() -> dict:
+    """Python's, numpy's and torch's global random states, as a checkpoint stores them (tensors and plain values)."""
+    st = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "numpy": {"key": torch.from_numpy(st[1].astype(np.int64)), "pos": int(st[2]), "has_gauss": int(st[3]), "gauss": float(st[4])},
+    }
+
+
+def set_rng_state(s: dict) -> None:
+    """Restore what :func:`rng_state` returned (a resumed run continues the same random streams)."""
+    torch.set_rng_state(s["torch"])
+    random.setstate((s["python_version"], tuple(s["python"]), None))
+    n = s["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))

@@ -321,7 +321,7 @@ def run_bench(checkpoint: str, data: Optional[str], targets: list[str], precisio
     from dvt_runtime.backends import available_backends
 
     model, info = load_checkpoint(checkpoint)
-    data = data_for_checkpoint(data, model.name, info.extras, model.cfg)
+    data, data_note = data_for_checkpoint(data, model.name, info.extras, model.cfg)
     ds = load_dataset(data, "val", preprocess=info.preprocess)
     x, y = ds.arrays(min(n, len(ds)), seed=0, progress=progress)
     runnable = available_backends()
@@ -344,7 +344,7 @@ def run_bench(checkpoint: str, data: Optional[str], targets: list[str], precisio
         dev["device_name"] = device_name
     return {"schema": SCHEMA, "schema_version": 1,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(sys.argv), "checkpoint": checkpoint, "model": model.name, "data": data, "n_images": len(x),
+            "command": " ".join(sys.argv), "checkpoint": checkpoint, "model": model.name, "data": data, "data_note": data_note, "n_images": len(x),
             "threads": threads, "device": dev, "rows": rows}
 
 
@@ -352,7 +352,7 @@ def _checkpoint_data(checkpoint: str) -> str:
     from dvt_edge.checkpoint import load_checkpoint
 
     model, info = load_checkpoint(checkpoint)
-    return data_for_checkpoint(None, model.name, info.extras, model.cfg)
+    return data_for_checkpoint(None, model.name, info.extras, model.cfg)[0]
 
 
 def _ints(text: str, name: str) -> list[int]:

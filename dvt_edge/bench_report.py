@@ -104,6 +104,8 @@ def markdown(results: list[dict]) -> str:
             out.append("")
             continue
         out.append(f"## {r['model']} on {dev}: {r['n_images']} images of {r['data']}\n")
+        if r.get("data_note"):  # another set stood in for the checkpoint's own data
+            out.append(f"Note: {r['data_note']}.\n")
         out.append("| target | prec | status | exit sizes KB | per-exit top-1 % (artifact) | exit p50/p90 ms (cumulative) | last exit alone: acc %, mean ms | dynamic @ matched acc: acc %, mean ms | speedup |")
         out.append("|---|---|---|---|---|---|---|---|---|")
         for row in r["rows"]:

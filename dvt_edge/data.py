@@ -118,27 +118,30 @@ def checkpoint_data(model_name: str, extras: Optional[dict] = None, cfg=None) ->
     if cfg is not None and (cfg.in_chans, cfg.img_size) == (1, 28):
         candidates.append("fashion-mnist")
     candidates = list(dict.fromkeys(candidates))
+    why: list[str] = []  # each recorded set that could not be read, and why
     for spec in candidates:
         try:
             load_dataset(spec, "train", download=False)
-        except DataError:
+        except DataError as e:
+            if spec in recorded:
+                why.append(f"{spec}: {str(e)[:300]}")
             continue
         if recorded and spec not in recorded:
-            return spec, f"the checkpoint's data ({', '.join(recorded)}) is not on this machine; using {spec} instead"
+            return spec, f"the checkpoint's own data could not be read here ({'; '.join(why)}); using {spec} instead"
         return spec, ""
     return (candidates[0] if candidates else None), ""
 
 
-def data_for_checkpoint(data: Optional[str], model_name: str, extras: Optional[dict] = None, cfg=None) -> str:
-    """``data`` when given, else :func:`checkpoint_data`'s choice; a stand-in set is said on stderr."""
+def data_for_checkpoint(data: Optional[str], model_name: str, extras: Optional[dict] = None, cfg=None) -> tuple[str, str]:
+    """``(data, "")`` when given, else :func:`checkpoint_data`'s choice and note; a stand-in set is said on stderr."""
     if data:
-        return data
+        return data, ""
     spec, note = checkpoint_data(model_name, extras, cfg)
     if spec is None:
         raise DataError(f"no default dataset for model {model_name!r}; pass --data (valid specs: {', '.join(DATASETS)})")
     if note:
         print(f"note: {note} (pass --data SPEC to choose)", file=sys.stderr)
-    return spec
+    return spec, note
 
 
 def load_dataset(spec: str = "fashion-mnist", split: str = "train", preprocess: Optional[Preprocess] = None, download: bool = True) -> ImageSet:

@@ -143,7 +143,7 @@ def _evaluate(ckpt: Path, data: Optional[str], out: Path):
     from dvt_runtime.io import atomic_write_json
 
     model, info = load_checkpoint(str(ckpt))
-    data = data_for_checkpoint(data, model.name, info.extras, model.cfg)
+    data = data_for_checkpoint(data, model.name, info.extras, model.cfg)[0]
     _section(f"evaluating {ckpt} (PyTorch, {data} validation split)")
     ev = evaluate_checkpoint(str(ckpt), data, progress=True)
     atomic_write_json(out / "evaluate" / "evaluate.json", ev)

@@ -44,7 +44,7 @@ def evaluate_checkpoint(
     if isinstance(threshold_n, bool) or not isinstance(threshold_n, int) or threshold_n < 1:
         raise ValueError(f"threshold_n must be a whole number >= 1 (training images to choose thresholds on), got {threshold_n!r}")
     model, info = load_checkpoint(checkpoint, model=model_name, trusted=trusted)
-    data = data_for_checkpoint(data, model.name, info.extras, model.cfg)
+    data, data_note = data_for_checkpoint(data, model.name, info.extras, model.cfg)
     pre = info.preprocess or default_preprocess(model.cfg.in_chans, model.cfg.img_size)
     ds = load_dataset(data, split, preprocess=pre).limit(limit, seed=0)
     if info.classes and ds.classes != info.classes:
@@ -74,6 +74,7 @@ def evaluate_checkpoint(
         "checkpoint": str(checkpoint),
         "model": model.name,
         "data": data,
+        "data_note": data_note,  # "" unless another set stood in for the checkpoint's own
         "split": ds.split,
         "n": len(ds),
         "threshold_selection": sel_note,
@@ -113,7 +114,7 @@ def artifact_accuracy(bundle_dir: str, x: np.ndarray, y: np.ndarray, torch_acc: 
 
 
 def format_report(r: dict) -> str:
-    lines = [f"{r['model']} on {r['data']} [{r['split']}], {r['n']} images", "",
+    lines = [f"{r['model']} on {r['data']} [{r['split']}], {r['n']} images", *([f"note: {r['data_note']}"] if r.get("data_note") else []), "",
              f"{'exit':>4}  {'tokens':>7}  {'cum. GFLOPs':>12}  {'top-1 %':>8}"]
     for e in r["exits"]:
         lines.append(f"{e['exit']:>4}  {e['grid']:>7}  {e['gflops']:>12.4f}  {e['top1']:>8.2f}")

@@ -71,8 +71,8 @@ def _class_dirs(split_dir: Path) -> list[str]:
 
 def _folder_preprocess(color: bool, side: int) -> Preprocess:
     """The default preprocessing for a folder's images: color when any image has color (a grayscale
-    picture in a color set is read as color, never the other way round), 224 px when the smallest
-    image side is above 64."""
+    picture in a color set is read as color, never the other way round), 224 px when the median
+    image's shorter side is above 64 (one thumbnail does not shrink a folder of photos)."""
     return default_preprocess(3 if color else 1, side if side <= 64 else 224)
 
 
@@ -92,11 +92,11 @@ def _holdout_split(ds: ImageSet, split: str, base: Path) -> ImageSet:
 
 def _read_class_folders(sub: Path, classes: list[str], split: str) -> tuple[object, list[int], list[str], list[str], tuple[bool, int]]:
     """Decode every image of ``sub/<class>/`` once -> (uint8 array or paths, labels, skipped, paths,
-    (any image in color, smallest side))."""
+    (any image in color, the median image's shorter side))."""
     files, labels = _list_class_folders(sub, classes)
     decoded, keep, kept_paths, skipped = [], [], [], []
     shapes: set[tuple[int, ...]] = set()
-    in_memory, nbytes, color, side = True, 0, False, None
+    in_memory, nbytes, color, sides = True, 0, False, []
     for p, y in zip(progress(files, desc=f"decode {sub}", unit="img", enabled=len(files) > 2000), labels):
         img = _try_read(p)
         if img is None:
@@ -106,7 +106,7 @@ def _read_class_folders(sub: Path, classes: list[str], split: str) -> tuple[obje
         kept_paths.append(str(p))
         shapes.add(img.shape)
         color = color or (img.ndim == 3 and img.shape[2] >= 3)
-        side = min(img.shape[:2]) if side is None else min(side, *img.shape[:2])
+        sides.append(min(img.shape[:2]))
         if in_memory:
             decoded.append(img)
             nbytes += img.nbytes
@@ -114,7 +114,7 @@ def _read_class_folders(sub: Path, classes: list[str], split: str) -> tuple[obje
                 in_memory, decoded = False, []
     _check_classes(sub, classes, keep, skipped, split)
     images: object = np.stack(decoded) if in_memory and decoded else kept_paths  # (N, H, W[, C]) uint8, or paths
-    return images, keep, skipped, kept_paths, (color, side or 0)
+    return images, keep, skipped, kept_paths, (color, int(np.median(sides)) if sides else 0)
 
 
 def _list_class_folders(sub: Path, classes: list[str]) -> tuple[list[Path], list[int]]:

@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dvt_edge.batches import augment, batches, epoch_shard, materialize
+from dvt_edge.batches import augment, batches, epoch_shard, materialize, rng_state, set_rng_state
 from dvt_edge.checkpoint import CheckpointError, _state_dict_of, read_checkpoint, save_checkpoint
 from dvt_edge.data import DATASETS, DataError, ImageSet, default_preprocess, load_dataset
 from dvt_edge.models import DVT, create_model, list_models, model_defaults, model_from_args
@@ -51,23 +51,6 @@ def _dist_info() -> tuple[int, int, int]:
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
         return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
     return 0, 1, 0
-
-
-def _rng_state() -> dict:
-    st = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "python": list(random.getstate()[1]),
-        "python_version": random.getstate()[0],
-        "numpy": {"key": torch.from_numpy(st[1].astype(np.int64)), "pos": int(st[2]), "has_gauss": int(st[3]), "gauss": float(st[4])},
-    }
-
-
-def _set_rng_state(s: dict) -> None:
-    torch.set_rng_state(s["torch"])
-    random.setstate((s["python_version"], tuple(s["python"]), None))
-    n = s["numpy"]
-    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -308,12 +291,12 @@ def _resume_state(args: argparse.Namespace, out: Path) -> Optional[dict]:
             )
         _check_resume_args(json.loads(resume_state.get("train", {}).get("args", "{}")), args, last)
         return resume_state
-    if (last.exists() or best_path.exists()) and not args.force:
-        raise CheckpointError(f"{out} already holds checkpoints; pass --resume to continue that run or --force to start over")
     if args.finetune and Path(args.finetune).resolve() in (last.resolve(), best_path.resolve()):
         # the run would overwrite its own starting point (and its lineage would name itself)
         raise CheckpointError(f"--finetune {args.finetune} is a checkpoint this run writes in --out {out}: copy it elsewhere "
                               f"first, or fine-tune into another --out")
+    if (last.exists() or best_path.exists()) and not args.force:
+        raise CheckpointError(f"{out} already holds checkpoints; pass --resume to continue that run or --force to start over")
     return None
 
 
@@ -391,7 +374,7 @@ def _restore(run: _Run, resume_state: dict, last: Path) -> _RunState:
     run.sched.load_state_dict(t["scheduler"])
     rank = run.rank
     run.gen.set_state(t["generator"][rank] if rank < len(t["generator"]) else t["generator"][0])
-    _set_rng_state(t["rng"][rank] if rank < len(t["rng"]) else t["rng"][0])
+    set_rng_state(t["rng"][rank] if rank < len(t["rng"]) else t["rng"][0])
     state = _RunState(t["epoch"], json.loads(t["history"]), t["best_acc"], float(t.get("run_seconds", 0.0)))
     run.log(f"resuming {run.args.model} from {last} at epoch {state.start_epoch}")
     return state
@@ -454,7 +437,7 @@ def exit_loss(outs: Sequence[torch.Tensor], y: torch.Tensor, label_smoothing: fl
 
 def _gather_rng_states(run: _Run) -> tuple[list, list]:
     """Every process's RNG and augmentation-generator states (saved in last.pt for an exact resume)."""
-    rngs = [_rng_state()]
+    rngs = [rng_state()]
     gens = [run.gen.get_state()]
     if run.world > 1:
         all_rngs, all_gens = [None] * run.world, [None] * run.world

@@ -518,6 +518,12 @@ def test_hidden_folders_are_not_classes_and_any_color_image_makes_a_color_set(tm
     assert ds.classes == ["cat", "dog"]
     assert ds.preprocess.num_channels == 3 and ds.preprocess.size == 32
     assert ds.input(0).shape == (3, 32, 32)
+    # one thumbnail among photos: the photos decide the default size
+    (tmp_path / "p" / "train" / "a").mkdir(parents=True)
+    for i in range(9):
+        cv2.imwrite(str(tmp_path / "p" / "train" / "a" / f"{i}.png"), np.zeros((100 + i, 120, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "p" / "train" / "a" / "thumb.png"), np.zeros((20, 20, 3), np.uint8))
+    assert load_dataset(f"imagefolder:{tmp_path / 'p'}", "train").preprocess.size == 224
 
 
 def test_a_checkpoints_own_data_comes_first_and_a_stand_in_is_said(tmp_path, fmnist_test):
@@ -527,7 +533,7 @@ def test_a_checkpoints_own_data_comes_first_and_a_stand_in_is_said(tmp_path, fmn
 
     run = {"train": {"args": json.dumps({"data": f"imagefolder:{tmp_path / 'gone'}"})}}
     spec, note = checkpoint_data("dvt_micro_fmnist", run)
-    assert spec == "fashion-mnist" and f"imagefolder:{tmp_path / 'gone'}" in note and "not on this machine" in note
+    assert spec == "fashion-mnist" and f"imagefolder:{tmp_path / 'gone'}: imagefolder: " in note and "is not a directory" in note
     _make_folder(tmp_path / "here", [fmnist_test.raw(i) for i in range(20)], [i % 2 for i in range(20)], ["a", "b"])
     here = {"train": {"args": json.dumps({"data": f"imagefolder:{tmp_path / 'here'}"})}}
     assert checkpoint_data("dvt_micro_fmnist", here) == (f"imagefolder:{tmp_path / 'here'}", "")

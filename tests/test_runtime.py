@@ -89,8 +89,16 @@ def test_bad_inputs(onnx_bundle):
     b = Bundle.open(onnx_bundle)
     with pytest.raises(InputError, match=r"\(N, 1, 28, 28\)"):
         b.predict(np.zeros((1, 3, 28, 28), np.float32))
-    with pytest.raises(InputError, match="float32"):
+    with pytest.raises(InputError, match=r"float32 \(got float64\): convert preprocessed arrays with x.astype"):
         b.predict(np.zeros((1, 1, 28, 28), np.float64))
+    for f in (b.predict, b.run_exits):  # a failed cv2.imread, a path: named, with the fix
+        with pytest.raises(InputError, match=r"got None \(cv2.imread returns None"):
+            f(None)
+        with pytest.raises(InputError, match="got a path 'shirt.jpg': pass the decoded image"):
+            f("shirt.jpg")
+    img = np.random.default_rng(0).integers(0, 256, (40, 30), dtype=np.uint8)  # run_exits takes what predict takes
+    for got, want in zip(b.run_exits(img), b.run_exits(b.preprocess(img))):
+        assert np.array_equal(got, want)
     x = np.zeros((1, 1, 28, 28), np.float32)
     x[0, 0, 3, 3] = np.nan
     with pytest.raises(InputError, match="NaN"):
@@ -129,6 +137,17 @@ def test_controller_moves_along_table_when_device_slows():
     for _ in range(30):
         warm.observe([0.5])
     assert warm.scale == pytest.approx(1.0) and warm.thresholds() == [0.9, 0.0]
+
+
+class _Counting:
+    """Wrap a session: record the batch size of every call."""
+
+    def __init__(self, inner):
+        self.inner, self.batches = inner, []
+
+    def run(self, inputs):
+        self.batches.append(len(inputs["image"]))
+        return self.inner.run(inputs)
 
 
 class _Slow:
@@ -255,7 +274,7 @@ def test_measure_interleaved_alternates_settings_block_by_block(onnx_bundle, val
     ref = [measure_cascade(b, x, y, t, warmup=0) for t in (stop1, never)]
     seen = []
     real = b.predict
-    monkeypatch.setattr(b, "predict", lambda xi, thresholds=None: seen.append(tuple(thresholds)) or real(xi, thresholds=thresholds))
+    monkeypatch.setattr(b, "predict", lambda xi, thresholds=None, **kw: seen.append(tuple(thresholds)) or real(xi, thresholds=thresholds, **kw))
     (s1, sn), block_ms = measure_interleaved(b, x, y, [stop1, never], blocks=4, warmup=0)
     assert s1["exit_fractions"] == [1.0, 0.0, 0.0] and sn["exit_fractions"] == [0.0, 0.0, 1.0]
     assert (s1["accuracy"], sn["accuracy"]) == (ref[0]["accuracy"], ref[1]["accuracy"]) and s1["n"] == sn["n"] == 40
@@ -387,6 +406,19 @@ def test_one_controller_serves_every_budget_and_survives_threads(bundle_copy, va
     for i in range(20):
         b.predict(x[i], budget_ms=budgets[i % 2])
     assert len(b.controller.history) == 20  # one estimate, 20 observations (it was rebuilt at each budget)
+    with pytest.warns(UserWarning, match="below the cheapest point") as w:
+        for _ in range(3):  # once per budget, a reset of the controller included
+            b.predict(x[0], budget_ms=cheapest / 2)
+            b.reset_budget()
+    assert len([m for m in w if "below the cheapest" in str(m.message)]) == 1
+    # a calibration measured at batch 64 prices calls of 64: predict's default calls follow it
+    b.calibration = dataclasses.replace(b.calibration, batch=64)
+    counting = [_Counting(s) for s in b.sessions]
+    b.sessions = counting
+    b.predict(np.repeat(x[:1], 70, axis=0), thresholds=[None, None])
+    assert counting[0].batches == [64, 6]
+    b.sessions = [c.inner for c in counting]
+    b.use_calibration("dev")
 
     errors: list[BaseException] = []
     done = threading.Event()

@@ -139,7 +139,8 @@ class ExecuTorchSession(Session):
             raise ValueError("open the bundle with etdump=True to record ETDump")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.program.write_etdump_result_to_file(str(path), str(path.with_suffix(".debug.bin")))
+        with self._lock:  # not while a run writes its events
+            self.program.write_etdump_result_to_file(str(path), str(path.with_suffix(".debug.bin")))
         if not path.is_file():
             raise BackendUnavailable("this ExecuTorch build has no event tracer (EXECUTORCH_ENABLE_EVENT_TRACER=OFF): "
                                      "it writes no ETDump; install executorch>=1.5.1 from PyPI")

@@ -12,8 +12,8 @@ at most ``max_batch`` (default ``DEFAULT_MAX_BATCH``, 32). Bundles whose artifac
 Answers are the same either way.
 
 One bundle may serve several threads: ONNX Runtime sessions run concurrently, ExecuTorch
-methods one call at a time (a lock per method), and the budget controller's state is
-guarded by a lock.
+methods and Core ML models one call at a time (a lock each), and the budget controller's
+state is guarded by a lock.
 """
 
 from __future__ import annotations
@@ -31,48 +31,14 @@ from typing import TYPE_CHECKING, Optional, Sequence, Union
 import numpy as np
 
 from dvt_runtime.backends import Session, import_backend, open_session
+from dvt_runtime.checks import InputError, NonFiniteOutput, check_thresholds, positive_ms
+from dvt_runtime.checks import check_finite as _check_finite
 from dvt_runtime.manifest import Manifest, ManifestError  # noqa: F401  (ManifestError: raised by open)
 
 if TYPE_CHECKING:
     from dvt_runtime.calibration import Calibration
 
 __all__ = ["Bundle", "Prediction", "InputError", "NonFiniteOutput", "check_thresholds", "positive_ms"]
-
-
-class InputError(ValueError):
-    """An input of the wrong shape, dtype or with non-finite values."""
-
-
-class NonFiniteOutput(ValueError):
-    """An exit produced NaN or infinite logits: the answer would be meaningless."""
-
-
-def positive_ms(name: str, v, allow_zero: bool = False) -> float:
-    """A finite, positive (or with ``allow_zero`` non-negative) number of milliseconds, not a bool
-    or a string; otherwise a ValueError naming ``name``."""
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be a number of milliseconds, got {type(v).__name__} {v!r}")
-    if not np.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise ValueError(f"{name} must be a finite {'non-negative' if allow_zero else 'positive'} number of milliseconds, got {v!r}")
-    return float(v)
-
-
-def check_thresholds(t, num_exits: int, where: str = "thresholds") -> list[Optional[float]]:
-    """``num_exits - 1`` (or ``num_exits``) confidences in [0, 1] or None (never stop there)."""
-    if isinstance(t, (str, bytes, dict)) or not hasattr(t, "__len__"):
-        raise ValueError(f"{where} must be a list of {num_exits - 1} confidences in [0, 1] (or None), got {t!r}")
-    t = list(t)
-    if len(t) not in (num_exits - 1, num_exits):
-        raise ValueError(f"{where}: need {num_exits - 1} (or {num_exits}) thresholds for {num_exits} exits, got {len(t)}")
-    out: list[Optional[float]] = []
-    for k, v in enumerate(t):
-        if v is None:
-            out.append(None)
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v) or not 0.0 <= v <= 1.0:
-            raise ValueError(f"{where}: threshold of exit {k + 1} must be a confidence in [0, 1] or None, got {v!r}")
-        out.append(float(v))
-    return out
 
 
 @dataclass
@@ -90,12 +56,6 @@ class Prediction:
     def to_dict(self) -> dict:
         return {"label": self.label, "class_name": self.class_name, "confidence": self.confidence, "exit": self.exit,
                 "total_ms": self.total_ms, "stage_ms": self.stage_ms, "deadline_skipped": self.deadline_skipped}
-
-
-def _check_finite(x: np.ndarray) -> None:
-    """float32 input: one float64 sum is finite iff every value is (float32 values cannot overflow it)."""
-    if not math.isfinite(x.sum(dtype=np.float64)):
-        raise InputError("input contains NaN or infinite values")
 
 
 #: Samples per stage call when ``predict``/``run_exits`` get no ``max_batch`` (artifacts that take any
@@ -208,7 +168,9 @@ class Bundle:
                                    f"dvt_runtime.calibrate --batch {batch}" + (f", or use_calibration(..., batch={cal.batch})"))
         self.calibration = cal
         self.stage_p90_ms = cal.stage_p90_ms()
-        self.reset_budget()
+        with self._budget_lock:  # a new table: a fresh controller, and every budget may warn again
+            self.controller = None
+            self._warned_budgets.clear()
         return cal
 
     def use_profile(self, stage_p90_ms: Sequence[float]) -> None:
@@ -234,17 +196,30 @@ class Bundle:
         if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != want:
             raise InputError(f"input must be preprocessed float32 of shape (N, {', '.join(map(str, want))}) or a uint8 image; got {x.shape} {x.dtype}")
         if x.dtype != np.float32:
-            raise InputError(f"input must be float32 (got {x.dtype}); pass uint8 images through bundle.preprocess")
+            raise InputError(f"input must be float32 (got {x.dtype}): convert preprocessed arrays with x.astype(np.float32); "
+                             "pass uint8 images as they are (they are preprocessed inside)")
         _check_finite(x)
         return np.ascontiguousarray(x)
 
     def _as_array(self, x) -> np.ndarray:
         """One array from an array (never silently converted)."""
+        if x is None or isinstance(x, (str, bytes, Path)):  # a failed cv2.imread is None; a path is not pixels
+            what = "None (cv2.imread returns None for a file it cannot read)" if x is None else f"a path {x!r}"
+            raise InputError(f"got {what}: pass the decoded image (a uint8 HxW or HxWxC array, e.g. cv2.imread(path)) "
+                             "or preprocessed float32 of shape (N, " + ", ".join(map(str, self.input_shape)) + ")")
         a = np.asarray(x)
         if a.dtype == object:
             raise InputError("predict takes one image or one array of images; a list of arrays of different sizes or dtypes "
                              "is ambiguous: preprocess each image (bundle.preprocess) and stack them")
         return a
+
+    def _batch(self, x) -> tuple[np.ndarray, bool]:
+        """What ``predict`` takes -> ((N, C, H, W) float32, whether it was one image)."""
+        if isinstance(x, (list, tuple)):  # one entry per image
+            return self._from_list(x), False
+        a = self._as_array(x)
+        single = a.ndim == len(self.input_shape) or (a.dtype == np.uint8 and a.ndim < 4)
+        return (self.preprocess(a) if a.dtype == np.uint8 else self._check_input(a)), single
 
     def _from_list(self, x: Sequence) -> np.ndarray:
         """A list of images -> (N, C, H, W) float32: uint8 images (any sizes, each preprocessed) or
@@ -264,6 +239,15 @@ class Bundle:
             raise InputError(f"preprocessed images must be float32 of shape {self.input_shape} or (n, {', '.join(map(str, self.input_shape))}); "
                              f"got {bad[:3]}: pass uint8 images or the output of bundle.preprocess")
         return self._check_input(np.concatenate([a[None] if a.ndim == d else a for a in arrs]))
+
+    def _chunk(self, max_batch: Optional[int]) -> int:
+        """Samples per stage call of ``predict``/``run_exits``: ``max_batch`` when given, else
+        ``DEFAULT_MAX_BATCH``, or the batch this device's calibration was measured at if larger
+        (its prices are those of calls that size); within what the artifacts accept."""
+        if max_batch is None:
+            cal = self.calibration
+            max_batch = max(DEFAULT_MAX_BATCH, cal.batch if cal is not None else 1)
+        return self.batch_limit(max_batch)
 
     def batch_limit(self, max_batch: Optional[int] = None) -> int:
         """Samples per stage call: what the artifacts accept (``manifest.max_batch``), capped by ``max_batch``."""
@@ -312,12 +296,12 @@ class Bundle:
         return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}, ms
 
     def run_exits(self, x: np.ndarray, max_batch: Optional[int] = None, check_finite: bool = True) -> list[np.ndarray]:
-        """Logits of every exit for every sample: list of (N, classes) arrays (no early exit)."""
-        x = self._check_input(self._as_array(x))
+        """Logits of every exit for every sample: list of (N, classes) arrays (no early exit). Takes
+        what ``predict`` takes (uint8 images are preprocessed)."""
+        x = self._batch(x)[0]
         if len(x) == 0:
             raise InputError("run_exits got an empty batch (0 images); pass at least one image")
-        return [out["logits"] for out, _ in self.chain(x, self.batch_limit(DEFAULT_MAX_BATCH if max_batch is None else max_batch),
-                                                      check_finite)]
+        return [out["logits"] for out, _ in self.chain(x, self._chunk(max_batch), check_finite)]
 
     def chain(self, x: np.ndarray, chunk: int, check_finite: bool = True) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
         """Every sample of ``x`` through exit 1, 2, ..., E, each exit fed the previous one's features
@@ -338,24 +322,18 @@ class Bundle:
         the calibration's Pareto table. ``deadline_ms``: before each later stage, skip it when
         its profiled p90 would overrun the deadline (images then run one per call, as the p90s
         are per image). ``max_batch``: at most this many samples per stage call (default
-        ``DEFAULT_MAX_BATCH``, 32: memory); a larger batch is split into calls of ``max_batch``, with
-        the same answers. With fixed thresholds a batch gets the answers of one image at a time; ``budget_ms`` picks the
-        thresholds once per call.
+        ``DEFAULT_MAX_BATCH``, 32, or the calibration's batch if larger: memory); a larger batch is
+        split into calls of ``max_batch``, with the same answers. With fixed thresholds a batch gets
+        the answers of one image at a time; ``budget_ms`` picks the thresholds once per call.
         """
         if (type(x) is np.ndarray and x.dtype == np.float32 and x.shape == self.input_shape and budget_ms is None
                 and deadline_ms is None and max_batch is None):  # one preprocessed image: the camera path, kept lean
             _check_finite(x)
             return self._cascade_one(np.ascontiguousarray(x)[None], self._thresholds(thresholds))
-        if isinstance(x, (list, tuple)):  # one entry per image
-            single = False
-            xb = self._from_list(x)
-        else:
-            a = self._as_array(x)
-            single = a.ndim == len(self.input_shape) or (a.dtype == np.uint8 and a.ndim < 4)
-            xb = self.preprocess(a) if a.dtype == np.uint8 else self._check_input(a)
+        xb, single = self._batch(x)
         if len(xb) == 0:
             raise InputError("predict got an empty batch (0 images); pass at least one image")
-        chunk = self.batch_limit(DEFAULT_MAX_BATCH if max_batch is None else max_batch)
+        chunk = self._chunk(max_batch)
         ctl = None  # this call's controller: another thread may reset the bundle's meanwhile
         if budget_ms is not None:
             budget_ms = positive_ms("budget_ms", budget_ms)  # thresholds picked once per call
@@ -481,7 +459,6 @@ class Bundle:
         """Forget what the budget controller has observed: the next ``budget_ms`` call starts fresh."""
         with self._budget_lock:
             self.controller = None
-            self._warned_budgets.clear()
 
     def _controller(self, budget_ms: float):
         from dvt_runtime.controller import BudgetController
@@ -492,15 +469,17 @@ class Bundle:
                      "open the bundle with device_name=... of a calibrated device (python -m dvt_runtime.calibrate)")
             raise ValueError(f"budget_ms needs a calibration for this device: {where}")
         with self._budget_lock:
+            cal = self.calibration
             ctl = self.controller
             if ctl is None:  # one for every budget: alternating budgets keep the speed estimate
-                ctl = self.controller = BudgetController.from_calibration(self.calibration, budget_ms)
+                ctl = self.controller = BudgetController.from_calibration(cal, budget_ms)
             cheapest = ctl.table[0]["predicted_ms"]
-            warn = budget_ms < cheapest and budget_ms not in self._warned_budgets
-            if warn and len(self._warned_budgets) < 64:  # once per budget (a budget that varies freely: bounded)
+            # once per budget; a budget that varies freely warns for its first 64 values only (bounded)
+            warn = budget_ms < cheapest and budget_ms not in self._warned_budgets and len(self._warned_budgets) < 64
+            if warn:
                 self._warned_budgets.add(budget_ms)
         if warn:  # the cheapest thresholds, and the budget overrun all the same
-            warnings.warn(f"budget_ms {budget_ms:g} is below the cheapest point calibrated on {self.calibration.device!r} "
+            warnings.warn(f"budget_ms {budget_ms:g} is below the cheapest point calibrated on {cal.device!r} "
                           f"({cheapest:.4g} ms a sample): every sample gets the cheapest thresholds and the budget is overrun",
                           stacklevel=3)
         return ctl
