@@ -60,7 +60,7 @@ __all__ = ["AppError", "Mode", "Overlay", "annotate", "model_input_image", "open
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m apps.webcam", description="Live early-exit DVT classification of camera or video frames.",
-                                 epilog="keys (window): q/Esc quit, +/- budget or deadline +-10%%, space pause")
+                                 epilog="keys (window): q/Esc quit, +/- budget or deadline +-10%, space pause")
     ap.add_argument("--bundle", default=None,
                     help="exported bundle directory (python -m dvt_edge.export ...); default: the CIFAR-10 reference, exported once to the cache")
     src = ap.add_mutually_exclusive_group()
