@@ -797,3 +797,11 @@ def test_runtime_writes_etdump_per_exit(executorch_devtools, micro_ckpt, onnx_bu
     with pytest.raises(SystemExit):  # ETDump is ExecuTorch's: an ONNX bundle is refused
         main(["--bundle", str(onnx_bundle), "--etdump-dir", str(tmp_path / "x")])
     assert "--etdump-dir is for ExecuTorch bundles" in capsys.readouterr().err
+    import warnings
+
+    bundle = Bundle.open(b)
+    ro = np.zeros(bundle.input_shape, np.float32)
+    ro.setflags(write=False)  # e.g. np.frombuffer: torch warned on it (and could write through it)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert bundle.predict(ro).exit >= 0

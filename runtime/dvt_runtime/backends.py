@@ -149,10 +149,15 @@ class ExecuTorchSession(Session):
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self._torch
         # contiguous NCHW only: a strided view would be read as if it were contiguous
-        args = [torch.from_numpy(np.ascontiguousarray(inputs[n], dtype=np.float32)) for n in self.input_names]
+        args = [torch.from_numpy(_writable(np.ascontiguousarray(inputs[n], dtype=np.float32))) for n in self.input_names]
         with self._lock:
             outs = self.method.execute(args)
             return {n: o.numpy() for n, o in zip(self.output_names, outs)}
+
+
+def _writable(a: np.ndarray) -> np.ndarray:
+    """``a``, or a copy of it when it is read-only (torch warns on, and may write through, a read-only buffer)."""
+    return a if a.flags.writeable else a.copy()
 
 
 def _executorch_threads(n: int) -> None:
