@@ -288,6 +288,10 @@ def _break(cal: dict, path: str, value) -> dict:
     ("profile.stages.0.p90", -1, "p90 must be a positive"),
     ("profile.stopping", [{"mean": 1.0}], "'stopping' must have 3 exits"),
     ("profile.stopping.1.mean", float("nan"), "'stopping' exit 2: mean must be a positive"),
+    ("batch", True, "batch must be a whole number >= 1"),
+    ("batch", "1", "batch must be a whole number >= 1"),
+    ("metric", "P90", "metric must be 'mean' or a percentile"),
+    ("device", 7, "device must be a non-empty name"),
 ])
 def test_09_bad_calibration_files_are_refused_with_their_name(calibrated, tmp_path, path, value, match):
     src, cal = calibrated

@@ -233,6 +233,14 @@ def test_calibrate_errors_keep_previous_file(bundle_copy, val, tmp_path):
         calibrate(b, x[:40], y[:40], 1.0, algorithm="annealing", device_name="dev", progress=False)
     with pytest.raises(CalibrationError, match="positive"):
         calibrate(b, x[:40], y[:40], -3, device_name="dev", progress=False)
+    # refused before anything is profiled or run: an empty search split, a misspelled metric, a negative seed
+    for kw, msg in (({"holdout": 0.9}, "leaves none to search thresholds on"), ({"metric": "P90"}, "--metric: unknown metric 'P90'"),
+                    ({"seed": -1}, "seed must be a whole number >= 0")):
+        t0 = time.perf_counter()
+        with pytest.raises(CalibrationError, match=msg):
+            calibrate(b, x[:4], y[:4], 1.0, device_name="dev", progress=False, **kw)
+        assert time.perf_counter() - t0 < 2.0
+    calibrate(b, x[:40], y[:40], np.float32(1e6), device_name="np", runs=10, warmup=2, progress=False)  # numpy budgets are numbers
     assert path.read_bytes() == before
     np.savez(tmp_path / "nolabels.npz", images=x[:4])
     with pytest.raises(CalibrationError, match="labels"):
@@ -443,3 +451,21 @@ def test_one_controller_serves_every_budget_and_survives_threads(bundle_copy, va
     for t in threads:
         t.join(timeout=120)
     assert not errors, errors[:1]
+
+
+def test_a_p90_calibration_prices_its_table_by_the_p90(bundle_copy, val):
+    """--metric p90: the table's rows (and the budget controller) compare budgets with the p90, not the mean."""
+    from dvt_runtime.calibrate import calibrate
+    from dvt_runtime.latency import LatencyProfile
+
+    x, y = val
+    m = Bundle.open(bundle_copy).manifest
+    ident = {"model": m.model, "target": m.target, "precision": m.precision, "backend": m.backend}
+    slow_tail = [[0.2] * 16 + [1.0] * 4, [0.4] * 16 + [2.0] * 4, [0.9] * 16 + [4.0] * 4]  # per stage: 20% of runs 5x slower
+    prof = LatencyProfile.from_samples(slow_tail, device={"device_name": "dev"}, bundle=ident)
+    r = calibrate(Bundle.open(bundle_copy), x[:60], y[:60], 3.0, metric="p90", profile=prof, progress=False)
+    assert all(row.predicted["p90_ms"] >= row.predicted["mean_ms"] for row in r.table)
+    assert any(row.predicted["p90_ms"] > 1.2 * row.predicted["mean_ms"] for row in r.table)
+    b = Bundle.open(bundle_copy, device_name="dev")
+    b.predict(x[0], budget_ms=3.0)
+    assert [row["predicted_ms"] for row in b.controller.table] == sorted(row.predicted["p90_ms"] for row in r.table)

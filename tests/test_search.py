@@ -569,9 +569,18 @@ def test_exact_thresholds_sit_between_observed_confidences():
     # two confidences one ulp apart have no midpoint: the upper one itself is the threshold (the split stays exact)
     up = np.nextafter(0.5, 1.0)
     cands, complete = _candidates(np.array([0.5, up, 0.9]), cap=10)
-    assert complete and list(cands) == [np.inf, pytest.approx((up + 0.9) / 2), up, 0.5]
+    assert complete and list(cands) == [np.inf, pytest.approx((up + 0.9) / 2), up, 0.0]  # lowest: everything stops
     # subsampled: still halfway to the next lower observed confidence, not to the next candidate
     conf = np.linspace(0.2, 0.9, 101)
     cands, complete = _candidates(conf, cap=5)
-    assert not complete and all(not np.any(conf == t) for t in cands[1:-1]) and cands[-1] == conf.min()
+    assert not complete and all(not np.any(conf == t) for t in cands[1:-1]) and cands[-1] == 0.0
     assert all(np.sum(conf >= t) == np.sum(conf >= conf[conf > t].min()) for t in cands[1:-1])
+
+
+def test_the_cheapest_setting_stops_new_images_at_exit_1_too():
+    """Everything stopping at exit 1 is threshold 0, not the lowest confidence seen: an image less confident
+    than every calibration image would otherwise run on past the budget."""
+    probs = np.array([[[0.9, 0.1], [0.05, 0.95]], [[0.99, 0.01], [0.01, 0.99]]])  # (E=2, N=2, classes)
+    out = ExitOutputs.from_probs(probs, np.array([0, 1]))
+    res = search_thresholds(out, StageCosts(mean=[1.0, 3.0]), budget=1.0, algorithm="exact")
+    assert res.best.to_dict()["thresholds"][0] == 0.0

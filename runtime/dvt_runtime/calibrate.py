@@ -34,7 +34,16 @@ from dvt_runtime.io import atomic_write_json, check_labels, read_npz
 from dvt_runtime.io import progress as _bar
 from dvt_runtime.latency import check_batch
 from dvt_runtime.preprocess import Preprocess
-from dvt_runtime.search import ALGORITHMS, ExitOutputs, StageCosts, evaluate_thresholds, frontier_table, search_thresholds
+from dvt_runtime.search import (
+    ALGORITHMS,
+    ExitOutputs,
+    StageCosts,
+    check_metric,
+    evaluate_thresholds,
+    frontier_table,
+    metric_span,
+    search_thresholds,
+)
 from dvt_runtime.stats import sample_stats
 
 if TYPE_CHECKING:
@@ -202,6 +211,12 @@ def fit(bundle: Bundle, x: np.ndarray, y: np.ndarray, holdout: float = 0.5, seed
                                  batch=batch)
     if len(profile.stages) != bundle.num_exits:
         raise CalibrationError(f"profile has {len(profile.stages)} stages, the bundle {bundle.num_exits} exits")
+    for i, st in enumerate(profile.stages):  # refused now, not after every exit has run (the file check would)
+        for k in ("mean", "p90"):
+            v = st.get(k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v <= 0:
+                raise CalibrationError(f"profile stage {i + 1}: {k} must be a positive number of ms, got {v!r} (a clock too coarse "
+                                       "for this stage reads 0: profile with a finer timer)")
     m, pb = bundle.manifest, profile.bundle if isinstance(profile.bundle, dict) else {}
     other = {k: pb[k] for k in ("model", "target", "precision", "backend") if k in pb and pb[k] != getattr(m, k)}
     if other:  # another bundle's latencies would price these thresholds
@@ -233,7 +248,8 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
     go through ``predict`` together (stages profiled at that batch size).
     """
     device_name = _device_for(profile, device_name)
-    _check_request(bundle, x, y, budget_ms, algorithm, device_name, holdout, batch)
+    _check_request(bundle, x, y, budget_ms, algorithm, device_name, holdout, batch, metric, seed)
+    budget_ms, seed = float(budget_ms), int(seed)  # numpy numbers from the Python API: plain ones in the file
     f = fit(bundle, x, y, holdout=holdout, seed=seed, profile=profile, runs=runs, warmup=warmup, batch=batch, progress=progress)
     costs = f.costs
     cheapest = float(costs.cumulative[0])
@@ -249,13 +265,13 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
     p90 = evaluate_thresholds(f.hold, None, chosen.best.thresholds, costs, metric="p90", seed=seed) if costs.samples else None
     result = Calibration(
         device=device_name, bundle=bundle_identity(bundle.manifest), profile=f.profile.summary(),
-        table=_pareto_table(f.cal, costs), budget_ms=budget_ms, metric=metric, algorithm=algorithm, batch=int(batch),
+        table=_pareto_table(f.cal, costs, metric, seed), budget_ms=budget_ms, metric=metric, algorithm=algorithm, batch=int(batch),
         chosen=Chosen(thr, budget_ms, {"accuracy": predicted.accuracy, "mean_ms": predicted.mean_cost,
                                        "p90_ms": p90.cost if p90 else None, "exit_fractions": np.asarray(predicted.exit_fractions).tolist(),
                                        "on": "holdout outputs x profiled latency"}),
         budget_unit="ms per image" if batch > 1 else "ms per image (batch 1)",
         profile_source="measured here" if f.measured_here else "given (--profile)", cascade_overhead_ms=f.overhead_ms,
-        n_calibration=len(f.cal_idx), n_holdout=len(f.hold_idx), note=_search_note(chosen, costs, budget_ms, metric, bundle.num_exits),
+        n_calibration=len(f.cal_idx), n_holdout=len(f.hold_idx), note=_search_note(chosen, budget_ms, metric),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
     if verify and f.measured_here:
@@ -264,7 +280,10 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
         result.note = (result.note + "; " if result.note else "") + f"latency from the given profile ({device_name}): verify on that device"
     d = result.to_dict()
     validate_calibration(d, bundle.manifest)  # before writing: never a file that would stop this bundle opening
-    atomic_write_json(bundle.calibration_path(device_name, batch), d)
+    try:  # strict JSON: a NaN anywhere (e.g. a measured figure) would make a file other tools cannot read
+        atomic_write_json(bundle.calibration_path(device_name, batch), d, allow_nan=False)
+    except ValueError as e:
+        raise CalibrationError(f"the calibration holds a non-finite number ({e}): nothing was written; re-run the calibration") from None
     bundle.use_calibration(device_name, batch=batch)
     return result
 
@@ -286,11 +305,18 @@ def _device_for(profile, device_name: Optional[str]) -> str:
 
 
 def _check_request(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, algorithm: str, device_name: str,
-                   holdout: float, batch: int) -> None:
+                   holdout: float, batch: int, metric: str = "mean", seed: int = 0) -> None:
     """CalibrationError for a request that cannot be calibrated, before anything is measured."""
     if algorithm not in ALGORITHMS:
         raise CalibrationError(f"unknown algorithm {algorithm!r}; valid: {list(ALGORITHMS)}")
-    if isinstance(budget_ms, bool) or not isinstance(budget_ms, (int, float)) or not np.isfinite(budget_ms) or budget_ms <= 0:
+    try:
+        check_metric(metric)
+    except ValueError as e:
+        raise CalibrationError(f"--metric: {e}") from None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise CalibrationError(f"seed must be a whole number >= 0, got {seed!r}")
+    if (isinstance(budget_ms, bool) or not isinstance(budget_ms, (int, float, np.integer, np.floating)) or not np.isfinite(budget_ms)
+            or budget_ms <= 0):
         raise CalibrationError(f"budget must be a positive number of milliseconds, got {budget_ms!r}")
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
         raise CalibrationError(f"batch must be a whole number of images per call >= 1, got {batch!r}")
@@ -303,29 +329,40 @@ def _check_request(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: floa
         raise CalibrationError(f"holdout must be a fraction in (0, 1), got {holdout}")
     if len(x) < 4:
         raise CalibrationError(f"need at least 4 validation images, got {len(x)}")
+    n_hold = max(1, int(round(len(x) * holdout)))  # as fit() splits
+    if n_hold > len(x) - 1:
+        raise CalibrationError(f"holdout {holdout} of {len(x)} images leaves none to search thresholds on: "
+                               f"lower --holdout (at most {(len(x) - 1.5) / len(x):.2f} here) or pass more images")
     if int(y.max()) >= len(bundle.classes) or int(y.min()) < 0:
         raise CalibrationError(f"labels must be in 0..{len(bundle.classes) - 1} for this bundle's classes")
 
 
-def _pareto_table(cal: ExitOutputs, costs: StageCosts) -> list[BudgetRow]:
-    """Best thresholds (exact search, mean latency) over a grid of budgets from exit 1 to the last exit."""
+def _pareto_table(cal: ExitOutputs, costs: StageCosts, metric: str = "mean", seed: int = 0) -> list[BudgetRow]:
+    """Best thresholds (exact search) over a grid of budgets from exit 1 to the last exit, in the calibration's
+    ``metric``: a p90 calibration's rows are priced (and the controller compares budgets with) their p90."""
+    if metric == "mean":
+        grid = _budget_grid(costs)
+    else:  # the metric's own span: everything at exit 1 .. everything at the last exit
+        lo, hi = metric_span(costs, metric, cal.n_samples, cal.n_exits, seed)
+        grid = [float(b) for b in np.linspace(lo, max(lo, hi), 24)]
     table = []
-    for res in frontier_table(cal, costs, _budget_grid(costs), metric="mean", algorithm="exact"):
+    for res in frontier_table(cal, costs, grid, metric=metric, algorithm="exact", seed=seed):
         b = res.best
-        table.append(BudgetRow(res.budget, b.to_dict()["thresholds"],
-                               {"accuracy": b.accuracy, "mean_ms": b.mean_cost, "exit_fractions": np.asarray(b.exit_fractions).tolist()}))
+        pred = {"accuracy": b.accuracy, "mean_ms": b.mean_cost, "exit_fractions": np.asarray(b.exit_fractions).tolist()}
+        if metric != "mean":
+            pred[f"{metric}_ms"] = b.cost
+        table.append(BudgetRow(res.budget, b.to_dict()["thresholds"], pred))
     return table
 
 
-def _search_note(chosen, costs: StageCosts, budget_ms: float, metric: str, num_exits: int) -> str:
-    """What the user should know about the chosen point (saturated accuracy, a budget above every exit)."""
+def _search_note(chosen, budget_ms: float, metric: str) -> str:
+    """What the user should know about the chosen point (the search's own note, e.g. a budget above every
+    exit in the budget's metric; saturated accuracy)."""
     notes = [chosen.info["note"]] if chosen.info.get("note") else []
     top = max(chosen.frontier, key=lambda p: p.accuracy) if chosen.frontier else None
     if top is not None and chosen.best.accuracy >= top.accuracy and chosen.best.mean_cost < 0.9 * budget_ms and metric == "mean":
         notes.append(f"accuracy saturates at {top.accuracy:.2f}% from {top.mean_cost:.4g} ms on the calibration split: "
                      f"the rest of the budget buys no accuracy, so it is not spent")
-    if budget_ms >= float(costs.cumulative[-1]):
-        notes.append(f"budget >= exit {num_exits} latency ({costs.cumulative[-1]:.4g} ms): all exits fit")
     return "; ".join(notes)
 
 

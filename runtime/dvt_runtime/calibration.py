@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from dvt_runtime.schema import checked_fields
+from dvt_runtime.search import check_metric
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "Calibration", "BudgetRow", "Chosen", "CalibrationError", "read_calibration",
            "validate_calibration", "bundle_identity", "MAX_FILE_BYTES"]
@@ -184,3 +185,17 @@ def validate_calibration(d: Any, manifest) -> None:
         _need(_num(p.get("mean_ms")) and p["mean_ms"] > 0 and _num(p.get("accuracy")) and 0 <= p["accuracy"] <= 100,
               f"table row {j + 1}: predicted mean_ms must be positive and accuracy in [0, 100]")
     _thresholds(d["chosen"].get("thresholds"), n, "chosen thresholds")
+    if "batch" in d:
+        _need(isinstance(d["batch"], int) and not isinstance(d["batch"], bool) and d["batch"] >= 1,
+              f"batch must be a whole number >= 1, got {d['batch']!r}")
+    if "device" in d:
+        _need(isinstance(d["device"], str) and d["device"] != "", f"device must be a non-empty name, got {d['device']!r}")
+    metric = d.get("metric", "mean")
+    try:
+        check_metric(metric)
+    except (ValueError, TypeError):
+        _need(False, f"metric must be 'mean' or a percentile such as 'p90', got {metric!r}")
+    key = f"{metric}_ms"
+    for j, r in enumerate(d["table"]):  # a percentile calibration's rows carry that percentile (older files: the mean only)
+        _need(key not in r["predicted"] or (_num(r["predicted"][key]) and r["predicted"][key] > 0),
+              f"table row {j + 1}: predicted {key} must be a positive number of ms")

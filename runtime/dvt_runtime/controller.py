@@ -44,7 +44,8 @@ class BudgetController:
 
     @classmethod
     def from_calibration(cls, cal: "Calibration", budget_ms: float, alpha: float = 0.2) -> "BudgetController":
-        rows = [{"thresholds": r.thresholds, "predicted_ms": r.predicted["mean_ms"], "accuracy": r.predicted["accuracy"]}
+        key = "mean_ms" if cal.metric == "mean" else f"{cal.metric}_ms"  # the budget's own statistic (older files: the mean)
+        rows = [{"thresholds": r.thresholds, "predicted_ms": r.predicted.get(key, r.predicted["mean_ms"]), "accuracy": r.predicted["accuracy"]}
                 for r in cal.table]
         return cls(budget_ms, rows, cal.exit_mean_ms(), alpha)
 

@@ -46,8 +46,9 @@ def current_umask() -> int:
     return mask
 
 
-def atomic_write_json(path: Union[str, Path], obj) -> Path:
-    return atomic_write(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+def atomic_write_json(path: Union[str, Path], obj, allow_nan: bool = True) -> Path:
+    """``obj`` as indented JSON, atomically; ``allow_nan=False``: a NaN or infinity is a ValueError (strict JSON)."""
+    return atomic_write(path, (json.dumps(obj, indent=2, sort_keys=False, allow_nan=allow_nan) + "\n").encode())
 
 
 def sha256_file(path: Union[str, Path], chunk: int = 1 << 20) -> str:

@@ -424,6 +424,17 @@ class _CostModel:
         return float(self.cost(counts)[0])
 
 
+def check_metric(metric: str) -> None:
+    """ValueError for a budget metric that is neither ``"mean"`` nor a percentile such as ``"p90"``."""
+    _parse_metric(metric)
+
+
+def metric_span(costs: StageCosts, metric: str, n_samples: int, n_exits: int, seed: int = 0) -> tuple[float, float]:
+    """The ``metric`` cost of every sample stopping at exit 1, and at the last exit (a budget grid's ends)."""
+    model = _CostModel(costs, metric, n_samples, seed)
+    return model.all_at(0, n_exits), model.all_at(n_exits - 1, n_exits)
+
+
 def _fits(cost: np.ndarray, budget: float) -> np.ndarray:
     """Feasibility with a tiny relative tolerance for floating-point rounding of the cost."""
     return np.asarray(cost) <= budget + 1e-9 * max(1.0, abs(budget))
@@ -585,9 +596,10 @@ class SearchResult:
 
 
 def _cheapest_thresholds(out: ExitOutputs) -> np.ndarray:
-    """Every sample stops at exit 1 (threshold = the smallest observed exit-1 confidence)."""
+    """Every sample stops at exit 1: threshold 0 (a confidence never below it), or the smallest observed
+    exit-1 score when scores go below 0 (not softmax confidences)."""
     thr = np.full(out.n_exits, np.inf)
-    thr[0] = out.confidences[0].min()
+    thr[0] = min(0.0, float(out.confidences[0].min()))
     thr[-1] = -np.inf
     return thr
 
@@ -599,13 +611,15 @@ def _candidates(conf_e: np.ndarray, cap: int) -> tuple[np.ndarray, bool]:
     """Descending candidate thresholds for one exit: +inf, then one per observed confidence (subsampled to
     ``cap``), each halfway down to the next lower observed confidence: the same split of these samples as
     the confidence itself, with no sample sitting on a threshold (a last-bit difference in a deployed
-    artifact's output then flips nothing). The lowest stays the lowest confidence (everything stops)."""
+    artifact's output then flips nothing). The lowest is 0 (everything stops, new images included), or the
+    lowest score when scores go below 0."""
     u = np.unique(conf_e)
     complete = u.size <= cap
     idx = np.arange(u.size) if complete else np.unique(np.round(np.linspace(0, u.size - 1, cap)).astype(np.int64))
     below = u[np.maximum(idx - 1, 0)]
     mid = below + (u[idx] - below) / 2  # no overflow; equal to ``below`` only when the two are one ulp apart
     thr = np.where((idx > 0) & (mid > below), mid, u[idx])
+    thr[idx == 0] = min(0.0, float(u[0]))  # "everything stops here": on images not seen here too
     return np.concatenate([[np.inf], thr[::-1]]), complete
 
 
