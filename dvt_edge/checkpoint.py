@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
+import numpy as np
 import torch
 
 from dvt_edge.models import DVT, STAGE_NAMES, DVTConfig, create_model, list_models, model_from_args
@@ -66,7 +67,7 @@ def _torch_load(path: Path, map_location, trusted: bool) -> object:
             raise CheckpointError(
                 f"{path} needs arbitrary Python unpickling to load ({detail.strip()}). Unpickling can run code, so "
                 "it is refused by default. If you trust the file's source, load it with trusted=True "
-                "(CLI: --trust-checkpoint)."
+                "(CLI: --trust-checkpoint, on train, evaluate and export)."
             ) from None
         raise CheckpointError(f"{path} is not a PyTorch checkpoint ({_safe_reason(lines, e)}); it may be truncated or another "
                               "kind of file: re-download or re-save it") from None
@@ -159,13 +160,21 @@ def infer_model_name(sd: dict[str, torch.Tensor]) -> tuple[str, int]:
     )
 
 
+def _stage_order(name: str) -> tuple:
+    """Sort key of a stage name in exit order: the three-exit names, then ``stage0``, ``stage1``, ... by number."""
+    if name in STAGE_NAMES:
+        return (0, STAGE_NAMES.index(name), "")
+    digits = name[len(name.rstrip("0123456789")):]
+    return (1, int(digits) if digits else -1, name)
+
+
 def _check_config_against_weights(cfg: DVTConfig, sd: dict[str, torch.Tensor], path: Path) -> None:
     """Before building anything: the stored config's sizes must be those of the stored weights.
 
     A small file whose config claims ``depth=10**6`` or ``embed_dim=2**20`` would otherwise
     allocate the model first and exhaust memory; the weights bound what the config may say.
     """
-    stages = sorted({k.split(".")[0] for k in sd if "." in k})
+    stages = sorted({k.split(".")[0] for k in sd if "." in k}, key=_stage_order)  # stage2 before stage10
     first = STAGE_NAMES[0] if cfg.num_exits == 3 else "stage0"
     facts = []
     if len(stages) != cfg.num_exits:
@@ -268,7 +277,7 @@ def load_checkpoint(
         model_name=model.name,
         config=model.cfg,
         classes=_classes(ckpt.get("classes"), model.cfg.num_classes, path),
-        preprocess=_field(path, "preprocess", lambda: Preprocess.from_dict(pre)) if isinstance(pre, dict) else None,
+        preprocess=_field(path, "preprocess", lambda: Preprocess.from_dict(pre)) if isinstance(pre, dict) else _registered_preprocess(model),
         flops=_field(path, "flops", lambda: [float(f) for f in ckpt["flops"]]) if ckpt.get("flops") is not None else None,
         accuracies=(_field(path, "anytime_classification", lambda: [float(a) for a in ckpt["anytime_classification"]])
                     if ckpt.get("anytime_classification") is not None else None),
@@ -278,6 +287,19 @@ def load_checkpoint(
         extras=extras,
     )
     return model, info
+
+
+def _registered_preprocess(model: DVT) -> Optional[Preprocess]:
+    """A file without preprocessing (published, or a bare state dict): its registered variant's, when the
+    model takes that variant's input (channels and size); else None."""
+    from dvt_edge.models import get_config, model_defaults
+
+    if model.name not in list_models():
+        return None
+    reg, pre = get_config(model.name), Preprocess(**model_defaults(model.name)["preprocess"])
+    if (reg.in_chans, reg.img_size) != (model.cfg.in_chans, model.cfg.img_size) or (pre.num_channels, pre.size) != (reg.in_chans, reg.img_size):
+        return None
+    return pre
 
 
 def _field(path: Path, name: str, parse):
@@ -303,14 +325,31 @@ def save_checkpoint(
         "format_version": FORMAT_VERSION,
         "model": model.constructor_args(),
         "model_state_dict": state,
-        "classes": list(classes) if classes is not None else None,
+        # plain Python values: numpy scalars would need arbitrary unpickling to load (weights_only refuses them)
+        "classes": [str(c) for c in classes] if classes is not None else None,
         "preprocess": preprocess.to_dict() if preprocess is not None else None,
-        "flops": [e.gflops for e in model.exits],
-        "anytime_classification": list(accuracies) if accuracies is not None else None,
+        "flops": [float(e.gflops) for e in model.exits],
+        "anytime_classification": [float(a) for a in accuracies] if accuracies is not None else None,
         **extras,
     }
+    ckpt.update({k: _plain(v, k) for k, v in extras.items()})  # a file we write loads without trust
     buf = io.BytesIO()
     torch.save(ckpt, buf)
-    return atomic_write(path, buf.getvalue())
+    return atomic_write(path, buf.getbuffer())
+
+
+def _plain(v, where: str):
+    """``v`` with numpy scalars as Python numbers; a CheckpointError naming ``where`` for anything that
+    ``torch.load(weights_only=True)`` would refuse (it could not be loaded without trusting the file)."""
+    if v is None or isinstance(v, (str, bool, int, float, torch.Tensor)):
+        return v
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, (list, tuple)):
+        return type(v)(_plain(x, f"{where}[{i}]") for i, x in enumerate(v))
+    if isinstance(v, dict):
+        return {k: _plain(x, f"{where}.{k}") for k, x in v.items()}
+    raise CheckpointError(f"save_checkpoint: extra {where!r} is a {type(v).__name__}, which a checkpoint can only hold by "
+                          "arbitrary unpickling; pass plain values (str, int, float, list, dict, torch.Tensor)")
 
 

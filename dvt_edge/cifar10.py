@@ -132,13 +132,15 @@ def _extract_cifar10(tar_path: Path, dest: Path) -> Path:
     if md5_file(tar_path) != CIFAR10_MD5:
         raise DataError(f"{tar_path} does not match the official CIFAR-10 md5 {CIFAR10_MD5} (corrupted or another file); delete it and retry")
     tmp = dest / f".extract-{os.getpid()}"
-    with tarfile.open(tar_path, "r:gz") as tf:
-        members = [m for m in tf.getmembers() if m.isfile() and m.name.startswith("cifar-10-batches-py/")]
-        tf.extractall(tmp, members=members, filter="data")
     final = dest / "cifar-10-batches-py"
-    if not final.exists():
-        os.replace(tmp / "cifar-10-batches-py", final)
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:  # a failed extraction (disk full, interrupted) leaves no half-extracted folder behind
+        with tarfile.open(tar_path, "r:gz") as tf:
+            members = [m for m in tf.getmembers() if m.isfile() and m.name.startswith("cifar-10-batches-py/")]
+            tf.extractall(tmp, members=members, filter="data")
+        if not final.exists():
+            os.replace(tmp / "cifar-10-batches-py", final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
@@ -158,7 +160,7 @@ def _find_cifar10(download_ok: bool) -> Path:
         except OSError as e:
             reason = f"download from {CIFAR10_URL} failed ({e})"
     else:
-        reason = "download disabled (offline)"
+        reason = "downloads switched off by DVT_OFFLINE" if offline() else "not downloaded by this command"
     raise not_found("CIFAR-10", looked, reason,
                     f"Put the official {CIFAR10_TAR} (md5 {CIFAR10_MD5}, from {CIFAR10_URL}) or its extracted "
                     "cifar-10-batches-py/ into $DVT_DATA/cifar10, or use cifar10:PATH, or imagefolder:PATH for a JPEG copy.")

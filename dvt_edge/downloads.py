@@ -4,6 +4,7 @@ the message that says where a missing data set was looked for."""
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import sys
 import urllib.request
@@ -22,8 +23,8 @@ def cache_dir() -> Path:
 
 
 def offline() -> bool:
-    """True when downloads are switched off (``DVT_OFFLINE=1``)."""
-    return os.environ.get("DVT_OFFLINE") == "1"
+    """True when downloads are switched off (``DVT_OFFLINE`` set to 1, true, yes or on)."""
+    return os.environ.get("DVT_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def md5_file(path: Path) -> str:
@@ -44,13 +45,20 @@ def download(url: str, target: Path, md5: str) -> Path:
 
     print(f"downloading {url} -> {target}", file=sys.stderr)
     h, chunks = hashlib.md5(), []
-    with urllib.request.urlopen(url, timeout=60) as r:
-        total = int(r.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, desc=target.name, leave=False, disable=progress_silenced() or total is None or total < 1 << 20) as bar:
-            while chunk := r.read(1 << 20):
-                h.update(chunk)
-                chunks.append(chunk)
-                bar.update(len(chunk))
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r:
+            total = int(r.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=target.name, leave=False,
+                      disable=progress_silenced() or total is None or total < 1 << 20) as bar:
+                while chunk := r.read(1 << 20):
+                    h.update(chunk)
+                    chunks.append(chunk)
+                    bar.update(len(chunk))
+    except http.client.HTTPException as e:  # e.g. IncompleteRead of a cut chunked response: not an OSError
+        raise OSError(f"download of {url} was cut off ({type(e).__name__}: {str(e)[:200]}); retry") from None
+    got_bytes = sum(map(len, chunks))
+    if total is not None and got_bytes != total:  # a connection closed early (read() returns short, not an error)
+        raise OSError(f"download of {url} was cut off: {got_bytes} of {total} bytes; retry")
     got = h.hexdigest()
     if got != md5:
         raise OSError(f"checksum mismatch for {url}: md5 {got}, expected {md5}")

@@ -97,7 +97,7 @@ def _find_fashion_mnist(download_ok: bool) -> Path:
         except OSError as e:
             reason = f"download from {FASHION_MNIST_URL} failed ({e})"
     else:
-        reason = "download disabled"
+        reason = "downloads switched off by DVT_OFFLINE" if offline() else "not downloaded by this command"
     raise not_found("Fashion-MNIST", looked, reason,
                     "Install it with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), "
                     "or put the four *-ubyte.gz files from " + FASHION_MNIST_URL + " into $DVT_DATA/fashion-mnist.")

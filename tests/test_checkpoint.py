@@ -161,3 +161,35 @@ def test_malformed_stored_fields_are_checkpoint_errors(tmp_path, field, value, m
     torch.save(ckpt, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match=match):
         load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_saved_numpy_values_load_without_trust_and_unpicklable_extras_are_refused(tmp_path):
+    """numpy accuracies and class names (np.str_) used to be pickled as numpy objects, so the file needed
+    --trust-checkpoint to load; an extra that torch cannot load safely is refused at save, naming it."""
+    import numpy as np
+
+    m = create_model("dvt_micro_fmnist")
+    save_checkpoint(tmp_path / "a.pt", m, classes=[np.str_(f"c{i}") for i in range(10)], accuracies=np.array([50.0, 60.0, 70.0]),
+                    note={"best": np.float32(3.5)})
+    _, info = load_checkpoint(tmp_path / "a.pt")
+    assert info.accuracies == [50.0, 60.0, 70.0] and info.classes[1] == "c1" and info.extras["note"] == {"best": 3.5}
+    with pytest.raises(CheckpointError, match=r"extra 'bad\.arr' is a ndarray"):
+        save_checkpoint(tmp_path / "b.pt", m, bad={"arr": np.zeros(3)})
+    assert not (tmp_path / "b.pt").exists()
+
+
+def test_eleven_exits_round_trip(tmp_path):
+    """Stage names sorted as text put stage10 before stage2: an 11-exit checkpoint failed its own config check."""
+    m = create_model("dvt_micro_fmnist", grids=(3,) * 10 + (5,), splits=((6, 4, 0),) * 10 + ((4, 3, 1),),
+                     reuse_upsample=(0,) + (6,) * 9 + (10,))
+    save_checkpoint(tmp_path / "m.pt", m)
+    assert load_checkpoint(tmp_path / "m.pt")[0].cfg.grids == m.cfg.grids
+
+
+def test_a_bare_state_dict_gets_its_variants_preprocessing(tmp_path):
+    from dvt_edge.models import model_defaults
+
+    m = create_model("dvt_small_cifar")
+    torch.save(m.state_dict(), tmp_path / "sd.pt")
+    _, info = load_checkpoint(tmp_path / "sd.pt")
+    assert info.preprocess == Preprocess(**model_defaults("dvt_small_cifar")["preprocess"])  # CIFAR's mean/std, not ImageNet's

@@ -537,3 +537,33 @@ def test_a_checkpoints_own_data_comes_first_and_a_stand_in_is_said(tmp_path, fmn
     _make_folder(tmp_path / "here", [fmnist_test.raw(i) for i in range(20)], [i % 2 for i in range(20)], ["a", "b"])
     here = {"train": {"args": json.dumps({"data": f"imagefolder:{tmp_path / 'here'}"})}}
     assert checkpoint_data("dvt_micro_fmnist", here) == (f"imagefolder:{tmp_path / 'here'}", "")
+
+
+def test_a_download_cut_off_midway_is_the_not_found_message(monkeypatch, tmp_path):
+    """A server that closes the connection before Content-Length bytes: said as such (it read as a checksum
+    mismatch), in the data set's not-found message, and nothing is kept."""
+    import http.server
+    import threading
+
+    class CutOff(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802  (http.server's name)
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(b"x" * 10)  # then the connection closes
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), CutOff)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+        monkeypatch.delenv("DVT_DATA", raising=False)
+        monkeypatch.delenv("DVT_OFFLINE", raising=False)
+        monkeypatch.setattr(C10, "CIFAR10_URL", f"http://127.0.0.1:{srv.server_port}/cifar-10-python.tar.gz")
+        with pytest.raises(DataError, match=r"CIFAR-10 not found(.|\n)*was cut off: 10 of 100000 bytes"):
+            load_dataset("cifar10", "train")
+        assert not (tmp_path / "cache" / "dvt-edge" / "cifar10" / "cifar-10-python.tar.gz").exists()
+    finally:
+        srv.shutdown()
