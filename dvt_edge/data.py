@@ -1,6 +1,7 @@
 """Datasets by spec string, preprocessing shared with the device runtime, and data export.
 
-Specs: ``fashion-mnist`` (default), ``imagefolder:PATH``, ``cifar10:PATH``, ``npz:PATH``.
+Specs: ``fashion-mnist`` (default), ``imagefolder:PATH``, ``cifar10``, ``cifar10:PATH``, ``cifar10-jpeg``,
+``cifar10-ref`` (shipped), ``npz:PATH``.
 
     python -m dvt_edge.data export --data fashion-mnist --split val --n 2000 --out val.npz
 """
@@ -189,9 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--n", type=int, default=None, help="number of samples (default: all)")
     ex.add_argument("--seed", type=int, default=0, help="seed of the random subset")
     ex.add_argument("--checkpoint", default=None, help="use this checkpoint's preprocessing")
-    ex.add_argument("--out", required=True)
+    ex.add_argument("--out", required=True, help="the .npz to write")
+    ex.add_argument("--force", action="store_true", help="replace --out if it exists")
     info = sub.add_parser("info", help="print what a dataset spec resolves to")
-    info.add_argument("--data", default="fashion-mnist")
+    info.add_argument("--data", default="fashion-mnist", help=f"dataset spec: {', '.join(DATASETS)}")
     return ap
 
 
@@ -204,6 +206,14 @@ def _info(spec: str) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    if out.is_dir():
+        raise DataError(f"--out {out} is a folder; name the .npz file to write (e.g. {out / 'val.npz'})")
+    if out.exists() and not args.force:
+        raise DataError(f"--out {out} exists; pass --force to replace it, or choose another name")
+    blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise DataError(f"--out {out}: {blocker} is a file, not a folder")
     pre = None
     if args.checkpoint:
         from dvt_edge.checkpoint import load_checkpoint
@@ -211,7 +221,11 @@ def _export(args: argparse.Namespace) -> None:
         _, info = load_checkpoint(args.checkpoint)
         pre = info.preprocess
     ds = load_dataset(args.data, args.split, preprocess=pre)
-    out = export_npz(ds, Path(args.out), args.n, args.seed)
+    native = load_dataset(args.data, args.split).preprocess if pre is not None else None
+    if native is not None and (native.num_channels, native.size) != (pre.num_channels, pre.size):
+        print(f"warning: {args.checkpoint} takes {pre.num_channels}-channel {pre.size} px input; {args.data} is "
+              f"{native.num_channels}-channel {native.size} px: its images are converted to the checkpoint's input", file=sys.stderr)
+    out = export_npz(ds, out, args.n, args.seed)
     print(f"wrote {out} ({min(args.n or len(ds), len(ds))} samples of {ds.name}/{ds.split}, preprocessed {ds.preprocess.input_shape})")
 
 
@@ -223,7 +237,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             _export(args)
         return 0
-    except (DataError, ValueError) as e:  # CheckpointError (--checkpoint) is a ValueError too
+    except (DataError, ValueError, OSError) as e:  # CheckpointError (--checkpoint) is a ValueError too
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -74,8 +74,8 @@ def _tour(args: argparse.Namespace) -> int:
         return 2
     _show_zoo()
     if args.retrain:
-        ckpt = out / "retrain" / ref.checkpoint.name
-        rc = _retrain(ref, out / "retrain", ckpt)
+        ckpt = out / "retrain" / ref.key / ref.checkpoint.name  # one folder per reference: never the other one's run
+        rc = _retrain(ref, out / "retrain" / ref.key, ckpt)
         if rc:
             return rc
     if not ckpt.is_file():
@@ -107,7 +107,7 @@ def _retrain(ref, run_dir: Path, ckpt: Path) -> int:
     from dvt_edge.train import main as train_main
 
     for i, argv in enumerate(ref.step_argv(run_dir)):
-        state = _run_state(Path(argv[argv.index("--out") + 1]))
+        state = _run_state(Path(argv[argv.index("--out") + 1]), argv)
         if state == "finished":  # an earlier --retrain got this far: its final epoch stands
             _section(f"retraining the reference checkpoint, step {i + 1} of {len(ref.steps)}: already finished")
             continue
@@ -119,19 +119,26 @@ def _retrain(ref, run_dir: Path, ckpt: Path) -> int:
     from dvt_edge.model_card import publish_run
 
     # the final epoch, as for the committed reference (no selection on the evaluation split)
-    r = publish_run(str(run_dir), str(ckpt), eval_data=ref.eval_data)
+    r = publish_run(str(run_dir), str(ckpt), eval_data=ref.eval_data, force=True)  # the demo's own copy, republished
     print(f"wrote {ckpt} and its model card {r['card']}")
     return 0
 
 
-def _run_state(run: Path) -> Optional[str]:
-    """"finished" or "unfinished" when ``run`` holds a training run's last.pt, else None."""
+def _run_state(run: Path, argv: list[str]) -> Optional[str]:
+    """"finished" or "unfinished" when ``run`` holds a training run's last.pt of the model ``argv`` trains,
+    else None; a run of another model there is an error (it would be published under this reference's name)."""
+    import json
+
     from dvt_edge.checkpoint import read_checkpoint
 
     last = run / "last.pt"
     if not last.is_file():
         return None
     t = read_checkpoint(last).get("train") or {}
+    stored = json.loads(t.get("args") or "{}").get("model")
+    want = argv[argv.index("--model") + 1] if "--model" in argv else None
+    if want is not None and stored != want:
+        raise ValueError(f"{run} holds a training run of {stored!r}, not {want!r}: move it away, or pass another --out")
     return "finished" if t.get("epoch", 0) >= t.get("epochs", 1) else "unfinished"
 
 
@@ -160,7 +167,7 @@ def _benchmark(ckpt: Path, data: str, args: argparse.Namespace, out: Path) -> tu
     device = socket.gethostname()
     result = run_bench(str(ckpt), data, args.targets.split(","), args.precisions.split(","), None, out,
                        n=args.n, threads=1, device_name=device)
-    write_outputs([result], out)
+    result["_written"] = [str(p) for p in write_outputs([result], out)]
     return result, device
 
 
@@ -195,7 +202,9 @@ def _print_summary(result: dict, best: Optional[dict], out: Path) -> None:
         last = best["static"][-1]
         print(f"best backend: {best['target']} {best['precision']}: dynamic cascade {m['measured_mean_ms']:.3f} ms vs last exit alone "
               f"{m.get('last_exit_mean_ms', last['measured_mean_ms']):.3f} ms ({m['speedup_vs_last_exit']:.2f}x faster) at {m['accuracy']:.2f}% vs {last['accuracy']:.2f}% top-1")
-    print(f"\nwrote {out}/bench.json, bench.md, bench_accuracy_vs_latency.png, bench_exit_distribution.png, evaluate/evaluate.png")
+    from dvt_edge.bench_report import wrote_line
+
+    print("\n" + wrote_line([Path(p) for p in result.pop("_written", [])], out, "bench") + f"; {out}/evaluate/evaluate.png")
 
 
 if __name__ == "__main__":

@@ -113,8 +113,9 @@ def publish_command(run: str, out: str, card: Optional[str], data: Optional[str]
 
 def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[str] = None,
                 threshold_n: int = 5000, progress: bool = True, eval_data: Optional[str] = None,
-                notes: Sequence[str] = ()) -> dict:
+                notes: Sequence[str] = (), force: bool = False) -> dict:
     """Final checkpoint of ``run`` -> weights-only ``out`` + evaluation + model card. Returns the evaluation.
+    An existing ``out`` is replaced only with ``force``.
 
     Nothing at ``out`` (or its card) changes unless the evaluation succeeds: the checkpoint is written to a
     temporary file beside it, evaluated there, and only then moved into place with its card."""
@@ -126,6 +127,8 @@ def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[s
     if out_path.resolve() in ((run_dir / "last.pt").resolve(), (run_dir / "best.pt").resolve()):
         raise ValueError(f"--out {out_path} is one of the run's own checkpoints (inside the run directory {run_dir}, with the "
                          "training state --resume needs); publish to another path, e.g. assets/NAME.pt")
+    if out_path.exists() and not force:  # a published reference (and its card) is the user's: replaced only when asked
+        raise ValueError(f"--out {out_path} exists; pass --force to replace it and its model card")
     last = run_dir / "last.pt"
     if not last.is_file():
         raise CheckpointError(f"{last} not found: --run must be a training run directory (python -m dvt_edge.train --out RUN)")
@@ -148,19 +151,19 @@ def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[s
                         data=args["data"], train_summary=json.dumps({"epoch": t["epoch"], "args": args}), **extra)
         report = evaluate_checkpoint(str(tmp), data=data or args["data"], threshold_n=threshold_n, progress=progress)
         report["checkpoint"] = str(out_path)
-        os.replace(tmp, out_path)  # only now: a failed evaluation leaves the previous file (and its card) as they were
+        eval_dir = run_dir / "card_eval"
+        eval_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(eval_dir / "evaluate.json", report)
+        plot_report(report, eval_dir / "evaluate.png")
+        cmd = publish_command(run, out, card, data, threshold_n, eval_data, notes)
+        text = render_card(out_path, model, info, args, t, history, report, run_dir, steps, cmd, file=tmp)
+        if notes:
+            text += "\n## Notes\n\n" + "".join(f"- {n}\n" for n in notes)
+        # only now, the card rendered from the very bytes: a failure above leaves the previous file and card as they were
+        os.replace(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)  # our own temporary file, never the user's
-    eval_dir = run_dir / "card_eval"
-    eval_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(eval_dir / "evaluate.json", report)
-    plot_report(report, eval_dir / "evaluate.png")
-
     card_file = Path(card) if card else card_path(out_path)
-    cmd = publish_command(run, out, card, data, threshold_n, eval_data, notes)
-    text = render_card(out_path, model, info, args, t, history, report, run_dir, steps, cmd)
-    if notes:
-        text += "\n## Notes\n\n" + "".join(f"- {n}\n" for n in notes)
     atomic_write(card_file, text.encode())
     report["card"] = str(card_file)
     return report
@@ -194,7 +197,9 @@ def _evaluate_command(path: Path, report: dict) -> str:
 
 
 def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict], report: dict, run_dir: Path,
-                steps: Optional[list[dict]] = None, command: Optional[str] = None) -> str:
+                steps: Optional[list[dict]] = None, command: Optional[str] = None, file: Optional[Path] = None) -> str:
+    """The model card of the checkpoint published at ``path`` (its bytes read from ``file``, default ``path``)."""
+    file = Path(file) if file is not None else path
     c = model.cfg
     n_params = sum(p.numel() for p in model.parameters())
     grids = " / ".join(f"{g}x{g}" for g in c.grids)
@@ -224,8 +229,8 @@ def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict
         + (f"; {' / '.join(map(str, c.stem_blocks))} conv blocks in the stems" if c.stem_blocks else "")
         + (f"; stage inputs area-resized to {' / '.join(f'{r}px' for r in c.stage_img_sizes)} inside each stage's graph" if c.stage_img_sizes else "")
         + ".",
-        f"- {n_params / 1e6:.2f} M parameters; file {path.stat().st_size / 1e6:.2f} MB (fp32 weights, no optimizer state); "
-        f"SHA-256 `{sha256_file(path)}`.",
+        f"- {n_params / 1e6:.2f} M parameters; file {file.stat().st_size / 1e6:.2f} MB (fp32 weights, no optimizer state); "
+        f"SHA-256 `{sha256_file(file)}`.",
     ]
     if pre is not None:
         lines.append(f"- Preprocessing (stored in the checkpoint and every exported manifest): {pre.channels}, {pre.size}x{pre.size}, "
@@ -279,6 +284,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dvt_edge.model_card", description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True, help="finished training run directory (holds last.pt)")
     ap.add_argument("--out", required=True, help="checkpoint to write (weights only)")
+    ap.add_argument("--force", action="store_true", help="replace --out (and its card) if it exists")
     ap.add_argument("--card", default=None, help="model card path (default: MODEL_CARD_<name>.md beside --out)")
     ap.add_argument("--data", default=None, help="evaluation dataset spec (default: the run's)")
     ap.add_argument("--threshold-n", type=int, default=5000, help="training images for the budget curve's thresholds")
@@ -288,7 +294,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "else ran on the machine during training")
     args = ap.parse_args(argv)
     try:
-        r = publish_run(args.run, args.out, args.card, args.data, args.threshold_n, eval_data=args.eval_data, notes=args.note)
+        r = publish_run(args.run, args.out, args.card, args.data, args.threshold_n, eval_data=args.eval_data, notes=args.note,
+                        force=args.force)
     except (CheckpointError, DataError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

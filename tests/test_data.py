@@ -168,6 +168,12 @@ def test_data_export_round_trip(tmp_path, fmnist_test):
     # export_npz is atomic: no temp files
     export_npz(fmnist_test, tmp_path / "again.npz", n=4, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again.npz", "val.npz"]
+    # an existing file is replaced only with --force; a folder or a file in the way is one error line
+    before = out.read_bytes()
+    assert main(["export", "--data", "fashion-mnist", "--n", "8", "--out", str(out)]) == 2 and out.read_bytes() == before
+    assert main(["export", "--data", "fashion-mnist", "--n", "8", "--out", str(out), "--force"]) == 0 and out.read_bytes() != before
+    assert main(["export", "--data", "fashion-mnist", "--n", "8", "--out", str(tmp_path)]) == 2
+    assert main(["export", "--data", "fashion-mnist", "--n", "8", "--out", str(out / "x.npz")]) == 2
 
 
 @pytest.mark.parametrize("shape,pre", [

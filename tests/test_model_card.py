@@ -58,7 +58,9 @@ def test_fine_tuned_run_publishes_its_lineage_and_every_step(micro_ckpt, tmp_pat
     train(build_parser().parse_args(["--model", "dvt_micro_fmnist", "--epochs", "1", "--train-limit", "500", "--val-limit", "200",
                                      "--batch-size", "64", "--lr", "1e-3", "--warmup-epochs", "0.1", "--no-augment", "--threads", "1",
                                      "--quiet", "--finetune", str(src), "--distill", "0.5", "--distill-temp", "3", "--out", str(run)]))
-    publish_run(str(run), str(src), threshold_n=500, progress=False)  # the fine-tuned weights replace their source
+    with pytest.raises(ValueError, match=r"exists; pass --force to replace it and its model card"):
+        publish_run(str(run), str(src), threshold_n=500, progress=False)
+    publish_run(str(run), str(src), threshold_n=500, progress=False, force=True)  # the fine-tuned weights replace their source
     extras = load_checkpoint(src)[1].extras
     steps = json.loads(extras["lineage"])
     assert len(steps) == 1 and steps[0]["sha256"] == src_sha and steps[0]["checkpoint"] == str(src)
@@ -244,7 +246,9 @@ def test_failed_publish_leaves_the_previous_file_and_card(micro_ckpt, tmp_path, 
     out.parent.mkdir()
     out.write_bytes(b"the user's previous file")
     (out.parent / "MODEL_CARD_ref.md").write_text("previous card")
-    assert main(["--run", str(run), "--out", str(out), "--data", f"imagefolder:{tmp_path / 'nodata'}"]) == 2
+    assert main(["--run", str(run), "--out", str(out)]) == 2  # never replaced unasked
+    assert "exists; pass --force" in capsys.readouterr().err
+    assert main(["--run", str(run), "--out", str(out), "--data", f"imagefolder:{tmp_path / 'nodata'}", "--force"]) == 2
     assert "error:" in capsys.readouterr().err
     assert out.read_bytes() == b"the user's previous file" and (out.parent / "MODEL_CARD_ref.md").read_text() == "previous card"
     assert sorted(p.name for p in out.parent.iterdir()) == ["MODEL_CARD_ref.md", "ref.pt"]  # no temporary left behind
@@ -322,6 +326,10 @@ def test_demo_retrain_resumes_an_interrupted_run_and_skips_a_finished_one(micro_
     torch.save(raw, run / "last.pt")
     D._retrain(ref, run, run / "x.pt")
     assert calls[-1][-1] == "--resume" and "--force" not in calls[-1]
+    # another reference's run in that folder is never published under this one's name
+    other = Reference("y", "dvt_tiny_fmnist", Path("y.pt"), (("--model", "dvt_tiny_fmnist", "--epochs", "1"),), "test")
+    with pytest.raises(ValueError, match="holds a training run of 'dvt_micro_fmnist', not 'dvt_tiny_fmnist'"):
+        D._retrain(other, run, run / "y.pt")
 
 
 def test_demo_says_why_it_skips_calibration(monkeypatch, tmp_path, capsys):
