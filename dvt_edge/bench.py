@@ -127,9 +127,11 @@ def _budget_rows(b, f, xh: np.ndarray, yh: np.ndarray, budgets: list[float]) -> 
         dynamic.append({**row, "thresholds": res.best.to_dict()["thresholds"], "predicted_ms": pred.mean_cost,
                         "predicted_accuracy": pred.accuracy, **_meas(meas, budget)})
         fb = budget / ms_per_gflop
-        fres = search_thresholds(f.cal, flops, max(fb, float(flops.cumulative[0])), algorithm="exact")
+        used = max(fb, float(flops.cumulative[0]))  # below exit 1's FLOPs: exit 1 alone (recorded, not hidden)
+        fres = search_thresholds(f.cal, flops, used, algorithm="exact")
         fmeas = _run_cascade(b, xh, yh, fres.best.to_dict()["thresholds"])
-        flops_rows.append({**row, "flops_budget_gflops": fb, "thresholds": fres.best.to_dict()["thresholds"], **_meas(fmeas, budget)})
+        flops_rows.append({**row, "flops_budget_gflops": fb, "flops_budget_used_gflops": used, "thresholds": fres.best.to_dict()["thresholds"],
+                           **_meas(fmeas, budget), **({"note": "FLOPs budget below exit 1's: raised to it"} if used > fb else {})})
     return dynamic, flops_rows
 
 
@@ -141,8 +143,9 @@ def throughput(bundle, x: np.ndarray, y: Optional[np.ndarray], thresholds: list,
     """Images/s of the static model (every stage, last exit answers) and of the dynamic cascade
     at ``thresholds``, ``batch`` images per ``predict`` call (the measured analog of the
     paper's Table 2). Both run on the same images in the same process, every batch size once per
-    round, ``rounds`` rounds interleaved (machine drift hits every batch size alike); images/s
-    are medians over rounds, and ``dynamic_vs_one_by_one`` the median of each round's ratio."""
+    round, ``rounds`` rounds interleaved (machine drift hits every batch size alike; static or dynamic first,
+    alternately); images/s are medians over rounds, ``speedup`` and ``dynamic_vs_one_by_one`` the medians of
+    each round's ratio."""
     from dvt_runtime.calibrate import measure_cascade
 
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
@@ -153,11 +156,12 @@ def throughput(bundle, x: np.ndarray, y: Optional[np.ndarray], thresholds: list,
     batches = list(dict.fromkeys(batches))  # a repeated size is measured (and reported) once
     ok = [bs for bs in batches if bs <= len(x)]
     runs: dict[int, list[tuple[dict, dict]]] = {bs: [] for bs in ok}
-    for _ in range(rounds):
+    for rnd in range(rounds):
         for bs in ok:
             n = (len(x) // bs) * bs  # whole batches only
-            runs[bs].append((measure_cascade(bundle, x[:n], y[:n], never, warmup=1, batch=bs),
-                             measure_cascade(bundle, x[:n], y[:n], thresholds, warmup=1, batch=bs)))
+            pair = [measure_cascade(bundle, x[:n], y[:n], t, warmup=1, batch=bs)  # which side runs first alternates per round
+                    for t in ((never, thresholds) if rnd % 2 == 0 else (thresholds, never))]
+            runs[bs].append(tuple(pair) if rnd % 2 == 0 else (pair[1], pair[0]))
     rows = []
     for bs in batches:
         if bs not in runs:
@@ -169,7 +173,8 @@ def throughput(bundle, x: np.ndarray, y: Optional[np.ndarray], thresholds: list,
                      f"{-(-bs // bundle.batch_limit())} per batch (max_batch {bundle.batch_limit()})",
                      "static_images_per_s": med["static"], "dynamic_images_per_s": med["dynamic"],
                      "dynamic_images_per_s_rounds": [r[1]["images_per_s"] for r in runs[bs]],
-                     "speedup": med["dynamic"] / med["static"], "static_accuracy": st["accuracy"] if labelled else None,
+                     "speedup": float(np.median([d["images_per_s"] / s_["images_per_s"] for s_, d in runs[bs]])),  # paired per round
+                     "static_accuracy": st["accuracy"] if labelled else None,
                      "dynamic_accuracy": dy["accuracy"] if labelled else None, "exit_fractions": dy["exit_fractions"]})
     if 1 in runs:  # batched vs one image per call, same thresholds, paired within each round
         for r in rows:
@@ -402,14 +407,18 @@ def _report_main(argv: list[str]) -> int:
     a = ap.parse_args(argv)
     try:
         results = load_results(a.results)
-    except (OSError, ValueError, KeyError) as e:
+        md = markdown(results)  # rendered before anything is written: a result it cannot render writes nothing
+    except KeyError as e:
+        print(f"error: a result lacks the field {e} (written by another dvt-edge version?); nothing was written", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if Path(a.out).exists() and not Path(a.out).is_dir():
         print(f"error: --out {a.out} is a file; pass a folder for the report", file=sys.stderr)
         return 2
     written = write_outputs(results, Path(a.out), "report")
-    print(markdown(results))
+    print(md)
     print(wrote_line(written, Path(a.out), "report"))
     return 0
 

@@ -26,16 +26,27 @@ def _device_label(r: dict) -> str:
     return f"{d.get('device_name') or d.get('hostname', '?')} ({r.get('threads', '?')} thr)"
 
 
+def _series_label(results: list[dict], r: dict, row: dict) -> str:
+    """A plot series' name: device, threads, target, precision, and the model when the results hold several."""
+    several = len({x.get("model") for x in results}) > 1
+    return f"{_device_label(r)} {r.get('model', '?') + ' ' if several else ''}{row['target']} {row['precision']}"
+
+
 def halvings_line(hv: dict) -> str:
     """One sentence on the matched-accuracy rule replayed on other random halvings (``bench.matched_over_halvings``)."""
     rng = f"{min(hv['speedups']):.2f}-{max(hv['speedups']):.2f}x"
-    among = f", {hv['matched_speedup_median']:.2f}x among the matched ones" if hv["matched_speedup_median"] is not None else ""
+    # the matched splits' speedup leads: an unmatched split's speedup is never a plain figure
+    lead = (f"predicted speedup median {hv['matched_speedup_median']:.2f}x among the matched ones"
+            if hv["matched_speedup_median"] is not None else "no split matched")
+    unmatched = hv["n"] - hv["matched"]
+    lead += (f" ({hv['speedup_median']:.2f}x over all {hv['n']}, range {rng}, including {unmatched} NOT matched)"
+             if unmatched else f" (range {rng})")
     if hv.get("last_exit_fallbacks"):  # counted as matched at 1.0x: the rule then runs the last exit alone
-        among += f"; {hv['last_exit_fallbacks']} of them found no point as accurate as the last exit (1.00x, the last exit alone)"
+        lead += f"; {hv['last_exit_fallbacks']} of them found no point as accurate as the last exit (1.00x, the last exit alone)"
     return (f"How far this split can be trusted: the same threshold rule on {hv['n']} other random halvings (thresholds chosen "
             f"on one half, accuracy and mean latency predicted on the other {hv['n_holdout']} images from this run's stage "
             f"prices, nothing re-timed) stayed within {MATCH_POINTS} points of the last exit on {hv['matched']} of {hv['n']}; "
-            f"predicted speedup median {hv['speedup_median']:.2f}x (range {rng}){among}.")
+            f"{lead}.")
 
 
 def matched_cells(mt: Optional[dict]) -> tuple[str, str]:
@@ -169,7 +180,7 @@ def plot(results: list[dict], path_acc: Path, path_exits: Optional[Path] = None)
                 continue
             c = colors[k % len(colors)]
             k += 1
-            label = f"{_device_label(r)} {row['target']} {row['precision']}"
+            label = _series_label(results, r, row)
             st = row["static"]
             ax.plot([s["measured_mean_ms"] for s in st], [s["accuracy"] for s in st], "s", color=c, mfc="none", ms=8)
             d = [p for p in row["dynamic"] if "error" not in p]
@@ -204,7 +215,7 @@ def plot_exits(results: list[dict], path_exits: Path) -> bool:
     fig, axes = plt.subplots(1, len(ok), figsize=(3.2 * len(ok) + 1, 3.6), squeeze=False)
     for ax, (r, row) in zip(axes[0], ok):
         d = [p for p in row["dynamic"] if "error" not in p]
-        ax.set_title(f"{_device_label(r)}\n{row['target']} {row['precision']}", fontsize=8)
+        ax.set_title(_series_label(results, r, row).replace(") ", ")\n", 1), fontsize=8)
         bottom, x = np.zeros(len(d)), np.arange(len(d))  # one bar per budget: close budgets never share a slot
         for e in range(len(row["static"])):
             v = np.array([p["exit_fractions"][e] * 100 for p in d])
@@ -234,13 +245,16 @@ def plot_throughput(results: list[dict], path: Path) -> bool:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, (r, row) in enumerate(rows):
         t = [v for v in row["throughput"]["rows"] if "error" not in v]
-        c, label = colors[k % len(colors)], f"{_device_label(r)} {row['target']} {row['precision']}"
+        c, label = colors[k % len(colors)], _series_label(results, r, row)
+        matched = row["throughput"].get("within_match") is True  # else hollow and said: never a plain throughput gain
         ax.plot([v["batch"] for v in t], [v["static_images_per_s"] for v in t], "--s", color=c, mfc="none", label=f"{label}: static")
-        ax.plot([v["batch"] for v in t], [v["dynamic_images_per_s"] for v in t], "-o", color=c, label=f"{label}: dynamic")
+        ax.plot([v["batch"] for v in t], [v["dynamic_images_per_s"] for v in t], "-o" if matched else ":o", color=c,
+                mfc=c if matched else "none", label=f"{label}: dynamic" + ("" if matched else " (NOT at matched accuracy)"))
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size (images per predict call)")
     ax.set_ylabel("images / s")
-    ax.set_title(f"{results[0]['model']}: throughput, static model vs dynamic cascade")
+    models = sorted({str(r.get("model")) for r, _ in rows})
+    ax.set_title(f"{' / '.join(models)}: throughput, static model vs dynamic cascade")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -274,13 +288,25 @@ def wrote_line(written: list[Path], out: Path, name: str) -> str:
             + (f" ({', '.join(stale)} there are from an earlier run)" if stale else ""))
 
 
+RESULT_KEYS = ("model", "rows", "device", "threads")  # what every result the report renders must hold
+
+
 def load_results(paths: Sequence[str]) -> list[dict]:
+    """Bench results from JSON files (a merged report counts as its results), each checked before anything is written."""
     out = []
     for p in paths:
         d = json.loads(Path(p).read_text())
         if not isinstance(d, dict) or d.get("schema") != SCHEMA:
             raise ValueError(f"{p} is not a dvt-edge bench result (schema {d.get('schema') if isinstance(d, dict) else None!r})")
-        if d.get("schema_version", 0) > 1:
+        v = d.get("schema_version", 0)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"{p}: schema_version must be an integer, got {v!r}")
+        if v > 1:
             raise ValueError(f"{p} has a newer schema_version; upgrade dvt-edge")
-        out.extend(d["merged"] if "merged" in d else [d])
+        items = d["merged"] if "merged" in d else [d]
+        for i, r in enumerate(items if isinstance(items, list) else [None]):
+            missing = [k for k in RESULT_KEYS if not isinstance(r, dict) or k not in r]
+            if missing or not isinstance(r["rows"], list):
+                raise ValueError(f"{p}: result {i + 1} lacks {missing or ['a list of rows']}: not a complete bench result")
+        out.extend(items)
     return out

@@ -321,3 +321,26 @@ def test_throughput_without_labels_and_at_unmatched_thresholds(onnx_bundle):
     md = "\n".join(throughput_markdown({"rows": [{"status": "ok", "target": "onnx", "precision": "fp32",
                                                   "throughput": dict(tp, within_match=True)}]}))
     assert "NOT" not in md
+
+
+def test_halvings_line_leads_with_the_matched_splits():
+    """The all-splits median mixes in splits that missed the match: it never leads as a plain figure."""
+    from dvt_edge.bench_report import halvings_line
+
+    hv = {"n": 20, "n_holdout": 100, "speedups": [2.0] * 10 + [3.0] * 10, "accuracy_deltas": [0.0] * 10 + [-1.0] * 10,
+          "matched": 10, "last_exit_fallbacks": 0, "speedup_median": 2.5, "matched_speedup_median": 2.0}
+    line = halvings_line(hv)
+    assert "predicted speedup median 2.00x among the matched ones (2.50x over all 20, range 2.00-3.00x, including 10 NOT matched)" in line
+
+
+def test_report_refuses_incomplete_results_before_writing(tmp_path, capsys):
+    from dvt_edge.bench import main
+
+    bad_version = tmp_path / "a.json"
+    bad_version.write_text(json.dumps({"schema": SCHEMA, "schema_version": "1", "model": "m", "rows": [], "device": {}, "threads": 1}))
+    merged = tmp_path / "b.json"
+    merged.write_text(json.dumps({"schema": SCHEMA, "merged": [{"x": 1}]}))
+    for f, msg in ((bad_version, "schema_version must be an integer"), (merged, "result 1 lacks")):
+        assert main(["report", str(f), "--out", str(tmp_path / "r")]) == 2
+        assert msg in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
