@@ -64,7 +64,7 @@ DATASETS: dict[str, str] = {
     "cifar10:PATH": "CIFAR-10 python batches (cifar-10-batches-py) or the official tarball in PATH",
     "cifar10-jpeg": "CIFAR-10's training split as JPEG class folders in $DVT_DATA/cifar10-jpeg or the cache; val = a seeded, class-stratified 10% held out",
     "cifar10-ref": "shipped: val = the 5,000 CIFAR-10 images held out from dvt_small_cifar's training, train = 1,000 of its training images",
-    "npz:PATH": "arrays 'images' (uint8 NHW[C] or preprocessed float32 NCHW), 'labels', optional 'classes'",
+    "npz:PATH": "arrays 'images' (uint8 NHW[C], BGR unless channel_order='rgb', or preprocessed float32 NCHW), 'labels', optional 'classes'",
 }
 
 

@@ -86,6 +86,10 @@ def _holdout_split(ds: ImageSet, split: str, base: Path) -> ImageSet:
         ds = ds.subset(val_idx)
     else:
         ds = ds.subset(np.setdiff1d(np.arange(len(ds)), val_idx))
+        gone = [c for c, k in zip(ds.classes, np.bincount(ds.labels, minlength=ds.num_classes)) if k == 0]
+        if gone:  # the holdout took a class's only image(s): the model would never see that class
+            raise DataError(f"imagefolder: {base} has no val/ folder, and holding out {HOLDOUT_FRACTION:.0%} for validation "
+                            f"leaves no training image of class(es) {gone[:10]}; add images of them, or a val/ folder")
     ds.name = f"imagefolder:{base}"
     return ds
 

@@ -40,6 +40,8 @@ def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     exact = counts * (n / len(labels))
     take = np.floor(exact).astype(int)
     order = np.argsort(-(exact - take), kind="stable")
+    if n < len(classes):  # fewer samples than classes: which classes appear follows the seed (ties broke to the first classes)
+        order = np.lexsort((np.random.default_rng([int(seed), 1]).random(len(classes)), -(exact - take)))
     take[order[: n - int(take.sum())]] += 1
     picked = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
     return rng.permutation(np.concatenate(picked))

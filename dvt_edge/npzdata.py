@@ -22,7 +22,9 @@ def load_npz(path: str, split: str, preprocess: Optional[Preprocess]) -> ImageSe
     ``jpeg`` (uint8, every file's bytes end to end) + ``offsets`` (N+1) + ``labels``.
 
     An optional ``split`` entry names the one split the file holds; asking for another is
-    an error (so a held-out set can never serve as training data by accident).
+    an error (so a held-out set can never serve as training data by accident). Colour pixels are
+    read in OpenCV's BGR order; a file of RGB pixels (PIL, torchvision) says so with an entry
+    ``channel_order`` = ``"rgb"``.
     """
     p = Path(path).expanduser()
     hint = "write one with numpy.savez (arrays 'images', 'labels', optional 'classes') or python -m dvt_edge.data export"
@@ -36,6 +38,8 @@ def load_npz(path: str, split: str, preprocess: Optional[Preprocess]) -> ImageSe
             raise DataError(f"npz: {p} has no '{k}' array (found {files}); expected 'images', 'labels' and optional 'classes'")
     labels = check_labels(z["labels"], f"npz: {p}", DataError)
     classes = [str(c) for c in z["classes"]] if "classes" in files else _numbered_classes(labels, p)
+    if len(set(classes)) != len(classes):
+        raise DataError(f"npz: {p}: 'classes' names a class twice: {sorted({c for c in classes if classes.count(c) > 1})[:5]}")
     try:
         stored = Preprocess.from_dict(json.loads(str(z["preprocess"]))) if "preprocess" in files else None
     except ValueError as e:  # json.JSONDecodeError is a ValueError too
@@ -45,9 +49,20 @@ def load_npz(path: str, split: str, preprocess: Optional[Preprocess]) -> ImageSe
         raise DataError(f"npz: {p} has {len(images)} images but {len(labels)} labels")
     if images.dtype == np.float32 and images.ndim == 4:
         pre = stored or preprocess or default_preprocess(images.shape[1], images.shape[2])
+        if tuple(images.shape[1:]) != tuple(pre.input_shape):  # e.g. NHWC, or another model's input
+            raise DataError(f"npz: {p}: preprocessed images must be float32 (N, C, H, W) = (N, {', '.join(map(str, pre.input_shape))}) "
+                            f"for its preprocessing, got {images.shape}")
+        if not np.isfinite(images).all():
+            raise DataError(f"npz: {p}: preprocessed images hold NaN or infinite values")
         return ImageSet(f"npz:{p}", split, images, labels, classes, pre, preprocessed=True)
-    if images.dtype != np.uint8:
-        raise DataError(f"npz: 'images' must be uint8 pixels (N, H, W[, C]) or preprocessed float32 (N, C, H, W); got {images.dtype} {images.shape}")
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[3] not in (1, 3, 4)):
+        raise DataError(f"npz: 'images' must be uint8 pixels (N, H, W) or (N, H, W, 1/3/4 channels), or preprocessed float32 "
+                        f"(N, C, H, W); got {images.dtype} {images.shape}")
+    order = str(z["channel_order"]).lower() if "channel_order" in files else "bgr"
+    if order not in ("bgr", "rgb"):
+        raise DataError(f"npz: {p}: channel_order must be 'bgr' or 'rgb', got {order!r}")
+    if order == "rgb" and images.ndim == 4 and images.shape[3] >= 3:  # to OpenCV's order, which preprocessing reads
+        images = np.ascontiguousarray(np.concatenate([images[..., 2::-1], images[..., 3:]], axis=-1))
     chans = 1 if images.ndim == 3 else images.shape[3]
     pre = preprocess or stored or default_preprocess(1 if chans == 1 else 3, images.shape[1])
     return ImageSet(f"npz:{p}", split, images, labels, classes, pre)
@@ -66,7 +81,7 @@ def _numbered_classes(labels: np.ndarray, p: Path) -> list[str]:
 def _decode_jpeg_pack(data: np.ndarray, offsets: np.ndarray, p: Path) -> np.ndarray:
     import cv2
 
-    if data.dtype != np.uint8 or offsets.ndim != 1 or len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != len(data) or (np.diff(offsets) <= 0).any():
+    if data.dtype != np.uint8 or offsets.dtype.kind not in "iu" or offsets.ndim != 1 or len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != len(data) or (np.diff(offsets) <= 0).any():
         raise DataError(f"npz: {p}: 'jpeg' must be uint8 bytes and 'offsets' N+1 increasing positions from 0 to len(jpeg)")
     out = []
     for i in range(len(offsets) - 1):

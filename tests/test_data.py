@@ -573,3 +573,30 @@ def test_a_download_cut_off_midway_is_the_not_found_message(monkeypatch, tmp_pat
         assert not (tmp_path / "cache" / "dvt-edge" / "cifar10" / "cifar-10-python.tar.gz").exists()
     finally:
         srv.shutdown()
+
+
+def test_loader_corners_from_a_reader(tmp_path):
+    """RGB npz pixels said as such; NHWC float and 2-D pixel arrays refused; a subset smaller than the class
+    count follows the seed; a holdout that takes a class's only image is an error; nearest resize is OpenCV's."""
+    red = np.zeros((4, 8, 8, 3), np.uint8)
+    red[..., 0] = 255  # red in RGB order
+    np.savez(tmp_path / "rgb.npz", images=red, labels=np.array([0, 1, 0, 1]), channel_order=np.array("rgb"))
+    x = load_dataset(f"npz:{tmp_path / 'rgb.npz'}", "val").input(0).reshape(3, -1).mean(1)
+    assert x[0] > 2 and x[1] < 0 and x[2] < 0  # the model's red channel is the bright one
+    np.savez(tmp_path / "nhwc.npz", images=np.zeros((4, 8, 8, 3), np.float32), labels=np.array([0, 1, 0, 1]))
+    with pytest.raises(DataError, match=r"preprocessed images must be float32 \(N, C, H, W\)"):
+        load_dataset(f"npz:{tmp_path / 'nhwc.npz'}", "val")
+    np.savez(tmp_path / "flat.npz", images=np.zeros((4, 64), np.uint8), labels=np.array([0, 1, 0, 1]))
+    with pytest.raises(DataError, match="must be uint8 pixels"):
+        load_dataset(f"npz:{tmp_path / 'flat.npz'}", "val")
+    labels = np.repeat(np.arange(10), 50)
+    picks = {tuple(sorted(set(labels[D.stratified_subset(labels, 3, s)].tolist()))) for s in range(6)}
+    assert len(picks) > 1  # it was always classes 0, 1, 2
+    for c, n in [(f"c{i:02d}", 11) for i in range(20)] + [("z", 1)]:
+        (tmp_path / "f" / "train" / c).mkdir(parents=True)
+        for i in range(n):
+            cv2.imwrite(str(tmp_path / "f" / "train" / c / f"{i}.png"), np.full((8, 8), i, np.uint8))
+    with pytest.raises(DataError, match=r"leaves no training image of class\(es\) \['z'\]"):
+        load_dataset(f"imagefolder:{tmp_path / 'f'}", "train")
+    img = np.random.default_rng(0).integers(0, 256, (100, 1000), dtype=np.uint8)
+    np.testing.assert_array_equal(P._np_resize(img, 28, 280, "nearest"), cv2.resize(img, (280, 28), interpolation=cv2.INTER_NEAREST))

@@ -191,8 +191,10 @@ def _np_resize(img: np.ndarray, nh: int, nw: int, interpolation: str) -> np.ndar
     h, w = img.shape[:2]
     x = img.astype(np.float32)
     if interpolation == "nearest":
-        ys = np.minimum((np.arange(nh) * h / nh).astype(int), h - 1)
-        xs = np.minimum((np.arange(nw) * w / nw).astype(int), w - 1)
+        # OpenCV's INTER_NEAREST: floor(x * scale) with scale = 1 / (dst / src) in double precision (x * src / dst
+        # rounds differently where it is a whole number)
+        ys = np.minimum(np.floor(np.arange(nh) * (1.0 / (nh / h))).astype(int), h - 1)
+        xs = np.minimum(np.floor(np.arange(nw) * (1.0 / (nw / w))).astype(int), w - 1)
         return img[ys][:, xs]
     if interpolation == "area" and nh <= h and nw <= w:
         x = _area_axis(x, nh, 0)
