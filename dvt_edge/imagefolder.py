@@ -9,7 +9,7 @@ from typing import Optional
 
 import numpy as np
 
-from dvt_edge.imageset import DataError, ImageSet, default_preprocess, display_classes, stratified_subset, to_uint8
+from dvt_edge.imageset import IMREAD_FLAGS, DataError, ImageSet, default_preprocess, display_classes, stratified_subset, to_uint8
 from dvt_runtime.io import progress
 from dvt_runtime.preprocess import Preprocess
 
@@ -172,7 +172,7 @@ def _try_read(p: Path) -> Optional[np.ndarray]:
         if not tail.endswith(b"\xff\xd9"):
             return None
     try:
-        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        img = cv2.imdecode(data, IMREAD_FLAGS)
     except cv2.error:
         return None
     if img is None:

@@ -151,11 +151,17 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
     return img
 
 
+#: How image files are decoded: gray stays gray, colour is BGR, 16 bits stay 16 (then scaled to uint8), alpha is
+#: dropped, and the EXIF orientation is applied as ``cv2.imread`` applies it at inference (IMREAD_UNCHANGED trained
+#: phone photos sideways).
+IMREAD_FLAGS = 2 | 4  # cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR (no cv2 import at module load)
+
+
 def read_image(path) -> np.ndarray:
     """An image file's uint8 pixels (BGR or gray) as OpenCV decodes them."""
     import cv2
 
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    img = cv2.imread(str(path), IMREAD_FLAGS)
     if img is None:
         raise DataError(f"cannot read image {path} (not an image OpenCV can decode, or unreadable)")
     return to_uint8(img)

@@ -199,9 +199,7 @@ def _evaluate_command(path: Path, report: dict) -> str:
 def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict], report: dict, run_dir: Path,
                 steps: Optional[list[dict]] = None, command: Optional[str] = None, file: Optional[Path] = None) -> str:
     """The model card of the checkpoint published at ``path`` (its bytes read from ``file``, default ``path``)."""
-    file = Path(file) if file is not None else path
-    c = model.cfg
-    n_params = sum(p.numel() for p in model.parameters())
+    file, c, n_params = Path(file or path), model.cfg, sum(p.numel() for p in model.parameters())
     grids = " / ".join(f"{g}x{g}" for g in c.grids)
     top1 = [e["top1"] for e in report["exits"]]
     gains = exit_gains(top1)

@@ -10,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-from dvt_edge.imageset import DataError, ImageSet, default_preprocess
+from dvt_edge.imageset import IMREAD_FLAGS, DataError, ImageSet, default_preprocess
 from dvt_runtime.io import atomic_write, check_labels, read_npz
 from dvt_runtime.preprocess import Preprocess
 
@@ -85,7 +85,7 @@ def _decode_jpeg_pack(data: np.ndarray, offsets: np.ndarray, p: Path) -> np.ndar
         raise DataError(f"npz: {p}: 'jpeg' must be uint8 bytes and 'offsets' N+1 increasing positions from 0 to len(jpeg)")
     out = []
     for i in range(len(offsets) - 1):
-        img = cv2.imdecode(data[offsets[i] : offsets[i + 1]], cv2.IMREAD_UNCHANGED)
+        img = cv2.imdecode(data[offsets[i] : offsets[i + 1]], IMREAD_FLAGS)
         if img is None:
             raise DataError(f"npz: {p}: image {i} of the JPEG pack cannot be decoded")
         out.append(img)

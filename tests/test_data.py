@@ -600,3 +600,20 @@ def test_loader_corners_from_a_reader(tmp_path):
         load_dataset(f"imagefolder:{tmp_path / 'f'}", "train")
     img = np.random.default_rng(0).integers(0, 256, (100, 1000), dtype=np.uint8)
     np.testing.assert_array_equal(P._np_resize(img, 28, 280, "nearest"), cv2.resize(img, (280, 28), interpolation=cv2.INTER_NEAREST))
+
+
+def test_exif_orientation_is_applied_as_cv2_imread_applies_it(tmp_path):
+    """A phone photo stored sideways with an EXIF orientation: training reads it as inference's cv2.imread does."""
+    Image = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "train" / c).mkdir(parents=True)
+        for i in range(10):
+            im = Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8))
+            exif = im.getexif()
+            exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+            im.save(tmp_path / "train" / c / f"{i}.jpg", exif=exif)
+    ds = load_dataset(f"imagefolder:{tmp_path}", "train")
+    path = ds.files[0]
+    assert ds.raw(0).shape == cv2.imread(path).shape == (60, 40, 3)
+    np.testing.assert_array_equal(ds.raw(0), cv2.imread(path))
