@@ -130,7 +130,7 @@ def _list_class_folders(sub: Path, classes: list[str]) -> tuple[list[Path], list
         entries = sorted(cdir.iterdir()) if cdir.is_dir() else []
         nested += [str(p) for p in entries if p.is_dir()]
         for p in entries:
-            if p.suffix.lower() in IMAGE_EXTS and p.is_file():
+            if p.suffix.lower() in IMAGE_EXTS and (p.is_file() or p.is_symlink()):  # a broken link: counted as skipped
                 files.append(p)
                 labels.append(ci)
     if nested:

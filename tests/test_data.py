@@ -598,6 +598,11 @@ def test_loader_corners_from_a_reader(tmp_path):
             cv2.imwrite(str(tmp_path / "f" / "train" / c / f"{i}.png"), np.full((8, 8), i, np.uint8))
     with pytest.raises(DataError, match=r"leaves no training image of class\(es\) \['z'\]"):
         load_dataset(f"imagefolder:{tmp_path / 'f'}", "train")
+    for i in (1, 2):  # enough of class z now
+        cv2.imwrite(str(tmp_path / "f" / "train" / "z" / f"{i}.png"), np.full((8, 8), i, np.uint8))
+    (tmp_path / "f" / "train" / "c00" / "link.png").symlink_to(tmp_path / "gone.png")  # a broken link is a skipped file, said
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable(.|\n)*link\.png"):
+        load_dataset(f"imagefolder:{tmp_path / 'f'}", "train")
     img = np.random.default_rng(0).integers(0, 256, (100, 1000), dtype=np.uint8)
     np.testing.assert_array_equal(P._np_resize(img, 28, 280, "nearest"), cv2.resize(img, (280, 28), interpolation=cv2.INTER_NEAREST))
 
