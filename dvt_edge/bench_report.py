@@ -7,6 +7,7 @@ and the plot, never shown as a plain speedup.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -246,10 +247,11 @@ def plot_throughput(results: list[dict], path: Path) -> bool:
     for k, (r, row) in enumerate(rows):
         t = [v for v in row["throughput"]["rows"] if "error" not in v]
         c, label = colors[k % len(colors)], _series_label(results, r, row)
-        matched = row["throughput"].get("within_match") is True  # else hollow and said: never a plain throughput gain
+        wm = row["throughput"].get("within_match")  # False: hollow and said, never a plain gain; None: fixed thresholds
+        note = {True: "", False: " (NOT at matched accuracy)", None: " (fixed thresholds)"}[wm if wm in (True, False) else None]
         ax.plot([v["batch"] for v in t], [v["static_images_per_s"] for v in t], "--s", color=c, mfc="none", label=f"{label}: static")
-        ax.plot([v["batch"] for v in t], [v["dynamic_images_per_s"] for v in t], "-o" if matched else ":o", color=c,
-                mfc=c if matched else "none", label=f"{label}: dynamic" + ("" if matched else " (NOT at matched accuracy)"))
+        ax.plot([v["batch"] for v in t], [v["dynamic_images_per_s"] for v in t], ":o" if wm is False else "-o", color=c,
+                mfc="none" if wm is False else c, label=f"{label}: dynamic{note}")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size (images per predict call)")
     ax.set_ylabel("images / s")
@@ -271,13 +273,16 @@ def write_outputs(results: list[dict], out: Path, name: str = "bench") -> list[P
         atomic_write_json(out / f"{name}.json", {"schema": SCHEMA, "schema_version": 1, "merged": results})
     atomic_write(out / f"{name}.md", markdown(results).encode())
     written = [out / f"{name}.json", out / f"{name}.md"]
-    written += plot(results, out / f"{name}_accuracy_vs_latency.png", out / f"{name}_exit_distribution.png")
-    if plot_throughput(results, out / f"{name}_throughput.png"):
-        written.append(out / f"{name}_throughput.png")
     from dvt_edge.bench_latency import plot_latency
 
-    if plot_latency(results, out / f"{name}_latency.png"):
-        written.append(out / f"{name}_latency.png")
+    plots = [(lambda: plot(results, out / f"{name}_accuracy_vs_latency.png", out / f"{name}_exit_distribution.png"), "accuracy"),
+             (lambda: [out / f"{name}_throughput.png"] if plot_throughput(results, out / f"{name}_throughput.png") else [], "throughput"),
+             (lambda: [out / f"{name}_latency.png"] if plot_latency(results, out / f"{name}_latency.png") else [], "latency")]
+    for draw, what in plots:  # a plot a result cannot feed is said and skipped; the JSON and Markdown stand
+        try:
+            written += draw()
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            print(f"warning: the {what} plot was skipped ({type(e).__name__}: {e})", file=sys.stderr)
     return written
 
 

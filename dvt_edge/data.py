@@ -102,13 +102,14 @@ def recorded_data(extras: Optional[dict]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def checkpoint_data(model_name: str, extras: Optional[dict] = None, cfg=None) -> tuple[Optional[str], str]:
+def checkpoint_data(model_name: str, extras: Optional[dict] = None, cfg=None, split: str = "train") -> tuple[Optional[str], str]:
     """The dataset a checkpoint is evaluated and calibrated on when none is given: the first spec it
     records (:func:`recorded_data`) that is on this machine, else its variant's registered dataset.
 
     Returns ``(spec, note)``; the note (else "") says when the checkpoint's own data is not here and
     another set stands in, so that no figure is silently measured on other images. ``spec`` is None when
     nothing is known; when nothing is here, the first candidate (its loader then says where it looked).
+    Each candidate is tried on ``split``, the split the caller reads.
     """
     recorded = recorded_data(extras)
     candidates = list(recorded)
@@ -122,22 +123,24 @@ def checkpoint_data(model_name: str, extras: Optional[dict] = None, cfg=None) ->
     why: list[str] = []  # each recorded set that could not be read, and why
     for spec in candidates:
         try:
-            load_dataset(spec, "train", download=False)
+            load_dataset(spec, split, download=False)
         except DataError as e:
             if spec in recorded:
                 why.append(f"{spec}: {str(e)[:300]}")
             continue
-        if recorded and spec not in recorded:
+        if why:  # an earlier recorded set (e.g. its evaluation set) is not here: said, even when another recorded one stands in
             return spec, f"the checkpoint's own data could not be read here ({'; '.join(why)}); using {spec} instead"
         return spec, ""
     return (candidates[0] if candidates else None), ""
 
 
-def data_for_checkpoint(data: Optional[str], model_name: str, extras: Optional[dict] = None, cfg=None) -> tuple[str, str]:
-    """``(data, "")`` when given, else :func:`checkpoint_data`'s choice and note; a stand-in set is said on stderr."""
+def data_for_checkpoint(data: Optional[str], model_name: str, extras: Optional[dict] = None, cfg=None,
+                        split: str = "val") -> tuple[str, str]:
+    """``(data, "")`` when given, else :func:`checkpoint_data`'s choice (tried on ``split``) and note; a stand-in
+    set is said on stderr."""
     if data:
         return data, ""
-    spec, note = checkpoint_data(model_name, extras, cfg)
+    spec, note = checkpoint_data(model_name, extras, cfg, split)
     if spec is None:
         raise DataError(f"no default dataset for model {model_name!r}; pass --data (valid specs: {', '.join(DATASETS)})")
     if note:

@@ -75,6 +75,9 @@ def _tour(args: argparse.Namespace) -> int:
     _show_zoo()
     if args.retrain:
         ckpt = out / "retrain" / ref.key / ref.checkpoint.name  # one folder per reference: never the other one's run
+        if (out / "retrain" / "last.pt").is_file():  # where an earlier version kept it
+            print(f"note: {out / 'retrain'} holds a run from an earlier dvt-edge (one folder for every reference); to resume "
+                  f"it, move its files into {out / 'retrain' / ref.key}", file=sys.stderr)
         rc = _retrain(ref, out / "retrain" / ref.key, ckpt)
         if rc:
             return rc
@@ -150,9 +153,10 @@ def _evaluate(ckpt: Path, data: Optional[str], out: Path):
     from dvt_runtime.io import atomic_write_json
 
     model, info = load_checkpoint(str(ckpt))
-    data = data_for_checkpoint(data, model.name, info.extras, model.cfg)[0]
+    data, note = data_for_checkpoint(data, model.name, info.extras, model.cfg)
     _section(f"evaluating {ckpt} (PyTorch, {data} validation split)")
     ev = evaluate_checkpoint(str(ckpt), data, progress=True)
+    ev["data_note"] = note  # a stand-in set is said in the report too
     atomic_write_json(out / "evaluate" / "evaluate.json", ev)
     plot_report(ev, out / "evaluate" / "evaluate.png")
     print(format_report(ev))

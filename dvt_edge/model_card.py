@@ -1,6 +1,6 @@
 """Publish a finished training run as a reference checkpoint with a model card.
 
-    python -m dvt_edge.model_card --run runs/ref --out dvt_edge/assets/dvt_tiny_fmnist_ms.pt
+    python -m dvt_edge.model_card --run runs/ref --out dvt_edge/assets/dvt_tiny_fmnist_ms.pt --force   # --force: it exists
 
 Takes the run's **final** epoch (``RUN/last.pt``; no model selection on the evaluation
 split), writes a weights-only checkpoint atomically (no optimizer state: small enough to

@@ -622,3 +622,17 @@ def test_exif_orientation_is_applied_as_cv2_imread_applies_it(tmp_path):
     path = ds.files[0]
     assert ds.raw(0).shape == cv2.imread(path).shape == (60, 40, 3)
     np.testing.assert_array_equal(ds.raw(0), cv2.imread(path))
+
+
+def test_a_recorded_evaluation_set_of_one_split_is_found_for_that_split(tmp_path):
+    """A checkpoint's eval_data holding only its val split was tried on train, judged missing, and the training
+    set stood in for it without a word."""
+    from dvt_edge.data import checkpoint_data
+
+    imgs, labels = np.zeros((6, 8, 8), np.uint8), np.array([0, 1] * 3)
+    np.savez(tmp_path / "val.npz", images=imgs, labels=labels, split=np.array("val"))
+    np.savez(tmp_path / "train.npz", images=imgs, labels=labels)
+    extras = {"eval_data": f"npz:{tmp_path / 'val.npz'}", "data": f"npz:{tmp_path / 'train.npz'}"}
+    assert checkpoint_data("dvt_micro_fmnist", extras, split="val") == (f"npz:{tmp_path / 'val.npz'}", "")
+    spec, note = checkpoint_data("dvt_micro_fmnist", extras, split="train")  # that set has no train split: said
+    assert spec == f"npz:{tmp_path / 'train.npz'}" and "holds only the 'val' split" in note
