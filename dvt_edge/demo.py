@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(CIFAR-10: about 101 minutes of epochs on 2 cores, bf16, per its card; needs the JPEG copy, see python -m dvt_edge.data info --data cifar10-jpeg)")
     ap.add_argument("--targets", default="all")
     ap.add_argument("--precisions", default="fp32,fp16,int8", help="fp16 applies to Core ML only")
-    ap.add_argument("--n", type=int, default=2000, help="evaluation images for the benchmark")
+    ap.add_argument("--n", type=int, default=2000, help="evaluation images for the benchmark and this device's calibration")
     ap.add_argument("--out", default="runs/demo")
     return ap
 
@@ -184,7 +184,8 @@ def _calibrate_best(result: dict, best: dict, data: str, info, device: str, out:
 
     bdir = out / "bundles" / f"{result['model']}-{best['target']}-{best['precision']}"
     _section(f"calibrating {bdir.name} for this device ({device}), budget halfway between exit 1 and exit 3")
-    val = export_npz(load_dataset(data, "val", preprocess=info.preprocess), out / "val.npz", n=2000, seed=3, progress=False)
+    val = export_npz(load_dataset(data, "val", preprocess=info.preprocess), out / "val.npz",
+                     n=int(result.get("n_images") or 2000), seed=3, progress=False)  # as many as the benchmark (--n)
     z = read_npz(val, ("images", "labels"), CalibrationError, "the demo writes it with dvt_edge.data.export_npz; run the demo again")
     b = Bundle.open(bdir, threads=1)
     st = best["static"]
