@@ -13,6 +13,7 @@ import pytest
 from dvt_edge.data import export_npz, load_dataset
 from dvt_runtime.bundle import Bundle, InputError
 from dvt_runtime.controller import BudgetController
+from tests.test_batching import CountingSession
 from tests.test_runtime_torch_free import run_without_torch
 
 
@@ -137,17 +138,6 @@ def test_controller_moves_along_table_when_device_slows():
     for _ in range(30):
         warm.observe([0.5])
     assert warm.scale == pytest.approx(1.0) and warm.thresholds() == [0.9, 0.0]
-
-
-class _Counting:
-    """Wrap a session: record the batch size of every call."""
-
-    def __init__(self, inner):
-        self.inner, self.batches = inner, []
-
-    def run(self, inputs):
-        self.batches.append(len(inputs["image"]))
-        return self.inner.run(inputs)
 
 
 class _Slow:
@@ -421,7 +411,7 @@ def test_one_controller_serves_every_budget_and_survives_threads(bundle_copy, va
     assert len([m for m in w if "below the cheapest" in str(m.message)]) == 1
     # a calibration measured at batch 64 prices calls of 64: predict's default calls follow it
     b.calibration = dataclasses.replace(b.calibration, batch=64)
-    counting = [_Counting(s) for s in b.sessions]
+    counting = [CountingSession(s) for s in b.sessions]
     b.sessions = counting
     b.predict(np.repeat(x[:1], 70, axis=0), thresholds=[None, None])
     assert counting[0].batches == [64, 6]
