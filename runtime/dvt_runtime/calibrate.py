@@ -30,6 +30,7 @@ import numpy as np
 from dvt_runtime.backends import BackendUnavailable
 from dvt_runtime.bundle import Bundle, softmax
 from dvt_runtime.calibration import SCHEMA, BudgetRow, Calibration, CalibrationError, Chosen, bundle_identity, validate_calibration  # noqa: F401  (re-exported)
+from dvt_runtime.checks import positive_ms
 from dvt_runtime.io import atomic_write_json, check_labels, read_npz
 from dvt_runtime.io import progress as _bar
 from dvt_runtime.latency import check_batch
@@ -315,9 +316,10 @@ def _check_request(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: floa
         raise CalibrationError(f"--metric: {e}") from None
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise CalibrationError(f"seed must be a whole number >= 0, got {seed!r}")
-    if (isinstance(budget_ms, bool) or not isinstance(budget_ms, (int, float, np.integer, np.floating)) or not np.isfinite(budget_ms)
-            or budget_ms <= 0):
-        raise CalibrationError(f"budget must be a positive number of milliseconds, got {budget_ms!r}")
+    try:
+        positive_ms("budget", budget_ms)
+    except ValueError:
+        raise CalibrationError(f"budget must be a positive number of milliseconds, got {budget_ms!r}") from None
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
         raise CalibrationError(f"batch must be a whole number of images per call >= 1, got {batch!r}")
     target = bundle.calibration_path(device_name, batch)
