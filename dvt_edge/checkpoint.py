@@ -270,6 +270,8 @@ def load_checkpoint(
     if pre is not None and not isinstance(pre, dict):  # dropping it would ship another model's mean/std and resize
         raise CheckpointError(f"{path}: 'preprocess' must be a dict of Preprocess fields (resize, mean, std, ...), got "
                               f"{type(pre).__name__}; re-save the checkpoint with dvt_edge.checkpoint.save_checkpoint")
+    if isinstance(pre, dict):
+        _check_preprocess(model, _field(path, "preprocess", lambda: Preprocess.from_dict(pre)), f"{path}: its")
     extras = {k: v for k, v in ckpt.items() if k not in ("model_state_dict", "state_dict", "model", "format", "format_version", "classes", "preprocess") + PUBLISHED_EXTRAS}
     info = CheckpointInfo(
         path=str(path),
@@ -319,6 +321,8 @@ def save_checkpoint(
     **extras,
 ) -> Path:
     """Write our format atomically (temp file + rename): a crash never leaves half a file."""
+    if preprocess is not None:
+        _check_preprocess(model, preprocess, "the")
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     ckpt = {
         "format": FORMAT,
@@ -336,6 +340,15 @@ def save_checkpoint(
     buf = io.BytesIO()
     torch.save(ckpt, buf)
     return atomic_write(path, buf.getbuffer())
+
+
+def _check_preprocess(model: DVT, pre: Preprocess, whose: str) -> None:
+    """CheckpointError unless ``pre`` makes the model's input (channels, size): a bundle would take no camera frame."""
+    want = (model.cfg.in_chans, model.cfg.img_size, model.cfg.img_size)
+    if pre.input_shape != want:
+        raise CheckpointError(f"{whose} preprocessing makes {pre.input_shape} inputs (channels {pre.channels!r}, size {pre.size}) "
+                              f"but the model takes {want}: save it with the model's own preprocessing "
+                              "(dvt_edge.models.model_defaults(name)['preprocess'] for a registered variant)")
 
 
 def _plain(v, where: str):

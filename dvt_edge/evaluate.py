@@ -6,8 +6,9 @@ The budget curve follows the authors' procedure: for each of 59 exit distributio
 (q = p/20, p = 1..59; exit e gets a share proportional to q**e) thresholds are set on a
 threshold-selection set so that those shares of its samples leave at each exit; the
 thresholds are then applied to the evaluation split, giving accuracy vs expected GFLOPs.
-The threshold-selection set is held out from the training split (as the authors used a
-validation set), not the evaluation split. Writes ``evaluate.json`` and ``evaluate.png``.
+The threshold-selection set is drawn from the training split, as in the authors' code (their
+``inference.py``, ``--eval_mode 2``, sets thresholds on the logits of its training loader), never
+from the evaluation split. Writes ``evaluate.json`` and ``evaluate.png``.
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ def evaluate_checkpoint(
     costs = StageCosts.from_cumulative(flops, unit="GFLOPs")
     test_out = ExitOutputs.from_probs(probs, ds.labels)
 
-    # thresholds chosen on training images, as the authors' procedure does (theirs were held out of training;
-    # ours are images the model trained on: the note says so)
+    # thresholds chosen on training images, as the authors' procedure does (their training loader's logits,
+    # images the model trained on; the note says so)
     try:
         sel = load_dataset(data, "train", preprocess=pre).limit(threshold_n, seed=1)
         _, sel_probs = evaluate_exits(model, sel, progress=progress)

@@ -193,3 +193,19 @@ def test_a_bare_state_dict_gets_its_variants_preprocessing(tmp_path):
     torch.save(m.state_dict(), tmp_path / "sd.pt")
     _, info = load_checkpoint(tmp_path / "sd.pt")
     assert info.preprocess == Preprocess(**model_defaults("dvt_small_cifar")["preprocess"])  # CIFAR's mean/std, not ImageNet's
+
+
+def test_preprocessing_for_another_input_size_is_refused(tmp_path):
+    """A 32 px preprocessing on a 64 px model exported and "verified" (on preprocessed arrays), then failed on every frame."""
+    model = create_model("dvt_t2t_micro")
+    bad = Preprocess(size=32, resize=36, channels="rgb", mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="area")
+    with pytest.raises(CheckpointError, match=r"makes \(3, 32, 32\) inputs .* takes \(3, 64, 64\)"):
+        save_checkpoint(tmp_path / "a.pt", model, preprocess=bad)
+    good = Preprocess(size=64, resize=64, channels="rgb", mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="area")
+    save_checkpoint(tmp_path / "a.pt", model, preprocess=good)
+    ckpt = torch.load(tmp_path / "a.pt", weights_only=True)
+    ckpt["preprocess"] = bad.to_dict()  # written by something else
+    torch.save(ckpt, tmp_path / "b.pt")
+    with pytest.raises(CheckpointError, match="b.pt: its preprocessing makes"):
+        load_checkpoint(tmp_path / "b.pt")
+    assert load_checkpoint(tmp_path / "a.pt")[1].preprocess == good

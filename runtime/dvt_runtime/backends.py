@@ -107,6 +107,10 @@ class OrtSession(Session):
                                 "(the artifact or the manifest was changed: re-export the bundle)")
         self.providers = self.sess.get_providers()
 
+    def signature(self) -> dict[str, list]:
+        """Every graph input and output -> its shape (ints, or names for dynamic axes)."""
+        return {t.name: list(t.shape) for t in list(self.sess.get_inputs()) + list(self.sess.get_outputs())}
+
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outs = self.sess.run(self.output_names, inputs)
         return dict(zip(self.output_names, outs))
@@ -191,9 +195,54 @@ class CoreMLSession(Session):
         return {n: np.asarray(out[n]) for n in self.output_names}
 
 
+#: The options ``Bundle.open(**opts)`` passes to each backend (anything else is a typo, refused).
+BACKEND_OPTIONS = {"onnxruntime": ("providers", "spinning"), "executorch": ("etdump",), "coreml": ("compute_units",)}
+
+
+def check_threads(threads) -> Optional[int]:
+    """``threads`` as the sessions take it: None or 0 (the backend's default) or an integer >= 1."""
+    if threads is None or (isinstance(threads, (int, np.integer)) and not isinstance(threads, bool) and threads >= 0):
+        return None if threads is None else int(threads)
+    raise ValueError(f"threads must be an integer >= 1 (or None / 0 for the backend's default), got {threads!r}")
+
+
+def check_options(backend: str, opts: dict) -> None:
+    """Refuse options the backend does not take (a misspelled ``provider=`` silently ran on the CPU)."""
+    valid = BACKEND_OPTIONS.get(backend, ())
+    bad = sorted(k for k in opts if k not in valid)
+    if bad:
+        raise TypeError(f"{backend} bundles take no option(s) {bad}; valid: {list(valid) + ['threads', 'verify', 'device_name']}")
+    prov = opts.get("providers")
+    if prov is not None and (isinstance(prov, (str, bytes)) or not all(isinstance(p, str) for p in prov)):
+        raise ValueError(f"providers must be a list of execution provider names, e.g. ['CUDAExecutionProvider', "
+                         f"'CPUExecutionProvider'], got {prov!r}")
+
+
+def check_signature(session: Session, tensors: Sequence, path: Path) -> None:
+    """The artifact's inputs and outputs against the manifest's (names; every non-batch dimension where the
+    backend reports it): a swapped or edited exit fails here, at open, not at the first predict."""
+    sig = getattr(session, "signature", None)
+    if sig is None:
+        return
+    got = sig()
+    from dvt_runtime.manifest import ManifestError
+
+    for t in tensors:
+        if t.name not in got:
+            raise ManifestError(f"{path.name}: the manifest's tensor {t.name!r} is not in the graph (it has {sorted(got)}): "
+                                "the artifact or the manifest was changed; re-export the bundle")
+        shape = got[t.name]
+        fixed = [(a, b) for a, b in zip(shape[1:], t.shape[1:]) if isinstance(a, int)]
+        if len(shape) != len(t.shape) or any(a != b for a, b in fixed):
+            raise ManifestError(f"{path.name}: tensor {t.name!r} has shape {shape} in the graph, {t.shape} in the manifest "
+                                "(batch axis aside): the artifact or the manifest was changed; re-export the bundle")
+
+
 def open_session(backend: str, path, input_names, output_names, threads: Optional[int] = None, **opts) -> Session:
     """Load one artifact with the named backend."""
     path = Path(path)
+    check_options(backend, opts)
+    threads = check_threads(threads)
     if backend == "onnxruntime":
         return OrtSession(path, input_names, output_names, threads, opts.get("providers"), opts.get("spinning", False))
     if backend == "executorch":

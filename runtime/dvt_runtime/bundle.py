@@ -19,6 +19,7 @@ state is guarded by a lock.
 from __future__ import annotations
 
 import math
+import re
 import sys
 import threading
 import time
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 
-from dvt_runtime.backends import Session, import_backend, open_session
+from dvt_runtime.backends import Session, check_options, check_signature, check_threads, import_backend, open_session
 from dvt_runtime.checks import InputError, NonFiniteOutput, check_thresholds, positive_ms
 from dvt_runtime.checks import check_finite as _check_finite
 from dvt_runtime.manifest import Manifest, ManifestError  # noqa: F401  (ManifestError: raised by open)
@@ -72,9 +73,11 @@ def softmax(x: np.ndarray) -> np.ndarray:
 class Bundle:
     """A verified bundle with one loaded session per exit."""
 
-    def __init__(self, path: Path, manifest: Manifest, sessions: list[Session], load_ms: list[float], device_name: Optional[str] = None):
+    def __init__(self, path: Path, manifest: Manifest, sessions: list[Session], load_ms: list[float], device_name: Optional[str] = None,
+                 threads: Optional[int] = None):
         self.path, self.manifest, self.sessions, self.load_ms = path, manifest, sessions, load_ms
         self.device_name = device_name
+        self.threads = threads  # as opened (None: the backend's default); a calibration made at another count warns
         self.calibration: Optional[Calibration] = None
         self.stage_p90_ms: Optional[list[float]] = None  # for deadline mode (from a profile/calibration)
         self.controller = None  # one BudgetController for every budget (its speed estimate is the device's)
@@ -96,18 +99,19 @@ class Bundle:
         e.g. ``["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]``.
         """
         path = Path(path)
+        threads = check_threads(threads)
+        opts = dict(backend_opts, **({"providers": providers} if providers is not None else {}))
         m = Manifest.load(path, verify=verify)
+        check_options(m.backend, opts)
         sessions, load_ms = [], []
         import_backend(m.backend)  # outside the timer: exit 1's load time is its artifact's, as on a device
         for i, e in enumerate(m.exits):
             t0 = time.perf_counter()
-            opts = dict(backend_opts)
-            if providers:
-                opts["providers"] = list(providers)
             sessions.append(open_session(m.backend, m.artifact_path(path, i), [t.name for t in e.inputs],
                                          [t.name for t in e.outputs], threads=threads, **opts))
             load_ms.append((time.perf_counter() - t0) * 1e3)
-        return cls(path, m, sessions, load_ms, device_name)
+            check_signature(sessions[-1], list(e.inputs) + list(e.outputs), m.artifact_path(path, i))
+        return cls(path, m, sessions, load_ms, device_name, threads)
 
     def write_etdump(self, directory: Union[str, Path]) -> list[Path]:
         """ExecuTorch bundles opened with ``etdump=True``: one ETDump per exit (``exit<k>.etdp``) of
@@ -152,10 +156,10 @@ class Bundle:
         p = self.calibration_path(device_name, batch)
         if not p.exists():
             if missing_ok:
-                others = sorted(q.stem for q in p.parent.glob("*.json")) if p.parent.is_dir() else []
+                others = sorted({re.sub(r"-batch\d+$", "", q.stem) for q in p.parent.glob("*.json")}) if p.parent.is_dir() else []
                 if others:  # a misspelled name silently ran the manifest's thresholds
                     warnings.warn(f"no calibration for device {device_name!r} in {p.parent} (it holds {others}): using the "
-                                  "manifest's default thresholds; pass one of those names, or calibrate this device", stacklevel=3)
+                                  "manifest's default thresholds; pass one of those names, or calibrate this device", stacklevel=4)
                 return None
             raise FileNotFoundError(f"no calibration for device {device_name!r} at batch {batch} in {self.path} "
                                     "(run python -m dvt_runtime.calibrate" + (f" --batch {batch})" if batch > 1 else ")"))
@@ -168,7 +172,13 @@ class Bundle:
             raise CalibrationError(f"{p} was calibrated at batch {cal.batch}, not {batch}: recalibrate with python -m "
                                    f"dvt_runtime.calibrate --batch {batch}" + (f", or use_calibration(..., batch={cal.batch})"))
         self.calibration = cal
-        self.stage_p90_ms = cal.stage_p90_ms()
+        if cal.batch == 1:  # deadline mode runs one image per call: a batch calibration's per-image p90s are too low for it
+            self.stage_p90_ms = cal.stage_p90_ms()
+        theirs = cal.profile.get("threads") if isinstance(cal.profile, dict) else None
+        if theirs and self.threads and theirs != self.threads:
+            warnings.warn(f"{p} was calibrated with {theirs} thread(s) per session, this bundle runs {self.threads}: its latencies "
+                          f"(and the thresholds they chose) are another setting's; open with threads={theirs} or recalibrate",
+                          stacklevel=2)
         with self._budget_lock:  # a new table: a fresh controller, and every budget may warn again
             self.controller = None
             self._warned_budgets.clear()

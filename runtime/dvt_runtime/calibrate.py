@@ -18,9 +18,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import re
 import socket
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
@@ -201,7 +203,7 @@ class Fit:
 
 
 def fit(bundle: Bundle, x: np.ndarray, y: np.ndarray, holdout: float = 0.5, seed: int = 0, profile=None, runs: int = 200,
-        warmup: int = 20, batch: int = 1, progress: bool = True) -> Fit:
+        warmup: int = 20, batch: int = 1, progress: bool = True, device_name: Optional[str] = None) -> Fit:
     """Profile (unless ``profile`` is given), measure the cascade overhead, run every exit on ``x``
     and split the images (seeded): the one pipeline behind calibration and the benchmark."""
     from dvt_runtime.profile import profile_bundle
@@ -209,7 +211,7 @@ def fit(bundle: Bundle, x: np.ndarray, y: np.ndarray, holdout: float = 0.5, seed
     measured_here = profile is None
     if profile is None:
         profile = profile_bundle(bundle, warmup=warmup, runs=runs, images=x[: min(len(x), max(64, 8 * batch))], progress=progress,
-                                 batch=batch)
+                                 batch=batch, device_name=device_name)
     if len(profile.stages) != bundle.num_exits:
         raise CalibrationError(f"profile has {len(profile.stages)} stages, the bundle {bundle.num_exits} exits")
     for i, st in enumerate(profile.stages):  # refused now, not after every exit has run (the file check would)
@@ -220,6 +222,10 @@ def fit(bundle: Bundle, x: np.ndarray, y: np.ndarray, holdout: float = 0.5, seed
                                        "for this stage reads 0: profile with a finer timer)")
     m, pb = bundle.manifest, profile.bundle if isinstance(profile.bundle, dict) else {}
     other = {k: pb[k] for k in ("model", "target", "precision", "backend") if k in pb and pb[k] != getattr(m, k)}
+    if not measured_here and not any(k in pb for k in ("model", "target", "precision", "backend")):
+        warnings.warn("the profile does not name the bundle it timed (imported without --bundle): nothing checks that its "
+                      f"latencies are {m.model} {m.target}/{m.precision}'s; re-import it with "
+                      "python -m dvt_runtime.profile import ... --bundle B", stacklevel=3)
     if other:  # another bundle's latencies would price these thresholds
         raise CalibrationError(f"the profile was measured on another bundle ({', '.join(f'{k} {v!r}' for k, v in other.items())}; "
                                f"this one is {m.model} {m.target}/{m.precision}): profile this bundle on the device")
@@ -251,7 +257,8 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
     device_name = _device_for(profile, device_name)
     _check_request(bundle, x, y, budget_ms, algorithm, device_name, holdout, batch, metric, seed)
     budget_ms, seed = float(budget_ms), int(seed)  # numpy numbers from the Python API: plain ones in the file
-    f = fit(bundle, x, y, holdout=holdout, seed=seed, profile=profile, runs=runs, warmup=warmup, batch=batch, progress=progress)
+    f = fit(bundle, x, y, holdout=holdout, seed=seed, profile=profile, runs=runs, warmup=warmup, batch=batch, progress=progress,
+            device_name=device_name)
     costs = f.costs
     cheapest = float(costs.cumulative[0])
     if budget_ms < cheapest * (1 - 1e-9) and metric == "mean":
@@ -322,7 +329,14 @@ def _check_request(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: floa
         raise CalibrationError(f"budget must be a positive number of milliseconds, got {budget_ms!r}") from None
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
         raise CalibrationError(f"batch must be a whole number of images per call >= 1, got {batch!r}")
+    if re.search(r"-batch\d+$", device_name):  # <device>-batch<N>.json is device's calibration at batch N
+        raise CalibrationError(f"device name {device_name!r} ends like a batch calibration's file name; name the device "
+                               "without '-batch<N>' and pass --batch N")
     target = bundle.calibration_path(device_name, batch)
+    theirs = _file_device(target)
+    if theirs is not None and theirs != device_name:  # e.g. 'lap top' and 'lap_top' share a file name
+        raise CalibrationError(f"{target} holds device {theirs!r}'s calibration, which this one would replace: choose a "
+                               f"device name that differs from {theirs!r} in a letter or digit")
     if target.parent.exists() and not target.parent.is_dir():
         raise CalibrationError(f"{target.parent} is a file, not a folder: calibrations are written to {target}; move that file away")
     if target.exists() and not target.is_file():
@@ -337,6 +351,15 @@ def _check_request(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: floa
                                f"lower --holdout (at most {(len(x) - 1.5) / len(x):.2f} here) or pass more images")
     if int(y.max()) >= len(bundle.classes) or int(y.min()) < 0:
         raise CalibrationError(f"labels must be in 0..{len(bundle.classes) - 1} for this bundle's classes")
+
+
+def _file_device(path: Path) -> Optional[str]:
+    """The device named in an existing calibration file (None: no file, or not one that can be read)."""
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return d.get("device") if isinstance(d, dict) and isinstance(d.get("device"), str) else None
 
 
 def _pareto_table(cal: ExitOutputs, costs: StageCosts, metric: str = "mean", seed: int = 0) -> list[BudgetRow]:

@@ -185,6 +185,11 @@ def validate_calibration(d: Any, manifest) -> None:
         _need(_num(p.get("mean_ms")) and p["mean_ms"] > 0 and _num(p.get("accuracy")) and 0 <= p["accuracy"] <= 100,
               f"table row {j + 1}: predicted mean_ms must be positive and accuracy in [0, 100]")
     _thresholds(d["chosen"].get("thresholds"), n, "chosen thresholds")
+    for j, r in enumerate(d["table"]):
+        _need(r.get("budget_ms") is None or (_num(r["budget_ms"]) and r["budget_ms"] > 0),
+              f"table row {j + 1}: budget_ms must be a positive number of ms, got {r.get('budget_ms')!r}")
+    _need("predicted" not in d["chosen"] or isinstance(d["chosen"]["predicted"], dict), "chosen.predicted must be an object")
+    _need(isinstance(d.get("algorithm", ""), str), f"algorithm must be a name, got {d.get('algorithm')!r}")
     if "batch" in d:
         _need(isinstance(d["batch"], int) and not isinstance(d["batch"], bool) and d["batch"] >= 1,
               f"batch must be a whole number >= 1, got {d['batch']!r}")

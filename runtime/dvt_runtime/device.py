@@ -117,11 +117,20 @@ def device_facts(threads: Optional[int] = None, backend: Optional[str] = None) -
         "backend": backend,
         "backend_version": _safe(backend_version, backend) if backend else None,
         "threads": threads,
+        "image_resize": _resize_impl(),
         "cpu_governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
         "temperatures": _safe(_temperatures),
         "jetson_power_mode": _safe(_nvpmodel),
         "nv_tegra_release": tegra.splitlines()[0] if tegra else None,
     }
+
+
+def _resize_impl() -> str:
+    """Which code resizes camera frames: OpenCV, or the numpy fallback (several times slower on large frames)."""
+    from dvt_runtime.preprocess import _cv2
+
+    cv2 = _cv2()
+    return f"opencv {cv2.__version__}" if cv2 is not None else "numpy (no OpenCV: pip install 'dvt-runtime[opencv]')"
 
 
 def peak_rss_mb() -> Optional[float]:

@@ -35,6 +35,10 @@ _CSV_LAYOUTS = ("wide 'stage1_ms,stage2_ms,...' (one row per iteration), "
 
 def _device_from(file_device: Any, device_name: Optional[str]) -> dict[str, Any]:
     device = dict(file_device) if isinstance(file_device, dict) else {"device_name": device_name}
+    bad = sorted(k for k, v in device.items() if isinstance(v, float) and not math.isfinite(v))
+    if bad:  # facts, not latencies: an unknown reading is null (a NaN would make the profile unwritable as JSON)
+        warnings.warn(f"device fact(s) {bad} are not finite numbers; recorded as null", stacklevel=3)
+        device.update({k: None for k in bad})
     if device_name:
         device["device_name"] = device_name
     return device

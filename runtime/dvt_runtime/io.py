@@ -40,6 +40,19 @@ def atomic_write(path: Union[str, Path], data: bytes) -> Path:
     return path
 
 
+def check_out_path(path: Union[str, Path], flag: str = "--out") -> Path:
+    """A file to be written after long work, checked first: not a folder, its folder creatable and writable
+    (a bad path found only at the end loses the work)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ValueError(f"{flag} {p} is a folder; name the file to write (e.g. {p / 'profile.json'})")
+    parent = next((q for q in [p.parent, *p.parent.parents] if q.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {p}: cannot write in {parent} ({'not a folder' if not parent.is_dir() else 'permission denied'}); "
+                         "choose another path")
+    return p
+
+
 def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

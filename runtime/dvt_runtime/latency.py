@@ -220,8 +220,11 @@ class LatencyProfile:
         return cls(**d)
 
     def save(self, path: PathLike) -> Path:
-        """Write the profile as JSON, atomically."""
-        return atomic_write_json(path, self.to_dict())
+        """Write the profile as strict JSON, atomically (a NaN or infinity is refused: other tools could not read it)."""
+        try:
+            return atomic_write_json(path, self.to_dict(), allow_nan=False)
+        except ValueError as e:
+            raise ProfileError(f"the profile holds a non-finite number ({e}): nothing was written to {path}") from None
 
     @classmethod
     def load(cls, path: PathLike) -> LatencyProfile:
@@ -262,8 +265,9 @@ class LatencyProfile:
         tail = []
         if self.preprocess_ms:
             frames = self.settings.get("preprocess_frames")
+            impl = self.device.get("image_resize") if isinstance(self.device, dict) else None
             tail.append(f"preprocess p50 {_fmt(self.preprocess_ms['p50'])} ms, p90 {_fmt(self.preprocess_ms['p90'])} ms"
-                        + (f" ({frames})" if isinstance(frames, str) else ""))
+                        + (f" ({frames})" if isinstance(frames, str) else "") + (f" with {impl}" if isinstance(impl, str) else ""))
         if self.peak_rss_mb is not None:
             tail.append(f"peak RSS {self.peak_rss_mb:.1f} MB")
         if tail:

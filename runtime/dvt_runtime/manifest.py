@@ -20,7 +20,7 @@ from dvt_runtime.schema import checked_fields
 
 __all__ = ["SCHEMA_VERSION", "TensorSpec", "ExitSpec", "ExitParity", "ParityReport", "Manifest", "ManifestError"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: ``content_sha256`` (the manifest's own digest); version-1 manifests still load
 MANIFEST_NAME = "manifest.json"
 
 
@@ -132,6 +132,9 @@ class Manifest:
     # artifacts take one sample per call (the runtime loops); N = up to N; None = any size
     max_batch: Optional[int] = 1
     batch_note: str = ""  # why the batch is fixed, when it is
+    # SHA-256 of every other field (canonical JSON), written by ``save``: an edited label, mean or
+    # shape in manifest.json is refused like an edited artifact ("" only in version-1 files)
+    content_sha256: str = ""
 
     # ---------------------------------------------------------------- JSON
     def to_dict(self) -> dict[str, Any]:
@@ -178,6 +181,9 @@ class Manifest:
                 _need(isinstance(t.shape, list) and t.shape and all(_is_int(v) and v > 0 for v in t.shape),
                       f"{w} tensor {t.name} has a bad shape {t.shape!r}")
             _need(isinstance(e.quantization, dict), f"{w} quantization must be an object")
+        image = tuple(self.exits[0].inputs[0].shape[1:])
+        _need(self.preprocess.input_shape == image, f"preprocess makes {self.preprocess.input_shape} inputs (channels "
+              f"{self.preprocess.channels!r}, size {self.preprocess.size}) but exit 1 takes {image}: the preprocessing is another model's")
         logits = [t for t in self.exits[-1].outputs if t.name == "logits"]
         _need(bool(logits), "the last exit has no 'logits' output")
         n_classes = logits[0].shape[-1]
@@ -209,7 +215,17 @@ class Manifest:
     def save(self, bundle_dir: Union[str, Path]) -> Path:
         """Validate, then write ``bundle_dir/manifest.json`` atomically: never a manifest that ``load`` would refuse."""
         self.validate()
+        self.schema_version = SCHEMA_VERSION
+        self.content_sha256 = self.content_digest()
         return atomic_write_json(Path(bundle_dir) / MANIFEST_NAME, self.to_dict())
+
+    def content_digest(self) -> str:
+        """SHA-256 of the canonical JSON of every field but ``content_sha256``."""
+        import hashlib
+
+        d = self.to_dict()
+        d.pop("content_sha256")
+        return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()).hexdigest()
 
     @classmethod
     def load(cls, bundle_dir: Union[str, Path], verify: bool = True) -> "Manifest":
@@ -218,7 +234,11 @@ class Manifest:
         path = bundle_dir / MANIFEST_NAME
         if not path.is_file():
             raise ManifestError(f"{bundle_dir} is not a bundle: {MANIFEST_NAME} not found (export one with python -m dvt_edge.export)")
-        m = cls.from_json(path.read_text())
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ManifestError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}): the file is corrupted; re-export the bundle") from None
+        m = cls.from_json(text)
         if verify:
             m.verify(bundle_dir)
         return m
@@ -239,6 +259,10 @@ class Manifest:
         """Check every artifact exists and matches its SHA-256 (the message names the file)."""
         if not self.exits:
             raise ManifestError("manifest lists no exits")
+        if self.schema_version >= 2 and self.content_sha256 != self.content_digest():
+            raise ManifestError(f"{Path(bundle_dir) / MANIFEST_NAME} was edited after export (its content_sha256 does not match "
+                                "its fields: a changed class name, mean or shape would give wrong answers); re-export the bundle, "
+                                "or, if the edit is meant, Manifest.load(dir, verify=False) then .save(dir) to seal it again")
         for i, e in enumerate(self.exits):
             p = self.artifact_path(bundle_dir, i)
             if not p.exists():

@@ -14,6 +14,7 @@ from typing import Optional
 
 import numpy as np
 
+from dvt_runtime.checks import InputError
 from dvt_runtime.schema import checked_fields
 
 __all__ = ["Preprocess", "INTERPOLATIONS"]
@@ -95,9 +96,9 @@ class Preprocess:
         """One uint8 image (H, W), (H, W, 1) or BGR (H, W, 3) -> float32 (C, size, size)."""
         img = np.asarray(image)
         if img.dtype != np.uint8:
-            raise ValueError(f"expected a uint8 image, got dtype {img.dtype}; pass raw pixels (0-255)")
+            raise InputError(f"expected a uint8 image, got dtype {img.dtype}; pass raw pixels (0-255)")
         if img.ndim >= 2 and (img.shape[0] == 0 or img.shape[1] == 0):
-            raise ValueError(f"empty image of shape {img.shape}: nothing to classify (check the camera or file)")
+            raise InputError(f"empty image of shape {img.shape}: nothing to classify (check the camera or file)")
         img = self._convert_channels(img)  # (H, W, C) uint8
         img = self._resize_crop(img)
         x = img.astype(np.float32) * np.float32(1.0 / 255.0)
@@ -117,7 +118,9 @@ class Preprocess:
         if img.ndim == 2:
             img = img[:, :, None]
         if img.ndim != 3 or img.shape[2] not in (1, 3, 4):
-            raise ValueError(f"expected an image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got {img.shape}")
+            hint = (" (channels first? uint8 images are (H, W, C) and a uint8 batch (N, H, W, C): transpose it)"
+                    if img.ndim == 3 and img.shape[0] in (1, 3, 4) else "")
+            raise InputError(f"expected a uint8 image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got {img.shape}{hint}")
         if img.shape[2] == 4:
             img = img[:, :, :3]
         if self.channels == "gray":

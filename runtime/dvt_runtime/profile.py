@@ -39,9 +39,10 @@ import numpy as np
 from dvt_runtime.backends import BackendUnavailable
 from dvt_runtime.device import device_facts, peak_rss_mb
 from dvt_runtime.importers import import_csv, import_etdump, import_json
-from dvt_runtime.io import atomic_write_json
+from dvt_runtime.io import atomic_write_json, check_out_path
 from dvt_runtime.io import progress as _bar
 from dvt_runtime.latency import SCHEMA, SCHEMA_VERSION, LatencyProfile, check_batch, read_json
+from dvt_runtime.manifest import Manifest
 from dvt_runtime.stats import DRIFT_THRESHOLD, MIN_RUNS, ProfileError, sample_stats
 
 BLOCK = 20  # timed runs per block of one depth (chain or stream); blocks rotate between depths
@@ -138,6 +139,7 @@ def profile_bundle(
     setting the bundle was opened with (recorded, not applied). Call it on a freshly opened
     bundle, or ``first_inference_ms`` is not really the first.
     """
+    threads = getattr(bundle, "threads", None) if threads is None else threads  # as opened, unless told
     if int(runs) < MIN_RUNS:
         raise ValueError(f"runs must be at least {MIN_RUNS} (the drift check compares quarters), got {runs}")
     if int(warmup) < 0:
@@ -166,8 +168,7 @@ def profile_bundle(
         samples,
         device=_device(bundle, threads, device_name),
         source="measured",
-        bundle={"model": bundle.manifest.model, "target": bundle.manifest.target, "precision": bundle.manifest.precision,
-                "backend": bundle.manifest.backend, "path": str(bundle.path), "num_exits": bundle.num_exits},
+        bundle=bundle_facts(bundle.manifest, bundle.path),
         threads=threads or None,  # 0 = the backend's default, as None
         load_ms=list(bundle.load_ms),
         first_inference_ms=first,
@@ -224,6 +225,12 @@ def _time_preprocess(bundle, raws: list[np.ndarray], runs: int) -> list[float]:
     return out
 
 
+def bundle_facts(manifest, path) -> dict[str, Any]:
+    """What a profile records of the bundle it timed (``calibrate`` refuses a profile of another one)."""
+    return {"model": manifest.model, "target": manifest.target, "precision": manifest.precision,
+            "backend": manifest.backend, "path": str(path), "num_exits": manifest.num_exits}
+
+
 def _device(bundle, threads: Optional[int], device_name: Optional[str]) -> dict[str, Any]:
     device = device_facts(threads=threads, backend=bundle.manifest.backend)
     if device_name:
@@ -265,6 +272,8 @@ def _import_parser() -> argparse.ArgumentParser:
                     help="--etdump without the etdump_runs.json that profile --etdump-dir writes (e.g. a phone's trace): "
                          "leave out each exit's first N runs, the first inference and warm-up (default 1)")
     ap.add_argument("--device-name", help="name of the device the latencies were measured on")
+    ap.add_argument("--bundle", help="the bundle the latencies were measured with: recorded, so that calibrate refuses the "
+                                     "profile for another model, target or precision (without it nothing can check)")
     ap.add_argument("--out", required=True, help="write the profile JSON here")
     return ap
 
@@ -298,8 +307,12 @@ def _measure(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
         ap.error(f"--threads must be >= 1, got {args.threads}")
     if args.batch < 1:
         ap.error(f"--batch must be >= 1, got {args.batch}")
+    if args.out:
+        check_out_path(args.out, "--out")
     from dvt_runtime.bundle import Bundle
 
+    if args.etdump_dir and (backend := Manifest.load(args.bundle, verify=False).backend) != "executorch":
+        ap.error(f"--etdump-dir records ExecuTorch's trace; {args.bundle} runs on {backend}: leave it out")
     bundle = Bundle.open(args.bundle, threads=args.threads, **({"etdump": True} if args.etdump_dir else {}))
     if args.etdump_dir and bundle.manifest.backend != "executorch":
         ap.error(f"--etdump-dir is for ExecuTorch bundles; this one runs on {bundle.manifest.backend}")
@@ -321,6 +334,8 @@ def _measure(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
 def _import(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     if args.etrecord and not args.etdump:
         ap.error("--etrecord goes with --etdump")
+    check_out_path(args.out, "--out")
+    manifest = Manifest.load(args.bundle) if args.bundle else None
     if args.csv:
         prof = import_csv(args.csv, device_name=args.device_name)
     elif args.json:
@@ -338,6 +353,14 @@ def _import(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
             print(f"note: no {ETDUMP_RUNS} beside the ETDump files: kept every run after each exit's first {skip} "
                   f"({prof.stages[0]['n']} per exit); if the trace holds warm-up runs, pass --skip-first with their number + 1",
                   file=sys.stderr)
+    if manifest is not None:
+        if len(prof.stages) != manifest.num_exits:
+            raise ProfileError(f"the latencies have {len(prof.stages)} stages, bundle {args.bundle} {manifest.num_exits} exits: "
+                               "they were measured on another model")
+        prof.bundle = bundle_facts(manifest, args.bundle)
+    else:
+        print("note: no --bundle: the profile does not say which model it timed, so calibrate cannot refuse it for another "
+              "one; pass --bundle B (the bundle the device ran)", file=sys.stderr)
     slow = [i + 1 for i, st in enumerate(prof.stages) if st["median"] > 1000.0]
     if slow:  # a stage of a second or more: microseconds under a millisecond header, most likely
         print(f"note: stage(s) {slow} take over 1000 ms (median): the values are read as milliseconds; if they are "

@@ -1,0 +1,174 @@
+"""The runtime refuses what would silently run wrong: edited manifests, misspelled options, a batch
+calibration's p90s in deadline mode, calibrations that would replace another device's, profiles
+that name no bundle."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+
+from dvt_runtime import Bundle
+from dvt_runtime.bundle import InputError
+from dvt_runtime.manifest import Manifest, ManifestError
+from tests.test_batching import _images
+
+
+@pytest.fixture()
+def bundle_copy(onnx_bundle, tmp_path):
+    dst = tmp_path / "b"
+    shutil.copytree(onnx_bundle, dst)
+    return dst
+
+
+def _edit(bundle, fn) -> None:
+    p = bundle / "manifest.json"
+    d = json.loads(p.read_text())
+    fn(d)
+    p.write_text(json.dumps(d))
+
+
+def _calibrate(b, name, batch=1, **kw):
+    from dvt_runtime.calibrate import calibrate
+    from dvt_runtime.profile import MIN_RUNS
+
+    x = _images(32, b.input_shape, seed=6)
+    y = np.argmax(b.run_exits(x)[-1], -1)
+    return calibrate(b, x, y, budget_ms=10.0, runs=MIN_RUNS, warmup=2, device_name=name, progress=False, batch=batch, **kw)
+
+
+def test_edited_manifest_is_refused_and_can_be_sealed_again(bundle_copy):
+    m = Manifest.load(bundle_copy)
+    assert m.schema_version == 2 and m.content_sha256 == m.content_digest()
+    _edit(bundle_copy, lambda d: d["classes"].reverse())  # every label wrong, artifacts untouched
+    with pytest.raises(ManifestError, match="edited after export"):
+        Bundle.open(bundle_copy)
+    edited = Manifest.load(bundle_copy, verify=False)
+    edited.save(bundle_copy)  # an intended edit, sealed again
+    assert Bundle.open(bundle_copy).classes == list(reversed(m.classes))
+    _edit(bundle_copy, lambda d: (d.pop("content_sha256"), d.update(schema_version=1)))  # a version-1 bundle: no digest
+    Bundle.open(bundle_copy)
+    _edit(bundle_copy, lambda d: d["preprocess"].update(size=d["preprocess"]["size"] + 4, resize=d["preprocess"]["resize"] + 4))
+    with pytest.raises(ManifestError, match="preprocess makes .* but exit 1 takes"):
+        Manifest.load(bundle_copy)
+    (bundle_copy / "manifest.json").write_bytes(b"\xff\xfe{}")
+    with pytest.raises(ManifestError, match="not UTF-8"):
+        Manifest.load(bundle_copy)
+
+
+def test_open_checks_the_graphs_tensors(bundle_copy):
+    m = Manifest.load(bundle_copy)
+    m.exits[1].outputs[0].name = "lgts"
+    m.save(bundle_copy)
+    with pytest.raises(ManifestError, match="'lgts' is not in the graph"):
+        Bundle.open(bundle_copy)
+    m.exits[1].outputs[0].name = "logits"
+    shape = m.exits[2].inputs[-1].shape
+    m.exits[2].inputs[-1].shape = [*shape[:-1], shape[-1] + 1]
+    m.save(bundle_copy)
+    with pytest.raises(ManifestError, match="in the graph, .* in the manifest"):
+        Bundle.open(bundle_copy)
+
+
+def test_open_refuses_unknown_options_and_bad_threads(onnx_bundle):
+    for kw, err, match in ((dict(provider=["CUDAExecutionProvider"]), TypeError, r"no option\(s\) \['provider'\]"),
+                           (dict(etdump=True), TypeError, "etdump"),
+                           (dict(providers="CPUExecutionProvider"), ValueError, "list of execution provider names"),
+                           (dict(threads=-1), ValueError, "threads"), (dict(threads=1.5), ValueError, "threads"),
+                           (dict(threads=True), ValueError, "threads")):
+        with pytest.raises(err, match=match):
+            Bundle.open(onnx_bundle, **kw)
+    assert Bundle.open(onnx_bundle, threads=2).threads == 2
+
+
+def test_channels_first_uint8_is_an_input_error(onnx_bundle):
+    b = Bundle.open(onnx_bundle)
+    with pytest.raises(InputError, match="channels first"):
+        b.predict(np.zeros((3, 40, 40), np.uint8))
+
+
+def test_batch_calibration_leaves_deadline_p90s_alone(bundle_copy):
+    from dvt_runtime.calibrate import CalibrationError
+
+    b = Bundle.open(bundle_copy, threads=1)
+    one = _calibrate(b, "d")
+    assert one.profile["threads"] == 1 and one.profile["device"]["device_name"] == "d"  # recorded as run
+    p90 = list(b.stage_p90_ms)
+    _calibrate(b, "d", batch=8)
+    assert b.stage_p90_ms == p90  # per-image p90s at batch 8 are too low for one image per call
+    fresh = Bundle.open(bundle_copy)
+    fresh.use_calibration("d", batch=8)
+    with pytest.raises(ValueError, match="deadline mode needs"):
+        fresh.predict(_images(1, fresh.input_shape), deadline_ms=5.0)
+    with pytest.warns(UserWarning, match="calibrated with 1 thread"):
+        Bundle.open(bundle_copy, threads=2, device_name="d")
+    with pytest.raises(CalibrationError, match="ends like a batch calibration"):
+        _calibrate(b, "d-batch8")
+    _calibrate(b, "lap top")
+    before = (bundle_copy / "calibration" / "lap_top.json").read_bytes()
+    with pytest.raises(CalibrationError, match="holds device 'lap top'"):
+        _calibrate(b, "lap_top")
+    assert (bundle_copy / "calibration" / "lap_top.json").read_bytes() == before
+
+
+def test_imported_profile_names_its_bundle(onnx_bundle, tmp_path, capsys):
+    from dvt_runtime.latency import LatencyProfile
+    from dvt_runtime.profile import main
+
+    src = tmp_path / "phone.json"
+    stages = [[0.5, 0.6, 0.55, 0.52] * 5, [1.0, 1.1, 1.05, 1.02] * 5, [2.0, 2.1, 2.05, 2.02] * 5]
+    src.write_text(json.dumps({"device": {"device_name": "pixel", "temp_c": float("nan")}, "stages_ms": stages}))
+    out = tmp_path / "p.json"
+    with pytest.warns(UserWarning, match="temp_c"):
+        assert main(["import", "--json", str(src), "--out", str(out)]) == 0
+    assert "no --bundle" in capsys.readouterr().err
+    prof = LatencyProfile.load(out)  # strict JSON: the NaN fact is null
+    assert prof.device["temp_c"] is None and "NaN" not in out.read_text()
+    b = Bundle.open(onnx_bundle)
+    x = _images(32, b.input_shape, seed=6)
+    y = np.argmax(b.run_exits(x)[-1], -1)
+    from dvt_runtime.calibrate import fit
+
+    with pytest.warns(UserWarning, match="does not name the bundle"):
+        fit(b, x, y, profile=prof, progress=False)
+    assert main(["import", "--json", str(src), "--bundle", str(onnx_bundle), "--out", str(out)]) == 0
+    prof = LatencyProfile.load(out)
+    assert prof.bundle["model"] == b.manifest.model
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit(b, x, y, profile=prof, progress=False)
+    prof.bundle["model"] = "another"
+    from dvt_runtime.calibration import CalibrationError
+
+    with pytest.raises(CalibrationError, match="another bundle"):
+        fit(b, x, y, profile=prof, progress=False)
+    prof.device["clock"] = float("inf")
+    from dvt_runtime.stats import ProfileError
+
+    with pytest.raises(ProfileError, match="non-finite"):
+        prof.save(tmp_path / "bad.json")
+    assert not (tmp_path / "bad.json").exists()
+
+
+def test_profile_out_checked_before_measuring(onnx_bundle, tmp_path, capsys):
+    from dvt_runtime.profile import main
+
+    (tmp_path / "dir").mkdir()
+    assert main(["--bundle", str(onnx_bundle), "--out", str(tmp_path / "dir"), "--runs", "8", "--no-progress"]) == 2
+    err = capsys.readouterr()
+    assert "is a folder" in err.err and "exit 1" not in err.out  # refused before any stage ran
+
+
+def test_calibration_file_field_types(bundle_copy):
+    from dvt_runtime.calibration import CalibrationError, validate_calibration
+
+    b = Bundle.open(bundle_copy)
+    d = _calibrate(b, "d").to_dict()
+    validate_calibration(d, b.manifest)
+    for bad, match in (({"table": [{**d["table"][0], "budget_ms": "x"}]}, "budget_ms"),
+                       ({"chosen": {**d["chosen"], "predicted": "x"}}, "chosen.predicted"), ({"algorithm": 5}, "algorithm")):
+        with pytest.raises(CalibrationError, match=match):
+            validate_calibration({**d, **bad}, b.manifest)
