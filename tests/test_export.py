@@ -97,7 +97,7 @@ def test_manifest_round_trip(tmp_path, micro_ckpt):
     m = Manifest.load(res.path)
     again = Manifest.from_json(m.to_json())
     assert again.to_dict() == m.to_dict()
-    assert json.loads(m.to_json())["schema_version"] == 1
+    assert json.loads(m.to_json())["schema_version"] == 2 and m.content_sha256 == m.content_digest()
 
 
 def test_tampered_artifact_is_detected(tmp_path, micro_ckpt):

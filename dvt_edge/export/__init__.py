@@ -15,7 +15,7 @@ import platform
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -25,8 +25,8 @@ import torch
 from dvt_edge.checkpoint import CheckpointInfo, load_checkpoint
 from dvt_edge.data import DataError, checkpoint_data, default_preprocess, load_dataset
 from dvt_edge.export.common import ExitArtifact, ExitGraph, ExitJob, ExportError, exit_graphs, exit_specs
-from dvt_edge.export.install import check_destination, install, recover_leftovers
-from dvt_edge.export.int8 import int8_schemes, pick_scheme
+from dvt_edge.export.install import carry_over, check_destination, install, recover_leftovers
+from dvt_edge.export.int8 import CALIBRATED, int8_schemes, pick_scheme
 from dvt_edge.export.targets import TARGETS, Target, TargetUnavailable, get_target
 from dvt_edge.export.verify import (
     FP32_TOL,
@@ -58,6 +58,7 @@ class ExportResult:
     path: Path
     manifest: Manifest
     report: str
+    notes: list[str] = field(default_factory=list)  # said on the console too (e.g. device calibrations kept by --force)
 
 
 # ----------------------------------------------------------------------------- data
@@ -101,12 +102,15 @@ def _load_data(spec: Optional[str], pre: Preprocess, calib_n: int, verify_n: int
         return _Data(None, [], None, None, "no real images (fixed inputs only); pass --calib-data to verify on real images")
     try:
         train = load_dataset(spec, "train", preprocess=pre)
+        _check_preprocessed(train, spec, pre)
         mismatch = _label_mismatch(train, num_classes, classes)
         calib, _ = train.arrays(calib_n, seed=0)
         try:
             val = load_dataset(spec, "val", preprocess=pre)
         except DataError:
             val = None
+        if val is not None:
+            _check_preprocessed(val, spec, pre)
         if val is not None and not _same_images(val, train):
             vx, vy = val.arrays(min(verify_n, len(val)), seed=1)
             where = f"{spec}/val"
@@ -122,6 +126,14 @@ def _load_data(spec: Optional[str], pre: Preprocess, calib_n: int, verify_n: int
     if mismatch:
         vy, note = None, note + f"; their labels are not used ({mismatch}): no accuracy, no thresholds chosen on them"
     return _Data(spec, list(calib), vx, vy, note)
+
+
+def _check_preprocessed(ds, spec: str, pre: Preprocess) -> None:
+    """Images stored preprocessed must have been preprocessed as the checkpoint's model expects."""
+    if ds.preprocessed and ds.preprocess != pre:
+        raise ExportError(f"calibration data {spec!r} holds images already preprocessed as {ds.preprocess.to_dict()}, but the "
+                          f"checkpoint's model expects {pre.to_dict()}: write the set again with the checkpoint's preprocessing, "
+                          "or pass the images as pixels (uint8 npz, imagefolder:PATH)")
 
 
 # ----------------------------------------------------------------------------- thresholds
@@ -218,6 +230,8 @@ class _Plan:
     checkpoint: str
     check_inputs: list  # per verification image (as many as CHECK_BYTES hold, at least 16), per exit: its inputs (PyTorch)
     tmp: Path = Path()  # the bundle is built here (set once everything is prepared), then installed at dest
+    log: Optional[Path] = None  # the toolchains' log
+    inputs: list = field(default_factory=list)  # the checkpoint and data paths (never inside dest)
 
 
 def export_bundle(checkpoint: str, target: str, precision: str = "fp32", options: Optional[ExportOptions] = None, **kwargs) -> ExportResult:
@@ -239,19 +253,24 @@ def export_bundle(checkpoint: str, target: str, precision: str = "fp32", options
     dest = Path(opts.out) if opts.out else Path("bundles") / f"{model.name}-{t.name}-{precision}"
     for note in recover_leftovers(dest):
         print(f"note: {note}")
-    check_destination(dest, opts.force)
+    log = Path(opts.log_path) if opts.log_path else dest.parent / "dvt-edge-export.log"
+    inputs = [checkpoint] + ([opts.calib_data.partition(":")[2]] if opts.calib_data and ":" in opts.calib_data else [])
+    check_destination(dest, opts.force, inputs, log)
     schemes = int8_schemes(t, precision, opts.scheme)
     plan = _prepare(dest, t, precision, opts, model, info, schemes, checkpoint)  # fails before anything is written
+    plan.log, plan.inputs = log, inputs
     dest.parent.mkdir(parents=True, exist_ok=True)
     plan.tmp = tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{os.getpid()}-", dir=dest.parent))
     os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; a bundle is as readable as any folder the user makes
-    log = Path(opts.log_path) if opts.log_path else dest.parent / "dvt-edge-export.log"
     try:
         with quiet_toolchains(log, opts.verbose) as console:
-            return _export_into(plan, console)
+            res = _export_into(plan, console)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    for note in res.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return res
 
 
 def _prepare(dest: Path, t: Target, precision: str, opts: ExportOptions, model: DVT, info: CheckpointInfo,
@@ -261,10 +280,17 @@ def _prepare(dest: Path, t: Target, precision: str, opts: ExportOptions, model: 
     spec, stand_in = (opts.calib_data, "") if opts.calib_data else checkpoint_data(model.name, info.extras, model.cfg)
     if stand_in:  # another set calibrates and verifies: said on the console and in the parity table
         print(f"note: {stand_in} (pass --calib-data SPEC to choose)", file=sys.stderr)
-    data = _load_data(spec, pre, opts.calib_n, opts.verify_n, need_calib=precision == "int8", num_classes=model.cfg.num_classes,
+    need = [s for s in schemes if s in CALIBRATED]  # weight-only and dynamic schemes calibrate nothing
+    if need and spec is None:
+        free = [s for s in t.int8.get("schemes", []) if s not in CALIBRATED]
+        raise ExportError(f"int8 scheme(s) {', '.join(need)} need calibration images and none are known for this checkpoint: pass "
+                          "--calib-data SPEC (e.g. imagefolder:PATH or npz:PATH)" + (f", or --scheme {' or '.join(free)} (no calibration)" if free else ""))
+    data = _load_data(spec, pre, opts.calib_n, opts.verify_n, need_calib=bool(need), num_classes=model.cfg.num_classes,
                       classes=info.classes)
     if stand_in:
         data.note = f"{stand_in}; {data.note}"
+    if data.verify_x is None:  # said now, not only in the manifest
+        print(f"note: {data.note}", file=sys.stderr)
     graphs = exit_graphs(model)
     calib_ref = torch_cascade(graphs, np.stack(data.calib)) if data.calib else []
     real_ref, check_inputs = None, []
@@ -316,7 +342,7 @@ def _verify(p: _Plan, exits: list[ExitSpec], artifacts: list[ExitArtifact], max_
                               exits=[ExitParity(e + 1) for e in range(len(p.graphs))],
                               note=f"{t.backend} cannot run on {platform.system()} here" if p.opts.verify else
                               "not verified: exported with --no-verify, nothing was compared")
-        if p.opts.verify and t.name == "coreml":
+        if p.opts.verify and t.backend == "coreml":
             from dvt_edge.export.coreml import check_structure
 
             for g, a in zip(p.graphs, artifacts):
@@ -363,9 +389,10 @@ def _export_into(p: _Plan, console) -> ExportResult:
     table = format_parity(manifest)
     if report.problems:
         raise ExportError("verification failed (use --no-verify to write the bundle anyway):\n" + table)
-    check_destination(p.dest, p.opts.force)  # again: a folder may have appeared there while the export ran
+    check_destination(p.dest, p.opts.force, p.inputs, p.log)  # again: a folder may have appeared there while the export ran
+    notes = carry_over(p.dest, p.tmp, manifest, p.log)
     install(p.tmp, p.dest)
-    return ExportResult(p.dest, manifest, table)
+    return ExportResult(p.dest, manifest, table, notes)
 
 
 def _batch_support(t: Target, artifacts: list[ExitArtifact]) -> tuple[Optional[int], str]:

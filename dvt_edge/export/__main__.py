@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -15,10 +16,25 @@ from dvt_edge.export.targets import TARGETS, TargetUnavailable, get_target
 
 
 def list_targets() -> str:
-    lines = [f"{'target':<11} {'precisions':<16} {'extra':<11} {'available':<9} produces"]
+    lines = [f"{'target':<11} {'precisions':<16} {'int8 --scheme (default)':<37} {'extra':<11} {'available':<9} produces"]
     for t in TARGETS.values():
-        lines.append(f"{t.name:<11} {','.join(t.precisions):<16} {t.extra:<11} {'yes' if t.available else 'no':<9} {t.produces}")
+        schemes = f"{','.join(t.int8['schemes'])},auto ({t.int8.get('default_scheme', t.int8['schemes'][0])})" if t.int8.get("schemes") else "-"
+        lines.append(f"{t.name:<11} {','.join(t.precisions):<16} {schemes:<37} {t.extra:<11} {'yes' if t.available else 'no':<9} {t.produces}")
+    lines.append("auto: every scheme exported per exit, the best kept by measured agreement and speed")
     return "\n".join(lines)
+
+
+def check_scheme(scheme: Optional[str], jobs: list[tuple[str, str]]) -> None:
+    """--scheme against every int8 job's recipe, before any export; ValueError lists the valid ones per target."""
+    if not scheme:
+        return
+    int8 = sorted({n for n, p in jobs if p == "int8"})
+    if not int8:
+        raise ValueError(f"--scheme {scheme} applies to int8 only; add --precision int8 (or drop --scheme)")
+    bad = {n: TARGETS[n].int8.get("schemes", []) + ["auto"] for n in int8 if scheme != "auto" and scheme not in TARGETS[n].int8.get("schemes", [])}
+    if bad:
+        raise ValueError(f"--scheme {scheme!r} is not an int8 scheme of {', '.join(bad)}; valid per target: {bad}"
+                         + ("; export those targets in separate runs" if len(bad) < len(int8) else ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,8 +83,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # --out is the parent (one folder per job, named like the default) with several jobs, or when it ends in "/"
         # or names an existing folder that is not a bundle (e.g. --out bundles/); else the bundle folder itself
         several = len(jobs) > 1
+        check_scheme(args.scheme, jobs)
+        if several and args.out and (Path(args.out) / "manifest.json").exists():
+            raise ValueError(f"--out {args.out} is a bundle, and {len(jobs)} bundles were asked for: name the folder to hold them "
+                             "(e.g. --out bundles/), or export one target and precision to replace this bundle")
         as_parent = bool(args.out) and (several or args.out.endswith(("/", os.sep))
                                         or (Path(args.out).is_dir() and not (Path(args.out) / "manifest.json").exists()))
+        base = ExportOptions(model_name=args.model, calib_data=args.calib_data, calib_n=args.calib_n, verify_n=args.verify_n,
+                             force=args.force, verify=not args.no_verify, trusted=args.trust_checkpoint, verbose=args.verbose)
         failed = 0
         model_name = None
         if as_parent:
@@ -80,9 +102,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.out:
                 out = str(Path(args.out) / f"{model_name}-{name}-{prec}") if as_parent else args.out
             try:
-                opts = ExportOptions(out=out, model_name=args.model, calib_data=args.calib_data, calib_n=args.calib_n,
-                                     verify_n=args.verify_n, scheme=args.scheme, force=args.force, verify=not args.no_verify,
-                                     trusted=args.trust_checkpoint, verbose=args.verbose)
+                opts = dataclasses.replace(base, out=out, scheme=args.scheme if prec == "int8" else None)  # --scheme: int8 jobs only
                 r = export_bundle(args.checkpoint, name, prec, opts)
                 print(r.report)
                 print(f"wrote {r.path}\n")
@@ -90,7 +110,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 if not several:
                     raise
                 failed += 1
-                kind = "" if isinstance(e, (ExportError, TargetUnavailable)) else f"{type(e).__name__} in the toolchain: "
+                user = (ExportError, TargetUnavailable, CheckpointError, DataError)  # the user's to fix, not a toolchain's crash
+                kind = "" if isinstance(e, user) else f"{type(e).__name__} in the toolchain: "
                 print(f"FAILED {name} {prec}: {kind}{str(e).strip()[:2000]}\n", file=sys.stderr)
         return 1 if failed else 0
     except (ExportError, TargetUnavailable, CheckpointError, DataError, ValueError) as e:

@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import shutil
 import warnings
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
 from dvt_edge.export.common import ExitArtifact, ExitJob, ExportError
+from dvt_runtime.io import current_umask
 
 
 def _convert(job: ExitJob, fp16: bool, module: Optional[torch.nn.Module] = None):
@@ -100,8 +103,20 @@ def export_exit(job: ExitJob) -> ExitArtifact:
     if path.exists():
         shutil.rmtree(path)
     ml.save(str(path))
+    usual_permissions(path)
     quant["coremltools"] = ct.__version__
     return ExitArtifact(artifact=path.name, quantization=quant)
+
+
+def usual_permissions(path: Path) -> None:
+    """coremltools writes the package through a 0700 temporary folder (files 0600): give it what any folder and file
+    the user makes gets (0777 / 0666 less the umask), as the rest of the bundle has."""
+    mask = current_umask()
+    for d, _, files in os.walk(path):
+        os.chmod(d, 0o777 & ~mask)
+        for f in files:
+            if not os.path.islink(os.path.join(d, f)):
+                os.chmod(os.path.join(d, f), 0o666 & ~mask)
 
 
 def program_ops(spec) -> collections.Counter:
@@ -126,17 +141,15 @@ def check_structure(path, input_shapes: dict, output_shapes: dict, scheme: Optio
                             "expected activations and weights quantized")
     fp32 = ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT32
     got_in = {i.name: (list(i.type.multiArrayType.shape), i.type.multiArrayType.dataType) for i in spec.description.input}
-    for n, s in input_shapes.items():
-        if n not in got_in:
-            problems.append(f"input {n} missing (has {sorted(got_in)})")
-        elif got_in[n][0] != list(s) or got_in[n][1] != fp32:
-            problems.append(f"input {n}: shape {got_in[n][0]} dtype {got_in[n][1]}, expected {list(s)} float32")
-    got_out = {o.name: o.type.multiArrayType.dataType for o in spec.description.output}
-    for n in output_shapes:
-        if n not in got_out:
-            problems.append(f"output {n} missing (has {sorted(got_out)})")
-        elif got_out[n] != fp32:
-            problems.append(f"output {n}: dtype {got_out[n]}, expected float32")
+    got_out = {o.name: (list(o.type.multiArrayType.shape), o.type.multiArrayType.dataType) for o in spec.description.output}
+    for kind, got, want in (("input", got_in, input_shapes), ("output", got_out, output_shapes)):
+        for n, s in want.items():
+            if n not in got:
+                problems.append(f"{kind} {n} missing (has {sorted(got)})")
+            elif got[n][0] != list(s) or got[n][1] != fp32:
+                problems.append(f"{kind} {n}: shape {got[n][0]} dtype {got[n][1]}, expected {list(s)} float32")
+    if extra := sorted(set(got_in) - set(input_shapes)):  # the runtime would not feed them
+        problems.append(f"unexpected input(s) {extra} (expected only {sorted(input_shapes)})")
     if spec.WhichOneof("Type") != "mlProgram":
         problems.append(f"model type {spec.WhichOneof('Type')}, expected mlProgram")
     return problems

@@ -72,7 +72,8 @@ def _quantize(job: ExitJob, graph: nn.Module, example: tuple) -> tuple[torch.nn.
     keep = LayerFilter(convs=not dynamic)
     q = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic))
     q.set_filter_function(keep)
-    calib = job.calib if not dynamic else job.calib[:1]
+    # dynamic activations are not calibrated: one input (a real image, else the fixed example) only runs the observers
+    calib = job.calib if not dynamic else (job.calib[:1] or [{n: t.numpy() for n, t in zip(job.graph.input_names, example)}])
     converted = quantize_static(graph, example, q, calib, job.graph.input_names)
     info = {
         "scheme": scheme,

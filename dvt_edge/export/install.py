@@ -10,11 +10,14 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Optional, Sequence
 
 from dvt_edge.export.common import ExportError
 from dvt_runtime.manifest import Manifest, ManifestError
 
-__all__ = ["install", "recover_leftovers", "check_destination"]
+__all__ = ["install", "recover_leftovers", "check_destination", "carry_over", "KEPT"]
+
+KEPT = "calibration"  # the runtime's device calibrations (<bundle>/calibration/<device>.json): carried into a replacing bundle
 
 
 def install(tmp: Path, dest: Path) -> None:
@@ -81,27 +84,85 @@ def recover_leftovers(dest: Path) -> list[str]:
         if kind == "old" and not dest.exists() and (p / "manifest.json").is_file():
             os.replace(p, dest)
             notes.append(f"restored the previous bundle {dest} from an interrupted export")
+        elif why := _remove(p):
+            notes.append(f"could not remove {p} left by an interrupted export ({why}); remove it by hand")
         else:
-            shutil.rmtree(p, ignore_errors=True)
             notes.append(f"removed {p.name} left by an interrupted export")
     return notes
 
 
-def check_destination(dest: Path, force: bool) -> None:
-    """Refuse to replace anything but a bundle this package wrote (and never the working directory)."""
-    if dest.exists() or dest.is_symlink():
+def _remove(p: Path) -> str:
+    """Remove a leftover of ours (a link is unlinked, never followed); why it is still there ('' once gone)."""
+    try:
+        if p.is_symlink() or not p.is_dir():
+            p.unlink()
+        else:
+            shutil.rmtree(p)
+    except OSError as e:
+        return f"{type(e).__name__}: {e.strerror or e}"
+    return "" if not os.path.lexists(p) else "it is still there"
+
+
+def check_destination(dest: Path, force: bool, inputs: Sequence[str] = (), log: Optional[Path] = None) -> None:
+    """Refuse to replace anything but a bundle this package wrote (and never the working directory, a symbolic
+    link, a bundle holding files its manifest does not list, or one holding ``inputs``: the checkpoint, the data)."""
+    if dest.is_symlink():  # swapping it would replace the link, not the bundle it points to
+        raise ExportError(f"--out {dest} is a symbolic link to {os.readlink(dest)}; pass the real path instead "
+                          f"(--out {dest.resolve()}); nothing was changed")
+    if dest.exists():
         here = Path.cwd().resolve()
         if dest.resolve() == here or dest.resolve() in here.parents:
             raise ExportError(f"--out {dest} is the current directory (or holds it); name a new folder for the bundle, e.g. --out bundles/my-model")
         if not dest.is_dir():
             raise ExportError(f"{dest} exists and is not a folder; choose another --out")
+        for given in inputs:
+            if dest.resolve() in Path(given).expanduser().resolve().parents:
+                raise ExportError(f"{given} lies inside --out {dest}, which the export replaces: move it out of {dest} "
+                                  "or choose another --out; nothing was changed")
         try:  # before suggesting --force: it replaces only bundles
-            Manifest.load(dest, verify=False)
+            old = Manifest.load(dest, verify=False)
         except (ManifestError, OSError) as e:
             raise ExportError(f"{dest} exists and is not a dvt-edge bundle ({e}); --force replaces only bundles: "
                               "choose another --out, nothing was changed") from None
+        if foreign := _unlisted(dest, old, log):
+            raise ExportError(f"{dest} holds {', '.join(foreign)}, which its manifest does not list: replacing the bundle "
+                              f"would delete them. Move them out of {dest} first (only {KEPT}/ is carried into a new bundle); "
+                              "nothing was changed")
         if not force:
             raise ExportError(f"{dest} already exists; pass --force to replace it (the old bundle is kept until the new one is complete)")
     for parent in dest.parents:
         if parent.exists() and not parent.is_dir():
             raise ExportError(f"cannot write the bundle under {parent}: it is a file, not a folder; choose another --out")
+
+
+def _unlisted(dest: Path, m: Manifest, log: Optional[Path]) -> list[str]:
+    """What ``dest`` holds beyond its manifest's files, the device calibrations and this export's log."""
+    ours = {"manifest.json", "required_operators.config", *(Path(e.artifact).parts[0] for e in m.exits)}
+    if isinstance(extra := m.extras.get("required_operators"), str):
+        ours.add(Path(extra).parts[0])
+    if log is not None and log.parent.resolve() == dest.resolve():
+        ours.add(log.name)
+    return sorted(p.name + ("/" if p.is_dir() else "") for p in dest.iterdir()
+                  if not (p.name in ours or (p.name == KEPT and p.is_dir() and not p.is_symlink())))
+
+
+def carry_over(dest: Path, tmp: Path, new: Manifest, log: Optional[Path] = None) -> list[str]:
+    """Copy what the bundle at ``dest`` keeps across a replacement into ``tmp`` (copied, not moved: until the swap
+    ``dest`` stays whole): the runtime's device calibrations, and this export's log if written there. Notes."""
+    notes = []
+    if log is not None and log.is_file() and log.parent.resolve() == dest.resolve():
+        shutil.copy2(log, tmp / log.name)
+    src = dest / KEPT
+    if not dest.is_dir() or not src.is_dir() or src.is_symlink():
+        return notes
+    shutil.copytree(src, tmp / KEPT, symlinks=True)
+    try:
+        same = [e.sha256 for e in Manifest.load(dest, verify=False).exits] == [e.sha256 for e in new.exits]
+    except (ManifestError, OSError):
+        same = False
+    n = sum(1 for _ in src.glob("*.json"))
+    notes.append(f"kept {KEPT}/ ({n} device calibration(s)) from the bundle {dest} replaced: " + (
+        "its artifacts are unchanged (same SHA-256), so they still apply" if same else
+        "the artifacts changed, so recalibrate each device (python -m dvt_runtime.calibrate); the runtime refuses a "
+        "calibration made for other artifacts"))
+    return notes

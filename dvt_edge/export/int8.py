@@ -20,7 +20,11 @@ from dvt_edge.export.common import ExitArtifact, ExportError, exit_specs
 from dvt_edge.export.targets import Target
 from dvt_edge.export.verify import chained, open_sessions, verification_bundle
 
-__all__ = ["int8_schemes", "pick_scheme"]
+__all__ = ["int8_schemes", "pick_scheme", "CALIBRATED"]
+
+# schemes that quantize activations statically, from ranges observed on calibration images (ONNX Runtime and
+# ExecuTorch "static", Core ML "w8a8"); the others (dynamic activations, weight-only "linear"/"palettize") need none
+CALIBRATED = frozenset({"static", "w8a8"})
 
 
 def int8_schemes(t: Target, precision: str, scheme: Optional[str]) -> list[Optional[str]]:

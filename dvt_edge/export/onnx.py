@@ -127,7 +127,7 @@ def export_exit(job: ExitJob) -> ExitArtifact:
         else:
             shutil.copy(fp32, onnx_path)
     quant["opset"] = OPSET
-    if job.target.name == "ort":
+    if job.target.suffix == ".ort":  # the recipe asks for the ORT format (whatever it is named)
         files = _to_ort(onnx_path, out_dir)
         onnx_path.unlink()
         return ExitArtifact(artifact=files[0], quantization=quant, extra_files=files[1:])

@@ -28,6 +28,7 @@ __all__ = ["FP32_TOL", "BATCH_TOL", "VERIFY_BATCH", "INT8_MIN_AGREEMENT", "torch
 FP32_TOL = 1e-3  # max abs logit difference allowed for fp32 artifacts
 BATCH_TOL = 1e-4  # max abs logit difference between a batched call and one image per call
 VERIFY_BATCH = 64  # images per call in the batched check of a dynamic-batch bundle
+FIXED_BATCH = 8  # fixed example images batched (and run one per call) when there are no real images
 INT8_MIN_AGREEMENT = 97.0  # % top-1 agreement with PyTorch fp32 on real images
 
 
@@ -98,7 +99,9 @@ def parity(target: Target, bundle: Bundle, graphs: list[ExitGraph], data, ref_re
         got = bundle.sessions[e].run(ins)["logits"]
         rows.append(ExitParity(exit=e + 1, max_abs_diff_fixed=float(np.abs(got - fixed_ref[e]).max()), finite=bool(np.isfinite(got).all())))
     report = ParityReport(runtime=target.backend, checked="numerical", exits=rows)
-    if data.verify_x is None:
+    if data.verify_x is None:  # no real images: the batch check still runs, on fixed example images
+        x = graphs[0].example_inputs(FIXED_BATCH)[0].numpy()
+        _check_batches(bundle, x, chained(bundle, x, 1), report)
         return report
     art = chained(bundle, data.verify_x, 1)
     for e, row in enumerate(rows):
@@ -109,12 +112,7 @@ def parity(target: Target, bundle: Bundle, graphs: list[ExitGraph], data, ref_re
             row.top1_artifact = float((art[e].argmax(-1) == data.verify_y).mean() * 100)
             row.top1_pytorch = float((ref_real[e].argmax(-1) == data.verify_y).mean() * 100)
     report.n_real = len(data.verify_x)
-    if bundle.batch_limit() > 1 and len(data.verify_x) > 1:  # the same images in batches: must give the same logits
-        n = min(len(data.verify_x), VERIFY_BATCH if bundle.manifest.max_batch is None else bundle.manifest.max_batch)
-        batched = chained(bundle, data.verify_x, n)
-        report.batch_checked = n
-        for e, row in enumerate(rows):
-            row.max_abs_diff_batched = float(np.abs(batched[e] - art[e]).max()) if np.isfinite(batched[e]).all() else float("nan")
+    _check_batches(bundle, data.verify_x, art, report)
     d_ref, d_art = _exit_decisions(ref_real, thresholds), _exit_decisions(art, thresholds)
     if d_ref is not None:
         final_ref = np.stack(ref_real)[d_ref, np.arange(len(d_ref))].argmax(-1)
@@ -122,6 +120,17 @@ def parity(target: Target, bundle: Bundle, graphs: list[ExitGraph], data, ref_re
         report.exit_decision_agreement = float((d_ref == d_art).mean() * 100)
         report.cascade_answer_agreement = float((final_ref == final_art).mean() * 100)
     return report
+
+
+def _check_batches(bundle: Bundle, x: np.ndarray, one_by_one: list[np.ndarray], report: ParityReport) -> None:
+    """Where the bundle takes a batch, the same images in batches must give the logits of one image per call."""
+    if bundle.batch_limit() <= 1 or len(x) <= 1:
+        return
+    n = min(len(x), VERIFY_BATCH if bundle.manifest.max_batch is None else bundle.manifest.max_batch)
+    batched = chained(bundle, x, n)
+    report.batch_checked = n
+    for e, row in enumerate(report.exits):
+        row.max_abs_diff_batched = float(np.abs(batched[e] - one_by_one[e]).max()) if np.isfinite(batched[e]).all() else float("nan")
 
 
 def chained(bundle: Bundle, x: np.ndarray, batch: int) -> list[np.ndarray]:

@@ -259,10 +259,6 @@ class Manifest:
         """Check every artifact exists and matches its SHA-256 (the message names the file)."""
         if not self.exits:
             raise ManifestError("manifest lists no exits")
-        if self.schema_version >= 2 and self.content_sha256 != self.content_digest():
-            raise ManifestError(f"{Path(bundle_dir) / MANIFEST_NAME} was edited after export (its content_sha256 does not match "
-                                "its fields: a changed class name, mean or shape would give wrong answers); re-export the bundle, "
-                                "or, if the edit is meant, Manifest.load(dir, verify=False) then .save(dir) to seal it again")
         for i, e in enumerate(self.exits):
             p = self.artifact_path(bundle_dir, i)
             if not p.exists():
@@ -273,6 +269,10 @@ class Manifest:
                     f"exit {i + 1}: artifact {e.artifact} fails its SHA-256 check (tampered or corrupted): "
                     f"manifest {e.sha256[:16]}..., file {digest[:16]}...; re-export the bundle"
                 )
+        if self.schema_version >= 2 and self.content_sha256 != self.content_digest():  # after the artifacts: their errors are more precise
+            raise ManifestError(f"{Path(bundle_dir) / MANIFEST_NAME} was edited after export (its content_sha256 does not match "
+                                "its fields: a changed class name, mean or shape would give wrong answers); re-export the bundle, "
+                                "or, if the edit is meant, Manifest.load(dir, verify=False) then .save(dir) to seal it again")
 
     @property
     def num_exits(self) -> int:

@@ -1,0 +1,207 @@
+"""Export guards: what --force keeps and refuses, inputs checked before anything is exported, recipes keyed on
+what they produce, Core ML packages as the user would make them, and checks that run without real images."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import dvt_edge.export.__main__ as M
+from dvt_edge import create_model, save_checkpoint
+from dvt_edge.data import DataError
+from dvt_edge.export import ExportError, export_bundle
+from dvt_edge.export.install import check_destination, recover_leftovers
+from dvt_edge.export.targets import TARGETS, get_target
+from dvt_runtime.manifest import Manifest
+
+
+@pytest.fixture(scope="module")
+def no_data_ckpt(tmp_path_factory) -> Path:
+    """A model no dataset is known for (56 px Fashion-MNIST layout): exports see fixed inputs only."""
+    d = tmp_path_factory.mktemp("nodata")
+    m = create_model("dvt_micro_fmnist", img_size=56, splits=((12, 8, 0), (8, 5, 0), (4, 4, 0)))
+    return save_checkpoint(d / "m.pt", m)
+
+
+def test_force_keeps_device_calibrations_and_refuses_files_the_bundle_does_not_list(micro_ckpt, tmp_path, capsys):
+    out = tmp_path / "b"
+    kw = dict(out=str(out), verify=False, progress=False)
+    export_bundle(str(micro_ckpt), "onnx", "fp32", **kw)
+    (out / "calibration").mkdir()
+    (out / "calibration" / "pixel-8.json").write_text('{"device": "pixel-8"}')
+    (out / "notes.txt").write_text("mine")
+    (out / "plots").mkdir()
+    with pytest.raises(ExportError, match=r"holds notes\.txt, plots/, which its manifest does not list.*Move them out"):
+        export_bundle(str(micro_ckpt), "onnx", "fp32", force=True, **kw)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "plots").is_dir()
+    assert not list(tmp_path.glob(".b.tmp-*"))  # refused before exporting anything
+    (out / "notes.txt").unlink()
+    (out / "plots").rmdir()
+    capsys.readouterr()
+    export_bundle(str(micro_ckpt), "onnx", "fp32", force=True, **kw)
+    Manifest.load(out)
+    assert (out / "calibration" / "pixel-8.json").read_text() == '{"device": "pixel-8"}'  # the device's calibration survives
+    err = capsys.readouterr().err
+    assert "kept calibration/ (1 device calibration(s))" in err and "unchanged" in err, err
+    # the export's own inputs inside the bundle it replaces: refused, kept
+    shutil.copy(micro_ckpt, out / "model.pt")
+    with pytest.raises(ExportError, match=r"model\.pt lies inside --out .*move it out"):
+        export_bundle(str(out / "model.pt"), "onnx", "fp32", force=True, **kw)
+    assert (out / "model.pt").is_file()
+    (out / "model.pt").unlink()
+    np.savez(out / "imgs.npz", images=np.zeros((4, 28, 28), np.uint8), labels=np.arange(4))
+    with pytest.raises(ExportError, match=r"imgs\.npz lies inside --out"):
+        export_bundle(str(micro_ckpt), "onnx", "fp32", force=True, calib_data=f"npz:{out / 'imgs.npz'}", **kw)
+    assert (out / "imgs.npz").is_file()
+
+
+def test_preprocessed_images_of_another_preprocessing_are_refused(micro_ckpt, tmp_path):
+    from dvt_edge.export import _load_data
+    from dvt_runtime.preprocess import Preprocess
+
+    other = Preprocess(size=28, resize=28, channels="gray", mean=(0.5,), std=(0.5,))
+    x = np.zeros((20, 1, 28, 28), np.float32)
+    np.savez(tmp_path / "pre.npz", images=x, labels=np.arange(20) % 10, preprocess=np.array(json.dumps(other.to_dict())))
+    with pytest.raises(ExportError, match=r"already preprocessed as .*'mean': \[0\.5\].* expects .*'mean': \[0\.286"):
+        export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(tmp_path / "b"), calib_data=f"npz:{tmp_path / 'pre.npz'}",
+                      progress=False)
+    assert not (tmp_path / "b").exists()
+    d = _load_data(f"npz:{tmp_path / 'pre.npz'}", other, 8, 8, need_calib=True, num_classes=10)  # the same preprocessing: used
+    assert len(d.calib) == 8
+
+
+def test_recipe_variants_are_keyed_on_what_they_produce_and_core_ml_packages_get_usual_permissions(micro_ckpt, tmp_path, monkeypatch):
+    """A recipe named otherwise (a copy of ort, of coreml) still writes .ort files, gets Core ML's structural check;
+    .mlpackage contents are 0755/0644 under umask 022 (coremltools writes them 0700/0600), and the check compares output
+    shapes and refuses inputs the runtime would not feed."""
+    import dvt_edge.export.coreml as C
+
+    monkeypatch.setitem(TARGETS, "ort-mobile", dataclasses.replace(get_target("ort"), name="ort-mobile"))
+    res = export_bundle(str(micro_ckpt), "ort-mobile", "fp32", out=str(tmp_path / "ort"), verify_n=16, progress=False)
+    assert [e.artifact for e in res.manifest.exits] == ["exit1.ort", "exit2.ort", "exit3.ort"]
+    assert (res.path / "required_operators.config").is_file()
+    if not get_target("coreml").available:
+        pytest.skip("coremltools not installed")
+    monkeypatch.setitem(TARGETS, "coreml-ios17", dataclasses.replace(get_target("coreml"), name="coreml-ios17"))
+    checked = []
+    real = C.check_structure
+    monkeypatch.setattr(C, "check_structure", lambda *a, **k: checked.append(a[0]) or real(*a, **k))
+    old = os.umask(0o022)
+    try:
+        res = export_bundle(str(micro_ckpt), "coreml-ios17", "fp32", out=str(tmp_path / "cm"), progress=False)
+    finally:
+        os.umask(old)
+    assert len(checked) == 3 and res.manifest.parity.checked == "structural"
+    pkg = res.path / "exit2.mlpackage"
+    modes = {oct(p.stat().st_mode & 0o777) for p in [pkg, *pkg.rglob("*")] if p.is_dir()}
+    assert modes == {"0o755"}, modes
+    modes = {oct(p.stat().st_mode & 0o777) for p in pkg.rglob("*") if p.is_file()}
+    assert modes == {"0o644"}, modes
+    ins = {t.name: t.shape for t in res.manifest.exits[1].inputs}
+    outs = {t.name: t.shape for t in res.manifest.exits[1].outputs}
+    assert real(pkg, ins, outs) == []
+    wrong = real(pkg, ins, {**outs, "logits": [1, 7]})
+    assert len(wrong) == 1 and "output logits: shape [1, 10]" in wrong[0] and "expected [1, 7]" in wrong[0], wrong
+    extra = real(pkg, {"image": ins["image"], "features": ins["features"]}, outs)
+    assert extra == ["unexpected input(s) ['relations'] (expected only ['features', 'image'])"], extra
+
+
+def _fake_export(ran, fail=None):
+    def fake(checkpoint, name, prec, opts):  # the CLI's job loop only
+        ran.append((name, prec, opts.scheme))
+        if fail and name == fail[0]:
+            raise fail[1]
+        return SimpleNamespace(report=f"{name} {prec} ok", path=f"bundles/{name}-{prec}")
+    return fake
+
+
+def test_cli_scheme_goes_to_int8_jobs_only_and_is_checked_before_any_export(micro_ckpt, monkeypatch, capsys):
+    ran: list = []
+    monkeypatch.setattr(M, "export_bundle", _fake_export(ran))
+    ck = ["--checkpoint", str(micro_ckpt)]
+    assert M.main([*ck, "--target", "onnx", "--precision", "fp32,int8", "--scheme", "static"]) == 0
+    assert ran == [("onnx", "fp32", None), ("onnx", "int8", "static")]
+    ran.clear()
+    assert M.main([*ck, "--target", "coreml,onnx", "--precision", "int8", "--scheme", "static"]) == 2
+    err = capsys.readouterr().err
+    assert ran == [] and "not an int8 scheme of coreml" in err and "'coreml': ['linear', 'palettize', 'w8a8', 'auto']" in err, err
+    assert M.main([*ck, "--target", "onnx", "--precision", "fp32", "--scheme", "static"]) == 2
+    assert ran == [] and "applies to int8 only" in capsys.readouterr().err
+    # a user's mistake in one job of several is not a toolchain crash
+    monkeypatch.setattr(M, "export_bundle", _fake_export(ran, ("onnx", DataError("npz: no 'labels' array"))))
+    assert M.main([*ck, "--target", "onnx,ort", "--precision", "fp32"]) == 1
+    err = capsys.readouterr().err
+    assert "FAILED onnx fp32: npz: no 'labels' array" in err and "in the toolchain" not in err, err
+
+
+def test_cli_several_jobs_into_an_existing_bundle_are_refused(micro_ckpt, tmp_path, monkeypatch, capsys):
+    ran: list = []
+    monkeypatch.setattr(M, "export_bundle", _fake_export(ran))
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "manifest.json").write_text("{}")
+    rc = M.main(["--checkpoint", str(micro_ckpt), "--target", "onnx,ort", "--out", str(tmp_path / "b"), "--force"])
+    assert rc == 2 and ran == [] and "is a bundle, and 2 bundles were asked for" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["manifest.json"]
+
+
+def test_cli_lists_each_recipes_int8_schemes(capsys):
+    assert M.main(["--list-targets"]) == 0
+    out = capsys.readouterr().out
+    for t in TARGETS.values():
+        line = next(ln for ln in out.splitlines() if ln.startswith(t.name + " "))
+        for s in t.int8.get("schemes", []):
+            assert s in line, line
+        assert f"({t.int8['default_scheme']})" in line, line
+
+
+def test_symlink_out_is_refused_and_leftovers_are_reported_only_when_removed(tmp_path, monkeypatch):
+    (tmp_path / "v3").mkdir()
+    (tmp_path / "current").symlink_to(tmp_path / "v3")
+    for force in (False, True):
+        with pytest.raises(ExportError, match=r"current is a symbolic link to .*v3; pass the real path"):
+            check_destination(tmp_path / "current", force)
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()  # a dead process's id
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "x.txt").write_text("mine")
+    (tmp_path / f".b.tmp-{p.pid}-abc").symlink_to(tmp_path / "kept")  # a swapped link left by an old export
+    assert recover_leftovers(tmp_path / "b") == [f"removed .b.tmp-{p.pid}-abc left by an interrupted export"]
+    assert not os.path.lexists(tmp_path / f".b.tmp-{p.pid}-abc") and (tmp_path / "kept" / "x.txt").read_text() == "mine"
+    (tmp_path / f".b.tmp-{p.pid}-def").mkdir()
+    monkeypatch.setattr(shutil, "rmtree", lambda *a, **k: None)  # a removal that does nothing
+    notes = recover_leftovers(tmp_path / "b")
+    assert len(notes) == 1 and notes[0].startswith("could not remove") and "remove it by hand" in notes[0], notes
+
+
+def test_weight_only_int8_needs_no_calibration_images(no_data_ckpt, tmp_path):
+    """ONNX dynamic, ExecuTorch dynamic, Core ML linear quantize no activations from images: exported without any;
+    schemes that calibrate are refused with the ones that do not named."""
+    with pytest.raises(ExportError, match=r"scheme\(s\) static need calibration.*--calib-data"):
+        export_bundle(str(no_data_ckpt), "executorch", "int8", scheme="auto", out=str(tmp_path / "x"), progress=False)
+    with pytest.raises(ExportError, match=r"scheme\(s\) static need calibration.*or --scheme dynamic \(no calibration\)"):
+        export_bundle(str(no_data_ckpt), "onnx", "int8", out=str(tmp_path / "x"), progress=False)
+    assert not (tmp_path / "x").exists()
+    cases = [("onnx", "dynamic"), ("executorch", "dynamic"), ("coreml", "linear")]
+    for target, scheme in cases:
+        if not get_target(target).available:
+            continue
+        res = export_bundle(str(no_data_ckpt), target, "int8", scheme=scheme, out=str(tmp_path / target), progress=False)
+        m = Manifest.load(res.path)
+        assert m.parity.passed and [e.quantization["scheme"] for e in m.exits] == [scheme] * 3, (target, m.parity)
+
+
+def test_without_real_images_the_batch_check_runs_on_fixed_images_and_the_console_says_so(no_data_ckpt, tmp_path, capsys):
+    res = export_bundle(str(no_data_ckpt), "onnx", "fp32", out=str(tmp_path / "b"), progress=False)
+    p = Manifest.load(res.path).parity
+    assert p.passed and p.n_real == 0 and p.batch_checked == 8, p
+    assert all(r.max_abs_diff_batched is not None and r.max_abs_diff_batched <= 1e-4 for r in p.exits), p.exits
+    assert "pass --calib-data to verify on real images" in capsys.readouterr().err
