@@ -172,3 +172,15 @@ def test_calibration_file_field_types(bundle_copy):
                        ({"chosen": {**d["chosen"], "predicted": "x"}}, "chosen.predicted"), ({"algorithm": 5}, "algorithm")):
         with pytest.raises(CalibrationError, match=match):
             validate_calibration({**d, **bad}, b.manifest)
+
+
+def test_executorch_program_of_another_release_warns():
+    pytest.importorskip("executorch")
+    from dvt_runtime.backends import backend_version, import_backend
+
+    with pytest.warns(UserWarning, match="exported with executorch 1.4.1, this runtime has"):
+        import_backend("executorch", {"executorch": "1.4.1"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        import_backend("executorch", {"executorch": backend_version("executorch")})
+        import_backend("onnxruntime", {"executorch": "1.4.1"})

@@ -47,9 +47,11 @@ def _missing(backend: str, err: Exception) -> BackendUnavailable:
     )
 
 
-def import_backend(backend: str) -> None:
+def import_backend(backend: str, toolchain: Optional[dict] = None) -> None:
     """Import the backend's libraries now (a bundle's load times are then its artifacts', not the
-    imports'); :class:`BackendUnavailable` naming what to install when one is missing."""
+    imports'); :class:`BackendUnavailable` naming what to install when one is missing. ``toolchain``
+    (the manifest's): an ExecuTorch program exported by another executorch release warns (a 1.4.1
+    ``.pte`` fails to load under 1.5.1, with ExecuTorch's own error)."""
     if backend not in _LIBRARIES:
         raise ValueError(f"unknown backend {backend!r}; valid: {list(BACKENDS)}")
     if backend == "coreml" and platform.system() != "Darwin":
@@ -59,6 +61,10 @@ def import_backend(backend: str) -> None:
             importlib.import_module(name)
         except ImportError as e:
             raise _missing(backend, e) from None
+    made, here = (toolchain or {}).get("executorch"), backend_version("executorch") if backend == "executorch" else None
+    if made and here and made != here:
+        warnings.warn(f"this bundle was exported with executorch {made}, this runtime has {here}: programs do not always "
+                      f"load across releases (1.4.1's fail under 1.5.1); if loading fails, re-export it with {here}", stacklevel=3)
 
 
 class Session:

@@ -104,7 +104,7 @@ class Bundle:
         m = Manifest.load(path, verify=verify)
         check_options(m.backend, opts)
         sessions, load_ms = [], []
-        import_backend(m.backend)  # outside the timer: exit 1's load time is its artifact's, as on a device
+        import_backend(m.backend, m.toolchain)  # outside the timer: exit 1's load time is its artifact's, as on a device
         for i, e in enumerate(m.exits):
             t0 = time.perf_counter()
             sessions.append(open_session(m.backend, m.artifact_path(path, i), [t.name for t in e.inputs],
