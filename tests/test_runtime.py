@@ -312,7 +312,7 @@ def test_load_times_are_the_artifacts_not_the_library_imports(onnx_bundle, monke
 
     calls = []
 
-    def slow_import(backend):  # an import as slow as torch's
+    def slow_import(backend, toolchain=None):  # an import as slow as torch's
         calls.append(backend)
         time.sleep(1.0)
 
