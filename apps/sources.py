@@ -86,6 +86,6 @@ def open_bundle(args):
     providers = [p.strip() for p in args.providers.split(",") if p.strip()] if getattr(args, "providers", None) else None
     try:
         bundle = Bundle.open(args.bundle, threads=args.threads, providers=providers, device_name=args.device_name)
-    except (ManifestError, BackendUnavailable, FileNotFoundError, OSError, ValueError) as e:  # ValueError: CalibrationError
+    except (ManifestError, BackendUnavailable, FileNotFoundError, OSError, ValueError, TypeError) as e:  # ValueError: CalibrationError; TypeError: an option the backend does not take (--providers off ONNX Runtime)
         raise AppError(f"cannot open bundle {args.bundle}: {e}") from None
     return bundle

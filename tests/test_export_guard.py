@@ -62,6 +62,13 @@ def test_force_keeps_device_calibrations_and_refuses_files_the_bundle_does_not_l
     with pytest.raises(ExportError, match=r"imgs\.npz lies inside --out"):
         export_bundle(str(micro_ckpt), "onnx", "fp32", force=True, calib_data=f"npz:{out / 'imgs.npz'}", **kw)
     assert (out / "imgs.npz").is_file()
+    (out / "imgs.npz").unlink()
+    # a bundle the runtime now refuses (another model's preprocessing, written before that check): still ours to replace
+    d = json.loads((out / "manifest.json").read_text())
+    d["preprocess"].update(size=32, resize=32)
+    (out / "manifest.json").write_text(json.dumps(d))
+    export_bundle(str(micro_ckpt), "onnx", "fp32", force=True, **kw)
+    Manifest.load(out)
 
 
 def test_preprocessed_images_of_another_preprocessing_are_refused(micro_ckpt, tmp_path):

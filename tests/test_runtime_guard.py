@@ -49,8 +49,15 @@ def test_edited_manifest_is_refused_and_can_be_sealed_again(bundle_copy):
     edited = Manifest.load(bundle_copy, verify=False)
     edited.save(bundle_copy)  # an intended edit, sealed again
     assert Bundle.open(bundle_copy).classes == list(reversed(m.classes))
+    _edit(bundle_copy, lambda d: (d["classes"].reverse(), d.update(schema_version=1)))  # "version 1" with a digest: still sealed
+    with pytest.raises(ManifestError, match="edited after export"):
+        Bundle.open(bundle_copy)
     _edit(bundle_copy, lambda d: (d.pop("content_sha256"), d.update(schema_version=1)))  # a version-1 bundle: no digest
     Bundle.open(bundle_copy)
+    sealed = Manifest.load(bundle_copy)
+    sealed.parity.exits[0].max_abs_diff_batched = float("nan")  # a failed check is recorded as measured
+    sealed.save(bundle_copy)
+    assert np.isnan(Manifest.load(bundle_copy).parity.exits[0].max_abs_diff_batched)
     _edit(bundle_copy, lambda d: d["preprocess"].update(size=d["preprocess"]["size"] + 4, resize=d["preprocess"]["resize"] + 4))
     with pytest.raises(ManifestError, match="preprocess makes .* but exit 1 takes"):
         Manifest.load(bundle_copy)
@@ -103,8 +110,9 @@ def test_batch_calibration_leaves_deadline_p90s_alone(bundle_copy):
     fresh.use_calibration("d", batch=8)
     with pytest.raises(ValueError, match="deadline mode needs"):
         fresh.predict(_images(1, fresh.input_shape), deadline_ms=5.0)
-    with pytest.warns(UserWarning, match="calibrated with 1 thread"):
+    with pytest.warns(UserWarning, match="calibrated with 1 thread") as rec:
         Bundle.open(bundle_copy, threads=2, device_name="d")
+    assert rec[0].filename == __file__  # the caller's line, not the runtime's
     with pytest.raises(CalibrationError, match="ends like a batch calibration"):
         _calibrate(b, "d-batch8")
     _calibrate(b, "lap top")

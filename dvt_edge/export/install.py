@@ -7,6 +7,7 @@ same path cleans what a dead process left.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -119,12 +120,8 @@ def check_destination(dest: Path, force: bool, inputs: Sequence[str] = (), log: 
             if dest.resolve() in Path(given).expanduser().resolve().parents:
                 raise ExportError(f"{given} lies inside --out {dest}, which the export replaces: move it out of {dest} "
                                   "or choose another --out; nothing was changed")
-        try:  # before suggesting --force: it replaces only bundles
-            old = Manifest.load(dest, verify=False)
-        except (ManifestError, OSError) as e:
-            raise ExportError(f"{dest} exists and is not a dvt-edge bundle ({e}); --force replaces only bundles: "
-                              "choose another --out, nothing was changed") from None
-        if foreign := _unlisted(dest, old, log):
+        listed = _listed(dest)  # before suggesting --force: it replaces only bundles
+        if foreign := _unlisted(dest, listed, log):
             raise ExportError(f"{dest} holds {', '.join(foreign)}, which its manifest does not list: replacing the bundle "
                               f"would delete them. Move them out of {dest} first (only {KEPT}/ is carried into a new bundle); "
                               "nothing was changed")
@@ -135,11 +132,29 @@ def check_destination(dest: Path, force: bool, inputs: Sequence[str] = (), log: 
             raise ExportError(f"cannot write the bundle under {parent}: it is a file, not a folder; choose another --out")
 
 
-def _unlisted(dest: Path, m: Manifest, log: Optional[Path]) -> list[str]:
-    """What ``dest`` holds beyond its manifest's files, the device calibrations and this export's log."""
-    ours = {"manifest.json", "required_operators.config", *(Path(e.artifact).parts[0] for e in m.exits)}
-    if isinstance(extra := m.extras.get("required_operators"), str):
+def _listed(dest: Path) -> set[str]:
+    """The top-level names ``dest``'s manifest lists; ExportError when ``dest`` is not a bundle. A manifest the
+    runtime refuses for its content (e.g. another model's preprocessing) is still ours: --force replaces it."""
+    try:
+        m = Manifest.load(dest, verify=False)
+        artifacts, extra = [e.artifact for e in m.exits], m.extras.get("required_operators")
+    except (ManifestError, OSError) as e:
+        try:
+            d = json.loads((dest / "manifest.json").read_text(encoding="utf-8"))
+            artifacts, extra = [x["artifact"] for x in d["exits"]], (d.get("extras") or {}).get("required_operators")
+            assert isinstance(d["schema_version"], int) and all(isinstance(a, str) and a for a in artifacts)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, AssertionError):
+            raise ExportError(f"{dest} exists and is not a dvt-edge bundle ({e}); --force replaces only bundles: "
+                              "choose another --out, nothing was changed") from None
+    ours = {"manifest.json", "required_operators.config", *(Path(a).parts[0] for a in artifacts)}
+    if isinstance(extra, str):
         ours.add(Path(extra).parts[0])
+    return ours
+
+
+def _unlisted(dest: Path, ours: set[str], log: Optional[Path]) -> list[str]:
+    """What ``dest`` holds beyond its manifest's files, the device calibrations and this export's log."""
+    ours = set(ours)
     if log is not None and log.parent.resolve() == dest.resolve():
         ours.add(log.name)
     return sorted(p.name + ("/" if p.is_dir() else "") for p in dest.iterdir()

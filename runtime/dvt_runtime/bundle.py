@@ -178,7 +178,7 @@ class Bundle:
         if theirs and self.threads and theirs != self.threads:
             warnings.warn(f"{p} was calibrated with {theirs} thread(s) per session, this bundle runs {self.threads}: its latencies "
                           f"(and the thresholds they chose) are another setting's; open with threads={theirs} or recalibrate",
-                          stacklevel=2)
+                          stacklevel=4)
         with self._budget_lock:  # a new table: a fresh controller, and every budget may warn again
             self.controller = None
             self._warned_budgets.clear()

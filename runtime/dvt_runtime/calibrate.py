@@ -292,7 +292,10 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
         atomic_write_json(bundle.calibration_path(device_name, batch), d, allow_nan=False)
     except ValueError as e:
         raise CalibrationError(f"the calibration holds a non-finite number ({e}): nothing was written; re-run the calibration") from None
-    bundle.use_calibration(device_name, batch=batch)
+    with warnings.catch_warnings():  # another device's threads (a given profile) are not this host's to match
+        if not f.measured_here:
+            warnings.filterwarnings("ignore", message=".*thread\\(s\\) per session")
+        bundle.use_calibration(device_name, batch=batch)
     return result
 
 

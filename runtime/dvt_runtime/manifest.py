@@ -183,7 +183,8 @@ class Manifest:
             _need(isinstance(e.quantization, dict), f"{w} quantization must be an object")
         image = tuple(self.exits[0].inputs[0].shape[1:])
         _need(self.preprocess.input_shape == image, f"preprocess makes {self.preprocess.input_shape} inputs (channels "
-              f"{self.preprocess.channels!r}, size {self.preprocess.size}) but exit 1 takes {image}: the preprocessing is another model's")
+              f"{self.preprocess.channels!r}, size {self.preprocess.size}) but exit 1 takes {image}: the preprocessing is another "
+              "model's; re-export the bundle (python -m dvt_edge.export ... --force)")
         logits = [t for t in self.exits[-1].outputs if t.name == "logits"]
         _need(bool(logits), "the last exit has no 'logits' output")
         n_classes = logits[0].shape[-1]
@@ -225,7 +226,8 @@ class Manifest:
 
         d = self.to_dict()
         d.pop("content_sha256")
-        return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()).hexdigest()
+        # NaN allowed: a failed parity check records one, and the manifest is written as it was measured
+        return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":"), allow_nan=True).encode()).hexdigest()
 
     @classmethod
     def load(cls, bundle_dir: Union[str, Path], verify: bool = True) -> "Manifest":
@@ -269,7 +271,7 @@ class Manifest:
                     f"exit {i + 1}: artifact {e.artifact} fails its SHA-256 check (tampered or corrupted): "
                     f"manifest {e.sha256[:16]}..., file {digest[:16]}...; re-export the bundle"
                 )
-        if self.schema_version >= 2 and self.content_sha256 != self.content_digest():  # after the artifacts: their errors are more precise
+        if (self.schema_version >= 2 or self.content_sha256) and self.content_sha256 != self.content_digest():  # after the artifacts: their errors are more precise
             raise ManifestError(f"{Path(bundle_dir) / MANIFEST_NAME} was edited after export (its content_sha256 does not match "
                                 "its fields: a changed class name, mean or shape would give wrong answers); re-export the bundle, "
                                 "or, if the edit is meant, Manifest.load(dir, verify=False) then .save(dir) to seal it again")
