@@ -212,3 +212,20 @@ def test_without_real_images_the_batch_check_runs_on_fixed_images_and_the_consol
     assert p.passed and p.n_real == 0 and p.batch_checked == 8, p
     assert all(r.max_abs_diff_batched is not None and r.max_abs_diff_batched <= 1e-4 for r in p.exits), p.exits
     assert "pass --calib-data to verify on real images" in capsys.readouterr().err
+
+
+def test_cli_int8_min_agreement(micro_ckpt, monkeypatch, capsys):
+    """Random-weight int8 exports failed the 97% agreement bar, and only --no-verify (every check off) got past it."""
+    seen: list = []
+
+    def fake(checkpoint, name, prec, opts):
+        seen.append(opts.int8_min_agreement)
+        return SimpleNamespace(report="ok", path="bundles/x")
+
+    monkeypatch.setattr(M, "export_bundle", fake)
+    ck = ["--checkpoint", str(micro_ckpt), "--target", "onnx", "--precision", "int8"]
+    assert M.main(ck) == 0 and M.main([*ck, "--int8-min-agreement", "none"]) == 0 and M.main([*ck, "--int8-min-agreement", "90"]) == 0
+    assert seen == [97.0, None, 90.0]
+    for bad in ("101", "nan", "most"):
+        assert M.main([*ck, "--int8-min-agreement", bad]) == 2
+        assert "int8" in capsys.readouterr().err and len(seen) == 3

@@ -13,6 +13,7 @@ from dvt_edge.checkpoint import CheckpointError
 from dvt_edge.data import DATASETS, DataError
 from dvt_edge.export import ExportError, ExportOptions, export_bundle
 from dvt_edge.export.targets import TARGETS, TargetUnavailable, get_target
+from dvt_edge.export.verify import INT8_MIN_AGREEMENT
 
 
 def list_targets() -> str:
@@ -37,6 +38,18 @@ def check_scheme(scheme: Optional[str], jobs: list[tuple[str, str]]) -> None:
                          + ("; export those targets in separate runs" if len(bad) < len(int8) else ""))
 
 
+def _agreement(v: Optional[str]) -> Optional[float]:
+    """--int8-min-agreement: a percentage, 'none' (not required) or the default when not given."""
+    if v is None:
+        return INT8_MIN_AGREEMENT
+    if v.strip().lower() == "none":
+        return None
+    try:
+        return float(v)  # the range (and NaN) is checked by ExportOptions
+    except ValueError:
+        raise ValueError(f"--int8-min-agreement must be a percentage in [0, 100] or 'none', got {v!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m dvt_edge.export", description=__doc__)
     ap.add_argument("--checkpoint", help="our checkpoint or a published DVT .pth.tar (default: the CIFAR-10 reference dvt_small_cifar)")
@@ -50,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default=None, help="bundle directory (one target/precision), or the parent of one folder per bundle (several, a path ending "
                          "in /, or an existing folder that is not a bundle); default bundles/")
     ap.add_argument("--force", action="store_true", help="replace an existing bundle")
+    ap.add_argument("--int8-min-agreement", default=None, metavar="PCT",
+                    help=f"int8: least top-1 agreement with PyTorch fp32 on real images, per exit (default {INT8_MIN_AGREEMENT:g}); "
+                         "'none' records it without requiring it (e.g. random weights), every other check still runs")
     ap.add_argument("--no-verify", action="store_true", help="skip the parity checks: the bundle is written unverified (its manifest says so: parity.passed false)")
     ap.add_argument("--trust-checkpoint", action="store_true", help="allow arbitrary unpickling (only for files you trust)")
     ap.add_argument("--verbose", action="store_true", help="show the toolchains' own output (default: it goes to OUT/../dvt-edge-export.log)")
@@ -90,7 +106,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         as_parent = bool(args.out) and (several or args.out.endswith(("/", os.sep))
                                         or (Path(args.out).is_dir() and not (Path(args.out) / "manifest.json").exists()))
         base = ExportOptions(model_name=args.model, calib_data=args.calib_data, calib_n=args.calib_n, verify_n=args.verify_n,
-                             force=args.force, verify=not args.no_verify, trusted=args.trust_checkpoint, verbose=args.verbose)
+                             force=args.force, verify=not args.no_verify, trusted=args.trust_checkpoint, verbose=args.verbose,
+                             int8_min_agreement=_agreement(args.int8_min_agreement))
         failed = 0
         model_name = None
         if as_parent:
