@@ -373,3 +373,19 @@ def test_a_16_bit_frame_is_a_clear_error(env):
     with pytest.raises(webcam.AppError, match="uint16 frame of shape .*convert a 16-bit"):
         warm_up(b, frame, None)
     assert model_input(b, np.zeros((48, 64, 3), np.uint8)).shape == (1, *b.input_shape)
+
+
+def test_providers_for_a_bundle_off_onnx_runtime_is_an_error_line(onnx_bundle, tmp_path):
+    """--providers on an ExecuTorch bundle was a traceback (the runtime refuses options a backend does not take)."""
+    import shutil
+
+    from dvt_runtime.manifest import Manifest
+
+    b = tmp_path / "et"
+    shutil.copytree(onnx_bundle, b)
+    m = Manifest.load(b, verify=False)
+    m.backend = "executorch"  # refused at the option check, before any ExecuTorch import
+    m.save(b)
+    args = webcam.parse_args(["--bundle", str(b), "--video", "x.mp4", "--headless", "--providers", "CPUExecutionProvider"])
+    with pytest.raises(webcam.AppError, match=r"cannot open bundle .*no option\(s\) \['providers'\]"):
+        webcam.open_bundle(args)
