@@ -279,3 +279,14 @@ def test_one_class_data_is_refused(tmp_path):
     with pytest.raises(DataError, match=r"1 class\(es\) \(\['only'\]\); a classifier needs at least 2"):
         train(args)
     assert not (tmp_path / "r" / "last.pt").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (training picks it when present)")
+def test_training_on_a_gpu_evaluates_and_checkpoints(tmp_path):
+    """Training used to crash at the end of epoch 1 on a GPU: evaluation fed CPU batches to the CUDA model."""
+    args = build_parser().parse_args([*QUICK, "--epochs", "1", "--out", str(tmp_path)])
+    summary = train(args)
+    acc = summary["history"][-1]["val_acc"]
+    assert len(acc) == 3 and min(acc) > 10.0, acc  # above chance after one epoch
+    model, info = load_checkpoint(tmp_path / "last.pt")  # CPU tensors, loadable without a GPU
+    assert next(model.parameters()).device.type == "cpu" and info.accuracies == pytest.approx(acc)
