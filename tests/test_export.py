@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from dvt_edge import create_model, save_checkpoint
+from dvt_edge import create_model, load_checkpoint, save_checkpoint
 from dvt_edge.data import load_dataset
-from dvt_edge.export import ExportError, export_bundle
+from dvt_edge.export import ExportError, _default_thresholds, _load_data, export_bundle
 from dvt_edge.export.__main__ import main as export_main
 from dvt_edge.export.pt2e import NO_DYNAMIC_CONV
 from dvt_edge.export.targets import TARGETS, TargetUnavailable, get_target
@@ -63,6 +63,12 @@ def test_export_target_precision(tmp_path, micro_ckpt, target, precision):
         assert all(r.top1_agreement >= 97.0 for r in rows), [r.top1_agreement for r in rows]  # NaN fails
         # ties at thresholds equal to an observed confidence allow a few differences, never many (NaN fails)
         assert m.parity.exit_decision_agreement >= 95.0 and m.parity.cascade_answer_agreement >= 97.0, m.parity
+        # the default thresholds are chosen on what the device decides on: the artifacts' logits through the runtime
+        model, info = load_checkpoint(micro_ckpt)
+        data = _load_data(m.source["data"], m.preprocess, 16, 60, False, model.cfg.num_classes, m.classes)
+        want, _ = _default_thresholds(model, info, Bundle.open(res.path).run_exits(data.verify_x, max_batch=1), data.verify_y)
+        assert m.thresholds == [None if v is None else pytest.approx(v, abs=1e-5) for v in want], (m.thresholds, want)
+        assert f"the {t.backend} {precision} artifacts through the runtime" in m.thresholds_source, m.thresholds_source
     if target == "executorch":
         for e in m.exits:
             assert e.undelegated_ops is not None

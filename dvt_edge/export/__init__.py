@@ -33,6 +33,7 @@ from dvt_edge.export.verify import (
     INT8_MIN_AGREEMENT,
     check_finite_reference,
     check_parity,
+    decision_agreement,
     format_parity,
     open_sessions,
     parity,
@@ -48,6 +49,7 @@ from dvt_runtime.io import current_umask, progress, sha256_file
 from dvt_runtime.manifest import ExitParity, ExitSpec, Manifest, ParityReport
 from dvt_runtime.preprocess import Preprocess
 
+THRESHOLD_TOLERANCE = 0.2  # default thresholds: the cheapest point at most this many points below the best accuracy
 CHECK_BYTES = 256 << 20  # per-exit inputs of verification images kept for the recipes (e.g. Core ML W8A8's simulated check)
 
 __all__ = ["export_bundle", "ExportOptions", "ExportError", "ExportResult", "TARGETS", "get_target", "TargetUnavailable", "FP32_TOL",
@@ -139,7 +141,9 @@ def _check_preprocessed(ds, spec: str, pre: Preprocess) -> None:
 # ----------------------------------------------------------------------------- thresholds
 
 
-def _default_thresholds(model: DVT, info: CheckpointInfo, ref_logits: Optional[list[np.ndarray]], labels) -> tuple[Optional[list], str]:
+def _default_thresholds(model: DVT, info: CheckpointInfo, ref_logits: Optional[list[np.ndarray]], labels,
+                        origin: str = "PyTorch fp32") -> tuple[Optional[list], str]:
+    """The checkpoint's own thresholds, else the cheapest FLOPs point near the best accuracy on ``ref_logits``."""
     if info.thresholds is not None and info.thresholds.ndim == 2 and info.thresholds.shape[1] == model.num_exits:
         row = info.thresholds.shape[0] // 2
         t = [float(v) for v in info.thresholds[row]][:-1]  # the last exit always answers
@@ -157,9 +161,9 @@ def _default_thresholds(model: DVT, info: CheckpointInfo, ref_logits: Optional[l
     costs = StageCosts.from_cumulative([e.gflops for e in model.exits], unit="GFLOPs")
     res = search_thresholds(ExitOutputs.from_probs(probs, labels), costs, budget=costs.cumulative[-1] * (1 + 1e-9), algorithm="exact")
     best = max(p.accuracy for p in res.frontier)
-    pick = min((p for p in res.frontier if p.accuracy >= best - 0.5), key=lambda p: p.mean_cost)
-    return pick.to_dict()["thresholds"], (f"cheapest FLOPs point within 0.5 points of the best accuracy on {len(labels)} "
-                                          "verification images (PyTorch fp32); re-calibrate on the device with dvt_runtime.calibrate")
+    pick = min((p for p in res.frontier if p.accuracy >= best - THRESHOLD_TOLERANCE), key=lambda p: p.mean_cost)
+    return pick.to_dict()["thresholds"], (f"cheapest FLOPs point within {THRESHOLD_TOLERANCE} points of the best accuracy on {len(labels)} "
+                                          f"verification images ({origin}); re-calibrate on the device with dvt_runtime.calibrate")
 
 
 # ----------------------------------------------------------------------------- main entry
@@ -185,7 +189,7 @@ class ExportOptions:
     model_name: Optional[str] = None  # registered model (published checkpoints: inferred)
     calib_data: Optional[str] = None  # dataset spec for int8 calibration and verification images
     calib_n: int = 64  # calibration images
-    verify_n: int = 300  # verification images
+    verify_n: int = 1000  # verification images (the default thresholds are chosen on them)
     # int8 (and Core ML fp16) top-1 agreement with PyTorch the export requires (None: recorded, not required; for
     # random weights, whose near-equal logits make top-1 noise: bench --latency-only --model)
     int8_min_agreement: Optional[float] = INT8_MIN_AGREEMENT
@@ -336,7 +340,11 @@ def _verify(p: _Plan, exits: list[ExitSpec], artifacts: list[ExitArtifact], max_
     sessions = open_sessions(t, p.tmp, p.graphs, artifacts) if p.opts.verify else None
     if sessions is not None:
         vb = verification_bundle(p.model, t, exits, sessions, p.tmp, max_batch)
-        report = parity(t, vb, p.graphs, p.data, p.real_ref, p.fixed_ref, p.thresholds)
+        report, art = parity(t, vb, p.graphs, p.data, p.real_ref, p.fixed_ref)
+        if art is not None:  # the device decides on the artifacts' logits, not PyTorch's: choose on those
+            p.thresholds, p.thr_source = _default_thresholds(p.model, p.info, art, p.data.verify_y,
+                                                             f"the {t.backend} {p.precision} artifacts through the runtime")
+            decision_agreement(report, p.real_ref, art, p.thresholds)
     else:
         report = ParityReport(runtime=t.backend, checked="structural" if p.opts.verify else "skipped (--no-verify)",
                               exits=[ExitParity(e + 1) for e in range(len(p.graphs))],

@@ -90,9 +90,10 @@ def _exit_decisions(logits: list[np.ndarray], thresholds: Optional[list]) -> Opt
 
 
 def parity(target: Target, bundle: Bundle, graphs: list[ExitGraph], data, ref_real: Optional[list[np.ndarray]],
-           fixed_ref: list[np.ndarray], thresholds) -> ParityReport:
+           fixed_ref: list[np.ndarray]) -> tuple[ParityReport, Optional[list[np.ndarray]]]:
     """Compare the artifacts with PyTorch fp32: fixed inputs (per exit) and real images (chained
-    through the runtime's cascade, one image per call and, where the bundle takes a batch, batched)."""
+    through the runtime's cascade, one image per call and, where the bundle takes a batch, batched).
+    Returns the report and the artifacts' logits on the real images (per exit (M, classes); None without them)."""
     rows = []
     for e, g in enumerate(graphs):
         ins = {n: t.numpy() for n, t in zip(g.input_names, g.example_inputs())}
@@ -102,7 +103,7 @@ def parity(target: Target, bundle: Bundle, graphs: list[ExitGraph], data, ref_re
     if data.verify_x is None:  # no real images: the batch check still runs, on fixed example images
         x = graphs[0].example_inputs(FIXED_BATCH)[0].numpy()
         _check_batches(bundle, x, chained(bundle, x, 1), report)
-        return report
+        return report, None
     art = chained(bundle, data.verify_x, 1)
     for e, row in enumerate(rows):
         row.max_abs_diff_real = float(np.abs(art[e] - ref_real[e]).max())
@@ -113,13 +114,17 @@ def parity(target: Target, bundle: Bundle, graphs: list[ExitGraph], data, ref_re
             row.top1_pytorch = float((ref_real[e].argmax(-1) == data.verify_y).mean() * 100)
     report.n_real = len(data.verify_x)
     _check_batches(bundle, data.verify_x, art, report)
+    return report, art
+
+
+def decision_agreement(report: ParityReport, ref_real: list[np.ndarray], art: list[np.ndarray], thresholds) -> None:
+    """Where PyTorch fp32 and the artifacts stop, and what the cascade answers, at ``thresholds``."""
     d_ref, d_art = _exit_decisions(ref_real, thresholds), _exit_decisions(art, thresholds)
     if d_ref is not None:
         final_ref = np.stack(ref_real)[d_ref, np.arange(len(d_ref))].argmax(-1)
         final_art = np.stack(art)[d_art, np.arange(len(d_art))].argmax(-1)
         report.exit_decision_agreement = float((d_ref == d_art).mean() * 100)
         report.cascade_answer_agreement = float((final_ref == final_art).mean() * 100)
-    return report
 
 
 def _check_batches(bundle: Bundle, x: np.ndarray, one_by_one: list[np.ndarray], report: ParityReport) -> None:
