@@ -598,3 +598,21 @@ def test_onnx_static_int8_keeps_attention_matmuls_float(micro_ckpt, tmp_path):
                 assert not any(i in dq for i in n.input), f"exit {e.index + 1}: {n.name} quantized: {list(n.input)}"
         assert weight_mm > 0 and act_mm > 0, (weight_mm, act_mm)
         assert f"{act_mm} MatMul(s) of two activations (attention) stay float" in e.quantization["excluded_ops"], e.quantization
+
+
+def test_non_finite_artifact_logits_leave_the_thresholds_to_pytorch(tmp_path, micro_ckpt, monkeypatch):
+    """Thresholds are chosen on the artifacts' logits only when every one is finite, and the decision agreement is
+    computed only then (a NaN logit fails the parity check with its table; the search raised on it first)."""
+    import dvt_edge.export as ex
+
+    real = ex.parity
+
+    def nan_logits(*a, **k):
+        report, art = real(*a, **k)
+        art[1][0, 0] = np.nan
+        return report, art
+
+    monkeypatch.setattr(ex, "parity", nan_logits)
+    m = export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(tmp_path / "b"), verify_n=40, progress=False).manifest
+    assert m.thresholds is not None and "(PyTorch fp32)" in m.thresholds_source, m.thresholds_source
+    assert m.parity.exit_decision_agreement is None  # not computable on a NaN; the rows' finite flags fail real cases

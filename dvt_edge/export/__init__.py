@@ -341,9 +341,10 @@ def _verify(p: _Plan, exits: list[ExitSpec], artifacts: list[ExitArtifact], max_
     if sessions is not None:
         vb = verification_bundle(p.model, t, exits, sessions, p.tmp, max_batch)
         report, art = parity(t, vb, p.graphs, p.data, p.real_ref, p.fixed_ref)
-        if art is not None:  # the device decides on the artifacts' logits, not PyTorch's: choose on those
-            p.thresholds, p.thr_source = _default_thresholds(p.model, p.info, art, p.data.verify_y,
-                                                             f"the {t.backend} {p.precision} artifacts through the runtime")
+        if art is not None:
+            if all(np.isfinite(a).all() for a in art):  # the device decides on the artifacts' logits: choose on those
+                p.thresholds, p.thr_source = _default_thresholds(p.model, p.info, art, p.data.verify_y,  # (non-finite ones
+                                                                 f"the {t.backend} {p.precision} artifacts through the runtime")  # fail below)
             decision_agreement(report, p.real_ref, art, p.thresholds)
     else:
         report = ParityReport(runtime=t.backend, checked="structural" if p.opts.verify else "skipped (--no-verify)",
