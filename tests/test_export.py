@@ -66,7 +66,7 @@ def test_export_target_precision(tmp_path, micro_ckpt, target, precision):
         # the default thresholds are chosen on what the device decides on: the artifacts' logits through the runtime
         model, info = load_checkpoint(micro_ckpt)
         data = _load_data(m.source["data"], m.preprocess, 16, 60, False, model.cfg.num_classes, m.classes)
-        want, _ = _default_thresholds(model, info, Bundle.open(res.path).run_exits(data.verify_x, max_batch=1), data.verify_y)
+        want, _ = _default_thresholds(model, info, Bundle.open(res.path, threads=1).run_exits(data.verify_x, max_batch=1), data.verify_y)
         assert m.thresholds == [None if v is None else pytest.approx(v, abs=1e-5) for v in want], (m.thresholds, want)
         assert f"the {t.backend} {precision} artifacts through the runtime" in m.thresholds_source, m.thresholds_source
     if target == "executorch":
@@ -600,19 +600,36 @@ def test_onnx_static_int8_keeps_attention_matmuls_float(micro_ckpt, tmp_path):
         assert f"{act_mm} MatMul(s) of two activations (attention) stay float" in e.quantization["excluded_ops"], e.quantization
 
 
-def test_non_finite_artifact_logits_leave_the_thresholds_to_pytorch(tmp_path, micro_ckpt, monkeypatch):
-    """Thresholds are chosen on the artifacts' logits only when every one is finite, and the decision agreement is
-    computed only then (a NaN logit fails the parity check with its table; the search raised on it first)."""
-    import dvt_edge.export as ex
+def test_non_finite_artifact_logits_fail_with_the_parity_table(tmp_path, micro_ckpt, monkeypatch):
+    """A NaN logit from an artifact on real images fails the export with its parity table: the thresholds are not
+    chosen on it and no decision agreement is computed (the threshold search raised on the NaN first)."""
+    import dvt_edge.export.verify as v
 
-    real = ex.parity
+    real = v.chained
 
-    def nan_logits(*a, **k):
-        report, art = real(*a, **k)
-        art[1][0, 0] = np.nan
-        return report, art
+    def nan_logits(bundle, x, batch):
+        out = real(bundle, x, batch)
+        out[1][0, 0] = np.nan  # exit 2's logits on the first verification image
+        return out
 
-    monkeypatch.setattr(ex, "parity", nan_logits)
-    m = export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(tmp_path / "b"), verify_n=40, progress=False).manifest
-    assert m.thresholds is not None and "(PyTorch fp32)" in m.thresholds_source, m.thresholds_source
-    assert m.parity.exit_decision_agreement is None  # not computable on a NaN; the rows' finite flags fail real cases
+    monkeypatch.setattr(v, "chained", nan_logits)
+    with pytest.raises(ExportError) as e:
+        export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(tmp_path / "b"), verify_n=40, progress=False)
+    msg = str(e.value)
+    assert msg.startswith("verification failed") and "returned NaN or infinite logits" in msg and "confidences contain" not in msg, msg
+    assert not (tmp_path / "b").exists()
+
+
+def test_reference_cascade_keeps_inputs_only_for_the_images_asked(micro_ckpt):
+    """Verification keeps each exit's inputs (MBs per image at 224 px) only for the images the int8 checks use."""
+    from dvt_edge import load_checkpoint
+    from dvt_edge.export.common import exit_graphs
+    from dvt_edge.export.verify import torch_cascade
+
+    graphs = exit_graphs(load_checkpoint(micro_ckpt)[0])
+    x = np.random.default_rng(0).random((5, 1, 28, 28), dtype=np.float32)
+    every, some = torch_cascade(graphs, x), torch_cascade(graphs, x, keep_inputs=2)
+    assert [len(d["inputs"]) for d in some[1]] == [1, 3, 3] and all(d["inputs"] == {} for per in some[2:] for d in per)
+    for a, b in zip(every, some):  # the logits are the same either way
+        for da, db in zip(a, b):
+            np.testing.assert_array_equal(da["logits"], db["logits"])

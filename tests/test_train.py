@@ -288,5 +288,7 @@ def test_training_on_a_gpu_evaluates_and_checkpoints(tmp_path):
     summary = train(args)
     acc = summary["history"][-1]["val_acc"]
     assert len(acc) == 3 and min(acc) > 10.0, acc  # above chance after one epoch
-    model, info = load_checkpoint(tmp_path / "last.pt")  # CPU tensors, loadable without a GPU
-    assert next(model.parameters()).device.type == "cpu" and info.accuracies == pytest.approx(acc)
+    _, info = load_checkpoint(tmp_path / "last.pt")
+    assert info.accuracies == pytest.approx(acc)
+    raw = torch.load(tmp_path / "last.pt", map_location=None, weights_only=True)  # where each tensor was saved
+    assert all(t.device.type == "cpu" for t in raw["model_state_dict"].values())  # weights load on a machine without a GPU

@@ -299,11 +299,12 @@ def _prepare(dest: Path, t: Target, precision: str, opts: ExportOptions, model: 
     calib_ref = torch_cascade(graphs, np.stack(data.calib)) if data.calib else []
     real_ref, check_inputs = None, []
     if data.verify_x is not None:  # per exit: (M, classes)
-        real_io = torch_cascade(graphs, data.verify_x)
+        # only quantization recipes check against the exits' inputs: kept for as many images as CHECK_BYTES hold, none otherwise
+        per_image = sum(a.numel() * a.element_size() for g in graphs for a in g.example_inputs())
+        keep = max(16, CHECK_BYTES // max(per_image, 1)) if precision == "int8" else 0
+        real_io = torch_cascade(graphs, data.verify_x, keep_inputs=keep)
         real_ref = [np.stack(v) for v in zip(*[[d["logits"][0] for d in per] for per in real_io])]
-        if precision == "int8":  # only quantization recipes check against them; kept out of memory otherwise
-            per_image = sum(a.nbytes for d in real_io[0] for a in d["inputs"].values())
-            check_inputs = [[d["inputs"] for d in per] for per in real_io[: max(16, CHECK_BYTES // max(per_image, 1))]]
+        check_inputs = [[d["inputs"] for d in per] for per in real_io[:keep]]
     with torch.no_grad():
         fixed_ref = [g.stage(*g.example_inputs())[0].numpy() for g in graphs]
     check_finite_reference(fixed_ref, real_ref, checkpoint)

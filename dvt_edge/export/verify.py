@@ -33,16 +33,18 @@ INT8_MIN_AGREEMENT = 97.0  # % top-1 agreement with PyTorch fp32 on real images
 
 
 @torch.no_grad()
-def torch_cascade(graphs: list[ExitGraph], images: np.ndarray) -> list[list[dict[str, np.ndarray]]]:
-    """Per image, per exit: the inputs each exit sees and its outputs, from PyTorch fp32."""
+def torch_cascade(graphs: list[ExitGraph], images: np.ndarray, keep_inputs: Optional[int] = None) -> list[list[dict[str, np.ndarray]]]:
+    """Per image, per exit: the inputs each exit sees (for the first ``keep_inputs`` images; all when None, ``{}``
+    after: a 224 px model's reuse tensors take megabytes per image) and its outputs, from PyTorch fp32."""
     out = []
-    for x in images:
+    for i, x in enumerate(images):
         feats = rels = None
         per_exit = []
+        keep = keep_inputs is None or i < keep_inputs
         for g in graphs:
             img = torch.from_numpy(x[None])
-            inputs = {"image": img.numpy()}
-            if g.reuse:
+            inputs = {"image": img.numpy()} if keep else {}
+            if g.reuse and keep:
                 inputs.update(features=feats.numpy(), relations=rels.numpy())
             logits, f, r = g.stage(img, feats, rels)
             per_exit.append({"inputs": inputs, "logits": logits.numpy()})
