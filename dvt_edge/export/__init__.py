@@ -343,9 +343,10 @@ def _verify(p: _Plan, exits: list[ExitSpec], artifacts: list[ExitArtifact], max_
         vb = verification_bundle(p.model, t, exits, sessions, p.tmp, max_batch)
         report, art = parity(t, vb, p.graphs, p.data, p.real_ref, p.fixed_ref)
         if art is not None:
-            if all(np.isfinite(a).all() for a in art):  # the device decides on the artifacts' logits: choose on those
-                p.thresholds, p.thr_source = _default_thresholds(p.model, p.info, art, p.data.verify_y,  # (non-finite ones
-                                                                 f"the {t.backend} {p.precision} artifacts through the runtime")  # fail below)
+            # the device decides on the artifacts' logits: choose on those (non-finite ones fail the parity check below)
+            if all(np.isfinite(a).all() for a in art):
+                p.thresholds, p.thr_source = _default_thresholds(p.model, p.info, art, p.data.verify_y,
+                                                                 f"the {t.backend} {p.precision} artifacts through the runtime")
             decision_agreement(report, p.real_ref, art, p.thresholds)
     else:
         report = ParityReport(runtime=t.backend, checked="structural" if p.opts.verify else "skipped (--no-verify)",
