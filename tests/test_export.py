@@ -622,7 +622,6 @@ def test_non_finite_artifact_logits_fail_with_the_parity_table(tmp_path, micro_c
 
 def test_reference_cascade_keeps_inputs_only_for_the_images_asked(micro_ckpt):
     """Verification keeps each exit's inputs (MBs per image at 224 px) only for the images the int8 checks use."""
-    from dvt_edge import load_checkpoint
     from dvt_edge.export.common import exit_graphs
     from dvt_edge.export.verify import torch_cascade
 

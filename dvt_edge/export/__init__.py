@@ -300,8 +300,10 @@ def _prepare(dest: Path, t: Target, precision: str, opts: ExportOptions, model: 
     real_ref, check_inputs = None, []
     if data.verify_x is not None:  # per exit: (M, classes)
         # only quantization recipes check against the exits' inputs: kept for as many images as CHECK_BYTES hold, none otherwise
-        per_image = sum(a.numel() * a.element_size() for g in graphs for a in g.example_inputs())
-        keep = max(16, CHECK_BYTES // max(per_image, 1)) if precision == "int8" else 0
+        keep = 0
+        if precision == "int8":
+            per_image = sum(a.numel() * a.element_size() for g in graphs for a in g.example_inputs())
+            keep = max(16, CHECK_BYTES // max(per_image, 1))
         real_io = torch_cascade(graphs, data.verify_x, keep_inputs=keep)
         real_ref = [np.stack(v) for v in zip(*[[d["logits"][0] for d in per] for per in real_io])]
         check_inputs = [[d["inputs"] for d in per] for per in real_io[:keep]]
@@ -342,11 +344,10 @@ def _verify(p: _Plan, exits: list[ExitSpec], artifacts: list[ExitArtifact], max_
     if sessions is not None:
         vb = verification_bundle(p.model, t, exits, sessions, p.tmp, max_batch)
         report, art = parity(t, vb, p.graphs, p.data, p.real_ref, p.fixed_ref)
-        if art is not None:
-            # the device decides on the artifacts' logits: choose on those (non-finite ones fail the parity check below)
-            if all(np.isfinite(a).all() for a in art):
-                p.thresholds, p.thr_source = _default_thresholds(p.model, p.info, art, p.data.verify_y,
-                                                                 f"the {t.backend} {p.precision} artifacts through the runtime")
+        # the device decides on the artifacts' logits: choose on those (non-finite ones fail the parity check below)
+        if art is not None and all(r.finite for r in report.exits):
+            p.thresholds, p.thr_source = _default_thresholds(p.model, p.info, art, p.data.verify_y,
+                                                             f"the {t.backend} {p.precision} artifacts through the runtime")
             decision_agreement(report, p.real_ref, art, p.thresholds)
     else:
         report = ParityReport(runtime=t.backend, checked="structural" if p.opts.verify else "skipped (--no-verify)",

@@ -120,10 +120,7 @@ def parity(target: Target, bundle: Bundle, graphs: list[ExitGraph], data, ref_re
 
 
 def decision_agreement(report: ParityReport, ref_real: list[np.ndarray], art: list[np.ndarray], thresholds) -> None:
-    """Where PyTorch fp32 and the artifacts stop, and what the cascade answers, at ``thresholds`` (left None when
-    an artifact's logits are not finite: the rows say so and the parity check fails on them)."""
-    if not all(np.isfinite(a).all() for a in art):
-        return
+    """Where PyTorch fp32 and the artifacts stop, and what the cascade answers, at ``thresholds`` (finite logits)."""
     d_ref, d_art = _exit_decisions(ref_real, thresholds), _exit_decisions(art, thresholds)
     if d_ref is not None:
         final_ref = np.stack(ref_real)[d_ref, np.arange(len(d_ref))].argmax(-1)
