@@ -9,7 +9,7 @@ from typing import Optional
 
 import numpy as np
 
-from dvt_edge.imageset import IMREAD_FLAGS, DataError, ImageSet, default_preprocess, display_classes, stratified_subset, to_uint8
+from dvt_edge.imageset import DataError, ImageSet, default_preprocess, display_classes, read_image, stratified_subset
 from dvt_runtime.io import progress
 from dvt_runtime.preprocess import Preprocess
 
@@ -157,24 +157,8 @@ def _check_classes(sub: Path, classes: list[str], keep: list[int], skipped: list
 
 
 def _try_read(p: Path) -> Optional[np.ndarray]:
-    """Decoded uint8 pixels, or None for a file OpenCV cannot fully decode (truncated JPEGs included)."""
-    import cv2
-
+    """Decoded uint8 pixels, or None for a file that cannot be read or fully decoded (truncated JPEGs included)."""
     try:
-        data = np.fromfile(str(p), dtype=np.uint8)
-    except OSError:
+        return read_image(p)
+    except DataError:
         return None
-    if data.size == 0:
-        return None
-    if p.suffix.lower() in (".jpg", ".jpeg") and not (data.size >= 4 and data[-2] == 0xFF and data[-1] == 0xD9):
-        # a JPEG without its end-of-image marker is truncated: OpenCV would decode it as grey
-        tail = data[-64:].tobytes().rstrip(b"\x00")
-        if not tail.endswith(b"\xff\xd9"):
-            return None
-    try:
-        img = cv2.imdecode(data, IMREAD_FLAGS)
-    except cv2.error:
-        return None
-    if img is None:
-        return None
-    return to_uint8(img)

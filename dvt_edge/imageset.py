@@ -16,7 +16,7 @@ import numpy as np
 from dvt_runtime.io import progress as progress_bar
 from dvt_runtime.preprocess import Preprocess
 
-__all__ = ["DataError", "ImageSet", "stratified_subset", "default_preprocess", "read_image", "to_uint8"]
+__all__ = ["DataError", "ImageSet", "stratified_subset", "default_preprocess", "decode_image", "jpeg_end", "read_image", "to_uint8"]
 
 
 class DataError(ValueError):
@@ -157,14 +157,73 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
 IMREAD_FLAGS = 2 | 4  # cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR (no cv2 import at module load)
 
 
-def read_image(path) -> np.ndarray:
-    """An image file's uint8 pixels (BGR or gray) as OpenCV decodes them."""
+def jpeg_end(data: bytes) -> Optional[int]:
+    """Offset just past a JPEG's end-of-image marker, found by walking its segments and entropy-coded
+    scans (so data after the image, as motion photos append a video, is not taken for it, and an
+    EXIF thumbnail's own marker inside a segment is skipped), or None when the data ends, or its
+    structure breaks, before that marker: a truncated file, which OpenCV would decode part grey."""
+    n, pos = len(data), 2  # just after SOI (FF D8)
+    while True:
+        if pos >= n or data[pos] != 0xFF:
+            return None
+        while pos < n and data[pos] == 0xFF:  # fill bytes may precede a marker's code
+            pos += 1
+        if pos >= n:
+            return None
+        code, pos = data[pos], pos + 1
+        if code == 0xD9:  # EOI
+            return pos
+        if code == 0x01 or 0xD0 <= code <= 0xD7:  # TEM, RSTn: no length
+            continue
+        if code in (0x00, 0xD8) or pos + 2 > n:
+            return None
+        length = (data[pos] << 8) | data[pos + 1]  # big-endian, counts its own two bytes
+        pos += length
+        if length < 2 or pos > n:
+            return None
+        if code == 0xDA:  # SOS: entropy-coded data runs to the next marker that is not FF00 (stuffing) or RSTn
+            while True:
+                pos = data.find(b"\xff", pos)
+                if pos < 0 or pos + 1 >= n:
+                    return None
+                nxt = data[pos + 1]
+                if nxt == 0x00 or 0xD0 <= nxt <= 0xD7:
+                    pos += 2
+                elif nxt == 0xFF:  # a fill byte: the marker follows
+                    pos += 1
+                else:
+                    break
+
+
+def decode_image(data: np.ndarray, what: str) -> np.ndarray:
+    """Encoded image bytes (uint8) -> uint8 pixels (BGR or gray) as OpenCV decodes them; a JPEG (known by
+    its first bytes, whatever its name) must be whole. ``what`` names the image in the error."""
     import cv2
 
-    img = cv2.imread(str(path), IMREAD_FLAGS)
+    if data.size == 0:
+        raise DataError(f"{what} is empty (0 bytes)")
+    if data[:3].tobytes() == b"\xff\xd8\xff":
+        end = jpeg_end(data.tobytes())
+        if end is None:
+            raise DataError(f"{what} is a truncated JPEG (it ends before its end-of-image marker): re-copy or re-download it")
+        data = data[:end]  # what follows the image (a motion photo's video) is not decoded
+    try:
+        img = cv2.imdecode(data, IMREAD_FLAGS)
+    except cv2.error:
+        img = None
     if img is None:
-        raise DataError(f"cannot read image {path} (not an image OpenCV can decode, or unreadable)")
+        raise DataError(f"cannot decode {what} (not an image OpenCV can decode)")
     return to_uint8(img)
+
+
+def read_image(path) -> np.ndarray:
+    """An image file's uint8 pixels (BGR or gray) as OpenCV decodes them (EXIF orientation applied);
+    a truncated JPEG is an error, bytes after a JPEG's end (a motion photo's video) are ignored."""
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as e:
+        raise DataError(f"cannot read image {path}: {e.strerror or e}") from None
+    return decode_image(data, f"image {path}")
 
 
 IMAGENET1K_CLASSES = Path(__file__).parent / "assets" / "imagenet1k_classes.tsv"

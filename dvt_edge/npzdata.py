@@ -10,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-from dvt_edge.imageset import IMREAD_FLAGS, DataError, ImageSet, default_preprocess
+from dvt_edge.imageset import DataError, ImageSet, decode_image, default_preprocess
 from dvt_runtime.io import atomic_write, check_labels, read_npz
 from dvt_runtime.preprocess import Preprocess
 
@@ -79,16 +79,9 @@ def _numbered_classes(labels: np.ndarray, p: Path) -> list[str]:
 
 
 def _decode_jpeg_pack(data: np.ndarray, offsets: np.ndarray, p: Path) -> np.ndarray:
-    import cv2
-
     if data.dtype != np.uint8 or offsets.dtype.kind not in "iu" or offsets.ndim != 1 or len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != len(data) or (np.diff(offsets) <= 0).any():
         raise DataError(f"npz: {p}: 'jpeg' must be uint8 bytes and 'offsets' N+1 increasing positions from 0 to len(jpeg)")
-    out = []
-    for i in range(len(offsets) - 1):
-        img = cv2.imdecode(data[offsets[i] : offsets[i + 1]], IMREAD_FLAGS)
-        if img is None:
-            raise DataError(f"npz: {p}: image {i} of the JPEG pack cannot be decoded")
-        out.append(img)
+    out = [decode_image(data[offsets[i] : offsets[i + 1]], f"npz: {p}: image {i} of the JPEG pack") for i in range(len(offsets) - 1)]
     if len({im.shape for im in out}) != 1:
         raise DataError(f"npz: {p}: the JPEG pack's images differ in size")
     return np.stack(out)
