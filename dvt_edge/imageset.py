@@ -161,10 +161,12 @@ def jpeg_end(data: bytes) -> Optional[int]:
     """Offset just past a JPEG's end-of-image marker, found by walking its segments and entropy-coded
     scans (so data after the image, as motion photos append a video, is not taken for it, and an
     EXIF thumbnail's own marker inside a segment is skipped), or None when the data ends, or its
-    structure breaks, before that marker: a truncated file, which OpenCV would decode part grey."""
+    structure breaks, before that marker: a truncated file, which OpenCV 4 would decode part blank.
+    Stray bytes where a marker should start are skipped to the next FF, as libjpeg skips them."""
     n, pos = len(data), 2  # just after SOI (FF D8)
     while True:
-        if pos >= n or data[pos] != 0xFF:
+        pos = data.find(b"\xff", pos)
+        if pos < 0:
             return None
         while pos < n and data[pos] == 0xFF:  # fill bytes may precede a marker's code
             pos += 1
@@ -173,26 +175,22 @@ def jpeg_end(data: bytes) -> Optional[int]:
         code, pos = data[pos], pos + 1
         if code == 0xD9:  # EOI
             return pos
-        if code == 0x01 or 0xD0 <= code <= 0xD7:  # TEM, RSTn: no length
+        if code in (0x00, 0x01) or 0xD0 <= code <= 0xD7:  # stray FF00 (libjpeg skips it), TEM, RSTn: no length
             continue
-        if code in (0x00, 0xD8) or pos + 2 > n:
+        if code == 0xD8 or pos + 2 > n:
             return None
         length = (data[pos] << 8) | data[pos + 1]  # big-endian, counts its own two bytes
         pos += length
         if length < 2 or pos > n:
             return None
-        if code == 0xDA:  # SOS: entropy-coded data runs to the next marker that is not FF00 (stuffing) or RSTn
+        if code == 0xDA:  # SOS: entropy-coded data runs to the next FF that is not FF00 (stuffing) or RSTn
             while True:
                 pos = data.find(b"\xff", pos)
                 if pos < 0 or pos + 1 >= n:
                     return None
-                nxt = data[pos + 1]
-                if nxt == 0x00 or 0xD0 <= nxt <= 0xD7:
-                    pos += 2
-                elif nxt == 0xFF:  # a fill byte: the marker follows
-                    pos += 1
-                else:
-                    break
+                if data[pos + 1] != 0x00 and not 0xD0 <= data[pos + 1] <= 0xD7:
+                    break  # a marker (or fill bytes before one): the loop above reads it
+                pos += 2
 
 
 def decode_image(data: np.ndarray, what: str) -> np.ndarray:
@@ -205,7 +203,8 @@ def decode_image(data: np.ndarray, what: str) -> np.ndarray:
     if data[:3].tobytes() == b"\xff\xd8\xff":
         end = jpeg_end(data.tobytes())
         if end is None:
-            raise DataError(f"{what} is a truncated JPEG (it ends before its end-of-image marker): re-copy or re-download it")
+            raise DataError(f"{what} is a truncated or broken JPEG (it ends, or its structure breaks, before its end-of-image "
+                            "marker): copy or download it again, or re-save it from its source")
         data = data[:end]  # what follows the image (a motion photo's video) is not decoded
     try:
         img = cv2.imdecode(data, IMREAD_FLAGS)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dvt_edge.data import DataError, load_dataset
-from dvt_edge.imageset import jpeg_end, read_image
+from dvt_edge.imageset import decode_image, jpeg_end, read_image
 from dvt_edge.npzdata import write_jpeg_pack
 
 RNG = np.random.default_rng(0)
@@ -25,7 +25,7 @@ def _variants() -> dict[str, bytes]:
     base = cv2.imencode(".jpg", IMG)[1].tobytes()
     thumb = cv2.imencode(".jpg", IMG[:8, :8])[1].tobytes()
     app1 = b"\xff\xe1" + struct.pack(">H", len(thumb) + 8) + b"Exif\x00\x00" + thumb
-    end = base.rindex(b"\xff\xd9")
+    end, dqt, sos = base.rindex(b"\xff\xd9"), base.index(b"\xff\xdb"), base.index(b"\xff\xda")
     return {
         "baseline": base,
         "progressive": cv2.imencode(".jpg", IMG, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes(),
@@ -33,6 +33,10 @@ def _variants() -> dict[str, bytes]:
         "gray": cv2.imencode(".jpg", IMG[:, :, 0])[1].tobytes(),
         "exif thumbnail": base[:2] + app1 + base[2:],
         "fill bytes": base[:end] + b"\xff\xff" + base[end:],
+        "fill bytes before a header marker": base[:dqt] + b"\xff\xff" + base[dqt:],
+        # stray bytes where a marker should start: libjpeg skips them to the next FF and decodes the image
+        "stray bytes": base[:dqt] + b"\r\n" + base[dqt:sos] + b"\x00\xff\x00" + base[sos:],
+        "restart marker outside a scan": base[:sos] + b"\xff\xd0" + base[sos:],
     }
 
 
@@ -43,6 +47,8 @@ def test_the_end_marker_is_found_by_walking_and_every_cut_is_truncated(name):
     assert jpeg_end(data + VIDEO_TRAILER) == len(data)  # the trailer is not the image
     cut_but_found = [k for k in range(len(data)) if jpeg_end(data[:k]) is not None]
     assert not cut_but_found, f"{name}: cut at {cut_but_found[:5]} still looks whole"
+    pixels = decode_image(np.frombuffer(data + VIDEO_TRAILER, np.uint8), name)  # decoded as OpenCV decodes the file alone
+    np.testing.assert_array_equal(pixels, cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYCOLOR))
 
 
 def _folder(root, extra: dict[str, bytes]):
@@ -77,7 +83,7 @@ def test_read_image_names_a_truncated_or_empty_file(tmp_path):
     (tmp_path / "cut.jpg").write_bytes(jpg[:-40])
     (tmp_path / "empty.jpg").write_bytes(b"")
     (tmp_path / "motion.jpg").write_bytes(jpg + VIDEO_TRAILER)
-    with pytest.raises(DataError, match=r"cut\.jpg is a truncated JPEG.*re-copy"):
+    with pytest.raises(DataError, match=r"cut\.jpg is a truncated or broken JPEG.*download it again"):
         read_image(tmp_path / "cut.jpg")
     with pytest.raises(DataError, match=r"empty\.jpg is empty"):
         read_image(tmp_path / "empty.jpg")
@@ -97,5 +103,5 @@ def test_a_jpeg_pack_with_a_cut_image_is_refused(tmp_path):
     arrays["offsets"] = np.concatenate([arrays["offsets"][:3], arrays["offsets"][3:] - 30])
     assert stop - 30 > start
     np.savez(tmp_path / "cut.npz", **arrays)
-    with pytest.raises(DataError, match=r"image 2 of the JPEG pack is a truncated JPEG"):
+    with pytest.raises(DataError, match=r"image 2 of the JPEG pack is a truncated or broken JPEG"):
         load_dataset(f"npz:{tmp_path / 'cut.npz'}", "val")
