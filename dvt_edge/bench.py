@@ -38,6 +38,7 @@ from dvt_edge.bench_match import (  # noqa: F401  (re-exported: the rule's names
 )
 from dvt_edge.bench_report import SCHEMA, load_results, markdown, write_outputs, wrote_line
 from dvt_edge.data import DATASETS, DataError, data_for_checkpoint, load_dataset
+from dvt_edge.imageset import label_mismatch
 from dvt_edge.logs import quiet_toolchains
 from dvt_edge.references import DEFAULT_REFERENCE
 from dvt_runtime.stats import sample_stats
@@ -328,6 +329,9 @@ def run_bench(checkpoint: str, data: Optional[str], targets: list[str], precisio
     model, info = load_checkpoint(checkpoint)
     data, data_note = data_for_checkpoint(data, model.name, info.extras, model.cfg)
     ds = load_dataset(data, "val", preprocess=info.preprocess)
+    mismatch = label_mismatch(ds, model.cfg.num_classes, info.classes)
+    if mismatch:  # its labels would score every exit wrong: no matched accuracy, no thresholds
+        raise DataError(f"{data} cannot benchmark this model: {mismatch}")
     x, y = ds.arrays(min(n, len(ds)), seed=0, progress=progress)
     runnable = available_backends()
 

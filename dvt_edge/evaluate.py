@@ -23,6 +23,7 @@ import numpy as np
 
 from dvt_edge.checkpoint import CheckpointError, load_checkpoint
 from dvt_edge.data import DATASETS, DataError, data_for_checkpoint, default_preprocess, load_dataset
+from dvt_edge.imageset import label_mismatch
 from dvt_edge.train import evaluate_exits
 from dvt_runtime.io import atomic_write_json, save_png
 from dvt_runtime.search import ExitOutputs, StageCosts, evaluate_thresholds, pareto_frontier, sweep_thresholds
@@ -48,10 +49,10 @@ def evaluate_checkpoint(
     data, data_note = data_for_checkpoint(data, model.name, info.extras, model.cfg, split)
     pre = info.preprocess or default_preprocess(model.cfg.in_chans, model.cfg.img_size)
     ds = load_dataset(data, split, preprocess=pre).limit(limit, seed=0)
-    if info.classes and ds.classes != info.classes:
-        raise DataError(f"{data} classes {ds.classes[:5]}... differ from the checkpoint's {info.classes[:5]}...")
-    if ds.num_classes != model.cfg.num_classes:
-        raise DataError(f"{data} has {ds.num_classes} classes, the model {model.cfg.num_classes}")
+    mismatch = label_mismatch(ds, model.cfg.num_classes, info.classes)
+    if mismatch:
+        raise DataError(f"{data} cannot score this model: {mismatch}")
+    opened = [open_bundle(b, checkpoint, ds.classes) for b in bundles]  # a bundle that cannot be scored: said before the work
     acc, probs = evaluate_exits(model, ds, progress=progress)
     flops = [e.gflops for e in model.exits]
     costs = StageCosts.from_cumulative(flops, unit="GFLOPs")
@@ -68,7 +69,7 @@ def evaluate_checkpoint(
         sel_out, sel_note = test_out, f"the evaluation split itself (training split unavailable: {str(e)[:200]})"
     curve = [evaluate_thresholds(test_out, None, t, costs) for t in sweep_thresholds(sel_out, n_budgets)]
     arrays = ds.arrays(progress=progress) if bundles else None  # preprocess once for every bundle
-    artifacts = [artifact_accuracy(b, *arrays, acc, checkpoint=checkpoint, classes=ds.classes) for b in bundles]
+    artifacts = [artifact_accuracy(b, *arrays, acc) for b in opened]
     frontier = pareto_frontier(curve)
     return {
         "schema": SCHEMA,
@@ -91,14 +92,17 @@ def evaluate_checkpoint(
     }
 
 
-def artifact_accuracy(bundle_dir: str, x: np.ndarray, y: np.ndarray, torch_acc: list[float], checkpoint: Optional[str] = None,
-                      classes: Optional[list[str]] = None) -> dict:
-    """Per-exit top-1 of an exported bundle's own artifacts (chained exits) on preprocessed images;
-    with ``checkpoint``, the bundle must have been exported from that very file (else the deltas compare two models)."""
+def open_bundle(bundle_dir: str, checkpoint: Optional[str] = None, classes: Optional[list[str]] = None):
+    """An exported bundle to score beside its checkpoint, opened before any work: with ``checkpoint``, it must have
+    been exported from that very file (else the deltas compare two models); with ``classes``, it must name them."""
+    from dvt_runtime.backends import BackendUnavailable
     from dvt_runtime.bundle import Bundle
     from dvt_runtime.io import sha256_file
 
-    b = Bundle.open(bundle_dir, threads=1)
+    try:
+        b = Bundle.open(bundle_dir, threads=1)
+    except BackendUnavailable as e:  # e.g. a Core ML bundle off macOS
+        raise ValueError(f"bundle {bundle_dir} cannot run here: {e}") from None
     src = b.manifest.source or {}
     if checkpoint is not None and src.get("sha256") != sha256_file(checkpoint):
         raise ValueError(f"bundle {bundle_dir} was exported from {src.get('checkpoint')!r}, not from {checkpoint} (SHA-256 differs): "
@@ -106,10 +110,15 @@ def artifact_accuracy(bundle_dir: str, x: np.ndarray, y: np.ndarray, torch_acc: 
                          f"--checkpoint {checkpoint}")
     if classes is not None and b.classes and list(b.classes) != list(classes):
         raise ValueError(f"bundle {bundle_dir} names other classes ({b.classes[:3]}...) than the evaluation data ({classes[:3]}...)")
+    return b
+
+
+def artifact_accuracy(b, x: np.ndarray, y: np.ndarray, torch_acc: list[float]) -> dict:
+    """Per-exit top-1 of an exported bundle's own artifacts (chained exits, an :func:`open_bundle`) on preprocessed images."""
     logits = b.run_exits(x)
     acc = [float((lg.argmax(-1) == y).mean() * 100) for lg in logits]
     m = b.manifest
-    return {"bundle": str(bundle_dir), "target": m.target, "precision": m.precision,
+    return {"bundle": str(b.path), "target": m.target, "precision": m.precision,
             "schemes": [e.quantization.get("scheme") for e in m.exits], "top1": acc,
             "delta_vs_pytorch_fp32": [a - t for a, t in zip(acc, torch_acc)]}
 
@@ -162,8 +171,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="evaluate a seeded random subset of N images")
     ap.add_argument("--threshold-n", type=int, default=5000, help="training images for threshold selection (seeded; the model trained on them)")
     ap.add_argument("--bundles", nargs="*", default=[], help="exported bundles to evaluate on the same images (per-exit top-1 vs PyTorch)")
-    ap.add_argument("--out", default=None, help="output directory (default: runs/evaluate/<checkpoint name>; never inside the "
-                                                 "package or the checkpoint's folder)")
+    ap.add_argument("--out", default=None, help="output directory (default: runs/evaluate/<checkpoint name> under the current "
+                                                 "folder, not beside the checkpoint)")
     ap.add_argument("--trust-checkpoint", action="store_true", help="allow arbitrary unpickling (only for files you trust)")
     args = ap.parse_args(argv)
     out = Path(args.out) if args.out else Path("runs") / "evaluate" / Path(args.checkpoint).stem

@@ -16,7 +16,7 @@ import numpy as np
 from dvt_runtime.io import progress as progress_bar
 from dvt_runtime.preprocess import Preprocess
 
-__all__ = ["DataError", "ImageSet", "stratified_subset", "default_preprocess", "decode_image", "jpeg_end", "read_image", "to_uint8"]
+__all__ = ["DataError", "ImageSet", "stratified_subset", "default_preprocess", "decode_image", "jpeg_end", "label_mismatch", "read_image", "to_uint8"]
 
 
 class DataError(ValueError):
@@ -130,6 +130,15 @@ class ImageSet:
         for j, i in enumerate(it):
             out[j] = self.input(int(i))
         return out, self.labels[idx]
+
+
+def label_mismatch(ds: ImageSet, num_classes: int, classes: Optional[list[str]]) -> Optional[str]:
+    """Why a data set's labels are not a model's (None: they are): other class names, or another number of classes."""
+    if classes and list(ds.classes) != list(classes):
+        return f"its classes {list(ds.classes)[:5]}... are not the checkpoint's {list(classes)[:5]}..."
+    if ds.num_classes != num_classes:
+        return f"it has {ds.num_classes} classes, the model {num_classes}"
+    return None
 
 
 def default_preprocess(in_chans: int, img_size: int) -> Preprocess:

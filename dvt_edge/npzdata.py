@@ -111,7 +111,7 @@ def export_npz(ds: ImageSet, out: Path, n: Optional[int] = None, seed: int = 0, 
     x, y = ds.arrays(n, seed=seed, progress=progress)
     buf = io.BytesIO()
     np.savez_compressed(
-        buf, images=x, labels=y, classes=np.array(ds.classes),
+        buf, images=x, labels=y, classes=np.array(ds.classes), split=np.array(ds.split),  # loading it as another split is refused
         preprocess=np.array(json.dumps(ds.preprocess.to_dict())), source=np.array(f"{ds.name}/{ds.split}"),
     )
     atomic_write(out, buf.getvalue())

@@ -97,3 +97,45 @@ def test_evaluate_default_out_is_under_runs_not_beside_the_checkpoint(micro_ckpt
     assert main(["--checkpoint", str(micro_ckpt), "--limit", "50", "--threshold-n", "50"]) == 0
     assert (tmp_path / "runs" / "evaluate" / micro_ckpt.stem / "evaluate.json").is_file()
     assert not (micro_ckpt.parent / "evaluate").exists()
+
+
+def test_labels_of_other_classes_are_refused_and_an_exported_val_file_chooses_no_thresholds_as_training(micro_ckpt, tmp_path, capsys):
+    """Another data set's labels score nothing: evaluate and bench refuse them (calibrate: tests/test_runtime.py);
+    thresholds were chosen on an exported val file's own images and called "training images" (it had no split)."""
+    from dvt_edge.bench import main as bench_main
+    from dvt_edge.data import DataError, export_npz
+    from dvt_edge.evaluate import evaluate_checkpoint
+
+    export_npz(load_dataset("fashion-mnist", "val"), tmp_path / "val.npz", n=60, progress=False)
+    z = dict(np.load(tmp_path / "val.npz", allow_pickle=False))
+    np.savez(tmp_path / "other.npz", **{**z, "classes": np.array([f"c{i}" for i in range(10)])})
+    other = f"npz:{tmp_path / 'other.npz'}"
+    assert main(["--checkpoint", str(micro_ckpt), "--data", other, "--out", str(tmp_path / "e")]) == 2
+    assert "cannot score this model: its classes ['c0'" in capsys.readouterr().err
+    assert bench_main(["--checkpoint", str(micro_ckpt), "--data", other, "--targets", "onnx", "--precisions", "fp32", "--n", "60",
+                       "--out", str(tmp_path / "b")]) == 2
+    assert "cannot benchmark this model: its classes ['c0'" in capsys.readouterr().err
+    with pytest.raises(DataError, match="holds only the 'val' split, not 'train'"):
+        load_dataset(f"npz:{tmp_path / 'val.npz'}", "train")
+    r = evaluate_checkpoint(str(micro_ckpt), data=f"npz:{tmp_path / 'val.npz'}", threshold_n=60, progress=False)
+    assert r["threshold_selection"].startswith("the evaluation split itself (training split unavailable"), r["threshold_selection"]
+
+
+def test_a_bundle_that_cannot_run_here_is_one_error_before_any_work(micro_ckpt, onnx_bundle, tmp_path, capsys, monkeypatch):
+    """A Core ML bundle off macOS was a BackendUnavailable traceback, after the whole PyTorch evaluation."""
+    from dvt_edge import evaluate as ev
+    from dvt_runtime.backends import BackendUnavailable
+    from dvt_runtime.bundle import Bundle
+
+    def unavailable(*a, **k):
+        raise BackendUnavailable("Core ML runs only on macOS (coremltools' MLModel.predict)")
+
+    def no_work(*a, **k):
+        raise AssertionError("evaluated before the bundle was checked")
+
+    monkeypatch.setattr(Bundle, "open", unavailable)
+    monkeypatch.setattr(ev, "evaluate_exits", no_work)
+    assert main(["--checkpoint", str(micro_ckpt), "--bundles", str(onnx_bundle), "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert f"bundle {onnx_bundle} cannot run here: Core ML runs only on macOS" in err and "Traceback" not in err
+    assert not (tmp_path / "e").exists()

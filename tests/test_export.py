@@ -481,6 +481,15 @@ def test_one_set_of_images_verifies_on_images_calibration_did_not_see(tmp_path):
     verified = {float(v[0, 0, 0]) for v in d.verify_x}
     assert len(seen) == 16 and len(verified) == n - 16 and not seen & verified
     assert "none of them calibration images" in d.note
+    # a file of one named split (python -m dvt_edge.data export --split val writes one): no training split to
+    # load, so that split serves calibration and verification alike, and the note names it
+    np.savez(tmp_path / "val.npz", images=images, labels=np.arange(n) % 4, split=np.array("val"))
+    d = _load_data(f"npz:{tmp_path / 'val.npz'}", pre, calib_n=16, verify_n=100, need_calib=True, num_classes=4)
+    assert len(d.calib) == 16 and len(d.verify_x) == n - 16
+    assert d.note.startswith(f"16 calibration images from npz:{tmp_path / 'val.npz'}/val, 24 verification images from "
+                             f"npz:{tmp_path / 'val.npz'}/val, none of them calibration images"), d.note
+    np.savez(tmp_path / "train.npz", images=images, labels=np.arange(n) % 4, split=np.array("train"))
+    assert "npz:" in _load_data(f"npz:{tmp_path / 'train.npz'}", pre, 16, 100, True, 4).note  # and a train file, as before
     from dvt_edge.export import _same_images
     from dvt_edge.imageset import ImageSet
 

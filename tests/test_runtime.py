@@ -258,6 +258,12 @@ def test_calibrate_errors_keep_previous_file(bundle_copy, val, tmp_path):
                          "--out", str(tmp_path / "p.json")]) == 2
     assert not (tmp_path / "p.json").exists()  # refused before anything is timed
     assert path.read_bytes() == before
+    # another data set's labels (its classes named otherwise): calibrated at chance level before, now refused
+    np.savez(tmp_path / "renamed.npz", **{**z, "classes": np.array([f"c{i}" for i in range(len(z["classes"]))])})
+    with pytest.raises(CalibrationError, match=r"labelled with classes \['c0', .*this bundle answers \['T-shirt/top'"):
+        load_npz(str(tmp_path / "renamed.npz"), classes=b.classes)
+    assert main(["--bundle", str(bundle_copy), "--data", str(tmp_path / "renamed.npz"), "--budget-ms", "1.0"]) == 2
+    assert path.read_bytes() == before
 
 
 def test_measure_interleaved_alternates_settings_block_by_block(onnx_bundle, val, monkeypatch):

@@ -41,7 +41,7 @@ from dvt_edge.export.verify import (
     torch_cascade,
     verification_bundle,
 )
-from dvt_edge.imageset import default_classes, stratified_subset
+from dvt_edge.imageset import default_classes, label_mismatch, stratified_subset
 from dvt_edge.logs import quiet_toolchains
 from dvt_edge.models import DVT, imagenet_layout
 from dvt_runtime.bundle import softmax
@@ -85,16 +85,6 @@ def _same_images(a, b) -> bool:
     return all(np.array_equal(np.asarray(a.images[i]), np.asarray(b.images[i])) for i in (0, len(a) - 1))
 
 
-def _label_mismatch(ds, num_classes: int, classes: Optional[list[str]]) -> Optional[str]:
-    """Why the images' labels are not the model's (None: they are). Such images still calibrate and verify
-    agreement with PyTorch; their labels never score accuracy or choose thresholds."""
-    if classes and list(ds.classes) != list(classes):
-        return f"its classes {list(ds.classes)[:5]}... are not the checkpoint's {list(classes)[:5]}..."
-    if ds.num_classes != num_classes:
-        return f"it has {ds.num_classes} classes, the model {num_classes}"
-    return None
-
-
 def _load_data(spec: Optional[str], pre: Preprocess, calib_n: int, verify_n: int, need_calib: bool, num_classes: int,
                classes: Optional[list[str]] = None) -> _Data:
     if spec is None:
@@ -103,9 +93,16 @@ def _load_data(spec: Optional[str], pre: Preprocess, calib_n: int, verify_n: int
                               "pass --calib-data SPEC (e.g. imagefolder:PATH or npz:PATH)")
         return _Data(None, [], None, None, "no real images (fixed inputs only); pass --calib-data to verify on real images")
     try:
-        train = load_dataset(spec, "train", preprocess=pre)
+        first = "train"
+        try:
+            train = load_dataset(spec, "train", preprocess=pre)
+        except DataError as e:  # a file of one split (an exported val .npz): calibration and verification share its images
+            try:
+                train, first = load_dataset(spec, "val", preprocess=pre), "val"
+            except DataError:
+                raise e from None
         _check_preprocessed(train, spec, pre)
-        mismatch = _label_mismatch(train, num_classes, classes)
+        mismatch = label_mismatch(train, num_classes, classes)
         calib, _ = train.arrays(calib_n, seed=0)
         try:
             val = load_dataset(spec, "val", preprocess=pre)
@@ -120,11 +117,11 @@ def _load_data(spec: Optional[str], pre: Preprocess, calib_n: int, verify_n: int
             rest = np.setdiff1d(np.arange(len(train)), stratified_subset(train.labels, calib_n, 0))
             pool = train.subset(rest) if len(rest) else train
             vx, vy = pool.arrays(min(verify_n, len(pool)), seed=1)
-            where = (f"{spec}/train, none of them calibration images (no separate val split)" if len(rest) else
-                     f"{spec}/train, the calibration images themselves (too few images to hold any apart)")
+            where = (f"{spec}/{first}, none of them calibration images (no separate val split)" if len(rest) else
+                     f"{spec}/{first}, the calibration images themselves (too few images to hold any apart)")
     except DataError as e:
         raise ExportError(f"calibration data {spec!r}: {e}") from None
-    note = f"{len(calib)} calibration images from {spec}/train, {len(vx)} verification images from {where}"
+    note = f"{len(calib)} calibration images from {spec}/{first}, {len(vx)} verification images from {where}"
     if mismatch:
         vy, note = None, note + f"; their labels are not used ({mismatch}): no accuracy, no thresholds chosen on them"
     return _Data(spec, list(calib), vx, vy, note)

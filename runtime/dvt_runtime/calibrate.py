@@ -69,14 +69,20 @@ def check_npz_preprocess(z: dict, preprocess: Preprocess, path: Path, error: Cal
                     "write it with the checkpoint's own preprocessing: python -m dvt_edge.data export --checkpoint CKPT --data ... --out val.npz")
 
 
-def load_npz(path: str, preprocess: Optional[Preprocess] = None) -> tuple[np.ndarray, np.ndarray]:
+def load_npz(path: str, preprocess: Optional[Preprocess] = None, classes: Optional[Sequence[str]] = None) -> tuple[np.ndarray, np.ndarray]:
     """A preprocessed validation set (``python -m dvt_edge.data export``): float32 images (N,C,H,W), labels (N,);
-    with ``preprocess`` (the bundle's), a file that records another preprocessing is refused."""
+    with ``preprocess`` (the bundle's), a file that records another preprocessing is refused; with ``classes``
+    (the bundle's), a file that names other classes (another data set's labels) is refused."""
     p = Path(path)
     hint = "calibration measures accuracy on labelled images: write one with python -m dvt_edge.data export --split val --out val.npz"
     z = read_npz(p, ("images", "labels"), CalibrationError, hint)
     if preprocess is not None:
         check_npz_preprocess(z, preprocess, p, CalibrationError)
+    if classes is not None and "classes" in z and [str(c) for c in z["classes"].reshape(-1)] != [str(c) for c in classes]:
+        theirs = [str(c) for c in z["classes"].reshape(-1)]
+        raise CalibrationError(f"{p} is labelled with classes {theirs[:5]}{'...' if len(theirs) > 5 else ''}, this bundle answers "
+                               f"{list(classes)[:5]}{'...' if len(classes) > 5 else ''}: accuracy on it means nothing; export the "
+                               "bundle's own data set: python -m dvt_edge.data export --checkpoint CKPT --split val --out val.npz")
     x, y = z["images"], check_labels(z["labels"], str(p), CalibrationError)
     if len(x) != len(y):
         raise CalibrationError(f"{p}: {len(x)} images but {len(y)} labels")
@@ -450,7 +456,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ap.error(f"--threads must be >= 1, got {args.threads}")
     try:
         bundle = Bundle.open(args.bundle, threads=args.threads)
-        x, y = load_npz(args.data, bundle.manifest.preprocess)
+        x, y = load_npz(args.data, bundle.manifest.preprocess, bundle.classes)
         profile = None
         if args.profile:
             from dvt_runtime.profile import LatencyProfile
