@@ -4,7 +4,9 @@ messages that tell the user the way out, the stderr note and the millisecond for
 from __future__ import annotations
 
 import math
+import os
 import sys
+from pathlib import Path
 from typing import Optional
 
 try:
@@ -12,7 +14,7 @@ try:
 except ImportError:  # pragma: no cover - reported by webcam.run()
     cv2 = None
 
-__all__ = ["AppError", "CALIBRATE_HINT", "GUI_HINT", "SOURCE_HINT", "cv2", "fmt_ms", "warn"]
+__all__ = ["AppError", "CALIBRATE_HINT", "GUI_HINT", "SOURCE_HINT", "cv2", "fmt_ms", "output_problem", "warn"]
 
 CALIBRATE_HINT = ("calibrate this device first: python -m dvt_runtime.calibrate --bundle {bundle} --data val.npz --budget-ms {ms:g} "
                   "--device-name {name}, then pass --device-name {name}")
@@ -39,3 +41,28 @@ def fmt_ms(v: Optional[float]) -> str:
 
 def warn(msg: str) -> None:
     print(f"webcam: note: {msg}", file=sys.stderr)
+
+
+#: what each output flag writes, and the file names OpenCV's writers here take for it (the mp4v video writer by suffix)
+OUTPUTS = {"--record": ("out.mp4", (".mp4", ".avi", ".mov", ".mkv", ".m4v")), "--snapshot": ("frame.png", None),
+           "--stats": ("stats.json", None)}
+
+
+def output_problem(flag: str, path: Path) -> Optional[str]:
+    """Why ``path`` cannot take ``flag``'s output (None: it can), found before the run and creating nothing: the
+    frames are not processed only for the file to fail at the end."""
+    example, suffixes = OUTPUTS[flag]
+    if path.is_dir():
+        return f"{flag} {path} is a folder: give a file path, e.g. {path / example}"
+    if suffixes and path.suffix.lower() not in suffixes:
+        return f"{flag} {path}: the video writer takes {', '.join(suffixes)} files, e.g. {path.with_suffix('.mp4').name}"
+    if flag == "--snapshot" and cv2 is not None and not cv2.haveImageWriter(str(path)):
+        return f"{flag} {path}: OpenCV writes no image of that kind; end the name with .png, e.g. {path.with_suffix('.png').name}"
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:  # the folder that exists; the rest is created at the end
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{flag} {path}: {parent} is a file, not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{flag} {path}: {parent} is not writable here"
+    return None

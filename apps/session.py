@@ -38,8 +38,11 @@ def run_session(args, cap, source: str, thresholds: Optional[list]) -> dict:
     if args.stats:  # atomic: an interrupted write never leaves half a file
         from dvt_runtime.io import atomic_write_json
 
-        Path(args.stats).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(args.stats, stats)
+        try:
+            Path(args.stats).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(args.stats, stats)
+        except OSError as e:
+            raise AppError(f"cannot write --stats {args.stats}: {e.strerror or e}") from None
     return stats
 
 
@@ -96,8 +99,12 @@ def open_writer(path, frame, fps: float):
 
 
 def write_png(path, img) -> str:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), img):
+    try:  # OpenCV 5 raises where 4 returned False
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        ok = cv2.imwrite(str(path), img)
+    except (OSError, cv2.error):
+        ok = False
+    if not ok:
         raise AppError(f"cannot write snapshot {path} (use a .png path in a writable folder)")
     return str(path)
 

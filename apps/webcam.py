@@ -46,7 +46,7 @@ if __name__ == "__main__" and not __package__:  # run as a file (python apps/web
         sys.path.pop(0)
     sys.path.insert(0, str(_HERE.parent))
 
-from apps.common import CALIBRATE_HINT, GUI_HINT, SOURCE_HINT, AppError, cv2, fmt_ms  # noqa: E402
+from apps.common import CALIBRATE_HINT, GUI_HINT, SOURCE_HINT, AppError, cv2, fmt_ms, output_problem  # noqa: E402
 from apps.modes import Mode, profile_stages, setup_mode  # noqa: E402
 from apps.overlay import EXIT_COLORS, Overlay, annotate, color_of, model_input_image  # noqa: E402
 from apps.session import run_session  # noqa: E402
@@ -103,6 +103,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         ap.error(f"an output path is the input video {args.video}: writing it would destroy the video; choose another path")
     if len(set(outs.values())) < len(outs):
         ap.error(f"two outputs share one path ({', '.join(f'{k} {v}' for k, v in outs.items())}); give each its own")
+    for flag, p in outs.items():
+        problem = output_problem(flag, p)
+        if problem:
+            ap.error(problem)
     return args
 
 

@@ -346,6 +346,12 @@ def test_default_bundle_is_the_natural_image_reference(monkeypatch, tmp_path):
     (["--video", "{tmp}/in.mp4", "--record", "{tmp}/in.mp4"], "would destroy the video"),
     (["--video", "{tmp}/in.mp4", "--stats", "{tmp}/./in.mp4"], "would destroy the video"),
     (["--stats", "{tmp}/o.json", "--snapshot", "{tmp}/o.json"], "two outputs share one path"),
+    # outputs that would fail only after every frame was processed (the stats lost with them)
+    (["--snapshot", "{tmp}/new/snap"], "OpenCV writes no image of that kind; end the name with .png"),
+    (["--snapshot", "{tmp}"], "is a folder: give a file path, e.g."),
+    (["--stats", "{tmp}"], "is a folder: give a file path, e.g."),
+    (["--record", "{tmp}/new/out"], "the video writer takes .mp4, .avi"),
+    (["--stats", "{tmp}/in.mp4/s.json"], "in.mp4 is a file, not a folder"),
 ])
 def test_bad_flags_are_refused_before_anything_runs(tmp_path, capsys, argv, message):
     """NaN budgets would count every frame as a hit; an output on the input video would truncate it."""
@@ -355,6 +361,7 @@ def test_bad_flags_are_refused_before_anything_runs(tmp_path, capsys, argv, mess
         webcam.parse_args([a.replace("{tmp}", str(tmp_path)) for a in argv])
     assert e.value.code == 2 and message in capsys.readouterr().err
     assert video.read_bytes() == b"the user's video"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]  # nothing created
 
 
 def test_setup_mode_refuses_non_finite_limits():
@@ -389,3 +396,13 @@ def test_providers_for_a_bundle_off_onnx_runtime_is_an_error_line(onnx_bundle, t
     args = webcam.parse_args(["--bundle", str(b), "--video", "x.mp4", "--headless", "--providers", "CPUExecutionProvider"])
     with pytest.raises(webcam.AppError, match=r"cannot open bundle .*no option\(s\) \['providers'\]"):
         webcam.open_bundle(args)
+
+
+def test_a_snapshot_that_cannot_be_written_is_one_error_line(tmp_path):
+    """OpenCV 5 raises where OpenCV 4 returned False: that was a cv2.error traceback after the whole video."""
+    from apps.session import write_png
+
+    (tmp_path / "f").write_text("a file")
+    for bad in (tmp_path / "frame.txt", tmp_path / "f" / "frame.png"):
+        with pytest.raises(webcam.AppError, match="cannot write snapshot"):
+            write_png(bad, np.zeros((4, 4, 3), np.uint8))
