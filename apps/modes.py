@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-from apps.common import CALIBRATE_HINT, AppError, fmt_ms
+from apps.common import CALIBRATE_HINT, AppError, fmt_ms, warn
 
 __all__ = ["Mode", "profile_stages", "setup_mode"]
 
@@ -117,6 +117,10 @@ def _deadline_mode(bundle, deadline_ms: float, thresholds: Optional[list], cal_s
         mode.source = "p90 profiled at start"
         mode.note = (f"no calibration with per-stage latencies: profiled the stages here ({profile_runs} runs, p90 "
                      f"{' / '.join(fmt_ms(v) for v in p90)} ms). " + _calibrate_hint(bundle, deadline_ms))
+    first = bundle.stage_p90_ms[0]
+    if deadline_ms < first:  # exit 1 always runs: no frame can meet it
+        warn(f"--deadline-ms {fmt_ms(deadline_ms)} is below exit 1's p90 ({fmt_ms(first)} ms), which every frame runs: "
+             f"most frames will miss it; give at least {fmt_ms(first)} ms")
     return mode
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -85,7 +86,11 @@ def open_bundle(args):
         raise AppError(f"dvt-runtime is not importable ({e}); install it: pip install ./runtime[onnx]") from None
     providers = [p.strip() for p in args.providers.split(",") if p.strip()] if getattr(args, "providers", None) else None
     try:
-        bundle = Bundle.open(args.bundle, threads=args.threads, providers=providers, device_name=args.device_name)
+        with warnings.catch_warnings(record=True) as said:  # the runtime's warnings (e.g. no calibration for a device name)
+            warnings.simplefilter("always")
+            bundle = Bundle.open(args.bundle, threads=args.threads, providers=providers, device_name=args.device_name)
     except (ManifestError, BackendUnavailable, FileNotFoundError, OSError, ValueError, TypeError) as e:  # ValueError: CalibrationError; TypeError: an option the backend does not take (--providers off ONNX Runtime)
         raise AppError(f"cannot open bundle {args.bundle}: {e}") from None
+    for w in said:  # as the app's own notes, not Python's "file:line: UserWarning" with a source line
+        warn(str(w.message))
     return bundle

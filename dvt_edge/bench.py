@@ -459,7 +459,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--out", default="runs/bench")
     a = ap.parse_args(argv)
     try:
-        budgets = [float(v) for v in a.budgets.split(",")] if a.budgets else None
+        try:
+            budgets = [float(v) for v in a.budgets.split(",")] if a.budgets else None
+        except ValueError:
+            raise ValueError(f"--budgets must be comma-separated milliseconds such as 0.3,0.5, got {a.budgets!r}") from None
         if budgets and not all(math.isfinite(v) and v > 0 for v in budgets):  # NaN fails every comparison: ask for finite
             raise ValueError(f"--budgets must be finite positive milliseconds, got {a.budgets!r}")
         _check_run_args(a)

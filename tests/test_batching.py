@@ -381,3 +381,20 @@ def test_calibration_summary_compares_the_budgets_own_metric():
     assert "WARNING" not in _budget_line(SimpleNamespace(metric="mean", budget_ms=1.5, n_holdout=100), m)
     assert "WARNING" in _budget_line(SimpleNamespace(metric="mean", budget_ms=1.5, n_holdout=100), {**m, "mean_ms": float("nan")})
     assert "not recorded" in _budget_line(SimpleNamespace(metric="p75", budget_ms=1.5, n_holdout=100), m)
+
+
+def test_a_calibration_on_a_given_profile_says_when_its_prediction_is_over_budget():
+    """With --profile (a phone's timings) nothing is measured here: a prediction 5.5% over the budget passed unsaid."""
+    from types import SimpleNamespace
+
+    from dvt_runtime.calibrate import format_result
+
+    predicted = {"accuracy": 84.0, "mean_ms": 1.055, "p90_ms": 1.4, "exit_fractions": [0.5, 0.3, 0.2]}
+    r = SimpleNamespace(chosen=SimpleNamespace(predicted=predicted, measured=None, thresholds=[0.9, 0.8, None]),
+                        bundle={"model": "m", "target": "onnx", "precision": "fp32"}, device="phone", metric="mean", budget_ms=1.0,
+                        batch=1, algorithm="exact", profile_source="given (--profile)", n_holdout=100, note="",
+                        profile={"stages": [{"median": 0.3, "p90": 0.4}] * 3})
+    text = format_result(r)
+    assert "predicted mean 1.055 ms is +5.5% vs the mean budget" in text and "WARNING: over the budget on the holdout images (predicted)" in text
+    r.budget_ms = 1.1
+    assert "WARNING" not in format_result(r)

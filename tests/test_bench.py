@@ -209,6 +209,7 @@ def test_flops_calibration_misses_small_budgets_on_a_slowed_stage(tmp_path):
 @pytest.mark.parametrize("args,match", [
     (["--budgets", "nan,0.3"], "--budgets must be finite positive"),
     (["--budgets", "inf"], "--budgets must be finite positive"),
+    (["--budgets", "abc"], "--budgets must be comma-separated milliseconds such as 0.3,0.5, got 'abc'"),
     (["--threads", "0"], "--threads must be >= 1"),
     (["--runs", "0"], "--runs must be at least"),
     (["--runs", "-3", "--latency-only", "--model", "dvt_micro_fmnist"], "--runs must be at least"),

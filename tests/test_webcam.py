@@ -251,6 +251,16 @@ def test_deadline_above_the_full_cost_runs_the_last_stage(env, monkeypatch):
         assert p["exit"] == n and not p["deadline_skipped"] and len(p["stage_ms"]) == n, p
 
 
+def test_a_deadline_below_exit_1_is_said(env, monkeypatch, capsys):
+    """Exit 1 always runs: a deadline under its p90 is missed on most frames ("met on 0/29 frames" and no word why)."""
+    n = _num_exits(env)
+    p90 = [10.0 ** (k + 2) for k in range(n)]
+    _deadline_run(env, monkeypatch, 50.0, p90)
+    assert "--deadline-ms 50.0 is below exit 1's p90 (100.0 ms)" in capsys.readouterr().err
+    _deadline_run(env, monkeypatch, 150.0, p90)
+    assert "is below exit 1's p90" not in capsys.readouterr().err
+
+
 def test_latency_summary_is_the_runtimes_and_none_when_empty():
     from apps.session import latency_summary
     from dvt_runtime.stats import sample_stats
@@ -406,3 +416,19 @@ def test_a_snapshot_that_cannot_be_written_is_one_error_line(tmp_path):
     for bad in (tmp_path / "frame.txt", tmp_path / "f" / "frame.png"):
         with pytest.raises(webcam.AppError, match="cannot write snapshot"):
             write_png(bad, np.zeros((4, 4, 3), np.uint8))
+
+
+def test_a_misspelt_device_name_is_one_note(env, tmp_path, capsys):
+    """The runtime's warning came out as Python's "file:line: UserWarning" with a source line under it."""
+    import shutil
+    from types import SimpleNamespace
+
+    from apps.sources import open_bundle
+
+    bundle = tmp_path / "b"
+    shutil.copytree(env[0], bundle)
+    (bundle / "calibration").mkdir(exist_ok=True)
+    (bundle / "calibration" / "laptop.json").write_text("{}")  # a device calibrated under another name
+    open_bundle(SimpleNamespace(bundle=str(bundle), threads=1, providers=None, device_name="labtop"))
+    err = capsys.readouterr().err
+    assert "webcam: note: no calibration for device 'labtop'" in err and "['laptop']" in err and "UserWarning" not in err, err
