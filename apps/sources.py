@@ -91,6 +91,9 @@ def open_bundle(args):
             bundle = Bundle.open(args.bundle, threads=args.threads, providers=providers, device_name=args.device_name)
     except (ManifestError, BackendUnavailable, FileNotFoundError, OSError, ValueError, TypeError) as e:  # ValueError: CalibrationError; TypeError: an option the backend does not take (--providers off ONNX Runtime)
         raise AppError(f"cannot open bundle {args.bundle}: {e}") from None
-    for w in said:  # as the app's own notes, not Python's "file:line: UserWarning" with a source line
-        warn(str(w.message))
+    for w in said:  # the runtime's own as the app's notes, not "file:line: UserWarning" with a source line
+        if w.category is UserWarning:
+            warn(str(w.message))
+        else:  # a library's deprecation and the like: through the user's warning filters, as before
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return bundle

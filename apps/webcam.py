@@ -107,6 +107,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         problem = output_problem(flag, p)
         if problem:
             ap.error(problem)
+        setattr(args, flag[2:], str(p))  # written where it was checked (a quoted '~/x.png' too)
     return args
 
 

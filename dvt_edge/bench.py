@@ -297,7 +297,7 @@ def run_throughput(checkpoint: str, targets: list[str], precisions: list[str], t
     model, info = load_checkpoint(checkpoint)
     check_thresholds(thresholds, model.num_exits, "--thresholds")
     if data:
-        x, y = load_dataset(data, "val", preprocess=info.preprocess).arrays(n, seed=0, progress=progress)
+        x, y = _scoring_set(data, model, info).arrays(n, seed=0, progress=progress)
     else:
         x, y = np.random.default_rng(0).standard_normal((n, model.cfg.in_chans, model.cfg.img_size, model.cfg.img_size)).astype(np.float32), None
 
@@ -320,6 +320,15 @@ def run_throughput(checkpoint: str, targets: list[str], precisions: list[str], t
             "n_images": len(x), "threads": threads, "device": dev, "rows": rows, "has_accuracy": y is not None}
 
 
+def _scoring_set(data: str, model, info):
+    """``data``'s val split, whose labels must be the model's: another data set's would score every exit wrong."""
+    ds = load_dataset(data, "val", preprocess=info.preprocess)
+    mismatch = label_mismatch(ds, model.cfg.num_classes, info.classes)
+    if mismatch:
+        raise DataError(f"{data} cannot benchmark this model: {mismatch}")
+    return ds
+
+
 def run_bench(checkpoint: str, data: Optional[str], targets: list[str], precisions: list[str], budgets: Optional[list[float]],
               out: Path, n: int = 2000, threads: int = 1, runs: int = 200, progress: bool = True,
               device_name: Optional[str] = None, reuse: bool = False, verbose: bool = False, batches: Sequence[int] = ()) -> dict:
@@ -328,10 +337,7 @@ def run_bench(checkpoint: str, data: Optional[str], targets: list[str], precisio
 
     model, info = load_checkpoint(checkpoint)
     data, data_note = data_for_checkpoint(data, model.name, info.extras, model.cfg)
-    ds = load_dataset(data, "val", preprocess=info.preprocess)
-    mismatch = label_mismatch(ds, model.cfg.num_classes, info.classes)
-    if mismatch:  # its labels would score every exit wrong: no matched accuracy, no thresholds
-        raise DataError(f"{data} cannot benchmark this model: {mismatch}")
+    ds = _scoring_set(data, model, info)
     x, y = ds.arrays(min(n, len(ds)), seed=0, progress=progress)
     runnable = available_backends()
 

@@ -40,7 +40,7 @@ from dvt_edge.fashion_mnist import (  # noqa: F401  (re-exported)
     load_fashion_mnist,
 )
 from dvt_edge.imagefolder import HOLDOUT_FRACTION, HOLDOUT_SEED, IMAGE_EXTS, load_imagefolder  # noqa: F401  (re-exported)
-from dvt_edge.imageset import DataError, ImageSet, default_preprocess, stratified_subset  # noqa: F401  (re-exported)
+from dvt_edge.imageset import DataError, ImageSet, SplitNotHeld, default_preprocess, stratified_subset  # noqa: F401  (re-exported)
 from dvt_edge.npzdata import export_npz, load_npz, write_jpeg_pack  # noqa: F401  (re-exported)
 from dvt_runtime.preprocess import Preprocess
 
@@ -201,10 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _info(spec: str) -> None:
+    ds = None
     for split in SPLITS:
-        ds = load_dataset(spec, split)
+        try:
+            ds = load_dataset(spec, split)
+        except SplitNotHeld as e:  # an exported .npz holds one split
+            print(f"{spec} [{split}]: none ({e})")
+            continue
         counts = np.bincount(ds.labels, minlength=ds.num_classes)
         print(f"{ds.name} [{split}]: {len(ds)} images, {ds.num_classes} classes, per class {counts.tolist()}")
+    if ds is None:
+        raise DataError(f"{spec} holds none of the splits {list(SPLITS)}")
     print(f"preprocess: {ds.preprocess.to_dict()}")
 
 

@@ -16,11 +16,15 @@ import numpy as np
 from dvt_runtime.io import progress as progress_bar
 from dvt_runtime.preprocess import Preprocess
 
-__all__ = ["DataError", "ImageSet", "stratified_subset", "default_preprocess", "decode_image", "jpeg_end", "label_mismatch", "read_image", "to_uint8"]
+__all__ = ["DataError", "ImageSet", "SplitNotHeld", "stratified_subset", "default_preprocess", "decode_image", "jpeg_end", "label_mismatch", "numbered", "read_image", "to_uint8"]
 
 
 class DataError(ValueError):
     """A dataset could not be found or read; the message says what to do."""
+
+
+class SplitNotHeld(DataError):
+    """A file of one split (an exported .npz) was asked for another."""
 
 
 def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -132,9 +136,15 @@ class ImageSet:
         return out, self.labels[idx]
 
 
+def numbered(names) -> bool:
+    """Class names that are only the indices "0".."N-1" (a file or checkpoint that names no classes)."""
+    return [str(c) for c in names] == [str(i) for i in range(len(names))]
+
+
 def label_mismatch(ds: ImageSet, num_classes: int, classes: Optional[list[str]]) -> Optional[str]:
-    """Why a data set's labels are not a model's (None: they are): other class names, or another number of classes."""
-    if classes and list(ds.classes) != list(classes):
+    """Why a data set's labels are not a model's (None: they are): other class names (indices "0".."N-1" on
+    either side name nothing), or another number of classes."""
+    if classes and not numbered(classes) and not numbered(ds.classes) and list(ds.classes) != list(classes):
         return f"its classes {list(ds.classes)[:5]}... are not the checkpoint's {list(classes)[:5]}..."
     if ds.num_classes != num_classes:
         return f"it has {ds.num_classes} classes, the model {num_classes}"

@@ -10,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-from dvt_edge.imageset import DataError, ImageSet, decode_image, default_preprocess
+from dvt_edge.imageset import DataError, ImageSet, SplitNotHeld, decode_image, default_preprocess
 from dvt_runtime.io import atomic_write, check_labels, read_npz
 from dvt_runtime.preprocess import Preprocess
 
@@ -31,7 +31,7 @@ def load_npz(path: str, split: str, preprocess: Optional[Preprocess]) -> ImageSe
     z = read_npz(p, (), lambda m: DataError(f"npz: {m}"), hint)
     files = list(z)
     if "split" in files and str(z["split"]) != split:
-        raise DataError(f"npz: {p} holds only the {str(z['split'])!r} split, not {split!r}")
+        raise SplitNotHeld(f"npz: {p} holds only the {str(z['split'])!r} split, not {split!r}")
     jpeg = "jpeg" in files and "offsets" in files
     for k in ("labels",) if jpeg else ("images", "labels"):
         if k not in files:

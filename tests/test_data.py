@@ -153,7 +153,7 @@ def test_cifar10_batches(tmp_path):
         load_dataset(f"cifar10:{tmp_path}", "val")
 
 
-def test_data_export_round_trip(tmp_path, fmnist_test):
+def test_data_export_round_trip(tmp_path, fmnist_test, capsys):
     from dvt_edge.data import main
 
     out = tmp_path / "val.npz"
@@ -165,6 +165,9 @@ def test_data_export_round_trip(tmp_path, fmnist_test):
     back = load_dataset(f"npz:{out}", "val")
     assert back.preprocessed and back.preprocess == fmnist_test.preprocess and back.classes == fmnist_test.classes
     np.testing.assert_array_equal(back.arrays()[0], x)
+    assert main(["info", "--data", f"npz:{out}"]) == 0  # a file of one split: the other is said, not an error
+    printed = capsys.readouterr().out
+    assert f"npz:{out} [train]: none (npz: {out} holds only the 'val' split" in printed and "[val]: 64 images" in printed
     # export_npz is atomic: no temp files
     export_npz(fmnist_test, tmp_path / "again.npz", n=4, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again.npz", "val.npz"]

@@ -117,6 +117,12 @@ def test_labels_of_other_classes_are_refused_and_an_exported_val_file_chooses_no
     assert "cannot benchmark this model: its classes ['c0'" in capsys.readouterr().err
     with pytest.raises(DataError, match="holds only the 'val' split, not 'train'"):
         load_dataset(f"npz:{tmp_path / 'val.npz'}", "train")
+    from dvt_edge.imageset import label_mismatch
+
+    np.savez(tmp_path / "numbered.npz", **{**z, "classes": np.array([str(i) for i in range(10)])})  # names no classes
+    fm = load_dataset("fashion-mnist", "val").classes
+    assert label_mismatch(load_dataset(f"npz:{tmp_path / 'numbered.npz'}", "val"), 10, fm) is None
+    assert label_mismatch(load_dataset(other, "val"), 10, fm) and label_mismatch(load_dataset(other, "val"), 10, None) is None
     r = evaluate_checkpoint(str(micro_ckpt), data=f"npz:{tmp_path / 'val.npz'}", threshold_n=60, progress=False)
     assert r["threshold_selection"].startswith("the evaluation split itself (training split unavailable"), r["threshold_selection"]
 

@@ -489,7 +489,10 @@ def test_one_set_of_images_verifies_on_images_calibration_did_not_see(tmp_path):
     assert d.note.startswith(f"16 calibration images from npz:{tmp_path / 'val.npz'}/val, 24 verification images from "
                              f"npz:{tmp_path / 'val.npz'}/val, none of them calibration images"), d.note
     np.savez(tmp_path / "train.npz", images=images, labels=np.arange(n) % 4, split=np.array("train"))
-    assert "npz:" in _load_data(f"npz:{tmp_path / 'train.npz'}", pre, 16, 100, True, 4).note  # and a train file, as before
+    note = _load_data(f"npz:{tmp_path / 'train.npz'}", pre, 16, 100, True, 4).note  # and a train file, as before
+    assert note.startswith(f"16 calibration images from npz:{tmp_path / 'train.npz'}/train, "), note
+    with pytest.raises(ExportError, match="is not a directory"):  # a missing training split is still an error, not a fall-back
+        _load_data(f"imagefolder:{tmp_path / 'nothing'}", pre, 16, 100, True, 4)
     from dvt_edge.export import _same_images
     from dvt_edge.imageset import ImageSet
 

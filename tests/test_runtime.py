@@ -263,6 +263,8 @@ def test_calibrate_errors_keep_previous_file(bundle_copy, val, tmp_path):
     with pytest.raises(CalibrationError, match=r"labelled with classes \['c0', .*this bundle answers \['T-shirt/top'"):
         load_npz(str(tmp_path / "renamed.npz"), classes=b.classes)
     assert main(["--bundle", str(bundle_copy), "--data", str(tmp_path / "renamed.npz"), "--budget-ms", "1.0"]) == 2
+    np.savez(tmp_path / "numbered.npz", **{**z, "classes": np.array([str(i) for i in range(len(z["classes"]))])})
+    assert len(load_npz(str(tmp_path / "numbered.npz"), classes=b.classes)[1]) == 30  # indices name no classes: accepted
     assert path.read_bytes() == before
 
 

@@ -408,6 +408,14 @@ def test_providers_for_a_bundle_off_onnx_runtime_is_an_error_line(onnx_bundle, t
         webcam.open_bundle(args)
 
 
+def test_outputs_are_written_where_they_were_checked(tmp_path, monkeypatch):
+    """A quoted '~/x.json' was checked as $HOME/x.json and written to ./~/x.json."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    args = webcam.parse_args(["--headless", "--stats", "~/s.json", "--snapshot", "out/f.png"])
+    assert args.stats == str(tmp_path / "home" / "s.json") and args.snapshot == str(tmp_path / "out" / "f.png")
+
+
 def test_a_snapshot_that_cannot_be_written_is_one_error_line(tmp_path):
     """OpenCV 5 raises where OpenCV 4 returned False: that was a cv2.error traceback after the whole video."""
     from apps.session import write_png
@@ -432,3 +440,16 @@ def test_a_misspelt_device_name_is_one_note(env, tmp_path, capsys):
     open_bundle(SimpleNamespace(bundle=str(bundle), threads=1, providers=None, device_name="labtop"))
     err = capsys.readouterr().err
     assert "webcam: note: no calibration for device 'labtop'" in err and "['laptop']" in err and "UserWarning" not in err, err
+    import warnings
+
+    from dvt_runtime.bundle import Bundle
+
+    def noisy_open(*a, **k):  # a library's deprecation while the backend loads is not the app's note
+        warnings.warn("old API", DeprecationWarning, stacklevel=2)
+        return "bundle"
+
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings(record=True) as passed_on:
+        warnings.simplefilter("always")
+        mp.setattr(Bundle, "open", noisy_open)
+        assert open_bundle(SimpleNamespace(bundle=str(bundle), threads=1, providers=None, device_name=None)) == "bundle"
+    assert "old API" not in capsys.readouterr().err and [str(w.message) for w in passed_on] == ["old API"]

@@ -41,7 +41,7 @@ from dvt_edge.export.verify import (
     torch_cascade,
     verification_bundle,
 )
-from dvt_edge.imageset import default_classes, label_mismatch, stratified_subset
+from dvt_edge.imageset import SplitNotHeld, default_classes, label_mismatch, stratified_subset
 from dvt_edge.logs import quiet_toolchains
 from dvt_edge.models import DVT, imagenet_layout
 from dvt_runtime.bundle import softmax
@@ -96,11 +96,8 @@ def _load_data(spec: Optional[str], pre: Preprocess, calib_n: int, verify_n: int
         first = "train"
         try:
             train = load_dataset(spec, "train", preprocess=pre)
-        except DataError as e:  # a file of one split (an exported val .npz): calibration and verification share its images
-            try:
-                train, first = load_dataset(spec, "val", preprocess=pre), "val"
-            except DataError:
-                raise e from None
+        except SplitNotHeld:  # a file of one split (an exported val .npz): calibration and verification share its images
+            train, first = load_dataset(spec, "val", preprocess=pre), "val"
         _check_preprocessed(train, spec, pre)
         mismatch = label_mismatch(train, num_classes, classes)
         calib, _ = train.arrays(calib_n, seed=0)

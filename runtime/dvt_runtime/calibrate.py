@@ -78,11 +78,13 @@ def load_npz(path: str, preprocess: Optional[Preprocess] = None, classes: Option
     z = read_npz(p, ("images", "labels"), CalibrationError, hint)
     if preprocess is not None:
         check_npz_preprocess(z, preprocess, p, CalibrationError)
-    if classes is not None and "classes" in z and [str(c) for c in z["classes"].reshape(-1)] != [str(c) for c in classes]:
-        theirs = [str(c) for c in z["classes"].reshape(-1)]
+    theirs = [str(c) for c in z["classes"].reshape(-1)] if "classes" in z else None
+    ours = None if classes is None else [str(c) for c in classes]
+    numbered = lambda names: names == [str(i) for i in range(len(names))]  # indices "0".."N-1" name no classes
+    if theirs is not None and ours is not None and not numbered(theirs) and not numbered(ours) and theirs != ours:
         raise CalibrationError(f"{p} is labelled with classes {theirs[:5]}{'...' if len(theirs) > 5 else ''}, this bundle answers "
-                               f"{list(classes)[:5]}{'...' if len(classes) > 5 else ''}: accuracy on it means nothing; export the "
-                               "bundle's own data set: python -m dvt_edge.data export --checkpoint CKPT --split val --out val.npz")
+                               f"{ours[:5]}{'...' if len(ours) > 5 else ''}: accuracy on it means nothing; export the bundle's "
+                               "own data set: python -m dvt_edge.data export --checkpoint CKPT --data SPEC --split val --out val.npz")
     x, y = z["images"], check_labels(z["labels"], str(p), CalibrationError)
     if len(x) != len(y):
         raise CalibrationError(f"{p}: {len(x)} images but {len(y)} labels")
