@@ -37,8 +37,7 @@ from dvt_edge.bench_match import (  # noqa: F401  (re-exported: the rule's names
     never_stop,
 )
 from dvt_edge.bench_report import SCHEMA, load_results, markdown, write_outputs, wrote_line
-from dvt_edge.data import DATASETS, DataError, data_for_checkpoint, load_dataset
-from dvt_edge.imageset import label_mismatch
+from dvt_edge.data import DATASETS, DataError, data_for_checkpoint, scoring_set
 from dvt_edge.logs import quiet_toolchains
 from dvt_edge.references import DEFAULT_REFERENCE
 from dvt_runtime.stats import sample_stats
@@ -297,7 +296,7 @@ def run_throughput(checkpoint: str, targets: list[str], precisions: list[str], t
     model, info = load_checkpoint(checkpoint)
     check_thresholds(thresholds, model.num_exits, "--thresholds")
     if data:
-        x, y = _scoring_set(data, model, info).arrays(n, seed=0, progress=progress)
+        x, y = scoring_set(data, "val", info.preprocess, model.cfg.num_classes, info.classes, "benchmark").arrays(n, seed=0, progress=progress)
     else:
         x, y = np.random.default_rng(0).standard_normal((n, model.cfg.in_chans, model.cfg.img_size, model.cfg.img_size)).astype(np.float32), None
 
@@ -320,15 +319,6 @@ def run_throughput(checkpoint: str, targets: list[str], precisions: list[str], t
             "n_images": len(x), "threads": threads, "device": dev, "rows": rows, "has_accuracy": y is not None}
 
 
-def _scoring_set(data: str, model, info):
-    """``data``'s val split, whose labels must be the model's: another data set's would score every exit wrong."""
-    ds = load_dataset(data, "val", preprocess=info.preprocess)
-    mismatch = label_mismatch(ds, model.cfg.num_classes, info.classes)
-    if mismatch:
-        raise DataError(f"{data} cannot benchmark this model: {mismatch}")
-    return ds
-
-
 def run_bench(checkpoint: str, data: Optional[str], targets: list[str], precisions: list[str], budgets: Optional[list[float]],
               out: Path, n: int = 2000, threads: int = 1, runs: int = 200, progress: bool = True,
               device_name: Optional[str] = None, reuse: bool = False, verbose: bool = False, batches: Sequence[int] = ()) -> dict:
@@ -337,7 +327,7 @@ def run_bench(checkpoint: str, data: Optional[str], targets: list[str], precisio
 
     model, info = load_checkpoint(checkpoint)
     data, data_note = data_for_checkpoint(data, model.name, info.extras, model.cfg)
-    ds = _scoring_set(data, model, info)
+    ds = scoring_set(data, "val", info.preprocess, model.cfg.num_classes, info.classes, "benchmark")
     x, y = ds.arrays(min(n, len(ds)), seed=0, progress=progress)
     runnable = available_backends()
 

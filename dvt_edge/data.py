@@ -40,7 +40,7 @@ from dvt_edge.fashion_mnist import (  # noqa: F401  (re-exported)
     load_fashion_mnist,
 )
 from dvt_edge.imagefolder import HOLDOUT_FRACTION, HOLDOUT_SEED, IMAGE_EXTS, load_imagefolder  # noqa: F401  (re-exported)
-from dvt_edge.imageset import DataError, ImageSet, SplitNotHeld, default_preprocess, stratified_subset  # noqa: F401  (re-exported)
+from dvt_edge.imageset import DataError, ImageSet, SplitNotHeld, default_preprocess, label_mismatch, stratified_subset  # noqa: F401  (re-exported)
 from dvt_edge.npzdata import export_npz, load_npz, write_jpeg_pack  # noqa: F401  (re-exported)
 from dvt_runtime.preprocess import Preprocess
 
@@ -198,6 +198,17 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="print what a dataset spec resolves to")
     info.add_argument("--data", default="fashion-mnist", help=f"dataset spec: {', '.join(DATASETS)}")
     return ap
+
+
+def scoring_set(spec: str, split: str, preprocess: Optional[Preprocess], num_classes: int, classes: Optional[list[str]],
+                use: str) -> ImageSet:
+    """``spec``'s ``split``, whose labels must be a model's: another data set's would score every exit wrong
+    (``use``: what the caller does with it, for the message)."""
+    ds = load_dataset(spec, split, preprocess=preprocess)
+    mismatch = label_mismatch(ds, num_classes, classes)
+    if mismatch:
+        raise DataError(f"{spec} cannot {use} this model: {mismatch}")
+    return ds
 
 
 def _info(spec: str) -> None:

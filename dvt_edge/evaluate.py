@@ -22,8 +22,7 @@ from typing import Optional
 import numpy as np
 
 from dvt_edge.checkpoint import CheckpointError, load_checkpoint
-from dvt_edge.data import DATASETS, DataError, data_for_checkpoint, default_preprocess, load_dataset
-from dvt_edge.imageset import label_mismatch
+from dvt_edge.data import DATASETS, DataError, data_for_checkpoint, default_preprocess, load_dataset, scoring_set
 from dvt_edge.train import evaluate_exits
 from dvt_runtime.io import atomic_write_json, save_png
 from dvt_runtime.search import ExitOutputs, StageCosts, evaluate_thresholds, pareto_frontier, sweep_thresholds
@@ -48,10 +47,7 @@ def evaluate_checkpoint(
     model, info = load_checkpoint(checkpoint, model=model_name, trusted=trusted)
     data, data_note = data_for_checkpoint(data, model.name, info.extras, model.cfg, split)
     pre = info.preprocess or default_preprocess(model.cfg.in_chans, model.cfg.img_size)
-    ds = load_dataset(data, split, preprocess=pre).limit(limit, seed=0)
-    mismatch = label_mismatch(ds, model.cfg.num_classes, info.classes)
-    if mismatch:
-        raise DataError(f"{data} cannot score this model: {mismatch}")
+    ds = scoring_set(data, split, pre, model.cfg.num_classes, info.classes, "score").limit(limit, seed=0)
     opened = [open_bundle(b, checkpoint, ds.classes) for b in bundles]  # a bundle that cannot be scored: said before the work
     acc, probs = evaluate_exits(model, ds, progress=progress)
     flops = [e.gflops for e in model.exits]
