@@ -13,10 +13,11 @@ from typing import Optional
 
 import numpy as np
 
+from dvt_runtime.checks import numbered
 from dvt_runtime.io import progress as progress_bar
 from dvt_runtime.preprocess import Preprocess
 
-__all__ = ["DataError", "ImageSet", "SplitNotHeld", "stratified_subset", "default_preprocess", "decode_image", "jpeg_end", "label_mismatch", "numbered", "read_image", "to_uint8"]
+__all__ = ["DataError", "ImageSet", "SplitNotHeld", "stratified_subset", "default_preprocess", "decode_image", "jpeg_end", "label_mismatch", "read_image", "to_uint8"]
 
 
 class DataError(ValueError):
@@ -134,11 +135,6 @@ class ImageSet:
         for j, i in enumerate(it):
             out[j] = self.input(int(i))
         return out, self.labels[idx]
-
-
-def numbered(names) -> bool:
-    """Class names that are only the indices "0".."N-1" (a file or checkpoint that names no classes)."""
-    return [str(c) for c in names] == [str(i) for i in range(len(names))]
 
 
 def label_mismatch(ds: ImageSet, num_classes: int, classes: Optional[list[str]]) -> Optional[str]:

@@ -32,7 +32,7 @@ import numpy as np
 from dvt_runtime.backends import BackendUnavailable
 from dvt_runtime.bundle import Bundle, softmax
 from dvt_runtime.calibration import SCHEMA, BudgetRow, Calibration, CalibrationError, Chosen, bundle_identity, validate_calibration  # noqa: F401  (re-exported)
-from dvt_runtime.checks import positive_ms
+from dvt_runtime.checks import numbered, positive_ms
 from dvt_runtime.io import atomic_write_json, check_labels, read_npz
 from dvt_runtime.io import progress as _bar
 from dvt_runtime.latency import check_batch
@@ -80,7 +80,6 @@ def load_npz(path: str, preprocess: Optional[Preprocess] = None, classes: Option
         check_npz_preprocess(z, preprocess, p, CalibrationError)
     theirs = [str(c) for c in z["classes"].reshape(-1)] if "classes" in z else None
     ours = None if classes is None else [str(c) for c in classes]
-    numbered = lambda names: names == [str(i) for i in range(len(names))]  # indices "0".."N-1" name no classes
     if theirs is not None and ours is not None and not numbered(theirs) and not numbered(ours) and theirs != ours:
         raise CalibrationError(f"{p} is labelled with classes {theirs[:5]}{'...' if len(theirs) > 5 else ''}, this bundle answers "
                                f"{ours[:5]}{'...' if len(ours) > 5 else ''}: accuracy on it means nothing; export the bundle's "

@@ -7,7 +7,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["InputError", "NonFiniteOutput", "check_thresholds", "positive_ms", "check_finite"]
+__all__ = ["InputError", "NonFiniteOutput", "check_thresholds", "positive_ms", "check_finite", "numbered"]
 
 
 class InputError(ValueError):
@@ -50,3 +50,8 @@ def check_finite(x: np.ndarray) -> None:
     """float32 input: one float64 sum is finite iff every value is (float32 values cannot overflow it)."""
     if not math.isfinite(x.sum(dtype=np.float64)):
         raise InputError("input contains NaN or infinite values")
+
+
+def numbered(names) -> bool:
+    """Class names that are only the indices "0".."N-1" (a file or checkpoint that names no classes)."""
+    return [str(c) for c in names] == [str(i) for i in range(len(names))]
