@@ -26,16 +26,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from dvt_edge.bench_match import (  # noqa: F401  (re-exported: the rule's names are the bench's)
-    ACC_EPS,
-    HALVINGS,
-    MATCH_BLOCKS,
-    _cheapest_matching,
-    _matched_point,
-    _meas,
-    matched_over_halvings,
-    never_stop,
-)
+from dvt_edge.bench_match import _matched_point, _meas, matched_over_halvings, never_stop
 from dvt_edge.bench_report import SCHEMA, load_results, markdown, write_outputs, wrote_line
 from dvt_edge.data import DATASETS, DataError, data_for_checkpoint, scoring_set
 from dvt_edge.logs import quiet_toolchains
@@ -147,6 +138,7 @@ def throughput(bundle, x: np.ndarray, y: Optional[np.ndarray], thresholds: list,
     alternately); images/s are medians over rounds, ``speedup`` and ``dynamic_vs_one_by_one`` the medians of
     each round's ratio."""
     from dvt_runtime.calibrate import measure_cascade
+    from dvt_runtime.device import BatchMemoryError
 
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds must be a whole number >= 1, got {rounds!r}")
@@ -154,18 +146,21 @@ def throughput(bundle, x: np.ndarray, y: Optional[np.ndarray], thresholds: list,
     y = np.zeros(len(x), np.int64) if y is None else y  # no labels: accuracies are not reported (None)
     never = never_stop(bundle.num_exits)
     batches = list(dict.fromkeys(batches))  # a repeated size is measured (and reported) once
-    ok = [bs for bs in batches if bs <= len(x)]
-    runs: dict[int, list[tuple[dict, dict]]] = {bs: [] for bs in ok}
+    runs: dict[int, list[tuple[dict, dict]]] = {bs: [] for bs in batches if bs <= len(x)}
+    failed = {bs: f"only {len(x)} images to measure on" for bs in batches if bs not in runs}
     for rnd in range(rounds):
-        for bs in ok:
-            n = (len(x) // bs) * bs  # whole batches only
-            pair = [measure_cascade(bundle, x[:n], y[:n], t, warmup=1, batch=bs)  # which side runs first alternates per round
-                    for t in ((never, thresholds) if rnd % 2 == 0 else (thresholds, never))]
+        order = (never, thresholds) if rnd % 2 == 0 else (thresholds, never)  # which side runs first alternates per round
+        for bs in [b for b in runs if b not in failed]:
+            try:  # whole batches only
+                pair = [measure_cascade(bundle, x[: len(x) // bs * bs], y[: len(x) // bs * bs], t, warmup=1, batch=bs) for t in order]
+            except BatchMemoryError as e:  # checked before its first call: a batch that would not fit is a row with its error
+                failed[bs] = str(e)
+                continue
             runs[bs].append(tuple(pair) if rnd % 2 == 0 else (pair[1], pair[0]))
     rows = []
     for bs in batches:
-        if bs not in runs:
-            rows.append({"batch": bs, "error": f"only {len(x)} images to measure on"})
+        if bs in failed:
+            rows.append({"batch": bs, "error": failed[bs]})
             continue
         st, dy = runs[bs][0]
         med = {k: float(np.median([r[i]["images_per_s"] for r in runs[bs]])) for i, k in enumerate(("static", "dynamic"))}

@@ -398,3 +398,38 @@ def test_a_calibration_on_a_given_profile_says_when_its_prediction_is_over_budge
     assert "predicted mean 1.055 ms is +5.5% vs the mean budget" in text and "WARNING: over the budget on the holdout images (predicted)" in text
     r.budget_ms = 1.1
     assert "WARNING" not in format_result(r)
+
+
+def test_a_batch_that_would_not_fit_is_refused_before_it_runs(bundle, onnx_bundle, monkeypatch, capsys):
+    """A profile, calibration or throughput run whose stage calls would outgrow the available memory (ONNX Runtime's
+    arena keeps what the largest call needed: the CIFAR reference at batch 4000 grew to 10 GB) is refused before its
+    first call, with the batch that fits; one that takes most of it is a warning."""
+    import dvt_runtime.device as D
+    from dvt_edge.bench import throughput
+    from dvt_edge.bench_match import never_stop
+    from dvt_runtime.calibrate import measure_cascade
+    from dvt_runtime.profile import MIN_RUNS, main, profile_bundle
+
+    assert D.check_batch_memory(bundle, D.MEMORY_PROBE[-1]) is None  # small calls: nothing is measured
+    est = D.check_batch_memory(bundle, 1000)  # measured in a fresh process
+    assert est["images_per_call"] == 1000 and est["mb_per_image"] > 0 and np.isfinite(est["estimated_mb"])
+    assert est["estimated_mb"] == pytest.approx(D.MEMORY_MARGIN * est["mb_per_image"] * 1000, rel=1e-2)
+    monkeypatch.setattr(D, "available_memory_mb", lambda: est["estimated_mb"] / 2)
+    counters = [CountingSession(s) for s in bundle.sessions]
+    bundle.sessions = counters
+    with pytest.raises(D.BatchMemoryError, match=r"--batch 1000: stage calls of 1000 images need about .* use a --batch of at most \d+$"):
+        profile_bundle(bundle, runs=MIN_RUNS, warmup=1, batch=1000, progress=False)
+    x = _images(1000, bundle.input_shape, seed=6)
+    with pytest.raises(D.BatchMemoryError, match="batch 1000"):
+        measure_cascade(bundle, x, np.zeros(1000, np.int64), never_stop(bundle.num_exits), batch=1000)
+    assert all(c.batches == [] for c in counters)  # refused before any call
+    rows = throughput(bundle, x[:64], np.zeros(64, np.int64), never_stop(bundle.num_exits), [1, 64], rounds=1)
+    assert "error" not in rows[0] and "error" not in rows[1]  # 64 images per call fit
+    monkeypatch.setattr(D, "available_memory_mb", lambda: D.MEMORY_MARGIN * est["mb_per_image"] * 32)
+    rows = throughput(bundle, x[:64], np.zeros(64, np.int64), never_stop(bundle.num_exits), [1, 64], rounds=1)
+    assert "error" not in rows[0] and "batch 64: stage calls of 64 images" in rows[1]["error"]
+    assert main(["--bundle", str(onnx_bundle), "--batch", "1000", "--runs", str(MIN_RUNS), "--no-progress"]) == 2
+    assert "use a --batch of at most" in capsys.readouterr().err
+    monkeypatch.setattr(D, "available_memory_mb", lambda: est["estimated_mb"] * 1.5)
+    with pytest.warns(UserWarning, match="other programs may be pushed out of memory"):
+        assert D.check_batch_memory(bundle, 1000, "--batch")["available_mb"] == est["estimated_mb"] * 1.5

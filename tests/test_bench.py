@@ -42,7 +42,7 @@ def test_bench_result_shape_and_real_numbers(results):
         assert d["measured_mean_ms"] > 0 and d["measured_p90_ms"] > 0
     mt = onnx["matched"]  # always found: the last exit alone is a point of the search, as accurate as itself
     assert mt, "no matched-accuracy point"
-    from dvt_edge.bench import MATCH_BLOCKS
+    from dvt_edge.bench_match import MATCH_BLOCKS
 
     # the cascade and the last exit alone timed interleaved, on the same holdout images
     assert len(mt["block_speedups"]) == MATCH_BLOCKS and all(np.isfinite(mt["block_speedups"]))
@@ -79,7 +79,7 @@ def _outputs(conf: list[float], right: list[float], n: int = 400, classes: int =
 
 
 def test_matched_over_halvings_replays_the_rule():
-    from dvt_edge.bench import matched_over_halvings
+    from dvt_edge.bench_match import matched_over_halvings
     from dvt_runtime.search import StageCosts
 
     costs = StageCosts.from_cumulative([1.0, 2.0, 4.0])
@@ -257,7 +257,7 @@ def test_reused_bundle_of_other_weights_is_exported_again(micro_ckpt, tmp_path, 
 def test_accuracy_comparisons_allow_the_two_formulas_last_bit():
     """100*k/n (the search) and mean()*100 (the measurement) differ in the last bit for some k: the rule must not
     miss a point exactly as accurate as the last exit because of it."""
-    from dvt_edge.bench import _cheapest_matching
+    from dvt_edge.bench_match import _cheapest_matching
     from dvt_runtime.search import ExitOutputs, StageCosts
 
     n, k = 1000, 806

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -192,3 +194,20 @@ def test_executorch_program_of_another_release_warns():
         warnings.simplefilter("error")
         import_backend("executorch", {"executorch": backend_version("executorch")})
         import_backend("onnxruntime", {"executorch": "1.4.1"})
+
+
+def test_executorch_loading_is_quiet_and_its_words_show_when_it_fails(micro_ckpt, tmp_path):
+    """Opening an ExecuTorch bundle printed torchao's failed GPU-kernel loads, torch's pytree notice, ExecuTorch's CPU
+    probing and a thread-pool reset per exit on the user's terminal: held now, and shown only when loading fails."""
+    pytest.importorskip("executorch")
+    from dvt_edge.export import export_bundle
+
+    b = export_bundle(str(micro_ckpt), "executorch", "fp32", out=str(tmp_path / "b"), verify_n=10, progress=False).path
+    code = ("import sys, numpy as np; from dvt_runtime import Bundle; b = Bundle.open(sys.argv[1], threads=1, verify=False); "
+            "print(b.predict(np.zeros(b.input_shape, np.float32)).exit)")
+    done = subprocess.run([sys.executable, "-c", code, str(b)], capture_output=True, text=True, timeout=300)  # a fresh process
+    assert done.returncode == 0 and done.stdout.strip() in {"0", "1", "2"} and done.stderr == "", done.stderr
+    (b / "exit2.pte").write_bytes(bytes(64))  # not a program (verify=False: past the checksums)
+    done = subprocess.run([sys.executable, "-c", code, str(b)], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "Program identifier" in done.stderr and "Failed to load program" in done.stderr, done.stderr
+    assert "Resetting threadpool" in done.stderr and done.stderr.count("Resetting threadpool") == 1  # exit 2's step only

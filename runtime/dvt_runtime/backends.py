@@ -10,10 +10,15 @@ does not); ONNX Runtime and Core ML do not need torch.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import platform
+import sys
+import tempfile
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -47,6 +52,44 @@ def _missing(backend: str, err: Exception) -> BackendUnavailable:
     )
 
 
+@contextlib.contextmanager
+def toolchain_output(backend: str) -> Iterator[None]:
+    """Hold what ExecuTorch and the libraries it loads print while importing and loading a program (torchao's
+    kernels built for GPUs, torch's pytree notices, CPU probing, thread-pool resets: file descriptors 1 and 2) in a
+    temporary file, written to stderr only if the step fails. Other backends print nothing there: unchanged.
+    The descriptors are the process's: another thread's output in that window is held too."""
+    if backend != "executorch":
+        yield
+        return
+    for s in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            s.flush()
+    saved = [os.dup(1), os.dup(2)]
+    held = tempfile.TemporaryFile()
+    failed = False
+    try:
+        os.dup2(held.fileno(), 1)
+        os.dup2(held.fileno(), 2)
+        yield
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        for s in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                s.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        if failed:  # the toolchain's own words explain its failure
+            held.seek(0)
+            text = held.read().decode(errors="replace").strip()
+            if text:
+                print(text[-4000:], file=sys.stderr)
+        held.close()
+
+
 def import_backend(backend: str, toolchain: Optional[dict] = None) -> None:
     """Import the backend's libraries now (a bundle's load times are then its artifacts', not the
     imports'); :class:`BackendUnavailable` naming what to install when one is missing. ``toolchain``
@@ -58,7 +101,8 @@ def import_backend(backend: str, toolchain: Optional[dict] = None) -> None:
         return  # nothing to import for: opening the session says Core ML runs only on macOS/iOS
     for name in _LIBRARIES[backend]:
         try:
-            importlib.import_module(name)
+            with toolchain_output(backend):
+                importlib.import_module(name)
         except ImportError as e:
             raise _missing(backend, e) from None
     made, here = (toolchain or {}).get("executorch"), backend_version("executorch") if backend == "executorch" else None
@@ -127,20 +171,21 @@ class ExecuTorchSession(Session):
 
     def __init__(self, path: Path, input_names, output_names, threads: Optional[int] = None, etdump: bool = False):
         super().__init__(input_names, output_names)
-        try:
-            # lazily: the ExecuTorch Python runtime exchanges torch tensors (a phone's C++ runtime does not)
-            self._torch = importlib.import_module("torch")
-            from executorch.runtime import Runtime
-        except ImportError as e:
-            raise _missing("executorch", e) from None
-        if threads:
-            _executorch_threads(int(threads))
-        self.etdump = bool(etdump)
-        if self.etdump:  # ExecuTorch's own event tracer: per-run timings, as on a phone
-            self.program = Runtime.get().load_program(str(path), enable_etdump=True, debug_buffer_size=ETDUMP_DEBUG_BUFFER)
-        else:
-            self.program = Runtime.get().load_program(str(path))
-        self.method = self.program.load_method("forward")
+        with toolchain_output(self.backend):
+            try:
+                # lazily: the ExecuTorch Python runtime exchanges torch tensors (a phone's C++ runtime does not)
+                self._torch = importlib.import_module("torch")
+                from executorch.runtime import Runtime
+            except ImportError as e:
+                raise _missing("executorch", e) from None
+            if threads:
+                _executorch_threads(int(threads))
+            self.etdump = bool(etdump)
+            if self.etdump:  # ExecuTorch's own event tracer: per-run timings, as on a phone
+                self.program = Runtime.get().load_program(str(path), enable_etdump=True, debug_buffer_size=ETDUMP_DEBUG_BUFFER)
+            else:
+                self.program = Runtime.get().load_program(str(path))
+            self.method = self.program.load_method("forward")
         self._lock = threading.Lock()  # a method's planned memory serves one call at a time
 
     def write_etdump(self, path: Path) -> Path:

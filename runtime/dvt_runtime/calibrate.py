@@ -33,6 +33,7 @@ from dvt_runtime.backends import BackendUnavailable
 from dvt_runtime.bundle import Bundle, softmax
 from dvt_runtime.calibration import SCHEMA, BudgetRow, Calibration, CalibrationError, Chosen, bundle_identity, validate_calibration  # noqa: F401  (re-exported)
 from dvt_runtime.checks import numbered, positive_ms
+from dvt_runtime.device import check_batch_memory
 from dvt_runtime.io import atomic_write_json, check_labels, read_npz
 from dvt_runtime.io import progress as _bar
 from dvt_runtime.latency import check_batch
@@ -134,6 +135,7 @@ def measure_cascade(bundle: Bundle, x: np.ndarray, y: np.ndarray, thresholds, wa
     is the throughput.
     """
     batch = check_batch(batch)
+    check_batch_memory(bundle, batch)  # refuses, before the first call, a batch that would not fit
     for s in range(0, min(warmup, -(-len(x) // batch)) * batch, batch):
         bundle.predict(x[s : s + batch], thresholds=thresholds, max_batch=batch)
     return _summary(bundle.num_exits, *_timed_calls(bundle, x, y, thresholds, batch), batch)

@@ -7,6 +7,7 @@ versions, thread setting, governor, temperatures and, on a Jetson, its power mod
 from __future__ import annotations
 
 import glob
+import json
 import os
 import platform
 import re
@@ -15,13 +16,14 @@ import shutil
 import socket
 import subprocess
 import sys
+import warnings
 from typing import Any, Optional
 
 import numpy as np
 
 from dvt_runtime.backends import backend_version
 
-__all__ = ["available_memory_mb", "device_facts", "peak_rss_mb"]
+__all__ = ["BatchMemoryError", "available_memory_mb", "check_batch_memory", "current_rss_mb", "device_facts", "peak_rss_mb"]
 
 
 # Device facts
@@ -142,3 +144,90 @@ def peak_rss_mb() -> Optional[float]:
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 
 
+def current_rss_mb() -> Optional[float]:
+    """Resident set size of this process now (Linux ``/proc/self/statm``), or None where unknown."""
+    fields = (_read("/proc/self/statm") or "").split()
+    try:
+        return int(fields[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (IndexError, ValueError, OSError, AttributeError):
+        return None
+
+
+# Memory of batched stage calls
+# --------------------------------------------------------------------------------------
+
+MEMORY_PROBE = (4, 16)  # batch sizes the chain is run at to measure its memory per image
+# A profile's peak over the probe's growth per image times the batch: the CIFAR reference's ONNX fp32 bundle grows
+# 1.3 MiB per image between the probes, and its profile at batch 1000 peaked at 2,517 MB (ru_maxrss; ~70 of them the
+# opened bundle) where this margin estimates 2,598 MiB.
+MEMORY_MARGIN = 2.0
+MEMORY_WARN = 0.5  # warn when the estimate exceeds this share of the available memory
+
+
+class BatchMemoryError(ValueError):
+    """Stage calls of the requested batch would not fit in this machine's memory (found before running them)."""
+
+
+_PROBE = """
+import json, sys
+import numpy as np
+from dvt_runtime.bundle import Bundle
+from dvt_runtime.device import current_rss_mb
+path, threads, opts, sizes = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
+b = Bundle.open(path, threads=threads, verify=False, **opts)
+x = np.random.default_rng(0).standard_normal((1, *b.input_shape)).astype(np.float32)
+rss = []
+for n in sizes:
+    for _ in b.chain(np.repeat(x, n, axis=0), n):
+        pass
+    rss.append(current_rss_mb())
+print(json.dumps(rss))
+"""
+_PER_IMAGE: dict[tuple, Optional[float]] = {}  # (bundle path, threads, providers) -> MiB per image, measured once per process
+
+
+def _mb_per_image(bundle) -> Optional[float]:
+    """Resident memory per image of the bundle's chain, measured in a fresh process (freed memory this process
+    keeps would hide the growth): RSS after chains at each ``MEMORY_PROBE`` batch. None where it cannot be read."""
+    providers = getattr(bundle.sessions[0], "providers", None)
+    key = (str(bundle.path), bundle.threads, tuple(providers or ()))
+    if key not in _PER_IMAGE:
+        opts = {"providers": list(providers)} if providers else {}
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))  # this process's dvt_runtime
+        try:
+            done = subprocess.run([sys.executable, "-c", _PROBE, str(bundle.path), json.dumps(bundle.threads), json.dumps(opts),
+                                   json.dumps(list(MEMORY_PROBE))], capture_output=True, text=True, timeout=300, env=env)
+            rss = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+            rss = None
+        ok = isinstance(rss, list) and len(rss) == 2 and all(isinstance(r, (int, float)) for r in rss)
+        _PER_IMAGE[key] = max(rss[1] - rss[0], 0.0) / (MEMORY_PROBE[1] - MEMORY_PROBE[0]) if ok else None
+    return _PER_IMAGE[key]
+
+
+def check_batch_memory(bundle, batch: int, what: str = "batch", held_mb: float = 0.0) -> Optional[dict[str, Any]]:
+    """Refuse, before running it, a batch whose stage calls would not fit in memory.
+
+    ONNX Runtime's arena grows with the largest call and keeps it (a profile of the CIFAR reference at batch 4000
+    grew to 10 GB). The growth per image is measured once per bundle in a fresh process (:func:`_mb_per_image`);
+    times the images per call and ``MEMORY_MARGIN``, plus ``held_mb`` (inputs the caller will hold), it is compared
+    with the available memory: over it is an error, over ``MEMORY_WARN`` of it a warning. Returns the estimate, or
+    None for calls of at most ``MEMORY_PROBE[-1]`` images (nothing runs) or where memory cannot be read.
+    """
+    calls = min(int(batch), bundle.batch_limit())
+    if calls <= MEMORY_PROBE[-1]:
+        return None
+    per_image, avail = _mb_per_image(bundle), available_memory_mb()
+    if per_image is None or avail is None:
+        return None
+    need = MEMORY_MARGIN * per_image * calls + held_mb
+    est = {"images_per_call": calls, "mb_per_image": round(per_image, 3), "estimated_mb": round(need, 1), "available_mb": avail}
+    said = (f"{what} {batch}: stage calls of {calls} images need about {need:.0f} MiB here ({per_image:.2f} MiB per image "
+            f"measured in a fresh process at batch {MEMORY_PROBE[0]} and {MEMORY_PROBE[1]}, x{MEMORY_MARGIN:g} for the peak"
+            + (f", + {held_mb:.0f} MiB of inputs" if held_mb else "") + f"), and {avail:.0f} MiB is available")
+    if need > avail:
+        fits = int(max(avail - held_mb, 0.0) / (MEMORY_MARGIN * per_image)) if per_image > 0 else calls
+        raise BatchMemoryError(f"{said}: use a {what} of at most {max(fits, 1)}")
+    if need > MEMORY_WARN * avail:
+        warnings.warn(f"{said}: other programs may be pushed out of memory", stacklevel=2)
+    return est

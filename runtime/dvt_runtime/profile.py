@@ -37,7 +37,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from dvt_runtime.backends import BackendUnavailable
-from dvt_runtime.device import device_facts, peak_rss_mb
+from dvt_runtime.device import MEMORY_PROBE, check_batch_memory, device_facts, peak_rss_mb
 from dvt_runtime.importers import import_csv, import_etdump, import_json
 from dvt_runtime.io import atomic_write_json, check_out_path
 from dvt_runtime.io import progress as _bar
@@ -77,6 +77,11 @@ def _batches(xs: list[np.ndarray], batch: int, n: int = 8) -> list[np.ndarray]:
     """Up to ``n`` distinct (batch, C, H, W) inputs cycling through the (1, C, H, W) images."""
     count = max(1, min(n, len(xs) // batch))
     return [np.ascontiguousarray(np.concatenate([xs[(b * batch + k) % len(xs)] for k in range(batch)])) for b in range(count)]
+
+
+def _held_mb(bundle, n: int, batch: int) -> float:
+    """MiB of the float32 inputs :func:`_batches` holds for ``n`` images at ``batch``."""
+    return min(8, max(1, n // batch)) * batch * 4 * int(np.prod(bundle.input_shape)) / 2**20
 
 
 def _inputs(bundle, images) -> list[np.ndarray]:
@@ -147,8 +152,9 @@ def profile_bundle(
     runs, warmup = int(runs), int(warmup)
     batch = check_batch(batch)
     singles = _inputs(bundle, images)
-    xs = _batches(singles, batch)
     chunk = bundle.batch_limit()
+    memory = check_batch_memory(bundle, batch, "--batch", _held_mb(bundle, len(singles), batch))  # before the first call
+    xs = _batches(singles, batch)
     first = [ms / batch for ms in _time_chain(bundle, xs[0], chunk)]
     gc.collect()
     E = bundle.num_exits
@@ -179,7 +185,10 @@ def profile_bundle(
                   "timer": "time.perf_counter", "unit": "ms per image" if batch > 1 else "ms per call",
                   "calls_per_stage": "loop (batch-1 artifacts)" if chunk == 1 and batch > 1 else "one",
                   "stopping": (f"per exit, runs chains that all stop there, in blocks of {BLOCK} rotating with the chains through "
-                               "every exit (the last exit's stream: those chains)" if streams else "not measured")},
+                               "every exit (the last exit's stream: those chains)" if streams else "not measured"),
+                  **({"memory": f"estimated {memory['estimated_mb']:.0f} MiB of {memory['available_mb']:.0f} MiB available "
+                                f"({memory['mb_per_image']:.2f} MiB per image, measured in a fresh process at batch "
+                                f"{MEMORY_PROBE[0]} and {MEMORY_PROBE[1]})"} if memory else {})},
         batch=batch,
         stopping_samples=stopping if streams else None,
     )
@@ -317,6 +326,10 @@ def _measure(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     if args.etdump_dir and args.batch > 1:  # one ETDump event per call: per-call times, not per image
         ap.error("--etdump-dir records one event per call: profile at --batch 1")
     images, raw = _load_npz(args.data, bundle) if args.data else (None, None)
+    est = check_batch_memory(bundle, args.batch, "--batch", _held_mb(bundle, 1 if images is None else len(images), args.batch))
+    if est:  # measured once: profile_bundle's own check reuses it
+        print(f"note: --batch {args.batch} needs about {est['estimated_mb']:.0f} MiB here ({est['available_mb']:.0f} MiB available)",
+              file=sys.stderr)
     prof = profile_bundle(bundle, warmup=args.warmup, runs=args.runs, images=images, images_raw=raw,
                           threads=args.threads, progress=not args.no_progress, device_name=args.device_name, batch=args.batch,
                           streams=not args.etdump_dir)  # the ETDump holds the chains alone, one run per chain
