@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -433,3 +434,6 @@ def test_a_batch_that_would_not_fit_is_refused_before_it_runs(bundle, onnx_bundl
     monkeypatch.setattr(D, "available_memory_mb", lambda: est["estimated_mb"] * 1.5)
     with pytest.warns(UserWarning, match="other programs may be pushed out of memory"):
         assert D.check_batch_memory(bundle, 1000, "--batch")["available_mb"] == est["estimated_mb"] * 1.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once per bundle and batch (the profile CLI checks, then the profiler)
+        D.check_batch_memory(bundle, 1000, "--batch")

@@ -184,6 +184,7 @@ for n in sizes:
 print(json.dumps(rss))
 """
 _PER_IMAGE: dict[tuple, Optional[float]] = {}  # (bundle path, threads, providers) -> MiB per image, measured once per process
+_WARNED: set[tuple[str, int]] = set()  # (bundle path, images per call) already warned about
 
 
 def _mb_per_image(bundle) -> Optional[float]:
@@ -228,6 +229,7 @@ def check_batch_memory(bundle, batch: int, what: str = "batch", held_mb: float =
     if need > avail:
         fits = int(max(avail - held_mb, 0.0) / (MEMORY_MARGIN * per_image)) if per_image > 0 else calls
         raise BatchMemoryError(f"{said}: use a {what} of at most {max(fits, 1)}")
-    if need > MEMORY_WARN * avail:
+    if need > MEMORY_WARN * avail and (str(bundle.path), calls) not in _WARNED:  # once per bundle and batch
+        _WARNED.add((str(bundle.path), calls))
         warnings.warn(f"{said}: other programs may be pushed out of memory", stacklevel=2)
     return est
