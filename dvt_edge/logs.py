@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional, TextIO
 
+from dvt_runtime.io import output_to
+
 __all__ = ["quiet_toolchains"]
 
 _ANNOUNCED: set[str] = set()
@@ -35,22 +37,9 @@ def quiet_toolchains(log_path: Optional[Path], verbose: bool = False) -> Iterato
     if str(log_path) not in _ANNOUNCED:
         _ANNOUNCED.add(str(log_path))
         print(f"toolchain logs: {log_path}", file=sys.stderr, flush=True)
-    for s in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            s.flush()
-    saved = [os.dup(1), os.dup(2)]
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
-    console = os.fdopen(os.dup(saved[1]), "w", buffering=1)
     try:
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        yield console
+        with output_to(fd) as terminal, os.fdopen(os.dup(terminal), "w", buffering=1) as console:
+            yield console
     finally:
-        for s in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                s.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for f in (fd, *saved):
-            os.close(f)
-        console.close()
+        os.close(fd)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import os
 import platform
 import sys
 import tempfile
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+
+from dvt_runtime.io import output_to
 
 __all__ = ["BackendUnavailable", "Session", "open_session", "import_backend", "backend_version", "BACKENDS", "available_backends"]
 
@@ -61,33 +62,16 @@ def toolchain_output(backend: str) -> Iterator[None]:
     if backend != "executorch":
         yield
         return
-    for s in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            s.flush()
-    saved = [os.dup(1), os.dup(2)]
-    held = tempfile.TemporaryFile()
-    failed = False
-    try:
-        os.dup2(held.fileno(), 1)
-        os.dup2(held.fileno(), 2)
-        yield
-    except BaseException:
-        failed = True
-        raise
-    finally:
-        for s in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                s.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in saved:
-            os.close(fd)
-        if failed:  # the toolchain's own words explain its failure
+    with tempfile.TemporaryFile() as held:
+        try:
+            with output_to(held.fileno()):
+                yield
+        except BaseException:  # the toolchain's own words explain its failure
             held.seek(0)
             text = held.read().decode(errors="replace").strip()
             if text:
                 print(text[-4000:], file=sys.stderr)
-        held.close()
+            raise
 
 
 def import_backend(backend: str, toolchain: Optional[dict] = None) -> None:

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
 
-__all__ = ["atomic_write", "atomic_write_json", "sha256_file", "current_umask", "read_npz", "check_labels", "progress", "progress_silenced", "silenced_progress", "save_png"]
+__all__ = ["atomic_write", "atomic_write_json", "sha256_file", "current_umask", "read_npz", "check_labels", "progress", "progress_silenced", "silenced_progress", "save_png", "output_to"]
 
 
 def atomic_write(path: Union[str, Path], data: bytes) -> Path:
@@ -159,3 +159,25 @@ def save_png(fig, path: Union[str, Path], dpi: int = 120) -> Path:
     fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
     return atomic_write(path, buf.getvalue())
+
+
+@contextlib.contextmanager
+def output_to(fd: int) -> Iterator[int]:
+    """Point file descriptors 1 and 2 (what C++ libraries print too, not only Python) at ``fd`` for the block;
+    yields a descriptor of the real stderr, valid inside the block. Python's streams are flushed on both sides."""
+    for s in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            s.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        yield saved[1]
+    finally:
+        for s in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                s.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in saved:
+            os.close(f)
