@@ -83,6 +83,19 @@ def default_data(model_name: str, extras: Optional[dict] = None, cfg=None) -> st
     raise DataError(f"no default dataset for model {model_name!r}; pass --data (valid specs: {', '.join(DATASETS)})")
 
 
+def default_train_data(model_name: str) -> str:
+    """``train --data`` when none is given: what the model's published reference was trained on, else its registered set."""
+    from dvt_edge.models import _check_name, model_defaults
+    from dvt_edge.references import REFERENCES
+
+    for ref in REFERENCES.values():
+        if ref.model == _check_name(model_name) and "--data" in ref.steps[0]:
+            return ref.steps[0][ref.steps[0].index("--data") + 1]
+    if model_defaults(model_name)["dataset"]:
+        return model_defaults(model_name)["dataset"]
+    raise DataError(f"no training data is known for model {model_name!r}; pass --data (valid specs: {', '.join(DATASETS)})")
+
+
 def recorded_data(extras: Optional[dict]) -> list[str]:
     """The dataset specs a checkpoint records, most portable first: a published reference's
     evaluation set (``eval_data``), its data, and the data its training run was given."""

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from dvt_edge.batches import augment, batches, epoch_shard, materialize, rng_state, set_rng_state
 from dvt_edge.checkpoint import CheckpointError, _state_dict_of, read_checkpoint, save_checkpoint
-from dvt_edge.data import DATASETS, DataError, ImageSet, default_preprocess, load_dataset
+from dvt_edge.data import DATASETS, DataError, ImageSet, default_preprocess, default_train_data, load_dataset
 from dvt_edge.models import DVT, create_model, list_models, model_defaults, model_from_args
 from dvt_edge.transfer import transfer_weights
 from dvt_runtime.io import atomic_write_json, save_png, silenced_progress
@@ -114,20 +114,21 @@ def _plot_metrics(history: list[dict], path: Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m dvt_edge.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="dvt_tiny_fmnist_ms", help=f"registered model: {', '.join(list_models())}")
-    ap.add_argument("--data", default="fashion-mnist", help=f"dataset spec: {', '.join(DATASETS)}")
-    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--model", default="dvt_tiny_fmnist_ms", help=f"registered model (default dvt_tiny_fmnist_ms): {', '.join(list_models())}")
+    ap.add_argument("--data", default=None, help="dataset spec (default: the model's training set, cifar10-jpeg for dvt_small_cifar, "
+                                                 f"fashion-mnist for the *_fmnist models): {', '.join(DATASETS)}")
+    ap.add_argument("--epochs", type=int, default=20, help="default 20")
     ap.add_argument("--out", required=True, help="run directory (checkpoints, metrics)")
-    ap.add_argument("--batch-size", type=int, default=128, help="per process")
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--weight-decay", type=float, default=0.05)
-    ap.add_argument("--warmup-epochs", type=float, default=1.0)
-    ap.add_argument("--label-smoothing", type=float, default=0.0)
+    ap.add_argument("--batch-size", type=int, default=128, help="per process (default 128)")
+    ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the cosine schedule (default 1e-3)")
+    ap.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default 0.05)")
+    ap.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up, in epochs (default 1)")
+    ap.add_argument("--label-smoothing", type=float, default=0.0, help="default 0")
     ap.add_argument("--drop-path", type=float, default=None, help="stochastic depth rate (default: the model's)")
     ap.add_argument("--no-augment", action="store_true", help="disable random translation + flip")
     ap.add_argument("--no-flip", action="store_true", help="no horizontal flips (e.g. digits, text)")
     ap.add_argument("--pad", type=int, default=None, help="random translation in pixels (default: max(2, img_size // 14))")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="default 0")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads per process")
     ap.add_argument("--amp", choices=AMP_CHOICES, default="fp32",
                     help="compute precision of the forward/backward pass (weights and optimizer stay fp32); "
@@ -239,9 +240,12 @@ def train(args: argparse.Namespace) -> dict:
 
 def _train(args: argparse.Namespace) -> dict:
     check_args(args)
+    args.data = args.data or default_train_data(args.model)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"--out {out} is a file; pass a folder for the run (checkpoints and metrics go there)")
     rank, world, device = _init_processes(args)
     log = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
-    out = Path(args.out)
     resume_state = _resume_state(args, out)
     random.seed(args.seed + rank)
     np.random.seed(args.seed + rank)
@@ -351,6 +355,9 @@ def _build_model(args: argparse.Namespace, resume_state: Optional[dict], train_d
 
 def _setup_run(args, rank: int, world: int, device: torch.device, log, model: DVT, train_ds: ImageSet, val_ds: ImageSet) -> _Run:
     """Limit the splits, place the model, and build optimizer, schedule and augmentation generator."""
+    for flag, n, ds in (("--train-limit", args.train_limit, train_ds), ("--val-limit", args.val_limit, val_ds)):
+        if n is not None and n > len(ds) and rank == 0:
+            log(f"note: {flag} {n} is more than the {len(ds)} images of {args.data}'s split: all of them are used")
     train_ds = train_ds.limit(args.train_limit, seed=args.seed)
     val_ds = val_ds.limit(args.val_limit, seed=args.seed)
     model.to(device)
@@ -377,7 +384,7 @@ def _restore(run: _Run, resume_state: dict, last: Path) -> _RunState:
     run.gen.set_state(t["generator"][rank] if rank < len(t["generator"]) else t["generator"][0])
     set_rng_state(t["rng"][rank] if rank < len(t["rng"]) else t["rng"][0])
     state = _RunState(t["epoch"], json.loads(t["history"]), t["best_acc"], float(t.get("run_seconds", 0.0)))
-    run.log(f"resuming {run.args.model} from {last} at epoch {state.start_epoch}")
+    run.log(f"resuming {run.args.model} from {last} after epoch {state.start_epoch} of {run.args.epochs}")
     return state
 
 

@@ -292,3 +292,45 @@ def test_training_on_a_gpu_evaluates_and_checkpoints(tmp_path):
     assert info.accuracies == pytest.approx(acc)
     raw = torch.load(tmp_path / "last.pt", map_location=None, weights_only=True)  # where each tensor was saved
     assert all(t.device.type == "cpu" for t in raw["model_state_dict"].values())  # weights load on a machine without a GPU
+
+
+def test_an_out_that_is_a_file_is_refused_before_anything_runs(tmp_path, monkeypatch):
+    """--out pointing at a file trained a whole epoch, then failed with a FileExistsError traceback."""
+    import dvt_edge.train as T
+
+    f = tmp_path / "afile.txt"
+    f.write_text("mine")
+    monkeypatch.setattr(T, "_load_splits", lambda data: pytest.fail("data was read before --out was checked"))
+    for extra in ([], ["--force"]):
+        with pytest.raises(CheckpointError, match=r"--out .*afile.txt is a file; pass a folder for the run"):
+            train(build_parser().parse_args([*QUICK, "--epochs", "1", *extra, "--out", str(f)]))
+    assert f.read_text() == "mine"
+
+
+def test_without_data_a_model_trains_on_its_own_training_set(tmp_path, monkeypatch):
+    """`--model dvt_small_cifar` without --data trained on Fashion-MNIST (the flag's fixed default) with only a note."""
+    import dvt_edge.train as T
+    from dvt_edge.data import DataError, default_train_data
+
+    assert default_train_data("dvt_small_cifar") == "cifar10-jpeg"  # the reference's recipe
+    assert default_train_data("dvt_micro_fmnist") == "fashion-mnist"
+    with pytest.raises(DataError, match="no training data is known for model 'dvt_t2t_vit_12'; pass --data"):
+        default_train_data("dvt_t2t_vit_12")
+    class Read(Exception):
+        pass
+
+    def read(data):
+        raise Read(data)
+
+    monkeypatch.setattr(T, "_load_splits", read)
+    args = build_parser().parse_args(["--model", "dvt_small_cifar", "--epochs", "1", "--out", str(tmp_path / "r")])
+    assert args.data is None
+    with pytest.raises(Read, match="^cifar10-jpeg$"):
+        train(args)
+    assert args.data == "cifar10-jpeg"  # recorded in the run as if given
+
+
+def test_a_limit_above_the_split_says_so(tmp_path):
+    r = _train_cli("--train-limit", "300", "--val-limit", "100000", "--epochs", "1", "--out", str(tmp_path / "r"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "note: --val-limit 100000 is more than the 10000 images of fashion-mnist's split: all of them are used" in r.stdout
