@@ -96,22 +96,27 @@ def default_train_data(model_name: str) -> str:
     raise DataError(f"no training data is known for model {model_name!r}; pass --data (valid specs: {', '.join(DATASETS)})")
 
 
-def recorded_data(extras: Optional[dict]) -> list[str]:
-    """The dataset specs a checkpoint records, most portable first: a published reference's
-    evaluation set (``eval_data``), its data, and the data its training run was given."""
+def recorded_train_args(extras: Optional[dict]) -> dict:
+    """The ``python -m dvt_edge.train`` arguments a checkpoint records (a run's or a published file's), else {}."""
     import json
 
     extras = extras or {}
-    out = [str(extras[k]) for k in ("eval_data", "data") if extras.get(k)]
     summary = extras.get("train_summary") or (extras.get("train") or {}).get("args")
-    if summary:
-        try:
-            d = json.loads(summary) if isinstance(summary, str) else summary
-            args = d.get("args", d)
-            if args.get("data"):
-                out.append(str(args["data"]))
-        except (ValueError, AttributeError):
-            pass
+    try:
+        d = json.loads(summary) if isinstance(summary, str) else (summary or {})
+        args = d.get("args", d)
+    except (ValueError, AttributeError):
+        return {}
+    return args if isinstance(args, dict) else {}
+
+
+def recorded_data(extras: Optional[dict]) -> list[str]:
+    """The dataset specs a checkpoint records, most portable first: a published reference's
+    evaluation set (``eval_data``), its data, and the data its training run was given."""
+    extras = extras or {}
+    out = [str(extras[k]) for k in ("eval_data", "data") if extras.get(k)]
+    if recorded_train_args(extras).get("data"):
+        out.append(str(recorded_train_args(extras)["data"]))
     return list(dict.fromkeys(out))
 
 

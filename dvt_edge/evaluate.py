@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 
 from dvt_edge.checkpoint import CheckpointError, load_checkpoint
-from dvt_edge.data import DATASETS, DataError, data_for_checkpoint, default_preprocess, load_dataset, scoring_set
+from dvt_edge.data import DATASETS, DataError, data_for_checkpoint, default_preprocess, load_dataset, recorded_train_args, scoring_set
 from dvt_edge.train import evaluate_exits
 from dvt_runtime.io import atomic_write_json, save_png
 from dvt_runtime.search import ExitOutputs, StageCosts, evaluate_thresholds, pareto_frontier, sweep_thresholds
@@ -57,10 +57,13 @@ def evaluate_checkpoint(
     # thresholds chosen on training images, as the authors' procedure does (their training loader's logits,
     # images the model trained on; the note says so)
     try:
-        sel = load_dataset(data, "train", preprocess=pre).limit(threshold_n, seed=1)
+        full = load_dataset(data, "train", preprocess=pre)
+        sel = full.limit(threshold_n, seed=1)
         _, sel_probs = evaluate_exits(model, sel, progress=progress)
         sel_out = ExitOutputs.from_probs(sel_probs, sel.labels)
-        sel_note = f"{len(sel)} training images (seeded; the model trained on them)"
+        limit = recorded_train_args(info.extras).get("train_limit")
+        sel_note = f"{len(sel)} training images (seeded; " + (f"the model trained on a random {limit} of the {len(full)})"
+                                                             if limit and limit < len(full) else "the model trained on them)")
     except DataError as e:  # no usable training split: say why, in the report itself
         sel_out, sel_note = test_out, f"the evaluation split itself (training split unavailable: {str(e)[:200]})"
     curve = [evaluate_thresholds(test_out, None, t, costs) for t in sweep_thresholds(sel_out, n_budgets)]

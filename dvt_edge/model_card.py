@@ -127,8 +127,11 @@ def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[s
     if out_path.resolve() in ((run_dir / "last.pt").resolve(), (run_dir / "best.pt").resolve()):
         raise ValueError(f"--out {out_path} is one of the run's own checkpoints (inside the run directory {run_dir}, with the "
                          "training state --resume needs); publish to another path, e.g. assets/NAME.pt")
+    card_file = Path(card) if card else card_path(out_path)
     if out_path.exists() and not force:  # a published reference (and its card) is the user's: replaced only when asked
         raise ValueError(f"--out {out_path} exists; pass --force to replace it and its model card")
+    if card_file.exists() and not force:  # another file's card, or the user's notes
+        raise ValueError(f"the model card {card_file} exists; pass --force to replace it, or --card another path")
     last = run_dir / "last.pt"
     if not last.is_file():
         raise CheckpointError(f"{last} not found: --run must be a training run directory (python -m dvt_edge.train --out RUN)")
@@ -163,7 +166,6 @@ def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[s
         os.replace(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)  # our own temporary file, never the user's
-    card_file = Path(card) if card else card_path(out_path)
     atomic_write(card_file, text.encode())
     report["card"] = str(card_file)
     return report
@@ -267,7 +269,7 @@ def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict
         lines.append(f"| {p['mean_cost'] * 1e3:.2f} | {p['accuracy']:.2f} | {' / '.join(f'{100 * f:.0f}' for f in p['exit_fractions'])} |")
     lines += [
         "",
-        "## Per-epoch validation accuracy (from the run's `metrics.json`)",
+        "## Per-epoch validation accuracy (recorded by the run at each epoch)",
         "",
         "| epoch | train loss | " + " | ".join(f"exit {i + 1}" for i in range(c.num_exits)) + " | seconds |",
         "|---|---|" + "---|" * c.num_exits + "---|",
@@ -297,7 +299,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (CheckpointError, DataError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    top1 = [e["top1"] for e in r["exits"]]
+    top1 = [round(e["top1"], 2) for e in r["exits"]]
     print(f"wrote {args.out} and {r['card']}; per-exit top-1 {top1}, gains {exit_gains(top1)}")
     return 0
 

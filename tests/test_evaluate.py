@@ -52,7 +52,8 @@ def test_evaluate_exported_bundle_matches_pytorch(micro_ckpt, onnx_bundle, tmp_p
     r = evaluate_checkpoint(str(micro_ckpt), limit=200, threshold_n=200, bundles=[str(onnx_bundle)], progress=False)
     (a,) = r["artifacts"]
     assert a["target"] == "onnx" and len(a["top1"]) == 3
-    assert r["threshold_selection"] == "200 training images (seeded; the model trained on them)"  # not "held-out"
+    # not "held-out"; micro_ckpt trained on a random 2000 of the training split (--train-limit), not on all of them
+    assert r["threshold_selection"] == "200 training images (seeded; the model trained on a random 2000 of the 60000)"
     assert np.all(np.abs(np.asarray(a["delta_vs_pytorch_fp32"], float)) < 1.0)  # fp32: same answers up to ties (NaN fails)
     assert "delta vs PyTorch fp32" in format_report(r)
     # the figures are the bundle's own: an artifact whose exit 2 answers wrongly shows it

@@ -261,6 +261,26 @@ def test_failed_publish_leaves_the_previous_file_and_card(micro_ckpt, tmp_path, 
     assert out.read_bytes() == b"the user's previous file"
 
 
+def test_an_existing_card_is_replaced_only_with_force(micro_ckpt, tmp_path, capsys):
+    """A new --out whose card path holds a file (the user's notes, another checkpoint's card via --card) replaced it
+    without a word."""
+    from dvt_edge.model_card import main
+
+    run = micro_ckpt.parent
+    (tmp_path / "MODEL_CARD_z.md").write_text("my notes")
+    (tmp_path / "MODEL_CARD_x.md").write_text("x.pt's card")
+    assert main(["--run", str(run), "--out", str(tmp_path / "z.pt")]) == 2
+    assert f"the model card {tmp_path / 'MODEL_CARD_z.md'} exists; pass --force" in capsys.readouterr().err
+    assert main(["--run", str(run), "--out", str(tmp_path / "y.pt"), "--card", str(tmp_path / "MODEL_CARD_x.md")]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["MODEL_CARD_x.md", "MODEL_CARD_z.md"]  # nothing written
+    assert (tmp_path / "MODEL_CARD_z.md").read_text() == "my notes" and (tmp_path / "MODEL_CARD_x.md").read_text() == "x.pt's card"
+    assert main(["--run", str(run), "--out", str(tmp_path / "z.pt"), "--force", "--threshold-n", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "# Model card: `z.pt`" in (tmp_path / "MODEL_CARD_z.md").read_text()
+    top1 = re.search(r"per-exit top-1 \[([^\]]*)\]", out).group(1).split(", ")
+    assert all(len(v.split(".")[-1]) <= 2 for v in top1), out  # rounded, no float noise
+
+
 def test_card_states_the_command_that_writes_it(micro_ckpt, tmp_path):
     """Every publishing argument is in the card's command, quoted; the evaluate command names --threshold-n."""
     import shlex
