@@ -6,7 +6,6 @@ and the plot, never shown as a plain speedup.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -298,9 +297,14 @@ RESULT_KEYS = ("model", "rows", "device", "threads")  # what every result the re
 
 def load_results(paths: Sequence[str]) -> list[dict]:
     """Bench results from JSON files (a merged report counts as its results), each checked before anything is written."""
-    out = []
+    from dvt_runtime.latency import read_json
+
+    out, seen = [], set()
     for p in paths:
-        d = json.loads(Path(p).read_text())
+        if Path(p).resolve() in seen:
+            raise ValueError(f"{p} is given twice: each device's results once")
+        seen.add(Path(p).resolve())
+        d = read_json(p, "bench result")
         if not isinstance(d, dict) or d.get("schema") != SCHEMA:
             raise ValueError(f"{p} is not a dvt-edge bench result (schema {d.get('schema') if isinstance(d, dict) else None!r})")
         v = d.get("schema_version", 0)

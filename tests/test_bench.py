@@ -130,6 +130,15 @@ def test_bench_report_rejects_other_json(tmp_path, capsys):
     (tmp_path / "list.json").write_text("[1, 2]")  # not an object: an error, not an AttributeError
     assert main(["report", str(tmp_path / "list.json")]) == 2
     assert "not a dvt-edge bench result" in capsys.readouterr().err
+    # each bad input is named: JSON errors used to come without the file ("Expecting value: line 1 column 1")
+    (tmp_path / "bad.txt").write_text("nope")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "ok.json").write_text(json.dumps({"schema": "something-else"}))
+    for args, said in ((["bad.txt"], "bad.txt is not valid JSON"), (["folder"], "folder is a folder, not a bench result"),
+                       (["missing.json"], "missing.json not found"), (["ok.json", "./ok.json"], "is given twice")):
+        assert main(["report", *[str(tmp_path / a) for a in args], "--out", str(tmp_path / "rep")]) == 2
+        assert said in capsys.readouterr().err
+    assert not (tmp_path / "rep").exists()
 
 
 def test_unmatched_point_is_never_a_plain_speedup(results, tmp_path):

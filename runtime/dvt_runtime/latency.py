@@ -346,6 +346,8 @@ def _at(values: Optional[Sequence[Optional[float]]], i: int) -> Optional[float]:
 
 def read_json(path: PathLike, what: str) -> Any:
     p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"{p} is a folder, not a {what} (a JSON file)")
     if not p.is_file():
         raise FileNotFoundError(f"{what} {p} not found")
     if p.stat().st_size > MAX_INPUT_BYTES:
