@@ -299,11 +299,11 @@ def load_results(paths: Sequence[str]) -> list[dict]:
     """Bench results from JSON files (a merged report counts as its results), each checked before anything is written."""
     from dvt_runtime.latency import read_json
 
-    out, seen = [], set()
+    twice = [p for i, p in enumerate(paths) if Path(p).resolve() in {Path(q).resolve() for q in paths[:i]}]
+    if twice:
+        raise ValueError(f"{twice[0]} is given twice: each device's results once")
+    out = []
     for p in paths:
-        if Path(p).resolve() in seen:
-            raise ValueError(f"{p} is given twice: each device's results once")
-        seen.add(Path(p).resolve())
         d = read_json(p, "bench result")
         if not isinstance(d, dict) or d.get("schema") != SCHEMA:
             raise ValueError(f"{p} is not a dvt-edge bench result (schema {d.get('schema') if isinstance(d, dict) else None!r})")
