@@ -1,6 +1,6 @@
 """Datasets by spec string, preprocessing shared with the device runtime, and data export.
 
-Specs: ``fashion-mnist`` (default), ``imagefolder:PATH``, ``cifar10``, ``cifar10:PATH``, ``cifar10-jpeg``,
+Specs: ``fashion-mnist``, ``imagefolder:PATH``, ``cifar10``, ``cifar10:PATH``, ``cifar10-jpeg``,
 ``cifar10-ref`` (shipped), ``npz:PATH``.
 
     python -m dvt_edge.data export --data fashion-mnist --split val --n 2000 --out val.npz

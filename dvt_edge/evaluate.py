@@ -61,7 +61,8 @@ def evaluate_checkpoint(
         sel = full.limit(threshold_n, seed=1)
         _, sel_probs = evaluate_exits(model, sel, progress=progress)
         sel_out = ExitOutputs.from_probs(sel_probs, sel.labels)
-        limit = recorded_train_args(info.extras).get("train_limit")
+        trained = recorded_train_args(info.extras)
+        limit = trained.get("train_limit") if trained.get("data") == data else None  # a limit of another set says nothing here
         sel_note = f"{len(sel)} training images (seeded; " + (f"the model trained on a random {limit} of the {len(full)})"
                                                              if limit and limit < len(full) else "the model trained on them)")
     except DataError as e:  # no usable training split: say why, in the report itself

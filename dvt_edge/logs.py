@@ -39,7 +39,11 @@ def quiet_toolchains(log_path: Optional[Path], verbose: bool = False) -> Iterato
         print(f"toolchain logs: {log_path}", file=sys.stderr, flush=True)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
     try:
-        with output_to(fd) as terminal, os.fdopen(os.dup(terminal), "w", buffering=1) as console:
-            yield console
+        with output_to(fd) as terminal:
+            if terminal < 0:  # no terminal to keep (a closed stderr): our messages go where Python's stderr goes
+                yield sys.stderr
+            else:
+                with os.fdopen(os.dup(terminal), "w", buffering=1) as console:
+                    yield console
     finally:
         os.close(fd)

@@ -240,13 +240,13 @@ def train(args: argparse.Namespace) -> dict:
 
 def _train(args: argparse.Namespace) -> dict:
     check_args(args)
-    args.data = args.data or default_train_data(args.model)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"--out {out} is a file; pass a folder for the run (checkpoints and metrics go there)")
     rank, world, device = _init_processes(args)
     log = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
-    resume_state = _resume_state(args, out)
+    resume_state = _resume_state(args, out)  # a resumed run without --data: its own data
+    args.data = args.data or default_train_data(args.model)
     random.seed(args.seed + rank)
     np.random.seed(args.seed + rank)
     torch.manual_seed(args.seed)  # same init on every rank
@@ -294,7 +294,9 @@ def _resume_state(args: argparse.Namespace, out: Path) -> Optional[dict]:
                 f"--resume: {last} is a checkpoint of model {stored.get('name')!r}, not {args.model!r}; "
                 f"pass --model {stored.get('name')} or another --out"
             )
-        _check_resume_args(json.loads(resume_state.get("train", {}).get("args", "{}")), args, last)
+        run_args = json.loads(resume_state.get("train", {}).get("args", "{}"))
+        args.data = args.data or run_args.get("data")  # the run's own data when --data is not given again
+        _check_resume_args(run_args, args, last)
         return resume_state
     if args.finetune and Path(args.finetune).resolve() in (last.resolve(), best_path.resolve()):
         # the run would overwrite its own starting point (and its lineage would name itself)
@@ -357,7 +359,7 @@ def _setup_run(args, rank: int, world: int, device: torch.device, log, model: DV
     """Limit the splits, place the model, and build optimizer, schedule and augmentation generator."""
     for flag, n, ds in (("--train-limit", args.train_limit, train_ds), ("--val-limit", args.val_limit, val_ds)):
         if n is not None and n > len(ds) and rank == 0:
-            log(f"note: {flag} {n} is more than the {len(ds)} images of {args.data}'s split: all of them are used")
+            log(f"note: {flag} {n} is more than the {len(ds)} images of {args.data}'s {ds.split} split: all of them are used")
     train_ds = train_ds.limit(args.train_limit, seed=args.seed)
     val_ds = val_ds.limit(args.val_limit, seed=args.seed)
     model.to(device)

@@ -334,3 +334,15 @@ def test_a_limit_above_the_split_says_so(tmp_path):
     r = _train_cli("--train-limit", "300", "--val-limit", "100000", "--epochs", "1", "--out", str(tmp_path / "r"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "note: --val-limit 100000 is more than the 10000 images of fashion-mnist's split: all of them are used" in r.stdout
+
+
+def test_resume_without_data_takes_the_runs_own(micro_ckpt, monkeypatch):
+    """A run resumed without --data continues on the data it recorded, not on the model's default training set."""
+    import dvt_edge.train as T
+
+    monkeypatch.setattr(T, "default_train_data", lambda model: pytest.fail("the run's own data was not used"))
+    args = build_parser().parse_args(["--model", "dvt_micro_fmnist", "--epochs", "1", "--train-limit", "2000", "--val-limit", "200",
+                                      "--batch-size", "64", "--lr", "1e-2", "--warmup-epochs", "0.1", "--no-augment", "--threads", "1",
+                                      "--quiet", "--resume", "--out", str(micro_ckpt.parent)])
+    assert args.data is None and T._resume_state(args, micro_ckpt.parent) is not None
+    assert args.data == "fashion-mnist"

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -183,26 +184,38 @@ for n in sizes:
     rss.append(current_rss_mb())
 print(json.dumps(rss))
 """
-_PER_IMAGE: dict[tuple, Optional[float]] = {}  # (bundle path, threads, providers) -> MiB per image, measured once per process
-_WARNED: set[tuple[str, int]] = set()  # (bundle path, images per call) already warned about
+_PER_IMAGE: dict[tuple, Optional[float]] = {}  # bundle identity -> MiB per image, measured once per process
+_CHECKED: dict[tuple, int] = {}  # bundle identity -> the largest images per call that passed (this process's arena holds it)
+_WARNED: set[tuple] = set()  # (bundle identity, images per call) already warned about
+
+
+def _identity(bundle) -> tuple:
+    """The bundle's folder, artifacts, threads and providers: what its memory per image depends on."""
+    providers = getattr(bundle.sessions[0], "providers", None)
+    return (str(Path(bundle.path).resolve()), tuple(e.sha256 for e in bundle.manifest.exits), bundle.threads, tuple(providers or ()))
 
 
 def _mb_per_image(bundle) -> Optional[float]:
-    """Resident memory per image of the bundle's chain, measured in a fresh process (freed memory this process
-    keeps would hide the growth): RSS after chains at each ``MEMORY_PROBE`` batch. None where it cannot be read."""
-    providers = getattr(bundle.sessions[0], "providers", None)
-    key = (str(bundle.path), bundle.threads, tuple(providers or ()))
+    """Memory per image of the bundle's chain, measured in a fresh process (freed memory this process keeps would
+    hide the growth): its resident memory after chains at each ``MEMORY_PROBE`` batch (a peak would hold the
+    sessions' creation). None where it cannot be measured
+    (the probe failed, or showed no growth), with a note saying so."""
+    key = _identity(bundle)
     if key not in _PER_IMAGE:
+        providers = key[3]
         opts = {"providers": list(providers)} if providers else {}
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))  # this process's dvt_runtime
         try:
-            done = subprocess.run([sys.executable, "-c", _PROBE, str(bundle.path), json.dumps(bundle.threads), json.dumps(opts),
+            done = subprocess.run([sys.executable, "-c", _PROBE, key[0], json.dumps(bundle.threads), json.dumps(opts),
                                    json.dumps(list(MEMORY_PROBE))], capture_output=True, text=True, timeout=300, env=env)
-            rss = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None
-        except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-            rss = None
-        ok = isinstance(rss, list) and len(rss) == 2 and all(isinstance(r, (int, float)) for r in rss)
-        _PER_IMAGE[key] = max(rss[1] - rss[0], 0.0) / (MEMORY_PROBE[1] - MEMORY_PROBE[0]) if ok else None
+            rss = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else done.stderr.strip()[-300:]
+        except (OSError, subprocess.SubprocessError, ValueError, IndexError) as e:
+            rss = str(e)
+        ok = isinstance(rss, list) and len(rss) == 2 and all(isinstance(r, (int, float)) for r in rss) and rss[1] > rss[0]
+        _PER_IMAGE[key] = (rss[1] - rss[0]) / (MEMORY_PROBE[1] - MEMORY_PROBE[0]) if ok else None
+        if not ok:
+            warnings.warn(f"the memory of a large batch could not be measured, so it is not checked ({rss or 'no output'})",
+                          stacklevel=4)
     return _PER_IMAGE[key]
 
 
@@ -212,24 +225,31 @@ def check_batch_memory(bundle, batch: int, what: str = "batch", held_mb: float =
     ONNX Runtime's arena grows with the largest call and keeps it (a profile of the CIFAR reference at batch 4000
     grew to 10 GB). The growth per image is measured once per bundle in a fresh process (:func:`_mb_per_image`);
     times the images per call and ``MEMORY_MARGIN``, plus ``held_mb`` (inputs the caller will hold), it is compared
-    with the available memory: over it is an error, over ``MEMORY_WARN`` of it a warning. Returns the estimate, or
-    None for calls of at most ``MEMORY_PROBE[-1]`` images (nothing runs) or where memory cannot be read.
+    with the available memory, less what this process already holds for the largest batch that passed (its arena
+    is reused): over it is an error, over ``MEMORY_WARN`` of it a warning. Returns the estimate, or None for calls
+    of at most ``MEMORY_PROBE[-1]`` images (nothing runs) or where memory cannot be read (Linux's MemAvailable).
     """
     calls = min(int(batch), bundle.batch_limit())
     if calls <= MEMORY_PROBE[-1]:
         return None
-    per_image, avail = _mb_per_image(bundle), available_memory_mb()
-    if per_image is None or avail is None:
+    avail = available_memory_mb()
+    per_image = _mb_per_image(bundle) if avail is not None else None  # no probe where the verdict cannot be given
+    if per_image is None:
         return None
+    key = _identity(bundle)
+    done = _CHECKED.get(key, 0)  # what earlier calls at that size already hold in this process is not needed again
     need = MEMORY_MARGIN * per_image * calls + held_mb
     est = {"images_per_call": calls, "mb_per_image": round(per_image, 3), "estimated_mb": round(need, 1), "available_mb": avail}
+    if calls <= done:
+        return est
     said = (f"{what} {batch}: stage calls of {calls} images need about {need:.0f} MiB here ({per_image:.2f} MiB per image "
             f"measured in a fresh process at batch {MEMORY_PROBE[0]} and {MEMORY_PROBE[1]}, x{MEMORY_MARGIN:g} for the peak"
             + (f", + {held_mb:.0f} MiB of inputs" if held_mb else "") + f"), and {avail:.0f} MiB is available")
-    if need > avail:
-        fits = int(max(avail - held_mb, 0.0) / (MEMORY_MARGIN * per_image)) if per_image > 0 else calls
+    if need - MEMORY_MARGIN * per_image * done > avail:
+        fits = int(max(avail - held_mb, 0.0) / (MEMORY_MARGIN * per_image)) + done
         raise BatchMemoryError(f"{said}: use a {what} of at most {max(fits, 1)}")
-    if need > MEMORY_WARN * avail and (str(bundle.path), calls) not in _WARNED:  # once per bundle and batch
-        _WARNED.add((str(bundle.path), calls))
+    if need > MEMORY_WARN * avail and (key, calls) not in _WARNED:  # once per bundle and batch
+        _WARNED.add((key, calls))
         warnings.warn(f"{said}: other programs may be pushed out of memory", stacklevel=2)
+    _CHECKED[key] = calls
     return est

@@ -164,11 +164,20 @@ def save_png(fig, path: Union[str, Path], dpi: int = 120) -> Path:
 @contextlib.contextmanager
 def output_to(fd: int) -> Iterator[int]:
     """Point file descriptors 1 and 2 (what C++ libraries print too, not only Python) at ``fd`` for the block;
-    yields a descriptor of the real stderr, valid inside the block. Python's streams are flushed on both sides."""
+    yields a descriptor of the real stderr, valid inside the block (-1, and nothing redirected, where descriptor 1
+    or 2 is closed). Python's streams are flushed on both sides."""
     for s in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             s.flush()
-    saved = [os.dup(1), os.dup(2)]
+    saved: list[int] = []
+    try:
+        saved += [os.dup(1)]
+        saved += [os.dup(2)]
+    except OSError:  # a closed stdout or stderr (a daemon, pythonw): nothing to point elsewhere, nor a terminal
+        for f in saved:
+            os.close(f)
+        yield -1
+        return
     try:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
