@@ -216,7 +216,7 @@ def test_executorch_loading_is_quiet_and_its_words_show_when_it_fails(micro_ckpt
 def test_output_redirect_with_a_closed_stderr_runs_the_block(tmp_path):
     """Under a daemon or pythonw (descriptor 2 closed), opening an ExecuTorch bundle would fail with EBADF in the
     redirect that holds the toolchain's output: the block runs, with nothing redirected."""
-    code = ("import os, sys\nos.close(2)\nfrom dvt_runtime.io import output_to\nfd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT)\n"
+    code = ("import os, sys\nfrom dvt_runtime.io import output_to\nfd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT)\nos.close(2)\n"
             "with output_to(fd) as terminal:\n    open(sys.argv[2], 'w').write(str(terminal))\n")
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "log"), str(tmp_path / "ran")], capture_output=True, timeout=120)
     assert done.returncode == 0 and (tmp_path / "ran").read_text() == "-1", done

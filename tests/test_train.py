@@ -333,7 +333,7 @@ def test_without_data_a_model_trains_on_its_own_training_set(tmp_path, monkeypat
 def test_a_limit_above_the_split_says_so(tmp_path):
     r = _train_cli("--train-limit", "300", "--val-limit", "100000", "--epochs", "1", "--out", str(tmp_path / "r"))
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "note: --val-limit 100000 is more than the 10000 images of fashion-mnist's split: all of them are used" in r.stdout
+    assert "note: --val-limit 100000 is more than the 10000 images of fashion-mnist's val split: all of them are used" in r.stdout
 
 
 def test_resume_without_data_takes_the_runs_own(micro_ckpt, monkeypatch):

@@ -169,15 +169,12 @@ def output_to(fd: int) -> Iterator[int]:
     for s in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             s.flush()
-    saved: list[int] = []
     try:
-        saved += [os.dup(1)]
-        saved += [os.dup(2)]
+        os.fstat(1), os.fstat(2)  # dup() of an open one would take a closed one's number, and the restore would go wrong
     except OSError:  # a closed stdout or stderr (a daemon, pythonw): nothing to point elsewhere, nor a terminal
-        for f in saved:
-            os.close(f)
         yield -1
         return
+    saved = [os.dup(1), os.dup(2)]
     try:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
