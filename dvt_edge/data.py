@@ -115,8 +115,8 @@ def recorded_data(extras: Optional[dict]) -> list[str]:
     evaluation set (``eval_data``), its data, and the data its training run was given."""
     extras = extras or {}
     out = [str(extras[k]) for k in ("eval_data", "data") if extras.get(k)]
-    if recorded_train_args(extras).get("data"):
-        out.append(str(recorded_train_args(extras)["data"]))
+    if trained := recorded_train_args(extras).get("data"):
+        out.append(str(trained))
     return list(dict.fromkeys(out))
 
 

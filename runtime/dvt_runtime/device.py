@@ -186,7 +186,6 @@ print(json.dumps(rss))
 """
 _PER_IMAGE: dict[tuple, Optional[float]] = {}  # bundle identity -> MiB per image, measured once per process
 _CHECKED: dict[tuple, int] = {}  # bundle identity -> the largest images per call that passed (this process's arena holds it)
-_WARNED: set[tuple] = set()  # (bundle identity, images per call) already warned about
 
 
 def _identity(bundle) -> tuple:
@@ -195,12 +194,11 @@ def _identity(bundle) -> tuple:
     return (str(Path(bundle.path).resolve()), tuple(e.sha256 for e in bundle.manifest.exits), bundle.threads, tuple(providers or ()))
 
 
-def _mb_per_image(bundle) -> Optional[float]:
+def _mb_per_image(bundle, key: tuple) -> Optional[float]:
     """Memory per image of the bundle's chain, measured in a fresh process (freed memory this process keeps would
     hide the growth): its resident memory after chains at each ``MEMORY_PROBE`` batch (a peak would hold the
     sessions' creation). None where it cannot be measured
-    (the probe failed, or showed no growth), with a note saying so."""
-    key = _identity(bundle)
+    (the probe failed, or showed no growth), with a note saying so. ``key``: the bundle's :func:`_identity`."""
     if key not in _PER_IMAGE:
         providers = key[3]
         opts = {"providers": list(providers)} if providers else {}
@@ -232,11 +230,10 @@ def check_batch_memory(bundle, batch: int, what: str = "batch", held_mb: float =
     calls = min(int(batch), bundle.batch_limit())
     if calls <= MEMORY_PROBE[-1]:
         return None
-    avail = available_memory_mb()
-    per_image = _mb_per_image(bundle) if avail is not None else None  # no probe where the verdict cannot be given
+    avail, key = available_memory_mb(), _identity(bundle)
+    per_image = _mb_per_image(bundle, key) if avail is not None else None  # no probe where the verdict cannot be given
     if per_image is None:
         return None
-    key = _identity(bundle)
     done = _CHECKED.get(key, 0)  # what earlier calls at that size already hold in this process is not needed again
     need = MEMORY_MARGIN * per_image * calls + held_mb
     est = {"images_per_call": calls, "mb_per_image": round(per_image, 3), "estimated_mb": round(need, 1), "available_mb": avail}
@@ -248,8 +245,7 @@ def check_batch_memory(bundle, batch: int, what: str = "batch", held_mb: float =
     if need - MEMORY_MARGIN * per_image * done > avail:
         fits = int(max(avail - held_mb, 0.0) / (MEMORY_MARGIN * per_image)) + done
         raise BatchMemoryError(f"{said}: use a {what} of at most {max(fits, 1)}")
-    if need > MEMORY_WARN * avail and (key, calls) not in _WARNED:  # once per bundle and batch
-        _WARNED.add((key, calls))
+    if need > MEMORY_WARN * avail:  # once per bundle and batch: a batch that passed returns above when checked again
         warnings.warn(f"{said}: other programs may be pushed out of memory", stacklevel=2)
     _CHECKED[key] = calls
     return est
