@@ -220,3 +220,18 @@ def test_output_redirect_with_a_closed_stderr_runs_the_block(tmp_path):
             "with output_to(fd) as terminal:\n    open(sys.argv[2], 'w').write(str(terminal))\n")
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "log"), str(tmp_path / "ran")], capture_output=True, timeout=120)
     assert done.returncode == 0 and (tmp_path / "ran").read_text() == "-1", done
+
+
+def test_held_toolchain_output_reaches_a_log_file_not_a_terminal(tmp_path):
+    """What ExecuTorch prints while loading is held off a terminal or a pipe, but a toolchain log (the benchmark's
+    bench-toolchains.log, a user's ``2> file``) keeps it: it once vanished from the benchmark's log."""
+    code = ("import os\nfrom dvt_runtime.backends import toolchain_output\n"
+            "with toolchain_output('executorch'):\n    os.write(1, b'probe-noise-1\\n'); os.write(2, b'probe-noise-2\\n')\n"
+            "os.write(2, b'after\\n')\n")
+    log = tmp_path / "toolchains.log"
+    with open(log, "w") as f:
+        done = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=f, timeout=120)
+    assert done.returncode == 0 and done.stdout == b""
+    assert log.read_text() == "probe-noise-1\nprobe-noise-2\nafter\n", log.read_text()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)  # a pipe, as a terminal: spared
+    assert done.returncode == 0 and done.stdout == b"" and done.stderr == b"after\n", done

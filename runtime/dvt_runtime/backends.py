@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import platform
+import stat
 import sys
 import tempfile
 import threading
@@ -57,8 +59,9 @@ def _missing(backend: str, err: Exception) -> BackendUnavailable:
 def toolchain_output(backend: str) -> Iterator[None]:
     """Hold what ExecuTorch and the libraries it loads print while importing and loading a program (torchao's
     kernels built for GPUs, torch's pytree notices, CPU probing, thread-pool resets: file descriptors 1 and 2) in a
-    temporary file, written to stderr only if the step fails. Other backends print nothing there: unchanged.
-    The descriptors are the process's: another thread's output in that window is held too."""
+    temporary file, written to stderr if the step fails, or when stderr is a file (a toolchain log such as the
+    benchmark's, or the user's ``2> file``): a terminal or a pipe sees it only on failure. Other backends print
+    nothing there: unchanged. The descriptors are the process's: another thread's output in that window is held too."""
     if backend != "executorch":
         yield
         return
@@ -72,6 +75,19 @@ def toolchain_output(backend: str) -> Iterator[None]:
             if text:
                 print(text[-4000:], file=sys.stderr)
             raise
+        if _stderr_is_file():  # a log keeps the record; a terminal is spared it
+            held.seek(0)
+            sys.stderr.flush()
+            data = held.read()
+            while data:
+                data = data[os.write(2, data):]
+
+
+def _stderr_is_file() -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(2).st_mode)
+    except OSError:  # closed
+        return False
 
 
 def import_backend(backend: str, toolchain: Optional[dict] = None) -> None:
