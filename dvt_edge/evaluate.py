@@ -49,7 +49,7 @@ def evaluate_checkpoint(
     pre = info.preprocess or default_preprocess(model.cfg.in_chans, model.cfg.img_size)
     ds = scoring_set(data, split, pre, model.cfg.num_classes, info.classes, "score").limit(limit, seed=0)
     opened = [open_bundle(b, checkpoint, ds.classes) for b in bundles]  # a bundle that cannot be scored: said before the work
-    acc, probs = evaluate_exits(model, ds, progress=progress)
+    acc, probs = evaluate_exits(model, ds, progress=progress, desc=f"evaluate {split} ({len(ds)} images)")
     flops = [e.gflops for e in model.exits]
     costs = StageCosts.from_cumulative(flops, unit="GFLOPs")
     test_out = ExitOutputs.from_probs(probs, ds.labels)
@@ -59,7 +59,7 @@ def evaluate_checkpoint(
     try:
         full = load_dataset(data, "train", preprocess=pre)
         sel = full.limit(threshold_n, seed=1)
-        _, sel_probs = evaluate_exits(model, sel, progress=progress)
+        _, sel_probs = evaluate_exits(model, sel, progress=progress, desc=f"threshold images ({len(sel)} of train)")
         sel_out = ExitOutputs.from_probs(sel_probs, sel.labels)
         trained = recorded_train_args(info.extras)
         limit = trained.get("train_limit") if trained.get("data") == data else None  # a limit of another set says nothing here

@@ -73,7 +73,8 @@ def _lr_lambda(total_steps: int, warmup_steps: int, min_ratio: float = 0.01):
 
 
 @torch.no_grad()
-def evaluate_exits(model: DVT, ds: ImageSet, batch_size: int = 500, cache=None, workers: int = 0, progress: bool = False) -> tuple[list[float], np.ndarray]:
+def evaluate_exits(model: DVT, ds: ImageSet, batch_size: int = 500, cache=None, workers: int = 0, progress: bool = False,
+                   desc: str = "evaluate") -> tuple[list[float], np.ndarray]:
     """Per-exit top-1 accuracy (%) and the softmax outputs (exits, N, classes), on the model's device."""
     model.eval()
     device = next(model.parameters()).device
@@ -81,7 +82,7 @@ def evaluate_exits(model: DVT, ds: ImageSet, batch_size: int = 500, cache=None, 
     idx = torch.arange(len(ds))
     probs = []
     it = batches(ds, cache, idx, batch_size, workers)
-    for x, _ in progress_bar(it, total=math.ceil(len(ds) / batch_size), desc="evaluate", unit="batch", enabled=progress):
+    for x, _ in progress_bar(it, total=math.ceil(len(ds) / batch_size), desc=desc, unit="batch", enabled=progress):
         probs.append(torch.stack([o.float().softmax(-1) for o in model(x.to(device))]).cpu())
     p = torch.cat(probs, dim=1).numpy()  # (exits, N, classes)
     labels = ds.labels
