@@ -424,7 +424,7 @@ def test_a_batch_that_would_not_fit_is_refused_before_it_runs(bundle, onnx_bundl
     monkeypatch.setattr(D, "_CHECKED", {})  # a fresh process: nothing held yet
     counters = [CountingSession(s) for s in bundle.sessions]
     bundle.sessions = counters
-    with pytest.raises(D.BatchMemoryError, match=r"--batch 1000: stage calls of 1000 images need about .* use a --batch of at most \d+$"):
+    with pytest.raises(D.BatchMemoryError, match=r"^batch 1000: stage calls of 1000 images need about .* use a batch of at most \d+$"):
         profile_bundle(bundle, runs=MIN_RUNS, warmup=1, batch=1000, progress=False)
     x = _images(1000, bundle.input_shape, seed=6)
     with pytest.raises(D.BatchMemoryError, match="batch 1000"):

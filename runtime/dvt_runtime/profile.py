@@ -153,7 +153,7 @@ def profile_bundle(
     batch = check_batch(batch)
     singles = _inputs(bundle, images)
     chunk = bundle.batch_limit()
-    memory = check_batch_memory(bundle, batch, "--batch", _held_mb(bundle, len(singles), batch))  # before the first call
+    memory = check_batch_memory(bundle, batch, "batch", _held_mb(bundle, len(singles), batch))  # before the first call
     xs = _batches(singles, batch)
     first = [ms / batch for ms in _time_chain(bundle, xs[0], chunk)]
     gc.collect()
