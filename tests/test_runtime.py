@@ -6,6 +6,7 @@ import dataclasses
 import json
 import shutil
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -266,6 +267,52 @@ def test_calibrate_errors_keep_previous_file(bundle_copy, val, tmp_path):
     np.savez(tmp_path / "numbered.npz", **{**z, "classes": np.array([str(i) for i in range(len(z["classes"]))])})
     assert len(load_npz(str(tmp_path / "numbered.npz"), classes=b.classes)[1]) == 30  # indices name no classes: accepted
     assert path.read_bytes() == before
+
+
+def test_device_side_data_raw_pixels_and_unnormalized_floats(bundle_copy, tmp_path, capsys):
+    """A device with only the runtime could not make calibrate's file (it took preprocessed float32 only and every
+    message pointed at dvt_edge, not installed there): uint8 pixels are preprocessed by the bundle now. Raw 0-255
+    pixels given as floats gave confident nonsense (11% accuracy at 0.81 mean confidence; calibrate wrote thresholds
+    [0, 0] from it): refused, in predict and in the file; 0-1 floats never normalized are warned about."""
+    from dvt_runtime.calibrate import CalibrationError, load_npz, main
+    from dvt_runtime.profile import main as profile_main
+
+    b = Bundle.open(bundle_copy)
+    ds = load_dataset("fashion-mnist", "val")
+    raw, y = ds.images[:40], ds.labels[:40]  # (40, 28, 28) uint8
+    np.savez(tmp_path / "raw.npz", images=raw, labels=y)
+    x, yy = load_npz(str(tmp_path / "raw.npz"), b.manifest.preprocess, b.classes)
+    np.testing.assert_array_equal(x, b.preprocess(raw[:, :, :, None]))
+    np.testing.assert_array_equal(yy, y)
+    assert main(["--bundle", str(bundle_copy), "--data", str(tmp_path / "raw.npz"), "--budget-ms", "1e6", "--runs", "8",
+                 "--device-name", "raw"]) == 0
+    assert (bundle_copy / "calibration" / "raw.json").is_file()
+    floats = raw.astype(np.float32)[:, None]  # (40, 1, 28, 28) 0-255 as float: looks preprocessed, is not
+    with pytest.raises(InputError, match=r"holds values from 0 to 255, .* gives -0.81 to 2.02: these look like raw 0-255 pixels"):
+        b.predict(floats[0])
+    np.savez(tmp_path / "f255.npz", images=floats, labels=y)
+    with pytest.raises(CalibrationError, match=r"f255\.npz holds values from 0 to 255.*store uint8 pixels"):
+        load_npz(str(tmp_path / "f255.npz"), b.manifest.preprocess, b.classes)
+    assert main(["--bundle", str(bundle_copy), "--data", str(tmp_path / "f255.npz"), "--budget-ms", "1e6", "--device-name", "f"]) == 2
+    assert not (bundle_copy / "calibration" / "f.json").exists()
+    np.savez(tmp_path / "f01.npz", images=floats / 255, labels=y)  # ToTensor-style, never normalized: in range, no dark value
+    with pytest.warns(UserWarning, match=r"f01\.npz: not one negative value in 40 images.* were they normalized"):
+        load_npz(str(tmp_path / "f01.npz"), b.manifest.preprocess, b.classes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # properly preprocessed images: no warning
+        load_npz(str(tmp_path / "raw.npz"), b.manifest.preprocess, b.classes)
+    # channels last, and labels outside the bundle's classes: the file, the shape, the label and the image are named
+    np.savez(tmp_path / "nhwc.npz", images=np.ascontiguousarray(x.transpose(0, 2, 3, 1)), labels=y)
+    with pytest.raises(CalibrationError, match=r"nhwc\.npz: images must be preprocessed float32 \(N, C, H, W\) of shape \(N, 1, 28, 28\).*got float32 \(40, 28, 28, 1\)"):
+        load_npz(str(tmp_path / "nhwc.npz"), b.manifest.preprocess, b.classes)
+    assert profile_main(["--bundle", str(bundle_copy), "--data", str(tmp_path / "nhwc.npz"), "--runs", "4", "--no-progress",
+                         "--out", str(tmp_path / "p.json")]) == 2
+    assert "got float32 (40, 28, 28, 1)" in capsys.readouterr().err
+    bad = y.copy()
+    bad[7] = 10
+    np.savez(tmp_path / "lab.npz", images=raw, labels=bad)
+    with pytest.raises(CalibrationError, match=r"lab\.npz: 1 label\(s\) outside 0\.\.9 .* e\.g\. label 10 of image 7"):
+        load_npz(str(tmp_path / "lab.npz"), b.manifest.preprocess, b.classes)
 
 
 def test_measure_interleaved_alternates_settings_block_by_block(onnx_bundle, val, monkeypatch):

@@ -7,13 +7,11 @@
 Stages run one after another; each later stage gets the previous stage's features and
 relations. A batch is regrouped at each stage: the samples still undecided are gathered
 (images, features and relations together) and the stage runs once on them, in chunks of
-at most ``max_batch`` (default ``DEFAULT_MAX_BATCH``, 32). Bundles whose artifacts take batch 1 only (``manifest.max_batch ==
-1``: ExecuTorch, Core ML, dynamic-range int8) run the same regrouping one sample per call.
-Answers are the same either way.
+at most ``max_batch`` (default ``DEFAULT_MAX_BATCH``, 32). Bundles whose artifacts take batch 1 only (``manifest.max_batch
+== 1``: ExecuTorch, Core ML, dynamic-range int8) run the same regrouping one sample per call: the same answers.
 
-One bundle may serve several threads: ONNX Runtime sessions run concurrently, ExecuTorch
-methods and Core ML models one call at a time (a lock each), and the budget controller's
-state is guarded by a lock.
+One bundle may serve several threads: ONNX Runtime sessions run concurrently, ExecuTorch methods and Core ML
+models one call at a time (a lock each), and the budget controller's state is guarded by a lock.
 """
 
 from __future__ import annotations
@@ -32,8 +30,7 @@ from typing import TYPE_CHECKING, Optional, Sequence, Union
 import numpy as np
 
 from dvt_runtime.backends import Session, check_options, check_signature, check_threads, import_backend, open_session
-from dvt_runtime.checks import InputError, NonFiniteOutput, check_thresholds, positive_ms
-from dvt_runtime.checks import check_finite as _check_finite
+from dvt_runtime.checks import InputError, NonFiniteOutput, check_finite, check_thresholds, positive_ms
 from dvt_runtime.manifest import Manifest, ManifestError  # noqa: F401  (ManifestError: raised by open)
 
 if TYPE_CHECKING:
@@ -85,6 +82,7 @@ class Bundle:
         self._warned_budgets: set[float] = set()
         self._thr_cache: dict[tuple, np.ndarray] = {}  # thresholds as given (typed) -> checked array (see _thresholds)
         self.input_shape: tuple[int, ...] = tuple(manifest.exits[0].inputs[0].shape[1:])  # (C, H, W) of one image
+        self._value_range = manifest.preprocess.value_range  # what preprocessed input can hold (raw 0-255 floats are refused)
         if device_name:
             self.use_calibration(device_name, missing_ok=True)
 
@@ -201,15 +199,17 @@ class Bundle:
         return self._check_input(a)
 
     def _check_input(self, x: np.ndarray) -> np.ndarray:
-        want = self.input_shape
+        want, given = self.input_shape, x.shape
         if x.ndim == len(want):
             x = x[None]
         if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != want:
-            raise InputError(f"input must be preprocessed float32 of shape (N, {', '.join(map(str, want))}) or a uint8 image; got {x.shape} {x.dtype}")
+            hint = " (channels last? transpose to (N, C, H, W))" if x.ndim == 4 and x.shape[-1] == want[0] and x.shape[1:3] == want[1:] else ""
+            raise InputError(f"input must be preprocessed float32 of shape (N, {', '.join(map(str, want))}) or a uint8 image; got {given} "
+                             f"{x.dtype}{hint}")
         if x.dtype != np.float32:
             raise InputError(f"input must be float32 (got {x.dtype}): convert preprocessed arrays with x.astype(np.float32); "
                              "pass uint8 images as they are (they are preprocessed inside)")
-        _check_finite(x)
+        check_finite(x, self._value_range)
         return np.ascontiguousarray(x)
 
     def _as_array(self, x) -> np.ndarray:
@@ -339,7 +339,7 @@ class Bundle:
         """
         if (type(x) is np.ndarray and x.dtype == np.float32 and x.shape == self.input_shape and budget_ms is None
                 and deadline_ms is None and max_batch is None):  # one preprocessed image: the camera path, kept lean
-            _check_finite(x)
+            check_finite(x, self._value_range)
             return self._cascade_one(np.ascontiguousarray(x)[None], self._thresholds(thresholds))
         xb, single = self._batch(x)
         if len(xb) == 0:

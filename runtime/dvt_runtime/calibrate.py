@@ -25,19 +25,19 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
 from dvt_runtime.backends import BackendUnavailable
 from dvt_runtime.bundle import Bundle, softmax
 from dvt_runtime.calibration import SCHEMA, BudgetRow, Calibration, CalibrationError, Chosen, bundle_identity, validate_calibration  # noqa: F401  (re-exported)
-from dvt_runtime.checks import numbered, positive_ms
+from dvt_runtime.checks import positive_ms
 from dvt_runtime.device import check_batch_memory
-from dvt_runtime.io import atomic_write_json, check_labels, read_npz
+from dvt_runtime.io import atomic_write_json
 from dvt_runtime.io import progress as _bar
 from dvt_runtime.latency import check_batch
-from dvt_runtime.preprocess import Preprocess
+from dvt_runtime.npzsets import check_npz_preprocess, load_npz  # noqa: F401  (re-exported)
 from dvt_runtime.search import (
     ALGORITHMS,
     ExitOutputs,
@@ -52,49 +52,6 @@ from dvt_runtime.stats import sample_stats
 
 if TYPE_CHECKING:
     from dvt_runtime.profile import LatencyProfile
-
-
-def check_npz_preprocess(z: dict, preprocess: Preprocess, path: Path, error: Callable[[str], Exception]) -> None:
-    """Images preprocessed otherwise than the bundle's manifest says (another mean/std, resize or size) are refused:
-    the accuracies measured on them are not the bundle's (only files that record their preprocessing are checked)."""
-    if "preprocess" not in z:
-        return
-    try:
-        stored = Preprocess.from_dict(json.loads(str(z["preprocess"])))
-    except ValueError as e:
-        raise error(f"{path}: its 'preprocess' entry is unreadable ({e})") from None
-    if stored != preprocess:
-        want = preprocess.to_dict()
-        diff = {k: (v, want[k]) for k, v in stored.to_dict().items() if v != want[k]}
-        raise error(f"{path} was preprocessed otherwise than this bundle expects ({', '.join(f'{k}: {a} vs {b}' for k, (a, b) in diff.items())}): "
-                    "write it with the checkpoint's own preprocessing: python -m dvt_edge.data export --checkpoint CKPT --data ... --out val.npz")
-
-
-def load_npz(path: str, preprocess: Optional[Preprocess] = None, classes: Optional[Sequence[str]] = None) -> tuple[np.ndarray, np.ndarray]:
-    """A preprocessed validation set (``python -m dvt_edge.data export``): float32 images (N,C,H,W), labels (N,);
-    with ``preprocess`` (the bundle's), a file that records another preprocessing is refused; with ``classes``
-    (the bundle's), a file that names other classes (another data set's labels) is refused."""
-    p = Path(path)
-    hint = "calibration measures accuracy on labelled images: write one with python -m dvt_edge.data export --split val --out val.npz"
-    z = read_npz(p, ("images", "labels"), CalibrationError, hint)
-    if preprocess is not None:
-        check_npz_preprocess(z, preprocess, p, CalibrationError)
-    theirs = [str(c) for c in z["classes"].reshape(-1)] if "classes" in z else None
-    ours = None if classes is None else [str(c) for c in classes]
-    if theirs is not None and ours is not None and not numbered(theirs) and not numbered(ours) and theirs != ours:
-        raise CalibrationError(f"{p} is labelled with classes {theirs[:5]}{'...' if len(theirs) > 5 else ''}, this bundle answers "
-                               f"{ours[:5]}{'...' if len(ours) > 5 else ''}: accuracy on it means nothing; export the bundle's "
-                               "own data set: python -m dvt_edge.data export --checkpoint CKPT --data SPEC --split val --out val.npz")
-    x, y = z["images"], check_labels(z["labels"], str(p), CalibrationError)
-    if len(x) != len(y):
-        raise CalibrationError(f"{p}: {len(x)} images but {len(y)} labels")
-    if x.dtype != np.float32 or x.ndim != 4:
-        raise CalibrationError(f"{p}: images must be preprocessed float32 (N, C, H, W); got {x.dtype} {x.shape}")
-    bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
-    if bad.size:
-        raise CalibrationError(f"{p}: {bad.size} image(s) hold NaN or infinite values (first: image {int(bad[0])}): "
-                               "re-export the file, or drop those images")
-    return x, y
 
 
 def exit_probs(bundle: Bundle, x: np.ndarray, progress: bool = False, chunk: int = 16) -> np.ndarray:
@@ -442,7 +399,8 @@ def format_result(r: Calibration) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dvt_runtime.calibrate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", required=True, help="bundle directory (manifest.json + one artifact per exit)")
-    ap.add_argument("--data", required=True, help="preprocessed validation .npz (python -m dvt_edge.data export)")
+    ap.add_argument("--data", required=True, help="labelled .npz: 'images' uint8 (N, H, W[, C], BGR) or preprocessed float32 "
+                    "(N, C, H, W; python -m dvt_edge.data export), 'labels' (N,) class indices")
     ap.add_argument("--budget-ms", type=float, required=True,
                     help="latency budget in ms per image (--metric says which statistic: the mean or a percentile)")
     ap.add_argument("--metric", default="mean", help="mean or a percentile such as p90")

@@ -46,10 +46,30 @@ def check_thresholds(t, num_exits: int, where: str = "thresholds") -> list[Optio
     return out
 
 
-def check_finite(x: np.ndarray) -> None:
-    """float32 input: one float64 sum is finite iff every value is (float32 values cannot overflow it)."""
-    if not math.isfinite(x.sum(dtype=np.float64)):
-        raise InputError("input contains NaN or infinite values")
+#: how far outside the preprocessing's value range a float input may reach: N(0, 1) inputs, which timing scripts
+#: use, stay within 8 (a value beyond 8 standard deviations: about 1 in 1e15); raw 0-255 pixels do not
+VALUE_MARGIN = 8.0
+_FIX = "pass uint8 images (H, W, C) as they are (the bundle preprocesses them), or the output of bundle.preprocess"
+
+
+def check_finite(x: np.ndarray, value_range: Optional[tuple[float, float]] = None, where: str = "input", fix: str = _FIX) -> None:
+    """float32 input: finite (NaN and infinity carry through min and max), and with ``value_range`` (the
+    preprocessing's, :attr:`Preprocess.value_range`) not far outside what the preprocessing produces: raw pixels
+    given as floats (0-255) would otherwise get confident nonsense. The margin (half the range on each side, at
+    least ``VALUE_MARGIN``) leaves room for resampling overshoot, augmentation and standard-normal timing inputs."""
+    if not x.size:  # nothing to check (an empty batch is the caller's to refuse)
+        return
+    lo_v, hi_v = float(x.min()), float(x.max())
+    if not (math.isfinite(lo_v) and math.isfinite(hi_v)):
+        raise InputError(f"{where} contains NaN or infinite values")
+    if value_range is None:
+        return
+    lo, hi = value_range
+    margin = max(0.5 * (hi - lo), VALUE_MARGIN)
+    if lo_v < lo - margin or hi_v > hi + margin:
+        raw = "these look like raw 0-255 pixels: " if hi_v > 20 and lo_v >= -1e-6 else ""
+        raise InputError(f"{where} holds values from {lo_v:.4g} to {hi_v:.4g}, but this bundle's preprocessing (pixels / 255, minus "
+                         f"mean, over std) gives {lo:.3g} to {hi:.3g}: {raw}{fix}")
 
 
 def numbered(names) -> bool:

@@ -72,6 +72,12 @@ class Preprocess:
     def input_shape(self) -> tuple[int, int, int]:
         return (self.num_channels, self.size, self.size)
 
+    @property
+    def value_range(self) -> tuple[float, float]:
+        """The lowest and highest value this preprocessing can produce (pixels 0 and 255, over every channel)."""
+        ends = [((0.0 - m) / s, (1.0 - m) / s) for m, s in zip(self.mean, self.std)]
+        return min(a for a, _ in ends), max(b for _, b in ends)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)

@@ -43,6 +43,7 @@ from dvt_runtime.io import atomic_write_json, check_out_path
 from dvt_runtime.io import progress as _bar
 from dvt_runtime.latency import SCHEMA, SCHEMA_VERSION, LatencyProfile, check_batch, read_json
 from dvt_runtime.manifest import Manifest
+from dvt_runtime.npzsets import load_images
 from dvt_runtime.stats import DRIFT_THRESHOLD, MIN_RUNS, ProfileError, sample_stats
 
 BLOCK = 20  # timed runs per block of one depth (chain or stream); blocks rotate between depths
@@ -287,26 +288,6 @@ def _import_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _load_npz(path: str, bundle) -> tuple[np.ndarray, Optional[list[np.ndarray]]]:
-    from dvt_runtime.calibrate import check_npz_preprocess
-    from dvt_runtime.io import read_npz
-
-    p = Path(path)
-    hint = "'images' must be float32 (N, C, H, W) preprocessed or uint8 (N, H, W[, C])"
-    z = read_npz(p, ("images",), lambda m: ValueError(f"--data {m}"), hint)
-    if z["images"].dtype == np.float32:  # raw uint8 images are preprocessed here, by the bundle's own rules
-        check_npz_preprocess(z, bundle.manifest.preprocess, p, lambda m: ValueError(f"--data {m}"))
-    images = z["images"]
-    if len(images) == 0:
-        raise ValueError(f"--data {p}: 'images' is empty")
-    if images.dtype == np.uint8:
-        raw = list(images)
-        return np.concatenate([bundle.preprocess(im) for im in raw]), raw
-    if images.dtype != np.float32 or images.ndim != 4:
-        raise ValueError(f"--data {p}: 'images' must be float32 (N, C, H, W) or uint8 (N, H, W[, C]); got {images.dtype} {images.shape}")
-    return images, None
-
-
 def _measure(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     if args.runs < MIN_RUNS:
         ap.error(f"--runs must be at least {MIN_RUNS} (the drift check compares quarters), got {args.runs}")
@@ -325,7 +306,7 @@ def _measure(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     bundle = Bundle.open(args.bundle, threads=args.threads, **({"etdump": True} if args.etdump_dir else {}))
     if args.etdump_dir and args.batch > 1:  # one ETDump event per call: per-call times, not per image
         ap.error("--etdump-dir records one event per call: profile at --batch 1")
-    images, raw = _load_npz(args.data, bundle) if args.data else (None, None)
+    images, raw = load_images(args.data, bundle) if args.data else (None, None)
     est = check_batch_memory(bundle, args.batch, "--batch", _held_mb(bundle, 1 if images is None else len(images), args.batch))
     if est:  # measured once: profile_bundle's own check reuses it
         print(f"note: --batch {args.batch} needs about {est['estimated_mb']:.0f} MiB here ({est['available_mb']:.0f} MiB available)",

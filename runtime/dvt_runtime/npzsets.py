@@ -1,0 +1,116 @@
+"""Image sets in .npz files, as the device-side commands read them (numpy only).
+
+``calibrate --data`` reads labelled images (:func:`load_npz`), ``profile --data`` unlabelled ones
+(:func:`load_images`). ``images`` are either uint8 pixels, (N, H, W[, C]) BGR as OpenCV reads them,
+preprocessed here by the bundle's own rules, or float32 (N, C, H, W) already preprocessed
+(``python -m dvt_edge.data export`` writes those, with the preprocessing it used).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from dvt_runtime.calibration import CalibrationError
+from dvt_runtime.checks import InputError, check_finite, numbered
+from dvt_runtime.io import check_labels, read_npz
+from dvt_runtime.preprocess import Preprocess
+
+__all__ = ["check_npz_preprocess", "load_npz", "load_images"]
+
+
+def check_npz_preprocess(z: dict, preprocess: Preprocess, path: Path, error: Callable[[str], Exception]) -> None:
+    """Images preprocessed otherwise than the bundle's manifest says (another mean/std, resize or size) are refused:
+    the accuracies measured on them are not the bundle's (only files that record their preprocessing are checked)."""
+    if "preprocess" not in z:
+        return
+    try:
+        stored = Preprocess.from_dict(json.loads(str(z["preprocess"])))
+    except ValueError as e:
+        raise error(f"{path}: its 'preprocess' entry is unreadable ({e})") from None
+    if stored != preprocess:
+        want = preprocess.to_dict()
+        diff = {k: (v, want[k]) for k, v in stored.to_dict().items() if v != want[k]}
+        raise error(f"{path} was preprocessed otherwise than this bundle expects ({', '.join(f'{k}: {a} vs {b}' for k, (a, b) in diff.items())}): "
+                    "write it with the checkpoint's own preprocessing: python -m dvt_edge.data export --checkpoint CKPT --data ... --out val.npz")
+
+
+def load_npz(path: str, preprocess: Optional[Preprocess] = None, classes: Optional[Sequence[str]] = None) -> tuple[np.ndarray, np.ndarray]:
+    """A labelled validation set -> float32 images (N, C, H, W), labels (N,). ``images``: preprocessed float32
+    (``python -m dvt_edge.data export``), or, with ``preprocess`` (the bundle's), uint8 pixels (N, H, W[, C], BGR as
+    OpenCV reads them) preprocessed here. With ``preprocess``, a file that records another preprocessing, images of
+    another shape and floats outside its value range (raw 0-255 pixels) are refused; with ``classes`` (the bundle's), a
+    file that names other classes (another data set's labels) and labels outside them are refused."""
+    p = Path(path)
+    hint = ("calibration measures accuracy on labelled images: 'images' uint8 (N, H, W[, C], BGR) and 'labels' (N,) class "
+            "indices, e.g. np.savez('val.npz', images=..., labels=...), or on the host: python -m dvt_edge.data export --split val --out val.npz")
+    z = read_npz(p, ("images", "labels"), CalibrationError, hint)
+    if preprocess is not None:
+        check_npz_preprocess(z, preprocess, p, CalibrationError)
+    theirs = [str(c) for c in z["classes"].reshape(-1)] if "classes" in z else None
+    ours = None if classes is None else [str(c) for c in classes]
+    if theirs is not None and ours is not None and not numbered(theirs) and not numbered(ours) and theirs != ours:
+        raise CalibrationError(f"{p} is labelled with classes {theirs[:5]}{'...' if len(theirs) > 5 else ''}, this bundle answers "
+                               f"{ours[:5]}{'...' if len(ours) > 5 else ''}: accuracy on it means nothing; export the bundle's "
+                               "own data set: python -m dvt_edge.data export --checkpoint CKPT --data SPEC --split val --out val.npz")
+    x, y = z["images"], check_labels(z["labels"], str(p), CalibrationError)
+    if len(x) != len(y):
+        raise CalibrationError(f"{p}: {len(x)} images but {len(y)} labels")
+    if classes is not None and len(out := np.flatnonzero((y < 0) | (y >= len(classes)))):
+        raise CalibrationError(f"{p}: {len(out)} label(s) outside 0..{len(classes) - 1} (this bundle's {len(classes)} classes), "
+                               f"e.g. label {int(y[out[0]])} of image {int(out[0])}: labels are class indices in the bundle's order")
+    if x.dtype == np.uint8 and preprocess is not None and x.ndim in (3, 4):  # raw pixels: the bundle's own preprocessing
+        try:
+            return preprocess.apply_batch(x), y
+        except ValueError as e:  # InputError: a shape that is no image
+            raise CalibrationError(f"{p}: {e}") from None
+    want = "" if preprocess is None else f" of shape (N, {', '.join(map(str, preprocess.input_shape))})"
+    if x.dtype != np.float32 or x.ndim != 4 or (preprocess is not None and x.shape[1:] != preprocess.input_shape):
+        raise CalibrationError(f"{p}: images must be preprocessed float32 (N, C, H, W){want} or uint8 pixels (N, H, W[, C]); got "
+                               f"{x.dtype} {x.shape}")
+    bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+    if bad.size:
+        raise CalibrationError(f"{p}: {bad.size} image(s) hold NaN or infinite values (first: image {int(bad[0])}): "
+                               "re-export the file, or drop those images")
+    if preprocess is not None:
+        _check_values(x, preprocess, p)
+    return x, y
+
+
+def _check_values(x: np.ndarray, preprocess: Preprocess, p: Path) -> None:
+    """Floats the bundle's preprocessing cannot produce (raw 0-255 pixels) are refused; a set without one negative
+    value (0-1 pixels never normalized?) is warned about."""
+    try:
+        check_finite(x, preprocess.value_range, str(p), "store uint8 pixels (N, H, W, C) instead: the bundle preprocesses them")
+    except InputError as e:
+        raise CalibrationError(str(e)) from None
+    lo = preprocess.value_range[0]
+    if len(x) >= 16 and lo <= -0.5 and float(x.min()) >= 0:  # normalized, a pixel darker than the mean is negative
+        warnings.warn(f"{p}: not one negative value in {len(x)} images, though this bundle's preprocessing maps pixels darker "
+                      f"than its mean below 0 (down to {lo:.3g}): were they normalized with its mean {list(preprocess.mean)} and "
+                      f"std {list(preprocess.std)}? Store uint8 pixels and the bundle preprocesses them.", stacklevel=3)
+
+
+def load_images(path: str, bundle) -> tuple[np.ndarray, Optional[list[np.ndarray]]]:
+    """``profile --data``: preprocessed float32 images (N, C, H, W) and, for uint8 files, the raw images (to time the
+    preprocessing on); a ValueError naming the file and the fix otherwise."""
+    p = Path(path)
+    hint = "'images' must be float32 (N, C, H, W) preprocessed or uint8 (N, H, W[, C])"
+    z = read_npz(p, ("images",), lambda m: ValueError(f"--data {m}"), hint)
+    if z["images"].dtype == np.float32:  # raw uint8 images are preprocessed here, by the bundle's own rules
+        check_npz_preprocess(z, bundle.manifest.preprocess, p, lambda m: ValueError(f"--data {m}"))
+    images = z["images"]
+    if len(images) == 0:
+        raise ValueError(f"--data {p}: 'images' is empty")
+    if images.dtype == np.uint8:
+        raw = list(images)
+        return np.concatenate([bundle.preprocess(im) for im in raw]), raw
+    want = bundle.input_shape
+    if images.dtype != np.float32 or images.ndim != 4 or images.shape[1:] != want:
+        raise ValueError(f"--data {p}: 'images' must be float32 (N, {', '.join(map(str, want))}) or uint8 (N, H, W[, C]); got "
+                         f"{images.dtype} {images.shape}")
+    return images, None
