@@ -282,4 +282,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dvt_runtime.io import run_cli
+
+    sys.exit(run_cli(main))

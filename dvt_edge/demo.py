@@ -213,4 +213,6 @@ def _print_summary(result: dict, best: Optional[dict], out: Path) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dvt_runtime.io import run_cli
+
+    sys.exit(run_cli(main))

@@ -34,7 +34,7 @@ from dvt_edge.checkpoint import CheckpointError, _state_dict_of, read_checkpoint
 from dvt_edge.data import DATASETS, DataError, ImageSet, default_preprocess, default_train_data, load_dataset
 from dvt_edge.models import DVT, create_model, list_models, model_defaults, model_from_args
 from dvt_edge.transfer import transfer_weights
-from dvt_runtime.io import atomic_write_json, save_png, silenced_progress
+from dvt_runtime.io import atomic_write_json, run_cli, save_png, silenced_progress
 from dvt_runtime.io import progress as progress_bar
 from dvt_runtime.preprocess import Preprocess
 
@@ -497,4 +497,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -805,3 +805,48 @@ def test_runtime_writes_etdump_per_exit(executorch_devtools, micro_ckpt, onnx_bu
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert bundle.predict(ro).exit >= 0
+
+
+def test_device_side_messages_name_the_real_problem(bundle_dir, tmp_path, capsys):
+    """What a user walking the device side met: a folder given for a file was 'not found' (or failed a SHA-256 check
+    with an empty folder's hash), a CSV without its stage3_ms column 'was measured on another model', one timed run
+    imported silently, device names '' / '.' / 'x.json' became the host's name, '..json' and 'x.json.json', a
+    calibration from 6 images said nothing, and a p99.9 budget's measured check was 'not recorded'."""
+    import shutil
+
+    from dvt_runtime.calibrate import CalibrationError, calibrate
+    from dvt_runtime.calibrate import main as cal_main
+    from dvt_runtime.manifest import ManifestError
+
+    (tmp_path / "adir.npz").mkdir()
+    assert cal_main(["--bundle", str(bundle_dir), "--data", str(tmp_path / "adir.npz"), "--budget-ms", "1"]) == 2
+    assert "adir.npz is a folder, not a .npz file" in capsys.readouterr().err
+    assert main(["import", "--csv", str(tmp_path), "--out", str(tmp_path / "p.json")]) == 2
+    assert "is a folder, not a CSV file" in capsys.readouterr().err
+    with pytest.raises(ManifestError, match=r"manifest\.json is a file, not a bundle .*: pass its folder"):
+        Bundle.open(bundle_dir / "manifest.json")
+    b2 = tmp_path / "b2"
+    shutil.copytree(bundle_dir, b2)
+    (b2 / "exit2.onnx").unlink()
+    (b2 / "exit2.onnx").mkdir()
+    with pytest.raises(ManifestError, match=r"exit 2: artifact exit2\.onnx in .* is a folder, not the file that was exported"):
+        Bundle.open(b2)
+    two = write(tmp_path / "two.csv", "stage1_ms,stage2_ms\n" + "0.5,1.0\n" * 30)
+    assert main(["import", "--csv", str(two), "--bundle", str(bundle_dir), "--out", str(tmp_path / "p.json")]) == 2
+    assert "two.csv has latencies of 2 stage(s), but bundle" in (err := capsys.readouterr().err) and "a stage is missing" in err
+    assert "stage1_ms..stage3_ms" in err
+    one = write(tmp_path / "one.csv", "stage1_ms,stage2_ms,stage3_ms\n0.5,1.0,2.0\n")
+    assert main(["import", "--csv", str(one), "--bundle", str(bundle_dir), "--out", str(tmp_path / "p.json"), "--device-name", "ph"]) == 0
+    assert "note: 1 timed run(s) for a stage: its percentiles (p90, p99) are rough below 20" in capsys.readouterr().err
+    bundle_copy = Path(shutil.copytree(bundle_dir, tmp_path / "b3"))
+    b = Bundle.open(bundle_copy)
+    x = np.random.default_rng(0).standard_normal((12, *b.input_shape)).astype(np.float32)
+    y = np.arange(12) % 10
+    for name, msg in (("", "names no device"), (".", "names no device"), ("x.json", r"name the device, not the file .* 'x'")):
+        with pytest.raises(CalibrationError, match=msg):
+            calibrate(b, x, y, 1e6, device_name=name, progress=False)
+    assert not (bundle_copy / "calibration").exists()
+    r = calibrate(b, x, y, 1e6, metric="p99.9", device_name="few", runs=8, warmup=1, progress=False)
+    assert "only 6 images to search thresholds on and 6 to check them on" in r.note
+    assert "the p99.9 of 6 holdout images is about their slowest: it needs 10000 or more" in r.note
+    assert r.chosen.measured["p99.9_ms"] > 0 and np.isfinite(r.chosen.measured["p99.9_ms"])

@@ -235,3 +235,14 @@ def test_held_toolchain_output_reaches_a_log_file_not_a_terminal(tmp_path):
     assert log.read_text() == "probe-noise-1\nprobe-noise-2\nafter\n", log.read_text()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)  # a pipe, as a terminal: spared
     assert done.returncode == 0 and done.stdout == b"" and done.stderr == b"after\n", done
+
+
+def test_commands_print_warnings_as_plain_messages():
+    """A command's warnings reached its user as Python's record (`.../calibrate.py:476: UserWarning: ...` and the
+    source line that raised it): a command prints the message; library callers keep Python's format."""
+    code = ("import sys, warnings\nfrom dvt_runtime.io import run_cli\n"
+            "warnings.warn('as a library')\nsys.exit(run_cli(lambda: warnings.warn('the profile does not name the bundle') or 3))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done
+    assert done.stderr.endswith("\nwarning: the profile does not name the bundle\n") and "UserWarning: as a library" in done.stderr, done.stderr
+    assert done.stderr.count("UserWarning") == 1, done.stderr

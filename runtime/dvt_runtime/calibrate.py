@@ -74,28 +74,33 @@ def _timed_calls(bundle: Bundle, x: np.ndarray, y: np.ndarray, thresholds, batch
     return ms, exits, correct, time.perf_counter() - t_all
 
 
-def _summary(num_exits: int, ms: list, exits: list, correct: list, wall: float, batch: int) -> dict:
+def _summary(num_exits: int, ms: list, exits: list, correct: list, wall: float, batch: int, metric: str = "mean") -> dict:
     st = sample_stats(ms, keep_samples=False)
-    return {
+    out = {
         "accuracy": float(np.mean(correct) * 100), "mean_ms": st["mean"], "p50_ms": st["p50"],
         "p90_ms": st["p90"], "p99_ms": st["p99"], "n": len(exits),
         "exit_fractions": (np.bincount(exits, minlength=num_exits) / len(exits)).tolist(),
         "batch": int(batch), "images_per_s": float(len(exits) / wall),
     }
+    if metric != "mean" and f"{metric}_ms" not in out:  # the budget's own percentile (p95, p99.9, ...)
+        out[f"{metric}_ms"] = float(np.percentile(ms, float(metric[1:])))
+    return out
 
 
-def measure_cascade(bundle: Bundle, x: np.ndarray, y: np.ndarray, thresholds, warmup: int = 20, batch: int = 1) -> dict:
+def measure_cascade(bundle: Bundle, x: np.ndarray, y: np.ndarray, thresholds, warmup: int = 20, batch: int = 1,
+                    metric: str = "mean") -> dict:
     """Run the real cascade on ``batch`` images per predict call; wall-clock latency.
 
     ``mean_ms`` etc. are per call at batch 1 and per image (call / batch) above it, so that
     a throughput budget (ms per image at batch N) compares with them; ``images_per_s``
-    is the throughput.
+    is the throughput. A percentile ``metric`` (a budget's) is recorded too, as ``<metric>_ms``.
     """
     batch = check_batch(batch)
+    check_metric(metric)
     check_batch_memory(bundle, batch)  # refuses, before the first call, a batch that would not fit
     for s in range(0, min(warmup, -(-len(x) // batch)) * batch, batch):
         bundle.predict(x[s : s + batch], thresholds=thresholds, max_batch=batch)
-    return _summary(bundle.num_exits, *_timed_calls(bundle, x, y, thresholds, batch), batch)
+    return _summary(bundle.num_exits, *_timed_calls(bundle, x, y, thresholds, batch), batch, metric)
 
 
 def measure_interleaved(bundle: Bundle, x: np.ndarray, y: np.ndarray, configs: Sequence, blocks: int = 10,
@@ -249,9 +254,11 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
     if verify and f.measured_here:
-        result.chosen.measured = measure_cascade(bundle, x[f.hold_idx], y[f.hold_idx], thr, warmup=warmup, batch=batch)
+        result.chosen.measured = measure_cascade(bundle, x[f.hold_idx], y[f.hold_idx], thr, warmup=warmup, batch=batch, metric=metric)
     elif verify:
         result.note = (result.note + "; " if result.note else "") + f"latency from the given profile ({device_name}): verify on that device"
+    if few := _few_images(len(f.cal_idx), len(f.hold_idx), metric):
+        result.note = (result.note + "; " if result.note else "") + few
     d = result.to_dict()
     validate_calibration(d, bundle.manifest)  # before writing: never a file that would stop this bundle opening
     try:  # strict JSON: a NaN anywhere (e.g. a measured figure) would make a file other tools cannot read
@@ -265,10 +272,32 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
     return result
 
 
+FEW_IMAGES = 200  # below this many images to search on or to check on, a calibration says its accuracies are rough
+
+
+def _few_images(n_cal: int, n_hold: int, metric: str) -> str:
+    """A note when the split is too small to trust: accuracies of a few hundred images move by points, and a
+    percentile of fewer than 10 / (1 - q) images is little more than their slowest one."""
+    notes = []
+    if min(n_cal, n_hold) < FEW_IMAGES:
+        notes.append(f"only {n_cal} images to search thresholds on and {n_hold} to check them on: accuracies of so few "
+                     f"move by points from one sample to the next; calibrate on {2 * FEW_IMAGES} or more (--data)")
+    need = int(np.ceil(10 / (1 - float(metric[1:]) / 100) - 1e-6)) if metric not in ("mean", "p100") else 0
+    if n_hold < need:
+        notes.append(f"the {metric} of {n_hold} holdout images is about their slowest: it needs {need} or more to be measured")
+    return "; ".join(notes)
+
+
 def _device_for(profile, device_name: Optional[str]) -> str:
     """The device a calibration is named after: this host (or ``device_name``) when it measures; with a
     given profile, the device that profile was measured on (this host's own file is never replaced by
     another device's thresholds)."""
+    if device_name is not None and (not device_name.strip() or not device_name.strip(".")):  # "", " ", ".": no file name
+        raise CalibrationError(f"device name {device_name!r} names no device: pass one such as 'pixel8', or drop --device-name "
+                               f"for this host ({socket.gethostname()!r})")
+    if device_name is not None and device_name.lower().endswith(".json"):
+        raise CalibrationError(f"device name {device_name!r}: name the device, not the file (calibration/<device>.json is "
+                               f"written for it): --device-name {device_name[:-5]!r}")
     if profile is None:
         return device_name or socket.gethostname()
     theirs = profile.device.get("device_name") if isinstance(profile.device, dict) else None
@@ -442,4 +471,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dvt_runtime.io import run_cli
+
+    sys.exit(run_cli(main))

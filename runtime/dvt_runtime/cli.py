@@ -33,7 +33,10 @@ def dispatch(commands: dict[str, tuple[str, str]], usage_text: str, argv: Option
         return 2
     module = importlib.import_module(commands[name][0])
     sys.argv = [f"{prog} {name}", *rest]
-    return int(module.main(rest) or 0)
+    from dvt_runtime.io import plain_warnings
+
+    with plain_warnings():
+        return int(module.main(rest) or 0)
 
 
 def usage(prog: str, commands: dict[str, tuple[str, str]], footer: str = "") -> str:

@@ -100,6 +100,8 @@ def import_csv(path: PathLike, device_name: Optional[str] = None) -> LatencyProf
     1-based, per-stage times, in measurement order).
     """
     p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"{p} is a folder, not a CSV file of latencies: name the file")
     if not p.is_file():
         raise FileNotFoundError(f"CSV file {p} not found")
     if p.stat().st_size > MAX_INPUT_BYTES:
@@ -337,6 +339,8 @@ def _etdump_files(etdump_path, etrecord_path) -> tuple[list[Path], list[Optional
         if len(records) != len(paths):
             raise ValueError(f"got {len(paths)} ETDump files but {len(records)} ETRecords; pass one per exit")
     for pth in [*paths, *(Path(r) for r in records if r is not None)]:
+        if pth.is_dir():
+            raise IsADirectoryError(f"{pth} is a folder, not an ETDump/ETRecord file: name the file")
         if not pth.is_file():
             raise FileNotFoundError(f"{pth} not found")
     return paths, records

@@ -9,10 +9,11 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
 
-__all__ = ["atomic_write", "atomic_write_json", "sha256_file", "current_umask", "read_npz", "check_labels", "progress", "progress_silenced", "silenced_progress", "save_png", "output_to"]
+__all__ = ["atomic_write", "atomic_write_json", "sha256_file", "current_umask", "read_npz", "check_labels", "progress", "progress_silenced", "silenced_progress", "save_png", "output_to", "plain_warnings", "run_cli"]
 
 
 def atomic_write(path: Union[str, Path], data: bytes) -> Path:
@@ -84,6 +85,8 @@ def read_npz(path: Union[str, Path], need: Sequence[str], error: Callable[[str],
     import numpy as np
 
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise error(f"{p} is a folder, not a .npz file ({hint})")
     if not p.is_file():
         raise error(f"{p} not found ({hint})")
     import zipfile
@@ -187,3 +190,25 @@ def output_to(fd: int) -> Iterator[int]:
         os.dup2(saved[1], 2)
         for f in saved:
             os.close(f)
+
+
+def _plain(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
+@contextlib.contextmanager
+def plain_warnings() -> Iterator[None]:
+    """Within the block, warnings print as ``warning: message``: a command's user needs the message, not the source file,
+    line and code that raised it (library callers keep Python's format)."""
+    old = warnings.formatwarning
+    warnings.formatwarning = _plain
+    try:
+        yield
+    finally:
+        warnings.formatwarning = old
+
+
+def run_cli(main: Callable[[], Optional[int]]) -> int:
+    """A command's ``main()`` with :func:`plain_warnings`; its exit code."""
+    with plain_warnings():
+        return int(main() or 0)

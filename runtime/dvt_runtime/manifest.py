@@ -22,6 +22,7 @@ __all__ = ["SCHEMA_VERSION", "TensorSpec", "ExitSpec", "ExitParity", "ParityRepo
 
 SCHEMA_VERSION = 2  # 2: ``content_sha256`` (the manifest's own digest); version-1 manifests still load
 MANIFEST_NAME = "manifest.json"
+FOLDER_ARTIFACTS = (".mlpackage", ".mlmodelc")  # artifacts that are folders (Core ML); the rest are files
 
 
 class ManifestError(ValueError):
@@ -234,6 +235,11 @@ class Manifest:
         """Read ``bundle_dir/manifest.json``; with ``verify`` check paths and SHA-256 of every artifact."""
         bundle_dir = Path(bundle_dir)
         path = bundle_dir / MANIFEST_NAME
+        if bundle_dir.is_file():
+            parent = f": pass its folder, {bundle_dir.parent}" if bundle_dir.name == MANIFEST_NAME else ""
+            raise ManifestError(f"{bundle_dir} is a file, not a bundle (a folder holding {MANIFEST_NAME} and the artifacts){parent}")
+        if path.is_dir():
+            raise ManifestError(f"{path} is a folder, not the bundle's manifest file; re-export the bundle")
         if not path.is_file():
             raise ManifestError(f"{bundle_dir} is not a bundle: {MANIFEST_NAME} not found (export one with python -m dvt_edge.export)")
         try:
@@ -265,6 +271,9 @@ class Manifest:
             p = self.artifact_path(bundle_dir, i)
             if not p.exists():
                 raise ManifestError(f"exit {i + 1}: artifact {e.artifact} is missing from {bundle_dir}")
+            if p.is_dir() != (p.suffix in FOLDER_ARTIFACTS):  # a .mlpackage is a folder; .onnx, .ort and .pte are files
+                raise ManifestError(f"exit {i + 1}: artifact {e.artifact} in {bundle_dir} is a {'folder' if p.is_dir() else 'file'}, "
+                                    f"not the {'file' if p.is_dir() else 'folder'} that was exported; re-export the bundle")
             digest = _digest(p)
             if digest != e.sha256:
                 raise ManifestError(

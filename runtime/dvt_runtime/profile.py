@@ -347,12 +347,18 @@ def _import(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
                   file=sys.stderr)
     if manifest is not None:
         if len(prof.stages) != manifest.num_exits:
-            raise ProfileError(f"the latencies have {len(prof.stages)} stages, bundle {args.bundle} {manifest.num_exits} exits: "
-                               "they were measured on another model")
+            src = f"{args.csv or args.json} has" if (args.csv or args.json) else f"the {len(args.etdump)} ETDump file(s) have"
+            want = (f" (a CSV needs columns stage1_ms..stage{manifest.num_exits}_ms, or exit,ms rows for exits 1..{manifest.num_exits})"
+                    if args.csv else "")
+            raise ProfileError(f"{src} latencies of {len(prof.stages)} stage(s), but bundle {args.bundle} has {manifest.num_exits} "
+                               f"exits: a stage is missing{want}, or they were measured on another model")
         prof.bundle = bundle_facts(manifest, args.bundle)
     else:
         print("note: no --bundle: the profile does not say which model it timed, so calibrate cannot refuse it for another "
               "one; pass --bundle B (the bundle the device ran)", file=sys.stderr)
+    if (n := min(int(st["n"]) for st in prof.stages)) < FEW_RUNS:  # a p90 of a handful is their slowest, a p99 a guess
+        print(f"note: {n} timed run(s) for a stage: its percentiles (p90, p99) are rough below {FEW_RUNS}; time 100 or more "
+              "per stage for a calibration to trust", file=sys.stderr)
     slow = [i + 1 for i, st in enumerate(prof.stages) if st["median"] > 1000.0]
     if slow:  # a stage of a second or more: microseconds under a millisecond header, most likely
         print(f"note: stage(s) {slow} take over 1000 ms (median): the values are read as milliseconds; if they are "
@@ -361,6 +367,7 @@ def _import(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
 
 
 ETDUMP_RUNS, ETDUMP_RUNS_SCHEMA = "etdump_runs.json", "dvt-etdump-runs/1"
+FEW_RUNS = 20  # an imported profile with fewer timed runs per stage is said to be rough
 
 
 def _timed_runs(files: Sequence[str]) -> Optional[list[bool]]:
@@ -396,4 +403,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dvt_runtime.io import run_cli
+
+    sys.exit(run_cli(main))
