@@ -82,8 +82,11 @@ def _limit_ms(flag: str, v) -> float:
         raise AppError(str(e)) from None
 
 
-def _calibrate_hint(bundle, ms: float) -> str:
-    return CALIBRATE_HINT.format(bundle=bundle.path, ms=ms, name=bundle.device_name or "NAME")
+def _calibrate_hint(bundle, ms: Optional[float]) -> str:
+    """How to calibrate this device: for a budget, at that budget; for a deadline (None), at a mean budget B of the
+    user's choosing, whose per-stage p90s the deadline then uses."""
+    hint = CALIBRATE_HINT.format(bundle=bundle.path, ms=ms if ms is not None else 1.0, name=bundle.device_name or "NAME")
+    return hint if ms is not None else hint.replace("--budget-ms 1 ", "--budget-ms B ") + " (B: a mean latency; the deadline uses its per-stage p90s)"
 
 
 def _budget_mode(bundle, budget_ms: float, thresholds: Optional[list], cal_src: str) -> Mode:
@@ -116,7 +119,7 @@ def _deadline_mode(bundle, deadline_ms: float, thresholds: Optional[list], cal_s
         bundle.use_profile(p90)
         mode.source = "p90 profiled at start"
         mode.note = (f"no calibration with per-stage latencies: profiled the stages here ({profile_runs} runs, p90 "
-                     f"{' / '.join(fmt_ms(v) for v in p90)} ms). " + _calibrate_hint(bundle, deadline_ms))
+                     f"{' / '.join(fmt_ms(v) for v in p90)} ms). " + _calibrate_hint(bundle, None))
     first = bundle.stage_p90_ms[0]
     if deadline_ms < first:  # exit 1 always runs: more than 1 frame in 10 takes longer than its p90
         warn(f"--deadline-ms {fmt_ms(deadline_ms)} is below exit 1's p90 ({fmt_ms(first)} ms), which every frame runs: "

@@ -28,7 +28,8 @@ def open_source(camera=None, video: Optional[str] = None):
     if video is not None:
         p = Path(video)
         if not p.is_file():
-            raise AppError(f"cannot read video {video!r}: no such file. {SOURCE_HINT}")
+            what = "a folder, not a video file" if p.is_dir() else f"no such file ({p.resolve()}): check the path"
+            raise AppError(f"cannot read video {video!r}: {what}")
         cap = cv2.VideoCapture(str(p))
         if not cap.isOpened():
             cap.release()

@@ -850,3 +850,17 @@ def test_device_side_messages_name_the_real_problem(bundle_dir, tmp_path, capsys
     assert "only 6 images to search thresholds on and 6 to check them on" in r.note
     assert "the p99.9 of 6 holdout images is about their slowest: it needs 10000 or more" in r.note
     assert r.chosen.measured["p99.9_ms"] > 0 and np.isfinite(r.chosen.measured["p99.9_ms"])
+
+
+def test_batch_on_a_one_image_bundle_is_said(bundle_dir, capsys):
+    """`profile --batch 32` / `calibrate --batch 32` on a bundle whose artifacts take one image per call (ExecuTorch,
+    Core ML, dynamic int8) printed 'batch 32: ms per image' as if images were batched: it says they are not."""
+    import dataclasses
+
+    from dvt_runtime.latency import batch_note
+
+    b = Bundle.open(bundle_dir)
+    assert b.manifest.max_batch != 1 and batch_note(b, 32) is None  # ONNX fp32 takes any batch
+    b.manifest = dataclasses.replace(b.manifest, max_batch=1)
+    assert batch_note(b, 1) is None
+    assert "--batch 32 runs 32 calls of one image, so its ms per image are batch 1's" in batch_note(b, 32)

@@ -344,8 +344,9 @@ def test_provider_list_is_a_priority_order(onnx_bundle):
     warning naming what is missing (as ONNX Runtime reads the list); none available is BackendUnavailable."""
     from dvt_runtime.backends import BackendUnavailable
 
-    with pytest.warns(UserWarning, match=r"\['TensorrtExecutionProvider'\] not available here; using \['CPUExecutionProvider'\]"):
+    with pytest.warns(UserWarning, match=r"\['TensorrtExecutionProvider'\] not available here; using \['CPUExecutionProvider'\]") as w:
         b = Bundle.open(onnx_bundle, providers=["TensorrtExecutionProvider", "CPUExecutionProvider"])
+    assert len(w) == 1 and w[0].filename == __file__, [(x.filename, str(x.message)) for x in w]  # once, not once per exit; at the caller
     assert all(s.providers == ["CPUExecutionProvider"] for s in b.sessions)
     with pytest.raises(BackendUnavailable, match="not available here"):
         Bundle.open(onnx_bundle, providers=["TensorrtExecutionProvider"])

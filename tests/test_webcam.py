@@ -161,12 +161,15 @@ def test_unreadable_video_exits_2_with_a_way_out(env, tmp_path):
     bundle = env[0]
     bad = tmp_path / "not_a_video.mp4"
     bad.write_text("this is not a video")
-    for video in (bad, tmp_path / "missing.mp4"):
+    (tmp_path / "clips").mkdir()
+    # an undecodable file: another source; a missing path or a folder: the path (not "pick another camera")
+    for video, said in ((bad, ("--camera", "--video")), (tmp_path / "missing.mp4", ("no such file", "check the path")),
+                        (tmp_path / "clips", ("a folder, not a video file",))):
         r = subprocess.run([sys.executable, "-m", "apps.webcam", "--bundle", str(bundle), "--video", str(video), "--headless"],
                            cwd=ROOT, capture_output=True, text=True, timeout=60,
                            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "runtime")])})
         assert r.returncode == 2, r.stderr
-        assert "--camera" in r.stderr and "--video" in r.stderr
+        assert all(s in r.stderr for s in said), r.stderr
         assert "Traceback" not in r.stderr
 
 
@@ -207,6 +210,7 @@ def test_deadline_without_calibration_profiles_the_stages(env, monkeypatch):
     assert "profiled" in stats["mode"]["source"]
     assert len(measured) == 1 and len(measured[0]) == 3 and all(v > 0 for v in measured[0]), measured
     assert stats["deadline_ms"] == 1000 and stats["budget"]["misses"] == 0
+    assert "--budget-ms B " in stats["mode"]["note"] and "--budget-ms 1000" not in stats["mode"]["note"]  # a deadline is no mean budget
     assert not any(p["deadline_skipped"] for p in stats["predictions"])
 
 

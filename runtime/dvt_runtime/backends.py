@@ -140,14 +140,7 @@ class OrtSession(Session):
         # a cascade runs sessions back to back: spinning threads steal the next session's cores
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        available = ort.get_available_providers()
-        wanted = list(providers) if providers else ["CPUExecutionProvider"]
-        unknown = [p for p in wanted if p not in available]
-        if len(unknown) == len(wanted):
-            raise BackendUnavailable(f"ONNX Runtime execution provider(s) {unknown} not available here; available: {available}")
-        if unknown:  # a priority list, as ONNX Runtime reads it: the first available ones run, and the user is told
-            wanted = [p for p in wanted if p in available]
-            warnings.warn(f"ONNX Runtime execution provider(s) {unknown} not available here; using {wanted}", stacklevel=4)  # the caller of Bundle.open
+        wanted = ort_providers(providers, stacklevel=5)
         self.sess = ort.InferenceSession(str(path), so, providers=wanted)
         got = [i.name for i in self.sess.get_inputs()]
         if sorted(got) != sorted(self.input_names):
@@ -208,6 +201,22 @@ class ExecuTorchSession(Session):
         with self._lock:
             outs = self.method.execute(args)
             return {n: o.numpy() for n, o in zip(self.output_names, outs)}
+
+
+def ort_providers(providers: Optional[Sequence[str]], stacklevel: int = 3) -> list[str]:
+    """The execution providers of ``providers`` (a priority list, as ONNX Runtime reads it) this build has, with a
+    warning naming those it lacks (default: the CPU); none available is :class:`BackendUnavailable`."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    wanted = list(providers) if providers else ["CPUExecutionProvider"]
+    unknown = [p for p in wanted if p not in available]
+    if len(unknown) == len(wanted):
+        raise BackendUnavailable(f"ONNX Runtime execution provider(s) {unknown} not available here; available: {available}")
+    if unknown:  # the first available ones run, and the user is told
+        wanted = [p for p in wanted if p in available]
+        warnings.warn(f"ONNX Runtime execution provider(s) {unknown} not available here; using {wanted}", stacklevel=stacklevel)
+    return wanted
 
 
 def _writable(a: np.ndarray) -> np.ndarray:

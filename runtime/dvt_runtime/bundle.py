@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 
-from dvt_runtime.backends import Session, check_options, check_signature, check_threads, import_backend, open_session
+from dvt_runtime.backends import Session, check_options, check_signature, check_threads, import_backend, open_session, ort_providers
 from dvt_runtime.checks import InputError, NonFiniteOutput, check_finite, check_thresholds, positive_ms
 from dvt_runtime.manifest import Manifest, ManifestError  # noqa: F401  (ManifestError: raised by open)
 
@@ -90,12 +90,9 @@ class Bundle:
     @classmethod
     def open(cls, path: Union[str, Path], threads: Optional[int] = 1, providers: Optional[Sequence[str]] = None,
              verify: bool = True, device_name: Optional[str] = None, **backend_opts) -> "Bundle":
-        """Validate the manifest (schema, paths, SHA-256 of every artifact) and load each exit.
-
-        ``threads``: intra-op threads per session (1 is usually fastest for a cascade of small
-        graphs; None = the backend's default). ``providers``: ONNX Runtime execution providers,
-        e.g. ``["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]``.
-        """
+        """Validate the manifest (schema, paths, SHA-256 of every artifact) and load each exit. ``threads``: intra-op
+        threads per session (1 is usually fastest for a cascade of small graphs; None = the backend's default).
+        ``providers``: ONNX Runtime execution providers in priority order, e.g. ``["CUDAExecutionProvider", "CPUExecutionProvider"]``."""
         path = Path(path)
         threads = check_threads(threads)
         opts = dict(backend_opts, **({"providers": providers} if providers is not None else {}))
@@ -103,6 +100,8 @@ class Bundle:
         check_options(m.backend, opts)
         sessions, load_ms = [], []
         import_backend(m.backend, m.toolchain)  # outside the timer: exit 1's load time is its artifact's, as on a device
+        if m.backend == "onnxruntime" and providers is not None:  # those missing here are said once, not once per exit
+            opts["providers"] = ort_providers(providers)
         for i, e in enumerate(m.exits):
             t0 = time.perf_counter()
             sessions.append(open_session(m.backend, m.artifact_path(path, i), [t.name for t in e.inputs],

@@ -36,7 +36,7 @@ from dvt_runtime.checks import positive_ms
 from dvt_runtime.device import check_batch_memory
 from dvt_runtime.io import atomic_write_json
 from dvt_runtime.io import progress as _bar
-from dvt_runtime.latency import check_batch
+from dvt_runtime.latency import batch_note, check_batch
 from dvt_runtime.npzsets import check_npz_preprocess, load_npz  # noqa: F401  (re-exported)
 from dvt_runtime.search import (
     ALGORITHMS,
@@ -448,6 +448,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ap.error(f"--threads must be >= 1, got {args.threads}")
     try:
         bundle = Bundle.open(args.bundle, threads=args.threads)
+        if note := batch_note(bundle, args.batch):
+            print(note, file=sys.stderr)
         x, y = load_npz(args.data, bundle.manifest.preprocess, bundle.classes)
         profile = None
         if args.profile:

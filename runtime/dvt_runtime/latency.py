@@ -45,6 +45,15 @@ def check_batch(batch: Any) -> int:
     return int(batch)
 
 
+def batch_note(bundle, batch: int) -> Optional[str]:
+    """What ``--batch N`` means for a bundle whose artifacts take one image per call (ExecuTorch, Core ML,
+    dynamic-range int8): N calls of one image, not one call of N; None otherwise."""
+    if batch > 1 and bundle.manifest.max_batch == 1:
+        return (f"note: this bundle's artifacts take one image per call ({bundle.manifest.target}/{bundle.manifest.precision}): "
+                f"--batch {batch} runs {batch} calls of one image, so its ms per image are batch 1's")
+    return None
+
+
 
 @dataclass
 class LatencyProfile:

@@ -37,11 +37,11 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from dvt_runtime.backends import BackendUnavailable
-from dvt_runtime.device import MEMORY_PROBE, check_batch_memory, device_facts, peak_rss_mb
+from dvt_runtime.device import MEMORY_PROBE, MEMORY_WARN, check_batch_memory, device_facts, peak_rss_mb
 from dvt_runtime.importers import import_csv, import_etdump, import_json
 from dvt_runtime.io import atomic_write_json, check_out_path
 from dvt_runtime.io import progress as _bar
-from dvt_runtime.latency import SCHEMA, SCHEMA_VERSION, LatencyProfile, check_batch, read_json
+from dvt_runtime.latency import SCHEMA, SCHEMA_VERSION, LatencyProfile, batch_note, check_batch, read_json
 from dvt_runtime.manifest import Manifest
 from dvt_runtime.npzsets import load_images
 from dvt_runtime.stats import DRIFT_THRESHOLD, MIN_RUNS, ProfileError, sample_stats
@@ -304,11 +304,13 @@ def _measure(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     if args.etdump_dir and (backend := Manifest.load(args.bundle, verify=False).backend) != "executorch":
         ap.error(f"--etdump-dir is for ExecuTorch bundles; this one runs on {backend}")
     bundle = Bundle.open(args.bundle, threads=args.threads, **({"etdump": True} if args.etdump_dir else {}))
+    if note := batch_note(bundle, args.batch):
+        print(note, file=sys.stderr)
     if args.etdump_dir and args.batch > 1:  # one ETDump event per call: per-call times, not per image
         ap.error("--etdump-dir records one event per call: profile at --batch 1")
     images, raw = load_images(args.data, bundle) if args.data else (None, None)
     est = check_batch_memory(bundle, args.batch, "--batch", _held_mb(bundle, 1 if images is None else len(images), args.batch))
-    if est:  # measured once: profile_bundle's own check reuses it
+    if est and est["estimated_mb"] <= MEMORY_WARN * est["available_mb"]:  # above it, the check's warning said it; measured once
         print(f"note: --batch {args.batch} needs about {est['estimated_mb']:.0f} MiB here ({est['available_mb']:.0f} MiB available)",
               file=sys.stderr)
     prof = profile_bundle(bundle, warmup=args.warmup, runs=args.runs, images=images, images_raw=raw,
