@@ -31,5 +31,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return dispatch(COMMANDS, usage("dvt-edge", COMMANDS, "device side (torch-free): dvt-runtime profile | calibrate"), argv, "dvt-edge")
 
 
+def train(argv: Optional[Sequence[str]] = None) -> int:
+    """``dvt-edge-train``: ``dvt-edge train`` under its own name (e.g. for ``torchrun``)."""
+    return main(["train", *(sys.argv[1:] if argv is None else argv)])
+
+
 if __name__ == "__main__":
     sys.exit(main())

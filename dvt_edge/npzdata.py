@@ -12,6 +12,7 @@ import numpy as np
 
 from dvt_edge.imageset import DataError, ImageSet, SplitNotHeld, decode_image, default_preprocess
 from dvt_runtime.io import atomic_write, check_labels, read_npz
+from dvt_runtime.npzsets import bgr_pixels
 from dvt_runtime.preprocess import Preprocess
 
 __all__ = ["load_npz", "write_jpeg_pack", "export_npz"]
@@ -58,11 +59,7 @@ def load_npz(path: str, split: str, preprocess: Optional[Preprocess]) -> ImageSe
     if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[3] not in (1, 3, 4)):
         raise DataError(f"npz: 'images' must be uint8 pixels (N, H, W) or (N, H, W, 1/3/4 channels), or preprocessed float32 "
                         f"(N, C, H, W); got {images.dtype} {images.shape}")
-    order = str(z["channel_order"]).lower() if "channel_order" in files else "bgr"
-    if order not in ("bgr", "rgb"):
-        raise DataError(f"npz: {p}: channel_order must be 'bgr' or 'rgb', got {order!r}")
-    if order == "rgb" and images.ndim == 4 and images.shape[3] >= 3:  # to OpenCV's order, which preprocessing reads
-        images = np.ascontiguousarray(np.concatenate([images[..., 2::-1], images[..., 3:]], axis=-1))
+    images = bgr_pixels(z, images, p, lambda m: DataError(f"npz: {m}"))
     chans = 1 if images.ndim == 3 else images.shape[3]
     pre = preprocess or stored or default_preprocess(1 if chans == 1 else 3, images.shape[1])
     return ImageSet(f"npz:{p}", split, images, labels, classes, pre)

@@ -850,6 +850,15 @@ def test_device_side_messages_name_the_real_problem(bundle_dir, tmp_path, capsys
     assert "only 6 images to search thresholds on and 6 to check them on" in r.note
     assert "the p99.9 of 6 holdout images is about their slowest: it needs 10000 or more" in r.note
     assert r.chosen.measured["p99.9_ms"] > 0 and np.isfinite(r.chosen.measured["p99.9_ms"])
+    from dvt_runtime.calibrate import _few_images
+
+    assert _few_images(500, 500, "p100.0") == "" and _few_images(500, 500, "mean") == ""  # no division by zero at q = 100
+    assert "about their fastest: it needs 100 or more" in _few_images(500, 50, "p10")  # the low tail is the fastest
+    assert _few_images(1000, 1000, "p99") == "" and "p99 of 999 holdout images is about their slowest: it needs 1000" in _few_images(999, 999, "p99")
+    # a name taken from a given profile is checked as a --device-name is
+    prof = LatencyProfile.from_samples(STAGES, device={"device_name": "x.json"})
+    with pytest.raises(CalibrationError, match="name the device, not the file .* 'x'"):
+        calibrate(b, x, y, 1e6, profile=prof, progress=False)
 
 
 def test_batch_on_a_one_image_bundle_is_said(bundle_dir, capsys):

@@ -301,6 +301,14 @@ def test_device_side_data_raw_pixels_and_unnormalized_floats(bundle_copy, tmp_pa
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # properly preprocessed images: no warning
         load_npz(str(tmp_path / "raw.npz"), b.manifest.preprocess, b.classes)
+    # colour pixels are BGR unless the file says channel_order="rgb" (PIL, torchvision), as npz:PATH reads them on the host
+    from dvt_runtime.preprocess import Preprocess
+
+    color = Preprocess(size=8, resize=8, channels="rgb", mean=(0.5,) * 3, std=(0.25,) * 3)
+    bgr = np.random.default_rng(3).integers(0, 256, (20, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "bgr.npz", images=bgr, labels=np.zeros(20, np.int64))
+    np.savez(tmp_path / "rgb.npz", images=bgr[..., ::-1], labels=np.zeros(20, np.int64), channel_order=np.array("rgb"))
+    np.testing.assert_array_equal(load_npz(str(tmp_path / "rgb.npz"), color)[0], load_npz(str(tmp_path / "bgr.npz"), color)[0])
     # channels last, and labels outside the bundle's classes: the file, the shape, the label and the image are named
     np.savez(tmp_path / "nhwc.npz", images=np.ascontiguousarray(x.transpose(0, 2, 3, 1)), labels=y)
     with pytest.raises(CalibrationError, match=r"nhwc\.npz: images must be preprocessed float32 \(N, C, H, W\) of shape \(N, 1, 28, 28\).*got float32 \(40, 28, 28, 1\)"):

@@ -77,10 +77,11 @@ def toolchain_output(backend: str) -> Iterator[None]:
             raise
         if _stderr_is_file():  # a log keeps the record; a terminal is spared it
             held.seek(0)
-            sys.stderr.flush()
-            data = held.read()
-            while data:
-                data = data[os.write(2, data):]
+            with contextlib.suppress(OSError):  # a full disk must not fail a load that succeeded
+                sys.stderr.flush()
+                data = held.read()
+                while data:
+                    data = data[os.write(2, data):]
 
 
 def _stderr_is_file() -> bool:

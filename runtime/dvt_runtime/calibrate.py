@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import re
 import socket
 import sys
@@ -277,14 +278,16 @@ FEW_IMAGES = 200  # below this many images to search on or to check on, a calibr
 
 def _few_images(n_cal: int, n_hold: int, metric: str) -> str:
     """A note when the split is too small to trust: accuracies of a few hundred images move by points, and a
-    percentile of fewer than 10 / (1 - q) images is little more than their slowest one."""
+    percentile q needs about 10 / (1 - q) images above the median (10 / q below it), or it is their slowest (fastest)."""
     notes = []
     if min(n_cal, n_hold) < FEW_IMAGES:
         notes.append(f"only {n_cal} images to search thresholds on and {n_hold} to check them on: accuracies of so few "
                      f"move by points from one sample to the next; calibrate on {2 * FEW_IMAGES} or more (--data)")
-    need = int(np.ceil(10 / (1 - float(metric[1:]) / 100) - 1e-6)) if metric not in ("mean", "p100") else 0
-    if n_hold < need:
-        notes.append(f"the {metric} of {n_hold} holdout images is about their slowest: it needs {need} or more to be measured")
+    q = check_metric(metric)  # None (the mean) or an exact fraction in (0, 100]
+    tail = None if q is None or q in (0, 100) else (100 - q if q > 50 else q)
+    if tail is not None and n_hold < (need := math.ceil(1000 / tail)):
+        end = "slowest" if q > 50 else "fastest"
+        notes.append(f"the {metric} of {n_hold} holdout images is about their {end}: it needs {need} or more to be measured")
     return "; ".join(notes)
 
 
@@ -292,12 +295,8 @@ def _device_for(profile, device_name: Optional[str]) -> str:
     """The device a calibration is named after: this host (or ``device_name``) when it measures; with a
     given profile, the device that profile was measured on (this host's own file is never replaced by
     another device's thresholds)."""
-    if device_name is not None and (not device_name.strip() or not device_name.strip(".")):  # "", " ", ".": no file name
-        raise CalibrationError(f"device name {device_name!r} names no device: pass one such as 'pixel8', or drop --device-name "
-                               f"for this host ({socket.gethostname()!r})")
-    if device_name is not None and device_name.lower().endswith(".json"):
-        raise CalibrationError(f"device name {device_name!r}: name the device, not the file (calibration/<device>.json is "
-                               f"written for it): --device-name {device_name[:-5]!r}")
+    if device_name is not None:
+        _check_device_name(device_name)
     if profile is None:
         return device_name or socket.gethostname()
     theirs = profile.device.get("device_name") if isinstance(profile.device, dict) else None
@@ -308,6 +307,16 @@ def _device_for(profile, device_name: Optional[str]) -> str:
         raise CalibrationError("the profile names no device: pass --device-name NAME, the device it was measured on "
                                "(this host's name would replace this host's own calibration)")
     return str(device_name or theirs)
+
+
+def _check_device_name(name: str) -> None:
+    """A device name that makes no calibration file name ('', '.', 'x.json') is refused, wherever it came from."""
+    if not name.strip() or not name.strip("."):
+        raise CalibrationError(f"device name {name!r} names no device: pass one such as 'pixel8', or drop --device-name "
+                               f"for this host ({socket.gethostname()!r})")
+    if name.lower().endswith(".json"):
+        stem = f": --device-name {name[:-5]!r}" if name[:-5].strip(". ") else ""
+        raise CalibrationError(f"device name {name!r}: name the device, not the file (calibration/<device>.json is written for it){stem}")
 
 
 def _check_request(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, algorithm: str, device_name: str,
@@ -327,6 +336,7 @@ def _check_request(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: floa
         raise CalibrationError(f"budget must be a positive number of milliseconds, got {budget_ms!r}") from None
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
         raise CalibrationError(f"batch must be a whole number of images per call >= 1, got {batch!r}")
+    _check_device_name(device_name)  # also a name taken from a given profile
     if re.search(r"-batch\d+$", device_name):  # <device>-batch<N>.json is device's calibration at batch N
         raise CalibrationError(f"device name {device_name!r} ends like a batch calibration's file name; name the device "
                                "without '-batch<N>' and pass --batch N")

@@ -20,7 +20,7 @@ from dvt_runtime.checks import InputError, check_finite, numbered
 from dvt_runtime.io import check_labels, read_npz
 from dvt_runtime.preprocess import Preprocess
 
-__all__ = ["check_npz_preprocess", "load_npz", "load_images"]
+__all__ = ["check_npz_preprocess", "load_npz", "load_images", "bgr_pixels"]
 
 
 def check_npz_preprocess(z: dict, preprocess: Preprocess, path: Path, error: Callable[[str], Exception]) -> None:
@@ -42,14 +42,14 @@ def check_npz_preprocess(z: dict, preprocess: Preprocess, path: Path, error: Cal
 def load_npz(path: str, preprocess: Optional[Preprocess] = None, classes: Optional[Sequence[str]] = None) -> tuple[np.ndarray, np.ndarray]:
     """A labelled validation set -> float32 images (N, C, H, W), labels (N,). ``images``: preprocessed float32
     (``python -m dvt_edge.data export``), or, with ``preprocess`` (the bundle's), uint8 pixels (N, H, W[, C], BGR as
-    OpenCV reads them) preprocessed here. With ``preprocess``, a file that records another preprocessing, images of
+    OpenCV reads them, or RGB with ``channel_order="rgb"``) preprocessed here. With ``preprocess``, a file that records another preprocessing, images of
     another shape and floats outside its value range (raw 0-255 pixels) are refused; with ``classes`` (the bundle's), a
     file that names other classes (another data set's labels) and labels outside them are refused."""
     p = Path(path)
     hint = ("calibration measures accuracy on labelled images: 'images' uint8 (N, H, W[, C], BGR) and 'labels' (N,) class "
             "indices, e.g. np.savez('val.npz', images=..., labels=...), or on the host: python -m dvt_edge.data export --split val --out val.npz")
     z = read_npz(p, ("images", "labels"), CalibrationError, hint)
-    if preprocess is not None:
+    if preprocess is not None and z["images"].dtype != np.uint8:  # raw pixels are preprocessed here: a stored recipe is moot
         check_npz_preprocess(z, preprocess, p, CalibrationError)
     theirs = [str(c) for c in z["classes"].reshape(-1)] if "classes" in z else None
     ours = None if classes is None else [str(c) for c in classes]
@@ -63,9 +63,11 @@ def load_npz(path: str, preprocess: Optional[Preprocess] = None, classes: Option
     if classes is not None and len(out := np.flatnonzero((y < 0) | (y >= len(classes)))):
         raise CalibrationError(f"{p}: {len(out)} label(s) outside 0..{len(classes) - 1} (this bundle's {len(classes)} classes), "
                                f"e.g. label {int(y[out[0]])} of image {int(out[0])}: labels are class indices in the bundle's order")
-    if x.dtype == np.uint8 and preprocess is not None and x.ndim in (3, 4):  # raw pixels: the bundle's own preprocessing
+    if x.dtype == np.uint8 and x.ndim in (3, 4):  # raw pixels: the bundle's own preprocessing
+        if preprocess is None:
+            raise CalibrationError(f"{p}: uint8 pixels need the bundle's preprocessing: load_npz(path, bundle.manifest.preprocess)")
         try:
-            return preprocess.apply_batch(x), y
+            return preprocess.apply_batch(bgr_pixels(z, x, p, CalibrationError)), y
         except ValueError as e:  # InputError: a shape that is no image
             raise CalibrationError(f"{p}: {e}") from None
     want = "" if preprocess is None else f" of shape (N, {', '.join(map(str, preprocess.input_shape))})"
@@ -95,6 +97,17 @@ def _check_values(x: np.ndarray, preprocess: Preprocess, p: Path) -> None:
                       f"std {list(preprocess.std)}? Store uint8 pixels and the bundle preprocesses them.", stacklevel=3)
 
 
+def bgr_pixels(z, images: np.ndarray, where, error: Callable[[str], Exception]) -> np.ndarray:
+    """uint8 pixels in OpenCV's BGR order, which preprocessing reads: a file of RGB pixels (PIL, torchvision) says
+    so with an entry ``channel_order`` = ``"rgb"`` (an alpha channel stays last)."""
+    order = str(z["channel_order"]).lower() if "channel_order" in z else "bgr"
+    if order not in ("bgr", "rgb"):
+        raise error(f"{where}: channel_order must be 'bgr' or 'rgb', got {order!r}")
+    if order == "rgb" and images.ndim == 4 and images.shape[3] >= 3:
+        images = np.ascontiguousarray(np.concatenate([images[..., 2::-1], images[..., 3:]], axis=-1))
+    return images
+
+
 def load_images(path: str, bundle) -> tuple[np.ndarray, Optional[list[np.ndarray]]]:
     """``profile --data``: preprocessed float32 images (N, C, H, W) and, for uint8 files, the raw images (to time the
     preprocessing on); a ValueError naming the file and the fix otherwise."""
@@ -107,7 +120,7 @@ def load_images(path: str, bundle) -> tuple[np.ndarray, Optional[list[np.ndarray
     if len(images) == 0:
         raise ValueError(f"--data {p}: 'images' is empty")
     if images.dtype == np.uint8:
-        raw = list(images)
+        raw = list(bgr_pixels(z, images, p, lambda m: ValueError(f"--data {m}")))
         return np.concatenate([bundle.preprocess(im) for im in raw]), raw
     want = bundle.input_shape
     if images.dtype != np.float32 or images.ndim != 4 or images.shape[1:] != want:

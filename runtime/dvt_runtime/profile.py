@@ -304,10 +304,10 @@ def _measure(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     if args.etdump_dir and (backend := Manifest.load(args.bundle, verify=False).backend) != "executorch":
         ap.error(f"--etdump-dir is for ExecuTorch bundles; this one runs on {backend}")
     bundle = Bundle.open(args.bundle, threads=args.threads, **({"etdump": True} if args.etdump_dir else {}))
-    if note := batch_note(bundle, args.batch):
-        print(note, file=sys.stderr)
     if args.etdump_dir and args.batch > 1:  # one ETDump event per call: per-call times, not per image
         ap.error("--etdump-dir records one event per call: profile at --batch 1")
+    if note := batch_note(bundle, args.batch):
+        print(note, file=sys.stderr)
     images, raw = load_images(args.data, bundle) if args.data else (None, None)
     est = check_batch_memory(bundle, args.batch, "--batch", _held_mb(bundle, 1 if images is None else len(images), args.batch))
     if est and est["estimated_mb"] <= MEMORY_WARN * est["available_mb"]:  # above it, the check's warning said it; measured once

@@ -424,9 +424,10 @@ class _CostModel:
         return float(self.cost(counts)[0])
 
 
-def check_metric(metric: str) -> None:
-    """ValueError for a budget metric that is neither ``"mean"`` nor a percentile such as ``"p90"``."""
-    _parse_metric(metric)
+def check_metric(metric: str) -> Optional[Fraction]:
+    """ValueError for a budget metric that is neither ``"mean"`` nor a percentile such as ``"p90"``; else None for
+    the mean, or the percentile level as an exact fraction."""
+    return _parse_metric(metric)
 
 
 def metric_span(costs: StageCosts, metric: str, n_samples: int, n_exits: int, seed: int = 0) -> tuple[float, float]:
