@@ -85,8 +85,8 @@ def _limit_ms(flag: str, v) -> float:
 def _calibrate_hint(bundle, ms: Optional[float]) -> str:
     """How to calibrate this device: for a budget, at that budget; for a deadline (None), at a mean budget B of the
     user's choosing, whose per-stage p90s the deadline then uses."""
-    hint = CALIBRATE_HINT.format(bundle=bundle.path, ms=ms if ms is not None else 1.0, name=bundle.device_name or "NAME")
-    return hint if ms is not None else hint.replace("--budget-ms 1 ", "--budget-ms B ") + " (B: a mean latency; the deadline uses its per-stage p90s)"
+    hint = CALIBRATE_HINT.format(bundle=bundle.path, ms="B" if ms is None else f"{ms:g}", name=bundle.device_name or "NAME")
+    return hint if ms is not None else hint + " (B: a mean latency; the deadline uses its per-stage p90s)"
 
 
 def _budget_mode(bundle, budget_ms: float, thresholds: Optional[list], cal_src: str) -> Mode:

@@ -295,7 +295,7 @@ def _device_for(profile, device_name: Optional[str]) -> str:
     """The device a calibration is named after: this host (or ``device_name``) when it measures; with a
     given profile, the device that profile was measured on (this host's own file is never replaced by
     another device's thresholds)."""
-    if device_name is not None:
+    if device_name is not None:  # before '' falls back to this host's name; a profile's name is checked in _check_request
         _check_device_name(device_name)
     if profile is None:
         return device_name or socket.gethostname()

@@ -33,10 +33,9 @@ def dispatch(commands: dict[str, tuple[str, str]], usage_text: str, argv: Option
         return 2
     module = importlib.import_module(commands[name][0])
     sys.argv = [f"{prog} {name}", *rest]
-    from dvt_runtime.io import plain_warnings
+    from dvt_runtime.io import run_cli
 
-    with plain_warnings():
-        return int(module.main(rest) or 0)
+    return run_cli(lambda: module.main(rest))
 
 
 def usage(prog: str, commands: dict[str, tuple[str, str]], footer: str = "") -> str:

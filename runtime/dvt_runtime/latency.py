@@ -54,7 +54,6 @@ def batch_note(bundle, batch: int) -> Optional[str]:
     return None
 
 
-
 @dataclass
 class LatencyProfile:
     """Per-stage and cumulative latencies of one bundle on one device (all times in ms).
