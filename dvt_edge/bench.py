@@ -291,7 +291,7 @@ def run_throughput(checkpoint: str, targets: list[str], precisions: list[str], t
     model, info = load_checkpoint(checkpoint)
     check_thresholds(thresholds, model.num_exits, "--thresholds")
     if data:
-        x, y = scoring_set(data, "val", info.preprocess, model.cfg.num_classes, info.classes, "benchmark").arrays(n, seed=0, progress=progress)
+        x, y = scoring_set(data, "val", info.preprocess, model.cfg.num_classes, info.classes, "benchmark", limit=n).arrays(progress=progress)
     else:
         x, y = np.random.default_rng(0).standard_normal((n, model.cfg.in_chans, model.cfg.img_size, model.cfg.img_size)).astype(np.float32), None
 
@@ -322,8 +322,7 @@ def run_bench(checkpoint: str, data: Optional[str], targets: list[str], precisio
 
     model, info = load_checkpoint(checkpoint)
     data, data_note = data_for_checkpoint(data, model.name, info.extras, model.cfg)
-    ds = scoring_set(data, "val", info.preprocess, model.cfg.num_classes, info.classes, "benchmark")
-    x, y = ds.arrays(min(n, len(ds)), seed=0, progress=progress)
+    x, y = scoring_set(data, "val", info.preprocess, model.cfg.num_classes, info.classes, "benchmark", limit=n).arrays(progress=progress)
     runnable = available_backends()
 
     def measure(row: dict, bdir: Path, t) -> None:

@@ -31,16 +31,24 @@ CIFAR10_REF = {"val": Path(__file__).resolve().parent / "assets" / "cifar10_hold
 
 def check_reference_holdout(ds: ImageSet, root: Path, split: str) -> None:
     """``cifar10-jpeg`` must hold out exactly the images shipped as ``cifar10-ref`` val: none of them is ever
-    trained on, and its val split is those images. The holdout is drawn by position, so a changed folder (a
-    missing, extra or unreadable file, or an added val/ or test/ folder) would silently move it."""
+    trained on, and its val split is those images (all readable). The holdout is drawn by position in the file
+    listing, so a changed folder (a missing or extra file, or an added val/ or test/ folder) would silently move it;
+    ``ds`` may be a subset of the split (``limit``): the whole split's listing is checked."""
+    from dvt_edge.imagefolder import split_files
     from dvt_runtime.io import read_npz
 
     held = {str(n) for n in read_npz(CIFAR10_REF["val"], ("names",), DataError, "reinstall dvt-edge")["names"]}
-    names = {Path(f).relative_to(root).as_posix() for f in ds.files}  # listed under root: no resolve (linked files)
-    bad = names & held if split == "train" else names ^ held
+    names = {Path(f).relative_to(root).as_posix() for f in split_files(str(root), split)}  # listed under root: no resolve (linked files)
+    if split == "train":
+        bad = names & held
+        what = f"{len(bad)} of the 5,000 images held out from the reference's training (cifar10-ref) would be trained on"
+    else:
+        bad = names ^ held
+        what = f"its val split differs from the 5,000 held-out images of cifar10-ref in {len(bad)} files"
+        if not bad and ds.skipped:  # listed where they should be, but not all of them decode
+            bad = {Path(f).relative_to(root).as_posix() for f in ds.skipped}
+            what = f"{len(bad)} of the 5,000 images held out from the reference's training (cifar10-ref) cannot be read"
     if bad:
-        what = (f"{len(bad)} of the 5,000 images held out from the reference's training (cifar10-ref) would be trained on"
-                if split == "train" else f"its val split differs from the 5,000 held-out images of cifar10-ref in {len(bad)} files")
         raise DataError(f"cifar10-jpeg at {root}: {what}, e.g. {sorted(bad)[:3]}. The folder differs from the official JPEG copy "
                         "(50,000 files in train/<class>/, nothing else): unpack it again from cifar10-train-jpeg.tar.gz, or "
                         "train on this folder as imagefolder:PATH (its own holdout, not comparable with cifar10-ref)")

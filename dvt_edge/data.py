@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -166,15 +166,33 @@ def data_for_checkpoint(data: Optional[str], model_name: str, extras: Optional[d
     return spec, note
 
 
-def load_dataset(spec: str = "fashion-mnist", split: str = "train", preprocess: Optional[Preprocess] = None, download: bool = True) -> ImageSet:
-    """Open a dataset by spec string; ``preprocess`` overrides the dataset's default (e.g. a model's)."""
+def load_dataset(spec: str = "fashion-mnist", split: str = "train", preprocess: Optional[Preprocess] = None, download: bool = True,
+                 limit: Optional[int] = None, seed: int = 0) -> ImageSet:
+    """Open a dataset by spec string; ``preprocess`` overrides the dataset's default (e.g. a model's).
+
+    ``limit``: a seeded, class-stratified random ``limit`` of the split (``ImageSet.limit(limit, seed)``);
+    image folders pick it from their file listing and decode only those files.
+    """
     if split not in _SPLIT_ALIASES:
         raise DataError(f"unknown split {split!r}; valid: {sorted(_SPLIT_ALIASES)}")
     split = _SPLIT_ALIASES[split]
     kind, _, arg = spec.partition(":")
-    loaders: dict[str, Callable[..., ImageSet]] = {
-        "imagefolder": load_imagefolder, "cifar10": load_cifar10, "npz": load_npz,
-    }
+    if kind == "imagefolder":
+        if not arg:
+            raise DataError(f"dataset spec {spec!r} needs a path: {kind}:PATH")
+        return load_imagefolder(arg, split, preprocess, limit, seed)
+    if kind == "cifar10-jpeg":
+        root = find_cifar10_jpeg()
+        ds = load_imagefolder(str(root), split, preprocess or cifar10_preprocess(), limit, seed)  # the reference's (not ImageNet's)
+        check_reference_holdout(ds, root, split)
+        ds.name = "cifar10-jpeg"
+        return ds
+    return _load_whole(spec, split, preprocess, download).limit(limit, seed)
+
+
+def _load_whole(spec: str, split: str, preprocess: Optional[Preprocess], download: bool) -> ImageSet:
+    """A split held in memory or in one file (every spec but image folders)."""
+    kind, _, arg = spec.partition(":")
     if kind in ("fashion-mnist", "fashion_mnist", "fmnist"):
         ds = load_fashion_mnist(split, download)
         if preprocess is not None:
@@ -182,20 +200,14 @@ def load_dataset(spec: str = "fashion-mnist", split: str = "train", preprocess: 
         return ds
     if kind == "cifar10":
         return load_cifar10(arg, split, preprocess, download)
-    if kind == "cifar10-jpeg":
-        root = find_cifar10_jpeg()
-        ds = load_imagefolder(str(root), split, preprocess or cifar10_preprocess())  # the reference's (not ImageNet's)
-        check_reference_holdout(ds, root, split)
-        ds.name = "cifar10-jpeg"
-        return ds
     if kind == "cifar10-ref":
         ds = load_npz(str(CIFAR10_REF[split]), split, preprocess)
         ds.name = "cifar10-ref"
         return ds
-    if kind in loaders:
+    if kind == "npz":
         if not arg:
             raise DataError(f"dataset spec {spec!r} needs a path: {kind}:PATH")
-        return loaders[kind](arg, split, preprocess)
+        return load_npz(arg, split, preprocess)
     raise DataError(f"unknown dataset spec {spec!r}; valid: {list(DATASETS)}")
 
 
@@ -219,10 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def scoring_set(spec: str, split: str, preprocess: Optional[Preprocess], num_classes: int, classes: Optional[list[str]],
-                use: str) -> ImageSet:
-    """``spec``'s ``split``, whose labels must be a model's: another data set's would score every exit wrong
-    (``use``: what the caller does with it, for the message)."""
-    ds = load_dataset(spec, split, preprocess=preprocess)
+                use: str, limit: Optional[int] = None, seed: int = 0) -> ImageSet:
+    """``spec``'s ``split`` (``limit``: a seeded, class-stratified subset), whose labels must be a model's: another
+    data set's would score every exit wrong (``use``: what the caller does with it, for the message)."""
+    ds = load_dataset(spec, split, preprocess=preprocess, limit=limit, seed=seed)
     mismatch = label_mismatch(ds, num_classes, classes)
     if mismatch:
         raise DataError(f"{spec} cannot {use} this model: {mismatch}")
@@ -259,13 +271,13 @@ def _export(args: argparse.Namespace) -> None:
 
         _, info = load_checkpoint(args.checkpoint)
         pre = info.preprocess
-    ds = load_dataset(args.data, args.split, preprocess=pre)
-    native = load_dataset(args.data, args.split).preprocess if pre is not None else None
+    ds = load_dataset(args.data, args.split, preprocess=pre, limit=args.n, seed=args.seed)  # an image folder decodes only those
+    native = load_dataset(args.data, args.split, limit=args.n, seed=args.seed).preprocess if pre is not None else None
     if native is not None and (native.num_channels, native.size) != (pre.num_channels, pre.size):
         print(f"warning: {args.checkpoint} takes {pre.num_channels}-channel {pre.size} px input; {args.data} is "
               f"{native.num_channels}-channel {native.size} px: its images are converted to the checkpoint's input", file=sys.stderr)
-    out = export_npz(ds, out, args.n, args.seed)
-    print(f"wrote {out} ({min(args.n or len(ds), len(ds))} samples of {ds.name}/{ds.split}, preprocessed {ds.preprocess.input_shape})")
+    out = export_npz(ds, out, None, None if args.n is not None else args.seed)  # limited already, in the subset's order
+    print(f"wrote {out} ({len(ds)} samples of {ds.name}/{ds.split}, preprocessed {ds.preprocess.input_shape})")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -47,7 +47,7 @@ def evaluate_checkpoint(
     model, info = load_checkpoint(checkpoint, model=model_name, trusted=trusted)
     data, data_note = data_for_checkpoint(data, model.name, info.extras, model.cfg, split)
     pre = info.preprocess or default_preprocess(model.cfg.in_chans, model.cfg.img_size)
-    ds = scoring_set(data, split, pre, model.cfg.num_classes, info.classes, "score").limit(limit, seed=0)
+    ds = scoring_set(data, split, pre, model.cfg.num_classes, info.classes, "score", limit=limit)
     opened = [open_bundle(b, checkpoint, ds.classes) for b in bundles]  # a bundle that cannot be scored: said before the work
     acc, probs = evaluate_exits(model, ds, progress=progress, desc=f"evaluate {split} ({len(ds)} images)")
     flops = [e.gflops for e in model.exits]
@@ -57,14 +57,13 @@ def evaluate_checkpoint(
     # thresholds chosen on training images, as the authors' procedure does (their training loader's logits,
     # images the model trained on; the note says so)
     try:
-        full = load_dataset(data, "train", preprocess=pre)
-        sel = full.limit(threshold_n, seed=1)
+        sel = load_dataset(data, "train", preprocess=pre, limit=threshold_n, seed=1)
         _, sel_probs = evaluate_exits(model, sel, progress=progress, desc=f"threshold images ({len(sel)} of train)")
         sel_out = ExitOutputs.from_probs(sel_probs, sel.labels)
         trained = recorded_train_args(info.extras)
         limit = trained.get("train_limit") if trained.get("data") == data else None  # a limit of another set says nothing here
-        sel_note = f"{len(sel)} training images (seeded; " + (f"the model trained on a random {limit} of the {len(full)})"
-                                                             if limit and limit < len(full) else "the model trained on them)")
+        sel_note = f"{len(sel)} training images (seeded; " + (f"the model trained on a random {limit} of the {sel.whole})"
+                                                             if limit and limit < sel.whole else "the model trained on them)")
     except DataError as e:  # no usable training split: say why, in the report itself
         sel_out, sel_note = test_out, f"the evaluation split itself (training split unavailable: {str(e)[:200]})"
     curve = [evaluate_thresholds(test_out, None, t, costs) for t in sweep_thresholds(sel_out, n_budgets)]

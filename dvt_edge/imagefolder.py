@@ -3,9 +3,10 @@ unreadable and truncated files skipped, and a seeded holdout of ``train/`` when 
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -13,7 +14,7 @@ from dvt_edge.imageset import DataError, ImageSet, default_preprocess, display_c
 from dvt_runtime.io import progress
 from dvt_runtime.preprocess import Preprocess
 
-__all__ = ["IMAGE_EXTS", "HOLDOUT_FRACTION", "HOLDOUT_SEED", "load_imagefolder"]
+__all__ = ["IMAGE_EXTS", "HOLDOUT_FRACTION", "HOLDOUT_SEED", "load_imagefolder", "split_files"]
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 #: An image folder without ``val/`` holds out this fraction of ``train/`` (seeded,
@@ -21,18 +22,61 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 HOLDOUT_FRACTION = 0.1
 HOLDOUT_SEED = 0
 
-#: decoded class folders, keyed by folder, classes and the class folders' mtimes
-_FOLDER_CACHE: dict[tuple, tuple] = {}
+#: listed class folders (files, labels), keyed by folder, classes and the class folders' mtimes
+_LISTINGS: dict[tuple, tuple[list[Path], np.ndarray]] = {}
+#: decoded selections of a listing, keyed by the listing's key and the selection (the last few kept)
+_DECODED: dict[tuple, tuple] = {}
+_DECODED_KEPT = 4
 
 
-def load_imagefolder(root: str, split: str, preprocess: Optional[Preprocess]) -> ImageSet:
+class _Split(NamedTuple):
+    """A split's files, before any is decoded."""
+
+    base: Path
+    sub: Path  # the folder its files are in
+    classes: list[str]  # class folder names
+    key: tuple  # the listing's cache key
+    files: list[Path]  # every image file of ``sub``'s class folders
+    labels: np.ndarray  # their class indices
+    idx: np.ndarray  # which of them are the split's (all, or a holdout's side)
+
+
+def load_imagefolder(root: str, split: str, preprocess: Optional[Preprocess], limit: Optional[int] = None,
+                     seed: int = 0) -> ImageSet:
     """``ROOT/train/<class>/*`` and ``ROOT/val/<class>/*`` (or ``test/``).
 
     Without a ``val/`` (or ``test/``) folder, a seeded class-stratified
-    ``HOLDOUT_FRACTION`` of ``train/`` is the validation split and is left out of the
-    training split. Images are decoded once; folders of equally sized images are held in
-    memory as one uint8 array (so training is compute-bound), others as file paths.
+    ``HOLDOUT_FRACTION`` of ``train/``'s files is the validation split and is left out of the
+    training split. ``limit``: a seeded, class-stratified random ``limit`` of the split's files
+    (``ImageSet.limit``'s subset), chosen from the file listing so that only they are decoded.
+    Images are decoded once per process; unreadable and truncated files are left out and
+    said; sets of equally sized images are held in memory as one uint8 array (so training is
+    compute-bound), others as file paths.
     """
+    sp = _split(root, split)
+    idx, whole = sp.idx, len(sp.idx)
+    if limit is not None:
+        idx = idx[stratified_subset(sp.labels[idx], limit, seed)]  # as ImageSet.limit picks it
+    dkey = (sp.key, split, len(idx), hashlib.sha1(idx.astype(np.int64).tobytes()).hexdigest())
+    if dkey not in _DECODED:
+        while len(_DECODED) >= _DECODED_KEPT:
+            _DECODED.pop(next(iter(_DECODED)))
+        _DECODED[dkey] = _decode(sp.sub, sp.classes, [sp.files[i] for i in idx], sp.labels[idx], split, len(idx) < whole)
+    images, kept, skipped, paths, look = _DECODED[dkey]
+    if preprocess is None:
+        preprocess = _folder_preprocess(*look)
+    return ImageSet(f"imagefolder:{sp.base}", split, images, kept, display_classes(sp.classes), preprocess, skipped=skipped,
+                    files=paths, split_size=whole if len(idx) < whole else 0)
+
+
+def split_files(root: str, split: str) -> list[Path]:
+    """The image files of a split, none decoded (a holdout's side chosen from the listing)."""
+    sp = _split(root, split)
+    return [sp.files[i] for i in sp.idx]
+
+
+def _split(root: str, split: str) -> _Split:
+    """List a split's class folders (once per process; a changed class folder, by mtime, is listed again)."""
     base = Path(root).expanduser()
     if not base.is_dir():
         raise DataError(f"imagefolder: {base} is not a directory (expected {base}/train/<class>/*.jpg and {base}/val/<class>/*.jpg)")
@@ -50,18 +94,18 @@ def load_imagefolder(root: str, split: str, preprocess: Optional[Preprocess]) ->
     classes = train_classes or own
     if not classes:
         raise DataError(f"imagefolder: {sub} has no class folders")
-    # decoded once per process; a changed class folder (mtime) is read again
     key = (str(sub.resolve()), tuple(classes), tuple((sub / c).stat().st_mtime_ns if (sub / c).is_dir() else 0 for c in classes))
-    if key not in _FOLDER_CACHE:
-        _FOLDER_CACHE[key] = _read_class_folders(sub, classes, "train" if holdout else split)
-    images, labels, skipped, files, look = _FOLDER_CACHE[key]
-    if preprocess is None:
-        preprocess = _folder_preprocess(*look)
-    ds = ImageSet(f"imagefolder:{base}", split, images, np.array(labels), display_classes(classes), preprocess, skipped=skipped,
-                  files=files)
-    if val_dir is None:  # hold out part of train/ as the validation split
-        ds = _holdout_split(ds, split, base)
-    return ds
+    if key not in _LISTINGS:  # said once per listing
+        _LISTINGS[key] = _list_class_folders(sub, classes)
+        counts = dict(zip(classes, np.bincount(_LISTINGS[key][1], minlength=len(classes)).tolist()))
+        nz = [n for n in counts.values() if n]
+        if nz and max(nz) > 10 * min(nz):
+            warnings.warn(f"imagefolder: {sub} is very unbalanced (image files per class: {counts})", stacklevel=4)
+    files, labels = _LISTINGS[key]
+    if sub.name == "train" and (empty := [c for c, k in zip(classes, np.bincount(labels, minlength=len(classes))) if k == 0]):
+        raise DataError(f"imagefolder: class folder(s) with no readable image in {sub}: {empty}")
+    idx = _holdout(labels, split, base, classes) if val_dir is None else np.arange(len(files))
+    return _Split(base, sub, classes, key, files, labels, idx)
 
 
 def _class_dirs(split_dir: Path) -> list[str]:
@@ -76,32 +120,30 @@ def _folder_preprocess(color: bool, side: int) -> Preprocess:
     return default_preprocess(3 if color else 1, side if side <= 64 else 224)
 
 
-def _holdout_split(ds: ImageSet, split: str, base: Path) -> ImageSet:
-    """``split`` of a folder without ``val/``: the seeded holdout of ``train/``, or the rest of it."""
-    n_val = int(round(HOLDOUT_FRACTION * len(ds)))
-    if n_val < ds.num_classes or n_val >= len(ds):
-        raise DataError(f"imagefolder: {base} has no val/ folder and too few images ({len(ds)}) to hold out {HOLDOUT_FRACTION:.0%} for validation")
-    val_idx = stratified_subset(ds.labels, n_val, HOLDOUT_SEED)
+def _holdout(labels: np.ndarray, split: str, base: Path, classes: list[str]) -> np.ndarray:
+    """Indices into ``train/``'s listing of ``split`` for a folder without ``val/``: the seeded holdout, or the rest."""
+    n_val = int(round(HOLDOUT_FRACTION * len(labels)))
+    if n_val < len(classes) or n_val >= len(labels):
+        raise DataError(f"imagefolder: {base} has no val/ folder and too few images ({len(labels)}) to hold out {HOLDOUT_FRACTION:.0%} for validation")
+    val_idx = stratified_subset(labels, n_val, HOLDOUT_SEED)
     if split == "val":
-        ds = ds.subset(val_idx)
-    else:
-        ds = ds.subset(np.setdiff1d(np.arange(len(ds)), val_idx))
-        gone = [c for c, k in zip(ds.classes, np.bincount(ds.labels, minlength=ds.num_classes)) if k == 0]
-        if gone:  # the holdout took a class's only image(s): the model would never see that class
-            raise DataError(f"imagefolder: {base} has no val/ folder, and holding out {HOLDOUT_FRACTION:.0%} for validation "
-                            f"leaves no training image of class(es) {gone[:10]}; add images of them, or a val/ folder")
-    ds.name = f"imagefolder:{base}"
-    return ds
+        return val_idx
+    rest = np.setdiff1d(np.arange(len(labels)), val_idx)
+    gone = [c for c, k in zip(display_classes(classes), np.bincount(labels[rest], minlength=len(classes))) if k == 0]
+    if gone:  # the holdout took a class's only image(s): the model would never see that class
+        raise DataError(f"imagefolder: {base} has no val/ folder, and holding out {HOLDOUT_FRACTION:.0%} for validation "
+                        f"leaves no training image of class(es) {gone[:10]}; add images of them, or a val/ folder")
+    return rest
 
 
-def _read_class_folders(sub: Path, classes: list[str], split: str) -> tuple[object, list[int], list[str], list[str], tuple[bool, int]]:
-    """Decode every image of ``sub/<class>/`` once -> (uint8 array or paths, labels, skipped, paths,
+def _decode(sub: Path, classes: list[str], files: list[Path], labels: np.ndarray, split: str,
+            limited: bool) -> tuple[object, np.ndarray, list[str], list[str], tuple[bool, int]]:
+    """Decode the chosen files of ``sub/<class>/`` -> (uint8 array or paths, labels, skipped, paths,
     (any image in color, the median image's shorter side))."""
-    files, labels = _list_class_folders(sub, classes)
     decoded, keep, kept_paths, skipped = [], [], [], []
     shapes: set[tuple[int, ...]] = set()
     in_memory, nbytes, color, sides = True, 0, False, []
-    for p, y in zip(progress(files, desc=f"decode {sub}", unit="img", enabled=len(files) > 2000), labels):
+    for p, y in zip(progress(files, desc=f"decode {sub}", unit="img", enabled=len(files) > 2000), labels.tolist()):
         img = _try_read(p)
         if img is None:
             skipped.append(str(p))
@@ -116,12 +158,12 @@ def _read_class_folders(sub: Path, classes: list[str], split: str) -> tuple[obje
             nbytes += img.nbytes
             if len(shapes) > 1 or nbytes > 2e9:  # mixed sizes, or too large: paths, decoded again on access
                 in_memory, decoded = False, []
-    _check_classes(sub, classes, keep, skipped, split)
+    _check_classes(sub, classes, labels, keep, skipped, split, limited)
     images: object = np.stack(decoded) if in_memory and decoded else kept_paths  # (N, H, W[, C]) uint8, or paths
-    return images, keep, skipped, kept_paths, (color, int(np.median(sides)) if sides else 0)
+    return images, np.array(keep, dtype=np.int64), skipped, kept_paths, (color, int(np.median(sides)) if sides else 0)
 
 
-def _list_class_folders(sub: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
+def _list_class_folders(sub: Path, classes: list[str]) -> tuple[list[Path], np.ndarray]:
     """The image files directly in ``sub/<class>/`` and their class indices (nested folders: a warning)."""
     files, labels = [], []
     nested: list[str] = []
@@ -136,24 +178,23 @@ def _list_class_folders(sub: Path, classes: list[str]) -> tuple[list[Path], list
     if nested:
         warnings.warn(f"imagefolder: ignoring {len(nested)} folder(s) nested inside class folders of {sub}, e.g. {nested[:3]} "
                       "(images must lie directly in <split>/<class>/)", stacklevel=4)
-    return files, labels
+    return files, np.array(labels, dtype=np.int64)
 
 
-def _check_classes(sub: Path, classes: list[str], keep: list[int], skipped: list[str], split: str) -> None:
-    """Refuse a training split with an empty class; warn about skipped files, empty or unbalanced classes."""
-    counts = {c: 0 for c in classes}
-    for y in keep:
-        counts[classes[y]] += 1
-    empty = [c for c, n in counts.items() if n == 0]
-    if split == "train" and empty:
+def _check_classes(sub: Path, classes: list[str], chosen: np.ndarray, keep: list[int], skipped: list[str], split: str,
+                   limited: bool) -> None:
+    """Refuse a training split with an empty class; warn about skipped files and empty classes (of a subset:
+    classes none of whose chosen files can be read)."""
+    n_kept = np.bincount(np.asarray(keep, dtype=np.int64), minlength=len(classes))
+    n_chosen = np.bincount(chosen, minlength=len(classes))
+    empty = [c for c, n, k in zip(classes, n_kept, n_chosen) if n == 0 and (k > 0 or not limited)]
+    if split == "train" and empty and not limited:
         raise DataError(f"imagefolder: class folder(s) with no readable image in {sub}: {empty}")
     if empty:
-        warnings.warn(f"imagefolder: {sub} has no images for class(es) {empty}", stacklevel=4)
+        warnings.warn(f"imagefolder: none of the chosen images of class(es) {empty} in {sub} can be read" if limited
+                      else f"imagefolder: {sub} has no images for class(es) {empty}", stacklevel=4)
     if skipped:
         warnings.warn(f"imagefolder: skipped {len(skipped)} unreadable or truncated image(s) in {sub}, e.g. {skipped[:3]}", stacklevel=4)
-    nz = [n for n in counts.values() if n]
-    if nz and max(nz) > 10 * min(nz):
-        warnings.warn(f"imagefolder: {sub} is very unbalanced (images per class: {counts})", stacklevel=4)
 
 
 def _try_read(p: Path) -> Optional[np.ndarray]:

@@ -70,6 +70,7 @@ class ImageSet:
     preprocessed: bool = False
     skipped: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)  # source file of each sample (image folders)
+    split_size: int = 0  # images in the whole split when this set is a subset of it (0: it is the whole split)
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
@@ -88,12 +89,18 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def whole(self) -> int:
+        """Images in the whole split this set was drawn from (its own length when it is the whole split)."""
+        return self.split_size or len(self)
+
     def subset(self, idx: np.ndarray) -> ImageSet:
         """The samples at ``idx`` (same classes and preprocessing)."""
         idx = np.asarray(idx, dtype=np.int64)
         images = self.images[idx] if isinstance(self.images, np.ndarray) else [self.images[int(i)] for i in idx]
         files = [self.files[int(i)] for i in idx] if self.files else []
-        return ImageSet(self.name, self.split, images, self.labels[idx], self.classes, self.preprocess, self.preprocessed, self.skipped, files)
+        return ImageSet(self.name, self.split, images, self.labels[idx], self.classes, self.preprocess, self.preprocessed, self.skipped, files,
+                        self.split_size or len(self))
 
     def limit(self, n: Optional[int], seed: int = 0) -> ImageSet:
         """A seeded, class-stratified random subset of ``n`` samples (all when None)."""

@@ -103,8 +103,9 @@ def write_jpeg_pack(ds: ImageSet, out: Path, split: str = "val") -> Path:
     return Path(out)
 
 
-def export_npz(ds: ImageSet, out: Path, n: Optional[int] = None, seed: int = 0, progress: bool = True) -> Path:
-    """Write a preprocessed subset (float32 NCHW) a device can read with numpy alone."""
+def export_npz(ds: ImageSet, out: Path, n: Optional[int] = None, seed: Optional[int] = 0, progress: bool = True) -> Path:
+    """Write a preprocessed subset (float32 NCHW) a device can read with numpy alone (``n``, ``seed``: as
+    ``ImageSet.arrays`` takes them; ``seed=None`` keeps the set's order)."""
     x, y = ds.arrays(n, seed=seed, progress=progress)
     buf = io.BytesIO()
     np.savez_compressed(

@@ -251,7 +251,7 @@ def _train(args: argparse.Namespace) -> dict:
     random.seed(args.seed + rank)
     np.random.seed(args.seed + rank)
     torch.manual_seed(args.seed)  # same init on every rank
-    train_ds, val_ds = _load_splits(args.data)
+    train_ds, val_ds = _load_splits(args.data, args.train_limit, args.val_limit, args.seed)
     model = _build_model(args, resume_state, train_ds, val_ds, log)
     run = _setup_run(args, rank, world, device, log, model, train_ds, val_ds)
     state = _RunState() if resume_state is None else _restore(run, resume_state, out / "last.pt")
@@ -325,9 +325,11 @@ def _check_resume_args(stored: dict, args: argparse.Namespace, last: Path) -> No
             + "; resume with the run's own flags, or start a new run from it with --finetune " + str(last))
 
 
-def _load_splits(data: str) -> tuple[ImageSet, ImageSet]:
-    train_ds = load_dataset(data, "train")
-    val_ds = load_dataset(data, "val", preprocess=train_ds.preprocess)
+def _load_splits(data: str, train_limit: Optional[int] = None, val_limit: Optional[int] = None,
+                 seed: int = 0) -> tuple[ImageSet, ImageSet]:
+    """Both splits, each a seeded, class-stratified random subset when limited (an image folder decodes only those)."""
+    train_ds = load_dataset(data, "train", limit=train_limit, seed=seed)
+    val_ds = load_dataset(data, "val", preprocess=train_ds.preprocess, limit=val_limit, seed=seed)
     if train_ds.num_classes < 2:  # every answer right, confidence 1 at every exit: nothing to learn
         raise DataError(f"{data} has {train_ds.num_classes} class(es) ({train_ds.classes}); a classifier needs at least 2")
     if val_ds.classes != train_ds.classes:
@@ -357,12 +359,10 @@ def _build_model(args: argparse.Namespace, resume_state: Optional[dict], train_d
 
 
 def _setup_run(args, rank: int, world: int, device: torch.device, log, model: DVT, train_ds: ImageSet, val_ds: ImageSet) -> _Run:
-    """Limit the splits, place the model, and build optimizer, schedule and augmentation generator."""
+    """Place the model, and build optimizer, schedule and augmentation generator (the splits come limited)."""
     for flag, n, ds in (("--train-limit", args.train_limit, train_ds), ("--val-limit", args.val_limit, val_ds)):
-        if n is not None and n > len(ds) and rank == 0:
-            log(f"note: {flag} {n} is more than the {len(ds)} images of {args.data}'s {ds.split} split: all of them are used")
-    train_ds = train_ds.limit(args.train_limit, seed=args.seed)
-    val_ds = val_ds.limit(args.val_limit, seed=args.seed)
+        if n is not None and n > ds.whole and rank == 0:
+            log(f"note: {flag} {n} is more than the {ds.whole} images of {args.data}'s {ds.split} split: all of them are used")
     model.to(device)
     ddp_model = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     steps_per_epoch = math.ceil(math.ceil(len(train_ds) / world) / args.batch_size)

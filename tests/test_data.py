@@ -282,6 +282,34 @@ def test_train_limit_takes_a_stratified_random_subset(tmp_path):
     assert all(a in (0.0, 25.0, 50.0, 75.0, 100.0) for a in acc)  # 4 validation images, one per class
 
 
+def test_a_limited_image_folder_decodes_only_its_subset(tmp_path, monkeypatch):
+    """``limit`` on an image folder: the subset ``ImageSet.limit`` takes, in its order, chosen from the file listing
+    (``--train-limit 1000`` decoded all 50,000 CIFAR JPEGs first); an unreadable file outside it goes unnoticed,
+    one inside it is left out and said."""
+    import dvt_edge.imagefolder as F
+    from dvt_edge.imageset import read_image
+
+    _class_sorted_folder(tmp_path, n_per_class=30)  # no val/: the holdout is drawn from train/'s listing
+    spec = f"imagefolder:{tmp_path}"
+    full = {split: load_dataset(spec, split) for split in ("train", "val")}
+    decoded = []
+    monkeypatch.setattr(F, "read_image", lambda p: decoded.append(p) or read_image(p))
+    monkeypatch.setattr(F, "_LISTINGS", {})
+    monkeypatch.setattr(F, "_DECODED", {})
+    for split, n, seed in (("train", 9, 3), ("val", 5, 0), ("train", 500, 1)):
+        decoded.clear()
+        sub, want = load_dataset(spec, split, limit=n, seed=seed), full[split].limit(n, seed)
+        assert sub.files == want.files and np.array_equal(sub.labels, want.labels) and np.array_equal(sub.images, want.images)
+        assert len(decoded) == len(want) and sub.whole == len(full[split])
+    assert np.bincount(load_dataset(spec, "train", limit=8).labels).tolist() == [2, 2, 2, 2]
+    bad = tmp_path / full["train"].files[0]
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated
+    picks = [load_dataset(spec, "train", limit=4, seed=s) for s in range(40)]
+    assert any(str(bad) not in p.files and len(p) == 4 and not p.skipped for p in picks)
+    hit = next(p for p in picks if str(bad) in p.skipped)
+    assert len(hit) == 3 and hit.whole == len(full["train"])
+
+
 def test_quiet_training_prints_no_progress_bar_at_all(tmp_path, capsys):
     """``train --quiet``: no bar from decoding a large folder or preprocessing either, only the log
     lines; the switch is scoped to the run."""
@@ -470,6 +498,9 @@ def test_cifar10_jpeg_never_trains_on_the_shipped_holdout(monkeypatch, tmp_path)
         load_dataset("cifar10-jpeg", "train")
     with pytest.raises(DataError, match="val split differs from the 5,000 held-out images"):
         load_dataset("cifar10-jpeg", "val")
+    for split in ("train", "val"):  # a subset (--val-limit) is checked against the whole split's listing
+        with pytest.raises(DataError, match="of the 5,000 images held out .* would be trained on|val split differs from the 5,000"):
+            load_dataset("cifar10-jpeg", split, limit=3)
     monkeypatch.setattr("dvt_edge.data.check_reference_holdout", lambda *a: None)
     assert load_dataset("cifar10-jpeg", "train").preprocess == C10.cifar10_preprocess()  # the reference's, not ImageNet's
 

@@ -300,7 +300,7 @@ def test_an_out_that_is_a_file_is_refused_before_anything_runs(tmp_path, monkeyp
 
     f = tmp_path / "afile.txt"
     f.write_text("mine")
-    monkeypatch.setattr(T, "_load_splits", lambda data: pytest.fail("data was read before --out was checked"))
+    monkeypatch.setattr(T, "_load_splits", lambda data, *a: pytest.fail("data was read before --out was checked"))
     for extra in ([], ["--force"]):
         with pytest.raises(CheckpointError, match=r"--out .*afile.txt is a file; pass a folder for the run"):
             train(build_parser().parse_args([*QUICK, "--epochs", "1", *extra, "--out", str(f)]))
@@ -319,7 +319,7 @@ def test_without_data_a_model_trains_on_its_own_training_set(tmp_path, monkeypat
     class Read(Exception):
         pass
 
-    def read(data):
+    def read(data, *limits):
         raise Read(data)
 
     monkeypatch.setattr(T, "_load_splits", read)
