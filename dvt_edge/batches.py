@@ -3,15 +3,20 @@ DataLoader workers, and the training augmentation (random translation and flip).
 
 from __future__ import annotations
 
+import math
 import random
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
 
 from dvt_edge.imageset import ImageSet
+from dvt_runtime.io import progress as progress_bar
 
-__all__ = ["augment", "TorchSet", "batches", "materialize", "epoch_shard"]
+if TYPE_CHECKING:
+    from dvt_edge.models import DVT
+
+__all__ = ["augment", "TorchSet", "batches", "materialize", "epoch_shard", "evaluate_exits", "EVAL_PIXELS"]
 
 
 def epoch_shard(n: int, epoch: int, seed: int, rank: int, world: int, gen: torch.Generator) -> torch.Tensor:
@@ -95,3 +100,28 @@ def set_rng_state(s: dict) -> None:
     random.setstate((s["python_version"], tuple(s["python"]), None))
     n = s["numpy"]
     np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+
+
+#: images x pixels per evaluation batch: 500 images at 32 px, 10 at 224 px (T2T-ViT-12 held 5.1 GB for a batch of
+#: 150 images at 224 px in PyTorch, measured: about 30 MB an image, most of it its T2T module's 3136-token attention)
+EVAL_PIXELS = 500 * 32 * 32
+
+
+@torch.no_grad()
+def evaluate_exits(model: DVT, ds: ImageSet, batch_size: Optional[int] = None, cache=None, workers: int = 0, progress: bool = False,
+                   desc: str = "evaluate") -> tuple[list[float], np.ndarray]:
+    """Per-exit top-1 accuracy (%) and the softmax outputs (exits, N, classes), on the model's device; ``batch_size``
+    defaults to ``EVAL_PIXELS`` over the model's input pixels (at most 500)."""
+    model.eval()
+    batch_size = batch_size or max(1, min(500, EVAL_PIXELS // model.cfg.img_size ** 2))
+    device = next(model.parameters()).device
+    cache = cache if cache is not None else materialize(ds)
+    idx = torch.arange(len(ds))
+    probs = []
+    it = batches(ds, cache, idx, batch_size, workers)
+    for x, _ in progress_bar(it, total=math.ceil(len(ds) / batch_size), desc=desc, unit="batch", enabled=progress):
+        probs.append(torch.stack([o.float().softmax(-1) for o in model(x.to(device))]).cpu())
+    p = torch.cat(probs, dim=1).numpy()  # (exits, N, classes)
+    labels = ds.labels
+    acc = [float((p[e].argmax(-1) == labels).mean() * 100) for e in range(p.shape[0])]
+    return acc, p

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
+import shlex
 import sys
 import time
 import traceback
@@ -446,7 +447,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--thresholds", default=None,
                     help="with --batches: fixed per-exit thresholds, e.g. 0.9,0.8 ('-' = never stop), instead of the full "
                          "benchmark's matched-accuracy ones")
-    ap.add_argument("--out", default="runs/bench")
+    ap.add_argument("--out", default="runs/bench", help="folder for bench.json, bench.md, plots and bundles (default runs/bench)")
     a = ap.parse_args(argv)
     try:
         try:
@@ -482,6 +483,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (DataError, ValueError, OSError, MemoryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    r["command"] = shlex.join(["python", "-m", "dvt_edge.bench", *argv])  # rerunnable (sys.argv[0] is bench.py's path)
     written = write_outputs([r], out)
     print(markdown([r]))
     print(wrote_line(written, out, "bench"))

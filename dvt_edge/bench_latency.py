@@ -192,14 +192,19 @@ class _Eager:
         return out
 
 
+def runs_per_round(runs: int, rounds: int) -> int:
+    """Timed runs in each round: ``runs`` spread over ``rounds`` rounds, rounded up (never fewer runs than asked), at least 4."""
+    return max(4, -(-runs // rounds))
+
+
 def _time_rounds(runners: dict[str, Callable[[int], list[list[float]]]], rounds: int, runs: int, progress: bool,
                  console=None) -> dict[str, list]:
     """``runners[name](n)`` -> per-stage samples of n timed chain runs; called in ``rounds`` interleaved
-    rounds of ``runs // rounds`` runs each. Returns per name: per-stage samples, in run order, or the
+    rounds of ``runs_per_round(runs, rounds)`` runs each. Returns per name: per-stage samples, in run order, or the
     error (a string) of a row that failed while timing."""
     from dvt_runtime.io import progress as bar
 
-    per = max(4, runs // rounds)
+    per = runs_per_round(runs, rounds)
     samples: dict[str, list] = {name: None for name in runners}
     order = [name for _ in range(rounds) for name in runners]  # round 1: every row, round 2: every row, ...
     for name in bar(order, len(order), "timing", unit="row", enabled=progress, file=console):
@@ -304,7 +309,7 @@ def run_latency(checkpoint: Optional[str], model_name: Optional[str], targets: l
     return {"schema": SCHEMA, "schema_version": 1, "mode": "latency",
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "command": " ".join(sys.argv),
             "checkpoint": checkpoint, "model": model.name, "weights": "random (seed 0)" if model_name else "checkpoint",
-            "input": f"random images {tuple(x.shape[1:])}", "threads": threads, "runs": rounds * max(4, runs // rounds), "rounds": rounds,
+            "input": f"random images {tuple(x.shape[1:])}", "threads": threads, "runs": rounds * runs_per_round(runs, rounds), "rounds": rounds,
             "warmup": warmup,
             "memory": mem, "device": dev, "roofline": roof, "rows": rows, "comparisons": _comparisons(rows)}
 

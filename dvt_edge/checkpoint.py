@@ -24,7 +24,7 @@ from dvt_edge.models import DVT, STAGE_NAMES, DVTConfig, create_model, list_mode
 from dvt_runtime.io import atomic_write
 from dvt_runtime.preprocess import Preprocess
 
-__all__ = ["CheckpointError", "CheckpointInfo", "load_checkpoint", "save_checkpoint", "infer_model_name", "read_checkpoint"]
+__all__ = ["CheckpointError", "CheckpointInfo", "load_checkpoint", "save_checkpoint", "infer_model_name", "read_checkpoint", "checkpoint_model_name"]
 
 FORMAT = "dvt-edge-checkpoint"
 FORMAT_VERSION = 1
@@ -158,6 +158,14 @@ def infer_model_name(sd: dict[str, torch.Tensor]) -> tuple[str, int]:
         f"Closest is {best[1]!r}: {_format_diff(*best[2])}. Registered: {list_models()}. "
         "Pass model=... (CLI: --model NAME) if it is one of them."
     )
+
+
+def checkpoint_model_name(path: Union[str, Path], trusted: bool = False) -> str:
+    """The registered model a checkpoint holds: the name ours record, else the one its keys and shapes infer (published)."""
+    ckpt = read_checkpoint(path, trusted=trusted)
+    if ckpt.get("format") == FORMAT and isinstance(ckpt.get("model"), dict) and ckpt["model"].get("name"):
+        return str(ckpt["model"]["name"])
+    return infer_model_name(_state_dict_of(ckpt, Path(path)))[0]
 
 
 def _stage_order(name: str) -> tuple:

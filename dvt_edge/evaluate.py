@@ -21,9 +21,9 @@ from typing import Optional
 
 import numpy as np
 
+from dvt_edge.batches import evaluate_exits
 from dvt_edge.checkpoint import CheckpointError, load_checkpoint
 from dvt_edge.data import DATASETS, DataError, data_for_checkpoint, default_preprocess, load_dataset, recorded_train_args, scoring_set
-from dvt_edge.train import evaluate_exits
 from dvt_runtime.io import atomic_write_json, save_png
 from dvt_runtime.search import ExitOutputs, StageCosts, evaluate_thresholds, pareto_frontier, sweep_thresholds
 

@@ -29,8 +29,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dvt_edge.batches import augment, batches, epoch_shard, materialize, rng_state, set_rng_state
-from dvt_edge.checkpoint import CheckpointError, _state_dict_of, read_checkpoint, save_checkpoint
+from dvt_edge.batches import augment, batches, epoch_shard, evaluate_exits, materialize, rng_state, set_rng_state
+from dvt_edge.checkpoint import CheckpointError, _state_dict_of, checkpoint_model_name, read_checkpoint, save_checkpoint
 from dvt_edge.data import DATASETS, DataError, ImageSet, default_preprocess, default_train_data, load_dataset
 from dvt_edge.models import DVT, create_model, list_models, model_defaults, model_from_args
 from dvt_edge.transfer import transfer_weights
@@ -39,6 +39,7 @@ from dvt_runtime.io import progress as progress_bar
 from dvt_runtime.preprocess import Preprocess
 
 AMP_CHOICES = ("fp32", "bf16")
+DEFAULT_MODEL = "dvt_tiny_fmnist_ms"  # --model without --finetune or --resume
 
 __all__ = ["train", "evaluate_exits", "main", "build_parser"]
 
@@ -72,24 +73,6 @@ def _lr_lambda(total_steps: int, warmup_steps: int, min_ratio: float = 0.01):
     return f
 
 
-@torch.no_grad()
-def evaluate_exits(model: DVT, ds: ImageSet, batch_size: int = 500, cache=None, workers: int = 0, progress: bool = False,
-                   desc: str = "evaluate") -> tuple[list[float], np.ndarray]:
-    """Per-exit top-1 accuracy (%) and the softmax outputs (exits, N, classes), on the model's device."""
-    model.eval()
-    device = next(model.parameters()).device
-    cache = cache if cache is not None else materialize(ds)
-    idx = torch.arange(len(ds))
-    probs = []
-    it = batches(ds, cache, idx, batch_size, workers)
-    for x, _ in progress_bar(it, total=math.ceil(len(ds) / batch_size), desc=desc, unit="batch", enabled=progress):
-        probs.append(torch.stack([o.float().softmax(-1) for o in model(x.to(device))]).cpu())
-    p = torch.cat(probs, dim=1).numpy()  # (exits, N, classes)
-    labels = ds.labels
-    acc = [float((p[e].argmax(-1) == labels).mean() * 100) for e in range(p.shape[0])]
-    return acc, p
-
-
 def _plot_metrics(history: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -98,14 +81,11 @@ def _plot_metrics(history: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     epochs = [h["epoch"] for h in history]
-    n_exits = len(history[0]["val_acc"])
-    for e in range(n_exits):
+    for e in range(len(history[0]["val_acc"])):
         ax.plot(epochs, [h["val_acc"][e] for h in history], marker="o", label=f"exit {e + 1}")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation top-1 (%)")
+    ax.set(xlabel="epoch", ylabel="validation top-1 (%)", title="per-exit validation accuracy")
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title("per-exit validation accuracy")
     fig.tight_layout()
     save_png(fig, path)
 
@@ -115,7 +95,8 @@ def _plot_metrics(history: list[dict], path: Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m dvt_edge.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="dvt_tiny_fmnist_ms", help=f"registered model (default dvt_tiny_fmnist_ms): {', '.join(list_models())}")
+    ap.add_argument("--model", default=None, help="registered model (default: --finetune's or --resume's architecture, else "
+                    f"{DEFAULT_MODEL}): {', '.join(list_models())}")
     ap.add_argument("--data", default=None, help="dataset spec (default: the model's training set, cifar10-jpeg for dvt_small_cifar, "
                                                  f"fashion-mnist for the *_fmnist models): {', '.join(DATASETS)}")
     ap.add_argument("--epochs", type=int, default=20, help="default 20")
@@ -246,7 +227,11 @@ def _train(args: argparse.Namespace) -> dict:
         raise CheckpointError(f"--out {out} is a file; pass a folder for the run (checkpoints and metrics go there)")
     rank, world, device = _init_processes(args)
     log = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
-    resume_state = _resume_state(args, out)  # a resumed run without --data: its own data
+    resume_state = _resume_state(args, out)  # a resumed run without --data or --model: its own
+    if args.model is None:  # a fine-tune without --model: the checkpoint's architecture (a published one inferred)
+        args.model = checkpoint_model_name(args.finetune, args.trust_checkpoint) if args.finetune else DEFAULT_MODEL
+        if args.finetune:
+            log(f"note: --model {args.model}, the architecture of --finetune {args.finetune}")
     args.data = args.data or default_train_data(args.model)
     random.seed(args.seed + rank)
     np.random.seed(args.seed + rank)
@@ -290,6 +275,7 @@ def _resume_state(args: argparse.Namespace, out: Path) -> Optional[dict]:
             raise CheckpointError(f"--resume: {last} not found (nothing to resume); drop --resume to start a new run")
         resume_state = read_checkpoint(last)
         stored = resume_state.get("model", {})
+        args.model = args.model or stored.get("name")
         if stored.get("name") != args.model:
             raise CheckpointError(
                 f"--resume: {last} is a checkpoint of model {stored.get('name')!r}, not {args.model!r}; "

@@ -19,7 +19,7 @@ def latency(tmp_path_factory, micro_ckpt):
     # weights give near-equal logits, whose top-1 a small int8 error flips)
     out = tmp_path_factory.mktemp("latency")
     rc = bench.main(["--latency-only", "--checkpoint", str(micro_ckpt), "--targets", "onnx", "--precisions", "fp32,int8",
-                     "--runs", "8", "--rounds", "2", "--out", str(out)])
+                     "--runs", "9", "--rounds", "2", "--out", str(out)])
     assert rc == 0
     return out, json.loads((out / "bench.json").read_text())
 
@@ -31,6 +31,8 @@ def _finite_positive(v) -> bool:
 def test_latency_table_from_real_runs(latency):
     out, r = latency
     assert r["mode"] == "latency" and r["model"] == "dvt_micro_fmnist" and r["threads"] == 1
+    assert (r["runs"], r["rounds"]) == (10, 2)  # 9 asked over 2 rounds: rounded up, never fewer (it recorded 8)
+    assert r["command"].startswith("python -m dvt_edge.bench --latency-only --checkpoint ")  # rerunnable, not bench.py's path
     rows = {f"{row['target']} {row['precision']}": row for row in r["rows"]}
     assert set(rows) == {"eager fp32", "onnx fp32", "onnx int8"}, rows
     for name, row in rows.items():

@@ -195,6 +195,30 @@ def test_finetune_with_the_same_classes_keeps_every_tensor(tmp_path):
             assert torch.equal(v, s[k]), k
 
 
+def test_finetune_without_model_takes_the_checkpoints_architecture(tmp_path, capsys):
+    """`train --finetune model_best.pth.tar` without --model built the default Fashion-MNIST model and failed with
+    "only 0 of 224 tensors fit": the architecture comes from the checkpoint (a published one's inferred from its keys)."""
+    from dvt_edge import save_checkpoint
+    from dvt_edge.checkpoint import checkpoint_model_name
+    from dvt_edge.models import create_model
+    from tests.test_checkpoint import PUBLISHED, published_state_dict, save_published
+
+    save_checkpoint(tmp_path / "src.pt", create_model("dvt_micro_fmnist"))
+    args = build_parser().parse_args([*QUICK[2:], "--epochs", "1", "--train-limit", "100", "--val-limit", "50",
+                                      "--finetune", str(tmp_path / "src.pt"), "--lr", "0", "--out", str(tmp_path / "ft")])
+    assert args.model is None
+    train(args)
+    assert args.model == "dvt_micro_fmnist" and load_checkpoint(tmp_path / "ft" / "last.pt")[0].name == "dvt_micro_fmnist"
+    assert "note: --model dvt_micro_fmnist, the architecture of --finetune" in capsys.readouterr().out
+    pub = save_published(tmp_path / "model_best.pth.tar", published_state_dict(PUBLISHED["dvt_t2t_vit_12"]))
+    assert checkpoint_model_name(pub) == "dvt_t2t_vit_12"
+    resumed = build_parser().parse_args([*QUICK[2:], "--epochs", "1", "--train-limit", "100", "--val-limit", "50",
+                                         "--lr", "0", "--resume", "--out", str(tmp_path / "ft")])
+    train(resumed)  # a resume without --model: the run's own
+    assert resumed.model == "dvt_micro_fmnist"
+    assert build_parser().parse_args(["--out", "x"]).model is None
+
+
 def test_finetune_with_other_class_names_reinitialises_heads(tmp_path):
     """Same number of classes, other names (or order): the heads are not carried over."""
     from dvt_edge import save_checkpoint

@@ -91,7 +91,7 @@ def _load_data(spec: Optional[str], pre: Preprocess, calib_n: int, verify_n: int
         if need_calib:
             raise ExportError("int8 needs calibration images and none are known for this checkpoint: "
                               "pass --calib-data SPEC (e.g. imagefolder:PATH or npz:PATH)")
-        return _Data(None, [], None, None, "no real images (fixed inputs only); pass --calib-data to verify on real images")
+        return _Data(None, [], None, None, "no real images (fixed inputs only); give images (export --calib-data, bench --data) to verify on real images")
     try:
         first = "train"
         try:

@@ -155,6 +155,17 @@ def check_finite_reference(fixed_ref: list[np.ndarray], real_ref: Optional[list[
                               "broken (diverged training or a corrupted file); nothing was exported")
 
 
+def batch_tolerance(row, precision: str) -> tuple[float, str]:
+    """How far a batched call's logits may be from one image per call, and why when not ``BATCH_TOL``. A quantized
+    artifact's own rounding may differ by a quantization step when an fp32 reduction's order changes with the
+    batch shape (measured: ONNX Runtime's ReduceSum in T2T-ViT-12's Performer, 4e-6 apart in fp32, 1e-2 on
+    static int8 logits whose error against PyTorch was 2e-2 to 4e-2): within that error, it is the artifact's noise."""
+    own = [v for v in (row.max_abs_diff_fixed, row.max_abs_diff_real) if v is not None and math.isfinite(v)]
+    if precision == "fp32" or not own or max(own) <= BATCH_TOL:
+        return BATCH_TOL, ""
+    return max(own), f" (the artifact's own error against PyTorch fp32 on these images, {precision})"
+
+
 def check_parity(report: ParityReport, precision: str, min_agreement: Optional[float] = INT8_MIN_AGREEMENT) -> list[str]:
     """Every failed check; NaN is a failure (each comparison is written so that NaN fails it).
     ``min_agreement``: int8 (and fp16) top-1 agreement required (None: not checked)."""
@@ -162,8 +173,9 @@ def check_parity(report: ParityReport, precision: str, min_agreement: Optional[f
     for row in report.exits:
         if row.finite is False:
             problems.append(f"exit {row.exit}: the artifact returned NaN or infinite logits where PyTorch's are finite")
-        if row.max_abs_diff_batched is not None and not row.max_abs_diff_batched <= BATCH_TOL:
-            problems.append(f"exit {row.exit}: batched logits differ from one-by-one by {row.max_abs_diff_batched:.2e} > {BATCH_TOL:g}")
+        tol, why = batch_tolerance(row, precision)
+        if row.max_abs_diff_batched is not None and not row.max_abs_diff_batched <= tol:
+            problems.append(f"exit {row.exit}: batched logits differ from one-by-one by {row.max_abs_diff_batched:.2e} > {tol:.2e}{why}")
         if precision == "fp32":
             for k in ("max_abs_diff_fixed", "max_abs_diff_real"):
                 v = getattr(row, k)
