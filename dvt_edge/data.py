@@ -40,7 +40,7 @@ from dvt_edge.fashion_mnist import (  # noqa: F401  (re-exported)
     load_fashion_mnist,
 )
 from dvt_edge.imagefolder import HOLDOUT_FRACTION, HOLDOUT_SEED, IMAGE_EXTS, load_imagefolder  # noqa: F401  (re-exported)
-from dvt_edge.imageset import DataError, ImageSet, SplitNotHeld, default_preprocess, label_mismatch, stratified_subset  # noqa: F401  (re-exported)
+from dvt_edge.imageset import DataError, ImageSet, SplitNotHeld, as_imagenet_labels, default_preprocess, label_mismatch, stratified_subset  # noqa: F401  (re-exported)
 from dvt_edge.npzdata import export_npz, load_npz, write_jpeg_pack  # noqa: F401  (re-exported)
 from dvt_runtime.preprocess import Preprocess
 
@@ -235,9 +235,11 @@ def scoring_set(spec: str, split: str, preprocess: Optional[Preprocess], num_cla
     """``spec``'s ``split`` (``limit``: a seeded, class-stratified subset), whose labels must be a model's: another
     data set's would score every exit wrong (``use``: what the caller does with it, for the message)."""
     ds = load_dataset(spec, split, preprocess=preprocess, limit=limit, seed=seed)
+    ds = as_imagenet_labels(ds, num_classes, classes) or ds  # some of ImageNet's synset folders, for an ImageNet model
     mismatch = label_mismatch(ds, num_classes, classes)
     if mismatch:
-        raise DataError(f"{spec} cannot {use} this model: {mismatch}")
+        raise DataError(f"{spec} cannot {use} this model: {mismatch} (a model for these classes: python -m dvt_edge.train "
+                        f"--finetune CHECKPOINT --data {spec})")
     return ds
 
 

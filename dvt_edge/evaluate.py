@@ -23,7 +23,7 @@ import numpy as np
 
 from dvt_edge.batches import evaluate_exits
 from dvt_edge.checkpoint import CheckpointError, load_checkpoint
-from dvt_edge.data import DATASETS, DataError, data_for_checkpoint, default_preprocess, load_dataset, recorded_train_args, scoring_set
+from dvt_edge.data import DATASETS, DataError, data_for_checkpoint, default_preprocess, recorded_train_args, scoring_set
 from dvt_runtime.io import atomic_write_json, save_png
 from dvt_runtime.search import ExitOutputs, StageCosts, evaluate_thresholds, pareto_frontier, sweep_thresholds
 
@@ -57,13 +57,15 @@ def evaluate_checkpoint(
     # thresholds chosen on training images, as the authors' procedure does (their training loader's logits,
     # images the model trained on; the note says so)
     try:
-        sel = load_dataset(data, "train", preprocess=pre, limit=threshold_n, seed=1)
+        sel = scoring_set(data, "train", pre, model.cfg.num_classes, info.classes, "choose thresholds for", limit=threshold_n, seed=1)
         _, sel_probs = evaluate_exits(model, sel, progress=progress, desc=f"threshold images ({len(sel)} of train)")
         sel_out = ExitOutputs.from_probs(sel_probs, sel.labels)
         trained = recorded_train_args(info.extras)
         limit = trained.get("train_limit") if trained.get("data") == data else None  # a limit of another set says nothing here
-        sel_note = f"{len(sel)} training images (seeded; " + (f"the model trained on a random {limit} of the {sel.whole})"
-                                                             if limit and limit < sel.whole else "the model trained on them)")
+        sel_note = f"{len(sel)} training images (seeded; " + (
+            f"the checkpoint records training on {trained['data']}, not {data})" if trained.get("data") not in (None, data) else
+            "the checkpoint records no training data)" if not trained.get("data") else
+            f"the model trained on a random {limit} of the {sel.whole})" if limit and limit < sel.whole else "the model trained on them)")
     except DataError as e:  # no usable training split: say why, in the report itself
         sel_out, sel_note = test_out, f"the evaluation split itself (training split unavailable: {str(e)[:200]})"
     curve = [evaluate_thresholds(test_out, None, t, costs) for t in sweep_thresholds(sel_out, n_budgets)]

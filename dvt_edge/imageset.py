@@ -17,7 +17,7 @@ from dvt_runtime.checks import numbered
 from dvt_runtime.io import progress as progress_bar
 from dvt_runtime.preprocess import Preprocess
 
-__all__ = ["DataError", "ImageSet", "SplitNotHeld", "stratified_subset", "default_preprocess", "decode_image", "jpeg_end", "label_mismatch", "read_image", "to_uint8"]
+__all__ = ["DataError", "ImageSet", "SplitNotHeld", "stratified_subset", "as_imagenet_labels", "default_preprocess", "decode_image", "jpeg_end", "label_mismatch", "read_image", "to_uint8"]
 
 
 class DataError(ValueError):
@@ -152,6 +152,23 @@ def label_mismatch(ds: ImageSet, num_classes: int, classes: Optional[list[str]])
     if ds.num_classes != num_classes:
         return f"it has {ds.num_classes} classes, the model {num_classes}"
     return None
+
+
+def as_imagenet_labels(ds: ImageSet, num_classes: int, classes: Optional[list[str]]) -> Optional[ImageSet]:
+    """A folder of some of ImageNet-1k's synset folders (Imagenette, a few val classes) for a 1000-class ImageNet
+    model (its classes ImageNet's, or unnamed): the same images labelled with ImageNet's indices and names. None
+    when that is not the case (a full ImageNet folder already reads as ImageNet, see :func:`display_classes`)."""
+    if num_classes != 1000 or len(ds.classes) >= 1000:
+        return None
+    synsets, names = imagenet1k()
+    if classes and list(classes) != list(names):
+        return None
+    index = {s: i for i, s in enumerate(synsets)}
+    if not all(c in index for c in ds.classes):
+        return None
+    to_imagenet = np.array([index[c] for c in ds.classes], dtype=np.int64)
+    return ImageSet(ds.name, ds.split, ds.images, to_imagenet[ds.labels], list(names), ds.preprocess, ds.preprocessed, ds.skipped,
+                    ds.files, ds.split_size)
 
 
 def default_preprocess(in_chans: int, img_size: int) -> Preprocess:

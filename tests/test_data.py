@@ -543,6 +543,32 @@ def test_imagenet_synset_folders_are_named_as_the_published_bundles_name_them(tm
     assert load_dataset(f"imagefolder:{tmp_path / 'sub'}", "val").classes == list(synsets[:3])
 
 
+def test_some_imagenet_synset_folders_score_an_imagenet_model(tmp_path):
+    """Imagenette-style folders (10 of ImageNet's synsets) were refused for a published model: "it has 10 classes,
+    the model 1000"; scored, they carry ImageNet's indices. Other folders are still refused, pointing at --finetune."""
+    from dvt_edge.imageset import imagenet1k
+
+    synsets, names = imagenet1k()
+    picked = [synsets[0], synsets[417], synsets[999]]
+    img = np.zeros((8, 8, 3), np.uint8)
+    for s in [*picked, "n99999999"]:
+        for split in ("train", "val"):
+            (tmp_path / ("sub" if s in picked else "odd") / split / s).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(tmp_path / ("sub" if s in picked else "odd") / split / s / "a.png"), img)
+    for s in picked[:2]:
+        cv2.imwrite(str(tmp_path / "odd" / "val" / s / "a.png"), img)
+        (tmp_path / "odd" / "train" / s).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / "odd" / "train" / s / "a.png"), img)
+    spec = f"imagefolder:{tmp_path / 'sub'}"
+    for classes in (list(names), None):
+        ds = D.scoring_set(spec, "val", None, 1000, classes, "score")
+        assert ds.classes == list(names) and sorted(ds.labels.tolist()) == [0, 417, 999]
+    with pytest.raises(DataError, match="cannot score this model: its classes"):
+        D.scoring_set(spec, "val", None, 1000, [f"c{i}" for i in range(1000)], "score")  # not an ImageNet model
+    with pytest.raises(DataError, match=r"cannot score this model: .*train --finetune CHECKPOINT --data imagefolder:"):
+        D.scoring_set(f"imagefolder:{tmp_path / 'odd'}", "val", None, 1000, list(names), "score")  # a folder that is no synset
+
+
 def test_hidden_folders_are_not_classes_and_any_color_image_makes_a_color_set(tmp_path):
     """``train/.ipynb_checkpoints`` is no class; a grayscale picture sorted first in a color set does not
     make the default preprocessing grayscale."""

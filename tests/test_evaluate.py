@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -38,6 +39,24 @@ def test_evaluate_writes_report(tmp_path, capsys):
     assert evaluate_exits(m, sub)[0] == pytest.approx(want, abs=1e-9)
     assert (tmp_path / "ev" / "evaluate.png").stat().st_size > 1000
     assert "FLOPs-budget curve" in capsys.readouterr().out
+
+
+def test_threshold_images_say_whose_training_images_they_are(micro_ckpt, tmp_path):
+    """A published model (no training recorded) scored on someone's folder said its threshold images were ones
+    "the model trained on"; a checkpoint trained on other data says which."""
+    from dvt_edge import create_model, save_checkpoint
+    from dvt_edge.evaluate import evaluate_checkpoint
+
+    save_checkpoint(tmp_path / "fresh.pt", create_model("dvt_micro_fmnist"))
+    r = evaluate_checkpoint(str(tmp_path / "fresh.pt"), data="fashion-mnist", limit=50, threshold_n=40, progress=False)
+    assert r["threshold_selection"] == "40 training images (seeded; the checkpoint records no training data)"
+    d = tmp_path / "folder"
+    for split in ("train", "val"):
+        for c in range(10):
+            (d / split / str(c)).mkdir(parents=True)
+            cv2.imwrite(str(d / split / str(c) / "a.png"), np.full((28, 28), 20 * c, np.uint8))
+    r = evaluate_checkpoint(str(micro_ckpt), data=f"imagefolder:{d}", threshold_n=10, progress=False)
+    assert r["threshold_selection"] == f"10 training images (seeded; the checkpoint records training on fashion-mnist, not imagefolder:{d})"
 
 
 def test_evaluate_bad_checkpoint(tmp_path, capsys):
