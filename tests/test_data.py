@@ -563,6 +563,10 @@ def test_some_imagenet_synset_folders_score_an_imagenet_model(tmp_path):
     for classes in (list(names), None):
         ds = D.scoring_set(spec, "val", None, 1000, classes, "score")
         assert ds.classes == list(names) and sorted(ds.labels.tolist()) == [0, 417, 999]
+    from dvt_edge.export import _load_data
+
+    got = _load_data(spec, D.default_preprocess(3, 32), 2, 3, True, 1000, list(names))  # export's real-image verification
+    assert "labels are not used" not in got.note and sorted(got.verify_y.tolist()) == [0, 417, 999]
     with pytest.raises(DataError, match="cannot score this model: its classes"):
         D.scoring_set(spec, "val", None, 1000, [f"c{i}" for i in range(1000)], "score")  # not an ImageNet model
     with pytest.raises(DataError, match=r"cannot score this model: .*train --finetune CHECKPOINT --data imagefolder:"):

@@ -41,7 +41,7 @@ from dvt_edge.export.verify import (
     torch_cascade,
     verification_bundle,
 )
-from dvt_edge.imageset import SplitNotHeld, default_classes, label_mismatch, stratified_subset
+from dvt_edge.imageset import SplitNotHeld, as_imagenet_labels, default_classes, label_mismatch, stratified_subset
 from dvt_edge.logs import quiet_toolchains
 from dvt_edge.models import DVT, imagenet_layout
 from dvt_runtime.bundle import softmax
@@ -99,6 +99,7 @@ def _load_data(spec: Optional[str], pre: Preprocess, calib_n: int, verify_n: int
         except SplitNotHeld:  # a file of one split (an exported val .npz): calibration and verification share its images
             train, first = load_dataset(spec, "val", preprocess=pre), "val"
         _check_preprocessed(train, spec, pre)
+        train = as_imagenet_labels(train, num_classes, classes) or train  # some of ImageNet's synsets, for an ImageNet model
         mismatch = label_mismatch(train, num_classes, classes)
         calib, _ = train.arrays(calib_n, seed=0)
         try:
@@ -107,6 +108,7 @@ def _load_data(spec: Optional[str], pre: Preprocess, calib_n: int, verify_n: int
             val = None
         if val is not None:
             _check_preprocessed(val, spec, pre)
+            val = as_imagenet_labels(val, num_classes, classes) or val
         if val is not None and not _same_images(val, train):
             vx, vy = val.arrays(min(verify_n, len(val)), seed=1)
             where = f"{spec}/val"
