@@ -280,9 +280,10 @@ def _few_images(n_cal: int, n_hold: int, metric: str) -> str:
     """A note when the split is too small to trust: accuracies of a few hundred images move by points, and a
     percentile q needs about 10 / (1 - q) images above the median (10 / q below it), or it is their slowest (fastest)."""
     notes = []
-    if min(n_cal, n_hold) < FEW_IMAGES:
+    if min(n_cal, n_hold) < FEW_IMAGES:  # images in all for FEW_IMAGES on the smaller side at this split's fractions
+        need = math.ceil(FEW_IMAGES * (n_cal + n_hold) / max(1, min(n_cal, n_hold)))
         notes.append(f"only {n_cal} images to search thresholds on and {n_hold} to check them on: accuracies of so few "
-                     f"move by points from one sample to the next; calibrate on {2 * FEW_IMAGES} or more (--data)")
+                     f"move by points from one sample to the next; calibrate on {need} or more in all (--data)")
     q = check_metric(metric)  # None (the mean) or an exact fraction in (0, 100]
     tail = None if q is None or q in (0, 100) else (100 - q if q > 50 else q)
     if tail is not None and n_hold < (need := math.ceil(1000 / tail)):
