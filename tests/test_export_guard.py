@@ -229,3 +229,15 @@ def test_cli_int8_min_agreement(micro_ckpt, monkeypatch, capsys):
     for bad in ("101", "nan", "most"):
         assert M.main([*ck, "--int8-min-agreement", bad]) == 2
         assert "int8" in capsys.readouterr().err and len(seen) == 3
+
+
+def test_a_224px_export_says_it_takes_minutes_before_it_starts(tmp_path, capsys):
+    """ExecuTorch int8 of dvt_t2t_vit_12 ran 15 minutes with nothing said; the note comes before the long part
+    (here the export then stops at its calibration data, which does not exist)."""
+    from tests.test_checkpoint import PUBLISHED, published_state_dict, save_published
+
+    ckpt = save_published(tmp_path / "model_best.pth.tar", published_state_dict(PUBLISHED["dvt_t2t_vit_12"]))
+    with pytest.raises(ExportError, match="calibration data"):
+        export_bundle(str(ckpt), "executorch", "int8", out=str(tmp_path / "b"), calib_data=f"npz:{tmp_path / 'none.npz'}", progress=False)
+    assert "takes minutes: about 15 minutes (every scheme tried) for dvt_t2t_vit_12" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
