@@ -302,6 +302,16 @@ def test_a_limited_image_folder_decodes_only_its_subset(tmp_path, monkeypatch):
         assert sub.files == want.files and np.array_equal(sub.labels, want.labels) and np.array_equal(sub.images, want.images)
         assert len(decoded) == len(want) and sub.whole == len(full[split])
     assert np.bincount(load_dataset(spec, "train", limit=8).labels).tolist() == [2, 2, 2, 2]
+    from dvt_edge.export import _load_data
+
+    pre = D.default_preprocess(3, 8)
+    monkeypatch.setattr(F, "_DECODED", {})
+    decoded.clear()
+    got = _load_data(spec, pre, 6, 5, True, 4, None)  # an int8 export's calibration and verification images
+    assert len(decoded) == 6 + 5 and "6 calibration images" in got.note and "5 verification images" in got.note
+    want_x, _ = load_dataset(spec, "train", preprocess=pre).arrays(6, seed=0)
+    want_vx, want_vy = load_dataset(spec, "val", preprocess=pre).arrays(5, seed=1)
+    assert np.array_equal(np.stack(got.calib), want_x) and np.array_equal(got.verify_x, want_vx) and np.array_equal(got.verify_y, want_vy)
     bad = tmp_path / full["train"].files[0]
     bad.write_bytes(bad.read_bytes()[:40])  # truncated
     picks = [load_dataset(spec, "train", limit=4, seed=s) for s in range(40)]

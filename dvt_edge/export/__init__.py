@@ -92,27 +92,25 @@ def _load_data(spec: Optional[str], pre: Preprocess, calib_n: int, verify_n: int
             raise ExportError("int8 needs calibration images and none are known for this checkpoint: "
                               "pass --calib-data SPEC (e.g. imagefolder:PATH or npz:PATH)")
         return _Data(None, [], None, None, "no real images (fixed inputs only); give images (export --calib-data, bench --data) to verify on real images")
+    # image folders' splits are other files: only the images used are decoded (a limited load picks what arrays() would)
+    lazy = spec.partition(":")[0] in ("imagefolder", "cifar10-jpeg")
     try:
         first = "train"
         try:
-            train = load_dataset(spec, "train", preprocess=pre)
+            train = _images(spec, "train", pre, num_classes, classes, calib_n if lazy else None, 0)
         except SplitNotHeld:  # a file of one split (an exported val .npz): calibration and verification share its images
-            train, first = load_dataset(spec, "val", preprocess=pre), "val"
-        _check_preprocessed(train, spec, pre)
-        train = as_imagenet_labels(train, num_classes, classes) or train  # some of ImageNet's synsets, for an ImageNet model
+            train, first = _images(spec, "val", pre, num_classes, classes), "val"
         mismatch = label_mismatch(train, num_classes, classes)
-        calib, _ = train.arrays(calib_n, seed=0)
+        calib, _ = train.arrays() if lazy else train.arrays(calib_n, seed=0)
         try:
-            val = load_dataset(spec, "val", preprocess=pre)
+            val = _images(spec, "val", pre, num_classes, classes, verify_n if lazy else None, 1)
         except DataError:
             val = None
-        if val is not None:
-            _check_preprocessed(val, spec, pre)
-            val = as_imagenet_labels(val, num_classes, classes) or val
-        if val is not None and not _same_images(val, train):
-            vx, vy = val.arrays(min(verify_n, len(val)), seed=1)
+        if val is not None and (lazy or not _same_images(val, train)):
+            vx, vy = val.arrays() if lazy else val.arrays(min(verify_n, len(val)), seed=1)
             where = f"{spec}/val"
         else:  # one set of images (no val split, or an npz without one): verify on images calibration did not see
+            train = _images(spec, first, pre, num_classes, classes) if lazy else train  # all of it
             rest = np.setdiff1d(np.arange(len(train)), stratified_subset(train.labels, calib_n, 0))
             pool = train.subset(rest) if len(rest) else train
             vx, vy = pool.arrays(min(verify_n, len(pool)), seed=1)
@@ -124,6 +122,15 @@ def _load_data(spec: Optional[str], pre: Preprocess, calib_n: int, verify_n: int
     if mismatch:
         vy, note = None, note + f"; their labels are not used ({mismatch}): no accuracy, no thresholds chosen on them"
     return _Data(spec, list(calib), vx, vy, note)
+
+
+def _images(spec: str, split: str, pre: Preprocess, num_classes: int, classes: Optional[list[str]], limit: Optional[int] = None,
+            seed: int = 0):
+    """``spec``'s ``split`` (a seeded stratified ``limit`` of it) as the checkpoint's model sees it: preprocessed as it
+    expects, and some of ImageNet's synset folders labelled with ImageNet's indices for an ImageNet model."""
+    ds = load_dataset(spec, split, preprocess=pre, limit=limit, seed=seed)
+    _check_preprocessed(ds, spec, pre)
+    return as_imagenet_labels(ds, num_classes, classes) or ds
 
 
 def _check_preprocessed(ds, spec: str, pre: Preprocess) -> None:
