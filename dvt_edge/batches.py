@@ -16,7 +16,7 @@ from dvt_runtime.io import progress as progress_bar
 if TYPE_CHECKING:
     from dvt_edge.models import DVT
 
-__all__ = ["augment", "TorchSet", "batches", "materialize", "epoch_shard", "evaluate_exits", "EVAL_PIXELS"]
+__all__ = ["augment", "TorchSet", "batches", "materialize", "epoch_shard", "evaluate_exits", "eval_batch_size", "EVAL_PIXELS"]
 
 
 def epoch_shard(n: int, epoch: int, seed: int, rank: int, world: int, gen: torch.Generator) -> torch.Tensor:
@@ -107,13 +107,18 @@ def set_rng_state(s: dict) -> None:
 EVAL_PIXELS = 500 * 32 * 32
 
 
+def eval_batch_size(img_size: int) -> int:
+    """Images per evaluation batch by default: ``EVAL_PIXELS`` over the input's pixels, 1 to 500."""
+    return max(1, min(500, EVAL_PIXELS // img_size ** 2))
+
+
 @torch.no_grad()
 def evaluate_exits(model: DVT, ds: ImageSet, batch_size: Optional[int] = None, cache=None, workers: int = 0, progress: bool = False,
                    desc: str = "evaluate") -> tuple[list[float], np.ndarray]:
     """Per-exit top-1 accuracy (%) and the softmax outputs (exits, N, classes), on the model's device; ``batch_size``
     defaults to ``EVAL_PIXELS`` over the model's input pixels (at most 500)."""
     model.eval()
-    batch_size = batch_size or max(1, min(500, EVAL_PIXELS // model.cfg.img_size ** 2))
+    batch_size = batch_size or eval_batch_size(model.cfg.img_size)
     device = next(model.parameters()).device
     cache = cache if cache is not None else materialize(ds)
     idx = torch.arange(len(ds))

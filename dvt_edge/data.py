@@ -39,7 +39,7 @@ from dvt_edge.fashion_mnist import (  # noqa: F401  (re-exported)
     fashion_mnist_dirs,
     load_fashion_mnist,
 )
-from dvt_edge.imagefolder import HOLDOUT_FRACTION, HOLDOUT_SEED, IMAGE_EXTS, load_imagefolder  # noqa: F401  (re-exported)
+from dvt_edge.imagefolder import HOLDOUT_FRACTION, HOLDOUT_SEED, IMAGE_EXTS, load_imagefolder, split_files  # noqa: F401  (re-exported)
 from dvt_edge.imageset import DataError, ImageSet, SplitNotHeld, as_imagenet_labels, default_preprocess, label_mismatch, stratified_subset  # noqa: F401  (re-exported)
 from dvt_edge.npzdata import export_npz, load_npz, write_jpeg_pack  # noqa: F401  (re-exported)
 from dvt_runtime.preprocess import Preprocess
@@ -110,6 +110,15 @@ def recorded_train_args(extras: Optional[dict]) -> dict:
     return args if isinstance(args, dict) else {}
 
 
+def same_data(a: Optional[str], b: Optional[str]) -> bool:
+    """Whether two dataset specs name the same data: ``KIND:PATH`` specs by their resolved path (``~/photos``
+    and ``/home/me/photos`` are one folder), others by their text."""
+    (ka, _, pa), (kb, _, pb) = (str(a).partition(":"), str(b).partition(":"))
+    if a is not None and b is not None and ka == kb and pa and pb:
+        return Path(pa).expanduser().resolve() == Path(pb).expanduser().resolve()
+    return a == b
+
+
 def recorded_data(extras: Optional[dict]) -> list[str]:
     """The dataset specs a checkpoint records, most portable first: a published reference's
     evaluation set (``eval_data``), its data, and the data its training run was given."""
@@ -141,7 +150,10 @@ def checkpoint_data(model_name: str, extras: Optional[dict] = None, cfg=None, sp
     why: list[str] = []  # each recorded set that could not be read, and why
     for spec in candidates:
         try:
-            load_dataset(spec, split, download=False)
+            if spec.startswith("imagefolder:") and spec.partition(":")[2]:  # here: its folders list (nothing decoded)
+                split_files(spec.partition(":")[2], split)
+            else:
+                load_dataset(spec, split, download=False, limit=1)
         except DataError as e:
             if spec in recorded:
                 why.append(f"{spec}: {str(e)[:300]}")

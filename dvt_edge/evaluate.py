@@ -23,7 +23,7 @@ import numpy as np
 
 from dvt_edge.batches import evaluate_exits
 from dvt_edge.checkpoint import CheckpointError, load_checkpoint
-from dvt_edge.data import DATASETS, DataError, data_for_checkpoint, default_preprocess, recorded_train_args, scoring_set
+from dvt_edge.data import DATASETS, DataError, data_for_checkpoint, default_preprocess, recorded_train_args, same_data, scoring_set
 from dvt_runtime.io import atomic_write_json, save_png
 from dvt_runtime.search import ExitOutputs, StageCosts, evaluate_thresholds, pareto_frontier, sweep_thresholds
 
@@ -61,9 +61,10 @@ def evaluate_checkpoint(
         _, sel_probs = evaluate_exits(model, sel, progress=progress, desc=f"threshold images ({len(sel)} of train)")
         sel_out = ExitOutputs.from_probs(sel_probs, sel.labels)
         trained = recorded_train_args(info.extras)
-        limit = trained.get("train_limit") if trained.get("data") == data else None  # a limit of another set says nothing here
+        own = same_data(trained.get("data"), data)
+        limit = trained.get("train_limit") if own else None  # a limit of another set says nothing here
         sel_note = f"{len(sel)} training images (seeded; " + (
-            f"the checkpoint records training on {trained['data']}, not {data})" if trained.get("data") not in (None, data) else
+            f"the checkpoint records training on {trained['data']}, not {data})" if trained.get("data") and not own else
             "the checkpoint records no training data)" if not trained.get("data") else
             f"the model trained on a random {limit} of the {sel.whole})" if limit and limit < sel.whole else "the model trained on them)")
     except DataError as e:  # no usable training split: say why, in the report itself

@@ -57,16 +57,22 @@ def load_imagefolder(root: str, split: str, preprocess: Optional[Preprocess], li
     idx, whole = sp.idx, len(sp.idx)
     if limit is not None:
         idx = idx[stratified_subset(sp.labels[idx], limit, seed)]  # as ImageSet.limit picks it
+    images, kept, skipped, paths, look = _decoded(sp, split, idx)
+    if preprocess is None:  # the whole split's look (every image decoded once), not the subset's
+        preprocess = _folder_preprocess(*(look if len(idx) == whole else _decoded(sp, split, sp.idx)[4]))
+    return ImageSet(f"imagefolder:{sp.base}", split, images, kept, display_classes(sp.classes), preprocess, skipped=skipped,
+                    files=paths, split_size=whole if len(idx) < whole else 0)
+
+
+def _decoded(sp: _Split, split: str, idx: np.ndarray) -> tuple:
+    """The files ``idx`` of a listing decoded (:func:`_decode`), from the cache of the last few selections."""
     dkey = (sp.key, split, len(idx), hashlib.sha1(idx.astype(np.int64).tobytes()).hexdigest())
     if dkey not in _DECODED:
         while len(_DECODED) >= _DECODED_KEPT:
             _DECODED.pop(next(iter(_DECODED)))
-        _DECODED[dkey] = _decode(sp.sub, sp.classes, [sp.files[i] for i in idx], sp.labels[idx], split, len(idx) < whole)
-    images, kept, skipped, paths, look = _DECODED[dkey]
-    if preprocess is None:
-        preprocess = _folder_preprocess(*look)
-    return ImageSet(f"imagefolder:{sp.base}", split, images, kept, display_classes(sp.classes), preprocess, skipped=skipped,
-                    files=paths, split_size=whole if len(idx) < whole else 0)
+        # a subset of the listing (a limit, or a holdout's side) need not hold every class
+        _DECODED[dkey] = _decode(sp.sub, sp.classes, [sp.files[i] for i in idx], sp.labels[idx], split, len(idx) < len(sp.files))
+    return _DECODED[dkey]
 
 
 def split_files(root: str, split: str) -> list[Path]:
@@ -160,7 +166,11 @@ def _decode(sub: Path, classes: list[str], files: list[Path], labels: np.ndarray
                 in_memory, decoded = False, []
     _check_classes(sub, classes, labels, keep, skipped, split, limited)
     images: object = np.stack(decoded) if in_memory and decoded else kept_paths  # (N, H, W[, C]) uint8, or paths
-    return images, np.array(keep, dtype=np.int64), skipped, kept_paths, (color, int(np.median(sides)) if sides else 0)
+    labels_kept = np.array(keep, dtype=np.int64)
+    for a in (images, labels_kept):  # shared by every ImageSet the cache serves: read-only
+        if isinstance(a, np.ndarray):
+            a.flags.writeable = False
+    return images, labels_kept, skipped, kept_paths, (color, int(np.median(sides)) if sides else 0)
 
 
 def _list_class_folders(sub: Path, classes: list[str]) -> tuple[list[Path], np.ndarray]:
@@ -183,16 +193,19 @@ def _list_class_folders(sub: Path, classes: list[str]) -> tuple[list[Path], np.n
 
 def _check_classes(sub: Path, classes: list[str], chosen: np.ndarray, keep: list[int], skipped: list[str], split: str,
                    limited: bool) -> None:
-    """Refuse a training split with an empty class; warn about skipped files and empty classes (of a subset:
-    classes none of whose chosen files can be read)."""
+    """Refuse a training split with a class none of whose chosen files can be read, or (the whole folder) an empty
+    class; warn about skipped files, and about the same in other splits. A subset of the listing (``limited``: a
+    limit, or a holdout's side) need not hold every class."""
     n_kept = np.bincount(np.asarray(keep, dtype=np.int64), minlength=len(classes))
     n_chosen = np.bincount(chosen, minlength=len(classes))
-    empty = [c for c, n, k in zip(classes, n_kept, n_chosen) if n == 0 and (k > 0 or not limited)]
-    if split == "train" and empty and not limited:
-        raise DataError(f"imagefolder: class folder(s) with no readable image in {sub}: {empty}")
+    unreadable = [c for c, n, k in zip(classes, n_kept, n_chosen) if n == 0 and k > 0]
+    empty = unreadable + ([] if limited else [c for c, k in zip(classes, n_chosen) if k == 0])
+    what = (f"none of the chosen images of class(es) {unreadable} in {sub} can be read" if limited else
+            f"class folder(s) with no readable image in {sub}: {empty}")
+    if split == "train" and empty:
+        raise DataError(f"imagefolder: {what}")
     if empty:
-        warnings.warn(f"imagefolder: none of the chosen images of class(es) {empty} in {sub} can be read" if limited
-                      else f"imagefolder: {sub} has no images for class(es) {empty}", stacklevel=4)
+        warnings.warn(f"imagefolder: {what}" if limited else f"imagefolder: {sub} has no images for class(es) {empty}", stacklevel=4)
     if skipped:
         warnings.warn(f"imagefolder: skipped {len(skipped)} unreadable or truncated image(s) in {sub}, e.g. {skipped[:3]}", stacklevel=4)
 

@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dvt_edge.batches import augment, batches, epoch_shard, evaluate_exits, materialize, rng_state, set_rng_state
+from dvt_edge.batches import augment, batches, epoch_shard, eval_batch_size, evaluate_exits, materialize, rng_state, set_rng_state
 from dvt_edge.checkpoint import CheckpointError, _state_dict_of, checkpoint_model_name, read_checkpoint, save_checkpoint
 from dvt_edge.data import DATASETS, DataError, ImageSet, default_preprocess, default_train_data, load_dataset
 from dvt_edge.models import DVT, create_model, list_models, model_defaults, model_from_args
@@ -448,7 +448,8 @@ def _end_epoch(run: _Run, state: _RunState, out: Path, epoch: int, train_loss: f
                rngs: list, gens: list, t_run: float) -> None:
     """Per-exit validation, checkpoints (last.pt, best.pt when improved), metrics.json/png (rank 0)."""
     args, model = run.args, run.model
-    acc, _ = evaluate_exits(model, run.val_ds, cache=run.val_cache)
+    # batches of training size fit where training does (a GPU's 512 at 224 px), and at least the CPU default
+    acc, _ = evaluate_exits(model, run.val_ds, max(args.batch_size, eval_batch_size(model.cfg.img_size)), cache=run.val_cache)
     entry = {"epoch": epoch + 1, "train_loss": train_loss, "val_acc": acc,
              "lr": run.sched.get_last_lr()[0], "epoch_seconds": round(train_time, 1)}
     state.history.append(entry)

@@ -298,9 +298,11 @@ def test_a_limited_image_folder_decodes_only_its_subset(tmp_path, monkeypatch):
     monkeypatch.setattr(F, "_DECODED", {})
     for split, n, seed in (("train", 9, 3), ("val", 5, 0), ("train", 500, 1)):
         decoded.clear()
-        sub, want = load_dataset(spec, split, limit=n, seed=seed), full[split].limit(n, seed)
+        sub, want = load_dataset(spec, split, full[split].preprocess, limit=n, seed=seed), full[split].limit(n, seed)
         assert sub.files == want.files and np.array_equal(sub.labels, want.labels) and np.array_equal(sub.images, want.images)
         assert len(decoded) == len(want) and sub.whole == len(full[split])
+    # without a preprocessing to apply, the folder's default comes from the whole split (decoded once), not the subset's
+    assert load_dataset(spec, "val", limit=2).preprocess == full["val"].preprocess
     assert np.bincount(load_dataset(spec, "train", limit=8).labels).tolist() == [2, 2, 2, 2]
     from dvt_edge.export import _load_data
 
@@ -314,10 +316,21 @@ def test_a_limited_image_folder_decodes_only_its_subset(tmp_path, monkeypatch):
     assert np.array_equal(np.stack(got.calib), want_x) and np.array_equal(got.verify_x, want_vx) and np.array_equal(got.verify_y, want_vy)
     bad = tmp_path / full["train"].files[0]
     bad.write_bytes(bad.read_bytes()[:40])  # truncated
-    picks = [load_dataset(spec, "train", limit=4, seed=s) for s in range(40)]
-    assert any(str(bad) not in p.files and len(p) == 4 and not p.skipped for p in picks)
+    picks = [load_dataset(spec, "train", limit=8, seed=s) for s in range(40)]
+    assert any(str(bad) not in p.files and len(p) == 8 and not p.skipped for p in picks)
     hit = next(p for p in picks if str(bad) in p.skipped)
-    assert len(hit) == 3 and hit.whole == len(full["train"])
+    assert len(hit) == 7 and hit.whole == len(full["train"])
+    with pytest.raises(DataError, match=r"none of the chosen images of class\(es\) \['a'\] in .* can be read"):
+        [load_dataset(spec, "train", limit=4, seed=s) for s in range(40)]  # a class's only pick unreadable: no class left
+    # the holdout's val side needs no image of every class (3 of a 3-image class go nowhere): not warned
+    (tmp_path / "small" / "train").mkdir(parents=True)
+    shutil.copytree(tmp_path / "train" / "b", tmp_path / "small" / "train" / "b")
+    (tmp_path / "small" / "train" / "c").mkdir()
+    for f in sorted((tmp_path / "train" / "c").iterdir())[:3]:
+        shutil.copy(f, tmp_path / "small" / "train" / "c")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert set(load_dataset(f"imagefolder:{tmp_path / 'small'}", "val").labels.tolist()) == {0}
 
 
 def test_quiet_training_prints_no_progress_bar_at_all(tmp_path, capsys):
@@ -710,3 +723,16 @@ def test_a_recorded_evaluation_set_of_one_split_is_found_for_that_split(tmp_path
     assert checkpoint_data("dvt_micro_fmnist", extras, split="val") == (f"npz:{tmp_path / 'val.npz'}", "")
     spec, note = checkpoint_data("dvt_micro_fmnist", extras, split="train")  # that set has no train split: said
     assert spec == f"npz:{tmp_path / 'train.npz'}" and "holds only the 'val' split" in note
+
+
+def test_same_data_compares_folders_by_path(tmp_path, monkeypatch):
+    """Evaluate's threshold note said "records training on imagefolder:~/photos, not imagefolder:/home/me/photos"."""
+    from dvt_edge.batches import eval_batch_size
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "photos").mkdir()
+    assert D.same_data("imagefolder:~/photos", f"imagefolder:{tmp_path}/photos/")
+    assert not D.same_data("imagefolder:~/photos", f"npz:{tmp_path}/photos") and not D.same_data("imagefolder:/a", "imagefolder:/b")
+    assert D.same_data("fashion-mnist", "fashion-mnist") and D.same_data(None, None)
+    assert not D.same_data(None, "fashion-mnist") and not D.same_data("fashion-mnist", None)
+    assert [eval_batch_size(s) for s in (28, 32, 64, 224)] == [500, 500, 125, 10]
