@@ -27,6 +27,9 @@ _LISTINGS: dict[tuple, tuple[list[Path], np.ndarray]] = {}
 #: decoded selections of a listing, keyed by the listing's key and the selection (the last few kept)
 _DECODED: dict[tuple, tuple] = {}
 _DECODED_KEPT = 4
+#: a subset's default preprocessing also looks at this many of its split's images (seeded): _sample_look
+LOOK_SAMPLE = 256
+_LOOKS: dict[tuple, tuple[bool, int]] = {}
 
 
 class _Split(NamedTuple):
@@ -58,8 +61,11 @@ def load_imagefolder(root: str, split: str, preprocess: Optional[Preprocess], li
     if limit is not None:
         idx = idx[stratified_subset(sp.labels[idx], limit, seed)]  # as ImageSet.limit picks it
     images, kept, skipped, paths, look = _decoded(sp, split, idx)
-    if preprocess is None:  # the whole split's look (every image decoded once), not the subset's
-        preprocess = _folder_preprocess(*(look if len(idx) == whole else _decoded(sp, split, sp.idx)[4]))
+    if preprocess is None:  # a subset's default: its look and that of a fixed sample of the split, not the subset's alone
+        if len(idx) < whole:
+            color, side = _sample_look(sp, split)
+            look = (look[0] or color, side or look[1])
+        preprocess = _folder_preprocess(*look)
     return ImageSet(f"imagefolder:{sp.base}", split, images, kept, display_classes(sp.classes), preprocess, skipped=skipped,
                     files=paths, split_size=whole if len(idx) < whole else 0)
 
@@ -73,6 +79,18 @@ def _decoded(sp: _Split, split: str, idx: np.ndarray) -> tuple:
         # a subset of the listing (a limit, or a holdout's side) need not hold every class
         _DECODED[dkey] = _decode(sp.sub, sp.classes, [sp.files[i] for i in idx], sp.labels[idx], split, len(idx) < len(sp.files))
     return _DECODED[dkey]
+
+
+def _sample_look(sp: _Split, split: str) -> tuple[bool, int]:
+    """(any image in color, the median shorter side) of a seeded stratified ``LOOK_SAMPLE`` of the split's files
+    (once per listing): what a subset's default preprocessing also looks at, so that it is not the subset's alone."""
+    key = (sp.key, split)
+    if key not in _LOOKS:
+        pick = sp.idx[stratified_subset(sp.labels[sp.idx], min(LOOK_SAMPLE, len(sp.idx)), 0)]
+        imgs = [im for i in pick if (im := _try_read(sp.files[i])) is not None]
+        _LOOKS[key] = (any(im.ndim == 3 and im.shape[2] >= 3 for im in imgs),
+                       int(np.median([min(im.shape[:2]) for im in imgs])) if imgs else 0)
+    return _LOOKS[key]
 
 
 def split_files(root: str, split: str) -> list[Path]:

@@ -301,8 +301,19 @@ def test_a_limited_image_folder_decodes_only_its_subset(tmp_path, monkeypatch):
         sub, want = load_dataset(spec, split, full[split].preprocess, limit=n, seed=seed), full[split].limit(n, seed)
         assert sub.files == want.files and np.array_equal(sub.labels, want.labels) and np.array_equal(sub.images, want.images)
         assert len(decoded) == len(want) and sub.whole == len(full[split])
-    # without a preprocessing to apply, the folder's default comes from the whole split (decoded once), not the subset's
-    assert load_dataset(spec, "val", limit=2).preprocess == full["val"].preprocess
+    # without a preprocessing to apply, a subset's default also looks at a fixed sample of the split: a color image
+    # among gray ones makes the set color, whether or not the subset drew it
+    gray = tmp_path / "gray"
+    for c in "ab":
+        (gray / "train" / c).mkdir(parents=True)
+        for i in range(20):
+            cv2.imwrite(str(gray / "train" / c / f"{i:02d}.png"), np.full((8, 8), 9 * i, np.uint8))
+    cv2.imwrite(str(gray / "train" / "b" / "19.png"), np.full((8, 8, 3), (0, 0, 200), np.uint8))
+    whole = load_dataset(f"imagefolder:{gray}", "train")
+    assert whole.preprocess.channels == "rgb"
+    subsets = [load_dataset(f"imagefolder:{gray}", "train", limit=2, seed=s) for s in range(6)]
+    assert any(str(gray / "train" / "b" / "19.png") not in d.files for d in subsets)  # some drew only gray images
+    assert all(d.preprocess == whole.preprocess for d in subsets)
     assert np.bincount(load_dataset(spec, "train", limit=8).labels).tolist() == [2, 2, 2, 2]
     from dvt_edge.export import _load_data
 
