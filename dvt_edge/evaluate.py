@@ -30,6 +30,16 @@ from dvt_runtime.search import ExitOutputs, StageCosts, evaluate_thresholds, par
 SCHEMA = "dvt-edge/evaluate/1"
 
 
+def _whose(trained: dict, data: str, whole: int) -> str:
+    """Whose training images ``data``'s training split is, by the run arguments a checkpoint records."""
+    if not trained.get("data"):
+        return "the checkpoint records no training data"
+    if not same_data(trained["data"], data):
+        return f"the checkpoint records training on {trained['data']}, not {data}"
+    limit = trained.get("train_limit")
+    return f"the model trained on a random {limit} of the {whole}" if limit and limit < whole else "the model trained on them"
+
+
 def evaluate_checkpoint(
     checkpoint: str,
     data: Optional[str] = None,
@@ -60,13 +70,7 @@ def evaluate_checkpoint(
         sel = scoring_set(data, "train", pre, model.cfg.num_classes, info.classes, "choose thresholds for", limit=threshold_n, seed=1)
         _, sel_probs = evaluate_exits(model, sel, progress=progress, desc=f"threshold images ({len(sel)} of train)")
         sel_out = ExitOutputs.from_probs(sel_probs, sel.labels)
-        trained = recorded_train_args(info.extras)
-        own = same_data(trained.get("data"), data)
-        limit = trained.get("train_limit") if own else None  # a limit of another set says nothing here
-        sel_note = f"{len(sel)} training images (seeded; " + (
-            f"the checkpoint records training on {trained['data']}, not {data})" if trained.get("data") and not own else
-            "the checkpoint records no training data)" if not trained.get("data") else
-            f"the model trained on a random {limit} of the {sel.whole})" if limit and limit < sel.whole else "the model trained on them)")
+        sel_note = f"{len(sel)} training images (seeded; {_whose(recorded_train_args(info.extras), data, sel.whole)})"
     except DataError as e:  # no usable training split: say why, in the report itself
         sel_out, sel_note = test_out, f"the evaluation split itself (training split unavailable: {str(e)[:200]})"
     curve = [evaluate_thresholds(test_out, None, t, costs) for t in sweep_thresholds(sel_out, n_budgets)]
