@@ -105,8 +105,8 @@ class Preprocess:
             raise InputError(f"expected a uint8 image, got dtype {img.dtype}; pass raw pixels (0-255)")
         if img.ndim >= 2 and (img.shape[0] == 0 or img.shape[1] == 0):
             raise InputError(f"empty image of shape {img.shape}: nothing to classify (check the camera or file)")
-        img = self._convert_channels(img)  # (H, W, C) uint8
-        img = self._resize_crop(img)
+        img = self._convert_channels(img)  # (H, W, C) uint8: gray, or the frame's own 1, 3 or 4 channels
+        img = self._order_channels(self._resize_crop(img))  # (size, size, C): channels last, on the few pixels left
         x = img.astype(np.float32) * np.float32(1.0 / 255.0)
         if self.invert:
             x = 1.0 - x
@@ -127,19 +127,25 @@ class Preprocess:
             hint = (" (channels first? uint8 images are (H, W, C) and a uint8 batch (N, H, W, C): transpose it)"
                     if img.ndim == 3 and img.shape[0] in (1, 3, 4) else "")
             raise InputError(f"expected a uint8 image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got {img.shape}{hint}")
+        if self.channels != "gray":  # reordered after the resize (_order_channels): the resize works per channel, so
+            return img  # the pixels are the same, and OpenCV resizes the frame as it is instead of copying a reversed view first
+        cv2 = _cv2()
+        if cv2 is not None and img.shape[2] > 1:  # BGRA2GRAY reads the BGR part in place (no copy of the frame)
+            return cv2.cvtColor(img, cv2.COLOR_BGR2GRAY if img.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)[:, :, None]
         if img.shape[2] == 4:
             img = img[:, :, :3]
+        if img.shape[2] == 3:
+            w = np.array([0.114, 0.587, 0.299], np.float32)  # BGR weights (ITU-R 601)
+            return np.clip(np.rint(img.astype(np.float32) @ w), 0, 255).astype(np.uint8)[:, :, None]
+        return img
+
+    def _order_channels(self, img: np.ndarray) -> np.ndarray:
+        """A resized (H, W, 1|3|4) BGR(A) or gray crop -> the model's channels: gray as it is, RGB or BGR without alpha."""
         if self.channels == "gray":
-            if img.shape[2] == 3:
-                cv2 = _cv2()
-                if cv2 is not None:
-                    return cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)[:, :, None]
-                w = np.array([0.114, 0.587, 0.299], np.float32)  # BGR weights (ITU-R 601)
-                return np.clip(np.rint(img.astype(np.float32) @ w), 0, 255).astype(np.uint8)[:, :, None]
             return img
         if img.shape[2] == 1:
-            img = np.repeat(img, 3, axis=2)
-        return img[:, :, ::-1] if self.channels == "rgb" else img  # input is BGR (OpenCV)
+            return np.repeat(img, 3, axis=2)
+        return img[:, :, 2::-1] if self.channels == "rgb" else img[:, :, :3]  # input is BGR(A) (OpenCV)
 
     def _geometry(self, h: int, w: int) -> tuple[int, int, int, int]:
         """Resized height and width (shorter side -> ``resize``), then the crop's top and left, as the
