@@ -281,7 +281,7 @@ def _reusable(bdir: Path, checkpoint: str, checkpoint_sha: str, target: str, pre
 
 def run_throughput(checkpoint: str, targets: list[str], precisions: list[str], thresholds: list, batches: Sequence[int], out: Path,
                    n: int = 256, threads: int = 1, progress: bool = True, device_name: Optional[str] = None, verbose: bool = False,
-                   data: Optional[str] = None, reuse: bool = False) -> dict:
+                   data: Optional[str] = None, reuse: bool = False, trusted: bool = False) -> dict:
     """Static vs dynamic images/s at fixed ``thresholds``: on ``n`` images of ``data`` (with accuracy),
     or on ``n`` random images when ``data`` is None (latency only, e.g. random weights)."""
     from dvt_edge.checkpoint import load_checkpoint
@@ -289,7 +289,7 @@ def run_throughput(checkpoint: str, targets: list[str], precisions: list[str], t
     from dvt_runtime.bundle import Bundle, check_thresholds
     from dvt_runtime.profile import device_facts
 
-    model, info = load_checkpoint(checkpoint)
+    model, info = load_checkpoint(checkpoint, trusted=trusted)
     check_thresholds(thresholds, model.num_exits, "--thresholds")
     if data:
         x, y = scoring_set(data, "val", info.preprocess, model.cfg.num_classes, info.classes, "benchmark", limit=n).arrays(progress=progress)
@@ -305,7 +305,7 @@ def run_throughput(checkpoint: str, targets: list[str], precisions: list[str], t
                                  "rows": throughput(b, x, y, list(thresholds), batches)}
         row["status"] = "ok"
 
-    rows = _each_target(checkpoint, model.name, targets, precisions, out, measure, reuse, progress, verbose)
+    rows = _each_target(checkpoint, model.name, targets, precisions, out, measure, reuse, progress, verbose, trusted=trusted)
     dev = device_facts(threads=threads)
     if device_name:
         dev["device_name"] = device_name
@@ -317,11 +317,12 @@ def run_throughput(checkpoint: str, targets: list[str], precisions: list[str], t
 
 def run_bench(checkpoint: str, data: Optional[str], targets: list[str], precisions: list[str], budgets: Optional[list[float]],
               out: Path, n: int = 2000, threads: int = 1, runs: int = 200, progress: bool = True,
-              device_name: Optional[str] = None, reuse: bool = False, verbose: bool = False, batches: Sequence[int] = ()) -> dict:
+              device_name: Optional[str] = None, reuse: bool = False, verbose: bool = False, batches: Sequence[int] = (),
+              trusted: bool = False) -> dict:
     from dvt_edge.checkpoint import load_checkpoint
     from dvt_runtime.backends import available_backends
 
-    model, info = load_checkpoint(checkpoint)
+    model, info = load_checkpoint(checkpoint, trusted=trusted)
     data, data_note = data_for_checkpoint(data, model.name, info.extras, model.cfg)
     x, y = scoring_set(data, "val", info.preprocess, model.cfg.num_classes, info.classes, "benchmark", limit=n).arrays(progress=progress)
     runnable = available_backends()
@@ -336,7 +337,7 @@ def run_bench(checkpoint: str, data: Optional[str], targets: list[str], precisio
             row.update(bench_bundle(bdir, x, y, budgets, threads, runs, progress=False, device_name=device_name, batches=batches))
         row["status"] = "ok"
 
-    rows = _each_target(checkpoint, model.name, targets, precisions, out, measure, reuse, progress, verbose)
+    rows = _each_target(checkpoint, model.name, targets, precisions, out, measure, reuse, progress, verbose, trusted=trusted)
     from dvt_runtime.profile import device_facts
 
     dev = device_facts(threads=threads)
@@ -348,10 +349,10 @@ def run_bench(checkpoint: str, data: Optional[str], targets: list[str], precisio
             "threads": threads, "device": dev, "rows": rows}
 
 
-def _checkpoint_data(checkpoint: str) -> str:
+def _checkpoint_data(checkpoint: str, trusted: bool) -> str:
     from dvt_edge.checkpoint import load_checkpoint
 
-    model, info = load_checkpoint(checkpoint)
+    model, info = load_checkpoint(checkpoint, trusted=trusted)
     return data_for_checkpoint(None, model.name, info.extras, model.cfg)[0]
 
 
@@ -447,6 +448,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--thresholds", default=None,
                     help="with --batches: fixed per-exit thresholds, e.g. 0.9,0.8 ('-' = never stop), instead of the full "
                          "benchmark's matched-accuracy ones")
+    ap.add_argument("--trust-checkpoint", action="store_true", help="allow arbitrary unpickling of --checkpoint (only for files you trust)")
     ap.add_argument("--out", default="runs/bench", help="folder for bench.json, bench.md, plots and bundles (default runs/bench)")
     a = ap.parse_args(argv)
     try:
@@ -467,19 +469,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ckpt = None if a.model else a.checkpoint
             r = run_latency(ckpt, a.model, a.targets.split(","), a.precisions.split(","), out, a.threads, a.runs or 60,
                             _ints(str(a.rounds), "--rounds")[0], device_name=a.device_name, verbose=a.verbose,
-                            reuse=a.reuse_bundles, calib_data=a.data)
+                            reuse=a.reuse_bundles, calib_data=a.data, trusted=a.trust_checkpoint)
         elif a.model or a.thresholds:
             if not batches or not a.thresholds:
                 raise ValueError("fixed-threshold throughput (--model / --thresholds) needs both --batches and --thresholds")
             out.mkdir(parents=True, exist_ok=True)
             thr = [None if v.strip() in ("-", "none", "None") else float(v) for v in a.thresholds.split(",")]
             ckpt = random_checkpoint(a.model, out) if a.model else a.checkpoint
-            data = None if a.model else (a.data or _checkpoint_data(ckpt))
-            r = run_throughput(ckpt, a.targets.split(","), a.precisions.split(","), thr, batches, out, n=a.n,
-                               threads=a.threads, device_name=a.device_name, verbose=a.verbose, data=data, reuse=a.reuse_bundles)
+            data = None if a.model else (a.data or _checkpoint_data(ckpt, a.trust_checkpoint))
+            r = run_throughput(ckpt, a.targets.split(","), a.precisions.split(","), thr, batches, out, n=a.n, threads=a.threads,
+                               device_name=a.device_name, verbose=a.verbose, data=data, reuse=a.reuse_bundles, trusted=a.trust_checkpoint)
         else:
             r = run_bench(a.checkpoint, a.data, a.targets.split(","), a.precisions.split(","), budgets, out, a.n, a.threads,
-                          a.runs or 200, device_name=a.device_name, reuse=a.reuse_bundles, verbose=a.verbose, batches=batches)
+                          a.runs or 200, device_name=a.device_name, reuse=a.reuse_bundles, verbose=a.verbose, batches=batches,
+                          trusted=a.trust_checkpoint)
     except (DataError, ValueError, OSError, MemoryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -247,10 +247,12 @@ def _comparisons(rows: list[dict]) -> list[dict]:
 
 def run_latency(checkpoint: Optional[str], model_name: Optional[str], targets: list[str], precisions: list[str], out: Path,
                 threads: int = 1, runs: int = 60, rounds: int = 4, warmup: int = 5, progress: bool = True,
-                device_name: Optional[str] = None, verbose: bool = False, reuse: bool = False, calib_data: Optional[str] = None) -> dict:
+                device_name: Optional[str] = None, verbose: bool = False, reuse: bool = False, calib_data: Optional[str] = None,
+                trusted: bool = False) -> dict:
     """Per-exit latency of every runnable target x precision and of eager PyTorch, on random images,
     with MAC rates against a GEMM roofline measured in the same run. ``model_name``: random weights
-    (int8 then calibrates on random images unless ``calib_data`` names a dataset)."""
+    (int8 then calibrates on random images unless ``calib_data`` names a dataset). ``trusted``: the checkpoint may need
+    arbitrary unpickling."""
     from dvt_edge.bench import _each_target, random_checkpoint
     from dvt_edge.checkpoint import load_checkpoint
     from dvt_edge.models import count_exit_flops
@@ -266,7 +268,7 @@ def run_latency(checkpoint: Optional[str], model_name: Optional[str], targets: l
         checkpoint = random_checkpoint(model_name, out)
     else:
         mem = check_memory(Path(checkpoint).stat().st_size, checkpoint)
-    model, info = load_checkpoint(checkpoint)
+    model, info = load_checkpoint(checkpoint, trusted=trusted)
     if model_name is not None and not calib_data:
         calib_data = _random_images_npz(model, info.classes, out / "random-calibration-images.npz")
     macs = [i.stage_flops for i in count_exit_flops(model.cfg)]
@@ -289,7 +291,7 @@ def run_latency(checkpoint: Optional[str], model_name: Optional[str], targets: l
     # random weights: near-equal logits make int8 top-1 agreement noise (recorded, not required)
     opts = {"int8_min_agreement": None} if model_name else {}
     rows = _each_target(checkpoint, model.name, targets, precisions, out, measure, reuse, progress, verbose, calib_data=calib_data,
-                        verify_n=VERIFY_N, **opts)
+                        verify_n=VERIFY_N, trusted=trusted, **opts)
     rows.insert(0, {"target": "eager", "precision": "fp32", "backend": "torch", "status": "ok"})
     import torch
 

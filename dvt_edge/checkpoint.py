@@ -67,7 +67,7 @@ def _torch_load(path: Path, map_location, trusted: bool) -> object:
             raise CheckpointError(
                 f"{path} needs arbitrary Python unpickling to load ({detail.strip()}). Unpickling can run code, so "
                 "it is refused by default. If you trust the file's source, load it with trusted=True "
-                "(CLI: --trust-checkpoint, on train, evaluate and export)."
+                "(CLI: --trust-checkpoint, on train, evaluate, export, bench and data export)."
             ) from None
         raise CheckpointError(f"{path} is not a PyTorch checkpoint ({_safe_reason(lines, e)}); it may be truncated or another "
                               "kind of file: re-download or re-save it") from None

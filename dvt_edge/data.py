@@ -234,7 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--split", default="val", help="train or val (test)")
     ex.add_argument("--n", type=int, default=None, help="number of samples (default: all)")
     ex.add_argument("--seed", type=int, default=0, help="seed of the random subset")
-    ex.add_argument("--checkpoint", default=None, help="use this checkpoint's preprocessing")
+    ex.add_argument("--checkpoint", default=None, help="use this checkpoint's preprocessing (and, for a 1000-class ImageNet model "
+                                                       "and a folder of some of ImageNet's synsets, ImageNet's class indices)")
+    ex.add_argument("--trust-checkpoint", action="store_true", help="allow arbitrary unpickling of --checkpoint (only for files you trust)")
     ex.add_argument("--out", required=True, help="the .npz to write")
     ex.add_argument("--force", action="store_true", help="replace --out if it exists")
     info = sub.add_parser("info", help="print what a dataset spec resolves to")
@@ -279,13 +281,18 @@ def _export(args: argparse.Namespace) -> None:
     blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise DataError(f"--out {out}: {blocker} is a file, not a folder")
-    pre = None
+    pre = model = None
     if args.checkpoint:
         from dvt_edge.checkpoint import load_checkpoint
 
-        _, info = load_checkpoint(args.checkpoint)
+        model, info = load_checkpoint(args.checkpoint, trusted=args.trust_checkpoint)
         pre = info.preprocess
     ds = load_dataset(args.data, args.split, preprocess=pre, limit=args.n, seed=args.seed)  # an image folder decodes only those
+    if model is not None:  # labelled as the bundles of this checkpoint answer, which the runtime's calibrate checks
+        ds = as_imagenet_labels(ds, model.cfg.num_classes, info.classes) or ds
+        if mismatch := label_mismatch(ds, model.cfg.num_classes, info.classes):
+            print(f"warning: {args.data} is not labelled with {args.checkpoint}'s classes ({mismatch}): the runtime's calibrate "
+                  "will refuse this file for that checkpoint's bundles", file=sys.stderr)
     native = load_dataset(args.data, args.split, limit=args.n, seed=args.seed).preprocess if pre is not None else None
     if native is not None and (native.num_channels, native.size) != (pre.num_channels, pre.size):
         print(f"warning: {args.checkpoint} takes {pre.num_channels}-channel {pre.size} px input; {args.data} is "

@@ -127,6 +127,32 @@ def test_arbitrary_pickle_is_refused_with_override(tmp_path):
     assert m2.name == "dvt_micro_fmnist" and isinstance(info.extras["extra"], Custom)
 
 
+def test_every_command_the_refusal_names_takes_trust_checkpoint(tmp_path, capsys):
+    """The refusal names the commands that take --trust-checkpoint: each of them does (bench and data export
+    did not: such a file could be neither benchmarked nor turned into calibration images)."""
+    import re
+
+    from dvt_edge import bench, data, evaluate, train
+    from dvt_edge.export import __main__ as export_cli
+
+    path = tmp_path / "evil.pt"
+    torch.save({"model_state_dict": create_model("dvt_micro_fmnist").state_dict(), "extra": Custom()}, path)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    named = re.search(r"--trust-checkpoint, on ([a-z ,]+)\)", str(e.value)).group(1).replace(" and ", ", ").split(", ")
+    mains = {"train": train.main, "evaluate": evaluate.main, "export": export_cli.main, "bench": bench.main,
+             "data export": lambda a: data.main(["export", *a])}
+    assert sorted(named) == sorted(mains)
+    for name, main in mains.items():
+        with pytest.raises(SystemExit):
+            main(["--help"])
+        assert "--trust-checkpoint" in capsys.readouterr().out, name
+    out = tmp_path / "x.npz"
+    assert data.main(["export", "--data", "fashion-mnist", "--n", "4", "--checkpoint", str(path), "--out", str(out)]) == 2
+    assert "arbitrary Python unpickling" in capsys.readouterr().err and not out.exists()
+    assert data.main(["export", "--data", "fashion-mnist", "--n", "4", "--checkpoint", str(path), "--trust-checkpoint", "--out", str(out)]) == 0
+
+
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint at all\n" * 10, bytes(range(256)) * 4])
 def test_non_checkpoint_file_is_a_clear_error(tmp_path, content):
     path = tmp_path / "junk.pt"

@@ -619,6 +619,14 @@ def test_some_imagenet_synset_folders_score_an_imagenet_model(tmp_path):
     assert "labels are not used" not in got.note and sorted(got.verify_y.tolist()) == [0, 417, 999]
     with pytest.raises(DataError, match="cannot score this model: its classes"):
         D.scoring_set(spec, "val", None, 1000, [f"c{i}" for i in range(1000)], "score")  # not an ImageNet model
+    # data export --checkpoint labels them as the model's bundles answer (the runtime's calibrate refused 0..2 + synsets)
+    from dvt_edge.checkpoint import save_checkpoint
+    from dvt_edge.models import create_model
+
+    ckpt = save_checkpoint(tmp_path / "in1k.pt", create_model("dvt_t2t_micro", num_classes=1000), classes=list(names))
+    assert D.main(["export", "--data", spec, "--split", "val", "--checkpoint", str(ckpt), "--out", str(tmp_path / "c.npz")]) == 0
+    z = np.load(tmp_path / "c.npz", allow_pickle=False)
+    assert sorted(z["labels"].tolist()) == [0, 417, 999] and len(z["classes"]) == 1000
     with pytest.raises(DataError, match=r"cannot score this model: .*train --finetune CHECKPOINT --data imagefolder:"):
         D.scoring_set(f"imagefolder:{tmp_path / 'odd'}", "val", None, 1000, list(names), "score")  # a folder that is no synset
 
