@@ -437,6 +437,26 @@ def test_a_calibration_is_named_after_the_device_that_priced_it(bundle_copy, val
         ph.predict(x[:1], budget_ms=cheapest / 2)
 
 
+def test_a_profile_taken_on_this_host_is_checked_here_another_devices_is_not(bundle_copy, val):
+    """calibrate --profile with this host's own profile printed only "predicted ... verify on that device" (this one):
+    thresholds priced by it are measured here as without --profile; a phone's are not (this host cannot time a phone)."""
+    from dvt_runtime.calibrate import calibrate, profiled_here
+    from dvt_runtime.latency import LatencyProfile
+    from dvt_runtime.profile import profile_bundle
+
+    x, y = val
+    b = Bundle.open(bundle_copy)
+    mine = profile_bundle(b, warmup=2, runs=10, images=x[:8], progress=False)
+    assert profiled_here(mine)
+    r = calibrate(b, x[:60], y[:60], 1.0, profile=LatencyProfile.from_dict(mine.to_dict()), progress=False, warmup=2)
+    assert r.chosen.measured is not None and np.isfinite(r.chosen.measured["mean_ms"]) and r.chosen.measured["mean_ms"] > 0
+    assert r.profile_source == "given (--profile, taken on this host)" and r.cascade_overhead_ms > 0
+    phone = LatencyProfile.from_dict({**mine.to_dict(), "device": {**mine.device, "device_name": "pixel8", "cpu_model": "Tensor G3"}})
+    assert not profiled_here(phone)
+    r = calibrate(b, x[:60], y[:60], 1.0, profile=phone, progress=False)
+    assert r.chosen.measured is None and "verify on that device" in r.note and r.cascade_overhead_ms == 0
+
+
 def test_calibrate_with_raw_measurements_says_to_import_them_first(onnx_bundle, tmp_path, capsys):
     import dvt_runtime.calibrate as cal
 

@@ -165,13 +165,26 @@ class Fit:
 
     profile: "LatencyProfile"
     measured_here: bool  # profiled here (else given, e.g. imported from a phone)
-    overhead_ms: float  # predict's own per-image cost beyond the stages (0 for a given profile)
+    overhead_ms: float  # predict's own per-image cost beyond the stages (0 for a given profile of another device)
     costs: StageCosts  # per stage, in ms, overhead included in stage 1
     probs: np.ndarray  # (E, N, classes) softmax of every exit
     cal_idx: np.ndarray  # indexes of the calibration images
     hold_idx: np.ndarray  # indexes of the holdout images
     cal: ExitOutputs
     hold: ExitOutputs
+    on_this_host: bool = True  # the stage costs are this host's (measured now, or a given profile taken here): checkable here
+
+
+HOST_FACTS = ("device_name", "cpu_model", "logical_cores", "machine", "os")  # a profile with all of these as this host's was taken here
+
+
+def profiled_here(profile: "LatencyProfile") -> bool:
+    """True when a given profile was taken on this very host (its device name and hardware facts are this host's),
+    so thresholds priced by it can be measured here; False for another device's (a phone's, a Jetson's)."""
+    from dvt_runtime.device import device_facts
+
+    theirs, ours = profile.device if isinstance(profile.device, dict) else {}, device_facts()
+    return all(theirs.get(k) is not None and theirs.get(k) == ours.get(k) for k in HOST_FACTS)
 
 
 def fit(bundle: Bundle, x: np.ndarray, y: np.ndarray, holdout: float = 0.5, seed: int = 0, profile=None, runs: int = 200,
@@ -204,13 +217,14 @@ def fit(bundle: Bundle, x: np.ndarray, y: np.ndarray, holdout: float = 0.5, seed
     if profile.batch != batch:
         raise CalibrationError(f"the profile was measured at batch {profile.batch}, not {batch}: profile at --batch {batch} "
                                "or calibrate at the profile's batch")
-    overhead = cascade_overhead_ms(bundle, x, batch=batch) if measured_here else 0.0
+    here = measured_here or profiled_here(profile)
+    overhead = cascade_overhead_ms(bundle, x, batch=batch) if here else 0.0
     probs = exit_probs(bundle, x, progress)
     perm = np.random.default_rng(seed).permutation(len(x))
     n_hold = max(1, int(round(len(x) * holdout)))
     cal_idx, hold_idx = perm[n_hold:], perm[:n_hold]
     return Fit(profile, measured_here, overhead, with_overhead(profile.stage_costs(), overhead), probs, cal_idx, hold_idx,
-               ExitOutputs.from_probs(probs[:, cal_idx], y[cal_idx]), ExitOutputs.from_probs(probs[:, hold_idx], y[hold_idx]))
+               ExitOutputs.from_probs(probs[:, cal_idx], y[cal_idx]), ExitOutputs.from_probs(probs[:, hold_idx], y[hold_idx]), here)
 
 
 def _budget_grid(costs, n: int = 24) -> list[float]:
@@ -250,11 +264,12 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
                                        "p90_ms": p90.cost if p90 else None, "exit_fractions": np.asarray(predicted.exit_fractions).tolist(),
                                        "on": "holdout outputs x profiled latency"}),
         budget_unit="ms per image" if batch > 1 else "ms per image (batch 1)",
-        profile_source="measured here" if f.measured_here else "given (--profile)", cascade_overhead_ms=f.overhead_ms,
+        profile_source="measured here" if f.measured_here else "given (--profile" + (", taken on this host)" if f.on_this_host else ")"),
+        cascade_overhead_ms=f.overhead_ms,
         n_calibration=len(f.cal_idx), n_holdout=len(f.hold_idx), note=_search_note(chosen, budget_ms, metric),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
-    if verify and f.measured_here:
+    if verify and f.on_this_host:
         result.chosen.measured = measure_cascade(bundle, x[f.hold_idx], y[f.hold_idx], thr, warmup=warmup, batch=batch, metric=metric)
     elif verify:
         result.note = (result.note + "; " if result.note else "") + f"latency from the given profile ({device_name}): verify on that device"
