@@ -99,6 +99,17 @@ def split_files(root: str, split: str) -> list[Path]:
     return [sp.files[i] for i in sp.idx]
 
 
+def _class_folders_hint(base: Path) -> str:
+    """When ``base`` itself holds class folders of images (a split folder given, or no split folders made): what to do."""
+    classes = [d.name for d in sorted(base.iterdir()) if d.is_dir() and not d.name.startswith(".")
+               and any(p.suffix.lower() in IMAGE_EXTS for p in d.iterdir())]
+    if not classes:
+        return ""
+    if base.name in ("train", "val", "test"):
+        return f"; {base} holds the class folders {classes[:3]}...: give its parent, imagefolder:{base.parent}"
+    return f"; {base} holds class folders ({classes[:3]}...) directly: move them into {base / 'train'}/ (a val split is then held out)"
+
+
 def _split(root: str, split: str) -> _Split:
     """List a split's class folders (once per process; a changed class folder, by mtime, is listed again)."""
     base = Path(root).expanduser()
@@ -108,7 +119,8 @@ def _split(root: str, split: str) -> _Split:
     holdout = split == "val" and val_dir is None and (base / "train").is_dir()
     sub = base / "train" if (split == "train" or holdout) else val_dir
     if sub is None or not sub.is_dir():
-        raise DataError(f"imagefolder: no {split}/ folder in {base} (expected ImageNet-style {base}/{split}/<class>/<image>)")
+        raise DataError(f"imagefolder: no {split}/ folder in {base} (expected ImageNet-style {base}/{split}/<class>/<image>)"
+                        + _class_folders_hint(base))
     train_classes = _class_dirs(base / "train") if (base / "train").is_dir() else []
     own = _class_dirs(sub)
     if train_classes and (extra := sorted(set(own) - set(train_classes))):  # their images would be dropped silently

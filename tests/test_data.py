@@ -110,6 +110,14 @@ def test_imagefolder_bad_layouts(tmp_path):
     cv2.imwrite(str(tmp_path / "train" / "b" / "y.png"), np.ones((8, 8), np.uint8))
     with pytest.raises(DataError, match="no val/ folder and too few images"):
         load_dataset(f"imagefolder:{tmp_path}", "val")
+    # the class folders themselves given (a split folder, or no split folders made): the error says what to give
+    with pytest.raises(DataError, match=rf"no val/ folder in {tmp_path / 'train'}.*class folders \['a', 'b'\].*imagefolder:{tmp_path}$"):
+        load_dataset(f"imagefolder:{tmp_path / 'train'}", "val")
+    with pytest.raises(DataError, match=rf"no train/ folder in {tmp_path / 'train'}.*give its parent"):
+        load_dataset(f"imagefolder:{tmp_path / 'train'}", "train")
+    shutil.copytree(tmp_path / "train", tmp_path / "flat")
+    with pytest.raises(DataError, match=rf"holds class folders \(\['a', 'b'\]...\) directly: move them into {tmp_path / 'flat' / 'train'}/"):
+        load_dataset(f"imagefolder:{tmp_path / 'flat'}", "train")
 
 
 def test_imagefolder_warns_when_unbalanced(tmp_path):
