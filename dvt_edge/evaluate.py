@@ -58,7 +58,16 @@ def evaluate_checkpoint(
     data, data_note = data_for_checkpoint(data, model.name, info.extras, model.cfg, split)
     pre = info.preprocess or default_preprocess(model.cfg.in_chans, model.cfg.img_size)
     ds = scoring_set(data, split, pre, model.cfg.num_classes, info.classes, "score", limit=limit)
-    opened = [open_bundle(b, checkpoint, ds.classes) for b in bundles]  # a bundle that cannot be scored: said before the work
+    opened, not_here = [], []  # a bundle that cannot be scored: said before the work
+    for bd in bundles:
+        try:
+            opened.append(open_bundle(bd, checkpoint, ds.classes))
+        except CannotRunHere as e:  # e.g. Core ML off macOS beside an ONNX bundle: the others are still scored
+            not_here.append({"bundle": str(bd), "status": str(e)})
+    if not_here and not opened:
+        raise ValueError(not_here[0]["status"])
+    for sk in not_here:
+        print(f"warning: {sk['status']}: not scored", file=sys.stderr)
     acc, probs = evaluate_exits(model, ds, progress=progress, desc=f"evaluate {split} ({len(ds)} images)")
     flops = [e.gflops for e in model.exits]
     costs = StageCosts.from_cumulative(flops, unit="GFLOPs")
@@ -75,7 +84,7 @@ def evaluate_checkpoint(
         sel_out, sel_note = test_out, f"the evaluation split itself (training split unavailable: {str(e)[:200]})"
     curve = [evaluate_thresholds(test_out, None, t, costs) for t in sweep_thresholds(sel_out, n_budgets)]
     arrays = ds.arrays(progress=progress) if bundles else None  # preprocess once for every bundle
-    artifacts = [artifact_accuracy(b, *arrays, acc) for b in opened]
+    artifacts = [artifact_accuracy(b, *arrays, acc) for b in opened] + not_here
     frontier = pareto_frontier(curve)
     return {
         "schema": SCHEMA,
@@ -86,7 +95,8 @@ def evaluate_checkpoint(
         "split": ds.split,
         "n": len(ds),
         "threshold_selection": sel_note,
-        "threshold_n": threshold_n,
+        "threshold_n": threshold_n,  # as asked (the command); threshold_images: how many there were
+        "threshold_images": len(sel_out.labels),
         "exits": [
             {"exit": e.index + 1, "grid": f"{e.grid}x{e.grid}", "tokens": e.tokens, "gflops": e.gflops, "top1": a}
             for e, a in zip(model.exits, acc)
@@ -96,6 +106,10 @@ def evaluate_checkpoint(
         "checkpoint_accuracies": info.accuracies,
         "artifacts": artifacts,
     }
+
+
+class CannotRunHere(ValueError):
+    """A bundle whose backend does not run on this host (Core ML off macOS, a backend not installed)."""
 
 
 def open_bundle(bundle_dir: str, checkpoint: Optional[str] = None, classes: Optional[list[str]] = None):
@@ -108,7 +122,7 @@ def open_bundle(bundle_dir: str, checkpoint: Optional[str] = None, classes: Opti
     try:
         b = Bundle.open(bundle_dir, threads=1)
     except BackendUnavailable as e:  # e.g. a Core ML bundle off macOS
-        raise ValueError(f"bundle {bundle_dir} cannot run here: {e}") from None
+        raise CannotRunHere(f"bundle {bundle_dir} cannot run here: {e}") from None
     src = b.manifest.source or {}
     if checkpoint is not None and src.get("sha256") != sha256_file(checkpoint):
         raise ValueError(f"bundle {bundle_dir} was exported from {src.get('checkpoint')!r}, not from {checkpoint} (SHA-256 differs): "
@@ -142,6 +156,9 @@ def format_report(r: dict) -> str:
     if r.get("artifacts"):
         lines += ["", f"exported artifacts on the same {r['n']} images (top-1 %, delta vs PyTorch fp32 in points):"]
         for a in r["artifacts"]:
+            if "top1" not in a:  # not scored (its backend does not run here)
+                lines.append(f"  not scored: {a['status']}")
+                continue
             cells = "  ".join(f"exit {i + 1} {t:.2f} ({d:+.2f})" for i, (t, d) in enumerate(zip(a["top1"], a["delta_vs_pytorch_fp32"])))
             lines.append(f"  {a['target']:<10} {a['precision']:<5} {cells}   [{Path(a['bundle']).name}]")
     return "\n".join(lines)

@@ -55,6 +55,8 @@ def test_threshold_images_say_whose_training_images_they_are(micro_ckpt, tmp_pat
         for c in range(10):
             (d / split / str(c)).mkdir(parents=True)
             cv2.imwrite(str(d / split / str(c) / "a.png"), np.full((28, 28), 20 * c, np.uint8))
+    r = evaluate_checkpoint(str(micro_ckpt), data=f"imagefolder:{d}", threshold_n=5000, progress=False)
+    assert (r["threshold_n"], r["threshold_images"]) == (5000, 10)  # as asked, and as there were (it said 5000)
     r = evaluate_checkpoint(str(micro_ckpt), data=f"imagefolder:{d}", threshold_n=10, progress=False)
     assert r["threshold_selection"] == f"10 training images (seeded; the checkpoint records training on fashion-mnist, not imagefolder:{d})"
 
@@ -165,3 +167,28 @@ def test_a_bundle_that_cannot_run_here_is_one_error_before_any_work(micro_ckpt, 
     err = capsys.readouterr().err
     assert f"bundle {onnx_bundle} cannot run here: Core ML runs only on macOS" in err and "Traceback" not in err
     assert not (tmp_path / "e").exists()
+
+
+def test_a_bundle_that_cannot_run_here_beside_others_is_a_row_not_an_abort(micro_ckpt, onnx_bundle, tmp_path, capsys, monkeypatch):
+    """--bundles ONNX COREML on Linux aborted the whole run on the Core ML one: the ONNX bundle is scored, the other
+    is a "not scored" row with the reason (in the JSON and the report) and a warning."""
+    from dvt_runtime.backends import BackendUnavailable
+    from dvt_runtime.bundle import Bundle
+
+    real_open, mac = Bundle.open, str(tmp_path / "coreml-bundle")
+
+    def open_here(path, *a, **k):
+        if str(path) == mac:
+            raise BackendUnavailable("Core ML runs only on macOS (coremltools' MLModel.predict)")
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(Bundle, "open", open_here)
+    assert main(["--checkpoint", str(micro_ckpt), "--limit", "100", "--threshold-n", "100", "--bundles", str(onnx_bundle), mac,
+                 "--out", str(tmp_path / "e")]) == 0
+    out, err = capsys.readouterr()
+    assert f"warning: bundle {mac} cannot run here: Core ML runs only on macOS" in err
+    r = json.loads((tmp_path / "e" / "evaluate.json").read_text())
+    scored, skipped = r["artifacts"]
+    assert scored["bundle"] == str(onnx_bundle) and all(np.isfinite(scored["top1"])) and "top1" not in skipped
+    assert skipped == {"bundle": mac, "status": f"bundle {mac} cannot run here: Core ML runs only on macOS (coremltools' MLModel.predict)"}
+    assert f"not scored: bundle {mac} cannot run here" in out
