@@ -84,7 +84,7 @@ def open_bundle(args):
         from dvt_runtime.bundle import Bundle
         from dvt_runtime.manifest import ManifestError
     except ImportError as e:
-        raise AppError(f"dvt-runtime is not importable ({e}); install it: pip install ./runtime[onnx]") from None
+        raise AppError(f"dvt-runtime is not importable ({e}); install it: pip install './runtime[onnx]'") from None
     providers = [p.strip() for p in args.providers.split(",") if p.strip()] if getattr(args, "providers", None) else None
     try:
         with warnings.catch_warnings(record=True) as said:  # the runtime's warnings (e.g. no calibration for a device name)

@@ -46,12 +46,6 @@ def _run_cascade(bundle, x, y, thresholds) -> dict:
     return measure_cascade(bundle, x, y, thresholds, warmup=10)
 
 
-def _flops_costs(manifest):
-    from dvt_runtime.search import StageCosts
-
-    return StageCosts.from_cumulative([e.gflops for e in manifest.exits], unit="GFLOPs")
-
-
 def bench_bundle(bundle, x: np.ndarray, y: np.ndarray, budgets: Optional[list[float]], threads: int = 1,
                  runs: int = 200, holdout: float = 0.5, seed: int = 0, progress: bool = True, device_name: Optional[str] = None,
                  batches: Sequence[int] = ()) -> dict:
@@ -99,11 +93,11 @@ def _static_rows(b, f, xh: np.ndarray, yh: np.ndarray, y: np.ndarray) -> list[di
 def _budget_rows(b, f, xh: np.ndarray, yh: np.ndarray, budgets: list[float]) -> tuple[list[dict], list[dict]]:
     """Per budget, thresholds searched (a) on measured latency and (b) on FLOPs (the paper's way,
     latency taken as proportional to FLOPs), each run for real on the holdout and measured."""
-    from dvt_runtime.search import evaluate_thresholds, search_thresholds
+    from dvt_runtime.search import StageCosts, evaluate_thresholds, search_thresholds
 
     lat = f.costs  # what a predict() call costs per stage
     lo, hi = float(lat.cumulative[0]), float(lat.cumulative[-1])
-    flops = _flops_costs(b.manifest)
+    flops = StageCosts.from_cumulative([e.gflops for e in b.manifest.exits], unit="GFLOPs")
     ms_per_gflop = hi / float(flops.cumulative[-1])
     dynamic, flops_rows = [], []
     for budget in budgets:
@@ -292,7 +286,7 @@ def run_throughput(checkpoint: str, targets: list[str], precisions: list[str], t
     model, info = load_checkpoint(checkpoint, trusted=trusted)
     check_thresholds(thresholds, model.num_exits, "--thresholds")
     if data:
-        x, y = scoring_set(data, "val", info.preprocess, model.cfg.num_classes, info.classes, "benchmark", limit=n).arrays(progress=progress)
+        x, y = _scoring(data, info, model, n).arrays(progress=progress)
     else:
         x, y = np.random.default_rng(0).standard_normal((n, model.cfg.in_chans, model.cfg.img_size, model.cfg.img_size)).astype(np.float32), None
 
@@ -324,7 +318,7 @@ def run_bench(checkpoint: str, data: Optional[str], targets: list[str], precisio
 
     model, info = load_checkpoint(checkpoint, trusted=trusted)
     data, data_note = data_for_checkpoint(data, model.name, info.extras, model.cfg)
-    x, y = scoring_set(data, "val", info.preprocess, model.cfg.num_classes, info.classes, "benchmark", limit=n).arrays(progress=progress)
+    x, y = _scoring(data, info, model, n).arrays(progress=progress)
     runnable = available_backends()
 
     def measure(row: dict, bdir: Path, t) -> None:
@@ -347,6 +341,10 @@ def run_bench(checkpoint: str, data: Optional[str], targets: list[str], precisio
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join(sys.argv), "checkpoint": checkpoint, "model": model.name, "data": data, "data_note": data_note, "n_images": len(x),
             "threads": threads, "device": dev, "rows": rows}
+
+
+def _scoring(data: str, info, model, n: int):
+    return scoring_set(data, "val", info.preprocess, model.cfg.num_classes, info.classes, "benchmark", limit=n, checkpoint=info.path)
 
 
 def _checkpoint_data(checkpoint: str, trusted: bool) -> str:

@@ -81,7 +81,8 @@ def _safe_reason(lines: list[str], e: BaseException) -> str:
     first = lines[0].strip() if lines else ""
     if not first or "weights_only" in first or "unsafe" in first.lower():
         return type(e).__name__
-    return first[:200]
+    first = first.split(". ")[0]  # the loader's own sentence, not its advice after it
+    return first if len(first) <= 200 else first[:197] + "..."
 
 
 def read_checkpoint(path: Union[str, Path], map_location="cpu", trusted: bool = False) -> dict:

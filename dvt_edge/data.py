@@ -245,15 +245,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def scoring_set(spec: str, split: str, preprocess: Optional[Preprocess], num_classes: int, classes: Optional[list[str]],
-                use: str, limit: Optional[int] = None, seed: int = 0) -> ImageSet:
+                use: str, limit: Optional[int] = None, seed: int = 0, checkpoint: str = "CHECKPOINT") -> ImageSet:
     """``spec``'s ``split`` (``limit``: a seeded, class-stratified subset), whose labels must be a model's: another
-    data set's would score every exit wrong (``use``: what the caller does with it, for the message)."""
+    data set's would score every exit wrong (``use``: what the caller does with it, and ``checkpoint`` the model's
+    file, for the message)."""
     ds = load_dataset(spec, split, preprocess=preprocess, limit=limit, seed=seed)
     ds = as_imagenet_labels(ds, num_classes, classes) or ds  # some of ImageNet's synset folders, for an ImageNet model
     mismatch = label_mismatch(ds, num_classes, classes)
     if mismatch:
         raise DataError(f"{spec} cannot {use} this model: {mismatch} (a model for these classes: python -m dvt_edge.train "
-                        f"--finetune CHECKPOINT --data {spec})")
+                        f"--finetune {checkpoint} --data {spec})")
     return ds
 
 

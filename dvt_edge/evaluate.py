@@ -57,7 +57,7 @@ def evaluate_checkpoint(
     model, info = load_checkpoint(checkpoint, model=model_name, trusted=trusted)
     data, data_note = data_for_checkpoint(data, model.name, info.extras, model.cfg, split)
     pre = info.preprocess or default_preprocess(model.cfg.in_chans, model.cfg.img_size)
-    ds = scoring_set(data, split, pre, model.cfg.num_classes, info.classes, "score", limit=limit)
+    ds = scoring_set(data, split, pre, model.cfg.num_classes, info.classes, "score", limit=limit, checkpoint=checkpoint)
     opened, not_here = [], []  # a bundle that cannot be scored: said before the work
     for bd in bundles:
         try:

@@ -161,6 +161,18 @@ def test_non_checkpoint_file_is_a_clear_error(tmp_path, content):
         load_checkpoint(path)
 
 
+def test_truncated_checkpoint_says_so_in_whole_sentences(tmp_path):
+    """A half-downloaded file: the loader's reason ends where its sentence does (it was cut at 200 characters,
+    mid-way through torch's "there is a high likelihood that your checkpoint file is")."""
+    src = tmp_path / "full.pt"
+    torch.save({"model_state_dict": create_model("dvt_micro_fmnist").state_dict()}, src)
+    (tmp_path / "half.pt").write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(tmp_path / "half.pt")
+    msg = str(e.value)
+    assert "failed finding central directory)" in msg and "likelihood" not in msg and msg.endswith("re-download or re-save it")
+
+
 def test_missing_file_and_dict_without_weights(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.pt")

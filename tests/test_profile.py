@@ -163,6 +163,12 @@ def test_measured_stage_costs_p90_summary_table(measured):
         np.testing.assert_array_equal(got, s["samples"])
     assert prof.stage_p90() == [s["p90"] for s in prof.stages]
     bundle.use_profile(prof.stage_p90())  # deadline mode accepts it
+    bundle.stage_p90_ms = None
+    bundle.use_profile(prof)  # and the profile itself (it was refused, the error dumping every sample)
+    assert bundle.stage_p90_ms == prof.stage_p90()
+    with pytest.raises(ValueError) as e:
+        bundle.use_profile(prof.to_dict())
+    assert "need one p90 per stage (3) or a LatencyProfile, got dict" in str(e.value) and len(str(e.value)) < 200
 
     summary = prof.summary()
     text = json.dumps(summary)

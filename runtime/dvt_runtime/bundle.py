@@ -181,10 +181,11 @@ class Bundle:
             self._warned_budgets.clear()
         return cal
 
-    def use_profile(self, stage_p90_ms: Sequence[float]) -> None:
-        if isinstance(stage_p90_ms, (str, bytes)) or not hasattr(stage_p90_ms, "__len__") or len(stage_p90_ms) != self.num_exits:
-            raise ValueError(f"need one p90 per stage ({self.num_exits}), got {stage_p90_ms!r}")
-        self.stage_p90_ms = [positive_ms(f"p90 of stage {i + 1}", v, allow_zero=True) for i, v in enumerate(stage_p90_ms)]
+    def use_profile(self, stage_p90_ms: Sequence[float]) -> None:  # ms per stage for deadline mode, or a LatencyProfile's
+        p90 = stage_p90_ms.stage_p90() if hasattr(stage_p90_ms, "stage_p90") else stage_p90_ms
+        if isinstance(p90, (str, bytes)) or not hasattr(p90, "__len__") or len(p90) != self.num_exits:
+            raise ValueError(f"need one p90 per stage ({self.num_exits}) or a LatencyProfile, got {type(p90).__name__} {str(p90)[:80]}")
+        self.stage_p90_ms = [positive_ms(f"p90 of stage {i + 1}", v, allow_zero=True) for i, v in enumerate(p90)]
 
     # ------------------------------------------------------------------ inputs
     def preprocess(self, image: np.ndarray) -> np.ndarray:
