@@ -130,22 +130,12 @@ def run(args) -> dict:
 
 
 def _parse_thresholds(s: Optional[str]) -> Optional[list[Optional[float]]]:
-    if s is None:
-        return None
-    out: list[Optional[float]] = []
-    for part in s.split(","):
-        part = part.strip()
-        if part.lower() in ("", "none", "-"):
-            out.append(None)
-            continue
-        try:
-            v = float(part)
-        except ValueError:
-            raise AppError(f"--thresholds: {part!r} is not a number (expected e.g. 0.9,0.8)") from None
-        if not 0.0 <= v <= 1.0:
-            raise AppError(f"--thresholds: {v:g} is outside [0, 1] (thresholds are softmax confidences)")
-        out.append(v)
-    return out
+    from dvt_runtime.checks import parse_thresholds
+
+    try:
+        return None if s is None else parse_thresholds(s)
+    except ValueError as e:
+        raise AppError(str(e)) from None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

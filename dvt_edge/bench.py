@@ -32,6 +32,7 @@ from dvt_edge.bench_report import SCHEMA, load_results, markdown, write_outputs,
 from dvt_edge.data import DATASETS, DataError, data_for_checkpoint, scoring_set
 from dvt_edge.logs import quiet_toolchains
 from dvt_edge.references import DEFAULT_REFERENCE
+from dvt_runtime.checks import parse_thresholds
 from dvt_runtime.stats import sample_stats
 
 REFERENCE = DEFAULT_REFERENCE.checkpoint
@@ -472,7 +473,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if not batches or not a.thresholds:
                 raise ValueError("fixed-threshold throughput (--model / --thresholds) needs both --batches and --thresholds")
             out.mkdir(parents=True, exist_ok=True)
-            thr = [None if v.strip() in ("-", "none", "None") else float(v) for v in a.thresholds.split(",")]
+            thr = parse_thresholds(a.thresholds)
             ckpt = random_checkpoint(a.model, out) if a.model else a.checkpoint
             data = None if a.model else (a.data or _checkpoint_data(ckpt, a.trust_checkpoint))
             r = run_throughput(ckpt, a.targets.split(","), a.precisions.split(","), thr, batches, out, n=a.n, threads=a.threads,

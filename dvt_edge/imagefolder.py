@@ -11,12 +11,12 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from dvt_edge.imageset import DataError, ImageSet, default_preprocess, display_classes, read_image, stratified_subset
+from dvt_runtime.images import IMAGE_EXTS
 from dvt_runtime.io import progress
 from dvt_runtime.preprocess import Preprocess
 
 __all__ = ["IMAGE_EXTS", "HOLDOUT_FRACTION", "HOLDOUT_SEED", "load_imagefolder", "split_files"]
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 #: An image folder without ``val/`` holds out this fraction of ``train/`` (seeded,
 #: class-stratified) as its validation split; the rest is the training split.
 HOLDOUT_FRACTION = 0.1

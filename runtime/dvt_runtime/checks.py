@@ -7,7 +7,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["InputError", "NonFiniteOutput", "check_thresholds", "positive_ms", "check_finite", "numbered"]
+__all__ = ["InputError", "NonFiniteOutput", "check_thresholds", "parse_thresholds", "positive_ms", "check_finite", "numbered"]
 
 
 class InputError(ValueError):
@@ -43,6 +43,25 @@ def check_thresholds(t, num_exits: int, where: str = "thresholds") -> list[Optio
         if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v) or not 0.0 <= v <= 1.0:
             raise ValueError(f"{where}: threshold of exit {k + 1} must be a confidence in [0, 1] or None, got {v!r}")
         out.append(float(v))
+    return out
+
+
+def parse_thresholds(text: str, where: str = "--thresholds") -> list[Optional[float]]:
+    """Command-line thresholds such as ``0.9,0.8`` (``-``, ``none`` or nothing: never stop at that exit) -> a list for
+    :func:`check_thresholds`; a ValueError naming ``where`` for anything else."""
+    out: list[Optional[float]] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if part.lower() in ("", "none", "-"):
+            out.append(None)
+            continue
+        try:
+            v = float(part)
+        except ValueError:
+            raise ValueError(f"{where}: {part!r} is not a number (expected e.g. 0.9,0.8; 'none' never stops at that exit)") from None
+        if not 0.0 <= v <= 1.0:  # NaN fails this too
+            raise ValueError(f"{where}: {v:g} is outside [0, 1] (thresholds are softmax confidences)")
+        out.append(v)
     return out
 
 

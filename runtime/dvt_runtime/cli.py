@@ -1,5 +1,6 @@
 """``dvt-runtime``: the device-side tools (torch-free).
 
+    dvt-runtime predict --bundle B photos/ [--budget-ms 2]     # the cascade on image files
     dvt-runtime profile --bundle B [--device-name phone]      # per-exit latency on this device
     dvt-runtime calibrate --bundle B --data val.npz --budget-ms 5
 """
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 COMMANDS = {
+    "predict": ("dvt_runtime.predict", "run the early-exit cascade on image files and folders: class, confidence, exit, ms"),
     "profile": ("dvt_runtime.profile", "profile each exit of a bundle on this device; import phone/Jetson measurements"),
     "calibrate": ("dvt_runtime.calibrate", "search thresholds for a measured latency budget and write calibration/<device>.json"),
 }

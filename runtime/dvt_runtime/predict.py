@@ -1,0 +1,176 @@
+"""``dvt-runtime predict``: run a bundle's early-exit cascade on image files, on this device (torch-free).
+
+    dvt-runtime predict --bundle B photo.jpg photos/                    # this device's calibration, else the manifest's thresholds
+    dvt-runtime predict --bundle B photos/ --budget-ms 1.5 --out preds.json
+    dvt-runtime predict --bundle B photos/ --deadline-ms 4 --profile profile.json
+
+Per image: the class, its confidence, the exit that answered, and the milliseconds the cascade took
+(preprocessing timed apart, after one untimed run of every stage); then how many images each exit
+answered and the latency percentiles.
+Folders are read recursively (``.jpg .jpeg .png .bmp .webp``), decoded as training decoded them
+(``dvt_runtime.images``). An unreadable image is listed and makes the exit code 1; the others are
+still answered. Bad arguments and bundles: exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from dvt_runtime.backends import BackendUnavailable
+from dvt_runtime.checks import parse_thresholds, positive_ms
+from dvt_runtime.images import IMAGE_EXTS, ImageError, read_image
+from dvt_runtime.io import atomic_write_json, check_out_path, progress
+from dvt_runtime.stats import sample_stats
+
+__all__ = ["SCHEMA", "image_files", "predict_files", "main"]
+
+SCHEMA, SCHEMA_VERSION = "dvt-predictions", 1
+
+
+def image_files(paths: Sequence[str]) -> list[Path]:
+    """The files given (any name: decoding tells) and every image under the folders given (recursive, sorted)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS and not any(
+                part.startswith(".") for part in f.relative_to(p).parts))
+            if not found:
+                raise ValueError(f"{p} holds no images ({', '.join(sorted(IMAGE_EXTS))}, in it or its sub-folders)")
+            out += found
+        elif p.exists():
+            out.append(p)
+        else:
+            raise ValueError(f"{p}: no such file or folder ({p.resolve()}): check the path")
+    return out
+
+
+def _thresholds_source(bundle, thresholds, budget_ms) -> str:
+    if thresholds is not None:
+        return "given (--thresholds)"
+    cal = f"the calibration of {bundle.calibration.device!r}" if bundle.calibration is not None else None
+    if budget_ms is not None:
+        return f"the budget controller on {cal}"
+    return cal or ("the manifest's" if bundle.manifest.thresholds is not None else "none: every image runs to the last exit")
+
+
+def predict_files(bundle, files: Sequence[Path], thresholds=None, budget_ms: Optional[float] = None,
+                  deadline_ms: Optional[float] = None, show_progress: bool = True) -> dict:
+    """Every file through ``bundle.predict`` one at a time, as a camera would feed it: the versioned result dict."""
+    rows, unreadable, pre_ms = [], [], []
+    for f in progress(files, desc="predict", unit="image", enabled=show_progress):
+        try:
+            img = read_image(f)
+        except ImageError as e:
+            unreadable.append({"file": str(f), "error": str(e)})
+            continue
+        t0 = time.perf_counter()
+        x = bundle.preprocess(img)[0]  # (C, H, W) float32: one image
+        pre_ms.append((time.perf_counter() - t0) * 1e3)
+        if not rows:  # one untimed run of every stage first: the first call's set-up is no image's latency
+            bundle.run_exits(x[None])
+        p = bundle.predict(x, thresholds=thresholds, budget_ms=budget_ms, deadline_ms=deadline_ms)
+        rows.append({"file": str(f), **p.to_dict(), "exit": p.exit + 1, "preprocess_ms": pre_ms[-1]})
+    counts = np.bincount([r["exit"] - 1 for r in rows], minlength=bundle.num_exits).tolist() if rows else [0] * bundle.num_exits
+    m = bundle.manifest
+    return {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "bundle": {"path": str(bundle.path), "model": m.model, "target": m.target, "precision": m.precision},
+        "mode": "deadline" if deadline_ms is not None else "budget" if budget_ms is not None else "thresholds",
+        "budget_ms": budget_ms, "deadline_ms": deadline_ms, "thresholds_from": _thresholds_source(bundle, thresholds, budget_ms),
+        "n_images": len(rows), "exit_counts": counts,  # exits numbered from 1 in rows; counts[k] is exit k + 1
+        "latency_ms": {"cascade": sample_stats([r["total_ms"] for r in rows], keep_samples=False) if rows else None,
+                       "preprocess": sample_stats(pre_ms, keep_samples=False) if pre_ms else None},
+        "images": rows, "unreadable": unreadable,
+    }
+
+
+def format_result(r: dict) -> str:
+    """One line per image, then the exits' counts and latency percentiles."""
+    width = min(60, max([len(Path(x["file"]).name) for x in r["images"]] + [4]))
+    lines = [f"{'file':<{width}}  {'class':<16} {'conf':>6}  exit  {'ms':>7}"]
+    for x in r["images"]:
+        lines.append(f"{Path(x['file']).name[:width]:<{width}}  {str(x['class_name'])[:16]:<16} {x['confidence']:>6.3f}  {x['exit']:>4}  "
+                     f"{x['total_ms']:>7.3f}" + ("  (deadline: later exit skipped)" if x["deadline_skipped"] else ""))
+    lines += [f"unreadable: {u['error']}" for u in r["unreadable"]]
+    n = r["n_images"]
+    if n:
+        c, pre = r["latency_ms"]["cascade"], r["latency_ms"]["preprocess"]
+        shares = " / ".join(f"{k}" for k in r["exit_counts"])
+        lines.append(f"{n} images ({len(r['unreadable'])} unreadable): exits 1-{len(r['exit_counts'])} answered {shares}; cascade ms "
+                     f"mean {c['mean']:.3f}, p50 {c['p50']:.3f}, p90 {c['p90']:.3f}; preprocessing p50 {pre['p50']:.3f} ms; "
+                     f"thresholds: {r['thresholds_from']}")
+    else:
+        lines.append(f"no image could be read ({len(r['unreadable'])} unreadable)")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="dvt-runtime predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("images", nargs="+", help="image files and folders (read recursively)")
+    ap.add_argument("--bundle", required=True, help="bundle directory (manifest.json + one artifact per exit)")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--thresholds", default=None, help="per-exit confidences, e.g. 0.9,0.8 ('none': never stop there)")
+    mode.add_argument("--budget-ms", type=float, default=None, help="mean latency budget: thresholds from this device's calibration")
+    ap.add_argument("--deadline-ms", type=float, default=None,
+                      help="per-image deadline: a later stage is skipped when its p90 would overrun (p90s from the calibration or --profile)")
+    ap.add_argument("--profile", default=None, help="with --deadline-ms: per-stage p90s from this profile JSON (dvt-runtime profile --out)")
+    ap.add_argument("--device-name", default=None, help="use calibration/<name>.json (default: this host's name)")
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads per session (default 1)")
+    ap.add_argument("--providers", default=None, help="ONNX Runtime execution providers in priority order, comma-separated")
+    ap.add_argument("--out", default=None, help="also write every answer and the summary as JSON (schema dvt-predictions)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return ap
+
+
+def _check_mode(bundle, args: argparse.Namespace) -> None:
+    """What --budget-ms and --deadline-ms need, said in commands (the API's own errors speak Python)."""
+    b = args.bundle
+    if args.budget_ms is not None and bundle.calibration is None:
+        raise ValueError(f"--budget-ms needs a calibration of this device: dvt-runtime calibrate --bundle {b} --data VAL.npz --budget-ms "
+                         f"{args.budget_ms:g} (then --device-name NAME here, if it was made under another name)")
+    if args.deadline_ms is not None and bundle.stage_p90_ms is None:
+        raise ValueError(f"--deadline-ms needs each stage's p90 latency: pass --profile PROFILE.json (dvt-runtime profile --bundle {b} "
+                         "--out PROFILE.json), or calibrate this device (dvt-runtime calibrate)")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        from dvt_runtime.bundle import Bundle
+        from dvt_runtime.latency import LatencyProfile
+
+        if args.profile and args.deadline_ms is None:
+            raise ValueError("--profile gives the p90s --deadline-ms needs: pass --deadline-ms too (or drop --profile)")
+        for flag in ("budget_ms", "deadline_ms"):
+            if getattr(args, flag) is not None:
+                positive_ms(f"--{flag.replace('_', '-')}", getattr(args, flag))
+        out = check_out_path(args.out) if args.out else None
+        thresholds = parse_thresholds(args.thresholds) if args.thresholds is not None else None
+        files = image_files(args.images)
+        providers = [p.strip() for p in args.providers.split(",")] if args.providers else None
+        bundle = Bundle.open(args.bundle, threads=args.threads, providers=providers, device_name=args.device_name)
+        if args.profile:
+            bundle.use_profile(LatencyProfile.load(args.profile))
+        _check_mode(bundle, args)
+        r = predict_files(bundle, files, thresholds, args.budget_ms, args.deadline_ms, show_progress=not args.no_progress)
+    except (ValueError, OSError, BackendUnavailable) as e:  # ManifestError, InputError, CalibrationError are ValueErrors
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_result(r))
+    if out is not None:
+        print(f"wrote {atomic_write_json(out, r, allow_nan=False)}")
+    return 1 if r["unreadable"] else 0
+
+
+if __name__ == "__main__":
+    from dvt_runtime.io import run_cli
+
+    sys.exit(run_cli(main))

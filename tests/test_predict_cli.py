@@ -1,0 +1,106 @@
+"""``dvt-runtime predict``: the cascade on image files from the command line, as the Python API answers them."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from dvt_edge.data import load_dataset
+from dvt_runtime.bundle import Bundle
+from dvt_runtime.cli import main as runtime_main
+from dvt_runtime.predict import main
+from tests.test_runtime_torch_free import run_without_torch
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """12 Fashion-MNIST images as PNG files in a folder tree, a truncated JPEG, and a hidden folder's image."""
+    d = tmp_path_factory.mktemp("photos")
+    ds = load_dataset("fashion-mnist", "val", limit=12, seed=3)
+    imgs = [ds.images[i] for i in range(len(ds))]
+    for i, img in enumerate(imgs):
+        (d / "sub" / f"{i % 3}").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(d / "sub" / f"{i % 3}" / f"{i:02d}.png"), img)
+    ok, jpg = cv2.imencode(".jpg", imgs[0])
+    (d / "sub" / "cut.jpg").write_bytes(jpg.tobytes()[: len(jpg) // 2])
+    (d / ".thumbs").mkdir()
+    cv2.imwrite(str(d / ".thumbs" / "x.png"), imgs[0])
+    return d
+
+
+def test_predict_answers_every_image_as_the_api_does(onnx_bundle, photos, tmp_path, capsys):
+    out = tmp_path / "preds.json"
+    assert main(["--bundle", str(onnx_bundle), str(photos), "--out", str(out), "--no-progress"]) == 1  # one unreadable
+    printed = capsys.readouterr().out
+    r = json.loads(out.read_text())
+    assert r["schema"] == "dvt-predictions" and r["schema_version"] == 1 and r["n_images"] == 12
+    assert [u["file"] for u in r["unreadable"]] == [str(photos / "sub" / "cut.jpg")] and "truncated" in r["unreadable"][0]["error"]
+    assert sum(r["exit_counts"]) == 12 and ".thumbs" not in json.dumps(r["images"])
+    b = Bundle.open(onnx_bundle)
+    for row in r["images"]:
+        p = b.predict(cv2.imread(row["file"], cv2.IMREAD_UNCHANGED))
+        assert (row["label"], row["class_name"], row["exit"]) == (p.label, p.class_name, p.exit + 1)
+        assert np.isclose(row["confidence"], p.confidence, atol=1e-6) and row["total_ms"] > 0 and row["preprocess_ms"] > 0
+    assert r["thresholds_from"] == "the manifest's" and r["mode"] == "thresholds"
+    assert f"12 images (1 unreadable): exits 1-3 answered {' / '.join(map(str, r['exit_counts']))}" in printed
+    assert "unreadable: image" in printed and f"wrote {out}" in printed
+    # fixed thresholds, through the dvt-runtime command: none never stops, so every image reaches exit 3
+    assert runtime_main(["predict", "--bundle", str(onnx_bundle), str(photos / "sub" / "0"), "--thresholds", "none,none", "--no-progress"]) == 0
+    assert "exits 1-3 answered 0 / 0 / 4" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,match", [
+    (["MISSING"], "no such file or folder"),
+    (["EMPTY"], "holds no images"),
+    (["PHOTOS", "--thresholds", "2"], r"--thresholds: 2 is outside \[0, 1\]"),
+    (["PHOTOS", "--thresholds", "0.9", "--budget-ms", "1"], "not allowed with argument"),
+    (["PHOTOS", "--budget-ms", "nan"], "--budget-ms must be a finite positive"),
+    (["PHOTOS", "--profile", "p.json"], "--profile gives the p90s --deadline-ms needs"),
+    (["PHOTOS", "--deadline-ms", "5"], "--deadline-ms needs each stage's p90 latency: pass --profile PROFILE.json"),
+    (["PHOTOS", "--budget-ms", "1"], "--budget-ms needs a calibration of this device: dvt-runtime calibrate --bundle"),
+])
+def test_predict_bad_requests_are_one_clear_error(onnx_bundle, photos, tmp_path, capsys, args, match):
+    (tmp_path / "empty").mkdir()
+    subst = {"MISSING": str(tmp_path / "nope"), "EMPTY": str(tmp_path / "empty"), "PHOTOS": str(photos / "sub" / "1")}
+    with pytest.raises(SystemExit) if "not allowed" in match else _no_raise():
+        rc = main(["--bundle", str(onnx_bundle), *[subst.get(a, a) for a in args], "--no-progress"])
+        assert rc == 2
+    err = capsys.readouterr().err
+    assert __import__("re").search(match, err), err
+    assert "Traceback" not in err
+
+
+class _no_raise:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_predict_runs_with_torch_unimportable(onnx_bundle, photos):
+    r = run_without_torch(f"""
+        from dvt_runtime.predict import main
+        rc = main(["--bundle", {str(onnx_bundle)!r}, {str(photos / "sub" / "2")!r}, "--no-progress"])
+        assert rc == 0 and "torch" not in sys.modules
+        print("ok")
+    """)
+    assert r.returncode == 0, r.stderr
+    assert "ok" in r.stdout and "4 images (0 unreadable)" in r.stdout
+
+
+def test_deadline_from_a_profile_file(onnx_bundle, photos, tmp_path, capsys):
+    """--deadline-ms with --profile: the profile's p90s decide which later stages are skipped (a 0.001 ms deadline
+    leaves only exit 1, which always runs)."""
+    from dvt_runtime.profile import profile_bundle
+
+    b = Bundle.open(onnx_bundle)
+    profile_bundle(b, warmup=2, runs=10, progress=False).save(tmp_path / "prof.json")
+    out = tmp_path / "p.json"
+    assert main(["--bundle", str(onnx_bundle), str(photos / "sub" / "0"), "--deadline-ms", "0.001", "--profile", str(tmp_path / "prof.json"),
+                 "--thresholds", "none,none", "--out", str(out), "--no-progress"]) == 0
+    r = json.loads(out.read_text())
+    assert r["mode"] == "deadline" and r["exit_counts"] == [4, 0, 0] and all(x["deadline_skipped"] for x in r["images"])
