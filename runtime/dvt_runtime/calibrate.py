@@ -34,7 +34,7 @@ from dvt_runtime.backends import BackendUnavailable
 from dvt_runtime.bundle import Bundle, softmax
 from dvt_runtime.calibration import SCHEMA, BudgetRow, Calibration, CalibrationError, Chosen, bundle_identity, validate_calibration  # noqa: F401  (re-exported)
 from dvt_runtime.checks import positive_ms
-from dvt_runtime.device import check_batch_memory
+from dvt_runtime.device import check_batch_memory, profiled_here  # noqa: F401  (re-exported)
 from dvt_runtime.io import atomic_write_json
 from dvt_runtime.io import progress as _bar
 from dvt_runtime.latency import batch_note, check_batch
@@ -173,18 +173,6 @@ class Fit:
     cal: ExitOutputs
     hold: ExitOutputs
     on_this_host: bool = True  # the stage costs are this host's (measured now, or a given profile taken here): checkable here
-
-
-HOST_FACTS = ("device_name", "cpu_model", "logical_cores", "machine", "os")  # a profile with all of these as this host's was taken here
-
-
-def profiled_here(profile: "LatencyProfile") -> bool:
-    """True when a given profile was taken on this very host (its device name and hardware facts are this host's),
-    so thresholds priced by it can be measured here; False for another device's (a phone's, a Jetson's)."""
-    from dvt_runtime.device import device_facts
-
-    theirs, ours = profile.device if isinstance(profile.device, dict) else {}, device_facts()
-    return all(theirs.get(k) is not None and theirs.get(k) == ours.get(k) for k in HOST_FACTS)
 
 
 def fit(bundle: Bundle, x: np.ndarray, y: np.ndarray, holdout: float = 0.5, seed: int = 0, profile=None, runs: int = 200,

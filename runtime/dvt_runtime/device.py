@@ -128,6 +128,16 @@ def device_facts(threads: Optional[int] = None, backend: Optional[str] = None) -
     }
 
 
+HOST_FACTS = ("device_name", "cpu_model", "logical_cores", "machine", "os")  # a profile with all of these as this host's was taken here
+
+
+def profiled_here(profile) -> bool:
+    """True when a given ``LatencyProfile`` was taken on this very host (its device name and hardware facts are this
+    host's), so thresholds priced by it can be measured here; False for another device's (a phone's, a Jetson's)."""
+    theirs, ours = profile.device if isinstance(profile.device, dict) else {}, device_facts()
+    return all(theirs.get(k) is not None and theirs.get(k) == ours.get(k) for k in HOST_FACTS)
+
+
 def _resize_impl() -> str:
     """Which code resizes camera frames: OpenCV, or the numpy fallback (several times slower on large frames)."""
     from dvt_runtime.preprocess import _cv2
