@@ -52,7 +52,8 @@ def prepare_mode(args, bundle, thresholds: Optional[list]) -> Mode:
     if thresholds is not None and len(thresholds) not in (n - 1, n):
         raise AppError(f"--thresholds: this bundle has {n} exits: give {n - 1} thresholds "
                        f"(the last exit always answers), got {len(thresholds)}")
-    if args.device_name and bundle.calibration is None:
+    folder = bundle.calibration_path(args.device_name).parent if args.device_name else None
+    if folder is not None and bundle.calibration is None and not any(folder.glob("*.json")):  # with others, the runtime names them
         warn(f"no calibration for device {args.device_name!r} ({bundle.calibration_path(args.device_name)}): "
              "using the manifest's thresholds")
     try:
