@@ -305,7 +305,11 @@ def _prepare(dest: Path, t: Target, precision: str, opts: ExportOptions, model: 
     if stand_in:
         data.note = f"{stand_in}; {data.note}"
     if data.verify_x is None:  # said now, not only in the manifest
-        print(f"note: {data.note}", file=sys.stderr)
+        from dvt_runtime.backends import available_backends
+
+        print(f"note: {data.note}" if t.backend in available_backends() else  # off its platform real images verify nothing here
+              f"note: no real images; {t.backend} does not run on this host, so the export is checked structurally here (verify it "
+              "where it runs); images (--calib-data) would choose the default thresholds on real images", file=sys.stderr)
     graphs = exit_graphs(model)
     calib_ref = torch_cascade(graphs, np.stack(data.calib)) if data.calib else []
     real_ref, check_inputs = None, []
