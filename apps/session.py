@@ -280,6 +280,7 @@ def build_stats(args, source: str, frame, bundle, mode: Mode, thresholds: Option
         "exit_fractions": [c / n if n else 0.0 for c in tally.exit_counts],
         "latency_ms": {"predict": latency_summary(tally.predict_ms), "frame": latency_summary(tally.frame_ms)},
         "budget": None if mode.ms is None else {"kind": mode.kind, "ms": mode.ms, "hits": tally.hits, "misses": tally.misses,
+                                                "metric": bundle.calibration.metric if mode.kind == "budget" and mode.active else None,
                                                 "hit_rate": tally.hits / n if n else None,
                                                 "counted_on": "predict wall time per frame"},
         "fps": n / loop.wall_s if loop.wall_s > 0 else None,

@@ -58,16 +58,17 @@ def evaluate_checkpoint(
     data, data_note = data_for_checkpoint(data, model.name, info.extras, model.cfg, split)
     pre = info.preprocess or default_preprocess(model.cfg.in_chans, model.cfg.img_size)
     ds = scoring_set(data, split, pre, model.cfg.num_classes, info.classes, "score", limit=limit, checkpoint=checkpoint)
-    opened, not_here = [], []  # a bundle that cannot be scored: said before the work
+    opened: list = []  # per --bundles, in order: an open bundle, or a "not scored" row; said before the work
     for bd in bundles:
         try:
             opened.append(open_bundle(bd, checkpoint, ds.classes))
         except CannotRunHere as e:  # e.g. Core ML off macOS beside an ONNX bundle: the others are still scored
-            not_here.append({"bundle": str(bd), "status": str(e)})
-    if not_here and not opened:
-        raise ValueError(not_here[0]["status"])
-    for sk in not_here:
-        print(f"warning: {sk['status']}: not scored", file=sys.stderr)
+            opened.append({"bundle": str(bd), "status": str(e)})
+    not_here = [o["status"] for o in opened if isinstance(o, dict)]
+    if not_here and len(not_here) == len(opened):
+        raise ValueError("; ".join(not_here))
+    for why in not_here:
+        print(f"warning: {why}: not scored", file=sys.stderr)
     acc, probs = evaluate_exits(model, ds, progress=progress, desc=f"evaluate {split} ({len(ds)} images)")
     flops = [e.gflops for e in model.exits]
     costs = StageCosts.from_cumulative(flops, unit="GFLOPs")
@@ -84,7 +85,7 @@ def evaluate_checkpoint(
         sel_out, sel_note = test_out, f"the evaluation split itself (training split unavailable: {str(e)[:200]})"
     curve = [evaluate_thresholds(test_out, None, t, costs) for t in sweep_thresholds(sel_out, n_budgets)]
     arrays = ds.arrays(progress=progress) if bundles else None  # preprocess once for every bundle
-    artifacts = [artifact_accuracy(b, *arrays, acc) for b in opened] + not_here
+    artifacts = [b if isinstance(b, dict) else artifact_accuracy(b, *arrays, acc) for b in opened]
     frontier = pareto_frontier(curve)
     return {
         "schema": SCHEMA,

@@ -101,13 +101,17 @@ def split_files(root: str, split: str) -> list[Path]:
 
 def _class_folders_hint(base: Path) -> str:
     """When ``base`` itself holds class folders of images (a split folder given, or no split folders made): what to do."""
-    classes = [d.name for d in sorted(base.iterdir()) if d.is_dir() and not d.name.startswith(".")
-               and any(p.suffix.lower() in IMAGE_EXTS for p in d.iterdir())]
+    try:
+        classes = [d.name for d in sorted(base.iterdir()) if d.is_dir() and not d.name.startswith(".")
+                   and any(p.suffix.lower() in IMAGE_EXTS for p in d.iterdir())]
+    except OSError:  # an unreadable folder: the error itself stands
+        return ""
     if not classes:
         return ""
+    shown = f"{classes[:3]}" + ("..." if len(classes) > 3 else "")
     if base.name in ("train", "val", "test"):
-        return f"; {base} holds the class folders {classes[:3]}...: give its parent, imagefolder:{base.parent}"
-    return f"; {base} holds class folders ({classes[:3]}...) directly: move them into {base / 'train'}/ (a val split is then held out)"
+        return f"; {base} holds the class folders {shown}: give its parent, imagefolder:{base.parent}"
+    return f"; {base} holds class folders ({shown}) directly: move them into {base / 'train'}/ (a val split is then held out)"
 
 
 def _split(root: str, split: str) -> _Split:

@@ -116,7 +116,7 @@ def test_imagefolder_bad_layouts(tmp_path):
     with pytest.raises(DataError, match=rf"no train/ folder in {tmp_path / 'train'}.*give its parent"):
         load_dataset(f"imagefolder:{tmp_path / 'train'}", "train")
     shutil.copytree(tmp_path / "train", tmp_path / "flat")
-    with pytest.raises(DataError, match=rf"holds class folders \(\['a', 'b'\]...\) directly: move them into {tmp_path / 'flat' / 'train'}/"):
+    with pytest.raises(DataError, match=rf"holds class folders \(\['a', 'b'\]\) directly: move them into {tmp_path / 'flat' / 'train'}/"):
         load_dataset(f"imagefolder:{tmp_path / 'flat'}", "train")
 
 
@@ -225,19 +225,21 @@ def test_resize_and_crop_geometry_is_torchvisions(h, w):
     np.testing.assert_allclose(pre.apply(img), (ref.transpose(2, 0, 1) / 255.0 - 0.5) / 0.25, atol=1e-5)
 
 
+@pytest.mark.parametrize("interp", ["area", "linear", "cubic", "nearest"])
 @pytest.mark.parametrize("channels", ["rgb", "bgr", "gray"])
 @pytest.mark.parametrize("c", [0, 1, 3, 4])
-def test_channels_of_any_frame_are_the_written_out_conversion(channels, c):
+def test_channels_of_any_frame_are_the_written_out_conversion(channels, c, interp):
     """Gray, BGR and BGRA frames become the model's channels as written out here (convert the whole frame, then
     resize): reordering after the resize, as ``apply`` does to spare a copy of the frame, changes no pixel."""
     img = np.random.default_rng(c).integers(0, 256, (48, 60) if c == 0 else (48, 60, c), dtype=np.uint8)
     n = 1 if channels == "gray" else 3
-    pre = Preprocess(size=16, resize=20, channels=channels, mean=(0.5,) * n, std=(0.25,) * n, interpolation="area")
+    pre = Preprocess(size=16, resize=20, channels=channels, mean=(0.5,) * n, std=(0.25,) * n, interpolation=interp)
     bgr = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR) if c in (0, 1) else img[:, :, :3].copy()
     full = {"rgb": bgr[:, :, ::-1].copy(), "bgr": bgr, "gray": cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)}[channels]
     if c in (0, 1) and channels == "gray":
         full = img.reshape(48, 60)
-    ref = cv2.resize(full, (25, 20), interpolation=cv2.INTER_AREA).reshape(20, 25, n)[2:18, 4:20]
+    flag = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST}[interp]
+    ref = cv2.resize(full, (25, 20), interpolation=flag).reshape(20, 25, n)[2:18, 4:20]
     np.testing.assert_allclose(pre.apply(img), (ref.transpose(2, 0, 1) / 255.0 - 0.5) / 0.25, rtol=0, atol=1e-5)  # a gray level: 0.016
 
 

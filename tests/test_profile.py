@@ -169,6 +169,11 @@ def test_measured_stage_costs_p90_summary_table(measured):
     with pytest.raises(ValueError) as e:
         bundle.use_profile(prof.to_dict())
     assert "need one p90 per stage (3) or a LatencyProfile, got dict" in str(e.value) and len(str(e.value)) < 200
+    d = prof.to_dict()  # deadline mode runs one image per call: a batch profile's per-image p90s, or another bundle's, refused
+    with pytest.raises(ValueError, match="measured at batch 8: deadline mode runs one image per call"):
+        bundle.use_profile(LatencyProfile.from_dict({**d, "batch": 8}))
+    with pytest.raises(ValueError, match="measured on another bundle .*precision 'int8'"):
+        bundle.use_profile(LatencyProfile.from_dict({**d, "bundle": {**d["bundle"], "precision": "int8"}}))
 
     summary = prof.summary()
     text = json.dumps(summary)

@@ -451,6 +451,8 @@ def test_a_profile_taken_on_this_host_is_checked_here_another_devices_is_not(bun
     r = calibrate(b, x[:60], y[:60], 1.0, profile=LatencyProfile.from_dict(mine.to_dict()), progress=False, warmup=2)
     assert r.chosen.measured is not None and np.isfinite(r.chosen.measured["mean_ms"]) and r.chosen.measured["mean_ms"] > 0
     assert r.profile_source == "given (--profile, taken on this host)" and r.cascade_overhead_ms > 0
+    four = calibrate(b, x[:60], y[:60], 1.0, profile=LatencyProfile.from_dict({**mine.to_dict(), "threads": 4}), progress=False)
+    assert four.chosen.measured is None  # priced at 4 threads: this bundle runs 1, so its latencies are not these
     phone = LatencyProfile.from_dict({**mine.to_dict(), "device": {**mine.device, "device_name": "pixel8", "cpu_model": "Tensor G3"}})
     assert not profiled_here(phone)
     r = calibrate(b, x[:60], y[:60], 1.0, profile=phone, progress=False)

@@ -4,10 +4,9 @@
     pred = bundle.predict(bgr_image)     # one uint8 image, preprocessed inside: stops at the first confident exit
     pred.label, pred.confidence, pred.exit, pred.stage_ms
 
-Stages run one after another; each later stage gets the previous stage's features and
-relations. A batch is regrouped at each stage: the samples still undecided are gathered
-(images, features and relations together) and the stage runs once on them, in chunks of
-at most ``max_batch`` (default ``DEFAULT_MAX_BATCH``, 32). Bundles whose artifacts take batch 1 only (``manifest.max_batch
+Stages run one after another; each later stage gets the previous stage's features and relations. A batch is
+regrouped at each stage: the samples still undecided are gathered (images, features and relations together) and
+the stage runs once on them, in chunks of at most ``max_batch`` (default ``DEFAULT_MAX_BATCH``, 32). Bundles whose artifacts take batch 1 only (``manifest.max_batch
 == 1``: ExecuTorch, Core ML, dynamic-range int8) run the same regrouping one sample per call: the same answers.
 
 One bundle may serve several threads: ONNX Runtime sessions run concurrently, ExecuTorch methods and Core ML
@@ -35,6 +34,7 @@ from dvt_runtime.manifest import Manifest, ManifestError  # noqa: F401  (Manifes
 
 if TYPE_CHECKING:
     from dvt_runtime.calibration import Calibration
+    from dvt_runtime.latency import LatencyProfile
 
 __all__ = ["Bundle", "Prediction", "InputError", "NonFiniteOutput", "check_thresholds", "positive_ms"]
 
@@ -181,8 +181,8 @@ class Bundle:
             self._warned_budgets.clear()
         return cal
 
-    def use_profile(self, stage_p90_ms: Sequence[float]) -> None:  # ms per stage for deadline mode, or a LatencyProfile's
-        p90 = stage_p90_ms.stage_p90() if hasattr(stage_p90_ms, "stage_p90") else stage_p90_ms
+    def use_profile(self, stage_p90_ms: Union[Sequence[float], "LatencyProfile"]) -> None:  # ms per stage for deadline mode
+        p90 = stage_p90_ms.deadline_p90(self.manifest) if hasattr(stage_p90_ms, "deadline_p90") else stage_p90_ms
         if isinstance(p90, (str, bytes)) or not hasattr(p90, "__len__") or len(p90) != self.num_exits:
             raise ValueError(f"need one p90 per stage ({self.num_exits}) or a LatencyProfile, got {type(p90).__name__} {str(p90)[:80]}")
         self.stage_p90_ms = [positive_ms(f"p90 of stage {i + 1}", v, allow_zero=True) for i, v in enumerate(p90)]

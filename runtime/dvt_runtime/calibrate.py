@@ -194,7 +194,7 @@ def fit(bundle: Bundle, x: np.ndarray, y: np.ndarray, holdout: float = 0.5, seed
                 raise CalibrationError(f"profile stage {i + 1}: {k} must be a positive number of ms, got {v!r} (a clock too coarse "
                                        "for this stage reads 0: profile with a finer timer)")
     m, pb = bundle.manifest, profile.bundle if isinstance(profile.bundle, dict) else {}
-    other = {k: pb[k] for k in ("model", "target", "precision", "backend") if k in pb and pb[k] != getattr(m, k)}
+    other = profile.other_bundle(m)
     if not measured_here and not any(k in pb for k in ("model", "target", "precision", "backend")):
         warnings.warn("the profile does not name the bundle it timed (imported without --bundle): nothing checks that its "
                       f"latencies are {m.model} {m.target}/{m.precision}'s; re-import it with "
@@ -205,7 +205,7 @@ def fit(bundle: Bundle, x: np.ndarray, y: np.ndarray, holdout: float = 0.5, seed
     if profile.batch != batch:
         raise CalibrationError(f"the profile was measured at batch {profile.batch}, not {batch}: profile at --batch {batch} "
                                "or calibrate at the profile's batch")
-    here = measured_here or profiled_here(profile)
+    here = measured_here or (profiled_here(profile) and profile.threads in (None, bundle.threads))  # its latencies: this host's
     overhead = cascade_overhead_ms(bundle, x, batch=batch) if here else 0.0
     probs = exit_probs(bundle, x, progress)
     perm = np.random.default_rng(seed).permutation(len(x))
@@ -270,7 +270,7 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
     except ValueError as e:
         raise CalibrationError(f"the calibration holds a non-finite number ({e}): nothing was written; re-run the calibration") from None
     with warnings.catch_warnings():  # another device's threads (a given profile) are not this host's to match
-        if not f.measured_here:
+        if not f.on_this_host:
             warnings.filterwarnings("ignore", message=".*thread\\(s\\) per session")
         bundle.use_calibration(device_name, batch=batch)
     return result

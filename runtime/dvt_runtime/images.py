@@ -14,7 +14,7 @@ import numpy as np
 
 from dvt_runtime.checks import InputError
 
-__all__ = ["IMAGE_EXTS", "IMREAD_FLAGS", "ImageError", "decode_image", "jpeg_end", "read_image", "to_uint8"]
+__all__ = ["IMAGE_EXTS", "IMREAD_FLAGS", "ImageError", "cv2_or_fail", "decode_image", "jpeg_end", "read_image", "to_uint8"]
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})  # what image folders hold (by suffix, any case)
 
@@ -23,7 +23,8 @@ class ImageError(InputError):
     """An image file that cannot be read or decoded (or is truncated); the message names it and what to do."""
 
 
-def _cv2():
+def cv2_or_fail():
+    """OpenCV, or an ImageError naming the extra that installs it."""
     from dvt_runtime.preprocess import _cv2 as cv2_or_none
 
     cv2 = cv2_or_none()
@@ -84,7 +85,7 @@ def jpeg_end(data: bytes) -> Optional[int]:
 def decode_image(data: np.ndarray, what: str) -> np.ndarray:
     """Encoded image bytes (uint8) -> uint8 pixels (BGR or gray) as OpenCV decodes them; a JPEG (known by
     its first bytes, whatever its name) must be whole. ``what`` names the image in the error."""
-    cv2 = _cv2()
+    cv2 = cv2_or_fail()
     if data.size == 0:
         raise ImageError(f"{what} is empty (0 bytes)")
     if data[:3].tobytes() == b"\xff\xd8\xff":

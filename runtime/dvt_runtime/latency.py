@@ -181,6 +181,23 @@ class LatencyProfile:
         """p90 of each stage alone (ms), e.g. for ``Bundle.use_profile`` (deadline mode)."""
         return [float(s["p90"]) for s in self.stages]
 
+    def other_bundle(self, manifest) -> dict[str, Any]:
+        """What this profile names differently from ``manifest``'s bundle (model, target, precision, backend): its
+        latencies are another bundle's when this is not empty (a profile that names nothing is not checked)."""
+        pb = self.bundle if isinstance(self.bundle, dict) else {}
+        return {k: pb[k] for k in ("model", "target", "precision", "backend") if k in pb and pb[k] != getattr(manifest, k)}
+
+    def deadline_p90(self, manifest) -> list[float]:
+        """:meth:`stage_p90` for deadline mode on ``manifest``'s bundle, which runs one image per call: refused for
+        another bundle's profile, and for one measured at batch > 1 (per-image p90s of a batch are too low for it)."""
+        if other := self.other_bundle(manifest):
+            raise ProfileError(f"the profile was measured on another bundle ({', '.join(f'{k} {v!r}' for k, v in other.items())}; "
+                               f"this one is {manifest.model} {manifest.target}/{manifest.precision}): profile this bundle")
+        if self.batch != 1:
+            raise ProfileError(f"the profile was measured at batch {self.batch}: deadline mode runs one image per call, so its "
+                               "per-image p90s are too low for it; profile at --batch 1")
+        return self.stage_p90()
+
     def summary(self) -> dict[str, Any]:
         """Everything but the raw samples, for embedding (calibration files)."""
         d = self.to_dict()

@@ -16,22 +16,41 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
 from dvt_runtime.backends import BackendUnavailable
 from dvt_runtime.checks import parse_thresholds, positive_ms
-from dvt_runtime.images import IMAGE_EXTS, ImageError, read_image
+from dvt_runtime.device import profiled_here
+from dvt_runtime.images import IMAGE_EXTS, ImageError, cv2_or_fail, read_image
 from dvt_runtime.io import atomic_write_json, check_out_path, progress
 from dvt_runtime.stats import sample_stats
+
+if TYPE_CHECKING:
+    from dvt_runtime.bundle import Bundle
 
 __all__ = ["SCHEMA", "image_files", "predict_files", "main"]
 
 SCHEMA, SCHEMA_VERSION = "dvt-predictions", 1
+
+
+def _walk(top: Path) -> list[Path]:
+    """Image files under ``top``, linked folders followed (each real folder once), hidden ones skipped; sorted."""
+    found, seen = [], set()
+    for root, dirs, files in os.walk(top, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a link back up the tree, or a second link to the same folder
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(root) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTS]
+    return sorted(found)
 
 
 def image_files(paths: Sequence[str]) -> list[Path]:
@@ -39,8 +58,7 @@ def image_files(paths: Sequence[str]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS and not any(
-                part.startswith(".") for part in f.relative_to(p).parts))
+            found = _walk(p)
             if not found:
                 raise ValueError(f"{p} holds no images ({', '.join(sorted(IMAGE_EXTS))}, in it or its sub-folders)")
             out += found
@@ -51,7 +69,8 @@ def image_files(paths: Sequence[str]) -> list[Path]:
     return out
 
 
-def _thresholds_source(bundle, thresholds, budget_ms) -> str:
+def _thresholds_source(bundle: "Bundle", thresholds: Optional[list], budget_ms: Optional[float]) -> str:
+    """Where the thresholds of this run come from, in words."""
     if thresholds is not None:
         return "given (--thresholds)"
     cal = f"the calibration of {bundle.calibration.device!r}" if bundle.calibration is not None else None
@@ -60,7 +79,7 @@ def _thresholds_source(bundle, thresholds, budget_ms) -> str:
     return cal or ("the manifest's" if bundle.manifest.thresholds is not None else "none: every image runs to the last exit")
 
 
-def predict_files(bundle, files: Sequence[Path], thresholds=None, budget_ms: Optional[float] = None,
+def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[list] = None, budget_ms: Optional[float] = None,
                   deadline_ms: Optional[float] = None, show_progress: bool = True) -> dict:
     """Every file through ``bundle.predict`` one at a time, as a camera would feed it: the versioned result dict."""
     rows, unreadable, pre_ms = [], [], []
@@ -118,7 +137,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--bundle", required=True, help="bundle directory (manifest.json + one artifact per exit)")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--thresholds", default=None, help="per-exit confidences, e.g. 0.9,0.8 ('none': never stop there)")
-    mode.add_argument("--budget-ms", type=float, default=None, help="mean latency budget: thresholds from this device's calibration")
+    mode.add_argument("--budget-ms", type=float, default=None, help="latency budget on this device's calibration's metric (the mean "
+                                                                      "unless calibrated with --metric p90 or the like)")
     ap.add_argument("--deadline-ms", type=float, default=None,
                       help="per-image deadline: a later stage is skipped when its p90 would overrun (p90s from the calibration or --profile)")
     ap.add_argument("--profile", default=None, help="with --deadline-ms: per-stage p90s from this profile JSON (dvt-runtime profile --out)")
@@ -155,10 +175,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         out = check_out_path(args.out) if args.out else None
         thresholds = parse_thresholds(args.thresholds) if args.thresholds is not None else None
         files = image_files(args.images)
+        cv2_or_fail()  # once, not "unreadable" for every file
         providers = [p.strip() for p in args.providers.split(",")] if args.providers else None
         bundle = Bundle.open(args.bundle, threads=args.threads, providers=providers, device_name=args.device_name)
         if args.profile:
-            bundle.use_profile(LatencyProfile.load(args.profile))
+            prof = LatencyProfile.load(args.profile)
+            bundle.use_profile(prof)
+            if not profiled_here(prof):
+                print(f"note: {args.profile} was not measured on this host ({prof.device.get('device_name')!r}): deadlines are "
+                      "judged on its latencies, not this host's", file=sys.stderr)
         _check_mode(bundle, args)
         r = predict_files(bundle, files, thresholds, args.budget_ms, args.deadline_ms, show_progress=not args.no_progress)
     except (ValueError, OSError, BackendUnavailable) as e:  # ManifestError, InputError, CalibrationError are ValueErrors

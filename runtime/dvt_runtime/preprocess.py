@@ -127,8 +127,10 @@ class Preprocess:
             hint = (" (channels first? uint8 images are (H, W, C) and a uint8 batch (N, H, W, C): transpose it)"
                     if img.ndim == 3 and img.shape[0] in (1, 3, 4) else "")
             raise InputError(f"expected a uint8 image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got {img.shape}{hint}")
-        if self.channels != "gray":  # reordered after the resize (_order_channels): the resize works per channel, so
-            return img  # the pixels are the same, and OpenCV resizes the frame as it is instead of copying a reversed view first
+        if self.channels != "gray":  # BGR(A) reordered after the resize (_order_channels): the resize works per channel, so
+            # OpenCV gives the same pixels and resizes the frame as it is instead of copying a reversed view first; a gray
+            # frame is made 3 channels first (OpenCV's 1- and 3-channel cubic kernels round differently)
+            return np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
         cv2 = _cv2()
         if cv2 is not None and img.shape[2] > 1:  # BGRA2GRAY reads the BGR part in place (no copy of the frame)
             return cv2.cvtColor(img, cv2.COLOR_BGR2GRAY if img.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)[:, :, None]
@@ -140,11 +142,9 @@ class Preprocess:
         return img
 
     def _order_channels(self, img: np.ndarray) -> np.ndarray:
-        """A resized (H, W, 1|3|4) BGR(A) or gray crop -> the model's channels: gray as it is, RGB or BGR without alpha."""
+        """A resized (H, W, 1|3|4) crop -> the model's channels: gray as it is, RGB or BGR without alpha."""
         if self.channels == "gray":
             return img
-        if img.shape[2] == 1:
-            return np.repeat(img, 3, axis=2)
         return img[:, :, 2::-1] if self.channels == "rgb" else img[:, :, :3]  # input is BGR(A) (OpenCV)
 
     def _geometry(self, h: int, w: int) -> tuple[int, int, int, int]:
