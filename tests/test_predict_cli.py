@@ -56,6 +56,7 @@ def test_predict_answers_every_image_as_the_api_does(onnx_bundle, photos, tmp_pa
     (["MISSING"], "no such file or folder"),
     (["EMPTY"], "holds no images"),
     (["PHOTOS", "--thresholds", "2"], r"--thresholds: 2 is outside \[0, 1\]"),
+    (["PHOTOS", "--thresholds", "0.5,0.5,0.5,0.5"], r"--thresholds: need 2 \(or 3\) thresholds for 3 exits, got 4"),
     (["PHOTOS", "--thresholds", "0.9", "--budget-ms", "1"], "not allowed with argument"),
     (["PHOTOS", "--budget-ms", "nan"], "--budget-ms must be a finite positive"),
     (["PHOTOS", "--profile", "p.json"], "--profile gives the p90s --deadline-ms needs"),

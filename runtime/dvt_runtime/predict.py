@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 
 from dvt_runtime.backends import BackendUnavailable
-from dvt_runtime.checks import parse_thresholds, positive_ms
+from dvt_runtime.checks import check_thresholds, parse_thresholds, positive_ms
 from dvt_runtime.device import profiled_here
 from dvt_runtime.images import IMAGE_EXTS, ImageError, cv2_or_fail, read_image
 from dvt_runtime.io import atomic_write_json, check_out_path, progress
@@ -140,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--budget-ms", type=float, default=None, help="latency budget on this device's calibration's metric (the mean "
                                                                       "unless calibrated with --metric p90 or the like)")
     ap.add_argument("--deadline-ms", type=float, default=None,
-                      help="per-image deadline: a later stage is skipped when its p90 would overrun (p90s from the calibration or --profile)")
+                    help="per-image deadline: a later stage is skipped when its p90 would overrun (p90s from the calibration or --profile)")
     ap.add_argument("--profile", default=None, help="with --deadline-ms: per-stage p90s from this profile JSON (dvt-runtime profile --out)")
     ap.add_argument("--device-name", default=None, help="use calibration/<name>.json (default: this host's name)")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads per session (default 1)")
@@ -182,8 +182,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             prof = LatencyProfile.load(args.profile)
             bundle.use_profile(prof)
             if not profiled_here(prof):
-                print(f"note: {args.profile} was not measured on this host ({prof.device.get('device_name')!r}): deadlines are "
+                print(f"note: {args.profile} was not measured on this host ({(prof.device or {}).get('device_name')!r}): deadlines are "
                       "judged on its latencies, not this host's", file=sys.stderr)
+        if thresholds is not None:  # refused before any image, not after the first
+            check_thresholds(thresholds, bundle.num_exits, "--thresholds")
         _check_mode(bundle, args)
         r = predict_files(bundle, files, thresholds, args.budget_ms, args.deadline_ms, show_progress=not args.no_progress)
     except (ValueError, OSError, BackendUnavailable) as e:  # ManifestError, InputError, CalibrationError are ValueErrors
