@@ -60,6 +60,7 @@ def test_predict_answers_every_image_as_the_api_does(onnx_bundle, photos, tmp_pa
     (["PHOTOS", "--thresholds", "0.9", "--budget-ms", "1"], "not allowed with argument"),
     (["PHOTOS", "--budget-ms", "nan"], "--budget-ms must be a finite positive"),
     (["PHOTOS", "--profile", "p.json"], "--profile gives the p90s --deadline-ms needs"),
+    (["PHOTOS", "--deadline-ms", "5", "--profile", "phone.csv"], "raw measurements: make a profile of it first with .*import --csv"),
     (["PHOTOS", "--deadline-ms", "5"], "--deadline-ms needs each stage's p90 latency: pass --profile PROFILE.json"),
     (["PHOTOS", "--budget-ms", "1"], "--budget-ms needs a calibration of this device: dvt-runtime calibrate --bundle"),
 ])

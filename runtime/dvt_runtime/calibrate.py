@@ -37,7 +37,7 @@ from dvt_runtime.checks import positive_ms
 from dvt_runtime.device import check_batch_memory, profiled_here  # noqa: F401  (re-exported)
 from dvt_runtime.io import atomic_write_json
 from dvt_runtime.io import progress as _bar
-from dvt_runtime.latency import batch_note, check_batch
+from dvt_runtime.latency import batch_note, check_batch, load_profile_arg
 from dvt_runtime.npzsets import check_npz_preprocess, load_npz  # noqa: F401  (re-exported)
 from dvt_runtime.search import (
     ALGORITHMS,
@@ -465,17 +465,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if note := batch_note(bundle, args.batch):
             print(note, file=sys.stderr)
         x, y = load_npz(args.data, bundle.manifest.preprocess, bundle.classes)
-        profile = None
-        if args.profile:
-            from dvt_runtime.profile import LatencyProfile
-
-            raw = {".csv": "csv", ".etdp": "etdump"}.get(Path(args.profile).suffix.lower())
-            if raw:  # measurements, not yet a profile
-                raise ValueError(f"--profile {args.profile} is raw measurements: make a profile of it first with python -m "
-                                 f"dvt_runtime.profile import --{raw} "
-                                 f"{args.profile} --device-name NAME --out NAME.json, then pass --profile NAME.json")
-
-            profile = LatencyProfile.load(args.profile)
+        profile = load_profile_arg(args.profile) if args.profile else None
         r = calibrate(bundle, x, y, args.budget_ms, args.metric, profile, args.algorithm, args.device_name,
                       args.holdout, args.seed, args.runs, batch=args.batch)
     except (ValueError, OSError, BackendUnavailable) as e:  # CalibrationError, ManifestError, ProfileError are ValueErrors

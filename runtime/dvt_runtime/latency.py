@@ -24,7 +24,7 @@ from dvt_runtime.schema import checked_fields
 from dvt_runtime.search import StageCosts
 from dvt_runtime.stats import DRIFT_THRESHOLD, ProfileError, check_samples, drift, sample_stats
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "SOURCES", "LatencyProfile", "ProfileError", "read_json", "check_batch"]
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "SOURCES", "LatencyProfile", "ProfileError", "read_json", "check_batch", "load_profile_arg"]
 
 SCHEMA_VERSION = 2  # 2: ``stopping`` (per-exit streams); version-1 files still load
 MAX_INPUT_BYTES = 64 << 20  # profiles and latency CSVs are kilobytes; refuse absurd files before reading
@@ -37,6 +37,16 @@ PathLike = Union[str, "os.PathLike[str]"]
 def _strip(d: Optional[dict]) -> Optional[dict]:
     return None if d is None else {k: v for k, v in d.items() if k != "samples"}
 
+
+
+def load_profile_arg(path: str, flag: str = "--profile") -> "LatencyProfile":
+    """A command's ``--profile`` file as a :class:`LatencyProfile`; raw measurements (CSV, ETDump) are refused with the
+    command that makes a profile of them."""
+    raw = {".csv": "csv", ".etdp": "etdump"}.get(Path(path).suffix.lower())
+    if raw:  # measurements, not yet a profile
+        raise ProfileError(f"{flag} {path} is raw measurements: make a profile of it first with python -m dvt_runtime.profile import "
+                           f"--{raw} {path} --device-name NAME --bundle B --out NAME.json, then pass {flag} NAME.json")
+    return LatencyProfile.load(path)
 
 
 def check_batch(batch: Any) -> int:

@@ -165,7 +165,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
         from dvt_runtime.bundle import Bundle
-        from dvt_runtime.latency import LatencyProfile
+        from dvt_runtime.latency import load_profile_arg
 
         if args.profile and args.deadline_ms is None:
             raise ValueError("--profile gives the p90s --deadline-ms needs: pass --deadline-ms too (or drop --profile)")
@@ -179,7 +179,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         providers = [p.strip() for p in args.providers.split(",")] if args.providers else None
         bundle = Bundle.open(args.bundle, threads=args.threads, providers=providers, device_name=args.device_name)
         if args.profile:
-            prof = LatencyProfile.load(args.profile)
+            prof = load_profile_arg(args.profile)
             bundle.use_profile(prof)
             if not profiled_here(prof):
                 print(f"note: {args.profile} was not measured on this host ({(prof.device or {}).get('device_name')!r}): deadlines are "
