@@ -254,6 +254,17 @@ def latency_summary(values: Sequence[float]) -> dict:
     return {k: s[k] for k in SUMMARY_KEYS}
 
 
+def _budget_stats(mode: Mode, tally: Tally, bundle) -> dict:
+    """Hits and misses per frame (each against the budget or deadline it ran under), and the frames run under the
+    final value: a budget changed with +/- is judged only on those (``since_frame``, ``predict_since``)."""
+    n = tally.frames
+    since = next((i + 1 for i in range(n - 1, -1, -1) if tally.predictions[i]["limit_ms"] != mode.ms), 0)
+    return {"kind": mode.kind, "ms": mode.ms, "hits": tally.hits, "misses": tally.misses,
+            "metric": bundle.calibration.metric if mode.kind == "budget" and mode.active else None,
+            "hit_rate": tally.hits / n if n else None, "counted_on": "predict wall time per frame",
+            "since_frame": since, "predict_since": latency_summary(tally.predict_ms[since:])}
+
+
 def _jsonable(thresholds) -> list:
     return [None if v is None or not math.isfinite(float(v)) else float(v) for v in thresholds]
 
@@ -279,10 +290,7 @@ def build_stats(args, source: str, frame, bundle, mode: Mode, thresholds: Option
         "exit_counts": tally.exit_counts,
         "exit_fractions": [c / n if n else 0.0 for c in tally.exit_counts],
         "latency_ms": {"predict": latency_summary(tally.predict_ms), "frame": latency_summary(tally.frame_ms)},
-        "budget": None if mode.ms is None else {"kind": mode.kind, "ms": mode.ms, "hits": tally.hits, "misses": tally.misses,
-                                                "metric": bundle.calibration.metric if mode.kind == "budget" and mode.active else None,
-                                                "hit_rate": tally.hits / n if n else None,
-                                                "counted_on": "predict wall time per frame"},
+        "budget": None if mode.ms is None else _budget_stats(mode, tally, bundle),
         "fps": n / loop.wall_s if loop.wall_s > 0 else None,
         "wall_s": loop.wall_s,
         "interrupted": loop.interrupted,

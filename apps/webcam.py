@@ -151,12 +151,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if stats["budget"]:
         b = stats["budget"]
         metric = b.get("metric") or "mean"  # the calibration's (an uncalibrated budget falls back to fixed thresholds)
-        if b["kind"] == "budget" and lat["predict"].get(metric) is not None:  # a budget is on a statistic: judged on it
-            v = lat["predict"][metric]
+        since = b.get("since_frame") or 0  # changed with +/-: the final value is judged on the frames it ran under
+        judged = b["predict_since"] if since else lat["predict"]
+        if b["kind"] == "budget" and judged.get(metric) is not None:  # a budget is on a statistic: judged on it
+            v = judged[metric]
             line += (f"; budget {fmt_ms(b['ms'])} ms ({metric}): predict {metric} {fmt_ms(v)} ms, "
                      + ("met" if v <= b["ms"] else f"over by {100 * (v / b['ms'] - 1):.0f}%"))
+            if since:
+                line += f" (on frames {since}-{stats['frames'] - 1}, since the budget was last changed)"
         else:  # a deadline is per frame (and a percentile the summary does not keep, counted per frame too)
-            line += f"; {b['kind']} {fmt_ms(b['ms'])} ms met on {b['hits']}/{stats['frames']} frames"
+            line += (f"; {b['kind']} {fmt_ms(b['ms'])} ms met on {b['hits']}/{stats['frames']} frames"
+                     + (" (each against the value it ran under)" if since else ""))
     print(line)
     for k in ("record", "stats", "snapshot"):
         v = stats.get(k) if k != "stats" else args.stats

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
+from dvt_runtime.cli import COMMANDS as DEVICE_COMMANDS
 from dvt_runtime.cli import dispatch, usage
 
 #: subcommand -> (module with a ``main(argv)``, one-line help)
@@ -28,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return dispatch(COMMANDS, usage("dvt-edge", COMMANDS, "device side (torch-free): dvt-runtime profile | calibrate"), argv, "dvt-edge")
+    return dispatch(COMMANDS, usage("dvt-edge", COMMANDS, "device side (torch-free): dvt-runtime " + " | ".join(DEVICE_COMMANDS)), argv, "dvt-edge")
 
 
 def train(argv: Optional[Sequence[str]] = None) -> int:

@@ -10,6 +10,7 @@ item on most frames.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -475,3 +476,23 @@ def test_a_misspelt_device_name_is_one_note(env, tmp_path, capsys):
         mp.setattr(Bundle, "open", noisy_open)
         assert open_bundle(SimpleNamespace(bundle=str(bundle), threads=1, providers=None, device_name=None)) == "bundle"
     assert "old API" not in capsys.readouterr().err and [str(w.message) for w in passed_on] == ["old API"]
+
+
+def test_a_budget_changed_mid_run_is_judged_on_the_frames_run_under_its_final_value(env, monkeypatch, capsys):
+    """+/- change the budget: each frame is counted against the value it ran under, and the summary judges the
+    final budget on the frames since the last change (it judged all frames against the final value)."""
+    bundle, video, _ = env
+    keys = itertools.chain([255, ord("+")], itertools.repeat(255))  # raise the budget after frame 1
+    monkeypatch.setenv("DISPLAY", ":0")
+    for name, fn in (("namedWindow", lambda *a, **k: None), ("imshow", lambda *a: None), ("waitKey", lambda ms=0: next(keys)),
+                     ("getWindowProperty", lambda *a: -1.0), ("destroyAllWindows", lambda: None)):
+        monkeypatch.setattr(webcam.cv2, name, fn)
+    args = ["--bundle", str(bundle), "--video", str(video), "--budget-ms", "1000"]
+    stats = webcam.run(webcam.parse_args(args))
+    b, n = stats["budget"], stats["frames"]
+    assert b["ms"] == pytest.approx(1100.0) and b["since_frame"] == 2 and n > 2
+    assert [p["limit_ms"] for p in stats["predictions"]] == pytest.approx([1000.0] * 2 + [1100.0] * (n - 2))
+    assert b["predict_since"]["mean"] == pytest.approx(np.mean([p["predict_ms"] for p in stats["predictions"][2:]]))
+    keys = itertools.chain([255, ord("+")], itertools.repeat(255))
+    assert webcam.main(args) == 0
+    assert f"(on frames 2-{n - 1}, since the budget was last changed)" in capsys.readouterr().out
