@@ -54,8 +54,8 @@ def prepare_mode(args, bundle, thresholds: Optional[list]) -> Mode:
                        f"(the last exit always answers), got {len(thresholds)}")
     folder = bundle.calibration_path(args.device_name).parent if args.device_name else None
     if folder is not None and bundle.calibration is None and not any(folder.glob("*.json")):  # with others, the runtime names them
-        warn(f"no calibration for device {args.device_name!r} ({bundle.calibration_path(args.device_name)}): "
-             "using the manifest's thresholds")
+        warn(f"no calibration for device {args.device_name!r} ({bundle.calibration_path(args.device_name)}): using "
+             + ("the manifest's thresholds" if bundle.manifest.thresholds is not None else "no thresholds (the last exit)"))
     try:
         mode = setup_mode(bundle, args.budget_ms, args.deadline_ms, thresholds)
     except ValueError as e:
@@ -280,7 +280,7 @@ def build_stats(args, source: str, frame, bundle, mode: Mode, thresholds: Option
         "bundle": str(bundle.path),
         "model": m.model, "target": m.target, "precision": m.precision, "backend": m.backend,
         "num_exits": bundle.num_exits,
-        "device_name": args.device_name,
+        "device_name": bundle.device_name,
         "calibrated": bundle.calibration is not None,
         "threads": args.threads,
         "mode": mode.to_dict(),

@@ -15,7 +15,8 @@ and the model input upscaled in a corner.
 Budgets and deadlines:
 
 * ``--budget-ms X`` lets the runtime's budget controller pick thresholds from the device's
-  calibration (``--device-name NAME`` loads ``<bundle>/calibration/NAME.json``). Without a
+  calibration (``--device-name NAME`` loads ``<bundle>/calibration/NAME.json``; by default this
+  host's name, the name ``dvt_runtime.calibrate`` saves under). Without a
   calibration the demo runs with the bundle's default thresholds, says so ("UNCALIBRATED" in
   the overlay, a note on stderr with the calibrate command) and still counts the frames that
   overran the budget.
@@ -70,7 +71,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     lim.add_argument("--budget-ms", type=float, default=None, help="latency budget: the controller picks thresholds (needs a calibration)")
     lim.add_argument("--deadline-ms", type=float, default=None, help="per-frame deadline: skip later stages that would overrun it")
     ap.add_argument("--thresholds", default=None, help="per-exit confidence thresholds, e.g. 0.9,0.8 (default: calibration, else manifest)")
-    ap.add_argument("--device-name", default=None, help="use <bundle>/calibration/NAME.json (python -m dvt_runtime.calibrate)")
+    ap.add_argument("--device-name", default=None, help="use <bundle>/calibration/NAME.json (python -m dvt_runtime.calibrate; default: this host's name, "
+                                                            "calibrate's default)")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads per stage (default 1)")
     ap.add_argument("--providers", default=None,
                     help="ONNX Runtime execution providers, comma-separated, e.g. CUDAExecutionProvider,CPUExecutionProvider")

@@ -13,12 +13,12 @@
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 from dvt_edge.references import REFERENCES, get_reference
+from dvt_runtime.device import this_host
 
 
 def _section(title: str) -> None:
@@ -168,7 +168,7 @@ def _benchmark(ckpt: Path, data: str, args: argparse.Namespace, out: Path) -> tu
     from dvt_edge.bench import run_bench, write_outputs
 
     _section("export every target, profile, calibrate to latency budgets, benchmark")
-    device = socket.gethostname()
+    device = this_host()
     result = run_bench(str(ckpt), data, args.targets.split(","), args.precisions.split(","), None, out,
                        n=args.n, threads=1, device_name=device)
     result["_written"] = [str(p) for p in write_outputs([result], out)]

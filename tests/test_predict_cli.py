@@ -62,7 +62,7 @@ def test_predict_answers_every_image_as_the_api_does(onnx_bundle, photos, tmp_pa
     (["PHOTOS", "--profile", "p.json"], "--profile gives the p90s --deadline-ms needs"),
     (["PHOTOS", "--deadline-ms", "5", "--profile", "phone.csv"], "raw measurements: make a profile of it first with .*import --csv"),
     (["PHOTOS", "--deadline-ms", "5"], "--deadline-ms needs each stage's p90 latency: pass --profile PROFILE.json"),
-    (["PHOTOS", "--budget-ms", "1"], "--budget-ms needs a calibration of this device: dvt-runtime calibrate --bundle"),
+    (["PHOTOS", "--budget-ms", "1"], r"--budget-ms needs a calibration of this device \(there is no .*\): dvt-runtime calibrate --bundle"),
 ])
 def test_predict_bad_requests_are_one_clear_error(onnx_bundle, photos, tmp_path, capsys, args, match):
     (tmp_path / "empty").mkdir()
@@ -157,3 +157,23 @@ def bundle_for_calibration(onnx_bundle, tmp_path):
 
     shutil.copytree(onnx_bundle, tmp_path / "b")
     return tmp_path / "b"
+
+
+def test_this_hosts_calibration_is_used_without_device_name(bundle_for_calibration, photos, tmp_path, capsys):
+    """calibrate saves under this host's name by default; predict loads it by default (it ran the manifest's thresholds and
+    refused --budget-ms, naming the calibrate command just run)."""
+    from dvt_runtime.calibrate import calibrate
+    from dvt_runtime.device import this_host
+
+    b = Bundle.open(bundle_for_calibration)
+    assert main(["--bundle", str(bundle_for_calibration), str(photos / "sub" / "0"), "--budget-ms", "1", "--no-progress"]) == 2
+    assert f"there is no {b.calibration_path(this_host())}" in capsys.readouterr().err
+    x, y = load_dataset("fashion-mnist", "val", limit=60, seed=1).arrays()
+    cal = calibrate(b, x, y, 50.0, progress=False)
+    assert cal.device == this_host() and b.calibration_path(this_host()).exists()
+    out = tmp_path / "p.json"
+    assert main(["--bundle", str(bundle_for_calibration), str(photos / "sub" / "0"), "--budget-ms", "50", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert json.loads(out.read_text())["thresholds_from"] == f"the budget controller on the calibration of {this_host()!r}"
+    assert main(["--bundle", str(bundle_for_calibration), str(photos / "sub" / "0"), "--out", str(out), "--no-progress"]) == 0
+    assert json.loads(out.read_text())["thresholds_from"] != "none: every image runs to the last exit"

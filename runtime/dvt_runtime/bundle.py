@@ -72,8 +72,7 @@ class Bundle:
 
     def __init__(self, path: Path, manifest: Manifest, sessions: list[Session], load_ms: list[float], device_name: Optional[str] = None,
                  threads: Optional[int] = None):
-        self.path, self.manifest, self.sessions, self.load_ms = path, manifest, sessions, load_ms
-        self.device_name = device_name
+        self.path, self.manifest, self.sessions, self.load_ms, self.device_name = path, manifest, sessions, load_ms, device_name
         self.threads = threads  # as opened (None: the backend's default); a calibration made at another count warns
         self.calibration: Optional[Calibration] = None
         self.stage_p90_ms: Optional[list[float]] = None  # for deadline mode (from a profile/calibration)
@@ -155,8 +154,9 @@ class Bundle:
             if missing_ok:
                 others = sorted({re.sub(r"-batch\d+$", "", q.stem) for q in p.parent.glob("*.json")}) if p.parent.is_dir() else []
                 if others:  # a misspelled name silently ran the manifest's thresholds
-                    warnings.warn(f"no calibration for device {device_name!r} in {p.parent} (it holds {others}): using the "
-                                  "manifest's default thresholds; pass one of those names, or calibrate this device", stacklevel=4)
+                    using = "the manifest's default thresholds" if self.manifest.thresholds is not None else "no thresholds (the last exit)"
+                    warnings.warn(f"no calibration for device {device_name!r} in {p.parent} (it holds {others}): using {using}; pass one "
+                                  "of those names, or calibrate this device", stacklevel=4)
                 return None
             raise FileNotFoundError(f"no calibration for device {device_name!r} at batch {batch} in {self.path} "
                                     "(run python -m dvt_runtime.calibrate" + (f" --batch {batch})" if batch > 1 else ")"))

@@ -20,7 +20,6 @@ import datetime
 import json
 import math
 import re
-import socket
 import sys
 import time
 import warnings
@@ -34,7 +33,7 @@ from dvt_runtime.backends import BackendUnavailable
 from dvt_runtime.bundle import Bundle, softmax
 from dvt_runtime.calibration import SCHEMA, BudgetRow, Calibration, CalibrationError, Chosen, bundle_identity, validate_calibration  # noqa: F401  (re-exported)
 from dvt_runtime.checks import positive_ms
-from dvt_runtime.device import check_batch_memory, profiled_here  # noqa: F401  (re-exported)
+from dvt_runtime.device import check_batch_memory, profiled_here, this_host  # noqa: F401  (re-exported)
 from dvt_runtime.io import atomic_write_json
 from dvt_runtime.io import progress as _bar
 from dvt_runtime.latency import batch_note, check_batch, load_profile_arg
@@ -302,7 +301,7 @@ def _device_for(profile, device_name: Optional[str]) -> str:
     if device_name is not None:  # before '' falls back to this host's name; a profile's name is checked in _check_request
         _check_device_name(device_name)
     if profile is None:
-        return device_name or socket.gethostname()
+        return device_name or this_host()
     theirs = profile.device.get("device_name") if isinstance(profile.device, dict) else None
     if device_name and theirs and device_name != theirs:
         raise CalibrationError(f"--device-name {device_name!r}, but the profile was measured on {theirs!r}: a calibration is "
@@ -317,7 +316,7 @@ def _check_device_name(name: str) -> None:
     """A device name that makes no calibration file name ('', '.', 'x.json') is refused, wherever it came from."""
     if not name.strip() or not name.strip("."):
         raise CalibrationError(f"device name {name!r} names no device: pass one such as 'pixel8', or drop --device-name "
-                               f"for this host ({socket.gethostname()!r})")
+                               f"for this host ({this_host()!r})")
     if name.lower().endswith(".json"):
         stem = f": --device-name {name[:-5]!r}" if name[:-5].strip(". ") else ""
         raise CalibrationError(f"device name {name!r}: name the device, not the file (calibration/<device>.json is written for it){stem}")

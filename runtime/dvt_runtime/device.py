@@ -100,13 +100,19 @@ def _nvpmodel() -> Optional[str]:
     return r.stdout.strip() or None
 
 
+def this_host() -> str:
+    """The device name of this host: what a calibration made here is saved under by default, and what predict and the
+    webcam load by default."""
+    return _safe(socket.gethostname) or _safe(platform.node) or "localhost"
+
+
 def device_facts(threads: Optional[int] = None, backend: Optional[str] = None) -> dict[str, Any]:
     """Facts about this machine that explain its latencies; unreadable facts are None."""
     from dvt_runtime import __version__
 
     tegra = _read("/etc/nv_tegra_release")
     return {
-        "device_name": _safe(socket.gethostname) or _safe(platform.node),
+        "device_name": this_host(),
         "cpu_model": _safe(_cpu_model),
         "board": _read("/proc/device-tree/model"),
         "logical_cores": _safe(os.cpu_count),

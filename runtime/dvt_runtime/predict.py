@@ -26,7 +26,7 @@ import numpy as np
 
 from dvt_runtime.backends import BackendUnavailable
 from dvt_runtime.checks import check_thresholds, parse_thresholds, positive_ms
-from dvt_runtime.device import profiled_here
+from dvt_runtime.device import profiled_here, this_host
 from dvt_runtime.images import IMAGE_EXTS, ImageError, cv2_or_fail, read_image
 from dvt_runtime.io import atomic_write_json, check_out_path, progress
 from dvt_runtime.stats import sample_stats
@@ -69,14 +69,15 @@ def image_files(paths: Sequence[str]) -> list[Path]:
     return out
 
 
-def _thresholds_source(bundle: "Bundle", thresholds: Optional[list], budget_ms: Optional[float]) -> str:
+def _thresholds_source(bundle: "Bundle", thresholds: Optional[list], budget_ms: Optional[float], deadline_ms: Optional[float] = None) -> str:
     """Where the thresholds of this run come from, in words."""
     if thresholds is not None:
         return "given (--thresholds)"
     cal = f"the calibration of {bundle.calibration.device!r}" if bundle.calibration is not None else None
     if budget_ms is not None:
         return f"the budget controller on {cal}"
-    return cal or ("the manifest's" if bundle.manifest.thresholds is not None else "none: every image runs to the last exit")
+    last = "none: every image runs to the last exit" + (" or until the deadline stops it" if deadline_ms is not None else "")
+    return cal or ("the manifest's" if bundle.manifest.thresholds is not None else last)
 
 
 def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[list] = None, budget_ms: Optional[float] = None,
@@ -103,7 +104,7 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "bundle": {"path": str(bundle.path), "model": m.model, "target": m.target, "precision": m.precision},
         "mode": "deadline" if deadline_ms is not None else "budget" if budget_ms is not None else "thresholds",
-        "budget_ms": budget_ms, "deadline_ms": deadline_ms, "thresholds_from": _thresholds_source(bundle, thresholds, budget_ms),
+        "budget_ms": budget_ms, "deadline_ms": deadline_ms, "thresholds_from": _thresholds_source(bundle, thresholds, budget_ms, deadline_ms),
         "n_images": len(rows), "exit_counts": counts,  # exits numbered from 1 in rows; counts[k] is exit k + 1
         "latency_ms": {"cascade": sample_stats([r["total_ms"] for r in rows], keep_samples=False) if rows else None,
                        "preprocess": sample_stats(pre_ms, keep_samples=False) if pre_ms else None},
@@ -154,8 +155,10 @@ def _check_mode(bundle, args: argparse.Namespace) -> None:
     """What --budget-ms and --deadline-ms need, said in commands (the API's own errors speak Python)."""
     b = args.bundle
     if args.budget_ms is not None and bundle.calibration is None:
-        raise ValueError(f"--budget-ms needs a calibration of this device: dvt-runtime calibrate --bundle {b} --data VAL.npz --budget-ms "
-                         f"{args.budget_ms:g} (then --device-name NAME here, if it was made under another name)")
+        name = f" --device-name {args.device_name}" if args.device_name else ""
+        raise ValueError(f"--budget-ms needs a calibration of this device (there is no {bundle.calibration_path(bundle.device_name)}): "
+                         f"dvt-runtime calibrate --bundle {b} --data VAL.npz --budget-ms {args.budget_ms:g}{name} (or pass --device-name "
+                         "NAME here, if it was made under another name)")
     if args.deadline_ms is not None and bundle.stage_p90_ms is None:
         raise ValueError(f"--deadline-ms needs each stage's p90 latency: pass --profile PROFILE.json (dvt-runtime profile --bundle {b} "
                          "--out PROFILE.json), or calibrate this device (dvt-runtime calibrate)")
@@ -177,7 +180,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         files = image_files(args.images)
         cv2_or_fail()  # once, not "unreadable" for every file
         providers = [p.strip() for p in args.providers.split(",")] if args.providers else None
-        bundle = Bundle.open(args.bundle, threads=args.threads, providers=providers, device_name=args.device_name)
+        bundle = Bundle.open(args.bundle, threads=args.threads, providers=providers, device_name=args.device_name or this_host())
         if args.profile:
             prof = load_profile_arg(args.profile)
             bundle.use_profile(prof)
