@@ -209,6 +209,38 @@ def test_calibrate_refuses_profiles_it_cannot_stand_behind(bundle_copy, val):
     assert Bundle.open(bundle_copy, device_name="dev").calibration is not None
 
 
+def test_a_budget_the_profile_cannot_meet_is_refused_before_any_exit_runs(bundle_copy, val, monkeypatch, capsys):
+    """A mean or percentile budget below every image stopping at exit 1 is known from the profile alone (it was found after
+    running every exit on every image: 50 s for a 224 px model); a percentile budget's own figure is recorded and printed
+    (--metric p95 printed 'predicted p95: not recorded'); the printed thresholds are exact (rounded to 4 places, an image
+    at the edge went to another exit when they were passed back as --thresholds)."""
+    import dvt_runtime.calibrate as cal_mod
+    from dvt_runtime.calibrate import CalibrationError, calibrate, format_result
+    from dvt_runtime.checks import parse_thresholds
+    from dvt_runtime.latency import LatencyProfile
+
+    x, y = val
+    b = Bundle.open(bundle_copy)
+    m = b.manifest
+    ident = {"model": m.model, "target": m.target, "precision": m.precision, "backend": m.backend}
+    prof = LatencyProfile.from_samples([[2.0, 2.1, 2.2, 2.0], [3.0, 3.1, 3.0, 3.2], [5.0, 5.5, 5.0, 5.1]], device={"device_name": "phone"},
+                                       bundle=ident)
+    ran = []
+    monkeypatch.setattr(cal_mod, "exit_probs", lambda *a, **k: ran.append(1) or (_ for _ in ()).throw(AssertionError("exits ran")))
+    for metric, msg in (("mean", "below the cheapest possible mean latency on phone: exit 1 alone takes 2.075 ms"),
+                        ("p90", "on phone: budget 1 ms is below the cheapest achievable p90 cost 2.2 ms")):
+        with pytest.raises(CalibrationError, match=msg):
+            calibrate(b, x[:40], y[:40], 1.0, metric=metric, profile=prof, progress=False)
+    assert not ran
+    monkeypatch.undo()
+    r = calibrate(b, x[:40], y[:40], 6.0, metric="p95", profile=prof, progress=False)
+    assert r.chosen.predicted["p95_ms"] > 0 and r.chosen.predicted["p90_ms"] > 0
+    text = format_result(r)
+    assert "predicted p95 " in text and "not recorded" not in text
+    exact = text.split("(exact, as --thresholds; '-' never stops there): ")[1].split("\n")[0]
+    assert parse_thresholds(exact) == [None if t is None else float(t) for t in r.chosen.thresholds[:-1]]
+
+
 def test_calibrate_errors_keep_previous_file(bundle_copy, val, tmp_path):
     from dvt_runtime.calibrate import CalibrationError, calibrate, load_npz, main
 

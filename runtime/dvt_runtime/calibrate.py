@@ -25,7 +25,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -42,6 +42,7 @@ from dvt_runtime.search import (
     ALGORITHMS,
     ExitOutputs,
     StageCosts,
+    check_budget_reachable,
     check_metric,
     evaluate_thresholds,
     frontier_table,
@@ -175,9 +176,11 @@ class Fit:
 
 
 def fit(bundle: Bundle, x: np.ndarray, y: np.ndarray, holdout: float = 0.5, seed: int = 0, profile=None, runs: int = 200,
-        warmup: int = 20, batch: int = 1, progress: bool = True, device_name: Optional[str] = None) -> Fit:
+        warmup: int = 20, batch: int = 1, progress: bool = True, device_name: Optional[str] = None,
+        check_costs: Optional[Callable[[StageCosts], None]] = None) -> Fit:
     """Profile (unless ``profile`` is given), measure the cascade overhead, run every exit on ``x``
-    and split the images (seeded): the one pipeline behind calibration and the benchmark."""
+    and split the images (seeded): the one pipeline behind calibration and the benchmark. ``check_costs`` sees the
+    stage costs before any exit runs (a budget they cannot meet is refused then)."""
     from dvt_runtime.profile import profile_bundle
 
     measured_here = profile is None
@@ -206,12 +209,27 @@ def fit(bundle: Bundle, x: np.ndarray, y: np.ndarray, holdout: float = 0.5, seed
                                "or calibrate at the profile's batch")
     here = measured_here or (profiled_here(profile) and profile.threads in (None, bundle.threads))  # its latencies: this host's
     overhead = cascade_overhead_ms(bundle, x, batch=batch) if here else 0.0
+    costs = with_overhead(profile.stage_costs(), overhead)
+    if check_costs is not None:
+        check_costs(costs)
     probs = exit_probs(bundle, x, progress)
     perm = np.random.default_rng(seed).permutation(len(x))
     n_hold = max(1, int(round(len(x) * holdout)))
     cal_idx, hold_idx = perm[n_hold:], perm[:n_hold]
-    return Fit(profile, measured_here, overhead, with_overhead(profile.stage_costs(), overhead), probs, cal_idx, hold_idx,
+    return Fit(profile, measured_here, overhead, costs, probs, cal_idx, hold_idx,
                ExitOutputs.from_probs(probs[:, cal_idx], y[cal_idx]), ExitOutputs.from_probs(probs[:, hold_idx], y[hold_idx]), here)
+
+
+def _check_reachable(costs: StageCosts, budget_ms: float, metric: str, seed: int, device_name: str) -> None:
+    """A budget below every image stopping at exit 1 (in the budget's metric), refused before any exit runs."""
+    cheapest = float(costs.cumulative[0])
+    if budget_ms < cheapest * (1 - 1e-9) and metric == "mean":
+        raise CalibrationError(f"budget {budget_ms:g} ms is below the cheapest possible mean latency on {device_name}: "
+                               f"exit 1 alone takes {cheapest:.4g} ms; ask for at least that")
+    try:
+        check_budget_reachable(costs, budget_ms, metric, seed)
+    except ValueError as e:
+        raise CalibrationError(f"on {device_name}: {e}") from None
 
 
 def _budget_grid(costs, n: int = 24) -> list[float]:
@@ -231,12 +249,8 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
     _check_request(bundle, x, y, budget_ms, algorithm, device_name, holdout, batch, metric, seed)
     budget_ms, seed = float(budget_ms), int(seed)  # numpy numbers from the Python API: plain ones in the file
     f = fit(bundle, x, y, holdout=holdout, seed=seed, profile=profile, runs=runs, warmup=warmup, batch=batch, progress=progress,
-            device_name=device_name)
+            device_name=device_name, check_costs=lambda c: _check_reachable(c, budget_ms, metric, seed, device_name))
     costs = f.costs
-    cheapest = float(costs.cumulative[0])
-    if budget_ms < cheapest * (1 - 1e-9) and metric == "mean":
-        raise CalibrationError(f"budget {budget_ms:g} ms is below the cheapest possible mean latency on {device_name}: "
-                               f"exit 1 alone takes {cheapest:.4g} ms; ask for at least that")
     try:
         chosen = search_thresholds(f.cal, costs, budget_ms, metric=metric, algorithm=algorithm, seed=seed)
     except ValueError as e:
@@ -249,7 +263,7 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
         table=_pareto_table(f.cal, costs, metric, seed), budget_ms=budget_ms, metric=metric, algorithm=algorithm, batch=int(batch),
         chosen=Chosen(thr, budget_ms, {"accuracy": predicted.accuracy, "mean_ms": predicted.mean_cost,
                                        "p90_ms": p90.cost if p90 else None, "exit_fractions": np.asarray(predicted.exit_fractions).tolist(),
-                                       "on": "holdout outputs x profiled latency"}),
+                                       "on": "holdout outputs x profiled latency", **({} if metric == "mean" else {f"{metric}_ms": predicted.cost})}),
         budget_unit="ms per image" if batch > 1 else "ms per image (batch 1)",
         profile_source="measured here" if f.measured_here else "given (--profile" + (", taken on this host)" if f.on_this_host else ")"),
         cascade_overhead_ms=f.overhead_ms,
@@ -424,7 +438,8 @@ def format_result(r: Calibration) -> str:
              + f", {r.algorithm}, profile {r.profile_source})"]
     st = r.profile["stages"]
     lines.append("stage latency (ms): " + ", ".join(f"exit {i + 1} p50 {s['median']:.3f} p90 {s['p90']:.3f}" for i, s in enumerate(st)))
-    lines.append(f"thresholds: {['-' if t is None else round(t, 4) for t in c.thresholds]}")
+    exact = ",".join("-" if t is None else repr(float(t)) for t in c.thresholds[:-1])  # rounded, an image at the edge changed exit
+    lines.append(f"thresholds of exits 1-{len(c.thresholds) - 1} (exact, as --thresholds; '-' never stops there): {exact}")
     lines.append(f"{'':>10} {'accuracy %':>10} {'mean ms':>9} {'p90 ms':>8}  exits taken %")
     fr = lambda f: " / ".join(f"{100 * v:.0f}" for v in f)
     lines.append(f"{'predicted':>10} {p['accuracy']:>10.2f} {p['mean_ms']:>9.3f} {p['p90_ms'] if p['p90_ms'] is not None else float('nan'):>8.3f}  {fr(p['exit_fractions'])}")

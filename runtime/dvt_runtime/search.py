@@ -931,6 +931,12 @@ def _check_reachable(budget: float, model: _CostModel, n_exits: int) -> None:
         )
 
 
+def check_budget_reachable(costs: StageCosts, budget: float, metric: str = "mean", seed: int = 0) -> None:
+    """ValueError when ``budget`` is below the ``metric`` cost of every sample stopping at exit 1: known from the costs
+    alone, before any exit has run."""
+    _check_reachable(_check_budget(budget), _CostModel(costs, metric, 1, seed), costs.n_stages)
+
+
 def _finish(out: ExitOutputs, model: _CostModel, points: _Points, info: dict, algorithm: str, budget: float) -> SearchResult:
     info = dict(info)
     front = points.pareto()
