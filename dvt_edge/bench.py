@@ -397,7 +397,8 @@ def _check_run_args(a: argparse.Namespace) -> None:
 def _report_main(argv: list[str]) -> int:
     """``bench report A.json B.json ...``: merge results from several devices into one report."""
     ap = argparse.ArgumentParser(prog="python -m dvt_edge.bench report", description="merge results from several devices")
-    ap.add_argument("results", nargs="+")
+    ap.add_argument("results", nargs="+", help="bench.json files and merged reports; for a device that runs only the runtime, "
+                                               "its profile (dvt-runtime profile ... --out) or calibration (<bundle>/calibration/<device>.json)")
     ap.add_argument("--out", default="runs/bench-report")
     a = ap.parse_args(argv)
     try:

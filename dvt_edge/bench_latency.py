@@ -359,7 +359,8 @@ def plot_latency(results: list[dict], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(rs), figsize=(7 * len(rs), 4.5), squeeze=False)
+    same = len({r.get("model") for r in rs}) == 1  # one model on several devices: one scale, or the bars mislead
+    fig, axes = plt.subplots(1, len(rs), figsize=(7 * len(rs), 4.5), squeeze=False, sharey=same)
     for ax, r in zip(axes[0], rs):
         ok = [row for row in r["rows"] if row.get("stages")]
         width = 0.8 / max(1, len(ok))

@@ -100,9 +100,15 @@ def throughput_markdown(r: dict) -> list[str]:
 
 
 def markdown(results: list[dict]) -> str:
-    out = []
+    from dvt_edge.bench_device import device_markdown, glance_markdown
+
+    out = glance_markdown(results)
     for r in results:
         dev = _device_label(r)
+        if r.get("mode") == "device":
+            out.extend(device_markdown(r, dev))
+            out.append("")
+            continue
         if r.get("mode") == "latency":
             from dvt_edge.bench_latency import latency_markdown
 
@@ -302,11 +308,19 @@ def load_results(paths: Sequence[str]) -> list[dict]:
     twice = [p for i, p in enumerate(paths) if Path(p).resolve() in {Path(q).resolve() for q in paths[:i]}]
     if twice:
         raise ValueError(f"{twice[0]} is given twice: each device's results once")
+    from dvt_edge.bench_device import DEVICE_SCHEMAS, device_result
+
     out = []
     for p in paths:
         d = read_json(p, "bench result")
+        if isinstance(d, dict) and isinstance(d.get("schema"), str) and d["schema"].startswith(DEVICE_SCHEMAS):
+            out.append(device_result(d, p))  # a device with only the runtime: its profile or calibration
+            continue
         if not isinstance(d, dict) or d.get("schema") != SCHEMA:
-            raise ValueError(f"{p} is not a dvt-edge bench result (schema {d.get('schema') if isinstance(d, dict) else None!r})")
+            raise ValueError(f"{p} is not a dvt-edge bench result (schema {d.get('schema') if isinstance(d, dict) else None!r}): "
+                             "give bench.json files (python -m dvt_edge.bench --out DIR), merged reports, and for a device that "
+                             "runs only the runtime its profile (dvt-runtime profile / profile import --out) or calibration "
+                             "(<bundle>/calibration/<device>.json)")
         v = d.get("schema_version", 0)
         if isinstance(v, bool) or not isinstance(v, int):
             raise ValueError(f"{p}: schema_version must be an integer, got {v!r}")
@@ -318,4 +332,16 @@ def load_results(paths: Sequence[str]) -> list[dict]:
             if missing or not isinstance(r["rows"], list):
                 raise ValueError(f"{p}: result {i + 1} lacks {missing or ['a list of rows']}: not a complete bench result")
         out.extend(items)
+    _say_repeated_devices(out, paths)
     return out
+
+
+def _say_repeated_devices(results: list[dict], paths: Sequence[str]) -> None:
+    """A note when two results are the same device, model, mode and threads (the same run given under two names?)."""
+    seen: dict = {}
+    for r in results:
+        key = ((r.get("device") or {}).get("device_name"), r.get("model"), r.get("mode"), r.get("threads"), r.get("target"))
+        if key in seen:
+            print(f"note: {key[0]!r} ({key[1]}, {key[3]} thread(s)) appears twice among {', '.join(map(str, paths))}: "
+                  "the same run under two names? each device's results once", file=sys.stderr)
+        seen[key] = True

@@ -123,6 +123,47 @@ def test_bench_report_merges_devices(results, tmp_path, capsys):
     assert "fake second device" in markdown(merged)
 
 
+def test_a_device_with_only_the_runtime_joins_the_report(results, onnx_bundle, tmp_path, capsys):
+    """A phone has no bench.json: its imported profile, or the calibration made with it, is its section of the report
+    (measured per-exit latency; the budget table said to be predicted), beside the host's bench in one side-by-side table."""
+    import shutil
+
+    from dvt_edge.data import load_dataset
+    from dvt_runtime.bundle import Bundle
+    from dvt_runtime.calibrate import calibrate
+    from dvt_runtime.latency import LatencyProfile
+
+    out = results[0]
+    shutil.copytree(onnx_bundle, tmp_path / "b")
+    b = Bundle.open(tmp_path / "b")
+    m = b.manifest
+    prof = LatencyProfile.from_samples([[1.2, 1.3, 1.25, 1.2] * 10, [2.2, 2.4, 2.3, 2.2] * 10, [3.6, 3.9, 3.7, 3.6] * 10],
+                                       device={"device_name": "pixel8", "cpu_model": "Tensor G3"}, threads=4, source="csv",
+                                       bundle={"model": m.model, "target": m.target, "precision": m.precision, "backend": m.backend})
+    prof.save(tmp_path / "pixel8-profile.json")
+    x, y = load_dataset("fashion-mnist", "val", limit=80, seed=1).arrays()
+    calibrate(b, x, y, 3.0, profile=prof, progress=False)
+    cal = tmp_path / "b" / "calibration" / "pixel8.json"
+    assert main(["report", str(out / "a" / "bench.json"), str(cal), "--out", str(tmp_path / "rep")]) == 0
+    text = capsys.readouterr().out
+    assert "## At a glance: p50 ms to reach each exit" in text
+    glance = text.split("## At a glance")[1].split("\n## ")[0]
+    assert "| host-1thread |" in glance and "| pixel8 | dvt_micro_fmnist | onnx | fp32 | 4 | 1.225 / 3.475 / 7.125 | imported from a CSV |" in glance
+    assert "on pixel8 (4 thr): from the device's calibration" in text and "cpu_model Tensor G3" in text
+    assert "**predicted**" in text and "nothing in this table was timed end to end on the device" in text
+    assert "Chosen for the mean budget 3 ms, on the 40 holdout images: predicted" in text
+    merged = load_results([str(tmp_path / "rep" / "report.json")])
+    assert [r.get("mode") for r in merged][1] == "device" and merged[1]["calibration"]["device"] == "pixel8"
+    assert main(["report", str(out / "a" / "bench.json"), str(tmp_path / "pixel8-profile.json"), "--out", str(tmp_path / "rep2")]) == 0
+    text = capsys.readouterr().out
+    assert "from the device's latency profile" in text and "**predicted**" not in text
+    bad = json.loads(cal.read_text())
+    bad["table"] = []
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    assert main(["report", str(tmp_path / "bad.json"), "--out", str(tmp_path / "rep3")]) == 2
+    assert "bad.json: the budget table is empty" in capsys.readouterr().err
+
+
 def test_bench_report_rejects_other_json(tmp_path, capsys):
     (tmp_path / "x.json").write_text(json.dumps({"schema": "something-else"}))
     assert main(["report", str(tmp_path / "x.json")]) == 2

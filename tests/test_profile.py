@@ -587,6 +587,42 @@ def test_cli_import_csv_json(tmp_path, capsys):
         main(["import", "--csv", str(csv_path), "--etrecord", "r", "--out", str(out)])
 
 
+def test_import_records_the_thread_count_and_refuses_what_cannot_be_this_bundles(bundle_dir, tmp_path, capsys):
+    """What a user importing a phone's timings met: the thread count was lost (--threads did not exist, device.threads was
+    dropped), an ExecuTorch trace was accepted for an ONNX Runtime bundle, traces given out of exit order were read as
+    given, and seconds under a millisecond header passed without a word."""
+    out = tmp_path / "p.json"
+    js = tmp_path / "s.json"
+    js.write_text(json.dumps({"device": {"device_name": "pixel8", "threads": 4}, "stages_ms": STAGES}))
+    assert import_json(js).threads == 4
+    assert main(["import", "--json", str(js), "--out", str(out)]) == 0 and LatencyProfile.load(out).threads == 4
+    assert main(["import", "--json", str(js), "--out", str(out), "--threads", "2"]) == 2
+    assert "--threads 2, but the file says the device ran 4 thread(s)" in capsys.readouterr().err
+    for bad, match in (({"threads": 6, "device": {"threads": 4}}, "'threads' 6 and 'device.threads' 4 disagree"),
+                       ({"device": {"threads": "4"}}, r"'device.threads' must be a whole number of threads >= 1, got '4'"),
+                       ({"threads": 0}, "'threads' must be a whole number")):
+        js.write_text(json.dumps({"stages_ms": STAGES, **bad}))
+        with pytest.raises(ProfileError, match=match):
+            import_json(js)
+    rows = list(zip(*STAGES))
+    csv_path = write(tmp_path / "w.csv", "stage1_ms,stage2_ms,stage3_ms\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+    assert main(["import", "--csv", str(csv_path), "--out", str(out), "--device-name", "rpi5"]) == 0
+    assert "records no thread count: pass --threads N" in capsys.readouterr().err and LatencyProfile.load(out).threads is None
+    assert main(["import", "--csv", str(csv_path), "--out", str(out), "--device-name", "rpi5", "--threads", "4"]) == 0
+    assert LatencyProfile.load(out).threads == 4 and "thread count" not in capsys.readouterr().err
+    # an ExecuTorch trace for an ONNX Runtime bundle; traces named out of exit order (refused before any file is read)
+    assert main(["import", "--etdump", "a.etdp", "b.etdp", "c.etdp", "--bundle", str(bundle_dir), "--out", str(out)]) == 2
+    assert "ETDump files are ExecuTorch traces, but bundle" in capsys.readouterr().err
+    assert main(["import", "--etdump", "exit3.etdp", "exit2.etdp", "exit1.etdp", "--out", str(out)]) == 2
+    assert "pass them as exit1.etdp exit2.etdp exit3.etdp" in capsys.readouterr().err
+    # seconds under a millisecond header: faster than any device runs one image
+    secs = write(tmp_path / "s.csv", "stage1_ms,stage2_ms,stage3_ms\n" + "1e-6,2e-6,3e-6\n" * 30)
+    assert main(["import", "--csv", str(secs), "--out", str(out), "--bundle", str(bundle_dir), "--threads", "1"]) == 0
+    assert "faster than any device runs one image" in capsys.readouterr().err
+    assert main(["import", "--csv", str(csv_path), "--out", str(out), "--bundle", str(bundle_dir), "--threads", "1"]) == 0
+    assert "faster than any device" not in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------------------
 # no torch
 # --------------------------------------------------------------------------------------

@@ -273,7 +273,9 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
     if verify and f.on_this_host:
         result.chosen.measured = measure_cascade(bundle, x[f.hold_idx], y[f.hold_idx], thr, warmup=warmup, batch=batch, metric=metric)
     elif verify:
-        result.note = (result.note + "; " if result.note else "") + f"latency from the given profile ({device_name}): verify on that device"
+        why = (f"taken on this host at {f.profile.threads} thread(s), the bundle runs {bundle.threads}: not measured here (calibrate "
+               f"with --threads {f.profile.threads} to measure it)" if profiled_here(f.profile) else "verify on that device")
+        result.note = (result.note + "; " if result.note else "") + f"latency from the given profile ({device_name}): {why}"
     if few := _few_images(len(f.cal_idx), len(f.hold_idx), metric):
         result.note = (result.note + "; " if result.note else "") + few
     d = result.to_dict()

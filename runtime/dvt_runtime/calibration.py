@@ -147,8 +147,9 @@ def _thresholds(t: Any, n_exits: int, where: str) -> None:
     _need(all(v is None or (_num(v) and 0.0 <= v <= 1.0) for v in t), f"{where} must be confidences in [0, 1] or null, got {t!r}")
 
 
-def validate_calibration(d: Any, manifest) -> None:
-    """Raise CalibrationError unless ``d`` is a well-formed calibration made for ``manifest``'s bundle."""
+def validate_calibration(d: Any, manifest=None) -> None:
+    """Raise CalibrationError unless ``d`` is a well-formed calibration made for ``manifest``'s bundle (None: well-formed
+    alone, e.g. for a report that has no bundle)."""
     _need(isinstance(d, dict), "not a JSON object")
     _need(d.get("schema") == SCHEMA, f"schema is {d.get('schema')!r}, not {SCHEMA!r}: not a dvt-runtime calibration")
     v = d.get("schema_version")
@@ -157,14 +158,14 @@ def validate_calibration(d: Any, manifest) -> None:
     for key, kind in (("bundle", dict), ("profile", dict), ("table", list), ("chosen", dict), ("budget_ms", (int, float))):
         _need(key in d, f"lacks the field {key!r}")
         _need(isinstance(d[key], kind) and not isinstance(d[key], bool), f"field {key!r} has the wrong type ({type(d[key]).__name__})")
-    want = bundle_identity(manifest)
-    got = d["bundle"]
-    for k in ("model", "target", "precision"):
-        _need(got.get(k) == want[k], f"was made for {k} {got.get(k)!r}, this bundle is {want[k]!r}")
-    _need("artifacts" in got, "records no artifact hashes, so it cannot be tied to this export: re-run python -m dvt_runtime.calibrate")
-    _need(got["artifacts"] == want["artifacts"], "was made for other artifacts (SHA-256 differs): the bundle was re-exported")
-    n = len(manifest.exits)
+    if manifest is not None:
+        want, got = bundle_identity(manifest), d["bundle"]
+        for k in ("model", "target", "precision"):
+            _need(got.get(k) == want[k], f"was made for {k} {got.get(k)!r}, this bundle is {want[k]!r}")
+        _need("artifacts" in got, "records no artifact hashes, so it cannot be tied to this export: re-run python -m dvt_runtime.calibrate")
+        _need(got["artifacts"] == want["artifacts"], "was made for other artifacts (SHA-256 differs): the bundle was re-exported")
     stages = d["profile"].get("stages")
+    n = len(manifest.exits) if manifest is not None else len(stages) if isinstance(stages, list) and stages else 1
     _need(isinstance(stages, list) and len(stages) == n, f"profile must have {n} stages")
     for i, s in enumerate(stages):
         _need(isinstance(s, dict), f"profile stage {i + 1} must be an object")

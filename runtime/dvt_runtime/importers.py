@@ -183,14 +183,26 @@ def import_json(path: PathLike, device_name: Optional[str] = None) -> LatencyPro
     if not isinstance(data, list) or not data or not all(isinstance(s, list) for s in data):
         raise ProfileError(f"{p}: '{key}' must be a non-empty list of per-exit sample lists")
     stages = data if key == "stages_ms" else _stages_from_cumulative(data, str(p))
-    threads = d.get("threads")
     return _imported(LatencyProfile.from_samples(
         stages, device=_device_from(d.get("device"), device_name), source="json",
         bundle=d.get("bundle") if isinstance(d.get("bundle"), dict) else None,
-        threads=threads if isinstance(threads, int) else None,
+        threads=_json_threads(d, p),
         notes=[str(n) for n in d.get("notes", [])] if isinstance(d.get("notes"), list) else None,
         settings={"file": str(p), "layout": key},
     ), str(p))
+
+
+def _json_threads(d: dict, p: Path) -> Optional[int]:
+    """The thread count of a JSON file: ``threads`` or ``device.threads`` (they must agree); None when neither says."""
+    dev = d.get("device") if isinstance(d.get("device"), dict) else {}
+    said = {k: v for k, v in (("threads", d.get("threads")), ("device.threads", dev.get("threads"))) if v is not None}
+    for k, v in said.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ProfileError(f"{p}: '{k}' must be a whole number of threads >= 1, got {v!r}")
+    if len(set(said.values())) > 1:
+        raise ProfileError(f"{p}: 'threads' {said['threads']} and 'device.threads' {said['device.threads']} disagree: "
+                           "keep the count the device ran with")
+    return next(iter(said.values()), None)
 
 
 # ETDump: events the runtime records around a whole ``Method::execute`` and around each

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -282,6 +283,8 @@ def _import_parser() -> argparse.ArgumentParser:
                     help="--etdump without the etdump_runs.json that profile --etdump-dir writes (e.g. a phone's trace): "
                          "leave out each exit's first N runs, the first inference and warm-up (default 1)")
     ap.add_argument("--device-name", help="name of the device the latencies were measured on")
+    ap.add_argument("--threads", type=int, default=None, help="the thread count the device ran with: recorded, so that a run "
+                                                              "or calibration at another count is warned")
     ap.add_argument("--bundle", help="the bundle the latencies were measured with: recorded, so that calibrate refuses the "
                                      "profile for another model, target or precision (without it nothing can check)")
     ap.add_argument("--out", required=True, help="write the profile JSON here")
@@ -329,7 +332,11 @@ def _import(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     if args.etrecord and not args.etdump:
         ap.error("--etrecord goes with --etdump")
     check_out_path(args.out, "--out")
+    if args.threads is not None and args.threads < 1:
+        ap.error(f"--threads must be >= 1, got {args.threads}")
     manifest = Manifest.load(args.bundle) if args.bundle else None
+    if args.etdump:
+        _check_etdump_files(args.etdump, manifest, args.bundle)
     if args.csv:
         prof = import_csv(args.csv, device_name=args.device_name)
     elif args.json:
@@ -358,6 +365,9 @@ def _import(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     else:
         print("note: no --bundle: the profile does not say which model it timed, so calibrate cannot refuse it for another "
               "one; pass --bundle B (the bundle the device ran)", file=sys.stderr)
+    _record_threads(prof, args.threads)
+    if manifest is not None and prof.batch == 1:
+        _check_plausible(prof, manifest)
     if (n := min(int(st["n"]) for st in prof.stages)) < FEW_RUNS:  # a p90 of a handful is their slowest, a p99 a guess
         print(f"note: {n} timed run(s) for a stage: its percentiles (p90, p99) are rough below {FEW_RUNS}; time 100 or more "
               "per stage for a calibration to trust", file=sys.stderr)
@@ -366,6 +376,45 @@ def _import(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
         print(f"note: stage(s) {slow} take over 1000 ms (median): the values are read as milliseconds; if they are "
               "microseconds, divide them by 1000", file=sys.stderr)
     return _finish(prof, args.out)
+
+
+#: more multiply-accumulates per second than any device runs one image at (50 TFLOP/s): seconds read as milliseconds
+MAX_PLAUSIBLE_GMACS = 25_000.0
+
+
+def _check_etdump_files(files: Sequence[str], manifest: Optional[Manifest], bundle: Optional[str]) -> None:
+    """ETDump files are ExecuTorch traces, given in exit order: refused for another backend's bundle, or when their names
+    number the exits in another order (exit 3's trace read as exit 1's)."""
+    if manifest is not None and manifest.backend != "executorch":
+        raise ProfileError(f"ETDump files are ExecuTorch traces, but bundle {bundle} runs on {manifest.backend}: import them with "
+                           "--bundle of the ExecuTorch bundle (.pte) the device ran, or time this bundle on the device and "
+                           "import a --csv or --json")
+    nums = [re.search(r"exit[_-]?(\d+)", Path(f).name, re.IGNORECASE) for f in files]
+    if all(nums) and [int(m.group(1)) for m in nums] != list(range(1, len(files) + 1)):
+        order = sorted(files, key=lambda f: int(re.search(r"exit[_-]?(\d+)", Path(f).name, re.IGNORECASE).group(1)))
+        raise ProfileError(f"--etdump files are read in exit order (exit 1 first), but their names say otherwise: "
+                           f"{' '.join(map(str, files))}; pass them as {' '.join(map(str, order))}")
+
+
+def _record_threads(prof: LatencyProfile, threads: Optional[int]) -> None:
+    """--threads into the profile (refused when the file says another count); a note when nothing says the count."""
+    if threads is not None and prof.threads is not None and prof.threads != threads:
+        raise ProfileError(f"--threads {threads}, but the file says the device ran {prof.threads} thread(s): keep the count it ran with")
+    if threads is not None:
+        prof.threads = threads
+    elif prof.threads is None:
+        print("note: the profile records no thread count: pass --threads N (the count the device ran with), so that running or "
+              "calibrating at another count is warned", file=sys.stderr)
+
+
+def _check_plausible(prof: LatencyProfile, manifest: Manifest) -> None:
+    """A note for stages faster than any device runs them (seconds read as milliseconds, most likely)."""
+    fast = [(i + 1, e.stage_gflops / st["median"]) for i, (e, st) in enumerate(zip(manifest.exits, prof.stages))
+            if st["median"] > 0 and e.stage_gflops / st["median"] * 1e3 > MAX_PLAUSIBLE_GMACS]
+    if fast:
+        said = ", ".join(f"stage {k}: {g:.0f} TMAC/s" for k, g in fast)
+        print(f"note: {said} (its GMACs over its median time) is faster than any device runs one image: the values are read as "
+              "milliseconds; if they are seconds, multiply them by 1000", file=sys.stderr)
 
 
 ETDUMP_RUNS, ETDUMP_RUNS_SCHEMA = "etdump_runs.json", "dvt-etdump-runs/1"

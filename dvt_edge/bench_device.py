@@ -1,0 +1,121 @@
+"""A device that runs only the runtime (a phone, a board without dvt-edge) in a bench report: its latency profile
+(``dvt-runtime profile`` or ``profile import``) or its calibration (``dvt-runtime calibrate``), read as they are.
+
+What such a section shows was measured on the device (per-stage latency) or predicted from it (the cascade at each
+budget: the holdout images' exits, run on the host, priced by the device's per-stage latency); it says which.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["DEVICE_SCHEMAS", "device_result", "device_markdown", "glance_markdown"]
+
+#: the runtime's own files a report takes beside bench results
+DEVICE_SCHEMAS = ("dvt-calibration/", "dvt-profile/")
+_SOURCES = {"measured": "measured by dvt-runtime profile", "csv": "imported from a CSV", "json": "imported from a JSON file",
+            "etdump": "imported from ExecuTorch ETDump traces"}
+
+
+def device_result(d: dict, path: str) -> dict:
+    """A calibration or latency profile as a report result (``mode: "device"``); ValueError naming ``path`` when malformed."""
+    from dvt_runtime.calibration import CalibrationError, validate_calibration
+    from dvt_runtime.latency import LatencyProfile
+    from dvt_runtime.stats import ProfileError
+
+    try:
+        if d["schema"].startswith("dvt-calibration/"):
+            validate_calibration(d)
+            cal, prof = d, d["profile"]  # the profile's summary, as calibrate embedded it
+        else:
+            cal, prof = None, LatencyProfile.from_dict(d).summary()
+    except (CalibrationError, ProfileError) as e:
+        raise ValueError(f"{path}: {e}") from None
+    b = (cal or prof).get("bundle") or {}
+    dev = dict(prof.get("device") or {})
+    if cal is not None:  # a calibration is named after the device whose latencies priced it
+        dev["device_name"] = cal.get("device") or dev.get("device_name")
+    return {"mode": "device", "file": str(path), "model": b.get("model") or "model not named", "target": b.get("target"),
+            "precision": b.get("precision"), "device": dev, "threads": prof.get("threads"), "rows": [], "profile": prof,
+            "calibration": cal}
+
+
+def _ms(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, (int, float)) else "-"
+
+
+def _pct(v: Any) -> str:
+    return f"{v:.2f}" if isinstance(v, (int, float)) else "-"
+
+
+def _facts(dev: dict) -> str:
+    keys = ("cpu_model", "board", "os", "backend", "backend_version", "power_mode")
+    return ", ".join(f"{k} {dev[k]}" for k in keys if dev.get(k)) or "no device facts recorded"
+
+
+def device_markdown(r: dict, device_label: str) -> list[str]:
+    """The section of a device known from its profile or calibration."""
+    prof, cal = r["profile"], r["calibration"]
+    what = f"{r['target']} {r['precision']}" if r.get("target") else "(the profile names no bundle)"
+    runs = min(int(s.get("n", 0)) for s in prof["stages"])
+    out = [f"## {r['model']} {what} on {device_label}: from the device's {'calibration' if cal else 'latency profile'} "
+           f"(`{r['file']}`)\n",
+           f"Latency {_SOURCES.get(prof.get('source'), prof.get('source') or '?')}: {runs} timed runs per stage, batch "
+           f"{prof.get('batch', 1)}, {prof.get('threads') or 'unstated'} thread(s); {_facts(r['device'])}.\n",
+           "| exit | stage p50 / p90 ms | to reach it, p50 / p90 ms |", "|---|---|---|"]
+    for e, (s, c) in enumerate(zip(prof["stages"], prof["cumulative"])):
+        out.append(f"| {e + 1} | {_ms(s.get('median'))} / {_ms(s.get('p90'))} | {_ms(c.get('median'))} / {_ms(c.get('p90'))} |")
+    if cal is None:
+        return out
+    metric, ch = cal.get("metric", "mean"), cal["chosen"]
+    key = "mean_ms" if metric == "mean" else f"{metric}_ms"
+    extra = "" if metric == "mean" else f" {metric} ms |"
+    out += [f"\nThe cascade at each {metric} budget, **predicted**: the exits of the {cal.get('n_calibration', '?')} calibration images "
+            "(run on the host) priced by the latency above; nothing in this table was timed end to end on the device. A budget "
+            "that buys nothing more is left out.\n",
+            f"| budget ms | thresholds | accuracy % | mean ms |{extra} exits % |", "|---|---|---|---|" + ("---|" if extra else "") + "---|"]
+    last = None
+    for row in cal["table"]:
+        if row["thresholds"] == last:  # the same point as the budget before (accuracy saturated)
+            continue
+        last, p = row["thresholds"], row["predicted"]
+        thr = " / ".join("-" if t is None else f"{t:.4g}" for t in row["thresholds"][:-1])
+        fr = "/".join(f"{100 * q:.0f}" for q in p.get("exit_fractions", []))
+        out.append(f"| {_ms(row.get('budget_ms'))} | {thr} | {p['accuracy']:.2f} | {_ms(p['mean_ms'])} |"
+                   + (f" {_ms(p.get(key))} |" if extra else "") + f" {fr} |")
+    p, m = ch.get("predicted") or {}, ch.get("measured")
+    line = (f"\nChosen for the {metric} budget {cal['budget_ms']:g} ms, on the {cal.get('n_holdout', '?')} holdout images: predicted "
+            f"{_pct(p.get('accuracy'))}% at {metric} {_ms(p.get(key))} ms")
+    if m:  # a calibration whose latencies were this host's was also run for real on it
+        line += f"; measured on {cal.get('device')}: {_pct(m.get('accuracy'))}% at {metric} {_ms(m.get(key))} ms"
+    out.append(line + f" (latency: {cal.get('profile_source', '?')}).")
+    return out
+
+
+def glance_markdown(results: list[dict]) -> list[str]:
+    """One line per device x target x precision: the p50 ms to reach each exit, side by side, with where it came from."""
+    rows = []
+    for r in results:
+        dev = (r.get("device") or {}).get("device_name") or "?"
+        if r.get("mode") == "device":
+            if r["profile"].get("batch", 1) != 1:  # ms per image at batch N: not comparable with the rest
+                continue
+            cum = [c.get("median") for c in r["profile"]["cumulative"]]
+            rows.append((dev, r["model"], r.get("target") or "?", r.get("precision") or "?", r.get("threads"), cum,
+                         _SOURCES.get(r["profile"].get("source"), "?")))
+            continue
+        for row in r.get("rows", []):
+            if row.get("status") == "ok" and row.get("static"):
+                cum = [s.get("profile_p50_ms") for s in row["static"]]
+            elif row.get("stages"):  # latency-only results
+                cum = [s.get("cum_p50_ms") for s in row["stages"]]
+            else:
+                continue
+            rows.append((dev, r["model"], row["target"], row["precision"], r.get("threads"), cum, "dvt-edge bench"))
+    if len({row[0] for row in rows}) < 2:  # one device: its own sections say it all
+        return []
+    out = ["## At a glance: p50 ms to reach each exit, batch 1\n", "| device | model | target | prec | threads | exit 1 / 2 / ... | from |",
+           "|---|---|---|---|---|---|---|"]
+    for dev, model, target, prec, thr, cum, src in rows:
+        out.append(f"| {dev} | {model} | {target} | {prec} | {thr or '-'} | {' / '.join(_ms(v) for v in cum)} | {src} |")
+    return out + [""]
