@@ -99,6 +99,20 @@ def throughput_markdown(r: dict) -> list[str]:
     return out
 
 
+def _backends_line(rows: list[dict]) -> str:
+    """What ran each row: the backend and its version, and an int8 row's quantization scheme per exit."""
+    said = []
+    for row in rows:
+        if row.get("status") != "ok":
+            continue
+        dev = (row.get("profile") or {}).get("device") or {}
+        q = row.get("quantization") or []
+        scheme = f", {' / '.join(map(str, q))} quantization per exit" if row.get("precision") == "int8" and q else ""
+        said.append(f"{row['target']} {row['precision']}: {row.get('backend') or dev.get('backend') or '?'} "
+                    f"{dev.get('backend_version') or '(version not recorded)'}{scheme}")
+    return ("Ran on: " + "; ".join(said) + ".") if said else ""
+
+
 def markdown(results: list[dict]) -> str:
     from dvt_edge.bench_device import device_markdown, glance_markdown
 
@@ -138,6 +152,8 @@ def markdown(results: list[dict]) -> str:
             last_ms = mt.get("last_exit_mean_ms", st[-1]["measured_mean_ms"])  # timed interleaved with the matched cascade
             out.append(f"| {row['target']} | {row['precision']} | ok | {row['artifact_kb']} | {accs} | {lats} | "
                        f"{st[-1]['accuracy']:.2f}, {last_ms:.3f} | {dyn} | {sp} |")
+        if used := _backends_line(r["rows"]):
+            out.append(f"\n{used}")
         for row in r["rows"]:
             if row.get("status") != "ok":
                 continue

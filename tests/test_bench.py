@@ -52,6 +52,9 @@ def test_bench_result_shape_and_real_numbers(results):
     assert all(np.isfinite(hv["speedups"])) and np.all(np.asarray(hv["speedups"]) >= 1.0 - 1e-9)
     assert hv["matched"] == sum(d >= -0.2 - 1e-9 for d in hv["accuracy_deltas"])
     assert "How far this split can be trusted" in (out / "a" / "bench.md").read_text()
+    import onnxruntime
+
+    assert f"Ran on: onnx fp32: onnxruntime {onnxruntime.__version__}." in (out / "a" / "bench.md").read_text()  # it said null
     cum = [s["profile_p50_ms"] for s in onnx["static"]]
     assert cum == sorted(cum)
     ov = onnx["runtime_overhead"]

@@ -341,6 +341,13 @@ def test_device_side_data_raw_pixels_and_unnormalized_floats(bundle_copy, tmp_pa
     np.savez(tmp_path / "bgr.npz", images=bgr, labels=np.zeros(20, np.int64))
     np.savez(tmp_path / "rgb.npz", images=bgr[..., ::-1], labels=np.zeros(20, np.int64), channel_order=np.array("rgb"))
     np.testing.assert_array_equal(load_npz(str(tmp_path / "rgb.npz"), color)[0], load_npz(str(tmp_path / "bgr.npz"), color)[0])
+    # another model's images: far smaller than the bundle resizes to, or grayscale for a colour model (used, but said)
+    big = Preprocess(size=32, resize=32, channels="rgb", mean=(0.5,) * 3, std=(0.25,) * 3)
+    with pytest.warns(UserWarning, match=r"bgr\.npz: the images are 8x8, this bundle resizes them to 32 px \(4\.0x upscaled\)"):
+        assert load_npz(str(tmp_path / "bgr.npz"), big)[0].shape == (20, 3, 32, 32)
+    np.savez(tmp_path / "gray.npz", images=bgr[..., 0], labels=np.zeros(20, np.int64))
+    with pytest.warns(UserWarning, match=r"gray\.npz: grayscale images for a colour model"):
+        load_npz(str(tmp_path / "gray.npz"), color)
     # channels last, and labels outside the bundle's classes: the file, the shape, the label and the image are named
     np.savez(tmp_path / "nhwc.npz", images=np.ascontiguousarray(x.transpose(0, 2, 3, 1)), labels=y)
     with pytest.raises(CalibrationError, match=r"nhwc\.npz: images must be preprocessed float32 \(N, C, H, W\) of shape \(N, 1, 28, 28\).*got float32 \(40, 28, 28, 1\)"):

@@ -66,6 +66,7 @@ def load_npz(path: str, preprocess: Optional[Preprocess] = None, classes: Option
     if x.dtype == np.uint8 and x.ndim in (3, 4):  # raw pixels: the bundle's own preprocessing
         if preprocess is None:
             raise CalibrationError(f"{p}: uint8 pixels need the bundle's preprocessing: load_npz(path, bundle.manifest.preprocess)")
+        _say_foreign_pixels(x, preprocess, p)
         try:
             return preprocess.apply_batch(bgr_pixels(z, x, p, CalibrationError)), y
         except ValueError as e:  # InputError: a shape that is no image
@@ -95,6 +96,19 @@ def _check_values(x: np.ndarray, preprocess: Preprocess, p: Path) -> None:
         warnings.warn(f"{p}: not one negative value in {len(x)} images, though this bundle's preprocessing maps pixels darker "
                       f"than its mean below 0 (down to {lo:.3g}): were they normalized with its mean {list(preprocess.mean)} and "
                       f"std {list(preprocess.std)}? Store uint8 pixels and the bundle preprocesses them.", stacklevel=3)
+
+
+def _say_foreign_pixels(x: np.ndarray, preprocess: Preprocess, p: Path) -> None:
+    """A warning for pixels that look like another model's data set: far smaller than the bundle resizes to (32 px
+    images for a 224 px model), or grayscale for a colour model. They are still used: the bundle preprocesses them."""
+    h, w = x.shape[1:3]
+    gray = x.ndim == 3 or x.shape[3] == 1
+    if 2 * min(h, w) <= preprocess.resize:
+        warnings.warn(f"{p}: the images are {h}x{w}, this bundle resizes them to {preprocess.resize} px ({preprocess.resize / min(h, w):.1f}x "
+                      "upscaled): another data set's images? calibrate on images like the ones the device will see", stacklevel=3)
+    if gray and preprocess.channels != "gray":
+        warnings.warn(f"{p}: grayscale images for a colour model: each is repeated to 3 channels, and accuracy on them is not "
+                      "its accuracy on colour images", stacklevel=3)
 
 
 def bgr_pixels(z, images: np.ndarray, where, error: Callable[[str], Exception]) -> np.ndarray:
