@@ -241,3 +241,13 @@ def test_a_224px_export_says_it_takes_minutes_before_it_starts(tmp_path, capsys)
         export_bundle(str(ckpt), "executorch", "int8", out=str(tmp_path / "b"), calib_data=f"npz:{tmp_path / 'none.npz'}", progress=False)
     assert "takes minutes: about 15 minutes (every scheme tried) for dvt_t2t_vit_12" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_every_target_that_exports_here_says_how_long_a_224_px_export_takes():
+    """A 224 px export takes minutes: the note before the long part (measured per target and precision) was missing for
+    --target ort, which ran 14 minutes without a word."""
+    from dvt_edge.export import EXPORT_MINUTES_224
+    from dvt_edge.export.targets import TARGETS
+
+    missing = [(n, p) for n, t in TARGETS.items() if n != "coreml" for p in t.precisions if (n, p) not in EXPORT_MINUTES_224]
+    assert not missing, f"no measured export time for {missing}"

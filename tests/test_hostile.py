@@ -499,12 +499,16 @@ def test_int8_executorch_and_coreml_export_is_quiet(micro_ckpt, tmp_path):
     assert log.is_file() and str(log) in r.stderr  # the toolchains' output is kept, and where is said once
 
 
-def test_one_console_command_with_subcommands():
+def test_one_console_command_with_subcommands(capsys):
     from dvt_edge.cli import COMMANDS, main
 
     assert set(COMMANDS) >= {"train", "evaluate", "export", "bench", "demo", "zoo", "webcam"}
     assert main(["zoo"]) == 0
     assert main(["nope"]) == 2
+    capsys.readouterr()
+    assert main(["--help"]) == 0 and "device side (torch-free): dvt-runtime predict | profile | calibrate" in capsys.readouterr().out
+    assert main(["predict", "--bundle", "B", "x.jpg"]) == 2  # the device side's command: named with its program
+    assert "predict is a command of dvt-runtime: dvt-runtime predict --bundle B x.jpg" in capsys.readouterr().err
     # the python -m forms of the umbrella commands work too (the README says so)
     for mod, args, want in (("dvt_edge", ["zoo"], "dvt_small_cifar"), ("dvt_runtime", ["profile", "--help"], "--bundle")):
         r = subprocess.run([sys.executable, "-m", mod, *args], capture_output=True, text=True, timeout=120)

@@ -718,6 +718,11 @@ def test_etdump_import_method_execute(executorch_devtools, tmp_path):
 
     kept = import_etdump(paths, skip_first=0)
     assert kept.stages[0]["n"] == 6 and kept.first_inference_ms is None
+    # from a shell: ExecuTorch's devtools import prints torchao's GPU-kernel and torch's pytree notices; held, not shown
+    r = subprocess.run([sys.executable, "-m", "dvt_runtime.profile", "import", "--etdump", *map(str, paths), "--threads", "1",
+                        "--out", str(tmp_path / "p.json")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Failed to load" not in r.stderr and "_pytree" not in r.stderr, r.stderr[-2000:]
     single = import_etdump(paths[0])
     assert single.num_exits == 1 and single.stages[0]["n"] == 5
 

@@ -318,7 +318,10 @@ def test_device_side_data_raw_pixels_and_unnormalized_floats(bundle_copy, tmp_pa
     np.testing.assert_array_equal(yy, y)
     assert main(["--bundle", str(bundle_copy), "--data", str(tmp_path / "raw.npz"), "--budget-ms", "1e6", "--runs", "8",
                  "--device-name", "raw"]) == 0
-    assert (bundle_copy / "calibration" / "raw.json").is_file()
+    assert (bundle_copy / "calibration" / "raw.json").is_file() and "profiling:" in capsys.readouterr().err
+    assert main(["--bundle", str(bundle_copy), "--data", str(tmp_path / "raw.npz"), "--budget-ms", "1e6", "--runs", "8",
+                 "--device-name", "raw", "--no-progress"]) == 0
+    assert "profiling:" not in capsys.readouterr().err  # as profile and predict take it
     floats = raw.astype(np.float32)[:, None]  # (40, 1, 28, 28) 0-255 as float: looks preprocessed, is not
     with pytest.raises(InputError, match=r"holds values from 0 to 255, .* gives -0.81 to 2.02: these look like raw 0-255 pixels"):
         b.predict(floats[0])

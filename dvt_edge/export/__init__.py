@@ -280,8 +280,10 @@ def export_bundle(checkpoint: str, target: str, precision: str = "fp32", options
     return res
 
 
-#: wall time of `python -m dvt_edge.export` for a 224 px model (dvt_t2t_vit_12, 2-core AMD EPYC VM, session 41)
+#: wall time of `python -m dvt_edge.export` for a 224 px model (dvt_t2t_vit_12, 2-core AMD EPYC VM, session 41; ort in
+#: session 43: int8 13 min 49 s with --calib-data cifar10-ref, fp32 2 min 4 s for dvt_t2t_vit_14)
 EXPORT_MINUTES_224 = {("onnx", "fp32"): "about 2 minutes", ("onnx", "int8"): "about 4 minutes (every scheme tried)",
+                      ("ort", "fp32"): "about 2 minutes", ("ort", "int8"): "about 14 minutes (every scheme tried)",
                       ("executorch", "fp32"): "about 4 minutes", ("executorch", "int8"): "about 15 minutes (every scheme tried)"}
 
 

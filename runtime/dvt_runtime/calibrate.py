@@ -473,6 +473,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--runs", type=int, default=200, help="profiling runs per stage")
     ap.add_argument("--seed", type=int, default=0, help="seed of the calibration/holdout split (and of the ga search)")
     ap.add_argument("--batch", type=int, default=1, help="images per predict call; > 1: the budget is ms per image at that batch (throughput)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     if args.threads < 1:
         ap.error(f"--threads must be >= 1, got {args.threads}")
@@ -483,7 +484,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         x, y = load_npz(args.data, bundle.manifest.preprocess, bundle.classes)
         profile = load_profile_arg(args.profile) if args.profile else None
         r = calibrate(bundle, x, y, args.budget_ms, args.metric, profile, args.algorithm, args.device_name,
-                      args.holdout, args.seed, args.runs, batch=args.batch)
+                      args.holdout, args.seed, args.runs, batch=args.batch, progress=not args.no_progress)
     except (ValueError, OSError, BackendUnavailable) as e:  # CalibrationError, ManifestError, ProfileError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2

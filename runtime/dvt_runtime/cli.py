@@ -19,13 +19,18 @@ COMMANDS = {
 }
 
 
-def dispatch(commands: dict[str, tuple[str, str]], usage_text: str, argv: Optional[Sequence[str]], prog: str) -> int:
-    """Run ``commands[argv[0]]``'s ``main`` with the rest of ``argv``; exit code 2 on a bad command."""
+def dispatch(commands: dict[str, tuple[str, str]], usage_text: str, argv: Optional[Sequence[str]], prog: str,
+             elsewhere: Optional[dict[str, str]] = None) -> int:
+    """Run ``commands[argv[0]]``'s ``main`` with the rest of ``argv``; exit code 2 on a bad command (one of ``elsewhere``,
+    command -> the program that has it, is named with that program)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage_text)
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
+    if name not in commands and name in (elsewhere or {}):
+        print(f"{prog}: {name} is a command of {elsewhere[name]}: {elsewhere[name]} {' '.join([name, *rest])}", file=sys.stderr)
+        return 2
     if name not in commands:
         import difflib
 

@@ -17,7 +17,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from dvt_runtime.backends import BackendUnavailable
+from dvt_runtime.backends import BackendUnavailable, toolchain_output
 from dvt_runtime.latency import MAX_INPUT_BYTES, LatencyProfile, read_json
 from dvt_runtime.stats import ProfileError, check_samples
 
@@ -276,8 +276,9 @@ def import_etdump(
     if skip_first < 0:
         raise ValueError(f"skip_first must be >= 0, got {skip_first}")
     try:
-        from executorch.devtools import Inspector
-        from executorch.devtools.inspector import TimeScale
+        with toolchain_output("executorch"):  # torchao's GPU kernels and torch's pytree notices, held unless it fails
+            from executorch.devtools import Inspector
+            from executorch.devtools.inspector import TimeScale
     except ImportError as e:
         raise BackendUnavailable(
             f"reading ETDump files needs ExecuTorch's devtools, which could not be imported ({e}). "
