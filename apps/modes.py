@@ -96,7 +96,8 @@ def _budget_mode(bundle, budget_ms: float, thresholds: Optional[list], cal_src: 
     fallback_src = "--thresholds" if thresholds is not None else cal_src
     if getattr(bundle, "calibration", None) is None:
         mode.active, mode.source = False, fallback_src
-        where = f"no calibration for device {bundle.device_name!r}" if bundle.device_name else "no --device-name given"
+        where = (f"no calibration for device {bundle.device_name!r}" if bundle.device_name else
+                 "none for this host, the default, and no --device-name given")
         mode.note = (f"budget mode needs this device's calibration ({where}); running with the default thresholds. "
                      + _calibrate_hint(bundle, budget_ms))
         return mode

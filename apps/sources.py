@@ -81,8 +81,7 @@ def open_bundle(args):
         args.bundle = str(reference_bundle())
     try:
         from dvt_runtime.backends import BackendUnavailable
-        from dvt_runtime.bundle import Bundle
-        from dvt_runtime.device import this_host
+        from dvt_runtime.device import open_here
         from dvt_runtime.manifest import ManifestError
     except ImportError as e:
         raise AppError(f"dvt-runtime is not importable ({e}); install it: pip install './runtime[onnx]'") from None
@@ -90,7 +89,7 @@ def open_bundle(args):
     try:
         with warnings.catch_warnings(record=True) as said:  # the runtime's warnings (e.g. no calibration for a device name)
             warnings.simplefilter("always")
-            bundle = Bundle.open(args.bundle, threads=args.threads, providers=providers, device_name=args.device_name or this_host())
+            bundle = open_here(args.bundle, args.device_name, threads=args.threads, providers=providers)
     except (ManifestError, BackendUnavailable, FileNotFoundError, OSError, ValueError, TypeError) as e:  # ValueError: CalibrationError; TypeError: an option the backend does not take (--providers off ONNX Runtime)
         raise AppError(f"cannot open bundle {args.bundle}: {e}") from None
     for w in said:  # the runtime's own as the app's notes, not "file:line: UserWarning" with a source line

@@ -32,10 +32,13 @@ def device_result(d: dict, path: str) -> dict:
     except (CalibrationError, ProfileError) as e:
         raise ValueError(f"{path}: {e}") from None
     b = (cal or prof).get("bundle") or {}
-    dev = dict(prof.get("device") or {})
+    dev = dict(prof["device"]) if isinstance(prof.get("device"), dict) else {}
     if cal is not None:  # a calibration is named after the device whose latencies priced it
         dev["device_name"] = cal.get("device") or dev.get("device_name")
-    return {"mode": "device", "file": str(path), "model": b.get("model") or "model not named", "target": b.get("target"),
+    from dvt_edge.bench_report import SCHEMA
+
+    return {"schema": SCHEMA, "schema_version": 1,  # a report of this result alone reads back as one
+            "mode": "device", "file": str(path), "model": b.get("model") or "model not named", "target": b.get("target"),
             "precision": b.get("precision"), "device": dev, "threads": prof.get("threads"), "rows": [], "profile": prof,
             "calibration": cal}
 
@@ -63,7 +66,8 @@ def device_markdown(r: dict, device_label: str) -> list[str]:
            f"Latency {_SOURCES.get(prof.get('source'), prof.get('source') or '?')}: {runs} timed runs per stage, batch "
            f"{prof.get('batch', 1)}, {prof.get('threads') or 'unstated'} thread(s); {_facts(r['device'])}.\n",
            "| exit | stage p50 / p90 ms | to reach it, p50 / p90 ms |", "|---|---|---|"]
-    for e, (s, c) in enumerate(zip(prof["stages"], prof["cumulative"])):
+    cumulative = prof.get("cumulative") or [{}] * len(prof["stages"])
+    for e, (s, c) in enumerate(zip(prof["stages"], cumulative)):
         out.append(f"| {e + 1} | {_ms(s.get('median'))} / {_ms(s.get('p90'))} | {_ms(c.get('median'))} / {_ms(c.get('p90'))} |")
     if cal is None:
         return out
@@ -79,8 +83,8 @@ def device_markdown(r: dict, device_label: str) -> list[str]:
         if row["thresholds"] == last:  # the same point as the budget before (accuracy saturated)
             continue
         last, p = row["thresholds"], row["predicted"]
-        thr = " / ".join("-" if t is None else f"{t:.4g}" for t in row["thresholds"][:-1])
-        fr = "/".join(f"{100 * q:.0f}" for q in p.get("exit_fractions", []))
+        thr = " / ".join("-" if t is None else f"{t:.4g}" for t in row["thresholds"][: len(prof["stages"]) - 1])  # the last exit answers
+        fr = "/".join(f"{100 * q:.0f}" for q in p.get("exit_fractions") or [])
         out.append(f"| {_ms(row.get('budget_ms'))} | {thr} | {p['accuracy']:.2f} | {_ms(p['mean_ms'])} |"
                    + (f" {_ms(p.get(key))} |" if extra else "") + f" {fr} |")
     p, m = ch.get("predicted") or {}, ch.get("measured")
@@ -100,7 +104,7 @@ def glance_markdown(results: list[dict]) -> list[str]:
         if r.get("mode") == "device":
             if r["profile"].get("batch", 1) != 1:  # ms per image at batch N: not comparable with the rest
                 continue
-            cum = [c.get("median") for c in r["profile"]["cumulative"]]
+            cum = [c.get("median") for c in r["profile"].get("cumulative") or []]
             rows.append((dev, r["model"], r.get("target") or "?", r.get("precision") or "?", r.get("threads"), cum,
                          _SOURCES.get(r["profile"].get("source"), "?")))
             continue

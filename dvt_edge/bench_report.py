@@ -23,7 +23,7 @@ MATCH_POINTS = 0.2  # "matched accuracy": within this many points of the last ex
 
 def _device_label(r: dict) -> str:
     d = r.get("device", {})
-    return f"{d.get('device_name') or d.get('hostname', '?')} ({r.get('threads', '?')} thr)"
+    return f"{d.get('device_name') or d.get('hostname', '?')} ({r.get('threads') or '?'} thr)"
 
 
 def _series_label(results: list[dict], r: dict, row: dict) -> str:
@@ -358,6 +358,6 @@ def _say_repeated_devices(results: list[dict], paths: Sequence[str]) -> None:
     for r in results:
         key = ((r.get("device") or {}).get("device_name"), r.get("model"), r.get("mode"), r.get("threads"), r.get("target"))
         if key in seen:
-            print(f"note: {key[0]!r} ({key[1]}, {key[3]} thread(s)) appears twice among {', '.join(map(str, paths))}: "
+            print(f"note: {key[0]!r} ({key[1]}, {key[3] or '?'} thread(s)) appears twice among {', '.join(map(str, paths))}: "
                   "the same run under two names? each device's results once", file=sys.stderr)
         seen[key] = True

@@ -160,6 +160,14 @@ def test_a_device_with_only_the_runtime_joins_the_report(results, onnx_bundle, t
     assert main(["report", str(out / "a" / "bench.json"), str(tmp_path / "pixel8-profile.json"), "--out", str(tmp_path / "rep2")]) == 0
     text = capsys.readouterr().out
     assert "from the device's latency profile" in text and "**predicted**" not in text
+    # a device's report alone reads back; a profile that states no thread count is '?', not 'None'
+    assert main(["report", str(cal), "--out", str(tmp_path / "alone")]) == 0
+    assert load_results([str(tmp_path / "alone" / "report.json")])[0]["mode"] == "device"
+    d = json.loads((tmp_path / "pixel8-profile.json").read_text())
+    (tmp_path / "nothreads.json").write_text(json.dumps({**d, "threads": None}))
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "nothreads.json"), "--out", str(tmp_path / "alone2")]) == 0
+    assert "on pixel8 (? thr)" in capsys.readouterr().out
     bad = json.loads(cal.read_text())
     bad["table"] = []
     (tmp_path / "bad.json").write_text(json.dumps(bad))

@@ -62,7 +62,7 @@ def test_predict_answers_every_image_as_the_api_does(onnx_bundle, photos, tmp_pa
     (["PHOTOS", "--profile", "p.json"], "--profile gives the p90s --deadline-ms needs"),
     (["PHOTOS", "--deadline-ms", "5", "--profile", "phone.csv"], "raw measurements: make a profile of it first with .*import --csv"),
     (["PHOTOS", "--deadline-ms", "5"], "--deadline-ms needs each stage's p90 latency: pass --profile PROFILE.json"),
-    (["PHOTOS", "--budget-ms", "1"], r"--budget-ms needs a calibration of this device \(there is no .*\): dvt-runtime calibrate --bundle"),
+    (["PHOTOS", "--budget-ms", "1"], r"--budget-ms needs a calibration of this device \(none usable at .*\): dvt-runtime calibrate --bundle"),
 ])
 def test_predict_bad_requests_are_one_clear_error(onnx_bundle, photos, tmp_path, capsys, args, match):
     (tmp_path / "empty").mkdir()
@@ -167,7 +167,7 @@ def test_this_hosts_calibration_is_used_without_device_name(bundle_for_calibrati
 
     b = Bundle.open(bundle_for_calibration)
     assert main(["--bundle", str(bundle_for_calibration), str(photos / "sub" / "0"), "--budget-ms", "1", "--no-progress"]) == 2
-    assert f"there is no {b.calibration_path(this_host())}" in capsys.readouterr().err
+    assert f"none usable at {b.calibration_path(this_host())}" in capsys.readouterr().err
     x, y = load_dataset("fashion-mnist", "val", limit=60, seed=1).arrays()
     cal = calibrate(b, x, y, 50.0, progress=False)
     assert cal.device == this_host() and b.calibration_path(this_host()).exists()
@@ -176,4 +176,22 @@ def test_this_hosts_calibration_is_used_without_device_name(bundle_for_calibrati
                  "--no-progress"]) == 0
     assert json.loads(out.read_text())["thresholds_from"] == f"the budget controller on the calibration of {this_host()!r}"
     assert main(["--bundle", str(bundle_for_calibration), str(photos / "sub" / "0"), "--out", str(out), "--no-progress"]) == 0
-    assert json.loads(out.read_text())["thresholds_from"] != "none: every image runs to the last exit"
+    assert json.loads(out.read_text())["thresholds_from"] == f"the calibration of {this_host()!r}"
+    # this host's file gone stale (export --force keeps calibration/ over new artifacts): a defaulted name still runs, and says so
+    path = b.calibration_path(this_host())
+    stale = json.loads(path.read_text())
+    stale["bundle"]["artifacts"] = ["0" * 64] * len(stale["bundle"]["artifacts"])
+    path.write_text(json.dumps(stale))
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="this host's calibration is not used .*other artifacts"):
+        assert main(["--bundle", str(bundle_for_calibration), str(photos / "sub" / "0"), "--out", str(out), "--no-progress"]) == 0
+    assert json.loads(out.read_text())["thresholds_from"] == "the manifest's"
+    assert main(["--bundle", str(bundle_for_calibration), str(photos / "sub" / "0"), "--device-name", this_host(), "--no-progress"]) == 2
+    assert "other artifacts" in capsys.readouterr().err  # named explicitly: still an error
+    # another device's calibration only (the phone's, made on this host): not suggested to this host
+    path.rename(path.with_name("pixel8.json"))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["--bundle", str(bundle_for_calibration), str(photos / "sub" / "0"), "--no-progress"]) == 0

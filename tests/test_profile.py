@@ -615,6 +615,8 @@ def test_import_records_the_thread_count_and_refuses_what_cannot_be_this_bundles
     assert "ETDump files are ExecuTorch traces, but bundle" in capsys.readouterr().err
     assert main(["import", "--etdump", "exit3.etdp", "exit2.etdp", "exit1.etdp", "--out", str(out)]) == 2
     assert "pass them as exit1.etdp exit2.etdp exit3.etdp" in capsys.readouterr().err
+    assert main(["import", "--etdump", "exit0.etdp", "exit1.etdp", "exit2.etdp", "--out", str(out)]) == 2  # numbered from 0: in order
+    assert "pass them as" not in capsys.readouterr().err
     # seconds under a millisecond header: faster than any device runs one image
     secs = write(tmp_path / "s.csv", "stage1_ms,stage2_ms,stage3_ms\n" + "1e-6,2e-6,3e-6\n" * 30)
     assert main(["import", "--csv", str(secs), "--out", str(out), "--bundle", str(bundle_dir), "--threads", "1"]) == 0

@@ -348,6 +348,14 @@ def test_device_side_data_raw_pixels_and_unnormalized_floats(bundle_copy, tmp_pa
     big = Preprocess(size=32, resize=32, channels="rgb", mean=(0.5,) * 3, std=(0.25,) * 3)
     with pytest.warns(UserWarning, match=r"bgr\.npz: the images are 8x8, this bundle resizes them to 32 px \(4\.0x upscaled\)"):
         assert load_npz(str(tmp_path / "bgr.npz"), big)[0].shape == (20, 3, 32, 32)
+    np.savez(tmp_path / "empty_px.npz", images=np.zeros((20, 0, 0, 3), np.uint8), labels=np.zeros(20, np.int64))
+    with pytest.raises(CalibrationError, match="empty_px.npz"):  # zero-size images: the shape error, not a ZeroDivisionError
+        load_npz(str(tmp_path / "empty_px.npz"), big)
+    np.savez(tmp_path / "chw.npz", images=np.ascontiguousarray(bgr.transpose(0, 3, 1, 2)), labels=np.zeros(20, np.int64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # channels first: the shape error alone, no "3x8 upscaled" warning before it
+        with pytest.raises(CalibrationError, match="channels first"):
+            load_npz(str(tmp_path / "chw.npz"), color)
     np.savez(tmp_path / "gray.npz", images=bgr[..., 0], labels=np.zeros(20, np.int64))
     with pytest.warns(UserWarning, match=r"gray\.npz: grayscale images for a colour model"):
         load_npz(str(tmp_path / "gray.npz"), color)

@@ -467,14 +467,20 @@ def test_a_misspelt_device_name_is_one_note(env, tmp_path, capsys):
 
     from dvt_runtime.bundle import Bundle
 
+    class Opened:  # a bundle with no calibration for this host
+        def calibration_path(self, name):
+            return bundle / "calibration" / "no-such-device.json"
+
+    opened = Opened()
+
     def noisy_open(*a, **k):  # a library's deprecation while the backend loads is not the app's note
         warnings.warn("old API", DeprecationWarning, stacklevel=2)
-        return "bundle"
+        return opened
 
     with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings(record=True) as passed_on:
         warnings.simplefilter("always")
         mp.setattr(Bundle, "open", noisy_open)
-        assert open_bundle(SimpleNamespace(bundle=str(bundle), threads=1, providers=None, device_name=None)) == "bundle"
+        assert open_bundle(SimpleNamespace(bundle=str(bundle), threads=1, providers=None, device_name=None)) is opened
     assert "old API" not in capsys.readouterr().err and [str(w.message) for w in passed_on] == ["old API"]
 
 

@@ -441,7 +441,8 @@ def format_result(r: Calibration) -> str:
     st = r.profile["stages"]
     lines.append("stage latency (ms): " + ", ".join(f"exit {i + 1} p50 {s['median']:.3f} p90 {s['p90']:.3f}" for i, s in enumerate(st)))
     exact = ",".join("-" if t is None else repr(float(t)) for t in c.thresholds[:-1])  # rounded, an image at the edge changed exit
-    lines.append(f"thresholds of exits 1-{len(c.thresholds) - 1} (exact, as --thresholds; '-' never stops there): {exact}")
+    which = "exit 1" if len(c.thresholds) == 2 else f"exits 1-{len(c.thresholds) - 1}"  # a calibrated bundle has 2 or more
+    lines.append(f"thresholds of {which} (exact, as --thresholds; '-' never stops there): {exact}")
     lines.append(f"{'':>10} {'accuracy %':>10} {'mean ms':>9} {'p90 ms':>8}  exits taken %")
     fr = lambda f: " / ".join(f"{100 * v:.0f}" for v in f)
     lines.append(f"{'predicted':>10} {p['accuracy']:>10.2f} {p['mean_ms']:>9.3f} {p['p90_ms'] if p['p90_ms'] is not None else float('nan'):>8.3f}  {fr(p['exit_fractions'])}")

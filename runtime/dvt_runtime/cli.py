@@ -29,7 +29,9 @@ def dispatch(commands: dict[str, tuple[str, str]], usage_text: str, argv: Option
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name not in commands and name in (elsewhere or {}):
-        print(f"{prog}: {name} is a command of {elsewhere[name]}: {elsewhere[name]} {' '.join([name, *rest])}", file=sys.stderr)
+        import shlex
+
+        print(f"{prog}: {name} is a command of {elsewhere[name]}: {elsewhere[name]} {shlex.join([name, *rest])}", file=sys.stderr)
         return 2
     if name not in commands:
         import difflib

@@ -106,6 +106,25 @@ def this_host() -> str:
     return _safe(socket.gethostname) or _safe(platform.node) or "localhost"
 
 
+def open_here(path, device_name: Optional[str] = None, **kw):
+    """``Bundle.open`` with ``device_name``'s calibration or, by default, this host's when it has one. A defaulted name
+    never stops the bundle from opening: this host's file made for other artifacts (kept by ``export --force``) is a
+    warning, and another device's files are not suggested (the host is not that device)."""
+    from dvt_runtime.bundle import Bundle
+
+    if device_name is not None:
+        return Bundle.open(path, device_name=device_name, **kw)
+    bundle = Bundle.open(path, **kw)
+    host = this_host()
+    if bundle.calibration_path(host).exists():
+        try:
+            bundle.use_calibration(host)
+            bundle.device_name = host
+        except (ValueError, OSError) as e:  # CalibrationError: stale, another batch, malformed
+            warnings.warn(f"this host's calibration is not used ({e}); running without it", stacklevel=2)
+    return bundle
+
+
 def device_facts(threads: Optional[int] = None, backend: Optional[str] = None) -> dict[str, Any]:
     """Facts about this machine that explain its latencies; unreadable facts are None."""
     from dvt_runtime import __version__

@@ -66,11 +66,12 @@ def load_npz(path: str, preprocess: Optional[Preprocess] = None, classes: Option
     if x.dtype == np.uint8 and x.ndim in (3, 4):  # raw pixels: the bundle's own preprocessing
         if preprocess is None:
             raise CalibrationError(f"{p}: uint8 pixels need the bundle's preprocessing: load_npz(path, bundle.manifest.preprocess)")
-        _say_foreign_pixels(x, preprocess, p)
         try:
-            return preprocess.apply_batch(bgr_pixels(z, x, p, CalibrationError)), y
+            out = preprocess.apply_batch(bgr_pixels(z, x, p, CalibrationError))
         except ValueError as e:  # InputError: a shape that is no image
             raise CalibrationError(f"{p}: {e}") from None
+        _say_foreign_pixels(x, preprocess, p)  # images, now known: whose images?
+        return out, y
     want = "" if preprocess is None else f" of shape (N, {', '.join(map(str, preprocess.input_shape))})"
     if x.dtype != np.float32 or x.ndim != 4 or (preprocess is not None and x.shape[1:] != preprocess.input_shape):
         raise CalibrationError(f"{p}: images must be preprocessed float32 (N, C, H, W){want} or uint8 pixels (N, H, W[, C]); got "
@@ -103,7 +104,7 @@ def _say_foreign_pixels(x: np.ndarray, preprocess: Preprocess, p: Path) -> None:
     images for a 224 px model), or grayscale for a colour model. They are still used: the bundle preprocesses them."""
     h, w = x.shape[1:3]
     gray = x.ndim == 3 or x.shape[3] == 1
-    if 2 * min(h, w) <= preprocess.resize:
+    if 0 < 2 * min(h, w) <= preprocess.resize:
         warnings.warn(f"{p}: the images are {h}x{w}, this bundle resizes them to {preprocess.resize} px ({preprocess.resize / min(h, w):.1f}x "
                       "upscaled): another data set's images? calibrate on images like the ones the device will see", stacklevel=3)
     if gray and preprocess.channels != "gray":

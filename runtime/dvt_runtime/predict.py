@@ -26,7 +26,7 @@ import numpy as np
 
 from dvt_runtime.backends import BackendUnavailable
 from dvt_runtime.checks import check_thresholds, parse_thresholds, positive_ms
-from dvt_runtime.device import profiled_here, this_host
+from dvt_runtime.device import open_here, profiled_here, this_host
 from dvt_runtime.images import IMAGE_EXTS, ImageError, cv2_or_fail, read_image
 from dvt_runtime.io import atomic_write_json, check_out_path, progress
 from dvt_runtime.stats import sample_stats
@@ -156,7 +156,8 @@ def _check_mode(bundle, args: argparse.Namespace) -> None:
     b = args.bundle
     if args.budget_ms is not None and bundle.calibration is None:
         name = f" --device-name {args.device_name}" if args.device_name else ""
-        raise ValueError(f"--budget-ms needs a calibration of this device (there is no {bundle.calibration_path(bundle.device_name)}): "
+        raise ValueError(f"--budget-ms needs a calibration of this device (none usable at "
+                         f"{bundle.calibration_path(bundle.device_name or this_host())}): "
                          f"dvt-runtime calibrate --bundle {b} --data VAL.npz --budget-ms {args.budget_ms:g}{name} (or pass --device-name "
                          "NAME here, if it was made under another name)")
     if args.deadline_ms is not None and bundle.stage_p90_ms is None:
@@ -167,7 +168,6 @@ def _check_mode(bundle, args: argparse.Namespace) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        from dvt_runtime.bundle import Bundle
         from dvt_runtime.latency import load_profile_arg
 
         if args.profile and args.deadline_ms is None:
@@ -180,7 +180,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         files = image_files(args.images)
         cv2_or_fail()  # once, not "unreadable" for every file
         providers = [p.strip() for p in args.providers.split(",")] if args.providers else None
-        bundle = Bundle.open(args.bundle, threads=args.threads, providers=providers, device_name=args.device_name or this_host())
+        bundle = open_here(args.bundle, args.device_name, threads=args.threads, providers=providers)
         if args.profile:
             prof = load_profile_arg(args.profile)
             bundle.use_profile(prof)

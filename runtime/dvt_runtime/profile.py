@@ -390,7 +390,7 @@ def _check_etdump_files(files: Sequence[str], manifest: Optional[Manifest], bund
                            "--bundle of the ExecuTorch bundle (.pte) the device ran, or time this bundle on the device and "
                            "import a --csv or --json")
     nums = [re.search(r"exit[_-]?(\d+)", Path(f).name, re.IGNORECASE) for f in files]
-    if all(nums) and [int(m.group(1)) for m in nums] != list(range(1, len(files) + 1)):
+    if all(nums) and any(int(a.group(1)) >= int(b.group(1)) for a, b in zip(nums, nums[1:])):  # exit0.. and gaps are fine
         order = sorted(files, key=lambda f: int(re.search(r"exit[_-]?(\d+)", Path(f).name, re.IGNORECASE).group(1)))
         raise ProfileError(f"--etdump files are read in exit order (exit 1 first), but their names say otherwise: "
                            f"{' '.join(map(str, files))}; pass them as {' '.join(map(str, order))}")
