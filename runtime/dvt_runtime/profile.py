@@ -389,9 +389,10 @@ def _check_etdump_files(files: Sequence[str], manifest: Optional[Manifest], bund
         raise ProfileError(f"ETDump files are ExecuTorch traces, but bundle {bundle} runs on {manifest.backend}: import them with "
                            "--bundle of the ExecuTorch bundle (.pte) the device ran, or time this bundle on the device and "
                            "import a --csv or --json")
-    nums = [re.search(r"exit[_-]?(\d+)", Path(f).name, re.IGNORECASE) for f in files]
-    if all(nums) and any(int(a.group(1)) >= int(b.group(1)) for a, b in zip(nums, nums[1:])):  # exit0.. and gaps are fine
-        order = sorted(files, key=lambda f: int(re.search(r"exit[_-]?(\d+)", Path(f).name, re.IGNORECASE).group(1)))
+    found = [re.search(r"exit[_-]?(\d+)", Path(f).name, re.IGNORECASE) for f in files]
+    nums = [int(m.group(1)) for m in found if m]
+    if len(nums) == len(files) and any(a >= b for a, b in zip(nums, nums[1:])):  # exit0.. and gaps are fine
+        order = [f for _, f in sorted(zip(nums, files), key=lambda t: t[0])]
         raise ProfileError(f"--etdump files are read in exit order (exit 1 first), but their names say otherwise: "
                            f"{' '.join(map(str, files))}; pass them as {' '.join(map(str, order))}")
 
@@ -409,8 +410,8 @@ def _record_threads(prof: LatencyProfile, threads: Optional[int]) -> None:
 
 def _check_plausible(prof: LatencyProfile, manifest: Manifest) -> None:
     """A note for stages faster than any device runs them (seconds read as milliseconds, most likely)."""
-    fast = [(i + 1, e.stage_gflops / st["median"]) for i, (e, st) in enumerate(zip(manifest.exits, prof.stages))
-            if st["median"] > 0 and e.stage_gflops / st["median"] * 1e3 > MAX_PLAUSIBLE_GMACS]
+    rates = [e.stage_gflops / st["median"] if st["median"] > 0 else 0.0 for e, st in zip(manifest.exits, prof.stages)]  # TMAC/s
+    fast = [(k + 1, g) for k, g in enumerate(rates) if g * 1e3 > MAX_PLAUSIBLE_GMACS]
     if fast:
         said = ", ".join(f"stage {k}: {g:.0f} TMAC/s" for k, g in fast)
         print(f"note: {said} (its GMACs over its median time) is faster than any device runs one image: the values are read as "
