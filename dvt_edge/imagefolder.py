@@ -1,8 +1,9 @@
 """Image folders (spec ``imagefolder:PATH``): ``ROOT/<split>/<class>/*`` decoded once with OpenCV,
-unreadable and truncated files skipped, and a seeded holdout of ``train/`` when there is no ``val/``."""
+unreadable, truncated and corrupt files skipped (counted by kind), and a seeded holdout of ``train/`` when there is no ``val/``."""
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import warnings
 from pathlib import Path
@@ -10,7 +11,8 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from dvt_edge.imageset import DataError, ImageSet, default_preprocess, display_classes, read_image, stratified_subset
+from dvt_edge.imageset import DataError, ImageSet, default_preprocess, display_classes, stratified_subset
+from dvt_runtime import images as _images
 from dvt_runtime.images import IMAGE_EXTS
 from dvt_runtime.io import progress
 from dvt_runtime.preprocess import Preprocess
@@ -87,7 +89,7 @@ def _sample_look(sp: _Split, split: str) -> tuple[bool, int]:
     key = (sp.key, split)
     if key not in _LOOKS:
         pick = sp.idx[stratified_subset(sp.labels[sp.idx], min(LOOK_SAMPLE, len(sp.idx)), 0)]
-        imgs = [im for i in pick if (im := _try_read(sp.files[i])) is not None]
+        imgs = [im for i in pick if (im := _try_read(sp.files[i])[0]) is not None]
         _LOOKS[key] = (any(im.ndim == 3 and im.shape[2] >= 3 for im in imgs),
                        int(np.median([min(im.shape[:2]) for im in imgs])) if imgs else 0)
     return _LOOKS[key]
@@ -181,12 +183,14 @@ def _decode(sub: Path, classes: list[str], files: list[Path], labels: np.ndarray
     """Decode the chosen files of ``sub/<class>/`` -> (uint8 array or paths, labels, skipped, paths,
     (any image in color, the median image's shorter side))."""
     decoded, keep, kept_paths, skipped = [], [], [], []
+    kinds: collections.Counter[str] = collections.Counter()  # why files were skipped: unreadable, truncated, corrupt
     shapes: set[tuple[int, ...]] = set()
     in_memory, nbytes, color, sides = True, 0, False, []
     for p, y in zip(progress(files, desc=f"decode {sub}", unit="img", enabled=len(files) > 2000), labels.tolist()):
-        img = _try_read(p)
+        img, why = _try_read(p)
         if img is None:
             skipped.append(str(p))
+            kinds[why] += 1
             continue
         keep.append(y)
         kept_paths.append(str(p))
@@ -198,7 +202,7 @@ def _decode(sub: Path, classes: list[str], files: list[Path], labels: np.ndarray
             nbytes += img.nbytes
             if len(shapes) > 1 or nbytes > 2e9:  # mixed sizes, or too large: paths, decoded again on access
                 in_memory, decoded = False, []
-    _check_classes(sub, classes, labels, keep, skipped, split, limited)
+    _check_classes(sub, classes, labels, keep, skipped, split, limited, kinds)
     images: object = np.stack(decoded) if in_memory and decoded else kept_paths  # (N, H, W[, C]) uint8, or paths
     labels_kept = np.array(keep, dtype=np.int64)
     for a in (images, labels_kept):  # shared by every ImageSet the cache serves: read-only
@@ -226,7 +230,7 @@ def _list_class_folders(sub: Path, classes: list[str]) -> tuple[list[Path], np.n
 
 
 def _check_classes(sub: Path, classes: list[str], chosen: np.ndarray, keep: list[int], skipped: list[str], split: str,
-                   limited: bool) -> None:
+                   limited: bool, kinds: collections.Counter[str]) -> None:
     """Refuse a training split with a class none of whose chosen files can be read, or (the whole folder) an empty
     class; warn about skipped files, and about the same in other splits. A subset of the listing (``limited``: a
     limit, or a holdout's side) need not hold every class."""
@@ -241,12 +245,14 @@ def _check_classes(sub: Path, classes: list[str], chosen: np.ndarray, keep: list
     if empty:
         warnings.warn(f"imagefolder: {what}" if limited else f"imagefolder: {sub} has no images for class(es) {empty}", stacklevel=4)
     if skipped:
-        warnings.warn(f"imagefolder: skipped {len(skipped)} unreadable or truncated image(s) in {sub}, e.g. {skipped[:3]}", stacklevel=4)
+        why = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+        warnings.warn(f"imagefolder: skipped {len(skipped)} image(s) in {sub} ({why}; none trained on), e.g. {skipped[:3]}", stacklevel=4)
 
 
-def _try_read(p: Path) -> Optional[np.ndarray]:
-    """Decoded uint8 pixels, or None for a file that cannot be read or fully decoded (truncated JPEGs included)."""
+def _try_read(p: Path) -> tuple[Optional[np.ndarray], str]:
+    """(decoded uint8 pixels, "") or, for a file that cannot be read or fully decoded, (None, why): unreadable,
+    truncated (a JPEG cut short) or corrupt (a JPEG whose coded data libjpeg finds damaged)."""
     try:
-        return read_image(p)
-    except DataError:
-        return None
+        return _images.read_image(p, strict=True), ""
+    except _images.ImageError as e:
+        return None, e.kind

@@ -186,17 +186,18 @@ def default_preprocess(in_chans: int, img_size: int) -> Preprocess:
 
 
 def decode_image(data: np.ndarray, what: str) -> np.ndarray:
-    """:func:`dvt_runtime.images.decode_image` (the one decoder, training and device alike), its errors DataErrors."""
+    """:func:`dvt_runtime.images.decode_image` (the one decoder, training and device alike), strict (a corrupt
+    JPEG is refused, not trained on), its errors DataErrors."""
     try:
-        return _images.decode_image(data, what)
+        return _images.decode_image(data, what, strict=True)
     except _images.ImageError as e:
         raise DataError(str(e)) from None
 
 
 def read_image(path) -> np.ndarray:
-    """:func:`dvt_runtime.images.read_image`, its errors DataErrors."""
+    """:func:`dvt_runtime.images.read_image`, strict (a corrupt JPEG is refused), its errors DataErrors."""
     try:
-        return _images.read_image(path)
+        return _images.read_image(path, strict=True)
     except _images.ImageError as e:
         raise DataError(str(e)) from None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import sys
 import warnings
 
 import cv2
@@ -12,6 +13,7 @@ import pytest
 from dvt_edge.data import DataError, load_dataset
 from dvt_edge.imageset import decode_image, jpeg_end, read_image
 from dvt_edge.npzdata import write_jpeg_pack
+from dvt_runtime import images
 
 RNG = np.random.default_rng(0)
 IMG = RNG.integers(0, 256, (24, 40, 3), dtype=np.uint8)
@@ -105,3 +107,66 @@ def test_a_jpeg_pack_with_a_cut_image_is_refused(tmp_path):
     np.savez(tmp_path / "cut.npz", **arrays)
     with pytest.raises(DataError, match=r"image 2 of the JPEG pack is a truncated or broken JPEG"):
         load_dataset(f"npz:{tmp_path / 'cut.npz'}", "val")
+
+
+def _damaged(data: bytes, scan: int = 0) -> bytes:
+    """``data`` with 30 bytes of scan ``scan``'s coded data scrambled (no FF made: the structure stays whole)."""
+    c, sos = bytearray(data), -1
+    for _ in range(scan + 1):
+        sos = c.index(b"\xff\xda", sos + 1)
+    start = sos + 2 + ((c[sos + 2] << 8) | c[sos + 3])
+    for i in range(start + 10, start + 40):
+        c[i] = (c[i] * 7 + 13) & 0x7F
+    return bytes(c)
+
+
+@pytest.mark.parametrize("name,scan", [("baseline", 0), ("gray", 0), ("restart markers", 0), ("progressive", 1)])
+def test_a_jpeg_whose_coded_data_is_corrupt_is_refused_for_training(name, scan):
+    """OpenCV decodes such a file to wrong pixels and only prints libjpeg's warning: it was trained on."""
+    data = _variants()[name]
+    bad = _damaged(data, scan)
+    assert jpeg_end(bad) == len(bad)  # whole, as far as the structure goes
+    wrong = cv2.imdecode(np.frombuffer(bad, np.uint8), cv2.IMREAD_ANYCOLOR)
+    right = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYCOLOR)
+    assert wrong is not None and np.abs(wrong.astype(int) - right).mean() > 5
+    with pytest.raises(DataError, match=r"bad\.jpg has corrupt JPEG data \(libjpeg: 'Corrupt JPEG data: .*wrong pixels.*download it again"):
+        decode_image(np.frombuffer(bad, np.uint8), "bad.jpg")
+    np.testing.assert_array_equal(images.decode_image(np.frombuffer(bad, np.uint8), "x"), wrong)  # the device's predict: as OpenCV
+
+
+def test_stray_bytes_between_header_segments_are_not_damage():
+    """libjpeg warns about them too ('extraneous bytes before marker 0xdb') but skips them: the pixels are right."""
+    data = _variants()["stray bytes"]
+    assert images._libjpeg_complaint(data) and images.jpeg_corruption(data) is None
+    assert images.jpeg_corruption(_damaged(data)) is not None  # the same file with damaged coded data still is
+
+
+def test_corrupt_and_truncated_files_are_skipped_and_counted_by_kind(tmp_path):
+    jpg = _variants()["baseline"]
+    _folder(tmp_path, {"bad.jpg": _damaged(jpg), "cut.jpg": jpg[: len(jpg) // 2], "junk.jpg": b"not an image at all"})
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        ds = load_dataset(f"imagefolder:{tmp_path}", "val")
+    msgs = " | ".join(str(x.message) for x in w)
+    assert "skipped 3 image(s)" in msgs and "(1 corrupt, 1 truncated, 1 unreadable; none trained on)" in msgs, msgs
+    assert len(ds) == 8 and not any(f.endswith(("bad.jpg", "cut.jpg", "junk.jpg")) for f in ds.files)
+
+
+def test_a_jpeg_pack_with_a_corrupt_image_is_refused(tmp_path):
+    _folder(tmp_path / "f", {})
+    pack = write_jpeg_pack(load_dataset(f"imagefolder:{tmp_path / 'f'}", "val"), tmp_path / "p.npz", split="val")
+    with np.load(pack) as z:
+        arrays = {k: z[k] for k in z.files}
+    start, stop = int(arrays["offsets"][2]), int(arrays["offsets"][3])
+    arrays["jpeg"] = arrays["jpeg"].copy()
+    arrays["jpeg"][start:stop] = np.frombuffer(_damaged(arrays["jpeg"][start:stop].tobytes()), np.uint8)
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(DataError, match=r"image 2 of the JPEG pack has corrupt JPEG data"):
+        load_dataset(f"npz:{tmp_path / 'bad.npz'}", "val")
+
+
+def test_without_simplejpeg_the_strict_check_names_the_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "simplejpeg", None)  # import fails
+    with pytest.raises(DataError, match=r"needs simplejpeg: pip install simplejpeg"):
+        decode_image(np.frombuffer(_variants()["baseline"], np.uint8), "x.jpg")
+    images.decode_image(np.frombuffer(_variants()["baseline"], np.uint8), "x.jpg")  # not strict: not needed

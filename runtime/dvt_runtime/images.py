@@ -3,6 +3,8 @@
 One decoder for training data (``dvt_edge``'s image folders and JPEG packs) and for the device
 (``dvt-runtime predict``): gray stays gray, colour is BGR, 16-bit images are scaled to 8 bits, alpha is
 dropped, the EXIF orientation is applied, and a truncated JPEG is an error instead of a part-blank image.
+Training data is read ``strict``: a JPEG whose coded data libjpeg finds corrupt is an error too (OpenCV decodes
+it to wrong pixels and only prints libjpeg's warning).
 """
 
 from __future__ import annotations
@@ -14,13 +16,28 @@ import numpy as np
 
 from dvt_runtime.checks import InputError
 
-__all__ = ["IMAGE_EXTS", "IMREAD_FLAGS", "ImageError", "cv2_or_fail", "decode_image", "jpeg_end", "read_image", "to_uint8"]
+__all__ = ["IMAGE_EXTS", "IMREAD_FLAGS", "CorruptImage", "ImageError", "TruncatedImage", "cv2_or_fail", "decode_image", "jpeg_corruption",
+           "jpeg_end", "read_image", "to_uint8"]
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})  # what image folders hold (by suffix, any case)
 
 
 class ImageError(InputError):
     """An image file that cannot be read or decoded (or is truncated); the message names it and what to do."""
+
+    kind = "unreadable"
+
+
+class TruncatedImage(ImageError):
+    """A JPEG that ends, or whose structure breaks, before its end-of-image marker."""
+
+    kind = "truncated"
+
+
+class CorruptImage(ImageError):
+    """A whole-looking JPEG whose coded data libjpeg finds corrupt (it decodes, to wrong pixels)."""
+
+    kind = "corrupt"
 
 
 def cv2_or_fail():
@@ -82,18 +99,78 @@ def jpeg_end(data: bytes) -> Optional[int]:
                 pos += 2
 
 
-def decode_image(data: np.ndarray, what: str) -> np.ndarray:
+#: the starts of libjpeg's complaints that mean a JPEG's data is damaged: its warnings (jerror.h: JWRN_EXTRANEOUS_DATA,
+#: JWRN_HIT_MARKER, JWRN_HUFF_BAD_CODE, JWRN_MUST_RESYNC, JWRN_JPEG_EOF), which OpenCV only prints, and the errors that
+#: OpenCV may still return part of an image for (a later scan's bad Huffman table); not an unknown JFIF revision, not an
+#: unsupported feature (OpenCV's own decode judges those)
+JPEG_DAMAGE = ("Corrupt JPEG data", "Premature end of JPEG file", "Bogus", "Huffman table", "Quantization table", "Invalid",
+               "DCT coefficient out of range", "Didn't expect more than one scan", "Unsupported marker type")
+
+
+def _libjpeg_complaint(data: bytes) -> Optional[str]:
+    """What libjpeg (through simplejpeg, strict) says of decoding ``data``: a warning or an error, or None."""
+    try:
+        import simplejpeg
+    except ImportError:
+        raise ImageError("checking JPEGs for corrupt data needs simplejpeg: pip install simplejpeg") from None
+    try:  # gray, fast IDCT: every component's coded data is still read, the colour work skipped
+        simplejpeg.decode_jpeg(data, colorspace="GRAY", fastdct=True, fastupsample=True, strict=True)
+    except Exception as e:  # noqa: BLE001 - simplejpeg raises ValueError for warnings, others for errors
+        return str(e).strip() or type(e).__name__
+    return None
+
+
+def _without_stray_header_bytes(data: bytes) -> bytes:
+    """``data`` with the stray bytes between its header segments (before the first scan) left out."""
+    out, n, pos = [data[:2]], len(data), 2  # SOI
+    while pos < n:
+        pos = data.find(b"\xff", pos)
+        if pos < 0:
+            break
+        start = pos
+        while pos < n and data[pos] == 0xFF:
+            pos += 1
+        if pos >= n:
+            break
+        code, pos = data[pos], pos + 1
+        if code == 0xDA or code == 0xD9:  # the first scan (or the end): the rest as it is
+            out.append(data[start:])
+            break
+        if code in (0x00, 0x01) or 0xD0 <= code <= 0xD7 or pos + 2 > n:  # stray: left out
+            continue
+        pos += (data[pos] << 8) | data[pos + 1]
+        out.append(data[start:pos])
+    return b"".join(out)
+
+
+def jpeg_corruption(data: bytes) -> Optional[str]:
+    """libjpeg's complaint when a JPEG's data is damaged ('Corrupt JPEG data: bad Huffman code', '... N
+    extraneous bytes before marker 0xd9'), or None when libjpeg finds nothing wrong. Stray bytes between header
+    segments are not damage (libjpeg skips them; the pixels are right); bytes left over after a scan are. Needs
+    simplejpeg (dvt-edge installs it): OpenCV only prints libjpeg's warnings."""
+    said = _libjpeg_complaint(data)
+    if said and said.startswith("Corrupt JPEG data") and "extraneous bytes" in said:
+        clean = _without_stray_header_bytes(data)
+        said = _libjpeg_complaint(clean) if len(clean) < len(data) else said
+    return said if said and said.startswith(JPEG_DAMAGE) else None
+
+
+def decode_image(data: np.ndarray, what: str, strict: bool = False) -> np.ndarray:
     """Encoded image bytes (uint8) -> uint8 pixels (BGR or gray) as OpenCV decodes them; a JPEG (known by
-    its first bytes, whatever its name) must be whole. ``what`` names the image in the error."""
+    its first bytes, whatever its name) must be whole, and with ``strict`` its coded data free of what libjpeg
+    calls corrupt (:func:`jpeg_corruption`). ``what`` names the image in the error."""
     cv2 = cv2_or_fail()
     if data.size == 0:
         raise ImageError(f"{what} is empty (0 bytes)")
     if data[:3].tobytes() == b"\xff\xd8\xff":
         end = jpeg_end(data.tobytes())
         if end is None:
-            raise ImageError(f"{what} is a truncated or broken JPEG (it ends, or its structure breaks, before its end-of-image "
+            raise TruncatedImage(f"{what} is a truncated or broken JPEG (it ends, or its structure breaks, before its end-of-image "
                             "marker): copy or download it again, or re-save it from its source")
         data = data[:end]  # what follows the image (a motion photo's video) is not decoded
+        if strict and (warning := jpeg_corruption(data.tobytes())):
+            raise CorruptImage(f"{what} has corrupt JPEG data (libjpeg: {warning!r}): it decodes to wrong pixels; copy or "
+                               "download it again, or re-save it from its source")
     try:
         img = cv2.imdecode(data, IMREAD_FLAGS)
     except cv2.error:
@@ -103,11 +180,12 @@ def decode_image(data: np.ndarray, what: str) -> np.ndarray:
     return to_uint8(img)
 
 
-def read_image(path: Union[str, Path]) -> np.ndarray:
+def read_image(path: Union[str, Path], strict: bool = False) -> np.ndarray:
     """An image file's uint8 pixels (BGR or gray) as OpenCV decodes them (EXIF orientation applied);
-    a truncated JPEG is an error, bytes after a JPEG's end (a motion photo's video) are ignored."""
+    a truncated JPEG is an error (with ``strict``, a corrupt one too), bytes after a JPEG's end (a motion
+    photo's video) are ignored."""
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as e:
         raise ImageError(f"cannot read image {path}: {e.strerror or e}") from None
-    return decode_image(data, f"image {path}")
+    return decode_image(data, f"image {path}", strict)
