@@ -195,3 +195,21 @@ def test_this_hosts_calibration_is_used_without_device_name(bundle_for_calibrati
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert main(["--bundle", str(bundle_for_calibration), str(photos / "sub" / "0"), "--no-progress"]) == 0
+
+
+def test_a_corrupt_jpeg_is_listed_not_answered_where_libjpeg_can_be_asked(onnx_bundle, photos, tmp_path, monkeypatch):
+    """OpenCV decodes a JPEG with damaged coded data to wrong pixels: with simplejpeg installed (the opencv extra)
+    predict lists it as it lists a truncated one; without, it answers it, as before."""
+    from tests.test_jpeg import _damaged
+
+    good = cv2.imread(str(photos / "sub" / "0" / "00.png"), cv2.IMREAD_UNCHANGED)
+    jpg = cv2.imencode(".jpg", cv2.resize(good, (96, 96)))[1].tobytes()
+    (tmp_path / "ok.jpg").write_bytes(jpg)
+    (tmp_path / "bad.jpg").write_bytes(_damaged(jpg))
+    out = tmp_path / "p.json"
+    assert main(["--bundle", str(onnx_bundle), str(tmp_path / "ok.jpg"), str(tmp_path / "bad.jpg"), "--out", str(out), "--no-progress"]) == 1
+    r = json.loads(out.read_text())
+    assert [row["file"] for row in r["images"]] == [str(tmp_path / "ok.jpg")]
+    assert [u["file"] for u in r["unreadable"]] == [str(tmp_path / "bad.jpg")] and "has corrupt JPEG data" in r["unreadable"][0]["error"]
+    monkeypatch.setattr("dvt_runtime.predict.can_check_jpegs", lambda: False)
+    assert main(["--bundle", str(onnx_bundle), str(tmp_path / "bad.jpg"), "--out", str(out), "--no-progress"]) == 0

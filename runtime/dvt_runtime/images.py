@@ -9,6 +9,7 @@ it to wrong pixels and only prints libjpeg's warning).
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Optional, Union
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from dvt_runtime.checks import InputError
 
-__all__ = ["IMAGE_EXTS", "IMREAD_FLAGS", "CorruptImage", "ImageError", "TruncatedImage", "cv2_or_fail", "decode_image", "jpeg_corruption",
+__all__ = ["IMAGE_EXTS", "IMREAD_FLAGS", "CorruptImage", "ImageError", "TruncatedImage", "can_check_jpegs", "cv2_or_fail", "decode_image", "jpeg_corruption",
            "jpeg_end", "read_image", "to_uint8"]
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})  # what image folders hold (by suffix, any case)
@@ -105,6 +106,11 @@ def jpeg_end(data: bytes) -> Optional[int]:
 #: unsupported feature (OpenCV's own decode judges those)
 JPEG_DAMAGE = ("Corrupt JPEG data", "Premature end of JPEG file", "Bogus", "Huffman table", "Quantization table", "Invalid",
                "DCT coefficient out of range", "Didn't expect more than one scan", "Unsupported marker type")
+
+
+def can_check_jpegs() -> bool:
+    """Whether :func:`jpeg_corruption` can run here (simplejpeg is installed: dvt-edge and ``dvt-runtime[opencv]`` install it)."""
+    return importlib.util.find_spec("simplejpeg") is not None
 
 
 def _libjpeg_complaint(data: bytes) -> Optional[str]:

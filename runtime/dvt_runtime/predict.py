@@ -8,8 +8,8 @@ Per image: the class, its confidence, the exit that answered, and the millisecon
 (preprocessing timed apart, after one untimed run of every stage); then how many images each exit
 answered and the latency percentiles.
 Folders are read recursively (``.jpg .jpeg .png .bmp .webp``), decoded as training decoded them
-(``dvt_runtime.images``). An unreadable image is listed and makes the exit code 1; the others are
-still answered. Bad arguments and bundles: exit code 2.
+(``dvt_runtime.images``). An unreadable image (a truncated JPEG, or with simplejpeg installed one
+whose coded data libjpeg finds corrupt) is listed and makes the exit code 1; the others are still answered. Bad arguments and bundles: exit code 2.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 from dvt_runtime.backends import BackendUnavailable
 from dvt_runtime.checks import check_thresholds, parse_thresholds, positive_ms
 from dvt_runtime.device import open_here, profiled_here, this_host
-from dvt_runtime.images import IMAGE_EXTS, ImageError, cv2_or_fail, read_image
+from dvt_runtime.images import IMAGE_EXTS, ImageError, can_check_jpegs, cv2_or_fail, read_image
 from dvt_runtime.io import atomic_write_json, check_out_path, progress
 from dvt_runtime.stats import sample_stats
 
@@ -84,9 +84,10 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
                   deadline_ms: Optional[float] = None, show_progress: bool = True) -> dict:
     """Every file through ``bundle.predict`` one at a time, as a camera would feed it: the versioned result dict."""
     rows, unreadable, pre_ms = [], [], []
+    strict = can_check_jpegs()  # a JPEG libjpeg finds corrupt decodes to wrong pixels: listed, not answered
     for f in progress(files, desc="predict", unit="image", enabled=show_progress):
         try:
-            img = read_image(f)
+            img = read_image(f, strict=strict)
         except ImageError as e:
             unreadable.append({"file": str(f), "error": str(e)})
             continue
