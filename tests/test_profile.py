@@ -16,8 +16,10 @@ import pytest
 
 from dvt_runtime.backends import BackendUnavailable
 from dvt_runtime.bundle import Bundle, InputError
+from dvt_runtime.manifest import Manifest
 from dvt_runtime.profile import (
     DRIFT_THRESHOLD,
+    MAX_PLAUSIBLE_GMACS,
     SCHEMA,
     SCHEMA_VERSION,
     LatencyProfile,
@@ -621,8 +623,15 @@ def test_import_records_the_thread_count_and_refuses_what_cannot_be_this_bundles
     secs = write(tmp_path / "s.csv", "stage1_ms,stage2_ms,stage3_ms\n" + "1e-6,2e-6,3e-6\n" * 30)
     assert main(["import", "--csv", str(secs), "--out", str(out), "--bundle", str(bundle_dir), "--threads", "1"]) == 0
     assert "faster than any device runs one image" in capsys.readouterr().err
+    # a small model's seconds (1 to 1.5 ms written as 0.001 to 0.0015) pass the rate check, not the floor
+    tiny = write(tmp_path / "t.csv", "stage1_ms,stage2_ms,stage3_ms\n" + "1e-3,1.2e-3,1.5e-3\n" * 30)
+    assert max(e.stage_gflops for e in Manifest.load(bundle_dir).exits) / 1e-3 * 1e3 < MAX_PLAUSIBLE_GMACS
+    assert main(["import", "--csv", str(tiny), "--out", str(out), "--bundle", str(bundle_dir), "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "stage 1: a median of 0.001 ms is less than any runtime takes to call a model" in err and "multiply them by 1000" in err
     assert main(["import", "--csv", str(csv_path), "--out", str(out), "--bundle", str(bundle_dir), "--threads", "1"]) == 0
-    assert "faster than any device" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "faster than any device" not in err and "less than any runtime" not in err
 
 
 # --------------------------------------------------------------------------------------

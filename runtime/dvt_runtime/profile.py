@@ -380,6 +380,8 @@ def _import(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
 
 #: more multiply-accumulates per second than any device runs one image at (50 TFLOP/s): seconds read as milliseconds
 MAX_PLAUSIBLE_GMACS = 25_000.0
+#: a stage call takes microseconds on any runtime, whatever the model's size (a tiny model's seconds pass the rate check)
+MIN_PLAUSIBLE_MS = 0.002
 
 
 def _check_etdump_files(files: Sequence[str], manifest: Optional[Manifest], bundle: Optional[str]) -> None:
@@ -409,13 +411,17 @@ def _record_threads(prof: LatencyProfile, threads: Optional[int]) -> None:
 
 
 def _check_plausible(prof: LatencyProfile, manifest: Manifest) -> None:
-    """A note for stages faster than any device runs them (seconds read as milliseconds, most likely)."""
-    rates = [e.stage_gflops / st["median"] if st["median"] > 0 else 0.0 for e, st in zip(manifest.exits, prof.stages)]  # TMAC/s
-    fast = [(k + 1, g) for k, g in enumerate(rates) if g * 1e3 > MAX_PLAUSIBLE_GMACS]
-    if fast:
-        said = ", ".join(f"stage {k}: {g:.0f} TMAC/s" for k, g in fast)
-        print(f"note: {said} (its GMACs over its median time) is faster than any device runs one image: the values are read as "
-              "milliseconds; if they are seconds, multiply them by 1000", file=sys.stderr)
+    """A note for stages faster than any device runs them (seconds read as milliseconds, most likely): more MACs per
+    second than ``MAX_PLAUSIBLE_GMACS``, or, for a model too small for that to show, a median under ``MIN_PLAUSIBLE_MS``."""
+    said = []
+    for k, (e, st) in enumerate(zip(manifest.exits, prof.stages), start=1):
+        rate = e.stage_gflops / st["median"] if st["median"] > 0 else 0.0  # TMAC/s
+        if rate * 1e3 > MAX_PLAUSIBLE_GMACS:
+            said.append(f"stage {k}: {rate:.0f} TMAC/s (its GMACs over its median time) is faster than any device runs one image")
+        elif 0 < st["median"] < MIN_PLAUSIBLE_MS:
+            said.append(f"stage {k}: a median of {st['median']:.3g} ms is less than any runtime takes to call a model")
+    if said:
+        print(f"note: {'; '.join(said)}: the values are read as milliseconds; if they are seconds, multiply them by 1000", file=sys.stderr)
 
 
 ETDUMP_RUNS, ETDUMP_RUNS_SCHEMA = "etdump_runs.json", "dvt-etdump-runs/1"
