@@ -213,3 +213,18 @@ def test_a_corrupt_jpeg_is_listed_not_answered_where_libjpeg_can_be_asked(onnx_b
     assert [u["file"] for u in r["unreadable"]] == [str(tmp_path / "bad.jpg")] and "has corrupt JPEG data" in r["unreadable"][0]["error"]
     monkeypatch.setattr("dvt_runtime.predict.can_check_jpegs", lambda: False)
     assert main(["--bundle", str(onnx_bundle), str(tmp_path / "bad.jpg"), "--out", str(out), "--no-progress"]) == 0
+
+
+def test_out_never_replaces_a_file_that_is_not_an_earlier_result(onnx_bundle, photos, tmp_path, capsys):
+    """--out named a photo (even the one being predicted) and replaced it with JSON; a profile's --out replaced a PNG."""
+    photo = tmp_path / "p.png"
+    photo.write_bytes((photos / "sub" / "0" / "00.png").read_bytes())
+    before = photo.read_bytes()
+    assert main(["--bundle", str(onnx_bundle), str(photo), "--out", str(photo), "--no-progress"]) == 2
+    assert f"--out {photo} exists and is not an earlier dvt-predictions file" in capsys.readouterr().err
+    assert photo.read_bytes() == before
+    assert runtime_main(["profile", "--bundle", str(onnx_bundle), "--runs", "12", "--out", str(photo), "--no-progress"]) != 0
+    assert "is not an earlier dvt-profile file" in capsys.readouterr().err and photo.read_bytes() == before
+    out = tmp_path / "preds.json"  # an earlier result is replaced, as before
+    assert main(["--bundle", str(onnx_bundle), str(photo), "--out", str(out), "--no-progress"]) == 0
+    assert main(["--bundle", str(onnx_bundle), str(photo), "--out", str(out), "--no-progress"]) == 0

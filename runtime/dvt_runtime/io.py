@@ -41,9 +41,10 @@ def atomic_write(path: Union[str, Path], data: bytes) -> Path:
     return path
 
 
-def check_out_path(path: Union[str, Path], flag: str = "--out") -> Path:
+def check_out_path(path: Union[str, Path], flag: str = "--out", replaces: Optional[str] = None) -> Path:
     """A file to be written after long work, checked first: not a folder, its folder creatable and writable
-    (a bad path found only at the end loses the work)."""
+    (a bad path found only at the end loses the work), and, given ``replaces`` (a JSON schema name or its
+    start), an existing file there only an earlier output of that schema (a photo given as --out was replaced)."""
     p = Path(path).expanduser()
     if p.is_dir():
         raise ValueError(f"{flag} {p} is a folder; name the file to write (e.g. {p / 'profile.json'})")
@@ -51,7 +52,21 @@ def check_out_path(path: Union[str, Path], flag: str = "--out") -> Path:
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"{flag} {p}: cannot write in {parent} ({'not a folder' if not parent.is_dir() else 'permission denied'}); "
                          "choose another path")
+    if replaces is not None and (p.exists() or p.is_symlink()) and not _has_schema(p, replaces):
+        raise ValueError(f"{flag} {p} exists and is not an earlier {replaces.rstrip('/')} file (it would be replaced): name a new "
+                         "file, or move that one away first")
     return p
+
+
+def _has_schema(p: Path, schema: str) -> bool:
+    """Whether ``p`` is a JSON object whose "schema" starts with ``schema``."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(1)
+            d = json.loads(head + f.read()) if head == b"{" else None
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and isinstance(d.get("schema"), str) and d["schema"].startswith(schema)
 
 
 def current_umask() -> int:

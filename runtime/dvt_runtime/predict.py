@@ -176,7 +176,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for flag in ("budget_ms", "deadline_ms"):
             if getattr(args, flag) is not None:
                 positive_ms(f"--{flag.replace('_', '-')}", getattr(args, flag))
-        out = check_out_path(args.out) if args.out else None
+        out = check_out_path(args.out, replaces=SCHEMA) if args.out else None
         thresholds = parse_thresholds(args.thresholds) if args.thresholds is not None else None
         files = image_files(args.images)
         cv2_or_fail()  # once, not "unreadable" for every file

@@ -301,7 +301,7 @@ def _measure(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     if args.batch < 1:
         ap.error(f"--batch must be >= 1, got {args.batch}")
     if args.out:
-        check_out_path(args.out, "--out")
+        check_out_path(args.out, "--out", replaces="dvt-profile/")
     from dvt_runtime.bundle import Bundle
 
     if args.etdump_dir and (backend := Manifest.load(args.bundle, verify=False).backend) != "executorch":
@@ -331,7 +331,7 @@ def _measure(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
 def _import(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     if args.etrecord and not args.etdump:
         ap.error("--etrecord goes with --etdump")
-    check_out_path(args.out, "--out")
+    check_out_path(args.out, "--out", replaces="dvt-profile/")
     if args.threads is not None and args.threads < 1:
         ap.error(f"--threads must be >= 1, got {args.threads}")
     manifest = Manifest.load(args.bundle) if args.bundle else None
