@@ -319,7 +319,7 @@ def run_bench(checkpoint: str, data: Optional[str], targets: list[str], precisio
 
     model, info = load_checkpoint(checkpoint, trusted=trusted)
     data, data_note = data_for_checkpoint(data, model.name, info.extras, model.cfg)
-    x, y = _scoring(data, info, model, n).arrays(progress=progress)
+    x, y = _scoring(data, info, model, n, data_note).arrays(progress=progress)
     runnable = available_backends()
 
     def measure(row: dict, bdir: Path, t) -> None:
@@ -344,8 +344,9 @@ def run_bench(checkpoint: str, data: Optional[str], targets: list[str], precisio
             "threads": threads, "device": dev, "rows": rows}
 
 
-def _scoring(data: str, info, model, n: int):
-    return scoring_set(data, "val", info.preprocess, model.cfg.num_classes, info.classes, "benchmark", limit=n, checkpoint=info.path)
+def _scoring(data: str, info, model, n: int, stand_in: str = ""):
+    return scoring_set(data, "val", info.preprocess, model.cfg.num_classes, info.classes, "benchmark", limit=n, checkpoint=info.path,
+                       stand_in=stand_in)
 
 
 def _checkpoint_data(checkpoint: str, trusted: bool) -> str:

@@ -9,6 +9,7 @@ Specs: ``fashion-mnist``, ``imagefolder:PATH``, ``cifar10``, ``cifar10:PATH``, `
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,6 +67,7 @@ DATASETS: dict[str, str] = {
     "cifar10-ref": "shipped: val = the 5,000 CIFAR-10 images held out from dvt_small_cifar's training, train = 1,000 of its training images",
     "npz:PATH": "arrays 'images' (uint8 NHW[C], BGR unless channel_order='rgb', or preprocessed float32 NCHW), 'labels', optional 'classes'",
 }
+PATH_KINDS = ("imagefolder", "cifar10", "npz")  # the specs that name a file or folder
 
 
 def default_data(model_name: str, extras: Optional[dict] = None, cfg=None) -> str:
@@ -117,6 +119,13 @@ def same_data(a: Optional[str], b: Optional[str]) -> bool:
     if a is not None and b is not None and ka == kb and pa and pb:
         return Path(pa).expanduser().resolve() == Path(pb).expanduser().resolve()
     return a == b
+
+
+def absolute_spec(spec: str) -> str:
+    """``KIND:PATH`` with PATH made absolute (``~`` expanded, links kept), as a checkpoint records it: a relative
+    folder read from another working directory was another folder, or none (then another set stood in)."""
+    kind, _, path = spec.partition(":")
+    return f"{kind}:{os.path.abspath(os.path.expanduser(path))}" if path and kind in PATH_KINDS else spec
 
 
 def recorded_data(extras: Optional[dict]) -> list[str]:
@@ -245,13 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def scoring_set(spec: str, split: str, preprocess: Optional[Preprocess], num_classes: int, classes: Optional[list[str]],
-                use: str, limit: Optional[int] = None, seed: int = 0, checkpoint: str = "CHECKPOINT") -> ImageSet:
+                use: str, limit: Optional[int] = None, seed: int = 0, checkpoint: str = "CHECKPOINT", stand_in: str = "") -> ImageSet:
     """``spec``'s ``split`` (``limit``: a seeded, class-stratified subset), whose labels must be a model's: another
-    data set's would score every exit wrong (``use``: what the caller does with it, and ``checkpoint`` the model's
-    file, for the message)."""
+    data set's would score every exit wrong (``use``: what the caller does with it, ``checkpoint`` the model's
+    file, and ``stand_in`` :func:`checkpoint_data`'s note when ``spec`` stands in for the model's own data, for the message)."""
     ds = load_dataset(spec, split, preprocess=preprocess, limit=limit, seed=seed)
     ds = as_imagenet_labels(ds, num_classes, classes) or ds  # some of ImageNet's synset folders, for an ImageNet model
     mismatch = label_mismatch(ds, num_classes, classes)
+    if mismatch and stand_in:  # the model's own images are missing here: that is the fix, not a model for these classes
+        raise DataError(f"{spec} cannot {use} this model: {mismatch}. It stood in because {stand_in.replace(f'; using {spec} instead', '')}: "
+                        "pass --data SPEC with the images the model was trained on (moved? their new path)")
     if mismatch:
         raise DataError(f"{spec} cannot {use} this model: {mismatch} (a model for these classes: python -m dvt_edge.train "
                         f"--finetune {checkpoint} --data {spec})")

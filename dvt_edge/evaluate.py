@@ -57,7 +57,8 @@ def evaluate_checkpoint(
     model, info = load_checkpoint(checkpoint, model=model_name, trusted=trusted)
     data, data_note = data_for_checkpoint(data, model.name, info.extras, model.cfg, split)
     pre = info.preprocess or default_preprocess(model.cfg.in_chans, model.cfg.img_size)
-    ds = scoring_set(data, split, pre, model.cfg.num_classes, info.classes, "score", limit=limit, checkpoint=checkpoint)
+    ds = scoring_set(data, split, pre, model.cfg.num_classes, info.classes, "score", limit=limit, checkpoint=checkpoint,
+                     stand_in=data_note)
     opened: list = []  # per --bundles, in order: an open bundle, or a "not scored" row; said before the work
     for bd in bundles:
         try:

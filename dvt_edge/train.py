@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from dvt_edge.batches import augment, batches, epoch_shard, eval_batch_size, evaluate_exits, materialize, rng_state, set_rng_state
 from dvt_edge.checkpoint import CheckpointError, _state_dict_of, checkpoint_model_name, read_checkpoint, save_checkpoint
-from dvt_edge.data import DATASETS, DataError, ImageSet, default_preprocess, default_train_data, load_dataset
+from dvt_edge.data import DATASETS, DataError, ImageSet, absolute_spec, default_preprocess, default_train_data, load_dataset, same_data
 from dvt_edge.models import DVT, create_model, list_models, model_defaults, model_from_args
 from dvt_edge.transfer import transfer_weights
 from dvt_runtime.io import atomic_write_json, run_cli, save_png, silenced_progress
@@ -227,6 +227,7 @@ def _train(args: argparse.Namespace) -> dict:
         raise CheckpointError(f"--out {out} is a file; pass a folder for the run (checkpoints and metrics go there)")
     rank, world, device = _init_processes(args)
     log = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
+    args.data = absolute_spec(args.data) if args.data else args.data  # recorded so: read the same from any folder
     resume_state = _resume_state(args, out)  # a resumed run without --data or --model: its own
     if args.model is None:  # a fine-tune without --model: the checkpoint's architecture (a published one inferred)
         args.model = checkpoint_model_name(args.finetune, args.trust_checkpoint) if args.finetune else DEFAULT_MODEL
@@ -303,7 +304,8 @@ def _check_resume_args(stored: dict, args: argparse.Namespace, last: Path) -> No
     defaults = vars(build_parser().parse_args(["--out", "x"]))
     now = vars(args)
     diff = {k: (stored.get(k, defaults.get(k)), v) for k, v in now.items()
-            if k not in RESUME_MAY_CHANGE and stored.get(k, defaults.get(k)) != v}
+            if k not in RESUME_MAY_CHANGE and stored.get(k, defaults.get(k)) != v
+            and not (k == "data" and same_data(stored.get(k), v))}  # a run recorded before paths were made absolute
     if diff:
         raise CheckpointError(
             f"--resume: {last} was started with other settings: "

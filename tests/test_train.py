@@ -370,3 +370,42 @@ def test_resume_without_data_takes_the_runs_own(micro_ckpt, monkeypatch):
                                       "--quiet", "--resume", "--out", str(micro_ckpt.parent)])
     assert args.data is None and T._resume_state(args, micro_ckpt.parent) is not None
     assert args.data == "fashion-mnist"
+
+
+def test_a_relative_folder_is_recorded_as_the_folder_it_was(tmp_path, monkeypatch, capsys):
+    """--data imagefolder:photos was recorded as given: from another working directory evaluate and export read
+    another photos/ folder there (silently), or none, and another data set stood in."""
+    import cv2
+    import numpy as np
+
+    from dvt_edge.data import checkpoint_data, recorded_train_args
+
+    for split, n in (("train", 12), ("val", 4)):
+        for ci, c in enumerate(("a", "b")):
+            (tmp_path / "photos" / split / c).mkdir(parents=True)
+            for i in range(n):
+                cv2.imwrite(str(tmp_path / "photos" / split / c / f"{i}.png"), np.full((28, 28), 60 + 120 * ci + i, np.uint8))
+    monkeypatch.chdir(tmp_path)
+    args = ["--model", "dvt_micro_fmnist", "--data", "imagefolder:photos", "--epochs", "1", "--threads", "1", "--quiet"]
+    train(build_parser().parse_args([*args, "--out", "r"]))
+    model, info = load_checkpoint(tmp_path / "r" / "last.pt")
+    assert recorded_train_args(info.extras)["data"] == f"imagefolder:{tmp_path / 'photos'}"
+    (tmp_path / "elsewhere" / "photos" / "train" / "a").mkdir(parents=True)  # a decoy where the relative path now points
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert checkpoint_data(model.name, info.extras, model.cfg) == (f"imagefolder:{tmp_path / 'photos'}", "")
+    monkeypatch.chdir(tmp_path)  # resumed with the same relative flag: the same data, not a changed setting
+    train(build_parser().parse_args([*args, "--resume", "--out", "r"]))
+    # the folder moved: the set standing in (Fashion-MNIST, 10 classes) is named as a stand-in, and the fix is --data
+    from dvt_edge.data import DataError
+    from dvt_edge.evaluate import evaluate_checkpoint
+
+    (tmp_path / "photos").rename(tmp_path / "moved")
+    with pytest.raises(DataError, match=r"fashion-mnist cannot score this model: .*It stood in because the checkpoint's own data "
+                                        r"could not be read here \(imagefolder:.*photos.*pass --data SPEC with the images the model "
+                                        r"was trained on \(moved\? their new path\)"):
+        evaluate_checkpoint(str(tmp_path / "r" / "last.pt"), progress=False)
+    from dvt_edge.export.__main__ import main as export_main  # export writes a bundle without thresholds: said as a warning
+
+    capsys.readouterr()
+    assert export_main(["--checkpoint", str(tmp_path / "r" / "last.pt"), "--target", "onnx", "--precision", "fp32", "--out", "b"]) == 0
+    assert "warning: the bundle will have no thresholds (every image runs to the last exit)" in capsys.readouterr().err

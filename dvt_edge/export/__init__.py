@@ -328,6 +328,10 @@ def _prepare(dest: Path, t: Target, precision: str, opts: ExportOptions, model: 
         fixed_ref = [g.stage(*g.example_inputs())[0].numpy() for g in graphs]
     check_finite_reference(fixed_ref, real_ref, checkpoint)
     thresholds, thr_source = _default_thresholds(model, info, real_ref, data.verify_y)
+    if thresholds is None and stand_in:  # the model's own images are not here, and the stand-in's labels are not its classes
+        print(f"warning: the bundle will have no thresholds (every image runs to the last exit): {stand_in}, whose labels are not "
+              "this model's classes. Pass --calib-data SPEC with the images the model was trained on (moved? their new path)",
+              file=sys.stderr)
     return _Plan(dest, t, precision, opts, model, info, pre, graphs, schemes, data, calib_ref, real_ref, fixed_ref,
                  thresholds, thr_source, spec, checkpoint, check_inputs)
 
