@@ -40,7 +40,7 @@ from dvt_edge.fashion_mnist import (  # noqa: F401  (re-exported)
     fashion_mnist_dirs,
     load_fashion_mnist,
 )
-from dvt_edge.imagefolder import HOLDOUT_FRACTION, HOLDOUT_SEED, IMAGE_EXTS, load_imagefolder, split_files  # noqa: F401  (re-exported)
+from dvt_edge.imagefolder import HOLDOUT_FRACTION, HOLDOUT_SEED, IMAGE_EXTS, holdout_fingerprint, load_imagefolder, split_files  # noqa: F401  (re-exported)
 from dvt_edge.imageset import DataError, ImageSet, SplitNotHeld, as_imagenet_labels, default_preprocess, label_mismatch, stratified_subset  # noqa: F401  (re-exported)
 from dvt_edge.npzdata import export_npz, load_npz, write_jpeg_pack  # noqa: F401  (re-exported)
 from dvt_runtime.preprocess import Preprocess
@@ -128,6 +128,30 @@ def absolute_spec(spec: str) -> str:
     return f"{kind}:{os.path.abspath(os.path.expanduser(path))}" if path and kind in PATH_KINDS else spec
 
 
+def holdout_of(spec: str) -> Optional[dict]:
+    """:func:`holdout_fingerprint` of an ``imagefolder:`` spec without ``val/`` (None for any other spec)."""
+    kind, _, path = spec.partition(":")
+    return holdout_fingerprint(path) if kind == "imagefolder" and path else None
+
+
+def holdout_changed(spec: str, extras: Optional[dict]) -> str:
+    """A warning when ``spec`` is the folder a checkpoint was trained on and its holdout is not the one recorded then
+    (files were added, removed or renamed), else ""."""
+    then = (extras or {}).get("holdout")
+    if not isinstance(then, dict) or not same_data(spec, recorded_train_args(extras).get("data")):
+        return ""
+    try:
+        now = holdout_of(spec)
+    except DataError:  # not readable here: the loader says so
+        return ""
+    if now is None or now == then:
+        return ""
+    return (f"warning: {spec} has changed since the model was trained on it: with no val/ folder its held-out images are drawn "
+            f"from train/'s file list, and they are not the ones held out then ({now['files']} files now, {then.get('files')} then). "
+            "Images the model was trained on may now count as held out, and figures read on them are too high: restore the folder "
+            "as it was, or give it a val/ folder and train again")
+
+
 def recorded_data(extras: Optional[dict]) -> list[str]:
     """The dataset specs a checkpoint records, most portable first: a published reference's
     evaluation set (``eval_data``), its data, and the data its training run was given."""
@@ -178,8 +202,12 @@ def data_for_checkpoint(data: Optional[str], model_name: str, extras: Optional[d
     """``(data, "")`` when given, else :func:`checkpoint_data`'s choice (tried on ``split``) and note; a stand-in
     set is said on stderr."""
     if data:
+        if warning := holdout_changed(data, extras):
+            print(warning, file=sys.stderr)
         return data, ""
     spec, note = checkpoint_data(model_name, extras, cfg, split)
+    if spec and (warning := holdout_changed(spec, extras)):
+        print(warning, file=sys.stderr)
     if spec is None:
         raise DataError(f"no default dataset for model {model_name!r}; pass --data (valid specs: {', '.join(DATASETS)})")
     if note:
@@ -300,6 +328,8 @@ def _export(args: argparse.Namespace) -> None:
 
         model, info = load_checkpoint(args.checkpoint, trusted=args.trust_checkpoint)
         pre = info.preprocess
+        if args.split == "val" and (moved := holdout_changed(args.data, info.extras)):  # a calibration set of trained-on images
+            print(moved, file=sys.stderr)
     ds = load_dataset(args.data, args.split, preprocess=pre, limit=args.n, seed=args.seed)  # an image folder decodes only those
     if model is not None:  # labelled as the bundles of this checkpoint answer, which the runtime's calibrate checks
         ds = as_imagenet_labels(ds, model.cfg.num_classes, info.classes) or ds

@@ -17,7 +17,7 @@ from dvt_runtime.images import IMAGE_EXTS
 from dvt_runtime.io import progress
 from dvt_runtime.preprocess import Preprocess
 
-__all__ = ["IMAGE_EXTS", "HOLDOUT_FRACTION", "HOLDOUT_SEED", "load_imagefolder", "split_files"]
+__all__ = ["IMAGE_EXTS", "HOLDOUT_FRACTION", "HOLDOUT_SEED", "holdout_fingerprint", "load_imagefolder", "split_files"]
 
 #: An image folder without ``val/`` holds out this fraction of ``train/`` (seeded,
 #: class-stratified) as its validation split; the rest is the training split.
@@ -99,6 +99,17 @@ def split_files(root: str, split: str) -> list[Path]:
     """The image files of a split, none decoded (a holdout's side chosen from the listing)."""
     sp = _split(root, split)
     return [sp.files[i] for i in sp.idx]
+
+
+def holdout_fingerprint(root: str) -> Optional[dict]:
+    """For a folder without ``val/``: how many files its holdout holds and a hash of their paths under ``train/``, which a
+    checkpoint records (the holdout is drawn from the file list: files added or removed later move trained-on images into
+    it); None for a folder with its own ``val/``."""
+    sp = _split(root, "val")
+    if sp.sub.name != "train":
+        return None
+    names = sorted(Path(sp.files[i]).relative_to(sp.sub).as_posix() for i in sp.idx)
+    return {"files": len(names), "sha256": hashlib.sha256("\n".join(names).encode()).hexdigest()}
 
 
 def _class_folders_hint(base: Path) -> str:

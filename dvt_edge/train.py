@@ -29,9 +29,10 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dvt_edge import data as _data
 from dvt_edge.batches import augment, batches, epoch_shard, eval_batch_size, evaluate_exits, materialize, rng_state, set_rng_state
 from dvt_edge.checkpoint import CheckpointError, _state_dict_of, checkpoint_model_name, read_checkpoint, save_checkpoint
-from dvt_edge.data import DATASETS, DataError, ImageSet, absolute_spec, default_preprocess, default_train_data, load_dataset, same_data
+from dvt_edge.data import DATASETS, DataError, ImageSet, default_preprocess, default_train_data, load_dataset
 from dvt_edge.models import DVT, create_model, list_models, model_defaults, model_from_args
 from dvt_edge.transfer import transfer_weights
 from dvt_runtime.io import atomic_write_json, run_cli, save_png, silenced_progress
@@ -197,6 +198,7 @@ class _Run:
     val_cache: Optional[tuple] = None
     bg: Optional[torch.Tensor] = None
     pad: int = 0
+    holdout: Optional[dict] = None  # an image folder without val/: which files its holdout held (recorded in checkpoints)
 
     @property
     def main_proc(self) -> bool:
@@ -227,7 +229,7 @@ def _train(args: argparse.Namespace) -> dict:
         raise CheckpointError(f"--out {out} is a file; pass a folder for the run (checkpoints and metrics go there)")
     rank, world, device = _init_processes(args)
     log = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
-    args.data = absolute_spec(args.data) if args.data else args.data  # recorded so: read the same from any folder
+    args.data = _data.absolute_spec(args.data) if args.data else args.data  # recorded so: read the same from any folder
     resume_state = _resume_state(args, out)  # a resumed run without --data or --model: its own
     if args.model is None:  # a fine-tune without --model: the checkpoint's architecture (a published one inferred)
         args.model = checkpoint_model_name(args.finetune, args.trust_checkpoint) if args.finetune else DEFAULT_MODEL
@@ -305,7 +307,7 @@ def _check_resume_args(stored: dict, args: argparse.Namespace, last: Path) -> No
     now = vars(args)
     diff = {k: (stored.get(k, defaults.get(k)), v) for k, v in now.items()
             if k not in RESUME_MAY_CHANGE and stored.get(k, defaults.get(k)) != v
-            and not (k == "data" and same_data(stored.get(k), v))}  # a run recorded before paths were made absolute
+            and not (k == "data" and _data.same_data(stored.get(k), v))}  # a run recorded before paths were made absolute
     if diff:
         raise CheckpointError(
             f"--resume: {last} was started with other settings: "
@@ -359,7 +361,8 @@ def _setup_run(args, rank: int, world: int, device: torch.device, log, model: DV
     gen = torch.Generator().manual_seed(args.seed * 1000 + rank)
     if (warning := bf16_warning(getattr(args, "amp", "fp32"), device)) and rank == 0:
         log(warning)
-    return _Run(args, rank, world, device, log, train_ds, val_ds, model, ddp_model, opt, sched, gen, steps_per_epoch)
+    return _Run(args, rank, world, device, log, train_ds, val_ds, model, ddp_model, opt, sched, gen, steps_per_epoch,
+                holdout=_data.holdout_of(args.data))
 
 
 def _restore(run: _Run, resume_state: dict, last: Path) -> _RunState:
@@ -457,7 +460,7 @@ def _end_epoch(run: _Run, state: _RunState, out: Path, epoch: int, train_loss: f
     state.history.append(entry)
     improved = acc[-1] > state.best_acc
     state.best_acc = max(state.best_acc, acc[-1])
-    meta = dict(classes=run.train_ds.classes, preprocess=run.train_ds.preprocess, accuracies=acc)
+    meta = dict(classes=run.train_ds.classes, preprocess=run.train_ds.preprocess, accuracies=acc, holdout=run.holdout)
     run_seconds = round(state.prior_seconds + time.time() - t_run, 1)  # wall time, evaluation included, over resumes
     t = {"epoch": epoch + 1, "epochs": args.epochs, "run_seconds": run_seconds, "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
          "generator": gens, "rng": rngs, "history": json.dumps(state.history), "best_acc": state.best_acc, "args": json.dumps(vars(args))}

@@ -409,3 +409,38 @@ def test_a_relative_folder_is_recorded_as_the_folder_it_was(tmp_path, monkeypatc
     capsys.readouterr()
     assert export_main(["--checkpoint", str(tmp_path / "r" / "last.pt"), "--target", "onnx", "--precision", "fp32", "--out", "b"]) == 0
     assert "warning: the bundle will have no thresholds (every image runs to the last exit)" in capsys.readouterr().err
+
+
+def test_a_folder_whose_holdout_moved_since_training_is_said(tmp_path, capsys):
+    """Without val/ the holdout is drawn from train/'s file list: photos added after training moved trained-on
+    images into it (45 of 64 in a user's walk), and evaluate, export and the calibration set read them silently."""
+    import cv2
+    import numpy as np
+
+    from dvt_edge.data import main as data_main
+    from dvt_edge.evaluate import evaluate_checkpoint
+    from dvt_edge.export.__main__ import main as export_main
+
+    def add(first: int, n: int) -> None:
+        for ci, c in enumerate(("a", "b")):
+            (tmp_path / "photos" / "train" / c).mkdir(parents=True, exist_ok=True)
+            for i in range(first, first + n):
+                cv2.imwrite(str(tmp_path / "photos" / "train" / c / f"{i:03d}.png"), np.full((28, 28), 40 + 150 * ci + i, np.uint8))
+
+    add(0, 20)
+    spec = f"imagefolder:{tmp_path / 'photos'}"
+    train(build_parser().parse_args(["--model", "dvt_micro_fmnist", "--data", spec, "--epochs", "1", "--threads", "1", "--quiet",
+                                     "--out", str(tmp_path / "r")]))
+    ckpt = str(tmp_path / "r" / "last.pt")
+    assert load_checkpoint(ckpt)[1].extras["holdout"]["files"] == 4
+    said = "has changed since the model was trained on it: with no val/ folder its held-out images are drawn from train/'s file list"
+    capsys.readouterr()
+    evaluate_checkpoint(ckpt, progress=False)
+    assert said not in capsys.readouterr().err
+    add(20, 5)  # the user's new photos
+    evaluate_checkpoint(ckpt, progress=False)
+    assert said in capsys.readouterr().err
+    assert data_main(["export", "--data", spec, "--checkpoint", ckpt, "--split", "val", "--out", str(tmp_path / "v.npz")]) == 0
+    assert said in capsys.readouterr().err
+    assert export_main(["--checkpoint", ckpt, "--target", "onnx", "--precision", "fp32", "--out", str(tmp_path / "b")]) == 0
+    assert said in capsys.readouterr().err

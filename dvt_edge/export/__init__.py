@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from dvt_edge.checkpoint import CheckpointInfo, load_checkpoint
-from dvt_edge.data import DataError, checkpoint_data, default_preprocess, load_dataset
+from dvt_edge.data import DataError, checkpoint_data, default_preprocess, holdout_changed, load_dataset
 from dvt_edge.export.common import ExitArtifact, ExitGraph, ExitJob, ExportError, exit_graphs, exit_specs
 from dvt_edge.export.install import carry_over, check_destination, install, recover_leftovers
 from dvt_edge.export.int8 import CALIBRATED, int8_schemes, pick_scheme
@@ -297,6 +297,8 @@ def _prepare(dest: Path, t: Target, precision: str, opts: ExportOptions, model: 
     spec, stand_in = (opts.calib_data, "") if opts.calib_data else checkpoint_data(model.name, info.extras, model.cfg)
     if stand_in:  # another set calibrates and verifies: said on the console and in the parity table
         print(f"note: {stand_in} (pass --calib-data SPEC to choose)", file=sys.stderr)
+    if spec and (moved := holdout_changed(spec, info.extras)):  # its default thresholds are chosen on the holdout
+        print(moved, file=sys.stderr)
     need = [s for s in schemes if s in CALIBRATED]  # weight-only and dynamic schemes calibrate nothing
     if need and spec is None:
         free = [s for s in t.int8.get("schemes", []) if s not in CALIBRATED]
