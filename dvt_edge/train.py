@@ -40,7 +40,9 @@ from dvt_runtime.io import progress as progress_bar
 from dvt_runtime.preprocess import Preprocess
 
 AMP_CHOICES = ("fp32", "bf16")
-DEFAULT_MODEL = "dvt_tiny_fmnist_ms"  # --model without --finetune or --resume
+DEFAULT_MODEL = "dvt_tiny_fmnist_ms"  # --model without --finetune or --resume, for grayscale data (and no --data)
+COLOR_MODEL = "dvt_small_cifar"  # --model for colour --data
+COLOR_REFERENCE = "dvt_edge/assets/dvt_small_cifar.pt"
 
 __all__ = ["train", "evaluate_exits", "main", "build_parser"]
 
@@ -97,7 +99,7 @@ def _plot_metrics(history: list[dict], path: Path) -> None:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m dvt_edge.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="registered model (default: --finetune's or --resume's architecture, else "
-                    f"{DEFAULT_MODEL}): {', '.join(list_models())}")
+                    f"{COLOR_MODEL} for colour --data, {DEFAULT_MODEL} for grayscale): {', '.join(list_models())}")
     ap.add_argument("--data", default=None, help="dataset spec (default: the model's training set, cifar10-jpeg for dvt_small_cifar, "
                                                  f"fashion-mnist for the *_fmnist models): {', '.join(DATASETS)}")
     ap.add_argument("--epochs", type=int, default=20, help="default 20")
@@ -231,7 +233,7 @@ def _train(args: argparse.Namespace) -> dict:
     log = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
     args.data = _data.absolute_spec(args.data) if args.data else args.data  # recorded so: read the same from any folder
     resume_state = _resume_state(args, out)  # a resumed run without --data or --model: its own
-    if args.model is None:  # a fine-tune without --model: the checkpoint's architecture (a published one inferred)
+    if args.model is None and (args.finetune or not args.data):  # a fine-tune without --model: the checkpoint's architecture
         args.model = checkpoint_model_name(args.finetune, args.trust_checkpoint) if args.finetune else DEFAULT_MODEL
         if args.finetune:
             log(f"note: --model {args.model}, the architecture of --finetune {args.finetune}")
@@ -240,6 +242,11 @@ def _train(args: argparse.Namespace) -> dict:
     np.random.seed(args.seed + rank)
     torch.manual_seed(args.seed)  # same init on every rank
     train_ds, val_ds = _load_splits(args.data, args.train_limit, args.val_limit, args.seed)
+    if args.model is None:  # --data without --model: the reference architecture for the data's colour
+        args.model = COLOR_MODEL if train_ds.preprocess.num_channels == 3 else DEFAULT_MODEL
+        log(f"note: --model {args.model} ({'colour, 32 px' if args.model == COLOR_MODEL else 'grayscale, 28 px'}: {args.data} is "
+            f"{'colour' if args.model == COLOR_MODEL else 'grayscale'}); pass --model NAME to choose (python -m dvt_edge.zoo lists them), "
+            f"or --finetune {COLOR_REFERENCE} to start from the CIFAR-10 reference's weights (colour)")
     model = _build_model(args, resume_state, train_ds, val_ds, log)
     run = _setup_run(args, rank, world, device, log, model, train_ds, val_ds)
     state = _RunState() if resume_state is None else _restore(run, resume_state, out / "last.pt")

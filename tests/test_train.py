@@ -444,3 +444,20 @@ def test_a_folder_whose_holdout_moved_since_training_is_said(tmp_path, capsys):
     assert said in capsys.readouterr().err
     assert export_main(["--checkpoint", ckpt, "--target", "onnx", "--precision", "fp32", "--out", str(tmp_path / "b")]) == 0
     assert said in capsys.readouterr().err
+
+
+def test_colour_photos_without_model_train_the_colour_reference_architecture(tmp_path, capsys):
+    """--data imagefolder:photos without --model trained the 28 px grayscale Fashion-MNIST model on colour photos."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 10), ("val", 3)):
+        for c in ("cat", "ship"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(n):
+                cv2.imwrite(str(tmp_path / split / c / f"{i}.jpg"), rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    train(build_parser().parse_args(["--data", f"imagefolder:{tmp_path}", "--epochs", "1", "--threads", "1", "--out", str(tmp_path / "r")]))
+    model, info = load_checkpoint(tmp_path / "r" / "last.pt")
+    assert model.name == "dvt_small_cifar" and info.preprocess.channels == "rgb" and info.classes == ["cat", "ship"]
+    assert "note: --model dvt_small_cifar (colour, 32 px" in capsys.readouterr().out
