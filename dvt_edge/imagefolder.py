@@ -226,6 +226,7 @@ def _list_class_folders(sub: Path, classes: list[str]) -> tuple[list[Path], np.n
     """The image files directly in ``sub/<class>/`` and their class indices (nested folders: a warning)."""
     files, labels = [], []
     nested: list[str] = []
+    other: collections.Counter[str] = collections.Counter()  # files of other kinds (HEIC photos, notes), by suffix
     for ci, cname in enumerate(classes):
         cdir = sub / cname
         entries = sorted(cdir.iterdir()) if cdir.is_dir() else []
@@ -234,9 +235,15 @@ def _list_class_folders(sub: Path, classes: list[str]) -> tuple[list[Path], np.n
             if p.suffix.lower() in IMAGE_EXTS and (p.is_file() or p.is_symlink()):  # a broken link: counted as skipped
                 files.append(p)
                 labels.append(ci)
+            elif not p.name.startswith(".") and p.is_file():  # hidden files (.DS_Store) are no one's images
+                other[p.suffix.lower() or "(no suffix)"] += 1
     if nested:
         warnings.warn(f"imagefolder: ignoring {len(nested)} folder(s) nested inside class folders of {sub}, e.g. {nested[:3]} "
                       "(images must lie directly in <split>/<class>/)", stacklevel=4)
+    if other:
+        warnings.warn(f"imagefolder: ignoring {sum(other.values())} file(s) in class folders of {sub} that are not images it reads "
+                      f"({', '.join(f'{k}: {n}' for k, n in other.most_common())}; it reads {' '.join(sorted(IMAGE_EXTS))}): convert "
+                      "them (HEIC, e.g. with pillow-heif) to use them", stacklevel=4)
     return files, np.array(labels, dtype=np.int64)
 
 

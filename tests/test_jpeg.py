@@ -170,3 +170,16 @@ def test_without_simplejpeg_the_strict_check_names_the_package(monkeypatch):
     with pytest.raises(DataError, match=r"needs simplejpeg: pip install simplejpeg"):
         decode_image(np.frombuffer(_variants()["baseline"], np.uint8), "x.jpg")
     images.decode_image(np.frombuffer(_variants()["baseline"], np.uint8), "x.jpg")  # not strict: not needed
+
+
+def test_tiff_is_read_and_other_files_in_class_folders_are_said(tmp_path):
+    """.tif files and HEIC photos in class folders were left out without a word (predict read a .tif named on its own)."""
+    _folder(tmp_path, {"scan.tif": cv2.imencode(".tif", IMG)[1].tobytes(), "IMG_1.HEIC": b"\x00\x00\x00\x18ftypheic",
+                       "IMG_2.heic": b"\x00\x00\x00\x18ftypheic", "notes.txt": b"x", ".DS_Store": b"\x00"})
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        ds = load_dataset(f"imagefolder:{tmp_path}", "val")
+    msgs = " | ".join(str(x.message) for x in w)
+    assert "ignoring 3 file(s) in class folders of" in msgs and "(.heic: 2, .txt: 1;" in msgs and "DS_Store" not in msgs, msgs
+    i = next(k for k, f in enumerate(ds.files) if f.endswith("scan.tif"))
+    np.testing.assert_array_equal(ds.raw(i), IMG)
