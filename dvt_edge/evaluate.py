@@ -187,6 +187,18 @@ def plot_report(r: dict, path: Path) -> None:
     save_png(fig, path)
 
 
+#: checkpoint file names every training run writes: not a name for its evaluation on their own
+RUN_FILE_NAMES = ("best", "last", "checkpoint", "model", "model_best")
+
+
+def default_out(checkpoint: str) -> Path:
+    """``runs/evaluate/<name>``: the file's name, with its run folder's in front for a run's best.pt or last.pt (every run's
+    best.pt was evaluated into runs/evaluate/best, the last one replacing the others)."""
+    p = Path(checkpoint)
+    name = p.name.split(".")[0]
+    return Path("runs") / "evaluate" / (f"{p.resolve().parent.name}-{name}" if name in RUN_FILE_NAMES else name)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dvt_edge.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True)
@@ -197,10 +209,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--threshold-n", type=int, default=5000, help="training images for threshold selection (seeded; the model trained on them)")
     ap.add_argument("--bundles", nargs="*", default=[], help="exported bundles to evaluate on the same images (per-exit top-1 vs PyTorch)")
     ap.add_argument("--out", default=None, help="output directory (default: runs/evaluate/<checkpoint name> under the current "
-                                                 "folder, not beside the checkpoint)")
+                                                 "folder, not beside the checkpoint; <run folder>-best for a run's best.pt)")
     ap.add_argument("--trust-checkpoint", action="store_true", help="allow arbitrary unpickling (only for files you trust)")
     args = ap.parse_args(argv)
-    out = Path(args.out) if args.out else Path("runs") / "evaluate" / Path(args.checkpoint).stem
+    out = Path(args.out) if args.out else default_out(args.checkpoint)
     if out.exists() and not out.is_dir():  # checked before the work, not after it
         print(f"error: --out {out} is a file; pass a folder", file=sys.stderr)
         return 2

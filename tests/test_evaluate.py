@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -117,8 +119,14 @@ def test_evaluate_default_out_is_under_runs_not_beside_the_checkpoint(micro_ckpt
     """Evaluating the shipped reference must not write into the package (or a wheel's site-packages)."""
     monkeypatch.chdir(tmp_path)
     assert main(["--checkpoint", str(micro_ckpt), "--limit", "50", "--threshold-n", "50"]) == 0
-    assert (tmp_path / "runs" / "evaluate" / micro_ckpt.stem / "evaluate.json").is_file()
+    assert (tmp_path / "runs" / "evaluate" / "run-best" / "evaluate.json").is_file()  # the fixture's run/best.pt
     assert not (micro_ckpt.parent / "evaluate").exists()
+    # two runs' best.pt went to runs/evaluate/best, the second replacing the first: each run's folder names its own
+    for run in ("small", "ft"):
+        (tmp_path / run).mkdir()
+        shutil.copy(micro_ckpt, tmp_path / run / "best.pt")
+        assert main(["--checkpoint", str(Path(run) / "best.pt"), "--limit", "50", "--threshold-n", "50"]) == 0
+    assert sorted(p.name for p in (tmp_path / "runs" / "evaluate").iterdir()) == ["ft-best", "run-best", "small-best"]
 
 
 def test_labels_of_other_classes_are_refused_and_an_exported_val_file_chooses_no_thresholds_as_training(micro_ckpt, tmp_path, capsys):
