@@ -98,7 +98,7 @@ def write_jpeg_pack(ds: ImageSet, out: Path, split: str = "val") -> Path:
     buf = io.BytesIO()
     np.savez(buf, jpeg=np.concatenate(blobs), offsets=offsets, labels=ds.labels, classes=np.array(ds.classes),
              names=np.array([str(Path(f).relative_to(Path(f).parents[2])) for f in paths]), split=np.array(split),
-             preprocess=np.array(json.dumps(ds.preprocess.to_dict())), source=np.array(f"{ds.name}/{ds.split}"))
+             preprocess=np.array(json.dumps(ds.preprocess.to_dict())), source=np.array(f"{ds.name} ({ds.split} split)"))
     atomic_write(out, buf.getvalue())
     return Path(out)
 
@@ -110,7 +110,7 @@ def export_npz(ds: ImageSet, out: Path, n: Optional[int] = None, seed: Optional[
     buf = io.BytesIO()
     np.savez_compressed(
         buf, images=x, labels=y, classes=np.array(ds.classes), split=np.array(ds.split),  # loading it as another split is refused
-        preprocess=np.array(json.dumps(ds.preprocess.to_dict())), source=np.array(f"{ds.name}/{ds.split}"),
+        preprocess=np.array(json.dumps(ds.preprocess.to_dict())), source=np.array(f"{ds.name} ({ds.split} split)"),
     )
     atomic_write(out, buf.getvalue())
     return Path(out)
