@@ -69,11 +69,25 @@ def _torch_load(path: Path, map_location, trusted: bool) -> object:
                 "it is refused by default. If you trust the file's source, load it with trusted=True "
                 "(CLI: --trust-checkpoint, on train, evaluate, export, bench and data export)."
             ) from None
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({_safe_reason(lines, e)}); it may be truncated or another "
-                              "kind of file: re-download or re-save it") from None
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({_safe_reason(lines, e)}); " + _not_a_checkpoint(path)) from None
     except Exception as e:  # torch raises many types on junk (KeyError, RuntimeError, EOFError, ...)
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({_safe_reason(str(e).strip().splitlines(), e)}); "
-                              "it may be truncated or another kind of file: re-download or re-save it") from None
+                              + _not_a_checkpoint(path)) from None
+
+
+#: files users pass as --checkpoint by mistake, by suffix: what they are
+OTHER_FILES = {".onnx": "an exported ONNX exit", ".ort": "an exported ONNX Runtime Mobile exit", ".pte": "an exported ExecuTorch exit",
+               ".json": "a JSON file (a manifest, metrics or report)", ".npz": "a numpy archive (a data set)",
+               ".png": "an image", ".jpg": "an image", ".md": "a text file (a model card)"}
+
+
+def _not_a_checkpoint(path: Path) -> str:
+    """The end of the error for a file torch cannot load: what it is when its suffix says, else truncated or another kind."""
+    what = OTHER_FILES.get(path.suffix.lower())
+    if what:
+        return (f"it is {what}, not a checkpoint: pass the .pt (or .pth/.pth.tar) file a training run wrote, e.g. runs/NAME/last.pt, "
+                "or a published checkpoint")
+    return "it may be truncated or another kind of file: re-download or re-save it"
 
 
 def _safe_reason(lines: list[str], e: BaseException) -> str:

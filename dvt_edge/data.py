@@ -287,6 +287,8 @@ def scoring_set(spec: str, split: str, preprocess: Optional[Preprocess], num_cla
     data set's would score every exit wrong (``use``: what the caller does with it, ``checkpoint`` the model's
     file, and ``stand_in`` :func:`checkpoint_data`'s note when ``spec`` stands in for the model's own data, for the message)."""
     ds = load_dataset(spec, split, preprocess=preprocess, limit=limit, seed=seed)
+    if limit is not None and len(ds) < limit:  # said, not only in the JSON's n_images
+        print(f"note: {len(ds)} images of {spec}'s {split} split are used to {use} it: fewer than the {limit} asked", file=sys.stderr)
     ds = as_imagenet_labels(ds, num_classes, classes) or ds  # some of ImageNet's synset folders, for an ImageNet model
     mismatch = label_mismatch(ds, num_classes, classes)
     if mismatch and stand_in:  # the model's own images are missing here: that is the fix, not a model for these classes

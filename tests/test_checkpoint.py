@@ -247,3 +247,12 @@ def test_preprocessing_for_another_input_size_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="b.pt: its preprocessing makes"):
         load_checkpoint(tmp_path / "b.pt")
     assert load_checkpoint(tmp_path / "a.pt")[1].preprocess == good
+
+
+@pytest.mark.parametrize("name,what", [("exit1.onnx", "an exported ONNX exit"), ("manifest.json", "a JSON file"),
+                                       ("val.npz", "a numpy archive")])
+def test_a_bundle_or_data_file_given_as_checkpoint_is_named(tmp_path, name, what):
+    """--checkpoint bundle/exit1.onnx or metrics.json said "re-download or re-save it"."""
+    (tmp_path / name).write_bytes(b"\x08\x07\x12\x07pytorch" if name.endswith(".onnx") else b'{"a": 1}')
+    with pytest.raises(CheckpointError, match=rf"it is {what}.*not a checkpoint: pass the \.pt .* a training run wrote"):
+        load_checkpoint(tmp_path / name)

@@ -43,7 +43,7 @@ def test_evaluate_writes_report(tmp_path, capsys):
     assert "FLOPs-budget curve" in capsys.readouterr().out
 
 
-def test_threshold_images_say_whose_training_images_they_are(micro_ckpt, tmp_path):
+def test_threshold_images_say_whose_training_images_they_are(micro_ckpt, tmp_path, capsys):
     """A published model (no training recorded) scored on someone's folder said its threshold images were ones
     "the model trained on"; a checkpoint trained on other data says which."""
     from dvt_edge import create_model, save_checkpoint
@@ -57,8 +57,12 @@ def test_threshold_images_say_whose_training_images_they_are(micro_ckpt, tmp_pat
         for c in range(10):
             (d / split / str(c)).mkdir(parents=True)
             cv2.imwrite(str(d / split / str(c) / "a.png"), np.full((28, 28), 20 * c, np.uint8))
-    r = evaluate_checkpoint(str(micro_ckpt), data=f"imagefolder:{d}", threshold_n=5000, progress=False)
+    capsys.readouterr()
+    r = evaluate_checkpoint(str(micro_ckpt), data=f"imagefolder:{d}", threshold_n=5000, limit=200, progress=False)
     assert (r["threshold_n"], r["threshold_images"]) == (5000, 10)  # as asked, and as there were (it said 5000)
+    err = capsys.readouterr().err  # fewer images than asked are said (bench --n 200 ran on 60 without a word)
+    assert f"note: 10 images of imagefolder:{d}'s val split are used to score it: fewer than the 200 asked" in err
+    assert "used to choose thresholds for it: fewer than the 5000 asked" in err
     r = evaluate_checkpoint(str(micro_ckpt), data=f"imagefolder:{d}", threshold_n=10, progress=False)
     assert r["threshold_selection"] == f"10 training images (seeded; the checkpoint records training on fashion-mnist, not imagefolder:{d})"
 

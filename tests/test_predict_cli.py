@@ -47,6 +47,7 @@ def test_predict_answers_every_image_as_the_api_does(onnx_bundle, photos, tmp_pa
     assert r["thresholds_from"] == "the manifest's" and r["mode"] == "thresholds"
     assert f"12 images (1 unreadable): exits 1-3 answered {' / '.join(map(str, r['exit_counts']))}" in printed
     assert "unreadable: image" in printed and f"wrote {out}" in printed
+    assert all(f"{k % 3}/{k:02d}.png " in printed for k in range(12)), printed  # under the common folder: names alone repeat
     # fixed thresholds, through the dvt-runtime command: none never stops, so every image reaches exit 3
     assert runtime_main(["predict", "--bundle", str(onnx_bundle), str(photos / "sub" / "0"), "--thresholds", "none,none", "--no-progress"]) == 0
     assert "exits 1-3 answered 0 / 0 / 4" in capsys.readouterr().out

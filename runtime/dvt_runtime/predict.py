@@ -115,10 +115,18 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
 
 def format_result(r: dict) -> str:
     """One line per image, then the exits' counts and latency percentiles."""
-    width = min(60, max([len(Path(x["file"]).name) for x in r["images"]] + [4]))
+    # paths under the images' common folder: names alone repeat across class folders (train/cat/IMG_0000.jpg, train/dog/...)
+    full = [os.path.abspath(x["file"]) for x in r["images"]]
+    try:
+        root = os.path.commonpath([os.path.dirname(f) for f in full]) if full else ""
+        names = [os.path.relpath(f, root) for f in full]
+    except ValueError:  # files on different drives (Windows)
+        names = [Path(f).name for f in full]
+    width = min(60, max([len(n) for n in names] + [4]))
     lines = [f"{'file':<{width}}  {'class':<16} {'conf':>6}  exit  {'ms':>7}"]
-    for x in r["images"]:
-        lines.append(f"{Path(x['file']).name[:width]:<{width}}  {str(x['class_name'])[:16]:<16} {x['confidence']:>6.3f}  {x['exit']:>4}  "
+    for name, x in zip(names, r["images"]):
+        name = name if len(name) <= width else "..." + name[-(width - 3):]  # the file's own name kept
+        lines.append(f"{name:<{width}}  {str(x['class_name'])[:16]:<16} {x['confidence']:>6.3f}  {x['exit']:>4}  "
                      f"{x['total_ms']:>7.3f}" + ("  (deadline: later exit skipped)" if x["deadline_skipped"] else ""))
     lines += [f"unreadable: {u['error']}" for u in r["unreadable"]]
     n = r["n_images"]
