@@ -17,8 +17,8 @@ import numpy as np
 
 from dvt_runtime.checks import InputError
 
-__all__ = ["IMAGE_EXTS", "IMREAD_FLAGS", "CorruptImage", "ImageError", "TruncatedImage", "can_check_jpegs", "cv2_or_fail", "decode_image", "jpeg_corruption",
-           "jpeg_end", "read_image", "to_uint8"]
+__all__ = ["IMAGE_EXTS", "IMREAD_FLAGS", "CorruptImage", "ImageError", "TruncatedImage", "can_check_jpegs", "cv2_or_fail",
+           "decode_image", "jpeg_corruption", "jpeg_end", "read_image", "to_uint8"]
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})  # what image folders hold (by suffix, any case)
 
