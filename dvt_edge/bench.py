@@ -287,7 +287,7 @@ def run_throughput(checkpoint: str, targets: list[str], precisions: list[str], t
     model, info = load_checkpoint(checkpoint, trusted=trusted)
     check_thresholds(thresholds, model.num_exits, "--thresholds")
     if data:
-        x, y = _scoring(data, info, model, n).arrays(progress=progress)
+        x, y = _scoring(data_for_checkpoint(data, model.name, info.extras)[0], info, model, n).arrays(progress=progress)  # moved holdout said
     else:
         x, y = np.random.default_rng(0).standard_normal((n, model.cfg.in_chans, model.cfg.img_size, model.cfg.img_size)).astype(np.float32), None
 

@@ -152,6 +152,20 @@ def holdout_changed(spec: str, extras: Optional[dict]) -> str:
             "as it was, or give it a val/ folder and train again")
 
 
+def check_training_holdout(spec: str, before: Optional[dict], resumed: Optional[dict]) -> None:
+    """Refuse a training run whose folder's holdout moved while its images were read (``before``: listed before the
+    decode), or, resumed, is not the one the run started with (it would train on images held out then)."""
+    now = holdout_of(spec)
+    if now != before:
+        raise DataError(f"{spec} changed while its images were read (files added or removed, and with no val/ folder the holdout "
+                        "is drawn from train/'s file list): train again once the folder is settled")
+    then = (resumed or {}).get("holdout")
+    if isinstance(then, dict) and now != then:
+        raise DataError(f"--resume: {spec} changed since the run started ({now['files'] if now else 'no'} held-out files now, "
+                        f"{then.get('files')} then): with no val/ folder the holdout is drawn from train/'s file list, so the resumed "
+                        "run would train on images held out then. Restore the folder as it was, or start a new run")
+
+
 def recorded_data(extras: Optional[dict]) -> list[str]:
     """The dataset specs a checkpoint records, most portable first: a published reference's
     evaluation set (``eval_data``), its data, and the data its training run was given."""
@@ -288,7 +302,7 @@ def scoring_set(spec: str, split: str, preprocess: Optional[Preprocess], num_cla
     file, and ``stand_in`` :func:`checkpoint_data`'s note when ``spec`` stands in for the model's own data, for the message)."""
     ds = load_dataset(spec, split, preprocess=preprocess, limit=limit, seed=seed)
     if limit is not None and len(ds) < limit:  # said, not only in the JSON's n_images
-        print(f"note: {len(ds)} images of {spec}'s {split} split are used to {use} it: fewer than the {limit} asked", file=sys.stderr)
+        print(f"note: {spec}'s {split} split has {len(ds)} images, all used to {use} it (up to {limit} would be)", file=sys.stderr)
     ds = as_imagenet_labels(ds, num_classes, classes) or ds  # some of ImageNet's synset folders, for an ImageNet model
     mismatch = label_mismatch(ds, num_classes, classes)
     if mismatch and stand_in:  # the model's own images are missing here: that is the fix, not a model for these classes
@@ -330,7 +344,7 @@ def _export(args: argparse.Namespace) -> None:
 
         model, info = load_checkpoint(args.checkpoint, trusted=args.trust_checkpoint)
         pre = info.preprocess
-        if args.split == "val" and (moved := holdout_changed(args.data, info.extras)):  # a calibration set of trained-on images
+        if _SPLIT_ALIASES.get(args.split) == "val" and (moved := holdout_changed(args.data, info.extras)):  # a calibration set of trained-on images
             print(moved, file=sys.stderr)
     ds = load_dataset(args.data, args.split, preprocess=pre, limit=args.n, seed=args.seed)  # an image folder decodes only those
     if model is not None:  # labelled as the bundles of this checkpoint answer, which the runtime's calibrate checks

@@ -195,7 +195,10 @@ def default_out(checkpoint: str) -> Path:
     """``runs/evaluate/<name>``: the file's name, with its run folder's in front for a run's best.pt or last.pt (every run's
     best.pt was evaluated into runs/evaluate/best, the last one replacing the others)."""
     p = Path(checkpoint)
-    name = p.name.split(".")[0]
+    name = p.name
+    for suffix in (".tar", ".pth", ".pt", ".ckpt", ".bin"):  # model.v1.pt and model.v2.pt stay apart; model_best.pth.tar -> model_best
+        name = name.removesuffix(suffix)
+    name = name or p.stem or "checkpoint"
     return Path("runs") / "evaluate" / (f"{p.resolve().parent.name}-{name}" if name in RUN_FILE_NAMES else name)
 
 

@@ -264,7 +264,7 @@ def _check_classes(sub: Path, classes: list[str], chosen: np.ndarray, keep: list
         warnings.warn(f"imagefolder: {what}" if limited else f"imagefolder: {sub} has no images for class(es) {empty}", stacklevel=4)
     if skipped:
         why = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
-        warnings.warn(f"imagefolder: skipped {len(skipped)} image(s) in {sub} ({why}; none trained on), e.g. {skipped[:3]}", stacklevel=4)
+        warnings.warn(f"imagefolder: skipped {len(skipped)} image(s) in {sub} ({why}; left out), e.g. {skipped[:3]}", stacklevel=4)
 
 
 def _try_read(p: Path) -> tuple[Optional[np.ndarray], str]:
@@ -272,5 +272,7 @@ def _try_read(p: Path) -> tuple[Optional[np.ndarray], str]:
     truncated (a JPEG cut short) or corrupt (a JPEG whose coded data libjpeg finds damaged)."""
     try:
         return _images.read_image(p, strict=True), ""
+    except _images.DecoderMissing as e:  # the check cannot run here: every JPEG would be "unreadable"
+        raise DataError(str(e)) from None
     except _images.ImageError as e:
         return None, e.kind

@@ -117,7 +117,8 @@ class ImageSet:
         if self.preprocessed:
             raise DataError(f"{self.name} holds preprocessed arrays only; raw pixels are not available")
         im = self.images[i]
-        return read_image(im) if isinstance(im, (str, Path)) else np.asarray(im)
+        # a file path: checked strictly once, when its folder was decoded; not again on every access (every epoch)
+        return read_image(im, strict=False) if isinstance(im, (str, Path)) else np.asarray(im)
 
     def input(self, i: int) -> np.ndarray:
         """The i-th network input, float32 (C, H, W)."""
@@ -194,10 +195,10 @@ def decode_image(data: np.ndarray, what: str) -> np.ndarray:
         raise DataError(str(e)) from None
 
 
-def read_image(path) -> np.ndarray:
-    """:func:`dvt_runtime.images.read_image`, strict (a corrupt JPEG is refused), its errors DataErrors."""
+def read_image(path, strict: bool = True) -> np.ndarray:
+    """:func:`dvt_runtime.images.read_image`, strict (a corrupt JPEG is refused) unless told, its errors DataErrors."""
     try:
-        return _images.read_image(path, strict=True)
+        return _images.read_image(path, strict=strict)
     except _images.ImageError as e:
         raise DataError(str(e)) from None
 

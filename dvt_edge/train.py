@@ -29,6 +29,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dvt_edge import batches as _batches
 from dvt_edge import data as _data
 from dvt_edge.batches import augment, batches, epoch_shard, eval_batch_size, evaluate_exits, materialize, rng_state, set_rng_state
 from dvt_edge.checkpoint import CheckpointError, _state_dict_of, checkpoint_model_name, read_checkpoint, save_checkpoint
@@ -42,7 +43,7 @@ from dvt_runtime.preprocess import Preprocess
 AMP_CHOICES = ("fp32", "bf16")
 DEFAULT_MODEL = "dvt_tiny_fmnist_ms"  # --model without --finetune or --resume, for grayscale data (and no --data)
 COLOR_MODEL = "dvt_small_cifar"  # --model for colour --data
-COLOR_REFERENCE = "dvt_edge/assets/dvt_small_cifar.pt"
+COLOR_REFERENCE = Path(__file__).parent / "assets" / "dvt_small_cifar.pt"  # where the package is: any working directory
 
 __all__ = ["train", "evaluate_exits", "main", "build_parser"]
 
@@ -132,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _finetune_init(model: DVT, path: str, trusted: bool, classes: Optional[list[str]] = None) -> str:
+def _finetune_init(model: DVT, path: str, trusted: bool, classes: Optional[list[str]] = None, data: str = "") -> str:
     """Copy weights from a checkpoint (across grid and depth changes: :mod:`dvt_edge.transfer`). The
     classifier heads come along only when the checkpoint's class names are the training data's (same
     names, same order; kept when the checkpoint names none and the shapes fit); they, and anything
@@ -145,16 +146,8 @@ def _finetune_init(model: DVT, path: str, trusted: bool, classes: Optional[list[
     if t.loaded < t.total // 2:
         raise CheckpointError(f"--finetune {path}: only {t.loaded} of {t.total} tensors fit model {model.name!r}; is it the same architecture?")
     why = "" if same_classes else " (heads re-initialised: the checkpoint's classes differ from the data's)"
-    return f"fine-tuning from {path}: {t.summary()}{why}"
-
-
-def bf16_warning(amp: str, device: torch.device) -> Optional[str]:
-    """A warning when bf16 autocast is asked for on a CPU without native bf16 (AVX512-BF16/AMX):
-    oneDNN then emulates it (measured on an AVX2-only EPYC: a conv step 16x slower than fp32)."""
-    if amp != "bf16" or device.type != "cpu" or torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return None
-    return (f"warning: --amp bf16 on a CPU without native bf16 ({torch.backends.cpu.get_cpu_capability()}, no AVX512-BF16/AMX) "
-            "is emulated and runs many times slower than fp32 (measured 16x on an AVX2 EPYC); use --amp fp32 here")
+    moved = _data.holdout_changed(data, ckpt).replace("the model was", "the --finetune checkpoint was") if data else ""
+    return f"fine-tuning from {path}: {t.summary()}{why}" + (f"\n{moved}" if moved else "")
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -231,22 +224,23 @@ def _train(args: argparse.Namespace) -> dict:
         raise CheckpointError(f"--out {out} is a file; pass a folder for the run (checkpoints and metrics go there)")
     rank, world, device = _init_processes(args)
     log = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
-    args.data = _data.absolute_spec(args.data) if args.data else args.data  # recorded so: read the same from any folder
     resume_state = _resume_state(args, out)  # a resumed run without --data or --model: its own
     if args.model is None and (args.finetune or not args.data):  # a fine-tune without --model: the checkpoint's architecture
         args.model = checkpoint_model_name(args.finetune, args.trust_checkpoint) if args.finetune else DEFAULT_MODEL
         if args.finetune:
             log(f"note: --model {args.model}, the architecture of --finetune {args.finetune}")
-    args.data = args.data or default_train_data(args.model)
+    args.data = _data.absolute_spec(args.data or default_train_data(args.model))  # a resumed old run's relative path too
     random.seed(args.seed + rank)
     np.random.seed(args.seed + rank)
     torch.manual_seed(args.seed)  # same init on every rank
+    holdout = _data.holdout_of(args.data)  # listed before the (long) decode, compared after it
     train_ds, val_ds = _load_splits(args.data, args.train_limit, args.val_limit, args.seed)
+    _data.check_training_holdout(args.data, holdout, resume_state)
     if args.model is None:  # --data without --model: the reference architecture for the data's colour
         args.model = COLOR_MODEL if train_ds.preprocess.num_channels == 3 else DEFAULT_MODEL
-        log(f"note: --model {args.model} ({'colour, 32 px' if args.model == COLOR_MODEL else 'grayscale, 28 px'}: {args.data} is "
-            f"{'colour' if args.model == COLOR_MODEL else 'grayscale'}); pass --model NAME to choose (python -m dvt_edge.zoo lists them), "
-            f"or --finetune {COLOR_REFERENCE} to start from the CIFAR-10 reference's weights (colour)")
+        colour = args.model == COLOR_MODEL
+        log(f"note: --model {args.model} ({'colour, 32 px' if colour else 'grayscale, 28 px'}: {args.data} is {'colour' if colour else 'grayscale'}); "
+            "pass --model NAME to choose (python -m dvt_edge.zoo lists them)" + (f", or --finetune {COLOR_REFERENCE} (the CIFAR-10 reference)" if colour else ""))
     model = _build_model(args, resume_state, train_ds, val_ds, log)
     run = _setup_run(args, rank, world, device, log, model, train_ds, val_ds)
     state = _RunState() if resume_state is None else _restore(run, resume_state, out / "last.pt")
@@ -351,7 +345,7 @@ def _build_model(args: argparse.Namespace, resume_state: Optional[dict], train_d
         log(f"note: {args.data} images are preprocessed as {model.name} expects: {pre.to_dict()}")
     train_ds.preprocess = val_ds.preprocess = pre
     if args.finetune and resume_state is None:
-        log(_finetune_init(model, args.finetune, args.trust_checkpoint, train_ds.classes))
+        log(_finetune_init(model, args.finetune, args.trust_checkpoint, train_ds.classes, args.data))
     return model
 
 
@@ -366,10 +360,10 @@ def _setup_run(args, rank: int, world: int, device: torch.device, log, model: DV
     opt = torch.optim.AdamW(_param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.999))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(args.epochs * steps_per_epoch, int(args.warmup_epochs * steps_per_epoch)))
     gen = torch.Generator().manual_seed(args.seed * 1000 + rank)
-    if (warning := bf16_warning(getattr(args, "amp", "fp32"), device)) and rank == 0:
+    if (warning := _batches.bf16_warning(getattr(args, "amp", "fp32"), device)) and rank == 0:
         log(warning)
     return _Run(args, rank, world, device, log, train_ds, val_ds, model, ddp_model, opt, sched, gen, steps_per_epoch,
-                holdout=_data.holdout_of(args.data))
+                holdout=_data.holdout_of(args.data))  # checked against the listing before the decode (check_training_holdout)
 
 
 def _restore(run: _Run, resume_state: dict, last: Path) -> _RunState:

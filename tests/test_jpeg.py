@@ -148,7 +148,7 @@ def test_corrupt_and_truncated_files_are_skipped_and_counted_by_kind(tmp_path):
         warnings.simplefilter("always")
         ds = load_dataset(f"imagefolder:{tmp_path}", "val")
     msgs = " | ".join(str(x.message) for x in w)
-    assert "skipped 3 image(s)" in msgs and "(1 corrupt, 1 truncated, 1 unreadable; none trained on)" in msgs, msgs
+    assert "skipped 3 image(s)" in msgs and "(1 corrupt, 1 truncated, 1 unreadable; left out)" in msgs, msgs
     assert len(ds) == 8 and not any(f.endswith(("bad.jpg", "cut.jpg", "junk.jpg")) for f in ds.files)
 
 
@@ -165,11 +165,16 @@ def test_a_jpeg_pack_with_a_corrupt_image_is_refused(tmp_path):
         load_dataset(f"npz:{tmp_path / 'bad.npz'}", "val")
 
 
-def test_without_simplejpeg_the_strict_check_names_the_package(monkeypatch):
+def test_without_simplejpeg_the_strict_check_names_the_package(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "simplejpeg", None)  # import fails
-    with pytest.raises(DataError, match=r"needs simplejpeg: pip install simplejpeg"):
+    with pytest.raises(DataError, match=r"needs simplejpeg .*: pip install simplejpeg"):
         decode_image(np.frombuffer(_variants()["baseline"], np.uint8), "x.jpg")
     images.decode_image(np.frombuffer(_variants()["baseline"], np.uint8), "x.jpg")  # not strict: not needed
+    # an image folder: every JPEG was counted "unreadable" and the error named no package
+    _folder(tmp_path, {})
+    with pytest.raises(DataError, match=r"needs simplejpeg .*pip install simplejpeg"):
+        load_dataset(f"imagefolder:{tmp_path}", "val")
+    assert not images.can_check_jpegs()
 
 
 def test_tiff_is_read_and_other_files_in_class_folders_are_said(tmp_path):
@@ -183,3 +188,15 @@ def test_tiff_is_read_and_other_files_in_class_folders_are_said(tmp_path):
     assert "ignoring 3 file(s) in class folders of" in msgs and "(.heic: 2, .txt: 1;" in msgs and "DS_Store" not in msgs, msgs
     i = next(k for k, f in enumerate(ds.files) if f.endswith("scan.tif"))
     np.testing.assert_array_equal(ds.raw(i), IMG)
+
+
+def test_a_float_tiff_is_scaled_not_cast_to_black(tmp_path):
+    """OpenCV decodes a float TIFF as float32 0-1; a cast to uint8 made every pixel 0."""
+    f = IMG.astype(np.float32) / 255
+    cv2.imwrite(str(tmp_path / "f.tif"), f)
+    assert cv2.imread(str(tmp_path / "f.tif"), cv2.IMREAD_UNCHANGED).dtype == np.float32
+    np.testing.assert_array_equal(read_image(tmp_path / "f.tif"), IMG)
+    f[0, 0, 0] = np.nan
+    cv2.imwrite(str(tmp_path / "nan.tif"), f)
+    with pytest.raises(DataError, match=r"nan\.tif holds NaN or infinite pixel values"):
+        read_image(tmp_path / "nan.tif")

@@ -240,7 +240,7 @@ def test_finetune_with_other_class_names_reinitialises_heads(tmp_path):
 
 
 def test_bf16_warning_names_the_fix_on_cpus_without_native_bf16(monkeypatch):
-    from dvt_edge.train import bf16_warning
+    from dvt_edge.batches import bf16_warning
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
@@ -395,6 +395,10 @@ def test_a_relative_folder_is_recorded_as_the_folder_it_was(tmp_path, monkeypatc
     assert checkpoint_data(model.name, info.extras, model.cfg) == (f"imagefolder:{tmp_path / 'photos'}", "")
     monkeypatch.chdir(tmp_path)  # resumed with the same relative flag: the same data, not a changed setting
     train(build_parser().parse_args([*args, "--resume", "--out", "r"]))
+    raw = torch.load(tmp_path / "r" / "last.pt", weights_only=True)  # a run recorded before paths were made absolute
+    raw["train"]["args"] = json.dumps({**json.loads(raw["train"]["args"]), "data": "imagefolder:photos"})
+    torch.save(raw, tmp_path / "r" / "last.pt")
+    train(build_parser().parse_args([*args, "--resume", "--out", "r"]))  # same_data: not "started with other settings"
     # the folder moved: the set standing in (Fashion-MNIST, 10 classes) is named as a stand-in, and the fix is --data
     from dvt_edge.data import DataError
     from dvt_edge.evaluate import evaluate_checkpoint
@@ -417,6 +421,7 @@ def test_a_folder_whose_holdout_moved_since_training_is_said(tmp_path, capsys):
     import cv2
     import numpy as np
 
+    from dvt_edge.data import DataError
     from dvt_edge.data import main as data_main
     from dvt_edge.evaluate import evaluate_checkpoint
     from dvt_edge.export.__main__ import main as export_main
@@ -444,6 +449,23 @@ def test_a_folder_whose_holdout_moved_since_training_is_said(tmp_path, capsys):
     assert said in capsys.readouterr().err
     assert export_main(["--checkpoint", ckpt, "--target", "onnx", "--precision", "fp32", "--out", str(tmp_path / "b")]) == 0
     assert said in capsys.readouterr().err
+    run = ["--model", "dvt_micro_fmnist", "--data", spec, "--epochs", "1", "--threads", "1"]
+    with pytest.raises(DataError, match=r"--resume: .* changed since the run started \(5 held-out files now, 4 then\)"):
+        train(build_parser().parse_args([*run, "--quiet", "--resume", "--out", str(tmp_path / "r")]))
+    train(build_parser().parse_args([*run, "--finetune", ckpt, "--out", str(tmp_path / "ft")]))  # allowed, but said
+    assert said.replace("the model was", "the --finetune checkpoint was") in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "ft" / "last.pt")[1].extras["holdout"]["files"] == 5  # its own holdout, recorded
+
+
+def test_a_folder_that_changes_while_it_is_read_is_refused(tmp_path, monkeypatch):
+    import dvt_edge.data as D
+
+    moving = iter([{"files": 4, "sha256": "a"}, {"files": 5, "sha256": "b"}])
+    monkeypatch.setattr(D, "holdout_of", lambda spec: next(moving))
+    monkeypatch.setattr("dvt_edge.train._load_splits", lambda *a: (None, None))
+    with pytest.raises(D.DataError, match=r"changed while its images were read .*train again once the folder is settled"):
+        train(build_parser().parse_args(["--model", "dvt_micro_fmnist", "--data", f"imagefolder:{tmp_path}", "--epochs", "1",
+                                         "--quiet", "--out", str(tmp_path / "r")]))
 
 
 def test_colour_photos_without_model_train_the_colour_reference_architecture(tmp_path, capsys):

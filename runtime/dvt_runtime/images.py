@@ -9,7 +9,6 @@ it to wrong pixels and only prints libjpeg's warning).
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Optional, Union
 
@@ -17,7 +16,7 @@ import numpy as np
 
 from dvt_runtime.checks import InputError
 
-__all__ = ["IMAGE_EXTS", "IMREAD_FLAGS", "CorruptImage", "ImageError", "TruncatedImage", "can_check_jpegs", "cv2_or_fail",
+__all__ = ["IMAGE_EXTS", "IMREAD_FLAGS", "CorruptImage", "DecoderMissing", "ImageError", "TruncatedImage", "can_check_jpegs", "cv2_or_fail",
            "decode_image", "jpeg_corruption", "jpeg_end", "read_image", "to_uint8"]
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})  # what image folders hold (by suffix, any case)
@@ -51,11 +50,19 @@ def cv2_or_fail():
     return cv2
 
 
-def to_uint8(img: np.ndarray) -> np.ndarray:
-    """Decoded pixels as uint8 (16-bit PNGs are scaled down)."""
-    if img.dtype != np.uint8:
-        img = (img / 257).astype(np.uint8) if img.dtype == np.uint16 else img.astype(np.uint8)
-    return img
+def to_uint8(img: np.ndarray, what: str = "the image") -> np.ndarray:
+    """Decoded pixels as uint8: 16-bit images scaled down, float images (a float TIFF) from 0-1 (or 0-255 when any value is
+    above 1) scaled and clipped; NaN or infinite pixels, and other integer depths, are an ImageError (a cast made them black)."""
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype == np.uint16:
+        return (img / 257).astype(np.uint8)
+    if img.dtype.kind == "f":
+        if not np.isfinite(img).all():
+            raise ImageError(f"{what} holds NaN or infinite pixel values (a float image): re-save it as 8- or 16-bit")
+        scale = 255.0 if img.size and float(img.max()) <= 1.0 else 1.0
+        return np.clip(np.rint(img.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+    raise ImageError(f"{what}'s pixels are {img.dtype} (a {img.dtype.itemsize * 8}-bit image): re-save it as 8- or 16-bit")
 
 
 #: How image files are decoded: gray stays gray, colour is BGR, 16 bits stay 16 (then scaled to uint8), alpha is
@@ -108,17 +115,28 @@ JPEG_DAMAGE = ("Corrupt JPEG data", "Premature end of JPEG file", "Bogus", "Huff
                "DCT coefficient out of range", "Didn't expect more than one scan", "Unsupported marker type")
 
 
+class DecoderMissing(ImageError):
+    """simplejpeg, which the strict check needs, cannot be imported: not the image's fault (never counted as unreadable)."""
+
+    kind = "missing"
+
+
 def can_check_jpegs() -> bool:
-    """Whether :func:`jpeg_corruption` can run here (simplejpeg is installed: dvt-edge and ``dvt-runtime[opencv]`` install it)."""
-    return importlib.util.find_spec("simplejpeg") is not None
+    """Whether :func:`jpeg_corruption` can run here (simplejpeg imports: dvt-edge and ``dvt-runtime[opencv]`` install it)."""
+    try:
+        import simplejpeg  # noqa: F401 - imported when asked, never at module load
+    except Exception:  # noqa: BLE001 - missing, or built against another numpy: either way not usable
+        return False
+    return True
 
 
 def _libjpeg_complaint(data: bytes) -> Optional[str]:
     """What libjpeg (through simplejpeg, strict) says of decoding ``data``: a warning or an error, or None."""
     try:
         import simplejpeg
-    except ImportError:
-        raise ImageError("checking JPEGs for corrupt data needs simplejpeg: pip install simplejpeg") from None
+    except Exception as e:  # noqa: BLE001 - missing, or a broken build
+        raise DecoderMissing(f"checking JPEGs for corrupt data needs simplejpeg ({type(e).__name__}: {e}): pip install simplejpeg "
+                             "(dvt-edge depends on it; an install older than that dependency: pip install -e . again)") from None
     try:  # gray, fast IDCT: every component's coded data is still read, the colour work skipped
         simplejpeg.decode_jpeg(data, colorspace="GRAY", fastdct=True, fastupsample=True, strict=True)
     except Exception as e:  # noqa: BLE001 - simplejpeg raises ValueError for warnings, others for errors
@@ -175,7 +193,7 @@ def decode_image(data: np.ndarray, what: str, strict: bool = False) -> np.ndarra
                             "marker): copy or download it again, or re-save it from its source")
         data = data[:end]  # what follows the image (a motion photo's video) is not decoded
         if strict and (warning := jpeg_corruption(data.tobytes())):
-            raise CorruptImage(f"{what} has corrupt JPEG data (libjpeg: {warning!r}): it decodes to wrong pixels; copy or "
+            raise CorruptImage(f"{what} has corrupt JPEG data (libjpeg: {warning!r}): its pixels cannot be trusted; copy or "
                                "download it again, or re-save it from its source")
     try:
         img = cv2.imdecode(data, IMREAD_FLAGS)
@@ -183,7 +201,7 @@ def decode_image(data: np.ndarray, what: str, strict: bool = False) -> np.ndarra
         img = None
     if img is None:
         raise ImageError(f"cannot decode {what} (not an image OpenCV can decode)")
-    return to_uint8(img)
+    return to_uint8(img, what)
 
 
 def read_image(path: Union[str, Path], strict: bool = False) -> np.ndarray:
