@@ -91,7 +91,7 @@ def test_imagefolder_reads_generated_folder(tmp_path, fmnist_test):
     (tmp_path / "val" / "bag" / "broken.jpg").write_bytes(b"not a jpeg")
     ds_train = load_dataset(f"imagefolder:{tmp_path}", "train")
     assert ds_train.classes == classes and len(ds_train) == 12
-    with pytest.warns(UserWarning, match=r"skipped 1 unreadable.*broken\.jpg"):
+    with pytest.warns(UserWarning, match=r"skipped 1 image\(s\) .*\(1 unreadable; left out\).*broken\.jpg"):
         ds_val = load_dataset(f"imagefolder:{tmp_path}", "val", preprocess=fmnist_test.preprocess)
     assert len(ds_val) == 12 and ds_val.skipped[0].endswith("broken.jpg")
     # PNG round trip is lossless: the same network input as the in-memory image
@@ -313,13 +313,13 @@ def test_a_limited_image_folder_decodes_only_its_subset(tmp_path, monkeypatch):
     (``--train-limit 1000`` decoded all 50,000 CIFAR JPEGs first); an unreadable file outside it goes unnoticed,
     one inside it is left out and said."""
     import dvt_edge.imagefolder as F
-    from dvt_edge.imageset import read_image
 
+    read = F._try_read
     _class_sorted_folder(tmp_path, n_per_class=30)  # no val/: the holdout is drawn from train/'s listing
     spec = f"imagefolder:{tmp_path}"
     full = {split: load_dataset(spec, split) for split in ("train", "val")}
     decoded = []
-    monkeypatch.setattr(F, "read_image", lambda p: decoded.append(p) or read_image(p))
+    monkeypatch.setattr(F, "_try_read", lambda p: decoded.append(p) or read(p))
     monkeypatch.setattr(F, "_LISTINGS", {})
     monkeypatch.setattr(F, "_DECODED", {})
     for split, n, seed in (("train", 9, 3), ("val", 5, 0), ("train", 500, 1)):
@@ -735,7 +735,7 @@ def test_loader_corners_from_a_reader(tmp_path):
     for i in (1, 2):  # enough of class z now
         cv2.imwrite(str(tmp_path / "f" / "train" / "z" / f"{i}.png"), np.full((8, 8), i, np.uint8))
     (tmp_path / "f" / "train" / "c00" / "link.png").symlink_to(tmp_path / "gone.png")  # a broken link is a skipped file, said
-    with pytest.warns(UserWarning, match=r"skipped 1 unreadable(.|\n)*link\.png"):
+    with pytest.warns(UserWarning, match=r"skipped 1 image\(s\) (.|\n)*\(1 unreadable; left out\)(.|\n)*link\.png"):
         load_dataset(f"imagefolder:{tmp_path / 'f'}", "train")
     img = np.random.default_rng(0).integers(0, 256, (100, 1000), dtype=np.uint8)
     np.testing.assert_array_equal(P._np_resize(img, 28, 280, "nearest"), cv2.resize(img, (280, 28), interpolation=cv2.INTER_NEAREST))

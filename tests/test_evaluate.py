@@ -61,8 +61,8 @@ def test_threshold_images_say_whose_training_images_they_are(micro_ckpt, tmp_pat
     r = evaluate_checkpoint(str(micro_ckpt), data=f"imagefolder:{d}", threshold_n=5000, limit=200, progress=False)
     assert (r["threshold_n"], r["threshold_images"]) == (5000, 10)  # as asked, and as there were (it said 5000)
     err = capsys.readouterr().err  # fewer images than asked are said (bench --n 200 ran on 60 without a word)
-    assert f"note: 10 images of imagefolder:{d}'s val split are used to score it: fewer than the 200 asked" in err
-    assert "used to choose thresholds for it: fewer than the 5000 asked" in err
+    assert f"note: imagefolder:{d}'s val split has 10 images, all used to score it (up to 200 would be)" in err
+    assert "train split has 10 images, all used to choose thresholds for it (up to 5000 would be)" in err
     r = evaluate_checkpoint(str(micro_ckpt), data=f"imagefolder:{d}", threshold_n=10, progress=False)
     assert r["threshold_selection"] == f"10 training images (seeded; the checkpoint records training on fashion-mnist, not imagefolder:{d})"
 
