@@ -152,18 +152,21 @@ def holdout_changed(spec: str, extras: Optional[dict]) -> str:
             "as it was, or give it a val/ folder and train again")
 
 
-def check_training_holdout(spec: str, before: Optional[dict], resumed: Optional[dict]) -> None:
-    """Refuse a training run whose folder's holdout moved while its images were read (``before``: listed before the
-    decode), or, resumed, is not the one the run started with (it would train on images held out then)."""
-    now = holdout_of(spec)
-    if now != before:
-        raise DataError(f"{spec} changed while its images were read (files added or removed, and with no val/ folder the holdout "
-                        "is drawn from train/'s file list): train again once the folder is settled")
+def check_resumed_holdout(spec: str, now: Optional[dict], resumed: Optional[dict]) -> None:
+    """Refuse to resume on a folder whose holdout is not the one the run started with (it would train on images held
+    out then); ``now``: :func:`holdout_of` listed before the decode (no wait for it)."""
     then = (resumed or {}).get("holdout")
     if isinstance(then, dict) and now != then:
         raise DataError(f"--resume: {spec} changed since the run started ({now['files'] if now else 'no'} held-out files now, "
                         f"{then.get('files')} then): with no val/ folder the holdout is drawn from train/'s file list, so the resumed "
                         "run would train on images held out then. Restore the folder as it was, or start a new run")
+
+
+def check_training_holdout(spec: str, before: Optional[dict]) -> None:
+    """Refuse a training run whose folder's holdout moved while its images were read (``before``: listed before the decode)."""
+    if holdout_of(spec) != before:
+        raise DataError(f"{spec} changed while its images were read (files added or removed, and with no val/ folder the holdout "
+                        "is drawn from train/'s file list): train again once the folder is settled")
 
 
 def recorded_data(extras: Optional[dict]) -> list[str]:

@@ -197,9 +197,9 @@ def default_out(checkpoint: str) -> Path:
     p = Path(checkpoint)
     name = p.name
     for suffix in (".tar", ".pth", ".pt", ".ckpt", ".bin"):  # model.v1.pt and model.v2.pt stay apart; model_best.pth.tar -> model_best
-        name = name.removesuffix(suffix)
-    name = name or p.stem or "checkpoint"
-    return Path("runs") / "evaluate" / (f"{p.resolve().parent.name}-{name}" if name in RUN_FILE_NAMES else name)
+        name = name[: -len(suffix)] if name.lower().endswith(suffix) else name
+    name = name.lstrip(".") or "checkpoint"  # never a hidden folder (a file named .pt)
+    return Path("runs") / "evaluate" / (f"{p.resolve().parent.name}-{name}" if name.lower() in RUN_FILE_NAMES else name)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

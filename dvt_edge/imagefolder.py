@@ -105,9 +105,10 @@ def holdout_fingerprint(root: str) -> Optional[dict]:
     """For a folder without ``val/``: how many files its holdout holds and a hash of their paths under ``train/``, which a
     checkpoint records (the holdout is drawn from the file list: files added or removed later move trained-on images into
     it); None for a folder with its own ``val/``."""
+    base = Path(root).expanduser()
+    if not (base / "train").is_dir() or any((base / d).is_dir() for d in ("val", "test")):
+        return None  # its own val/ (or no train/: the loader says what is wrong)
     sp = _split(root, "val")
-    if sp.sub.name != "train":
-        return None
     names = sorted(Path(sp.files[i]).relative_to(sp.sub).as_posix() for i in sp.idx)
     return {"files": len(names), "sha256": hashlib.sha256("\n".join(names).encode()).hexdigest()}
 

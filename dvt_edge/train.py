@@ -234,15 +234,16 @@ def _train(args: argparse.Namespace) -> dict:
     np.random.seed(args.seed + rank)
     torch.manual_seed(args.seed)  # same init on every rank
     holdout = _data.holdout_of(args.data)  # listed before the (long) decode, compared after it
+    _data.check_resumed_holdout(args.data, holdout, resume_state)
     train_ds, val_ds = _load_splits(args.data, args.train_limit, args.val_limit, args.seed)
-    _data.check_training_holdout(args.data, holdout, resume_state)
+    _data.check_training_holdout(args.data, holdout)
     if args.model is None:  # --data without --model: the reference architecture for the data's colour
         args.model = COLOR_MODEL if train_ds.preprocess.num_channels == 3 else DEFAULT_MODEL
         colour = args.model == COLOR_MODEL
         log(f"note: --model {args.model} ({'colour, 32 px' if colour else 'grayscale, 28 px'}: {args.data} is {'colour' if colour else 'grayscale'}); "
             "pass --model NAME to choose (python -m dvt_edge.zoo lists them)" + (f", or --finetune {COLOR_REFERENCE} (the CIFAR-10 reference)" if colour else ""))
     model = _build_model(args, resume_state, train_ds, val_ds, log)
-    run = _setup_run(args, rank, world, device, log, model, train_ds, val_ds)
+    run = _setup_run(args, rank, world, device, log, model, train_ds, val_ds, holdout)
     state = _RunState() if resume_state is None else _restore(run, resume_state, out / "last.pt")
     _prepare_batches(run)
     t_run = time.time()
@@ -349,8 +350,10 @@ def _build_model(args: argparse.Namespace, resume_state: Optional[dict], train_d
     return model
 
 
-def _setup_run(args, rank: int, world: int, device: torch.device, log, model: DVT, train_ds: ImageSet, val_ds: ImageSet) -> _Run:
-    """Place the model, and build optimizer, schedule and augmentation generator (the splits come limited)."""
+def _setup_run(args, rank: int, world: int, device: torch.device, log, model: DVT, train_ds: ImageSet, val_ds: ImageSet,
+               holdout: Optional[dict] = None) -> _Run:
+    """Place the model, and build optimizer, schedule and augmentation generator (the splits come limited; ``holdout``: the
+    folder's, as checked before and after the decode, recorded in checkpoints)."""
     for flag, n, ds in (("--train-limit", args.train_limit, train_ds), ("--val-limit", args.val_limit, val_ds)):
         if n is not None and n > ds.whole and rank == 0:
             log(f"note: {flag} {n} is more than the {ds.whole} images of {args.data}'s {ds.split} split: all of them are used")
@@ -362,8 +365,7 @@ def _setup_run(args, rank: int, world: int, device: torch.device, log, model: DV
     gen = torch.Generator().manual_seed(args.seed * 1000 + rank)
     if (warning := _batches.bf16_warning(getattr(args, "amp", "fp32"), device)) and rank == 0:
         log(warning)
-    return _Run(args, rank, world, device, log, train_ds, val_ds, model, ddp_model, opt, sched, gen, steps_per_epoch,
-                holdout=_data.holdout_of(args.data))  # checked against the listing before the decode (check_training_holdout)
+    return _Run(args, rank, world, device, log, train_ds, val_ds, model, ddp_model, opt, sched, gen, steps_per_epoch, holdout=holdout)
 
 
 def _restore(run: _Run, resume_state: dict, last: Path) -> _RunState:

@@ -133,9 +133,10 @@ def test_evaluate_default_out_is_under_runs_not_beside_the_checkpoint(micro_ckpt
     assert sorted(p.name for p in (tmp_path / "runs" / "evaluate").iterdir()) == ["ft-best", "run-best", "small-best"]
     from dvt_edge.evaluate import default_out
 
-    names = {c: default_out(c).name for c in ("a/model.v1.pt", "a/model.v2.pt", "a/resnet_0.5x.pt", "x/model_best.pth.tar", "r/last.pt")}
+    names = {c: default_out(c).name for c in ("a/model.v1.pt", "a/model.v2.pt", "a/resnet_0.5x.pt", "x/model_best.pth.tar", "r/last.pt",
+                                              "b/best.PT", "c/.pt")}
     assert names == {"a/model.v1.pt": "model.v1", "a/model.v2.pt": "model.v2", "a/resnet_0.5x.pt": "resnet_0.5x",
-                     "x/model_best.pth.tar": "x-model_best", "r/last.pt": "r-last"}
+                     "x/model_best.pth.tar": "x-model_best", "r/last.pt": "r-last", "b/best.PT": "b-best", "c/.pt": "c-checkpoint"}
 
 
 def test_labels_of_other_classes_are_refused_and_an_exported_val_file_chooses_no_thresholds_as_training(micro_ckpt, tmp_path, capsys):

@@ -179,6 +179,22 @@ def test_without_simplejpeg_the_strict_check_names_the_package(monkeypatch, tmp_
     assert not images.can_check_jpegs()
 
 
+def test_a_simplejpeg_that_fails_to_import_is_not_usable(monkeypatch):
+    """find_spec saw a simplejpeg built against another numpy, and predict then listed every JPEG as unreadable."""
+    import importlib.abc
+
+    class Broken(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name == "simplejpeg":
+                raise RuntimeError("module compiled against ABI version 0x1000009 but this version of numpy is 0x2000000")
+
+    monkeypatch.delitem(sys.modules, "simplejpeg", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Broken(), *sys.meta_path])
+    assert not images.can_check_jpegs()
+    with pytest.raises(DataError, match=r"needs simplejpeg \(RuntimeError: module compiled against ABI"):
+        decode_image(np.frombuffer(_variants()["baseline"], np.uint8), "x.jpg")
+
+
 def test_tiff_is_read_and_other_files_in_class_folders_are_said(tmp_path):
     """.tif files and HEIC photos in class folders were left out without a word (predict read a .tif named on its own)."""
     _folder(tmp_path, {"scan.tif": cv2.imencode(".tif", IMG)[1].tobytes(), "IMG_1.HEIC": b"\x00\x00\x00\x18ftypheic",
@@ -195,7 +211,15 @@ def test_a_float_tiff_is_scaled_not_cast_to_black(tmp_path):
     cv2.imwrite(str(tmp_path / "f.tif"), f)
     assert cv2.imread(str(tmp_path / "f.tif"), cv2.IMREAD_UNCHANGED).dtype == np.float32
     np.testing.assert_array_equal(read_image(tmp_path / "f.tif"), IMG)
+    f[0, 0, 0] = 1.0001  # a resampled float image's overshoot is clipped, not read as 0-255 (all but black)
+    cv2.imwrite(str(tmp_path / "over.tif"), f)
+    assert read_image(tmp_path / "over.tif")[0, 0, 0] == 255 and np.array_equal(read_image(tmp_path / "over.tif")[1:], IMG[1:])
     f[0, 0, 0] = np.nan
     cv2.imwrite(str(tmp_path / "nan.tif"), f)
     with pytest.raises(DataError, match=r"nan\.tif holds NaN or infinite pixel values"):
         read_image(tmp_path / "nan.tif")
+    cv2.imwrite(str(tmp_path / "hdr.tif"), IMG.astype(np.float32) / 10)  # 0-25.5: HDR-like, refused rather than guessed
+    with pytest.raises(DataError, match=r"hdr\.tif is a float image with values up to 25\.5, not 0-1"):
+        read_image(tmp_path / "hdr.tif")
+    _folder(tmp_path / "f", {"hdr.tif": (tmp_path / "hdr.tif").read_bytes()})  # in a folder: counted as what it is
+    assert "(1 unsupported; left out)" in _load_val(tmp_path / "f")[1]

@@ -395,10 +395,12 @@ def test_a_relative_folder_is_recorded_as_the_folder_it_was(tmp_path, monkeypatc
     assert checkpoint_data(model.name, info.extras, model.cfg) == (f"imagefolder:{tmp_path / 'photos'}", "")
     monkeypatch.chdir(tmp_path)  # resumed with the same relative flag: the same data, not a changed setting
     train(build_parser().parse_args([*args, "--resume", "--out", "r"]))
-    raw = torch.load(tmp_path / "r" / "last.pt", weights_only=True)  # a run recorded before paths were made absolute
-    raw["train"]["args"] = json.dumps({**json.loads(raw["train"]["args"]), "data": "imagefolder:photos"})
-    torch.save(raw, tmp_path / "r" / "last.pt")
-    train(build_parser().parse_args([*args, "--resume", "--out", "r"]))  # same_data: not "started with other settings"
+    for epochs, data in ((2, ["--data", "imagefolder:photos"]), (3, [])):  # a run recorded before paths were made absolute,
+        raw = torch.load(tmp_path / "r" / "last.pt", weights_only=True)  # resumed with its relative --data, then without
+        raw["train"]["args"] = json.dumps({**json.loads(raw["train"]["args"]), "data": "imagefolder:photos", "epochs": epochs})
+        torch.save(raw, tmp_path / "r" / "last.pt")
+        train(build_parser().parse_args([*data, "--epochs", str(epochs), "--threads", "1", "--quiet", "--resume", "--out", "r"]))
+        assert recorded_train_args(load_checkpoint(tmp_path / "r" / "last.pt")[1].extras)["data"] == f"imagefolder:{tmp_path / 'photos'}"
     # the folder moved: the set standing in (Fashion-MNIST, 10 classes) is named as a stand-in, and the fix is --data
     from dvt_edge.data import DataError
     from dvt_edge.evaluate import evaluate_checkpoint
@@ -455,6 +457,21 @@ def test_a_folder_whose_holdout_moved_since_training_is_said(tmp_path, capsys):
     train(build_parser().parse_args([*run, "--finetune", ckpt, "--out", str(tmp_path / "ft")]))  # allowed, but said
     assert said.replace("the model was", "the --finetune checkpoint was") in capsys.readouterr().out
     assert load_checkpoint(tmp_path / "ft" / "last.pt")[1].extras["holdout"]["files"] == 5  # its own holdout, recorded
+
+
+def test_class_folders_without_train_are_told_to_move_into_train(tmp_path):
+    """The holdout is listed before the decode: a folder of class folders said "no val/ folder" (val/ is optional)."""
+    import cv2
+    import numpy as np
+
+    from dvt_edge.data import DataError
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        cv2.imwrite(str(tmp_path / c / "0.png"), np.zeros((28, 28), np.uint8))
+    with pytest.raises(DataError, match=r"no train/ folder in .*holds class folders .* directly: move them into"):
+        train(build_parser().parse_args(["--model", "dvt_micro_fmnist", "--data", f"imagefolder:{tmp_path}", "--epochs", "1",
+                                         "--quiet", "--out", str(tmp_path / "r")]))
 
 
 def test_a_folder_that_changes_while_it_is_read_is_refused(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ import numpy as np
 
 from dvt_runtime.checks import InputError
 
-__all__ = ["IMAGE_EXTS", "IMREAD_FLAGS", "CorruptImage", "DecoderMissing", "ImageError", "TruncatedImage", "can_check_jpegs", "cv2_or_fail",
+__all__ = ["IMAGE_EXTS", "IMREAD_FLAGS", "CorruptImage", "DecoderMissing", "ImageError", "TruncatedImage", "UnsupportedPixels", "can_check_jpegs", "cv2_or_fail",
            "decode_image", "jpeg_corruption", "jpeg_end", "read_image", "to_uint8"]
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})  # what image folders hold (by suffix, any case)
@@ -50,19 +50,26 @@ def cv2_or_fail():
     return cv2
 
 
+class UnsupportedPixels(ImageError):
+    """Decoded pixels this cannot turn into 8 bits without guessing (NaN, HDR floats, 32-bit integers)."""
+
+    kind = "unsupported"
+
+
 def to_uint8(img: np.ndarray, what: str = "the image") -> np.ndarray:
-    """Decoded pixels as uint8: 16-bit images scaled down, float images (a float TIFF) from 0-1 (or 0-255 when any value is
-    above 1) scaled and clipped; NaN or infinite pixels, and other integer depths, are an ImageError (a cast made them black)."""
+    """Decoded pixels as uint8: 16-bit images scaled down, float images (a float TIFF) read as 0-1 (a little overshoot
+    clipped); NaN or infinite pixels, floats far above 1 (HDR) and other integer depths are refused (a cast made them black)."""
     if img.dtype == np.uint8:
         return img
     if img.dtype == np.uint16:
         return (img / 257).astype(np.uint8)
     if img.dtype.kind == "f":
         if not np.isfinite(img).all():
-            raise ImageError(f"{what} holds NaN or infinite pixel values (a float image): re-save it as 8- or 16-bit")
-        scale = 255.0 if img.size and float(img.max()) <= 1.0 else 1.0
-        return np.clip(np.rint(img.astype(np.float64) * scale), 0, 255).astype(np.uint8)
-    raise ImageError(f"{what}'s pixels are {img.dtype} (a {img.dtype.itemsize * 8}-bit image): re-save it as 8- or 16-bit")
+            raise UnsupportedPixels(f"{what} holds NaN or infinite pixel values (a float image): re-save it as 8- or 16-bit")
+        if img.size and (hi := float(img.max())) > 1.5:
+            raise UnsupportedPixels(f"{what} is a float image with values up to {hi:g}, not 0-1 (HDR?): re-save it as 8- or 16-bit")
+        return np.clip(np.rint(img.astype(np.float64) * 255), 0, 255).astype(np.uint8)
+    raise UnsupportedPixels(f"{what}'s pixels are {img.dtype} (a {img.dtype.itemsize * 8}-bit image): re-save it as 8- or 16-bit")
 
 
 #: How image files are decoded: gray stays gray, colour is BGR, 16 bits stay 16 (then scaled to uint8), alpha is
