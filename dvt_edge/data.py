@@ -60,7 +60,7 @@ _SPLIT_ALIASES = {"train": "train", "val": "val", "test": "val", "validation": "
 
 DATASETS: dict[str, str] = {
     "fashion-mnist": "Fashion-MNIST (Debian's dataset-fashion-mnist, $DVT_DATA, or a verified download)",
-    "imagefolder:PATH": "ImageNet-style PATH/train/<class>/*.jpg and PATH/val/<class>/*.jpg (JPEG/PNG via OpenCV)",
+    "imagefolder:PATH": "ImageNet-style PATH/train/<class>/*.jpg and PATH/val/<class>/*.jpg (JPEG, PNG, BMP, WebP, TIFF via OpenCV)",
     "cifar10": "CIFAR-10, official python version ($DVT_DATA/cifar10, the cache, or a verified download of the official tarball)",
     "cifar10:PATH": "CIFAR-10 python batches (cifar-10-batches-py) or the official tarball in PATH",
     "cifar10-jpeg": "CIFAR-10's training split as JPEG class folders in $DVT_DATA/cifar10-jpeg or the cache; val = a seeded, class-stratified 10% held out",
