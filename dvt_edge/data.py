@@ -134,9 +134,9 @@ def holdout_of(spec: str) -> Optional[dict]:
     return holdout_fingerprint(path) if kind == "imagefolder" and path else None
 
 
-def holdout_changed(spec: str, extras: Optional[dict]) -> str:
-    """A warning when ``spec`` is the folder a checkpoint was trained on and its holdout is not the one recorded then
-    (files were added, removed or renamed), else ""."""
+def holdout_changed(spec: str, extras: Optional[dict], whose: str = "the model") -> str:
+    """A warning when ``spec`` is the folder a checkpoint (``whose``, for the message) was trained on and its holdout is not
+    the one recorded then (files were added, removed or renamed), else ""."""
     then = (extras or {}).get("holdout")
     if not isinstance(then, dict) or not same_data(spec, recorded_train_args(extras).get("data")):
         return ""
@@ -146,7 +146,7 @@ def holdout_changed(spec: str, extras: Optional[dict]) -> str:
         return ""
     if now is None or now == then:
         return ""
-    return (f"warning: {spec} has changed since the model was trained on it: with no val/ folder its held-out images are drawn "
+    return (f"warning: {spec} has changed since {whose} was trained on it: with no val/ folder its held-out images are drawn "
             f"from train/'s file list, and they are not the ones held out then ({now['files']} files now, {then.get('files')} then). "
             "Images the model was trained on may now count as held out, and figures read on them are too high: restore the folder "
             "as it was, or give it a val/ folder and train again")

@@ -146,7 +146,7 @@ def _finetune_init(model: DVT, path: str, trusted: bool, classes: Optional[list[
     if t.loaded < t.total // 2:
         raise CheckpointError(f"--finetune {path}: only {t.loaded} of {t.total} tensors fit model {model.name!r}; is it the same architecture?")
     why = "" if same_classes else " (heads re-initialised: the checkpoint's classes differ from the data's)"
-    moved = _data.holdout_changed(data, ckpt).replace("the model was", "the --finetune checkpoint was") if data else ""
+    moved = _data.holdout_changed(data, ckpt, "the --finetune checkpoint") if data else ""
     return f"fine-tuning from {path}: {t.summary()}{why}" + (f"\n{moved}" if moved else "")
 
 
