@@ -66,6 +66,23 @@ REFERENCES: dict[str, Reference] = {
 DEFAULT_REFERENCE = REFERENCES["cifar10"]
 
 
+def default_for_model(model: "str | None") -> Reference:
+    """The shipped reference to use when no checkpoint is given: the default one, or the one of ``model``;
+    ValueError when no weights ship for ``model``."""
+    if model is None or model == DEFAULT_REFERENCE.model:
+        return DEFAULT_REFERENCE
+    for ref in REFERENCES.values():
+        if ref.model == model:
+            return ref
+    from dvt_edge.models import describe_model
+
+    describe_model(model)  # an unknown name: ValueError listing the registered ones
+    shipped = sorted(r.model for r in REFERENCES.values())
+    raise ValueError(f"--model {model} without --checkpoint: dvt-edge ships weights only for {', '.join(shipped)}; pass --checkpoint "
+                     f"(your run's best.pt, or a published DVT .pth.tar), or time {model}'s exits with random weights: "
+                     f"python -m dvt_edge.bench --model {model} --latency-only")
+
+
 def get_reference(key: str) -> Reference:
     if key not in REFERENCES:
         raise ValueError(f"unknown reference {key!r}; valid: {sorted(REFERENCES)}")

@@ -21,6 +21,7 @@ from dvt_edge.data import DataError
 from dvt_edge.export import ExportError, export_bundle
 from dvt_edge.export.install import check_destination, recover_leftovers
 from dvt_edge.export.targets import TARGETS, get_target
+from dvt_edge.references import REFERENCES
 from dvt_runtime.manifest import Manifest
 
 
@@ -251,3 +252,18 @@ def test_every_target_that_exports_here_says_how_long_a_224_px_export_takes():
 
     missing = [(n, p) for n, t in TARGETS.items() if n != "coreml" for p in t.precisions if (n, p) not in EXPORT_MINUTES_224]
     assert not missing, f"no measured export time for {missing}"
+
+
+def test_cli_model_without_checkpoint_uses_its_shipped_weights_or_says_there_are_none(monkeypatch, capsys):
+    """--model without --checkpoint: a model with shipped weights exports them; another is told where its weights come
+    from (it paired the CIFAR reference's file with the model and listed hundreds of mismatched keys)."""
+    seen = []
+    monkeypatch.setattr(M, "export_bundle", lambda ckpt, *a, **k: seen.append(ckpt) or (_ for _ in ()).throw(ExportError("stop")))
+    assert M.main(["--model", "dvt_tiny_fmnist_ms", "--target", "onnx"]) == 2
+    assert seen == [str(REFERENCES["fashion-mnist"].checkpoint)]
+    assert M.main(["--model", "dvt_t2t_vit_12", "--target", "onnx"]) == 2 and len(seen) == 1
+    err = capsys.readouterr().err
+    assert "--model dvt_t2t_vit_12 without --checkpoint: dvt-edge ships weights only for dvt_small_cifar, dvt_tiny_fmnist_ms" in err, err
+    assert "python -m dvt_edge.bench --model dvt_t2t_vit_12 --latency-only" in err and "missing keys" not in err
+    assert M.main(["--model", "dvt_t2t_vit_1", "--target", "onnx"]) == 2
+    assert "unknown model 'dvt_t2t_vit_1'" in capsys.readouterr().err

@@ -81,12 +81,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if not args.target:
         ap.error(f"--target is required: one of {sorted(TARGETS)} or 'all' (or --list-targets)")
-    if not args.checkpoint:
-        from dvt_edge.references import DEFAULT_REFERENCE
-
-        args.checkpoint = str(DEFAULT_REFERENCE.checkpoint)
-        print(f"no --checkpoint: exporting the reference model {DEFAULT_REFERENCE.model} ({args.checkpoint})")
     try:
+        if not args.checkpoint:
+            from dvt_edge.references import default_for_model
+
+            ref = default_for_model(args.model)
+            args.checkpoint = str(ref.checkpoint)
+            print(f"no --checkpoint: exporting the reference model {ref.model} ({args.checkpoint})")
         names = sorted(TARGETS) if args.target == "all" else [get_target(n).name for n in args.target.split(",")]
         precisions = args.precision.split(",")
         jobs = [(n, p) for n in names for p in precisions if p in TARGETS[n].precisions or len(names) == 1]
