@@ -457,3 +457,30 @@ def test_a_batch_that_would_not_fit_is_refused_before_it_runs(bundle, onnx_bundl
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # said once per bundle and batch (the profile CLI checks, then the profiler)
         D.check_batch_memory(bundle, 1000, "--batch")
+
+
+def test_a_percentile_budget_at_batch_n_is_refused_and_a_short_last_call_weighs_its_images_only(bundle, monkeypatch):
+    """At --batch N the search priced each image's own stages for a p90 while every image of a call waits for the call:
+    refused before anything runs. A 130-image holdout at batch 64 is calls of 64, 64 and 2 images, and the last call's
+    per-image time counted as much as a full call's (mean 0.472 ms/image reported for 0.15 ms/image)."""
+    import dvt_runtime.calibrate as C
+    from dvt_runtime.calibrate import calibrate
+    from dvt_runtime.calibration import CalibrationError
+
+    b = bundle
+    x, y = np.zeros((8, *b.input_shape), np.float32), np.zeros(8, int)
+    with pytest.raises(CalibrationError, match=r"--metric p90 with --batch 8: a percentile budget is one image's latency.*--metric mean"):
+        calibrate(b, x, y, budget_ms=10.0, metric="p90", batch=8, device_name="d", progress=False)
+
+    class P:
+        exit, label = 0, 0
+
+    class Slow:  # a call costs 2 ms + 0.1 ms per image
+        def predict(self, xs, thresholds=None, max_batch=None):
+            return [P()] * len(xs)
+
+    clock = iter(np.cumsum([0.0] + [0.0, 8.4e-3, 0.0, 8.4e-3, 0.0, 2.2e-3, 0.0]))
+    monkeypatch.setattr(C.time, "perf_counter", lambda: float(next(clock)))
+    ms, exits, correct, _ = C._timed_calls(Slow(), np.zeros((130, 1)), np.zeros(130, int), None, 64)
+    s = C._summary(1, ms, exits, correct, 1.0, 64)
+    assert len(ms) == 130 and s["mean_ms"] == pytest.approx(19.0 / 130, rel=1e-6), s

@@ -176,6 +176,11 @@ def test_to_dict_json_serialisable():
     assert ev.to_dict()["thresholds"] == [None, 0.5, None]
     np.testing.assert_array_equal(thresholds_from_list(ev.to_dict()["thresholds"]), [np.inf, 0.5, -np.inf])
     json.dumps(ev.to_dict(), allow_nan=False)
+    # the manifest's E-1 form keeps exit 2's threshold (it became "always stop" and no image reached exit 3)
+    np.testing.assert_array_equal(thresholds_from_list([None, 0.5], n_exits=3), [np.inf, 0.5, -np.inf])
+    np.testing.assert_array_equal(thresholds_from_list([None, 0.5, 0.7], n_exits=3), [np.inf, 0.5, -np.inf])
+    with pytest.raises(ValueError, match="got 1 thresholds for 3 exits"):
+        thresholds_from_list([0.5], n_exits=3)
     # the JSON form (None = never stop) is accepted where thresholds are taken, and means the same
     again = evaluate_thresholds(out, None, back["best"]["thresholds"], costs)
     assert again.accuracy == res.best.accuracy and again.mean_cost == res.best.mean_cost

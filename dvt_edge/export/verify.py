@@ -88,7 +88,7 @@ def _exit_decisions(logits: list[np.ndarray], thresholds: Optional[list]) -> Opt
     from dvt_runtime.search import exit_indices, thresholds_from_list
 
     conf = np.stack([softmax(lg.astype(np.float64)).max(-1) for lg in logits])  # float64, as the runtime decides
-    return exit_indices(conf, thresholds_from_list(thresholds))
+    return exit_indices(conf, thresholds_from_list(thresholds, n_exits=len(logits)))
 
 
 def parity(target: Target, bundle: Bundle, graphs: list[ExitGraph], data, ref_real: Optional[list[np.ndarray]],

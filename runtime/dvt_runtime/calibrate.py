@@ -69,7 +69,7 @@ def _timed_calls(bundle: Bundle, x: np.ndarray, y: np.ndarray, thresholds, batch
     for s in range(0, len(x), batch):
         t0 = time.perf_counter()
         preds = bundle.predict(x[s : s + batch], thresholds=thresholds, max_batch=batch)  # one call per stage, as profiled
-        ms.append((time.perf_counter() - t0) * 1e3 / len(preds))
+        ms += [(time.perf_counter() - t0) * 1e3 / len(preds)] * len(preds)  # per image: a short last call weighs its images only
         exits += [p.exit for p in preds]
         correct += [p.label == t for p, t in zip(preds, y[s : s + batch])]
     return ms, exits, correct, time.perf_counter() - t_all
@@ -355,6 +355,10 @@ def _check_request(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: floa
         raise CalibrationError(f"budget must be a positive number of milliseconds, got {budget_ms!r}") from None
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
         raise CalibrationError(f"batch must be a whole number of images per call >= 1, got {batch!r}")
+    if batch > 1 and metric != "mean":  # the search prices each image's own stages; a batch's images all wait for its call
+        raise CalibrationError(f"--metric {metric} with --batch {batch}: a percentile budget is one image's latency, which a call of "
+                               f"{batch} images does not have (each waits for the whole call); calibrate throughput with --metric "
+                               "mean at --batch N, or a latency percentile at --batch 1")
     _check_device_name(device_name)  # also a name taken from a given profile
     if re.search(r"-batch\d+$", device_name):  # <device>-batch<N>.json is device's calibration at batch N
         raise CalibrationError(f"device name {device_name!r} ends like a batch calibration's file name; name the device "
@@ -375,7 +379,7 @@ def _check_request(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: floa
     n_hold = max(1, int(round(len(x) * holdout)))  # as fit() splits
     if n_hold > len(x) - 1:
         raise CalibrationError(f"holdout {holdout} of {len(x)} images leaves none to search thresholds on: "
-                               f"lower --holdout (at most {(len(x) - 1.5) / len(x):.2f} here) or pass more images")
+                               f"lower --holdout (below {(len(x) - 0.5) / len(x):.3g} here) or pass more images")
     if int(y.max()) >= len(bundle.classes) or int(y.min()) < 0:
         raise CalibrationError(f"labels must be in 0..{len(bundle.classes) - 1} for this bundle's classes")
 

@@ -306,12 +306,20 @@ def _as_thresholds(thresholds: Sequence[float], n_exits: int) -> np.ndarray:
     return t
 
 
-def thresholds_from_list(values: Sequence[Optional[float]]) -> np.ndarray:
-    """Inverse of the JSON form (``Evaluation.to_dict()["thresholds"]``): None -> +inf (never stop), last -> -inf."""
+def thresholds_from_list(values: Sequence[Optional[float]], n_exits: Optional[int] = None) -> np.ndarray:
+    """Inverse of the JSON form (``Evaluation.to_dict()["thresholds"]``): None -> +inf (never stop), the last exit's -> -inf.
+
+    ``n_exits`` given, E-1 values (the manifest's form) get the last exit's appended; without it the list is taken as E
+    values, its last entry the last exit's."""
     if any(v is not None and (isinstance(v, (bool, str)) or not isinstance(v, (int, float, np.integer, np.floating))) for v in values):
         raise ValueError(f"thresholds must be numbers or None (never stop), got {list(values)!r}")
     t = np.array([np.inf if v is None else float(v) for v in values], dtype=np.float64)
-    if t.size:
+    if n_exits is not None:
+        if t.size not in (n_exits - 1, n_exits):
+            raise ValueError(f"got {t.size} thresholds for {n_exits} exits; pass {n_exits - 1} (or {n_exits}, the last is ignored)")
+        t = t[: n_exits - 1]
+        t = np.append(t, -np.inf)
+    elif t.size:
         t[-1] = -np.inf
     if np.isnan(t).any():
         raise ValueError(f"thresholds contain NaN: {list(values)!r}")
