@@ -223,6 +223,20 @@ def test_deadline_runs_one_image_per_call(bundle):
     assert counters[0].batches == [1] * 6 and counters[1].batches == []
 
 
+def test_a_deadline_counts_the_images_preprocessing(bundle, monkeypatch):
+    """A 1080p frame took 6.7 ms to preprocess and the deadline counted only the stage calls: a frame given 2.2 ms took 8.8."""
+    import time as _time
+
+    pre = bundle.manifest.preprocess
+    real = type(pre).apply
+    monkeypatch.setattr(type(pre), "apply", lambda self, img: (_time.sleep(0.05), real(self, img))[1])
+    frame = np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)
+    bundle.use_profile([0.0, 30.0, 0.0])  # exit 2 "takes" 30 ms: 50 ms of preprocessing leaves no room in 60
+    p = bundle.predict(frame, thresholds=[None, None], deadline_ms=60.0)
+    assert p.exit == 0 and p.deadline_skipped
+    assert bundle.predict(frame, thresholds=[None, None], deadline_ms=200.0).exit == 2
+
+
 def test_manifest_max_batch_round_trip_and_validation(onnx_bundle):
     d = json.loads((onnx_bundle / "manifest.json").read_text())
     assert Manifest.from_dict(d).max_batch is None

@@ -741,6 +741,15 @@ def test_loader_corners_from_a_reader(tmp_path):
     np.testing.assert_array_equal(P._np_resize(img, 28, 280, "nearest"), cv2.resize(img, (280, 28), interpolation=cv2.INTER_NEAREST))
 
 
+@pytest.mark.parametrize("src,n", [(68, 96), (102, 112), (100, 108), (36, 112), (20, 32)])
+def test_numpy_area_enlargement_picks_opencvs_source_pixels(src, n):
+    """Enlarging by area without OpenCV took whole rows from the neighbouring source pixel at some sizes (252 gray
+    levels off): i * src / n where OpenCV computes i * (1 / (n / src)), and its blend weight kept as a float."""
+    img = np.random.default_rng(src).integers(0, 256, (src, 7), dtype=np.uint8)
+    want = cv2.resize(img, (7, n), interpolation=cv2.INTER_AREA).astype(np.float32)
+    assert np.abs(P._area_up_axis(img.astype(np.float32), n, 0) - want).max() <= 1.0
+
+
 def test_exif_orientation_is_applied_as_cv2_imread_applies_it(tmp_path):
     """A phone photo stored sideways with an EXIF orientation: training reads it as inference's cv2.imread does."""
     Image = pytest.importorskip("PIL.Image")

@@ -354,7 +354,7 @@ def test_device_side_data_raw_pixels_and_unnormalized_floats(bundle_copy, tmp_pa
     np.savez(tmp_path / "chw.npz", images=np.ascontiguousarray(bgr.transpose(0, 3, 1, 2)), labels=np.zeros(20, np.int64))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # channels first: the shape error alone, no "3x8 upscaled" warning before it
-        with pytest.raises(CalibrationError, match="channels first"):
+        with pytest.raises(CalibrationError, match="a channels-first image"):
             load_npz(str(tmp_path / "chw.npz"), color)
     np.savez(tmp_path / "gray.npz", images=bgr[..., 0], labels=np.zeros(20, np.int64))
     with pytest.warns(UserWarning, match=r"gray\.npz: grayscale images for a colour model"):
@@ -540,6 +540,10 @@ def test_one_controller_serves_every_budget_and_survives_threads(bundle_copy, va
     for i in range(20):
         b.predict(x[i], budget_ms=budgets[i % 2])
     assert len(b.controller.history) == 20  # one estimate, 20 observations (it was rebuilt at each budget)
+    # a call of 8 images says nothing about prices taken at batch 1 (its per-image share read as a faster device)
+    scale = b.controller.scale
+    b.predict(x[:8], budget_ms=1e3)
+    assert len(b.controller.history) == 20 and b.controller.scale == scale
     with pytest.warns(UserWarning, match="below the cheapest point") as w:
         for _ in range(3):  # once per budget, a reset of the controller included
             b.predict(x[0], budget_ms=cheapest / 2)

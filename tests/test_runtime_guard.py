@@ -95,8 +95,13 @@ def test_open_refuses_unknown_options_and_bad_threads(onnx_bundle):
 
 def test_channels_first_uint8_is_an_input_error(onnx_bundle):
     b = Bundle.open(onnx_bundle)
-    with pytest.raises(InputError, match="channels first"):
+    with pytest.raises(InputError, match=r"channels-first image \(C, H, W\) is x.transpose\(1, 2, 0\)"):
         b.predict(np.zeros((3, 40, 40), np.uint8))
+    # a batch of gray images (Fashion-MNIST's own arrays) is told its form too (the hint said only to transpose, which made
+    # 3 gray images one colour image)
+    with pytest.raises(InputError, match=r"a batch of gray images \(N, H, W\) is x\[\.\.\., None\]"):
+        b.predict(np.zeros((100, 28, 28), np.uint8))
+    assert len(b.predict(np.zeros((100, 28, 28), np.uint8)[..., None])) == 100
 
 
 def test_batch_calibration_leaves_deadline_p90s_alone(bundle_copy):

@@ -30,6 +30,7 @@ import numpy as np
 
 from dvt_runtime.backends import Session, check_options, check_signature, check_threads, import_backend, open_session, ort_providers
 from dvt_runtime.checks import InputError, NonFiniteOutput, check_finite, check_thresholds, positive_ms
+from dvt_runtime.controller import controller_for
 from dvt_runtime.manifest import Manifest, ManifestError  # noqa: F401  (ManifestError: raised by open)
 
 if TYPE_CHECKING:
@@ -331,17 +332,20 @@ class Bundle:
         ``thresholds``: per-exit confidence thresholds (default: this device's calibration,
         else the manifest's). ``budget_ms``: let the budget controller pick thresholds from
         the calibration's Pareto table. ``deadline_ms``: before each later stage, skip it when
-        its profiled p90 would overrun the deadline (images then run one per call, as the p90s
-        are per image). ``max_batch``: at most this many samples per stage call (default
+        its profiled p90 would overrun the deadline, counted from the image's preprocessing (images
+        then run one per call, as the p90s are per image). ``max_batch``: at most this many samples per stage call (default
         ``DEFAULT_MAX_BATCH``, 32, or the calibration's batch if larger: memory); a larger batch is
         split into calls of ``max_batch``, with the same answers. With fixed thresholds a batch gets
-        the answers of one image at a time; ``budget_ms`` picks the thresholds once per call.
+        the answers of one image at a time; ``budget_ms`` picks the thresholds once per call, and calls
+        of the calibration's batch size update its speed estimate.
         """
         if (type(x) is np.ndarray and x.dtype == np.float32 and x.shape == self.input_shape and budget_ms is None
                 and deadline_ms is None and max_batch is None):  # one preprocessed image: the camera path, kept lean
             check_finite(x, self._value_range)
             return self._cascade_one(np.ascontiguousarray(x)[None], self._thresholds(thresholds))
+        t0 = time.perf_counter()
         xb, single = self._batch(x)
+        pre_ms = (time.perf_counter() - t0) * 1e3 / max(len(xb), 1)  # each image's share of decoding and preprocessing
         if len(xb) == 0:
             raise InputError("predict got an empty batch (0 images); pass at least one image")
         chunk = self._chunk(max_batch)
@@ -350,7 +354,7 @@ class Bundle:
             budget_ms = positive_ms("budget_ms", budget_ms)  # thresholds picked once per call
             if thresholds is not None:
                 raise ValueError("pass either thresholds or budget_ms, not both")
-            ctl = self._controller(budget_ms)
+            ctl = controller_for(self, budget_ms)
             with self._budget_lock:
                 thresholds = ctl.thresholds(budget_ms)
         thr = self._thresholds(thresholds)
@@ -360,8 +364,10 @@ class Bundle:
                 raise ValueError("deadline mode needs per-stage p90 latencies: open with device_name= of a calibrated device, "
                                  "or call bundle.use_profile(p90s)")
             chunk = 1  # a deadline is per image, against per-image p90s: one image per call
-        preds = self._cascade(xb, thr, deadline_ms, chunk)
-        if ctl is not None:  # the controller compares per-image stage costs with the profile's
+        preds = self._cascade(xb, thr, deadline_ms, chunk, pre_ms)
+        # the controller compares per-image stage costs with the profile's, taken in calls of the calibration's batch: a call
+        # of 32 images priced at batch 1 would read as a device twice as fast, and the next single images overrun
+        if ctl is not None and min(len(xb), chunk) == ctl.batch:
             with self._budget_lock:
                 for p in preds:
                     ctl.observe(p.stage_ms_per_image)
@@ -390,8 +396,9 @@ class Bundle:
             self._thr_cache[key] = out
         return out
 
-    def _cascade(self, xb: np.ndarray, thr: np.ndarray, deadline_ms: Optional[float], chunk: int) -> list[Prediction]:
-        """Regrouped early exit: each stage runs once (in calls of ``chunk``) on the undecided samples.
+    def _cascade(self, xb: np.ndarray, thr: np.ndarray, deadline_ms: Optional[float], chunk: int, pre_ms: float = 0.0) -> list[Prediction]:
+        """Regrouped early exit: each stage runs once (in calls of ``chunk``) on the undecided samples; a deadline counts
+        a sample's preprocessing (``pre_ms``) and its own stage calls.
 
         Kept cheap for one image (the latency path): no masks or copies when every sample stays
         or every sample stops, and per-sample bookkeeping only in Python lists.
@@ -406,7 +413,7 @@ class Bundle:
         carry: Optional[dict] = None  # previous stage's outputs, rows aligned with `active`
         for e in range(E):
             if deadline_ms is not None and e > 0:
-                late = np.array([sum(stage_ms[i]) + self.stage_p90_ms[e] > deadline_ms for i in active])
+                late = np.array([pre_ms + sum(stage_ms[i]) + self.stage_p90_ms[e] > deadline_ms for i in active])
                 self._answers(result, carry["logits"], None, late, active, e - 1, stage_ms, per_image, True)
                 active, carry = self._keep(active, carry, ~late)
                 if not active:
@@ -470,30 +477,6 @@ class Bundle:
         """Forget what the budget controller has observed: the next ``budget_ms`` call starts fresh."""
         with self._budget_lock:
             self.controller = None
-
-    def _controller(self, budget_ms: float):
-        from dvt_runtime.controller import BudgetController
-
-        if self.calibration is None:
-            where = (f"no {self.calibration_path(self.device_name)} yet: run python -m dvt_runtime.calibrate --bundle {self.path} "
-                     f"--device-name {self.device_name} ..." if self.device_name else
-                     "open the bundle with device_name=... of a calibrated device (python -m dvt_runtime.calibrate)")
-            raise ValueError(f"budget_ms needs a calibration for this device: {where}")
-        with self._budget_lock:
-            cal = self.calibration
-            ctl = self.controller
-            if ctl is None:  # one for every budget: alternating budgets keep the speed estimate
-                ctl = self.controller = BudgetController.from_calibration(cal, budget_ms)
-            cheapest = ctl.table[0]["predicted_ms"]
-            # once per budget; a budget that varies freely warns for its first 64 values only (bounded)
-            warn = budget_ms < cheapest and budget_ms not in self._warned_budgets and len(self._warned_budgets) < 64
-            if warn:
-                self._warned_budgets.add(budget_ms)
-        if warn:  # the cheapest thresholds, and the budget overrun all the same
-            warnings.warn(f"budget_ms {budget_ms:g} is below the cheapest point calibrated on {cal.device!r} "
-                          f"({cheapest:.4g} ms a sample): every sample gets the cheapest thresholds and the budget is overrun",
-                          stacklevel=3)
-        return ctl
 
     def __repr__(self) -> str:
         m = self.manifest

@@ -12,16 +12,18 @@ budgets keeps what it has learnt.
 from __future__ import annotations
 
 import math
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional, Sequence
 
 if TYPE_CHECKING:
+    from dvt_runtime.bundle import Bundle
     from dvt_runtime.calibration import Calibration
 
 HISTORY = 1000  # recent speed estimates kept (bounded: a controller may run for months)
 
-__all__ = ["BudgetController"]
+__all__ = ["BudgetController", "controller_for"]
 
 
 @dataclass
@@ -32,6 +34,7 @@ class BudgetController:
     alpha: float = 0.2  # EMA weight of each new observation
     scale: float = 1.0  # observed / profiled latency, running estimate
     history: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
+    batch: int = 1  # images per call the prices were measured at: calls of another size say nothing about them
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.budget_ms) or self.budget_ms <= 0:
@@ -47,7 +50,7 @@ class BudgetController:
         key = "mean_ms" if cal.metric == "mean" else f"{cal.metric}_ms"  # the budget's own statistic (older files: the mean)
         rows = [{"thresholds": r.thresholds, "predicted_ms": r.predicted.get(key, r.predicted["mean_ms"]), "accuracy": r.predicted["accuracy"]}
                 for r in cal.table]
-        return cls(budget_ms, rows, cal.exit_mean_ms(), alpha)
+        return cls(budget_ms, rows, cal.exit_mean_ms(), alpha, batch=int(cal.batch))
 
     def row(self, budget_ms: Optional[float] = None) -> dict:
         """Most accurate row whose rescaled predicted latency fits ``budget_ms`` (default: the
@@ -75,3 +78,27 @@ class BudgetController:
             return
         self.scale = (1 - self.alpha) * self.scale + self.alpha * ratio
         self.history.append(self.scale)
+
+
+def controller_for(bundle: "Bundle", budget_ms: float) -> BudgetController:
+    """The bundle's one controller (made from its calibration on first use); warns once per budget below the cheapest point."""
+    if bundle.calibration is None:
+        where = (f"no {bundle.calibration_path(bundle.device_name)} yet: run python -m dvt_runtime.calibrate --bundle {bundle.path} "
+                 f"--device-name {bundle.device_name} ..." if bundle.device_name else
+                 "open the bundle with device_name=... of a calibrated device (python -m dvt_runtime.calibrate)")
+        raise ValueError(f"budget_ms needs a calibration for this device: {where}")
+    with bundle._budget_lock:
+        cal = bundle.calibration
+        ctl = bundle.controller
+        if ctl is None:  # one for every budget: alternating budgets keep the speed estimate
+            ctl = bundle.controller = BudgetController.from_calibration(cal, budget_ms)
+        cheapest = ctl.table[0]["predicted_ms"]
+        # once per budget; a budget that varies freely warns for its first 64 values only (bounded)
+        warn = budget_ms < cheapest and budget_ms not in bundle._warned_budgets and len(bundle._warned_budgets) < 64
+        if warn:
+            bundle._warned_budgets.add(budget_ms)
+    if warn:  # the cheapest thresholds, and the budget overrun all the same
+        warnings.warn(f"budget_ms {budget_ms:g} is below the cheapest point calibrated on {cal.device!r} "
+                      f"({cheapest:.4g} ms a sample): every sample gets the cheapest thresholds and the budget is overrun",
+                      stacklevel=3)
+    return ctl

@@ -124,8 +124,8 @@ class Preprocess:
         if img.ndim == 2:
             img = img[:, :, None]
         if img.ndim != 3 or img.shape[2] not in (1, 3, 4):
-            hint = (" (channels first? uint8 images are (H, W, C) and a uint8 batch (N, H, W, C): transpose it)"
-                    if img.ndim == 3 and img.shape[0] in (1, 3, 4) else "")
+            hint = ("; uint8 images are (H, W, C) and a uint8 batch (N, H, W, C): a batch of gray images (N, H, W) is "
+                    "x[..., None], a channels-first image (C, H, W) is x.transpose(1, 2, 0)" if img.ndim == 3 else "")
             raise InputError(f"expected a uint8 image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got {img.shape}{hint}")
         if self.channels != "gray":  # BGR(A) reordered after the resize (_order_channels): the resize works per channel, so
             # OpenCV gives the same pixels and resizes the frame as it is instead of copying a reversed view first; a gray
@@ -263,8 +263,9 @@ def _area_up_axis(x: np.ndarray, n: int, axis: int) -> np.ndarray:
     ``sx + 1`` by the part of ``[i, i + 1)`` (in output pixels) past source pixel ``sx``'s end."""
     src = x.shape[axis]
     i = np.arange(n)
-    sx = np.floor(i * src / n).astype(int)
-    f = (i + 1) - (sx + 1) * n / src
+    inv = n / src  # OpenCV's own arithmetic: scale 1 / (n / src) can land one lower than i * src / n where that is whole
+    sx = np.floor(i * (1.0 / inv)).astype(int)
+    f = ((i + 1) - (sx + 1) * inv).astype(np.float32)  # a float, as OpenCV keeps it: 0.9999999999 is 1 and blends nothing
     f = np.where(f <= 0, 0.0, f - np.floor(f))
     f = np.where(sx >= src - 1, 0.0, f)
     sx = np.clip(sx, 0, src - 1)
