@@ -634,6 +634,32 @@ def test_import_records_the_thread_count_and_refuses_what_cannot_be_this_bundles
     assert "faster than any device" not in err and "less than any runtime" not in err
 
 
+def test_import_never_relabels_another_bundles_profile_nor_drops_what_the_file_declares(bundle_dir, measured, tmp_path, capsys):
+    """A reader found: --bundle relabelled a file that names another bundle (an int8 ExecuTorch profile became this fp32
+    ONNX one), --skip-first was ignored for a CSV (its warm-up rows kept), a raw JSON's 'unit' or 'batch' was dropped, and a
+    profile at another thread count was used for deadlines without a word."""
+    out = tmp_path / "p.json"
+    js = tmp_path / "other.json"
+    js.write_text(json.dumps({"stages_ms": STAGES, "bundle": {"model": "dvt_small_cifar", "target": "executorch", "precision": "int8"}}))
+    assert main(["import", "--json", str(js), "--bundle", str(bundle_dir), "--threads", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "says it timed another bundle (model 'dvt_small_cifar', target 'executorch', precision 'int8')" in err and not out.exists()
+    assert main(["import", "--json", str(js), "--threads", "1", "--out", str(out)]) == 0
+    assert "does not say which model it timed" not in capsys.readouterr().err  # it does say
+    rows = list(zip(*STAGES))
+    csv_path = write(tmp_path / "w.csv", "stage1_ms,stage2_ms,stage3_ms\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+    with pytest.raises(SystemExit):
+        main(["import", "--csv", str(csv_path), "--skip-first", "5", "--out", str(tmp_path / "w.json")])
+    assert "--skip-first goes with --etdump" in capsys.readouterr().err
+    js.write_text(json.dumps({"stages_ms": STAGES, "unit": "us", "batch": 8}))
+    with pytest.raises(ProfileError, match=r"unknown key\(s\) \['batch', 'unit'\]"):
+        import_json(js)
+    bundle, prof = measured
+    two = Bundle.open(bundle_dir, threads=2)
+    with pytest.warns(UserWarning, match=r"taken with 1 thread\(s\) per session, this bundle runs 2"):
+        two.use_profile(prof)
+
+
 # --------------------------------------------------------------------------------------
 # no torch
 # --------------------------------------------------------------------------------------

@@ -184,6 +184,10 @@ class Bundle:
 
     def use_profile(self, stage_p90_ms: Union[Sequence[float], "LatencyProfile"]) -> None:  # ms per stage for deadline mode
         p90 = stage_p90_ms.deadline_p90(self.manifest) if hasattr(stage_p90_ms, "deadline_p90") else stage_p90_ms
+        theirs = getattr(stage_p90_ms, "threads", None)
+        if theirs and self.threads and theirs != self.threads:  # as use_calibration says it
+            warnings.warn(f"the profile was taken with {theirs} thread(s) per session, this bundle runs {self.threads}: its p90s "
+                          f"are another setting's; open with threads={theirs} or profile at {self.threads}", stacklevel=2)
         if isinstance(p90, (str, bytes)) or not hasattr(p90, "__len__") or len(p90) != self.num_exits:
             raise ValueError(f"need one p90 per stage ({self.num_exits}) or a LatencyProfile, got {type(p90).__name__} {str(p90)[:80]}")
         self.stage_p90_ms = [positive_ms(f"p90 of stage {i + 1}", v, allow_zero=True) for i, v in enumerate(p90)]

@@ -179,6 +179,10 @@ def import_json(path: PathLike, device_name: Optional[str] = None) -> LatencyPro
         raise ProfileError(f"{p}: expected an object with exactly one of 'stages_ms' or 'cumulative_ms' "
                            "(a list of per-exit sample lists, in ms)")
     key = "stages_ms" if "stages_ms" in d else "cumulative_ms"
+    if extra := sorted(set(d) - {key, "device", "threads", "bundle", "notes"}):  # a declared unit or batch was dropped unsaid
+        raise ProfileError(f"{p}: unknown key(s) {extra}; a raw JSON holds '{key}' (per-exit sample lists in ms, one image per "
+                           "call) and optionally 'device', 'threads', 'bundle', 'notes': convert other units to ms, and import "
+                           "timings of batches as a dvt-profile file (profile --batch N)")
     data = d[key]
     if not isinstance(data, list) or not data or not all(isinstance(s, list) for s in data):
         raise ProfileError(f"{p}: '{key}' must be a non-empty list of per-exit sample lists")

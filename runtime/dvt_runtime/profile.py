@@ -228,6 +228,8 @@ def _time_chain(bundle, x: np.ndarray, chunk: int, depth: Optional[int] = None) 
 
 
 def _time_preprocess(bundle, raws: list[np.ndarray], runs: int) -> list[float]:
+    for raw in raws[:2]:  # untimed: the first call (cold caches, OpenCV's first resize) took twice the rest
+        bundle.preprocess(raw)
     out = []
     for i in range(runs):
         t0 = time.perf_counter()
@@ -306,6 +308,8 @@ def _measure(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
 
     if args.etdump_dir and (backend := Manifest.load(args.bundle, verify=False).backend) != "executorch":
         ap.error(f"--etdump-dir is for ExecuTorch bundles; this one runs on {backend}")
+    if args.etdump_dir and (Path(args.etdump_dir).exists() and not Path(args.etdump_dir).is_dir()):  # found before the runs
+        ap.error(f"--etdump-dir {args.etdump_dir} is a file: name a folder for the ETDump files")
     bundle = Bundle.open(args.bundle, threads=args.threads, **({"etdump": True} if args.etdump_dir else {}))
     if args.etdump_dir and args.batch > 1:  # one ETDump event per call: per-call times, not per image
         ap.error("--etdump-dir records one event per call: profile at --batch 1")
@@ -319,18 +323,21 @@ def _measure(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     prof = profile_bundle(bundle, warmup=args.warmup, runs=args.runs, images=images, images_raw=raw,
                           threads=args.threads, progress=not args.no_progress, device_name=args.device_name, batch=args.batch,
                           streams=not args.etdump_dir)  # the ETDump holds the chains alone, one run per chain
+    rc = _finish(prof, args.out)  # the profile first: a trace that cannot be written loses no measurement
     if args.etdump_dir:
         for path in bundle.write_etdump(args.etdump_dir):
             print(f"wrote {path}")
         # which traced runs were timed: the first inference, warm-up and settling runs are in the trace too
         timed = [False] + [t for _, t, _ in _schedule(bundle.num_exits, args.warmup, args.runs, False, [None])]
         print(f"wrote {atomic_write_json(Path(args.etdump_dir) / ETDUMP_RUNS, {'schema': ETDUMP_RUNS_SCHEMA, 'timed': timed})}")
-    return _finish(prof, args.out)
+    return rc
 
 
 def _import(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     if args.etrecord and not args.etdump:
         ap.error("--etrecord goes with --etdump")
+    if args.skip_first is not None and not args.etdump:  # a CSV's or JSON's rows are all kept: it was silently ignored
+        ap.error("--skip-first goes with --etdump: leave warm-up rows out of the CSV or JSON itself")
     check_out_path(args.out, "--out", replaces="dvt-profile/")
     if args.threads is not None and args.threads < 1:
         ap.error(f"--threads must be >= 1, got {args.threads}")
@@ -361,8 +368,12 @@ def _import(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
                     if args.csv else "")
             raise ProfileError(f"{src} latencies of {len(prof.stages)} stage(s), but bundle {args.bundle} has {manifest.num_exits} "
                                f"exits: a stage is missing{want}, or they were measured on another model")
+        if other := prof.other_bundle(manifest):  # the file names the bundle it timed: never relabelled as this one
+            raise ProfileError(f"{args.json} says it timed another bundle ({', '.join(f'{k} {v!r}' for k, v in other.items())}), "
+                               f"not {args.bundle} ({manifest.model} {manifest.target}/{manifest.precision}): pass --bundle of "
+                               "the bundle the device ran, or time this one")
         prof.bundle = bundle_facts(manifest, args.bundle)
-    else:
+    elif not prof.bundle:
         print("note: no --bundle: the profile does not say which model it timed, so calibrate cannot refuse it for another "
               "one; pass --bundle B (the bundle the device ran)", file=sys.stderr)
     _record_threads(prof, args.threads)
