@@ -29,6 +29,7 @@ import numpy as np
 
 from dvt_edge.bench_match import _matched_point, _meas, matched_over_halvings, never_stop
 from dvt_edge.bench_report import SCHEMA, load_results, markdown, write_outputs, wrote_line
+from dvt_edge.bench_throughput import throughput
 from dvt_edge.data import DATASETS, DataError, data_for_checkpoint, scoring_set
 from dvt_edge.logs import quiet_toolchains
 from dvt_edge.references import DEFAULT_REFERENCE
@@ -120,59 +121,6 @@ def _budget_rows(b, f, xh: np.ndarray, yh: np.ndarray, budgets: list[float]) -> 
         flops_rows.append({**row, "flops_budget_gflops": fb, "flops_budget_used_gflops": used, "thresholds": fres.best.to_dict()["thresholds"],
                            **_meas(fmeas, budget), **({"note": "FLOPs budget below exit 1's: raised to it"} if used > fb else {})})
     return dynamic, flops_rows
-
-
-THROUGHPUT_ROUNDS = 3  # interleaved passes over every batch size; figures are medians over them
-
-
-def throughput(bundle, x: np.ndarray, y: Optional[np.ndarray], thresholds: list, batches: Sequence[int],
-               rounds: int = THROUGHPUT_ROUNDS) -> list[dict]:
-    """Images/s of the static model (every stage, last exit answers) and of the dynamic cascade
-    at ``thresholds``, ``batch`` images per ``predict`` call (the measured analog of the
-    paper's Table 2). Both run on the same images in the same process, every batch size once per
-    round, ``rounds`` rounds interleaved (machine drift hits every batch size alike; static or dynamic first,
-    alternately); images/s are medians over rounds, ``speedup`` and ``dynamic_vs_one_by_one`` the medians of
-    each round's ratio."""
-    from dvt_runtime.calibrate import measure_cascade
-    from dvt_runtime.device import BatchMemoryError
-
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"rounds must be a whole number >= 1, got {rounds!r}")
-    labelled = y is not None
-    y = np.zeros(len(x), np.int64) if y is None else y  # no labels: accuracies are not reported (None)
-    never = never_stop(bundle.num_exits)
-    batches = list(dict.fromkeys(batches))  # a repeated size is measured (and reported) once
-    runs: dict[int, list[tuple[dict, dict]]] = {bs: [] for bs in batches if bs <= len(x)}
-    failed = {bs: f"only {len(x)} images to measure on" for bs in batches if bs not in runs}
-    for rnd in range(rounds):
-        order = (never, thresholds) if rnd % 2 == 0 else (thresholds, never)  # which side runs first alternates per round
-        for bs in [b for b in runs if b not in failed]:
-            try:  # whole batches only
-                pair = [measure_cascade(bundle, x[: len(x) // bs * bs], y[: len(x) // bs * bs], t, warmup=1, batch=bs) for t in order]
-            except BatchMemoryError as e:  # checked before its first call: a batch that would not fit is a row with its error
-                failed[bs] = str(e)
-                continue
-            runs[bs].append(tuple(pair) if rnd % 2 == 0 else (pair[1], pair[0]))
-    rows = []
-    for bs in batches:
-        if bs in failed:
-            rows.append({"batch": bs, "error": failed[bs]})
-            continue
-        st, dy = runs[bs][0]
-        med = {k: float(np.median([r[i]["images_per_s"] for r in runs[bs]])) for i, k in enumerate(("static", "dynamic"))}
-        rows.append({"batch": bs, "n": st["n"], "rounds": rounds, "calls_per_stage": "one per batch" if bundle.batch_limit() >= bs else
-                     f"{-(-bs // bundle.batch_limit())} per batch (max_batch {bundle.batch_limit()})",
-                     "static_images_per_s": med["static"], "dynamic_images_per_s": med["dynamic"],
-                     "dynamic_images_per_s_rounds": [r[1]["images_per_s"] for r in runs[bs]],
-                     "speedup": float(np.median([d["images_per_s"] / s_["images_per_s"] for s_, d in runs[bs]])),  # paired per round
-                     "static_accuracy": st["accuracy"] if labelled else None,
-                     "dynamic_accuracy": dy["accuracy"] if labelled else None, "exit_fractions": dy["exit_fractions"]})
-    if 1 in runs:  # batched vs one image per call, same thresholds, paired within each round
-        for r in rows:
-            if "error" not in r:
-                ratios = [b[1]["images_per_s"] / o[1]["images_per_s"] for b, o in zip(runs[r["batch"]], runs[1])]
-                r["dynamic_vs_one_by_one"] = float(np.median(ratios))
-    return rows
 
 
 def runtime_overhead(bundle, x: np.ndarray, n: int = 300) -> dict:
@@ -450,8 +398,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="with --batches: fixed per-exit thresholds, e.g. 0.9,0.8 ('-' = never stop), instead of the full "
                          "benchmark's matched-accuracy ones")
     ap.add_argument("--trust-checkpoint", action="store_true", help="allow arbitrary unpickling of --checkpoint (only for files you trust)")
-    ap.add_argument("--out", default="runs/bench", help="folder for bench.json, bench.md, plots and bundles (default runs/bench)")
+    ap.add_argument("--out", default=None, help="folder for bench.json, bench.md, plots and bundles (default runs/bench; --latency-only "
+                                                "runs/bench-latency, fixed --thresholds runs/bench-throughput: a quick run never replaces a full one)")
     a = ap.parse_args(argv)
+    a.out = a.out or ("runs/bench-latency" if a.latency_only else "runs/bench-throughput" if a.model or a.thresholds else "runs/bench")
     try:
         try:
             budgets = [float(v) for v in a.budgets.split(",")] if a.budgets else None

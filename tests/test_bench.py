@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -385,6 +386,27 @@ def test_throughput_without_labels_and_at_unmatched_thresholds(onnx_bundle):
     assert "NOT" not in md
 
 
+def test_throughput_rows_share_their_images_and_each_says_whether_it_matched(onnx_bundle):
+    """Each batch size ran on its own whole batches (128 images for 128, 200 for 1): the rows' accuracies moved 0.84 points
+    with the same thresholds, 'dynamic vs batch 1' divided runs of different images, and a row below matched accuracy was
+    a plain figure."""
+    from dvt_edge.bench import throughput
+    from dvt_edge.bench_report import throughput_markdown
+    from dvt_runtime.bundle import Bundle
+
+    b = Bundle.open(onnx_bundle, threads=1)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(21, *b.input_shape)).astype(np.float32), rng.integers(0, 10, 21)
+    rows = throughput(b, x, y, [0.0, 0.0], [1, 3, 8], rounds=1)  # every image stops at exit 1
+    assert [r["n"] for r in rows] == [16, 16, 16]
+    assert len({r["dynamic_accuracy"] for r in rows}) == 1 and len(rows[0]["static_images_per_s_rounds"]) == 1
+    assert all(r["within_match"] is (r["dynamic_accuracy"] >= r["static_accuracy"] - 0.2 - 1e-9) for r in rows)
+    rows[1].update(within_match=False, static_accuracy=50.0, dynamic_accuracy=40.0)
+    tp = {"thresholds": [0.0, 0.0], "max_batch": None, "rows": rows, "within_match": True}
+    md = "\n".join(throughput_markdown({"rows": [{"status": "ok", "target": "onnx", "precision": "fp32", "throughput": tp}]}))
+    assert "50.00 / 40.00 (NOT matched: -10.00 pts)" in md and md.count("NOT matched") == 1
+
+
 def test_halvings_line_leads_with_the_matched_splits():
     """The all-splits median mixes in splits that missed the match: it never leads as a plain figure."""
     from dvt_edge.bench_report import halvings_line
@@ -406,3 +428,25 @@ def test_report_refuses_incomplete_results_before_writing(tmp_path, capsys):
         assert main(["report", str(f), "--out", str(tmp_path / "r")]) == 2
         assert msg in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_each_mode_has_its_own_default_folder(monkeypatch, tmp_path):
+    """Every mode wrote runs/bench: a quick --latency-only run replaced a full benchmark's bench.json and bench.md."""
+    import dvt_edge.bench as B
+    import dvt_edge.bench_latency as L
+
+    seen = []
+
+    def stop(*a, **k):
+        seen.append(str(next(v for v in (*a, *k.values()) if isinstance(v, Path))))
+        raise ValueError("stop")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(L, "run_latency", stop)
+    monkeypatch.setattr(B, "run_throughput", stop)
+    monkeypatch.setattr(B, "run_bench", stop)
+    monkeypatch.setattr(B, "random_checkpoint", lambda model, out: "x.pt")
+    for argv in (["--latency-only", "--model", "dvt_micro_fmnist"], ["--model", "dvt_micro_fmnist", "--batches", "1,8", "--thresholds", "0.9,0.8"],
+                 [], ["--latency-only", "--model", "dvt_micro_fmnist", "--out", "mine"]):
+        assert B.main(argv) == 2
+    assert seen == ["runs/bench-latency", "runs/bench-throughput", "runs/bench", "mine"]
