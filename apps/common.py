@@ -14,7 +14,7 @@ try:
 except ImportError:  # pragma: no cover - reported by webcam.run()
     cv2 = None
 
-__all__ = ["AppError", "CALIBRATE_HINT", "GUI_HINT", "SOURCE_HINT", "cv2", "fmt_ms", "output_problem", "warn"]
+__all__ = ["AppError", "CALIBRATE_HINT", "GUI_HINT", "SOURCE_HINT", "VIDEO_HINT", "cv2", "fmt_ms", "output_problem", "warn"]
 
 CALIBRATE_HINT = ("calibrate this device first: python -m dvt_runtime.calibrate --bundle {bundle} --data val.npz --budget-ms {ms} "
                   "--device-name {name}, then pass --device-name {name}")
@@ -22,6 +22,8 @@ GUI_HINT = ("this OpenCV has no GUI (the opencv-python-headless build): run with
             "or install the GUI build in its own environment: pip uninstall opencv-python-headless && pip install opencv-python "
             "(the two builds must not be installed into one environment)")
 SOURCE_HINT = "pick another camera with --camera 1 (2, ...), or pass a video file with --video FILE"
+VIDEO_HINT = ("re-encode it (e.g. ffmpeg -i IN -c:v libx264 OUT.mp4), or check that this OpenCV build reads it "
+              "(python -c \"import cv2; print(cv2.getBuildInformation())\", Video I/O: FFMPEG)")
 
 
 class AppError(Exception):

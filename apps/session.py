@@ -5,6 +5,8 @@ window), and the stats it ends with."""
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,7 +22,8 @@ from apps.sources import open_bundle, read_first_frame
 __all__ = ["FrameLoop", "Tally", "build_stats", "latency_summary", "run_session"]
 
 WARMUP_RUNS = 3  # the first runs of a session are slow
-MAX_MISSED_READS = 10  # a camera may drop a frame now and then
+MAX_MISSED_READS = 10  # a camera may drop a frame now and then; a video may hold a few it cannot decode
+STATS_SCHEMA = "dvt-webcam-stats/1"  # --stats replaces only an earlier stats file
 SUMMARY_KEYS = ("mean", "p50", "p90", "p99", "max")  # of sample_stats, in the stats JSON
 
 
@@ -144,6 +147,10 @@ class Tally:
                 self.hits += 1
 
 
+def _as_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 class FrameLoop:
     """Read, classify, draw, record and (in a window) show frames until the source ends, ``--max-frames``,
     q / Esc, a closed window or Ctrl-C."""
@@ -156,10 +163,13 @@ class FrameLoop:
         self.last_img = None
         self.interrupted = False
         self.wall_s = 0.0  # not counting pauses
+        self.undecodable = 0  # video frames OpenCV could not decode, skipped (the frames after them are read)
 
     def run(self, frame) -> None:
         """The loop, from ``frame`` (already read) on; then the release of the writer and the default snapshot."""
         t_start, paused_s = time.perf_counter(), 0.0
+        # SIGTERM (timeout, systemd, docker stop) ends the run as Ctrl-C does: the stats are written, the recording closed
+        term = signal.signal(signal.SIGTERM, _as_interrupt) if threading.current_thread() is threading.main_thread() else None
         try:
             while self.args.max_frames is None or self.tally.frames < self.args.max_frames:
                 if self.tally.frames > 0:
@@ -174,22 +184,30 @@ class FrameLoop:
             self.interrupted = True
             warn("interrupted: writing what was processed so far")
         finally:
+            if term is not None:
+                signal.signal(signal.SIGTERM, term)
             if self.writer is not None:
                 self.writer.release()
         self.wall_s = time.perf_counter() - t_start - paused_s
+        if self.undecodable:
+            warn(f"{self.undecodable} frame(s) of the video could not be decoded: skipped, the frames after them were read")
         self._final_snapshot()
 
     def _read(self):
-        """The next frame, or None at the end (a camera gets a few retries for dropped frames)."""
+        """The next frame, or None at the end: a camera gets a few retries for dropped frames, a video reads on past
+        frames it cannot decode (counted once a later frame is read; a failed read ended the video there)."""
         misses = 0
         while True:
             ok, frame = self.cap.read()
             if ok and frame is not None:
+                if self.args.video is not None:
+                    self.undecodable += misses
                 return frame
-            if self.args.video is not None or misses >= MAX_MISSED_READS:
+            if misses >= MAX_MISSED_READS:
                 return None
             misses += 1
-            time.sleep(0.02)
+            if self.args.video is None:
+                time.sleep(0.02)
 
     def _step(self, frame) -> tuple[bool, float]:
         """One frame: classify, draw, count and record it; in a window, show it and apply the keys.
@@ -274,8 +292,10 @@ def build_stats(args, source: str, frame, bundle, mode: Mode, thresholds: Option
     tally, n, m = loop.tally, loop.tally.frames, bundle.manifest
     fixed_thresholds = mode.kind != "budget" or not mode.active
     return {
+        "schema": STATS_SCHEMA,
         "source": source,
         "frames": n,
+        "undecodable_frames": loop.undecodable,
         "frame_size": [int(frame.shape[1]), int(frame.shape[0])],
         "bundle": str(bundle.path),
         "model": m.model, "target": m.target, "precision": m.precision, "backend": m.backend,

@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
-from apps.common import SOURCE_HINT, AppError, cv2, warn
+from apps.common import SOURCE_HINT, VIDEO_HINT, AppError, cv2, warn
 
 __all__ = ["open_bundle", "open_source", "read_first_frame", "reference_bundle"]
 
@@ -33,7 +33,7 @@ def open_source(camera=None, video: Optional[str] = None):
         cap = cv2.VideoCapture(str(p))
         if not cap.isOpened():
             cap.release()
-            raise AppError(f"cannot read video {video!r}: OpenCV cannot decode it. {SOURCE_HINT}")
+            raise AppError(f"cannot read video {video!r}: OpenCV cannot decode it: {VIDEO_HINT}")
         return cap, f"video {video}"
     cam = 0 if camera is None else camera
     if isinstance(cam, str) and cam.strip().lstrip("-").isdigit():
@@ -53,7 +53,7 @@ def read_first_frame(cap, source: str, is_video: bool):
     ok, frame = cap.read()
     if not ok or frame is None:
         what = "holds no decodable frame" if is_video else "delivered no frame"
-        raise AppError(f"{source} {what}. {SOURCE_HINT}")
+        raise AppError(f"{source} {what}: {VIDEO_HINT if is_video else SOURCE_HINT}")
     return frame
 
 

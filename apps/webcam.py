@@ -50,9 +50,10 @@ if __name__ == "__main__" and not __package__:  # run as a file (python apps/web
 from apps.common import CALIBRATE_HINT, GUI_HINT, SOURCE_HINT, AppError, cv2, fmt_ms, output_problem  # noqa: E402
 from apps.modes import Mode, profile_stages, setup_mode  # noqa: E402
 from apps.overlay import EXIT_COLORS, Overlay, annotate, color_of, model_input_image  # noqa: E402
-from apps.session import run_session  # noqa: E402
+from apps.session import STATS_SCHEMA, run_session  # noqa: E402
 from apps.sources import open_bundle, open_source, reference_bundle  # noqa: E402
 from apps.window import check_gui, close_windows, handle_key  # noqa: E402
+from dvt_runtime.io import check_out_path  # noqa: E402
 
 __all__ = ["AppError", "Mode", "Overlay", "annotate", "model_input_image", "open_source", "open_bundle", "reference_bundle", "run",
            "main", "parse_args", "setup_mode", "profile_stages", "handle_key", "color_of", "EXIT_COLORS", "CALIBRATE_HINT",
@@ -109,6 +110,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         problem = output_problem(flag, p)
         if problem:
             ap.error(problem)
+        if flag == "--stats":  # a file that is not an earlier stats file (a bundle's manifest.json was replaced)
+            try:
+                check_out_path(p, flag, replaces=STATS_SCHEMA)
+            except ValueError as e:
+                ap.error(str(e))
         setattr(args, flag[2:], str(p))  # written where it was checked (a quoted '~/x.png' too)
     return args
 

@@ -125,6 +125,10 @@ def test_linked_folders_are_followed_once_and_a_folder_named_like_an_image_is_no
     (top / "album.jpg").mkdir()  # a folder with an image's name
     assert main(["--bundle", str(onnx_bundle), str(top), "--no-progress"]) == 0
     assert "4 images (0 unreadable)" in capsys.readouterr().out
+    # a folder with its own sub-folder, and a file given twice: each image counted once (they were counted twice)
+    one = next((photos / "sub" / "0").iterdir())
+    assert main(["--bundle", str(onnx_bundle), str(top), str(top / "linked"), str(one), str(one), "--no-progress"]) == 0
+    assert "4 images (0 unreadable)" in capsys.readouterr().out
 
 
 def test_budget_from_a_calibration_and_a_deadline_from_another_devices_profile(bundle_for_calibration, photos, tmp_path, capsys):

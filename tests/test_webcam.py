@@ -165,7 +165,7 @@ def test_unreadable_video_exits_2_with_a_way_out(env, tmp_path):
     bad.write_text("this is not a video")
     (tmp_path / "clips").mkdir()
     # an undecodable file: another source; a missing path or a folder: the path (not "pick another camera")
-    for video, said in ((bad, ("--camera", "--video")), (tmp_path / "missing.mp4", ("no such file", "check the path")),
+    for video, said in ((bad, ("re-encode it", "ffmpeg")), (tmp_path / "missing.mp4", ("no such file", "check the path")),
                         (tmp_path / "clips", ("a folder, not a video file",))):
         r = subprocess.run([sys.executable, "-m", "apps.webcam", "--bundle", str(bundle), "--video", str(video), "--headless"],
                            cwd=ROOT, capture_output=True, text=True, timeout=60,
@@ -502,3 +502,51 @@ def test_a_budget_changed_mid_run_is_judged_on_the_frames_run_under_its_final_va
     keys = itertools.chain([255, ord("+")], itertools.repeat(255))
     assert webcam.main(args) == 0
     assert f"(on frames 2-{n - 1}, since the budget was last changed)" in capsys.readouterr().out
+
+
+def _mjpg_with_a_broken_frame(path: Path, n: int = 12, broken: int = 6) -> Path:
+    """An MJPG video whose frame ``broken`` has its JPEG data zeroed (OpenCV fails that read and reads the next)."""
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
+    rng = np.random.default_rng(0)
+    for _ in range(n):
+        w.write(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    w.release()
+    b = bytearray(path.read_bytes())
+    starts = [i for i in range(len(b) - 3) if b[i : i + 3] == b"\xff\xd8\xff"]
+    end = b.rfind(b"\xff\xd9", starts[broken], starts[broken + 1])
+    b[starts[broken] : end + 2] = bytes(end + 2 - starts[broken])
+    path.write_bytes(bytes(b))
+    return path
+
+
+def test_a_broken_frame_mid_video_is_skipped_and_counted_and_sigterm_keeps_the_stats(env, tmp_path, monkeypatch):
+    """A reader found: one undecodable frame ended the video there (20 of 40 frames, interrupted false, exit 0); SIGTERM
+    (timeout, systemd, docker stop) lost the stats and left the recording without its index; --stats replaced any file,
+    a bundle's manifest.json included."""
+    import signal
+
+    from apps.session import FrameLoop
+
+    video = _mjpg_with_a_broken_frame(tmp_path / "broken.avi")
+    stats = tmp_path / "s.json"
+    assert webcam.main(["--bundle", str(env[0]), "--video", str(video), "--headless", "--stats", str(stats)]) == 0
+    d = json.loads(stats.read_text())
+    assert d["frames"] == 11 and d["undecodable_frames"] == 1 and not d["interrupted"] and d["schema"] == "dvt-webcam-stats/1"
+    step = FrameLoop._step
+
+    def term_at_frame_3(self, frame):
+        if self.tally.frames == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(self, frame)
+
+    monkeypatch.setattr(FrameLoop, "_step", term_at_frame_3)
+    before = signal.getsignal(signal.SIGTERM)
+    assert webcam.main(["--bundle", str(env[0]), "--video", str(env[1]), "--headless", "--stats", str(stats)]) == 0
+    d = json.loads(stats.read_text())
+    assert d["interrupted"] and d["frames"] == 3 and signal.getsignal(signal.SIGTERM) == before
+    mine = tmp_path / "mine.json"
+    mine.write_text('{"a": 1}')
+    with pytest.raises(SystemExit):
+        webcam.parse_args(["--video", str(video), "--headless", "--stats", str(mine)])
+    assert mine.read_text() == '{"a": 1}'
+    webcam.parse_args(["--video", str(video), "--headless", "--stats", str(stats)])  # an earlier stats file may be replaced

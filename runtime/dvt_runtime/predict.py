@@ -54,7 +54,8 @@ def _walk(top: Path) -> list[Path]:
 
 
 def image_files(paths: Sequence[str]) -> list[Path]:
-    """The files given (any name: decoding tells) and every image under the folders given (recursive, sorted)."""
+    """The files given (any name: decoding tells) and every image under the folders given (recursive, sorted); a file
+    reached twice (given twice, or a folder and its sub-folder) is read once, where it first came."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -66,7 +67,8 @@ def image_files(paths: Sequence[str]) -> list[Path]:
             out.append(p)
         else:
             raise ValueError(f"{p}: no such file or folder ({p.resolve()}): check the path")
-    return out
+    seen: set[str] = set()
+    return [f for f in out if not ((real := os.path.realpath(f)) in seen or seen.add(real))]
 
 
 def _thresholds_source(bundle: "Bundle", thresholds: Optional[list], budget_ms: Optional[float], deadline_ms: Optional[float] = None) -> str:
