@@ -69,7 +69,9 @@ def batches(ds: ImageSet, cache: Optional[tuple], idx: torch.Tensor, batch_size:
             yield X[b], Y[b]
         return
     sampler = torch.utils.data.BatchSampler(idx.tolist(), batch_size, drop_last=False)
-    loader = torch.utils.data.DataLoader(TorchSet(ds), batch_sampler=sampler, num_workers=workers)
+    # its own generator: a loader draws a seed from the global one (even with no workers), and evaluation's draw moved the
+    # drop-path masks of the epochs after it, so a resumed run differed from an uninterrupted one
+    loader = torch.utils.data.DataLoader(TorchSet(ds), batch_sampler=sampler, num_workers=workers, generator=torch.Generator().manual_seed(0))
     yield from loader
 
 

@@ -42,7 +42,7 @@ from dvt_edge.fashion_mnist import (  # noqa: F401  (re-exported)
 )
 from dvt_edge.imagefolder import HOLDOUT_FRACTION, HOLDOUT_SEED, IMAGE_EXTS, holdout_fingerprint, load_imagefolder, split_files  # noqa: F401  (re-exported)
 from dvt_edge.imageset import DataError, ImageSet, SplitNotHeld, as_imagenet_labels, default_preprocess, label_mismatch, stratified_subset  # noqa: F401  (re-exported)
-from dvt_edge.npzdata import export_npz, load_npz, write_jpeg_pack  # noqa: F401  (re-exported)
+from dvt_edge.npzdata import HOLDOUT_MARK, export_npz, load_npz, load_npz_spec, npz_has_split, write_jpeg_pack  # noqa: F401  (re-exported)
 from dvt_runtime.preprocess import Preprocess
 
 __all__ = [
@@ -126,6 +126,19 @@ def absolute_spec(spec: str) -> str:
     folder read from another working directory was another folder, or none (then another set stood in)."""
     kind, _, path = spec.partition(":")
     return f"{kind}:{os.path.abspath(os.path.expanduser(path))}" if path and kind in PATH_KINDS else spec
+
+
+def training_spec(spec: str) -> str:
+    """The spec a training run records: :func:`absolute_spec`, and an ``npz:`` file without a 'split' entry marked
+    ``#holdout`` (its 10% held out for validation: it validated on the images it trained on, best.pt chosen on them)."""
+    spec = absolute_spec(spec)
+    kind, _, path = spec.partition(":")
+    if kind == "npz" and path and not path.endswith(HOLDOUT_MARK) and npz_has_split(path) is False:
+        print(f"note: {path} holds no 'split' entry: {HOLDOUT_FRACTION:.0%} of its images (seeded, class-stratified) are held "
+              f"out for validation and never trained on; the run records npz:{path}{HOLDOUT_MARK}, which evaluate and "
+              "export read as that held-out part", file=sys.stderr)
+        return spec + HOLDOUT_MARK
+    return spec
 
 
 def holdout_of(spec: str) -> Optional[dict]:
@@ -273,7 +286,7 @@ def _load_whole(spec: str, split: str, preprocess: Optional[Preprocess], downloa
     if kind == "npz":
         if not arg:
             raise DataError(f"dataset spec {spec!r} needs a path: {kind}:PATH")
-        return load_npz(arg, split, preprocess)
+        return load_npz_spec(arg, split, preprocess)
     raise DataError(f"unknown dataset spec {spec!r}; valid: {list(DATASETS)}")
 
 

@@ -174,19 +174,21 @@ def _folder_preprocess(color: bool, side: int) -> Preprocess:
     return default_preprocess(3 if color else 1, side if side <= 64 else 224)
 
 
-def _holdout(labels: np.ndarray, split: str, base: Path, classes: list[str]) -> np.ndarray:
-    """Indices into ``train/``'s listing of ``split`` for a folder without ``val/``: the seeded holdout, or the rest."""
+def _holdout(labels: np.ndarray, split: str, base: Path, classes: list[str], why: str = "", fix: str = ", or a val/ folder") -> np.ndarray:
+    """Indices of ``split`` for a set without a validation split (``why`` says so: a folder without ``val/``, by default):
+    the seeded, class-stratified holdout, or the rest."""
+    why = why or f"imagefolder: {base} has no val/ folder"
     n_val = int(round(HOLDOUT_FRACTION * len(labels)))
     if n_val < len(classes) or n_val >= len(labels):
-        raise DataError(f"imagefolder: {base} has no val/ folder and too few images ({len(labels)}) to hold out {HOLDOUT_FRACTION:.0%} for validation")
+        raise DataError(f"{why} and too few images ({len(labels)}) to hold out {HOLDOUT_FRACTION:.0%} for validation")
     val_idx = stratified_subset(labels, n_val, HOLDOUT_SEED)
     if split == "val":
         return val_idx
     rest = np.setdiff1d(np.arange(len(labels)), val_idx)
     gone = [c for c, k in zip(display_classes(classes), np.bincount(labels[rest], minlength=len(classes))) if k == 0]
     if gone:  # the holdout took a class's only image(s): the model would never see that class
-        raise DataError(f"imagefolder: {base} has no val/ folder, and holding out {HOLDOUT_FRACTION:.0%} for validation "
-                        f"leaves no training image of class(es) {gone[:10]}; add images of them, or a val/ folder")
+        raise DataError(f"{why}, and holding out {HOLDOUT_FRACTION:.0%} for validation "
+                        f"leaves no training image of class(es) {gone[:10]}; add images of them{fix}")
     return rest
 
 

@@ -18,6 +18,35 @@ from dvt_runtime.preprocess import Preprocess
 __all__ = ["load_npz", "write_jpeg_pack", "export_npz"]
 
 
+#: ``npz:PATH#holdout``: a file without a 'split' entry, as training records it: 10% held out for validation (seeded,
+#: class-stratified, as an image folder without val/), never trained on; "val" is that part and "train" the rest
+HOLDOUT_MARK = "#holdout"
+
+
+def npz_has_split(path: str) -> Optional[bool]:
+    """Whether the .npz at ``path`` names the split it holds (None: not readable here; loading it says why)."""
+    try:
+        with np.load(Path(path).expanduser(), allow_pickle=False) as z:
+            return "split" in z.files
+    except (OSError, ValueError):
+        return None
+
+
+def load_npz_spec(arg: str, split: str, preprocess: Optional[Preprocess]) -> ImageSet:
+    """The ``PATH`` or ``PATH#holdout`` of an ``npz:`` spec (see :data:`HOLDOUT_MARK`)."""
+    from dvt_edge.imagefolder import _holdout
+
+    path = arg[: -len(HOLDOUT_MARK)] if arg.endswith(HOLDOUT_MARK) else arg
+    if path == arg:
+        return load_npz(path, split, preprocess)
+    if npz_has_split(path):
+        raise DataError(f"npz:{arg}: {path} names the split it holds, so there is nothing to hold out: use npz:{path}")
+    ds = load_npz(path, split, preprocess)
+    side = ds.subset(_holdout(ds.labels, split, Path(path), ds.classes, why=f"npz: {path} has no 'split' entry", fix=""))
+    side.name, side.split_size = f"npz:{arg}", None
+    return side
+
+
 def load_npz(path: str, split: str, preprocess: Optional[Preprocess]) -> ImageSet:
     """Arrays ``images`` + ``labels`` (+ ``classes``, ``preprocess``), or a JPEG pack:
     ``jpeg`` (uint8, every file's bytes end to end) + ``offsets`` (N+1) + ``labels``.

@@ -229,7 +229,7 @@ def _train(args: argparse.Namespace) -> dict:
         args.model = checkpoint_model_name(args.finetune, args.trust_checkpoint) if args.finetune else DEFAULT_MODEL
         if args.finetune:
             log(f"note: --model {args.model}, the architecture of --finetune {args.finetune}")
-    args.data = _data.absolute_spec(args.data or default_train_data(args.model))  # a resumed old run's relative path too
+    args.data = _data.training_spec(args.data or default_train_data(args.model))  # a resumed old run's relative path too
     random.seed(args.seed + rank)
     np.random.seed(args.seed + rank)
     torch.manual_seed(args.seed)  # same init on every rank
@@ -370,6 +370,10 @@ def _setup_run(args, rank: int, world: int, device: torch.device, log, model: DV
 
 def _restore(run: _Run, resume_state: dict, last: Path) -> _RunState:
     """Weights, optimizer, schedule, generators and history of the run in ``resume_state``."""
+    if (theirs := resume_state.get("classes")) is not None and list(theirs) != list(run.train_ds.classes):  # every label would move
+        raise CheckpointError(f"--resume: {last} was trained on classes {list(theirs)[:10]}, the data now has "
+                              f"{list(run.train_ds.classes)[:10]} (a class folder renamed, added or removed): resume on the run's own "
+                              f"classes, or start a new run from it with --finetune {last}")
     run.model.load_state_dict(resume_state["model_state_dict"])
     t = resume_state["train"]
     if len(t["rng"]) != run.world:  # steps per epoch, and so the LR curve, depend on it
@@ -467,9 +471,9 @@ def _end_epoch(run: _Run, state: _RunState, out: Path, epoch: int, train_loss: f
     run_seconds = round(state.prior_seconds + time.time() - t_run, 1)  # wall time, evaluation included, over resumes
     t = {"epoch": epoch + 1, "epochs": args.epochs, "run_seconds": run_seconds, "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
          "generator": gens, "rng": rngs, "history": json.dumps(state.history), "best_acc": state.best_acc, "args": json.dumps(vars(args))}
-    save_checkpoint(out / "last.pt", model, **meta, train=t)
-    if improved:
+    if improved:  # before last.pt: a run stopped between the two resumes with its best epoch saved, not an older one
         save_checkpoint(out / "best.pt", model, **meta, train_summary=json.dumps({"epoch": epoch + 1, "args": vars(args)}))
+    save_checkpoint(out / "last.pt", model, **meta, train=t)
     atomic_write_json(out / "metrics.json", {"model": args.model, "data": args.data, "history": state.history,
                                              "exits": [e.__dict__ for e in model.exits], "world_size": run.world,
                                              "run_seconds": run_seconds, "args": vars(args)})

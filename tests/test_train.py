@@ -500,3 +500,81 @@ def test_colour_photos_without_model_train_the_colour_reference_architecture(tmp
     model, info = load_checkpoint(tmp_path / "r" / "last.pt")
     assert model.name == "dvt_small_cifar" and info.preprocess.channels == "rgb" and info.classes == ["cat", "ship"]
     assert "note: --model dvt_small_cifar (colour, 32 px" in capsys.readouterr().out
+
+
+def test_an_npz_without_a_split_is_trained_on_90_percent_and_validated_on_the_rest(tmp_path, capsys):
+    """A reader found: an npz without a 'split' entry served as both splits, so the run validated on the images it trained on
+    and chose best.pt by them; evaluate of the checkpoint read them too."""
+    import numpy as np
+
+    from dvt_edge.data import load_dataset, recorded_train_args
+    from dvt_edge.evaluate import evaluate_checkpoint
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (180, 28, 28), dtype=np.uint8)
+    images[:, 0, 0] = np.arange(180)  # each image told apart by its first pixel
+    np.savez(tmp_path / "one.npz", images=images, labels=np.repeat(np.arange(3), 60), classes=np.array(["a", "b", "c"]))
+    train(build_parser().parse_args(["--model", "dvt_micro_fmnist", "--data", f"npz:{tmp_path / 'one.npz'}", "--epochs", "1",
+                                     "--threads", "1", "--quiet", "--out", str(tmp_path / "r")]))
+    assert "holds no 'split' entry: 10% of its images (seeded, class-stratified) are held out" in capsys.readouterr().err
+    spec = recorded_train_args(load_checkpoint(tmp_path / "r" / "last.pt")[1].extras)["data"]
+    assert spec == f"npz:{tmp_path / 'one.npz'}#holdout"
+    tr, va = (load_dataset(spec, s) for s in ("train", "val"))
+    assert (len(tr), len(va)) == (162, 18) and np.bincount(va.labels).tolist() == [6, 6, 6]
+    assert not set(tr.images[:, 0, 0].tolist()) & set(va.images[:, 0, 0].tolist())
+    assert evaluate_checkpoint(str(tmp_path / "r" / "last.pt"), progress=False)["n"] == 18
+    assert len(load_dataset(f"npz:{tmp_path / 'one.npz'}", "val")) == 180  # a file given for evaluation is read whole
+
+
+def test_resume_refuses_data_whose_classes_changed(tmp_path):
+    """A class folder renamed between runs moved every label index (cat->2, dog->0, eel->1) and the resumed run trained on
+    the permuted labels; a class added crashed with an IndexError."""
+    import cv2
+    import numpy as np
+
+    for split in ("train", "val"):
+        for ci, c in enumerate(("cat", "dog", "eel")):
+            (tmp_path / "f" / split / c).mkdir(parents=True)
+            for i in range(6):
+                cv2.imwrite(str(tmp_path / "f" / split / c / f"{i}.png"), np.full((28, 28), 30 + 80 * ci + i, np.uint8))
+    run = ["--model", "dvt_micro_fmnist", "--data", f"imagefolder:{tmp_path / 'f'}", "--epochs", "1", "--threads", "1", "--quiet",
+           "--out", str(tmp_path / "r")]
+    train(build_parser().parse_args(run))
+    for split in ("train", "val"):
+        (tmp_path / "f" / split / "cat").rename(tmp_path / "f" / split / "fox")
+    with pytest.raises(CheckpointError, match=r"trained on classes \['cat', 'dog', 'eel'\], the data now has \['dog', 'eel', 'fox'\]"):
+        train(build_parser().parse_args([*run, "--resume"]))
+
+
+def test_resume_is_exact_with_file_backed_images_and_drop_path(tmp_path, monkeypatch):
+    """Each evaluation's DataLoader drew a seed from the global generator that drives drop-path, after the saved RNG state:
+    a resumed run of a folder of mixed-size photos with --drop-path differed from an uninterrupted one (weights 3.5e-3 apart)."""
+    import cv2
+    import numpy as np
+
+    import dvt_edge.train as T
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 24), ("val", 4)):
+        for ci, c in enumerate(("a", "b")):
+            (tmp_path / "f" / split / c).mkdir(parents=True)
+            for i in range(n):
+                side = int(rng.integers(20, 40))  # mixed sizes: read from the files at each epoch
+                cv2.imwrite(str(tmp_path / "f" / split / c / f"{i}.png"), rng.integers(0, 256, (side, side), dtype=np.uint8) // (1 + ci))
+    run = ["--model", "dvt_micro_fmnist", "--data", f"imagefolder:{tmp_path / 'f'}", "--epochs", "2", "--threads", "1", "--quiet",
+           "--drop-path", "0.1", "--batch-size", "16", "--workers", "0"]
+    train(build_parser().parse_args([*run, "--out", str(tmp_path / "straight")]))
+    end = T._end_epoch
+
+    def stop_after_the_first(run_, state, out, epoch, *a):
+        end(run_, state, out, epoch, *a)
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "_end_epoch", stop_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        train(build_parser().parse_args([*run, "--out", str(tmp_path / "broken")]))
+    monkeypatch.setattr(T, "_end_epoch", end)
+    train(build_parser().parse_args([*run, "--out", str(tmp_path / "broken"), "--resume"]))
+    a, b = _weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "broken" / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
