@@ -179,10 +179,10 @@ def default_preprocess(in_chans: int, img_size: int) -> Preprocess:
     if in_chans == 1:
         # Fashion-MNIST statistics
         return Preprocess(size=img_size, resize=img_size, channels="gray", mean=(0.2860,), std=(0.3530,), interpolation="area")
-    # ImageNet (T2T-ViT / DeiT evaluation: resize to size/0.875, center crop, bicubic)
+    # ImageNet (T2T-ViT / DeiT evaluation: resize to size/0.875, center crop, Pillow's bicubic)
     return Preprocess(
         size=img_size, resize=int(round(img_size / 0.875)), channels="rgb",
-        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), interpolation="cubic",
+        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), interpolation="pil-bicubic",
     )
 
 

@@ -775,8 +775,8 @@ _DEFAULTS: dict[str, dict] = {}
 PREPROCESS_PRESETS: dict[str, dict] = {
     "fashion-mnist": dict(size=28, resize=28, channels="gray", mean=(0.2860,), std=(0.3530,), interpolation="area"),
     "cifar10": dict(size=32, resize=32, channels="rgb", mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), interpolation="area"),
-    # ImageNet evaluation of T2T-ViT / DeiT: resize to 224/0.875, center crop, bicubic
-    "imagenet": dict(size=224, resize=256, channels="rgb", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), interpolation="cubic"),
+    # ImageNet evaluation of T2T-ViT / DeiT: resize to 224/0.875, center crop, bicubic as Pillow does it (it smooths when it shrinks)
+    "imagenet": dict(size=224, resize=256, channels="rgb", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), interpolation="pil-bicubic"),
 }
 
 
