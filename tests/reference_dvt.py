@@ -12,9 +12,14 @@ import math
 import torch
 import torch.nn.functional as F
 
+_EPS = [1e-5]  # LayerNorm eps of the model being computed: T2T-ViT's 1e-5, DeiT's 1e-6 (set by stage_forward)
+
+#: DeiT-S DVT's patch embedding per stage (kernel = stride, padding), from the published code: 224 px -> 7x7, 10x10, 14x14
+DEIT_PATCH = {0: (32, 0), 1: (23, 3), 2: (16, 0)}
+
 
 def _ln(p, pre, x):
-    return F.layer_norm(x, (x.shape[-1],), p[pre + "weight"], p[pre + "bias"], 1e-5)
+    return F.layer_norm(x, (x.shape[-1],), p[pre + "weight"], p[pre + "bias"], _EPS[0])
 
 
 def _lin(p, pre, x):
@@ -93,7 +98,14 @@ def stage_forward(p, pre, cfg, index, x, feats=None, rels=None):
     """The published stage on weights ``p`` (a state dict), per the spec."""
     heads, depth, C = cfg.num_heads, cfg.depth, cfg.embed_dim
     g = cfg.grids[index]
-    tokens = t2t(p, pre + "tokens_to_token.", x, cfg.splits[index])
+    if cfg.tokenizer == "t2t":
+        _EPS[0] = 1e-5
+        tokens = t2t(p, pre + "tokens_to_token.", x, cfg.splits[index])
+    else:  # DeiT: one strided conv
+        _EPS[0] = 1e-6
+        k, pad = DEIT_PATCH[index]
+        tokens = F.conv2d(x, p[pre + "patch_embed.proj.weight"], p[pre + "patch_embed.proj.bias"], stride=k, padding=pad)
+        tokens = tokens.flatten(2).transpose(1, 2)
     B = tokens.shape[0]
     tokens = torch.cat([p[pre + "cls_token"].expand(B, -1, -1), tokens], dim=1) + p[pre + "pos_embed"]
     rel_in = [None] * depth

@@ -26,9 +26,8 @@ def _model(name: str, seed: int = 0):
     return create_model(name).eval()
 
 
-@pytest.fixture(scope="module")
-def t2t12():
-    m = _model("dvt_t2t_vit_12")
+def _randomized(name: str):
+    m = _model(name)
     # random (not default-init) values everywhere, so every weight matters in comparisons
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -36,6 +35,11 @@ def t2t12():
             if v.dtype.is_floating_point and not k.endswith("pos_embed"):
                 v.copy_(torch.randn(v.shape, generator=g) * 0.05 + (1.0 if k.endswith("norm1.weight") else 0.0))
     return m
+
+
+@pytest.fixture(scope="module")
+def t2t12():
+    return _randomized("dvt_t2t_vit_12")
 
 
 def test_registry_has_required_variants():
@@ -98,8 +102,11 @@ def test_reuse_resize_matrix_equals_upsample_pool(s, mid, g):
     assert ((m32 @ x32 @ m32.T) - resize_reference(x32, mid, g)).abs().max().item() < 1e-5
 
 
-def test_stages_equal_literal_spec_implementation(t2t12):
-    """Every stage of dvt_t2t_vit_12 equals the spec's literal ops (einsum, upsample+pool)."""
+@pytest.mark.parametrize("name", ["dvt_t2t_vit_12", "dvt_deit_small"])
+def test_stages_equal_literal_spec_implementation(t2t12, name):
+    """Every stage of dvt_t2t_vit_12 and dvt_deit_small (its patch convs and LayerNorm eps were covered by nothing) equals
+    the spec's literal ops (einsum, upsample+pool)."""
+    t2t12 = t2t12 if name == "dvt_t2t_vit_12" else _randomized(name)
     sd = t2t12.state_dict()
     x = torch.randn(1, 3, 224, 224)
     feats = rels = None
