@@ -533,6 +533,14 @@ def test_out_that_is_a_folder_of_bundles_is_the_parent(micro_ckpt, tmp_path, cap
     capsys.readouterr()
     assert export_main([*args, "--out", "mine"]) == 2
     assert "pass --force" in capsys.readouterr().err  # an existing bundle: --force replaces it
+    # "mine/" (a shell's tab completion) names that bundle too: it wrote a new bundle inside the old one
+    assert export_main([*args, "--out", "mine/", "--force"]) == 0
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir() if p.is_dir()) == [] and Manifest.load(tmp_path / "mine")
+    # a typo among several precisions is refused before any export (fp32 ran for minutes, then fp16 failed "in the toolchain")
+    capsys.readouterr()
+    assert export_main([*args[:-3], "--precision", "fp32,int9", "--out", "typo"]) == 2
+    assert "unsupported precision(s): onnx int9; valid per target: {'onnx': ['fp32', 'int8']}" in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists()
     from dvt_edge.export import ExportError
     from dvt_edge.export.install import check_destination
 

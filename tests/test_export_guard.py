@@ -207,6 +207,43 @@ def test_weight_only_int8_needs_no_calibration_images(no_data_ckpt, tmp_path):
         assert m.parity.passed and [e.quantization["scheme"] for e in m.exits] == [scheme] * 3, (target, m.parity)
 
 
+def test_auto_off_the_backends_platform_exports_the_recipes_default_and_says_so(no_data_ckpt, tmp_path, capsys):
+    """Core ML on Linux: --scheme auto exported every scheme (three times the time, W8A8 needing images) and kept the first,
+    measuring nothing, with nothing said on the console."""
+    from dvt_runtime.backends import available_backends
+
+    t = get_target("coreml")
+    if not t.available or "coreml" in available_backends():
+        pytest.skip("needs coremltools off macOS")
+    res = export_bundle(str(no_data_ckpt), "coreml", "int8", scheme="auto", out=str(tmp_path / "c"), progress=False)
+    m = Manifest.load(res.path)
+    assert [e.quantization["scheme"] for e in m.exits] == [t.int8["default_scheme"]] * 3
+    assert m.quantization["schemes_tried"] == [t.int8["default_scheme"]]
+    assert f"does not run on this host, so the recipe's default '{t.int8['default_scheme']}' is exported" in capsys.readouterr().err
+
+
+def test_a_failed_agreement_names_the_agreement_option_and_the_api_offers_no_all(micro_ckpt, tmp_path):
+    """The hint was always --no-verify (every check off) where --int8-min-agreement is the way out; the Python API's
+    unknown-target error offered 'all', which only the command line takes."""
+    with pytest.raises(ExportError, match=r"int8 top-1 agreement below the required: pass --int8-min-agreement PCT") as e:
+        export_bundle(str(micro_ckpt), "onnx", "int8", scheme="dynamic", out=str(tmp_path / "x"), progress=False, int8_min_agreement=100.0,
+                      verify_n=200)
+    assert "--no-verify" not in str(e.value)
+    with pytest.raises(ValueError) as e:
+        get_target("al")
+    assert "'all'" not in str(e.value)
+
+
+def test_sigterm_ends_a_command_as_ctrl_c_does():
+    """A CI cancel or `timeout` sent SIGTERM: an export died with its temporary folder left behind (its clean-up runs
+    on an exception only)."""
+    code = ("import os, signal, time\nfrom dvt_runtime.io import run_cli\n"
+            "def main():\n    try:\n        os.kill(os.getpid(), signal.SIGTERM); time.sleep(5)\n    finally:\n        print('cleaned')\n"
+            "raise SystemExit(run_cli(main))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 143 and "cleaned" in r.stdout and "interrupted (SIGTERM)" in r.stderr, (r.returncode, r.stderr)
+
+
 def test_without_real_images_the_batch_check_runs_on_fixed_images_and_the_console_says_so(no_data_ckpt, tmp_path, capsys):
     res = export_bundle(str(no_data_ckpt), "onnx", "fp32", out=str(tmp_path / "b"), progress=False)
     p = Manifest.load(res.path).parity

@@ -100,12 +100,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # --out is the parent (one folder per job, named like the default) with several jobs, or when it ends in "/"
         # or names an existing folder that is not a bundle (e.g. --out bundles/); else the bundle folder itself
         several = len(jobs) > 1
+        if bad := sorted({f"{n} {p}" for n, p in jobs if p not in TARGETS[n].precisions}):  # before any export: not after minutes
+            raise ValueError(f"unsupported precision(s): {', '.join(bad)}; valid per target: "
+                             f"{ {n: list(TARGETS[n].precisions) for n in names} }")
         check_scheme(args.scheme, jobs)
         if several and args.out and (Path(args.out) / "manifest.json").exists():
             raise ValueError(f"--out {args.out} is a bundle, and {len(jobs)} bundles were asked for: name the folder to hold them "
                              "(e.g. --out bundles/), or export one target and precision to replace this bundle")
-        as_parent = bool(args.out) and (several or args.out.endswith(("/", os.sep))
-                                        or (Path(args.out).is_dir() and not (Path(args.out) / "manifest.json").exists()))
+        is_bundle = bool(args.out) and (Path(args.out) / "manifest.json").exists()  # "bundles/mine/" (tab completion) is that bundle
+        as_parent = bool(args.out) and (several or (not is_bundle and (args.out.endswith(("/", os.sep)) or Path(args.out).is_dir())))
         base = ExportOptions(model_name=args.model, calib_data=args.calib_data, calib_n=args.calib_n, verify_n=args.verify_n,
                              force=args.force, verify=not args.no_verify, trusted=args.trust_checkpoint, verbose=args.verbose,
                              int8_min_agreement=_agreement(args.int8_min_agreement))

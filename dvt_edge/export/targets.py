@@ -107,5 +107,5 @@ def get_target(name: str) -> Target:
     if name not in TARGETS:
         close = difflib.get_close_matches(name, list(TARGETS), n=1, cutoff=0.5)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown target {name!r}; valid targets: {sorted(TARGETS)} (or 'all').{hint}")
+        raise ValueError(f"unknown target {name!r}; valid targets: {sorted(TARGETS)}.{hint}")
     return TARGETS[name]

@@ -223,7 +223,24 @@ def plain_warnings() -> Iterator[None]:
         warnings.formatwarning = old
 
 
+def _terminated(signum, frame) -> None:
+    raise KeyboardInterrupt("SIGTERM")
+
+
 def run_cli(main: Callable[[], Optional[int]]) -> int:
-    """A command's ``main()`` with :func:`plain_warnings`; its exit code."""
-    with plain_warnings():
-        return int(main() or 0)
+    """A command's ``main()`` with :func:`plain_warnings`; its exit code. SIGTERM (``timeout``, a CI cancel, systemd) ends
+    it as Ctrl-C does, so its clean-up runs (an export's temporary folder was left behind): one line, exit 143 (130)."""
+    import signal
+    import threading
+
+    term = signal.signal(signal.SIGTERM, _terminated) if threading.current_thread() is threading.main_thread() else None
+    try:
+        with plain_warnings():
+            return int(main() or 0)
+    except KeyboardInterrupt as e:
+        by_term = str(e) == "SIGTERM"
+        print(f"interrupted ({'SIGTERM' if by_term else 'Ctrl-C'}): stopped", file=sys.stderr)
+        return 143 if by_term else 130
+    finally:
+        if term is not None:
+            signal.signal(signal.SIGTERM, term)
