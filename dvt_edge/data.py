@@ -232,6 +232,10 @@ def data_for_checkpoint(data: Optional[str], model_name: str, extras: Optional[d
     """``(data, "")`` when given, else :func:`checkpoint_data`'s choice (tried on ``split``) and note; a stand-in
     set is said on stderr."""
     if data:
+        trained = recorded_train_args(extras).get("data")
+        if isinstance(trained, str) and trained.endswith(HOLDOUT_MARK) and same_data(data, trained[: -len(HOLDOUT_MARK)]):
+            print(f"note: {data} is the file this model trained on, 90% of it: {trained} (its held-out 10%) is used", file=sys.stderr)
+            return trained, ""  # the whole file would score the images trained on as its val split
         if warning := holdout_changed(data, extras):
             print(warning, file=sys.stderr)
         return data, ""
@@ -317,6 +321,12 @@ def scoring_set(spec: str, split: str, preprocess: Optional[Preprocess], num_cla
     data set's would score every exit wrong (``use``: what the caller does with it, ``checkpoint`` the model's
     file, and ``stand_in`` :func:`checkpoint_data`'s note when ``spec`` stands in for the model's own data, for the message)."""
     ds = load_dataset(spec, split, preprocess=preprocess, limit=limit, seed=seed)
+    if ds.preprocessed and preprocess is not None and ds.preprocess != preprocess:  # an npz of float32 another recipe made
+        want = preprocess.to_dict()
+        diff = ", ".join(f"{k}: {v} vs {want[k]}" for k, v in ds.preprocess.to_dict().items() if v != want[k])
+        raise DataError(f"{spec} holds images preprocessed otherwise than this model expects ({diff}): scores on them are not the "
+                        f"model's; write them with its preprocessing: python -m dvt_edge.data export --checkpoint {checkpoint} --data ... "
+                        "--out val.npz, or store uint8 pixels")
     if limit is not None and len(ds) < limit:  # said, not only in the JSON's n_images
         print(f"note: {spec}'s {split} split has {len(ds)} images, all used to {use} it (up to {limit} would be)", file=sys.stderr)
     ds = as_imagenet_labels(ds, num_classes, classes) or ds  # some of ImageNet's synset folders, for an ImageNet model
@@ -360,8 +370,8 @@ def _export(args: argparse.Namespace) -> None:
 
         model, info = load_checkpoint(args.checkpoint, trusted=args.trust_checkpoint)
         pre = info.preprocess
-        if _SPLIT_ALIASES.get(args.split) == "val" and (moved := holdout_changed(args.data, info.extras)):  # a calibration set of trained-on images
-            print(moved, file=sys.stderr)
+        if _SPLIT_ALIASES.get(args.split) == "val":  # a calibration set of trained-on images: its held-out part, or said
+            args.data = data_for_checkpoint(args.data, model.name, info.extras)[0]
     ds = load_dataset(args.data, args.split, preprocess=pre, limit=args.n, seed=args.seed)  # an image folder decodes only those
     if model is not None:  # labelled as the bundles of this checkpoint answer, which the runtime's calibrate checks
         ds = as_imagenet_labels(ds, model.cfg.num_classes, info.classes) or ds

@@ -23,7 +23,17 @@ import numpy as np
 
 from dvt_edge.batches import evaluate_exits
 from dvt_edge.checkpoint import CheckpointError, load_checkpoint
-from dvt_edge.data import DATASETS, DataError, data_for_checkpoint, default_preprocess, recorded_train_args, same_data, scoring_set
+from dvt_edge.data import (
+    DATASETS,
+    HOLDOUT_MARK,
+    DataError,
+    data_for_checkpoint,
+    default_preprocess,
+    npz_has_split,
+    recorded_train_args,
+    same_data,
+    scoring_set,
+)
 from dvt_runtime.io import atomic_write_json, save_png
 from dvt_runtime.search import ExitOutputs, StageCosts, evaluate_thresholds, pareto_frontier, sweep_thresholds
 
@@ -82,6 +92,8 @@ def evaluate_checkpoint(
         _, sel_probs = evaluate_exits(model, sel, progress=progress, desc=f"threshold images ({len(sel)} of train)")
         sel_out = ExitOutputs.from_probs(sel_probs, sel.labels)
         sel_note = f"{len(sel)} training images (seeded; {_whose(recorded_train_args(info.extras), data, sel.whole)})"
+        if _one_set(data, ds.split):  # the curve is scored on the images its thresholds were chosen on: said, not hidden
+            sel_note = f"{len(sel)} of the scored images themselves (seeded; {data} holds one set for both splits): an optimistic curve"
     except DataError as e:  # no usable training split: say why, in the report itself
         sel_out, sel_note = test_out, f"the evaluation split itself (training split unavailable: {str(e)[:200]})"
     curve = [evaluate_thresholds(test_out, None, t, costs) for t in sweep_thresholds(sel_out, n_budgets)]
@@ -189,6 +201,13 @@ def plot_report(r: dict, path: Path) -> None:
 
 #: checkpoint file names every training run writes: not a name for its evaluation on their own
 RUN_FILE_NAMES = ("best", "last", "checkpoint", "model", "model_best")
+
+
+def _one_set(data: str, split: str) -> bool:
+    """Whether ``data``'s training split is the scored ``split`` itself: the train split scored, or an npz whose file
+    names no split (read whole as either)."""
+    kind, _, path = data.partition(":")
+    return split == "train" or (kind == "npz" and not path.endswith(HOLDOUT_MARK) and npz_has_split(path) is False)
 
 
 def default_out(checkpoint: str) -> Path:

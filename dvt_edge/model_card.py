@@ -24,7 +24,7 @@ from typing import Optional
 from dvt_edge.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from dvt_edge.data import DataError
 from dvt_edge.references import card_path
-from dvt_runtime.io import atomic_write, atomic_write_json, sha256_file
+from dvt_runtime.io import atomic_write, atomic_write_json, check_out_path, sha256_file
 
 #: train.py flags that do not change the result (left out of the reproduced command)
 _NOT_IN_COMMAND = {"out", "resume", "force", "quiet", "workers", "trust_checkpoint"}
@@ -132,6 +132,8 @@ def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[s
         raise ValueError(f"--out {out_path} exists; pass --force to replace it and its model card")
     if card_file.exists() and not force:  # another file's card, or the user's notes
         raise ValueError(f"the model card {card_file} exists; pass --force to replace it, or --card another path")
+    for what, p in (("--out", out_path), ("the model card", card_file)):  # found now, not after the evaluation (the file moved
+        check_out_path(p, what)                                            # into place without its card)
     last = run_dir / "last.pt"
     if not last.is_file():
         raise CheckpointError(f"{last} not found: --run must be a training run directory (python -m dvt_edge.train --out RUN)")
@@ -164,13 +166,21 @@ def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[s
         text = render_card(out_path, model, info, args, t, history, report, run_dir, steps, cmd, file=tmp)
         if notes:
             text += "\n## Notes\n\n" + "".join(f"- {n}\n" for n in notes)
-        # only now, the card rendered from the very bytes: a failure above leaves the previous file and card as they were
+        # only now, the card rendered from the very bytes: a failure above leaves the previous file and card as they were;
+        # the card first, so that a checkpoint never stands without its own card
+        card_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(card_file, text.encode())
         os.replace(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)  # our own temporary file, never the user's
-    atomic_write(card_file, text.encode())
     report["card"] = str(card_file)
     return report
+
+
+def pareto_rows(report: dict) -> list[str]:
+    """The card's rows of the FLOPs-budget curve's Pareto points, from an evaluate report."""
+    return [f"| {p['mean_cost'] * 1e3:.2f} | {p['accuracy']:.2f} | {' / '.join(f'{100 * f:.0f}' for f in p['exit_fractions'])} |"
+            for p in report["pareto"]]
 
 
 def _objective(args: dict) -> str:
@@ -267,8 +277,7 @@ def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict
         "| expected MFLOPs | top-1 % | exits taken (%) |",
         "|---|---|---|",
     ]
-    for p in report["pareto"]:
-        lines.append(f"| {p['mean_cost'] * 1e3:.2f} | {p['accuracy']:.2f} | {' / '.join(f'{100 * f:.0f}' for f in p['exit_fractions'])} |")
+    lines += pareto_rows(report)
     lines += [
         "",
         "## Per-epoch validation accuracy (recorded by the run at each epoch)",

@@ -210,3 +210,23 @@ def test_a_bundle_that_cannot_run_here_beside_others_is_a_row_not_an_abort(micro
     assert scored["bundle"] == str(onnx_bundle) and all(np.isfinite(scored["top1"])) and "top1" not in skipped
     assert skipped == {"bundle": mac, "status": f"bundle {mac} cannot run here: Core ML runs only on macOS (coremltools' MLModel.predict)"}
     assert f"not scored: bundle {mac} cannot run here" in out
+
+
+def test_one_set_npz_says_its_thresholds_come_from_the_scored_images_and_another_recipes_floats_are_refused(micro_ckpt, tmp_path):
+    """An npz without a split entry is read whole as either split: the curve's thresholds were chosen on the scored images
+    and called "training images"; float32 images another preprocessing made were scored without a word (81.80% where the
+    model's own preprocessing gave 91.20%)."""
+    from dvt_edge.data import DataError, export_npz
+    from dvt_edge.evaluate import evaluate_checkpoint
+    from dvt_runtime.preprocess import Preprocess
+
+    export_npz(load_dataset("fashion-mnist", "val"), tmp_path / "val.npz", n=60, progress=False)
+    z = {k: v for k, v in np.load(tmp_path / "val.npz", allow_pickle=False).items() if k != "split"}
+    np.savez(tmp_path / "one.npz", **z)
+    r = evaluate_checkpoint(str(micro_ckpt), data=f"npz:{tmp_path / 'one.npz'}", threshold_n=30, progress=False)
+    assert "of the scored images themselves" in r["threshold_selection"] and "optimistic" in r["threshold_selection"], r
+    other = Preprocess(size=28, resize=28, channels="gray", mean=(0.5,), std=(0.5,))
+    pixels = load_dataset("fashion-mnist", "val", preprocess=other).limit(20)
+    export_npz(pixels, tmp_path / "other.npz", progress=False)
+    with pytest.raises(DataError, match=r"preprocessed otherwise than this model expects \(mean: \[0.5\] vs \[0.286\]"):
+        evaluate_checkpoint(str(micro_ckpt), data=f"npz:{tmp_path / 'other.npz'}", progress=False)

@@ -524,6 +524,9 @@ def test_an_npz_without_a_split_is_trained_on_90_percent_and_validated_on_the_re
     assert not set(tr.images[:, 0, 0].tolist()) & set(va.images[:, 0, 0].tolist())
     assert evaluate_checkpoint(str(tmp_path / "r" / "last.pt"), progress=False)["n"] == 18
     assert len(load_dataset(f"npz:{tmp_path / 'one.npz'}", "val")) == 180  # a file given for evaluation is read whole
+    # ... unless it is the file this model trained on: then its held-out part (the whole file scored 90% trained-on images)
+    assert evaluate_checkpoint(str(tmp_path / "r" / "last.pt"), data=f"npz:{tmp_path / 'one.npz'}", progress=False)["n"] == 18
+    assert "is the file this model trained on, 90% of it" in capsys.readouterr().err
 
 
 def test_resume_refuses_data_whose_classes_changed(tmp_path):
