@@ -98,6 +98,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                 positive_ms(flag, v)
         except ValueError as e:
             ap.error(str(e))
+    if args.snapshot_frame is not None and args.snapshot_frame < 0:  # it was accepted, then "not reached"
+        ap.error(f"--snapshot-frame must be a 0-based frame index >= 0, got {args.snapshot_frame}")
     if args.max_frames is not None and args.max_frames < 1:
         ap.error(f"--max-frames must be >= 1 (omit it to run until the source ends), got {args.max_frames}")
     outs = {flag: Path(v).expanduser().resolve() for flag, v in (("--record", args.record), ("--stats", args.stats),

@@ -364,6 +364,7 @@ def test_default_bundle_is_the_natural_image_reference(monkeypatch, tmp_path):
     (["--deadline-ms", "inf"], "--deadline-ms must be a finite positive"),
     (["--deadline-ms", "0"], "--deadline-ms must be a finite positive"),
     (["--max-frames", "0"], "--max-frames must be >= 1"),
+    (["--snapshot-frame", "-1", "--snapshot", "{tmp}/s.png"], "--snapshot-frame must be a 0-based frame index >= 0"),
     (["--video", "{tmp}/in.mp4", "--record", "{tmp}/in.mp4"], "would destroy the video"),
     (["--video", "{tmp}/in.mp4", "--stats", "{tmp}/./in.mp4"], "would destroy the video"),
     (["--stats", "{tmp}/o.json", "--snapshot", "{tmp}/o.json"], "two outputs share one path"),
