@@ -37,7 +37,7 @@ def throughput(bundle, x: np.ndarray, y: Optional[np.ndarray], thresholds: list,
     for rnd in range(rounds):
         order = (never, thresholds) if rnd % 2 == 0 else (thresholds, never)  # which side runs first alternates per round
         for bs in [b for b in runs if b not in failed]:
-            try:  # whole batches only
+            try:  # whole calls of the largest size; a smaller size's last call may be short (its row says n)
                 pair = [measure_cascade(bundle, x[:m], y[:m], t, warmup=1, batch=bs) for t in order]
             except BatchMemoryError as e:  # checked before its first call: a batch that would not fit is a row with its error
                 failed[bs] = str(e)

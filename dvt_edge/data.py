@@ -141,6 +141,14 @@ def training_spec(spec: str) -> str:
     return spec
 
 
+def resumed_spec(given: Optional[str], recorded: Optional[str]) -> Optional[str]:
+    """The data a resumed run goes on with: ``recorded`` when ``given`` is None or names the npz file ``recorded`` holds
+    out 10% of (the run's own command, given again), else ``given`` (the resume check compares it)."""
+    if given and recorded and recorded.endswith(HOLDOUT_MARK) and same_data(given, recorded[: -len(HOLDOUT_MARK)]):
+        return recorded
+    return given or recorded
+
+
 def holdout_of(spec: str) -> Optional[dict]:
     """:func:`holdout_fingerprint` of an ``imagefolder:`` spec without ``val/`` (None for any other spec)."""
     kind, _, path = spec.partition(":")

@@ -93,7 +93,8 @@ def evaluate_checkpoint(
         sel_out = ExitOutputs.from_probs(sel_probs, sel.labels)
         sel_note = f"{len(sel)} training images (seeded; {_whose(recorded_train_args(info.extras), data, sel.whole)})"
         if _one_set(data, ds.split):  # the curve is scored on the images its thresholds were chosen on: said, not hidden
-            sel_note = f"{len(sel)} of the scored images themselves (seeded; {data} holds one set for both splits): an optimistic curve"
+            why = "the train split is the one scored" if ds.split == "train" else f"{data} holds one set for both splits"
+            sel_note = f"{len(sel)} of the scored images themselves (seeded; {why}): an optimistic curve"
     except DataError as e:  # no usable training split: say why, in the report itself
         sel_out, sel_note = test_out, f"the evaluation split itself (training split unavailable: {str(e)[:200]})"
     curve = [evaluate_thresholds(test_out, None, t, costs) for t in sweep_thresholds(sel_out, n_budgets)]

@@ -229,7 +229,8 @@ def _train(args: argparse.Namespace) -> dict:
         args.model = checkpoint_model_name(args.finetune, args.trust_checkpoint) if args.finetune else DEFAULT_MODEL
         if args.finetune:
             log(f"note: --model {args.model}, the architecture of --finetune {args.finetune}")
-    args.data = _data.training_spec(args.data or default_train_data(args.model))  # a resumed old run's relative path too
+    # a resumed run keeps the data it recorded (an old run's relative path made absolute; never newly split)
+    args.data = (_data.absolute_spec if resume_state is not None else _data.training_spec)(args.data or default_train_data(args.model))
     random.seed(args.seed + rank)
     np.random.seed(args.seed + rank)
     torch.manual_seed(args.seed)  # same init on every rank
@@ -287,7 +288,7 @@ def _resume_state(args: argparse.Namespace, out: Path) -> Optional[dict]:
                 f"pass --model {stored.get('name')} or another --out"
             )
         run_args = json.loads(resume_state.get("train", {}).get("args", "{}"))
-        args.data = args.data or run_args.get("data")  # the run's own data when --data is not given again
+        args.data = _data.resumed_spec(args.data, run_args.get("data"))  # the run's own data when --data is not given again
         _check_resume_args(run_args, args, last)
         return resume_state
     if args.finetune and Path(args.finetune).resolve() in (last.resolve(), best_path.resolve()):

@@ -519,6 +519,10 @@ def test_an_npz_without_a_split_is_trained_on_90_percent_and_validated_on_the_re
     assert "holds no 'split' entry: 10% of its images (seeded, class-stratified) are held out" in capsys.readouterr().err
     spec = recorded_train_args(load_checkpoint(tmp_path / "r" / "last.pt")[1].extras)["data"]
     assert spec == f"npz:{tmp_path / 'one.npz'}#holdout"
+    # the run's own command with --resume goes on with its recorded split (it was refused as "other settings")
+    train(build_parser().parse_args(["--model", "dvt_micro_fmnist", "--data", f"npz:{tmp_path / 'one.npz'}", "--epochs", "1",
+                                     "--threads", "1", "--quiet", "--out", str(tmp_path / "r"), "--resume"]))
+    assert recorded_train_args(load_checkpoint(tmp_path / "r" / "last.pt")[1].extras)["data"] == spec
     tr, va = (load_dataset(spec, s) for s in ("train", "val"))
     assert (len(tr), len(va)) == (162, 18) and np.bincount(va.labels).tolist() == [6, 6, 6]
     assert not set(tr.images[:, 0, 0].tolist()) & set(va.images[:, 0, 0].tolist())

@@ -265,9 +265,9 @@ def export_bundle(checkpoint: str, target: str, precision: str = "fp32", options
     check_destination(dest, opts.force, inputs, log)
     schemes = int8_schemes(t, precision, opts.scheme)
     if len(schemes) > 1 and t.backend not in _backends_here():  # auto measures each scheme: nothing can be measured here
-        schemes = [t.int8.get("default_scheme", schemes[0])]
+        schemes = [d if (d := t.int8.get("default_scheme")) in schemes else schemes[0]]  # a recipe whose default is auto: its first
         print(f"note: --scheme auto picks each exit's scheme by measured agreement and speed, which needs {t.backend} to run; "
-              f"it does not run on this host, so the recipe's default {schemes[0]!r} is exported (export where it runs to "
+              f"it does not run on this host, so {schemes[0]!r} (the recipe's default, or its first) is exported (export where it runs to "
               "choose, or name a scheme)", file=sys.stderr)
     plan = _prepare(dest, t, precision, opts, model, info, schemes, checkpoint)  # fails before anything is written
     plan.log, plan.inputs = log, inputs

@@ -60,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--calib-data", default=None, help=f"calibration/verification data spec ({', '.join(DATASETS)}); default: the checkpoint's training data")
     ap.add_argument("--calib-n", type=int, default=64, help="calibration images for static int8")
     ap.add_argument("--verify-n", type=int, default=1000, help="held-out real images for verification and the default thresholds")
-    ap.add_argument("--out", default=None, help="bundle directory (one target/precision), or the parent of one folder per bundle (several, a path ending "
-                         "in /, or an existing folder that is not a bundle); default bundles/")
+    ap.add_argument("--out", default=None, help="bundle directory (one target/precision; an existing bundle, with or without a trailing /), or "
+                         "the parent of one folder per bundle (several, a new path ending in /, or an existing folder that is not a "
+                         "bundle); default bundles/")
     ap.add_argument("--force", action="store_true", help="replace an existing bundle")
     ap.add_argument("--int8-min-agreement", default=None, metavar="PCT",
                     help=f"int8: least top-1 agreement with PyTorch fp32 on real images, per exit (default {INT8_MIN_AGREEMENT:g}); "

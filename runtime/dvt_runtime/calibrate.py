@@ -379,7 +379,7 @@ def _check_request(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: floa
     n_hold = max(1, int(round(len(x) * holdout)))  # as fit() splits
     if n_hold > len(x) - 1:
         raise CalibrationError(f"holdout {holdout} of {len(x)} images leaves none to search thresholds on: "
-                               f"lower --holdout (below {(len(x) - 0.5) / len(x):.3g} here) or pass more images")
+                               f"lower --holdout (at most {math.floor((len(x) - 1) / len(x) * 1e4) / 1e4:g} here) or pass more images")
     if int(y.max()) >= len(bundle.classes) or int(y.min()) < 0:
         raise CalibrationError(f"labels must be in 0..{len(bundle.classes) - 1} for this bundle's classes")
 
