@@ -230,3 +230,12 @@ def test_one_set_npz_says_its_thresholds_come_from_the_scored_images_and_another
     export_npz(pixels, tmp_path / "other.npz", progress=False)
     with pytest.raises(DataError, match=r"preprocessed otherwise than this model expects \(mean: \[0.5\] vs \[0.286\]"):
         evaluate_checkpoint(str(micro_ckpt), data=f"npz:{tmp_path / 'other.npz'}", progress=False)
+
+
+def test_the_shipped_sets_train_split_is_called_the_references_own_images():
+    """The demo's evaluation said "the checkpoint records training on cifar10-jpeg, not cifar10-ref", which reads as a data
+    mismatch: cifar10-ref's train split is 1,000 of the very images the reference trained on."""
+    from dvt_edge.evaluate import _whose
+
+    assert "1,000 of the images the reference trained on" in _whose({"data": "cifar10-jpeg"}, "cifar10-ref", 1000)
+    assert "not fashion-mnist" in _whose({"data": "cifar10-jpeg"}, "fashion-mnist", 1000)

@@ -376,17 +376,28 @@ def test_demo_retrain_resumes_an_interrupted_run_and_skips_a_finished_one(micro_
         D._retrain(other, run, run / "y.pt")
 
 
-def test_demo_says_why_it_skips_calibration(monkeypatch, tmp_path, capsys):
+def test_demo_calibrates_the_closest_row_when_none_matched_and_says_so(monkeypatch, tmp_path, capsys):
+    """On the default 1,000 measured images no row matched within 0.2 points (2 images) in a new user's two tours, so the
+    tour never reached its calibration step nor its headline; it now calibrates the closest row and says it is not matched."""
     import dvt_edge.demo as D
 
+    rows = [{"status": "ok", "target": "onnx", "precision": "fp32", "matched": {"within_match": False, "accuracy_delta": -0.6,
+                                                                                  "measured_mean_ms": 1.0}},
+            {"status": "ok", "target": "ort", "precision": "int8", "matched": {"within_match": False, "accuracy_delta": -1.3,
+                                                                                 "measured_mean_ms": 0.5}},
+            {"status": "error", "target": "coreml", "precision": "fp32"}]
+    calibrated = []
     monkeypatch.setattr(D, "_show_zoo", lambda: None)
     monkeypatch.setattr(D, "_evaluate", lambda *a: ("cifar10-ref", None))
-    monkeypatch.setattr(D, "_benchmark", lambda *a: ({"rows": [{"status": "ok", "matched": {"within_match": False}}]}, "host"))
-    monkeypatch.setattr(D, "_calibrate_best", lambda *a: pytest.fail("calibrated without a matched point"))
+    monkeypatch.setattr(D, "_benchmark", lambda *a: ({"rows": rows}, "host"))
+    monkeypatch.setattr(D, "_calibrate_best", lambda result, best, *a: calibrated.append(best["target"]))
     monkeypatch.setattr(D, "_print_summary", lambda *a: None)
     assert D.main(["--n", "200", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "calibration for this device: skipped" in out and "on the 100 measured images" in out
+    assert calibrated == ["onnx"] and "on the 100 measured images" in out and "calibrating the closest, onnx fp32 (-0.60 points)" in out
+    monkeypatch.setattr(D, "_benchmark", lambda *a: ({"rows": rows[2:]}, "host"))
+    assert D.main(["--n", "200", "--out", str(tmp_path)]) == 0
+    assert "calibration for this device: skipped" in capsys.readouterr().out and calibrated == ["onnx"]
 
 
 def test_lineage_of_a_run_fine_tuned_from_its_own_file_ends(micro_ckpt, tmp_path):
