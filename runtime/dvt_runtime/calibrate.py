@@ -232,11 +232,6 @@ def _check_reachable(costs: StageCosts, budget_ms: float, metric: str, seed: int
         raise CalibrationError(f"on {device_name}: {e}") from None
 
 
-def _budget_grid(costs, n: int = 24) -> list[float]:
-    lo, hi = float(costs.cumulative[0]), float(costs.cumulative[-1])
-    return [float(b) for b in np.linspace(lo, hi, n)]
-
-
 def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, metric: str = "mean", profile=None,
               algorithm: str = "exact", device_name: Optional[str] = None, holdout: float = 0.5, seed: int = 0,
               runs: int = 200, warmup: int = 20, verify: bool = True, progress: bool = True, batch: int = 1) -> Calibration:
@@ -396,11 +391,10 @@ def _file_device(path: Path) -> Optional[str]:
 def _pareto_table(cal: ExitOutputs, costs: StageCosts, metric: str = "mean", seed: int = 0) -> list[BudgetRow]:
     """Best thresholds (exact search) over a grid of budgets from exit 1 to the last exit, in the calibration's
     ``metric``: a p90 calibration's rows are priced (and the controller compares budgets with) their p90."""
-    if metric == "mean":
-        grid = _budget_grid(costs)
-    else:  # the metric's own span: everything at exit 1 .. everything at the last exit
-        lo, hi = metric_span(costs, metric, cal.n_samples, cal.n_exits, seed)
-        grid = [float(b) for b in np.linspace(lo, max(lo, hi), 24)]
+    # the metric's own span: everything at exit 1 .. everything at the last exit
+    lo, hi = ((float(costs.cumulative[0]), float(costs.cumulative[-1])) if metric == "mean"
+              else metric_span(costs, metric, cal.n_samples, cal.n_exits, seed))
+    grid = [float(b) for b in np.linspace(lo, max(lo, hi), 24)]
     table = []
     for res in frontier_table(cal, costs, grid, metric=metric, algorithm="exact", seed=seed):
         b = res.best
