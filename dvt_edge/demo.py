@@ -108,7 +108,8 @@ def _tour(args: argparse.Namespace) -> int:
         _calibrate_best(result, best, data, info, device, out)
     else:  # said, not skipped silently
         _section("calibration for this device: skipped")
-        print("no target ran here, so there is nothing to calibrate")
+        print("no target gave a cascade to calibrate: none ran here, or none found thresholds as accurate as its last exit on "
+              "the threshold half of the images (a larger --n gives the search more images)")
     _print_summary(result, best, out)
     return 0
 
