@@ -5,8 +5,6 @@ window), and the stats it ends with."""
 from __future__ import annotations
 
 import math
-import signal
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,6 +16,7 @@ from apps.common import AppError, cv2, warn
 from apps.modes import Mode, setup_mode
 from apps.overlay import Overlay, annotate
 from apps.sources import open_bundle, read_first_frame
+from dvt_runtime.io import sigterm_as_interrupt
 
 __all__ = ["FrameLoop", "Tally", "build_stats", "latency_summary", "run_session"]
 
@@ -147,10 +146,6 @@ class Tally:
                 self.hits += 1
 
 
-def _as_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 class FrameLoop:
     """Read, classify, draw, record and (in a window) show frames until the source ends, ``--max-frames``,
     q / Esc, a closed window or Ctrl-C."""
@@ -168,24 +163,21 @@ class FrameLoop:
     def run(self, frame) -> None:
         """The loop, from ``frame`` (already read) on; then the release of the writer and the default snapshot."""
         t_start, paused_s = time.perf_counter(), 0.0
-        # SIGTERM (timeout, systemd, docker stop) ends the run as Ctrl-C does: the stats are written, the recording closed
-        term = signal.signal(signal.SIGTERM, _as_interrupt) if threading.current_thread() is threading.main_thread() else None
-        try:
-            while self.args.max_frames is None or self.tally.frames < self.args.max_frames:
-                if self.tally.frames > 0:
-                    frame = self._read()
-                    if frame is None:
+        try:  # SIGTERM (timeout, systemd, docker stop) ends the run as Ctrl-C does: the stats written, the recording closed
+            with sigterm_as_interrupt():
+                while self.args.max_frames is None or self.tally.frames < self.args.max_frames:
+                    if self.tally.frames > 0:
+                        frame = self._read()
+                        if frame is None:
+                            break
+                    go_on, paused = self._step(frame)
+                    paused_s += paused
+                    if not go_on:
                         break
-                go_on, paused = self._step(frame)
-                paused_s += paused
-                if not go_on:
-                    break
         except KeyboardInterrupt:
             self.interrupted = True
             warn("interrupted: writing what was processed so far")
         finally:
-            if term is not None:
-                signal.signal(signal.SIGTERM, term)
             if self.writer is not None:
                 self.writer.release()
         self.wall_s = time.perf_counter() - t_start - paused_s

@@ -128,12 +128,19 @@ def absolute_spec(spec: str) -> str:
     return f"{kind}:{os.path.abspath(os.path.expanduser(path))}" if path and kind in PATH_KINDS else spec
 
 
+def npz_read_whole(spec: str) -> bool:
+    """Whether ``spec`` is an ``npz:`` file that names no split (read whole as either split) and is not marked
+    ``#holdout``."""
+    kind, _, path = spec.partition(":")
+    return kind == "npz" and bool(path) and not path.endswith(HOLDOUT_MARK) and npz_has_split(path) is False
+
+
 def training_spec(spec: str) -> str:
     """The spec a training run records: :func:`absolute_spec`, and an ``npz:`` file without a 'split' entry marked
     ``#holdout`` (its 10% held out for validation: it validated on the images it trained on, best.pt chosen on them)."""
     spec = absolute_spec(spec)
-    kind, _, path = spec.partition(":")
-    if kind == "npz" and path and not path.endswith(HOLDOUT_MARK) and npz_has_split(path) is False:
+    if npz_read_whole(spec):
+        path = spec.partition(":")[2]
         print(f"note: {path} holds no 'split' entry: {HOLDOUT_FRACTION:.0%} of its images (seeded, class-stratified) are held "
               f"out for validation and never trained on; the run records npz:{path}{HOLDOUT_MARK}, which evaluate and "
               "export read as that held-out part", file=sys.stderr)
@@ -141,12 +148,18 @@ def training_spec(spec: str) -> str:
     return spec
 
 
-def resumed_spec(given: Optional[str], recorded: Optional[str]) -> Optional[str]:
-    """The data a resumed run goes on with: ``recorded`` when ``given`` is None or names the npz file ``recorded`` holds
-    out 10% of (the run's own command, given again), else ``given`` (the resume check compares it)."""
-    if given and recorded and recorded.endswith(HOLDOUT_MARK) and same_data(given, recorded[: -len(HOLDOUT_MARK)]):
+def held_out_part(given: Optional[str], recorded: Optional[str]) -> Optional[str]:
+    """``recorded`` (``npz:PATH#holdout``, a run's) when ``given`` names that same npz file, else None: the whole file
+    would hold the images the run trained on."""
+    if given and isinstance(recorded, str) and recorded.endswith(HOLDOUT_MARK) and same_data(given, recorded[: -len(HOLDOUT_MARK)]):
         return recorded
-    return given or recorded
+    return None
+
+
+def resumed_spec(given: Optional[str], recorded: Optional[str]) -> Optional[str]:
+    """The data a resumed run goes on with: its recorded held-out split when ``given`` names that npz file (the run's own
+    command, given again), else ``given``, else ``recorded`` (the resume check compares them)."""
+    return held_out_part(given, recorded) or given or recorded
 
 
 def holdout_of(spec: str) -> Optional[dict]:
@@ -240,10 +253,9 @@ def data_for_checkpoint(data: Optional[str], model_name: str, extras: Optional[d
     """``(data, "")`` when given, else :func:`checkpoint_data`'s choice (tried on ``split``) and note; a stand-in
     set is said on stderr."""
     if data:
-        trained = recorded_train_args(extras).get("data")
-        if isinstance(trained, str) and trained.endswith(HOLDOUT_MARK) and same_data(data, trained[: -len(HOLDOUT_MARK)]):
-            print(f"note: {data} is the file this model trained on, 90% of it: {trained} (its held-out 10%) is used", file=sys.stderr)
-            return trained, ""  # the whole file would score the images trained on as its val split
+        if held := held_out_part(data, recorded_train_args(extras).get("data")):
+            print(f"note: {data} is the file this model trained on, 90% of it: {held} (its held-out 10%) is used", file=sys.stderr)
+            return held, ""  # the whole file would score the images trained on as its val split
         if warning := holdout_changed(data, extras):
             print(warning, file=sys.stderr)
         return data, ""

@@ -25,11 +25,10 @@ from dvt_edge.batches import evaluate_exits
 from dvt_edge.checkpoint import CheckpointError, load_checkpoint
 from dvt_edge.data import (
     DATASETS,
-    HOLDOUT_MARK,
     DataError,
     data_for_checkpoint,
     default_preprocess,
-    npz_has_split,
+    npz_read_whole,
     recorded_train_args,
     same_data,
     scoring_set,
@@ -209,8 +208,7 @@ RUN_FILE_NAMES = ("best", "last", "checkpoint", "model", "model_best")
 def _one_set(data: str, split: str) -> bool:
     """Whether ``data``'s training split is the scored ``split`` itself: the train split scored, or an npz whose file
     names no split (read whole as either)."""
-    kind, _, path = data.partition(":")
-    return split == "train" or (kind == "npz" and not path.endswith(HOLDOUT_MARK) and npz_has_split(path) is False)
+    return split == "train" or npz_read_whole(data)
 
 
 def default_out(checkpoint: str) -> Path:

@@ -17,7 +17,7 @@ from dvt_runtime.images import IMAGE_EXTS
 from dvt_runtime.io import progress
 from dvt_runtime.preprocess import Preprocess
 
-__all__ = ["IMAGE_EXTS", "HOLDOUT_FRACTION", "HOLDOUT_SEED", "holdout_fingerprint", "load_imagefolder", "split_files"]
+__all__ = ["IMAGE_EXTS", "HOLDOUT_FRACTION", "HOLDOUT_SEED", "holdout_fingerprint", "holdout_indices", "load_imagefolder", "split_files"]
 
 #: An image folder without ``val/`` holds out this fraction of ``train/`` (seeded,
 #: class-stratified) as its validation split; the rest is the training split.
@@ -158,7 +158,7 @@ def _split(root: str, split: str) -> _Split:
     files, labels = _LISTINGS[key]
     if sub.name == "train" and (empty := [c for c, k in zip(classes, np.bincount(labels, minlength=len(classes))) if k == 0]):
         raise DataError(f"imagefolder: class folder(s) with no readable image in {sub}: {empty}")
-    idx = _holdout(labels, split, base, classes) if val_dir is None else np.arange(len(files))
+    idx = holdout_indices(labels, split, base, classes) if val_dir is None else np.arange(len(files))
     return _Split(base, sub, classes, key, files, labels, idx)
 
 
@@ -174,7 +174,7 @@ def _folder_preprocess(color: bool, side: int) -> Preprocess:
     return default_preprocess(3 if color else 1, side if side <= 64 else 224)
 
 
-def _holdout(labels: np.ndarray, split: str, base: Path, classes: list[str], why: str = "", fix: str = ", or a val/ folder") -> np.ndarray:
+def holdout_indices(labels: np.ndarray, split: str, base: Path, classes: list[str], why: str = "", fix: str = ", or a val/ folder") -> np.ndarray:
     """Indices of ``split`` for a set without a validation split (``why`` says so: a folder without ``val/``, by default):
     the seeded, class-stratified holdout, or the rest."""
     why = why or f"imagefolder: {base} has no val/ folder"

@@ -34,7 +34,7 @@ def npz_has_split(path: str) -> Optional[bool]:
 
 def load_npz_spec(arg: str, split: str, preprocess: Optional[Preprocess]) -> ImageSet:
     """The ``PATH`` or ``PATH#holdout`` of an ``npz:`` spec (see :data:`HOLDOUT_MARK`)."""
-    from dvt_edge.imagefolder import _holdout
+    from dvt_edge.imagefolder import holdout_indices
 
     path = arg[: -len(HOLDOUT_MARK)] if arg.endswith(HOLDOUT_MARK) else arg
     if path == arg:
@@ -42,7 +42,7 @@ def load_npz_spec(arg: str, split: str, preprocess: Optional[Preprocess]) -> Ima
     if npz_has_split(path):
         raise DataError(f"npz:{arg}: {path} names the split it holds, so there is nothing to hold out: use npz:{path}")
     ds = load_npz(path, split, preprocess)
-    side = ds.subset(_holdout(ds.labels, split, Path(path), ds.classes, why=f"npz: {path} has no 'split' entry", fix=""))
+    side = ds.subset(holdout_indices(ds.labels, split, Path(path), ds.classes, why=f"npz: {path} has no 'split' entry", fix=""))
     side.name, side.split_size = f"npz:{arg}", None
     return side
 

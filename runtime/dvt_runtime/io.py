@@ -227,20 +227,30 @@ def _terminated(signum, frame) -> None:
     raise KeyboardInterrupt("SIGTERM")
 
 
-def run_cli(main: Callable[[], Optional[int]]) -> int:
-    """A command's ``main()`` with :func:`plain_warnings`; its exit code. SIGTERM (``timeout``, a CI cancel, systemd) ends
-    it as Ctrl-C does, so its clean-up runs (an export's temporary folder was left behind): one line, exit 143 (130)."""
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Inside, SIGTERM (``timeout``, a CI cancel, systemd, ``docker stop``) raises ``KeyboardInterrupt("SIGTERM")`` as
+    Ctrl-C would, so clean-up runs (main thread only: elsewhere signals cannot be handled); the old handler after."""
     import signal
     import threading
 
-    term = signal.signal(signal.SIGTERM, _terminated) if threading.current_thread() is threading.main_thread() else None
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, _terminated)
     try:
-        with plain_warnings():
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def run_cli(main: Callable[[], Optional[int]]) -> int:
+    """A command's ``main()`` with :func:`plain_warnings`; its exit code. SIGTERM ends it as Ctrl-C does, so its clean-up
+    runs (an export's temporary folder was left behind): one line, exit 143 (130)."""
+    try:
+        with sigterm_as_interrupt(), plain_warnings():
             return int(main() or 0)
     except KeyboardInterrupt as e:
         by_term = str(e) == "SIGTERM"
         print(f"interrupted ({'SIGTERM' if by_term else 'Ctrl-C'}): stopped", file=sys.stderr)
         return 143 if by_term else 130
-    finally:
-        if term is not None:
-            signal.signal(signal.SIGTERM, term)
