@@ -396,6 +396,8 @@ def test_from_samples_validation_and_unequal_counts():
     ("notes", "checked", "'notes'"),
     ("throttling_suspected", "no", "'throttling_suspected'"),
     ("drift", [{"ratio": "1.0"}, {"ratio": None}], "'drift'"),
+    ("device", {"device_name": "d", "temperatures": [{"celsius": float("nan")}]}, r"'device\.temperatures\[0\]\.celsius' is not a finite"),
+    ("settings", {"runs": float("inf")}, r"'settings\.runs' is not a finite"),
 ])
 def test_profile_informational_fields_typed(tmp_path, key, value, match):
     """Fields the search does not price still fail on load when malformed, not later in format_table."""
@@ -423,6 +425,16 @@ def test_profile_samples_schema_and_source_checked_on_load(tmp_path):
         bad[key][i]["samples"] = samples
         with pytest.raises(ProfileError, match=match):
             LatencyProfile.from_dict(bad)
+    for key, i, stat, match in (("stages", 1, "p90", "stages' entry 2: its p90 is 99.0 but its own samples give 4.7"),
+                                ("cumulative", 0, "mean", "cumulative' entry 1: its mean is 99.0 but its own samples give 2.5")):
+        bad = json.loads(json.dumps(d))
+        bad[key][i][stat] = 99.0  # a hand-edited summary: deadline mode would price it, the search the samples
+        with pytest.raises(ProfileError, match=match):
+            LatencyProfile.from_dict(bad)
+        del bad[key][i]["samples"]  # a summary-only row has nothing to disagree with
+        for row in bad["stages"] + bad["cumulative"]:
+            row.pop("samples", None)
+        assert LatencyProfile.from_dict(bad).to_dict()[key][i][stat] == 99.0
     for change, match in (({"schema_version": -7}, "schema_version >= 1"), ({"schema": "dvt-profile/banana"}, "does not match"),
                           ({"source": "bogus"}, "source 'bogus' is not one of")):
         with pytest.raises(ProfileError, match=match):
@@ -431,7 +443,7 @@ def test_profile_samples_schema_and_source_checked_on_load(tmp_path):
 
 def test_from_samples_never_writes_what_load_refuses(tmp_path):
     for kw, match in ((dict(threads=0), "'threads'"), (dict(threads=True), "'threads'"), (dict(peak_rss_mb=float("nan")), "peak_rss_mb"),
-                      (dict(load_ms=[float("inf")]), "load_ms")):
+                      (dict(load_ms=[float("inf")]), "load_ms"), (dict(device={"gpu": {"mhz": float("nan")}}), r"'device\.gpu\.mhz'")):
         with pytest.raises(ProfileError, match=match):
             LatencyProfile.from_samples([[1.0, 2.0]], **kw)
     p = tmp_path / "t.json"

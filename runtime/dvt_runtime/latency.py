@@ -244,7 +244,8 @@ class LatencyProfile:
                     if not _nonneg(v):
                         raise ProfileError(f"latency profile '{key}' entry {i + 1}: {k!r} must be a finite non-negative number, got {v!r}")
                 if "samples" in s:  # raw samples are priced by the search: checked here, not when it runs
-                    check_samples(s["samples"], f"latency profile '{key}' entry {i + 1} samples")
+                    a = check_samples(s["samples"], f"latency profile '{key}' entry {i + 1} samples")
+                    _check_summary(s, a, f"latency profile '{key}' entry {i + 1}")
         if len(d["cumulative"]) != len(d["stages"]) or not isinstance(d["drift"], list):
             raise ProfileError("latency profile: 'cumulative' needs one entry per stage and 'drift' must be a list")
         if d.get("stopping") is not None and len(d["stopping"]) != len(d["stages"]):
@@ -332,6 +333,9 @@ def _check_informational(d: dict[str, Any], num_exits: int) -> None:
     for key in ("device", "bundle", "settings"):
         if key in d and not isinstance(d[key], dict):
             raise ProfileError(f"latency profile '{key}' must be an object, got {type(d[key]).__name__}")
+        if key in d and (where := _nonfinite_at(d[key], key)):
+            raise ProfileError(f"latency profile '{where}' is not a finite number: a profile is strict JSON; "
+                               "give that fact as null (unknown) or a number")
     for key in ("load_ms", "first_inference_ms"):
         v = d.get(key)
         if v is None:
@@ -360,6 +364,27 @@ def _check_informational(d: dict[str, Any], num_exits: int) -> None:
     if not all(isinstance(r, dict) and (r.get("ratio") is None or (not isinstance(r["ratio"], bool) and isinstance(
             r["ratio"], (int, float)) and math.isfinite(r["ratio"]))) for r in drift):
         raise ProfileError("latency profile 'drift' entries must be objects whose 'ratio' is null or a finite number")
+
+
+def _nonfinite_at(obj: Any, where: str) -> Optional[str]:
+    """The path (``device.temperatures[0].celsius``) of the first NaN or infinity nested in ``obj``, else None."""
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else where
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for k, v in items:
+        if found := _nonfinite_at(v, f"{where}.{k}" if isinstance(obj, dict) else f"{where}[{k}]"):
+            return found
+    return None
+
+
+def _check_summary(row: dict[str, Any], samples: np.ndarray, where: str) -> None:
+    """A row's summary statistics are what its raw samples give: the search prices the samples and deadline mode the
+    p90, so a hand-edited summary would make the two disagree."""
+    ref = sample_stats(samples, keep_samples=False)
+    for k in ("n", "mean", "p50", "p90", "p99"):
+        if not math.isclose(row[k], ref[k], rel_tol=1e-9, abs_tol=1e-12):
+            raise ProfileError(f"{where}: its {k} is {row[k]!r} but its own samples give {ref[k]!r} (the file was edited "
+                               "or is damaged): re-profile the bundle, or drop the 'samples' lists to keep a summary-only profile")
 
 
 def _raw_samples(rows: list[dict[str, Any]]) -> list[np.ndarray]:
