@@ -91,7 +91,8 @@ def throughput_markdown(r: dict) -> list[str]:
                 out.append(f"| {t['batch']} | {t['error']} | | | | |" + (" |" if has_acc else ""))
                 continue
             vs1 = f"{t['dynamic_vs_one_by_one']:.2f}x" if "dynamic_vs_one_by_one" in t else "-"
-            line = (f"| {t['batch']} | {t['static_images_per_s']:.1f} | {t['dynamic_images_per_s']:.1f} | {t['speedup']:.2f}x | {vs1} | "
+            short = f" (each pass's last call {t['last_call']})" if t.get("last_call", t["batch"]) != t["batch"] else ""
+            line = (f"| {t['batch']}{short} | {t['static_images_per_s']:.1f} | {t['dynamic_images_per_s']:.1f} | {t['speedup']:.2f}x | {vs1} | "
                     + "/".join(f"{100 * q:.0f}" for q in t["exit_fractions"]) + " |")
             if has_acc:
                 miss = f" (NOT matched: {t['dynamic_accuracy'] - t['static_accuracy']:+.2f} pts)" if t.get("within_match") is False else ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import numpy as np
@@ -33,11 +34,12 @@ def throughput(bundle, x: np.ndarray, y: Optional[np.ndarray], thresholds: list,
     batches = list(dict.fromkeys(batches))  # a repeated size is measured (and reported) once
     runs: dict[int, list[tuple[dict, dict]]] = {bs: [] for bs in batches if bs <= len(x)}
     failed = {bs: f"only {len(x)} images to measure on" for bs in batches if bs not in runs}
-    m = len(x) // max(runs, default=1) * max(runs, default=1)  # every batch size on the same images: whole calls of the largest
+    whole = math.lcm(*runs) if runs and math.lcm(*runs) <= len(x) else max(runs, default=1)
+    m = len(x) // whole * whole  # every batch size on the same images, in whole calls of every size when they fit
     for rnd in range(rounds):
         order = (never, thresholds) if rnd % 2 == 0 else (thresholds, never)  # which side runs first alternates per round
         for bs in [b for b in runs if b not in failed]:
-            try:  # whole calls of the largest size; a smaller size's last call may be short (its row says n)
+            try:  # whole calls of every size, or of the largest when their common multiple is more than the images (row: last_call)
                 pair = [measure_cascade(bundle, x[:m], y[:m], t, warmup=1, batch=bs) for t in order]
             except BatchMemoryError as e:  # checked before its first call: a batch that would not fit is a row with its error
                 failed[bs] = str(e)
@@ -59,7 +61,8 @@ def throughput(bundle, x: np.ndarray, y: Optional[np.ndarray], thresholds: list,
                      "static_accuracy": st["accuracy"] if labelled else None,
                      "dynamic_accuracy": dy["accuracy"] if labelled else None, "exit_fractions": dy["exit_fractions"],
                      # this row's own images: a point matched on the holdout can miss on them (NaN: not matched)
-                     "within_match": bool(dy["accuracy"] >= st["accuracy"] - MATCH_POINTS - ACC_EPS) if labelled else None})
+                     "within_match": bool(dy["accuracy"] >= st["accuracy"] - MATCH_POINTS - ACC_EPS) if labelled else None,
+                     "last_call": m % bs or bs})  # images in each pass's last call: bs unless the sizes have no common multiple <= n
     if 1 in runs:  # batched vs one image per call, same thresholds, paired within each round
         for r in rows:
             if "error" not in r:
