@@ -224,11 +224,14 @@ def test_auto_off_the_backends_platform_exports_the_recipes_default_and_says_so(
 
 def test_a_failed_agreement_names_the_agreement_option_and_the_api_offers_no_all(micro_ckpt, tmp_path):
     """The hint was always --no-verify (every check off) where --int8-min-agreement is the way out; the Python API's
-    unknown-target error offered 'all', which only the command line takes."""
+    unknown-target error offered 'all', which only the command line takes. The failed export left its empty toolchain log
+    and the folders made for it."""
+    (tmp_path / "mine").mkdir()  # the user's (empty) folder stays
     with pytest.raises(ExportError, match=r"int8 top-1 agreement below the required: pass --int8-min-agreement PCT") as e:
-        export_bundle(str(micro_ckpt), "onnx", "int8", scheme="dynamic", out=str(tmp_path / "x"), progress=False, int8_min_agreement=100.0,
-                      verify_n=200)
+        export_bundle(str(micro_ckpt), "onnx", "int8", scheme="dynamic", out=str(tmp_path / "mine" / "new" / "deep" / "x"), progress=False,
+                      int8_min_agreement=100.0, verify_n=200)
     assert "--no-verify" not in str(e.value)
+    assert [p.name for p in tmp_path.rglob("*")] == ["mine"]
     with pytest.raises(ValueError) as e:
         get_target("al")
     assert "'all'" not in str(e.value)

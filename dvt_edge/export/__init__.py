@@ -9,6 +9,7 @@ leaves a half bundle, and an existing bundle is replaced only with ``force=True`
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
@@ -271,6 +272,7 @@ def export_bundle(checkpoint: str, target: str, precision: str = "fp32", options
               "choose, or name a scheme)", file=sys.stderr)
     plan = _prepare(dest, t, precision, opts, model, info, schemes, checkpoint)  # fails before anything is written
     plan.log, plan.inputs = log, inputs
+    made, had_log = _missing_folders(dest.parent) + _missing_folders(log.parent), log.exists()
     dest.parent.mkdir(parents=True, exist_ok=True)
     plan.tmp = tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{os.getpid()}-", dir=dest.parent))
     os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; a bundle is as readable as any folder the user makes
@@ -279,10 +281,31 @@ def export_bundle(checkpoint: str, target: str, precision: str = "fp32", options
             res = _export_into(plan, console)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _undo_setup(made, None if had_log else log)
         raise
     for note in res.notes:
         print(f"note: {note}", file=sys.stderr)
     return res
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet, deepest first: what ``mkdir(parents=True)`` will make."""
+    out = []
+    while not folder.exists() and folder != folder.parent:
+        out.append(folder)
+        folder = folder.parent
+    return out
+
+
+def _undo_setup(made: list[Path], new_log: Optional[Path]) -> None:
+    """After a failed export: remove the log it created if nothing was written to it, and the folders it made while
+    they are empty (a log with the toolchain's error in it stays, and so does its folder)."""
+    with contextlib.suppress(OSError):
+        if new_log is not None and new_log.stat().st_size == 0:
+            new_log.unlink()
+    for folder in sorted(set(made), key=lambda f: len(f.parts), reverse=True):  # deepest first
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only an empty folder
 
 
 #: wall time of `python -m dvt_edge.export` for a 224 px model (dvt_t2t_vit_12, 2-core AMD EPYC VM, session 41; ort in
