@@ -33,6 +33,7 @@ from dvt_edge.data import (
     same_data,
     scoring_set,
 )
+from dvt_runtime.checks import numbered
 from dvt_runtime.io import atomic_write_json, save_png
 from dvt_runtime.search import ExitOutputs, StageCosts, evaluate_thresholds, pareto_frontier, sweep_thresholds
 
@@ -144,7 +145,7 @@ def open_bundle(bundle_dir: str, checkpoint: Optional[str] = None, classes: Opti
         raise ValueError(f"bundle {bundle_dir} was exported from {src.get('checkpoint')!r}, not from {checkpoint} (SHA-256 differs): "
                          f"its accuracy cannot be compared with this checkpoint's; export it with python -m dvt_edge.export "
                          f"--checkpoint {checkpoint}")
-    if classes is not None and b.classes and list(b.classes) != list(classes):
+    if classes is not None and b.classes and not numbered(classes) and not numbered(b.classes) and list(b.classes) != list(classes):
         raise ValueError(f"bundle {bundle_dir} names other classes ({b.classes[:3]}...) than the evaluation data ({classes[:3]}...)")
     return b
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -230,6 +231,20 @@ def test_one_set_npz_says_its_thresholds_come_from_the_scored_images_and_another
     export_npz(pixels, tmp_path / "other.npz", progress=False)
     with pytest.raises(DataError, match=r"preprocessed otherwise than this model expects \(mean: \[0.5\] vs \[0.286\]"):
         evaluate_checkpoint(str(micro_ckpt), data=f"npz:{tmp_path / 'other.npz'}", progress=False)
+
+
+def test_numbered_classes_score_a_bundle_as_they_score_the_checkpoint(micro_ckpt, onnx_bundle, tmp_path):
+    """An npz without class names was scored against the checkpoint (numbered classes name nothing) and then refused
+    for its bundle ("names other classes")."""
+    from dvt_edge.data import export_npz
+    from dvt_edge.evaluate import evaluate_checkpoint
+
+    export_npz(load_dataset("fashion-mnist", "val"), tmp_path / "val.npz", n=60, progress=False)
+    np.savez(tmp_path / "nameless.npz", **{k: v for k, v in np.load(tmp_path / "val.npz").items() if k != "classes"})
+    r = evaluate_checkpoint(str(micro_ckpt), data=f"npz:{tmp_path / 'nameless.npz'}", threshold_n=30, bundles=[str(onnx_bundle)],
+                            progress=False)
+    (art,) = r["artifacts"]
+    assert all(math.isfinite(d) and abs(d) <= 2.0 for d in art["delta_vs_pytorch_fp32"]), art
 
 
 def test_the_shipped_sets_train_split_is_called_the_references_own_images():
