@@ -43,6 +43,7 @@ from dvt_edge.fashion_mnist import (  # noqa: F401  (re-exported)
 from dvt_edge.imagefolder import HOLDOUT_FRACTION, HOLDOUT_SEED, IMAGE_EXTS, holdout_fingerprint, load_imagefolder, split_files  # noqa: F401  (re-exported)
 from dvt_edge.imageset import DataError, ImageSet, SplitNotHeld, as_imagenet_labels, default_preprocess, label_mismatch, stratified_subset  # noqa: F401  (re-exported)
 from dvt_edge.npzdata import HOLDOUT_MARK, export_npz, load_npz, load_npz_spec, npz_has_split, write_jpeg_pack  # noqa: F401  (re-exported)
+from dvt_runtime.io import sha256_file
 from dvt_runtime.preprocess import Preprocess
 
 __all__ = [
@@ -163,9 +164,26 @@ def resumed_spec(given: Optional[str], recorded: Optional[str]) -> Optional[str]
 
 
 def holdout_of(spec: str) -> Optional[dict]:
-    """:func:`holdout_fingerprint` of an ``imagefolder:`` spec without ``val/`` (None for any other spec)."""
+    """What a held-out split is drawn from, as a checkpoint records it: :func:`holdout_fingerprint` of an ``imagefolder:``
+    spec without ``val/``, the SHA-256 of the file of an ``npz:PATH#holdout`` spec (its 10% is drawn from the file's
+    images: another file holds out other images); None for any other spec (or a file not there: the loader says so)."""
     kind, _, path = spec.partition(":")
+    if kind == "npz" and path.endswith(HOLDOUT_MARK):
+        f = Path(path[: -len(HOLDOUT_MARK)]).expanduser()
+        return {"file_sha256": sha256_file(f)} if f.is_file() else None
     return holdout_fingerprint(path) if kind == "imagefolder" and path else None
+
+
+def _holdout_counts(now: Optional[dict], then: dict) -> str:
+    """How a holdout moved, for the messages: file counts of a folder, hashes of an npz file."""
+    if "file_sha256" in then:
+        return f"the file's SHA-256 is {now['file_sha256'][:12] if now else 'unknown'}... now, {str(then['file_sha256'])[:12]}... then"
+    return f"{now['files'] if now else 'no'} held-out files now, {then.get('files')} then"
+
+
+def _holdout_source(then: dict) -> str:
+    return ("its held-out 10% is drawn from the file's images" if "file_sha256" in then
+            else "with no val/ folder its held-out images are drawn from train/'s file list")
 
 
 def holdout_changed(spec: str, extras: Optional[dict], whose: str = "the model") -> str:
@@ -180,10 +198,11 @@ def holdout_changed(spec: str, extras: Optional[dict], whose: str = "the model")
         return ""
     if now is None or now == then:
         return ""
-    return (f"warning: {spec} has changed since {whose} was trained on it: with no val/ folder its held-out images are drawn "
-            f"from train/'s file list, and they are not the ones held out then ({now['files']} files now, {then.get('files')} then). "
-            "Images the model was trained on may now count as held out, and figures read on them are too high: restore the folder "
-            "as it was, or give it a val/ folder and train again")
+    fix = ("restore the file as it was, or train again" if "file_sha256" in then
+           else "restore the folder as it was, or give it a val/ folder and train again")
+    return (f"warning: {spec} has changed since {whose} was trained on it: {_holdout_source(then)}, and they are not the ones "
+            f"held out then ({_holdout_counts(now, then)}). Images the model was trained on may now count as held out, and figures "
+            f"read on them are too high: {fix}")
 
 
 def check_resumed_holdout(spec: str, now: Optional[dict], resumed: Optional[dict]) -> None:
@@ -191,16 +210,15 @@ def check_resumed_holdout(spec: str, now: Optional[dict], resumed: Optional[dict
     out then); ``now``: :func:`holdout_of` listed before the decode (no wait for it)."""
     then = (resumed or {}).get("holdout")
     if isinstance(then, dict) and now != then:
-        raise DataError(f"--resume: {spec} changed since the run started ({now['files'] if now else 'no'} held-out files now, "
-                        f"{then.get('files')} then): with no val/ folder the holdout is drawn from train/'s file list, so the resumed "
-                        "run would train on images held out then. Restore the folder as it was, or start a new run")
+        raise DataError(f"--resume: {spec} changed since the run started ({_holdout_counts(now, then)}): {_holdout_source(then)}, "
+                        "so the resumed run would train on images held out then. Restore it as it was, or start a new run")
 
 
 def check_training_holdout(spec: str, before: Optional[dict]) -> None:
     """Refuse a training run whose folder's holdout moved while its images were read (``before``: listed before the decode)."""
     if holdout_of(spec) != before:
-        raise DataError(f"{spec} changed while its images were read (files added or removed, and with no val/ folder the holdout "
-                        "is drawn from train/'s file list): train again once the folder is settled")
+        raise DataError(f"{spec} changed while its images were read, and {_holdout_source(before or {})}: train again once it is "
+                        "settled")
 
 
 def recorded_data(extras: Optional[dict]) -> list[str]:

@@ -150,7 +150,7 @@ def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[s
     steps = lineage(args)  # before anything is written: ``out`` may be the fine-tuning source itself
     if steps:
         extra["lineage"] = json.dumps(steps)
-    if isinstance(info.extras.get("holdout"), dict):  # an image folder's holdout: a grown folder is still said
+    if isinstance(info.extras.get("holdout"), dict):  # a held-out split drawn from a folder or an npz file: a changed one is still said
         extra["holdout"] = info.extras["holdout"]
     tmp = out_path.with_name(f".{out_path.stem}.publishing-{os.getpid()}{out_path.suffix}")
     try:

@@ -507,7 +507,7 @@ def test_an_npz_without_a_split_is_trained_on_90_percent_and_validated_on_the_re
     and chose best.pt by them; evaluate of the checkpoint read them too."""
     import numpy as np
 
-    from dvt_edge.data import load_dataset, recorded_train_args
+    from dvt_edge.data import DataError, load_dataset, recorded_train_args
     from dvt_edge.evaluate import evaluate_checkpoint
 
     rng = np.random.default_rng(0)
@@ -531,6 +531,15 @@ def test_an_npz_without_a_split_is_trained_on_90_percent_and_validated_on_the_re
     # ... unless it is the file this model trained on: then its held-out part (the whole file scored 90% trained-on images)
     assert evaluate_checkpoint(str(tmp_path / "r" / "last.pt"), data=f"npz:{tmp_path / 'one.npz'}", progress=False)["n"] == 18
     assert "is the file this model trained on, 90% of it" in capsys.readouterr().err
+    # the file changed since: its 10% is other images, said by evaluate and refused by --resume (nothing recorded it)
+    assert set(load_checkpoint(tmp_path / "r" / "last.pt")[1].extras["holdout"]) == {"file_sha256"}
+    np.savez(tmp_path / "one.npz", images=images[::-1].copy(), labels=np.repeat(np.arange(3), 60)[::-1].copy(),
+             classes=np.array(["a", "b", "c"]))
+    evaluate_checkpoint(str(tmp_path / "r" / "last.pt"), progress=False)
+    assert "has changed since the model was trained on it: its held-out 10% is drawn from the file's images" in capsys.readouterr().err
+    with pytest.raises(DataError, match=r"--resume: .*one.npz#holdout changed since the run started \(the file's SHA-256 is"):
+        train(build_parser().parse_args(["--model", "dvt_micro_fmnist", "--data", f"npz:{tmp_path / 'one.npz'}", "--epochs", "1",
+                                         "--threads", "1", "--quiet", "--out", str(tmp_path / "r"), "--resume"]))
 
 
 def test_resume_refuses_data_whose_classes_changed(tmp_path):
