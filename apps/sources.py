@@ -80,12 +80,12 @@ def open_bundle(args):
     if args.bundle is None:
         args.bundle = str(reference_bundle())
     try:
-        from dvt_runtime.backends import BackendUnavailable
+        from dvt_runtime.backends import BackendUnavailable, parse_providers
         from dvt_runtime.device import open_here
         from dvt_runtime.manifest import ManifestError
     except ImportError as e:
         raise AppError(f"dvt-runtime is not importable ({e}); install it: pip install './runtime[onnx]'") from None
-    providers = [p.strip() for p in args.providers.split(",") if p.strip()] if getattr(args, "providers", None) else None
+    providers = parse_providers(getattr(args, "providers", None))
     try:
         with warnings.catch_warnings(record=True) as said:  # the runtime's warnings (e.g. no calibration for a device name)
             warnings.simplefilter("always")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -315,6 +316,10 @@ def test_cli_measure(bundle_dir, val_images, tmp_path, capsys):
     assert "exit 3" in printed and "wrote" in printed
     prof = LatencyProfile.load(out)
     assert prof.device["device_name"] == "lab-pc" and prof.stages[0]["n"] == 8 and prof.threads == 1
+    # --providers (a Jetson's CUDA): profile ran on the CPU whatever predict would run on
+    assert main(["--bundle", str(bundle_dir), "--runs", "4", "--warmup", "0", "--providers", "AzureExecutionProvider, CPUExecutionProvider",
+                 "--out", str(out), "--no-progress"]) == 0
+    assert LatencyProfile.load(out).device["providers"] == ["AzureExecutionProvider", "CPUExecutionProvider"]
 
     x, raw = val_images
     for name, images in (("f.npz", x), ("u.npz", raw)):  # preprocessed float32 and raw uint8 images
@@ -668,8 +673,18 @@ def test_import_never_relabels_another_bundles_profile_nor_drops_what_the_file_d
         import_json(js)
     bundle, prof = measured
     two = Bundle.open(bundle_dir, threads=2)
-    with pytest.warns(UserWarning, match=r"taken with 1 thread\(s\) per session, this bundle runs 2"):
+    with pytest.warns(UserWarning, match=r"taken at another setting \(1 thread\(s\) per session, this bundle runs 2\)"):
         two.use_profile(prof)
+    # the backend's default threads (every core) and other execution providers were never said
+    with pytest.warns(UserWarning, match=r"1 thread\(s\) per session, this bundle runs the backend default \(every core\)"):
+        Bundle.open(bundle_dir, threads=None).use_profile(prof)
+    assert prof.device["providers"] == ["CPUExecutionProvider"]
+    azure = Bundle.open(bundle_dir, threads=1, providers=["AzureExecutionProvider", "CPUExecutionProvider"])
+    with pytest.warns(UserWarning, match=r"execution providers \['CPUExecutionProvider'\], this bundle runs \['AzureExecutionProvider', "):
+        azure.use_profile(prof)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Bundle.open(bundle_dir, threads=1).use_profile(prof)  # the setting it was measured at: nothing to say
 
 
 # --------------------------------------------------------------------------------------

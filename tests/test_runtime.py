@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ import pytest
 from dvt_edge.data import export_npz, load_dataset
 from dvt_runtime.bundle import Bundle, InputError
 from dvt_runtime.controller import BudgetController
+from dvt_runtime.manifest import Manifest
 from tests.test_batching import CountingSession
 from tests.test_runtime_torch_free import run_without_torch
 
@@ -241,6 +244,28 @@ def test_a_budget_the_profile_cannot_meet_is_refused_before_any_exit_runs(bundle
     assert parse_thresholds(exact) == [None if t is None else float(t) for t in r.chosen.thresholds[:-1]]
 
 
+def test_calibrate_finds_a_bundle_it_cannot_write_before_any_work(bundle_copy, val):
+    """A read-only bundle was found only when the calibration was written, after every exit had been profiled and run."""
+    from dvt_runtime.calibrate import CalibrationError, calibrate
+
+    x, y = val
+    b = Bundle.open(bundle_copy)
+    (bundle_copy / "calibration").write_text("in the way")
+    t0 = time.perf_counter()
+    with pytest.raises(CalibrationError, match=r"calibration file .*dev.json: cannot write in .*calibration \(not a folder\); "
+                                               r"calibrations are saved in the bundle: calibrate a writable copy of it"):
+        calibrate(b, x[:40], y[:40], 1e6, device_name="dev", runs=10, warmup=2, progress=False)
+    assert time.perf_counter() - t0 < 2.0
+    (bundle_copy / "calibration").unlink()
+    if os.geteuid() != 0:  # root writes anywhere: only another user meets a read-only folder this way
+        bundle_copy.chmod(0o555)
+        try:
+            with pytest.raises(CalibrationError, match=r"\(permission denied\); calibrations are saved in the bundle"):
+                calibrate(b, x[:40], y[:40], 1e6, device_name="dev", runs=10, warmup=2, progress=False)
+        finally:
+            bundle_copy.chmod(0o755)
+
+
 def test_calibrate_errors_keep_previous_file(bundle_copy, val, tmp_path):
     from dvt_runtime.calibrate import CalibrationError, calibrate, load_npz, main
 
@@ -408,6 +433,29 @@ def test_provider_list_is_a_priority_order(onnx_bundle):
     assert all(s.providers == ["CPUExecutionProvider"] for s in b.sessions)
     with pytest.raises(BackendUnavailable, match="not available here"):
         Bundle.open(onnx_bundle, providers=["TensorrtExecutionProvider"])
+
+
+def test_an_onnxruntime_that_cannot_load_the_artifact_says_which_and_why(onnx_bundle, tmp_path):
+    """onnxruntime 1.17 (a Jetson's wheel) read no artifact of ours (IR version 10) and the CLI died with its raw traceback;
+    a library that is installed but fails to import (built for another numpy) was told to pip install what it had."""
+    import onnx
+
+    from dvt_runtime.backends import MIN_ORT, BackendUnavailable, OrtSession, _missing
+
+    m = Manifest.load(onnx_bundle)
+    e = m.exits[0]
+    model = onnx.load(str(onnx_bundle / e.artifact))
+    model.ir_version = 99  # newer than any onnxruntime here reads, as 10 was for 1.17
+    onnx.save(model, str(tmp_path / e.artifact))
+    with pytest.raises(BackendUnavailable, match=rf"onnxruntime \S+ cannot load {e.artifact} \(\w+: .*IR version.*\); this bundle needs "
+                                                 rf"onnxruntime >= {MIN_ORT}"):
+        OrtSession(tmp_path / e.artifact, [i.name for i in e.inputs], [o.name for o in e.outputs], threads=1)
+    toml = (Path(__file__).parents[1] / "runtime" / "pyproject.toml").read_text()
+    assert f'onnx = ["onnxruntime>={MIN_ORT}"]' in toml
+    broken = str(_missing("onnxruntime", ImportError("")))
+    assert "installed but fails to import (ImportError: no message)" in broken and "--force-reinstall" in broken
+    gone = ModuleNotFoundError("No module named 'onnxruntime'", name="onnxruntime")
+    assert "needs its library, which could not be imported" in str(_missing("onnxruntime", gone))
 
 
 def test_budget_without_calibration_names_the_missing_file(onnx_bundle):

@@ -32,6 +32,8 @@ __all__ = ["BackendUnavailable", "Session", "open_session", "import_backend", "b
 BACKENDS = ("onnxruntime", "executorch", "coreml")
 ETDUMP_DEBUG_BUFFER = 0  # bytes for intermediate outputs in the ETDump: none, timings only (a full buffer aborts)
 _EXTRA = {"onnxruntime": "onnx", "executorch": "executorch", "coreml": "coreml"}
+_MODULE = {"onnxruntime": "onnxruntime", "executorch": "executorch", "coreml": "coremltools"}  # what each backend imports
+MIN_ORT = "1.18"  # the first onnxruntime to load ONNX IR version 10 (the exporter's); runtime/pyproject.toml pins the same
 
 
 class BackendUnavailable(RuntimeError):
@@ -49,6 +51,11 @@ def _missing(backend: str, err: Exception) -> BackendUnavailable:
             f"({err}); executorch declares no torch requirement. Install it with: pip install 'dvt-runtime[executorch]' "
             f"(it pins {TORCH_PIN}; for the CPU-only build add --extra-index-url https://download.pytorch.org/whl/cpu)"
         )
+    if not isinstance(err, ModuleNotFoundError) or (getattr(err, "name", None) or "").split(".")[0] != _MODULE.get(backend):
+        return BackendUnavailable(  # installed, but it (or what it imports) fails: another pip install of the extra changes nothing
+            f"the {backend} backend's library is installed but fails to import ({type(err).__name__}: {str(err) or 'no message'}); it may "
+            f"be built for another numpy or Python than this environment's. Install a build that matches, e.g. pip install "
+            f"--force-reinstall 'dvt-runtime[{_EXTRA[backend]}]', and check: python -c 'import {_MODULE.get(backend, backend)}'")
     return BackendUnavailable(
         f"the {backend} backend needs its library, which could not be imported ({err}). "
         f"Install it with: pip install 'dvt-runtime[{_EXTRA[backend]}]'"
@@ -142,7 +149,14 @@ class OrtSession(Session):
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         wanted = ort_providers(providers, stacklevel=5)
-        self.sess = ort.InferenceSession(str(path), so, providers=wanted)
+        try:
+            self.sess = ort.InferenceSession(str(path), so, providers=wanted)
+        except Exception as e:  # noqa: BLE001  onnxruntime's own Fail/InvalidGraph/...: the artifact's hash was checked, so this host's build
+            why = str(e).strip()  # ORT's reason comes last, after the path and a C++ signature
+            why = why if len(why) <= 300 else "..." + why[-300:]
+            raise BackendUnavailable(f"onnxruntime {ort.__version__} cannot load {path.name} ({type(e).__name__}: {why}); "
+                                     f"this bundle needs onnxruntime >= {MIN_ORT} (pip install -U 'dvt-runtime[onnx]') and "
+                                     "execution providers that take its operators") from None
         got = [i.name for i in self.sess.get_inputs()]
         if sorted(got) != sorted(self.input_names):
             from dvt_runtime.manifest import ManifestError  # the artifact is wrong, not the host: never "unavailable"
@@ -202,6 +216,15 @@ class ExecuTorchSession(Session):
         with self._lock:
             outs = self.method.execute(args)
             return {n: o.numpy() for n, o in zip(self.output_names, outs)}
+
+
+PROVIDERS_HELP = ("ONNX Runtime execution providers in priority order, comma-separated, e.g. CUDAExecutionProvider,CPUExecutionProvider "
+                  "(ONNX bundles; default: the CPU)")
+
+
+def parse_providers(text: Optional[str]) -> Optional[list[str]]:
+    """``--providers`` as a list (``"A, B"`` -> ``["A", "B"]``); None (the default) when not given."""
+    return [p.strip() for p in text.split(",") if p.strip()] or None if text else None
 
 
 def ort_providers(providers: Optional[Sequence[str]], stacklevel: int = 3) -> list[str]:

@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import numpy as np
 
@@ -172,22 +172,33 @@ class Bundle:
         self.calibration = cal
         if cal.batch == 1:  # deadline mode runs one image per call: a batch calibration's per-image p90s are too low for it
             self.stage_p90_ms = cal.stage_p90_ms()
-        theirs = cal.profile.get("threads") if isinstance(cal.profile, dict) else None
-        if theirs and self.threads and theirs != self.threads:
-            warnings.warn(f"{p} was calibrated with {theirs} thread(s) per session, this bundle runs {self.threads}: its latencies "
-                          f"(and the thresholds they chose) are another setting's; open with threads={theirs} or recalibrate",
-                          stacklevel=4)
+        prof = cal.profile if isinstance(cal.profile, dict) else {}
+        self._warn_other_setting(f"{p} was calibrated", prof.get("threads"), prof.get("device"),
+                                 "its latencies (and the thresholds they chose) are another setting's: open the bundle as it was "
+                                 "calibrated, or recalibrate")
         with self._budget_lock:  # a new table: a fresh controller, and every budget may warn again
             self.controller = None
             self._warned_budgets.clear()
         return cal
 
+    def _warn_other_setting(self, what: str, threads: Any, device: Any, fix: str) -> None:
+        """Warn when latencies (a calibration's, a profile's) were measured with other threads per session or other execution
+        providers than this bundle runs with (a None or 0 thread count here is the backend's default: every core)."""
+        said = []
+        if isinstance(threads, int) and not isinstance(threads, bool) and threads != self.threads:
+            said.append(f"{threads} thread(s) per session, this bundle runs {self.threads or 'the backend default (every core)'}")
+        theirs = device.get("providers") if isinstance(device, dict) else None
+        mine = getattr(self.sessions[0], "providers", None) if self.sessions else None
+        if isinstance(theirs, list) and mine and list(theirs) != list(mine):
+            said.append(f"execution providers {theirs}, this bundle runs {list(mine)}")
+        if said:
+            warnings.warn(f"{what} at another setting ({'; '.join(said)}): {fix}", stacklevel=4)
+
     def use_profile(self, stage_p90_ms: Union[Sequence[float], "LatencyProfile"]) -> None:  # ms per stage for deadline mode
         p90 = stage_p90_ms.deadline_p90(self.manifest) if hasattr(stage_p90_ms, "deadline_p90") else stage_p90_ms
-        theirs = getattr(stage_p90_ms, "threads", None)
-        if theirs and self.threads and theirs != self.threads:  # as use_calibration says it
-            warnings.warn(f"the profile was taken with {theirs} thread(s) per session, this bundle runs {self.threads}: its p90s "
-                          f"are another setting's; open with threads={theirs} or profile at {self.threads}", stacklevel=2)
+        if hasattr(stage_p90_ms, "deadline_p90"):  # as use_calibration says it
+            self._warn_other_setting("the profile was taken", stage_p90_ms.threads, stage_p90_ms.device,
+                                     "its p90s are another setting's: open the bundle as it was profiled, or profile it as it runs")
         if isinstance(p90, (str, bytes)) or not hasattr(p90, "__len__") or len(p90) != self.num_exits:
             raise ValueError(f"need one p90 per stage ({self.num_exits}) or a LatencyProfile, got {type(p90).__name__} {str(p90)[:80]}")
         self.stage_p90_ms = [positive_ms(f"p90 of stage {i + 1}", v, allow_zero=True) for i, v in enumerate(p90)]

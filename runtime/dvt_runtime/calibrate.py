@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import numpy as np
 
-from dvt_runtime.backends import BackendUnavailable
+from dvt_runtime.backends import PROVIDERS_HELP, BackendUnavailable, parse_providers
 from dvt_runtime.bundle import Bundle, softmax
 from dvt_runtime.calibration import SCHEMA, BudgetRow, Calibration, CalibrationError, Chosen, bundle_identity, validate_calibration  # noqa: F401  (re-exported)
 from dvt_runtime.checks import positive_ms
 from dvt_runtime.device import check_batch_memory, profiled_here, this_host  # noqa: F401  (re-exported)
-from dvt_runtime.io import atomic_write_json
+from dvt_runtime.io import atomic_write_json, check_out_path
 from dvt_runtime.io import progress as _bar
 from dvt_runtime.latency import batch_note, check_batch, load_profile_arg
 from dvt_runtime.npzsets import check_npz_preprocess, load_npz  # noqa: F401  (re-exported)
@@ -281,7 +281,7 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
         raise CalibrationError(f"the calibration holds a non-finite number ({e}): nothing was written; re-run the calibration") from None
     with warnings.catch_warnings():  # another device's threads (a given profile) are not this host's to match
         if not f.on_this_host:
-            warnings.filterwarnings("ignore", message=".*thread\\(s\\) per session")
+            warnings.filterwarnings("ignore", message=".* at another setting ")
         bundle.use_calibration(device_name, batch=batch)
     return result
 
@@ -363,10 +363,10 @@ def _check_request(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: floa
     if theirs is not None and theirs != device_name:  # e.g. 'lap top' and 'lap_top' share a file name
         raise CalibrationError(f"{target} holds device {theirs!r}'s calibration, which this one would replace: choose a "
                                f"device name that differs from {theirs!r} in a letter or digit")
-    if target.parent.exists() and not target.parent.is_dir():
-        raise CalibrationError(f"{target.parent} is a file, not a folder: calibrations are written to {target}; move that file away")
-    if target.exists() and not target.is_file():
-        raise CalibrationError(f"{target} exists and is not a file; move it away")
+    try:  # a read-only bundle (a system folder, an image mount) was found only when the work was done
+        check_out_path(target, "calibration file", fix="calibrations are saved in the bundle: calibrate a writable copy of it")
+    except ValueError as e:
+        raise CalibrationError(str(e)) from None
     if not 0 < holdout < 1:
         raise CalibrationError(f"holdout must be a fraction in (0, 1), got {holdout}")
     if len(x) < 4:
@@ -467,6 +467,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--device-name", default=None,
                     help="the device the calibration is for (default: this host's name; with --profile, the device it names)")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads per session (>= 1)")
+    ap.add_argument("--providers", default=None, help=PROVIDERS_HELP)
     ap.add_argument("--holdout", type=float, default=0.5,
                     help="fraction of --data kept out of the search, to verify the thresholds on (default 0.5)")
     ap.add_argument("--runs", type=int, default=200, help="profiling runs per stage")
@@ -477,7 +478,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.threads < 1:
         ap.error(f"--threads must be >= 1, got {args.threads}")
     try:
-        bundle = Bundle.open(args.bundle, threads=args.threads)
+        bundle = Bundle.open(args.bundle, threads=args.threads, providers=parse_providers(args.providers))
         if note := batch_note(bundle, args.batch):
             print(note, file=sys.stderr)
         x, y = load_npz(args.data, bundle.manifest.preprocess, bundle.classes)

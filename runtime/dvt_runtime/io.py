@@ -41,7 +41,7 @@ def atomic_write(path: Union[str, Path], data: bytes) -> Path:
     return path
 
 
-def check_out_path(path: Union[str, Path], flag: str = "--out", replaces: Optional[str] = None) -> Path:
+def check_out_path(path: Union[str, Path], flag: str = "--out", replaces: Optional[str] = None, fix: str = "choose another path") -> Path:
     """A file to be written after long work, checked first: not a folder, its folder creatable and writable
     (a bad path found only at the end loses the work), and, given ``replaces`` (a JSON schema name or its
     start), an existing file there only an earlier output of that schema (a photo given as --out was replaced)."""
@@ -51,7 +51,7 @@ def check_out_path(path: Union[str, Path], flag: str = "--out", replaces: Option
     parent = next((q for q in [p.parent, *p.parent.parents] if q.exists()), Path("."))
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"{flag} {p}: cannot write in {parent} ({'not a folder' if not parent.is_dir() else 'permission denied'}); "
-                         "choose another path")
+                         f"{fix}")
     if replaces is not None and (p.exists() or p.is_symlink()) and not _has_schema(p, replaces):
         raise ValueError(f"{flag} {p} exists and is not an earlier {replaces.rstrip('/')} file (it would be replaced): name a new "
                          "file, or move that one away first")

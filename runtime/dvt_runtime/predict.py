@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
-from dvt_runtime.backends import BackendUnavailable
+from dvt_runtime.backends import PROVIDERS_HELP, BackendUnavailable, parse_providers
 from dvt_runtime.checks import check_thresholds, parse_thresholds, positive_ms
 from dvt_runtime.device import open_here, profiled_here, this_host
 from dvt_runtime.images import IMAGE_EXTS, ImageError, can_check_jpegs, cv2_or_fail, read_image
@@ -156,7 +156,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--profile", default=None, help="with --deadline-ms: per-stage p90s from this profile JSON (dvt-runtime profile --out)")
     ap.add_argument("--device-name", default=None, help="use calibration/<name>.json (default: this host's name)")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads per session (default 1)")
-    ap.add_argument("--providers", default=None, help="ONNX Runtime execution providers in priority order, comma-separated")
+    ap.add_argument("--providers", default=None, help=PROVIDERS_HELP)
     ap.add_argument("--out", default=None, help="also write every answer and the summary as JSON (schema dvt-predictions)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap
@@ -190,8 +190,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         thresholds = parse_thresholds(args.thresholds) if args.thresholds is not None else None
         files = image_files(args.images)
         cv2_or_fail()  # once, not "unreadable" for every file
-        providers = [p.strip() for p in args.providers.split(",")] if args.providers else None
-        bundle = open_here(args.bundle, args.device_name, threads=args.threads, providers=providers)
+        bundle = open_here(args.bundle, args.device_name, threads=args.threads, providers=parse_providers(args.providers))
         if args.profile:
             prof = load_profile_arg(args.profile)
             bundle.use_profile(prof)

@@ -37,7 +37,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from dvt_runtime.backends import BackendUnavailable
+from dvt_runtime.backends import PROVIDERS_HELP, BackendUnavailable, parse_providers
 from dvt_runtime.device import MEMORY_PROBE, MEMORY_WARN, check_batch_memory, device_facts, peak_rss_mb
 from dvt_runtime.importers import import_csv, import_etdump, import_json
 from dvt_runtime.io import atomic_write_json, check_out_path
@@ -261,6 +261,7 @@ def _measure_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--bundle", required=True, help="bundle directory (manifest.json + one artifact per exit)")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads per session (default 1)")
+    ap.add_argument("--providers", default=None, help=PROVIDERS_HELP)
     ap.add_argument("--warmup", type=int, default=20, help="discarded warm-up chain runs (default 20)")
     ap.add_argument("--runs", type=int, default=200, help=f"timed chain runs (default 200, at least {MIN_RUNS})")
     ap.add_argument("--data", help="profile on real images: .npz with 'images' (float32 N,C,H,W preprocessed, or uint8 N,H,W[,C])")
@@ -310,7 +311,8 @@ def _measure(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
         ap.error(f"--etdump-dir is for ExecuTorch bundles; this one runs on {backend}")
     if args.etdump_dir and (Path(args.etdump_dir).exists() and not Path(args.etdump_dir).is_dir()):  # found before the runs
         ap.error(f"--etdump-dir {args.etdump_dir} is a file: name a folder for the ETDump files")
-    bundle = Bundle.open(args.bundle, threads=args.threads, **({"etdump": True} if args.etdump_dir else {}))
+    bundle = Bundle.open(args.bundle, threads=args.threads, providers=parse_providers(args.providers),
+                         **({"etdump": True} if args.etdump_dir else {}))
     if args.etdump_dir and args.batch > 1:  # one ETDump event per call: per-call times, not per image
         ap.error("--etdump-dir records one event per call: profile at --batch 1")
     if note := batch_note(bundle, args.batch):
