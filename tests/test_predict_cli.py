@@ -105,6 +105,57 @@ def test_deadline_from_a_profile_file(onnx_bundle, photos, tmp_path, capsys):
     assert r["mode"] == "deadline" and r["exit_counts"] == [4, 0, 0] and all(x["deadline_skipped"] for x in r["images"])
 
 
+def test_a_deadline_counts_the_images_preprocessing(onnx_bundle, tmp_path):
+    """The CLI preprocessed each image itself and passed float32 to predict, so its deadline left the preprocessing out
+    (a 24-megapixel photo took far longer than a 2 ms deadline and still ran every exit); Bundle.predict of the uint8
+    image counted it."""
+    from dvt_runtime.latency import LatencyProfile
+
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(tmp_path / "big.jpg"), rng.integers(0, 256, (4000, 6000), dtype=np.uint8))
+    LatencyProfile.from_samples([[1e-6] * 4] * 3).save(tmp_path / "prof.json")  # every stage "free": only the time spent can stop it
+    out = tmp_path / "p.json"
+    assert main(["--bundle", str(onnx_bundle), str(tmp_path / "big.jpg"), "--deadline-ms", "2", "--profile", str(tmp_path / "prof.json"),
+                 "--thresholds", "none,none", "--out", str(out), "--no-progress"]) == 0
+    (row,) = json.loads(out.read_text())["images"]
+    assert row["preprocess_ms"] > 2 and row["exit"] == 1 and row["deadline_skipped"], row
+    b = Bundle.open(onnx_bundle)
+    b.use_profile([1e-6, 5.0, 5.0])
+    x = np.zeros(b.input_shape, np.float32)
+    assert b.predict(x, thresholds=[None, None], deadline_ms=50).exit == 2  # the stages fit
+    p = b.predict(x, thresholds=[None, None], deadline_ms=50, spent_ms=46)  # ... not after 46 ms spent before the call
+    assert p.exit == 0 and p.deadline_skipped
+    with pytest.raises(ValueError, match="spent_ms"):
+        b.predict(x, deadline_ms=50, spent_ms=float("nan"))
+
+
+def test_an_image_whose_exit_answers_nan_is_listed_and_the_others_answered(onnx_bundle, photos, tmp_path, capsys, monkeypatch):
+    """One image whose exit-1 logits came out NaN (an int8 artifact on an odd frame) ended the whole run with exit code 2,
+    nothing answered and the file not named."""
+    import dvt_runtime.predict as P
+
+    opened = P.open_here
+
+    def open_nan_on_fourth(*a, **kw):
+        b = opened(*a, **kw)
+        run, calls = b.sessions[0].run, [0]
+
+        def nan_once(inputs):
+            out, calls[0] = run(inputs), calls[0] + 1
+            return {k: np.full_like(v, np.nan) for k, v in out.items()} if calls[0] == 5 else out  # the 4th image, after the warm-up
+        b.sessions[0].run = nan_once
+        return b
+
+    monkeypatch.setattr(P, "open_here", open_nan_on_fourth)
+    out = tmp_path / "p.json"
+    assert main(["--bundle", str(onnx_bundle), str(photos / "sub" / "0"), "--thresholds", "0,0", "--out", str(out), "--no-progress"]) == 1
+    r = json.loads(out.read_text())
+    assert r["n_images"] == 3 and len(r["failed"]) == 1 and "NaN or infinite logits" in r["failed"][0]["error"], r["failed"]
+    assert r["failed"][0]["file"] not in {x["file"] for x in r["images"]} and len(r["latency_ms"]["preprocess"]) and r["unreadable"] == []
+    printed = capsys.readouterr().out
+    assert f"failed: {r['failed'][0]['file']}: exit 1" in printed and "3 images (0 unreadable, 1 failed)" in printed
+
+
 def test_without_opencv_it_is_one_error_naming_the_extra(onnx_bundle, photos, monkeypatch, capsys):
     """Without OpenCV every image was "unreadable" (one line each) and the exit code said "some images unreadable"."""
     import dvt_runtime.preprocess as P

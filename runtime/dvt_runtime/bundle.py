@@ -340,7 +340,7 @@ class Bundle:
 
     def predict(self, x: np.ndarray, thresholds: Optional[Sequence[Optional[float]]] = None,
                 budget_ms: Optional[float] = None, deadline_ms: Optional[float] = None,
-                max_batch: Optional[int] = None) -> Union[Prediction, list[Prediction]]:
+                max_batch: Optional[int] = None, spent_ms: float = 0.0) -> Union[Prediction, list[Prediction]]:
         """Early-exit prediction. One image -> Prediction; a batch (N, C, H, W), a uint8 batch
         (N, H, W, C) or a list of images (uint8 of any size, or preprocessed float32) -> list.
 
@@ -348,7 +348,8 @@ class Bundle:
         else the manifest's). ``budget_ms``: let the budget controller pick thresholds from
         the calibration's Pareto table. ``deadline_ms``: before each later stage, skip it when
         its profiled p90 would overrun the deadline, counted from the image's preprocessing (images
-        then run one per call, as the p90s are per image). ``max_batch``: at most this many samples per stage call (default
+        then run one per call, as the p90s are per image); ``spent_ms``: time each image already took before this call (its
+        decoding and preprocessing done by the caller), counted against the deadline too. ``max_batch``: at most this many samples per stage call (default
         ``DEFAULT_MAX_BATCH``, 32, or the calibration's batch if larger: memory); a larger batch is
         split into calls of ``max_batch``, with the same answers. With fixed thresholds a batch gets
         the answers of one image at a time; ``budget_ms`` picks the thresholds once per call, and calls
@@ -360,7 +361,7 @@ class Bundle:
             return self._cascade_one(np.ascontiguousarray(x)[None], self._thresholds(thresholds))
         t0 = time.perf_counter()
         xb, single = self._batch(x)
-        pre_ms = (time.perf_counter() - t0) * 1e3 / max(len(xb), 1)  # each image's share of decoding and preprocessing
+        pre_ms = positive_ms("spent_ms", spent_ms, allow_zero=True) + (time.perf_counter() - t0) * 1e3 / max(len(xb), 1)  # each image's
         if len(xb) == 0:
             raise InputError("predict got an empty batch (0 images); pass at least one image")
         chunk = self._chunk(max_batch)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 
 from dvt_runtime.backends import PROVIDERS_HELP, BackendUnavailable, parse_providers
-from dvt_runtime.checks import check_thresholds, parse_thresholds, positive_ms
+from dvt_runtime.checks import NonFiniteOutput, check_thresholds, parse_thresholds, positive_ms
 from dvt_runtime.device import open_here, profiled_here, this_host
 from dvt_runtime.images import IMAGE_EXTS, ImageError, can_check_jpegs, cv2_or_fail, read_image
 from dvt_runtime.io import atomic_write_json, check_out_path, progress
@@ -85,7 +85,7 @@ def _thresholds_source(bundle: "Bundle", thresholds: Optional[list], budget_ms: 
 def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[list] = None, budget_ms: Optional[float] = None,
                   deadline_ms: Optional[float] = None, show_progress: bool = True) -> dict:
     """Every file through ``bundle.predict`` one at a time, as a camera would feed it: the versioned result dict."""
-    rows, unreadable, pre_ms = [], [], []
+    rows, unreadable, failed, pre_ms = [], [], [], []
     strict = can_check_jpegs()  # a JPEG libjpeg finds corrupt decodes to wrong pixels: listed, not answered
     for f in progress(files, desc="predict", unit="image", enabled=show_progress):
         try:
@@ -96,9 +96,15 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
         t0 = time.perf_counter()
         x = bundle.preprocess(img)[0]  # (C, H, W) float32: one image
         pre_ms.append((time.perf_counter() - t0) * 1e3)
-        if not rows:  # one untimed run of every stage first: the first call's set-up is no image's latency
-            bundle.run_exits(x[None])
-        p = bundle.predict(x, thresholds=thresholds, budget_ms=budget_ms, deadline_ms=deadline_ms)
+        try:
+            if not rows:  # one untimed run of every stage first: the first call's set-up is no image's latency
+                bundle.run_exits(x[None])
+            # a deadline counts the image's preprocessing, as predict of the uint8 image would
+            p = bundle.predict(x, thresholds=thresholds, budget_ms=budget_ms, deadline_ms=deadline_ms, spent_ms=pre_ms[-1])
+        except NonFiniteOutput as e:  # this image's answer would be meaningless: listed, and the others still answered
+            failed.append({"file": str(f), "error": str(e)})
+            pre_ms.pop()
+            continue
         rows.append({"file": str(f), **p.to_dict(), "exit": p.exit + 1, "preprocess_ms": pre_ms[-1]})
     counts = np.bincount([r["exit"] - 1 for r in rows], minlength=bundle.num_exits).tolist() if rows else [0] * bundle.num_exits
     m = bundle.manifest
@@ -111,7 +117,7 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
         "n_images": len(rows), "exit_counts": counts,  # exits numbered from 1 in rows; counts[k] is exit k + 1
         "latency_ms": {"cascade": sample_stats([r["total_ms"] for r in rows], keep_samples=False) if rows else None,
                        "preprocess": sample_stats(pre_ms, keep_samples=False) if pre_ms else None},
-        "images": rows, "unreadable": unreadable,
+        "images": rows, "unreadable": unreadable, "failed": failed,  # failed: an exit answered NaN or infinite logits
     }
 
 
@@ -131,15 +137,17 @@ def format_result(r: dict) -> str:
         lines.append(f"{name:<{width}}  {str(x['class_name'])[:16]:<16} {x['confidence']:>6.3f}  {x['exit']:>4}  "
                      f"{x['total_ms']:>7.3f}" + ("  (deadline: later exit skipped)" if x["deadline_skipped"] else ""))
     lines += [f"unreadable: {u['error']}" for u in r["unreadable"]]
+    lines += [f"failed: {u['file']}: {u['error']}" for u in r.get("failed", [])]
     n = r["n_images"]
+    failed = f", {len(r['failed'])} failed" if r.get("failed") else ""
     if n:
         c, pre = r["latency_ms"]["cascade"], r["latency_ms"]["preprocess"]
         shares = " / ".join(f"{k}" for k in r["exit_counts"])
-        lines.append(f"{n} images ({len(r['unreadable'])} unreadable): exits 1-{len(r['exit_counts'])} answered {shares}; cascade ms "
+        lines.append(f"{n} images ({len(r['unreadable'])} unreadable{failed}): exits 1-{len(r['exit_counts'])} answered {shares}; cascade ms "
                      f"mean {c['mean']:.3f}, p50 {c['p50']:.3f}, p90 {c['p90']:.3f}; preprocessing p50 {pre['p50']:.3f} ms; "
                      f"thresholds: {r['thresholds_from']}")
     else:
-        lines.append(f"no image could be read ({len(r['unreadable'])} unreadable)")
+        lines.append(f"no image could be answered ({len(r['unreadable'])} unreadable{failed})")
     return "\n".join(lines)
 
 
@@ -152,7 +160,8 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--budget-ms", type=float, default=None, help="latency budget on this device's calibration's metric (the mean "
                                                                       "unless calibrated with --metric p90 or the like)")
     ap.add_argument("--deadline-ms", type=float, default=None,
-                    help="per-image deadline: a later stage is skipped when its p90 would overrun (p90s from the calibration or --profile)")
+                    help="per-image deadline, counted from the image's preprocessing: a later stage is skipped when its p90 would "
+                         "overrun (p90s from the calibration or --profile)")
     ap.add_argument("--profile", default=None, help="with --deadline-ms: per-stage p90s from this profile JSON (dvt-runtime profile --out)")
     ap.add_argument("--device-name", default=None, help="use calibration/<name>.json (default: this host's name)")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads per session (default 1)")
@@ -207,7 +216,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(format_result(r))
     if out is not None:
         print(f"wrote {atomic_write_json(out, r, allow_nan=False)}")
-    return 1 if r["unreadable"] else 0
+    return 1 if r["unreadable"] or r["failed"] else 0
 
 
 if __name__ == "__main__":
