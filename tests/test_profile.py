@@ -440,6 +440,12 @@ def test_profile_samples_schema_and_source_checked_on_load(tmp_path):
         for row in bad["stages"] + bad["cumulative"]:
             row.pop("samples", None)
         assert LatencyProfile.from_dict(bad).to_dict()[key][i][stat] == 99.0
+    zero = json.loads(json.dumps(LatencyProfile.from_samples([[1.0, 2.0], [2.0, 3.0]]).to_dict(), allow_nan=False))
+    for row in zero["stages"] + zero["cumulative"]:
+        row.pop("samples")
+    zero["stages"][1].update(mean=0.0, p90=0.0)  # loaded, then calibrate refused it after profiling and searching
+    with pytest.raises(ProfileError, match=r"'stages' entry 2: its mean is 0.0 ms"):
+        LatencyProfile.from_dict(zero)
     for change, match in (({"schema_version": -7}, "schema_version >= 1"), ({"schema": "dvt-profile/banana"}, "does not match"),
                           ({"source": "bogus"}, "source 'bogus' is not one of")):
         with pytest.raises(ProfileError, match=match):
@@ -448,7 +454,8 @@ def test_profile_samples_schema_and_source_checked_on_load(tmp_path):
 
 def test_from_samples_never_writes_what_load_refuses(tmp_path):
     for kw, match in ((dict(threads=0), "'threads'"), (dict(threads=True), "'threads'"), (dict(peak_rss_mb=float("nan")), "peak_rss_mb"),
-                      (dict(load_ms=[float("inf")]), "load_ms"), (dict(device={"gpu": {"mhz": float("nan")}}), r"'device\.gpu\.mhz'")):
+                      (dict(load_ms=[float("inf")]), "load_ms"), (dict(device={"gpu": {"mhz": float("nan")}}), r"'device\.gpu\.mhz'"),
+                      (dict(stopping_samples=[[0.0, 0.0]]), r"'stopping' entry 1: its mean is 0.0 ms, and no stage runs in no time")):
         with pytest.raises(ProfileError, match=match):
             LatencyProfile.from_samples([[1.0, 2.0]], **kw)
     p = tmp_path / "t.json"
@@ -548,7 +555,7 @@ def test_csv_layouts_match_from_samples(tmp_path):
     ("exit,ms\n1.5,1.0\n", "1-based integer"),
     # a spreadsheet's semicolons (it said "'2.0;4.0' is not a number"); a whole-ms clock's zeros (refused only by calibrate)
     ("stage1_ms;stage2_ms\n2.0;4.0\n", "one column separated by ';'.*comma-separated"),
-    ("stage1_ms,stage2_ms\n2,0\n3,0\n", "stage 2 reads 0 ms in every sample"),
+    ("stage1_ms,stage2_ms\n2,0\n3,0\n", r"bad.csv: latency profile 'stages' entry 2: its mean is 0.0 ms, and no stage runs in no time: the clock was too coarse"),
 ])
 def test_csv_malformed(tmp_path, text, match):
     with pytest.raises(ProfileError, match=match):
@@ -578,7 +585,10 @@ def test_json_import(tmp_path):
     for bad, match in (({"stages_ms": STAGES, "cumulative_ms": cum}, "exactly one"), ({}, "exactly one"), ([1, 2], "exactly one"),
                        ({"stages_ms": [1, 2]}, "list of per-exit"), ({"stages_ms": []}, "list of per-exit"),
                        ({"stages_ms": [[1.0], []]}, "no latency samples"),
-                       ({"cumulative_ms": [[1.0, 2.0], [1.0]]}, "same number of iterations")):
+                       ({"cumulative_ms": [[1.0, 2.0], [1.0]]}, "same number of iterations"),
+                       # a plain-string note was dropped unsaid; a NaN sample was not said to be this file's
+                       ({"stages_ms": STAGES, "notes": "app v2"}, r"s\.json: 'notes' must be a list of strings"),
+                       ({"stages_ms": [[1.0, float("nan")]]}, r"s\.json: stage 1: .*finite")):
         p.write_text(json.dumps(bad))
         with pytest.raises(ProfileError, match=match):
             import_json(p)

@@ -6,12 +6,13 @@ samples in ms; :func:`import_etdump` reads ExecuTorch's own trace, one ETDump pe
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -58,14 +59,13 @@ def _stages_from_cumulative(cumulative: Sequence[Sequence[float]], where: str) -
     return list(stages)
 
 
-def _imported(prof: LatencyProfile, where: str) -> LatencyProfile:
-    """An imported profile every stage of which took time: a stage at 0 ms in every sample came from a clock too
-    coarse for it (it was refused only later, by calibrate)."""
-    for i, st in enumerate(prof.stages):
-        if not st["mean"] > 0:
-            raise ProfileError(f"{where}: stage {i + 1} reads 0 ms in every sample: the clock is too coarse for it (whole "
-                               "milliseconds?); time in microseconds and divide by 1000, or time many runs together")
-    return prof
+@contextlib.contextmanager
+def _named(where: str) -> Iterator[None]:
+    """A profile that cannot be built from a file's figures (a NaN, a stage at 0 ms) is an error naming the file."""
+    try:
+        yield
+    except ProfileError as e:
+        raise ProfileError(f"{where}: {e}") from None
 
 
 def _numbered(header: list[str], pattern: re.Pattern) -> Optional[list[int]]:
@@ -151,8 +151,9 @@ def import_csv(path: PathLike, device_name: Optional[str] = None) -> LatencyProf
             if order is None:
                 raise ProfileError(f"{p}: unrecognised CSV header {rows[0]}; expected {_CSV_LAYOUTS}")
             stages, layout = _stages_from_cumulative([cols[i] for i in order], str(p)), "cumulative"
-    return _imported(LatencyProfile.from_samples(stages, device=_device_from(None, device_name), source="csv",
-                                                 settings={"file": str(p), "layout": layout}), str(p))
+    with _named(str(p)):
+        return LatencyProfile.from_samples(stages, device=_device_from(None, device_name), source="csv",
+                                           settings={"file": str(p), "layout": layout})
 
 
 def import_json(path: PathLike, device_name: Optional[str] = None) -> LatencyProfile:
@@ -187,13 +188,14 @@ def import_json(path: PathLike, device_name: Optional[str] = None) -> LatencyPro
     if not isinstance(data, list) or not data or not all(isinstance(s, list) for s in data):
         raise ProfileError(f"{p}: '{key}' must be a non-empty list of per-exit sample lists")
     stages = data if key == "stages_ms" else _stages_from_cumulative(data, str(p))
-    return _imported(LatencyProfile.from_samples(
-        stages, device=_device_from(d.get("device"), device_name), source="json",
-        bundle=d.get("bundle") if isinstance(d.get("bundle"), dict) else None,
-        threads=_json_threads(d, p),
-        notes=[str(n) for n in d.get("notes", [])] if isinstance(d.get("notes"), list) else None,
-        settings={"file": str(p), "layout": key},
-    ), str(p))
+    notes = d.get("notes", [])
+    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):  # a plain string was dropped unsaid
+        raise ProfileError(f"{p}: 'notes' must be a list of strings, got {notes!r}")
+    with _named(str(p)):
+        return LatencyProfile.from_samples(
+            stages, device=_device_from(d.get("device"), device_name), source="json",
+            bundle=d.get("bundle") if isinstance(d.get("bundle"), dict) else None,
+            threads=_json_threads(d, p), notes=notes, settings={"file": str(p), "layout": key})
 
 
 def _json_threads(d: dict, p: Path) -> Optional[int]:

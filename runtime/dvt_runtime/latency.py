@@ -170,6 +170,7 @@ class LatencyProfile:
         )
         # what from_dict will check on load: never write a profile that cannot be read back
         _check_informational({k: getattr(prof, k) for k in _INFORMATIONAL}, len(arrays))
+        _check_priced({"stages": prof.stages, "stopping": prof.stopping})
         return prof
 
     # ---------------------------------------------------------------- facts
@@ -246,6 +247,7 @@ class LatencyProfile:
                 if "samples" in s:  # raw samples are priced by the search: checked here, not when it runs
                     a = check_samples(s["samples"], f"latency profile '{key}' entry {i + 1} samples")
                     _check_summary(s, a, f"latency profile '{key}' entry {i + 1}")
+        _check_priced(d)
         if len(d["cumulative"]) != len(d["stages"]) or not isinstance(d["drift"], list):
             raise ProfileError("latency profile: 'cumulative' needs one entry per stage and 'drift' must be a list")
         if d.get("stopping") is not None and len(d["stopping"]) != len(d["stages"]):
@@ -364,6 +366,18 @@ def _check_informational(d: dict[str, Any], num_exits: int) -> None:
     if not all(isinstance(r, dict) and (r.get("ratio") is None or (not isinstance(r["ratio"], bool) and isinstance(
             r["ratio"], (int, float)) and math.isfinite(r["ratio"]))) for r in drift):
         raise ProfileError("latency profile 'drift' entries must be objects whose 'ratio' is null or a finite number")
+
+
+def _check_priced(d: dict[str, Any]) -> None:
+    """What calibrate and deadline mode price is more than 0 ms: each stage's mean and p90, each stopping stream's mean
+    (a profile with 0 there loaded, and calibrate refused it only after all its work)."""
+    for key, stats in (("stages", ("mean", "p90")), ("stopping", ("mean",))):
+        for i, s in enumerate(d.get(key) or []):
+            for k in stats:
+                if s[k] <= 0:
+                    raise ProfileError(f"latency profile '{key}' entry {i + 1}: its {k} is {s[k]!r} ms, and no stage runs in no time: the "
+                                       "clock was too coarse for it (whole milliseconds?); time in microseconds and divide by 1000, or "
+                                       "time many runs together")
 
 
 def _nonfinite_at(obj: Any, where: str) -> Optional[str]:
