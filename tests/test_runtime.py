@@ -96,6 +96,9 @@ def test_bad_inputs(onnx_bundle):
         b.predict(np.zeros((1, 3, 28, 28), np.float32))
     with pytest.raises(InputError, match=r"float32 \(got float64\): convert preprocessed arrays with x.astype"):
         b.predict(np.zeros((1, 1, 28, 28), np.float64))
+    for a in (np.zeros((60, 80, 1), np.uint16), np.zeros((28, 28, 1), bool)):  # was told "channels last? transpose"
+        with pytest.raises(InputError, match=rf"got a {a.dtype} array \({a.shape[0]}, .*convert a 16-bit image to 8 bits first"):
+            b.predict(a)
     for f in (b.predict, b.run_exits):  # a failed cv2.imread, a path: named, with the fix
         with pytest.raises(InputError, match=r"got None \(cv2.imread returns None"):
             f(None)
@@ -253,15 +256,15 @@ def test_calibrate_finds_a_bundle_it_cannot_write_before_any_work(bundle_copy, v
     b = Bundle.open(bundle_copy)
     (bundle_copy / "calibration").write_text("in the way")
     t0 = time.perf_counter()
-    with pytest.raises(CalibrationError, match=r"calibration file .*dev.json: cannot write in .*calibration \(not a folder\); "
-                                               r"calibrations are saved in the bundle: calibrate a writable copy of it"):
+    with pytest.raises(CalibrationError, match=r"calibration file .*dev.json: .*calibration is a file, not a folder; move that file "
+                                               r"away, or calibrate a writable copy of the bundle \(calibrations are saved in it\)"):
         calibrate(b, x[:40], y[:40], 1e6, device_name="dev", runs=10, warmup=2, progress=False)
     assert time.perf_counter() - t0 < 2.0
     (bundle_copy / "calibration").unlink()
     if os.geteuid() != 0:  # root writes anywhere: only another user meets a read-only folder this way
         bundle_copy.chmod(0o555)
         try:
-            with pytest.raises(CalibrationError, match=r"\(permission denied\); calibrations are saved in the bundle"):
+            with pytest.raises(CalibrationError, match=r"\(permission denied\); calibrate a writable copy of the bundle"):
                 calibrate(b, x[:40], y[:40], 1e6, device_name="dev", runs=10, warmup=2, progress=False)
         finally:
             bundle_copy.chmod(0o755)

@@ -117,7 +117,7 @@ def test_batch_calibration_leaves_deadline_p90s_alone(bundle_copy):
     fresh.use_calibration("d", batch=8)
     with pytest.raises(ValueError, match="deadline mode needs"):
         fresh.predict(_images(1, fresh.input_shape), deadline_ms=5.0)
-    with pytest.warns(UserWarning, match="calibrated with 1 thread") as rec:
+    with pytest.warns(UserWarning, match=r"calibrated at another setting \(1 thread\(s\) per session, this bundle runs 2\)") as rec:
         Bundle.open(bundle_copy, threads=2, device_name="d")
     assert rec[0].filename == __file__  # the caller's line, not the runtime's
     with pytest.raises(CalibrationError, match="ends like a batch calibration"):

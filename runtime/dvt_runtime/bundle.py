@@ -216,6 +216,10 @@ class Bundle:
 
     def _check_input(self, x: np.ndarray) -> np.ndarray:
         want, given = self.input_shape, x.shape
+        if x.dtype.kind in "uib" and x.dtype != np.uint8:  # a 16-bit or bool image is neither pixels read here nor preprocessed
+            raise InputError(f"got a {x.dtype} array {given}: images are read as uint8 (8 bits per channel) and preprocessed inside, "
+                             "arrays of any other kind must be preprocessed float32; convert a 16-bit image to 8 bits first, e.g. "
+                             "(img >> 8).astype(np.uint8), or read the file with cv2.imread (8-bit by default)")
         if x.ndim == len(want):
             x = x[None]
         if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != want:

@@ -49,9 +49,10 @@ def check_out_path(path: Union[str, Path], flag: str = "--out", replaces: Option
     if p.is_dir():
         raise ValueError(f"{flag} {p} is a folder; name the file to write (e.g. {p / 'profile.json'})")
     parent = next((q for q in [p.parent, *p.parent.parents] if q.exists()), Path("."))
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {p}: cannot write in {parent} ({'not a folder' if not parent.is_dir() else 'permission denied'}); "
-                         f"{fix}")
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {p}: {parent} is a file, not a folder; move that file away, or {fix}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {p}: cannot write in {parent} (permission denied); {fix}")
     if replaces is not None and (p.exists() or p.is_symlink()) and not _has_schema(p, replaces):
         raise ValueError(f"{flag} {p} exists and is not an earlier {replaces.rstrip('/')} file (it would be replaced): name a new "
                          "file, or move that one away first")
