@@ -683,8 +683,9 @@ def test_import_never_relabels_another_bundles_profile_nor_drops_what_the_file_d
         import_json(js)
     bundle, prof = measured
     two = Bundle.open(bundle_dir, threads=2)
-    with pytest.warns(UserWarning, match=r"taken at another setting \(1 thread\(s\) per session, this bundle runs 2\)"):
+    with pytest.warns(UserWarning, match=r"taken at another setting \(1 thread\(s\) per session, this bundle runs 2\)") as rec:
         two.use_profile(prof)
+    assert rec[0].filename == __file__  # the caller's line
     # the backend's default threads (every core) and other execution providers were never said
     with pytest.warns(UserWarning, match=r"1 thread\(s\) per session, this bundle runs the backend default \(every core\)"):
         Bundle.open(bundle_dir, threads=None).use_profile(prof)

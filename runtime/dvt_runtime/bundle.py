@@ -175,13 +175,13 @@ class Bundle:
         prof = cal.profile if isinstance(cal.profile, dict) else {}
         self._warn_other_setting(f"{p} was calibrated", prof.get("threads"), prof.get("device"),
                                  "its latencies (and the thresholds they chose) are another setting's: open the bundle as it was "
-                                 "calibrated, or recalibrate")
+                                 "calibrated, or recalibrate", stacklevel=4)
         with self._budget_lock:  # a new table: a fresh controller, and every budget may warn again
             self.controller = None
             self._warned_budgets.clear()
         return cal
 
-    def _warn_other_setting(self, what: str, threads: Any, device: Any, fix: str) -> None:
+    def _warn_other_setting(self, what: str, threads: Any, device: Any, fix: str, stacklevel: int) -> None:
         """Warn when latencies (a calibration's, a profile's) were measured with other threads per session or other execution
         providers than this bundle runs with (a None or 0 thread count here is the backend's default: every core)."""
         said = []
@@ -192,13 +192,14 @@ class Bundle:
         if isinstance(theirs, list) and mine and list(theirs) != list(mine):
             said.append(f"execution providers {theirs}, this bundle runs {list(mine)}")
         if said:
-            warnings.warn(f"{what} at another setting ({'; '.join(said)}): {fix}", stacklevel=4)
+            warnings.warn(f"{what} at another setting ({'; '.join(said)}): {fix}", stacklevel=stacklevel + 1)
 
     def use_profile(self, stage_p90_ms: Union[Sequence[float], "LatencyProfile"]) -> None:  # ms per stage for deadline mode
         p90 = stage_p90_ms.deadline_p90(self.manifest) if hasattr(stage_p90_ms, "deadline_p90") else stage_p90_ms
         if hasattr(stage_p90_ms, "deadline_p90"):  # as use_calibration says it
             self._warn_other_setting("the profile was taken", stage_p90_ms.threads, stage_p90_ms.device,
-                                     "its p90s are another setting's: open the bundle as it was profiled, or profile it as it runs")
+                                     "its p90s are another setting's: open the bundle as it was profiled, or profile it as it runs",
+                                     stacklevel=2)
         if isinstance(p90, (str, bytes)) or not hasattr(p90, "__len__") or len(p90) != self.num_exits:
             raise ValueError(f"need one p90 per stage ({self.num_exits}) or a LatencyProfile, got {type(p90).__name__} {str(p90)[:80]}")
         self.stage_p90_ms = [positive_ms(f"p90 of stage {i + 1}", v, allow_zero=True) for i, v in enumerate(p90)]
