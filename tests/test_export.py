@@ -79,6 +79,7 @@ def test_export_target_precision(tmp_path, micro_ckpt, target, precision):
                 assert q["quantized_by_kind"]["linear"] > 0, q
                 assert (q["quantized_by_kind"]["conv"] > 0) == (q["scheme"] == "static"), q
                 assert (NO_DYNAMIC_CONV in q["excluded_ops"]) == (q["scheme"] == "dynamic"), q
+                assert q["quantized_other_ops"] == {}, q  # only linear/conv round what they hand on
         # ExecuTorch reads a tensor's memory as contiguous NCHW: a strided view (every other column) must be copied first
         x = np.random.default_rng(0).random((1, 1, 28, 56), dtype=np.float32)[..., ::2]
         assert not x.flags.c_contiguous
@@ -231,6 +232,27 @@ def test_in_graph_input_resize_is_delegated_like_the_rest(tmp_path):
         assert m.parity.passed, m.parity
         left[name] = [e.undelegated_ops for e in m.exits]
     assert left["resized"] == left["plain"]
+
+
+@pytest.mark.skipif(not get_target("executorch").available, reason="executorch not installed")
+def test_executorch_static_int8_rounds_only_linear_and_conv(tmp_path):
+    """XNNPACK's cat annotator ignores the quantizer's filter: under static int8 every cat (the class token prepended to
+    the residual stream, feature reuse's concat, relations_out) and adds after it came out rounded to int8, while the
+    manifest said only linear/conv were; counted on the converted graph now, and none are."""
+    from dvt_edge.export.common import ExitJob, exit_graphs
+    from dvt_edge.export.executorch import _quantize, for_xnnpack
+    from dvt_edge.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("dvt_t2t_micro").eval()
+    graphs = exit_graphs(model)
+    x = torch.randn(2, model.cfg.in_chans, model.cfg.img_size, model.cfg.img_size)
+    with torch.no_grad():
+        _, f, r = graphs[0].stage(x, None, None)
+    calib = [{"image": x[i:i + 1].numpy(), "features": f[i:i + 1].numpy(), "relations": r[i:i + 1].numpy()} for i in range(2)]
+    job = ExitJob(1, graphs[1], get_target("executorch"), "int8", "static", calib, tmp_path)
+    _, info = _quantize(job, for_xnnpack(graphs[1]), job.example_inputs())
+    assert info["quantized_by_kind"]["linear"] > 0 and info["quantized_other_ops"] == {}, info
 
 
 def test_stages_of_different_depths_export_and_run(tmp_path):

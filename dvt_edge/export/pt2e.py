@@ -78,11 +78,43 @@ def quantized_layers(converted: torch.fx.GraphModule) -> dict[str, int]:
     return counts
 
 
+def _rounded_for_float_ops(node: torch.fx.Node) -> bool:
+    """Whether an op other than linear/conv reads ``node``'s value rounded to int8 (through a quantize and dequantize
+    pair): a linear/conv reading its input so is what static int8 means; a float op doing so is rounding it did not ask."""
+    def _is(n, kind: str) -> bool:
+        return n.op == "call_function" and kind in str(n.target) and ("dequantize" in str(n.target)) == (kind == "dequantize")
+    for q in (u for u in node.users if _is(u, "quantize_per_tensor")):
+        for dq in (u for u in q.users if _is(u, "dequantize")):
+            if any(v.op == "output" or (v.op == "call_function" and str(v.target) not in QUANTIZED_TARGETS) for v in dq.users):
+                return True
+    return False
+
+
+# ops that move or pick values without computing new ones: a quantized linear's int8 output passes through them as such
+_LAYOUT_OPS = ("reshape", "view", "transpose", "permute", "slice", "select", "flatten", "squeeze", "unsqueeze", "expand", "clone",
+               "dropout", "contiguous")
+
+
+def quantized_other_ops(converted: torch.fx.GraphModule) -> dict[str, int]:
+    """Computing ops other than linear/conv whose output a converted graph hands to float ops (or the graph's output)
+    rounded to int8, by op: counted on the graph, as an annotator may ignore the filter (XNNPACK's ``cat`` did: the
+    residual stream's start, feature reuse's concat, relations_out). Empty when only linear/conv run quantized."""
+    counts: collections.Counter = collections.Counter()
+    for node in converted.graph.nodes:
+        t = str(node.target)
+        name = t.replace("aten.", "").split(".")[0]
+        if (node.op == "call_function" and "quantize" not in t and t not in QUANTIZED_TARGETS and name not in _LAYOUT_OPS
+                and _rounded_for_float_ops(node)):
+            counts[name] += 1
+    return dict(sorted(counts.items()))
+
+
 def layer_counts(converted: torch.fx.GraphModule, keep: LayerFilter) -> dict:
-    """The manifest's record of which layers a pt2e export quantized and which it left float."""
+    """The manifest's record of which layers a pt2e export quantized and which it left float (every other op: its
+    output is float unless ``quantized_other_ops`` names it)."""
     by_kind = quantized_layers(converted)
-    return {"quantized_layers": sum(by_kind.values()), "quantized_by_kind": by_kind,
-            "excluded_ops": dict(keep.excluded) | {"float (not linear/conv)": "add, layer_norm, softmax, gelu, matmul"}}
+    return {"quantized_layers": sum(by_kind.values()), "quantized_by_kind": by_kind, "quantized_other_ops": quantized_other_ops(converted),
+            "excluded_ops": dict(keep.excluded) | {"float (not linear/conv)": "add, cat, layer_norm, softmax, gelu, matmul"}}
 
 
 def quantize_static(graph: torch.nn.Module, example: tuple, quantizer, calib: list, input_names: list[str]) -> torch.fx.GraphModule:
