@@ -192,7 +192,7 @@ def _each_target(checkpoint: str, model_name: str, targets: list[str], precision
                 man = _reusable(bdir, checkpoint, ckpt_sha, name, prec, progress) if reuse else None
                 if man is None:
                     man = export_bundle(checkpoint, name, prec, out=str(bdir), force=True, progress=progress, verbose=verbose,
-                                        log_path=str(out / "bench-toolchains.log"), **export_opts).manifest
+                                        log_path=str(out / "bench-toolchains.log"), caller="bench", **export_opts).manifest
                 row.update(artifact_kb=[round(e.size_bytes / 1024, 1) for e in man.exits],
                            parity=man.parity.to_dict() if man.parity else None, quantization=[e.quantization.get("scheme") for e in man.exits],
                            undelegated_ops=[e.undelegated_ops for e in man.exits])
@@ -341,6 +341,10 @@ def _check_run_args(a: argparse.Namespace) -> None:
     out = Path(a.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; pass a folder for the bench's results")
+    if a.model and a.checkpoint:  # the checkpoint was ignored: random weights were timed, unsaid
+        raise ValueError(f"--model {a.model} times random weights of that architecture and --checkpoint {a.checkpoint} a trained "
+                         "file: pass one (a checkpoint's architecture is read from it)")
+    a.checkpoint = a.checkpoint or str(REFERENCE)
 
 
 def _report_main(argv: list[str]) -> int:
@@ -373,7 +377,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv and argv[0] == "report":
         return _report_main(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m dvt_edge.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", default=str(REFERENCE), help="checkpoint (default: the natural-image reference dvt_small_cifar)")
+    ap.add_argument("--checkpoint", default=None, help="checkpoint (default: the natural-image reference dvt_small_cifar)")
     ap.add_argument("--data", default=None, help=f"dataset spec: {', '.join(DATASETS)} (default: the checkpoint's evaluation set; "
                                                  "with --latency-only: int8 calibration images, default random images for --model)")
     ap.add_argument("--targets", default="all", help="all or a comma-separated list")
@@ -441,6 +445,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     written = write_outputs([r], out)
     print(markdown([r]))
     print(wrote_line(written, out, "bench"))
+    asked = [row for row in r["rows"] if row.get("target") != "eager"]  # eager PyTorch: the latency mode's own reference row
+    if asked and all(row.get("status") == "error" for row in asked):  # a report of failures only is no success
+        print(f"error: every target x precision asked for failed ({', '.join(row['target'] + ' ' + row['precision'] for row in asked)}): "
+              "see 'Failed rows' above", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -128,12 +128,12 @@ def markdown(results: list[dict]) -> str:
         if r.get("mode") == "latency":
             from dvt_edge.bench_latency import latency_markdown
 
-            out.extend(latency_markdown(r, dev))
+            out.extend(latency_markdown(r, dev) + failures_markdown(r))
             out.append("")
             continue
         if r.get("mode") == "throughput":
             out.append(f"## {r['model']} on {dev}: throughput on {r['data']}\n")
-            out.extend(throughput_markdown(r))
+            out.extend(throughput_markdown(r) + failures_markdown(r))
             out.append("")
             continue
         out.append(f"## {r['model']} on {dev}: {r['n_images']} images of {r['data']}\n")
@@ -181,9 +181,15 @@ def markdown(results: list[dict]) -> str:
                 cell = lambda v: (f"{v['accuracy']:.2f}, {v['measured_mean_ms']:.3f} ({v['error_vs_budget_pct']:+.1f}%), "
                                   f"{v['measured_p90_ms']:.3f}, " + "/".join(f"{100 * q:.0f}" for q in v["exit_fractions"]))
                 out.append(f"| {d['budget_ms']:.3f} | {cell(d)} | {cell(f)} |")
-        out.extend(throughput_markdown(r))
+        out.extend(throughput_markdown(r) + failures_markdown(r))
         out.append("")
     return "\n".join(out)
+
+
+def failures_markdown(r: dict) -> list[str]:
+    """Each failed row's whole error under the tables (a table cell shows its start: the advice at its end was cut)."""
+    failed = [row for row in r.get("rows", []) if row.get("status") not in (None, "ok") and row.get("error")]
+    return ["\nFailed rows, in full:\n"] + [f"- {row['target']} {row['precision']}: {row['error']}" for row in failed] if failed else []
 
 
 def plot(results: list[dict], path_acc: Path, path_exits: Optional[Path] = None) -> list[Path]:

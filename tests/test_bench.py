@@ -276,6 +276,7 @@ def test_flops_calibration_misses_small_budgets_on_a_slowed_stage(tmp_path):
     (["--runs", "0"], "--runs must be at least"),
     (["--runs", "-3", "--latency-only", "--model", "dvt_micro_fmnist"], "--runs must be at least"),
     (["--n", "2"], "--n must be at least 4"),
+    (["--latency-only", "--model", "dvt_micro_fmnist"], r"--model dvt_micro_fmnist times random weights .* pass one"),  # was ignored
     (["--targets", "onnx", "--precisions", "fp23"], r"--precisions \['fp23'\] not supported by onnx; valid: \['fp32', 'int8'\]"),
 ])
 def test_bad_arguments_refused_before_any_work(micro_ckpt, tmp_path, capsys, args, match):

@@ -98,6 +98,23 @@ def test_latency_only_argument_errors(capsys):
         bl.run_latency("x.pt", "dvt_micro_fmnist", ["onnx"], ["fp32"], None)
 
 
+def test_a_run_whose_every_row_failed_exits_1_and_its_advice_names_benchs_flags(tmp_path, capsys):
+    """A checkpoint no images are known for, int8: the only row failed with "pass --calib-data SPEC ..., or --scheme
+    dynamic" (export's flags: bench has --data and no --scheme), cut mid-word in bench.md, and the run exited 0."""
+    from dvt_edge.checkpoint import save_checkpoint
+    from dvt_edge.models import create_model
+
+    ck = save_checkpoint(tmp_path / "m.pt", create_model("dvt_micro_fmnist", img_size=56, splits=((12, 8, 0), (8, 5, 0), (4, 4, 0))))
+    out = tmp_path / "o"
+    assert bench.main(["--latency-only", "--checkpoint", str(ck), "--targets", "onnx", "--precisions", "int8", "--runs", "8",
+                       "--rounds", "1", "--out", str(out)]) == 1
+    assert "every target x precision asked for failed (onnx int8)" in capsys.readouterr().err
+    md = (out / "bench.md").read_text()
+    assert "- onnx int8: ExportError: int8 scheme(s) static need calibration images and none are known for this checkpoint: pass " \
+           "--data SPEC (e.g. imagefolder:PATH or npz:PATH)" in md, md
+    assert "--calib-data" not in md and "--scheme" not in md
+
+
 def test_roofline_rows_are_real():
     r = bl.gemm_roofline(threads=1, reps=1, shapes=((64, 64, 64),))
     assert {row["engine"] for row in r["rows"]} >= {"torch.mm", "onnxruntime MatMulInteger (u8 x s8)"}

@@ -204,6 +204,11 @@ class ExportOptions:
     progress: bool = True
     verbose: bool = False  # toolchain logs on the terminal instead of the log file
     log_path: Optional[str] = None
+    caller: str = "export"  # whose flags advice names: "export" (--calib-data, --scheme) or "bench" (--data)
+
+    @property
+    def data_flag(self) -> str:
+        return "--data" if self.caller == "bench" else "--calib-data"
 
     def __post_init__(self) -> None:
         for name in ("calib_n", "verify_n"):
@@ -330,14 +335,15 @@ def _prepare(dest: Path, t: Target, precision: str, opts: ExportOptions, model: 
               "dvt_t2t_vit_12 on a 2-core x86 VM (measured)", file=sys.stderr)
     spec, stand_in = (opts.calib_data, "") if opts.calib_data else checkpoint_data(model.name, info.extras, model.cfg)
     if stand_in:  # another set calibrates and verifies: said on the console and in the parity table
-        print(f"note: {stand_in} (pass --calib-data SPEC to choose)", file=sys.stderr)
+        print(f"note: {stand_in} (pass {opts.data_flag} SPEC to choose)", file=sys.stderr)
     if spec and (moved := holdout_changed(spec, info.extras)):  # its default thresholds are chosen on the holdout
         print(moved, file=sys.stderr)
     need = [s for s in schemes if s in CALIBRATED]  # weight-only and dynamic schemes calibrate nothing
     if need and spec is None:
         free = [s for s in t.int8.get("schemes", []) if s not in CALIBRATED]
         raise ExportError(f"int8 scheme(s) {', '.join(need)} need calibration images and none are known for this checkpoint: pass "
-                          "--calib-data SPEC (e.g. imagefolder:PATH or npz:PATH)" + (f", or --scheme {' or '.join(free)} (no calibration)" if free else ""))
+                          f"{opts.data_flag} SPEC (e.g. imagefolder:PATH or npz:PATH)"
+                          + (f", or --scheme {' or '.join(free)} (no calibration)" if free and opts.caller == "export" else ""))
     data = _load_data(spec, pre, opts.calib_n, opts.verify_n, need_calib=bool(need), num_classes=model.cfg.num_classes,
                       classes=info.classes)
     if stand_in:
@@ -366,7 +372,7 @@ def _prepare(dest: Path, t: Target, precision: str, opts: ExportOptions, model: 
     thresholds, thr_source = _default_thresholds(model, info, real_ref, data.verify_y)
     if thresholds is None and stand_in:  # the model's own images are not here, and the stand-in's labels are not its classes
         print(f"warning: the bundle will have no thresholds (every image runs to the last exit): {stand_in}, whose labels are not "
-              "this model's classes. Pass --calib-data SPEC with the images the model was trained on (moved? their new path)",
+              f"this model's classes. Pass {opts.data_flag} SPEC with the images the model was trained on (moved? their new path)",
               file=sys.stderr)
     return _Plan(dest, t, precision, opts, model, info, pre, graphs, schemes, data, calib_ref, real_ref, fixed_ref,
                  thresholds, thr_source, spec, checkpoint, check_inputs)
