@@ -180,6 +180,14 @@ def test_linked_folders_are_followed_once_and_a_folder_named_like_an_image_is_no
     one = next((photos / "sub" / "0").iterdir())
     assert main(["--bundle", str(onnx_bundle), str(top), str(top / "linked"), str(one), str(one), "--no-progress"]) == 0
     assert "4 images (0 unreadable)" in capsys.readouterr().out
+    # a phone's HEIC photo and a GIF beside them were skipped unsaid ("1 images (0 unreadable)", exit 0)
+    for name in ("IMG_1234.HEIC", "anim.gif", "notes"):
+        (top / name).write_bytes(b"x")
+    (top / ".DS_Store").write_bytes(b"x")  # hidden: not the user's pictures
+    assert main(["--bundle", str(onnx_bundle), str(top), "--no-progress", "--out", str(tmp_path / "p.json")]) == 0
+    err = capsys.readouterr().err
+    assert "note: skipped 3 file(s) in the folders that are not images it reads (" in err and ".heic: 1" in err and "(none): 1" in err
+    assert json.loads((tmp_path / "p.json").read_text())["skipped_files"] == {".heic": 1, ".gif": 1, "(none)": 1}
 
 
 def test_budget_from_a_calibration_and_a_deadline_from_another_devices_profile(bundle_for_calibration, photos, tmp_path, capsys):

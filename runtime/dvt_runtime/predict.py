@@ -15,6 +15,7 @@ whose coded data libjpeg finds corrupt) is listed and makes the exit code 1; the
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
 import os
 import sys
@@ -39,8 +40,9 @@ __all__ = ["SCHEMA", "image_files", "predict_files", "main"]
 SCHEMA, SCHEMA_VERSION = "dvt-predictions", 1
 
 
-def _walk(top: Path) -> list[Path]:
-    """Image files under ``top``, linked folders followed (each real folder once), hidden ones skipped; sorted."""
+def _walk(top: Path, skipped: Optional[collections.Counter] = None) -> list[Path]:
+    """Image files under ``top``, linked folders followed (each real folder once), hidden ones skipped; sorted. Other
+    (not hidden) files are counted by suffix in ``skipped``."""
     found, seen = [], set()
     for root, dirs, files in os.walk(top, followlinks=True):
         real = os.path.realpath(root)
@@ -50,16 +52,19 @@ def _walk(top: Path) -> list[Path]:
         seen.add(real)
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         found += [Path(root) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTS]
+        if skipped is not None:
+            skipped.update(Path(f).suffix.lower() or "(none)" for f in files if not f.startswith(".") and Path(f).suffix.lower() not in IMAGE_EXTS)
     return sorted(found)
 
 
-def image_files(paths: Sequence[str]) -> list[Path]:
+def image_files(paths: Sequence[str], skipped: Optional[collections.Counter] = None) -> list[Path]:
     """The files given (any name: decoding tells) and every image under the folders given (recursive, sorted); a file
-    reached twice (given twice, or a folder and its sub-folder) is read once, where it first came."""
+    reached twice (given twice, or a folder and its sub-folder) is read once, where it first came. ``skipped``: counts
+    the folders' other files by suffix (a HEIC photo, a GIF)."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = _walk(p)
+            found = _walk(p, skipped)
             if not found:
                 raise ValueError(f"{p} holds no images ({', '.join(sorted(IMAGE_EXTS))}, in it or its sub-folders)")
             out += found
@@ -197,7 +202,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 positive_ms(f"--{flag.replace('_', '-')}", getattr(args, flag))
         out = check_out_path(args.out, replaces=SCHEMA) if args.out else None
         thresholds = parse_thresholds(args.thresholds) if args.thresholds is not None else None
-        files = image_files(args.images)
+        skipped: collections.Counter = collections.Counter()
+        files = image_files(args.images, skipped)
+        if skipped:  # the training loader says so too: a folder of phone photos lost its HEIC ones unsaid
+            print(f"note: skipped {sum(skipped.values())} file(s) in the folders that are not images it reads ("
+                  + ", ".join(f"{k}: {v}" for k, v in skipped.most_common()) + f"; it reads {', '.join(sorted(IMAGE_EXTS))}): convert "
+                  "them to use them (HEIC, e.g. with pillow-heif)", file=sys.stderr)
         cv2_or_fail()  # once, not "unreadable" for every file
         bundle = open_here(args.bundle, args.device_name, threads=args.threads, providers=parse_providers(args.providers))
         if args.profile:
@@ -213,6 +223,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, OSError, BackendUnavailable) as e:  # ManifestError, InputError, CalibrationError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
+    r["skipped_files"] = dict(skipped.most_common())  # by suffix: files in the folders given that are not images it reads
     print(format_result(r))
     if out is not None:
         print(f"wrote {atomic_write_json(out, r, allow_nan=False)}")
