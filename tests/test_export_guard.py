@@ -307,3 +307,22 @@ def test_cli_model_without_checkpoint_uses_its_shipped_weights_or_says_there_are
     assert "python -m dvt_edge.bench --model dvt_t2t_vit_12 --latency-only" in err and "missing keys" not in err
     assert M.main(["--model", "dvt_t2t_vit_1", "--target", "onnx"]) == 2
     assert "unknown model 'dvt_t2t_vit_1'" in capsys.readouterr().err
+
+
+def test_the_export_table_says_the_default_thresholds_and_what_was_not_checked(onnx_bundle):
+    """A bundle's default thresholds were chosen silently (two sharp 224 px models got 0.0, 0.0: every image leaving at exit 1,
+    on 24 images), and a Core ML export on Linux read as checked with every figure '-'."""
+    import dataclasses
+
+    from dvt_edge.export.verify import format_parity
+
+    m = Manifest.load(onnx_bundle)
+    shown = ", ".join("-" if v is None else f"{v:.4g}" for v in m.thresholds[:-1])
+    text = format_parity(m)
+    assert f"default thresholds (exits 1-2): {shown} ({m.thresholds_source})" in text and "NOTE" not in text
+    assert f"WARNING: only {m.parity.n_real} images chose them, so they are rough" in text  # the fixture verifies on 50
+    many = dataclasses.replace(m, thresholds_source=m.thresholds_source.replace(f"on {m.parity.n_real} verification", "on 1000 verification"))
+    assert "WARNING" not in format_parity(many)
+    mac = dataclasses.replace(m, parity=dataclasses.replace(m.parity, checked="structural"))
+    assert "NOTE: no numerical check ran (onnxruntime does not run on this host)" in format_parity(mac)
+    assert "default thresholds: none, every image runs to the last exit" in format_parity(dataclasses.replace(m, thresholds=None))

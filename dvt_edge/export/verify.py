@@ -9,6 +9,7 @@ every comparison below is written so that a non-finite value fails it.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -20,6 +21,7 @@ from dvt_edge.export.common import ExitArtifact, ExitGraph, ExportError
 from dvt_edge.export.targets import Target
 from dvt_edge.models import DVT
 from dvt_runtime.bundle import Bundle, softmax
+from dvt_runtime.calibrate import FEW_IMAGES
 from dvt_runtime.manifest import ExitParity, ExitSpec, Manifest, ParityReport
 
 __all__ = ["FP32_TOL", "BATCH_TOL", "VERIFY_BATCH", "INT8_MIN_AGREEMENT", "torch_cascade", "verification_bundle", "open_sessions",
@@ -232,5 +234,20 @@ def format_parity(m: Manifest) -> str:
     if p.exit_decision_agreement is not None:
         lines.append(f"exit decision agreement at the default thresholds: {p.exit_decision_agreement:.2f}%, "
                      f"cascade answer agreement: {p.cascade_answer_agreement:.2f}%")
+    lines.append(_thresholds_line(m))
+    if p.checked == "structural":  # e.g. Core ML off macOS: passed means the structure only
+        lines.append(f"NOTE: no numerical check ran ({m.backend} does not run on this host): the artifacts' outputs were not compared "
+                     "with PyTorch, and the default thresholds are PyTorch's; check and calibrate where it runs (dvt-runtime calibrate)")
     lines += [f"PROBLEM: {prob}" for prob in p.problems]
     return "\n".join(lines)
+
+
+def _thresholds_line(m: Manifest) -> str:
+    """The default thresholds, where they came from, and whether so few images chose them that they are rough."""
+    if m.thresholds is None:
+        return f"default thresholds: none, every image runs to the last exit ({m.thresholds_source})"
+    shown = ", ".join("-" if v is None else f"{v:.4g}" for v in m.thresholds[:-1])
+    n = re.search(r"on (\d+) verification images", m.thresholds_source or "")
+    rough = (f"; WARNING: only {n.group(1)} images chose them, so they are rough (export with more labelled images, or calibrate "
+             "on the device)" if n and int(n.group(1)) < FEW_IMAGES else "")
+    return f"default thresholds (exits 1-{len(m.thresholds) - 1}): {shown} ({m.thresholds_source}){rough}"
