@@ -168,10 +168,17 @@ def infer_model_name(sd: dict[str, torch.Tensor]) -> tuple[str, int]:
         if best is None or score < best[0]:
             best = (score, name, diff)
     assert best is not None
+    missing, unexpected, wrong = best[2]
+    if len(unexpected) > len(got) / 2:  # most of its keys are no registered model's: "closest" would name a stranger
+        tops = sorted({k.split(".")[0] for k in got})
+        return_hint = (f"its keys start with {tops[:8]}{'...' if len(tops) > 8 else ''}, which no registered DVT has (a DVT "
+                       "checkpoint holds one network per exit, e.g. the official ones' less_less_token.* / less_token.* / "
+                       "normal_token.*): a single-network model, or another project's, cannot be loaded as a DVT")
+        raise CheckpointError(f"cannot infer the architecture: {return_hint}. Registered: {list_models()}")
     raise CheckpointError(
         f"cannot infer the architecture: no registered model matches the checkpoint's keys and shapes. "
-        f"Closest is {best[1]!r}: {_format_diff(*best[2])}. Registered: {list_models()}. "
-        "Pass model=... (CLI: --model NAME) if it is one of them."
+        f"Closest is {best[1]!r}: {_format_diff(missing, unexpected, wrong)}. Registered: {list_models()}. "
+        "Pass --model NAME (Python: model=NAME) if it is one of them."
     )
 
 
@@ -283,9 +290,16 @@ def load_checkpoint(
             model = create_model(name, num_classes=n_cls)
     missing, unexpected, wrong = _diff(_signature(model), {k: tuple(v.shape) for k, v in sd.items()})
     if missing or unexpected or wrong:
+        fits = ""
+        if not ours:  # a published file given the wrong --model: say which one it is
+            try:
+                fits = f"; it fits {infer_model_name(sd)[0]!r}: drop --model (it is inferred), or pass that name"
+            except CheckpointError:
+                pass
         raise CheckpointError(
             f"{path} does not fit model {model.name!r} ({model.cfg.num_exits} exits, embed {model.cfg.embed_dim}, "
-            f"depth {model.cfg.stage_depths or model.cfg.depth}, {model.cfg.num_classes} classes): {_format_diff(missing, unexpected, wrong)}"
+            f"depth {model.cfg.stage_depths or model.cfg.depth}, {model.cfg.num_classes} classes){fits}: "
+            f"{_format_diff(missing, unexpected, wrong)}"
         )
     model.load_state_dict(sd, strict=True)
     model.eval()

@@ -92,6 +92,16 @@ def test_wrong_arch_fails_with_keys(tmp_path):
     msg = str(e.value)
     assert "dvt_t2t_vit_14" in msg and "missing keys" in msg and "wrong-shaped keys" in msg
     assert "less_less_token.blocks.12" in msg  # T2T-14 has 14 blocks
+    assert "it fits 'dvt_t2t_vit_12': drop --model (it is inferred)" in msg  # 90 missing and 497 wrong-shaped keys, and no way out
+
+
+def test_a_single_network_checkpoint_is_not_called_close_to_the_smallest_model(tmp_path):
+    """A plain T2T-ViT state dict (one network, no per-exit prefixes) was "closest" to dvt_micro_fmnist, the model with the
+    fewest keys, and told to pass that as --model."""
+    one = {k.split(".", 1)[1]: v for k, v in published_state_dict("DVT_T2t_vit_12").items() if k.startswith("normal_token.")}
+    with pytest.raises(CheckpointError, match=r"keys start with \['blocks', .*which no registered DVT has .*less_less_token") as e:
+        load_checkpoint(save_published(tmp_path / "t2t.pth.tar", one))
+    assert "Closest" not in str(e.value) and "--model" not in str(e.value)
 
 
 def test_our_format_round_trip_rebuilds_model(tmp_path):
