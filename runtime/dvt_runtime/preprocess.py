@@ -228,14 +228,28 @@ def _pil_taps(src: int, n: int, first: int, count: int) -> tuple[np.ndarray, np.
     return np.minimum(lo[:, None] + taps[None, :], src - 1), k
 
 
+_PIL_BLOCK = 16  # outputs per matrix product: their taps span a short window of the source
+
+
 def _pil_pass(img: np.ndarray, idx: np.ndarray, k: np.ndarray, axis: int) -> np.ndarray:
-    """One of Pillow's passes along ``axis``: fixed-point sums, rounded, clipped to uint8."""
-    shape = [1] * img.ndim
-    shape[axis] = len(idx)
-    acc = np.full(img.shape[:axis] + (len(idx),) + img.shape[axis + 1:], 1 << (_PIL_BITS - 1), np.int64)
-    for t in range(idx.shape[1]):
-        acc += np.take(img, idx[:, t], axis=axis).astype(np.int64) * k[:, t].reshape(shape)
-    return np.clip(acc >> _PIL_BITS, 0, 255).astype(np.uint8)
+    """One of Pillow's passes along ``axis``: fixed-point sums, rounded, clipped to uint8.
+
+    Each block of ``_PIL_BLOCK`` outputs is one float64 matrix product over the source window its taps span: every
+    product (a uint8 times a weight below 2**23) and every partial sum is a whole number below 2**53, so float64 holds
+    them exactly in any order and the result is Pillow's integer arithmetic bit for bit (a 12-megapixel photo took
+    0.75 s tap by tap)."""
+    src = np.moveaxis(img, axis, 0)
+    rest = src.shape[1:]
+    src = src.reshape(src.shape[0], -1)  # (source pixels along axis, everything else)
+    out = np.empty((len(idx), src.shape[1]), np.uint8)
+    for j0 in range(0, len(idx), _PIL_BLOCK):
+        bi, bk = idx[j0:j0 + _PIL_BLOCK], k[j0:j0 + _PIL_BLOCK]
+        s0 = int(bi.min())
+        m = np.zeros((len(bi), int(bi.max()) + 1 - s0))  # (outputs, window) weights; a clamped tap repeats with weight 0
+        np.add.at(m, (np.arange(len(bi))[:, None], bi - s0), bk.astype(np.float64))
+        acc = (m @ src[s0:s0 + m.shape[1]].astype(np.float64)).astype(np.int64)  # exact: see above
+        out[j0:j0 + len(bi)] = np.clip((acc + (1 << (_PIL_BITS - 1))) >> _PIL_BITS, 0, 255)
+    return np.moveaxis(out.reshape((len(idx),) + rest), 0, axis)
 
 
 def _pil_resize_crop(img: np.ndarray, nh: int, nw: int, top: int = 0, left: int = 0, ch: Optional[int] = None,
