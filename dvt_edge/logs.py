@@ -9,6 +9,7 @@ the real terminal for our own progress bars and messages. ``verbose=True`` chang
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import sys
 from collections.abc import Iterator
@@ -23,11 +24,12 @@ _ANNOUNCED: set[str] = set()
 
 
 @contextlib.contextmanager
-def quiet_toolchains(log_path: Optional[Path], verbose: bool = False) -> Iterator[TextIO]:
+def quiet_toolchains(log_path: Optional[Path], verbose: bool = False, header: Optional[str] = None) -> Iterator[TextIO]:
     """Send fd 1 and 2 (and so every library's output) to ``log_path`` (appended); yield the terminal.
 
     The log's path is printed once per process. Nested uses are harmless (the inner one
-    appends to the same kind of file).
+    appends to the same kind of file). ``header``: a line written first, with the time, saying whose lines follow
+    (several exports append to one log).
     """
     if verbose or log_path is None:
         yield sys.stderr
@@ -38,6 +40,8 @@ def quiet_toolchains(log_path: Optional[Path], verbose: bool = False) -> Iterato
         _ANNOUNCED.add(str(log_path))
         print(f"toolchain logs: {log_path}", file=sys.stderr, flush=True)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+    if header:
+        os.write(fd, f"\n==== {datetime.datetime.now().isoformat(timespec='seconds')} {header} ====\n".encode())
     try:
         with output_to(fd) as terminal:
             if terminal < 0:  # no terminal to keep (a closed stderr): our messages go where Python's stderr goes

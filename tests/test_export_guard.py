@@ -253,6 +253,8 @@ def test_without_real_images_the_batch_check_runs_on_fixed_images_and_the_consol
     assert p.passed and p.n_real == 0 and p.batch_checked == 8, p
     assert all(r.max_abs_diff_batched is not None and r.max_abs_diff_batched <= 1e-4 for r in p.exits), p.exits
     assert "give images (export --calib-data, bench --data) to verify on real images" in capsys.readouterr().err
+    log = (tmp_path / "dvt-edge-export.log").read_text()  # exports append to one log: each says whose lines follow
+    assert f"export {no_data_ckpt} -> onnx fp32 at {tmp_path / 'b'} ====" in log, log[:300]
 
 
 def test_cli_int8_min_agreement(micro_ckpt, monkeypatch, capsys):

@@ -282,7 +282,7 @@ def export_bundle(checkpoint: str, target: str, precision: str = "fp32", options
     plan.tmp = tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{os.getpid()}-", dir=dest.parent))
     os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; a bundle is as readable as any folder the user makes
     try:
-        with quiet_toolchains(log, opts.verbose) as console:
+        with quiet_toolchains(log, opts.verbose, header=f"export {checkpoint} -> {t.name} {precision} at {dest}") as console:
             res = _export_into(plan, console)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -303,11 +303,11 @@ def _missing_folders(folder: Path) -> list[Path]:
 
 
 def _undo_setup(made: list[Path], new_log: Optional[Path]) -> None:
-    """After a failed export: remove the log it created if nothing was written to it, and the folders it made while
+    """After a failed export: remove the log it created if no toolchain wrote to it, and the folders it made while
     they are empty (a log with the toolchain's error in it stays, and so does its folder)."""
     with contextlib.suppress(OSError):
-        if new_log is not None and new_log.stat().st_size == 0:
-            new_log.unlink()
+        if new_log is not None and all(line.startswith("====") for line in new_log.read_text(errors="replace").splitlines() if line.strip()):
+            new_log.unlink()  # nothing in it but the header quiet_toolchains wrote
     for folder in sorted(set(made), key=lambda f: len(f.parts), reverse=True):  # deepest first
         with contextlib.suppress(OSError):
             folder.rmdir()  # only an empty folder
