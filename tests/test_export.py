@@ -52,6 +52,10 @@ def test_export_target_precision(tmp_path, micro_ckpt, target, precision):
             assert e.quantization["scheme"] in t.int8["schemes"]
     if t.backend == "coreml":
         assert m.parity.checked == "structural" and m.parity.structure_problems == []
+        for e in m.exits:  # weight compression counted on the program (small weights stay fp16; the manifest said nothing)
+            q = e.quantization
+            if q["scheme"] in ("linear", "palettize"):
+                assert 0 < q["compressed_weight_tensors"] <= q["linear_and_conv_layers"], q
     else:
         rows = m.parity.exits
         assert m.parity.n_real == 60

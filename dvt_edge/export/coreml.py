@@ -99,6 +99,10 @@ def export_exit(job: ExitJob) -> ExitArtifact:
                 cfg = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8"))
                 ml = cto.linear_quantize_weights(ml, cfg)
                 quant.update(scheme="linear", weights="int8 symmetric per-channel (linear_quantize_weights)")
+            ops = program_ops(ml.get_spec())  # what was compressed, counted on the program: small weights stay fp16
+            quant.update(compressed_weight_tensors=sum(v for k, v in ops.items() if k.startswith("constexpr_")),
+                         linear_and_conv_layers=ops["linear"] + ops["conv"],
+                         uncompressed="weights under 2048 elements (coremltools' weight_threshold) stay fp16")
     path = job.artifact
     if path.exists():
         shutil.rmtree(path)
