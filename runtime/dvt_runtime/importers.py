@@ -275,8 +275,8 @@ def import_etdump(
     are left out, and ``skip_first`` is not applied.
 
     Needs ``executorch`` (``pip install 'dvt-runtime[executorch]'``), imported here only.
-    ETDump files are written only by an ExecuTorch runtime built with
-    ``EXECUTORCH_ENABLE_EVENT_TRACER=ON`` (the pip wheel's Python runtime is not).
+    ETDump files are written by an ExecuTorch runtime with its event tracer: the pip wheel's Python runtime
+    (``profile --etdump-dir``) or a runner built with ``EXECUTORCH_ENABLE_EVENT_TRACER=ON`` (a phone's).
     """
     paths, records = _etdump_files(etdump_path, etrecord_path)
     if skip_first < 0:
