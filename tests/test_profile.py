@@ -969,7 +969,8 @@ def test_device_side_messages_name_the_real_problem(bundle_dir, tmp_path, capsys
     b = Bundle.open(bundle_copy)
     x = np.random.default_rng(0).standard_normal((12, *b.input_shape)).astype(np.float32)
     y = np.arange(12) % 10
-    for name, msg in (("", "names no device"), (".", "names no device"), ("x.json", r"name the device, not the file .* 'x'")):
+    for name, msg in (("", "names no device"), (".", "names no device"), ("x.json", r"name the device, not the file .* 'x'"),
+                      ("../../etc", r"names no device, or starts with '\.' \(a hidden file\)")):
         with pytest.raises(CalibrationError, match=msg):
             calibrate(b, x, y, 1e6, device_name=name, progress=False)
     assert not (bundle_copy / "calibration").exists()

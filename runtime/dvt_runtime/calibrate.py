@@ -325,9 +325,9 @@ def _device_for(profile, device_name: Optional[str]) -> str:
 
 def _check_device_name(name: str) -> None:
     """A device name that makes no calibration file name ('', '.', 'x.json') is refused, wherever it came from."""
-    if not name.strip() or not name.strip("."):
-        raise CalibrationError(f"device name {name!r} names no device: pass one such as 'pixel8', or drop --device-name "
-                               f"for this host ({this_host()!r})")
+    if not name.strip() or name.startswith("."):  # '', '.', or '../../etc' (calibration/.._.._etc.json, hidden from ls)
+        raise CalibrationError(f"device name {name!r} names no device, or starts with '.' (a hidden file): pass one such as 'pixel8', "
+                               f"or drop --device-name for this host ({this_host()!r})")
     if name.lower().endswith(".json"):
         stem = f": --device-name {name[:-5]!r}" if name[:-5].strip(". ") else ""
         raise CalibrationError(f"device name {name!r}: name the device, not the file (calibration/<device>.json is written for it){stem}")
