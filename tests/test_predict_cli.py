@@ -289,6 +289,8 @@ def test_out_never_replaces_a_file_that_is_not_an_earlier_result(onnx_bundle, ph
     assert photo.read_bytes() == before
     assert runtime_main(["profile", "--bundle", str(onnx_bundle), "--runs", "12", "--out", str(photo), "--no-progress"]) != 0
     assert "is not an earlier dvt-profile file" in capsys.readouterr().err and photo.read_bytes() == before
+    assert main(["--bundle", str(onnx_bundle), str(photo), "--out", str(tmp_path), "--no-progress"]) == 2  # it suggested profile.json
+    assert f"is a folder; name the file to write (e.g. {tmp_path / 'predictions.json'})" in capsys.readouterr().err
     out = tmp_path / "preds.json"  # an earlier result is replaced, as before
     assert main(["--bundle", str(onnx_bundle), str(photo), "--out", str(out), "--no-progress"]) == 0
     assert main(["--bundle", str(onnx_bundle), str(photo), "--out", str(out), "--no-progress"]) == 0

@@ -47,7 +47,8 @@ def check_out_path(path: Union[str, Path], flag: str = "--out", replaces: Option
     start), an existing file there only an earlier output of that schema (a photo given as --out was replaced)."""
     p = Path(path).expanduser()
     if p.is_dir():
-        raise ValueError(f"{flag} {p} is a folder; name the file to write (e.g. {p / 'profile.json'})")
+        example = {"dvt-predictions": "predictions.json", "dvt-profile/": "profile.json"}.get(replaces or "", "out.json")
+        raise ValueError(f"{flag} {p} is a folder; name the file to write (e.g. {p / example})")
     parent = next((q for q in [p.parent, *p.parent.parents] if q.exists()), Path("."))
     if not parent.is_dir():
         raise ValueError(f"{flag} {p}: {parent} is a file, not a folder; move that file away, or {fix}")
