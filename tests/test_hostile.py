@@ -360,6 +360,12 @@ def test_11_truncated_npz_is_a_clear_error(tmp_path):
     (tmp_path / "v.npz").write_bytes(data[: len(data) // 2])
     with pytest.raises(CalibrationError, match="not a readable .npz"):
         load_npz(str(tmp_path / "v.npz"))
+    # images of different sizes saved as a list: an object array, called "not a readable .npz archive (ValueError)"
+    ragged = np.empty(2, object)
+    ragged[:] = [np.zeros((28, 28), np.uint8), np.zeros((30, 30), np.uint8)]
+    np.savez(tmp_path / "r.npz", images=ragged, labels=np.arange(2))
+    with pytest.raises(CalibrationError, match=r"r\.npz: its 'images' array holds Python objects .* np\.stack of same-sized images"):
+        load_npz(str(tmp_path / "r.npz"))
 
 
 def test_11_float_labels_in_calibration_data(tmp_path):

@@ -116,7 +116,9 @@ def read_npz(path: Union[str, Path], need: Sequence[str], error: Callable[[str],
                     arrays[k] = z[k]
                 except ValueError:  # an object array (it would need unpickling): fatal only if needed
                     if k in need:
-                        raise
+                        raise error(f"{p}: its {k!r} array holds Python objects (a list of arrays of different sizes?), which "
+                                    f"are not unpickled for safety: save one numeric array, e.g. np.stack of same-sized images; "
+                                    f"{hint}") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise error(f"{p} is not a readable .npz archive ({type(e).__name__}); {hint}") from None
     missing = [k for k in need if k not in arrays]

@@ -127,7 +127,8 @@ class Preprocess:
             img = img[:, :, None]
         if img.ndim != 3 or img.shape[2] not in (1, 3, 4):
             hint = ("; uint8 images are (H, W, C) and a uint8 batch (N, H, W, C): a batch of gray images (N, H, W) is "
-                    "x[..., None], a channels-first image (C, H, W) is x.transpose(1, 2, 0)" if img.ndim == 3 else "")
+                    "x[..., None], a channels-first image (C, H, W) is x.transpose(1, 2, 0), a channels-first batch (N, C, H, W) "
+                    "x.transpose(0, 2, 3, 1)" if img.ndim == 3 else "")
             raise InputError(f"expected a uint8 image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got {img.shape}{hint}")
         if self.channels != "gray":  # BGR(A) reordered after the resize (_order_channels): the resize works per channel, so
             # OpenCV gives the same pixels and resizes the frame as it is instead of copying a reversed view first; a gray
