@@ -108,19 +108,19 @@ def read_npz(path: Union[str, Path], need: Sequence[str], error: Callable[[str],
         raise error(f"{p} not found ({hint})")
     import zipfile
 
-    arrays = {}
+    arrays, pickled = {}, []
     try:
         with np.load(p, allow_pickle=False) as z:
             for k in z.files:
                 try:
                     arrays[k] = z[k]
                 except ValueError:  # an object array (it would need unpickling): fatal only if needed
-                    if k in need:
-                        raise error(f"{p}: its {k!r} array holds Python objects (a list of arrays of different sizes?), which "
-                                    f"are not unpickled for safety: save one numeric array, e.g. np.stack of same-sized images; "
-                                    f"{hint}") from None
+                    pickled.append(k)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise error(f"{p} is not a readable .npz archive ({type(e).__name__}); {hint}") from None
+    if needed := [k for k in pickled if k in need]:
+        raise error(f"{p}: its {needed[0]!r} array holds Python objects (a list of arrays of different sizes?), which are not "
+                    f"unpickled for safety: save one numeric array, e.g. np.stack of same-sized images; {hint}")
     missing = [k for k in need if k not in arrays]
     if missing:
         raise error(f"{p} has no {' / '.join(repr(k) for k in missing)} array (found {sorted(arrays)}); {hint}")
