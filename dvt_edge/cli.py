@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     return dispatch(COMMANDS, usage("dvt-edge", COMMANDS, "device side (torch-free): dvt-runtime " + " | ".join(DEVICE_COMMANDS)), argv, "dvt-edge",
-                    elsewhere=dict.fromkeys(DEVICE_COMMANDS, "dvt-runtime"))
+                    elsewhere=dict.fromkeys(DEVICE_COMMANDS, "dvt-runtime"), version=__import__("dvt_edge").__version__)
 
 
 def train(argv: Optional[Sequence[str]] = None) -> int:

@@ -20,13 +20,16 @@ COMMANDS = {
 
 
 def dispatch(commands: dict[str, tuple[str, str]], usage_text: str, argv: Optional[Sequence[str]], prog: str,
-             elsewhere: Optional[dict[str, str]] = None) -> int:
+             elsewhere: Optional[dict[str, str]] = None, version: Optional[str] = None) -> int:
     """Run ``commands[argv[0]]``'s ``main`` with the rest of ``argv``; exit code 2 on a bad command (one of ``elsewhere``,
-    command -> the program that has it, is named with that program)."""
+    command -> the program that has it, is named with that program). ``--version`` prints ``version``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage_text)
         return 0 if argv else 2
+    if argv[0] in ("--version", "-V") and version:
+        print(f"{prog} {version}")
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in commands and name in (elsewhere or {}):
         import shlex
@@ -49,13 +52,15 @@ def dispatch(commands: dict[str, tuple[str, str]], usage_text: str, argv: Option
 
 def usage(prog: str, commands: dict[str, tuple[str, str]], footer: str = "") -> str:
     width = max(map(len, commands))
-    lines = [f"usage: {prog} COMMAND [ARGS...]   ({prog} COMMAND --help for its options)", "", "commands:"]
+    lines = [f"usage: {prog} COMMAND [ARGS...]   ({prog} COMMAND --help for its options; {prog} --version)", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in commands.items()]
     return "\n".join(lines + ([""] + [footer] if footer else []))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return dispatch(COMMANDS, usage("dvt-runtime", COMMANDS), argv, "dvt-runtime")
+    from dvt_runtime import __version__
+
+    return dispatch(COMMANDS, usage("dvt-runtime", COMMANDS), argv, "dvt-runtime", version=__version__)
 
 
 if __name__ == "__main__":
