@@ -10,6 +10,7 @@ measured at export, and default thresholds.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Optional, Union
@@ -280,6 +281,10 @@ class Manifest:
                     f"exit {i + 1}: artifact {e.artifact} fails its SHA-256 check (tampered or corrupted): "
                     f"manifest {e.sha256[:16]}..., file {digest[:16]}...; re-export the bundle"
                 )
+        if self.schema_version < 2 and not self.content_sha256:  # older than the digest: an edit cannot be told from the export
+            warnings.warn(f"{Path(bundle_dir) / MANIFEST_NAME} is a version-{self.schema_version} manifest, which has no digest of its "
+                          "own fields, so an edited class name, mean or shape is not detected: re-export the bundle to seal it",
+                          stacklevel=3)
         if (self.schema_version >= 2 or self.content_sha256) and self.content_sha256 != self.content_digest():  # after the artifacts: their errors are more precise
             raise ManifestError(f"{Path(bundle_dir) / MANIFEST_NAME} was edited after export (its content_sha256 does not match "
                                 "its fields: a changed class name, mean or shape would give wrong answers); re-export the bundle, "
