@@ -320,6 +320,9 @@ EXPORT_MINUTES_224 = {("onnx", "fp32"): "about 2 minutes", ("onnx", "int8"): "ab
                       ("executorch", "fp32"): "about 4 minutes", ("executorch", "int8"): "about 15 minutes (every scheme tried)"}
 
 
+_SAID: set[str] = set()  # warnings already printed in this process
+
+
 def _backends_here() -> list[str]:
     from dvt_runtime.backends import available_backends
 
@@ -337,7 +340,8 @@ def _prepare(dest: Path, t: Target, precision: str, opts: ExportOptions, model: 
     spec, stand_in = (opts.calib_data, "") if opts.calib_data else checkpoint_data(model.name, info.extras, model.cfg)
     if stand_in:  # another set calibrates and verifies: said on the console and in the parity table
         print(f"note: {stand_in} (pass {opts.data_flag} SPEC to choose)", file=sys.stderr)
-    if spec and (moved := holdout_changed(spec, info.extras)):  # its default thresholds are chosen on the holdout
+    if spec and (moved := holdout_changed(spec, info.extras)) and moved not in _SAID:  # its thresholds are chosen on the holdout
+        _SAID.add(moved)  # once per process: bench exports one bundle per target and precision from the same data
         print(moved, file=sys.stderr)
     need = [s for s in schemes if s in CALIBRATED]  # weight-only and dynamic schemes calibrate nothing
     if need and spec is None:
