@@ -114,7 +114,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             ap.error(problem)
         if flag == "--stats":  # a file that is not an earlier stats file (a bundle's manifest.json was replaced)
             try:
-                check_out_path(p, flag, replaces=STATS_SCHEMA)
+                check_out_path(p, flag, replaces=STATS_SCHEMA, example="stats.json")
             except ValueError as e:
                 ap.error(str(e))
         setattr(args, flag[2:], str(p))  # written where it was checked (a quoted '~/x.png' too)

@@ -132,8 +132,8 @@ def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[s
         raise ValueError(f"--out {out_path} exists; pass --force to replace it and its model card")
     if card_file.exists() and not force:  # another file's card, or the user's notes
         raise ValueError(f"the model card {card_file} exists; pass --force to replace it, or --card another path")
-    for what, p in (("--out", out_path), ("the model card", card_file)):  # found now, not after the evaluation (the file moved
-        check_out_path(p, what)                                            # into place without its card)
+    for what, p, example in (("--out", out_path, "model.pt"), ("the model card", card_file, "MODEL_CARD.md")):  # found now, not
+        check_out_path(p, what, example=example)                           # after the evaluation (the file moved into place without its card)
     last = run_dir / "last.pt"
     if not last.is_file():
         raise CheckpointError(f"{last} not found: --run must be a training run directory (python -m dvt_edge.train --out RUN)")

@@ -595,6 +595,14 @@ def test_json_import(tmp_path):
     p.write_text("not json")
     with pytest.raises(ProfileError, match="not valid JSON"):
         import_json(p)
+    # a nested NaN fact is nulled as a top-level one is (it was warned about, then refused); the file is named once
+    p.write_text(json.dumps({"stages_ms": STAGES, "device": {"cpu_mhz": float("nan"), "temps": [40.0, float("inf")]}, "notes": None}))
+    with pytest.warns(UserWarning, match=r"\['cpu_mhz', 'temps\[1\]'\] are not finite numbers; recorded as null"):
+        assert import_json(p).device["temps"] == [40.0, None]
+    p.write_text(json.dumps({"stages_ms": STAGES, "threads": 0}))
+    with pytest.raises(ProfileError) as e:
+        import_json(p)
+    assert str(e.value).count(str(p)) == 1, str(e.value)
 
 
 def test_cli_import_csv_json(tmp_path, capsys):

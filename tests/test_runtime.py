@@ -261,6 +261,10 @@ def test_calibrate_finds_a_bundle_it_cannot_write_before_any_work(bundle_copy, v
         calibrate(b, x[:40], y[:40], 1e6, device_name="dev", runs=10, warmup=2, progress=False)
     assert time.perf_counter() - t0 < 2.0
     (bundle_copy / "calibration").unlink()
+    (bundle_copy / "calibration" / "dev.json").mkdir(parents=True)  # a folder where the file goes: its name is not the user's to choose
+    with pytest.raises(CalibrationError, match=r"dev\.json is a folder; it is in the way: move it away, or calibrate a writable copy"):
+        calibrate(b, x[:40], y[:40], 1e6, device_name="dev", runs=10, warmup=2, progress=False)
+    (bundle_copy / "calibration" / "dev.json").rmdir()
     if os.geteuid() != 0:  # root writes anywhere: only another user meets a read-only folder this way
         bundle_copy.chmod(0o555)
         try:
@@ -451,9 +455,13 @@ def test_an_onnxruntime_that_cannot_load_the_artifact_says_which_and_why(onnx_bu
     model = onnx.load(str(onnx_bundle / e.artifact))
     model.ir_version = 99  # newer than any onnxruntime here reads, as 10 was for 1.17
     onnx.save(model, str(tmp_path / e.artifact))
-    with pytest.raises(BackendUnavailable, match=rf"onnxruntime \S+ cannot load {e.artifact} \(\w+: .*IR version.*\); this bundle needs "
-                                                 rf"onnxruntime >= {MIN_ORT}"):
+    with pytest.raises(BackendUnavailable, match=rf"onnxruntime \S+ cannot load {e.artifact} \(\w+: .*IR version.*\); execution "
+                                                 r"providers that take its operators .* or re-export the bundle"):  # not "needs >= 1.18"
         OrtSession(tmp_path / e.artifact, [i.name for i in e.inputs], [o.name for o in e.outputs], threads=1)
+    from dvt_runtime.backends import check_options
+
+    with pytest.raises(ValueError, match=r"execution providers \(--providers\) are ONNX Runtime's; this bundle runs on executorch"):
+        check_options("executorch", {"providers": ["CPUExecutionProvider"]})  # profile/calibrate/predict died with a TypeError
     toml = (Path(__file__).parents[1] / "runtime" / "pyproject.toml").read_text()
     assert f'onnx = ["onnxruntime>={MIN_ORT}"]' in toml
     broken = str(_missing("onnxruntime", ImportError("")))

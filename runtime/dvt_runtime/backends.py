@@ -14,6 +14,7 @@ import contextlib
 import importlib
 import os
 import platform
+import re
 import stat
 import sys
 import tempfile
@@ -154,9 +155,10 @@ class OrtSession(Session):
         except Exception as e:  # noqa: BLE001  onnxruntime's own Fail/InvalidGraph/...: the artifact's hash was checked, so this host's build
             why = str(e).strip()  # ORT's reason comes last, after the path and a C++ signature
             why = why if len(why) <= 300 else "..." + why[-300:]
-            raise BackendUnavailable(f"onnxruntime {ort.__version__} cannot load {path.name} ({type(e).__name__}: {why}); "
-                                     f"this bundle needs onnxruntime >= {MIN_ORT} (pip install -U 'dvt-runtime[onnx]') and "
-                                     "execution providers that take its operators") from None
+            old = tuple(int(v) for v in re.findall(r"\d+", ort.__version__)[:2]) < tuple(int(v) for v in MIN_ORT.split("."))
+            fix = (f"this bundle needs onnxruntime >= {MIN_ORT}: pip install -U 'dvt-runtime[onnx]'" if old else
+                   "execution providers that take its operators (drop --providers to run on the CPU), or re-export the bundle")
+            raise BackendUnavailable(f"onnxruntime {ort.__version__} cannot load {path.name} ({type(e).__name__}: {why}); {fix}") from None
         got = [i.name for i in self.sess.get_inputs()]
         if sorted(got) != sorted(self.input_names):
             from dvt_runtime.manifest import ManifestError  # the artifact is wrong, not the host: never "unavailable"
@@ -294,6 +296,8 @@ def check_options(backend: str, opts: dict) -> None:
     """Refuse options the backend does not take (a misspelled ``provider=`` silently ran on the CPU)."""
     valid = BACKEND_OPTIONS.get(backend, ())
     bad = sorted(k for k in opts if k not in valid)
+    if bad == ["providers"]:  # a command's --providers: one clear error, not a TypeError's traceback
+        raise ValueError(f"execution providers (--providers) are ONNX Runtime's; this bundle runs on {backend}: drop them")
     if bad:
         raise TypeError(f"{backend} bundles take no option(s) {bad}; valid: {list(valid) + ['threads', 'verify', 'device_name']}")
     prov = opts.get("providers")

@@ -364,7 +364,7 @@ def _check_request(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: floa
         raise CalibrationError(f"{target} holds device {theirs!r}'s calibration, which this one would replace: choose a "
                                f"device name that differs from {theirs!r} in a letter or digit")
     try:  # a read-only bundle (a system folder, an image mount) was found only when the work was done
-        check_out_path(target, "calibration file", fix="calibrate a writable copy of the bundle (calibrations are saved in it)")
+        check_out_path(target, "calibration file", fix="calibrate a writable copy of the bundle (calibrations are saved in it)", example=None)
     except ValueError as e:
         raise CalibrationError(str(e)) from None
     if not 0 < holdout < 1:

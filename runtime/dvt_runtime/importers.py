@@ -34,12 +34,21 @@ _CSV_LAYOUTS = ("wide 'stage1_ms,stage2_ms,...' (one row per iteration), "
                 "or long 'exit,ms' (one row per sample, exit 1-based)")
 
 
+def _nulled(obj: Any, where: str, bad: list[str]) -> Any:
+    """``obj`` with every NaN or infinity nested in it made None, their paths appended to ``bad``."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        bad.append(where)
+        return None
+    if isinstance(obj, dict):
+        return {k: _nulled(v, f"{where}.{k}" if where else str(k), bad) for k, v in obj.items()}
+    return [_nulled(v, f"{where}[{i}]", bad) for i, v in enumerate(obj)] if isinstance(obj, list) else obj
+
+
 def _device_from(file_device: Any, device_name: Optional[str]) -> dict[str, Any]:
-    device = dict(file_device) if isinstance(file_device, dict) else {"device_name": device_name}
-    bad = sorted(k for k, v in device.items() if isinstance(v, float) and not math.isfinite(v))
+    bad: list[str] = []
+    device = _nulled(dict(file_device), "", bad) if isinstance(file_device, dict) else {"device_name": device_name}
     if bad:  # facts, not latencies: an unknown reading is null (a NaN would make the profile unwritable as JSON)
-        warnings.warn(f"device fact(s) {bad} are not finite numbers; recorded as null", stacklevel=3)
-        device.update({k: None for k in bad})
+        warnings.warn(f"device fact(s) {sorted(bad)} are not finite numbers; recorded as null", stacklevel=3)
     if device_name:
         device["device_name"] = device_name
     return device
@@ -65,7 +74,7 @@ def _named(where: str) -> Iterator[None]:
     try:
         yield
     except ProfileError as e:
-        raise ProfileError(f"{where}: {e}") from None
+        raise (e if str(e).startswith(where) else ProfileError(f"{where}: {e}")) from None
 
 
 def _numbered(header: list[str], pattern: re.Pattern) -> Optional[list[int]]:
@@ -188,7 +197,7 @@ def import_json(path: PathLike, device_name: Optional[str] = None) -> LatencyPro
     if not isinstance(data, list) or not data or not all(isinstance(s, list) for s in data):
         raise ProfileError(f"{p}: '{key}' must be a non-empty list of per-exit sample lists")
     stages = data if key == "stages_ms" else _stages_from_cumulative(data, str(p))
-    notes = d.get("notes", [])
+    notes = d.get("notes") or []  # null: none
     if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):  # a plain string was dropped unsaid
         raise ProfileError(f"{p}: 'notes' must be a list of strings, got {notes!r}")
     with _named(str(p)):

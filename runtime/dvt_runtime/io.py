@@ -41,14 +41,17 @@ def atomic_write(path: Union[str, Path], data: bytes) -> Path:
     return path
 
 
-def check_out_path(path: Union[str, Path], flag: str = "--out", replaces: Optional[str] = None, fix: str = "choose another path") -> Path:
+def check_out_path(path: Union[str, Path], flag: str = "--out", replaces: Optional[str] = None, fix: str = "choose another path",
+                   example: Optional[str] = "out.json") -> Path:
     """A file to be written after long work, checked first: not a folder, its folder creatable and writable
     (a bad path found only at the end loses the work), and, given ``replaces`` (a JSON schema name or its
-    start), an existing file there only an earlier output of that schema (a photo given as --out was replaced)."""
+    start), an existing file there only an earlier output of that schema (a photo given as --out was replaced).
+    ``example``: a file name to suggest inside a folder given instead of a file (None: the path is not the user's
+    to choose, so the folder is in the way)."""
     p = Path(path).expanduser()
     if p.is_dir():
-        example = {"dvt-predictions": "predictions.json", "dvt-profile/": "profile.json"}.get(replaces or "", "out.json")
-        raise ValueError(f"{flag} {p} is a folder; name the file to write (e.g. {p / example})")
+        raise ValueError(f"{flag} {p} is a folder; " + (f"name the file to write (e.g. {p / example})" if example else
+                                                         f"it is in the way: move it away, or {fix}"))
     parent = next((q for q in [p.parent, *p.parent.parents] if q.exists()), Path("."))
     if not parent.is_dir():
         raise ValueError(f"{flag} {p}: {parent} is a file, not a folder; move that file away, or {fix}")

@@ -200,7 +200,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for flag in ("budget_ms", "deadline_ms"):
             if getattr(args, flag) is not None:
                 positive_ms(f"--{flag.replace('_', '-')}", getattr(args, flag))
-        out = check_out_path(args.out, replaces=SCHEMA) if args.out else None
+        out = check_out_path(args.out, replaces=SCHEMA, example="predictions.json") if args.out else None
         thresholds = parse_thresholds(args.thresholds) if args.thresholds is not None else None
         skipped: collections.Counter = collections.Counter()
         files = image_files(args.images, skipped)

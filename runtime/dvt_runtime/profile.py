@@ -304,7 +304,7 @@ def _measure(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     if args.batch < 1:
         ap.error(f"--batch must be >= 1, got {args.batch}")
     if args.out:
-        check_out_path(args.out, "--out", replaces="dvt-profile/")
+        check_out_path(args.out, "--out", replaces="dvt-profile/", example="profile.json")
     from dvt_runtime.bundle import Bundle
 
     if args.etdump_dir and (backend := Manifest.load(args.bundle, verify=False).backend) != "executorch":
@@ -340,7 +340,7 @@ def _import(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
         ap.error("--etrecord goes with --etdump")
     if args.skip_first is not None and not args.etdump:  # a CSV's or JSON's rows are all kept: it was silently ignored
         ap.error("--skip-first goes with --etdump: leave warm-up rows out of the CSV or JSON itself")
-    check_out_path(args.out, "--out", replaces="dvt-profile/")
+    check_out_path(args.out, "--out", replaces="dvt-profile/", example="profile.json")
     if args.threads is not None and args.threads < 1:
         ap.error(f"--threads must be >= 1, got {args.threads}")
     manifest = Manifest.load(args.bundle) if args.bundle else None
