@@ -198,7 +198,7 @@ def _each_target(checkpoint: str, model_name: str, targets: list[str], precision
                            undelegated_ops=[e.undelegated_ops for e in man.exits])
                 measure(row, bdir, t)
             except Exception as e:  # a failing target is a row, not a crash
-                row.update(status="error", error=f"{type(e).__name__}: {str(e).strip()[:500]}", traceback=traceback.format_exc(limit=3))
+                row.update(status="error", error=f"{type(e).__name__}: {str(e).strip()[:4000]}", traceback=traceback.format_exc(limit=3))
             row["seconds"] = round(time.time() - t0, 1)
             rows.append(row)
             if progress:

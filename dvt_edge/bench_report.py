@@ -189,7 +189,15 @@ def markdown(results: list[dict]) -> str:
 def failures_markdown(r: dict) -> list[str]:
     """Each failed row's whole error under the tables (a table cell shows its start: the advice at its end was cut)."""
     failed = [row for row in r.get("rows", []) if row.get("status") not in (None, "ok") and row.get("error")]
-    return ["\nFailed rows, in full:\n"] + [f"- {row['target']} {row['precision']}: {row['error']}" for row in failed] if failed else []
+    if not failed:
+        return []
+    out = ["\nFailed rows, in full:\n"]
+    for row in failed:  # a multi-line error (a parity table) stays inside its list item, as code
+        first, _, rest = str(row["error"]).partition("\n")
+        out.append(f"- {row['target']} {row['precision']}: {first}")
+        if rest:
+            out += ["", "  ```", *(f"  {line}" for line in rest.splitlines()), "  ```"]
+    return out
 
 
 def plot(results: list[dict], path_acc: Path, path_exits: Optional[Path] = None) -> list[Path]:

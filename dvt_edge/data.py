@@ -273,6 +273,8 @@ def data_for_checkpoint(data: Optional[str], model_name: str, extras: Optional[d
     if data:
         if held := held_out_part(data, recorded_train_args(extras).get("data")):
             print(f"note: {data} is the file this model trained on, 90% of it: {held} (its held-out 10%) is used", file=sys.stderr)
+            if warning := holdout_changed(held, extras):  # the file changed since: its 10% is other images
+                print(warning, file=sys.stderr)
             return held, ""  # the whole file would score the images trained on as its val split
         if warning := holdout_changed(data, extras):
             print(warning, file=sys.stderr)

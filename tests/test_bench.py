@@ -411,6 +411,18 @@ def test_throughput_rows_share_their_images_and_each_says_whether_it_matched(onn
     assert "| 3 (each pass's last call 1) |" in md and md.count("last call") == 1
 
 
+def test_failed_rows_are_listed_whole_under_the_tables():
+    """A table cell shows an error's start: the advice at its end was cut mid-word; a parity table broke the list."""
+    from dvt_edge.bench_report import failures_markdown
+
+    err = "ExportError: verification failed (export it ... --reuse-bundles):\nexit  grid\n   1   4x4"
+    lines = failures_markdown({"rows": [{"target": "onnx", "precision": "int8", "status": "error", "error": err},
+                                        {"target": "onnx", "precision": "fp32", "status": "ok"}]})
+    assert lines[1:] == ["- onnx int8: ExportError: verification failed (export it ... --reuse-bundles):", "", "  ```", "  exit  grid",
+                         "     1   4x4", "  ```"], lines
+    assert failures_markdown({"rows": [{"status": "ok"}]}) == []
+
+
 def test_halvings_line_leads_with_the_matched_splits():
     """The all-splits median mixes in splits that missed the match: it never leads as a plain figure."""
     from dvt_edge.bench_report import halvings_line

@@ -232,6 +232,10 @@ def test_a_failed_agreement_names_the_agreement_option_and_the_api_offers_no_all
                       int8_min_agreement=100.0, verify_n=200)
     assert "--no-verify" not in str(e.value)
     assert [p.name for p in tmp_path.rglob("*")] == ["mine"]
+    with pytest.raises(ExportError, match=r"verification failed \(export it with python -m dvt_edge.export --checkpoint .* --target onnx "
+                                          r"--precision int8 --out .* --int8-min-agreement none, then rerun the bench with --reuse-bundles"):
+        export_bundle(str(micro_ckpt), "onnx", "int8", scheme="dynamic", out=str(tmp_path / "b"), progress=False, int8_min_agreement=100.0,
+                      verify_n=200, caller="bench")  # bench has no --int8-min-agreement
     with pytest.raises(ValueError) as e:
         get_target("al")
     assert "'all'" not in str(e.value)

@@ -539,6 +539,8 @@ def test_an_npz_without_a_split_is_trained_on_90_percent_and_validated_on_the_re
              classes=np.array(["a", "b", "c"]))
     evaluate_checkpoint(str(tmp_path / "r" / "last.pt"), progress=False)
     assert "has changed since the model was trained on it: its held-out 10% is drawn from the file's images" in capsys.readouterr().err
+    evaluate_checkpoint(str(tmp_path / "r" / "last.pt"), data=f"npz:{tmp_path / 'one.npz'}", progress=False)  # the file named
+    assert "has changed since the model was trained on it" in capsys.readouterr().err
     with pytest.raises(DataError, match=r"--resume: .*one.npz#holdout changed since the run started \(the file's SHA-256 is"):
         train(build_parser().parse_args(["--model", "dvt_micro_fmnist", "--data", f"npz:{tmp_path / 'one.npz'}", "--epochs", "1",
                                          "--threads", "1", "--quiet", "--out", str(tmp_path / "r"), "--resume"]))
