@@ -161,16 +161,18 @@ def infer_model_name(sd: dict[str, torch.Tensor]) -> tuple[str, int]:
     for name in list_models():
         with torch.device("meta"):
             m = create_model(name, num_classes=n_cls) if n_cls is not None else create_model(name)
-        diff = _diff(_signature(m), got)
-        score = sum(len(d) for d in diff)
-        if score == 0:
+        sig = _signature(m)
+        diff = _diff(sig, got)
+        if not any(diff):
             return name, n_cls if n_cls is not None else m.cfg.num_classes
+        # closest: the most keys of the same name and shape, then the fewest differences (not the model with fewest keys)
+        score = (-sum(got.get(k) == v for k, v in sig.items()), sum(len(d) for d in diff))
         if best is None or score < best[0]:
-            best = (score, name, diff)
+            best = (score, name, diff, {k.split(".")[0] for k in sig})
     assert best is not None
     missing, unexpected, wrong = best[2]
-    if len(unexpected) > len(got) / 2:  # most of its keys are no registered model's: "closest" would name a stranger
-        tops = sorted({k.split(".")[0] for k in got})
+    tops = sorted({k.split(".")[0] for k in got})
+    if len(unexpected) > len(got) / 2 and not best[3] & set(tops):  # none of a DVT's per-exit networks: "closest" names a stranger
         return_hint = (f"its keys start with {tops[:8]}{'...' if len(tops) > 8 else ''}, which no registered DVT has (a DVT "
                        "checkpoint holds one network per exit, e.g. the official ones' less_less_token.* / less_token.* / "
                        "normal_token.*): a single-network model, or another project's, cannot be loaded as a DVT")
