@@ -84,7 +84,7 @@ class Bundle:
         self.input_shape: tuple[int, ...] = tuple(manifest.exits[0].inputs[0].shape[1:])  # (C, H, W) of one image
         self._value_range = manifest.preprocess.value_range  # what preprocessed input can hold (raw 0-255 floats are refused)
         if device_name:
-            self.use_calibration(device_name, missing_ok=True)
+            self.use_calibration(device_name, missing_ok=True, _stacklevel=4)  # warnings point at Bundle.open's caller
 
     # ------------------------------------------------------------------ open
     @classmethod
@@ -141,7 +141,7 @@ class Bundle:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in device_name)
         return self.path / "calibration" / (f"{safe}.json" if batch == 1 else f"{safe}-batch{int(batch)}.json")
 
-    def use_calibration(self, device_name: str, missing_ok: bool = False, batch: int = 1) -> Optional[Calibration]:
+    def use_calibration(self, device_name: str, missing_ok: bool = False, batch: int = 1, _stacklevel: int = 2) -> Optional[Calibration]:
         """Use ``calibration/<device>.json`` (or the one made at ``batch`` images per call): its thresholds,
         per-stage p90 and budget table.
 
@@ -175,7 +175,7 @@ class Bundle:
         prof = cal.profile if isinstance(cal.profile, dict) else {}
         self._warn_other_setting(f"{p} was calibrated", prof.get("threads"), prof.get("device"),
                                  "its latencies (and the thresholds they chose) are another setting's: open the bundle as it was "
-                                 "calibrated, or recalibrate", stacklevel=4)
+                                 "calibrated, or recalibrate", stacklevel=_stacklevel)
         with self._budget_lock:  # a new table: a fresh controller, and every budget may warn again
             self.controller = None
             self._warned_budgets.clear()
