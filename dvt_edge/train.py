@@ -35,7 +35,9 @@ from dvt_edge.batches import augment, batches, epoch_shard, eval_batch_size, eva
 from dvt_edge.checkpoint import CheckpointError, _state_dict_of, checkpoint_model_name, read_checkpoint, save_checkpoint
 from dvt_edge.data import DATASETS, DataError, ImageSet, default_preprocess, default_train_data, load_dataset
 from dvt_edge.models import DVT, create_model, list_models, model_defaults, model_from_args
+from dvt_edge.resume import resume_run
 from dvt_edge.transfer import transfer_weights
+from dvt_runtime.cli import GivenParser
 from dvt_runtime.io import atomic_write_json, run_cli, save_png, silenced_progress
 from dvt_runtime.io import progress as progress_bar
 from dvt_runtime.preprocess import Preprocess
@@ -97,15 +99,18 @@ def _plot_metrics(history: list[dict], path: Path) -> None:
 # ----------------------------------------------------------------------------- train
 
 
+BATCH_224 = 32  # --batch-size of a 224 px model when none is given (the default 128 is the 28-32 px models')
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m dvt_edge.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = GivenParser(prog="python -m dvt_edge.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="registered model (default: --finetune's or --resume's architecture, else "
                     f"{COLOR_MODEL} for colour --data, {DEFAULT_MODEL} for grayscale): {', '.join(list_models())}")
     ap.add_argument("--data", default=None, help="dataset spec (default: the model's training set, cifar10-jpeg for dvt_small_cifar, "
                                                  f"fashion-mnist for the *_fmnist models): {', '.join(DATASETS)}")
     ap.add_argument("--epochs", type=int, default=20, help="default 20")
     ap.add_argument("--out", required=True, help="run directory (checkpoints, metrics)")
-    ap.add_argument("--batch-size", type=int, default=128, help="per process (default 128)")
+    ap.add_argument("--batch-size", type=int, default=128, help=f"per process (default 128; {BATCH_224} for a 224 px model)")
     ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the cosine schedule (default 1e-3)")
     ap.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default 0.05)")
     ap.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up, in epochs (default 1)")
@@ -170,6 +175,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--distill-temp must be a finite positive number, got {temp}")
     if args.label_smoothing >= 1 or (args.drop_path is not None and not 0 <= args.drop_path < 1):
         raise ValueError("--label-smoothing and --drop-path must be in [0, 1)")
+    if args.warmup_epochs >= args.epochs:  # a one-epoch fine-tune ended at the peak rate
+        warnings.warn(f"--warmup-epochs {args.warmup_epochs:g} covers all {args.epochs} epoch(s): the learning rate only rises to "
+                      "--lr and never decays; pass --warmup-epochs below --epochs", stacklevel=2)
 
 
 @dataclass
@@ -218,13 +226,14 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def _train(args: argparse.Namespace) -> dict:
+    given = args.__dict__.pop("_given", None)  # the flags the command line set (GivenParser): --resume keeps the run's others
     check_args(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"--out {out} is a file; pass a folder for the run (checkpoints and metrics go there)")
     rank, world, device = _init_processes(args)
     log = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
-    resume_state = _resume_state(args, out)  # a resumed run without --data or --model: its own
+    resume_state = resume_run(args, out, vars(build_parser().parse_args(["--out", "x"])), given)  # without --data, --model: its own
     if args.model is None and (args.finetune or not args.data):  # a fine-tune without --model: the checkpoint's architecture
         args.model = checkpoint_model_name(args.finetune, args.trust_checkpoint) if args.finetune else DEFAULT_MODEL
         if args.finetune:
@@ -244,10 +253,16 @@ def _train(args: argparse.Namespace) -> dict:
         log(f"note: --model {args.model} ({'colour, 32 px' if colour else 'grayscale, 28 px'}: {args.data} is {'colour' if colour else 'grayscale'}); "
             "pass --model NAME to choose (python -m dvt_edge.zoo lists them)" + (f", or --finetune {COLOR_REFERENCE} (the CIFAR-10 reference)" if colour else ""))
     model = _build_model(args, resume_state, train_ds, val_ds, log)
+    if given is not None and "batch_size" not in given and resume_state is None and model.cfg.img_size >= 224:
+        args.batch_size = BATCH_224  # the small models' 128 needs about 19 GB at 224 px (measured below)
+        log(f"note: --batch-size {BATCH_224} for a {model.cfg.img_size} px model (fine-tuning dvt_t2t_vit_12 on a CPU peaked at 2.4 GB "
+            "at batch 8 and 5.7 GB at 32; the small models' 128 would need about 19 GB); pass --batch-size to choose")
     run = _setup_run(args, rank, world, device, log, model, train_ds, val_ds, holdout)
     state = _RunState() if resume_state is None else _restore(run, resume_state, out / "last.pt")
     _prepare_batches(run)
     t_run = time.time()
+    if resume_state is not None and state.start_epoch >= args.epochs:
+        log(f"note: {out} finished its {args.epochs} epoch(s): nothing left to train (continue it with --finetune {out / 'last.pt'})")
     for epoch in range(state.start_epoch, args.epochs):
         train_loss, train_time = _train_epoch(run, epoch)
         rngs, gens = _gather_rng_states(run)
@@ -271,51 +286,6 @@ def _init_processes(args: argparse.Namespace) -> tuple[int, int, torch.device]:
     if args.threads:
         torch.set_num_threads(args.threads)
     return rank, world, device
-
-
-def _resume_state(args: argparse.Namespace, out: Path) -> Optional[dict]:
-    """The checkpoint to resume from (``--resume``), after the resume / overwrite checks, before anything is touched."""
-    last, best_path = out / "last.pt", out / "best.pt"
-    if args.resume:
-        if not last.is_file():
-            raise CheckpointError(f"--resume: {last} not found (nothing to resume); drop --resume to start a new run")
-        resume_state = read_checkpoint(last)
-        stored = resume_state.get("model", {})
-        args.model = args.model or stored.get("name")
-        if stored.get("name") != args.model:
-            raise CheckpointError(
-                f"--resume: {last} is a checkpoint of model {stored.get('name')!r}, not {args.model!r}; "
-                f"pass --model {stored.get('name')} or another --out"
-            )
-        run_args = json.loads(resume_state.get("train", {}).get("args", "{}"))
-        args.data = _data.resumed_spec(args.data, run_args.get("data"))  # the run's own data when --data is not given again
-        _check_resume_args(run_args, args, last)
-        return resume_state
-    if args.finetune and Path(args.finetune).resolve() in (last.resolve(), best_path.resolve()):
-        # the run would overwrite its own starting point (and its lineage would name itself)
-        raise CheckpointError(f"--finetune {args.finetune} is a checkpoint this run writes in --out {out}: copy it elsewhere "
-                              f"first, or fine-tune into another --out")
-    if (last.exists() or best_path.exists()) and not args.force:
-        raise CheckpointError(f"{out} already holds checkpoints; pass --resume to continue that run or --force to start over")
-    return None
-
-
-RESUME_MAY_CHANGE = {"out", "resume", "force", "quiet", "workers", "threads", "trust_checkpoint", "finetune", "amp"}
-
-
-def _check_resume_args(stored: dict, args: argparse.Namespace, last: Path) -> None:
-    """``--resume`` continues the run as it was started: a flag that shapes it (schedule, data, seed, loss)
-    may not change, or the resumed run would silently differ from the one the checkpoint records."""
-    defaults = vars(build_parser().parse_args(["--out", "x"]))
-    now = vars(args)
-    diff = {k: (stored.get(k, defaults.get(k)), v) for k, v in now.items()
-            if k not in RESUME_MAY_CHANGE and stored.get(k, defaults.get(k)) != v
-            and not (k == "data" and _data.same_data(stored.get(k), v))}  # a run recorded before paths were made absolute
-    if diff:
-        raise CheckpointError(
-            f"--resume: {last} was started with other settings: "
-            + ", ".join(f"--{k.replace('_', '-')} {a!r} (now {b!r})" for k, (a, b) in sorted(diff.items()))
-            + "; resume with the run's own flags, or start a new run from it with --finetune " + str(last))
 
 
 def _load_splits(data: str, train_limit: Optional[int] = None, val_limit: Optional[int] = None,
@@ -487,6 +457,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         train(args)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the last finished epoch is in OUT/last.pt
+        if (Path(args.out) / "last.pt").is_file():
+            print(f"resume with: python -m dvt_edge.train --out {args.out} --resume", file=sys.stderr)
+        raise
     except (CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

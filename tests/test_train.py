@@ -95,7 +95,7 @@ def test_resume_with_another_model_is_refused(tmp_path):
     assert (tmp_path / "last.pt").read_bytes() == before
 
 
-def test_resume_with_other_run_settings_is_refused(tmp_path):
+def test_resume_with_other_run_settings_is_refused(tmp_path, capsys):
     """--resume continues the run as started: a new --epochs would re-plan the LR curve, a new --lr be overridden
     by the saved optimizer, a new --train-limit change the images mid-run. Refused, naming each flag; threads may change."""
     def run(*extra: str):
@@ -107,11 +107,45 @@ def test_resume_with_other_run_settings_is_refused(tmp_path):
         run("--epochs", "2", "--lr", "0.5", "--resume")
     assert (tmp_path / "last.pt").read_bytes() == before
     run("--epochs", "1", "--threads", "2", "--resume")  # the thread count may differ (nothing left to train)
+    # `--out RUN --resume` alone goes on with the run's own flags (it was refused as other settings: every flag retyped)
+    capsys.readouterr()
+    train(build_parser().parse_args(["--out", str(tmp_path), "--resume", "--quiet"]))
+    err = capsys.readouterr()
+    assert "note: --resume goes on with the run's own --batch-size 64, --epochs 1" in err.err
+    assert f"note: {tmp_path} finished its 1 epoch(s): nothing left to train" in err.out  # it printed "training ..." and stopped
     ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
     ckpt["train"]["rng"] = ckpt["train"]["rng"] * 2  # as if run by two processes: steps per epoch would differ
     torch.save(ckpt, tmp_path / "last.pt")
     with pytest.raises(CheckpointError, match=r"run with 2 process\(es\), this run has 1"):
         run("--epochs", "1", "--resume")
+
+
+def test_a_224px_run_without_batch_size_takes_a_batch_that_fits_and_a_warmup_covering_the_run_warns(tmp_path, capsys, monkeypatch):
+    """The README's fine-tune of a published 224 px checkpoint ran at the default batch 128: about 19 GB of memory (batch 32
+    peaked at 5.7 GB); a one-epoch run with the default 1-epoch warm-up ended at the peak learning rate, unsaid."""
+    import cv2
+    import numpy as np
+
+    import dvt_edge.train as T
+
+    seen = {}
+
+    def stop(args, *a, **k):  # everything before the first batch, then stop
+        seen["batch"] = args.batch_size
+        raise SystemExit(0)
+
+    monkeypatch.setattr(T, "_setup_run", stop)
+    for c in ("a", "b"):
+        (tmp_path / "f" / "train" / c).mkdir(parents=True)
+        for i in range(12):
+            cv2.imwrite(str(tmp_path / "f" / "train" / c / f"{i}.png"), np.full((40, 40, 3), 10 * i + (100 if c == "a" else 0), np.uint8))
+    base = ["--model", "dvt_deit_small", "--data", f"imagefolder:{tmp_path / 'f'}", "--epochs", "1", "--quiet", "--out", str(tmp_path / "r")]
+    with pytest.warns(UserWarning, match=r"--warmup-epochs 1 covers all 1 epoch\(s\): the learning rate only rises"), pytest.raises(SystemExit):
+        train(build_parser().parse_args(base))
+    assert seen["batch"] == 32 and "note: --batch-size 32 for a 224 px model" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        train(build_parser().parse_args([*base, "--batch-size", "128", "--warmup-epochs", "0.5"]))
+    assert seen["batch"] == 128  # given: kept
 
 
 def test_finetune_onto_new_classes_reinitialises_heads(tmp_path):
@@ -368,7 +402,7 @@ def test_resume_without_data_takes_the_runs_own(micro_ckpt, monkeypatch):
     args = build_parser().parse_args(["--model", "dvt_micro_fmnist", "--epochs", "1", "--train-limit", "2000", "--val-limit", "200",
                                       "--batch-size", "64", "--lr", "1e-2", "--warmup-epochs", "0.1", "--no-augment", "--threads", "1",
                                       "--quiet", "--resume", "--out", str(micro_ckpt.parent)])
-    assert args.data is None and T._resume_state(args, micro_ckpt.parent) is not None
+    assert args.data is None and T.resume_run(args, micro_ckpt.parent, vars(build_parser().parse_args(["--out", "x"]))) is not None
     assert args.data == "fashion-mnist"
 
 
@@ -482,7 +516,7 @@ def test_a_folder_that_changes_while_it_is_read_is_refused(tmp_path, monkeypatch
     moving = iter([{"files": 4, "sha256": "a"}, {"files": 5, "sha256": "b"}])
     monkeypatch.setattr(D, "holdout_of", lambda spec: next(moving))
     monkeypatch.setattr("dvt_edge.train._load_splits", lambda *a: (None, None))
-    with pytest.raises(D.DataError, match=r"changed while its images were read .*train again once the folder is settled"):
+    with pytest.raises(D.DataError, match=r"changed while its images were read, and with no val/ folder .*train again once it is settled"):
         train(build_parser().parse_args(["--model", "dvt_micro_fmnist", "--data", f"imagefolder:{tmp_path}", "--epochs", "1",
                                          "--quiet", "--out", str(tmp_path / "r")]))
 

@@ -7,10 +7,27 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 from collections.abc import Sequence
 from typing import Optional
+
+
+class GivenParser(argparse.ArgumentParser):
+    """An ArgumentParser whose namespace also says which options the command line set (``_given``, a set of dests):
+    e.g. ``train --resume`` takes the run's own value of every flag not given."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        if namespace is not None:  # a sub-parse (or a caller's namespace): as argparse does
+            return super().parse_known_args(args, namespace)
+        unset = object()  # argparse fills only the attributes a namespace lacks: those left unset were not given
+        probe = argparse.Namespace(**{a.dest: unset for a in self._actions if a.dest != argparse.SUPPRESS})
+        given = {k for k, v in vars(super().parse_known_args(args, probe)[0]).items() if v is not unset}
+        ns, rest = super().parse_known_args(args, None)
+        ns._given = given
+        return ns, rest
+
 
 COMMANDS = {
     "predict": ("dvt_runtime.predict", "run the early-exit cascade on image files and folders: class, confidence, exit, ms"),

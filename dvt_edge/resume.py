@@ -1,0 +1,69 @@
+"""``train --resume``: which checkpoint a run continues from, with the flags it was started with."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from dvt_edge import data as _data
+from dvt_edge.checkpoint import CheckpointError, read_checkpoint
+
+__all__ = ["RESUME_MAY_CHANGE", "resume_run"]
+
+#: flags a resumed run may change (how it runs, not what it computes)
+RESUME_MAY_CHANGE = {"out", "resume", "force", "quiet", "workers", "threads", "trust_checkpoint", "finetune", "amp"}
+
+
+def resume_run(args: argparse.Namespace, out: Path, defaults: dict[str, Any], given: Optional[set[str]] = None) -> Optional[dict]:
+    """The checkpoint to resume from (``--resume``), after the resume / overwrite checks, before anything is touched.
+
+    ``defaults``: the parser's defaults; ``given``: the flags the command line set (None: all of them). A resumed run
+    takes the run's own value of every flag not given (``--out RUN --resume`` continues it as started); a given one that
+    differs is refused."""
+    last, best_path = out / "last.pt", out / "best.pt"
+    if args.resume:
+        if not last.is_file():
+            raise CheckpointError(f"--resume: {last} not found (nothing to resume); drop --resume to start a new run")
+        resume_state = read_checkpoint(last)
+        stored = resume_state.get("model", {})
+        args.model = args.model or stored.get("name")
+        if stored.get("name") != args.model:
+            raise CheckpointError(
+                f"--resume: {last} is a checkpoint of model {stored.get('name')!r}, not {args.model!r}; "
+                f"pass --model {stored.get('name')} or another --out"
+            )
+        run_args = json.loads(resume_state.get("train", {}).get("args", "{}"))
+        args.data = _data.resumed_spec(args.data, run_args.get("data"))  # the run's own data when --data is not given again
+        _check_resume_args(run_args, args, last, defaults, given)
+        return resume_state
+    if args.finetune and Path(args.finetune).resolve() in (last.resolve(), best_path.resolve()):
+        # the run would overwrite its own starting point (and its lineage would name itself)
+        raise CheckpointError(f"--finetune {args.finetune} is a checkpoint this run writes in --out {out}: copy it elsewhere "
+                              f"first, or fine-tune into another --out")
+    if (last.exists() or best_path.exists()) and not args.force:
+        raise CheckpointError(f"{out} already holds checkpoints; pass --resume to continue that run or --force to start over")
+    return None
+
+
+def _check_resume_args(stored: dict, args: argparse.Namespace, last: Path, defaults: dict[str, Any], given: Optional[set[str]]) -> None:
+    """``--resume`` continues the run as it was started: a flag that shapes it (schedule, data, seed, loss) takes the
+    run's value when not given, and may not be given another, or the resumed run would silently differ from the one the
+    checkpoint records."""
+    now = vars(args)
+    diff = {k: (stored.get(k, defaults.get(k)), v) for k, v in now.items()
+            if k not in RESUME_MAY_CHANGE and not k.startswith("_") and stored.get(k, defaults.get(k)) != v
+            and not (k == "data" and _data.same_data(stored.get(k), v))}  # a run recorded before paths were made absolute
+    taken = {k: a for k, (a, _) in diff.items() if given is not None and k not in given}
+    for k, a in taken.items():  # not on the command line: the run's own
+        setattr(args, k, a)
+    if taken:
+        print("note: --resume goes on with the run's own " + ", ".join(f"--{k.replace('_', '-')} {a!r}" for k, a in sorted(taken.items())),
+              file=sys.stderr)
+    if diff := {k: v for k, v in diff.items() if k not in taken}:
+        raise CheckpointError(
+            f"--resume: {last} was started with other settings: "
+            + ", ".join(f"--{k.replace('_', '-')} {a!r} (now {b!r})" for k, (a, b) in sorted(diff.items()))
+            + "; resume with the run's own flags (or leave them out), or start a new run from it with --finetune " + str(last))
