@@ -22,6 +22,7 @@ from dvt_edge.export import ExportError, export_bundle
 from dvt_edge.export.install import check_destination, recover_leftovers
 from dvt_edge.export.targets import TARGETS, get_target
 from dvt_edge.references import REFERENCES
+from dvt_runtime.bundle import Bundle
 from dvt_runtime.manifest import Manifest
 
 
@@ -332,3 +333,13 @@ def test_the_export_table_says_the_default_thresholds_and_what_was_not_checked(o
     mac = dataclasses.replace(m, parity=dataclasses.replace(m.parity, checked="structural"))
     assert "NOTE: no numerical check ran (onnxruntime does not run on this host)" in format_parity(mac)
     assert "default thresholds: none, every image runs to the last exit" in format_parity(dataclasses.replace(m, thresholds=None))
+    from dvt_runtime.predict import _thresholds_source  # predict said only "the manifest's"
+
+    assert _thresholds_source(Bundle.open(onnx_bundle), None, None) == (f"the manifest's (chosen at export on only {m.parity.n_real} "
+                                                                        "images: rough; calibrate this device)")
+
+
+def test_too_few_labelled_images_choose_no_default_thresholds(micro_ckpt, tmp_path):
+    """4 held-out photos chose 0, 0: every image left at exit 1, out-of-class photos too."""
+    m = export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(tmp_path / "b"), verify_n=30, progress=False).manifest
+    assert m.thresholds is None and m.thresholds_source.startswith("none (only 30 labelled images, fewer than 50: too few"), m.thresholds_source

@@ -159,6 +159,9 @@ def _default_thresholds(model: DVT, info: CheckpointInfo, ref_logits: Optional[l
         return t + [None], f"checkpoint dynamic_threshold row {row} of {info.thresholds.shape[0]}"
     if ref_logits is None or labels is None:
         return None, "none (no labelled images of the model's classes to choose them on)"
+    if len(labels) < MIN_THRESHOLD_IMAGES:  # 4 held-out photos chose 0, 0: every image left at exit 1, unsaid at predict time
+        return None, (f"none (only {len(labels)} labelled images, fewer than {MIN_THRESHOLD_IMAGES}: too few to choose thresholds "
+                      "on; every image runs to the last exit until this device is calibrated with dvt_runtime.calibrate)")
     from dvt_runtime.search import ExitOutputs, StageCosts, search_thresholds
 
     probs = np.stack([softmax(lg.astype(np.float64)) for lg in ref_logits])  # float64, as the runtime decides
@@ -321,6 +324,7 @@ EXPORT_MINUTES_224 = {("onnx", "fp32"): "about 2 minutes", ("onnx", "int8"): "ab
 
 
 _SAID: set[str] = set()  # warnings already printed in this process
+MIN_THRESHOLD_IMAGES = 50  # fewer labelled images choose no default thresholds
 
 
 def _backends_here() -> list[str]:

@@ -21,7 +21,7 @@ from dvt_edge.export.common import ExitArtifact, ExitGraph, ExportError
 from dvt_edge.export.targets import Target
 from dvt_edge.models import DVT
 from dvt_runtime.bundle import Bundle, softmax
-from dvt_runtime.calibrate import FEW_IMAGES
+from dvt_runtime.checks import FEW_IMAGES
 from dvt_runtime.manifest import ExitParity, ExitSpec, Manifest, ParityReport
 
 __all__ = ["FP32_TOL", "BATCH_TOL", "VERIFY_BATCH", "INT8_MIN_AGREEMENT", "torch_cascade", "verification_bundle", "open_sessions",

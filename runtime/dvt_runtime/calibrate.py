@@ -32,7 +32,7 @@ import numpy as np
 from dvt_runtime.backends import PROVIDERS_HELP, BackendUnavailable, parse_providers
 from dvt_runtime.bundle import Bundle, softmax
 from dvt_runtime.calibration import SCHEMA, BudgetRow, Calibration, CalibrationError, Chosen, bundle_identity, validate_calibration  # noqa: F401  (re-exported)
-from dvt_runtime.checks import positive_ms
+from dvt_runtime.checks import FEW_IMAGES, positive_ms
 from dvt_runtime.device import check_batch_memory, profiled_here, this_host  # noqa: F401  (re-exported)
 from dvt_runtime.io import atomic_write_json, check_out_path
 from dvt_runtime.io import progress as _bar
@@ -286,7 +286,6 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
     return result
 
 
-FEW_IMAGES = 200  # below this many images to search on or to check on, a calibration says its accuracies are rough
 
 
 def _few_images(n_cal: int, n_hold: int, metric: str) -> str:

@@ -14,6 +14,9 @@ class InputError(ValueError):
     """An input of the wrong shape, dtype or with non-finite values."""
 
 
+FEW_IMAGES = 200  # below this many images to search on or to check on, thresholds and accuracies are said to be rough
+
+
 class NonFiniteOutput(ValueError):
     """An exit produced NaN or infinite logits: the answer would be meaningless."""
 
