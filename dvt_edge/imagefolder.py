@@ -180,7 +180,9 @@ def holdout_indices(labels: np.ndarray, split: str, base: Path, classes: list[st
     why = why or f"imagefolder: {base} has no val/ folder"
     n_val = int(round(HOLDOUT_FRACTION * len(labels)))
     if n_val < len(classes) or n_val >= len(labels):
-        raise DataError(f"{why} and too few images ({len(labels)}) to hold out {HOLDOUT_FRACTION:.0%} for validation")
+        need = next(n for n in range(len(labels), 100 * len(classes) + 100) if len(classes) <= int(round(HOLDOUT_FRACTION * n)) < n)
+        raise DataError(f"{why} and too few images ({len(labels)}) to hold out {HOLDOUT_FRACTION:.0%} for validation with one image "
+                        f"of each of its {len(classes)} classes: {need} or more are needed{fix}")
     val_idx = stratified_subset(labels, n_val, HOLDOUT_SEED)
     if split == "val":
         return val_idx

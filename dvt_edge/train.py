@@ -149,7 +149,11 @@ def _finetune_init(model: DVT, path: str, trusted: bool, classes: Optional[list[
     same_classes = src_classes is None or classes is None or list(src_classes) == list(classes)
     t = transfer_weights(model, src, skip=lambda k: not same_classes and ".head." in k)
     if t.loaded < t.total // 2:
-        raise CheckpointError(f"--finetune {path}: only {t.loaded} of {t.total} tensors fit model {model.name!r}; is it the same architecture?")
+        try:  # a wrong --model: name the checkpoint's own
+            hint = f"the checkpoint is {checkpoint_model_name(path, trusted)!r}: drop --model (it is the checkpoint's) or pass that name"
+        except (CheckpointError, ValueError, KeyError):
+            hint = "is it the same architecture?"
+        raise CheckpointError(f"--finetune {path}: only {t.loaded} of {t.total} tensors fit model {model.name!r}; {hint}")
     why = "" if same_classes else " (heads re-initialised: the checkpoint's classes differ from the data's)"
     moved = _data.holdout_changed(data, ckpt, "the --finetune checkpoint") if data else ""
     return f"fine-tuning from {path}: {t.summary()}{why}" + (f"\n{moved}" if moved else "")

@@ -108,7 +108,8 @@ def test_imagefolder_bad_layouts(tmp_path):
     with pytest.raises(DataError, match=r"no readable image.*\['b'\]"):
         load_dataset(f"imagefolder:{tmp_path}", "train")
     cv2.imwrite(str(tmp_path / "train" / "b" / "y.png"), np.ones((8, 8), np.uint8))
-    with pytest.raises(DataError, match="no val/ folder and too few images"):
+    with pytest.raises(DataError, match=r"no val/ folder and too few images \(2\) to hold out 10% for validation with one image of each of "
+                                        r"its 2 classes: 15 or more are needed, or a val/ folder"):  # it said only "too few"
         load_dataset(f"imagefolder:{tmp_path}", "val")
     # the class folders themselves given (a split folder, or no split folders made): the error says what to give
     with pytest.raises(DataError, match=rf"no val/ folder in {tmp_path / 'train'}.*class folders \['a', 'b'\].*imagefolder:{tmp_path}$"):

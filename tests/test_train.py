@@ -146,6 +146,12 @@ def test_a_224px_run_without_batch_size_takes_a_batch_that_fits_and_a_warmup_cov
     with pytest.raises(SystemExit):
         train(build_parser().parse_args([*base, "--batch-size", "128", "--warmup-epochs", "0.5"]))
     assert seen["batch"] == 128  # given: kept
+    from dvt_edge.checkpoint import save_checkpoint
+    from dvt_edge.models import create_model
+
+    ck = save_checkpoint(tmp_path / "t2t.pt", create_model("dvt_t2t_micro"), classes=["a", "b"])
+    with pytest.raises(CheckpointError, match=r"only \d+ of \d+ tensors fit model 'dvt_deit_small'; the checkpoint is 'dvt_t2t_micro': drop --model"):
+        train(build_parser().parse_args([*base, "--finetune", str(ck), "--force"]))  # it asked "is it the same architecture?"
 
 
 def test_finetune_onto_new_classes_reinitialises_heads(tmp_path):
