@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 
 import cv2
@@ -188,6 +189,15 @@ def test_linked_folders_are_followed_once_and_a_folder_named_like_an_image_is_no
     err = capsys.readouterr().err
     assert "note: skipped 3 file(s) in the folders that are not images it reads (" in err and ".heic: 1" in err and "(none): 1" in err
     assert json.loads((tmp_path / "p.json").read_text())["skipped_files"] == {".heic": 1, ".gif": 1, "(none)": 1}
+    assert "convert HEIC photos to JPEG" in err
+    from dvt_runtime.predict import image_files
+
+    (top / "inner").mkdir()
+    (top / "inner" / "more.heic").write_bytes(b"x")
+    (top / "inner" / "a.png").write_bytes(one.read_bytes())
+    counted = collections.Counter()
+    image_files([str(top), str(top / "inner")], counted)  # a folder and its sub-folder: each file once (more.heic was counted twice)
+    assert counted == {".heic": 2, ".gif": 1, "(none)": 1}, counted
 
 
 def test_budget_from_a_calibration_and_a_deadline_from_another_devices_profile(bundle_for_calibration, photos, tmp_path, capsys):

@@ -41,9 +41,9 @@ __all__ = ["SCHEMA", "image_files", "predict_files", "main"]
 SCHEMA, SCHEMA_VERSION = "dvt-predictions", 1
 
 
-def _walk(top: Path, skipped: Optional[collections.Counter] = None) -> list[Path]:
+def _walk(top: Path, skipped: Optional[dict] = None) -> list[Path]:
     """Image files under ``top``, linked folders followed (each real folder once), hidden ones skipped; sorted. Other
-    (not hidden) files are counted by suffix in ``skipped``."""
+    (not hidden) files go into ``skipped`` (real path -> suffix)."""
     found, seen = [], set()
     for root, dirs, files in os.walk(top, followlinks=True):
         real = os.path.realpath(root)
@@ -53,8 +53,9 @@ def _walk(top: Path, skipped: Optional[collections.Counter] = None) -> list[Path
         seen.add(real)
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         found += [Path(root) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTS]
-        if skipped is not None:
-            skipped.update(Path(f).suffix.lower() or "(none)" for f in files if not f.startswith(".") and Path(f).suffix.lower() not in IMAGE_EXTS)
+        if skipped is not None:  # by real path: a folder given with its sub-folder counts each file once
+            skipped.update({os.path.realpath(Path(root) / f): Path(f).suffix.lower() or "(none)" for f in files
+                            if not f.startswith(".") and Path(f).suffix.lower() not in IMAGE_EXTS})
     return sorted(found)
 
 
@@ -63,9 +64,10 @@ def image_files(paths: Sequence[str], skipped: Optional[collections.Counter] = N
     reached twice (given twice, or a folder and its sub-folder) is read once, where it first came. ``skipped``: counts
     the folders' other files by suffix (a HEIC photo, a GIF)."""
     out: list[Path] = []
+    others: dict = {}
     for p in map(Path, paths):
         if p.is_dir():
-            found = _walk(p, skipped)
+            found = _walk(p, others)
             if not found:
                 raise ValueError(f"{p} holds no images ({', '.join(sorted(IMAGE_EXTS))}, in it or its sub-folders)")
             out += found
@@ -73,6 +75,8 @@ def image_files(paths: Sequence[str], skipped: Optional[collections.Counter] = N
             out.append(p)
         else:
             raise ValueError(f"{p}: no such file or folder ({p.resolve()}): check the path")
+    if skipped is not None:
+        skipped.update(others.values())
     seen: set[str] = set()
     return [f for f in out if not ((real := os.path.realpath(f)) in seen or seen.add(real))]
 
@@ -210,8 +214,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         files = image_files(args.images, skipped)
         if skipped:  # the training loader says so too: a folder of phone photos lost its HEIC ones unsaid
             print(f"note: skipped {sum(skipped.values())} file(s) in the folders that are not images it reads ("
-                  + ", ".join(f"{k}: {v}" for k, v in skipped.most_common()) + f"; it reads {', '.join(sorted(IMAGE_EXTS))}): convert "
-                  "them to use them (HEIC, e.g. with pillow-heif)", file=sys.stderr)
+                  + ", ".join(f"{k}: {v}" for k, v in skipped.most_common()) + f"; it reads {', '.join(sorted(IMAGE_EXTS))})"
+                  + ("; convert HEIC photos to JPEG to use them (e.g. with pillow-heif)" if skipped.keys() & {".heic", ".heif"} else ""),
+                  file=sys.stderr)
         cv2_or_fail()  # once, not "unreadable" for every file
         bundle = open_here(args.bundle, args.device_name, threads=args.threads, providers=parse_providers(args.providers))
         if args.profile:
