@@ -34,8 +34,11 @@ def throughput(bundle, x: np.ndarray, y: Optional[np.ndarray], thresholds: list,
     batches = list(dict.fromkeys(batches))  # a repeated size is measured (and reported) once
     runs: dict[int, list[tuple[dict, dict]]] = {bs: [] for bs in batches if bs <= len(x)}
     failed = {bs: f"only {len(x)} images to measure on" for bs in batches if bs not in runs}
-    whole = math.lcm(*runs) if runs and math.lcm(*runs) <= len(x) else max(runs, default=1)
-    m = len(x) // whole * whole  # every batch size on the same images, in whole calls of every size when they fit
+    big = max(runs, default=1)
+    lcm = math.lcm(*runs) if runs else 1
+    # every batch size on the same images: in whole calls of every size when that keeps 90% of them, else of the largest
+    whole = lcm if len(x) // lcm * lcm >= 0.9 * (len(x) // big * big) else big
+    m = len(x) // whole * whole
     for rnd in range(rounds):
         order = (never, thresholds) if rnd % 2 == 0 else (thresholds, never)  # which side runs first alternates per round
         for bs in [b for b in runs if b not in failed]:

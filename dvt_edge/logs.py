@@ -40,9 +40,9 @@ def quiet_toolchains(log_path: Optional[Path], verbose: bool = False, header: Op
         _ANNOUNCED.add(str(log_path))
         print(f"toolchain logs: {log_path}", file=sys.stderr, flush=True)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
-    if header:
-        os.write(fd, f"\n==== {datetime.datetime.now().isoformat(timespec='seconds')} {header} ====\n".encode())
     try:
+        if header:
+            os.write(fd, f"\n==== {datetime.datetime.now().isoformat(timespec='seconds')} {header} ====\n".encode())
         with output_to(fd) as terminal:
             if terminal < 0:  # no terminal to keep (a closed stderr): our messages go where Python's stderr goes
                 yield sys.stderr

@@ -400,8 +400,11 @@ def test_throughput_rows_share_their_images_and_each_says_whether_it_matched(onn
     x, y = rng.normal(size=(21, *b.input_shape)).astype(np.float32), rng.integers(0, 10, 21)
     rows = throughput(b, x, y, [0.0, 0.0], [1, 3, 8], rounds=1)  # every image stops at exit 1
     assert [r["n"] for r in rows] == [16, 16, 16] and [r["last_call"] for r in rows] == [1, 1, 8]  # 24 (all whole) > 21
-    rows34 = throughput(b, x, y, [0.0, 0.0], [3, 4], rounds=1)  # whole calls of both sizes when they have a multiple <= n
-    assert [(r["n"], r["last_call"]) for r in rows34] == [(12, 3), (12, 4)]
+    x130, y130 = rng.normal(size=(130, *b.input_shape)).astype(np.float32), rng.integers(0, 10, 130)
+    rows34 = throughput(b, x130, y130, [0.0, 0.0], [3, 4], rounds=1)  # whole calls of both when that keeps 90% of the images
+    assert [(r["n"], r["last_call"]) for r in rows34] == [(120, 3), (120, 4)]
+    rows34 = throughput(b, x, y, [0.0, 0.0], [3, 4], rounds=1)  # 12 of 21 would be too few: whole calls of 4, a short one of 3
+    assert [(r["n"], r["last_call"]) for r in rows34] == [(20, 2), (20, 4)]
     assert len({r["dynamic_accuracy"] for r in rows}) == 1 and len(rows[0]["static_images_per_s_rounds"]) == 1
     assert all(r["within_match"] is (r["dynamic_accuracy"] >= r["static_accuracy"] - 0.2 - 1e-9) for r in rows)
     rows[1].update(within_match=False, static_accuracy=50.0, dynamic_accuracy=40.0)

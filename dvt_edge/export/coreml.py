@@ -100,9 +100,10 @@ def export_exit(job: ExitJob) -> ExitArtifact:
                 ml = cto.linear_quantize_weights(ml, cfg)
                 quant.update(scheme="linear", weights="int8 symmetric per-channel (linear_quantize_weights)")
             ops = program_ops(ml.get_spec())  # what was compressed, counted on the program: small weights stay fp16
-            quant.update(compressed_weight_tensors=sum(v for k, v in ops.items() if k.startswith("constexpr_")),
+            quant.update(compressed_constants=sum(v for k, v in ops.items() if k.startswith("constexpr_")),
                          linear_and_conv_layers=ops["linear"] + ops["conv"],
-                         uncompressed="weights under 2048 elements (coremltools' weight_threshold) stay fp16")
+                         uncompressed="constants under 2048 elements (coremltools' weight_threshold) stay fp16; the compressed "
+                                      "ones are mostly linear/conv weights, a few feed other ops")
     path = job.artifact
     if path.exists():
         shutil.rmtree(path)
