@@ -301,6 +301,10 @@ def _load_splits(data: str, train_limit: Optional[int] = None, val_limit: Option
         raise DataError(f"{data} has {train_ds.num_classes} class(es) ({train_ds.classes}); a classifier needs at least 2")
     if val_ds.classes != train_ds.classes:
         raise DataError(f"train and val class lists differ: {train_ds.classes} vs {val_ds.classes}")
+    for flag, n in (("--train-limit", train_limit), ("--val-limit", val_limit)):
+        if n is not None and n < train_ds.num_classes:  # a seeded subset of fewer images than classes leaves classes out
+            warnings.warn(f"{flag} {n} is fewer than the {train_ds.num_classes} classes: {train_ds.num_classes - n} class(es) have no "
+                          f"image in that split; pass at least {train_ds.num_classes}", stacklevel=3)
     return train_ds, val_ds
 
 

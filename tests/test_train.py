@@ -85,6 +85,15 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     assert [h["val_acc"] for h in ha] == [h["val_acc"] for h in hb]
 
 
+def test_a_limit_below_the_class_count_is_warned(tmp_path):
+    """--train-limit 2 on 3 classes trained on 2 of them without a word."""
+    from dvt_edge.train import _load_splits
+
+    with pytest.warns(UserWarning, match=r"--train-limit 4 is fewer than the 10 classes: 6 class\(es\) have no image in that split"):
+        tr, _ = _load_splits("fashion-mnist", train_limit=4, val_limit=50)
+    assert len(set(tr.labels.tolist())) == 4
+
+
 def test_resume_with_another_model_is_refused(tmp_path):
     args = build_parser().parse_args([*QUICK, "--epochs", "1", "--train-limit", "200", "--out", str(tmp_path)])
     train(args)
