@@ -33,7 +33,7 @@ from dvt_edge.data import (
     same_data,
     scoring_set,
 )
-from dvt_runtime.checks import numbered
+from dvt_runtime.checks import FEW_IMAGES, numbered
 from dvt_runtime.io import atomic_write_json, save_png
 from dvt_runtime.search import ExitOutputs, StageCosts, evaluate_thresholds, pareto_frontier, sweep_thresholds
 
@@ -161,8 +161,10 @@ def artifact_accuracy(b, x: np.ndarray, y: np.ndarray, torch_acc: list[float]) -
 
 
 def format_report(r: dict) -> str:
-    lines = [f"{r['model']} on {r['data']} [{r['split']}], {r['n']} images", *([f"note: {r['data_note']}"] if r.get("data_note") else []), "",
-             f"{'exit':>4}  {'tokens':>7}  {'cum. GFLOPs':>12}  {'top-1 %':>8}"]
+    few = (f"note: only {r['n']} images: each is {100 / r['n']:.2g} points of accuracy, so these figures are rough (score at least "
+           f"{FEW_IMAGES})") if r["n"] < FEW_IMAGES else ""
+    lines = [f"{r['model']} on {r['data']} [{r['split']}], {r['n']} images", *([f"note: {r['data_note']}"] if r.get("data_note") else []),
+             *([few] if few else []), "", f"{'exit':>4}  {'tokens':>7}  {'cum. GFLOPs':>12}  {'top-1 %':>8}"]
     for e in r["exits"]:
         lines.append(f"{e['exit']:>4}  {e['grid']:>7}  {e['gflops']:>12.4f}  {e['top1']:>8.2f}")
     lines += ["", f"FLOPs-budget curve ({len(r['budget_curve'])} budgets, thresholds from {r['threshold_selection']}); Pareto points:",

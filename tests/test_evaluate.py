@@ -41,7 +41,11 @@ def test_evaluate_writes_report(tmp_path, capsys):
     assert [e["top1"] for e in r["exits"]] == pytest.approx(want, abs=1e-9)
     assert evaluate_exits(m, sub)[0] == pytest.approx(want, abs=1e-9)
     assert (tmp_path / "ev" / "evaluate.png").stat().st_size > 1000
-    assert "FLOPs-budget curve" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "FLOPs-budget curve" in out and "note: only" not in out  # 300 images: no small-sample note
+    from dvt_edge.evaluate import format_report
+
+    assert "note: only 4 images: each is 25 points of accuracy, so these figures are rough" in format_report(dict(r, n=4))
 
 
 def test_threshold_images_say_whose_training_images_they_are(micro_ckpt, tmp_path, capsys):
