@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--workers", type=int, default=2, help="data-loading workers for file-backed datasets")
     ap.add_argument("--train-limit", type=int, default=None, help="train on a seeded, class-stratified random N of the training images (quick runs)")
     ap.add_argument("--val-limit", type=int, default=None, help="evaluate on a seeded, class-stratified random N of the validation images")
-    ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt exactly")
+    ap.add_argument("--resume", action="store_true", help="continue the run in OUT from OUT/last.pt exactly, with its own flags "
+                                                          "(those not given again; one given with another value is refused)")
     ap.add_argument("--force", action="store_true", help="start over even if OUT already holds checkpoints")
     ap.add_argument("--finetune", default=None, help="initialise from a checkpoint (published or ours); heads re-initialised unless its classes are the data's")
     ap.add_argument("--distill", type=float, default=0.0,
