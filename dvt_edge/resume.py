@@ -54,7 +54,7 @@ def _check_resume_args(stored: dict, args: argparse.Namespace, last: Path, defau
     checkpoint records."""
     now = vars(args)
     diff = {k: (stored.get(k, defaults.get(k)), v) for k, v in now.items()
-            if k not in RESUME_MAY_CHANGE and not k.startswith("_") and stored.get(k, defaults.get(k)) != v
+            if k not in RESUME_MAY_CHANGE and stored.get(k, defaults.get(k)) != v
             and not (k == "data" and _data.same_data(stored.get(k), v))}  # a run recorded before paths were made absolute
     taken = {k: a for k, (a, _) in diff.items() if given is not None and k not in given}
     for k, a in taken.items():  # not on the command line: the run's own

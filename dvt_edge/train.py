@@ -231,7 +231,7 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def _train(args: argparse.Namespace) -> dict:
-    given = args.__dict__.pop("_given", None)  # the flags the command line set (GivenParser): --resume keeps the run's others
+    given = getattr(args, "given_flags", None)  # the flags the command line set (GivenParser): --resume keeps the run's others
     check_args(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():

@@ -326,12 +326,12 @@ def test_the_export_table_says_the_default_thresholds_and_what_was_not_checked(o
     m = Manifest.load(onnx_bundle)
     shown = ", ".join("-" if v is None else f"{v:.4g}" for v in m.thresholds[:-1])
     text = format_parity(m)
-    assert f"default thresholds (exits 1-2): {shown} ({m.thresholds_source})" in text and "NOTE" not in text
-    assert f"WARNING: only {m.parity.n_real} images chose them, so they are rough" in text  # the fixture verifies on 50
+    assert f"default thresholds (exits 1-2): {shown} ({m.thresholds_source})" in text and "note: no numerical" not in text
+    assert f"warning: only {m.parity.n_real} images chose them, so they are rough" in text  # the fixture verifies on 50
     many = dataclasses.replace(m, thresholds_source=m.thresholds_source.replace(f"on {m.parity.n_real} verification", "on 1000 verification"))
-    assert "WARNING" not in format_parity(many)
+    assert "warning" not in format_parity(many)
     mac = dataclasses.replace(m, parity=dataclasses.replace(m.parity, checked="structural"))
-    assert "NOTE: no numerical check ran (onnxruntime does not run on this host)" in format_parity(mac)
+    assert "note: no numerical check ran (onnxruntime does not run on this host)" in format_parity(mac)
     assert "default thresholds: none, every image runs to the last exit" in format_parity(dataclasses.replace(m, thresholds=None))
     from dvt_runtime.predict import _thresholds_source  # predict said only "the manifest's"
 

@@ -278,7 +278,7 @@ def test_failed_publish_leaves_the_previous_file_and_card(micro_ckpt, tmp_path, 
         assert "threshold_n must be a whole number >= 1" in capsys.readouterr().err
     (tmp_path / "afile").write_text("x")  # a card that cannot be written is found before the evaluation, nothing moved
     assert main(["--run", str(run), "--out", str(tmp_path / "new.pt"), "--card", str(tmp_path / "afile" / "card.md")]) == 2
-    assert "cannot write in" in capsys.readouterr().err and not (tmp_path / "new.pt").exists()
+    assert "afile is a file, not a folder" in capsys.readouterr().err and not (tmp_path / "new.pt").exists()
     before = sha256_file(run / "last.pt")
     assert main(["--run", str(run), "--out", str(run / "last.pt")]) == 2  # would wipe the run's training state
     assert "one of the run's own checkpoints" in capsys.readouterr().err and sha256_file(run / "last.pt") == before

@@ -45,7 +45,7 @@ def test_predict_answers_every_image_as_the_api_does(onnx_bundle, photos, tmp_pa
         p = b.predict(cv2.imread(row["file"], cv2.IMREAD_UNCHANGED))
         assert (row["label"], row["class_name"], row["exit"]) == (p.label, p.class_name, p.exit + 1)
         assert np.isclose(row["confidence"], p.confidence, atol=1e-6) and row["total_ms"] > 0 and row["preprocess_ms"] > 0
-    assert r["thresholds_from"] == "the manifest's" and r["mode"] == "thresholds"
+    assert r["thresholds_from"].startswith("the manifest's") and r["mode"] == "thresholds"
     assert f"12 images (1 unreadable): exits 1-3 answered {' / '.join(map(str, r['exit_counts']))}" in printed
     assert "unreadable: image" in printed and f"wrote {out}" in printed
     assert all(f"{k % 3}/{k:02d}.png " in printed for k in range(12)), printed  # under the common folder: names alone repeat
@@ -259,7 +259,7 @@ def test_this_hosts_calibration_is_used_without_device_name(bundle_for_calibrati
     capsys.readouterr()
     with pytest.warns(UserWarning, match="this host's calibration is not used .*other artifacts"):
         assert main(["--bundle", str(bundle_for_calibration), str(photos / "sub" / "0"), "--out", str(out), "--no-progress"]) == 0
-    assert json.loads(out.read_text())["thresholds_from"] == "the manifest's"
+    assert json.loads(out.read_text())["thresholds_from"].startswith("the manifest's")
     assert main(["--bundle", str(bundle_for_calibration), str(photos / "sub" / "0"), "--device-name", this_host(), "--no-progress"]) == 2
     assert "other artifacts" in capsys.readouterr().err  # named explicitly: still an error
     # another device's calibration only (the phone's, made on this host): not suggested to this host

@@ -416,7 +416,7 @@ def test_providers_for_a_bundle_off_onnx_runtime_is_an_error_line(onnx_bundle, t
     m.backend = "executorch"  # refused at the option check, before any ExecuTorch import
     m.save(b)
     args = webcam.parse_args(["--bundle", str(b), "--video", "x.mp4", "--headless", "--providers", "CPUExecutionProvider"])
-    with pytest.raises(webcam.AppError, match=r"cannot open bundle .*no option\(s\) \['providers'\]"):
+    with pytest.raises(webcam.AppError, match=r"cannot open bundle .*execution providers \(--providers\) are ONNX Runtime's; this bundle runs on executorch"):
         webcam.open_bundle(args)
 
 

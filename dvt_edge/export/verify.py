@@ -236,7 +236,7 @@ def format_parity(m: Manifest) -> str:
                      f"cascade answer agreement: {p.cascade_answer_agreement:.2f}%")
     lines.append(_thresholds_line(m))
     if p.checked == "structural":  # e.g. Core ML off macOS: passed means the structure only
-        lines.append(f"NOTE: no numerical check ran ({m.backend} does not run on this host): the artifacts' outputs were not compared "
+        lines.append(f"note: no numerical check ran ({m.backend} does not run on this host): the artifacts' outputs were not compared "
                      "with PyTorch, and the default thresholds are PyTorch's; check and calibrate where it runs (dvt-runtime calibrate)")
     lines += [f"PROBLEM: {prob}" for prob in p.problems]
     return "\n".join(lines)
@@ -248,6 +248,6 @@ def _thresholds_line(m: Manifest) -> str:
         return f"default thresholds: none, every image runs to the last exit ({m.thresholds_source})"
     shown = ", ".join("-" if v is None else f"{v:.4g}" for v in m.thresholds[:-1])
     n = re.search(r"on (\d+) verification images", m.thresholds_source or "")
-    rough = (f"; WARNING: only {n.group(1)} images chose them, so they are rough (export with more labelled images, or calibrate "
+    rough = (f"; warning: only {n.group(1)} images chose them, so they are rough (export with more labelled images, or calibrate "
              "on the device)" if n and int(n.group(1)) < FEW_IMAGES else "")
     return f"default thresholds (exits 1-{len(m.thresholds) - 1}): {shown} ({m.thresholds_source}){rough}"

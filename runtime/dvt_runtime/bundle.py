@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 import numpy as np
 
 from dvt_runtime.backends import Session, check_options, check_signature, check_threads, import_backend, open_session, ort_providers
-from dvt_runtime.checks import InputError, NonFiniteOutput, check_finite, check_thresholds, positive_ms
+from dvt_runtime.checks import InputError, NonFiniteOutput, check_finite, check_thresholds, positive_ms, setting_differences
 from dvt_runtime.controller import controller_for
 from dvt_runtime.manifest import Manifest, ManifestError  # noqa: F401  (ManifestError: raised by open)
 
@@ -182,16 +182,8 @@ class Bundle:
         return cal
 
     def _warn_other_setting(self, what: str, threads: Any, device: Any, fix: str, stacklevel: int) -> None:
-        """Warn when latencies (a calibration's, a profile's) were measured with other threads per session or other execution
-        providers than this bundle runs with (a None or 0 thread count here is the backend's default: every core)."""
-        said = []
-        if isinstance(threads, int) and not isinstance(threads, bool) and threads != self.threads:
-            said.append(f"{threads} thread(s) per session, this bundle runs {self.threads or 'the backend default (every core)'}")
-        theirs = device.get("providers") if isinstance(device, dict) else None
-        mine = getattr(self.sessions[0], "providers", None) if self.sessions else None
-        if isinstance(theirs, list) and mine and list(theirs) != list(mine):
-            said.append(f"execution providers {theirs}, this bundle runs {list(mine)}")
-        if said:
+        """Warn when latencies (a calibration's, a profile's) were measured at other threads or execution providers."""
+        if said := setting_differences(threads, device, self.threads, getattr(self.sessions[0], "providers", None) if self.sessions else None):
             warnings.warn(f"{what} at another setting ({'; '.join(said)}): {fix}", stacklevel=stacklevel + 1)
 
     def use_profile(self, stage_p90_ms: Union[Sequence[float], "LatencyProfile"]) -> None:  # ms per stage for deadline mode

@@ -97,3 +97,15 @@ def check_finite(x: np.ndarray, value_range: Optional[tuple[float, float]] = Non
 def numbered(names) -> bool:
     """Class names that are only the indices "0".."N-1" (a file or checkpoint that names no classes)."""
     return [str(c) for c in names] == [str(i) for i in range(len(names))]
+
+
+def setting_differences(threads, device, my_threads: Optional[int], my_providers) -> list[str]:
+    """How a measurement's threads per session and execution providers (``device["providers"]``) differ from a bundle's
+    (a None or 0 thread count of the bundle is the backend's default: every core)."""
+    said = []
+    if isinstance(threads, int) and not isinstance(threads, bool) and threads != my_threads:
+        said.append(f"{threads} thread(s) per session, this bundle runs {my_threads or 'the backend default (every core)'}")
+    theirs = device.get("providers") if isinstance(device, dict) else None
+    if isinstance(theirs, list) and my_providers and list(theirs) != list(my_providers):
+        said.append(f"execution providers {theirs}, this bundle runs {list(my_providers)}")
+    return said

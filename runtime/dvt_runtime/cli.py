@@ -14,9 +14,16 @@ from collections.abc import Sequence
 from typing import Optional
 
 
+class GivenNamespace(argparse.Namespace):
+    """A namespace that also holds which options the command line set, in a slot: ``vars()`` (a run's recorded
+    arguments, equality) does not see it."""
+
+    __slots__ = ("given_flags",)
+
+
 class GivenParser(argparse.ArgumentParser):
-    """An ArgumentParser whose namespace also says which options the command line set (``_given``, a set of dests):
-    e.g. ``train --resume`` takes the run's own value of every flag not given."""
+    """An ArgumentParser whose namespace also says which options the command line set (``ns.given_flags``, a set of
+    dests): e.g. ``train --resume`` takes the run's own value of every flag not given."""
 
     def parse_known_args(self, args=None, namespace=None):
         if namespace is not None:  # a sub-parse (or a caller's namespace): as argparse does
@@ -24,8 +31,8 @@ class GivenParser(argparse.ArgumentParser):
         unset = object()  # argparse fills only the attributes a namespace lacks: those left unset were not given
         probe = argparse.Namespace(**{a.dest: unset for a in self._actions if a.dest != argparse.SUPPRESS})
         given = {k for k, v in vars(super().parse_known_args(args, probe)[0]).items() if v is not unset}
-        ns, rest = super().parse_known_args(args, None)
-        ns._given = given
+        ns, rest = super().parse_known_args(args, GivenNamespace())
+        ns.given_flags = given
         return ns, rest
 
 
