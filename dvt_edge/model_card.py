@@ -36,15 +36,24 @@ def train_command(args: dict, out: str) -> str:
 
     defaults = vars(build_parser().parse_args(["--out", "x"]))
     parts = ["python -m dvt_edge.train"]
-    for key in ("model", "data", "epochs", "seed"):  # always shown, even when default
+    shown = ["model", "data", "epochs", "seed"]  # always shown, even when default
+    if _is_224(args.get("model")) and "batch_size" in args:  # a 224 px model's default batch is not --batch-size's default
+        shown.append("batch_size")
+    for key in shown:
         parts.append(f"--{key.replace('_', '-')} {shlex.quote(str(args[key]))}")
     for key, value in args.items():
-        if key in _NOT_IN_COMMAND or key in ("model", "data", "epochs", "seed") or value == defaults.get(key, object()):
+        if key in _NOT_IN_COMMAND or key in shown or value == defaults.get(key, object()):
             continue
         flag = f"--{key.replace('_', '-')}"
         parts.append(flag if value is True else f"{flag} {shlex.quote(str(value))}")
     parts.append(f"--out {shlex.quote(str(out))}")
     return " ".join(parts)
+
+
+def _is_224(model: object) -> bool:
+    from dvt_edge.models import get_config, list_models
+
+    return isinstance(model, str) and model in list_models() and get_config(model).img_size >= 224
 
 
 def lineage(args: dict, direct: bool = True, _seen: frozenset = frozenset()) -> list[dict]:

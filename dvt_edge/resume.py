@@ -59,9 +59,12 @@ def _check_resume_args(stored: dict, args: argparse.Namespace, last: Path, defau
     taken = {k: a for k, (a, _) in diff.items() if given is not None and k not in given}
     for k, a in taken.items():  # not on the command line: the run's own
         setattr(args, k, a)
+    for k in ("finetune", "trust_checkpoint"):  # where the run came from: kept in what it records (its lineage, its card)
+        if given is not None and k not in given and stored.get(k):
+            setattr(args, k, stored[k])
     if taken:
-        print("note: --resume goes on with the run's own " + ", ".join(f"--{k.replace('_', '-')} {a!r}" for k, a in sorted(taken.items())),
-              file=sys.stderr)
+        print("note: --resume goes on with the run's own " + ", ".join(f"--{k.replace('_', '-')}" + ("" if a is True else f" {a!r}")
+                                                                       for k, a in sorted(taken.items())), file=sys.stderr)
     if diff := {k: v for k, v in diff.items() if k not in taken}:
         raise CheckpointError(
             f"--resume: {last} was started with other settings: "

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import shlex
 import sys
 import time
 import warnings
@@ -180,9 +181,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--distill-temp must be a finite positive number, got {temp}")
     if args.label_smoothing >= 1 or (args.drop_path is not None and not 0 <= args.drop_path < 1):
         raise ValueError("--label-smoothing and --drop-path must be in [0, 1)")
-    if args.warmup_epochs >= args.epochs:  # a one-epoch fine-tune ended at the peak rate
-        warnings.warn(f"--warmup-epochs {args.warmup_epochs:g} covers all {args.epochs} epoch(s): the learning rate only rises to "
-                      "--lr and never decays; pass --warmup-epochs below --epochs", stacklevel=2)
 
 
 @dataclass
@@ -239,6 +237,9 @@ def _train(args: argparse.Namespace) -> dict:
     rank, world, device = _init_processes(args)
     log = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
     resume_state = resume_run(args, out, vars(build_parser().parse_args(["--out", "x"])), given)  # without --data, --model: its own
+    if args.warmup_epochs >= args.epochs:  # a one-epoch fine-tune ended at the peak rate (checked on a resumed run's own values)
+        warnings.warn(f"--warmup-epochs {args.warmup_epochs:g} covers all {args.epochs} epoch(s): the learning rate only rises to "
+                      "--lr and never decays; pass --warmup-epochs below --epochs", stacklevel=3)
     if args.model is None and (args.finetune or not args.data):  # a fine-tune without --model: the checkpoint's architecture
         args.model = checkpoint_model_name(args.finetune, args.trust_checkpoint) if args.finetune else DEFAULT_MODEL
         if args.finetune:
@@ -267,7 +268,8 @@ def _train(args: argparse.Namespace) -> dict:
     _prepare_batches(run)
     t_run = time.time()
     if resume_state is not None and state.start_epoch >= args.epochs:
-        log(f"note: {out} finished its {args.epochs} epoch(s): nothing left to train (continue it with --finetune {out / 'last.pt'})")
+        log(f"note: {out} finished its {args.epochs} epoch(s): nothing left to train (train on from it with --finetune "
+            f"{out / 'last.pt'} --out NEW_RUN)")
     for epoch in range(state.start_epoch, args.epochs):
         train_loss, train_time = _train_epoch(run, epoch)
         rngs, gens = _gather_rng_states(run)
@@ -464,11 +466,14 @@ def _end_epoch(run: _Run, state: _RunState, out: Path, epoch: int, train_loss: f
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    started = time.time()
     try:
         train(args)
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the last finished epoch is in OUT/last.pt
-        if (Path(args.out) / "last.pt").is_file():
-            print(f"resume with: python -m dvt_edge.train --out {args.out} --resume", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the last finished epoch is in OUT/last.pt, if this run wrote one
+        last = Path(args.out) / "last.pt"
+        if last.is_file() and last.stat().st_mtime >= started and os.environ.get("RANK", "0") == "0":
+            launcher = "torchrun --nproc_per_node N -m dvt_edge.train" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "python -m dvt_edge.train"
+            print(f"resume with: {launcher} --out {shlex.quote(str(args.out))} --resume", file=sys.stderr)
         raise
     except (CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -366,6 +366,15 @@ def test_11_truncated_npz_is_a_clear_error(tmp_path):
     np.savez(tmp_path / "r.npz", images=ragged, labels=np.arange(2))
     with pytest.raises(CalibrationError, match=r"r\.npz: its 'images' array holds Python objects .* np\.stack of same-sized images"):
         load_npz(str(tmp_path / "r.npz"))
+    import zipfile  # a damaged array inside a sound archive is not called "Python objects"
+
+    with zipfile.ZipFile(tmp_path / "v2.npz", "w") as z:
+        np.save(tmp_path / "images.npy", np.zeros((4, 1, 28, 28), np.float32))
+        z.writestr("images.npy", (tmp_path / "images.npy").read_bytes()[:200])
+        np.save(tmp_path / "labels.npy", np.arange(4))
+        z.write(tmp_path / "labels.npy", "labels.npy")
+    with pytest.raises(CalibrationError, match="not a readable .npz archive"):
+        load_npz(str(tmp_path / "v2.npz"))
 
 
 def test_11_float_labels_in_calibration_data(tmp_path):

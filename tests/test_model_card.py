@@ -108,6 +108,15 @@ def test_lineage_records_an_earlier_source_that_is_gone(micro_ckpt, tmp_path):
         bad.step_argv(tmp_path / "r")
 
 
+def test_a_224px_runs_command_names_its_batch_size():
+    """A 224 px run at batch 128 got a command without --batch-size, which now trains at 32."""
+    from dvt_edge.train import build_parser as bp
+
+    args = vars(bp().parse_args(["--model", "dvt_t2t_vit_12", "--data", "imagefolder:/x", "--batch-size", "128", "--out", "r"]))
+    assert "--batch-size 128" in train_command(args, "r")
+    assert "--batch-size" not in train_command(vars(bp().parse_args(["--model", "dvt_micro_fmnist", "--out", "r"])), "r")
+
+
 def test_train_command_reproduces_the_run_arguments(micro_ckpt):
     t = read_checkpoint(micro_ckpt.parent / "last.pt")["train"]
     args = json.loads(t["args"])

@@ -117,7 +117,9 @@ def read_npz(path: Union[str, Path], need: Sequence[str], error: Callable[[str],
             for k in z.files:
                 try:
                     arrays[k] = z[k]
-                except ValueError:  # an object array (it would need unpickling): fatal only if needed
+                except ValueError as e:  # an object array (it would need unpickling): fatal only if needed
+                    if "Object arrays cannot be loaded" not in str(e) and k in need:
+                        raise  # a damaged array: not readable
                     pickled.append(k)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise error(f"{p} is not a readable .npz archive ({type(e).__name__}); {hint}") from None
