@@ -9,7 +9,6 @@ every comparison below is written so that a non-finite value fails it.
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Optional
 
@@ -21,7 +20,7 @@ from dvt_edge.export.common import ExitArtifact, ExitGraph, ExportError
 from dvt_edge.export.targets import Target
 from dvt_edge.models import DVT
 from dvt_runtime.bundle import Bundle, softmax
-from dvt_runtime.checks import FEW_IMAGES
+from dvt_runtime.checks import rough_thresholds
 from dvt_runtime.manifest import ExitParity, ExitSpec, Manifest, ParityReport
 
 __all__ = ["FP32_TOL", "BATCH_TOL", "VERIFY_BATCH", "INT8_MIN_AGREEMENT", "torch_cascade", "verification_bundle", "open_sessions",
@@ -247,7 +246,6 @@ def _thresholds_line(m: Manifest) -> str:
     if m.thresholds is None:
         return f"default thresholds: none, every image runs to the last exit ({m.thresholds_source})"
     shown = ", ".join("-" if v is None else f"{v:.4g}" for v in m.thresholds[:-1])
-    n = re.search(r"on (\d+) verification images", m.thresholds_source or "")
-    rough = (f"; warning: only {n.group(1)} images chose them, so they are rough (export with more labelled images, or calibrate "
-             "on the device)" if n and int(n.group(1)) < FEW_IMAGES else "")
+    rough = (f"; warning: only {n} images chose them, so they are rough (export with more labelled images, or calibrate "
+             "on the device)" if (n := rough_thresholds(m.thresholds_source)) else "")
     return f"default thresholds (exits 1-{len(m.thresholds) - 1}): {shown} ({m.thresholds_source}){rough}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Optional
 
 import numpy as np
@@ -15,6 +16,13 @@ class InputError(ValueError):
 
 
 FEW_IMAGES = 200  # below this many images to search on or to check on, thresholds and accuracies are said to be rough
+
+
+def rough_thresholds(source: Optional[str]) -> Optional[int]:
+    """How many images chose a manifest's default thresholds when fewer than ``FEW_IMAGES`` (from its
+    ``thresholds_source``), else None."""
+    n = re.search(r"on (\d+) verification images", source or "")
+    return int(n.group(1)) if n and int(n.group(1)) < FEW_IMAGES else None
 
 
 class NonFiniteOutput(ValueError):

@@ -19,7 +19,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from dvt_runtime.backends import BackendUnavailable, toolchain_output
-from dvt_runtime.latency import MAX_INPUT_BYTES, LatencyProfile, read_json
+from dvt_runtime.latency import MAX_INPUT_BYTES, LatencyProfile, nulled_nonfinite, read_json
 from dvt_runtime.stats import ProfileError, check_samples
 
 __all__ = ["import_csv", "import_json", "import_etdump", "ETDUMP_EXECUTE_EVENT"]
@@ -34,19 +34,9 @@ _CSV_LAYOUTS = ("wide 'stage1_ms,stage2_ms,...' (one row per iteration), "
                 "or long 'exit,ms' (one row per sample, exit 1-based)")
 
 
-def _nulled(obj: Any, where: str, bad: list[str]) -> Any:
-    """``obj`` with every NaN or infinity nested in it made None, their paths appended to ``bad``."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        bad.append(where)
-        return None
-    if isinstance(obj, dict):
-        return {k: _nulled(v, f"{where}.{k}" if where else str(k), bad) for k, v in obj.items()}
-    return [_nulled(v, f"{where}[{i}]", bad) for i, v in enumerate(obj)] if isinstance(obj, list) else obj
-
-
 def _device_from(file_device: Any, device_name: Optional[str]) -> dict[str, Any]:
     bad: list[str] = []
-    device = _nulled(dict(file_device), "", bad) if isinstance(file_device, dict) else {"device_name": device_name}
+    device = nulled_nonfinite(dict(file_device), "", bad) if isinstance(file_device, dict) else {"device_name": device_name}
     if bad:  # facts, not latencies: an unknown reading is null (a NaN would make the profile unwritable as JSON)
         warnings.warn(f"device fact(s) {sorted(bad)} are not finite numbers; recorded as null", stacklevel=3)
     if device_name:

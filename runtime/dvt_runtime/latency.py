@@ -335,8 +335,10 @@ def _check_informational(d: dict[str, Any], num_exits: int) -> None:
     for key in ("device", "bundle", "settings"):
         if key in d and not isinstance(d[key], dict):
             raise ProfileError(f"latency profile '{key}' must be an object, got {type(d[key]).__name__}")
-        if key in d and (where := _nonfinite_at(d[key], key)):
-            raise ProfileError(f"latency profile '{where}' is not a finite number: a profile is strict JSON; "
+        bad: list[str] = []
+        nulled_nonfinite(d.get(key), key, bad)
+        if bad:
+            raise ProfileError(f"latency profile '{bad[0]}' is not a finite number: a profile is strict JSON; "
                                "give that fact as null (unknown) or a number")
     for key in ("load_ms", "first_inference_ms"):
         v = d.get(key)
@@ -380,15 +382,15 @@ def _check_priced(d: dict[str, Any]) -> None:
                                        "time many runs together")
 
 
-def _nonfinite_at(obj: Any, where: str) -> Optional[str]:
-    """The path (``device.temperatures[0].celsius``) of the first NaN or infinity nested in ``obj``, else None."""
-    if isinstance(obj, float):
-        return None if math.isfinite(obj) else where
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
-    for k, v in items:
-        if found := _nonfinite_at(v, f"{where}.{k}" if isinstance(obj, dict) else f"{where}[{k}]"):
-            return found
-    return None
+def nulled_nonfinite(obj: Any, where: str, bad: list[str]) -> Any:
+    """``obj`` with every NaN or infinity nested in it made None, their paths (``device.temperatures[0].celsius``)
+    appended to ``bad``."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        bad.append(where)
+        return None
+    if isinstance(obj, dict):
+        return {k: nulled_nonfinite(v, f"{where}.{k}" if where else str(k), bad) for k, v in obj.items()}
+    return [nulled_nonfinite(v, f"{where}[{i}]", bad) for i, v in enumerate(obj)] if isinstance(obj, list) else obj
 
 
 def _check_summary(row: dict[str, Any], samples: np.ndarray, where: str) -> None:

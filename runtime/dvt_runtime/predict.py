@@ -18,7 +18,6 @@ import argparse
 import collections
 import datetime
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 
 from dvt_runtime.backends import PROVIDERS_HELP, BackendUnavailable, parse_providers
-from dvt_runtime.checks import FEW_IMAGES, NonFiniteOutput, check_thresholds, parse_thresholds, positive_ms
+from dvt_runtime.checks import NonFiniteOutput, check_thresholds, parse_thresholds, positive_ms, rough_thresholds
 from dvt_runtime.device import open_here, profiled_here, this_host
 from dvt_runtime.images import IMAGE_EXTS, ImageError, can_check_jpegs, cv2_or_fail, read_image
 from dvt_runtime.io import atomic_write_json, check_out_path, progress
@@ -90,8 +89,7 @@ def _thresholds_source(bundle: "Bundle", thresholds: Optional[list], budget_ms: 
         return f"the budget controller on {cal}"
     last = "none: every image runs to the last exit" + (" or until the deadline stops it" if deadline_ms is not None else "")
     m = bundle.manifest
-    few = re.search(r"on (\d+) verification images", m.thresholds_source or "")
-    rough = f" (chosen at export on only {few.group(1)} images: rough; calibrate this device)" if few and int(few.group(1)) < FEW_IMAGES else ""
+    rough = f" (chosen at export on only {n} images: rough; calibrate this device)" if (n := rough_thresholds(m.thresholds_source)) else ""
     return cal or (f"the manifest's{rough}" if m.thresholds is not None else last)
 
 
