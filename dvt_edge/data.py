@@ -266,17 +266,23 @@ def checkpoint_data(model_name: str, extras: Optional[dict] = None, cfg=None, sp
     return (candidates[0] if candidates else None), ""
 
 
+def own_holdout(data: str, extras: Optional[dict]) -> str:
+    """``data`` as given, or its recorded ``npz:PATH#holdout`` when it names the npz file the checkpoint's run trained on
+    (said on stderr): read whole, its val split would score, and choose thresholds on, the images trained on."""
+    if held := held_out_part(data, recorded_train_args(extras).get("data")):
+        print(f"note: {data} is the file this model trained on, 90% of it: {held} is read instead (its held-out 10% as the "
+              "val split)", file=sys.stderr)
+        return held
+    return data
+
+
 def data_for_checkpoint(data: Optional[str], model_name: str, extras: Optional[dict] = None, cfg=None,
                         split: str = "val") -> tuple[str, str]:
     """``(data, "")`` when given, else :func:`checkpoint_data`'s choice (tried on ``split``) and note; a stand-in
     set is said on stderr."""
     if data:
-        if held := held_out_part(data, recorded_train_args(extras).get("data")):
-            print(f"note: {data} is the file this model trained on, 90% of it: {held} (its held-out 10%) is used", file=sys.stderr)
-            if warning := holdout_changed(held, extras):  # the file changed since: its 10% is other images
-                print(warning, file=sys.stderr)
-            return held, ""  # the whole file would score the images trained on as its val split
-        if warning := holdout_changed(data, extras):
+        data = own_holdout(data, extras)
+        if warning := holdout_changed(data, extras):  # e.g. the file changed since: its 10% is other images
             print(warning, file=sys.stderr)
         return data, ""
     spec, note = checkpoint_data(model_name, extras, cfg, split)

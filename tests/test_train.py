@@ -582,6 +582,13 @@ def test_an_npz_without_a_split_is_trained_on_90_percent_and_validated_on_the_re
     # ... unless it is the file this model trained on: then its held-out part (the whole file scored 90% trained-on images)
     assert evaluate_checkpoint(str(tmp_path / "r" / "last.pt"), data=f"npz:{tmp_path / 'one.npz'}", progress=False)["n"] == 18
     assert "is the file this model trained on, 90% of it" in capsys.readouterr().err
+    # export's --calib-data too: its verification images (and the thresholds they choose) are the held-out 18, none trained on
+    from dvt_edge.export import export_bundle
+
+    res = export_bundle(str(tmp_path / "r" / "last.pt"), "onnx", "fp32", out=str(tmp_path / "b"), calib_data=f"npz:{tmp_path / 'one.npz'}",
+                        calib_n=32, verify_n=100, progress=False)
+    assert res.manifest.parity.n_real == 18 and "one.npz#holdout/val" in res.manifest.parity.data, res.manifest.parity.data
+    assert "is the file this model trained on, 90% of it" in capsys.readouterr().err
     # the file changed since: its 10% is other images, said by evaluate and refused by --resume (nothing recorded it)
     assert set(load_checkpoint(tmp_path / "r" / "last.pt")[1].extras["holdout"]) == {"file_sha256"}
     np.savez(tmp_path / "one.npz", images=images[::-1].copy(), labels=np.repeat(np.arange(3), 60)[::-1].copy(),

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from dvt_edge.checkpoint import CheckpointInfo, load_checkpoint
-from dvt_edge.data import DataError, checkpoint_data, default_preprocess, holdout_changed, load_dataset
+from dvt_edge.data import DataError, checkpoint_data, default_preprocess, holdout_changed, load_dataset, own_holdout
 from dvt_edge.export.common import ExitArtifact, ExitGraph, ExitJob, ExportError, exit_graphs, exit_specs
 from dvt_edge.export.install import carry_over, check_destination, install, recover_leftovers
 from dvt_edge.export.int8 import CALIBRATED, int8_schemes, pick_scheme
@@ -341,7 +341,9 @@ def _prepare(dest: Path, t: Target, precision: str, opts: ExportOptions, model: 
         took = took if len(schemes) > 1 else took.replace(" (every scheme tried)", " with every scheme tried; one scheme takes less")
         print(f"note: exporting a {model.cfg.img_size} px model to {t.name} {precision} takes minutes: {took} for "
               "dvt_t2t_vit_12 on a 2-core x86 VM (measured; dvt_deit_small and dvt_t2t_vit_14 take longer)", file=sys.stderr)
-    spec, stand_in = (opts.calib_data, "") if opts.calib_data else checkpoint_data(model.name, info.extras, model.cfg)
+    # a run's own npz file given: its held-out part verifies (and chooses thresholds), not the 90% trained on
+    spec, stand_in = ((own_holdout(opts.calib_data, info.extras), "") if opts.calib_data else
+                      checkpoint_data(model.name, info.extras, model.cfg))
     if stand_in:  # another set calibrates and verifies: said on the console and in the parity table
         print(f"note: {stand_in} (pass {opts.data_flag} SPEC to choose)", file=sys.stderr)
     if spec and (moved := holdout_changed(spec, info.extras)) and moved not in _SAID:  # its thresholds are chosen on the holdout
