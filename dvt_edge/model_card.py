@@ -39,6 +39,8 @@ def train_command(args: dict, out: str) -> str:
     shown = ["model", "data", "epochs", "seed"]  # always shown, even when default
     if _is_224(args.get("model")) and "batch_size" in args:  # a 224 px model's default batch is not --batch-size's default
         shown.append("batch_size")
+    if args.get("finetune") and "lr" in args:  # a fine-tune's default rate is not --lr's default
+        shown.append("lr")
     for key in shown:
         parts.append(f"--{key.replace('_', '-')} {shlex.quote(str(args[key]))}")
     for key, value in args.items():

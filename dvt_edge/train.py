@@ -101,6 +101,7 @@ def _plot_metrics(history: list[dict], path: Path) -> None:
 
 
 BATCH_224 = 32  # --batch-size of a 224 px model when none is given (the default 128 is the 28-32 px models')
+FINETUNE_LR = 5e-4  # --lr of a --finetune run when none is given (the default 1e-3 is a run from scratch's)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--epochs", type=int, default=20, help="default 20")
     ap.add_argument("--out", required=True, help="run directory (checkpoints, metrics)")
     ap.add_argument("--batch-size", type=int, default=128, help=f"per process (default 128; {BATCH_224} for a 224 px model)")
-    ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the cosine schedule (default 1e-3)")
+    ap.add_argument("--lr", type=float, default=1e-3, help=f"peak learning rate of the cosine schedule (default 1e-3; {FINETUNE_LR:g} with --finetune)")
     ap.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default 0.05)")
     ap.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up, in epochs (default 1)")
     ap.add_argument("--label-smoothing", type=float, default=0.0, help="default 0")
@@ -263,6 +264,9 @@ def _train(args: argparse.Namespace) -> dict:
         args.batch_size = BATCH_224  # the small models' 128 needs about 19 GB at 224 px (measured below)
         log(f"note: --batch-size {BATCH_224} for a {model.cfg.img_size} px model (fine-tuning dvt_t2t_vit_12 on a CPU peaked at 2.4 GB "
             "at batch 8 and 5.7 GB at 32; the small models' 128 would need about 19 GB); pass --batch-size to choose")
+    if given is not None and "lr" not in given and resume_state is None and args.finetune:
+        args.lr = FINETUNE_LR  # trained weights: a from-scratch peak rate would undo much of what they learned
+        log(f"note: --lr {FINETUNE_LR:g} for a fine-tune (a run from scratch peaks at 1e-3); pass --lr to choose")
     run = _setup_run(args, rank, world, device, log, model, train_ds, val_ds, holdout)
     state = _RunState() if resume_state is None else _restore(run, resume_state, out / "last.pt")
     _prepare_batches(run)

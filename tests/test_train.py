@@ -268,6 +268,32 @@ def test_finetune_without_model_takes_the_checkpoints_architecture(tmp_path, cap
     assert build_parser().parse_args(["--out", "x"]).model is None
 
 
+def test_a_finetune_without_lr_peaks_at_the_finetune_rate(tmp_path, capsys):
+    """A fine-tune took the from-scratch peak rate 1e-3 unless --lr was given (the README's command passed 5e-4)."""
+    from dvt_edge import save_checkpoint
+    from dvt_edge.data import recorded_train_args
+    from dvt_edge.models import create_model
+    from dvt_edge.train import FINETUNE_LR
+
+    save_checkpoint(tmp_path / "src.pt", create_model("dvt_micro_fmnist"))
+    quick = [a for i, a in enumerate(QUICK) if "--lr" not in QUICK[i - 1: i + 1]]  # QUICK without its --lr
+    args = build_parser().parse_args([*quick, "--epochs", "1", "--train-limit", "60", "--val-limit", "30",
+                                      "--finetune", str(tmp_path / "src.pt"), "--out", str(tmp_path / "ft")])
+    train(args)
+    assert args.lr == FINETUNE_LR == 5e-4 and f"note: --lr {FINETUNE_LR:g} for a fine-tune" in capsys.readouterr().out
+    assert recorded_train_args(load_checkpoint(tmp_path / "ft" / "last.pt")[1].extras)["lr"] == FINETUNE_LR
+    given = build_parser().parse_args([*QUICK, "--epochs", "1", "--finetune", str(tmp_path / "src.pt"), "--out", "x"])
+    assert given.lr == 1e-2  # a given rate is kept (the change happens in train, only when none is given)
+    resumed = build_parser().parse_args(["--out", str(tmp_path / "ft"), "--resume", "--threads", "1", "--quiet"])
+    train(resumed)  # the run's own rate, not the default
+    assert resumed.lr == FINETUNE_LR
+    from dvt_edge.model_card import train_command
+
+    # a fine-tune at 1e-3 (--lr's default) reruns at 1e-3: its card's command names the rate
+    assert "--lr 0.001" in train_command({**vars(args), "lr": 1e-3}, "x") and "--lr" not in train_command({**vars(args), "finetune": None,
+                                                                                                           "lr": 1e-3}, "x")
+
+
 def test_finetune_with_other_class_names_reinitialises_heads(tmp_path):
     """Same number of classes, other names (or order): the heads are not carried over."""
     from dvt_edge import save_checkpoint
