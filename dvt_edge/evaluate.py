@@ -160,9 +160,14 @@ def artifact_accuracy(b, x: np.ndarray, y: np.ndarray, torch_acc: list[float]) -
             "delta_vs_pytorch_fp32": [a - t for a, t in zip(acc, torch_acc)]}
 
 
+def small_sample_note(n: int) -> str:
+    """A note for accuracies scored on fewer than ``FEW_IMAGES`` images (evaluate's report, the model card), else ''."""
+    return (f"note: only {n} images: each is {100 / max(n, 1):.2g} points of accuracy, so these figures are rough (score at least "
+            f"{FEW_IMAGES})") if n < FEW_IMAGES else ""
+
+
 def format_report(r: dict) -> str:
-    few = (f"note: only {r['n']} images: each is {100 / r['n']:.2g} points of accuracy, so these figures are rough (score at least "
-           f"{FEW_IMAGES})") if r["n"] < FEW_IMAGES else ""
+    few = small_sample_note(r["n"])
     lines = [f"{r['model']} on {r['data']} [{r['split']}], {r['n']} images", *([f"note: {r['data_note']}"] if r.get("data_note") else []),
              *([few] if few else []), "", f"{'exit':>4}  {'tokens':>7}  {'cum. GFLOPs':>12}  {'top-1 %':>8}"]
     for e in r["exits"]:

@@ -224,6 +224,8 @@ def _evaluate_command(path: Path, report: dict) -> str:
 def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict], report: dict, run_dir: Path,
                 steps: Optional[list[dict]] = None, command: Optional[str] = None, file: Optional[Path] = None) -> str:
     """The model card of the checkpoint published at ``path`` (its bytes read from ``file``, default ``path``)."""
+    from dvt_edge.evaluate import small_sample_note
+
     file, c, n_params = Path(file or path), model.cfg, sum(p.numel() for p in model.parameters())
     grids = " / ".join(f"{g}x{g}" for g in c.grids)
     top1 = [e["top1"] for e in report["exits"]]
@@ -272,6 +274,7 @@ def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict
         "",
         f"## Results (`{_evaluate_command(path, report)}`)",
         f"{report['data']} {report['split']} split, {report['n']} images, PyTorch fp32:",
+        *([f"{few[0].upper()}{few[1:]}."] if (few := small_sample_note(report["n"])) else []),
         "",
         "| exit | tokens | cumulative MFLOPs (MACs) | top-1 % | gain over previous exit |",
         "|---|---|---|---|---|",

@@ -36,12 +36,25 @@ def test_publish_run_writes_final_weights_and_a_card(micro_ckpt, tmp_path):
         assert torch.equal(v, final[k]), k
     card = (out.parent / "MODEL_CARD_ref.md").read_text()
     assert sha256_file(out) in card
-    assert len(r["exits"]) == 3 and r["n"] == 10000
+    assert len(r["exits"]) == 3 and r["n"] == 10000 and "rough" not in card
     for e in r["exits"]:  # every per-exit figure of the evaluation is in the card's table
         assert re.search(rf"\| {e['exit']} \| {e['grid']} \| {e['gflops'] * 1e3:.2f} \| {e['top1']:.2f} \|", card), e
     history = json.loads((run / "metrics.json").read_text())["history"]
     assert f"| {len(history)} | {history[-1]['train_loss']:.3f} |" in card
     assert (run / "card_eval" / "evaluate.json").is_file() and (run / "card_eval" / "evaluate.png").stat().st_size > 1000
+
+
+def test_a_card_scored_on_few_images_says_its_figures_are_rough(micro_ckpt, tmp_path):
+    """A card of accuracies on 60 images stated them to two decimals with nothing said (evaluate's report said it)."""
+    import numpy as np
+
+    classes = load_checkpoint(micro_ckpt)[1].classes
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "few.npz", images=rng.integers(0, 256, (60, 28, 28), dtype=np.uint8), labels=np.arange(60) % 10,
+             classes=np.array(classes), split=np.array("val"))
+    r = publish_run(str(micro_ckpt.parent), str(tmp_path / "few.pt"), data=f"npz:{tmp_path / 'few.npz'}", threshold_n=30, progress=False)
+    card = (tmp_path / "MODEL_CARD_few.md").read_text()
+    assert r["n"] == 60 and "Note: only 60 images: each is 1.7 points of accuracy, so these figures are rough" in card
 
 
 def test_fine_tuned_run_publishes_its_lineage_and_every_step(micro_ckpt, tmp_path):
