@@ -37,7 +37,7 @@ from dvt_edge.checkpoint import CheckpointError, _state_dict_of, checkpoint_mode
 from dvt_edge.data import DATASETS, DataError, ImageSet, default_preprocess, default_train_data, load_dataset
 from dvt_edge.models import DVT, create_model, list_models, model_defaults, model_from_args
 from dvt_edge.resume import resume_run
-from dvt_edge.transfer import transfer_weights
+from dvt_edge.transfer import carry_head_rows, transfer_weights
 from dvt_runtime.cli import GivenParser
 from dvt_runtime.io import atomic_write_json, run_cli, save_png, silenced_progress
 from dvt_runtime.io import progress as progress_bar
@@ -143,9 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _finetune_init(model: DVT, path: str, trusted: bool, classes: Optional[list[str]] = None, data: str = "") -> str:
     """Copy weights from a checkpoint (across grid and depth changes: :mod:`dvt_edge.transfer`). The
-    classifier heads come along only when the checkpoint's class names are the training data's (same
-    names, same order; kept when the checkpoint names none and the shapes fit); they, and anything
-    else that does not fit, keep their fresh init otherwise."""
+    classifier heads come along whole when the checkpoint's class names are the training data's (same
+    names, same order; kept when the checkpoint names none and the shapes fit), else only their rows of the
+    classes named alike; the other rows, and anything else that does not fit, keep their fresh init."""
     ckpt = read_checkpoint(path, trusted=trusted)
     src = _state_dict_of(ckpt, Path(path))  # the same weight keys load_checkpoint accepts (model_state_dict, state_dict, model)
     src_classes = ckpt.get("classes")
@@ -157,7 +157,11 @@ def _finetune_init(model: DVT, path: str, trusted: bool, classes: Optional[list[
         except (CheckpointError, ValueError, KeyError):
             hint = "is it the same architecture?"
         raise CheckpointError(f"--finetune {path}: only {t.loaded} of {t.total} tensors fit model {model.name!r}; {hint}")
-    why = "" if same_classes else " (heads re-initialised: the checkpoint's classes differ from the data's)"
+    why = ""
+    if not same_classes:  # the rows of classes named alike still carry over (a class renamed or added keeps the others)
+        kept = carry_head_rows(model, src, list(src_classes), list(classes))
+        why = " (heads re-initialised: the checkpoint's classes differ from the data's" + (
+            f"; the rows of the {len(kept)} class(es) named alike carried over: {', '.join(kept)})" if kept else ")")
     moved = _data.holdout_changed(data, ckpt, "the --finetune checkpoint") if data else ""
     return f"fine-tuning from {path}: {t.summary()}{why}" + (f"\n{moved}" if moved else "")
 

@@ -127,5 +127,20 @@ def transfer_weights(model: nn.Module, src: dict[str, torch.Tensor], skip=lambda
     return t
 
 
+def carry_head_rows(model: nn.Module, src: dict[str, torch.Tensor], src_classes: list[str], classes: list[str]) -> list[str]:
+    """Each classifier head's row (weight and bias) of every class named alike in ``src_classes`` and ``classes`` copied
+    into ``model`` at that class's index (the other rows keep their fresh init); the names carried."""
+    pairs = [(i, list(src_classes).index(c)) for i, c in enumerate(classes) if c in src_classes]
+    own = model.state_dict()  # tensors sharing the parameters' storage
+    heads = [k for k in own if ".head." in k and k in src and src[k].shape[1:] == own[k].shape[1:]
+             and src[k].shape[0] == len(src_classes) and own[k].shape[0] == len(classes)]
+    if not pairs or not heads:
+        return []
+    with torch.no_grad():
+        for k in heads:  # weight (classes, D), bias (classes,)
+            own[k][[i for i, _ in pairs]] = src[k][[j for _, j in pairs]].to(own[k].dtype)
+    return [classes[i] for i, _ in pairs]
+
+
 def _is_square(n: int) -> bool:
     return n > 0 and math.isqrt(n) ** 2 == n

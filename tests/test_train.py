@@ -314,6 +314,31 @@ def test_finetune_with_other_class_names_reinitialises_heads(tmp_path):
             assert not torch.equal(v, s[k]), k
 
 
+def test_finetune_carries_the_head_rows_of_classes_named_alike(tmp_path, capsys):
+    """One class renamed re-initialised every head: the rows of the nine classes named alike (in another order here) carry
+    over to their new places, and only the renamed class starts fresh."""
+    from dvt_edge import save_checkpoint
+    from dvt_edge.fashion_mnist import FASHION_MNIST_CLASSES as CLASSES
+    from dvt_edge.models import create_model
+
+    src = create_model("dvt_micro_fmnist")
+    names = [("Blouse" if c == "Shirt" else c) for c in reversed(CLASSES)]  # the data's classes, reversed, one renamed
+    save_checkpoint(tmp_path / "src.pt", src, classes=names)
+    train(build_parser().parse_args([*QUICK, "--epochs", "1", "--train-limit", "100", "--val-limit", "50",
+                                     "--finetune", str(tmp_path / "src.pt"), "--lr", "0", "--out", str(tmp_path / "ft")]))
+    assert "the rows of the 9 class(es) named alike carried over" in capsys.readouterr().out
+    m, info = load_checkpoint(tmp_path / "ft" / "last.pt")
+    assert info.classes == list(CLASSES)
+    s = src.state_dict()
+    for k, v in m.state_dict().items():
+        if ".head." in k:
+            for i, c in enumerate(CLASSES):
+                if c == "Shirt":  # fresh (a weight row; biases start at zero)
+                    assert k.endswith(".bias") or not torch.equal(v[i], s[k][names.index("Blouse")]), k
+                else:
+                    assert torch.equal(v[i], s[k][names.index(c)]), (k, c)
+
+
 def test_bf16_warning_names_the_fix_on_cpus_without_native_bf16(monkeypatch):
     from dvt_edge.batches import bf16_warning
 
