@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--resume", action="store_true", help="continue the run in OUT from OUT/last.pt exactly, with its own flags "
                                                           "(those not given again; one given with another value is refused)")
     ap.add_argument("--force", action="store_true", help="start over even if OUT already holds checkpoints")
-    ap.add_argument("--finetune", default=None, help="initialise from a checkpoint (published or ours); heads re-initialised unless its classes are the data's")
+    ap.add_argument("--finetune", default=None, help="initialise from a checkpoint (published or ours); its heads keep the rows of the classes named alike")
     ap.add_argument("--distill", type=float, default=0.0,
                     help="self-distillation weight: each earlier exit also learns the last exit's softened answer (KL at --distill-temp); 0 = off")
     ap.add_argument("--distill-temp", type=float, default=2.0, help="softmax temperature of --distill")
