@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import struct
@@ -704,6 +705,14 @@ def test_import_never_relabels_another_bundles_profile_nor_drops_what_the_file_d
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Bundle.open(bundle_dir, threads=1).use_profile(prof)  # the setting it was measured at: nothing to say
+    # a profile taken at the backend default (or imported without a count) against a bundle at 1 thread was never said
+    unsaid = copy.deepcopy(prof)  # the fixture's profile is shared
+    unsaid.threads = None
+    with pytest.warns(UserWarning, match=r"the backend default \(every core\) or an unrecorded thread count, this bundle runs 1 thread"):
+        Bundle.open(bundle_dir, threads=1).use_profile(unsaid)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Bundle.open(bundle_dir, threads=None).use_profile(unsaid)  # both the backend default
 
 
 # --------------------------------------------------------------------------------------

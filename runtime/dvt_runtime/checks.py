@@ -113,6 +113,8 @@ def setting_differences(threads, device, my_threads: Optional[int], my_providers
     said = []
     if isinstance(threads, int) and not isinstance(threads, bool) and threads != my_threads:
         said.append(f"{threads} thread(s) per session, this bundle runs {my_threads or 'the backend default (every core)'}")
+    elif threads is None and my_threads:  # measured at the backend default, or at a count nobody recorded (an import)
+        said.append(f"the backend default (every core) or an unrecorded thread count, this bundle runs {my_threads} thread(s)")
     theirs = device.get("providers") if isinstance(device, dict) else None
     if isinstance(theirs, list) and my_providers and list(theirs) != list(my_providers):
         said.append(f"execution providers {theirs}, this bundle runs {list(my_providers)}")
