@@ -29,14 +29,15 @@ class Mode:
     source: str = ""  # where thresholds / p90s come from, for the overlay
     note: str = ""  # why the mode fell back, for stderr and the stats
 
-    def predict_kwargs(self) -> dict:
+    def predict_kwargs(self, spent_ms: float = 0.0) -> dict:
+        """``Bundle.predict``'s arguments for a frame whose preprocessing took ``spent_ms`` (a deadline counts it)."""
         kw: dict = {}
         if self.thresholds is not None:
             kw["thresholds"] = self.thresholds
         if self.active and self.kind == "budget":
             kw["budget_ms"] = self.ms
         if self.active and self.kind == "deadline":
-            kw["deadline_ms"] = self.ms
+            kw["deadline_ms"], kw["spent_ms"] = self.ms, spent_ms
         return kw
 
     def scale(self, factor: float) -> bool:

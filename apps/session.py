@@ -207,7 +207,7 @@ class FrameLoop:
         t0 = time.perf_counter()
         x = model_input(self.bundle, frame)
         t1 = time.perf_counter()
-        pred = self._predict(x)
+        pred = self._predict(x, (t1 - t0) * 1e3)
         t2 = time.perf_counter()
         p_ms = (t2 - t1) * 1e3
         self.overlay.record(pred, t2)
@@ -220,9 +220,9 @@ class FrameLoop:
         redraw = lambda: self.overlay.draw(frame, pred, model_input=x, model_ms=p_ms)
         return window.present(img, self.mode, self.overlay, self._wait_ms(t0), redraw)
 
-    def _predict(self, x):
-        try:
-            pred = self.bundle.predict(x, **self.mode.predict_kwargs())
+    def _predict(self, x, pre_ms: float):
+        try:  # a deadline counts the frame's preprocessing, as the runtime's own uint8 path does
+            pred = self.bundle.predict(x, **self.mode.predict_kwargs(pre_ms))
         except (ValueError, ImportError) as e:
             raise AppError(f"prediction failed in {self.mode.kind} mode: {e}") from None
         return pred[0] if isinstance(pred, list) else pred  # a (1, C, H, W) batch of one

@@ -262,6 +262,27 @@ def test_deadline_above_the_full_cost_runs_the_last_stage(env, monkeypatch):
         assert p["exit"] == n and not p["deadline_skipped"] and len(p["stage_ms"]) == n, p
 
 
+def test_a_deadline_counts_the_frames_preprocessing(env, monkeypatch):
+    """The webcam's deadline left out each frame's preprocessing (the API and predict count it). Preprocessing that takes
+    200 ms leaves no room under a 250 ms deadline for stage 2 (p90 100 ms): it is skipped, and ran before."""
+    import time
+
+    from apps import session
+
+    n = _num_exits(env)
+    p90 = [1.0, 100.0] + [1e4] * (n - 2)
+    real = session.model_input
+
+    def slow(bundle, frame):
+        time.sleep(0.2)
+        return real(bundle, frame)
+
+    assert all(p["exit"] == 2 for p in _deadline_run(env, monkeypatch, 250.0, p90)["predictions"])
+    monkeypatch.setattr(session, "model_input", slow)
+    stats = _deadline_run(env, monkeypatch, 250.0, p90)
+    assert all(p["exit"] == 1 and p["deadline_skipped"] for p in stats["predictions"]), stats["predictions"]
+
+
 def test_a_deadline_below_exit_1_is_said(env, monkeypatch, capsys):
     """Exit 1 always runs: a deadline under its p90 is missed on most frames ("met on 0/29 frames" and no word why)."""
     n = _num_exits(env)
