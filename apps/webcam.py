@@ -70,7 +70,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     src.add_argument("--video", default=None, help="video file instead of a camera")
     lim = ap.add_mutually_exclusive_group()
     lim.add_argument("--budget-ms", type=float, default=None, help="latency budget: the controller picks thresholds (needs a calibration)")
-    lim.add_argument("--deadline-ms", type=float, default=None, help="per-frame deadline: skip later stages that would overrun it")
+    lim.add_argument("--deadline-ms", type=float, default=None, help="per-frame deadline, counted from the frame's preprocessing: skip later stages that would overrun it")
     ap.add_argument("--thresholds", default=None, help="per-exit confidence thresholds, e.g. 0.9,0.8 (default: calibration, else manifest)")
     ap.add_argument("--device-name", default=None, help="use <bundle>/calibration/NAME.json (python -m dvt_runtime.calibrate; default: this host's name, "
                                                             "calibrate's default)")
