@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -236,6 +238,30 @@ def test_in_graph_input_resize_is_delegated_like_the_rest(tmp_path):
         assert m.parity.passed, m.parity
         left[name] = [e.undelegated_ops for e in m.exits]
     assert left["resized"] == left["plain"]
+
+
+@pytest.mark.skipif(not get_target("executorch").available, reason="executorch not installed")
+def test_an_etrecord_lets_the_inspector_name_an_etdumps_operators(micro_ckpt, tmp_path):
+    """No ETRecord was written, so an ETDump recorded on a device could time each operator but never name it: --etrecord
+    writes exitK.etrecord beside each .pte, and ExecuTorch's Inspector reads the
+    runtime's own ETDump with it."""
+    from executorch.devtools import Inspector
+
+    res = export_bundle(str(micro_ckpt), "executorch", "fp32", out=str(tmp_path / "b"), verify_n=20, etrecord=True,
+                        progress=False)
+    assert sorted(f.name for f in res.path.glob("*.etrecord")) == ["exit1.etrecord", "exit2.etrecord", "exit3.etrecord"]
+    b = Bundle.open(res.path, threads=1, etdump=True)
+    for _ in range(3):
+        b.predict(np.zeros(b.input_shape, np.float32), thresholds=[None] * (b.num_exits - 1))
+    dumps = b.write_etdump(tmp_path / "trace")
+    for e, dump in enumerate(dumps):
+        with contextlib.redirect_stdout(io.StringIO()):
+            df = Inspector(etdump_path=str(dump), etrecord=str(res.path / f"exit{e + 1}.etrecord")).to_dataframe()
+        named = [op for ops in df["op_types"] for op in ops]
+        assert any("linear" in op or "addmm" in op or "layer_norm" in op for op in named), (e, named[:20])
+    with pytest.raises(ValueError, match="--etrecord is ExecuTorch's"):
+        export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(tmp_path / "o"), etrecord=True, progress=False)
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.skipif(not get_target("executorch").available, reason="executorch not installed")

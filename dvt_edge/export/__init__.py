@@ -45,6 +45,7 @@ from dvt_edge.export.verify import (
 from dvt_edge.imageset import SplitNotHeld, as_imagenet_labels, default_classes, label_mismatch, stratified_subset
 from dvt_edge.logs import quiet_toolchains
 from dvt_edge.models import DVT, imagenet_layout
+from dvt_runtime.backends import available_backends
 from dvt_runtime.bundle import softmax
 from dvt_runtime.io import current_umask, progress, sha256_file
 from dvt_runtime.manifest import ExitParity, ExitSpec, Manifest, ParityReport
@@ -208,6 +209,7 @@ class ExportOptions:
     verbose: bool = False  # toolchain logs on the terminal instead of the log file
     log_path: Optional[str] = None
     caller: str = "export"  # whose flags advice names: "export" (--calib-data, --scheme) or "bench" (--data)
+    etrecord: bool = False  # ExecuTorch: an ETRecord beside each .pte (the Inspector names an ETDump's operators with it)
 
     @property
     def data_flag(self) -> str:
@@ -264,6 +266,7 @@ def export_bundle(checkpoint: str, target: str, precision: str = "fp32", options
     opts = options or ExportOptions(**kwargs)
     t = get_target(target)
     t.check_precision(precision)
+    t.check_etrecord(opts.etrecord)
     t.check_available()
     model, info = load_checkpoint(checkpoint, model=opts.model_name, trusted=opts.trusted)
     dest = Path(opts.out) if opts.out else Path("bundles") / f"{model.name}-{t.name}-{precision}"
@@ -273,7 +276,7 @@ def export_bundle(checkpoint: str, target: str, precision: str = "fp32", options
     inputs = [checkpoint] + ([opts.calib_data.partition(":")[2]] if opts.calib_data and ":" in opts.calib_data else [])
     check_destination(dest, opts.force, inputs, log)
     schemes = int8_schemes(t, precision, opts.scheme)
-    if len(schemes) > 1 and t.backend not in _backends_here():  # auto measures each scheme: nothing can be measured here
+    if len(schemes) > 1 and t.backend not in available_backends():  # auto measures each scheme: nothing can be measured here
         schemes = [d if (d := t.int8.get("default_scheme")) in schemes else schemes[0]]  # a recipe whose default is auto: its first
         print(f"note: --scheme auto picks each exit's scheme by measured agreement and speed, which needs {t.backend} to run; "
               f"it does not run on this host, so {schemes[0]!r} (the recipe's default, or its first) is exported (export where it runs to "
@@ -327,12 +330,6 @@ _SAID: set[str] = set()  # warnings already printed in this process
 MIN_THRESHOLD_IMAGES = 50  # fewer labelled images choose no default thresholds
 
 
-def _backends_here() -> list[str]:
-    from dvt_runtime.backends import available_backends
-
-    return available_backends()
-
-
 def _prepare(dest: Path, t: Target, precision: str, opts: ExportOptions, model: DVT, info: CheckpointInfo,
              schemes: list[Optional[str]], checkpoint: str) -> _Plan:
     """Load the calibration and verification images and run the PyTorch reference on them."""
@@ -360,8 +357,6 @@ def _prepare(dest: Path, t: Target, precision: str, opts: ExportOptions, model: 
     if stand_in:
         data.note = f"{stand_in}; {data.note}"
     if data.verify_x is None:  # said now, not only in the manifest
-        from dvt_runtime.backends import available_backends
-
         print(f"note: {data.note}" if t.backend in available_backends() else  # off its platform real images verify nothing here
               f"note: no real images; {t.backend} does not run on this host, so the export is checked structurally here (verify it "
               "where it runs); images (--calib-data) would choose the default thresholds on real images", file=sys.stderr)
@@ -401,7 +396,8 @@ def _export_exits(p: _Plan, console) -> tuple[list[ExitArtifact], list[str]]:
         for sch in p.schemes:
             cdir = p.tmp if len(p.schemes) == 1 else Path(tempfile.mkdtemp(prefix=f"{sch}-", dir=p.tmp))
             check_e = [c[e] for c in p.check_inputs]
-            art = mod.export_exit(ExitJob(e, p.graphs[e], p.target, p.precision, sch, calib_e, cdir, check=check_e))
+            art = mod.export_exit(ExitJob(e, p.graphs[e], p.target, p.precision, sch, calib_e, cdir, {"etrecord": p.opts.etrecord},
+                                          check_e))
             candidates.append((sch, cdir, art))
         if len(candidates) > 1:
             _, _, art = pick_scheme(p.model, p.target, candidates, p.graphs, artifacts, p.tmp, p.data, p.real_ref, e, notes)

@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-verify", action="store_true", help="skip the parity checks: the bundle is written unverified (its manifest says so: parity.passed false)")
     ap.add_argument("--trust-checkpoint", action="store_true", help="allow arbitrary unpickling (only for files you trust)")
     ap.add_argument("--verbose", action="store_true", help="show the toolchains' own output (default: it goes to OUT/../dvt-edge-export.log)")
+    ap.add_argument("--etrecord", action="store_true", help="ExecuTorch: write exitK.etrecord beside each .pte, for ExecuTorch's Inspector "
+                    "to name the operators of an ETDump (profile --etdump-dir); other targets of the run ignore it")
     ap.add_argument("--list-targets", action="store_true", help="print the targets and exit")
     return ap
 
@@ -105,6 +107,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ValueError(f"unsupported precision(s): {', '.join(bad)}; valid per target: "
                              f"{ {n: list(TARGETS[n].precisions) for n in names} }")
         check_scheme(args.scheme, jobs)
+        if args.etrecord and "executorch" not in names:
+            get_target(names[0]).check_etrecord(True)  # the error that names the fix
         if several and args.out and (Path(args.out) / "manifest.json").exists():
             raise ValueError(f"--out {args.out} is a bundle, and {len(jobs)} bundles were asked for: name the folder to hold them "
                              "(e.g. --out bundles/), or export one target and precision to replace this bundle")
@@ -124,7 +128,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.out:
                 out = str(Path(args.out) / f"{model_name}-{name}-{prec}") if as_parent else args.out
             try:
-                opts = dataclasses.replace(base, out=out, scheme=args.scheme if prec == "int8" else None)  # --scheme: int8 jobs only
+                opts = dataclasses.replace(base, out=out, scheme=args.scheme if prec == "int8" else None,  # --scheme: int8 jobs only
+                                           etrecord=args.etrecord and TARGETS[name].backend == "executorch")
                 r = export_bundle(args.checkpoint, name, prec, opts)
                 print(r.report)
                 print(f"wrote {r.path}\n")

@@ -113,8 +113,13 @@ def export_exit(job: ExitJob) -> ExitArtifact:
         if job.precision == "int8":
             module, quant = _quantize(job, module, example)
         ep = torch.export.export(module, example)
-        edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+        etrecord = bool(job.options.get("etrecord"))
+        edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()], generate_etrecord=etrecord)
         ops = undelegated_ops(edge.exported_program())
         prog = edge.to_executorch()
+        extra = []
+        if etrecord:  # the graphs with debug handles: Inspector(etdump_path=..., etrecord=...) names each traced operator
+            prog.get_etrecord().save(str(job.out_dir / f"{job.basename}.etrecord"))
+            extra.append(f"{job.basename}.etrecord")
     job.artifact.write_bytes(prog.buffer)
-    return ExitArtifact(artifact=job.artifact.name, quantization=quant, undelegated_ops=ops)
+    return ExitArtifact(artifact=job.artifact.name, quantization=quant, undelegated_ops=ops, extra_files=extra)

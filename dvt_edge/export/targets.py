@@ -67,6 +67,11 @@ class Target:
         if precision not in self.precisions:
             raise ValueError(f"target {self.name!r} supports precisions {list(self.precisions)}, not {precision!r}")
 
+    def check_etrecord(self, etrecord: bool) -> None:
+        if etrecord and self.backend != "executorch":
+            raise ValueError(f"--etrecord is ExecuTorch's (a debug record beside each .pte); target {self.name!r} has none: "
+                             "export --target executorch with it, or leave it out")
+
     def load(self) -> ModuleType:
         """The exporter module (``export_exit(...)``) behind this recipe."""
         self.check_available()
