@@ -90,6 +90,26 @@ def test_deadline_skips_stages_that_would_overrun(onnx_bundle, val):
     assert all(p.exit == 2 and not p.deadline_skipped for p in b.predict(val[0][:5], thresholds=[None, None], deadline_ms=1e6))
 
 
+def test_unnormalized_0_1_floats_are_warned_at_the_callers_line(onnx_bundle):
+    """0-1 float pixels (PIL, skimage), transposed as the channels-last hint said, were answered with nothing said (31.0%
+    top-1 on 400 CIFAR images against 87.5% as uint8): warned wherever they enter, naming the caller's line."""
+    b = Bundle.open(onnx_bundle)
+    img = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
+    unit = (img / 255.0).astype(np.float32)[None, None]  # (1, 1, 28, 28), never normalized
+    for call in (lambda: b.predict(unit[0]), lambda: b.predict(unit), lambda: b.predict([unit[0]]), lambda: b.run_exits(unit)):
+        with pytest.warns(UserWarning, match=r"none negative, though this bundle's preprocessing maps pixels darker than its mean below 0 "
+                                             r".*0-1 pixels never normalized get wrong answers") as rec:
+            call()
+        assert rec[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        b.predict(b.preprocess(img))  # normalized: nothing to say
+        b.predict(np.zeros_like(unit))  # zeros to warm up
+        b.predict(np.random.default_rng(1).standard_normal((2, 1, 28, 28)).astype(np.float32))
+    with pytest.raises(InputError, match=r"channels last\? a float array must be the preprocessing's output, \(N, C, H, W\) and normalized"):
+        b.predict(unit.transpose(0, 2, 3, 1))
+
+
 def test_bad_inputs(onnx_bundle):
     b = Bundle.open(onnx_bundle)
     with pytest.raises(InputError, match=r"\(N, 1, 28, 28\)"):

@@ -216,13 +216,14 @@ class Bundle:
         if x.ndim == len(want):
             x = x[None]
         if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != want:
-            hint = " (channels last? transpose to (N, C, H, W))" if x.ndim == 4 and x.shape[-1] == want[0] and x.shape[1:3] == want[1:] else ""
+            hint = (" (channels last? a float array must be the preprocessing's output, (N, C, H, W) and normalized: pass uint8 pixels, "
+                    "or bundle.preprocess of them)") if x.ndim == 4 and x.shape[-1] == want[0] and x.shape[1:3] == want[1:] else ""
             raise InputError(f"input must be preprocessed float32 of shape (N, {', '.join(map(str, want))}) or a uint8 image; got {given} "
                              f"{x.dtype}{hint}")
         if x.dtype != np.float32:
             raise InputError(f"input must be float32 (got {x.dtype}): convert preprocessed arrays with x.astype(np.float32); "
                              "pass uint8 images as they are (they are preprocessed inside)")
-        check_finite(x, self._value_range)
+        check_finite(x, self._value_range, warn_unnormalized=True)
         return np.ascontiguousarray(x)
 
     def _as_array(self, x) -> np.ndarray:
@@ -354,7 +355,7 @@ class Bundle:
         """
         if (type(x) is np.ndarray and x.dtype == np.float32 and x.shape == self.input_shape and budget_ms is None
                 and deadline_ms is None and max_batch is None):  # one preprocessed image: the camera path, kept lean
-            check_finite(x, self._value_range)
+            check_finite(x, self._value_range, warn_unnormalized=True)
             return self._cascade_one(np.ascontiguousarray(x)[None], self._thresholds(thresholds))
         t0 = time.perf_counter()
         xb, single = self._batch(x)

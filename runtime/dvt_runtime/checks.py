@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 import re
+import sys
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -82,11 +85,22 @@ VALUE_MARGIN = 8.0
 _FIX = "pass uint8 images (H, W, C) as they are (the bundle preprocesses them), or the output of bundle.preprocess"
 
 
-def check_finite(x: np.ndarray, value_range: Optional[tuple[float, float]] = None, where: str = "input", fix: str = _FIX) -> None:
+def user_stacklevel() -> int:
+    """``stacklevel`` for a ``warnings.warn`` in the function calling this: the first frame outside this package (a
+    warning then names the user's line, however deep in the runtime it is raised)."""
+    here, f, level = os.path.dirname(__file__), sys._getframe(1), 1
+    while f is not None and os.path.dirname(f.f_code.co_filename) == here:
+        f, level = f.f_back, level + 1
+    return level
+
+
+def check_finite(x: np.ndarray, value_range: Optional[tuple[float, float]] = None, where: str = "input", fix: str = _FIX,
+                 warn_unnormalized: bool = False) -> None:
     """float32 input: finite (NaN and infinity carry through min and max), and with ``value_range`` (the
     preprocessing's, :attr:`Preprocess.value_range`) not far outside what the preprocessing produces: raw pixels
     given as floats (0-255) would otherwise get confident nonsense. The margin (half the range on each side, at
-    least ``VALUE_MARGIN``) leaves room for resampling overshoot, augmentation and standard-normal timing inputs."""
+    least ``VALUE_MARGIN``) leaves room for resampling overshoot, augmentation and standard-normal timing inputs.
+    ``warn_unnormalized``: warn of 0-1 floats that the preprocessing would have made partly negative."""
     if not x.size:  # nothing to check (an empty batch is the caller's to refuse)
         return
     lo_v, hi_v = float(x.min()), float(x.max())
@@ -100,6 +114,11 @@ def check_finite(x: np.ndarray, value_range: Optional[tuple[float, float]] = Non
         raw = "these look like raw 0-255 pixels: " if hi_v > 20 and lo_v >= -1e-6 else ""
         raise InputError(f"{where} holds values from {lo_v:.4g} to {hi_v:.4g}, but this bundle's preprocessing (pixels / 255, minus "
                          f"mean, over std) gives {lo:.3g} to {hi:.3g}: {raw}{fix}")
+    # normalized, a pixel darker than the mean is negative (a constant array, e.g. zeros to warm up, is no image)
+    if warn_unnormalized and lo <= -0.5 and 0 <= lo_v < hi_v <= 1:
+        warnings.warn(f"{where} holds values from {lo_v:.4g} to {hi_v:.4g}, none negative, though this bundle's preprocessing maps "
+                      f"pixels darker than its mean below 0 (down to {lo:.3g}): 0-1 pixels never normalized get wrong answers; "
+                      f"{fix}", stacklevel=user_stacklevel())
 
 
 def numbered(names) -> bool:
