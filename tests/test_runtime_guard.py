@@ -5,6 +5,7 @@ that name no bundle."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -92,6 +93,13 @@ def test_open_refuses_unknown_options_and_bad_threads(onnx_bundle):
         with pytest.raises(err, match=match):
             Bundle.open(onnx_bundle, **kw)
     assert Bundle.open(onnx_bundle, threads=2).threads == 2
+    # a million threads had the kernel's OOM killer end the process at 23 GB; more threads than cores slowed every call unsaid
+    cores = os.cpu_count() or 1
+    with pytest.raises(ValueError, match=rf"threads=1000000 is far more than this machine's {cores} core\(s\): pass at most {cores}"):
+        Bundle.open(onnx_bundle, threads=10**6)
+    with pytest.warns(UserWarning, match=rf"threads={cores + 1} on a machine with {cores} core\(s\): the threads contend") as rec:
+        Bundle.open(onnx_bundle, threads=cores + 1)
+    assert len(rec) == 1 and rec[0].filename == __file__  # once per bundle, at the caller's line
 
 
 def test_channels_first_uint8_is_an_input_error(onnx_bundle):

@@ -94,7 +94,7 @@ class Bundle:
         threads per session (1 is usually fastest for a cascade of small graphs; None = the backend's default).
         ``providers``: ONNX Runtime execution providers in priority order, e.g. ``["CUDAExecutionProvider", "CPUExecutionProvider"]``."""
         path = Path(path)
-        threads = check_threads(threads)
+        threads = check_threads(threads, warn=True)
         opts = dict(backend_opts, **({"providers": providers} if providers is not None else {}))
         m = Manifest.load(path, verify=verify)
         check_options(m.backend, opts)
