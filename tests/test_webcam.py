@@ -281,6 +281,9 @@ def test_a_deadline_counts_the_frames_preprocessing(env, monkeypatch):
     monkeypatch.setattr(session, "model_input", slow)
     stats = _deadline_run(env, monkeypatch, 250.0, p90)
     assert all(p["exit"] == 1 and p["deadline_skipped"] for p in stats["predictions"]), stats["predictions"]
+    assert stats["budget"]["hits"] == 3 and stats["budget"]["counted_on"] == "preprocessing + predict wall time per frame"
+    stats = _deadline_run(env, monkeypatch, 150.0, p90)  # the frames' 200 ms of preprocessing alone miss it (were counted hits)
+    assert stats["budget"]["misses"] == 3 and all(p["predict_ms"] < 150 for p in stats["predictions"]), stats["budget"]
 
 
 def test_a_deadline_below_exit_1_is_said(env, monkeypatch, capsys):
