@@ -533,6 +533,10 @@ def test_one_set_of_images_verifies_on_images_calibration_did_not_see(tmp_path):
     verified = {float(v[0, 0, 0]) for v in d.verify_x}
     assert len(seen) == 16 and len(verified) == n - 16 and not seen & verified
     assert "none of them calibration images" in d.note
+    # nothing calibrates (fp32, weight-only or dynamic int8): a reader's 100 labelled images verified only 36 (under the 50 that
+    # choose thresholds), 64 held back for no calibration, and the note still said "64 calibration images"
+    d = _load_data(f"npz:{tmp_path / 'one.npz'}", pre, calib_n=16, verify_n=100, need_calib=False, num_classes=4)
+    assert d.calib == [] and len(d.verify_x) == n and d.note == f"{n} verification images from npz:{tmp_path / 'one.npz'}/train", d.note
     # a file of one named split (python -m dvt_edge.data export --split val writes one): no training split to
     # load, so that split serves calibration and verification alike, and the note names it
     np.savez(tmp_path / "val.npz", images=images, labels=np.arange(n) % 4, split=np.array("val"))

@@ -103,7 +103,7 @@ def _load_data(spec: Optional[str], pre: Preprocess, calib_n: int, verify_n: int
         except SplitNotHeld:  # a file of one split (an exported val .npz): calibration and verification share its images
             train, first = _images(spec, "val", pre, num_classes, classes), "val"
         mismatch = label_mismatch(train, num_classes, classes)
-        calib, _ = train.arrays() if lazy else train.arrays(calib_n, seed=0)
+        calib = (train.arrays() if lazy else train.arrays(calib_n, seed=0))[0] if need_calib else []  # fp32, weight-only: none
         try:
             val = _images(spec, "val", pre, num_classes, classes, verify_n if lazy else None, 1)
         except DataError:
@@ -113,14 +113,15 @@ def _load_data(spec: Optional[str], pre: Preprocess, calib_n: int, verify_n: int
             where = f"{spec}/val"
         else:  # one set of images (no val split, or an npz without one): verify on images calibration did not see
             train = _images(spec, first, pre, num_classes, classes) if lazy else train  # all of it
-            rest = np.setdiff1d(np.arange(len(train)), stratified_subset(train.labels, calib_n, 0))
+            held = stratified_subset(train.labels, calib_n, 0) if need_calib else []  # nothing calibrates: every image verifies
+            rest = np.setdiff1d(np.arange(len(train)), held)
             pool = train.subset(rest) if len(rest) else train
             vx, vy = pool.arrays(min(verify_n, len(pool)), seed=1)
-            where = (f"{spec}/{first}, none of them calibration images (no separate val split)" if len(rest) else
-                     f"{spec}/{first}, the calibration images themselves (too few images to hold any apart)")
+            where = (f"{spec}/{first}" if not need_calib else f"{spec}/{first}, none of them calibration images (no separate val split)"
+                     if len(rest) else f"{spec}/{first}, the calibration images themselves (too few images to hold any apart)")
     except DataError as e:
         raise ExportError(f"calibration data {spec!r}: {e}") from None
-    note = f"{len(calib)} calibration images from {spec}/{first}, {len(vx)} verification images from {where}"
+    note = (f"{len(calib)} calibration images from {spec}/{first}, " if need_calib else "") + f"{len(vx)} verification images from {where}"
     if mismatch:
         vy, note = None, note + f"; their labels are not used ({mismatch}): no accuracy, no thresholds chosen on them"
     return _Data(spec, list(calib), vx, vy, note)
