@@ -518,6 +518,24 @@ def test_one_crashing_target_is_a_failed_line_and_the_others_still_run(micro_ckp
     assert "valid per target" in capsys.readouterr().err
 
 
+def test_the_table_names_its_images_and_says_when_too_few_checked_the_agreement(micro_ckpt, tmp_path):
+    """3 images calibrated static int8 and verified it too ("100% agreement", exit code 0, nothing said on the terminal;
+    the images only in the manifest): the table names the images and warns of agreement on few, or in-sample, images."""
+    from dvt_edge.fashion_mnist import FASHION_MNIST_CLASSES
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "three.npz", images=rng.integers(0, 256, (3, 28, 28), dtype=np.uint8), labels=np.arange(3),
+             classes=np.array(FASHION_MNIST_CLASSES))
+    res = export_bundle(str(micro_ckpt), "onnx", "int8", out=str(tmp_path / "b"), calib_data=f"npz:{tmp_path / 'three.npz'}",
+                        scheme="static", int8_min_agreement=None, progress=False)
+    assert f"images: 3 calibration images from npz:{tmp_path / 'three.npz'}/train, 3 verification images" in res.report, res.report
+    assert ("warning: agreement measured on only 3 real images (each is 33 points), so it is rough; and they are the calibration "
+            "images themselves") in res.report
+    res = export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(tmp_path / "f"), calib_data="fashion-mnist", verify_n=300,
+                        progress=False)
+    assert "images: 300 verification images from fashion-mnist/val" in res.report and "warning: agreement" not in res.report
+
+
 def test_one_set_of_images_verifies_on_images_calibration_did_not_see(tmp_path):
     """An npz without a split serves both splits: verification must not reuse calibration images
     (int8 agreement measured on calibration images flatters it), and the note says where they came from."""

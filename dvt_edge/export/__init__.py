@@ -31,6 +31,7 @@ from dvt_edge.export.int8 import CALIBRATED, int8_schemes, pick_scheme
 from dvt_edge.export.targets import TARGETS, Target, TargetUnavailable, get_target
 from dvt_edge.export.verify import (
     FP32_TOL,
+    IN_SAMPLE,
     INT8_MIN_AGREEMENT,
     check_finite_reference,
     check_parity,
@@ -118,7 +119,7 @@ def _load_data(spec: Optional[str], pre: Preprocess, calib_n: int, verify_n: int
             pool = train.subset(rest) if len(rest) else train
             vx, vy = pool.arrays(min(verify_n, len(pool)), seed=1)
             where = (f"{spec}/{first}" if not need_calib else f"{spec}/{first}, none of them calibration images (no separate val split)"
-                     if len(rest) else f"{spec}/{first}, the calibration images themselves (too few images to hold any apart)")
+                     if len(rest) else f"{spec}/{first}, {IN_SAMPLE} (too few images to hold any apart)")
     except DataError as e:
         raise ExportError(f"calibration data {spec!r}: {e}") from None
     note = (f"{len(calib)} calibration images from {spec}/{first}, " if need_calib else "") + f"{len(vx)} verification images from {where}"

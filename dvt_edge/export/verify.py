@@ -20,7 +20,7 @@ from dvt_edge.export.common import ExitArtifact, ExitGraph, ExportError
 from dvt_edge.export.targets import Target
 from dvt_edge.models import DVT
 from dvt_runtime.bundle import Bundle, softmax
-from dvt_runtime.checks import rough_thresholds
+from dvt_runtime.checks import FEW_IMAGES, rough_thresholds
 from dvt_runtime.manifest import ExitParity, ExitSpec, Manifest, ParityReport
 
 __all__ = ["FP32_TOL", "BATCH_TOL", "VERIFY_BATCH", "INT8_MIN_AGREEMENT", "torch_cascade", "verification_bundle", "open_sessions",
@@ -204,6 +204,10 @@ def simulated_problems(quantizations: list[dict], min_agreement: Optional[float]
     return problems
 
 
+#: how the data note says that verification ran on the calibration images (too few images to hold any apart)
+IN_SAMPLE = "the calibration images themselves"
+
+
 def _cell(v: Optional[float], fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
@@ -234,6 +238,12 @@ def format_parity(m: Manifest) -> str:
         lines.append(f"exit decision agreement at the default thresholds: {p.exit_decision_agreement:.2f}%, "
                      f"cascade answer agreement: {p.cascade_answer_agreement:.2f}%")
     lines.append(_thresholds_line(m))
+    if p.data:  # which images calibrated and verified: said here, not only in the manifest
+        lines.append(f"images: {p.data}")
+    if 0 < p.n_real < FEW_IMAGES:
+        lines.append(f"warning: agreement measured on only {p.n_real} real images (each is {100 / p.n_real:.2g} points), so it is rough"
+                     + ("; and they are the calibration images themselves" if IN_SAMPLE in p.data else "")
+                     + ": export with more labelled images")
     if p.checked == "structural":  # e.g. Core ML off macOS: passed means the structure only
         lines.append(f"note: no numerical check ran ({m.backend} does not run on this host): the artifacts' outputs were not compared "
                      "with PyTorch, and the default thresholds are PyTorch's; check and calibrate where it runs (dvt-runtime calibrate)")
