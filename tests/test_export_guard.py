@@ -228,10 +228,15 @@ def test_a_failed_agreement_names_the_agreement_option_and_the_api_offers_no_all
     unknown-target error offered 'all', which only the command line takes. The failed export left its empty toolchain log
     and the folders made for it."""
     (tmp_path / "mine").mkdir()  # the user's (empty) folder stays
-    with pytest.raises(ExportError, match=r"int8 top-1 agreement below the required: pass --int8-min-agreement PCT") as e:
+    with pytest.raises(ExportError, match=r"int8 top-1 agreement below the required: try another --scheme \(static, dynamic\), or pass "
+                                          r"--int8-min-agreement PCT") as e:
         export_bundle(str(micro_ckpt), "onnx", "int8", scheme="dynamic", out=str(tmp_path / "mine" / "new" / "deep" / "x"), progress=False,
                       int8_min_agreement=100.0, verify_n=200)
     assert "--no-verify" not in str(e.value)
+    # a static scheme's calibration set is named too (a reader's 1 calibration image failed and was told only to lower the bar)
+    with pytest.raises(ExportError, match=r"below the required: calibrate on more images \(--calib-n N; 1 now\), or try another --scheme"):
+        export_bundle(str(micro_ckpt), "onnx", "int8", scheme="static", calib_n=1, out=str(tmp_path / "mine" / "s"), progress=False,
+                      int8_min_agreement=100.0, verify_n=200)
     assert [p.name for p in tmp_path.rglob("*")] == ["mine"]
     with pytest.raises(ExportError, match=r"verification failed \(export it with python -m dvt_edge.export --checkpoint .* --target onnx "
                                           r"--precision int8 --out .* --int8-min-agreement none, then rerun the bench with --reuse-bundles"):

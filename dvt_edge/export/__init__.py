@@ -478,8 +478,10 @@ def _export_into(p: _Plan, console) -> ExportResult:
                        f"{p.precision} --out {p.dest} " + ("--int8-min-agreement none" if agreement_only else "--no-verify")
                        + ", then rerun the bench with --reuse-bundles")
         else:
-            way_out = ("int8 top-1 agreement below the required: pass --int8-min-agreement PCT, or 'none' to record it without "
-                       "requiring it" if agreement_only else "use --no-verify to write the bundle anyway")
+            more = f"calibrate on more images (--calib-n N; {len(p.data.calib)} now), or " if p.data.calib else ""
+            way_out = (f"int8 top-1 agreement below the required: {more}try another --scheme ({', '.join(t.int8.get('schemes', []))}), or "
+                       "pass --int8-min-agreement PCT, or 'none' to record it without requiring it" if agreement_only else
+                       "use --no-verify to write the bundle anyway")
         raise ExportError(f"verification failed ({way_out}):\n" + table)
     check_destination(p.dest, p.opts.force, p.inputs, p.log)  # again: a folder may have appeared there while the export ran
     notes = carry_over(p.dest, p.tmp, manifest, p.log)
