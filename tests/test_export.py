@@ -531,6 +531,7 @@ def test_the_table_names_its_images_and_says_when_too_few_checked_the_agreement(
     assert f"images: 3 calibration images from npz:{tmp_path / 'three.npz'}/train, 3 verification images" in res.report, res.report
     assert ("warning: agreement measured on only 3 real images (each is 33 points), so it is rough; and they are the calibration "
             "images themselves") in res.report
+    assert res.manifest.quantization["min_top1_agreement"] is None  # the bar applied (none here) is recorded
     res = export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(tmp_path / "f"), calib_data="fashion-mnist", verify_n=300,
                         progress=False)
     assert "images: 300 verification images from fashion-mnist/val" in res.report and "warning: agreement" not in res.report

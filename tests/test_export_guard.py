@@ -282,6 +282,8 @@ def test_cli_int8_min_agreement(micro_ckpt, monkeypatch, capsys):
     for bad in ("101", "nan", "most"):
         assert M.main([*ck, "--int8-min-agreement", bad]) == 2
         assert "int8" in capsys.readouterr().err and len(seen) == 3
+    assert M.main([*ck, "--int8-min-agreement", "0.97"]) == 2  # a fraction was a bar of 0.97%: no bar at all
+    assert "got 0.97: a fraction? pass 97 for 97%" in capsys.readouterr().err and len(seen) == 3
 
 
 def test_a_224px_export_says_it_takes_minutes_before_it_starts(tmp_path, capsys):

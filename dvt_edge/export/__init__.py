@@ -66,9 +66,6 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)  # said on the console too (e.g. device calibrations kept by --force)
 
 
-# ----------------------------------------------------------------------------- data
-
-
 @dataclass
 class _Data:
     spec: Optional[str]
@@ -223,8 +220,9 @@ class ExportOptions:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {v!r}")
         a = self.int8_min_agreement
-        if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 <= a <= 100):
-            raise ValueError(f"int8_min_agreement must be a percentage in [0, 100] or None (not required), got {a!r}")
+        if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 <= a <= 100 or 0 < a < 1):
+            raise ValueError(f"--int8-min-agreement (int8_min_agreement) must be a percentage in [0, 100] or None (not required), got "
+                             f"{a!r}" + (f": a fraction? pass {a * 100:g} for {a:.0%}" if isinstance(a, float) and 0 < a < 1 else ""))
 
 
 @dataclass
@@ -461,7 +459,8 @@ def _export_into(p: _Plan, console) -> ExportResult:
         model=model.name, target=t.name, precision=p.precision,
         classes=list(p.info.classes) if p.info.classes else default_classes(model.cfg.num_classes, imagenet_layout(model.name)),
         preprocess=p.pre, exits=exits, backend=t.backend, model_config=model.cfg.to_dict(),
-        quantization={"schemes_tried": [s for s in p.schemes if s], "recipe": t.recipe} if p.precision == "int8" else {},
+        quantization={"schemes_tried": [s for s in p.schemes if s], "recipe": t.recipe,
+                      "min_top1_agreement": p.opts.int8_min_agreement if p.opts.verify else None} if p.precision == "int8" else {},
         thresholds=p.thresholds, thresholds_source=p.thr_source, parity=report, toolchain=_toolchain(),
         source={"checkpoint": str(p.checkpoint), "sha256": sha256_file(p.checkpoint), "format": p.info.format, "data": p.spec},
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -47,7 +47,7 @@ def _agreement(v: Optional[str]) -> Optional[float]:
     try:
         return float(v)  # the range (and NaN) is checked by ExportOptions
     except ValueError:
-        raise ValueError(f"--int8-min-agreement must be a percentage in [0, 100] or 'none', got {v!r}") from None
+        raise ValueError(f"--int8-min-agreement must be a percentage in [0, 100] (97, not 97% or 0.97) or 'none', got {v!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
