@@ -285,6 +285,24 @@ def test_executorch_static_int8_rounds_only_linear_and_conv(tmp_path):
     assert info["quantized_by_kind"]["linear"] > 0 and info["quantized_other_ops"] == {}, info
 
 
+@pytest.mark.skipif(not get_target("executorch").available, reason="executorch not installed")
+def test_executorch_int8_keeps_the_input_resize_float_like_the_reuse_resize():
+    """The in-graph area resize of a stage's input (two constant linears) was quantized and counted among the layers
+    ('linear': 10 where the model has 8), while the manifest named constant matrices as float."""
+    from dvt_edge.export.common import ExitJob, exit_graphs
+    from dvt_edge.export.executorch import _quantize, for_xnnpack
+    from dvt_edge.models import create_model
+
+    counts = []
+    for kw in ({}, dict(stage_img_sizes=(12, 18, 28), splits=((2, 2, 0), (3, 2, 1), (2, 2, 0)))):
+        torch.manual_seed(0)
+        graphs = exit_graphs(create_model("dvt_micro_fmnist", **kw).eval())
+        job = ExitJob(0, graphs[0], get_target("executorch"), "int8", "dynamic", [], Path("."))
+        _, info = _quantize(job, for_xnnpack(graphs[0]), job.example_inputs())
+        counts.append(info["quantized_by_kind"])
+    assert counts[0] == counts[1] and info["excluded_ops"]["input resize (constant area-resize matrix)"] == 2, (counts, info)
+
+
 def test_stages_of_different_depths_export_and_run(tmp_path):
     """Per-stage depths and stems: each exit's relations tensor has its own width in the manifest,
     and the bundle passes parity through ONNX Runtime."""

@@ -30,6 +30,8 @@ def excluded_reason(node: torch.fx.Node) -> Optional[str]:
         return "classifier head"
     if len(node.args) > 1 and isinstance(node.args[1], torch.fx.Node) and "reuse_resize" in str(node.args[1].target):
         return "reuse resize (constant matrix)"
+    if len(node.args) > 1 and isinstance(node.args[1], torch.fx.Node) and "input_resize" in str(node.args[1].target):
+        return "input resize (constant area-resize matrix)"
     if len(node.args) > 1 and isinstance(node.args[1], torch.fx.Node) and LN_MEAN in str(node.args[1].target):
         return "layer norm means (constant 1/C row)"
     return None
