@@ -550,6 +550,14 @@ def test_the_table_names_its_images_and_says_when_too_few_checked_the_agreement(
     assert ("warning: agreement measured on only 3 real images (each is 33 points), so it is rough; and they are the calibration "
             "images themselves") in res.report
     assert res.manifest.quantization["min_top1_agreement"] is None  # the bar applied (none here) is recorded
+    # what was quantized, counted on the ONNX graph (the manifest had named op types only): every linear of each exit's
+    # stage (torch.export's count), the head and the constant resize matrices included, and said so
+    from dvt_edge.export.common import exit_graphs
+
+    for e, g in zip(res.manifest.exits, exit_graphs(load_checkpoint(micro_ckpt)[0])):
+        linears = sum(n.op == "call_function" and "linear" in str(n.target) for n in torch.export.export(g.stage, g.example_inputs()).graph.nodes)
+        assert sum(e.quantization["quantized_weights"].values()) == linears > 0, (e.quantization, linears)
+        assert "the classifier head and the constant resize matrices (" in e.quantization["quantized_weights_note"]
     res = export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(tmp_path / "f"), calib_data="fashion-mnist", verify_n=300,
                         progress=False)
     assert "images: 300 verification images from fashion-mnist/val" in res.report and "warning: agreement" not in res.report

@@ -81,6 +81,26 @@ def _quantize(job: ExitJob, fp32: Path, out: Path, scheme: str) -> dict:
             "excluded_ops": f"all but {'/'.join(op_types)}; {len(attention)} MatMul(s) of two activations (attention) stay float"}
 
 
+#: what the ONNX recipe quantizes, said beside its counts (the ExecuTorch and Core ML recipes keep these float)
+CONSTANT_WEIGHTS_NOTE = ("every MatMul/Gemm with a constant weight is quantized: the classifier head and the constant resize "
+                         "matrices (a stage's input area-resize, feature reuse's resize) included")
+
+
+def quantized_weights(path: Path) -> dict[str, int]:
+    """Nodes of a quantized ONNX graph that compute with an int8 constant weight, by op type, counted on the graph:
+    read directly (``MatMulInteger``, dynamic) or through a ``DequantizeLinear`` of an initializer (QDQ, static)."""
+    import onnx
+
+    g = onnx.load(str(path), load_external_data=False).graph
+    int8 = {i.name for i in g.initializer if i.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and len(i.dims) >= 2}
+    deq = {o for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in int8 for o in n.output}
+    counts: dict[str, int] = {}
+    for n in g.node:
+        if n.op_type not in ("DequantizeLinear", "QuantizeLinear") and any(i in int8 or i in deq for i in n.input):
+            counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def activation_matmuls(path: Path) -> list[str]:
     """MatMul nodes with no constant operand (attention's q.k and attn.v): ORT's ``MatMulConstBOnly``
     keeps them float in ``quantize_dynamic``, but its QDQ quantizer ignores the option."""
@@ -124,6 +144,7 @@ def export_exit(job: ExitJob) -> ExitArtifact:
         _export_fp32(job, fp32)
         if job.precision == "int8":
             quant = _quantize(job, fp32, onnx_path, job.scheme or "static")
+            quant["quantized_weights"], quant["quantized_weights_note"] = quantized_weights(onnx_path), CONSTANT_WEIGHTS_NOTE
         else:
             shutil.copy(fp32, onnx_path)
     quant["opset"] = OPSET
