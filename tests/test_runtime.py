@@ -110,6 +110,15 @@ def test_unnormalized_0_1_floats_are_warned_at_the_callers_line(onnx_bundle):
         b.predict(unit.transpose(0, 2, 3, 1))
 
 
+def test_a_predictions_json_form_numbers_exits_from_1(onnx_bundle, val):
+    """Prediction.to_dict() wrote the 0-based exit while predict's JSON, the webcam's stats and the README number exits
+    from 1: an app dumping it disagreed with every other file."""
+    b = Bundle.open(onnx_bundle)
+    for p in b.predict(val[0][:4], thresholds=[0.0, None]):  # exit 1 answers every image
+        d = json.loads(json.dumps(p.to_dict()))
+        assert p.exit == 0 and d["exit"] == 1 and d["stage_ms_per_image"] == p.stage_ms_per_image and "probs" not in d
+
+
 def test_bad_inputs(onnx_bundle):
     b = Bundle.open(onnx_bundle)
     with pytest.raises(InputError, match=r"\(N, 1, 28, 28\)"):

@@ -53,8 +53,10 @@ class Prediction:
     stage_ms_per_image: list[float] = field(default_factory=list)  # each stage call's time / images in it
 
     def to_dict(self) -> dict:
-        return {"label": self.label, "class_name": self.class_name, "confidence": self.confidence, "exit": self.exit,
-                "total_ms": self.total_ms, "stage_ms": self.stage_ms, "deadline_skipped": self.deadline_skipped}
+        """The JSON form: the exit numbered from 1, as in every file this project writes; ``probs`` left out."""
+        return {"label": self.label, "class_name": self.class_name, "confidence": self.confidence, "exit": self.exit + 1,
+                "total_ms": self.total_ms, "stage_ms": self.stage_ms, "stage_ms_per_image": self.stage_ms_per_image,
+                "deadline_skipped": self.deadline_skipped}
 
 
 #: Samples per stage call when ``predict``/``run_exits`` get no ``max_batch`` (artifacts that take any

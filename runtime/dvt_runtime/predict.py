@@ -116,7 +116,7 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
             failed.append({"file": str(f), "error": str(e)})
             pre_ms.pop()
             continue
-        rows.append({"file": str(f), **p.to_dict(), "exit": p.exit + 1, "preprocess_ms": pre_ms[-1]})
+        rows.append({"file": str(f), **p.to_dict(), "preprocess_ms": pre_ms[-1]})  # exits numbered from 1
     counts = np.bincount([r["exit"] - 1 for r in rows], minlength=bundle.num_exits).tolist() if rows else [0] * bundle.num_exits
     m = bundle.manifest
     return {
