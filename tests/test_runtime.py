@@ -566,6 +566,16 @@ def test_a_calibration_is_named_after_the_device_that_priced_it(bundle_copy, val
         calibrate(b, x[:60], y[:60], 1.0, profile=et, progress=False)
     with pytest.warns(UserWarning, match=r"no calibration for device 'pixel-8' .*\['pixel8'\]"):
         assert Bundle.open(bundle_copy, device_name="pixel-8").calibration is None
+    # only a throughput calibration of this device: it was "no calibration ... (it holds ['laptop'])", the name it gave
+    shutil.copy(bundle_copy / "calibration" / "pixel8.json", bundle_copy / "calibration" / "laptop-batch8.json")
+    with pytest.warns(UserWarning, match=r"no calibration for device 'laptop' at batch 1 in .*, only at batch 8: using the manifest's "
+                                         r"default thresholds; use_calibration\('laptop', batch=N\) uses one of those"):
+        assert Bundle.open(bundle_copy, device_name="laptop").calibration is None
+    (bundle_copy / "calibration" / "laptop-batch8.json").unlink()
+    for bad, match in (({"device_name": 123}, "device_name must be a non-empty string"), ({"device_name": "pixel8", "batch": 0},
+                                                                                           "batch must be a whole number >= 1")):
+        with pytest.raises(ValueError, match=match):  # a TypeError from inside, a FileNotFoundError "at batch 0"
+            b.use_calibration(**bad)
     shutil.copy(bundle_copy / "calibration" / "pixel8.json", bundle_copy / "calibration" / "jetson.json")
     with pytest.raises(CalibrationError, match="holds the calibration of device 'pixel8', not 'jetson'"):
         Bundle.open(bundle_copy, device_name="jetson")

@@ -16,7 +16,6 @@ models one call at a time (a lock each), and the budget controller's state is gu
 from __future__ import annotations
 
 import math
-import re
 import sys
 import threading
 import time
@@ -140,8 +139,9 @@ class Bundle:
     def calibration_path(self, device_name: str, batch: int = 1) -> Path:
         """``calibration/<device>.json`` (batch 1, the latency path), ``<device>-batch<N>.json`` for a throughput
         calibration at N images per call: one never replaces the other."""
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in device_name)
-        return self.path / "calibration" / (f"{safe}.json" if batch == 1 else f"{safe}-batch{int(batch)}.json")
+        from dvt_runtime.calibration import calibration_file
+
+        return calibration_file(self.path, device_name, batch)
 
     def use_calibration(self, device_name: str, missing_ok: bool = False, batch: int = 1, _stacklevel: int = 2) -> Optional[Calibration]:
         """Use ``calibration/<device>.json`` (or the one made at ``batch`` images per call): its thresholds,
@@ -150,16 +150,14 @@ class Bundle:
         The file is validated (schema, types, ranges) and must have been made for this bundle
         (model, target, precision, artifact hashes) at this batch size; otherwise a CalibrationError names the file.
         """
-        from dvt_runtime.calibration import CalibrationError, read_calibration
+        from dvt_runtime.calibration import CalibrationError, missing_calibration, read_calibration
 
         p = self.calibration_path(device_name, batch)
         if not p.exists():
-            if missing_ok:
-                others = sorted({re.sub(r"-batch\d+$", "", q.stem) for q in p.parent.glob("*.json")}) if p.parent.is_dir() else []
-                if others:  # a misspelled name silently ran the manifest's thresholds
-                    using = "the manifest's default thresholds" if self.manifest.thresholds is not None else "no thresholds (the last exit)"
-                    warnings.warn(f"no calibration for device {device_name!r} in {p.parent} (it holds {others}): using {using}; pass one "
-                                  "of those names, or calibrate this device", stacklevel=4)
+            if missing_ok:  # a misspelled name, or only other batch sizes: said, as the manifest's thresholds run instead
+                using = "the manifest's default thresholds" if self.manifest.thresholds is not None else "no thresholds (the last exit)"
+                if said := missing_calibration(p, device_name, batch, using):
+                    warnings.warn(said, stacklevel=4)
                 return None
             raise FileNotFoundError(f"no calibration for device {device_name!r} at batch {batch} in {self.path} "
                                     "(run python -m dvt_runtime.calibrate" + (f" --batch {batch})" if batch > 1 else ")"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -111,6 +112,34 @@ class Calibration:
         except TypeError as e:
             raise CalibrationError(f"malformed calibration: {e}") from None
         return cls(**d)
+
+
+def calibration_file(bundle: Path, device_name: Any, batch: Any = 1) -> Path:
+    """``calibration/<device>.json`` (batch 1, the latency path), ``<device>-batch<N>.json`` for a throughput
+    calibration at N images per call: one never replaces the other."""
+    if not isinstance(device_name, str) or not device_name.strip():
+        raise ValueError(f"device_name must be a non-empty string (e.g. 'pixel8'), got {device_name!r}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a whole number >= 1 (images per call the calibration was made at), got {batch!r}")
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in device_name)
+    return bundle / "calibration" / (f"{safe}.json" if batch == 1 else f"{safe}-batch{batch}.json")
+
+
+def missing_calibration(p: Path, device_name: str, batch: int, using: str) -> Optional[str]:
+    """A warning for ``p`` (a device's calibration file) missing from a folder that holds others (a misspelled name, or
+    the device's calibrations at other batch sizes), else None."""
+    held = sorted(p.parent.glob("*.json")) if p.parent.is_dir() else []
+    mine = sorted(int(m.group(1)) for q in held if (m := re.fullmatch(re.escape(p.stem.split("-batch")[0]) + r"-batch(\d+)", q.stem)))
+    mine += [1] if batch != 1 and (p.parent / f"{p.stem.split('-batch')[0]}.json").exists() else []
+    if mine:  # this device, calibrated at other batch sizes
+        return (f"no calibration for device {device_name!r} at batch {batch} in {p.parent}, only at batch "
+                f"{', '.join(map(str, sorted(mine)))}: using {using}; use_calibration({device_name!r}, batch=N) uses one of "
+                f"those (its thresholds fit calls of N images), or calibrate at batch {batch}")
+    others = sorted({re.sub(r"-batch\d+$", "", q.stem) for q in held})
+    if others:  # a misspelled name silently ran the manifest's thresholds
+        return (f"no calibration for device {device_name!r} in {p.parent} (it holds {others}): using {using}; pass one of those "
+                "names, or calibrate this device")
+    return None
 
 
 def read_calibration(path: Union[str, Path], manifest) -> Calibration:
