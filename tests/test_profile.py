@@ -321,6 +321,12 @@ def test_cli_measure(bundle_dir, val_images, tmp_path, capsys):
     assert main(["--bundle", str(bundle_dir), "--runs", "4", "--warmup", "0", "--providers", "AzureExecutionProvider, CPUExecutionProvider",
                  "--out", str(out), "--no-progress"]) == 0
     assert LatencyProfile.load(out).device["providers"] == ["AzureExecutionProvider", "CPUExecutionProvider"]
+    # a deployment at the backend's default threads (predict --threads 0) could not be profiled at its own setting
+    assert main(["--bundle", str(bundle_dir), "--runs", "4", "--warmup", "0", "--threads", "0", "--out", str(out), "--no-progress"]) == 0
+    assert LatencyProfile.load(out).threads is None  # the backend default, as a bundle opened at 0 runs
+    with pytest.raises(SystemExit):
+        main(["--bundle", str(bundle_dir), "--threads", "-1"])
+    assert "--threads must be >= 1, or 0 for the backend's default, got -1" in capsys.readouterr().err
 
     x, raw = val_images
     for name, images in (("f.npz", x), ("u.npz", raw)):  # preprocessed float32 and raw uint8 images

@@ -465,7 +465,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--algorithm", default="exact", help=f"one of {list(ALGORITHMS)}")
     ap.add_argument("--device-name", default=None,
                     help="the device the calibration is for (default: this host's name; with --profile, the device it names)")
-    ap.add_argument("--threads", type=int, default=1, help="intra-op threads per session (>= 1)")
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads per session (default 1; 0: the backend's default, every core)")
     ap.add_argument("--providers", default=None, help=PROVIDERS_HELP)
     ap.add_argument("--holdout", type=float, default=0.5,
                     help="fraction of --data kept out of the search, to verify the thresholds on (default 0.5)")
@@ -474,8 +474,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--batch", type=int, default=1, help="images per predict call; > 1: the budget is ms per image at that batch (throughput)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
-    if args.threads < 1:
-        ap.error(f"--threads must be >= 1, got {args.threads}")
+    if args.threads < 0:  # 0: the backend's default, as predict takes it (a deployment at 0 is calibrated at 0)
+        ap.error(f"--threads must be >= 1, or 0 for the backend's default, got {args.threads}")
     try:
         bundle = Bundle.open(args.bundle, threads=args.threads, providers=parse_providers(args.providers))
         if note := batch_note(bundle, args.batch):

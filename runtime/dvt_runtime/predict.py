@@ -175,7 +175,7 @@ def _parser() -> argparse.ArgumentParser:
                          "overrun (p90s from the calibration or --profile)")
     ap.add_argument("--profile", default=None, help="with --deadline-ms: per-stage p90s from this profile JSON (dvt-runtime profile --out)")
     ap.add_argument("--device-name", default=None, help="use calibration/<name>.json (default: this host's name)")
-    ap.add_argument("--threads", type=int, default=1, help="intra-op threads per session (default 1)")
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads per session (default 1; 0: the backend's default, every core)")
     ap.add_argument("--providers", default=None, help=PROVIDERS_HELP)
     ap.add_argument("--out", default=None, help="also write every answer and the summary as JSON (schema dvt-predictions)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")

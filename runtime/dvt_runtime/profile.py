@@ -260,7 +260,7 @@ def _measure_parser() -> argparse.ArgumentParser:
         description="Profile a bundle's per-exit latency on this device (see also: python -m dvt_runtime.profile import -h).",
     )
     ap.add_argument("--bundle", required=True, help="bundle directory (manifest.json + one artifact per exit)")
-    ap.add_argument("--threads", type=int, default=1, help="intra-op threads per session (default 1)")
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads per session (default 1; 0: the backend's default, every core)")
     ap.add_argument("--providers", default=None, help=PROVIDERS_HELP)
     ap.add_argument("--warmup", type=int, default=20, help="discarded warm-up chain runs (default 20)")
     ap.add_argument("--runs", type=int, default=200, help=f"timed chain runs (default 200, at least {MIN_RUNS})")
@@ -299,8 +299,8 @@ def _measure(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
         ap.error(f"--runs must be at least {MIN_RUNS} (the drift check compares quarters), got {args.runs}")
     if args.warmup < 0:
         ap.error(f"--warmup must be >= 0, got {args.warmup}")
-    if args.threads is not None and args.threads < 1:
-        ap.error(f"--threads must be >= 1, got {args.threads}")
+    if args.threads is not None and args.threads < 0:  # 0: the backend's default, as predict takes it
+        ap.error(f"--threads must be >= 1, or 0 for the backend's default, got {args.threads}")
     if args.batch < 1:
         ap.error(f"--batch must be >= 1, got {args.batch}")
     if args.out:
