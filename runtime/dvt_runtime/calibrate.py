@@ -33,7 +33,7 @@ from dvt_runtime.backends import PROVIDERS_HELP, BackendUnavailable, parse_provi
 from dvt_runtime.bundle import Bundle, softmax
 from dvt_runtime.calibration import SCHEMA, BudgetRow, Calibration, CalibrationError, Chosen, bundle_identity, validate_calibration  # noqa: F401  (re-exported)
 from dvt_runtime.checks import FEW_IMAGES, positive_ms
-from dvt_runtime.device import check_batch_memory, profiled_here, this_host  # noqa: F401  (re-exported)
+from dvt_runtime.device import check_batch_memory, check_device_name, profiled_here, this_host  # noqa: F401  (re-exported)
 from dvt_runtime.io import atomic_write_json, check_out_path
 from dvt_runtime.io import progress as _bar
 from dvt_runtime.latency import batch_note, check_batch, load_profile_arg
@@ -309,7 +309,7 @@ def _device_for(profile, device_name: Optional[str]) -> str:
     given profile, the device that profile was measured on (this host's own file is never replaced by
     another device's thresholds)."""
     if device_name is not None:  # before '' falls back to this host's name; a profile's name is checked in _check_request
-        _check_device_name(device_name)
+        check_device_name(device_name, CalibrationError)
     if profile is None:
         return device_name or this_host()
     theirs = profile.device.get("device_name") if isinstance(profile.device, dict) else None
@@ -320,16 +320,6 @@ def _device_for(profile, device_name: Optional[str]) -> str:
         raise CalibrationError("the profile names no device: pass --device-name NAME, the device it was measured on "
                                "(this host's name would replace this host's own calibration)")
     return str(device_name or theirs)
-
-
-def _check_device_name(name: str) -> None:
-    """A device name that makes no calibration file name ('', '.', 'x.json') is refused, wherever it came from."""
-    if not name.strip() or name.startswith("."):  # '', '.', or '../../etc' (calibration/.._.._etc.json, hidden from ls)
-        raise CalibrationError(f"device name {name!r} names no device, or starts with '.' (a hidden file): pass one such as 'pixel8', "
-                               f"or drop --device-name for this host ({this_host()!r})")
-    if name.lower().endswith(".json"):
-        stem = f": --device-name {name[:-5]!r}" if name[:-5].strip(". ") else ""
-        raise CalibrationError(f"device name {name!r}: name the device, not the file (calibration/<device>.json is written for it){stem}")
 
 
 def _check_request(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, algorithm: str, device_name: str,
@@ -353,7 +343,7 @@ def _check_request(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: floa
         raise CalibrationError(f"--metric {metric} with --batch {batch}: a percentile budget is one image's latency, which a call of "
                                f"{batch} images does not have (each waits for the whole call); calibrate throughput with --metric "
                                "mean at --batch N, or a latency percentile at --batch 1")
-    _check_device_name(device_name)  # also a name taken from a given profile
+    check_device_name(device_name, CalibrationError)  # also a name taken from a given profile
     if re.search(r"-batch\d+$", device_name):  # <device>-batch<N>.json is device's calibration at batch N
         raise CalibrationError(f"device name {device_name!r} ends like a batch calibration's file name; name the device "
                                "without '-batch<N>' and pass --batch N")

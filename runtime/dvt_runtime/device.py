@@ -100,6 +100,20 @@ def _nvpmodel() -> Optional[str]:
     return r.stdout.strip() or None
 
 
+def check_device_name(name: str, error: type = ValueError) -> None:
+    """A device name that makes no calibration file name ('', '.', 'x.json', 'x-batch8', a throughput calibration's) is
+    refused with ``error``, wherever it came from (--device-name, a profile)."""
+    if not isinstance(name, str) or not name.strip() or name.startswith("."):  # '', '.', '../../etc' (a hidden file)
+        raise error(f"device name {name!r} names no device, or starts with '.' (a hidden file): pass one such as 'pixel8', "
+                    f"or drop --device-name for this host ({this_host()!r})")
+    if name.lower().endswith(".json"):
+        stem = f": --device-name {name[:-5]!r}" if name[:-5].strip(". ") else ""
+        raise error(f"device name {name!r}: name the device, not the file (calibration/<device>.json is written for it){stem}")
+    if m := re.search(r"-batch(\d+)$", name):  # calibration/<device>-batch<N>.json is the device's calibration at batch N
+        raise error(f"device name {name!r} ends like a throughput calibration's file (-batch{m.group(1)}): name the device "
+                    f"({name[:m.start()]!r}) and give the batch size as --batch {m.group(1)}")
+
+
 def this_host() -> str:
     """The device name of this host: what a calibration made here is saved under by default, and what predict and the
     webcam load by default."""

@@ -303,6 +303,7 @@ def _measure(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
         ap.error(f"--threads must be >= 1, or 0 for the backend's default, got {args.threads}")
     if args.batch < 1:
         ap.error(f"--batch must be >= 1, got {args.batch}")
+    _check_name(args.device_name, ap)
     if args.out:
         check_out_path(args.out, "--out", replaces="dvt-profile/", example="profile.json")
     from dvt_runtime.bundle import Bundle
@@ -335,6 +336,18 @@ def _measure(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     return rc
 
 
+def _check_name(name: Optional[str], ap: argparse.ArgumentParser) -> None:
+    """--device-name as calibrate takes it ('' fell back to this host's name, unsaid; 'x-batch8' made a profile no
+    calibration could be named after)."""
+    from dvt_runtime.device import check_device_name
+
+    if name is not None:
+        try:
+            check_device_name(name)
+        except ValueError as e:
+            ap.error(str(e))
+
+
 def _import(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     if args.etrecord and not args.etdump:
         ap.error("--etrecord goes with --etdump")
@@ -343,6 +356,7 @@ def _import(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     check_out_path(args.out, "--out", replaces="dvt-profile/", example="profile.json")
     if args.threads is not None and args.threads < 1:
         ap.error(f"--threads must be >= 1, got {args.threads}")
+    _check_name(args.device_name, ap)
     manifest = Manifest.load(args.bundle) if args.bundle else None
     if args.etdump:
         _check_etdump_files(args.etdump, manifest, args.bundle)
