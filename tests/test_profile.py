@@ -455,7 +455,15 @@ def test_profile_samples_schema_and_source_checked_on_load(tmp_path):
         del bad[key][i]["samples"]  # a summary-only row has nothing to disagree with
         for row in bad["stages"] + bad["cumulative"]:
             row.pop("samples", None)
-        assert LatencyProfile.from_dict(bad).to_dict()[key][i][stat] == 99.0
+        if stat == "p90":  # ... but its quantiles must still be in order (a p90 above its p99, or below its p50, loaded)
+            with pytest.raises(ProfileError, match=r"'stages' entry 2: p50 3.5, p90 99.0, p99 4.97 are not in order"):
+                LatencyProfile.from_dict(bad)
+        else:
+            assert LatencyProfile.from_dict(bad).to_dict()[key][i][stat] == 99.0
+    swapped = json.loads(json.dumps(d))  # stages reordered by hand: calibrate priced exit 2's times as exit 1's
+    swapped["stages"].reverse()
+    with pytest.raises(ProfileError, match=r"'stages' entry 1 says exit 2: entries are listed in exit order, 1 to 2"):
+        LatencyProfile.from_dict(swapped)
     zero = json.loads(json.dumps(LatencyProfile.from_samples([[1.0, 2.0], [2.0, 3.0]]).to_dict(), allow_nan=False))
     for row in zero["stages"] + zero["cumulative"]:
         row.pop("samples")

@@ -372,7 +372,8 @@ def _check_informational(d: dict[str, Any], num_exits: int) -> None:
 
 def _check_priced(d: dict[str, Any]) -> None:
     """What calibrate and deadline mode price is more than 0 ms: each stage's mean and p90, each stopping stream's mean
-    (a profile with 0 there loaded, and calibrate refused it only after all its work)."""
+    (a profile with 0 there loaded, and calibrate refused it only after all its work); each row names its own exit and
+    has its quantiles in order (rows reordered by hand were priced as other exits)."""
     for key, stats in (("stages", ("mean", "p90")), ("stopping", ("mean",))):
         for i, s in enumerate(d.get(key) or []):
             for k in stats:
@@ -380,6 +381,15 @@ def _check_priced(d: dict[str, Any]) -> None:
                     raise ProfileError(f"latency profile '{key}' entry {i + 1}: its {k} is {s[k]!r} ms, and no stage runs in no time: the "
                                        "clock was too coarse for it (whole milliseconds?); time in microseconds and divide by 1000, or "
                                        "time many runs together")
+    for key in ("stages", "cumulative", "stopping"):  # a hand edit: rows reordered or renumbered, quantiles out of order
+        for i, s in enumerate(d.get(key) or []):
+            if s.get("exit", i + 1) != i + 1:
+                raise ProfileError(f"latency profile '{key}' entry {i + 1} says exit {s['exit']!r}: entries are listed in exit order, "
+                                   f"1 to {len(d[key])} (the file was edited or is damaged): re-profile the bundle")
+            q = [s.get(k) for k in ("p50", "p90", "p99") if _nonneg(s.get(k))]
+            if q != sorted(q):
+                raise ProfileError(f"latency profile '{key}' entry {i + 1}: p50 {s.get('p50')!r}, p90 {s.get('p90')!r}, p99 "
+                                   f"{s.get('p99')!r} are not in order (the file was edited or is damaged): re-profile the bundle")
 
 
 def nulled_nonfinite(obj: Any, where: str, bad: list[str]) -> Any:
@@ -400,7 +410,7 @@ def _check_summary(row: dict[str, Any], samples: np.ndarray, where: str) -> None
     for k in ("n", "mean", "p50", "p90", "p99"):
         if not math.isclose(row[k], ref[k], rel_tol=1e-9, abs_tol=1e-12):
             raise ProfileError(f"{where}: its {k} is {row[k]!r} but its own samples give {ref[k]!r} (the file was edited "
-                               "or is damaged): re-profile the bundle, or drop the 'samples' lists to keep a summary-only profile")
+                               "or is damaged): re-profile the bundle (calibrate prices a profile's own samples)")
 
 
 def _raw_samples(rows: list[dict[str, Any]]) -> list[np.ndarray]:
