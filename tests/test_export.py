@@ -96,6 +96,7 @@ def test_export_target_precision(tmp_path, micro_ckpt, target, precision):
         assert "ai.onnx" in cfg
     if precision == "int8" and len(t.int8["schemes"]) > 1 and t.int8.get("default_scheme") == "auto":
         assert len(m.parity.scheme_selection) == 3  # measured, per exit
+        assert all(f"scheme choice: {n}" in res.report for n in m.parity.scheme_selection)  # said on the terminal, not only kept
         if t.backend != "coreml":  # agreement and speed measured through the runtime, recorded per exit
             for e in m.exits:
                 sel = e.quantization["selection"]
@@ -642,6 +643,11 @@ def test_out_that_is_a_folder_of_bundles_is_the_parent(micro_ckpt, tmp_path, cap
     assert export_main([*args[:-3], "--precision", "fp32,int9", "--out", "typo"]) == 2
     assert "unsupported precision(s): onnx int9; valid per target: {'onnx': ['fp32', 'int8']}" in capsys.readouterr().err
     assert not (tmp_path / "typo").exists()
+    # "onnx,onnx" exported twice, then failed on the bundle it had just written; "fp32," named a blank precision
+    assert export_main([*args[:-5], "--target", "onnx, onnx", "--precision", "fp32,", "--no-verify", "--out", "twice"]) == 0
+    assert Manifest.load(tmp_path / "twice").precision == "fp32"
+    assert export_main([*args[:-5], "--target", ",", "--out", "none"]) == 2
+    assert "--target and --precision name at least one each" in capsys.readouterr().err
     from dvt_edge.export import ExportError
     from dvt_edge.export.install import check_destination
 

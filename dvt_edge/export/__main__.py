@@ -91,8 +91,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ref = default_for_model(args.model)
             args.checkpoint = str(ref.checkpoint)
             print(f"no --checkpoint: exporting the reference model {ref.model} ({args.checkpoint})")
-        names = sorted(TARGETS) if args.target == "all" else [get_target(n).name for n in args.target.split(",")]
-        precisions = args.precision.split(",")
+        # "onnx,onnx" exported twice then failed on its own bundle; "int8," and "fp32, int8" named a blank precision
+        names = sorted(TARGETS) if args.target == "all" else list(dict.fromkeys(get_target(n.strip()).name for n in args.target.split(",")
+                                                                                if n.strip()))
+        precisions = list(dict.fromkeys(p.strip() for p in args.precision.split(",") if p.strip()))
+        if not names or not precisions:
+            raise ValueError(f"--target and --precision name at least one each (e.g. --target onnx --precision int8), got "
+                             f"--target {args.target!r} --precision {args.precision!r}")
         jobs = [(n, p) for n in names for p in precisions if p in TARGETS[n].precisions or len(names) == 1]
         if not jobs:
             valid = {n: list(TARGETS[n].precisions) for n in names}

@@ -238,6 +238,7 @@ def format_parity(m: Manifest) -> str:
         lines.append(f"exit decision agreement at the default thresholds: {p.exit_decision_agreement:.2f}%, "
                      f"cascade answer agreement: {p.cascade_answer_agreement:.2f}%")
     lines.append(_thresholds_line(m))
+    lines += [f"scheme choice: {n}" for n in p.scheme_selection]  # int8 "auto": what each exit chose between, and why
     if p.data:  # which images calibrated and verified: said here, not only in the manifest
         lines.append(f"images: {p.data}")
     if 0 < p.n_real < FEW_IMAGES:
