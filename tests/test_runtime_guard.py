@@ -88,6 +88,7 @@ def test_open_refuses_unknown_options_and_bad_threads(onnx_bundle):
     for kw, err, match in ((dict(provider=["CUDAExecutionProvider"]), TypeError, r"no option\(s\) \['provider'\]"),
                            (dict(etdump=True), TypeError, "etdump"),
                            (dict(providers="CPUExecutionProvider"), ValueError, "list of execution provider names"),
+                           (dict(providers=[]), ValueError, "list of execution provider names"),  # was silently taken
                            (dict(threads=-1), ValueError, "threads"), (dict(threads=1.5), ValueError, "threads"),
                            (dict(threads=True), ValueError, "threads")):
         with pytest.raises(err, match=match):

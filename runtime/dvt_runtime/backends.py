@@ -316,7 +316,7 @@ def check_options(backend: str, opts: dict) -> None:
     if bad:
         raise TypeError(f"{backend} bundles take no option(s) {bad}; valid: {list(valid) + ['threads', 'verify', 'device_name']}")
     prov = opts.get("providers")
-    if prov is not None and (isinstance(prov, (str, bytes)) or not all(isinstance(p, str) for p in prov)):
+    if prov is not None and (isinstance(prov, (str, bytes)) or not all(isinstance(p, str) for p in prov) or not len(prov)):
         raise ValueError(f"providers must be a list of execution provider names, e.g. ['CUDAExecutionProvider', "
                          f"'CPUExecutionProvider'], got {prov!r}")
 

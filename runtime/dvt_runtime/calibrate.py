@@ -241,6 +241,7 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
     go through ``predict`` together (stages profiled at that batch size).
     """
     device_name = _device_for(profile, device_name)
+    x, y = np.asarray(x), np.asarray(y)  # lists from the Python API (a list y failed deep inside: no attribute 'max')
     _check_request(bundle, x, y, budget_ms, algorithm, device_name, holdout, batch, metric, seed)
     budget_ms, seed = float(budget_ms), int(seed)  # numpy numbers from the Python API: plain ones in the file
     f = fit(bundle, x, y, holdout=holdout, seed=seed, profile=profile, runs=runs, warmup=warmup, batch=batch, progress=progress,
