@@ -231,13 +231,11 @@ def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict
     top1 = [e["top1"] for e in report["exits"]]
     gains = exit_gains(top1)
     epoch_s = sum(h.get("epoch_seconds", 0.0) for h in history)
-    if t.get("run_seconds"):
-        wall = (f"{t['run_seconds'] / 60:.1f} min for the whole run (training and per-epoch "
-                f"evaluation); {epoch_s / 60:.1f} min of it in training epochs")
-    else:
-        wall = f"{epoch_s / 60:.1f} min in training epochs (sum of the per-epoch times below; per-epoch evaluation not included)"
+    wall = (f"{t['run_seconds'] / 60:.1f} min for the whole run (training and per-epoch evaluation); {epoch_s / 60:.1f} min of it in "
+            "training epochs" if t.get("run_seconds") else
+            f"{epoch_s / 60:.1f} min in training epochs (sum of the per-epoch times below; per-epoch evaluation not included)")
     resumed = " The run was resumed at least once (`--resume` restores optimizer, scheduler, data order and RNG)." if args.get("resume") else ""
-    pre = info.preprocess
+    pre, few = info.preprocess, small_sample_note(report["n"])
     lines = [
         f"# Model card: `{path.name}`",
         "",
@@ -274,7 +272,7 @@ def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict
         "",
         f"## Results (`{_evaluate_command(path, report)}`)",
         f"{report['data']} {report['split']} split, {report['n']} images, PyTorch fp32:",
-        *([f"{few[0].upper()}{few[1:]}."] if (few := small_sample_note(report["n"])) else []),
+        *([f"{few[0].upper()}{few[1:]}."] if few else []),
         "",
         "| exit | tokens | cumulative MFLOPs (MACs) | top-1 % | gain over previous exit |",
         "|---|---|---|---|---|",

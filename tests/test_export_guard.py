@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import dvt_edge.export.__main__ as M
-from dvt_edge import create_model, save_checkpoint
+from dvt_edge import create_model, load_checkpoint, save_checkpoint
 from dvt_edge.data import DataError
 from dvt_edge.export import ExportError, export_bundle
 from dvt_edge.export.install import check_destination, recover_leftovers
@@ -86,6 +86,31 @@ def test_preprocessed_images_of_another_preprocessing_are_refused(micro_ckpt, tm
     assert not (tmp_path / "b").exists()
     d = _load_data(f"npz:{tmp_path / 'pre.npz'}", other, 8, 8, need_calib=True, num_classes=10)  # the same preprocessing: used
     assert len(d.calib) == 8
+
+
+def test_calibration_floats_and_classes_the_model_does_not_take_are_said(micro_ckpt, tmp_path, capsys):
+    """A reader's calibration sets: 0-255 floats were caught only after quantizing, by the runtime's input check, in a
+    message for runtime users; 0-1 floats never normalized and another data set's images calibrated static int8 unsaid."""
+    from dvt_edge.export import _load_data
+    from dvt_edge.export.images import _load_data as same
+    from dvt_edge.fashion_mnist import FASHION_MNIST_CLASSES
+
+    assert same is _load_data
+    pre = load_checkpoint(micro_ckpt)[1].preprocess
+    rng = np.random.default_rng(0)
+    unit = rng.random((40, 1, 28, 28), dtype=np.float32)  # 0-1 pixels, never normalized
+    for name, x in (("raw", unit * 255), ("unit", unit)):
+        np.savez(tmp_path / f"{name}.npz", images=x, labels=np.arange(40) % 10, classes=np.array(FASHION_MNIST_CLASSES))
+    with pytest.raises(ExportError, match=r"calibration data 'npz:.*raw.npz' holds values from .* these look like raw 0-255 pixels"):
+        _load_data(f"npz:{tmp_path / 'raw.npz'}", pre, 8, 8, need_calib=True, num_classes=10, classes=list(FASHION_MNIST_CLASSES))
+    with pytest.warns(UserWarning, match=r"calibration data 'npz:.*unit.npz'.*: not one negative value in 40 images"):
+        _load_data(f"npz:{tmp_path / 'unit.npz'}", pre, 8, 8, need_calib=True, num_classes=10, classes=list(FASHION_MNIST_CLASSES))
+    np.savez(tmp_path / "cifar.npz", images=rng.integers(0, 256, (40, 28, 28), dtype=np.uint8), labels=np.arange(40) % 10,
+             classes=np.array([f"c{i}" for i in range(10)]))
+    _load_data(f"npz:{tmp_path / 'cifar.npz'}", pre, 8, 8, need_calib=True, num_classes=10, classes=list(FASHION_MNIST_CLASSES))
+    assert "warning: calibration images npz:" in capsys.readouterr().err  # another data set's images set the int8 ranges
+    _load_data(f"npz:{tmp_path / 'cifar.npz'}", pre, 8, 8, need_calib=False, num_classes=10, classes=list(FASHION_MNIST_CLASSES))
+    assert "warning" not in capsys.readouterr().err  # nothing calibrated on them: only their labels go unused (said in the note)
 
 
 def test_recipe_variants_are_keyed_on_what_they_produce_and_core_ml_packages_get_usual_permissions(micro_ckpt, tmp_path, monkeypatch):
@@ -335,7 +360,8 @@ def test_the_export_table_says_the_default_thresholds_and_what_was_not_checked(o
     text = format_parity(m)
     assert f"default thresholds (exits 1-2): {shown} ({m.thresholds_source})" in text and "note: no numerical" not in text
     assert f"warning: only {m.parity.n_real} images chose them, so they are rough" in text  # the fixture verifies on 50
-    many = dataclasses.replace(m, thresholds_source=m.thresholds_source.replace(f"on {m.parity.n_real} verification", "on 1000 verification"))
+    many = dataclasses.replace(m, thresholds_source=m.thresholds_source.replace(f"on {m.parity.n_real} verification", "on 1000 verification"),
+                               parity=dataclasses.replace(m.parity, n_real=1000))
     assert "warning" not in format_parity(many)
     mac = dataclasses.replace(m, parity=dataclasses.replace(m.parity, checked="structural"))
     assert "note: no numerical check ran (onnxruntime does not run on this host)" in format_parity(mac)

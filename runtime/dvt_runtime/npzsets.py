@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -81,11 +81,11 @@ def load_npz(path: str, preprocess: Optional[Preprocess] = None, classes: Option
         raise CalibrationError(f"{p}: {bad.size} image(s) hold NaN or infinite values (first: image {int(bad[0])}): "
                                "re-export the file, or drop those images")
     if preprocess is not None:
-        _check_values(x, preprocess, p)
+        check_values(x, preprocess, p)
     return x, y
 
 
-def _check_values(x: np.ndarray, preprocess: Preprocess, p: Path) -> None:
+def check_values(x: np.ndarray, preprocess: Preprocess, p: Union[Path, str], stacklevel: int = 3) -> None:
     """Floats the bundle's preprocessing cannot produce (raw 0-255 pixels) are refused; a set without one negative
     value (0-1 pixels never normalized?) is warned about."""
     try:
@@ -96,7 +96,7 @@ def _check_values(x: np.ndarray, preprocess: Preprocess, p: Path) -> None:
     if len(x) >= 16 and lo <= -0.5 and float(x.min()) >= 0:  # normalized, a pixel darker than the mean is negative
         warnings.warn(f"{p}: not one negative value in {len(x)} images, though this bundle's preprocessing maps pixels darker "
                       f"than its mean below 0 (down to {lo:.3g}): were they normalized with its mean {list(preprocess.mean)} and "
-                      f"std {list(preprocess.std)}? Store uint8 pixels and the bundle preprocesses them.", stacklevel=3)
+                      f"std {list(preprocess.std)}? Store uint8 pixels and the bundle preprocesses them.", stacklevel=stacklevel)
 
 
 def _say_foreign_pixels(x: np.ndarray, preprocess: Preprocess, p: Path) -> None:
