@@ -556,6 +556,26 @@ def test_a_calibration_is_named_after_the_device_that_priced_it(bundle_copy, val
     phone = LatencyProfile.from_samples(samples, device={"device_name": "pixel8"}, bundle=ident)
     r = calibrate(b, x[:60], y[:60].tolist(), 1.0, profile=phone, progress=False)  # labels as a list: it failed on list.max
     assert r.device == "pixel8" and (bundle_copy / "calibration" / "pixel8.json").is_file()
+    # two calibrations of one device at once: both said "wrote", and the file held only the last one's, unsaid
+    import dvt_runtime.calibrate as C
+
+    real_fit = C.fit
+
+    def meanwhile(*a, **k):  # another run finishes while this one profiles and searches
+        out = real_fit(*a, **k)
+        C.fit = real_fit
+        calibrate(b, x[:60], y[:60], 0.9, profile=phone, progress=False)
+        return out
+
+    C.fit = meanwhile
+    try:
+        with pytest.warns(UserWarning, match=r"pixel8.json was written by another calibration while this one ran: this one replaces it"):
+            calibrate(b, x[:60], y[:60], 1.0, profile=phone, progress=False)
+    finally:
+        C.fit = real_fit
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        calibrate(b, x[:60], y[:60], 1.0, profile=phone, progress=False)  # one at a time, over its own earlier file: nothing said
     assert not (bundle_copy / "calibration" / f"{socket.gethostname()}.json").exists()
     with pytest.raises(CalibrationError, match="'jetson', but the profile was measured on 'pixel8'"):
         calibrate(b, x[:60], y[:60], 1.0, profile=phone, device_name="jetson", progress=False)

@@ -130,7 +130,7 @@ def test_batch_calibration_leaves_deadline_p90s_alone(bundle_copy):
     with pytest.warns(UserWarning, match=r"calibrated at another setting \(1 thread\(s\) per session, this bundle runs 2\)") as rec:
         Bundle.open(bundle_copy, threads=2, device_name="d")
     assert rec[0].filename == __file__  # the caller's line, not the runtime's
-    with pytest.raises(CalibrationError, match="ends like a batch calibration"):
+    with pytest.raises(CalibrationError, match="ends like a throughput calibration's file"):
         _calibrate(b, "d-batch8")
     _calibrate(b, "lap top")
     before = (bundle_copy / "calibration" / "lap_top.json").read_bytes()

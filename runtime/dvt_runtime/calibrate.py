@@ -19,7 +19,6 @@ import argparse
 import datetime
 import json
 import math
-import re
 import sys
 import time
 import warnings
@@ -244,6 +243,8 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
     x, y = np.asarray(x), np.asarray(y)  # lists from the Python API (a list y failed deep inside: no attribute 'max')
     _check_request(bundle, x, y, budget_ms, algorithm, device_name, holdout, batch, metric, seed)
     budget_ms, seed = float(budget_ms), int(seed)  # numpy numbers from the Python API: plain ones in the file
+    target = bundle.calibration_path(device_name, batch)
+    before = _file_state(target)  # another calibration of this device finishing meanwhile is said, not silently replaced
     f = fit(bundle, x, y, holdout=holdout, seed=seed, profile=profile, runs=runs, warmup=warmup, batch=batch, progress=progress,
             device_name=device_name, check_costs=lambda c: _check_reachable(c, budget_ms, metric, seed, device_name))
     costs = f.costs
@@ -276,8 +277,11 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
         result.note = (result.note + "; " if result.note else "") + few
     d = result.to_dict()
     validate_calibration(d, bundle.manifest)  # before writing: never a file that would stop this bundle opening
+    if _file_state(target) != before:
+        warnings.warn(f"{target} was written by another calibration while this one ran: this one replaces it (the last to finish "
+                      "wins); calibrate a device once at a time", stacklevel=2)
     try:  # strict JSON: a NaN anywhere (e.g. a measured figure) would make a file other tools cannot read
-        atomic_write_json(bundle.calibration_path(device_name, batch), d, allow_nan=False)
+        atomic_write_json(target, d, allow_nan=False)
     except ValueError as e:
         raise CalibrationError(f"the calibration holds a non-finite number ({e}): nothing was written; re-run the calibration") from None
     with warnings.catch_warnings():  # another device's threads (a given profile) are not this host's to match
@@ -323,6 +327,15 @@ def _device_for(profile, device_name: Optional[str]) -> str:
     return str(device_name or theirs)
 
 
+def _file_state(p: Path) -> Optional[tuple[int, int, int]]:
+    """(inode, modification time in ns, size) of ``p`` (an atomic write makes a new inode), None when it does not exist."""
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 def _check_request(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, algorithm: str, device_name: str,
                    holdout: float, batch: int, metric: str = "mean", seed: int = 0) -> None:
     """CalibrationError for a request that cannot be calibrated, before anything is measured."""
@@ -344,10 +357,7 @@ def _check_request(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: floa
         raise CalibrationError(f"--metric {metric} with --batch {batch}: a percentile budget is one image's latency, which a call of "
                                f"{batch} images does not have (each waits for the whole call); calibrate throughput with --metric "
                                "mean at --batch N, or a latency percentile at --batch 1")
-    check_device_name(device_name, CalibrationError)  # also a name taken from a given profile
-    if re.search(r"-batch\d+$", device_name):  # <device>-batch<N>.json is device's calibration at batch N
-        raise CalibrationError(f"device name {device_name!r} ends like a batch calibration's file name; name the device "
-                               "without '-batch<N>' and pass --batch N")
+    check_device_name(device_name, CalibrationError)  # also a name taken from a given profile ('x-batch8' too)
     target = bundle.calibration_path(device_name, batch)
     theirs = _file_device(target)
     if theirs is not None and theirs != device_name:  # e.g. 'lap top' and 'lap_top' share a file name
