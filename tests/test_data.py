@@ -243,6 +243,15 @@ def test_a_thin_image_is_preprocessed_in_little_memory(shape):
         tracemalloc.stop()
     assert x.shape == (3, 32, 32) and peak < 20e6, peak
     assert x.min() < (200 / 255 - 0.5) / 0.25 - 0.1  # the dark middle is in the crop
+    # cut evenly from both ends (an odd cut had moved the crop half a source pixel: up to 3.4 apart on a 13 x 1001 image)
+    img = np.random.default_rng(0).integers(0, 256, (13, 1001, 3), dtype=np.uint8)
+    cut = pre.apply(img)
+    P.MAX_ASPECT, limit = 10**9, P.MAX_ASPECT
+    try:
+        whole = pre.apply(img)
+    finally:
+        P.MAX_ASPECT = limit
+    assert np.abs(cut - whole).max() <= 1 / 255 / 0.25 + 1e-6  # a gray level at most
 
 
 @pytest.mark.parametrize("interp", ["area", "linear", "cubic", "nearest"])

@@ -262,6 +262,8 @@ def test_this_hosts_calibration_is_used_without_device_name(bundle_for_calibrati
     assert json.loads(out.read_text())["thresholds_from"].startswith("the manifest's")
     assert main(["--bundle", str(bundle_for_calibration), str(photos / "sub" / "0"), "--device-name", this_host(), "--no-progress"]) == 2
     assert "other artifacts" in capsys.readouterr().err  # named explicitly: still an error
+    assert main(["--bundle", str(bundle_for_calibration), str(photos / "sub" / "0"), "--device-name", "", "--no-progress"]) == 2
+    assert "device name '' names no device" in capsys.readouterr().err  # it ran with no calibration, unsaid
     # another device's calibration only (the phone's, made on this host): not suggested to this host
     path.rename(path.with_name("pixel8.json"))
     import warnings

@@ -105,6 +105,9 @@ def test_unnormalized_0_1_floats_are_warned_at_the_callers_line(onnx_bundle):
         warnings.simplefilter("error")
         b.predict(b.preprocess(img))  # normalized: nothing to say
         b.predict(np.zeros_like(unit))  # zeros to warm up
+        flat = np.full((28, 28), 115, np.uint8) + np.random.default_rng(2).integers(0, 3, (28, 28), dtype=np.uint8)
+        assert 0 <= b.preprocess(flat).min() and b.preprocess(flat).max() <= 1  # a grey wall preprocessed lands in [0, 1] ...
+        b.predict(b.preprocess(flat))  # ... and was warned on every frame of the webcam
         b.predict(np.random.default_rng(1).standard_normal((2, 1, 28, 28)).astype(np.float32))
     with pytest.raises(InputError, match=r"channels last\? a float array must be the preprocessing's output, \(N, C, H, W\) and normalized"):
         b.predict(unit.transpose(0, 2, 3, 1))
@@ -592,6 +595,11 @@ def test_a_calibration_is_named_after_the_device_that_priced_it(bundle_copy, val
                                          r"default thresholds; use_calibration\('laptop', batch=N\) uses one of those"):
         assert Bundle.open(bundle_copy, device_name="laptop").calibration is None
     (bundle_copy / "calibration" / "laptop-batch8.json").unlink()
+    shutil.copy(bundle_copy / "calibration" / "pixel8.json", bundle_copy / "calibration" / "ci-batch8.json")  # another device's
+    with pytest.warns(UserWarning, match=r"no calibration for device 'ci-batchbox' in .* \(it holds \['ci', 'pixel8'\]\)"):
+        assert Bundle.open(bundle_copy, device_name="ci-batchbox").calibration is None
+    (bundle_copy / "calibration" / "ci-batch8.json").unlink()
+    assert b.use_calibration("pixel8", batch=np.int64(1)).device == "pixel8"  # a numpy batch size, as calibrate takes it
     for bad, match in (({"device_name": 123}, "device_name must be a non-empty string"), ({"device_name": "pixel8", "batch": 0},
                                                                                            "batch must be a whole number >= 1")):
         with pytest.raises(ValueError, match=match):  # a TypeError from inside, a FileNotFoundError "at batch 0"

@@ -339,6 +339,18 @@ def test_finetune_carries_the_head_rows_of_classes_named_alike(tmp_path, capsys)
                     assert torch.equal(v[i], s[k][names.index(c)]), (k, c)
 
 
+def test_numbered_classes_are_never_named_alike():
+    """Files without class names get "0".."K-1": a numbered 10-class checkpoint onto an unrelated numbered 5-class set
+    carried rows "0".."4" as if they were the same classes."""
+    from dvt_edge.models import create_model
+    from dvt_edge.transfer import carry_head_rows
+
+    src = create_model("dvt_micro_fmnist").state_dict()
+    model = create_model("dvt_micro_fmnist", num_classes=5)
+    assert carry_head_rows(model, src, [str(i) for i in range(10)], [str(i) for i in range(5)]) == []
+    assert carry_head_rows(model, src, [f"c{i}" for i in range(10)], ["c3", "x", "c1", "y", "z"]) == ["c3", "c1"]
+
+
 def test_bf16_warning_names_the_fix_on_cpus_without_native_bf16(monkeypatch):
     from dvt_edge.batches import bf16_warning
 

@@ -4,6 +4,7 @@ images (never the same ones while there are enough), checked against the checkpo
 from __future__ import annotations
 
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -15,6 +16,8 @@ from dvt_edge.export.verify import IN_SAMPLE
 from dvt_edge.imageset import SplitNotHeld, as_imagenet_labels, label_mismatch, stratified_subset
 from dvt_runtime.npzsets import check_values
 from dvt_runtime.preprocess import Preprocess
+
+_SAID: set[str] = set()  # warnings already printed in this process
 
 
 @dataclass
@@ -95,6 +98,12 @@ def _check_preprocessed(ds, spec: str, pre: Preprocess) -> None:
                           "or pass the images as pixels (uint8 npz, imagefolder:PATH)")
     if ds.preprocessed:  # floats the preprocessing cannot give (0-255) refused, 0-1 never normalized warned, as calibrate does
         try:
-            check_values(np.asarray(ds.images), pre, f"calibration data {spec!r}", stacklevel=4)
+            with warnings.catch_warnings(record=True) as said:
+                warnings.simplefilter("always")
+                check_values(np.asarray(ds.images), pre, f"calibration data {spec!r}")
         except ValueError as e:
             raise ExportError(str(e)) from None
+        for w in said:  # on the console once per file (its train and val splits may be the same images), as the export's notes
+            if (msg := f"warning: {w.message}") not in _SAID:
+                _SAID.add(msg)
+                print(msg, file=sys.stderr)

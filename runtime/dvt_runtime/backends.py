@@ -292,7 +292,7 @@ def check_threads(threads, warn: bool = False) -> Optional[int]:
         raise ValueError(f"threads must be an integer >= 1 (or None / 0 for the backend's default), got {threads!r}")
     if threads is None:
         return None
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)  # usable by this process
     if threads > max(MAX_THREADS, 4 * cores):  # a million threads: the kernel's OOM killer, at 23 GB
         raise ValueError(f"threads={threads} is far more than this machine's {cores} core(s): pass at most {cores} (or 0 for the "
                          "backend's default)")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import numbers
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -119,18 +120,19 @@ def calibration_file(bundle: Path, device_name: Any, batch: Any = 1) -> Path:
     calibration at N images per call: one never replaces the other."""
     if not isinstance(device_name, str) or not device_name.strip():
         raise ValueError(f"device_name must be a non-empty string (e.g. 'pixel8'), got {device_name!r}")
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+    if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1:  # numpy integers too
         raise ValueError(f"batch must be a whole number >= 1 (images per call the calibration was made at), got {batch!r}")
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in device_name)
-    return bundle / "calibration" / (f"{safe}.json" if batch == 1 else f"{safe}-batch{batch}.json")
+    return bundle / "calibration" / (f"{safe}.json" if batch == 1 else f"{safe}-batch{int(batch)}.json")
 
 
 def missing_calibration(p: Path, device_name: str, batch: int, using: str) -> Optional[str]:
     """A warning for ``p`` (a device's calibration file) missing from a folder that holds others (a misspelled name, or
     the device's calibrations at other batch sizes), else None."""
     held = sorted(p.parent.glob("*.json")) if p.parent.is_dir() else []
-    mine = sorted(int(m.group(1)) for q in held if (m := re.fullmatch(re.escape(p.stem.split("-batch")[0]) + r"-batch(\d+)", q.stem)))
-    mine += [1] if batch != 1 and (p.parent / f"{p.stem.split('-batch')[0]}.json").exists() else []
+    base = p.stem if batch == 1 else p.stem[: -len(f"-batch{batch}")]  # the device's own file name ('ci-batchbox' stays whole)
+    mine = sorted(int(m.group(1)) for q in held if (m := re.fullmatch(re.escape(base) + r"-batch(\d+)", q.stem)))
+    mine += [1] if batch != 1 and (p.parent / f"{base}.json").exists() else []
     if mine:  # this device, calibrated at other batch sizes
         return (f"no calibration for device {device_name!r} at batch {batch} in {p.parent}, only at batch "
                 f"{', '.join(map(str, sorted(mine)))}: using {using}; use_calibration({device_name!r}, batch=N) uses one of "

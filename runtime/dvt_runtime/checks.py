@@ -85,6 +85,9 @@ VALUE_MARGIN = 8.0
 _FIX = "pass uint8 images (H, W, C) as they are (the bundle preprocesses them), or the output of bundle.preprocess"
 
 
+UNNORMALIZED_SPREAD = 0.5  # 0-1 floats spanning at least this much, none negative, are warned as pixels never normalized
+
+
 def user_stacklevel() -> int:
     """``stacklevel`` for a ``warnings.warn`` in the function calling this: the first frame outside this package (a
     warning then names the user's line, however deep in the runtime it is raised)."""
@@ -114,11 +117,13 @@ def check_finite(x: np.ndarray, value_range: Optional[tuple[float, float]] = Non
         raw = "these look like raw 0-255 pixels: " if hi_v > 20 and lo_v >= -1e-6 else ""
         raise InputError(f"{where} holds values from {lo_v:.4g} to {hi_v:.4g}, but this bundle's preprocessing (pixels / 255, minus "
                          f"mean, over std) gives {lo:.3g} to {hi:.3g}: {raw}{fix}")
-    # normalized, a pixel darker than the mean is negative (a constant array, e.g. zeros to warm up, is no image)
-    if warn_unnormalized and lo <= -0.5 and 0 <= lo_v < hi_v <= 1:
-        warnings.warn(f"{where} holds values from {lo_v:.4g} to {hi_v:.4g}, none negative, though this bundle's preprocessing maps "
-                      f"pixels darker than its mean below 0 (down to {lo:.3g}): 0-1 pixels never normalized get wrong answers; "
-                      f"{fix}", stacklevel=user_stacklevel())
+    # normalized, a pixel darker than the mean is negative; 0-1 pixels of an image span much of [0, 1], and a flat frame
+    # (a grey wall, a covered lens, zeros to warm up) preprocessed into [0, 1] does not. The text carries no figures:
+    # Python says a warning once per line and text, not once per frame
+    if warn_unnormalized and lo <= -0.5 and 0 <= lo_v and hi_v <= 1 and hi_v - lo_v >= UNNORMALIZED_SPREAD:
+        warnings.warn(f"{where} holds values in [0, 1], none negative, though this bundle's preprocessing maps pixels darker "
+                      f"than its mean below 0 (down to {lo:.3g}): 0-1 pixels never normalized get wrong answers; {fix}",
+                      stacklevel=user_stacklevel())
 
 
 def numbered(names) -> bool:

@@ -126,7 +126,8 @@ def open_here(path, device_name: Optional[str] = None, **kw):
     warning, and another device's files are not suggested (the host is not that device)."""
     from dvt_runtime.bundle import Bundle
 
-    if device_name is not None:
+    if device_name is not None:  # '' had meant no calibration, unsaid
+        check_device_name(device_name)
         return Bundle.open(path, device_name=device_name, **kw)
     bundle = Bundle.open(path, **kw)
     host = this_host()

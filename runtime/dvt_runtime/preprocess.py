@@ -172,7 +172,8 @@ class Preprocess:
         if self.interpolation == "pil-bicubic":  # only the crop's pixels are computed (a 1080p frame: half the work)
             return _pil_resize_crop(img, nh, nw, top, left, self.size, self.size)
         if max(h, w) > MAX_ASPECT * min(h, w):  # the whole resize would be huge (1 x 10^6 px: 32 x 32 x 10^6), the crop is central
-            k = MAX_ASPECT * min(h, w)  # the middle of the longer side, at the same scale: the crop's pixels and a wide margin
+            k = MAX_ASPECT * min(h, w)  # the middle of the longer side, at nearly the same scale: the crop's pixels and a wide margin
+            k += (max(h, w) - k) % 2  # cut evenly from both ends: an odd cut moved the crop half a source pixel
             img = img[:, (w - k) // 2 : (w - k) // 2 + k] if w > h else img[(h - k) // 2 : (h - k) // 2 + k]
             h, w = img.shape[:2]
             nh, nw, top, left = self._geometry(h, w)
