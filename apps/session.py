@@ -209,14 +209,15 @@ class FrameLoop:
         t0 = time.perf_counter()
         x = model_input(self.bundle, frame)
         t1 = time.perf_counter()
-        pred = self._predict(x, (t1 - t0) * 1e3)
+        pre_ms = (t1 - t0) * 1e3
+        pred = self._predict(x, pre_ms)
         t2 = time.perf_counter()
         p_ms = (t2 - t1) * 1e3
         self.overlay.record(pred, t2)
         img = annotate(frame, pred, self.overlay, model_input=x, model_ms=p_ms)
         f_ms = (time.perf_counter() - t0) * 1e3
         self.overlay.add_frame_ms(f_ms)
-        self._keep(img, pred, p_ms, f_ms, (t1 - t0) * 1e3)
+        self._keep(img, pred, p_ms, f_ms, pre_ms)
         if self.args.headless:
             return True, 0.0
         redraw = lambda: self.overlay.draw(frame, pred, model_input=x, model_ms=p_ms)

@@ -28,12 +28,11 @@ def excluded_reason(node: torch.fx.Node) -> Optional[str]:
     paths = [v[0] if isinstance(v, tuple) else str(v) for v in stack.values()]
     if any(p.endswith("head") for p in paths):
         return "classifier head"
-    if len(node.args) > 1 and isinstance(node.args[1], torch.fx.Node) and "reuse_resize" in str(node.args[1].target):
-        return "reuse resize (constant matrix)"
-    if len(node.args) > 1 and isinstance(node.args[1], torch.fx.Node) and "input_resize" in str(node.args[1].target):
-        return "input resize (constant area-resize matrix)"
-    if len(node.args) > 1 and isinstance(node.args[1], torch.fx.Node) and LN_MEAN in str(node.args[1].target):
-        return "layer norm means (constant 1/C row)"
+    weight = str(node.args[1].target) if len(node.args) > 1 and isinstance(node.args[1], torch.fx.Node) else ""
+    for name, why in (("reuse_resize", "reuse resize (constant matrix)"), ("input_resize", "input resize (constant area-resize matrix)"),
+                      (LN_MEAN, "layer norm means (constant 1/C row)")):
+        if name in weight:
+            return why
     return None
 
 

@@ -285,6 +285,9 @@ class CoreMLSession(Session):
 BACKEND_OPTIONS = {"onnxruntime": ("providers", "spinning"), "executorch": ("etdump",), "coreml": ("compute_units",)}
 
 
+MAX_THREADS = 256  # threads per session refused above max(this, 4 x the machine's cores)
+
+
 def check_threads(threads, warn: bool = False) -> Optional[int]:
     """``threads`` as the sessions take it: None or 0 (the backend's default) or an integer >= 1; more than
     ``max(MAX_THREADS, 4 x cores)`` is refused, and with ``warn`` more than this machine's cores is warned."""
@@ -292,7 +295,9 @@ def check_threads(threads, warn: bool = False) -> Optional[int]:
         raise ValueError(f"threads must be an integer >= 1 (or None / 0 for the backend's default), got {threads!r}")
     if threads is None:
         return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)  # usable by this process
+    from dvt_runtime.device import usable_cores  # device imports this module
+
+    cores = usable_cores()
     if threads > max(MAX_THREADS, 4 * cores):  # a million threads: the kernel's OOM killer, at 23 GB
         raise ValueError(f"threads={threads} is far more than this machine's {cores} core(s): pass at most {cores} (or 0 for the "
                          "backend's default)")
@@ -302,9 +307,6 @@ def check_threads(threads, warn: bool = False) -> Optional[int]:
         warnings.warn(f"threads={threads} on a machine with {cores} core(s): the threads contend for the cores and every call slows "
                       f"(64 on 2 cores: 254 ms a call instead of 1 ms); pass at most {cores}", stacklevel=user_stacklevel())
     return int(threads)
-
-
-MAX_THREADS = 256  # threads per session refused above max(this, 4 x the machine's cores)
 
 
 def check_options(backend: str, opts: dict) -> None:

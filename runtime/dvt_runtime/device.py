@@ -64,6 +64,11 @@ def _meminfo_mb(key: str) -> Optional[float]:
     return round(int(m.group(1)) / 1024, 1) if m else None
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS says it), else the machine's."""
+    return _affinity() or os.cpu_count() or 1
+
+
 def _memory_mb() -> Optional[float]:
     return _meminfo_mb("MemTotal")
 

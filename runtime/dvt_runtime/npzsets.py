@@ -85,7 +85,7 @@ def load_npz(path: str, preprocess: Optional[Preprocess] = None, classes: Option
     return x, y
 
 
-def check_values(x: np.ndarray, preprocess: Preprocess, p: Union[Path, str], stacklevel: int = 3) -> None:
+def check_values(x: np.ndarray, preprocess: Preprocess, p: Union[Path, str]) -> None:
     """Floats the bundle's preprocessing cannot produce (raw 0-255 pixels) are refused; a set without one negative
     value (0-1 pixels never normalized?) is warned about."""
     try:
@@ -96,7 +96,7 @@ def check_values(x: np.ndarray, preprocess: Preprocess, p: Union[Path, str], sta
     if len(x) >= 16 and lo <= -0.5 and float(x.min()) >= 0:  # normalized, a pixel darker than the mean is negative
         warnings.warn(f"{p}: not one negative value in {len(x)} images, though this bundle's preprocessing maps pixels darker "
                       f"than its mean below 0 (down to {lo:.3g}): were they normalized with its mean {list(preprocess.mean)} and "
-                      f"std {list(preprocess.std)}? Store uint8 pixels and the bundle preprocesses them.", stacklevel=stacklevel)
+                      f"std {list(preprocess.std)}? Store uint8 pixels and the bundle preprocesses them.", stacklevel=3)
 
 
 def _say_foreign_pixels(x: np.ndarray, preprocess: Preprocess, p: Path) -> None:

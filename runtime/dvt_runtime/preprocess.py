@@ -214,7 +214,7 @@ def _resize(img: np.ndarray, nh: int, nw: int, interpolation: str) -> np.ndarray
 
 
 #: a longer side beyond this many times the shorter is cut to its middle before an OpenCV or numpy resize (the centre
-#: crop keeps less than its middle 1/MAX_ASPECT), at the same scale: an image 1 px high and 10^6 wide took 26 s and 5.1 GB
+#: crop keeps less than its middle 1/MAX_ASPECT), cut evenly: an image 1 px high and 10^6 wide took 26 s and 5.1 GB
 MAX_ASPECT = 64
 _PIL_BITS = 22  # Pillow's PRECISION_BITS for 8-bit images (32 - 8 - 2): its fixed-point weights
 
