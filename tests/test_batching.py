@@ -215,7 +215,7 @@ def test_deadline_runs_one_image_per_call(bundle):
     """A deadline is per image against per-image p90s: a batch runs one image per call and
     skips exactly what one image at a time skips."""
     x = _images(6, bundle.input_shape, seed=7)
-    bundle.use_profile([0.0, 1000.0, 0.0])  # exit 2 "takes" 1 s: a 500 ms deadline always skips it
+    bundle.use_profile([1e-6, 1000.0, 1e-6])  # exit 2 "takes" 1 s: a 500 ms deadline always skips it
     counters = [CountingSession(s) for s in bundle.sessions]
     bundle.sessions = counters
     preds = bundle.predict(x, thresholds=[None, None], deadline_ms=500.0)
@@ -231,7 +231,7 @@ def test_a_deadline_counts_the_images_preprocessing(bundle, monkeypatch):
     real = type(pre).apply
     monkeypatch.setattr(type(pre), "apply", lambda self, img: (_time.sleep(0.05), real(self, img))[1])
     frame = np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)
-    bundle.use_profile([0.0, 30.0, 0.0])  # exit 2 "takes" 30 ms: 50 ms of preprocessing leaves no room in 60
+    bundle.use_profile([1e-6, 30.0, 1e-6])  # exit 2 "takes" 30 ms: 50 ms of preprocessing leaves no room in 60
     p = bundle.predict(frame, thresholds=[None, None], deadline_ms=60.0)
     assert p.exit == 0 and p.deadline_skipped
     assert bundle.predict(frame, thresholds=[None, None], deadline_ms=200.0).exit == 2

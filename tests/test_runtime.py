@@ -86,7 +86,9 @@ def test_deadline_skips_stages_that_would_overrun(onnx_bundle, val):
     b.use_profile([0.01, 1000.0, 1000.0])  # exit 2 "takes" a second
     ps = b.predict(val[0][:5], thresholds=[None, None], deadline_ms=5.0)
     assert all(p.exit == 0 and p.deadline_skipped for p in ps)
-    b.use_profile([0.0, 0.0, 0.0])
+    b.use_profile([1e-6, 1e-6, 1e-6])
+    with pytest.raises(ValueError, match="p90 of stage 2 must be a finite positive"):  # a stage is never free
+        b.use_profile([1.0, 0.0, 1.0])
     assert all(p.exit == 2 and not p.deadline_skipped for p in b.predict(val[0][:5], thresholds=[None, None], deadline_ms=1e6))
 
 

@@ -194,7 +194,8 @@ class Bundle:
                                      stacklevel=2)
         if isinstance(p90, (str, bytes)) or not hasattr(p90, "__len__") or len(p90) != self.num_exits:
             raise ValueError(f"need one p90 per stage ({self.num_exits}) or a LatencyProfile, got {type(p90).__name__} {str(p90)[:80]}")
-        self.stage_p90_ms = [positive_ms(f"p90 of stage {i + 1}", v, allow_zero=True) for i, v in enumerate(p90)]
+        # a measured stage never takes 0 ms: a p90 of 0 would make deadline mode run every stage whatever the deadline
+        self.stage_p90_ms = [positive_ms(f"p90 of stage {i + 1}", v) for i, v in enumerate(p90)]
 
     # ------------------------------------------------------------------ inputs
     def preprocess(self, image: np.ndarray) -> np.ndarray:
