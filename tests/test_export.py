@@ -582,7 +582,7 @@ def test_one_set_of_images_verifies_on_images_calibration_did_not_see(tmp_path):
     # nothing calibrates (fp32, weight-only or dynamic int8): a reader's 100 labelled images verified only 36 (under the 50 that
     # choose thresholds), 64 held back for no calibration, and the note still said "64 calibration images"
     d = _load_data(f"npz:{tmp_path / 'one.npz'}", pre, calib_n=16, verify_n=100, need_calib=False, num_classes=4)
-    assert d.calib == [] and len(d.verify_x) == n and d.note == f"{n} verification images from npz:{tmp_path / 'one.npz'}/train", d.note
+    assert d.calib == [] and len(d.verify_x) == n and d.note == f"{n} verification images from npz:{tmp_path / 'one.npz'}/train (class-stratified, seed 1)", d.note
     # a file of one named split (python -m dvt_edge.data export --split val writes one): no training split to
     # load, so that split serves calibration and verification alike, and the note names it
     np.savez(tmp_path / "val.npz", images=images, labels=np.arange(n) % 4, split=np.array("val"))
@@ -590,6 +590,7 @@ def test_one_set_of_images_verifies_on_images_calibration_did_not_see(tmp_path):
     assert len(d.calib) == 16 and len(d.verify_x) == n - 16
     assert d.note.startswith(f"16 calibration images from npz:{tmp_path / 'val.npz'}/val, 24 verification images from "
                              f"npz:{tmp_path / 'val.npz'}/val, none of them calibration images"), d.note
+    assert d.note.endswith("(class-stratified, seeds 0 and 1)"), d.note  # the subsets' seeds, recorded in the manifest's parity.data
     np.savez(tmp_path / "train.npz", images=images, labels=np.arange(n) % 4, split=np.array("train"))
     note = _load_data(f"npz:{tmp_path / 'train.npz'}", pre, 16, 100, True, 4).note  # and a train file, as before
     assert note.startswith(f"16 calibration images from npz:{tmp_path / 'train.npz'}/train, "), note

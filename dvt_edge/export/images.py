@@ -18,6 +18,7 @@ from dvt_runtime.npzsets import check_values
 from dvt_runtime.preprocess import Preprocess
 
 _SAID: set[str] = set()  # warnings already printed in this process
+CALIB_SEED, VERIFY_SEED = 0, 1  # the class-stratified subsets' seeds, named in the data note (the manifest's parity.data)
 
 
 @dataclass
@@ -51,31 +52,33 @@ def _load_data(spec: Optional[str], pre: Preprocess, calib_n: int, verify_n: int
     try:
         first = "train"
         try:
-            train = _images(spec, "train", pre, num_classes, classes, calib_n if lazy else None, 0)
+            train = _images(spec, "train", pre, num_classes, classes, calib_n if lazy else None, CALIB_SEED)
         except SplitNotHeld:  # a file of one split (an exported val .npz): calibration and verification share its images
             train, first = _images(spec, "val", pre, num_classes, classes), "val"
         if (mismatch := label_mismatch(train, num_classes, classes)) and need_calib:  # another data set's images set the int8 ranges
             print(f"warning: calibration images {spec} are not this model's classes ({mismatch}): static int8 calibrated on "
                   "another data set's images may lose accuracy; pass --calib-data with images like the model's own", file=sys.stderr)
-        calib = (train.arrays() if lazy else train.arrays(calib_n, seed=0))[0] if need_calib else []  # fp32, weight-only: none
+        calib = (train.arrays() if lazy else train.arrays(calib_n, seed=CALIB_SEED))[0] if need_calib else []  # fp32, weight-only: none
         try:
-            val = _images(spec, "val", pre, num_classes, classes, verify_n if lazy else None, 1)
+            val = _images(spec, "val", pre, num_classes, classes, verify_n if lazy else None, VERIFY_SEED)
         except DataError:
             val = None
         if val is not None and (lazy or not _same_images(val, train)):
-            vx, vy = val.arrays() if lazy else val.arrays(min(verify_n, len(val)), seed=1)
+            vx, vy = val.arrays() if lazy else val.arrays(min(verify_n, len(val)), seed=VERIFY_SEED)
             where = f"{spec}/val"
         else:  # one set of images (no val split, or an npz without one): verify on images calibration did not see
             train = _images(spec, first, pre, num_classes, classes) if lazy else train  # all of it
-            held = stratified_subset(train.labels, calib_n, 0) if need_calib else []  # nothing calibrates: every image verifies
+            held = stratified_subset(train.labels, calib_n, CALIB_SEED) if need_calib else []  # nothing calibrates: every image verifies
             rest = np.setdiff1d(np.arange(len(train)), held)
             pool = train.subset(rest) if len(rest) else train
-            vx, vy = pool.arrays(min(verify_n, len(pool)), seed=1)
+            vx, vy = pool.arrays(min(verify_n, len(pool)), seed=VERIFY_SEED)
             where = (f"{spec}/{first}" if not need_calib else f"{spec}/{first}, none of them calibration images (no separate val split)"
                      if len(rest) else f"{spec}/{first}, {IN_SAMPLE} (too few images to hold any apart)")
     except DataError as e:
         raise ExportError(f"calibration data {spec!r}: {e}") from None
-    note = (f"{len(calib)} calibration images from {spec}/{first}, " if need_calib else "") + f"{len(vx)} verification images from {where}"
+    seeds = f"class-stratified, seeds {CALIB_SEED} and {VERIFY_SEED}" if need_calib else f"class-stratified, seed {VERIFY_SEED}"
+    note = ((f"{len(calib)} calibration images from {spec}/{first}, " if need_calib else "") + f"{len(vx)} verification images from {where}"
+            + f" ({seeds})")
     if mismatch:
         vy, note = None, note + f"; their labels are not used ({mismatch}): no accuracy, no thresholds chosen on them"
     return _Data(spec, list(calib), vx, vy, note)
