@@ -634,8 +634,38 @@ def test_a_profile_taken_on_this_host_is_checked_here_another_devices_is_not(bun
     assert four.chosen.measured is None  # priced at 4 threads: this bundle runs 1, so its latencies are not these
     phone = LatencyProfile.from_dict({**mine.to_dict(), "device": {**mine.device, "device_name": "pixel8", "cpu_model": "Tensor G3"}})
     assert not profiled_here(phone)
+    before = b.calibration
     r = calibrate(b, x[:60], y[:60], 1.0, profile=phone, progress=False)
     assert r.chosen.measured is None and "verify on that device" in r.note and r.cascade_overhead_ms == 0
+    assert b.calibration is before  # the phone's thresholds are the phone's: this host's bundle kept running its own
+    # a profile at the backend's default threads (recorded as None) is not this bundle's 1 thread: it was taken as this host's
+    default = LatencyProfile.from_dict({**mine.to_dict(), "threads": None})
+    assert calibrate(b, x[:60], y[:60], 1.0, profile=default, progress=False).chosen.measured is None
+
+
+def test_a_missing_calibration_leaves_no_earlier_devices_thresholds_behind(bundle_copy, val):
+    """use_calibration of a device with no file warned 'using the manifest's default thresholds' and kept the earlier
+    device's thresholds, budget table and deadline p90s; a batch calibration kept another device's p90s too."""
+    from dvt_runtime.calibrate import calibrate
+
+    x, y = val
+    b = Bundle.open(bundle_copy)
+    calibrate(b, x[:60], y[:60], 1e6, device_name="devA", progress=False, runs=5, warmup=1)
+    calibrate(b, x[:60], y[:60], 1e6, device_name="devB", progress=False, runs=5, warmup=1, batch=4)
+    a = Bundle.open(bundle_copy, device_name="devA")
+    assert a.calibration.device == "devA" and a.stage_p90_ms is not None
+    a.use_calibration("devB", batch=4)
+    assert a.calibration.device == "devB" and a.stage_p90_ms is None  # devA's p90s never time devB's deadlines
+    a.use_calibration("devA")
+    with pytest.warns(UserWarning, match="default thresholds") as said:
+        assert a.use_calibration("devC", missing_ok=True) is None
+    assert said[0].filename == __file__  # at the caller's line
+    assert a.calibration is None and a.controller is None and a.stage_p90_ms is None
+    assert a.default_thresholds() == Bundle.open(bundle_copy).default_thresholds()
+    a.use_profile([1.0, 2.0, 3.0])
+    with pytest.warns(UserWarning, match="default thresholds"):
+        a.use_calibration("devC", missing_ok=True)
+    assert a.stage_p90_ms == [1.0, 2.0, 3.0]  # p90s the caller gave stay
 
 
 def test_calibrate_with_raw_measurements_says_to_import_them_first(onnx_bundle, tmp_path, capsys):

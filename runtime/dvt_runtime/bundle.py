@@ -21,7 +21,6 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
@@ -31,42 +30,19 @@ from dvt_runtime.backends import Session, check_options, check_signature, check_
 from dvt_runtime.checks import InputError, NonFiniteOutput, check_finite, check_thresholds, positive_ms, setting_differences
 from dvt_runtime.controller import controller_for
 from dvt_runtime.manifest import Manifest, ManifestError  # noqa: F401  (ManifestError: raised by open)
+from dvt_runtime.prediction import Prediction, softmax
 
 if TYPE_CHECKING:
     from dvt_runtime.calibration import Calibration
     from dvt_runtime.latency import LatencyProfile
 
-__all__ = ["Bundle", "Prediction", "InputError", "NonFiniteOutput", "check_thresholds", "positive_ms"]
-
-
-@dataclass
-class Prediction:
-    label: int
-    class_name: str
-    confidence: float
-    exit: int  # 0-based index of the exit that answered
-    probs: np.ndarray  # (classes,) softmax of that exit
-    total_ms: float  # wall time of every stage call this sample was part of (in a batch: the whole call)
-    stage_ms: list[float] = field(default_factory=list)  # per stage actually run
-    deadline_skipped: bool = False  # a later stage was skipped to meet the deadline
-    stage_ms_per_image: list[float] = field(default_factory=list)  # each stage call's time / images in it
-
-    def to_dict(self) -> dict:
-        """The JSON form: the exit numbered from 1, as in every file this project writes; ``probs`` left out."""
-        return {"label": self.label, "class_name": self.class_name, "confidence": self.confidence, "exit": self.exit + 1,
-                "total_ms": self.total_ms, "stage_ms": self.stage_ms, "stage_ms_per_image": self.stage_ms_per_image,
-                "deadline_skipped": self.deadline_skipped}
+__all__ = ["Bundle", "Prediction", "InputError", "NonFiniteOutput", "check_thresholds", "positive_ms", "softmax"]
 
 
 #: Samples per stage call when ``predict``/``run_exits`` get no ``max_batch`` (artifacts that take any
 #: batch): measured on the CIFAR reference (ONNX Runtime, 1 thread), one call of 2,000 images held 2.6 GB
 #: (ONNX Runtime's arena keeps it afterwards) and took 6.4 s; calls of 32 held 0.28 GB and took 2.5 s.
 DEFAULT_MAX_BATCH = 32
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    z = np.exp(x - x.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
 
 
 class Bundle:
@@ -78,6 +54,7 @@ class Bundle:
         self.threads = threads  # as opened (None: the backend's default); a calibration made at another count warns
         self.calibration: Optional[Calibration] = None
         self.stage_p90_ms: Optional[list[float]] = None  # for deadline mode (from a profile/calibration)
+        self._p90_from: Optional[str] = None  # the device whose calibration set stage_p90_ms (None: use_profile, or none)
         self.controller = None  # one BudgetController for every budget (its speed estimate is the device's)
         self._budget_lock = threading.Lock()  # predict(budget_ms=...) from several threads
         self._warned_budgets: set[float] = set()
@@ -155,9 +132,10 @@ class Bundle:
         p = self.calibration_path(device_name, batch)
         if not p.exists():
             if missing_ok:  # a misspelled name, or only other batch sizes: said, as the manifest's thresholds run instead
+                self._drop_calibration()  # what the warning says runs: not an earlier device's thresholds, table or p90s
                 using = "the manifest's default thresholds" if self.manifest.thresholds is not None else "no thresholds (the last exit)"
                 if said := missing_calibration(p, device_name, batch, using):
-                    warnings.warn(said, stacklevel=4)
+                    warnings.warn(said, stacklevel=_stacklevel)
                 return None
             raise FileNotFoundError(f"no calibration for device {device_name!r} at batch {batch} in {self.path} "
                                     "(run python -m dvt_runtime.calibrate" + (f" --batch {batch})" if batch > 1 else ")"))
@@ -169,9 +147,11 @@ class Bundle:
         if cal.batch != batch:  # its thresholds fit calls of cal.batch images, not these
             raise CalibrationError(f"{p} was calibrated at batch {cal.batch}, not {batch}: recalibrate with python -m "
                                    f"dvt_runtime.calibrate --batch {batch}" + (f", or use_calibration(..., batch={cal.batch})"))
+        if self._p90_from not in (None, device_name):  # another device's p90s (an earlier calibration) never time this one's deadlines
+            self.stage_p90_ms = self._p90_from = None
         self.calibration = cal
         if cal.batch == 1:  # deadline mode runs one image per call: a batch calibration's per-image p90s are too low for it
-            self.stage_p90_ms = cal.stage_p90_ms()
+            self.stage_p90_ms, self._p90_from = cal.stage_p90_ms(), device_name
         prof = cal.profile if isinstance(cal.profile, dict) else {}
         self._warn_other_setting(f"{p} was calibrated", prof.get("threads"), prof.get("device"),
                                  "its latencies (and the thresholds they chose) are another setting's: open the bundle as it was "
@@ -180,6 +160,15 @@ class Bundle:
             self.controller = None
             self._warned_budgets.clear()
         return cal
+
+    def _drop_calibration(self) -> None:
+        """Back to the manifest's thresholds: no calibration, budget table or controller, nor a calibration's p90s
+        (those given to :meth:`use_profile` stay)."""
+        if self._p90_from is not None:
+            self.stage_p90_ms = self._p90_from = None
+        with self._budget_lock:
+            self.calibration, self.controller = None, None
+            self._warned_budgets.clear()
 
     def _warn_other_setting(self, what: str, threads: Any, device: Any, fix: str, stacklevel: int) -> None:
         """Warn when latencies (a calibration's, a profile's) were measured at other threads or execution providers."""
@@ -195,7 +184,7 @@ class Bundle:
         if isinstance(p90, (str, bytes)) or not hasattr(p90, "__len__") or len(p90) != self.num_exits:
             raise ValueError(f"need one p90 per stage ({self.num_exits}) or a LatencyProfile, got {type(p90).__name__} {str(p90)[:80]}")
         # a measured stage never takes 0 ms: a p90 of 0 would make deadline mode run every stage whatever the deadline
-        self.stage_p90_ms = [positive_ms(f"p90 of stage {i + 1}", v) for i, v in enumerate(p90)]
+        self.stage_p90_ms, self._p90_from = [positive_ms(f"p90 of stage {i + 1}", v) for i, v in enumerate(p90)], None
 
     # ------------------------------------------------------------------ inputs
     def preprocess(self, image: np.ndarray) -> np.ndarray:

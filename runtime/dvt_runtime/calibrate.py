@@ -206,7 +206,8 @@ def fit(bundle: Bundle, x: np.ndarray, y: np.ndarray, holdout: float = 0.5, seed
     if profile.batch != batch:
         raise CalibrationError(f"the profile was measured at batch {profile.batch}, not {batch}: profile at --batch {batch} "
                                "or calibrate at the profile's batch")
-    here = measured_here or (profiled_here(profile) and profile.threads in (None, bundle.threads))  # its latencies: this host's
+    # its latencies are this host's at this bundle's setting (None: the backend's default, as a bundle opened with 0 or None)
+    here = measured_here or (profiled_here(profile) and profile.threads == (bundle.threads or None))
     overhead = cascade_overhead_ms(bundle, x, batch=batch) if here else 0.0
     costs = with_overhead(profile.stage_costs(), overhead)
     if check_costs is not None:
@@ -237,7 +238,9 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
     """Search thresholds for ``budget_ms`` on measured latency, verify on a holdout, write the file.
 
     ``batch`` > 1 calibrates for throughput: the budget is ms per image when ``batch`` images
-    go through ``predict`` together (stages profiled at that batch size).
+    go through ``predict`` together (stages profiled at that batch size). ``bundle`` then uses the new file when its
+    latencies are this host's; a file priced by another device's profile is left for that device (open the bundle with
+    ``device_name=`` there) and this bundle keeps what it ran.
     """
     device_name = _device_for(profile, device_name)
     x, y = np.asarray(x), np.asarray(y)  # lists from the Python API (a list y failed deep inside: no attribute 'max')
@@ -284,9 +287,7 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
         atomic_write_json(target, d, allow_nan=False)
     except ValueError as e:
         raise CalibrationError(f"the calibration holds a non-finite number ({e}): nothing was written; re-run the calibration") from None
-    with warnings.catch_warnings():  # another device's threads (a given profile) are not this host's to match
-        if not f.on_this_host:
-            warnings.filterwarnings("ignore", message=".* at another setting ")
+    if f.on_this_host:  # this host's thresholds: the bundle runs them from now on; another device's file is for that device
         bundle.use_calibration(device_name, batch=batch)
     return result
 

@@ -1,0 +1,33 @@
+"""What the cascade answers for one image (:class:`Prediction`), and the softmax it decides on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Prediction", "softmax"]
+
+
+@dataclass
+class Prediction:
+    label: int
+    class_name: str
+    confidence: float
+    exit: int  # 0-based index of the exit that answered
+    probs: np.ndarray  # (classes,) softmax of that exit
+    total_ms: float  # wall time of every stage call this sample was part of (in a batch: the whole call)
+    stage_ms: list[float] = field(default_factory=list)  # per stage actually run
+    deadline_skipped: bool = False  # a later stage was skipped to meet the deadline
+    stage_ms_per_image: list[float] = field(default_factory=list)  # each stage call's time / images in it
+
+    def to_dict(self) -> dict:
+        """The JSON form: the exit numbered from 1, as in every file this project writes; ``probs`` left out."""
+        return {"label": self.label, "class_name": self.class_name, "confidence": self.confidence, "exit": self.exit + 1,
+                "total_ms": self.total_ms, "stage_ms": self.stage_ms, "stage_ms_per_image": self.stage_ms_per_image,
+                "deadline_skipped": self.deadline_skipped}
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - x.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
