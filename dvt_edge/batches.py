@@ -129,6 +129,10 @@ def evaluate_exits(model: DVT, ds: ImageSet, batch_size: Optional[int] = None, c
     for x, _ in progress_bar(it, total=math.ceil(len(ds) / batch_size), desc=desc, unit="batch", enabled=progress):
         probs.append(torch.stack([o.float().softmax(-1) for o in model(x.to(device))]).cpu())
     p = torch.cat(probs, dim=1).numpy()  # (exits, N, classes)
+    if not np.isfinite(p).all():  # argmax of NaN rows is class 0: a diverged model would score class 0's share
+        bad = [f"exit {e + 1} on {int((~np.isfinite(p[e])).any(-1).sum())} of {p.shape[1]}" for e in range(len(p)) if not np.isfinite(p[e]).all()]
+        raise FloatingPointError(f"the model's outputs are not finite ({'; '.join(bad)} images): its weights have diverged "
+                                 "(in training: lower --lr and start over, or resume from a checkpoint saved before it diverged)")
     labels = ds.labels
     acc = [float((p[e].argmax(-1) == labels).mean() * 100) for e in range(p.shape[0])]
     return acc, p

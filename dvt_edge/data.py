@@ -250,7 +250,11 @@ def checkpoint_data(model_name: str, extras: Optional[dict] = None, cfg=None, sp
         candidates.append("fashion-mnist")
     candidates = list(dict.fromkeys(candidates))
     why: list[str] = []  # each recorded set that could not be read, and why
+    trained, in_sample = recorded_train_args(extras).get("data"), ""
     for spec in candidates:
+        if split == "val" and (said := trained_on_val(spec, trained)):  # accuracies on images the model trained on: never a stand-in
+            in_sample = said
+            continue
         try:
             if spec.startswith("imagefolder:") and spec.partition(":")[2]:  # here: its folders list (nothing decoded)
                 split_files(spec.partition(":")[2], split)
@@ -263,7 +267,23 @@ def checkpoint_data(model_name: str, extras: Optional[dict] = None, cfg=None, sp
         if why:  # an earlier recorded set (e.g. its evaluation set) is not here: said, even when another recorded one stands in
             return spec, f"the checkpoint's own data could not be read here ({'; '.join(why)}); using {spec} instead"
         return spec, ""
-    return (candidates[0] if candidates else None), ""
+    return (candidates[0] if candidates else None), (f"{in_sample}: not a stand-in for its evaluation" if in_sample else "")
+
+
+def trained_on_val(spec: str, train_spec: Optional[str]) -> str:
+    """Why ``spec``'s val images are among those a run on ``train_spec`` trained on ("" when not known to be)."""
+    if spec == "cifar10-ref" and isinstance(train_spec, str) and (train_spec == "cifar10" or train_spec.startswith("cifar10:")):
+        return f"cifar10-ref's val images are 5,000 of CIFAR-10's training images, every one of which {train_spec} trained on"
+    return ""
+
+
+def check_stored_preprocess(ds: ImageSet, pre: Preprocess, model_name: str, spec: str) -> None:
+    """Images stored preprocessed are trained on as they are: refused unless preprocessed as the model expects (the
+    checkpoint would record the model's preprocessing, and a deployed bundle would feed frames the model never saw)."""
+    if ds.preprocessed and pre != ds.preprocess:
+        raise DataError(f"{spec} holds images already preprocessed as {ds.preprocess.to_dict()}, but {model_name} expects "
+                        f"{pre.to_dict()}: write the set as uint8 pixels (python -m dvt_edge.data export, or np.savez of the raw "
+                        "images), or preprocessed as the model expects")
 
 
 def own_holdout(data: str, extras: Optional[dict]) -> str:
@@ -284,6 +304,8 @@ def data_for_checkpoint(data: Optional[str], model_name: str, extras: Optional[d
         data = own_holdout(data, extras)
         if warning := holdout_changed(data, extras):  # e.g. the file changed since: its 10% is other images
             print(warning, file=sys.stderr)
+        if split == "val" and (said := trained_on_val(data, recorded_train_args(extras).get("data"))):
+            print(f"warning: {said}: its accuracies there are in-sample", file=sys.stderr)
         return data, ""
     spec, note = checkpoint_data(model_name, extras, cfg, split)
     if spec and (warning := holdout_changed(spec, extras)):

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 from dvt_edge.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from dvt_edge.data import DataError
+from dvt_edge.data import DataError, trained_on_val
 from dvt_edge.references import card_path
 from dvt_runtime.io import atomic_write, atomic_write_json, check_out_path, sha256_file
 
@@ -58,7 +58,7 @@ def _is_224(model: object) -> bool:
     return isinstance(model, str) and model in list_models() and get_config(model).img_size >= 224
 
 
-def lineage(args: dict, direct: bool = True, _seen: frozenset = frozenset()) -> list[dict]:
+def lineage(args: dict, direct: bool = True, _seen: frozenset = frozenset(), sha256: Optional[str] = None) -> list[dict]:
     """The training steps before this run, oldest first: for ``--finetune SOURCE``, SOURCE's own
     lineage plus one entry for SOURCE (its SHA-256, and its training arguments and per-exit
     accuracy when it is one of our checkpoints). Read when publishing, while SOURCE exists; an
@@ -74,6 +74,9 @@ def lineage(args: dict, direct: bool = True, _seen: frozenset = frozenset()) -> 
             return [{**stub, "note": "gone when this run was published"}]
         raise CheckpointError(f"the run was fine-tuned from {src}, which is gone: its lineage cannot be recorded; "
                               "restore the file (or publish before deleting it)")
+    if sha256 and (now := sha256_file(src)) != sha256:  # ``sha256``: the source's when the run started (recorded since)
+        raise CheckpointError(f"the run was fine-tuned from {src}, which has changed since (SHA-256 {sha256[:12]}... then, "
+                              f"{now[:12]}... now): its lineage would describe another file; restore the file the run started from")
     try:
         # never unpickled here: the run's --trust-checkpoint was the trainer's choice, not the publisher's
         _, info = load_checkpoint(src, trusted=False)
@@ -158,7 +161,9 @@ def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[s
     args = json.loads(t["args"])
     history = json.loads(t["history"])
     extra = {"eval_data": eval_data} if eval_data else {}  # portable evaluation data (e.g. shipped with the package)
-    steps = lineage(args)  # before anything is written: ``out`` may be the fine-tuning source itself
+    if eval_data and (said := trained_on_val(eval_data, args.get("data"))):  # the card's figures would be in-sample
+        raise CheckpointError(f"--eval-data {eval_data}: {said}; record a set the run held out")
+    steps = lineage(args, sha256=info.extras.get("finetune_sha256"))  # before anything is written: ``out`` may be the source itself
     if steps:
         extra["lineage"] = json.dumps(steps)
     if isinstance(info.extras.get("holdout"), dict):  # a held-out split drawn from a folder or an npz file: a changed one is still said

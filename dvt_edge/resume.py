@@ -37,15 +37,31 @@ def resume_run(args: argparse.Namespace, out: Path, defaults: dict[str, Any], gi
             )
         run_args = json.loads(resume_state.get("train", {}).get("args", "{}"))
         args.data = _data.resumed_spec(args.data, run_args.get("data"))  # the run's own data when --data is not given again
+        _check_resumed_source(run_args.get("finetune"), args.finetune, last, given)
         _check_resume_args(run_args, args, last, defaults, given)
         return resume_state
     if args.finetune and Path(args.finetune).resolve() in (last.resolve(), best_path.resolve()):
         # the run would overwrite its own starting point (and its lineage would name itself)
         raise CheckpointError(f"--finetune {args.finetune} is a checkpoint this run writes in --out {out}: copy it elsewhere "
                               f"first, or fine-tune into another --out")
+    if args.finetune:  # recorded absolute: a card published from another folder had resolved it to another file
+        args.finetune = str(Path(args.finetune).resolve())
     if (last.exists() or best_path.exists()) and not args.force:
         raise CheckpointError(f"{out} already holds checkpoints; pass --resume to continue that run or --force to start over")
     return None
+
+
+def _check_resumed_source(theirs: Optional[str], ours: Optional[str], last: Path, given: Optional[set[str]]) -> None:
+    """A resumed run keeps the source it started from: ``--finetune`` given again must name that file (a run from scratch
+    resumed with ``--finetune X`` was published as fine-tuned from X, an initialisation that never ran)."""
+    if not ours or (given is not None and "finetune" not in given):
+        return
+    if not theirs:
+        raise CheckpointError(f"--resume: {last} was trained from scratch, not from --finetune {ours}: resume without --finetune, "
+                              f"or start a new run from {ours} with --finetune and another --out")
+    if Path(theirs).resolve() != Path(ours).resolve():
+        raise CheckpointError(f"--resume: {last} was fine-tuned from {theirs}, not {ours}: resume without --finetune (the run keeps "
+                              f"its source), or start a new run from {ours} with another --out")
 
 
 def _check_resume_args(stored: dict, args: argparse.Namespace, last: Path, defaults: dict[str, Any], given: Optional[set[str]]) -> None:

@@ -39,7 +39,7 @@ from dvt_edge.models import DVT, create_model, list_models, model_defaults, mode
 from dvt_edge.resume import resume_run
 from dvt_edge.transfer import carry_head_rows, transfer_weights
 from dvt_runtime.cli import GivenParser
-from dvt_runtime.io import atomic_write_json, run_cli, save_png, silenced_progress
+from dvt_runtime.io import atomic_write_json, run_cli, save_png, sha256_file, silenced_progress
 from dvt_runtime.io import progress as progress_bar
 from dvt_runtime.preprocess import Preprocess
 
@@ -210,6 +210,7 @@ class _Run:
     bg: Optional[torch.Tensor] = None
     pad: int = 0
     holdout: Optional[dict] = None  # an image folder without val/: which files its holdout held (recorded in checkpoints)
+    finetune_sha256: Optional[str] = None  # the --finetune source as it was when the run started (recorded in checkpoints)
 
     @property
     def main_proc(self) -> bool:
@@ -273,6 +274,7 @@ def _train(args: argparse.Namespace) -> dict:
         log(f"note: --lr {FINETUNE_LR:g} for a fine-tune (a run from scratch peaks at 1e-3); pass --lr to choose")
     run = _setup_run(args, rank, world, device, log, model, train_ds, val_ds, holdout)
     state = _RunState() if resume_state is None else _restore(run, resume_state, out / "last.pt")
+    run.finetune_sha256 = (resume_state or {}).get("finetune_sha256") if resume_state else args.finetune and sha256_file(args.finetune)
     _prepare_batches(run)
     t_run = time.time()
     if resume_state is not None and state.start_epoch >= args.epochs:
@@ -332,6 +334,7 @@ def _build_model(args: argparse.Namespace, resume_state: Optional[dict], train_d
     pre = Preprocess(**model_defaults(model.name)["preprocess"]) if model.name in list_models() else train_ds.preprocess
     if (c.in_chans, c.img_size) != (pre.num_channels, pre.size):
         pre = default_preprocess(c.in_chans, c.img_size)
+    _data.check_stored_preprocess(train_ds, pre, model.name, args.data)
     if pre != train_ds.preprocess:
         log(f"note: {args.data} images are preprocessed as {model.name} expects: {pre.to_dict()}")
     train_ds.preprocess = val_ds.preprocess = pre
@@ -457,7 +460,8 @@ def _end_epoch(run: _Run, state: _RunState, out: Path, epoch: int, train_loss: f
     state.history.append(entry)
     improved = acc[-1] > state.best_acc
     state.best_acc = max(state.best_acc, acc[-1])
-    meta = dict(classes=run.train_ds.classes, preprocess=run.train_ds.preprocess, accuracies=acc, holdout=run.holdout)
+    meta = dict(classes=run.train_ds.classes, preprocess=run.train_ds.preprocess, accuracies=acc, holdout=run.holdout,
+                **({"finetune_sha256": run.finetune_sha256} if run.finetune_sha256 else {}))
     run_seconds = round(state.prior_seconds + time.time() - t_run, 1)  # wall time, evaluation included, over resumes
     t = {"epoch": epoch + 1, "epochs": args.epochs, "run_seconds": run_seconds, "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
          "generator": gens, "rng": rngs, "history": json.dumps(state.history), "best_acc": state.best_acc, "args": json.dumps(vars(args))}

@@ -736,6 +736,25 @@ def test_a_checkpoints_own_data_comes_first_and_a_stand_in_is_said(tmp_path, fmn
     assert checkpoint_data("dvt_micro_fmnist", here) == (f"imagefolder:{tmp_path / 'here'}", "")
 
 
+def test_cifar10_ref_never_stands_in_to_evaluate_a_model_trained_on_all_of_cifar10s_training_images(monkeypatch, tmp_path, capsys):
+    """A model trained on the official CIFAR-10 (all 50,000 training images) was scored on cifar10-ref's val, 5,000 of those
+    training images, when its own data was not here: in-sample figures said only as 'a stand-in'. Calibration may use it."""
+    import json
+
+    from dvt_edge.data import checkpoint_data, data_for_checkpoint
+
+    monkeypatch.setenv("DVT_DATA", str(tmp_path))  # no official CIFAR-10 here
+    monkeypatch.setenv("DVT_OFFLINE", "1")
+    extras = {"train": {"args": json.dumps({"data": "cifar10"})}}
+    spec, note = checkpoint_data("dvt_small_cifar", extras, split="val")
+    assert spec != "cifar10-ref" and "every one of which cifar10 trained on" in note, (spec, note)
+    assert checkpoint_data("dvt_small_cifar", extras, split="train")[0] == "cifar10-ref"  # its 1,000 calibration images
+    data_for_checkpoint("cifar10-ref", "dvt_small_cifar", extras)  # given by hand: warned, as in-sample
+    assert "its accuracies there are in-sample" in capsys.readouterr().err
+    gone = {"train": {"args": json.dumps({"data": f"imagefolder:{tmp_path / 'gone'}"})}}  # nothing says it trained on them
+    assert checkpoint_data("dvt_small_cifar", gone, split="val")[0] == "cifar10-ref"
+
+
 def test_a_download_cut_off_midway_is_the_not_found_message(monkeypatch, tmp_path):
     """A server that closes the connection before Content-Length bytes: said as such (it read as a checksum
     mismatch), in the data set's not-found message, and nothing is kept."""

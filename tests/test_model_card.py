@@ -85,6 +85,45 @@ def test_fine_tuned_run_publishes_its_lineage_and_every_step(micro_ckpt, tmp_pat
     assert f"--out {run}-step1" in cmds[0] and f"--finetune {run}-step1/last.pt" in cmds[1] and "--distill 0.5" in cmds[1]
 
 
+def test_lineage_names_the_source_the_run_started_from_wherever_it_is_published(micro_ckpt, tmp_path, monkeypatch):
+    """--finetune runs/src/last.pt was recorded as typed: published from another folder, the lineage took that folder's
+    runs/src/last.pt (another file: its hash, arguments and accuracy). A source replaced since the run started is refused."""
+    import shutil
+
+    from dvt_edge.train import train
+
+    for d, src in (("a", micro_ckpt), ("b", tmp_path / "other.pt")):
+        (tmp_path / d / "runs" / "src").mkdir(parents=True)
+        if d == "b":
+            ckpt = read_checkpoint(micro_ckpt)
+            ckpt["anytime_classification"] = [1.0, 2.0, 3.0]  # another file at the same relative path
+            torch.save(ckpt, src)
+        shutil.copy(src, tmp_path / d / "runs" / "src" / "last.pt")
+    real = tmp_path / "a" / "runs" / "src" / "last.pt"
+    monkeypatch.chdir(tmp_path / "a")
+    train(build_parser().parse_args(["--model", "dvt_micro_fmnist", "--epochs", "1", "--train-limit", "200", "--val-limit", "100",
+                                     "--threads", "1", "--quiet", "--finetune", "runs/src/last.pt", "--out", str(tmp_path / "ft")]))
+    monkeypatch.chdir(tmp_path / "b")
+    publish_run(str(tmp_path / "ft"), str(tmp_path / "pub.pt"), threshold_n=100, progress=False)
+    step = json.loads(load_checkpoint(tmp_path / "pub.pt")[1].extras["lineage"])[-1]
+    assert step["checkpoint"] == str(real) and step["sha256"] == sha256_file(real)
+    shutil.copy(tmp_path / "other.pt", real)  # the source replaced after the run started from it
+    with pytest.raises(CheckpointError, match="which has changed since"):
+        publish_run(str(tmp_path / "ft"), str(tmp_path / "pub2.pt"), threshold_n=100, progress=False)
+
+
+def test_eval_data_the_run_trained_on_is_refused(micro_ckpt, tmp_path):
+    """--eval-data cifar10-ref for a run on the official CIFAR-10 (all 50,000 training images, cifar10-ref's val among them)
+    would have made every later figure of the published file in-sample."""
+    (tmp_path / "run").mkdir()
+    ckpt = read_checkpoint(micro_ckpt.parent / "last.pt")
+    ckpt["train"]["args"] = json.dumps({**json.loads(ckpt["train"]["args"]), "data": "cifar10"})
+    torch.save(ckpt, tmp_path / "run" / "last.pt")
+    with pytest.raises(CheckpointError, match="--eval-data cifar10-ref: cifar10-ref's val images are 5,000 of CIFAR-10's training"):
+        publish_run(str(tmp_path / "run"), str(tmp_path / "pub.pt"), eval_data="cifar10-ref", progress=False)
+    assert not (tmp_path / "pub.pt").exists()
+
+
 def _fine_tuned_run_whose_source_is_gone(micro_ckpt, tmp_path):
     """(source path, run dir): a micro run fine-tuned from a published file, which is then deleted."""
     from dvt_edge.train import train

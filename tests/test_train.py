@@ -129,6 +129,54 @@ def test_resume_with_other_run_settings_is_refused(tmp_path, capsys):
         run("--epochs", "1", "--resume")
 
 
+def test_resume_keeps_the_source_the_run_started_from(tmp_path):
+    """A run from scratch resumed with --finetune X was recorded (and published) as fine-tuned from X, an initialisation
+    that never ran; another --finetune than the run's own is refused too."""
+    def run(out, *extra: str):
+        return train(build_parser().parse_args([*QUICK, "--train-limit", "200", "--epochs", "1", "--out", str(out), *extra]))
+
+    run(tmp_path / "a")
+    with pytest.raises(CheckpointError, match="was trained from scratch, not from --finetune"):
+        run(tmp_path / "a", "--epochs", "2", "--resume", "--finetune", str(tmp_path / "a" / "last.pt"))
+    run(tmp_path / "b", "--finetune", str(tmp_path / "a" / "last.pt"))
+    with pytest.raises(CheckpointError, match="was fine-tuned from .*a/last.pt, not"):
+        run(tmp_path / "b", "--resume", "--finetune", str(tmp_path / "b" / "last.pt"))
+    run(tmp_path / "b", "--resume", "--finetune", str(tmp_path / "a" / "last.pt"))  # its own source, given again: fine
+
+
+def test_a_model_whose_outputs_are_not_finite_fails_and_saves_nothing(tmp_path):
+    """An epoch whose last step broke the weights: every output NaN, argmax 0, so 'val top-1' was class 0's share (10%) and
+    last.pt and best.pt were saved; a resume then went on from NaN weights."""
+    args = build_parser().parse_args([*QUICK, "--train-limit", "64", "--val-limit", "50", "--epochs", "1", "--lr", "1e30",
+                                      "--out", str(tmp_path)])
+    with pytest.raises(FloatingPointError, match=r"outputs are not finite \(exit 1 on 50 of 50"):
+        train(args)
+    assert not (tmp_path / "last.pt").exists() and not (tmp_path / "best.pt").exists()
+
+
+def test_images_stored_preprocessed_otherwise_than_the_model_expects_are_refused(tmp_path):
+    """A float npz normalised with mean/std 0.5 was trained on as it was, while the checkpoint recorded the model's own
+    0.286/0.353: evaluate then refused the same file, and a bundle would feed camera frames the model never saw."""
+    import json
+
+    import numpy as np
+
+    from dvt_edge.data import DataError, load_dataset
+    from dvt_runtime.preprocess import Preprocess
+
+    ds = load_dataset("fashion-mnist", "train", limit=200, seed=0)
+    for mean, ok in (((0.5,), False), (tuple(ds.preprocess.mean), True)):
+        ds.preprocess = Preprocess(**{**ds.preprocess.to_dict(), "mean": mean})
+        x, y = ds.arrays()
+        np.savez(tmp_path / "pre.npz", images=x, labels=y, classes=np.array(ds.classes), preprocess=np.array(json.dumps(ds.preprocess.to_dict())))
+        args = build_parser().parse_args([*QUICK, "--data", f"npz:{tmp_path / 'pre.npz'}", "--epochs", "1", "--out", str(tmp_path / str(ok))])
+        if ok:  # preprocessed as the model expects: trained on
+            train(args)
+            continue
+        with pytest.raises(DataError, match=r"already preprocessed as .*'mean': \[0.5\].*write the set as uint8 pixels"):
+            train(args)
+
+
 def test_a_224px_run_without_batch_size_takes_a_batch_that_fits_and_a_warmup_covering_the_run_warns(tmp_path, capsys, monkeypatch):
     """The README's fine-tune of a published 224 px checkpoint ran at the default batch 128: about 19 GB of memory (batch 32
     peaked at 5.7 GB); a one-epoch run with the default 1-epoch warm-up ended at the peak learning rate, unsaid."""
