@@ -151,6 +151,10 @@ def test_default_calls_hold_at_most_default_max_batch(bundle):
     assert counters[-1].batches == [DEFAULT_MAX_BATCH, DEFAULT_MAX_BATCH, 6] * 2
     bundle.predict(x, thresholds=never, max_batch=n)
     assert counters[0].batches[-1] == n
+    # and at most DEFAULT_BATCH_PIXELS: at 224 px calls of 32 were 30% slower an image than calls of 1 and held 3x the memory
+    for size, calls in ((224, 1), (64, 8), (40, 20)):
+        bundle.input_shape = (bundle.input_shape[0], size, size)
+        assert bundle._chunk(None) == calls and bundle._chunk(5) == 5
 
 
 def test_batch_one_bundle_loops(bundle):

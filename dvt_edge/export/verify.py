@@ -23,12 +23,15 @@ from dvt_runtime.bundle import Bundle, softmax
 from dvt_runtime.checks import FEW_IMAGES, rough_thresholds
 from dvt_runtime.manifest import ExitParity, ExitSpec, Manifest, ParityReport
 
-__all__ = ["FP32_TOL", "BATCH_TOL", "VERIFY_BATCH", "INT8_MIN_AGREEMENT", "torch_cascade", "verification_bundle", "open_sessions",
+__all__ = ["FP32_TOL", "BATCH_TOL", "VERIFY_BATCH", "VERIFY_PIXELS", "verify_batch", "INT8_MIN_AGREEMENT", "torch_cascade", "verification_bundle", "open_sessions",
            "parity", "chained", "check_finite_reference", "check_parity", "format_parity"]
 
 FP32_TOL = 1e-3  # max abs logit difference allowed for fp32 artifacts
 BATCH_TOL = 1e-4  # max abs logit difference between a batched call and one image per call
-VERIFY_BATCH = 64  # images per call in the batched check of a dynamic-batch bundle
+VERIFY_BATCH = 64  # images per call in the batched check of a dynamic-batch bundle, at most ...
+#: ... and at most this many input pixels per call, but at least 2 (4 images at 224 px): a T2T-ViT-14 ONNX fp32 export with 80
+#: real images peaked at 5.5 GiB resident with calls of 64, at 2.2 GiB with calls of 4 (/usr/bin/time -v)
+VERIFY_PIXELS = 4 * 224 * 224
 FIXED_BATCH = 8  # fixed example images batched (and run one per call) when there are no real images
 INT8_MIN_AGREEMENT = 97.0  # % top-1 agreement with PyTorch fp32 on real images
 
@@ -134,11 +137,16 @@ def _check_batches(bundle: Bundle, x: np.ndarray, one_by_one: list[np.ndarray], 
     """Where the bundle takes a batch, the same images in batches must give the logits of one image per call."""
     if bundle.batch_limit() <= 1 or len(x) <= 1:
         return
-    n = min(len(x), VERIFY_BATCH if bundle.manifest.max_batch is None else bundle.manifest.max_batch)
+    n = min(len(x), verify_batch(bundle.input_shape) if bundle.manifest.max_batch is None else bundle.manifest.max_batch)
     batched = chained(bundle, x, n)
     report.batch_checked = n
     for e, row in enumerate(report.exits):
         row.max_abs_diff_batched = float(np.abs(batched[e] - one_by_one[e]).max()) if np.isfinite(batched[e]).all() else float("nan")
+
+
+def verify_batch(input_shape: tuple[int, ...]) -> int:
+    """Images per call of the batched check for inputs of ``input_shape`` (C, H, W): ``VERIFY_BATCH`` within ``VERIFY_PIXELS``."""
+    return max(2, min(VERIFY_BATCH, VERIFY_PIXELS // int(np.prod(input_shape[-2:]))))
 
 
 def chained(bundle: Bundle, x: np.ndarray, batch: int) -> list[np.ndarray]:

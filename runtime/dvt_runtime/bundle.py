@@ -6,7 +6,7 @@
 
 Stages run one after another; each later stage gets the previous stage's features and relations. A batch is
 regrouped at each stage: the samples still undecided are gathered (images, features and relations together) and
-the stage runs once on them, in chunks of at most ``max_batch`` (default ``DEFAULT_MAX_BATCH``, 32). Bundles whose artifacts take batch 1 only (``manifest.max_batch
+the stage runs once on them, in chunks of at most ``max_batch`` (default ``DEFAULT_MAX_BATCH``, 32, fewer above 32 px). Bundles whose artifacts take batch 1 only (``manifest.max_batch
 == 1``: ExecuTorch, Core ML, dynamic-range int8) run the same regrouping one sample per call: the same answers.
 
 One bundle may serve several threads: ONNX Runtime sessions run concurrently, ExecuTorch methods and Core ML
@@ -40,9 +40,13 @@ __all__ = ["Bundle", "Prediction", "InputError", "NonFiniteOutput", "check_thres
 
 
 #: Samples per stage call when ``predict``/``run_exits`` get no ``max_batch`` (artifacts that take any
-#: batch): measured on the CIFAR reference (ONNX Runtime, 1 thread), one call of 2,000 images held 2.6 GB
+#: batch), at most: measured on the CIFAR reference (ONNX Runtime, 1 thread), one call of 2,000 images held 2.6 GB
 #: (ONNX Runtime's arena keeps it afterwards) and took 6.4 s; calls of 32 held 0.28 GB and took 2.5 s.
 DEFAULT_MAX_BATCH = 32
+#: ... and at most this many input pixels per call (32 images at 32 px, 1 at 224 px): on a T2T-ViT-12 at 224 px (ONNX Runtime
+#: fp32, 1 thread, 32 images) calls of 32 took 96 to 98 ms an image against 71 to 78 ms for calls of 1 to 8, and held 1.3 GB
+#: against 0.43 GB for calls of 1
+DEFAULT_BATCH_PIXELS = DEFAULT_MAX_BATCH * 32 * 32
 
 
 class Bundle:
@@ -257,11 +261,11 @@ class Bundle:
 
     def _chunk(self, max_batch: Optional[int]) -> int:
         """Samples per stage call of ``predict``/``run_exits``: ``max_batch`` when given, else
-        ``DEFAULT_MAX_BATCH``, or the batch this device's calibration was measured at if larger
-        (its prices are those of calls that size); within what the artifacts accept."""
+        ``DEFAULT_MAX_BATCH`` within ``DEFAULT_BATCH_PIXELS``, or the batch this device's calibration was measured at if
+        larger (its prices are those of calls that size); within what the artifacts accept."""
         if max_batch is None:
-            cal = self.calibration
-            max_batch = max(DEFAULT_MAX_BATCH, cal.batch if cal is not None else 1)
+            cal, pixels = self.calibration, int(np.prod(self.input_shape[-2:]))
+            max_batch = max(min(DEFAULT_MAX_BATCH, DEFAULT_BATCH_PIXELS // pixels), cal.batch if cal is not None else 1)
         return self.batch_limit(max_batch)
 
     def batch_limit(self, max_batch: Optional[int] = None) -> int:
@@ -338,7 +342,7 @@ class Bundle:
         its profiled p90 would overrun the deadline, counted from the image's preprocessing (images
         then run one per call, as the p90s are per image); ``spent_ms``: time each image already took before this call (its
         decoding and preprocessing done by the caller), counted against the deadline too. ``max_batch``: at most this many samples per stage call (default
-        ``DEFAULT_MAX_BATCH``, 32, or the calibration's batch if larger: memory); a larger batch is
+        ``DEFAULT_MAX_BATCH``, 32, fewer for large inputs, or the calibration's batch if larger: memory); a larger batch is
         split into calls of ``max_batch``, with the same answers. With fixed thresholds a batch gets
         the answers of one image at a time; ``budget_ms`` picks the thresholds once per call, and calls
         of the calibration's batch size update its speed estimate.
