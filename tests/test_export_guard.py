@@ -231,7 +231,9 @@ def test_weight_only_int8_needs_no_calibration_images(no_data_ckpt, tmp_path):
             continue
         res = export_bundle(str(no_data_ckpt), target, "int8", scheme=scheme, out=str(tmp_path / target), progress=False)
         m = Manifest.load(res.path)
-        assert m.parity.passed and [e.quantization["scheme"] for e in m.exits] == [scheme] * 3, (target, m.parity)
+        numerical = m.parity.checked == "numerical"  # Core ML off macOS: structure only, never 'passed'
+        assert m.parity.passed == numerical and not m.parity.problems and [e.quantization["scheme"] for e in m.exits] == [scheme] * 3, m.parity
+        assert numerical or (target == "coreml" and m.parity.checked == "structural" and "outputs not compared" in res.report)
 
 
 def test_auto_off_the_backends_platform_exports_the_recipes_default_and_says_so(no_data_ckpt, tmp_path, capsys):

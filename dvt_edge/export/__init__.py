@@ -363,7 +363,8 @@ def _verify(p: _Plan, exits: list[ExitSpec], artifacts: list[ExitArtifact], max_
         report.problems += simulated_problems([a.quantization for a in artifacts], p.opts.int8_min_agreement)
     if p.precision == "int8" and p.opts.int8_min_agreement is None:
         report.note = (report.note + "; " if report.note else "") + "int8 top-1 agreement recorded, not required (random weights)"
-    report.passed = p.opts.verify and not report.problems  # an unverified bundle never reads as passed
+    # passed: numerically verified; an unverified bundle, or one whose structure alone was checked (Core ML off macOS), never reads so
+    report.passed = p.opts.verify and report.checked == "numerical" and not report.problems
     return report
 
 

@@ -223,7 +223,8 @@ def _cell(v: Optional[float], fmt: str) -> str:
 def format_parity(m: Manifest) -> str:
     """The export's table: per exit, artifact, size, scheme, logit differences and agreement."""
     p = m.parity or ParityReport(runtime="?", checked="?", exits=[])
-    lines = [f"{m.model} -> {m.target} {m.precision}  ({p.checked} check on {p.runtime}; {p.n_real} real images)"]
+    ran = f"{p.n_real} real images" if p.checked == "numerical" else "outputs not compared"
+    lines = [f"{m.model} -> {m.target} {m.precision}  ({p.checked} check on {p.runtime}; {ran})"]
     lines.append(f"{'exit':>4} {'grid':>6} {'artifact':<28} {'size KB':>8} {'scheme':<10} {'max|dlogit| fixed':>17} {'real':>9} "
                  f"{'top-1 agree %':>13} {'top-1 art/pt %':>15}")
     for e in m.exits:
@@ -248,14 +249,15 @@ def format_parity(m: Manifest) -> str:
     lines.append(_thresholds_line(m))
     lines += [f"scheme choice: {n}" for n in p.scheme_selection]  # int8 "auto": what each exit chose between, and why
     if p.data:  # which images calibrated and verified: said here, not only in the manifest
-        lines.append(f"images: {p.data}")
+        lines.append(f"images: {p.data}" + ("" if p.checked == "numerical" else f" (not run: {p.runtime} does not run here)"))
     if 0 < p.n_real < FEW_IMAGES:
         lines.append(f"warning: agreement measured on only {p.n_real} real images (each is {100 / p.n_real:.2g} points), so it is rough"
                      + ("; and they are the calibration images themselves" if IN_SAMPLE in p.data else "")
                      + ": export with more labelled images")
     if p.checked == "structural":  # e.g. Core ML off macOS: passed means the structure only
         lines.append(f"note: no numerical check ran ({m.backend} does not run on this host): the artifacts' outputs were not compared "
-                     "with PyTorch, and the default thresholds are PyTorch's; check and calibrate where it runs (dvt-runtime calibrate)")
+                     "with PyTorch (parity.passed is false), and the default thresholds are PyTorch's; check and calibrate where it runs "
+                     "(dvt-runtime calibrate)")
     lines += [f"PROBLEM: {prob}" for prob in p.problems]
     return "\n".join(lines)
 
