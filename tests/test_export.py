@@ -251,6 +251,11 @@ def test_an_etrecord_lets_the_inspector_name_an_etdumps_operators(micro_ckpt, tm
     res = export_bundle(str(micro_ckpt), "executorch", "fp32", out=str(tmp_path / "b"), verify_n=20, etrecord=True,
                         progress=False)
     assert sorted(f.name for f in res.path.glob("*.etrecord")) == ["exit1.etrecord", "exit2.etrecord", "exit3.etrecord"]
+    assert res.manifest.extras["etrecords"] == ["exit1.etrecord", "exit2.etrecord", "exit3.etrecord"]  # ours: --force replaces them
+    export_bundle(str(micro_ckpt), "executorch", "fp32", out=str(tmp_path / "b"), verify_n=20, force=True, progress=False)
+    assert not list(res.path.glob("*.etrecord"))  # it had refused: 'holds exit1.etrecord ... which its manifest does not list'
+    res = export_bundle(str(micro_ckpt), "executorch", "fp32", out=str(tmp_path / "b"), verify_n=20, etrecord=True, force=True,
+                        progress=False)
     b = Bundle.open(res.path, threads=1, etdump=True)
     for _ in range(3):
         b.predict(np.zeros(b.input_shape, np.float32), thresholds=[None] * (b.num_exits - 1))
@@ -494,7 +499,9 @@ def test_checkpoint_thresholds_become_confidences_or_a_clear_error():
     model = SimpleNamespace(num_exits=3)
     rows = np.array([[0.9, 0.8, 0.1], [1e8, -0.5, 0.7], [0.5, 0.5, 0.5]])
     t, src = _default_thresholds(model, SimpleNamespace(thresholds=rows), None, None)
-    assert t == [None, 0.0, None] and "row 1 of 3" in src
+    assert t == [None, 0.0, None] and "row 2 of 3" in src and "calibrate" not in src  # 1-based: the middle row of 3
+    assert "the authors' fp32 thresholds, and int8 shifts confidences" in _default_thresholds(
+        model, SimpleNamespace(thresholds=rows), None, None, precision="int8")[1]
     with pytest.raises(ExportError, match="non-finite"):
         _default_thresholds(model, SimpleNamespace(thresholds=np.array([[np.nan, 0.5, 0.1]])), None, None)
 
@@ -780,3 +787,30 @@ def test_no_real_images_note_fits_where_the_target_runs(tmp_path, micro_ckpt, mo
         assert "coreml does not run on this host, so the export is checked structurally here" in err and "to verify on real images" not in err
     export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(tmp_path / "o"), progress=False)
     assert "give images (export --calib-data, bench --data) to verify on real images" in capsys.readouterr().err
+
+
+def test_an_export_never_verifies_on_images_the_model_trained_on(tmp_path, monkeypatch):
+    """A dvt_small_cifar trained on the official CIFAR-10 (all 50,000 training images), exported where that set is not
+    here: cifar10-ref stood in, and its val images (5,000 of those training images) verified the export and chose its
+    default thresholds, called held out."""
+    import json
+
+    from dvt_edge.models import create_model
+
+    monkeypatch.setenv("DVT_DATA", str(tmp_path))  # no official CIFAR-10 here
+    monkeypatch.setenv("DVT_OFFLINE", "1")
+    extras = {"train_summary": json.dumps({"args": {"model": "dvt_small_cifar", "data": "cifar10"}})}
+    torch.save({"model_state_dict": create_model("dvt_small_cifar").state_dict(), **extras}, tmp_path / "c.pt")
+    with pytest.raises(ExportError, match="every one of which cifar10 trained on: no stand-in to verify on.*pass --calib-data"):
+        export_bundle(str(tmp_path / "c.pt"), "onnx", "fp32", out=str(tmp_path / "b"), model_name="dvt_small_cifar", progress=False)
+    assert not (tmp_path / "b").exists()
+
+
+def test_verification_judges_the_images_by_the_checkpoints_own_preprocessing(micro_ckpt, tmp_path):
+    """The verification bundle carried a default preprocessing: a checkpoint normalising with std 0.02 failed its own
+    export ('input holds values from -25 to 25, but this bundle's preprocessing gives -0.81 to 2.02')."""
+    ckpt = torch.load(micro_ckpt, weights_only=True)
+    ckpt["preprocess"] = {**ckpt["preprocess"], "mean": [0.5], "std": [0.02]}
+    torch.save(ckpt, tmp_path / "narrow.pt")
+    res = export_bundle(str(tmp_path / "narrow.pt"), "onnx", "fp32", out=str(tmp_path / "b"), verify_n=30, progress=False)
+    assert res.manifest.parity.passed and res.manifest.parity.n_real == 30 and res.manifest.preprocess.std == (0.02,)

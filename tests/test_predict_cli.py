@@ -306,3 +306,26 @@ def test_out_never_replaces_a_file_that_is_not_an_earlier_result(onnx_bundle, ph
     out = tmp_path / "preds.json"  # an earlier result is replaced, as before
     assert main(["--bundle", str(onnx_bundle), str(photo), "--out", str(out), "--no-progress"]) == 0
     assert main(["--bundle", str(onnx_bundle), str(photo), "--out", str(out), "--no-progress"]) == 0
+
+
+def test_the_table_shows_class_names_whole():
+    """ImageNet's names were cut at 16 characters ('West Highland wh')."""
+    from dvt_runtime.predict import format_result
+
+    row = {"file": "/p/a.jpg", "class_name": "West Highland white terrier", "confidence": 0.5, "exit": 1, "total_ms": 1.0,
+           "deadline_skipped": False}
+    stats = {"mean": 1.0, "p50": 1.0, "p90": 1.0}
+    text = format_result({"images": [row], "unreadable": [], "failed": [], "n_images": 1, "exit_counts": [1], "thresholds_from": "x",
+                          "latency_ms": {"cascade": stats, "preprocess": stats}})
+    assert "West Highland white terrier  0.500" in text, text
+
+
+def test_an_image_far_smaller_than_the_models_input_is_marked(onnx_bundle, tmp_path):
+    """A 1x1 px PNG got a class and a confidence at 224 px with nothing said."""
+    from dvt_runtime.predict import format_result, predict_files
+
+    cv2.imwrite(str(tmp_path / "dot.png"), np.full((2, 3), 128, np.uint8))
+    cv2.imwrite(str(tmp_path / "big.png"), np.full((28, 28), 128, np.uint8))
+    r = predict_files(Bundle.open(onnx_bundle), [tmp_path / "dot.png", tmp_path / "big.png"], show_progress=False)
+    assert r["images"][0]["upscaled"] == 14.0 and "upscaled" not in r["images"][1]
+    assert "(a small image, upscaled 14x)" in format_result(r)

@@ -690,7 +690,12 @@ def test_import_records_the_thread_count_and_refuses_what_cannot_be_this_bundles
     assert "stage 1: a median of 0.001 ms is less than any runtime takes to call a model" in err and "multiply them by 1000" in err
     assert main(["import", "--csv", str(csv_path), "--out", str(out), "--bundle", str(bundle_dir), "--threads", "1"]) == 0
     err = capsys.readouterr().err
-    assert "faster than any device" not in err and "less than any runtime" not in err
+    assert "faster than any device" not in err and "less than any runtime" not in err and "slower than any" not in err
+    # microseconds under a millisecond header (a 224 px model's 30 ms read as 30,000 ms): accepted with nothing said
+    micro = write(tmp_path / "u.csv", "stage1_ms,stage2_ms,stage3_ms\n" + "30000,40000,50000\n" * 30)
+    assert main(["import", "--csv", str(micro), "--out", str(out), "--bundle", str(bundle_dir), "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "stage 1: a median of 3e+04 ms" in err and "slower than any device runs one image" in err and "divide them by 1000" in err
 
 
 def test_import_never_relabels_another_bundles_profile_nor_drops_what_the_file_declares(bundle_dir, measured, tmp_path, capsys):

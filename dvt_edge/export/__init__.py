@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from dvt_edge.checkpoint import CheckpointInfo, load_checkpoint
-from dvt_edge.data import checkpoint_data, default_preprocess, holdout_changed, own_holdout
+from dvt_edge.data import checkpoint_data, default_preprocess, holdout_changed, own_holdout, recorded_train_args, trained_on_val
 from dvt_edge.export.common import ExitArtifact, ExitGraph, ExitJob, ExportError, exit_graphs, exit_specs
 from dvt_edge.export.images import _Data, _load_data, _same_images  # noqa: F401  (_Data, _same_images: tests)
 from dvt_edge.export.install import carry_over, check_destination, install, recover_leftovers
@@ -70,17 +70,20 @@ class ExportResult:
 
 
 def _default_thresholds(model: DVT, info: CheckpointInfo, ref_logits: Optional[list[np.ndarray]], labels,
-                        origin: str = "PyTorch fp32") -> tuple[Optional[list], str]:
-    """The checkpoint's own thresholds, else the cheapest FLOPs point near the best accuracy on ``ref_logits``."""
+                        origin: str = "PyTorch fp32", precision: str = "fp32") -> tuple[Optional[list], str]:
+    """The checkpoint's own thresholds (its middle dynamic_threshold row, said 1-based), else the cheapest FLOPs point near
+    the best accuracy on ``ref_logits``."""
     if info.thresholds is not None and info.thresholds.ndim == 2 and info.thresholds.shape[1] == model.num_exits:
         row = info.thresholds.shape[0] // 2
         t = [float(v) for v in info.thresholds[row]][:-1]  # the last exit always answers
         if not all(np.isfinite(t)):
-            raise ExportError(f"the checkpoint's dynamic_threshold row {row} holds non-finite values {t}: fix or drop "
+            raise ExportError(f"the checkpoint's dynamic_threshold row {row + 1} holds non-finite values {t}: fix or drop "
                               "dynamic_threshold in the checkpoint (without it, thresholds are chosen on real images)")
         # a confidence is in [0, 1]: above 1 (MSDNet-style 1e8 for an exit no sample reaches) never stops, below 0 always does
         t = [None if v > 1.0 else max(v, 0.0) for v in t]
-        return t + [None], f"checkpoint dynamic_threshold row {row} of {info.thresholds.shape[0]}"
+        shifted = (f"; the authors' fp32 thresholds, and {precision} shifts confidences: calibrate on the device (dvt_runtime.calibrate)"
+                   if precision != "fp32" else "")
+        return t + [None], f"checkpoint dynamic_threshold row {row + 1} of {info.thresholds.shape[0]}{shifted}"
     if ref_logits is None or labels is None:
         return None, "none (no labelled images of the model's classes to choose them on)"
     if len(labels) < MIN_THRESHOLD_IMAGES:  # 4 held-out photos chose 0, 0: every image left at exit 1, unsaid at predict time
@@ -265,6 +268,11 @@ def _prepare(dest: Path, t: Target, precision: str, opts: ExportOptions, model: 
     # a run's own npz file given: its held-out part verifies (and chooses thresholds), not the 90% trained on
     spec, stand_in = ((own_holdout(opts.calib_data, info.extras), "") if opts.calib_data else
                       checkpoint_data(model.name, info.extras, model.cfg))
+    if in_sample := spec and trained_on_val(spec, recorded_train_args(info.extras).get("data")):  # verification, thresholds: in-sample
+        if not opts.calib_data:
+            raise ExportError(f"{in_sample}: no stand-in to verify on and choose thresholds with; pass {opts.data_flag} SPEC "
+                              "(images the model did not train on)")
+        print(f"warning: {in_sample}: verification and the default thresholds are in-sample", file=sys.stderr)
     if stand_in:  # another set calibrates and verifies: said on the console and in the parity table
         print(f"note: {stand_in} (pass {opts.data_flag} SPEC to choose)", file=sys.stderr)
     if spec and (moved := holdout_changed(spec, info.extras)) and moved not in _SAID:  # its thresholds are chosen on the holdout
@@ -299,7 +307,7 @@ def _prepare(dest: Path, t: Target, precision: str, opts: ExportOptions, model: 
     with torch.no_grad():
         fixed_ref = [g.stage(*g.example_inputs())[0].numpy() for g in graphs]
     check_finite_reference(fixed_ref, real_ref, checkpoint)
-    thresholds, thr_source = _default_thresholds(model, info, real_ref, data.verify_y)
+    thresholds, thr_source = _default_thresholds(model, info, real_ref, data.verify_y, precision=precision)
     if thresholds is None and stand_in:  # the model's own images are not here, and the stand-in's labels are not its classes
         print(f"warning: the bundle will have no thresholds (every image runs to the last exit): {stand_in}, whose labels are not "
               f"this model's classes. Pass {opts.data_flag} SPEC with the images the model was trained on (moved? their new path)",
@@ -324,11 +332,16 @@ def _export_exits(p: _Plan, console) -> tuple[list[ExitArtifact], list[str]]:
                                           check_e))
             candidates.append((sch, cdir, art))
         if len(candidates) > 1:
-            _, _, art = pick_scheme(p.model, p.target, candidates, p.graphs, artifacts, p.tmp, p.data, p.real_ref, e, notes)
+            _, _, art = pick_scheme(p.model, p.target, candidates, p.graphs, artifacts, p.tmp, p.data, p.real_ref, e, notes, p.pre)
         else:
             art = candidates[0][2]
         artifacts.append(art)
     return artifacts, notes
+
+
+def _measured(report: ParityReport, artifacts: list[ExitArtifact]) -> bool:
+    """Whether top-1 agreement was measured on real images (through the runtime, or simulated in PyTorch)."""
+    return report.n_real > 0 or any(a.quantization.get("simulated") for a in artifacts)
 
 
 def _verify(p: _Plan, exits: list[ExitSpec], artifacts: list[ExitArtifact], max_batch: Optional[int], notes: list[str]) -> ParityReport:
@@ -336,12 +349,12 @@ def _verify(p: _Plan, exits: list[ExitSpec], artifacts: list[ExitArtifact], max_
     t = p.target
     sessions = open_sessions(t, p.tmp, p.graphs, artifacts) if p.opts.verify else None
     if sessions is not None:
-        vb = verification_bundle(p.model, t, exits, sessions, p.tmp, max_batch)
+        vb = verification_bundle(p.model, t, exits, sessions, p.tmp, max_batch, p.pre)
         report, art = parity(t, vb, p.graphs, p.data, p.real_ref, p.fixed_ref)
         # the device decides on the artifacts' logits: choose on those (non-finite ones fail the parity check below)
         if art is not None and all(r.finite for r in report.exits):
             p.thresholds, p.thr_source = _default_thresholds(p.model, p.info, art, p.data.verify_y,
-                                                             f"the {t.backend} {p.precision} artifacts through the runtime")
+                                                             f"the {t.backend} {p.precision} artifacts through the runtime", p.precision)
             decision_agreement(report, p.real_ref, art, p.thresholds)
     else:
         report = ParityReport(runtime=t.backend, checked="structural" if p.opts.verify else "skipped (--no-verify)",
@@ -363,8 +376,13 @@ def _verify(p: _Plan, exits: list[ExitSpec], artifacts: list[ExitArtifact], max_
         report.problems += simulated_problems([a.quantization for a in artifacts], p.opts.int8_min_agreement)
     if p.precision == "int8" and p.opts.int8_min_agreement is None:
         report.note = (report.note + "; " if report.note else "") + "int8 top-1 agreement recorded, not required (random weights)"
+    # int8/fp16 logits are held to a bar only on real images: on the fixed inputs alone their difference is recorded, unbounded
+    unmeasured = p.opts.verify and p.precision in ("int8", "fp16") and report.checked == "numerical" and not _measured(report, artifacts)
+    if unmeasured:
+        report.note = ((report.note + "; " if report.note else "") + f"{p.precision} top-1 agreement not measured (no real images: the "
+                       "fixed inputs' max|dlogit| is recorded, not bounded); export with --calib-data to verify it")
     # passed: numerically verified; an unverified bundle, or one whose structure alone was checked (Core ML off macOS), never reads so
-    report.passed = p.opts.verify and report.checked == "numerical" and not report.problems
+    report.passed = p.opts.verify and report.checked == "numerical" and not report.problems and not unmeasured
     return report
 
 
@@ -385,7 +403,8 @@ def _export_into(p: _Plan, console) -> ExportResult:
         classes=list(p.info.classes) if p.info.classes else default_classes(model.cfg.num_classes, imagenet_layout(model.name)),
         preprocess=p.pre, exits=exits, backend=t.backend, model_config=model.cfg.to_dict(),
         quantization={"schemes_tried": [s for s in p.schemes if s], "recipe": t.recipe,
-                      "min_top1_agreement": p.opts.int8_min_agreement if p.opts.verify else None} if p.precision == "int8" else {},
+                      "min_top1_agreement": p.opts.int8_min_agreement if p.opts.verify and _measured(report, artifacts) else None}
+        if p.precision == "int8" else {},
         thresholds=p.thresholds, thresholds_source=p.thr_source, parity=report, toolchain=_toolchain(),
         source={"checkpoint": str(p.checkpoint), "sha256": sha256_file(p.checkpoint), "format": p.info.format, "data": p.spec},
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -393,6 +412,8 @@ def _export_into(p: _Plan, console) -> ExportResult:
     )
     if cfgs:
         manifest.extras["required_operators"] = "required_operators.config"
+    if records := [f for a in artifacts for f in a.extra_files if f.endswith(".etrecord")]:  # listed (--force replaces them), not hashed
+        manifest.extras["etrecords"] = records
     manifest.save(p.tmp)
     table = format_parity(manifest)
     if report.problems:

@@ -77,7 +77,8 @@ def recover_leftovers(dest: Path) -> list[str]:
     notes: list[str] = []
     if dest.name in ("", ".", "..") or not dest.parent.is_dir():
         return notes
-    for p in sorted(dest.parent.glob(f".{dest.name}.*")):
+    # by prefix, not glob: a bundle named b[12] would match .b1.* and .b2.*, another bundle's leftovers
+    for p in sorted(q for q in dest.parent.iterdir() if q.name.startswith(f".{dest.name}.")):
         kind, _, rest = p.name[len(dest.name) + 2 :].partition("-")
         pid = rest.split("-")[0]
         if kind not in ("tmp", "old") or not pid.isdigit() or _pid_alive(int(pid)):
@@ -137,18 +138,20 @@ def _listed(dest: Path) -> set[str]:
     runtime refuses for its content (e.g. another model's preprocessing) is still ours: --force replaces it."""
     try:
         m = Manifest.load(dest, verify=False)
-        artifacts, extra = [e.artifact for e in m.exits], m.extras.get("required_operators")
+        artifacts, extras = [e.artifact for e in m.exits], m.extras
     except (ManifestError, OSError) as e:
         try:
             d = json.loads((dest / "manifest.json").read_text(encoding="utf-8"))
-            artifacts, extra = [x["artifact"] for x in d["exits"]], (d.get("extras") or {}).get("required_operators")
+            artifacts, extras = [x["artifact"] for x in d["exits"]], d.get("extras") or {}
             assert isinstance(d["schema_version"], int) and all(isinstance(a, str) and a for a in artifacts)
         except (OSError, ValueError, KeyError, TypeError, AttributeError, AssertionError):
             raise ExportError(f"{dest} exists and is not a dvt-edge bundle ({e}); --force replaces only bundles: "
                               "choose another --out, nothing was changed") from None
     ours = {"manifest.json", "required_operators.config", *(Path(a).parts[0] for a in artifacts)}
-    if isinstance(extra, str):
-        ours.add(Path(extra).parts[0])
+    records = extras.get("etrecords") if isinstance(extras, dict) else None  # export --etrecord's files
+    for extra in [extras.get("required_operators") if isinstance(extras, dict) else None, *(records if isinstance(records, list) else [])]:
+        if isinstance(extra, str) and extra:
+            ours.add(Path(extra).parts[0])
     return ours
 
 

@@ -45,7 +45,7 @@ MIN_SPEEDUP = 0.05  # ... when it is at least this much faster (a smaller differ
 TIMED_RUNS = 12  # chained runs timed per candidate (p50 of its stage)
 
 
-def pick_scheme(model, t, candidates, graphs, chosen_artifacts, tmp, data, real_ref, e, notes):
+def pick_scheme(model, t, candidates, graphs, chosen_artifacts, tmp, data, real_ref, e, notes, pre=None):
     """Keep the int8 scheme of exit ``e`` by measured agreement with PyTorch on real images and
     measured speed, both through the device's runtime chained after the exits already chosen
     (see :func:`_choose`); every scheme non-finite: ExportError."""
@@ -64,7 +64,7 @@ def pick_scheme(model, t, candidates, graphs, chosen_artifacts, tmp, data, real_
             if sess is None:  # the runtime does not run here: nothing to measure
                 scored.append({"scheme": sch, "agreement": None, "max_abs_diff": None, "p50_ms": None, "c": (sch, cdir, art)})
                 continue
-            vb = verification_bundle(model, t, exit_specs(model, graphs, partial, tmp), sess, tmp)
+            vb = verification_bundle(model, t, exit_specs(model, graphs, partial, tmp), sess, tmp, preprocess=pre)
             lg = chained(vb, data.verify_x, 1)[e]
             ok = bool(np.isfinite(lg).all())  # non-finite logits: never kept, not timed (the runtime would refuse them)
             scored.append({"scheme": sch, "agreement": float((lg.argmax(-1) == real_ref[e].argmax(-1)).mean() * 100) if ok else -1.0,

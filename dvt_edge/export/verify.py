@@ -22,6 +22,7 @@ from dvt_edge.models import DVT
 from dvt_runtime.bundle import Bundle, softmax
 from dvt_runtime.checks import FEW_IMAGES, rough_thresholds
 from dvt_runtime.manifest import ExitParity, ExitSpec, Manifest, ParityReport
+from dvt_runtime.preprocess import Preprocess
 
 __all__ = ["FP32_TOL", "BATCH_TOL", "VERIFY_BATCH", "VERIFY_PIXELS", "verify_batch", "INT8_MIN_AGREEMENT", "torch_cascade", "verification_bundle", "open_sessions",
            "parity", "chained", "check_finite_reference", "check_parity", "format_parity"]
@@ -58,12 +59,13 @@ def torch_cascade(graphs: list[ExitGraph], images: np.ndarray, keep_inputs: Opti
 
 
 def verification_bundle(model: DVT, target: Target, exits: list[ExitSpec], sessions, root: Path,
-                        max_batch: Optional[int] = 1) -> Bundle:
+                        max_batch: Optional[int] = 1, preprocess: Optional[Preprocess] = None) -> Bundle:
     """The runtime's own :class:`Bundle` over freshly loaded sessions (exits ``0..len(sessions)-1``):
-    export verifies through the code path the device runs, not a second implementation."""
+    export verifies through the code path the device runs, not a second implementation. ``preprocess``: the bundle's
+    (its input checks judge the images by it; default: the model's input size and channels with common statistics)."""
     n = len(sessions)
     m = Manifest(model=model.name, target=target.name, precision="-", classes=[str(i) for i in range(model.cfg.num_classes)],
-                 preprocess=default_preprocess(model.cfg.in_chans, model.cfg.img_size),
+                 preprocess=preprocess or default_preprocess(model.cfg.in_chans, model.cfg.img_size),
                  exits=exits[:n], backend=target.backend, max_batch=max_batch)
     return Bundle(root, m, list(sessions), [0.0] * n)
 
@@ -258,6 +260,10 @@ def format_parity(m: Manifest) -> str:
         lines.append(f"note: no numerical check ran ({m.backend} does not run on this host): the artifacts' outputs were not compared "
                      "with PyTorch (parity.passed is false), and the default thresholds are PyTorch's; check and calibrate where it runs "
                      "(dvt-runtime calibrate)")
+    if (m.precision in ("int8", "fp16") and p.checked == "numerical" and p.n_real == 0
+            and not any(e.quantization.get("simulated") for e in m.exits)):
+        lines.append(f"warning: {m.precision} top-1 agreement not measured: no real images (the fixed inputs' max|dlogit| is recorded, "
+                     "not bounded), so parity.passed is false; export with --calib-data (labelled images like the model's) to verify it")
     lines += [f"PROBLEM: {prob}" for prob in p.problems]
     return "\n".join(lines)
 

@@ -116,7 +116,9 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
             failed.append({"file": str(f), "error": str(e)})
             pre_ms.pop()
             continue
-        rows.append({"file": str(f), **p.to_dict(), "preprocess_ms": pre_ms[-1]})  # exits numbered from 1
+        small = min(img.shape[:2])  # an image far smaller than the model's input is answered, but from few real pixels
+        tiny = {"upscaled": round(bundle.manifest.preprocess.resize / small, 1)} if 4 * small <= bundle.manifest.preprocess.resize else {}
+        rows.append({"file": str(f), **p.to_dict(), "preprocess_ms": pre_ms[-1], **tiny})  # exits numbered from 1
     counts = np.bincount([r["exit"] - 1 for r in rows], minlength=bundle.num_exits).tolist() if rows else [0] * bundle.num_exits
     m = bundle.manifest
     return {
@@ -142,11 +144,13 @@ def format_result(r: dict) -> str:
     except ValueError:  # files on different drives (Windows)
         names = [Path(f).name for f in full]
     width = min(60, max([len(n) for n in names] + [4]))
-    lines = [f"{'file':<{width}}  {'class':<16} {'conf':>6}  exit  {'ms':>7}"]
+    cw = min(40, max([len(str(x["class_name"])) for x in r["images"]] + [5]))  # class names whole (ImageNet's run to 30 and more)
+    lines = [f"{'file':<{width}}  {'class':<{cw}} {'conf':>6}  exit  {'ms':>7}"]
     for name, x in zip(names, r["images"]):
         name = name if len(name) <= width else "..." + name[-(width - 3):]  # the file's own name kept
-        lines.append(f"{name:<{width}}  {str(x['class_name'])[:16]:<16} {x['confidence']:>6.3f}  {x['exit']:>4}  "
-                     f"{x['total_ms']:>7.3f}" + ("  (deadline: later exit skipped)" if x["deadline_skipped"] else ""))
+        lines.append(f"{name:<{width}}  {str(x['class_name'])[:cw]:<{cw}} {x['confidence']:>6.3f}  {x['exit']:>4}  "
+                     f"{x['total_ms']:>7.3f}" + ("  (deadline: later exit skipped)" if x["deadline_skipped"] else "")
+                     + (f"  (a small image, upscaled {x['upscaled']:g}x)" if x.get("upscaled") else ""))
     lines += [f"unreadable: {u['error']}" for u in r["unreadable"]]
     lines += [f"failed: {u['file']}: {u['error']}" for u in r.get("failed", [])]
     n = r["n_images"]

@@ -409,6 +409,8 @@ def _import(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
 MAX_PLAUSIBLE_GMACS = 25_000.0
 #: a stage call takes microseconds on any runtime, whatever the model's size (a tiny model's seconds pass the rate check)
 MIN_PLAUSIBLE_MS = 0.002
+#: ... and a stage over a second at under 50 MMAC/s is slower than any device this runtime targets (microseconds read as ms)
+MIN_PLAUSIBLE_GMACS, SLOW_STAGE_MS = 0.05, 1000.0
 
 
 def _check_etdump_files(files: Sequence[str], manifest: Optional[Manifest], bundle: Optional[str]) -> None:
@@ -447,8 +449,11 @@ def _check_plausible(prof: LatencyProfile, manifest: Manifest) -> None:
             said.append(f"stage {k}: {rate:.0f} TMAC/s (its GMACs over its median time) is faster than any device runs one image")
         elif 0 < st["median"] < MIN_PLAUSIBLE_MS:
             said.append(f"stage {k}: a median of {st['median']:.3g} ms is less than any runtime takes to call a model")
+        elif st["median"] > SLOW_STAGE_MS and rate * 1e3 < MIN_PLAUSIBLE_GMACS:
+            said.append(f"stage {k}: a median of {st['median']:.4g} ms ({rate * 1e6:.3g} MMAC/s) is slower than any device runs one image")
     if said:
-        print(f"note: {'; '.join(said)}: the values are read as milliseconds; if they are seconds, multiply them by 1000", file=sys.stderr)
+        print(f"note: {'; '.join(said)}: the values are read as milliseconds; if they are seconds, multiply them by 1000, if "
+              "microseconds, divide them by 1000", file=sys.stderr)
 
 
 ETDUMP_RUNS, ETDUMP_RUNS_SCHEMA = "etdump_runs.json", "dvt-etdump-runs/1"
