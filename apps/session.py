@@ -28,7 +28,7 @@ SUMMARY_KEYS = ("mean", "p50", "p90", "p99", "max")  # of sample_stats, in the s
 
 def run_session(args, cap, source: str, thresholds: Optional[list]) -> dict:
     """Classify the frames of ``cap`` as ``args`` asks; returns the stats (also written to ``args.stats``)."""
-    frame = read_first_frame(cap, source, is_video=args.video is not None)
+    frame = read_first_frame(cap, source, is_video=args.video is not None, retries=0 if args.video is not None else MAX_MISSED_READS)
     bundle = open_bundle(args)
     mode = prepare_mode(args, bundle, thresholds)
     warm_up(bundle, frame, thresholds)
@@ -161,6 +161,7 @@ class FrameLoop:
         self.interrupted = False
         self.wall_s = 0.0  # not counting pauses
         self.undecodable = 0  # video frames OpenCV could not decode, skipped (the frames after them are read)
+        self.source_stopped: Optional[str] = None  # why a camera stopped delivering frames (a video's end is no failure)
 
     def run(self, frame) -> None:
         """The loop, from ``frame`` (already read) on; then the release of the writer and the default snapshot."""
@@ -185,6 +186,8 @@ class FrameLoop:
         self.wall_s = time.perf_counter() - t_start - paused_s
         if self.undecodable:
             warn(f"{self.undecodable} frame(s) of the video could not be decoded: skipped, the frames after them were read")
+        if self.source_stopped:  # an unplugged camera had ended the run as if it were done, exit status 0, nothing said
+            warn(f"the source stopped after {self.tally.frames} frame(s) ({self.source_stopped}): the stats cover those")
         self._final_snapshot()
 
     def _read(self):
@@ -192,12 +195,18 @@ class FrameLoop:
         frames it cannot decode (counted once a later frame is read; a failed read ended the video there)."""
         misses = 0
         while True:
-            ok, frame = self.cap.read()
+            try:
+                ok, frame = self.cap.read()
+            except cv2.error as e:  # a driver failure mid-run: said, and the stats still written
+                self.source_stopped = f"read failed: {str(e).strip().splitlines()[-1]}"
+                return None
             if ok and frame is not None:
                 if self.args.video is not None:
                     self.undecodable += misses
                 return frame
             if misses >= MAX_MISSED_READS:
+                if self.args.video is None:
+                    self.source_stopped = f"no frame in {MAX_MISSED_READS + 1} reads"
                 return None
             misses += 1
             if self.args.video is None:
@@ -310,6 +319,7 @@ def build_stats(args, source: str, frame, bundle, mode: Mode, thresholds: Option
         "fps": n / loop.wall_s if loop.wall_s > 0 else None,
         "wall_s": loop.wall_s,
         "interrupted": loop.interrupted,
+        "source_stopped": loop.source_stopped,  # why a camera stopped delivering frames (None: it did not)
         "record": str(args.record) if args.record else None,
         "snapshot": loop.snapshot,
         "predictions": tally.predictions,

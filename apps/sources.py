@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -48,13 +49,21 @@ def open_source(camera=None, video: Optional[str] = None):
     return cap, f"camera {cam}"
 
 
-def read_first_frame(cap, source: str, is_video: bool):
-    """The source's first frame; AppError with the way out when it delivers none."""
-    ok, frame = cap.read()
-    if not ok or frame is None:
-        what = "holds no decodable frame" if is_video else "delivered no frame"
-        raise AppError(f"{source} {what}: {VIDEO_HINT if is_video else SOURCE_HINT}")
-    return frame
+def read_first_frame(cap, source: str, is_video: bool, retries: int = 0):
+    """The source's first frame (a camera read again up to ``retries`` times: many drop the first grab after opening);
+    AppError with the way out when it delivers none."""
+    for attempt in range(retries + 1):
+        try:
+            ok, frame = cap.read()
+        except cv2.error as e:  # a driver failure: one line, not a traceback
+            raise AppError(f"{source} failed on its first read ({str(e).strip().splitlines()[-1]}): "
+                           f"{VIDEO_HINT if is_video else SOURCE_HINT}") from None
+        if ok and frame is not None:
+            return frame
+        if attempt < retries:
+            time.sleep(0.02)
+    what = "holds no decodable frame" if is_video else f"delivered no frame in {retries + 1} reads"
+    raise AppError(f"{source} {what}: {VIDEO_HINT if is_video else SOURCE_HINT}")
 
 
 def reference_bundle() -> Path:

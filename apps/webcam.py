@@ -104,8 +104,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         ap.error(f"--max-frames must be >= 1 (omit it to run until the source ends), got {args.max_frames}")
     outs = {flag: Path(v).expanduser().resolve() for flag, v in (("--record", args.record), ("--stats", args.stats),
                                                                   ("--snapshot", args.snapshot)) if v}
-    if args.video and Path(args.video).expanduser().resolve() in outs.values():
-        ap.error(f"an output path is the input video {args.video}: writing it would destroy the video; choose another path")
+    for flag, src in (("--video", args.video), ("--camera", args.camera)):  # --camera takes a video file's path too
+        if src and (flag == "--video" or Path(str(src)).expanduser().is_file()) and Path(str(src)).expanduser().resolve() in outs.values():
+            ap.error(f"an output path is the input video {src} ({flag}): writing it would destroy the video; choose another path")
     if len(set(outs.values())) < len(outs):
         ap.error(f"two outputs share one path ({', '.join(f'{k} {v}' for k, v in outs.items())}); give each its own")
     for flag, p in outs.items():

@@ -101,8 +101,10 @@ def _tour(args: argparse.Namespace) -> int:
     result, device = _benchmark(ckpt, data, args, out)
     best = best_row(result)
     if best is None and (best := closest_row(result)) is not None:  # the tour still calibrates, and says it is not matched
-        print(f"\nnote: no target reached the last exit's accuracy (within 0.2 points) on the {args.n // 2} measured images (0.2 points "
-              f"is {max(1, round(args.n // 2 * 0.002))} image(s) there; --n 5000 measures 2,500); calibrating the closest, {best['target']} "
+        held = int(best.get("n_holdout") or result.get("n_images", args.n) // 2)  # measured: what the data held, not --n
+        more = "" if held >= 2500 else "; --n 5000 measures 2,500"
+        print(f"\nnote: no target reached the last exit's accuracy (within 0.2 points) on the {held} measured images (0.2 points "
+              f"is {max(1, round(held * 0.002))} image(s) there{more}); calibrating the closest, {best['target']} "
               f"{best['precision']} ({best['matched']['accuracy_delta']:+.2f} points), all the same")
     if best is not None:
         _calibrate_best(result, best, data, info, device, out)

@@ -475,3 +475,19 @@ def test_lineage_of_a_run_fine_tuned_from_its_own_file_ends(micro_ckpt, tmp_path
     steps = lineage({"finetune": str(run / "last.pt")})
     assert [s["checkpoint"] for s in steps] == [str(run / "last.pt")] * 2
     assert "already in this lineage" in steps[0]["note"] and steps[1]["sha256"] == sha256_file(run / "last.pt")
+
+
+def test_the_demos_not_matched_note_counts_the_images_measured(monkeypatch, tmp_path, capsys):
+    """--n 10000 on a set of 5,000 said '5000 measured images (... --n 5000 measures 2,500)': 2,500 were measured."""
+    from dvt_edge import demo
+
+    row = {"target": "onnx", "precision": "fp32", "status": "ok", "n_holdout": 2500, "static": [{"accuracy": 80, "measured_mean_ms": 1.0}],
+           "matched": {"within_match": False, "accuracy_delta": -0.4, "measured_mean_ms": 0.5, "accuracy": 79.6, "speedup_vs_last_exit": 2.0}}
+    monkeypatch.setattr(demo, "_show_zoo", lambda: None)
+    monkeypatch.setattr(demo, "_evaluate", lambda ckpt, data, out: ("cifar10-ref", None))
+    monkeypatch.setattr(demo, "_benchmark", lambda ckpt, data, args, out: ({"rows": [row], "n_images": 5000, "model": "m"}, "vm"))
+    monkeypatch.setattr(demo, "_calibrate_best", lambda *a: None)
+    monkeypatch.setattr(demo, "_print_summary", lambda *a: None)
+    demo.main(["--targets", "onnx", "--precisions", "fp32", "--n", "10000", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "on the 2500 measured images (0.2 points is 5 image(s) there); calibrating the closest" in out, out

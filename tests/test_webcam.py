@@ -391,6 +391,7 @@ def test_default_bundle_is_the_natural_image_reference(monkeypatch, tmp_path):
     (["--snapshot-frame", "-1", "--snapshot", "{tmp}/s.png"], "--snapshot-frame must be a 0-based frame index >= 0"),
     (["--video", "{tmp}/in.mp4", "--record", "{tmp}/in.mp4"], "would destroy the video"),
     (["--video", "{tmp}/in.mp4", "--stats", "{tmp}/./in.mp4"], "would destroy the video"),
+    (["--camera", "{tmp}/in.mp4", "--record", "{tmp}/in.mp4"], "would destroy the video"),  # OpenCV opens a path as a camera
     (["--stats", "{tmp}/o.json", "--snapshot", "{tmp}/o.json"], "two outputs share one path"),
     # outputs that would fail only after every frame was processed (the stats lost with them)
     (["--snapshot", "{tmp}/new/snap"], "OpenCV writes no image of that kind; end the name with .png"),
@@ -575,3 +576,43 @@ def test_a_broken_frame_mid_video_is_skipped_and_counted_and_sigterm_keeps_the_s
         webcam.parse_args(["--video", str(video), "--headless", "--stats", str(mine)])
     assert mine.read_text() == '{"a": 1}'
     webcam.parse_args(["--video", str(video), "--headless", "--stats", str(stats)])  # an earlier stats file may be replaced
+
+
+class _FlakyCamera:
+    """A camera whose first grab fails (common right after opening), then gives ``n`` frames, then fails (``raises``:
+    the driver raises, as an unplugged USB camera's may)."""
+
+    def __init__(self, n: int, raises: bool):
+        self.i, self.n, self.raises = 0, n, raises
+
+    def isOpened(self):
+        return True
+
+    def read(self):
+        self.i += 1
+        if self.i == 1:
+            return False, None
+        if self.i > self.n + 1:
+            if self.raises:
+                raise webcam.cv2.error("camera unplugged")
+            return False, None
+        return True, np.random.default_rng(self.i).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+
+    def get(self, prop):
+        return 30.0
+
+    def release(self):
+        pass
+
+
+@pytest.mark.parametrize("raises", [False, True])
+def test_a_camera_that_drops_its_first_grab_runs_and_one_that_stops_is_said(env, monkeypatch, tmp_path, capsys, raises):
+    """A camera whose first read failed was refused ('delivered no frame'); one that stopped mid-run ended the run as if it
+    were done, nothing said, and a driver's cv2.error escaped as a traceback."""
+    monkeypatch.setattr(webcam, "open_source", lambda camera, video: (_FlakyCamera(5, raises), "camera 0"))
+    monkeypatch.setattr("time.sleep", lambda s: None)  # the retries' pauses
+    st = webcam.run(webcam.parse_args(["--bundle", str(env[0]), "--headless", "--stats", str(tmp_path / "s.json")]))
+    why = "read failed: camera unplugged" if raises else "no frame in 11 reads"
+    assert st["frames"] == 5 and st["source_stopped"] == why and not st["interrupted"]
+    assert f"the source stopped after 5 frame(s) ({why})" in capsys.readouterr().err
+    assert json.loads((tmp_path / "s.json").read_text())["source_stopped"] == why
