@@ -428,6 +428,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         elif a.model or a.thresholds:
             if not batches or not a.thresholds:
                 raise ValueError("fixed-threshold throughput (--model / --thresholds) needs both --batches and --thresholds")
+            if a.budgets or a.runs:  # they were ignored unsaid: this mode times whole passes at the given thresholds
+                raise ValueError("fixed-threshold throughput (--model / --thresholds) calibrates no budget and times whole passes: "
+                                 "drop --budgets and --runs")
             out.mkdir(parents=True, exist_ok=True)
             thr = parse_thresholds(a.thresholds)
             ckpt = random_checkpoint(a.model, out) if a.model else a.checkpoint
