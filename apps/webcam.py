@@ -60,6 +60,14 @@ __all__ = ["AppError", "Mode", "Overlay", "annotate", "model_input_image", "open
            "GUI_HINT", "SOURCE_HINT"]
 
 
+def _is_file(path: str) -> bool:
+    """Whether ``path`` names a file (a GStreamer pipeline or a URL longer than a file name can be is not one)."""
+    try:
+        return Path(path).expanduser().is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m apps.webcam", description="Live early-exit DVT classification of camera or video frames.",
                                  epilog="keys (window): q/Esc quit, +/- budget or deadline +-10%, space pause")
@@ -104,9 +112,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         ap.error(f"--max-frames must be >= 1 (omit it to run until the source ends), got {args.max_frames}")
     outs = {flag: Path(v).expanduser().resolve() for flag, v in (("--record", args.record), ("--stats", args.stats),
                                                                   ("--snapshot", args.snapshot)) if v}
-    for flag, src in (("--video", args.video), ("--camera", args.camera)):  # --camera takes a video file's path too
-        if src and (flag == "--video" or Path(str(src)).expanduser().is_file()) and Path(str(src)).expanduser().resolve() in outs.values():
-            ap.error(f"an output path is the input video {src} ({flag}): writing it would destroy the video; choose another path")
+    if args.camera and _is_file(args.camera):  # OpenCV opens a file path as a camera: read it as the video it is (its end is no failure)
+        args.video, args.camera = args.camera, None
+    if args.video and Path(args.video).expanduser().resolve() in outs.values():
+        ap.error(f"an output path is the input video {args.video}: writing it would destroy the video; choose another path")
     if len(set(outs.values())) < len(outs):
         ap.error(f"two outputs share one path ({', '.join(f'{k} {v}' for k, v in outs.items())}); give each its own")
     for flag, p in outs.items():

@@ -114,6 +114,10 @@ def eval_batch_size(img_size: int) -> int:
     return max(1, min(500, EVAL_PIXELS // img_size ** 2))
 
 
+class NonFiniteOutputs(FloatingPointError, ValueError):
+    """A model answered NaN or infinity: training stops (FloatingPointError), and the CLIs say it in one line (ValueError)."""
+
+
 @torch.no_grad()
 def evaluate_exits(model: DVT, ds: ImageSet, batch_size: Optional[int] = None, cache=None, workers: int = 0, progress: bool = False,
                    desc: str = "evaluate") -> tuple[list[float], np.ndarray]:
@@ -131,8 +135,9 @@ def evaluate_exits(model: DVT, ds: ImageSet, batch_size: Optional[int] = None, c
     p = torch.cat(probs, dim=1).numpy()  # (exits, N, classes)
     if not np.isfinite(p).all():  # argmax of NaN rows is class 0: a diverged model would score class 0's share
         bad = [f"exit {e + 1} on {int((~np.isfinite(p[e])).any(-1).sum())} of {p.shape[1]}" for e in range(len(p)) if not np.isfinite(p[e]).all()]
-        raise FloatingPointError(f"the model's outputs are not finite ({'; '.join(bad)} images): its weights have diverged "
-                                 "(in training: lower --lr and start over, or resume from a checkpoint saved before it diverged)")
+        raise NonFiniteOutputs(f"the model's outputs are not finite ({'; '.join(bad)} images): its weights are broken (a diverged "
+                               "training run: lower --lr and start over, or resume from a checkpoint saved before it diverged; or a "
+                               "corrupted file)")
     labels = ds.labels
     acc = [float((p[e].argmax(-1) == labels).mean() * 100) for e in range(p.shape[0])]
     return acc, p

@@ -329,6 +329,9 @@ def check_targets(targets: str, precisions: str, any_target: bool = False) -> No
 
 def _check_run_args(a: argparse.Namespace) -> None:
     """Arguments checked before anything is exported or timed (a mistake found after the work loses it)."""
+    if (a.model or a.thresholds) and not a.latency_only and (a.budgets or a.runs):  # they had been ignored unsaid
+        raise ValueError("fixed-threshold throughput (--model / --thresholds) times whole passes at the given thresholds, calibrating "
+                         "no budget: drop --budgets and --runs")
     from dvt_runtime.stats import MIN_RUNS
 
     if a.threads < 1:
@@ -428,9 +431,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         elif a.model or a.thresholds:
             if not batches or not a.thresholds:
                 raise ValueError("fixed-threshold throughput (--model / --thresholds) needs both --batches and --thresholds")
-            if a.budgets or a.runs:  # they were ignored unsaid: this mode times whole passes at the given thresholds
-                raise ValueError("fixed-threshold throughput (--model / --thresholds) calibrates no budget and times whole passes: "
-                                 "drop --budgets and --runs")
             out.mkdir(parents=True, exist_ok=True)
             thr = parse_thresholds(a.thresholds)
             ckpt = random_checkpoint(a.model, out) if a.model else a.checkpoint

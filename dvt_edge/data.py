@@ -267,7 +267,8 @@ def checkpoint_data(model_name: str, extras: Optional[dict] = None, cfg=None, sp
         if why:  # an earlier recorded set (e.g. its evaluation set) is not here: said, even when another recorded one stands in
             return spec, f"the checkpoint's own data could not be read here ({'; '.join(why)}); using {spec} instead"
         return spec, ""
-    return (candidates[0] if candidates else None), (f"{in_sample}: not a stand-in for its evaluation" if in_sample else "")
+    rest = [c for c in candidates if not (split == "val" and trained_on_val(c, trained))]  # its loader says where it looked
+    return (rest[0] if rest else None), (f"{in_sample}: not a stand-in for its evaluation" if in_sample else "")
 
 
 def trained_on_val(spec: str, train_spec: Optional[str]) -> str:

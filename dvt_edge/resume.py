@@ -39,6 +39,8 @@ def resume_run(args: argparse.Namespace, out: Path, defaults: dict[str, Any], gi
         args.data = _data.resumed_spec(args.data, run_args.get("data"))  # the run's own data when --data is not given again
         _check_resumed_source(run_args.get("finetune"), args.finetune, last, given)
         _check_resume_args(run_args, args, last, defaults, given)
+        if args.finetune and run_args.get("finetune"):  # given again (the same file, checked): recorded as the run recorded it
+            args.finetune = run_args["finetune"]
         return resume_state
     if args.finetune and Path(args.finetune).resolve() in (last.resolve(), best_path.resolve()):
         # the run would overwrite its own starting point (and its lineage would name itself)

@@ -763,6 +763,8 @@ def test_cifar10_ref_never_stands_in_to_evaluate_a_model_trained_on_all_of_cifar
     spec, note = checkpoint_data("dvt_small_cifar", extras, split="val")
     assert spec != "cifar10-ref" and "every one of which cifar10 trained on" in note, (spec, note)
     assert checkpoint_data("dvt_small_cifar", extras, split="train")[0] == "cifar10-ref"  # its 1,000 calibration images
+    recorded = {**extras, "eval_data": "cifar10-ref"}  # recorded first (a card published before the check): never handed back
+    assert checkpoint_data("dvt_small_cifar", recorded, split="val")[0] != "cifar10-ref"
     data_for_checkpoint("cifar10-ref", "dvt_small_cifar", extras)  # given by hand: warned, as in-sample
     assert "its accuracies there are in-sample" in capsys.readouterr().err
     gone = {"train": {"args": json.dumps({"data": f"imagefolder:{tmp_path / 'gone'}"})}}  # nothing says it trained on them

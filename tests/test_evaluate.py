@@ -78,6 +78,16 @@ def test_evaluate_bad_checkpoint(tmp_path, capsys):
     assert "not a" in capsys.readouterr().err
 
 
+def test_a_model_answering_nan_is_one_error_line(micro_ckpt, tmp_path, capsys):
+    """evaluate_exits refuses non-finite outputs (training saved NaN models as 10% accurate): the CLI says so in one line."""
+    ckpt = torch.load(micro_ckpt, weights_only=True)
+    bias = next(k for k in ckpt["model_state_dict"] if k.endswith("bias"))
+    ckpt["model_state_dict"][bias] = torch.full_like(ckpt["model_state_dict"][bias], float("nan"))
+    torch.save(ckpt, tmp_path / "nan.pt")
+    assert main(["--checkpoint", str(tmp_path / "nan.pt"), "--limit", "50", "--out", str(tmp_path / "o")]) == 2
+    assert "error: the model's outputs are not finite" in capsys.readouterr().err
+
+
 def test_evaluate_exported_bundle_matches_pytorch(micro_ckpt, onnx_bundle, tmp_path):
     from dvt_edge.evaluate import evaluate_checkpoint, format_report
 

@@ -640,6 +640,9 @@ def test_out_that_is_a_folder_of_bundles_is_the_parent(micro_ckpt, tmp_path, cap
     assert export_main([*args, "--out", "mine"]) == 0 and (tmp_path / "mine" / "manifest.json").is_file()  # a new path: the bundle
     par = Manifest.load(tmp_path / "mine").parity  # --no-verify: never reads as a passed check
     assert par.passed is False and par.checked == "skipped (--no-verify)" and "nothing was compared" in par.note, par
+    from dvt_edge.export.verify import format_parity  # its images did not run because of the flag, not the host
+
+    assert "(not run: --no-verify)" in format_parity(Manifest.load(tmp_path / "mine")) or not par.data
     capsys.readouterr()
     assert export_main([*args, "--out", "mine"]) == 2
     assert "pass --force" in capsys.readouterr().err  # an existing bundle: --force replaces it

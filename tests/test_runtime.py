@@ -640,7 +640,10 @@ def test_a_profile_taken_on_this_host_is_checked_here_another_devices_is_not(bun
     assert b.calibration is before  # the phone's thresholds are the phone's: this host's bundle kept running its own
     # a profile at the backend's default threads (recorded as None) is not this bundle's 1 thread: it was taken as this host's
     default = LatencyProfile.from_dict({**mine.to_dict(), "threads": None})
-    assert calibrate(b, x[:60], y[:60], 1.0, profile=default, progress=False).chosen.measured is None
+    r = calibrate(b, x[:60], y[:60], 1.0, profile=default, progress=False)
+    assert r.chosen.measured is None and "taken on this host at the backend's default threads, the bundle runs 1 thread(s)" in r.note
+    assert "--threads 0 to measure it" in r.note, r.note  # it said 'at None thread(s) ... --threads None'
+    assert b.calibration.device == r.device  # this host's file (another setting, said in the note): the bundle runs it
 
 
 def test_a_missing_calibration_leaves_no_earlier_devices_thresholds_behind(bundle_copy, val):

@@ -129,7 +129,7 @@ def test_resume_with_other_run_settings_is_refused(tmp_path, capsys):
         run("--epochs", "1", "--resume")
 
 
-def test_resume_keeps_the_source_the_run_started_from(tmp_path):
+def test_resume_keeps_the_source_the_run_started_from(tmp_path, monkeypatch):
     """A run from scratch resumed with --finetune X was recorded (and published) as fine-tuned from X, an initialisation
     that never ran; another --finetune than the run's own is refused too."""
     def run(out, *extra: str):
@@ -142,6 +142,17 @@ def test_resume_keeps_the_source_the_run_started_from(tmp_path):
     with pytest.raises(CheckpointError, match="was fine-tuned from .*a/last.pt, not"):
         run(tmp_path / "b", "--resume", "--finetune", str(tmp_path / "b" / "last.pt"))
     run(tmp_path / "b", "--resume", "--finetune", str(tmp_path / "a" / "last.pt"))  # its own source, given again: fine
+    import dvt_edge.train as T
+
+    one = T._train_epoch
+    monkeypatch.setattr(T, "_train_epoch", lambda r, epoch: (_ for _ in ()).throw(KeyboardInterrupt) if epoch == 1 else one(r, epoch))
+    with pytest.raises(KeyboardInterrupt):  # stopped after its first of two epochs
+        run(tmp_path / "c", "--finetune", str(tmp_path / "a" / "last.pt"), "--epochs", "2")
+    monkeypatch.setattr(T, "_train_epoch", one)
+    monkeypatch.chdir(tmp_path)  # given again relative: recorded as the run recorded it (absolute), not as typed
+    run(tmp_path / "c", "--epochs", "2", "--resume", "--finetune", "a/last.pt")
+    args = json.loads(torch.load(tmp_path / "c" / "last.pt", weights_only=True)["train"]["args"])
+    assert args["epochs"] == 2 and args["finetune"] == str(tmp_path / "a" / "last.pt"), args
 
 
 def test_a_model_whose_outputs_are_not_finite_fails_and_saves_nothing(tmp_path):

@@ -616,3 +616,12 @@ def test_a_camera_that_drops_its_first_grab_runs_and_one_that_stops_is_said(env,
     assert st["frames"] == 5 and st["source_stopped"] == why and not st["interrupted"]
     assert f"the source stopped after 5 frame(s) ({why})" in capsys.readouterr().err
     assert json.loads((tmp_path / "s.json").read_text())["source_stopped"] == why
+
+
+def test_a_camera_path_that_is_a_file_is_read_as_a_video_and_a_long_pipeline_is_no_file(env):
+    """--camera clip.mp4 ended 'stopped after N frames (no frame in 11 reads)', a failure, at the clip's end; a GStreamer
+    pipeline longer than a file name may be raised OSError (File name too long) from the output check."""
+    args = webcam.parse_args(["--camera", str(env[1])])
+    assert args.video == str(env[1]) and args.camera is None
+    pipeline = "nvarguscamerasrc sensor-id=0 ! " + "queue max-size-buffers=1 leaky=downstream ! " * 6 + "videoconvert ! appsink"
+    assert webcam.parse_args(["--camera", pipeline]).camera == pipeline

@@ -251,7 +251,8 @@ def format_parity(m: Manifest) -> str:
     lines.append(_thresholds_line(m))
     lines += [f"scheme choice: {n}" for n in p.scheme_selection]  # int8 "auto": what each exit chose between, and why
     if p.data:  # which images calibrated and verified: said here, not only in the manifest
-        lines.append(f"images: {p.data}" + ("" if p.checked == "numerical" else f" (not run: {p.runtime} does not run here)"))
+        lines.append(f"images: {p.data}" + ("" if p.checked == "numerical" else " (not run: --no-verify)" if p.checked.startswith("skipped")
+                                            else f" (not run: {p.runtime} does not run here)"))
     if 0 < p.n_real < FEW_IMAGES:
         lines.append(f"warning: agreement measured on only {p.n_real} real images (each is {100 / p.n_real:.2g} points), so it is rough"
                      + ("; and they are the calibration images themselves" if IN_SAMPLE in p.data else "")

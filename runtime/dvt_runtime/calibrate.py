@@ -17,20 +17,28 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import sys
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import numpy as np
 
 from dvt_runtime.backends import PROVIDERS_HELP, BackendUnavailable, parse_providers
 from dvt_runtime.bundle import Bundle, softmax
-from dvt_runtime.calibration import SCHEMA, BudgetRow, Calibration, CalibrationError, Chosen, bundle_identity, validate_calibration  # noqa: F401  (re-exported)
+from dvt_runtime.calibration import (  # noqa: F401  (re-exported)
+    SCHEMA,
+    BudgetRow,
+    Calibration,
+    CalibrationError,
+    Chosen,
+    bundle_identity,
+    file_device,
+    file_state,
+    validate_calibration,
+)
 from dvt_runtime.checks import FEW_IMAGES, positive_ms
 from dvt_runtime.device import check_batch_memory, check_device_name, profiled_here, this_host  # noqa: F401  (re-exported)
 from dvt_runtime.io import atomic_write_json, check_out_path
@@ -239,15 +247,15 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
 
     ``batch`` > 1 calibrates for throughput: the budget is ms per image when ``batch`` images
     go through ``predict`` together (stages profiled at that batch size). ``bundle`` then uses the new file when its
-    latencies are this host's; a file priced by another device's profile is left for that device (open the bundle with
-    ``device_name=`` there) and this bundle keeps what it ran.
+    latencies are this host's or the bundle ran that device's file; another device's file is left for that device (open
+    the bundle with ``device_name=`` there) and this bundle keeps what it ran.
     """
     device_name = _device_for(profile, device_name)
     x, y = np.asarray(x), np.asarray(y)  # lists from the Python API (a list y failed deep inside: no attribute 'max')
     _check_request(bundle, x, y, budget_ms, algorithm, device_name, holdout, batch, metric, seed)
     budget_ms, seed = float(budget_ms), int(seed)  # numpy numbers from the Python API: plain ones in the file
     target = bundle.calibration_path(device_name, batch)
-    before = _file_state(target)  # another calibration of this device finishing meanwhile is said, not silently replaced
+    before = file_state(target)  # another calibration of this device finishing meanwhile is said, not silently replaced
     f = fit(bundle, x, y, holdout=holdout, seed=seed, profile=profile, runs=runs, warmup=warmup, batch=batch, progress=progress,
             device_name=device_name, check_costs=lambda c: _check_reachable(c, budget_ms, metric, seed, device_name))
     costs = f.costs
@@ -273,25 +281,27 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
     if verify and f.on_this_host:
         result.chosen.measured = measure_cascade(bundle, x[f.hold_idx], y[f.hold_idx], thr, warmup=warmup, batch=batch, metric=metric)
     elif verify:
-        why = (f"taken on this host at {f.profile.threads} thread(s), the bundle runs {bundle.threads}: not measured here (calibrate "
-               f"with --threads {f.profile.threads} to measure it)" if profiled_here(f.profile) else "verify on that device")
+        pt, bt = (f"{t} thread(s)" if t else "the backend's default threads" for t in (f.profile.threads, bundle.threads))
+        why = (f"taken on this host at {pt}, the bundle runs {bt}: not measured here (calibrate "
+               f"with --threads {f.profile.threads or 0} to measure it)" if profiled_here(f.profile) else "verify on that device")
         result.note = (result.note + "; " if result.note else "") + f"latency from the given profile ({device_name}): {why}"
     if few := _few_images(len(f.cal_idx), len(f.hold_idx), metric):
         result.note = (result.note + "; " if result.note else "") + few
     d = result.to_dict()
     validate_calibration(d, bundle.manifest)  # before writing: never a file that would stop this bundle opening
-    if _file_state(target) != before:
+    if file_state(target) != before:
         warnings.warn(f"{target} was written by another calibration while this one ran: this one replaces it (the last to finish "
                       "wins); calibrate a device once at a time", stacklevel=2)
     try:  # strict JSON: a NaN anywhere (e.g. a measured figure) would make a file other tools cannot read
         atomic_write_json(target, d, allow_nan=False)
     except ValueError as e:
         raise CalibrationError(f"the calibration holds a non-finite number ({e}): nothing was written; re-run the calibration") from None
-    if f.on_this_host:  # this host's thresholds: the bundle runs them from now on; another device's file is for that device
-        bundle.use_calibration(device_name, batch=batch)
+    cal = bundle.calibration  # this host's file (or the one the bundle runs, rewritten) is used from now on; a phone's is the phone's
+    if f.on_this_host or profiled_here(f.profile) or (cal is not None and (cal.device, cal.batch) == (device_name, batch)):
+        with warnings.catch_warnings():  # another setting's latencies were said above, in the note
+            warnings.filterwarnings("always" if f.on_this_host else "ignore", message=".* at another setting ")
+            bundle.use_calibration(device_name, batch=batch)
     return result
-
-
 
 
 def _few_images(n_cal: int, n_hold: int, metric: str) -> str:
@@ -328,15 +338,6 @@ def _device_for(profile, device_name: Optional[str]) -> str:
     return str(device_name or theirs)
 
 
-def _file_state(p: Path) -> Optional[tuple[int, int, int]]:
-    """(inode, modification time in ns, size) of ``p`` (an atomic write makes a new inode), None when it does not exist."""
-    try:
-        st = p.stat()
-    except FileNotFoundError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
-
-
 def _check_request(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, algorithm: str, device_name: str,
                    holdout: float, batch: int, metric: str = "mean", seed: int = 0) -> None:
     """CalibrationError for a request that cannot be calibrated, before anything is measured."""
@@ -360,7 +361,7 @@ def _check_request(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: floa
                                "mean at --batch N, or a latency percentile at --batch 1")
     check_device_name(device_name, CalibrationError)  # also a name taken from a given profile ('x-batch8' too)
     target = bundle.calibration_path(device_name, batch)
-    theirs = _file_device(target)
+    theirs = file_device(target)
     if theirs is not None and theirs != device_name:  # e.g. 'lap top' and 'lap_top' share a file name
         raise CalibrationError(f"{target} holds device {theirs!r}'s calibration, which this one would replace: choose a "
                                f"device name that differs from {theirs!r} in a letter or digit")
@@ -378,15 +379,6 @@ def _check_request(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: floa
                                f"lower --holdout (at most {math.floor((len(x) - 1) / len(x) * 1e4) / 1e4:g} here) or pass more images")
     if int(y.max()) >= len(bundle.classes) or int(y.min()) < 0:
         raise CalibrationError(f"labels must be in 0..{len(bundle.classes) - 1} for this bundle's classes")
-
-
-def _file_device(path: Path) -> Optional[str]:
-    """The device named in an existing calibration file (None: no file, or not one that can be read)."""
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return d.get("device") if isinstance(d, dict) and isinstance(d.get("device"), str) else None
 
 
 def _pareto_table(cal: ExitOutputs, costs: StageCosts, metric: str = "mean", seed: int = 0) -> list[BudgetRow]:

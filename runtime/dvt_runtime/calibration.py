@@ -236,3 +236,21 @@ def validate_calibration(d: Any, manifest=None) -> None:
     for j, r in enumerate(d["table"]):  # a percentile calibration's rows carry that percentile (older files: the mean only)
         _need(key not in r["predicted"] or (_num(r["predicted"][key]) and r["predicted"][key] > 0),
               f"table row {j + 1}: predicted {key} must be a positive number of ms")
+
+
+def file_state(p: Path) -> Optional[tuple[int, int, int]]:
+    """(inode, modification time in ns, size) of ``p`` (an atomic write makes a new inode), None when it does not exist."""
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def file_device(path: Path) -> Optional[str]:
+    """The device named in an existing calibration file (None: no file, or not one that can be read)."""
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return d.get("device") if isinstance(d, dict) and isinstance(d.get("device"), str) else None
