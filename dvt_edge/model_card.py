@@ -161,8 +161,9 @@ def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[s
     args = json.loads(t["args"])
     history = json.loads(t["history"])
     extra = {"eval_data": eval_data} if eval_data else {}  # portable evaluation data (e.g. shipped with the package)
-    if eval_data and (said := trained_on_val(eval_data, args.get("data"))):  # the card's figures would be in-sample
-        raise CheckpointError(f"--eval-data {eval_data}: {said}; record a set the run held out")
+    for flag, spec in (("--eval-data", eval_data), ("--data", data)):  # the card's figures would be in-sample
+        if spec and (said := trained_on_val(spec, args.get("data"))):
+            raise CheckpointError(f"{flag} {spec}: {said}; give a set the run held out")
     steps = lineage(args, sha256=info.extras.get("finetune_sha256"))  # before anything is written: ``out`` may be the source itself
     if steps:
         extra["lineage"] = json.dumps(steps)

@@ -121,6 +121,8 @@ def test_eval_data_the_run_trained_on_is_refused(micro_ckpt, tmp_path):
     torch.save(ckpt, tmp_path / "run" / "last.pt")
     with pytest.raises(CheckpointError, match="--eval-data cifar10-ref: cifar10-ref's val images are 5,000 of CIFAR-10's training"):
         publish_run(str(tmp_path / "run"), str(tmp_path / "pub.pt"), eval_data="cifar10-ref", progress=False)
+    with pytest.raises(CheckpointError, match="--data cifar10-ref: cifar10-ref's val images"):  # scored on them: the card's figures
+        publish_run(str(tmp_path / "run"), str(tmp_path / "pub.pt"), data="cifar10-ref", progress=False)
     assert not (tmp_path / "pub.pt").exists()
 
 
