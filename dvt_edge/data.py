@@ -248,13 +248,12 @@ def checkpoint_data(model_name: str, extras: Optional[dict] = None, cfg=None, sp
         pass
     if cfg is not None and (cfg.in_chans, cfg.img_size) == (1, 28):
         candidates.append("fashion-mnist")
-    candidates = list(dict.fromkeys(candidates))
+    trained = recorded_train_args(extras).get("data")  # accuracies on images the model trained on: never a stand-in, nor the fall-back
+    said = {c: trained_on_val(c, trained) for c in dict.fromkeys(candidates)} if split == "val" else {}
+    in_sample = next((v for v in said.values() if v), "")
+    candidates = [c for c in dict.fromkeys(candidates) if not said.get(c)]
     why: list[str] = []  # each recorded set that could not be read, and why
-    trained, in_sample = recorded_train_args(extras).get("data"), ""
     for spec in candidates:
-        if split == "val" and (said := trained_on_val(spec, trained)):  # accuracies on images the model trained on: never a stand-in
-            in_sample = said
-            continue
         try:
             if spec.startswith("imagefolder:") and spec.partition(":")[2]:  # here: its folders list (nothing decoded)
                 split_files(spec.partition(":")[2], split)
@@ -267,8 +266,7 @@ def checkpoint_data(model_name: str, extras: Optional[dict] = None, cfg=None, sp
         if why:  # an earlier recorded set (e.g. its evaluation set) is not here: said, even when another recorded one stands in
             return spec, f"the checkpoint's own data could not be read here ({'; '.join(why)}); using {spec} instead"
         return spec, ""
-    rest = [c for c in candidates if not (split == "val" and trained_on_val(c, trained))]  # its loader says where it looked
-    return (rest[0] if rest else None), (f"{in_sample}: not a stand-in for its evaluation" if in_sample else "")
+    return (candidates[0] if candidates else None), (f"{in_sample}: not a stand-in for its evaluation" if in_sample else "")
 
 
 def trained_on_val(spec: str, train_spec: Optional[str]) -> str:

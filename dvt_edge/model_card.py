@@ -74,14 +74,15 @@ def lineage(args: dict, direct: bool = True, _seen: frozenset = frozenset(), sha
             return [{**stub, "note": "gone when this run was published"}]
         raise CheckpointError(f"the run was fine-tuned from {src}, which is gone: its lineage cannot be recorded; "
                               "restore the file (or publish before deleting it)")
-    if sha256 and (now := sha256_file(src)) != sha256:  # ``sha256``: the source's when the run started (recorded since)
+    now = sha256_file(src)  # read once: a 224 px source is hundreds of MB
+    if sha256 and now != sha256:  # ``sha256``: the source's when the run started (recorded since)
         raise CheckpointError(f"the run was fine-tuned from {src}, which has changed since (SHA-256 {sha256[:12]}... then, "
                               f"{now[:12]}... now): its lineage would describe another file; restore the file the run started from")
     try:
         # never unpickled here: the run's --trust-checkpoint was the trainer's choice, not the publisher's
         _, info = load_checkpoint(src, trusted=False)
     except CheckpointError:  # accepted by --finetune (enough tensors fit), not loadable (or not safely) as a whole model
-        return [{**stub, "sha256": sha256_file(src)}]
+        return [{**stub, "sha256": now}]
     if "train_summary" in info.extras:  # a published file
         src_args = json.loads(info.extras["train_summary"])["args"]
     elif info.extras.get("train"):  # a run's last.pt
@@ -89,7 +90,7 @@ def lineage(args: dict, direct: bool = True, _seen: frozenset = frozenset(), sha
     else:  # not trained by dvt_edge.train
         src_args = None
     before = json.loads(info.extras["lineage"]) if "lineage" in info.extras else (lineage(src_args, direct=False, _seen=_seen | {Path(src).resolve()}) if src_args else [])
-    return [*before, {"checkpoint": str(src), "sha256": sha256_file(src), "args": src_args, "accuracies": info.accuracies}]
+    return [*before, {"checkpoint": str(src), "sha256": now, "args": src_args, "accuracies": info.accuracies}]
 
 
 def step_commands(steps: list[dict], args: dict, run_dir: str) -> list[str]:

@@ -274,7 +274,7 @@ def _train(args: argparse.Namespace) -> dict:
         log(f"note: --lr {FINETUNE_LR:g} for a fine-tune (a run from scratch peaks at 1e-3); pass --lr to choose")
     run = _setup_run(args, rank, world, device, log, model, train_ds, val_ds, holdout)
     state = _RunState() if resume_state is None else _restore(run, resume_state, out / "last.pt")
-    run.finetune_sha256 = (resume_state or {}).get("finetune_sha256") if resume_state else args.finetune and sha256_file(args.finetune)
+    run.finetune_sha256 = resume_state.get("finetune_sha256") if resume_state else args.finetune and sha256_file(args.finetune)
     _prepare_batches(run)
     t_run = time.time()
     if resume_state is not None and state.start_epoch >= args.epochs:

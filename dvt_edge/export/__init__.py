@@ -33,6 +33,7 @@ from dvt_edge.export.targets import TARGETS, Target, TargetUnavailable, get_targ
 from dvt_edge.export.verify import (
     FP32_TOL,
     INT8_MIN_AGREEMENT,
+    agreement_measured,
     check_finite_reference,
     check_parity,
     decision_agreement,
@@ -339,11 +340,6 @@ def _export_exits(p: _Plan, console) -> tuple[list[ExitArtifact], list[str]]:
     return artifacts, notes
 
 
-def _measured(report: ParityReport, artifacts: list[ExitArtifact]) -> bool:
-    """Whether top-1 agreement was measured on real images (through the runtime, or simulated in PyTorch)."""
-    return report.n_real > 0 or any(a.quantization.get("simulated") for a in artifacts)
-
-
 def _verify(p: _Plan, exits: list[ExitSpec], artifacts: list[ExitArtifact], max_batch: Optional[int], notes: list[str]) -> ParityReport:
     """The parity report: numerical where the target's runtime runs here, structural otherwise."""
     t = p.target
@@ -377,7 +373,7 @@ def _verify(p: _Plan, exits: list[ExitSpec], artifacts: list[ExitArtifact], max_
     if p.precision == "int8" and p.opts.int8_min_agreement is None:
         report.note = (report.note + "; " if report.note else "") + "int8 top-1 agreement recorded, not required (random weights)"
     # int8/fp16 logits are held to a bar only on real images: on the fixed inputs alone their difference is recorded, unbounded
-    unmeasured = p.opts.verify and p.precision in ("int8", "fp16") and report.checked == "numerical" and not _measured(report, artifacts)
+    unmeasured = p.opts.verify and p.precision in ("int8", "fp16") and report.checked == "numerical" and not agreement_measured(report, [a.quantization for a in artifacts])
     if unmeasured:
         report.note = ((report.note + "; " if report.note else "") + f"{p.precision} top-1 agreement not measured (no real images: the "
                        "fixed inputs' max|dlogit| is recorded, not bounded); export with --calib-data to verify it")
@@ -403,7 +399,7 @@ def _export_into(p: _Plan, console) -> ExportResult:
         classes=list(p.info.classes) if p.info.classes else default_classes(model.cfg.num_classes, imagenet_layout(model.name)),
         preprocess=p.pre, exits=exits, backend=t.backend, model_config=model.cfg.to_dict(),
         quantization={"schemes_tried": [s for s in p.schemes if s], "recipe": t.recipe,
-                      "min_top1_agreement": p.opts.int8_min_agreement if p.opts.verify and _measured(report, artifacts) else None}
+                      "min_top1_agreement": p.opts.int8_min_agreement if p.opts.verify and agreement_measured(report, [a.quantization for a in artifacts]) else None}
         if p.precision == "int8" else {},
         thresholds=p.thresholds, thresholds_source=p.thr_source, parity=report, toolchain=_toolchain(),
         source={"checkpoint": str(p.checkpoint), "sha256": sha256_file(p.checkpoint), "format": p.info.format, "data": p.spec},

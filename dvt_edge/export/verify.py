@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from dvt_runtime.checks import FEW_IMAGES, rough_thresholds
 from dvt_runtime.manifest import ExitParity, ExitSpec, Manifest, ParityReport
 from dvt_runtime.preprocess import Preprocess
 
-__all__ = ["FP32_TOL", "BATCH_TOL", "VERIFY_BATCH", "VERIFY_PIXELS", "verify_batch", "INT8_MIN_AGREEMENT", "torch_cascade", "verification_bundle", "open_sessions",
+__all__ = ["FP32_TOL", "BATCH_TOL", "VERIFY_BATCH", "VERIFY_PIXELS", "verify_batch", "agreement_measured", "INT8_MIN_AGREEMENT", "torch_cascade", "verification_bundle", "open_sessions",
            "parity", "chained", "check_finite_reference", "check_parity", "format_parity"]
 
 FP32_TOL = 1e-3  # max abs logit difference allowed for fp32 artifacts
@@ -146,6 +146,11 @@ def _check_batches(bundle: Bundle, x: np.ndarray, one_by_one: list[np.ndarray], 
         row.max_abs_diff_batched = float(np.abs(batched[e] - one_by_one[e]).max()) if np.isfinite(batched[e]).all() else float("nan")
 
 
+def agreement_measured(p: ParityReport, quantizations: Sequence[dict]) -> bool:
+    """Whether top-1 agreement was measured on real images: through the runtime, or simulated in PyTorch (Core ML W8A8)."""
+    return p.n_real > 0 or any(q.get("simulated") for q in quantizations)
+
+
 def verify_batch(input_shape: tuple[int, ...]) -> int:
     """Images per call of the batched check for inputs of ``input_shape`` (C, H, W): ``VERIFY_BATCH`` within ``VERIFY_PIXELS``."""
     return max(2, min(VERIFY_BATCH, VERIFY_PIXELS // int(np.prod(input_shape[-2:]))))
@@ -261,8 +266,7 @@ def format_parity(m: Manifest) -> str:
         lines.append(f"note: no numerical check ran ({m.backend} does not run on this host): the artifacts' outputs were not compared "
                      "with PyTorch (parity.passed is false), and the default thresholds are PyTorch's; check and calibrate where it runs "
                      "(dvt-runtime calibrate)")
-    if (m.precision in ("int8", "fp16") and p.checked == "numerical" and p.n_real == 0
-            and not any(e.quantization.get("simulated") for e in m.exits)):
+    if m.precision in ("int8", "fp16") and p.checked == "numerical" and not agreement_measured(p, [e.quantization for e in m.exits]):
         lines.append(f"warning: {m.precision} top-1 agreement not measured: no real images (the fixed inputs' max|dlogit| is recorded, "
                      "not bounded), so parity.passed is false; export with --calib-data (labelled images like the model's) to verify it")
     lines += [f"PROBLEM: {prob}" for prob in p.problems]
