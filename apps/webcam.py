@@ -91,6 +91,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--snapshot", default=None, metavar="OUT.png", help="write one annotated frame as PNG (default: the last)")
     ap.add_argument("--snapshot-frame", type=int, default=None, metavar="K", help="0-based index of the frame for --snapshot")
     ap.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames")
+    ap.add_argument("--force", action="store_true", help="replace an existing --record or --snapshot file (an earlier --stats file is "
+                                                          "replaced anyway)")
     args = ap.parse_args(argv)
     if args.thresholds is not None and args.budget_ms is not None:
         ap.error("--thresholds and --budget-ms exclude each other (the budget controller picks the thresholds)")
@@ -122,6 +124,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         problem = output_problem(flag, p)
         if problem:
             ap.error(problem)
+        if flag != "--stats" and (p.exists() or p.is_symlink()) and not args.force:  # a video or photo of the user's
+            ap.error(f"{flag} {p} exists: add --force to replace it, or name a new file")
         if flag == "--stats":  # a file that is not an earlier stats file (a bundle's manifest.json was replaced)
             try:
                 check_out_path(p, flag, replaces=STATS_SCHEMA, example="stats.json")

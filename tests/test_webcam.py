@@ -411,6 +411,19 @@ def test_bad_flags_are_refused_before_anything_runs(tmp_path, capsys, argv, mess
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]  # nothing created
 
 
+@pytest.mark.parametrize("flag, name", [("--record", "holiday.mp4"), ("--snapshot", "photo.png")])
+def test_an_existing_video_or_photo_is_replaced_only_with_force(tmp_path, capsys, flag, name):
+    """--record and --snapshot had replaced any file of the user's at that path (a --stats file is checked for its schema)."""
+    mine = tmp_path / name
+    mine.write_bytes(b"the user's file")
+    with pytest.raises(SystemExit) as e:
+        webcam.parse_args(["--headless", flag, str(mine)])
+    assert e.value.code == 2 and f"{flag} {mine} exists: add --force to replace it" in capsys.readouterr().err
+    assert mine.read_bytes() == b"the user's file"
+    args = webcam.parse_args(["--headless", flag, str(mine), "--force"])
+    assert getattr(args, flag[2:]) == str(mine)
+
+
 def test_setup_mode_refuses_non_finite_limits():
     for kw in ({"budget_ms": float("nan")}, {"deadline_ms": float("inf")}):
         with pytest.raises(webcam.AppError, match="finite positive"):
