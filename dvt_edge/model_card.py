@@ -19,7 +19,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from dvt_edge.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from dvt_edge.data import DataError, trained_on_val
@@ -75,6 +75,8 @@ def lineage(args: dict, direct: bool = True, _seen: frozenset = frozenset(), sha
         raise CheckpointError(f"the run was fine-tuned from {src}, which is gone: its lineage cannot be recorded; "
                               "restore the file (or publish before deleting it)")
     now = sha256_file(src)  # read once: a 224 px source is hundreds of MB
+    if sha256 and now != sha256 and (own := _published_by(src, args, sha256)) is not None:
+        return own  # the run published over its source before: that file records the lineage, read from the source then
     if sha256 and now != sha256:  # ``sha256``: the source's when the run started (recorded since)
         raise CheckpointError(f"the run was fine-tuned from {src}, which has changed since (SHA-256 {sha256[:12]}... then, "
                               f"{now[:12]}... now): its lineage would describe another file; restore the file the run started from")
@@ -91,6 +93,19 @@ def lineage(args: dict, direct: bool = True, _seen: frozenset = frozenset(), sha
         src_args = None
     before = json.loads(info.extras["lineage"]) if "lineage" in info.extras else (lineage(src_args, direct=False, _seen=_seen | {Path(src).resolve()}) if src_args else [])
     return [*before, {"checkpoint": str(src), "sha256": now, "args": src_args, "accuracies": info.accuracies}]
+
+
+def _published_by(path: Union[str, Path], args: dict, sha256: str) -> Optional[list[dict]]:
+    """The lineage recorded in ``path`` when it is a publication of the run with these ``args`` that started from a
+    source whose SHA-256 was ``sha256`` (a run republished over its own source); None otherwise."""
+    try:
+        _, info = load_checkpoint(path, trusted=False)
+        summary = json.loads(info.extras["train_summary"])
+        steps = json.loads(info.extras["lineage"])
+    except (CheckpointError, KeyError, TypeError, ValueError):
+        return None
+    mine = isinstance(summary, dict) and summary.get("args") == args and isinstance(steps, list) and steps
+    return steps if mine and isinstance(steps[-1], dict) and steps[-1].get("sha256") == sha256 else None
 
 
 def step_commands(steps: list[dict], args: dict, run_dir: str) -> list[str]:

@@ -74,7 +74,10 @@ def test_fine_tuned_run_publishes_its_lineage_and_every_step(micro_ckpt, tmp_pat
     with pytest.raises(ValueError, match=r"exists; pass --force to replace it and its model card"):
         publish_run(str(run), str(src), threshold_n=500, progress=False)
     publish_run(str(run), str(src), threshold_n=500, progress=False, force=True)  # the fine-tuned weights replace their source
+    first = load_checkpoint(src)[1].extras["lineage"]
+    publish_run(str(run), str(src), threshold_n=500, progress=False, force=True)  # again: the lineage is the one read then
     extras = load_checkpoint(src)[1].extras
+    assert extras["lineage"] == first
     steps = json.loads(extras["lineage"])
     assert len(steps) == 1 and steps[0]["sha256"] == src_sha and steps[0]["checkpoint"] == str(src)
     assert steps[0]["args"] == json.loads(read_checkpoint(step1 / "last.pt")["train"]["args"])
