@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Optional
 
 from dvt_edge import data as _data
 from dvt_edge.checkpoint import CheckpointError, read_checkpoint
+from dvt_runtime.io import atomic_write_json
 
-__all__ = ["RESUME_MAY_CHANGE", "resume_run"]
+__all__ = ["RESUME_MAY_CHANGE", "STARTED_OVER", "resume_run", "started_over"]
+
+#: written in OUT when a --force run starts over earlier checkpoints, removed once its first epoch is saved
+STARTED_OVER = "started-over.json"
 
 #: flags a resumed run may change (how it runs, not what it computes)
 RESUME_MAY_CHANGE = {"out", "resume", "force", "quiet", "workers", "threads", "trust_checkpoint", "finetune", "amp"}
@@ -27,6 +33,10 @@ def resume_run(args: argparse.Namespace, out: Path, defaults: dict[str, Any], gi
     if args.resume:
         if not last.is_file():
             raise CheckpointError(f"--resume: {last} not found (nothing to resume); drop --resume to start a new run")
+        if (out / STARTED_OVER).is_file():  # the checkpoints are the earlier run's: resuming would go on with it as if it were the new one
+            raise CheckpointError(f"--resume: a run started over {out} with --force stopped before its first epoch ended, so {last} is "
+                                  f"still the earlier run's; start the new run again with --force, or, to go on with the earlier run, "
+                                  f"delete {out / STARTED_OVER} and resume")
         resume_state = read_checkpoint(last)
         stored = resume_state.get("model", {})
         args.model = args.model or stored.get("name")
@@ -41,6 +51,9 @@ def resume_run(args: argparse.Namespace, out: Path, defaults: dict[str, Any], gi
         _check_resume_args(run_args, args, last, defaults, given)
         if args.finetune and run_args.get("finetune"):  # given again (the same file, checked): recorded as the run recorded it
             args.finetune = run_args["finetune"]
+        if resume_state.get("train", {}).get("epoch", 0) >= args.epochs and os.environ.get("RANK", "0") == "0":
+            print(f"note: {out} finished its {args.epochs} epoch(s): nothing left to train (train on from it with --finetune "
+                  f"{last} --out NEW_RUN)", flush=True)
         return resume_state
     if args.finetune and Path(args.finetune).resolve() in (last.resolve(), best_path.resolve()):
         # the run would overwrite its own starting point (and its lineage would name itself)
@@ -51,6 +64,18 @@ def resume_run(args: argparse.Namespace, out: Path, defaults: dict[str, Any], gi
     if (last.exists() or best_path.exists()) and not args.force:
         raise CheckpointError(f"{out} already holds checkpoints; pass --resume to continue that run or --force to start over")
     return None
+
+
+def started_over(out: Path, args: argparse.Namespace, main: bool = True, done: bool = False) -> None:
+    """Mark ``out`` while a ``--force`` run that starts over earlier checkpoints has saved none of its own (``done``: unmark;
+    ``main``: this is the process that writes the checkpoints)."""
+    mark = out / STARTED_OVER
+    if not main:
+        return
+    if done:
+        mark.unlink(missing_ok=True)
+    elif args.force and not args.resume and ((out / "last.pt").exists() or (out / "best.pt").exists()):
+        atomic_write_json(mark, {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "args": vars(args)})
 
 
 def _check_resumed_source(theirs: Optional[str], ours: Optional[str], last: Path, given: Optional[set[str]]) -> None:

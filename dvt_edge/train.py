@@ -36,7 +36,7 @@ from dvt_edge.batches import augment, batches, epoch_shard, eval_batch_size, eva
 from dvt_edge.checkpoint import CheckpointError, _state_dict_of, checkpoint_model_name, read_checkpoint, save_checkpoint
 from dvt_edge.data import DATASETS, DataError, ImageSet, default_preprocess, default_train_data, load_dataset
 from dvt_edge.models import DVT, create_model, list_models, model_defaults, model_from_args
-from dvt_edge.resume import resume_run
+from dvt_edge.resume import resume_run, started_over
 from dvt_edge.transfer import carry_head_rows, transfer_weights
 from dvt_runtime.cli import GivenParser
 from dvt_runtime.io import atomic_write_json, run_cli, save_png, sha256_file, silenced_progress
@@ -276,10 +276,8 @@ def _train(args: argparse.Namespace) -> dict:
     state = _RunState() if resume_state is None else _restore(run, resume_state, out / "last.pt")
     run.finetune_sha256 = resume_state.get("finetune_sha256") if resume_state else args.finetune and sha256_file(args.finetune)
     _prepare_batches(run)
+    started_over(out, args, main=run.main_proc)  # a --force run over older checkpoints says so until its own are saved
     t_run = time.time()
-    if resume_state is not None and state.start_epoch >= args.epochs:
-        log(f"note: {out} finished its {args.epochs} epoch(s): nothing left to train (train on from it with --finetune "
-            f"{out / 'last.pt'} --out NEW_RUN)")
     for epoch in range(state.start_epoch, args.epochs):
         train_loss, train_time = _train_epoch(run, epoch)
         rngs, gens = _gather_rng_states(run)
@@ -468,6 +466,7 @@ def _end_epoch(run: _Run, state: _RunState, out: Path, epoch: int, train_loss: f
     if improved:  # before last.pt: a run stopped between the two resumes with its best epoch saved, not an older one
         save_checkpoint(out / "best.pt", model, **meta, train_summary=json.dumps({"epoch": epoch + 1, "args": vars(args)}))
     save_checkpoint(out / "last.pt", model, **meta, train=t)
+    started_over(out, args, done=True)
     atomic_write_json(out / "metrics.json", {"model": args.model, "data": args.data, "history": state.history,
                                              "exits": [e.__dict__ for e in model.exits], "world_size": run.world,
                                              "run_seconds": run_seconds, "args": vars(args)})

@@ -104,6 +104,29 @@ def test_resume_with_another_model_is_refused(tmp_path):
     assert (tmp_path / "last.pt").read_bytes() == before
 
 
+def test_a_force_run_stopped_before_its_first_epoch_is_not_resumed_as_the_earlier_run(tmp_path, monkeypatch):
+    """--force left the earlier run's checkpoints until its first epoch was saved: a --resume in between went on with the
+    earlier run as if it were the new one."""
+    import dvt_edge.train as train_mod
+
+    def run(*extra: str):
+        return train(build_parser().parse_args([*QUICK, "--epochs", "1", "--train-limit", "200", "--out", str(tmp_path), *extra]))
+
+    run()
+    before = (tmp_path / "last.pt").read_bytes()
+    real_epoch = train_mod._train_epoch
+    monkeypatch.setattr(train_mod, "_train_epoch", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        run("--force", "--lr", "0.02")
+    assert (tmp_path / "last.pt").read_bytes() == before  # the earlier run's, kept until the new one saves its own
+    with pytest.raises(CheckpointError, match="stopped before its first epoch ended, so .* is still the earlier run's"):
+        run("--resume")
+    monkeypatch.setattr(train_mod, "_train_epoch", real_epoch)
+    run("--force", "--lr", "0.02")
+    assert not (tmp_path / "started-over.json").exists()
+    run("--resume", "--lr", "0.02")  # the new run, finished: nothing left to train, no refusal
+
+
 def test_resume_with_other_run_settings_is_refused(tmp_path, capsys):
     """--resume continues the run as started: a new --epochs would re-plan the LR curve, a new --lr be overridden
     by the saved optimizer, a new --train-limit change the images mid-run. Refused, naming each flag; threads may change."""
