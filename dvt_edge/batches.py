@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from dvt_edge.imageset import ImageSet
+from dvt_runtime.checks import images_per_call
 from dvt_runtime.io import progress as progress_bar
 
 if TYPE_CHECKING:
@@ -111,7 +112,7 @@ EVAL_PIXELS = 500 * 32 * 32
 
 def eval_batch_size(img_size: int) -> int:
     """Images per evaluation batch by default: ``EVAL_PIXELS`` over the input's pixels, 1 to 500."""
-    return max(1, min(500, EVAL_PIXELS // img_size ** 2))
+    return images_per_call(img_size ** 2, EVAL_PIXELS, 500)
 
 
 class NonFiniteOutputs(FloatingPointError, ValueError):

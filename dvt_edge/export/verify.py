@@ -20,7 +20,7 @@ from dvt_edge.export.common import ExitArtifact, ExitGraph, ExportError
 from dvt_edge.export.targets import Target
 from dvt_edge.models import DVT
 from dvt_runtime.bundle import Bundle, softmax
-from dvt_runtime.checks import FEW_IMAGES, rough_thresholds
+from dvt_runtime.checks import FEW_IMAGES, images_per_call, rough_thresholds
 from dvt_runtime.manifest import ExitParity, ExitSpec, Manifest, ParityReport
 from dvt_runtime.preprocess import Preprocess
 
@@ -153,7 +153,7 @@ def agreement_measured(p: ParityReport, quantizations: Sequence[dict]) -> bool:
 
 def verify_batch(input_shape: tuple[int, ...]) -> int:
     """Images per call of the batched check for inputs of ``input_shape`` (C, H, W): ``VERIFY_BATCH`` within ``VERIFY_PIXELS``."""
-    return max(2, min(VERIFY_BATCH, VERIFY_PIXELS // int(np.prod(input_shape[-2:]))))
+    return images_per_call(int(np.prod(input_shape[-2:])), VERIFY_PIXELS, VERIFY_BATCH, least=2)
 
 
 def chained(bundle: Bundle, x: np.ndarray, batch: int) -> list[np.ndarray]:

@@ -27,7 +27,15 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 import numpy as np
 
 from dvt_runtime.backends import Session, check_options, check_signature, check_threads, import_backend, open_session, ort_providers
-from dvt_runtime.checks import InputError, NonFiniteOutput, check_finite, check_thresholds, positive_ms, setting_differences
+from dvt_runtime.checks import (
+    InputError,
+    NonFiniteOutput,
+    check_finite,
+    check_thresholds,
+    images_per_call,
+    positive_ms,
+    setting_differences,
+)
 from dvt_runtime.controller import controller_for
 from dvt_runtime.manifest import Manifest, ManifestError  # noqa: F401  (ManifestError: raised by open)
 from dvt_runtime.prediction import Prediction, softmax
@@ -265,7 +273,7 @@ class Bundle:
         larger (its prices are those of calls that size); within what the artifacts accept."""
         if max_batch is None:
             cal, pixels = self.calibration, int(np.prod(self.input_shape[-2:]))
-            max_batch = max(min(DEFAULT_MAX_BATCH, DEFAULT_BATCH_PIXELS // pixels), cal.batch if cal is not None else 1)
+            max_batch = max(images_per_call(pixels, DEFAULT_BATCH_PIXELS, DEFAULT_MAX_BATCH), cal.batch if cal is not None else 1)
         return self.batch_limit(max_batch)
 
     def batch_limit(self, max_batch: Optional[int] = None) -> int:

@@ -11,11 +11,18 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["InputError", "NonFiniteOutput", "check_thresholds", "parse_thresholds", "positive_ms", "check_finite", "numbered"]
+__all__ = ["InputError", "NonFiniteOutput", "check_thresholds", "parse_thresholds", "positive_ms", "check_finite", "numbered",
+           "images_per_call"]
 
 
 class InputError(ValueError):
     """An input of the wrong shape, dtype or with non-finite values."""
+
+
+def images_per_call(image_pixels: int, pixel_budget: int, most: int, least: int = 1) -> int:
+    """Images of ``image_pixels`` (H x W) per call within ``pixel_budget``, from ``least`` to ``most``: the one rule for
+    default batch sizes (the runtime's stage calls, the export's batched check, PyTorch evaluation)."""
+    return max(least, min(most, pixel_budget // max(1, int(image_pixels))))
 
 
 FEW_IMAGES = 200  # below this many images to search on or to check on, thresholds and accuracies are said to be rough
