@@ -151,6 +151,8 @@ def export_exit(job: ExitJob) -> ExitArtifact:
     if job.target.suffix == ".ort":  # the recipe asks for the ORT format (whatever it is named)
         files = _to_ort(onnx_path, out_dir)
         onnx_path.unlink()
+        if "quantized_weights" in quant:  # the .ort file's own nodes are ORT's fused kernels, not countable the same way
+            quant["quantized_weights_note"] += "; counted on the ONNX graph before its conversion to the ORT format"
         return ExitArtifact(artifact=files[0], quantization=quant, extra_files=files[1:])
     return ExitArtifact(artifact=onnx_path.name, quantization=quant)
 
