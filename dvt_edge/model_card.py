@@ -124,6 +124,21 @@ def step_commands(steps: list[dict], args: dict, run_dir: str) -> list[str]:
     return cmds
 
 
+def _compute(args: dict, history: list[dict]) -> str:
+    """The card's compute precision: the run's ``--amp``, or per span of epochs when a resume changed it."""
+    spans: list[list] = []  # [amp, first epoch, last epoch]
+    for h in history:
+        amp = h.get("amp", args.get("amp", "fp32"))  # epochs recorded before the precision was kept per epoch: the run's
+        if spans and spans[-1][0] == amp:
+            spans[-1][2] = h["epoch"]
+        else:
+            spans.append([amp, h["epoch"], h["epoch"]])
+    said = lambda amp: amp + (" autocast (weights and optimizer fp32)" if amp != "fp32" else "")
+    if len(spans) <= 1:
+        return said(spans[0][0] if spans else args.get("amp", "fp32"))
+    return ", ".join(f"{said(a)} in epochs {i}-{j}" if i != j else f"{said(a)} in epoch {i}" for a, i, j in spans) + " (changed on resume)"
+
+
 def exit_gains(top1: Sequence[float]) -> list[float]:
     """Points gained from each exit to the next."""
     return [round(b - a, 2) for a, b in zip(top1, top1[1:])]
@@ -287,8 +302,7 @@ def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict
         f"- AdamW (lr {args['lr']:g}, weight decay {args['weight_decay']:g}), {args['warmup_epochs']:g} warmup epoch(s) then cosine, "
         f"batch {args['batch_size']} per process, stochastic depth {args['drop_path'] if args['drop_path'] is not None else c.drop_path_rate:g}, "
         f"label smoothing {args['label_smoothing']:g}, augmentation {'off' if args['no_augment'] else 'random translation' + ('' if args['no_flip'] else ' + horizontal flip')}; "
-        f"seed {args['seed']}; {t['epochs']} epochs; compute {args.get('amp', 'fp32')}"
-        f"{' autocast (weights and optimizer fp32)' if args.get('amp', 'fp32') != 'fp32' else ''}.",
+        f"seed {args['seed']}; {t['epochs']} epochs; compute {_compute(args, history)}.",
         *_command_lines(args, run_dir, steps or []),
         f"- Wall time{' of the last step' if steps else ''}: {wall}.{resumed}",
         "",

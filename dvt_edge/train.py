@@ -454,7 +454,7 @@ def _end_epoch(run: _Run, state: _RunState, out: Path, epoch: int, train_loss: f
     # batches of training size fit where training does (a GPU's 512 at 224 px), and at least the CPU default
     acc, _ = evaluate_exits(model, run.val_ds, max(args.batch_size, eval_batch_size(model.cfg.img_size)), cache=run.val_cache)
     entry = {"epoch": epoch + 1, "train_loss": train_loss, "val_acc": acc,
-             "lr": run.sched.get_last_lr()[0], "epoch_seconds": round(train_time, 1)}
+             "lr": run.sched.get_last_lr()[0], "epoch_seconds": round(train_time, 1), "amp": args.amp}
     state.history.append(entry)
     improved = acc[-1] > state.best_acc
     state.best_acc = max(state.best_acc, acc[-1])

@@ -496,3 +496,16 @@ def test_the_demos_not_matched_note_counts_the_images_measured(monkeypatch, tmp_
     demo.main(["--targets", "onnx", "--precisions", "fp32", "--n", "10000", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert "on the 2500 measured images (0.2 points is 5 image(s) there); calibrating the closest" in out, out
+
+
+def test_the_card_says_when_a_resume_changed_the_compute_precision(micro_ckpt):
+    """--amp may change on --resume (how a run computes, not what): the card had given the last precision for every epoch."""
+    from dvt_edge.model_card import _compute
+
+    history = json.loads(read_checkpoint(micro_ckpt.parent / "last.pt")["train"]["history"])
+    assert [h["amp"] for h in history] == ["fp32"]  # each epoch records its own
+    assert _compute({"amp": "fp32"}, history) == "fp32"
+    mixed = [{"epoch": 1, "amp": "bf16"}, {"epoch": 2, "amp": "bf16"}, {"epoch": 3, "amp": "fp32"}]
+    assert _compute({"amp": "fp32"}, mixed) == ("bf16 autocast (weights and optimizer fp32) in epochs 1-2, fp32 in epoch 3 "
+                                                "(changed on resume)")
+    assert _compute({"amp": "bf16"}, [{"epoch": 1}, {"epoch": 2}]) == "bf16 autocast (weights and optimizer fp32)"  # older runs
