@@ -99,3 +99,58 @@ def test_published_t2t_vit_12_stress_export_onnx(tmp_path):
     rows = r.manifest.parity.exits
     assert all(row.finite and row.max_abs_diff_fixed <= FP32_TOL for row in rows), rows
     assert np.isfinite([row.max_abs_diff_fixed for row in rows]).all()
+
+
+def _performer_in_float32(monkeypatch) -> None:
+    """Run every T2T performer in float32 inside a float16 model (what the Core ML recipe keeps float32)."""
+    import copy
+
+    from dvt_edge.models import TokenPerformer
+
+    plain = TokenPerformer.forward
+
+    def forward(self, x):
+        f32 = copy.deepcopy(self).float()
+        f32.eps = torch.full((1, 1, 1), 1e-8)  # a float16 model's 1e-8 is 0
+        return plain(f32, x.float()).to(x.dtype)
+
+    monkeypatch.setattr(TokenPerformer, "forward", forward)
+
+
+def test_float16_needs_the_performer_in_float32(stressed_t2t, monkeypatch):
+    """Why Core ML fp16/int8 keep the performer float32: in float16 its exp features underflow and y / (d + 1e-8) is
+    0 / 0 on every exit; with only the performer in float32 the rest of the model in float16 stays within 1e-3."""
+    import copy
+
+    _, model = stressed_t2t
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(x)
+        half = copy.deepcopy(model).half()
+        assert not any(torch.isfinite(o).all() for o in half(x.half()))
+        _performer_in_float32(monkeypatch)
+        mixed = half(x.half())
+    for o, r in zip(mixed, ref):
+        assert torch.isfinite(o).all() and (o.float() - r).abs().max().item() < 1e-3
+
+
+@pytest.mark.parametrize("precision, scheme", [("fp16", None), ("int8", "linear")])
+def test_core_ml_keeps_the_performer_float32(stressed_t2t, micro_ckpt, tmp_path, precision, scheme):
+    """The program computes every exp and the normalising division of the performer in float32 (checked on the
+    converted program: MLModel.predict needs macOS), says so in the manifest, and a model without a performer has none."""
+    ct = pytest.importorskip("coremltools")
+    from coremltools.proto import MIL_pb2
+
+    path, _ = stressed_t2t
+    r = export_bundle(str(path), "coreml", precision, out=str(tmp_path / "t2t"), scheme=scheme, progress=False)
+    for e in r.manifest.exits:
+        assert e.quantization["float32_ops"] > 0 and "performer" in e.quantization["float32_ops_note"], e.quantization
+        spec = ct.utils.load_spec(str(tmp_path / "t2t" / e.artifact))
+        ops = [op for b in spec.mlProgram.functions["main"].block_specializations.values() for op in b.operations]
+        dtypes = {(op.type, MIL_pb2.DataType.Name(o.type.tensorType.dataType)) for op in ops for o in op.outputs
+                  if op.type in ("exp", "real_div")}
+        assert dtypes == {("exp", "FLOAT32"), ("real_div", "FLOAT32")}, dtypes
+        assert any(op.type == "linear" and op.outputs[0].type.tensorType.dataType == MIL_pb2.DataType.Value("FLOAT16")
+                   for op in ops)  # the rest computes in float16
+    plain = export_bundle(str(micro_ckpt), "coreml", "fp16", out=str(tmp_path / "micro"), progress=False)
+    assert all("float32_ops" not in e.quantization for e in plain.manifest.exits)

@@ -14,6 +14,8 @@ dequantize pairs convert to the same Core ML ops. Its accuracy cost is measured 
 quantized graph in PyTorch on held-out verification images (recorded as ``simulated`` in the
 manifest); on macOS the export's parity check also runs the .mlpackage itself.
 ``MLModel.predict`` exists only on macOS, so on other hosts export checks structure only.
+
+A float16 program keeps the T2T performer's linear attention in float32 (``FP32_OPS_NOTE``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,22 @@ import torch
 from dvt_edge.export.common import ExitArtifact, ExitJob, ExportError
 from dvt_runtime.io import current_umask
 
+#: why some ops of a float16 program stay float32 (said in the manifest beside their count)
+FP32_OPS_NOTE = ("the T2T performer's linear attention (its exp features and their normalisation) computes in float32: in "
+                 "float16 the features underflow to 0 and y / (d + 1e-8) is 0 / 0 = NaN (the epsilon is 0 in float16); PyTorch "
+                 "in float16 with that attention in float32 stayed within 1e-3 of float32 on weights that make it underflow. "
+                 "The Neural Engine computes in float16 only, so these ops run on the GPU or CPU")
+
+
+def float32_nodes(ep: torch.export.ExportedProgram) -> set[str]:
+    """Nodes computed by the T2T performer itself (not its norms, projections or MLP), which a float16 program keeps in
+    float32 (``FP32_OPS_NOTE``); their Core ML ops bear the node's name."""
+    from dvt_edge.models import TokenPerformer
+
+    performer = f"{TokenPerformer.__module__}.{TokenPerformer.__qualname__}"
+    return {n.name for n in ep.graph.nodes if n.op == "call_function" and n.meta.get("nn_module_stack")
+            and str(list(n.meta["nn_module_stack"].values())[-1][1]) in (performer, str(TokenPerformer))}
+
 
 def _convert(job: ExitJob, fp16: bool, module: Optional[torch.nn.Module] = None):
     import coremltools as ct
@@ -42,9 +60,12 @@ def _convert(job: ExitJob, fp16: bool, module: Optional[torch.nn.Module] = None)
     # float32 I/O whatever the compute precision: the bundle contract is float32 NCHW tensors
     inputs = [ct.TensorType(name=n, shape=shapes[n], dtype=np.float32) for n in g.input_names]
     outputs = [ct.TensorType(name=n, dtype=np.float32) for n in g.output_names]
+    keep = float32_nodes(ep) if fp16 else set()  # ops named after a node, or "_inversed_" + it (a division turned product)
+    precision = (ct.transform.FP16ComputePrecision(op_selector=lambda op: op.name.removeprefix("_inversed_") not in keep) if keep
+                 else ct.precision.FLOAT16 if fp16 else ct.precision.FLOAT32)
     return ct.convert(
         ep, inputs=inputs, outputs=outputs, convert_to="mlprogram",
-        compute_precision=ct.precision.FLOAT16 if fp16 else ct.precision.FLOAT32,
+        compute_precision=precision,
         # quantize/dequantize of activations (W8A8) are iOS 17 ops
         minimum_deployment_target=ct.target.iOS17 if module is not None else ct.target.iOS16,
     )
@@ -104,6 +125,8 @@ def export_exit(job: ExitJob) -> ExitArtifact:
                          linear_and_conv_layers=ops["linear"] + ops["conv"],
                          uncompressed="constants under 2048 elements (coremltools' weight_threshold) stay fp16; the compressed "
                                       "ones are mostly linear/conv weights, a few feed other ops")
+        if job.precision != "fp32" and (n := float32_ops(ml.get_spec())):
+            quant.update(float32_ops=n, float32_ops_note=FP32_OPS_NOTE)
     path = job.artifact
     if path.exists():
         shutil.rmtree(path)
@@ -130,6 +153,17 @@ def program_ops(spec) -> collections.Counter:
     for block in spec.mlProgram.functions["main"].block_specializations.values():
         ops.update(op.type for op in block.operations)
     return ops
+
+
+def float32_ops(spec) -> int:
+    """Ops of the ML Program's ``main`` that compute in float32 (casts and constants aside): 0 for a float16 program
+    unless some were kept float32 (``float32_nodes``)."""
+    from coremltools.proto import MIL_pb2
+
+    fp32 = MIL_pb2.DataType.Value("FLOAT32")
+    return sum(1 for block in spec.mlProgram.functions["main"].block_specializations.values() for op in block.operations
+               if op.type not in ("const", "cast") and any(o.type.HasField("tensorType") and o.type.tensorType.dataType == fp32
+                                                          for o in op.outputs))
 
 
 def check_structure(path, input_shapes: dict, output_shapes: dict, scheme: Optional[str] = None) -> list[str]:
