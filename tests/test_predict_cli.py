@@ -308,6 +308,21 @@ def test_out_never_replaces_a_file_that_is_not_an_earlier_result(onnx_bundle, ph
     assert main(["--bundle", str(onnx_bundle), str(photo), "--out", str(out), "--no-progress"]) == 0
 
 
+def test_an_out_refused_only_when_written_is_one_error_naming_it(onnx_bundle, photos, tmp_path, capsys, monkeypatch):
+    """A read-only or pseudo filesystem passes os.access for root: the write at the end raised a traceback (exit 1, the code
+    for an unreadable image) naming the temporary file."""
+    import tempfile
+
+    def refused(*a, **k):
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".preds.json.x.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    out = tmp_path / "preds.json"
+    assert main(["--bundle", str(onnx_bundle), str(photos / "sub" / "0" / "00.png"), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {out}: Permission denied; the predictions above were not saved" in err and ".tmp" not in err
+
+
 def test_the_table_shows_class_names_whole():
     """ImageNet's names were cut at 16 characters ('West Highland wh')."""
     from dvt_runtime.predict import format_result

@@ -23,8 +23,11 @@ def atomic_write(path: Union[str, Path], data: bytes) -> Path:
     over ``path``; an interrupted write leaves the previous file untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # named by the user's path, not the temporary file's
+        raise type(e)(e.errno, f"cannot write {path}: {e.strerror or e}") from e
     try:
         os.chmod(tmp, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
@@ -32,11 +35,13 @@ def atomic_write(path: Union[str, Path], data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.errno is not None:
+            raise type(e)(e.errno, f"cannot write {path}: {e.strerror or e}") from e
         raise
     return path
 

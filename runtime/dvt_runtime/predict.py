@@ -237,7 +237,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     r["skipped_files"] = dict(skipped.most_common())  # by suffix: files in the folders given that are not images it reads
     print(format_result(r))
     if out is not None:
-        print(f"wrote {atomic_write_json(out, r, allow_nan=False)}")
+        try:
+            print(f"wrote {atomic_write_json(out, r, allow_nan=False)}")
+        except OSError as e:  # found writable before the run (os.access), refused now: a read-only or pseudo filesystem
+            print(f"error: {e}; the predictions above were not saved: give --out a path you can write", file=sys.stderr)
+            return 2
     return 1 if r["unreadable"] or r["failed"] else 0
 
 
