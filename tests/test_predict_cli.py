@@ -323,6 +323,18 @@ def test_an_out_refused_only_when_written_is_one_error_naming_it(onnx_bundle, ph
     assert f"cannot write {out}: Permission denied; the predictions above were not saved" in err and ".tmp" not in err
 
 
+def test_a_throughput_calibrations_name_gets_a_fix_that_works_where_it_was_given(onnx_bundle, photos, capsys):
+    """'vm-batch32' was told to pass --batch 32 (predict has none), and in Python to calibrate 'vm-batch32' (refused) or to
+    open 'vm' (the batch-1 file)."""
+    from dvt_runtime.calibration import CalibrationError
+
+    with pytest.raises(CalibrationError, match=r"name the device \('vm'\); open the bundle with device_name='vm' and call "
+                                               r"use_calibration\('vm', batch=32\)"):
+        Bundle.open(onnx_bundle, device_name="vm-batch32")
+    assert main(["--bundle", str(onnx_bundle), str(photos / "sub" / "0" / "00.png"), "--device-name", "vm-batch32", "--no-progress"]) == 2
+    assert "predict and the webcam run the device's batch-1 calibration: --device-name 'vm'" in capsys.readouterr().err
+
+
 def test_the_table_shows_class_names_whole():
     """ImageNet's names were cut at 16 characters ('West Highland wh')."""
     from dvt_runtime.predict import format_result

@@ -329,7 +329,7 @@ def test_cli_measure(bundle_dir, val_images, tmp_path, capsys):
     assert "--threads must be >= 1, or 0 for the backend's default, got -1" in capsys.readouterr().err
     # a name no calibration can carry: '' fell back to this host's name unsaid, 'laptop-batch8' was then refused by calibrate
     for name, said in (("", "names no device"), ("laptop-batch8", "ends like a throughput calibration's file (-batch8): name the "
-                                                                 "device ('laptop') and give the batch size as --batch 8")):
+                                                                 "device ('laptop'); give the batch size as --batch 8")):
         with pytest.raises(SystemExit):
             main(["--bundle", str(bundle_dir), "--device-name", name])
         assert said in capsys.readouterr().err

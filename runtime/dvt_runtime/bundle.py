@@ -27,15 +27,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 import numpy as np
 
 from dvt_runtime.backends import Session, check_options, check_signature, check_threads, import_backend, open_session, ort_providers
-from dvt_runtime.checks import (
-    InputError,
-    NonFiniteOutput,
-    check_finite,
-    check_thresholds,
-    images_per_call,
-    positive_ms,
-    setting_differences,
-)
+from dvt_runtime.checks import InputError, NonFiniteOutput, check_finite, check_thresholds, positive_ms, setting_differences
 from dvt_runtime.controller import controller_for
 from dvt_runtime.manifest import Manifest, ManifestError  # noqa: F401  (ManifestError: raised by open)
 from dvt_runtime.prediction import Prediction, softmax
@@ -140,8 +132,10 @@ class Bundle:
         (model, target, precision, artifact hashes) at this batch size; otherwise a CalibrationError names the file.
         """
         from dvt_runtime.calibration import CalibrationError, missing_calibration, read_calibration
+        from dvt_runtime.device import check_device_name
 
         p = self.calibration_path(device_name, batch)
+        check_device_name(device_name, CalibrationError, where="api")  # 'x-batch8' would be told to open itself again
         if not p.exists():
             if missing_ok:  # a misspelled name, or only other batch sizes: said, as the manifest's thresholds run instead
                 self._drop_calibration()  # what the warning says runs: not an earlier device's thresholds, table or p90s
@@ -272,6 +266,8 @@ class Bundle:
         ``DEFAULT_MAX_BATCH`` within ``DEFAULT_BATCH_PIXELS``, or the batch this device's calibration was measured at if
         larger (its prices are those of calls that size); within what the artifacts accept."""
         if max_batch is None:
+            from dvt_runtime.checks import images_per_call
+
             cal, pixels = self.calibration, int(np.prod(self.input_shape[-2:]))
             max_batch = max(images_per_call(pixels, DEFAULT_BATCH_PIXELS, DEFAULT_MAX_BATCH), cal.batch if cal is not None else 1)
         return self.batch_limit(max_batch)

@@ -105,9 +105,16 @@ def _nvpmodel() -> Optional[str]:
     return r.stdout.strip() or None
 
 
-def check_device_name(name: str, error: type = ValueError) -> None:
+#: the fix for a device name given as a throughput calibration's ('x-batch8'), by where it was given ({device}, {n})
+BATCH_NAME_FIX = {"cli": "give the batch size as --batch {n}",
+                  "api": "open the bundle with device_name={device!r} and call use_calibration({device!r}, batch={n})",
+                  "predict": ("predict and the webcam run the device's batch-1 calibration: --device-name {device!r} (calibrate it "
+                              "with python -m dvt_runtime.calibrate --device-name {device!r})")}
+
+
+def check_device_name(name: str, error: type = ValueError, where: str = "cli") -> None:
     """A device name that makes no calibration file name ('', '.', 'x.json', 'x-batch8', a throughput calibration's) is
-    refused with ``error``, wherever it came from (--device-name, a profile)."""
+    refused with ``error``, wherever it came from (--device-name, a profile); ``where``: a key of ``BATCH_NAME_FIX``."""
     if not isinstance(name, str) or not name.strip() or name.startswith("."):  # '', '.', '../../etc' (a hidden file)
         raise error(f"device name {name!r} names no device, or starts with '.' (a hidden file): pass one such as 'pixel8', "
                     f"or drop --device-name for this host ({this_host()!r})")
@@ -116,7 +123,7 @@ def check_device_name(name: str, error: type = ValueError) -> None:
         raise error(f"device name {name!r}: name the device, not the file (calibration/<device>.json is written for it){stem}")
     if m := re.search(r"-batch(\d+)$", name):  # calibration/<device>-batch<N>.json is the device's calibration at batch N
         raise error(f"device name {name!r} ends like a throughput calibration's file (-batch{m.group(1)}): name the device "
-                    f"({name[:m.start()]!r}) and give the batch size as --batch {m.group(1)}")
+                    f"({name[:m.start()]!r}); " + BATCH_NAME_FIX[where].format(device=name[:m.start()], n=m.group(1)))
 
 
 def this_host() -> str:
@@ -132,7 +139,7 @@ def open_here(path, device_name: Optional[str] = None, **kw):
     from dvt_runtime.bundle import Bundle
 
     if device_name is not None:  # '' had meant no calibration, unsaid
-        check_device_name(device_name)
+        check_device_name(device_name, where="predict")
         return Bundle.open(path, device_name=device_name, **kw)
     bundle = Bundle.open(path, **kw)
     host = this_host()
