@@ -432,6 +432,25 @@ def test_a_calibration_on_a_given_profile_says_when_its_prediction_is_over_budge
     assert "WARNING" not in format_result(r)
 
 
+def test_the_batch_said_to_fit_counts_the_inputs_it_would_hold(bundle, monkeypatch):
+    """Inputs grow with the batch: the suggestion subtracted the requested batch's inputs from the memory available, so
+    any batch whose inputs alone exceeded it was told "at most 1" (20,000 was told 8480, 5,000,000 was told 1)."""
+    import re
+
+    import dvt_runtime.device as D
+
+    monkeypatch.setattr(D, "_CHECKED", {})
+    per = D.check_batch_memory(bundle, 1000)["mb_per_image"]
+    monkeypatch.setattr(D, "_CHECKED", {})
+    monkeypatch.setattr(D, "available_memory_mb", lambda: 1000 * D.MEMORY_MARGIN * per)  # calls of 1000, no inputs: fit exactly
+    held = lambda b: b * D.MEMORY_MARGIN * per  # inputs as large as the calls' growth: 500 fit
+    with pytest.raises(D.BatchMemoryError) as e:
+        D.check_batch_memory(bundle, 10 ** 6, held_mb=held)
+    fits = int(re.search(r"at most (\d+)$", str(e.value)).group(1))
+    assert fits in (499, 500), str(e.value)  # (the per-image figure is rounded)
+    assert D.check_batch_memory(bundle, fits, held_mb=held) is not None  # and it passes
+
+
 def test_a_batch_that_would_not_fit_is_refused_before_it_runs(bundle, onnx_bundle, monkeypatch, capsys):
     """A profile, calibration or throughput run whose stage calls would outgrow the available memory (ONNX Runtime's
     arena keeps what the largest call needed: the CIFAR reference at batch 4000 grew to 10 GB) is refused before its

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
@@ -279,12 +279,13 @@ def _mb_per_image(bundle, key: tuple) -> Optional[float]:
     return _PER_IMAGE[key]
 
 
-def check_batch_memory(bundle, batch: int, what: str = "batch", held_mb: float = 0.0) -> Optional[dict[str, Any]]:
+def check_batch_memory(bundle, batch: int, what: str = "batch", held_mb: Union[float, Callable[[int], float]] = 0.0) -> Optional[dict[str, Any]]:
     """Refuse, before running it, a batch whose stage calls would not fit in memory.
 
     ONNX Runtime's arena grows with the largest call and keeps it (a profile of the CIFAR reference at batch 4000
     grew to 10 GB). The growth per image is measured once per bundle in a fresh process (:func:`_mb_per_image`);
-    times the images per call and ``MEMORY_MARGIN``, plus ``held_mb`` (inputs the caller will hold), it is compared
+    times the images per call and ``MEMORY_MARGIN``, plus ``held_mb`` (inputs the caller will hold; a function of the batch
+    when they grow with it, so that the batch said to fit is one that does), it is compared
     with the available memory, less what this process already holds for the largest batch that passed (its arena
     is reused): over it is an error, over ``MEMORY_WARN`` of it a warning. Returns the estimate, or None for calls
     of at most ``MEMORY_PROBE[-1]`` images (nothing runs) or where memory cannot be read (Linux's MemAvailable).
@@ -297,7 +298,9 @@ def check_batch_memory(bundle, batch: int, what: str = "batch", held_mb: float =
     if per_image is None:
         return None
     done = _CHECKED.get(key, 0)  # what earlier calls at that size already hold in this process is not needed again
-    need = MEMORY_MARGIN * per_image * calls + held_mb
+    fixed = 0.0 if callable(held_mb) else float(held_mb)
+    held = held_mb if callable(held_mb) else (lambda b: fixed)
+    need = MEMORY_MARGIN * per_image * calls + (held_mb := held(int(batch)))
     est = {"images_per_call": calls, "mb_per_image": round(per_image, 3), "estimated_mb": round(need, 1), "available_mb": avail}
     if calls <= done:
         return est
@@ -305,7 +308,11 @@ def check_batch_memory(bundle, batch: int, what: str = "batch", held_mb: float =
             f"measured in a fresh process at batch {MEMORY_PROBE[0]} and {MEMORY_PROBE[1]}, x{MEMORY_MARGIN:g} for the peak"
             + (f", + {held_mb:.0f} MiB of inputs" if held_mb else "") + f"), and {avail:.0f} MiB is available")
     if need - MEMORY_MARGIN * per_image * done > avail:
-        fits = int(max(avail - held_mb, 0.0) / (MEMORY_MARGIN * per_image)) + done
+        lo, hi = 1, int(batch)  # the largest batch whose calls and inputs fit (inputs scale with it: held per batch)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if MEMORY_MARGIN * per_image * (min(mid, bundle.batch_limit()) - done) + held(mid) <= avail else (lo, mid - 1)
+        fits = lo
         raise BatchMemoryError(f"{said}: use a {what} of at most {max(fits, 1)}")
     if need > MEMORY_WARN * avail:  # once per bundle and batch: a batch that passed returns above when checked again
         warnings.warn(f"{said}: other programs may be pushed out of memory", stacklevel=2)

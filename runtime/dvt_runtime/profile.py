@@ -155,7 +155,7 @@ def profile_bundle(
     batch = check_batch(batch)
     singles = _inputs(bundle, images)
     chunk = bundle.batch_limit()
-    memory = check_batch_memory(bundle, batch, "batch", _held_mb(bundle, len(singles), batch))  # before the first call
+    memory = check_batch_memory(bundle, batch, "batch", lambda b: _held_mb(bundle, len(singles), b))  # before the first call
     xs = _batches(singles, batch)
     first = [ms / batch for ms in _time_chain(bundle, xs[0], chunk)]
     gc.collect()
@@ -319,7 +319,7 @@ def _measure(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     if note := batch_note(bundle, args.batch):
         print(note, file=sys.stderr)
     images, raw = load_images(args.data, bundle) if args.data else (None, None)
-    est = check_batch_memory(bundle, args.batch, "--batch", _held_mb(bundle, 1 if images is None else len(images), args.batch))
+    est = check_batch_memory(bundle, args.batch, "--batch", lambda b: _held_mb(bundle, 1 if images is None else len(images), b))
     if est and est["estimated_mb"] <= MEMORY_WARN * est["available_mb"]:  # above it, the check's warning said it; measured once
         print(f"note: --batch {args.batch} needs about {est['estimated_mb']:.0f} MiB here ({est['available_mb']:.0f} MiB available)",
               file=sys.stderr)
