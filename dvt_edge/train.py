@@ -180,7 +180,7 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be a finite non-negative number, got {v}")
     if args.lr == 0:  # AdamW at lr 0 runs every epoch and changes nothing (useful only to re-save a starting point)
         warnings.warn("--lr 0: no weight will change; this run only evaluates and re-saves its starting point "
-                      "(1e-3 is the default learning rate, 5e-4 the CIFAR recipe's)", stacklevel=2)
+                      "(1e-3 is the default learning rate, 2e-3 the CIFAR recipe's, 5e-4 a fine-tune's)", stacklevel=2)
     temp = getattr(args, "distill_temp", 2.0)
     if not (math.isfinite(temp) and temp > 0):
         raise ValueError(f"--distill-temp must be a finite positive number, got {temp}")
