@@ -165,7 +165,8 @@ def test_without_opencv_it_is_one_error_naming_the_extra(onnx_bundle, photos, mo
     monkeypatch.setattr(P, "_CV2_TRIED", True)
     assert main(["--bundle", str(onnx_bundle), str(photos), "--no-progress"]) == 2
     out, err = capsys.readouterr()
-    assert err.count("needs OpenCV: pip install 'dvt-runtime[opencv]'") == 1 and "unreadable" not in out + err
+    assert err.count("needs OpenCV: pip install 'opencv-python-headless>=4.8' 'simplejpeg>=1.7' (dvt-runtime's [opencv] extra; "
+                     "from a dvt-edge checkout: pip install './runtime[opencv]')") == 1 and "unreadable" not in out + err
 
 
 def test_linked_folders_are_followed_once_and_a_folder_named_like_an_image_is_no_image(onnx_bundle, photos, tmp_path, capsys):

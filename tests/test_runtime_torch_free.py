@@ -68,7 +68,8 @@ def test_executorch_without_torch_names_torch_and_its_pin():
         """
     )
     assert r.returncode == 0, r.stderr
-    assert "needs torch" in r.stdout and "torch==2.13.0" in r.stdout and "dvt-runtime[executorch]" in r.stdout, r.stdout
+    assert "needs torch" in r.stdout and "torch==2.13.0" in r.stdout and "pip install executorch==1.5.1 torch==2.13.0" in r.stdout
+    assert "pip install './runtime[executorch]'" in r.stdout, r.stdout
 
 
 def test_runtime_extra_for_executorch_pins_the_torch_it_needs():
@@ -78,3 +79,7 @@ def test_runtime_extra_for_executorch_pins_the_torch_it_needs():
     main = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     torch_pin = [d for d in main if d.startswith("torch")]
     assert torch_pin == ["torch==2.13.0"] and torch_pin[0] in extras["executorch"], extras
+    # the packages an error names for each extra are the extra's (dvt-runtime is not on an index: the extra alone fails)
+    from dvt_runtime.backends import EXTRAS
+
+    assert {k: list(v) for k, v in EXTRAS.items()} == extras

@@ -33,6 +33,16 @@ __all__ = ["BackendUnavailable", "Session", "open_session", "import_backend", "b
 BACKENDS = ("onnxruntime", "executorch", "coreml")
 ETDUMP_DEBUG_BUFFER = 0  # bytes for intermediate outputs in the ETDump: none, timings only (a full buffer aborts)
 _EXTRA = {"onnxruntime": "onnx", "executorch": "executorch", "coreml": "coreml"}
+#: what each extra of runtime/pyproject.toml installs (a test keeps them equal): dvt-runtime is installed from a dvt-edge
+#: checkout, not from a package index, so a fix names the packages themselves
+EXTRAS = {"onnx": ("onnxruntime>=1.18",), "executorch": ("executorch==1.5.1", "torch==2.13.0"), "coreml": ("coremltools==9.0",),
+          "opencv": ("opencv-python-headless>=4.8", "simplejpeg>=1.7")}
+
+
+def install_hint(extra: str, flags: str = "") -> str:
+    """The pip command that installs ``extra``'s packages (``flags``: e.g. ``-U``), naming the extra as well."""
+    return (f"pip install {flags + ' ' if flags else ''}{' '.join(repr(p) if '>' in p else p for p in EXTRAS[extra])} (dvt-runtime's "
+            f"[{extra}] extra; from a dvt-edge checkout: pip install './runtime[{extra}]')")
 _MODULE = {"onnxruntime": "onnxruntime", "executorch": "executorch", "coreml": "coremltools"}  # what each backend imports
 MIN_ORT = "1.18"  # the first onnxruntime to load ONNX IR version 10 (the exporter's); runtime/pyproject.toml pins the same
 
@@ -49,17 +59,17 @@ def _missing(backend: str, err: Exception) -> BackendUnavailable:
     if backend == "executorch" and (getattr(err, "name", None) or "").split(".")[0] == "torch":
         return BackendUnavailable(
             f"the executorch backend's Python runtime exchanges torch tensors and needs torch, which could not be imported "
-            f"({err}); executorch declares no torch requirement. Install it with: pip install 'dvt-runtime[executorch]' "
+            f"({err}); executorch declares no torch requirement. Install it with: {install_hint('executorch')} "
             f"(it pins {TORCH_PIN}; for the CPU-only build add --extra-index-url https://download.pytorch.org/whl/cpu)"
         )
     if not isinstance(err, ModuleNotFoundError) or (getattr(err, "name", None) or "").split(".")[0] != _MODULE.get(backend):
         return BackendUnavailable(  # installed, but it (or what it imports) fails: another pip install of the extra changes nothing
             f"the {backend} backend's library is installed but fails to import ({type(err).__name__}: {str(err) or 'no message'}); it may "
-            f"be built for another numpy or Python than this environment's. Install a build that matches, e.g. pip install "
-            f"--force-reinstall 'dvt-runtime[{_EXTRA[backend]}]', and check: python -c 'import {_MODULE.get(backend, backend)}'")
+            f"be built for another numpy or Python than this environment's. Install a build that matches, e.g. "
+            f"{install_hint(_EXTRA[backend], '--force-reinstall')}, and check: python -c 'import {_MODULE.get(backend, backend)}'")
     return BackendUnavailable(
         f"the {backend} backend needs its library, which could not be imported ({err}). "
-        f"Install it with: pip install 'dvt-runtime[{_EXTRA[backend]}]'"
+        f"Install it with: {install_hint(_EXTRA[backend])}"
     )
 
 
@@ -156,7 +166,7 @@ class OrtSession(Session):
             why = str(e).strip()  # ORT's reason comes last, after the path and a C++ signature
             why = why if len(why) <= 300 else "..." + why[-300:]
             old = tuple(int(v) for v in re.findall(r"\d+", ort.__version__)[:2]) < tuple(int(v) for v in MIN_ORT.split("."))
-            fix = (f"this bundle needs onnxruntime >= {MIN_ORT}: pip install -U 'dvt-runtime[onnx]'" if old else
+            fix = (f"this bundle needs onnxruntime >= {MIN_ORT}: {install_hint('onnx', '-U')}" if old else
                    "execution providers that take its operators (drop --providers to run on the CPU), or re-export the bundle")
             raise BackendUnavailable(f"onnxruntime {ort.__version__} cannot load {path.name} ({type(e).__name__}: {why}); {fix}") from None
         got = [i.name for i in self.sess.get_inputs()]

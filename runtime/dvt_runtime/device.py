@@ -195,7 +195,7 @@ def _resize_impl() -> str:
     from dvt_runtime.preprocess import _cv2
 
     cv2 = _cv2()
-    return f"opencv {cv2.__version__}" if cv2 is not None else "numpy (no OpenCV: pip install 'dvt-runtime[opencv]')"
+    return f"opencv {cv2.__version__}" if cv2 is not None else "numpy (no OpenCV: pip install './runtime[opencv]')"
 
 
 def peak_rss_mb() -> Optional[float]:

@@ -46,7 +46,9 @@ def cv2_or_fail():
 
     cv2 = cv2_or_none()
     if cv2 is None:
-        raise ImageError("reading image files needs OpenCV: pip install 'dvt-runtime[opencv]' (or opencv-python)")
+        from dvt_runtime.backends import install_hint
+
+        raise ImageError(f"reading image files needs OpenCV: {install_hint('opencv')} (or opencv-python)")
     return cv2
 
 

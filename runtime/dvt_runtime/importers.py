@@ -18,7 +18,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from dvt_runtime.backends import BackendUnavailable, toolchain_output
+from dvt_runtime.backends import BackendUnavailable, install_hint, toolchain_output
 from dvt_runtime.latency import MAX_INPUT_BYTES, LatencyProfile, nulled_nonfinite, read_json
 from dvt_runtime.stats import ProfileError, check_samples
 
@@ -287,7 +287,7 @@ def import_etdump(
     except ImportError as e:
         raise BackendUnavailable(
             f"reading ETDump files needs ExecuTorch's devtools, which could not be imported ({e}). "
-            "Install it with: pip install 'dvt-runtime[executorch]'"
+            f"Install it with: {install_hint('executorch')}"
         ) from None
     try:
         scale = TimeScale(time_scale)

@@ -24,7 +24,8 @@ def checked_fields(cls, d: Any, what: str, error: Callable[[str], Exception], cu
             raise error(f"not a dvt {what}: it has no integer schema_version >= 1 (got {v!r})")
         if v > current_version:
             raise error(f"{what} schema_version {v} is newer than this dvt-runtime understands ({current_version}); "
-                        "upgrade dvt-runtime (pip install -U dvt-runtime)")
+                        "upgrade dvt-runtime from a dvt-edge checkout at least as new as the one that wrote it "
+                        "(pip install -U ./runtime; it is not on a package index)")
     fields = dataclasses.fields(cls)
     names = [f.name for f in fields]
     missing = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in d]
