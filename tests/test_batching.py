@@ -323,6 +323,13 @@ def test_calibrate_for_throughput(onnx_bundle, tmp_path):
     r = calibrate(b, x, y, budget_ms=10.0, runs=MIN_RUNS, warmup=2, device_name="t", progress=False, batch=8)
     assert r.batch == 8 and r.budget_unit == "ms per image"
     assert r.chosen.measured["batch"] == 8 and r.chosen.measured["images_per_s"] > 0
+    # no p90 at batch 8: the predicted one was over each image's own stages, the measured one over calls' averages (2x apart)
+    from dvt_runtime.calibrate import format_result
+
+    text = format_result(r)
+    assert r.chosen.predicted["p90_ms"] is None and "no p90: each image waits for its whole call" in text
+    rows = [line.split() for line in text.splitlines() if line.split()[:1] in (["predicted"], ["measured"]) and line.split()[1][0].isdigit()]
+    assert len(rows) == 2 and all(row[3] == "-" for row in rows), text
     prof1 = profile_bundle(b, warmup=1, runs=MIN_RUNS, images=x, progress=False, device_name="t2")
     with pytest.raises(CalibrationError, match="batch 1, not 8"):
         calibrate(b, x, y, budget_ms=10.0, profile=prof1, device_name="t2", progress=False, batch=8)

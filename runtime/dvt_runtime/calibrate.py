@@ -265,7 +265,8 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
         raise CalibrationError(str(e)) from None
     thr = chosen.best.to_dict()["thresholds"]
     predicted = evaluate_thresholds(f.hold, None, chosen.best.thresholds, costs, metric=metric, seed=seed)
-    p90 = evaluate_thresholds(f.hold, None, chosen.best.thresholds, costs, metric="p90", seed=seed) if costs.samples else None
+    # a p90 is one image's latency: at batch > 1 each image waits for its whole call, so there is none to predict
+    p90 = evaluate_thresholds(f.hold, None, chosen.best.thresholds, costs, metric="p90", seed=seed) if costs.samples and batch == 1 else None
     result = Calibration(
         device=device_name, bundle=bundle_identity(bundle.manifest), profile=f.profile.summary(),
         table=_pareto_table(f.cal, costs, metric, seed), budget_ms=budget_ms, metric=metric, algorithm=algorithm, batch=int(batch),
@@ -427,7 +428,7 @@ def format_result(r: Calibration) -> str:
     c = r.chosen
     p, m = c.predicted, c.measured
     lines = [f"calibration of {r.bundle['model']} {r.bundle['target']}/{r.bundle['precision']} for device {r.device} "
-             f"({r.metric} budget {r.budget_ms:g} ms" + (f" per image at batch {r.batch}" if r.batch > 1 else "")
+             f"({r.metric} budget {r.budget_ms:g} ms" + (f" per image at batch {r.batch}; no p90: each image waits for its whole call" if r.batch > 1 else "")
              + f", {r.algorithm}, profile {r.profile_source})"]
     st = r.profile["stages"]
     lines.append("stage latency (ms): " + ", ".join(f"exit {i + 1} p50 {s['median']:.3f} p90 {s['p90']:.3f}" for i, s in enumerate(st)))
@@ -436,9 +437,10 @@ def format_result(r: Calibration) -> str:
     lines.append(f"thresholds of {which} (exact, as --thresholds; '-' never stops there): {exact}")
     lines.append(f"{'':>10} {'accuracy %':>10} {'mean ms':>9} {'p90 ms':>8}  exits taken %")
     fr = lambda f: " / ".join(f"{100 * v:.0f}" for v in f)
-    lines.append(f"{'predicted':>10} {p['accuracy']:>10.2f} {p['mean_ms']:>9.3f} {p['p90_ms'] if p['p90_ms'] is not None else float('nan'):>8.3f}  {fr(p['exit_fractions'])}")
+    p90 = lambda d: "-" if r.batch > 1 or d.get("p90_ms") is None else f"{d['p90_ms']:.3f}"  # at batch > 1 none (the budget's note)
+    lines.append(f"{'predicted':>10} {p['accuracy']:>10.2f} {p['mean_ms']:>9.3f} {p90(p):>8}  {fr(p['exit_fractions'])}")
     if m:
-        lines.append(f"{'measured':>10} {m['accuracy']:>10.2f} {m['mean_ms']:>9.3f} {m['p90_ms']:>8.3f}  {fr(m['exit_fractions'])}")
+        lines.append(f"{'measured':>10} {m['accuracy']:>10.2f} {m['mean_ms']:>9.3f} {p90(m):>8}  {fr(m['exit_fractions'])}")
         lines.append(_budget_line(r, m))
     else:  # latency from a given profile: the holdout's figure priced by it is all there is to compare
         lines.append(_budget_line(r, p, "predicted"))
