@@ -145,6 +145,7 @@ def test_core_ml_keeps_the_performer_float32(stressed_t2t, micro_ckpt, tmp_path,
     r = export_bundle(str(path), "coreml", precision, out=str(tmp_path / "t2t"), scheme=scheme, progress=False)
     for e in r.manifest.exits:
         assert e.quantization["float32_ops"] > 0 and "performer" in e.quantization["float32_ops_note"], e.quantization
+        assert f"{e.quantization['float32_ops']} ops kept float32 (the T2T performer's attention" in r.report, r.report
         spec = ct.utils.load_spec(str(tmp_path / "t2t" / e.artifact))
         ops = [op for b in spec.mlProgram.functions["main"].block_specializations.values() for op in b.operations]
         dtypes = {(op.type, MIL_pb2.DataType.Name(o.type.tensorType.dataType)) for op in ops for o in op.outputs

@@ -243,6 +243,8 @@ def format_parity(m: Manifest) -> str:
         if sim := e.quantization.get("simulated"):
             lines.append(f"       simulated in PyTorch ({sim['images']} held-out images): top-1 agreement {sim['agreement']:.2f}%, "
                          f"max|dlogit| {sim['max_abs_logit_diff']:.2e}")
+        if n := e.quantization.get("float32_ops"):  # a float16 program with float32 ops: said where its speed is judged
+            lines.append(f"       {n} ops kept float32 (the T2T performer's attention: float16 gives 0/0 there; not on the Neural Engine)")
         if e.undelegated_ops:
             lines.append(f"       not delegated to XNNPACK: {', '.join(f'{k} x{v}' for k, v in e.undelegated_ops.items())}")
     if p.batch_checked is not None:
