@@ -74,8 +74,10 @@ def throughput_markdown(r: dict) -> list[str]:
         thr = ", ".join("-" if v is None else f"{v:.4g}" for v in tp["thresholds"])
         mb = "any" if tp["max_batch"] is None else tp["max_batch"]
         rounds = next((t.get("rounds") for t in tp["rows"] if "rounds" in t), None)
+        n, of = next(((t["n"], t.get("of", t["n"])) for t in tp["rows"] if "n" in t), (None, None))
+        used = "" if n is None else f"; {n} images" if n == of else f"; {n} of {of} images (whole calls of every batch size)"
         out.append(f"\n### {row['target']} {row['precision']}: throughput, {r.get('threads', '?')} thread(s), thresholds [{thr}], "
-                   f"artifact max_batch {mb}" + (f"; medians of {rounds} interleaved rounds" if rounds else "") + "\n")
+                   f"artifact max_batch {mb}" + (f"; medians of {rounds} interleaved rounds" if rounds else "") + used + "\n")
         if tp.get("within_match") is False:
             out.append("These thresholds did NOT reach matched accuracy on the holdout (see the matched-accuracy cell above): "
                        "the dynamic figures below are not at the last exit's accuracy.\n")

@@ -34,11 +34,10 @@ def throughput(bundle, x: np.ndarray, y: Optional[np.ndarray], thresholds: list,
     batches = list(dict.fromkeys(batches))  # a repeated size is measured (and reported) once
     runs: dict[int, list[tuple[dict, dict]]] = {bs: [] for bs in batches if bs <= len(x)}
     failed = {bs: f"only {len(x)} images to measure on" for bs in batches if bs not in runs}
-    big = max(runs, default=1)
     lcm = math.lcm(*runs) if runs else 1
-    # every batch size on the same images: in whole calls of every size when that keeps 90% of them, else of the largest
-    whole = lcm if len(x) // lcm * lcm >= 0.9 * (len(x) // big * big) else big
-    m = len(x) // whole * whole
+    # every batch size on the same images: in whole calls of every size when that keeps 90% of them, else all of them (each
+    # size's last call short, said in its row); it had kept whole calls of the largest, dropping up to a call's worth unsaid
+    m = len(x) // lcm * lcm if len(x) // lcm * lcm >= 0.9 * len(x) else len(x)
     for rnd in range(rounds):
         order = (never, thresholds) if rnd % 2 == 0 else (thresholds, never)  # which side runs first alternates per round
         for bs in [b for b in runs if b not in failed]:
@@ -55,7 +54,7 @@ def throughput(bundle, x: np.ndarray, y: Optional[np.ndarray], thresholds: list,
             continue
         st, dy = runs[bs][0]
         med = {k: float(np.median([r[i]["images_per_s"] for r in runs[bs]])) for i, k in enumerate(("static", "dynamic"))}
-        rows.append({"batch": bs, "n": st["n"], "rounds": rounds, "calls_per_stage": "one per batch" if bundle.batch_limit() >= bs else
+        rows.append({"batch": bs, "n": st["n"], "of": len(x), "rounds": rounds, "calls_per_stage": "one per batch" if bundle.batch_limit() >= bs else
                      f"{-(-bs // bundle.batch_limit())} per batch (max_batch {bundle.batch_limit()})",
                      "static_images_per_s": med["static"], "dynamic_images_per_s": med["dynamic"],
                      "static_images_per_s_rounds": [r[0]["images_per_s"] for r in runs[bs]],

@@ -401,19 +401,23 @@ def test_throughput_rows_share_their_images_and_each_says_whether_it_matched(onn
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(21, *b.input_shape)).astype(np.float32), rng.integers(0, 10, 21)
     rows = throughput(b, x, y, [0.0, 0.0], [1, 3, 8], rounds=1)  # every image stops at exit 1
-    assert [r["n"] for r in rows] == [16, 16, 16] and [r["last_call"] for r in rows] == [1, 1, 8]  # 24 (all whole) > 21
+    # 24 (all whole) > 21: every image, each size's last call short where it is (whole calls of 8 had dropped 5 unsaid)
+    assert [r["n"] for r in rows] == [21, 21, 21] and [r["last_call"] for r in rows] == [1, 3, 5]
     x130, y130 = rng.normal(size=(130, *b.input_shape)).astype(np.float32), rng.integers(0, 10, 130)
     rows34 = throughput(b, x130, y130, [0.0, 0.0], [3, 4], rounds=1)  # whole calls of both when that keeps 90% of the images
     assert [(r["n"], r["last_call"]) for r in rows34] == [(120, 3), (120, 4)]
-    rows34 = throughput(b, x, y, [0.0, 0.0], [3, 4], rounds=1)  # 12 of 21 would be too few: whole calls of 4, a short one of 3
-    assert [(r["n"], r["last_call"]) for r in rows34] == [(20, 2), (20, 4)]
+    tp34 = {"thresholds": [0.0, 0.0], "max_batch": None, "rows": rows34}
+    md34 = "\n".join(throughput_markdown({"rows": [{"status": "ok", "target": "onnx", "precision": "fp32", "throughput": tp34}]}))
+    assert "; 120 of 130 images (whole calls of every batch size)" in md34, md34
+    rows34 = throughput(b, x, y, [0.0, 0.0], [3, 4], rounds=1)  # 12 of 21 would be too few: all 21, a short last call of 4
+    assert [(r["n"], r["last_call"]) for r in rows34] == [(21, 3), (21, 1)]
     assert len({r["dynamic_accuracy"] for r in rows}) == 1 and len(rows[0]["static_images_per_s_rounds"]) == 1
     assert all(r["within_match"] is (r["dynamic_accuracy"] >= r["static_accuracy"] - 0.2 - 1e-9) for r in rows)
     rows[1].update(within_match=False, static_accuracy=50.0, dynamic_accuracy=40.0)
     tp = {"thresholds": [0.0, 0.0], "max_batch": None, "rows": rows, "within_match": True}
     md = "\n".join(throughput_markdown({"rows": [{"status": "ok", "target": "onnx", "precision": "fp32", "throughput": tp}]}))
     assert "50.00 / 40.00 (NOT matched: -10.00 pts)" in md and md.count("NOT matched") == 1
-    assert "| 3 (each pass's last call 1) |" in md and md.count("last call") == 1
+    assert "| 8 (each pass's last call 5) |" in md and md.count("last call") == 1 and "; 21 images\n" in md
 
 
 def test_failed_rows_are_listed_whole_under_the_tables():
