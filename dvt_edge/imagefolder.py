@@ -117,7 +117,7 @@ def _class_folders_hint(base: Path) -> str:
     """When ``base`` itself holds class folders of images (a split folder given, or no split folders made): what to do."""
     try:
         classes = [d.name for d in sorted(base.iterdir()) if d.is_dir() and not d.name.startswith(".")
-                   and any(p.suffix.lower() in IMAGE_EXTS for p in d.iterdir())]
+                   and any(p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".") for p in d.iterdir())]
     except OSError:  # an unreadable folder: the error itself stands
         return ""
     if not classes:
@@ -234,13 +234,15 @@ def _list_class_folders(sub: Path, classes: list[str]) -> tuple[list[Path], np.n
     other: collections.Counter[str] = collections.Counter()  # files of other kinds (HEIC photos, notes), by suffix
     for ci, cname in enumerate(classes):
         cdir = sub / cname
-        entries = sorted(cdir.iterdir()) if cdir.is_dir() else []
+        # hidden entries are no one's images, as predict reads folders: .DS_Store, macOS's ._photo.jpg AppleDouble files
+        # (beside every photo copied to exFAT or FAT storage), .ipynb_checkpoints
+        entries = sorted(p for p in cdir.iterdir() if not p.name.startswith(".")) if cdir.is_dir() else []
         nested += [str(p) for p in entries if p.is_dir()]
         for p in entries:
             if p.suffix.lower() in IMAGE_EXTS and (p.is_file() or p.is_symlink()):  # a broken link: counted as skipped
                 files.append(p)
                 labels.append(ci)
-            elif not p.name.startswith(".") and p.is_file():  # hidden files (.DS_Store) are no one's images
+            elif p.is_file():
                 other[p.suffix.lower() or "(no suffix)"] += 1
     if nested:
         warnings.warn(f"imagefolder: ignoring {len(nested)} folder(s) nested inside class folders of {sub}, e.g. {nested[:3]} "

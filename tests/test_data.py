@@ -83,6 +83,24 @@ def _make_folder(root, images, labels, classes, ext=".png"):
             cv2.imwrite(str(root / split / classes[y] / f"{i}{ext}"), im)
 
 
+def test_hidden_files_in_class_folders_are_no_ones_images(tmp_path, fmnist_test):
+    """macOS's ._photo.jpg (AppleDouble, beside every photo copied to exFAT or FAT) was counted as an unreadable photo, a
+    hidden .png trained on and a .ipynb_checkpoints folder warned as nested; predict skips hidden files: so does training."""
+    import warnings
+
+    classes = ["bag", "boot"]
+    _make_folder(tmp_path, [fmnist_test.raw(i) for i in range(4)], [0, 1, 0, 1], classes)
+    (tmp_path / "train" / "bag" / "._0.png").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    cv2.imwrite(str(tmp_path / "train" / "boot" / ".hidden.png"), fmnist_test.raw(5))
+    (tmp_path / "train" / "boot" / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "train" / ".thumbnails").mkdir()
+    cv2.imwrite(str(tmp_path / "train" / ".thumbnails" / "t.png"), fmnist_test.raw(6))  # a hidden folder is no class
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = load_dataset(f"imagefolder:{tmp_path}", "train")
+    assert ds.classes == classes and len(ds) == 4 and not ds.skipped
+
+
 def test_imagefolder_reads_generated_folder(tmp_path, fmnist_test):
     classes = ["bag", "boot", "shirt"]
     imgs = [fmnist_test.raw(i) for i in range(12)]
