@@ -445,7 +445,10 @@ def _export(args: argparse.Namespace) -> None:
         if mismatch := label_mismatch(ds, model.cfg.num_classes, info.classes):
             print(f"warning: {args.data} is not labelled with {args.checkpoint}'s classes ({mismatch}): the runtime's calibrate "
                   "will refuse this file for that checkpoint's bundles", file=sys.stderr)
-    native = load_dataset(args.data, args.split, limit=args.n, seed=args.seed).preprocess if pre is not None else None
+    # sets of one size and colour (a folder of photos is resized photo by photo: its default, 224 px for photos over 64 px,
+    # was said as the folder's size for the checkpoint's own training folder, and the folder was decoded twice)
+    photos = args.data.partition(":")[0] == "imagefolder"
+    native = load_dataset(args.data, args.split, limit=args.n, seed=args.seed).preprocess if pre is not None and not photos else None
     if native is not None and (native.num_channels, native.size) != (pre.num_channels, pre.size):
         print(f"warning: {args.checkpoint} takes {pre.num_channels}-channel {pre.size} px input; {args.data} is "
               f"{native.num_channels}-channel {native.size} px: its images are converted to the checkpoint's input", file=sys.stderr)

@@ -180,6 +180,27 @@ def test_cifar10_batches(tmp_path):
         load_dataset(f"cifar10:{tmp_path}", "val")
 
 
+def test_data_export_for_a_checkpoint_says_a_size_only_arrays_have(micro_ckpt, tmp_path, capsys):
+    """An image folder's photos are each resized: its default preprocessing (224 px for photos over 64 px) was said as the
+    folder's size ("imagefolder:data is 3-channel 224 px") for the checkpoint's own training folder; arrays of another
+    size and colour are still said."""
+    from dvt_edge.data import main
+    from dvt_edge.fashion_mnist import FASHION_MNIST_CLASSES
+
+    rng = np.random.default_rng(0)
+    classes = FASHION_MNIST_CLASSES[:2]
+    _make_folder(tmp_path / "photos", [rng.integers(0, 256, (120, 100, 3), dtype=np.uint8) for _ in range(8)], [0, 1] * 4, classes)
+    out = tmp_path / "f.npz"
+    assert main(["export", "--data", f"imagefolder:{tmp_path / 'photos'}", "--split", "val", "--checkpoint", str(micro_ckpt),
+                 "--out", str(out)]) == 0
+    assert "px input;" not in capsys.readouterr().err and np.load(out)["images"].shape == (8, 1, 28, 28)
+    np.savez(tmp_path / "rgb.npz", images=rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8), labels=np.arange(8) % 2,
+             classes=np.array(classes))
+    assert main(["export", "--data", f"npz:{tmp_path / 'rgb.npz'}", "--split", "val", "--checkpoint", str(micro_ckpt),
+                 "--out", str(tmp_path / "r.npz")]) == 0
+    assert "takes 1-channel 28 px input; npz:" in capsys.readouterr().err
+
+
 def test_data_export_round_trip(tmp_path, fmnist_test, capsys):
     from dvt_edge.data import main
 
