@@ -193,7 +193,7 @@ def test_data_export_for_a_checkpoint_says_a_size_only_arrays_have(micro_ckpt, t
     out = tmp_path / "f.npz"
     assert main(["export", "--data", f"imagefolder:{tmp_path / 'photos'}", "--split", "val", "--checkpoint", str(micro_ckpt),
                  "--out", str(out)]) == 0
-    assert "px input;" not in capsys.readouterr().err and np.load(out)["images"].shape == (8, 1, 28, 28)
+    assert "px input;" not in capsys.readouterr().err and np.load(out)["images"].shape[1:] == (1, 28, 28)
     np.savez(tmp_path / "rgb.npz", images=rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8), labels=np.arange(8) % 2,
              classes=np.array(classes))
     assert main(["export", "--data", f"npz:{tmp_path / 'rgb.npz'}", "--split", "val", "--checkpoint", str(micro_ckpt),
