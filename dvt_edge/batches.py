@@ -72,8 +72,18 @@ def batches(ds: ImageSet, cache: Optional[tuple], idx: torch.Tensor, batch_size:
     sampler = torch.utils.data.BatchSampler(idx.tolist(), batch_size, drop_last=False)
     # its own generator: a loader draws a seed from the global one (even with no workers), and evaluation's draw moved the
     # drop-path masks of the epochs after it, so a resumed run differed from an uninterrupted one
-    loader = torch.utils.data.DataLoader(TorchSet(ds), batch_sampler=sampler, num_workers=workers, generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(TorchSet(ds), batch_sampler=sampler, num_workers=workers, generator=torch.Generator().manual_seed(0),
+                                         worker_init_fn=_ignore_sigterm if workers else None)
     yield from loader
+
+
+def _ignore_sigterm(_worker_id: int) -> None:
+    """Decoding workers leave SIGTERM to the main process, as PyTorch's leave SIGINT: ``timeout`` signals the whole process
+    group, and workers killed by it made the main process fail with DataLoader's RuntimeError (a traceback, exit 1) instead
+    of stopping as interrupted (one line, exit 143, the resume command)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def materialize(ds: ImageSet, limit_bytes: float = 3e9) -> Optional[tuple[torch.Tensor, torch.Tensor]]:

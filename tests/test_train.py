@@ -799,3 +799,44 @@ def test_resume_is_exact_with_file_backed_images_and_drop_path(tmp_path, monkeyp
     train(build_parser().parse_args([*run, "--out", str(tmp_path / "broken"), "--resume"]))
     a, b = _weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "broken" / "last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="process groups: POSIX")
+def test_sigterm_to_the_process_group_stops_a_run_with_decoding_workers_in_one_line(tmp_path):
+    """timeout signals the whole group: DataLoader workers killed by it made the main process fail with a RuntimeError
+    (a traceback, exit 1, no resume command) when a folder of photos was read by workers."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "d" / "train" / c).mkdir(parents=True)
+        for i in range(24):
+            cv2.imwrite(str(tmp_path / "d" / "train" / c / f"{i}.png"), rng.integers(0, 256, (40 + i, 50, 3), dtype=np.uint8))
+    script = f"""
+import sys
+import torch
+from dvt_edge.batches import batches
+from dvt_edge.data import load_dataset
+from dvt_runtime.io import run_cli
+
+def main():
+    ds = load_dataset("imagefolder:{tmp_path / 'd'}", "train")
+    for k, _ in enumerate(batches(ds, None, torch.arange(len(ds)), 2, workers=2)):
+        if k == 1:  # the workers are running: a step in C code, where Python's handlers wait, as in backward()
+            print("ready", flush=True)
+            x = torch.ones(1500, 1500)
+            for _ in range(400):
+                x = x @ x / 1500
+    return 0
+
+sys.exit(run_cli(main))
+"""
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True, cwd=Path(__file__).resolve().parents[1])
+    assert p.stdout.readline().strip() == "ready"
+    os.killpg(p.pid, signal.SIGTERM)  # as timeout does: to every process of the group, from outside it (PyTorch's workers
+    out, err = p.communicate(timeout=300)  # exit quietly only when their parent sends it)
+    r = subprocess.CompletedProcess(p.args, p.returncode, out, err)
+    assert r.returncode == 143 and "interrupted (SIGTERM): stopped" in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and "RuntimeError" not in r.stderr, r.stderr[-2000:]
