@@ -78,9 +78,9 @@ def batches(ds: ImageSet, cache: Optional[tuple], idx: torch.Tensor, batch_size:
 
 
 def _ignore_sigterm(_worker_id: int) -> None:
-    """Decoding workers leave SIGTERM to the main process, as PyTorch's leave SIGINT: ``timeout`` signals the whole process
-    group, and workers killed by it made the main process fail with DataLoader's RuntimeError (a traceback, exit 1) instead
-    of stopping as interrupted (one line, exit 143, the resume command)."""
+    """Decoding workers leave SIGTERM to the main process: ``timeout`` signals the whole process group, and PyTorch's
+    workers exit quietly only when their parent sends it; killed by it, they made the main process fail with DataLoader's
+    RuntimeError (a traceback, exit 1) instead of stopping as interrupted (one line, exit 143, the resume command)."""
     import signal
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
