@@ -41,10 +41,9 @@ def run_session(args, cap, source: str, thresholds: Optional[list]) -> dict:
         from dvt_runtime.io import atomic_write_json
 
         try:
-            Path(args.stats).parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(args.stats, stats)
+            atomic_write_json(args.stats, stats)  # its folder made there too: an error names the path either way
         except OSError as e:
-            raise AppError(f"cannot write --stats {args.stats}: {e.strerror or e}") from None
+            raise AppError(f"--stats: {e.strerror or e}") from None  # "cannot write PATH: why" (atomic_write names the path)
     return stats
 
 

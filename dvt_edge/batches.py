@@ -73,17 +73,19 @@ def batches(ds: ImageSet, cache: Optional[tuple], idx: torch.Tensor, batch_size:
     # its own generator: a loader draws a seed from the global one (even with no workers), and evaluation's draw moved the
     # drop-path masks of the epochs after it, so a resumed run differed from an uninterrupted one
     loader = torch.utils.data.DataLoader(TorchSet(ds), batch_sampler=sampler, num_workers=workers, generator=torch.Generator().manual_seed(0),
-                                         worker_init_fn=_ignore_sigterm if workers else None)
+                                         worker_init_fn=_quiet_sigterm if workers else None)
     yield from loader
 
 
-def _ignore_sigterm(_worker_id: int) -> None:
-    """Decoding workers leave SIGTERM to the main process: ``timeout`` signals the whole process group, and PyTorch's
+def _quiet_sigterm(_worker_id: int) -> None:
+    """Decoding workers end quietly on SIGTERM from anyone: ``timeout`` signals the whole process group, and PyTorch's
     workers exit quietly only when their parent sends it; killed by it, they made the main process fail with DataLoader's
-    RuntimeError (a traceback, exit 1) instead of stopping as interrupted (one line, exit 143, the resume command)."""
+    RuntimeError (a traceback, exit 1) instead of stopping as interrupted (one line, exit 143, the resume command). Not
+    ignored: the loader's own terminate() must still end a stuck worker."""
+    import os
     import signal
 
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
 
 
 def materialize(ds: ImageSet, limit_bytes: float = 3e9) -> Optional[tuple[torch.Tensor, torch.Tensor]]:

@@ -41,7 +41,7 @@ def throughput(bundle, x: np.ndarray, y: Optional[np.ndarray], thresholds: list,
     for rnd in range(rounds):
         order = (never, thresholds) if rnd % 2 == 0 else (thresholds, never)  # which side runs first alternates per round
         for bs in [b for b in runs if b not in failed]:
-            try:  # whole calls of every size, or of the largest when their common multiple is more than the images (row: last_call)
+            try:  # whole calls of every size, or all the images with a short last call (row: last_call)
                 pair = [measure_cascade(bundle, x[:m], y[:m], t, warmup=1, batch=bs) for t in order]
             except BatchMemoryError as e:  # checked before its first call: a batch that would not fit is a row with its error
                 failed[bs] = str(e)
@@ -64,7 +64,7 @@ def throughput(bundle, x: np.ndarray, y: Optional[np.ndarray], thresholds: list,
                      "dynamic_accuracy": dy["accuracy"] if labelled else None, "exit_fractions": dy["exit_fractions"],
                      # this row's own images: a point matched on the holdout can miss on them (NaN: not matched)
                      "within_match": bool(dy["accuracy"] >= st["accuracy"] - MATCH_POINTS - ACC_EPS) if labelled else None,
-                     "last_call": m % bs or bs})  # images in each pass's last call: bs unless the sizes have no common multiple <= n
+                     "last_call": m % bs or bs})  # images in each pass's last call: bs when the images run in whole calls of every size
     if 1 in runs:  # batched vs one image per call, same thresholds, paired within each round
         for r in rows:
             if "error" not in r:

@@ -210,8 +210,12 @@ def check_resumed_holdout(spec: str, now: Optional[dict], resumed: Optional[dict
     out then); ``now``: :func:`holdout_of` listed before the decode (no wait for it)."""
     then = (resumed or {}).get("holdout")
     if isinstance(then, dict) and now != then:
+        kind, _, root = spec.partition(":")  # hidden files (macOS's ._photo.jpg) were listed as images before 2026-12-05
+        hidden = [p for p in Path(root).expanduser().glob("train/*/.*") if p.suffix.lower() in IMAGE_EXTS] if kind == "imagefolder" else []
+        why = (f"; it holds {len(hidden)} hidden file(s) named like images (e.g. {hidden[0].name}), which are no longer read as "
+               "images: a run started before that listed them" if hidden else "")
         raise DataError(f"--resume: {spec} changed since the run started ({_holdout_counts(now, then)}): {_holdout_source(then)}, "
-                        "so the resumed run would train on images held out then. Restore it as it was, or start a new run")
+                        f"so the resumed run would train on images held out then{why}. Restore it as it was, or start a new run")
 
 
 def check_training_holdout(spec: str, before: Optional[dict]) -> None:

@@ -101,6 +101,16 @@ def test_hidden_files_in_class_folders_are_no_ones_images(tmp_path, fmnist_test)
     assert ds.classes == classes and len(ds) == 4 and not ds.skipped
 
 
+def test_a_resume_refused_over_hidden_files_says_they_stopped_counting(tmp_path, fmnist_test):
+    """A folder with ._photo.jpg files, listed as images before: its holdout moved, and the refusal blamed the folder."""
+    _make_folder(tmp_path, [fmnist_test.raw(i) for i in range(4)], [0, 1, 0, 1], ["bag", "boot"])
+    (tmp_path / "train" / "bag" / "._0.png").write_bytes(b"\x00\x05\x16\x07")
+    now = D.holdout_of(f"imagefolder:{tmp_path}")
+    then = {**(now or {}), "sha256": "0" * 64}
+    with pytest.raises(D.DataError, match=r"holds 1 hidden file\(s\) named like images \(e\.g\. \._0\.png\), which are no longer"):
+        D.check_resumed_holdout(f"imagefolder:{tmp_path}", now, {"holdout": then})
+
+
 def test_imagefolder_reads_generated_folder(tmp_path, fmnist_test):
     classes = ["bag", "boot", "shirt"]
     imgs = [fmnist_test.raw(i) for i in range(12)]

@@ -876,7 +876,7 @@ def test_etdump_errors(executorch_devtools, tmp_path, monkeypatch):
     with pytest.raises(ProfileError, match="EXECUTORCH_ENABLE_EVENT_TRACER"):
         import_etdump(only_load)
     monkeypatch.setitem(sys.modules, "executorch.devtools", None)  # as if executorch were not installed
-    with pytest.raises(BackendUnavailable, match=r"pip install 'dvt-runtime\[executorch\]'"):
+    with pytest.raises(BackendUnavailable, match=r"pip install executorch==1.5.1 torch==2.13.0 .*pip install './runtime\[executorch\]'"):
         import_etdump(good)
 
 

@@ -102,17 +102,24 @@ def test_published_t2t_vit_12_stress_export_onnx(tmp_path):
 
 
 def _performer_in_float32(monkeypatch) -> None:
-    """Run every T2T performer in float32 inside a float16 model (what the Core ML recipe keeps float32)."""
-    import copy
+    """Run the T2T performer as the Core ML recipe converts it into a float16 program: its own ops (the attention and the
+    residual adds, ``float32_nodes``) in float32, its norms, projections and MLP (submodules) in float16."""
+    import math
+
+    import torch.nn.functional as F
 
     from dvt_edge.models import TokenPerformer
 
-    plain = TokenPerformer.forward
-
     def forward(self, x):
-        f32 = copy.deepcopy(self).float()
-        f32.eps = torch.full((1, 1, 1), 1e-8)  # a float16 model's 1e-8 is 0
-        return plain(f32, x.float()).to(x.dtype)
+        kqv = self.kqv(self.norm1(x)).float()
+        k, q, v = (kqv[:, :, i * self.emb : (i + 1) * self.emb] for i in range(3))
+        w = self.w.float()
+        phi = lambda t: torch.exp(F.linear(t, w) - (t * t).sum(dim=-1, keepdim=True) / 2) / math.sqrt(self.m)
+        kp, qp = phi(k), phi(q)
+        d = torch.bmm(qp, kp.sum(dim=1).unsqueeze(-1))
+        y = torch.bmm(qp, torch.bmm(v.transpose(1, 2), kp).transpose(1, 2)) / (d + 1e-8)
+        y = v + self.proj(y.to(x.dtype)).float()
+        return (y + self.mlp(self.norm2(y.to(x.dtype))).float()).to(x.dtype)
 
     monkeypatch.setattr(TokenPerformer, "forward", forward)
 
@@ -135,23 +142,55 @@ def test_float16_needs_the_performer_in_float32(stressed_t2t, monkeypatch):
 
 
 @pytest.mark.parametrize("precision, scheme", [("fp16", None), ("int8", "linear")])
-def test_core_ml_keeps_the_performer_float32(stressed_t2t, micro_ckpt, tmp_path, precision, scheme):
-    """The program computes every exp and the normalising division of the performer in float32 (checked on the
-    converted program: MLModel.predict needs macOS), says so in the manifest, and a model without a performer has none."""
+def test_core_ml_keeps_the_performer_float32(stressed_t2t, micro_ckpt, tmp_path, monkeypatch, precision, scheme):
+    """Every op of the performer's own (``float32_nodes``: its x * x, sums, exp features, products and the normalising
+    division) computes in float32 in the converted program (checked on it: MLModel.predict needs macOS), the same count on
+    every exit (coremltools had renamed one "mul_1" beside a folded constant of that name, so it stayed float16 on exits
+    1 and 2); the manifest and the table say so; a model without a performer has none; one kept op computed in float16
+    fails the export."""
     ct = pytest.importorskip("coremltools")
     from coremltools.proto import MIL_pb2
 
+    from dvt_edge.export.coreml import FP32_PREFIX
+
     path, _ = stressed_t2t
     r = export_bundle(str(path), "coreml", precision, out=str(tmp_path / "t2t"), scheme=scheme, progress=False)
+    counts = set()
     for e in r.manifest.exits:
-        assert e.quantization["float32_ops"] > 0 and "performer" in e.quantization["float32_ops_note"], e.quantization
-        assert f"{e.quantization['float32_ops']} ops kept float32 (the T2T performer's attention" in r.report, r.report
+        n = e.quantization["float32_ops"]
+        assert n > 0 and "performer" in e.quantization["float32_ops_note"], e.quantization
+        assert f"{n} ops kept float32 (the T2T performer's attention" in r.report, r.report
         spec = ct.utils.load_spec(str(tmp_path / "t2t" / e.artifact))
-        ops = [op for b in spec.mlProgram.functions["main"].block_specializations.values() for op in b.operations]
-        dtypes = {(op.type, MIL_pb2.DataType.Name(o.type.tensorType.dataType)) for op in ops for o in op.outputs
-                  if op.type in ("exp", "real_div")}
-        assert dtypes == {("exp", "FLOAT32"), ("real_div", "FLOAT32")}, dtypes
+        ops = [op for b in spec.mlProgram.functions["main"].block_specializations.values() for op in b.operations if op.type != "const"]
+        name = lambda op: op.attributes["name"].immediateValue.tensor.strings.values[0]
+        kept = [op for op in ops if name(op).removeprefix("_inversed_").startswith(FP32_PREFIX)  # and its feature map's linears,
+                or (op.type == "linear" and op.inputs["weight"].arguments[0].name.endswith("_w"))]  # named by coremltools' counter
+        dtypes = {MIL_pb2.DataType.Name(o.type.tensorType.dataType) for op in kept for o in op.outputs}
+        assert len(kept) == n and dtypes == {"FLOAT32"}, (len(kept), n, dtypes)
+        assert {"exp", "real_div", "mul", "reduce_sum", "matmul", "linear"} <= {op.type for op in kept}
         assert any(op.type == "linear" and op.outputs[0].type.tensorType.dataType == MIL_pb2.DataType.Value("FLOAT16")
                    for op in ops)  # the rest computes in float16
+        counts.add(n)
+    assert len(counts) == 1, counts  # two performers an exit, each the same ops
     plain = export_bundle(str(micro_ckpt), "coreml", "fp16", out=str(tmp_path / "micro"), progress=False)
     assert all("float32_ops" not in e.quantization for e in plain.manifest.exits)
+    if precision == "fp16":  # the check that fails an export: a program converted without the selection is caught
+        import numpy as np
+
+        from dvt_edge.export.coreml import float32_nodes, float32_ops
+        from dvt_edge.models import TokenPerformer
+
+        class Wrapped(torch.nn.Module):  # the performer inside a graph, as in an exit (its output is no program output)
+            def __init__(self):
+                super().__init__()
+                self.perf = TokenPerformer(27, 16)
+
+            def forward(self, x):
+                return self.perf(x) * 2
+
+        ep = torch.export.export(Wrapped().eval(), (torch.randn(1, 9, 27),)).run_decompositions({})
+        weights = float32_nodes(ep)
+        plain = ct.convert(ep, inputs=[ct.TensorType(name="x", shape=(1, 9, 27), dtype=np.float32)], convert_to="mlprogram",
+                           compute_precision=ct.precision.FLOAT16, minimum_deployment_target=ct.target.iOS16)
+        n, slipped = float32_ops(plain.get_spec(), weights)
+        assert n == 0 and len(slipped) >= 20 and any(x.startswith(FP32_PREFIX) for x in slipped), (n, slipped)

@@ -41,14 +41,34 @@ FP32_OPS_NOTE = ("the T2T performer's linear attention (its exp features and the
                  "The Neural Engine computes in float16 only, so these ops run on the GPU or CPU")
 
 
-def float32_nodes(ep: torch.export.ExportedProgram) -> set[str]:
-    """Nodes computed by the T2T performer itself (not its norms, projections or MLP), which a float16 program keeps in
-    float32 (``FP32_OPS_NOTE``); their Core ML ops bear the node's name."""
+#: the name prefix of the nodes a float16 program keeps float32; their Core ML ops bear the node's name (coremltools renames
+#: an op whose name another already has: "mul_1" became "mul_1_1" beside a folded constant "mul_1", so plain names missed)
+FP32_PREFIX = "dvt_f32_"
+
+
+def float32_nodes(ep: torch.export.ExportedProgram) -> frozenset[str]:
+    """Rename the nodes computed by the T2T performer itself (not its norms, projections or MLP), which a float16 program
+    keeps in float32 (``FP32_OPS_NOTE``), to ``FP32_PREFIX`` + their name. Returns the names of the performer's feature
+    matrices (its ``w``): coremltools names ``linear`` ops by a counter of its own, so those are known by their weight."""
     from dvt_edge.models import TokenPerformer
 
     performer = f"{TokenPerformer.__module__}.{TokenPerformer.__qualname__}"
-    return {n.name for n in ep.graph.nodes if n.op == "call_function" and n.meta.get("nn_module_stack")
-            and str(list(n.meta["nn_module_stack"].values())[-1][1]) in (performer, str(TokenPerformer))}
+    outs = {a.name for a in torch.utils._pytree.tree_leaves(next(n for n in ep.graph.nodes if n.op == "output").args)
+            if isinstance(a, torch.fx.Node)}  # the program's outputs keep their names (its signature names them)
+    nodes = [n for n in ep.graph.nodes if n.op == "call_function" and n.meta.get("nn_module_stack") and n.name not in outs
+             and str(list(n.meta["nn_module_stack"].values())[-1][1]) in (performer, str(TokenPerformer))]
+    weights = frozenset(n.args[1].name for n in nodes if n.target == torch.ops.aten.linear.default and n.args[1].op == "placeholder")
+    for n in nodes:
+        n._rename(FP32_PREFIX + n.name)
+    return weights
+
+
+def _kept_float32(name: str, op_type: str, weight: Optional[str], weights: frozenset[str]) -> bool:
+    """Whether a Core ML op is one of ``float32_nodes``: named so (a division by a constant becomes "_inversed_" + its
+    name), or a ``linear`` of a performer's feature matrix (its weight's name; "_to_fp16" once converted)."""
+    if op_type == "linear":
+        return weight is not None and weight.removesuffix("_to_fp16") in weights
+    return name.removeprefix("_inversed_").startswith(FP32_PREFIX)
 
 
 def _convert(job: ExitJob, fp16: bool, module: Optional[torch.nn.Module] = None):
@@ -60,10 +80,11 @@ def _convert(job: ExitJob, fp16: bool, module: Optional[torch.nn.Module] = None)
     # float32 I/O whatever the compute precision: the bundle contract is float32 NCHW tensors
     inputs = [ct.TensorType(name=n, shape=shapes[n], dtype=np.float32) for n in g.input_names]
     outputs = [ct.TensorType(name=n, dtype=np.float32) for n in g.output_names]
-    keep = float32_nodes(ep) if fp16 else set()  # ops named after a node, or "_inversed_" + it (a division turned product)
-    precision = (ct.transform.FP16ComputePrecision(op_selector=lambda op: op.name.removeprefix("_inversed_") not in keep) if keep
+    weights = float32_nodes(ep) if fp16 else frozenset()
+    keep = lambda op: _kept_float32(op.name, op.op_type, op.weight.name if op.op_type == "linear" else None, weights)
+    precision = (ct.transform.FP16ComputePrecision(op_selector=lambda op: not keep(op)) if weights
                  else ct.precision.FLOAT16 if fp16 else ct.precision.FLOAT32)
-    return ct.convert(
+    return weights, ct.convert(
         ep, inputs=inputs, outputs=outputs, convert_to="mlprogram",
         compute_precision=precision,
         # quantize/dequantize of activations (W8A8) are iOS 17 ops
@@ -82,7 +103,7 @@ def _w8a8(job: ExitJob):
                           "pip install 'dvt-edge[coreml]' (it brings torchao==0.18.0)")
     keep = LayerFilter()
     quantized = quantize_static(job.graph, job.example_inputs(), w8a8_quantizer(keep), job.calib, job.graph.input_names)
-    ml = _convert(job, fp16=True, module=quantized)
+    weights, ml = _convert(job, fp16=True, module=quantized)
     ops = program_ops(ml.get_spec())
     info = {
         "scheme": "w8a8", "method": "pt2e (torchao) observers in PyTorch, converted to Core ML quantize/dequantize",
@@ -94,7 +115,7 @@ def _w8a8(job: ExitJob):
     if job.check:
         info["simulated"] = {**simulated_agreement(job.graph, quantized, job.check, job.graph.input_names),
                              "on": "held-out verification images; the quantized graph run in PyTorch, not Core ML"}
-    return ml, info
+    return weights, ml, info
 
 
 def export_exit(job: ExitJob) -> ExitArtifact:
@@ -107,9 +128,9 @@ def export_exit(job: ExitJob) -> ExitArtifact:
         scheme = (job.scheme or "linear") if job.precision == "int8" else None
         quant: dict = {"scheme": "none", "compute_precision": "float16" if job.precision != "fp32" else "float32"}
         if scheme == "w8a8":
-            ml, quant = _w8a8(job)
+            weights, ml, quant = _w8a8(job)
         else:
-            ml = _convert(job, fp16=job.precision in ("fp16", "int8"))
+            weights, ml = _convert(job, fp16=job.precision in ("fp16", "int8"))
         if scheme in ("linear", "palettize"):
             if scheme == "palettize":
                 bits = int(job.target.int8.get("palettize_bits", 6))
@@ -125,8 +146,14 @@ def export_exit(job: ExitJob) -> ExitArtifact:
                          linear_and_conv_layers=ops["linear"] + ops["conv"],
                          uncompressed="constants under 2048 elements (coremltools' weight_threshold) stay fp16; the compressed "
                                       "ones are mostly linear/conv weights, a few feed other ops")
-        if job.precision != "fp32" and (n := float32_ops(ml.get_spec())):
-            quant.update(float32_ops=n, float32_ops_note=FP32_OPS_NOTE)
+        n, slipped = float32_ops(ml.get_spec(), weights) if job.precision != "fp32" else (0, [])
+        if slipped:  # asked for float32, converted to float16: the NaN the selection is there to prevent
+            raise ExportError(f"exit {job.index + 1}: coremltools computed {len(slipped)} op(s) of the T2T performer in float16 "
+                              f"although they were kept float32 (e.g. {slipped[:3]}); export --precision fp32 for this model")
+        if n:
+            quant.update(float32_ops=n, float32_ops_note=FP32_OPS_NOTE + (
+                "; w8a8 quantizes its feature projections like every linear layer (int8, computed in float16): what follows "
+                "them is float32" if scheme == "w8a8" else ""))
     path = job.artifact
     if path.exists():
         shutil.rmtree(path)
@@ -155,15 +182,24 @@ def program_ops(spec) -> collections.Counter:
     return ops
 
 
-def float32_ops(spec) -> int:
-    """Ops of the ML Program's ``main`` that compute in float32 (casts and constants aside): 0 for a float16 program
-    unless some were kept float32 (``float32_nodes``)."""
+def float32_ops(spec, weights: frozenset[str] = frozenset()) -> tuple[int, list[str]]:
+    """Ops of the ML Program's ``main`` that compute in float32 (casts and constants aside: 0 for a float16 program unless
+    some were kept float32), and the names of ops kept float32 (``float32_nodes``) that compute in float16 all the same."""
     from coremltools.proto import MIL_pb2
 
-    fp32 = MIL_pb2.DataType.Value("FLOAT32")
-    return sum(1 for block in spec.mlProgram.functions["main"].block_specializations.values() for op in block.operations
-               if op.type not in ("const", "cast") and any(o.type.HasField("tensorType") and o.type.tensorType.dataType == fp32
-                                                          for o in op.outputs))
+    fp32, fp16 = MIL_pb2.DataType.Value("FLOAT32"), MIL_pb2.DataType.Value("FLOAT16")
+    n, slipped = 0, []
+    for block in spec.mlProgram.functions["main"].block_specializations.values():
+        for op in block.operations:
+            types = {o.type.tensorType.dataType for o in op.outputs if o.type.HasField("tensorType")}
+            if op.type in ("const", "cast"):
+                continue
+            n += fp32 in types
+            name = op.attributes["name"].immediateValue.tensor.strings.values[0] if "name" in op.attributes else ""
+            weight = op.inputs["weight"].arguments[0].name if op.type == "linear" and "weight" in op.inputs else None
+            if fp16 in types and _kept_float32(name, op.type, weight, weights):
+                slipped.append(name)
+    return n, slipped
 
 
 def check_structure(path, input_shapes: dict, output_shapes: dict, scheme: Optional[str] = None) -> list[str]:

@@ -131,7 +131,7 @@ class DecoderMissing(ImageError):
 
 
 def can_check_jpegs() -> bool:
-    """Whether :func:`jpeg_corruption` can run here (simplejpeg imports: dvt-edge and ``dvt-runtime[opencv]`` install it)."""
+    """Whether :func:`jpeg_corruption` can run here (simplejpeg imports: dvt-edge and the runtime's ``opencv`` extra install it)."""
     try:
         import simplejpeg  # noqa: F401 - imported when asked, never at module load
     except Exception:  # noqa: BLE001 - missing, or built against another numpy: either way not usable

@@ -273,7 +273,7 @@ def import_etdump(
     import reads it from beside the files): the others (first inference, warm-up, settling runs)
     are left out, and ``skip_first`` is not applied.
 
-    Needs ``executorch`` (``pip install 'dvt-runtime[executorch]'``), imported here only.
+    Needs ``executorch`` (the runtime's ``executorch`` extra), imported here only.
     ETDump files are written by an ExecuTorch runtime with its event tracer: the pip wheel's Python runtime
     (``profile --etdump-dir``) or a runner built with ``EXECUTORCH_ENABLE_EVENT_TRACER=ON`` (a phone's).
     """
