@@ -141,7 +141,7 @@ def test_float16_needs_the_performer_in_float32(stressed_t2t, monkeypatch):
         assert torch.isfinite(o).all() and (o.float() - r).abs().max().item() < 1e-3
 
 
-@pytest.mark.parametrize("precision, scheme", [("fp16", None), ("int8", "linear")])
+@pytest.mark.parametrize("precision, scheme", [("fp16", None), ("int8", "linear"), ("int8", "w8a8")])
 def test_core_ml_keeps_the_performer_float32(stressed_t2t, micro_ckpt, tmp_path, monkeypatch, precision, scheme):
     """Every op of the performer's own (``float32_nodes``: its x * x, sums, exp features, products and the normalising
     division) computes in float32 in the converted program (checked on it: MLModel.predict needs macOS), the same count on
@@ -153,8 +153,17 @@ def test_core_ml_keeps_the_performer_float32(stressed_t2t, micro_ckpt, tmp_path,
 
     from dvt_edge.export.coreml import FP32_PREFIX
 
-    path, _ = stressed_t2t
-    r = export_bundle(str(path), "coreml", precision, out=str(tmp_path / "t2t"), scheme=scheme, progress=False)
+    path, model = stressed_t2t
+    calib = None
+    if scheme == "w8a8":  # calibrated on images (random ones: the weights are random too)
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        np.savez(tmp_path / "cal.npz", images=rng.integers(0, 256, (16, 64, 64, 3), dtype=np.uint8),
+                 labels=np.arange(16) % model.cfg.num_classes)
+        calib = f"npz:{tmp_path / 'cal.npz'}"
+    r = export_bundle(str(path), "coreml", precision, out=str(tmp_path / "t2t"), scheme=scheme, calib_data=calib, calib_n=16,
+                      verify_n=16, int8_min_agreement=None, progress=False)
     counts = set()
     for e in r.manifest.exits:
         n = e.quantization["float32_ops"]
@@ -167,7 +176,8 @@ def test_core_ml_keeps_the_performer_float32(stressed_t2t, micro_ckpt, tmp_path,
                 or (op.type == "linear" and op.inputs["weight"].arguments[0].name.endswith("_w"))]  # named by coremltools' counter
         dtypes = {MIL_pb2.DataType.Name(o.type.tensorType.dataType) for op in kept for o in op.outputs}
         assert len(kept) == n and dtypes == {"FLOAT32"}, (len(kept), n, dtypes)
-        assert {"exp", "real_div", "mul", "reduce_sum", "matmul", "linear"} <= {op.type for op in kept}
+        # w8a8 quantizes the feature projections (linear) as it does every linear layer: what follows them stays float32
+        assert {"exp", "real_div", "mul", "reduce_sum", "matmul", *(["linear"] if scheme != "w8a8" else [])} <= {op.type for op in kept}
         assert any(op.type == "linear" and op.outputs[0].type.tensorType.dataType == MIL_pb2.DataType.Value("FLOAT16")
                    for op in ops)  # the rest computes in float16
         counts.add(n)
@@ -189,7 +199,7 @@ def test_core_ml_keeps_the_performer_float32(stressed_t2t, micro_ckpt, tmp_path,
                 return self.perf(x) * 2
 
         ep = torch.export.export(Wrapped().eval(), (torch.randn(1, 9, 27),)).run_decompositions({})
-        weights = float32_nodes(ep)
+        _, weights = float32_nodes(ep)
         plain = ct.convert(ep, inputs=[ct.TensorType(name="x", shape=(1, 9, 27), dtype=np.float32)], convert_to="mlprogram",
                            compute_precision=ct.precision.FLOAT16, minimum_deployment_target=ct.target.iOS16)
         n, slipped = float32_ops(plain.get_spec(), weights)

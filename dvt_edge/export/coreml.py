@@ -46,10 +46,11 @@ FP32_OPS_NOTE = ("the T2T performer's linear attention (its exp features and the
 FP32_PREFIX = "dvt_f32_"
 
 
-def float32_nodes(ep: torch.export.ExportedProgram) -> frozenset[str]:
+def float32_nodes(ep: torch.export.ExportedProgram) -> tuple[int, frozenset[str]]:
     """Rename the nodes computed by the T2T performer itself (not its norms, projections or MLP), which a float16 program
-    keeps in float32 (``FP32_OPS_NOTE``), to ``FP32_PREFIX`` + their name. Returns the names of the performer's feature
-    matrices (its ``w``): coremltools names ``linear`` ops by a counter of its own, so those are known by their weight."""
+    keeps in float32 (``FP32_OPS_NOTE``), to ``FP32_PREFIX`` + their name. Returns how many, and the names of the
+    performer's feature matrices (its ``w``; none once quantized): coremltools names ``linear`` ops by a counter of its
+    own, so those are known by their weight."""
     from dvt_edge.models import TokenPerformer
 
     performer = f"{TokenPerformer.__module__}.{TokenPerformer.__qualname__}"
@@ -60,7 +61,7 @@ def float32_nodes(ep: torch.export.ExportedProgram) -> frozenset[str]:
     weights = frozenset(n.args[1].name for n in nodes if n.target == torch.ops.aten.linear.default and n.args[1].op == "placeholder")
     for n in nodes:
         n._rename(FP32_PREFIX + n.name)
-    return weights
+    return len(nodes), weights
 
 
 def _kept_float32(name: str, op_type: str, weight: Optional[str], weights: frozenset[str]) -> bool:
@@ -80,9 +81,9 @@ def _convert(job: ExitJob, fp16: bool, module: Optional[torch.nn.Module] = None)
     # float32 I/O whatever the compute precision: the bundle contract is float32 NCHW tensors
     inputs = [ct.TensorType(name=n, shape=shapes[n], dtype=np.float32) for n in g.input_names]
     outputs = [ct.TensorType(name=n, dtype=np.float32) for n in g.output_names]
-    weights = float32_nodes(ep) if fp16 else frozenset()
+    n, weights = float32_nodes(ep) if fp16 else (0, frozenset())
     keep = lambda op: _kept_float32(op.name, op.op_type, op.weight.name if op.op_type == "linear" else None, weights)
-    precision = (ct.transform.FP16ComputePrecision(op_selector=lambda op: not keep(op)) if weights
+    precision = (ct.transform.FP16ComputePrecision(op_selector=lambda op: not keep(op)) if n
                  else ct.precision.FLOAT16 if fp16 else ct.precision.FLOAT32)
     return weights, ct.convert(
         ep, inputs=inputs, outputs=outputs, convert_to="mlprogram",
