@@ -58,7 +58,8 @@ def float32_nodes(ep: torch.export.ExportedProgram) -> tuple[int, frozenset[str]
             if isinstance(a, torch.fx.Node)}  # the program's outputs keep their names (its signature names them)
     nodes = [n for n in ep.graph.nodes if n.op == "call_function" and n.meta.get("nn_module_stack") and n.name not in outs
              and str(list(n.meta["nn_module_stack"].values())[-1][1]) in (performer, str(TokenPerformer))]
-    weights = frozenset(n.args[1].name for n in nodes if n.target == torch.ops.aten.linear.default and n.args[1].op == "placeholder")
+    weights = frozenset(n.args[1].name for n in nodes if n.target == torch.ops.aten.linear.default
+                        and isinstance(n.args[1], torch.fx.Node) and n.args[1].op == "placeholder")
     for n in nodes:
         n._rename(FP32_PREFIX + n.name)
     return len(nodes), weights
@@ -94,7 +95,8 @@ def _convert(job: ExitJob, fp16: bool, module: Optional[torch.nn.Module] = None)
 
 
 def _w8a8(job: ExitJob):
-    """The exit with int8 static activations and int8 weights on every linear/conv, converted; (model, manifest info)."""
+    """The exit with int8 static activations and int8 weights on every linear/conv, converted; (the performer's float32
+    weights, as ``_convert`` returns them, model, manifest info)."""
     import importlib.util
 
     from dvt_edge.export.pt2e import LayerFilter, layer_counts, quantize_static, simulated_agreement, w8a8_quantizer
