@@ -18,7 +18,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -279,13 +279,13 @@ def _mb_per_image(bundle, key: tuple) -> Optional[float]:
     return _PER_IMAGE[key]
 
 
-def check_batch_memory(bundle, batch: int, what: str = "batch", held_mb: Union[float, Callable[[int], float]] = 0.0) -> Optional[dict[str, Any]]:
+def check_batch_memory(bundle, batch: int, what: str = "batch", held_mb: Optional[Callable[[int], float]] = None) -> Optional[dict[str, Any]]:
     """Refuse, before running it, a batch whose stage calls would not fit in memory.
 
     ONNX Runtime's arena grows with the largest call and keeps it (a profile of the CIFAR reference at batch 4000
     grew to 10 GB). The growth per image is measured once per bundle in a fresh process (:func:`_mb_per_image`);
-    times the images per call and ``MEMORY_MARGIN``, plus ``held_mb`` (inputs the caller will hold; a function of the batch
-    when they grow with it, so that the batch said to fit is one that does), it is compared
+    times the images per call and ``MEMORY_MARGIN``, plus ``held_mb(batch)`` (MiB of inputs the caller will hold at that
+    batch, so that the batch said to fit counts its own), it is compared
     with the available memory, less what this process already holds for the largest batch that passed (its arena
     is reused): over it is an error, over ``MEMORY_WARN`` of it a warning. Returns the estimate, or None for calls
     of at most ``MEMORY_PROBE[-1]`` images (nothing runs) or where memory cannot be read (Linux's MemAvailable).
@@ -298,15 +298,15 @@ def check_batch_memory(bundle, batch: int, what: str = "batch", held_mb: Union[f
     if per_image is None:
         return None
     done = _CHECKED.get(key, 0)  # what earlier calls at that size already hold in this process is not needed again
-    fixed = 0.0 if callable(held_mb) else float(held_mb)
-    held = held_mb if callable(held_mb) else (lambda b: fixed)
-    need = MEMORY_MARGIN * per_image * calls + (held_mb := held(int(batch)))
+    held = held_mb or (lambda b: 0.0)
+    inputs = held(int(batch))
+    need = MEMORY_MARGIN * per_image * calls + inputs
     est = {"images_per_call": calls, "mb_per_image": round(per_image, 3), "estimated_mb": round(need, 1), "available_mb": avail}
     if calls <= done:
         return est
     said = (f"{what} {batch}: stage calls of {calls} images need about {need:.0f} MiB here ({per_image:.2f} MiB per image "
             f"measured in a fresh process at batch {MEMORY_PROBE[0]} and {MEMORY_PROBE[1]}, x{MEMORY_MARGIN:g} for the peak"
-            + (f", + {held_mb:.0f} MiB of inputs" if held_mb else "") + f"), and {avail:.0f} MiB is available")
+            + (f", + {inputs:.0f} MiB of inputs" if inputs else "") + f"), and {avail:.0f} MiB is available")
     if need - MEMORY_MARGIN * per_image * done > avail:
         lo, hi = 1, int(batch)  # the largest batch whose calls and inputs fit (inputs scale with it: held per batch)
         while lo < hi:

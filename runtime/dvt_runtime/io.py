@@ -26,8 +26,8 @@ def atomic_write(path: Union[str, Path], data: bytes) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:  # named by the user's path, not the temporary file's
-        raise type(e)(e.errno, f"cannot write {path}: {e.strerror or e}") from e
+    except OSError as e:
+        raise _cannot_write(e, path) from e
     try:
         os.chmod(tmp, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
@@ -41,9 +41,14 @@ def atomic_write(path: Union[str, Path], data: bytes) -> Path:
         except FileNotFoundError:
             pass
         if isinstance(e, OSError) and e.errno is not None:
-            raise type(e)(e.errno, f"cannot write {path}: {e.strerror or e}") from e
+            raise _cannot_write(e, path) from e
         raise
     return path
+
+
+def _cannot_write(e: OSError, path: Path) -> OSError:
+    """``e`` named by the user's path, not the temporary file's (its type kept, so callers still catch it)."""
+    return type(e)(e.errno, f"cannot write {path}: {e.strerror or e}")
 
 
 def check_out_path(path: Union[str, Path], flag: str = "--out", replaces: Optional[str] = None, fix: str = "choose another path",
