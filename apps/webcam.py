@@ -124,8 +124,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         problem = output_problem(flag, p)
         if problem:
             ap.error(problem)
-        if flag != "--stats" and (p.exists() or p.is_symlink()) and not args.force:  # a video or photo of the user's
-            ap.error(f"{flag} {p} exists: add --force to replace it, or name a new file")
+        if flag != "--stats" and p.exists() and not args.force:  # a video or photo of the user's (named as they gave it)
+            ap.error(f"{flag} {getattr(args, flag[2:])} exists: add --force to replace it, or name a new file")
         if flag == "--stats":  # a file that is not an earlier stats file (a bundle's manifest.json was replaced)
             try:
                 check_out_path(p, flag, replaces=STATS_SCHEMA, example="stats.json")

@@ -412,7 +412,7 @@ def test_bad_flags_are_refused_before_anything_runs(tmp_path, capsys, argv, mess
 
 
 @pytest.mark.parametrize("flag, name", [("--record", "holiday.mp4"), ("--snapshot", "photo.png")])
-def test_an_existing_video_or_photo_is_replaced_only_with_force(tmp_path, capsys, flag, name):
+def test_an_existing_video_or_photo_is_replaced_only_with_force(tmp_path, capsys, monkeypatch, flag, name):
     """--record and --snapshot had replaced any file of the user's at that path (a --stats file is checked for its schema)."""
     mine = tmp_path / name
     mine.write_bytes(b"the user's file")
@@ -422,6 +422,10 @@ def test_an_existing_video_or_photo_is_replaced_only_with_force(tmp_path, capsys
     assert mine.read_bytes() == b"the user's file"
     args = webcam.parse_args(["--headless", flag, str(mine), "--force"])
     assert getattr(args, flag[2:]) == str(mine)
+    monkeypatch.chdir(tmp_path)  # named as the user gave it, not as resolved
+    with pytest.raises(SystemExit):
+        webcam.parse_args(["--headless", flag, name])
+    assert f"{flag} {name} exists" in capsys.readouterr().err
 
 
 def test_setup_mode_refuses_non_finite_limits():
