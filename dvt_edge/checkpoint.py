@@ -20,7 +20,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from dvt_edge.models import DVT, STAGE_NAMES, DVTConfig, create_model, list_models, model_from_args
+from dvt_edge.models import DVT, STAGE_NAMES, DVTConfig, create_model, get_config, list_models, model_from_args
 from dvt_runtime.io import atomic_write
 from dvt_runtime.preprocess import Preprocess
 
@@ -103,6 +103,8 @@ def read_checkpoint(path: Union[str, Path], map_location="cpu", trusted: bool = 
     """Load the raw checkpoint dict (weights_only unless ``trusted``)."""
     path = Path(path)
     obj = _torch_load(path, map_location, trusted)
+    if isinstance(obj, torch.nn.Module):  # torch.save(model): only a trusted load gets here; its weights are the checkpoint
+        return {"model_state_dict": obj.state_dict()}
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
     return obj
@@ -111,6 +113,7 @@ def read_checkpoint(path: Union[str, Path], map_location="cpu", trusted: bool = 
 def _state_dict_of(ckpt: dict, path: Path) -> dict[str, torch.Tensor]:
     for key in ("model_state_dict", "state_dict", "model"):
         sd = ckpt.get(key)
+        sd = sd.state_dict() if isinstance(sd, torch.nn.Module) else sd  # {'model': model} (a trusted load)
         if isinstance(sd, dict) and sd and all(isinstance(v, torch.Tensor) for v in sd.values()):
             break
     else:
@@ -120,9 +123,12 @@ def _state_dict_of(ckpt: dict, path: Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(
                 f"{path} has no model weights: expected a 'model_state_dict' entry (found keys {sorted(ckpt)[:8]})"
             )
-    if all(k.startswith("module.") for k in sd):  # saved from DataParallel/DDP
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+    while (pre := next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in sd)), None)) is not None:
+        sd = {k[len(pre):]: v for k, v in sd.items()}  # saved from a wrapper, maybe two (DDP around torch.compile)
     return sd
+
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile: stripped when every key has one
 
 
 def _signature(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
@@ -159,12 +165,10 @@ def infer_model_name(sd: dict[str, torch.Tensor]) -> tuple[str, int]:
     got = {k: tuple(v.shape) for k, v in sd.items()}
     best = None
     for name in list_models():
-        with torch.device("meta"):
-            m = create_model(name, num_classes=n_cls) if n_cls is not None else create_model(name)
-        sig = _signature(m)
+        sig = sig_of(name, n_cls)
         diff = _diff(sig, got)
         if not any(diff):
-            return name, n_cls if n_cls is not None else m.cfg.num_classes
+            return name, n_cls if n_cls is not None else get_config(name).num_classes
         # closest: the most keys of the same name and shape, then the fewest differences (not the model with fewest keys)
         score = (-sum(got.get(k) == v for k, v in sig.items()), sum(len(d) for d in diff))
         if best is None or score < best[0]:
@@ -177,11 +181,26 @@ def infer_model_name(sd: dict[str, torch.Tensor]) -> tuple[str, int]:
                        "checkpoint holds one network per exit, e.g. the official ones' less_less_token.* / less_token.* / "
                        "normal_token.*): a single-network model, or another project's, cannot be loaded as a DVT")
         raise CheckpointError(f"cannot infer the architecture: {return_hint}. Registered: {list_models()}")
+    if best[0][1] <= NEAR_MISS:  # a damaged or edited file, not an unknown architecture (another depth differs in tens of keys)
+        raise CheckpointError(
+            f"the checkpoint's keys and shapes are {best[1]!r}'s except for {_format_diff(missing, unexpected, wrong)}: the file "
+            "was damaged or edited (weights load strictly: nothing is filled in or dropped). Re-download it, or re-save it "
+            "from the run that trained it"
+        )
     raise CheckpointError(
         f"cannot infer the architecture: no registered model matches the checkpoint's keys and shapes. "
         f"Closest is {best[1]!r}: {_format_diff(missing, unexpected, wrong)}. Registered: {list_models()}. "
-        "Pass --model NAME (Python: model=NAME) if it is one of them."
+        "A DVT of another architecture loads once registered (dvt_edge.models.register_model with its DVTConfig)."
     )
+
+
+NEAR_MISS = 3  # a file differing from a registered model in at most this many keys (missing, extra, reshaped) is that model's
+
+
+def sig_of(name: str, n_cls: Optional[int]) -> dict[str, tuple[int, ...]]:
+    """A registered model's keys and shapes (built on the meta device: no memory, no time)."""
+    with torch.device("meta"):
+        return _signature(create_model(name, num_classes=n_cls) if n_cls is not None else create_model(name))
 
 
 def checkpoint_model_name(path: Union[str, Path], trusted: bool = False) -> str:

@@ -72,9 +72,33 @@ def test_missing_key_is_listed(tmp_path):
     with pytest.raises(CheckpointError, match=r"missing keys \(1\).*less_token\.blocks\.3\.attn\.qkv\.weight") as e:
         load_checkpoint(path, model="dvt_t2t_vit_12")
     assert "dvt_t2t_vit_12" in str(e.value)
-    # inferred: no model fits exactly, the closest is named with its differences
-    with pytest.raises(CheckpointError, match="Closest is 'dvt_t2t_vit_12'.*missing keys"):
+    # inferred: a file one key short of a registered model is that model's, damaged (--model NAME had been advised, and
+    # repeated the same refusal)
+    with pytest.raises(CheckpointError, match=r"are 'dvt_t2t_vit_12''s except for missing keys \(1\).*damaged or edited.*Re-download") as e:
         load_checkpoint(path)
+    assert "--model" not in str(e.value)
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod.", "_orig_mod.module."])
+def test_wrapper_prefixes_are_stripped(tmp_path, prefix):
+    """torch.compile's '_orig_mod.' (alone or inside DDP's 'module.') was called another project's model."""
+    sd = published_state_dict("DVT_T2t_vit_12")
+    model, _ = load_checkpoint(save_published(tmp_path / "c.pth.tar", {prefix + k: v for k, v in sd.items()}))
+    assert model.name == "dvt_t2t_vit_12" and torch.equal(model.state_dict()["normal_token.head.weight"], sd["normal_token.head.weight"])
+
+
+@pytest.mark.parametrize("wrap", [lambda m: m, lambda m: {"model": m, "epoch": 1}], ids=["torch.save(model)", "{'model': model}"])
+def test_a_pickled_model_loads_its_weights_when_trusted(tmp_path, wrap):
+    """The refusal said to pass trusted=True; doing so then refused the model object ("holds a DVT, not a checkpoint dict")."""
+    m = create_model("dvt_micro_fmnist").eval()
+    path = tmp_path / "full.pt"
+    torch.save(wrap(m), path)
+    with pytest.raises(CheckpointError, match="trusted=True"):
+        load_checkpoint(path)
+    m2, _ = load_checkpoint(path, trusted=True)
+    assert m2.name == "dvt_micro_fmnist"
+    for k, v in m.state_dict().items():
+        assert torch.equal(m2.state_dict()[k], v), k
 
 
 def test_wrong_shape_is_listed(tmp_path):
@@ -104,8 +128,9 @@ def test_a_single_network_checkpoint_is_not_called_close_to_the_smallest_model(t
     assert "Closest" not in str(e.value) and "--model" not in str(e.value)
     # per-exit networks of an architecture not registered here: still a DVT, its closest named (not "single-network")
     renamed = {k.replace(".blocks.", ".layerblocks."): v for k, v in published_state_dict("DVT_T2t_vit_12").items()}
-    with pytest.raises(CheckpointError, match="Closest is 'dvt_t2t_vit_12'"):  # the most keys in common (it named dvt_t2t_micro)
-        load_checkpoint(save_published(tmp_path / "other.pth.tar", renamed))
+    with pytest.raises(CheckpointError, match="Closest is 'dvt_t2t_vit_12'.*register_model") as e:  # the most keys in common
+        load_checkpoint(save_published(tmp_path / "other.pth.tar", renamed))  # (it named dvt_t2t_micro)
+    assert "--model" not in str(e.value) and "damaged" not in str(e.value)
 
 
 def test_our_format_round_trip_rebuilds_model(tmp_path):
