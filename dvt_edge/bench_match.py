@@ -34,7 +34,12 @@ def _matched_point(b, f, xh: np.ndarray, yh: np.ndarray, last: dict) -> Optional
             **_meas(meas, None), "last_exit_mean_ms": alone["mean_ms"], "speedup_vs_last_exit": alone["mean_ms"] / meas["mean_ms"],
             "block_speedups": [a / c for a, c in zip(alone_blocks, blocks)],
             "accuracy_delta": meas["accuracy"] - last["accuracy"],
-            "within_match": meas["accuracy"] >= last["accuracy"] - MATCH_POINTS - ACC_EPS}
+            "within_match": meas["accuracy"] >= last["accuracy"] - MATCH_POINTS - ACC_EPS,
+            # weights that do not classify these images (random, or another label set) match any cascade: no claim
+            "chance_accuracy": (chance := 100 / len(b.classes)), "at_chance": bool(not last["accuracy"] >= AT_CHANCE * chance)}
+
+
+AT_CHANCE = 2  # a last exit scoring under this many times chance (100 / classes) classifies nothing: its speedup is no claim
 
 
 def _cheapest_matching(cal, costs):

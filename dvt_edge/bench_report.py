@@ -49,12 +49,27 @@ def halvings_line(hv: dict) -> str:
             f"{lead}.")
 
 
+def _few_images_note(rows: list[dict]) -> str:
+    """Said when a half of the images is too few to trust the accuracies (each image is 100/n points), else ''."""
+    from dvt_runtime.checks import FEW_IMAGES
+
+    ok = [r for r in rows if r.get("status") == "ok" and "n_holdout" in r]
+    if not ok or (hold := min(r["n_holdout"] for r in ok)) >= FEW_IMAGES:
+        return ""
+    cal = min(r["n_calibration"] for r in ok)
+    return (f"only {hold} images measure the cascade and {cal} choose its thresholds: each measured image is {100 / hold:.2g} points "
+            f"of accuracy, so matched accuracy and its speedup are rough; bench at least {2 * FEW_IMAGES} images (--n)")
+
+
 def matched_cells(mt: Optional[dict]) -> tuple[str, str]:
     """(accuracy/latency cell, speedup cell) of the matched-accuracy point; a point that missed
     the match on the holdout says so and is never shown as a plain speedup."""
     if not mt:
         return "not reached on the calibration split", "-"
     dyn = f"{mt['accuracy']:.2f}, {mt['measured_mean_ms']:.3f}"
+    if mt.get("at_chance"):  # any cascade "matches" a last exit that classifies nothing
+        return dyn, (f"no claim: the last exit scores {mt['accuracy'] - mt['accuracy_delta']:.2f}% (chance {mt['chance_accuracy']:.2f}%): "
+                     f"{mt['speedup_vs_last_exit']:.2f}x means nothing")
     if mt["within_match"]:
         bl = mt.get("block_speedups")  # interleaved blocks: the spread of the ratio on this machine
         return dyn, f"{mt['speedup_vs_last_exit']:.2f}x" + (f" (blocks {min(bl):.2f}-{max(bl):.2f}x)" if bl else "")
@@ -141,6 +156,8 @@ def markdown(results: list[dict]) -> str:
         out.append(f"## {r['model']} on {dev}: {r['n_images']} images of {r['data']}\n")
         if r.get("data_note"):  # another set stood in for the checkpoint's own data
             out.append(f"Note: {r['data_note']}.\n")
+        if few := _few_images_note(r["rows"]):
+            out.append(f"Note: {few}.\n")
         out.append("| target | prec | status | exit sizes KB | per-exit top-1 % (artifact) | exit p50/p90 ms (cumulative) | last exit alone: acc %, mean ms | dynamic @ matched acc: acc %, mean ms | speedup |")
         out.append("|---|---|---|---|---|---|---|---|---|")
         for row in r["rows"]:
@@ -229,11 +246,12 @@ def plot(results: list[dict], path_acc: Path, path_exits: Optional[Path] = None)
             ax.plot([p["measured_mean_ms"] for p in f], [p["accuracy"] for p in f], ":x", color=c, alpha=0.7, label=f"{label}: FLOPs-calibrated")
             mt = row.get("matched")
             if mt:  # filled star: matched accuracy reached on the holdout; hollow with a note: missed
-                ok = mt["within_match"]
+                ok = mt["within_match"] and not mt.get("at_chance")
                 ax.plot([mt["measured_mean_ms"]], [mt["accuracy"]], "*", ms=13, color=c, mfc=c if ok else "none",
                         label=f"{label}: {'matched accuracy' if ok else 'NOT matched accuracy'} point")
                 if not ok:
-                    ax.annotate(f"not matched ({mt['accuracy_delta']:+.2f} pts)", (mt["measured_mean_ms"], mt["accuracy"]),
+                    why = "last exit at chance" if mt.get("at_chance") else f"{mt['accuracy_delta']:+.2f} pts"
+                    ax.annotate(f"not matched ({why})", (mt["measured_mean_ms"], mt["accuracy"]),
                                 textcoords="offset points", xytext=(6, -10), fontsize=7, color=c)
     ax.set_xlabel("measured mean latency per image (ms, batch 1)")
     ax.set_ylabel("top-1 (%)")

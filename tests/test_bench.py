@@ -212,6 +212,16 @@ def test_unmatched_point_is_never_a_plain_speedup(results, tmp_path):
     dyn, sp = matched_cells({**row["matched"], "within_match": True, "accuracy_delta": -0.1, "block_speedups": [3.1, 3.4]})
     assert sp == "3.28x (blocks 3.10-3.40x)" and "NOT" not in dyn
     assert MATCH_POINTS == 0.2
+    # weights at chance (random, or another label set) "match" any cascade: 6.72x at 0.00% had been a plain speedup
+    assert row["matched"]["at_chance"] is False and row["matched"]["chance_accuracy"] == 10.0  # a trained 10-class model
+    _, sp = matched_cells({**row["matched"], "within_match": True, "accuracy": 0.0, "accuracy_delta": 0.0, "at_chance": True})
+    assert sp.startswith("no claim: the last exit scores 0.00% (chance 10.00%)") and "means nothing" in sp
+    # a few images per half: said above the table (120 images here: 60 measure)
+    assert "Note: only 60 images measure the cascade and 60 choose its thresholds: each measured image is 1.7 points" in md
+    big = copy.deepcopy(r)
+    for x in big["rows"]:
+        x["n_holdout"] = x["n_calibration"] = 2500
+    assert "images measure the cascade" not in markdown([big])
     import matplotlib
 
     matplotlib.use("Agg")
