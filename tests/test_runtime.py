@@ -561,6 +561,17 @@ def test_a_calibration_is_named_after_the_device_that_priced_it(bundle_copy, val
     phone = LatencyProfile.from_samples(samples, device={"device_name": "pixel8"}, bundle=ident)
     r = calibrate(b, x[:60], y[:60].tolist(), 1.0, profile=phone, progress=False)  # labels as a list: it failed on list.max
     assert r.device == "pixel8" and (bundle_copy / "calibration" / "pixel8.json").is_file()
+    # measured here under the phone's name: the phone's figures had been replaced with this host's, unsaid
+    phones = (bundle_copy / "calibration" / "pixel8.json").read_bytes()
+    with pytest.raises(CalibrationError, match=r"pixel8.json holds pixel8's latencies, priced by a latency profile given to calibrate.*"
+                                               r"this host under its own --device-name, or delete that file first"):
+        calibrate(b, x[:60], y[:60], 1.0, device_name="pixel8", progress=False)
+    d = json.loads(phones)  # measured on another machine (a bundle calibrated on a Jetson, copied here)
+    d["profile_source"], d["profile"]["device"] = "measured here", {**d["profile"]["device"], "cpu_model": "ARM Cortex-A78AE"}
+    (bundle_copy / "calibration" / "pixel8.json").write_text(json.dumps(d))
+    with pytest.raises(CalibrationError, match=r"measured on another machine \(cpu_model 'ARM Cortex-A78AE'\)"):
+        calibrate(b, x[:60], y[:60], 1.0, device_name="pixel8", progress=False)
+    (bundle_copy / "calibration" / "pixel8.json").write_bytes(phones)
     # two calibrations of one device at once: both said "wrote", and the file held only the last one's, unsaid
     import dvt_runtime.calibrate as C
 
@@ -614,6 +625,31 @@ def test_a_calibration_is_named_after_the_device_that_priced_it(bundle_copy, val
     cheapest = min(row.predicted["mean_ms"] for row in ph.calibration.table)
     with pytest.warns(UserWarning, match="below the cheapest point calibrated on 'pixel8'"):
         ph.predict(x[:1], budget_ms=cheapest / 2)
+
+
+@pytest.mark.parametrize("edit", ["stage_median", "chosen_budget", "predicted_mean", "overhead"])
+def test_a_calibration_holding_a_non_finite_number_is_refused(bundle_copy, val, edit):
+    """NaN or infinity edited into a stage median, the chosen budget, a predicted mean or the overhead had been used as is
+    (a report printed 'nan' and 'inf ms'); calibrate writes strict JSON, so any is damage."""
+    from dvt_runtime.calibrate import CalibrationError, calibrate
+
+    x, y = val
+    b = Bundle.open(bundle_copy)
+    calibrate(b, x[:40], y[:40], 1e6, device_name="dev", runs=10, warmup=2, progress=False)
+    path = bundle_copy / "calibration" / "dev.json"
+    d = json.loads(path.read_text())
+    if edit == "stage_median":
+        d["profile"]["stages"][1]["median"] = float("nan")
+    elif edit == "chosen_budget":
+        d["chosen"]["budget_ms"] = float("inf")
+    elif edit == "predicted_mean":
+        d["chosen"]["predicted"]["mean_ms"] = float("inf")
+    else:
+        d["cascade_overhead_ms"] = float("nan")
+    path.write_text(json.dumps(d))
+    with pytest.raises(CalibrationError, match=r"holds non-finite numbers \((profile\.stages\[1\]\.median|chosen\.budget_ms|"
+                                               r"chosen\.predicted\.mean_ms|cascade_overhead_ms)\).*re-run python -m dvt_runtime.calibrate"):
+        Bundle.open(bundle_copy, device_name="dev")
 
 
 def test_a_profile_taken_on_this_host_is_checked_here_another_devices_is_not(bundle_copy, val):

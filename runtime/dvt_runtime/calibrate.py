@@ -37,6 +37,7 @@ from dvt_runtime.calibration import (  # noqa: F401  (re-exported)
     bundle_identity,
     file_device,
     file_state,
+    other_hosts_latencies,
     validate_calibration,
 )
 from dvt_runtime.checks import FEW_IMAGES, positive_ms
@@ -255,6 +256,10 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
     _check_request(bundle, x, y, budget_ms, algorithm, device_name, holdout, batch, metric, seed)
     budget_ms, seed = float(budget_ms), int(seed)  # numpy numbers from the Python API: plain ones in the file
     target = bundle.calibration_path(device_name, batch)
+    if profile is None and (theirs := other_hosts_latencies(target)):  # a phone's figures replaced by this host's, under its name
+        raise CalibrationError(f"{target} holds {device_name}'s latencies, {theirs}: measuring here would replace them with this "
+                               f"host's under that name. Calibrate {device_name} with its profile (--profile), this host under "
+                               "its own --device-name, or delete that file first to replace it")
     before = file_state(target)  # another calibration of this device finishing meanwhile is said, not silently replaced
     f = fit(bundle, x, y, holdout=holdout, seed=seed, profile=profile, runs=runs, warmup=warmup, batch=batch, progress=progress,
             device_name=device_name, check_costs=lambda c: _check_reachable(c, budget_ms, metric, seed, device_name))

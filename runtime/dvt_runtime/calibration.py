@@ -183,6 +183,11 @@ def validate_calibration(d: Any, manifest=None) -> None:
     alone, e.g. for a report that has no bundle)."""
     _need(isinstance(d, dict), "not a JSON object")
     _need(d.get("schema") == SCHEMA, f"schema is {d.get('schema')!r}, not {SCHEMA!r}: not a dvt-runtime calibration")
+    from dvt_runtime.latency import nulled_nonfinite
+
+    nulled_nonfinite(d, "", bad := [])  # calibrate writes strict JSON: a NaN or infinity anywhere was put there by hand
+    _need(not bad, f"holds non-finite numbers ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): the file was edited or is "
+                   "damaged; re-run python -m dvt_runtime.calibrate")
     v = d.get("schema_version")
     _need(isinstance(v, int) and not isinstance(v, bool), "schema_version must be an integer")
     _need(v <= SCHEMA_VERSION, f"schema_version {v} is newer than this dvt-runtime understands ({SCHEMA_VERSION}); upgrade dvt-runtime")
@@ -245,6 +250,26 @@ def file_state(p: Path) -> Optional[tuple[int, int, int]]:
     except FileNotFoundError:
         return None
     return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def other_hosts_latencies(path: Path) -> Optional[str]:
+    """How an existing calibration's latencies came from another machine (a profile given to calibrate, or measured on
+    other hardware); None when they are this host's or there is no readable file. A calibration measured here under
+    that device's name would replace them with this host's."""
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    prof = d.get("profile") if isinstance(d, dict) else None
+    if not isinstance(prof, dict):
+        return None
+    if d.get("profile_source") == "given (--profile)":
+        return "priced by a latency profile given to calibrate, not taken on this host"
+    from dvt_runtime.device import HOST_FACTS, device_facts
+
+    theirs, ours = prof.get("device") if isinstance(prof.get("device"), dict) else {}, device_facts()
+    differ = [k for k in HOST_FACTS if k != "device_name" and theirs.get(k) is not None and ours.get(k) is not None and theirs[k] != ours[k]]
+    return f"measured on another machine ({', '.join(f'{k} {theirs[k]!r}' for k in differ)})" if differ else None
 
 
 def file_device(path: Path) -> Optional[str]:
