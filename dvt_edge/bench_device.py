@@ -7,6 +7,7 @@ budget: the holdout images' exits, run on the host, priced by the device's per-s
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 __all__ = ["DEVICE_SCHEMAS", "device_result", "device_markdown", "glance_markdown"]
@@ -25,12 +26,13 @@ def device_result(d: dict, path: str) -> dict:
 
     try:
         if d["schema"].startswith("dvt-calibration/"):
-            validate_calibration(d)
+            validate_calibration(d, _beside(Path(path)))  # inside a bundle: made for its artifacts, as the runtime demands
             cal, prof = d, d["profile"]  # the profile's summary, as calibrate embedded it
         else:
             cal, prof = None, LatencyProfile.from_dict(d).summary()
     except (CalibrationError, ProfileError) as e:
-        raise ValueError(f"{path}: {e}") from None
+        stale = " (the runtime refuses it too: recalibrate that device on this bundle)" if "re-exported" in str(e) else ""
+        raise ValueError(f"{path}: {e}{stale}") from None
     b = (cal or prof).get("bundle") or {}
     dev = dict(prof["device"]) if isinstance(prof.get("device"), dict) else {}
     if cal is not None:  # a calibration is named after the device whose latencies priced it
@@ -41,6 +43,27 @@ def device_result(d: dict, path: str) -> dict:
             "mode": "device", "file": str(path), "model": b.get("model") or "model not named", "target": b.get("target"),
             "precision": b.get("precision"), "device": dev, "threads": prof.get("threads"), "rows": [], "profile": prof,
             "calibration": cal}
+
+
+def _beside(path: Path):
+    """The manifest of the bundle a calibration file sits in (``<bundle>/calibration/<device>.json``), else None."""
+    from dvt_runtime.manifest import Manifest, ManifestError
+
+    if path.parent.name != "calibration" or not (path.parent.parent / "manifest.json").is_file():
+        return None
+    try:
+        return Manifest.load(path.parent.parent, verify=False)  # its recorded hashes are what the calibration must name
+    except ManifestError:
+        return None  # a broken bundle is the runtime's to refuse; the file stands alone here
+
+
+def _which(r: dict) -> str:
+    """When the file was made and the artifacts it timed: two of one device (another checkpoint, a re-export) told apart."""
+    src = r["calibration"] or r["profile"]
+    arts = (src.get("bundle") or {}).get("artifacts") or []
+    said = ([f"made {src['created']}"] if src.get("created") else []) + ([f"artifacts SHA-256 {' / '.join(str(a)[:12] for a in arts)}"] if arts else [])
+    text = "; ".join(said)
+    return f" {text[:1].upper()}{text[1:]}." if said else ""
 
 
 def _ms(v: Any) -> str:
@@ -64,7 +87,7 @@ def device_markdown(r: dict, device_label: str) -> list[str]:
     out = [f"## {r['model']} {what} on {device_label}: from the device's {'calibration' if cal else 'latency profile'} "
            f"(`{r['file']}`)\n",
            f"Latency {_SOURCES.get(prof.get('source'), prof.get('source') or '?')}: {runs} timed runs per stage, batch "
-           f"{prof.get('batch', 1)}, {prof.get('threads') or 'unstated'} thread(s); {_facts(r['device'])}.\n",
+           f"{prof.get('batch', 1)}, {prof.get('threads') or 'unstated'} thread(s); {_facts(r['device'])}.{_which(r)}\n",
            "| exit | stage p50 / p90 ms | to reach it, p50 / p90 ms |", "|---|---|---|"]
     cumulative = prof.get("cumulative") or [{}] * len(prof["stages"])
     for e, (s, c) in enumerate(zip(prof["stages"], cumulative)):

@@ -154,6 +154,8 @@ def markdown(results: list[dict]) -> str:
             out.append("")
             continue
         out.append(f"## {r['model']} on {dev}: {r['n_images']} images of {r['data']}\n")
+        if r.get("created"):  # two runs of one device in a report: which is which
+            out.append(f"Run {r['created']}" + (f": `{r['command']}`" if r.get("command") else "") + "\n")
         if r.get("data_note"):  # another set stood in for the checkpoint's own data
             out.append(f"Note: {r['data_note']}.\n")
         if few := _few_images_note(r["rows"]):
@@ -385,16 +387,43 @@ def load_results(paths: Sequence[str]) -> list[dict]:
             if missing or not isinstance(r["rows"], list):
                 raise ValueError(f"{p}: result {i + 1} lacks {missing or ['a list of rows']}: not a complete bench result")
         out.extend(items)
-    _say_repeated_devices(out, paths)
-    return out
+    return _once_each(out)
 
 
-def _say_repeated_devices(results: list[dict], paths: Sequence[str]) -> None:
-    """A note when two results are the same device, model, mode and threads (the same run given under two names?)."""
-    seen: dict = {}
+def _once_each(results: list[dict]) -> list[dict]:
+    """The results with an exact repeat dropped (a merged report given again with what it holds: its sections had doubled),
+    and a note when two differ but share a device, model, mode and threads, saying how (other runs, other bundles)."""
+    import json
+
+    kept: list[dict] = []
+    prints, seen = set(), {}
     for r in results:
-        key = ((r.get("device") or {}).get("device_name"), r.get("model"), r.get("mode"), r.get("threads"), r.get("target"))
+        fp = json.dumps(r, sort_keys=True, default=str)
+        if fp in prints:
+            print(f"note: a result of {_device_label(r)} arrives twice (a merged report given with a result it holds?): kept once",
+                  file=sys.stderr)
+            continue
+        prints.add(fp)
+        key = ((r.get("device") or {}).get("device_name"), r.get("model"), r.get("mode"), r.get("threads"), r.get("target"), r.get("precision"))
         if key in seen:
-            print(f"note: {key[0]!r} ({key[1]}, {key[3] or '?'} thread(s)) appears twice among {', '.join(map(str, paths))}: "
-                  "the same run under two names? each device's results once", file=sys.stderr)
-        seen[key] = True
+            print(f"note: {key[0]!r} ({key[1]}, {key[3] or '?'} thread(s)) appears twice: {_how_they_differ(seen[key], r)}", file=sys.stderr)
+        seen[key] = r
+        kept.append(r)
+    return kept
+
+
+def _how_they_differ(a: dict, b: dict) -> str:
+    arts = [((x.get("calibration") or x.get("profile") or {}).get("bundle") or {}).get("artifacts") for x in (a, b)]
+    if all(arts) and arts[0] != arts[1]:
+        return "from different bundles (their artifacts' SHA-256 differ: another checkpoint or export), each section names its own"
+    if a.get("checkpoint") != b.get("checkpoint"):
+        return f"benchmarks of different checkpoints ({a.get('checkpoint')}, {b.get('checkpoint')})"
+    when = [_created(x) for x in (a, b)]
+    if all(when) and when[0] != when[1]:
+        return f"runs made at {when[0]} and {when[1]}, each section dated"
+    return "the same run under two names? each device's results once"
+
+
+def _created(r: dict) -> str:
+    """When a result was made: the bench run's, or the device's calibration or profile ('' when not recorded)."""
+    return str(r.get("created") or (r.get("calibration") or {}).get("created") or (r.get("profile") or {}).get("created") or "")

@@ -174,6 +174,23 @@ def test_a_device_with_only_the_runtime_joins_the_report(results, onnx_bundle, t
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     assert main(["report", str(tmp_path / "bad.json"), "--out", str(tmp_path / "rep3")]) == 2
     assert "bad.json: the budget table is empty" in capsys.readouterr().err
+    # a calibration inside a bundle re-exported since: the runtime refuses it, and the report had shown it as current
+    old = json.loads(cal.read_text())
+    old["bundle"]["artifacts"][0] = "0" * 64
+    (tmp_path / "b" / "calibration" / "old.json").write_text(json.dumps(old))
+    assert main(["report", str(tmp_path / "b" / "calibration" / "old.json"), "--out", str(tmp_path / "rep4")]) == 2
+    assert "was made for other artifacts (SHA-256 differs): the bundle was re-exported (the runtime refuses it too: recalibrate" in \
+        capsys.readouterr().err
+    (tmp_path / "old.json").write_text(json.dumps(old))  # outside a bundle it stands alone, its artifacts said
+    assert main(["report", str(tmp_path / "old.json"), str(cal), "--out", str(tmp_path / "rep5")]) == 0
+    text, err = capsys.readouterr()
+    assert f"artifacts SHA-256 {'0' * 12} / " in text and "Made " in text
+    assert "'pixel8' (dvt_micro_fmnist, 4 thread(s)) appears twice: from different bundles" in err
+    # a merged report given again with a result it holds: the section had doubled
+    assert main(["report", str(tmp_path / "rep" / "report.json"), str(out / "a" / "bench.json"), "--out", str(tmp_path / "rep6")]) == 0
+    text, err = capsys.readouterr()
+    assert "arrives twice (a merged report given with a result it holds?): kept once" in err
+    assert text.count("## dvt_micro_fmnist on host-1thread") == 1 and "Run " in text
 
 
 def test_bench_report_rejects_other_json(tmp_path, capsys):
