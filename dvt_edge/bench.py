@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from dvt_edge.bench_match import _matched_point, _meas, matched_over_halvings, never_stop
-from dvt_edge.bench_report import SCHEMA, load_results, markdown, write_outputs, wrote_line
+from dvt_edge.bench_report import SCHEMA, check_results_folder, kept_over_failures, load_results, markdown, write_outputs, wrote_line
 from dvt_edge.bench_throughput import throughput
 from dvt_edge.data import DATASETS, DataError, data_for_checkpoint, scoring_set
 from dvt_edge.logs import quiet_toolchains
@@ -369,6 +369,11 @@ def _report_main(argv: list[str]) -> int:
     if Path(a.out).exists() and not Path(a.out).is_dir():
         print(f"error: --out {a.out} is a file; pass a folder for the report", file=sys.stderr)
         return 2
+    try:
+        check_results_folder(Path(a.out), "report")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     written = write_outputs(results, Path(a.out), "report")
     print(md)
     print(wrote_line(written, Path(a.out), "report"))
@@ -405,6 +410,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="with --batches: fixed per-exit thresholds, e.g. 0.9,0.8 ('-' = never stop), instead of the full "
                          "benchmark's matched-accuracy ones")
     ap.add_argument("--trust-checkpoint", action="store_true", help="allow arbitrary unpickling of --checkpoint (only for files you trust)")
+    ap.add_argument("--force", action="store_true", help="replace a result of another mode in --out (a full benchmark by a quick run)")
     ap.add_argument("--out", default=None, help="folder for bench.json, bench.md, plots and bundles (default runs/bench; --latency-only "
                                                 "runs/bench-latency, fixed --thresholds runs/bench-throughput: a quick run never replaces a full one)")
     a = ap.parse_args(argv)
@@ -418,6 +424,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ValueError(f"--budgets must be finite positive milliseconds, got {a.budgets!r}")
         _check_run_args(a)
         out = Path(a.out)
+        check_results_folder(out, "bench", "latency" if a.latency_only else "throughput" if a.model or a.thresholds else None, a.force)
         batches = _ints(a.batches, "--batches") if a.batches else []
         if a.latency_only:
             from dvt_edge.bench_latency import run_latency
@@ -445,9 +452,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     r["command"] = shlex.join(["python", "-m", "dvt_edge.bench", *argv])  # rerunnable (sys.argv[0] is bench.py's path)
-    written = write_outputs([r], out)
+    kept = kept_over_failures(out, r)  # a run whose every row failed replaced a working one
+    written = [] if kept else write_outputs([r], out)
     print(markdown([r]))
-    print(wrote_line(written, out, "bench"))
+    print(kept or wrote_line(written, out, "bench"))
     asked = [row for row in r["rows"] if row.get("target") != "eager"]  # eager PyTorch: the latency mode's own reference row
     if asked and all(row.get("status") == "error" for row in asked):  # a report of failures only is no success
         print(f"error: every target x precision asked for failed ({', '.join(row['target'] + ' ' + row['precision'] for row in asked)}): "

@@ -346,6 +346,49 @@ def write_outputs(results: list[dict], out: Path, name: str = "bench") -> list[P
     return written
 
 
+MODES = {None: "full benchmark", "throughput": "fixed-threshold throughput run", "latency": "latency-only run"}
+
+
+def check_results_folder(out: Path, name: str = "bench", mode: Optional[str] = None, force: bool = False) -> None:
+    """Before any work: ``out``'s NAME.json and NAME.md are replaced only when they are an earlier result (a user's own
+    file of that name had been replaced), and, for a bench, a result of another mode only with ``force`` (a quick run into
+    a full benchmark's folder had replaced it)."""
+    import json
+
+    from dvt_runtime.io import check_out_path
+
+    js, md = out / f"{name}.json", out / f"{name}.md"
+    check_out_path(js, "--out", replaces=SCHEMA, fix="choose another --out", example=None)
+    if md.exists() and not js.exists():
+        raise ValueError(f"--out {out}: {md.name} there is no earlier {name}'s (no {js.name} beside it) and would be replaced: "
+                         "choose another --out, or move it away first")
+    if name != "bench" or not js.exists() or force:
+        return
+    try:
+        d = json.loads(js.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # check_out_path read it as ours a moment ago: a race, not a user's file
+    theirs = None if "merged" in d else d.get("mode")
+    if theirs != mode:
+        raise ValueError(f"--out {out} holds a {MODES.get(theirs, str(theirs))} (made {d.get('created', 'at an unrecorded time')}), "
+                         f"which this {MODES[mode]} would replace: choose another --out, or pass --force to replace it")
+
+
+def kept_over_failures(out: Path, r: dict) -> Optional[str]:
+    """Why a run whose every row failed must not replace ``out``'s earlier bench with working rows (None: write it)."""
+    import json
+
+    js = out / "bench.json"
+    try:
+        d = json.loads(js.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    rows = [row for x in (d.get("merged") or [d]) if isinstance(x, dict) for row in x.get("rows") or [] if isinstance(row, dict)]
+    if any(row.get("status") == "ok" for row in rows) and not any(row.get("status") == "ok" for row in r["rows"]):
+        return f"{js} (made {d.get('created', 'at an unrecorded time')}) holds rows that ran: kept, nothing written over it"
+    return None
+
+
 def wrote_line(written: list[Path], out: Path, name: str) -> str:
     """What this run wrote, and any plot of an earlier run in the same folder (kept, named as such)."""
     stale = sorted(p.name for p in out.glob(f"{name}_*.png") if p not in written)

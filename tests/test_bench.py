@@ -502,3 +502,35 @@ def test_each_mode_has_its_own_default_folder(monkeypatch, tmp_path):
                  [], ["--latency-only", "--model", "dvt_micro_fmnist", "--out", "mine"]):
         assert B.main(argv) == 2
     assert seen == ["runs/bench-latency", "runs/bench-throughput", "runs/bench", "mine"]
+
+
+def test_a_folder_of_other_files_or_another_modes_result_is_not_replaced(results, monkeypatch, tmp_path, capsys):
+    """bench and bench report replaced a user's own bench.json / report.md, a quick run replaced a full benchmark given the
+    same --out, and a run whose every row failed replaced a working one: refused before any work, or kept."""
+    import shutil
+
+    import dvt_edge.bench as B
+
+    monkeypatch.setattr(B, "run_bench", lambda *a, **k: pytest.fail("ran before refusing"))
+    monkeypatch.setattr(B, "run_throughput", lambda *a, **k: pytest.fail("ran before refusing"))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "bench.json").write_text('{"my": "quarterly report"}')
+    assert B.main(["--out", str(mine)]) == 2
+    assert "bench.json exists and is not an earlier dvt-edge/bench/1 file" in capsys.readouterr().err
+    (mine / "bench.json").unlink()
+    (mine / "report.md").write_text("# my notes")
+    assert B.main(["report", str(results[0] / "a" / "bench.json"), "--out", str(mine)]) == 2
+    assert "report.md there is no earlier report's (no report.json beside it)" in capsys.readouterr().err
+    assert (mine / "report.md").read_text() == "# my notes"
+    full = tmp_path / "full"
+    shutil.copytree(results[0] / "a", full, ignore=shutil.ignore_patterns("bundles"))
+    before = (full / "bench.json").read_bytes()
+    assert B.main(["--thresholds", "0.9,0.8", "--batches", "1", "--out", str(full)]) == 2
+    assert "holds a full benchmark (made 20" in (err := capsys.readouterr().err) and "which this fixed-threshold throughput run would replace" in err
+    assert (full / "bench.json").read_bytes() == before
+    monkeypatch.setattr(B, "run_throughput", lambda *a, **k: {"schema": B.SCHEMA, "mode": "throughput", "rows": [
+        {"target": "onnx", "precision": "fp32", "status": "error", "error": "broken bundle"}], "model": "m", "data": "fashion-mnist", "device": {}, "threads": 1})
+    assert B.main(["--thresholds", "0.9,0.8", "--batches", "1", "--out", str(full), "--force"]) == 1  # every row failed: kept
+    assert "holds rows that ran: kept, nothing written over it" in capsys.readouterr().out
+    assert (full / "bench.json").read_bytes() == before
