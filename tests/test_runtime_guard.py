@@ -4,6 +4,7 @@ that name no bundle."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -235,6 +236,20 @@ def test_output_redirect_with_a_closed_stderr_runs_the_block(tmp_path):
             "with output_to(fd) as terminal:\n    open(sys.argv[2], 'w').write(str(terminal))\n")
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "log"), str(tmp_path / "ran")], capture_output=True, timeout=120)
     assert done.returncode == 0 and (tmp_path / "ran").read_text() == "-1", done
+
+
+def test_redirects_from_several_threads_restore_the_process_output(tmp_path):
+    """ExecuTorch bundles opened from several threads: each redirect restored another's, leaving descriptors 1 and 2
+    pointing at a deleted temporary file for good (every later print and traceback lost, exit code 0)."""
+    code = ("import os, sys, tempfile, threading, time\nfrom dvt_runtime.io import output_to\n"
+            "before = [os.fstat(f).st_ino for f in (1, 2)]\n"
+            "def hold():\n    with tempfile.TemporaryFile() as t, output_to(t.fileno()):\n        time.sleep(0.05)\n"
+            "ts = [threading.Thread(target=hold) for _ in range(3)]\n[t.start() or time.sleep(0.01) for t in ts]\n[t.join() for t in ts]\n"
+            "open(sys.argv[1], 'w').write(repr((before, [os.fstat(f).st_ino for f in (1, 2)])))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "inodes")], stdout=open(tmp_path / "out", "w"),
+                          stderr=open(tmp_path / "err", "w"), timeout=120)
+    before, after = ast.literal_eval((tmp_path / "inodes").read_text())
+    assert done.returncode == 0 and after == before, (before, after)
 
 
 def test_held_toolchain_output_reaches_a_log_file_not_a_terminal(tmp_path):

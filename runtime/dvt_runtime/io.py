@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
@@ -198,11 +199,20 @@ def save_png(fig, path: Union[str, Path], dpi: int = 120) -> Path:
     return atomic_write(path, buf.getvalue())
 
 
+_REDIRECT = threading.RLock()  # descriptors 1 and 2 are the process's: one redirect at a time (nested in one thread is fine)
+
+
 @contextlib.contextmanager
 def output_to(fd: int) -> Iterator[int]:
     """Point file descriptors 1 and 2 (what C++ libraries print too, not only Python) at ``fd`` for the block;
     yields a descriptor of the real stderr, valid inside the block (-1, and nothing redirected, where descriptor 1
-    or 2 is closed). Python's streams are flushed on both sides."""
+    or 2 is closed). Python's streams are flushed on both sides. Threads take turns: two bundles opened at once had
+    each restored the other's redirect, leaving the process printing into a deleted file."""
+    with _REDIRECT:
+        yield from _output_to(fd)
+
+
+def _output_to(fd: int) -> Iterator[int]:
     for s in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             s.flush()
