@@ -652,6 +652,42 @@ def test_a_calibration_holding_a_non_finite_number_is_refused(bundle_copy, val, 
         Bundle.open(bundle_copy, device_name="dev")
 
 
+def test_a_calibration_switched_during_a_call_and_the_api_edges_a_service_meets(bundle_copy, val):
+    """A deadline call re-read the bundle's p90s at every stage: switched meanwhile (use_calibration from another thread)
+    it failed with a TypeError from inside; spent_ms went unchecked for one preprocessed image; comparing two
+    Predictions raised on their array; a budget after a dropped calibration was told to recalibrate."""
+    import copy
+
+    from dvt_runtime.calibrate import calibrate
+
+    x, y = val
+    calibrate(Bundle.open(bundle_copy), x[:40], y[:40], 1e6, device_name="dev", runs=10, warmup=2, progress=False)
+    b = Bundle.open(bundle_copy, device_name="dev")
+    real = b.run_stage
+
+    def switched_meanwhile(e, *a, **k):
+        if e == 0:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                b.use_calibration("nosuch", missing_ok=True)  # the p90s are gone for the rest of this call
+        return real(e, *a, **k)
+
+    b.run_stage = switched_meanwhile
+    preds = b.predict(x[:3], thresholds=[1.0, 1.0], deadline_ms=1e6)  # took its p90s when it began
+    assert [p.exit for p in preds] == [2, 2, 2] and b.stage_p90_ms is None
+    b.run_stage = real
+    with pytest.raises(ValueError, match=r"runs none now \(a use_calibration\(\) call dropped it\): bundle.use_calibration\('dev'\)"):
+        b.predict(x[0], budget_ms=1.0)
+    for bad in (float("nan"), -5, "abc"):
+        with pytest.raises(ValueError, match="spent_ms must be a (finite non-negative )?number"):
+            b.predict(x[0], spent_ms=bad)
+    p = b.predict(x[0])
+    q = copy.deepcopy(p)
+    assert p == q and p in [q] and p != b.predict(x[1]) and p != "a label"
+    q.probs = q.probs + 1e-3
+    assert p != q
+
+
 def test_a_profile_taken_on_this_host_is_checked_here_another_devices_is_not(bundle_copy, val):
     """calibrate --profile with this host's own profile printed only "predicted ... verify on that device" (this one):
     thresholds priced by it are measured here as without --profile; a phone's are not (this host cannot time a phone)."""

@@ -153,11 +153,11 @@ class Bundle:
         if cal.batch != batch:  # its thresholds fit calls of cal.batch images, not these
             raise CalibrationError(f"{p} was calibrated at batch {cal.batch}, not {batch}: recalibrate with python -m "
                                    f"dvt_runtime.calibrate --batch {batch}" + (f", or use_calibration(..., batch={cal.batch})"))
-        if self._p90_from not in (None, device_name):  # another device's p90s (an earlier calibration) never time this one's deadlines
-            self.stage_p90_ms = self._p90_from = None
-        self.calibration = cal
+        p90, src = (None, None) if self._p90_from not in (None, device_name) else (self.stage_p90_ms, self._p90_from)  # not another's
         if cal.batch == 1:  # deadline mode runs one image per call: a batch calibration's per-image p90s are too low for it
-            self.stage_p90_ms, self._p90_from = cal.stage_p90_ms(), device_name
+            p90, src = cal.stage_p90_ms(), device_name
+        self.calibration = cal
+        self.stage_p90_ms, self._p90_from = p90, src  # one step: a deadline call in flight saw None between two, and failed
         prof = cal.profile if isinstance(cal.profile, dict) else {}
         self._warn_other_setting(f"{p} was calibrated", prof.get("threads"), prof.get("device"),
                                  "its latencies (and the thresholds they chose) are another setting's: open the bundle as it was "
@@ -351,8 +351,8 @@ class Bundle:
         the answers of one image at a time; ``budget_ms`` picks the thresholds once per call, and calls
         of the calibration's batch size update its speed estimate.
         """
-        if (type(x) is np.ndarray and x.dtype == np.float32 and x.shape == self.input_shape and budget_ms is None
-                and deadline_ms is None and max_batch is None):  # one preprocessed image: the camera path, kept lean
+        if (type(x) is np.ndarray and x.dtype == np.float32 and x.shape == self.input_shape and budget_ms is None and deadline_ms is None
+                and max_batch is None and type(spent_ms) in (int, float) and spent_ms == 0):  # one preprocessed image: kept lean
             check_finite(x, self._value_range, warn_unnormalized=True)
             return self._cascade_one(np.ascontiguousarray(x)[None], self._thresholds(thresholds))
         t0 = time.perf_counter()
@@ -369,14 +369,14 @@ class Bundle:
             ctl = controller_for(self, budget_ms)
             with self._budget_lock:
                 thresholds = ctl.thresholds(budget_ms)
-        thr = self._thresholds(thresholds)
+        thr, deadline = self._thresholds(thresholds), None
         if deadline_ms is not None:
             deadline_ms = positive_ms("deadline_ms", deadline_ms)
-            if self.stage_p90_ms is None:
+            if (p90 := self.stage_p90_ms) is None:  # one snapshot per call: use_calibration() from another thread replaces it
                 raise ValueError("deadline mode needs per-stage p90 latencies: open with device_name= of a calibrated device, "
                                  "or call bundle.use_profile(p90s)")
-            chunk = 1  # a deadline is per image, against per-image p90s: one image per call
-        preds = self._cascade(xb, thr, deadline_ms, chunk, pre_ms)
+            deadline, chunk = (deadline_ms, p90), 1  # per image, against per-image p90s: one image per call
+        preds = self._cascade(xb, thr, deadline, chunk, pre_ms)
         # the controller compares per-image stage costs with the profile's, taken in calls of the calibration's batch: a call
         # of 32 images priced at batch 1 would read as a device twice as fast, and the next single images overrun
         if ctl is not None and min(len(xb), chunk) == ctl.batch:
@@ -408,15 +408,15 @@ class Bundle:
             self._thr_cache[key] = out
         return out
 
-    def _cascade(self, xb: np.ndarray, thr: np.ndarray, deadline_ms: Optional[float], chunk: int, pre_ms: float = 0.0) -> list[Prediction]:
-        """Regrouped early exit: each stage runs once (in calls of ``chunk``) on the undecided samples; a deadline counts
-        a sample's preprocessing (``pre_ms``) and its own stage calls.
+    def _cascade(self, xb: np.ndarray, thr: np.ndarray, deadline: Optional[tuple], chunk: int, pre_ms: float = 0.0) -> list[Prediction]:
+        """Regrouped early exit: each stage runs once (in calls of ``chunk``) on the undecided samples; a deadline
+        ``(ms, per-stage p90s)`` counts a sample's preprocessing (``pre_ms``) and its own stage calls.
 
         Kept cheap for one image (the latency path): no masks or copies when every sample stays
         or every sample stops, and per-sample bookkeeping only in Python lists.
         """
         n, E = len(xb), self.num_exits
-        if n == 1 and deadline_ms is None:
+        if n == 1 and deadline is None:
             return [self._cascade_one(xb, thr)]
         stage_ms: list[list[float]] = [[] for _ in range(n)]
         per_image: list[list[float]] = [[] for _ in range(n)]
@@ -424,8 +424,8 @@ class Bundle:
         active = list(range(n))  # indexes into xb of the undecided samples
         carry: Optional[dict] = None  # previous stage's outputs, rows aligned with `active`
         for e in range(E):
-            if deadline_ms is not None and e > 0:
-                late = np.array([pre_ms + sum(stage_ms[i]) + self.stage_p90_ms[e] > deadline_ms for i in active])
+            if deadline is not None and e > 0:
+                late = np.array([pre_ms + sum(stage_ms[i]) + deadline[1][e] > deadline[0] for i in active])
                 self._answers(result, carry["logits"], None, late, active, e - 1, stage_ms, per_image, True)
                 active, carry = self._keep(active, carry, ~late)
                 if not active:
