@@ -54,7 +54,7 @@ def prepare_mode(args, bundle, thresholds: Optional[list]) -> Mode:
         raise AppError(f"--thresholds: this bundle has {n} exits: give {n - 1} thresholds "
                        f"(the last exit always answers), got {len(thresholds)}")
     folder = bundle.calibration_path(args.device_name).parent if args.device_name else None
-    if folder is not None and bundle.calibration is None and not any(folder.glob("*.json")):  # with others, the runtime names them
+    if folder is not None and bundle.calibration is None and not any(q for q in folder.glob("*.json") if not q.name.startswith(".")):  # with others, the runtime names them
         warn(f"no calibration for device {args.device_name!r} ({bundle.calibration_path(args.device_name)}): using "
              + ("the manifest's thresholds" if bundle.manifest.thresholds is not None else "no thresholds (the last exit)"))
     try:

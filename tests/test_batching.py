@@ -90,7 +90,7 @@ def test_one_image_lean_path_matches_the_regrouping_path(bundle):
         t = bundle._thresholds(thr)
         for xi in x:
             lean = bundle.predict(xi, thresholds=thr)
-            general = bundle._cascade(xi[None], t, 1e9, 1)[0]
+            general = bundle._cascade(xi[None], t, (1e9, bundle.stage_p90_ms), 1)[0]
             assert (lean.label, lean.class_name, lean.exit, lean.deadline_skipped) == \
                    (general.label, general.class_name, general.exit, general.deadline_skipped)
             assert lean.confidence == general.confidence and np.array_equal(lean.probs, general.probs)

@@ -128,6 +128,8 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
         "mode": "deadline" if deadline_ms is not None else "budget" if budget_ms is not None else "thresholds",
         "budget_ms": budget_ms, "deadline_ms": deadline_ms, "thresholds_from": _thresholds_source(bundle, thresholds, budget_ms, deadline_ms),
         "n_images": len(rows), "exit_counts": counts,  # exits numbered from 1 in rows; counts[k] is exit k + 1
+        # images whose preprocessing and stages overran the deadline (exit 1 always runs: a deadline below it is missed)
+        "deadline_missed": sum(r["preprocess_ms"] + r["total_ms"] > deadline_ms for r in rows) if deadline_ms is not None else None,
         "latency_ms": {"cascade": sample_stats([r["total_ms"] for r in rows], keep_samples=False) if rows else None,
                        "preprocess": sample_stats(pre_ms, keep_samples=False) if pre_ms else None},
         "images": rows, "unreadable": unreadable, "failed": failed,  # failed: an exit answered NaN or infinite logits
@@ -160,7 +162,8 @@ def format_result(r: dict) -> str:
         shares = " / ".join(f"{k}" for k in r["exit_counts"])
         lines.append(f"{n} images ({len(r['unreadable'])} unreadable{failed}): exits 1-{len(r['exit_counts'])} answered {shares}; cascade ms "
                      f"mean {c['mean']:.3f}, p50 {c['p50']:.3f}, p90 {c['p90']:.3f}; preprocessing p50 {pre['p50']:.3f} ms; "
-                     f"thresholds: {r['thresholds_from']}")
+                     f"thresholds: {r['thresholds_from']}"
+                     + (f"; {r['deadline_missed']} of {n} over the {r['deadline_ms']:g} ms deadline" if r.get("deadline_missed") is not None else ""))
     else:
         lines.append(f"no image could be answered ({len(r['unreadable'])} unreadable{failed})")
     return "\n".join(lines)
