@@ -401,7 +401,7 @@ RESULT_KEYS = ("model", "rows", "device", "threads")  # what every result the re
 
 def load_results(paths: Sequence[str]) -> list[dict]:
     """Bench results from JSON files (a merged report counts as its results), each checked before anything is written."""
-    from dvt_runtime.latency import read_json
+    from dvt_runtime.latency import nulled_nonfinite, read_json
 
     twice = [p for i, p in enumerate(paths) if Path(p).resolve() in {Path(q).resolve() for q in paths[:i]}]
     if twice:
@@ -429,6 +429,10 @@ def load_results(paths: Sequence[str]) -> list[dict]:
             missing = [k for k in RESULT_KEYS if not isinstance(r, dict) or k not in r]
             if missing or not isinstance(r["rows"], list):
                 raise ValueError(f"{p}: result {i + 1} lacks {missing or ['a list of rows']}: not a complete bench result")
+            nulled_nonfinite(r, "", bad := [])  # a report had printed 'nan/0.292' and 'infx' as figures
+            if bad:
+                raise ValueError(f"{p}: result {i + 1} holds non-finite numbers ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): "
+                                 "edited or damaged; re-run the benchmark")
         out.extend(items)
     return _once_each(out)
 

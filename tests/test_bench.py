@@ -534,3 +534,14 @@ def test_a_folder_of_other_files_or_another_modes_result_is_not_replaced(results
     assert B.main(["--thresholds", "0.9,0.8", "--batches", "1", "--out", str(full), "--force"]) == 1  # every row failed: kept
     assert "holds rows that ran: kept, nothing written over it" in capsys.readouterr().out
     assert (full / "bench.json").read_bytes() == before
+
+
+def test_a_result_holding_a_non_finite_number_is_refused(results, tmp_path, capsys):
+    """A bench.json with NaN or infinity in it was rendered as 'nan/0.292' and 'infx': the report refuses it by name."""
+    r = json.loads((results[0] / "a" / "bench.json").read_text())
+    row = next(x for x in r["rows"] if x["status"] == "ok")
+    row["static"][0]["profile_p50_ms"] = float("nan")
+    (tmp_path / "nan.json").write_text(json.dumps(r))
+    assert main(["report", str(tmp_path / "nan.json"), "--out", str(tmp_path / "rep")]) == 2
+    assert "nan.json: result 1 holds non-finite numbers (rows[0].static[0].profile_p50_ms)" in capsys.readouterr().err
+    assert not (tmp_path / "rep").exists()
