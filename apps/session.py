@@ -5,6 +5,7 @@ window), and the stats it ends with."""
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from typing import Optional
 
 from apps import window
 from apps.common import AppError, cv2, warn
-from apps.modes import Mode, setup_mode
+from apps.modes import Mode, deadline_fits, setup_mode
 from apps.overlay import Overlay, annotate
 from apps.sources import open_bundle, read_first_frame
 from dvt_runtime.io import sigterm_as_interrupt
@@ -31,7 +32,8 @@ def run_session(args, cap, source: str, thresholds: Optional[list]) -> dict:
     frame = read_first_frame(cap, source, is_video=args.video is not None, retries=0 if args.video is not None else MAX_MISSED_READS)
     bundle = open_bundle(args)
     mode = prepare_mode(args, bundle, thresholds)
-    warm_up(bundle, frame, thresholds)
+    pre_ms = warm_up(bundle, frame, thresholds)
+    deadline_fits(bundle, mode, pre_ms)  # a deadline counts the frames' preprocessing: a 720p frame's alone can overrun it
     fps_in = source_fps(cap)
     writer = open_writer(args.record, frame, fps_in)
     loop = FrameLoop(args, cap, bundle, mode, Overlay.for_bundle(bundle, mode), writer, fps_in)
@@ -75,11 +77,16 @@ def model_input(bundle, frame):
                        "BGR or BGRA frames; convert a 16-bit depth or IR stream to 8 bits first") from None
 
 
-def warm_up(bundle, frame, thresholds: Optional[list], runs: int = WARMUP_RUNS) -> None:
-    """A few untimed runs on the first frame, then a fresh budget controller."""
+def warm_up(bundle, frame, thresholds: Optional[list], runs: int = WARMUP_RUNS) -> float:
+    """A few runs on the first frame, then a fresh budget controller; returns the frame's preprocessing ms (median)."""
+    pre = []
     for _ in range(runs):
-        bundle.predict(model_input(bundle, frame), thresholds=thresholds)
+        t0 = time.perf_counter()
+        x = model_input(bundle, frame)
+        pre.append((time.perf_counter() - t0) * 1e3)
+        bundle.predict(x, thresholds=thresholds)
     bundle.reset_budget()
+    return float(statistics.median(pre))
 
 
 def source_fps(cap) -> float:
@@ -130,13 +137,15 @@ class Tally:
     def frames(self) -> int:
         return len(self.predictions)
 
-    def add(self, pred, predict_ms: float, frame_ms: float, limit_ms: Optional[float], counted_ms: Optional[float] = None) -> None:
+    def add(self, pred, predict_ms: float, frame_ms: float, limit_ms: Optional[float], counted_ms: Optional[float] = None,
+            preprocess_ms: Optional[float] = None) -> None:
         """One frame; ``counted_ms`` (default ``predict_ms``) is what its budget or deadline judges (a deadline: its
-        preprocessing too)."""
+        preprocessing too), recorded with it."""
         self.predictions.append({
             "frame": self.frames, "label": int(pred.label), "class": str(pred.class_name), "confidence": float(pred.confidence),
             "exit": int(pred.exit) + 1, "total_ms": float(pred.total_ms), "stage_ms": [float(v) for v in pred.stage_ms],
-            "predict_ms": predict_ms, "frame_ms": frame_ms, "deadline_skipped": bool(pred.deadline_skipped), "limit_ms": limit_ms})
+            "predict_ms": predict_ms, "preprocess_ms": preprocess_ms, "frame_ms": frame_ms, "deadline_skipped": bool(pred.deadline_skipped),
+            "limit_ms": limit_ms, "counted_ms": predict_ms if counted_ms is None else counted_ms})
         self.predict_ms.append(predict_ms)
         self.frame_ms.append(frame_ms)
         self.exit_counts[pred.exit] += 1
@@ -145,6 +154,15 @@ class Tally:
                 self.misses += 1
             else:
                 self.hits += 1
+
+
+def cut_short(cap, failed: int) -> Optional[str]:
+    """Why a video stopped before the frames its header counts (damaged or truncated: it had ended unsaid, exit 0);
+    None at its end (a header's count may be an estimate off by a frame or two)."""
+    count, pos = cap.get(cv2.CAP_PROP_FRAME_COUNT), cap.get(cv2.CAP_PROP_POS_FRAMES)
+    if not (math.isfinite(count) and math.isfinite(pos)) or count <= 0 or count - pos <= max(2.0, 0.02 * count):
+        return None
+    return f"{failed} reads failed at frame {int(pos)} of the {int(count)} its header counts: damaged or truncated from there"
 
 
 class FrameLoop:
@@ -204,8 +222,8 @@ class FrameLoop:
                     self.undecodable += misses
                 return frame
             if misses >= MAX_MISSED_READS:
-                if self.args.video is None:
-                    self.source_stopped = f"no frame in {MAX_MISSED_READS + 1} reads"
+                self.source_stopped = cut_short(self.cap, misses + 1) if self.args.video is not None else \
+                    f"no frame in {MAX_MISSED_READS + 1} reads"
                 return None
             misses += 1
             if self.args.video is None:
@@ -241,7 +259,7 @@ class FrameLoop:
     def _keep(self, img, pred, p_ms: float, f_ms: float, pre_ms: float) -> None:
         """Count the frame, write it to the record and, when it is ``--snapshot-frame``, to the snapshot."""
         index = self.tally.frames
-        self.tally.add(pred, p_ms, f_ms, self.mode.ms, p_ms + pre_ms if self.mode.kind == "deadline" else p_ms)
+        self.tally.add(pred, p_ms, f_ms, self.mode.ms, p_ms + pre_ms if self.mode.kind == "deadline" else p_ms, pre_ms)
         if self.writer is not None:
             self.writer.write(img)
         if self.args.snapshot and self.args.snapshot_frame is not None and index == self.args.snapshot_frame:
