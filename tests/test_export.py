@@ -129,6 +129,22 @@ def test_tampered_artifact_is_detected(tmp_path, micro_ckpt):
         Manifest.load(res.path)
 
 
+def test_a_package_artifacts_digest_ignores_what_macos_adds_and_nothing_else(tmp_path):
+    """A Finder .DS_Store (or an AppleDouble ._ file from SMB/FAT) inside an .mlpackage failed the bundle as tampered."""
+    from dvt_runtime.manifest import _digest
+
+    pkg = tmp_path / "exit1.mlpackage"
+    (pkg / "Data").mkdir(parents=True)
+    (pkg / "Manifest.json").write_text("{}")
+    (pkg / "Data" / "model.mlmodel").write_bytes(b"weights")
+    before = _digest(pkg)
+    (pkg / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (pkg / "Data" / "._model.mlmodel").write_bytes(b"\0\5\26\7")
+    assert _digest(pkg) == before
+    (pkg / "Data" / ".hidden").write_bytes(b"x")  # any other file, hidden or not, is part of the artifact
+    assert _digest(pkg) != before
+
+
 def test_manifest_rejects_escaping_paths_and_newer_schema(tmp_path, micro_ckpt):
     res = export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(tmp_path / "b"), verify_n=20, progress=False)
     d = json.loads((res.path / "manifest.json").read_text())

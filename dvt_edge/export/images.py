@@ -106,6 +106,9 @@ def _check_preprocessed(ds, spec: str, pre: Preprocess) -> None:
                 check_values(np.asarray(ds.images), pre, f"calibration data {spec!r}")
         except ValueError as e:
             raise ExportError(str(e)) from None
+        for w in said:  # 0-1 floats never normalized: every threshold and int8 range chosen on them is wrong (a bundle had
+            if "not one negative value" in str(w.message):  # been written "passed", its thresholds chosen at 27% top-1)
+                raise ExportError(f"{w.message} Refused: the default thresholds and int8 ranges would be chosen on them")
         for w in said:  # on the console once per file (its train and val splits may be the same images), as the export's notes
             if (msg := f"warning: {w.message}") not in _SAID:
                 _SAID.add(msg)

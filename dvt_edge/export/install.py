@@ -131,6 +131,9 @@ def check_destination(dest: Path, force: bool, inputs: Sequence[str] = (), log: 
     for parent in dest.parents:
         if parent.exists() and not parent.is_dir():
             raise ExportError(f"cannot write the bundle under {parent}: it is a file, not a folder; choose another --out")
+        if (parent / "manifest.json").is_file():  # a bundle inside a bundle (and the log beside it) shipped with it, unsaid
+            raise ExportError(f"--out {dest} lies inside the bundle {parent}, which holds only its own artifacts: choose a folder "
+                              f"outside it (e.g. {parent.parent / dest.name}); nothing was changed")
 
 
 def _listed(dest: Path) -> set[str]:

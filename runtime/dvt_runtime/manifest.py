@@ -306,7 +306,7 @@ def _digest(p: Path) -> str:
     if links:  # a link could point anywhere on the device: an artifact's files lie inside it
         raise ManifestError(f"artifact {p.name} contains symbolic links ({', '.join(str(x.relative_to(p)) for x in links[:3])}): "
                             "a bundle's artifacts must be plain files; re-export or copy the bundle without links")
-    for f in sorted(x for x in p.rglob("*") if x.is_file()):
+    for f in sorted(x for x in p.rglob("*") if x.is_file() and not _finder_file(x.name)):
         h.update(f.relative_to(p).as_posix().encode() + b"\0" + sha256_file(f).encode() + b"\n")
     return h.hexdigest()
 
@@ -328,3 +328,9 @@ def _is_num(v) -> bool:
     import math
 
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _finder_file(name: str) -> bool:
+    """What macOS adds inside a package it shows or copies (Finder's .DS_Store, AppleDouble ._ files on SMB or FAT): no
+    part of the artifact, so no part of its digest (a .DS_Store in an .mlpackage had failed the bundle as tampered)."""
+    return name == ".DS_Store" or name.startswith("._")
