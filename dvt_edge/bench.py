@@ -74,7 +74,7 @@ def bench_bundle(bundle, x: np.ndarray, y: np.ndarray, budgets: Optional[list[fl
     if batches:  # at the matched-accuracy thresholds (their accuracy delta is reported with them)
         thr = matched["thresholds"] if matched else never_stop(b.num_exits)
         out["throughput"] = {"thresholds": thr, "max_batch": b.manifest.max_batch, "rows": throughput(b, xh, yh, thr, batches),
-                             "within_match": matched["within_match"] if matched else None}
+                             "within_match": matched["within_match"] and not matched.get("at_chance") if matched else None}
     return out
 
 
@@ -304,6 +304,17 @@ def _checkpoint_data(checkpoint: str, trusted: bool) -> str:
     return data_for_checkpoint(None, model.name, info.extras, model.cfg)[0]
 
 
+def _budgets(text: Optional[str]) -> Optional[list[float]]:
+    """``--budgets``: comma-separated finite positive milliseconds, or None."""
+    try:
+        budgets = [float(v) for v in text.split(",")] if text else None
+    except ValueError:
+        raise ValueError(f"--budgets must be comma-separated milliseconds such as 0.3,0.5, got {text!r}") from None
+    if budgets and not all(math.isfinite(v) and v > 0 for v in budgets):  # NaN fails every comparison: ask for finite
+        raise ValueError(f"--budgets must be finite positive milliseconds, got {text!r}")
+    return budgets
+
+
 def _ints(text: str, name: str) -> list[int]:
     try:
         v = [int(t) for t in text.split(",")]
@@ -416,12 +427,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     a = ap.parse_args(argv)
     a.out = a.out or ("runs/bench-latency" if a.latency_only else "runs/bench-throughput" if a.model or a.thresholds else "runs/bench")
     try:
-        try:
-            budgets = [float(v) for v in a.budgets.split(",")] if a.budgets else None
-        except ValueError:
-            raise ValueError(f"--budgets must be comma-separated milliseconds such as 0.3,0.5, got {a.budgets!r}") from None
-        if budgets and not all(math.isfinite(v) and v > 0 for v in budgets):  # NaN fails every comparison: ask for finite
-            raise ValueError(f"--budgets must be finite positive milliseconds, got {a.budgets!r}")
+        budgets = _budgets(a.budgets)
         _check_run_args(a)
         out = Path(a.out)
         check_results_folder(out, "bench", "latency" if a.latency_only else "throughput" if a.model or a.thresholds else None, a.force)

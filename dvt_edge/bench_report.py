@@ -186,7 +186,7 @@ def markdown(results: list[dict]) -> str:
                        f"{ov['backend_exit1_ms']:.4f} ms = {ov['overhead_ms']:+.4f} ms ({ov['overhead_pct']:.1f}%; goal {ov['goal']}: "
                        f"{'met' if ov['within_goal'] else 'NOT met'}).\n")
             hv = (row.get("matched") or {}).get("halvings")
-            if hv:  # results before this field have none
+            if hv and not row["matched"].get("at_chance"):  # results before this field have none; at chance, no speedup claim
                 out.append(halvings_line(hv) + "\n")
             stop = row["profile"].get("stopping")
             if stop:  # what the search prices each exit at (profiles before dvt-profile/2 have none)
@@ -383,8 +383,8 @@ def kept_over_failures(out: Path, r: dict) -> Optional[str]:
         d = json.loads(js.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    rows = [row for x in (d.get("merged") or [d]) if isinstance(x, dict) for row in x.get("rows") or [] if isinstance(row, dict)]
-    if any(row.get("status") == "ok" for row in rows) and not any(row.get("status") == "ok" for row in r["rows"]):
+    ran = lambda rows: any(isinstance(x, dict) and x.get("status") == "ok" and x.get("target") != "eager" for x in rows)  # eager: the
+    if ran(row for x in (d.get("merged") or [d]) if isinstance(x, dict) for row in x.get("rows") or []) and not ran(r["rows"]):  # reference
         return f"{js} (made {d.get('created', 'at an unrecorded time')}) holds rows that ran: kept, nothing written over it"
     return None
 

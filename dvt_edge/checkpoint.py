@@ -181,6 +181,11 @@ def infer_model_name(sd: dict[str, torch.Tensor]) -> tuple[str, int]:
                        "checkpoint holds one network per exit, e.g. the official ones' less_less_token.* / less_token.* / "
                        "normal_token.*): a single-network model, or another project's, cannot be loaded as a DVT")
         raise CheckpointError(f"cannot infer the architecture: {return_hint}. Registered: {list_models()}")
+    if not missing and not unexpected and wrong and all(k.endswith("pos_embed") for k, _, _ in wrong):  # at 384 px: 3 keys
+        raise CheckpointError(
+            f"the checkpoint is {best[1]!r} but for its position embeddings ({_format_diff(missing, unexpected, wrong)}): a model at "
+            f"another input size or token grid, which loads once registered (dvt_edge.models.register_model with that size)"
+        )
     if best[0][1] <= NEAR_MISS:  # a damaged or edited file, not an unknown architecture (another depth differs in tens of keys)
         raise CheckpointError(
             f"the checkpoint's keys and shapes are {best[1]!r}'s except for {_format_diff(missing, unexpected, wrong)}: the file "

@@ -233,6 +233,11 @@ def test_unmatched_point_is_never_a_plain_speedup(results, tmp_path):
     assert row["matched"]["at_chance"] is False and row["matched"]["chance_accuracy"] == 10.0  # a trained 10-class model
     _, sp = matched_cells({**row["matched"], "within_match": True, "accuracy": 0.0, "accuracy_delta": 0.0, "at_chance": True})
     assert sp.startswith("no claim: the last exit scores 0.00% (chance 10.00%)") and "means nothing" in sp
+    chance = copy.deepcopy(r1)
+    ok_row = next(x for x in chance["rows"] if x["status"] == "ok")
+    assert "predicted speedup median" in markdown([chance])  # the halvings line, at a real last exit
+    ok_row["matched"]["at_chance"] = True
+    assert "predicted speedup median" not in markdown([chance])  # at chance, no speedup of any split is claimed
     # a few images per half: said above the table (120 images here: 60 measure)
     assert "Note: only 60 images measure the cascade and 60 choose its thresholds: each measured image is 1.7 points" in md
     big = copy.deepcopy(r)
@@ -534,6 +539,9 @@ def test_a_folder_of_other_files_or_another_modes_result_is_not_replaced(results
     assert B.main(["--thresholds", "0.9,0.8", "--batches", "1", "--out", str(full), "--force"]) == 1  # every row failed: kept
     assert "holds rows that ran: kept, nothing written over it" in capsys.readouterr().out
     assert (full / "bench.json").read_bytes() == before
+    from dvt_edge.bench_report import kept_over_failures  # a latency run's eager PyTorch row is no target that ran
+
+    assert kept_over_failures(full, {"rows": [{"target": "eager", "status": "ok"}, {"target": "onnx", "status": "error"}]})
 
 
 def test_a_result_holding_a_non_finite_number_is_refused(results, tmp_path, capsys):

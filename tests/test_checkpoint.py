@@ -79,6 +79,15 @@ def test_missing_key_is_listed(tmp_path):
     assert "--model" not in str(e.value)
 
 
+def test_a_checkpoint_at_another_input_size_is_not_called_damaged(tmp_path):
+    """A model fine-tuned at another size differs in its position embeddings only (3 keys): it was told to re-download."""
+    sd = published_state_dict("DVT_T2t_vit_12")
+    for k in [k for k in sd if k.endswith("pos_embed")]:
+        sd[k] = torch.zeros(1, sd[k].shape[1] * 2, sd[k].shape[2])
+    with pytest.raises(CheckpointError, match=r"is 'dvt_t2t_vit_12' but for its position embeddings .*another input size or token grid"):
+        load_checkpoint(save_published(tmp_path / "big.pth.tar", sd))
+
+
 @pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod.", "_orig_mod.module."])
 def test_wrapper_prefixes_are_stripped(tmp_path, prefix):
     """torch.compile's '_orig_mod.' (alone or inside DDP's 'module.') was called another project's model."""

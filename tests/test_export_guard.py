@@ -78,7 +78,7 @@ def test_preprocessed_images_of_another_preprocessing_are_refused(micro_ckpt, tm
     from dvt_runtime.preprocess import Preprocess
 
     other = Preprocess(size=28, resize=28, channels="gray", mean=(0.5,), std=(0.5,))
-    x = np.zeros((20, 1, 28, 28), np.float32)
+    x = np.random.default_rng(0).uniform(-1, 1, (20, 1, 28, 28)).astype(np.float32)  # as that preprocessing gives them
     np.savez(tmp_path / "pre.npz", images=x, labels=np.arange(20) % 10, preprocess=np.array(json.dumps(other.to_dict())))
     with pytest.raises(ExportError, match=r"already preprocessed as .*'mean': \[0\.5\].* expects .*'mean': \[0\.286"):
         export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(tmp_path / "b"), calib_data=f"npz:{tmp_path / 'pre.npz'}",
@@ -226,6 +226,9 @@ def test_an_out_inside_a_bundle_is_refused(onnx_bundle, tmp_path):
             check_destination(out, False)
     assert sorted(p.name for p in (tmp_path / "outer").iterdir()) == sorted(p.name for p in Path(onnx_bundle).iterdir())
     check_destination(tmp_path / "beside", False)  # beside it is fine
+    (tmp_path / "web").mkdir()  # a web app's or an extension's manifest.json is no bundle
+    (tmp_path / "web" / "manifest.json").write_text('{"name": "my app", "version": "1.0"}')
+    check_destination(tmp_path / "web" / "bundles" / "b", False)
 
 
 def test_weight_only_int8_needs_no_calibration_images(no_data_ckpt, tmp_path):

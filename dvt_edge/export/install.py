@@ -131,9 +131,18 @@ def check_destination(dest: Path, force: bool, inputs: Sequence[str] = (), log: 
     for parent in dest.parents:
         if parent.exists() and not parent.is_dir():
             raise ExportError(f"cannot write the bundle under {parent}: it is a file, not a folder; choose another --out")
-        if (parent / "manifest.json").is_file():  # a bundle inside a bundle (and the log beside it) shipped with it, unsaid
+        if _is_bundle(parent):  # a bundle inside a bundle (and the log beside it) shipped with it, unsaid
             raise ExportError(f"--out {dest} lies inside the bundle {parent}, which holds only its own artifacts: choose a folder "
                               f"outside it (e.g. {parent.parent / dest.name}); nothing was changed")
+
+
+def _is_bundle(folder: Path) -> bool:
+    """Whether ``folder`` holds a dvt-edge bundle's manifest (a web app's or an extension's manifest.json is no bundle)."""
+    try:
+        d = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and isinstance(d.get("exits"), list) and "preprocess" in d and "target" in d
 
 
 def _listed(dest: Path) -> set[str]:

@@ -375,9 +375,9 @@ class Bundle:
             if (p90 := self.stage_p90_ms) is None:  # one snapshot per call: use_calibration() from another thread replaces it
                 raise ValueError("deadline mode needs per-stage p90 latencies: open with device_name= of a calibrated device, "
                                  "or call bundle.use_profile(p90s)")
-            if deadline_ms < p90[0]:  # said once per deadline by Python's filter: exit 1 always runs, so every image overruns
-                warnings.warn(f"deadline_ms {deadline_ms:g} is below exit 1's p90 ({p90[0]:.4g} ms), which always runs: most images will "
-                              "overrun it (a deadline only skips later exits)", stacklevel=2)
+            if deadline_ms < p90[0]:  # said once (Python's filter: one text), though deadlines vary per call: exit 1 always runs
+                warnings.warn(f"a deadline_ms below exit 1's p90 ({p90[0]:.4g} ms), which always runs: most images overrun it (a "
+                              "deadline only skips later exits)", stacklevel=2)
             deadline, chunk = (deadline_ms, p90), 1  # per image, against per-image p90s: one image per call
         preds = self._cascade(xb, thr, deadline, chunk, pre_ms)
         # the controller compares per-image stage costs with the profile's, taken in calls of the calibration's batch: a call

@@ -183,11 +183,6 @@ def validate_calibration(d: Any, manifest=None) -> None:
     alone, e.g. for a report that has no bundle)."""
     _need(isinstance(d, dict), "not a JSON object")
     _need(d.get("schema") == SCHEMA, f"schema is {d.get('schema')!r}, not {SCHEMA!r}: not a dvt-runtime calibration")
-    from dvt_runtime.latency import nulled_nonfinite
-
-    nulled_nonfinite(d, "", bad := [])  # calibrate writes strict JSON: a NaN or infinity anywhere was put there by hand
-    _need(not bad, f"holds non-finite numbers ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): the file was edited or is "
-                   "damaged; re-run python -m dvt_runtime.calibrate")
     v = d.get("schema_version")
     _need(isinstance(v, int) and not isinstance(v, bool), "schema_version must be an integer")
     _need(v <= SCHEMA_VERSION, f"schema_version {v} is newer than this dvt-runtime understands ({SCHEMA_VERSION}); upgrade dvt-runtime")
@@ -241,6 +236,11 @@ def validate_calibration(d: Any, manifest=None) -> None:
     for j, r in enumerate(d["table"]):  # a percentile calibration's rows carry that percentile (older files: the mean only)
         _need(key not in r["predicted"] or (_num(r["predicted"][key]) and r["predicted"][key] > 0),
               f"table row {j + 1}: predicted {key} must be a positive number of ms")
+    from dvt_runtime.latency import nulled_nonfinite  # last: the fields checked above name their own problem
+
+    nulled_nonfinite(d, "", bad := [])  # calibrate writes strict JSON: a NaN or infinity anywhere else was put there
+    _need(not bad, f"holds non-finite numbers ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): a file edited or damaged, or "
+                   "a measurement that failed (nothing uses it); re-run python -m dvt_runtime.calibrate")
 
 
 def file_state(p: Path) -> Optional[tuple[int, int, int]]:
@@ -263,13 +263,18 @@ def other_hosts_latencies(path: Path) -> Optional[str]:
     prof = d.get("profile") if isinstance(d, dict) else None
     if not isinstance(prof, dict):
         return None
-    if d.get("profile_source") == "given (--profile)":
-        return "priced by a latency profile given to calibrate, not taken on this host"
-    from dvt_runtime.device import HOST_FACTS, device_facts
+    from dvt_runtime.device import device_facts
 
     theirs, ours = prof.get("device") if isinstance(prof.get("device"), dict) else {}, device_facts()
-    differ = [k for k in HOST_FACTS if k != "device_name" and theirs.get(k) is not None and ours.get(k) is not None and theirs[k] != ours[k]]
-    return f"measured on another machine ({', '.join(f'{k} {theirs[k]!r}' for k in differ)})" if differ else None
+    differ = [k for k in HARDWARE if theirs.get(k) is not None and ours.get(k) is not None and theirs[k] != ours[k]]
+    if differ:  # the hardware only: an OS update, another device name or thread count is still this host
+        return f"measured on another machine ({', '.join(f'{k} {theirs[k]!r}' for k in differ)})"
+    if d.get("profile_source") == "given (--profile)" and not any(theirs.get(k) is not None for k in HARDWARE):
+        return "priced by a latency profile given to calibrate that names no hardware (an imported one: another device's)"
+    return None
+
+
+HARDWARE = ("cpu_model", "machine", "logical_cores")  # what tells another machine's latencies from this one's
 
 
 def file_device(path: Path) -> Optional[str]:

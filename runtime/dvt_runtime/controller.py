@@ -87,7 +87,8 @@ def controller_for(bundle: "Bundle", budget_ms: float) -> BudgetController:
                  f"--device-name {bundle.device_name} ..." if bundle.device_name else
                  "open the bundle with device_name=... of a calibrated device (python -m dvt_runtime.calibrate)")
         if bundle.device_name and bundle.calibration_path(bundle.device_name).exists():  # dropped by use_calibration(), not missing
-            where = f"the bundle runs none now (a use_calibration() call dropped it): bundle.use_calibration({bundle.device_name!r}) uses it again"
+            where = (f"the bundle runs none now (dropped by use_calibration(), or made after the bundle was opened): "
+                     f"bundle.use_calibration({bundle.device_name!r}) uses it")
         raise ValueError(f"budget_ms needs a calibration for this device: {where}")
     with bundle._budget_lock:
         cal = bundle.calibration
