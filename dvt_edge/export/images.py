@@ -4,7 +4,6 @@ images (never the same ones while there are enough), checked against the checkpo
 from __future__ import annotations
 
 import sys
-import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -17,7 +16,6 @@ from dvt_edge.imageset import SplitNotHeld, as_imagenet_labels, label_mismatch, 
 from dvt_runtime.npzsets import check_values
 from dvt_runtime.preprocess import Preprocess
 
-_SAID: set[str] = set()  # warnings already printed in this process
 CALIB_SEED, VERIFY_SEED = 0, 1  # the class-stratified subsets' seeds, named in the data note (the manifest's parity.data)
 
 
@@ -99,17 +97,8 @@ def _check_preprocessed(ds, spec: str, pre: Preprocess) -> None:
         raise ExportError(f"calibration data {spec!r} holds images already preprocessed as {ds.preprocess.to_dict()}, but the "
                           f"checkpoint's model expects {pre.to_dict()}: write the set again with the checkpoint's preprocessing, "
                           "or pass the images as pixels (uint8 npz, imagefolder:PATH)")
-    if ds.preprocessed:  # floats the preprocessing cannot give (0-255) refused, 0-1 never normalized warned, as calibrate does
-        try:
-            with warnings.catch_warnings(record=True) as said:
-                warnings.simplefilter("always")
-                check_values(np.asarray(ds.images), pre, f"calibration data {spec!r}")
+    if ds.preprocessed:  # floats the preprocessing cannot give (0-255) refused, and 0-1 floats never normalized (a bundle
+        try:  # had been written "passed", its default thresholds chosen at 27% top-1)
+            check_values(np.asarray(ds.images), pre, f"calibration data {spec!r}", refuse_unnormalized=True)
         except ValueError as e:
             raise ExportError(str(e)) from None
-        for w in said:  # 0-1 floats never normalized: every threshold and int8 range chosen on them is wrong (a bundle had
-            if "not one negative value" in str(w.message):  # been written "passed", its thresholds chosen at 27% top-1)
-                raise ExportError(f"{w.message} Refused: the default thresholds and int8 ranges would be chosen on them")
-        for w in said:  # on the console once per file (its train and val splits may be the same images), as the export's notes
-            if (msg := f"warning: {w.message}") not in _SAID:
-                _SAID.add(msg)
-                print(msg, file=sys.stderr)

@@ -126,10 +126,15 @@ def calibration_file(bundle: Path, device_name: Any, batch: Any = 1) -> Path:
     return bundle / "calibration" / (f"{safe}.json" if batch == 1 else f"{safe}-batch{int(batch)}.json")
 
 
+def calibration_files(folder: Path) -> list[Path]:
+    """The calibration files in a bundle's ``calibration/`` folder, sorted; hidden ones (macOS's ._x.json) are none."""
+    return sorted(q for q in folder.glob("*.json") if not q.name.startswith(".")) if folder.is_dir() else []
+
+
 def missing_calibration(p: Path, device_name: str, batch: int, using: str) -> Optional[str]:
     """A warning for ``p`` (a device's calibration file) missing from a folder that holds others (a misspelled name, or
     the device's calibrations at other batch sizes), else None."""
-    held = sorted(q for q in p.parent.glob("*.json") if not q.name.startswith(".")) if p.parent.is_dir() else []  # not ._x.json (macOS)
+    held = calibration_files(p.parent)
     base = p.stem if batch == 1 else p.stem[: -len(f"-batch{batch}")]  # the device's own file name ('ci-batchbox' stays whole)
     mine = sorted(int(m.group(1)) for q in held if (m := re.fullmatch(re.escape(base) + r"-batch(\d+)", q.stem)))
     mine += [1] if batch != 1 and (p.parent / f"{base}.json").exists() else []

@@ -85,18 +85,22 @@ def load_npz(path: str, preprocess: Optional[Preprocess] = None, classes: Option
     return x, y
 
 
-def check_values(x: np.ndarray, preprocess: Preprocess, p: Union[Path, str]) -> None:
+def check_values(x: np.ndarray, preprocess: Preprocess, p: Union[Path, str], refuse_unnormalized: bool = False) -> None:
     """Floats the bundle's preprocessing cannot produce (raw 0-255 pixels) are refused; a set without one negative
-    value (0-1 pixels never normalized?) is warned about."""
+    value (0-1 pixels never normalized?) is warned about, or refused with ``refuse_unnormalized`` (an export's defaults
+    and int8 ranges would be chosen on them)."""
     try:
         check_finite(x, preprocess.value_range, str(p), "store uint8 pixels (N, H, W, C) instead: the bundle preprocesses them")
     except InputError as e:
         raise CalibrationError(str(e)) from None
     lo = preprocess.value_range[0]
     if len(x) >= 16 and lo <= -0.5 and float(x.min()) >= 0:  # normalized, a pixel darker than the mean is negative
-        warnings.warn(f"{p}: not one negative value in {len(x)} images, though this bundle's preprocessing maps pixels darker "
-                      f"than its mean below 0 (down to {lo:.3g}): were they normalized with its mean {list(preprocess.mean)} and "
-                      f"std {list(preprocess.std)}? Store uint8 pixels and the bundle preprocesses them.", stacklevel=3)
+        said = (f"{p}: not one negative value in {len(x)} images, though this bundle's preprocessing maps pixels darker than its "
+                f"mean below 0 (down to {lo:.3g}): were they normalized with its mean {list(preprocess.mean)} and std "
+                f"{list(preprocess.std)}? Store uint8 pixels and the bundle preprocesses them.")
+        if refuse_unnormalized:
+            raise CalibrationError(f"{said} Refused: the default thresholds and int8 ranges would be chosen on them")
+        warnings.warn(said, stacklevel=3)
 
 
 def _say_foreign_pixels(x: np.ndarray, preprocess: Preprocess, p: Path) -> None:
