@@ -372,7 +372,7 @@ def test_device_side_data_raw_pixels_and_unnormalized_floats(bundle_copy, tmp_pa
     """A device with only the runtime could not make calibrate's file (it took preprocessed float32 only and every
     message pointed at dvt_edge, not installed there): uint8 pixels are preprocessed by the bundle now. Raw 0-255
     pixels given as floats gave confident nonsense (11% accuracy at 0.81 mean confidence; calibrate wrote thresholds
-    [0, 0] from it): refused, in predict and in the file; 0-1 floats never normalized are warned about."""
+    [0, 0] from it): refused, in predict and in the file; 0-1 floats never normalized are refused by calibrate as by the export."""
     from dvt_runtime.calibrate import CalibrationError, load_npz, main
     from dvt_runtime.profile import main as profile_main
 
@@ -398,8 +398,10 @@ def test_device_side_data_raw_pixels_and_unnormalized_floats(bundle_copy, tmp_pa
     assert main(["--bundle", str(bundle_copy), "--data", str(tmp_path / "f255.npz"), "--budget-ms", "1e6", "--device-name", "f"]) == 2
     assert not (bundle_copy / "calibration" / "f.json").exists()
     np.savez(tmp_path / "f01.npz", images=floats / 255, labels=y)  # ToTensor-style, never normalized: in range, no dark value
-    with pytest.warns(UserWarning, match=r"f01\.npz: not one negative value in 40 images.* were they normalized"):
-        load_npz(str(tmp_path / "f01.npz"), b.manifest.preprocess, b.classes)
+    with pytest.raises(CalibrationError, match=r"f01\.npz: not one negative value in 40 images.* were they normalized.*Refused"):
+        load_npz(str(tmp_path / "f01.npz"), b.manifest.preprocess, b.classes)  # the export refuses them too: one check
+    assert main(["--bundle", str(bundle_copy), "--data", str(tmp_path / "f01.npz"), "--budget-ms", "1e6", "--device-name", "f"]) == 2
+    assert not (bundle_copy / "calibration" / "f.json").exists()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # properly preprocessed images: no warning
         load_npz(str(tmp_path / "raw.npz"), b.manifest.preprocess, b.classes)

@@ -20,7 +20,7 @@ from dvt_runtime.checks import InputError, check_finite, numbered
 from dvt_runtime.io import check_labels, read_npz
 from dvt_runtime.preprocess import Preprocess
 
-__all__ = ["check_npz_preprocess", "load_npz", "load_images", "bgr_pixels"]
+__all__ = ["all_gray", "check_npz_preprocess", "load_npz", "load_images", "bgr_pixels"]
 
 
 def check_npz_preprocess(z: dict, preprocess: Preprocess, path: Path, error: Callable[[str], Exception]) -> None:
@@ -85,10 +85,9 @@ def load_npz(path: str, preprocess: Optional[Preprocess] = None, classes: Option
     return x, y
 
 
-def check_values(x: np.ndarray, preprocess: Preprocess, p: Union[Path, str], refuse_unnormalized: bool = False) -> None:
-    """Floats the bundle's preprocessing cannot produce (raw 0-255 pixels) are refused; a set without one negative
-    value (0-1 pixels never normalized?) is warned about, or refused with ``refuse_unnormalized`` (an export's defaults
-    and int8 ranges would be chosen on them)."""
+def check_values(x: np.ndarray, preprocess: Preprocess, p: Union[Path, str]) -> None:
+    """Floats the bundle's preprocessing cannot produce (raw 0-255 pixels) are refused, and so is a set without one
+    negative value (0-1 pixels never normalized): thresholds, budgets and int8 ranges would be chosen on them."""
     try:
         check_finite(x, preprocess.value_range, str(p), "store uint8 pixels (N, H, W, C) instead: the bundle preprocesses them")
     except InputError as e:
@@ -98,22 +97,35 @@ def check_values(x: np.ndarray, preprocess: Preprocess, p: Union[Path, str], ref
         said = (f"{p}: not one negative value in {len(x)} images, though this bundle's preprocessing maps pixels darker than its "
                 f"mean below 0 (down to {lo:.3g}): were they normalized with its mean {list(preprocess.mean)} and std "
                 f"{list(preprocess.std)}? Store uint8 pixels and the bundle preprocesses them.")
-        if refuse_unnormalized:
-            raise CalibrationError(f"{said} Refused: the default thresholds and int8 ranges would be chosen on them")
-        warnings.warn(said, stacklevel=3)
+        raise CalibrationError(f"{said} Refused: thresholds, budgets and int8 ranges would be chosen on them")
 
 
 def _say_foreign_pixels(x: np.ndarray, preprocess: Preprocess, p: Path) -> None:
     """A warning for pixels that look like another model's data set: far smaller than the bundle resizes to (32 px
     images for a 224 px model), or grayscale for a colour model. They are still used: the bundle preprocesses them."""
     h, w = x.shape[1:3]
-    gray = x.ndim == 3 or x.shape[3] == 1
     if 0 < 2 * min(h, w) <= preprocess.resize:
         warnings.warn(f"{p}: the images are {h}x{w}, this bundle resizes them to {preprocess.resize} px ({preprocess.resize / min(h, w):.1f}x "
                       "upscaled): another data set's images? calibrate on images like the ones the device will see", stacklevel=3)
-    if gray and preprocess.channels != "gray":
-        warnings.warn(f"{p}: grayscale images for a colour model: each is repeated to 3 channels, and accuracy on them is not "
-                      "its accuracy on colour images", stacklevel=3)
+    if preprocess.channels != "gray" and all_gray(x):
+        warnings.warn(f"{p}: {GRAY_FOR_COLOUR}", stacklevel=3)
+
+
+GRAY_FOR_COLOUR = ("grayscale images for a colour model: each is repeated to 3 channels, and accuracy on them is not its accuracy on "
+                   "colour images; use colour images like the ones the device will see")
+GRAY_TOLERANCE = 3  # a gray picture stored in colour (JPEG): its channels differ by rounding only
+
+
+def all_gray(images: Union[np.ndarray, Sequence[np.ndarray]]) -> bool:
+    """Whether every image (uint8, (H, W[, C]) each) is grayscale: one channel, or three that differ by at most
+    ``GRAY_TOLERANCE`` (a gray picture saved in colour). An alpha channel is not looked at."""
+    for im in images:
+        im = np.asarray(im)
+        if im.ndim == 3 and im.shape[2] >= 3:
+            c = im[..., :3].astype(np.int16)  # (H, W, 3)
+            if int(np.abs(c[..., 0] - c[..., 1]).max()) > GRAY_TOLERANCE or int(np.abs(c[..., 1] - c[..., 2]).max()) > GRAY_TOLERANCE:
+                return False
+    return len(images) > 0
 
 
 def bgr_pixels(z, images: np.ndarray, where, error: Callable[[str], Exception]) -> np.ndarray:
