@@ -280,8 +280,9 @@ class FrameLoop:
         if self.args.snapshot_frame is None and self.last_img is not None:
             self.snapshot = write_png(self.args.snapshot, self.last_img)
         elif self.snapshot is None:
+            left = f"; {self.args.snapshot} is an earlier run's, left as it was" if Path(self.args.snapshot).exists() else ""
             warn(f"--snapshot-frame {self.args.snapshot_frame} was not reached ({self.tally.frames} frames processed): "
-                 "no snapshot written")
+                 f"no snapshot written{left}")
 
 
 def latency_summary(values: Sequence[float]) -> dict:

@@ -435,6 +435,19 @@ def test_an_existing_video_or_photo_is_replaced_only_with_force(tmp_path, capsys
     assert f"{flag} {name} exists" in capsys.readouterr().err
 
 
+def test_a_snapshot_frame_not_reached_says_the_file_there_is_an_earlier_runs(env, tmp_path, capsys):
+    """With --force and a --snapshot-frame the video never reaches, the earlier run's PNG stayed at the path unsaid."""
+    bundle, video, labels = env
+    old = tmp_path / "snap.png"
+    old.write_bytes(b"an earlier run's snapshot")
+    argv = ["--bundle", str(bundle), "--video", str(video), "--headless", "--snapshot", str(old), "--force",
+            "--snapshot-frame", str(len(labels) + 5)]
+    assert webcam.main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"--snapshot-frame {len(labels) + 5} was not reached" in err and f"{old} is an earlier run's, left as it was" in err
+    assert old.read_bytes() == b"an earlier run's snapshot"
+
+
 def test_setup_mode_refuses_non_finite_limits():
     for kw in ({"budget_ms": float("nan")}, {"deadline_ms": float("inf")}):
         with pytest.raises(webcam.AppError, match="finite positive"):
