@@ -17,7 +17,7 @@ import pytest
 
 import dvt_edge.export.__main__ as M
 from dvt_edge import create_model, load_checkpoint, save_checkpoint
-from dvt_edge.data import DataError, default_preprocess
+from dvt_edge.data import DataError, default_preprocess, load_dataset
 from dvt_edge.export import ExportError, export_bundle
 from dvt_edge.export.install import check_destination, recover_leftovers
 from dvt_edge.export.targets import TARGETS, get_target
@@ -427,3 +427,21 @@ def test_leftovers_are_matched_by_name_not_as_a_glob(tmp_path):
     ours.mkdir()
     notes = recover_leftovers(tmp_path / "b[12]")
     assert theirs.is_dir() and not ours.exists() and len(notes) == 1, notes
+
+
+def test_int8_verified_only_on_its_own_calibration_images_is_no_pass(micro_ckpt, tmp_path):
+    """40 labelled images under --calib-n 64 all set the int8 ranges and then verified them: the manifest had read
+    passed true on an agreement that is optimistic by construction. Recorded, said, not a pass; with images held apart it is."""
+    ds = load_dataset("fashion-mnist", "val", limit=80)
+    for name, n in (("few", 40), ("enough", 80)):
+        np.savez(tmp_path / f"{name}.npz", images=ds.images[:n], labels=ds.labels[:n])
+    res = export_bundle(str(micro_ckpt), "onnx", "int8", scheme="static", calib_data=f"npz:{tmp_path / 'few.npz'}",
+                        out=str(tmp_path / "few"), int8_min_agreement=None, progress=False)  # a barely trained model: agreement not required
+    p = Manifest.load(res.path).parity
+    assert "the calibration images themselves" in p.data and p.n_real == 40 and not p.problems, p
+    assert not p.passed and "optimistic, so not a pass" in p.note, p
+    assert "they are the calibration images themselves, so parity.passed is false" in res.report
+    res = export_bundle(str(micro_ckpt), "onnx", "int8", scheme="static", calib_data=f"npz:{tmp_path / 'enough.npz'}", calib_n=40,
+                        out=str(tmp_path / "enough"), int8_min_agreement=None, progress=False)
+    p = Manifest.load(res.path).parity
+    assert p.passed and "themselves" not in p.data and p.n_real == 40, p

@@ -32,6 +32,7 @@ from dvt_edge.export.int8 import CALIBRATED, int8_schemes, pick_scheme
 from dvt_edge.export.targets import TARGETS, Target, TargetUnavailable, get_target
 from dvt_edge.export.verify import (
     FP32_TOL,
+    IN_SAMPLE,
     INT8_MIN_AGREEMENT,
     agreement_measured,
     check_finite_reference,
@@ -377,8 +378,13 @@ def _verify(p: _Plan, exits: list[ExitSpec], artifacts: list[ExitArtifact], max_
     if unmeasured:
         report.note = ((report.note + "; " if report.note else "") + f"{p.precision} top-1 agreement not measured (no real images: the "
                        "fixed inputs' max|dlogit| is recorded, not bounded); export with --calib-data to verify it")
+    # int8 agreement on the very images that set its ranges (too few to hold any apart) is optimistic: recorded, no pass
+    in_sample = p.opts.verify and p.precision == "int8" and report.checked == "numerical" and IN_SAMPLE in report.data
+    if in_sample:
+        report.note = ((report.note + "; " if report.note else "") + f"int8 top-1 agreement measured on {IN_SAMPLE} (too few images to "
+                       "hold any apart): optimistic, so not a pass; export with more labelled images than --calib-n")
     # passed: numerically verified; an unverified bundle, or one whose structure alone was checked (Core ML off macOS), never reads so
-    report.passed = p.opts.verify and report.checked == "numerical" and not report.problems and not unmeasured
+    report.passed = p.opts.verify and report.checked == "numerical" and not report.problems and not unmeasured and not in_sample
     return report
 
 

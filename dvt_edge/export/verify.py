@@ -262,7 +262,8 @@ def format_parity(m: Manifest) -> str:
                                             else f" (not run: {p.runtime} does not run here)"))
     if 0 < p.n_real < FEW_IMAGES:
         lines.append(f"warning: agreement measured on only {p.n_real} real images (each is {100 / p.n_real:.2g} points), so it is rough"
-                     + ("; and they are the calibration images themselves" if IN_SAMPLE in p.data else "")
+                     + (f"; and they are {IN_SAMPLE}, so parity.passed is false" if IN_SAMPLE in p.data and m.precision == "int8" else
+                        f"; and they are {IN_SAMPLE}" if IN_SAMPLE in p.data else "")
                      + ": export with more labelled images")
     if p.checked == "structural":  # e.g. Core ML off macOS: passed means the structure only
         lines.append(f"note: no numerical check ran ({m.backend} does not run on this host): the artifacts' outputs were not compared "
