@@ -50,3 +50,24 @@ def test_recipes_found_from_installed_wheel(tmp_path):
                        env={"PYTHONPATH": f"{site}:{ROOT / 'runtime'}", "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr[-2000:]
     assert "['coreml', 'executorch', 'onnx', 'ort']" in r.stdout
+
+
+@pytest.mark.xdist_group("packaging")
+def test_runtime_wheel_is_typed_and_its_hints_resolve(tmp_path):
+    """A user's mypy skipped dvt_runtime (no py.typed) and get_type_hints(Bundle.use_calibration) raised NameError
+    (Calibration imported for type checkers only)."""
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "runtime", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(src)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    site = tmp_path / "site"
+    zipfile.ZipFile(next(tmp_path.glob("dvt_runtime-*.whl"))).extractall(site)
+    assert (site / "dvt_runtime" / "py.typed").is_file()
+    code = ("import inspect, typing, dvt_runtime as R; "
+            "[typing.get_type_hints(f) for c in (R.Bundle, R.Calibration, R.LatencyProfile, R.Manifest) "
+            " for _, f in inspect.getmembers(c, inspect.isfunction) if not f.__name__.startswith('_')]; "
+            "assert inspect.getdoc(R.Bundle.use_profile); print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]

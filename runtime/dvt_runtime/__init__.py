@@ -8,7 +8,10 @@
 __version__ = "0.1.0"
 
 from dvt_runtime.bundle import Bundle, InputError, Prediction  # noqa: E402
+from dvt_runtime.calibration import Calibration, CalibrationError  # noqa: E402
+from dvt_runtime.latency import LatencyProfile  # noqa: E402
 from dvt_runtime.manifest import Manifest, ManifestError  # noqa: E402
 from dvt_runtime.preprocess import Preprocess  # noqa: E402
 
-__all__ = ["Bundle", "InputError", "Manifest", "ManifestError", "Prediction", "Preprocess", "__version__"]
+__all__ = ["Bundle", "Calibration", "CalibrationError", "InputError", "LatencyProfile", "Manifest", "ManifestError", "Prediction", "Preprocess",
+           "__version__"]

@@ -22,19 +22,17 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
 from dvt_runtime.backends import Session, check_options, check_signature, check_threads, import_backend, open_session, ort_providers
+from dvt_runtime.calibration import Calibration
 from dvt_runtime.checks import InputError, NonFiniteOutput, check_finite, check_thresholds, positive_ms, setting_differences
 from dvt_runtime.controller import controller_for
+from dvt_runtime.latency import LatencyProfile
 from dvt_runtime.manifest import Manifest, ManifestError  # noqa: F401  (ManifestError: raised by open)
 from dvt_runtime.prediction import Prediction, softmax
-
-if TYPE_CHECKING:
-    from dvt_runtime.calibration import Calibration
-    from dvt_runtime.latency import LatencyProfile
 
 __all__ = ["Bundle", "Prediction", "InputError", "NonFiniteOutput", "check_thresholds", "positive_ms", "softmax"]
 
@@ -181,7 +179,8 @@ class Bundle:
         if said := setting_differences(threads, device, self.threads, getattr(self.sessions[0], "providers", None) if self.sessions else None):
             warnings.warn(f"{what} at another setting ({'; '.join(said)}): {fix}", stacklevel=stacklevel + 1)
 
-    def use_profile(self, stage_p90_ms: Union[Sequence[float], "LatencyProfile"]) -> None:  # ms per stage for deadline mode
+    def use_profile(self, stage_p90_ms: Union[Sequence[float], LatencyProfile]) -> None:
+        """Per-stage p90 latencies (ms) for deadline mode: one per stage, or a ``LatencyProfile`` of this bundle."""
         p90 = stage_p90_ms.deadline_p90(self.manifest) if hasattr(stage_p90_ms, "deadline_p90") else stage_p90_ms
         if hasattr(stage_p90_ms, "deadline_p90"):  # as use_calibration says it
             self._warn_other_setting("the profile was taken", stage_p90_ms.threads, stage_p90_ms.device,
@@ -334,7 +333,7 @@ class Bundle:
             carry, ms = self.run_stage(e, x, carry, chunk, check_finite)
             yield carry, ms
 
-    def predict(self, x: np.ndarray, thresholds: Optional[Sequence[Optional[float]]] = None,
+    def predict(self, x: Union[np.ndarray, Sequence[np.ndarray]], thresholds: Optional[Sequence[Optional[float]]] = None,
                 budget_ms: Optional[float] = None, deadline_ms: Optional[float] = None,
                 max_batch: Optional[int] = None, spent_ms: float = 0.0) -> Union[Prediction, list[Prediction]]:
         """Early-exit prediction. One image -> Prediction; a batch (N, C, H, W), a uint8 batch
