@@ -595,6 +595,8 @@ def test_json_import(tmp_path):
     same_stats(prof, ref)
     assert prof.source == "json" and prof.device == device and prof.threads == 4 and "app v2" in prof.notes
     assert import_json(p, device_name="renamed").device == {**device, "device_name": "renamed"}
+    p.write_text(json.dumps({"device": {"name": "iphone15"}, "stages_ms": STAGES}))
+    assert import_json(p, device_name="iphone15").device == {"name": "iphone15", "device_name": "iphone15"}  # named by the flag
 
     cum = np.cumsum(np.array(STAGES), axis=0).tolist()
     p.write_text(json.dumps({"cumulative_ms": cum}))
@@ -612,7 +614,10 @@ def test_json_import(tmp_path):
                        ({"cumulative_ms": [[1.0, 2.0], [1.0]]}, "same number of iterations"),
                        # a plain-string note was dropped unsaid; a NaN sample was not said to be this file's
                        ({"stages_ms": STAGES, "notes": "app v2"}, r"s\.json: 'notes' must be a list of strings"),
-                       ({"stages_ms": [[1.0, float("nan")]]}, r"s\.json: stage 1: .*finite")):
+                       ({"stages_ms": [[1.0, float("nan")]]}, r"s\.json: stage 1: .*finite"),
+                       # a device's name under another key, or as a plain string, was dropped unsaid: calibrate then said none
+                       ({"stages_ms": STAGES, "device": {"name": "iphone15"}}, r"s\.json: 'device' has \['name'\] but no 'device_name'"),
+                       ({"stages_ms": STAGES, "device": "iphone15"}, r"s\.json: 'device' must be an object of device facts")):
         p.write_text(json.dumps(bad))
         with pytest.raises(ProfileError, match=match):
             import_json(p)

@@ -187,12 +187,18 @@ def import_json(path: PathLike, device_name: Optional[str] = None) -> LatencyPro
     if not isinstance(data, list) or not data or not all(isinstance(s, list) for s in data):
         raise ProfileError(f"{p}: '{key}' must be a non-empty list of per-exit sample lists")
     stages = data if key == "stages_ms" else _stages_from_cumulative(data, str(p))
+    dev = d.get("device")
+    if dev is not None and not isinstance(dev, dict):  # a plain name had been dropped unsaid
+        raise ProfileError(f"{p}: 'device' must be an object of device facts, e.g. {{\"device_name\": \"pixel-8\"}}, got {dev!r}")
+    if dev and not dev.get("device_name") and not device_name and (near := sorted(set(dev) & {"name", "device", "model", "id"})):
+        raise ProfileError(f"{p}: 'device' has {near} but no 'device_name', the key its name goes in (calibrate would say the "
+                           "profile names no device): rename the key, or pass --device-name NAME")
     notes = d.get("notes") or []  # null: none
     if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):  # a plain string was dropped unsaid
         raise ProfileError(f"{p}: 'notes' must be a list of strings, got {notes!r}")
     with _named(str(p)):
         return LatencyProfile.from_samples(
-            stages, device=_device_from(d.get("device"), device_name), source="json",
+            stages, device=_device_from(dev, device_name), source="json",
             bundle=d.get("bundle") if isinstance(d.get("bundle"), dict) else None,
             threads=_json_threads(d, p), notes=notes, settings={"file": str(p), "layout": key})
 

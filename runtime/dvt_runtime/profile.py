@@ -279,7 +279,7 @@ def _import_parser() -> argparse.ArgumentParser:
                                  description="Turn latencies measured elsewhere into a dvt latency profile.")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--csv", help="CSV: stage1_ms,stage2_ms,... | exit1_cumulative_ms,... | exit,ms")
-    src.add_argument("--json", help="JSON: {'device': {...}, 'stages_ms': [[...], ...]} or 'cumulative_ms'")
+    src.add_argument("--json", help="JSON: {'device': {'device_name': NAME, ...}, 'stages_ms': [[...], ...]} or 'cumulative_ms'")
     src.add_argument("--etdump", nargs="+", metavar="ETDP", help="ExecuTorch ETDump files, one per exit, in exit order")
     ap.add_argument("--etrecord", nargs="+", metavar="ETRECORD", help="ETRecord per exit (optional, with --etdump)")
     ap.add_argument("--skip-first", type=int, default=None, metavar="N",
