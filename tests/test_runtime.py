@@ -655,8 +655,27 @@ def test_a_calibration_holding_a_non_finite_number_is_refused(bundle_copy, val, 
         d["cascade_overhead_ms"] = float("nan")
     path.write_text(json.dumps(d))
     with pytest.raises(CalibrationError, match=r"holds non-finite numbers \((profile\.stages\[1\]\.median|chosen\.budget_ms|"
-                                               r"chosen\.predicted\.mean_ms|cascade_overhead_ms)\).*re-run python -m dvt_runtime.calibrate"):
+                                               r"chosen\.predicted\.mean_ms|cascade_overhead_ms)\).*rewrite it: python -m dvt_runtime.calibrate") as e:
         Bundle.open(bundle_copy, device_name="dev")
+    # the whole command: this bundle, this device, its budget (it had said "re-run python -m dvt_runtime.calibrate for this bundle")
+    assert str(e.value).endswith(f"--bundle {bundle_copy} --data VAL.npz --budget-ms 1000000.0 --device-name dev"), str(e.value)
+
+
+def test_a_calibration_to_rewrite_gets_the_command_for_its_device(tmp_path):
+    """A re-exported bundle's carried calibrations were told to "re-run python -m dvt_runtime.calibrate": run as said, it
+    wrote this host's file, not the phone's. The command names the device, its batch, and --profile for another device's."""
+    from dvt_runtime.calibration import rewrite_command
+
+    cal = tmp_path / "b" / "calibration"
+    cal.mkdir(parents=True)
+    (cal / "pixel8-batch4.json").write_text(json.dumps({"device": "pixel8", "budget_ms": 4.5, "profile_source": "given (--profile)",
+                                                         "profile": {"device": {"device_name": "pixel8"}}}))
+    assert rewrite_command(cal / "pixel8-batch4.json") == (
+        f"python -m dvt_runtime.calibrate --bundle {tmp_path / 'b'} --data VAL.npz --budget-ms 4.5 --device-name pixel8 --batch 4 "
+        "--profile PROFILE.json (that device's own: this file's latencies were priced by a latency profile given to calibrate that "
+        "names no hardware (an imported one: another device's))")
+    (cal / "lap top.json").write_text("{not json")  # unreadable: named by its file, the budget left to the user
+    assert rewrite_command(cal / "lap top.json").endswith("--budget-ms MS --device-name 'lap top'")  # as a shell takes it
 
 
 def test_a_calibration_switched_during_a_call_and_the_api_edges_a_service_meets(bundle_copy, val):

@@ -17,6 +17,7 @@ import json
 import math
 import numbers
 import re
+import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -152,21 +153,41 @@ def missing_calibration(p: Path, device_name: str, batch: int, using: str) -> Op
 def read_calibration(path: Union[str, Path], manifest) -> Calibration:
     """Load and validate ``path`` for the bundle described by ``manifest``."""
     path = Path(path)
-    fix = "re-run python -m dvt_runtime.calibrate for this bundle"
     if not path.is_file():
-        raise CalibrationError(f"calibration {path} is not a file; remove it and {fix}")
+        raise CalibrationError(f"calibration {path} is not a file; remove it and rewrite it: {rewrite_command(path)}")
     if path.stat().st_size > MAX_FILE_BYTES:
-        raise CalibrationError(f"calibration {path} is {path.stat().st_size} bytes, far too large to be a calibration; {fix}")
+        raise CalibrationError(f"calibration {path} is {path.stat().st_size} bytes, far too large to be a calibration; rewrite it: "
+                               f"{rewrite_command(path)}")
     try:
         d = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CalibrationError(f"calibration {path} is not valid JSON ({e}); {fix}") from None
+        raise CalibrationError(f"calibration {path} is not valid JSON ({e}); rewrite it: {rewrite_command(path)}") from None
     except RecursionError:
-        raise CalibrationError(f"calibration {path} is nested too deeply to be a calibration; {fix}") from None
+        raise CalibrationError(f"calibration {path} is nested too deeply to be a calibration; rewrite it: {rewrite_command(path)}") from None
     try:
         return Calibration.from_dict(d, manifest)
     except CalibrationError as e:
-        raise CalibrationError(f"calibration {path}: {e}; {fix}") from None
+        raise CalibrationError(f"calibration {path}: {e}; rewrite it: {rewrite_command(path)}") from None
+
+
+def rewrite_command(path: Path) -> str:
+    """The calibrate command that rewrites ``path`` (``<bundle>/calibration/<device>[-batchN].json``): its bundle, device,
+    batch and budget, and ``--profile`` where its latencies were another device's (measuring here would price it with this host's)."""
+    m = re.fullmatch(r"(.+?)(?:-batch(\d+))?", path.stem)
+    assert m is not None  # the pattern takes any stem
+    d: Any = None
+    if path.is_file() and path.stat().st_size <= MAX_FILE_BYTES:
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
+            pass
+    d = d if isinstance(d, dict) else {}
+    budget, device = d.get("budget_ms"), d.get("device")
+    cmd = (f"python -m dvt_runtime.calibrate --bundle {shlex.quote(str(path.parent.parent))} --data VAL.npz --budget-ms "
+           f"{budget if _num(budget) and budget > 0 else 'MS'} --device-name {shlex.quote(device if isinstance(device, str) else m.group(1))}")
+    cmd += f" --batch {m.group(2)}" if m.group(2) else ""
+    other = other_hosts_latencies(path) if d else None
+    return cmd + (f" --profile PROFILE.json (that device's own: this file's latencies were {other})" if other else "")
 
 
 def _need(ok: bool, msg: str) -> None:
