@@ -533,7 +533,14 @@ def test_one_console_command_with_subcommands(capsys):
         r = subprocess.run([sys.executable, "-m", mod, *args], capture_output=True, text=True, timeout=120)
         assert r.returncode == 0 and want in r.stdout, (mod, r.stderr[-500:])
     r = _cli("dvt_runtime.cli", "calibrate", "--help")
-    assert r.returncode == 0 and "--budget-ms" in r.stdout
+    assert r.returncode == 0 and "--budget-ms" in r.stdout and r.stdout.startswith("usage: dvt-runtime calibrate ")
+    # each usage line names the command as typed (dvt-runtime profile import had said python -m dvt_runtime.profile import)
+    for args, want in ((["dvt_runtime", "profile", "import", "--help"], "usage: dvt-runtime profile import "),
+                       (["dvt_runtime", "profile", "--help"], "usage: dvt-runtime profile "),
+                       (["dvt_runtime.profile", "import", "--help"], "usage: python -m dvt_runtime.profile import "),
+                       (["dvt_runtime.calibrate", "--help"], "usage: python -m dvt_runtime.calibrate ")):
+        r = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and r.stdout.startswith(want), (args, r.stdout[:200], r.stderr[-500:])
     exe = Path(sys.executable).parent
     for script in ("dvt-edge", "dvt-runtime"):
         assert (exe / script).is_file(), f"{script} is not installed (pip install -e . installs it)"

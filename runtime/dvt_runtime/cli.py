@@ -74,6 +74,12 @@ def dispatch(commands: dict[str, tuple[str, str]], usage_text: str, argv: Option
     return run_cli(lambda: module.main(rest))
 
 
+def command_name(default: str) -> str:
+    """A subcommand's name in its usage lines: as the dispatcher ran it (``dvt-runtime profile``), else ``default`` (run
+    as ``python -m dvt_runtime.profile``, where ``sys.argv[0]`` is a file path)."""
+    return sys.argv[0] if sys.argv and sys.argv[0].startswith(("dvt-runtime ", "dvt-edge ")) else default
+
+
 def usage(prog: str, commands: dict[str, tuple[str, str]], footer: str = "") -> str:
     width = max(map(len, commands))
     lines = [f"usage: {prog} COMMAND [ARGS...]   ({prog} COMMAND --help for its options; {prog} --version)", "", "commands:"]

@@ -38,6 +38,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from dvt_runtime.backends import PROVIDERS_HELP, BackendUnavailable, parse_providers
+from dvt_runtime.cli import command_name
 from dvt_runtime.device import MEMORY_PROBE, MEMORY_WARN, check_batch_memory, device_facts, peak_rss_mb
 from dvt_runtime.importers import import_csv, import_etdump, import_json
 from dvt_runtime.io import atomic_write_json, check_out_path
@@ -256,7 +257,7 @@ def _device(bundle, threads: Optional[int], device_name: Optional[str]) -> dict[
 
 def _measure_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="python -m dvt_runtime.profile",
+        prog=command_name("python -m dvt_runtime.profile"),
         description="Profile a bundle's per-exit latency on this device (see also: python -m dvt_runtime.profile import -h).",
     )
     ap.add_argument("--bundle", required=True, help="bundle directory (manifest.json + one artifact per exit)")
@@ -275,7 +276,7 @@ def _measure_parser() -> argparse.ArgumentParser:
 
 
 def _import_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m dvt_runtime.profile import",
+    ap = argparse.ArgumentParser(prog=command_name("python -m dvt_runtime.profile") + " import",
                                  description="Turn latencies measured elsewhere into a dvt latency profile.")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--csv", help="CSV: stage1_ms,stage2_ms,... | exit1_cumulative_ms,... | exit,ms")
