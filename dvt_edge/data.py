@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m dvt_edge.data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     ex = sub.add_parser("export", help="write a preprocessed .npz (calibration/validation set for devices)")
-    ex.add_argument("--data", default="fashion-mnist", help=f"dataset spec: {', '.join(DATASETS)}")
+    ex.add_argument("--data", default=None, help=f"dataset spec: {', '.join(DATASETS)} (default: --checkpoint's own data)")
     ex.add_argument("--split", default="val", help="train or val (test)")
     ex.add_argument("--n", type=int, default=None, help="number of samples (default: all)")
     ex.add_argument("--seed", type=int, default=0, help="seed of the random subset")
@@ -382,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, help="the .npz to write")
     ex.add_argument("--force", action="store_true", help="replace --out if it exists")
     info = sub.add_parser("info", help="print what a dataset spec resolves to")
-    info.add_argument("--data", default="fashion-mnist", help=f"dataset spec: {', '.join(DATASETS)}")
+    info.add_argument("--data", required=True, help=f"dataset spec: {', '.join(DATASETS)}")
     return ap
 
 
@@ -436,13 +436,15 @@ def _export(args: argparse.Namespace) -> None:
     if blocker is not None:
         raise DataError(f"--out {out}: {blocker} is a file, not a folder")
     pre = model = None
+    if not args.data and not args.checkpoint:  # it had been Fashion-MNIST whatever the model (a 4-class photo model's calibration set)
+        raise DataError(f"pass --data SPEC (valid: {', '.join(DATASETS)}), or --checkpoint CKPT to write its own data set")
     if args.checkpoint:
         from dvt_edge.checkpoint import load_checkpoint
 
         model, info = load_checkpoint(args.checkpoint, trusted=args.trust_checkpoint)
         pre = info.preprocess
-        if _SPLIT_ALIASES.get(args.split) == "val":  # a calibration set of trained-on images: its held-out part, or said
-            args.data = data_for_checkpoint(args.data, model.name, info.extras)[0]
+        if _SPLIT_ALIASES.get(args.split) == "val" or not args.data:  # a calibration set of trained-on images: its held-out part, or said
+            args.data = data_for_checkpoint(args.data, model.name, info.extras, model.cfg, _SPLIT_ALIASES.get(args.split, "val"))[0]
     ds = load_dataset(args.data, args.split, preprocess=pre, limit=args.n, seed=args.seed)  # an image folder decodes only those
     if model is not None:  # labelled as the bundles of this checkpoint answer, which the runtime's calibrate checks
         ds = as_imagenet_labels(ds, model.cfg.num_classes, info.classes) or ds

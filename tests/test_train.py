@@ -643,6 +643,13 @@ def test_a_folder_whose_holdout_moved_since_training_is_said(tmp_path, capsys):
     assert said in capsys.readouterr().err
     assert data_main(["export", "--data", spec, "--checkpoint", ckpt, "--split", "val", "--out", str(tmp_path / "v.npz")]) == 0
     assert said in capsys.readouterr().err
+    # without --data, the checkpoint's own images (it had written Fashion-MNIST's for this 2-class photo model, unsaid)
+    assert data_main(["export", "--checkpoint", ckpt, "--split", "val", "--out", str(tmp_path / "own.npz")]) == 0
+    z = np.load(tmp_path / "own.npz")
+    assert list(z["classes"]) == ["a", "b"] and len(z["labels"]) == 5, (list(z["classes"]), len(z["labels"]))
+    capsys.readouterr()
+    assert data_main(["export", "--split", "val", "--out", str(tmp_path / "x.npz")]) == 2
+    assert "pass --data SPEC (valid: " in capsys.readouterr().err and not (tmp_path / "x.npz").exists()
     assert export_main(["--checkpoint", ckpt, "--target", "onnx", "--precision", "fp32", "--out", str(tmp_path / "b")]) == 0
     assert said in capsys.readouterr().err
     assert export_main(["--checkpoint", ckpt, "--target", "ort", "--precision", "fp32", "--out", str(tmp_path / "b2")]) == 0

@@ -47,7 +47,7 @@ def load_npz(path: str, preprocess: Optional[Preprocess] = None, classes: Option
     file that names other classes (another data set's labels) and labels outside them are refused."""
     p = Path(path)
     hint = ("calibration measures accuracy on labelled images: 'images' uint8 (N, H, W[, C], BGR) and 'labels' (N,) class "
-            "indices, e.g. np.savez('val.npz', images=..., labels=...), or on the host: python -m dvt_edge.data export --split val --out val.npz")
+            "indices, e.g. np.savez('val.npz', images=..., labels=...), or on the host: python -m dvt_edge.data export --checkpoint CKPT --split val --out val.npz")
     z = read_npz(p, ("images", "labels"), CalibrationError, hint)
     if preprocess is not None and z["images"].dtype != np.uint8:  # raw pixels are preprocessed here: a stored recipe is moot
         check_npz_preprocess(z, preprocess, p, CalibrationError)
