@@ -407,7 +407,7 @@ def scoring_set(spec: str, split: str, preprocess: Optional[Preprocess], num_cla
                         "pass --data SPEC with the images the model was trained on (moved? their new path)")
     if mismatch:
         raise DataError(f"{spec} cannot {use} this model: {mismatch} (a model for these classes: python -m dvt_edge.train "
-                        f"--finetune {checkpoint} --data {spec})")
+                        f"--finetune {checkpoint} --data {spec} --out runs/NAME)")
     return ds
 
 

@@ -759,7 +759,7 @@ def test_some_imagenet_synset_folders_score_an_imagenet_model(tmp_path):
     assert sorted(z["labels"].tolist()) == [0, 417, 999] and len(z["classes"]) == 1000
     with pytest.raises(DataError, match=r"cannot score this model: .*train --finetune CHECKPOINT --data imagefolder:"):
         D.scoring_set(f"imagefolder:{tmp_path / 'odd'}", "val", None, 1000, list(names), "score")  # a folder that is no synset
-    with pytest.raises(DataError, match=r"train --finetune runs/in1k\.pt --data imagefolder:"):  # the model's own file, when known
+    with pytest.raises(DataError, match=r"train --finetune runs/in1k\.pt --data imagefolder:\S+ --out runs/NAME\)"):  # the model's own file, when known
         D.scoring_set(f"imagefolder:{tmp_path / 'odd'}", "val", None, 1000, list(names), "score", checkpoint="runs/in1k.pt")
 
 
