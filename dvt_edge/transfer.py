@@ -129,12 +129,18 @@ def transfer_weights(model: nn.Module, src: dict[str, torch.Tensor], skip=lambda
 
 def carry_head_rows(model: nn.Module, src: dict[str, torch.Tensor], src_classes: list[str], classes: list[str]) -> list[str]:
     """Each classifier head's row (weight and bias) of every class named alike in ``src_classes`` and ``classes`` copied
-    into ``model`` at that class's index (the other rows keep their fresh init); the names carried."""
+    into ``model`` at that class's index (the other rows keep their fresh init); the names carried ("Cat <- cat" where
+    they are written otherwise). Alike: equal but for case, spaces, ``_`` and ``-`` (a folder ``Cat``, or ``ship `` with
+    a trailing space, carried nothing), and only where that matches one class on each side."""
     from dvt_runtime.checks import numbered
 
     if numbered(src_classes) or numbered(classes):  # "0".."K-1" stand for classes nobody named: no two are known alike
         return []
-    pairs = [(i, list(src_classes).index(c)) for i, c in enumerate(classes) if c in src_classes]
+    theirs: dict[str, list[int]] = {}
+    for j, c in enumerate(src_classes):
+        theirs.setdefault(_class_key(c), []).append(j)
+    ours = [_class_key(c) for c in classes]
+    pairs = [(i, theirs[k][0]) for i, k in enumerate(ours) if len(theirs.get(k, [])) == 1 and ours.count(k) == 1]
     own = model.state_dict()  # tensors sharing the parameters' storage
     heads = [k for k in own if ".head." in k and k in src and src[k].shape[1:] == own[k].shape[1:]
              and src[k].shape[0] == len(src_classes) and own[k].shape[0] == len(classes)]
@@ -143,7 +149,12 @@ def carry_head_rows(model: nn.Module, src: dict[str, torch.Tensor], src_classes:
     with torch.no_grad():
         for k in heads:  # weight (classes, D), bias (classes,)
             own[k][[i for i, _ in pairs]] = src[k][[j for _, j in pairs]].to(own[k].dtype)
-    return [classes[i] for i, _ in pairs]
+    return [classes[i] if classes[i] == src_classes[j] else f"{classes[i]} <- {src_classes[j]}" for i, j in pairs]
+
+
+def _class_key(name: str) -> str:
+    """A class name as compared across data sets: case, runs of spaces, ``_`` and ``-`` aside."""
+    return " ".join(str(name).replace("_", " ").replace("-", " ").split()).casefold()
 
 
 def _is_square(n: int) -> bool:

@@ -431,6 +431,13 @@ def test_numbered_classes_are_never_named_alike():
     model = create_model("dvt_micro_fmnist", num_classes=5)
     assert carry_head_rows(model, src, [str(i) for i in range(10)], [str(i) for i in range(5)]) == []
     assert carry_head_rows(model, src, [f"c{i}" for i in range(10)], ["c3", "x", "c1", "y", "z"]) == ["c3", "c1"]
+    # a folder Cat, or 'ship ' with a trailing space, carried nothing from the CIFAR reference's cat and ship
+    cifar = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    assert carry_head_rows(model, src, cifar, ["Cat", "Dogs", "ship ", "Pickup_Truck", "bird"]) == ["Cat <- cat", "ship  <- ship", "bird"]
+    for k in ("head.weight", "head.bias"):
+        for key in [n for n in src if n.endswith(k)]:
+            assert torch.equal(model.state_dict()[key][0], src[key][3]) and torch.equal(model.state_dict()[key][2], src[key][8]), key
+    assert carry_head_rows(model, src, ["cat", "Cat", "dog", *"abcdefg"], ["CAT", "dog", "x", "y", "z"]) == ["dog"]  # cat ambiguous: none
 
 
 def test_bf16_warning_names_the_fix_on_cpus_without_native_bf16(monkeypatch):
