@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -161,8 +162,17 @@ def test_manifest_rejects_escaping_paths_and_newer_schema(tmp_path, micro_ckpt):
 def test_existing_bundle_needs_force_and_is_replaced_whole(tmp_path, micro_ckpt):
     out = tmp_path / "b"
     export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(out), verify_n=20, progress=False)
-    with pytest.raises(ExportError, match="--force"):
+    with pytest.raises(ExportError, match="--force") as e:
         export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(out), verify_n=20, progress=False)
+    assert "another checkpoint" not in str(e.value)
+    # another model's bundle at that path (every bundle of an architecture is named alike): said, --force not advised
+    other = torch.load(micro_ckpt, weights_only=True)
+    other["classes"] = [f"c{i}" for i in range(10)]
+    torch.save(other, tmp_path / "other.pt")
+    with pytest.raises(ExportError, match=rf"it is the bundle of another checkpoint \({re.escape(str(micro_ckpt))}, classes "
+                                          rf"\['T-shirt/top', .*to keep both, name another folder, e\.g\. --out {re.escape(str(tmp_path / 'my-b'))}"):
+        export_bundle(str(tmp_path / "other.pt"), "onnx", "fp32", out=str(out), verify_n=20, progress=False)
+    (tmp_path / "other.pt").unlink()
     export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(out), verify_n=20, progress=False, force=True)
     Manifest.load(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "dvt-edge-export.log"]  # no temp or old directories left

@@ -203,7 +203,7 @@ def export_bundle(checkpoint: str, target: str, precision: str = "fp32", options
         print(f"note: {note}")
     log = Path(opts.log_path) if opts.log_path else dest.parent / "dvt-edge-export.log"
     inputs = [checkpoint] + ([opts.calib_data.partition(":")[2]] if opts.calib_data and ":" in opts.calib_data else [])
-    check_destination(dest, opts.force, inputs, log)
+    check_destination(dest, opts.force, inputs, log, checkpoint)
     schemes = int8_schemes(t, precision, opts.scheme)
     if len(schemes) > 1 and t.backend not in available_backends():  # auto measures each scheme: nothing can be measured here
         schemes = [d if (d := t.int8.get("default_scheme")) in schemes else schemes[0]]  # a recipe whose default is auto: its first

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from dvt_edge.export.common import ExportError
+from dvt_runtime.io import sha256_file
 from dvt_runtime.manifest import Manifest, ManifestError
 
 __all__ = ["install", "recover_leftovers", "check_destination", "carry_over", "KEPT"]
@@ -105,9 +106,11 @@ def _remove(p: Path) -> str:
     return "" if not os.path.lexists(p) else "it is still there"
 
 
-def check_destination(dest: Path, force: bool, inputs: Sequence[str] = (), log: Optional[Path] = None) -> None:
+def check_destination(dest: Path, force: bool, inputs: Sequence[str] = (), log: Optional[Path] = None,
+                      checkpoint: Optional[str] = None) -> None:
     """Refuse to replace anything but a bundle this package wrote (and never the working directory, a symbolic
-    link, a bundle holding files its manifest does not list, or one holding ``inputs``: the checkpoint, the data)."""
+    link, a bundle holding files its manifest does not list, or one holding ``inputs``: the checkpoint, the data).
+    Without ``force``, a bundle of another file than ``checkpoint`` is said to be another model's."""
     if dest.is_symlink():  # swapping it would replace the link, not the bundle it points to
         raise ExportError(f"--out {dest} is a symbolic link to {os.readlink(dest)}; pass the real path instead "
                           f"(--out {dest.resolve()}); nothing was changed")
@@ -127,13 +130,32 @@ def check_destination(dest: Path, force: bool, inputs: Sequence[str] = (), log: 
                               f"would delete them. Move them out of {dest} first (only {KEPT}/ is carried into a new bundle); "
                               "nothing was changed")
         if not force:
-            raise ExportError(f"{dest} already exists; pass --force to replace it (the old bundle is kept until the new one is complete)")
+            raise ExportError(f"{dest} already exists; " + (_other_model(dest, checkpoint) or
+                              "pass --force to replace it (the old bundle is kept until the new one is complete)"))
     for parent in dest.parents:
         if parent.exists() and not parent.is_dir():
             raise ExportError(f"cannot write the bundle under {parent}: it is a file, not a folder; choose another --out")
         if _is_bundle(parent):  # a bundle inside a bundle (and the log beside it) shipped with it, unsaid
             raise ExportError(f"--out {dest} lies inside the bundle {parent}, which holds only its own artifacts: choose a folder "
                               f"outside it (e.g. {parent.parent / dest.name}); nothing was changed")
+
+
+def _other_model(dest: Path, checkpoint: Optional[str]) -> str:
+    """How the bundle at ``dest`` is another checkpoint's (every bundle of an architecture is named alike by default,
+    so a second model's export had been told to --force over the first's), else ""."""
+    try:
+        d = json.loads((dest / "manifest.json").read_text(encoding="utf-8"))
+        src = d.get("source") or {}
+    except (OSError, ValueError, AttributeError):
+        return ""
+    if not checkpoint or not isinstance(src, dict) or not src.get("sha256") or not Path(checkpoint).is_file():
+        return ""
+    if src["sha256"] == sha256_file(checkpoint):
+        return ""
+    classes = d.get("classes") if isinstance(d.get("classes"), list) else []
+    shown = f", classes {classes[:4]}{'...' if len(classes) > 4 else ''}" if classes else ""
+    return (f"it is the bundle of another checkpoint ({src.get('checkpoint', '?')}{shown}): --force would replace that model's "
+            f"bundle; to keep both, name another folder, e.g. --out {dest.parent / ('my-' + dest.name)}")
 
 
 def _is_bundle(folder: Path) -> bool:
