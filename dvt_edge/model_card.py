@@ -24,6 +24,7 @@ from typing import Optional, Union
 from dvt_edge.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from dvt_edge.data import DataError, trained_on_val
 from dvt_edge.references import card_path
+from dvt_edge.resume import STARTED_OVER
 from dvt_runtime.io import atomic_write, atomic_write_json, check_out_path, sha256_file
 
 #: train.py flags that do not change the result (left out of the reproduced command)
@@ -188,7 +189,11 @@ def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[s
         raise CheckpointError(f"{last} holds no training state; pass the run directory written by python -m dvt_edge.train")
     if t["epoch"] < t["epochs"]:
         raise CheckpointError(f"{run} stopped at epoch {t['epoch']} of {t['epochs']}; finish it with "
-                              f"python -m dvt_edge.train ... --out {run} --resume")
+                              f"python -m dvt_edge.train --out {shlex.quote(str(run))} --resume")
+    if (run_dir / STARTED_OVER).is_file():  # --resume refuses it too: the checkpoints are those of a run the user started over
+        raise CheckpointError(f"{run} was started over with --force and stopped before its first epoch ended: {last} is still the "
+                              f"earlier run's. Start the new run again (its own flags and --force), or, to publish the earlier one, "
+                              f"delete {run_dir / STARTED_OVER}")
     args = json.loads(t["args"])
     history = json.loads(t["history"])
     extra = {"eval_data": eval_data} if eval_data else {}  # portable evaluation data (e.g. shipped with the package)

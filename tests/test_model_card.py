@@ -190,8 +190,16 @@ def test_unfinished_run_is_refused_and_nothing_written(micro_ckpt, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     torch.save(raw, run / "last.pt")
-    with pytest.raises(CheckpointError, match="--resume"):
+    with pytest.raises(CheckpointError, match=rf"finish it with python -m dvt_edge.train --out {run} --resume$"):  # as typed, no '...'
         publish_run(str(run), str(tmp_path / "ref.pt"), progress=False)
+    assert not (tmp_path / "ref.pt").exists()
+    # a finished run that a --force run started over (stopped before its first epoch): --resume refuses it, publishing had not
+    over = tmp_path / "over"
+    over.mkdir()
+    shutil.copy(micro_ckpt.parent / "last.pt", over / "last.pt")
+    (over / "started-over.json").write_text("{}")
+    with pytest.raises(CheckpointError, match=r"was started over with --force .* still the earlier run's.*delete .*started-over\.json"):
+        publish_run(str(over), str(tmp_path / "ref.pt"), progress=False)
     assert not (tmp_path / "ref.pt").exists()
     with pytest.raises(CheckpointError, match="training run directory"):
         publish_run(str(tmp_path / "nope"), str(tmp_path / "ref.pt"), progress=False)
