@@ -372,7 +372,7 @@ def _verify(p: _Plan, exits: list[ExitSpec], artifacts: list[ExitArtifact], max_
     if p.opts.verify:
         report.problems += simulated_problems([a.quantization for a in artifacts], p.opts.int8_min_agreement)
     if p.precision == "int8" and p.opts.int8_min_agreement is None:
-        report.note = (report.note + "; " if report.note else "") + "int8 top-1 agreement recorded, not required (--int8-min-agreement none)"
+        report.note = (report.note + "; " if report.note else "") + "int8 top-1 agreement recorded, not required (--int8-min-agreement none, as for random weights)"
     # int8/fp16 logits are held to a bar only on real images: on the fixed inputs alone their difference is recorded, unbounded
     unmeasured = p.opts.verify and p.precision in ("int8", "fp16") and report.checked == "numerical" and not agreement_measured(report, [a.quantization for a in artifacts])
     if unmeasured:
