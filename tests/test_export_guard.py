@@ -121,9 +121,16 @@ def test_calibration_floats_and_classes_the_model_does_not_take_are_said(micro_c
         d = _load_data(f"npz:{tmp_path / name}.npz", colour, 8, 8, need_calib=True, num_classes=10)
         said = capsys.readouterr().err
         assert ("grayscale images for a colour model" in said) == (name != "rgb"), name
-        assert d.note.endswith("; grayscale images for a colour model") == (name != "rgb"), name  # the manifest's parity.data
+        assert ("; warning: grayscale images for a colour model" in d.note) == (name != "rgb"), name  # the manifest's parity.data
     _load_data(f"npz:{tmp_path / 'gray.npz'}", pre, 8, 8, need_calib=True, num_classes=10)  # a grayscale model's own
     assert "grayscale" not in capsys.readouterr().err
+    # 8 px images for a 32 px model (4x upscaled) chose default thresholds of 0, 0 unsaid; the runtime had warned
+    np.savez(tmp_path / "tiny.npz", images=rng.integers(0, 256, (40, 7, 7, 3), dtype=np.uint8), labels=np.arange(40) % 10)
+    d = _load_data(f"npz:{tmp_path / 'tiny.npz'}", colour, 8, 8, need_calib=True, num_classes=10)
+    assert f"the images are 7x7, this model resizes them to {colour.resize} px ({colour.resize / 7:.1f}x upscaled)" in capsys.readouterr().err
+    assert "; warning: the images are 7x7" in d.note
+    _load_data(f"npz:{tmp_path / 'rgb.npz'}", colour, 8, 8, need_calib=True, num_classes=10)
+    assert "upscaled" not in capsys.readouterr().err
 
 
 def test_recipe_variants_are_keyed_on_what_they_produce_and_core_ml_packages_get_usual_permissions(micro_ckpt, tmp_path, monkeypatch):

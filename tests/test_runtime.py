@@ -415,7 +415,7 @@ def test_device_side_data_raw_pixels_and_unnormalized_floats(bundle_copy, tmp_pa
     np.testing.assert_array_equal(load_npz(str(tmp_path / "rgb.npz"), color)[0], load_npz(str(tmp_path / "bgr.npz"), color)[0])
     # another model's images: far smaller than the bundle resizes to, or grayscale for a colour model (used, but said)
     big = Preprocess(size=32, resize=32, channels="rgb", mean=(0.5,) * 3, std=(0.25,) * 3)
-    with pytest.warns(UserWarning, match=r"bgr\.npz: the images are 8x8, this bundle resizes them to 32 px \(4\.0x upscaled\)"):
+    with pytest.warns(UserWarning, match=r"bgr\.npz: the images are 8x8, this model resizes them to 32 px \(4\.0x upscaled\)"):
         assert load_npz(str(tmp_path / "bgr.npz"), big)[0].shape == (20, 3, 32, 32)
     np.savez(tmp_path / "empty_px.npz", images=np.zeros((20, 0, 0, 3), np.uint8), labels=np.zeros(20, np.int64))
     with pytest.raises(CalibrationError, match="empty_px.npz"):  # zero-size images: the shape error, not a ZeroDivisionError

@@ -13,7 +13,7 @@ from dvt_edge.data import DataError, load_dataset
 from dvt_edge.export.common import ExportError
 from dvt_edge.export.verify import IN_SAMPLE
 from dvt_edge.imageset import SplitNotHeld, as_imagenet_labels, label_mismatch, stratified_subset
-from dvt_runtime.npzsets import GRAY_FOR_COLOUR, all_gray, check_values
+from dvt_runtime.npzsets import check_values, foreign_pixels
 from dvt_runtime.preprocess import Preprocess
 
 CALIB_SEED, VERIFY_SEED = 0, 1  # the class-stratified subsets' seeds, named in the data note (the manifest's parity.data)
@@ -57,7 +57,7 @@ def _load_data(spec: Optional[str], pre: Preprocess, calib_n: int, verify_n: int
             print(f"warning: calibration images {spec} are not this model's classes ({mismatch}): static int8 calibrated on "
                   "another data set's images may lose accuracy; pass --calib-data with images like the model's own", file=sys.stderr)
         calib = (train.arrays() if lazy else train.arrays(calib_n, seed=CALIB_SEED))[0] if need_calib else []  # fp32, weight-only: none
-        gray = _gray_for_colour(train, pre)
+        foreign = _foreign(train, pre)
         try:
             val = _images(spec, "val", pre, num_classes, classes, verify_n if lazy else None, VERIFY_SEED)
         except DataError:
@@ -80,9 +80,9 @@ def _load_data(spec: Optional[str], pre: Preprocess, calib_n: int, verify_n: int
             + f" ({seeds})")
     if mismatch:
         vy, note = None, note + f"; their labels are not used ({mismatch}): no accuracy, no thresholds chosen on them"
-    if gray:
-        print(f"warning: calibration data {spec}: {GRAY_FOR_COLOUR}", file=sys.stderr)
-        note += "; grayscale images for a colour model"
+    for said in foreign:  # said now, and in the manifest's parity.data
+        print(f"warning: calibration data {spec}: {said}", file=sys.stderr)
+        note += f"; warning: {said}"
     return _Data(spec, list(calib), vx, vy, note)
 
 
@@ -95,13 +95,14 @@ def _images(spec: str, split: str, pre: Preprocess, num_classes: int, classes: O
     return as_imagenet_labels(ds, num_classes, classes) or ds
 
 
-def _gray_for_colour(ds, pre: Preprocess, n: int = 64) -> bool:
-    """Whether a colour model's images are all grayscale, judged on ``n`` of them spread over the set (its accuracy,
-    thresholds and int8 ranges on them are not those of the colour images a device sees: the CIFAR reference scores
-    63.70 / 73.26 / 76.24% top-1 on its held-out images made gray, against 76.70 / 82.88 / 85.16%)."""
-    if ds.preprocessed or pre.channels == "gray" or not len(ds):
-        return False
-    return all_gray([ds.raw(int(i)) for i in np.unique(np.linspace(0, len(ds) - 1, min(n, len(ds))).astype(int))])
+def _foreign(ds, pre: Preprocess, n: int = 64) -> list[str]:
+    """How a set's images look like another data set's (:func:`foreign_pixels`: far smaller than the model's input, or
+    grayscale for a colour model), judged on ``n`` of them spread over the set. Its accuracy, thresholds and int8 ranges
+    on them are not those of the images a device sees: the CIFAR reference scores 63.70 / 73.26 / 76.24% top-1 on its
+    held-out images made gray, against 76.70 / 82.88 / 85.16%."""
+    if ds.preprocessed or not len(ds):
+        return []
+    return foreign_pixels([ds.raw(int(i)) for i in np.unique(np.linspace(0, len(ds) - 1, min(n, len(ds))).astype(int))], pre)
 
 
 def _check_preprocessed(ds, spec: str, pre: Preprocess) -> None:

@@ -20,7 +20,7 @@ from dvt_runtime.checks import InputError, check_finite, numbered
 from dvt_runtime.io import check_labels, read_npz
 from dvt_runtime.preprocess import Preprocess
 
-__all__ = ["all_gray", "check_npz_preprocess", "load_npz", "load_images", "bgr_pixels"]
+__all__ = ["all_gray", "foreign_pixels", "check_npz_preprocess", "load_npz", "load_images", "bgr_pixels"]
 
 
 def check_npz_preprocess(z: dict, preprocess: Preprocess, path: Path, error: Callable[[str], Exception]) -> None:
@@ -101,14 +101,26 @@ def check_values(x: np.ndarray, preprocess: Preprocess, p: Union[Path, str]) -> 
 
 
 def _say_foreign_pixels(x: np.ndarray, preprocess: Preprocess, p: Path) -> None:
-    """A warning for pixels that look like another model's data set: far smaller than the bundle resizes to (32 px
-    images for a 224 px model), or grayscale for a colour model. They are still used: the bundle preprocesses them."""
-    h, w = x.shape[1:3]
-    if 0 < 2 * min(h, w) <= preprocess.resize:
-        warnings.warn(f"{p}: the images are {h}x{w}, this bundle resizes them to {preprocess.resize} px ({preprocess.resize / min(h, w):.1f}x "
-                      "upscaled): another data set's images? calibrate on images like the ones the device will see", stacklevel=3)
-    if preprocess.channels != "gray" and all_gray(x):
-        warnings.warn(f"{p}: {GRAY_FOR_COLOUR}", stacklevel=3)
+    """A warning for each way the pixels look like another model's data set (:func:`foreign_pixels`). They are
+    still used: the bundle preprocesses them."""
+    for said in foreign_pixels(x, preprocess):
+        warnings.warn(f"{p}: {said}", stacklevel=3)
+
+
+def foreign_pixels(images: Union[np.ndarray, Sequence[np.ndarray]], preprocess: Preprocess) -> list[str]:
+    """How uint8 images ((H, W[, C]) each) look like another data set's: the median image far smaller than the model
+    resizes to (at least 2x upscaled: 32 px images for a 224 px model, 8 px ones for a 32 px model), or every one
+    grayscale for a colour model. Accuracy, thresholds and int8 ranges on them are not the model's on its own images."""
+    sides = sorted((min(np.asarray(im).shape[:2]), np.asarray(im).shape[:2]) for im in images)
+    said = []
+    if sides and 0 < 2 * sides[len(sides) // 2][0] <= preprocess.resize:
+        side, (h, w) = sides[len(sides) // 2]
+        said.append(f"the images are {h}x{w}{' (the median)' if len({s for s, _ in sides}) > 1 else ''}, this model resizes them to "
+                    f"{preprocess.resize} px ({preprocess.resize / side:.1f}x upscaled): another data set's images? use images like "
+                    "the ones the device will see")
+    if preprocess.channels != "gray" and all_gray(images):
+        said.append(GRAY_FOR_COLOUR)
+    return said
 
 
 GRAY_FOR_COLOUR = ("grayscale images for a colour model: each is repeated to 3 channels, and accuracy on them is not its accuracy on "
