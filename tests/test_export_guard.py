@@ -131,6 +131,15 @@ def test_calibration_floats_and_classes_the_model_does_not_take_are_said(micro_c
     assert "; warning: the images are 7x7" in d.note
     _load_data(f"npz:{tmp_path / 'rgb.npz'}", colour, 8, 8, need_calib=True, num_classes=10)
     assert "upscaled" not in capsys.readouterr().err
+    # a file of training images only (data export --split train): verified and thresholds chosen on them, unsaid
+    np.savez(tmp_path / "tr.npz", images=rgb, labels=np.arange(40) % 10, split=np.array("train"), source=np.array("x (train split)"))
+    d = _load_data(f"npz:{tmp_path / 'tr.npz'}", colour, 8, 8, need_calib=True, num_classes=10)
+    assert "it holds only a 'train' split: the export verifies and chooses the default thresholds on training images" in \
+        capsys.readouterr().err and "; warning: it holds only a 'train' split" in d.note
+    from dvt_runtime.npzsets import load_npz
+
+    with pytest.warns(UserWarning, match=r"tr\.npz holds a 'train' split \(x \(train split\)\): .* calibrate on held-out ones"):
+        load_npz(str(tmp_path / "tr.npz"), colour)  # the runtime's calibrate reads it too
 
 
 def test_recipe_variants_are_keyed_on_what_they_produce_and_core_ml_packages_get_usual_permissions(micro_ckpt, tmp_path, monkeypatch):

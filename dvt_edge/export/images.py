@@ -16,6 +16,9 @@ from dvt_edge.imageset import SplitNotHeld, as_imagenet_labels, label_mismatch, 
 from dvt_runtime.npzsets import check_values, foreign_pixels
 from dvt_runtime.preprocess import Preprocess
 
+TRAIN_ONLY = ("it holds only a 'train' split: the export verifies and chooses the default thresholds on training images, "
+              "in-sample (and too eager) where this model trained on them; give held-out images: python -m dvt_edge.data export "
+              "--checkpoint CKPT --split val --out val.npz")
 CALIB_SEED, VERIFY_SEED = 0, 1  # the class-stratified subsets' seeds, named in the data note (the manifest's parity.data)
 
 
@@ -60,6 +63,8 @@ def _load_data(spec: Optional[str], pre: Preprocess, calib_n: int, verify_n: int
         foreign = _foreign(train, pre)
         try:
             val = _images(spec, "val", pre, num_classes, classes, verify_n if lazy else None, VERIFY_SEED)
+        except SplitNotHeld:  # a file of training images only (data export --split train): verified and thresholds chosen on them
+            val, foreign = None, [*foreign, TRAIN_ONLY]
         except DataError:
             val = None
         if val is not None and (lazy or not _same_images(val, train)):

@@ -58,6 +58,10 @@ def load_npz(path: str, preprocess: Optional[Preprocess] = None, classes: Option
                                f"{ours[:5]}{'...' if len(ours) > 5 else ''}: accuracy on it means nothing; export the bundle's "
                                "own data set: python -m dvt_edge.data export --checkpoint CKPT --data SPEC --split val --out val.npz")
     x, y = z["images"], check_labels(z["labels"], str(p), CalibrationError)
+    if "split" in z and str(z["split"]) == "train":  # python -m dvt_edge.data export --split train: thresholds chosen on them run eager
+        src = f" ({z['source']})" if "source" in z else ""
+        warnings.warn(f"{p} holds a 'train' split{src}: accuracies and thresholds on images the model trained on are in-sample (too "
+                      "eager on new images); calibrate on held-out ones: python -m dvt_edge.data export --checkpoint CKPT --split val", stacklevel=2)
     if len(x) != len(y):
         raise CalibrationError(f"{p}: {len(x)} images but {len(y)} labels")
     if classes is not None and len(out := np.flatnonzero((y < 0) | (y >= len(classes)))):
