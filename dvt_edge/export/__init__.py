@@ -368,6 +368,9 @@ def _verify(p: _Plan, exits: list[ExitSpec], artifacts: list[ExitArtifact], max_
                 raise ExportError("Core ML structural check failed: " + "; ".join(report.structure_problems))
     report.data = p.data.note
     report.scheme_selection = notes
+    if notes and report.checked == "numerical":  # the winner's agreement is the best of those measured on these same images
+        report.note = ((report.note + "; " if report.note else "") + "int8 'auto' chose each exit's scheme on these verification "
+                       "images (scheme_selection), so its agreement is the best of the schemes measured on them")
     report.problems = check_parity(report, p.precision, p.opts.int8_min_agreement) if p.opts.verify else []
     if p.opts.verify:
         report.problems += simulated_problems([a.quantization for a in artifacts], p.opts.int8_min_agreement)
