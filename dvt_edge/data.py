@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -407,7 +408,7 @@ def scoring_set(spec: str, split: str, preprocess: Optional[Preprocess], num_cla
                         "pass --data SPEC with the images the model was trained on (moved? their new path)")
     if mismatch:
         raise DataError(f"{spec} cannot {use} this model: {mismatch} (a model for these classes: python -m dvt_edge.train "
-                        f"--finetune {checkpoint} --data {spec} --out runs/NAME)")
+                        f"--finetune {shlex.quote(checkpoint)} --data {shlex.quote(spec)} --out runs/NAME)")
     return ds
 
 

@@ -187,13 +187,13 @@ def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[s
     t = info.extras.get("train")
     if not t:
         raise CheckpointError(f"{last} holds no training state; pass the run directory written by python -m dvt_edge.train")
-    if t["epoch"] < t["epochs"]:
-        raise CheckpointError(f"{run} stopped at epoch {t['epoch']} of {t['epochs']}; finish it with "
-                              f"python -m dvt_edge.train --out {shlex.quote(str(run))} --resume")
     if (run_dir / STARTED_OVER).is_file():  # --resume refuses it too: the checkpoints are those of a run the user started over
         raise CheckpointError(f"{run} was started over with --force and stopped before its first epoch ended: {last} is still the "
                               f"earlier run's. Start the new run again (its own flags and --force), or, to publish the earlier one, "
                               f"delete {run_dir / STARTED_OVER}")
+    if t["epoch"] < t["epochs"]:
+        raise CheckpointError(f"{run} stopped at epoch {t['epoch']} of {t['epochs']}; finish it with "
+                              f"python -m dvt_edge.train --out {shlex.quote(str(run))} --resume")
     args = json.loads(t["args"])
     history = json.loads(t["history"])
     extra = {"eval_data": eval_data} if eval_data else {}  # portable evaluation data (e.g. shipped with the package)

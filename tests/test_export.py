@@ -174,7 +174,16 @@ def test_existing_bundle_needs_force_and_is_replaced_whole(tmp_path, micro_ckpt)
     with pytest.raises(ExportError, match=rf"it is the bundle of another checkpoint \({re.escape(str(micro_ckpt))}, classes "
                                           rf"\['T-shirt/top', .*to keep both, name another folder, e\.g\. --out {re.escape(str(tmp_path / 'my-b'))}"):
         export_bundle(str(tmp_path / "other.pt"), "onnx", "fp32", out=str(out), verify_n=20, progress=False)
+    # the same file trained on since: an earlier version of it, --force advised
+    torch.save(other, tmp_path / "mine.pt")
+    export_bundle(str(tmp_path / "mine.pt"), "onnx", "fp32", out=str(tmp_path / "m"), verify_n=20, progress=False)
+    other["classes"] = [f"d{i}" for i in range(10)]
+    torch.save(other, tmp_path / "mine.pt")
+    with pytest.raises(ExportError, match=r"it is the bundle of an earlier version of .*mine\.pt \(the file changed since.*pass --force"):
+        export_bundle(str(tmp_path / "mine.pt"), "onnx", "fp32", out=str(tmp_path / "m"), verify_n=20, progress=False)
+    shutil.rmtree(tmp_path / "m")
     (tmp_path / "other.pt").unlink()
+    (tmp_path / "mine.pt").unlink()
     export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(out), verify_n=20, progress=False, force=True)
     Manifest.load(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "dvt-edge-export.log"]  # no temp or old directories left

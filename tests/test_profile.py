@@ -597,6 +597,8 @@ def test_json_import(tmp_path):
     assert import_json(p, device_name="renamed").device == {**device, "device_name": "renamed"}
     p.write_text(json.dumps({"device": {"name": "iphone15"}, "stages_ms": STAGES}))
     assert import_json(p, device_name="iphone15").device == {"name": "iphone15", "device_name": "iphone15"}  # named by the flag
+    p.write_text(json.dumps({"device": "iphone15", "stages_ms": STAGES}))  # a plain string is the device's name
+    assert import_json(p).device == {"device_name": "iphone15"} and import_json(p, device_name="x").device == {"device_name": "x"}
 
     cum = np.cumsum(np.array(STAGES), axis=0).tolist()
     p.write_text(json.dumps({"cumulative_ms": cum}))
@@ -617,7 +619,7 @@ def test_json_import(tmp_path):
                        ({"stages_ms": [[1.0, float("nan")]]}, r"s\.json: stage 1: .*finite"),
                        # a device's name under another key, or as a plain string, was dropped unsaid: calibrate then said none
                        ({"stages_ms": STAGES, "device": {"name": "iphone15"}}, r"s\.json: 'device' has \['name'\] but no 'device_name'"),
-                       ({"stages_ms": STAGES, "device": "iphone15"}, r"s\.json: 'device' must be an object of device facts")):
+                       ({"stages_ms": STAGES, "device": 15}, r"s\.json: 'device' must be an object of device facts.*--device-name")):
         p.write_text(json.dumps(bad))
         with pytest.raises(ProfileError, match=match):
             import_json(p)

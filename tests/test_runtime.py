@@ -668,10 +668,10 @@ def test_a_calibration_to_rewrite_gets_the_command_for_its_device(tmp_path):
 
     cal = tmp_path / "b" / "calibration"
     cal.mkdir(parents=True)
-    (cal / "pixel8-batch4.json").write_text(json.dumps({"device": "pixel8", "budget_ms": 4.5, "profile_source": "given (--profile)",
+    (cal / "pixel8-batch4.json").write_text(json.dumps({"device": "pixel8", "budget_ms": 4.5, "metric": "p90", "profile_source": "given (--profile)",
                                                          "profile": {"device": {"device_name": "pixel8"}}}))
     assert rewrite_command(cal / "pixel8-batch4.json") == (
-        f"python -m dvt_runtime.calibrate --bundle {tmp_path / 'b'} --data VAL.npz --budget-ms 4.5 --device-name pixel8 --batch 4 "
+        f"python -m dvt_runtime.calibrate --bundle {tmp_path / 'b'} --data VAL.npz --budget-ms 4.5 --device-name pixel8 --batch 4 --metric p90 "
         "--profile PROFILE.json (that device's own: this file's latencies were priced by a latency profile given to calibrate that "
         "names no hardware (an imported one: another device's))")
     (cal / "lap top.json").write_text("{not json")  # unreadable: named by its file, the budget left to the user

@@ -24,7 +24,15 @@ import numpy as np
 import torch
 
 from dvt_edge.checkpoint import CheckpointInfo, load_checkpoint
-from dvt_edge.data import checkpoint_data, default_preprocess, holdout_changed, own_holdout, recorded_train_args, trained_on_val
+from dvt_edge.data import (
+    checkpoint_data,
+    default_preprocess,
+    holdout_changed,
+    own_holdout,
+    recorded_train_args,
+    same_data,
+    trained_on_val,
+)
 from dvt_edge.export.common import ExitArtifact, ExitGraph, ExitJob, ExportError, exit_graphs, exit_specs
 from dvt_edge.export.images import _Data, _load_data, _same_images  # noqa: F401  (_Data, _same_images: tests)
 from dvt_edge.export.install import carry_over, check_destination, install, recover_leftovers
@@ -48,6 +56,7 @@ from dvt_edge.export.verify import (
 from dvt_edge.imageset import default_classes
 from dvt_edge.logs import quiet_toolchains
 from dvt_edge.models import DVT, imagenet_layout
+from dvt_edge.npzdata import HOLDOUT_MARK
 from dvt_runtime.backends import available_backends
 from dvt_runtime.bundle import softmax
 from dvt_runtime.io import current_umask, progress, sha256_file
@@ -286,8 +295,9 @@ def _prepare(dest: Path, t: Target, precision: str, opts: ExportOptions, model: 
         raise ExportError(f"int8 scheme(s) {', '.join(need)} need calibration images and none are known for this checkpoint: pass "
                           f"{opts.data_flag} SPEC (e.g. imagefolder:PATH or npz:PATH)"
                           + (f", or --scheme {' or '.join(free)} (no calibration)" if free and opts.caller == "export" else ""))
+    own = bool(spec) and same_data(spec.removesuffix(HOLDOUT_MARK), recorded_train_args(info.extras).get("data"))
     data = _load_data(spec, pre, opts.calib_n, opts.verify_n, need_calib=bool(need), num_classes=model.cfg.num_classes,
-                      classes=info.classes)
+                      classes=info.classes, own=own)  # the model's own images (gray X-rays, small photos) are not another set's
     if stand_in:
         data.note = f"{stand_in}; {data.note}"
     if data.verify_x is None:  # said now, not only in the manifest
@@ -369,8 +379,8 @@ def _verify(p: _Plan, exits: list[ExitSpec], artifacts: list[ExitArtifact], max_
     report.data = p.data.note
     report.scheme_selection = notes
     if notes and report.checked == "numerical":  # the winner's agreement is the best of those measured on these same images
-        report.note = ((report.note + "; " if report.note else "") + "int8 'auto' chose each exit's scheme on these verification "
-                       "images (scheme_selection), so its agreement is the best of the schemes measured on them")
+        report.note = ((report.note + "; " if report.note else "") + "int8 'auto' chose each exit's scheme by agreement and speed "
+                       "measured on these same verification images (scheme_selection), so its agreement is not an out-of-sample figure")
     report.problems = check_parity(report, p.precision, p.opts.int8_min_agreement) if p.opts.verify else []
     if p.opts.verify:
         report.problems += simulated_problems([a.quantization for a in artifacts], p.opts.int8_min_agreement)

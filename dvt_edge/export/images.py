@@ -42,7 +42,9 @@ def _same_images(a, b) -> bool:
 
 
 def _load_data(spec: Optional[str], pre: Preprocess, calib_n: int, verify_n: int, need_calib: bool, num_classes: int,
-               classes: Optional[list[str]] = None) -> _Data:
+               classes: Optional[list[str]] = None, own: bool = False) -> _Data:
+    """Calibration and verification images from ``spec``; ``own``: they are the checkpoint's own data set (its training
+    data or holdout), never judged to look like another data set's."""
     if spec is None:
         if need_calib:
             raise ExportError("int8 needs calibration images and none are known for this checkpoint: "
@@ -60,7 +62,7 @@ def _load_data(spec: Optional[str], pre: Preprocess, calib_n: int, verify_n: int
             print(f"warning: calibration images {spec} are not this model's classes ({mismatch}): static int8 calibrated on "
                   "another data set's images may lose accuracy; pass --calib-data with images like the model's own", file=sys.stderr)
         calib = (train.arrays() if lazy else train.arrays(calib_n, seed=CALIB_SEED))[0] if need_calib else []  # fp32, weight-only: none
-        foreign = _foreign(train, pre)
+        foreign = [] if own else _foreign(train, pre)
         try:
             val = _images(spec, "val", pre, num_classes, classes, verify_n if lazy else None, VERIFY_SEED)
         except SplitNotHeld:  # a file of training images only (data export --split train): verified and thresholds chosen on them

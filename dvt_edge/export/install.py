@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 from pathlib import Path
 from typing import Optional, Sequence
@@ -152,10 +153,13 @@ def _other_model(dest: Path, checkpoint: Optional[str]) -> str:
         return ""
     if src["sha256"] == sha256_file(checkpoint):
         return ""
+    if isinstance(src.get("checkpoint"), str) and Path(src["checkpoint"]).expanduser().resolve() == Path(checkpoint).resolve():
+        return (f"it is the bundle of an earlier version of {checkpoint} (the file changed since, e.g. trained on): pass --force to "
+                "replace it (the old bundle is kept until the new one is complete)")
     classes = d.get("classes") if isinstance(d.get("classes"), list) else []
     shown = f", classes {classes[:4]}{'...' if len(classes) > 4 else ''}" if classes else ""
     return (f"it is the bundle of another checkpoint ({src.get('checkpoint', '?')}{shown}): --force would replace that model's "
-            f"bundle; to keep both, name another folder, e.g. --out {dest.parent / ('my-' + dest.name)}")
+            f"bundle; to keep both, name another folder, e.g. --out {shlex.quote(str(dest.parent / ('my-' + dest.name)))}")
 
 
 def _is_bundle(folder: Path) -> bool:

@@ -188,8 +188,11 @@ def import_json(path: PathLike, device_name: Optional[str] = None) -> LatencyPro
         raise ProfileError(f"{p}: '{key}' must be a non-empty list of per-exit sample lists")
     stages = data if key == "stages_ms" else _stages_from_cumulative(data, str(p))
     dev = d.get("device")
-    if dev is not None and not isinstance(dev, dict):  # a plain name had been dropped unsaid
-        raise ProfileError(f"{p}: 'device' must be an object of device facts, e.g. {{\"device_name\": \"pixel-8\"}}, got {dev!r}")
+    if isinstance(dev, str) and dev.strip():  # a plain name (it had been dropped unsaid): the device's name
+        dev = {"device_name": dev}
+    if dev is not None and not isinstance(dev, dict):
+        raise ProfileError(f"{p}: 'device' must be an object of device facts, e.g. {{\"device_name\": \"pixel-8\"}}, or the device's "
+                           f"name, got {dev!r}; or pass --device-name NAME")
     if dev and not dev.get("device_name") and not device_name and (near := sorted(set(dev) & {"name", "device", "model", "id"})):
         raise ProfileError(f"{p}: 'device' has {near} but no 'device_name', the key its name goes in (calibrate would say the "
                            "profile names no device): rename the key, or pass --device-name NAME")

@@ -127,8 +127,9 @@ def foreign_pixels(images: Union[np.ndarray, Sequence[np.ndarray]], preprocess: 
     return said
 
 
-GRAY_FOR_COLOUR = ("grayscale images for a colour model: each is repeated to 3 channels, and accuracy on them is not its accuracy on "
-                   "colour images; use colour images like the ones the device will see")
+GRAY_FOR_COLOUR = ("grayscale images for a colour model (one channel, repeated to three, or three equal ones): its accuracy on them "
+                   "is not its accuracy on colour images; use images like the ones the device will see (if the model was trained on "
+                   "such images, they are)")
 GRAY_TOLERANCE = 3  # a gray picture stored in colour (JPEG): its channels differ by rounding only
 
 
