@@ -8,7 +8,10 @@ threshold-selection set so that those shares of its samples leave at each exit; 
 thresholds are then applied to the evaluation split, giving accuracy vs expected GFLOPs.
 The threshold-selection set is drawn from the training split, as in the authors' code (their
 ``inference.py``, ``--eval_mode 2``, sets thresholds on the logits of its training loader), never
-from the evaluation split. Writes ``evaluate.json`` and ``evaluate.png``.
+from the evaluation split; unlike theirs, its images are preprocessed as the scored ones are (their loader's
+``RandomResizedCrop`` and flips, over 50,000 images, give other confidences, so other thresholds). A checkpoint that
+carries the authors' ``dynamic_threshold`` rows also gets them scored as stored (their ``--eval_mode 1``).
+Writes ``evaluate.json`` and ``evaluate.png``.
 """
 
 from __future__ import annotations
@@ -100,6 +103,7 @@ def evaluate_checkpoint(
     except DataError as e:  # no usable training split: say why, in the report itself
         sel_out, sel_note = test_out, f"the evaluation split itself (training split unavailable: {str(e)[:200]})"
     curve = [evaluate_thresholds(test_out, None, t, costs) for t in sweep_thresholds(sel_out, n_budgets)]
+    stored = _stored_curve(info.thresholds, model.num_exits, test_out, costs)  # the file's own rows, as the authors score them
     arrays = ds.arrays(progress=progress) if bundles else None  # preprocess once for every bundle
     artifacts = [b if isinstance(b, dict) else artifact_accuracy(b, *arrays, acc) for b in opened]
     frontier = pareto_frontier(curve)
@@ -119,10 +123,20 @@ def evaluate_checkpoint(
             for e, a in zip(model.exits, acc)
         ],
         "budget_curve": [c.to_dict() for c in curve],
+        "checkpoint_thresholds_curve": [c.to_dict() for c in stored],  # its dynamic_threshold rows as stored ([] without)
         "pareto": [c.to_dict() for c in frontier],
         "checkpoint_accuracies": info.accuracies,
         "artifacts": artifacts,
     }
+
+
+def _stored_curve(rows, n_exits: int, out: ExitOutputs, costs: StageCosts) -> list:
+    """A checkpoint's ``dynamic_threshold`` rows (budgets x exits; 1e8 never stops, -1e8 always does) scored on ``out``,
+    as the authors' ``--eval_mode 1`` does; rows holding non-finite values are left out. [] without rows."""
+    if rows is None or rows.ndim != 2 or rows.shape[1] != n_exits:
+        return []
+    rows = rows.double().numpy()
+    return [evaluate_thresholds(out, None, [float(v) for v in r[:-1]], costs) for r in rows if np.isfinite(r[:-1]).all()]
 
 
 class CannotRunHere(ValueError):
@@ -177,6 +191,10 @@ def format_report(r: dict) -> str:
     for p in r["pareto"]:
         frac = " / ".join(f"{100 * f:.0f}" for f in p["exit_fractions"])
         lines.append(f"{p['mean_cost']:>12.4f}  {p['accuracy']:>8.2f}  {frac}")
+    if stored := r.get("checkpoint_thresholds_curve"):  # the authors' own thresholds, as the file carries them
+        best = max(stored, key=lambda p: p["accuracy"])
+        lines += ["", f"the checkpoint's dynamic_threshold rows ({len(stored)}), scored here: {min(p['mean_cost'] for p in stored):.4f} to "
+                      f"{max(p['mean_cost'] for p in stored):.4f} exp. GFLOPs; best {best['accuracy']:.2f}% at {best['mean_cost']:.4f}"]
     if r.get("artifacts"):
         lines += ["", f"exported artifacts on the same {r['n']} images (top-1 %, delta vs PyTorch fp32 in points):"]
         for a in r["artifacts"]:
@@ -196,7 +214,11 @@ def plot_report(r: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     c = sorted(r["budget_curve"], key=lambda p: p["mean_cost"])
-    ax.plot([p["mean_cost"] for p in c], [p["accuracy"] for p in c], "-", color="tab:blue", alpha=0.8, label="dynamic (authors' thresholds)")
+    ax.plot([p["mean_cost"] for p in c], [p["accuracy"] for p in c], "-", color="tab:blue", alpha=0.8,
+            label="dynamic (thresholds chosen on training images)")
+    if stored := sorted(r.get("checkpoint_thresholds_curve") or [], key=lambda p: p["mean_cost"]):
+        ax.plot([p["mean_cost"] for p in stored], [p["accuracy"] for p in stored], "--", color="tab:green", alpha=0.8,
+                label="dynamic (the checkpoint's dynamic_threshold rows)")
     ax.plot([e["gflops"] for e in r["exits"]], [e["top1"] for e in r["exits"]], "s", color="tab:red", label="each exit alone")
     for e in r["exits"]:
         ax.annotate(f"exit {e['exit']} ({e['grid']})", (e["gflops"], e["top1"]), textcoords="offset points", xytext=(4, -12), fontsize=8)

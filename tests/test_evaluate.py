@@ -14,7 +14,7 @@ import torch
 
 from dvt_edge import save_checkpoint
 from dvt_edge.data import load_dataset, stratified_subset
-from dvt_edge.evaluate import main
+from dvt_edge.evaluate import evaluate_checkpoint, main
 from dvt_edge.models import create_model
 from dvt_edge.train import evaluate_exits
 
@@ -268,3 +268,25 @@ def test_the_shipped_sets_train_split_is_called_the_references_own_images():
 
     assert "1,000 of the images the reference trained on" in _whose({"data": "cifar10-jpeg"}, "cifar10-ref", 1000)
     assert "not fashion-mnist" in _whose({"data": "cifar10-jpeg"}, "fashion-mnist", 1000)
+
+
+def test_a_checkpoints_own_dynamic_threshold_rows_are_scored_as_stored(tmp_path, capsys):
+    """A published file's dynamic_threshold rows were never used by evaluate (the authors' --eval_mode 1), while its
+    plot called the re-chosen curve "authors' thresholds". 1e8 never stops at an exit, -1e8 always does."""
+    m = create_model("dvt_micro_fmnist").eval()
+    ds = load_dataset("fashion-mnist", "val")
+    save_checkpoint(tmp_path / "m.pt", m, classes=ds.classes, preprocess=ds.preprocess)
+    ck = torch.load(tmp_path / "m.pt", weights_only=True)
+    ck["dynamic_threshold"] = torch.tensor([[-1e8, -1e8, -1e8], [1e8, 1e8, -1e8], [1e8, -1e8, -1e8], [float("nan"), 0.5, -1e8]])
+    torch.save(ck, tmp_path / "m.pt")
+    assert main(["--checkpoint", str(tmp_path / "m.pt"), "--limit", "200", "--threshold-n", "200", "--out", str(tmp_path / "ev")]) == 0
+    r = json.loads((tmp_path / "ev" / "evaluate.json").read_text())
+    rows = r["checkpoint_thresholds_curve"]
+    assert len(rows) == 3  # the row holding NaN left out
+    for row, k in zip(rows, (0, 2, 1)):  # every image at exit 1, at exit 3, at exit 2
+        assert row["exit_fractions"] == [float(i == k) for i in range(3)], row
+        assert row["accuracy"] == pytest.approx(r["exits"][k]["top1"]) and row["mean_cost"] == pytest.approx(r["exits"][k]["gflops"])
+    assert "the checkpoint's dynamic_threshold rows (3), scored here" in capsys.readouterr().out
+    save_checkpoint(tmp_path / "plain.pt", m, classes=ds.classes, preprocess=ds.preprocess)
+    r = evaluate_checkpoint(str(tmp_path / "plain.pt"), limit=100, threshold_n=100, progress=False)
+    assert r["checkpoint_thresholds_curve"] == []
