@@ -262,7 +262,7 @@ def format_parity(m: Manifest) -> str:
                                             else f" (not run: {p.runtime} does not run here)"))
     if 0 < p.n_real < FEW_IMAGES:
         lines.append(f"warning: agreement measured on only {p.n_real} real images (each is {100 / p.n_real:.2g} points), so it is rough"
-                     + ": export with more labelled images")
+                     + (f"; and they are {IN_SAMPLE}" if IN_SAMPLE in p.data else "") + ": export with more labelled images")
     if IN_SAMPLE in p.data and m.precision == "int8" and p.checked == "numerical":  # at any number of images (a --calib-n of 256)
         lines.append(f"warning: int8 agreement measured on {IN_SAMPLE} (too few images to hold any apart), so parity.passed is "
                      "false: export with more labelled images than --calib-n")
