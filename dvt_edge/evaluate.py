@@ -103,7 +103,7 @@ def evaluate_checkpoint(
     except DataError as e:  # no usable training split: say why, in the report itself
         sel_out, sel_note = test_out, f"the evaluation split itself (training split unavailable: {str(e)[:200]})"
     curve = [evaluate_thresholds(test_out, None, t, costs) for t in sweep_thresholds(sel_out, n_budgets)]
-    stored = _stored_curve(info.thresholds, model.num_exits, test_out, costs)  # the file's own rows, as the authors score them
+    stored, stored_note = _stored_curve(info.thresholds, model.num_exits, test_out, costs)  # the file's own rows, as the authors score
     arrays = ds.arrays(progress=progress) if bundles else None  # preprocess once for every bundle
     artifacts = [b if isinstance(b, dict) else artifact_accuracy(b, *arrays, acc) for b in opened]
     frontier = pareto_frontier(curve)
@@ -124,19 +124,24 @@ def evaluate_checkpoint(
         ],
         "budget_curve": [c.to_dict() for c in curve],
         "checkpoint_thresholds_curve": [c.to_dict() for c in stored],  # its dynamic_threshold rows as stored ([] without)
+        "checkpoint_thresholds_note": stored_note,  # rows left out, and why ("" when none)
         "pareto": [c.to_dict() for c in frontier],
         "checkpoint_accuracies": info.accuracies,
         "artifacts": artifacts,
     }
 
 
-def _stored_curve(rows, n_exits: int, out: ExitOutputs, costs: StageCosts) -> list:
-    """A checkpoint's ``dynamic_threshold`` rows (budgets x exits; 1e8 never stops, -1e8 always does) scored on ``out``,
-    as the authors' ``--eval_mode 1`` does; rows holding non-finite values are left out. [] without rows."""
-    if rows is None or rows.ndim != 2 or rows.shape[1] != n_exits:
-        return []
+def _stored_curve(rows, n_exits: int, out: ExitOutputs, costs: StageCosts) -> tuple[list, str]:
+    """A checkpoint's ``dynamic_threshold`` rows (budgets x exits; 1e8 or inf never stops, -1e8 or -inf always does)
+    scored on ``out``, as the authors' ``--eval_mode 1`` does, and a note of the rows left out and why ("" when none)."""
+    if rows is None:
+        return [], ""
+    if rows.ndim != 2 or rows.shape[1] != n_exits:
+        return [], f"its dynamic_threshold, of shape {tuple(rows.shape)}, is not (budgets, {n_exits} exits): not scored"
     rows = rows.double().numpy()
-    return [evaluate_thresholds(out, None, [float(v) for v in r[:-1]], costs) for r in rows if np.isfinite(r[:-1]).all()]
+    keep = [r for r in rows if not np.isnan(r[:-1]).any()]
+    curve = [evaluate_thresholds(out, None, [float(v) for v in r[:-1]], costs) for r in keep]
+    return curve, (f"{len(rows) - len(keep)} of its {len(rows)} dynamic_threshold rows hold NaN: left out" if len(keep) < len(rows) else "")
 
 
 class CannotRunHere(ValueError):
@@ -195,6 +200,8 @@ def format_report(r: dict) -> str:
         best = max(stored, key=lambda p: p["accuracy"])
         lines += ["", f"the checkpoint's dynamic_threshold rows ({len(stored)}), scored here: {min(p['mean_cost'] for p in stored):.4f} to "
                       f"{max(p['mean_cost'] for p in stored):.4f} exp. GFLOPs; best {best['accuracy']:.2f}% at {best['mean_cost']:.4f}"]
+    if r.get("checkpoint_thresholds_note"):
+        lines.append(f"note: {r['checkpoint_thresholds_note']}")
     if r.get("artifacts"):
         lines += ["", f"exported artifacts on the same {r['n']} images (top-1 %, delta vs PyTorch fp32 in points):"]
         for a in r["artifacts"]:

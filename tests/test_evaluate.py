@@ -277,7 +277,8 @@ def test_a_checkpoints_own_dynamic_threshold_rows_are_scored_as_stored(tmp_path,
     ds = load_dataset("fashion-mnist", "val")
     save_checkpoint(tmp_path / "m.pt", m, classes=ds.classes, preprocess=ds.preprocess)
     ck = torch.load(tmp_path / "m.pt", weights_only=True)
-    ck["dynamic_threshold"] = torch.tensor([[-1e8, -1e8, -1e8], [1e8, 1e8, -1e8], [1e8, -1e8, -1e8], [float("nan"), 0.5, -1e8]])
+    inf = float("inf")
+    ck["dynamic_threshold"] = torch.tensor([[-1e8, -1e8, -1e8], [inf, 1e8, -inf], [1e8, -1e8, -1e8], [float("nan"), 0.5, -1e8]])
     torch.save(ck, tmp_path / "m.pt")
     assert main(["--checkpoint", str(tmp_path / "m.pt"), "--limit", "200", "--threshold-n", "200", "--out", str(tmp_path / "ev")]) == 0
     r = json.loads((tmp_path / "ev" / "evaluate.json").read_text())
@@ -286,7 +287,8 @@ def test_a_checkpoints_own_dynamic_threshold_rows_are_scored_as_stored(tmp_path,
     for row, k in zip(rows, (0, 2, 1)):  # every image at exit 1, at exit 3, at exit 2
         assert row["exit_fractions"] == [float(i == k) for i in range(3)], row
         assert row["accuracy"] == pytest.approx(r["exits"][k]["top1"]) and row["mean_cost"] == pytest.approx(r["exits"][k]["gflops"])
-    assert "the checkpoint's dynamic_threshold rows (3), scored here" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "the checkpoint's dynamic_threshold rows (3), scored here" in out and "note: 1 of its 4 dynamic_threshold rows hold NaN" in out
     save_checkpoint(tmp_path / "plain.pt", m, classes=ds.classes, preprocess=ds.preprocess)
     r = evaluate_checkpoint(str(tmp_path / "plain.pt"), limit=100, threshold_n=100, progress=False)
     assert r["checkpoint_thresholds_curve"] == []

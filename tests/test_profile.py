@@ -619,7 +619,7 @@ def test_json_import(tmp_path):
                        ({"stages_ms": [[1.0, float("nan")]]}, r"s\.json: stage 1: .*finite"),
                        # a device's name under another key, or as a plain string, was dropped unsaid: calibrate then said none
                        ({"stages_ms": STAGES, "device": {"name": "iphone15"}}, r"s\.json: 'device' has \['name'\] but no 'device_name'"),
-                       ({"stages_ms": STAGES, "device": 15}, r"s\.json: 'device' must be an object of device facts.*--device-name")):
+                       ({"stages_ms": STAGES, "device": 15}, r"s\.json: 'device' must be an object of device facts, .* or the device's name, got 15")):
         p.write_text(json.dumps(bad))
         with pytest.raises(ProfileError, match=match):
             import_json(p)

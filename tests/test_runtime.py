@@ -674,6 +674,8 @@ def test_a_calibration_to_rewrite_gets_the_command_for_its_device(tmp_path):
         f"python -m dvt_runtime.calibrate --bundle {tmp_path / 'b'} --data VAL.npz --budget-ms 4.5 --device-name pixel8 --batch 4 --metric p90 "
         "--profile PROFILE.json (that device's own: this file's latencies were priced by a latency profile given to calibrate that "
         "names no hardware (an imported one: another device's))")
+    (cal / "x.json").write_text(json.dumps({"device": "x", "budget_ms": 2, "metric": "p90;rm -rf ~"}))  # an edited metric: left out
+    assert rewrite_command(cal / "x.json").endswith("--budget-ms 2 --device-name x")
     (cal / "lap top.json").write_text("{not json")  # unreadable: named by its file, the budget left to the user
     assert rewrite_command(cal / "lap top.json").endswith("--budget-ms MS --device-name 'lap top'")  # as a shell takes it
 

@@ -295,7 +295,8 @@ def _prepare(dest: Path, t: Target, precision: str, opts: ExportOptions, model: 
         raise ExportError(f"int8 scheme(s) {', '.join(need)} need calibration images and none are known for this checkpoint: pass "
                           f"{opts.data_flag} SPEC (e.g. imagefolder:PATH or npz:PATH)"
                           + (f", or --scheme {' or '.join(free)} (no calibration)" if free and opts.caller == "export" else ""))
-    own = bool(spec) and same_data(spec.removesuffix(HOLDOUT_MARK), recorded_train_args(info.extras).get("data"))
+    trained = recorded_train_args(info.extras).get("data")  # an npz trained on records its holdout: PATH#holdout on both sides
+    own = bool(spec) and isinstance(trained, str) and same_data(spec.removesuffix(HOLDOUT_MARK), trained.removesuffix(HOLDOUT_MARK))
     data = _load_data(spec, pre, opts.calib_n, opts.verify_n, need_calib=bool(need), num_classes=model.cfg.num_classes,
                       classes=info.classes, own=own)  # the model's own images (gray X-rays, small photos) are not another set's
     if stand_in:

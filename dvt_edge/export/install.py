@@ -153,9 +153,14 @@ def _other_model(dest: Path, checkpoint: Optional[str]) -> str:
         return ""
     if src["sha256"] == sha256_file(checkpoint):
         return ""
-    if isinstance(src.get("checkpoint"), str) and Path(src["checkpoint"]).expanduser().resolve() == Path(checkpoint).resolve():
+    was = src.get("checkpoint")
+    if isinstance(was, str) and Path(was).expanduser().is_absolute() and Path(was).expanduser().resolve() == Path(checkpoint).resolve():
         return (f"it is the bundle of an earlier version of {checkpoint} (the file changed since, e.g. trained on): pass --force to "
                 "replace it (the old bundle is kept until the new one is complete)")
+    if isinstance(was, str) and was == str(checkpoint):  # recorded relative: the same name from another folder may be another file
+        return (f"it is the bundle of {was} as it was then, which is not the file now (an earlier version of it, or another "
+                f"model's file of that name): --force replaces it; to keep both, name another folder, e.g. --out "
+                f"{shlex.quote(str(dest.parent / ('my-' + dest.name)))}")
     classes = d.get("classes") if isinstance(d.get("classes"), list) else []
     shown = f", classes {classes[:4]}{'...' if len(classes) > 4 else ''}" if classes else ""
     return (f"it is the bundle of another checkpoint ({src.get('checkpoint', '?')}{shown}): --force would replace that model's "

@@ -186,9 +186,17 @@ def rewrite_command(path: Path) -> str:
     cmd = (f"python -m dvt_runtime.calibrate --bundle {shlex.quote(str(path.parent.parent))} --data VAL.npz --budget-ms "
            f"{budget if _num(budget) and budget > 0 else 'MS'} --device-name {shlex.quote(device if isinstance(device, str) else m.group(1))}")
     cmd += f" --batch {m.group(2)}" if m.group(2) else ""
-    cmd += f" --metric {d['metric']}" if isinstance(d.get("metric"), str) and d["metric"] != "mean" else ""  # a p90 budget stays one
+    cmd += f" --metric {shlex.quote(d['metric'])}" if _percentile(d.get("metric")) else ""  # a p90 budget stays one
     other = other_hosts_latencies(path) if d else None
     return cmd + (f" --profile PROFILE.json (that device's own: this file's latencies were {other})" if other else "")
+
+
+def _percentile(m: Any) -> bool:
+    """Whether ``m`` is a percentile metric calibrate takes, e.g. ``"p90"`` (an edited file's may be anything)."""
+    try:
+        return isinstance(m, str) and check_metric(m) is not None
+    except ValueError:
+        return False
 
 
 def _need(ok: bool, msg: str) -> None:

@@ -189,10 +189,10 @@ def import_json(path: PathLike, device_name: Optional[str] = None) -> LatencyPro
     stages = data if key == "stages_ms" else _stages_from_cumulative(data, str(p))
     dev = d.get("device")
     if isinstance(dev, str) and dev.strip():  # a plain name (it had been dropped unsaid): the device's name
-        dev = {"device_name": dev}
+        dev = {"device_name": dev.strip()}
     if dev is not None and not isinstance(dev, dict):
         raise ProfileError(f"{p}: 'device' must be an object of device facts, e.g. {{\"device_name\": \"pixel-8\"}}, or the device's "
-                           f"name, got {dev!r}; or pass --device-name NAME")
+                           f"name, got {dev!r}")
     if dev and not dev.get("device_name") and not device_name and (near := sorted(set(dev) & {"name", "device", "model", "id"})):
         raise ProfileError(f"{p}: 'device' has {near} but no 'device_name', the key its name goes in (calibrate would say the "
                            "profile names no device): rename the key, or pass --device-name NAME")
