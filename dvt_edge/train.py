@@ -329,9 +329,13 @@ def _build_model(args: argparse.Namespace, resume_state: Optional[dict], train_d
     else:
         model = create_model(args.model, **overrides)
     c = model.cfg
-    pre = Preprocess(**model_defaults(model.name)["preprocess"]) if model.name in list_models() else train_ds.preprocess
-    if (c.in_chans, c.img_size) != (pre.num_channels, pre.size):
-        pre = default_preprocess(c.in_chans, c.img_size)
+    recorded = resume_state.get("preprocess") if resume_state is not None else None
+    if isinstance(recorded, dict):  # a resumed run keeps the preprocessing it started with (a variant a script had registered
+        pre = Preprocess.from_dict(recorded)  # is not registered in the resuming process: epochs 2-6 took the data's own, unsaid)
+    else:
+        pre = Preprocess(**model_defaults(model.name)["preprocess"]) if model.name in list_models() else train_ds.preprocess
+        if (c.in_chans, c.img_size) != (pre.num_channels, pre.size):
+            pre = default_preprocess(c.in_chans, c.img_size)
     _data.check_stored_preprocess(train_ds, pre, model.name, args.data)
     if pre != train_ds.preprocess:
         log(f"note: {args.data} images are preprocessed as {model.name} expects: {pre.to_dict()}")

@@ -178,6 +178,34 @@ def test_resume_keeps_the_source_the_run_started_from(tmp_path, monkeypatch):
     assert args["epochs"] == 2 and args["finetune"] == str(tmp_path / "a" / "last.pt"), args
 
 
+def test_a_resumed_run_keeps_its_preprocessing_though_its_variant_is_not_registered_there(tmp_path, monkeypatch):
+    """A variant registered by a launcher script with its own preprocessing was resumed by the printed command, in a process that
+    does not register it: epochs 2 on trained with the data's own preprocessing, unsaid, and the checkpoint recorded it."""
+    import dvt_edge.models as M
+    import dvt_edge.train as T
+
+    # as register_model("dvt_micro_script", ...) in a launcher script, with its own preprocessing (undone after the test)
+    monkeypatch.setitem(M._REGISTRY, "dvt_micro_script", M.get_config("dvt_micro_fmnist"))
+    monkeypatch.setitem(M._DESCRIPTIONS, "dvt_micro_script", "")
+    from dvt_runtime.preprocess import Preprocess
+
+    own = Preprocess(size=28, resize=32, channels="gray", mean=(0.5,), std=(0.25,), interpolation="area")  # fits, not the data's
+    monkeypatch.setitem(M._DEFAULTS, "dvt_micro_script", {"preprocess": own.to_dict(), "dataset": ""})
+    run = [*QUICK, "--model", "dvt_micro_script", "--train-limit", "100", "--val-limit", "50", "--epochs", "2", "--out", str(tmp_path)]
+    one = T._train_epoch
+    monkeypatch.setattr(T, "_train_epoch", lambda r, epoch: (_ for _ in ()).throw(KeyboardInterrupt) if epoch == 1 else one(r, epoch))
+    with pytest.raises(KeyboardInterrupt):  # stopped after its first of two epochs
+        train(build_parser().parse_args(run))
+    monkeypatch.setattr(T, "_train_epoch", one)
+    first = torch.load(tmp_path / "last.pt", weights_only=True)["preprocess"]
+    assert first == own.to_dict(), first
+    for reg in (M._REGISTRY, M._DESCRIPTIONS, M._DEFAULTS):
+        monkeypatch.delitem(reg, "dvt_micro_script")  # the resuming process: the script's registration is gone
+    train(build_parser().parse_args(["--out", str(tmp_path), "--resume", "--quiet", "--threads", "1"]))
+    ck = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert json.loads(ck["train"]["args"])["epochs"] == 2 and ck["preprocess"] == first, (ck["preprocess"], first)
+
+
 def test_a_model_whose_outputs_are_not_finite_fails_and_saves_nothing(tmp_path):
     """An epoch whose last step broke the weights: every output NaN, argmax 0, so 'val top-1' was class 0's share (10%) and
     last.pt and best.pt were saved; a resume then went on from NaN weights."""
