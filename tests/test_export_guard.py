@@ -464,3 +464,31 @@ def test_int8_verified_only_on_its_own_calibration_images_is_no_pass(micro_ckpt,
                         out=str(tmp_path / "enough"), int8_min_agreement=None, progress=False)
     p = Manifest.load(res.path).parity
     assert p.passed and "themselves" not in p.data and p.n_real == 40, p
+
+
+def test_a_recipe_that_cannot_be_used_is_left_out_naming_the_file_and_the_fix(tmp_path):
+    """A contributor's copied recipes: a missing key died with a bare KeyError (every command, --list-targets too), bad
+    TOML with no file named, a copy keeping name = "onnx" replaced the real target unsaid, a backend nothing runs or a
+    module that does not exist failed only after the export, a default_scheme outside its schemes at export time."""
+    from dvt_edge.export.targets import _recipe
+
+    root = Path(__file__).resolve().parents[1]
+    good = (root / "export" / "onnx.toml").read_text()
+    cases = {
+        "nodesc": (good.replace('description = ', 'x_description = '), r"lacks \['description'\]"),
+        "badtoml": ("name = [", r"not valid TOML"),
+        "typo": ('max_btach = 4\n' + good, r"unknown key\(s\) \['max_btach'\]; valid: "),
+        "backend": (good.replace('backend = "onnxruntime"', 'backend = "onnx"'), r"backend 'onnx' is none the runtime opens"),
+        "module": (good.replace('module = "dvt_edge.export.onnx"', 'module = "dvt_edge.export.tflite"'), r"module 'dvt_edge.export.tflite' cannot be found"),
+        "prec": (good.replace('precisions = ["fp32", "int8"]', 'precisions = ["fp32", "bf16"]'), r"precision\(s\) \['bf16'\] are not known"),
+        "scheme": (good.replace('default_scheme = "auto"', 'default_scheme = "w8a8"'), r"default_scheme 'w8a8' is not one of its schemes"),
+    }
+    for name, (text, match) in cases.items():
+        (tmp_path / f"{name}.toml").write_text(text)
+        with pytest.raises(ValueError, match=match):
+            _recipe(tmp_path / f"{name}.toml", {})
+    (tmp_path / "copy.toml").write_text(good)
+    taken = {"onnx": _recipe(root / "export" / "onnx.toml", {})}
+    with pytest.raises(ValueError, match=r"target name 'onnx' is already onnx\.toml's: give the copy its own name"):
+        _recipe(tmp_path / "copy.toml", taken)
+    assert _recipe(tmp_path / "copy.toml", {}).name == "onnx"  # the recipe itself is sound

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -87,20 +88,55 @@ def recipe_dir() -> Path:
     raise FileNotFoundError(f"no export recipes found (looked in {here / 'recipes'} and {here.parent / 'export'})")
 
 
+RECIPE_KEYS = {"name", "description", "module", "suffix", "backend", "extra", "precisions"}  # required in every recipe
+RECIPE_OPTIONAL = {"requires", "produces", "int8", "batch", "max_batch", "batch_note"}
+RECIPE_BACKENDS = ("onnxruntime", "executorch", "coreml")  # what the runtime opens
+RECIPE_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def _recipe(f: Path, taken: dict[str, Target]) -> Target:
+    """One recipe file as a Target; a ValueError naming the file and the fix for anything the export would trip on later
+    (a copied recipe had failed with a bare KeyError, replaced the target it copied, or named a backend nothing runs)."""
+    try:
+        d = tomllib.loads(f.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"not valid TOML ({e})") from None
+    if missing := sorted(RECIPE_KEYS - set(d)):
+        raise ValueError(f"lacks {missing} (every recipe has {sorted(RECIPE_KEYS)})")
+    if unknown := sorted(set(d) - RECIPE_KEYS - RECIPE_OPTIONAL):
+        raise ValueError(f"unknown key(s) {unknown}; valid: {sorted(RECIPE_KEYS | RECIPE_OPTIONAL)}")
+    if d["backend"] not in RECIPE_BACKENDS:
+        raise ValueError(f"backend {d['backend']!r} is none the runtime opens; valid: {list(RECIPE_BACKENDS)}")
+    if bad := [q for q in d["precisions"] if q not in RECIPE_PRECISIONS]:
+        raise ValueError(f"precision(s) {bad} are not known; valid: {list(RECIPE_PRECISIONS)}")
+    if importlib.util.find_spec(d["module"]) is None:
+        raise ValueError(f"module {d['module']!r} cannot be found (the exporter module with export_exit)")
+    int8 = dict(d.get("int8", {}))
+    if (ds := int8.get("default_scheme")) not in (None, "auto", *int8.get("schemes", [])):
+        raise ValueError(f"int8 default_scheme {ds!r} is not one of its schemes {int8.get('schemes', [])} (or 'auto')")
+    if d["name"] in taken:
+        raise ValueError(f"target name {d['name']!r} is already {taken[d['name']].recipe}'s: give the copy its own name")
+    t = Target(
+        name=d["name"], description=d["description"], module=d["module"], suffix=d["suffix"],
+        backend=d["backend"], extra=d["extra"], requires=tuple(d.get("requires", ())),
+        precisions=tuple(d["precisions"]), produces=d.get("produces", ""), int8=int8,
+        recipe=f.name, batch=d.get("batch", "static"), max_batch=int(d.get("max_batch", 1 if d.get("batch", "static") == "static" else 0)),
+        batch_note=d.get("batch_note", ""),
+    )
+    if t.batch not in BATCH_MODES or t.max_batch < 0 or (t.batch == "static" and t.max_batch != 1):
+        raise ValueError(f"batch must be one of {list(BATCH_MODES)} (static means max_batch 1), got batch={t.batch!r} max_batch={t.max_batch}")
+    return t
+
+
 def _load_targets() -> dict[str, Target]:
-    out = {}
+    """Every recipe in :func:`recipe_dir`; one that cannot be used is left out and said, not the whole table."""
+    out: dict[str, Target] = {}
     for f in sorted(recipe_dir().glob("*.toml")):
-        d = tomllib.loads(f.read_text())
-        t = Target(
-            name=d["name"], description=d["description"], module=d["module"], suffix=d["suffix"],
-            backend=d["backend"], extra=d["extra"], requires=tuple(d.get("requires", ())),
-            precisions=tuple(d["precisions"]), produces=d.get("produces", ""), int8=dict(d.get("int8", {})),
-            recipe=f.name, batch=d.get("batch", "static"), max_batch=int(d.get("max_batch", 1 if d.get("batch", "static") == "static" else 0)),
-            batch_note=d.get("batch_note", ""),
-        )
-        if t.batch not in BATCH_MODES or t.max_batch < 0 or (t.batch == "static" and t.max_batch != 1):
-            raise ValueError(f"{f.name}: batch must be one of {list(BATCH_MODES)} (static means max_batch 1), "
-                             f"got batch={t.batch!r} max_batch={t.max_batch}")
+        try:
+            t = _recipe(f, out)
+        except ValueError as e:
+            print(f"warning: export recipe {f} left out: {e}", file=sys.stderr)
+            continue
         out[t.name] = t
     return out
 
