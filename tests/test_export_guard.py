@@ -492,3 +492,8 @@ def test_a_recipe_that_cannot_be_used_is_left_out_naming_the_file_and_the_fix(tm
     with pytest.raises(ValueError, match=r"target name 'onnx' is already onnx\.toml's: give the copy its own name"):
         _recipe(tmp_path / "copy.toml", taken)
     assert _recipe(tmp_path / "copy.toml", {}).name == "onnx"  # the recipe itself is sound
+    # fp16 listed for the ONNX exporter, which writes fp32: the bundle had been labelled fp16
+    fp16 = _recipe(tmp_path / "copy.toml", {})
+    fp16 = dataclasses.replace(fp16, name="onnx-h", precisions=("fp32", "fp16"))
+    with pytest.raises(ValueError, match=r"recipe copy\.toml: its exporter dvt_edge\.export\.onnx produces \['fp32', 'int8'\], not 'fp16'"):
+        fp16.load("fp16")

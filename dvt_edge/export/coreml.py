@@ -121,6 +121,9 @@ def _w8a8(job: ExitJob):
     return weights, ml, info
 
 
+PRECISIONS = ("fp32", "fp16", "int8")  # what export_exit produces: a recipe listing another is refused before the export
+
+
 def export_exit(job: ExitJob) -> ExitArtifact:
     import coremltools as ct
     import coremltools.optimize.coreml as cto

@@ -101,6 +101,9 @@ def undelegated_ops(edge_program) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+PRECISIONS = ("fp32", "int8")  # what export_exit produces: a recipe listing another is refused before the export
+
+
 def export_exit(job: ExitJob) -> ExitArtifact:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower

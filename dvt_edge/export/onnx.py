@@ -135,6 +135,9 @@ def _to_ort(onnx_path: Path, out_dir: Path) -> list[str]:
         return out
 
 
+PRECISIONS = ("fp32", "int8")  # what export_exit produces: a recipe listing another is refused before the export
+
+
 def export_exit(job: ExitJob) -> ExitArtifact:
     out_dir = job.out_dir
     onnx_path = out_dir / f"{job.basename}.onnx"

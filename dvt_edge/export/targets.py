@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Optional
 
 try:
     import tomllib
@@ -73,10 +74,15 @@ class Target:
             raise ValueError(f"--etrecord is ExecuTorch's (a debug record beside each .pte); target {self.name!r} has none: "
                              "export --target executorch with it, or leave it out")
 
-    def load(self) -> ModuleType:
-        """The exporter module (``export_exit(...)``) behind this recipe."""
+    def load(self, precision: Optional[str] = None) -> ModuleType:
+        """The exporter module (``export_exit(...)``) behind this recipe; with ``precision``, one it produces (a recipe listing
+        fp16 for the ONNX exporter had written fp32 artifacts into a bundle labelled fp16)."""
         self.check_available()
-        return importlib.import_module(self.module)
+        mod = importlib.import_module(self.module)
+        if precision is not None and precision not in (made := getattr(mod, "PRECISIONS", (precision,))):
+            raise ValueError(f"recipe {self.recipe}: its exporter {self.module} produces {list(made)}, not {precision!r}: "
+                             f"list only those in its precisions")
+        return mod
 
 
 def recipe_dir() -> Path:
