@@ -321,13 +321,8 @@ def _load_splits(data: str, train_limit: Optional[int] = None, val_limit: Option
 
 def _build_model(args: argparse.Namespace, resume_state: Optional[dict], train_ds: ImageSet, val_ds: ImageSet, log) -> DVT:
     """The model (fresh, resumed or fine-tuned); both splits get the preprocessing it expects."""
-    overrides = {"num_classes": train_ds.num_classes}
-    if args.drop_path is not None:
-        overrides["drop_path_rate"] = args.drop_path
-    if resume_state is not None:
-        model = model_from_args(resume_state["model"])
-    else:
-        model = create_model(args.model, **overrides)
+    overrides = {"num_classes": train_ds.num_classes, **({"drop_path_rate": args.drop_path} if args.drop_path is not None else {})}
+    model = model_from_args(resume_state["model"]) if resume_state is not None else create_model(args.model, **overrides)
     c = model.cfg
     recorded = resume_state.get("preprocess") if resume_state is not None else None
     if isinstance(recorded, dict):  # a resumed run keeps the preprocessing it started with (a variant a script had registered
