@@ -16,6 +16,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Optional
 
+from dvt_runtime.backends import BACKENDS
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -96,7 +98,6 @@ def recipe_dir() -> Path:
 
 RECIPE_KEYS = {"name", "description", "module", "suffix", "backend", "extra", "precisions"}  # required in every recipe
 RECIPE_OPTIONAL = {"requires", "produces", "int8", "batch", "max_batch", "batch_note"}
-RECIPE_BACKENDS = ("onnxruntime", "executorch", "coreml")  # what the runtime opens
 RECIPE_PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -111,8 +112,8 @@ def _recipe(f: Path, taken: dict[str, Target]) -> Target:
         raise ValueError(f"lacks {missing} (every recipe has {sorted(RECIPE_KEYS)})")
     if unknown := sorted(set(d) - RECIPE_KEYS - RECIPE_OPTIONAL):
         raise ValueError(f"unknown key(s) {unknown}; valid: {sorted(RECIPE_KEYS | RECIPE_OPTIONAL)}")
-    if d["backend"] not in RECIPE_BACKENDS:
-        raise ValueError(f"backend {d['backend']!r} is none the runtime opens; valid: {list(RECIPE_BACKENDS)}")
+    if d["backend"] not in BACKENDS:  # what the runtime opens
+        raise ValueError(f"backend {d['backend']!r} is none the runtime opens; valid: {list(BACKENDS)}")
     if bad := [q for q in d["precisions"] if q not in RECIPE_PRECISIONS]:
         raise ValueError(f"precision(s) {bad} are not known; valid: {list(RECIPE_PRECISIONS)}")
     if importlib.util.find_spec(d["module"]) is None:
