@@ -372,14 +372,26 @@ def test_a_224px_export_says_it_takes_minutes_before_it_starts(tmp_path, capsys)
     assert not (tmp_path / "b").exists()
 
 
-def test_every_target_that_exports_here_says_how_long_a_224_px_export_takes():
+def test_every_target_that_exports_here_says_how_long_a_224_px_export_takes(tmp_path, capsys, monkeypatch):
     """A 224 px export takes minutes: the note before the long part (measured per target and precision) was missing for
-    --target ort, which ran 14 minutes without a word."""
-    from dvt_edge.export import EXPORT_MINUTES_224
-    from dvt_edge.export.targets import TARGETS
+    --target ort, which ran 14 minutes without a word. The times live in each recipe's [minutes_224] (they had been a
+    table keyed on the shipped targets' names, so a contributor's new recipe failed this test and said nothing)."""
+    from dvt_edge.export.targets import _recipe
 
-    missing = [(n, p) for n, t in TARGETS.items() if n != "coreml" for p in t.precisions if (n, p) not in EXPORT_MINUTES_224]
-    assert not missing, f"no measured export time for {missing}"
+    missing = [(n, p) for n, t in TARGETS.items() if n != "coreml" for p in t.precisions if p not in t.minutes_224]
+    assert not missing, f"no measured export time for {missing}: add it to the recipe's [minutes_224]"
+    # a recipe with none still says a 224 px export takes minutes, and that its time is not measured
+    from tests.test_checkpoint import PUBLISHED, published_state_dict, save_published
+
+    text = (Path(__file__).resolve().parents[1] / "export" / "onnx.toml").read_text().replace('name = "onnx"', 'name = "onnx-new"')
+    (tmp_path / "new.toml").write_text(text[:text.index("[minutes_224]")] + text[text.index("[int8]"):])
+    new = _recipe(tmp_path / "new.toml", {})
+    assert new.minutes_224 == {}
+    ckpt = save_published(tmp_path / "model_best.pth.tar", published_state_dict(PUBLISHED["dvt_t2t_vit_12"]))
+    monkeypatch.setitem(TARGETS, "onnx-new", new)
+    with pytest.raises(ExportError, match="calibration data"):
+        export_bundle(str(ckpt), "onnx-new", "fp32", out=str(tmp_path / "b"), calib_data=f"npz:{tmp_path / 'none.npz'}", progress=False)
+    assert "to onnx-new fp32 takes minutes (not measured for this target: new.toml has no [minutes_224] fp32)" in capsys.readouterr().err
 
 
 def test_cli_model_without_checkpoint_uses_its_shipped_weights_or_says_there_are_none(monkeypatch, capsys):
@@ -482,6 +494,7 @@ def test_a_recipe_that_cannot_be_used_is_left_out_naming_the_file_and_the_fix(tm
         "module": (good.replace('module = "dvt_edge.export.onnx"', 'module = "dvt_edge.export.tflite"'), r"module 'dvt_edge.export.tflite' cannot be found"),
         "prec": (good.replace('precisions = ["fp32", "int8"]', 'precisions = ["fp32", "bf16"]'), r"precision\(s\) \['bf16'\] are not known"),
         "scheme": (good.replace('default_scheme = "auto"', 'default_scheme = "w8a8"'), r"default_scheme 'w8a8' is not one of its schemes"),
+        "minutes": (good.replace('fp32 = "about 2 minutes"', 'fp16 = "about 2 minutes"'), r"minutes_224 \['fp16'\]: give one text per precision"),
     }
     for name, (text, match) in cases.items():
         (tmp_path / f"{name}.toml").write_text(text)

@@ -257,13 +257,6 @@ def _undo_setup(made: list[Path], new_log: Optional[Path]) -> None:
             folder.rmdir()  # only an empty folder
 
 
-#: wall time of `python -m dvt_edge.export` for a 224 px model (dvt_t2t_vit_12, 2-core AMD EPYC VM, session 41; ort in
-#: session 43: int8 13 min 49 s with --calib-data cifar10-ref, fp32 2 min 4 s for dvt_t2t_vit_14)
-EXPORT_MINUTES_224 = {("onnx", "fp32"): "about 2 minutes", ("onnx", "int8"): "about 4 minutes (every scheme tried)",
-                      ("ort", "fp32"): "about 2 minutes", ("ort", "int8"): "about 14 minutes (every scheme tried)",
-                      ("executorch", "fp32"): "about 4 minutes", ("executorch", "int8"): "about 15 minutes (every scheme tried)"}
-
-
 _SAID: set[str] = set()  # warnings already printed in this process
 MIN_THRESHOLD_IMAGES = 50  # fewer labelled images choose no default thresholds
 
@@ -272,10 +265,14 @@ def _prepare(dest: Path, t: Target, precision: str, opts: ExportOptions, model: 
              schemes: list[Optional[str]], checkpoint: str) -> _Plan:
     """Load the calibration and verification images and run the PyTorch reference on them."""
     pre = info.preprocess or default_preprocess(model.cfg.in_chans, model.cfg.img_size)
-    if model.cfg.img_size >= 224 and (took := EXPORT_MINUTES_224.get((t.name, precision))):  # said before the long part
-        took = took if len(schemes) > 1 else took.replace(" (every scheme tried)", " with every scheme tried; one scheme takes less")
-        print(f"note: exporting a {model.cfg.img_size} px model to {t.name} {precision} takes minutes: {took} for "
-              "dvt_t2t_vit_12 on a 2-core x86 VM (measured; dvt_deit_small and dvt_t2t_vit_14 take longer)", file=sys.stderr)
+    if model.cfg.img_size >= 224:  # said before the long part; measured per recipe ([minutes_224])
+        if took := t.minutes_224.get(precision):
+            took = took if len(schemes) > 1 else took.replace(" (every scheme tried)", " with every scheme tried; one scheme takes less")
+            print(f"note: exporting a {model.cfg.img_size} px model to {t.name} {precision} takes minutes: {took} for "
+                  "dvt_t2t_vit_12 on a 2-core x86 VM (measured; dvt_deit_small and dvt_t2t_vit_14 take longer)", file=sys.stderr)
+        else:
+            print(f"note: exporting a {model.cfg.img_size} px model to {t.name} {precision} takes minutes (not measured for "
+                  f"this target: {t.recipe} has no [minutes_224] {precision})", file=sys.stderr)
     # a run's own npz file given: its held-out part verifies (and chooses thresholds), not the 90% trained on
     spec, stand_in = ((own_holdout(opts.calib_data, info.extras), "") if opts.calib_data else
                       checkpoint_data(model.name, info.extras, model.cfg))

@@ -51,6 +51,8 @@ class Target:
     batch: str = "static"
     max_batch: int = 1
     batch_note: str = ""
+    # measured wall time of a 224 px export per precision, said before the long part (empty: said as not measured)
+    minutes_224: dict = field(default_factory=dict, hash=False, compare=False)
 
     def missing_requirements(self) -> list[str]:
         return [r for r in self.requires if importlib.util.find_spec(r) is None]
@@ -97,7 +99,7 @@ def recipe_dir() -> Path:
 
 
 RECIPE_KEYS = {"name", "description", "module", "suffix", "backend", "extra", "precisions"}  # required in every recipe
-RECIPE_OPTIONAL = {"requires", "produces", "int8", "batch", "max_batch", "batch_note"}
+RECIPE_OPTIONAL = {"requires", "produces", "int8", "batch", "max_batch", "batch_note", "minutes_224"}
 RECIPE_PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -121,6 +123,9 @@ def _recipe(f: Path, taken: dict[str, Target]) -> Target:
     int8 = dict(d.get("int8", {}))
     if (ds := int8.get("default_scheme")) not in (None, "auto", *int8.get("schemes", [])):
         raise ValueError(f"int8 default_scheme {ds!r} is not one of its schemes {int8.get('schemes', [])} (or 'auto')")
+    minutes = dict(d.get("minutes_224", {}))
+    if bad := [k for k, v in minutes.items() if k not in d["precisions"] or not isinstance(v, str)]:
+        raise ValueError(f"minutes_224 {bad}: give one text per precision it lists ({list(d['precisions'])}), e.g. fp32 = \"about 2 minutes\"")
     if d["name"] in taken:
         raise ValueError(f"target name {d['name']!r} is already {taken[d['name']].recipe}'s: give the copy its own name")
     t = Target(
@@ -128,7 +133,7 @@ def _recipe(f: Path, taken: dict[str, Target]) -> Target:
         backend=d["backend"], extra=d["extra"], requires=tuple(d.get("requires", ())),
         precisions=tuple(d["precisions"]), produces=d.get("produces", ""), int8=int8,
         recipe=f.name, batch=d.get("batch", "static"), max_batch=int(d.get("max_batch", 1 if d.get("batch", "static") == "static" else 0)),
-        batch_note=d.get("batch_note", ""),
+        batch_note=d.get("batch_note", ""), minutes_224=minutes,
     )
     if t.batch not in BATCH_MODES or t.max_batch < 0 or (t.batch == "static" and t.max_batch != 1):
         raise ValueError(f"batch must be one of {list(BATCH_MODES)} (static means max_batch 1), got batch={t.batch!r} max_batch={t.max_batch}")
