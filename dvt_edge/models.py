@@ -780,14 +780,32 @@ PREPROCESS_PRESETS: dict[str, dict] = {
 }
 
 
-def register_model(name: str, cfg: DVTConfig, description: str = "", preprocess: str = "imagenet", dataset: str = "") -> DVTConfig:
+def register_model(name: str, cfg: DVTConfig, description: str = "", preprocess: Optional[str] = None, dataset: str = "") -> DVTConfig:
+    """Add a variant to the registry. ``preprocess`` names a preset of :data:`PREPROCESS_PRESETS` that fits its input
+    (channels and size); left out, the preset that fits (``cifar10`` for 32 px RGB, ``fashion-mnist`` for 28 px gray),
+    else ImageNet's statistics at its size (it had been ImageNet's 224 px preset for any model, which training then
+    replaced unsaid)."""
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered")
-    if preprocess not in PREPROCESS_PRESETS:
+    fits = [k for k, v in PREPROCESS_PRESETS.items() if (v["size"], 1 if v["channels"] == "gray" else 3) == (cfg.img_size, cfg.in_chans)]
+    if preprocess is not None and preprocess not in PREPROCESS_PRESETS:
         raise ValueError(f"unknown preprocess preset {preprocess!r}; valid: {sorted(PREPROCESS_PRESETS)}")
+    if preprocess is not None and preprocess not in fits:
+        v = PREPROCESS_PRESETS[preprocess]
+        raise ValueError(f"preprocess preset {preprocess!r} ({v['size']} px {v['channels']}) does not fit {name!r} "
+                         f"({cfg.img_size} px, {cfg.in_chans} channel(s)); presets that fit: {fits or 'none'} "
+                         "(leave preprocess out for one at its size)")
+    if preprocess is None and fits:
+        preprocess = fits[0]
+    if preprocess is None:  # no preset at its size: ImageNet's statistics, as a fresh model of this shape trains with
+        from dvt_edge.imageset import default_preprocess
+
+        pre = default_preprocess(cfg.in_chans, cfg.img_size).to_dict()
+    else:
+        pre = dict(PREPROCESS_PRESETS[preprocess])
     _REGISTRY[name] = cfg
     _DESCRIPTIONS[name] = description
-    _DEFAULTS[name] = {"preprocess": dict(PREPROCESS_PRESETS[preprocess]), "dataset": dataset}
+    _DEFAULTS[name] = {"preprocess": pre, "dataset": dataset}
     return cfg
 
 
@@ -798,8 +816,9 @@ def model_defaults(name: str) -> dict:
 
 
 def imagenet_layout(name: str) -> bool:
-    """Whether a registered variant is one of ImageNet's layouts (the published checkpoints' preprocessing)."""
-    return name in _DEFAULTS and _DEFAULTS[name]["preprocess"] == PREPROCESS_PRESETS["imagenet"]
+    """Whether a registered variant takes ImageNet's preprocessing statistics (the published checkpoints', at any size)."""
+    imagenet = PREPROCESS_PRESETS["imagenet"]
+    return name in _DEFAULTS and all(tuple(_DEFAULTS[name]["preprocess"][k]) == imagenet[k] for k in ("mean", "std"))
 
 
 def list_models() -> list[str]:

@@ -13,6 +13,7 @@ from dvt_edge.models import (
     create_model,
     get_config,
     list_models,
+    model_defaults,
     resize_matrix,
 )
 from tests.reference_dvt import resize_reference, stage_forward
@@ -305,3 +306,23 @@ def test_zoo_keeps_small_models_flops_significant():
     assert f"{exact:.3g}" in format_table([row])
     assert row["params"] == sum(p.numel() for p in create_model("dvt_micro_fmnist").parameters())
     assert f"{row['params'] / 1e6:.2f}M" in format_table([row])  # 75,406 is 0.08M, as train and the card say
+
+
+def test_register_model_takes_a_preset_that_fits_or_refuses_one_that_does_not(monkeypatch):
+    """A contributor's 32 px RGB variant registered without preprocess= got ImageNet's 224 px preset, and one given a
+    preset of another size was accepted; training then replaced either with the data's own, unsaid."""
+    from dvt_edge import models as M
+
+    for name in ("_REGISTRY", "_DESCRIPTIONS", "_DEFAULTS"):  # copies, undone after the test
+        monkeypatch.setattr(M, name, dict(getattr(M, name)))
+    cifar = get_config("dvt_small_cifar")
+    M.register_model("dvt_mine_32", cifar)
+    assert model_defaults("dvt_mine_32")["preprocess"] == M.PREPROCESS_PRESETS["cifar10"]
+    assert not M.imagenet_layout("dvt_mine_32")
+    with pytest.raises(ValueError, match=r"preset 'imagenet' \(224 px rgb\) does not fit 'dvt_mine_b' \(32 px, 3 channel\(s\)\); presets that fit: \['cifar10'\]"):
+        M.register_model("dvt_mine_b", cifar, preprocess="imagenet")
+    assert "dvt_mine_b" not in M.list_models()
+    M.register_model("dvt_mine_48", get_config("dvt_small_cifar", img_size=48))
+    pre = model_defaults("dvt_mine_48")["preprocess"]  # no preset at 48 px: ImageNet's statistics at its size
+    assert (pre["size"], pre["channels"], tuple(pre["mean"])) == (48, "rgb", (0.485, 0.456, 0.406))
+    assert M.imagenet_layout("dvt_t2t_vit_12") and M.imagenet_layout("dvt_t2t_micro") and M.imagenet_layout("dvt_mine_48")
