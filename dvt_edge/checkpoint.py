@@ -11,6 +11,7 @@ training state. Both load with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import pickle
 from dataclasses import dataclass, field
@@ -214,6 +215,13 @@ def checkpoint_model_name(path: Union[str, Path], trusted: bool = False) -> str:
     if ckpt.get("format") == FORMAT and isinstance(ckpt.get("model"), dict) and ckpt["model"].get("name"):
         return str(ckpt["model"]["name"])
     return infer_model_name(_state_dict_of(ckpt, Path(path)))[0]
+
+
+def model_like_checkpoint(path: Union[str, Path], trusted: bool = False, **overrides) -> tuple[DVT, Optional[Preprocess]]:
+    """A fresh model of a checkpoint's own architecture (its stored config, ``overrides`` applied) and the preprocessing it
+    was trained with: ``--finetune`` of a variant a launcher script registered, in a process that does not register it."""
+    model, info = load_checkpoint(path, trusted=trusted)  # checked: the config against the weights, before building
+    return DVT(dataclasses.replace(model.cfg, **overrides), name=model.name), info.preprocess
 
 
 def _stage_order(name: str) -> tuple:

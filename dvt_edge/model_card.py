@@ -258,6 +258,20 @@ def _command_lines(args: dict, run_dir: Path, steps: list[dict]) -> list[str]:
     return lines
 
 
+def _unregistered_line(model) -> list[str]:
+    """For a variant dvt-edge does not register itself (a launcher script did): how to register it before the training
+    command below, which otherwise stops at an unknown model (evaluate and export rebuild it from the file)."""
+    from dvt_edge.models import BUILTIN_MODELS, DVTConfig
+
+    if model.name in BUILTIN_MODELS:
+        return []
+    base = DVTConfig().to_dict()
+    diff = {k: v for k, v in model.cfg.to_dict().items() if v != base[k]}  # its differences from DVTConfig's defaults
+    return [f"- `{model.name}` is not one of dvt-edge's own variants: register it before the training command below, as the "
+            f"script that trained it did: `from dvt_edge.models import DVTConfig, register_model; register_model({model.name!r}, "
+            f"DVTConfig.from_dict({json.dumps(diff, separators=(', ', ': '))}))` (evaluate and export rebuild it from this file)."]
+
+
 def _evaluate_command(path: Path, report: dict) -> str:
     return (f"python -m dvt_edge.evaluate --checkpoint {shlex.quote(str(path))} --data {shlex.quote(report['data'])} "
             f"--threshold-n {report.get('threshold_n', 5000)}")
@@ -296,6 +310,7 @@ def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict
         + ".",
         f"- {n_params / 1e6:.2f} M parameters; file {file.stat().st_size / 1e6:.2f} MB (fp32 weights, no optimizer state); "
         f"SHA-256 `{sha256_file(file)}`.",
+        *_unregistered_line(model),
     ]
     if pre is not None:
         lines.append(f"- Preprocessing (stored in the checkpoint and every exported manifest): {pre.channels}, {pre.size}x{pre.size}, "

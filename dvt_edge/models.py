@@ -922,3 +922,5 @@ register_model(
     "the reference: DVT for 32x32 RGB natural images (CIFAR-10), stages see 16px / 24px / 32px -> 4x4 / 6x6 / 8x8 tokens",
     preprocess="cifar10", dataset="cifar10-ref",
 )
+#: the variants dvt-edge registers itself (one a launcher script registers is in the registry only in that process)
+BUILTIN_MODELS = frozenset(_REGISTRY)

@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dvt_edge import batches as _batches
+from dvt_edge import checkpoint as _checkpoint
 from dvt_edge import data as _data
 from dvt_edge.batches import augment, batches, epoch_shard, eval_batch_size, evaluate_exits, materialize, rng_state, set_rng_state
 from dvt_edge.checkpoint import CheckpointError, _state_dict_of, checkpoint_model_name, read_checkpoint, save_checkpoint
@@ -322,15 +323,16 @@ def _load_splits(data: str, train_limit: Optional[int] = None, val_limit: Option
 def _build_model(args: argparse.Namespace, resume_state: Optional[dict], train_ds: ImageSet, val_ds: ImageSet, log) -> DVT:
     """The model (fresh, resumed or fine-tuned); both splits get the preprocessing it expects."""
     overrides = {"num_classes": train_ds.num_classes, **({"drop_path_rate": args.drop_path} if args.drop_path is not None else {})}
-    model = model_from_args(resume_state["model"]) if resume_state is not None else create_model(args.model, **overrides)
-    c = model.cfg
+    unregistered = resume_state is None and args.finetune and args.model not in list_models()  # a variant a script registered
+    model, source_pre = (_checkpoint.model_like_checkpoint(args.finetune, args.trust_checkpoint, **overrides) if unregistered else (
+        model_from_args(resume_state["model"]) if resume_state is not None else create_model(args.model, **overrides), None))
     recorded = resume_state.get("preprocess") if resume_state is not None else None
     if isinstance(recorded, dict):  # a resumed run keeps the preprocessing it started with (a variant a script had registered
         pre = Preprocess.from_dict(recorded)  # is not registered in the resuming process: epochs 2-6 took the data's own, unsaid)
     else:
-        pre = Preprocess(**model_defaults(model.name)["preprocess"]) if model.name in list_models() else train_ds.preprocess
-        if (c.in_chans, c.img_size) != (pre.num_channels, pre.size):
-            pre = default_preprocess(c.in_chans, c.img_size)
+        pre = Preprocess(**model_defaults(model.name)["preprocess"]) if model.name in list_models() else (source_pre or train_ds.preprocess)
+        if (model.cfg.in_chans, model.cfg.img_size) != (pre.num_channels, pre.size):
+            pre = default_preprocess(model.cfg.in_chans, model.cfg.img_size)
     _data.check_stored_preprocess(train_ds, pre, model.name, args.data)
     if pre != train_ds.preprocess:
         log(f"note: {args.data} images are preprocessed as {model.name} expects: {pre.to_dict()}")

@@ -35,7 +35,7 @@ def test_publish_run_writes_final_weights_and_a_card(micro_ckpt, tmp_path):
     for k, v in load_checkpoint(out)[0].state_dict().items():
         assert torch.equal(v, final[k]), k
     card = (out.parent / "MODEL_CARD_ref.md").read_text()
-    assert sha256_file(out) in card
+    assert sha256_file(out) in card and "not one of dvt-edge's own variants" not in card
     assert len(r["exits"]) == 3 and r["n"] == 10000 and "rough" not in card
     for e in r["exits"]:  # every per-exit figure of the evaluation is in the card's table
         assert re.search(rf"\| {e['exit']} \| {e['grid']} \| {e['gflops'] * 1e3:.2f} \| {e['top1']:.2f} \|", card), e
@@ -517,3 +517,20 @@ def test_the_card_says_when_a_resume_changed_the_compute_precision(micro_ckpt):
     assert _compute({"amp": "fp32"}, mixed) == ("bf16 autocast (weights and optimizer fp32) in epochs 1-2, fp32 in epoch 3 "
                                                 "(changed on resume)")
     assert _compute({"amp": "bf16"}, [{"epoch": 1}, {"epoch": 2}]) == "bf16 autocast (weights and optimizer fp32)"  # older runs
+
+
+def test_a_card_of_a_variant_a_script_registered_says_how_to_register_it(monkeypatch):
+    """The card's training command named a variant registered by a launcher script: run as printed, in a fresh process,
+    it stopped at an unknown model. The card now gives the register_model call, which rebuilds the same config."""
+    import dvt_edge.models as M
+    from dvt_edge.model_card import _unregistered_line
+
+    assert _unregistered_line(M.create_model("dvt_micro_fmnist")) == []
+    cfg = M.get_config("dvt_micro_fmnist", embed_dim=48, depth=3)
+    (line,) = _unregistered_line(M.DVT(cfg, name="dvt_mine"))
+    snippet = line.split("`")[3]
+    assert snippet.startswith("from dvt_edge.models import DVTConfig, register_model; register_model('dvt_mine', "), line
+    for name in ("_REGISTRY", "_DESCRIPTIONS", "_DEFAULTS"):  # copies, undone after the test
+        monkeypatch.setattr(M, name, dict(getattr(M, name)))
+    exec(snippet, {})
+    assert M.get_config("dvt_mine") == cfg

@@ -204,6 +204,12 @@ def test_a_resumed_run_keeps_its_preprocessing_though_its_variant_is_not_registe
     train(build_parser().parse_args(["--out", str(tmp_path), "--resume", "--quiet", "--threads", "1"]))
     ck = torch.load(tmp_path / "last.pt", weights_only=True)
     assert json.loads(ck["train"]["args"])["epochs"] == 2 and ck["preprocess"] == first, (ck["preprocess"], first)
+    # fine-tuned from in that process, without --model: rebuilt from the checkpoint (it had been refused as an unknown
+    # model, which evaluate and export rebuild), trained with the preprocessing its weights learned, not the data's
+    train(build_parser().parse_args(["--finetune", str(tmp_path / "last.pt"), "--data", "fashion-mnist", "--train-limit", "100",
+                                     "--val-limit", "50", "--epochs", "1", "--quiet", "--threads", "1", "--out", str(tmp_path / "ft")]))
+    ft = torch.load(tmp_path / "ft" / "last.pt", weights_only=True)
+    assert ft["model"]["name"] == "dvt_micro_script" and ft["preprocess"] == first, (ft["model"]["name"], ft["preprocess"])
 
 
 def test_a_model_whose_outputs_are_not_finite_fails_and_saves_nothing(tmp_path):
