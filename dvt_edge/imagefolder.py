@@ -11,7 +11,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from dvt_edge.imageset import DataError, ImageSet, default_preprocess, display_classes, stratified_subset
+from dvt_edge.imageset import DataError, ImageSet, default_preprocess, display_classes, odd_class_names, stratified_subset
 from dvt_runtime import images as _images
 from dvt_runtime.images import IMAGE_EXTS
 from dvt_runtime.io import progress
@@ -155,6 +155,8 @@ def _split(root: str, split: str) -> _Split:
         nz = [n for n in counts.values() if n]
         if nz and max(nz) > 10 * min(nz):
             warnings.warn(f"imagefolder: {sub} is very unbalanced (image files per class: {counts})", stacklevel=4)
+        if odd := odd_class_names(classes):
+            warnings.warn(f"imagefolder: class folders of {sub}: {odd}", stacklevel=4)
     files, labels = _LISTINGS[key]
     if sub.name == "train" and (empty := [c for c, k in zip(classes, np.bincount(labels, minlength=len(classes))) if k == 0]):
         raise DataError(f"imagefolder: class folder(s) with no readable image in {sub}: {empty}")

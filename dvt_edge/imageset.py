@@ -217,6 +217,25 @@ def imagenet1k() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(synsets), tuple(names)
 
 
+def class_key(name: str) -> str:
+    """A class name as compared across data sets and folders: case, runs of spaces, ``_`` and ``-`` aside."""
+    return " ".join(str(name).replace("_", " ").replace("-", " ").split()).casefold()
+
+
+def odd_class_names(classes: list[str]) -> str:
+    """What is unusual about class folder names, or "": a name with spaces around it (a class of its own, named as
+    written: ``ship `` is not ``ship``), and names alike but for case, spaces, ``_`` or ``-`` (two classes)."""
+    said = []
+    if padded := [c for c in classes if c != c.strip()]:
+        said.append(f"{padded} begin or end with a space: each is a class of its own, named as written")
+    groups: dict[str, list[str]] = {}
+    for c in classes:
+        groups.setdefault(class_key(c), []).append(c)
+    if alike := [g for g in groups.values() if len(g) > 1]:
+        said.append(f"{alike} differ only in case, spaces, '_' or '-': each folder is a class of its own")
+    return "; ".join(said) + ("; rename or merge the folders if that is not meant" if said else "")
+
+
 def display_classes(folders: list[str]) -> list[str]:
     """Class names for class folders: ImageNet-1k's synset folders (n01440764, ...) become its class
     names (tench, ...), as the published models' bundles name them; any other folders name themselves."""

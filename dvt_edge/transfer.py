@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dvt_edge.imageset import class_key
+
 _BLOCK = re.compile(r"^(?P<stage>.+)\.blocks\.(?P<i>\d+)\.")
 _ZEROED_IN_NEW_BLOCKS = ("attn.proj.weight", "attn.proj.bias", "mlp.fc2.weight", "mlp.fc2.bias")
 
@@ -138,8 +140,8 @@ def carry_head_rows(model: nn.Module, src: dict[str, torch.Tensor], src_classes:
         return []
     theirs: dict[str, list[int]] = {}
     for j, c in enumerate(src_classes):
-        theirs.setdefault(_class_key(c), []).append(j)
-    ours = [_class_key(c) for c in classes]
+        theirs.setdefault(class_key(c), []).append(j)
+    ours = [class_key(c) for c in classes]
     pairs = [(i, theirs[k][0]) for i, k in enumerate(ours) if len(theirs.get(k, [])) == 1 and ours.count(k) == 1]
     own = model.state_dict()  # tensors sharing the parameters' storage
     heads = [k for k in own if ".head." in k and k in src and src[k].shape[1:] == own[k].shape[1:]
@@ -150,11 +152,6 @@ def carry_head_rows(model: nn.Module, src: dict[str, torch.Tensor], src_classes:
         for k in heads:  # weight (classes, D), bias (classes,)
             own[k][[i for i, _ in pairs]] = src[k][[j for _, j in pairs]].to(own[k].dtype)
     return [classes[i] if classes[i] == src_classes[j] else f"{classes[i]} <- {src_classes[j]}" for i, j in pairs]
-
-
-def _class_key(name: str) -> str:
-    """A class name as compared across data sets: case, runs of spaces, ``_`` and ``-`` aside."""
-    return " ".join(str(name).replace("_", " ").replace("-", " ").split()).casefold()
 
 
 def _is_square(n: int) -> bool:

@@ -160,6 +160,26 @@ def test_imagefolder_warns_when_unbalanced(tmp_path):
     assert any("unbalanced" in str(x.message) for x in w)
 
 
+
+def test_imagefolder_says_class_folders_named_alike_or_with_spaces_around(tmp_path):
+    """A folder `ship ` (a trailing space, from a script) beside `ship` trained as two classes, unsaid."""
+    for c in ("ship", "ship ", "truck"):
+        (tmp_path / "train" / c).mkdir(parents=True)
+        for i in range(12):
+            cv2.imwrite(str(tmp_path / "train" / c / f"{i}.png"), np.full((8, 8), i, np.uint8))
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        ds = load_dataset(f"imagefolder:{tmp_path}", "train")
+    said = [str(x.message) for x in w if "class folders of" in str(x.message)]
+    assert ds.classes == ["ship", "ship ", "truck"] and len(said) == 1, (ds.classes, said)
+    assert "['ship '] begin or end with a space" in said[0] and "[['ship', 'ship ']] differ only in case" in said[0], said
+    shutil.rmtree(tmp_path / "train" / "ship ")
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        load_dataset(f"imagefolder:{tmp_path}", "train")
+    assert not [x for x in w if "class folders of" in str(x.message)]
+
+
 def test_npz_uint8_and_errors(tmp_path, fmnist_test):
     imgs = np.stack([fmnist_test.raw(i) for i in range(10)])
     np.savez(tmp_path / "a.npz", images=imgs, labels=fmnist_test.labels[:10], classes=np.array(fmnist_test.classes))
