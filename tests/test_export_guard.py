@@ -510,3 +510,23 @@ def test_a_recipe_that_cannot_be_used_is_left_out_naming_the_file_and_the_fix(tm
     fp16 = dataclasses.replace(fp16, name="onnx-h", precisions=("fp32", "fp16"))
     with pytest.raises(ValueError, match=r"recipe copy\.toml: its exporter dvt_edge\.export\.onnx produces \['fp32', 'int8'\], not 'fp16'"):
         fp16.load("fp16")
+
+
+def test_the_models_own_data_set_is_not_judged_foreign_but_another_like_it_is(tmp_path, capsys):
+    """The export's own-data decision, end to end: a model trained on 14 px pictures (X-ray thumbnails, say) upscaled to
+    its 28 px input is exported with its own file (`npz:PATH`, recorded as `npz:PATH#holdout` by training) without the
+    'upscaled' warning, and with a copy of those images under another name with it (another data set's, for all it knows)."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (120, 14, 14), dtype=np.uint8)
+    for name in ("own", "copy"):
+        np.savez(tmp_path / f"{name}.npz", images=x, labels=np.arange(120) % 10)
+    m = create_model("dvt_micro_fmnist")
+    pre = default_preprocess(1, 28)
+    ckpt = save_checkpoint(tmp_path / "m.pt", m, preprocess=pre, train_summary=json.dumps(
+        {"epoch": 1, "args": {"data": f"npz:{tmp_path / 'own.npz'}#holdout"}}))
+    for name, warned in (("own", False), ("copy", True)):
+        res = export_bundle(str(ckpt), "onnx", "fp32", out=str(tmp_path / name), calib_data=f"npz:{tmp_path / name}.npz",
+                            progress=False)
+        err, data = capsys.readouterr().err, Manifest.load(res.path).parity.data
+        assert ("2.0x upscaled" in err) == warned and ("upscaled" in data) == warned, (name, err, data)
+        assert ("own.npz is the file this model trained on" in err) != warned, err  # its held-out 10% read, not the whole
