@@ -89,9 +89,15 @@ def default_data(model_name: str, extras: Optional[dict] = None, cfg=None) -> st
 
 def default_train_data(model_name: str) -> str:
     """``train --data`` when none is given: what the model's published reference was trained on, else its registered set."""
-    from dvt_edge.models import _check_name, model_defaults
+    from dvt_edge.models import _check_name, list_models, model_defaults
     from dvt_edge.references import REFERENCES
 
+    if model_name not in list_models():  # a typo, or a variant a script registered, fine-tuned from its file in another process
+        try:
+            _check_name(model_name)
+        except ValueError as e:
+            raise DataError(f"{e} No training data is known for it: for a checkpoint of a variant registered by a script, "
+                            f"pass --data (valid specs: {', '.join(DATASETS)})") from None
     for ref in REFERENCES.values():
         if ref.model == _check_name(model_name) and "--data" in ref.steps[0]:
             return ref.steps[0][ref.steps[0].index("--data") + 1]

@@ -155,7 +155,7 @@ def _split(root: str, split: str) -> _Split:
         nz = [n for n in counts.values() if n]
         if nz and max(nz) > 10 * min(nz):
             warnings.warn(f"imagefolder: {sub} is very unbalanced (image files per class: {counts})", stacklevel=4)
-        if odd := odd_class_names(classes):
+        if (sub.name == "train" or not train_classes) and (odd := odd_class_names(classes)):  # once, for train/'s names
             warnings.warn(f"imagefolder: class folders of {sub}: {odd}", stacklevel=4)
     files, labels = _LISTINGS[key]
     if sub.name == "train" and (empty := [c for c, k in zip(classes, np.bincount(labels, minlength=len(classes))) if k == 0]):

@@ -259,17 +259,19 @@ def _command_lines(args: dict, run_dir: Path, steps: list[dict]) -> list[str]:
 
 
 def _unregistered_line(model) -> list[str]:
-    """For a variant dvt-edge does not register itself (a launcher script did): how to register it before the training
-    command below, which otherwise stops at an unknown model (evaluate and export rebuild it from the file)."""
+    """For a variant dvt-edge does not register itself (a launcher script did): the registration the training command
+    below needs in its own process (run as printed, it stops at an unknown model; evaluate, export and ``--finetune``
+    rebuild the variant from the file)."""
     from dvt_edge.models import BUILTIN_MODELS, DVTConfig
 
     if model.name in BUILTIN_MODELS:
         return []
     base = DVTConfig().to_dict()
-    diff = {k: v for k, v in model.cfg.to_dict().items() if v != base[k]}  # its differences from DVTConfig's defaults
-    return [f"- `{model.name}` is not one of dvt-edge's own variants: register it before the training command below, as the "
-            f"script that trained it did: `from dvt_edge.models import DVTConfig, register_model; register_model({model.name!r}, "
-            f"DVTConfig.from_dict({json.dumps(diff, separators=(', ', ': '))}))` (evaluate and export rebuild it from this file)."]
+    diff = {k: v for k, v in model.cfg.to_dict().items() if v != base[k]}  # its differences from DVTConfig's defaults (Python literals)
+    return [f"- `{model.name}` is not one of dvt-edge's own variants: the training command below needs it registered in the same "
+            f"process, as the script that trained it did: `from dvt_edge.models import DVTConfig, register_model; "
+            f"register_model({model.name!r}, DVTConfig.from_dict({diff!r}))`, then `dvt_edge.train.main([...])` with the command's "
+            "arguments (evaluate, export and `--finetune` rebuild it from this file)."]
 
 
 def _evaluate_command(path: Path, report: dict) -> str:

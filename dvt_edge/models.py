@@ -781,28 +781,32 @@ PREPROCESS_PRESETS: dict[str, dict] = {
 
 
 def register_model(name: str, cfg: DVTConfig, description: str = "", preprocess: Optional[str] = None, dataset: str = "") -> DVTConfig:
-    """Add a variant to the registry. ``preprocess`` names a preset of :data:`PREPROCESS_PRESETS` that fits its input
-    (channels and size); left out, the preset that fits (``cifar10`` for 32 px RGB, ``fashion-mnist`` for 28 px gray),
-    else ImageNet's statistics at its size (it had been ImageNet's 224 px preset for any model, which training then
-    replaced unsaid)."""
+    """Add a variant to the registry. ``preprocess`` names a preset of :data:`PREPROCESS_PRESETS` with the variant's
+    channels, taken at its size (statistics, resize method and crop ratio kept: ``imagenet`` at 384 px resizes to 439
+    and crops 384). Left out: the preset of its exact channels and size (``cifar10`` for 32 px RGB, ``fashion-mnist``
+    for 28 px gray), else ImageNet's statistics (RGB) or Fashion-MNIST's (gray) at its size. It had been ImageNet's
+    224 px preset for any model, which training replaced unsaid."""
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered")
-    fits = [k for k, v in PREPROCESS_PRESETS.items() if (v["size"], 1 if v["channels"] == "gray" else 3) == (cfg.img_size, cfg.in_chans)]
     if preprocess is not None and preprocess not in PREPROCESS_PRESETS:
         raise ValueError(f"unknown preprocess preset {preprocess!r}; valid: {sorted(PREPROCESS_PRESETS)}")
-    if preprocess is not None and preprocess not in fits:
-        v = PREPROCESS_PRESETS[preprocess]
-        raise ValueError(f"preprocess preset {preprocess!r} ({v['size']} px {v['channels']}) does not fit {name!r} "
-                         f"({cfg.img_size} px, {cfg.in_chans} channel(s)); presets that fit: {fits or 'none'} "
-                         "(leave preprocess out for one at its size)")
-    if preprocess is None and fits:
-        preprocess = fits[0]
-    if preprocess is None:  # no preset at its size: ImageNet's statistics, as a fresh model of this shape trains with
+    channels = {1: "gray", 3: "rgb"}.get(cfg.in_chans)
+    if channels is None:
+        raise ValueError(f"{name!r} takes {cfg.in_chans} input channels: images are preprocessed to 1 (gray) or 3 (rgb); "
+                         "register a variant with in_chans 1 or 3")
+    if preprocess is not None and PREPROCESS_PRESETS[preprocess]["channels"] != channels:
+        fits = sorted(k for k, v in PREPROCESS_PRESETS.items() if v["channels"] == channels)
+        raise ValueError(f"preprocess preset {preprocess!r} is {PREPROCESS_PRESETS[preprocess]['channels']}; {name!r} takes "
+                         f"{channels} images ({cfg.in_chans} channel(s)): pass one of {fits}, or leave preprocess out")
+    if preprocess is None:
+        preprocess = next((k for k, v in PREPROCESS_PRESETS.items() if (v["size"], v["channels"]) == (cfg.img_size, channels)), None)
+    if preprocess is None:  # no preset of its size: the statistics a fresh model of this shape trains with
         from dvt_edge.imageset import default_preprocess
 
         pre = default_preprocess(cfg.in_chans, cfg.img_size).to_dict()
-    else:
-        pre = dict(PREPROCESS_PRESETS[preprocess])
+    else:  # the preset at the variant's size, its crop ratio kept
+        v = PREPROCESS_PRESETS[preprocess]
+        pre = dict(v, size=cfg.img_size, resize=int(round(cfg.img_size * v["resize"] / v["size"])))
     _REGISTRY[name] = cfg
     _DESCRIPTIONS[name] = description
     _DEFAULTS[name] = {"preprocess": pre, "dataset": dataset}

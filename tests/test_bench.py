@@ -24,6 +24,7 @@ def results(micro_ckpt, tmp_path_factory):
     return out, r1, r2
 
 
+@pytest.mark.slow
 def test_bench_result_shape_and_real_numbers(results):
     out, r1, _ = results
     assert r1["schema"] == SCHEMA and r1["n_images"] == 120
@@ -115,6 +116,7 @@ def test_halvings_without_a_matching_point_are_counted_and_said(monkeypatch):
     assert "found no point" not in halvings_line(dict(hv, last_exit_fallbacks=0))
 
 
+@pytest.mark.slow
 def test_bench_report_merges_devices(results, tmp_path, capsys):
     out, r1, r2 = results
     assert main(["report", str(out / "a" / "bench.json"), str(out / "b" / "bench.json"), "--out", str(tmp_path)]) == 0
@@ -264,6 +266,7 @@ def test_unmatched_point_is_never_a_plain_speedup(results, tmp_path):
     assert "not matched (-1.90 pts)" in notes
 
 
+@pytest.mark.slow
 def test_flops_calibration_misses_small_budgets_on_a_slowed_stage(tmp_path):
     """The product's claim, as a behaviour: when one stage is slow on the device (an op off the
     delegate, say), thresholds searched on FLOPs miss small latency budgets by more than thresholds

@@ -28,6 +28,7 @@ def _finite_positive(v) -> bool:
     return isinstance(v, float) and math.isfinite(v) and v > 0
 
 
+@pytest.mark.slow
 def test_latency_table_from_real_runs(latency):
     out, r = latency
     assert r["mode"] == "latency" and r["model"] == "dvt_micro_fmnist" and r["threads"] == 1
@@ -123,6 +124,7 @@ def test_roofline_rows_are_real():
     assert np.isfinite(r["peak"]["fp32"]["gmacs_per_s"])
 
 
+@pytest.mark.slow
 def test_latency_results_merge_into_a_report(latency, tmp_path, capsys):
     out, r = latency
     other = dict(r, device=dict(r["device"], device_name="second-device"))  # a second device's file

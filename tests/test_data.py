@@ -160,7 +160,6 @@ def test_imagefolder_warns_when_unbalanced(tmp_path):
     assert any("unbalanced" in str(x.message) for x in w)
 
 
-
 def test_imagefolder_says_class_folders_named_alike_or_with_spaces_around(tmp_path):
     """A folder `ship ` (a trailing space, from a script) beside `ship` trained as two classes, unsaid."""
     for c in ("ship", "ship ", "truck"):
@@ -173,6 +172,13 @@ def test_imagefolder_says_class_folders_named_alike_or_with_spaces_around(tmp_pa
     said = [str(x.message) for x in w if "class folders of" in str(x.message)]
     assert ds.classes == ["ship", "ship ", "truck"] and len(said) == 1, (ds.classes, said)
     assert "['ship '] begin or end with a space" in said[0] and "[['ship', 'ship ']] differ only in case" in said[0], said
+    for c in ("ship", "ship ", "truck"):  # a val/ folder alike: said for train/'s names only, not again for val/'s
+        shutil.copytree(tmp_path / "train" / c, tmp_path / "val" / c)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        load_dataset(f"imagefolder:{tmp_path}", "val")
+    assert not [x for x in w if "class folders of" in str(x.message)]
+    shutil.rmtree(tmp_path / "val")
     shutil.rmtree(tmp_path / "train" / "ship ")
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")

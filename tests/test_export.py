@@ -28,12 +28,13 @@ from dvt_runtime.bundle import Bundle
 from dvt_runtime.manifest import Manifest, ManifestError
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = [(t.name, p) for t in TARGETS.values() for p in t.precisions]
+CASES = [pytest.param(t.name, p, id=f"{t.name}-{p}", marks=[pytest.mark.slow] if p == "int8" or t.backend == "executorch" else [])
+         for t in TARGETS.values() for p in t.precisions]  # slow: 30 s to 110 s each on 2 cores
 # layers that must run inside the XNNPACK delegate
 HOT_OPS = ("linear", "addmm", "mm", "bmm", "convolution", "conv2d", "softmax")
 
 
-@pytest.mark.parametrize("target,precision", CASES, ids=[f"{t}-{p}" for t, p in CASES])
+@pytest.mark.parametrize("target,precision", CASES)
 def test_export_target_precision(tmp_path, micro_ckpt, target, precision):
     t = get_target(target)
     if not t.available:
@@ -161,6 +162,7 @@ def test_manifest_rejects_escaping_paths_and_newer_schema(tmp_path, micro_ckpt):
         Manifest.load(res.path)
 
 
+@pytest.mark.slow
 def test_existing_bundle_needs_force_and_is_replaced_whole(tmp_path, micro_ckpt):
     out = tmp_path / "b"
     export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(out), verify_n=20, progress=False)
@@ -261,6 +263,7 @@ def test_bundle_runs_in_runtime(tmp_path, micro_ckpt):
         np.testing.assert_allclose(a, r.numpy(), atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not get_target("executorch").available, reason="executorch not installed")
 def test_in_graph_input_resize_is_delegated_like_the_rest(tmp_path):
     """stage_img_sizes adds two constant linears per stage: parity holds and XNNPACK takes them
@@ -280,6 +283,7 @@ def test_in_graph_input_resize_is_delegated_like_the_rest(tmp_path):
     assert left["resized"] == left["plain"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not get_target("executorch").available, reason="executorch not installed")
 def test_an_etrecord_lets_the_inspector_name_an_etdumps_operators(micro_ckpt, tmp_path):
     """No ETRecord was written, so an ETDump recorded on a device could time each operator but never name it: --etrecord
@@ -666,6 +670,7 @@ def test_directory_artifact_with_a_symlink_inside_is_refused(tmp_path):
         artifact_digest(pkg)
 
 
+@pytest.mark.slow
 def test_out_that_is_a_folder_of_bundles_is_the_parent(micro_ckpt, tmp_path, capsys, monkeypatch):
     """--out bundles/ (an existing folder that is not a bundle, or a path ending in /) holds the bundle, as with several
     targets; an existing non-bundle folder named as the bundle itself is never offered --force."""

@@ -503,6 +503,7 @@ TOOLCHAIN_NOISE = ("threadpool", "Failed to create", "Torch version", "has not b
                    "Converting PyTorch", "WARNING:", "W1201", "UserWarning")
 
 
+@pytest.mark.slow
 def test_int8_executorch_and_coreml_export_is_quiet(micro_ckpt, tmp_path):
     r = _cli("dvt_edge.export", "--checkpoint", str(micro_ckpt), "--target", "executorch,coreml", "--precision", "int8",
              "--out", str(tmp_path / "b"), "--verify-n", "50", cwd=tmp_path)

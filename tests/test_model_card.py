@@ -266,6 +266,7 @@ def test_reference_card_states_the_file(reference_accuracy):
         assert re.search(rf"\| {i + 1} \| \d+x\d+ \| [\d.]+ \| {a:.2f} \|", card), (i, a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", list(REFERENCES))
 def test_reference_cards_budget_curve_is_what_its_command_gives(key):
     """The Fashion-MNIST card's Pareto rows dated from an older choice of threshold images (a seeded permutation, before the
@@ -522,15 +523,18 @@ def test_the_card_says_when_a_resume_changed_the_compute_precision(micro_ckpt):
 def test_a_card_of_a_variant_a_script_registered_says_how_to_register_it(monkeypatch):
     """The card's training command named a variant registered by a launcher script: run as printed, in a fresh process,
     it stopped at an unknown model. The card now gives the register_model call, which rebuilds the same config."""
+    from types import SimpleNamespace
+
     import dvt_edge.models as M
     from dvt_edge.model_card import _unregistered_line
 
     assert _unregistered_line(M.create_model("dvt_micro_fmnist")) == []
-    cfg = M.get_config("dvt_micro_fmnist", embed_dim=48, depth=3)
-    (line,) = _unregistered_line(M.DVT(cfg, name="dvt_mine"))
-    snippet = line.split("`")[3]
-    assert snippet.startswith("from dvt_edge.models import DVTConfig, register_model; register_model('dvt_mine', "), line
     for name in ("_REGISTRY", "_DESCRIPTIONS", "_DEFAULTS"):  # copies, undone after the test
         monkeypatch.setattr(M, name, dict(getattr(M, name)))
-    exec(snippet, {})
-    assert M.get_config("dvt_mine") == cfg
+    for i, base in enumerate(sorted(M.BUILTIN_MODELS)):  # every field kind: dvt_deit_small's qkv_bias=True had read `true`
+        cfg = M.get_config(base, num_classes=7)
+        (line,) = _unregistered_line(SimpleNamespace(cfg=cfg, name=f"dvt_mine{i}"))  # what it reads of the model
+        snippet = line.split("`")[3]
+        assert snippet.startswith(f"from dvt_edge.models import DVTConfig, register_model; register_model('dvt_mine{i}', "), line
+        exec(snippet, {})
+        assert M.get_config(f"dvt_mine{i}") == cfg, base

@@ -310,7 +310,7 @@ def test_zoo_keeps_small_models_flops_significant():
 
 def test_register_model_takes_a_preset_that_fits_or_refuses_one_that_does_not(monkeypatch):
     """A contributor's 32 px RGB variant registered without preprocess= got ImageNet's 224 px preset, and one given a
-    preset of another size was accepted; training then replaced either with the data's own, unsaid."""
+    preset of other channels was accepted; training then replaced either with the data's own, unsaid."""
     from dvt_edge import models as M
 
     for name in ("_REGISTRY", "_DESCRIPTIONS", "_DEFAULTS"):  # copies, undone after the test
@@ -319,10 +319,18 @@ def test_register_model_takes_a_preset_that_fits_or_refuses_one_that_does_not(mo
     M.register_model("dvt_mine_32", cifar)
     assert model_defaults("dvt_mine_32")["preprocess"] == M.PREPROCESS_PRESETS["cifar10"]
     assert not M.imagenet_layout("dvt_mine_32")
-    with pytest.raises(ValueError, match=r"preset 'imagenet' \(224 px rgb\) does not fit 'dvt_mine_b' \(32 px, 3 channel\(s\)\); presets that fit: \['cifar10'\]"):
-        M.register_model("dvt_mine_b", cifar, preprocess="imagenet")
-    assert "dvt_mine_b" not in M.list_models()
+    with pytest.raises(ValueError, match=r"preset 'fashion-mnist' is gray; 'dvt_mine_b' takes rgb images \(3 channel\(s\)\): pass one of \['cifar10', 'imagenet'\]"):
+        M.register_model("dvt_mine_b", cifar, preprocess="fashion-mnist")
+    with pytest.raises(ValueError, match=r"'dvt_mine_c' takes 4 input channels: .* register a variant with in_chans 1 or 3"):
+        M.register_model("dvt_mine_c", get_config("dvt_small_cifar", in_chans=4))
+    assert "dvt_mine_b" not in M.list_models() and "dvt_mine_c" not in M.list_models()
     M.register_model("dvt_mine_48", get_config("dvt_small_cifar", img_size=48))
     pre = model_defaults("dvt_mine_48")["preprocess"]  # no preset at 48 px: ImageNet's statistics at its size
     assert (pre["size"], pre["channels"], tuple(pre["mean"])) == (48, "rgb", (0.485, 0.456, 0.406))
+    M.register_model("dvt_mine_56", get_config("dvt_micro_fmnist", img_size=56, splits=((12, 8, 0), (8, 5, 0), (4, 4, 0))))
+    pre = model_defaults("dvt_mine_56")["preprocess"]  # gray: Fashion-MNIST's
+    assert (pre["size"], pre["channels"], tuple(pre["mean"])) == (56, "gray", (0.2860,))
+    M.register_model("dvt_mine_in", get_config("dvt_small_cifar", img_size=48), preprocess="imagenet")  # at its size, crop kept
+    pre = model_defaults("dvt_mine_in")["preprocess"]
+    assert (pre["size"], pre["resize"], pre["interpolation"], tuple(pre["std"])) == (48, 55, "pil-bicubic", (0.229, 0.224, 0.225))
     assert M.imagenet_layout("dvt_t2t_vit_12") and M.imagenet_layout("dvt_t2t_micro") and M.imagenet_layout("dvt_mine_48")

@@ -212,6 +212,7 @@ def test_executorch_program_of_another_release_warns():
         import_backend("onnxruntime", {"executorch": "1.4.1"})
 
 
+@pytest.mark.slow
 def test_executorch_loading_is_quiet_and_its_words_show_when_it_fails(micro_ckpt, tmp_path):
     """Opening an ExecuTorch bundle printed torchao's failed GPU-kernel loads, torch's pytree notice, ExecuTorch's CPU
     probing and a thread-pool reset per exit on the user's terminal: held now, and shown only when loading fails."""

@@ -55,6 +55,7 @@ def test_stress_weights_make_the_performer_underflow(stressed_t2t):
     assert bool(torch.isfinite(d).all()) and float(d.detach().min()) < 1e-6, "these weights should push the performer to its floor; make stress() stronger"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", RUNNABLE)
 def test_stress_weights_export_finite_and_within_tolerance(stressed_t2t, tmp_path, target):
     path, _ = stressed_t2t
@@ -88,6 +89,7 @@ def test_nan_weights_are_refused_naming_the_exit(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_published_t2t_vit_12_stress_export_onnx(tmp_path):
     """The real scale: dvt_t2t_vit_12 (224 px) with stress weights, ONNX Runtime, every exit finite and within 1e-3."""
     if "onnx" not in RUNNABLE:
@@ -141,6 +143,7 @@ def test_float16_needs_the_performer_in_float32(stressed_t2t, monkeypatch):
         assert torch.isfinite(o).all() and (o.float() - r).abs().max().item() < 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision, scheme", [("fp16", None), ("int8", "linear"), ("int8", "w8a8")])
 def test_core_ml_keeps_the_performer_float32(stressed_t2t, micro_ckpt, tmp_path, monkeypatch, precision, scheme):
     """Every op of the performer's own (``float32_nodes``: its x * x, sums, exp features, products and the normalising

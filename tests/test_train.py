@@ -210,6 +210,10 @@ def test_a_resumed_run_keeps_its_preprocessing_though_its_variant_is_not_registe
                                      "--val-limit", "50", "--epochs", "1", "--quiet", "--threads", "1", "--out", str(tmp_path / "ft")]))
     ft = torch.load(tmp_path / "ft" / "last.pt", weights_only=True)
     assert ft["model"]["name"] == "dvt_micro_script" and ft["preprocess"] == first, (ft["model"]["name"], ft["preprocess"])
+    # a mistyped --model beside it is not taken for the checkpoint's variant (it had trained dvt_micro_script, named as the typo)
+    with pytest.raises(ValueError, match=r"unknown model 'dvt_micro_scrpt'.*Did you mean"):
+        train(build_parser().parse_args(["--finetune", str(tmp_path / "last.pt"), "--model", "dvt_micro_scrpt", "--data", "fashion-mnist",
+                                         "--train-limit", "100", "--val-limit", "50", "--quiet", "--out", str(tmp_path / "typo")]))
 
 
 def test_a_model_whose_outputs_are_not_finite_fails_and_saves_nothing(tmp_path):
@@ -575,6 +579,9 @@ def test_without_data_a_model_trains_on_its_own_training_set(tmp_path, monkeypat
     assert default_train_data("dvt_micro_fmnist") == "fashion-mnist"
     with pytest.raises(DataError, match="no training data is known for model 'dvt_t2t_vit_12'; pass --data"):
         default_train_data("dvt_t2t_vit_12")
+    with pytest.raises(DataError, match=r"unknown model 'dvt_small_cifr'.*Did you mean 'dvt_small_cifar'\?.*registered by a script, pass --data"):
+        default_train_data("dvt_small_cifr")  # a typo, or --finetune of a script's variant without --data (it said only "unknown model")
+
     class Read(Exception):
         pass
 

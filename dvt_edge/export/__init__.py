@@ -268,10 +268,10 @@ def _prepare(dest: Path, t: Target, precision: str, opts: ExportOptions, model: 
     if model.cfg.img_size >= 224:  # said before the long part; measured per recipe ([minutes_224])
         if took := t.minutes_224.get(precision):
             took = took if len(schemes) > 1 else took.replace(" (every scheme tried)", " with every scheme tried; one scheme takes less")
-            print(f"note: exporting a {model.cfg.img_size} px model to {t.name} {precision} takes minutes: {took} for "
-                  "dvt_t2t_vit_12 on a 2-core x86 VM (measured; dvt_deit_small and dvt_t2t_vit_14 take longer)", file=sys.stderr)
+            print(f"note: exporting a {model.cfg.img_size} px model to {t.name} {precision} takes {took} (measured: "
+                  f"{t.minutes_224.get('measured_on', 'by the recipe')})", file=sys.stderr)
         else:
-            print(f"note: exporting a {model.cfg.img_size} px model to {t.name} {precision} takes minutes (not measured for "
+            print(f"note: exporting a {model.cfg.img_size} px model to {t.name} {precision} may take minutes (not measured for "
                   f"this target: {t.recipe} has no [minutes_224] {precision})", file=sys.stderr)
     # a run's own npz file given: its held-out part verifies (and chooses thresholds), not the 90% trained on
     spec, stand_in = ((own_holdout(opts.calib_data, info.extras), "") if opts.calib_data else
@@ -424,7 +424,8 @@ def _export_into(p: _Plan, console) -> ExportResult:
         max_batch=max_batch, batch_note=batch_note,
     )
     if cfgs:
-        manifest.extras["required_operators"] = "required_operators.config"
+        manifest.extras["required_operators"] = "required_operators.config"  # for a reduced ORT build, checked by verify()
+        manifest.extras["required_operators_sha256"] = sha256_file(p.tmp / "required_operators.config")
     if records := [f for a in artifacts for f in a.extra_files if f.endswith(".etrecord")]:  # listed (--force replaces them), not hashed
         manifest.extras["etrecords"] = records
     manifest.save(p.tmp)

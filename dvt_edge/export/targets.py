@@ -120,12 +120,16 @@ def _recipe(f: Path, taken: dict[str, Target]) -> Target:
         raise ValueError(f"precision(s) {bad} are not known; valid: {list(RECIPE_PRECISIONS)}")
     if importlib.util.find_spec(d["module"]) is None:
         raise ValueError(f"module {d['module']!r} cannot be found (the exporter module with export_exit)")
+    for table in ("int8", "minutes_224"):
+        if not isinstance(d.get(table, {}), dict):
+            raise ValueError(f"{table} must be a table ([{table}] and its keys below it), got {d[table]!r}")
     int8 = dict(d.get("int8", {}))
     if (ds := int8.get("default_scheme")) not in (None, "auto", *int8.get("schemes", [])):
         raise ValueError(f"int8 default_scheme {ds!r} is not one of its schemes {int8.get('schemes', [])} (or 'auto')")
     minutes = dict(d.get("minutes_224", {}))
-    if bad := [k for k, v in minutes.items() if k not in d["precisions"] or not isinstance(v, str)]:
-        raise ValueError(f"minutes_224 {bad}: give one text per precision it lists ({list(d['precisions'])}), e.g. fp32 = \"about 2 minutes\"")
+    if bad := [k for k, v in minutes.items() if k not in (*d["precisions"], "measured_on") or not (isinstance(v, str) and v.strip())]:
+        raise ValueError(f"minutes_224 {bad}: give a text per precision it lists ({list(d['precisions'])}), e.g. fp32 = \"about 2 "
+                         "minutes\", and measured_on = \"the model and machine timed\"")
     if d["name"] in taken:
         raise ValueError(f"target name {d['name']!r} is already {taken[d['name']].recipe}'s: give the copy its own name")
     t = Target(

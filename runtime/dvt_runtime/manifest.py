@@ -281,6 +281,7 @@ class Manifest:
                     f"exit {i + 1}: artifact {e.artifact} fails its SHA-256 check (tampered or corrupted): "
                     f"manifest {e.sha256[:16]}..., file {digest[:16]}...; re-export the bundle"
                 )
+        self._verify_required_operators(Path(bundle_dir))
         if self.schema_version < 2 and not self.content_sha256:  # older than the digest: an edit cannot be told from the export
             warnings.warn(f"{Path(bundle_dir) / MANIFEST_NAME} is a version-{self.schema_version} manifest, which has no digest of its "
                           "own fields, so an edited class name, mean or shape is not detected: re-export the bundle to seal it",
@@ -289,6 +290,17 @@ class Manifest:
             raise ManifestError(f"{Path(bundle_dir) / MANIFEST_NAME} was edited after export (its content_sha256 does not match "
                                 "its fields: a changed class name, mean or shape would give wrong answers); re-export the bundle, "
                                 "or, if the edit is meant, Manifest.load(dir, verify=False) then .save(dir) to seal it again")
+
+    def _verify_required_operators(self, bundle_dir: Path) -> None:
+        """The ort target's ``required_operators.config`` (a reduced ONNX Runtime build's operator list, not read at run
+        time): left off a device, fine; there but not the exported one, a warning (a build from it may lack operators)."""
+        name, digest = self.extras.get("required_operators"), self.extras.get("required_operators_sha256")
+        if not isinstance(name, str) or not isinstance(digest, str) or Path(name).name != name or not (bundle_dir / name).is_file():
+            return
+        if sha256_file(bundle_dir / name) != digest:
+            warnings.warn(f"{bundle_dir / name} is not the file exported with this bundle (its SHA-256 differs): a reduced ONNX "
+                          "Runtime build from it may lack operators the exits need; re-export the bundle for the exported one",
+                          stacklevel=4)
 
     @property
     def num_exits(self) -> int:
