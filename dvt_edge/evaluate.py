@@ -17,6 +17,8 @@ Writes ``evaluate.json`` and ``evaluate.png``.
 from __future__ import annotations
 
 import argparse
+import datetime
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,7 +39,7 @@ from dvt_edge.data import (
     scoring_set,
 )
 from dvt_runtime.checks import FEW_IMAGES, numbered
-from dvt_runtime.io import atomic_write_json, save_png
+from dvt_runtime.io import atomic_write_json, save_png, sha256_file
 from dvt_runtime.search import ExitOutputs, StageCosts, evaluate_thresholds, pareto_frontier, sweep_thresholds
 
 SCHEMA = "dvt-edge/evaluate/1"
@@ -110,6 +112,9 @@ def evaluate_checkpoint(
     return {
         "schema": SCHEMA,
         "checkpoint": str(checkpoint),
+        "checkpoint_sha256": sha256_file(checkpoint),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "limit": limit,  # a seeded (seed 0), class-stratified subset of the split; None: all of it
         "model": model.name,
         "data": data,
         "data_note": data_note,  # "" unless another set stood in for the checkpoint's own
@@ -282,6 +287,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (CheckpointError, DataError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    r["command"] = f"python -m dvt_edge.evaluate {shlex.join(sys.argv[1:] if argv is None else argv)}"
     atomic_write_json(out / "evaluate.json", r)
     plot_report(r, out / "evaluate.png")
     print(format_report(r))

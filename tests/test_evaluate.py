@@ -17,6 +17,7 @@ from dvt_edge.data import load_dataset, stratified_subset
 from dvt_edge.evaluate import evaluate_checkpoint, main
 from dvt_edge.models import create_model
 from dvt_edge.train import evaluate_exits
+from dvt_runtime.io import sha256_file
 
 
 def test_evaluate_writes_report(tmp_path, capsys):
@@ -26,6 +27,9 @@ def test_evaluate_writes_report(tmp_path, capsys):
     assert main(["--checkpoint", str(tmp_path / "m.pt"), "--limit", "300", "--threshold-n", "300", "--out", str(tmp_path / "ev")]) == 0
     r = json.loads((tmp_path / "ev" / "evaluate.json").read_text())
     assert r["n"] == 300 and [e["grid"] for e in r["exits"]] == ["3x3", "5x5", "7x7"]
+    # how it was made, in the file (a researcher could not tell a --limit run from a whole one, nor when or from which file)
+    assert r["limit"] == 300 and r["checkpoint_sha256"] == sha256_file(tmp_path / "m.pt") and r["created"].startswith("20")
+    assert r["command"] == f"python -m dvt_edge.evaluate --checkpoint {tmp_path / 'm.pt'} --limit 300 --threshold-n 300 --out {tmp_path / 'ev'}"
     assert [e["gflops"] for e in r["exits"]] == pytest.approx([e.gflops for e in m.exits])
     assert len(r["budget_curve"]) == 59
     for p in r["budget_curve"]:

@@ -16,6 +16,7 @@ import pytest
 from dvt_edge.data import export_npz, load_dataset
 from dvt_runtime.bundle import Bundle, InputError
 from dvt_runtime.controller import BudgetController
+from dvt_runtime.io import sha256_file
 from dvt_runtime.manifest import Manifest
 from tests.test_batching import CountingSession
 from tests.test_runtime_torch_free import run_without_torch
@@ -386,6 +387,18 @@ def test_device_side_data_raw_pixels_and_unnormalized_floats(bundle_copy, tmp_pa
     assert main(["--bundle", str(bundle_copy), "--data", str(tmp_path / "raw.npz"), "--budget-ms", "1e6", "--runs", "8",
                  "--device-name", "raw"]) == 0
     assert (bundle_copy / "calibration" / "raw.json").is_file() and "profiling:" in capsys.readouterr().err
+    # the file says how it was made (a researcher could not tell --seed 3's split from --seed 0's, nor which images)
+    made = json.loads((bundle_copy / "calibration" / "raw.json").read_text())
+    assert (made["schema_version"], made["seed"], made["holdout"]) == (2, 0, 0.5), made
+    assert made["data"] == {"path": str(tmp_path / "raw.npz"), "sha256": sha256_file(tmp_path / "raw.npz"), "n": 40}, made["data"]
+    assert made["command"].endswith(f"calibrate --bundle {bundle_copy} --data {tmp_path / 'raw.npz'} --budget-ms 1e6 --runs 8 "
+                                    "--device-name raw"), made["command"]
+    assert 0 <= made["chosen"]["predicted"]["calibration_accuracy"] <= 100
+    per = made["cascade_overhead_ms_per_exit"]  # predict's own cost per exit stopped at, never falling, priced into the search
+    assert len(per) == 3 and per == sorted(per) and per[0] == made["cascade_overhead_ms"] > 0, per
+    v1 = {k: v for k, v in made.items() if k not in ("seed", "holdout", "data", "command", "cascade_overhead_ms_per_exit")}
+    (bundle_copy / "calibration" / "raw.json").write_text(json.dumps({**v1, "schema_version": 1}))
+    assert Bundle.open(bundle_copy, device_name="raw").calibration.seed is None  # a version-1 file still loads
     assert main(["--bundle", str(bundle_copy), "--data", str(tmp_path / "raw.npz"), "--budget-ms", "1e6", "--runs", "8",
                  "--device-name", "raw", "--no-progress"]) == 0
     assert "profiling:" not in capsys.readouterr().err  # as profile and predict take it
@@ -861,3 +874,18 @@ def test_a_p90_calibration_prices_its_table_by_the_p90(bundle_copy, val):
     b = Bundle.open(bundle_copy, device_name="dev")
     b.predict(x[0], budget_ms=3.0)
     assert [row["predicted_ms"] for row in b.controller.table] == sorted(row.predicted["p90_ms"] for row in r.table)
+
+
+
+def test_with_overhead_prices_each_exits_own_overhead():
+    """predict's own cost grows with the exits passed (0.10 / 0.16 / 0.20 ms measured on the CIFAR reference): priced at
+    exit 1's alone, a calibration predicted deeper thresholds 4-8% faster than they ran."""
+    from dvt_runtime.calibrate import with_overhead
+    from dvt_runtime.search import StageCosts
+
+    base = StageCosts.from_samples([[1.0, 1.0], [2.0, 2.0], [4.0, 4.0]], stopping=[[0.8, 0.8], [2.9, 2.9], [7.0, 7.0]])
+    c = with_overhead(base, [0.1, 0.16, 0.2])
+    np.testing.assert_allclose(c.mean, [1.1, 2.06, 4.04])  # stage k: the step from exit k's overhead to the next
+    np.testing.assert_allclose(c.cumulative, [0.9, 3.06, 7.2])  # an image stopping at exit k pays exit k's overhead once
+    plain = with_overhead(StageCosts(mean=np.array([1.0, 2.0, 4.0])), [0.1, 0.16, 0.2])
+    np.testing.assert_allclose(plain.cumulative, [1.1, 3.16, 7.2])

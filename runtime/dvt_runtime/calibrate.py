@@ -18,8 +18,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
+import os
+import shlex
 import sys
-import time
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 import numpy as np
 
 from dvt_runtime.backends import PROVIDERS_HELP, BackendUnavailable, parse_providers
-from dvt_runtime.bundle import Bundle, softmax
+from dvt_runtime.bundle import Bundle
 from dvt_runtime.calibration import (  # noqa: F401  (re-exported)
     SCHEMA,
     BudgetRow,
@@ -43,9 +44,15 @@ from dvt_runtime.calibration import (  # noqa: F401  (re-exported)
 from dvt_runtime.checks import FEW_IMAGES, positive_ms
 from dvt_runtime.cli import command_name
 from dvt_runtime.device import check_batch_memory, check_device_name, profiled_here, this_host  # noqa: F401  (re-exported)
-from dvt_runtime.io import atomic_write_json, check_out_path
-from dvt_runtime.io import progress as _bar
-from dvt_runtime.latency import batch_note, check_batch, load_profile_arg
+from dvt_runtime.io import atomic_write_json, check_out_path, sha256_file
+from dvt_runtime.latency import batch_note, load_profile_arg
+from dvt_runtime.measure import (  # noqa: F401  (re-exported)
+    cascade_overhead_ms,
+    exit_probs,
+    measure_cascade,
+    measure_interleaved,
+    with_overhead,
+)
 from dvt_runtime.npzsets import check_npz_preprocess, load_npz  # noqa: F401  (re-exported)
 from dvt_runtime.search import (
     ALGORITHMS,
@@ -58,113 +65,9 @@ from dvt_runtime.search import (
     metric_span,
     search_thresholds,
 )
-from dvt_runtime.stats import sample_stats
 
 if TYPE_CHECKING:
     from dvt_runtime.profile import LatencyProfile
-
-
-def exit_probs(bundle: Bundle, x: np.ndarray, progress: bool = False, chunk: int = 16) -> np.ndarray:
-    """Softmax outputs of every exit of the bundle's own artifacts: (E, N, classes)."""
-    starts = _bar(range(0, len(x), chunk), desc="run exits", unit="batch", enabled=progress)
-    out = [bundle.run_exits(x[s : s + chunk]) for s in starts]  # per chunk: E arrays (n, classes)
-    return np.stack([softmax(np.concatenate([o[e] for o in out]).astype(np.float64)) for e in range(bundle.num_exits)])
-
-
-def _timed_calls(bundle: Bundle, x: np.ndarray, y: np.ndarray, thresholds, batch: int) -> tuple[list, list, list, float]:
-    """``predict`` on ``x`` in calls of ``batch`` images: per-image ms, exit and correctness, and the wall seconds."""
-    ms, exits, correct = [], [], []
-    t_all = time.perf_counter()
-    for s in range(0, len(x), batch):
-        t0 = time.perf_counter()
-        preds = bundle.predict(x[s : s + batch], thresholds=thresholds, max_batch=batch)  # one call per stage, as profiled
-        ms += [(time.perf_counter() - t0) * 1e3 / len(preds)] * len(preds)  # per image: a short last call weighs its images only
-        exits += [p.exit for p in preds]
-        correct += [p.label == t for p, t in zip(preds, y[s : s + batch])]
-    return ms, exits, correct, time.perf_counter() - t_all
-
-
-def _summary(num_exits: int, ms: list, exits: list, correct: list, wall: float, batch: int, metric: str = "mean") -> dict:
-    st = sample_stats(ms, keep_samples=False)
-    out = {
-        "accuracy": float(np.mean(correct) * 100), "mean_ms": st["mean"], "p50_ms": st["p50"],
-        "p90_ms": st["p90"], "p99_ms": st["p99"], "n": len(exits),
-        "exit_fractions": (np.bincount(exits, minlength=num_exits) / len(exits)).tolist(),
-        "batch": int(batch), "images_per_s": float(len(exits) / wall),
-    }
-    if metric != "mean" and f"{metric}_ms" not in out:  # the budget's own percentile (p95, p99.9, ...)
-        out[f"{metric}_ms"] = float(np.percentile(ms, float(metric[1:])))
-    return out
-
-
-def measure_cascade(bundle: Bundle, x: np.ndarray, y: np.ndarray, thresholds, warmup: int = 20, batch: int = 1,
-                    metric: str = "mean") -> dict:
-    """Run the real cascade on ``batch`` images per predict call; wall-clock latency.
-
-    ``mean_ms`` etc. are per call at batch 1 and per image (call / batch) above it, so that
-    a throughput budget (ms per image at batch N) compares with them; ``images_per_s``
-    is the throughput. A percentile ``metric`` (a budget's) is recorded too, as ``<metric>_ms``.
-    """
-    batch = check_batch(batch)
-    check_metric(metric)
-    check_batch_memory(bundle, batch)  # refuses, before the first call, a batch that would not fit
-    for s in range(0, min(warmup, -(-len(x) // batch)) * batch, batch):
-        bundle.predict(x[s : s + batch], thresholds=thresholds, max_batch=batch)
-    return _summary(bundle.num_exits, *_timed_calls(bundle, x, y, thresholds, batch), batch, metric)
-
-
-def measure_interleaved(bundle: Bundle, x: np.ndarray, y: np.ndarray, configs: Sequence, blocks: int = 10,
-                        warmup: int = 20) -> tuple[list[dict], list[list[float]]]:
-    """Several threshold settings measured as :func:`measure_cascade` (batch 1), but interleaved:
-    ``x`` is cut into ``blocks`` parts and each part runs under every setting in turn (the order
-    rotating per part), so that drift of the machine (a busy neighbour, clocks) hits every
-    setting alike. Returns one summary per setting and, per setting, each block's mean ms."""
-    if isinstance(blocks, bool) or not isinstance(blocks, (int, np.integer)) or blocks < 1:
-        raise ValueError(f"blocks must be a whole number >= 1, got {blocks!r}")
-    if not configs:
-        raise ValueError("configs is empty: pass at least one thresholds setting")
-    for thr in configs:
-        for s in range(min(warmup, len(x))):
-            bundle.predict(x[s : s + 1], thresholds=thr)
-    parts = [p for p in np.array_split(np.arange(len(x)), min(int(blocks), len(x))) if len(p)]
-    per: list[list[tuple]] = [[] for _ in configs]  # per setting: each block's (ms, exits, correct, wall)
-    for b, idx in enumerate(parts):
-        for k in np.roll(np.arange(len(configs)), -b):
-            per[k].append(_timed_calls(bundle, x[idx], y[idx], configs[k], 1))
-    merged = [[sum((c[i] for c in calls), [] if i < 3 else 0.0) for i in range(4)] for calls in per]
-    return [_summary(bundle.num_exits, *m, 1) for m in merged], [[float(np.mean(c[0])) for c in calls] for calls in per]
-
-
-def cascade_overhead_ms(bundle: Bundle, x: np.ndarray, n: int = 60, batch: int = 1) -> float:
-    """Per-image time of ``predict`` beyond the stage calls (input checks, softmax, bookkeeping).
-
-    Measured with every sample stopping at exit 1, ``batch`` images per call; median over ``n`` calls.
-    """
-    thr = [0.0] * (bundle.num_exits - 1)
-    per_call = min(batch, bundle.batch_limit())  # samples per stage call
-    over = []
-    for i in range(n + 5):
-        s = (i * batch) % max(1, len(x) - batch + 1)
-        xi = x[s : s + batch]
-        t0 = time.perf_counter()
-        preds = bundle.predict(xi, thresholds=thr, max_batch=batch)
-        wall = (time.perf_counter() - t0) * 1e3
-        stages = sum(preds[s].stage_ms[0] for s in range(0, len(preds), per_call))  # one sample per stage call
-        if i >= 5:  # warm-up
-            over.append(max(0.0, wall - stages) / len(preds))
-    return float(np.median(over))
-
-
-def with_overhead(costs: StageCosts, overhead_ms: float) -> StageCosts:
-    """Stage costs with the cascade's per-sample overhead added to stage 1 (every sample runs it)
-    and to every exit's stopping stream (every sample pays it once)."""
-    stopping = None if costs.stopping is None else [np.asarray(s) + overhead_ms for s in costs.stopping]
-    if costs.samples is not None:
-        samples = [np.asarray(s) + (overhead_ms if k == 0 else 0.0) for k, s in enumerate(costs.samples)]
-        return StageCosts.from_samples(samples, unit=costs.unit, stopping=stopping)
-    mean = np.asarray(costs.mean, dtype=float).copy()
-    mean[0] += overhead_ms
-    return StageCosts(mean=mean, unit=costs.unit, stopping=stopping)
 
 
 @dataclass
@@ -174,8 +77,8 @@ class Fit:
 
     profile: "LatencyProfile"
     measured_here: bool  # profiled here (else given, e.g. imported from a phone)
-    overhead_ms: float  # predict's own per-image cost beyond the stages (0 for a given profile of another device)
-    costs: StageCosts  # per stage, in ms, overhead included in stage 1
+    overhead_ms: list[float]  # predict's own per-image cost beyond the stages, stopping at each exit (0s: another device's profile)
+    costs: StageCosts  # per stage, in ms, that overhead included (cascade_overhead_ms, with_overhead)
     probs: np.ndarray  # (E, N, classes) softmax of every exit
     cal_idx: np.ndarray  # indexes of the calibration images
     hold_idx: np.ndarray  # indexes of the holdout images
@@ -218,7 +121,7 @@ def fit(bundle: Bundle, x: np.ndarray, y: np.ndarray, holdout: float = 0.5, seed
                                "or calibrate at the profile's batch")
     # its latencies are this host's at this bundle's setting (None: the backend's default, as a bundle opened with 0 or None)
     here = measured_here or (profiled_here(profile) and profile.threads == (bundle.threads or None))
-    overhead = cascade_overhead_ms(bundle, x, batch=batch) if here else 0.0
+    overhead = cascade_overhead_ms(bundle, x, batch=batch) if here else [0.0] * bundle.num_exits
     costs = with_overhead(profile.stage_costs(), overhead)
     if check_costs is not None:
         check_costs(costs)
@@ -244,11 +147,13 @@ def _check_reachable(costs: StageCosts, budget_ms: float, metric: str, seed: int
 
 def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, metric: str = "mean", profile=None,
               algorithm: str = "exact", device_name: Optional[str] = None, holdout: float = 0.5, seed: int = 0,
-              runs: int = 200, warmup: int = 20, verify: bool = True, progress: bool = True, batch: int = 1) -> Calibration:
+              runs: int = 200, warmup: int = 20, verify: bool = True, progress: bool = True, batch: int = 1,
+              data: Optional[dict] = None, command: str = "") -> Calibration:
     """Search thresholds for ``budget_ms`` on measured latency, verify on a holdout, write the file.
 
     ``batch`` > 1 calibrates for throughput: the budget is ms per image when ``batch`` images
-    go through ``predict`` together (stages profiled at that batch size). ``bundle`` then uses the new file when its
+    go through ``predict`` together (stages profiled at that batch size). ``data`` (e.g. ``{"path", "sha256"}``) and
+    ``command`` say in the file what it was made from. ``bundle`` then uses the new file when its
     latencies are this host's or the bundle ran that device's file; another device's file is left for that device (open
     the bundle with ``device_name=`` there) and this bundle keeps what it ran.
     """
@@ -271,6 +176,7 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
         raise CalibrationError(str(e)) from None
     thr = chosen.best.to_dict()["thresholds"]
     predicted = evaluate_thresholds(f.hold, None, chosen.best.thresholds, costs, metric=metric, seed=seed)
+    searched = evaluate_thresholds(f.cal, None, chosen.best.thresholds, costs, metric=metric, seed=seed)  # the half it was chosen on
     # a p90 is one image's latency: at batch > 1 each image waits for its whole call, so there is none to predict
     p90 = evaluate_thresholds(f.hold, None, chosen.best.thresholds, costs, metric="p90", seed=seed) if costs.samples and batch == 1 else None
     result = Calibration(
@@ -278,10 +184,12 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
         table=_pareto_table(f.cal, costs, metric, seed), budget_ms=budget_ms, metric=metric, algorithm=algorithm, batch=int(batch),
         chosen=Chosen(thr, budget_ms, {"accuracy": predicted.accuracy, "mean_ms": predicted.mean_cost,
                                        "p90_ms": p90.cost if p90 else None, "exit_fractions": np.asarray(predicted.exit_fractions).tolist(),
-                                       "on": "holdout outputs x profiled latency", **({} if metric == "mean" else {f"{metric}_ms": predicted.cost})}),
+                                       "on": "holdout outputs x profiled latency",
+                                       "calibration_accuracy": searched.accuracy, **({} if metric == "mean" else {f"{metric}_ms": predicted.cost})}),
         budget_unit="ms per image" if batch > 1 else "ms per image (batch 1)",
         profile_source="measured here" if f.measured_here else "given (--profile" + (", taken on this host)" if f.on_this_host else ")"),
-        cascade_overhead_ms=f.overhead_ms,
+        cascade_overhead_ms=f.overhead_ms[0], cascade_overhead_ms_per_exit=f.overhead_ms, seed=seed, holdout=float(holdout),
+        data=dict(data or {}), command=command,
         n_calibration=len(f.cal_idx), n_holdout=len(f.hold_idx), note=_search_note(chosen, budget_ms, metric),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
@@ -464,7 +372,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="latency budget in ms per image (--metric says which statistic: the mean or a percentile)")
     ap.add_argument("--metric", default="mean", help="mean or a percentile such as p90")
     ap.add_argument("--profile", default=None, help="latency profile JSON (e.g. imported from a phone); default: profile here")
-    ap.add_argument("--algorithm", default="exact", help=f"one of {list(ALGORITHMS)}")
+    ap.add_argument("--algorithm", default="exact", help=f"one of {list(ALGORITHMS)}: the search for the chosen thresholds (the "
+                    "file's table of budgets, which predict(budget_ms=) reads, is the exact search's)")
     ap.add_argument("--device-name", default=None,
                     help="the device the calibration is for (default: this host's name; with --profile, the device it names)")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads per session (default 1; 0: the backend's default, every core)")
@@ -484,8 +393,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(note, file=sys.stderr)
         x, y = load_npz(args.data, bundle.manifest.preprocess, bundle.classes)
         profile = load_profile_arg(args.profile) if args.profile else None
+        data = {"path": os.path.abspath(args.data), "sha256": sha256_file(args.data), "n": len(x)}
+        command = f"{command_name('python -m dvt_runtime.calibrate')} {shlex.join(sys.argv[1:] if argv is None else argv)}"
         r = calibrate(bundle, x, y, args.budget_ms, args.metric, profile, args.algorithm, args.device_name,
-                      args.holdout, args.seed, args.runs, batch=args.batch, progress=not args.no_progress)
+                      args.holdout, args.seed, args.runs, batch=args.batch, progress=not args.no_progress, data=data, command=command)
     except (ValueError, OSError, BackendUnavailable) as e:  # CalibrationError, ManifestError, ProfileError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ import math
 import numbers
 import re
 import shlex
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -29,7 +29,8 @@ __all__ = ["SCHEMA", "SCHEMA_VERSION", "Calibration", "BudgetRow", "Chosen", "Ca
            "validate_calibration", "bundle_identity", "MAX_FILE_BYTES"]
 
 SCHEMA = "dvt-calibration/1"
-SCHEMA_VERSION = 1
+#: 2: how it was made (seed, holdout, data, command) and predict's overhead per exit; version-1 files still load
+SCHEMA_VERSION = 2
 MAX_FILE_BYTES = 64 << 20  # a calibration is a few KB; refuse anything absurd before parsing
 
 
@@ -77,7 +78,12 @@ class Calibration:
     batch: int = 1
     budget_unit: str = "ms per image (batch 1)"
     profile_source: str = ""
-    cascade_overhead_ms: float = 0.0
+    cascade_overhead_ms: float = 0.0  # predict's own cost for an image stopping at exit 1 (per exit: the next field)
+    cascade_overhead_ms_per_exit: Optional[list] = None  # priced into the search (None: a version-1 file, exit 1's only)
+    seed: Optional[int] = None  # of the calibration/holdout split and the ga search (None: a version-1 file)
+    holdout: Optional[float] = None  # fraction of the images kept out of the search
+    data: dict = field(default_factory=dict)  # the images: path, sha256, n (from the CLI; as the Python caller gave)
+    command: str = ""  # the command that wrote it (from the CLI)
     n_calibration: int = 0
     n_holdout: int = 0
     note: str = ""
@@ -262,6 +268,12 @@ def validate_calibration(d: Any, manifest=None) -> None:
               f"batch must be a whole number >= 1, got {d['batch']!r}")
     if "device" in d:
         _need(isinstance(d["device"], str) and d["device"] != "", f"device must be a non-empty name, got {d['device']!r}")
+    per = d.get("cascade_overhead_ms_per_exit")
+    _need(per is None or (isinstance(per, list) and len(per) == n and all(_num(v) and v >= 0 for v in per)),
+          f"cascade_overhead_ms_per_exit must list {n} non-negative ms, got {per!r}")
+    _need(d.get("seed") is None or (isinstance(d["seed"], int) and not isinstance(d["seed"], bool)), f"seed must be an integer, got {d.get('seed')!r}")
+    _need(d.get("holdout") is None or (_num(d["holdout"]) and 0 < d["holdout"] < 1), f"holdout must be in (0, 1), got {d.get('holdout')!r}")
+    _need(isinstance(d.get("data", {}), dict) and isinstance(d.get("command", ""), str), "data must be an object and command a string")
     metric = d.get("metric", "mean")
     try:
         check_metric(metric)
