@@ -41,6 +41,7 @@ from dvt_edge.data import (
 from dvt_runtime.checks import FEW_IMAGES, numbered
 from dvt_runtime.io import atomic_write_json, save_png, sha256_file
 from dvt_runtime.search import ExitOutputs, StageCosts, evaluate_thresholds, pareto_frontier, sweep_thresholds
+from dvt_runtime.stats import accuracy_interval
 
 SCHEMA = "dvt-edge/evaluate/1"
 
@@ -124,7 +125,8 @@ def evaluate_checkpoint(
         "threshold_n": threshold_n,  # as asked (the command); threshold_images: how many there were
         "threshold_images": len(sel_out.labels),
         "exits": [
-            {"exit": e.index + 1, "grid": f"{e.grid}x{e.grid}", "tokens": e.tokens, "gflops": e.gflops, "top1": a}
+            {"exit": e.index + 1, "grid": f"{e.grid}x{e.grid}", "tokens": e.tokens, "gflops": e.gflops, "top1": a,
+             "top1_ci95": list(accuracy_interval(a, len(ds)))}  # Wilson 95%: another sample of as many images
             for e, a in zip(model.exits, acc)
         ],
         "budget_curve": [c.to_dict() for c in curve],
@@ -193,9 +195,10 @@ def small_sample_note(n: int) -> str:
 def format_report(r: dict) -> str:
     few = small_sample_note(r["n"])
     lines = [f"{r['model']} on {r['data']} [{r['split']}], {r['n']} images", *([f"note: {r['data_note']}"] if r.get("data_note") else []),
-             *([few] if few else []), "", f"{'exit':>4}  {'tokens':>7}  {'cum. GFLOPs':>12}  {'top-1 %':>8}"]
+             *([few] if few else []), "", f"{'exit':>4}  {'tokens':>7}  {'cum. GFLOPs':>12}  {'top-1 %':>8}  95% interval"]
     for e in r["exits"]:
-        lines.append(f"{e['exit']:>4}  {e['grid']:>7}  {e['gflops']:>12.4f}  {e['top1']:>8.2f}")
+        ci = "  {:.2f}-{:.2f}".format(*e["top1_ci95"]) if e.get("top1_ci95") else ""
+        lines.append(f"{e['exit']:>4}  {e['grid']:>7}  {e['gflops']:>12.4f}  {e['top1']:>8.2f}{ci}")
     lines += ["", f"FLOPs-budget curve ({len(r['budget_curve'])} budgets, thresholds from {r['threshold_selection']}); Pareto points:",
               f"{'exp. GFLOPs':>12}  {'top-1 %':>8}  exits taken (%)"]
     for p in r["pareto"]:

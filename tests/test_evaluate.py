@@ -29,6 +29,15 @@ def test_evaluate_writes_report(tmp_path, capsys):
     assert r["n"] == 300 and [e["grid"] for e in r["exits"]] == ["3x3", "5x5", "7x7"]
     # how it was made, in the file (a researcher could not tell a --limit run from a whole one, nor when or from which file)
     assert r["limit"] == 300 and r["checkpoint_sha256"] == sha256_file(tmp_path / "m.pt") and r["created"].startswith("20")
+    for e in r["exits"]:  # each accuracy with its Wilson 95% interval on these 300 images (about +-4 points at 50-90%)
+        lo, hi = e["top1_ci95"]
+        assert lo < e["top1"] < hi and 2 < hi - lo < 12, e
+    from dvt_runtime.stats import accuracy_interval
+
+    assert accuracy_interval(50, 4) == pytest.approx((15.00, 85.00), abs=0.01)  # Wilson's, by hand: 0.5 +- 0.35 on 4
+    assert accuracy_interval(85.16, 5000) == pytest.approx((84.15, 86.12), abs=0.01)
+    with pytest.raises(ValueError, match="an accuracy in"):
+        accuracy_interval(float("nan"), 100)
     assert r["command"] == f"python -m dvt_edge.evaluate --checkpoint {tmp_path / 'm.pt'} --limit 300 --threshold-n 300 --out {tmp_path / 'ev'}"
     assert [e["gflops"] for e in r["exits"]] == pytest.approx([e.gflops for e in m.exits])
     assert len(r["budget_curve"]) == 59

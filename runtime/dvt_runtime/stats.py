@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-__all__ = ["DRIFT_THRESHOLD", "MIN_RUNS", "ProfileError", "check_samples", "drift", "sample_stats"]
+__all__ = ["DRIFT_THRESHOLD", "MIN_RUNS", "ProfileError", "check_samples", "drift", "sample_stats", "accuracy_interval"]
 
 DRIFT_THRESHOLD = 1.15  # last-quarter / first-quarter median above this flags throttling
 MIN_RUNS = 4  # the drift check compares quarters of the samples
@@ -83,3 +83,15 @@ def check_samples(samples: Sequence[float], what: str) -> np.ndarray:
     if not np.all(np.isfinite(a)) or np.any(a < 0):
         raise ProfileError(f"{what}: latency samples must be finite and non-negative")
     return a
+
+
+def accuracy_interval(accuracy_pct: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95% by default) of an accuracy in percent measured on ``n`` images, in percent:
+    how far the same model's accuracy on another sample of that many images may lie (0.2 points is 2 images of 1,000)."""
+    if n < 1 or not np.isfinite(accuracy_pct) or not 0 <= accuracy_pct <= 100:
+        raise ValueError(f"an accuracy in [0, 100] on at least one image is needed, got {accuracy_pct!r} on {n}")
+    p = accuracy_pct / 100
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(100 * max(0.0, centre - half)), float(100 * min(1.0, centre + half))
+
