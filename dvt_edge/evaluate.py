@@ -39,7 +39,7 @@ from dvt_edge.data import (
     scoring_set,
 )
 from dvt_runtime.checks import FEW_IMAGES, numbered
-from dvt_runtime.io import atomic_write_json, save_png, sha256_file
+from dvt_runtime.io import atomic_write_json, check_out_path, save_png, sha256_file
 from dvt_runtime.search import ExitOutputs, StageCosts, evaluate_thresholds, pareto_frontier, sweep_thresholds
 from dvt_runtime.stats import accuracy_interval
 
@@ -285,14 +285,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: --out {out} is a file; pass a folder", file=sys.stderr)
         return 2
     try:
+        check_out_path(out / "evaluate.json", "--out", fix="pass another --out folder")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
         r = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.model, args.limit, args.threshold_n,
                                 trusted=args.trust_checkpoint, bundles=args.bundles)
     except (CheckpointError, DataError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     r["command"] = f"python -m dvt_edge.evaluate {shlex.join(sys.argv[1:] if argv is None else argv)}"
-    atomic_write_json(out / "evaluate.json", r)
-    plot_report(r, out / "evaluate.png")
+    try:
+        atomic_write_json(out / "evaluate.json", r)
+        plot_report(r, out / "evaluate.png")
+    except OSError as e:  # e.g. the disk filled meanwhile
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(format_report(r))
     print(f"\nwrote {out / 'evaluate.json'} and {out / 'evaluate.png'}")
     return 0

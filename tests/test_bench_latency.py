@@ -113,6 +113,11 @@ def test_a_run_whose_every_row_failed_exits_1_and_its_advice_names_benchs_flags(
     md = (out / "bench.md").read_text()
     assert "- onnx int8: ExportError: int8 scheme(s) static need calibration images and none are known for this checkpoint: pass " \
            "--data SPEC (e.g. imagefolder:PATH or npz:PATH)" in md, md
+    # one row failed beside one that worked: exit 1 too (a pipeline read 0 and missed the failure in the table)
+    assert bench.main(["--latency-only", "--checkpoint", str(ck), "--targets", "onnx", "--precisions", "fp32,int8", "--runs", "8",
+                       "--rounds", "1", "--out", str(tmp_path / "o2")]) == 1
+    assert "error: 1 of 2 rows failed (onnx int8): see 'Failed rows' above; the others are in the report" in capsys.readouterr().err
+    assert json.loads((tmp_path / "o2" / "bench.json").read_text())["rows"][0]["status"] == "ok"
     assert "--calib-data" not in md and "--scheme" not in md
 
 

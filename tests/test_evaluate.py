@@ -147,6 +147,17 @@ def test_evaluate_refuses_other_checkpoints_bundle_and_bad_threshold_n(micro_ckp
     assert "is a file" in capsys.readouterr().err
 
 
+def test_evaluate_refuses_an_unwritable_out_before_the_work(micro_ckpt, tmp_path, monkeypatch, capsys):
+    """A read-only --out was found only after the evaluation, as a traceback with exit status 1."""
+    import dvt_edge.evaluate as E
+    from dvt_runtime import io
+
+    monkeypatch.setattr(io, "unwritable", lambda folder: "read-only file system" if Path(folder) == tmp_path else "")
+    monkeypatch.setattr(E, "evaluate_checkpoint", lambda *a, **k: pytest.fail("evaluated before checking --out"))
+    assert main(["--checkpoint", str(micro_ckpt), "--out", str(tmp_path / "ev")]) == 2
+    assert f"--out {tmp_path / 'ev' / 'evaluate.json'}: cannot write in {tmp_path} (read-only file system)" in capsys.readouterr().err
+
+
 def test_evaluate_default_out_is_under_runs_not_beside_the_checkpoint(micro_ckpt, tmp_path, monkeypatch):
     """Evaluating the shipped reference must not write into the package (or a wheel's site-packages)."""
     monkeypatch.chdir(tmp_path)

@@ -552,3 +552,24 @@ def test_the_models_own_data_set_is_not_judged_foreign_but_another_like_it_is(tm
         err, data = capsys.readouterr().err, Manifest.load(res.path).parity.data
         assert ("2.0x upscaled" in err) == warned and ("upscaled" in data) == warned, (name, err, data)
         assert ("own.npz is the file this model trained on" in err) != warned, err  # its held-out 10% read, not the whole
+
+
+
+def test_an_unwritable_out_or_a_full_disk_is_one_error_line_not_a_traceback(micro_ckpt, tmp_path, monkeypatch, capsys):
+    """A CI job exporting to a read-only mount, or filling its disk, got a traceback and exit status 1."""
+    from dvt_runtime import io
+
+    class RO:  # what os.statvfs says of a read-only mount (root may write anywhere else, so access() cannot tell)
+        f_flag = os.ST_RDONLY
+
+    real = os.statvfs
+    monkeypatch.setattr(os, "statvfs", lambda p: RO() if Path(p) == tmp_path / "ro" else real(p))
+    (tmp_path / "ro").mkdir()
+    assert io.unwritable(tmp_path / "ro") == "read-only file system" and io.unwritable(tmp_path) == ""
+    assert M.main(["--checkpoint", str(micro_ckpt), "--target", "onnx", "--out", str(tmp_path / "ro" / "b")]) == 2
+    assert f"error: cannot write the bundle under {tmp_path / 'ro'} (read-only file system); choose another --out" in capsys.readouterr().err
+    monkeypatch.setattr(M, "export_bundle", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device", "x.onnx")))
+    assert M.main(["--checkpoint", str(micro_ckpt), "--target", "onnx", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "error: cannot write the bundle or its temporary files: [Errno 28] No space left on device: 'x.onnx'; free space" in err
+    assert "Traceback" not in err and "set by TMPDIR" in err

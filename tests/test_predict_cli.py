@@ -32,7 +32,7 @@ def photos(tmp_path_factory):
     return d
 
 
-def test_predict_answers_every_image_as_the_api_does(onnx_bundle, photos, tmp_path, capsys):
+def test_predict_answers_every_image_as_the_api_does(onnx_bundle, photos, tmp_path, capsys, monkeypatch):
     out = tmp_path / "preds.json"
     assert main(["--bundle", str(onnx_bundle), str(photos), "--out", str(out), "--no-progress"]) == 1  # one unreadable
     printed = capsys.readouterr().out
@@ -52,6 +52,11 @@ def test_predict_answers_every_image_as_the_api_does(onnx_bundle, photos, tmp_pa
     # fixed thresholds, through the dvt-runtime command: none never stops, so every image reaches exit 3
     assert runtime_main(["predict", "--bundle", str(onnx_bundle), str(photos / "sub" / "0"), "--thresholds", "none,none", "--no-progress"]) == 0
     assert "exits 1-3 answered 0 / 0 / 4" in capsys.readouterr().out
+    # --out -: the JSON alone on stdout for a pipeline, the table on stderr (it had written a file named "-")
+    monkeypatch.chdir(tmp_path)
+    assert main(["--bundle", str(onnx_bundle), str(photos / "sub" / "0"), "--out", "-", "--no-progress"]) == 0
+    got = capsys.readouterr()
+    assert json.loads(got.out)["n_images"] == 4 and "exits 1-3 answered" in got.err and not (tmp_path / "-").exists()
 
 
 @pytest.mark.parametrize("args,match", [

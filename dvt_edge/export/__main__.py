@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -148,6 +149,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1 if failed else 0
     except (ExportError, TargetUnavailable, CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a folder made read-only meanwhile: the export cleaned up after itself
+        print(f"error: cannot write the bundle or its temporary files: {e}; free space there or choose another --out "
+              f"(temporary files go under --out's folder and {tempfile.gettempdir()}, set by TMPDIR); nothing was changed",
+              file=sys.stderr)
         return 2
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from dvt_edge.export.common import ExportError
-from dvt_runtime.io import sha256_file
+from dvt_runtime.io import sha256_file, unwritable
 from dvt_runtime.manifest import Manifest, ManifestError
 
 __all__ = ["install", "recover_leftovers", "check_destination", "carry_over", "KEPT"]
@@ -133,6 +133,8 @@ def check_destination(dest: Path, force: bool, inputs: Sequence[str] = (), log: 
         if not force:
             raise ExportError(f"{dest} already exists; " + (_other_model(dest, checkpoint) or
                               "pass --force to replace it (the old bundle is kept until the new one is complete)"))
+    if (near := next((q for q in dest.parents if q.exists()), None)) is not None and near.is_dir() and (why := unwritable(near)):
+        raise ExportError(f"cannot write the bundle under {near} ({why}); choose another --out; nothing was changed")
     for parent in dest.parents:
         if parent.exists() and not parent.is_dir():
             raise ExportError(f"cannot write the bundle under {parent}: it is a file, not a folder; choose another --out")

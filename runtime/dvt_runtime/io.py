@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
 
-__all__ = ["atomic_write", "atomic_write_json", "sha256_file", "current_umask", "read_npz", "check_labels", "progress", "progress_silenced", "silenced_progress", "save_png", "output_to", "plain_warnings", "run_cli"]
+__all__ = ["atomic_write", "atomic_write_json", "sha256_file", "current_umask", "read_npz", "check_labels", "progress", "progress_silenced", "silenced_progress", "save_png", "unwritable", "output_to", "plain_warnings", "run_cli"]
 
 
 def atomic_write(path: Union[str, Path], data: bytes) -> Path:
@@ -66,12 +66,22 @@ def check_out_path(path: Union[str, Path], flag: str = "--out", replaces: Option
     parent = next((q for q in [p.parent, *p.parent.parents] if q.exists()), Path("."))
     if not parent.is_dir():
         raise ValueError(f"{flag} {p}: {parent} is a file, not a folder; move that file away, or {fix}")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {p}: cannot write in {parent} (permission denied); {fix}")
+    if why := unwritable(parent):
+        raise ValueError(f"{flag} {p}: cannot write in {parent} ({why}); {fix}")
     if replaces is not None and (p.exists() or p.is_symlink()) and not _has_schema(p, replaces):
         raise ValueError(f"{flag} {p} exists and is not an earlier {replaces.rstrip('/')} file (it would be replaced): name a new "
                          "file, or move that one away first")
     return p
+
+
+def unwritable(folder: Union[str, Path]) -> str:
+    """Why nothing can be written in an existing ``folder`` ("read-only file system", "permission denied"), or ""."""
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:  # root may write anywhere but there
+            return "read-only file system"
+    except (OSError, AttributeError):  # no statvfs (Windows): access() alone
+        pass
+    return "" if os.access(folder, os.W_OK | os.X_OK) else "permission denied"
 
 
 def _has_schema(p: Path, schema: str) -> bool:

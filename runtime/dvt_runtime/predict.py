@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
+import json
 import os
 import sys
 import time
@@ -184,7 +185,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--device-name", default=None, help="use calibration/<name>.json (default: this host's name)")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads per session (default 1; 0: the backend's default, every core)")
     ap.add_argument("--providers", default=None, help=PROVIDERS_HELP)
-    ap.add_argument("--out", default=None, help="also write every answer and the summary as JSON (schema dvt-predictions)")
+    ap.add_argument("--out", default=None, help="also write every answer and the summary as JSON (schema dvt-predictions); "
+                    "'-': that JSON on stdout, the table on stderr")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap
 
@@ -213,7 +215,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for flag in ("budget_ms", "deadline_ms"):
             if getattr(args, flag) is not None:
                 positive_ms(f"--{flag.replace('_', '-')}", getattr(args, flag))
-        out = check_out_path(args.out, replaces=SCHEMA, example="predictions.json") if args.out else None
+        out = check_out_path(args.out, replaces=SCHEMA, example="predictions.json") if args.out and args.out != "-" else None
         thresholds = parse_thresholds(args.thresholds) if args.thresholds is not None else None
         skipped: collections.Counter = collections.Counter()
         files = image_files(args.images, skipped)
@@ -238,7 +240,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     r["skipped_files"] = dict(skipped.most_common())  # by suffix: files in the folders given that are not images it reads
-    print(format_result(r))
+    print(format_result(r), file=sys.stderr if args.out == "-" else sys.stdout)
+    if args.out == "-":  # for a pipeline: the JSON alone on stdout (it had written a file named "-")
+        print(json.dumps(r, indent=2, allow_nan=False))
     if out is not None:
         try:
             print(f"wrote {atomic_write_json(out, r, allow_nan=False)}")
