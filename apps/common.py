@@ -4,10 +4,11 @@ messages that tell the user the way out, the stderr note and the millisecond for
 from __future__ import annotations
 
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Optional
+
+from dvt_runtime.io import unwritable
 
 try:
     import cv2
@@ -65,6 +66,6 @@ def output_problem(flag: str, path: Path) -> Optional[str]:
         parent = parent.parent
     if not parent.is_dir():
         return f"{flag} {path}: {parent} is a file, not a folder"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"{flag} {path}: {parent} is not writable here"
+    if why := unwritable(parent):
+        return f"{flag} {path}: cannot write in {parent} ({why})"
     return None

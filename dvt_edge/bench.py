@@ -391,6 +391,23 @@ def _report_main(argv: list[str]) -> int:
     return 0
 
 
+def exit_status(r: dict, targets: str) -> int:
+    """1 when a target x precision row asked for failed (said on stderr), else 0. Under the default ``--targets all`` a
+    toolchain not installed here is a row that says so, not a failure, unless nothing at all was measured."""
+    asked = [row for row in r["rows"] if row.get("target") != "eager"]  # eager PyTorch: the latency mode's own reference row
+    missing_ok = targets == "all"  # the default: a toolchain not installed here is a row that says so, not a failed run
+    failed = [row for row in asked if row.get("status") == "error"
+              and not (missing_ok and str(row.get("error", "")).startswith("TargetUnavailable"))]  # a pipeline reads the exit status
+    if asked and all(row.get("status") == "error" for row in asked):  # nothing measured, installed or not: no success
+        failed = asked
+    if failed:
+        every = "every target x precision asked for" if len(failed) == len(asked) else f"{len(failed)} of {len(asked)} rows"
+        print(f"error: {every} failed ({', '.join(row['target'] + ' ' + row['precision'] for row in failed)}): "
+              "see 'Failed rows' above" + ("" if len(failed) == len(asked) else "; the others are in the report"), file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "report":
@@ -462,14 +479,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     written = [] if kept else write_outputs([r], out)
     print(markdown([r]))
     print(kept or wrote_line(written, out, "bench"))
-    asked = [row for row in r["rows"] if row.get("target") != "eager"]  # eager PyTorch: the latency mode's own reference row
-    if failed := [row for row in asked if row.get("status") == "error"]:  # a pipeline reads the exit status, not the table
-        every = "every target x precision asked for" if len(failed) == len(asked) else f"{len(failed)} of {len(asked)} rows"
-        print(f"error: {every} failed ({', '.join(row['target'] + ' ' + row['precision'] for row in failed)}): "
-              "see 'Failed rows' above" + ("" if len(failed) == len(asked) else "; the others are in the report"), file=sys.stderr)
-        return 1
-    return 0
-
+    return exit_status(r, a.targets)
 
 if __name__ == "__main__":
     from dvt_runtime.io import run_cli

@@ -222,9 +222,16 @@ def model_like_checkpoint(path: Union[str, Path], name: str, trusted: bool = Fal
     was trained with: ``--finetune`` of a variant a launcher script registered, in a process that does not register it.
     ``name`` (``--model``) must be the checkpoint's: another unregistered name is a registry miss (a typo), said as one."""
     model, info = load_checkpoint(path, trusted=trusted)  # checked: the config against the weights, before building
-    if model.name != name:
-        get_config(name)  # raises: unknown model, the registered ones listed and the closest named
+    check_finetune_model(name, model.name)
     return DVT(dataclasses.replace(model.cfg, **overrides), name=model.name), info.preprocess
+
+
+def check_finetune_model(name: str, source: str) -> None:
+    """``--model name`` beside ``--finetune`` of a ``source`` variant: a registered model, or the source's own (rebuilt from
+    the file); another name is a typo, said naming the checkpoint's variant (the registry's closest name misled)."""
+    if name not in list_models() and name != source:
+        raise ValueError(f"--model {name!r} is not registered here and is not --finetune's variant {source!r}: drop --model (the "
+                         f"checkpoint's own is used), or pass a registered one: {list_models()}")
 
 
 def _stage_order(name: str) -> tuple:

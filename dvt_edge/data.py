@@ -44,7 +44,7 @@ from dvt_edge.fashion_mnist import (  # noqa: F401  (re-exported)
 from dvt_edge.imagefolder import HOLDOUT_FRACTION, HOLDOUT_SEED, IMAGE_EXTS, holdout_fingerprint, load_imagefolder, split_files  # noqa: F401  (re-exported)
 from dvt_edge.imageset import DataError, ImageSet, SplitNotHeld, as_imagenet_labels, default_preprocess, label_mismatch, stratified_subset  # noqa: F401  (re-exported)
 from dvt_edge.npzdata import HOLDOUT_MARK, export_npz, load_npz, load_npz_spec, npz_has_split, write_jpeg_pack  # noqa: F401  (re-exported)
-from dvt_runtime.io import sha256_file
+from dvt_runtime.io import sha256_file, unwritable
 from dvt_runtime.preprocess import Preprocess
 
 __all__ = [
@@ -442,6 +442,8 @@ def _export(args: argparse.Namespace) -> None:
     blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise DataError(f"--out {out}: {blocker} is a file, not a folder")
+    if (near := next((p for p in out.parents if p.exists()), None)) is not None and (why := unwritable(near)):
+        raise DataError(f"--out {out}: cannot write in {near} ({why}); choose another path")  # before the (long) read
     pre = model = None
     if not args.data and not args.checkpoint:  # it had been Fashion-MNIST whatever the model (a 4-class photo model's calibration set)
         raise DataError(f"pass --data SPEC (valid: {', '.join(DATASETS)}), or --checkpoint CKPT to write its own data set")

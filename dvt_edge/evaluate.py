@@ -285,7 +285,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: --out {out} is a file; pass a folder", file=sys.stderr)
         return 2
     try:
-        check_out_path(out / "evaluate.json", "--out", fix="pass another --out folder")
+        check_out_path(out / "evaluate.json", "--out", fix="pass another --out folder", example=None)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

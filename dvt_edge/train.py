@@ -143,10 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _finetune_init(model: DVT, path: str, trusted: bool, classes: Optional[list[str]] = None, data: str = "") -> str:
-    """Copy weights from a checkpoint (across grid and depth changes: :mod:`dvt_edge.transfer`). The
-    classifier heads come along whole when the checkpoint's class names are the training data's (same
-    names, same order; kept when the checkpoint names none and the shapes fit), else only their rows of the
-    classes named alike; the other rows, and anything else that does not fit, keep their fresh init."""
+    """Copy weights from a checkpoint (across grid and depth changes: :mod:`dvt_edge.transfer`). The classifier heads come
+    along whole when the checkpoint's class names are the training data's (same names, same order; kept when it names
+    none and the shapes fit), else their rows of the classes named alike; the rest that does not fit keeps its init."""
     ckpt = read_checkpoint(path, trusted=trusted)
     src = _state_dict_of(ckpt, Path(path))  # the same weight keys load_checkpoint accepts (model_state_dict, state_dict, model)
     src_classes = ckpt.get("classes")
@@ -251,6 +250,8 @@ def _train(args: argparse.Namespace) -> dict:
         args.model = checkpoint_model_name(args.finetune, args.trust_checkpoint) if args.finetune else DEFAULT_MODEL
         if args.finetune:
             log(f"note: --model {args.model}, the architecture of --finetune {args.finetune}")
+    elif args.finetune and resume_state is None and args.model not in list_models():  # a typo, said before the data's decode
+        _checkpoint.check_finetune_model(args.model, checkpoint_model_name(args.finetune, args.trust_checkpoint))
     # a resumed run keeps the data it recorded (an old run's relative path made absolute; never newly split)
     args.data = (_data.absolute_spec if resume_state is not None else _data.training_spec)(args.data or default_train_data(args.model))
     random.seed(args.seed + rank)
@@ -344,8 +345,7 @@ def _build_model(args: argparse.Namespace, resume_state: Optional[dict], train_d
 
 def _setup_run(args, rank: int, world: int, device: torch.device, log, model: DVT, train_ds: ImageSet, val_ds: ImageSet,
                holdout: Optional[dict] = None) -> _Run:
-    """Place the model, and build optimizer, schedule and augmentation generator (the splits come limited; ``holdout``: the
-    folder's, as checked before and after the decode, recorded in checkpoints)."""
+    """Place the model; optimizer, schedule, augmentation generator (``holdout``: the folder's, recorded in checkpoints)."""
     for flag, n, ds in (("--train-limit", args.train_limit, train_ds), ("--val-limit", args.val_limit, val_ds)):
         if n is not None and n > ds.whole and rank == 0:
             log(f"note: {flag} {n} is more than the {ds.whole} images of {args.data}'s {ds.split} split: all of them are used")

@@ -153,3 +153,19 @@ def test_a_row_failing_while_timing_becomes_an_error_the_others_go_on():
     got = bl._time_rounds({"good": good, "bad": bad}, rounds=3, runs=12, progress=False)
     assert got["good"] == [[1.0] * 12, [2.0] * 12]  # 3 rounds of 4 runs, stages aligned
     assert isinstance(got["bad"], str) and "backend crashed" in got["bad"] and calls["bad"] == 1  # not retried
+
+
+
+def test_exit_status_counts_failed_rows_but_not_toolchains_missing_under_all(capsys):
+    """--targets all (the default) on a host with only dvt-edge[onnx]: ExecuTorch and Core ML rows say their toolchain is
+    missing and the run still succeeds; named targets, or nothing measured at all, are failures."""
+    ok = {"target": "onnx", "precision": "fp32", "status": "ok"}
+    gone = {"target": "executorch", "precision": "fp32", "status": "error", "error": "TargetUnavailable: target 'executorch' needs"}
+    broken = {"target": "ort", "precision": "fp32", "status": "error", "error": "ManifestError: exit 2 fails its SHA-256 check"}
+    assert bench.exit_status({"rows": [ok, gone]}, "all") == 0 and capsys.readouterr().err == ""
+    assert bench.exit_status({"rows": [ok, gone]}, "onnx,executorch") == 1
+    assert "1 of 2 rows failed (executorch fp32)" in capsys.readouterr().err
+    assert bench.exit_status({"rows": [ok, gone, broken]}, "all") == 1
+    assert "1 of 3 rows failed (ort fp32)" in capsys.readouterr().err
+    assert bench.exit_status({"rows": [gone]}, "all") == 1  # nothing measured
+    assert "every target x precision asked for failed (executorch fp32)" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import shutil
 import warnings
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -235,6 +236,16 @@ def test_data_export_for_a_checkpoint_says_a_size_only_arrays_have(micro_ckpt, t
     assert main(["export", "--data", f"npz:{tmp_path / 'rgb.npz'}", "--split", "val", "--checkpoint", str(micro_ckpt),
                  "--out", str(tmp_path / "r.npz")]) == 0
     assert "takes 1-channel 28 px input; npz:" in capsys.readouterr().err
+
+
+def test_data_export_refuses_an_unwritable_out_before_reading(tmp_path, monkeypatch, capsys):
+    """A read-only --out failed after the whole set was read and preprocessed (a CI engineer's mount)."""
+    from dvt_edge.data import main
+
+    monkeypatch.setattr(D, "unwritable", lambda folder: "read-only file system" if Path(folder) == tmp_path else "")
+    monkeypatch.setattr(D, "load_dataset", lambda *a, **k: pytest.fail("read before checking --out"))
+    assert main(["export", "--data", "fashion-mnist", "--out", str(tmp_path / "v.npz")]) == 2
+    assert f"--out {tmp_path / 'v.npz'}: cannot write in {tmp_path} (read-only file system)" in capsys.readouterr().err
 
 
 def test_data_export_round_trip(tmp_path, fmnist_test, capsys):

@@ -269,7 +269,7 @@ def _prepare(dest: Path, t: Target, precision: str, opts: ExportOptions, model: 
         if took := t.minutes_224.get(precision):
             took = took if len(schemes) > 1 else took.replace(" (every scheme tried)", " with every scheme tried; one scheme takes less")
             print(f"note: exporting a {model.cfg.img_size} px model to {t.name} {precision} takes {took} (measured: "
-                  f"{t.minutes_224.get('measured_on', 'by the recipe')})", file=sys.stderr)
+                  f"{t.minutes_224.get('measured_on', f'on what, {t.recipe} does not say')})", file=sys.stderr)
         else:
             print(f"note: exporting a {model.cfg.img_size} px model to {t.name} {precision} may take minutes (not measured for "
                   f"this target: {t.recipe} has no [minutes_224] {precision})", file=sys.stderr)

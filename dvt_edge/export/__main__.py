@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import os
 import sys
 import tempfile
@@ -15,6 +16,9 @@ from dvt_edge.data import DATASETS, DataError
 from dvt_edge.export import ExportError, ExportOptions, export_bundle
 from dvt_edge.export.targets import TARGETS, TargetUnavailable, get_target
 from dvt_edge.export.verify import INT8_MIN_AGREEMENT
+
+#: what a full or read-only disk raises while the bundle is written
+WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}
 
 
 def list_targets() -> str:
@@ -151,6 +155,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk, a folder made read-only meanwhile: the export cleaned up after itself
+        if e.errno not in WRITE_ERRNOS:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         print(f"error: cannot write the bundle or its temporary files: {e}; free space there or choose another --out "
               f"(temporary files go under --out's folder and {tempfile.gettempdir()}, set by TMPDIR); nothing was changed",
               file=sys.stderr)
