@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import json
+import sys
 
 import cv2
 import numpy as np
@@ -50,7 +51,9 @@ def test_predict_answers_every_image_as_the_api_does(onnx_bundle, photos, tmp_pa
     assert "unreadable: image" in printed and f"wrote {out}" in printed
     assert all(f"{k % 3}/{k:02d}.png " in printed for k in range(12)), printed  # under the common folder: names alone repeat
     # fixed thresholds, through the dvt-runtime command: none never stops, so every image reaches exit 3
+    argv = list(sys.argv)
     assert runtime_main(["predict", "--bundle", str(onnx_bundle), str(photos / "sub" / "0"), "--thresholds", "none,none", "--no-progress"]) == 0
+    assert sys.argv == argv  # restored: a calibrate run later in this process had recorded its command as "dvt-runtime predict ..."
     assert "exits 1-3 answered 0 / 0 / 4" in capsys.readouterr().out
     # --out -: the JSON alone on stdout for a pipeline, the table on stderr (it had written a file named "-")
     monkeypatch.chdir(tmp_path)

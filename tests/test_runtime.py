@@ -889,7 +889,7 @@ def test_with_overhead_prices_each_exits_own_overhead():
     np.testing.assert_allclose(c.cumulative, [0.9, 3.06, 7.2])  # an image stopping at exit k pays exit k's overhead once
     plain = with_overhead(StageCosts(mean=np.array([1.0, 2.0, 4.0])), [0.1, 0.16, 0.2])
     np.testing.assert_allclose(plain.cumulative, [1.1, 3.16, 7.2])
-    np.testing.assert_allclose(with_overhead(StageCosts(mean=np.array([1.0, 2.0, 4.0])), 0.1).cumulative, [1.1, 3.1, 5.1])  # one for all
+    np.testing.assert_allclose(with_overhead(StageCosts(mean=np.array([1.0, 2.0, 4.0])), 0.1).cumulative, [1.1, 3.1, 7.1])  # one for all
     np.testing.assert_allclose(with_overhead(StageCosts(mean=np.array([1.0, 2.0, 4.0])), [0.5, 0.1, 0.2]).mean, [1.5, 2.0, 4.0])  # rising
     for bad in ([0.1, 0.2], [0.1, float("nan"), 0.2], -1.0):
         with pytest.raises(ValueError, match="overhead_ms must be one non-negative ms per exit"):

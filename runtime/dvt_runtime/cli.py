@@ -68,10 +68,13 @@ def dispatch(commands: dict[str, tuple[str, str]], usage_text: str, argv: Option
               file=sys.stderr)
         return 2
     module = importlib.import_module(commands[name][0])
-    sys.argv = [f"{prog} {name}", *rest]
+    before, sys.argv = sys.argv, [f"{prog} {name}", *rest]  # the subcommand's usage lines name it (command_name)
     from dvt_runtime.io import run_cli
 
-    return run_cli(lambda: module.main(rest))
+    try:
+        return run_cli(lambda: module.main(rest))
+    finally:  # called from Python: a later command run in this process is not named after this one
+        sys.argv = before
 
 
 def command_name(default: str) -> str:
