@@ -21,6 +21,14 @@ from dvt_edge.export.verify import INT8_MIN_AGREEMENT
 WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}
 
 
+def _os_error(e: OSError) -> str:
+    """An OS error as one line: a write error (full disk, read-only) names where the export writes and the fix."""
+    if e.errno not in WRITE_ERRNOS:
+        return str(e)
+    return (f"cannot write the bundle or its temporary files: {e}; free space there or choose another --out (temporary files go "
+            f"under --out's folder and {tempfile.gettempdir()}, set by TMPDIR); nothing was changed")
+
+
 def list_targets() -> str:
     lines = [f"{'target':<11} {'precisions':<16} {'int8 --scheme (default)':<37} {'extra':<11} {'available':<9} produces"]
     for t in TARGETS.values():
@@ -155,12 +163,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk, a folder made read-only meanwhile: the export cleaned up after itself
-        if e.errno not in WRITE_ERRNOS:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        print(f"error: cannot write the bundle or its temporary files: {e}; free space there or choose another --out "
-              f"(temporary files go under --out's folder and {tempfile.gettempdir()}, set by TMPDIR); nothing was changed",
-              file=sys.stderr)
+        print(f"error: {_os_error(e)}", file=sys.stderr)
         return 2
 
 
