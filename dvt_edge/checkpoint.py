@@ -217,12 +217,11 @@ def checkpoint_model_name(path: Union[str, Path], trusted: bool = False) -> str:
     return infer_model_name(_state_dict_of(ckpt, Path(path)))[0]
 
 
-def model_like_checkpoint(path: Union[str, Path], name: str, trusted: bool = False, **overrides) -> tuple[DVT, Optional[Preprocess]]:
+def model_like_checkpoint(path: Union[str, Path], trusted: bool = False, **overrides) -> tuple[DVT, Optional[Preprocess]]:
     """A fresh model of a checkpoint's own architecture (its stored config, ``overrides`` applied) and the preprocessing it
-    was trained with: ``--finetune`` of a variant a launcher script registered, in a process that does not register it.
-    ``name`` (``--model``) must be the checkpoint's: another unregistered name is a registry miss (a typo), said as one."""
+    was trained with: ``--finetune`` of a variant a launcher script registered, in a process that does not register it
+    (a ``--model`` that is neither is refused before, by :func:`check_finetune_model`)."""
     model, info = load_checkpoint(path, trusted=trusted)  # checked: the config against the weights, before building
-    check_finetune_model(name, model.name)
     return DVT(dataclasses.replace(model.cfg, **overrides), name=model.name), info.preprocess
 
 

@@ -325,7 +325,7 @@ def _build_model(args: argparse.Namespace, resume_state: Optional[dict], train_d
     """The model (fresh, resumed or fine-tuned); both splits get the preprocessing it expects."""
     overrides = {"num_classes": train_ds.num_classes, **({"drop_path_rate": args.drop_path} if args.drop_path is not None else {})}
     unregistered = resume_state is None and args.finetune and args.model not in list_models()  # a variant a script registered
-    model, source_pre = (_checkpoint.model_like_checkpoint(args.finetune, args.model, args.trust_checkpoint, **overrides) if unregistered else (
+    model, source_pre = (_checkpoint.model_like_checkpoint(args.finetune, args.trust_checkpoint, **overrides) if unregistered else (
         model_from_args(resume_state["model"]) if resume_state is not None else create_model(args.model, **overrides), None))
     recorded = resume_state.get("preprocess") if resume_state is not None else None
     if isinstance(recorded, dict):  # a resumed run keeps the preprocessing it started with (a variant a script had registered
