@@ -36,7 +36,9 @@ def stress(model: torch.nn.Module, seed: int = 0, scale: float = 3.0) -> torch.n
 @pytest.fixture(scope="module")
 def stressed_t2t(tmp_path_factory):
     """A published-format (model_state_dict only) checkpoint of dvt_t2t_micro with stress weights."""
-    model = stress(create_model("dvt_t2t_micro").eval())
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # the same weights in every run (the float16 comparison below has a tolerance)
+        model = stress(create_model("dvt_t2t_micro").eval())
     path = tmp_path_factory.mktemp("stress") / "model_best.pth.tar"
     torch.save({"model_state_dict": model.state_dict()}, path)
     return path, model
@@ -128,7 +130,9 @@ def _performer_in_float32(monkeypatch) -> None:
 
 def test_float16_needs_the_performer_in_float32(stressed_t2t, monkeypatch):
     """Why Core ML fp16/int8 keep the performer float32: in float16 its exp features underflow and y / (d + 1e-8) is
-    0 / 0 on every exit; with only the performer in float32 the rest of the model in float16 stays within 1e-3."""
+    0 / 0 on every exit; with only the performer in float32 the rest of the model in float16 stays within two float16
+    steps of float32 (outputs of size ~1, where a step is 2**-10: measured 4e-4 to 8.5e-4 over twelve seeds here, and
+    1.01e-3 on CI's machine, which broke an earlier bound of 1e-3)."""
     import copy
 
     _, model = stressed_t2t
@@ -140,7 +144,8 @@ def test_float16_needs_the_performer_in_float32(stressed_t2t, monkeypatch):
         _performer_in_float32(monkeypatch)
         mixed = half(x.half())
     for o, r in zip(mixed, ref):
-        assert torch.isfinite(o).all() and (o.float() - r).abs().max().item() < 1e-3
+        tol = 2 * 2**-10 * max(1.0, r.abs().max().item())  # two float16 steps at the outputs' size
+        assert torch.isfinite(o).all() and (o.float() - r).abs().max().item() < tol
 
 
 @pytest.mark.slow
