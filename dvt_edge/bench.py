@@ -34,6 +34,7 @@ from dvt_edge.data import DATASETS, DataError, data_for_checkpoint, scoring_set
 from dvt_edge.logs import quiet_toolchains
 from dvt_edge.references import DEFAULT_REFERENCE
 from dvt_runtime.checks import parse_thresholds
+from dvt_runtime.io import silenced_progress
 from dvt_runtime.stats import sample_stats
 
 REFERENCE = DEFAULT_REFERENCE.checkpoint
@@ -439,6 +440,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          "benchmark's matched-accuracy ones")
     ap.add_argument("--trust-checkpoint", action="store_true", help="allow arbitrary unpickling of --checkpoint (only for files you trust)")
     ap.add_argument("--force", action="store_true", help="replace a result of another mode in --out (a full benchmark by a quick run)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars (as TQDM_DISABLE=1)")
     ap.add_argument("--out", default=None, help="folder for bench.json, bench.md, plots and bundles (default runs/bench; --latency-only "
                                                 "runs/bench-latency, fixed --thresholds runs/bench-throughput: a quick run never replaces a full one)")
     a = ap.parse_args(argv)
@@ -449,28 +451,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         out = Path(a.out)
         check_results_folder(out, "bench", "latency" if a.latency_only else "throughput" if a.model or a.thresholds else None, a.force)
         batches = _ints(a.batches, "--batches") if a.batches else []
-        if a.latency_only:
-            from dvt_edge.bench_latency import run_latency
+        with silenced_progress(a.no_progress):
+            if a.latency_only:
+                from dvt_edge.bench_latency import run_latency
 
-            if a.batches or a.thresholds or a.budgets:
-                raise ValueError("--latency-only measures latency alone: drop --batches, --thresholds and --budgets")
-            ckpt = None if a.model else a.checkpoint
-            r = run_latency(ckpt, a.model, a.targets.split(","), a.precisions.split(","), out, a.threads, a.runs or 60,
-                            _ints(str(a.rounds), "--rounds")[0], device_name=a.device_name, verbose=a.verbose,
-                            reuse=a.reuse_bundles, calib_data=a.data, trusted=a.trust_checkpoint)
-        elif a.model or a.thresholds:
-            if not batches or not a.thresholds:
-                raise ValueError("fixed-threshold throughput (--model / --thresholds) needs both --batches and --thresholds")
-            out.mkdir(parents=True, exist_ok=True)
-            thr = parse_thresholds(a.thresholds)
-            ckpt = random_checkpoint(a.model, out) if a.model else a.checkpoint
-            data = None if a.model else (a.data or _checkpoint_data(ckpt, a.trust_checkpoint))
-            r = run_throughput(ckpt, a.targets.split(","), a.precisions.split(","), thr, batches, out, n=a.n, threads=a.threads,
-                               device_name=a.device_name, verbose=a.verbose, data=data, reuse=a.reuse_bundles, trusted=a.trust_checkpoint)
-        else:
-            r = run_bench(a.checkpoint, a.data, a.targets.split(","), a.precisions.split(","), budgets, out, a.n, a.threads,
-                          a.runs or 200, device_name=a.device_name, reuse=a.reuse_bundles, verbose=a.verbose, batches=batches,
-                          trusted=a.trust_checkpoint)
+                if a.batches or a.thresholds or a.budgets:
+                    raise ValueError("--latency-only measures latency alone: drop --batches, --thresholds and --budgets")
+                ckpt = None if a.model else a.checkpoint
+                r = run_latency(ckpt, a.model, a.targets.split(","), a.precisions.split(","), out, a.threads, a.runs or 60,
+                                _ints(str(a.rounds), "--rounds")[0], device_name=a.device_name, verbose=a.verbose,
+                                reuse=a.reuse_bundles, calib_data=a.data, trusted=a.trust_checkpoint)
+            elif a.model or a.thresholds:
+                if not batches or not a.thresholds:
+                    raise ValueError("fixed-threshold throughput (--model / --thresholds) needs both --batches and --thresholds")
+                out.mkdir(parents=True, exist_ok=True)
+                thr = parse_thresholds(a.thresholds)
+                ckpt = random_checkpoint(a.model, out) if a.model else a.checkpoint
+                data = None if a.model else (a.data or _checkpoint_data(ckpt, a.trust_checkpoint))
+                r = run_throughput(ckpt, a.targets.split(","), a.precisions.split(","), thr, batches, out, n=a.n, threads=a.threads,
+                                   device_name=a.device_name, verbose=a.verbose, data=data, reuse=a.reuse_bundles, trusted=a.trust_checkpoint)
+            else:
+                r = run_bench(a.checkpoint, a.data, a.targets.split(","), a.precisions.split(","), budgets, out, a.n, a.threads,
+                              a.runs or 200, device_name=a.device_name, reuse=a.reuse_bundles, verbose=a.verbose, batches=batches,
+                              trusted=a.trust_checkpoint)
     except (DataError, ValueError, OSError, MemoryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

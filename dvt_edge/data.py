@@ -44,7 +44,7 @@ from dvt_edge.fashion_mnist import (  # noqa: F401  (re-exported)
 from dvt_edge.imagefolder import HOLDOUT_FRACTION, HOLDOUT_SEED, IMAGE_EXTS, holdout_fingerprint, load_imagefolder, split_files  # noqa: F401  (re-exported)
 from dvt_edge.imageset import DataError, ImageSet, SplitNotHeld, as_imagenet_labels, default_preprocess, label_mismatch, stratified_subset  # noqa: F401  (re-exported)
 from dvt_edge.npzdata import HOLDOUT_MARK, export_npz, load_npz, load_npz_spec, npz_has_split, write_jpeg_pack  # noqa: F401  (re-exported)
-from dvt_runtime.io import sha256_file, unwritable
+from dvt_runtime.io import sha256_file, silenced_progress, unwritable
 from dvt_runtime.preprocess import Preprocess
 
 __all__ = [
@@ -388,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--trust-checkpoint", action="store_true", help="allow arbitrary unpickling of --checkpoint (only for files you trust)")
     ex.add_argument("--out", required=True, help="the .npz to write")
     ex.add_argument("--force", action="store_true", help="replace --out if it exists")
+    ex.add_argument("--no-progress", action="store_true", help="no progress bars (as TQDM_DISABLE=1)")
     info = sub.add_parser("info", help="print what a dataset spec resolves to")
     info.add_argument("--data", required=True, help=f"dataset spec: {', '.join(DATASETS)}")
     return ap
@@ -474,10 +475,11 @@ def _export(args: argparse.Namespace) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.cmd == "info":
-            _info(args.data)
-        else:
-            _export(args)
+        with silenced_progress(getattr(args, "no_progress", False)):
+            if args.cmd == "info":
+                _info(args.data)
+            else:
+                _export(args)
         return 0
     except (DataError, ValueError, OSError) as e:  # CheckpointError (--checkpoint) is a ValueError too
         print(f"error: {e}", file=sys.stderr)

@@ -39,7 +39,7 @@ from dvt_edge.data import (
     scoring_set,
 )
 from dvt_runtime.checks import FEW_IMAGES, numbered
-from dvt_runtime.io import atomic_write_json, check_out_path, save_png, sha256_file
+from dvt_runtime.io import atomic_write_json, check_out_path, save_png, sha256_file, silenced_progress
 from dvt_runtime.search import ExitOutputs, StageCosts, evaluate_thresholds, pareto_frontier, sweep_thresholds
 from dvt_runtime.stats import accuracy_interval
 
@@ -279,6 +279,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--out", default=None, help="output directory (default: runs/evaluate/<checkpoint name> under the current "
                                                  "folder, not beside the checkpoint; <run folder>-best for a run's best.pt)")
     ap.add_argument("--trust-checkpoint", action="store_true", help="allow arbitrary unpickling (only for files you trust)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars (as TQDM_DISABLE=1)")
     args = ap.parse_args(argv)
     out = Path(args.out) if args.out else default_out(args.checkpoint)
     if out.exists() and not out.is_dir():  # checked before the work, not after it
@@ -290,8 +291,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        r = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.model, args.limit, args.threshold_n,
-                                trusted=args.trust_checkpoint, bundles=args.bundles)
+        with silenced_progress(args.no_progress):
+            r = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.model, args.limit, args.threshold_n,
+                                    trusted=args.trust_checkpoint, bundles=args.bundles)
     except (CheckpointError, DataError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="self-distillation weight: each earlier exit also learns the last exit's softened answer (KL at --distill-temp); 0 = off")
     ap.add_argument("--distill-temp", type=float, default=2.0, help="softmax temperature of --distill")
     ap.add_argument("--trust-checkpoint", action="store_true", help="allow arbitrary unpickling of --finetune (only for files you trust)")
-    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true", help="no progress bars")
     return ap
 
 

@@ -573,3 +573,28 @@ def test_an_unwritable_out_or_a_full_disk_is_one_error_line_not_a_traceback(micr
     err = capsys.readouterr().err
     assert "error: cannot write the bundle or its temporary files: [Errno 28] No space left on device: 'x.onnx'; free space" in err
     assert "Traceback" not in err and "set by TMPDIR" in err
+
+
+@pytest.mark.slow
+def test_every_cli_takes_no_progress(micro_ckpt, tmp_path, monkeypatch, capfd):
+    """A CI log had to set TQDM_DISABLE=1: export, evaluate, data, bench (and train, as --quiet) take ``--no-progress``;
+    without it each shows a bar on stderr (the export's on the terminal's descriptor, past its redirected toolchains)."""
+    from dvt_edge.bench import main as bench
+    from dvt_edge.data import main as data
+    from dvt_edge.evaluate import main as evaluate
+    from dvt_edge.train import build_parser
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    runs = {"data": (data, ["export", "--data", "fmnist", "--n", "50", "--out", "d.npz", "--force"]),
+            "evaluate": (evaluate, ["--checkpoint", str(micro_ckpt), "--limit", "50", "--threshold-n", "50", "--out", "ev"]),
+            "export": (M.main, ["--checkpoint", str(micro_ckpt), "--target", "onnx", "--precision", "fp32", "--out", "b", "--verify-n", "8",
+                                "--force"]),
+            "bench": (bench, ["--latency-only", "--checkpoint", str(micro_ckpt), "--targets", "onnx", "--precisions", "fp32", "--runs", "5",
+                              "--rounds", "1", "--out", "bl", "--force"])}
+    for name, (main, args) in runs.items():
+        for quiet in (False, True):
+            assert main(args + ["--no-progress"] * quiet) == 0, name
+            err = capfd.readouterr().err
+            assert ("%|" in err) != quiet, (name, quiet, err[-1500:])
+    assert build_parser().parse_args(["--no-progress", "--out", "r"]).quiet

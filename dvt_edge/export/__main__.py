@@ -16,6 +16,7 @@ from dvt_edge.data import DATASETS, DataError
 from dvt_edge.export import ExportError, ExportOptions, export_bundle
 from dvt_edge.export.targets import TARGETS, TargetUnavailable, get_target
 from dvt_edge.export.verify import INT8_MIN_AGREEMENT
+from dvt_runtime.io import silenced_progress
 
 #: what a full or read-only disk raises while the bundle is written
 WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--etrecord", action="store_true", help="ExecuTorch: write exitK.etrecord beside each .pte, for ExecuTorch's Inspector "
                     "to name the operators of an ETDump (profile --etdump-dir); other targets of the run ignore it")
     ap.add_argument("--list-targets", action="store_true", help="print the targets and exit")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars (as TQDM_DISABLE=1)")
     return ap
 
 
@@ -148,7 +150,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             try:
                 opts = dataclasses.replace(base, out=out, scheme=args.scheme if prec == "int8" else None,  # --scheme: int8 jobs only
                                            etrecord=args.etrecord and TARGETS[name].backend == "executorch")
-                r = export_bundle(args.checkpoint, name, prec, opts)
+                with silenced_progress(args.no_progress):
+                    r = export_bundle(args.checkpoint, name, prec, opts)
                 print(r.report)
                 print(f"wrote {r.path}\n")
             except Exception as e:  # noqa: BLE001  one failed job is a FAILED line; the other targets still run
