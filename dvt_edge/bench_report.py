@@ -346,6 +346,8 @@ def write_outputs(results: list[dict], out: Path, name: str = "bench") -> list[P
     return written
 
 
+#: what write_outputs may write beside NAME.json
+OUTPUTS = (".md", "_accuracy_vs_latency.png", "_exit_distribution.png", "_throughput.png", "_latency.png")
 MODES = {None: "full benchmark", "throughput": "fixed-threshold throughput run", "latency": "latency-only run"}
 
 
@@ -355,13 +357,10 @@ def check_results_folder(out: Path, name: str = "bench", mode: Optional[str] = N
     a full benchmark's folder had replaced it)."""
     import json
 
-    from dvt_runtime.io import check_out_path
+    from dvt_runtime.io import check_result_files
 
-    js, md = out / f"{name}.json", out / f"{name}.md"
-    check_out_path(js, "--out", replaces=SCHEMA, fix="choose another --out", example=None)
-    if md.exists() and not js.exists():
-        raise ValueError(f"--out {out}: {md.name} there is no earlier {name}'s (no {js.name} beside it) and would be replaced: "
-                         "choose another --out, or move it away first")
+    js = out / f"{name}.json"
+    check_result_files(js, SCHEMA, [out / f"{name}{suffix}" for suffix in OUTPUTS])
     if name != "bench" or not js.exists() or force:
         return
     try:

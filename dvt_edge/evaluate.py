@@ -39,7 +39,7 @@ from dvt_edge.data import (
     scoring_set,
 )
 from dvt_runtime.checks import FEW_IMAGES, numbered
-from dvt_runtime.io import atomic_write_json, check_out_path, save_png, sha256_file, silenced_progress
+from dvt_runtime.io import atomic_write_json, check_result_files, save_png, sha256_file, silenced_progress
 from dvt_runtime.search import ExitOutputs, StageCosts, evaluate_thresholds, pareto_frontier, sweep_thresholds
 from dvt_runtime.stats import accuracy_interval
 
@@ -286,7 +286,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: --out {out} is a file; pass a folder", file=sys.stderr)
         return 2
     try:
-        check_out_path(out / "evaluate.json", "--out", fix="pass another --out folder", example=None)
+        check_result_files(out / "evaluate.json", SCHEMA.rsplit("/", 1)[0] + "/", [out / "evaluate.png"], fix="pass another --out folder")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

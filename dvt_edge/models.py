@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Optional
@@ -688,12 +689,24 @@ class DVTStage(nn.Module):
 # --------------------------------------------------------------------------- the cascade
 
 
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")  # a model's name names folders and files: bundles/<name>-<target>-...
+
+
+def check_model_name(name: object) -> str:
+    """``name`` if it is a plain model name (letters, digits, ``_ . + -``; no path separator; not hidden), else ValueError:
+    a checkpoint's stored name becomes part of output paths, and ``../x`` or ``/tmp/x`` would write outside ``--out``."""
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
+        raise ValueError(f"model name {name!r} is not a plain name: use letters, digits and '_', '.', '+', '-' (at most 128, not "
+                         "starting with '.' or '-'); it names output folders, so a path in it would write elsewhere")
+    return name
+
+
 class DVT(nn.Module):
     """A cascade of DVT stages. ``model(x)`` returns every exit's logits, in exit order."""
 
     def __init__(self, cfg: DVTConfig, name: str = "dvt"):
         super().__init__()
-        self.cfg, self.name = cfg, name
+        self.cfg, self.name = cfg, check_model_name(name)
         self.stage_names = STAGE_NAMES if cfg.num_exits == 3 else tuple(f"stage{i}" for i in range(cfg.num_exits))
         for i, n in enumerate(self.stage_names):
             self.add_module(n, DVTStage(cfg, i))
@@ -786,6 +799,7 @@ def register_model(name: str, cfg: DVTConfig, description: str = "", preprocess:
     and crops 384). Left out: the preset of its exact channels and size (``cifar10`` for 32 px RGB, ``fashion-mnist``
     for 28 px gray), else ImageNet's statistics (RGB) or Fashion-MNIST's (gray) at its size. It had been ImageNet's
     224 px preset for any model, which training replaced unsaid."""
+    check_model_name(name)
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered")
     if preprocess is not None and preprocess not in PREPROCESS_PRESETS:

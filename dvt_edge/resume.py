@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from dvt_edge import data as _data
 from dvt_edge.checkpoint import CheckpointError, read_checkpoint
-from dvt_runtime.io import atomic_write_json
+from dvt_runtime.io import atomic_write_json, check_result_files
 
 __all__ = ["RESUME_MAY_CHANGE", "STARTED_OVER", "resume_run", "started_over"]
 
@@ -63,7 +63,17 @@ def resume_run(args: argparse.Namespace, out: Path, defaults: dict[str, Any], gi
         args.finetune = str(Path(args.finetune).resolve())
     if (last.exists() or best_path.exists()) and not args.force:
         raise CheckpointError(f"{out} already holds checkpoints; pass --resume to continue that run or --force to start over")
+    check_result_files(out / "metrics.json", _is_metrics, [out / "metrics.png"])  # a user's own files of those names stay
     return None
+
+
+def _is_metrics(path: Path) -> bool:
+    """Whether ``path`` is a training run's metrics.json (an earlier run's, which a new one may replace)."""
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and isinstance(d.get("history"), list) and "model" in d
 
 
 def started_over(out: Path, args: argparse.Namespace, main: bool = True, done: bool = False) -> None:

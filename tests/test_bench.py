@@ -223,7 +223,8 @@ def test_unmatched_point_is_never_a_plain_speedup(results, tmp_path):
     r = copy.deepcopy(r1)
     row = next(x for x in r["rows"] if x["status"] == "ok")
     row["matched"] = {**(row["matched"] or {"thresholds": [0.5, 0.5], "measured_mean_ms": 0.1, "exit_fractions": [1, 0, 0]}),
-                      "accuracy": 80.0, "accuracy_delta": -1.9, "speedup_vs_last_exit": 3.28, "within_match": False}
+                      "accuracy": 80.0, "accuracy_delta": -1.9, "speedup_vs_last_exit": 3.28, "within_match": False,
+                      "at_chance": False}  # the fixture's last exit scores 18-35% by seed and CPU, near the 20% line
     md = markdown([r])
     line = next(x for x in md.splitlines() if x.startswith(f"| {row['target']} | {row['precision']} | ok"))
     assert "NOT matched" in line and "-1.90 pts" in line and "| 3.28x |" not in line, line
@@ -232,7 +233,7 @@ def test_unmatched_point_is_never_a_plain_speedup(results, tmp_path):
     assert sp == "3.28x (blocks 3.10-3.40x)" and "NOT" not in dyn
     assert MATCH_POINTS == 0.2
     # weights at chance (random, or another label set) "match" any cascade: 6.72x at 0.00% had been a plain speedup
-    assert row["matched"]["at_chance"] is False and row["matched"]["chance_accuracy"] == 10.0  # a trained 10-class model
+    assert row["matched"]["chance_accuracy"] == 10.0  # a 10-class model
     _, sp = matched_cells({**row["matched"], "within_match": True, "accuracy": 0.0, "accuracy_delta": 0.0, "at_chance": True})
     assert sp.startswith("no claim: the last exit scores 0.00% (chance 10.00%)") and "means nothing" in sp
     chance = copy.deepcopy(r1)
@@ -529,7 +530,7 @@ def test_a_folder_of_other_files_or_another_modes_result_is_not_replaced(results
     (mine / "bench.json").unlink()
     (mine / "report.md").write_text("# my notes")
     assert B.main(["report", str(results[0] / "a" / "bench.json"), "--out", str(mine)]) == 2
-    assert "report.md there is no earlier report's (no report.json beside it)" in capsys.readouterr().err
+    assert "report.md there is not an earlier result's (no report.json beside it)" in capsys.readouterr().err
     assert (mine / "report.md").read_text() == "# my notes"
     full = tmp_path / "full"
     shutil.copytree(results[0] / "a", full, ignore=shutil.ignore_patterns("bundles"))

@@ -608,3 +608,75 @@ def test_pid_check_never_signals_on_windows(monkeypatch):
     assert install._pid_alive(12345) and calls == []
     monkeypatch.setattr(install.os, "name", "posix")
     assert install._pid_alive(12345) and calls == [(12345, 0)]
+
+
+@pytest.mark.parametrize("name", ["../escaped", "/tmp/elsewhere", "a/b", ".hidden", "", "x\ny", 7])
+def test_a_checkpoints_model_name_cannot_place_its_outputs(micro_ckpt, tmp_path, monkeypatch, name):
+    """A checkpoint's stored model name names the bundle folder (bundles/<name>-onnx-fp32, and OUT/<name>-... with several
+    targets): '../escaped' or an absolute path had exported outside --out. Refused when the model is rebuilt, so by every
+    command; register_model refuses such a name too."""
+    from dvt_edge.export.__main__ import main as export_main
+    from dvt_edge.models import DVTConfig, register_model
+
+    ck = torch.load(micro_ckpt, weights_only=True)
+    ck["model"]["name"] = name
+    torch.save(ck, tmp_path / "bad.pt")
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    with pytest.raises(CheckpointError, match="is not a plain name"):
+        load_checkpoint(tmp_path / "bad.pt")
+    assert export_main(["--checkpoint", str(tmp_path / "bad.pt"), "--target", "onnx", "--precision", "fp32", "--no-verify"]) == 2
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["bad.pt", "run"]  # nothing written anywhere
+    with pytest.raises(ValueError, match="is not a plain name"):
+        register_model(name, DVTConfig())
+
+
+def test_a_users_files_named_like_results_are_not_replaced(micro_ckpt, tmp_path, monkeypatch, capsys):
+    """train, evaluate and bench replaced a user's metrics.json / metrics.png, evaluate.json / evaluate.png and bench plots
+    in --out without a word (their JSON results were guarded, their plots and train's metrics were not). Refused before
+    any work, the files untouched; an earlier run's own results are still replaced."""
+    import dvt_edge.bench as B
+    import dvt_edge.evaluate as E
+    from dvt_edge.train import main as train_main
+
+    monkeypatch.setattr(B, "run_bench", lambda *a, **k: pytest.fail("ran before refusing"))
+    monkeypatch.setattr(E, "evaluate_checkpoint", lambda *a, **k: pytest.fail("ran before refusing"))
+    cases = {"train": (train_main, ["--model", "dvt_micro_fmnist", "--epochs", "1", "--train-limit", "20", "--val-limit", "20",
+                                    "--threads", "1", "--quiet"], ["metrics.json", "metrics.png"]),
+             "evaluate": (E.main, ["--checkpoint", str(micro_ckpt), "--limit", "20"], ["evaluate.json", "evaluate.png"]),
+             "bench": (B.main, ["--checkpoint", str(micro_ckpt)], ["bench_accuracy_vs_latency.png", "bench.md"])}
+    for name, (main, args, files) in cases.items():
+        for f in files:
+            mine = tmp_path / name / f
+            mine.parent.mkdir(exist_ok=True)
+            mine.write_bytes(b"the user's own " + f.encode())
+            assert main([*args, "--out", str(mine.parent)]) == 2, name
+            err = capsys.readouterr().err
+            assert f"{f} there is not an earlier result" in err or f"{f} exists and is not an earlier" in err, (name, err)
+            assert mine.read_bytes() == b"the user's own " + f.encode()
+            mine.unlink()
+    (tmp_path / "train" / "metrics.json").write_text('{"model": "dvt_micro_fmnist", "data": "fmnist", "history": []}')  # an earlier run's
+    (tmp_path / "train" / "metrics.png").write_bytes(b"an earlier run's plot")
+    assert train_main([*cases["train"][1], "--out", str(tmp_path / "train")]) == 0
+    assert json.loads((tmp_path / "train" / "metrics.json").read_text())["history"]
+
+
+def test_calibrate_writes_only_its_own_files_inside_the_bundle(bundle_copy, images, tmp_path):
+    """A bundle shipped with calibration/ linked to another folder had calibrate write there (export --force refuses such
+    a link); a file of the calibration's name that is not a calibration (a user's notes) was replaced without a word."""
+    from dvt_runtime.calibrate import calibrate
+
+    x, y = images
+    elsewhere = tmp_path / "userconf"
+    elsewhere.mkdir()
+    (elsewhere / "fleet.json").write_text('{"user": "settings"}')
+    (bundle_copy / "calibration").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(CalibrationError, match=r"calibration is a link \(to .*userconf\): calibrations are written inside the bundle"):
+        calibrate(Bundle.open(bundle_copy), x, y, 1.0, device_name="fleet", runs=20, warmup=2, progress=False)
+    assert (elsewhere / "fleet.json").read_text() == '{"user": "settings"}'
+    (bundle_copy / "calibration").unlink()
+    (bundle_copy / "calibration").mkdir()
+    (bundle_copy / "calibration" / "fleet.json").write_text("MY NOTES ABOUT FLEET")
+    with pytest.raises(CalibrationError, match="fleet.json exists and is not an earlier dvt-calibration file"):
+        calibrate(Bundle.open(bundle_copy), x, y, 1.0, device_name="fleet", runs=20, warmup=2, progress=False)
+    assert (bundle_copy / "calibration" / "fleet.json").read_text() == "MY NOTES ABOUT FLEET"

@@ -280,8 +280,13 @@ def _check_request(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: floa
     if theirs is not None and theirs != device_name:  # e.g. 'lap top' and 'lap_top' share a file name
         raise CalibrationError(f"{target} holds device {theirs!r}'s calibration, which this one would replace: choose a "
                                f"device name that differs from {theirs!r} in a letter or digit")
+    link = next((p for p in (target.parent, target) if p.is_symlink()), None)
+    if link is not None:  # a bundle shipped with calibration/ -> elsewhere had pointed the write at any folder
+        raise CalibrationError(f"{link} is a link (to {os.path.realpath(link)}): calibrations are written inside the bundle, not "
+                               "through links; replace it with a plain folder or file, or calibrate a copy of the bundle")
     try:  # a read-only bundle (a system folder, an image mount) was found only when the work was done
-        check_out_path(target, "calibration file", fix="calibrate a writable copy of the bundle (calibrations are saved in it)", example=None)
+        check_out_path(target, "calibration file", replaces="dvt-calibration/",  # a user's notes there are not replaced
+                       fix="calibrate a writable copy of the bundle (calibrations are saved in it)", example=None)
     except ValueError as e:
         raise CalibrationError(str(e)) from None
     if not 0 < holdout < 1:

@@ -74,6 +74,24 @@ def check_out_path(path: Union[str, Path], flag: str = "--out", replaces: Option
     return p
 
 
+def check_result_files(first: Union[str, Path], ours: Union[str, Callable[[Path], bool]], others: Sequence[Union[str, Path]] = (),
+                       flag: str = "--out", fix: str = "choose another --out") -> None:
+    """Files a command writes together (its JSON ``first``, then Markdown and plots), checked before the work: ``first``
+    replaced only as an earlier result (``ours``: its JSON schema's start, or a test of the file), the ``others`` only
+    beside such a result (a user's own metrics.png or evaluate.json in --out had been replaced)."""
+    first = Path(first)
+    check_out_path(first, flag, replaces=ours if isinstance(ours, str) else None, fix=fix, example=None)
+    if not isinstance(ours, str) and (first.exists() or first.is_symlink()) and not ours(first):
+        raise ValueError(f"{flag} {first.parent}: {first.name} there is not an earlier result (it would be replaced): {fix}, or move "
+                         "it away first")
+    if first.exists():
+        return
+    if mine := [Path(o).name for o in others if Path(o).exists() or Path(o).is_symlink()]:
+        raise ValueError(f"{flag} {first.parent}: {', '.join(mine)} there {'is' if len(mine) == 1 else 'are'} not an earlier result's "
+                         f"(no {first.name} beside {'it' if len(mine) == 1 else 'them'}) and would be replaced: {fix}, or move "
+                         f"{'it' if len(mine) == 1 else 'them'} away first")
+
+
 def unwritable(folder: Union[str, Path]) -> str:
     """Why nothing can be written in an existing ``folder`` ("read-only file system", "permission denied"), or ""."""
     try:
