@@ -367,3 +367,25 @@ def test_an_image_far_smaller_than_the_models_input_is_marked(onnx_bundle, tmp_p
     r = predict_files(Bundle.open(onnx_bundle), [tmp_path / "dot.png", tmp_path / "big.png"], show_progress=False)
     assert r["images"][0]["upscaled"] == 14.0 and "upscaled" not in r["images"][1]
     assert "(a small image, upscaled 14x)" in format_result(r)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no named pipes here")
+def test_a_pipe_named_like_an_image_is_listed_not_waited_on(onnx_bundle, tmp_path):
+    """A FIFO named fifo.jpg in a folder of photos had predict wait on it forever (no answer for the good photo either)."""
+    import os
+    import threading
+
+    from dvt_runtime.predict import image_files, predict_files
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    os.mkfifo(folder / "fifo.jpg")
+    cv2.imwrite(str(folder / "photo.png"), np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8))
+    got: dict = {}
+    t = threading.Thread(target=lambda: got.update(r=predict_files(Bundle.open(onnx_bundle), image_files([str(folder)]), show_progress=False)),
+                         daemon=True)  # a blocked read would leave it waiting: a daemon thread, not a hung test run
+    t.start()
+    t.join(120)
+    assert "r" in got, "predict blocked on the pipe"
+    assert got["r"]["n_images"] == 1 and [u["file"] for u in got["r"]["unreadable"]] == [str(folder / "fifo.jpg")]
+    assert "not a regular file" in got["r"]["unreadable"][0]["error"]

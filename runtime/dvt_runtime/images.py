@@ -9,6 +9,8 @@ it to wrong pixels and only prints libjpeg's warning).
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Optional, Union
 
@@ -218,6 +220,8 @@ def read_image(path: Union[str, Path], strict: bool = False) -> np.ndarray:
     a truncated JPEG is an error (with ``strict``, a corrupt one too), bytes after a JPEG's end (a motion
     photo's video) are ignored."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO named .jpg had blocked the read forever; a device reads forever
+            raise ImageError(f"cannot read image {path}: not a regular file (a pipe, socket or device)")
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as e:
         raise ImageError(f"cannot read image {path}: {e.strerror or e}") from None
