@@ -9,6 +9,7 @@ from typing import Optional
 import numpy as np
 
 from dvt_edge.bench_report import MATCH_POINTS
+from dvt_runtime.stats import at_chance
 
 # Accuracies are multiples of 100/n computed two ways (search: 100*k/n; measurement: mean*100), which differ in
 # the last bit: comparisons of them allow this much, far below one image's 100/n (NaN still fails them).
@@ -36,10 +37,9 @@ def _matched_point(b, f, xh: np.ndarray, yh: np.ndarray, last: dict) -> Optional
             "accuracy_delta": meas["accuracy"] - last["accuracy"],
             "within_match": meas["accuracy"] >= last["accuracy"] - MATCH_POINTS - ACC_EPS,
             # weights that do not classify these images (random, or another label set) match any cascade: no claim
-            "chance_accuracy": (chance := 100 / len(b.classes)), "at_chance": bool(not last["accuracy"] >= AT_CHANCE * chance)}
+            "chance_accuracy": 100 / len(b.classes), "at_chance": at_chance(last["accuracy"], len(b.classes))}
 
 
-AT_CHANCE = 2  # a last exit scoring under this many times chance (100 / classes) classifies nothing: its speedup is no claim
 
 
 def _cheapest_matching(cal, costs):

@@ -680,3 +680,25 @@ def test_calibrate_writes_only_its_own_files_inside_the_bundle(bundle_copy, imag
     with pytest.raises(CalibrationError, match="fleet.json exists and is not an earlier dvt-calibration file"):
         calibrate(Bundle.open(bundle_copy), x, y, 1.0, device_name="fleet", runs=20, warmup=2, progress=False)
     assert (bundle_copy / "calibration" / "fleet.json").read_text() == "MY NOTES ABOUT FLEET"
+
+
+def test_calibrating_on_labels_the_model_does_not_know_is_said(bundle_copy, images):
+    """Random images, or labels in another class order, calibrated without a word (8% on the holdout, under chance) and
+    predict then ran those thresholds. Said, and noted in the file; on the model's own labels nothing is said."""
+    import warnings
+
+    from dvt_runtime.calibrate import calibrate
+    from dvt_runtime.stats import at_chance
+
+    x, y = images
+    b = Bundle.open(bundle_copy)
+    wrong = (b.run_exits(x)[-1].argmax(1) + 1) % len(b.classes)  # never the last exit's answer: 0% there
+    with pytest.warns(UserWarning, match=r"last exit scores 0.00% on the holdout, under 2x chance \(10.00%\) on --data: its labels may not"):
+        r = calibrate(b, x, wrong, 1.0, device_name="wrong", runs=20, warmup=2, progress=False)
+    assert "thresholds chosen on it mean nothing" in r.note
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*chance.*")
+        r = calibrate(Bundle.open(bundle_copy), x, y, 1.0, device_name="right", runs=20, warmup=2, progress=False)
+    assert "chance" not in (r.note or "")
+    assert at_chance(19.9, 10) and not at_chance(20.0, 10) and at_chance(float("nan"), 10)
+    assert not at_chance(15.0, 10, n=20) and at_chance(15.0, 10, n=2000)  # 3 of 20 may be a 40% model's; 300 of 2,000 are not

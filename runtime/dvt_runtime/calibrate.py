@@ -65,6 +65,7 @@ from dvt_runtime.search import (
     metric_span,
     search_thresholds,
 )
+from dvt_runtime.stats import AT_CHANCE, at_chance
 
 if TYPE_CHECKING:
     from dvt_runtime.profile import LatencyProfile
@@ -202,6 +203,12 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
         result.note = (result.note + "; " if result.note else "") + f"latency from the given profile ({device_name}): {why}"
     if few := _few_images(len(f.cal_idx), len(f.hold_idx), metric):
         result.note = (result.note + "; " if result.note else "") + few
+    if at_chance(last := float(f.hold.correct[-1].mean() * 100), len(bundle.classes), len(f.hold_idx)):  # e.g. labels in another order
+        chance = f"{last:.2f}% on the holdout, under {AT_CHANCE}x chance ({100 / len(bundle.classes):.2f}%)"
+        result.note = (result.note + "; " if result.note else "") + f"the last exit scores {chance}: thresholds chosen on it mean nothing"
+        warnings.warn(f"the bundle's last exit scores {chance} on --data: its labels may not be this model's (another class order "
+                      "or label set) or its images not what the model saw; the thresholds chosen on them mean nothing. Check "
+                      "--data, e.g. with python -m dvt_runtime predict on a few of its images", stacklevel=2)
     d = result.to_dict()
     validate_calibration(d, bundle.manifest)  # before writing: never a file that would stop this bundle opening
     if file_state(target) != before:
