@@ -224,9 +224,18 @@ def test_executorch_loading_is_quiet_and_its_words_show_when_it_fails(micro_ckpt
             "print(b.predict(np.zeros(b.input_shape, np.float32)).exit)")
     done = subprocess.run([sys.executable, "-c", code, str(b)], capture_output=True, text=True, timeout=300)  # a fresh process
     assert done.returncode == 0 and done.stdout.strip() in {"0", "1", "2"} and done.stderr == "", done.stderr
+    # a swapped exit (verify=False: past the checksums, as a re-sealed manifest would be) had failed at its first run, in
+    # ExecuTorch's set_inputs(), with a traceback; the program's inputs are counted against the manifest's at open now
+    swapped = tmp_path / "swapped"
+    shutil.copytree(b, swapped)
+    (swapped / "exit1.pte").write_bytes((b / "exit2.pte").read_bytes())
+    (swapped / "exit2.pte").write_bytes((b / "exit1.pte").read_bytes())
+    with pytest.raises(ManifestError, match=r"exit1.pte: the program takes 3 input\(s\) and gives 3, the manifest says 1 and 3"):
+        Bundle.open(swapped, threads=1, verify=False)
     (b / "exit2.pte").write_bytes(bytes(64))  # not a program (verify=False: past the checksums)
     done = subprocess.run([sys.executable, "-c", code, str(b)], capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "Program identifier" in done.stderr and "Failed to load program" in done.stderr, done.stderr
+    assert "ManifestError: exit2.pte: ExecuTorch cannot load it as a program with a forward method" in done.stderr, done.stderr
     assert "Resetting threadpool" in done.stderr and done.stderr.count("Resetting threadpool") == 1  # exit 2's step only
 
 

@@ -201,12 +201,32 @@ class ExecuTorchSession(Session):
             if threads:
                 _executorch_threads(int(threads))
             self.etdump = bool(etdump)
-            if self.etdump:  # ExecuTorch's own event tracer: per-run timings, as on a phone
-                self.program = Runtime.get().load_program(str(path), enable_etdump=True, debug_buffer_size=ETDUMP_DEBUG_BUFFER)
-            else:
-                self.program = Runtime.get().load_program(str(path))
-            self.method = self.program.load_method("forward")
+            try:
+                if self.etdump:  # ExecuTorch's own event tracer: per-run timings, as on a phone
+                    self.program = Runtime.get().load_program(str(path), enable_etdump=True, debug_buffer_size=ETDUMP_DEBUG_BUFFER)
+                else:
+                    self.program = Runtime.get().load_program(str(path))
+                self.method = self.program.load_method("forward")
+            except RuntimeError as e:  # the artifact's hash was checked: it is not an ExecuTorch program, or not this one's
+                from dvt_runtime.manifest import ManifestError
+
+                raise ManifestError(f"{path.name}: ExecuTorch cannot load it as a program with a forward method ({e}): the manifest "
+                                    "says backend 'executorch' of an artifact that is not such a program (the manifest was changed); "
+                                    "re-export the bundle") from None
+        meta = self.method.metadata
+        if meta.num_inputs() != len(self.input_names) or meta.num_outputs() != len(self.output_names):
+            from dvt_runtime.manifest import ManifestError  # a swapped exit had failed at its first run, in set_inputs()
+
+            raise ManifestError(f"{path.name}: the program takes {meta.num_inputs()} input(s) and gives {meta.num_outputs()}, the "
+                                f"manifest says {len(self.input_names)} and {len(self.output_names)} (the artifact or the manifest "
+                                "was changed: re-export the bundle)")
         self._lock = threading.Lock()  # a method's planned memory serves one call at a time
+
+    def signature(self) -> dict[str, list]:
+        """The manifest's input and output names -> the program's shapes, in order (a program has no tensor names)."""
+        meta = self.method.metadata
+        return {**{n: list(meta.input_tensor_meta(i).sizes()) for i, n in enumerate(self.input_names)},
+                **{n: list(meta.output_tensor_meta(i).sizes()) for i, n in enumerate(self.output_names)}}
 
     def write_etdump(self, path: Path) -> Path:
         """Write the ETDump of every run so far (``profile import --etdump`` reads it)."""
