@@ -389,3 +389,23 @@ def test_a_pipe_named_like_an_image_is_listed_not_waited_on(onnx_bundle, tmp_pat
     assert "r" in got, "predict blocked on the pipe"
     assert got["r"]["n_images"] == 1 and [u["file"] for u in got["r"]["unreadable"]] == [str(folder / "fifo.jpg")]
     assert "not a regular file" in got["r"]["unreadable"][0]["error"]
+
+
+def test_a_photo_whose_pixels_normalize_into_0_1_is_not_called_unnormalized(onnx_bundle, tmp_path):
+    """predict preprocesses the files itself, yet a plain photo whose normalized pixels all fell in [0, 1] was warned as
+    '0-1 pixels never normalized' (Python's own arrays of such floats still are)."""
+    import warnings
+
+    from dvt_runtime.predict import predict_files
+
+    b = Bundle.open(onnx_bundle)
+    lo, hi = (int(np.ceil(255 * b.manifest.preprocess.mean[0])) + 2, int(255 * (b.manifest.preprocess.mean[0] + b.manifest.preprocess.std[0])) - 2)
+    img = np.tile(np.array([lo, hi], np.uint8), (28, 14))  # normalized: about 0 and 1
+    cv2.imwrite(str(tmp_path / "stripes.png"), img)
+    x = b.preprocess(img)
+    assert 0 <= x.min() and x.max() <= 1 and x.max() - x.min() > 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert predict_files(b, [tmp_path / "stripes.png"], show_progress=False)["n_images"] == 1
+    with pytest.warns(UserWarning, match="never normalized"):
+        b.predict(x[0])

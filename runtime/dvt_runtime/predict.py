@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
@@ -109,10 +110,12 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
         x = bundle.preprocess(img)[0]  # (C, H, W) float32: one image
         pre_ms.append((time.perf_counter() - t0) * 1e3)
         try:
-            if not rows:  # one untimed run of every stage first: the first call's set-up is no image's latency
-                bundle.run_exits(x[None])
-            # a deadline counts the image's preprocessing, as predict of the uint8 image would
-            p = bundle.predict(x, thresholds=thresholds, budget_ms=budget_ms, deadline_ms=deadline_ms, spent_ms=pre_ms[-1])
+            with warnings.catch_warnings():  # preprocessed here: an image whose pixels normalize into [0, 1] is not unnormalized
+                warnings.filterwarnings("ignore", message=".*never normalized get wrong answers")
+                if not rows:  # one untimed run of every stage first: the first call's set-up is no image's latency
+                    bundle.run_exits(x[None])
+                # a deadline counts the image's preprocessing, as predict of the uint8 image would
+                p = bundle.predict(x, thresholds=thresholds, budget_ms=budget_ms, deadline_ms=deadline_ms, spent_ms=pre_ms[-1])
         except NonFiniteOutput as e:  # this image's answer would be meaningless: listed, and the others still answered
             failed.append({"file": str(f), "error": str(e)})
             pre_ms.pop()
