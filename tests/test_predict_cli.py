@@ -356,6 +356,12 @@ def test_the_table_shows_class_names_whole():
     text = format_result({"images": [row], "unreadable": [], "failed": [], "n_images": 1, "exit_counts": [1], "thresholds_from": "x",
                           "latency_ms": {"cascade": stats, "preprocess": stats}})
     assert "West Highland white terrier  0.500" in text, text
+    # a file or class name with an escape sequence or a newline had coloured the terminal or split a row
+    text = format_result({"images": [{**row, "file": "/p/esc\x1b[31mred\n.jpg", "class_name": "cat\x1b[0m"}],
+                          "unreadable": [{"file": "/p/b\rc.jpg", "error": "cannot read image /p/b\rc.jpg"}], "failed": [], "n_images": 1,
+                          "exit_counts": [1], "thresholds_from": "x", "latency_ms": {"cascade": stats, "preprocess": stats}})
+    assert "\x1b" not in text and "\r" not in text and len(text.splitlines()) == 4, text
+    assert "esc\\x1b[31mred\\n.jpg  cat\\x1b[0m" in text and "cannot read image /p/b\\rc.jpg" in text, text
 
 
 def test_an_image_far_smaller_than_the_models_input_is_marked(onnx_bundle, tmp_path):

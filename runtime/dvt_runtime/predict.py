@@ -140,25 +140,30 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
     }
 
 
+def _shown(text: object) -> str:
+    """``text`` for a terminal: control characters (an escape sequence or a newline in a file or class name) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def format_result(r: dict) -> str:
-    """One line per image, then the exits' counts and latency percentiles."""
+    """One line per image, then the exits' counts and latency percentiles (names with control characters escaped)."""
     # paths under the images' common folder: names alone repeat across class folders (train/cat/IMG_0000.jpg, train/dog/...)
     full = [os.path.abspath(x["file"]) for x in r["images"]]
     try:
         root = os.path.commonpath([os.path.dirname(f) for f in full]) if full else ""
-        names = [os.path.relpath(f, root) for f in full]
+        names = [_shown(os.path.relpath(f, root)) for f in full]
     except ValueError:  # files on different drives (Windows)
-        names = [Path(f).name for f in full]
+        names = [_shown(Path(f).name) for f in full]
     width = min(60, max([len(n) for n in names] + [4]))
-    cw = min(40, max([len(str(x["class_name"])) for x in r["images"]] + [5]))  # class names whole (ImageNet's run to 30 and more)
+    cw = min(40, max([len(_shown(x["class_name"])) for x in r["images"]] + [5]))  # class names whole (ImageNet's run to 30 and more)
     lines = [f"{'file':<{width}}  {'class':<{cw}} {'conf':>6}  exit  {'ms':>7}"]
     for name, x in zip(names, r["images"]):
         name = name if len(name) <= width else "..." + name[-(width - 3):]  # the file's own name kept
-        lines.append(f"{name:<{width}}  {str(x['class_name'])[:cw]:<{cw}} {x['confidence']:>6.3f}  {x['exit']:>4}  "
+        lines.append(f"{name:<{width}}  {_shown(x['class_name'])[:cw]:<{cw}} {x['confidence']:>6.3f}  {x['exit']:>4}  "
                      f"{x['total_ms']:>7.3f}" + ("  (deadline: later exit skipped)" if x["deadline_skipped"] else "")
                      + (f"  (a small image, upscaled {x['upscaled']:g}x)" if x.get("upscaled") else ""))
-    lines += [f"unreadable: {u['error']}" for u in r["unreadable"]]
-    lines += [f"failed: {u['file']}: {u['error']}" for u in r.get("failed", [])]
+    lines += [f"unreadable: {_shown(u['error'])}" for u in r["unreadable"]]
+    lines += [f"failed: {_shown(u['file'])}: {_shown(u['error'])}" for u in r.get("failed", [])]
     n = r["n_images"]
     failed = f", {len(r['failed'])} failed" if r.get("failed") else ""
     if n:
