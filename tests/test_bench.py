@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from dvt_edge.bench import SCHEMA, load_results, main, markdown, run_bench, write_outputs
+from dvt_runtime.stats import at_chance
 
 
 @pytest.fixture(scope="module")
@@ -234,10 +235,13 @@ def test_unmatched_point_is_never_a_plain_speedup(results, tmp_path):
     assert MATCH_POINTS == 0.2
     # weights at chance (random, or another label set) "match" any cascade: 6.72x at 0.00% had been a plain speedup
     assert row["matched"]["chance_accuracy"] == 10.0  # a 10-class model
+    live = next(x for x in r1["rows"] if x["status"] == "ok")  # the bench's own verdict: its last exit against the bar
+    assert live["matched"]["at_chance"] is at_chance(live["static"][-1]["accuracy"], 10), live["matched"]
     _, sp = matched_cells({**row["matched"], "within_match": True, "accuracy": 0.0, "accuracy_delta": 0.0, "at_chance": True})
     assert sp.startswith("no claim: the last exit scores 0.00% (chance 10.00%)") and "means nothing" in sp
     chance = copy.deepcopy(r1)
     ok_row = next(x for x in chance["rows"] if x["status"] == "ok")
+    ok_row["matched"]["at_chance"] = False  # the fixture's last exit is near the bar: a real last exit, here
     assert "predicted speedup median" in markdown([chance])  # the halvings line, at a real last exit
     ok_row["matched"]["at_chance"] = True
     assert "predicted speedup median" not in markdown([chance])  # at chance, no speedup of any split is claimed

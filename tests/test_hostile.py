@@ -671,15 +671,18 @@ def test_calibrate_writes_only_its_own_files_inside_the_bundle(bundle_copy, imag
     elsewhere.mkdir()
     (elsewhere / "fleet.json").write_text('{"user": "settings"}')
     (bundle_copy / "calibration").symlink_to(elsewhere, target_is_directory=True)
-    with pytest.raises(CalibrationError, match=r"calibration is a link \(to .*userconf\): calibrations are written inside the bundle"):
+    with pytest.raises(CalibrationError, match=r"calibration is a link \(to .*userconf\): calibrations are written inside\s+the bundle"):
         calibrate(Bundle.open(bundle_copy), x, y, 1.0, device_name="fleet", runs=20, warmup=2, progress=False)
     assert (elsewhere / "fleet.json").read_text() == '{"user": "settings"}'
     (bundle_copy / "calibration").unlink()
     (bundle_copy / "calibration").mkdir()
     (bundle_copy / "calibration" / "fleet.json").write_text("MY NOTES ABOUT FLEET")
-    with pytest.raises(CalibrationError, match="fleet.json exists and is not an earlier dvt-calibration file"):
+    with pytest.raises(CalibrationError, match="fleet.json exists and is not a calibration .*: move it away, or calibrate under another"):
         calibrate(Bundle.open(bundle_copy), x, y, 1.0, device_name="fleet", runs=20, warmup=2, progress=False)
     assert (bundle_copy / "calibration" / "fleet.json").read_text() == "MY NOTES ABOUT FLEET"
+    # a damaged calibration is replaced, as the runtime's advice for it says (calibrate it again)
+    (bundle_copy / "calibration" / "fleet.json").write_text('{"schema": "dvt-calibration/1", "device": "fleet",')
+    assert calibrate(Bundle.open(bundle_copy), x, y, 1.0, device_name="fleet", runs=20, warmup=2, progress=False).device == "fleet"
 
 
 def test_calibrating_on_labels_the_model_does_not_know_is_said(bundle_copy, images):
@@ -693,7 +696,7 @@ def test_calibrating_on_labels_the_model_does_not_know_is_said(bundle_copy, imag
     x, y = images
     b = Bundle.open(bundle_copy)
     wrong = (b.run_exits(x)[-1].argmax(1) + 1) % len(b.classes)  # never the last exit's answer: 0% there
-    with pytest.warns(UserWarning, match=r"last exit scores 0.00% on the holdout, under 2x chance \(10.00%\) on --data: its labels may not"):
+    with pytest.warns(UserWarning, match=r"last exit scores 0.00% on the holdout, under 20.00% \(chance is 10.00%\) on --data: its labels may"):
         r = calibrate(b, x, wrong, 1.0, device_name="wrong", runs=20, warmup=2, progress=False)
     assert "thresholds chosen on it mean nothing" in r.note
     with warnings.catch_warnings():
@@ -702,3 +705,4 @@ def test_calibrating_on_labels_the_model_does_not_know_is_said(bundle_copy, imag
     assert "chance" not in (r.note or "")
     assert at_chance(19.9, 10) and not at_chance(20.0, 10) and at_chance(float("nan"), 10)
     assert not at_chance(15.0, 10, n=20) and at_chance(15.0, 10, n=2000)  # 3 of 20 may be a 40% model's; 300 of 2,000 are not
+    assert not at_chance(95.0, 2, 1000) and at_chance(52.0, 2, 1000) and not at_chance(60.0, 3, 1000)  # twice chance is 100% for 2

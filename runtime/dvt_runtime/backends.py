@@ -186,6 +186,25 @@ class OrtSession(Session):
         return dict(zip(self.output_names, outs))
 
 
+def _et_load_error(path: Path, e: RuntimeError) -> Exception:
+    """Why ExecuTorch could not load ``path``: not an ExecuTorch program at all (its file identifier, bytes 4-5, is not
+    "ET": the manifest names the wrong backend or file) is the bundle's fault; a program this build cannot load (another
+    ExecuTorch's format, an operator or delegate it lacks) is this host's."""
+    try:
+        with open(path, "rb") as f:
+            ours = f.read(8)[4:6] == b"ET"
+    except OSError:
+        ours = False
+    if not ours:
+        from dvt_runtime.manifest import ManifestError
+
+        return ManifestError(f"{path.name}: not an ExecuTorch program ({e}), though the manifest says backend 'executorch' (the "
+                             "manifest or the artifact was changed): re-export the bundle")
+    return BackendUnavailable(f"executorch {backend_version('executorch')} cannot load {path.name} ({e}): a program written by "
+                              "another ExecuTorch version, or one that needs operators or delegates this build lacks; install the "
+                              "executorch the bundle was exported with (its manifest's toolchain), or re-export it here")
+
+
 class ExecuTorchSession(Session):
     backend = "executorch"
 
@@ -207,12 +226,8 @@ class ExecuTorchSession(Session):
                 else:
                     self.program = Runtime.get().load_program(str(path))
                 self.method = self.program.load_method("forward")
-            except RuntimeError as e:  # the artifact's hash was checked: it is not an ExecuTorch program, or not this one's
-                from dvt_runtime.manifest import ManifestError
-
-                raise ManifestError(f"{path.name}: ExecuTorch cannot load it as a program with a forward method ({e}): the manifest "
-                                    "says backend 'executorch' of an artifact that is not such a program (the manifest was changed); "
-                                    "re-export the bundle") from None
+            except RuntimeError as e:
+                raise _et_load_error(path, e) from None
         meta = self.method.metadata
         if meta.num_inputs() != len(self.input_names) or meta.num_outputs() != len(self.output_names):
             from dvt_runtime.manifest import ManifestError  # a swapped exit had failed at its first run, in set_inputs()

@@ -23,6 +23,7 @@ import shlex
 import sys
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import numpy as np
@@ -65,7 +66,7 @@ from dvt_runtime.search import (
     metric_span,
     search_thresholds,
 )
-from dvt_runtime.stats import AT_CHANCE, at_chance
+from dvt_runtime.stats import at_chance, chance_bar
 
 if TYPE_CHECKING:
     from dvt_runtime.profile import LatencyProfile
@@ -132,6 +133,16 @@ def fit(bundle: Bundle, x: np.ndarray, y: np.ndarray, holdout: float = 0.5, seed
     cal_idx, hold_idx = perm[n_hold:], perm[:n_hold]
     return Fit(profile, measured_here, overhead, costs, probs, cal_idx, hold_idx,
                ExitOutputs.from_probs(probs[:, cal_idx], y[cal_idx]), ExitOutputs.from_probs(probs[:, hold_idx], y[hold_idx]), here)
+
+
+def _a_calibration(path: Path) -> bool:
+    """Whether ``path`` is a calibration file, whole or damaged (its schema leads the file): one calibrate may replace, as
+    the runtime's advice for a broken one says."""
+    try:
+        with open(path, "rb") as f:
+            return b'"dvt-calibration/' in f.read(4096)
+    except OSError:
+        return False
 
 
 def _check_reachable(costs: StageCosts, budget_ms: float, metric: str, seed: int, device_name: str) -> None:
@@ -204,7 +215,7 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
     if few := _few_images(len(f.cal_idx), len(f.hold_idx), metric):
         result.note = (result.note + "; " if result.note else "") + few
     if at_chance(last := float(f.hold.correct[-1].mean() * 100), len(bundle.classes), len(f.hold_idx)):  # e.g. labels in another order
-        chance = f"{last:.2f}% on the holdout, under {AT_CHANCE}x chance ({100 / len(bundle.classes):.2f}%)"
+        chance = f"{last:.2f}% on the holdout, under {chance_bar(len(bundle.classes)):.2f}% (chance is {100 / len(bundle.classes):.2f}%)"
         result.note = (result.note + "; " if result.note else "") + f"the last exit scores {chance}: thresholds chosen on it mean nothing"
         warnings.warn(f"the bundle's last exit scores {chance} on --data: its labels may not be this model's (another class order "
                       "or label set) or its images not what the model saw; the thresholds chosen on them mean nothing. Check "
@@ -287,15 +298,16 @@ def _check_request(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: floa
     if theirs is not None and theirs != device_name:  # e.g. 'lap top' and 'lap_top' share a file name
         raise CalibrationError(f"{target} holds device {theirs!r}'s calibration, which this one would replace: choose a "
                                f"device name that differs from {theirs!r} in a letter or digit")
-    link = next((p for p in (target.parent, target) if p.is_symlink()), None)
-    if link is not None:  # a bundle shipped with calibration/ -> elsewhere had pointed the write at any folder
-        raise CalibrationError(f"{link} is a link (to {os.path.realpath(link)}): calibrations are written inside the bundle, not "
-                               "through links; replace it with a plain folder or file, or calibrate a copy of the bundle")
+    if target.parent.is_symlink():  # a bundle shipped with calibration/ -> elsewhere had pointed the write at any folder
+        raise CalibrationError(f"{target.parent} is a link (to {os.path.realpath(target.parent)}): calibrations are written inside "
+                               "the bundle, not through links; replace the link with a plain folder")
     try:  # a read-only bundle (a system folder, an image mount) was found only when the work was done
-        check_out_path(target, "calibration file", replaces="dvt-calibration/",  # a user's notes there are not replaced
-                       fix="calibrate a writable copy of the bundle (calibrations are saved in it)", example=None)
+        check_out_path(target, "calibration file", fix="calibrate a writable copy of the bundle (calibrations are saved in it)", example=None)
     except ValueError as e:
         raise CalibrationError(str(e)) from None
+    if (target.exists() or target.is_symlink()) and not _a_calibration(target):  # a user's notes of that name are not replaced
+        raise CalibrationError(f"{target} exists and is not a calibration (it would be replaced): move it away, or calibrate under "
+                               "another --device-name")
     if not 0 < holdout < 1:
         raise CalibrationError(f"holdout must be a fraction in (0, 1), got {holdout}")
     if len(x) < 4:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import os
 import re
 import sys
 import warnings
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -93,6 +95,18 @@ _FIX = "pass uint8 images (H, W, C) as they are (the bundle preprocesses them), 
 
 
 UNNORMALIZED_SPREAD = 0.5  # 0-1 floats spanning at least this much, none negative, are warned as pixels never normalized
+_PREPROCESSED_HERE = contextvars.ContextVar("preprocessed_here", default=False)
+
+
+@contextlib.contextmanager
+def preprocessed_here() -> Iterator[None]:
+    """Within the block (this thread or task), float inputs are the runtime's own preprocessing of uint8 images (predict
+    of files): one whose pixels normalize into [0, 1] is not warned as never normalized. No warning filter is touched."""
+    token = _PREPROCESSED_HERE.set(True)
+    try:
+        yield
+    finally:
+        _PREPROCESSED_HERE.reset(token)
 
 
 def user_stacklevel() -> int:
@@ -127,7 +141,7 @@ def check_finite(x: np.ndarray, value_range: Optional[tuple[float, float]] = Non
     # normalized, a pixel darker than the mean is negative; 0-1 pixels of an image span much of [0, 1], and a flat frame
     # (a grey wall, a covered lens, zeros to warm up) preprocessed into [0, 1] does not. The text carries no figures:
     # Python says a warning once per line and text, not once per frame
-    if warn_unnormalized and lo <= -0.5 and 0 <= lo_v and hi_v <= 1 and hi_v - lo_v >= UNNORMALIZED_SPREAD:
+    if warn_unnormalized and not _PREPROCESSED_HERE.get() and lo <= -0.5 and 0 <= lo_v and hi_v <= 1 and hi_v - lo_v >= UNNORMALIZED_SPREAD:
         warnings.warn(f"{where} holds values in [0, 1], none negative, though this bundle's preprocessing maps pixels darker "
                       f"than its mean below 0 (down to {lo:.3g}): 0-1 pixels never normalized get wrong answers; {fix}",
                       stacklevel=user_stacklevel())

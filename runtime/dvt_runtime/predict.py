@@ -21,14 +21,13 @@ import json
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
 from dvt_runtime.backends import PROVIDERS_HELP, BackendUnavailable, parse_providers
-from dvt_runtime.checks import NonFiniteOutput, check_thresholds, parse_thresholds, positive_ms, rough_thresholds
+from dvt_runtime.checks import NonFiniteOutput, check_thresholds, parse_thresholds, positive_ms, preprocessed_here, rough_thresholds
 from dvt_runtime.device import open_here, profiled_here, this_host
 from dvt_runtime.images import IMAGE_EXTS, ImageError, can_check_jpegs, cv2_or_fail, read_image
 from dvt_runtime.io import atomic_write_json, check_out_path, progress
@@ -110,8 +109,7 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
         x = bundle.preprocess(img)[0]  # (C, H, W) float32: one image
         pre_ms.append((time.perf_counter() - t0) * 1e3)
         try:
-            with warnings.catch_warnings():  # preprocessed here: an image whose pixels normalize into [0, 1] is not unnormalized
-                warnings.filterwarnings("ignore", message=".*never normalized get wrong answers")
+            with preprocessed_here():  # an image whose pixels normalize into [0, 1] is not unnormalized
                 if not rows:  # one untimed run of every stage first: the first call's set-up is no image's latency
                     bundle.run_exits(x[None])
                 # a deadline counts the image's preprocessing, as predict of the uint8 image would

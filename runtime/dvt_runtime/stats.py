@@ -13,17 +13,25 @@ from typing import Any, Optional
 import numpy as np
 
 __all__ = ["DRIFT_THRESHOLD", "MIN_RUNS", "ProfileError", "check_samples", "drift", "sample_stats", "accuracy_interval", "AT_CHANCE",
-           "at_chance"]
+           "at_chance", "chance_bar"]
 
 AT_CHANCE = 2  # a last exit scoring under this many times chance (100 / classes) classifies nothing: thresholds and speedups on it mean nothing
 
 
+def chance_bar(num_classes: int) -> float:
+    """The accuracy (%) under which a model classifies nothing: :data:`AT_CHANCE` times chance, or with few classes a
+    ninth of the way from chance to 100% when that is lower (under ten classes; twice chance is 100% for two): 20% for 10
+    classes, 55.6% for 2, 0.2% for 1,000."""
+    chance = 100 / num_classes
+    return min(AT_CHANCE * chance, chance + (100 - chance) / 9)
+
+
 def at_chance(accuracy_pct: float, num_classes: int, n: Optional[int] = None) -> bool:
-    """Whether an accuracy (%) is under :data:`AT_CHANCE` times chance for ``num_classes`` (a NaN is); given the ``n``
-    images it was measured on, whether even its 95% interval's upper end is (a few images say little either way)."""
+    """Whether an accuracy (%) is under :func:`chance_bar` for ``num_classes`` (a NaN is); given the ``n`` images it was
+    measured on, whether even its 95% interval's upper end is (a few images say little either way)."""
     if n is not None and np.isfinite(accuracy_pct):
         accuracy_pct = accuracy_interval(accuracy_pct, n)[1]
-    return not accuracy_pct >= AT_CHANCE * 100 / num_classes
+    return not accuracy_pct >= chance_bar(num_classes)
 
 DRIFT_THRESHOLD = 1.15  # last-quarter / first-quarter median above this flags throttling
 MIN_RUNS = 4  # the drift check compares quarters of the samples
