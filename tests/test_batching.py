@@ -435,6 +435,7 @@ def test_a_calibration_on_a_given_profile_says_when_its_prediction_is_over_budge
                         profile={"stages": [{"median": 0.3, "p90": 0.4}] * 3})
     text = format_result(r)
     assert "predicted mean 1.055 ms is +5.5% vs the mean budget" in text and "WARNING: over the budget on the holdout images (predicted)" in text
+    assert "accuracy on 100 holdout images: 95% interval 75.58-89.90% (Wilson)" in text  # calibrate printed a bare accuracy
     r.budget_ms = 1.1
     assert "WARNING" not in format_result(r)
 

@@ -66,7 +66,7 @@ from dvt_runtime.search import (
     metric_span,
     search_thresholds,
 )
-from dvt_runtime.stats import at_chance, chance_bar
+from dvt_runtime.stats import accuracy_interval, at_chance, chance_bar
 
 if TYPE_CHECKING:
     from dvt_runtime.profile import LatencyProfile
@@ -379,9 +379,9 @@ def format_result(r: Calibration) -> str:
     lines.append(f"{'predicted':>10} {p['accuracy']:>10.2f} {p['mean_ms']:>9.3f} {p90(p):>8}  {fr(p['exit_fractions'])}")
     if m:
         lines.append(f"{'measured':>10} {m['accuracy']:>10.2f} {m['mean_ms']:>9.3f} {p90(m):>8}  {fr(m['exit_fractions'])}")
-        lines.append(_budget_line(r, m))
-    else:  # latency from a given profile: the holdout's figure priced by it is all there is to compare
-        lines.append(_budget_line(r, p, "predicted"))
+    lo, hi = accuracy_interval((m or p)["accuracy"], r.n_holdout)  # what another sample of as many images may score
+    lines.append(f"accuracy on {r.n_holdout} holdout images: 95% interval {lo:.2f}-{hi:.2f}% (Wilson)")
+    lines.append(_budget_line(r, m) if m else _budget_line(r, p, "predicted"))  # from a given profile: the predicted figure
     if r.note:
         lines.append(f"note: {r.note}")
     return "\n".join(lines)
