@@ -484,6 +484,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(kept or wrote_line(written, out, "bench"))
     return exit_status(r, a.targets)
 
+
 if __name__ == "__main__":
     from dvt_runtime.io import run_cli
 

@@ -40,8 +40,6 @@ def _matched_point(b, f, xh: np.ndarray, yh: np.ndarray, last: dict) -> Optional
             "chance_accuracy": 100 / len(b.classes), "at_chance": at_chance(last["accuracy"], len(b.classes))}
 
 
-
-
 def _cheapest_matching(cal, costs):
     """The benchmark's threshold rule: the cheapest point of the exact search at least as accurate as
     the last exit on ``cal`` (an ``ExitOutputs``), or None."""

@@ -52,11 +52,13 @@ def _cannot_write(e: OSError, path: Path) -> OSError:
     return type(e)(e.errno, f"cannot write {path}: {e.strerror or e}")
 
 
-def check_out_path(path: Union[str, Path], flag: str = "--out", replaces: Optional[str] = None, fix: str = "choose another path",
+def check_out_path(path: Union[str, Path], flag: str = "--out", replaces: Union[str, Callable[[Path], bool], None] = None,
+                   fix: str = "choose another path",
                    example: Optional[str] = "out.json") -> Path:
     """A file to be written after long work, checked first: not a folder, its folder creatable and writable
     (a bad path found only at the end loses the work), and, given ``replaces`` (a JSON schema name or its
-    start), an existing file there only an earlier output of that schema (a photo given as --out was replaced).
+    start, or a test of the file), an existing file there only an earlier output of that kind (a photo given as --out was
+    replaced).
     ``example``: a file name to suggest inside a folder given instead of a file (None: the path is not the user's
     to choose, so the folder is in the way)."""
     p = Path(path).expanduser()
@@ -68,9 +70,11 @@ def check_out_path(path: Union[str, Path], flag: str = "--out", replaces: Option
         raise ValueError(f"{flag} {p}: {parent} is a file, not a folder; move that file away, or {fix}")
     if why := unwritable(parent):
         raise ValueError(f"{flag} {p}: cannot write in {parent} ({why}); {fix}")
-    if replaces is not None and (p.exists() or p.is_symlink()) and not _has_schema(p, replaces):
-        raise ValueError(f"{flag} {p} exists and is not an earlier {replaces.rstrip('/')} file (it would be replaced): name a new "
-                         "file, or move that one away first")
+    ours = (lambda q: _has_schema(q, replaces)) if isinstance(replaces, str) else replaces
+    if ours is not None and (p.exists() or p.is_symlink()) and not ours(p):
+        what = f"{replaces.rstrip('/')} file" if isinstance(replaces, str) else "result"
+        raise ValueError(f"{flag} {p} exists and is not an earlier {what} (it would be replaced): name a new file, or move that one "
+                         "away first")
     return p
 
 
@@ -79,17 +83,12 @@ def check_result_files(first: Union[str, Path], ours: Union[str, Callable[[Path]
     """Files a command writes together (its JSON ``first``, then Markdown and plots), checked before the work: ``first``
     replaced only as an earlier result (``ours``: its JSON schema's start, or a test of the file), the ``others`` only
     beside such a result (a user's own metrics.png or evaluate.json in --out had been replaced)."""
-    first = Path(first)
-    check_out_path(first, flag, replaces=ours if isinstance(ours, str) else None, fix=fix, example=None)
-    if not isinstance(ours, str) and (first.exists() or first.is_symlink()) and not ours(first):
-        raise ValueError(f"{flag} {first.parent}: {first.name} there is not an earlier result (it would be replaced): {fix}, or move "
-                         "it away first")
-    if first.exists():
-        return
-    if mine := [Path(o).name for o in others if Path(o).exists() or Path(o).is_symlink()]:
-        raise ValueError(f"{flag} {first.parent}: {', '.join(mine)} there {'is' if len(mine) == 1 else 'are'} not an earlier result's "
-                         f"(no {first.name} beside {'it' if len(mine) == 1 else 'them'}) and would be replaced: {fix}, or move "
-                         f"{'it' if len(mine) == 1 else 'them'} away first")
+    first = check_out_path(first, flag, replaces=ours, fix=fix, example=None)
+    mine = [Path(o).name for o in others if Path(o).exists() or Path(o).is_symlink()]
+    if mine and not first.exists():
+        is_, it = ("is", "it") if len(mine) == 1 else ("are", "them")
+        raise ValueError(f"{flag} {first.parent}: {', '.join(mine)} there {is_} not an earlier result's (no {first.name} beside "
+                         f"{it}) and would be replaced: {fix}, or move {it} away first")
 
 
 def unwritable(folder: Union[str, Path]) -> str:
