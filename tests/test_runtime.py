@@ -392,7 +392,7 @@ def test_device_side_data_raw_pixels_and_unnormalized_floats(bundle_copy, tmp_pa
     assert (bundle_copy / "calibration" / "raw.json").is_file() and "profiling:" in capsys.readouterr().err
     # the file says how it was made (a researcher could not tell --seed 3's split from --seed 0's, nor which images)
     made = json.loads((bundle_copy / "calibration" / "raw.json").read_text())
-    assert (made["schema_version"], made["seed"], made["holdout"]) == (2, 0, 0.5), made
+    assert (made["schema_version"], made["seed"], made["holdout"]) == (3, 0, 0.5), made
     assert made["data"] == {"path": str(tmp_path / "raw.npz"), "sha256": sha256_file(tmp_path / "raw.npz"), "n": 40}, made["data"]
     assert made["command"].endswith(f"calibrate --bundle {bundle_copy} --data {tmp_path / 'raw.npz'} --budget-ms 1e6 --runs 8 "
                                     "--device-name raw"), made["command"]
@@ -897,3 +897,49 @@ def test_with_overhead_prices_each_exits_own_overhead():
     for bad in ([0.1, 0.2], [0.1, float("nan"), 0.2], -1.0):
         with pytest.raises(ValueError, match="overhead_ms must be one non-negative ms per exit"):
             with_overhead(StageCosts(mean=np.array([1.0, 2.0, 4.0])), bad)
+
+
+def test_headroom_keeps_a_share_of_the_budget_spare(bundle_copy, val, capsys):
+    """--headroom F: thresholds searched for budget x (1 - F), the user's budget recorded, the controller keeping the same
+    share of every budget, the rewrite command keeping it; a headroom outside [0, 1) is refused before any work."""
+    from dvt_runtime.calibrate import CalibrationError, calibrate, format_result, main
+    from dvt_runtime.calibration import read_calibration, rewrite_command
+    from dvt_runtime.latency import LatencyProfile
+
+    from dvt_runtime.measure import exit_probs
+
+    x, _ = val
+    m = Bundle.open(bundle_copy).manifest
+    y = exit_probs(Bundle.open(bundle_copy), x, False)[-1].argmax(-1)  # the last exit's answers: depth buys accuracy
+    ident = {"model": m.model, "target": m.target, "precision": m.precision, "backend": m.backend}
+    prof = LatencyProfile.from_samples([[1.0] * 20, [2.0] * 20, [4.0] * 20], device={"device_name": "dev"}, bundle=ident)
+    full = calibrate(Bundle.open(bundle_copy), x, y, 4.0, profile=prof, progress=False)
+    spare = calibrate(Bundle.open(bundle_copy), x, y, 4.0, profile=prof, progress=False, headroom=0.3)
+    assert full.chosen.predicted["mean_ms"] > 2.8  # the whole budget buys deeper thresholds ...
+    assert spare.chosen.predicted["mean_ms"] <= 2.8 + 1e-9 and spare.chosen.budget_ms == pytest.approx(2.8)  # ... 30% kept spare
+    path = bundle_copy / "calibration" / "dev.json"
+    d = json.loads(path.read_text())
+    assert d["budget_ms"] == 4.0 and d["headroom"] == 0.3 and d["schema_version"] == 3
+    assert read_calibration(path, m).headroom == 0.3 and "--headroom 0.3" in rewrite_command(path)
+    assert "30% kept spare" in format_result(spare) and "searched for 2.8 ms (30% headroom)" in format_result(spare)
+    ctl = BudgetController.from_calibration(spare, 4.0)
+    plain = BudgetController.from_calibration(full, 4.0)
+    assert ctl.headroom == 0.3 and ctl.row()["predicted_ms"] <= 2.8 < plain.row()["predicted_ms"]
+    b = Bundle.open(bundle_copy, device_name="dev", threads=0)  # as the profile was taken
+    b.predict(x[0], budget_ms=4.0)
+    assert b.controller.headroom == 0.3
+    for bad in (1.0, -0.1, float("nan")):
+        with pytest.raises(CalibrationError, match=r"headroom must be a fraction of the budget in \[0, 1\)"):
+            calibrate(Bundle.open(bundle_copy), x, y, 4.0, profile=prof, progress=False, headroom=bad)
+    with pytest.raises(CalibrationError, match="less its 80% headroom .* ask for at least 5"):  # exit 1 alone: 1 ms
+        calibrate(Bundle.open(bundle_copy), x, y, 4.0, profile=prof, progress=False, headroom=0.8)
+    old = {k: v for k, v in d.items() if k != "headroom"} | {"schema_version": 2}  # a version-2 file: no headroom
+    path.write_text(json.dumps(old))
+    assert read_calibration(path, m).headroom == 0.0
+    path.write_text(json.dumps(d | {"headroom": 1.5}))
+    with pytest.raises(CalibrationError, match="headroom must be a fraction"):
+        read_calibration(path, m)
+    npz = bundle_copy.parent / "val.npz"
+    np.savez(npz, images=x, labels=y)
+    assert main(["--bundle", str(bundle_copy), "--data", str(npz), "--budget-ms", "4", "--headroom", "2"]) == 2
+    assert "headroom must be a fraction" in capsys.readouterr().err

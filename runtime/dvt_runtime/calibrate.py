@@ -1,7 +1,7 @@
 """Calibrate a bundle's thresholds to a measured latency budget on this device.
 
     python -m dvt_runtime.calibrate --bundle B --data val.npz --budget-ms 0.4 [--metric mean|p90]
-        [--profile P] [--algorithm exact|ga|sweep] [--device-name NAME]
+        [--headroom 0.1] [--profile P] [--algorithm exact|ga|sweep] [--device-name NAME]
 
 1. runs the bundle's own artifacts on the validation set (int8/fp16 shift confidences:
    never reuse fp32 thresholds);
@@ -145,23 +145,30 @@ def _a_calibration(path: Path) -> bool:
         return False
 
 
-def _check_reachable(costs: StageCosts, budget_ms: float, metric: str, seed: int, device_name: str) -> None:
-    """A budget below every image stopping at exit 1 (in the budget's metric), refused before any exit runs."""
-    if metric == "mean" and budget_ms < (cheapest := float(costs.cumulative[0])) * (1 - 1e-9):
-        raise CalibrationError(f"budget {budget_ms:g} ms is below the cheapest possible mean latency on {device_name}: "
-                               f"exit 1 alone takes {cheapest:.4g} ms; ask for at least that")
+def _check_reachable(costs: StageCosts, budget_ms: float, metric: str, seed: int, device_name: str, headroom: float = 0.0) -> None:
+    """A budget (less its headroom) below every image stopping at exit 1 (in the budget's metric), refused before any exit runs."""
+    priced = budget_ms * (1 - headroom)
+    spare = f" less its {headroom:.0%} headroom ({priced:.4g} ms)" if headroom else ""
+    if metric == "mean" and priced < (cheapest := float(costs.cumulative[0])) * (1 - 1e-9):
+        raise CalibrationError(f"budget {budget_ms:g} ms{spare} is below the cheapest possible mean latency on {device_name}: "
+                               f"exit 1 alone takes {cheapest:.4g} ms; ask for at least {cheapest / (1 - headroom):.4g} ms"
+                               + (" or a smaller --headroom" if headroom else ""))
     try:
         if metric != "mean":  # a percentile's floor: every image at exit 1, priced by the search's own cost model
-            check_budget_reachable(costs, budget_ms, metric, seed)
+            check_budget_reachable(costs, priced, metric, seed)
     except ValueError as e:
-        raise CalibrationError(f"on {device_name}: {e}") from None
+        raise CalibrationError(f"on {device_name}{': the budget' + spare if spare else ''}: {e}") from None
 
 
 def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, metric: str = "mean", profile=None,
               algorithm: str = "exact", device_name: Optional[str] = None, holdout: float = 0.5, seed: int = 0,
               runs: int = 200, warmup: int = 20, verify: bool = True, progress: bool = True, batch: int = 1,
-              data: Optional[dict] = None, command: str = "") -> Calibration:
+              data: Optional[dict] = None, command: str = "", headroom: float = 0.0) -> Calibration:
     """Search thresholds for ``budget_ms`` on measured latency, verify on a holdout, write the file.
+
+    ``headroom`` (a fraction in [0, 1)) keeps that share of the budget spare: thresholds are searched for
+    ``budget_ms * (1 - headroom)``, so the run-to-run spread of a device's latencies stays inside the budget; the budget
+    controller (``predict(budget_ms=)``) keeps the same share of every budget.
 
     ``batch`` > 1 calibrates for throughput: the budget is ms per image when ``batch`` images
     go through ``predict`` together (stages profiled at that batch size). ``data`` (e.g. ``{"path", "sha256"}``) and
@@ -171,8 +178,9 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
     """
     device_name = _device_for(profile, device_name)
     x, y = np.asarray(x), np.asarray(y)  # lists from the Python API (a list y failed deep inside: no attribute 'max')
-    _check_request(bundle, x, y, budget_ms, algorithm, device_name, holdout, batch, metric, seed)
-    budget_ms, seed = float(budget_ms), int(seed)  # numpy numbers from the Python API: plain ones in the file
+    _check_request(bundle, x, y, budget_ms, algorithm, device_name, holdout, batch, metric, seed, headroom)
+    budget_ms, seed, headroom = float(budget_ms), int(seed), float(headroom)  # numpy numbers from the Python API: plain ones in the file
+    priced = budget_ms * (1 - headroom)  # what the thresholds are searched for
     target = bundle.calibration_path(device_name, batch)
     if profile is None and (theirs := other_hosts_latencies(target)):  # a phone's figures replaced by this host's, under its name
         raise CalibrationError(f"{target} holds {device_name}'s latencies, {theirs}: measuring here would replace them with this "
@@ -180,10 +188,10 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
                                "its own --device-name, or delete that file first to replace it")
     before = file_state(target)  # another calibration of this device finishing meanwhile is said, not silently replaced
     f = fit(bundle, x, y, holdout=holdout, seed=seed, profile=profile, runs=runs, warmup=warmup, batch=batch, progress=progress,
-            device_name=device_name, check_costs=lambda c: _check_reachable(c, budget_ms, metric, seed, device_name))
+            device_name=device_name, check_costs=lambda c: _check_reachable(c, budget_ms, metric, seed, device_name, headroom))
     costs = f.costs
     try:
-        chosen = search_thresholds(f.cal, costs, budget_ms, metric=metric, algorithm=algorithm, seed=seed)
+        chosen = search_thresholds(f.cal, costs, priced, metric=metric, algorithm=algorithm, seed=seed)
     except ValueError as e:
         raise CalibrationError(str(e)) from None
     thr = chosen.best.to_dict()["thresholds"]
@@ -194,7 +202,7 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
     result = Calibration(
         device=device_name, bundle=bundle_identity(bundle.manifest), profile=f.profile.summary(),
         table=_pareto_table(f.cal, costs, metric, seed), budget_ms=budget_ms, metric=metric, algorithm=algorithm, batch=int(batch),
-        chosen=Chosen(thr, budget_ms, {"accuracy": predicted.accuracy, "mean_ms": predicted.mean_cost,
+        headroom=headroom, chosen=Chosen(thr, priced, {"accuracy": predicted.accuracy, "mean_ms": predicted.mean_cost,
                                        "p90_ms": p90.cost if p90 else None, "exit_fractions": np.asarray(predicted.exit_fractions).tolist(),
                                        "on": "holdout outputs x profiled latency",
                                        "calibration_accuracy": searched.accuracy, **({} if metric == "mean" else {f"{metric}_ms": predicted.cost})}),
@@ -202,7 +210,7 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
         profile_source="measured here" if f.measured_here else "given (--profile" + (", taken on this host)" if f.on_this_host else ")"),
         cascade_overhead_ms=f.overhead_ms[0], cascade_overhead_ms_per_exit=f.overhead_ms, seed=seed, holdout=float(holdout),
         data=dict(data or {}), command=command,
-        n_calibration=len(f.cal_idx), n_holdout=len(f.hold_idx), note=_search_note(chosen, budget_ms, metric),
+        n_calibration=len(f.cal_idx), n_holdout=len(f.hold_idx), note=_search_note(chosen, priced, metric),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
     if verify and f.on_this_host:
@@ -272,7 +280,7 @@ def _device_for(profile, device_name: Optional[str]) -> str:
 
 
 def _check_request(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, algorithm: str, device_name: str,
-                   holdout: float, batch: int, metric: str = "mean", seed: int = 0) -> None:
+                   holdout: float, batch: int, metric: str = "mean", seed: int = 0, headroom: float = 0.0) -> None:
     """CalibrationError for a request that cannot be calibrated, before anything is measured."""
     if algorithm not in ALGORITHMS:
         raise CalibrationError(f"unknown algorithm {algorithm!r}; valid: {list(ALGORITHMS)}")
@@ -286,6 +294,8 @@ def _check_request(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: floa
         positive_ms("budget", budget_ms)
     except ValueError:
         raise CalibrationError(f"budget must be a positive number of milliseconds, got {budget_ms!r}") from None
+    if isinstance(headroom, bool) or not isinstance(headroom, (int, float, np.number)) or not 0 <= headroom < 1:  # NaN fails too
+        raise CalibrationError(f"headroom must be a fraction of the budget in [0, 1) (e.g. 0.1 keeps a tenth spare), got {headroom!r}")
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
         raise CalibrationError(f"batch must be a whole number of images per call >= 1, got {batch!r}")
     if batch > 1 and metric != "mean":  # the search prices each image's own stages; a batch's images all wait for its call
@@ -356,6 +366,8 @@ def _budget_line(r: Calibration, m: dict, what: str = "measured") -> str:
     if v is None:  # a percentile the measurement does not record: say so rather than compare the mean
         return f"{what} {r.metric}: not recorded (mean {m['mean_ms']:.3f} ms; {r.n_holdout} holdout images)"
     line = f"{what} {r.metric} {v:.3f} ms is {100 * (v / r.budget_ms - 1):+.1f}% vs the {r.metric} budget ({r.n_holdout} holdout images)"
+    if r.headroom:
+        line += f"; thresholds searched for {r.chosen.budget_ms:.4g} ms ({r.headroom:.0%} headroom)"
     if not v <= r.budget_ms:
         line += (f"\nWARNING: over the budget on the holdout images ({what}): the {r.metric} chosen on the calibration split "
                  "does not hold on these; lower --budget-ms, or calibrate with more images")
@@ -367,7 +379,7 @@ def format_result(r: Calibration) -> str:
     p, m = c.predicted, c.measured
     lines = [f"calibration of {r.bundle['model']} {r.bundle['target']}/{r.bundle['precision']} for device {r.device} "
              f"({r.metric} budget {r.budget_ms:g} ms" + (f" per image at batch {r.batch}; no p90: each image waits for its whole call" if r.batch > 1 else "")
-             + f", {r.algorithm}, profile {r.profile_source})"]
+             + (f", {r.headroom:.0%} kept spare" if r.headroom else "") + f", {r.algorithm}, profile {r.profile_source})"]
     st = r.profile["stages"]
     lines.append("stage latency (ms): " + ", ".join(f"exit {i + 1} p50 {s['median']:.3f} p90 {s['p90']:.3f}" for i, s in enumerate(st)))
     exact = ",".join("-" if t is None else repr(float(t)) for t in c.thresholds[:-1])  # rounded, an image at the edge changed exit
@@ -395,6 +407,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--budget-ms", type=float, required=True,
                     help="latency budget in ms per image (--metric says which statistic: the mean or a percentile)")
     ap.add_argument("--metric", default="mean", help="mean or a percentile such as p90")
+    ap.add_argument("--headroom", type=float, default=0.0,
+                    help="fraction of the budget kept spare, in [0, 1): thresholds are searched for budget x (1 - F), and "
+                    "predict(budget_ms=) keeps the same share (default 0: the search spends the whole budget; e.g. 0.1 for a "
+                    "device whose latencies vary from run to run)")
     ap.add_argument("--profile", default=None, help="latency profile JSON (e.g. imported from a phone); default: profile here")
     ap.add_argument("--algorithm", default="exact", help=f"one of {list(ALGORITHMS)}: the search for the chosen thresholds (the "
                     "file's table of budgets, which predict(budget_ms=) reads, is the exact search's)")
@@ -420,7 +436,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         data = {"path": os.path.abspath(args.data), "sha256": sha256_file(args.data), "n": len(x)}
         command = f"{command_name('python -m dvt_runtime.calibrate')} {shlex.join(sys.argv[1:] if argv is None else argv)}"
         r = calibrate(bundle, x, y, args.budget_ms, args.metric, profile, args.algorithm, args.device_name,
-                      args.holdout, args.seed, args.runs, batch=args.batch, progress=not args.no_progress, data=data, command=command)
+                      args.holdout, args.seed, args.runs, batch=args.batch, progress=not args.no_progress, data=data, command=command,
+                      headroom=args.headroom)
     except (ValueError, OSError, BackendUnavailable) as e:  # CalibrationError, ManifestError, ProfileError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2

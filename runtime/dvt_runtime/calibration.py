@@ -29,8 +29,8 @@ __all__ = ["SCHEMA", "SCHEMA_VERSION", "Calibration", "BudgetRow", "Chosen", "Ca
            "validate_calibration", "bundle_identity", "MAX_FILE_BYTES"]
 
 SCHEMA = "dvt-calibration/1"
-#: 2: how it was made (seed, holdout, data, command) and predict's overhead per exit; version-1 files still load
-SCHEMA_VERSION = 2
+#: 2: how it was made (seed, holdout, data, command) and predict's overhead per exit; 3: headroom; older files still load
+SCHEMA_VERSION = 3
 MAX_FILE_BYTES = 64 << 20  # a calibration is a few KB; refuse anything absurd before parsing
 
 
@@ -58,7 +58,7 @@ class Chosen:
     """The thresholds chosen for the requested budget, predicted on the holdout and measured there."""
 
     thresholds: list[Optional[float]]
-    budget_ms: float
+    budget_ms: float  # what they were searched for: the calibration's budget less its headroom
     predicted: dict  # accuracy, mean_ms, p90_ms, exit_fractions, on
     measured: Optional[dict] = None  # dvt_runtime.calibrate.measure_cascade on the holdout (None: another device)
 
@@ -72,10 +72,11 @@ class Calibration:
     profile: dict  # LatencyProfile.summary() the search stood on
     table: list[BudgetRow]
     chosen: Chosen
-    budget_ms: float
+    budget_ms: float  # the user's budget; thresholds are searched for budget_ms x (1 - headroom)
     metric: str = "mean"
     algorithm: str = "exact"
     batch: int = 1
+    headroom: float = 0.0  # fraction of the budget kept spare (run-to-run spread on the device); the controller keeps it too
     budget_unit: str = "ms per image (batch 1)"
     profile_source: str = ""
     cascade_overhead_ms: float = 0.0  # predict's own cost for an image stopping at exit 1 (per exit: the next field)
@@ -193,6 +194,7 @@ def rewrite_command(path: Path) -> str:
            f"{budget if _num(budget) and budget > 0 else 'MS'} --device-name {shlex.quote(device if isinstance(device, str) else m.group(1))}")
     cmd += f" --batch {m.group(2)}" if m.group(2) else ""
     cmd += f" --metric {shlex.quote(d['metric'])}" if _percentile(d.get("metric")) else ""  # a p90 budget stays one
+    cmd += f" --headroom {d['headroom']:g}" if _num(d.get("headroom")) and 0 < d["headroom"] < 1 else ""  # and its spare share
     other = other_hosts_latencies(path) if d else None
     return cmd + (f" --profile PROFILE.json (that device's own: this file's latencies were {other})" if other else "")
 
@@ -271,6 +273,8 @@ def validate_calibration(d: Any, manifest=None) -> None:
     per = d.get("cascade_overhead_ms_per_exit")
     _need(per is None or (isinstance(per, list) and len(per) == n and all(_num(v) and v >= 0 for v in per)),
           f"cascade_overhead_ms_per_exit must list {n} non-negative ms, got {per!r}")
+    _need(_num(d.get("headroom", 0.0)) and 0 <= d.get("headroom", 0.0) < 1,
+          f"headroom must be a fraction of the budget in [0, 1), got {d.get('headroom')!r}")
     _need(d.get("seed") is None or (isinstance(d["seed"], int) and not isinstance(d["seed"], bool)), f"seed must be an integer, got {d.get('seed')!r}")
     _need(d.get("holdout") is None or (_num(d["holdout"]) and 0 < d["holdout"] < 1), f"holdout must be in (0, 1), got {d.get('holdout')!r}")
     _need(isinstance(d.get("data", {}), dict) and isinstance(d.get("command", ""), str), "data must be an object and command a string")

@@ -35,12 +35,15 @@ class BudgetController:
     scale: float = 1.0  # observed / profiled latency, running estimate
     history: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
     batch: int = 1  # images per call the prices were measured at: calls of another size say nothing about them
+    headroom: float = 0.0  # fraction of every budget kept spare (the calibration's own): rows must fit budget x (1 - headroom)
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.budget_ms) or self.budget_ms <= 0:
             raise ValueError(f"budget_ms must be a finite positive number of ms, got {self.budget_ms}")
         if not 0.0 < self.alpha <= 1.0:  # above 1 the estimate overshoots and oscillates; NaN fails too
             raise ValueError(f"alpha (EMA weight of each observation) must be in (0, 1], got {self.alpha}")
+        if not 0.0 <= self.headroom < 1.0:
+            raise ValueError(f"headroom must be a fraction of the budget in [0, 1), got {self.headroom}")
         if not self.table:
             raise ValueError("the calibration has an empty budget table; re-run python -m dvt_runtime.calibrate")
         self.table = sorted(self.table, key=lambda r: r["predicted_ms"])
@@ -50,15 +53,15 @@ class BudgetController:
         key = "mean_ms" if cal.metric == "mean" else f"{cal.metric}_ms"  # the budget's own statistic (older files: the mean)
         rows = [{"thresholds": r.thresholds, "predicted_ms": r.predicted.get(key, r.predicted["mean_ms"]), "accuracy": r.predicted["accuracy"]}
                 for r in cal.table]
-        return cls(budget_ms, rows, cal.exit_mean_ms(), alpha, batch=int(cal.batch))
+        return cls(budget_ms, rows, cal.exit_mean_ms(), alpha, batch=int(cal.batch), headroom=float(cal.headroom))
 
     def row(self, budget_ms: Optional[float] = None) -> dict:
         """Most accurate row whose rescaled predicted latency fits ``budget_ms`` (default: the
-        controller's budget), else the cheapest."""
+        controller's budget) less the headroom, else the cheapest."""
         budget = self.budget_ms if budget_ms is None else budget_ms
         if not math.isfinite(budget) or budget <= 0:
             raise ValueError(f"budget_ms must be a finite positive number of ms, got {budget}")
-        fit = [r for r in self.table if r["predicted_ms"] * self.scale <= budget]
+        fit = [r for r in self.table if r["predicted_ms"] * self.scale <= budget * (1 - self.headroom)]
         if not fit:
             return self.table[0]
         return max(fit, key=lambda r: (r["accuracy"], -r["predicted_ms"]))
