@@ -905,7 +905,6 @@ def test_headroom_keeps_a_share_of_the_budget_spare(bundle_copy, val, capsys):
     from dvt_runtime.calibrate import CalibrationError, calibrate, format_result, main
     from dvt_runtime.calibration import read_calibration, rewrite_command
     from dvt_runtime.latency import LatencyProfile
-
     from dvt_runtime.measure import exit_probs
 
     x, _ = val
