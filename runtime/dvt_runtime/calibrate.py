@@ -222,12 +222,8 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
         result.note = (result.note + "; " if result.note else "") + f"latency from the given profile ({device_name}): {why}"
     if few := _few_images(len(f.cal_idx), len(f.hold_idx), metric):
         result.note = (result.note + "; " if result.note else "") + few
-    if at_chance(last := float(f.hold.correct[-1].mean() * 100), len(bundle.classes), len(f.hold_idx)):  # e.g. labels in another order
-        chance = f"{last:.2f}% on the holdout, under {chance_bar(len(bundle.classes)):.2f}% (chance is {100 / len(bundle.classes):.2f}%)"
-        result.note = (result.note + "; " if result.note else "") + f"the last exit scores {chance}: thresholds chosen on it mean nothing"
-        warnings.warn(f"the bundle's last exit scores {chance} on --data: its labels may not be this model's (another class order "
-                      "or label set) or its images not what the model saw; the thresholds chosen on them mean nothing. Check "
-                      "--data, e.g. with python -m dvt_runtime predict on a few of its images", stacklevel=2)
+    if chance := _chance_note(f, len(bundle.classes)):
+        result.note = (result.note + "; " if result.note else "") + chance
     d = result.to_dict()
     validate_calibration(d, bundle.manifest)  # before writing: never a file that would stop this bundle opening
     if file_state(target) != before:
@@ -243,6 +239,18 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
             warnings.filterwarnings("always" if f.on_this_host else "ignore", message=".* at another setting ")
             bundle.use_calibration(device_name, batch=batch)
     return result
+
+
+def _chance_note(f: Fit, classes: int) -> str:
+    """A note (and a warning) when the last exit scores under the chance bar on the holdout, even at the top of its 95%
+    interval (e.g. labels in another order), else ''."""
+    if not at_chance(last := float(f.hold.correct[-1].mean() * 100), classes, len(f.hold_idx)):
+        return ""
+    chance = f"{last:.2f}% on the holdout, under {chance_bar(classes):.2f}% (chance is {100 / classes:.2f}%)"
+    warnings.warn(f"the bundle's last exit scores {chance} on --data: its labels may not be this model's (another class order "
+                  "or label set) or its images not what the model saw; the thresholds chosen on them mean nothing. Check "
+                  "--data, e.g. with python -m dvt_runtime predict on a few of its images", stacklevel=3)
+    return f"the last exit scores {chance}: thresholds chosen on it mean nothing"
 
 
 def _few_images(n_cal: int, n_hold: int, metric: str) -> str:
