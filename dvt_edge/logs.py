@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Optional, TextIO
 
 from dvt_runtime.io import output_to
 
-__all__ = ["quiet_toolchains"]
+__all__ = ["quiet_toolchains", "open_log", "log_problem"]
 
 _ANNOUNCED: set[str] = set()
 
@@ -39,7 +40,7 @@ def quiet_toolchains(log_path: Optional[Path], verbose: bool = False, header: Op
     if str(log_path) not in _ANNOUNCED:
         _ANNOUNCED.add(str(log_path))
         print(f"toolchain logs: {log_path}", file=sys.stderr, flush=True)
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+    fd = open_log(log_path)
     try:
         if header:
             os.write(fd, f"\n==== {datetime.datetime.now().isoformat(timespec='seconds')} {header} ====\n".encode())
@@ -51,3 +52,29 @@ def quiet_toolchains(log_path: Optional[Path], verbose: bool = False, header: Op
                     yield console
     finally:
         os.close(fd)
+
+
+def log_problem(log_path: Path) -> Optional[str]:
+    """Why ``log_path`` cannot take a toolchain log (a link: the lines would land where it points; a pipe would block;
+    a folder), else None."""
+    if log_path.is_symlink():
+        return f"the toolchain log {log_path} is a link (to {os.readlink(log_path)}): its lines would be appended there"
+    if log_path.exists() and not log_path.is_file():
+        return f"the toolchain log {log_path} exists and is not a plain file"
+    return None
+
+
+def open_log(log_path: Path) -> int:
+    """A descriptor appending to ``log_path`` (created if missing); ValueError for a link or anything but a plain file,
+    checked on the file opened (no link followed, no pipe waited on)."""
+    if why := log_problem(log_path):
+        raise ValueError(f"{why}; remove it (a plain file of that name is appended to) or write elsewhere")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(log_path, flags, 0o666)
+    except OSError as e:
+        raise ValueError(f"cannot open the toolchain log {log_path} ({e.strerror}); remove it or write elsewhere") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # made a link or a pipe since the check above
+        os.close(fd)
+        raise ValueError(f"the toolchain log {log_path} is not a plain file; remove it or write elsewhere")
+    return fd

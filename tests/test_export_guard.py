@@ -608,3 +608,29 @@ def test_every_cli_takes_no_progress(micro_ckpt, tmp_path, monkeypatch, capfd):
             err = capfd.readouterr().err
             assert ("%|" in err) != quiet, (name, quiet, err[-1500:])
     assert build_parser().parse_args(["--no-progress", "--out", "r"]).quiet
+
+
+def test_a_toolchain_log_that_is_a_link_or_a_pipe_is_refused(micro_ckpt, tmp_path):
+    """A dvt-edge-export.log beside --out that linked elsewhere had the toolchains' output appended there; a pipe of that
+    name would have blocked the export. Both refused before any work, and by the log's own opening (a link made later)."""
+    from dvt_edge.logs import open_log, quiet_toolchains
+
+    theirs = tmp_path / "theirs.txt"
+    theirs.write_text("mine\n")
+    log = tmp_path / "dvt-edge-export.log"
+    log.symlink_to(theirs)
+    with pytest.raises(ExportError, match=r"dvt-edge-export.log is a link \(to .*theirs.txt\): its lines would be appended there; "
+                                          r"remove it .*nothing was changed"):
+        export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(tmp_path / "b"))
+    with pytest.raises(ValueError, match="is a link"), quiet_toolchains(log):
+        pass
+    assert theirs.read_text() == "mine\n" and not (tmp_path / "b").exists()
+    log.unlink()
+    os.mkfifo(log)
+    with pytest.raises(ExportError, match="dvt-edge-export.log exists and is not a plain file"):
+        check_destination(tmp_path / "b", False, log=log)
+    with pytest.raises(ValueError, match="not a plain file"):
+        open_log(log)
+    log.unlink()
+    os.close(open_log(log))  # a plain file (created here) is fine
+    assert log.is_file()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from dvt_edge.export.common import ExportError
+from dvt_edge.logs import log_problem
 from dvt_runtime.io import sha256_file, unwritable
 from dvt_runtime.manifest import Manifest, ManifestError
 
@@ -112,6 +113,9 @@ def check_destination(dest: Path, force: bool, inputs: Sequence[str] = (), log: 
     """Refuse to replace anything but a bundle this package wrote (and never the working directory, a symbolic
     link, a bundle holding files its manifest does not list, or one holding ``inputs``: the checkpoint, the data).
     Without ``force``, a bundle of another file than ``checkpoint`` is said to be another model's."""
+    if log is not None and (why := log_problem(log)):  # found before any work, not when the toolchains start
+        raise ExportError(f"{why}; remove it (the export appends to a plain file of that name beside --out) or choose "
+                          "another --out; nothing was changed")
     if dest.is_symlink():  # swapping it would replace the link, not the bundle it points to
         raise ExportError(f"--out {dest} is a symbolic link to {os.readlink(dest)}; pass the real path instead "
                           f"(--out {dest.resolve()}); nothing was changed")
