@@ -49,6 +49,28 @@ def halvings_line(hv: dict) -> str:
             f"{lead}.")
 
 
+def intervals_line(row: dict, n_images: int) -> str:
+    """The accuracies' 95% Wilson intervals: each exit's on all ``n_images`` images, the last exit alone's and the matched
+    cascade's on the holdout (one sample of each: another sample of as many images may score anywhere in them)."""
+    from dvt_runtime.stats import accuracy_interval
+
+    def ci(acc, n) -> str:
+        try:
+            return "{:.2f}-{:.2f}".format(*accuracy_interval(float(acc), int(n)))
+        except (TypeError, ValueError):  # a non-finite or missing figure: no interval, never a number
+            return "-"
+
+    per_exit = " / ".join(ci(s.get("accuracy_all"), n_images) for s in row["static"])
+    line = f"Accuracy 95% intervals (Wilson): per exit on all {n_images} images {per_exit}"
+    n_hold, mt = row.get("n_holdout"), row.get("matched") or {}
+    if n_hold:
+        line += f"; on the {n_hold} holdout images, last exit alone {ci(row['static'][-1].get('accuracy'), n_hold)}"
+        if mt:
+            line += (f", cascade at matched accuracy {ci(mt.get('accuracy'), n_hold)} (both on the same images: their difference "
+                     "varies less than either)")
+    return line + "."
+
+
 def _few_images_note(rows: list[dict]) -> str:
     """Said when a half of the images is too few to trust the accuracies (each image is 100/n points), else ''."""
     from dvt_runtime.checks import FEW_IMAGES
@@ -188,6 +210,7 @@ def markdown(results: list[dict]) -> str:
             hv = (row.get("matched") or {}).get("halvings")
             if hv and not row["matched"].get("at_chance"):  # results before this field have none; at chance, no speedup claim
                 out.append(halvings_line(hv) + "\n")
+            out.append(intervals_line(row, r["n_images"]) + "\n")
             stop = row["profile"].get("stopping")
             if stop:  # what the search prices each exit at (profiles before dvt-profile/2 have none)
                 means = [" / ".join(f"{c['mean']:.3f}" for c in rows) for rows in (stop, row["profile"]["cumulative"])]

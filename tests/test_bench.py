@@ -561,3 +561,21 @@ def test_a_result_holding_a_non_finite_number_is_refused(results, tmp_path, caps
     assert main(["report", str(tmp_path / "nan.json"), "--out", str(tmp_path / "rep")]) == 2
     assert "nan.json: result 1 holds non-finite numbers (rows[0].static[0].profile_p50_ms)" in capsys.readouterr().err
     assert not (tmp_path / "rep").exists()
+
+
+def test_accuracies_come_with_their_intervals(results):
+    """The table's accuracies were bare: 0.2 points of matched accuracy is 5 images of 2,500, well inside what another sample
+    of as many images may score. Each exit's interval (all images) and the holdout's two, Wilson 95%; none for a NaN."""
+    from dvt_edge.bench_report import intervals_line
+    from dvt_runtime.stats import accuracy_interval
+
+    out, r1, _ = results
+    onnx = next(r for r in r1["rows"] if (r["target"], r["precision"]) == ("onnx", "fp32"))
+    line = intervals_line(onnx, r1["n_images"])
+    lo, hi = accuracy_interval(onnx["static"][0]["accuracy_all"], 120)
+    assert line.startswith(f"Accuracy 95% intervals (Wilson): per exit on all 120 images {lo:.2f}-{hi:.2f} / ")
+    lo, hi = accuracy_interval(onnx["matched"]["accuracy"], onnx["n_holdout"])
+    assert f"cascade at matched accuracy {lo:.2f}-{hi:.2f}" in line and line in (out / "a" / "bench.md").read_text()
+    assert accuracy_interval(84.08, 2500) == pytest.approx((82.59, 85.46), abs=0.01)  # the reference's run, session 54
+    broken = dict(onnx, static=[dict(s, accuracy_all=float("nan")) for s in onnx["static"]])
+    assert "per exit on all 120 images - / - / -;" in intervals_line(broken, 120)
