@@ -68,6 +68,9 @@ def load_imagefolder(root: str, split: str, preprocess: Optional[Preprocess], li
             color, side = _sample_look(sp, split)
             look = (look[0] or color, side or look[1])
         preprocess = _folder_preprocess(*look)
+    elif preprocess.num_channels == 1 and look[0] and (shown := _colour_picture(images, paths)):  # a grayscale model's input
+        warnings.warn(f"imagefolder: {sp.sub} holds colour pictures (e.g. {shown}) and the preprocessing given takes 1 channel (a "
+                      "grayscale model's): they are converted to gray", stacklevel=2)
     return ImageSet(f"imagefolder:{sp.base}", split, images, kept, display_classes(sp.classes), preprocess, skipped=skipped,
                     files=paths, split_size=whole if len(idx) < whole else 0)
 
@@ -81,6 +84,18 @@ def _decoded(sp: _Split, split: str, idx: np.ndarray) -> tuple:
         # a subset of the listing (a limit, or a holdout's side) need not hold every class
         _DECODED[dkey] = _decode(sp.sub, sp.classes, [sp.files[i] for i in idx], sp.labels[idx], split, len(idx) < len(sp.files))
     return _DECODED[dkey]
+
+
+def _colour_picture(images: object, paths: list[str], sample: int = 64) -> Optional[str]:
+    """The path of a picture in colour among the first ``sample`` of a split (its channels differ by more than 2 gray levels
+    on average: a gray photo saved as a colour JPEG is none), else None."""
+    for i, path in enumerate(paths[:sample]):
+        im = images[i] if isinstance(images, np.ndarray) else _try_read(Path(path))[0]
+        if im is not None and im.ndim == 3 and im.shape[2] >= 3:
+            c = im[..., :3].astype(np.int16)
+            if np.abs(c[..., 0] - c[..., 1]).mean() + np.abs(c[..., 1] - c[..., 2]).mean() > 2:
+                return path
+    return None
 
 
 def _sample_look(sp: _Split, split: str) -> tuple[bool, int]:

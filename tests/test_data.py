@@ -970,3 +970,23 @@ def test_same_data_compares_folders_by_path(tmp_path, monkeypatch):
     assert D.same_data("fashion-mnist", "fashion-mnist") and D.same_data(None, None)
     assert not D.same_data(None, "fashion-mnist") and not D.same_data("fashion-mnist", None)
     assert [eval_batch_size(s) for s in (28, 32, 64, 224)] == [500, 500, 125, 10]
+
+
+def test_colour_pictures_read_for_a_grayscale_model_are_said(tmp_path):
+    """A grayscale checkpoint's data export (or fine-tune) from a folder of colour photos converted them to gray without a
+    word; gray pictures saved as colour files are not colour."""
+    import warnings
+
+    _class_sorted_folder(tmp_path / "colour", n_per_class=10, classes=("a", "b"))
+    gray = tmp_path / "gray" / "train" / "a"
+    gray.mkdir(parents=True)
+    for i in range(10):
+        cv2.imwrite(str(gray / f"{i}.png"), np.repeat(np.full((8, 8, 1), 20 * i, np.uint8), 3, axis=2))  # R = G = B
+    shutil.copytree(gray, tmp_path / "gray" / "train" / "b")
+    pre = D.default_preprocess(1, 8)
+    with pytest.warns(UserWarning, match=r"colour.train holds colour pictures \(e.g. .*\.png\) and the preprocessing given takes 1 channel"):
+        load_dataset(f"imagefolder:{tmp_path / 'colour'}", "train", preprocess=pre)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_dataset(f"imagefolder:{tmp_path / 'gray'}", "train", preprocess=pre)  # 3-channel files of gray pictures
+        load_dataset(f"imagefolder:{tmp_path / 'colour'}", "train", preprocess=D.default_preprocess(3, 8))  # a colour model's
