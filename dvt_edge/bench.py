@@ -56,7 +56,7 @@ def bench_bundle(bundle, x: np.ndarray, y: np.ndarray, budgets: Optional[list[fl
     from dvt_runtime.bundle import Bundle
     from dvt_runtime.calibrate import fit
 
-    b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle, threads=threads)
+    b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle, threads=threads, device_name="")
     f = fit(b, x, y, holdout=holdout, seed=seed, runs=runs, warmup=20, progress=progress)
     if device_name:
         f.profile.device["device_name"] = device_name
@@ -244,7 +244,7 @@ def run_throughput(checkpoint: str, targets: list[str], precisions: list[str], t
         if t.backend not in available_backends():
             raise RuntimeError(f"{t.backend} does not run on this host")
         with quiet_toolchains(out / "bench-toolchains.log", verbose):
-            b = Bundle.open(bdir, threads=threads)
+            b = Bundle.open(bdir, threads=threads, device_name="")
             row["throughput"] = {"thresholds": list(thresholds), "max_batch": b.manifest.max_batch,
                                  "rows": throughput(b, x, y, list(thresholds), batches)}
         row["status"] = "ok"

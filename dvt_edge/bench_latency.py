@@ -283,7 +283,7 @@ def run_latency(checkpoint: Optional[str], model_name: Optional[str], targets: l
             row["status"] = f"exported; {t.backend} does not run on this host (structure checked)"
             return
         with quiet_toolchains(out / "bench-toolchains.log", verbose):
-            b = Bundle.open(bdir, threads=threads)
+            b = Bundle.open(bdir, threads=threads, device_name="")
         runners[f"{row['target']} {row['precision']}"] = lambda n, b=b: [list(s) for s in profile_bundle(
             b, warmup=warmup, runs=max(n, 4), images=x, threads=threads, progress=False).stage_samples()]
         row["status"] = "ok"

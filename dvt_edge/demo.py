@@ -207,7 +207,7 @@ def _calibrate_best(result: dict, best: dict, data: str, info, device: str, out:
     val = export_npz(load_dataset(data, "val", preprocess=info.preprocess, limit=int(result.get("n_images") or 2000), seed=3),
                      out / "val.npz", seed=None, progress=False)  # as many as the benchmark (--n)
     z = read_npz(val, ("images", "labels"), CalibrationError, "the demo writes it with dvt_edge.data.export_npz; run the demo again")
-    b = Bundle.open(bdir, threads=1)
+    b = Bundle.open(bdir, threads=1, device_name="")
     st = best["static"]
     budget = round(0.5 * (st[0]["measured_mean_ms"] + st[-1]["measured_mean_ms"]), 4)  # halfway from exit 1 to exit 3
     try:

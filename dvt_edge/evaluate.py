@@ -163,7 +163,7 @@ def open_bundle(bundle_dir: str, checkpoint: Optional[str] = None, classes: Opti
     from dvt_runtime.io import sha256_file
 
     try:
-        b = Bundle.open(bundle_dir, threads=1)
+        b = Bundle.open(bundle_dir, threads=1, device_name="")
     except BackendUnavailable as e:  # e.g. a Core ML bundle off macOS
         raise CannotRunHere(f"bundle {bundle_dir} cannot run here: {e}") from None
     src = b.manifest.source or {}

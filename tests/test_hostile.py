@@ -687,17 +687,28 @@ def test_calibrate_writes_only_its_own_files_inside_the_bundle(bundle_copy, imag
 
 def test_calibrating_on_labels_the_model_does_not_know_is_said(bundle_copy, images):
     """Random images, or labels in another class order, calibrated without a word (8% on the holdout, under chance) and
-    predict then ran those thresholds. Said, and noted in the file; on the model's own labels nothing is said."""
+    predict then ran those thresholds, replacing the device's good calibration with exit code 0. Refused, nothing written;
+    --allow-chance writes it, said and noted in the file; on the model's own labels nothing is said."""
     import warnings
 
-    from dvt_runtime.calibrate import calibrate
+    from dvt_runtime.calibrate import CalibrationError, calibrate, main
     from dvt_runtime.stats import at_chance
 
     x, y = images
     b = Bundle.open(bundle_copy)
     wrong = (b.run_exits(x)[-1].argmax(1) + 1) % len(b.classes)  # never the last exit's answer: 0% there
+    good = calibrate(b, x, y, 1.0, device_name="wrong", runs=20, warmup=2, progress=False, holdout=0.75)  # the device's so far
+    before = (bundle_copy / "calibration" / "wrong.json").read_bytes()
+    with pytest.raises(CalibrationError, match=r"last exit scores 0.00% on the holdout, under 20.00% \(chance is 10.00%\) on --data: "
+                                               r"its labels may.*nothing was written \(--allow-chance writes it anyway\)"):
+        calibrate(b, x, wrong, 1.0, device_name="wrong", runs=20, warmup=2, progress=False)
+    assert (bundle_copy / "calibration" / "wrong.json").read_bytes() == before and "chance" not in (good.note or "")
+    np.savez(bundle_copy.parent / "wrong.npz", images=x, labels=wrong)
+    args = ["--bundle", str(bundle_copy), "--data", str(bundle_copy.parent / "wrong.npz"), "--budget-ms", "1", "--runs", "20",
+            "--device-name", "wrong", "--no-progress"]
+    assert main(args) == 2 and (bundle_copy / "calibration" / "wrong.json").read_bytes() == before
     with pytest.warns(UserWarning, match=r"last exit scores 0.00% on the holdout, under 20.00% \(chance is 10.00%\) on --data: its labels may"):
-        r = calibrate(b, x, wrong, 1.0, device_name="wrong", runs=20, warmup=2, progress=False)
+        r = calibrate(b, x, wrong, 1.0, device_name="wrong", runs=20, warmup=2, progress=False, allow_chance=True)
     assert "thresholds chosen on it mean nothing" in r.note
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*chance.*")

@@ -920,13 +920,23 @@ def test_headroom_keeps_a_share_of_the_budget_spare(bundle_copy, val, capsys):
     d = json.loads(path.read_text())
     assert d["budget_ms"] == 4.0 and d["headroom"] == 0.3 and d["schema_version"] == 3
     assert read_calibration(path, m).headroom == 0.3 and "--headroom 0.3" in rewrite_command(path)
+    from dvt_edge.bench_report import load_results, markdown
+
+    md = markdown(load_results([str(path)]))  # the device's section of a fleet report: its table's budgets are what to pass
+    assert "thresholds searched for 2.800 ms (30% of every budget kept spare)" in md, md
+    assert f"| {spare.table[0].budget_ms:.3f} |" in md and spare.table[0].budget_ms == pytest.approx(1 / 0.7)
     assert "30% kept spare" in format_result(spare) and "searched for 2.8 ms (30% headroom)" in format_result(spare)
     ctl = BudgetController.from_calibration(spare, 4.0)
     plain = BudgetController.from_calibration(full, 4.0)
     assert ctl.headroom == 0.3 and ctl.row()["predicted_ms"] <= 2.8 < plain.row()["predicted_ms"]
+    for row in spare.table:  # a row's budget is what to pass to predict for it (the report's table shows it)
+        got = BudgetController.from_calibration(spare, row.budget_ms).row()
+        assert got["accuracy"] >= row.predicted["accuracy"] and got["predicted_ms"] <= 0.7 * row.budget_ms + 1e-9, (row, got)
     b = Bundle.open(bundle_copy, device_name="dev", threads=0)  # as the profile was taken
     b.predict(x[0], budget_ms=4.0)
     assert b.controller.headroom == 0.3
+    with pytest.warns(UserWarning, match=r"budget_ms 1.2 less the calibration's 30% headroom \(0.84 ms\) is below the cheapest point"):
+        b.predict(x[0], budget_ms=1.2)  # within the budget (exit 1: 1 ms), not within its headroom
     for bad in (1.0, -0.1, float("nan")):
         with pytest.raises(CalibrationError, match=r"headroom must be a fraction of the budget in \[0, 1\)"):
             calibrate(Bundle.open(bundle_copy), x, y, 4.0, profile=prof, progress=False, headroom=bad)
@@ -942,3 +952,30 @@ def test_headroom_keeps_a_share_of_the_budget_spare(bundle_copy, val, capsys):
     np.savez(npz, images=x, labels=y)
     assert main(["--bundle", str(bundle_copy), "--data", str(npz), "--budget-ms", "4", "--headroom", "2"]) == 2
     assert "headroom must be a fraction" in capsys.readouterr().err
+
+
+def test_this_hosts_calibration_unused_by_the_api_is_said(bundle_copy, val, monkeypatch, capsys):
+    """dvt-runtime predict runs this host's calibration by default; Bundle.open without device_name ran the manifest's
+    thresholds without a word. Said (device_name='' keeps them silently); calibrate's budget WARNING goes to stderr too."""
+    import warnings
+
+    import dvt_runtime.calibrate as C
+    from dvt_runtime.device import this_host
+
+    x, y = val
+    C.calibrate(Bundle.open(bundle_copy), x[:40], y[:40], 1e6, runs=10, warmup=2, progress=False, holdout=0.75)  # this host's
+    with pytest.warns(UserWarning, match=rf"calibration.{this_host()}.json is this host's calibration, but the bundle was opened "
+                                         rf"without device_name: .*device_name='{this_host()}'"):
+        b = Bundle.open(bundle_copy)
+    assert b.calibration is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Bundle.open(bundle_copy, device_name="").calibration is None and Bundle.open(bundle_copy, device_name="").device_name is None
+        assert Bundle.open(bundle_copy, device_name=this_host()).calibration is not None
+    npz = bundle_copy.parent / "v.npz"
+    np.savez(npz, images=x[:40], labels=y[:40])
+    monkeypatch.setattr(C, "format_result", lambda r: "calibration of ...\nmeasured mean 2 ms is +5%\nWARNING: over the budget")
+    assert C.main(["--bundle", str(bundle_copy), "--data", str(npz), "--budget-ms", "1e6", "--runs", "10", "--holdout", "0.75",
+                   "--device-name", "dev", "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert "WARNING: over the budget" in err and "WARNING" not in out and "measured mean 2 ms" in out

@@ -72,7 +72,10 @@ class Bundle:
              verify: bool = True, device_name: Optional[str] = None, **backend_opts) -> "Bundle":
         """Validate the manifest (schema, paths, SHA-256 of every artifact) and load each exit. ``threads``: intra-op
         threads per session (1 is usually fastest for a cascade of small graphs; None = the backend's default).
-        ``providers``: ONNX Runtime execution providers in priority order, e.g. ``["CUDAExecutionProvider", "CPUExecutionProvider"]``."""
+        ``providers``: ONNX Runtime execution providers in priority order, e.g. ``["CUDAExecutionProvider", "CPUExecutionProvider"]``.
+        ``device_name``: use that device's calibration (``calibration/<device>.json``: its thresholds, budget table and
+        p90s). None: the manifest's thresholds, with a warning when this host has a calibration in the bundle (which
+        ``dvt-runtime predict`` and the webcam use by default); ``""``: the manifest's, without the warning."""
         path = Path(path)
         threads = check_threads(threads, warn=True)
         opts = dict(backend_opts, **({"providers": providers} if providers is not None else {}))
@@ -88,7 +91,25 @@ class Bundle:
                                          [t.name for t in e.outputs], threads=threads, **opts))
             load_ms.append((time.perf_counter() - t0) * 1e3)
             check_signature(sessions[-1], list(e.inputs) + list(e.outputs), m.artifact_path(path, i))
-        return cls(path, m, sessions, load_ms, device_name, threads)
+        bundle = cls(path, m, sessions, load_ms, device_name or None, threads)
+        if device_name is None:
+            bundle._say_host_calibration()
+        return bundle
+
+    def _say_host_calibration(self) -> None:
+        """Warn (at ``Bundle.open``'s caller) when this host's calibration lies in the bundle unused: the CLI's predict runs
+        it by default, so a service on the API had run other thresholds without a word."""
+        from dvt_runtime.device import this_host
+
+        host = this_host()
+        try:
+            here = self.calibration_path(host).is_file()
+        except (ValueError, OSError):  # a host name no file can be named after
+            return
+        if here:
+            warnings.warn(f"{self.calibration_path(host)} is this host's calibration, but the bundle was opened without device_name: "
+                          f"it runs the manifest's thresholds. Bundle.open(..., device_name={host!r}) uses it (as dvt-runtime predict "
+                          "and the webcam do); device_name='' keeps the manifest's without this warning", stacklevel=3)
 
     def write_etdump(self, directory: Union[str, Path]) -> list[Path]:
         """ExecuTorch bundles opened with ``etdump=True``: one ETDump per exit (``exit<k>.etdp``) of

@@ -163,12 +163,13 @@ def _check_reachable(costs: StageCosts, budget_ms: float, metric: str, seed: int
 def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, metric: str = "mean", profile=None,
               algorithm: str = "exact", device_name: Optional[str] = None, holdout: float = 0.5, seed: int = 0,
               runs: int = 200, warmup: int = 20, verify: bool = True, progress: bool = True, batch: int = 1,
-              data: Optional[dict] = None, command: str = "", headroom: float = 0.0) -> Calibration:
+              data: Optional[dict] = None, command: str = "", headroom: float = 0.0, allow_chance: bool = False) -> Calibration:
     """Search thresholds for ``budget_ms`` on measured latency, verify on a holdout, write the file.
 
     ``headroom`` (a fraction in [0, 1)) keeps that share of the budget spare: thresholds are searched for
     ``budget_ms * (1 - headroom)``, so the run-to-run spread of a device's latencies stays inside the budget; the budget
-    controller (``predict(budget_ms=)``) keeps the same share of every budget.
+    controller (``predict(budget_ms=)``) keeps the same share of every budget. A last exit scoring at chance on the holdout
+    (labels of another class order) is refused unless ``allow_chance``.
 
     ``batch`` > 1 calibrates for throughput: the budget is ms per image when ``batch`` images
     go through ``predict`` together (stages profiled at that batch size). ``data`` (e.g. ``{"path", "sha256"}``) and
@@ -201,7 +202,7 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
     p90 = evaluate_thresholds(f.hold, None, chosen.best.thresholds, costs, metric="p90", seed=seed) if costs.samples and batch == 1 else None
     result = Calibration(
         device=device_name, bundle=bundle_identity(bundle.manifest), profile=f.profile.summary(),
-        table=_pareto_table(f.cal, costs, metric, seed), budget_ms=budget_ms, metric=metric, algorithm=algorithm, batch=int(batch),
+        table=_pareto_table(f.cal, costs, metric, seed, headroom), budget_ms=budget_ms, metric=metric, algorithm=algorithm, batch=int(batch),
         headroom=headroom, chosen=Chosen(thr, priced, {"accuracy": predicted.accuracy, "mean_ms": predicted.mean_cost,
                                        "p90_ms": p90.cost if p90 else None, "exit_fractions": np.asarray(predicted.exit_fractions).tolist(),
                                        "on": "holdout outputs x profiled latency",
@@ -222,7 +223,7 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
         result.note = (result.note + "; " if result.note else "") + f"latency from the given profile ({device_name}): {why}"
     if few := _few_images(len(f.cal_idx), len(f.hold_idx), metric):
         result.note = (result.note + "; " if result.note else "") + few
-    if chance := _chance_note(f, len(bundle.classes)):
+    if chance := _chance_note(f, len(bundle.classes), allow_chance):
         result.note = (result.note + "; " if result.note else "") + chance
     d = result.to_dict()
     validate_calibration(d, bundle.manifest)  # before writing: never a file that would stop this bundle opening
@@ -241,15 +242,19 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
     return result
 
 
-def _chance_note(f: Fit, classes: int) -> str:
-    """A note (and a warning) when the last exit scores under the chance bar on the holdout, even at the top of its 95%
-    interval (e.g. labels in another order), else ''."""
+def _chance_note(f: Fit, classes: int, allow_chance: bool) -> str:
+    """When the last exit scores under the chance bar on the holdout, even at the top of its 95% interval (e.g. labels in
+    another order): refused (nothing written: a good calibration of that device is kept), or with ``allow_chance`` a note
+    and a warning; else ''."""
     if not at_chance(last := float(f.hold.correct[-1].mean() * 100), classes, len(f.hold_idx)):
         return ""
     chance = f"{last:.2f}% on the holdout, under {chance_bar(classes):.2f}% (chance is {100 / classes:.2f}%)"
-    warnings.warn(f"the bundle's last exit scores {chance} on --data: its labels may not be this model's (another class order "
-                  "or label set) or its images not what the model saw; the thresholds chosen on them mean nothing. Check "
-                  "--data, e.g. with python -m dvt_runtime predict on a few of its images", stacklevel=3)
+    why = (f"the bundle's last exit scores {chance} on --data: its labels may not be this model's (another class order "
+           "or label set) or its images not what the model saw; the thresholds chosen on them mean nothing. Check "
+           "--data, e.g. with python -m dvt_runtime predict on a few of its images")
+    if not allow_chance:
+        raise CalibrationError(f"{why}; nothing was written (--allow-chance writes it anyway)")
+    warnings.warn(why, stacklevel=3)
     return f"the last exit scores {chance}: thresholds chosen on it mean nothing"
 
 
@@ -338,9 +343,10 @@ def _check_request(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: floa
         raise CalibrationError(f"labels must be in 0..{len(bundle.classes) - 1} for this bundle's classes")
 
 
-def _pareto_table(cal: ExitOutputs, costs: StageCosts, metric: str = "mean", seed: int = 0) -> list[BudgetRow]:
+def _pareto_table(cal: ExitOutputs, costs: StageCosts, metric: str = "mean", seed: int = 0, headroom: float = 0.0) -> list[BudgetRow]:
     """Best thresholds (exact search) over a grid of budgets from exit 1 to the last exit, in the calibration's
-    ``metric``: a p90 calibration's rows are priced (and the controller compares budgets with) their p90."""
+    ``metric``: a p90 calibration's rows are priced (and the controller compares budgets with) their p90. A row's
+    ``budget_ms`` is the budget to pass to ``predict`` for it: its priced budget with the ``headroom`` added back."""
     # the metric's own span: everything at exit 1 .. everything at the last exit
     lo, hi = ((float(costs.cumulative[0]), float(costs.cumulative[-1])) if metric == "mean"
               else metric_span(costs, metric, cal.n_samples, cal.n_exits, seed))
@@ -351,7 +357,7 @@ def _pareto_table(cal: ExitOutputs, costs: StageCosts, metric: str = "mean", see
         pred = {"accuracy": b.accuracy, "mean_ms": b.mean_cost, "exit_fractions": np.asarray(b.exit_fractions).tolist()}
         if metric != "mean":
             pred[f"{metric}_ms"] = b.cost
-        table.append(BudgetRow(res.budget, b.to_dict()["thresholds"], pred))
+        table.append(BudgetRow(res.budget / (1 - headroom), b.to_dict()["thresholds"], pred))
     return table
 
 
@@ -432,11 +438,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the calibration/holdout split (and of the ga search)")
     ap.add_argument("--batch", type=int, default=1, help="images per predict call; > 1: the budget is ms per image at that batch (throughput)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ap.add_argument("--allow-chance", action="store_true", help="write the calibration even when the last exit scores at chance on "
+                    "the holdout (refused by default: the labels are likely not the model's)")
     args = ap.parse_args(argv)
     if args.threads < 0:  # 0: the backend's default, as predict takes it (a deployment at 0 is calibrated at 0)
         ap.error(f"--threads must be >= 1, or 0 for the backend's default, got {args.threads}")
     try:
-        bundle = Bundle.open(args.bundle, threads=args.threads, providers=parse_providers(args.providers))
+        bundle = Bundle.open(args.bundle, threads=args.threads, providers=parse_providers(args.providers), device_name="")
         if note := batch_note(bundle, args.batch):
             print(note, file=sys.stderr)
         x, y = load_npz(args.data, bundle.manifest.preprocess, bundle.classes)
@@ -445,11 +453,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         command = f"{command_name('python -m dvt_runtime.calibrate')} {shlex.join(sys.argv[1:] if argv is None else argv)}"
         r = calibrate(bundle, x, y, args.budget_ms, args.metric, profile, args.algorithm, args.device_name,
                       args.holdout, args.seed, args.runs, batch=args.batch, progress=not args.no_progress, data=data, command=command,
-                      headroom=args.headroom)
+                      headroom=args.headroom, allow_chance=args.allow_chance)
     except (ValueError, OSError, BackendUnavailable) as e:  # CalibrationError, ManifestError, ProfileError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(format_result(r))
+    lines = format_result(r).splitlines()
+    print("\n".join(ln for ln in lines if not ln.startswith("WARNING:")))
+    for ln in lines:  # a budget overrun on the holdout: on stderr too, where a script looks for trouble
+        if ln.startswith("WARNING:"):
+            print(ln, file=sys.stderr)
     print(f"wrote {bundle.calibration_path(r.device, r.batch)}")
     return 0
 

@@ -100,11 +100,15 @@ def controller_for(bundle: "Bundle", budget_ms: float) -> BudgetController:
             ctl = bundle.controller = BudgetController.from_calibration(cal, budget_ms)
         cheapest = ctl.table[0]["predicted_ms"]
         # once per budget; a budget that varies freely warns for its first 64 values only (bounded)
-        warn = budget_ms < cheapest and budget_ms not in bundle._warned_budgets and len(bundle._warned_budgets) < 64
+        warn = budget_ms * (1 - ctl.headroom) < cheapest and budget_ms not in bundle._warned_budgets and len(bundle._warned_budgets) < 64
         if warn:
             bundle._warned_budgets.add(budget_ms)
-    if warn:  # the cheapest thresholds, and the budget overrun all the same
+    if warn and budget_ms < cheapest:  # the cheapest thresholds, and the budget overrun all the same
         warnings.warn(f"budget_ms {budget_ms:g} is below the cheapest point calibrated on {cal.device!r} "
                       f"({cheapest:.4g} ms a sample): every sample gets the cheapest thresholds and the budget is overrun",
                       stacklevel=3)
+    elif warn:  # within the budget, not within its headroom
+        warnings.warn(f"budget_ms {budget_ms:g} less the calibration's {ctl.headroom:.0%} headroom ({budget_ms * (1 - ctl.headroom):.4g} ms) "
+                      f"is below the cheapest point calibrated on {cal.device!r} ({cheapest:.4g} ms a sample): every sample gets the "
+                      "cheapest thresholds, without the headroom", stacklevel=3)
     return ctl

@@ -141,7 +141,7 @@ def open_here(path, device_name: Optional[str] = None, **kw):
     if device_name is not None:  # '' had meant no calibration, unsaid
         check_device_name(device_name, where="predict")
         return Bundle.open(path, device_name=device_name, **kw)
-    bundle = Bundle.open(path, **kw)
+    bundle = Bundle.open(path, **kw, device_name="")
     host = this_host()
     if bundle.calibration_path(host).exists():
         try:
@@ -237,7 +237,7 @@ import numpy as np
 from dvt_runtime.bundle import Bundle
 from dvt_runtime.device import current_rss_mb
 path, threads, opts, sizes = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
-b = Bundle.open(path, threads=threads, verify=False, **opts)
+b = Bundle.open(path, threads=threads, verify=False, **opts, device_name="")
 x = np.random.default_rng(0).standard_normal((1, *b.input_shape)).astype(np.float32)
 rss = []
 for n in sizes:

@@ -313,7 +313,7 @@ def _measure(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
         ap.error(f"--etdump-dir is for ExecuTorch bundles; this one runs on {backend}")
     if args.etdump_dir and (Path(args.etdump_dir).exists() and not Path(args.etdump_dir).is_dir()):  # found before the runs
         ap.error(f"--etdump-dir {args.etdump_dir} is a file: name a folder for the ETDump files")
-    bundle = Bundle.open(args.bundle, threads=args.threads, providers=parse_providers(args.providers),
+    bundle = Bundle.open(args.bundle, threads=args.threads, providers=parse_providers(args.providers), device_name="",
                          **({"etdump": True} if args.etdump_dir else {}))
     if args.etdump_dir and args.batch > 1:  # one ETDump event per call: per-call times, not per image
         ap.error("--etdump-dir records one event per call: profile at --batch 1")
