@@ -28,23 +28,24 @@ import numpy as np
 
 from dvt_runtime.backends import Session, check_options, check_signature, check_threads, import_backend, open_session, ort_providers
 from dvt_runtime.calibration import Calibration
-from dvt_runtime.checks import InputError, NonFiniteOutput, check_finite, check_thresholds, positive_ms, setting_differences
+from dvt_runtime.checks import (  # noqa: F401  (DEFAULT_*: re-exported)
+    DEFAULT_BATCH_PIXELS,
+    DEFAULT_MAX_BATCH,
+    InputError,
+    NonFiniteOutput,
+    check_finite,
+    check_thresholds,
+    images_per_call,
+    positive_ms,
+    setting_differences,
+)
 from dvt_runtime.controller import controller_for
+from dvt_runtime.device import say_host_calibration
 from dvt_runtime.latency import LatencyProfile
 from dvt_runtime.manifest import Manifest, ManifestError  # noqa: F401  (ManifestError: raised by open)
 from dvt_runtime.prediction import Prediction, softmax
 
 __all__ = ["Bundle", "Prediction", "InputError", "NonFiniteOutput", "check_thresholds", "positive_ms", "softmax"]
-
-
-#: Samples per stage call when ``predict``/``run_exits`` get no ``max_batch`` (artifacts that take any
-#: batch), at most: measured on the CIFAR reference (ONNX Runtime, 1 thread), one call of 2,000 images held 2.6 GB
-#: (ONNX Runtime's arena keeps it afterwards) and took 6.4 s; calls of 32 held 0.28 GB and took 2.5 s.
-DEFAULT_MAX_BATCH = 32
-#: ... and at most this many input pixels per call (32 images at 32 px, 1 at 224 px): on a T2T-ViT-12 at 224 px (ONNX Runtime
-#: fp32, 1 thread, 32 images) calls of 32 took 96 to 98 ms an image against 71 to 78 ms for calls of 1 to 8, and held 1.3 GB
-#: against 0.43 GB for calls of 1
-DEFAULT_BATCH_PIXELS = DEFAULT_MAX_BATCH * 32 * 32
 
 
 class Bundle:
@@ -70,12 +71,11 @@ class Bundle:
     @classmethod
     def open(cls, path: Union[str, Path], threads: Optional[int] = 1, providers: Optional[Sequence[str]] = None,
              verify: bool = True, device_name: Optional[str] = None, **backend_opts) -> "Bundle":
-        """Validate the manifest (schema, paths, SHA-256 of every artifact) and load each exit. ``threads``: intra-op
-        threads per session (1 is usually fastest for a cascade of small graphs; None = the backend's default).
-        ``providers``: ONNX Runtime execution providers in priority order, e.g. ``["CUDAExecutionProvider", "CPUExecutionProvider"]``.
-        ``device_name``: use that device's calibration (``calibration/<device>.json``: its thresholds, budget table and
-        p90s). None: the manifest's thresholds, with a warning when this host has a calibration in the bundle (which
-        ``dvt-runtime predict`` and the webcam use by default); ``""``: the manifest's, without the warning."""
+        """Validate the manifest (schema, paths, SHA-256 of every artifact) and load each exit. ``threads``: intra-op threads per
+        session (1 is usually fastest for a cascade of small graphs; None = the backend's default). ``providers``: ONNX Runtime
+        execution providers in priority order, e.g. ``["CUDAExecutionProvider", "CPUExecutionProvider"]``.
+        ``device_name``: use that device's calibration (thresholds, budget table, p90s). None: the manifest's thresholds,
+        warning when the bundle holds this host's (which ``dvt-runtime predict`` uses by default); ``""``: no warning."""
         path = Path(path)
         threads = check_threads(threads, warn=True)
         opts = dict(backend_opts, **({"providers": providers} if providers is not None else {}))
@@ -92,29 +92,14 @@ class Bundle:
             load_ms.append((time.perf_counter() - t0) * 1e3)
             check_signature(sessions[-1], list(e.inputs) + list(e.outputs), m.artifact_path(path, i))
         bundle = cls(path, m, sessions, load_ms, device_name or None, threads)
-        if device_name is None:
-            bundle._say_host_calibration()
+        if device_name is None:  # this host's calibration left unused: said
+            say_host_calibration(bundle)
         return bundle
 
-    def _say_host_calibration(self) -> None:
-        """Warn (at ``Bundle.open``'s caller) when this host's calibration lies in the bundle unused: the CLI's predict runs
-        it by default, so a service on the API had run other thresholds without a word."""
-        from dvt_runtime.device import this_host
-
-        host = this_host()
-        try:
-            here = self.calibration_path(host).is_file()
-        except (ValueError, OSError):  # a host name no file can be named after
-            return
-        if here:
-            warnings.warn(f"{self.calibration_path(host)} is this host's calibration, but the bundle was opened without device_name: "
-                          f"it runs the manifest's thresholds. Bundle.open(..., device_name={host!r}) uses it (as dvt-runtime predict "
-                          "and the webcam do); device_name='' keeps the manifest's without this warning", stacklevel=3)
 
     def write_etdump(self, directory: Union[str, Path]) -> list[Path]:
-        """ExecuTorch bundles opened with ``etdump=True``: one ETDump per exit (``exit<k>.etdp``) of
-        every run so far, for ``python -m dvt_runtime.profile import --etdump``. The trace is held in
-        memory (about 60 KB per cascade run on the CIFAR reference): trace bounded runs."""
+        """ExecuTorch bundles opened with ``etdump=True``: one ETDump per exit (``exit<k>.etdp``) of every run so far, for
+        ``profile import --etdump``; held in memory (about 60 KB per cascade run on the CIFAR reference): trace bounded runs."""
         if self.manifest.backend != "executorch":
             raise ValueError(f"ETDump is ExecuTorch's trace; this bundle runs on {self.manifest.backend}")
         return [s.write_etdump(Path(directory) / f"exit{e + 1}.etdp") for e, s in enumerate(self.sessions)]
@@ -286,8 +271,6 @@ class Bundle:
         ``DEFAULT_MAX_BATCH`` within ``DEFAULT_BATCH_PIXELS``, or the batch this device's calibration was measured at if
         larger (its prices are those of calls that size); within what the artifacts accept."""
         if max_batch is None:
-            from dvt_runtime.checks import images_per_call
-
             cal, pixels = self.calibration, int(np.prod(self.input_shape[-2:]))
             max_batch = max(images_per_call(pixels, DEFAULT_BATCH_PIXELS, DEFAULT_MAX_BATCH), cal.batch if cal is not None else 1)
         return self.batch_limit(max_batch)
