@@ -4,10 +4,10 @@
     pred = bundle.predict(bgr_image)     # one uint8 image, preprocessed inside: stops at the first confident exit
     pred.label, pred.confidence, pred.exit, pred.stage_ms
 
-Stages run one after another; each later stage gets the previous stage's features and relations. A batch is
-regrouped at each stage: the samples still undecided are gathered (images, features and relations together) and
-the stage runs once on them, in chunks of at most ``max_batch`` (default ``DEFAULT_MAX_BATCH``, 32, fewer above 32 px). Bundles whose artifacts take batch 1 only (``manifest.max_batch
-== 1``: ExecuTorch, Core ML, dynamic-range int8) run the same regrouping one sample per call: the same answers.
+Stages run one after another; each later stage gets the previous stage's features and relations. A batch is regrouped
+at each stage: the samples still undecided are gathered (images, features and relations together) and the stage runs
+once on them, in chunks of at most ``max_batch`` (default ``DEFAULT_MAX_BATCH``, 32, fewer above 32 px). Bundles whose
+artifacts take batch 1 only (ExecuTorch, Core ML, dynamic-range int8) run the same regrouping one sample per call.
 
 One bundle may serve several threads: ONNX Runtime sessions run concurrently, ExecuTorch methods and Core ML
 models one call at a time (a lock each), and the budget controller's state is guarded by a lock.
@@ -301,11 +301,8 @@ class Bundle:
 
     def run_stage(self, e: int, x: np.ndarray, carry: Optional[dict], chunk: int,
                   check_finite: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Exit ``e`` on all of ``x`` in calls of at most ``chunk`` samples.
-
-        Returns the outputs (concatenated over the calls) and, per sample, the wall time in ms
-        of the call it was part of.
-        """
+        """Exit ``e`` on all of ``x`` in calls of at most ``chunk`` samples: the outputs (concatenated over the calls) and,
+        per sample, the wall time in ms of the call it was part of."""
         if len(x) <= chunk:  # one call (the common case): no slicing
             t0 = time.perf_counter()
             out = self.run_exit(e, x, carry, check_finite)
