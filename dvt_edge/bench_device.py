@@ -116,7 +116,7 @@ def device_markdown(r: dict, device_label: str) -> list[str]:
     if m:  # a calibration whose latencies were this host's was also run for real on it
         line += f"; measured on {cal.get('device')}: {_pct(m.get('accuracy'))}% at {metric} {_ms(m.get(key))} ms"
     if h := cal.get("headroom"):  # the table's budgets are what to pass; each row is priced at that less the headroom
-        line += f"; thresholds searched for {_ms(ch.get('budget_ms'))} ms ({100 * h:.0f}% of every budget kept spare)"
+        line += f"; thresholds searched for {_ms(ch.get('budget_ms'))} ms ({100 * h:.3g}% of every budget kept spare)"
     out.append(line + f" (latency: {cal.get('profile_source', '?')}).")
     return out
 

@@ -65,9 +65,9 @@ def intervals_line(row: dict, n_images: int) -> str:
     n_hold, mt = row.get("n_holdout"), row.get("matched") or {}
     if n_hold:
         line += f"; on the {n_hold} holdout images, last exit alone {ci(row['static'][-1].get('accuracy'), n_hold)}"
-        if mt:
-            line += (f", cascade at matched accuracy {ci(mt.get('accuracy'), n_hold)} (both on the same images: their difference "
-                     "varies less than either)")
+        if mt and not mt.get("at_chance"):  # at chance there is no claim to qualify
+            what = "cascade at matched accuracy" if mt.get("within_match") else "cascade at its thresholds (NOT matched)"
+            line += f", {what} {ci(mt.get('accuracy'), n_hold)} (both on the same images: their difference varies less than either)"
     return line + "."
 
 

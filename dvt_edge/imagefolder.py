@@ -70,7 +70,7 @@ def load_imagefolder(root: str, split: str, preprocess: Optional[Preprocess], li
         preprocess = _folder_preprocess(*look)
     elif preprocess.num_channels == 1 and look[0] and (shown := _colour_picture(images, paths)):  # a grayscale model's input
         warnings.warn(f"imagefolder: {sp.sub} holds colour pictures (e.g. {shown}) and the preprocessing given takes 1 channel (a "
-                      "grayscale model's): they are converted to gray", stacklevel=2)
+                      "grayscale model's): they are converted to gray", stacklevel=3)
     return ImageSet(f"imagefolder:{sp.base}", split, images, kept, display_classes(sp.classes), preprocess, skipped=skipped,
                     files=paths, split_size=whole if len(idx) < whole else 0)
 

@@ -415,11 +415,11 @@ def test_calibration_summary_compares_the_budgets_own_metric():
     from dvt_runtime.calibrate import _budget_line
 
     m = {"mean_ms": 0.939, "p50_ms": 0.5, "p90_ms": 2.285}
-    line = _budget_line(SimpleNamespace(metric="p90", budget_ms=1.5, n_holdout=100), m)
+    line = _budget_line(SimpleNamespace(metric="p90", budget_ms=1.5, n_holdout=100, headroom=0.0), m)
     assert "measured p90 2.285 ms is +52.3% vs the p90 budget" in line and "WARNING: over the budget" in line
-    assert "WARNING" not in _budget_line(SimpleNamespace(metric="mean", budget_ms=1.5, n_holdout=100), m)
-    assert "WARNING" in _budget_line(SimpleNamespace(metric="mean", budget_ms=1.5, n_holdout=100), {**m, "mean_ms": float("nan")})
-    assert "not recorded" in _budget_line(SimpleNamespace(metric="p75", budget_ms=1.5, n_holdout=100), m)
+    assert "WARNING" not in _budget_line(SimpleNamespace(metric="mean", budget_ms=1.5, n_holdout=100, headroom=0.0), m)
+    assert "WARNING" in _budget_line(SimpleNamespace(metric="mean", budget_ms=1.5, n_holdout=100, headroom=0.0), {**m, "mean_ms": float("nan")})
+    assert "not recorded" in _budget_line(SimpleNamespace(metric="p75", budget_ms=1.5, n_holdout=100, headroom=0.0), m)
 
 
 def test_a_calibration_on_a_given_profile_says_when_its_prediction_is_over_budget():
@@ -431,7 +431,7 @@ def test_a_calibration_on_a_given_profile_says_when_its_prediction_is_over_budge
     predicted = {"accuracy": 84.0, "mean_ms": 1.055, "p90_ms": 1.4, "exit_fractions": [0.5, 0.3, 0.2]}
     r = SimpleNamespace(chosen=SimpleNamespace(predicted=predicted, measured=None, thresholds=[0.9, 0.8, None]),
                         bundle={"model": "m", "target": "onnx", "precision": "fp32"}, device="phone", metric="mean", budget_ms=1.0,
-                        batch=1, algorithm="exact", profile_source="given (--profile)", n_holdout=100, note="",
+                        batch=1, algorithm="exact", profile_source="given (--profile)", n_holdout=100, note="", headroom=0.0,
                         profile={"stages": [{"median": 0.3, "p90": 0.4}] * 3})
     text = format_result(r)
     assert "predicted mean 1.055 ms is +5.5% vs the mean budget" in text and "WARNING: over the budget on the holdout images (predicted)" in text

@@ -577,5 +577,7 @@ def test_accuracies_come_with_their_intervals(results):
     lo, hi = accuracy_interval(onnx["matched"]["accuracy"], onnx["n_holdout"])
     assert f"cascade at matched accuracy {lo:.2f}-{hi:.2f}" in line and line in (out / "a" / "bench.md").read_text()
     assert accuracy_interval(84.08, 2500) == pytest.approx((82.59, 85.46), abs=0.01)  # the reference's run, session 54
+    assert "cascade at its thresholds (NOT matched)" in intervals_line(dict(onnx, matched=dict(onnx["matched"], within_match=False)), 120)
+    assert "cascade" not in intervals_line(dict(onnx, matched=dict(onnx["matched"], at_chance=True)), 120)  # no claim to qualify
     broken = dict(onnx, static=[dict(s, accuracy_all=float("nan")) for s in onnx["static"]])
     assert "per exit on all 120 images - / - / -;" in intervals_line(broken, 120)

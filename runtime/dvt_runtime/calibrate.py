@@ -10,7 +10,8 @@
    and builds a Pareto table of thresholds over budgets;
 4. verifies by running the real cascade on the holdout and measuring accuracy and latency
    (skipped with ``--profile`` from another device: the host cannot measure that device);
-5. writes ``calibration/<device>.json`` into the bundle atomically.
+5. writes ``calibration/<device>.json`` into the bundle atomically (nothing, when the last exit scores at chance on
+   the holdout: labels of another class order; ``--allow-chance`` writes it anyway).
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ def _a_calibration(path: Path) -> bool:
 def _check_reachable(costs: StageCosts, budget_ms: float, metric: str, seed: int, device_name: str, headroom: float = 0.0) -> None:
     """A budget (less its headroom) below every image stopping at exit 1 (in the budget's metric), refused before any exit runs."""
     priced = budget_ms * (1 - headroom)
-    spare = f" less its {headroom:.0%} headroom ({priced:.4g} ms)" if headroom else ""
+    spare = f" less its {100 * headroom:.3g}% headroom ({priced:.4g} ms)" if headroom else ""
     if metric == "mean" and priced < (cheapest := float(costs.cumulative[0])) * (1 - 1e-9):
         raise CalibrationError(f"budget {budget_ms:g} ms{spare} is below the cheapest possible mean latency on {device_name}: "
                                f"exit 1 alone takes {cheapest:.4g} ms; ask for at least {cheapest / (1 - headroom):.4g} ms"
@@ -166,10 +167,9 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
               data: Optional[dict] = None, command: str = "", headroom: float = 0.0, allow_chance: bool = False) -> Calibration:
     """Search thresholds for ``budget_ms`` on measured latency, verify on a holdout, write the file.
 
-    ``headroom`` (a fraction in [0, 1)) keeps that share of the budget spare: thresholds are searched for
-    ``budget_ms * (1 - headroom)``, so the run-to-run spread of a device's latencies stays inside the budget; the budget
-    controller (``predict(budget_ms=)``) keeps the same share of every budget. A last exit scoring at chance on the holdout
-    (labels of another class order) is refused unless ``allow_chance``.
+    ``headroom`` (in [0, 1)) keeps that share of the budget spare for the device's run-to-run spread: thresholds are searched
+    for ``budget_ms * (1 - headroom)``, and ``predict(budget_ms=)`` keeps the same share of every budget. A last exit scoring
+    at chance on the holdout (labels of another class order) is refused unless ``allow_chance``.
 
     ``batch`` > 1 calibrates for throughput: the budget is ms per image when ``batch`` images
     go through ``predict`` together (stages profiled at that batch size). ``data`` (e.g. ``{"path", "sha256"}``) and
@@ -191,6 +191,7 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
     f = fit(bundle, x, y, holdout=holdout, seed=seed, profile=profile, runs=runs, warmup=warmup, batch=batch, progress=progress,
             device_name=device_name, check_costs=lambda c: _check_reachable(c, budget_ms, metric, seed, device_name, headroom))
     costs = f.costs
+    chance = _chance_note(f, len(bundle.classes), allow_chance)  # refused here, before the search and the measurement
     try:
         chosen = search_thresholds(f.cal, costs, priced, metric=metric, algorithm=algorithm, seed=seed)
     except ValueError as e:
@@ -223,7 +224,7 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
         result.note = (result.note + "; " if result.note else "") + f"latency from the given profile ({device_name}): {why}"
     if few := _few_images(len(f.cal_idx), len(f.hold_idx), metric):
         result.note = (result.note + "; " if result.note else "") + few
-    if chance := _chance_note(f, len(bundle.classes), allow_chance):
+    if chance:
         result.note = (result.note + "; " if result.note else "") + chance
     d = result.to_dict()
     validate_calibration(d, bundle.manifest)  # before writing: never a file that would stop this bundle opening
@@ -381,10 +382,10 @@ def _budget_line(r: Calibration, m: dict, what: str = "measured") -> str:
         return f"{what} {r.metric}: not recorded (mean {m['mean_ms']:.3f} ms; {r.n_holdout} holdout images)"
     line = f"{what} {r.metric} {v:.3f} ms is {100 * (v / r.budget_ms - 1):+.1f}% vs the {r.metric} budget ({r.n_holdout} holdout images)"
     if r.headroom:
-        line += f"; thresholds searched for {r.chosen.budget_ms:.4g} ms ({r.headroom:.0%} headroom)"
+        line += f"; thresholds searched for {r.chosen.budget_ms:.4g} ms ({100 * r.headroom:.3g}% headroom)"
     if not v <= r.budget_ms:
         line += (f"\nWARNING: over the budget on the holdout images ({what}): the {r.metric} chosen on the calibration split "
-                 "does not hold on these; lower --budget-ms, or calibrate with more images")
+                 "does not hold on these; lower --budget-ms, keep some of it spare (--headroom), or calibrate with more images")
     return line
 
 
@@ -393,7 +394,7 @@ def format_result(r: Calibration) -> str:
     p, m = c.predicted, c.measured
     lines = [f"calibration of {r.bundle['model']} {r.bundle['target']}/{r.bundle['precision']} for device {r.device} "
              f"({r.metric} budget {r.budget_ms:g} ms" + (f" per image at batch {r.batch}; no p90: each image waits for its whole call" if r.batch > 1 else "")
-             + (f", {r.headroom:.0%} kept spare" if r.headroom else "") + f", {r.algorithm}, profile {r.profile_source})"]
+             + (f", {100 * r.headroom:.3g}% kept spare" if r.headroom else "") + f", {r.algorithm}, profile {r.profile_source})"]
     st = r.profile["stages"]
     lines.append("stage latency (ms): " + ", ".join(f"exit {i + 1} p50 {s['median']:.3f} p90 {s['p90']:.3f}" for i, s in enumerate(st)))
     exact = ",".join("-" if t is None else repr(float(t)) for t in c.thresholds[:-1])  # rounded, an image at the edge changed exit
@@ -421,7 +422,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--budget-ms", type=float, required=True,
                     help="latency budget in ms per image (--metric says which statistic: the mean or a percentile)")
     ap.add_argument("--metric", default="mean", help="mean or a percentile such as p90")
-    ap.add_argument("--headroom", type=float, default=0.0,
+    ap.add_argument("--headroom", type=float, default=0.0, metavar="F",
                     help="fraction of the budget kept spare, in [0, 1): thresholds are searched for budget x (1 - F), and "
                     "predict(budget_ms=) keeps the same share (default 0: the search spends the whole budget; e.g. 0.1 for a "
                     "device whose latencies vary from run to run)")
@@ -438,8 +439,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the calibration/holdout split (and of the ga search)")
     ap.add_argument("--batch", type=int, default=1, help="images per predict call; > 1: the budget is ms per image at that batch (throughput)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
-    ap.add_argument("--allow-chance", action="store_true", help="write the calibration even when the last exit scores at chance on "
-                    "the holdout (refused by default: the labels are likely not the model's)")
+    ap.add_argument("--allow-chance", action="store_true", help="write the calibration even when the last exit scores under the chance "
+                    "bar on the holdout, at the top of its 95%% interval (twice chance; refused by default: the labels are likely "
+                    "not the model's)")
     args = ap.parse_args(argv)
     if args.threads < 0:  # 0: the backend's default, as predict takes it (a deployment at 0 is calibrated at 0)
         ap.error(f"--threads must be >= 1, or 0 for the backend's default, got {args.threads}")
@@ -458,8 +460,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     lines = format_result(r).splitlines()
-    print("\n".join(ln for ln in lines if not ln.startswith("WARNING:")))
-    for ln in lines:  # a budget overrun on the holdout: on stderr too, where a script looks for trouble
+    print("\n".join(lines))
+    for ln in lines:  # a budget overrun on the holdout: on stderr as well, where a script looks for trouble
         if ln.startswith("WARNING:"):
             print(ln, file=sys.stderr)
     print(f"wrote {bundle.calibration_path(r.device, r.batch)}")

@@ -108,6 +108,9 @@ class Calibration:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        if not d["headroom"]:  # nothing of version 3's: a version-2 file, which older runtimes on devices still read
+            del d["headroom"]
+            d["schema_version"] = min(d["schema_version"], 2)
         return {"schema": d.pop("schema"), "schema_version": d.pop("schema_version"), **d}
 
     @classmethod

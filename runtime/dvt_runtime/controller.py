@@ -61,7 +61,8 @@ class BudgetController:
         budget = self.budget_ms if budget_ms is None else budget_ms
         if not math.isfinite(budget) or budget <= 0:
             raise ValueError(f"budget_ms must be a finite positive number of ms, got {budget}")
-        fit = [r for r in self.table if r["predicted_ms"] * self.scale <= budget * (1 - self.headroom)]
+        # a row's budget_ms is its priced budget / (1 - headroom): back again, it may come out one ulp short
+        fit = [r for r in self.table if r["predicted_ms"] * self.scale <= budget * (1 - self.headroom) * (1 + 1e-9)]
         if not fit:
             return self.table[0]
         return max(fit, key=lambda r: (r["accuracy"], -r["predicted_ms"]))
@@ -108,7 +109,7 @@ def controller_for(bundle: "Bundle", budget_ms: float) -> BudgetController:
                       f"({cheapest:.4g} ms a sample): every sample gets the cheapest thresholds and the budget is overrun",
                       stacklevel=3)
     elif warn:  # within the budget, not within its headroom
-        warnings.warn(f"budget_ms {budget_ms:g} less the calibration's {ctl.headroom:.0%} headroom ({budget_ms * (1 - ctl.headroom):.4g} ms) "
+        warnings.warn(f"budget_ms {budget_ms:g} less the calibration's {100 * ctl.headroom:.3g}% headroom ({budget_ms * (1 - ctl.headroom):.4g} ms) "
                       f"is below the cheapest point calibrated on {cal.device!r} ({cheapest:.4g} ms a sample): every sample gets the "
                       "cheapest thresholds, without the headroom", stacklevel=3)
     return ctl

@@ -163,7 +163,7 @@ def say_host_calibration(bundle) -> None:
     if here:
         warnings.warn(f"{bundle.calibration_path(host)} is this host's calibration, but the bundle was opened without device_name: "
                       f"it runs the manifest's thresholds. Bundle.open(..., device_name={host!r}) uses it (as dvt-runtime predict "
-                      "and the webcam do); device_name='' keeps the manifest's without this warning", stacklevel=4)
+                      "and the webcam do); device_name='' keeps the manifest's without this warning", stacklevel=3)
 
 
 def device_facts(threads: Optional[int] = None, backend: Optional[str] = None) -> dict[str, Any]:
