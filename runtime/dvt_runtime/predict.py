@@ -81,13 +81,20 @@ def image_files(paths: Sequence[str], skipped: Optional[collections.Counter] = N
     return [f for f in out if not ((real := os.path.realpath(f)) in seen or seen.add(real))]
 
 
+def _budget_facts(bundle: "Bundle", budget_ms: Optional[float]) -> dict:
+    """In budget mode: the calibration's statistic the budget is on and the share of it kept spare."""
+    c = bundle.calibration
+    return {"budget_metric": c.metric, "budget_headroom": c.headroom} if budget_ms is not None and c is not None else {}
+
+
 def _thresholds_source(bundle: "Bundle", thresholds: Optional[list], budget_ms: Optional[float], deadline_ms: Optional[float] = None) -> str:
     """Where the thresholds of this run come from, in words."""
     if thresholds is not None:
         return "given (--thresholds)"
     cal = f"the calibration of {bundle.calibration.device!r}" if bundle.calibration is not None else None
-    if budget_ms is not None:
-        return f"the budget controller on {cal}"
+    if budget_ms is not None and bundle.calibration is not None:  # the budget's own statistic, and the share kept spare
+        c = bundle.calibration
+        return f"the budget controller on {cal} ({c.metric} budget" + (f", {100 * c.headroom:.3g}% kept spare)" if c.headroom else ")")
     last = "none: every image runs to the last exit" + (" or until the deadline stops it" if deadline_ms is not None else "")
     m = bundle.manifest
     rough = f" (chosen at export on only {n} images: rough; calibrate this device)" if (n := rough_thresholds(m.thresholds_source)) else ""
@@ -128,7 +135,7 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "bundle": {"path": str(bundle.path), "model": m.model, "target": m.target, "precision": m.precision},
         "mode": "deadline" if deadline_ms is not None else "budget" if budget_ms is not None else "thresholds",
-        "budget_ms": budget_ms, "deadline_ms": deadline_ms, "thresholds_from": _thresholds_source(bundle, thresholds, budget_ms, deadline_ms),
+        "budget_ms": budget_ms, "deadline_ms": deadline_ms, **_budget_facts(bundle, budget_ms), "thresholds_from": _thresholds_source(bundle, thresholds, budget_ms, deadline_ms),
         "n_images": len(rows), "exit_counts": counts,  # exits numbered from 1 in rows; counts[k] is exit k + 1
         # images whose preprocessing and stages overran the deadline (exit 1 always runs: a deadline below it is missed)
         "deadline_missed": sum(r["preprocess_ms"] + r["total_ms"] > deadline_ms for r in rows) if deadline_ms is not None else None,
@@ -136,6 +143,15 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
                        "preprocess": sample_stats(pre_ms, keep_samples=False) if pre_ms else None},
         "images": rows, "unreadable": unreadable, "failed": failed,  # failed: an exit answered NaN or infinite logits
     }
+
+
+def _against_budget(r: dict, cascade: dict) -> str:
+    """In budget mode: the cascade's figure in the budget's statistic (the mean, or p50/p90/p99) beside the budget (NaN: OVER)."""
+    metric = r.get("budget_metric")
+    if r.get("budget_ms") is None or metric not in cascade:
+        return ""
+    v = cascade[metric]
+    return f"; cascade {metric} {v:.3f} ms {'within' if v <= r['budget_ms'] else 'OVER'} the {r['budget_ms']:g} ms budget"
 
 
 def _shown(text: object) -> str:
@@ -170,7 +186,8 @@ def format_result(r: dict) -> str:
         lines.append(f"{n} images ({len(r['unreadable'])} unreadable{failed}): exits 1-{len(r['exit_counts'])} answered {shares}; cascade ms "
                      f"mean {c['mean']:.3f}, p50 {c['p50']:.3f}, p90 {c['p90']:.3f}; preprocessing p50 {pre['p50']:.3f} ms; "
                      f"thresholds: {r['thresholds_from']}"
-                     + (f"; {r['deadline_missed']} of {n} over the {r['deadline_ms']:g} ms deadline" if r.get("deadline_missed") is not None else ""))
+                     + (f"; {r['deadline_missed']} of {n} over the {r['deadline_ms']:g} ms deadline" if r.get("deadline_missed") is not None else "")
+                     + _against_budget(r, c))
     else:
         lines.append(f"no image could be answered ({len(r['unreadable'])} unreadable{failed})")
     return "\n".join(lines)
