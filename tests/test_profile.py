@@ -1035,6 +1035,8 @@ def test_device_side_messages_name_the_real_problem(bundle_dir, tmp_path, capsys
     assert _few_images(500, 500, "p100.0") == "" and _few_images(500, 500, "mean") == ""  # no division by zero at q = 100
     assert "calibrate on 1000 or more in all" in _few_images(400, 100, "mean")  # a 0.2 holdout: 200 of 1000 (it said 400)
     assert "about their fastest: it needs 100 or more" in _few_images(500, 50, "p10")  # the low tail is the fastest
+    assert "the latency profile has only 5 timed run(s) for a stage" in _few_images(1000, 1000, "p90", runs=5)
+    assert _few_images(1000, 1000, "p90", runs=20) == ""
     assert _few_images(1000, 1000, "p99") == "" and "p99 of 999 holdout images is about their slowest: it needs 1000" in _few_images(999, 999, "p99")
     # a name taken from a given profile is checked as a --device-name is
     prof = LatencyProfile.from_samples(STAGES, device={"device_name": "x.json"})

@@ -222,7 +222,7 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
         why = (f"taken on this host at {pt}, the bundle runs {bt}: not measured here (calibrate "
                f"with --threads {f.profile.threads or 0} to measure it)" if profiled_here(f.profile) else "verify on that device")
         result.note = (result.note + "; " if result.note else "") + f"latency from the given profile ({device_name}): {why}"
-    if few := _few_images(len(f.cal_idx), len(f.hold_idx), metric):
+    if few := _few_images(len(f.cal_idx), len(f.hold_idx), metric, min(int(s.get("n", 0)) for s in f.profile.stages)):
         result.note = (result.note + "; " if result.note else "") + few
     if chance:
         result.note = (result.note + "; " if result.note else "") + chance
@@ -259,10 +259,16 @@ def _chance_note(f: Fit, classes: int, allow_chance: bool) -> str:
     return f"the last exit scores {chance}: thresholds chosen on it mean nothing"
 
 
-def _few_images(n_cal: int, n_hold: int, metric: str) -> str:
+def _few_images(n_cal: int, n_hold: int, metric: str, runs: Optional[int] = None) -> str:
     """A note when the split is too small to trust: accuracies of a few hundred images move by points, and a
-    percentile q needs about 10 / (1 - q) images above the median (10 / q below it), or it is their slowest (fastest)."""
+    percentile q needs about 10 / (1 - q) images above the median (10 / q below it), or it is their slowest (fastest);
+    and when the profile has fewer than ``FEW_RUNS`` timed ``runs`` per stage (its percentiles are rough)."""
+    from dvt_runtime.profile import FEW_RUNS
+
     notes = []
+    if runs is not None and runs < FEW_RUNS:  # e.g. profile --runs 5, or an imported trace of a few runs: a p90 is their slowest
+        notes.append(f"the latency profile has only {runs} timed run(s) for a stage: its percentiles are rough below {FEW_RUNS} "
+                     "(profile 100 or more per stage: --runs)")
     if min(n_cal, n_hold) < FEW_IMAGES:  # images in all for FEW_IMAGES on the smaller side at this split's fractions
         need = math.ceil(FEW_IMAGES * (n_cal + n_hold) / max(1, min(n_cal, n_hold)))
         notes.append(f"only {n_cal} images to search thresholds on and {n_hold} to check them on: accuracies of so few "
