@@ -306,6 +306,8 @@ def test_an_etrecord_lets_the_inspector_name_an_etdumps_operators(micro_ckpt, tm
     for _ in range(3):
         b.predict(np.zeros(b.input_shape, np.float32), thresholds=[None] * (b.num_exits - 1))
     dumps = b.write_etdump(tmp_path / "trace")
+    rec = json.loads((tmp_path / "trace" / "etdump_runs.json").read_text())  # the bundle that ran, for the import to check
+    assert rec["timed"] is None and rec["threads"] == 1 and rec["bundle"]["artifacts"] == [e.sha256 for e in res.manifest.exits]
     for e, dump in enumerate(dumps):
         with contextlib.redirect_stdout(io.StringIO()):
             df = Inspector(etdump_path=str(dump), etrecord=str(res.path / f"exit{e + 1}.etrecord")).to_dataframe()

@@ -957,6 +957,23 @@ def test_runtime_writes_etdump_per_exit(executorch_devtools, micro_ckpt, onnx_bu
         assert st["n"] == 8 and st["min"] > 0 and st["median"] < 1000
     assert prof.first_inference_ms and prof.settings["timed_runs"] == 8
     record = json.loads((d / "etdump_runs.json").read_text())
+    # the record names the bundle that ran and its threads: a trace of the int8 bundle beside it was imported as this one's
+    manifest = Manifest.load(b)
+    assert record["bundle"] == {"model": manifest.model, "target": "executorch", "precision": "fp32",
+                                "artifacts": [e.sha256 for e in manifest.exits]} and record["threads"] == 1 == prof.threads
+    capsys.readouterr()
+    assert main(["import", "--etdump", *map(str, files), "--bundle", str(b), "--out", str(out)]) == 0
+    assert "nothing checks that they traced" not in capsys.readouterr().err
+    (d / "etdump_runs.json").write_text(json.dumps({**record, "bundle": {**record["bundle"], "precision": "int8"}}))
+    assert main(["import", "--etdump", *map(str, files), "--bundle", str(b), "--out", str(out)]) == 2
+    assert "says these ETDump files traced another bundle (precision 'int8'), not" in capsys.readouterr().err
+    (d / "etdump_runs.json").write_text(json.dumps({**record, "bundle": {**record["bundle"], "artifacts": ["0" * 64] * 3}}))
+    assert main(["import", "--etdump", *map(str, files), "--bundle", str(b), "--out", str(out)]) == 2
+    assert "traced another bundle (other artifacts (SHA-256))" in capsys.readouterr().err
+    (d / "etdump_runs.json").write_text(json.dumps(record))
+    assert main(["import", "--etdump", *map(str, files), "--threads", "4", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--threads 4, but" in err and "says the trace was taken at 1 thread(s)" in err
     (d / "etdump_runs.json").write_text(json.dumps({**record, "timed": record["timed"][:-1]}))  # from another run
     assert main(["import", "--etdump", *map(str, files), "--out", str(out)]) == 2
     assert "different profiling runs" in capsys.readouterr().err

@@ -982,3 +982,31 @@ def test_this_hosts_calibration_unused_by_the_api_is_said(bundle_copy, val, monk
                    "--device-name", "dev", "--no-progress"]) == 0
     out, err = capsys.readouterr()
     assert "WARNING: over the budget" in err and "WARNING: over the budget" in out and "measured mean 2 ms" in out
+
+
+def test_a_profile_carries_predicts_own_cost_to_a_calibration_made_elsewhere(bundle_copy, val):
+    """A board's profile priced the thresholds without predict's per-exit cost (calibrated on another host, nothing can
+    measure it there): 13-14% over the budget on a board running this runtime. profile records it beside the stage
+    latencies, calibrate prices it; a profile without it (an ETDump, a CSV) is said to leave it out."""
+    from dvt_runtime.calibrate import calibrate
+    from dvt_runtime.latency import LatencyProfile
+    from dvt_runtime.profile import profile_bundle
+
+    x, y = val
+    measured = profile_bundle(Bundle.open(bundle_copy, device_name=""), warmup=1, runs=8, images=x[:8], progress=False)
+    over = measured.settings["predict_overhead_ms"]
+    assert len(over) == 3 and all(v >= 0 for v in over) and over == sorted(over)  # never less than the exit before
+    m = Bundle.open(bundle_copy, device_name="").manifest
+    ident = {"model": m.model, "target": m.target, "precision": m.precision, "backend": m.backend}
+    stages = [[1.0] * 20, [2.0] * 20, [4.0] * 20]
+    board = LatencyProfile.from_samples(stages, device={"device_name": "board"}, bundle=ident,
+                                        settings={"predict_overhead_ms": [0.1, 0.2, 0.3]})
+    r = calibrate(Bundle.open(bundle_copy, device_name=""), x, y, 3.0, profile=board, progress=False, holdout=0.75)
+    assert r.cascade_overhead_ms_per_exit == [0.1, 0.2, 0.3] and "priced without predict's own" not in r.note
+    bare = LatencyProfile.from_samples(stages, device={"device_name": "phone"}, bundle=ident, source="etdump")
+    r = calibrate(Bundle.open(bundle_copy, device_name=""), x, y, 3.0, profile=bare, progress=False, holdout=0.75)
+    assert r.cascade_overhead_ms_per_exit == [0.0, 0.0, 0.0] and "priced without predict's own per-image cost" in r.note
+    broken = LatencyProfile.from_samples(stages, device={"device_name": "board"}, bundle=ident,
+                                         settings={"predict_overhead_ms": [0.1, 0.3]})  # NaN: refused as the profile is made
+    with pytest.raises(ValueError, match=r"settings.predict_overhead_ms must list 3 non-negative ms"):
+        calibrate(Bundle.open(bundle_copy, device_name=""), x, y, 3.0, profile=broken, progress=False, holdout=0.75)

@@ -27,7 +27,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from dvt_runtime.backends import Session, check_options, check_signature, check_threads, import_backend, open_session, ort_providers
-from dvt_runtime.calibration import Calibration
+from dvt_runtime.calibration import Calibration, calibration_file
 from dvt_runtime.checks import (  # noqa: F401  (DEFAULT_*: re-exported)
     DEFAULT_BATCH_PIXELS,
     DEFAULT_MAX_BATCH,
@@ -40,7 +40,8 @@ from dvt_runtime.checks import (  # noqa: F401  (DEFAULT_*: re-exported)
     setting_differences,
 )
 from dvt_runtime.controller import controller_for
-from dvt_runtime.device import say_host_calibration
+from dvt_runtime.device import check_device_name, say_host_calibration
+from dvt_runtime.etdump_record import write_run_record
 from dvt_runtime.latency import LatencyProfile
 from dvt_runtime.manifest import Manifest, ManifestError  # noqa: F401  (ManifestError: raised by open)
 from dvt_runtime.prediction import Prediction, softmax
@@ -97,12 +98,15 @@ class Bundle:
         return bundle
 
 
-    def write_etdump(self, directory: Union[str, Path]) -> list[Path]:
-        """ExecuTorch bundles opened with ``etdump=True``: one ETDump per exit (``exit<k>.etdp``) of every run so far, for
-        ``profile import --etdump``; held in memory (about 60 KB per cascade run on the CIFAR reference): trace bounded runs."""
+    def write_etdump(self, directory: Union[str, Path], record: bool = True) -> list[Path]:
+        """ExecuTorch bundles opened with ``etdump=True``: one ETDump per exit (``exit<k>.etdp``) of every run so far and
+        (``record``) ``etdump_runs.json`` naming this bundle and its threads, for ``profile import --etdump`` (~60 KB a run)."""
         if self.manifest.backend != "executorch":
             raise ValueError(f"ETDump is ExecuTorch's trace; this bundle runs on {self.manifest.backend}")
-        return [s.write_etdump(Path(directory) / f"exit{e + 1}.etdp") for e, s in enumerate(self.sessions)]
+        out = [s.write_etdump(Path(directory) / f"exit{e + 1}.etdp") for e, s in enumerate(self.sessions)]
+        if record:  # which runs were warm-up is the caller's to say (--skip-first)
+            write_run_record(Path(directory), None, self.manifest, self.threads)
+        return out
 
     # ------------------------------------------------------------------ facts
     @property
@@ -124,8 +128,6 @@ class Bundle:
     def calibration_path(self, device_name: str, batch: int = 1) -> Path:
         """``calibration/<device>.json`` (batch 1, the latency path), ``<device>-batch<N>.json`` for a throughput
         calibration at N images per call: one never replaces the other."""
-        from dvt_runtime.calibration import calibration_file
-
         return calibration_file(self.path, device_name, batch)
 
     def use_calibration(self, device_name: str, missing_ok: bool = False, batch: int = 1, _stacklevel: int = 2) -> Optional[Calibration]:
@@ -136,7 +138,6 @@ class Bundle:
         (model, target, precision, artifact hashes) at this batch size; otherwise a CalibrationError names the file.
         """
         from dvt_runtime.calibration import CalibrationError, missing_calibration, read_calibration
-        from dvt_runtime.device import check_device_name
 
         p = self.calibration_path(device_name, batch)
         check_device_name(device_name, CalibrationError, where="api")  # 'x-batch8' would be told to open itself again

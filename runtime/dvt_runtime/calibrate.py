@@ -49,10 +49,12 @@ from dvt_runtime.device import check_batch_memory, check_device_name, profiled_h
 from dvt_runtime.io import atomic_write_json, check_out_path, sha256_file
 from dvt_runtime.latency import batch_note, load_profile_arg
 from dvt_runtime.measure import (  # noqa: F401  (re-exported)
+    NO_OVERHEAD,
     cascade_overhead_ms,
     exit_probs,
     measure_cascade,
     measure_interleaved,
+    recorded_overhead,
     with_overhead,
 )
 from dvt_runtime.npzsets import check_npz_preprocess, load_npz  # noqa: F401  (re-exported)
@@ -124,7 +126,8 @@ def fit(bundle: Bundle, x: np.ndarray, y: np.ndarray, holdout: float = 0.5, seed
                                "or calibrate at the profile's batch")
     # its latencies are this host's at this bundle's setting (None: the backend's default, as a bundle opened with 0 or None)
     here = measured_here or (profiled_here(profile) and profile.threads == (bundle.threads or None))
-    overhead = cascade_overhead_ms(bundle, x, batch=batch) if here else [0.0] * bundle.num_exits
+    recorded = recorded_overhead(profile, bundle.num_exits)  # measured with the profile, on its device (None: not recorded)
+    overhead = recorded if recorded is not None else cascade_overhead_ms(bundle, x, batch=batch) if here else [0.0] * bundle.num_exits
     costs = with_overhead(profile.stage_costs(), overhead)
     if check_costs is not None:
         check_costs(costs)
@@ -171,11 +174,10 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
     for ``budget_ms * (1 - headroom)``, and ``predict(budget_ms=)`` keeps the same share of every budget. A last exit scoring
     at chance on the holdout (labels of another class order) is refused unless ``allow_chance``.
 
-    ``batch`` > 1 calibrates for throughput: the budget is ms per image when ``batch`` images
-    go through ``predict`` together (stages profiled at that batch size). ``data`` (e.g. ``{"path", "sha256"}``) and
-    ``command`` say in the file what it was made from. ``bundle`` then uses the new file when its
-    latencies are this host's or the bundle ran that device's file; another device's file is left for that device (open
-    the bundle with ``device_name=`` there) and this bundle keeps what it ran.
+    ``batch`` > 1 calibrates for throughput: the budget is ms per image when ``batch`` images go through ``predict``
+    together (stages profiled at that batch size). ``data`` (e.g. ``{"path", "sha256"}``) and ``command`` say in the file
+    what it was made from. ``bundle`` then uses the new file when its latencies are this host's or the bundle ran that
+    device's file; another device's file is left for that device (``device_name=`` there) and this bundle keeps what it ran.
     """
     device_name = _device_for(profile, device_name)
     x, y = np.asarray(x), np.asarray(y)  # lists from the Python API (a list y failed deep inside: no attribute 'max')
@@ -220,7 +222,8 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
     elif verify:
         pt, bt = (f"{t} thread(s)" if t else "the backend's default threads" for t in (f.profile.threads, bundle.threads))
         why = (f"taken on this host at {pt}, the bundle runs {bt}: not measured here (calibrate "
-               f"with --threads {f.profile.threads or 0} to measure it)" if profiled_here(f.profile) else "verify on that device")
+               f"with --threads {f.profile.threads or 0} to measure it)" if profiled_here(f.profile) else "verify on that device") \
+            + ("" if any(f.overhead_ms) else NO_OVERHEAD)
         result.note = (result.note + "; " if result.note else "") + f"latency from the given profile ({device_name}): {why}"
     if few := _few_images(len(f.cal_idx), len(f.hold_idx), metric, min(int(s.get("n", 0)) for s in f.profile.stages)):
         result.note = (result.note + "; " if result.note else "") + few

@@ -4,17 +4,18 @@ adds to the profiled stage costs."""
 
 from __future__ import annotations
 
+import math
 import time
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from dvt_runtime.bundle import Bundle, softmax
 from dvt_runtime.device import check_batch_memory
 from dvt_runtime.io import progress as _bar
-from dvt_runtime.latency import check_batch
+from dvt_runtime.latency import LatencyProfile, check_batch
 from dvt_runtime.search import StageCosts, check_metric
-from dvt_runtime.stats import sample_stats
+from dvt_runtime.stats import ProfileError, sample_stats
 
 __all__ = ["exit_probs", "measure_cascade", "measure_interleaved", "cascade_overhead_ms", "with_overhead"]
 
@@ -114,6 +115,25 @@ def cascade_overhead_ms(bundle: Bundle, x: np.ndarray, n: int = 60, batch: int =
                 over.append(max(0.0, wall - stages) / len(preds))
         out.append(float(np.median(over)))
     return np.maximum.accumulate(out).tolist()
+
+
+NO_OVERHEAD = ("; priced without predict's own per-image cost (the profile does not record it: an ETDump or a CSV times the "
+               "stage programs alone; a board running this runtime: profile it there with python -m dvt_runtime.profile, which "
+               "records it)")
+
+
+def recorded_overhead(profile: LatencyProfile, n_exits: int) -> Optional[list[float]]:
+    """``predict``'s own per-image cost of stopping at each exit, as ``python -m dvt_runtime.profile`` measures it beside the
+    stage latencies on the device (``settings.predict_overhead_ms``); None for a profile without it (an ETDump, a CSV, an
+    older profile), which prices the stage programs alone."""
+    v = profile.settings.get("predict_overhead_ms") if isinstance(profile.settings, dict) else None
+    if v is None:
+        return None
+    if not (isinstance(v, list) and len(v) == n_exits and all(isinstance(o, (int, float)) and not isinstance(o, bool)
+                                                                and math.isfinite(o) and o >= 0 for o in v)):
+        raise ProfileError(f"the profile's settings.predict_overhead_ms must list {n_exits} non-negative ms, got {v!r}: "
+                               "profile the bundle again")
+    return [float(o) for o in v]
 
 
 def with_overhead(costs: StageCosts, overhead_ms: Sequence[float]) -> StageCosts:

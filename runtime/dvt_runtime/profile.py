@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -40,11 +39,13 @@ import numpy as np
 from dvt_runtime.backends import PROVIDERS_HELP, BackendUnavailable, parse_providers
 from dvt_runtime.cli import command_name
 from dvt_runtime.device import MEMORY_PROBE, MEMORY_WARN, check_batch_memory, device_facts, peak_rss_mb
+from dvt_runtime.etdump_record import ETDUMP_RUNS, check_etdump_files, check_run_record, read_run_record, write_run_record
 from dvt_runtime.importers import import_csv, import_etdump, import_json
-from dvt_runtime.io import atomic_write_json, check_out_path
+from dvt_runtime.io import check_out_path
 from dvt_runtime.io import progress as _bar
-from dvt_runtime.latency import SCHEMA, SCHEMA_VERSION, LatencyProfile, batch_note, check_batch, read_json
+from dvt_runtime.latency import SCHEMA, SCHEMA_VERSION, LatencyProfile, batch_note, check_batch
 from dvt_runtime.manifest import Manifest
+from dvt_runtime.measure import cascade_overhead_ms
 from dvt_runtime.npzsets import load_images
 from dvt_runtime.stats import DRIFT_THRESHOLD, MIN_RUNS, ProfileError, sample_stats
 
@@ -172,6 +173,8 @@ def profile_bundle(
                 samples[e].append(ms / batch)
         stopping[depth - 1].append(sum(stage_ms) / batch)  # the last exit's stream: the chains themselves
     inputs = "random" if images is None else f"{len(singles)} images" + (f" in {len(xs)} batches of {batch}" if batch > 1 else "")
+    # predict's own per-image cost beyond the stage calls, which calibrate adds (not while ExecuTorch traces every run)
+    overhead = {"predict_overhead_ms": cascade_overhead_ms(bundle, np.concatenate(xs), batch=batch)} if streams else {}
     raw = _raw_images(bundle, images_raw)
     return LatencyProfile.from_samples(
         samples,
@@ -191,7 +194,7 @@ def profile_bundle(
                                "every exit (the last exit's stream: those chains)" if streams else "not measured"),
                   **({"memory": f"estimated {memory['estimated_mb']:.0f} MiB of {memory['available_mb']:.0f} MiB available "
                                 f"({memory['mb_per_image']:.2f} MiB per image, measured in a fresh process at batch "
-                                f"{MEMORY_PROBE[0]} and {MEMORY_PROBE[1]})"} if memory else {})},
+                                f"{MEMORY_PROBE[0]} and {MEMORY_PROBE[1]})"} if memory else {}), **overhead},
         batch=batch,
         stopping_samples=stopping if streams else None,
     )
@@ -329,11 +332,11 @@ def _measure(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
                           streams=not args.etdump_dir)  # the ETDump holds the chains alone, one run per chain
     rc = _finish(prof, args.out)  # the profile first: a trace that cannot be written loses no measurement
     if args.etdump_dir:
-        for path in bundle.write_etdump(args.etdump_dir):
+        for path in bundle.write_etdump(args.etdump_dir, record=False):
             print(f"wrote {path}")
         # which traced runs were timed: the first inference, warm-up and settling runs are in the trace too
         timed = [False] + [t for _, t, _ in _schedule(bundle.num_exits, args.warmup, args.runs, False, [None])]
-        print(f"wrote {atomic_write_json(Path(args.etdump_dir) / ETDUMP_RUNS, {'schema': ETDUMP_RUNS_SCHEMA, 'timed': timed})}")
+        print(f"wrote {write_run_record(Path(args.etdump_dir), timed, bundle.manifest, args.threads)}")  # and which bundle, threads
     return rc
 
 
@@ -360,13 +363,15 @@ def _import(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     _check_name(args.device_name, ap)
     manifest = Manifest.load(args.bundle) if args.bundle else None
     if args.etdump:
-        _check_etdump_files(args.etdump, manifest, args.bundle)
+        check_etdump_files(args.etdump, manifest, args.bundle)
+        rec = read_run_record(args.etdump)
+        check_run_record(rec, args.etdump, manifest, args.bundle, args.threads)  # a trace of another bundle, or threads
     if args.csv:
         prof = import_csv(args.csv, device_name=args.device_name)
     elif args.json:
         prof = import_json(args.json, device_name=args.device_name)
     else:
-        timed = _timed_runs(args.etdump)
+        timed = rec.get("timed") if rec is not None else None
         if timed is not None and args.skip_first is not None:
             ap.error(f"--skip-first is for traces without a run record; {Path(args.etdump[0]).parent / ETDUMP_RUNS} says "
                      "which runs were timed")
@@ -374,6 +379,11 @@ def _import(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
             ap.error(f"--skip-first must be >= 0, got {args.skip_first}")
         skip = 1 if args.skip_first is None else args.skip_first
         prof = import_etdump(args.etdump, args.etrecord, device_name=args.device_name, timed=timed, skip_first=skip)
+        if rec is not None and rec.get("threads") is not None and args.threads is None:
+            args.threads = rec["threads"]  # the count the trace was taken at
+        if rec is None or not rec.get("bundle"):  # an ETDump names no program: a trace of another bundle passes unseen
+            print(f"note: no {ETDUMP_RUNS} naming the bundle that ran beside the ETDump files: nothing checks that they traced "
+                  f"{args.bundle or 'the bundle calibrate will price'}", file=sys.stderr)
         if timed is None:  # every traced run but the first N: warm-up runs too, unless N covers them
             print(f"note: no {ETDUMP_RUNS} beside the ETDump files: kept every run after each exit's first {skip} "
                   f"({prof.stages[0]['n']} per exit); if the trace holds warm-up runs, pass --skip-first with their number + 1",
@@ -414,21 +424,6 @@ MIN_PLAUSIBLE_MS = 0.002
 MIN_PLAUSIBLE_GMACS, SLOW_STAGE_MS = 0.05, 1000.0
 
 
-def _check_etdump_files(files: Sequence[str], manifest: Optional[Manifest], bundle: Optional[str]) -> None:
-    """ETDump files are ExecuTorch traces, given in exit order: refused for another backend's bundle, or when their names
-    number the exits in another order (exit 3's trace read as exit 1's)."""
-    if manifest is not None and manifest.backend != "executorch":
-        raise ProfileError(f"ETDump files are ExecuTorch traces, but bundle {bundle} runs on {manifest.backend}: import them with "
-                           "--bundle of the ExecuTorch bundle (.pte) the device ran, or time this bundle on the device and "
-                           "import a --csv or --json")
-    found = [re.search(r"exit[_-]?(\d+)", Path(f).name, re.IGNORECASE) for f in files]
-    nums = [int(m.group(1)) for m in found if m]
-    if len(nums) == len(files) and any(a >= b for a, b in zip(nums, nums[1:])):  # exit0.. and gaps are fine
-        order = [f for _, f in sorted(zip(nums, files), key=lambda t: t[0])]
-        raise ProfileError(f"--etdump files are read in exit order (exit 1 first), but their names say otherwise: "
-                           f"{' '.join(map(str, files))}; pass them as {' '.join(map(str, order))}")
-
-
 def _record_threads(prof: LatencyProfile, threads: Optional[int]) -> None:
     """--threads into the profile (refused when the file says another count); a note when nothing says the count."""
     if threads is not None and prof.threads is not None and prof.threads != threads:
@@ -457,20 +452,7 @@ def _check_plausible(prof: LatencyProfile, manifest: Manifest) -> None:
               "microseconds, divide them by 1000", file=sys.stderr)
 
 
-ETDUMP_RUNS, ETDUMP_RUNS_SCHEMA = "etdump_runs.json", "dvt-etdump-runs/1"
 FEW_RUNS = 20  # an imported profile with fewer timed runs per stage is said to be rough
-
-
-def _timed_runs(files: Sequence[str]) -> Optional[list[bool]]:
-    """The record ``profile --etdump-dir`` wrote beside the ETDump files (which runs were timed), if any."""
-    rec = Path(files[0]).parent / ETDUMP_RUNS
-    if not rec.is_file():
-        return None
-    d = read_json(rec, "ETDump run record")
-    if not (isinstance(d, dict) and d.get("schema") == ETDUMP_RUNS_SCHEMA and isinstance(d.get("timed"), list)
-            and all(isinstance(t, bool) for t in d["timed"])):
-        raise ProfileError(f"{rec} is not a {ETDUMP_RUNS_SCHEMA} run record; delete it to import every run after the first")
-    return d["timed"]
 
 
 def _finish(prof: LatencyProfile, out: Optional[str]) -> int:
