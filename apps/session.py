@@ -17,7 +17,6 @@ from apps.common import AppError, cv2, warn
 from apps.modes import Mode, deadline_fits, setup_mode
 from apps.overlay import Overlay, annotate
 from apps.sources import open_bundle, read_first_frame
-from dvt_runtime.calibration import calibration_files
 from dvt_runtime.io import sigterm_as_interrupt
 
 __all__ = ["FrameLoop", "Tally", "build_stats", "latency_summary", "run_session"]
@@ -56,10 +55,6 @@ def prepare_mode(args, bundle, thresholds: Optional[list]) -> Mode:
     if thresholds is not None and len(thresholds) not in (n - 1, n):
         raise AppError(f"--thresholds: this bundle has {n} exits: give {n - 1} thresholds "
                        f"(the last exit always answers), got {len(thresholds)}")
-    folder = bundle.calibration_path(args.device_name).parent if args.device_name else None
-    if folder is not None and bundle.calibration is None and not calibration_files(folder):  # with others, the runtime names them
-        warn(f"no calibration for device {args.device_name!r} ({bundle.calibration_path(args.device_name)}): using "
-             + ("the manifest's thresholds" if bundle.manifest.thresholds is not None else "no thresholds (the last exit)"))
     try:
         mode = setup_mode(bundle, args.budget_ms, args.deadline_ms, thresholds)
     except ValueError as e:

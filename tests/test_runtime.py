@@ -626,6 +626,11 @@ def test_a_calibration_is_named_after_the_device_that_priced_it(bundle_copy, val
     (bundle_copy / "calibration" / "._pixel8.json").write_bytes(b"\0\5\26\7")  # macOS's AppleDouble, from a zip: no device
     with pytest.warns(UserWarning, match=r"no calibration for device 'pixel-8' .*\(it holds \['pixel8'\]\)"):
         assert Bundle.open(bundle_copy, device_name="pixel-8").calibration is None
+    bare = bundle_copy.parent / "copied"  # the bundle copied to a board without calibration/: it had run the manifest's unsaid
+    shutil.copytree(bundle_copy, bare, ignore=shutil.ignore_patterns("calibration"))
+    with pytest.warns(UserWarning, match=r"no calibration for device 'pixel8' in .*copied.calibration \(no such folder: a bundle "
+                                         r"copied without it\?\): using .*copy the bundle with its calibration/ folder"):
+        assert Bundle.open(bare, device_name="pixel8").calibration is None
     # only a throughput calibration of this device: it was "no calibration ... (it holds ['laptop'])", the name it gave
     shutil.copy(bundle_copy / "calibration" / "pixel8.json", bundle_copy / "calibration" / "laptop-batch8.json")
     with pytest.warns(UserWarning, match=r"no calibration for device 'laptop' at batch 1 in .*, only at batch 8: using the manifest's "
@@ -749,7 +754,10 @@ def test_a_profile_taken_on_this_host_is_checked_here_another_devices_is_not(bun
     assert r.profile_source == "given (--profile, taken on this host)" and r.cascade_overhead_ms > 0
     four = calibrate(b, x[:60], y[:60], 1.0, profile=LatencyProfile.from_dict({**mine.to_dict(), "threads": 4}), progress=False)
     assert four.chosen.measured is None  # priced at 4 threads: this bundle runs 1, so its latencies are not these
-    phone = LatencyProfile.from_dict({**mine.to_dict(), "device": {**mine.device, "device_name": "pixel8", "cpu_model": "Tensor G3"}})
+    assert r.cascade_overhead_ms_per_exit == mine.settings["predict_overhead_ms"]  # the profile's own, recorded with it
+    bare = {k: v for k, v in mine.settings.items() if k != "predict_overhead_ms"}  # a phone's imported profile records none
+    phone = LatencyProfile.from_dict({**mine.to_dict(), "device": {**mine.device, "device_name": "pixel8", "cpu_model": "Tensor G3"},
+                                      "settings": bare})
     assert not profiled_here(phone)
     before = b.calibration
     r = calibrate(b, x[:60], y[:60], 1.0, profile=phone, progress=False)

@@ -525,7 +525,8 @@ def test_a_misspelt_device_name_is_one_note(env, tmp_path, capsys):
     (bundle / "calibration" / "laptop.json").unlink()
     prepare_mode(opts, open_bundle(SimpleNamespace(bundle=str(bundle), threads=1, providers=None, device_name="labtop")), None)
     err = capsys.readouterr().err
-    assert err.count("no calibration for device 'labtop'") == 1 and "using the manifest's thresholds" in err, err
+    assert err.count("no calibration for device 'labtop'") == 1 and "using the manifest's default thresholds" in err, err
+    assert "(it holds none)" in err
     import warnings
 
     from dvt_runtime.bundle import Bundle

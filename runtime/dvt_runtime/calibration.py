@@ -142,9 +142,9 @@ def calibration_files(folder: Path) -> list[Path]:
     return sorted(q for q in folder.glob("*.json") if not q.name.startswith(".")) if folder.is_dir() else []
 
 
-def missing_calibration(p: Path, device_name: str, batch: int, using: str) -> Optional[str]:
-    """A warning for ``p`` (a device's calibration file) missing from a folder that holds others (a misspelled name, or
-    the device's calibrations at other batch sizes), else None."""
+def missing_calibration(p: Path, device_name: str, batch: int, using: str) -> str:
+    """A warning for ``p`` (a device's calibration file, named explicitly) missing: from a folder that holds others (a
+    misspelled name, or the device's calibrations at other batch sizes), or with none at all (a bundle copied without them)."""
     held = calibration_files(p.parent)
     base = p.stem if batch == 1 else p.stem[: -len(f"-batch{batch}")]  # the device's own file name ('ci-batchbox' stays whole)
     mine = sorted(int(m.group(1)) for q in held if (m := re.fullmatch(re.escape(base) + r"-batch(\d+)", q.stem)))
@@ -157,7 +157,9 @@ def missing_calibration(p: Path, device_name: str, batch: int, using: str) -> Op
     if others:  # a misspelled name silently ran the manifest's thresholds
         return (f"no calibration for device {device_name!r} in {p.parent} (it holds {others}): using {using}; pass one of those "
                 "names, or calibrate this device")
-    return None
+    where = "it holds none" if p.parent.is_dir() else "no such folder: a bundle copied without it?"  # the likeliest copy mistake
+    return (f"no calibration for device {device_name!r} in {p.parent} ({where}): using {using}; calibrate this device, or copy "
+            "the bundle with its calibration/ folder")
 
 
 def read_calibration(path: Union[str, Path], manifest) -> Calibration:
