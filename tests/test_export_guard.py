@@ -316,7 +316,7 @@ def test_auto_off_the_backends_platform_exports_the_recipes_default_and_says_so(
 
 
 @pytest.mark.slow
-def test_a_failed_agreement_names_the_agreement_option_and_the_api_offers_no_all(micro_ckpt, tmp_path, monkeypatch):
+def test_a_failed_agreement_names_the_agreement_option_and_the_api_offers_no_all(micro_ckpt, tmp_path, monkeypatch, capsys):
     """The hint was always --no-verify (every check off) where --int8-min-agreement is the way out; the Python API's
     unknown-target error offered 'all', which only the command line takes. The failed export left its empty toolchain log
     and the folders made for it."""
@@ -340,6 +340,7 @@ def test_a_failed_agreement_names_the_agreement_option_and_the_api_offers_no_all
     with pytest.raises(ExportError, match=r"below the required: calibrate on more images \(--calib-n N; 1 now\), or try another --scheme"):
         export_bundle(str(micro_ckpt), "onnx", "int8", scheme="static", calib_n=1, out=str(tmp_path / "mine" / "s"), progress=False,
                       int8_min_agreement=100.0, verify_n=200)
+    assert "warning: --calib-n 1: static int8 takes its activation ranges from 1 image(s), which are rough; pass 32" in capsys.readouterr().err
     assert [p.name for p in tmp_path.rglob("*")] == ["mine"]
     with pytest.raises(ExportError, match=r"verification failed \(export it with python -m dvt_edge.export --checkpoint .* --target onnx "
                                           r"--precision int8 --out .* --int8-min-agreement none, then rerun the bench with --reuse-bundles"):
