@@ -340,7 +340,7 @@ def test_a_failed_agreement_names_the_agreement_option_and_the_api_offers_no_all
     with pytest.raises(ExportError, match=r"below the required: calibrate on more images \(--calib-n N; 1 now\), or try another --scheme"):
         export_bundle(str(micro_ckpt), "onnx", "int8", scheme="static", calib_n=1, out=str(tmp_path / "mine" / "s"), progress=False,
                       int8_min_agreement=100.0, verify_n=200)
-    assert "warning: --calib-n 1: static int8 takes its activation ranges from 1 image(s), which are rough; pass 32" in capsys.readouterr().err
+    assert "warning: static int8 takes its activation ranges from 1 calibration image(s), which are rough: pass 32" in capsys.readouterr().err
     assert [p.name for p in tmp_path.rglob("*")] == ["mine"]
     with pytest.raises(ExportError, match=r"verification failed \(export it with python -m dvt_edge.export --checkpoint .* --target onnx "
                                           r"--precision int8 --out .* --int8-min-agreement none, then rerun the bench with --reuse-bundles"):

@@ -964,6 +964,8 @@ def test_runtime_writes_etdump_per_exit(executorch_devtools, micro_ckpt, onnx_bu
     capsys.readouterr()
     assert main(["import", "--etdump", *map(str, files), "--bundle", str(b), "--out", str(out)]) == 0
     assert "nothing checks that they traced" not in capsys.readouterr().err
+    assert main(["import", "--etdump", *map(str, files), "--out", str(out)]) == 0  # no --bundle: the record names it
+    assert {k: LatencyProfile.load(out).bundle[k] for k in ("model", "precision")} == {"model": manifest.model, "precision": "fp32"}
     (d / "etdump_runs.json").write_text(json.dumps({**record, "bundle": {**record["bundle"], "precision": "int8"}}))
     assert main(["import", "--etdump", *map(str, files), "--bundle", str(b), "--out", str(out)]) == 2
     assert "says these ETDump files traced another bundle (precision 'int8'), not" in capsys.readouterr().err

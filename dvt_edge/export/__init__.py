@@ -295,13 +295,14 @@ def _prepare(dest: Path, t: Target, precision: str, opts: ExportOptions, model: 
         raise ExportError(f"int8 scheme(s) {', '.join(need)} need calibration images and none are known for this checkpoint: pass "
                           f"{opts.data_flag} SPEC (e.g. imagefolder:PATH or npz:PATH)"
                           + (f", or --scheme {' or '.join(free)} (no calibration)" if free and opts.caller == "export" else ""))
-    if need and opts.calib_n < FEW_CALIB:  # ranges from a handful of images: measured 1.1-1.6 logits off (0.1-0.4 from 64)
-        print(f"warning: --calib-n {opts.calib_n}: {', '.join(need)} int8 takes its activation ranges from {opts.calib_n} image(s), "
-              f"which are rough; pass {FEW_CALIB} or more (the default is 64)", file=sys.stderr)
     trained = recorded_train_args(info.extras).get("data")  # an npz trained on records its holdout: PATH#holdout on both sides
     own = bool(spec) and isinstance(trained, str) and same_data(spec.removesuffix(HOLDOUT_MARK), trained.removesuffix(HOLDOUT_MARK))
     data = _load_data(spec, pre, opts.calib_n, opts.verify_n, need_calib=bool(need), num_classes=model.cfg.num_classes,
                       classes=info.classes, own=own)  # the model's own images (gray X-rays, small photos) are not another set's
+    if need and 0 < len(data.calib) < FEW_CALIB and (few := f"{len(data.calib)} {', '.join(need)}") not in _SAID:  # once a process
+        _SAID.add(few)  # ranges from a handful of images: measured 1.1-1.6 logits off (0.1-0.4 from 64)
+        print(f"warning: {', '.join(need)} int8 takes its activation ranges from {len(data.calib)} calibration image(s), which are "
+              f"rough: pass {FEW_CALIB} or more (--calib-n, the default 64, or a larger {opts.data_flag})", file=sys.stderr)
     if stand_in:
         data.note = f"{stand_in}; {data.note}"
     if data.verify_x is None:  # said now, not only in the manifest

@@ -90,6 +90,7 @@ class Fit:
     cal: ExitOutputs
     hold: ExitOutputs
     on_this_host: bool = True  # the stage costs are this host's (measured now, or a given profile taken here): checkable here
+    overhead_from: str = "measured here"  # or "the profile" (recorded with it), or "none" (a profile of another device without it)
 
 
 def fit(bundle: Bundle, x: np.ndarray, y: np.ndarray, holdout: float = 0.5, seed: int = 0, profile=None, runs: int = 200,
@@ -103,7 +104,7 @@ def fit(bundle: Bundle, x: np.ndarray, y: np.ndarray, holdout: float = 0.5, seed
     measured_here = profile is None
     if profile is None:
         profile = profile_bundle(bundle, warmup=warmup, runs=runs, images=x[: min(len(x), max(64, 8 * batch))], progress=progress,
-                                 batch=batch, device_name=device_name)
+                                 batch=batch, device_name=device_name, overhead=True)
     if len(profile.stages) != bundle.num_exits:
         raise CalibrationError(f"profile has {len(profile.stages)} stages, the bundle {bundle.num_exits} exits")
     for i, st in enumerate(profile.stages):  # refused now, not after every exit has run (the file check would)
@@ -128,6 +129,7 @@ def fit(bundle: Bundle, x: np.ndarray, y: np.ndarray, holdout: float = 0.5, seed
     here = measured_here or (profiled_here(profile) and profile.threads == (bundle.threads or None))
     recorded = recorded_overhead(profile, bundle.num_exits)  # measured with the profile, on its device (None: not recorded)
     overhead = recorded if recorded is not None else cascade_overhead_ms(bundle, x, batch=batch) if here else [0.0] * bundle.num_exits
+    overhead_from = "the profile" if recorded is not None else "measured here" if here else "none"
     costs = with_overhead(profile.stage_costs(), overhead)
     if check_costs is not None:
         check_costs(costs)
@@ -136,7 +138,7 @@ def fit(bundle: Bundle, x: np.ndarray, y: np.ndarray, holdout: float = 0.5, seed
     n_hold = max(1, int(round(len(x) * holdout)))
     cal_idx, hold_idx = perm[n_hold:], perm[:n_hold]
     return Fit(profile, measured_here, overhead, costs, probs, cal_idx, hold_idx,
-               ExitOutputs.from_probs(probs[:, cal_idx], y[cal_idx]), ExitOutputs.from_probs(probs[:, hold_idx], y[hold_idx]), here)
+               ExitOutputs.from_probs(probs[:, cal_idx], y[cal_idx]), ExitOutputs.from_probs(probs[:, hold_idx], y[hold_idx]), here, overhead_from)
 
 
 def _a_calibration(path: Path) -> bool:
@@ -222,10 +224,10 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
     elif verify:
         pt, bt = (f"{t} thread(s)" if t else "the backend's default threads" for t in (f.profile.threads, bundle.threads))
         why = (f"taken on this host at {pt}, the bundle runs {bt}: not measured here (calibrate "
-               f"with --threads {f.profile.threads or 0} to measure it)" if profiled_here(f.profile) else "verify on that device") \
-            + ("" if any(f.overhead_ms) else NO_OVERHEAD)
+               f"with --threads {f.profile.threads or 0} to measure it)" if profiled_here(f.profile) else "verify on that device")
         result.note = (result.note + "; " if result.note else "") + f"latency from the given profile ({device_name}): {why}"
-    if few := _few_images(len(f.cal_idx), len(f.hold_idx), metric, min(int(s.get("n", 0)) for s in f.profile.stages)):
+    if few := "; ".join(n for n in (_few_images(len(f.cal_idx), len(f.hold_idx), metric, min(int(s.get("n", 0)) for s in f.profile.stages)),
+                                    NO_OVERHEAD if f.overhead_from == "none" else "") if n):
         result.note = (result.note + "; " if result.note else "") + few
     if chance:
         result.note = (result.note + "; " if result.note else "") + chance

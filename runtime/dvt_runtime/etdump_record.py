@@ -23,7 +23,7 @@ def write_run_record(directory: Path, timed: Optional[list[bool]], manifest, thr
     bundle = {"model": manifest.model, "target": manifest.target, "precision": manifest.precision,
               "artifacts": [e.sha256 for e in manifest.exits]}
     return atomic_write_json(Path(directory) / ETDUMP_RUNS, {"schema": ETDUMP_RUNS_SCHEMA, "timed": timed, "bundle": bundle,
-                                                             "threads": threads})
+                                                             "threads": threads or None})  # 0: the backend's default
 
 
 def read_run_record(files: Sequence[str]) -> Optional[dict[str, Any]]:
@@ -35,7 +35,7 @@ def read_run_record(files: Sequence[str]) -> Optional[dict[str, Any]]:
     timed = d.get("timed") if isinstance(d, dict) else None
     if not (isinstance(d, dict) and d.get("schema") == ETDUMP_RUNS_SCHEMA and (timed is None or isinstance(timed, list))
             and all(isinstance(t, bool) for t in timed or []) and isinstance(d.get("bundle", {}), dict)
-            and (d.get("threads") is None or (isinstance(d["threads"], int) and not isinstance(d["threads"], bool)))):
+            and (d.get("threads") is None or (isinstance(d["threads"], int) and not isinstance(d["threads"], bool) and d["threads"] >= 0))):
         raise ProfileError(f"{rec} is not a {ETDUMP_RUNS_SCHEMA} run record; delete it to import every run after the first")
     return d
 

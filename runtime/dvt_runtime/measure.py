@@ -117,7 +117,7 @@ def cascade_overhead_ms(bundle: Bundle, x: np.ndarray, n: int = 60, batch: int =
     return np.maximum.accumulate(out).tolist()
 
 
-NO_OVERHEAD = ("; priced without predict's own per-image cost (the profile does not record it: an ETDump or a CSV times the "
+NO_OVERHEAD = ("priced without predict's own per-image cost (the profile does not record it: an ETDump or a CSV times the "
                "stage programs alone; a board running this runtime: profile it there with python -m dvt_runtime.profile, which "
                "records it)")
 

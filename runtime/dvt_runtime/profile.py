@@ -129,12 +129,11 @@ def profile_bundle(
     device_name: Optional[str] = None,
     batch: int = 1,
     streams: bool = True,
+    overhead: bool = False,
 ) -> LatencyProfile:
-    """Measure a loaded :class:`~dvt_runtime.bundle.Bundle`'s cascade on this device.
-
-    ``batch``: images per stage call (as ``Bundle.predict`` runs a batch: one call per stage
-    where the artifacts take a batch, a loop where they take one image); samples are then
-    ms per image at that batch size, a throughput cost.
+    """Measure a loaded :class:`~dvt_runtime.bundle.Bundle`'s cascade on this device. ``batch``: images per stage call (as
+    ``Bundle.predict`` runs a batch: one call per stage where the artifacts take a batch, a loop where they take one image);
+    samples are then ms per image at that batch size, a throughput cost.
 
     Per exit: the first inference after load, then ``warmup`` discarded chain runs, then
     ``runs`` timed chain runs (every stage timed with ``time.perf_counter``), and as many
@@ -146,8 +145,8 @@ def profile_bundle(
     (default: one fixed random image). ``images_raw``: uint8 images for the preprocessing
     time (default: a random 480x640 BGR frame, a camera's; the size is recorded in ``settings``). ``threads``: the thread
     setting the bundle was opened with (recorded, not applied). Call it on a freshly opened
-    bundle, or ``first_inference_ms`` is not really the first.
-    """
+    bundle, or ``first_inference_ms`` is not really the first. ``overhead``: then measure ``predict``'s own per-image cost of
+    stopping at each exit (``settings.predict_overhead_ms``, which calibrate prices)."""
     threads = getattr(bundle, "threads", None) if threads is None else threads  # as opened, unless told
     if int(runs) < MIN_RUNS:
         raise ValueError(f"runs must be at least {MIN_RUNS} (the drift check compares quarters), got {runs}")
@@ -173,8 +172,9 @@ def profile_bundle(
                 samples[e].append(ms / batch)
         stopping[depth - 1].append(sum(stage_ms) / batch)  # the last exit's stream: the chains themselves
     inputs = "random" if images is None else f"{len(singles)} images" + (f" in {len(xs)} batches of {batch}" if batch > 1 else "")
+    peak = peak_rss_mb()  # the timed runs' (before the overhead's runs)
     # predict's own per-image cost beyond the stage calls, which calibrate adds (not while ExecuTorch traces every run)
-    overhead = {"predict_overhead_ms": cascade_overhead_ms(bundle, np.concatenate(xs), batch=batch)} if streams else {}
+    overhead = {"predict_overhead_ms": cascade_overhead_ms(bundle, xs[0], batch=batch)} if overhead and streams else {}
     raw = _raw_images(bundle, images_raw)
     return LatencyProfile.from_samples(
         samples,
@@ -185,7 +185,7 @@ def profile_bundle(
         load_ms=list(bundle.load_ms),
         first_inference_ms=first,
         preprocess_samples=_time_preprocess(bundle, raw, runs),
-        peak_rss_mb=peak_rss_mb(),
+        peak_rss_mb=peak,
         settings={"warmup": warmup, "runs": runs, "inputs": inputs,
                   "preprocess_frames": _frames_note(raw) + (" (random camera-sized frame)" if images_raw is None else ""),
                   "timer": "time.perf_counter", "unit": "ms per image" if batch > 1 else "ms per call",
@@ -329,7 +329,7 @@ def _measure(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
               file=sys.stderr)
     prof = profile_bundle(bundle, warmup=args.warmup, runs=args.runs, images=images, images_raw=raw,
                           threads=args.threads, progress=not args.no_progress, device_name=args.device_name, batch=args.batch,
-                          streams=not args.etdump_dir)  # the ETDump holds the chains alone, one run per chain
+                          streams=not args.etdump_dir, overhead=True)  # the ETDump holds the chains alone, one run per chain
     rc = _finish(prof, args.out)  # the profile first: a trace that cannot be written loses no measurement
     if args.etdump_dir:
         for path in bundle.write_etdump(args.etdump_dir, record=False):
@@ -379,13 +379,16 @@ def _import(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
             ap.error(f"--skip-first must be >= 0, got {args.skip_first}")
         skip = 1 if args.skip_first is None else args.skip_first
         prof = import_etdump(args.etdump, args.etrecord, device_name=args.device_name, timed=timed, skip_first=skip)
-        if rec is not None and rec.get("threads") is not None and args.threads is None:
-            args.threads = rec["threads"]  # the count the trace was taken at
+        if manifest is None and rec is not None and rec.get("bundle"):  # without --bundle: the record names the bundle that ran
+            prof.bundle = {**prof.bundle, **{k: rec["bundle"][k] for k in ("model", "target", "precision") if k in rec["bundle"]}}
+        if rec is not None and rec.get("threads") and args.threads is None:
+            args.threads = rec["threads"]  # the count the trace was taken at (0 or None: the backend's default, unrecorded)
         if rec is None or not rec.get("bundle"):  # an ETDump names no program: a trace of another bundle passes unseen
             print(f"note: no {ETDUMP_RUNS} naming the bundle that ran beside the ETDump files: nothing checks that they traced "
                   f"{args.bundle or 'the bundle calibrate will price'}", file=sys.stderr)
         if timed is None:  # every traced run but the first N: warm-up runs too, unless N covers them
-            print(f"note: no {ETDUMP_RUNS} beside the ETDump files: kept every run after each exit's first {skip} "
+            print(f"note: no record of the timed runs ({ETDUMP_RUNS}) beside the ETDump files: kept every run after each exit's "
+                  f"first {skip} "
                   f"({prof.stages[0]['n']} per exit); if the trace holds warm-up runs, pass --skip-first with their number + 1",
                   file=sys.stderr)
     if manifest is not None:
