@@ -97,7 +97,6 @@ class Bundle:
             say_host_calibration(bundle)
         return bundle
 
-
     def write_etdump(self, directory: Union[str, Path], record: bool = True) -> list[Path]:
         """ExecuTorch bundles opened with ``etdump=True``: one ETDump per exit (``exit<k>.etdp``) of every run so far and
         (``record``) ``etdump_runs.json`` naming this bundle and its threads, for ``profile import --etdump`` (~60 KB a run)."""

@@ -226,11 +226,9 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
         why = (f"taken on this host at {pt}, the bundle runs {bt}: not measured here (calibrate "
                f"with --threads {f.profile.threads or 0} to measure it)" if profiled_here(f.profile) else "verify on that device")
         result.note = (result.note + "; " if result.note else "") + f"latency from the given profile ({device_name}): {why}"
-    if few := "; ".join(n for n in (_few_images(len(f.cal_idx), len(f.hold_idx), metric, min(int(s.get("n", 0)) for s in f.profile.stages)),
-                                    NO_OVERHEAD if f.overhead_from == "none" else "") if n):
-        result.note = (result.note + "; " if result.note else "") + few
-    if chance:
-        result.note = (result.note + "; " if result.note else "") + chance
+    runs = min(int(s.get("n", 0)) for s in f.profile.stages)
+    notes = (_few_images(len(f.cal_idx), len(f.hold_idx), metric, runs), NO_OVERHEAD if f.overhead_from == "none" else "", chance)
+    result.note = "; ".join(n for n in (result.note, *notes) if n)
     d = result.to_dict()
     validate_calibration(d, bundle.manifest)  # before writing: never a file that would stop this bundle opening
     if file_state(target) != before:

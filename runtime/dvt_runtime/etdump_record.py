@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from dvt_runtime.calibration import bundle_identity
 from dvt_runtime.io import atomic_write_json
 from dvt_runtime.latency import read_json
 from dvt_runtime.stats import ProfileError
@@ -20,9 +21,8 @@ ETDUMP_RUNS, ETDUMP_RUNS_SCHEMA = "etdump_runs.json", "dvt-etdump-runs/1"
 def write_run_record(directory: Path, timed: Optional[list[bool]], manifest, threads: Optional[int]) -> Path:
     """``directory/etdump_runs.json``: ``timed`` (None: not recorded, e.g. a trace of ``predict`` calls), the bundle's
     identity (model, target, precision and every artifact's SHA-256) and the thread count the trace was taken at."""
-    bundle = {"model": manifest.model, "target": manifest.target, "precision": manifest.precision,
-              "artifacts": [e.sha256 for e in manifest.exits]}
-    return atomic_write_json(Path(directory) / ETDUMP_RUNS, {"schema": ETDUMP_RUNS_SCHEMA, "timed": timed, "bundle": bundle,
+    return atomic_write_json(Path(directory) / ETDUMP_RUNS, {"schema": ETDUMP_RUNS_SCHEMA, "timed": timed,
+                                                             "bundle": bundle_identity(manifest),
                                                              "threads": threads or None})  # 0: the backend's default
 
 
@@ -47,8 +47,7 @@ def check_run_record(rec: Optional[dict], files: Sequence[str], manifest, bundle
         return
     where, theirs = Path(files[0]).parent / ETDUMP_RUNS, rec.get("bundle") or {}
     if manifest is not None and theirs:
-        want = {"model": manifest.model, "target": manifest.target, "precision": manifest.precision,
-                "artifacts": [e.sha256 for e in manifest.exits]}
+        want = bundle_identity(manifest)
         if differ := [k for k in want if k in theirs and theirs[k] != want[k]]:
             said = ", ".join("other artifacts (SHA-256)" if k == "artifacts" else f"{k} {theirs[k]!r}" for k in differ)
             raise ProfileError(f"{where} says these ETDump files traced another bundle ({said}), not {bundle} ({manifest.model} "

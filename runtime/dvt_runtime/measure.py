@@ -132,7 +132,7 @@ def recorded_overhead(profile: LatencyProfile, n_exits: int) -> Optional[list[fl
     if not (isinstance(v, list) and len(v) == n_exits and all(isinstance(o, (int, float)) and not isinstance(o, bool)
                                                                 and math.isfinite(o) and o >= 0 for o in v)):
         raise ProfileError(f"the profile's settings.predict_overhead_ms must list {n_exits} non-negative ms, got {v!r}: "
-                               "profile the bundle again")
+                           "profile the bundle again")
     return [float(o) for o in v]
 
 
