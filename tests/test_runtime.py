@@ -752,7 +752,8 @@ def test_a_profile_taken_on_this_host_is_checked_here_another_devices_is_not(bun
     r = calibrate(b, x[:60], y[:60], 1.0, profile=LatencyProfile.from_dict(mine.to_dict()), progress=False, warmup=2)
     assert r.chosen.measured is not None and np.isfinite(r.chosen.measured["mean_ms"]) and r.chosen.measured["mean_ms"] > 0
     assert r.profile_source == "given (--profile, taken on this host)" and r.cascade_overhead_ms > 0
-    four = calibrate(b, x[:60], y[:60], 1.0, profile=LatencyProfile.from_dict({**mine.to_dict(), "threads": 4}), progress=False)
+    with pytest.warns(UserWarning, match=r"taken on this host at 4 thread\(s\) per session, this bundle runs 1.*--threads 4"):
+        four = calibrate(b, x[:60], y[:60], 1.0, profile=LatencyProfile.from_dict({**mine.to_dict(), "threads": 4}), progress=False)
     assert four.chosen.measured is None  # priced at 4 threads: this bundle runs 1, so its latencies are not these
     assert r.cascade_overhead_ms_per_exit == mine.settings["predict_overhead_ms"]  # the profile's own, recorded with it
     bare = {k: v for k, v in mine.settings.items() if k != "predict_overhead_ms"}  # a phone's imported profile records none
@@ -765,7 +766,8 @@ def test_a_profile_taken_on_this_host_is_checked_here_another_devices_is_not(bun
     assert b.calibration is before  # the phone's thresholds are the phone's: this host's bundle kept running its own
     # a profile at the backend's default threads (recorded as None) is not this bundle's 1 thread: it was taken as this host's
     default = LatencyProfile.from_dict({**mine.to_dict(), "threads": None})
-    r = calibrate(b, x[:60], y[:60], 1.0, profile=default, progress=False)
+    with pytest.warns(UserWarning, match=r"the backend default \(every core\) or an unrecorded thread count.*--threads 0"):
+        r = calibrate(b, x[:60], y[:60], 1.0, profile=default, progress=False)
     assert r.chosen.measured is None and "taken on this host at the backend's default threads, the bundle runs 1 thread(s)" in r.note
     assert "--threads 0 to measure it" in r.note, r.note  # it said 'at None thread(s) ... --threads None'
     assert b.calibration.device == r.device  # this host's file (another setting, said in the note): the bundle runs it

@@ -43,7 +43,7 @@ from dvt_runtime.calibration import (  # noqa: F401  (re-exported)
     other_hosts_latencies,
     validate_calibration,
 )
-from dvt_runtime.checks import FEW_IMAGES, positive_ms
+from dvt_runtime.checks import FEW_IMAGES, positive_ms, setting_differences
 from dvt_runtime.cli import command_name
 from dvt_runtime.device import check_batch_memory, check_device_name, profiled_here, this_host  # noqa: F401  (re-exported)
 from dvt_runtime.io import atomic_write_json, check_out_path, sha256_file
@@ -127,6 +127,11 @@ def fit(bundle: Bundle, x: np.ndarray, y: np.ndarray, holdout: float = 0.5, seed
                                "or calibrate at the profile's batch")
     # its latencies are this host's at this bundle's setting (None: the backend's default, as a bundle opened with 0 or None)
     here = measured_here or (profiled_here(profile) and profile.threads == (bundle.threads or None))
+    if not here and profiled_here(profile):  # this host's profile at another thread count: said now, not only in the file's note
+        said = "; ".join(setting_differences(profile.threads, None, bundle.threads, None))
+        warnings.warn(f"the profile was taken on this host at {said}: it prices the thresholds, which cannot be measured here at "
+                      f"this setting; calibrate with --threads {profile.threads or 0}, or profile at the threads the device will run",
+                      stacklevel=3)
     recorded = recorded_overhead(profile, bundle.num_exits)  # measured with the profile, on its device (None: not recorded)
     overhead = recorded if recorded is not None else cascade_overhead_ms(bundle, x, batch=batch) if here else [0.0] * bundle.num_exits
     overhead_from = "the profile" if recorded is not None else "measured here" if here else "none"
