@@ -821,6 +821,33 @@ def test_calibrate_with_raw_measurements_says_to_import_them_first(onnx_bundle, 
     assert "raw measurements" in err and "profile import --csv" in err, err
 
 
+def test_a_percentile_calibration_whose_rows_carry_only_the_mean_is_said(bundle_copy, val):
+    """A p90 calibration's controller prices rows by their p90; a file whose rows carry none (older, or a metric edited
+    by hand in a mean calibration) was priced by the mean without a word."""
+    from dvt_runtime.calibrate import calibrate
+    from dvt_runtime.latency import LatencyProfile
+
+    x, y = val
+    m = Bundle.open(bundle_copy).manifest
+    ident = {"model": m.model, "target": m.target, "precision": m.precision, "backend": m.backend}
+    prof = LatencyProfile.from_samples([[0.2, 0.2, 0.3, 0.2], [0.4, 0.5, 0.4, 0.4], [0.9, 0.8, 0.9, 0.9]],
+                                       device={"device_name": "dev"}, bundle=ident)
+    path = bundle_copy / "calibration" / "dev.json"
+    for metric in ("p90", "mean"):
+        calibrate(Bundle.open(bundle_copy), x[:60], y[:60], 1.0, metric=metric, profile=prof, progress=False)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*carry no predicted")  # the file as calibrate wrote it: nothing to say
+            Bundle.open(bundle_copy, device_name="dev").predict(x[0], budget_ms=1.0)
+        d = json.loads(path.read_text())
+        d["metric"] = "p90"
+        for r in d["table"]:
+            r["predicted"].pop("p90_ms", None)
+        path.write_text(json.dumps(d))
+        b = Bundle.open(bundle_copy, device_name="dev")
+        with pytest.warns(UserWarning, match=r"dev.json budgets the p90 but its table's rows carry no predicted p90_ms.*rewrite it"):
+            b.predict(x[0], budget_ms=1.0)
+
+
 def test_one_controller_serves_every_budget_and_survives_threads(bundle_copy, val):
     """The controller's speed estimate is the device's, not a budget's: alternating budgets keep what it
     learnt. A reset or a new calibration from another thread never breaks a predict in flight."""

@@ -106,13 +106,22 @@ def controller_for(bundle: "Bundle", budget_ms: float) -> BudgetController:
     with bundle._budget_lock:
         cal = bundle.calibration
         ctl = bundle.controller
+        key, unpriced = f"{cal.metric}_ms", False
         if ctl is None:  # one for every budget: alternating budgets keep the speed estimate
             ctl = bundle.controller = BudgetController.from_calibration(cal, budget_ms)
+            unpriced = cal.metric != "mean" and any(key not in r.predicted for r in cal.table)
         cheapest = ctl.table[0]["predicted_ms"]
         # once per budget; a budget that varies freely warns for its first 64 values only (bounded)
         warn = budget_ms * (1 - ctl.headroom) < cheapest and budget_ms not in bundle._warned_budgets and len(bundle._warned_budgets) < 64
         if warn:
             bundle._warned_budgets.add(budget_ms)
+    if unpriced:  # an older file (the table priced by the mean alone), or a metric edited by hand
+        from dvt_runtime.calibration import rewrite_command
+
+        path = bundle.calibration_path(cal.device, cal.batch)
+        warnings.warn(f"{path} budgets the {cal.metric} but its table's rows carry no predicted {key} (an older file, or an "
+                      f"edited metric): they are priced by their mean, so {cal.metric} budgets can be overrun; rewrite it: "
+                      f"{rewrite_command(path)}", stacklevel=3)
     if warn and budget_ms < cheapest:  # the cheapest thresholds, and the budget overrun all the same
         warnings.warn(f"budget_ms {budget_ms:g} is below the cheapest point calibrated on {cal.device!r} "
                       f"({cheapest:.4g} ms a sample): every sample gets the cheapest thresholds and the budget is overrun",
