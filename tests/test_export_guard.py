@@ -626,6 +626,8 @@ def test_a_toolchain_log_that_is_a_link_or_a_pipe_is_refused(micro_ckpt, tmp_pat
     with pytest.raises(ValueError, match="is a link"), quiet_toolchains(log):
         pass
     assert theirs.read_text() == "mine\n" and not (tmp_path / "b").exists()
+    export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(tmp_path / "v"), verbose=True)  # --verbose writes no log: nothing refused
+    assert theirs.read_text() == "mine\n" and (tmp_path / "v" / "manifest.json").is_file()
     log.unlink()
     os.mkfifo(log)
     with pytest.raises(ExportError, match="dvt-edge-export.log exists and is not a plain file"):
