@@ -403,6 +403,10 @@ def test_from_samples_validation_and_unequal_counts():
     assert [s["n"] for s in prof.stages] == [5, 3] and [c["n"] for c in prof.cumulative] == [3, 3]
     assert prof.cumulative[1]["samples"] == [2.0, 3.0, 4.0]
     assert any("different sample counts" in n for n in prof.notes)
+    # an early-exit trace (fewer runs at each later exit): the table said the first exit's count as every stage's
+    table = prof.format_table()
+    assert "5 / 3 runs" in table and "cumulative to exit (ms), the first 3 runs of each exit" in table, table
+    assert "2 runs" in LatencyProfile.from_samples([[1.0, 2.0], [1.0, 1.0]]).format_table()
 
 
 @pytest.mark.parametrize("key,value,match", [

@@ -269,6 +269,11 @@ class LatencyProfile:
         return cls.from_dict(read_json(path, "latency profile"))
 
     # ---------------------------------------------------------------- display
+    def runs_said(self) -> str:
+        """Timed runs per stage: one count, or each exit's where they differ (e.g. '200 / 104 / 37' from an early-exit trace)."""
+        counts = [str(int(st["n"])) for st in self.stages]
+        return counts[0] if len(set(counts)) == 1 else " / ".join(counts)
+
     def format_table(self) -> str:
         """Human-readable table: per stage and cumulative p50/p90/p99/mean, load and first inference."""
         b, dev = self.bundle, self.device
@@ -280,7 +285,7 @@ class LatencyProfile:
             facts.append(str(dev["cpu_model"]))
         if self.threads is not None:
             facts.append(f"threads {self.threads}")
-        facts.append(f"{self.stages[0]['n']} runs" + (f" after {self.settings['warmup']} warm-up" if self.settings.get("warmup") is not None else ""))
+        facts.append(f"{self.runs_said()} runs" + (f" after {self.settings['warmup']} warm-up" if self.settings.get("warmup") is not None else ""))
         if self.batch > 1:
             facts.append(f"batch {self.batch}: ms per image")
         head.append(", ".join(facts))
@@ -293,7 +298,8 @@ class LatencyProfile:
         lines = [*head, "", "per stage (ms)", cols + f"{'load':>10}{'first':>10}"]
         for e, s in enumerate(self.stages):
             lines.append(row(f"exit {e + 1}", s, [_at(self.load_ms, e), _at(self.first_inference_ms, e)]))
-        lines += ["cumulative to exit (ms)", cols]
+        counts = {int(st["n"]) for st in self.stages}  # an early-exit trace: fewer runs at each later exit, paired in order
+        lines += ["cumulative to exit (ms)" + (f", the first {min(counts)} runs of each exit" if len(counts) > 1 else ""), cols]
         for e, s in enumerate(self.cumulative):
             lines.append(row(f"exit {e + 1}", s, []))
         if self.stopping is not None:

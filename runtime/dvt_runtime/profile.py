@@ -388,7 +388,7 @@ def _import(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
                   f"{args.bundle or 'the bundle calibrate will price'}", file=sys.stderr)
         if timed is None:  # every traced run but the first N: warm-up runs too, unless N covers them
             print(f"note: no record of the timed runs ({ETDUMP_RUNS}) beside the ETDump files: kept every run after each exit's "
-                  f"first {skip} ({prof.stages[0]['n']} per exit); if the trace holds warm-up runs, pass --skip-first with their number + 1",
+                  f"first {skip} ({prof.runs_said()} per exit); if the trace holds warm-up runs, pass --skip-first with their number + 1",
                   file=sys.stderr)
     if manifest is not None:
         if len(prof.stages) != manifest.num_exits:
