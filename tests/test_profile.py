@@ -150,11 +150,18 @@ def test_measured_json_round_trip(measured, tmp_path):
     _, prof = measured
     path = prof.save(tmp_path / "sub" / "p.json")
     d = json.loads(path.read_text())
-    assert d["schema"] == SCHEMA == "dvt-profile/2" and d["schema_version"] == SCHEMA_VERSION == 2
+    assert SCHEMA == "dvt-profile/3" and SCHEMA_VERSION == 3
+    assert d["schema"] == "dvt-profile/2" and d["schema_version"] == 2  # no predict overhead: what a version-2 reader prices
     back = LatencyProfile.load(path)
     assert back == prof
     assert back.to_dict() == prof.to_dict()
     assert LatencyProfile.from_dict(json.loads(json.dumps(prof.to_dict()))) == prof
+    # predict's overhead, which a version-2 dvt-runtime would not read (it priced it at 0, 30% under on a board): version 3,
+    # refused there with "upgrade"
+    with_overhead = LatencyProfile.from_dict({**prof.to_dict(), "settings": {**prof.settings, "predict_overhead_ms": [0.01] * 3}})
+    d = json.loads(with_overhead.save(tmp_path / "o.json").read_text())
+    assert d["schema"] == "dvt-profile/3" and d["schema_version"] == 3
+    assert LatencyProfile.load(tmp_path / "o.json") == with_overhead
 
 
 @bundle_group
@@ -503,7 +510,7 @@ def test_from_samples_never_writes_what_load_refuses(tmp_path):
 def test_newer_schema_refused(tmp_path):
     d = LatencyProfile.from_samples(STAGES).to_dict()
     d["schema_version"] = SCHEMA_VERSION + 1
-    with pytest.raises(ProfileError, match=r"schema_version 3 is newer than this dvt-runtime understands \(2\).*upgrade"):
+    with pytest.raises(ProfileError, match=r"schema_version 4 is newer than this dvt-runtime \S+ understands \(3\).*upgrade"):
         LatencyProfile.from_dict(d)
     (tmp_path / "p.json").write_text(json.dumps(d))
     with pytest.raises(ProfileError, match="newer"):

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from dvt_runtime.schema import checked_fields
+from dvt_runtime.schema import checked_fields, newer_message
 from dvt_runtime.search import check_metric
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "Calibration", "BudgetRow", "Chosen", "CalibrationError", "read_calibration",
@@ -176,6 +176,8 @@ def read_calibration(path: Union[str, Path], manifest) -> Calibration:
         raise CalibrationError(f"calibration {path} is not valid JSON ({e}); rewrite it: {rewrite_command(path)}") from None
     except RecursionError:
         raise CalibrationError(f"calibration {path} is nested too deeply to be a calibration; rewrite it: {rewrite_command(path)}") from None
+    if isinstance(d, dict) and isinstance(v := d.get("schema_version"), int) and v > SCHEMA_VERSION:  # upgrade; never rewrite it
+        raise CalibrationError(f"{path}: {newer_message('the calibration', v, SCHEMA_VERSION)}")
     try:
         return Calibration.from_dict(d, manifest)
     except CalibrationError as e:
@@ -233,7 +235,7 @@ def validate_calibration(d: Any, manifest=None) -> None:
     _need(d.get("schema") == SCHEMA, f"schema is {d.get('schema')!r}, not {SCHEMA!r}: not a dvt-runtime calibration")
     v = d.get("schema_version")
     _need(isinstance(v, int) and not isinstance(v, bool), "schema_version must be an integer")
-    _need(v <= SCHEMA_VERSION, f"schema_version {v} is newer than this dvt-runtime understands ({SCHEMA_VERSION}); upgrade dvt-runtime")
+    _need(v <= SCHEMA_VERSION, newer_message("the calibration", v, SCHEMA_VERSION))
     for key, kind in (("bundle", dict), ("profile", dict), ("table", list), ("chosen", dict), ("budget_ms", (int, float))):
         _need(key in d, f"lacks the field {key!r}")
         _need(isinstance(d[key], kind) and not isinstance(d[key], bool), f"field {key!r} has the wrong type ({type(d[key]).__name__})")

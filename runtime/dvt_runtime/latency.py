@@ -26,7 +26,9 @@ from dvt_runtime.stats import DRIFT_THRESHOLD, ProfileError, check_samples, drif
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "SOURCES", "LatencyProfile", "ProfileError", "read_json", "check_batch", "load_profile_arg"]
 
-SCHEMA_VERSION = 2  # 2: ``stopping`` (per-exit streams); version-1 files still load
+# 2: ``stopping`` (per-exit streams); 3: ``settings.predict_overhead_ms`` (predict's own cost per exit, which a version-2
+# reader would price at 0: such a profile is written as version 3, any other as 2). Older files still load.
+SCHEMA_VERSION = 3
 MAX_INPUT_BYTES = 64 << 20  # profiles and latency CSVs are kilobytes; refuse absurd files before reading
 SCHEMA = f"dvt-profile/{SCHEMA_VERSION}"
 SOURCES = ("measured", "csv", "json", "etdump")
@@ -220,7 +222,12 @@ class LatencyProfile:
 
     # ---------------------------------------------------------------- JSON
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; written as the lowest version that holds it (version 3 only with predict's overhead), so an older
+        dvt-runtime reads what it can price and refuses, saying to upgrade, what it would underprice."""
         d = asdict(self)
+        if "predict_overhead_ms" not in (self.settings or {}):
+            d["schema_version"] = min(d["schema_version"], 2)
+        d["schema"] = f"dvt-profile/{d['schema_version']}"
         return {"schema": d.pop("schema"), "schema_version": d.pop("schema_version"), **d}
 
     @classmethod

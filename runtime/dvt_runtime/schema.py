@@ -14,6 +14,16 @@ import dataclasses
 from typing import Any, Callable
 
 
+def newer_message(what: str, version: int, current_version: int) -> str:
+    """Why a file of a newer format is refused, and the one fix (rewriting it with this older runtime would lose what the
+    newer format holds)."""
+    from dvt_runtime import __version__
+
+    return (f"{what} schema_version {version} is newer than this dvt-runtime {__version__} understands ({current_version}); "
+            "upgrade dvt-runtime from a dvt-edge checkout at least as new as the one that wrote it (pip install -U ./runtime; "
+            "it is not on a package index), and do not rewrite the file with this one")
+
+
 def checked_fields(cls, d: Any, what: str, error: Callable[[str], Exception], current_version: int | None = None) -> dict:
     """``d``'s fields for ``cls(**...)`` after the checks above; raises ``error(message)``."""
     if not isinstance(d, dict):
@@ -23,9 +33,7 @@ def checked_fields(cls, d: Any, what: str, error: Callable[[str], Exception], cu
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise error(f"not a dvt {what}: it has no integer schema_version >= 1 (got {v!r})")
         if v > current_version:
-            raise error(f"{what} schema_version {v} is newer than this dvt-runtime understands ({current_version}); "
-                        "upgrade dvt-runtime from a dvt-edge checkout at least as new as the one that wrote it "
-                        "(pip install -U ./runtime; it is not on a package index)")
+            raise error(newer_message(what, v, current_version))
     fields = dataclasses.fields(cls)
     names = [f.name for f in fields]
     missing = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in d]
