@@ -987,6 +987,10 @@ def test_runtime_writes_etdump_per_exit(executorch_devtools, micro_ckpt, onnx_bu
     assert main(["import", "--etdump", *map(str, files), "--threads", "4", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "--threads 4, but" in err and "says the trace was taken at 1 thread(s)" in err
+    (d / "etdump_runs.json").write_text(json.dumps({**record, "schema": "dvt-etdump-runs/2"}))  # a newer runtime's: not 'delete it'
+    assert main(["import", "--etdump", *map(str, files), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "ETDump run record schema_version 2 is newer than this dvt-runtime" in err and "delete" not in err, err
     (d / "etdump_runs.json").write_text(json.dumps({**record, "timed": record["timed"][:-1]}))  # from another run
     assert main(["import", "--etdump", *map(str, files), "--out", str(out)]) == 2
     assert "different profiling runs" in capsys.readouterr().err

@@ -414,7 +414,9 @@ def test_device_side_data_raw_pixels_and_unnormalized_floats(bundle_copy, tmp_pa
     assert len(per) == 3 and per == sorted(per) and per[0] == made["cascade_overhead_ms"] > 0, per
     v1 = {k: v for k, v in made.items() if k not in ("seed", "holdout", "data", "command", "cascade_overhead_ms_per_exit")}
     (bundle_copy / "calibration" / "raw.json").write_text(json.dumps({**v1, "schema_version": 1}))
-    assert Bundle.open(bundle_copy, device_name="raw").calibration.seed is None  # a version-1 file still loads
+    with pytest.warns(UserWarning, match=r"raw.json is a version-1 calibration: it priced predict's own cost for an image stopping "
+                                         r"at exit 1 alone.*rewrite it: .*dvt_runtime.calibrate"):
+        assert Bundle.open(bundle_copy, device_name="raw").calibration.seed is None  # a version-1 file still loads, said
     assert main(["--bundle", str(bundle_copy), "--data", str(tmp_path / "raw.npz"), "--budget-ms", "1e6", "--runs", "8",
                  "--device-name", "raw", "--no-progress"]) == 0
     assert "profiling:" not in capsys.readouterr().err  # as profile and predict take it

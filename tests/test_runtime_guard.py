@@ -5,6 +5,7 @@ that name no bundle."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import os
 import shutil
@@ -57,12 +58,20 @@ def test_edited_manifest_is_refused_and_can_be_sealed_again(bundle_copy):
     with pytest.raises(ManifestError, match="edited after export"):
         Bundle.open(bundle_copy)
     _edit(bundle_copy, lambda d: (d.pop("content_sha256"), d.update(schema_version=1)))  # a version-1 bundle: no digest
-    with pytest.warns(UserWarning, match="version-1 manifest, which has no digest of its own fields.*re-export the bundle to seal it"):
+    with pytest.warns(UserWarning, match="version-1 manifest, which has no digest of its own fields.*re-export the bundle, or seal it as it is with Manifest.load"):
         Bundle.open(bundle_copy)  # it opens (bundles exported before the digest), and says what is not checked
     sealed = Manifest.load(bundle_copy)
+    assert sealed.schema_version == 1  # as written: loading does not change it
+    # the pil-bicubic resize is version 3 (a version-2 runtime called such a manifest malformed); others are still written as 2
+    sealed.preprocess = dataclasses.replace(sealed.preprocess, interpolation="pil-bicubic")
+    sealed.save(bundle_copy)
+    assert json.loads((bundle_copy / "manifest.json").read_text())["schema_version"] == 3
+    sealed = Manifest.load(bundle_copy)
+    sealed.preprocess = dataclasses.replace(sealed.preprocess, interpolation=m.preprocess.interpolation)
     sealed.parity.exits[0].max_abs_diff_batched = float("nan")  # a failed check is recorded as measured
     sealed.save(bundle_copy)
     assert np.isnan(Manifest.load(bundle_copy).parity.exits[0].max_abs_diff_batched)
+    assert json.loads((bundle_copy / "manifest.json").read_text())["schema_version"] == 2
     _edit(bundle_copy, lambda d: d["preprocess"].update(size=d["preprocess"]["size"] + 4, resize=d["preprocess"]["resize"] + 4))
     with pytest.raises(ManifestError, match="preprocess makes .* but exit 1 takes"):
         Manifest.load(bundle_copy)

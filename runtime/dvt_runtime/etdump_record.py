@@ -11,6 +11,7 @@ from typing import Any, Optional, Sequence
 from dvt_runtime.calibration import bundle_identity
 from dvt_runtime.io import atomic_write_json
 from dvt_runtime.latency import read_json
+from dvt_runtime.schema import newer_message
 from dvt_runtime.stats import ProfileError
 
 __all__ = ["ETDUMP_RUNS", "ETDUMP_RUNS_SCHEMA", "write_run_record", "read_run_record", "check_run_record", "check_etdump_files"]
@@ -32,6 +33,9 @@ def read_run_record(files: Sequence[str]) -> Optional[dict[str, Any]]:
     if not rec.is_file():
         return None
     d = read_json(rec, "ETDump run record")
+    version = re.fullmatch(r"dvt-etdump-runs/(\d+)", str(d.get("schema"))) if isinstance(d, dict) else None
+    if version and int(version.group(1)) > 1:  # a newer runtime's record: its checks would be lost by deleting it
+        raise ProfileError(f"{rec}: {newer_message('ETDump run record', int(version.group(1)), 1)}")
     timed = d.get("timed") if isinstance(d, dict) else None
     if not (isinstance(d, dict) and d.get("schema") == ETDUMP_RUNS_SCHEMA and (timed is None or isinstance(timed, list))
             and all(isinstance(t, bool) for t in timed or []) and isinstance(d.get("bundle", {}), dict)

@@ -21,7 +21,9 @@ from dvt_runtime.schema import checked_fields
 
 __all__ = ["SCHEMA_VERSION", "TensorSpec", "ExitSpec", "ExitParity", "ParityReport", "Manifest", "ManifestError"]
 
-SCHEMA_VERSION = 2  # 2: ``content_sha256`` (the manifest's own digest); version-1 manifests still load
+# 2: ``content_sha256`` (the manifest's own digest); 3: the ``pil-bicubic`` resize, which a version-2 runtime refused as a
+# malformed manifest. A manifest is written as the lowest version that holds it (3 only with pil-bicubic); older ones load.
+SCHEMA_VERSION = 3
 MANIFEST_NAME = "manifest.json"
 FOLDER_ARTIFACTS = (".mlpackage", ".mlmodelc")  # artifacts that are folders (Core ML); the rest are files
 
@@ -218,7 +220,7 @@ class Manifest:
     def save(self, bundle_dir: Union[str, Path]) -> Path:
         """Validate, then write ``bundle_dir/manifest.json`` atomically: never a manifest that ``load`` would refuse."""
         self.validate()
-        self.schema_version = SCHEMA_VERSION
+        self.schema_version = written_version(self)
         self.content_sha256 = self.content_digest()
         return atomic_write_json(Path(bundle_dir) / MANIFEST_NAME, self.to_dict())
 
@@ -284,7 +286,8 @@ class Manifest:
         self._verify_required_operators(Path(bundle_dir))
         if self.schema_version < 2 and not self.content_sha256:  # older than the digest: an edit cannot be told from the export
             warnings.warn(f"{Path(bundle_dir) / MANIFEST_NAME} is a version-{self.schema_version} manifest, which has no digest of its "
-                          "own fields, so an edited class name, mean or shape is not detected: re-export the bundle to seal it",
+                          "own fields, so an edited class name, mean or shape is not detected: re-export the bundle, or seal it "
+                          "as it is with Manifest.load(dir, verify=False).save(dir) after checking its fields",
                           stacklevel=3)
         if (self.schema_version >= 2 or self.content_sha256) and self.content_sha256 != self.content_digest():  # after the artifacts: their errors are more precise
             raise ManifestError(f"{Path(bundle_dir) / MANIFEST_NAME} was edited after export (its content_sha256 does not match "
@@ -346,3 +349,8 @@ def _finder_file(name: str) -> bool:
     """What macOS adds inside a package it shows or copies (Finder's .DS_Store, AppleDouble ._ files on SMB or FAT): no
     part of the artifact, so no part of its digest (a .DS_Store in an .mlpackage had failed the bundle as tampered)."""
     return name == ".DS_Store" or name.startswith("._")
+
+
+def written_version(m: Manifest) -> int:
+    """The lowest schema version that describes ``m``: an older dvt-runtime on a device reads it, or says to upgrade."""
+    return 3 if m.preprocess.interpolation == "pil-bicubic" else 2

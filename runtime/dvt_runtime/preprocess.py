@@ -47,7 +47,8 @@ class Preprocess:
         if self.channels not in CHANNELS:
             raise ValueError(f"unknown channels {self.channels!r}; valid: {list(CHANNELS)}")
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"unknown interpolation {self.interpolation!r}; valid: {list(INTERPOLATIONS)}")
+            raise ValueError(f"unknown interpolation {self.interpolation!r}; valid: {list(INTERPOLATIONS)} (a bundle of a newer "
+                             "dvt-edge: upgrade dvt-runtime)")
         if self.layout != "NCHW":
             raise ValueError(f"unsupported layout {self.layout!r}; valid: ['NCHW']")
         nc = self.num_channels
