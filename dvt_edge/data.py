@@ -276,6 +276,8 @@ def checkpoint_data(model_name: str, extras: Optional[dict] = None, cfg=None, sp
             continue
         if why:  # an earlier recorded set (e.g. its evaluation set) is not here: said, even when another recorded one stands in
             return spec, f"the checkpoint's own data could not be read here ({'; '.join(why)}); using {spec} instead"
+        if in_sample and spec not in recorded:  # its own data is its training images (an npz run from before the holdout)
+            return spec, f"{in_sample}: not scored there; using {spec} instead"
         return spec, ""
     return (candidates[0] if candidates else None), (f"{in_sample}: not a stand-in for its evaluation" if in_sample else "")
 
@@ -284,6 +286,8 @@ def trained_on_val(spec: str, train_spec: Optional[str]) -> str:
     """Why ``spec``'s val images are among those a run on ``train_spec`` trained on ("" when not known to be)."""
     if spec == "cifar10-ref" and isinstance(train_spec, str) and (train_spec == "cifar10" or train_spec.startswith("cifar10:")):
         return f"cifar10-ref's val images are 5,000 of CIFAR-10's training images, every one of which {train_spec} trained on"
+    if isinstance(train_spec, str) and npz_read_whole(train_spec) and same_data(spec, train_spec):  # an npz run from before the holdout
+        return f"{spec} holds one set of images (no 'split' entry), and the run, recorded before npz files had a held-out 10%, trained on all of it"
     return ""
 
 

@@ -857,6 +857,26 @@ def test_cifar10_ref_never_stands_in_to_evaluate_a_model_trained_on_all_of_cifar
     assert checkpoint_data("dvt_small_cifar", gone, split="val")[0] == "cifar10-ref"
 
 
+def test_an_npz_run_from_before_the_holdout_is_said_to_be_scored_in_sample(tmp_path, capsys):
+    """A run recorded as npz:PATH before npz files had a held-out 10% trained on the whole file; evaluating it there (by
+    default, or naming the file) scored its training images as '[val]' without a word."""
+    import json
+
+    from dvt_edge.data import data_for_checkpoint
+
+    f = tmp_path / "set.npz"
+    np.savez(f, images=np.zeros((20, 28, 28), np.uint8), labels=np.arange(20) % 10)
+    old = {"train": {"args": json.dumps({"data": f"npz:{f}"})}}
+    said = "holds one set of images (no 'split' entry), and the run, recorded before npz files had a held-out 10%, trained on all of it"
+    data_for_checkpoint(f"npz:{f}", "dvt_micro_fmnist", old, split="val")  # named: scored as asked, and said
+    assert f"{said}: its accuracies there are in-sample" in capsys.readouterr().err
+    data, note = data_for_checkpoint(None, "dvt_micro_fmnist", old, split="val")  # by default: another set, said
+    assert data == "fashion-mnist" and note == f"npz:{f} {said}: not scored there; using fashion-mnist instead", note
+    new = {"train": {"args": json.dumps({"data": f"npz:{f}#holdout"})}}  # a run since: its held-out 10% is scored
+    data, _ = data_for_checkpoint(f"npz:{f}", "dvt_micro_fmnist", new, split="val")
+    assert data.endswith("#holdout") and "in-sample" not in capsys.readouterr().err
+
+
 def test_a_download_cut_off_midway_is_the_not_found_message(monkeypatch, tmp_path):
     """A server that closes the connection before Content-Length bytes: said as such (it read as a checksum
     mismatch), in the data set's not-found message, and nothing is kept."""

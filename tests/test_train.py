@@ -803,6 +803,31 @@ def test_an_npz_without_a_split_is_trained_on_90_percent_and_validated_on_the_re
                                          "--threads", "1", "--quiet", "--out", str(tmp_path / "r"), "--resume"]))
 
 
+def test_resuming_an_npz_run_from_before_the_holdout_says_it_validates_in_sample(tmp_path, capsys):
+    """A run recorded as npz:PATH before npz files had a held-out 10% goes on reading the file whole (its split is kept), so
+    its val top-1 and best.pt are its training images': resumed without a word."""
+    import json
+
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "one.npz", images=rng.integers(0, 256, (60, 28, 28), dtype=np.uint8), labels=np.repeat(np.arange(3), 20),
+             classes=np.array(["a", "b", "c"]))
+    run = tmp_path / "run"
+    train(build_parser().parse_args(["--model", "dvt_micro_fmnist", "--data", f"npz:{tmp_path / 'one.npz'}", "--epochs", "2",
+                                     "--threads", "1", "--quiet", "--out", str(run)]))
+    capsys.readouterr()
+    ck = torch.load(run / "last.pt", weights_only=False)  # as an older version wrote it, stopped after epoch 1
+    args = json.loads(ck["train"]["args"])
+    ck["train"]["args"] = json.dumps({**args, "data": args["data"].removesuffix("#holdout")})
+    ck.pop("holdout")
+    ck["train"]["epoch"] = 1
+    torch.save(ck, run / "last.pt")
+    train(build_parser().parse_args(["--out", str(run), "--resume", "--threads", "1", "--quiet"]))
+    assert "note: this run validates on the images it trains on" in capsys.readouterr().out
+
+
 def test_resume_refuses_data_whose_classes_changed(tmp_path):
     """A class folder renamed between runs moved every label index (cat->2, dog->0, eel->1) and the resumed run trained on
     the permuted labels; a class added crashed with an IndexError."""
