@@ -254,10 +254,6 @@ def _train(args: argparse.Namespace) -> dict:
         _checkpoint.check_finetune_model(args.model, checkpoint_model_name(args.finetune, args.trust_checkpoint))
     # a resumed run keeps the data it recorded (an old run's relative path made absolute; never newly split)
     args.data = (_data.absolute_spec if resume_state is not None else _data.training_spec)(args.data or default_train_data(args.model))
-    if resume_state is not None and _data.npz_read_whole(args.data):  # a run recorded before an npz file's 10% was held out
-        log(f"note: this run validates on the images it trains on ({args.data} holds one set and the run, recorded before "
-            "npz files had a held-out 10%, reads it whole): its val top-1 and best.pt are in-sample; a new run (without --resume) "
-            "holds 10% out")
     random.seed(args.seed + rank)
     np.random.seed(args.seed + rank)
     torch.manual_seed(args.seed)  # same init on every rank

@@ -825,7 +825,7 @@ def test_resuming_an_npz_run_from_before_the_holdout_says_it_validates_in_sample
     ck["train"]["epoch"] = 1
     torch.save(ck, run / "last.pt")
     train(build_parser().parse_args(["--out", str(run), "--resume", "--threads", "1", "--quiet"]))
-    assert "note: this run validates on the images it trains on" in capsys.readouterr().out
+    assert "note: this run validates on the images it trains on" in capsys.readouterr().err
 
 
 def test_resume_refuses_data_whose_classes_changed(tmp_path):
