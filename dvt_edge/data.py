@@ -214,8 +214,7 @@ def holdout_changed(spec: str, extras: Optional[dict], whose: str = "the model")
 
 def check_resumed_holdout(spec: str, now: Optional[dict], resumed: Optional[dict]) -> None:
     """Refuse to resume on a folder whose holdout is not the one the run started with (it would train on images held
-    out then); ``now``: :func:`holdout_of` listed before the decode (no wait for it). A run recorded before npz files had a
-    held-out 10% goes on reading its file whole: said."""
+    out then); ``now``: :func:`holdout_of` listed before the decode. An npz run from before the 10% holdout is said."""
     if resumed is not None and npz_read_whole(spec):
         print(f"note: this run validates on the images it trains on ({spec} holds one set and the run, recorded before npz "
               "files had a held-out 10%, reads it whole): its val top-1 and best.pt are in-sample; a new run (without --resume) "
