@@ -3,7 +3,7 @@
 from dvt_edge.checkpoint import CheckpointError, CheckpointInfo, load_checkpoint, save_checkpoint
 from dvt_edge.models import DVT, DVTConfig, create_model, get_config, list_models
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DVT",

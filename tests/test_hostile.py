@@ -533,7 +533,7 @@ def test_one_console_command_with_subcommands(capsys):
     from dvt_runtime.cli import main as runtime_main
 
     assert main(["--version"]) == 0 and runtime_main(["--version"]) == 0  # a device's copy had no way to say its version
-    assert capsys.readouterr().out.split("\n")[:2] == ["dvt-edge 0.1.0", "dvt-runtime 0.1.0"]
+    assert capsys.readouterr().out.split("\n")[:2] == ["dvt-edge 0.2.0", "dvt-runtime 0.2.0"]
     # the python -m forms of the umbrella commands work too (the README says so)
     for mod, args, want in (("dvt_edge", ["zoo"], "dvt_small_cifar"), ("dvt_runtime", ["profile", "--help"], "--bundle")):
         r = subprocess.run([sys.executable, "-m", mod, *args], capture_output=True, text=True, timeout=120)

@@ -5,7 +5,7 @@
     pred = bundle.predict(bgr_image)   # one uint8 BGR image -> Prediction (label, class_name, confidence, exit)
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from dvt_runtime.bundle import Bundle, InputError, Prediction  # noqa: E402
 from dvt_runtime.calibration import Calibration, CalibrationError  # noqa: E402
