@@ -2,9 +2,8 @@
 
 The calibration file holds a Pareto table of thresholds over latency budgets, predicted
 from the profiled latencies. The controller keeps a running estimate of how fast
-the stages run now relative to the profile (an exponential moving average of the median of the last
-``MEDIAN_OF`` samples' observed stage time / the profiled cost of stopping at the exit it stopped at: one
-cold call after an idle spell does not move it) and picks the most accurate table row whose predicted latency, rescaled
+the stages run now relative to the profile (an exponential moving average of a sample's
+observed stage time / the profiled cost of stopping at the exit it stopped at) and picks the most accurate table row whose predicted latency, rescaled
 by that factor, fits the budget. The estimate describes the device, not the budget: one
 controller serves every budget (``thresholds(budget_ms)``), so a caller that alternates
 budgets keeps what it has learnt.
@@ -13,7 +12,6 @@ budgets keeps what it has learnt.
 from __future__ import annotations
 
 import math
-import statistics
 import warnings
 from collections import deque
 from dataclasses import dataclass, field
@@ -24,7 +22,6 @@ if TYPE_CHECKING:
     from dvt_runtime.calibration import Calibration
 
 HISTORY = 1000  # recent speed estimates kept (bounded: a controller may run for months)
-MEDIAN_OF = 5  # the estimate follows the median of this many recent samples' ratios (a lasting change shows in 3)
 
 __all__ = ["BudgetController", "controller_for"]
 
@@ -39,9 +36,6 @@ class BudgetController:
     history: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
     batch: int = 1  # images per call the prices were measured at: calls of another size say nothing about them
     headroom: float = 0.0  # fraction of every budget kept spare (the calibration's own): rows must fit budget x (1 - headroom)
-    # recent observed / profiled ratios, seeded with the starting estimate twice (the profile is the prior: a cold first call
-    # alone does not move it)
-    ratios: deque = field(default_factory=lambda: deque(maxlen=MEDIAN_OF))
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.budget_ms) or self.budget_ms <= 0:
@@ -53,8 +47,6 @@ class BudgetController:
         if not self.table:
             raise ValueError("the calibration has an empty budget table; re-run python -m dvt_runtime.calibrate")
         self.table = sorted(self.table, key=lambda r: r["predicted_ms"])
-        if not self.ratios:
-            self.ratios.extend([self.scale] * 2)
 
     @classmethod
     def from_calibration(cls, cal: "Calibration", budget_ms: float, alpha: float = 0.2) -> "BudgetController":
@@ -88,8 +80,7 @@ class BudgetController:
         ratio = sum(stage_ms) / expected
         if not math.isfinite(ratio) or ratio < 0:  # a broken timer reading must not pin the estimate for good
             return
-        self.ratios.append(ratio)
-        self.scale = (1 - self.alpha) * self.scale + self.alpha * statistics.median(self.ratios)
+        self.scale = (1 - self.alpha) * self.scale + self.alpha * ratio
         self.history.append(self.scale)
 
 
