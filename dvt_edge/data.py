@@ -216,9 +216,8 @@ def check_resumed_holdout(spec: str, now: Optional[dict], resumed: Optional[dict
     """Refuse to resume on a folder whose holdout is not the one the run started with (it would train on images held
     out then); ``now``: :func:`holdout_of` listed before the decode. An npz run from before the 10% holdout is said."""
     if resumed is not None and npz_read_whole(spec):
-        print(f"note: this run validates on the images it trains on ({spec} holds one set and the run, recorded before npz "
-              "files had a held-out 10%, reads it whole): its val top-1 and best.pt are in-sample; a new run (without --resume) "
-              "holds 10% out", file=sys.stderr)
+        print(f"note: this run validates on the images it trains on ({npz_in_sample(spec, spec)}): its val top-1 and best.pt are "
+              "in-sample; a new run (without --resume) holds 10% out", file=sys.stderr)
     then = (resumed or {}).get("holdout")
     if isinstance(then, dict) and now != then:
         kind, _, root = spec.partition(":")  # hidden files (macOS's ._photo.jpg) were listed as images before 2026-12-05
@@ -280,8 +279,6 @@ def checkpoint_data(model_name: str, extras: Optional[dict] = None, cfg=None, sp
             continue
         if why:  # an earlier recorded set (e.g. its evaluation set) is not here: said, even when another recorded one stands in
             return spec, f"the checkpoint's own data could not be read here ({'; '.join(why)}); using {spec} instead"
-        if in_sample and spec not in recorded:  # its own data is its training images (an npz run from before the holdout)
-            return spec, f"{in_sample}: not scored there; using {spec} instead"
         return spec, ""
     return (candidates[0] if candidates else None), (f"{in_sample}: not a stand-in for its evaluation" if in_sample else "")
 
@@ -290,7 +287,12 @@ def trained_on_val(spec: str, train_spec: Optional[str]) -> str:
     """Why ``spec``'s val images are among those a run on ``train_spec`` trained on ("" when not known to be)."""
     if spec == "cifar10-ref" and isinstance(train_spec, str) and (train_spec == "cifar10" or train_spec.startswith("cifar10:")):
         return f"cifar10-ref's val images are 5,000 of CIFAR-10's training images, every one of which {train_spec} trained on"
-    if isinstance(train_spec, str) and npz_read_whole(train_spec) and same_data(spec, train_spec):  # an npz run from before the holdout
+    return ""
+
+
+def npz_in_sample(spec: str, train_spec: Optional[str]) -> str:
+    """Why ``spec`` is the whole npz file a run recorded before npz files had a held-out 10% trained on ("" if not)."""
+    if isinstance(train_spec, str) and npz_read_whole(train_spec) and same_data(spec, train_spec):
         return f"{spec} holds one set of images (no 'split' entry), and the run, recorded before npz files had a held-out 10%, trained on all of it"
     return ""
 
@@ -318,16 +320,14 @@ def data_for_checkpoint(data: Optional[str], model_name: str, extras: Optional[d
                         split: str = "val") -> tuple[str, str]:
     """``(data, "")`` when given, else :func:`checkpoint_data`'s choice (tried on ``split``) and note; a stand-in
     set is said on stderr."""
-    if data:
-        data = own_holdout(data, extras)
-        if warning := holdout_changed(data, extras):  # e.g. the file changed since: its 10% is other images
-            print(warning, file=sys.stderr)
-        if split == "val" and (said := trained_on_val(data, recorded_train_args(extras).get("data"))):
-            print(f"warning: {said}: its accuracies there are in-sample", file=sys.stderr)
-        return data, ""
-    spec, note = checkpoint_data(model_name, extras, cfg, split)
-    if spec and (warning := holdout_changed(spec, extras)):
+    spec, note = (own_holdout(data, extras), "") if data else checkpoint_data(model_name, extras, cfg, split)
+    if spec and (warning := holdout_changed(spec, extras)):  # e.g. the file changed since: its 10% is other images
         print(warning, file=sys.stderr)
+    trained = recorded_train_args(extras).get("data")
+    if spec and split == "val" and (said := (data and trained_on_val(spec, trained)) or npz_in_sample(spec, trained)):
+        print(f"warning: {said}: its accuracies there are in-sample", file=sys.stderr)
+    if data:
+        return spec, ""
     if spec is None:
         raise DataError(f"no default dataset for model {model_name!r}; pass --data (valid specs: {', '.join(DATASETS)})")
     if note:

@@ -868,10 +868,11 @@ def test_an_npz_run_from_before_the_holdout_is_said_to_be_scored_in_sample(tmp_p
     np.savez(f, images=np.zeros((20, 28, 28), np.uint8), labels=np.arange(20) % 10)
     old = {"train": {"args": json.dumps({"data": f"npz:{f}"})}}
     said = "holds one set of images (no 'split' entry), and the run, recorded before npz files had a held-out 10%, trained on all of it"
-    data_for_checkpoint(f"npz:{f}", "dvt_micro_fmnist", old, split="val")  # named: scored as asked, and said
-    assert f"{said}: its accuracies there are in-sample" in capsys.readouterr().err
-    data, note = data_for_checkpoint(None, "dvt_micro_fmnist", old, split="val")  # by default: another set, said
-    assert data == "fashion-mnist" and note == f"npz:{f} {said}: not scored there; using fashion-mnist instead", note
+    for given in (f"npz:{f}", None):  # named, or by default: scored as before (its own classes; no other set has them), said
+        data, note = data_for_checkpoint(given, "dvt_micro_fmnist", old, split="val")
+        assert data == f"npz:{f}" and note == "" and f"{said}: its accuracies there are in-sample" in capsys.readouterr().err
+    data_for_checkpoint(None, "dvt_micro_fmnist", old, split="train")  # threshold or calibration images: nothing to say
+    assert "in-sample" not in capsys.readouterr().err
     new = {"train": {"args": json.dumps({"data": f"npz:{f}#holdout"})}}  # a run since: its held-out 10% is scored
     data, _ = data_for_checkpoint(f"npz:{f}", "dvt_micro_fmnist", new, split="val")
     assert data.endswith("#holdout") and "in-sample" not in capsys.readouterr().err
