@@ -212,7 +212,7 @@ def export_bundle(checkpoint: str, target: str, precision: str = "fp32", options
         print(f"note: {note}")
     log = Path(opts.log_path) if opts.log_path else dest.parent / "dvt-edge-export.log"
     inputs = [checkpoint] + ([opts.calib_data.partition(":")[2]] if opts.calib_data and ":" in opts.calib_data else [])
-    check_destination(dest, opts.force, inputs, None if opts.verbose else log, checkpoint)  # --verbose writes no log
+    check_destination(dest, opts.force, inputs, log, checkpoint, log_written=not opts.verbose)
     schemes = int8_schemes(t, precision, opts.scheme)
     if len(schemes) > 1 and t.backend not in available_backends():  # auto measures each scheme: nothing can be measured here
         schemes = [d if (d := t.int8.get("default_scheme")) in schemes else schemes[0]]  # a recipe whose default is auto: its first
@@ -449,7 +449,7 @@ def _export_into(p: _Plan, console) -> ExportResult:
                        "pass --int8-min-agreement PCT, or 'none' to record it without requiring it" if agreement_only else
                        "use --no-verify to write the bundle anyway")
         raise ExportError(f"verification failed ({way_out}):\n" + table)
-    check_destination(p.dest, p.opts.force, p.inputs, None if p.opts.verbose else p.log)  # again: a folder may have appeared there while the export ran
+    check_destination(p.dest, p.opts.force, p.inputs, p.log, log_written=not p.opts.verbose)  # again: a folder may have appeared there while the export ran
     notes = carry_over(p.dest, p.tmp, manifest, p.log)
     install(p.tmp, p.dest)
     return ExportResult(p.dest, manifest, table, notes)

@@ -109,11 +109,12 @@ def _remove(p: Path) -> str:
 
 
 def check_destination(dest: Path, force: bool, inputs: Sequence[str] = (), log: Optional[Path] = None,
-                      checkpoint: Optional[str] = None) -> None:
+                      checkpoint: Optional[str] = None, log_written: bool = True) -> None:
     """Refuse to replace anything but a bundle this package wrote (and never the working directory, a symbolic
     link, a bundle holding files its manifest does not list, or one holding ``inputs``: the checkpoint, the data).
-    Without ``force``, a bundle of another file than ``checkpoint`` is said to be another model's."""
-    if log is not None and (why := log_problem(log)):  # found before any work, not when the toolchains start
+    Without ``force``, a bundle of another file than ``checkpoint`` is said to be another model's. ``log_written``: False
+    under ``--verbose`` (no log is written: a link of its name is not refused)."""
+    if log is not None and log_written and (why := log_problem(log)):  # found before any work, not when the toolchains start
         raise ExportError(f"{why}; remove it (the export appends to a plain file of that name beside --out) or choose "
                           "another --out; nothing was changed")
     if dest.is_symlink():  # swapping it would replace the link, not the bundle it points to
@@ -217,7 +218,7 @@ def carry_over(dest: Path, tmp: Path, new: Manifest, log: Optional[Path] = None)
     """Copy what the bundle at ``dest`` keeps across a replacement into ``tmp`` (copied, not moved: until the swap
     ``dest`` stays whole): the runtime's device calibrations, and this export's log if written there. Notes."""
     notes = []
-    if log is not None and log.is_file() and log.parent.resolve() == dest.resolve():
+    if log is not None and log.is_file() and not log.is_symlink() and log.parent.resolve() == dest.resolve():  # never followed
         shutil.copy2(log, tmp / log.name)
     src = dest / KEPT
     if not dest.is_dir() or not src.is_dir() or src.is_symlink():
