@@ -35,7 +35,7 @@ def read_run_record(files: Sequence[str]) -> Optional[dict[str, Any]]:
     d = read_json(rec, "ETDump run record")
     version = re.fullmatch(r"dvt-etdump-runs/(\d+)", str(d.get("schema"))) if isinstance(d, dict) else None
     if version and int(version.group(1)) > 1:  # a newer runtime's record: its checks would be lost by deleting it
-        raise ProfileError(f"{rec}: {newer_message('ETDump run record', int(version.group(1)), 1)}")
+        raise ProfileError(f"{rec}: {newer_message('ETDump run record', int(version.group(1)), 1, form='dvt-etdump-runs/{}')}")
     timed = d.get("timed") if isinstance(d, dict) else None
     if not (isinstance(d, dict) and d.get("schema") == ETDUMP_RUNS_SCHEMA and (timed is None or isinstance(timed, list))
             and all(isinstance(t, bool) for t in timed or []) and isinstance(d.get("bundle", {}), dict)

@@ -14,12 +14,13 @@ import dataclasses
 from typing import Any, Callable
 
 
-def newer_message(what: str, version: int, current_version: int) -> str:
+def newer_message(what: str, version: int, current_version: int, form: str = "schema_version {}") -> str:
     """Why a file of a newer format is refused, and the one fix (rewriting it with this older runtime would lose what the
-    newer format holds)."""
+    newer format holds). ``form``: how the file names its version (e.g. ``"dvt-etdump-runs/{}"``)."""
     from dvt_runtime import __version__
 
-    return (f"{what} schema_version {version} is newer than this dvt-runtime {__version__} understands ({current_version}); "
+    return (f"{what} {form.format(version)} is newer than this dvt-runtime {__version__} understands "
+            f"({form.format(current_version) if form != 'schema_version {}' else current_version}); "
             "upgrade dvt-runtime from a dvt-edge checkout at least as new as the one that wrote it (pip install -U ./runtime; "
             "it is not on a package index), and do not rewrite the file with this one")
 
