@@ -256,7 +256,7 @@ def _train(args: argparse.Namespace) -> dict:
     args.data = (_data.absolute_spec if resume_state is not None else _data.training_spec)(args.data or default_train_data(args.model))
     random.seed(args.seed + rank)
     np.random.seed(args.seed + rank)
-    torch.manual_seed(args.seed)  # same init on every rank
+    torch.manual_seed(args.seed + rank)  # DDP gives every rank rank 0's weights; each rank draws its own drop-path masks
     holdout = _data.holdout_of(args.data)  # listed before the (long) decode, compared after it
     _data.check_resumed_holdout(args.data, holdout, resume_state)
     train_ds, val_ds = _load_splits(args.data, args.train_limit, args.val_limit, args.seed)

@@ -313,6 +313,8 @@ def test_torchrun_two_processes_gloo(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["world_size"] == 2 and len(m["history"]) == 1
     load_checkpoint(out / "last.pt")
+    rng = torch.load(out / "last.pt", weights_only=False)["train"]["rng"]  # each rank's own stream: its own drop-path masks
+    assert len(rng) == 2 and not torch.equal(rng[0]["torch"], rng[1]["torch"])
 
 
 def test_self_distillation_loss():
