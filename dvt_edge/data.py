@@ -292,7 +292,7 @@ def trained_on_val(spec: str, train_spec: Optional[str]) -> str:
 
 def npz_in_sample(spec: str, train_spec: Optional[str]) -> str:
     """Why ``spec`` is the whole npz file a run recorded before npz files had a held-out 10% trained on ("" if not)."""
-    if isinstance(train_spec, str) and npz_read_whole(train_spec) and same_data(spec, train_spec):
+    if isinstance(train_spec, str) and same_data(spec.removesuffix(HOLDOUT_MARK), train_spec) and npz_read_whole(train_spec):
         return f"{spec} holds one set of images (no 'split' entry), and the run, recorded before npz files had a held-out 10%, trained on all of it"
     return ""
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from dvt_edge.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from dvt_edge.data import DataError, trained_on_val
+from dvt_edge.data import DataError, npz_in_sample, trained_on_val
 from dvt_edge.references import card_path
 from dvt_edge.resume import STARTED_OVER
 from dvt_runtime.io import atomic_write, atomic_write_json, check_out_path, sha256_file
@@ -198,7 +198,7 @@ def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[s
     history = json.loads(t["history"])
     extra = {"eval_data": eval_data} if eval_data else {}  # portable evaluation data (e.g. shipped with the package)
     for flag, spec in (("--eval-data", eval_data), ("--data", data)):  # the card's figures would be in-sample
-        if spec and (said := trained_on_val(spec, args.get("data"))):
+        if spec and (said := trained_on_val(spec, args.get("data")) or npz_in_sample(spec, args.get("data"))):
             raise CheckpointError(f"{flag} {spec}: {said}; give a set the run held out")
     steps = lineage(args, sha256=info.extras.get("finetune_sha256"))  # before anything is written: ``out`` may be the source itself
     if steps:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from pathlib import Path
 from typing import Optional
 
@@ -28,7 +29,7 @@ def npz_has_split(path: str) -> Optional[bool]:
     try:
         with np.load(Path(path).expanduser(), allow_pickle=False) as z:
             return "split" in z.files
-    except (OSError, ValueError):
+    except (OSError, ValueError, zipfile.BadZipFile):  # a truncated file: loading it says so
         return None
 
 

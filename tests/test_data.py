@@ -873,6 +873,11 @@ def test_an_npz_run_from_before_the_holdout_is_said_to_be_scored_in_sample(tmp_p
         assert data == f"npz:{f}" and note == "" and f"{said}: its accuracies there are in-sample" in capsys.readouterr().err
     data_for_checkpoint(None, "dvt_micro_fmnist", old, split="train")  # threshold or calibration images: nothing to say
     assert "in-sample" not in capsys.readouterr().err
+    data_for_checkpoint(f"npz:{f}#holdout", "dvt_micro_fmnist", old, split="val")  # that 10% too was trained on then
+    assert f"npz:{f}#holdout {said}: its accuracies there are in-sample" in capsys.readouterr().err
+    (tmp_path / "cut.npz").write_bytes(f.read_bytes()[:100])  # a recorded training file truncated since: another set is still
+    cut = {"train": {"args": json.dumps({"data": f"npz:{tmp_path / 'cut.npz'}"})}}  # scored (it raised BadZipFile)
+    assert data_for_checkpoint(f"npz:{f}", "dvt_micro_fmnist", cut, split="val")[0] == f"npz:{f}"
     new = {"train": {"args": json.dumps({"data": f"npz:{f}#holdout"})}}  # a run since: its held-out 10% is scored
     data, _ = data_for_checkpoint(f"npz:{f}", "dvt_micro_fmnist", new, split="val")
     assert data.endswith("#holdout") and "in-sample" not in capsys.readouterr().err

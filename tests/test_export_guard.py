@@ -628,6 +628,9 @@ def test_a_toolchain_log_that_is_a_link_or_a_pipe_is_refused(micro_ckpt, tmp_pat
     assert theirs.read_text() == "mine\n" and not (tmp_path / "b").exists()
     export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(tmp_path / "v"), verbose=True)  # --verbose writes no log: nothing refused
     assert theirs.read_text() == "mine\n" and (tmp_path / "v" / "manifest.json").is_file()
+    (tmp_path / "v" / "mylogs").mkdir()  # a folder where an API caller's log_path points inside the bundle: the user's, kept
+    with pytest.raises(ExportError, match=r"mylogs/"):
+        check_destination(tmp_path / "v", True, log=tmp_path / "v" / "mylogs", log_written=False)
     log.unlink()
     os.mkfifo(log)
     with pytest.raises(ExportError, match="dvt-edge-export.log exists and is not a plain file"):

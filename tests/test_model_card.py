@@ -7,6 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -126,6 +127,14 @@ def test_eval_data_the_run_trained_on_is_refused(micro_ckpt, tmp_path):
         publish_run(str(tmp_path / "run"), str(tmp_path / "pub.pt"), eval_data="cifar10-ref", progress=False)
     with pytest.raises(CheckpointError, match="--data cifar10-ref: cifar10-ref's val images"):  # scored on them: the card's figures
         publish_run(str(tmp_path / "run"), str(tmp_path / "pub.pt"), data="cifar10-ref", progress=False)
+    assert not (tmp_path / "pub.pt").exists()
+    # a run recorded on a whole npz file (before npz files had a held-out 10%): a card scored on that file is in-sample too
+    f = tmp_path / "set.npz"
+    np.savez(f, images=np.zeros((20, 28, 28), np.uint8), labels=np.arange(20) % 10)
+    ckpt["train"]["args"] = json.dumps({**json.loads(ckpt["train"]["args"]), "data": f"npz:{f}"})
+    torch.save(ckpt, tmp_path / "run" / "last.pt")
+    with pytest.raises(CheckpointError, match="--data npz:.*set.npz holds one set of images .* trained on all of it"):
+        publish_run(str(tmp_path / "run"), str(tmp_path / "pub.pt"), data=f"npz:{f}", progress=False)
     assert not (tmp_path / "pub.pt").exists()
 
 

@@ -828,6 +828,10 @@ def test_resuming_an_npz_run_from_before_the_holdout_says_it_validates_in_sample
     torch.save(ck, run / "last.pt")
     train(build_parser().parse_args(["--out", str(run), "--resume", "--threads", "1", "--quiet"]))
     assert "note: this run validates on the images it trains on" in capsys.readouterr().err
+    from dvt_edge.export import export_bundle  # its own file, the only one with its classes: verified there, and said
+
+    export_bundle(str(run / "last.pt"), "onnx", "fp32", out=str(tmp_path / "b"), verify_n=20, progress=False)
+    assert "trained on all of it: verification and the default thresholds are in-sample" in capsys.readouterr().err
 
 
 def test_resume_refuses_data_whose_classes_changed(tmp_path):

@@ -28,6 +28,7 @@ from dvt_edge.data import (
     checkpoint_data,
     default_preprocess,
     holdout_changed,
+    npz_in_sample,
     own_holdout,
     recorded_train_args,
     same_data,
@@ -279,11 +280,14 @@ def _prepare(dest: Path, t: Target, precision: str, opts: ExportOptions, model: 
     # a run's own npz file given: its held-out part verifies (and chooses thresholds), not the 90% trained on
     spec, stand_in = ((own_holdout(opts.calib_data, info.extras), "") if opts.calib_data else
                       checkpoint_data(model.name, info.extras, model.cfg))
-    if in_sample := spec and trained_on_val(spec, recorded_train_args(info.extras).get("data")):  # verification, thresholds: in-sample
+    trained = recorded_train_args(info.extras).get("data")
+    if in_sample := spec and trained_on_val(spec, trained):  # verification, thresholds: in-sample
         if not opts.calib_data:
             raise ExportError(f"{in_sample}: no stand-in to verify on and choose thresholds with; pass {opts.data_flag} SPEC "
                               "(images the model did not train on)")
         print(f"warning: {in_sample}: verification and the default thresholds are in-sample", file=sys.stderr)
+    elif old_npz := spec and npz_in_sample(spec, trained):  # the run's own set (no other has its classes): used, and said
+        print(f"warning: {old_npz}: verification and the default thresholds are in-sample", file=sys.stderr)
     if stand_in:  # another set calibrates and verifies: said on the console and in the parity table
         print(f"note: {stand_in} (pass {opts.data_flag} SPEC to choose)", file=sys.stderr)
     if spec and (moved := holdout_changed(spec, info.extras)) and moved not in _SAID:  # its thresholds are chosen on the holdout

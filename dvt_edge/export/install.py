@@ -208,7 +208,7 @@ def _listed(dest: Path) -> set[str]:
 def _unlisted(dest: Path, ours: set[str], log: Optional[Path]) -> list[str]:
     """What ``dest`` holds beyond its manifest's files, the device calibrations and this export's log."""
     ours = set(ours)
-    if log is not None and log.parent.resolve() == dest.resolve():
+    if log is not None and log.parent.resolve() == dest.resolve() and log.is_file() and not log.is_symlink():  # a plain file only
         ours.add(log.name)
     return sorted(p.name + ("/" if p.is_dir() else "") for p in dest.iterdir()
                   if not (p.name in ours or (p.name == KEPT and p.is_dir() and not p.is_symlink())))
