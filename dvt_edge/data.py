@@ -215,8 +215,8 @@ def holdout_changed(spec: str, extras: Optional[dict], whose: str = "the model")
 def check_resumed_holdout(spec: str, now: Optional[dict], resumed: Optional[dict]) -> None:
     """Refuse to resume on a folder whose holdout is not the one the run started with (it would train on images held
     out then); ``now``: :func:`holdout_of` listed before the decode. An npz run from before the 10% holdout is said."""
-    if resumed is not None and npz_read_whole(spec):
-        print(f"note: this run validates on the images it trains on ({npz_in_sample(spec, spec)}): its val top-1 and best.pt are "
+    if resumed is not None and (said := npz_in_sample(spec, spec)):  # the run's own file, read whole (opened once)
+        print(f"note: this run validates on the images it trains on ({said}): its val top-1 and best.pt are "
               "in-sample; a new run (without --resume) holds 10% out", file=sys.stderr)
     then = (resumed or {}).get("holdout")
     if isinstance(then, dict) and now != then:
