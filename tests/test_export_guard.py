@@ -640,3 +640,23 @@ def test_a_toolchain_log_that_is_a_link_or_a_pipe_is_refused(micro_ckpt, tmp_pat
     log.unlink()
     os.close(open_log(log))  # a plain file (created here) is fine
     assert log.is_file()
+
+
+def test_carrying_over_a_bundle_never_follows_a_linked_log_inside_it(tmp_path):
+    """On replace, an export's log inside the old bundle is copied into the new one; a link there (to the user's file
+    elsewhere) is never followed: its target's content must not land in the bundle, and the target stays as it was."""
+    from dvt_edge.export.install import carry_over
+
+    dest, tmp = tmp_path / "b", tmp_path / "tmp"
+    dest.mkdir()
+    tmp.mkdir()
+    theirs = tmp_path / "theirs.txt"
+    theirs.write_text("private\n")
+    log = dest / "dvt-edge-export.log"
+    log.symlink_to(theirs)
+    assert carry_over(dest, tmp, None, log) == []  # no calibrations kept: the manifest is not read
+    assert not (tmp / log.name).exists() and theirs.read_text() == "private\n"
+    log.unlink()
+    log.write_text("exported\n")
+    carry_over(dest, tmp, None, log)
+    assert (tmp / log.name).read_text() == "exported\n"  # a plain log is carried
