@@ -34,7 +34,7 @@ from dvt_edge.data import DATASETS, DataError, data_for_checkpoint, scoring_set
 from dvt_edge.logs import quiet_toolchains
 from dvt_edge.references import DEFAULT_REFERENCE
 from dvt_runtime.checks import parse_thresholds
-from dvt_runtime.io import silenced_progress
+from dvt_runtime.io import sha256_file, silenced_progress
 from dvt_runtime.stats import sample_stats
 
 REFERENCE = DEFAULT_REFERENCE.checkpoint
@@ -71,7 +71,7 @@ def bench_bundle(bundle, x: np.ndarray, y: np.ndarray, budgets: Optional[list[fl
         matched["halvings"] = matched_over_halvings(f.probs, y, f.costs, len(f.hold_idx))
     out = {"profile": f.profile.summary(), "device": f.profile.device, "runtime_overhead": runtime_overhead(b, x), "static": static,
            "dynamic": dynamic, "flops_calibrated": flops_rows, "matched": matched, "n_holdout": len(f.hold_idx),
-           "n_calibration": len(f.cal_idx)}
+           "n_calibration": len(f.cal_idx), "split_seed": seed}  # numpy default_rng(seed) halves the images (halvings: their seeds)
     if batches:  # at the matched-accuracy thresholds (their accuracy delta is reported with them)
         thr = matched["thresholds"] if matched else never_stop(b.num_exits)
         out["throughput"] = {"thresholds": thr, "max_batch": b.manifest.max_batch, "rows": throughput(b, xh, yh, thr, batches),
@@ -176,7 +176,6 @@ def _each_target(checkpoint: str, model_name: str, targets: list[str], precision
     ``export_opts``: more :class:`dvt_edge.export.ExportOptions` fields (e.g. ``calib_data``)."""
     from dvt_edge.export import export_bundle
     from dvt_edge.export.targets import TARGETS, get_target
-    from dvt_runtime.io import sha256_file
 
     names = sorted(TARGETS) if targets == ["all"] else [get_target(t).name for t in targets]
     ckpt_sha = sha256_file(checkpoint) if reuse else None  # once, not per target x precision
@@ -256,7 +255,7 @@ def run_throughput(checkpoint: str, targets: list[str], precisions: list[str], t
     return {"schema": SCHEMA, "schema_version": 1, "mode": "throughput",
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join(sys.argv), "checkpoint": checkpoint, "model": model.name, "data": data or f"{n} random images",
-            "n_images": len(x), "threads": threads, "device": dev, "rows": rows, "has_accuracy": y is not None}
+            "n_images": len(x), "threads": threads, "device": dev, "rows": rows, "has_accuracy": y is not None, **_provenance(checkpoint)}
 
 
 def run_bench(checkpoint: str, data: Optional[str], targets: list[str], precisions: list[str], budgets: Optional[list[float]],
@@ -290,7 +289,15 @@ def run_bench(checkpoint: str, data: Optional[str], targets: list[str], precisio
     return {"schema": SCHEMA, "schema_version": 1,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join(sys.argv), "checkpoint": checkpoint, "model": model.name, "data": data, "data_note": data_note, "n_images": len(x),
-            "threads": threads, "device": dev, "rows": rows}
+            "threads": threads, "device": dev, "rows": rows, **_provenance(checkpoint)}
+
+
+def _provenance(checkpoint: str) -> dict:
+    """What a rerun needs beyond the command: the checkpoint's SHA-256 (a path names no content) and the code and torch that
+    exported and scored it (the device's own facts are in ``device``)."""
+    from dvt_edge.provenance import environment
+
+    return {"checkpoint_sha256": sha256_file(checkpoint), "environment": environment()}
 
 
 def _scoring(data: str, info, model, n: int, stand_in: str = ""):

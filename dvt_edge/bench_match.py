@@ -78,7 +78,7 @@ def matched_over_halvings(probs: np.ndarray, y: np.ndarray, costs, n_hold: int, 
         speedups.append(last_price / ev.mean_cost)
         deltas.append(ev.accuracy - float(oh.correct[-1].mean() * 100))
     ok = [s for s, d in zip(speedups, deltas) if d >= -MATCH_POINTS - ACC_EPS]
-    return {"n": n, "n_holdout": int(n_hold), "speedups": speedups, "accuracy_deltas": deltas, "matched": len(ok),
+    return {"n": n, "n_holdout": int(n_hold), "seeds": list(range(1, n + 1)), "speedups": speedups, "accuracy_deltas": deltas, "matched": len(ok),
             "last_exit_fallbacks": fallbacks, "speedup_median": float(np.median(speedups)), "matched_speedup_median": float(np.median(ok)) if ok else None}
 
 

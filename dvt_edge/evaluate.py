@@ -38,12 +38,14 @@ from dvt_edge.data import (
     same_data,
     scoring_set,
 )
+from dvt_edge.provenance import environment
 from dvt_runtime.checks import FEW_IMAGES, numbered
 from dvt_runtime.io import atomic_write_json, check_result_files, save_png, sha256_file, silenced_progress
 from dvt_runtime.search import ExitOutputs, StageCosts, evaluate_thresholds, pareto_frontier, sweep_thresholds
 from dvt_runtime.stats import accuracy_interval
 
 SCHEMA = "dvt-edge/evaluate/1"
+THRESHOLD_SEED = 1  # the seeded subset of training images the budget curve's thresholds are chosen on
 
 
 def _whose(trained: dict, data: str, whole: int) -> str:
@@ -96,7 +98,8 @@ def evaluate_checkpoint(
     # thresholds chosen on training images, as the authors' procedure does (their training loader's logits,
     # images the model trained on; the note says so)
     try:
-        sel = scoring_set(data, "train", pre, model.cfg.num_classes, info.classes, "choose thresholds for", limit=threshold_n, seed=1)
+        sel = scoring_set(data, "train", pre, model.cfg.num_classes, info.classes, "choose thresholds for", limit=threshold_n,
+                          seed=THRESHOLD_SEED)
         _, sel_probs = evaluate_exits(model, sel, progress=progress, desc=f"threshold images ({len(sel)} of train)")
         sel_out = ExitOutputs.from_probs(sel_probs, sel.labels)
         sel_note = f"{len(sel)} training images (seeded; {_whose(recorded_train_args(info.extras), data, sel.whole)})"
@@ -124,6 +127,8 @@ def evaluate_checkpoint(
         "threshold_selection": sel_note,
         "threshold_n": threshold_n,  # as asked (the command); threshold_images: how many there were
         "threshold_images": len(sel_out.labels),
+        "threshold_seed": THRESHOLD_SEED,  # of the class-stratified subset of training images (limit's subset: seed 0)
+        "environment": environment(),  # the code, torch and CPU that computed these figures
         "exits": [
             {"exit": e.index + 1, "grid": f"{e.grid}x{e.grid}", "tokens": e.tokens, "gflops": e.gflops, "top1": a,
              "top1_ci95": list(accuracy_interval(a, len(ds)))}  # Wilson 95%: another sample of as many images

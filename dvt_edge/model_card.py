@@ -23,6 +23,7 @@ from typing import Optional, Union
 
 from dvt_edge.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from dvt_edge.data import DataError, npz_in_sample, trained_on_val
+from dvt_edge.provenance import environment_line
 from dvt_edge.references import card_path
 from dvt_edge.resume import STARTED_OVER
 from dvt_runtime.io import atomic_write, atomic_write_json, check_out_path, sha256_file
@@ -126,18 +127,45 @@ def step_commands(steps: list[dict], args: dict, run_dir: str) -> list[str]:
 
 
 def _compute(args: dict, history: list[dict]) -> str:
-    """The card's compute precision: the run's ``--amp``, or per span of epochs when a resume changed it."""
-    spans: list[list] = []  # [amp, first epoch, last epoch]
+    """The card's compute precision and intra-op threads: the run's, or per span of epochs when a resume changed them
+    (epochs recorded before threads were kept per epoch say none)."""
+    spans: list[list] = []  # [(amp, threads), first epoch, last epoch]
     for h in history:
-        amp = h.get("amp", args.get("amp", "fp32"))  # epochs recorded before the precision was kept per epoch: the run's
-        if spans and spans[-1][0] == amp:
+        key = (h.get("amp", args.get("amp", "fp32")), h.get("threads"))  # older epochs: the run's precision
+        if spans and spans[-1][0] == key:
             spans[-1][2] = h["epoch"]
         else:
-            spans.append([amp, h["epoch"], h["epoch"]])
-    said = lambda amp: amp + (" autocast (weights and optimizer fp32)" if amp != "fp32" else "")
+            spans.append([key, h["epoch"], h["epoch"]])
+
+    def said(key: tuple) -> str:
+        amp, threads = key
+        return amp + (" autocast (weights and optimizer fp32)" if amp != "fp32" else "") + (
+            f" on {threads} thread{'s' if threads != 1 else ''}" if threads else "")
+
     if len(spans) <= 1:
-        return said(spans[0][0] if spans else args.get("amp", "fp32"))
-    return ", ".join(f"{said(a)} in epochs {i}-{j}" if i != j else f"{said(a)} in epoch {i}" for a, i, j in spans) + " (changed on resume)"
+        return said(spans[0][0] if spans else (args.get("amp", "fp32"), None))
+    return ", ".join(f"{said(k)} in epochs {i}-{j}" if i != j else f"{said(k)} in epoch {i}" for k, i, j in spans) + (
+        " (changed on resume: a rerun with one setting throughout will not give bit-identical weights)")
+
+
+def _environment_lines(history: list[dict]) -> list[str]:
+    """The card's environment: the code revision, torch, Python and CPU each epoch recorded, per span of epochs."""
+    spans: list[list] = []  # [environment, first epoch, last epoch]
+    for h in history:
+        env = h.get("environment")
+        if spans and spans[-1][0] == env:
+            spans[-1][2] = h["epoch"]
+        else:
+            spans.append([env, h["epoch"], h["epoch"]])
+    if not spans or all(not isinstance(env, dict) for env, _, _ in spans):
+        return ["- Environment: not recorded (the run predates per-epoch records); a bit-identical rerun needs the same code, "
+                "torch build, CPU and threads."]
+    said = [(environment_line(env) if isinstance(env, dict) else "not recorded") for env, _, _ in spans]
+    if len(spans) == 1:
+        return [f"- Environment: {said[0]}. A bit-identical rerun needs the same (float kernels differ across CPUs, thread "
+                "counts and library builds)."]
+    return ["- Environment (changed on resume; a bit-identical rerun needs each):"] + [
+        f"  - epochs {i}-{j}: {s}" if i != j else f"  - epoch {i}: {s}" for s, (_, i, j) in zip(said, spans)]
 
 
 def exit_gains(top1: Sequence[float]) -> list[float]:
@@ -326,6 +354,7 @@ def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict
         f"label smoothing {args['label_smoothing']:g}, augmentation {'off' if args['no_augment'] else 'random translation' + ('' if args['no_flip'] else ' + horizontal flip')}; "
         f"seed {args['seed']}; {t['epochs']} epochs; compute {_compute(args, history)}.",
         *_command_lines(args, run_dir, steps or []),
+        *_environment_lines(history),
         f"- Wall time{' of the last step' if steps else ''}: {wall}.{resumed}",
         "",
         f"## Results (`{_evaluate_command(path, report)}`)",

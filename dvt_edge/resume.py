@@ -14,12 +14,13 @@ from dvt_edge import data as _data
 from dvt_edge.checkpoint import CheckpointError, read_checkpoint
 from dvt_runtime.io import atomic_write_json, check_result_files
 
-__all__ = ["RESUME_MAY_CHANGE", "STARTED_OVER", "resume_run", "started_over"]
+__all__ = ["RESUME_MAY_CHANGE", "STARTED_OVER", "resume_run", "resumed_differently", "started_over"]
 
 #: written in OUT when a --force run starts over earlier checkpoints, removed once its first epoch is saved
 STARTED_OVER = "started-over.json"
 
-#: flags a resumed run may change (how it runs, not what it computes)
+#: flags a resumed run may change (how it runs; --threads and --amp change float rounding: recorded per epoch and warned,
+#: see resumed_differently)
 RESUME_MAY_CHANGE = {"out", "resume", "force", "quiet", "workers", "threads", "trust_checkpoint", "finetune", "amp"}
 
 
@@ -123,3 +124,25 @@ def _check_resume_args(stored: dict, args: argparse.Namespace, last: Path, defau
             f"--resume: {last} was started with other settings: "
             + ", ".join(f"--{k.replace('_', '-')} {a!r} (now {b!r})" for k, (a, b) in sorted(diff.items()))
             + "; resume with the run's own flags (or leave them out), or start a new run from it with --finetune " + str(last))
+
+
+_ENV_SAID = (("revision", "code revision"), ("dvt_edge", "dvt-edge"), ("torch", "torch"), ("python", "Python"), ("cpu", "CPU"))
+
+
+def resumed_differently(history: list[dict], amp: str, threads: int, env: dict) -> Optional[str]:
+    """A warning when a resumed run computes differently from its last recorded epoch (``--amp``, the intra-op threads, the
+    code or the machine: each changes how float sums round); None when nothing recorded differs."""
+    if not history:
+        return None
+    last = history[-1]
+    changes = [f"--amp {last['amp']} -> {amp}"] if last.get("amp", amp) != amp else []
+    if last.get("threads") is not None and last["threads"] != threads:
+        changes.append(f"--threads {last['threads']} -> {threads}")
+    before = last.get("environment")
+    if isinstance(before, dict):
+        changes += [f"{name} {before.get(k)} -> {env.get(k)}" for k, name in _ENV_SAID if before.get(k) != env.get(k)]
+    if not changes:
+        return None
+    return (f"--resume: this run's epoch {last['epoch']} ran otherwise ({'; '.join(changes)}): training goes on, but its weights may "
+            "not be bit-identical to an uninterrupted run's (float sums round differently); each epoch's setting is recorded "
+            "(metrics.json) and the model card lists them")

@@ -37,7 +37,8 @@ from dvt_edge.batches import augment, batches, epoch_shard, eval_batch_size, eva
 from dvt_edge.checkpoint import CheckpointError, _state_dict_of, checkpoint_model_name, read_checkpoint, save_checkpoint
 from dvt_edge.data import DATASETS, DataError, ImageSet, default_preprocess, default_train_data, load_dataset
 from dvt_edge.models import DVT, create_model, list_models, model_defaults, model_from_args
-from dvt_edge.resume import resume_run, started_over
+from dvt_edge.provenance import environment
+from dvt_edge.resume import resume_run, resumed_differently, started_over
 from dvt_edge.transfer import carry_head_rows, transfer_weights
 from dvt_runtime.cli import GivenParser
 from dvt_runtime.io import atomic_write_json, run_cli, save_png, sha256_file, silenced_progress
@@ -50,9 +51,6 @@ COLOR_MODEL = "dvt_small_cifar"  # --model for colour --data
 COLOR_REFERENCE = Path(__file__).parent / "assets" / "dvt_small_cifar.pt"  # where the package is: any working directory
 
 __all__ = ["train", "evaluate_exits", "main", "build_parser"]
-
-
-# ----------------------------------------------------------------------------- helpers
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -96,9 +94,6 @@ def _plot_metrics(history: list[dict], path: Path) -> None:
     ax.legend()
     fig.tight_layout()
     save_png(fig, path)
-
-
-# ----------------------------------------------------------------------------- train
 
 
 BATCH_224 = 32  # --batch-size of a 224 px model when none is given (the default 128 is the 28-32 px models')
@@ -378,6 +373,9 @@ def _restore(run: _Run, resume_state: dict, last: Path) -> _RunState:
     set_rng_state(t["rng"][rank] if rank < len(t["rng"]) else t["rng"][0])
     state = _RunState(t["epoch"], json.loads(t["history"]), t["best_acc"], float(t.get("run_seconds", 0.0)))
     run.log(f"resuming {run.args.model} from {last} after epoch {state.start_epoch} of {run.args.epochs}")
+    if state.start_epoch < run.args.epochs and run.main_proc and (
+            said := resumed_differently(state.history, run.args.amp, torch.get_num_threads(), environment())):
+        warnings.warn(said, stacklevel=2)
     return state
 
 
@@ -455,7 +453,8 @@ def _end_epoch(run: _Run, state: _RunState, out: Path, epoch: int, train_loss: f
     # batches of training size fit where training does (a GPU's 512 at 224 px), and at least the CPU default
     acc, _ = evaluate_exits(model, run.val_ds, max(args.batch_size, eval_batch_size(model.cfg.img_size)), cache=run.val_cache)
     entry = {"epoch": epoch + 1, "train_loss": train_loss, "val_acc": acc,
-             "lr": run.sched.get_last_lr()[0], "epoch_seconds": round(train_time, 1), "amp": args.amp}
+             "lr": run.sched.get_last_lr()[0], "epoch_seconds": round(train_time, 1), "amp": args.amp,
+             "threads": torch.get_num_threads(), "environment": environment()}  # what float results depend on, per epoch (resumes vary)
     state.history.append(entry)
     improved = acc[-1] > state.best_acc
     state.best_acc = max(state.best_acc, acc[-1])

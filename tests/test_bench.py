@@ -51,6 +51,11 @@ def test_bench_result_shape_and_real_numbers(results):
     assert len(mt["block_speedups"]) == MATCH_BLOCKS and all(np.isfinite(mt["block_speedups"]))
     assert mt["speedup_vs_last_exit"] == pytest.approx(mt["last_exit_mean_ms"] / mt["measured_mean_ms"])
     hv = mt["halvings"]  # the rule replayed on other splits, from the measured prices
+    assert hv["seeds"] == list(range(1, 21)) and onnx["split_seed"] == 0  # numpy default_rng seeds: a rerun re-creates the splits
+    from dvt_edge.provenance import environment
+    from dvt_runtime.io import sha256_file
+
+    assert r1["checkpoint_sha256"] == sha256_file(r1["checkpoint"]) and r1["environment"] == environment()  # which file, code, torch
     assert hv["n"] == len(hv["speedups"]) == len(hv["accuracy_deltas"]) == 20 and hv["n_holdout"] == n_hold
     assert all(np.isfinite(hv["speedups"])) and np.all(np.asarray(hv["speedups"]) >= 1.0 - 1e-9)
     assert hv["matched"] == sum(d >= -0.2 - 1e-9 for d in hv["accuracy_deltas"])
@@ -99,6 +104,16 @@ def test_matched_over_halvings_replays_the_rule():
     mixed = matched_over_halvings(probs, rng.integers(0, 10, 400), costs, 200, n=8)
     assert all(1.0 - 1e-9 <= v <= 4.0 + 1e-9 for v in mixed["speedups"])
     assert mixed["matched"] == sum(d >= -0.2 for d in mixed["accuracy_deltas"])
+    from dvt_edge.bench_match import _cheapest_matching
+    from dvt_runtime.search import ExitOutputs, evaluate_thresholds
+
+    y = rng.integers(0, 10, 400)
+    again = matched_over_halvings(probs, y, costs, 200, n=3)
+    for seed, delta in zip(again["seeds"], again["accuracy_deltas"]):  # the recorded seeds re-create each halving
+        perm = np.random.default_rng(seed).permutation(400)
+        hold, cal = ExitOutputs.from_probs(probs[:, perm[:200]], y[perm[:200]]), ExitOutputs.from_probs(probs[:, perm[200:]], y[perm[200:]])
+        p = _cheapest_matching(cal, costs)
+        assert delta == (0.0 if p is None else evaluate_thresholds(hold, None, p.thresholds, costs).accuracy - hold.correct[-1].mean() * 100)
     assert matched_over_halvings(probs, rng.integers(0, 10, 400), costs, 200, n=0) is None
     assert easy["last_exit_fallbacks"] == trap["last_exit_fallbacks"] == mixed["last_exit_fallbacks"] == 0
 

@@ -24,6 +24,7 @@ from dvt_edge.export import ExportError, _default_thresholds, _load_data, export
 from dvt_edge.export.__main__ import main as export_main
 from dvt_edge.export.pt2e import NO_DYNAMIC_CONV
 from dvt_edge.export.targets import TARGETS, TargetUnavailable, get_target
+from dvt_edge.provenance import code_revision
 from dvt_runtime.bundle import Bundle
 from dvt_runtime.manifest import Manifest, ManifestError
 
@@ -52,6 +53,7 @@ def test_export_target_precision(tmp_path, micro_ckpt, target, precision):
     assert [t.name for t in m.exits[2].outputs] == ["logits"]
     assert m.parity.problems == [] and m.parity.passed == (m.parity.checked == "numerical")  # structure alone never 'passed'
     assert m.toolchain["torch"].startswith("2.13")
+    assert m.toolchain.get("dvt-edge-revision") == code_revision()  # a git checkout's commit (CI's clone has one)
     for e in m.exits:
         assert (res.path / e.artifact).exists() and e.artifact.endswith(t.suffix)
         if precision == "int8":

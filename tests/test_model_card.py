@@ -42,6 +42,10 @@ def test_publish_run_writes_final_weights_and_a_card(micro_ckpt, tmp_path):
         assert re.search(rf"\| {e['exit']} \| {e['grid']} \| {e['gflops'] * 1e3:.2f} \| {e['top1']:.2f} \|", card), e
     history = json.loads((run / "metrics.json").read_text())["history"]
     assert f"| {len(history)} | {history[-1]['train_loss']:.3f} |" in card
+    from dvt_edge.provenance import environment_line  # which code, torch and CPU made it (version numbers alone cannot say)
+
+    assert f"- Environment: {environment_line(history[-1]['environment'])}. A bit-identical rerun needs the same" in card
+    assert "compute fp32 on 1 thread." in card
     assert (run / "card_eval" / "evaluate.json").is_file() and (run / "card_eval" / "evaluate.png").stat().st_size > 1000
 
 
@@ -516,17 +520,26 @@ def test_the_demos_not_matched_note_counts_the_images_measured(monkeypatch, tmp_
     assert "on the 2500 measured images (0.2 points is 5 image(s) there); calibrating the closest" in out, out
 
 
-def test_the_card_says_when_a_resume_changed_the_compute_precision(micro_ckpt):
-    """--amp may change on --resume (how a run computes, not what): the card had given the last precision for every epoch."""
-    from dvt_edge.model_card import _compute
+def test_the_card_says_when_a_resume_changed_the_compute_precision_threads_or_environment(micro_ckpt):
+    """--amp and --threads may change on --resume, and so may the machine or the code: the card gave the last precision
+    for every epoch and no threads or environment, so its command did not reproduce the weights and nothing said so."""
+    from dvt_edge.model_card import _compute, _environment_lines
 
     history = json.loads(read_checkpoint(micro_ckpt.parent / "last.pt")["train"]["history"])
-    assert [h["amp"] for h in history] == ["fp32"]  # each epoch records its own
-    assert _compute({"amp": "fp32"}, history) == "fp32"
-    mixed = [{"epoch": 1, "amp": "bf16"}, {"epoch": 2, "amp": "bf16"}, {"epoch": 3, "amp": "fp32"}]
-    assert _compute({"amp": "fp32"}, mixed) == ("bf16 autocast (weights and optimizer fp32) in epochs 1-2, fp32 in epoch 3 "
-                                                "(changed on resume)")
+    assert [(h["amp"], h["threads"]) for h in history] == [("fp32", 1)]  # each epoch records its own
+    assert _compute({"amp": "fp32"}, history) == "fp32 on 1 thread"
+    mixed = [{"epoch": 1, "amp": "bf16", "threads": 2}, {"epoch": 2, "amp": "bf16", "threads": 2}, {"epoch": 3, "amp": "fp32", "threads": 2},
+             {"epoch": 4, "amp": "fp32", "threads": 1}]
+    assert _compute({"amp": "fp32"}, mixed) == (
+        "bf16 autocast (weights and optimizer fp32) on 2 threads in epochs 1-2, fp32 on 2 threads in epoch 3, fp32 on 1 thread in "
+        "epoch 4 (changed on resume: a rerun with one setting throughout will not give bit-identical weights)")
     assert _compute({"amp": "bf16"}, [{"epoch": 1}, {"epoch": 2}]) == "bf16 autocast (weights and optimizer fp32)"  # older runs
+    env = history[0]["environment"]
+    other = {**env, "cpu": "Another CPU"}
+    lines = _environment_lines([{"epoch": 1, "environment": env}, {"epoch": 2, "environment": env}, {"epoch": 3, "environment": other}])
+    assert lines[0].startswith("- Environment (changed on resume") and lines[1].startswith("  - epochs 1-2: dvt-edge ")
+    assert lines[2].startswith("  - epoch 3: ") and "Another CPU" in lines[2] and "Another CPU" not in lines[1]
+    assert _environment_lines([{"epoch": 1}])[0].startswith("- Environment: not recorded")
 
 
 def test_a_card_of_a_variant_a_script_registered_says_how_to_register_it(monkeypatch):

@@ -152,6 +152,41 @@ def test_resume_with_other_run_settings_is_refused(tmp_path, capsys):
         run("--epochs", "1", "--resume")
 
 
+def test_a_resume_on_other_threads_or_code_is_warned_and_recorded_per_epoch(tmp_path, monkeypatch):
+    """--threads may change on --resume (a run moves to another machine), but float sums then round otherwise: the resumed
+    run's weights differ from an uninterrupted run's, and the card's command gave the last thread count as the run's."""
+    import dvt_edge.train as train_mod
+    from dvt_edge.resume import resumed_differently
+
+    real_epoch, calls = train_mod._train_epoch, []
+
+    def stop_second(*a):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*a)
+
+    before = torch.get_num_threads()
+    try:
+        args = [*QUICK, "--epochs", "2", "--train-limit", "200", "--out", str(tmp_path)]
+        monkeypatch.setattr(train_mod, "_train_epoch", stop_second)
+        with pytest.raises(KeyboardInterrupt):
+            train(build_parser().parse_args([*args, "--threads", "1"]))
+        monkeypatch.setattr(train_mod, "_train_epoch", real_epoch)
+        with pytest.warns(UserWarning, match=r"epoch 1 ran otherwise \(--threads 1 -> 2\): .* may not be bit-identical"):
+            train(build_parser().parse_args([*args, "--threads", "2", "--resume"]))
+    finally:
+        torch.set_num_threads(before)
+    history = json.loads((tmp_path / "metrics.json").read_text())["history"]
+    assert [h["threads"] for h in history] == [1, 2]
+    env = history[0]["environment"]
+    assert env == history[1]["environment"] and env["torch"] == torch.__version__ and "threads" not in env
+    assert resumed_differently(history, "fp32", 2, env) is None  # nothing differs from the last epoch
+    said = resumed_differently(history, "bf16", 2, {**env, "revision": "b" * 40})
+    assert "--amp fp32 -> bf16" in said and f"code revision {env['revision']} -> {'b' * 40}" in said
+    assert resumed_differently([{"epoch": 1}], "fp32", 3, env) is None  # an epoch recorded before threads were: nothing to compare
+
+
 def test_resume_keeps_the_source_the_run_started_from(tmp_path, monkeypatch):
     """A run from scratch resumed with --finetune X was recorded (and published) as fine-tuned from X, an initialisation
     that never ran; another --finetune than the run's own is refused too."""
@@ -927,3 +962,34 @@ sys.exit(run_cli(main))
     r = subprocess.CompletedProcess(p.args, p.returncode, out, err)
     assert r.returncode == 143 and "interrupted (SIGTERM): stopped" in r.stderr, r.stderr[-2000:]
     assert "Traceback" not in r.stderr and "RuntimeError" not in r.stderr, r.stderr[-2000:]
+
+
+def test_the_code_revision_is_the_checkouts_commit_and_says_when_files_differ(tmp_path, monkeypatch):
+    """Every checkout of one version carries the same version number: train, export, evaluate and bench record the
+    commit (marked when tracked files differ from it), or nothing for an installed package."""
+    import shutil
+
+    from dvt_edge import provenance
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "clone"
+    (repo / "dvt_edge").mkdir(parents=True)
+    (repo / "dvt_edge" / "x.py").write_text("a = 1\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    for cmd in (["init", "-q"], ["add", "."], ["commit", "-qm", "c"]):
+        subprocess.run([*git, *cmd], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    monkeypatch.setattr(provenance, "_ROOT", repo)
+    try:
+        provenance.code_revision.cache_clear()
+        assert provenance.code_revision() == head
+        (repo / "dvt_edge" / "x.py").write_text("a = 2\n")
+        provenance.code_revision.cache_clear()
+        assert provenance.code_revision() == head + "+modified"
+        assert "(git " + head[:12] + "+modified)" in provenance.environment_line({**provenance.environment(), "revision": head + "+modified"})
+        monkeypatch.setattr(provenance, "_ROOT", tmp_path / "installed")  # a wheel: no checkout around the package
+        provenance.code_revision.cache_clear()
+        assert provenance.code_revision() is None
+    finally:
+        provenance.code_revision.cache_clear()

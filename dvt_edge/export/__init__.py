@@ -58,6 +58,7 @@ from dvt_edge.imageset import default_classes
 from dvt_edge.logs import quiet_toolchains
 from dvt_edge.models import DVT, imagenet_layout
 from dvt_edge.npzdata import HOLDOUT_MARK
+from dvt_edge.provenance import code_revision
 from dvt_runtime.backends import available_backends
 from dvt_runtime.bundle import softmax
 from dvt_runtime.io import current_umask, progress, sha256_file
@@ -124,6 +125,8 @@ def _toolchain() -> dict:
             out[d] = metadata.version(d)
         except metadata.PackageNotFoundError:
             pass
+    if rev := code_revision():  # which checkout made it: every checkout of one version carries the same number
+        out["dvt-edge-revision"] = rev
     return out
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from dvt_runtime.backends import backend_version
 
-__all__ = ["BatchMemoryError", "available_memory_mb", "check_batch_memory", "current_rss_mb", "device_facts", "peak_rss_mb"]
+__all__ = ["BatchMemoryError", "available_memory_mb", "check_batch_memory", "cpu_model", "current_rss_mb", "device_facts", "peak_rss_mb"]
 
 
 # Device facts
@@ -53,6 +53,11 @@ def _cpu_model() -> Optional[str]:
         if m and m.group(1).strip():
             return m.group(1).strip()
     return platform.processor() or None
+
+
+def cpu_model() -> Optional[str]:
+    """This machine's CPU model as the OS names it (``/proc/cpuinfo``, else ``platform.processor()``); None if unknown."""
+    return _safe(_cpu_model)
 
 
 def _affinity() -> Optional[int]:

@@ -1,0 +1,57 @@
+"""Where a result came from: the code revision and the environment that made it.
+
+Recorded by ``train`` (per epoch, shown in the model card), ``export`` (the manifest's ``toolchain`` and ``source``),
+``evaluate`` and ``bench`` (their JSON), so that a file can say which code and machine produced it: version numbers
+alone cannot (every checkout of one version carries the same number)."""
+
+from __future__ import annotations
+
+import functools
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any, Optional
+
+__all__ = ["code_revision", "environment", "environment_line"]
+
+_ROOT = Path(__file__).resolve().parent.parent  # the checkout holding dvt_edge/ when run from a git clone
+
+
+@functools.lru_cache(maxsize=1)
+def code_revision() -> Optional[str]:
+    """The git commit of the checkout this package runs from, with ``+modified`` when its tracked files differ from that
+    commit; None for an installed wheel, where git is missing, or where git refuses the folder."""
+    if not (_ROOT / ".git").exists() or not (_ROOT / "dvt_edge").is_dir():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=20)
+        if head.returncode or len(head.stdout.strip()) < 40:
+            return None
+        dirty = subprocess.run(["git", "-C", str(_ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+modified" if dirty.returncode or dirty.stdout.strip() else "")
+
+
+def environment(threads: Optional[int] = None) -> dict[str, Any]:
+    """What a float result depends on beyond its inputs: dvt-edge's version and revision, torch, Python, the CPU, the
+    intra-op threads (``threads``; omitted when None)."""
+    import torch
+
+    from dvt_edge import __version__
+    from dvt_runtime.device import cpu_model
+
+    env = {"dvt_edge": __version__, "revision": code_revision(), "torch": torch.__version__,
+           "python": platform.python_version(), "cpu": cpu_model(), "machine": platform.machine() or None}
+    return env if threads is None else {**env, "threads": threads}
+
+
+def environment_line(env: dict[str, Any]) -> str:
+    """``env`` (from :func:`environment`) in one line, e.g. ``dvt-edge 0.2.0 (git 1a2b3c4d5e6f), torch 2.13.0, Python
+    3.11.9, AMD EPYC 9B14 (x86_64)``."""
+    rev = env.get("revision")
+    rev = f" (git {rev[:12]}{'+modified' if rev.endswith('+modified') else ''})" if rev else " (revision not recorded)"
+    cpu = env.get("cpu") or "CPU unknown"
+    return (f"dvt-edge {env.get('dvt_edge', '?')}{rev}, torch {env.get('torch', '?')}, Python {env.get('python', '?')}, "
+            f"{cpu}" + (f" ({env['machine']})" if env.get("machine") else ""))
