@@ -117,6 +117,19 @@ def set_rng_state(s: dict) -> None:
     np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
 
 
+def gather_rng_states(gen: torch.Generator, world: int) -> tuple[list, list]:
+    """Every process's RNG and augmentation-generator (``gen``) states, in rank order (saved for an exact resume)."""
+    rngs, gens = [rng_state()], [gen.get_state()]
+    if world > 1:
+        import torch.distributed as dist
+
+        all_rngs, all_gens = [None] * world, [None] * world
+        dist.all_gather_object(all_rngs, rngs[0])
+        dist.all_gather_object(all_gens, gens[0])
+        rngs, gens = all_rngs, all_gens
+    return rngs, gens
+
+
 #: images x pixels per evaluation batch: 500 images at 32 px, 10 at 224 px (T2T-ViT-12 held 5.1 GB for a batch of
 #: 150 images at 224 px in PyTorch, measured: about 30 MB an image, most of it its T2T module's 3136-token attention)
 EVAL_PIXELS = 500 * 32 * 32

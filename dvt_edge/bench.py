@@ -32,9 +32,10 @@ from dvt_edge.bench_report import SCHEMA, check_results_folder, kept_over_failur
 from dvt_edge.bench_throughput import throughput
 from dvt_edge.data import DATASETS, DataError, data_for_checkpoint, scoring_set
 from dvt_edge.logs import quiet_toolchains
+from dvt_edge.provenance import result_provenance
 from dvt_edge.references import DEFAULT_REFERENCE
 from dvt_runtime.checks import parse_thresholds
-from dvt_runtime.io import sha256_file, silenced_progress
+from dvt_runtime.io import silenced_progress
 from dvt_runtime.stats import sample_stats
 
 REFERENCE = DEFAULT_REFERENCE.checkpoint
@@ -176,6 +177,7 @@ def _each_target(checkpoint: str, model_name: str, targets: list[str], precision
     ``export_opts``: more :class:`dvt_edge.export.ExportOptions` fields (e.g. ``calib_data``)."""
     from dvt_edge.export import export_bundle
     from dvt_edge.export.targets import TARGETS, get_target
+    from dvt_runtime.io import sha256_file
 
     names = sorted(TARGETS) if targets == ["all"] else [get_target(t).name for t in targets]
     ckpt_sha = sha256_file(checkpoint) if reuse else None  # once, not per target x precision
@@ -255,7 +257,7 @@ def run_throughput(checkpoint: str, targets: list[str], precisions: list[str], t
     return {"schema": SCHEMA, "schema_version": 1, "mode": "throughput",
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join(sys.argv), "checkpoint": checkpoint, "model": model.name, "data": data or f"{n} random images",
-            "n_images": len(x), "threads": threads, "device": dev, "rows": rows, "has_accuracy": y is not None, **_provenance(checkpoint)}
+            "n_images": len(x), "threads": threads, "device": dev, "rows": rows, "has_accuracy": y is not None, **result_provenance(checkpoint)}
 
 
 def run_bench(checkpoint: str, data: Optional[str], targets: list[str], precisions: list[str], budgets: Optional[list[float]],
@@ -289,15 +291,8 @@ def run_bench(checkpoint: str, data: Optional[str], targets: list[str], precisio
     return {"schema": SCHEMA, "schema_version": 1,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join(sys.argv), "checkpoint": checkpoint, "model": model.name, "data": data, "data_note": data_note, "n_images": len(x),
-            "threads": threads, "device": dev, "rows": rows, **_provenance(checkpoint)}
+            "threads": threads, "device": dev, "rows": rows, **result_provenance(checkpoint)}
 
-
-def _provenance(checkpoint: str) -> dict:
-    """What a rerun needs beyond the command: the checkpoint's SHA-256 (a path names no content) and the code and torch that
-    exported and scored it (the device's own facts are in ``device``)."""
-    from dvt_edge.provenance import environment
-
-    return {"checkpoint_sha256": sha256_file(checkpoint), "environment": environment()}
 
 
 def _scoring(data: str, info, model, n: int, stand_in: str = ""):
@@ -385,16 +380,18 @@ def _report_main(argv: list[str]) -> int:
     except (OSError, ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if Path(a.out).exists() and not Path(a.out).is_dir():
-        print(f"error: --out {a.out} is a file; pass a folder for the report", file=sys.stderr)
-        return 2
     try:
+        if Path(a.out).exists() and not Path(a.out).is_dir():
+            raise ValueError(f"--out {a.out} is a file; pass a folder for the report")
         check_results_folder(Path(a.out), "report")
+        print(md)
+        written = write_outputs(results, Path(a.out), "report")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    written = write_outputs(results, Path(a.out), "report")
-    print(md)
+    except OSError as e:
+        print(f"error: the report above was not saved ({e.strerror or e})", file=sys.stderr)
+        return 2
     print(wrote_line(written, Path(a.out), "report"))
     return 0
 
@@ -486,8 +483,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     r["command"] = shlex.join(["python", "-m", "dvt_edge.bench", *argv])  # rerunnable (sys.argv[0] is bench.py's path)
     kept = kept_over_failures(out, r)  # a run whose every row failed replaced a working one
-    written = [] if kept else write_outputs([r], out)
-    print(markdown([r]))
+    print(markdown([r]))  # on the terminal before the files: a failed write loses no figure
+    try:
+        written = [] if kept else write_outputs([r], out)
+    except OSError as e:
+        print(f"error: the results above were not saved ({e.strerror or e}); {out}'s earlier results are as they were", file=sys.stderr)
+        return 2
     print(kept or wrote_line(written, out, "bench"))
     return exit_status(r, a.targets)
 

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from dvt_runtime.io import atomic_write, atomic_write_json, save_png
+from dvt_runtime.io import atomic_write, atomic_write_json, save_png, written_together
 
 __all__ = ["SCHEMA", "MATCH_POINTS", "markdown", "halvings_line", "matched_cells", "throughput_markdown", "plot", "plot_exits", "plot_throughput",
            "write_outputs", "load_results"]
@@ -348,25 +348,23 @@ def plot_throughput(results: list[dict], path: Path) -> bool:
 
 
 def write_outputs(results: list[dict], out: Path, name: str = "bench") -> list[Path]:
-    """JSON, Markdown and the plots that apply; returns the files written (an older run's plots in ``out``
-    are left as they are and not listed)."""
-    if len(results) == 1:
-        atomic_write_json(out / f"{name}.json", results[0])
-    else:
-        atomic_write_json(out / f"{name}.json", {"schema": SCHEMA, "schema_version": 1, "merged": results})
-    atomic_write(out / f"{name}.md", markdown(results).encode())
-    written = [out / f"{name}.json", out / f"{name}.md"]
+    """JSON, Markdown and the plots that apply, replaced together (a failure leaves the earlier set); the files written
+    (an older run's plots in ``out`` are left as they are and not listed)."""
     from dvt_edge.bench_latency import plot_latency
 
-    plots = [(lambda: plot(results, out / f"{name}_accuracy_vs_latency.png", out / f"{name}_exit_distribution.png"), "accuracy"),
-             (lambda: [out / f"{name}_throughput.png"] if plot_throughput(results, out / f"{name}_throughput.png") else [], "throughput"),
-             (lambda: [out / f"{name}_latency.png"] if plot_latency(results, out / f"{name}_latency.png") else [], "latency")]
-    for draw, what in plots:  # a plot a result cannot feed is said and skipped; the JSON and Markdown stand
-        try:
-            written += draw()
-        except (KeyError, TypeError, ValueError, IndexError) as e:
-            print(f"warning: the {what} plot was skipped ({type(e).__name__}: {e})", file=sys.stderr)
-    return written
+    with written_together(out, name) as st:
+        atomic_write_json(st / f"{name}.json", results[0] if len(results) == 1 else {"schema": SCHEMA, "schema_version": 1, "merged": results})
+        atomic_write(st / f"{name}.md", markdown(results).encode())
+        written = [st / f"{name}.json", st / f"{name}.md"]
+        plots = [(lambda: plot(results, st / f"{name}_accuracy_vs_latency.png", st / f"{name}_exit_distribution.png"), "accuracy"),
+                 (lambda: [st / f"{name}_throughput.png"] if plot_throughput(results, st / f"{name}_throughput.png") else [], "throughput"),
+                 (lambda: [st / f"{name}_latency.png"] if plot_latency(results, st / f"{name}_latency.png") else [], "latency")]
+        for draw, what in plots:  # a plot a result cannot feed is said and skipped; the JSON and Markdown stand
+            try:
+                written += draw()
+            except (KeyError, TypeError, ValueError, IndexError) as e:
+                print(f"warning: the {what} plot was skipped ({type(e).__name__}: {e})", file=sys.stderr)
+    return [out / p.name for p in written]
 
 
 #: what write_outputs may write beside NAME.json

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["code_revision", "environment", "environment_line"]
+__all__ = ["code_revision", "environment", "environment_line", "result_provenance"]
 
 _ROOT = Path(__file__).resolve().parent.parent  # the checkout holding dvt_edge/ when run from a git clone
 
@@ -55,3 +55,11 @@ def environment_line(env: dict[str, Any]) -> str:
     cpu = env.get("cpu") or "CPU unknown"
     return (f"dvt-edge {env.get('dvt_edge', '?')}{rev}, torch {env.get('torch', '?')}, Python {env.get('python', '?')}, "
             f"{cpu}" + (f" ({env['machine']})" if env.get("machine") else ""))
+
+
+def result_provenance(checkpoint: str) -> dict[str, Any]:
+    """What a rerun of a result needs beyond its command: the checkpoint's SHA-256 (a path names no content) and the code
+    and torch that exported and scored it."""
+    from dvt_runtime.io import sha256_file
+
+    return {"checkpoint_sha256": sha256_file(checkpoint), "environment": environment()}

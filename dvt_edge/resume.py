@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from dvt_edge import data as _data
 from dvt_edge.checkpoint import CheckpointError, read_checkpoint
-from dvt_runtime.io import atomic_write_json, check_result_files
+from dvt_runtime.io import atomic_write_json, check_result_files, hold_lock
 
-__all__ = ["RESUME_MAY_CHANGE", "STARTED_OVER", "resume_run", "resumed_differently", "started_over"]
+__all__ = ["LOCK_NAME", "RESUME_MAY_CHANGE", "STARTED_OVER", "check_room", "resume_hint", "resume_run", "resumed_differently", "run_lock",
+           "started_over"]
 
 #: written in OUT when a --force run starts over earlier checkpoints, removed once its first epoch is saved
 STARTED_OVER = "started-over.json"
+#: locked in OUT by the process that writes a run's checkpoints, for the whole run
+LOCK_NAME = ".dvt-train.lock"
+#: what a run writes in OUT (atomically: an interrupted write leaves ``.NAME.*.tmp``)
+RUN_FILES = ("last.pt", "best.pt", "metrics.json", "metrics.png", STARTED_OVER)
 
 #: flags a resumed run may change (how it runs; --threads and --amp change float rounding: recorded per epoch and warned,
 #: see resumed_differently)
@@ -146,3 +153,49 @@ def resumed_differently(history: list[dict], amp: str, threads: int, env: dict) 
     return (f"--resume: this run's epoch {last['epoch']} ran otherwise ({'; '.join(changes)}): training goes on, but its weights may "
             "not be bit-identical to an uninterrupted run's (float sums round differently); each epoch's setting is recorded "
             "(metrics.json) and the model card lists them")
+
+
+@contextlib.contextmanager
+def run_lock(out: Path, main: bool = True) -> Iterator[None]:
+    """Hold OUT's training lock while the run goes on (``main``: the process that writes its checkpoints): a second run
+    into OUT, which would overwrite this one's checkpoints or have them overwritten, is refused. The kernel drops the lock
+    when the process ends, however it ends. Under it, temporary files of a save that was killed are removed."""
+    if not main:
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with hold_lock(out / LOCK_NAME, create=True) as held:
+        if not held:
+            raise CheckpointError(f"another training run is writing to {out} (it holds {out / LOCK_NAME}): let it finish, or "
+                                  "train into another --out")
+        left = [p for name in RUN_FILES for p in out.glob(f".{name}.*.tmp") if p.is_file() and not p.is_symlink()]
+        for p in left:
+            p.unlink()
+        if left:
+            print(f"note: removed {len(left)} temporary file(s) left in {out} by an interrupted save: {', '.join(p.name for p in left)}",
+                  file=sys.stderr)
+        yield
+
+
+def check_room(out: Path, n_params: int) -> None:
+    """Refuse before the first epoch when OUT's disk cannot take an epoch's checkpoints: ``last.pt`` (weights and AdamW's
+    two moments) and ``best.pt``, each written beside the file it replaces."""
+    import shutil
+
+    need = 4 * n_params * (3 + 1) + (8 << 20)  # float32 weights x (weights + 2 moments) + best.pt; metrics and plots
+    try:
+        free = shutil.disk_usage(out).free
+    except OSError:
+        return
+    if free < need:
+        raise CheckpointError(f"{out} has {free / 2**20:.1f} MB free; each epoch saves about {need / 2**20:.0f} MB of checkpoints "
+                              "there: free some space, or train into another --out")
+
+
+def resume_hint(out: str, started: float) -> Optional[str]:
+    """The command that resumes a run stopped after this process saved an epoch (None when it saved none)."""
+    last = Path(out) / "last.pt"
+    if not last.is_file() or last.stat().st_mtime < started or os.environ.get("RANK", "0") != "0":
+        return None
+    launcher = "torchrun --nproc_per_node N -m dvt_edge.train" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "python -m dvt_edge.train"
+    return f"resume with: {launcher} --out {shlex.quote(str(out))} --resume"

@@ -11,11 +11,11 @@ Writes ``OUT/last.pt`` (with optimizer/scheduler/RNG state, for ``--resume``),
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import random
-import shlex
 import sys
 import time
 import warnings
@@ -33,12 +33,12 @@ import torch.nn.functional as F
 from dvt_edge import batches as _batches
 from dvt_edge import checkpoint as _checkpoint
 from dvt_edge import data as _data
-from dvt_edge.batches import augment, batches, epoch_shard, eval_batch_size, evaluate_exits, materialize, rng_state, set_rng_state
+from dvt_edge.batches import augment, batches, epoch_shard, eval_batch_size, evaluate_exits, gather_rng_states, materialize, set_rng_state
 from dvt_edge.checkpoint import CheckpointError, _state_dict_of, checkpoint_model_name, read_checkpoint, save_checkpoint
 from dvt_edge.data import DATASETS, DataError, ImageSet, default_preprocess, default_train_data, load_dataset
 from dvt_edge.models import DVT, create_model, list_models, model_defaults, model_from_args
 from dvt_edge.provenance import environment
-from dvt_edge.resume import resume_run, resumed_differently, started_over
+from dvt_edge.resume import check_room, resume_hint, resume_run, resumed_differently, run_lock, started_over
 from dvt_edge.transfer import carry_head_rows, transfer_weights
 from dvt_runtime.cli import GivenParser
 from dvt_runtime.io import atomic_write_json, run_cli, save_png, sha256_file, silenced_progress
@@ -225,17 +225,18 @@ class _RunState:
 def train(args: argparse.Namespace) -> dict:
     """Train (or resume, or fine-tune) as ``build_parser``'s arguments say; the history, best accuracy and seconds.
     With ``--quiet`` no progress bar at all (decoding, preprocessing, epochs, evaluation)."""
-    with silenced_progress(getattr(args, "quiet", False)):
-        return _train(args)
+    with silenced_progress(getattr(args, "quiet", False)), contextlib.ExitStack() as stack:
+        return _train(args, stack)
 
 
-def _train(args: argparse.Namespace) -> dict:
+def _train(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict:
     given = getattr(args, "given_flags", None)  # the flags the command line set (GivenParser): --resume keeps the run's others
     check_args(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"--out {out} is a file; pass a folder for the run (checkpoints and metrics go there)")
     rank, world, device = _init_processes(args)
+    stack.enter_context(run_lock(out, main=rank == 0))  # one run at a time writes OUT's checkpoints
     log = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
     resume_state = resume_run(args, out, vars(build_parser().parse_args(["--out", "x"])), given)  # without --data, --model: its own
     if args.warmup_epochs >= args.epochs:  # a one-epoch fine-tune ended at the peak rate (checked on a resumed run's own values)
@@ -262,6 +263,8 @@ def _train(args: argparse.Namespace) -> dict:
         log(f"note: --model {args.model} ({'colour, 32 px' if colour else 'grayscale, 28 px'}: {args.data} is {'colour' if colour else 'grayscale'}); "
             "pass --model NAME to choose (python -m dvt_edge.zoo lists them)" + (f", or --finetune {COLOR_REFERENCE} (the CIFAR-10 reference)" if colour else ""))
     model = _build_model(args, resume_state, train_ds, val_ds, log)
+    if rank == 0:
+        check_room(out, sum(p.numel() for p in model.parameters()))  # before an epoch's work, not after it
     if given is not None and "batch_size" not in given and resume_state is None and model.cfg.img_size >= 224:
         args.batch_size = BATCH_224  # the small models' 128 needs about 19 GB at 224 px (measured below)
         log(f"note: --batch-size {BATCH_224} for a {model.cfg.img_size} px model (fine-tuning dvt_t2t_vit_12 on a CPU peaked at 2.4 GB "
@@ -277,7 +280,7 @@ def _train(args: argparse.Namespace) -> dict:
     t_run = time.time()
     for epoch in range(state.start_epoch, args.epochs):
         train_loss, train_time = _train_epoch(run, epoch)
-        rngs, gens = _gather_rng_states(run)
+        rngs, gens = gather_rng_states(run.gen, run.world)
         if run.main_proc:
             _end_epoch(run, state, out, epoch, train_loss, train_time, rngs, gens, t_run)
         if world > 1:
@@ -434,18 +437,6 @@ def exit_loss(outs: Sequence[torch.Tensor], y: torch.Tensor, label_smoothing: fl
     return loss
 
 
-def _gather_rng_states(run: _Run) -> tuple[list, list]:
-    """Every process's RNG and augmentation-generator states (saved in last.pt for an exact resume)."""
-    rngs = [rng_state()]
-    gens = [run.gen.get_state()]
-    if run.world > 1:
-        all_rngs, all_gens = [None] * run.world, [None] * run.world
-        dist.all_gather_object(all_rngs, rngs[0])
-        dist.all_gather_object(all_gens, gens[0])
-        rngs, gens = all_rngs, all_gens
-    return rngs, gens
-
-
 def _end_epoch(run: _Run, state: _RunState, out: Path, epoch: int, train_loss: float, train_time: float,
                rngs: list, gens: list, t_run: float) -> None:
     """Per-exit validation, checkpoints (last.pt, best.pt when improved), metrics.json/png (rank 0)."""
@@ -481,13 +472,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         train(args)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the last finished epoch is in OUT/last.pt, if this run wrote one
-        last = Path(args.out) / "last.pt"
-        if last.is_file() and last.stat().st_mtime >= started and os.environ.get("RANK", "0") == "0":
-            launcher = "torchrun --nproc_per_node N -m dvt_edge.train" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "python -m dvt_edge.train"
-            print(f"resume with: {launcher} --out {shlex.quote(str(args.out))} --resume", file=sys.stderr)
+        if hint := resume_hint(args.out, started):
+            print(hint, file=sys.stderr)
         raise
     except (CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a lost mount: the epochs saved before it stay
+        print(f"error: {e if e.filename else e.strerror or e}" + (f"\n{hint}" if (hint := resume_hint(args.out, started)) else ""), file=sys.stderr)
         return 2
     except FloatingPointError as e:  # diverged: the checkpoints in --out hold the last finished epoch
         print(f"error: {e} (nothing was written for that epoch)", file=sys.stderr)

@@ -596,3 +596,38 @@ def test_accuracies_come_with_their_intervals(results):
     assert "cascade" not in intervals_line(dict(onnx, matched=dict(onnx["matched"], at_chance=True)), 120)  # no claim to qualify
     broken = dict(onnx, static=[dict(s, accuracy_all=float("nan")) for s in onnx["static"]])
     assert "per exit on all 120 images - / - / -;" in intervals_line(broken, 120)
+
+
+def test_a_failed_write_leaves_the_earlier_results_whole_and_the_command_says_so(results, tmp_path, monkeypatch, capsys):
+    """bench.json and bench.md were replaced before the plots: a full disk (or Ctrl-C) while plotting left the new report
+    beside the earlier run's plots, and a traceback. Now the set is replaced together, or not at all."""
+    import errno
+    import shutil
+
+    import dvt_edge.bench as bench_mod
+    import dvt_edge.bench_report as report
+
+    out, r1, r2 = results
+    folder = tmp_path / "a"
+    shutil.copytree(out / "a", folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    assert {"bench.json", "bench.md", "bench_accuracy_vs_latency.png"} <= set(before)
+
+    def full_disk(*a, **k):
+        raise OSError(errno.ENOSPC, f"cannot write {folder / 'bench_accuracy_vs_latency.png'}: No space left on device")
+
+    monkeypatch.setattr(report, "plot", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        write_outputs([r2], folder)
+    files = lambda: {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    assert files() == before and sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["bundles"]  # whole; no staging left
+    monkeypatch.setattr(bench_mod, "run_bench", lambda *a, **k: json.loads(json.dumps(r2)))
+    assert main(["--checkpoint", r2["checkpoint"], "--targets", "onnx", "--precisions", "fp32", "--out", str(folder)]) == 2
+    cap = capsys.readouterr()
+    assert "| onnx | fp32 |" in cap.out and "Traceback" not in cap.err  # the table was printed before the write failed
+    assert f"error: the results above were not saved (cannot write {folder}" in cap.err and "earlier results are as they were" in cap.err
+    assert files() == before
+    monkeypatch.undo()
+    written = write_outputs([r2], folder)
+    assert json.loads((folder / "bench.json").read_text())["device"]["device_name"] == r2["device"]["device_name"]
+    assert all(p.parent == folder and p.is_file() for p in written) and not [p for p in folder.iterdir() if p.name.startswith(".")]

@@ -489,6 +489,45 @@ def test_leftovers_are_matched_by_name_not_as_a_glob(tmp_path):
     assert theirs.is_dir() and not ours.exists() and len(notes) == 1, notes
 
 
+@pytest.mark.skipif(os.name == "nt", reason="no flock")
+def test_a_live_exports_folder_is_left_alone_whatever_its_pid_looks_like_here(tmp_path):
+    """An export in a container (another PID namespace) or on another host sharing the folder: its PID looked dead here,
+    so another export's clean-up deleted its live temporary folder and it failed. Its lock says it is alive."""
+    from dvt_edge.export.install import recover_leftovers
+
+    live = tmp_path / ".b.tmp-999999999-abc"  # a PID that does not run here
+    live.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); "
+                               "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(120)", str(live)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert recover_leftovers(tmp_path / "b") == ["left .b.tmp-999999999-abc alone: another export is writing it"]
+        assert live.is_dir()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert recover_leftovers(tmp_path / "b") == ["removed .b.tmp-999999999-abc left by an interrupted export"]  # its holder ended
+    assert not live.exists()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="no flock")
+def test_an_export_holds_its_temporary_folders_lock_while_it_works(micro_ckpt, tmp_path, monkeypatch):
+    import dvt_edge.export as ex
+    from dvt_runtime.io import lock_held
+
+    seen = []
+
+    def working(plan, console):
+        seen.append((plan.tmp, lock_held(plan.tmp)))
+        raise ExportError("stopped here")
+
+    monkeypatch.setattr(ex, "_export_into", working)
+    with pytest.raises(ExportError, match="stopped here"):
+        export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(tmp_path / "b"))
+    assert seen and seen[0][1] and not seen[0][0].exists()  # held while working; removed after the failure
+
+
 def test_int8_verified_only_on_its_own_calibration_images_is_no_pass(micro_ckpt, tmp_path):
     """40 labelled images under --calib-n 64 all set the int8 ranges and then verified them: the manifest had read
     passed true on an agreement that is optimistic by construction. Recorded, said, not a pass; with images held apart it is."""

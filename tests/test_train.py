@@ -993,3 +993,73 @@ def test_the_code_revision_is_the_checkouts_commit_and_says_when_files_differ(tm
         assert provenance.code_revision() is None
     finally:
         provenance.code_revision.cache_clear()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="no flock")
+def test_a_second_run_into_the_same_out_is_refused_while_the_first_runs(tmp_path, capsys):
+    """Two runs into one new --out both 'succeeded' and one's checkpoints silently replaced the other's: the refusal
+    came only once a first epoch was saved. The run's lock (dropped by the kernel however it ends) refuses the second;
+    a killed save's temporary files are removed under it."""
+    from dvt_edge.resume import LOCK_NAME
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+                               "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(120)", str(out / LOCK_NAME)],
+                              stdout=subprocess.PIPE, text=True)
+    args = [*QUICK, "--epochs", "1", "--train-limit", "200", "--out", str(out)]
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(CheckpointError, match=rf"another training run is writing to {out} .*let it finish, or train into another --out"):
+            train(build_parser().parse_args(args))
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    (out / ".last.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")  # a save killed mid-write
+    (out / ".mine.tmp").write_text("the user's")
+    capsys.readouterr()
+    train(build_parser().parse_args(args))
+    assert "removed 1 temporary file(s) left in" in capsys.readouterr().err and ".last.pt.k1ll3d.tmp" not in os.listdir(out)
+    assert (out / ".mine.tmp").read_text() == "the user's" and (out / "last.pt").is_file()
+
+
+def test_a_full_disk_is_said_before_the_first_epoch_and_in_one_line_with_the_resume_command(tmp_path, monkeypatch, capsys):
+    """On a full disk a run trained a whole epoch, then ended in a 31-line traceback without the resume command."""
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    import dvt_edge.train as train_mod
+    from dvt_edge.train import main
+
+    out = tmp_path / "run"
+    args = [*QUICK, "--epochs", "2", "--train-limit", "200", "--out", str(out)]
+    usage = namedtuple("usage", "total used free")
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 << 20, 10 << 20, 1 << 20))
+    monkeypatch.setattr(train_mod, "_train_epoch", lambda *a: pytest.fail("trained on a disk with no room for its checkpoints"))
+    assert main(args) == 2
+    assert f"error: {out} has 1.0 MB free; each epoch saves about" in capsys.readouterr().err
+    monkeypatch.undo()
+    real_save, saves = train_mod.save_checkpoint, []
+
+    def save_once(path, *a, **k):  # the disk fills after the first epoch's checkpoints
+        saves.append(path)
+        if len(saves) > 2:
+            raise OSError(errno.ENOSPC, f"cannot write {path}: No space left on device")
+        return real_save(path, *a, **k)
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_once)
+    assert real_usage(tmp_path).free > 0 and main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"error: cannot write {out}" in err and f"resume with: python -m dvt_edge.train --out {out} --resume" in err
+    from dvt_runtime.io import atomic_write
+
+    def no_room(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_room)  # every writer's message says the fix, and names the user's file
+    with pytest.raises(OSError, match=rf"cannot write {tmp_path / 'x.json'}: No space left on device; free some space there, or write "):
+        atomic_write(tmp_path / "x.json", b"{}")
+    assert os.listdir(tmp_path) == ["run"]  # no temporary file left

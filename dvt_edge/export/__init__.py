@@ -61,7 +61,7 @@ from dvt_edge.npzdata import HOLDOUT_MARK
 from dvt_edge.provenance import code_revision
 from dvt_runtime.backends import available_backends
 from dvt_runtime.bundle import softmax
-from dvt_runtime.io import current_umask, progress, sha256_file
+from dvt_runtime.io import current_umask, hold_lock, progress, sha256_file
 from dvt_runtime.manifest import ExitParity, ExitSpec, Manifest, ParityReport
 from dvt_runtime.preprocess import Preprocess
 
@@ -229,8 +229,9 @@ def export_bundle(checkpoint: str, target: str, precision: str = "fp32", options
     dest.parent.mkdir(parents=True, exist_ok=True)
     plan.tmp = tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{os.getpid()}-", dir=dest.parent))
     os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; a bundle is as readable as any folder the user makes
-    try:
-        with quiet_toolchains(log, opts.verbose, header=f"export {checkpoint} -> {t.name} {precision} at {dest}") as console:
+    try:  # held while it works: another export's clean-up leaves a live folder alone, whatever this process's PID looks like there
+        with hold_lock(tmp, wait=True), quiet_toolchains(log, opts.verbose,
+                                                         header=f"export {checkpoint} -> {t.name} {precision} at {dest}") as console:
             res = _export_into(plan, console)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

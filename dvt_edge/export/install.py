@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 from dvt_edge.export.common import ExportError
 from dvt_edge.logs import log_problem
-from dvt_runtime.io import sha256_file, unwritable
+from dvt_runtime.io import lock_held, sha256_file, unwritable
 from dvt_runtime.manifest import Manifest, ManifestError
 
 __all__ = ["install", "recover_leftovers", "check_destination", "carry_over", "KEPT"]
@@ -85,6 +85,9 @@ def recover_leftovers(dest: Path) -> list[str]:
         kind, _, rest = p.name[len(dest.name) + 2 :].partition("-")
         pid = rest.split("-")[0]
         if kind not in ("tmp", "old") or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        if lock_held(p):  # a live export whose PID is another namespace's or host's (a container, a shared folder)
+            notes.append(f"left {p.name} alone: another export is writing it")
             continue
         if kind == "old" and not dest.exists() and (p / "manifest.json").is_file():
             os.replace(p, dest)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import errno
 import hashlib
 import json
 import os
@@ -14,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
 
-__all__ = ["atomic_write", "atomic_write_json", "sha256_file", "current_umask", "read_npz", "check_labels", "progress", "progress_silenced", "silenced_progress", "save_png", "unwritable", "output_to", "plain_warnings", "run_cli"]
+__all__ = ["atomic_write", "atomic_write_json", "sha256_file", "current_umask", "read_npz", "check_labels", "progress", "progress_silenced", "silenced_progress", "save_png", "unwritable", "output_to", "plain_warnings", "run_cli", "hold_lock", "lock_held", "written_together"]
 
 
 def atomic_write(path: Union[str, Path], data: bytes) -> Path:
@@ -48,8 +49,73 @@ def atomic_write(path: Union[str, Path], data: bytes) -> Path:
 
 
 def _cannot_write(e: OSError, path: Path) -> OSError:
-    """``e`` named by the user's path, not the temporary file's (its type kept, so callers still catch it)."""
-    return type(e)(e.errno, f"cannot write {path}: {e.strerror or e}")
+    """``e`` named by the user's path, not the temporary file's (its type kept, so callers still catch it); a full disk
+    or quota says the fix."""
+    fix = "; free some space there, or write elsewhere, then run again" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    return type(e)(e.errno, f"cannot write {path}: {e.strerror or e}{fix}")
+
+
+def _try_flock(fd: int, wait: bool) -> bool:
+    """Take an exclusive flock on ``fd``: False when another open file (any process) holds it; True where the file
+    system has no locks (nothing is held then)."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    except OSError:  # a file system without flock: nothing to hold, nothing to find held
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def hold_lock(path: Union[str, Path], create: bool = False, wait: bool = False) -> Iterator[bool]:
+    """An advisory lock on ``path`` (a file, made when ``create``, or a folder) for the block; yields whether it is held
+    (False: another process holds it; ``wait``: wait for it instead). The kernel drops it when the holder ends, however it
+    ends, so a held lock means a live holder, whatever its PID namespace. Without flock (Windows): True, nothing held."""
+    try:
+        import fcntl  # noqa: F401
+    except ImportError:
+        yield True
+        return
+    fd = os.open(path, (os.O_RDWR | os.O_CREAT) if create else os.O_RDONLY, 0o666)
+    try:
+        held = _try_flock(fd, wait)
+        yield held
+    finally:
+        os.close(fd)  # releases it
+
+
+@contextlib.contextmanager
+def written_together(out: Union[str, Path], name: str) -> Iterator[Path]:
+    """A staging folder inside ``out`` for files that belong together: when the block ends, each is renamed into ``out``
+    (a ``.json`` last), so that a failure inside it (a full disk, Ctrl-C) leaves ``out``'s earlier set as it was."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{name}-staging-", dir=out))
+    try:
+        yield stage
+        for f in sorted(stage.iterdir(), key=lambda p: p.suffix == ".json"):
+            os.replace(f, out / f.name)
+    finally:
+        import shutil
+
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def lock_held(path: Union[str, Path]) -> bool:
+    """Whether a live process holds :func:`hold_lock` on ``path`` (False where it cannot be told)."""
+    try:
+        import fcntl  # noqa: F401
+
+        fd = os.open(path, os.O_RDONLY)
+    except (ImportError, OSError):
+        return False
+    try:
+        return not _try_flock(fd, wait=False)
+    finally:
+        os.close(fd)
 
 
 def check_out_path(path: Union[str, Path], flag: str = "--out", replaces: Union[str, Callable[[Path], bool], None] = None,
