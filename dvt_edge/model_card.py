@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -233,6 +234,7 @@ def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[s
         extra["lineage"] = json.dumps(steps)
     if isinstance(info.extras.get("holdout"), dict):  # a held-out split drawn from a folder or an npz file: a changed one is still said
         extra["holdout"] = info.extras["holdout"]
+    _remove_dead_publications(out_path)
     tmp = out_path.with_name(f".{out_path.stem}.publishing-{os.getpid()}{out_path.suffix}")
     try:
         save_checkpoint(tmp, model, classes=info.classes, preprocess=info.preprocess, accuracies=info.accuracies,
@@ -250,12 +252,49 @@ def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[s
         # only now, the card rendered from the very bytes: a failure above leaves the previous file and card as they were;
         # the card first, so that a checkpoint never stands without its own card
         card_file.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(card_file, text.encode())
-        os.replace(tmp, out_path)
+        _install_pair(card_file, text.encode(), tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)  # our own temporary file, never the user's
     report["card"] = str(card_file)
     return report
+
+
+def _install_pair(card_file: Path, card: bytes, tmp: Path, out_path: Path) -> None:
+    """The card, then the checkpoint, each renamed into place; a failure or Ctrl-C between the two renames puts the
+    previous card back (a new card had stood beside the previous checkpoint, naming another file's SHA-256)."""
+    staged = atomic_write(card_file.with_name(f".{card_file.name}.publishing-{os.getpid()}"), card)
+    previous = card_file.with_name(f".{card_file.name}.previous-{os.getpid()}")
+    try:
+        had = card_file.is_file()
+        if had:  # the previous card's bytes, kept until the checkpoint is in place
+            previous.unlink(missing_ok=True)
+            try:
+                os.link(card_file, previous)
+            except OSError:  # a file system without hard links
+                shutil.copy2(card_file, previous)
+        os.replace(staged, card_file)
+        try:
+            os.replace(tmp, out_path)
+        except BaseException:
+            if had:
+                os.replace(previous, card_file)
+            else:
+                card_file.unlink(missing_ok=True)
+            raise
+    finally:
+        staged.unlink(missing_ok=True)
+        previous.unlink(missing_ok=True)
+
+
+def _remove_dead_publications(out_path: Path) -> None:
+    """Staging files that a killed ``model_card`` left beside ``out_path`` (each the size of a checkpoint, hidden)."""
+    from dvt_edge.export.install import _pid_alive
+
+    for p in out_path.parent.glob(f".{out_path.stem}.publishing-*{out_path.suffix}") if out_path.parent.is_dir() else []:
+        pid = p.name[len(f".{out_path.stem}.publishing-"): len(p.name) - len(out_path.suffix)]
+        if pid.isdigit() and not _pid_alive(int(pid)) and p.is_file() and not p.is_symlink():
+            p.unlink()
+            print(f"note: removed {p.name}, left by an interrupted publication", file=sys.stderr)
 
 
 def pareto_rows(report: dict) -> list[str]:

@@ -50,10 +50,12 @@ def test_force_keeps_device_calibrations_and_refuses_files_the_bundle_does_not_l
     assert not list(tmp_path.glob(".b.tmp-*"))  # refused before exporting anything
     (out / "notes.txt").unlink()
     (out / "plots").rmdir()
+    (out / "calibration" / ".pixel-8.json.k1ll3d.tmp").write_text('{"dev')  # a calibrate killed mid-write
     capsys.readouterr()
     export_bundle(str(micro_ckpt), "onnx", "fp32", force=True, **kw)
     Manifest.load(out)
     assert (out / "calibration" / "pixel-8.json").read_text() == '{"device": "pixel-8"}'  # the device's calibration survives
+    assert os.listdir(out / "calibration") == ["pixel-8.json"]  # the half-written temporary file is not carried into the new bundle
     err = capsys.readouterr().err
     assert "kept calibration/ (1 device calibration(s))" in err and "unchanged" in err, err
     # the export's own inputs inside the bundle it replaces: refused, kept
@@ -699,3 +701,20 @@ def test_carrying_over_a_bundle_never_follows_a_linked_log_inside_it(tmp_path):
     log.write_text("exported\n")
     carry_over(dest, tmp, None, log)
     assert (tmp / log.name).read_text() == "exported\n"  # a plain log is carried
+
+
+def test_a_half_written_manifest_names_its_file_and_how_to_replace_the_bundle(micro_ckpt, onnx_bundle, tmp_path):
+    """A manifest cut short said only 'manifest.json is not valid JSON' (which bundle? what to do?), and export --force
+    refused the folder as 'not a bundle' with no way to replace it."""
+    from dvt_runtime.manifest import ManifestError
+
+    b = tmp_path / "b"
+    shutil.copytree(onnx_bundle, b)
+    text = (b / "manifest.json").read_text()
+    (b / "manifest.json").write_text(text[: len(text) // 2])
+    with pytest.raises(ManifestError, match=rf"{b / 'manifest.json'} is not valid JSON \(.*\): the bundle is damaged .*copy it again"):
+        Bundle.open(b)
+    before = sorted(p.name for p in b.iterdir())
+    with pytest.raises(ExportError, match=rf"its manifest.json is not valid JSON: .*move it aside \(mv {b} {b}.damaged; .*nothing was changed"):
+        export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(b), force=True)
+    assert sorted(p.name for p in b.iterdir()) == before and (b / "manifest.json").read_text() == text[: len(text) // 2]

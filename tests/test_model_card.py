@@ -341,6 +341,39 @@ def test_lineage_never_unpickles_the_finetune_source(tmp_path):
     assert entry["sha256"] and entry["args"] is None
 
 
+def test_a_publication_stopped_between_its_two_renames_leaves_the_previous_pair(micro_ckpt, tmp_path, monkeypatch, capsys):
+    """Ctrl-C after the card was renamed into place and before the checkpoint was left a new card (another file's SHA-256)
+    beside the previous checkpoint; a killed publication left a checkpoint-sized hidden file for good."""
+    import dvt_edge.model_card as mc
+
+    out = tmp_path / "ref.pt"
+    card = tmp_path / "MODEL_CARD_ref.md"
+    out.write_bytes(b"the previous file")
+    card.write_text("the previous card")
+    leftover = tmp_path / ".ref.publishing-999999999.pt"  # a killed publication's (its PID does not run)
+    leftover.write_bytes(b"x" * 1000)
+    real_replace = mc.os.replace
+
+    def stopped(src, dst):
+        if Path(dst) == out:
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(mc.os, "replace", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        mc.publish_run(str(micro_ckpt.parent), str(out), threshold_n=200, progress=False, force=True)
+    assert out.read_bytes() == b"the previous file" and card.read_text() == "the previous card"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["MODEL_CARD_ref.md", "ref.pt"]  # staging and leftovers gone
+    assert "removed .ref.publishing-999999999.pt, left by an interrupted publication" in capsys.readouterr().err
+    card.unlink()  # no previous card: the new one is not left beside the previous file either
+    with pytest.raises(KeyboardInterrupt):
+        mc.publish_run(str(micro_ckpt.parent), str(out), threshold_n=200, progress=False, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref.pt"] and out.read_bytes() == b"the previous file"
+    monkeypatch.undo()
+    mc.publish_run(str(micro_ckpt.parent), str(out), threshold_n=200, progress=False, force=True)
+    assert "the previous" not in card.read_text() and out.read_bytes() != b"the previous file"
+
+
 class _Boom:
     def __reduce__(self):  # unpickling it would run this
         return (pytest.fail, ("the finetune source was unpickled while publishing",))

@@ -197,6 +197,10 @@ def _listed(dest: Path) -> set[str]:
             d = json.loads((dest / "manifest.json").read_text(encoding="utf-8"))
             artifacts, extras = [x["artifact"] for x in d["exits"]], d.get("extras") or {}
             assert isinstance(d["schema_version"], int) and all(isinstance(a, str) and a for a in artifacts)
+        except json.JSONDecodeError:  # a bundle cut short looks so too: said how to replace it without deleting anything
+            raise ExportError(f"{dest} exists and its manifest.json is not valid JSON: --force replaces only bundles it can read. If "
+                              f"it is a damaged bundle, move it aside (mv {dest} {dest}.damaged; its calibration/ can be copied back "
+                              "once the new artifacts match) and export again, or choose another --out; nothing was changed") from None
         except (OSError, ValueError, KeyError, TypeError, AttributeError, AssertionError):
             raise ExportError(f"{dest} exists and is not a dvt-edge bundle ({e}); --force replaces only bundles: "
                               "choose another --out, nothing was changed") from None
@@ -226,7 +230,7 @@ def carry_over(dest: Path, tmp: Path, new: Manifest, log: Optional[Path] = None)
     src = dest / KEPT
     if not dest.is_dir() or not src.is_dir() or src.is_symlink():
         return notes
-    shutil.copytree(src, tmp / KEPT, symlinks=True)
+    shutil.copytree(src, tmp / KEPT, symlinks=True, ignore=shutil.ignore_patterns(".*.tmp"))  # not a killed write's half file
     try:
         same = [e.sha256 for e in Manifest.load(dest, verify=False).exits] == [e.sha256 for e in new.exits]
     except (ManifestError, OSError):

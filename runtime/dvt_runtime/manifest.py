@@ -208,13 +208,15 @@ class Manifest:
             _need(isinstance(getattr(self, name), dict), f"{name} must be an object")
 
     @classmethod
-    def from_json(cls, text: str) -> "Manifest":
+    def from_json(cls, text: str, where: str = MANIFEST_NAME) -> "Manifest":
+        """The manifest in ``text`` (read from ``where``, named in errors)."""
         try:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as e:
-            raise ManifestError(f"manifest.json is not valid JSON: {e}") from None
+            raise ManifestError(f"{where} is not valid JSON ({e}): the bundle is damaged (a copy or an export cut short?); copy "
+                                "it again from where it was exported, or export it again into a new folder") from None
         except RecursionError:
-            raise ManifestError("manifest.json is nested too deeply to be a manifest") from None
+            raise ManifestError(f"{where} is nested too deeply to be a manifest") from None
 
     # ---------------------------------------------------------------- files
     def save(self, bundle_dir: Union[str, Path]) -> Path:
@@ -249,7 +251,7 @@ class Manifest:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
             raise ManifestError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}): the file is corrupted; re-export the bundle") from None
-        m = cls.from_json(text)
+        m = cls.from_json(text, str(path))
         if verify:
             m.verify(bundle_dir)
         return m
