@@ -441,10 +441,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "(e.g. cifar10-ref, shipped with the package)")
     ap.add_argument("--note", action="append", default=[], help="a line for the card's Notes section (repeatable), e.g. what "
                     "else ran on the machine during training")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
     args = ap.parse_args(argv)
     try:
         r = publish_run(args.run, args.out, args.card, args.data, args.threshold_n, eval_data=args.eval_data, notes=args.note,
-                        force=args.force)
+                        force=args.force, progress=not args.no_progress)
     except (CheckpointError, DataError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

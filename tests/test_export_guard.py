@@ -629,11 +629,12 @@ def test_an_unwritable_out_or_a_full_disk_is_one_error_line_not_a_traceback(micr
 
 @pytest.mark.slow
 def test_every_cli_takes_no_progress(micro_ckpt, tmp_path, monkeypatch, capfd):
-    """A CI log had to set TQDM_DISABLE=1: export, evaluate, data, bench (and train, as --quiet) take ``--no-progress``;
+    """A CI log had to set TQDM_DISABLE=1: export, evaluate, data, bench, model_card (and train, as --quiet) take ``--no-progress``;
     without it each shows a bar on stderr (the export's on the terminal's descriptor, past its redirected toolchains)."""
     from dvt_edge.bench import main as bench
     from dvt_edge.data import main as data
     from dvt_edge.evaluate import main as evaluate
+    from dvt_edge.model_card import main as publish
     from dvt_edge.train import build_parser
 
     monkeypatch.chdir(tmp_path)
@@ -643,7 +644,9 @@ def test_every_cli_takes_no_progress(micro_ckpt, tmp_path, monkeypatch, capfd):
             "export": (M.main, ["--checkpoint", str(micro_ckpt), "--target", "onnx", "--precision", "fp32", "--out", "b", "--verify-n", "8",
                                 "--force"]),
             "bench": (bench, ["--latency-only", "--checkpoint", str(micro_ckpt), "--targets", "onnx", "--precisions", "fp32", "--runs", "5",
-                              "--rounds", "1", "--out", "bl", "--force"])}
+                              "--rounds", "1", "--out", "bl", "--force"]),
+            "model_card": (publish, ["--run", str(micro_ckpt.parent), "--out", "pub/m.pt", "--data", "fashion-mnist", "--threshold-n", "50",
+                                     "--force"])}
     for name, (main, args) in runs.items():
         for quiet in (False, True):
             assert main(args + ["--no-progress"] * quiet) == 0, name

@@ -413,7 +413,7 @@ def format_result(r: Calibration) -> str:
     lines.append("stage latency (ms): " + ", ".join(f"exit {i + 1} p50 {s['median']:.3f} p90 {s['p90']:.3f}" for i, s in enumerate(st)))
     exact = ",".join("-" if t is None else repr(float(t)) for t in c.thresholds[:-1])  # rounded, an image at the edge changed exit
     which = "exit 1" if len(c.thresholds) == 2 else f"exits 1-{len(c.thresholds) - 1}"  # a calibrated bundle has 2 or more
-    lines.append(f"thresholds of {which} (exact, as --thresholds; '-' never stops there): {exact}")
+    lines.append(f"thresholds of {which} (unrounded, as --thresholds; '-' never stops there): {exact}")
     lines.append(f"{'':>10} {'accuracy %':>10} {'mean ms':>9} {'p90 ms':>8}  exits taken %")
     fr = lambda f: " / ".join(f"{100 * v:.0f}" for v in f)
     p90 = lambda d: "-" if r.batch > 1 or d.get("p90_ms") is None else f"{d['p90_ms']:.3f}"  # at batch > 1 none (the budget's note)
