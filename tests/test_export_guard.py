@@ -721,3 +721,26 @@ def test_a_half_written_manifest_names_its_file_and_how_to_replace_the_bundle(mi
     with pytest.raises(ExportError, match=rf"its manifest.json is not valid JSON: .*move it aside \(mv {b} {b}.damaged; .*nothing was changed"):
         export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(b), force=True)
     assert sorted(p.name for p in b.iterdir()) == before and (b / "manifest.json").read_text() == text[: len(text) // 2]
+
+
+def test_an_auto_int8_export_says_its_choices_and_a_per_exit_scheme_pins_them(micro_ckpt, tmp_path, capsys):
+    """'auto' chooses each exit's scheme from timings that move 16% between runs, and a mixed choice (the README's
+    ExecuTorch dynamic/dynamic/static) could not be named: --scheme took one scheme for every exit."""
+    auto = export_bundle(str(micro_ckpt), "onnx", "int8", out=str(tmp_path / "auto"), scheme="auto", verify_n=50, progress=False)
+    chosen = [e.quantization["scheme"] for e in auto.manifest.exits]
+    assert f"int8 schemes chosen per exit; to export the same again: --scheme {','.join(chosen)}" in auto.notes
+    mixed = ["static" if c == "dynamic" else "dynamic" for c in chosen]  # another choice on every exit, pinned
+    pinned = export_bundle(str(micro_ckpt), "onnx", "int8", out=str(tmp_path / "pinned"), scheme=",".join(mixed), verify_n=50,
+                           progress=False)
+    assert [e.quantization["scheme"] for e in pinned.manifest.exits] == mixed and not any("chosen per exit" in n for n in pinned.notes)
+    assert pinned.manifest.quantization["schemes_tried"] == list(dict.fromkeys(mixed))
+    again = export_bundle(str(micro_ckpt), "onnx", "int8", out=str(tmp_path / "again"), scheme=",".join(chosen), verify_n=50,
+                          progress=False)
+    assert [e.sha256 for e in again.manifest.exits] == [e.sha256 for e in auto.manifest.exits]  # the same artifacts, byte for byte
+    for bad, said in (("dynamic,static", r"names 2 schemes: give one \(or 'auto'\) for every exit, or one per exit \(3"),
+                      ("dynamic,bogus,static", r"int8 schemes: \['static', 'dynamic', 'auto'\]; got 'bogus'")):
+        with pytest.raises(ValueError, match=said):
+            export_bundle(str(micro_ckpt), "onnx", "int8", out=str(tmp_path / "bad"), scheme=bad)
+    assert not (tmp_path / "bad").exists()
+    assert M.main(["--checkpoint", str(micro_ckpt), "--target", "onnx", "--precision", "int8", "--scheme", "dynamic,nope,static"]) == 2
+    assert "--scheme 'dynamic,nope,static' is not an int8 scheme of onnx" in capsys.readouterr().err

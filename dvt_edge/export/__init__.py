@@ -179,7 +179,7 @@ class _Plan:
     info: CheckpointInfo
     pre: Preprocess
     graphs: list[ExitGraph]
-    schemes: list[Optional[str]]  # int8 schemes to try ([None] otherwise)
+    schemes: list[list[Optional[str]]]  # per exit, the int8 schemes to try ([None] otherwise)
     data: _Data
     calib_ref: list  # per calibration image, per exit: its inputs (PyTorch)
     real_ref: Optional[list[np.ndarray]]  # per exit: (M, classes) PyTorch logits on the verification images
@@ -217,12 +217,12 @@ def export_bundle(checkpoint: str, target: str, precision: str = "fp32", options
     log = Path(opts.log_path) if opts.log_path else dest.parent / "dvt-edge-export.log"
     inputs = [checkpoint] + ([opts.calib_data.partition(":")[2]] if opts.calib_data and ":" in opts.calib_data else [])
     check_destination(dest, opts.force, inputs, log, checkpoint, log_written=not opts.verbose)
-    schemes = int8_schemes(t, precision, opts.scheme)
-    if len(schemes) > 1 and t.backend not in available_backends():  # auto measures each scheme: nothing can be measured here
-        schemes = [d if (d := t.int8.get("default_scheme")) in schemes else schemes[0]]  # a recipe whose default is auto: its first
+    schemes = int8_schemes(t, precision, opts.scheme, model.num_exits)  # per exit
+    if any(len(c) > 1 for c in schemes) and t.backend not in available_backends():  # auto measures each scheme: not here
+        schemes = [[d if (d := t.int8.get("default_scheme")) in c else c[0]] for c in schemes]  # a recipe whose default is auto: its first
         print(f"note: --scheme auto picks each exit's scheme by measured agreement and speed, which needs {t.backend} to run; "
-              f"it does not run on this host, so {schemes[0]!r} (the recipe's default, or its first) is exported (export where it runs to "
-              "choose, or name a scheme)", file=sys.stderr)
+              f"it does not run on this host, so the recipe's default (or its first) is exported: {','.join(c[0] for c in schemes)} "
+              "(export where it runs to choose, or name a scheme)", file=sys.stderr)
     plan = _prepare(dest, t, precision, opts, model, info, schemes, checkpoint)  # fails before anything is written
     plan.log, plan.inputs = log, inputs
     made, had_log = _missing_folders(dest.parent) + _missing_folders(log.parent), log.exists()
@@ -269,13 +269,18 @@ MIN_THRESHOLD_IMAGES = 50  # fewer labelled images choose no default thresholds
 FEW_CALIB = 32
 
 
+def _tried(schemes: list[list[Optional[str]]]) -> list[str]:
+    """Every int8 scheme some exit tries, once each, in order."""
+    return list(dict.fromkeys(s for c in schemes for s in c if s))
+
+
 def _prepare(dest: Path, t: Target, precision: str, opts: ExportOptions, model: DVT, info: CheckpointInfo,
-             schemes: list[Optional[str]], checkpoint: str) -> _Plan:
+             schemes: list[list[Optional[str]]], checkpoint: str) -> _Plan:
     """Load the calibration and verification images and run the PyTorch reference on them."""
     pre = info.preprocess or default_preprocess(model.cfg.in_chans, model.cfg.img_size)
     if model.cfg.img_size >= 224:  # said before the long part; measured per recipe ([minutes_224])
         if took := t.minutes_224.get(precision):
-            took = took if len(schemes) > 1 else took.replace(" (every scheme tried)", " with every scheme tried; one scheme takes less")
+            took = took if any(len(c) > 1 for c in schemes) else took.replace(" (every scheme tried)", " with every scheme tried; one scheme takes less")
             print(f"note: exporting a {model.cfg.img_size} px model to {t.name} {precision} takes {took} (measured: "
                   f"{t.minutes_224.get('measured_on', f'on what, {t.recipe} does not say')})", file=sys.stderr)
         else:
@@ -297,7 +302,7 @@ def _prepare(dest: Path, t: Target, precision: str, opts: ExportOptions, model: 
     if spec and (moved := holdout_changed(spec, info.extras)) and moved not in _SAID:  # its thresholds are chosen on the holdout
         _SAID.add(moved)  # once per process: bench exports one bundle per target and precision from the same data
         print(moved, file=sys.stderr)
-    need = [s for s in schemes if s in CALIBRATED]  # weight-only and dynamic schemes calibrate nothing
+    need = [s for s in _tried(schemes) if s in CALIBRATED]  # weight-only and dynamic schemes calibrate nothing
     if need and spec is None:
         free = [s for s in t.int8.get("schemes", []) if s not in CALIBRATED]
         raise ExportError(f"int8 scheme(s) {', '.join(need)} need calibration images and none are known for this checkpoint: pass "
@@ -350,8 +355,8 @@ def _export_exits(p: _Plan, console) -> tuple[list[ExitArtifact], list[str]]:
                       enabled=p.opts.progress, file=console, leave=True):
         calib_e = [c[e]["inputs"] for c in p.calib_ref]
         candidates = []
-        for sch in p.schemes:
-            cdir = p.tmp if len(p.schemes) == 1 else Path(tempfile.mkdtemp(prefix=f"{sch}-", dir=p.tmp))
+        for sch in p.schemes[e]:
+            cdir = p.tmp if len(p.schemes[e]) == 1 else Path(tempfile.mkdtemp(prefix=f"{sch}-", dir=p.tmp))
             check_e = [c[e] for c in p.check_inputs]
             art = mod.export_exit(ExitJob(e, p.graphs[e], p.target, p.precision, sch, calib_e, cdir, {"etrecord": p.opts.etrecord},
                                           check_e))
@@ -430,7 +435,7 @@ def _export_into(p: _Plan, console) -> ExportResult:
         model=model.name, target=t.name, precision=p.precision,
         classes=list(p.info.classes) if p.info.classes else default_classes(model.cfg.num_classes, imagenet_layout(model.name)),
         preprocess=p.pre, exits=exits, backend=t.backend, model_config=model.cfg.to_dict(),
-        quantization={"schemes_tried": [s for s in p.schemes if s], "recipe": t.recipe,
+        quantization={"schemes_tried": _tried(p.schemes), "recipe": t.recipe,
                       "min_top1_agreement": p.opts.int8_min_agreement if p.opts.verify and agreement_measured(report, [a.quantization for a in artifacts]) else None}
         if p.precision == "int8" else {},
         thresholds=p.thresholds, thresholds_source=p.thr_source, parity=report, toolchain=_toolchain(),
@@ -460,6 +465,8 @@ def _export_into(p: _Plan, console) -> ExportResult:
     check_destination(p.dest, p.opts.force, p.inputs, p.log, log_written=not p.opts.verbose)  # again: a folder may have appeared there while the export ran
     notes = carry_over(p.dest, p.tmp, manifest, p.log)
     install(p.tmp, p.dest)
+    if any(len(c) > 1 for c in p.schemes):  # chosen by measurement here: the same choice, pinned, for a re-export
+        notes.append(f"int8 schemes chosen per exit; to export the same again: --scheme {','.join(e.quantization.get('scheme', '?') for e in exits)}")
     return ExportResult(p.dest, manifest, table, notes)
 
 

@@ -35,7 +35,7 @@ def list_targets() -> str:
     for t in TARGETS.values():
         schemes = f"{','.join(t.int8['schemes'])},auto ({t.int8.get('default_scheme', t.int8['schemes'][0])})" if t.int8.get("schemes") else "-"
         lines.append(f"{t.name:<11} {','.join(t.precisions):<16} {schemes:<37} {t.extra:<11} {'yes' if t.available else 'no':<9} {t.produces}")
-    lines.append("auto: every scheme exported per exit, the best kept by measured agreement and speed")
+    lines.append("auto: every scheme exported per exit, the best kept by measured agreement and speed; a comma list: one per exit")
     return "\n".join(lines)
 
 
@@ -46,7 +46,8 @@ def check_scheme(scheme: Optional[str], jobs: list[tuple[str, str]]) -> None:
     int8 = sorted({n for n, p in jobs if p == "int8"})
     if not int8:
         raise ValueError(f"--scheme {scheme} applies to int8 only; add --precision int8 (or drop --scheme)")
-    bad = {n: TARGETS[n].int8.get("schemes", []) + ["auto"] for n in int8 if scheme != "auto" and scheme not in TARGETS[n].int8.get("schemes", [])}
+    bad = {n: TARGETS[n].int8.get("schemes", []) + ["auto"] for n in int8
+           if any(s != "auto" and s not in TARGETS[n].int8.get("schemes", []) for s in scheme.split(","))}
     if bad:
         raise ValueError(f"--scheme {scheme!r} is not an int8 scheme of {', '.join(bad)}; valid per target: {bad}"
                          + ("; export those targets in separate runs" if len(bad) < len(int8) else ""))
@@ -70,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--model", default=None, help="registered model name (published checkpoints: inferred when omitted)")
     ap.add_argument("--target", help=f"one of {sorted(TARGETS)} or 'all'")
     ap.add_argument("--precision", default="fp32", help="fp32, fp16 (coreml) or int8; comma-separated for several")
-    ap.add_argument("--scheme", default=None, help="int8 scheme (see --list-targets; default: the recipe's, 'auto' picks by accuracy)")
+    ap.add_argument("--scheme", default=None, help="int8 scheme (see --list-targets; default: the recipe's, 'auto' picks by accuracy "
+                    "and speed), or one per exit, comma-separated (e.g. dynamic,dynamic,static: an auto export's choices, pinned)")
     ap.add_argument("--calib-data", default=None, help=f"calibration/verification data spec ({', '.join(DATASETS)}); default: the checkpoint's training data")
     ap.add_argument("--calib-n", type=int, default=64, help="calibration images for static int8")
     ap.add_argument("--verify-n", type=int, default=1000, help="held-out real images for verification and the default thresholds")

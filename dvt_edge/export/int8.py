@@ -27,17 +27,23 @@ __all__ = ["int8_schemes", "pick_scheme", "CALIBRATED"]
 CALIBRATED = frozenset({"static", "w8a8"})
 
 
-def int8_schemes(t: Target, precision: str, scheme: Optional[str]) -> list[Optional[str]]:
-    """The schemes to try for each exit ([None] when not int8); ValueError lists the valid ones."""
+def int8_schemes(t: Target, precision: str, scheme: Optional[str], num_exits: int) -> list[list[Optional[str]]]:
+    """The schemes to try for each exit ([None] each when not int8): ``scheme`` is one scheme or ``auto`` for every exit,
+    or one per exit, comma-separated (e.g. ``dynamic,dynamic,static``: the choices an ``auto`` export recorded in its
+    manifest, pinned); ValueError lists the valid ones."""
     if precision != "int8":
         if scheme:
             raise ValueError(f"--scheme applies to int8 only (got precision {precision})")
-        return [None]
+        return [[None] for _ in range(num_exits)]
     valid = list(t.int8.get("schemes", []))
-    chosen = scheme or t.int8.get("default_scheme", valid[0])
-    if chosen != "auto" and chosen not in valid:
-        raise ValueError(f"target {t.name!r} int8 schemes: {valid + ['auto']}; got {chosen!r}")
-    return valid if chosen == "auto" else [chosen]
+    chosen = (scheme or t.int8.get("default_scheme", valid[0])).split(",")
+    if len(chosen) not in (1, num_exits):
+        raise ValueError(f"--scheme {scheme!r} names {len(chosen)} schemes: give one (or 'auto') for every exit, or one per exit "
+                         f"({num_exits}, comma-separated)")
+    bad = [c for c in chosen if c != "auto" and c not in valid]
+    if bad:
+        raise ValueError(f"target {t.name!r} int8 schemes: {valid + ['auto']}; got {', '.join(map(repr, bad))}")
+    return [valid if c == "auto" else [c] for c in (chosen * num_exits)[:num_exits]]
 
 
 SPEED_SLACK_POINTS = 0.5  # top-1 agreement (points) a faster scheme may give up to the most faithful one
