@@ -380,6 +380,10 @@ def test_11_truncated_npz_is_a_clear_error(tmp_path):
         z.write(tmp_path / "labels.npy", "labels.npy")
     with pytest.raises(CalibrationError, match="not a readable .npz archive"):
         load_npz(str(tmp_path / "v2.npz"))
+    whole = (tmp_path / "v2.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(whole[: len(whole) // 2])  # a copy cut short: said as such, not only 'BadZipFile'
+    with pytest.raises(CalibrationError, match=r"cut.npz is not a readable .npz archive \(BadZipFile: damaged, or cut short by an "):
+        load_npz(str(tmp_path / "cut.npz"))
 
 
 def test_11_float_labels_in_calibration_data(tmp_path):

@@ -226,7 +226,8 @@ def read_npz(path: Union[str, Path], need: Sequence[str], error: Callable[[str],
                         raise  # a damaged array: not readable
                     pickled.append(k)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise error(f"{p} is not a readable .npz archive ({type(e).__name__}); {hint}") from None
+        raise error(f"{p} is not a readable .npz archive ({type(e).__name__}: damaged, or cut short by an interrupted copy or "
+                    f"write?); {hint}") from None
     if needed := [k for k in pickled if k in need]:
         raise error(f"{p}: its {needed[0]!r} array holds Python objects (a list of arrays of different sizes?), which are not "
                     f"unpickled for safety: save one numeric array, e.g. np.stack of same-sized images; {hint}")
