@@ -236,9 +236,9 @@ def _train(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict:
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"--out {out} is a file; pass a folder for the run (checkpoints and metrics go there)")
     rank, world, device = _init_processes(args)
-    stack.enter_context(run_lock(out, main=rank == 0))  # one run at a time writes OUT's checkpoints
     log = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
     resume_state = resume_run(args, out, vars(build_parser().parse_args(["--out", "x"])), given)  # without --data, --model: its own
+    stack.enter_context(run_lock(out, main=rank == 0))  # one run at a time writes OUT's checkpoints (checked writable above)
     if args.warmup_epochs >= args.epochs:  # a one-epoch fine-tune ended at the peak rate (checked on a resumed run's own values)
         warnings.warn(f"--warmup-epochs {args.warmup_epochs:g} covers all {args.epochs} epoch(s): the learning rate only rises to "
                       "--lr and never decays; pass --warmup-epochs below --epochs", stacklevel=3)
