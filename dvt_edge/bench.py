@@ -35,7 +35,7 @@ from dvt_edge.logs import quiet_toolchains
 from dvt_edge.provenance import result_provenance
 from dvt_edge.references import DEFAULT_REFERENCE
 from dvt_runtime.checks import parse_thresholds
-from dvt_runtime.io import silenced_progress
+from dvt_runtime.io import os_error_text, silenced_progress
 from dvt_runtime.stats import sample_stats
 
 REFERENCE = DEFAULT_REFERENCE.checkpoint
@@ -390,7 +390,7 @@ def _report_main(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        print(f"error: the report above was not saved ({e.strerror or e})", file=sys.stderr)
+        print(f"error: the report above was not saved ({os_error_text(e)})", file=sys.stderr)
         return 2
     print(wrote_line(written, Path(a.out), "report"))
     return 0
@@ -487,7 +487,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         written = [] if kept else write_outputs([r], out)
     except OSError as e:
-        print(f"error: the results above were not saved ({e.strerror or e}); {out}'s earlier results are as they were", file=sys.stderr)
+        print(f"error: the results above were not saved ({os_error_text(e)}); {out}'s earlier results are as they were", file=sys.stderr)
         return 2
     print(kept or wrote_line(written, out, "bench"))
     return exit_status(r, a.targets)

@@ -127,8 +127,7 @@ def evaluate_checkpoint(
         "threshold_selection": sel_note,
         "threshold_n": threshold_n,  # as asked (the command); threshold_images: how many there were
         "threshold_images": len(sel_out.labels),
-        "threshold_seed": THRESHOLD_SEED,  # of the class-stratified subset of training images (limit's subset: seed 0)
-        "environment": environment(),  # the code, torch and CPU that computed these figures
+        "threshold_seed": THRESHOLD_SEED, "environment": environment(),  # threshold images' subset seed (limit's: 0); code, torch, CPU
         "exits": [
             {"exit": e.index + 1, "grid": f"{e.grid}x{e.grid}", "tokens": e.tokens, "gflops": e.gflops, "top1": a,
              "top1_ci95": list(accuracy_interval(a, len(ds)))}  # Wilson 95%: another sample of as many images

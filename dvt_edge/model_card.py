@@ -27,7 +27,7 @@ from dvt_edge.data import DataError, npz_in_sample, trained_on_val
 from dvt_edge.provenance import environment_line
 from dvt_edge.references import card_path
 from dvt_edge.resume import STARTED_OVER
-from dvt_runtime.io import atomic_write, atomic_write_json, check_out_path, sha256_file
+from dvt_runtime.io import atomic_write, atomic_write_json, check_out_path, claimed, hold_lock, sha256_file
 
 #: train.py flags that do not change the result (left out of the reproduced command)
 _NOT_IN_COMMAND = {"out", "resume", "force", "quiet", "workers", "trust_checkpoint"}
@@ -131,8 +131,9 @@ def _compute(args: dict, history: list[dict]) -> str:
     """The card's compute precision and intra-op threads: the run's, or per span of epochs when a resume changed them
     (epochs recorded before threads were kept per epoch say none)."""
     spans: list[list] = []  # [(amp, threads), first epoch, last epoch]
+    every = all(h.get("threads") is not None for h in history)  # threads unrecorded in some epochs: no change can be said
     for h in history:
-        key = (h.get("amp", args.get("amp", "fp32")), h.get("threads"))  # older epochs: the run's precision
+        key = (h.get("amp", args.get("amp", "fp32")), h.get("threads") if every else None)  # older epochs: the run's precision
         if spans and spans[-1][0] == key:
             spans[-1][2] = h["epoch"]
         else:
@@ -165,7 +166,9 @@ def _environment_lines(history: list[dict]) -> list[str]:
     if len(spans) == 1:
         return [f"- Environment: {said[0]}. A bit-identical rerun needs the same (float kernels differ across CPUs, thread "
                 "counts and library builds)."]
-    return ["- Environment (changed on resume; a bit-identical rerun needs each):"] + [
+    changed = all(isinstance(env, dict) for env, _, _ in spans)  # else a resume of a run from before these records
+    return [f"- Environment ({'changed on resume' if changed else 'recorded from a resume on'}; a bit-identical rerun needs "
+            "each):"] + [
         f"  - epochs {i}-{j}: {s}" if i != j else f"  - epoch {i}: {s}" for s, (_, i, j) in zip(said, spans)]
 
 
@@ -234,25 +237,26 @@ def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[s
         extra["lineage"] = json.dumps(steps)
     if isinstance(info.extras.get("holdout"), dict):  # a held-out split drawn from a folder or an npz file: a changed one is still said
         extra["holdout"] = info.extras["holdout"]
-    _remove_dead_publications(out_path)
+    _remove_dead_publications(out_path, card_file)
     tmp = out_path.with_name(f".{out_path.stem}.publishing-{os.getpid()}{out_path.suffix}")
     try:
         save_checkpoint(tmp, model, classes=info.classes, preprocess=info.preprocess, accuracies=info.accuracies,
                         data=args["data"], train_summary=json.dumps({"epoch": t["epoch"], "args": args}), **extra)
-        report = evaluate_checkpoint(str(tmp), data=data or args["data"], threshold_n=threshold_n, progress=progress)
-        report["checkpoint"] = str(out_path)
-        eval_dir = run_dir / "card_eval"
-        eval_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(eval_dir / "evaluate.json", report)
-        plot_report(report, eval_dir / "evaluate.png")
-        cmd = publish_command(run, out, card, data, threshold_n, eval_data, notes)
-        text = render_card(out_path, model, info, args, t, history, report, run_dir, steps, cmd, file=tmp)
-        if notes:
-            text += "\n## Notes\n\n" + "".join(f"- {n}\n" for n in notes)
-        # only now, the card rendered from the very bytes: a failure above leaves the previous file and card as they were;
-        # the card first, so that a checkpoint never stands without its own card
-        card_file.parent.mkdir(parents=True, exist_ok=True)
-        _install_pair(card_file, text.encode(), tmp, out_path)
+        with hold_lock(tmp):  # a clean-up in another PID namespace (a container) leaves it alone
+            report = evaluate_checkpoint(str(tmp), data=data or args["data"], threshold_n=threshold_n, progress=progress)
+            report["checkpoint"] = str(out_path)
+            eval_dir = run_dir / "card_eval"
+            eval_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(eval_dir / "evaluate.json", report)
+            plot_report(report, eval_dir / "evaluate.png")
+            cmd = publish_command(run, out, card, data, threshold_n, eval_data, notes)
+            text = render_card(out_path, model, info, args, t, history, report, run_dir, steps, cmd, file=tmp)
+            if notes:
+                text += "\n## Notes\n\n" + "".join(f"- {n}\n" for n in notes)
+            # only now, the card rendered from the very bytes: a failure above leaves the previous file and card as they were;
+            # the card first, so that a checkpoint never stands without its own card
+            card_file.parent.mkdir(parents=True, exist_ok=True)
+            _install_pair(card_file, text.encode(), tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)  # our own temporary file, never the user's
     report["card"] = str(card_file)
@@ -260,10 +264,12 @@ def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[s
 
 
 def _install_pair(card_file: Path, card: bytes, tmp: Path, out_path: Path) -> None:
-    """The card, then the checkpoint, each renamed into place; a failure or Ctrl-C between the two renames puts the
-    previous card back (a new card had stood beside the previous checkpoint, naming another file's SHA-256)."""
+    """The card, then the checkpoint, each renamed into place; a failure or Ctrl-C before the checkpoint's rename took
+    place puts the previous card back (a new card had stood beside the previous checkpoint, naming another file's
+    SHA-256). Ctrl-C raised just after that rename keeps the new pair."""
     staged = atomic_write(card_file.with_name(f".{card_file.name}.publishing-{os.getpid()}"), card)
     previous = card_file.with_name(f".{card_file.name}.previous-{os.getpid()}")
+    ours = os.stat(tmp)
     try:
         had = card_file.is_file()
         if had:  # the previous card's bytes, kept until the checkpoint is in place
@@ -276,25 +282,39 @@ def _install_pair(card_file: Path, card: bytes, tmp: Path, out_path: Path) -> No
         try:
             os.replace(tmp, out_path)
         except BaseException:
-            if had:
-                os.replace(previous, card_file)
-            else:
-                card_file.unlink(missing_ok=True)
+            if not _same_file(out_path, ours):  # the checkpoint did not move: the previous pair, as it was
+                if had:
+                    os.replace(previous, card_file)
+                else:
+                    card_file.unlink(missing_ok=True)
             raise
     finally:
         staged.unlink(missing_ok=True)
         previous.unlink(missing_ok=True)
 
 
-def _remove_dead_publications(out_path: Path) -> None:
-    """Staging files that a killed ``model_card`` left beside ``out_path`` (each the size of a checkpoint, hidden)."""
+def _same_file(path: Path, st: os.stat_result) -> bool:
+    try:
+        now = os.stat(path)
+    except OSError:
+        return False
+    return (now.st_ino, now.st_dev) == (st.st_ino, st.st_dev)
+
+
+def _remove_dead_publications(out_path: Path, card_file: Path) -> None:
+    """Staging files that a killed ``model_card`` left beside ``out_path`` and its card (a checkpoint-sized one hidden):
+    those of a process that does not run here and whose lock no live process holds."""
     from dvt_edge.export.install import _pid_alive
 
-    for p in out_path.parent.glob(f".{out_path.stem}.publishing-*{out_path.suffix}") if out_path.parent.is_dir() else []:
-        pid = p.name[len(f".{out_path.stem}.publishing-"): len(p.name) - len(out_path.suffix)]
-        if pid.isdigit() and not _pid_alive(int(pid)) and p.is_file() and not p.is_symlink():
-            p.unlink()
-            print(f"note: removed {p.name}, left by an interrupted publication", file=sys.stderr)
+    pattern = [(out_path, f".{out_path.stem}.publishing-", out_path.suffix)] + [
+        (card_file, f".{card_file.name}.{kind}-", "") for kind in ("publishing", "previous")]
+    for base, prefix, suffix in pattern:
+        for p in base.parent.glob(f"{prefix}*{suffix}") if base.parent.is_dir() else []:
+            pid = p.name[len(prefix): len(p.name) - len(suffix)]
+            with claimed(p) as free:
+                if pid.isdigit() and not _pid_alive(int(pid)) and free and p.is_file() and not p.is_symlink():
+                    p.unlink()
+                    print(f"note: removed {p.name}, left by an interrupted publication", file=sys.stderr)
 
 
 def pareto_rows(report: dict) -> list[str]:
@@ -392,8 +412,7 @@ def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict
         f"batch {args['batch_size']} per process, stochastic depth {args['drop_path'] if args['drop_path'] is not None else c.drop_path_rate:g}, "
         f"label smoothing {args['label_smoothing']:g}, augmentation {'off' if args['no_augment'] else 'random translation' + ('' if args['no_flip'] else ' + horizontal flip')}; "
         f"seed {args['seed']}; {t['epochs']} epochs; compute {_compute(args, history)}.",
-        *_command_lines(args, run_dir, steps or []),
-        *_environment_lines(history),
+        *_command_lines(args, run_dir, steps or []), *_environment_lines(history),
         f"- Wall time{' of the last step' if steps else ''}: {wall}.{resumed}",
         "",
         f"## Results (`{_evaluate_command(path, report)}`)",

@@ -7,6 +7,7 @@ alone cannot (every checkout of one version carries the same number)."""
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -23,20 +24,22 @@ def code_revision() -> Optional[str]:
     commit; None for an installed wheel, where git is missing, or where git refuses the folder."""
     if not (_ROOT / ".git").exists() or not (_ROOT / "dvt_edge").is_dir():
         return None
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # status must not take the index lock a user's own git command may need
     try:
-        head = subprocess.run(["git", "-C", str(_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=20)
+        head = subprocess.run(["git", "-C", str(_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=20, env=env)
         if head.returncode or len(head.stdout.strip()) < 40:
             return None
         dirty = subprocess.run(["git", "-C", str(_ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=20)
+                               capture_output=True, text=True, timeout=20, env=env)
     except (OSError, subprocess.SubprocessError):
         return None
     return head.stdout.strip() + ("+modified" if dirty.returncode or dirty.stdout.strip() else "")
 
 
-def environment(threads: Optional[int] = None) -> dict[str, Any]:
+def environment(threads: Optional[int] = None, device: Any = None) -> dict[str, Any]:
     """What a float result depends on beyond its inputs: dvt-edge's version and revision, torch, Python, the CPU, the
-    intra-op threads (``threads``; omitted when None)."""
+    intra-op threads (``threads``; omitted when None) and, for a ``device`` (torch.device) that is a GPU, its name with
+    the CUDA and cuDNN versions."""
     import torch
 
     from dvt_edge import __version__
@@ -44,6 +47,9 @@ def environment(threads: Optional[int] = None) -> dict[str, Any]:
 
     env = {"dvt_edge": __version__, "revision": code_revision(), "torch": torch.__version__,
            "python": platform.python_version(), "cpu": cpu_model(), "machine": platform.machine() or None}
+    if device is not None and getattr(device, "type", "cpu") == "cuda":
+        env["accelerator"] = (f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}, cuDNN "
+                              f"{torch.backends.cudnn.version()})")
     return env if threads is None else {**env, "threads": threads}
 
 
@@ -54,7 +60,7 @@ def environment_line(env: dict[str, Any]) -> str:
     rev = f" (git {rev[:12]}{'+modified' if rev.endswith('+modified') else ''})" if rev else " (revision not recorded)"
     cpu = env.get("cpu") or "CPU unknown"
     return (f"dvt-edge {env.get('dvt_edge', '?')}{rev}, torch {env.get('torch', '?')}, Python {env.get('python', '?')}, "
-            f"{cpu}" + (f" ({env['machine']})" if env.get("machine") else ""))
+            f"{cpu}" + (f" ({env['machine']})" if env.get("machine") else "") + (f", {env['accelerator']}" if env.get("accelerator") else ""))
 
 
 def result_provenance(checkpoint: str) -> dict[str, Any]:

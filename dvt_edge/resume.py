@@ -10,7 +10,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from dvt_edge import data as _data
 from dvt_edge.checkpoint import CheckpointError, read_checkpoint
@@ -133,7 +133,8 @@ def _check_resume_args(stored: dict, args: argparse.Namespace, last: Path, defau
             + "; resume with the run's own flags (or leave them out), or start a new run from it with --finetune " + str(last))
 
 
-_ENV_SAID = (("revision", "code revision"), ("dvt_edge", "dvt-edge"), ("torch", "torch"), ("python", "Python"), ("cpu", "CPU"))
+_ENV_SAID = (("revision", "code revision"), ("dvt_edge", "dvt-edge"), ("torch", "torch"), ("python", "Python"), ("cpu", "CPU"),
+             ("accelerator", "GPU"))
 
 
 def resumed_differently(history: list[dict], amp: str, threads: int, env: dict) -> Optional[str]:
@@ -163,18 +164,51 @@ def run_lock(out: Path, main: bool = True) -> Iterator[None]:
     if not main:
         yield
         return
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    with hold_lock(out / LOCK_NAME, create=True) as held:
-        if not held:
-            raise CheckpointError(f"another training run is writing to {out} (it holds {out / LOCK_NAME}): let it finish, or "
-                                  "train into another --out")
-        left = [p for name in RUN_FILES for p in out.glob(f".{name}.*.tmp") if p.is_file() and not p.is_symlink()]
-        for p in left:
-            p.unlink()
-        if left:
-            print(f"note: removed {len(left)} temporary file(s) left in {out} by an interrupted save: {', '.join(p.name for p in left)}",
-                  file=sys.stderr)
-        yield
+    try:
+        with hold_lock(out / LOCK_NAME, create=True) as held:
+            if not held:
+                raise CheckpointError(f"another training run is writing to {out} (it holds {out / LOCK_NAME}): let it finish, or "
+                                      "train into another --out")
+            _remove_partial_saves(out)
+            yield
+    finally:
+        with contextlib.suppress(OSError):
+            if made and os.listdir(out) == [LOCK_NAME]:  # a run that saved nothing leaves no folder behind
+                (out / LOCK_NAME).unlink()
+                out.rmdir()
+
+
+def _remove_partial_saves(out: Path) -> None:
+    """The temporary files of a save that was killed (``atomic_write``'s ``.NAME.*.tmp``), under the run's lock."""
+    left = [p for name in RUN_FILES for p in out.glob(f".{name}.*.tmp") if p.is_file() and not p.is_symlink()]
+    for p in left:
+        p.unlink()
+    if left:
+        print(f"note: removed {len(left)} temporary file(s) left in {out} by an interrupted save: {', '.join(p.name for p in left)}",
+              file=sys.stderr)
+
+
+def agreed(check: Callable[[], Any], rank: int, world: int) -> None:
+    """``check`` on rank 0 only (the process that writes OUT); under DDP its refusal is raised on every rank, which would
+    otherwise wait in the next collective call until torchrun killed them, burying the message."""
+    said = None
+    if rank == 0:
+        try:
+            check()
+        except CheckpointError as e:
+            if world == 1:
+                raise
+            said = str(e)
+    if world > 1:
+        import torch.distributed as dist
+
+        box = [said]
+        dist.broadcast_object_list(box, src=0)
+        said = box[0]
+    if said is not None:
+        raise CheckpointError(said)
 
 
 def check_room(out: Path, n_params: int) -> None:

@@ -37,11 +37,11 @@ from dvt_edge.batches import augment, batches, epoch_shard, eval_batch_size, eva
 from dvt_edge.checkpoint import CheckpointError, _state_dict_of, checkpoint_model_name, read_checkpoint, save_checkpoint
 from dvt_edge.data import DATASETS, DataError, ImageSet, default_preprocess, default_train_data, load_dataset
 from dvt_edge.models import DVT, create_model, list_models, model_defaults, model_from_args
-from dvt_edge.provenance import environment
-from dvt_edge.resume import check_room, resume_hint, resume_run, resumed_differently, run_lock, started_over
+from dvt_edge.provenance import code_revision, environment
+from dvt_edge.resume import agreed, check_room, resume_hint, resume_run, resumed_differently, run_lock, started_over
 from dvt_edge.transfer import carry_head_rows, transfer_weights
 from dvt_runtime.cli import GivenParser
-from dvt_runtime.io import atomic_write_json, run_cli, save_png, sha256_file, silenced_progress
+from dvt_runtime.io import atomic_write_json, os_error_text, run_cli, save_png, sha256_file, silenced_progress
 from dvt_runtime.io import progress as progress_bar
 from dvt_runtime.preprocess import Preprocess
 
@@ -236,9 +236,10 @@ def _train(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict:
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"--out {out} is a file; pass a folder for the run (checkpoints and metrics go there)")
     rank, world, device = _init_processes(args)
+    code_revision()  # the checkout as the run starts: a pull during its first epoch does not change what its epochs record
     log = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
     resume_state = resume_run(args, out, vars(build_parser().parse_args(["--out", "x"])), given)  # without --data, --model: its own
-    stack.enter_context(run_lock(out, main=rank == 0))  # one run at a time writes OUT's checkpoints (checked writable above)
+    agreed(lambda: stack.enter_context(run_lock(out)), rank, world)  # one run at a time writes OUT's checkpoints (writable: above)
     if args.warmup_epochs >= args.epochs:  # a one-epoch fine-tune ended at the peak rate (checked on a resumed run's own values)
         warnings.warn(f"--warmup-epochs {args.warmup_epochs:g} covers all {args.epochs} epoch(s): the learning rate only rises to "
                       "--lr and never decays; pass --warmup-epochs below --epochs", stacklevel=3)
@@ -263,8 +264,7 @@ def _train(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict:
         log(f"note: --model {args.model} ({'colour, 32 px' if colour else 'grayscale, 28 px'}: {args.data} is {'colour' if colour else 'grayscale'}); "
             "pass --model NAME to choose (python -m dvt_edge.zoo lists them)" + (f", or --finetune {COLOR_REFERENCE} (the CIFAR-10 reference)" if colour else ""))
     model = _build_model(args, resume_state, train_ds, val_ds, log)
-    if rank == 0:
-        check_room(out, sum(p.numel() for p in model.parameters()))  # before an epoch's work, not after it
+    agreed(lambda: check_room(out, sum(p.numel() for p in model.parameters())), rank, world)  # before an epoch's work
     if given is not None and "batch_size" not in given and resume_state is None and model.cfg.img_size >= 224:
         args.batch_size = BATCH_224  # the small models' 128 needs about 19 GB at 224 px (measured below)
         log(f"note: --batch-size {BATCH_224} for a {model.cfg.img_size} px model (fine-tuning dvt_t2t_vit_12 on a CPU peaked at 2.4 GB "
@@ -377,7 +377,7 @@ def _restore(run: _Run, resume_state: dict, last: Path) -> _RunState:
     state = _RunState(t["epoch"], json.loads(t["history"]), t["best_acc"], float(t.get("run_seconds", 0.0)))
     run.log(f"resuming {run.args.model} from {last} after epoch {state.start_epoch} of {run.args.epochs}")
     if state.start_epoch < run.args.epochs and run.main_proc and (
-            said := resumed_differently(state.history, run.args.amp, torch.get_num_threads(), environment())):
+            said := resumed_differently(state.history, run.args.amp, torch.get_num_threads(), environment(device=run.device))):
         warnings.warn(said, stacklevel=2)
     return state
 
@@ -445,7 +445,7 @@ def _end_epoch(run: _Run, state: _RunState, out: Path, epoch: int, train_loss: f
     acc, _ = evaluate_exits(model, run.val_ds, max(args.batch_size, eval_batch_size(model.cfg.img_size)), cache=run.val_cache)
     entry = {"epoch": epoch + 1, "train_loss": train_loss, "val_acc": acc,
              "lr": run.sched.get_last_lr()[0], "epoch_seconds": round(train_time, 1), "amp": args.amp,
-             "threads": torch.get_num_threads(), "environment": environment()}  # what float results depend on, per epoch (resumes vary)
+             "threads": torch.get_num_threads(), "environment": environment(device=run.device)}  # what float results depend on, per epoch (resumes vary)
     state.history.append(entry)
     improved = acc[-1] > state.best_acc
     state.best_acc = max(state.best_acc, acc[-1])
@@ -479,7 +479,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk, a lost mount: the epochs saved before it stay
-        print(f"error: {e if e.filename else e.strerror or e}" + (f"\n{hint}" if (hint := resume_hint(args.out, started)) else ""), file=sys.stderr)
+        print(f"error: {os_error_text(e)}" + (f"\n{hint}" if (hint := resume_hint(args.out, started)) else ""), file=sys.stderr)
         return 2
     except FloatingPointError as e:  # diverged: the checkpoints in --out hold the last finished epoch
         print(f"error: {e} (nothing was written for that epoch)", file=sys.stderr)

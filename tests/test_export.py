@@ -54,6 +54,8 @@ def test_export_target_precision(tmp_path, micro_ckpt, target, precision):
     assert m.parity.problems == [] and m.parity.passed == (m.parity.checked == "numerical")  # structure alone never 'passed'
     assert m.toolchain["torch"].startswith("2.13")
     assert m.toolchain.get("dvt-edge-revision") == code_revision()  # a git checkout's commit (CI's clone has one)
+    if (ROOT / ".git").exists() and shutil.which("git"):
+        assert re.fullmatch(r"[0-9a-f]{40}(\+modified)?", m.toolchain["dvt-edge-revision"])
     for e in m.exits:
         assert (res.path / e.artifact).exists() and e.artifact.endswith(t.suffix)
         if precision == "int8":

@@ -744,3 +744,45 @@ def test_an_auto_int8_export_says_its_choices_and_a_per_exit_scheme_pins_them(mi
     assert not (tmp_path / "bad").exists()
     assert M.main(["--checkpoint", str(micro_ckpt), "--target", "onnx", "--precision", "int8", "--scheme", "dynamic,nope,static"]) == 2
     assert "--scheme 'dynamic,nope,static' is not an int8 scheme of onnx" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_a_forked_child_does_not_keep_its_parents_lock_and_a_removed_folder_is_never_installed(tmp_path):
+    """A DataLoader worker forked while a lock was held kept it after its parent was killed (a resume was refused as
+    'another run is writing'); an export whose temporary folder was removed under it moved the user's bundle aside."""
+    import multiprocessing
+    import time
+
+    from dvt_edge.export.install import install
+    from dvt_runtime.io import hold_lock, lock_held, written_together
+
+    f = tmp_path / "lock"
+    ctx = multiprocessing.get_context("fork")
+    started = ctx.Event()
+
+    def worker():
+        started.set()
+        time.sleep(30)
+
+    with hold_lock(f, create=True) as held:
+        assert held and lock_held(f)
+        child = ctx.Process(target=worker)
+        child.start()
+        assert started.wait(30)  # past the fork's handlers
+    try:
+        assert not lock_held(f)  # the parent let go: the child's copy was closed at the fork
+    finally:
+        child.kill()
+        child.join()
+    dest = tmp_path / "b"
+    dest.mkdir()
+    (dest / "manifest.json").write_text("{}")
+    with pytest.raises(ExportError, match="temporary folder .* was removed while it worked"):
+        install(tmp_path / ".b.tmp-1-gone", dest)
+    assert (dest / "manifest.json").read_text() == "{}" and sorted(p.name for p in tmp_path.iterdir()) == ["b", "lock"]
+    stale = tmp_path / "out" / ".bench-staging-k1ll3d"  # a bench killed while writing its results
+    stale.mkdir(parents=True)
+    (stale / "bench.json").write_text("{}")
+    with written_together(tmp_path / "out", "bench") as st:
+        (st / "bench.json").write_text('{"new": 1}')
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bench.json"]

@@ -369,9 +369,20 @@ def test_a_publication_stopped_between_its_two_renames_leaves_the_previous_pair(
     with pytest.raises(KeyboardInterrupt):
         mc.publish_run(str(micro_ckpt.parent), str(out), threshold_n=200, progress=False, force=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ref.pt"] and out.read_bytes() == b"the previous file"
+    card.write_text("the previous card")
+
+    def renamed_then_stopped(src, dst):  # Ctrl-C raised just after the checkpoint's rename took place: the new pair stays
+        real_replace(src, dst)
+        if Path(dst) == out:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(mc.os, "replace", renamed_then_stopped)
+    with pytest.raises(KeyboardInterrupt):
+        mc.publish_run(str(micro_ckpt.parent), str(out), threshold_n=200, progress=False, force=True)
     monkeypatch.undo()
-    mc.publish_run(str(micro_ckpt.parent), str(out), threshold_n=200, progress=False, force=True)
     assert "the previous" not in card.read_text() and out.read_bytes() != b"the previous file"
+    assert sha256_file(out) in card.read_text()  # the card names the file beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["MODEL_CARD_ref.md", "ref.pt"]
 
 
 class _Boom:
@@ -567,12 +578,15 @@ def test_the_card_says_when_a_resume_changed_the_compute_precision_threads_or_en
         "bf16 autocast (weights and optimizer fp32) on 2 threads in epochs 1-2, fp32 on 2 threads in epoch 3, fp32 on 1 thread in "
         "epoch 4 (changed on resume: a rerun with one setting throughout will not give bit-identical weights)")
     assert _compute({"amp": "bf16"}, [{"epoch": 1}, {"epoch": 2}]) == "bf16 autocast (weights and optimizer fp32)"  # older runs
+    assert _compute({"amp": "fp32"}, [{"epoch": 1}, {"epoch": 2, "amp": "fp32", "threads": 2}]) == "fp32"  # an old run resumed: no change said
     env = history[0]["environment"]
     other = {**env, "cpu": "Another CPU"}
     lines = _environment_lines([{"epoch": 1, "environment": env}, {"epoch": 2, "environment": env}, {"epoch": 3, "environment": other}])
     assert lines[0].startswith("- Environment (changed on resume") and lines[1].startswith("  - epochs 1-2: dvt-edge ")
     assert lines[2].startswith("  - epoch 3: ") and "Another CPU" in lines[2] and "Another CPU" not in lines[1]
     assert _environment_lines([{"epoch": 1}])[0].startswith("- Environment: not recorded")
+    old_run = _environment_lines([{"epoch": 1}, {"epoch": 2, "environment": env}])
+    assert old_run[0].startswith("- Environment (recorded from a resume on;") and old_run[1] == "  - epoch 1: not recorded"
 
 
 def test_a_card_of_a_variant_a_script_registered_says_how_to_register_it(monkeypatch):

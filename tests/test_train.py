@@ -1063,3 +1063,13 @@ def test_a_full_disk_is_said_before_the_first_epoch_and_in_one_line_with_the_res
     with pytest.raises(OSError, match=rf"cannot write {tmp_path / 'x.json'}: No space left on device; free some space there, or write "):
         atomic_write(tmp_path / "x.json", b"{}")
     assert os.listdir(tmp_path) == ["run"]  # no temporary file left
+
+
+def test_a_run_that_fails_before_saving_leaves_no_folder_behind(tmp_path):
+    """The run's lock made --out before the data was read: a mistyped data path left an empty folder with a lock file."""
+    from dvt_edge.data import DataError
+
+    out = tmp_path / "new" / "run"
+    with pytest.raises(DataError):
+        train(build_parser().parse_args([*QUICK, "--epochs", "1", "--data", f"imagefolder:{tmp_path / 'nope'}", "--out", str(out)]))
+    assert not out.exists()

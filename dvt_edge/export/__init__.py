@@ -217,6 +217,7 @@ def export_bundle(checkpoint: str, target: str, precision: str = "fp32", options
     log = Path(opts.log_path) if opts.log_path else dest.parent / "dvt-edge-export.log"
     inputs = [checkpoint] + ([opts.calib_data.partition(":")[2]] if opts.calib_data and ":" in opts.calib_data else [])
     check_destination(dest, opts.force, inputs, log, checkpoint, log_written=not opts.verbose)
+    code_revision()  # the checkout as this export started (a pull while it runs does not change what it records)
     schemes = int8_schemes(t, precision, opts.scheme, model.num_exits)  # per exit
     if any(len(c) > 1 for c in schemes) and t.backend not in available_backends():  # auto measures each scheme: not here
         schemes = [[d if (d := t.int8.get("default_scheme")) in c else c[0]] for c in schemes]  # a recipe whose default is auto: its first
@@ -232,6 +233,8 @@ def export_bundle(checkpoint: str, target: str, precision: str = "fp32", options
     try:  # held while it works: another export's clean-up leaves a live folder alone, whatever this process's PID looks like there
         with hold_lock(tmp, wait=True), quiet_toolchains(log, opts.verbose,
                                                          header=f"export {checkpoint} -> {t.name} {precision} at {dest}") as console:
+            if not tmp.is_dir():  # removed in the moment before it was locked (a clean-up that found it unheld)
+                raise ExportError(f"the export's temporary folder {tmp} was removed before it started; export again")
             res = _export_into(plan, console)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 from dvt_edge.export.common import ExportError
 from dvt_edge.logs import log_problem
-from dvt_runtime.io import lock_held, sha256_file, unwritable
+from dvt_runtime.io import claimed, sha256_file, unwritable
 from dvt_runtime.manifest import Manifest, ManifestError
 
 __all__ = ["install", "recover_leftovers", "check_destination", "carry_over", "KEPT"]
@@ -31,6 +31,9 @@ def install(tmp: Path, dest: Path) -> None:
     old bundle is renamed aside first; if the process dies between the two renames, the next
     export to the same path puts it back (:func:`recover_leftovers`).
     """
+    if not tmp.is_dir():  # removed under it (another export's clean-up): the bundle at dest is not moved aside for nothing
+        raise ExportError(f"the export's temporary folder {tmp} was removed while it worked (by another export's clean-up?); "
+                          f"{dest} was not changed: export again")
     if not dest.exists():
         os.replace(tmp, dest)
         return
@@ -86,16 +89,16 @@ def recover_leftovers(dest: Path) -> list[str]:
         pid = rest.split("-")[0]
         if kind not in ("tmp", "old") or not pid.isdigit() or _pid_alive(int(pid)):
             continue
-        if lock_held(p):  # a live export whose PID is another namespace's or host's (a container, a shared folder)
-            notes.append(f"left {p.name} alone: another export is writing it")
-            continue
-        if kind == "old" and not dest.exists() and (p / "manifest.json").is_file():
-            os.replace(p, dest)
-            notes.append(f"restored the previous bundle {dest} from an interrupted export")
-        elif why := _remove(p):
-            notes.append(f"could not remove {p} left by an interrupted export ({why}); remove it by hand")
-        else:
-            notes.append(f"removed {p.name} left by an interrupted export")
+        with claimed(p) as free:  # held while it is removed: an export that locks it meanwhile finds it gone, and stops
+            if not free:  # a live export whose PID is another PID namespace's (a container on this machine)
+                notes.append(f"left {p.name} alone: another export is writing it")
+            elif kind == "old" and not dest.exists() and (p / "manifest.json").is_file():
+                os.replace(p, dest)
+                notes.append(f"restored the previous bundle {dest} from an interrupted export")
+            elif why := _remove(p):
+                notes.append(f"could not remove {p} left by an interrupted export ({why}); remove it by hand")
+            else:
+                notes.append(f"removed {p.name} left by an interrupted export")
     return notes
 
 
@@ -199,7 +202,7 @@ def _listed(dest: Path) -> set[str]:
             assert isinstance(d["schema_version"], int) and all(isinstance(a, str) and a for a in artifacts)
         except json.JSONDecodeError:  # a bundle cut short looks so too: said how to replace it without deleting anything
             raise ExportError(f"{dest} exists and its manifest.json is not valid JSON: --force replaces only bundles it can read. If "
-                              f"it is a damaged bundle, move it aside (mv {dest} {dest}.damaged; its calibration/ can be copied back "
+                              f"it is a damaged bundle, move it aside (mv {shlex.quote(str(dest))} {shlex.quote(f'{dest}.damaged')}; its calibration/ can be copied back "
                               "once the new artifacts match) and export again, or choose another --out; nothing was changed") from None
         except (OSError, ValueError, KeyError, TypeError, AttributeError, AssertionError):
             raise ExportError(f"{dest} exists and is not a dvt-edge bundle ({e}); --force replaces only bundles: "

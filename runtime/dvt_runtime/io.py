@@ -15,7 +15,8 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
 
-__all__ = ["atomic_write", "atomic_write_json", "sha256_file", "current_umask", "read_npz", "check_labels", "progress", "progress_silenced", "silenced_progress", "save_png", "unwritable", "output_to", "plain_warnings", "run_cli", "hold_lock", "lock_held", "written_together"]
+__all__ = ["atomic_write", "atomic_write_json", "sha256_file", "current_umask", "read_npz", "check_labels", "progress", "progress_silenced", "silenced_progress", "save_png", "unwritable", "output_to", "plain_warnings", "run_cli", "hold_lock", "claimed", "lock_held", "written_together",
+           "os_error_text"]
 
 
 def atomic_write(path: Union[str, Path], data: bytes) -> Path:
@@ -55,9 +56,25 @@ def _cannot_write(e: OSError, path: Path) -> OSError:
     return type(e)(e.errno, f"cannot write {path}: {e.strerror or e}{fix}")
 
 
+_HELD: set[int] = set()  # descriptors of the locks this process holds
+
+
+def _close_held_in_child() -> None:
+    """In a forked child (a DataLoader worker): drop its copies of the parent's lock descriptors, so that a killed parent's
+    locks end with it, not with the last of its children."""
+    for fd in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_in_child)
+
+
 def _try_flock(fd: int, wait: bool) -> bool:
     """Take an exclusive flock on ``fd``: False when another open file (any process) holds it; True where the file
-    system has no locks (nothing is held then)."""
+    system has no locks (NFS and SMB shares refuse them on a folder: nothing is held then)."""
     import fcntl
 
     try:
@@ -73,7 +90,8 @@ def _try_flock(fd: int, wait: bool) -> bool:
 def hold_lock(path: Union[str, Path], create: bool = False, wait: bool = False) -> Iterator[bool]:
     """An advisory lock on ``path`` (a file, made when ``create``, or a folder) for the block; yields whether it is held
     (False: another process holds it; ``wait``: wait for it instead). The kernel drops it when the holder ends, however it
-    ends, so a held lock means a live holder, whatever its PID namespace. Without flock (Windows): True, nothing held."""
+    ends, so a held lock means a live holder, whatever its PID namespace, on a local file system. Where there are no
+    such locks (Windows; a network share, for a folder) it yields True and holds nothing."""
     try:
         import fcntl  # noqa: F401
     except ImportError:
@@ -82,40 +100,65 @@ def hold_lock(path: Union[str, Path], create: bool = False, wait: bool = False) 
     fd = os.open(path, (os.O_RDWR | os.O_CREAT) if create else os.O_RDONLY, 0o666)
     try:
         held = _try_flock(fd, wait)
+        if held:
+            _HELD.add(fd)
         yield held
     finally:
+        _HELD.discard(fd)
         os.close(fd)  # releases it
+
+
+@contextlib.contextmanager
+def claimed(path: Union[str, Path]) -> Iterator[bool]:
+    """For the clean-up of a leftover: True while this process holds ``path``'s lock (no live process does; it is kept
+    while the block removes or restores the leftover), False while a live process holds it. A path that cannot be opened
+    (a link, which is never followed) or locked counts as unheld."""
+    try:
+        import fcntl  # noqa: F401
+
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except (ImportError, OSError):
+        yield True
+        return
+    try:
+        yield _try_flock(fd, wait=False)
+    finally:
+        os.close(fd)
+
+
+def lock_held(path: Union[str, Path]) -> bool:
+    """Whether a live process holds :func:`hold_lock` on ``path`` (False where it cannot be told)."""
+    with claimed(path) as free:
+        return not free
 
 
 @contextlib.contextmanager
 def written_together(out: Union[str, Path], name: str) -> Iterator[Path]:
     """A staging folder inside ``out`` for files that belong together: when the block ends, each is renamed into ``out``
-    (a ``.json`` last), so that a failure inside it (a full disk, Ctrl-C) leaves ``out``'s earlier set as it was."""
+    (a ``.json`` last), so that a failure while they are written (a full disk, Ctrl-C) leaves ``out``'s earlier set as it
+    was. Staging folders that a killed process left (no live holder) are removed first."""
+    import shutil
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob(f".{name}-staging-*"):
+        with claimed(old) as free:
+            if free and old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{name}-staging-", dir=out))
     try:
-        yield stage
-        for f in sorted(stage.iterdir(), key=lambda p: p.suffix == ".json"):
-            os.replace(f, out / f.name)
+        with hold_lock(stage, wait=True):
+            yield stage
+            for f in sorted(stage.iterdir(), key=lambda p: p.suffix == ".json"):
+                os.replace(f, out / f.name)
     finally:
-        import shutil
-
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def lock_held(path: Union[str, Path]) -> bool:
-    """Whether a live process holds :func:`hold_lock` on ``path`` (False where it cannot be told)."""
-    try:
-        import fcntl  # noqa: F401
-
-        fd = os.open(path, os.O_RDONLY)
-    except (ImportError, OSError):
-        return False
-    try:
-        return not _try_flock(fd, wait=False)
-    finally:
-        os.close(fd)
+def os_error_text(e: OSError) -> str:
+    """An OSError in words: with its path when it names one (``[Errno 2] No such file or directory: 'x'``), else its message
+    (this package's "cannot write PATH: ..." errors carry the path in it)."""
+    return str(e) if e.filename else (e.strerror or str(e))
 
 
 def check_out_path(path: Union[str, Path], flag: str = "--out", replaces: Union[str, Callable[[Path], bool], None] = None,
