@@ -350,6 +350,20 @@ def test_torchrun_two_processes_gloo(tmp_path):
     load_checkpoint(out / "last.pt")
     rng = torch.load(out / "last.pt", weights_only=False)["train"]["rng"]  # each rank's own stream: its own drop-path masks
     assert len(rng) == 2 and not torch.equal(rng[0]["torch"], rng[1]["torch"])
+    if os.name == "nt":
+        return
+    from dvt_edge.resume import LOCK_NAME  # a run holding the folder: every rank says so (the others had waited in DDP's setup)
+
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+                               "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(300)", str(out / LOCK_NAME)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = subprocess.run([*cmd, "--resume"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.returncode != 0 and (r.stdout + r.stderr).count(f"error: another training run is writing to {out}") == 2, r.stderr[-3000:]
 
 
 def test_self_distillation_loss():
