@@ -35,6 +35,7 @@ from dvt_edge.logs import quiet_toolchains
 from dvt_edge.provenance import result_provenance
 from dvt_edge.references import DEFAULT_REFERENCE
 from dvt_runtime.checks import parse_thresholds
+from dvt_runtime.device import contention_since, contention_snapshot
 from dvt_runtime.io import os_error_text, silenced_progress
 from dvt_runtime.stats import sample_stats
 
@@ -58,6 +59,7 @@ def bench_bundle(bundle, x: np.ndarray, y: np.ndarray, budgets: Optional[list[fl
     from dvt_runtime.calibrate import fit
 
     b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle, threads=threads, device_name="")
+    snap = contention_snapshot()  # how much the measurements below had to compete for a CPU
     f = fit(b, x, y, holdout=holdout, seed=seed, runs=runs, warmup=20, progress=progress)
     if device_name:
         f.profile.device["device_name"] = device_name
@@ -72,7 +74,8 @@ def bench_bundle(bundle, x: np.ndarray, y: np.ndarray, budgets: Optional[list[fl
         matched["halvings"] = matched_over_halvings(f.probs, y, f.costs, len(f.hold_idx))
     out = {"profile": f.profile.summary(), "device": f.profile.device, "runtime_overhead": runtime_overhead(b, x), "static": static,
            "dynamic": dynamic, "flops_calibrated": flops_rows, "matched": matched, "n_holdout": len(f.hold_idx),
-           "n_calibration": len(f.cal_idx), "split_seed": seed}  # numpy default_rng(seed) halves the images (halvings: their seeds)
+           "n_calibration": len(f.cal_idx), "split_seed": seed,  # numpy default_rng(seed) halves the images (halvings: their seeds)
+           "contention": contention_since(snap)}
     if batches:  # at the matched-accuracy thresholds (their accuracy delta is reported with them)
         thr = matched["thresholds"] if matched else never_stop(b.num_exits)
         out["throughput"] = {"thresholds": thr, "max_batch": b.manifest.max_batch, "rows": throughput(b, xh, yh, thr, batches),
@@ -147,8 +150,6 @@ def runtime_overhead(bundle, x: np.ndarray, n: int = 300) -> dict:
     p, bk = sample_stats(pred_ms, keep_samples=False)["median"], sample_stats(backend_ms, keep_samples=False)["median"]
     return {"predict_exit1_ms": p, "backend_exit1_ms": bk, "overhead_ms": p - bk, "overhead_pct": 100 * (p - bk) / p,
             "within_goal": (p - bk) <= max(0.05 * p, 0.1), "goal": "<= 5% of the total or 0.1 ms, whichever is larger"}
-
-
 
 
 # ----------------------------------------------------------------------------- driver

@@ -155,7 +155,7 @@ def _backends_line(rows: list[dict]) -> str:
 
 
 def markdown(results: list[dict]) -> str:
-    from dvt_edge.bench_device import device_markdown, glance_markdown
+    from dvt_edge.bench_device import busy_line, device_markdown, glance_markdown
 
     out = glance_markdown(results)
     for r in results:
@@ -207,6 +207,8 @@ def markdown(results: list[dict]) -> str:
             out.append(f"Runtime overhead for a sample stopping at exit 1: predict {ov['predict_exit1_ms']:.4f} ms vs backend "
                        f"{ov['backend_exit1_ms']:.4f} ms = {ov['overhead_ms']:+.4f} ms ({ov['overhead_pct']:.1f}%; goal {ov['goal']}: "
                        f"{'met' if ov['within_goal'] else 'NOT met'}).\n")
+            if said := busy_line(row.get("contention")):
+                out.append(said + "\n")
             hv = (row.get("matched") or {}).get("halvings")
             if hv and not row["matched"].get("at_chance"):  # results before this field have none; at chance, no speedup claim
                 out.append(halvings_line(hv) + "\n")

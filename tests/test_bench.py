@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,7 @@ def test_bench_result_shape_and_real_numbers(results):
     assert mt["speedup_vs_last_exit"] == pytest.approx(mt["last_exit_mean_ms"] / mt["measured_mean_ms"])
     hv = mt["halvings"]  # the rule replayed on other splits, from the measured prices
     assert hv["seeds"] == list(range(1, 21)) and onnx["split_seed"] == 0  # numpy default_rng seeds: a rerun re-creates the splits
+    assert set(onnx["contention"]) == {"wait_pct", "steal_pct"}  # how much the measurement competed for the CPU
     from dvt_edge.provenance import environment
     from dvt_runtime.io import sha256_file
 
@@ -631,3 +633,26 @@ def test_a_failed_write_leaves_the_earlier_results_whole_and_the_command_says_so
     written = write_outputs([r2], folder)
     assert json.loads((folder / "bench.json").read_text())["device"]["device_name"] == r2["device"]["device_name"]
     assert all(p.parent == folder and p.is_file() for p in written) and not [p for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_a_measurement_that_competed_for_the_cpu_is_warned(monkeypatch):
+    """A bench run while other processes held the cores reported its figures as any other: session 55's first run measured
+    predict 0.17 ms over the backend with nothing said about the machine. The threads' wait for a CPU (Linux schedstat)
+    and the hypervisor's steal are recorded per row, and a busy measurement is warned above its figures."""
+    from dvt_edge.bench_device import busy_line
+    from dvt_runtime import device
+
+    sched, steal = iter([(10**9, 0), (2 * 10**9, 10**9)]), iter([(0, 1000), (100, 2000)])
+    monkeypatch.setattr(device, "_sched_ns", lambda: next(sched))
+    monkeypatch.setattr(device, "_steal_jiffies", lambda: next(steal))
+    c = device.contention_since(device.contention_snapshot())
+    assert c == {"wait_pct": 50.0, "steal_pct": 10.0}
+    said = busy_line(c)
+    assert said.startswith("**Warning: the machine was busy") and "waited for a CPU 50.0%" in said and "took 10.0%" in said
+    assert busy_line({"wait_pct": 0.2, "steal_pct": 0.0}) == "" and busy_line(None) == "" and busy_line({"wait_pct": None}) == ""
+    assert "waited for a CPU nan%" in busy_line({"wait_pct": float("nan")})  # not a number is no clean bill
+    monkeypatch.undo()
+    if os.path.exists("/proc/self/task"):  # on Linux, measured for real: a busy loop alone on a core barely waits
+        snap = device.contention_snapshot()
+        sum(i * i for i in range(300_000))
+        assert device.contention_since(snap)["wait_pct"] is not None

@@ -24,7 +24,7 @@ import numpy as np
 
 from dvt_runtime.backends import backend_version
 
-__all__ = ["BatchMemoryError", "available_memory_mb", "check_batch_memory", "cpu_model", "current_rss_mb", "device_facts", "peak_rss_mb"]
+__all__ = ["BatchMemoryError", "available_memory_mb", "check_batch_memory", "contention_since", "contention_snapshot", "cpu_model", "current_rss_mb", "device_facts", "peak_rss_mb"]
 
 
 # Device facts
@@ -58,6 +58,48 @@ def _cpu_model() -> Optional[str]:
 def cpu_model() -> Optional[str]:
     """This machine's CPU model as the OS names it (``/proc/cpuinfo``, else ``platform.processor()``); None if unknown."""
     return _safe(_cpu_model)
+
+
+def _sched_ns() -> Optional[tuple[int, int]]:
+    """(on a CPU, runnable but waiting for one) nanoseconds summed over this process's threads (Linux schedstat), or None."""
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    run = wait = 0
+    for t in tasks:
+        parts = (_read(f"/proc/self/task/{t}/schedstat") or "").split()
+        if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
+            run, wait = run + int(parts[0]), wait + int(parts[1])
+    return (run, wait) if run else None
+
+
+def _steal_jiffies() -> Optional[tuple[int, int]]:
+    """(stolen by the hypervisor, all) CPU time of the whole machine so far (Linux /proc/stat), or None."""
+    f = ((_read("/proc/stat") or "").splitlines() or [""])[0].split()
+    if len(f) < 9 or f[0] != "cpu" or not all(v.isdigit() for v in f[1:9]):
+        return None
+    return int(f[8]), sum(int(v) for v in f[1:9])
+
+
+def contention_snapshot() -> dict[str, Any]:
+    """What :func:`contention_since` compares a measurement's end with."""
+    return {"sched": _safe(_sched_ns), "steal": _safe(_steal_jiffies)}
+
+
+def contention_since(snap: dict[str, Any]) -> dict[str, Optional[float]]:
+    """How much the work since ``snap`` competed for the CPU: ``wait_pct``, the share of this process's runnable time its
+    threads waited for a CPU (other processes, or more threads than cores), and ``steal_pct``, the share of the machine's
+    CPU time a hypervisor took; None where the OS does not say (not Linux)."""
+    out: dict[str, Optional[float]] = {"wait_pct": None, "steal_pct": None}
+    a, b = snap.get("sched"), _safe(_sched_ns)
+    if a and b and b[0] > a[0] and b[1] >= a[1]:
+        run, wait = b[0] - a[0], b[1] - a[1]
+        out["wait_pct"] = round(100 * wait / (run + wait), 2)
+    a, b = snap.get("steal"), _safe(_steal_jiffies)
+    if a and b and b[1] > a[1] and b[0] >= a[0]:
+        out["steal_pct"] = round(100 * (b[0] - a[0]) / (b[1] - a[1]), 2)
+    return out
 
 
 def _affinity() -> Optional[int]:
