@@ -20,7 +20,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from dvt_edge.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from dvt_edge.data import DataError, npz_in_sample, trained_on_val
@@ -127,17 +127,23 @@ def step_commands(steps: list[dict], args: dict, run_dir: str) -> list[str]:
     return cmds
 
 
+def _epoch_spans(history: list[dict], key: Callable[[dict], Any]) -> list[list]:
+    """Runs of consecutive epochs with one ``key`` value: [value, first epoch, last epoch] each."""
+    spans: list[list] = []
+    for h in history:
+        k = key(h)
+        if spans and spans[-1][0] == k:
+            spans[-1][2] = h["epoch"]
+        else:
+            spans.append([k, h["epoch"], h["epoch"]])
+    return spans
+
+
 def _compute(args: dict, history: list[dict]) -> str:
     """The card's compute precision and intra-op threads: the run's, or per span of epochs when a resume changed them
     (epochs recorded before threads were kept per epoch say none)."""
-    spans: list[list] = []  # [(amp, threads), first epoch, last epoch]
     every = all(h.get("threads") is not None for h in history)  # threads unrecorded in some epochs: no change can be said
-    for h in history:
-        key = (h.get("amp", args.get("amp", "fp32")), h.get("threads") if every else None)  # older epochs: the run's precision
-        if spans and spans[-1][0] == key:
-            spans[-1][2] = h["epoch"]
-        else:
-            spans.append([key, h["epoch"], h["epoch"]])
+    spans = _epoch_spans(history, lambda h: (h.get("amp", args.get("amp", "fp32")), h.get("threads") if every else None))
 
     def said(key: tuple) -> str:
         amp, threads = key
@@ -152,13 +158,7 @@ def _compute(args: dict, history: list[dict]) -> str:
 
 def _environment_lines(history: list[dict]) -> list[str]:
     """The card's environment: the code revision, torch, Python and CPU each epoch recorded, per span of epochs."""
-    spans: list[list] = []  # [environment, first epoch, last epoch]
-    for h in history:
-        env = h.get("environment")
-        if spans and spans[-1][0] == env:
-            spans[-1][2] = h["epoch"]
-        else:
-            spans.append([env, h["epoch"], h["epoch"]])
+    spans = _epoch_spans(history, lambda h: h.get("environment"))
     if not spans or all(not isinstance(env, dict) for env, _, _ in spans):
         return ["- Environment: not recorded (the run predates per-epoch records); a bit-identical rerun needs the same code, "
                 "torch build, CPU and threads."]
