@@ -1079,6 +1079,24 @@ def test_a_full_disk_is_said_before_the_first_epoch_and_in_one_line_with_the_res
     assert os.listdir(tmp_path) == ["run"]  # no temporary file left
 
 
+def test_a_read_only_out_is_one_line_with_the_fix_before_any_work(tmp_path, monkeypatch, capsys):
+    """A read-only --out (checked by hand on a read-only tmpfs) is refused before the data is read, in one line that names
+    the folder and the fix, creating nothing; the lock is taken only after this check, so the user sees it, not an OSError."""
+    import dvt_edge.train as train_mod
+    from dvt_edge.train import main
+    from dvt_runtime import io
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    monkeypatch.setattr(io, "unwritable", lambda folder: "read-only file system" if Path(folder) == ro else "")
+    monkeypatch.setattr(train_mod, "load_dataset", lambda *a, **k: pytest.fail("read the data for an --out it cannot write"))
+    for out in (ro / "run", ro):
+        assert main([*QUICK, "--epochs", "1", "--train-limit", "200", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"error: --out {out / 'metrics.json'}: cannot write in {ro} (read-only file system); choose another --out\n"
+    assert os.listdir(ro) == []
+
+
 def test_a_run_that_fails_before_saving_leaves_no_folder_behind(tmp_path):
     """The run's lock made --out before the data was read: a mistyped data path left an empty folder with a lock file."""
     from dvt_edge.data import DataError
