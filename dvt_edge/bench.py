@@ -379,7 +379,7 @@ def _report_main(argv: list[str]) -> int:
         print(f"error: a result lacks the field {e} (written by another dvt-edge version?); nothing was written", file=sys.stderr)
         return 2
     except (OSError, ValueError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {os_error_text(e)}", file=sys.stderr)
         return 2
     try:
         if Path(a.out).exists() and not Path(a.out).is_dir():
@@ -480,7 +480,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                               a.runs or 200, device_name=a.device_name, reuse=a.reuse_bundles, verbose=a.verbose, batches=batches,
                               trusted=a.trust_checkpoint)
     except (DataError, ValueError, OSError, MemoryError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {os_error_text(e)}", file=sys.stderr)
         return 2
     r["command"] = shlex.join(["python", "-m", "dvt_edge.bench", *argv])  # rerunnable (sys.argv[0] is bench.py's path)
     kept = kept_over_failures(out, r)  # a run whose every row failed replaced a working one

@@ -44,7 +44,7 @@ from dvt_edge.fashion_mnist import (  # noqa: F401  (re-exported)
 from dvt_edge.imagefolder import HOLDOUT_FRACTION, HOLDOUT_SEED, IMAGE_EXTS, holdout_fingerprint, load_imagefolder, split_files  # noqa: F401  (re-exported)
 from dvt_edge.imageset import DataError, ImageSet, SplitNotHeld, as_imagenet_labels, default_preprocess, label_mismatch, stratified_subset  # noqa: F401  (re-exported)
 from dvt_edge.npzdata import HOLDOUT_MARK, export_npz, load_npz, load_npz_spec, npz_has_split, write_jpeg_pack  # noqa: F401  (re-exported)
-from dvt_runtime.io import sha256_file, silenced_progress, unwritable
+from dvt_runtime.io import os_error_text, sha256_file, silenced_progress, unwritable
 from dvt_runtime.preprocess import Preprocess
 
 __all__ = [
@@ -490,7 +490,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 _export(args)
         return 0
     except (DataError, ValueError, OSError) as e:  # CheckpointError (--checkpoint) is a ValueError too
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {os_error_text(e)}", file=sys.stderr)
         return 2
 
 

@@ -59,6 +59,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from dvt_edge.bench import check_targets
     from dvt_edge.checkpoint import CheckpointError
     from dvt_edge.data import DataError
+    from dvt_runtime.io import os_error_text
 
     ap = build_parser()
     args = ap.parse_args(argv)
@@ -71,7 +72,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ValueError(f"--n must be at least 4 images (half choose thresholds, half measure), got {args.n}")
         return _tour(args)
     except (CheckpointError, DataError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {os_error_text(e)}", file=sys.stderr)
         return 2
 
 

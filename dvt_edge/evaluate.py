@@ -40,7 +40,7 @@ from dvt_edge.data import (
 )
 from dvt_edge.provenance import environment
 from dvt_runtime.checks import FEW_IMAGES, numbered
-from dvt_runtime.io import atomic_write_json, check_result_files, save_png, sha256_file, silenced_progress
+from dvt_runtime.io import atomic_write_json, check_result_files, os_error_text, save_png, sha256_file, silenced_progress
 from dvt_runtime.search import ExitOutputs, StageCosts, evaluate_thresholds, pareto_frontier, sweep_thresholds
 from dvt_runtime.stats import accuracy_interval
 
@@ -299,14 +299,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             r = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.model, args.limit, args.threshold_n,
                                     trusted=args.trust_checkpoint, bundles=args.bundles)
     except (CheckpointError, DataError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {os_error_text(e)}", file=sys.stderr)
         return 2
     r["command"] = f"python -m dvt_edge.evaluate {shlex.join(sys.argv[1:] if argv is None else argv)}"
     try:
         atomic_write_json(out / "evaluate.json", r)
         plot_report(r, out / "evaluate.png")
     except OSError as e:  # e.g. the disk filled meanwhile
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {os_error_text(e)}", file=sys.stderr)
         return 2
     print(format_report(r))
     print(f"\nwrote {out / 'evaluate.json'} and {out / 'evaluate.png'}")

@@ -27,7 +27,7 @@ from dvt_edge.data import DataError, npz_in_sample, trained_on_val
 from dvt_edge.provenance import environment_line
 from dvt_edge.references import card_path
 from dvt_edge.resume import STARTED_OVER
-from dvt_runtime.io import atomic_write, atomic_write_json, check_out_path, claimed, hold_lock, sha256_file
+from dvt_runtime.io import atomic_write, atomic_write_json, check_out_path, claimed, hold_lock, os_error_text, sha256_file
 
 #: train.py flags that do not change the result (left out of the reproduced command)
 _NOT_IN_COMMAND = {"out", "resume", "force", "quiet", "workers", "trust_checkpoint"}
@@ -466,7 +466,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         r = publish_run(args.run, args.out, args.card, args.data, args.threshold_n, eval_data=args.eval_data, notes=args.note,
                         force=args.force, progress=not args.no_progress)
     except (CheckpointError, DataError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {os_error_text(e)}", file=sys.stderr)
         return 2
     top1 = [round(e["top1"], 2) for e in r["exits"]]
     print(f"wrote {args.out} and {r['card']}; per-exit top-1 {top1}, gains {exit_gains(top1)}")

@@ -1090,3 +1090,52 @@ def test_batch_on_a_one_image_bundle_is_said(bundle_dir, capsys):
     b.manifest = dataclasses.replace(b.manifest, max_batch=1)
     assert batch_note(b, 1) is None
     assert "--batch 32 runs 32 calls of one image, so its ms per image are batch 1's" in batch_note(b, 32)
+
+
+@bundle_group
+def test_a_full_disk_keeps_the_measurements_aside_and_says_how_to_move_them(bundle_dir, tmp_path, monkeypatch, capsys):
+    """A profile or calibration measured for minutes was lost when its file could not be written (a full disk): the bytes are
+    kept in the temporary folder (often another disk), and the error gives the command that moves them into place."""
+    import errno
+    import shlex
+    import shutil
+    import tempfile
+
+    from dvt_edge.data import load_dataset
+    from dvt_runtime import io
+    from dvt_runtime.calibrate import calibrate
+
+    full = tmp_path / "full"
+    real = io.atomic_write
+
+    def no_room(path, data):
+        if Path(path).parent.parent == full or Path(path).parent == full:
+            raise io._cannot_write(OSError(errno.ENOSPC, "No space left on device"), Path(path))
+        return real(path, data)
+
+    monkeypatch.setattr(io, "atomic_write", no_room)
+    aside = tmp_path / "elsewhere"
+    aside.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(aside))
+    out = full / "p.json"
+    assert main(["--bundle", str(bundle_dir), "--runs", "4", "--warmup", "0", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    [kept] = aside.iterdir()
+    assert f"cannot write {out}: No space left on device; the profile's measurements are kept in {kept}: once there is room, move " \
+           f"them into place with: mv {shlex.quote(str(kept))} {shlex.quote(str(out))}" in err and not out.exists()
+    assert err.startswith("error: cannot write") and "[Errno" not in err  # the message, not Python's repr of the errno
+    assert LatencyProfile.load(kept).stages[0]["n"] == 4  # the measurements, whole
+    kept.unlink()
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "gone"))  # nowhere to keep them: the plain error, no half-made file
+    assert main(["--bundle", str(bundle_dir), "--runs", "4", "--warmup", "0", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {out}: No space left on device; free some space there" in err and "kept" not in err
+
+    monkeypatch.setattr(tempfile, "tempdir", str(aside))
+    shutil.copytree(bundle_dir, full)  # a calibration is written into its bundle
+    x, y = load_dataset("fashion-mnist", "val").arrays(40, seed=5)
+    with pytest.raises(OSError, match="the calibration's thresholds and measurements are kept in "):
+        calibrate(Bundle.open(full), x, y, 1.0, device_name="dev", runs=4, warmup=0, progress=False)
+    [kept] = aside.iterdir()
+    assert json.loads(kept.read_text())["device"] == "dev" and not (full / "calibration" / "dev.json").exists()

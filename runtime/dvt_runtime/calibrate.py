@@ -46,7 +46,7 @@ from dvt_runtime.calibration import (  # noqa: F401  (re-exported)
 from dvt_runtime.checks import FEW_IMAGES, positive_ms, setting_differences
 from dvt_runtime.cli import command_name
 from dvt_runtime.device import check_batch_memory, check_device_name, profiled_here, this_host  # noqa: F401  (re-exported)
-from dvt_runtime.io import atomic_write_json, check_out_path, sha256_file
+from dvt_runtime.io import atomic_write_json, check_out_path, os_error_text, sha256_file
 from dvt_runtime.latency import batch_note, load_profile_arg
 from dvt_runtime.measure import (  # noqa: F401  (re-exported)
     NO_OVERHEAD,
@@ -240,7 +240,7 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
         warnings.warn(f"{target} was written by another calibration while this one ran: this one replaces it (the last to finish "
                       "wins); calibrate a device once at a time", stacklevel=2)
     try:  # strict JSON: a NaN anywhere (e.g. a measured figure) would make a file other tools cannot read
-        atomic_write_json(target, d, allow_nan=False)
+        atomic_write_json(target, d, allow_nan=False, keep="calibration's thresholds and measurements")
     except ValueError as e:
         raise CalibrationError(f"the calibration holds a non-finite number ({e}): nothing was written; re-run the calibration") from None
     cal = bundle.calibration  # this host's file (or the one the bundle runs, rewritten) is used from now on; a phone's is the phone's
@@ -471,7 +471,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       args.holdout, args.seed, args.runs, batch=args.batch, progress=not args.no_progress, data=data, command=command,
                       headroom=args.headroom, allow_chance=args.allow_chance)
     except (ValueError, OSError, BackendUnavailable) as e:  # CalibrationError, ManifestError, ProfileError are ValueErrors
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {os_error_text(e)}", file=sys.stderr)
         return 2
     lines = format_result(r).splitlines()
     print("\n".join(lines))

@@ -8,6 +8,7 @@ import errno
 import hashlib
 import json
 import os
+import shlex
 import sys
 import tempfile
 import threading
@@ -155,9 +156,12 @@ def written_together(out: Union[str, Path], name: str) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def os_error_text(e: OSError) -> str:
-    """An OSError in words: with its path when it names one (``[Errno 2] No such file or directory: 'x'``), else its message
-    (this package's "cannot write PATH: ..." errors carry the path in it)."""
+def os_error_text(e: BaseException) -> str:
+    """An error in words for ``error: ...``: an OSError with its path when it names one (``[Errno 2] No such file or
+    directory: 'x'``), else its message without ``[Errno N]`` (this package's "cannot write PATH: ..." errors carry the
+    path in it); any other exception as it says itself."""
+    if not isinstance(e, OSError):
+        return str(e)
     return str(e) if e.filename else (e.strerror or str(e))
 
 
@@ -227,9 +231,36 @@ def current_umask() -> int:
     return mask
 
 
-def atomic_write_json(path: Union[str, Path], obj, allow_nan: bool = True) -> Path:
-    """``obj`` as indented JSON, atomically; ``allow_nan=False``: a NaN or infinity is a ValueError (strict JSON)."""
-    return atomic_write(path, (json.dumps(obj, indent=2, sort_keys=False, allow_nan=allow_nan) + "\n").encode())
+def atomic_write_json(path: Union[str, Path], obj, allow_nan: bool = True, keep: str = "") -> Path:
+    """``obj`` as indented JSON, atomically; ``allow_nan=False``: a NaN or infinity is a ValueError (strict JSON).
+    ``keep`` (what the file holds, e.g. "measurements"): where ``path`` cannot be written (a full disk, a lost mount), the
+    bytes are kept in the system's temporary folder if it takes them, and the error says where and how to move them into
+    place: minutes of measuring are not lost to a full disk."""
+    data = (json.dumps(obj, indent=2, sort_keys=False, allow_nan=allow_nan) + "\n").encode()
+    try:
+        return atomic_write(path, data)
+    except OSError as e:
+        if not keep or e.errno is None or (kept := _kept_aside(Path(path), data)) is None:
+            raise
+        raise type(e)(e.errno, f"cannot write {path}: {os.strerror(e.errno)}; the {keep} are kept in {kept}: once there is room, "
+                               f"move them into place with: mv {shlex.quote(str(kept))} {shlex.quote(str(path))}") from e
+
+
+def _kept_aside(path: Path, data: bytes) -> Optional[Path]:
+    """``data`` in a new file of the system's temporary folder (often another disk), or None where it cannot be written."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f"{path.stem}.kept-", suffix=path.suffix)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return Path(tmp)
+    except OSError:
+        with contextlib.suppress(OSError):
+            if tmp is not None:
+                os.unlink(tmp)
+        return None
 
 
 def sha256_file(path: Union[str, Path], chunk: int = 1 << 20) -> str:

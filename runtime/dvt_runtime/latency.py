@@ -267,7 +267,7 @@ class LatencyProfile:
     def save(self, path: PathLike) -> Path:
         """Write the profile as strict JSON, atomically (a NaN or infinity is refused: other tools could not read it)."""
         try:
-            return atomic_write_json(path, self.to_dict(), allow_nan=False)
+            return atomic_write_json(path, self.to_dict(), allow_nan=False, keep="profile's measurements")
         except ValueError as e:
             raise ProfileError(f"the profile holds a non-finite number ({e}): nothing was written to {path}") from None
 

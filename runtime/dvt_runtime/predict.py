@@ -30,7 +30,7 @@ from dvt_runtime.backends import PROVIDERS_HELP, BackendUnavailable, parse_provi
 from dvt_runtime.checks import NonFiniteOutput, check_thresholds, parse_thresholds, positive_ms, preprocessed_here, rough_thresholds
 from dvt_runtime.device import open_here, profiled_here, this_host
 from dvt_runtime.images import IMAGE_EXTS, ImageError, can_check_jpegs, cv2_or_fail, read_image
-from dvt_runtime.io import atomic_write_json, check_out_path, progress
+from dvt_runtime.io import atomic_write_json, check_out_path, os_error_text, progress
 from dvt_runtime.search import check_metric
 from dvt_runtime.stats import sample_stats
 
@@ -265,7 +265,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _check_mode(bundle, args)
         r = predict_files(bundle, files, thresholds, args.budget_ms, args.deadline_ms, show_progress=not args.no_progress)
     except (ValueError, OSError, BackendUnavailable) as e:  # ManifestError, InputError, CalibrationError are ValueErrors
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {os_error_text(e)}", file=sys.stderr)
         return 2
     r["skipped_files"] = dict(skipped.most_common())  # by suffix: files in the folders given that are not images it reads
     print(format_result(r), file=sys.stderr if args.out == "-" else sys.stdout)

@@ -41,7 +41,7 @@ from dvt_runtime.cli import command_name
 from dvt_runtime.device import MEMORY_PROBE, MEMORY_WARN, check_batch_memory, device_facts, peak_rss_mb
 from dvt_runtime.etdump_record import ETDUMP_RUNS, check_etdump_files, check_run_record, read_run_record, write_run_record
 from dvt_runtime.importers import import_csv, import_etdump, import_json
-from dvt_runtime.io import check_out_path
+from dvt_runtime.io import check_out_path, os_error_text
 from dvt_runtime.io import progress as _bar
 from dvt_runtime.latency import SCHEMA, SCHEMA_VERSION, LatencyProfile, batch_note, check_batch
 from dvt_runtime.manifest import Manifest
@@ -473,7 +473,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return _import(args, ap) if is_import else _measure(args, ap)
     except (ValueError, OSError, BackendUnavailable) as e:  # ManifestError, InputError, ProfileError are ValueErrors
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {os_error_text(e)}", file=sys.stderr)
         return 2
 
 
