@@ -9,7 +9,7 @@ from typing import Optional
 
 import numpy as np
 
-from apps.common import CALIBRATE_HINT, AppError, fmt_ms, warn
+from .common import CALIBRATE_HINT, AppError, fmt_ms, warn
 
 __all__ = ["Mode", "deadline_fits", "profile_stages", "setup_mode"]
 

@@ -11,8 +11,8 @@ from typing import Optional
 
 import numpy as np
 
-from apps.common import cv2, fmt_ms
-from apps.modes import Mode
+from .common import cv2, fmt_ms
+from .modes import Mode
 
 __all__ = ["EXIT_COLORS", "FPS_WINDOW", "HISTORY", "Overlay", "annotate", "color_of", "model_input_image"]
 

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from apps import window
-from apps.common import AppError, cv2, warn
-from apps.modes import Mode, deadline_fits, setup_mode
-from apps.overlay import Overlay, annotate
-from apps.sources import open_bundle, read_first_frame
 from dvt_runtime.io import sigterm_as_interrupt
+
+from . import window
+from .common import AppError, cv2, warn
+from .modes import Mode, deadline_fits, setup_mode
+from .overlay import Overlay, annotate
+from .sources import open_bundle, read_first_frame
 
 __all__ = ["FrameLoop", "Tally", "build_stats", "latency_summary", "run_session"]
 

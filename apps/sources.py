@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
-from apps.common import SOURCE_HINT, VIDEO_HINT, AppError, cv2, warn
+from .common import SOURCE_HINT, VIDEO_HINT, AppError, cv2, warn
 
 __all__ = ["open_bundle", "open_source", "read_first_frame", "reference_bundle"]
 

@@ -46,14 +46,19 @@ if __name__ == "__main__" and not __package__:  # run as a file (python apps/web
     if sys.path and sys.path[0] and Path(sys.path[0]).resolve() == _HERE:
         sys.path.pop(0)
     sys.path.insert(0, str(_HERE.parent))
+    import apps  # noqa: F401  (the package its relative imports below resolve in; PEP 366)
 
-from apps.common import CALIBRATE_HINT, GUI_HINT, SOURCE_HINT, AppError, cv2, fmt_ms, output_problem  # noqa: E402
-from apps.modes import Mode, profile_stages, setup_mode  # noqa: E402
-from apps.overlay import EXIT_COLORS, Overlay, annotate, color_of, model_input_image  # noqa: E402
-from apps.session import STATS_SCHEMA, run_session  # noqa: E402
-from apps.sources import open_bundle, open_source, reference_bundle  # noqa: E402
-from apps.window import check_gui, close_windows, handle_key  # noqa: E402
+    __package__ = "apps"
+
+from dvt_runtime.cli import command_name  # noqa: E402
 from dvt_runtime.io import check_out_path  # noqa: E402
+
+from .common import CALIBRATE_HINT, GUI_HINT, SOURCE_HINT, AppError, cv2, fmt_ms, output_problem  # noqa: E402
+from .modes import Mode, profile_stages, setup_mode  # noqa: E402
+from .overlay import EXIT_COLORS, Overlay, annotate, color_of, model_input_image  # noqa: E402
+from .session import STATS_SCHEMA, run_session  # noqa: E402
+from .sources import open_bundle, open_source, reference_bundle  # noqa: E402
+from .window import check_gui, close_windows, handle_key  # noqa: E402
 
 __all__ = ["AppError", "Mode", "Overlay", "annotate", "model_input_image", "open_source", "open_bundle", "reference_bundle", "run",
            "main", "parse_args", "setup_mode", "profile_stages", "handle_key", "color_of", "EXIT_COLORS", "CALIBRATE_HINT",
@@ -69,7 +74,8 @@ def _is_file(path: str) -> bool:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m apps.webcam", description="Live early-exit DVT classification of camera or video frames.",
+    ap = argparse.ArgumentParser(prog=command_name(f"python -m {__spec__.name if __spec__ else 'apps.webcam'}"),  # dvt_edge.apps in a wheel
+                                 description="Live early-exit DVT classification of camera or video frames.",
                                  epilog="keys (window): q/Esc quit, +/- budget or deadline +-10%, space pause")
     ap.add_argument("--bundle", default=None,
                     help="exported bundle directory (python -m dvt_edge.export ...); default: the CIFAR-10 reference, exported once to the cache")

@@ -10,9 +10,9 @@ from typing import Callable
 
 import numpy as np
 
-from apps.common import GUI_HINT, AppError, cv2, fmt_ms
-from apps.modes import Mode
-from apps.overlay import Overlay
+from .common import GUI_HINT, AppError, cv2, fmt_ms
+from .modes import Mode
+from .overlay import Overlay
 
 __all__ = ["WINDOW", "check_gui", "close_windows", "handle_key", "poll_key", "present", "show", "window_closed"]
 

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from importlib.util import find_spec
 from typing import Optional
 
 from dvt_runtime.cli import COMMANDS as DEVICE_COMMANDS
 from dvt_runtime.cli import dispatch, usage
+
+#: the webcam demo: ``dvt_edge.apps`` in an installed wheel, the checkout's top-level ``apps/`` otherwise
+WEBCAM = "dvt_edge.apps.webcam" if find_spec("dvt_edge.apps") else "apps.webcam"
 
 #: subcommand -> (module with a ``main(argv)``, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -24,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "zoo": ("dvt_edge.zoo", "the registered models: exits, FLOPs, parameters"),
     "data": ("dvt_edge.data", "dataset info and preprocessed .npz export"),
     "model-card": ("dvt_edge.model_card", "publish a finished run as a checkpoint + model card"),
-    "webcam": ("apps.webcam", "live early-exit classification of camera or video frames"),
+    "webcam": (WEBCAM, "live early-exit classification of camera or video frames"),
 }
 
 

@@ -557,9 +557,20 @@ def test_one_console_command_with_subcommands(capsys):
 
 
 def test_webcam_runs_from_any_directory(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "apps.webcam", "--help"], capture_output=True, text=True, timeout=60, cwd=tmp_path,
-                       env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
-    assert r.returncode == 0 and "--camera" in r.stdout, r.stderr
+    """Even from a project with its own ``apps`` package (Django's layout): the installed demo is ``dvt_edge.apps``; a
+    top-level ``apps`` in the wheel was shadowed there (No module named 'apps.webcam') and could overwrite theirs."""
+    (tmp_path / "apps").mkdir()
+    (tmp_path / "apps" / "__init__.py").write_text("")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    exe = Path(sys.executable).parent
+    for cmd in ([sys.executable, "-m", "dvt_edge.apps.webcam"], [sys.executable, "-m", "dvt_edge", "webcam"], [str(exe / "dvt-edge"), "webcam"]):
+        r = subprocess.run([*cmd, "--help"], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
+        assert r.returncode == 0 and "--camera" in r.stdout, (cmd, r.stderr[-1000:])
+    r = subprocess.run([sys.executable, "-m", "apps.webcam", "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+    assert r.returncode == 0 and r.stdout.startswith("usage: python -m apps.webcam "), r.stderr[-1000:]  # in a checkout, as the README says
+    r = subprocess.run([sys.executable, str(ROOT / "apps" / "webcam.py"), "--help"], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                       env=env)
+    assert r.returncode == 0 and "--camera" in r.stdout, r.stderr[-1000:]  # as a file: its relative imports still resolve
 
 
 def _rss_mb() -> float:

@@ -41,6 +41,9 @@ def test_recipes_found_from_installed_wheel(tmp_path):
                for f in sorted((ROOT / d).iterdir()) if f.is_file()]
     assert "dvt_edge/assets/dvt_small_cifar.pt" in shipped and "dvt_edge/assets/MODEL_CARD_dvt_small_cifar.md" in shipped
     assert [f for f in shipped if f not in names] == []
+    # one top-level package: the webcam demo is dvt_edge.apps (a top-level "apps" collides with a project's own)
+    assert sorted({n.split("/")[0] for n in names if not n.startswith("dvt_edge-")}) == ["dvt_edge"]
+    assert [f"dvt_edge/apps/{f.name}" for f in sorted((ROOT / "apps").glob("*.py")) if f"dvt_edge/apps/{f.name}" not in names] == []
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     code = (f"import dvt_edge.export.targets as T; assert str(T.recipe_dir()).startswith({str(site)!r}), T.recipe_dir(); "
@@ -50,6 +53,12 @@ def test_recipes_found_from_installed_wheel(tmp_path):
                        env={"PYTHONPATH": f"{site}:{ROOT / 'runtime'}", "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr[-2000:]
     assert "['coreml', 'executorch', 'onnx', 'ort']" in r.stdout
+    proj = tmp_path / "proj"  # the user's project, with its own apps package
+    (proj / "apps").mkdir(parents=True)
+    (proj / "apps" / "__init__.py").write_text("")
+    r = subprocess.run([sys.executable, "-m", "dvt_edge", "webcam", "--help"], cwd=proj, capture_output=True, text=True, timeout=120,
+                       env={"PYTHONPATH": f"{site}:{ROOT / 'runtime'}", "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0 and r.stdout.startswith("usage: dvt-edge webcam ") and "--camera" in r.stdout, r.stderr[-2000:]
 
 
 @pytest.mark.xdist_group("packaging")
