@@ -737,3 +737,14 @@ def test_calibrating_on_labels_the_model_does_not_know_is_said(bundle_copy, imag
     assert at_chance(19.9, 10) and not at_chance(20.0, 10) and at_chance(float("nan"), 10)
     assert not at_chance(15.0, 10, n=20) and at_chance(15.0, 10, n=2000)  # 3 of 20 may be a 40% model's; 300 of 2,000 are not
     assert not at_chance(95.0, 2, 1000) and at_chance(52.0, 2, 1000) and not at_chance(60.0, 3, 1000)  # twice chance is 100% for 2
+
+
+def test_a_reader_that_goes_away_ends_a_command_quietly():
+    """``dvt-runtime --help | head -1`` ended in a BrokenPipeError traceback when head closed the pipe first."""
+    for args in (["-m", "dvt_runtime", "--help"], ["-m", "dvt_edge", "--help"], ["-m", "dvt_edge.zoo"]):
+        p = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p.stdout.close()  # before the command starts writing (it takes a tenth of a second to import)
+        err = p.stderr.read()
+        p.wait(timeout=120)
+        p.stderr.close()
+        assert p.returncode == 141 and "Traceback" not in err and "Exception ignored" not in err, (args, p.returncode, err[-1000:])

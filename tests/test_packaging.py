@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _source_copy(dst: Path) -> Path:
     """What the wheel is built from, copied without build outputs."""
     dst.mkdir()
-    for f in ("pyproject.toml", "README.md"):
+    for f in ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in"):
         shutil.copy2(ROOT / f, dst / f)
     for d in ("dvt_edge", "export", "apps"):
         shutil.copytree(ROOT / d, dst / d, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))
@@ -41,6 +41,7 @@ def test_recipes_found_from_installed_wheel(tmp_path):
                for f in sorted((ROOT / d).iterdir()) if f.is_file()]
     assert "dvt_edge/assets/dvt_small_cifar.pt" in shipped and "dvt_edge/assets/MODEL_CARD_dvt_small_cifar.md" in shipped
     assert [f for f in shipped if f not in names] == []
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)  # Apache-2.0 asks for its text with the code
     # one top-level package: the webcam demo is dvt_edge.apps (a top-level "apps" collides with a project's own)
     assert sorted({n.split("/")[0] for n in names if not n.startswith("dvt_edge-")}) == ["dvt_edge"]
     assert [f"dvt_edge/apps/{f.name}" for f in sorted((ROOT / "apps").glob("*.py")) if f"dvt_edge/apps/{f.name}" not in names] == []
@@ -73,6 +74,9 @@ def test_runtime_wheel_is_typed_and_its_hints_resolve(tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(next(tmp_path.glob("dvt_runtime-*.whl"))).extractall(site)
     assert (site / "dvt_runtime" / "py.typed").is_file()
+    [info] = site.glob("dvt_runtime-*.dist-info")
+    meta = (info / "METADATA").read_text()
+    assert (info / "licenses" / "LICENSE").is_file() and "Description-Content-Type: text/markdown" in meta and "# dvt-runtime" in meta
     code = ("import inspect, typing, dvt_runtime as R; "
             "[typing.get_type_hints(f) for c in (R.Bundle, R.Calibration, R.LatencyProfile, R.Manifest) "
             " for _, f in inspect.getmembers(c, inspect.isfunction) if not f.__name__.startswith('_')]; "

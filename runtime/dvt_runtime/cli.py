@@ -47,6 +47,13 @@ def dispatch(commands: dict[str, tuple[str, str]], usage_text: str, argv: Option
              elsewhere: Optional[dict[str, str]] = None, version: Optional[str] = None) -> int:
     """Run ``commands[argv[0]]``'s ``main`` with the rest of ``argv``; exit code 2 on a bad command (one of ``elsewhere``,
     command -> the program that has it, is named with that program). ``--version`` prints ``version``."""
+    from dvt_runtime.io import run_cli
+
+    return run_cli(lambda: _dispatch(commands, usage_text, argv, prog, elsewhere, version))
+
+
+def _dispatch(commands: dict[str, tuple[str, str]], usage_text: str, argv: Optional[Sequence[str]], prog: str,
+              elsewhere: Optional[dict[str, str]], version: Optional[str]) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage_text)
@@ -69,10 +76,8 @@ def dispatch(commands: dict[str, tuple[str, str]], usage_text: str, argv: Option
         return 2
     module = importlib.import_module(commands[name][0])
     before, sys.argv = sys.argv, [f"{prog} {name}", *rest]  # the subcommand's usage lines name it (command_name)
-    from dvt_runtime.io import run_cli
-
     try:
-        return run_cli(lambda: module.main(rest))
+        return int(module.main(rest) or 0)
     finally:  # called from Python: a later command run in this process is not named after this one
         sys.argv = before
 

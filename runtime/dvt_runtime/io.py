@@ -446,8 +446,14 @@ def run_cli(main: Callable[[], Optional[int]]) -> int:
     runs (an export's temporary folder was left behind): one line, exit 143 (130)."""
     try:
         with sigterm_as_interrupt(), plain_warnings():
-            return int(main() or 0)
+            code = int(main() or 0)
+            sys.stdout.flush()  # here, where a reader that went away is caught, not at exit ("Exception ignored ...")
+            return code
     except KeyboardInterrupt as e:
         by_term = str(e) == "SIGTERM"
         print(f"interrupted ({'SIGTERM' if by_term else 'Ctrl-C'}): stopped", file=sys.stderr)
         return 143 if by_term else 130
+    except BrokenPipeError:  # the reader went away (``| head``): the rest of the output is not wanted, nor a traceback
+        with contextlib.suppress(OSError, ValueError):  # stdout's unflushed bytes go nowhere at exit (Python's own advice)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a command its pipe ended
