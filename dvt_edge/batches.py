@@ -154,13 +154,18 @@ def evaluate_exits(model: DVT, ds: ImageSet, batch_size: Optional[int] = None, c
     device = next(model.parameters()).device
     cache = cache if cache is not None else materialize(ds)
     idx = torch.arange(len(ds))
-    probs = []
+    probs, finite = [], []
     it = batches(ds, cache, idx, batch_size, workers)
     for x, _ in progress_bar(it, total=math.ceil(len(ds) / batch_size), desc=desc, unit="batch", enabled=progress):
-        probs.append(torch.stack([o.float().softmax(-1) for o in model(x.to(device))]).cpu())
+        logits = [o.float() for o in model(x.to(device))]
+        finite.append(torch.stack([o.isfinite().all(-1) for o in logits]).cpu())  # (exits, B)
+        probs.append(torch.stack([o.softmax(-1) for o in logits]).cpu())
     p = torch.cat(probs, dim=1).numpy()  # (exits, N, classes)
-    if not np.isfinite(p).all():  # argmax of NaN rows is class 0: a diverged model would score class 0's share
-        bad = [f"exit {e + 1} on {int((~np.isfinite(p[e])).any(-1).sum())} of {p.shape[1]}" for e in range(len(p)) if not np.isfinite(p[e]).all()]
+    # argmax of NaN rows is class 0: a diverged model would score class 0's share; a -inf logit has a finite softmax (0) but
+    # is a broken model all the same (export refuses it)
+    ok = torch.cat(finite, dim=1).numpy() & np.isfinite(p).all(-1)  # (exits, N)
+    if not ok.all():
+        bad = [f"exit {e + 1} on {int((~ok[e]).sum())} of {ok.shape[1]}" for e in range(len(ok)) if not ok[e].all()]
         raise NonFiniteOutputs(f"the model's outputs are not finite ({'; '.join(bad)} images): its weights are broken (a diverged "
                                "training run: lower --lr and start over, or resume from a checkpoint saved before it diverged; or a "
                                "corrupted file)")

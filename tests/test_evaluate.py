@@ -102,6 +102,14 @@ def test_a_model_answering_nan_is_one_error_line(micro_ckpt, tmp_path, capsys):
     torch.save(ckpt, tmp_path / "nan.pt")
     assert main(["--checkpoint", str(tmp_path / "nan.pt"), "--limit", "50", "--out", str(tmp_path / "o")]) == 2
     assert "error: the model's outputs are not finite" in capsys.readouterr().err
+    # a -inf logit: its softmax is finite (0), and evaluate scored the broken model (82.67% where export refused it)
+    ckpt = torch.load(micro_ckpt, weights_only=True)
+    head = [k for k in ckpt["model_state_dict"] if k.endswith("head.bias")][-1]
+    ckpt["model_state_dict"][head][3] = float("-inf")
+    torch.save(ckpt, tmp_path / "neginf.pt")
+    assert main(["--checkpoint", str(tmp_path / "neginf.pt"), "--limit", "50", "--out", str(tmp_path / "o")]) == 2
+    assert "error: the model's outputs are not finite (exit 3 on 50 of 50 images)" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_evaluate_exported_bundle_matches_pytorch(micro_ckpt, onnx_bundle, tmp_path):
