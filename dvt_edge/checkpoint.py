@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -361,7 +362,7 @@ def load_checkpoint(
         classes=_classes(ckpt.get("classes"), model.cfg.num_classes, path),
         preprocess=_field(path, "preprocess", lambda: Preprocess.from_dict(pre)) if isinstance(pre, dict) else _registered_preprocess(model),
         flops=_field(path, "flops", lambda: [float(f) for f in ckpt["flops"]]) if ckpt.get("flops") is not None else None,
-        accuracies=(_field(path, "anytime_classification", lambda: [float(a) for a in ckpt["anytime_classification"]])
+        accuracies=(_field(path, "anytime_classification", lambda: _percentages(ckpt["anytime_classification"]))
                     if ckpt.get("anytime_classification") is not None else None),
         thresholds=(_field(path, "dynamic_threshold", lambda: torch.as_tensor(ckpt["dynamic_threshold"], dtype=torch.float64))
                     if ckpt.get("dynamic_threshold") is not None else None),
@@ -382,6 +383,14 @@ def _registered_preprocess(model: DVT) -> Optional[Preprocess]:
     if (reg.in_chans, reg.img_size) != (model.cfg.in_chans, model.cfg.img_size) or (pre.num_channels, pre.size) != (reg.in_chans, reg.img_size):
         return None
     return pre
+
+
+def _percentages(values) -> list[float]:
+    """Per-exit top-1 accuracies as stored: each a finite percentage (a NaN went into evaluate.json as bare NaN)."""
+    acc = [float(a) for a in values]
+    if not all(math.isfinite(a) and 0.0 <= a <= 100.0 for a in acc):
+        raise ValueError(f"accuracies must be percentages in 0..100, got {acc}")
+    return acc
 
 
 def _field(path: Path, name: str, parse):
@@ -413,7 +422,7 @@ def save_checkpoint(
         "classes": [str(c) for c in classes] if classes is not None else None,
         "preprocess": preprocess.to_dict() if preprocess is not None else None,
         "flops": [float(e.gflops) for e in model.exits],
-        "anytime_classification": [float(a) for a in accuracies] if accuracies is not None else None,
+        "anytime_classification": _percentages(accuracies) if accuracies is not None else None,  # never what load refuses
         **extras,
     }
     ckpt.update({k: _plain(v, k) for k, v in extras.items()})  # a file we write loads without trust

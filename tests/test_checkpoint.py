@@ -233,6 +233,9 @@ def test_missing_file_and_dict_without_weights(tmp_path):
     ("preprocess", '{"size": 28}', "'preprocess' must be a dict"),
     ("preprocess", {"size": 28, "resize": 28, "channels": "gray", "mean": [0.5], "std": [0.25], "interpolation": "area",
                     "invert": "false"}, "'preprocess' entry is malformed.*invert must be true or false"),
+    ("preprocess", {"size": 28, "resize": 28, "channels": "gray", "mean": [0.5], "std": [1e39], "interpolation": "area"},
+     r"'preprocess' entry is malformed.*out of range: pixels are scaled to \[0, 1\]"),  # every input 0 in float32: chance, said nowhere
+    ("anytime_classification", [float("nan"), float("inf"), -5.0], r"'anytime_classification' entry is malformed.*percentages in 0\.\.100"),
     ("format_version", "two", "'format_version' entry is malformed"),
     ("flops", ["a", "b", "c"], "'flops' entry is malformed"),
     ("dynamic_threshold", [[0.5, "x", 0.1]], "'dynamic_threshold' entry is malformed"),

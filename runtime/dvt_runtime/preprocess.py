@@ -23,6 +23,8 @@ __all__ = ["Preprocess", "INTERPOLATIONS"]
 #: shrinks, OpenCV's INTER_CUBIC does not), in numpy whether or not OpenCV is installed
 INTERPOLATIONS = ("area", "linear", "cubic", "nearest", "pil-bicubic")
 CHANNELS = ("gray", "rgb", "bgr")
+STD_RANGE = (1e-4, 1e3)  # of the [0, 1]-scaled pixels: outside it every input is (nearly) one value, or not finite in float32
+MAX_ABS_MEAN = 1e3
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,12 @@ class Preprocess:
                 raise ValueError(f"preprocess {name} must be finite numbers, got {list(vals)}")
         if not all(v > 0 for v in self.std):
             raise ValueError(f"preprocess std must be positive (it divides the pixels), got {list(self.std)}")
+        # pixels are scaled to [0, 1], then normalised in float32: a std of 1e39 made every input 0 (chance accuracy, said
+        # nowhere), one of 1e-300 or a mean of 1e300 infinite (blamed on the weights)
+        if not all(STD_RANGE[0] <= v <= STD_RANGE[1] for v in self.std) or not all(abs(v) <= MAX_ABS_MEAN for v in self.mean):
+            raise ValueError(f"preprocess mean {list(self.mean)} / std {list(self.std)} are out of range: pixels are scaled to [0, 1] "
+                             f"and then normalised, so std must be within {STD_RANGE[0]:g}..{STD_RANGE[1]:g} and mean within "
+                             f"+-{MAX_ABS_MEAN:g} (e.g. ImageNet's mean 0.485, 0.456, 0.406 and std 0.229, 0.224, 0.225)")
         if not isinstance(self.invert, bool):
             raise ValueError(f"preprocess invert must be true or false, got {self.invert!r}")
         if self.resize < self.size:
