@@ -177,8 +177,11 @@ def check_args(args: argparse.Namespace) -> None:
         warnings.warn("--lr 0: no weight will change; this run only evaluates and re-saves its starting point "
                       "(1e-3 is the default learning rate, 2e-3 the CIFAR recipe's, 5e-4 a fine-tune's)", stacklevel=2)
     temp = getattr(args, "distill_temp", 2.0)
-    if not (math.isfinite(temp) and temp > 0):
-        raise ValueError(f"--distill-temp must be a finite positive number, got {temp}")
+    if not (math.isfinite(temp) and 0.01 <= temp <= 100):  # 1e-300 divided the logits into infinity: "loss became nan; lower --lr"
+        raise ValueError(f"--distill-temp must be within 0.01..100 (it divides the logits; 1 to 4 is usual, 2 the default), got {temp}")
+    if args.warmup_epochs > 100 * args.epochs:  # 1e308 overflowed the step count (a traceback)
+        raise ValueError(f"--warmup-epochs {args.warmup_epochs:g} is over 100 times --epochs {args.epochs}: the learning rate would stay "
+                         "near 0 for the whole run; pass at most --epochs")
     if args.label_smoothing >= 1 or (args.drop_path is not None and not 0 <= args.drop_path < 1):
         raise ValueError("--label-smoothing and --drop-path must be in [0, 1)")
 

@@ -389,8 +389,10 @@ def test_self_distillation_loss():
     assert float(exit_loss(same, y, distill=1.0) - exit_loss(same, y)) == pytest.approx(0.0, abs=1e-6)
 
 
-@pytest.mark.parametrize("flag,value", [("--distill", "-1"), ("--distill", "nan"), ("--distill-temp", "0"), ("--distill-temp", "inf")])
+@pytest.mark.parametrize("flag,value", [("--distill", "-1"), ("--distill", "nan"), ("--distill-temp", "0"), ("--distill-temp", "inf"),
+                                        ("--distill-temp", "1e-300"), ("--warmup-epochs", "1e308")])
 def test_bad_distill_arguments_are_refused(tmp_path, flag, value):
+    """--distill-temp 1e-300 was blamed on --lr ("loss became nan"), --warmup-epochs 1e308 overflowed into a traceback."""
     from dvt_edge.train import build_parser, check_args
 
     with pytest.raises(ValueError, match=flag):
