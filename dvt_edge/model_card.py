@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import shutil
@@ -127,6 +128,18 @@ def step_commands(steps: list[dict], args: dict, run_dir: str) -> list[str]:
     return cmds
 
 
+def _damaged_figures(history: list[dict], t: dict) -> str:
+    """The first recorded figure the card would print that is not a finite number in its range, in words, or ""."""
+    ok = lambda v, hi=math.inf: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= hi
+    for h in history:
+        for name, v, hi in (("train_loss", h.get("train_loss"), math.inf), ("epoch_seconds", h.get("epoch_seconds", 0.0), math.inf),
+                            *(("val_acc", a, 100.0) for a in h.get("val_acc", []))):
+            if not ok(v, hi):
+                return f"epoch {h.get('epoch')}: {name} {v!r}"
+    run_s = t.get("run_seconds")
+    return "" if run_s is None or ok(run_s) else f"run_seconds {run_s!r}"
+
+
 def _epoch_spans(history: list[dict], key: Callable[[dict], Any]) -> list[list]:
     """Runs of consecutive epochs with one ``key`` value: [value, first epoch, last epoch] each."""
     spans: list[list] = []
@@ -228,6 +241,9 @@ def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[s
                               f"python -m dvt_edge.train --out {shlex.quote(str(run))} --resume")
     args = json.loads(t["args"])
     history = json.loads(t["history"])
+    if bad := _damaged_figures(history, t):  # a run stops before saving a NaN epoch: these were edited or damaged
+        raise CheckpointError(f"{last}: its recorded training figures are not finite or out of range ({bad}); the card would print them: "
+                              "publish an intact run")
     extra = {"eval_data": eval_data} if eval_data else {}  # portable evaluation data (e.g. shipped with the package)
     for flag, spec in (("--eval-data", eval_data), ("--data", data)):  # the card's figures would be in-sample
         if spec and (said := trained_on_val(spec, args.get("data")) or npz_in_sample(spec, args.get("data"))):

@@ -218,6 +218,26 @@ def test_unfinished_run_is_refused_and_nothing_written(micro_ckpt, tmp_path):
         publish_run(str(tmp_path / "nope"), str(tmp_path / "ref.pt"), progress=False)
 
 
+@pytest.mark.parametrize("edit, said", [
+    (lambda h, t: h[-1].update(train_loss=float("nan")), "train_loss nan"),
+    (lambda h, t: h[0].update(val_acc=[float("inf"), 50.0, 60.0]), "val_acc inf"),
+    (lambda h, t: h[-1].update(val_acc=[10.0, -3.0, 60.0]), "val_acc -3.0"),
+    (lambda h, t: t.update(run_seconds=float("inf")), "run_seconds inf"),
+])
+def test_a_run_whose_recorded_figures_are_damaged_is_not_published(micro_ckpt, tmp_path, edit, said):
+    """A card printed 'inf min for the whole run' and epochs of nan / inf / -3.00 from an edited checkpoint's history."""
+    raw = read_checkpoint(micro_ckpt.parent / "last.pt")
+    history = json.loads(raw["train"]["history"])
+    edit(history, raw["train"])
+    raw["train"]["history"] = json.dumps(history)
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save(raw, run / "last.pt")
+    with pytest.raises(CheckpointError, match=rf"recorded training figures are not finite or out of range \((epoch \d+: )?{said}\)"):
+        publish_run(str(run), str(tmp_path / "ref.pt"), progress=False)
+    assert not (tmp_path / "ref.pt").exists()
+
+
 @pytest.mark.parametrize("ref", REFERENCES.values(), ids=list(REFERENCES))
 def test_demo_retrain_is_the_reference_run(ref: Reference):
     """`python -m dvt_edge.demo --retrain` runs, step by step, the commands recorded in the committed
