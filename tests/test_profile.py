@@ -1139,3 +1139,17 @@ def test_a_full_disk_keeps_the_measurements_aside_and_says_how_to_move_them(bund
         calibrate(Bundle.open(full), x, y, 1.0, device_name="dev", runs=4, warmup=0, progress=False)
     [kept] = aside.iterdir()
     assert json.loads(kept.read_text())["device"] == "dev" and not (full / "calibration" / "dev.json").exists()
+
+
+def test_latencies_too_long_to_be_milliseconds_are_refused_by_name():
+    """1e308 ms samples passed the finite check, then overflowed the sums into "30 non-finite value(s)" the file did not hold;
+    an overhead of 1e308 was blamed on "stage costs"."""
+    from dvt_runtime.measure import recorded_overhead
+
+    with pytest.raises(ProfileError, match=r"stage 2: a latency sample of 1e\+308 ms is over 1e\+07 ms .*not milliseconds\?"):
+        check_samples([1.0, 1e308, 2.0], "stage 2")
+    assert check_samples([1e7], "stage 1").tolist() == [1e7]
+    prof = LatencyProfile.from_samples(STAGES, threads=1)
+    prof = LatencyProfile.from_dict({**prof.to_dict(), "settings": {**prof.settings, "predict_overhead_ms": [0.01, 1e308, 0.02]}})
+    with pytest.raises(ProfileError, match=r"settings\.predict_overhead_ms must list 3 non-negative ms \(at most 1e\+07\), got \[0\.01, 1e\+308"):
+        recorded_overhead(prof, 3)

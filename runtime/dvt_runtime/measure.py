@@ -15,7 +15,7 @@ from dvt_runtime.device import check_batch_memory
 from dvt_runtime.io import progress as _bar
 from dvt_runtime.latency import LatencyProfile, check_batch
 from dvt_runtime.search import StageCosts, check_metric
-from dvt_runtime.stats import ProfileError, sample_stats
+from dvt_runtime.stats import MAX_MS, ProfileError, sample_stats
 
 __all__ = ["exit_probs", "measure_cascade", "measure_interleaved", "cascade_overhead_ms", "with_overhead"]
 
@@ -130,8 +130,8 @@ def recorded_overhead(profile: LatencyProfile, n_exits: int) -> Optional[list[fl
     if v is None:
         return None
     if not (isinstance(v, list) and len(v) == n_exits and all(isinstance(o, (int, float)) and not isinstance(o, bool)
-                                                                and math.isfinite(o) and o >= 0 for o in v)):
-        raise ProfileError(f"the profile's settings.predict_overhead_ms must list {n_exits} non-negative ms, got {v!r}: "
+                                                                and math.isfinite(o) and 0 <= o <= MAX_MS for o in v)):
+        raise ProfileError(f"the profile's settings.predict_overhead_ms must list {n_exits} non-negative ms (at most {MAX_MS:g}), got {v!r}: "
                            "profile the bundle again")
     return [float(o) for o in v]
 

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-__all__ = ["DRIFT_THRESHOLD", "MIN_RUNS", "ProfileError", "check_samples", "drift", "sample_stats", "accuracy_interval", "AT_CHANCE",
+__all__ = ["DRIFT_THRESHOLD", "MAX_MS", "MIN_RUNS", "ProfileError", "check_samples", "drift", "sample_stats", "accuracy_interval", "AT_CHANCE",
            "at_chance", "chance_bar"]
 
 AT_CHANCE = 2  # a last exit scoring under this many times chance (100 / classes) classifies nothing: thresholds and speedups on it mean nothing
@@ -79,6 +79,9 @@ def drift(samples: np.ndarray) -> dict[str, Optional[float]]:
     return {"first_quarter_median": first, "last_quarter_median": last, "ratio": (last / first) if first > 0 else None}
 
 
+MAX_MS = 1e7  # the longest latency a sample may hold: one image in almost 3 hours is a unit mistake, not a device
+
+
 def check_samples(samples: Sequence[float], what: str) -> np.ndarray:
     """``samples`` as a flat float64 array; ProfileError unless finite, non-negative numbers."""
     if isinstance(samples, (str, bytes, dict)) or not isinstance(samples, Iterable):
@@ -101,6 +104,9 @@ def check_samples(samples: Sequence[float], what: str) -> np.ndarray:
         raise ProfileError(f"{what} has no latency samples")
     if not np.all(np.isfinite(a)) or np.any(a < 0):
         raise ProfileError(f"{what}: latency samples must be finite and non-negative")
+    if np.any(a > MAX_MS):  # 1e308 ms passed here and overflowed the sums into "30 non-finite value(s)" it did not hold
+        raise ProfileError(f"{what}: a latency sample of {float(a.max()):.4g} ms is over {MAX_MS:g} ms (almost 3 hours): not "
+                           "milliseconds? (seconds x 1000, microseconds / 1000)")
     return a
 
 
