@@ -390,13 +390,22 @@ def test_self_distillation_loss():
 
 
 @pytest.mark.parametrize("flag,value", [("--distill", "-1"), ("--distill", "nan"), ("--distill-temp", "0"), ("--distill-temp", "inf"),
-                                        ("--distill-temp", "1e-300"), ("--warmup-epochs", "1e308")])
+                                        ("--distill-temp", "1e-300"), ("--warmup-epochs", "1e308"), ("--seed", "-1"), ("--seed", "4294967296")])
 def test_bad_distill_arguments_are_refused(tmp_path, flag, value):
     """--distill-temp 1e-300 was blamed on --lr ("loss became nan"), --warmup-epochs 1e308 overflowed into a traceback."""
     from dvt_edge.train import build_parser, check_args
 
     with pytest.raises(ValueError, match=flag):
         check_args(build_parser().parse_args([flag, value, "--out", str(tmp_path)]))
+
+
+@pytest.mark.parametrize("lr", ["0", "1e-320"])
+def test_a_learning_rate_that_changes_nothing_is_warned(tmp_path, lr):
+    """--lr 1e-320 trained a run that learned nothing (val top-1 at chance), without a word; --lr 0 was warned."""
+    from dvt_edge.train import build_parser, check_args
+
+    with pytest.warns(UserWarning, match=rf"--lr {lr}: no weight will change"):
+        check_args(build_parser().parse_args(["--lr", lr, "--out", str(tmp_path)]))
 
 
 def test_finetune_with_the_same_classes_keeps_every_tensor(tmp_path):
