@@ -214,6 +214,17 @@ def test_07_manifest_preprocess_nonsense_is_refused(bundle_copy, change):
         Bundle.open(bundle_copy)
 
 
+@pytest.mark.parametrize("field, value", [("finite", False), ("max_abs_diff_real", float("nan"))])
+def test_07_a_parity_report_passed_over_non_finite_rows_is_refused(bundle_copy, field, value):
+    """A resealed manifest whose parity said passed over an exit with NaN differences opened without a word."""
+    m = Manifest.load(bundle_copy)
+    assert m.parity.passed
+    setattr(m.parity.exits[1], field, value)
+    m.save(bundle_copy)  # sealed again, as Manifest.load(B, verify=False).save(B) does
+    with pytest.raises(ManifestError, match=r"the parity report says passed, but exit 2 answered non-finite values or differences"):
+        Bundle.open(bundle_copy)
+
+
 def test_07_manifest_tensor_without_a_shape_is_refused(bundle_copy):
     """A logits shape of [] is the manifest's error, not an IndexError from inside validate()."""
     d = json.loads((bundle_copy / "manifest.json").read_text())

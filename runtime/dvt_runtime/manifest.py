@@ -10,6 +10,7 @@ measured at export, and default thresholds.
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -110,6 +111,12 @@ class ParityReport:
         if not isinstance(d["exits"], list):
             raise ManifestError("malformed manifest: parity report: exits must be a list")
         d["exits"] = [ExitParity.from_dict(r, f"malformed manifest: parity row {k + 1}") for k, r in enumerate(d["exits"])]
+        if d["passed"] is True:  # export passes nothing non-finite: a report that says so of such rows was edited
+            bad = [f"exit {r.exit}" for r in d["exits"] if r.finite is False or any(
+                isinstance(v, float) and not math.isfinite(v) for v in (r.max_abs_diff_fixed, r.max_abs_diff_real, r.max_abs_diff_batched))]
+            if bad:
+                raise ManifestError(f"malformed manifest: the parity report says passed, but {', '.join(bad)} answered non-finite "
+                                    "values or differences: the manifest was edited; export the bundle again")
         return cls(**d)
 
 
