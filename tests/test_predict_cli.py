@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import json
 import sys
+import warnings
 
 import cv2
 import numpy as np
@@ -175,8 +176,36 @@ def test_without_opencv_it_is_one_error_naming_the_extra(onnx_bundle, photos, mo
     monkeypatch.setattr(P, "_CV2_TRIED", True)
     assert main(["--bundle", str(onnx_bundle), str(photos), "--no-progress"]) == 2
     out, err = capsys.readouterr()
-    assert err.count("needs OpenCV: pip install 'opencv-python-headless>=4.8' 'simplejpeg>=1.7' (dvt-runtime's [opencv] extra; "
+    assert err.count("needs OpenCV: pip install 'opencv-python-headless>=4.10' 'simplejpeg>=1.7.4' (dvt-runtime's [opencv] extra; "
                      "from a dvt-edge checkout: pip install './runtime[opencv]')") == 1 and "unreadable" not in out + err
+
+
+def test_opencv_or_simplejpeg_installed_for_another_numpy_is_said_as_such(onnx_bundle, photos, tmp_path, monkeypatch, capsys):
+    """OpenCV 4.8 under numpy 2 was told to 'pip install opencv-python-headless>=4.8' (installed already: nothing changed), and
+    simplejpeg 1.7.1 under numpy 2 turned the corrupt-JPEG check off without a word (a damaged photo was answered, exit 0)."""
+    import dvt_runtime.preprocess as P
+    from dvt_runtime.images import can_check_jpegs
+
+    monkeypatch.setattr(P, "_CV2", None)
+    monkeypatch.setattr(P, "_CV2_TRIED", True)
+    monkeypatch.setattr(P, "_CV2_ERROR", ImportError("numpy.core.multiarray failed to import"))
+    assert main(["--bundle", str(onnx_bundle), str(photos), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "needs OpenCV, which is installed but fails to import (ImportError: numpy.core.multiarray failed to import); it may be " \
+           f"built for another numpy than this environment's ({np.__version__}). Install a build that matches, e.g. pip install " \
+           "--force-reinstall 'opencv-python-headless>=4.10'" in err
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "simplejpeg.py").write_text("raise ValueError('numpy.dtype size changed, may indicate binary incompatibility')\n")
+    monkeypatch.delitem(sys.modules, "simplejpeg", raising=False)
+    monkeypatch.syspath_prepend(str(fake))
+    with pytest.warns(UserWarning, match=r"simplejpeg is installed but fails to import \(ValueError: numpy\.dtype size changed.*\): JPEGs with "
+                                         r"corrupt data cannot be told apart and are answered; install a build that matches"):
+        assert can_check_jpegs() is False
+    monkeypatch.setitem(sys.modules, "simplejpeg", None)  # not installed: the documented fallback, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert can_check_jpegs() is False
 
 
 def test_linked_folders_are_followed_once_and_a_folder_named_like_an_image_is_no_image(onnx_bundle, photos, tmp_path, capsys):

@@ -36,7 +36,7 @@ _EXTRA = {"onnxruntime": "onnx", "executorch": "executorch", "coreml": "coreml"}
 #: what each extra of runtime/pyproject.toml installs (a test keeps them equal): dvt-runtime is installed from a dvt-edge
 #: checkout, not from a package index, so a fix names the packages themselves
 EXTRAS = {"onnx": ("onnxruntime>=1.18",), "executorch": ("executorch==1.5.1", "torch==2.13.0"), "coreml": ("coremltools==9.0",),
-          "opencv": ("opencv-python-headless>=4.8", "simplejpeg>=1.7")}
+          "opencv": ("opencv-python-headless>=4.10", "simplejpeg>=1.7.4")}  # the first to import under numpy 2
 
 
 def install_hint(extra: str, flags: str = "") -> str:
@@ -55,6 +55,12 @@ _LIBRARIES = {"onnxruntime": ("onnxruntime",), "executorch": ("torch", "executor
 TORCH_PIN = "torch==2.13.0"  # the torch executorch 1.5.1's Python runtime is built against (it declares none)
 
 
+def installed_but_broken(err: BaseException, module: str) -> bool:
+    """Whether ``err``, raised importing ``module``, says it is installed but cannot load (built for another numpy or Python),
+    not that it is missing: another ``pip install`` of it changes nothing there, a build that matches does."""
+    return not isinstance(err, ModuleNotFoundError) or (getattr(err, "name", None) or "").split(".")[0] != module
+
+
 def _missing(backend: str, err: Exception) -> BackendUnavailable:
     if backend == "executorch" and (getattr(err, "name", None) or "").split(".")[0] == "torch":
         return BackendUnavailable(
@@ -62,7 +68,7 @@ def _missing(backend: str, err: Exception) -> BackendUnavailable:
             f"({err}); executorch declares no torch requirement. Install it with: {install_hint('executorch')} "
             f"(it pins {TORCH_PIN}; for the CPU-only build add --extra-index-url https://download.pytorch.org/whl/cpu)"
         )
-    if not isinstance(err, ModuleNotFoundError) or (getattr(err, "name", None) or "").split(".")[0] != _MODULE.get(backend):
+    if installed_but_broken(err, _MODULE.get(backend, backend)):
         return BackendUnavailable(  # installed, but it (or what it imports) fails: another pip install of the extra changes nothing
             f"the {backend} backend's library is installed but fails to import ({type(err).__name__}: {str(err) or 'no message'}); it may "
             f"be built for another numpy or Python than this environment's. Install a build that matches, e.g. "

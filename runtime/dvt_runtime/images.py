@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
+import warnings
 from pathlib import Path
 from typing import Optional, Union
 
@@ -48,8 +49,15 @@ def cv2_or_fail():
 
     cv2 = cv2_or_none()
     if cv2 is None:
-        from dvt_runtime.backends import install_hint
+        from dvt_runtime import preprocess
+        from dvt_runtime.backends import install_hint, installed_but_broken
 
+        err = preprocess._CV2_ERROR
+        if err is not None and installed_but_broken(err, "cv2"):  # "pip install opencv..." would change nothing
+            raise ImageError(f"reading image files needs OpenCV, which is installed but fails to import ({type(err).__name__}: "
+                             f"{str(err) or 'no message'}); it may be built for another numpy than this environment's ({np.__version__}). "
+                             f"Install a build that matches, e.g. {install_hint('opencv', '--force-reinstall')}, and check: "
+                             "python -c 'import cv2'")
         raise ImageError(f"reading image files needs OpenCV: {install_hint('opencv')} (or opencv-python)")
     return cv2
 
@@ -133,10 +141,17 @@ class DecoderMissing(ImageError):
 
 
 def can_check_jpegs() -> bool:
-    """Whether :func:`jpeg_corruption` can run here (simplejpeg imports: dvt-edge and the runtime's ``opencv`` extra install it)."""
+    """Whether :func:`jpeg_corruption` can run here (simplejpeg imports: dvt-edge and the runtime's ``opencv`` extra install it).
+    Installed but broken (built for another numpy) is warned: the check the user installed it for is off."""
     try:
         import simplejpeg  # noqa: F401 - imported when asked, never at module load
-    except Exception:  # noqa: BLE001 - missing, or built against another numpy: either way not usable
+    except Exception as e:  # noqa: BLE001 - missing, or built against another numpy: either way not usable
+        from dvt_runtime.backends import install_hint, installed_but_broken
+
+        if installed_but_broken(e, "simplejpeg"):
+            warnings.warn(f"simplejpeg is installed but fails to import ({type(e).__name__}: {str(e)[:200] or 'no message'}): JPEGs "
+                          f"with corrupt data cannot be told apart and are answered; install a build that matches this numpy "
+                          f"({np.__version__}), e.g. {install_hint('opencv', '--force-reinstall')}", stacklevel=2)
         return False
     return True
 

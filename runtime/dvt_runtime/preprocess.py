@@ -193,18 +193,19 @@ class Preprocess:
 
 _CV2: Optional[object] = None
 _CV2_TRIED = False
+_CV2_ERROR: Optional[BaseException] = None  # why cv2 did not import: missing, or installed for another numpy
 
 
 def _cv2():
-    global _CV2, _CV2_TRIED
+    global _CV2, _CV2_TRIED, _CV2_ERROR
     if not _CV2_TRIED:
         _CV2_TRIED = True
         try:
             import cv2  # noqa: PLC0415
 
             _CV2 = cv2
-        except ImportError:
-            _CV2 = None
+        except Exception as e:  # noqa: BLE001 - missing (the numpy fallback resizes), or built for another numpy
+            _CV2, _CV2_ERROR = None, e
     return _CV2
 
 
