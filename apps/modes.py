@@ -3,6 +3,7 @@ per-frame deadline, with a clear fallback when the device's calibration is missi
 
 from __future__ import annotations
 
+import shlex
 import warnings
 from dataclasses import dataclass
 from typing import Optional
@@ -87,7 +88,8 @@ def _limit_ms(flag: str, v) -> float:
 def _calibrate_hint(bundle, ms: Optional[float]) -> str:
     """How to calibrate this device: for a budget, at that budget; for a deadline (None), at a mean budget B of the
     user's choosing, whose per-stage p90s the deadline then uses."""
-    hint = CALIBRATE_HINT.format(bundle=bundle.path, ms="B" if ms is None else f"{ms:g}", name=bundle.device_name or "NAME")
+    hint = CALIBRATE_HINT.format(bundle=shlex.quote(str(bundle.path)), ms="B" if ms is None else f"{ms:g}",  # a command to paste
+                                 name=shlex.quote(bundle.device_name) if bundle.device_name else "NAME")
     return hint if ms is not None else hint + " (B: a mean latency; the deadline uses its per-stage p90s)"
 
 

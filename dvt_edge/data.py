@@ -412,7 +412,7 @@ def scoring_set(spec: str, split: str, preprocess: Optional[Preprocess], num_cla
         want = preprocess.to_dict()
         diff = ", ".join(f"{k}: {v} vs {want[k]}" for k, v in ds.preprocess.to_dict().items() if v != want[k])
         raise DataError(f"{spec} holds images preprocessed otherwise than this model expects ({diff}): scores on them are not the "
-                        f"model's; write them with its preprocessing: python -m dvt_edge.data export --checkpoint {checkpoint} --data ... "
+                        f"model's; write them with its preprocessing: python -m dvt_edge.data export --checkpoint {shlex.quote(str(checkpoint))} --data ... "
                         "--out val.npz, or store uint8 pixels")
     if limit is not None and len(ds) < limit:  # said, not only in the JSON's n_images
         print(f"note: {spec}'s {split} split has {len(ds)} images, all used to {use} it (up to {limit} would be)", file=sys.stderr)

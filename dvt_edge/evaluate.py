@@ -174,7 +174,7 @@ def open_bundle(bundle_dir: str, checkpoint: Optional[str] = None, classes: Opti
     if checkpoint is not None and src.get("sha256") != sha256_file(checkpoint):
         raise ValueError(f"bundle {bundle_dir} was exported from {src.get('checkpoint')!r}, not from {checkpoint} (SHA-256 differs): "
                          f"its accuracy cannot be compared with this checkpoint's; export it with python -m dvt_edge.export "
-                         f"--checkpoint {checkpoint}")
+                         f"--checkpoint {shlex.quote(str(checkpoint))}")
     if classes is not None and b.classes and not numbered(classes) and not numbered(b.classes) and list(b.classes) != list(classes):
         raise ValueError(f"bundle {bundle_dir} names other classes ({b.classes[:3]}...) than the evaluation data ({classes[:3]}...)")
     return b

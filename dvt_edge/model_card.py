@@ -2,11 +2,10 @@
 
     python -m dvt_edge.model_card --run runs/ref --out dvt_edge/assets/dvt_tiny_fmnist_ms.pt --force   # --force: it exists
 
-Takes the run's **final** epoch (``RUN/last.pt``; no model selection on the evaluation
-split), writes a weights-only checkpoint atomically (no optimizer state: small enough to
-commit), evaluates it with :func:`dvt_edge.evaluate.evaluate_checkpoint`, and writes
-``MODEL_CARD_<name>.md`` beside it: the exact training command, seed, wall time, per-exit top-1
-and FLOPs, the FLOPs-budget curve's Pareto points and the per-epoch history. Every number
+Takes the run's **final** epoch (``RUN/last.pt``; no model selection on the evaluation split), writes a weights-only
+checkpoint atomically (no optimizer state: small enough to commit), evaluates it with
+:func:`dvt_edge.evaluate.evaluate_checkpoint`, and writes ``MODEL_CARD_<name>.md`` beside it: the exact training command,
+seed, wall time, per-exit top-1 and FLOPs, the FLOPs-budget curve's Pareto points and the per-epoch history. Every number
 in the card comes from the run's files or from this evaluation.
 """
 
@@ -16,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -128,6 +128,13 @@ def step_commands(steps: list[dict], args: dict, run_dir: str) -> list[str]:
     return cmds
 
 
+def _code(text: str) -> str:
+    """``text`` as a Markdown code span that holds it whole: a path with a backtick ended a single-backtick span there."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    pad = " " if longest else ""  # a longer fence, and a space each side, which CommonMark strips
+    return f"{'`' * (longest + 1)}{pad}{text}{pad}{'`' * (longest + 1)}"
+
+
 def _damaged_figures(history: list[dict], t: dict) -> str:
     """The first recorded figure the card would print that is not a finite number in its range, in words, or ""."""
     ok = lambda v, hi=math.inf: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= hi
@@ -136,8 +143,7 @@ def _damaged_figures(history: list[dict], t: dict) -> str:
                             *(("val_acc", a, 100.0) for a in h.get("val_acc", []))):
             if not ok(v, hi):
                 return f"epoch {h.get('epoch')}: {name} {v!r}"
-    run_s = t.get("run_seconds")
-    return "" if run_s is None or ok(run_s) else f"run_seconds {run_s!r}"
+    return "" if t.get("run_seconds") is None or ok(t["run_seconds"]) else f"run_seconds {t['run_seconds']!r}"
 
 
 def _epoch_spans(history: list[dict], key: Callable[[dict], Any]) -> list[list]:
@@ -340,11 +346,9 @@ def pareto_rows(report: dict) -> list[str]:
 
 
 def _objective(args: dict) -> str:
-    text = "the sum of every exit's cross-entropy"
-    if args.get("distill"):
-        text += (f", plus {args['distill']:g} x each earlier exit's KL divergence from the last exit's answer at temperature "
-                 f"{args.get('distill_temp', 2.0):g} (self-distillation)")
-    return text
+    return "the sum of every exit's cross-entropy" + (f", plus {args['distill']:g} x each earlier exit's KL divergence from the last "
+                                                      f"exit's answer at temperature {args.get('distill_temp', 2.0):g} (self-distillation)"
+                                                      if args.get("distill") else "")
 
 
 def _command_lines(args: dict, run_dir: Path, steps: list[dict]) -> list[str]:
@@ -378,8 +382,8 @@ def _unregistered_line(model) -> list[str]:
 
 
 def _evaluate_command(path: Path, report: dict) -> str:
-    return (f"python -m dvt_edge.evaluate --checkpoint {shlex.quote(str(path))} --data {shlex.quote(report['data'])} "
-            f"--threshold-n {report.get('threshold_n', 5000)}")
+    return shlex.join(["python", "-m", "dvt_edge.evaluate", "--checkpoint", str(path), "--data", report["data"], "--threshold-n",
+                       str(report.get("threshold_n", 5000))])
 
 
 def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict], report: dict, run_dir: Path,
@@ -398,9 +402,9 @@ def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict
     resumed = " The run was resumed at least once (`--resume` restores optimizer, scheduler, data order and RNG)." if args.get("resume") else ""
     pre, few = info.preprocess, small_sample_note(report["n"])
     lines = [
-        f"# Model card: `{path.name}`",
+        f"# Model card: {_code(path.name)}",
         "",
-        f"Written by `{command or f'python -m dvt_edge.model_card --run {run_dir} --out {path}'}` from the run's final epoch",
+        f"Written by {_code(command or shlex.join(['python', '-m', 'dvt_edge.model_card', '--run', str(run_dir), '--out', str(path)]))} from the run's final epoch",
         "(no model selection on the evaluation split). Every figure below was measured by that command",
         "or recorded by the training run.",
         "",
@@ -423,7 +427,7 @@ def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict
     lines += [
         "",
         "## Training",
-        f"- Data: `{args['data']}` training split; objective: {_objective(args)}.",
+        f"- Data: {_code(str(args['data']))} training split; objective: {_objective(args)}.",
         f"- AdamW (lr {args['lr']:g}, weight decay {args['weight_decay']:g}), {args['warmup_epochs']:g} warmup epoch(s) then cosine, "
         f"batch {args['batch_size']} per process, stochastic depth {args['drop_path'] if args['drop_path'] is not None else c.drop_path_rate:g}, "
         f"label smoothing {args['label_smoothing']:g}, augmentation {'off' if args['no_augment'] else 'random translation' + ('' if args['no_flip'] else ' + horizontal flip')}; "
@@ -431,7 +435,7 @@ def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict
         *_command_lines(args, run_dir, steps or []), *_environment_lines(history),
         f"- Wall time{' of the last step' if steps else ''}: {wall}.{resumed}",
         "",
-        f"## Results (`{_evaluate_command(path, report)}`)",
+        f"## Results ({_code(_evaluate_command(path, report))})",
         f"{report['data']} {report['split']} split, {report['n']} images, PyTorch fp32:",
         *([f"{few[0].upper()}{few[1:]}."] if few else []),
         "",

@@ -456,3 +456,40 @@ def test_a_photo_whose_pixels_normalize_into_0_1_is_not_called_unnormalized(onnx
         assert predict_files(b, [tmp_path / "stripes.png"], show_progress=False)["n_images"] == 1
     with pytest.warns(UserWarning, match="never normalized"):
         b.predict(x[0])
+
+
+def test_the_commands_a_message_gives_paste_back_whole(onnx_bundle, photos, tmp_path, capsys):
+    """Hints printed bundle paths and device names as they were: pasted, a path with spaces, quotes or $ split into several
+    arguments (or expanded). Each command a message gives parses back to the same path and name."""
+    import re
+    import shlex
+    import shutil
+
+    from apps.modes import _calibrate_hint
+    from dvt_edge.export.install import ExportError, check_destination
+
+    awkward = tmp_path / "Données été" / "-b $PWD 'q' 模型"
+    shutil.copytree(onnx_bundle, awkward)
+    for flags, start in ((["--budget-ms", "3", "--device-name", "my phone"], "dvt-runtime calibrate "),
+                         (["--deadline-ms", "5"], "dvt-runtime profile ")):
+        assert main(["--bundle", str(awkward), str(photos / "sub" / "1"), "--no-progress", *flags]) == 2
+        err = capsys.readouterr().err
+        argv = shlex.split(re.search(rf"({start}.*?--(?:budget-ms 3 --device-name '[^']*'|out PROFILE\.json))", err).group(1))
+        assert argv[argv.index("--bundle") + 1] == str(awkward), err
+        assert "--device-name" not in argv or argv[argv.index("--device-name") + 1] == "my phone"
+    with pytest.warns(UserWarning, match="no calibration for device 'my phone'"):
+        hint = _calibrate_hint(Bundle.open(awkward, device_name="my phone"), 2.0)  # the webcam's
+    argv = shlex.split(hint.split("first: ", 1)[1].split(", then")[0])
+    assert argv[argv.index("--bundle") + 1] == str(awkward) and argv[argv.index("--device-name") + 1] == "my phone"
+    (tmp_path / "my link").symlink_to(awkward)
+    with pytest.raises(ExportError) as e:
+        check_destination(tmp_path / "my link", False)
+    assert shlex.split(re.search(r"\(--out (.*)\); nothing", str(e.value)).group(1)) == [str(awkward)]
+
+
+def test_a_model_card_code_span_holds_a_path_with_backticks():
+    """A card's commands sat in single-backtick spans, which a path with a backtick ends early (the card rendered broken)."""
+    from dvt_edge.model_card import _code
+
+    assert _code("python -m x --out 'a b.pt'") == "`python -m x --out 'a b.pt'`"
+    assert _code("--out '/t/ft `y`.pt'") == "`` --out '/t/ft `y`.pt' ``" and _code("a `` b") == "``` a `` b ```"

@@ -125,7 +125,7 @@ def check_destination(dest: Path, force: bool, inputs: Sequence[str] = (), log: 
                           "another --out; nothing was changed")
     if dest.is_symlink():  # swapping it would replace the link, not the bundle it points to
         raise ExportError(f"--out {dest} is a symbolic link to {os.readlink(dest)}; pass the real path instead "
-                          f"(--out {dest.resolve()}); nothing was changed")
+                          f"(--out {shlex.quote(str(dest.resolve()))}); nothing was changed")
     if dest.exists():
         here = Path.cwd().resolve()
         if dest.resolve() == here or dest.resolve() in here.parents:

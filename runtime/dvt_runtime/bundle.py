@@ -16,6 +16,7 @@ models one call at a time (a lock each), and the budget controller's state is gu
 from __future__ import annotations
 
 import math
+import shlex
 import sys
 import threading
 import time
@@ -152,7 +153,7 @@ class Bundle:
         cal = read_calibration(p, self.manifest)
         if cal.device != device_name:  # a copied or renamed file: another device's latencies chose these thresholds
             raise CalibrationError(f"{p} holds the calibration of device {cal.device!r}, not {device_name!r}: calibrate this "
-                                   f"device (python -m dvt_runtime.calibrate --device-name {device_name}), or open the bundle "
+                                   f"device (python -m dvt_runtime.calibrate --device-name {shlex.quote(device_name)}), or open the bundle "
                                    f"with device_name={cal.device!r}")
         if cal.batch != batch:  # its thresholds fit calls of cal.batch images, not these
             raise CalibrationError(f"{p} was calibrated at batch {cal.batch}, not {batch}: recalibrate with python -m "

@@ -19,6 +19,7 @@ import collections
 import datetime
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -221,9 +222,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check_mode(bundle, args: argparse.Namespace) -> None:
     """What --budget-ms and --deadline-ms need, said in commands (the API's own errors speak Python)."""
-    b = args.bundle
+    b = shlex.quote(str(args.bundle))  # commands the user pastes: a path with spaces, quotes or $ stays one argument
     if args.budget_ms is not None and bundle.calibration is None:
-        name = f" --device-name {args.device_name}" if args.device_name else ""
+        name = f" --device-name {shlex.quote(args.device_name)}" if args.device_name else ""
         raise ValueError(f"--budget-ms needs a calibration of this device (none usable at "
                          f"{bundle.calibration_path(bundle.device_name or this_host())}): "
                          f"dvt-runtime calibrate --bundle {b} --data VAL.npz --budget-ms {args.budget_ms:g}{name} (or pass --device-name "
