@@ -28,7 +28,7 @@ from dvt_edge.data import DataError, npz_in_sample, trained_on_val
 from dvt_edge.provenance import environment_line
 from dvt_edge.references import card_path
 from dvt_edge.resume import STARTED_OVER
-from dvt_runtime.io import atomic_write, atomic_write_json, check_out_path, claimed, hold_lock, os_error_text, sha256_file
+from dvt_runtime.io import atomic_write, atomic_write_json, check_out_path, claimed, hold_lock, os_error_text, sha256_file, short_name
 
 #: train.py flags that do not change the result (left out of the reproduced command)
 _NOT_IN_COMMAND = {"out", "resume", "force", "quiet", "workers", "trust_checkpoint"}
@@ -260,7 +260,7 @@ def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[s
     if isinstance(info.extras.get("holdout"), dict):  # a held-out split drawn from a folder or an npz file: a changed one is still said
         extra["holdout"] = info.extras["holdout"]
     _remove_dead_publications(out_path, card_file)
-    tmp = out_path.with_name(f".{out_path.stem}.publishing-{os.getpid()}{out_path.suffix}")
+    tmp = out_path.with_name(f".{short_name(out_path.stem, 40)}.publishing-{os.getpid()}{out_path.suffix}")  # 255 bytes at most
     try:
         save_checkpoint(tmp, model, classes=info.classes, preprocess=info.preprocess, accuracies=info.accuracies,
                         data=args["data"], train_summary=json.dumps({"epoch": t["epoch"], "args": args}), **extra)
@@ -289,8 +289,8 @@ def _install_pair(card_file: Path, card: bytes, tmp: Path, out_path: Path) -> No
     """The card, then the checkpoint, each renamed into place; a failure or Ctrl-C before the checkpoint's rename took
     place puts the previous card back (a new card had stood beside the previous checkpoint, naming another file's
     SHA-256). Ctrl-C raised just after that rename keeps the new pair."""
-    staged = atomic_write(card_file.with_name(f".{card_file.name}.publishing-{os.getpid()}"), card)
-    previous = card_file.with_name(f".{card_file.name}.previous-{os.getpid()}")
+    staged = atomic_write(card_file.with_name(f".{short_name(card_file.name, 40)}.publishing-{os.getpid()}"), card)
+    previous = card_file.with_name(f".{short_name(card_file.name, 40)}.previous-{os.getpid()}")
     ours = os.stat(tmp)
     try:
         had = card_file.is_file()
@@ -328,8 +328,8 @@ def _remove_dead_publications(out_path: Path, card_file: Path) -> None:
     those of a process that does not run here and whose lock no live process holds."""
     from dvt_edge.export.install import _pid_alive
 
-    pattern = [(out_path, f".{out_path.stem}.publishing-", out_path.suffix)] + [
-        (card_file, f".{card_file.name}.{kind}-", "") for kind in ("publishing", "previous")]
+    pattern = [(out_path, f".{short_name(out_path.stem, 40)}.publishing-", out_path.suffix)] + [
+        (card_file, f".{short_name(card_file.name, 40)}.{kind}-", "") for kind in ("publishing", "previous")]
     for base, prefix, suffix in pattern:
         for p in base.parent.glob(f"{prefix}*{suffix}") if base.parent.is_dir() else []:
             pid = p.name[len(prefix): len(p.name) - len(suffix)]

@@ -760,3 +760,31 @@ def test_a_reader_that_goes_away_ends_a_command_quietly():
         p.wait(timeout=120)
         p.stderr.close()
         assert p.returncode == 141 and "Traceback" not in err and "Exception ignored" not in err, (args, p.returncode, err[-1000:])
+
+
+def test_a_legal_long_output_name_is_written_and_one_too_long_is_refused_first(tmp_path):
+    """A 250-byte output name is legal, but the temporary names made of it (.NAME.xxxxxxxx.tmp, an export's .NAME.tmp-PID-...,
+    a publication's .STEM.publishing-PID.pt) passed 255 bytes: "File name too long", after the work (a profile's
+    measurements lost). They are shortened, alike for every process; a name over 255 bytes is refused before the work."""
+    from dvt_edge.export.install import recover_leftovers, staging_stem
+    from dvt_runtime.io import NAME_MAX, atomic_write_json, check_out_path, short_name
+
+    for name in ("c" * 245 + ".json", "模" * 83 + ".json"):  # 250 and 254 bytes
+        assert atomic_write_json(tmp_path / name, {"a": 1}).read_text() == '{\n  "a": 1\n}\n'
+        assert check_out_path(tmp_path / name, "--out") == tmp_path / name
+    assert len(os.listdir(tmp_path)) == 2 and not [n for n in os.listdir(tmp_path) if n.startswith(".")]  # no temporary left
+    with pytest.raises(ValueError, match=r"--out .*: its file name is 256 bytes, more than a file system takes \(255\); choose a shorter"):
+        check_out_path(tmp_path / ("c" * 256), "--out")
+    dest = tmp_path / ("b" * 250)
+    stem = staging_stem(dest)
+    assert len(f".{stem}.tmp-4194304-abcdefgh".encode()) <= NAME_MAX and stem == staging_stem(dest) != dest.name
+    assert short_name("ok.json", 14) == "ok.json" and len(short_name("模" * 100, 14).encode()) <= NAME_MAX - 14
+    leftover = tmp_path / f".{stem}.tmp-{_dead_pid()}-abcdefgh"
+    leftover.mkdir()  # what an export killed at that name left
+    assert recover_leftovers(dest) and not leftover.exists()
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid

@@ -37,7 +37,7 @@ from dvt_edge.data import (
 )
 from dvt_edge.export.common import ExitArtifact, ExitGraph, ExitJob, ExportError, exit_graphs, exit_specs
 from dvt_edge.export.images import _Data, _load_data, _same_images  # noqa: F401  (_Data, _same_images: tests)
-from dvt_edge.export.install import carry_over, check_destination, install, recover_leftovers
+from dvt_edge.export.install import carry_over, check_destination, install, recover_leftovers, staging_stem
 from dvt_edge.export.int8 import CALIBRATED, int8_schemes, pick_scheme
 from dvt_edge.export.targets import TARGETS, Target, TargetUnavailable, get_target
 from dvt_edge.export.verify import (
@@ -229,7 +229,7 @@ def export_bundle(checkpoint: str, target: str, precision: str = "fp32", options
     plan.log, plan.inputs = log, inputs
     made, had_log = _missing_folders(dest.parent) + _missing_folders(log.parent), log.exists()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    plan.tmp = tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{os.getpid()}-", dir=dest.parent))
+    plan.tmp = tmp = Path(tempfile.mkdtemp(prefix=f".{staging_stem(dest)}.tmp-{os.getpid()}-", dir=dest.parent))
     os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; a bundle is as readable as any folder the user makes
     try:  # held while it works: another export's clean-up leaves a live folder alone, whatever this process's PID looks like there
         with hold_lock(tmp, wait=True), quiet_toolchains(log, opts.verbose,

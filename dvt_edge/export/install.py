@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 from dvt_edge.export.common import ExportError
 from dvt_edge.logs import log_problem
-from dvt_runtime.io import claimed, sha256_file, unwritable
+from dvt_runtime.io import claimed, sha256_file, short_name, unwritable
 from dvt_runtime.manifest import Manifest, ManifestError
 
 __all__ = ["install", "recover_leftovers", "check_destination", "carry_over", "KEPT"]
@@ -40,7 +40,7 @@ def install(tmp: Path, dest: Path) -> None:
     if _exchange(tmp, dest):
         shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old bundle
         return
-    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+    old = dest.parent / f".{staging_stem(dest)}.old-{os.getpid()}"
     os.replace(dest, old)
     os.replace(tmp, dest)
     shutil.rmtree(old, ignore_errors=True)
@@ -77,6 +77,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def staging_stem(dest: Path) -> str:
+    """What an export's temporary and moved-aside folders beside ``dest`` are named after (``.STEM.tmp-PID-xxxxxxxx``,
+    ``.STEM.old-PID``): ``dest``'s name, shortened where those would pass the file system's 255 bytes."""
+    return short_name(dest.name, 24)
+
+
 def recover_leftovers(dest: Path) -> list[str]:
     """Clean what interrupted exports to ``dest`` left: temporary folders of dead processes are
     removed; an old bundle moved aside is put back when ``dest`` is missing, removed otherwise."""
@@ -84,8 +90,9 @@ def recover_leftovers(dest: Path) -> list[str]:
     if dest.name in ("", ".", "..") or not dest.parent.is_dir():
         return notes
     # by prefix, not glob: a bundle named b[12] would match .b1.* and .b2.*, another bundle's leftovers
-    for p in sorted(q for q in dest.parent.iterdir() if q.name.startswith(f".{dest.name}.")):
-        kind, _, rest = p.name[len(dest.name) + 2 :].partition("-")
+    stem = staging_stem(dest)
+    for p in sorted(q for q in dest.parent.iterdir() if q.name.startswith(f".{stem}.")):
+        kind, _, rest = p.name[len(stem) + 2 :].partition("-")
         pid = rest.split("-")[0]
         if kind not in ("tmp", "old") or not pid.isdigit() or _pid_alive(int(pid)):
             continue

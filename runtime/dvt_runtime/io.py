@@ -17,7 +17,20 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
 
 __all__ = ["atomic_write", "atomic_write_json", "sha256_file", "current_umask", "read_npz", "check_labels", "progress", "progress_silenced", "silenced_progress", "save_png", "unwritable", "output_to", "plain_warnings", "run_cli", "hold_lock", "claimed", "lock_held", "written_together",
-           "os_error_text"]
+           "os_error_text", "short_name", "NAME_MAX"]
+
+
+NAME_MAX = 255  # bytes in one file name (Linux, macOS, Windows' NTFS counts UTF-16 units, fewer)
+
+
+def short_name(name: str, reserved: int) -> str:
+    """``name``, shortened where need be so that a temporary name made of it and ``reserved`` more bytes stays a legal file
+    name: a legal 250-byte output failed with "File name too long" at its temporary file, after the work. A shortened name
+    keeps its start and a digest of the whole (one name, one temporary name)."""
+    raw = name.encode()
+    if len(raw) + reserved <= NAME_MAX:
+        return name
+    return raw[: NAME_MAX - reserved - 9].decode(errors="ignore") + "~" + hashlib.sha256(raw).hexdigest()[:8]
 
 
 def atomic_write(path: Union[str, Path], data: bytes) -> Path:
@@ -29,7 +42,7 @@ def atomic_write(path: Union[str, Path], data: bytes) -> Path:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{short_name(path.name, 14)}.", suffix=".tmp", dir=path.parent)  # . . 8 random .tmp
     except OSError as e:
         raise _cannot_write(e, path) from e
     try:
@@ -175,6 +188,9 @@ def check_out_path(path: Union[str, Path], flag: str = "--out", replaces: Union[
     ``example``: a file name to suggest inside a folder given instead of a file (None: the path is not the user's
     to choose, so the folder is in the way)."""
     p = Path(path).expanduser()
+    if len(p.name.encode()) > NAME_MAX:  # found before the work, not by the write at its end
+        raise ValueError(f"{flag} {p}: its file name is {len(p.name.encode())} bytes, more than a file system takes ({NAME_MAX}); "
+                         "choose a shorter name")
     if p.is_dir():
         raise ValueError(f"{flag} {p} is a folder; " + (f"name the file to write (e.g. {p / example})" if example else
                                                          f"it is in the way: move it away, or {fix}"))
@@ -250,7 +266,7 @@ def _kept_aside(path: Path, data: bytes) -> Optional[Path]:
     """``data`` in a new file of the system's temporary folder (often another disk), or None where it cannot be written."""
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f"{path.stem}.kept-", suffix=path.suffix)
+        fd, tmp = tempfile.mkstemp(prefix=f"{short_name(path.stem, 14 + len(path.suffix.encode()))}.kept-", suffix=path.suffix)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
