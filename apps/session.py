@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from array import array
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,7 @@ __all__ = ["FrameLoop", "Tally", "build_stats", "latency_summary", "run_session"
 
 WARMUP_RUNS = 3  # the first runs of a session are slow
 MAX_MISSED_READS = 10  # a camera may drop a frame now and then; a video may hold a few it cannot decode
+KEEP_FRAMES = 10_000  # per-frame records the stats keep (the latest); counts and latency summaries cover every frame
 STATS_SCHEMA = "dvt-webcam-stats/1"  # --stats replaces only an earlier stats file
 SUMMARY_KEYS = ("mean", "p50", "p90", "p99", "max")  # of sample_stats, in the stats JSON
 
@@ -117,22 +120,22 @@ def write_png(path, img) -> str:
 
 @dataclass
 class Tally:
-    """What the session saw, frame by frame: predictions, latencies, exits, frames within the budget / deadline."""
+    """What the session saw, frame by frame: predictions (the latest ``KEEP_FRAMES``: a kiosk's day is millions of frames,
+    and every record was kept, 0.84 KB a frame), latencies (8 bytes a frame each), exits, frames within the budget / deadline."""
 
     num_exits: int
-    predictions: list[dict] = field(default_factory=list)
-    predict_ms: list[float] = field(default_factory=list)
-    frame_ms: list[float] = field(default_factory=list)
+    predictions: deque = field(default_factory=lambda: deque(maxlen=KEEP_FRAMES))
+    predict_ms: array = field(default_factory=lambda: array("d"))
+    frame_ms: array = field(default_factory=lambda: array("d"))
     exit_counts: list[int] = field(init=False)
     hits: int = 0  # frames whose predict time (a deadline's: preprocessing and predict) met the budget / deadline
     misses: int = 0
+    frames: int = 0
+    limit_since: int = 0  # the first frame of the latest run of frames under one budget / deadline (changed with +/-)
+    last_limit: Optional[float] = None
 
     def __post_init__(self) -> None:
         self.exit_counts = [0] * self.num_exits
-
-    @property
-    def frames(self) -> int:
-        return len(self.predictions)
 
     def add(self, pred, predict_ms: float, frame_ms: float, limit_ms: Optional[float], counted_ms: Optional[float] = None,
             preprocess_ms: Optional[float] = None) -> None:
@@ -143,6 +146,9 @@ class Tally:
             "exit": int(pred.exit) + 1, "total_ms": float(pred.total_ms), "stage_ms": [float(v) for v in pred.stage_ms],
             "predict_ms": predict_ms, "preprocess_ms": preprocess_ms, "frame_ms": frame_ms, "deadline_skipped": bool(pred.deadline_skipped),
             "limit_ms": limit_ms, "counted_ms": predict_ms if counted_ms is None else counted_ms})
+        if limit_ms != self.last_limit:
+            self.limit_since, self.last_limit = self.frames, limit_ms
+        self.frames += 1
         self.predict_ms.append(predict_ms)
         self.frame_ms.append(frame_ms)
         self.exit_counts[pred.exit] += 1
@@ -295,7 +301,7 @@ def _budget_stats(mode: Mode, tally: Tally, bundle) -> dict:
     """Hits and misses per frame (each against the budget or deadline it ran under), and the frames run under the
     final value: a budget changed with +/- is judged only on those (``since_frame``, ``predict_since``)."""
     n = tally.frames
-    since = next((i + 1 for i in range(n - 1, -1, -1) if tally.predictions[i]["limit_ms"] != mode.ms), 0)
+    since = tally.limit_since if tally.last_limit == mode.ms else n
     return {"kind": mode.kind, "ms": mode.ms, "hits": tally.hits, "misses": tally.misses,
             "metric": bundle.calibration.metric if mode.kind == "budget" and mode.active else None,
             "hit_rate": tally.hits / n if n else None,
@@ -337,5 +343,6 @@ def build_stats(args, source: str, frame, bundle, mode: Mode, thresholds: Option
         "source_stopped": loop.source_stopped,  # why a camera stopped delivering frames (None: it did not)
         "record": str(args.record) if args.record else None,
         "snapshot": loop.snapshot,
-        "predictions": tally.predictions,
+        "predictions_from_frame": n - len(tally.predictions),  # the latest KEEP_FRAMES frames' records (all of a shorter run)
+        "predictions": list(tally.predictions),
     }
