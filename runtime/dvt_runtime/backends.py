@@ -250,7 +250,8 @@ class ExecuTorchSession(Session):
                 **{n: list(meta.output_tensor_meta(i).sizes()) for i, n in enumerate(self.output_names)}}
 
     def write_etdump(self, path: Path) -> Path:
-        """Write the ETDump of every run so far (``profile import --etdump`` reads it)."""
+        """Write the ETDump of the runs since the last write (ExecuTorch then starts a new trace; ``profile import --etdump``
+        reads it). The trace is held in memory until written: about 70 KB a run per exit."""
         if not self.etdump:
             raise ValueError("open the bundle with etdump=True to record ETDump")
         path = Path(path)

@@ -99,8 +99,10 @@ class Bundle:
         return bundle
 
     def write_etdump(self, directory: Union[str, Path], record: bool = True) -> list[Path]:
-        """ExecuTorch bundles opened with ``etdump=True``: one ETDump per exit (``exit<k>.etdp``) of every run so far and
-        (``record``) ``etdump_runs.json`` naming this bundle and its threads, for ``profile import --etdump`` (~60 KB a run)."""
+        """ExecuTorch bundles opened with ``etdump=True``: one ETDump per exit (``exit<k>.etdp``) of the runs since the last write
+        (each write starts a new trace: write into a new folder to keep the earlier ones) and (``record``) ``etdump_runs.json``
+        naming this bundle and its threads, for ``profile import --etdump``. The trace is held in memory until written (measured:
+        145 MB after 2,000 runs through three exits): a long-running process should write it every few hundred runs."""
         if self.manifest.backend != "executorch":
             raise ValueError(f"ETDump is ExecuTorch's trace; this bundle runs on {self.manifest.backend}")
         out = [s.write_etdump(Path(directory) / f"exit{e + 1}.etdp") for e, s in enumerate(self.sessions)]
