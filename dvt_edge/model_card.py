@@ -229,8 +229,9 @@ def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[s
         raise ValueError(f"--out {out_path} exists; pass --force to replace it and its model card")
     if card_file.exists() and not force:  # another file's card, or the user's notes
         raise ValueError(f"the model card {card_file} exists; pass --force to replace it, or --card another path")
-    for what, p, example in (("--out", out_path, "model.pt"), ("the model card", card_file, "MODEL_CARD.md")):  # found now, not
-        check_out_path(p, what, example=example)                           # after the evaluation (the file moved into place without its card)
+    for what, p, example, fix in (("--out", out_path, "model.pt", "choose another path"),  # found now, not after the evaluation
+                                  ("the model card", card_file, "MODEL_CARD.md", "pass --card PATH, or another --out")):
+        check_out_path(p, what, example=example, fix=fix)
     last = run_dir / "last.pt"
     if not last.is_file():
         raise CheckpointError(f"{last} not found: --run must be a training run directory (python -m dvt_edge.train --out RUN)")
@@ -260,7 +261,7 @@ def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[s
     if isinstance(info.extras.get("holdout"), dict):  # a held-out split drawn from a folder or an npz file: a changed one is still said
         extra["holdout"] = info.extras["holdout"]
     _remove_dead_publications(out_path, card_file)
-    tmp = out_path.with_name(f".{short_name(out_path.stem, 40)}.publishing-{os.getpid()}{out_path.suffix}")  # 255 bytes at most
+    tmp = out_path.with_name(f".{short_name(out_path.stem, 40 + len(out_path.suffix))}.publishing-{os.getpid()}{out_path.suffix}")
     try:
         save_checkpoint(tmp, model, classes=info.classes, preprocess=info.preprocess, accuracies=info.accuracies,
                         data=args["data"], train_summary=json.dumps({"epoch": t["epoch"], "args": args}), **extra)
@@ -328,7 +329,7 @@ def _remove_dead_publications(out_path: Path, card_file: Path) -> None:
     those of a process that does not run here and whose lock no live process holds."""
     from dvt_edge.export.install import _pid_alive
 
-    pattern = [(out_path, f".{short_name(out_path.stem, 40)}.publishing-", out_path.suffix)] + [
+    pattern = [(out_path, f".{short_name(out_path.stem, 40 + len(out_path.suffix))}.publishing-", out_path.suffix)] + [
         (card_file, f".{short_name(card_file.name, 40)}.{kind}-", "") for kind in ("publishing", "previous")]
     for base, prefix, suffix in pattern:
         for p in base.parent.glob(f"{prefix}*{suffix}") if base.parent.is_dir() else []:

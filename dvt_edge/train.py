@@ -183,7 +183,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--distill-temp must be within 0.01..100 (it divides the logits; 1 to 4 is usual, 2 the default), got {temp}")
     if args.warmup_epochs > 100 * args.epochs:  # 1e308 overflowed the step count (a traceback)
         raise ValueError(f"--warmup-epochs {args.warmup_epochs:g} is over 100 times --epochs {args.epochs}: the learning rate would stay "
-                         "near 0 for the whole run; pass at most --epochs")
+                         "near 0 for the whole run; pass at most 100 x --epochs (usually no more than --epochs)")
     if args.label_smoothing >= 1 or (args.drop_path is not None and not 0 <= args.drop_path < 1):
         raise ValueError("--label-smoothing and --drop-path must be in [0, 1)")
 

@@ -766,15 +766,21 @@ def test_a_legal_long_output_name_is_written_and_one_too_long_is_refused_first(t
     """A 250-byte output name is legal, but the temporary names made of it (.NAME.xxxxxxxx.tmp, an export's .NAME.tmp-PID-...,
     a publication's .STEM.publishing-PID.pt) passed 255 bytes: "File name too long", after the work (a profile's
     measurements lost). They are shortened, alike for every process; a name over 255 bytes is refused before the work."""
-    from dvt_edge.export.install import recover_leftovers, staging_stem
+    from dvt_edge.export.install import ExportError, check_destination, recover_leftovers, staging_stem
     from dvt_runtime.io import NAME_MAX, atomic_write_json, check_out_path, short_name
 
     for name in ("c" * 245 + ".json", "模" * 83 + ".json"):  # 250 and 254 bytes
         assert atomic_write_json(tmp_path / name, {"a": 1}).read_text() == '{\n  "a": 1\n}\n'
         assert check_out_path(tmp_path / name, "--out") == tmp_path / name
     assert len(os.listdir(tmp_path)) == 2 and not [n for n in os.listdir(tmp_path) if n.startswith(".")]  # no temporary left
-    with pytest.raises(ValueError, match=r"--out .*: its file name is 256 bytes, more than a file system takes \(255\); choose a shorter"):
+    with pytest.raises(ValueError, match=r"--out .*: its file name is 256 bytes, more than .*'s file system takes \(255\); choose another"):
         check_out_path(tmp_path / ("c" * 256), "--out")
+    with pytest.raises(ExportError, match=r"--out .*: its name is 256 bytes, more than .* takes \(255\); choose a shorter name; nothing"):
+        check_destination(tmp_path / ("b" * 256), False)  # found before the export, not at its final rename
+    latin1 = tmp_path / os.fsdecode(b"caf\xe9 " + b"x" * 240 + b".json")  # not UTF-8: a surrogate in Python's str, legal on disk
+    assert atomic_write_json(check_out_path(latin1, "--out"), {}).is_file() and len(short_name(latin1.name, 20).encode(
+        "utf-8", "surrogateescape")) <= NAME_MAX - 20
+    latin1.unlink()
     dest = tmp_path / ("b" * 250)
     stem = staging_stem(dest)
     assert len(f".{stem}.tmp-4194304-abcdefgh".encode()) <= NAME_MAX and stem == staging_stem(dest) != dest.name

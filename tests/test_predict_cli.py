@@ -193,15 +193,19 @@ def test_opencv_or_simplejpeg_installed_for_another_numpy_is_said_as_such(onnx_b
     err = capsys.readouterr().err
     assert "needs OpenCV, which is installed but fails to import (ImportError: numpy.core.multiarray failed to import); it may be " \
            f"built for another numpy than this environment's ({np.__version__}). Install a build that matches, e.g. pip install " \
-           "--force-reinstall 'opencv-python-headless>=4.10'" in err
+           "-U 'opencv-python-headless>=4.10'" in err
     fake = tmp_path / "fake"
     fake.mkdir()
     (fake / "simplejpeg.py").write_text("raise ValueError('numpy.dtype size changed, may indicate binary incompatibility')\n")
     monkeypatch.delitem(sys.modules, "simplejpeg", raising=False)
     monkeypatch.syspath_prepend(str(fake))
-    with pytest.warns(UserWarning, match=r"simplejpeg is installed but fails to import \(ValueError: numpy\.dtype size changed.*\): JPEGs with "
-                                         r"corrupt data cannot be told apart and are answered; install a build that matches"):
+    with pytest.warns(UserWarning, match=r"simplejpeg is installed but fails to import \(ValueError: numpy\.dtype size changed.*\); install "
+                                         r"a build that matches this numpy .*: JPEGs with corrupt data cannot be told apart and are answered"):
         assert can_check_jpegs() is False
+    from dvt_runtime.images import DecoderMissing, jpeg_corruption
+
+    with pytest.raises(DecoderMissing, match=r"needs simplejpeg, which is installed but fails to import .* pip install -U "):
+        jpeg_corruption(b"\xff\xd8\xff\xd9")  # training's check says the same (it said: pip install simplejpeg)
     monkeypatch.setitem(sys.modules, "simplejpeg", None)  # not installed: the documented fallback, no warning
     with warnings.catch_warnings():
         warnings.simplefilter("error")

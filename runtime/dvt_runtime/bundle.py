@@ -100,9 +100,8 @@ class Bundle:
 
     def write_etdump(self, directory: Union[str, Path], record: bool = True) -> list[Path]:
         """ExecuTorch bundles opened with ``etdump=True``: one ETDump per exit (``exit<k>.etdp``) of the runs since the last write
-        (each write starts a new trace: write into a new folder to keep the earlier ones) and (``record``) ``etdump_runs.json``
-        naming this bundle and its threads, for ``profile import --etdump``. The trace is held in memory until written (measured:
-        145 MB after 2,000 runs through three exits): a long-running process should write it every few hundred runs."""
+        (a new trace starts: write to a new folder to keep earlier ones) and (``record``) ``etdump_runs.json`` naming this bundle
+        and its threads, for ``profile import --etdump``. Held in memory until written: 145 MB after 2,000 runs of three exits."""
         if self.manifest.backend != "executorch":
             raise ValueError(f"ETDump is ExecuTorch's trace; this bundle runs on {self.manifest.backend}")
         out = [s.write_etdump(Path(directory) / f"exit{e + 1}.etdp") for e, s in enumerate(self.sessions)]

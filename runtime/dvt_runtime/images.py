@@ -56,7 +56,7 @@ def cv2_or_fail():
         if err is not None and installed_but_broken(err, "cv2"):  # "pip install opencv..." would change nothing
             raise ImageError(f"reading image files needs OpenCV, which is installed but fails to import ({type(err).__name__}: "
                              f"{str(err) or 'no message'}); it may be built for another numpy than this environment's ({np.__version__}). "
-                             f"Install a build that matches, e.g. {install_hint('opencv', '--force-reinstall')}, and check: "
+                             f"Install a build that matches, e.g. {install_hint('opencv', '-U')}, and check: "
                              "python -c 'import cv2'")
         raise ImageError(f"reading image files needs OpenCV: {install_hint('opencv')} (or opencv-python)")
     return cv2
@@ -146,14 +146,24 @@ def can_check_jpegs() -> bool:
     try:
         import simplejpeg  # noqa: F401 - imported when asked, never at module load
     except Exception as e:  # noqa: BLE001 - missing, or built against another numpy: either way not usable
-        from dvt_runtime.backends import install_hint, installed_but_broken
+        from dvt_runtime.backends import installed_but_broken
 
         if installed_but_broken(e, "simplejpeg"):
-            warnings.warn(f"simplejpeg is installed but fails to import ({type(e).__name__}: {str(e)[:200] or 'no message'}): JPEGs "
-                          f"with corrupt data cannot be told apart and are answered; install a build that matches this numpy "
-                          f"({np.__version__}), e.g. {install_hint('opencv', '--force-reinstall')}", stacklevel=2)
+            warnings.warn(f"simplejpeg {_simplejpeg_problem(e)}: JPEGs with corrupt data cannot be told apart and are answered",
+                          stacklevel=2)
         return False
     return True
+
+
+def _simplejpeg_problem(e: BaseException) -> str:
+    """Why simplejpeg did not import, and the fix: missing, or installed for another numpy (a reinstall of the same changes nothing)."""
+    from dvt_runtime.backends import install_hint, installed_but_broken
+
+    if installed_but_broken(e, "simplejpeg"):
+        return (f"is installed but fails to import ({type(e).__name__}: {str(e)[:200] or 'no message'}); install a build that "
+                f"matches this numpy ({np.__version__}), e.g. {install_hint('opencv', '-U')}")
+    return (f"is not installed ({e}): pip install 'simplejpeg>=1.7.4' (dvt-edge depends on it; an install older than that "
+            "dependency: pip install -e . again)")
 
 
 def _libjpeg_complaint(data: bytes) -> Optional[str]:
@@ -161,8 +171,7 @@ def _libjpeg_complaint(data: bytes) -> Optional[str]:
     try:
         import simplejpeg
     except Exception as e:  # noqa: BLE001 - missing, or a broken build
-        raise DecoderMissing(f"checking JPEGs for corrupt data needs simplejpeg ({type(e).__name__}: {e}): pip install simplejpeg "
-                             "(dvt-edge depends on it; an install older than that dependency: pip install -e . again)") from None
+        raise DecoderMissing(f"checking JPEGs for corrupt data needs simplejpeg, which {_simplejpeg_problem(e)}") from None
     try:  # gray, fast IDCT: every component's coded data is still read, the colour work skipped
         simplejpeg.decode_jpeg(data, colorspace="GRAY", fastdct=True, fastupsample=True, strict=True)
     except Exception as e:  # noqa: BLE001 - simplejpeg raises ValueError for warnings, others for errors

@@ -17,20 +17,34 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
 
 __all__ = ["atomic_write", "atomic_write_json", "sha256_file", "current_umask", "read_npz", "check_labels", "progress", "progress_silenced", "silenced_progress", "save_png", "unwritable", "output_to", "plain_warnings", "run_cli", "hold_lock", "claimed", "lock_held", "written_together",
-           "os_error_text", "short_name", "NAME_MAX"]
+           "os_error_text", "short_name", "name_max", "NAME_MAX"]
 
 
-NAME_MAX = 255  # bytes in one file name (Linux, macOS, Windows' NTFS counts UTF-16 units, fewer)
+NAME_MAX = 255  # bytes in one file name on Linux and macOS (where the file system does not say its own: name_max)
 
 
 def short_name(name: str, reserved: int) -> str:
     """``name``, shortened where need be so that a temporary name made of it and ``reserved`` more bytes stays a legal file
     name: a legal 250-byte output failed with "File name too long" at its temporary file, after the work. A shortened name
     keeps its start and a digest of the whole (one name, one temporary name)."""
-    raw = name.encode()
+    raw = os.fsencode(name)  # the bytes on disk (a name that is not UTF-8 arrives with surrogates: encode() refused it)
     if len(raw) + reserved <= NAME_MAX:
         return name
-    return raw[: NAME_MAX - reserved - 9].decode(errors="ignore") + "~" + hashlib.sha256(raw).hexdigest()[:8]
+    head = raw[: NAME_MAX - reserved - 9]
+    utf8 = not any(0xDC80 <= ord(c) <= 0xDCFF for c in name)  # no byte that os.fsdecode could not read as UTF-8
+    # a UTF-8 name is cut between characters (a half one would print as a lone surrogate); another keeps its bytes
+    return (head.decode("utf-8", "ignore") if utf8 else os.fsdecode(head)) + "~" + hashlib.sha256(raw).hexdigest()[:8]
+
+
+def name_max(folder: Union[str, Path]) -> Optional[int]:
+    """The longest file name (bytes) ``folder``'s file system takes, or None where that is not told in bytes (Windows: NTFS
+    counts 255 UTF-16 units, which a long UTF-8 name may fit)."""
+    if os.name == "nt":
+        return None
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return NAME_MAX
 
 
 def atomic_write(path: Union[str, Path], data: bytes) -> Path:
@@ -188,9 +202,10 @@ def check_out_path(path: Union[str, Path], flag: str = "--out", replaces: Union[
     ``example``: a file name to suggest inside a folder given instead of a file (None: the path is not the user's
     to choose, so the folder is in the way)."""
     p = Path(path).expanduser()
-    if len(p.name.encode()) > NAME_MAX:  # found before the work, not by the write at its end
-        raise ValueError(f"{flag} {p}: its file name is {len(p.name.encode())} bytes, more than a file system takes ({NAME_MAX}); "
-                         "choose a shorter name")
+    near = next((q for q in [p.parent, *p.parent.parents] if q.exists()), Path("."))
+    if (most := name_max(near)) is not None and len(os.fsencode(p.name)) > most:  # found before the work, not by the write at its end
+        raise ValueError(f"{flag} {p}: its file name is {len(os.fsencode(p.name))} bytes, more than {near}'s file system takes "
+                         f"({most}); {fix}")
     if p.is_dir():
         raise ValueError(f"{flag} {p} is a folder; " + (f"name the file to write (e.g. {p / example})" if example else
                                                          f"it is in the way: move it away, or {fix}"))
@@ -463,7 +478,8 @@ def run_cli(main: Callable[[], Optional[int]]) -> int:
     try:
         with sigterm_as_interrupt(), plain_warnings():
             code = int(main() or 0)
-            sys.stdout.flush()  # here, where a reader that went away is caught, not at exit ("Exception ignored ...")
+            if sys.stdout is not None:  # here, where a reader that went away is caught, not at exit ("Exception ignored ...")
+                sys.stdout.flush()
             return code
     except KeyboardInterrupt as e:
         by_term = str(e) == "SIGTERM"

@@ -275,8 +275,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if out is not None:
         try:
             print(f"wrote {atomic_write_json(out, r, allow_nan=False)}")
+        except BrokenPipeError:  # stdout's reader went away (| head) after the file was written: run_cli's to handle
+            raise
         except OSError as e:  # found writable before the run (os.access), refused now: a read-only or pseudo filesystem
-            print(f"error: {e}; the predictions above were not saved: give --out a path you can write", file=sys.stderr)
+            print(f"error: {os_error_text(e)}; the predictions above were not saved: give --out a path you can write", file=sys.stderr)
             return 2
     return 1 if r["unreadable"] or r["failed"] else 0
 
