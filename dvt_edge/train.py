@@ -175,7 +175,7 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be a finite non-negative number, got {v}")
     if not 0 <= getattr(args, "seed", 0) < 2**32:  # numpy's own message did not name the flag
         raise ValueError(f"--seed must be within 0..{2**32 - 1}, got {args.seed}")
-    if args.lr < 1e-8:  # AdamW at lr 0 (or 1e-320) runs every epoch and changes nothing (useful only to re-save a starting point)
+    if args.lr < 1e-8:  # finite (checked above); AdamW at lr 0 (or 1e-320) runs every epoch and changes nothing (useful only to re-save a starting point)
         warnings.warn(f"--lr {args.lr:.3g}: no weight will change{' measurably' if args.lr else ''}; this run only evaluates and re-saves its starting point "
                       "(1e-3 is the default learning rate, 2e-3 the CIFAR recipe's, 5e-4 a fine-tune's)", stacklevel=2)
     temp = getattr(args, "distill_temp", 2.0)

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 from dvt_edge.export.common import ExportError
 from dvt_edge.logs import log_problem
-from dvt_runtime.io import claimed, name_max, sha256_file, short_name, unwritable
+from dvt_runtime.io import claimed, name_too_long, sha256_file, short_name, unwritable
 from dvt_runtime.manifest import Manifest, ManifestError
 
 __all__ = ["install", "recover_leftovers", "check_destination", "carry_over", "KEPT"]
@@ -127,10 +127,8 @@ def check_destination(dest: Path, force: bool, inputs: Sequence[str] = (), log: 
     link, a bundle holding files its manifest does not list, or one holding ``inputs``: the checkpoint, the data).
     Without ``force``, a bundle of another file than ``checkpoint`` is said to be another model's. ``log_written``: False
     under ``--verbose`` (no log is written: a link of its name is not refused)."""
-    near = next((q for q in [dest.parent, *dest.parent.parents] if q.exists()), Path("."))
-    if (most := name_max(near)) is not None and len(os.fsencode(dest.name)) > most:  # else found at the rename, after the work
-        raise ExportError(f"--out {dest}: its name is {len(os.fsencode(dest.name))} bytes, more than {near}'s file system takes "
-                          f"({most}); choose a shorter name; nothing was changed")
+    if too_long := name_too_long(dest):  # else found at the rename, after the work
+        raise ExportError(f"--out {dest}: its name {too_long}; choose a shorter name; nothing was changed")
     if log is not None and log_written and (why := log_problem(log)):  # found before any work, not when the toolchains start
         raise ExportError(f"{why}; remove it (the export appends to a plain file of that name beside --out) or choose "
                           "another --out; nothing was changed")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
 
 __all__ = ["atomic_write", "atomic_write_json", "sha256_file", "current_umask", "read_npz", "check_labels", "progress", "progress_silenced", "silenced_progress", "save_png", "unwritable", "output_to", "plain_warnings", "run_cli", "hold_lock", "claimed", "lock_held", "written_together",
-           "os_error_text", "short_name", "name_max", "NAME_MAX"]
+           "os_error_text", "short_name", "name_max", "name_too_long", "NAME_MAX"]
 
 
 NAME_MAX = 255  # bytes in one file name on Linux and macOS (where the file system does not say its own: name_max)
@@ -34,6 +34,16 @@ def short_name(name: str, reserved: int) -> str:
     utf8 = not any(0xDC80 <= ord(c) <= 0xDCFF for c in name)  # no byte that os.fsdecode could not read as UTF-8
     # a UTF-8 name is cut between characters (a half one would print as a lone surrogate); another keeps its bytes
     return (head.decode("utf-8", "ignore") if utf8 else os.fsdecode(head)) + "~" + hashlib.sha256(raw).hexdigest()[:8]
+
+
+def name_too_long(path: Union[str, Path]) -> str:
+    """``"is N bytes, more than F's file system takes (M)"`` for a name its folder's file system (F: the nearest folder that
+    exists) refuses, else "": said before the work, not by the write at its end."""
+    p = Path(path)
+    near = next((q for q in [p.parent, *p.parent.parents] if q.exists()), Path("."))
+    size = len(os.fsencode(p.name))
+    most = name_max(near)
+    return f"is {size} bytes, more than {near}'s file system takes ({most})" if most is not None and size > most else ""
 
 
 def name_max(folder: Union[str, Path]) -> Optional[int]:
@@ -202,10 +212,8 @@ def check_out_path(path: Union[str, Path], flag: str = "--out", replaces: Union[
     ``example``: a file name to suggest inside a folder given instead of a file (None: the path is not the user's
     to choose, so the folder is in the way)."""
     p = Path(path).expanduser()
-    near = next((q for q in [p.parent, *p.parent.parents] if q.exists()), Path("."))
-    if (most := name_max(near)) is not None and len(os.fsencode(p.name)) > most:  # found before the work, not by the write at its end
-        raise ValueError(f"{flag} {p}: its file name is {len(os.fsencode(p.name))} bytes, more than {near}'s file system takes "
-                         f"({most}); {fix}")
+    if too_long := name_too_long(p):
+        raise ValueError(f"{flag} {p}: its file name {too_long}; {fix}")
     if p.is_dir():
         raise ValueError(f"{flag} {p} is a folder; " + (f"name the file to write (e.g. {p / example})" if example else
                                                          f"it is in the way: move it away, or {fix}"))
