@@ -385,14 +385,16 @@ def _report_main(argv: list[str]) -> int:
         if Path(a.out).exists() and not Path(a.out).is_dir():
             raise ValueError(f"--out {a.out} is a file; pass a folder for the report")
         check_results_folder(Path(a.out), "report")
-        print(md)
-        written = write_outputs(results, Path(a.out), "report")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    try:  # the files before the terminal: a reader gone from stdout (| head) must not lose them
+        written = write_outputs(results, Path(a.out), "report")
     except OSError as e:
+        print(md)  # a failed write loses no figure
         print(f"error: the report above was not saved ({os_error_text(e)})", file=sys.stderr)
         return 2
+    print(md)
     print(wrote_line(written, Path(a.out), "report"))
     return 0
 
@@ -484,12 +486,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     r["command"] = shlex.join(["python", "-m", "dvt_edge.bench", *argv])  # rerunnable (sys.argv[0] is bench.py's path)
     kept = kept_over_failures(out, r)  # a run whose every row failed replaced a working one
-    print(markdown([r]))  # on the terminal before the files: a failed write loses no figure
-    try:
+    try:  # the files before the terminal: a reader gone from stdout (| head) must not lose them
         written = [] if kept else write_outputs([r], out)
     except OSError as e:
+        print(markdown([r]))  # a failed write loses no figure
         print(f"error: the results above were not saved ({os_error_text(e)}); {out}'s earlier results are as they were", file=sys.stderr)
         return 2
+    print(markdown([r]))
     print(kept or wrote_line(written, out, "bench"))
     return exit_status(r, a.targets)
 

@@ -225,13 +225,13 @@ def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[s
         raise ValueError(f"--out {out_path} is one of the run's own checkpoints (inside the run directory {run_dir}, with the "
                          "training state --resume needs); publish to another path, e.g. assets/NAME.pt")
     card_file = Path(card) if card else card_path(out_path)
+    for what, p, example, fix in (("--out", out_path, "model.pt", "choose another path"),  # found now, not after the evaluation
+                                  ("the model card", card_file, "MODEL_CARD.md", "pass --card PATH, or another --out")):
+        check_out_path(p, what, example=example, fix=fix)  # first: exists() of a name over the limit raises OSError
     if out_path.exists() and not force:  # a published reference (and its card) is the user's: replaced only when asked
         raise ValueError(f"--out {out_path} exists; pass --force to replace it and its model card")
     if card_file.exists() and not force:  # another file's card, or the user's notes
         raise ValueError(f"the model card {card_file} exists; pass --force to replace it, or --card another path")
-    for what, p, example, fix in (("--out", out_path, "model.pt", "choose another path"),  # found now, not after the evaluation
-                                  ("the model card", card_file, "MODEL_CARD.md", "pass --card PATH, or another --out")):
-        check_out_path(p, what, example=example, fix=fix)
     last = run_dir / "last.pt"
     if not last.is_file():
         raise CheckpointError(f"{last} not found: --run must be a training run directory (python -m dvt_edge.train --out RUN)")

@@ -145,6 +145,18 @@ def test_bench_report_merges_devices(results, tmp_path, capsys):
     assert "host-1thread" in text and "fake second device" in text
     assert (tmp_path / "report_accuracy_vs_latency.png").stat().st_size > 500
     assert "fake second device" in markdown(merged)
+    import subprocess
+    import sys
+
+    # `... report ... | head`: the table was printed first, and a reader gone before it lost the report ("not saved")
+    p = subprocess.Popen([sys.executable, "-m", "dvt_edge.bench", "report", str(out / "a" / "bench.json"), "--out", str(tmp_path / "piped")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.stdout.close()  # the reader is gone before the command prints anything
+    err = p.stderr.read()
+    p.wait(timeout=300)
+    p.stderr.close()
+    assert p.returncode == 141 and "Traceback" not in err and "not saved" not in err, (p.returncode, err[-1000:])
+    assert load_results([str(tmp_path / "piped" / "report.json")])[0]["device"]["device_name"] == "host-1thread"
 
 
 def test_a_device_with_only_the_runtime_joins_the_report(results, onnx_bundle, tmp_path, capsys):

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -788,6 +789,17 @@ def test_a_legal_long_output_name_is_written_and_one_too_long_is_refused_first(t
     leftover = tmp_path / f".{stem}.tmp-{_dead_pid()}-abcdefgh"
     leftover.mkdir()  # what an export killed at that name left
     assert recover_leftovers(dest) and not leftover.exists()
+
+
+def test_windows_has_no_byte_limit_to_check(tmp_path, monkeypatch):
+    """NTFS counts a name's UTF-16 units, not its bytes: a 300-byte UTF-8 name of 100 characters is legal there, so on
+    Windows the name-length check says nothing and the write itself decides."""
+    import dvt_runtime.io as dio
+
+    long = tmp_path / ("模" * 100)  # 300 bytes, 100 UTF-16 units
+    assert dio.name_max(tmp_path) == 255 and dio.name_too_long(long)
+    monkeypatch.setattr(dio, "os", types.SimpleNamespace(**{**vars(os), "name": "nt"}))  # this module only: pathlib asks os.name too
+    assert dio.name_max(tmp_path) is None and dio.name_too_long(long) == ""
 
 
 def _dead_pid() -> int:

@@ -627,3 +627,15 @@ def test_a_card_of_a_variant_a_script_registered_says_how_to_register_it(monkeyp
         assert snippet.startswith(f"from dvt_edge.models import DVTConfig, register_model; register_model('dvt_mine{i}', "), line
         exec(snippet, {})
         assert M.get_config(f"dvt_mine{i}") == cfg, base
+
+
+def test_a_legal_255_byte_checkpoint_name_publishes(micro_ckpt, tmp_path):
+    """The checkpoint's temporary name keeps its suffix and stays a legal name (a long legal --out failed at it, after the
+    evaluation); the default card name beside it would be too long, and the error says --card."""
+    out = tmp_path / ("r" * 252 + ".pt")  # 255 bytes: the most a Linux file name takes
+    with pytest.raises(ValueError, match=r"the model card .*MODEL_CARD_r+\.md: its file name is 266 bytes.*pass --card PATH"):
+        publish_run(str(micro_ckpt.parent), str(out), threshold_n=500, progress=False)
+    assert not out.exists()
+    publish_run(str(micro_ckpt.parent), str(out), card=str(tmp_path / "card.md"), threshold_n=500, progress=False)
+    assert read_checkpoint(out)["format"] == "dvt-edge-checkpoint" and (tmp_path / "card.md").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, "card.md"])  # no temporary file left behind

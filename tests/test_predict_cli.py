@@ -497,3 +497,25 @@ def test_a_model_card_code_span_holds_a_path_with_backticks():
 
     assert _code("python -m x --out 'a b.pt'") == "`python -m x --out 'a b.pt'`"
     assert _code("--out '/t/ft `y`.pt'") == "`` --out '/t/ft `y`.pt' ``" and _code("a `` b") == "``` a `` b ```"
+
+
+@pytest.mark.parametrize("command", ["predict", "profile"])
+def test_a_reader_gone_from_stdout_does_not_lose_the_output_file(onnx_bundle, photos, tmp_path, command):
+    """``dvt-runtime predict ... --out preds.json | head -3``: the summary printed first, and a reader gone before it ended
+    the command (exit 141) before the file was written; ``profile``'s table likewise. The file is written first."""
+    import subprocess
+
+    out = tmp_path / f"{command}.json"
+    args = [str(photos / "sub")] if command == "predict" else ["--runs", "5", "--warmup", "1"]
+    p = subprocess.Popen([sys.executable, "-m", "dvt_runtime", command, "--bundle", str(onnx_bundle), *args,
+                          "--out", str(out), "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.stdout.close()  # the reader is gone before the command prints anything
+    err = p.stderr.read()
+    p.wait(timeout=120)
+    p.stderr.close()
+    assert p.returncode == 141 and "Traceback" not in err, (p.returncode, err[-1000:])
+    r = json.loads(out.read_text())
+    if command == "profile":
+        assert r["schema"].startswith("dvt-profile/") and len(r["stages"]) == 3
+        return
+    assert r["n_images"] == 12 and len(r["images"]) == 12 and len(r["unreadable"]) == 1  # and the truncated JPEG counted

@@ -269,17 +269,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {os_error_text(e)}", file=sys.stderr)
         return 2
     r["skipped_files"] = dict(skipped.most_common())  # by suffix: files in the folders given that are not images it reads
+    saved, unsaved = None, None
+    if out is not None:  # before anything is printed: a reader gone from stdout (| head) must not lose the file
+        try:
+            saved = atomic_write_json(out, r, allow_nan=False)
+        except OSError as e:  # found writable before the run (os.access), refused now: a read-only or pseudo filesystem
+            unsaved = e
     print(format_result(r), file=sys.stderr if args.out == "-" else sys.stdout)
     if args.out == "-":  # for a pipeline: the JSON alone on stdout (it had written a file named "-")
         print(json.dumps(r, indent=2, allow_nan=False))
-    if out is not None:
-        try:
-            print(f"wrote {atomic_write_json(out, r, allow_nan=False)}")
-        except BrokenPipeError:  # stdout's reader went away (| head) after the file was written: run_cli's to handle
-            raise
-        except OSError as e:  # found writable before the run (os.access), refused now: a read-only or pseudo filesystem
-            print(f"error: {os_error_text(e)}; the predictions above were not saved: give --out a path you can write", file=sys.stderr)
-            return 2
+    if unsaved is not None:
+        print(f"error: {os_error_text(unsaved)}; the predictions above were not saved: give --out a path you can write", file=sys.stderr)
+        return 2
+    if saved is not None:
+        print(f"wrote {saved}")
     return 1 if r["unreadable"] or r["failed"] else 0
 
 

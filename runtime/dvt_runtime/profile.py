@@ -458,9 +458,13 @@ FEW_RUNS = 20  # an imported profile with fewer timed runs per stage is said to 
 
 
 def _finish(prof: LatencyProfile, out: Optional[str]) -> int:
-    print(prof.format_table())
-    if out:
-        print(f"wrote {prof.save(out)}")
+    path = None
+    try:  # the file first: a reader gone from stdout (| head) must not lose the measurements
+        path = prof.save(out) if out else None
+    finally:  # and the table even where the file could not be written (the error that follows says where they were kept)
+        print(prof.format_table())
+    if path:
+        print(f"wrote {path}")
     return 0
 
 
@@ -472,6 +476,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = ap.parse_args(argv[1:] if is_import else argv)
     try:
         return _import(args, ap) if is_import else _measure(args, ap)
+    except BrokenPipeError:  # stdout's reader went away after the file was written: run_cli's to end quietly (141)
+        raise
     except (ValueError, OSError, BackendUnavailable) as e:  # ManifestError, InputError, ProfileError are ValueErrors
         print(f"error: {os_error_text(e)}", file=sys.stderr)
         return 2
