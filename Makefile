@@ -14,6 +14,7 @@ help:
 	@echo "make lint   - ruff"
 
 $(STAMP): pyproject.toml runtime/pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "dvt-edge needs Python 3.11+ (%s is %d.%d): make PYTHON=python3.11 ..." % (sys.executable, *sys.version_info[:2]))'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e ./runtime -e '.[all,dev]'

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from dvt_runtime.io import sigterm_as_interrupt
+from dvt_runtime.console import sigterm_as_interrupt
 
 from . import window
 from .common import AppError, cv2, warn

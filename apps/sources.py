@@ -76,8 +76,13 @@ def reference_bundle() -> Path:
     except ImportError as e:
         raise AppError(f"no --bundle given, and the reference model cannot be exported here ({e}); pass --bundle DIR "
                        "(python -m dvt_edge.export ...) or install dvt-edge[onnx]") from None
+    from dvt_edge.imageset import DataError
+
     ref = DEFAULT_REFERENCE
-    d = cache_dir() / "bundles" / f"{ref.model}-onnx-fp32"
+    try:
+        d = cache_dir() / "bundles" / f"{ref.model}-onnx-fp32"
+    except DataError as e:  # no home folder to keep the export in
+        raise AppError(f"no --bundle given, and {e}; or pass --bundle DIR (python -m dvt_edge.export ...)") from None
     if not (d / "manifest.json").is_file():
         warn(f"no --bundle given: exporting the reference {ref.checkpoint.name} to {d} (once)")
         export_bundle(str(ref.checkpoint), "onnx", "fp32", out=str(d), force=d.exists(), progress=False)

@@ -12,7 +12,7 @@ import torch
 
 from dvt_edge.imageset import ImageSet
 from dvt_runtime.checks import images_per_call
-from dvt_runtime.io import progress as progress_bar
+from dvt_runtime.console import progress as progress_bar
 
 if TYPE_CHECKING:
     from dvt_edge.models import DVT

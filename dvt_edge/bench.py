@@ -28,15 +28,17 @@ from typing import Optional, Sequence
 import numpy as np
 
 from dvt_edge.bench_match import _matched_point, _meas, matched_over_halvings, never_stop
-from dvt_edge.bench_report import SCHEMA, check_results_folder, kept_over_failures, load_results, markdown, write_outputs, wrote_line
+from dvt_edge.bench_merge import report_main, saved_then_shown
+from dvt_edge.bench_report import SCHEMA, check_results_folder, kept_over_failures, load_results, markdown, write_outputs, wrote_line  # noqa: F401  (load_results: re-exported)
 from dvt_edge.bench_throughput import throughput
 from dvt_edge.data import DATASETS, DataError, data_for_checkpoint, scoring_set
 from dvt_edge.logs import quiet_toolchains
 from dvt_edge.provenance import result_provenance
 from dvt_edge.references import DEFAULT_REFERENCE
 from dvt_runtime.checks import parse_thresholds
+from dvt_runtime.console import silenced_progress
 from dvt_runtime.device import contention_since, contention_snapshot
-from dvt_runtime.io import os_error_text, silenced_progress
+from dvt_runtime.io import os_error_text
 from dvt_runtime.stats import sample_stats
 
 REFERENCE = DEFAULT_REFERENCE.checkpoint
@@ -365,40 +367,6 @@ def _check_run_args(a: argparse.Namespace) -> None:
     a.checkpoint = a.checkpoint or str(REFERENCE)
 
 
-def _report_main(argv: list[str]) -> int:
-    """``bench report A.json B.json ...``: merge results from several devices into one report."""
-    ap = argparse.ArgumentParser(prog="python -m dvt_edge.bench report", description="merge results from several devices")
-    ap.add_argument("results", nargs="+", help="bench.json files and merged reports; for a device that runs only the runtime, "
-                                               "its profile (dvt-runtime profile ... --out) or calibration (<bundle>/calibration/<device>.json)")
-    ap.add_argument("--out", default="runs/bench-report")
-    a = ap.parse_args(argv)
-    try:
-        results = load_results(a.results)
-        md = markdown(results)  # rendered before anything is written: a result it cannot render writes nothing
-    except KeyError as e:
-        print(f"error: a result lacks the field {e} (written by another dvt-edge version?); nothing was written", file=sys.stderr)
-        return 2
-    except (OSError, ValueError, TypeError) as e:
-        print(f"error: {os_error_text(e)}", file=sys.stderr)
-        return 2
-    try:
-        if Path(a.out).exists() and not Path(a.out).is_dir():
-            raise ValueError(f"--out {a.out} is a file; pass a folder for the report")
-        check_results_folder(Path(a.out), "report")
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:  # the files before the terminal: a reader gone from stdout (| head) must not lose them
-        written = write_outputs(results, Path(a.out), "report")
-    except OSError as e:
-        print(md)  # a failed write loses no figure
-        print(f"error: the report above was not saved ({os_error_text(e)})", file=sys.stderr)
-        return 2
-    print(md)
-    print(wrote_line(written, Path(a.out), "report"))
-    return 0
-
-
 def exit_status(r: dict, targets: str) -> int:
     """1 when a target x precision row asked for failed (said on stderr), else 0. Under the default ``--targets all`` a
     toolchain not installed here is a row that says so, not a failure, unless nothing at all was measured."""
@@ -419,7 +387,7 @@ def exit_status(r: dict, targets: str) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "report":
-        return _report_main(argv[1:])
+        return report_main(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m dvt_edge.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default=None, help="checkpoint (default: the natural-image reference dvt_small_cifar)")
     ap.add_argument("--data", default=None, help=f"dataset spec: {', '.join(DATASETS)} (default: the checkpoint's evaluation set; "
@@ -486,18 +454,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     r["command"] = shlex.join(["python", "-m", "dvt_edge.bench", *argv])  # rerunnable (sys.argv[0] is bench.py's path)
     kept = kept_over_failures(out, r)  # a run whose every row failed replaced a working one
-    try:  # the files before the terminal: a reader gone from stdout (| head) must not lose them
-        written = [] if kept else write_outputs([r], out)
-    except OSError as e:
-        print(markdown([r]))  # a failed write loses no figure
-        print(f"error: the results above were not saved ({os_error_text(e)}); {out}'s earlier results are as they were", file=sys.stderr)
+    lost = "the results above were not saved ({}); " + f"{out}'s earlier results are as they were"
+    if (written := saved_then_shown(markdown([r]), lambda: [] if kept else write_outputs([r], out), lost)) is None:
         return 2
-    print(markdown([r]))
     print(kept or wrote_line(written, out, "bench"))
     return exit_status(r, a.targets)
 
 
 if __name__ == "__main__":
-    from dvt_runtime.io import run_cli
+    from dvt_runtime.console import run_cli
 
     sys.exit(run_cli(main))

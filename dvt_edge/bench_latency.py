@@ -202,7 +202,7 @@ def _time_rounds(runners: dict[str, Callable[[int], list[list[float]]]], rounds:
     """``runners[name](n)`` -> per-stage samples of n timed chain runs; called in ``rounds`` interleaved
     rounds of ``runs_per_round(runs, rounds)`` runs each. Returns per name: per-stage samples, in run order, or the
     error (a string) of a row that failed while timing."""
-    from dvt_runtime.io import progress as bar
+    from dvt_runtime.console import progress as bar
 
     per = runs_per_round(runs, rounds)
     samples: dict[str, list] = {name: None for name in runners}

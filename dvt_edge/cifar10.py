@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 import pickle
+import shlex
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from dvt_edge.downloads import cache_dir, download, md5_file, not_found, offline
+from dvt_edge.downloads import cache_candidates, cache_dir, download, md5_file, not_found, offline
 from dvt_edge.imageset import DataError, ImageSet
 from dvt_runtime.preprocess import Preprocess
 
@@ -65,8 +66,7 @@ def cifar10_dirs() -> list[Path]:
     if os.environ.get("DVT_DATA"):
         root = Path(os.environ["DVT_DATA"]).expanduser()
         dirs += [root / "cifar10", root / "cifar-10", root]
-    dirs.append(cache_dir() / "cifar10")
-    return dirs
+    return dirs + cache_candidates("cifar10")
 
 
 def load_cifar10(root: str, split: str, preprocess: Optional[Preprocess], download_ok: bool = True) -> ImageSet:
@@ -101,13 +101,16 @@ def find_cifar10_jpeg() -> Path:
     looked = []
     if os.environ.get("DVT_DATA"):
         looked.append(Path(os.environ["DVT_DATA"]).expanduser() / "cifar10-jpeg")
-    looked.append(cache_dir() / "cifar10-jpeg")
+    looked += cache_candidates("cifar10-jpeg")
     for d in looked:
         if (d / "train").is_dir():
             return d
+    where = shlex.quote(str(looked[-1])) if looked else '"$DVT_DATA/cifar10-jpeg"'
+    places = ("Looked in:\n" + "".join(f"  - {d}\n" for d in looked)) if looked else (
+        "Looked nowhere: DVT_DATA is not set and there is no cache folder (no home folder; set DVT_DATA).\n")
     raise DataError(
-        "the CIFAR-10 JPEG copy (train/<class>/*.jpg) was not found. Looked in:\n" + "".join(f"  - {d}\n" for d in looked)
-        + f"Unpack cifar10-train-jpeg.tar.gz into one of them (mkdir -p {looked[-1]} && tar -xzf cifar10-train-jpeg.tar.gz -C {looked[-1]}), "
+        f"the CIFAR-10 JPEG copy (train/<class>/*.jpg) was not found. {places}"
+        + f"Unpack cifar10-train-jpeg.tar.gz into one of them (mkdir -p {where} && tar -xzf cifar10-train-jpeg.tar.gz -C {where}), "
         "or use the official python version: --data cifar10."
     )
 
@@ -161,7 +164,7 @@ def _find_cifar10(download_ok: bool) -> Path:
         if (d / CIFAR10_TAR).is_file():
             return _extract_cifar10(d / CIFAR10_TAR, d)
     if download_ok and not offline():
-        dest = looked[-1]
+        dest = cache_dir() / "cifar10"
         try:
             download(CIFAR10_URL, dest / CIFAR10_TAR, CIFAR10_MD5)
             return _extract_cifar10(dest / CIFAR10_TAR, dest)

@@ -44,18 +44,11 @@ from dvt_edge.fashion_mnist import (  # noqa: F401  (re-exported)
 from dvt_edge.imagefolder import HOLDOUT_FRACTION, HOLDOUT_SEED, IMAGE_EXTS, holdout_fingerprint, load_imagefolder, split_files  # noqa: F401  (re-exported)
 from dvt_edge.imageset import DataError, ImageSet, SplitNotHeld, as_imagenet_labels, default_preprocess, label_mismatch, stratified_subset  # noqa: F401  (re-exported)
 from dvt_edge.npzdata import HOLDOUT_MARK, export_npz, load_npz, load_npz_spec, npz_has_split, write_jpeg_pack  # noqa: F401  (re-exported)
-from dvt_runtime.io import os_error_text, sha256_file, silenced_progress, unwritable
+from dvt_runtime.console import silenced_progress
+from dvt_runtime.io import os_error_text, sha256_file, unwritable
 from dvt_runtime.preprocess import Preprocess
 
-__all__ = [
-    "ImageSet",
-    "DataError",
-    "load_dataset",
-    "default_preprocess",
-    "fashion_mnist_dirs",
-    "export_npz",
-    "DATASETS",
-]
+__all__ = ["ImageSet", "DataError", "load_dataset", "default_preprocess", "fashion_mnist_dirs", "export_npz", "DATASETS"]
 
 SPLITS = ("train", "val")
 _SPLIT_ALIASES = {"train": "train", "val": "val", "test": "val", "validation": "val"}
@@ -495,6 +488,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    from dvt_runtime.io import run_cli
+    from dvt_runtime.console import run_cli
 
     sys.exit(run_cli(main))

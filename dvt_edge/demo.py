@@ -235,6 +235,6 @@ def _print_summary(result: dict, best: Optional[dict], out: Path) -> None:
 
 
 if __name__ == "__main__":
-    from dvt_runtime.io import run_cli
+    from dvt_runtime.console import run_cli
 
     sys.exit(run_cli(main))

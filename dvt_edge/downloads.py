@@ -13,13 +13,29 @@ from pathlib import Path
 from dvt_edge.imageset import DataError
 from dvt_runtime.io import atomic_write
 
-__all__ = ["cache_dir", "download", "md5_file", "offline", "not_found"]
+__all__ = ["cache_dir", "cache_candidates", "download", "md5_file", "offline", "not_found"]
 
 
 def cache_dir() -> Path:
-    """dvt-edge's cache folder ($XDG_CACHE_HOME/dvt-edge or ~/.cache/dvt-edge)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    """dvt-edge's cache folder ($XDG_CACHE_HOME/dvt-edge or ~/.cache/dvt-edge); a DataError naming the fix where neither
+    is known (``env -i``, a container's user with no home folder)."""
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".cache")
+        except RuntimeError:  # HOME unset and no passwd entry
+            raise DataError("no cache folder: HOME is not set and this user has no home folder; set XDG_CACHE_HOME to a "
+                            "folder you can write (and DVT_DATA to where your data sets are)") from None
     return Path(base) / "dvt-edge"
+
+
+def cache_candidates(name: str) -> list[Path]:
+    """``[cache_dir() / name]`` where to look for a data set, or none where there is no cache folder (the other places are
+    looked in all the same: Debian's copy needs no home folder)."""
+    try:
+        return [cache_dir() / name]
+    except DataError:
+        return []
 
 
 def offline() -> bool:
@@ -38,11 +54,20 @@ def md5_file(path: Path) -> str:
 
 def download(url: str, target: Path, md5: str) -> Path:
     """Fetch ``url`` to ``target`` (atomically), refusing content whose md5 is not ``md5``."""
-    # a byte-counting bar (unit_scale, manual updates): more than dvt_runtime.io.progress expresses
+    # a byte-counting bar (unit_scale, manual updates): more than dvt_runtime.console.progress expresses
     from tqdm import tqdm
 
-    from dvt_runtime.io import progress_silenced
+    from dvt_runtime.console import progress_silenced
+    from dvt_runtime.io import os_error_text, unwritable
 
+    try:  # before the fetch (170 MB for CIFAR-10): a folder that cannot take it is said as such, not as a failed download
+        target.parent.mkdir(parents=True, exist_ok=True)
+        why = unwritable(target.parent)
+    except OSError as e:
+        why = os_error_text(e)
+    if why:
+        raise DataError(f"{target.parent} cannot be written ({why}), so {url} was not downloaded: set XDG_CACHE_HOME to a "
+                        "folder you can write, or put the data set in $DVT_DATA yourself")
     print(f"downloading {url} -> {target}", file=sys.stderr)
     h, chunks = hashlib.md5(), []
     try:

@@ -40,7 +40,8 @@ from dvt_edge.data import (
 )
 from dvt_edge.provenance import environment
 from dvt_runtime.checks import FEW_IMAGES, numbered
-from dvt_runtime.io import atomic_write_json, check_result_files, os_error_text, save_png, sha256_file, silenced_progress
+from dvt_runtime.console import silenced_progress
+from dvt_runtime.io import atomic_write_json, check_result_files, os_error_text, save_png, sha256_file
 from dvt_runtime.search import ExitOutputs, StageCosts, evaluate_thresholds, pareto_frontier, sweep_thresholds
 from dvt_runtime.stats import accuracy_interval
 
@@ -314,6 +315,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    from dvt_runtime.io import run_cli
+    from dvt_runtime.console import run_cli
 
     sys.exit(run_cli(main))

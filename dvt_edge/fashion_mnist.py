@@ -10,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-from dvt_edge.downloads import cache_dir, download, not_found, offline
+from dvt_edge.downloads import cache_candidates, cache_dir, download, not_found, offline
 from dvt_edge.imageset import DataError, ImageSet, default_preprocess
 
 __all__ = ["FASHION_MNIST_CLASSES", "FASHION_MNIST_URL", "FASHION_MNIST_FILES", "DEBIAN_FASHION_MNIST",
@@ -41,8 +41,7 @@ def fashion_mnist_dirs() -> list[Path]:
         root = Path(os.environ["DVT_DATA"]).expanduser()
         dirs += [root / "fashion-mnist", root]
     dirs.append(DEBIAN_FASHION_MNIST)
-    dirs.append(cache_dir() / "fashion-mnist")
-    return dirs
+    return dirs + cache_candidates("fashion-mnist")
 
 
 def load_fashion_mnist(split: str, download: bool = True) -> ImageSet:
@@ -93,7 +92,7 @@ def _find_fashion_mnist(download_ok: bool) -> Path:
             return d
     if download_ok and not offline():
         try:
-            return _download_fashion_mnist(looked[-1])
+            return _download_fashion_mnist(cache_dir() / "fashion-mnist")
         except OSError as e:
             reason = f"download from {FASHION_MNIST_URL} failed ({e})"
     else:

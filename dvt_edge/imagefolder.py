@@ -13,8 +13,8 @@ import numpy as np
 
 from dvt_edge.imageset import DataError, ImageSet, default_preprocess, display_classes, odd_class_names, stratified_subset
 from dvt_runtime import images as _images
+from dvt_runtime.console import progress
 from dvt_runtime.images import IMAGE_EXTS
-from dvt_runtime.io import progress
 from dvt_runtime.preprocess import Preprocess
 
 __all__ = ["IMAGE_EXTS", "HOLDOUT_FRACTION", "HOLDOUT_SEED", "holdout_fingerprint", "holdout_indices", "load_imagefolder", "split_files"]

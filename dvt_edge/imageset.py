@@ -15,8 +15,8 @@ import numpy as np
 
 from dvt_runtime import images as _images
 from dvt_runtime.checks import numbered
+from dvt_runtime.console import progress as progress_bar
 from dvt_runtime.images import IMREAD_FLAGS, jpeg_end, to_uint8  # noqa: F401  (re-exported)
-from dvt_runtime.io import progress as progress_bar
 from dvt_runtime.preprocess import Preprocess
 
 __all__ = ["DataError", "ImageSet", "SplitNotHeld", "stratified_subset", "as_imagenet_labels", "default_preprocess", "decode_image", "jpeg_end", "label_mismatch", "read_image", "to_uint8"]

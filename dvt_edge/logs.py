@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional, TextIO
 
-from dvt_runtime.io import output_to
+from dvt_runtime.console import output_to
 
 __all__ = ["quiet_toolchains", "open_log", "log_problem"]
 

@@ -41,8 +41,9 @@ from dvt_edge.provenance import code_revision, environment
 from dvt_edge.resume import agreed, check_room, resume_hint, resume_run, resumed_differently, run_lock, started_over
 from dvt_edge.transfer import carry_head_rows, transfer_weights
 from dvt_runtime.cli import GivenParser
-from dvt_runtime.io import atomic_write_json, os_error_text, run_cli, save_png, sha256_file, silenced_progress
-from dvt_runtime.io import progress as progress_bar
+from dvt_runtime.console import progress as progress_bar
+from dvt_runtime.console import run_cli, silenced_progress
+from dvt_runtime.io import atomic_write_json, os_error_text, save_png, sha256_file
 from dvt_runtime.preprocess import Preprocess
 
 AMP_CHOICES = ("fp32", "bf16")

@@ -531,7 +531,7 @@ def test_quiet_training_prints_no_progress_bar_at_all(tmp_path, capsys):
     """``train --quiet``: no bar from decoding a large folder or preprocessing either, only the log
     lines; the switch is scoped to the run."""
     from dvt_edge.train import build_parser, train
-    from dvt_runtime.io import progress, silenced_progress
+    from dvt_runtime.console import progress, silenced_progress
 
     _class_sorted_folder(tmp_path, n_per_class=520)  # over 2,000 files: decoding shows a bar unless quiet
     train(build_parser().parse_args(["--model", "dvt_micro_fmnist", "--data", f"imagefolder:{tmp_path}", "--epochs", "1",
@@ -554,7 +554,7 @@ def test_quiet_silences_the_download_bar_too(tmp_path, http_server, capsys):
     import hashlib
 
     from dvt_edge.downloads import download
-    from dvt_runtime.io import silenced_progress
+    from dvt_runtime.console import silenced_progress
 
     www, base = http_server
     blob = bytes(range(256)) * (6 << 10)  # 1.5 MiB: over the size that shows a bar
@@ -672,6 +672,37 @@ def test_cifar10_downloads_verifies_and_extracts(monkeypatch, tmp_path, http_ser
     assert (tmp_path / "cache" / "dvt-edge" / "cifar10" / "cifar-10-batches-py" / "test_batch").is_file()
     (www / "cifar-10-python.tar.gz").unlink()  # found in the cache now: no second download
     assert len(load_dataset("cifar10", "train")) == 10
+
+
+def test_no_home_folder_or_an_unwritable_cache_is_said_before_any_download(monkeypatch, tmp_path, http_server):
+    """HOME unset and no passwd entry (``env -i``, a container): Path.home() raised RuntimeError from every command that
+    looked for Fashion-MNIST, though Debian's copy needs no cache. A cache folder that cannot be written was found only
+    after the whole download (170 MB for CIFAR-10), blamed on the download."""
+    import dvt_edge.downloads as DL
+
+    www, base = http_server
+    _tiny_cifar_tarball(www / "cifar-10-python.tar.gz")
+    monkeypatch.setattr(C10, "CIFAR10_URL", f"{base}/cifar-10-python.tar.gz")
+    monkeypatch.delenv("DVT_DATA", raising=False)
+    monkeypatch.delenv("DVT_OFFLINE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(DL.Path, "home", staticmethod(no_home))
+    assert DL.cache_candidates("x") == [] and C10.cifar10_dirs() == []
+    with pytest.raises(DataError, match="no cache folder: HOME is not set.*set XDG_CACHE_HOME"):
+        load_dataset("cifar10", "train")
+    with pytest.raises(DataError, match=r"(?s)JPEG copy.*Looked nowhere: DVT_DATA is not set.*\"\$DVT_DATA/cifar10-jpeg\""):
+        load_dataset("cifar10-jpeg", "train")
+    fetched = []
+    monkeypatch.setattr(DL.urllib.request, "urlopen", lambda *a, **k: fetched.append(a) or pytest.fail("fetched"))
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "afile" / "cache"))  # a folder that cannot be made (for root too)
+    with pytest.raises(DataError, match=r"cannot be written \(.*\), so http.* was not downloaded: set XDG_CACHE_HOME"):
+        load_dataset("cifar10", "train")
+    assert not fetched
 
 
 def test_cifar10_offline_and_missing_says_where_it_looked(monkeypatch, tmp_path):

@@ -358,7 +358,7 @@ def test_a_failed_agreement_names_the_agreement_option_and_the_api_offers_no_all
 def test_sigterm_ends_a_command_as_ctrl_c_does():
     """A CI cancel or `timeout` sent SIGTERM: an export died with its temporary folder left behind (its clean-up runs
     on an exception only)."""
-    code = ("import os, signal, time\nfrom dvt_runtime.io import run_cli\n"
+    code = ("import os, signal, time\nfrom dvt_runtime.console import run_cli\n"
             "def main():\n    try:\n        os.kill(os.getpid(), signal.SIGTERM); time.sleep(5)\n    finally:\n        print('cleaned')\n"
             "raise SystemExit(run_cli(main))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

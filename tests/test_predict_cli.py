@@ -519,3 +519,22 @@ def test_a_reader_gone_from_stdout_does_not_lose_the_output_file(onnx_bundle, ph
         assert r["schema"].startswith("dvt-profile/") and len(r["stages"]) == 3
         return
     assert r["n_images"] == 12 and len(r["images"]) == 12 and len(r["unreadable"]) == 1  # and the truncated JPEG counted
+
+
+def test_a_console_that_cannot_encode_a_name_or_has_no_stderr_loses_nothing(onnx_bundle, photos, tmp_path):
+    """On an ascii (or a Windows cp1252) stdout, a file named café.png ended predict in a UnicodeEncodeError before its
+    --out file was written; with no stderr at all (pythonw, a service, ``2>&-``) the progress bar failed on its first write.
+    Names are escaped, the bar is left out, the file is written."""
+    import os
+    import shutil
+    import subprocess
+
+    shutil.copy(photos / "sub" / "0" / "00.png", tmp_path / "café.png")
+    cmd = [sys.executable, "-m", "dvt_runtime", "predict", "--bundle", str(onnx_bundle), str(tmp_path / "café.png")]
+    r = subprocess.run([*cmd, "--out", str(tmp_path / "a.json")], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert r.returncode == 0 and "caf\\xe9.png" in r.stdout and "Traceback" not in r.stderr, (r.returncode, r.stderr[-1000:])
+    assert json.loads((tmp_path / "a.json").read_text())["images"][0]["file"].endswith("café.png")
+    r = subprocess.run([*cmd, "--out", str(tmp_path / "b.json")], stdout=subprocess.PIPE, text=True, timeout=300,
+                       preexec_fn=lambda: os.close(2))  # the child starts without descriptor 2: sys.stderr is None
+    assert r.returncode == 0 and json.loads((tmp_path / "b.json").read_text())["n_images"] == 1, r.returncode

@@ -125,7 +125,7 @@ def test_channels_first_uint8_is_an_input_error(onnx_bundle):
     assert len(b.predict(np.zeros((100, 28, 28), np.uint8)[..., None])) == 100
 
 
-def test_batch_calibration_leaves_deadline_p90s_alone(bundle_copy):
+def test_batch_calibration_leaves_deadline_p90s_alone(bundle_copy, monkeypatch):
     from dvt_runtime.calibrate import CalibrationError
 
     b = Bundle.open(bundle_copy, threads=1)
@@ -141,6 +141,16 @@ def test_batch_calibration_leaves_deadline_p90s_alone(bundle_copy):
     with pytest.warns(UserWarning, match=r"calibrated at another setting \(1 thread\(s\) per session, this bundle runs 2\)") as rec:
         Bundle.open(bundle_copy, threads=2, device_name="d")
     assert rec[0].filename == __file__  # the caller's line, not the runtime's
+    import dvt_runtime.bundle as B  # calibrated with one onnxruntime, run with another (a Jetson's Python 3.10 stops at 1.23)
+
+    monkeypatch.setattr(B, "backend_version", lambda backend: "1.23.2")
+    with pytest.warns(UserWarning, match=r"calibrated at another setting \(onnxruntime 1\.\d+\.\d+, this host runs 1\.23\.2: another "
+                                         r"version's latencies, and an int8 bundle's answers may differ\)"):
+        Bundle.open(bundle_copy, threads=1, device_name="d")
+    monkeypatch.undo()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Bundle.open(bundle_copy, threads=1, device_name="d")  # the same version: nothing said
     with pytest.raises(CalibrationError, match="ends like a throughput calibration's file"):
         _calibrate(b, "d-batch8")
     _calibrate(b, "lap top")
@@ -255,7 +265,7 @@ def test_executorch_loading_is_quiet_and_its_words_show_when_it_fails(micro_ckpt
 def test_output_redirect_with_a_closed_stderr_runs_the_block(tmp_path):
     """Under a daemon or pythonw (descriptor 2 closed), opening an ExecuTorch bundle would fail with EBADF in the
     redirect that holds the toolchain's output: the block runs, with nothing redirected."""
-    code = ("import os, sys\nfrom dvt_runtime.io import output_to\nfd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT)\nos.close(2)\n"
+    code = ("import os, sys\nfrom dvt_runtime.console import output_to\nfd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT)\nos.close(2)\n"
             "with output_to(fd) as terminal:\n    open(sys.argv[2], 'w').write(str(terminal))\n")
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "log"), str(tmp_path / "ran")], capture_output=True, timeout=120)
     assert done.returncode == 0 and (tmp_path / "ran").read_text() == "-1", done
@@ -264,7 +274,7 @@ def test_output_redirect_with_a_closed_stderr_runs_the_block(tmp_path):
 def test_redirects_from_several_threads_restore_the_process_output(tmp_path):
     """ExecuTorch bundles opened from several threads: each redirect restored another's, leaving descriptors 1 and 2
     pointing at a deleted temporary file for good (every later print and traceback lost, exit code 0)."""
-    code = ("import os, sys, tempfile, threading, time\nfrom dvt_runtime.io import output_to\n"
+    code = ("import os, sys, tempfile, threading, time\nfrom dvt_runtime.console import output_to\n"
             "before = [os.fstat(f).st_ino for f in (1, 2)]\n"
             "def hold():\n    with tempfile.TemporaryFile() as t, output_to(t.fileno()):\n        time.sleep(0.05)\n"
             "ts = [threading.Thread(target=hold) for _ in range(3)]\n[t.start() or time.sleep(0.01) for t in ts]\n[t.join() for t in ts]\n"
@@ -293,9 +303,47 @@ def test_held_toolchain_output_reaches_a_log_file_not_a_terminal(tmp_path):
 def test_commands_print_warnings_as_plain_messages():
     """A command's warnings reached its user as Python's record (`.../calibrate.py:476: UserWarning: ...` and the
     source line that raised it): a command prints the message; library callers keep Python's format."""
-    code = ("import sys, warnings\nfrom dvt_runtime.io import run_cli\n"
+    code = ("import sys, warnings\nfrom dvt_runtime.console import run_cli\n"
             "warnings.warn('as a library')\nsys.exit(run_cli(lambda: warnings.warn('the profile does not name the bundle') or 3))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 3, done
     assert done.stderr.endswith("\nwarning: the profile does not name the bundle\n") and "UserWarning: as a library" in done.stderr, done.stderr
     assert done.stderr.count("UserWarning") == 1, done.stderr
+
+
+def test_an_embedding_service_can_close_a_bundle_catch_its_errors_and_call_run_exit_safely(bundle_copy):
+    """For a service: ``close()`` / ``with`` release the sessions now (a call after it raises); every error a caller
+    catches is importable from ``dvt_runtime``; a direct ``run_exit`` with a wrong exit, dtype, shape or carry says so
+    (it had raised IndexError, KeyError, or onnxruntime's own error; a negative exit silently ran another)."""
+    import dvt_runtime
+    from dvt_runtime import BackendUnavailable, NonFiniteOutput, ProfileError  # noqa: F401  (exported: a service catches them)
+
+    assert {"BackendUnavailable", "NonFiniteOutput", "ProfileError", "InputError", "ManifestError"} <= set(dvt_runtime.__all__)
+    x = _images(2, Bundle.open(bundle_copy).input_shape, seed=1)
+    with Bundle.open(bundle_copy) as b:
+        want = [p.label for p in b.predict(x)]
+        o1 = b.run_exit(0, x)
+        assert b.run_exit(1, x, o1)["logits"].shape == (2, len(b.classes))
+        for e, img, carry, said in [
+            (3, x, o1, r"exit index must be 0\.\.2 \(0-based: exit 1 is index 0\), got 3"),
+            (-1, x, o1, r"exit index must be 0\.\.2 .* got -1"),
+            (True, x, o1, r"exit index must be 0\.\.2 .* got True"),
+            (0, x.astype(np.float64), None, r"run_exit takes preprocessed float32 of shape \(n, 1, 28, 28\), got float64"),
+            (0, np.zeros((2, 28, 28, 1), np.float32), None, r"got float32 \(2, 28, 28, 1\): pass images through bundle\.preprocess"),
+            (1, x, None, r"exit 2 needs exit 1's outputs \(features_out, relations_out; run_exit\(0, \.\.\.\) returns them\), got NoneType"),
+            (1, x, {"features_out": o1["features_out"]}, r"exit 2 needs exit 1's outputs .* got \['features_out'\]"),
+            (1, x[:1], o1, r"exit 2 got 1 images but exit 1's outputs for 2: pass the outputs of the same images"),
+        ]:
+            with pytest.raises(ValueError, match=said):
+                b.run_exit(e, img, carry)
+    assert "closed" in repr(b) and not b.sessions
+    with pytest.raises(ValueError, match=r"was closed: open the bundle again"):
+        b.predict(x)
+    b.close()  # idempotent
+    assert [p.label for p in Bundle.open(bundle_copy).predict(x)] == want
+    art = bundle_copy / Manifest.load(bundle_copy).exits[2].artifact
+    art.write_bytes(art.read_bytes()[: art.stat().st_size // 2])  # damaged: verify=False cannot tell it from a host problem
+    with pytest.raises(ManifestError):
+        Bundle.open(bundle_copy)
+    with pytest.raises(BackendUnavailable, match=r"opened with verify=False: exit3\.onnx's SHA-256 was not checked, and a damaged file"):
+        Bundle.open(bundle_copy, verify=False)

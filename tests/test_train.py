@@ -965,7 +965,7 @@ import sys
 import torch
 from dvt_edge.batches import batches
 from dvt_edge.data import load_dataset
-from dvt_runtime.io import run_cli
+from dvt_runtime.console import run_cli
 
 def main():
     ds = load_dataset("imagefolder:{tmp_path / 'd'}", "train")

@@ -62,7 +62,8 @@ from dvt_edge.npzdata import HOLDOUT_MARK
 from dvt_edge.provenance import code_revision
 from dvt_runtime.backends import available_backends
 from dvt_runtime.bundle import softmax
-from dvt_runtime.io import current_umask, hold_lock, progress, sha256_file
+from dvt_runtime.console import progress
+from dvt_runtime.io import current_umask, hold_lock, sha256_file
 from dvt_runtime.manifest import ExitParity, ExitSpec, Manifest, ParityReport
 from dvt_runtime.preprocess import Preprocess
 

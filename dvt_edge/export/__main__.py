@@ -16,7 +16,7 @@ from dvt_edge.data import DATASETS, DataError
 from dvt_edge.export import ExportError, ExportOptions, export_bundle
 from dvt_edge.export.targets import TARGETS, TargetUnavailable, get_target
 from dvt_edge.export.verify import INT8_MIN_AGREEMENT
-from dvt_runtime.io import silenced_progress
+from dvt_runtime.console import silenced_progress
 
 #: what a full or read-only disk raises while the bundle is written
 WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}
@@ -173,6 +173,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    from dvt_runtime.io import run_cli
+    from dvt_runtime.console import run_cli
 
     sys.exit(run_cli(main))

@@ -16,12 +16,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Optional
 
-from dvt_runtime.backends import BACKENDS
+import tomllib  # Python 3.11+ (dvt-edge's floor: its pinned onnxruntime 1.32 has no 3.10 build)
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+from dvt_runtime.backends import BACKENDS
 
 __all__ = ["Target", "TARGETS", "get_target", "TargetUnavailable", "recipe_dir"]
 

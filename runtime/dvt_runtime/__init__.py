@@ -3,15 +3,20 @@
     from dvt_runtime import Bundle
     bundle = Bundle.open("bundles/dvt_small_cifar-onnx-fp32", device_name="laptop")
     pred = bundle.predict(bgr_image)   # one uint8 BGR image -> Prediction (label, class_name, confidence, exit)
+
+Errors a caller may catch: ``InputError``, ``ManifestError``, ``CalibrationError``, ``ProfileError`` and ``NonFiniteOutput``
+(all ValueErrors: bad input, an edited bundle, calibration or profile, an exit that answered NaN or infinite logits) and
+``BackendUnavailable`` (the backend's library is missing or cannot run the bundle here; a RuntimeError).
 """
 
 __version__ = "0.2.0"
 
-from dvt_runtime.bundle import Bundle, InputError, Prediction  # noqa: E402
+from dvt_runtime.backends import BackendUnavailable  # noqa: E402
+from dvt_runtime.bundle import Bundle, InputError, NonFiniteOutput, Prediction  # noqa: E402
 from dvt_runtime.calibration import Calibration, CalibrationError  # noqa: E402
-from dvt_runtime.latency import LatencyProfile  # noqa: E402
+from dvt_runtime.latency import LatencyProfile, ProfileError  # noqa: E402
 from dvt_runtime.manifest import Manifest, ManifestError  # noqa: E402
 from dvt_runtime.preprocess import Preprocess  # noqa: E402
 
-__all__ = ["Bundle", "Calibration", "CalibrationError", "InputError", "LatencyProfile", "Manifest", "ManifestError", "Prediction", "Preprocess",
-           "__version__"]
+__all__ = ["BackendUnavailable", "Bundle", "Calibration", "CalibrationError", "InputError", "LatencyProfile", "Manifest", "ManifestError",
+           "NonFiniteOutput", "Prediction", "Preprocess", "ProfileError", "__version__"]

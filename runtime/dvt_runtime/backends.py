@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from dvt_runtime.io import output_to
+from dvt_runtime.console import output_to
 
 __all__ = ["BackendUnavailable", "Session", "open_session", "import_backend", "backend_version", "BACKENDS", "available_backends"]
 

@@ -23,11 +23,21 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union, overload
 
 import numpy as np
 
-from dvt_runtime.backends import Session, check_options, check_signature, check_threads, import_backend, open_session, ort_providers
+from dvt_runtime.backends import (
+    BackendUnavailable,
+    Session,
+    backend_version,
+    check_options,
+    check_signature,
+    check_threads,
+    import_backend,
+    open_session,
+    ort_providers,
+)
 from dvt_runtime.calibration import Calibration, calibration_file
 from dvt_runtime.checks import (  # noqa: F401  (DEFAULT_*: re-exported)
     DEFAULT_BATCH_PIXELS,
@@ -40,18 +50,22 @@ from dvt_runtime.checks import (  # noqa: F401  (DEFAULT_*: re-exported)
     positive_ms,
     setting_differences,
 )
-from dvt_runtime.controller import controller_for
+from dvt_runtime.controller import BudgetController, controller_for
 from dvt_runtime.device import check_device_name, say_host_calibration
 from dvt_runtime.etdump_record import write_run_record
+from dvt_runtime.inputs import BundleInputs
 from dvt_runtime.latency import LatencyProfile
 from dvt_runtime.manifest import Manifest, ManifestError  # noqa: F401  (ManifestError: raised by open)
 from dvt_runtime.prediction import Prediction, softmax
 
+Thresholds = Union[Sequence[Optional[float]], np.ndarray]  # per exit (None: never stop there), or an array of them
+
 __all__ = ["Bundle", "Prediction", "InputError", "NonFiniteOutput", "check_thresholds", "positive_ms", "softmax"]
 
 
-class Bundle:
-    """A verified bundle with one loaded session per exit."""
+class Bundle(BundleInputs):
+    """A verified bundle with one loaded session per exit. ``close()`` (or ``with Bundle.open(...) as b:``) releases the
+    sessions (and an ExecuTorch bundle's mapped files) now, not when the last reference goes."""
 
     def __init__(self, path: Path, manifest: Manifest, sessions: list[Session], load_ms: list[float], device_name: Optional[str] = None,
                  threads: Optional[int] = None):
@@ -60,7 +74,7 @@ class Bundle:
         self.calibration: Optional[Calibration] = None
         self.stage_p90_ms: Optional[list[float]] = None  # for deadline mode (from a profile/calibration)
         self._p90_from: Optional[str] = None  # the device whose calibration set stage_p90_ms (None: use_profile, or none)
-        self.controller = None  # one BudgetController for every budget (its speed estimate is the device's)
+        self.controller: Optional[BudgetController] = None  # one BudgetController for every budget (its speed estimate is the device's)
         self._budget_lock = threading.Lock()  # predict(budget_ms=...) from several threads
         self._warned_budgets: set[float] = set()
         self._thr_cache: dict[tuple, np.ndarray] = {}  # thresholds as given (typed) -> checked array (see _thresholds)
@@ -89,8 +103,14 @@ class Bundle:
             opts["providers"] = ort_providers(providers)
         for i, e in enumerate(m.exits):
             t0 = time.perf_counter()
-            sessions.append(open_session(m.backend, m.artifact_path(path, i), [t.name for t in e.inputs],
-                                         [t.name for t in e.outputs], threads=threads, **opts))
+            try:
+                sessions.append(open_session(m.backend, m.artifact_path(path, i), [t.name for t in e.inputs],
+                                             [t.name for t in e.outputs], threads=threads, **opts))
+            except BackendUnavailable as err:
+                if verify:  # its SHA-256 was checked: the file is the exported one, so this host cannot run it
+                    raise
+                raise BackendUnavailable(f"{err} (opened with verify=False: {m.exits[i].artifact}'s SHA-256 was not checked, and "
+                                         "a damaged file reads the same: open with verify=True to tell)") from None
             load_ms.append((time.perf_counter() - t0) * 1e3)
             check_signature(sessions[-1], list(e.inputs) + list(e.outputs), m.artifact_path(path, i))
         bundle = cls(path, m, sessions, load_ms, device_name or None, threads)
@@ -110,10 +130,6 @@ class Bundle:
         return out
 
     # ------------------------------------------------------------------ facts
-    @property
-    def num_exits(self) -> int:
-        return self.manifest.num_exits
-
     @property
     def classes(self) -> list[str]:
         return self.manifest.classes
@@ -184,7 +200,8 @@ class Bundle:
 
     def _warn_other_setting(self, what: str, threads: Any, device: Any, fix: str, stacklevel: int) -> None:
         """Warn when latencies (a calibration's, a profile's) were measured at other threads or execution providers."""
-        if said := setting_differences(threads, device, self.threads, getattr(self.sessions[0], "providers", None) if self.sessions else None):
+        providers = getattr(self.sessions[0], "providers", None) if self.sessions else None
+        if said := setting_differences(threads, device, self.threads, providers, backend_version(self.manifest.backend)):
             warnings.warn(f"{what} at another setting ({'; '.join(said)}): {fix}", stacklevel=stacklevel + 1)
 
     def use_profile(self, stage_p90_ms: Union[Sequence[float], LatencyProfile]) -> None:
@@ -198,75 +215,6 @@ class Bundle:
             raise ValueError(f"need one p90 per stage ({self.num_exits}) or a LatencyProfile, got {type(p90).__name__} {str(p90)[:80]}")
         # a measured stage never takes 0 ms: a p90 of 0 would make deadline mode run every stage whatever the deadline
         self.stage_p90_ms, self._p90_from = [positive_ms(f"p90 of stage {i + 1}", v) for i, v in enumerate(p90)], None
-
-    # ------------------------------------------------------------------ inputs
-    def preprocess(self, image: np.ndarray) -> np.ndarray:
-        """BGR/gray uint8 image -> (1, C, H, W) float32 per the manifest; a uint8 batch (N, H, W, C)
-        -> (N, C, H, W); float32 arrays are checked and passed."""
-        a = np.asarray(image)
-        if a.dtype == np.uint8:
-            if a.ndim == 4:
-                return self.manifest.preprocess.apply_batch(a)
-            return self.manifest.preprocess.apply(a)[None]
-        return self._check_input(a)
-
-    def _check_input(self, x: np.ndarray) -> np.ndarray:
-        want, given = self.input_shape, x.shape
-        if x.dtype.kind in "uib" and x.dtype != np.uint8:  # a 16-bit or bool image is neither pixels read here nor preprocessed
-            raise InputError(f"got a {x.dtype} array {given}: images are read as uint8 (8 bits per channel) and preprocessed inside, "
-                             "arrays of any other kind must be preprocessed float32; convert a 16-bit image to 8 bits first, e.g. "
-                             "(img >> 8).astype(np.uint8), or read the file with cv2.imread (8-bit by default)")
-        if x.ndim == len(want):
-            x = x[None]
-        if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != want:
-            hint = (" (channels last? a float array must be the preprocessing's output, (N, C, H, W) and normalized: pass uint8 pixels, "
-                    "or bundle.preprocess of them)") if x.ndim == 4 and x.shape[-1] == want[0] and x.shape[1:3] == want[1:] else ""
-            raise InputError(f"input must be preprocessed float32 of shape (N, {', '.join(map(str, want))}) or a uint8 image; got {given} "
-                             f"{x.dtype}{hint}")
-        if x.dtype != np.float32:
-            raise InputError(f"input must be float32 (got {x.dtype}): convert preprocessed arrays with x.astype(np.float32); "
-                             "pass uint8 images as they are (they are preprocessed inside)")
-        check_finite(x, self._value_range, warn_unnormalized=True)
-        return np.ascontiguousarray(x)
-
-    def _as_array(self, x) -> np.ndarray:
-        """One array from an array (never silently converted)."""
-        if x is None or isinstance(x, (str, bytes, Path)):  # a failed cv2.imread is None; a path is not pixels
-            what = "None (cv2.imread returns None for a file it cannot read)" if x is None else f"a path {x!r}"
-            raise InputError(f"got {what}: pass the decoded image (a uint8 HxW or HxWxC array, e.g. cv2.imread(path)) "
-                             "or preprocessed float32 of shape (N, " + ", ".join(map(str, self.input_shape)) + ")")
-        a = np.asarray(x)
-        if a.dtype == object:
-            raise InputError("predict takes one image or one array of images; a list of arrays of different sizes or dtypes "
-                             "is ambiguous: preprocess each image (bundle.preprocess) and stack them")
-        return a
-
-    def _batch(self, x) -> tuple[np.ndarray, bool]:
-        """What ``predict`` takes -> ((N, C, H, W) float32, whether it was one image)."""
-        if isinstance(x, (list, tuple)):  # one entry per image
-            return self._from_list(x), False
-        a = self._as_array(x)
-        single = a.ndim == len(self.input_shape) or (a.dtype == np.uint8 and a.ndim < 4)
-        return (self.preprocess(a) if a.dtype == np.uint8 else self._check_input(a)), single
-
-    def _from_list(self, x: Sequence) -> np.ndarray:
-        """A list of images -> (N, C, H, W) float32: uint8 images (any sizes, each preprocessed) or
-        preprocessed float32 arrays ((C, H, W) or (n, C, H, W), as ``bundle.preprocess`` returns)."""
-        if not len(x):
-            raise InputError("got an empty list of images (0 images); pass at least one image")
-        arrs = [np.asarray(v) for v in x]
-        dtypes = {a.dtype for a in arrs}
-        if len(dtypes) > 1:
-            raise InputError(f"a list of images must share one dtype, got {sorted(map(str, dtypes))}: pass all uint8 "
-                             "images, or all float32 arrays already preprocessed (bundle.preprocess)")
-        if arrs[0].dtype == np.uint8:
-            return self.manifest.preprocess.apply_batch(arrs)
-        d = len(self.input_shape)
-        bad = [a.shape for a in arrs if a.ndim not in (d, d + 1) or tuple(a.shape[-d:]) != self.input_shape]
-        if bad:
-            raise InputError(f"preprocessed images must be float32 of shape {self.input_shape} or (n, {', '.join(map(str, self.input_shape))}); "
-                             f"got {bad[:3]}: pass uint8 images or the output of bundle.preprocess")
-        return self._check_input(np.concatenate([a[None] if a.ndim == d else a for a in arrs]))
 
     def _chunk(self, max_batch: Optional[int]) -> int:
         """Samples per stage call of ``predict``/``run_exits``: ``max_batch`` when given, else
@@ -286,13 +234,15 @@ class Bundle:
 
     # ------------------------------------------------------------------ running
     def run_exit(self, e: int, image: np.ndarray, carry: Optional[dict] = None, check_finite: bool = True) -> dict[str, np.ndarray]:
-        """Run exit ``e`` on (n, C, H, W) images (n within ``batch_limit()``); ``carry`` = previous exit's outputs.
-        Non-finite logits raise :class:`NonFiniteOutput` unless ``check_finite`` is False."""
+        """Run exit ``e`` (0-based) on preprocessed (n, C, H, W) float32 images (n within ``batch_limit()``); ``carry`` =
+        exit ``e - 1``'s outputs for the same images. Non-finite logits raise :class:`NonFiniteOutput` unless ``check_finite``
+        is False."""
+        if not self.sessions:
+            raise ValueError(f"{self!r} was closed: open the bundle again")
+        self._check_exit_call(e, image, carry)  # microseconds: an exit that exists, float32 of the input's shape, the carry
         inputs = {"image": image}
         if e > 0:
-            if carry is None:
-                raise ValueError(f"exit {e + 1} needs the outputs of exit {e}")
-            inputs["features"], inputs["relations"] = carry["features_out"], carry["relations_out"]
+            inputs["features"], inputs["relations"] = carry["features_out"], carry["relations_out"]  # type: ignore[index]
         out = self.sessions[e].run(inputs)
         # one reduction: a float64 sum of float32 values is finite iff every value is
         if check_finite and not math.isfinite(out["logits"].sum(dtype=np.float64)):
@@ -336,11 +286,21 @@ class Bundle:
             carry, ms = self.run_stage(e, x, carry, chunk, check_finite)
             yield carry, ms
 
-    def predict(self, x: Union[np.ndarray, Sequence[np.ndarray]], thresholds: Optional[Sequence[Optional[float]]] = None,
+    @overload
+    def predict(self, x: Union[list[np.ndarray], tuple[np.ndarray, ...]], thresholds: Optional[Thresholds] = None,
+                budget_ms: Optional[float] = None, deadline_ms: Optional[float] = None, max_batch: Optional[int] = None,
+                spent_ms: float = 0.0) -> list[Prediction]: ...
+
+    @overload
+    def predict(self, x: np.ndarray, thresholds: Optional[Thresholds] = None, budget_ms: Optional[float] = None,
+                deadline_ms: Optional[float] = None, max_batch: Optional[int] = None, spent_ms: float = 0.0) -> Any: ...
+
+    def predict(self, x: Union[np.ndarray, Sequence[np.ndarray]], thresholds: Optional[Thresholds] = None,
                 budget_ms: Optional[float] = None, deadline_ms: Optional[float] = None,
                 max_batch: Optional[int] = None, spent_ms: float = 0.0) -> Union[Prediction, list[Prediction]]:
         """Early-exit prediction. One image -> Prediction; a batch (N, C, H, W), a uint8 batch
-        (N, H, W, C) or a list of images (uint8 of any size, or preprocessed float32) -> list.
+        (N, H, W, C) or a list of images (uint8 of any size, or preprocessed float32) -> list. (Typed: a list or tuple gives
+        a list; an array gives ``Any``, as its shape decides: ``pred: Prediction = bundle.predict(frame)``.)
 
         ``thresholds``: per-exit confidence thresholds (default: this device's calibration,
         else the manifest's). ``budget_ms``: let the budget controller pick thresholds from
@@ -490,6 +450,16 @@ class Bundle:
             name = self.classes[k] if k < len(self.classes) else str(k)
             result[i] = Prediction(k, name, float(p[k]), e, p, float(sum(stage_ms[i])), stage_ms[i], skipped, per_image[i])
 
+    def close(self) -> None:
+        """Release every exit's session now (an ExecuTorch bundle's mapped .pte files too); calls after it raise. Idempotent."""
+        self.sessions = []
+
+    def __enter__(self) -> "Bundle":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def reset_budget(self) -> None:
         """Forget what the budget controller has observed: the next ``budget_ms`` call starts fresh."""
         with self._budget_lock:
@@ -497,4 +467,5 @@ class Bundle:
 
     def __repr__(self) -> str:
         m = self.manifest
-        return f"Bundle({self.path}, {m.model}, {m.target}/{m.precision}, {self.num_exits} exits, backend={m.backend})"
+        closed = ", closed" if not self.sessions else ""
+        return f"Bundle({self.path}, {m.model}, {m.target}/{m.precision}, {self.num_exits} exits, backend={m.backend}{closed})"

@@ -475,7 +475,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     lines = format_result(r).splitlines()
     print("\n".join(lines))
-    for ln in lines:  # a budget overrun on the holdout: on stderr as well, where a script looks for trouble
+    both_on_terminal = all(getattr(f, "isatty", lambda: False)() for f in (sys.stdout, sys.stderr))  # printed twice otherwise
+    for ln in lines if not both_on_terminal else []:  # a budget overrun on the holdout: on stderr as well, where a script looks
         if ln.startswith("WARNING:"):
             print(ln, file=sys.stderr)
     print(f"wrote {bundle.calibration_path(r.device, r.batch)}")
@@ -483,6 +484,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    from dvt_runtime.io import run_cli
+    from dvt_runtime.console import run_cli
 
     sys.exit(run_cli(main))

@@ -162,9 +162,10 @@ def numbered(names) -> bool:
     return [str(c) for c in names] == [str(i) for i in range(len(names))]
 
 
-def setting_differences(threads, device, my_threads: Optional[int], my_providers) -> list[str]:
-    """How a measurement's threads per session and execution providers (``device["providers"]``) differ from a bundle's
-    (a None or 0 thread count of the bundle is the backend's default: every core)."""
+def setting_differences(threads, device, my_threads: Optional[int], my_providers, my_version: Optional[str] = None) -> list[str]:
+    """How a measurement's threads per session, execution providers (``device["providers"]``) and backend library version
+    (``device["backend_version"]``) differ from a bundle's (a None or 0 thread count of the bundle is the backend's default:
+    every core)."""
     said = []
     if isinstance(threads, int) and not isinstance(threads, bool) and threads != my_threads:
         said.append(f"{threads} thread(s) per session, this bundle runs {my_threads or 'the backend default (every core)'}")
@@ -173,4 +174,8 @@ def setting_differences(threads, device, my_threads: Optional[int], my_providers
     theirs = device.get("providers") if isinstance(device, dict) else None
     if isinstance(theirs, list) and my_providers and list(theirs) != list(my_providers):
         said.append(f"execution providers {theirs}, this bundle runs {list(my_providers)}")
+    version = device.get("backend_version") if isinstance(device, dict) else None
+    if isinstance(version, str) and my_version and version != my_version:  # int8 kernels differ between onnxruntime releases
+        said.append(f"{device.get('backend') or 'the backend'} {version}, this host runs {my_version}: another version's "
+                    "latencies, and an int8 bundle's answers may differ")
     return said

@@ -47,7 +47,7 @@ def dispatch(commands: dict[str, tuple[str, str]], usage_text: str, argv: Option
              elsewhere: Optional[dict[str, str]] = None, version: Optional[str] = None) -> int:
     """Run ``commands[argv[0]]``'s ``main`` with the rest of ``argv``; exit code 2 on a bad command (one of ``elsewhere``,
     command -> the program that has it, is named with that program). ``--version`` prints ``version``."""
-    from dvt_runtime.io import run_cli
+    from dvt_runtime.console import run_cli
 
     return run_cli(lambda: _dispatch(commands, usage_text, argv, prog, elsewhere, version))
 

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import errno
 import hashlib
 import json
 import os
 import shlex
-import sys
 import tempfile
-import threading
-import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
 
-__all__ = ["atomic_write", "atomic_write_json", "sha256_file", "current_umask", "read_npz", "check_labels", "progress", "progress_silenced", "silenced_progress", "save_png", "unwritable", "output_to", "plain_warnings", "run_cli", "hold_lock", "claimed", "lock_held", "written_together",
+__all__ = ["atomic_write", "atomic_write_json", "sha256_file", "current_umask", "read_npz", "check_labels", "save_png", "unwritable", "hold_lock", "claimed", "lock_held", "written_together",
            "os_error_text", "short_name", "name_max", "name_too_long", "NAME_MAX"]
 
 
@@ -361,39 +357,6 @@ def check_labels(labels, where: str, error: Callable[[str], Exception]):
     return labels.astype(np.int64)
 
 
-_SILENCED: contextvars.ContextVar[bool] = contextvars.ContextVar("dvt_progress_silenced", default=False)
-
-
-@contextlib.contextmanager
-def silenced_progress(silenced: bool = True) -> Iterator[None]:
-    """Within the block, every ``progress`` bar (and download bar) of this thread is off when
-    ``silenced`` (a ``--quiet`` flag). Per context: a thread started elsewhere is not affected."""
-    token = _SILENCED.set(_SILENCED.get() or bool(silenced))
-    try:
-        yield
-    finally:
-        _SILENCED.reset(token)
-
-
-def progress_silenced() -> bool:
-    """True inside ``silenced_progress()`` (for bars that ``progress`` cannot express, as a download's byte counter)."""
-    return _SILENCED.get()
-
-
-def progress(it, total: Optional[int] = None, desc: str = "", unit: str = "it", enabled: bool = True, file=None, leave: bool = False):
-    """``it`` wrapped in a tqdm bar when ``enabled`` (and not silenced) and tqdm is installed, else ``it``
-    itself. The bar refreshes at most every second on a terminal or in a notebook, every 30 s in a log file."""
-    if not enabled or _SILENCED.get():
-        return it
-    try:
-        from tqdm import tqdm
-    except ImportError:  # the runtime does not require tqdm
-        return it
-    stream = sys.stderr if file is None else file
-    tty = bool(getattr(stream, "isatty", lambda: False)()) or "ipykernel" in sys.modules  # a notebook is watched live too
-    return tqdm(it, total=total, desc=desc, unit=unit, leave=leave, file=file, mininterval=1.0 if tty else 30.0)
-
-
 def save_png(fig, path: Union[str, Path], dpi: int = 120) -> Path:
     """Write a matplotlib figure to ``path`` as PNG, atomically, and close it."""
     import io
@@ -404,96 +367,3 @@ def save_png(fig, path: Union[str, Path], dpi: int = 120) -> Path:
     fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
     return atomic_write(path, buf.getvalue())
-
-
-_REDIRECT = threading.RLock()  # descriptors 1 and 2 are the process's: one redirect at a time (nested in one thread is fine)
-
-
-@contextlib.contextmanager
-def output_to(fd: int) -> Iterator[int]:
-    """Point file descriptors 1 and 2 (what C++ libraries print too, not only Python) at ``fd`` for the block;
-    yields a descriptor of the real stderr, valid inside the block (-1, and nothing redirected, where descriptor 1
-    or 2 is closed). Python's streams are flushed on both sides. Threads take turns: two bundles opened at once had
-    each restored the other's redirect, leaving the process printing into a deleted file."""
-    with _REDIRECT:
-        yield from _output_to(fd)
-
-
-def _output_to(fd: int) -> Iterator[int]:
-    for s in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            s.flush()
-    try:
-        os.fstat(1), os.fstat(2)  # dup() of an open one would take a closed one's number, and the restore would go wrong
-    except OSError:  # a closed stdout or stderr (a daemon, pythonw): nothing to point elsewhere, nor a terminal
-        yield -1
-        return
-    saved = [os.dup(1), os.dup(2)]
-    try:
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        yield saved[1]
-    finally:
-        for s in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                s.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for f in saved:
-            os.close(f)
-
-
-def _plain(message, category, filename, lineno, line=None) -> str:
-    return f"warning: {message}\n"
-
-
-@contextlib.contextmanager
-def plain_warnings() -> Iterator[None]:
-    """Within the block, warnings print as ``warning: message``: a command's user needs the message, not the source file,
-    line and code that raised it (library callers keep Python's format)."""
-    old = warnings.formatwarning
-    warnings.formatwarning = _plain
-    try:
-        yield
-    finally:
-        warnings.formatwarning = old
-
-
-def _terminated(signum, frame) -> None:
-    raise KeyboardInterrupt("SIGTERM")
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Inside, SIGTERM (``timeout``, a CI cancel, systemd, ``docker stop``) raises ``KeyboardInterrupt("SIGTERM")`` as
-    Ctrl-C would, so clean-up runs (main thread only: elsewhere signals cannot be handled); the old handler after."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.signal(signal.SIGTERM, _terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
-def run_cli(main: Callable[[], Optional[int]]) -> int:
-    """A command's ``main()`` with :func:`plain_warnings`; its exit code. SIGTERM ends it as Ctrl-C does, so its clean-up
-    runs (an export's temporary folder was left behind): one line, exit 143 (130)."""
-    try:
-        with sigterm_as_interrupt(), plain_warnings():
-            code = int(main() or 0)
-            if sys.stdout is not None:  # here, where a reader that went away is caught, not at exit ("Exception ignored ...")
-                sys.stdout.flush()
-            return code
-    except KeyboardInterrupt as e:
-        by_term = str(e) == "SIGTERM"
-        print(f"interrupted ({'SIGTERM' if by_term else 'Ctrl-C'}): stopped", file=sys.stderr)
-        return 143 if by_term else 130
-    except BrokenPipeError:  # the reader went away (``| head``): the rest of the output is not wanted, nor a traceback
-        with contextlib.suppress(OSError, ValueError):  # stdout's unflushed bytes go nowhere at exit (Python's own advice)
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141  # 128 + SIGPIPE, as a shell reports a command its pipe ended

@@ -11,8 +11,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from dvt_runtime.bundle import Bundle, softmax
+from dvt_runtime.console import progress as _bar
 from dvt_runtime.device import check_batch_memory
-from dvt_runtime.io import progress as _bar
 from dvt_runtime.latency import LatencyProfile, check_batch
 from dvt_runtime.search import StageCosts, check_metric
 from dvt_runtime.stats import MAX_MS, ProfileError, sample_stats

@@ -29,9 +29,10 @@ import numpy as np
 
 from dvt_runtime.backends import PROVIDERS_HELP, BackendUnavailable, parse_providers
 from dvt_runtime.checks import NonFiniteOutput, check_thresholds, parse_thresholds, positive_ms, preprocessed_here, rough_thresholds
+from dvt_runtime.console import progress
 from dvt_runtime.device import open_here, profiled_here, this_host
 from dvt_runtime.images import IMAGE_EXTS, ImageError, can_check_jpegs, cv2_or_fail, read_image
-from dvt_runtime.io import atomic_write_json, check_out_path, os_error_text, progress
+from dvt_runtime.io import atomic_write_json, check_out_path, os_error_text
 from dvt_runtime.search import check_metric
 from dvt_runtime.stats import sample_stats
 
@@ -287,6 +288,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    from dvt_runtime.io import run_cli
+    from dvt_runtime.console import run_cli
 
     sys.exit(run_cli(main))

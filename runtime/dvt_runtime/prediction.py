@@ -11,6 +11,9 @@ __all__ = ["Prediction", "softmax"]
 
 @dataclass(eq=False)
 class Prediction:
+    """One image's answer: ``label`` (class index), ``class_name``, ``confidence`` (the answering exit's max softmax), ``exit``
+    (0-based: 0 is exit 1; ``to_dict()`` and every file number exits from 1), ``probs``, and the time it took."""
+
     label: int
     class_name: str
     confidence: float

@@ -38,11 +38,11 @@ import numpy as np
 
 from dvt_runtime.backends import PROVIDERS_HELP, BackendUnavailable, parse_providers
 from dvt_runtime.cli import command_name
+from dvt_runtime.console import progress as _bar
 from dvt_runtime.device import MEMORY_PROBE, MEMORY_WARN, check_batch_memory, device_facts, peak_rss_mb
 from dvt_runtime.etdump_record import ETDUMP_RUNS, check_etdump_files, check_run_record, read_run_record, write_run_record
 from dvt_runtime.importers import import_csv, import_etdump, import_json
 from dvt_runtime.io import check_out_path, os_error_text
-from dvt_runtime.io import progress as _bar
 from dvt_runtime.latency import SCHEMA, SCHEMA_VERSION, LatencyProfile, batch_note, check_batch
 from dvt_runtime.manifest import Manifest
 from dvt_runtime.measure import cascade_overhead_ms
@@ -484,6 +484,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    from dvt_runtime.io import run_cli
+    from dvt_runtime.console import run_cli
 
     sys.exit(run_cli(main))
