@@ -83,3 +83,34 @@ def test_runtime_extra_for_executorch_pins_the_torch_it_needs():
     from dvt_runtime.backends import EXTRAS
 
     assert {k: list(v) for k, v in EXTRAS.items()} == extras
+
+
+def test_runtime_imports_and_runs_without_posix_only_modules(onnx_bundle, tmp_path):
+    """A Windows laptop has no ``resource``, ``fcntl``, ``pwd`` or ``termios``: ``import resource`` at the top of
+    dvt_runtime.device had made every ``import dvt_runtime`` fail there. Blocked here, every module imports, a bundle
+    answers and a profile is taken (no peak memory recorded; no locks held)."""
+    r = run_without_torch(f"""
+        import importlib.abc, pkgutil
+        class _Posix(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name in ("resource", "fcntl", "pwd", "grp", "termios"):
+                    raise ImportError(f"no module named {{name!r}} (blocked: Windows has none)")
+        sys.meta_path.insert(0, _Posix())
+        for m in ("resource", "fcntl", "pwd", "grp", "termios"):
+            sys.modules.pop(m, None)
+        import numpy as np
+        import dvt_runtime
+        for info in pkgutil.iter_modules(dvt_runtime.__path__):
+            if info.name != "__main__":  # that one runs the command
+                importlib.import_module("dvt_runtime." + info.name)
+        from dvt_runtime import Bundle
+        from dvt_runtime.profile import profile_bundle
+        b = Bundle.open({str(onnx_bundle)!r})
+        p = b.predict(np.zeros((28, 28), np.uint8))
+        prof = profile_bundle(b, warmup=1, runs=8, progress=False)
+        prof.save({str(tmp_path / "p.json")!r})
+        assert "resource" not in sys.modules and "fcntl" not in sys.modules
+        print("ok", p.class_name, prof.peak_rss_mb)
+    """)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "ok" in r.stdout and r.stdout.strip().endswith("None")

@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import re
-import resource
 import shutil
 import socket
 import subprocess
@@ -262,8 +261,10 @@ def _resize_impl() -> str:
 def peak_rss_mb() -> Optional[float]:
     """Peak resident set size of this process (ru_maxrss: KiB on Linux, bytes on macOS)."""
     try:
+        import resource  # POSIX only: on Windows the runtime imports all the same, and no peak is recorded
+
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    except (OSError, ValueError):
+    except (ImportError, OSError, ValueError):
         return None
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 
