@@ -108,9 +108,12 @@ def open_writer(path, frame, fps: float):
 
 
 def write_png(path, img) -> str:
+    from dvt_runtime.io import atomic_write
+
     try:  # OpenCV 5 raises where 4 returned False
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        ok = cv2.imwrite(str(path), img)
+        ok, png = cv2.imencode(Path(path).suffix or ".png", img)  # encoded here: imwrite fails on Windows' non-ASCII paths
+        if ok:
+            atomic_write(path, png.tobytes())
     except (OSError, cv2.error):
         ok = False
     if not ok:

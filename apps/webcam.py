@@ -36,6 +36,7 @@ stats), ``modes`` (budget / deadline), ``overlay`` (drawing), ``window`` (window
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,6 +71,15 @@ def _is_file(path: str) -> bool:
     try:
         return Path(path).expanduser().is_file()
     except (OSError, ValueError):
+        return False
+
+
+def _same_file(a: str, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are one existing file under two spellings (``Clip.mp4`` and ``clip.mp4`` on macOS, where
+    resolve() keeps the case given)."""
+    try:
+        return b.exists() and os.path.samefile(Path(a).expanduser(), b)
+    except OSError:
         return False
 
 
@@ -122,7 +132,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                                                   ("--snapshot", args.snapshot)) if v}
     if args.camera and _is_file(args.camera):  # OpenCV opens a file path as a camera: read it as the video it is (its end is no failure)
         args.video, args.camera = args.camera, None
-    if args.video and Path(args.video).expanduser().resolve() in outs.values():
+    if args.video and (Path(args.video).expanduser().resolve() in outs.values() or any(_same_file(args.video, p) for p in outs.values())):
         ap.error(f"an output path is the input video {args.video}: writing it would destroy the video; choose another path")
     if len(set(outs.values())) < len(outs):
         ap.error(f"two outputs share one path ({', '.join(f'{k} {v}' for k, v in outs.items())}); give each its own")

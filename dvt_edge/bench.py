@@ -454,7 +454,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     r["command"] = shlex.join(["python", "-m", "dvt_edge.bench", *argv])  # rerunnable (sys.argv[0] is bench.py's path)
     kept = kept_over_failures(out, r)  # a run whose every row failed replaced a working one
-    lost = "the results above were not saved ({}); " + f"{out}'s earlier results are as they were"
+    lost = "the results below were not saved ({}); " + f"{out}'s earlier results are as they were"
     if (written := saved_then_shown(markdown([r]), lambda: [] if kept else write_outputs([r], out), lost)) is None:
         return 2
     print(kept or wrote_line(written, out, "bench"))

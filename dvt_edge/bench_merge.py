@@ -37,7 +37,7 @@ def report_main(argv: list[str]) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if (written := saved_then_shown(md, lambda: write_outputs(results, Path(a.out), "report"), "the report above was not saved ({})")) is None:
+    if (written := saved_then_shown(md, lambda: write_outputs(results, Path(a.out), "report"), "the report below was not saved ({})")) is None:
         return 2
     print(wrote_line(written, Path(a.out), "report"))
     return 0
@@ -45,12 +45,12 @@ def report_main(argv: list[str]) -> int:
 
 def saved_then_shown(md: str, write: Callable[[], list[Path]], lost: str) -> Optional[list[Path]]:
     """The files first, then ``md`` on the terminal: a reader gone from stdout (``| head``) loses no file, and a failed write
-    still shows every figure, then says ``lost`` (``{}``: why) and gives None."""
+    says ``lost`` (``{}``: why), still shows every figure, and gives None."""
     try:
         written = write()
-    except OSError as e:
+    except OSError as e:  # the error first: a reader gone from stdout would hide it behind exit 141
+        print("error: " + lost.replace("{}", os_error_text(e), 1), file=sys.stderr)  # not format(): --out may hold braces
         print(md)
-        print("error: " + lost.format(os_error_text(e)), file=sys.stderr)
         return None
     print(md)
     return written

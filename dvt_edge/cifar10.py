@@ -105,7 +105,7 @@ def find_cifar10_jpeg() -> Path:
     for d in looked:
         if (d / "train").is_dir():
             return d
-    where = shlex.quote(str(looked[-1])) if looked else '"$DVT_DATA/cifar10-jpeg"'
+    where = shlex.quote(str(looked[-1])) if looked else '"${DVT_DATA:?set DVT_DATA first}/cifar10-jpeg"'
     places = ("Looked in:\n" + "".join(f"  - {d}\n" for d in looked)) if looked else (
         "Looked nowhere: DVT_DATA is not set and there is no cache folder (no home folder; set DVT_DATA).\n")
     raise DataError(

@@ -74,7 +74,7 @@ def download(url: str, target: Path, md5: str) -> Path:
         with urllib.request.urlopen(url, timeout=60) as r:
             total = int(r.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=target.name, leave=False,
-                      disable=progress_silenced() or total is None or total < 1 << 20) as bar:
+                      disable=progress_silenced() or total is None or total < 1 << 20 or sys.stderr is None) as bar:
                 while chunk := r.read(1 << 20):
                     h.update(chunk)
                     chunks.append(chunk)

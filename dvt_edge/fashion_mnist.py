@@ -103,7 +103,6 @@ def _find_fashion_mnist(download_ok: bool) -> Path:
 
 
 def _download_fashion_mnist(dest: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
     for name, (md5, _) in FASHION_MNIST_FILES.items():
         target = dest / name
         if not target.is_file():

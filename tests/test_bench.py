@@ -150,7 +150,7 @@ def test_bench_report_merges_devices(results, tmp_path, capsys):
 
     # `... report ... | head`: the table was printed first, and a reader gone before it lost the report ("not saved")
     p = subprocess.Popen([sys.executable, "-m", "dvt_edge.bench", "report", str(out / "a" / "bench.json"), "--out", str(tmp_path / "piped")],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     p.stdout.close()  # the reader is gone before the command prints anything
     err = p.stderr.read()
     p.wait(timeout=300)
@@ -639,7 +639,7 @@ def test_a_failed_write_leaves_the_earlier_results_whole_and_the_command_says_so
     assert main(["--checkpoint", r2["checkpoint"], "--targets", "onnx", "--precisions", "fp32", "--out", str(folder)]) == 2
     cap = capsys.readouterr()
     assert "| onnx | fp32 |" in cap.out and "Traceback" not in cap.err  # the table was printed before the write failed
-    assert f"error: the results above were not saved (cannot write {folder}" in cap.err and "earlier results are as they were" in cap.err
+    assert f"error: the results below were not saved (cannot write {folder}" in cap.err and "earlier results are as they were" in cap.err
     assert files() == before
     monkeypatch.undo()
     written = write_outputs([r2], folder)

@@ -694,7 +694,7 @@ def test_no_home_folder_or_an_unwritable_cache_is_said_before_any_download(monke
     assert DL.cache_candidates("x") == [] and C10.cifar10_dirs() == []
     with pytest.raises(DataError, match="no cache folder: HOME is not set.*set XDG_CACHE_HOME"):
         load_dataset("cifar10", "train")
-    with pytest.raises(DataError, match=r"(?s)JPEG copy.*Looked nowhere: DVT_DATA is not set.*\"\$DVT_DATA/cifar10-jpeg\""):
+    with pytest.raises(DataError, match=r"(?s)JPEG copy.*Looked nowhere: DVT_DATA is not set.*\"\$\{DVT_DATA:\?set DVT_DATA first\}/cifar10-jpeg\""):
         load_dataset("cifar10-jpeg", "train")
     fetched = []
     monkeypatch.setattr(DL.urllib.request, "urlopen", lambda *a, **k: fetched.append(a) or pytest.fail("fetched"))
@@ -702,6 +702,9 @@ def test_no_home_folder_or_an_unwritable_cache_is_said_before_any_download(monke
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "afile" / "cache"))  # a folder that cannot be made (for root too)
     with pytest.raises(DataError, match=r"cannot be written \(.*\), so http.* was not downloaded: set XDG_CACHE_HOME"):
         load_dataset("cifar10", "train")
+    monkeypatch.setattr(FM, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")  # Fashion-MNIST made its folder first: "download failed"
+    with pytest.raises(DataError, match=r"cannot be written \(.*\), so http.* was not downloaded: set XDG_CACHE_HOME"):
+        load_dataset("fashion-mnist", "train")
     assert not fetched
 
 
@@ -1047,3 +1050,28 @@ def test_colour_pictures_read_for_a_grayscale_model_are_said(tmp_path):
         warnings.simplefilter("error")
         load_dataset(f"imagefolder:{tmp_path / 'gray'}", "train", preprocess=pre)  # 3-channel files of gray pictures
         load_dataset(f"imagefolder:{tmp_path / 'colour'}", "train", preprocess=D.default_preprocess(3, 8))  # a colour model's
+
+
+def test_16_bit_images_decode_as_cv2_imread_gives_them_and_a_folder_is_looked_at_without_holding_it(tmp_path):
+    """16-bit pixels were scaled by x / 257, truncated: 63% of a photo's pixels one level darker than cv2.imread (what
+    Bundle.predict(cv2.imread(p)) gets). A --train-limit run decoded 256 files to look at their colour and size and held
+    every one at once (36 MB a phone photo: 9 GB for a folder of them); it keeps two numbers an image now."""
+    import tracemalloc
+
+    import dvt_edge.imagefolder as F
+    from dvt_runtime.images import read_image
+
+    px = np.random.default_rng(1).integers(0, 65536, (40, 30, 3), dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "deep.png"), px)
+    assert np.array_equal(read_image(tmp_path / "deep.png"), cv2.imread(str(tmp_path / "deep.png")))
+    for c in ("a", "b"):
+        (tmp_path / "big" / "train" / c).mkdir(parents=True)
+        for i in range(12):  # 1.44 MB each decoded (compressed to almost nothing)
+            cv2.imwrite(str(tmp_path / "big" / "train" / c / f"{i}.png"), np.full((600, 800, 3), 20 * i, np.uint8))
+    tracemalloc.start()
+    try:
+        look = F._sample_look(F._split(str(tmp_path / "big"), "train"), "train")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert look == (True, 600) and peak < 8e6, peak  # a few images' worth, not 24 (35 MB)

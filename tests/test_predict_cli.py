@@ -376,7 +376,7 @@ def test_an_out_refused_only_when_written_is_one_error_naming_it(onnx_bundle, ph
     out = tmp_path / "preds.json"
     assert main(["--bundle", str(onnx_bundle), str(photos / "sub" / "0" / "00.png"), "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert f"cannot write {out}: Permission denied; the predictions above were not saved" in err and ".tmp" not in err
+    assert f"cannot write {out}: Permission denied; the predictions (printed next) were not saved" in err and ".tmp" not in err
 
 
 def test_a_throughput_calibrations_name_gets_a_fix_that_works_where_it_was_given(onnx_bundle, photos, capsys):
@@ -503,12 +503,14 @@ def test_a_model_card_code_span_holds_a_path_with_backticks():
 def test_a_reader_gone_from_stdout_does_not_lose_the_output_file(onnx_bundle, photos, tmp_path, command):
     """``dvt-runtime predict ... --out preds.json | head -3``: the summary printed first, and a reader gone before it ended
     the command (exit 141) before the file was written; ``profile``'s table likewise. The file is written first."""
+    import os
     import subprocess
 
     out = tmp_path / f"{command}.json"
     args = [str(photos / "sub")] if command == "predict" else ["--runs", "5", "--warmup", "1"]
     p = subprocess.Popen([sys.executable, "-m", "dvt_runtime", command, "--bundle", str(onnx_bundle), *args,
-                          "--out", str(out), "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          "--out", str(out), "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"})  # every print reaches the pipe: buffered, the old order passed
     p.stdout.close()  # the reader is gone before the command prints anything
     err = p.stderr.read()
     p.wait(timeout=120)
@@ -535,6 +537,6 @@ def test_a_console_that_cannot_encode_a_name_or_has_no_stderr_loses_nothing(onnx
                        env={**os.environ, "PYTHONIOENCODING": "ascii"})
     assert r.returncode == 0 and "caf\\xe9.png" in r.stdout and "Traceback" not in r.stderr, (r.returncode, r.stderr[-1000:])
     assert json.loads((tmp_path / "a.json").read_text())["images"][0]["file"].endswith("café.png")
-    r = subprocess.run([*cmd, "--out", str(tmp_path / "b.json")], stdout=subprocess.PIPE, text=True, timeout=300,
-                       preexec_fn=lambda: os.close(2))  # the child starts without descriptor 2: sys.stderr is None
+    r = subprocess.run(["sh", "-c", 'exec "$0" "$@" 2>&-', *cmd, "--out", str(tmp_path / "b.json")], stdout=subprocess.PIPE, text=True,
+                       timeout=300)  # the child starts without descriptor 2: sys.stderr is None
     assert r.returncode == 0 and json.loads((tmp_path / "b.json").read_text())["n_images"] == 1, r.returncode

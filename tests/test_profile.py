@@ -1153,3 +1153,13 @@ def test_latencies_too_long_to_be_milliseconds_are_refused_by_name():
     prof = LatencyProfile.from_dict({**prof.to_dict(), "settings": {**prof.settings, "predict_overhead_ms": [0.01, 1e308, 0.02]}})
     with pytest.raises(ProfileError, match=r"settings\.predict_overhead_ms must list 3 non-negative ms \(at most 1e\+07\), got \[0\.01, 1e\+308"):
         recorded_overhead(prof, 3)
+
+
+def test_an_imported_json_is_read_as_utf8_with_or_without_a_byte_order_mark(tmp_path):
+    """A phone app's JSON with a non-ASCII device name, written by PowerShell 5 (a UTF-8 BOM): "Unexpected UTF-8 BOM" on
+    every OS, and on Windows (cp1252 by default) 'Pixel-é' became 'Pixel-Ã©'. Read as UTF-8, BOM or not."""
+    stages = [[0.5, 0.6, 0.55, 0.52] * 5, [1.0, 1.1, 1.05, 1.02] * 5]
+    for bom in (b"", b"\xef\xbb\xbf"):
+        p = tmp_path / f"phone{len(bom)}.json"
+        p.write_bytes(bom + json.dumps({"device": {"device_name": "Pixel-é 小米"}, "stages_ms": stages}, ensure_ascii=False).encode())
+        assert import_json(p).device["device_name"] == "Pixel-é 小米"

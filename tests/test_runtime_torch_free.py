@@ -7,6 +7,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 BLOCK_TORCH = textwrap.dedent(
@@ -114,3 +116,19 @@ def test_runtime_imports_and_runs_without_posix_only_modules(onnx_bundle, tmp_pa
     """)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "ok" in r.stdout and r.stdout.strip().endswith("None")
+
+
+def test_names_moved_to_console_still_import_from_io_with_a_warning():
+    import warnings
+
+    import dvt_runtime.console as console
+    import dvt_runtime.io as dio
+
+    with pytest.warns(DeprecationWarning, match=r"dvt_runtime\.io\.run_cli moved to dvt_runtime\.console\.run_cli"):
+        from dvt_runtime.io import run_cli
+    assert run_cli is console.run_cli
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from dvt_runtime.io import atomic_write  # noqa: F401  (still io's own: no warning)
+    with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
+        dio.nothing  # noqa: B018

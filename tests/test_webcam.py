@@ -490,6 +490,28 @@ def test_outputs_are_written_where_they_were_checked(tmp_path, monkeypatch):
     assert args.stats == str(tmp_path / "home" / "s.json") and args.snapshot == str(tmp_path / "out" / "f.png")
 
 
+def test_an_output_that_is_the_input_video_under_another_name_is_refused_even_with_force(tmp_path, capsys):
+    """resolve() keeps the case given, so on macOS (case-insensitive APFS) ``--video Clip.mp4 --record clip.mp4 --force``
+    passed the check and truncated the input; a hard link is the same file under another name here."""
+    video = tmp_path / "Clip.mp4"
+    video.write_bytes(b"the user's video")
+    os.link(video, tmp_path / "clip.mp4")
+    with pytest.raises(SystemExit) as e:
+        webcam.parse_args(["--video", str(video), "--record", str(tmp_path / "clip.mp4"), "--force"])
+    assert e.value.code == 2 and "would destroy the video" in capsys.readouterr().err
+    assert video.read_bytes() == b"the user's video"
+
+
+def test_a_snapshot_is_encoded_here_and_written_whole(tmp_path):
+    """cv2.imwrite fails on Windows for a path with non-ASCII characters (C:\\Users\\José): the PNG is encoded in memory and
+    written atomically, so the file is the image whatever the path."""
+    from apps.session import write_png
+
+    img = np.random.default_rng(0).integers(0, 255, (6, 5, 3), dtype=np.uint8)
+    out = tmp_path / "José" / "snap.png"
+    assert write_png(out, img) == str(out) and np.array_equal(cv2.imdecode(np.fromfile(out, np.uint8), cv2.IMREAD_COLOR), img)
+
+
 def test_a_snapshot_that_cannot_be_written_is_one_error_line(tmp_path):
     """OpenCV 5 raises where OpenCV 4 returned False: that was a cv2.error traceback after the whole video."""
     from apps.session import write_png

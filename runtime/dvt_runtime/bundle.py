@@ -54,6 +54,7 @@ from dvt_runtime.controller import BudgetController, controller_for
 from dvt_runtime.device import check_device_name, say_host_calibration
 from dvt_runtime.etdump_record import write_run_record
 from dvt_runtime.inputs import BundleInputs
+from dvt_runtime.io import sha256_file
 from dvt_runtime.latency import LatencyProfile
 from dvt_runtime.manifest import Manifest, ManifestError  # noqa: F401  (ManifestError: raised by open)
 from dvt_runtime.prediction import Prediction, softmax
@@ -106,11 +107,11 @@ class Bundle(BundleInputs):
             try:
                 sessions.append(open_session(m.backend, m.artifact_path(path, i), [t.name for t in e.inputs],
                                              [t.name for t in e.outputs], threads=threads, **opts))
-            except BackendUnavailable as err:
-                if verify:  # its SHA-256 was checked: the file is the exported one, so this host cannot run it
-                    raise
-                raise BackendUnavailable(f"{err} (opened with verify=False: {m.exits[i].artifact}'s SHA-256 was not checked, and "
-                                         "a damaged file reads the same: open with verify=True to tell)") from None
+            except BackendUnavailable:
+                if not verify and m.artifact_path(path, i).is_file() and sha256_file(m.artifact_path(path, i)) != e.sha256:
+                    raise ManifestError(f"{e.artifact} cannot be loaded and its SHA-256 differs from the manifest's (opened with "
+                                        "verify=False): the file was damaged or changed; re-export the bundle") from None
+                raise  # the exported file (its SHA-256 checked): this host cannot run it
             load_ms.append((time.perf_counter() - t0) * 1e3)
             check_signature(sessions[-1], list(e.inputs) + list(e.outputs), m.artifact_path(path, i))
         bundle = cls(path, m, sessions, load_ms, device_name or None, threads)
@@ -124,7 +125,7 @@ class Bundle(BundleInputs):
         and its threads, for ``profile import --etdump``. Held in memory until written: 145 MB after 2,000 runs of three exits."""
         if self.manifest.backend != "executorch":
             raise ValueError(f"ETDump is ExecuTorch's trace; this bundle runs on {self.manifest.backend}")
-        out = [s.write_etdump(Path(directory) / f"exit{e + 1}.etdp") for e, s in enumerate(self.sessions)]
+        out = [s.write_etdump(Path(directory) / f"exit{e + 1}.etdp") for e, s in enumerate(self.live_sessions())]
         if record:  # which runs were warm-up is the caller's to say (--skip-first)
             write_run_record(Path(directory), None, self.manifest, self.threads)
         return out
@@ -152,7 +153,9 @@ class Bundle(BundleInputs):
         per-stage p90 and budget table.
 
         The file is validated (schema, types, ranges) and must have been made for this bundle
-        (model, target, precision, artifact hashes) at this batch size; otherwise a CalibrationError names the file.
+        (model, target, precision, artifact hashes) at this batch size; otherwise a CalibrationError names the file. No file:
+        FileNotFoundError, or (``missing_ok``) a warning and None, the manifest's thresholds in use. A device name no file
+        can be named after is a CalibrationError (a ValueError, as every other refusal here).
         """
         from dvt_runtime.calibration import CalibrationError, missing_calibration, read_calibration
 
@@ -237,13 +240,12 @@ class Bundle(BundleInputs):
         """Run exit ``e`` (0-based) on preprocessed (n, C, H, W) float32 images (n within ``batch_limit()``); ``carry`` =
         exit ``e - 1``'s outputs for the same images. Non-finite logits raise :class:`NonFiniteOutput` unless ``check_finite``
         is False."""
-        if not self.sessions:
-            raise ValueError(f"{self!r} was closed: open the bundle again")
+        sessions = self.live_sessions()  # once: a close() from another thread meanwhile leaves this call its sessions
         self._check_exit_call(e, image, carry)  # microseconds: an exit that exists, float32 of the input's shape, the carry
         inputs = {"image": image}
         if e > 0:
             inputs["features"], inputs["relations"] = carry["features_out"], carry["relations_out"]  # type: ignore[index]
-        out = self.sessions[e].run(inputs)
+        out = sessions[e].run(inputs)
         # one reduction: a float64 sum of float32 values is finite iff every value is
         if check_finite and not math.isfinite(out["logits"].sum(dtype=np.float64)):
             m = self.manifest
@@ -287,7 +289,7 @@ class Bundle(BundleInputs):
             yield carry, ms
 
     @overload
-    def predict(self, x: Union[list[np.ndarray], tuple[np.ndarray, ...]], thresholds: Optional[Thresholds] = None,
+    def predict(self, x: Sequence[np.ndarray], thresholds: Optional[Thresholds] = None,
                 budget_ms: Optional[float] = None, deadline_ms: Optional[float] = None, max_batch: Optional[int] = None,
                 spent_ms: float = 0.0) -> list[Prediction]: ...
 
@@ -449,6 +451,12 @@ class Bundle(BundleInputs):
             i = active[r]
             name = self.classes[k] if k < len(self.classes) else str(k)
             result[i] = Prediction(k, name, float(p[k]), e, p, float(sum(stage_ms[i])), stage_ms[i], skipped, per_image[i])
+
+    def live_sessions(self) -> list[Session]:
+        """The sessions, one per exit; a ValueError once the bundle was closed."""
+        if not (sessions := self.sessions):
+            raise ValueError(f"{self!r} was closed: open the bundle again")
+        return sessions
 
     def close(self) -> None:
         """Release every exit's session now (an ExecuTorch bundle's mapped .pte files too); calls after it raise. Idempotent."""

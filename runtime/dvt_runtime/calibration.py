@@ -172,7 +172,7 @@ def read_calibration(path: Union[str, Path], manifest) -> Calibration:
         raise CalibrationError(f"calibration {path} is {path.stat().st_size} bytes, far too large to be a calibration; rewrite it: "
                                f"{rewrite_command(path)}")
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(path.read_text(encoding="utf-8-sig"))  # UTF-8 on every OS (Windows reads cp1252), a BOM allowed
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CalibrationError(f"calibration {path} is not valid JSON ({e}); rewrite it: {rewrite_command(path)}") from None
     except RecursionError:

@@ -314,7 +314,7 @@ _CHECKED: dict[tuple, int] = {}  # bundle identity -> the largest images per cal
 
 def _identity(bundle) -> tuple:
     """The bundle's folder, artifacts, threads and providers: what its memory per image depends on."""
-    providers = getattr(bundle.sessions[0], "providers", None)
+    providers = getattr(bundle.live_sessions()[0], "providers", None)
     return (str(Path(bundle.path).resolve()), tuple(e.sha256 for e in bundle.manifest.exits), bundle.threads, tuple(providers or ()))
 
 

@@ -367,3 +367,18 @@ def save_png(fig, path: Union[str, Path], dpi: int = 120) -> Path:
     fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
     return atomic_write(path, buf.getvalue())
+
+
+_MOVED = ("progress", "progress_silenced", "silenced_progress", "output_to", "plain_warnings", "sigterm_as_interrupt", "run_cli")
+
+
+def __getattr__(name: str):
+    """The names that moved to :mod:`dvt_runtime.console` (0.2.0) still import from here, with a DeprecationWarning."""
+    if name in _MOVED:
+        import warnings
+
+        from dvt_runtime import console
+
+        warnings.warn(f"dvt_runtime.io.{name} moved to dvt_runtime.console.{name}", DeprecationWarning, stacklevel=2)
+        return getattr(console, name)
+    raise AttributeError(f"module 'dvt_runtime.io' has no attribute {name!r}")

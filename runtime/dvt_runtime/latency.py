@@ -452,7 +452,7 @@ def read_json(path: PathLike, what: str) -> Any:
     if p.stat().st_size > MAX_INPUT_BYTES:
         raise ProfileError(f"{p} is {p.stat().st_size} bytes, more than the {MAX_INPUT_BYTES >> 20} MB a {what} may have")
     try:
-        return json.loads(p.read_text())
+        return json.loads(p.read_text(encoding="utf-8-sig"))  # UTF-8 on every OS (Windows reads cp1252), a BOM (PowerShell) allowed
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ProfileError(f"{p} is not valid JSON: {e}") from None
     except RecursionError:

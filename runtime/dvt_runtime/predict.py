@@ -276,11 +276,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             saved = atomic_write_json(out, r, allow_nan=False)
         except OSError as e:  # found writable before the run (os.access), refused now: a read-only or pseudo filesystem
             unsaved = e
+    if unsaved is not None:  # said first: a reader gone from stdout would hide it behind exit 141
+        print(f"error: {os_error_text(unsaved)}; the predictions (printed next) were not saved: give --out a path you can write",
+              file=sys.stderr)
     print(format_result(r), file=sys.stderr if args.out == "-" else sys.stdout)
     if args.out == "-":  # for a pipeline: the JSON alone on stdout (it had written a file named "-")
         print(json.dumps(r, indent=2, allow_nan=False))
     if unsaved is not None:
-        print(f"error: {os_error_text(unsaved)}; the predictions above were not saved: give --out a path you can write", file=sys.stderr)
         return 2
     if saved is not None:
         print(f"wrote {saved}")

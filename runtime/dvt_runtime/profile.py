@@ -458,11 +458,13 @@ FEW_RUNS = 20  # an imported profile with fewer timed runs per stage is said to 
 
 
 def _finish(prof: LatencyProfile, out: Optional[str]) -> int:
-    path = None
     try:  # the file first: a reader gone from stdout (| head) must not lose the measurements
         path = prof.save(out) if out else None
-    finally:  # and the table even where the file could not be written (the error that follows says where they were kept)
+    except OSError as e:  # the error first (where the measurements were kept), then the table: a gone reader hides neither
+        print(f"error: {os_error_text(e)}", file=sys.stderr)
         print(prof.format_table())
+        return 2
+    print(prof.format_table())
     if path:
         print(f"wrote {path}")
     return 0
