@@ -540,3 +540,26 @@ def test_a_console_that_cannot_encode_a_name_or_has_no_stderr_loses_nothing(onnx
     r = subprocess.run(["sh", "-c", 'exec "$0" "$@" 2>&-', *cmd, "--out", str(tmp_path / "b.json")], stdout=subprocess.PIPE, text=True,
                        timeout=300)  # the child starts without descriptor 2: sys.stderr is None
     assert r.returncode == 0 and json.loads((tmp_path / "b.json").read_text())["n_images"] == 1, r.returncode
+
+
+def test_windows_wildcards_are_expanded_and_a_mac_is_named_by_its_stable_name(photos, monkeypatch):
+    """Windows' shells pass ``*.png`` as typed: predict said "no such file or folder". macOS's host name follows the network
+    (``dhcp-10-1-2-3.corp``), so the calibration a Mac made at home went unused at work: its Bonjour name is used."""
+    import subprocess
+
+    import dvt_runtime.device as D
+    import dvt_runtime.predict as P
+
+    pattern = str(photos / "sub" / "0" / "*.png")
+    with pytest.raises(ValueError, match="no such file or folder"):
+        P.image_files([pattern])  # a POSIX shell expands it before the command starts
+    monkeypatch.setattr(P, "WINDOWS", True)
+    assert [f.name for f in P.image_files([pattern, str(photos / "sub" / "1")])] == ["00.png", "03.png", "06.png", "09.png",
+                                                                                      "01.png", "04.png", "07.png", "10.png"]
+    with pytest.raises(ValueError, match="no such file or folder"):
+        P.image_files([str(photos / "*.nothing")])  # matching nothing: said as before
+    monkeypatch.setattr(D.sys, "platform", "darwin")
+    monkeypatch.setattr(D.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 0, "Mikes-MacBook-Pro\n", ""))
+    assert D.this_host() == "Mikes-MacBook-Pro"
+    monkeypatch.setattr(D.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "not set"))
+    assert D.this_host() == D.socket.gethostname()  # no Bonjour name: the host name, as elsewhere

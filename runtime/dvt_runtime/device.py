@@ -174,7 +174,15 @@ def check_device_name(name: str, error: type = ValueError, where: str = "cli") -
 
 def this_host() -> str:
     """The device name of this host: what a calibration made here is saved under by default, and what predict and the
-    webcam load by default."""
+    webcam load by default. On macOS the Bonjour name (``scutil --get LocalHostName``): its host name follows the network
+    (``dhcp-10-1-2-3.corp``, ``localhost``), so a calibration made at home went unused at work."""
+    if sys.platform == "darwin":
+        try:
+            r = subprocess.run(["scutil", "--get", "LocalHostName"], capture_output=True, text=True, timeout=5)
+            if r.returncode == 0 and (name := r.stdout.strip()):
+                return name
+        except (OSError, subprocess.SubprocessError):
+            pass
     return _safe(socket.gethostname) or _safe(platform.node) or "localhost"
 
 

@@ -62,13 +62,26 @@ def _walk(top: Path, skipped: Optional[dict] = None) -> list[Path]:
     return sorted(found)
 
 
+WINDOWS = os.name == "nt"  # its shells pass *.jpg to the command as it is typed
+
+
+def _expanded(paths: Sequence[str]) -> list[str]:
+    """On Windows, each argument with a wildcard that is not itself a file is expanded here (sorted), as a POSIX shell
+    would have; elsewhere the shell did it (a file named ``a*.jpg`` stays itself)."""
+    if not WINDOWS:
+        return list(paths)
+    import glob
+
+    return [m for p in paths for m in (sorted(glob.glob(p)) or [p] if glob.has_magic(p) and not os.path.exists(p) else [p])]
+
+
 def image_files(paths: Sequence[str], skipped: Optional[collections.Counter] = None) -> list[Path]:
     """The files given (any name: decoding tells) and every image under the folders given (recursive, sorted); a file
     reached twice (given twice, or a folder and its sub-folder) is read once, where it first came. ``skipped``: counts
     the folders' other files by suffix (a HEIC photo, a GIF)."""
     out: list[Path] = []
     others: dict = {}
-    for p in map(Path, paths):
+    for p in map(Path, _expanded(paths)):
         if p.is_dir():
             found = _walk(p, others)
             if not found:
