@@ -4,6 +4,7 @@ window), and the stats it ends with."""
 
 from __future__ import annotations
 
+import datetime
 import math
 import statistics
 import time
@@ -321,7 +322,8 @@ def build_stats(args, source: str, frame, bundle, mode: Mode, thresholds: Option
     tally, n, m = loop.tally, loop.tally.frames, bundle.manifest
     fixed_thresholds = mode.kind != "budget" or not mode.active
     return {
-        "schema": STATS_SCHEMA,
+        "schema": STATS_SCHEMA, "schema_version": 1,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),  # when the session ended
         "source": source,
         "frames": n,
         "undecodable_frames": loop.undecodable,

@@ -115,7 +115,7 @@ def evaluate_checkpoint(
     artifacts = [b if isinstance(b, dict) else artifact_accuracy(b, *arrays, acc) for b in opened]
     frontier = pareto_frontier(curve)
     return {
-        "schema": SCHEMA,
+        "schema": SCHEMA, "schema_version": 1,
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": sha256_file(checkpoint),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -124,7 +124,8 @@ def evaluate_checkpoint(
         "data": data,
         "data_note": data_note,  # "" unless another set stood in for the checkpoint's own
         "split": ds.split,
-        "n": len(ds),
+        "n": len(ds),  # the images scored; those that could not be read are counted apart, not scored
+        "skipped_images": len(ds.skipped), "skipped_files": list(ds.skipped[:100]),  # truncated, corrupt or unreadable (first 100)
         "threshold_selection": sel_note,
         "threshold_n": threshold_n,  # as asked (the command); threshold_images: how many there were
         "threshold_images": len(sel_out.labels),
@@ -199,7 +200,8 @@ def small_sample_note(n: int) -> str:
 
 def format_report(r: dict) -> str:
     few = small_sample_note(r["n"])
-    lines = [f"{r['model']} on {r['data']} [{r['split']}], {r['n']} images", *([f"note: {r['data_note']}"] if r.get("data_note") else []),
+    skipped = f" ({r['skipped_images']} unreadable left out: skipped_files in evaluate.json)" if r.get("skipped_images") else ""
+    lines = [f"{r['model']} on {r['data']} [{r['split']}], {r['n']} images{skipped}", *([f"note: {r['data_note']}"] if r.get("data_note") else []),
              *([few] if few else []), "", f"{'exit':>4}  {'tokens':>7}  {'cum. GFLOPs':>12}  {'top-1 %':>8}  95% interval"]
     for e in r["exits"]:
         ci = "  {:.2f}-{:.2f}".format(*e["top1_ci95"]) if e.get("top1_ci95") else ""

@@ -392,6 +392,14 @@ def test_cli_int8_min_agreement(micro_ckpt, monkeypatch, capsys):
         assert "int8" in capsys.readouterr().err and len(seen) == 3
     assert M.main([*ck, "--int8-min-agreement", "0.97"]) == 2  # a fraction was a bar of 0.97%: no bar at all
     assert "got 0.97: a fraction? pass 97 for 97%" in capsys.readouterr().err and len(seen) == 3
+    from dvt_edge.export import VerificationFailed
+
+    def failing(checkpoint, name, prec, opts):  # a pipeline reads 1 (the work failed) whether one job was asked for or several
+        raise VerificationFailed("verification failed (int8 top-1 agreement below the required: ...)")
+
+    monkeypatch.setattr(M, "export_bundle", failing)
+    assert M.main(ck) == 1 and "error: verification failed" in capsys.readouterr().err  # it was 2, as a bad argument
+    assert M.main([*ck[:-1], "fp32,int8"]) == 1 and "FAILED onnx int8: verification failed" in capsys.readouterr().err
 
 
 def test_a_224px_export_says_it_takes_minutes_before_it_starts(tmp_path, capsys):

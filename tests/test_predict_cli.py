@@ -48,6 +48,10 @@ def test_predict_answers_every_image_as_the_api_does(onnx_bundle, photos, tmp_pa
         assert (row["label"], row["class_name"], row["exit"]) == (p.label, p.class_name, p.exit + 1)
         assert np.isclose(row["confidence"], p.confidence, atol=1e-6) and row["total_ms"] > 0 and row["preprocess_ms"] > 0
     assert r["thresholds_from"].startswith("the manifest's") and r["mode"] == "thresholds"
+    # a dashboard reads the thresholds, device and threads as values, and every mode writes the same keys
+    b1 = Bundle.open(onnx_bundle, device_name="")
+    assert r["thresholds"] == [float(v) for v in b1.manifest.thresholds[:2]] + [None] and r["threads"] == 1 and r["device_name"] is None
+    assert r["budget_metric"] is None and r["budget_headroom"] is None and r["deadline_missed"] is None
     assert f"12 images (1 unreadable): exits 1-3 answered {' / '.join(map(str, r['exit_counts']))}" in printed
     assert "unreadable: image" in printed and f"wrote {out}" in printed
     assert all(f"{k % 3}/{k:02d}.png " in printed for k in range(12)), printed  # under the common folder: names alone repeat

@@ -642,6 +642,7 @@ def test_a_broken_frame_mid_video_is_skipped_and_counted_and_sigterm_keeps_the_s
     assert webcam.main(["--bundle", str(env[0]), "--video", str(video), "--headless", "--stats", str(stats)]) == 0
     d = json.loads(stats.read_text())
     assert d["frames"] == 11 and d["undecodable_frames"] == 1 and not d["interrupted"] and d["schema"] == "dvt-webcam-stats/1"
+    assert d["schema_version"] == 1 and d["created"].endswith("+00:00")
     step = FrameLoop._step
 
     def term_at_frame_3(self, frame):

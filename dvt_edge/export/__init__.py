@@ -35,7 +35,7 @@ from dvt_edge.data import (
     same_data,
     trained_on_val,
 )
-from dvt_edge.export.common import ExitArtifact, ExitGraph, ExitJob, ExportError, exit_graphs, exit_specs
+from dvt_edge.export.common import ExitArtifact, ExitGraph, ExitJob, ExportError, VerificationFailed, exit_graphs, exit_specs
 from dvt_edge.export.images import _Data, _load_data, _same_images  # noqa: F401  (_Data, _same_images: tests)
 from dvt_edge.export.install import carry_over, check_destination, install, recover_leftovers, staging_stem
 from dvt_edge.export.int8 import CALIBRATED, int8_schemes, pick_scheme
@@ -70,7 +70,7 @@ from dvt_runtime.preprocess import Preprocess
 THRESHOLD_TOLERANCE = 0.2  # default thresholds: the cheapest point at most this many points below the best accuracy
 CHECK_BYTES = 256 << 20  # per-exit inputs of verification images kept for the recipes (e.g. Core ML W8A8's simulated check)
 
-__all__ = ["export_bundle", "ExportOptions", "ExportError", "ExportResult", "TARGETS", "get_target", "TargetUnavailable", "FP32_TOL",
+__all__ = ["export_bundle", "ExportOptions", "ExportError", "VerificationFailed", "ExportResult", "TARGETS", "get_target", "TargetUnavailable", "FP32_TOL",
            "format_parity"]
 
 @dataclass
@@ -466,7 +466,7 @@ def _export_into(p: _Plan, console) -> ExportResult:
             way_out = (f"int8 top-1 agreement below the required: {more}try another --scheme ({', '.join(t.int8.get('schemes', []))}), or "
                        "pass --int8-min-agreement PCT, or 'none' to record it without requiring it" if agreement_only else
                        "use --no-verify to write the bundle anyway")
-        raise ExportError(f"verification failed ({way_out}):\n" + table)
+        raise VerificationFailed(f"verification failed ({way_out}):\n" + table)
     check_destination(p.dest, p.opts.force, p.inputs, p.log, log_written=not p.opts.verbose)  # again: a folder may have appeared there while the export ran
     notes = carry_over(p.dest, p.tmp, manifest, p.log)
     install(p.tmp, p.dest)

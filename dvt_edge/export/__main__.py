@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 from dvt_edge.checkpoint import CheckpointError
 from dvt_edge.data import DATASETS, DataError
-from dvt_edge.export import ExportError, ExportOptions, export_bundle
+from dvt_edge.export import ExportError, ExportOptions, VerificationFailed, export_bundle
 from dvt_edge.export.targets import TARGETS, TargetUnavailable, get_target
 from dvt_edge.export.verify import INT8_MIN_AGREEMENT
 from dvt_runtime.console import silenced_progress
@@ -164,6 +164,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 kind = "" if isinstance(e, user) else f"{type(e).__name__} in the toolchain: "
                 print(f"FAILED {name} {prec}: {kind}{str(e).strip()[:2000]}\n", file=sys.stderr)
         return 1 if failed else 0
+    except VerificationFailed as e:  # the work failed, as one job of several does (1); not a bad argument (2)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except (ExportError, TargetUnavailable, CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -19,6 +19,11 @@ class ExportError(RuntimeError):
     """Export failed (verification, toolchain); nothing was written to the destination."""
 
 
+class VerificationFailed(ExportError):
+    """The export ran and its artifacts answered unlike the model (or int8 below the agreement asked for): the work failed
+    (exit 1, as a failed job among several), not the arguments (exit 2)."""
+
+
 INPUT_NAMES = ("image", "features", "relations")
 OUTPUT_NAMES = ("logits", "features_out", "relations_out")
 

@@ -18,6 +18,7 @@ import argparse
 import collections
 import datetime
 import json
+import math
 import os
 import shlex
 import sys
@@ -100,7 +101,16 @@ def image_files(paths: Sequence[str], skipped: Optional[collections.Counter] = N
 def _budget_facts(bundle: "Bundle", budget_ms: Optional[float]) -> dict:
     """In budget mode: the calibration's statistic the budget is on and the share of it kept spare."""
     c = bundle.calibration
-    return {"budget_metric": c.metric, "budget_headroom": c.headroom} if budget_ms is not None and c is not None else {}
+    on = budget_ms is not None and c is not None
+    return {"budget_metric": c.metric if on else None, "budget_headroom": c.headroom if on else None}  # every mode: the same keys
+
+
+def _thresholds_used(bundle: "Bundle", thresholds: Optional[list], budget_ms: Optional[float]) -> Optional[list]:
+    """The per-exit thresholds every image ran with (None: never stop there), or None in budget mode (chosen per call)."""
+    if budget_ms is not None:
+        return None
+    t = bundle.default_thresholds() if thresholds is None else thresholds
+    return [float(v) if v is not None and math.isfinite(float(v)) else None for v in t]
 
 
 def _thresholds_source(bundle: "Bundle", thresholds: Optional[list], budget_ms: Optional[float], deadline_ms: Optional[float] = None) -> str:
@@ -154,6 +164,7 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
         "bundle": {"path": str(bundle.path), "model": m.model, "target": m.target, "precision": m.precision},
         "mode": "deadline" if deadline_ms is not None else "budget" if budget_ms is not None else "thresholds",
         "budget_ms": budget_ms, "deadline_ms": deadline_ms, **_budget_facts(bundle, budget_ms), "thresholds_from": _thresholds_source(bundle, thresholds, budget_ms, deadline_ms),
+        "thresholds": _thresholds_used(bundle, thresholds, budget_ms), "device_name": bundle.device_name, "threads": bundle.threads,
         "n_images": len(rows), "exit_counts": counts,  # exits numbered from 1 in rows; counts[k] is exit k + 1
         # images whose preprocessing and stages overran the deadline (exit 1 always runs: a deadline below it is missed)
         "deadline_missed": sum(r["preprocess_ms"] + r["total_ms"] > deadline_ms for r in rows) if deadline_ms is not None else None,
