@@ -227,8 +227,11 @@ def _reusable(bdir: Path, checkpoint: str, checkpoint_sha: str, target: str, pre
     return None
 
 
+THROUGHPUT_N = 256  # images per timed pass of fixed-threshold throughput, unless --n says otherwise
+
+
 def run_throughput(checkpoint: str, targets: list[str], precisions: list[str], thresholds: list, batches: Sequence[int], out: Path,
-                   n: int = 256, threads: int = 1, progress: bool = True, device_name: Optional[str] = None, verbose: bool = False,
+                   n: int = THROUGHPUT_N, threads: int = 1, progress: bool = True, device_name: Optional[str] = None, verbose: bool = False,
                    data: Optional[str] = None, reuse: bool = False, trusted: bool = False) -> dict:
     """Static vs dynamic images/s at fixed ``thresholds``: on ``n`` images of ``data`` (with accuracy),
     or on ``n`` random images when ``data`` is None (latency only, e.g. random weights)."""
@@ -355,6 +358,8 @@ def _check_run_args(a: argparse.Namespace) -> None:
         raise ValueError(f"--threads must be >= 1 (threads per session, stated in the report), got {a.threads}")
     if a.runs is not None and a.runs < MIN_RUNS:
         raise ValueError(f"--runs must be at least {MIN_RUNS} (the drift check compares quarters), got {a.runs}")
+    if a.n is None:  # 2,000 random 224 px images at 4 batch sizes x 3 rounds had run over an hour, unsaid
+        a.n = THROUGHPUT_N if (a.model or a.thresholds) and not a.latency_only else 2000
     if a.n < 4:
         raise ValueError(f"--n must be at least 4 images (half choose thresholds, half measure), got {a.n}")
     check_targets(a.targets, a.precisions)
@@ -395,7 +400,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--targets", default="all", help="all or a comma-separated list")
     ap.add_argument("--precisions", default="fp32,int8")
     ap.add_argument("--budgets", default=None, help="comma-separated latency budgets in ms (default: 5, geometrically spaced between exit 1 and exit 3)")
-    ap.add_argument("--n", type=int, default=2000, help="evaluation images (half calibrate thresholds, half measure)")
+    ap.add_argument("--n", type=int, default=None, help="evaluation images (half calibrate thresholds, half measure; default 2000), or "
+                                                        "images per pass of fixed-threshold throughput (default 256)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", type=int, default=None, help="profiler runs per stage (default 200; 60 with --latency-only)")
     ap.add_argument("--device-name", default=None, help="label of this device in reports")

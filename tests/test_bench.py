@@ -544,6 +544,12 @@ def test_each_mode_has_its_own_default_folder(monkeypatch, tmp_path):
                  [], ["--latency-only", "--model", "dvt_micro_fmnist", "--out", "mine"]):
         assert B.main(argv) == 2
     assert seen == ["runs/bench-latency", "runs/bench-throughput", "runs/bench", "mine"]
+    ns = []
+    monkeypatch.setattr(B, "run_throughput", lambda *a, **k: ns.append(k["n"]) or stop(Path("x")))
+    monkeypatch.setattr(B, "run_bench", lambda *a, **k: ns.append(a[6]) or stop(Path("x")))
+    for argv in (["--model", "dvt_micro_fmnist", "--batches", "1,8", "--thresholds", "0.9,0.8"], [], ["--n", "100"]):
+        assert B.main(argv) == 2
+    assert ns == [256, 2000, 100]  # throughput passes of 256 images unless --n says: 2,000 at 224 px ran over an hour
 
 
 def test_a_folder_of_other_files_or_another_modes_result_is_not_replaced(results, monkeypatch, tmp_path, capsys):
