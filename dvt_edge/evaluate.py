@@ -125,7 +125,7 @@ def evaluate_checkpoint(
         "data_note": data_note,  # "" unless another set stood in for the checkpoint's own
         "split": ds.split,
         "n": len(ds),  # the images scored; those that could not be read are counted apart, not scored
-        "skipped_images": len(ds.skipped), "skipped_files": list(ds.skipped[:100]),  # truncated, corrupt or unreadable (first 100)
+        "unreadable_images": len(ds.skipped), "unreadable_files": list(ds.skipped[:100]),  # truncated, corrupt or unreadable (first 100)
         "threshold_selection": sel_note,
         "threshold_n": threshold_n,  # as asked (the command); threshold_images: how many there were
         "threshold_images": len(sel_out.labels),
@@ -200,7 +200,7 @@ def small_sample_note(n: int) -> str:
 
 def format_report(r: dict) -> str:
     few = small_sample_note(r["n"])
-    skipped = f" ({r['skipped_images']} unreadable left out: skipped_files in evaluate.json)" if r.get("skipped_images") else ""
+    skipped = f" ({r['unreadable_images']} unreadable left out: unreadable_files in evaluate.json)" if r.get("unreadable_images") else ""
     lines = [f"{r['model']} on {r['data']} [{r['split']}], {r['n']} images{skipped}", *([f"note: {r['data_note']}"] if r.get("data_note") else []),
              *([few] if few else []), "", f"{'exit':>4}  {'tokens':>7}  {'cum. GFLOPs':>12}  {'top-1 %':>8}  95% interval"]
     for e in r["exits"]:

@@ -86,13 +86,13 @@ def test_threshold_images_say_whose_training_images_they_are(micro_ckpt, tmp_pat
     assert "train split has 10 images, all used to choose thresholds for it (up to 5000 would be)" in err
     r = evaluate_checkpoint(str(micro_ckpt), data=f"imagefolder:{d}", threshold_n=10, progress=False)
     assert r["threshold_selection"] == f"10 training images (seeded; the checkpoint records training on fashion-mnist, not imagefolder:{d})"
-    assert r["schema_version"] == 1 and r["skipped_images"] == 0 and r["skipped_files"] == []
+    assert r["schema_version"] == 1 and r["unreadable_images"] == 0 and r["unreadable_files"] == []
     (d / "val" / "3" / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # unreadable: left out, as before, and now said in the file
     r = evaluate_checkpoint(str(micro_ckpt), data=f"imagefolder:{d}", threshold_n=10, progress=False)
-    assert r["n"] == 10 and r["skipped_images"] == 1 and r["skipped_files"] == [str(d / "val" / "3" / "cut.png")]
+    assert r["n"] == 10 and r["unreadable_images"] == 1 and r["unreadable_files"] == [str(d / "val" / "3" / "cut.png")]
     from dvt_edge.evaluate import format_report
 
-    assert "10 images (1 unreadable left out: skipped_files in evaluate.json)" in format_report(r)
+    assert "10 images (1 unreadable left out: unreadable_files in evaluate.json)" in format_report(r)
 
 
 def test_evaluate_bad_checkpoint(tmp_path, capsys):

@@ -48,6 +48,11 @@ def test_predict_answers_every_image_as_the_api_does(onnx_bundle, photos, tmp_pa
         assert (row["label"], row["class_name"], row["exit"]) == (p.label, p.class_name, p.exit + 1)
         assert np.isclose(row["confidence"], p.confidence, atol=1e-6) and row["total_ms"] > 0 and row["preprocess_ms"] > 0
     assert r["thresholds_from"].startswith("the manifest's") and r["mode"] == "thresholds"
+    for given in ("0.9,0.8", "0.9,0.8,0.5"):  # one entry per exit, the last None (it always answers), however they were given
+        assert main(["--bundle", str(onnx_bundle), str(photos / "sub" / "0"), "--thresholds", given, "--out", str(tmp_path / "t.json"),
+                     "--no-progress"]) == 0
+        assert json.loads((tmp_path / "t.json").read_text())["thresholds"] == [0.9, 0.8, None]
+    capsys.readouterr()
     # a dashboard reads the thresholds, device and threads as values, and every mode writes the same keys
     b1 = Bundle.open(onnx_bundle, device_name="")
     assert r["thresholds"] == [float(v) for v in b1.manifest.thresholds[:2]] + [None] and r["threads"] == 1 and r["device_name"] is None
@@ -562,8 +567,20 @@ def test_windows_wildcards_are_expanded_and_a_mac_is_named_by_its_stable_name(ph
                                                                                       "01.png", "04.png", "07.png", "10.png"]
     with pytest.raises(ValueError, match="no such file or folder"):
         P.image_files([str(photos / "*.nothing")])  # matching nothing: said as before
+    from types import SimpleNamespace
+
     monkeypatch.setattr(D.sys, "platform", "darwin")
     monkeypatch.setattr(D.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 0, "Mikes-MacBook-Pro\n", ""))
-    assert D.this_host() == "Mikes-MacBook-Pro"
-    monkeypatch.setattr(D.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "not set"))
-    assert D.this_host() == D.socket.gethostname()  # no Bonjour name: the host name, as elsewhere
+    D._bonjour_name.cache_clear()  # asked once per process
+    try:
+        assert D.this_host() == "Mikes-MacBook-Pro"
+        facts = D.device_facts()
+        assert facts["device_name"] == "Mikes-MacBook-Pro" and D.profiled_here(SimpleNamespace(device=facts))
+        # a profile this Mac took before 0.2.0 named it by its host name: still this host's
+        assert D.profiled_here(SimpleNamespace(device=dict(facts, device_name=D.socket.gethostname())))
+        assert not D.profiled_here(SimpleNamespace(device=dict(facts, device_name="pixel8")))
+        D._bonjour_name.cache_clear()
+        monkeypatch.setattr(D.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "not set"))
+        assert D.this_host() == D.socket.gethostname()  # no Bonjour name: the host name, as elsewhere
+    finally:
+        D._bonjour_name.cache_clear()

@@ -333,6 +333,7 @@ def test_an_embedding_service_can_close_a_bundle_catch_its_errors_and_call_run_e
             (1, x, None, r"exit 2 needs exit 1's outputs \(features_out, relations_out; run_exit\(0, \.\.\.\) returns them\), got NoneType"),
             (1, x, {"features_out": o1["features_out"]}, r"exit 2 needs exit 1's outputs .* got \['features_out'\]"),
             (1, x[:1], o1, r"exit 2 got 1 images but exit 1's outputs for 2: pass the outputs of the same images"),
+            (0, x[:0], None, r"run_exit got 0 images; this bundle's artifacts take 1 to \d+ a call: run_stage or run_exits"),
         ]:
             with pytest.raises(ValueError, match=said):
                 b.run_exit(e, img, carry)

@@ -398,7 +398,7 @@ def _verify(p: _Plan, exits: list[ExitSpec], artifacts: list[ExitArtifact], max_
                 report.structure_problems += [f"{a.artifact}: {q}" for q in check_structure(p.tmp / a.artifact, g.input_shapes(), g.output_shapes(),
                                                                                             a.quantization.get("scheme"))]
             if report.structure_problems:
-                raise ExportError("Core ML structural check failed: " + "; ".join(report.structure_problems))
+                raise VerificationFailed("Core ML structural check failed: " + "; ".join(report.structure_problems))
     report.data = p.data.note
     report.scheme_selection = notes
     if notes and report.checked == "numerical":  # the winner's agreement is the best of those measured on these same images

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from dvt_edge.data import default_preprocess
-from dvt_edge.export.common import ExitArtifact, ExitGraph, ExportError
+from dvt_edge.export.common import ExitArtifact, ExitGraph, ExportError, VerificationFailed
 from dvt_edge.export.targets import Target
 from dvt_edge.models import DVT
 from dvt_runtime.bundle import Bundle, softmax
@@ -82,7 +82,7 @@ def open_sessions(target: Target, bundle: Path, graphs, artifacts: list[ExitArti
         except BackendUnavailable:
             return None
         except Exception as ex:  # the runtime rejects what the toolchain wrote
-            raise ExportError(f"exit {e + 1}: {a.artifact} was written but {target.backend} cannot run it "
+            raise VerificationFailed(f"exit {e + 1}: {a.artifact} was written but {target.backend} cannot run it "
                               f"({a.quantization.get('scheme', '')} {str(ex).strip()[:300]})") from None
         sessions.append(s)
     return sessions

@@ -6,6 +6,7 @@ versions, thread setting, governor, temperatures and, on a Jetson, its power mod
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -176,14 +177,19 @@ def this_host() -> str:
     """The device name of this host: what a calibration made here is saved under by default, and what predict and the
     webcam load by default. On macOS the Bonjour name (``scutil --get LocalHostName``): its host name follows the network
     (``dhcp-10-1-2-3.corp``, ``localhost``), so a calibration made at home went unused at work."""
-    if sys.platform == "darwin":
-        try:
-            r = subprocess.run(["scutil", "--get", "LocalHostName"], capture_output=True, text=True, timeout=5)
-            if r.returncode == 0 and (name := r.stdout.strip()):
-                return name
-        except (OSError, subprocess.SubprocessError):
-            pass
+    if sys.platform == "darwin" and (name := _bonjour_name()):
+        return name
     return _safe(socket.gethostname) or _safe(platform.node) or "localhost"
+
+
+@functools.lru_cache(maxsize=1)
+def _bonjour_name() -> Optional[str]:
+    """macOS's LocalHostName, asked once per process (a subprocess), or None."""
+    try:
+        r = subprocess.run(["scutil", "--get", "LocalHostName"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (r.stdout.strip() or None) if r.returncode == 0 else None
 
 
 def open_here(path, device_name: Optional[str] = None, **kw):
@@ -255,6 +261,8 @@ def profiled_here(profile) -> bool:
     """True when a given ``LatencyProfile`` was taken on this very host (its device name and hardware facts are this
     host's), so thresholds priced by it can be measured here; False for another device's (a phone's, a Jetson's)."""
     theirs, ours = profile.device if isinstance(profile.device, dict) else {}, device_facts()
+    if sys.platform == "darwin" and theirs.get("device_name") == _safe(socket.gethostname):  # a Mac's profile from before 0.2.0
+        ours = dict(ours, device_name=theirs["device_name"])  # named it by its host name (then its default device name)
     return all(theirs.get(k) is not None and theirs.get(k) == ours.get(k) for k in HOST_FACTS)
 
 

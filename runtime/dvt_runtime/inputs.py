@@ -106,6 +106,10 @@ class BundleInputs:
             raise InputError(f"run_exit takes preprocessed float32 of shape (n, {', '.join(map(str, self.input_shape))}), got "
                              f"{getattr(image, 'dtype', type(image).__name__)} {shape}: pass images through bundle.preprocess, "
                              "or call predict / run_exits, which take uint8 images")
+        most = self.batch_limit()  # type: ignore[attr-defined]
+        if not 1 <= len(image) <= most:
+            raise InputError(f"run_exit got {len(image)} images; this bundle's artifacts take 1 to {most} a call: run_stage or "
+                             "run_exits split a larger batch")
         if e == 0:
             return
         if not isinstance(carry, dict) or any(k not in carry for k in CARRY):

@@ -106,10 +106,12 @@ def _budget_facts(bundle: "Bundle", budget_ms: Optional[float]) -> dict:
 
 
 def _thresholds_used(bundle: "Bundle", thresholds: Optional[list], budget_ms: Optional[float]) -> Optional[list]:
-    """The per-exit thresholds every image ran with (None: never stop there), or None in budget mode (chosen per call)."""
+    """The per-exit thresholds every image ran with, one per exit (None: never stop there; the last exit always answers,
+    so its entry is None), or None in budget mode (chosen per call)."""
     if budget_ms is not None:
         return None
-    t = bundle.default_thresholds() if thresholds is None else thresholds
+    t = list(bundle.default_thresholds() if thresholds is None else thresholds)[: bundle.num_exits - 1]
+    t += [None] * (bundle.num_exits - len(t))  # one per exit; the last always answers (None), as the cascade runs it
     return [float(v) if v is not None and math.isfinite(float(v)) else None for v in t]
 
 
