@@ -124,8 +124,7 @@ def evaluate_checkpoint(
         "data": data,
         "data_note": data_note,  # "" unless another set stood in for the checkpoint's own
         "split": ds.split,
-        "n": len(ds),  # the images scored; those that could not be read are counted apart, not scored
-        "unreadable_images": len(ds.skipped), "unreadable_files": list(ds.skipped[:100]),  # truncated, corrupt or unreadable (first 100)
+        "n": len(ds), "unreadable_images": len(ds.skipped), "unreadable_files": list(ds.skipped[:100]),  # scored; left out (first 100)
         "threshold_selection": sel_note,
         "threshold_n": threshold_n,  # as asked (the command); threshold_images: how many there were
         "threshold_images": len(sel_out.labels),
