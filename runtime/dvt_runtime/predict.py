@@ -110,9 +110,8 @@ def _thresholds_used(bundle: "Bundle", thresholds: Optional[list], budget_ms: Op
     so its entry is None), or None in budget mode (chosen per call)."""
     if budget_ms is not None:
         return None
-    t = list(bundle.default_thresholds() if thresholds is None else thresholds)[: bundle.num_exits - 1]
-    t += [None] * (bundle.num_exits - len(t))  # one per exit; the last always answers (None), as the cascade runs it
-    return [float(v) if v is not None and math.isfinite(float(v)) else None for v in t]
+    # the cascade's own checked array: one per exit, inf where it never stops, -inf on the last exit (it always answers)
+    return [v if math.isfinite(v) else None for v in bundle._thresholds(thresholds).tolist()]
 
 
 def _thresholds_source(bundle: "Bundle", thresholds: Optional[list], budget_ms: Optional[float], deadline_ms: Optional[float] = None) -> str:
