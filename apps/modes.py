@@ -3,12 +3,13 @@ per-frame deadline, with a clear fallback when the device's calibration is missi
 
 from __future__ import annotations
 
-import shlex
 import warnings
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+
+from dvt_runtime.console import quote_arg
 
 from .common import CALIBRATE_HINT, AppError, fmt_ms, warn
 
@@ -88,8 +89,8 @@ def _limit_ms(flag: str, v) -> float:
 def _calibrate_hint(bundle, ms: Optional[float]) -> str:
     """How to calibrate this device: for a budget, at that budget; for a deadline (None), at a mean budget B of the
     user's choosing, whose per-stage p90s the deadline then uses."""
-    hint = CALIBRATE_HINT.format(bundle=shlex.quote(str(bundle.path)), ms="B" if ms is None else f"{ms:g}",  # a command to paste
-                                 name=shlex.quote(bundle.device_name) if bundle.device_name else "NAME")
+    hint = CALIBRATE_HINT.format(bundle=quote_arg(str(bundle.path)), ms="B" if ms is None else f"{ms:g}",  # a command to paste
+                                 name=quote_arg(bundle.device_name) if bundle.device_name else "NAME")
     return hint if ms is not None else hint + " (B: a mean latency; the deadline uses its per-stage p90s)"
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
-import shlex
 import sys
 import time
 import traceback
@@ -36,7 +35,7 @@ from dvt_edge.logs import quiet_toolchains
 from dvt_edge.provenance import result_provenance
 from dvt_edge.references import DEFAULT_REFERENCE
 from dvt_runtime.checks import parse_thresholds
-from dvt_runtime.console import silenced_progress
+from dvt_runtime.console import join_args, silenced_progress
 from dvt_runtime.device import contention_since, contention_snapshot
 from dvt_runtime.io import os_error_text
 from dvt_runtime.stats import sample_stats
@@ -458,7 +457,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (DataError, ValueError, OSError, MemoryError) as e:
         print(f"error: {os_error_text(e)}", file=sys.stderr)
         return 2
-    r["command"] = shlex.join(["python", "-m", "dvt_edge.bench", *argv])  # rerunnable (sys.argv[0] is bench.py's path)
+    r["command"] = join_args(["python", "-m", "dvt_edge.bench", *argv])  # rerunnable (sys.argv[0] is bench.py's path)
     kept = kept_over_failures(out, r)  # a run whose every row failed replaced a working one
     lost = "the results below were not saved ({}); " + f"{out}'s earlier results are as they were"
     if (written := saved_then_shown(markdown([r]), lambda: [] if kept else write_outputs([r], out), lost)) is None:

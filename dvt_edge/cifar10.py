@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import shlex
 from pathlib import Path
 from typing import Optional
 
@@ -14,6 +13,8 @@ import numpy as np
 
 from dvt_edge.downloads import cache_candidates, cache_dir, download, md5_file, not_found, offline
 from dvt_edge.imageset import DataError, ImageSet
+from dvt_runtime.console import quote_arg
+from dvt_runtime.io import replace
 from dvt_runtime.preprocess import Preprocess
 
 __all__ = ["CIFAR10_CLASSES", "CIFAR10_URL", "CIFAR10_MD5", "CIFAR10_TAR", "CIFAR10_REF",
@@ -105,7 +106,7 @@ def find_cifar10_jpeg() -> Path:
     for d in looked:
         if (d / "train").is_dir():
             return d
-    where = shlex.quote(str(looked[-1])) if looked else '"${DVT_DATA:?set DVT_DATA first}/cifar10-jpeg"'
+    where = quote_arg(str(looked[-1])) if looked else '"${DVT_DATA:?set DVT_DATA first}/cifar10-jpeg"'
     places = ("Looked in:\n" + "".join(f"  - {d}\n" for d in looked)) if looked else (
         "Looked nowhere: DVT_DATA is not set and there is no cache folder (no home folder; set DVT_DATA).\n")
     raise DataError(
@@ -149,7 +150,7 @@ def _extract_cifar10(tar_path: Path, dest: Path) -> Path:
             members = [m for m in tf.getmembers() if m.isfile() and m.name.startswith("cifar-10-batches-py/")]
             tf.extractall(tmp, members=members, filter="data")
         if not final.exists():
-            os.replace(tmp / "cifar-10-batches-py", final)
+            replace(tmp / "cifar-10-batches-py", final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final

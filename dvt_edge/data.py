@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,7 +43,7 @@ from dvt_edge.fashion_mnist import (  # noqa: F401  (re-exported)
 from dvt_edge.imagefolder import HOLDOUT_FRACTION, HOLDOUT_SEED, IMAGE_EXTS, holdout_fingerprint, load_imagefolder, split_files  # noqa: F401  (re-exported)
 from dvt_edge.imageset import DataError, ImageSet, SplitNotHeld, as_imagenet_labels, default_preprocess, label_mismatch, stratified_subset  # noqa: F401  (re-exported)
 from dvt_edge.npzdata import HOLDOUT_MARK, export_npz, load_npz, load_npz_spec, npz_has_split, write_jpeg_pack  # noqa: F401  (re-exported)
-from dvt_runtime.console import silenced_progress
+from dvt_runtime.console import quote_arg, silenced_progress
 from dvt_runtime.io import os_error_text, sha256_file, unwritable
 from dvt_runtime.preprocess import Preprocess
 
@@ -405,7 +404,7 @@ def scoring_set(spec: str, split: str, preprocess: Optional[Preprocess], num_cla
         want = preprocess.to_dict()
         diff = ", ".join(f"{k}: {v} vs {want[k]}" for k, v in ds.preprocess.to_dict().items() if v != want[k])
         raise DataError(f"{spec} holds images preprocessed otherwise than this model expects ({diff}): scores on them are not the "
-                        f"model's; write them with its preprocessing: python -m dvt_edge.data export --checkpoint {shlex.quote(str(checkpoint))} --data ... "
+                        f"model's; write them with its preprocessing: python -m dvt_edge.data export --checkpoint {quote_arg(str(checkpoint))} --data ... "
                         "--out val.npz, or store uint8 pixels")
     if limit is not None and len(ds) < limit:  # said, not only in the JSON's n_images
         print(f"note: {spec}'s {split} split has {len(ds)} images, all used to {use} it (up to {limit} would be)", file=sys.stderr)
@@ -416,7 +415,7 @@ def scoring_set(spec: str, split: str, preprocess: Optional[Preprocess], num_cla
                         "pass --data SPEC with the images the model was trained on (moved? their new path)")
     if mismatch:
         raise DataError(f"{spec} cannot {use} this model: {mismatch} (a model for these classes: python -m dvt_edge.train "
-                        f"--finetune {shlex.quote(checkpoint)} --data {shlex.quote(spec)} --out runs/NAME)")
+                        f"--finetune {quote_arg(checkpoint)} --data {quote_arg(spec)} --out runs/NAME)")
     return ds
 
 

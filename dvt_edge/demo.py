@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import shlex
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 from dvt_edge.references import REFERENCES, get_reference
+from dvt_runtime.console import join_args
 from dvt_runtime.device import this_host
 
 
@@ -191,7 +191,7 @@ def _benchmark(ckpt: Path, data: str, args: argparse.Namespace, out: Path) -> tu
     device = this_host()
     result = run_bench(str(ckpt), data, args.targets.split(","), args.precisions.split(","), None, out,
                        n=args.n, threads=1, device_name=device, reuse=True)  # a second tour reuses the bundles of this checkpoint
-    result["command"] = shlex.join(["python", "-m", "dvt_edge.demo", *args.argv])  # rerunnable (sys.argv[0] is demo.py's path)
+    result["command"] = join_args(["python", "-m", "dvt_edge.demo", *args.argv])  # rerunnable (sys.argv[0] is demo.py's path)
     result["_written"] = [str(p) for p in write_outputs([result], out)]
     return result, device
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,7 +39,7 @@ from dvt_edge.data import (
 )
 from dvt_edge.provenance import environment
 from dvt_runtime.checks import FEW_IMAGES, numbered
-from dvt_runtime.console import silenced_progress
+from dvt_runtime.console import join_args, quote_arg, silenced_progress
 from dvt_runtime.io import atomic_write_json, check_result_files, os_error_text, save_png, sha256_file
 from dvt_runtime.search import ExitOutputs, StageCosts, evaluate_thresholds, pareto_frontier, sweep_thresholds
 from dvt_runtime.stats import accuracy_interval
@@ -175,7 +174,7 @@ def open_bundle(bundle_dir: str, checkpoint: Optional[str] = None, classes: Opti
     if checkpoint is not None and src.get("sha256") != sha256_file(checkpoint):
         raise ValueError(f"bundle {bundle_dir} was exported from {src.get('checkpoint')!r}, not from {checkpoint} (SHA-256 differs): "
                          f"its accuracy cannot be compared with this checkpoint's; export it with python -m dvt_edge.export "
-                         f"--checkpoint {shlex.quote(str(checkpoint))}")
+                         f"--checkpoint {quote_arg(str(checkpoint))}")
     if classes is not None and b.classes and not numbered(classes) and not numbered(b.classes) and list(b.classes) != list(classes):
         raise ValueError(f"bundle {bundle_dir} names other classes ({b.classes[:3]}...) than the evaluation data ({classes[:3]}...)")
     return b
@@ -303,7 +302,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (CheckpointError, DataError, ValueError, OSError) as e:
         print(f"error: {os_error_text(e)}", file=sys.stderr)
         return 2
-    r["command"] = f"python -m dvt_edge.evaluate {shlex.join(sys.argv[1:] if argv is None else argv)}"
+    r["command"] = f"python -m dvt_edge.evaluate {join_args(sys.argv[1:] if argv is None else argv)}"
     try:
         atomic_write_json(out / "evaluate.json", r)
         plot_report(r, out / "evaluate.png")

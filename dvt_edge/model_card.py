@@ -16,7 +16,6 @@ import json
 import math
 import os
 import re
-import shlex
 import shutil
 import sys
 from collections.abc import Sequence
@@ -28,7 +27,18 @@ from dvt_edge.data import DataError, npz_in_sample, trained_on_val
 from dvt_edge.provenance import environment_line
 from dvt_edge.references import card_path
 from dvt_edge.resume import STARTED_OVER
-from dvt_runtime.io import atomic_write, atomic_write_json, check_out_path, claimed, hold_lock, os_error_text, sha256_file, short_name
+from dvt_runtime.console import join_args, quote_arg
+from dvt_runtime.io import (
+    atomic_write,
+    atomic_write_json,
+    check_out_path,
+    claimed,
+    hold_lock,
+    os_error_text,
+    replace,
+    sha256_file,
+    short_name,
+)
 
 #: train.py flags that do not change the result (left out of the reproduced command)
 _NOT_IN_COMMAND = {"out", "resume", "force", "quiet", "workers", "trust_checkpoint"}
@@ -46,13 +56,13 @@ def train_command(args: dict, out: str) -> str:
     if args.get("finetune") and "lr" in args:  # a fine-tune's default rate is not --lr's default
         shown.append("lr")
     for key in shown:
-        parts.append(f"--{key.replace('_', '-')} {shlex.quote(str(args[key]))}")
+        parts.append(f"--{key.replace('_', '-')} {quote_arg(str(args[key]))}")
     for key, value in args.items():
         if key in _NOT_IN_COMMAND or key in shown or value == defaults.get(key, object()):
             continue
         flag = f"--{key.replace('_', '-')}"
-        parts.append(flag if value is True else f"{flag} {shlex.quote(str(value))}")
-    parts.append(f"--out {shlex.quote(str(out))}")
+        parts.append(flag if value is True else f"{flag} {quote_arg(str(value))}")
+    parts.append(f"--out {quote_arg(str(out))}")
     return " ".join(parts)
 
 
@@ -204,7 +214,7 @@ def publish_command(run: str, out: str, card: Optional[str], data: Optional[str]
         if v:
             parts += [flag, v]
     parts += ["--threshold-n", str(threshold_n)]
-    return " ".join(shlex.quote(p) if i else p for i, p in enumerate(parts)) + (
+    return " ".join(quote_arg(p) if i else p for i, p in enumerate(parts)) + (
         f" (and the {len(notes)} --note line(s) under Notes)" if notes else "")
 
 
@@ -245,7 +255,7 @@ def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[s
                               f"delete {run_dir / STARTED_OVER}")
     if t["epoch"] < t["epochs"]:
         raise CheckpointError(f"{run} stopped at epoch {t['epoch']} of {t['epochs']}; finish it with "
-                              f"python -m dvt_edge.train --out {shlex.quote(str(run))} --resume")
+                              f"python -m dvt_edge.train --out {quote_arg(str(run))} --resume")
     args = json.loads(t["args"])
     history = json.loads(t["history"])
     if bad := _damaged_figures(history, t):  # a run stops before saving a NaN epoch: these were edited or damaged
@@ -301,13 +311,13 @@ def _install_pair(card_file: Path, card: bytes, tmp: Path, out_path: Path) -> No
                 os.link(card_file, previous)
             except OSError:  # a file system without hard links
                 shutil.copy2(card_file, previous)
-        os.replace(staged, card_file)
+        replace(staged, card_file)
         try:
-            os.replace(tmp, out_path)
+            replace(tmp, out_path)
         except BaseException:
             if not _same_file(out_path, ours):  # the checkpoint did not move: the previous pair, as it was
                 if had:
-                    os.replace(previous, card_file)
+                    replace(previous, card_file)
                 else:
                     card_file.unlink(missing_ok=True)
             raise
@@ -383,7 +393,7 @@ def _unregistered_line(model) -> list[str]:
 
 
 def _evaluate_command(path: Path, report: dict) -> str:
-    return shlex.join(["python", "-m", "dvt_edge.evaluate", "--checkpoint", str(path), "--data", report["data"], "--threshold-n",
+    return join_args(["python", "-m", "dvt_edge.evaluate", "--checkpoint", str(path), "--data", report["data"], "--threshold-n",
                        str(report.get("threshold_n", 5000))])
 
 
@@ -405,7 +415,7 @@ def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict
     lines = [
         f"# Model card: {_code(path.name)}",
         "",
-        f"Written by {_code(command or shlex.join(['python', '-m', 'dvt_edge.model_card', '--run', str(run_dir), '--out', str(path)]))} from the run's final epoch",
+        f"Written by {_code(command or join_args(['python', '-m', 'dvt_edge.model_card', '--run', str(run_dir), '--out', str(path)]))} from the run's final epoch",
         "(no model selection on the evaluation split). Every figure below was measured by that command",
         "or recorded by the training run.",
         "",

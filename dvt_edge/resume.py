@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import json
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from dvt_edge import data as _data
 from dvt_edge.checkpoint import CheckpointError, read_checkpoint
+from dvt_runtime.console import quote_arg
 from dvt_runtime.io import atomic_write_json, check_result_files, hold_lock
 
 __all__ = ["LOCK_NAME", "RESUME_MAY_CHANGE", "STARTED_OVER", "check_room", "resume_hint", "resume_run", "resumed_differently", "run_lock",
@@ -232,4 +232,4 @@ def resume_hint(out: str, started: float) -> Optional[str]:
     if not last.is_file() or last.stat().st_mtime < started or os.environ.get("RANK", "0") != "0":
         return None
     launcher = "torchrun --nproc_per_node N -m dvt_edge.train" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "python -m dvt_edge.train"
-    return f"resume with: {launcher} --out {shlex.quote(str(out))} --resume"
+    return f"resume with: {launcher} --out {quote_arg(str(out))} --resume"

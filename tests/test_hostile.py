@@ -630,19 +630,6 @@ def test_graph_whose_inputs_differ_from_the_manifest_is_a_broken_bundle_not_a_mi
     assert open_session("onnxruntime", path, ["x"], ["logits"], threads=1).run({"x": np.ones((1, 3), np.float32)})["logits"].sum() == 3
 
 
-def test_pid_check_never_signals_on_windows(monkeypatch):
-    """os.kill(pid, 0) terminates the process on Windows: there the owner of a leftover counts as alive."""
-    import importlib
-
-    install = importlib.import_module("dvt_edge.export.install")  # the module (the package exports a function of that name)
-    calls = []
-    monkeypatch.setattr(install.os, "kill", lambda *a: calls.append(a))
-    monkeypatch.setattr(install.os, "name", "nt")
-    assert install._pid_alive(12345) and calls == []
-    monkeypatch.setattr(install.os, "name", "posix")
-    assert install._pid_alive(12345) and calls == [(12345, 0)]
-
-
 @pytest.mark.parametrize("name", ["../escaped", "/tmp/elsewhere", "a/b", ".hidden", "", "x\ny", 7])
 def test_a_checkpoints_model_name_cannot_place_its_outputs(micro_ckpt, tmp_path, monkeypatch, name):
     """A checkpoint's stored model name names the bundle folder (bundles/<name>-onnx-fp32, and OUT/<name>-... with several

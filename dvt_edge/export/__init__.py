@@ -13,7 +13,6 @@ import contextlib
 import datetime
 import os
 import platform
-import shlex
 import shutil
 import sys
 import tempfile
@@ -62,7 +61,7 @@ from dvt_edge.npzdata import HOLDOUT_MARK
 from dvt_edge.provenance import code_revision
 from dvt_runtime.backends import available_backends
 from dvt_runtime.bundle import softmax
-from dvt_runtime.console import progress
+from dvt_runtime.console import progress, quote_arg
 from dvt_runtime.io import current_umask, hold_lock, sha256_file
 from dvt_runtime.manifest import ExitParity, ExitSpec, Manifest, ParityReport
 from dvt_runtime.preprocess import Preprocess
@@ -458,8 +457,8 @@ def _export_into(p: _Plan, console) -> ExportResult:
     if report.problems:
         agreement_only = all("agreement" in str(pr) for pr in report.problems)  # the targeted way out, not every check skipped
         if p.opts.caller == "bench":  # bench has neither flag: a bundle exported by hand into its folder is reused
-            way_out = (f"export it with python -m dvt_edge.export --checkpoint {shlex.quote(str(p.checkpoint))} --target {t.name} "
-                       f"--precision {p.precision} --out {shlex.quote(str(p.dest))} " + ("--int8-min-agreement none" if agreement_only else "--no-verify")
+            way_out = (f"export it with python -m dvt_edge.export --checkpoint {quote_arg(str(p.checkpoint))} --target {t.name} "
+                       f"--precision {p.precision} --out {quote_arg(str(p.dest))} " + ("--int8-min-agreement none" if agreement_only else "--no-verify")
                        + ", then rerun the bench with --reuse-bundles")
         else:
             more = f"calibrate on more images (--calib-n N; {len(p.data.calib)} now), or " if p.data.calib else ""

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
 from dvt_edge.export.common import ExportError
 from dvt_edge.logs import log_problem
-from dvt_runtime.io import claimed, name_too_long, sha256_file, short_name, unwritable
+from dvt_runtime.console import move_command, quote_arg
+from dvt_runtime.io import claimed, name_too_long, replace, sha256_file, short_name, unwritable
 from dvt_runtime.manifest import Manifest, ManifestError
 
 __all__ = ["install", "recover_leftovers", "check_destination", "carry_over", "KEPT"]
@@ -35,14 +35,14 @@ def install(tmp: Path, dest: Path) -> None:
         raise ExportError(f"the export's temporary folder {tmp} was removed while it worked (by another export's clean-up?); "
                           f"{dest} was not changed: export again")
     if not dest.exists():
-        os.replace(tmp, dest)
+        replace(tmp, dest)
         return
     if _exchange(tmp, dest):
         shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old bundle
         return
     old = dest.parent / f".{staging_stem(dest)}.old-{os.getpid()}"
-    os.replace(dest, old)
-    os.replace(tmp, dest)
+    replace(dest, old)
+    replace(tmp, dest)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -64,10 +64,10 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def _pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs. On Windows ``os.kill(pid, 0)`` would signal (or terminate) it, so
-    there every owner counts as alive: leftovers are kept rather than risk another export."""
+    """Whether process ``pid`` runs (where unsure: yes, and its leftovers are kept). On Windows ``os.kill(pid, 0)`` would
+    terminate it: the process is asked for its exit code instead."""
     if os.name == "nt":
-        return True
+        return _windows_pid_alive(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -75,6 +75,23 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _windows_pid_alive(pid: int) -> bool:
+    """Windows: ``OpenProcess`` fails with ERROR_INVALID_PARAMETER for a PID no process has; an open one still runs while its
+    exit code is STILL_ACTIVE. Access denied (another user's process): alive. A reused PID keeps the leftover (safe side)."""
+    import ctypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    query_limited, still_active, invalid_parameter = 0x1000, 259, 87  # PROCESS_QUERY_LIMITED_INFORMATION, ...
+    handle = kernel32.OpenProcess(query_limited, False, pid)
+    if not handle:
+        return ctypes.get_last_error() != invalid_parameter  # type: ignore[attr-defined]
+    try:
+        code = ctypes.c_ulong()
+        return not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)) or code.value == still_active
+    finally:
+        kernel32.CloseHandle(handle)
 
 
 def staging_stem(dest: Path) -> str:
@@ -100,7 +117,7 @@ def recover_leftovers(dest: Path) -> list[str]:
             if not free:  # a live export whose PID is another PID namespace's (a container on this machine)
                 notes.append(f"left {p.name} alone: another export is writing it")
             elif kind == "old" and not dest.exists() and (p / "manifest.json").is_file():
-                os.replace(p, dest)
+                replace(p, dest)
                 notes.append(f"restored the previous bundle {dest} from an interrupted export")
             elif why := _remove(p):
                 notes.append(f"could not remove {p} left by an interrupted export ({why}); remove it by hand")
@@ -134,7 +151,7 @@ def check_destination(dest: Path, force: bool, inputs: Sequence[str] = (), log: 
                           "another --out; nothing was changed")
     if dest.is_symlink():  # swapping it would replace the link, not the bundle it points to
         raise ExportError(f"--out {dest} is a symbolic link to {os.readlink(dest)}; pass the real path instead "
-                          f"(--out {shlex.quote(str(dest.resolve()))}); nothing was changed")
+                          f"(--out {quote_arg(str(dest.resolve()))}); nothing was changed")
     if dest.exists():
         here = Path.cwd().resolve()
         if dest.resolve() == here or dest.resolve() in here.parents:
@@ -182,11 +199,11 @@ def _other_model(dest: Path, checkpoint: Optional[str]) -> str:
     if isinstance(was, str) and was == str(checkpoint):  # recorded relative: the same name from another folder may be another file
         return (f"it is the bundle of {was} as it was then, which is not the file now (an earlier version of it, or another "
                 f"model's file of that name): --force replaces it; to keep both, name another folder, e.g. --out "
-                f"{shlex.quote(str(dest.parent / ('my-' + dest.name)))}")
+                f"{quote_arg(str(dest.parent / ('my-' + dest.name)))}")
     classes = d.get("classes") if isinstance(d.get("classes"), list) else []
     shown = f", classes {classes[:4]}{'...' if len(classes) > 4 else ''}" if classes else ""
     return (f"it is the bundle of another checkpoint ({src.get('checkpoint', '?')}{shown}): --force would replace that model's "
-            f"bundle; to keep both, name another folder, e.g. --out {shlex.quote(str(dest.parent / ('my-' + dest.name)))}")
+            f"bundle; to keep both, name another folder, e.g. --out {quote_arg(str(dest.parent / ('my-' + dest.name)))}")
 
 
 def _is_bundle(folder: Path) -> bool:
@@ -211,7 +228,7 @@ def _listed(dest: Path) -> set[str]:
             assert isinstance(d["schema_version"], int) and all(isinstance(a, str) and a for a in artifacts)
         except json.JSONDecodeError:  # a bundle cut short looks so too: said how to replace it without deleting anything
             raise ExportError(f"{dest} exists and its manifest.json is not valid JSON: --force replaces only bundles it can read. If "
-                              f"it is a damaged bundle, move it aside (mv {shlex.quote(str(dest))} {shlex.quote(f'{dest}.damaged')}; its calibration/ can be copied back "
+                              f"it is a damaged bundle, move it aside ({move_command(dest, f'{dest}.damaged')}; its calibration/ can be copied back "
                               "once the new artifacts match) and export again, or choose another --out; nothing was changed") from None
         except (OSError, ValueError, KeyError, TypeError, AttributeError, AssertionError):
             raise ExportError(f"{dest} exists and is not a dvt-edge bundle ({e}); --force replaces only bundles: "

@@ -16,7 +16,6 @@ models one call at a time (a lock each), and the budget controller's state is gu
 from __future__ import annotations
 
 import math
-import shlex
 import sys
 import threading
 import time
@@ -50,6 +49,7 @@ from dvt_runtime.checks import (  # noqa: F401  (DEFAULT_*: re-exported)
     positive_ms,
     setting_differences,
 )
+from dvt_runtime.console import quote_arg
 from dvt_runtime.controller import BudgetController, controller_for
 from dvt_runtime.device import check_device_name, say_host_calibration
 from dvt_runtime.etdump_record import write_run_record
@@ -173,7 +173,7 @@ class Bundle(BundleInputs):
         cal = read_calibration(p, self.manifest)
         if cal.device != device_name:  # a copied or renamed file: another device's latencies chose these thresholds
             raise CalibrationError(f"{p} holds the calibration of device {cal.device!r}, not {device_name!r}: calibrate this "
-                                   f"device (python -m dvt_runtime.calibrate --device-name {shlex.quote(device_name)}), or open the bundle "
+                                   f"device (python -m dvt_runtime.calibrate --device-name {quote_arg(device_name)}), or open the bundle "
                                    f"with device_name={cal.device!r}")
         if cal.batch != batch:  # its thresholds fit calls of cal.batch images, not these
             raise CalibrationError(f"{p} was calibrated at batch {cal.batch}, not {batch}: recalibrate with python -m "

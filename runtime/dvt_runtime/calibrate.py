@@ -20,7 +20,6 @@ import argparse
 import datetime
 import math
 import os
-import shlex
 import sys
 import warnings
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from dvt_runtime.calibration import (  # noqa: F401  (re-exported)
 )
 from dvt_runtime.checks import FEW_IMAGES, positive_ms, setting_differences
 from dvt_runtime.cli import command_name
+from dvt_runtime.console import join_args
 from dvt_runtime.device import check_batch_memory, check_device_name, profiled_here, this_host  # noqa: F401  (re-exported)
 from dvt_runtime.io import atomic_write_json, check_out_path, os_error_text, sha256_file
 from dvt_runtime.latency import batch_note, load_profile_arg
@@ -466,7 +466,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         x, y = load_npz(args.data, bundle.manifest.preprocess, bundle.classes)
         profile = load_profile_arg(args.profile) if args.profile else None
         data = {"path": os.path.abspath(args.data), "sha256": sha256_file(args.data), "n": len(x)}
-        command = f"{command_name('python -m dvt_runtime.calibrate')} {shlex.join(sys.argv[1:] if argv is None else argv)}"
+        command = f"{command_name('python -m dvt_runtime.calibrate')} {join_args(sys.argv[1:] if argv is None else argv)}"
         r = calibrate(bundle, x, y, args.budget_ms, args.metric, profile, args.algorithm, args.device_name,
                       args.holdout, args.seed, args.runs, batch=args.batch, progress=not args.no_progress, data=data, command=command,
                       headroom=args.headroom, allow_chance=args.allow_chance)

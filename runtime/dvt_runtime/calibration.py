@@ -17,12 +17,12 @@ import json
 import math
 import numbers
 import re
-import shlex
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from dvt_runtime.console import quote_arg
 from dvt_runtime.schema import checked_fields, newer_message
 from dvt_runtime.search import check_metric
 
@@ -203,10 +203,10 @@ def rewrite_command(path: Path) -> str:
             pass
     d = d if isinstance(d, dict) else {}
     budget, device = d.get("budget_ms"), d.get("device")
-    cmd = (f"python -m dvt_runtime.calibrate --bundle {shlex.quote(str(path.parent.parent))} --data VAL.npz --budget-ms "
-           f"{budget if _num(budget) and budget > 0 else 'MS'} --device-name {shlex.quote(device if isinstance(device, str) else m.group(1))}")
+    cmd = (f"python -m dvt_runtime.calibrate --bundle {quote_arg(str(path.parent.parent))} --data VAL.npz --budget-ms "
+           f"{budget if _num(budget) and budget > 0 else 'MS'} --device-name {quote_arg(device if isinstance(device, str) else m.group(1))}")
     cmd += f" --batch {m.group(2)}" if m.group(2) else ""
-    cmd += f" --metric {shlex.quote(d['metric'])}" if _percentile(d.get("metric")) else ""  # a p90 budget stays one
+    cmd += f" --metric {quote_arg(d['metric'])}" if _percentile(d.get("metric")) else ""  # a p90 budget stays one
     cmd += f" --headroom {d['headroom']:g}" if _num(d.get("headroom")) and 0 < d["headroom"] < 1 else ""  # and its spare share
     other = other_hosts_latencies(path) if d else None
     return cmd + (f" --profile PROFILE.json (that device's own: this file's latencies were {other})" if other else "")

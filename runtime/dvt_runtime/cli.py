@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
+from dvt_runtime.console import join_args
+
 
 class GivenNamespace(argparse.Namespace):
     """A namespace that also holds which options the command line set, in a slot: ``vars()`` (a run's recorded
@@ -63,9 +65,8 @@ def _dispatch(commands: dict[str, tuple[str, str]], usage_text: str, argv: Optio
         return 0
     name, rest = argv[0], argv[1:]
     if name not in commands and name in (elsewhere or {}):
-        import shlex
 
-        print(f"{prog}: {name} is a command of {elsewhere[name]}: {elsewhere[name]} {shlex.join([name, *rest])}", file=sys.stderr)
+        print(f"{prog}: {name} is a command of {elsewhere[name]}: {elsewhere[name]} {join_args([name, *rest])}", file=sys.stderr)
         return 2
     if name not in commands:
         import difflib

@@ -6,12 +6,33 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import shlex
+import subprocess
 import sys
 import threading
 import warnings
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
-__all__ = ["progress", "progress_silenced", "silenced_progress", "output_to", "plain_warnings", "sigterm_as_interrupt", "run_cli"]
+__all__ = ["progress", "progress_silenced", "silenced_progress", "output_to", "plain_warnings", "sigterm_as_interrupt", "run_cli",
+           "WINDOWS", "quote_arg", "join_args", "move_command"]
+
+WINDOWS = os.name == "nt"  # cmd.exe and PowerShell: their own quoting, Ctrl-Break, wildcards left to the command
+
+
+def quote_arg(arg: object) -> str:
+    """``arg`` as one argument of a command printed for the user to paste: POSIX quoting (``'my runs'``); on Windows double
+    quotes where needed (``"my runs"``), which cmd.exe and PowerShell both read (cmd.exe keeps single quotes literally)."""
+    return subprocess.list2cmdline([str(arg)]) if WINDOWS else shlex.quote(str(arg))
+
+
+def join_args(args: Iterable[object]) -> str:
+    """A command line of ``args``, each quoted by :func:`quote_arg` (a recorded, rerunnable command)."""
+    return " ".join(quote_arg(a) for a in args)
+
+
+def move_command(src: object, dst: object) -> str:
+    """The shell's command that moves ``src`` to ``dst`` (``mv`` here, ``move`` on Windows), quoted."""
+    return f"{'move' if WINDOWS else 'mv'} {quote_arg(src)} {quote_arg(dst)}"
 
 _SILENCED: contextvars.ContextVar[bool] = contextvars.ContextVar("dvt_progress_silenced", default=False)
 
@@ -102,29 +123,33 @@ def plain_warnings() -> Iterator[None]:
 
 
 def _terminated(signum, frame) -> None:
-    raise KeyboardInterrupt("SIGTERM")
+    import signal
+
+    raise KeyboardInterrupt("SIGBREAK" if signum == getattr(signal, "SIGBREAK", None) else "SIGTERM")
 
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Inside, SIGTERM (``timeout``, a CI cancel, systemd, ``docker stop``) raises ``KeyboardInterrupt("SIGTERM")`` as
-    Ctrl-C would, so clean-up runs (main thread only: elsewhere signals cannot be handled); the old handler after."""
+    Ctrl-C would, so clean-up runs, and so does Windows' Ctrl-Break (``KeyboardInterrupt("SIGBREAK")``: it had ended the
+    process with nothing cleaned up or saved); main thread only (elsewhere signals cannot be handled); the old handlers after."""
     import signal
-    import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.signal(signal.SIGTERM, _terminated)
+    signums = [signal.SIGTERM] + ([signal.SIGBREAK] if hasattr(signal, "SIGBREAK") else [])  # type: ignore[attr-defined]
+    old = {n: signal.signal(n, _terminated) for n in signums}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for n, handler in old.items():
+            signal.signal(n, handler)
 
 
 def run_cli(main: Callable[[], Optional[int]]) -> int:
     """A command's ``main()`` with :func:`plain_warnings`; its exit code. SIGTERM ends it as Ctrl-C does, so its clean-up
-    runs (an export's temporary folder was left behind): one line, exit 143 (130). Text the console cannot encode (a file
+    runs (an export's temporary folder was left behind): one line, exit 143 (Ctrl-C and Windows' Ctrl-Break: 130). Text the console cannot encode (a file
     name on an ascii or cp1252 stdout) is escaped: it had failed a finished export at its "wrote" line."""
     for stream in (sys.stdout, sys.stderr):  # a console that cannot encode a name (ascii, cp1252) shows \xe9, never fails the command
         with contextlib.suppress(AttributeError, ValueError):
@@ -136,9 +161,9 @@ def run_cli(main: Callable[[], Optional[int]]) -> int:
                 sys.stdout.flush()
             return code
     except KeyboardInterrupt as e:
-        by_term = str(e) == "SIGTERM"
-        print(f"interrupted ({'SIGTERM' if by_term else 'Ctrl-C'}): stopped", file=sys.stderr)
-        return 143 if by_term else 130
+        by_term, by_break = str(e) == "SIGTERM", str(e) == "SIGBREAK"
+        print(f"interrupted ({'SIGTERM' if by_term else 'Ctrl-Break' if by_break else 'Ctrl-C'}): stopped", file=sys.stderr)
+        return 143 if by_term else 130  # Ctrl-Break: a console interrupt, as Ctrl-C
     except BrokenPipeError:  # the reader went away (``| head``): the rest of the output is not wanted, nor a traceback
         with contextlib.suppress(OSError, ValueError):  # stdout's unflushed bytes go nowhere at exit (Python's own advice)
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -12,11 +12,12 @@ budgets keeps what it has learnt.
 from __future__ import annotations
 
 import math
-import shlex
 import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional, Sequence
+
+from dvt_runtime.console import quote_arg
 
 if TYPE_CHECKING:
     from dvt_runtime.bundle import Bundle
@@ -89,7 +90,7 @@ def controller_for(bundle: "Bundle", budget_ms: float) -> BudgetController:
     """The bundle's one controller (made from its calibration on first use); warns once per budget below the cheapest point."""
     if bundle.calibration is None:
         where = (f"no {bundle.calibration_path(bundle.device_name)} yet: run python -m dvt_runtime.calibrate --bundle "
-                 f"{shlex.quote(str(bundle.path))} --device-name {shlex.quote(bundle.device_name)} ..." if bundle.device_name else
+                 f"{quote_arg(str(bundle.path))} --device-name {quote_arg(bundle.device_name)} ..." if bundle.device_name else
                  "open the bundle with device_name=... of a calibrated device (python -m dvt_runtime.calibrate)")
         if bundle.device_name and bundle.calibration_path(bundle.device_name).exists():  # dropped by use_calibration(), not missing
             where = (f"the bundle runs none now (dropped by use_calibration(), or made after the bundle was opened): "

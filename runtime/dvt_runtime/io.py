@@ -7,12 +7,15 @@ import errno
 import hashlib
 import json
 import os
-import shlex
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
 
-__all__ = ["atomic_write", "atomic_write_json", "sha256_file", "current_umask", "read_npz", "check_labels", "save_png", "unwritable", "hold_lock", "claimed", "lock_held", "written_together",
+from dvt_runtime import console as _console
+from dvt_runtime.console import move_command
+
+__all__ = ["atomic_write", "replace", "atomic_write_json", "sha256_file", "current_umask", "read_npz", "check_labels", "save_png", "unwritable", "hold_lock", "claimed", "lock_held", "written_together",
            "os_error_text", "short_name", "name_max", "name_too_long", "NAME_MAX"]
 
 
@@ -71,7 +74,7 @@ def atomic_write(path: Union[str, Path], data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        replace(tmp, path)
     except BaseException as e:
         try:
             os.unlink(tmp)
@@ -81,6 +84,22 @@ def atomic_write(path: Union[str, Path], data: bytes) -> Path:
             raise _cannot_write(e, path) from e
         raise
     return path
+
+
+def replace(src: Union[str, Path], dst: Union[str, Path], waits: Sequence[float] = (0.05, 0.1, 0.25, 0.5, 1.0)) -> None:
+    """``os.replace(src, dst)``. On Windows a file or folder another program holds open (an antivirus scan, an indexer, a
+    viewer, a running ``predict``) cannot be replaced: retried after each of ``waits`` (s), then refused with what to do."""
+    for wait in (*waits, None):
+        try:
+            os.replace(src, dst)
+            return
+        except PermissionError as e:
+            if not _console.WINDOWS:  # here a refusal is the folder's permissions: waiting changes nothing
+                raise
+            if wait is None:
+                raise PermissionError(e.errno, f"cannot replace {dst}: another program has it open (close it, or wait for "
+                                               f"a virus scan to finish) and run again; {e.strerror or e}") from e
+            time.sleep(wait)
 
 
 def _cannot_write(e: OSError, path: Path) -> OSError:
@@ -184,7 +203,7 @@ def written_together(out: Union[str, Path], name: str) -> Iterator[Path]:
         with hold_lock(stage, wait=True):
             yield stage
             for f in sorted(stage.iterdir(), key=lambda p: p.suffix == ".json"):
-                os.replace(f, out / f.name)
+                replace(f, out / f.name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
@@ -278,7 +297,7 @@ def atomic_write_json(path: Union[str, Path], obj, allow_nan: bool = True, keep:
         if not keep or e.errno is None or (kept := _kept_aside(Path(path), data)) is None:
             raise
         raise type(e)(e.errno, f"cannot write {path}: {os.strerror(e.errno)}; the {keep} are kept in {kept}: once there is room, "
-                               f"move them into place with: mv {shlex.quote(str(kept))} {shlex.quote(str(path))}") from e
+                               f"move them into place with: {move_command(kept, path)}") from e
 
 
 def _kept_aside(path: Path, data: bytes) -> Optional[Path]:

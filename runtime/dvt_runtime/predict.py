@@ -20,7 +20,6 @@ import datetime
 import json
 import math
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ import numpy as np
 
 from dvt_runtime.backends import PROVIDERS_HELP, BackendUnavailable, parse_providers
 from dvt_runtime.checks import NonFiniteOutput, check_thresholds, parse_thresholds, positive_ms, preprocessed_here, rough_thresholds
-from dvt_runtime.console import progress
+from dvt_runtime.console import WINDOWS, progress, quote_arg  # WINDOWS: its shells pass *.jpg to the command as it is typed
 from dvt_runtime.device import open_here, profiled_here, this_host
 from dvt_runtime.images import IMAGE_EXTS, ImageError, can_check_jpegs, cv2_or_fail, read_image
 from dvt_runtime.io import atomic_write_json, check_out_path, os_error_text
@@ -63,7 +62,6 @@ def _walk(top: Path, skipped: Optional[dict] = None) -> list[Path]:
     return sorted(found)
 
 
-WINDOWS = os.name == "nt"  # its shells pass *.jpg to the command as it is typed
 
 
 def _expanded(paths: Sequence[str]) -> list[str]:
@@ -248,9 +246,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check_mode(bundle, args: argparse.Namespace) -> None:
     """What --budget-ms and --deadline-ms need, said in commands (the API's own errors speak Python)."""
-    b = shlex.quote(str(args.bundle))  # commands the user pastes: a path with spaces, quotes or $ stays one argument
+    b = quote_arg(str(args.bundle))  # commands the user pastes: a path with spaces, quotes or $ stays one argument
     if args.budget_ms is not None and bundle.calibration is None:
-        name = f" --device-name {shlex.quote(args.device_name)}" if args.device_name else ""
+        name = f" --device-name {quote_arg(args.device_name)}" if args.device_name else ""
         raise ValueError(f"--budget-ms needs a calibration of this device (none usable at "
                          f"{bundle.calibration_path(bundle.device_name or this_host())}): "
                          f"dvt-runtime calibrate --bundle {b} --data VAL.npz --budget-ms {args.budget_ms:g}{name} (or pass --device-name "
