@@ -1125,6 +1125,9 @@ def test_a_full_disk_keeps_the_measurements_aside_and_says_how_to_move_them(bund
            f"them into place with: mv {shlex.quote(str(kept))} {shlex.quote(str(out))}" in err and not out.exists()
     assert err.startswith("error: cannot write") and "[Errno" not in err  # the message, not Python's repr of the errno
     assert LatencyProfile.load(kept).stages[0]["n"] == 4  # the measurements, whole
+    from dvt_runtime.io import current_umask
+
+    assert kept.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # as a written file's: mkstemp's 0600 kept a service's user out
     kept.unlink()
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "gone"))  # nowhere to keep them: the plain error, no half-made file

@@ -157,11 +157,11 @@ class Bundle(BundleInputs):
         FileNotFoundError, or (``missing_ok``) a warning and None, the manifest's thresholds in use. A device name no file
         can be named after is a CalibrationError (a ValueError, as every other refusal here).
         """
-        from dvt_runtime.calibration import CalibrationError, missing_calibration, read_calibration
+        from dvt_runtime.calibration import CalibrationError, calibration_exists, missing_calibration, read_calibration
 
         p = self.calibration_path(device_name, batch)
         check_device_name(device_name, CalibrationError, where="api")  # 'x-batch8' would be told to open itself again
-        if not p.exists():
+        if not calibration_exists(p):
             if missing_ok:  # a misspelled name, or only other batch sizes: said, as the manifest's thresholds run instead
                 self._drop_calibration()  # what the warning says runs: not an earlier device's thresholds, table or p90s
                 using = "the manifest's default thresholds" if self.manifest.thresholds is not None else "no thresholds (the last exit)"

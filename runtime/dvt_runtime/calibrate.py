@@ -340,7 +340,7 @@ def _check_request(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: floa
         raise CalibrationError(f"{target.parent} is a link (to {os.path.realpath(target.parent)}): calibrations are written inside "
                                "the bundle, not through links; replace the link with a plain folder")
     try:  # a read-only bundle (a system folder, an image mount) was found only when the work was done
-        check_out_path(target, "calibration file", fix="calibrate a writable copy of the bundle (calibrations are saved in it)", example=None)
+        check_out_path(target, "calibration file", fix="calibrate a writable copy of the bundle (calibrations are saved in it; cp -r keeps read-only modes: chmod -R u+w the copy)", example=None)
     except ValueError as e:
         raise CalibrationError(str(e)) from None
     if (target.exists() or target.is_symlink()) and not _a_calibration(target):  # a user's notes of that name are not replaced

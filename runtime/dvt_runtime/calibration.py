@@ -163,16 +163,33 @@ def missing_calibration(p: Path, device_name: str, batch: int, using: str) -> st
             "the bundle with its calibration/ folder")
 
 
+def unreadable_calibration(path: Path, e: OSError) -> CalibrationError:
+    """A calibration this user may not read (made by root under umask 077, run by a service's user): what to change."""
+    return CalibrationError(f"calibration {path} cannot be read by this user ({e.strerror or e}): let it read the file and its "
+                            f"folder (e.g. chmod a+rX {quote_arg(path.parent)}), or calibrate as this user")
+
+
+def calibration_exists(path: Path) -> bool:
+    """Whether ``path`` exists; a calibration/ folder this user may not search (another user's, mode 700) is a CalibrationError
+    that says so (Python raises PermissionError there, not False)."""
+    try:
+        return path.exists()
+    except PermissionError as e:
+        raise unreadable_calibration(path, e) from None
+
+
 def read_calibration(path: Union[str, Path], manifest) -> Calibration:
     """Load and validate ``path`` for the bundle described by ``manifest``."""
     path = Path(path)
-    if not path.is_file():
-        raise CalibrationError(f"calibration {path} is not a file; remove it and rewrite it: {rewrite_command(path)}")
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise CalibrationError(f"calibration {path} is {path.stat().st_size} bytes, far too large to be a calibration; rewrite it: "
-                               f"{rewrite_command(path)}")
     try:
+        if not path.is_file():
+            raise CalibrationError(f"calibration {path} is not a file; remove it and rewrite it: {rewrite_command(path)}")
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise CalibrationError(f"calibration {path} is {path.stat().st_size} bytes, far too large to be a calibration; rewrite "
+                                   f"it: {rewrite_command(path)}")
         d = json.loads(path.read_text(encoding="utf-8-sig"))  # UTF-8 on every OS (Windows reads cp1252), a BOM allowed
+    except PermissionError as e:  # a CalibrationError as every other bad calibration: a service catching ValueError had crashed
+        raise unreadable_calibration(path, e) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CalibrationError(f"calibration {path} is not valid JSON ({e}); rewrite it: {rewrite_command(path)}") from None
     except RecursionError:

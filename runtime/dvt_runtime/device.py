@@ -197,18 +197,19 @@ def open_here(path, device_name: Optional[str] = None, **kw):
     never stops the bundle from opening: this host's file made for other artifacts (kept by ``export --force``) is a
     warning, and another device's files are not suggested (the host is not that device)."""
     from dvt_runtime.bundle import Bundle
+    from dvt_runtime.calibration import calibration_exists
 
     if device_name is not None:  # '' had meant no calibration, unsaid
         check_device_name(device_name, where="predict")
         return Bundle.open(path, device_name=device_name, **kw)
     bundle = Bundle.open(path, **kw, device_name="")
     host = this_host()
-    if bundle.calibration_path(host).exists():
-        try:
+    try:
+        if calibration_exists(bundle.calibration_path(host)):  # a CalibrationError where this user may not search calibration/
             bundle.use_calibration(host)
             bundle.device_name = host
-        except (ValueError, OSError) as e:  # CalibrationError: stale, another batch, malformed
-            warnings.warn(f"this host's calibration is not used ({e}); running without it", stacklevel=2)
+    except (ValueError, OSError) as e:  # CalibrationError: stale, another batch, malformed, unreadable
+        warnings.warn(f"this host's calibration is not used ({e}); running without it", stacklevel=2)
     return bundle
 
 

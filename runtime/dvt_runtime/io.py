@@ -305,6 +305,7 @@ def _kept_aside(path: Path, data: bytes) -> Optional[Path]:
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f"{short_name(path.stem, 14 + len(path.suffix.encode()))}.kept-", suffix=path.suffix)
+        os.chmod(tmp, 0o666 & ~current_umask())  # as atomic_write's: moved into place, a service's user must read it (mkstemp: 0600)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

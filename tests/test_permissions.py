@@ -1,0 +1,64 @@
+"""A bundle another user made: its calibration folder or file this user may not read (root calibrated under umask 077, a
+service runs as its own user). Emulated (the suite may run as root, whom permissions do not stop): ``Path.stat`` refuses
+the calibration as Python 3.11 does there."""
+
+from __future__ import annotations
+
+import errno
+import json
+import pathlib
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+
+from dvt_runtime.bundle import Bundle
+from dvt_runtime.calibration import CalibrationError
+from dvt_runtime.device import open_here, this_host
+
+
+@pytest.fixture
+def locked(onnx_bundle, tmp_path, monkeypatch):
+    """A copy of the bundle whose calibration/ (this host's file in it) this user may not search."""
+    b = tmp_path / "b"
+    shutil.copytree(onnx_bundle, b)
+    (b / "calibration").mkdir(exist_ok=True)
+    (b / "calibration" / f"{this_host()}.json").write_text(json.dumps({"device": this_host()}))
+    real = pathlib.Path.stat
+
+    def stat(self, *a, **k):
+        if self.parent.name == "calibration" and self.parent.parent == b:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(pathlib.Path, "stat", stat)
+    return b
+
+
+def test_an_unreadable_calibration_leaves_the_default_run_alone(locked, capsys):
+    """Defaulted to this host's calibration, predict (and the webcam) ended at exit 2 with a bare "Permission denied" even
+    with --thresholds: now they run without it and say why, as for any calibration they cannot use."""
+    from dvt_runtime.predict import main
+
+    with pytest.warns(UserWarning, match=r"this host's calibration is not used \(calibration .* cannot be read by this user"):
+        b = open_here(locked, threads=1)
+    assert b.calibration is None and b.predict(np.full((28, 28), 128, np.uint8)).exit in range(b.num_exits)
+    import cv2
+
+    cv2.imwrite(str(locked.parent / "a.png"), np.full((28, 28), 128, np.uint8))
+    with pytest.warns(UserWarning, match="cannot be read by this user"):
+        assert main(["--bundle", str(locked), str(locked.parent / "a.png"), "--thresholds", "0.5,0.5", "--no-progress"]) == 0
+    assert "1 images" in capsys.readouterr().out
+
+
+def test_an_unreadable_calibration_asked_for_is_a_calibration_error(locked):
+    """Asked for by name through the API, it was a PermissionError traceback; the README promises a CalibrationError (a
+    ValueError) that names the file and the fix."""
+    with pytest.raises(CalibrationError, match=r"cannot be read by this user \(Permission denied\): .*chmod a\+rX"):
+        Bundle.open(locked, device_name=this_host())
+    b = Bundle.open(locked, device_name="")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(CalibrationError, match="cannot be read by this user"):
+            b.use_calibration("another-device")  # the folder itself is closed to this user
