@@ -409,15 +409,35 @@ def open_session(backend: str, path, input_names, output_names, threads: Optiona
     raise ValueError(f"unknown backend {backend!r}; valid: {list(BACKENDS)}")
 
 
+#: the distributions each backend's module comes in: a Jetson's or a GPU server's onnxruntime is onnxruntime-gpu, and had
+#: counted as no onnxruntime at all (the benchmark skipped every ONNX row, profiles recorded no version)
+DISTRIBUTIONS = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino", "onnxruntime-qnn",
+                                 "onnxruntime-silicon", "onnxruntime-training"),
+                 "executorch": ("executorch",), "coreml": ("coremltools",)}
+
+
 def backend_version(backend: str) -> Optional[str]:
-    """Version of the backend's library, or None when it is not installed."""
+    """Version of the backend's library (whichever of its distributions is installed), or None when none is."""
     from importlib import metadata
 
-    dist = {"onnxruntime": "onnxruntime", "executorch": "executorch", "coreml": "coremltools"}[backend]
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
+    for dist in DISTRIBUTIONS[backend]:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def provider_fallback(wanted: Sequence[str], sessions: Sequence["Session"]) -> Optional[str]:
+    """What to say when ONNX Runtime started without a provider it was given and has (its CUDA, cuDNN or TensorRT libraries
+    did not load: it falls back to the next one, saying so only in its own log), or None."""
+    got = [list(getattr(s, "providers", None) or []) for s in sessions]
+    lost = [p for p in wanted if p != "CPUExecutionProvider" and any(p not in g for g in got)]
+    if not lost or not got:
         return None
+    return (f"ONNX Runtime could not start {lost} (this build has it, but its libraries did not load: CUDA, cuDNN or TensorRT "
+            f"missing or of another version; ONNX Runtime's log says which): the exits run on {got[0]}, and latencies measured "
+            "now are theirs")
 
 
 def available_backends() -> list[str]:

@@ -36,6 +36,7 @@ from dvt_runtime.backends import (
     import_backend,
     open_session,
     ort_providers,
+    provider_fallback,
 )
 from dvt_runtime.calibration import Calibration, calibration_file
 from dvt_runtime.checks import (  # noqa: F401  (DEFAULT_*: re-exported)
@@ -114,6 +115,8 @@ class Bundle(BundleInputs):
                 raise  # the exported file (its SHA-256 checked): this host cannot run it
             load_ms.append((time.perf_counter() - t0) * 1e3)
             check_signature(sessions[-1], list(e.inputs) + list(e.outputs), m.artifact_path(path, i))
+        if m.backend == "onnxruntime" and providers is not None and (said := provider_fallback(opts["providers"], sessions)):
+            warnings.warn(said, stacklevel=2)  # once for the bundle: ONNX Runtime itself says it only in its log
         bundle = cls(path, m, sessions, load_ms, device_name or None, threads)
         if device_name is None:  # this host's calibration left unused: said
             say_host_calibration(bundle)
@@ -201,10 +204,15 @@ class Bundle(BundleInputs):
             self.calibration, self.controller = None, None
             self._warned_budgets.clear()
 
+    @property
+    def providers(self) -> Optional[list[str]]:
+        """The ONNX Runtime execution providers exit 1's session runs on (what it started, not what was asked); None elsewhere."""
+        got = getattr(self.sessions[0], "providers", None) if self.sessions else None
+        return list(got) if got is not None else None
+
     def _warn_other_setting(self, what: str, threads: Any, device: Any, fix: str, stacklevel: int) -> None:
         """Warn when latencies (a calibration's, a profile's) were measured at other threads or execution providers."""
-        providers = getattr(self.sessions[0], "providers", None) if self.sessions else None
-        if said := setting_differences(threads, device, self.threads, providers, backend_version(self.manifest.backend)):
+        if said := setting_differences(threads, device, self.threads, self.providers, backend_version(self.manifest.backend)):
             warnings.warn(f"{what} at another setting ({'; '.join(said)}): {fix}", stacklevel=stacklevel + 1)
 
     def use_profile(self, stage_p90_ms: Union[Sequence[float], LatencyProfile]) -> None:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import numpy as np
 
-from dvt_runtime.backends import PROVIDERS_HELP, BackendUnavailable, parse_providers
+from dvt_runtime.backends import PROVIDERS_HELP, BackendUnavailable, backend_version, parse_providers
 from dvt_runtime.bundle import Bundle
 from dvt_runtime.calibration import (  # noqa: F401  (re-exported)
     SCHEMA,
@@ -126,12 +126,13 @@ def fit(bundle: Bundle, x: np.ndarray, y: np.ndarray, holdout: float = 0.5, seed
         raise CalibrationError(f"the profile was measured at batch {profile.batch}, not {batch}: profile at --batch {batch} "
                                "or calibrate at the profile's batch")
     # its latencies are this host's at this bundle's setting (None: the backend's default, as a bundle opened with 0 or None)
-    here = measured_here or (profiled_here(profile) and profile.threads == (bundle.threads or None))
-    if not here and profiled_here(profile):  # this host's profile at another thread count: said now, not only in the file's note
-        said = "; ".join(setting_differences(profile.threads, None, bundle.threads, None))
-        warnings.warn(f"the profile was taken on this host at {said}: it prices the thresholds, which cannot be measured here at "
-                      f"this setting; calibrate with --threads {profile.threads or 0}, or profile at the threads the device will run",
-                      stacklevel=3)
+    # at another setting (threads, execution providers: a CUDA profile on a CPU session, the backend's version) they are not
+    differ = setting_differences(profile.threads, profile.device, bundle.threads, bundle.providers, backend_version(m.backend))
+    here = measured_here or (profiled_here(profile) and not differ)
+    if not here and profiled_here(profile):  # this host's profile at another setting: said now, not only in the file's note
+        warnings.warn(f"the profile was taken on this host at {'; '.join(differ)}: it prices the thresholds, which cannot be "
+                      f"measured here at this setting; calibrate as it was profiled (--threads {profile.threads or 0}, its execution "
+                      "providers), or profile at the setting the device will run", stacklevel=3)
     recorded = recorded_overhead(profile, bundle.num_exits)  # measured with the profile, on its device (None: not recorded)
     overhead = recorded if recorded is not None else cascade_overhead_ms(bundle, x, batch=batch) if here else [0.0] * bundle.num_exits
     overhead_from = "the profile" if recorded is not None else "measured here" if here else "none"

@@ -176,7 +176,13 @@ def check_device_name(name: str, error: type = ValueError, where: str = "cli") -
 def this_host() -> str:
     """The device name of this host: what a calibration made here is saved under by default, and what predict and the
     webcam load by default. On macOS the Bonjour name (``scutil --get LocalHostName``): its host name follows the network
-    (``dhcp-10-1-2-3.corp``, ``localhost``), so a calibration made at home went unused at work."""
+    (``dhcp-10-1-2-3.corp``, ``localhost``), so a calibration made at home went unused at work. ``DVT_DEVICE_NAME``, when
+    set, names it instead: a container's host name is its pod's (``infer-7c9f8b-p9zz1``), new at every restart."""
+    if name := os.environ.get("DVT_DEVICE_NAME", "").strip():
+        if name.startswith("."):  # said here: check_device_name's own message names this host, which is this name
+            raise ValueError(f"DVT_DEVICE_NAME={name!r} starts with '.' (a hidden file): set a name such as 'kiosk-3', or unset it")
+        check_device_name(name)  # 'x.json', 'x-batch8': refused as --device-name is
+        return name
     if sys.platform == "darwin" and (name := _bonjour_name()):
         return name
     return _safe(socket.gethostname) or _safe(platform.node) or "localhost"

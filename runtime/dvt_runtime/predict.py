@@ -164,6 +164,7 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
         "mode": "deadline" if deadline_ms is not None else "budget" if budget_ms is not None else "thresholds",
         "budget_ms": budget_ms, "deadline_ms": deadline_ms, **_budget_facts(bundle, budget_ms), "thresholds_from": _thresholds_source(bundle, thresholds, budget_ms, deadline_ms),
         "thresholds": _thresholds_used(bundle, thresholds, budget_ms), "device_name": bundle.device_name, "threads": bundle.threads,
+        "providers": bundle.providers,  # what ONNX Runtime started (a CUDA it could not load falls back to the CPU); None elsewhere
         "n_images": len(rows), "exit_counts": counts,  # exits numbered from 1 in rows; counts[k] is exit k + 1
         # images whose preprocessing and stages overran the deadline (exit 1 always runs: a deadline below it is missed)
         "deadline_missed": sum(r["preprocess_ms"] + r["total_ms"] > deadline_ms for r in rows) if deadline_ms is not None else None,
