@@ -345,11 +345,17 @@ def check_threads(threads, warn: bool = False) -> Optional[int]:
     ``max(MAX_THREADS, 4 x cores)`` is refused, and with ``warn`` more than this machine's cores is warned."""
     if not (threads is None or (isinstance(threads, (int, np.integer)) and not isinstance(threads, bool) and threads >= 0)):
         raise ValueError(f"threads must be an integer >= 1 (or None / 0 for the backend's default), got {threads!r}")
+    from dvt_runtime.device import _affinity, usable_cores  # device imports this module
+
+    cores, machine = usable_cores(), _affinity() or os.cpu_count() or 1
+    if warn and not threads and cores < machine:  # the backends count the cores, not a container's CPU limit
+        from dvt_runtime.checks import user_stacklevel
+
+        warnings.warn(f"the backend's default threads (one per core of the machine's {machine}) where this process may "
+                      f"use {cores} core(s) (a container's CPU limit): the threads contend and every call slows; "
+                      f"pass threads={cores}", stacklevel=user_stacklevel())
     if threads is None:
         return None
-    from dvt_runtime.device import usable_cores  # device imports this module
-
-    cores = usable_cores()
     if threads > max(MAX_THREADS, 4 * cores):  # a million threads: the kernel's OOM killer, at 23 GB
         raise ValueError(f"threads={threads} is far more than this machine's {cores} core(s): pass at most {cores} (or 0 for the "
                          "backend's default)")

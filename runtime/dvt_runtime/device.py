@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import glob
 import json
+import math
 import os
 import platform
 import re
@@ -24,7 +25,7 @@ import numpy as np
 
 from dvt_runtime.backends import backend_version
 
-__all__ = ["BatchMemoryError", "available_memory_mb", "check_batch_memory", "contention_since", "contention_snapshot", "cpu_model", "current_rss_mb", "device_facts", "peak_rss_mb"]
+__all__ = ["BatchMemoryError", "available_memory_mb", "cgroup_memory_mb", "cpu_quota", "usable_cores", "check_batch_memory", "contention_since", "contention_snapshot", "cpu_model", "current_rss_mb", "device_facts", "peak_rss_mb"]
 
 
 # Device facts
@@ -111,9 +112,66 @@ def _meminfo_mb(key: str) -> Optional[float]:
     return round(int(m.group(1)) / 1024, 1) if m else None
 
 
+CGROUP_ROOT, PROC_CGROUP = "/sys/fs/cgroup", "/proc/self/cgroup"  # where a container's limits are (Linux cgroups v1 and v2)
+_UNLIMITED = 2**60  # cgroup v1 writes "no limit" as a huge number of bytes
+
+
+def _cgroup_dirs(controller: str) -> list[str]:
+    """The cgroup folders whose ``controller`` limits ("cpu", "memory") bind this process: its own and its ancestors',
+    innermost first, those that exist (v2's one hierarchy, or v1's for that controller)."""
+    out: list[str] = []
+    for line in (_read(PROC_CGROUP) or "").splitlines():
+        num, _, rest = line.partition(":")
+        ctrls, _, path = rest.partition(":")
+        if num == "0" and not ctrls:  # v2 (mounted at the root, or at unified/ beside v1's)
+            base = CGROUP_ROOT if os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers")) else os.path.join(CGROUP_ROOT, "unified")
+        elif controller in ctrls.split(","):
+            base = os.path.join(CGROUP_ROOT, ctrls)
+        else:
+            continue
+        parts = [q for q in path.split("/") if q]
+        out += [d for d in (os.path.join(base, *parts[:i]) for i in range(len(parts), -1, -1)) if os.path.isdir(d)]
+    return out
+
+
+def cpu_quota() -> Optional[float]:
+    """CPUs' worth of time this process's cgroup may use (a container's ``--cpus``, a pod's CPU limit: cgroup v2 ``cpu.max``,
+    v1 ``cpu.cfs_quota_us``), the tightest of its cgroup and ancestors; None when unlimited or not told."""
+    quotas = []
+    for d in _cgroup_dirs("cpu"):
+        v2 = (_read(os.path.join(d, "cpu.max")) or "").split()
+        if v2 and v2[0] != "max":
+            quotas.append(int(v2[0]) / int(v2[1] if len(v2) > 1 else 100000))
+        q, per = _read(os.path.join(d, "cpu.cfs_quota_us")), _read(os.path.join(d, "cpu.cfs_period_us"))
+        if q and per and int(q) > 0:
+            quotas.append(int(q) / int(per))
+    return min(quotas) if quotas else None
+
+
+def cgroup_memory_mb() -> tuple[Optional[float], Optional[float]]:
+    """(limit, available) MiB in this process's tightest memory cgroup (a container's or pod's limit), available being the
+    limit less what it uses, its reclaimable page cache counted as free (as Kubernetes counts a pod's working set);
+    (None, None) when unlimited or not told."""
+    best: tuple[Optional[float], Optional[float]] = (None, None)
+    for d in _cgroup_dirs("memory"):
+        v2 = _read(os.path.join(d, "memory.max"))
+        limit, use, stat = ((v2, _read(os.path.join(d, "memory.current")), "inactive_file") if v2 is not None else
+                            (_read(os.path.join(d, "memory.limit_in_bytes")), _read(os.path.join(d, "memory.usage_in_bytes")), "total_inactive_file"))
+        if not limit or limit == "max" or int(limit) >= _UNLIMITED or use is None:
+            continue
+        m = re.search(rf"^{stat} (\d+)$", _read(os.path.join(d, "memory.stat")) or "", re.MULTILINE)
+        avail = (int(limit) - int(use) + (int(m.group(1)) if m else 0)) / 2**20
+        if best[1] is None or avail < best[1]:
+            best = (round(int(limit) / 2**20, 1), round(max(avail, 0.0), 1))
+    return best
+
+
 def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the OS says it), else the machine's."""
-    return _affinity() or os.cpu_count() or 1
+    """The cores this process may run on: its CPU affinity where the OS says it, else the machine's, and no more than its
+    cgroup's CPU quota (rounded up): a 2-CPU container on a 64-core node has 2, not 64."""
+    cores = _affinity() or os.cpu_count() or 1
+    quota = _safe(cpu_quota)
+    return max(1, min(cores, math.ceil(quota))) if quota else cores
 
 
 def _memory_mb() -> Optional[float]:
@@ -121,14 +179,14 @@ def _memory_mb() -> Optional[float]:
 
 
 def available_memory_mb() -> Optional[float]:
-    """Memory the system can give without swapping (Linux MemAvailable, else free pages), or None where unknown."""
+    """Memory this process can be given without swapping or its container's OOM killer: Linux's MemAvailable (a kernel
+    before 3.14: free + buffers + page cache), no more than its cgroup's limit leaves; None where unknown (a phone's app
+    may not read /proc/meminfo: free pages alone, its fallback before, refused batches that fit)."""
     got = _meminfo_mb("MemAvailable")
-    if got is not None:
-        return got
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (ValueError, OSError, AttributeError):
-        return None
+    if got is None and (free := _meminfo_mb("MemFree")) is not None:
+        got = free + (_meminfo_mb("Buffers") or 0.0) + (_meminfo_mb("Cached") or 0.0)
+    in_cgroup = (_safe(cgroup_memory_mb) or (None, None))[1]
+    return min(got, in_cgroup) if got is not None and in_cgroup is not None else got if got is not None else in_cgroup
 
 
 def _temperatures() -> Optional[list[dict[str, Any]]]:
@@ -244,7 +302,9 @@ def device_facts(threads: Optional[int] = None, backend: Optional[str] = None) -
         "board": _read("/proc/device-tree/model"),
         "logical_cores": _safe(os.cpu_count),
         "affinity_cores": _safe(_affinity),
+        "cpu_quota": _safe(cpu_quota),  # a container's CPU limit (CPUs' worth of time); None: unlimited
         "memory_total_mb": _safe(_memory_mb),
+        "memory_limit_mb": (_safe(cgroup_memory_mb) or (None, None))[0],  # a container's memory limit; None: unlimited
         "os": _safe(platform.platform),
         "machine": _safe(platform.machine) or None,
         "python": _safe(platform.python_version),

@@ -1,0 +1,86 @@
+"""A container's limits (a pod's CPU and memory limits: Linux cgroups) bind the runtime, not the node's cores and memory.
+The cgroup files are written here as the kernel shows them (v2 and v1), and the runtime reads them from there."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from dvt_runtime import device
+from dvt_runtime.backends import check_threads
+
+GIB = 2**30
+
+
+def _tree(root, files: dict) -> None:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+
+
+@pytest.fixture
+def cgroup(tmp_path, monkeypatch):
+    """Point the runtime at a cgroup tree made here; returns a function that writes it."""
+    root, proc = tmp_path / "sys_fs_cgroup", tmp_path / "proc_self_cgroup"
+    monkeypatch.setattr(device, "CGROUP_ROOT", str(root))
+    monkeypatch.setattr(device, "PROC_CGROUP", str(proc))
+    monkeypatch.setattr(device, "_affinity", lambda: 64)  # a 64-core node
+    monkeypatch.setattr(device, "_meminfo_mb", lambda key: {"MemAvailable": 60000.0, "MemTotal": 64000.0}.get(key))
+
+    def make(proc_text: str, files: dict) -> None:
+        proc.write_text(proc_text)
+        _tree(root, files)
+    return make
+
+
+def test_a_v2_pod_limit_is_the_runtimes_limit(cgroup):
+    """cgroup v2 (a pod on a current Kubernetes node): cpu.max "200000 100000" is 2 CPUs on a 64-core node, memory.max 2 GiB
+    of which 1.5 GiB used (0.25 GiB of it reclaimable page cache). The node's 64 cores and 60 GB had been taken as the
+    pod's: no warning at 16 threads, and a batch the OOM killer would end passed the memory check."""
+    cgroup("0::/kubepods/pod1/ctr\n", {"cgroup.controllers": "cpu memory\n",
+                                       "kubepods/pod1/ctr/cpu.max": "max 100000\n",  # the container: no limit of its own
+                                       "kubepods/pod1/cpu.max": "200000 100000\n",  # the pod's, an ancestor: it binds
+                                       "kubepods/pod1/ctr/memory.max": f"{2 * GIB}\n",
+                                       "kubepods/pod1/ctr/memory.current": f"{int(1.5 * GIB)}\n",
+                                       "kubepods/pod1/ctr/memory.stat": f"anon 1\ninactive_file {GIB // 4}\nactive_file 5\n"})
+    assert device.cpu_quota() == 2.0 and device.usable_cores() == 2
+    assert device.cgroup_memory_mb() == (2048.0, 768.0) and device.available_memory_mb() == 768.0
+    facts = device.device_facts()
+    assert facts["cpu_quota"] == 2.0 and facts["memory_limit_mb"] == 2048.0
+    with pytest.warns(UserWarning, match=r"threads=16 on a machine with 2 core\(s\)"):
+        check_threads(16, warn=True)
+    with pytest.warns(UserWarning, match=r"the backend's default threads .* may use 2 core\(s\) .* pass threads=2"):
+        check_threads(0, warn=True)
+
+
+def test_a_v1_container_limit_and_a_fractional_quota(cgroup):
+    """cgroup v1 (docker on an older host): the controllers' own folders; 1.5 CPUs round up to 2 cores; a memory limit
+    above the node's available memory leaves the node's figure."""
+    cgroup("4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n0::/\n",
+           {"cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "150000\n", "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n",
+            "memory/docker/abc/memory.limit_in_bytes": f"{100 * GIB}\n", "memory/docker/abc/memory.usage_in_bytes": f"{GIB}\n",
+            "memory/docker/abc/memory.stat": "total_inactive_file 0\n", "memory/memory.limit_in_bytes": "9223372036854771712\n",
+            "memory/memory.usage_in_bytes": "5\n"})
+    assert device.cpu_quota() == 1.5 and device.usable_cores() == 2
+    assert device.cgroup_memory_mb() == (102400.0, 101376.0) and device.available_memory_mb() == 60000.0
+
+
+def test_no_limits_leave_the_machines_figures(cgroup):
+    """Unlimited (v2 "max", v1's huge number) or no cgroup files at all (macOS, Windows, a phone): the node's figures."""
+    cgroup("0::/user.slice\n", {"cgroup.controllers": "", "user.slice/cpu.max": "max 100000\n", "user.slice/memory.max": "max\n",
+                                "user.slice/memory.current": "123\n"})
+    assert device.cpu_quota() is None and device.usable_cores() == 64
+    assert device.cgroup_memory_mb() == (None, None) and device.available_memory_mb() == 60000.0
+    os.remove(device.PROC_CGROUP)
+    assert device.cpu_quota() is None and device.cgroup_memory_mb() == (None, None) and device.usable_cores() == 64
+
+
+def test_without_memavailable_the_check_is_not_fooled_by_free_pages(monkeypatch, cgroup):
+    """A kernel before 3.14 has no MemAvailable: free pages alone (the fallback before) left out the page cache, and a
+    batch that fits was refused; a phone's app that cannot read /proc/meminfo at all gets no figure (the check is skipped)."""
+    cgroup("0::/\n", {})
+    monkeypatch.setattr(device, "_meminfo_mb", lambda key: {"MemFree": 400.0, "Buffers": 100.0, "Cached": 6000.0}.get(key))
+    assert device.available_memory_mb() == 6500.0
+    monkeypatch.setattr(device, "_meminfo_mb", lambda key: None)
+    assert device.available_memory_mb() is None
