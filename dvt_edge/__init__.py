@@ -1,19 +1,31 @@
-"""dvt-edge: Dynamic Vision Transformers from a trained checkpoint to the device."""
+"""dvt-edge: Dynamic Vision Transformers from a trained checkpoint to the device.
 
-from dvt_edge.checkpoint import CheckpointError, CheckpointInfo, load_checkpoint, save_checkpoint
-from dvt_edge.models import DVT, DVTConfig, create_model, get_config, list_models
+The names below load their modules (and torch) when first used, not at ``import dvt_edge``: ``dvt-edge --help`` and the
+torch-free webcam demo (``dvt_edge.apps``) need none of them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.2.0"
 
-__all__ = [
-    "DVT",
-    "DVTConfig",
-    "CheckpointError",
-    "CheckpointInfo",
-    "create_model",
-    "get_config",
-    "list_models",
-    "load_checkpoint",
-    "save_checkpoint",
-    "__version__",
-]
+_LAZY = {"CheckpointError": "dvt_edge.checkpoint", "CheckpointInfo": "dvt_edge.checkpoint", "load_checkpoint": "dvt_edge.checkpoint",
+         "save_checkpoint": "dvt_edge.checkpoint", "DVT": "dvt_edge.models", "DVTConfig": "dvt_edge.models",
+         "create_model": "dvt_edge.models", "get_config": "dvt_edge.models", "list_models": "dvt_edge.models"}
+
+__all__ = ["DVT", "DVTConfig", "CheckpointError", "CheckpointInfo", "create_model", "get_config", "list_models", "load_checkpoint",
+           "save_checkpoint", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # once
+        return value
+    raise AttributeError(f"module 'dvt_edge' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

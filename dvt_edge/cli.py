@@ -15,7 +15,8 @@ from typing import Optional
 from dvt_runtime.cli import COMMANDS as DEVICE_COMMANDS
 from dvt_runtime.cli import dispatch, usage
 
-#: the webcam demo: ``dvt_edge.apps`` in an installed wheel, the checkout's top-level ``apps/`` otherwise
+#: the webcam demo: ``dvt_edge.apps`` in an installed wheel, the checkout's top-level ``apps/`` otherwise (finding it imports
+#: ``dvt_edge``, which loads torch only when its model and checkpoint names are used)
 WEBCAM = "dvt_edge.apps.webcam" if find_spec("dvt_edge.apps") else "apps.webcam"
 
 #: subcommand -> (module with a ``main(argv)``, one-line help)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from dvt_edge.references import REFERENCES, get_reference
+from dvt_runtime.cli import command_name
 from dvt_runtime.console import join_args
 from dvt_runtime.device import this_host
 
@@ -41,7 +42,7 @@ def closest_row(result: dict) -> Optional[dict]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m dvt_edge.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog=command_name("python -m dvt_edge.demo"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reference", default="cifar10", choices=sorted(REFERENCES),
                     help="which committed reference to tour (default: cifar10, the natural-image model)")
     ap.add_argument("--checkpoint", default=None, help="model to tour instead of a reference")
@@ -115,7 +116,9 @@ def _tour(args: argparse.Namespace) -> int:
         print("no target gave a cascade to calibrate: none ran here, or none found thresholds as accurate as its last exit on "
               "the threshold half of the images (a larger --n gives the search more images)")
     _print_summary(result, best, out)
-    return 0
+    from dvt_edge.bench import exit_status
+
+    return exit_status(result, args.targets)  # 1 when a row asked for failed, as bench says it: a failed tour had exited 0
 
 
 def _show_zoo() -> None:

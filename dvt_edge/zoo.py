@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 
 from dvt_edge.models import create_model, describe_model, list_models
+from dvt_runtime.cli import command_name
 
 
 def zoo_rows() -> list[dict]:
@@ -45,7 +46,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m dvt_edge.zoo", description=__doc__)
+    ap = argparse.ArgumentParser(prog=command_name("python -m dvt_edge.zoo"), description=__doc__)
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args(argv)
     rows = zoo_rows()

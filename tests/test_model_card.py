@@ -537,7 +537,7 @@ def test_demo_calibrates_the_closest_row_when_none_matched_and_says_so(monkeypat
                                                                                   "measured_mean_ms": 1.0}},
             {"status": "ok", "target": "ort", "precision": "int8", "matched": {"within_match": False, "accuracy_delta": -1.3,
                                                                                  "measured_mean_ms": 0.5}},
-            {"status": "error", "target": "coreml", "precision": "fp32"}]
+            {"status": "error", "target": "coreml", "precision": "fp32", "error": "TargetUnavailable: Core ML runs on macOS"}]
     calibrated = []
     monkeypatch.setattr(D, "_show_zoo", lambda: None)
     monkeypatch.setattr(D, "_evaluate", lambda *a: ("cifar10-ref", None))
@@ -548,8 +548,11 @@ def test_demo_calibrates_the_closest_row_when_none_matched_and_says_so(monkeypat
     out = capsys.readouterr().out
     assert calibrated == ["onnx"] and "on the 100 measured images" in out and "calibrating the closest, onnx fp32 (-0.60 points)" in out
     monkeypatch.setattr(D, "_benchmark", lambda *a: ({"rows": rows[2:]}, "host"))
-    assert D.main(["--n", "200", "--out", str(tmp_path)]) == 0
+    assert D.main(["--n", "200", "--out", str(tmp_path)]) == 1  # nothing measured: a failed tour, as bench says it (it exited 0)
     assert "calibration for this device: skipped" in capsys.readouterr().out and calibrated == ["onnx"]
+    monkeypatch.setattr(D, "_benchmark", lambda *a: ({"rows": rows[:1] + [dict(rows[2], error="RuntimeError: export failed")]}, "host"))
+    assert D.main(["--n", "200", "--out", str(tmp_path)]) == 1  # a row asked for failed
+    assert "error: 1 of 2 rows failed (coreml fp32)" in capsys.readouterr().err
 
 
 def test_lineage_of_a_run_fine_tuned_from_its_own_file_ends(micro_ckpt, tmp_path):

@@ -132,3 +132,32 @@ def test_names_moved_to_console_still_import_from_io_with_a_warning():
         from dvt_runtime.io import atomic_write  # noqa: F401  (still io's own: no warning)
     with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
         dio.nothing  # noqa: B018
+
+
+def test_dvt_edge_help_and_the_webcam_need_no_torch():
+    """``dvt-edge --help`` and ``dvt-edge webcam`` (a torch-free demo) imported torch through ``dvt_edge/__init__`` (1.2 s of
+    a 2 s --help): its model and checkpoint names now load on first use. `dvt-edge help train` gives train's help; usage
+    lines name the command as typed."""
+    code = f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from dvt_edge.cli import main
+        import dvt_edge
+        assert dvt_edge.__version__ and "DVT" in dir(dvt_edge)
+        for argv in (["--help"], ["webcam", "--help"]):
+            try:
+                main(argv)
+            except SystemExit as e:
+                assert e.code == 0, (argv, e.code)
+        assert "torch" not in sys.modules
+        try:
+            dvt_edge.create_model
+        except ImportError as e:
+            print("lazy:", e)
+    """
+    r = run_without_torch(code)
+    assert r.returncode == 0 and "usage: dvt-edge webcam " in r.stdout and "lazy: torch is blocked" in r.stdout, r.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-m", "dvt_edge", "help", "zoo"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("usage: dvt-edge zoo [-h]"), (r.stdout[:300], r.stderr[-1000:])
+    r = subprocess.run([sys.executable, "-m", "dvt_edge", "evaluate", "--nope"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "dvt-edge evaluate: error: the following arguments are required" in r.stderr, r.stderr[-1000:]

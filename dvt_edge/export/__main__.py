@@ -16,6 +16,7 @@ from dvt_edge.data import DATASETS, DataError
 from dvt_edge.export import ExportError, ExportOptions, VerificationFailed, export_bundle
 from dvt_edge.export.targets import TARGETS, TargetUnavailable, get_target
 from dvt_edge.export.verify import INT8_MIN_AGREEMENT
+from dvt_runtime.cli import command_name
 from dvt_runtime.console import silenced_progress
 
 #: what a full or read-only disk raises while the bundle is written
@@ -66,7 +67,7 @@ def _agreement(v: Optional[str]) -> Optional[float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m dvt_edge.export", description=__doc__)
+    ap = argparse.ArgumentParser(prog=command_name("python -m dvt_edge.export"), description=__doc__)
     ap.add_argument("--checkpoint", help="our checkpoint or a published DVT .pth.tar (default: the CIFAR-10 reference dvt_small_cifar)")
     ap.add_argument("--model", default=None, help="registered model name (published checkpoints: inferred when omitted)")
     ap.add_argument("--target", help=f"one of {sorted(TARGETS)} or 'all'")

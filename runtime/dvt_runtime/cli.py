@@ -57,6 +57,8 @@ def dispatch(commands: dict[str, tuple[str, str]], usage_text: str, argv: Option
 def _dispatch(commands: dict[str, tuple[str, str]], usage_text: str, argv: Optional[Sequence[str]], prog: str,
               elsewhere: Optional[dict[str, str]], version: Optional[str]) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) >= 2 and argv[0] == "help" and argv[1] in commands:  # `dvt-edge help train`: train's help, not the list
+        argv = [argv[1], "--help"]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage_text)
         return 0 if argv else 2
