@@ -352,6 +352,10 @@ def _check_run_args(a: argparse.Namespace) -> None:
     if (a.model or a.thresholds) and not a.latency_only and (a.budgets or a.runs):  # they had been ignored unsaid
         raise ValueError("fixed-threshold throughput (--model / --thresholds) times whole passes at the given thresholds, calibrating "
                          "no budget: drop --budgets and --runs")
+    if a.rounds is not None and not a.latency_only:  # ignored unsaid: throughput's rounds are fixed, the full benchmark has none
+        raise ValueError("--rounds sets --latency-only's interleaved timing rounds: drop it (or add --latency-only)")
+    if a.n is not None and a.latency_only:  # ignored unsaid: the latency mode times random images, as many as --runs
+        raise ValueError("--latency-only times random images (--runs per stage), no evaluation set: drop --n")
     from dvt_runtime.stats import MIN_RUNS
 
     if a.threads < 1:
@@ -398,11 +402,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--data", default=None, help=f"dataset spec: {', '.join(DATASETS)} (default: the checkpoint's evaluation set; "
                                                  "with --latency-only: int8 calibration images, default random images for --model)")
     ap.add_argument("--targets", default="all", help="all or a comma-separated list")
-    ap.add_argument("--precisions", default="fp32,int8")
+    ap.add_argument("--precisions", default="fp32,int8", help="comma-separated (default fp32,int8)")
     ap.add_argument("--budgets", default=None, help="comma-separated latency budgets in ms (default: 5, geometrically spaced between exit 1 and exit 3)")
     ap.add_argument("--n", type=int, default=None, help="evaluation images (half calibrate thresholds, half measure; default 2000), or "
                                                         "images per pass of fixed-threshold throughput (default 256)")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="threads per session, stated in the report (default 1; at least 1)")
     ap.add_argument("--runs", type=int, default=None, help="profiler runs per stage (default 200; 60 with --latency-only)")
     ap.add_argument("--device-name", default=None, help="label of this device in reports")
     ap.add_argument("--reuse-bundles", action="store_true", help="reuse bundles already in OUT/bundles")
@@ -413,11 +417,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--latency-only", action="store_true",
                     help="no data: per-exit p50/p90 of every target x precision and of eager PyTorch on random images, MAC "
                          "rates against this machine's GEMM peak (with --model NAME for random weights, or --checkpoint)")
-    ap.add_argument("--rounds", type=int, default=4, help="with --latency-only: interleaved timing rounds")
+    ap.add_argument("--rounds", type=int, default=None, help="with --latency-only: interleaved timing rounds (default 4)")
     ap.add_argument("--model", default=None, help="with --batches or --latency-only: a registered model with random weights "
                                                   "(random images, no accuracy)")
     ap.add_argument("--thresholds", default=None,
-                    help="with --batches: fixed per-exit thresholds, e.g. 0.9,0.8 ('-' = never stop), instead of the full "
+                    help="with --batches: fixed per-exit thresholds, e.g. 0.9,0.8 ('-' or 'none': never stop there), instead of the full "
                          "benchmark's matched-accuracy ones")
     ap.add_argument("--trust-checkpoint", action="store_true", help="allow arbitrary unpickling of --checkpoint (only for files you trust)")
     ap.add_argument("--force", action="store_true", help="replace a result of another mode in --out (a full benchmark by a quick run)")
@@ -440,7 +444,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     raise ValueError("--latency-only measures latency alone: drop --batches, --thresholds and --budgets")
                 ckpt = None if a.model else a.checkpoint
                 r = run_latency(ckpt, a.model, a.targets.split(","), a.precisions.split(","), out, a.threads, a.runs or 60,
-                                _ints(str(a.rounds), "--rounds")[0], device_name=a.device_name, verbose=a.verbose,
+                                _ints(str(4 if a.rounds is None else a.rounds), "--rounds")[0], device_name=a.device_name, verbose=a.verbose,
                                 reuse=a.reuse_bundles, calib_data=a.data, trusted=a.trust_checkpoint)
             elif a.model or a.thresholds:
                 if not batches or not a.thresholds:

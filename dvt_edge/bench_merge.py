@@ -20,7 +20,7 @@ def report_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog=command_name("python -m dvt_edge.bench") + " report", description="merge results from several devices")
     ap.add_argument("results", nargs="+", help="bench.json files and merged reports; for a device that runs only the runtime, "
                                                "its profile (dvt-runtime profile ... --out) or calibration (<bundle>/calibration/<device>.json)")
-    ap.add_argument("--out", default="runs/bench-report")
+    ap.add_argument("--out", default="runs/bench-report", help="folder for the merged report (default runs/bench-report)")
     a = ap.parse_args(argv)
     try:
         results = load_results(a.results)

@@ -382,9 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
     ex = sub.add_parser("export", help="write a preprocessed .npz (calibration/validation set for devices)")
     ex.add_argument("--data", default=None, help=f"dataset spec: {', '.join(DATASETS)} (default: --checkpoint's own data)")
-    ex.add_argument("--split", default="val", help="train or val (test)")
+    ex.add_argument("--split", default="val", help="train or val (test; the default)")
     ex.add_argument("--n", type=int, default=None, help="number of samples (default: all)")
-    ex.add_argument("--seed", type=int, default=0, help="seed of the random subset")
+    ex.add_argument("--seed", type=int, default=0, help="seed of the random subset (default 0)")
     ex.add_argument("--checkpoint", default=None, help="use this checkpoint's preprocessing (and, for a 1000-class ImageNet model "
                                                        "and a folder of some of ImageNet's synsets, ImageNet's class indices)")
     ex.add_argument("--trust-checkpoint", action="store_true", help="allow arbitrary unpickling of --checkpoint (only for files you trust)")

@@ -49,10 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data", default=None, help="evaluation data spec (default: the checkpoint's evaluation set)")
     ap.add_argument("--retrain", action="store_true", help="reproduce the reference checkpoint first with its model card's command "
                     "(CIFAR-10: about 101 minutes of epochs on 2 cores, bf16, per its card; needs the JPEG copy, see python -m dvt_edge.data info --data cifar10-jpeg)")
-    ap.add_argument("--targets", default="all")
-    ap.add_argument("--precisions", default="fp32,fp16,int8", help="fp16 applies to Core ML only")
+    ap.add_argument("--targets", default="all", help="all (default) or a comma-separated list, e.g. onnx")
+    ap.add_argument("--precisions", default="fp32,fp16,int8", help="comma-separated (default fp32,fp16,int8; fp16 applies to Core ML only)")
     ap.add_argument("--n", type=int, default=2000, help="evaluation images for the benchmark and this device's calibration")
-    ap.add_argument("--out", default="runs/demo")
+    ap.add_argument("--out", default="runs/demo", help="folder for the tour's results (default runs/demo)")
     return ap
 
 

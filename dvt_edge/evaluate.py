@@ -275,12 +275,12 @@ def default_out(checkpoint: str) -> Path:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog=command_name("python -m dvt_edge.evaluate"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--checkpoint", required=True, help="the checkpoint to evaluate (ours, or a published DVT .pth.tar)")
     ap.add_argument("--model", default=None, help="registered model name (published checkpoints: inferred when omitted)")
     ap.add_argument("--data", default=None, help=f"dataset spec: {', '.join(DATASETS)} (default: the checkpoint's evaluation set)")
-    ap.add_argument("--split", default="val", help="evaluation split (val = Fashion-MNIST's test split, the held-out images of an image folder)")
+    ap.add_argument("--split", default="val", help="evaluation split (default val: Fashion-MNIST's test split, the held-out images of an image folder)")
     ap.add_argument("--limit", type=int, default=None, help="evaluate a seeded random subset of N images")
-    ap.add_argument("--threshold-n", type=int, default=5000, help="training images for threshold selection (seeded; the model trained on them)")
+    ap.add_argument("--threshold-n", type=int, default=5000, help="training images for threshold selection (seeded; the model trained on them; default 5000)")
     ap.add_argument("--bundles", nargs="*", default=[], help="exported bundles to evaluate on the same images (per-exit top-1 vs PyTorch)")
     ap.add_argument("--out", default=None, help="output directory (default: runs/evaluate/<checkpoint name> under the current "
                                                  "folder, not beside the checkpoint; <run folder>-best for a run's best.pt)")

@@ -27,19 +27,10 @@ from dvt_edge.data import DataError, npz_in_sample, trained_on_val
 from dvt_edge.provenance import environment_line
 from dvt_edge.references import card_path
 from dvt_edge.resume import STARTED_OVER
+from dvt_runtime import io as dio
 from dvt_runtime.cli import command_name
 from dvt_runtime.console import join_args, quote_arg
-from dvt_runtime.io import (
-    atomic_write,
-    atomic_write_json,
-    check_out_path,
-    claimed,
-    hold_lock,
-    os_error_text,
-    replace,
-    sha256_file,
-    short_name,
-)
+from dvt_runtime.io import atomic_write, atomic_write_json, check_out_path, claimed, hold_lock, os_error_text, sha256_file, short_name
 
 #: train.py flags that do not change the result (left out of the reproduced command)
 _NOT_IN_COMMAND = {"out", "resume", "force", "quiet", "workers", "trust_checkpoint"}
@@ -312,13 +303,13 @@ def _install_pair(card_file: Path, card: bytes, tmp: Path, out_path: Path) -> No
                 os.link(card_file, previous)
             except OSError:  # a file system without hard links
                 shutil.copy2(card_file, previous)
-        replace(staged, card_file)
+        dio.replace(staged, card_file)
         try:
-            replace(tmp, out_path)
+            dio.replace(tmp, out_path)
         except BaseException:
             if not _same_file(out_path, ours):  # the checkpoint did not move: the previous pair, as it was
                 if had:
-                    replace(previous, card_file)
+                    dio.replace(previous, card_file)
                 else:
                     card_file.unlink(missing_ok=True)
             raise
@@ -487,11 +478,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--force", action="store_true", help="replace --out (and its card) if it exists")
     ap.add_argument("--card", default=None, help="model card path (default: MODEL_CARD_<name>.md beside --out)")
     ap.add_argument("--data", default=None, help="evaluation dataset spec (default: the run's)")
-    ap.add_argument("--threshold-n", type=int, default=5000, help="training images for the budget curve's thresholds")
-    ap.add_argument("--eval-data", default=None, help="data spec recorded as the checkpoint's portable evaluation/calibration set "
-                    "(e.g. cifar10-ref, shipped with the package)")
-    ap.add_argument("--note", action="append", default=[], help="a line for the card's Notes section (repeatable), e.g. what "
-                    "else ran on the machine during training")
+    ap.add_argument("--threshold-n", type=int, default=5000, help="training images for the budget curve's thresholds (default 5000)")
+    ap.add_argument("--eval-data", default=None, help="data spec recorded as the checkpoint's portable evaluation set (e.g. cifar10-ref)")
+    ap.add_argument("--note", action="append", default=[], help="a line for the card's Notes (repeatable), e.g. what else ran meanwhile")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
     args = ap.parse_args(argv)
     try:

@@ -349,6 +349,8 @@ def test_flops_calibration_misses_small_budgets_on_a_slowed_stage(tmp_path):
     (["--targets", "onnx", "--precisions", "fp23"], r"--precisions \['fp23'\] not supported by onnx; valid: \['fp32', 'int8'\]"),
     (["--thresholds", "0.5,0.5", "--batches", "1", "--budgets", "1"], "drop --budgets and --runs"),  # were ignored unsaid
     (["--thresholds", "0.5,0.5", "--batches", "1", "--runs", "50"], "drop --budgets and --runs"),
+    (["--rounds", "1"], r"--rounds sets --latency-only's interleaved timing rounds: drop it"),  # was ignored unsaid
+    (["--latency-only", "--n", "50"], "--latency-only times random images .* drop --n"),  # was ignored unsaid
 ])
 def test_bad_arguments_refused_before_any_work(micro_ckpt, tmp_path, capsys, args, match):
     """Checked before exporting or timing anything: NaN budgets lost every row after the work; --threads 0 gave ORT

@@ -220,6 +220,10 @@ def test_cli_scheme_goes_to_int8_jobs_only_and_is_checked_before_any_export(micr
     assert ran == [] and "not an int8 scheme of coreml" in err and "'coreml': ['linear', 'palettize', 'w8a8', 'auto']" in err, err
     assert M.main([*ck, "--target", "onnx", "--precision", "fp32", "--scheme", "static"]) == 2
     assert ran == [] and "applies to int8 only" in capsys.readouterr().err
+    # the other int8-only flags were ignored unsaid on an fp32 export
+    assert M.main([*ck, "--target", "onnx", "--precision", "fp32", "--calib-n", "5", "--int8-min-agreement", "50"]) == 2
+    assert ran == [] and "--calib-n and --int8-min-agreement apply to int8 only; add --precision int8" in capsys.readouterr().err
+    assert M.main([*ck, "--target", "onnx", "--precision", "fp32,int8", "--calib-n", "5"]) == 0  # an int8 job takes it
     # a user's mistake in one job of several is not a toolchain crash
     monkeypatch.setattr(M, "export_bundle", _fake_export(ran, ("onnx", DataError("npz: no 'labels' array"))))
     assert M.main([*ck, "--target", "onnx,ort", "--precision", "fp32"]) == 1

@@ -294,7 +294,7 @@ def test_a_budget_the_profile_cannot_meet_is_refused_before_any_exit_runs(bundle
     assert r.chosen.predicted["p95_ms"] > 0 and r.chosen.predicted["p90_ms"] > 0
     text = format_result(r)
     assert "predicted p95 " in text and "not recorded" not in text
-    exact = text.split("(unrounded, as --thresholds; '-' never stops there): ")[1].split("\n")[0]
+    exact = text.split("(unrounded, as --thresholds; '-' or 'none' never stops there): ")[1].split("\n")[0]
     assert parse_thresholds(exact) == [None if t is None else float(t) for t in r.chosen.thresholds[:-1]]
 
 

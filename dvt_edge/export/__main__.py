@@ -40,11 +40,16 @@ def list_targets() -> str:
     return "\n".join(lines)
 
 
-def check_scheme(scheme: Optional[str], jobs: list[tuple[str, str]]) -> None:
-    """--scheme against every int8 job's recipe, before any export; ValueError lists the valid ones per target."""
+def check_scheme(scheme: Optional[str], jobs: list[tuple[str, str]], int8_flags: Optional[dict] = None) -> None:
+    """--scheme against every int8 job's recipe, before any export; ValueError lists the valid ones per target. ``int8_flags``
+    (flag -> value, None when not given): the other int8-only flags, refused without an int8 job (they were ignored unsaid)."""
+    int8 = sorted({n for n, p in jobs if p == "int8"})
+    given = [f for f, v in (int8_flags or {}).items() if v is not None]
+    if given and not int8:
+        raise ValueError(f"{' and '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to int8 only; add --precision int8 "
+                         f"(or drop {' and '.join(given)})")
     if not scheme:
         return
-    int8 = sorted({n for n, p in jobs if p == "int8"})
     if not int8:
         raise ValueError(f"--scheme {scheme} applies to int8 only; add --precision int8 (or drop --scheme)")
     bad = {n: TARGETS[n].int8.get("schemes", []) + ["auto"] for n in int8
@@ -70,13 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog=command_name("python -m dvt_edge.export"), description=__doc__)
     ap.add_argument("--checkpoint", help="our checkpoint or a published DVT .pth.tar (default: the CIFAR-10 reference dvt_small_cifar)")
     ap.add_argument("--model", default=None, help="registered model name (published checkpoints: inferred when omitted)")
-    ap.add_argument("--target", help=f"one of {sorted(TARGETS)} or 'all'")
-    ap.add_argument("--precision", default="fp32", help="fp32, fp16 (coreml) or int8; comma-separated for several")
+    ap.add_argument("--target", help=f"required: one of {sorted(TARGETS)} or 'all'")
+    ap.add_argument("--precision", default="fp32", help="fp32, fp16 (coreml) or int8; comma-separated for several (default fp32)")
     ap.add_argument("--scheme", default=None, help="int8 scheme (see --list-targets; default: the recipe's, 'auto' picks by accuracy "
                     "and speed), or one per exit, comma-separated (e.g. dynamic,dynamic,static: an auto export's choices, pinned)")
     ap.add_argument("--calib-data", default=None, help=f"calibration/verification data spec ({', '.join(DATASETS)}); default: the checkpoint's training data")
-    ap.add_argument("--calib-n", type=int, default=64, help="calibration images for static int8")
-    ap.add_argument("--verify-n", type=int, default=1000, help="held-out real images for verification and the default thresholds")
+    ap.add_argument("--calib-n", type=int, default=None, help=f"calibration images for static int8 (default {ExportOptions.calib_n})")
+    ap.add_argument("--verify-n", type=int, default=1000, help="held-out real images for verification and the default thresholds "
+                                                              "(default 1000)")
     ap.add_argument("--out", default=None, help="bundle directory (one target/precision; an existing bundle, with or without a trailing /), or "
                          "the parent of one folder per bundle (several, a new path ending in /, or an existing folder that is not a "
                          "bundle); default bundles/")
@@ -129,7 +135,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if bad := sorted({f"{n} {p}" for n, p in jobs if p not in TARGETS[n].precisions}):  # before any export: not after minutes
             raise ValueError(f"unsupported precision(s): {', '.join(bad)}; valid per target: "
                              f"{ {n: list(TARGETS[n].precisions) for n in names} }")
-        check_scheme(args.scheme, jobs)
+        check_scheme(args.scheme, jobs, {"--calib-n": args.calib_n, "--int8-min-agreement": args.int8_min_agreement})
         if args.etrecord and "executorch" not in names:
             get_target(names[0]).check_etrecord(True)  # the error that names the fix
         if several and args.out and (Path(args.out) / "manifest.json").exists():
@@ -137,7 +143,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "(e.g. --out bundles/), or export one target and precision to replace this bundle")
         is_bundle = bool(args.out) and (Path(args.out) / "manifest.json").exists()  # "bundles/mine/" (tab completion) is that bundle
         as_parent = bool(args.out) and (several or (not is_bundle and (args.out.endswith(("/", os.sep)) or Path(args.out).is_dir())))
-        base = ExportOptions(model_name=args.model, calib_data=args.calib_data, calib_n=args.calib_n, verify_n=args.verify_n,
+        base = ExportOptions(model_name=args.model, calib_data=args.calib_data, calib_n=ExportOptions.calib_n if args.calib_n is None else args.calib_n, verify_n=args.verify_n,
                              force=args.force, verify=not args.no_verify, trusted=args.trust_checkpoint, verbose=args.verbose,
                              int8_min_agreement=_agreement(args.int8_min_agreement))
         failed = 0

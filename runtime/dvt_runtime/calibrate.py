@@ -414,7 +414,7 @@ def format_result(r: Calibration) -> str:
     lines.append("stage latency (ms): " + ", ".join(f"exit {i + 1} p50 {s['median']:.3f} p90 {s['p90']:.3f}" for i, s in enumerate(st)))
     exact = ",".join("-" if t is None else repr(float(t)) for t in c.thresholds[:-1])  # rounded, an image at the edge changed exit
     which = "exit 1" if len(c.thresholds) == 2 else f"exits 1-{len(c.thresholds) - 1}"  # a calibrated bundle has 2 or more
-    lines.append(f"thresholds of {which} (unrounded, as --thresholds; '-' never stops there): {exact}")
+    lines.append(f"thresholds of {which} (unrounded, as --thresholds; '-' or 'none' never stops there): {exact}")
     lines.append(f"{'':>10} {'accuracy %':>10} {'mean ms':>9} {'p90 ms':>8}  exits taken %")
     fr = lambda f: " / ".join(f"{100 * v:.0f}" for v in f)
     p90 = lambda d: "-" if r.batch > 1 or d.get("p90_ms") is None else f"{d['p90_ms']:.3f}"  # at batch > 1 none (the budget's note)
@@ -450,8 +450,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--providers", default=None, help=PROVIDERS_HELP)
     ap.add_argument("--holdout", type=float, default=0.5,
                     help="fraction of --data kept out of the search, to verify the thresholds on (default 0.5)")
-    ap.add_argument("--runs", type=int, default=200, help="profiling runs per stage")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the calibration/holdout split (and of the ga search)")
+    ap.add_argument("--runs", type=int, default=200, help="profiling runs per stage (default 200)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the calibration/holdout split (and of the ga search; default 0)")
     ap.add_argument("--batch", type=int, default=1, help="images per predict call; > 1: the budget is ms per image at that batch (throughput)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     ap.add_argument("--allow-chance", action="store_true", help="write the calibration even when the last exit scores under the chance "

@@ -230,7 +230,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("images", nargs="+", help="image files and folders (read recursively)")
     ap.add_argument("--bundle", required=True, help="bundle directory (manifest.json + one artifact per exit)")
     mode = ap.add_mutually_exclusive_group()
-    mode.add_argument("--thresholds", default=None, help="per-exit confidences, e.g. 0.9,0.8 ('none': never stop there)")
+    mode.add_argument("--thresholds", default=None, help="per-exit confidences, e.g. 0.9,0.8 ('none' or '-': never stop there)")
     mode.add_argument("--budget-ms", type=float, default=None, help="latency budget on this device's calibration's metric (the mean "
                                                                       "unless calibrated with --metric p90 or the like)")
     ap.add_argument("--deadline-ms", type=float, default=None,
