@@ -307,7 +307,7 @@ def test_calibrate_finds_a_bundle_it_cannot_write_before_any_work(bundle_copy, v
     (bundle_copy / "calibration").write_text("in the way")
     t0 = time.perf_counter()
     with pytest.raises(CalibrationError, match=r"calibration file .*dev.json: .*calibration is a file, not a folder; move that file "
-                                               r"away, or calibrate a writable copy of the bundle \(calibrations are saved in it\)"):
+                                               r"away, or calibrate a writable copy of the bundle \(calibrations are saved in it; cp -r keeps read-only modes: chmod -R u\+w the copy\)"):
         calibrate(b, x[:40], y[:40], 1e6, device_name="dev", runs=10, warmup=2, progress=False)
     assert time.perf_counter() - t0 < 2.0
     (bundle_copy / "calibration").unlink()
