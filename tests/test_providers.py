@@ -104,3 +104,17 @@ def test_dvt_device_name_names_this_host(monkeypatch):
             this_host()
     monkeypatch.setenv("DVT_DEVICE_NAME", "  ")
     assert this_host() not in ("", "  ")  # blank: the host's own name
+
+
+def test_onnx_runtime_sends_no_telemetry_from_a_device(onnx_bundle, tmp_path):
+    """ONNX Runtime 1.29+ sends usage telemetry from POSIX hosts and keeps a device identifier in ~/.cache/Microsoft (on a
+    read-only home it printed a warning on every command): off unless the user asked for it (ORT_DISABLE_TELEMETRY)."""
+    import os
+    import subprocess
+    import sys
+
+    code = f"import dvt_runtime, os; b = dvt_runtime.Bundle.open({str(onnx_bundle)!r}, device_name=''); print(os.environ['ORT_DISABLE_TELEMETRY'])"
+    env = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")}
+    r = subprocess.run([sys.executable, "-c", code], env=dict(env, HOME=str(tmp_path)), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "1", r.stderr[-1000:]
+    assert not (tmp_path / ".cache").exists() and not r.stderr.strip()  # no identifier written, nothing said

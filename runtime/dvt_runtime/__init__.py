@@ -11,6 +11,13 @@ Errors a caller may catch: ``InputError``, ``ManifestError``, ``CalibrationError
 
 __version__ = "0.2.0"
 
+import os  # noqa: E402
+
+# ONNX Runtime 1.29+ sends usage telemetry from Linux, macOS, Android and iOS and keeps a device identifier under the home
+# folder (on a read-only one it warns on every command): off for the devices this runtime ships to, unless the user set it.
+# ONNX Runtime reads it once, when it loads: dvt_runtime is imported before it, by every command and bundle here.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 from dvt_runtime.backends import BackendUnavailable  # noqa: E402
 from dvt_runtime.bundle import Bundle, InputError, NonFiniteOutput, Prediction  # noqa: E402
 from dvt_runtime.calibration import Calibration, CalibrationError  # noqa: E402
