@@ -84,3 +84,51 @@ def test_without_memavailable_the_check_is_not_fooled_by_free_pages(monkeypatch,
     assert device.available_memory_mb() == 6500.0
     monkeypatch.setattr(device, "_meminfo_mb", lambda key: None)
     assert device.available_memory_mb() is None
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux: RLIMIT_AS")
+def test_a_memory_limit_is_one_line_that_says_so(onnx_bundle):
+    """Under a memory limit (ulimit -v, a container's), ONNX Runtime's arena failing mid-run was a traceback through
+    predict; a library that could not be mapped was blamed on "another numpy or Python" with a reinstall that cannot help."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from dvt_runtime.backends import _missing
+
+    code = textwrap.dedent(f"""
+        import resource, sys, numpy as np
+        from dvt_runtime.bundle import Bundle
+        from dvt_runtime.console import run_cli
+        b = Bundle.open({str(onnx_bundle)!r}, device_name="")
+        x = np.zeros((20000, *b.input_shape), np.float32)
+        vm = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+        resource.setrlimit(resource.RLIMIT_AS, (vm + 64 * 2**20, resource.RLIM_INFINITY))  # 64 MiB more than it holds now
+        sys.exit(run_cli(lambda: [None for _ in b.chain(x, len(x))] and 0))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "error: ONNX Runtime ran out of memory running a stage (Failed to allocate memory for requested buffer of size" in r.stderr
+    assert r.stderr.rstrip().endswith("raise the process's memory limit (ulimit -v, the container's) or give it smaller batches")
+    e = _missing("onnxruntime", ImportError("libonnxruntime.so.1.32.0: failed to map segment from shared object"))
+    assert "could not be loaded into memory" in str(e) and "reinstall" not in str(e) and "another numpy" not in str(e)
+
+
+def test_the_toolchains_output_is_held_without_a_temporary_folder(capfd, monkeypatch):
+    """ExecuTorch's console output was held in a temporary file: with no writable temporary folder (a read-only container)
+    no ExecuTorch bundle opened. It is held in memory where the OS can, and otherwise left where it goes."""
+    import tempfile
+
+    from dvt_runtime.backends import toolchain_output
+
+    with monkeypatch.context() as m:  # undone before pytest's own capture needs a temporary file again
+        m.setattr(tempfile, "tempdir", "/nonexistent/tmp")  # every temporary file fails
+        with pytest.raises(RuntimeError):
+            with toolchain_output("executorch"):
+                os.write(1, b"kernel probe said this\n")
+                raise RuntimeError("load failed")
+        m.delattr(os, "memfd_create", raising=False)  # an OS without it, and no temporary folder either
+        with toolchain_output("executorch"):
+            os.write(1, b"passes through\n")
+    out, err = capfd.readouterr()
+    assert "kernel probe said this" in err and "passes through" in out  # held, then said with the failure; the other left alone

@@ -61,7 +61,20 @@ def installed_but_broken(err: BaseException, module: str) -> bool:
     return not isinstance(err, ModuleNotFoundError) or (getattr(err, "name", None) or "").split(".")[0] != module
 
 
+#: what a library says when the process's memory limit (``ulimit -v``, a container's) stops it loading or running
+_OUT_OF_MEMORY = ("failed to map segment", "cannot allocate memory", "bad_alloc", "failed to allocate memory", "out of memory")
+MEMORY_FIX = "raise the process's memory limit (ulimit -v, the container's) or give it smaller batches"
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` says memory ran out (a MemoryError, or a library's own words for it)."""
+    return isinstance(err, MemoryError) or any(sign in str(err).lower() for sign in _OUT_OF_MEMORY)
+
+
 def _missing(backend: str, err: Exception) -> BackendUnavailable:
+    if out_of_memory(err):  # installed and whole, but the process may not map it: no reinstall helps
+        return BackendUnavailable(f"the {backend} backend's library could not be loaded into memory ({type(err).__name__}: {err}): "
+                                  f"{MEMORY_FIX}")
     if backend == "executorch" and (getattr(err, "name", None) or "").split(".")[0] == "torch":
         return BackendUnavailable(
             f"the executorch backend's Python runtime exchanges torch tensors and needs torch, which could not be imported "
@@ -89,7 +102,12 @@ def toolchain_output(backend: str) -> Iterator[None]:
     if backend != "executorch":
         yield
         return
-    with tempfile.TemporaryFile() as held:
+    try:  # in memory where the OS can (no temporary folder needed: a read-only container has none), else a temporary file
+        held = open(os.memfd_create("dvt-toolchain-output"), "w+b") if hasattr(os, "memfd_create") else tempfile.TemporaryFile()
+    except OSError:  # nowhere to hold it: the output goes where it would have gone
+        yield
+        return
+    with held:
         try:
             with output_to(held.fileno()):
                 yield
@@ -130,6 +148,9 @@ def import_backend(backend: str, toolchain: Optional[dict] = None) -> None:
                 importlib.import_module(name)
         except ImportError as e:
             raise _missing(backend, e) from None
+        except FileNotFoundError as e:  # torch asks for a temporary folder as it imports: a read-only container has none
+            raise BackendUnavailable(f"{name} (the {backend} backend's library) needs a writable temporary folder to import ({e}): set "
+                                     "TMPDIR to one (e.g. a tmpfs)") from None
     made, here = (toolchain or {}).get("executorch"), backend_version("executorch") if backend == "executorch" else None
     if made and here and made != here:
         warnings.warn(f"this bundle was exported with executorch {made}, this runtime has {here}: programs do not always "
@@ -172,8 +193,8 @@ class OrtSession(Session):
             why = str(e).strip()  # ORT's reason comes last, after the path and a C++ signature
             why = why if len(why) <= 300 else "..." + why[-300:]
             old = tuple(int(v) for v in re.findall(r"\d+", ort.__version__)[:2]) < tuple(int(v) for v in MIN_ORT.split("."))
-            fix = (f"this bundle needs onnxruntime >= {MIN_ORT}: {install_hint('onnx', '-U')}" if old else
-                   "execution providers that take its operators (drop --providers to run on the CPU), or re-export the bundle")
+            fix = (MEMORY_FIX if out_of_memory(e) else f"this bundle needs onnxruntime >= {MIN_ORT}: {install_hint('onnx', '-U')}" if old
+                   else "re-export the bundle, or run it on execution providers that take its operators (without --providers: the CPU)")
             raise BackendUnavailable(f"onnxruntime {ort.__version__} cannot load {path.name} ({type(e).__name__}: {why}); {fix}") from None
         got = [i.name for i in self.sess.get_inputs()]
         if sorted(got) != sorted(self.input_names):
@@ -188,7 +209,14 @@ class OrtSession(Session):
         return {t.name: list(t.shape) for t in list(self.sess.get_inputs()) + list(self.sess.get_outputs())}
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outs = self.sess.run(self.output_names, inputs)
+        try:
+            outs = self.sess.run(self.output_names, inputs)
+        except Exception as e:  # noqa: BLE001  ONNX Runtime's own error types are not RuntimeErrors
+            if out_of_memory(e):  # its arena could not grow: one line saying so, not ONNX Runtime's traceback
+                said = re.search(r"(failed to allocate memory|bad_alloc|cannot allocate memory)[^\n]*", str(e), re.IGNORECASE)
+                raise MemoryError(f"ONNX Runtime ran out of memory running a stage ({said.group(0) if said else str(e)[-200:]}): "
+                                  f"{MEMORY_FIX}") from None
+            raise
         return dict(zip(self.output_names, outs))
 
 

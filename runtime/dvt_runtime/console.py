@@ -164,6 +164,11 @@ def run_cli(main: Callable[[], Optional[int]]) -> int:
         by_term, by_break = str(e) == "SIGTERM", str(e) == "SIGBREAK"
         print(f"interrupted ({'SIGTERM' if by_term else 'Ctrl-Break' if by_break else 'Ctrl-C'}): stopped", file=sys.stderr)
         return 143 if by_term else 130  # Ctrl-Break: a console interrupt, as Ctrl-C
+    except MemoryError as e:  # any command: one line saying what to change, not a traceback (a MemoryError has few words)
+        text = str(e) or "MemoryError"  # a library's own MemoryError says nothing; ours says the fix
+        print(f"error: {text}" if "memory limit" in text else f"error: out of memory ({text}); raise the process's memory limit "
+              "(ulimit -v, the container's) or give it less at once", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # the reader went away (``| head``): the rest of the output is not wanted, nor a traceback
         with contextlib.suppress(OSError, ValueError):  # stdout's unflushed bytes go nowhere at exit (Python's own advice)
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
