@@ -132,3 +132,40 @@ def test_the_toolchains_output_is_held_without_a_temporary_folder(capfd, monkeyp
             os.write(1, b"passes through\n")
     out, err = capfd.readouterr()
     assert "kernel probe said this" in err and "passes through" in out  # held, then said with the failure; the other left alone
+
+
+ORIN = "".join(f"processor\t: {i}\nBogoMIPS\t: 62.50\nFeatures\t: fp asimd\nCPU implementer\t: 0x41\nCPU architecture: 8\n"
+               f"CPU variant\t: 0x1\nCPU part\t: 0xd42\nCPU revision\t: 1\n\n" for i in range(8))
+PHONE = "".join(f"processor\t: {i}\nCPU implementer\t: 0x41\nCPU part\t: {part}\n\n" for i, part in enumerate(["0xd05"] * 4 + ["0xd0b"] * 4))
+
+
+def _board(monkeypatch, cpuinfo: str, model=None) -> None:
+    """This host as a board: its /proc/cpuinfo and device-tree model (the other files read as they are)."""
+    real = device._read
+    monkeypatch.setattr(device, "_read", lambda path: cpuinfo if path == "/proc/cpuinfo" else model if "device-tree" in path else real(path))
+
+
+def test_arm_boards_are_told_apart_and_know_their_own_profiles(monkeypatch):
+    """On ARM the CPU name was 'aarch64' (a Jetson), 'BCM2835' (a Raspberry Pi 3 and 4 alike) or None (a slim container): a
+    Pi 3's profile counted as a Pi 4's own, and an Orin in a slim container never knew its own profile."""
+    import types
+
+    _board(monkeypatch, ORIN, "NVIDIA Jetson AGX Orin Developer Kit")
+    monkeypatch.setattr(device, "_cpu_model", lambda: None)  # a slim container: no platform.processor() either
+    orin = device.device_facts()
+    assert orin["cpu_cores"] == "ARM Cortex-A78AE x8" and orin["cpu_model"] is None
+    assert device.profiled_here(types.SimpleNamespace(device=dict(orin)))  # its own, though its CPU has no name
+    _board(monkeypatch, PHONE)
+    assert device._cpu_cores() == "ARM Cortex-A55 x4 + ARM Cortex-A76 x4"  # big.LITTLE: each kind counted
+    assert not device.profiled_here(types.SimpleNamespace(device=dict(orin)))  # another board under the same host name
+    pi = "".join(f"processor\t: {i}\nCPU implementer\t: 0x41\nCPU part\t: {{part}}\n\n" for i in range(4)) + "Hardware\t: BCM2835\n"
+    _board(monkeypatch, pi.format(part="0xd03"), "Raspberry Pi 3 Model B Rev 1.2")
+    monkeypatch.setattr(device, "_cpu_model", lambda: "BCM2835")
+    pi3 = device.device_facts()
+    _board(monkeypatch, pi.format(part="0xd08"), "Raspberry Pi 4 Model B Rev 1.4")
+    assert not device.profiled_here(types.SimpleNamespace(device=dict(pi3)))
+    older = {k: v for k, v in device.device_facts().items() if k != "cpu_cores"}  # this Pi 4's profile from before cpu_cores
+    assert device.profiled_here(types.SimpleNamespace(device=older))
+    from dvt_runtime.calibration import HARDWARE
+
+    assert {"cpu_cores", "board"} <= set(HARDWARE)  # a calibration priced on the Pi 3 says "measured on another machine"

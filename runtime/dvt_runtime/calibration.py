@@ -355,7 +355,7 @@ def other_hosts_latencies(path: Path) -> Optional[str]:
     return None
 
 
-HARDWARE = ("cpu_model", "machine", "logical_cores")  # what tells another machine's latencies from this one's
+HARDWARE = ("cpu_model", "cpu_cores", "board", "machine", "logical_cores")  # what tells another machine's latencies from this one's
 
 
 def file_device(path: Path) -> Optional[str]:

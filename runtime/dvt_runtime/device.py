@@ -56,6 +56,29 @@ def _cpu_model() -> Optional[str]:
     return platform.processor() or None
 
 
+#: ARM's CPU parts (``CPU part`` in /proc/cpuinfo) by implementer (``CPU implementer``), for the cores a profile records
+_ARM_PARTS = {0x41: ("ARM", {0xd03: "Cortex-A53", 0xd04: "Cortex-A35", 0xd05: "Cortex-A55", 0xd07: "Cortex-A57", 0xd08: "Cortex-A72",
+                             0xd09: "Cortex-A73", 0xd0a: "Cortex-A75", 0xd0b: "Cortex-A76", 0xd0c: "Neoverse-N1", 0xd0d: "Cortex-A77",
+                             0xd40: "Neoverse-V1", 0xd41: "Cortex-A78", 0xd42: "Cortex-A78AE", 0xd44: "Cortex-X1", 0xd46: "Cortex-A510",
+                             0xd47: "Cortex-A710", 0xd48: "Cortex-X2", 0xd49: "Neoverse-N2", 0xd4b: "Cortex-A78C", 0xd4d: "Cortex-A715",
+                             0xd4e: "Cortex-X3", 0xd4f: "Neoverse-V2", 0xd80: "Cortex-A520", 0xd81: "Cortex-A720", 0xd82: "Cortex-X4"}),
+              0x4e: ("NVIDIA", {0x004: "Carmel"}), 0x51: ("Qualcomm", {}), 0x61: ("Apple", {}), 0x48: ("HiSilicon", {})}
+
+
+def _cpu_cores() -> Optional[str]:
+    """The cores by kind, from /proc/cpuinfo's per-core ``CPU implementer`` / ``CPU part`` (ARM, where ``model name`` is absent
+    or generic and big.LITTLE mixes kinds): ``"ARM Cortex-A55 x4 + ARM Cortex-A76 x4"``; None where the OS does not say."""
+    kinds: dict[str, int] = {}
+    for block in (_read("/proc/cpuinfo") or "").split("\n\n"):
+        impl = re.search(r"^CPU implementer\s*:\s*(0x[0-9a-fA-F]+)\s*$", block, re.MULTILINE)
+        part = re.search(r"^CPU part\s*:\s*(0x[0-9a-fA-F]+)\s*$", block, re.MULTILINE)
+        if impl and part:
+            vendor, parts = _ARM_PARTS.get(int(impl.group(1), 16), (f"implementer {impl.group(1)}", {}))
+            name = f"{vendor} {parts.get(int(part.group(1), 16), f'part {part.group(1)}')}"
+            kinds[name] = kinds.get(name, 0) + 1
+    return " + ".join(f"{k} x{n}" for k, n in kinds.items()) or None
+
+
 def cpu_model() -> Optional[str]:
     """This machine's CPU model as the OS names it (``/proc/cpuinfo``, else ``platform.processor()``); None if unknown."""
     return _safe(_cpu_model)
@@ -299,6 +322,7 @@ def device_facts(threads: Optional[int] = None, backend: Optional[str] = None) -
     return {
         "device_name": this_host(),
         "cpu_model": _safe(_cpu_model),
+        "cpu_cores": _safe(_cpu_cores),  # ARM: the cores by kind (a Jetson's cpu_model is only "aarch64", a Pi 3's and 4's alike)
         "board": _read("/proc/device-tree/model"),
         "logical_cores": _safe(os.cpu_count),
         "affinity_cores": _safe(_affinity),
@@ -321,7 +345,8 @@ def device_facts(threads: Optional[int] = None, backend: Optional[str] = None) -
     }
 
 
-HOST_FACTS = ("device_name", "cpu_model", "logical_cores", "machine", "os")  # a profile with all of these as this host's was taken here
+HOST_FACTS = ("device_name", "logical_cores", "machine", "os")  # a profile telling all of these as this host's was taken here,
+SAME_IF_TOLD = ("cpu_model", "cpu_cores", "board")  # and these as this host's where it tells them (unknown on both sides: the same)
 
 
 def profiled_here(profile) -> bool:
@@ -330,7 +355,8 @@ def profiled_here(profile) -> bool:
     theirs, ours = profile.device if isinstance(profile.device, dict) else {}, device_facts()
     if sys.platform == "darwin" and theirs.get("device_name") == _safe(socket.gethostname):  # a Mac's profile from before 0.2.0
         ours = dict(ours, device_name=theirs["device_name"])  # named it by its host name (then its default device name)
-    return all(theirs.get(k) is not None and theirs.get(k) == ours.get(k) for k in HOST_FACTS)
+    return (all(theirs.get(k) is not None and theirs.get(k) == ours.get(k) for k in HOST_FACTS)
+            and all(theirs[k] == ours.get(k) for k in SAME_IF_TOLD if k in theirs))  # cpu_cores: not in a profile before it
 
 
 def _resize_impl() -> str:
