@@ -74,7 +74,7 @@ def evaluate_checkpoint(
     bundles: Sequence[str] = (),
 ) -> dict:
     if isinstance(threshold_n, bool) or not isinstance(threshold_n, int) or threshold_n < 1:
-        raise ValueError(f"threshold_n must be a whole number >= 1 (training images to choose thresholds on), got {threshold_n!r}")
+        raise ValueError(f"threshold_n (--threshold-n) must be a whole number >= 1 (training images to choose thresholds on), got {threshold_n!r}")
     model, info = load_checkpoint(checkpoint, model=model_name, trusted=trusted)
     data, data_note = data_for_checkpoint(data, model.name, info.extras, model.cfg, split)
     pre = info.preprocess or default_preprocess(model.cfg.in_chans, model.cfg.img_size)

@@ -39,7 +39,7 @@ def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     """
     labels = np.asarray(labels)
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n <= 0:
-        raise DataError(f"a subset size must be a positive whole number; got {n!r}")
+        raise DataError(f"a subset size (--limit, --n, --train-limit, --val-limit) must be a positive whole number; got {n!r}")
     rng = np.random.default_rng(seed)
     if n >= len(labels):
         return rng.permutation(len(labels))

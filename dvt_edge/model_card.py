@@ -222,7 +222,7 @@ def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[s
 
     run_dir, out_path = Path(run), Path(out)
     if isinstance(threshold_n, bool) or not isinstance(threshold_n, int) or threshold_n < 1:
-        raise ValueError(f"threshold_n must be a whole number >= 1 (training images to choose thresholds on), got {threshold_n!r}")
+        raise ValueError(f"threshold_n (--threshold-n) must be a whole number >= 1 (training images to choose thresholds on), got {threshold_n!r}")
     if out_path.resolve() in ((run_dir / "last.pt").resolve(), (run_dir / "best.pt").resolve()):
         raise ValueError(f"--out {out_path} is one of the run's own checkpoints (inside the run directory {run_dir}, with the "
                          "training state --resume needs); publish to another path, e.g. assets/NAME.pt")

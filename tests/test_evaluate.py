@@ -159,7 +159,7 @@ def test_evaluate_refuses_other_checkpoints_bundle_and_bad_threshold_n(micro_ckp
         evaluate_checkpoint(str(other), limit=50, threshold_n=50, bundles=[str(onnx_bundle)], progress=False)
     for bad in (0, -5):
         assert main(["--checkpoint", str(micro_ckpt), "--threshold-n", str(bad), "--out", str(tmp_path / "o")]) == 2
-        assert "threshold_n must be a whole number >= 1" in capsys.readouterr().err
+        assert "threshold_n (--threshold-n) must be a whole number >= 1" in capsys.readouterr().err
     (tmp_path / "f").write_text("x")
     assert main(["--checkpoint", str(micro_ckpt), "--out", str(tmp_path / "f")]) == 2
     assert "is a file" in capsys.readouterr().err

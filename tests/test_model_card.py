@@ -427,7 +427,7 @@ def test_failed_publish_leaves_the_previous_file_and_card(micro_ckpt, tmp_path, 
     assert sorted(p.name for p in out.parent.iterdir()) == ["MODEL_CARD_ref.md", "ref.pt"]  # no temporary left behind
     for bad in (0, -3):
         assert main(["--run", str(run), "--out", str(out), "--threshold-n", str(bad)]) == 2
-        assert "threshold_n must be a whole number >= 1" in capsys.readouterr().err
+        assert "threshold_n (--threshold-n) must be a whole number >= 1" in capsys.readouterr().err
     (tmp_path / "afile").write_text("x")  # a card that cannot be written is found before the evaluation, nothing moved
     assert main(["--run", str(run), "--out", str(tmp_path / "new.pt"), "--card", str(tmp_path / "afile" / "card.md")]) == 2
     assert "afile is a file, not a folder" in capsys.readouterr().err and not (tmp_path / "new.pt").exists()

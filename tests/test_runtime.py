@@ -341,7 +341,7 @@ def test_calibrate_errors_keep_previous_file(bundle_copy, val, tmp_path):
         calibrate(b, x[:40], y[:40], -3, device_name="dev", progress=False)
     # refused before anything is profiled or run: an empty search split, a misspelled metric, a negative seed
     for kw, msg in (({"holdout": 0.9}, "leaves none to search thresholds on"), ({"metric": "P90"}, "--metric: unknown metric 'P90'"),
-                    ({"seed": -1}, "seed must be a whole number >= 0")):
+                    ({"seed": -1}, r"seed \(--seed\) must be a whole number >= 0")):
         t0 = time.perf_counter()
         with pytest.raises(CalibrationError, match=msg):
             calibrate(b, x[:4], y[:4], 1.0, device_name="dev", progress=False, **kw)
@@ -989,7 +989,7 @@ def test_headroom_keeps_a_share_of_the_budget_spare(bundle_copy, val, capsys):
     with pytest.warns(UserWarning, match=r"budget_ms 1.2 less the calibration's 30% headroom \(0.84 ms\) is below the cheapest point"):
         b.predict(x[0], budget_ms=1.2)  # within the budget (exit 1: 1 ms), not within its headroom
     for bad in (1.0, -0.1, float("nan")):
-        with pytest.raises(CalibrationError, match=r"headroom must be a fraction of the budget in \[0, 1\)"):
+        with pytest.raises(CalibrationError, match=r"headroom \(--headroom\) must be a fraction of the budget in \[0, 1\)"):
             calibrate(Bundle.open(bundle_copy), x, y, 4.0, profile=prof, progress=False, headroom=bad)
     with pytest.raises(CalibrationError, match="less its 80% headroom .* ask for at least 5"):  # exit 1 alone: 1 ms
         calibrate(Bundle.open(bundle_copy), x, y, 4.0, profile=prof, progress=False, headroom=0.8)
@@ -1002,7 +1002,7 @@ def test_headroom_keeps_a_share_of_the_budget_spare(bundle_copy, val, capsys):
     npz = bundle_copy.parent / "val.npz"
     np.savez(npz, images=x, labels=y)
     assert main(["--bundle", str(bundle_copy), "--data", str(npz), "--budget-ms", "4", "--headroom", "2"]) == 2
-    assert "headroom must be a fraction" in capsys.readouterr().err
+    assert "headroom (--headroom) must be a fraction" in capsys.readouterr().err
 
 
 def test_this_hosts_calibration_unused_by_the_api_is_said(bundle_copy, val, monkeypatch, capsys):

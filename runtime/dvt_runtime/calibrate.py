@@ -318,15 +318,15 @@ def _check_request(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: floa
     except ValueError as e:
         raise CalibrationError(f"--metric: {e}") from None
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise CalibrationError(f"seed must be a whole number >= 0, got {seed!r}")
+        raise CalibrationError(f"seed (--seed) must be a whole number >= 0, got {seed!r}")
     try:
         positive_ms("budget", budget_ms)
     except ValueError:
-        raise CalibrationError(f"budget must be a positive number of milliseconds, got {budget_ms!r}") from None
+        raise CalibrationError(f"budget (--budget-ms) must be a positive number of milliseconds, got {budget_ms!r}") from None
     if isinstance(headroom, bool) or not isinstance(headroom, (int, float, np.number)) or not 0 <= headroom < 1:  # NaN fails too
-        raise CalibrationError(f"headroom must be a fraction of the budget in [0, 1) (e.g. 0.1 keeps a tenth spare), got {headroom!r}")
+        raise CalibrationError(f"headroom (--headroom) must be a fraction of the budget in [0, 1) (e.g. 0.1 keeps a tenth spare), got {headroom!r}")
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
-        raise CalibrationError(f"batch must be a whole number of images per call >= 1, got {batch!r}")
+        raise CalibrationError(f"batch (--batch) must be a whole number of images per call >= 1, got {batch!r}")
     if batch > 1 and metric != "mean":  # the search prices each image's own stages; a batch's images all wait for its call
         raise CalibrationError(f"--metric {metric} with --batch {batch}: a percentile budget is one image's latency, which a call of "
                                f"{batch} images does not have (each waits for the whole call); calibrate throughput with --metric "
@@ -348,7 +348,7 @@ def _check_request(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: floa
         raise CalibrationError(f"{target} exists and is not a calibration (it would be replaced): move it away, or calibrate under "
                                "another --device-name")
     if not 0 < holdout < 1:
-        raise CalibrationError(f"holdout must be a fraction in (0, 1), got {holdout}")
+        raise CalibrationError(f"holdout (--holdout) must be a fraction in (0, 1), got {holdout}")
     if len(x) < 4:
         raise CalibrationError(f"need at least 4 validation images, got {len(x)}")
     n_hold = max(1, int(round(len(x) * holdout)))  # as fit() splits
