@@ -259,10 +259,8 @@ def _device(bundle, threads: Optional[int], device_name: Optional[str]) -> dict[
 
 
 def _measure_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog=command_name("python -m dvt_runtime.profile"),
-        description="Profile a bundle's per-exit latency on this device (see also: python -m dvt_runtime.profile import -h).",
-    )
+    prog = command_name("python -m dvt_runtime.profile")  # as typed: the pointer below names the same form
+    ap = argparse.ArgumentParser(prog=prog, description=f"Profile a bundle's per-exit latency on this device (see also: {prog} import -h).")
     ap.add_argument("--bundle", required=True, help="bundle directory (manifest.json + one artifact per exit)")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads per session (default 1; 0: the backend's default, every core)")
     ap.add_argument("--providers", default=None, help=PROVIDERS_HELP)
