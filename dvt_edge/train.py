@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-flip", action="store_true", help="no horizontal flips (e.g. digits, text)")
     ap.add_argument("--pad", type=int, default=None, help="random translation in pixels (default: max(2, img_size // 14))")
     ap.add_argument("--seed", type=int, default=0, help="default 0")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads per process")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads per process (default: torch's, one per core; at least 1)")
     ap.add_argument("--amp", choices=AMP_CHOICES, default="fp32",
                     help="compute precision of the forward/backward pass (weights and optimizer stay fp32); "
                          "bf16 autocast trains about 1.4x faster on CPUs with AMX/AVX512-BF16")
