@@ -62,3 +62,29 @@ def test_an_unreadable_calibration_asked_for_is_a_calibration_error(locked):
         warnings.simplefilter("ignore")
         with pytest.raises(CalibrationError, match="cannot be read by this user"):
             b.use_calibration("another-device")  # the folder itself is closed to this user
+
+
+def test_a_bundle_this_user_may_not_read_says_so(onnx_bundle, monkeypatch, capsys, tmp_path):
+    """An artifact another user made with mode 600 gave "error: [Errno 13] Permission denied: '.../exit2.onnx'" and nothing
+    else; it is a ManifestError (exit 2) saying what to change."""
+    import builtins
+
+    import cv2
+
+    from dvt_runtime.manifest import ManifestError
+    from dvt_runtime.predict import main
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((28, 28), 9, np.uint8))
+    real = builtins.open
+
+    def closed(file, *a, **k):
+        if str(file).endswith("exit2.onnx"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real(file, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", closed)
+    with pytest.raises(ManifestError, match=r"exit2.onnx cannot be read by this user \(Permission denied\): let it read the bundle "
+                                            r"\(e.g. chmod -R a\+rX "):
+        Bundle.open(onnx_bundle, device_name="")
+    assert main(["--bundle", str(onnx_bundle), str(tmp_path / "a.png"), "--no-progress"]) == 2
+    assert "cannot be read by this user" in capsys.readouterr().err

@@ -244,8 +244,18 @@ class Manifest:
 
     @classmethod
     def load(cls, bundle_dir: Union[str, Path], verify: bool = True) -> "Manifest":
-        """Read ``bundle_dir/manifest.json``; with ``verify`` check paths and SHA-256 of every artifact."""
-        bundle_dir = Path(bundle_dir)
+        """Read ``bundle_dir/manifest.json``; with ``verify`` check paths and SHA-256 of every artifact. A bundle this user may
+        not read (another user's, mode 700 or 600) is a ManifestError that says so (a bare "Permission denied" named a file)."""
+        try:
+            return cls._load(Path(bundle_dir), verify)
+        except PermissionError as e:
+            from dvt_runtime.console import quote_arg
+
+            raise ManifestError(f"{e.filename or bundle_dir} cannot be read by this user ({e.strerror or e}): let it read the bundle "
+                                f"(e.g. chmod -R a+rX {quote_arg(bundle_dir)}), or use a copy it can read") from None
+
+    @classmethod
+    def _load(cls, bundle_dir: Path, verify: bool) -> "Manifest":
         path = bundle_dir / MANIFEST_NAME
         if bundle_dir.is_file():
             parent = f": pass its folder, {bundle_dir.parent}" if bundle_dir.name == MANIFEST_NAME else ""
