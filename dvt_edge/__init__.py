@@ -19,13 +19,18 @@ __all__ = ["DVT", "DVTConfig", "CheckpointError", "CheckpointInfo", "create_mode
            "save_checkpoint", "__version__"]
 
 
+_SUBMODULES = ("checkpoint", "models")  # dvt_edge.models.register_model(...) after `import dvt_edge` (the README's form)
+
+
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value  # once
         return value
+    if name in _SUBMODULES:  # imported on first use, as the eager imports had made them attributes
+        return importlib.import_module(f"dvt_edge.{name}")
     raise AttributeError(f"module 'dvt_edge' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))

@@ -50,7 +50,7 @@ def test_a_v2_pod_limit_is_the_runtimes_limit(cgroup):
     assert facts["cpu_quota"] == 2.0 and facts["memory_limit_mb"] == 2048.0
     with pytest.warns(UserWarning, match=r"threads=16 on a machine with 2 core\(s\)"):
         check_threads(16, warn=True)
-    with pytest.warns(UserWarning, match=r"the backend's default threads .* may use 2 core\(s\) .* pass threads=2"):
+    with pytest.warns(UserWarning, match=r"the backend's default threads .* may use 2 core\(s\) .* pass --threads 2 \(threads=2 in Python\)"):
         check_threads(0, warn=True)
 
 
@@ -64,6 +64,9 @@ def test_a_v1_container_limit_and_a_fractional_quota(cgroup):
             "memory/memory.usage_in_bytes": "5\n"})
     assert device.cpu_quota() == 1.5 and device.usable_cores() == 2
     assert device.cgroup_memory_mb() == (102400.0, 101376.0) and device.available_memory_mb() == 60000.0
+    # mounted as cpu/ only (no cpu,cpuacct/ folder), and a cgroup namespace's path that climbs ("/.."): never above the root
+    cgroup("3:cpu,cpuacct:/../docker/def\n", {"cpu/docker/def/cpu.cfs_quota_us": "300000\n", "cpu/docker/def/cpu.cfs_period_us": "100000\n"})
+    assert device.cpu_quota() == 3.0
 
 
 def test_no_limits_leave_the_machines_figures(cgroup):
@@ -145,27 +148,32 @@ def _board(monkeypatch, cpuinfo: str, model=None) -> None:
     monkeypatch.setattr(device, "_read", lambda path: cpuinfo if path == "/proc/cpuinfo" else model if "device-tree" in path else real(path))
 
 
-def test_arm_boards_are_told_apart_and_know_their_own_profiles(monkeypatch):
+def test_arm_boards_are_told_apart_and_know_their_own_profiles(monkeypatch, tmp_path):
     """On ARM the CPU name was 'aarch64' (a Jetson), 'BCM2835' (a Raspberry Pi 3 and 4 alike) or None (a slim container): a
     Pi 3's profile counted as a Pi 4's own, and an Orin in a slim container never knew its own profile."""
+    import json
     import types
+
+    from dvt_runtime.calibration import other_hosts_latencies
 
     _board(monkeypatch, ORIN, "NVIDIA Jetson AGX Orin Developer Kit")
     monkeypatch.setattr(device, "_cpu_model", lambda: None)  # a slim container: no platform.processor() either
     orin = device.device_facts()
     assert orin["cpu_cores"] == "ARM Cortex-A78AE x8" and orin["cpu_model"] is None
     assert device.profiled_here(types.SimpleNamespace(device=dict(orin)))  # its own, though its CPU has no name
-    _board(monkeypatch, PHONE)
+    _board(monkeypatch, PHONE, "NVIDIA Jetson AGX Orin Developer Kit")  # the same board name: the cores alone tell them apart
     assert device._cpu_cores() == "ARM Cortex-A55 x4 + ARM Cortex-A76 x4"  # big.LITTLE: each kind counted
-    assert not device.profiled_here(types.SimpleNamespace(device=dict(orin)))  # another board under the same host name
+    assert not device.profiled_here(types.SimpleNamespace(device=dict(orin)))
     pi = "".join(f"processor\t: {i}\nCPU implementer\t: 0x41\nCPU part\t: {{part}}\n\n" for i in range(4)) + "Hardware\t: BCM2835\n"
-    _board(monkeypatch, pi.format(part="0xd03"), "Raspberry Pi 3 Model B Rev 1.2")
     monkeypatch.setattr(device, "_cpu_model", lambda: "BCM2835")
+    _board(monkeypatch, pi.format(part="0xd03"), "Raspberry Pi")  # a Pi 3 (Cortex-A53), named as a Pi 4 is below
     pi3 = device.device_facts()
-    _board(monkeypatch, pi.format(part="0xd08"), "Raspberry Pi 4 Model B Rev 1.4")
+    _board(monkeypatch, pi.format(part="0xd08"), "Raspberry Pi")  # a Pi 4 (Cortex-A72)
     assert not device.profiled_here(types.SimpleNamespace(device=dict(pi3)))
     older = {k: v for k, v in device.device_facts().items() if k != "cpu_cores"}  # this Pi 4's profile from before cpu_cores
     assert device.profiled_here(types.SimpleNamespace(device=older))
-    from dvt_runtime.calibration import HARDWARE
-
-    assert {"cpu_cores", "board"} <= set(HARDWARE)  # a calibration priced on the Pi 3 says "measured on another machine"
+    cal = tmp_path / "pi.json"  # a calibration the Pi 3 priced, used on the Pi 4
+    cal.write_text(json.dumps({"profile": {"device": pi3}}))
+    assert other_hosts_latencies(cal) == "measured on another machine (cpu_cores 'ARM Cortex-A53 x4')"
+    cal.write_text(json.dumps({"profile": {"device": older}}))
+    assert other_hosts_latencies(cal) is None

@@ -161,3 +161,7 @@ def test_dvt_edge_help_and_the_webcam_need_no_torch():
     assert r.returncode == 0 and r.stdout.startswith("usage: dvt-edge zoo [-h]"), (r.stdout[:300], r.stderr[-1000:])
     r = subprocess.run([sys.executable, "-m", "dvt_edge", "evaluate", "--nope"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "dvt-edge evaluate: error: the following arguments are required" in r.stderr, r.stderr[-1000:]
+    # the README's form: dvt_edge.models.register_model(...) after `import dvt_edge` (its submodules load on first use)
+    r = subprocess.run([sys.executable, "-c", "import dvt_edge; print(dvt_edge.models.register_model.__name__, 'models' in dir(dvt_edge))"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.split() == ["register_model", "True"], r.stderr[-1000:]

@@ -26,6 +26,8 @@ def test_commands_are_quoted_for_the_shell_that_runs_them(monkeypatch, windows):
     if windows:
         assert quote_arg(r"C:\my runs\a.pt") == r'"C:\my runs\a.pt"' and quote_arg(r"C:\runs\a.pt") == r"C:\runs\a.pt"
         assert quote_arg("") == '""' and join_args(["python", "-m", "x", "a b"]) == 'python -m x "a b"'
+        assert quote_arg(r"C:\R&D\b") == r'"C:\R&D\b"' and quote_arg("a|b") == '"a|b"'  # & and | split a command there
+        assert quote_arg("C:\\a b\\") == '"C:\\a b\\\\"' and quote_arg('a"b') == '"a\\"b"'  # as programs read their argv
         assert move_command(r"C:\t\x.json", r"C:\my out\x.json") == r'move C:\t\x.json "C:\my out\x.json"'
     else:
         assert quote_arg("/my runs/a.pt") == "'/my runs/a.pt'" and quote_arg("$HOME") == "'$HOME'" and quote_arg("") == "''"
@@ -90,7 +92,7 @@ def test_a_file_held_open_on_windows_is_retried_then_explained(monkeypatch, tmp_
     assert target.read_bytes() == b"new" and len(calls) == 3 and sleeps == [0.05, 0.1]
     calls.clear(), sleeps.clear()
     monkeypatch.setattr(dio.os, "replace", held(99))
-    with pytest.raises(PermissionError, match="another program has it open") as e:
+    with pytest.raises(PermissionError, match="another program has one of them open .* or it is read-only") as e:
         dio.atomic_write(target, b"newer")
     assert str(target) in str(e.value) and len(calls) == 6 and sum(sleeps) == pytest.approx(1.9)
     assert target.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["profile.json"]
@@ -101,20 +103,30 @@ def test_a_file_held_open_on_windows_is_retried_then_explained(monkeypatch, tmp_
     assert len(calls) == 1 and sleeps == [] and "another program" not in str(e.value)
 
 
+class _Call:
+    """One Windows call as ctypes exposes it (``restype`` and ``argtypes`` can be set on it)."""
+
+    def __init__(self, fn):
+        self.fn, self.restype, self.argtypes = fn, None, None
+
+    def __call__(self, *a):
+        return self.fn(*a)
+
+
 class _Kernel32:
     """What ``_windows_pid_alive`` asks of Windows, for one process state."""
 
     def __init__(self, opened: bool, code: int = 259):
         self.opened, self.code, self.closed = opened, code, 0
+        self.OpenProcess = _Call(lambda access, inherit, pid: 42 if self.opened else None)  # noqa: N815 (Windows' names)
+        self.GetExitCodeProcess = _Call(self._exit_code)  # noqa: N815
+        self.CloseHandle = _Call(self._close)  # noqa: N815
 
-    def OpenProcess(self, access, inherit, pid):  # noqa: N802 (Windows' names)
-        return 42 if self.opened else 0
-
-    def GetExitCodeProcess(self, handle, ref):  # noqa: N802
+    def _exit_code(self, handle, ref):
         ref._obj.value = self.code
         return 1
 
-    def CloseHandle(self, handle):  # noqa: N802
+    def _close(self, handle):
         self.closed += 1
 
 
@@ -133,6 +145,7 @@ def test_leftovers_of_a_dead_export_are_found_on_windows(monkeypatch, opened, er
     monkeypatch.setattr(ctypes, "WinDLL", lambda name, use_last_error=False: k, raising=False)
     monkeypatch.setattr(ctypes, "get_last_error", lambda: error, raising=False)
     assert install._pid_alive(1234) is alive and k.closed == int(opened)
+    assert k.OpenProcess.restype is ctypes.c_void_p  # a HANDLE is a pointer: ctypes' default int truncates a 64-bit one
 
 
 def test_the_runtime_names_windows_once():

@@ -83,12 +83,16 @@ def _windows_pid_alive(pid: int) -> bool:
     import ctypes
 
     kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    kernel32.OpenProcess.restype = ctypes.c_void_p  # a HANDLE: a pointer, not ctypes' default int (64-bit handles)
+    kernel32.OpenProcess.argtypes = [ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32]
+    kernel32.GetExitCodeProcess.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
+    kernel32.CloseHandle.argtypes = [ctypes.c_void_p]
     query_limited, still_active, invalid_parameter = 0x1000, 259, 87  # PROCESS_QUERY_LIMITED_INFORMATION, ...
     handle = kernel32.OpenProcess(query_limited, False, pid)
     if not handle:
         return ctypes.get_last_error() != invalid_parameter  # type: ignore[attr-defined]
     try:
-        code = ctypes.c_ulong()
+        code = ctypes.c_uint32()
         return not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)) or code.value == still_active
     finally:
         kernel32.CloseHandle(handle)

@@ -95,16 +95,15 @@ def _missing(backend: str, err: Exception) -> BackendUnavailable:
 @contextlib.contextmanager
 def toolchain_output(backend: str) -> Iterator[None]:
     """Hold what ExecuTorch and the libraries it loads print while importing and loading a program (torchao's
-    kernels built for GPUs, torch's pytree notices, CPU probing, thread-pool resets: file descriptors 1 and 2) in a
-    temporary file, written to stderr if the step fails, or when stderr is a file (a toolchain log such as the
+    kernels built for GPUs, torch's pytree notices, CPU probing, thread-pool resets: file descriptors 1 and 2) in memory
+    or a temporary file (:func:`_holder`), written to stderr if the step fails, or when stderr is a file (a toolchain log such as the
     benchmark's, or the user's ``2> file``): a terminal or a pipe sees it only on failure. Other backends print
     nothing there: unchanged. The descriptors are the process's: another thread's output in that window is held too."""
     if backend != "executorch":
         yield
         return
-    try:  # in memory where the OS can (no temporary folder needed: a read-only container has none), else a temporary file
-        held = open(os.memfd_create("dvt-toolchain-output"), "w+b") if hasattr(os, "memfd_create") else tempfile.TemporaryFile()
-    except OSError:  # nowhere to hold it: the output goes where it would have gone
+    held = _holder()
+    if held is None:  # nowhere to hold it: the output goes where it would have gone
         yield
         return
     with held:
@@ -124,6 +123,19 @@ def toolchain_output(backend: str) -> Iterator[None]:
                 data = held.read()
                 while data:
                     data = data[os.write(2, data):]
+
+
+def _holder():
+    """A file to hold output in: in memory where the OS can (no temporary folder needed: a read-only container has none), else
+    a temporary file, else None."""
+    in_memory = [lambda: open(os.memfd_create("dvt-toolchain-output"), "w+b")] if hasattr(os, "memfd_create") else []
+    makers = in_memory + [tempfile.TemporaryFile]
+    for make in makers:
+        try:
+            return make()
+        except OSError:  # memfd refused (an old kernel, a sandbox), no temporary folder
+            continue
+    return None
 
 
 def _stderr_is_file() -> bool:
@@ -214,8 +226,10 @@ class OrtSession(Session):
         except Exception as e:  # noqa: BLE001  ONNX Runtime's own error types are not RuntimeErrors
             if out_of_memory(e):  # its arena could not grow: one line saying so, not ONNX Runtime's traceback
                 said = re.search(r"(failed to allocate memory|bad_alloc|cannot allocate memory)[^\n]*", str(e), re.IGNORECASE)
-                raise MemoryError(f"ONNX Runtime ran out of memory running a stage ({said.group(0) if said else str(e)[-200:]}): "
-                                  f"{MEMORY_FIX}") from None
+                gpu = "cuda" in str(e).lower()  # a GPU's memory: no process limit to raise
+                raise MemoryError(f"ONNX Runtime ran out of {'GPU ' if gpu else ''}memory running a stage ("
+                                  f"{said.group(0) if said else str(e)[-200:]}): "
+                                  + ("give it smaller batches (the GPU's memory is full)" if gpu else MEMORY_FIX)) from None
             raise
         return dict(zip(self.output_names, outs))
 
@@ -381,7 +395,7 @@ def check_threads(threads, warn: bool = False) -> Optional[int]:
 
         warnings.warn(f"the backend's default threads (one per core of the machine's {machine}) where this process may "
                       f"use {cores} core(s) (a container's CPU limit): the threads contend and every call slows; "
-                      f"pass threads={cores}", stacklevel=user_stacklevel())
+                      f"pass --threads {cores} (threads={cores} in Python)", stacklevel=user_stacklevel())
     if threads is None:
         return None
     if threads > max(MAX_THREADS, 4 * cores):  # a million threads: the kernel's OOM killer, at 23 GB

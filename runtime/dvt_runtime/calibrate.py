@@ -91,6 +91,7 @@ class Fit:
     hold: ExitOutputs
     on_this_host: bool = True  # the stage costs are this host's (measured now, or a given profile taken here): checkable here
     overhead_from: str = "measured here"  # or "the profile" (recorded with it), or "none" (a profile of another device without it)
+    differs: tuple[str, ...] = ()  # how a profile taken on this host differs from the bundle's setting (threads, providers, version)
 
 
 def fit(bundle: Bundle, x: np.ndarray, y: np.ndarray, holdout: float = 0.5, seed: int = 0, profile=None, runs: int = 200,
@@ -144,7 +145,7 @@ def fit(bundle: Bundle, x: np.ndarray, y: np.ndarray, holdout: float = 0.5, seed
     n_hold = max(1, int(round(len(x) * holdout)))
     cal_idx, hold_idx = perm[n_hold:], perm[:n_hold]
     return Fit(profile, measured_here, overhead, costs, probs, cal_idx, hold_idx,
-               ExitOutputs.from_probs(probs[:, cal_idx], y[cal_idx]), ExitOutputs.from_probs(probs[:, hold_idx], y[hold_idx]), here, overhead_from)
+               ExitOutputs.from_probs(probs[:, cal_idx], y[cal_idx]), ExitOutputs.from_probs(probs[:, hold_idx], y[hold_idx]), here, overhead_from, tuple(differ))
 
 
 def _a_calibration(path: Path) -> bool:
@@ -228,9 +229,8 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
     if verify and f.on_this_host:
         result.chosen.measured = measure_cascade(bundle, x[f.hold_idx], y[f.hold_idx], thr, warmup=warmup, batch=batch, metric=metric)
     elif verify:
-        pt, bt = (f"{t} thread(s)" if t else "the backend's default threads" for t in (f.profile.threads, bundle.threads))
-        why = (f"taken on this host at {pt}, the bundle runs {bt}: not measured here (calibrate "
-               f"with --threads {f.profile.threads or 0} to measure it)" if profiled_here(f.profile) else "verify on that device")
+        why = (f"taken on this host at {'; '.join(f.differs)}: not measured here (calibrate as it was profiled, --threads "
+               f"{f.profile.threads or 0} and its execution providers, to measure it)" if profiled_here(f.profile) else "verify on that device")
         result.note = (result.note + "; " if result.note else "") + f"latency from the given profile ({device_name}): {why}"
     runs = min(int(s.get("n", 0)) for s in f.profile.stages)
     notes = (_few_images(len(f.cal_idx), len(f.hold_idx), metric, runs), NO_OVERHEAD if f.overhead_from == "none" else "", chance)

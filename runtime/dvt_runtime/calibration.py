@@ -16,7 +16,9 @@ import itertools
 import json
 import math
 import numbers
+import os
 import re
+import stat
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -169,11 +171,21 @@ def unreadable_calibration(path: Path, e: OSError) -> CalibrationError:
                             f"folder (e.g. chmod a+rX {quote_arg(path.parent)}), or calibrate as this user")
 
 
+def _stat_or_none(path: Path) -> Optional[os.stat_result]:
+    """``os.stat(path)``, None where nothing is there; PermissionError passes."""
+    try:
+        return os.stat(path)
+    except PermissionError:
+        raise
+    except (OSError, ValueError):
+        return None
+
+
 def calibration_exists(path: Path) -> bool:
     """Whether ``path`` exists; a calibration/ folder this user may not search (another user's, mode 700) is a CalibrationError
-    that says so (Python raises PermissionError there, not False)."""
+    that says so (asked of the OS itself: ``Path.exists`` raises there on Python 3.11, and says False on 3.14)."""
     try:
-        return path.exists()
+        return _stat_or_none(path) is not None  # None: missing, a file where a folder is, a name the OS refuses
     except PermissionError as e:
         raise unreadable_calibration(path, e) from None
 
@@ -182,10 +194,11 @@ def read_calibration(path: Union[str, Path], manifest) -> Calibration:
     """Load and validate ``path`` for the bundle described by ``manifest``."""
     path = Path(path)
     try:
-        if not path.is_file():
+        st = _stat_or_none(path)  # the OS's own answer: a PermissionError where this user may not look (Path.is_file hides it on 3.14)
+        if st is None or not stat.S_ISREG(st.st_mode):
             raise CalibrationError(f"calibration {path} is not a file; remove it and rewrite it: {rewrite_command(path)}")
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise CalibrationError(f"calibration {path} is {path.stat().st_size} bytes, far too large to be a calibration; rewrite "
+        if st.st_size > MAX_FILE_BYTES:
+            raise CalibrationError(f"calibration {path} is {st.st_size} bytes, far too large to be a calibration; rewrite "
                                    f"it: {rewrite_command(path)}")
         d = json.loads(path.read_text(encoding="utf-8-sig"))  # UTF-8 on every OS (Windows reads cp1252), a BOM allowed
     except PermissionError as e:  # a CalibrationError as every other bad calibration: a service catching ValueError had crashed

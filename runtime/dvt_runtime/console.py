@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -19,10 +20,23 @@ __all__ = ["progress", "progress_silenced", "silenced_progress", "output_to", "p
 WINDOWS = os.name == "nt"  # cmd.exe and PowerShell: their own quoting, Ctrl-Break, wildcards left to the command
 
 
+_PLAIN = re.compile(r"[A-Za-z0-9_\-.:\\/=+]+")  # what cmd.exe and PowerShell both read as it is
+
+
 def quote_arg(arg: object) -> str:
     """``arg`` as one argument of a command printed for the user to paste: POSIX quoting (``'my runs'``); on Windows double
-    quotes where needed (``"my runs"``), which cmd.exe and PowerShell both read (cmd.exe keeps single quotes literally)."""
-    return subprocess.list2cmdline([str(arg)]) if WINDOWS else shlex.quote(str(arg))
+    quotes around anything but plain characters (``"C:\\R&D\\b"``: cmd.exe keeps single quotes literally, and ``&``, ``|``,
+    ``;`` or a space would split the command there), embedded quotes and the backslashes before them escaped as programs
+    read their arguments (``subprocess.list2cmdline``'s rules). ``%VAR%`` (cmd.exe) and ``$x`` (PowerShell) still expand
+    inside double quotes."""
+    text = str(arg)
+    if not WINDOWS:
+        return shlex.quote(text)
+    if _PLAIN.fullmatch(text):
+        return text
+    quoted = subprocess.list2cmdline([text])  # its escaping of quotes and backslashes; quoted only where it saw a space
+    return quoted if quoted.startswith('"') else '"' + re.sub(r'(\\+)$', r'\1\1', quoted) + '"'
+
 
 
 def join_args(args: Iterable[object]) -> str:

@@ -147,13 +147,15 @@ def _cgroup_dirs(controller: str) -> list[str]:
         num, _, rest = line.partition(":")
         ctrls, _, path = rest.partition(":")
         if num == "0" and not ctrls:  # v2 (mounted at the root, or at unified/ beside v1's)
-            base = CGROUP_ROOT if os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers")) else os.path.join(CGROUP_ROOT, "unified")
-        elif controller in ctrls.split(","):
-            base = os.path.join(CGROUP_ROOT, ctrls)
+            v2 = os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers"))
+            bases = [CGROUP_ROOT if v2 else os.path.join(CGROUP_ROOT, "unified")]
+        elif controller in ctrls.split(","):  # mounted as "cpu,cpuacct", or only as "cpu" (the link beside it)
+            bases = list(dict.fromkeys([os.path.join(CGROUP_ROOT, ctrls), os.path.join(CGROUP_ROOT, controller)]))
         else:
             continue
-        parts = [q for q in path.split("/") if q]
-        out += [d for d in (os.path.join(base, *parts[:i]) for i in range(len(parts), -1, -1)) if os.path.isdir(d)]
+        parts = [q for q in path.split("/") if q not in ("", ".", "..")]  # a cgroup namespace's "/../x": never above the root
+        dirs = [os.path.join(base, *parts[:i]) for base in bases for i in range(len(parts), -1, -1)]
+        out += [d for d in dirs if os.path.isdir(d) and os.path.realpath(d) not in map(os.path.realpath, out)]
     return out
 
 
@@ -260,9 +262,9 @@ def this_host() -> str:
     (``dhcp-10-1-2-3.corp``, ``localhost``), so a calibration made at home went unused at work. ``DVT_DEVICE_NAME``, when
     set, names it instead: a container's host name is its pod's (``infer-7c9f8b-p9zz1``), new at every restart."""
     if name := os.environ.get("DVT_DEVICE_NAME", "").strip():
-        if name.startswith("."):  # said here: check_device_name's own message names this host, which is this name
-            raise ValueError(f"DVT_DEVICE_NAME={name!r} starts with '.' (a hidden file): set a name such as 'kiosk-3', or unset it")
-        check_device_name(name)  # 'x.json', 'x-batch8': refused as --device-name is
+        if name.startswith(".") or name.lower().endswith(".json") or re.search(r"-batch\d+$", name):  # as --device-name is refused
+            raise ValueError(f"DVT_DEVICE_NAME={name!r} names no device's calibration file (a hidden file, a file name, or a "
+                             "throughput calibration's -batchN): set it to a name such as 'kiosk-3', or unset it")
         return name
     if sys.platform == "darwin" and (name := _bonjour_name()):
         return name

@@ -88,7 +88,8 @@ def atomic_write(path: Union[str, Path], data: bytes) -> Path:
 
 def replace(src: Union[str, Path], dst: Union[str, Path], waits: Sequence[float] = (0.05, 0.1, 0.25, 0.5, 1.0)) -> None:
     """``os.replace(src, dst)``. On Windows a file or folder another program holds open (an antivirus scan, an indexer, a
-    viewer, a running ``predict``) cannot be replaced: retried after each of ``waits`` (s), then refused with what to do."""
+    viewer, a running ``predict``) cannot be moved or replaced: retried after each of ``waits`` (s), then refused with what to
+    do (a read-only file is refused the same way, so it is named too)."""
     for wait in (*waits, None):
         try:
             os.replace(src, dst)
@@ -96,9 +97,9 @@ def replace(src: Union[str, Path], dst: Union[str, Path], waits: Sequence[float]
         except PermissionError as e:
             if not _console.WINDOWS:  # here a refusal is the folder's permissions: waiting changes nothing
                 raise
-            if wait is None:
-                raise PermissionError(e.errno, f"cannot replace {dst}: another program has it open (close it, or wait for "
-                                               f"a virus scan to finish) and run again; {e.strerror or e}") from e
+            if wait is None:  # either end may be the one held (install() moves the old bundle aside: src is in use there)
+                raise PermissionError(e.errno, f"cannot move {src} to {dst}: another program has one of them open (close it, or "
+                                               f"wait for a virus scan to finish), or it is read-only; then run again ({e.strerror or e})") from e
             time.sleep(wait)
 
 
