@@ -177,3 +177,19 @@ def test_arm_boards_are_told_apart_and_know_their_own_profiles(monkeypatch, tmp_
     assert other_hosts_latencies(cal) == "measured on another machine (cpu_cores 'ARM Cortex-A53 x4')"
     cal.write_text(json.dumps({"profile": {"device": older}}))
     assert other_hosts_latencies(cal) is None
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux: RLIMIT_FSIZE")
+def test_a_file_size_limit_is_said_with_its_fix(tmp_path):
+    """--out under `ulimit -f` said only "File too large"; the previous file stays, no temporary file is left."""
+    import subprocess
+    import sys
+
+    (tmp_path / "p.json").write_text("old")
+    code = (f"import resource; resource.setrlimit(resource.RLIMIT_FSIZE, (16, 16))\n"
+            f"from dvt_runtime.io import atomic_write\n"
+            f"try:\n    atomic_write({str(tmp_path / 'p.json')!r}, b'x' * 100)\nexcept OSError as e:\n    print(e)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and f"cannot write {tmp_path / 'p.json'}: File too large; the process's file size limit (ulimit -f) " \
+                                  "is below it: raise it, then run again" in r.stdout, (r.stdout, r.stderr[-500:])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json"] and (tmp_path / "p.json").read_text() == "old"

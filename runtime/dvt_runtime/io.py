@@ -104,9 +104,10 @@ def replace(src: Union[str, Path], dst: Union[str, Path], waits: Sequence[float]
 
 
 def _cannot_write(e: OSError, path: Path) -> OSError:
-    """``e`` named by the user's path, not the temporary file's (its type kept, so callers still catch it); a full disk
-    or quota says the fix."""
-    fix = "; free some space there, or write elsewhere, then run again" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    """``e`` named by the user's path, not the temporary file's (its type kept, so callers still catch it); a full disk,
+    quota or file size limit says the fix."""
+    fix = ("; free some space there, or write elsewhere, then run again" if e.errno in (errno.ENOSPC, errno.EDQUOT) else
+           "; the process's file size limit (ulimit -f) is below it: raise it, then run again" if e.errno == errno.EFBIG else "")
     return type(e)(e.errno, f"cannot write {path}: {e.strerror or e}{fix}")
 
 
