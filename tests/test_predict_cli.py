@@ -584,3 +584,18 @@ def test_windows_wildcards_are_expanded_and_a_mac_is_named_by_its_stable_name(ph
         assert D.this_host() == D.socket.gethostname()  # no Bonjour name: the host name, as elsewhere
     finally:
         D._bonjour_name.cache_clear()
+
+
+def test_a_budget_without_the_named_calibration_is_one_error_not_a_warning_first(onnx_bundle, photos, capsys):
+    """--device-name NOSUCH --budget-ms 1 warned "using the manifest's default thresholds", then refused the budget: now the
+    refusal alone; without a budget the warning still says what runs."""
+    import warnings
+
+    argv = ["--bundle", str(onnx_bundle), str(photos / "sub" / "1"), "--device-name", "nosuch", "--no-progress"]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert main([*argv, "--budget-ms", "1"]) == 2
+    assert "--budget-ms needs a calibration of this device" in capsys.readouterr().err
+    assert not [w for w in seen if "no calibration for device 'nosuch'" in str(w.message)], [str(w.message) for w in seen]
+    with pytest.warns(UserWarning, match="no calibration for device 'nosuch'"):
+        assert main(argv) == 0

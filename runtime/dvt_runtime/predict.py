@@ -22,6 +22,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
@@ -280,7 +281,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   + ("; convert HEIC photos to JPEG to use them (e.g. with pillow-heif)" if skipped.keys() & {".heic", ".heif"} else ""),
                   file=sys.stderr)
         cv2_or_fail()  # once, not "unreadable" for every file
-        bundle = open_here(args.bundle, args.device_name, threads=args.threads, providers=parse_providers(args.providers))
+        with warnings.catch_warnings(record=True) as said:  # held: a budget with no calibration is an error, said alone
+            warnings.simplefilter("always")
+            bundle = open_here(args.bundle, args.device_name, threads=args.threads, providers=parse_providers(args.providers))
+        if not (args.budget_ms is not None and bundle.calibration is None):  # else "the manifest's thresholds run", then refused
+            for w in said:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
         if args.profile:
             prof = load_profile_arg(args.profile)
             bundle.use_profile(prof)
