@@ -37,7 +37,7 @@ from dvt_edge.data import (
     same_data,
     scoring_set,
 )
-from dvt_edge.provenance import environment
+from dvt_edge.provenance import THREADS_HELP, environment, set_torch_threads
 from dvt_runtime.checks import FEW_IMAGES, numbered
 from dvt_runtime.cli import command_name
 from dvt_runtime.console import join_args, quote_arg, silenced_progress
@@ -286,12 +286,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                  "folder, not beside the checkpoint; <run folder>-best for a run's best.pt)")
     ap.add_argument("--trust-checkpoint", action="store_true", help="allow arbitrary unpickling (only for files you trust)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars (as TQDM_DISABLE=1)")
+    ap.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     args = ap.parse_args(argv)
     out = Path(args.out) if args.out else default_out(args.checkpoint)
     if out.exists() and not out.is_dir():  # checked before the work, not after it
         print(f"error: --out {out} is a file; pass a folder", file=sys.stderr)
         return 2
     try:
+        set_torch_threads(args.threads)
         check_result_files(out / "evaluate.json", SCHEMA.rsplit("/", 1)[0] + "/", [out / "evaluate.png"], fix="pass another --out folder")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

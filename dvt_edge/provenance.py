@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["code_revision", "environment", "environment_line", "result_provenance"]
+__all__ = ["code_revision", "environment", "environment_line", "result_provenance", "set_torch_threads", "THREADS_HELP"]
 
 _ROOT = Path(__file__).resolve().parent.parent  # the checkout holding dvt_edge/ when run from a git clone
 
@@ -34,6 +34,21 @@ def code_revision() -> Optional[str]:
     except (OSError, subprocess.SubprocessError):
         return None
     return head.stdout.strip() + ("+modified" if dirty.returncode or dirty.stdout.strip() else "")
+
+
+THREADS_HELP = "torch intra-op threads (default: torch's, one per core; at least 1): 1 leaves the other cores to other work"
+
+
+def set_torch_threads(threads: Optional[int], flag: str = "--threads") -> None:
+    """torch's intra-op threads for this process (None: torch's own choice, one per core); below 1 is a ValueError naming
+    ``flag`` (0 had meant every core in some commands and an error in others)."""
+    if threads is None:
+        return
+    if isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"{flag} must be >= 1 (torch's intra-op threads; leave it out for torch's own choice), got {threads}")
+    import torch
+
+    torch.set_num_threads(int(threads))
 
 
 def environment(threads: Optional[int] = None, device: Any = None) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from dvt_edge.batches import augment, batches, epoch_shard, eval_batch_size, eva
 from dvt_edge.checkpoint import CheckpointError, _state_dict_of, checkpoint_model_name, read_checkpoint, save_checkpoint
 from dvt_edge.data import DATASETS, DataError, ImageSet, default_preprocess, default_train_data, load_dataset
 from dvt_edge.models import DVT, create_model, list_models, model_defaults, model_from_args
-from dvt_edge.provenance import code_revision, environment
+from dvt_edge.provenance import THREADS_HELP, code_revision, environment
 from dvt_edge.resume import agreed, check_room, resume_hint, resume_run, resumed_differently, run_lock, started_over
 from dvt_edge.transfer import carry_head_rows, transfer_weights
 from dvt_runtime.cli import GivenParser, command_name
@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-flip", action="store_true", help="no horizontal flips (e.g. digits, text)")
     ap.add_argument("--pad", type=int, default=None, help="random translation in pixels (default: max(2, img_size // 14))")
     ap.add_argument("--seed", type=int, default=0, help="default 0")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads per process (default: torch's, one per core; at least 1)")
+    ap.add_argument("--threads", type=int, default=None, help=THREADS_HELP + " (per process)")
     ap.add_argument("--amp", choices=AMP_CHOICES, default="fp32",
                     help="compute precision of the forward/backward pass (weights and optimizer stay fp32); "
                          "bf16 autocast trains about 1.4x faster on CPUs with AMX/AVX512-BF16")

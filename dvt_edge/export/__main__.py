@@ -16,6 +16,7 @@ from dvt_edge.data import DATASETS, DataError
 from dvt_edge.export import ExportError, ExportOptions, VerificationFailed, export_bundle
 from dvt_edge.export.targets import TARGETS, TargetUnavailable, get_target
 from dvt_edge.export.verify import INT8_MIN_AGREEMENT
+from dvt_edge.provenance import THREADS_HELP, set_torch_threads
 from dvt_runtime.cli import command_name
 from dvt_runtime.console import silenced_progress
 
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "to name the operators of an ETDump (profile --etdump-dir); other targets of the run ignore it")
     ap.add_argument("--list-targets", action="store_true", help="print the targets and exit")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars (as TQDM_DISABLE=1)")
+    ap.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     return ap
 
 
@@ -104,11 +106,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
     if args.list_targets:
-        print(list_targets())
-        return 0
+        return print(list_targets()) or 0
     if not args.target:
         ap.error(f"--target is required: one of {sorted(TARGETS)} or 'all' (or --list-targets)")
     try:
+        set_torch_threads(args.threads)
         if not args.checkpoint:
             from dvt_edge.references import default_for_model
 
