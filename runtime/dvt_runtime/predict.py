@@ -64,8 +64,6 @@ def _walk(top: Path, skipped: Optional[dict] = None) -> list[Path]:
     return sorted(found)
 
 
-
-
 def _expanded(paths: Sequence[str]) -> list[str]:
     """On Windows, each argument with a wildcard that is not itself a file is expanded here (sorted), as a POSIX shell
     would have; elsewhere the shell did it (a file named ``a*.jpg`` stays itself)."""
@@ -282,11 +280,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   file=sys.stderr)
         cv2_or_fail()  # once, not "unreadable" for every file
         with warnings.catch_warnings(record=True) as said:  # held: a budget with no calibration is an error, said alone
-            warnings.simplefilter("always")
             bundle = open_here(args.bundle, args.device_name, threads=args.threads, providers=parse_providers(args.providers))
         if not (args.budget_ms is not None and bundle.calibration is None):  # else "the manifest's thresholds run", then refused
-            for w in said:
-                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+            for w in said:  # through the filters again (a user's -W ignore holds)
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         if args.profile:
             prof = load_profile_arg(args.profile)
             bundle.use_profile(prof)
