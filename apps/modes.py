@@ -9,6 +9,7 @@ from typing import Optional
 
 import numpy as np
 
+from dvt_runtime.calibration import bundle_args
 from dvt_runtime.console import quote_arg
 
 from .common import CALIBRATE_HINT, AppError, fmt_ms, warn
@@ -89,7 +90,7 @@ def _limit_ms(flag: str, v) -> float:
 def _calibrate_hint(bundle, ms: Optional[float]) -> str:
     """How to calibrate this device: for a budget, at that budget; for a deadline (None), at a mean budget B of the
     user's choosing, whose per-stage p90s the deadline then uses."""
-    hint = CALIBRATE_HINT.format(bundle=quote_arg(str(bundle.path)), ms="B" if ms is None else f"{ms:g}",  # a command to paste
+    hint = CALIBRATE_HINT.format(bundle_args=bundle_args(bundle.path, bundle.calibration_dir), ms="B" if ms is None else f"{ms:g}",  # a command to paste
                                  name=quote_arg(bundle.device_name) if bundle.device_name else "NAME")
     return hint if ms is not None else hint + " (B: a mean latency; the deadline uses its per-stage p90s)"
 

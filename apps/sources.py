@@ -103,7 +103,8 @@ def open_bundle(args):
     try:
         with warnings.catch_warnings(record=True) as said:  # the runtime's warnings (e.g. no calibration for a device name)
             warnings.simplefilter("always")
-            bundle = open_here(args.bundle, args.device_name, threads=args.threads, providers=providers)
+            bundle = open_here(args.bundle, args.device_name, threads=args.threads, providers=providers,
+                               calibration_dir=getattr(args, "calibration_dir", None))
     except (ManifestError, BackendUnavailable, FileNotFoundError, OSError, ValueError, TypeError) as e:  # ValueError: CalibrationError; TypeError: an option the backend does not take (--providers off ONNX Runtime)
         raise AppError(f"cannot open bundle {args.bundle}: {e}") from None
     for w in said:  # the runtime's own as the app's notes, not "file:line: UserWarning" with a source line

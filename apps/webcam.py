@@ -51,6 +51,7 @@ if __name__ == "__main__" and not __package__:  # run as a file (python apps/web
 
     __package__ = "apps"
 
+from dvt_runtime.calibration import CALIBRATION_DIR_HELP  # noqa: E402
 from dvt_runtime.cli import command_name  # noqa: E402
 from dvt_runtime.io import check_out_path  # noqa: E402
 
@@ -98,6 +99,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--thresholds", default=None, help="per-exit confidence thresholds, e.g. 0.9,0.8 (default: calibration, else manifest)")
     ap.add_argument("--device-name", default=None, help="use <bundle>/calibration/NAME.json (python -m dvt_runtime.calibrate; default: this host's name, "
                                                             "calibrate's default)")
+    ap.add_argument("--calibration-dir", default=None, metavar="DIR", help=CALIBRATION_DIR_HELP)
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads per stage (default 1)")
     ap.add_argument("--providers", default=None,
                     help="ONNX Runtime execution providers, comma-separated, e.g. CUDAExecutionProvider,CPUExecutionProvider")

@@ -307,18 +307,19 @@ def test_calibrate_finds_a_bundle_it_cannot_write_before_any_work(bundle_copy, v
     (bundle_copy / "calibration").write_text("in the way")
     t0 = time.perf_counter()
     with pytest.raises(CalibrationError, match=r"calibration file .*dev.json: .*calibration is a file, not a folder; move that file "
-                                               r"away, or calibrate a writable copy of the bundle \(calibrations are saved in it; cp -r keeps read-only modes: chmod -R u\+w the copy\)"):
+                                               r"away, or calibrate into a writable folder \(--calibration-dir DIR, then predict --calibration-dir DIR\), or "
+                                               r"a writable copy of the bundle \(cp -r keeps read-only modes: chmod -R u\+w the copy\)"):
         calibrate(b, x[:40], y[:40], 1e6, device_name="dev", runs=10, warmup=2, progress=False)
     assert time.perf_counter() - t0 < 2.0
     (bundle_copy / "calibration").unlink()
     (bundle_copy / "calibration" / "dev.json").mkdir(parents=True)  # a folder where the file goes: its name is not the user's to choose
-    with pytest.raises(CalibrationError, match=r"dev\.json is a folder; it is in the way: move it away, or calibrate a writable copy"):
+    with pytest.raises(CalibrationError, match=r"dev\.json is a folder; it is in the way: move it away, or calibrate into a writable folder"):
         calibrate(b, x[:40], y[:40], 1e6, device_name="dev", runs=10, warmup=2, progress=False)
     (bundle_copy / "calibration" / "dev.json").rmdir()
     if os.geteuid() != 0:  # root writes anywhere: only another user meets a read-only folder this way
         bundle_copy.chmod(0o555)
         try:
-            with pytest.raises(CalibrationError, match=r"\(permission denied\); calibrate a writable copy of the bundle"):
+            with pytest.raises(CalibrationError, match=r"\(permission denied\); calibrate into a writable folder \(--calibration-dir"):
                 calibrate(b, x[:40], y[:40], 1e6, device_name="dev", runs=10, warmup=2, progress=False)
         finally:
             bundle_copy.chmod(0o755)

@@ -38,7 +38,7 @@ from dvt_runtime.backends import (
     ort_providers,
     provider_fallback,
 )
-from dvt_runtime.calibration import Calibration, calibration_file
+from dvt_runtime.calibration import Calibration, calibration_file, check_calibration_dir
 from dvt_runtime.checks import (  # noqa: F401  (DEFAULT_*: re-exported)
     DEFAULT_BATCH_PIXELS,
     DEFAULT_MAX_BATCH,
@@ -70,8 +70,9 @@ class Bundle(BundleInputs):
     sessions (and an ExecuTorch bundle's mapped files) now, not when the last reference goes."""
 
     def __init__(self, path: Path, manifest: Manifest, sessions: list[Session], load_ms: list[float], device_name: Optional[str] = None,
-                 threads: Optional[int] = None):
+                 threads: Optional[int] = None, calibration_dir: Union[str, Path, None] = None):
         self.path, self.manifest, self.sessions, self.load_ms, self.device_name = path, manifest, sessions, load_ms, device_name
+        self.calibration_dir = path / "calibration" if calibration_dir is None else Path(calibration_dir)  # where calibrations are
         self.threads = threads  # as opened (None: the backend's default); a calibration made at another count warns
         self.calibration: Optional[Calibration] = None
         self.stage_p90_ms: Optional[list[float]] = None  # for deadline mode (from a profile/calibration)
@@ -88,13 +89,16 @@ class Bundle(BundleInputs):
     # ------------------------------------------------------------------ open
     @classmethod
     def open(cls, path: Union[str, Path], threads: Optional[int] = 1, providers: Optional[Sequence[str]] = None,
-             verify: bool = True, device_name: Optional[str] = None, **backend_opts) -> "Bundle":
+             verify: bool = True, device_name: Optional[str] = None, calibration_dir: Union[str, Path, None] = None,
+             **backend_opts) -> "Bundle":
         """Validate the manifest (schema, paths, SHA-256 of every artifact) and load each exit. ``threads``: intra-op threads per
         session (1 is usually fastest for a cascade of small graphs; None = the backend's default). ``providers``: ONNX Runtime
         execution providers in priority order, e.g. ``["CUDAExecutionProvider", "CPUExecutionProvider"]``.
         ``device_name``: use that device's calibration (thresholds, budget table, p90s). None: the manifest's thresholds,
-        warning when the bundle holds this host's (which ``dvt-runtime predict`` uses by default); ``""``: no warning."""
+        warning when the bundle holds this host's (which ``dvt-runtime predict`` uses by default); ``""``: no warning.
+        ``calibration_dir``: read (and let calibrate write) device calibrations there, not in ``<path>/calibration/``."""
         path = Path(path)
+        calibration_dir = check_calibration_dir(calibration_dir)
         threads = check_threads(threads, warn=True)
         opts = dict(backend_opts, **({"providers": providers} if providers is not None else {}))
         m = Manifest.load(path, verify=verify)
@@ -117,7 +121,7 @@ class Bundle(BundleInputs):
             check_signature(sessions[-1], list(e.inputs) + list(e.outputs), m.artifact_path(path, i))
         if m.backend == "onnxruntime" and providers is not None and (said := provider_fallback(opts["providers"], sessions)):
             warnings.warn(said, stacklevel=2)  # once for the bundle: ONNX Runtime itself says it only in its log
-        bundle = cls(path, m, sessions, load_ms, device_name or None, threads)
+        bundle = cls(path, m, sessions, load_ms, device_name or None, threads, calibration_dir)
         if device_name is None:  # this host's calibration left unused: said
             say_host_calibration(bundle)
         return bundle
@@ -149,7 +153,7 @@ class Bundle(BundleInputs):
     def calibration_path(self, device_name: str, batch: int = 1) -> Path:
         """``calibration/<device>.json`` (batch 1, the latency path), ``<device>-batch<N>.json`` for a throughput
         calibration at N images per call: one never replaces the other."""
-        return calibration_file(self.path, device_name, batch)
+        return calibration_file(self.calibration_dir, device_name, batch)
 
     def use_calibration(self, device_name: str, missing_ok: bool = False, batch: int = 1, _stacklevel: int = 2) -> Optional[Calibration]:
         """Use ``calibration/<device>.json`` (or the one made at ``batch`` images per call): its thresholds,
@@ -173,7 +177,7 @@ class Bundle(BundleInputs):
                 return None
             raise FileNotFoundError(f"no calibration for device {device_name!r} at batch {batch} in {self.path} "
                                     "(run python -m dvt_runtime.calibrate" + (f" --batch {batch})" if batch > 1 else ")"))
-        cal = read_calibration(p, self.manifest)
+        cal = read_calibration(p, self.manifest, self.path)
         if cal.device != device_name:  # a copied or renamed file: another device's latencies chose these thresholds
             raise CalibrationError(f"{p} holds the calibration of device {cal.device!r}, not {device_name!r}: calibrate this "
                                    f"device (python -m dvt_runtime.calibrate --device-name {quote_arg(device_name)}), or open the bundle "

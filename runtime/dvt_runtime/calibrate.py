@@ -31,6 +31,7 @@ import numpy as np
 from dvt_runtime.backends import PROVIDERS_HELP, BackendUnavailable, backend_version, parse_providers
 from dvt_runtime.bundle import Bundle
 from dvt_runtime.calibration import (  # noqa: F401  (re-exported)
+    CALIBRATION_DIR_HELP,
     SCHEMA,
     BudgetRow,
     Calibration,
@@ -337,11 +338,13 @@ def _check_request(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: floa
     if theirs is not None and theirs != device_name:  # e.g. 'lap top' and 'lap_top' share a file name
         raise CalibrationError(f"{target} holds device {theirs!r}'s calibration, which this one would replace: choose a "
                                f"device name that differs from {theirs!r} in a letter or digit")
-    if target.parent.is_symlink():  # a bundle shipped with calibration/ -> elsewhere had pointed the write at any folder
+    if target.parent == bundle.path / "calibration" and target.parent.is_symlink():  # a shipped calibration/ -> elsewhere: any folder
         raise CalibrationError(f"{target.parent} is a link (to {os.path.realpath(target.parent)}): calibrations are written inside "
-                               "the bundle, not through links; replace the link with a plain folder")
+                               "the bundle, not through links; replace the link with a plain folder, or give that folder as --calibration-dir")
     try:  # a read-only bundle (a system folder, an image mount) was found only when the work was done
-        check_out_path(target, "calibration file", fix="calibrate a writable copy of the bundle (calibrations are saved in it; cp -r keeps read-only modes: chmod -R u+w the copy)", example=None)
+        check_out_path(target, "calibration file", fix="calibrate into a writable folder (--calibration-dir DIR, then predict "
+                       "--calibration-dir DIR), or a writable copy of the bundle (cp -r keeps read-only modes: chmod -R u+w the copy)",
+                       example=None)
     except ValueError as e:
         raise CalibrationError(str(e)) from None
     if (target.exists() or target.is_symlink()) and not _a_calibration(target):  # a user's notes of that name are not replaced
@@ -446,6 +449,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "file's table of budgets, which predict(budget_ms=) reads, is the exact search's)")
     ap.add_argument("--device-name", default=None,
                     help="the device the calibration is for (default: this host's name; with --profile, the device it names)")
+    ap.add_argument("--calibration-dir", default=None, metavar="DIR", help=CALIBRATION_DIR_HELP)
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads per session (default 1; 0: the backend's default, every core)")
     ap.add_argument("--providers", default=None, help=PROVIDERS_HELP)
     ap.add_argument("--holdout", type=float, default=0.5,
@@ -461,7 +465,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.threads < 0:  # 0: the backend's default, as predict takes it (a deployment at 0 is calibrated at 0)
         ap.error(f"--threads must be >= 1, or 0 for the backend's default, got {args.threads}")
     try:
-        bundle = Bundle.open(args.bundle, threads=args.threads, providers=parse_providers(args.providers), device_name="")
+        bundle = Bundle.open(args.bundle, threads=args.threads, providers=parse_providers(args.providers), device_name="",
+                             calibration_dir=args.calibration_dir)
         if note := batch_note(bundle, args.batch):
             print(note, file=sys.stderr)
         x, y = load_npz(args.data, bundle.manifest.preprocess, bundle.classes)

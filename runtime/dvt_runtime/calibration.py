@@ -129,15 +129,40 @@ class Calibration:
         return cls(**d)
 
 
-def calibration_file(bundle: Path, device_name: Any, batch: Any = 1) -> Path:
-    """``calibration/<device>.json`` (batch 1, the latency path), ``<device>-batch<N>.json`` for a throughput
-    calibration at N images per call: one never replaces the other."""
+def calibration_file(folder: Path, device_name: Any, batch: Any = 1) -> Path:
+    """``<folder>/<device>.json`` (batch 1, the latency path), ``<device>-batch<N>.json`` for a throughput
+    calibration at N images per call: one never replaces the other. ``folder``: the bundle's ``calibration/``, or the
+    ``--calibration-dir`` given for it."""
     if not isinstance(device_name, str) or not device_name.strip():
         raise ValueError(f"device_name must be a non-empty string (e.g. 'pixel8'), got {device_name!r}")
     if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1:  # numpy integers too
         raise ValueError(f"batch must be a whole number >= 1 (images per call the calibration was made at), got {batch!r}")
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in device_name)
-    return bundle / "calibration" / (f"{safe}.json" if batch == 1 else f"{safe}-batch{int(batch)}.json")
+    return folder / (f"{safe}.json" if batch == 1 else f"{safe}-batch{int(batch)}.json")
+
+
+CALIBRATION_DIR_HELP = ("read and write device calibrations in DIR instead of the bundle's calibration/ folder (a read-only "
+                        "bundle: an OTA image, a container layer); give the same DIR to predict, calibrate and the webcam")
+
+
+def check_calibration_dir(folder: Any) -> Optional[Path]:
+    """A ``calibration_dir`` (``--calibration-dir``) as a Path: None stays None; a file there is refused (a missing folder
+    is made by the first calibration written to it)."""
+    if folder is None:
+        return None
+    if not isinstance(folder, (str, os.PathLike)) or not str(folder):
+        raise ValueError(f"calibration_dir (--calibration-dir) must be a folder path, got {folder!r}")
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"calibration_dir (--calibration-dir) {folder} is a file, not a folder: name the folder the device "
+                         "calibrations are (or will be) written in")
+    return Path(folder)
+
+
+def bundle_args(bundle: Path, folder: Path) -> str:
+    """``--bundle B`` for a command that reads or writes ``folder``'s calibrations, with ``--calibration-dir D`` where
+    ``folder`` is not the bundle's own ``calibration/`` (a read-only bundle calibrated elsewhere)."""
+    own = os.path.normpath(folder) == os.path.normpath(bundle / "calibration")
+    return f"--bundle {quote_arg(str(bundle))}" + ("" if own else f" --calibration-dir {quote_arg(str(folder))}")
 
 
 def calibration_files(folder: Path) -> list[Path]:
@@ -160,9 +185,10 @@ def missing_calibration(p: Path, device_name: str, batch: int, using: str) -> st
     if others:  # a misspelled name silently ran the manifest's thresholds
         return (f"no calibration for device {device_name!r} in {p.parent} (it holds {others}): using {using}; pass one of those "
                 "names, or calibrate this device")
-    where = "it holds none" if p.parent.is_dir() else "no such folder: a bundle copied without it?"  # the likeliest copy mistake
-    return (f"no calibration for device {device_name!r} in {p.parent} ({where}): using {using}; calibrate this device, or copy "
-            "the bundle with its calibration/ folder")
+    own = p.parent.name == "calibration" and (p.parent.parent / "manifest.json").is_file()  # not a --calibration-dir
+    where = "it holds none" if p.parent.is_dir() else "no such folder" + (": a bundle copied without it?" if own else "")
+    return (f"no calibration for device {device_name!r} in {p.parent} ({where}): using {using}; calibrate this device"
+            + (", or copy the bundle with its calibration/ folder" if own else f" into it (--calibration-dir {quote_arg(str(p.parent))})"))
 
 
 def unreadable_calibration(path: Path, e: OSError) -> CalibrationError:
@@ -190,39 +216,40 @@ def calibration_exists(path: Path) -> bool:
         raise unreadable_calibration(path, e) from None
 
 
-def read_calibration(path: Union[str, Path], manifest) -> Calibration:
-    """Load and validate ``path`` for the bundle described by ``manifest``."""
+def read_calibration(path: Union[str, Path], manifest, bundle: Optional[Path] = None) -> Calibration:
+    """Load and validate ``path`` for the bundle described by ``manifest`` (at ``bundle``: named in the rewrite command)."""
     path = Path(path)
     try:
         st = _stat_or_none(path)  # the OS's own answer: a PermissionError where this user may not look (Path.is_file hides it on 3.14)
         if st is None or not stat.S_ISREG(st.st_mode):
-            raise CalibrationError(f"calibration {path} is not a file; remove it and rewrite it: {rewrite_command(path)}")
+            raise CalibrationError(f"calibration {path} is not a file; remove it and rewrite it: {rewrite_command(path, bundle)}")
         if st.st_size > MAX_FILE_BYTES:
             raise CalibrationError(f"calibration {path} is {st.st_size} bytes, far too large to be a calibration; rewrite "
-                                   f"it: {rewrite_command(path)}")
+                                   f"it: {rewrite_command(path, bundle)}")
         d = json.loads(path.read_text(encoding="utf-8-sig"))  # UTF-8 on every OS (Windows reads cp1252), a BOM allowed
     except PermissionError as e:  # a CalibrationError as every other bad calibration: a service catching ValueError had crashed
         raise unreadable_calibration(path, e) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CalibrationError(f"calibration {path} is not valid JSON ({e}); rewrite it: {rewrite_command(path)}") from None
+        raise CalibrationError(f"calibration {path} is not valid JSON ({e}); rewrite it: {rewrite_command(path, bundle)}") from None
     except RecursionError:
-        raise CalibrationError(f"calibration {path} is nested too deeply to be a calibration; rewrite it: {rewrite_command(path)}") from None
+        raise CalibrationError(f"calibration {path} is nested too deeply to be a calibration; rewrite it: {rewrite_command(path, bundle)}") from None
     if isinstance(d, dict) and isinstance(v := d.get("schema_version"), int) and v > SCHEMA_VERSION:  # upgrade; never rewrite it
         raise CalibrationError(f"{path}: {newer_message('the calibration', v, SCHEMA_VERSION)}")
     try:
         cal = Calibration.from_dict(d, manifest)
     except CalibrationError as e:
-        raise CalibrationError(f"calibration {path}: {e}; rewrite it: {rewrite_command(path)}") from None
+        raise CalibrationError(f"calibration {path}: {e}; rewrite it: {rewrite_command(path, bundle)}") from None
     if cal.schema_version < 2:  # it loads, but priced predict's own cost for exit 1 alone
         warnings.warn(f"{path} is a version-1 calibration: it priced predict's own cost for an image stopping at exit 1 alone, so "
-                      f"its deeper thresholds run a few percent over their budgets (4-9% measured); rewrite it: {rewrite_command(path)}",
+                      f"its deeper thresholds run a few percent over their budgets (4-9% measured); rewrite it: {rewrite_command(path, bundle)}",
                       stacklevel=3)
     return cal
 
 
-def rewrite_command(path: Path) -> str:
-    """The calibrate command that rewrites ``path`` (``<bundle>/calibration/<device>[-batchN].json``): its bundle, device,
-    batch and budget, and ``--profile`` where its latencies were another device's (measuring here would price it with this host's)."""
+def rewrite_command(path: Path, bundle: Optional[Path] = None) -> str:
+    """The calibrate command that rewrites ``path`` (``<bundle>/calibration/<device>[-batchN].json``, or a file in the
+    ``--calibration-dir`` of ``bundle``): its bundle, device, batch and budget, and ``--profile`` where its latencies were
+    another device's (measuring here would price it with this host's)."""
     m = re.fullmatch(r"(.+?)(?:-batch(\d+))?", path.stem)
     assert m is not None  # the pattern takes any stem
     d: Any = None
@@ -233,7 +260,7 @@ def rewrite_command(path: Path) -> str:
             pass
     d = d if isinstance(d, dict) else {}
     budget, device = d.get("budget_ms"), d.get("device")
-    cmd = (f"python -m dvt_runtime.calibrate --bundle {quote_arg(str(path.parent.parent))} --data VAL.npz --budget-ms "
+    cmd = (f"python -m dvt_runtime.calibrate {bundle_args(path.parent.parent if bundle is None else bundle, path.parent)} --data VAL.npz --budget-ms "
            f"{budget if _num(budget) and budget > 0 else 'MS'} --device-name {quote_arg(device if isinstance(device, str) else m.group(1))}")
     cmd += f" --batch {m.group(2)}" if m.group(2) else ""
     cmd += f" --metric {quote_arg(d['metric'])}" if _percentile(d.get("metric")) else ""  # a p90 budget stays one

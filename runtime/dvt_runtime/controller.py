@@ -89,8 +89,10 @@ class BudgetController:
 def controller_for(bundle: "Bundle", budget_ms: float) -> BudgetController:
     """The bundle's one controller (made from its calibration on first use); warns once per budget below the cheapest point."""
     if bundle.calibration is None:
-        where = (f"no {bundle.calibration_path(bundle.device_name)} yet: run python -m dvt_runtime.calibrate --bundle "
-                 f"{quote_arg(str(bundle.path))} --device-name {quote_arg(bundle.device_name)} ..." if bundle.device_name else
+        from dvt_runtime.calibration import bundle_args
+
+        where = (f"no {bundle.calibration_path(bundle.device_name)} yet: run python -m dvt_runtime.calibrate "
+                 f"{bundle_args(bundle.path, bundle.calibration_dir)} --device-name {quote_arg(bundle.device_name)} ..." if bundle.device_name else
                  "open the bundle with device_name=... of a calibrated device (python -m dvt_runtime.calibrate)")
         if bundle.device_name and bundle.calibration_path(bundle.device_name).exists():  # dropped by use_calibration(), not missing
             where = (f"the bundle runs none now (dropped by use_calibration(), or made after the bundle was opened): "
@@ -114,7 +116,7 @@ def controller_for(bundle: "Bundle", budget_ms: float) -> BudgetController:
         path = bundle.calibration_path(cal.device, cal.batch)
         warnings.warn(f"{path} budgets the {cal.metric} but its table's rows carry no predicted {key} (an older file, or an "
                       f"edited metric): they are priced by their mean, so {cal.metric} budgets can be overrun; rewrite it: "
-                      f"{rewrite_command(path)}", stacklevel=3)
+                      f"{rewrite_command(path, bundle.path)}", stacklevel=3)
     if warn and budget_ms < cheapest:  # the cheapest thresholds, and the budget overrun all the same
         warnings.warn(f"budget_ms {budget_ms:g} is below the cheapest point calibrated on {cal.device!r} "
                       f"({cheapest:.4g} ms a sample): every sample gets the cheapest thresholds and the budget is overrun",

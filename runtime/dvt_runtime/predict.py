@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 
 from dvt_runtime.backends import PROVIDERS_HELP, BackendUnavailable, parse_providers
+from dvt_runtime.calibration import CALIBRATION_DIR_HELP, bundle_args
 from dvt_runtime.checks import NonFiniteOutput, check_thresholds, parse_thresholds, positive_ms, preprocessed_here, rough_thresholds
 from dvt_runtime.cli import command_name
 from dvt_runtime.console import WINDOWS, progress, quote_arg  # WINDOWS: its shells pass *.jpg to the command as it is typed
@@ -237,6 +238,7 @@ def _parser() -> argparse.ArgumentParser:
                          "overrun (p90s from the calibration or --profile)")
     ap.add_argument("--profile", default=None, help="with --deadline-ms: per-stage p90s from this profile JSON (dvt-runtime profile --out)")
     ap.add_argument("--device-name", default=None, help="use calibration/<name>.json (default: this host's name)")
+    ap.add_argument("--calibration-dir", default=None, metavar="DIR", help=CALIBRATION_DIR_HELP)
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads per session (default 1; 0: the backend's default, every core)")
     ap.add_argument("--providers", default=None, help=PROVIDERS_HELP)
     ap.add_argument("--out", default=None, help="also write every answer and the summary as JSON (schema dvt-predictions); "
@@ -252,7 +254,8 @@ def _check_mode(bundle, args: argparse.Namespace) -> None:
         name = f" --device-name {quote_arg(args.device_name)}" if args.device_name else ""
         raise ValueError(f"--budget-ms needs a calibration of this device (none usable at "
                          f"{bundle.calibration_path(bundle.device_name or this_host())}): "
-                         f"dvt-runtime calibrate --bundle {b} --data VAL.npz --budget-ms {args.budget_ms:g}{name} (or pass --device-name "
+                         f"dvt-runtime calibrate {bundle_args(bundle.path, bundle.calibration_dir)} --data VAL.npz --budget-ms "
+                         f"{args.budget_ms:g}{name} (or pass --device-name "
                          "NAME here, if it was made under another name)")
     if args.deadline_ms is not None and bundle.stage_p90_ms is None:
         raise ValueError(f"--deadline-ms needs each stage's p90 latency: pass --profile PROFILE.json (dvt-runtime profile --bundle {b} "
@@ -280,7 +283,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   file=sys.stderr)
         cv2_or_fail()  # once, not "unreadable" for every file
         with warnings.catch_warnings(record=True) as said:  # held: a budget with no calibration is an error, said alone
-            bundle = open_here(args.bundle, args.device_name, threads=args.threads, providers=parse_providers(args.providers))
+            bundle = open_here(args.bundle, args.device_name, threads=args.threads, providers=parse_providers(args.providers),
+                               calibration_dir=args.calibration_dir)
         if not (args.budget_ms is not None and bundle.calibration is None):  # else "the manifest's thresholds run", then refused
             for w in said:  # through the filters again (a user's -W ignore holds)
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
