@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional, TextIO
 
-from dvt_runtime.console import output_to
+from dvt_runtime.console import on_descriptor, output_to
 
 __all__ = ["quiet_toolchains", "open_log", "log_problem"]
 
@@ -44,9 +44,10 @@ def quiet_toolchains(log_path: Optional[Path], verbose: bool = False, header: Op
     try:
         if header:
             os.write(fd, f"\n==== {datetime.datetime.now().isoformat(timespec='seconds')} {header} ====\n".encode())
+        user = sys.stderr  # where the user reads: a notebook's cell is not descriptor 2 (that is the server's terminal)
         with output_to(fd) as terminal:
-            if terminal < 0:  # no terminal to keep (a closed stderr): our messages go where Python's stderr goes
-                yield sys.stderr
+            if terminal < 0 or not on_descriptor(user, 2):  # no terminal (a closed stderr), or a notebook: Python's stderr
+                yield user
             else:
                 with os.fdopen(os.dup(terminal), "w", buffering=1) as console:
                     yield console

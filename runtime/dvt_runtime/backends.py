@@ -15,9 +15,6 @@ import importlib
 import os
 import platform
 import re
-import stat
-import sys
-import tempfile
 import threading
 import warnings
 from collections.abc import Iterator
@@ -26,7 +23,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from dvt_runtime.console import output_to
+from dvt_runtime.console import held_output
 
 __all__ = ["BackendUnavailable", "Session", "open_session", "import_backend", "backend_version", "BACKENDS", "available_backends"]
 
@@ -95,54 +92,13 @@ def _missing(backend: str, err: Exception) -> BackendUnavailable:
 @contextlib.contextmanager
 def toolchain_output(backend: str) -> Iterator[None]:
     """Hold what ExecuTorch and the libraries it loads print while importing and loading a program (torchao's
-    kernels built for GPUs, torch's pytree notices, CPU probing, thread-pool resets: file descriptors 1 and 2) in memory
-    or a temporary file (:func:`_holder`), written to stderr if the step fails, or when stderr is a file (a toolchain log such as the
-    benchmark's, or the user's ``2> file``): a terminal or a pipe sees it only on failure. Other backends print
-    nothing there: unchanged. The descriptors are the process's: another thread's output in that window is held too."""
-    if backend != "executorch":
+    kernels built for GPUs, torch's pytree notices, CPU probing, thread-pool resets): :func:`~dvt_runtime.console.held_output`.
+    Other backends print nothing there: unchanged."""
+    with held_output() if backend == "executorch" else contextlib.nullcontext():
         yield
-        return
-    held = _holder()
-    if held is None:  # nowhere to hold it: the output goes where it would have gone
-        yield
-        return
-    with held:
-        try:
-            with output_to(held.fileno()):
-                yield
-        except BaseException:  # the toolchain's own words explain its failure
-            held.seek(0)
-            text = held.read().decode(errors="replace").strip()
-            if text:
-                print(text[-4000:], file=sys.stderr)
-            raise
-        if _stderr_is_file():  # a log keeps the record; a terminal is spared it
-            held.seek(0)
-            with contextlib.suppress(OSError):  # a full disk must not fail a load that succeeded
-                sys.stderr.flush()
-                data = held.read()
-                while data:
-                    data = data[os.write(2, data):]
 
 
-def _holder():
-    """A file to hold output in: in memory where the OS can (no temporary folder needed: a read-only container has none), else
-    a temporary file, else None."""
-    in_memory = [lambda: open(os.memfd_create("dvt-toolchain-output"), "w+b")] if hasattr(os, "memfd_create") else []
-    makers = in_memory + [tempfile.TemporaryFile]
-    for make in makers:
-        try:
-            return make()
-        except OSError:  # memfd refused (an old kernel, a sandbox), no temporary folder
-            continue
-    return None
-
-
-def _stderr_is_file() -> bool:
-    try:
-        return stat.S_ISREG(os.fstat(2).st_mode)
-    except OSError:  # closed
-        return False
+_INTERRUPTED: set[str] = set()  # libraries whose import a KeyboardInterrupt cut short
 
 
 def import_backend(backend: str, toolchain: Optional[dict] = None) -> None:
@@ -158,9 +114,19 @@ def import_backend(backend: str, toolchain: Optional[dict] = None) -> None:
         try:
             with toolchain_output(backend):
                 importlib.import_module(name)
-        except ImportError as e:
-            raise _missing(backend, e) from None
-        except FileNotFoundError as e:  # torch asks for a temporary folder as it imports: a read-only container has none
+        except KeyboardInterrupt:  # half imported: Python cannot finish it in this process
+            _INTERRUPTED.add(name)
+            raise
+        except Exception as e:
+            if name in _INTERRUPTED:  # a partially initialized module's AttributeError, or an ImportError that asks for a reinstall
+                raise BackendUnavailable(f"importing {name} (the {backend} backend's library) was interrupted earlier in this process "
+                                         "(Ctrl-C, a notebook's Interrupt), and Python cannot finish it: restart the interpreter "
+                                         "(in a notebook, the kernel)") from None
+            if isinstance(e, ImportError):
+                raise _missing(backend, e) from None
+            if not isinstance(e, FileNotFoundError):
+                raise
+            # torch asks for a temporary folder as it imports: a read-only container has none
             raise BackendUnavailable(f"{name} (the {backend} backend's library) needs a writable temporary folder to import ({e}): set "
                                      "TMPDIR to one (e.g. a tmpfs)") from None
     made, here = (toolchain or {}).get("executorch"), backend_version("executorch") if backend == "executorch" else None

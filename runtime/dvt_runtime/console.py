@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import io
 import os
 import re
 import shlex
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import warnings
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 __all__ = ["progress", "progress_silenced", "silenced_progress", "output_to", "plain_warnings", "sigterm_as_interrupt", "run_cli",
            "WINDOWS", "quote_arg", "join_args", "move_command"]
@@ -96,6 +99,35 @@ def output_to(fd: int) -> Iterator[int]:
         yield from _output_to(fd)
 
 
+def on_descriptor(stream: object, fd: int) -> bool:
+    """Whether ``stream`` writes to file descriptor ``fd`` (a notebook's ``sys.stderr`` writes to the cell, none)."""
+    try:
+        return stream.fileno() == fd  # type: ignore[attr-defined]
+    except Exception:  # io.UnsupportedOperation (ipykernel's streams, StringIO), a closed or absent stream
+        return False
+
+
+class _Forward(io.TextIOBase):
+    """``sys.stdout``/``sys.stderr`` inside :func:`output_to` where they are not descriptors 1 and 2 (a notebook's
+    streams, which C++ never reaches): written to the redirected descriptor in the block, to the stream it stood for after
+    (a logging handler made inside, such as torch's on its first import, keeps a stream that works)."""
+
+    def __init__(self, fd: int, after: Any):
+        self.fd, self.after = fd, after
+
+    def write(self, text: str) -> int:
+        if self.fd < 0:
+            return self.after.write(text)
+        data = text.encode("utf-8", "replace")
+        while data:
+            data = data[os.write(self.fd, data):]
+        return len(text)
+
+    def flush(self) -> None:
+        if self.fd < 0:
+            self.after.flush()
+
+
 def _output_to(fd: int) -> Iterator[int]:
     for s in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
@@ -106,18 +138,74 @@ def _output_to(fd: int) -> Iterator[int]:
         yield -1
         return
     saved = [os.dup(1), os.dup(2)]
+    streams = (sys.stdout, sys.stderr)  # a notebook's: what Python libraries print is held as the descriptors' is
+    swapped = [None if s is None or on_descriptor(s, i + 1) else _Forward(i + 1, s) for i, s in enumerate(streams)]
     try:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
+        sys.stdout, sys.stderr = (w or s for w, s in zip(swapped, streams))
         yield saved[1]
     finally:
         for s in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 s.flush()
+        sys.stdout, sys.stderr = streams
+        for w in swapped:
+            if w is not None:
+                w.fd = -1  # from now on, to the stream it stood for
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         for f in saved:
             os.close(f)
+
+
+@contextlib.contextmanager
+def held_output() -> Iterator[None]:
+    """Hold what the process prints in the block (file descriptors 1 and 2, and Python's streams where they are not
+    those: a notebook's) in memory or a temporary file (:func:`_holder`), written to stderr if the block fails, or when
+    stderr is a file (a toolchain log such as the benchmark's, or the user's ``2> file``): a terminal, a pipe or a
+    notebook sees it only on failure. The descriptors are the process's: another thread's output in that window is held too."""
+    held = _holder()
+    if held is None:  # nowhere to hold it: the output goes where it would have gone
+        yield
+        return
+    with held:
+        try:
+            with output_to(held.fileno()):
+                yield
+        except BaseException:  # the toolchain's own words explain its failure
+            held.seek(0)
+            text = held.read().decode(errors="replace").strip()
+            if text:
+                print(text[-4000:], file=sys.stderr)
+            raise
+        if _stderr_is_file():  # a log keeps the record; a terminal is spared it
+            held.seek(0)
+            with contextlib.suppress(OSError):  # a full disk must not fail a load that succeeded
+                sys.stderr.flush()
+                data = held.read()
+                while data:
+                    data = data[os.write(2, data):]
+
+
+def _holder():
+    """A file to hold output in: in memory where the OS can (no temporary folder needed: a read-only container has none), else
+    a temporary file, else None."""
+    in_memory = [lambda: open(os.memfd_create("dvt-toolchain-output"), "w+b")] if hasattr(os, "memfd_create") else []
+    makers = in_memory + [tempfile.TemporaryFile]
+    for make in makers:
+        try:
+            return make()
+        except OSError:  # memfd refused (an old kernel, a sandbox), no temporary folder
+            continue
+    return None
+
+
+def _stderr_is_file() -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(2).st_mode)
+    except OSError:  # closed
+        return False
 
 
 def _plain(message, category, filename, lineno, line=None) -> str:
