@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -748,6 +749,45 @@ def test_a_reader_that_goes_away_ends_a_command_quietly():
         p.wait(timeout=120)
         p.stderr.close()
         assert p.returncode == 141 and "Traceback" not in err and "Exception ignored" not in err, (args, p.returncode, err[-1000:])
+
+
+def test_standard_output_failing_stops_the_command_past_its_own_error_handling(monkeypatch, capsys):
+    """An export printed its report into a closed pipe after writing the bundle: its per-job ``except Exception`` called
+    the written bundle FAILED and exported the next target for 40 s; under ``> /dev/full`` it said "nothing was changed"."""
+    import errno
+    import io
+
+    from dvt_runtime.console import run_cli
+
+    class Broken(io.StringIO):
+        def __init__(self, err: OSError):
+            super().__init__()
+            self.err = err
+
+        def write(self, s):
+            raise self.err
+
+    for err, code in ((BrokenPipeError(errno.EPIPE, "Broken pipe"), 141), (OSError(errno.ENOSPC, "No space left on device"), 1)):
+        done = []
+
+        def main(done: list = done) -> int:
+            for job in ("fp32", "int8"):  # as export's jobs: each one's failure is caught and the next one runs
+                try:
+                    print(f"wrote bundle {job}")
+                    done.append(job)
+                except Exception:  # noqa: BLE001
+                    done.append(f"FAILED {job}")
+                except OSError:
+                    return 2
+            return 0
+
+        monkeypatch.setattr(sys, "stdout", Broken(err))
+        assert run_cli(main) == code and done == [] and isinstance(sys.stdout, Broken)  # stopped there; stdout as it was
+        said = capsys.readouterr().err
+        assert (said == "") if code == 141 else said.startswith("error: standard output cannot be written (No space left on device): "
+                                                              "the command stopped there"), said
+    r = subprocess.run(f"{shlex.quote(sys.executable)} -m dvt_edge.zoo > /dev/full", shell=True, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "standard output cannot be written" in r.stderr, r.stderr[-1000:]
 
 
 def test_a_legal_long_output_name_is_written_and_one_too_long_is_refused_first(tmp_path):

@@ -599,3 +599,13 @@ def test_a_budget_without_the_named_calibration_is_one_error_not_a_warning_first
     assert not [w for w in seen if "no calibration for device 'nosuch'" in str(w.message)], [str(w.message) for w in seen]
     with pytest.warns(UserWarning, match="no calibration for device 'nosuch'"):
         assert main(argv) == 0
+
+
+def test_predict_with_stdout_closed_refuses_instead_of_losing_the_answers(onnx_bundle, photos):
+    """A service started with stdout closed (``>&-``) ran every image and exited 0 with the answers gone."""
+    import shlex
+    import subprocess
+
+    cmd = f"{shlex.quote(sys.executable)} -m dvt_runtime.predict --bundle {shlex.quote(str(onnx_bundle))} {shlex.quote(str(photos / 'sub' / '0'))}"
+    r = subprocess.run(cmd + " >&-", shell=True, capture_output=False, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert r.returncode == 2 and "standard output is closed: the answers would be lost; pass --out FILE" in r.stderr, r.stderr[-800:]

@@ -249,6 +249,33 @@ def sigterm_as_interrupt() -> Iterator[None]:
             signal.signal(n, handler)
 
 
+class _StdoutLost(BaseException):
+    """Standard output failed (its reader went away, a full disk): past the work's own ``except Exception`` and ``except
+    OSError`` (an export had reported its written bundle as failed, and gone on to the next job) to :func:`run_cli`."""
+
+
+class _GuardedStdout:
+    """``sys.stdout`` as :func:`run_cli` runs a command: a failed write or flush is :class:`_StdoutLost`."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError as e:
+            raise _StdoutLost(e) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as e:
+            raise _StdoutLost(e) from None
+
+
 def run_cli(main: Callable[[], Optional[int]]) -> int:
     """A command's ``main()`` with :func:`plain_warnings`; its exit code. SIGTERM ends it as Ctrl-C does, so its clean-up
     runs (an export's temporary folder was left behind): one line, exit 143 (Ctrl-C and Windows' Ctrl-Break: 130). Text the console cannot encode (a file
@@ -256,12 +283,23 @@ def run_cli(main: Callable[[], Optional[int]]) -> int:
     for stream in (sys.stdout, sys.stderr):  # a console that cannot encode a name (ascii, cp1252) shows \xe9, never fails the command
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+    stdout = sys.stdout
     try:
         with sigterm_as_interrupt(), plain_warnings():
+            if stdout is not None:
+                sys.stdout = _GuardedStdout(stdout)
             code = int(main() or 0)
             if sys.stdout is not None:  # here, where a reader that went away is caught, not at exit ("Exception ignored ...")
                 sys.stdout.flush()
             return code
+    except _StdoutLost as lost:
+        with contextlib.suppress(OSError, ValueError):  # its unflushed bytes go nowhere at exit, as a BrokenPipeError's below
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())
+        if isinstance(err := lost.args[0], BrokenPipeError):
+            return 141
+        print(f"error: standard output cannot be written ({err.strerror or err}): the command stopped there (files it had "
+              "written are whole); send its output elsewhere", file=sys.stderr)  # a full disk under `> file`
+        return 1
     except KeyboardInterrupt as e:
         by_term, by_break = str(e) == "SIGTERM", str(e) == "SIGBREAK"
         print(f"interrupted ({'SIGTERM' if by_term else 'Ctrl-Break' if by_break else 'Ctrl-C'}): stopped", file=sys.stderr)
@@ -275,3 +313,6 @@ def run_cli(main: Callable[[], Optional[int]]) -> int:
         with contextlib.suppress(OSError, ValueError):  # stdout's unflushed bytes go nowhere at exit (Python's own advice)
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, as a shell reports a command its pipe ended
+    finally:
+        if isinstance(sys.stdout, _GuardedStdout):
+            sys.stdout = stdout

@@ -272,6 +272,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for flag in ("budget_ms", "deadline_ms"):
             if getattr(args, flag) is not None:
                 positive_ms(f"--{flag.replace('_', '-')}", getattr(args, flag))
+        if sys.stdout is None and args.out in (None, "-"):  # a service started with stdout closed: the answers went nowhere, exit 0
+            raise ValueError("standard output is closed: the answers would be lost; pass --out FILE (or open stdout)")
         out = check_out_path(args.out, replaces=SCHEMA, example="predictions.json") if args.out and args.out != "-" else None
         thresholds = parse_thresholds(args.thresholds) if args.thresholds is not None else None
         skipped: collections.Counter = collections.Counter()
@@ -317,7 +319,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if unsaved is not None:
         return 2
     if saved is not None:
-        print(f"wrote {saved}")
+        print(f"wrote {_shown(saved)}")  # a name with control characters is shown escaped, as in the table
     return 1 if r["unreadable"] or r["failed"] else 0
 
 
