@@ -43,7 +43,7 @@ def quiet_toolchains(log_path: Optional[Path], verbose: bool = False, header: Op
     fd = open_log(log_path)
     try:
         if header:
-            os.write(fd, f"\n==== {datetime.datetime.now().isoformat(timespec='seconds')} {header} ====\n".encode())
+            os.write(fd, f"\n==== {datetime.datetime.now().isoformat(timespec='seconds')} {header} ====\n".encode("utf-8", "surrogateescape"))  # a path given in non-UTF-8 bytes: as given
         user = sys.stderr  # where the user reads: a notebook's cell is not descriptor 2 (that is the server's terminal)
         with output_to(fd) as terminal:
             if terminal < 0 or not on_descriptor(user, 2):  # no terminal (a closed stderr), or a notebook: Python's stderr

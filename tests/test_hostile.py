@@ -833,3 +833,28 @@ def _dead_pid() -> int:
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
     return p.pid
+
+
+def test_a_bundle_under_a_name_that_is_not_utf8_exports_verifies_and_runs(onnx_bundle, micro_ckpt, tmp_path, monkeypatch):
+    """A folder named in Latin-1 bytes (a surrogate in Python's str): the export's log header failed ("surrogates not
+    allowed"); with --verbose, ONNX Runtime refused the str path and the export passed unverified, "onnxruntime does not
+    run on this host"; predict then said to re-export."""
+    from dvt_edge.export import VerificationFailed, export_bundle
+    from dvt_edge.logs import quiet_toolchains
+    from dvt_runtime import backends
+
+    odd = tmp_path / os.fsdecode(b"lat\xe9")
+    shutil.copytree(onnx_bundle, odd / "b")
+    b = Bundle.open(odd / "b")
+    assert b.predict(np.zeros((28, 28), np.uint8)).label in range(10)
+    with quiet_toolchains(tmp_path / "x.log", header=f"export to {odd}"):
+        pass
+    assert b"lat\xe9" in (tmp_path / "x.log").read_bytes()  # the name as the OS holds it
+
+    def refuses(self, path, *a, **k):  # onnxruntime installed and working, refusing this artifact
+        raise backends.BackendUnavailable(f"onnxruntime cannot load {path.name} (TypeError: ...)")
+
+    monkeypatch.setattr(backends.OrtSession, "__init__", refuses)
+    with pytest.raises(VerificationFailed, match=r"exit 1: exit1.onnx was written but onnxruntime cannot run it .*cannot load exit1.onnx"):
+        export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(tmp_path / "e"), verify_n=20, progress=False)
+    assert not (tmp_path / "e").exists()

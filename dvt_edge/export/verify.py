@@ -72,16 +72,20 @@ def verification_bundle(model: DVT, target: Target, exits: list[ExitSpec], sessi
 
 def open_sessions(target: Target, bundle: Path, graphs, artifacts: list[ExitArtifact]):
     """Load the artifacts with the target's runtime; None when that runtime cannot run on this host."""
-    from dvt_runtime.backends import BackendUnavailable, open_session
+    from dvt_runtime.backends import BackendUnavailable, available_backends, import_backend, open_session
 
+    try:
+        import_backend(target.backend)
+    except BackendUnavailable:  # not installed, or not importable here: unverified, said in the report
+        return None
     sessions = []
     for e, (g, a) in enumerate(zip(graphs, artifacts)):
         try:
             s = open_session(target.backend, bundle / a.artifact, g.input_names, g.output_names, threads=1)
             s.run({n: t.numpy() for n, t in zip(g.input_names, g.example_inputs())})  # some runtimes fail only at first run
-        except BackendUnavailable:
-            return None
-        except Exception as ex:  # the runtime rejects what the toolchain wrote
+        except Exception as ex:  # the runtime rejects what the toolchain wrote (never "does not run on this host" where it runs)
+            if isinstance(ex, BackendUnavailable) and target.backend not in available_backends():
+                return None  # Core ML off macOS
             raise VerificationFailed(f"exit {e + 1}: {a.artifact} was written but {target.backend} cannot run it "
                               f"({a.quantization.get('scheme', '')} {str(ex).strip()[:300]})") from None
         sessions.append(s)

@@ -135,6 +135,15 @@ def import_backend(backend: str, toolchain: Optional[dict] = None) -> None:
                       f"load across releases (1.4.1's fail under 1.5.1); if loading fails, re-export it with {here}", stacklevel=3)
 
 
+def _utf8(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (a path decoded with surrogateescape does not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class Session:
     """One loaded artifact (one exit). ``run`` maps input names to arrays and back."""
 
@@ -165,8 +174,9 @@ class OrtSession(Session):
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         wanted = ort_providers(providers, stacklevel=5)
+        src = str(path) if _utf8(str(path)) else path.read_bytes()  # a name in bytes that are not UTF-8: no such str (no external data)
         try:
-            self.sess = ort.InferenceSession(str(path), so, providers=wanted)
+            self.sess = ort.InferenceSession(src, so, providers=wanted)
         except Exception as e:  # noqa: BLE001  onnxruntime's own Fail/InvalidGraph/...: the artifact's hash was checked, so this host's build
             why = str(e).strip()  # ORT's reason comes last, after the path and a C++ signature
             why = why if len(why) <= 300 else "..." + why[-300:]
@@ -234,11 +244,12 @@ class ExecuTorchSession(Session):
             if threads:
                 _executorch_threads(int(threads))
             self.etdump = bool(etdump)
+            src = str(path) if _utf8(str(path)) else path.read_bytes()  # as ONNX Runtime's: a str of valid UTF-8 only
             try:
                 if self.etdump:  # ExecuTorch's own event tracer: per-run timings, as on a phone
-                    self.program = Runtime.get().load_program(str(path), enable_etdump=True, debug_buffer_size=ETDUMP_DEBUG_BUFFER)
+                    self.program = Runtime.get().load_program(src, enable_etdump=True, debug_buffer_size=ETDUMP_DEBUG_BUFFER)
                 else:
-                    self.program = Runtime.get().load_program(str(path))
+                    self.program = Runtime.get().load_program(src)
                 self.method = self.program.load_method("forward")
             except RuntimeError as e:
                 raise _et_load_error(path, e) from None
