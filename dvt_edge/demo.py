@@ -18,9 +18,10 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from dvt_edge.provenance import THREADS_HELP, set_torch_threads
 from dvt_edge.references import REFERENCES, get_reference
 from dvt_runtime.cli import command_name
-from dvt_runtime.console import join_args
+from dvt_runtime.console import join_args, silenced_progress
 from dvt_runtime.device import this_host
 
 
@@ -53,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--precisions", default="fp32,fp16,int8", help="comma-separated (default fp32,fp16,int8; fp16 applies to Core ML only)")
     ap.add_argument("--n", type=int, default=2000, help="evaluation images for the benchmark and this device's calibration")
     ap.add_argument("--out", default="runs/demo", help="folder for the tour's results (default runs/demo)")
+    ap.add_argument("--threads", type=int, default=None, help=THREADS_HELP + "; the runtime's stages run on 1 thread, as benchmarked")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars (a log, CI)")
     return ap
 
 
@@ -71,7 +74,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         check_targets(args.targets, args.precisions, any_target=True)  # before the zoo, the evaluation and any training
         if args.n < 4:
             raise ValueError(f"--n must be at least 4 images (half choose thresholds, half measure), got {args.n}")
-        return _tour(args)
+        set_torch_threads(args.threads)
+        with silenced_progress(args.no_progress):
+            return _tour(args)
     except (CheckpointError, DataError, ValueError, OSError) as e:
         print(f"error: {os_error_text(e)}", file=sys.stderr)
         return 2

@@ -57,7 +57,7 @@ def download(url: str, target: Path, md5: str) -> Path:
     # a byte-counting bar (unit_scale, manual updates): more than dvt_runtime.console.progress expresses
     from tqdm import tqdm
 
-    from dvt_runtime.console import progress_silenced
+    from dvt_runtime.console import bar_options, progress_silenced
     from dvt_runtime.io import os_error_text, unwritable
 
     try:  # before the fetch (170 MB for CIFAR-10): a folder that cannot take it is said as such, not as a failed download
@@ -73,7 +73,7 @@ def download(url: str, target: Path, md5: str) -> Path:
     try:
         with urllib.request.urlopen(url, timeout=60) as r:
             total = int(r.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=target.name, leave=False,
+            with tqdm(total=total, unit="B", unit_scale=True, desc=target.name, **bar_options(sys.stderr),
                       disable=progress_silenced() or total is None or total < 1 << 20 or sys.stderr is None) as bar:
                 while chunk := r.read(1 << 20):
                     h.update(chunk)

@@ -549,13 +549,15 @@ def test_quiet_training_prints_no_progress_bar_at_all(tmp_path, capsys):
     bar.close()
 
 
-def test_quiet_silences_the_download_bar_too(tmp_path, http_server, capsys):
+def test_quiet_silences_the_download_bar_too(tmp_path, http_server, capsys, monkeypatch):
     """A download's byte-counting bar (its own tqdm) follows ``silenced_progress`` like ``progress`` does."""
     import hashlib
 
     from dvt_edge.downloads import download
+    from dvt_runtime import console
     from dvt_runtime.console import silenced_progress
 
+    monkeypatch.setattr(console, "LOG_BAR_SECONDS", 0.0)  # stderr is not a terminal here: a log's bar, from the start
     www, base = http_server
     blob = bytes(range(256)) * (6 << 10)  # 1.5 MiB: over the size that shows a bar
     (www / "big.bin").write_bytes(blob)

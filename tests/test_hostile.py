@@ -858,3 +858,21 @@ def test_a_bundle_under_a_name_that_is_not_utf8_exports_verifies_and_runs(onnx_b
     with pytest.raises(VerificationFailed, match=r"exit 1: exit1.onnx was written but onnxruntime cannot run it .*cannot load exit1.onnx"):
         export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(tmp_path / "e"), verify_n=20, progress=False)
     assert not (tmp_path / "e").exists()
+
+
+def test_a_logs_progress_bar_is_plain_lines_not_redraws(monkeypatch):
+    """A bar on a file or a pipe (CI, ``2> log``, a screen reader's transcript) redrew itself with carriage returns, padding
+    and block characters: one long line of them, the next message glued on. It is a plain line now and then, and the last."""
+    import io
+
+    from dvt_runtime import console
+
+    quiet = io.StringIO()
+    assert list(console.progress(range(3), desc="work", file=quiet)) == [0, 1, 2] and quiet.getvalue() == ""  # done within 30 s
+    monkeypatch.setattr(console, "LOG_BAR_SECONDS", 0.0)
+    log = io.StringIO()
+    for _ in console.progress(range(3), desc="work", unit="img", file=log):
+        pass
+    lines = log.getvalue().splitlines(keepends=True)
+    assert lines and all(ln.startswith("work: ") and ln.endswith("\n") for ln in lines), lines
+    assert "\r" not in log.getvalue() and "\u2588" not in log.getvalue() and "3/3" in lines[-1], lines

@@ -500,6 +500,24 @@ def test_demo_checks_arguments_first_and_errors_are_not_tracebacks(capsys, monke
     assert "error:" in capsys.readouterr().err
 
 
+def test_demo_takes_threads_and_no_progress_as_every_other_command(monkeypatch, tmp_path, capsys):
+    """The demo's evaluation and exports took every core beside a training, and its bars filled a CI log (TQDM_DISABLE
+    was the only way out)."""
+    import dvt_edge.demo as D
+    from dvt_runtime.console import progress_silenced
+
+    seen = []
+    monkeypatch.setattr(D, "_tour", lambda args: seen.append((torch.get_num_threads(), progress_silenced())) or 0)
+    before = torch.get_num_threads()
+    try:
+        assert D.main(["--threads", "1", "--no-progress", "--out", str(tmp_path)]) == 0 and seen == [(1, True)]
+        assert D.main(["--out", str(tmp_path)]) == 0 and seen[-1] == (1, False)
+        assert D.main(["--threads", "0", "--out", str(tmp_path)]) == 2 and len(seen) == 2
+        assert "--threads must be >= 1" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_demo_retrain_resumes_an_interrupted_run_and_skips_a_finished_one(micro_ckpt, monkeypatch, tmp_path):
     import shutil
 

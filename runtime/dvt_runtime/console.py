@@ -72,7 +72,7 @@ def progress_silenced() -> bool:
 
 def progress(it, total: Optional[int] = None, desc: str = "", unit: str = "it", enabled: bool = True, file=None, leave: bool = False):
     """``it`` wrapped in a tqdm bar when ``enabled`` (and not silenced) and tqdm is installed, else ``it``
-    itself. The bar refreshes at most every second on a terminal or in a notebook, every 30 s in a log file."""
+    itself. The bar refreshes at most every second on a terminal or in a notebook; in a log, see :func:`bar_options`."""
     if not enabled or _SILENCED.get():
         return it
     try:
@@ -82,8 +82,34 @@ def progress(it, total: Optional[int] = None, desc: str = "", unit: str = "it", 
     stream = sys.stderr if file is None else file
     if stream is None:  # no stderr at all (pythonw, a service, `2>&-`): tqdm would fail on its first write
         return it
-    tty = bool(getattr(stream, "isatty", lambda: False)()) or "ipykernel" in sys.modules  # a notebook is watched live too
-    return tqdm(it, total=total, desc=desc, unit=unit, leave=leave, file=file, mininterval=1.0 if tty else 30.0)
+    return tqdm(it, total=total, desc=desc, unit=unit, **bar_options(stream, leave, file))
+
+
+def bar_options(stream: Any, leave: bool = False, file: Any = None) -> dict[str, Any]:
+    """tqdm's options for a bar on ``stream``: on a terminal or in a notebook, redrawn at most every second; in a log (a
+    file, a pipe, CI), a plain ASCII line of its own every 30 s once a step has taken that long, and the last at the end
+    (carriage-return redraws had filled logs with one long line, padding and block characters)."""
+    if bool(getattr(stream, "isatty", lambda: False)()) or "ipykernel" in sys.modules:  # a notebook is watched live too
+        return {"file": file, "leave": leave, "mininterval": 1.0}
+    return {"file": _LogLines(stream), "leave": True, "mininterval": LOG_BAR_SECONDS, "delay": LOG_BAR_SECONDS, "ascii": True}
+
+
+LOG_BAR_SECONDS = 30.0  # a log's bar: its first line after this long, then at most one a period
+
+
+class _LogLines:
+    """A log's bar: each redraw (a carriage return, the bar, padding) written as a line of its own; clearing writes dropped."""
+
+    def __init__(self, stream: Any):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").rstrip(" ")
+        if line.strip():
+            self.stream.write(line if line.endswith("\n") else line + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 _REDIRECT = threading.RLock()  # descriptors 1 and 2 are the process's: one redirect at a time (nested in one thread is fine)
