@@ -262,7 +262,7 @@ def run_throughput(checkpoint: str, targets: list[str], precisions: list[str], t
         dev["device_name"] = device_name
     return {"schema": SCHEMA, "schema_version": 1, "mode": "throughput",
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(sys.argv), "checkpoint": checkpoint, "model": model.name, "data": data or f"{n} random images",
+            "command": "dvt_edge.bench.run_throughput() from Python", "checkpoint": checkpoint, "model": model.name, "data": data or f"{n} random images",
             "n_images": len(x), "threads": threads, "device": dev, "rows": rows, "has_accuracy": y is not None, **result_provenance(checkpoint)}
 
 
@@ -296,7 +296,7 @@ def run_bench(checkpoint: str, data: Optional[str], targets: list[str], precisio
         dev["device_name"] = device_name
     return {"schema": SCHEMA, "schema_version": 1,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(sys.argv), "checkpoint": checkpoint, "model": model.name, "data": data, "data_note": data_note, "n_images": len(x),
+            "command": "dvt_edge.bench.run_bench() from Python", "checkpoint": checkpoint, "model": model.name, "data": data, "data_note": data_note, "n_images": len(x),
             "threads": threads, "device": dev, "rows": rows, **result_provenance(checkpoint)}
 
 

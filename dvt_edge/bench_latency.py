@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime
 import io
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -309,7 +308,7 @@ def run_latency(checkpoint: Optional[str], model_name: Optional[str], targets: l
     if device_name:
         dev["device_name"] = device_name
     return {"schema": SCHEMA, "schema_version": 1, "mode": "latency",
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "command": " ".join(sys.argv),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "command": "dvt_edge.bench_latency.run_latency() from Python",
             "checkpoint": checkpoint, "model": model.name, "weights": "random (seed 0)" if model_name else "checkpoint",
             "input": f"random images {tuple(x.shape[1:])}", "threads": threads, "runs": rounds * runs_per_round(runs, rounds), "rounds": rounds,
             "warmup": warmup,

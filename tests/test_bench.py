@@ -30,6 +30,7 @@ def results(micro_ckpt, tmp_path_factory):
 def test_bench_result_shape_and_real_numbers(results):
     out, r1, _ = results
     assert r1["schema"] == SCHEMA and r1["n_images"] == 120
+    assert r1["command"] == "dvt_edge.bench.run_bench() from Python"  # was the interpreter's argv (pytest's, a notebook kernel's)
     rows = {(r["target"], r["precision"]): r for r in r1["rows"]}
     onnx = rows[("onnx", "fp32")]
     assert onnx["status"] == "ok"

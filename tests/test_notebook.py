@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 
+import numpy as np
 import pytest
 
 from dvt_runtime.console import held_output, on_descriptor
@@ -82,3 +83,26 @@ def test_an_import_interrupted_earlier_says_restart_not_reinstall(monkeypatch):
     monkeypatch.setattr(backends, "_INTERRUPTED", set())  # never interrupted: a library's own error is its own
     with pytest.raises(AttributeError, match="partially initialized"):
         backends.import_backend("executorch")
+
+
+def test_what_a_cell_shows_is_a_summary_not_a_dump(onnx_bundle, micro_ckpt, tmp_path):
+    """A cell ending in a profile showed 44 KB (every raw sample), a calibration 11 KB, an export's result its whole
+    manifest, and each prediction its softmax array."""
+    from dvt_edge.data import load_dataset
+    from dvt_edge.export import export_bundle
+    from dvt_runtime.bundle import Bundle
+    from dvt_runtime.calibrate import calibrate
+    from dvt_runtime.profile import profile_bundle
+
+    b = Bundle.open(onnx_bundle, device_name="", calibration_dir=tmp_path / "cal")  # the shared bundle is left alone
+    prof = profile_bundle(b, runs=40, warmup=2, progress=False)
+    text = repr(prof)
+    assert len(text) < 300 and text.startswith(f"LatencyProfile({b.manifest.model} onnx/fp32 on ") and "mean ms to each exit" in text, text
+    ds = load_dataset("fashion-mnist", "val", limit=40, seed=1)
+    cal = calibrate(b, b.preprocess(ds.images[:, :, :, None]), ds.labels, 1e6, profile=prof, progress=False)
+    text = repr(cal)
+    assert len(text) < 400 and text.startswith(f"Calibration(device {cal.device!r}, ") and "thresholds [" in text, text
+    p = b.predict(np.zeros((28, 28), np.uint8))
+    assert "probs" not in repr(p) and repr(p).startswith(f"Prediction(label={p.label}, class_name="), repr(p)
+    r = export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(tmp_path / "e"), verify_n=20, progress=False)
+    assert repr(r) == f"ExportResult({str(r.path)!r}, {r.manifest.model} onnx/fp32, 3 exits, check numerical, passed)", repr(r)

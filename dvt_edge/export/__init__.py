@@ -79,6 +79,11 @@ class ExportResult:
     report: str
     notes: list[str] = field(default_factory=list)  # said on the console too (e.g. device calibrations kept by --force)
 
+    def __repr__(self) -> str:  # the bundle, not its whole manifest (several KB in a notebook's cell)
+        m, par = self.manifest, self.manifest.parity
+        return (f"ExportResult({str(self.path)!r}, {m.model} {m.target}/{m.precision}, {len(m.exits)} exits, "
+                f"check {par.checked if par else 'none'}{', passed' if par and par.passed else ''})")
+
 
 # ----------------------------------------------------------------------------- thresholds
 

@@ -95,6 +95,12 @@ class Calibration:
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
 
+    def __repr__(self) -> str:  # a notebook's cell shows this: what it chose, not the whole file (11 KB)
+        p, b = self.chosen.predicted, self.bundle
+        return (f"Calibration(device {self.device!r}, {b.get('model', '?')} {b.get('target', '?')}/{b.get('precision', '?')}, "
+                f"{self.metric} budget {self.budget_ms:g} ms at batch {self.batch}: thresholds {self.chosen.thresholds}, predicted "
+                f"{p.get('accuracy')}% at {p.get('mean_ms')} ms; {len(self.table)} budgets in its table; {self.created})")
+
     def stage_mean_ms(self) -> list[float]:
         return [float(s["mean"]) for s in self.profile["stages"]]
 

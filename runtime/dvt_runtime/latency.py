@@ -211,6 +211,12 @@ class LatencyProfile:
                                "per-image p90s are too low for it; profile at --batch 1")
         return self.stage_p90()
 
+    def __repr__(self) -> str:  # a notebook's cell shows this: the figures, not thousands of raw samples (44 KB at 200 runs)
+        b, name = self.bundle or {}, (self.device or {}).get("device_name")
+        ms = " / ".join(f"{float(s['mean']):.3f}" for s in self.cumulative)
+        return (f"LatencyProfile({b.get('model', '?')} {b.get('target', '?')}/{b.get('precision', '?')} on {name!r}, threads "
+                f"{self.threads}, batch {self.batch}: mean ms to each exit {ms}; {self.source} {self.created})")
+
     def summary(self) -> dict[str, Any]:
         """Everything but the raw samples, for embedding (calibration files)."""
         d = self.to_dict()

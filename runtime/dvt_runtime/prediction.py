@@ -34,6 +34,10 @@ class Prediction:
 
     __hash__ = None  # mutable, compared by value
 
+    def __repr__(self) -> str:  # a notebook shows this for every image: the answer, not the softmax array
+        return (f"Prediction(label={self.label}, class_name={self.class_name!r}, confidence={self.confidence:.4f}, exit={self.exit}, "
+                f"total_ms={self.total_ms:.3f})")
+
     def to_dict(self) -> dict:
         """The JSON form: the exit numbered from 1, as in every file this project writes; ``probs`` left out."""
         return {"label": self.label, "class_name": self.class_name, "confidence": self.confidence, "exit": self.exit + 1,
