@@ -173,7 +173,7 @@ def check_destination(dest: Path, force: bool, inputs: Sequence[str] = (), log: 
                               "nothing was changed")
         if not force:
             raise ExportError(f"{dest} already exists; " + (_other_model(dest, checkpoint) or
-                              "pass --force to replace it (the old bundle is kept until the new one is complete)"))
+                              "pass --force (force=True in Python) to replace it (the old bundle is kept until the new one is complete)"))
     if (near := next((q for q in dest.parents if q.exists()), None)) is not None and near.is_dir() and (why := unwritable(near)):
         raise ExportError(f"cannot write the bundle under {near} ({why}); choose another --out; nothing was changed")
     for parent in dest.parents:
@@ -198,8 +198,8 @@ def _other_model(dest: Path, checkpoint: Optional[str]) -> str:
         return ""
     was = src.get("checkpoint")
     if isinstance(was, str) and Path(was).expanduser().is_absolute() and Path(was).expanduser().resolve() == Path(checkpoint).resolve():
-        return (f"it is the bundle of an earlier version of {checkpoint} (the file changed since, e.g. trained on): pass --force to "
-                "replace it (the old bundle is kept until the new one is complete)")
+        return (f"it is the bundle of an earlier version of {checkpoint} (the file changed since, e.g. trained on): pass --force "
+                "(force=True) to replace it (the old bundle is kept until the new one is complete)")
     if isinstance(was, str) and was == str(checkpoint):  # recorded relative: the same name from another folder may be another file
         return (f"it is the bundle of {was} as it was then, which is not the file now (an earlier version of it, or another "
                 f"model's file of that name): --force replaces it; to keep both, name another folder, e.g. --out "
