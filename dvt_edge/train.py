@@ -40,7 +40,7 @@ from dvt_edge.models import DVT, create_model, list_models, model_defaults, mode
 from dvt_edge.provenance import THREADS_HELP, code_revision, environment
 from dvt_edge.resume import agreed, check_room, resume_hint, resume_run, resumed_differently, run_lock, started_over
 from dvt_edge.transfer import carry_head_rows, transfer_weights
-from dvt_runtime.cli import GivenParser, command_name
+from dvt_runtime.cli import DocFormatter, GivenParser, command_name
 from dvt_runtime.console import progress as progress_bar
 from dvt_runtime.console import run_cli, silenced_progress
 from dvt_runtime.io import atomic_write_json, os_error_text, save_png, sha256_file
@@ -102,7 +102,7 @@ FINETUNE_LR = 5e-4  # --lr of a --finetune run when none is given (the default 1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = GivenParser(prog=command_name("python -m dvt_edge.train"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = GivenParser(prog=command_name("python -m dvt_edge.train"), description=__doc__, formatter_class=DocFormatter)
     ap.add_argument("--model", default=None, help="registered model (default: --finetune's or --resume's architecture, else "
                     f"{COLOR_MODEL} for colour --data, {DEFAULT_MODEL} for grayscale): {', '.join(list_models())}")
     ap.add_argument("--data", default=None, help="dataset spec (default: the model's training set, cifar10-jpeg for dvt_small_cifar, "

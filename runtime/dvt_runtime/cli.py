@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import Optional
 
@@ -36,6 +38,55 @@ class GivenParser(argparse.ArgumentParser):
         ns, rest = super().parse_known_args(args, GivenNamespace())
         ns.given_flags = given
         return ns, rest
+
+
+class DocFormatter(argparse.RawDescriptionHelpFormatter):
+    """A module docstring as a command's description: its lines kept, none past the terminal's width (they reached 147
+    columns): prose rewrapped, a command's trailing ``# comment`` moved under it, a long command continued with ``\\``."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        out: list[str] = []
+        para: list[str] = []  # prose lines, joined and rewrapped as one paragraph
+        cmd: list[str] = []  # a command's lines (deeper-indented ones continue it), as written
+
+        def flush() -> None:
+            if para:
+                item = re.match(r"([-*]|\d+\.) ", para[0])  # a list item hangs under its text
+                out.extend(textwrap.wrap(" ".join(para), width, initial_indent=indent, break_on_hyphens=False,
+                                         subsequent_indent=indent + " " * (item.end() if item else 0)))
+                para.clear()
+            if cmd:
+                lead = indent + cmd[0][: len(cmd[0]) - len(cmd[0].lstrip())]
+                if all(len(indent + c) <= width for c in cmd):
+                    out.extend(indent + c for c in cmd)
+                else:  # one command, continued with backslashes; its comment on lines of its own, under it
+                    parts = [c.partition("  # ") for c in cmd]
+                    out.extend(_command_lines(" ".join(c.strip() for c, _, _ in parts), lead, width))
+                    note = " ".join(n.strip() for _, _, n in parts if n.strip())
+                    out.extend(textwrap.wrap(note, width, initial_indent=lead + "  # ", subsequent_indent=lead + "  # "))
+                cmd.clear()
+
+        for line in text.splitlines():
+            lead = line[: len(line) - len(line.lstrip())]
+            if line.strip() and (not lead or para):  # prose, or an indented line continuing it (a list item's)
+                if cmd or (not lead and re.match(r"([-*]|\d+\.) ", line)):  # a list item starts a paragraph of its own
+                    flush()
+                para.append(line.strip())
+            elif line.strip():  # an indented line after a blank one or a command: a command, or a deeper line continuing one
+                if not cmd or len(lead) <= len(cmd[0]) - len(cmd[0].lstrip()):
+                    flush()
+                cmd.append(line)
+            else:
+                flush()
+                out.append("")
+        flush()
+        return "\n".join(out)
+
+
+def _command_lines(command: str, lead: str, width: int) -> list[str]:
+    parts = textwrap.wrap(command, max(20, width - 2), initial_indent=lead, subsequent_indent=lead + "    ", break_long_words=False,
+                          break_on_hyphens=False)
+    return [p + " \\" for p in parts[:-1]] + parts[-1:]
 
 
 COMMANDS = {
@@ -92,10 +143,15 @@ def command_name(default: str) -> str:
 
 
 def usage(prog: str, commands: dict[str, tuple[str, str]], footer: str = "") -> str:
+    """The command list, wrapped to the terminal's width as argparse wraps a command's help."""
+    import shutil
+
+    columns = max(40, shutil.get_terminal_size().columns - 2)
     width = max(map(len, commands))
-    lines = [f"usage: {prog} COMMAND [ARGS...]   ({prog} COMMAND --help for its options; {prog} --version)", "", "commands:"]
-    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in commands.items()]
-    return "\n".join(lines + ([""] + [footer] if footer else []))
+    lines = [f"usage: {prog} COMMAND [ARGS...]", f"  ({prog} COMMAND --help for its options; {prog} --version)", "", "commands:"]
+    for name, (_, help_) in commands.items():
+        lines += textwrap.wrap(help_, columns, initial_indent=f"  {name:<{width}}  ", subsequent_indent=" " * (width + 4))
+    return "\n".join(lines + ([""] + textwrap.wrap(footer, columns) if footer else []))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
