@@ -99,8 +99,8 @@ def open_bundle(args):
         from dvt_runtime.manifest import ManifestError
     except ImportError as e:
         raise AppError(f"dvt-runtime is not importable ({e}); install it: pip install './runtime[onnx]'") from None
-    providers = parse_providers(getattr(args, "providers", None))
     try:
+        providers = parse_providers(getattr(args, "providers", None))
         with warnings.catch_warnings(record=True) as said:  # the runtime's warnings (e.g. no calibration for a device name)
             warnings.simplefilter("always")
             bundle = open_here(args.bundle, args.device_name, threads=args.threads, providers=providers,

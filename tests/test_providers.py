@@ -65,6 +65,42 @@ def test_a_provider_that_could_not_start_is_said_once_and_recorded(onnx_bundle, 
     assert json.loads(out.read_text())["providers"] == ["CPUExecutionProvider"]  # where the exits ran, not what was asked
 
 
+def test_a_providers_options_reach_onnx_runtime(onnx_bundle, tmp_path, monkeypatch, capsys):
+    """A Jetson's TensorRT session rebuilt its engines (minutes) at every start: there was no way to pass its engine cache
+    (or FP16) to ONNX Runtime. Options ride with their provider: ``NAME:KEY=VALUE;KEY=VALUE`` on the command line, ``(name,
+    options)`` in Python, as ONNX Runtime takes them."""
+    from dvt_runtime import backends
+    from dvt_runtime.backends import parse_providers
+    from dvt_runtime.predict import main
+
+    trt = "TensorrtExecutionProvider:trt_fp16_enable=1;trt_engine_cache_enable=1;trt_engine_cache_path=/var/cache/trt"
+    assert parse_providers(f"{trt}, CUDAExecutionProvider,CPUExecutionProvider") == [
+        ("TensorrtExecutionProvider", {"trt_fp16_enable": "1", "trt_engine_cache_enable": "1", "trt_engine_cache_path": "/var/cache/trt"}),
+        "CUDAExecutionProvider", "CPUExecutionProvider"]
+    given = []
+    real = ort.InferenceSession
+
+    def session(path, so=None, providers=None, **k):  # what ONNX Runtime was asked for
+        given.append(providers)
+        return real(path, so, providers=["CPUExecutionProvider"], **k)
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", *CUDA])
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    with pytest.warns(UserWarning, match=r"could not start \['TensorrtExecutionProvider', 'CUDAExecutionProvider'\]"):
+        b = Bundle.open(onnx_bundle, providers=parse_providers(f"{trt},{','.join(CUDA)}"), device_name="")
+    assert len(given) == 3 and given[0][0] == ("TensorrtExecutionProvider", parse_providers(trt)[0][1]) and given[0][1:] == CUDA
+    assert b.providers == ["CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: list(CUDA))  # a build without TensorRT: said by name
+    with pytest.warns(UserWarning, match=r"provider\(s\) \['TensorrtExecutionProvider'\] not available here; using \['CPUExecutionProvider'\]"):
+        Bundle.open(onnx_bundle, providers=[parse_providers(trt)[0], "CPUExecutionProvider"], device_name="")
+    for bad in ("TensorrtExecutionProvider:", "TensorrtExecutionProvider:trt_fp16_enable"):
+        assert main(["--bundle", str(onnx_bundle), str(tmp_path), "--providers", bad, "--no-progress"]) == 2
+        assert "a provider's options are NAME:KEY=VALUE;KEY=VALUE" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"providers must be a list of execution provider names or \(name, options\) pairs"):
+        Bundle.open(onnx_bundle, providers=[("CUDAExecutionProvider", "device_id=0")], device_name="")
+    assert backends.provider_name(("CUDAExecutionProvider", {})) == "CUDAExecutionProvider"
+
+
 def test_a_cuda_profile_does_not_count_as_measured_here_on_the_cpu(onnx_bundle, tmp_path):
     """calibrate took a profile of this host as this setting's whatever its providers: thresholds priced on CUDA latencies
     were "verified" on the CPU and the file said "taken on this host". Another setting now says so and is not measured here."""

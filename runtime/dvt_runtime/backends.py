@@ -19,7 +19,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -160,7 +160,7 @@ class OrtSession(Session):
     backend = "onnxruntime"
 
     def __init__(self, path: Path, input_names, output_names, threads: Optional[int] = None,
-                 providers: Optional[Sequence[str]] = None, spinning: bool = False):
+                 providers: Optional[Sequence[Provider]] = None, spinning: bool = False):
         super().__init__(input_names, output_names)
         try:
             import onnxruntime as ort
@@ -292,27 +292,48 @@ class ExecuTorchSession(Session):
 
 
 PROVIDERS_HELP = ("ONNX Runtime execution providers in priority order, comma-separated, e.g. CUDAExecutionProvider,CPUExecutionProvider "
-                  "(ONNX bundles; default: the CPU)")
+                  "(ONNX bundles; default: the CPU); a provider's options after a colon, separated by semicolons, e.g. "
+                  "'TensorrtExecutionProvider:trt_fp16_enable=1;trt_engine_cache_enable=1;trt_engine_cache_path=/var/cache/trt,"
+                  "CUDAExecutionProvider,CPUExecutionProvider' (a TensorRT engine cache spares a rebuild at every start)")
+
+Provider = Union[str, tuple[str, dict]]  # a name, or (name, options) as ONNX Runtime takes them
 
 
-def parse_providers(text: Optional[str]) -> Optional[list[str]]:
-    """``--providers`` as a list (``"A, B"`` -> ``["A", "B"]``); None (the default) when not given."""
-    return [p.strip() for p in text.split(",") if p.strip()] or None if text else None
+def provider_name(p: Provider) -> str:
+    return p if isinstance(p, str) else p[0]
 
 
-def ort_providers(providers: Optional[Sequence[str]], stacklevel: int = 3) -> list[str]:
-    """The execution providers of ``providers`` (a priority list, as ONNX Runtime reads it) this build has, with a
-    warning naming those it lacks (default: the CPU); none available is :class:`BackendUnavailable`."""
+def _is_provider(p: object) -> bool:  # a name, or (name, options)
+    return isinstance(p, str) or (isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], dict))
+
+
+def parse_providers(text: Optional[str]) -> Optional[list[Provider]]:
+    """``--providers`` as a list (``"A, B:k=v;k2=v2"`` -> ``["A", ("B", {"k": "v", "k2": "v2"})]``); None when not given."""
+    out: list[Provider] = []
+    for item in (p.strip() for p in (text or "").split(",") if p.strip()):
+        name, colon, opts = item.partition(":")
+        pairs = [kv.partition("=") for kv in opts.split(";") if kv.strip()]
+        if (colon and not pairs) or any(not k.strip() or not eq for k, eq, _ in pairs):
+            raise ValueError(f"--providers {item!r}: a provider's options are NAME:KEY=VALUE;KEY=VALUE (e.g. "
+                             "TensorrtExecutionProvider:trt_fp16_enable=1;trt_engine_cache_enable=1)")
+        out.append((name.strip(), {k.strip(): v.strip() for k, _, v in pairs}) if colon else name.strip())
+    return out or None
+
+
+def ort_providers(providers: Optional[Sequence[Provider]], stacklevel: int = 3) -> list[Provider]:
+    """The execution providers of ``providers`` (a priority list, as ONNX Runtime reads it: names, or (name, options)) this
+    build has, with a warning naming those it lacks (default: the CPU); none available is :class:`BackendUnavailable`."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
     wanted = list(providers) if providers else ["CPUExecutionProvider"]
-    unknown = [p for p in wanted if p not in available]
+    unknown = [provider_name(p) for p in wanted if provider_name(p) not in available]
     if len(unknown) == len(wanted):
         raise BackendUnavailable(f"ONNX Runtime execution provider(s) {unknown} not available here; available: {available}")
     if unknown:  # the first available ones run, and the user is told
-        wanted = [p for p in wanted if p in available]
-        warnings.warn(f"ONNX Runtime execution provider(s) {unknown} not available here; using {wanted}", stacklevel=stacklevel)
+        wanted = [p for p in wanted if provider_name(p) in available]
+        warnings.warn(f"ONNX Runtime execution provider(s) {unknown} not available here; using {[provider_name(p) for p in wanted]}",
+                      stacklevel=stacklevel)
     return wanted
 
 
@@ -395,9 +416,9 @@ def check_options(backend: str, opts: dict) -> None:
     if bad:
         raise TypeError(f"{backend} bundles take no option(s) {bad}; valid: {list(valid) + ['threads', 'verify', 'device_name']}")
     prov = opts.get("providers")
-    if prov is not None and (isinstance(prov, (str, bytes)) or not all(isinstance(p, str) for p in prov) or not len(prov)):
-        raise ValueError(f"providers must be a list of execution provider names, e.g. ['CUDAExecutionProvider', "
-                         f"'CPUExecutionProvider'], got {prov!r}")
+    if prov is not None and (isinstance(prov, (str, bytes)) or not all(map(_is_provider, prov)) or not len(prov)):
+        raise ValueError(f"providers must be a list of execution provider names or (name, options) pairs, e.g. "
+                         f"[('CUDAExecutionProvider', {{'device_id': '0'}}), 'CPUExecutionProvider'], got {prov!r}")
 
 
 def check_signature(session: Session, tensors: Sequence, path: Path) -> None:
@@ -453,11 +474,12 @@ def backend_version(backend: str) -> Optional[str]:
     return None
 
 
-def provider_fallback(wanted: Sequence[str], sessions: Sequence["Session"]) -> Optional[str]:
+def provider_fallback(wanted: Sequence[Provider], sessions: Sequence["Session"]) -> Optional[str]:
     """What to say when ONNX Runtime started without a provider it was given and has (its CUDA, cuDNN or TensorRT libraries
     did not load: it falls back to the next one, saying so only in its own log), or None."""
     got = [list(getattr(s, "providers", None) or []) for s in sessions]
-    lost = [p for p in wanted if p != "CPUExecutionProvider" and any(p not in g for g in got)]
+    names = [provider_name(p) for p in wanted]
+    lost = [p for p in names if p != "CPUExecutionProvider" and any(p not in g for g in got)]
     if not lost or not got:
         return None
     return (f"ONNX Runtime could not start {lost} (this build has it, but its libraries did not load: CUDA, cuDNN or TensorRT "

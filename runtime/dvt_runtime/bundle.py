@@ -28,6 +28,7 @@ import numpy as np
 
 from dvt_runtime.backends import (
     BackendUnavailable,
+    Provider,
     Session,
     backend_version,
     check_options,
@@ -88,12 +89,13 @@ class Bundle(BundleInputs):
 
     # ------------------------------------------------------------------ open
     @classmethod
-    def open(cls, path: Union[str, Path], threads: Optional[int] = 1, providers: Optional[Sequence[str]] = None,
+    def open(cls, path: Union[str, Path], threads: Optional[int] = 1, providers: Optional[Sequence[Provider]] = None,
              verify: bool = True, device_name: Optional[str] = None, calibration_dir: Union[str, Path, None] = None,
              **backend_opts) -> "Bundle":
         """Validate the manifest (schema, paths, SHA-256 of every artifact) and load each exit. ``threads``: intra-op threads per
         session (1 is usually fastest for a cascade of small graphs; None = the backend's default). ``providers``: ONNX Runtime
-        execution providers in priority order, e.g. ``["CUDAExecutionProvider", "CPUExecutionProvider"]``.
+        execution providers in priority order, e.g. ``["CUDAExecutionProvider", "CPUExecutionProvider"]``, each a name or
+        ``(name, options)`` as ONNX Runtime takes them (``("TensorrtExecutionProvider", {"trt_engine_cache_enable": "1"})``).
         ``device_name``: use that device's calibration (thresholds, budget table, p90s). None: the manifest's thresholds,
         warning when the bundle holds this host's (which ``dvt-runtime predict`` uses by default); ``""``: no warning.
         ``calibration_dir``: read (and let calibrate write) device calibrations there, not in ``<path>/calibration/``."""

@@ -276,6 +276,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ValueError("standard output is closed: the answers would be lost; pass --out FILE (or open stdout)")
         out = check_out_path(args.out, replaces=SCHEMA, example="predictions.json") if args.out and args.out != "-" else None
         thresholds = parse_thresholds(args.thresholds) if args.thresholds is not None else None
+        providers = parse_providers(args.providers)  # a malformed option before the folders are walked
         skipped: collections.Counter = collections.Counter()
         files = image_files(args.images, skipped)
         if skipped:  # the training loader says so too: a folder of phone photos lost its HEIC ones unsaid
@@ -285,7 +286,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   file=sys.stderr)
         cv2_or_fail()  # once, not "unreadable" for every file
         with warnings.catch_warnings(record=True) as said:  # held: a budget with no calibration is an error, said alone
-            bundle = open_here(args.bundle, args.device_name, threads=args.threads, providers=parse_providers(args.providers),
+            bundle = open_here(args.bundle, args.device_name, threads=args.threads, providers=providers,
                                calibration_dir=args.calibration_dir)
         if not (args.budget_ms is not None and bundle.calibration is None):  # else "the manifest's thresholds run", then refused
             for w in said:  # through the filters again (a user's -W ignore holds)
