@@ -15,7 +15,8 @@ and the model input upscaled in a corner.
 Budgets and deadlines:
 
 * ``--budget-ms X`` lets the runtime's budget controller pick thresholds from the device's
-  calibration (``--device-name NAME`` loads ``<bundle>/calibration/NAME.json``; by default this
+  calibration (``--device-name NAME`` loads ``<bundle>/calibration/NAME.json``, or ``DIR/NAME.json`` with
+  ``--calibration-dir DIR``; by default this
   host's name, the name ``dvt_runtime.calibrate`` saves under). Without a
   calibration the demo runs with the bundle's default thresholds, says so ("UNCALIBRATED" in
   the overlay, a note on stderr with the calibrate command) and still counts the frames that
@@ -97,7 +98,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     lim.add_argument("--budget-ms", type=float, default=None, help="latency budget: the controller picks thresholds (needs a calibration)")
     lim.add_argument("--deadline-ms", type=float, default=None, help="per-frame deadline, counted from the frame's preprocessing: skip later stages that would overrun it")
     ap.add_argument("--thresholds", default=None, help="per-exit confidence thresholds, e.g. 0.9,0.8 (default: calibration, else manifest)")
-    ap.add_argument("--device-name", default=None, help="use <bundle>/calibration/NAME.json (python -m dvt_runtime.calibrate; default: this host's name, "
+    ap.add_argument("--device-name", default=None, help="use <bundle>/calibration/NAME.json, or in --calibration-dir (python -m dvt_runtime.calibrate; default: this host's name, "
                                                             "calibrate's default)")
     ap.add_argument("--calibration-dir", default=None, metavar="DIR", help=CALIBRATION_DIR_HELP)
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads per stage (default 1)")

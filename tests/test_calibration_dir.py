@@ -63,6 +63,9 @@ def test_calibrate_and_predict_through_a_calibration_dir(setup, capsys):
     assert cal.default_thresholds() == cal.calibration.chosen.thresholds
     with pytest.warns(UserWarning, match=r"no calibration for device 'phone' in .*cal dir \(it holds \['dev'\]\)"):
         assert Bundle.open(b, device_name="phone", calibration_dir=d).calibration is None
+    with pytest.raises(FileNotFoundError, match=r"no calibration for device 'phone' at batch 1 in .*cal dir \(run python -m "
+                                                r"dvt_runtime.calibrate --bundle '.*ro bundle' --calibration-dir '.*cal dir'\)"):
+        cal.use_calibration("phone")
 
 
 def test_the_hints_name_the_calibration_dir(setup):

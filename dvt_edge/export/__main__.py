@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "'none' records it without requiring it (e.g. random weights), every other check still runs")
     ap.add_argument("--no-verify", action="store_true", help="skip the parity checks: the bundle is written unverified (its manifest says so: parity.passed false)")
     ap.add_argument("--trust-checkpoint", action="store_true", help="allow arbitrary unpickling (only for files you trust)")
-    ap.add_argument("--verbose", action="store_true", help="show the toolchains' own output (default: it goes to OUT/../dvt-edge-export.log)")
+    ap.add_argument("--verbose", action="store_true", help="show the toolchains' own output (default: it goes to dvt-edge-export.log in the folder holding the bundle: "
+                    "--out's parent, or --out itself where it names a folder of bundles)")
     ap.add_argument("--etrecord", action="store_true", help="ExecuTorch: write exitK.etrecord beside each .pte, for ExecuTorch's Inspector "
                     "to name the operators of an ETDump (profile --etdump-dir); other targets of the run ignore it")
     ap.add_argument("--list-targets", action="store_true", help="print the targets and exit")

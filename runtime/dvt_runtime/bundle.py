@@ -39,7 +39,7 @@ from dvt_runtime.backends import (
     ort_providers,
     provider_fallback,
 )
-from dvt_runtime.calibration import Calibration, calibration_file, check_calibration_dir
+from dvt_runtime.calibration import Calibration, bundle_args, calibration_file, check_calibration_dir
 from dvt_runtime.checks import (  # noqa: F401  (DEFAULT_*: re-exported)
     DEFAULT_BATCH_PIXELS,
     DEFAULT_MAX_BATCH,
@@ -158,7 +158,7 @@ class Bundle(BundleInputs):
         return calibration_file(self.calibration_dir, device_name, batch)
 
     def use_calibration(self, device_name: str, missing_ok: bool = False, batch: int = 1, _stacklevel: int = 2) -> Optional[Calibration]:
-        """Use ``calibration/<device>.json`` (or the one made at ``batch`` images per call): its thresholds,
+        """Use ``calibration/<device>.json`` (in :attr:`calibration_dir`; or the one made at ``batch`` images per call): its thresholds,
         per-stage p90 and budget table.
 
         The file is validated (schema, types, ranges) and must have been made for this bundle
@@ -177,8 +177,8 @@ class Bundle(BundleInputs):
                 if said := missing_calibration(p, device_name, batch, using):
                     warnings.warn(said, stacklevel=_stacklevel)
                 return None
-            raise FileNotFoundError(f"no calibration for device {device_name!r} at batch {batch} in {self.path} "
-                                    "(run python -m dvt_runtime.calibrate" + (f" --batch {batch})" if batch > 1 else ")"))
+            raise FileNotFoundError(f"no calibration for device {device_name!r} at batch {batch} in {p.parent} (run python -m "
+                                    f"dvt_runtime.calibrate {bundle_args(self.path, self.calibration_dir)}" + (f" --batch {batch})" if batch > 1 else ")"))
         cal = read_calibration(p, self.manifest, self.path)
         if cal.device != device_name:  # a copied or renamed file: another device's latencies chose these thresholds
             raise CalibrationError(f"{p} holds the calibration of device {cal.device!r}, not {device_name!r}: calibrate this "
@@ -318,8 +318,8 @@ class Bundle(BundleInputs):
         (N, H, W, C) or a list of images (uint8 of any size, or preprocessed float32) -> list. (Typed: a list or tuple gives
         a list; an array gives ``Any``, as its shape decides: ``pred: Prediction = bundle.predict(frame)``.)
 
-        ``thresholds``: per-exit confidence thresholds (default: this device's calibration,
-        else the manifest's). ``budget_ms``: let the budget controller pick thresholds from
+        ``thresholds``: per-exit confidence thresholds (default: the calibration the bundle was opened with
+        (``device_name=``, :meth:`use_calibration`), else the manifest's). ``budget_ms``: let the budget controller pick thresholds from
         the calibration's Pareto table. ``deadline_ms``: before each later stage, skip it when
         its profiled p90 would overrun the deadline, counted from the image's preprocessing (images
         then run one per call, as the p90s are per image); ``spent_ms``: time each image already took before this call (its

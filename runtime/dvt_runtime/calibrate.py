@@ -10,7 +10,7 @@
    and builds a Pareto table of thresholds over budgets;
 4. verifies by running the real cascade on the holdout and measuring accuracy and latency
    (skipped with ``--profile`` from another device: the host cannot measure that device);
-5. writes ``calibration/<device>.json`` into the bundle atomically (nothing, when the last exit scores at chance on
+5. writes ``calibration/<device>.json`` into the bundle (or ``--calibration-dir DIR``) atomically (nothing, when the last exit scores at chance on
    the holdout: labels of another class order; ``--allow-chance`` writes it anyway).
 """
 

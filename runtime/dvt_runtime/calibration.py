@@ -1,13 +1,14 @@
-"""The calibration file (``<bundle>/calibration/<device>.json``): schema, validation, binding.
+"""The calibration file (``<bundle>/calibration/<device>.json``, or ``<DIR>/<device>.json`` with ``--calibration-dir``):
+schema, validation, binding.
 
 ``python -m dvt_runtime.calibrate`` writes it; :meth:`Bundle.use_calibration` reads it through
 :func:`read_calibration`, which refuses a file that is not valid JSON, lacks a field, holds a
 value of the wrong type or range, has a newer schema, or was made for another bundle (model,
 target, precision, or artifacts with other SHA-256s). Every message names the file.
 
-Threshold precedence, stated once: explicit ``thresholds=`` > ``budget_ms=`` (the controller
-picks a row of this file's table) > this file's ``chosen.thresholds`` > the manifest's
-defaults > none (always the last exit).
+Thresholds, stated once: explicit ``thresholds=``, or ``budget_ms=`` (the controller picks a row of this file's
+table; ``predict`` takes one of the two, never both); else this file's ``chosen.thresholds`` > the manifest's defaults
+> none (always the last exit).
 """
 
 from __future__ import annotations

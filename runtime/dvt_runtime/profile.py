@@ -267,7 +267,7 @@ def _measure_parser() -> argparse.ArgumentParser:
     ap.add_argument("--warmup", type=int, default=20, help="discarded warm-up chain runs (default 20)")
     ap.add_argument("--runs", type=int, default=200, help=f"timed chain runs (default 200, at least {MIN_RUNS})")
     ap.add_argument("--data", help="profile on real images: .npz with 'images' (float32 N,C,H,W preprocessed, or uint8 N,H,W[,C])")
-    ap.add_argument("--device-name", help="name of this device (default: the host name; on macOS its Bonjour name)")
+    ap.add_argument("--device-name", help="name of this device (default: DVT_DEVICE_NAME if set, else the host name; on macOS its Bonjour name)")
     ap.add_argument("--batch", type=int, default=1, help="images per stage call (default 1); > 1 gives ms per image at that batch")
     ap.add_argument("--out", help="write the profile JSON here")
     ap.add_argument("--etdump-dir", help="ExecuTorch bundles: also record ExecuTorch's own trace and write exit<k>.etdp here "
