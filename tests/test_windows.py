@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -39,8 +40,10 @@ def test_a_hint_pastes_into_cmd(monkeypatch, tmp_path):
     """A hint the runtime prints (predict --budget-ms with no calibration) quotes its bundle path for the platform's shell."""
     from dvt_runtime import predict as P
 
-    bundle = types.SimpleNamespace(calibration=None, device_name="lab pc", calibration_path=lambda name: tmp_path / f"{name}.json")
-    args = types.SimpleNamespace(bundle=r"C:\my bundles\cifar", budget_ms=2.0, deadline_ms=None, device_name="lab pc")
+    where = Path(r"C:\my bundles\cifar")
+    bundle = types.SimpleNamespace(calibration=None, device_name="lab pc", calibration_path=lambda name: tmp_path / f"{name}.json",
+                                   path=where, calibration_dir=where / "calibration")
+    args = types.SimpleNamespace(bundle=str(where), budget_ms=2.0, deadline_ms=None, device_name="lab pc")
     monkeypatch.setattr(console, "WINDOWS", True)
     with pytest.raises(ValueError) as e:
         P._check_mode(bundle, args)
