@@ -876,3 +876,134 @@ def test_a_logs_progress_bar_is_plain_lines_not_redraws(monkeypatch):
     lines = log.getvalue().splitlines(keepends=True)
     assert lines and all(ln.startswith("work: ") and ln.endswith("\n") for ln in lines), lines
     assert "\r" not in log.getvalue() and "\u2588" not in log.getvalue() and "3/3" in lines[-1], lines
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork: POSIX only")
+def test_a_child_forked_during_a_redirect_prints_and_redirects_again():
+    """A pre-forking server forked while a reload thread opened an ExecuTorch bundle (its chatter held off the console):
+    the child inherited the held lock (its own first bundle open hung) and printed into the parent's buffer."""
+    import tempfile
+    import threading
+
+    from dvt_runtime import console
+
+    held, inside, done = tempfile.TemporaryFile(), threading.Event(), threading.Event()
+    before = os.fstat(1).st_ino
+
+    def reload_thread():
+        with console.output_to(held.fileno()):
+            inside.set()
+            done.wait(30)
+
+    t = threading.Thread(target=reload_thread)
+    t.start()
+    try:
+        assert inside.wait(30) and os.fstat(1).st_ino != before
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report, then leave at once
+            ok = console._REDIRECT.acquire(timeout=3)
+            os.write(w, f"{int(ok)} {int(os.fstat(1).st_ino == before)}".encode())
+            os._exit(0)
+        os.close(w)
+        said = os.read(r, 100).decode()
+        os.waitpid(pid, 0)
+    finally:
+        done.set()
+        t.join(30)
+    assert said == "1 1", said  # the lock free and descriptor 1 the console's, in the child
+    assert os.fstat(1).st_ino == before  # the parent's redirect undone as before
+
+
+def test_a_bundle_replaced_while_it_opens_is_read_whole(onnx_bundle, tmp_path, monkeypatch):
+    """A service reopened its bundle while an export swapped a new one in (``install`` renames folders): 87 of 124 opens
+    ran exits of both bundles, unsaid, and others called the good bundle tampered. The folder is read again, whole."""
+    from dvt_runtime import loading
+
+    live, nxt = tmp_path / "live", tmp_path / "next"
+    shutil.copytree(onnx_bundle, live)
+    shutil.copytree(onnx_bundle, nxt)
+    m = Manifest.load(nxt, verify=False)
+    m.created = "the next export"
+    m.save(nxt)
+    real, opened = loading.open_session, []
+
+    def swapping(backend, path, *a, **k):
+        opened.append(path.name)
+        if len(opened) == 2:  # between exit 1 and exit 2: the export installs the next bundle under the same name
+            os.rename(live, tmp_path / "old")
+            os.rename(nxt, live)
+        return real(backend, path, *a, **k)
+
+    monkeypatch.setattr(loading, "open_session", swapping)
+    b = Bundle.open(live, device_name="")
+    assert b.manifest.created == "the next export" and opened == ["exit1.onnx", "exit2.onnx", "exit3.onnx"] * 2  # read again, whole
+    assert b.predict(np.zeros((28, 28), np.uint8)).label in range(10)
+
+
+def test_close_lets_the_calls_in_flight_finish(onnx_bundle):
+    """A service swapping bundles called close() on the old one while a request ran on it: that request failed at its
+    next exit ("was closed"), as the client's fault. close() now waits for it, and refuses new calls meanwhile."""
+    import threading
+
+    b = Bundle.open(onnx_bundle, device_name="")
+    entered, release, got = threading.Event(), threading.Event(), []
+    real = b.sessions[1].run
+
+    def slow(inputs):  # the request in flight, held inside exit 2
+        entered.set()
+        release.wait(30)
+        return real(inputs)
+
+    b.sessions[1].run = slow
+    t = threading.Thread(target=lambda: got.append(b.predict(np.zeros((28, 28), np.uint8), thresholds=[None, None])))
+    t.start()
+    assert entered.wait(30)
+    closer = threading.Thread(target=b.close)
+    closer.start()
+    time.sleep(0.2)
+    with pytest.raises(ValueError, match="was closed: open the bundle again"):
+        b.run_exits(np.zeros((28, 28), np.uint8))  # a new call while it closes
+    assert closer.is_alive() and b.sessions  # waiting for the call in flight
+    release.set()
+    t.join(30)
+    closer.join(30)
+    assert len(got) == 1 and got[0].exit == 2 and not b.sessions and "closed" in repr(b)
+
+
+def test_a_requests_fault_is_an_input_error_and_a_calibration_dropped_meanwhile_is_said(onnx_bundle, tmp_path):
+    """A service maps InputError to HTTP 400: bad thresholds, budgets, deadlines and batch sizes were plain ValueErrors,
+    as a closed bundle is. And use_calibration(..., missing_ok=True) from another thread, between predict's two reads of
+    the calibration, gave an AttributeError ('NoneType' object has no attribute 'metric')."""
+    import contextlib
+    import threading
+
+    from dvt_runtime.calibrate import calibrate
+
+    b = Bundle.open(onnx_bundle, device_name="", calibration_dir=tmp_path)
+    img = np.zeros((28, 28), np.uint8)
+    for kw in ({"thresholds": "0.9,0.8"}, {"thresholds": [2.0, 0.5]}, {"thresholds": [0.9, float("nan")]}, {"budget_ms": -1},
+               {"budget_ms": "1"}, {"deadline_ms": 0}, {"max_batch": 0}, {"thresholds": [0.5, 0.5], "budget_ms": 1.0}):
+        with pytest.raises(InputError):
+            b.predict(img, **kw)
+    ds = load_dataset("fashion-mnist", "val", limit=40, seed=4)
+    calibrate(b, b.preprocess(ds.images[:, :, :, None]), ds.labels, 1e6, device_name="svc", runs=6, warmup=1, progress=False)
+    assert b.calibration is not None and b.predict(img, budget_ms=5.0).label in range(10)
+
+    class Dropping:  # the lock predict takes: another thread's use_calibration(..., missing_ok=True) lands as it is taken
+        def __init__(self):
+            self.lock = threading.Lock()
+
+        def __enter__(self):
+            self.lock.acquire()
+            b.calibration = None
+
+        def __exit__(self, *exc):
+            self.lock.release()
+
+    b._budget_lock = Dropping()
+    with pytest.raises(ValueError, match="budget_ms needs a calibration for this device") as e:
+        b.predict(img, budget_ms=5.0)
+    assert not isinstance(e.value, InputError)  # the service's state, not the request
+    with contextlib.suppress(Exception):
+        b.close()

@@ -27,17 +27,10 @@ from typing import Any, Optional, Sequence, Union, overload
 import numpy as np
 
 from dvt_runtime.backends import (
-    BackendUnavailable,
     Provider,
     Session,
     backend_version,
-    check_options,
-    check_signature,
     check_threads,
-    import_backend,
-    open_session,
-    ort_providers,
-    provider_fallback,
 )
 from dvt_runtime.calibration import Calibration, bundle_args, calibration_file, check_calibration_dir
 from dvt_runtime.checks import (  # noqa: F401  (DEFAULT_*: re-exported)
@@ -56,8 +49,8 @@ from dvt_runtime.controller import BudgetController, controller_for
 from dvt_runtime.device import check_device_name, say_host_calibration
 from dvt_runtime.etdump_record import write_run_record
 from dvt_runtime.inputs import BundleInputs
-from dvt_runtime.io import sha256_file
 from dvt_runtime.latency import LatencyProfile
+from dvt_runtime.loading import CallsInFlight, load_bundle
 from dvt_runtime.manifest import Manifest, ManifestError  # noqa: F401  (ManifestError: raised by open)
 from dvt_runtime.prediction import Prediction, softmax
 
@@ -80,6 +73,7 @@ class Bundle(BundleInputs):
         self._p90_from: Optional[str] = None  # the device whose calibration set stage_p90_ms (None: use_profile, or none)
         self.controller: Optional[BudgetController] = None  # one BudgetController for every budget (its speed estimate is the device's)
         self._budget_lock = threading.Lock()  # predict(budget_ms=...) from several threads
+        self._calls = CallsInFlight(self)
         self._warned_budgets: set[float] = set()
         self._thr_cache: dict[tuple, np.ndarray] = {}  # thresholds as given (typed) -> checked array (see _thresholds)
         self.input_shape: tuple[int, ...] = tuple(manifest.exits[0].inputs[0].shape[1:])  # (C, H, W) of one image
@@ -103,26 +97,7 @@ class Bundle(BundleInputs):
         calibration_dir = check_calibration_dir(calibration_dir)
         threads = check_threads(threads, warn=True)
         opts = dict(backend_opts, **({"providers": providers} if providers is not None else {}))
-        m = Manifest.load(path, verify=verify)
-        check_options(m.backend, opts)
-        sessions, load_ms = [], []
-        import_backend(m.backend, m.toolchain)  # outside the timer: exit 1's load time is its artifact's, as on a device
-        if m.backend == "onnxruntime" and providers is not None:  # those missing here are said once, not once per exit
-            opts["providers"] = ort_providers(providers)
-        for i, e in enumerate(m.exits):
-            t0 = time.perf_counter()
-            try:
-                sessions.append(open_session(m.backend, m.artifact_path(path, i), [t.name for t in e.inputs],
-                                             [t.name for t in e.outputs], threads=threads, **opts))
-            except BackendUnavailable:
-                if not verify and m.artifact_path(path, i).is_file() and sha256_file(m.artifact_path(path, i)) != e.sha256:
-                    raise ManifestError(f"{e.artifact} cannot be loaded and its SHA-256 differs from the manifest's (opened with "
-                                        "verify=False): the file was damaged or changed; re-export the bundle") from None
-                raise  # the exported file (its SHA-256 checked): this host cannot run it
-            load_ms.append((time.perf_counter() - t0) * 1e3)
-            check_signature(sessions[-1], list(e.inputs) + list(e.outputs), m.artifact_path(path, i))
-        if m.backend == "onnxruntime" and providers is not None and (said := provider_fallback(opts["providers"], sessions)):
-            warnings.warn(said, stacklevel=2)  # once for the bundle: ONNX Runtime itself says it only in its log
+        m, sessions, load_ms = load_bundle(path, threads, opts, verify)
         bundle = cls(path, m, sessions, load_ms, device_name or None, threads, calibration_dir)
         if device_name is None:  # this host's calibration left unused: said
             say_host_calibration(bundle)
@@ -245,7 +220,7 @@ class Bundle(BundleInputs):
     def batch_limit(self, max_batch: Optional[int] = None) -> int:
         """Samples per stage call: what the artifacts accept (``manifest.max_batch``), capped by ``max_batch``."""
         if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or max_batch < 1):
-            raise ValueError(f"max_batch must be a whole number >= 1 (samples per stage call), got {max_batch!r}")
+            raise InputError(f"max_batch must be a whole number >= 1 (samples per stage call), got {max_batch!r}")
         limits = [int(v) for v in (self.manifest.max_batch, max_batch) if v is not None]
         return min(limits) if limits else sys.maxsize
 
@@ -292,7 +267,11 @@ class Bundle(BundleInputs):
         x = self._batch(x)[0]
         if len(x) == 0:
             raise InputError("run_exits got an empty batch (0 images); pass at least one image")
-        return [out["logits"] for out, _ in self.chain(x, self._chunk(max_batch), check_finite)]
+        self._calls.enter()  # close() lets this call finish
+        try:
+            return [out["logits"] for out, _ in self.chain(x, self._chunk(max_batch), check_finite)]
+        finally:
+            self._calls.exit()
 
     def chain(self, x: np.ndarray, chunk: int, check_finite: bool = True) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
         """Every sample of ``x`` through exit 1, 2, ..., E, each exit fed the previous one's features
@@ -329,42 +308,46 @@ class Bundle(BundleInputs):
         the answers of one image at a time; ``budget_ms`` picks the thresholds once per call, and calls
         of the calibration's batch size update its speed estimate.
         """
-        if (type(x) is np.ndarray and x.dtype == np.float32 and x.shape == self.input_shape and budget_ms is None and deadline_ms is None
-                and max_batch is None and type(spent_ms) in (int, float) and spent_ms == 0):  # one preprocessed image: kept lean
-            check_finite(x, self._value_range, warn_unnormalized=True)
-            return self._cascade_one(np.ascontiguousarray(x)[None], self._thresholds(thresholds))
-        t0 = time.perf_counter()
-        xb, single = self._batch(x)
-        pre_ms = positive_ms("spent_ms", spent_ms, allow_zero=True) + (time.perf_counter() - t0) * 1e3 / max(len(xb), 1)  # each image's
-        if len(xb) == 0:
-            raise InputError("predict got an empty batch (0 images); pass at least one image")
-        chunk = self._chunk(max_batch)
-        ctl = None  # this call's controller: another thread may reset the bundle's meanwhile
-        if budget_ms is not None:
-            budget_ms = positive_ms("budget_ms", budget_ms)  # thresholds picked once per call
-            if thresholds is not None:
-                raise ValueError("pass either thresholds or budget_ms, not both")
-            ctl = controller_for(self, budget_ms)
-            with self._budget_lock:
-                thresholds = ctl.thresholds(budget_ms)
-        thr, deadline = self._thresholds(thresholds), None
-        if deadline_ms is not None:
-            deadline_ms = positive_ms("deadline_ms", deadline_ms)
-            if (p90 := self.stage_p90_ms) is None:  # one snapshot per call: use_calibration() from another thread replaces it
-                raise ValueError("deadline mode needs per-stage p90 latencies: open with device_name= of a calibrated device, "
-                                 "or call bundle.use_profile(p90s)")
-            if deadline_ms < p90[0]:  # said once (Python's filter: one text), though deadlines vary per call: exit 1 always runs
-                warnings.warn(f"a deadline_ms below exit 1's p90 ({p90[0]:.4g} ms), which always runs: most images overrun it (a "
-                              "deadline only skips later exits)", stacklevel=2)
-            deadline, chunk = (deadline_ms, p90), 1  # per image, against per-image p90s: one image per call
-        preds = self._cascade(xb, thr, deadline, chunk, pre_ms)
-        # the controller compares per-image stage costs with the profile's, taken in calls of the calibration's batch: a call
-        # of 32 images priced at batch 1 would read as a device twice as fast, and the next single images overrun
-        if ctl is not None and min(len(xb), chunk) == ctl.batch:
-            with self._budget_lock:
-                for p in preds:
-                    ctl.observe(p.stage_ms_per_image)
-        return preds[0] if single else preds
+        self._calls.enter()  # close() lets this call finish
+        try:
+            if (type(x) is np.ndarray and x.dtype == np.float32 and x.shape == self.input_shape and budget_ms is None and deadline_ms is None
+                    and max_batch is None and type(spent_ms) in (int, float) and spent_ms == 0):  # one preprocessed image: kept lean
+                check_finite(x, self._value_range, warn_unnormalized=True)
+                return self._cascade_one(np.ascontiguousarray(x)[None], self._thresholds(thresholds))
+            t0 = time.perf_counter()
+            xb, single = self._batch(x)
+            pre_ms = positive_ms("spent_ms", spent_ms, allow_zero=True) + (time.perf_counter() - t0) * 1e3 / max(len(xb), 1)  # each image's
+            if len(xb) == 0:
+                raise InputError("predict got an empty batch (0 images); pass at least one image")
+            chunk = self._chunk(max_batch)
+            ctl = None  # this call's controller: another thread may reset the bundle's meanwhile
+            if budget_ms is not None:
+                budget_ms = positive_ms("budget_ms", budget_ms)  # thresholds picked once per call
+                if thresholds is not None:
+                    raise InputError("pass either thresholds or budget_ms, not both")
+                ctl = controller_for(self, budget_ms)
+                with self._budget_lock:
+                    thresholds = ctl.thresholds(budget_ms)
+            thr, deadline = self._thresholds(thresholds), None
+            if deadline_ms is not None:
+                deadline_ms = positive_ms("deadline_ms", deadline_ms)
+                if (p90 := self.stage_p90_ms) is None:  # one snapshot per call: use_calibration() from another thread replaces it
+                    raise ValueError("deadline mode needs per-stage p90 latencies: open with device_name= of a calibrated device, "
+                                     "or call bundle.use_profile(p90s)")
+                if deadline_ms < p90[0]:  # said once (Python's filter: one text), though deadlines vary per call: exit 1 always runs
+                    warnings.warn(f"a deadline_ms below exit 1's p90 ({p90[0]:.4g} ms), which always runs: most images overrun it (a "
+                                  "deadline only skips later exits)", stacklevel=2)
+                deadline, chunk = (deadline_ms, p90), 1  # per image, against per-image p90s: one image per call
+            preds = self._cascade(xb, thr, deadline, chunk, pre_ms)
+            # the controller compares per-image stage costs with the profile's, taken in calls of the calibration's batch: a call
+            # of 32 images priced at batch 1 would read as a device twice as fast, and the next single images overrun
+            if ctl is not None and min(len(xb), chunk) == ctl.batch:
+                with self._budget_lock:
+                    for p in preds:
+                        ctl.observe(p.stage_ms_per_image)
+            return preds[0] if single else preds
+        finally:
+            self._calls.exit()
 
     def _thresholds(self, thresholds) -> np.ndarray:
         """Per-exit thresholds as a read-only float64 array (never-stop = inf, the last exit -inf);
@@ -472,8 +455,11 @@ class Bundle(BundleInputs):
             raise ValueError(f"{self!r} was closed: open the bundle again")
         return sessions
 
-    def close(self) -> None:
-        """Release every exit's session now (an ExecuTorch bundle's mapped .pte files too); calls after it raise. Idempotent."""
+    def close(self, timeout: float = 60.0) -> None:
+        """Release every exit's session (an ExecuTorch bundle's mapped .pte files too) once the ``predict`` and ``run_exits``
+        calls in flight have finished (up to ``timeout`` seconds: a service swapping bundles had failed its requests in
+        flight); calls after it raise. Idempotent."""
+        self._calls.close(timeout)
         self.sessions = []
 
     def __enter__(self) -> "Bundle":

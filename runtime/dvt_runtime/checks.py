@@ -18,7 +18,9 @@ __all__ = ["InputError", "NonFiniteOutput", "check_thresholds", "parse_threshold
 
 
 class InputError(ValueError):
-    """An input of the wrong shape, dtype or with non-finite values."""
+    """The request's fault: an image of the wrong shape, dtype or with non-finite values, or a bad ``thresholds``,
+    ``budget_ms``, ``deadline_ms`` or ``max_batch`` (a service's HTTP 400; any other error of ``predict`` is the service's:
+    a closed bundle, a missing calibration, a broken artifact's :class:`NonFiniteOutput`)."""
 
 
 #: Samples per stage call when ``predict``/``run_exits`` get no ``max_batch`` (artifacts that take any
@@ -53,28 +55,28 @@ class NonFiniteOutput(ValueError):
 
 def positive_ms(name: str, v, allow_zero: bool = False) -> float:
     """A finite, positive (or with ``allow_zero`` non-negative) number of milliseconds, not a bool
-    or a string; otherwise a ValueError naming ``name``."""
+    or a string; otherwise an InputError (a ValueError) naming ``name``."""
     if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be a number of milliseconds, got {type(v).__name__} {v!r}")
+        raise InputError(f"{name} must be a number of milliseconds, got {type(v).__name__} {v!r}")
     if not np.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise ValueError(f"{name} must be a finite {'non-negative' if allow_zero else 'positive'} number of milliseconds, got {v!r}")
+        raise InputError(f"{name} must be a finite {'non-negative' if allow_zero else 'positive'} number of milliseconds, got {v!r}")
     return float(v)
 
 
 def check_thresholds(t, num_exits: int, where: str = "thresholds") -> list[Optional[float]]:
     """``num_exits - 1`` (or ``num_exits``) confidences in [0, 1] or None (never stop there)."""
     if isinstance(t, (str, bytes, dict)) or not hasattr(t, "__len__"):
-        raise ValueError(f"{where} must be a list of {num_exits - 1} confidences in [0, 1] (or None), got {t!r}")
+        raise InputError(f"{where} must be a list of {num_exits - 1} confidences in [0, 1] (or None), got {t!r}")
     t = list(t)
     if len(t) not in (num_exits - 1, num_exits):
-        raise ValueError(f"{where}: need {num_exits - 1} (or {num_exits}) thresholds for {num_exits} exits, got {len(t)}")
+        raise InputError(f"{where}: need {num_exits - 1} (or {num_exits}) thresholds for {num_exits} exits, got {len(t)}")
     out: list[Optional[float]] = []
     for k, v in enumerate(t):
         if v is None:
             out.append(None)
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v) or not 0.0 <= v <= 1.0:
-            raise ValueError(f"{where}: threshold of exit {k + 1} must be a confidence in [0, 1] or None, got {v!r}")
+            raise InputError(f"{where}: threshold of exit {k + 1} must be a confidence in [0, 1] or None, got {v!r}")
         out.append(float(v))
     return out
 

@@ -113,6 +113,24 @@ class _LogLines:
 
 
 _REDIRECT = threading.RLock()  # descriptors 1 and 2 are the process's: one redirect at a time (nested in one thread is fine)
+_ACTIVE: list[tuple[list[int], tuple]] = []  # redirects in progress: the saved descriptors and Python streams (outermost first)
+
+
+def _after_fork_in_child() -> None:
+    """A child forked while another thread redirected output (a bundle opening in a server's reload thread, a pre-forking
+    server): the lock that thread held is free here, and the child prints where the parent did, not into its buffer."""
+    global _REDIRECT
+    _REDIRECT = threading.RLock()
+    if _ACTIVE:
+        (saved, streams), _ACTIVE[:] = _ACTIVE[0], []
+        with contextlib.suppress(OSError):
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+        sys.stdout, sys.stderr = streams
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows (no fork)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @contextlib.contextmanager
@@ -170,8 +188,11 @@ def _output_to(fd: int) -> Iterator[int]:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         sys.stdout, sys.stderr = (w or s for w, s in zip(swapped, streams))
+        _ACTIVE.append((saved, streams))
         yield saved[1]
     finally:
+        if _ACTIVE and _ACTIVE[-1][0] is saved:
+            _ACTIVE.pop()
         for s in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 s.flush()

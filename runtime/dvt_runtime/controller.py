@@ -88,7 +88,9 @@ class BudgetController:
 
 def controller_for(bundle: "Bundle", budget_ms: float) -> BudgetController:
     """The bundle's one controller (made from its calibration on first use); warns once per budget below the cheapest point."""
-    if bundle.calibration is None:
+    with bundle._budget_lock:  # one read: use_calibration() in another thread may drop it between two
+        cal = bundle.calibration
+    if cal is None:
         from dvt_runtime.calibration import bundle_args
 
         where = (f"no {bundle.calibration_path(bundle.device_name)} yet: run python -m dvt_runtime.calibrate "
@@ -99,8 +101,7 @@ def controller_for(bundle: "Bundle", budget_ms: float) -> BudgetController:
                      f"bundle.use_calibration({bundle.device_name!r}) uses it")
         raise ValueError(f"budget_ms needs a calibration for this device: {where}")
     with bundle._budget_lock:
-        cal = bundle.calibration
-        ctl = bundle.controller
+        ctl = bundle.controller if bundle.calibration is cal else None  # a controller of another calibration is not this one's
         key, unpriced = f"{cal.metric}_ms", False
         if ctl is None:  # one for every budget: alternating budgets keep the speed estimate
             ctl = bundle.controller = BudgetController.from_calibration(cal, budget_ms)

@@ -1,0 +1,109 @@
+"""Loading a bundle's exits, verified: the manifest, every artifact's SHA-256, one session per exit, each session's
+signature. An export that replaces the bundle's folder meanwhile (its ``install`` swaps folders by name) is read again:
+a session of one bundle is never paired with another's (a service reopening a bundle while a new export lands had run
+exits of both, unsaid, or had called a good bundle tampered)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+from dvt_runtime.backends import (
+    BackendUnavailable,
+    Session,
+    check_options,
+    check_signature,
+    import_backend,
+    open_session,
+    ort_providers,
+    provider_fallback,
+)
+from dvt_runtime.io import sha256_file
+from dvt_runtime.manifest import Manifest, ManifestError
+
+ATTEMPTS = 3  # reads of a folder replaced while it was read, before giving up
+
+
+def folder_id(path: Path) -> Optional[tuple[int, int]]:
+    """(device, inode) of the folder ``path`` names now: another when an export has swapped a new bundle in; None: gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def load_bundle(path: Path, threads: Optional[int], opts: dict[str, Any], verify: bool) -> tuple[Manifest, list[Session], list[float]]:
+    """The manifest, sessions and per-exit load times of the bundle at ``path``, all of one bundle: read again when the
+    folder was replaced while it was read (up to :data:`ATTEMPTS` times)."""
+    for attempt in range(ATTEMPTS):
+        before = folder_id(path)
+        try:
+            m, sessions, load_ms = _load(path, threads, dict(opts), verify, said=attempt == 0)
+        except (ManifestError, OSError, BackendUnavailable):
+            if attempt + 1 < ATTEMPTS and folder_id(path) != before:  # replaced while read: a mixed read, not a bad bundle
+                continue
+            raise
+        if folder_id(path) == before:
+            return m, sessions, load_ms
+        del sessions  # another bundle's sessions among them: released, and the new bundle read whole
+    raise ManifestError(f"{path} was replaced {ATTEMPTS} times while it was opened (an export installing bundles there): open "
+                        "it again once the export is done")
+
+
+def _load(path: Path, threads: Optional[int], opts: dict[str, Any], verify: bool, said: bool) -> tuple[Manifest, list[Session], list[float]]:
+    m = Manifest.load(path, verify=verify)
+    check_options(m.backend, opts)
+    sessions, load_ms = [], []
+    import_backend(m.backend, m.toolchain)  # outside the timer: exit 1's load time is its artifact's, as on a device
+    providers = opts.get("providers")
+    if m.backend == "onnxruntime" and providers is not None and said:  # those missing here are said once, not once per exit
+        opts["providers"] = ort_providers(providers, stacklevel=5)  # at Bundle.open's caller
+    elif m.backend == "onnxruntime" and providers is not None:  # read again: said the first time
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            opts["providers"] = ort_providers(providers)
+    for i, e in enumerate(m.exits):
+        t0 = time.perf_counter()
+        try:
+            sessions.append(open_session(m.backend, m.artifact_path(path, i), [t.name for t in e.inputs],
+                                         [t.name for t in e.outputs], threads=threads, **opts))
+        except BackendUnavailable:
+            if not verify and m.artifact_path(path, i).is_file() and sha256_file(m.artifact_path(path, i)) != e.sha256:
+                raise ManifestError(f"{e.artifact} cannot be loaded and its SHA-256 differs from the manifest's (opened with "
+                                    "verify=False): the file was damaged or changed; re-export the bundle") from None
+            raise  # the exported file (its SHA-256 checked): this host cannot run it
+        load_ms.append((time.perf_counter() - t0) * 1e3)
+        check_signature(sessions[-1], list(e.inputs) + list(e.outputs), m.artifact_path(path, i))
+    if m.backend == "onnxruntime" and providers is not None and (fell := provider_fallback(opts["providers"], sessions)):
+        warnings.warn(fell, stacklevel=4)  # at Bundle.open's caller; once for the bundle: ONNX Runtime itself says it only in its log
+    return m, sessions, load_ms
+
+
+class CallsInFlight:
+    """The calls running on a bundle, so that ``close()`` releases its sessions after them, and refuses new ones meanwhile."""
+
+    def __init__(self, bundle: Any):
+        self._bundle, self._n, self._closing = bundle, 0, False
+        self._done = threading.Condition()
+
+    def enter(self) -> None:
+        with self._done:
+            if self._closing or not self._bundle.sessions:
+                raise ValueError(f"{self._bundle!r} was closed: open the bundle again")
+            self._n += 1
+
+    def exit(self) -> None:
+        with self._done:
+            self._n -= 1
+            if not self._n:
+                self._done.notify_all()
+
+    def close(self, timeout: float) -> None:
+        with self._done:
+            self._closing = True
+            self._done.wait_for(lambda: not self._n, timeout)
