@@ -913,6 +913,16 @@ def test_a_child_forked_during_a_redirect_prints_and_redirects_again():
         t.join(30)
     assert said == "1 1", said  # the lock free and descriptor 1 the console's, in the child
     assert os.fstat(1).st_ino == before  # the parent's redirect undone as before
+    with console.output_to(held.fileno()):  # a worker forked by the redirecting thread itself keeps its redirect
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.write(w, str(int(os.fstat(1).st_ino == os.fstat(held.fileno()).st_ino)).encode())
+            os._exit(0)
+        os.close(w)
+        said = os.read(r, 100).decode()
+        os.waitpid(pid, 0)
+    assert said == "1" and os.fstat(1).st_ino == before, said
 
 
 def test_a_bundle_replaced_while_it_opens_is_read_whole(onnx_bundle, tmp_path, monkeypatch):
@@ -1007,3 +1017,52 @@ def test_a_requests_fault_is_an_input_error_and_a_calibration_dropped_meanwhile_
     assert not isinstance(e.value, InputError)  # the service's state, not the request
     with contextlib.suppress(Exception):
         b.close()
+
+
+def test_a_calibration_replaced_between_a_calls_two_reads_never_keeps_the_old_ones_controller(onnx_bundle, tmp_path):
+    """use_calibration('d2') from another thread landing inside predict's budget path: the controller built from d1's
+    table was stored, and every later d2 call ran d1's table."""
+    import threading
+
+    from dvt_runtime.calibrate import calibrate
+    from dvt_runtime.controller import controller_for
+
+    b = Bundle.open(onnx_bundle, device_name="", calibration_dir=tmp_path)
+    ds = load_dataset("fashion-mnist", "val", limit=40, seed=6)
+    x = b.preprocess(ds.images[:, :, :, None])
+    for name, budget in (("d2", 0.5), ("d1", 1e6)):  # two tables: d1's last, so the bundle runs it
+        calibrate(b, x, ds.labels, budget, device_name=name, runs=6, warmup=1, progress=False, seed=1 if name == "d2" else 0)
+
+    class Lock:  # the real lock, and another thread's use_calibration('d2') landing as the second one is taken
+        def __init__(self):
+            self.lock, self.n = threading.Lock(), 0
+
+        def __enter__(self):
+            self.n += 1
+            if self.n == 2:
+                b._budget_lock = threading.Lock()
+                b.use_calibration("d2")
+                b._budget_lock = self
+            self.lock.acquire()
+
+        def __exit__(self, *exc):
+            self.lock.release()
+
+    b._budget_lock = Lock()
+    mine = controller_for(b, 1.0)
+    b._budget_lock = threading.Lock()
+    assert b.calibration.device == "d2" and b.controller is not mine
+    assert controller_for(b, 1.0).table == type(mine).from_calibration(b.calibration, 1.0).table  # d2's own table
+
+
+def test_a_full_log_under_a_redirect_gives_the_console_back_first(tmp_path):
+    """A toolchain log on a disk that had just filled: the failed flush inside the redirect was taken for standard
+    output lost, past every clean-up, and the command's own error went into the full file, unseen (exit 120, nothing said)."""
+    code = ("import os, sys\nfrom dvt_runtime.console import output_to, run_cli\n"
+            "def main():\n    with output_to(os.open('/dev/full', os.O_WRONLY)):\n        print(\"a toolchain's notice\")\n"
+            "    print('wrote bundle')\n    return 0\n"
+            "try:\n    sys.exit(run_cli(main))\nexcept OSError as e:\n    print(f'the command says: {e}', file=sys.stderr)\n"
+            "    sys.exit(2)\n")
+    with open(tmp_path / "out.txt", "w") as out:
+        r = subprocess.run([sys.executable, "-c", code], stdout=out, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert r.returncode == 2 and "the command says: [Errno 28] No space left on device" in r.stderr, (r.returncode, r.stderr[-800:])

@@ -385,14 +385,16 @@ def test_calibrate_errors_keep_previous_file(bundle_copy, val, tmp_path):
     assert path.read_bytes() == before
 
 
-def test_device_side_data_raw_pixels_and_unnormalized_floats(bundle_copy, tmp_path, capsys):
+def test_device_side_data_raw_pixels_and_unnormalized_floats(bundle_copy, tmp_path, capsys, monkeypatch):
     """A device with only the runtime could not make calibrate's file (it took preprocessed float32 only and every
     message pointed at dvt_edge, not installed there): uint8 pixels are preprocessed by the bundle now. Raw 0-255
     pixels given as floats gave confident nonsense (11% accuracy at 0.81 mean confidence; calibrate wrote thresholds
     [0, 0] from it): refused, in predict and in the file; 0-1 floats never normalized are refused by calibrate as by the export."""
+    from dvt_runtime import console
     from dvt_runtime.calibrate import CalibrationError, load_npz, main
     from dvt_runtime.profile import main as profile_main
 
+    monkeypatch.setattr(console, "LOG_BAR_SECONDS", 0.0)  # stderr is a file here: the profiling bar's lines from the start
     b = Bundle.open(bundle_copy)
     ds = load_dataset("fashion-mnist", "val")
     raw, y = ds.images[:40], ds.labels[:40]  # (40, 28, 28) uint8
@@ -549,15 +551,15 @@ def test_budget_without_calibration_names_the_missing_file(onnx_bundle):
 def test_load_times_are_the_artifacts_not_the_library_imports(onnx_bundle, monkeypatch):
     """A first exit's load time once held the import of its library (3.7 s for torch + executorch.runtime
     against 3 ms for exits 2 and 3): the library is imported before any artifact is timed."""
-    import dvt_runtime.bundle as bundle_mod
+    import dvt_runtime.loading as loading
 
     calls = []
 
-    def slow_import(backend, toolchain=None):  # an import as slow as torch's
+    def slow_import(backend, toolchain=None, **kw):  # an import as slow as torch's
         calls.append(backend)
         time.sleep(1.0)
 
-    monkeypatch.setattr(bundle_mod, "import_backend", slow_import)
+    monkeypatch.setattr(loading, "import_backend", slow_import)
     b = Bundle.open(onnx_bundle)
     assert calls == ["onnxruntime"]
     assert np.isfinite(b.load_ms).all() and max(b.load_ms) < 500, b.load_ms

@@ -101,7 +101,7 @@ def toolchain_output(backend: str) -> Iterator[None]:
 _INTERRUPTED: set[str] = set()  # libraries whose import a KeyboardInterrupt cut short
 
 
-def import_backend(backend: str, toolchain: Optional[dict] = None) -> None:
+def import_backend(backend: str, toolchain: Optional[dict] = None, stacklevel: int = 3) -> None:
     """Import the backend's libraries now (a bundle's load times are then its artifacts', not the
     imports'); :class:`BackendUnavailable` naming what to install when one is missing. ``toolchain``
     (the manifest's): an ExecuTorch program exported by another executorch release warns (a 1.4.1
@@ -132,7 +132,7 @@ def import_backend(backend: str, toolchain: Optional[dict] = None) -> None:
     made, here = (toolchain or {}).get("executorch"), backend_version("executorch") if backend == "executorch" else None
     if made and here and made != here:
         warnings.warn(f"this bundle was exported with executorch {made}, this runtime has {here}: programs do not always "
-                      f"load across releases (1.4.1's fail under 1.5.1); if loading fails, re-export it with {here}", stacklevel=3)
+                      f"load across releases (1.4.1's fail under 1.5.1); if loading fails, re-export it with {here}", stacklevel=stacklevel)
 
 
 def _utf8(text: str) -> bool:
@@ -174,8 +174,8 @@ class OrtSession(Session):
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         wanted = ort_providers(providers, stacklevel=5)
-        src = str(path) if _utf8(str(path)) else path.read_bytes()  # a name in bytes that are not UTF-8: no such str (no external data)
         try:
+            src = str(path) if _utf8(str(path)) else path.read_bytes()  # a name in bytes that are not UTF-8: no such str (no external data)
             self.sess = ort.InferenceSession(src, so, providers=wanted)
         except Exception as e:  # noqa: BLE001  onnxruntime's own Fail/InvalidGraph/...: the artifact's hash was checked, so this host's build
             why = str(e).strip()  # ORT's reason comes last, after the path and a C++ signature

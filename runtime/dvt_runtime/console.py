@@ -113,20 +113,26 @@ class _LogLines:
 
 
 _REDIRECT = threading.RLock()  # descriptors 1 and 2 are the process's: one redirect at a time (nested in one thread is fine)
-_ACTIVE: list[tuple[list[int], tuple]] = []  # redirects in progress: the saved descriptors and Python streams (outermost first)
+_ACTIVE: list[tuple[list[int], tuple, int]] = []  # redirects in progress: saved descriptors, Python streams, thread (outermost first)
 
 
 def _after_fork_in_child() -> None:
     """A child forked while another thread redirected output (a bundle opening in a server's reload thread, a pre-forking
-    server): the lock that thread held is free here, and the child prints where the parent did, not into its buffer."""
+    server): the lock that thread held is free here, and the child prints where the parent did, not into its buffer. A
+    fork by the redirecting thread itself (a worker forked inside the block) keeps the redirect, which its block undoes."""
     global _REDIRECT
+    if not _ACTIVE or _ACTIVE[0][2] == threading.get_ident():
+        if not _ACTIVE:
+            _REDIRECT = threading.RLock()  # no holder here (one between taking it and redirecting: gone with its thread)
+        return
     _REDIRECT = threading.RLock()
-    if _ACTIVE:
-        (saved, streams), _ACTIVE[:] = _ACTIVE[0], []
-        with contextlib.suppress(OSError):
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-        sys.stdout, sys.stderr = streams
+    (saved, streams, _), _ACTIVE[:] = _ACTIVE[0], []
+    with contextlib.suppress(OSError):
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in saved:
+            os.close(f)
+    sys.stdout, sys.stderr = streams
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows (no fork)
@@ -184,26 +190,28 @@ def _output_to(fd: int) -> Iterator[int]:
     saved = [os.dup(1), os.dup(2)]
     streams = (sys.stdout, sys.stderr)  # a notebook's: what Python libraries print is held as the descriptors' is
     swapped = [None if s is None or on_descriptor(s, i + 1) else _Forward(i + 1, s) for i, s in enumerate(streams)]
+    _ACTIVE.append((saved, streams, threading.get_ident()))  # before the descriptors move: a fork meanwhile finds it
     try:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         sys.stdout, sys.stderr = (w or s for w, s in zip(swapped, streams))
-        _ACTIVE.append((saved, streams))
         yield saved[1]
     finally:
-        if _ACTIVE and _ACTIVE[-1][0] is saved:
-            _ACTIVE.pop()
-        for s in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                s.flush()
-        sys.stdout, sys.stderr = streams
-        for w in swapped:
-            if w is not None:
-                w.fd = -1  # from now on, to the stream it stood for
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for f in saved:
-            os.close(f)
+        try:
+            for s in (sys.stdout, sys.stderr):
+                with contextlib.suppress(BaseException):  # the held file full (a _StdoutLost too): the console comes back first
+                    s.flush()
+        finally:
+            if _ACTIVE and _ACTIVE[-1][0] is saved:
+                _ACTIVE.pop()
+            sys.stdout, sys.stderr = streams
+            for w in swapped:
+                if w is not None:
+                    w.fd = -1  # from now on, to the stream it stood for
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for f in saved:
+                os.close(f)
 
 
 @contextlib.contextmanager
@@ -314,13 +322,13 @@ class _GuardedStdout:
         try:
             return self._stream.write(text)
         except OSError as e:
-            raise _StdoutLost(e) from None
+            raise e if _ACTIVE else _StdoutLost(e) from None  # redirected: the log or holder failed, not stdout
 
     def flush(self) -> None:
         try:
             self._stream.flush()
         except OSError as e:
-            raise _StdoutLost(e) from None
+            raise e if _ACTIVE else _StdoutLost(e) from None
 
 
 def run_cli(main: Callable[[], Optional[int]]) -> int:

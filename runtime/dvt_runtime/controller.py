@@ -101,10 +101,12 @@ def controller_for(bundle: "Bundle", budget_ms: float) -> BudgetController:
                      f"bundle.use_calibration({bundle.device_name!r}) uses it")
         raise ValueError(f"budget_ms needs a calibration for this device: {where}")
     with bundle._budget_lock:
-        ctl = bundle.controller if bundle.calibration is cal else None  # a controller of another calibration is not this one's
+        current = bundle.calibration is cal  # else use_calibration() replaced it meanwhile: this call's own, never kept
+        ctl = bundle.controller if current else None
         key, unpriced = f"{cal.metric}_ms", False
         if ctl is None:  # one for every budget: alternating budgets keep the speed estimate
-            ctl = bundle.controller = BudgetController.from_calibration(cal, budget_ms)
+            ctl = BudgetController.from_calibration(cal, budget_ms)
+            bundle.controller = ctl if current else bundle.controller
             unpriced = cal.metric != "mean" and any(key not in r.predicted for r in cal.table)
         cheapest = ctl.table[0]["predicted_ms"]
         # once per budget; a budget that varies freely warns for its first 64 values only (bounded)

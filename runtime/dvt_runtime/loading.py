@@ -40,33 +40,38 @@ def folder_id(path: Path) -> Optional[tuple[int, int]]:
 def load_bundle(path: Path, threads: Optional[int], opts: dict[str, Any], verify: bool) -> tuple[Manifest, list[Session], list[float]]:
     """The manifest, sessions and per-exit load times of the bundle at ``path``, all of one bundle: read again when the
     folder was replaced while it was read (up to :data:`ATTEMPTS` times)."""
+    said: list[str] = []  # providers this build lacks, said once however often the folder is read
     for attempt in range(ATTEMPTS):
         before = folder_id(path)
         try:
-            m, sessions, load_ms = _load(path, threads, dict(opts), verify, said=attempt == 0)
+            m, sessions, load_ms, fell = _load(path, threads, dict(opts), verify, said)
         except (ManifestError, OSError, BackendUnavailable):
             if attempt + 1 < ATTEMPTS and folder_id(path) != before:  # replaced while read: a mixed read, not a bad bundle
                 continue
             raise
         if folder_id(path) == before:
+            if fell:  # once for the bundle, at Bundle.open's caller: ONNX Runtime itself says it only in its log
+                warnings.warn(fell, stacklevel=3)
             return m, sessions, load_ms
         del sessions  # another bundle's sessions among them: released, and the new bundle read whole
     raise ManifestError(f"{path} was replaced {ATTEMPTS} times while it was opened (an export installing bundles there): open "
                         "it again once the export is done")
 
 
-def _load(path: Path, threads: Optional[int], opts: dict[str, Any], verify: bool, said: bool) -> tuple[Manifest, list[Session], list[float]]:
+def _load(path: Path, threads: Optional[int], opts: dict[str, Any], verify: bool,
+          said: list[str]) -> tuple[Manifest, list[Session], list[float], Optional[str]]:
     m = Manifest.load(path, verify=verify)
     check_options(m.backend, opts)
     sessions, load_ms = [], []
-    import_backend(m.backend, m.toolchain)  # outside the timer: exit 1's load time is its artifact's, as on a device
+    import_backend(m.backend, m.toolchain, stacklevel=5)  # outside the timer: exit 1's load time is its artifact's, as on a device
     providers = opts.get("providers")
-    if m.backend == "onnxruntime" and providers is not None and said:  # those missing here are said once, not once per exit
-        opts["providers"] = ort_providers(providers, stacklevel=5)  # at Bundle.open's caller
-    elif m.backend == "onnxruntime" and providers is not None:  # read again: said the first time
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+    if m.backend == "onnxruntime" and providers is not None:  # those missing here are said once, not once per exit
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
             opts["providers"] = ort_providers(providers)
+        for w in seen if not said else []:  # at Bundle.open's caller, through the user's filters
+            said.append(str(w.message))
+            warnings.warn(w.message, stacklevel=4)
     for i, e in enumerate(m.exits):
         t0 = time.perf_counter()
         try:
@@ -79,9 +84,8 @@ def _load(path: Path, threads: Optional[int], opts: dict[str, Any], verify: bool
             raise  # the exported file (its SHA-256 checked): this host cannot run it
         load_ms.append((time.perf_counter() - t0) * 1e3)
         check_signature(sessions[-1], list(e.inputs) + list(e.outputs), m.artifact_path(path, i))
-    if m.backend == "onnxruntime" and providers is not None and (fell := provider_fallback(opts["providers"], sessions)):
-        warnings.warn(fell, stacklevel=4)  # at Bundle.open's caller; once for the bundle: ONNX Runtime itself says it only in its log
-    return m, sessions, load_ms
+    fell = provider_fallback(opts["providers"], sessions) if m.backend == "onnxruntime" and providers is not None else None
+    return m, sessions, load_ms, fell
 
 
 class CallsInFlight:
