@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from pathlib import Path
@@ -45,8 +46,15 @@ def open_source(camera=None, video: Optional[str] = None):
         cap = cv2.VideoCapture(cam)
     if not cap.isOpened():
         cap.release()
-        raise AppError(f"camera {cam} is not available (not connected, busy, or no permission). {SOURCE_HINT}")
-    return cap, f"camera {cam}"
+        raise AppError(f"camera {redacted(cam)} is not available (not connected, busy, or no permission). {SOURCE_HINT}")
+    return cap, f"camera {redacted(cam)}"
+
+
+def redacted(source: object) -> str:
+    """A camera as it may be printed and written (stats files get shared): the password of a URL
+    (``rtsp://user:pass@host``) and of GStreamer's ``user-pw=`` replaced by ``***``."""
+    text = re.sub(r"([A-Za-z][A-Za-z0-9+.-]*://)([^/@\s:]*):[^/@\s]*@", r"\1\2:***@", str(source))
+    return re.sub(r"(user-pw=)(\"[^\"]*\"|\S+)", r"\1***", text)
 
 
 def read_first_frame(cap, source: str, is_video: bool, retries: int = 0):

@@ -1066,3 +1066,15 @@ def test_a_full_log_under_a_redirect_gives_the_console_back_first(tmp_path):
     with open(tmp_path / "out.txt", "w") as out:
         r = subprocess.run([sys.executable, "-c", code], stdout=out, stderr=subprocess.PIPE, text=True, timeout=120)
     assert r.returncode == 2 and "the command says: [Errno 28] No space left on device" in r.stderr, (r.returncode, r.stderr[-800:])
+
+
+def test_an_onnx_artifact_carries_no_path_of_the_exporting_machine(onnx_bundle):
+    """Every node held the exporter's Python stack trace: absolute paths of the machine that exported it (a user name in a
+    virtual environment's path) shipped to customers in every artifact."""
+    import onnx
+
+    for f in sorted(onnx_bundle.glob("exit*.onnx")):
+        m = onnx.load(str(f))
+        keys = {p.key for n in m.graph.node for p in n.metadata_props}
+        assert "pkg.torch.onnx.stack_trace" not in keys and "pkg.torch.onnx.name_scopes" in keys, keys
+        assert str(ROOT).encode() not in f.read_bytes() and b"site-packages" not in f.read_bytes()

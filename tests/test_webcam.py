@@ -181,6 +181,27 @@ def test_missing_camera_is_a_clear_error():
     assert e.value.code == 2 and "--camera 1" in str(e.value) and "--video FILE" in str(e.value)
 
 
+def test_a_cameras_password_is_never_printed_nor_written(monkeypatch):
+    """An IP camera's URL (rtsp://user:password@host) was printed in the error and written in the stats file's
+    ``source``, which gets attached to issues."""
+    from apps import sources
+
+    class Closed:
+        def isOpened(self):
+            return False
+
+        def release(self):
+            pass
+
+    monkeypatch.setattr(sources.cv2, "VideoCapture", lambda *a: Closed())  # an unreachable camera, without the network
+    with pytest.raises(webcam.AppError) as e:
+        webcam.open_source(camera="rtsp://alice:hunter2@10.0.0.7:554/stream")
+    assert "hunter2" not in str(e.value) and "rtsp://alice:***@10.0.0.7:554/stream" in str(e.value)
+    assert sources.redacted("rtspsrc location=rtsp://u:pw@h/s user-id=admin user-pw=s3cret ! appsink") == (
+        "rtspsrc location=rtsp://u:***@h/s user-id=admin user-pw=*** ! appsink")
+    assert sources.redacted("http://cam.local/video") == "http://cam.local/video" and sources.redacted(0) == "0"
+
+
 def test_budget_without_calibration_falls_back_and_says_how_to_calibrate(env, tmp_path, capsys):
     bundle, video, _ = env
     stats = webcam.run(webcam.parse_args(["--bundle", str(bundle), "--video", str(video), "--headless", "--budget-ms", "0.5",

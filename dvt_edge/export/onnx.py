@@ -36,6 +36,20 @@ def _export_fp32(job: ExitJob, path: Path) -> None:
             dynamic_shapes=g.dynamic_shapes(job.target.max_batch) if job.dynamic_batch else None,
         )
     prog.save(str(path), external_data=False)
+    _strip_stack_traces(path)
+
+
+def _strip_stack_traces(path: Path) -> None:
+    """Drop the exporter's per-node Python stack traces: they held the exporting machine's absolute paths (a user name in a
+    virtual environment's path) in every artifact shipped. The nodes' module names and scopes stay, for debugging."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    for node in [*m.graph.node, *(n for f in m.functions for n in f.node)]:
+        keep = [prop for prop in node.metadata_props if prop.key != "pkg.torch.onnx.stack_trace"]
+        del node.metadata_props[:]
+        node.metadata_props.extend(keep)
+    onnx.save(m, str(path))
 
 
 class _Reader:
