@@ -946,7 +946,9 @@ def test_a_bundle_replaced_while_it_opens_is_read_whole(onnx_bundle, tmp_path, m
         return real(backend, path, *a, **k)
 
     monkeypatch.setattr(loading, "open_session", swapping)
-    b = Bundle.open(live, device_name="")
+    with pytest.warns(UserWarning) as seen:
+        b = Bundle.open(live, providers=["CUDAExecutionProvider", "CPUExecutionProvider"], device_name="")
+    assert sum("not available here" in str(w.message) for w in seen) == 1  # said once, though the folder was read twice
     assert b.manifest.created == "the next export" and opened == ["exit1.onnx", "exit2.onnx", "exit3.onnx"] * 2  # read again, whole
     assert b.predict(np.zeros((28, 28), np.uint8)).label in range(10)
 

@@ -320,7 +320,7 @@ def parse_providers(text: Optional[str]) -> Optional[list[Provider]]:
     return out or None
 
 
-def ort_providers(providers: Optional[Sequence[Provider]], stacklevel: int = 3) -> list[Provider]:
+def ort_providers(providers: Optional[Sequence[Provider]], stacklevel: int = 3, warn: bool = True) -> list[Provider]:
     """The execution providers of ``providers`` (a priority list, as ONNX Runtime reads it: names, or (name, options)) this
     build has, with a warning naming those it lacks (default: the CPU); none available is :class:`BackendUnavailable`."""
     import onnxruntime as ort
@@ -330,8 +330,9 @@ def ort_providers(providers: Optional[Sequence[Provider]], stacklevel: int = 3) 
     unknown = [provider_name(p) for p in wanted if provider_name(p) not in available]
     if len(unknown) == len(wanted):
         raise BackendUnavailable(f"ONNX Runtime execution provider(s) {unknown} not available here; available: {available}")
-    if unknown:  # the first available ones run, and the user is told
+    if unknown:  # the first available ones run, and the user is told (unless ``warn`` is off: said already)
         wanted = [p for p in wanted if provider_name(p) in available]
+    if unknown and warn:
         warnings.warn(f"ONNX Runtime execution provider(s) {unknown} not available here; using {[provider_name(p) for p in wanted]}",
                       stacklevel=stacklevel)
     return wanted

@@ -66,12 +66,8 @@ def _load(path: Path, threads: Optional[int], opts: dict[str, Any], verify: bool
     import_backend(m.backend, m.toolchain, stacklevel=5)  # outside the timer: exit 1's load time is its artifact's, as on a device
     providers = opts.get("providers")
     if m.backend == "onnxruntime" and providers is not None:  # those missing here are said once, not once per exit
-        with warnings.catch_warnings(record=True) as seen:
-            warnings.simplefilter("always")
-            opts["providers"] = ort_providers(providers)
-        for w in seen if not said else []:  # at Bundle.open's caller, through the user's filters
-            said.append(str(w.message))
-            warnings.warn(w.message, stacklevel=4)
+        opts["providers"] = ort_providers(providers, stacklevel=5, warn=not said)  # at Bundle.open's caller
+        said.append("providers")
     for i, e in enumerate(m.exits):
         t0 = time.perf_counter()
         try:
