@@ -237,7 +237,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="per-image deadline, counted from the image's preprocessing: a later stage is skipped when its p90 would "
                          "overrun (p90s from the calibration or --profile)")
     ap.add_argument("--profile", default=None, help="with --deadline-ms: per-stage p90s from this profile JSON (dvt-runtime profile --out)")
-    ap.add_argument("--device-name", default=None, help="use calibration/<name>.json (in --calibration-dir if given; default: this host's name, or DVT_DEVICE_NAME)")
+    ap.add_argument("--device-name", default=None, help="use calibration/<name>.json (in --calibration-dir if given; default: DVT_DEVICE_NAME if set, else this host's name)")
     ap.add_argument("--calibration-dir", default=None, metavar="DIR", help=CALIBRATION_DIR_HELP)
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads per session (default 1; 0: the backend's default, every core)")
     ap.add_argument("--providers", default=None, help=PROVIDERS_HELP)
