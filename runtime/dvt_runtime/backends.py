@@ -24,6 +24,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from dvt_runtime.console import held_output
+from dvt_runtime.io import loadable
 
 __all__ = ["BackendUnavailable", "Session", "open_session", "import_backend", "backend_version", "BACKENDS", "available_backends"]
 
@@ -135,15 +136,6 @@ def import_backend(backend: str, toolchain: Optional[dict] = None, stacklevel: i
                       f"load across releases (1.4.1's fail under 1.5.1); if loading fails, re-export it with {here}", stacklevel=stacklevel)
 
 
-def _utf8(text: str) -> bool:
-    """Whether ``text`` encodes as UTF-8 (a path decoded with surrogateescape does not)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 class Session:
     """One loaded artifact (one exit). ``run`` maps input names to arrays and back."""
 
@@ -175,7 +167,7 @@ class OrtSession(Session):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         wanted = ort_providers(providers, stacklevel=5)
         try:
-            src = str(path) if _utf8(str(path)) else path.read_bytes()  # a name in bytes that are not UTF-8: no such str (no external data)
+            src = loadable(path)
             self.sess = ort.InferenceSession(src, so, providers=wanted)
         except Exception as e:  # noqa: BLE001  onnxruntime's own Fail/InvalidGraph/...: the artifact's hash was checked, so this host's build
             why = str(e).strip()  # ORT's reason comes last, after the path and a C++ signature
@@ -244,7 +236,7 @@ class ExecuTorchSession(Session):
             if threads:
                 _executorch_threads(int(threads))
             self.etdump = bool(etdump)
-            src = str(path) if _utf8(str(path)) else path.read_bytes()  # as ONNX Runtime's: a str of valid UTF-8 only
+            src = loadable(path)
             try:
                 if self.etdump:  # ExecuTorch's own event tracer: per-run timings, as on a phone
                     self.program = Runtime.get().load_program(src, enable_etdump=True, debug_buffer_size=ETDUMP_DEBUG_BUFFER)

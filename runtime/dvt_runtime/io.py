@@ -404,3 +404,14 @@ def __getattr__(name: str):
         warnings.warn(f"dvt_runtime.io.{name} moved to dvt_runtime.console.{name}", DeprecationWarning, stacklevel=2)
         return getattr(console, name)
     raise AttributeError(f"module 'dvt_runtime.io' has no attribute {name!r}")
+
+
+def loadable(path: Path) -> Union[str, bytes]:
+    """``path`` as ONNX Runtime's and ExecuTorch's loaders take it: its bytes where the name is not UTF-8 (a surrogate in
+    Python's str, which they refuse; the artifacts hold no external data)."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return path.read_bytes()
+    return text
