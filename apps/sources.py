@@ -11,7 +11,7 @@ from typing import Optional
 
 from .common import SOURCE_HINT, VIDEO_HINT, AppError, cv2, warn
 
-__all__ = ["open_bundle", "open_source", "read_first_frame", "reference_bundle"]
+__all__ = ["StillImage", "open_bundle", "open_source", "read_first_frame", "reference_bundle"]
 
 
 def _quiet_opencv() -> None:
@@ -32,6 +32,8 @@ def open_source(camera=None, video: Optional[str] = None):
         if not p.is_file():
             what = "a folder, not a video file" if p.is_dir() else f"no such file ({p.resolve()}): check the path"
             raise AppError(f"cannot read video {video!r}: {what}")
+        if _still_image(p):  # OpenCV's video reader would ignore a photo's EXIF orientation
+            return StillImage(p), f"image {video}"
         cap = cv2.VideoCapture(str(p))
         if not cap.isOpened():
             cap.release()
@@ -48,6 +50,44 @@ def open_source(camera=None, video: Optional[str] = None):
         cap.release()
         raise AppError(f"camera {redacted(cam)} is not available (not connected, busy, or no permission). {SOURCE_HINT}")
     return cap, f"camera {redacted(cam)}"
+
+
+def _still_image(p: Path) -> bool:
+    """Whether ``p`` is named as a photo (a suffix image folders hold; a GIF plays as a video)."""
+    try:
+        from dvt_runtime.images import IMAGE_EXTS
+    except ImportError:  # said when the bundle is opened
+        return False
+    return p.suffix.lower() in IMAGE_EXTS
+
+
+class StillImage:
+    """A photo given as ``--video``: its one frame as ``predict`` reads the file (EXIF orientation applied, which
+    OpenCV's video reader ignores: a phone photo came out sideways), gray made BGR; the methods of a capture the
+    app calls."""
+
+    def __init__(self, path: Path):
+        from dvt_runtime.images import ImageError, read_image
+
+        try:
+            img = read_image(path)
+        except ImageError as e:
+            raise AppError(f"cannot read image {str(path)!r}: {e}") from None
+        self.frame = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR) if img.ndim == 2 else img  # (H, W, 3) BGR
+        self.pos = 0
+
+    def isOpened(self) -> bool:
+        return True
+
+    def read(self):
+        self.pos += 1
+        return (True, self.frame.copy()) if self.pos == 1 else (False, None)
+
+    def get(self, prop: int) -> float:
+        return {cv2.CAP_PROP_FRAME_COUNT: 1.0, cv2.CAP_PROP_POS_FRAMES: float(min(self.pos, 1))}.get(prop, 0.0)
+
+    def release(self) -> None:
+        self.pos = 1
 
 
 def redacted(source: object) -> str:

@@ -409,7 +409,9 @@ def scoring_set(spec: str, split: str, preprocess: Optional[Preprocess], num_cla
                         f"model's; write them with its preprocessing: python -m dvt_edge.data export --checkpoint {quote_arg(str(checkpoint))} --data ... "
                         "--out val.npz, or store uint8 pixels")
     if limit is not None and len(ds) < limit:  # said, not only in the JSON's n_images
-        print(f"note: {spec}'s {split} split has {len(ds)} images, all used to {use} it (up to {limit} would be)", file=sys.stderr)
+        left = len(ds.skipped)  # unreadable files among those chosen: the split is larger than what was read
+        has = f"{len(ds)} readable images of the {len(ds) + left} chosen" if left else f"{len(ds)} images"
+        print(f"note: {spec}'s {split} split has {has}, all used to {use} it (up to {limit} would be)", file=sys.stderr)
     ds = as_imagenet_labels(ds, num_classes, classes) or ds  # some of ImageNet's synset folders, for an ImageNet model
     mismatch = label_mismatch(ds, num_classes, classes)
     if mismatch and stand_in:  # the model's own images are missing here: that is the fix, not a model for these classes

@@ -62,7 +62,7 @@ def load_imagefolder(root: str, split: str, preprocess: Optional[Preprocess], li
     idx, whole = sp.idx, len(sp.idx)
     if limit is not None:
         idx = idx[stratified_subset(sp.labels[idx], limit, seed)]  # as ImageSet.limit picks it
-    images, kept, skipped, paths, look = _decoded(sp, split, idx)
+    images, kept, skipped, paths, look, sides = _decoded(sp, split, idx)
     if preprocess is None:  # a subset's default: its look and that of a fixed sample of the split, not the subset's alone
         if len(idx) < whole:
             color, side = _sample_look(sp, split)
@@ -71,8 +71,19 @@ def load_imagefolder(root: str, split: str, preprocess: Optional[Preprocess], li
     elif preprocess.num_channels == 1 and look[0] and (shown := _colour_picture(images, paths)):  # a grayscale model's input
         warnings.warn(f"imagefolder: {sp.sub} holds colour pictures (e.g. {shown}) and the preprocessing given takes 1 channel (a "
                       "grayscale model's): they are converted to gray", stacklevel=3)
+    _warn_small(sp.sub, paths, sides, preprocess.resize)
     return ImageSet(f"imagefolder:{sp.base}", split, images, kept, display_classes(sp.classes), preprocess, skipped=skipped,
                     files=paths, split_size=whole if len(idx) < whole else 0)
+
+
+def _warn_small(sub: Path, paths: list[str], sides: np.ndarray, resize: int) -> None:
+    """Warn about images upscaled 4x or more (a thumbnail or an icon among photos), as ``predict`` marks them."""
+    small = np.flatnonzero(4 * sides <= resize)
+    if len(small):
+        eg = ", ".join(f"{paths[i]} ({sides[i]} px)" for i in small[:3])
+        warnings.warn(f"imagefolder: {len(small)} image(s) in {sub} have a shorter side of at most 1/4 of the {resize} px the "
+                      f"preprocessing resizes to, so they are upscaled 4x or more, e.g. {eg}: check they are the pictures you meant",
+                      stacklevel=3)
 
 
 def _decoded(sp: _Split, split: str, idx: np.ndarray) -> tuple:
@@ -212,9 +223,9 @@ def holdout_indices(labels: np.ndarray, split: str, base: Path, classes: list[st
 
 
 def _decode(sub: Path, classes: list[str], files: list[Path], labels: np.ndarray, split: str,
-            limited: bool) -> tuple[object, np.ndarray, list[str], list[str], tuple[bool, int]]:
+            limited: bool) -> tuple[object, np.ndarray, list[str], list[str], tuple[bool, int], np.ndarray]:
     """Decode the chosen files of ``sub/<class>/`` -> (uint8 array or paths, labels, skipped, paths,
-    (any image in color, the median image's shorter side))."""
+    (any image in color, the median image's shorter side), each kept image's shorter side)."""
     decoded, keep, kept_paths, skipped = [], [], [], []
     kinds: collections.Counter[str] = collections.Counter()  # why files were skipped: unreadable, truncated, corrupt
     shapes: set[tuple[int, ...]] = set()
@@ -241,7 +252,7 @@ def _decode(sub: Path, classes: list[str], files: list[Path], labels: np.ndarray
     for a in (images, labels_kept):  # shared by every ImageSet the cache serves: read-only
         if isinstance(a, np.ndarray):
             a.flags.writeable = False
-    return images, labels_kept, skipped, kept_paths, (color, int(np.median(sides)) if sides else 0)
+    return images, labels_kept, skipped, kept_paths, (color, int(np.median(sides)) if sides else 0), np.array(sides, dtype=np.int64)
 
 
 def _list_class_folders(sub: Path, classes: list[str]) -> tuple[list[Path], np.ndarray]:

@@ -93,6 +93,10 @@ def test_threshold_images_say_whose_training_images_they_are(micro_ckpt, tmp_pat
     from dvt_edge.evaluate import format_report
 
     assert "10 images (1 unreadable left out: unreadable_files in evaluate.json)" in format_report(r)
+    capsys.readouterr()
+    evaluate_checkpoint(str(micro_ckpt), data=f"imagefolder:{d}", threshold_n=10, limit=200, progress=False)
+    err = capsys.readouterr().err  # the split holds 11 files: "has 10 images" understated it
+    assert f"note: imagefolder:{d}'s val split has 10 readable images of the 11 chosen, all used to score it (up to 200 would be)" in err
 
 
 def test_evaluate_bad_checkpoint(tmp_path, capsys):

@@ -20,9 +20,9 @@ import numpy as np
 from dvt_runtime.checks import InputError
 
 __all__ = ["IMAGE_EXTS", "IMREAD_FLAGS", "CorruptImage", "DecoderMissing", "ImageError", "TruncatedImage", "UnsupportedPixels", "can_check_jpegs", "cv2_or_fail",
-           "decode_image", "jpeg_corruption", "jpeg_end", "read_image", "to_uint8"]
+           "decode_image", "encoded_image", "from_pil", "is_pil_image", "jpeg_corruption", "jpeg_end", "read_image", "to_uint8"]
 
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})  # what image folders hold (by suffix, any case)
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".webp", ".tif", ".tiff", ".avif"})  # what image folders hold (by suffix, any case)
 
 
 class ImageError(InputError):
@@ -236,8 +236,17 @@ def decode_image(data: np.ndarray, what: str, strict: bool = False) -> np.ndarra
     except cv2.error as e:  # e.g. over OpenCV's 2**30-pixel limit: said, not called undecodable
         img, why = None, f"OpenCV: {str(e).strip().splitlines()[-1][:300]}"
     if img is None:
-        raise ImageError(f"cannot decode {what} ({why})")
+        raise ImageError(f"cannot decode {what} ({_not_decodable(data[:16].tobytes(), why)})")
     return to_uint8(img, what)
+
+
+def _not_decodable(head: bytes, why: str) -> str:
+    """Why OpenCV decoded nothing, with the way out where the first bytes tell the kind of file."""
+    if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1"):
+        return "a HEIC/HEIF photo, which OpenCV does not decode: convert it to JPEG (e.g. with pillow-heif, or sips -s format jpeg on macOS)"
+    if head.startswith(b"\x00\x05\x16\x07"):
+        return "a macOS AppleDouble file (._name, metadata beside a copied file), not an image: delete it or leave it out"
+    return why
 
 
 def read_image(path: Union[str, Path], strict: bool = False) -> np.ndarray:
@@ -249,5 +258,47 @@ def read_image(path: Union[str, Path], strict: bool = False) -> np.ndarray:
             raise ImageError(f"cannot read image {path}: not a regular file (a pipe, socket or device)")
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as e:
-        raise ImageError(f"cannot read image {path}: {e.strerror or e}") from None
+        why = e.strerror or str(e)
+        if isinstance(e, FileNotFoundError) and os.path.islink(path):  # ls shows it; "no such file" alone puzzled
+            why = f"a broken link to {os.readlink(path)}"
+        raise ImageError(f"cannot read image {path}: {why}") from None
     return decode_image(data, f"image {path}", strict)
+
+
+# The first bytes of the encoded formats OpenCV decodes (a path never holds a NUL byte; these do, or start so)
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def encoded_image(x: object) -> bool:
+    """Whether ``x`` is an encoded image file's bytes (an upload, ``open(f, 'rb').read()``), not a path given as
+    bytes: a NUL byte (no path holds one) or a known format's signature (JPEG, PNG, GIF, BMP, TIFF, WebP)."""
+    if not isinstance(x, (bytes, bytearray, memoryview)):
+        return False
+    head = bytes(x[:16])
+    return b"\x00" in bytes(x) or head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+
+
+def is_pil_image(x: object) -> bool:
+    """Whether ``x`` is a Pillow image (known by its class's module: Pillow is not imported here)."""
+    return any(c.__module__.split(".")[0] == "PIL" and c.__name__ == "Image" for c in type(x).__mro__)
+
+
+def from_pil(img, what: str = "the Pillow image") -> np.ndarray:
+    """A Pillow image -> uint8 pixels as :func:`decode_image` gives its file: EXIF orientation applied, colour as
+    BGR (palette, CMYK, YCbCr and the like converted), gray kept gray, alpha dropped, 16 bits scaled to 8.
+    np.asarray of a Pillow image is RGB, RGBA, CMYK or palette indices, which read as BGR would be wrong pixels."""
+    from PIL import ImageOps
+
+    img = ImageOps.exif_transpose(img)  # a copy, upright as OpenCV decodes the file
+    mode = img.mode
+    if mode in ("L", "LA", "1"):  # gray (with alpha: dropped)
+        return np.ascontiguousarray(np.asarray(img.convert("L")))
+    if mode.startswith("I;16") or mode in ("I", "F"):  # 16-bit or 32-bit gray
+        a = np.asarray(img)
+        if mode == "I":
+            if a.size and (a.min() < 0 or a.max() > 65535):
+                raise UnsupportedPixels(f"{what} is a 32-bit integer image with values outside 0-65535: convert it to 8 or 16 bits")
+            a = a.astype(np.uint16)
+        return to_uint8(a.astype(a.dtype.newbyteorder("=")), what)
+    rgb = np.asarray(img.convert("RGB"))  # (H, W, 3) RGB
+    return np.ascontiguousarray(rgb[..., ::-1])  # -> BGR, the runtime's channel order

@@ -10,11 +10,29 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from dvt_runtime.checks import InputError, check_finite
+from dvt_runtime.images import decode_image, encoded_image, from_pil, is_pil_image
 from dvt_runtime.manifest import Manifest
 
 __all__ = ["BundleInputs"]
 
 CARRY = ("features_out", "relations_out")  # what a later exit takes from the one before (its features and relations)
+
+
+def _short(x: object, most: int = 120) -> str:
+    """``repr(x)`` cut to ``most`` characters (an error message, not a dump of what was passed)."""
+    r = repr(x)
+    return r if len(r) <= most else f"{r[:most]}... ({len(x) if hasattr(x, '__len__') else '?'} long)"
+
+
+def _pixels(x: Any) -> np.ndarray:
+    """An input as an array: a Pillow image converted as its file would be decoded (EXIF orientation, BGR), an image
+    file's bytes decoded, anything else ``np.asarray`` (checked by the caller)."""
+    if is_pil_image(x):
+        return from_pil(x)
+    if encoded_image(x):
+        data = np.frombuffer(bytes(x), np.uint8)
+        return decode_image(data, f"the encoded image ({data.size} bytes)")
+    return np.asarray(x)
 
 
 class BundleInputs:
@@ -31,7 +49,7 @@ class BundleInputs:
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """BGR/gray uint8 image -> (1, C, H, W) float32 per the manifest; a uint8 batch (N, H, W, C)
         -> (N, C, H, W); float32 arrays are checked and passed."""
-        a = np.asarray(image)
+        a = _pixels(image)
         if a.dtype == np.uint8:
             if a.ndim == 4:
                 return self.manifest.preprocess.apply_batch(a)
@@ -59,11 +77,12 @@ class BundleInputs:
 
     def _as_array(self, x) -> np.ndarray:
         """One array from an array (never silently converted)."""
-        if x is None or isinstance(x, (str, bytes, Path)):  # a failed cv2.imread is None; a path is not pixels
-            what = "None (cv2.imread returns None for a file it cannot read)" if x is None else f"a path {x!r}"
-            raise InputError(f"got {what}: pass the decoded image (a uint8 HxW or HxWxC array, e.g. cv2.imread(path)) "
-                             "or preprocessed float32 of shape (N, " + ", ".join(map(str, self.input_shape)) + ")")
-        a = np.asarray(x)
+        if x is None or (isinstance(x, (str, bytes, Path)) and not encoded_image(x)):  # a failed cv2.imread is None; a path is not pixels
+            what = "None (cv2.imread returns None for a file it cannot read)" if x is None else f"a path {_short(x)}"
+            raise InputError(f"got {what}: pass the decoded image (a uint8 HxW or HxWxC array, e.g. cv2.imread(path)), "
+                             "a Pillow image, an image file's bytes, or preprocessed float32 of shape (N, "
+                             + ", ".join(map(str, self.input_shape)) + ")")
+        a = _pixels(x)
         if a.dtype == object:
             raise InputError("predict takes one image or one array of images; a list of arrays of different sizes or dtypes "
                              "is ambiguous: preprocess each image (bundle.preprocess) and stack them")
@@ -82,7 +101,7 @@ class BundleInputs:
         preprocessed float32 arrays ((C, H, W) or (n, C, H, W), as ``bundle.preprocess`` returns)."""
         if not len(x):
             raise InputError("got an empty list of images (0 images); pass at least one image")
-        arrs = [np.asarray(v) for v in x]
+        arrs = [_pixels(v) for v in x]
         dtypes = {a.dtype for a in arrs}
         if len(dtypes) > 1:
             raise InputError(f"a list of images must share one dtype, got {sorted(map(str, dtypes))}: pass all uint8 "

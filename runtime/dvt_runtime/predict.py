@@ -83,11 +83,16 @@ def image_files(paths: Sequence[str], skipped: Optional[collections.Counter] = N
     others: dict = {}
     for p in map(Path, _expanded(paths)):
         if p.is_dir():
-            found = _walk(p, others)
+            here: dict = {}
+            found = _walk(p, here)
             if not found:
-                raise ValueError(f"{p} holds no images ({', '.join(sorted(IMAGE_EXTS))}, in it or its sub-folders)")
+                what = collections.Counter(here.values())
+                other = f"; it holds {sum(what.values())} other file(s): " + ", ".join(f"{k}: {v}" for k, v in what.most_common(6)) if what else ""
+                raise ValueError(f"{p} holds no images it reads ({', '.join(sorted(IMAGE_EXTS))}, in it or its sub-folders){other}"
+                                 + (": convert HEIC photos to JPEG (e.g. with pillow-heif)" if what.keys() & {".heic", ".heif"} else ""))
+            others.update(here)
             out += found
-        elif p.exists():
+        elif p.exists() or p.is_symlink():  # a broken link is that file's error (read_image names its target), not the run's
             out.append(p)
         else:
             raise ValueError(f"{p}: no such file or folder ({p.resolve()}): check the path")
