@@ -92,7 +92,7 @@ class DVTConfig:
 
     def __post_init__(self) -> None:
         # bounds a stored config cannot exceed (a checkpoint is untrusted input: sizes allocate)
-        for name, hi in (("img_size", 8192), ("in_chans", 64), ("embed_dim", 16384), ("depth", 256), ("num_heads", 256),
+        for name, hi in (("img_size", 4096), ("in_chans", 64), ("embed_dim", 16384), ("depth", 256), ("num_heads", 256),
                          ("token_dim", 16384), ("reuse_dim", 16384), ("reuse_hidden", 65536)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= hi:

@@ -90,6 +90,9 @@ def test_open_checks_the_graphs_tensors(bundle_copy):
     m.exits[1].outputs[0].name = "logits"
     shape = m.exits[2].inputs[-1].shape
     m.exits[2].inputs[-1].shape = [*shape[:-1], shape[-1] + 1]
+    with pytest.raises(ManifestError, match="exit 3's input relations .* is not what exit 2 gives"):
+        m.save(bundle_copy)  # one cascade's chain, checked before any graph is read
+    m.exits[1].outputs[-1].shape = list(m.exits[2].inputs[-1].shape)  # the chain holds, the graphs differ
     m.save(bundle_copy)
     with pytest.raises(ManifestError, match="in the graph, .* in the manifest"):
         Bundle.open(bundle_copy)

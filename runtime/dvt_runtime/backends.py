@@ -152,7 +152,7 @@ class OrtSession(Session):
     backend = "onnxruntime"
 
     def __init__(self, path: Path, input_names, output_names, threads: Optional[int] = None,
-                 providers: Optional[Sequence[Provider]] = None, spinning: bool = False):
+                 providers: Optional[Sequence[Provider]] = None, spinning: bool = False, data: Optional[bytes] = None):
         super().__init__(input_names, output_names)
         try:
             import onnxruntime as ort
@@ -167,7 +167,7 @@ class OrtSession(Session):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         wanted = ort_providers(providers, stacklevel=5)
         try:
-            src = loadable(path)
+            src = data if data is not None else loadable(path)
             self.sess = ort.InferenceSession(src, so, providers=wanted)
         except Exception as e:  # noqa: BLE001  onnxruntime's own Fail/InvalidGraph/...: the artifact's hash was checked, so this host's build
             why = str(e).strip()  # ORT's reason comes last, after the path and a C++ signature
@@ -224,7 +224,8 @@ def _et_load_error(path: Path, e: RuntimeError) -> Exception:
 class ExecuTorchSession(Session):
     backend = "executorch"
 
-    def __init__(self, path: Path, input_names, output_names, threads: Optional[int] = None, etdump: bool = False):
+    def __init__(self, path: Path, input_names, output_names, threads: Optional[int] = None, etdump: bool = False,
+                 data: Optional[bytes] = None):
         super().__init__(input_names, output_names)
         with toolchain_output(self.backend):
             try:
@@ -236,7 +237,7 @@ class ExecuTorchSession(Session):
             if threads:
                 _executorch_threads(int(threads))
             self.etdump = bool(etdump)
-            src = loadable(path)
+            src = data if data is not None else loadable(path)
             try:
                 if self.etdump:  # ExecuTorch's own event tracer: per-run timings, as on a phone
                     self.program = Runtime.get().load_program(src, enable_etdump=True, debug_buffer_size=ETDUMP_DEBUG_BUFFER)
@@ -434,15 +435,17 @@ def check_signature(session: Session, tensors: Sequence, path: Path) -> None:
                                 "(batch axis aside): the artifact or the manifest was changed; re-export the bundle")
 
 
-def open_session(backend: str, path, input_names, output_names, threads: Optional[int] = None, **opts) -> Session:
-    """Load one artifact with the named backend."""
+def open_session(backend: str, path, input_names, output_names, threads: Optional[int] = None, data: Optional[bytes] = None,
+                 **opts) -> Session:
+    """Load one artifact with the named backend (``data``: the file's bytes as read and checked, loaded instead of the
+    file; ONNX Runtime and ExecuTorch)."""
     path = Path(path)
     check_options(backend, opts)
     threads = check_threads(threads)
     if backend == "onnxruntime":
-        return OrtSession(path, input_names, output_names, threads, opts.get("providers"), opts.get("spinning", False))
+        return OrtSession(path, input_names, output_names, threads, opts.get("providers"), opts.get("spinning", False), data)
     if backend == "executorch":
-        return ExecuTorchSession(path, input_names, output_names, threads, opts.get("etdump", False))
+        return ExecuTorchSession(path, input_names, output_names, threads, opts.get("etdump", False), data)
     if backend == "coreml":
         return CoreMLSession(path, input_names, output_names, opts.get("compute_units", "CPU_AND_NE"))
     raise ValueError(f"unknown backend {backend!r}; valid: {list(BACKENDS)}")

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from dvt_runtime.console import quote_arg
-from dvt_runtime.schema import checked_fields, newer_message
+from dvt_runtime.schema import checked_fields, newer_message, parse_json, printable
 from dvt_runtime.search import check_metric
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "Calibration", "BudgetRow", "Chosen", "CalibrationError", "read_calibration",
@@ -35,6 +35,7 @@ __all__ = ["SCHEMA", "SCHEMA_VERSION", "Calibration", "BudgetRow", "Chosen", "Ca
 SCHEMA = "dvt-calibration/1"
 #: 2: how it was made (seed, holdout, data, command) and predict's overhead per exit; 3: headroom; older files still load
 SCHEMA_VERSION = 3
+MAX_TABLE_ROWS = 4096  # rows of the budget table: each budget-mode call scans it (200,000 rows cost 25-55 ms a call)
 MAX_FILE_BYTES = 64 << 20  # a calibration is a few KB; refuse anything absurd before parsing
 
 
@@ -233,10 +234,12 @@ def read_calibration(path: Union[str, Path], manifest, bundle: Optional[Path] = 
         if st.st_size > MAX_FILE_BYTES:
             raise CalibrationError(f"calibration {path} is {st.st_size} bytes, far too large to be a calibration; rewrite "
                                    f"it: {rewrite_command(path, bundle)}")
-        d = json.loads(path.read_text(encoding="utf-8-sig"))  # UTF-8 on every OS (Windows reads cp1252), a BOM allowed
+        d = parse_json(path.read_text(encoding="utf-8-sig"))  # UTF-8 on every OS (Windows reads cp1252), a BOM allowed
     except PermissionError as e:  # a CalibrationError as every other bad calibration: a service catching ValueError had crashed
         raise unreadable_calibration(path, e) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except CalibrationError:
+        raise
+    except ValueError as e:  # bad syntax or text, a key twice, a 5,000-digit number
         raise CalibrationError(f"calibration {path} is not valid JSON ({e}); rewrite it: {rewrite_command(path, bundle)}") from None
     except RecursionError:
         raise CalibrationError(f"calibration {path} is nested too deeply to be a calibration; rewrite it: {rewrite_command(path, bundle)}") from None
@@ -329,7 +332,7 @@ def validate_calibration(d: Any, manifest=None) -> None:
             _need(isinstance(s, dict) and _num(s.get("mean")) and s["mean"] > 0,
                   f"profile 'stopping' exit {i + 1}: mean must be a positive number of ms, got {s.get('mean') if isinstance(s, dict) else s!r}")
     _need(_num(d["budget_ms"]) and d["budget_ms"] > 0, f"budget_ms must be a positive number, got {d['budget_ms']!r}")
-    _need(len(d["table"]) > 0, "the budget table is empty")
+    _need(0 < len(d["table"]) <= MAX_TABLE_ROWS, f"the budget table has {len(d['table'])} rows (1 to {MAX_TABLE_ROWS}: calibrate writes a few dozen)")
     for j, r in enumerate(d["table"]):
         _need(isinstance(r, dict) and isinstance(r.get("predicted"), dict), f"table row {j + 1} is malformed")
         _thresholds(r.get("thresholds"), n, f"table row {j + 1} thresholds")
@@ -346,7 +349,8 @@ def validate_calibration(d: Any, manifest=None) -> None:
         _need(isinstance(d["batch"], int) and not isinstance(d["batch"], bool) and d["batch"] >= 1,
               f"batch must be a whole number >= 1, got {d['batch']!r}")
     if "device" in d:
-        _need(isinstance(d["device"], str) and d["device"] != "", f"device must be a non-empty name, got {d['device']!r}")
+        _need(isinstance(d["device"], str) and d["device"] != "" and printable(d["device"]),
+              f"device must be a non-empty name without control characters, got {d['device']!r}")
     per = d.get("cascade_overhead_ms_per_exit")
     _need(per is None or (isinstance(per, list) and len(per) == n and all(_num(v) and v >= 0 for v in per)),
           f"cascade_overhead_ms_per_exit must list {n} non-negative ms, got {per!r}")

@@ -33,6 +33,8 @@ def quote_arg(arg: object) -> str:
     read their arguments (``subprocess.list2cmdline``'s rules). ``%VAR%`` (cmd.exe) and ``$x`` (PowerShell) still expand
     inside double quotes."""
     text = str(arg)
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text):  # a control character printed would run in the terminal
+        return _ansi_c_quoted(text)
     if not WINDOWS:
         return shlex.quote(text)
     if _PLAIN.fullmatch(text):
@@ -40,6 +42,14 @@ def quote_arg(arg: object) -> str:
     quoted = subprocess.list2cmdline([text])  # its escaping of quotes and backslashes; quoted only where it saw a space
     return quoted if quoted.startswith('"') else '"' + re.sub(r'(\\+)$', r'\1\1', quoted) + '"'
 
+
+
+def _ansi_c_quoted(text: str) -> str:
+    """``text`` with control characters as ``\\xHH`` escapes: ``$'...'`` quoting (bash, zsh, POSIX sh since 2024),
+    which pastes back as the same argument; on Windows no shell takes it back, but nothing runs in the terminal."""
+    body = "".join(f"\\x{ord(c):02x}" if ord(c) <= 127 and not c.isprintable() else f"\\u{ord(c):04x}" if 127 < ord(c) < 160
+                   else "\\" + c if c in "\\'" else c for c in text)  # C1 as \\u: \\x85 would be a byte, not the character
+    return f"$'{body}'"
 
 
 def join_args(args: Iterable[object]) -> str:

@@ -5,6 +5,7 @@ exits of both, unsaid, or had called a good bundle tampered)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -23,7 +24,8 @@ from dvt_runtime.backends import (
     provider_fallback,
 )
 from dvt_runtime.io import sha256_file
-from dvt_runtime.manifest import Manifest, ManifestError
+from dvt_runtime.manifest import ExitSpec, Manifest, ManifestError
+from dvt_runtime.onnxfile import MalformedOnnx, external_tensor
 
 ATTEMPTS = 3  # reads of a folder replaced while it was read, before giving up
 
@@ -70,9 +72,10 @@ def _load(path: Path, threads: Optional[int], opts: dict[str, Any], verify: bool
         said.append("providers")
     for i, e in enumerate(m.exits):
         t0 = time.perf_counter()
+        data = artifact_bytes(m.artifact_path(path, i), e, verify)  # read and checked as a device's loader does: timed
         try:
             sessions.append(open_session(m.backend, m.artifact_path(path, i), [t.name for t in e.inputs],
-                                         [t.name for t in e.outputs], threads=threads, **opts))
+                                         [t.name for t in e.outputs], threads=threads, data=data, **opts))
         except BackendUnavailable:
             if not verify and m.artifact_path(path, i).is_file() and sha256_file(m.artifact_path(path, i)) != e.sha256:
                 raise ManifestError(f"{e.artifact} cannot be loaded and its SHA-256 differs from the manifest's (opened with "
@@ -82,6 +85,33 @@ def _load(path: Path, threads: Optional[int], opts: dict[str, Any], verify: bool
         check_signature(sessions[-1], list(e.inputs) + list(e.outputs), m.artifact_path(path, i))
     fell = provider_fallback(opts["providers"], sessions) if m.backend == "onnxruntime" and providers is not None else None
     return m, sessions, load_ms, fell
+
+
+def artifact_bytes(p: Path, e: ExitSpec, verify: bool) -> Optional[bytes]:
+    """The bytes a backend loads, read once: with ``verify``, checked against the manifest's SHA-256 (the backend loads
+    these bytes, not the file again: one overwritten in place after :meth:`Manifest.verify` hashed it is caught), and for
+    an ONNX model, refused when a tensor lies in another file. None for a Core ML package (a folder, loaded by path)."""
+    if p.is_dir():
+        return None
+    if verify and p.stat().st_size != e.size_bytes:  # not read into memory: a 1 GB file named like an artifact
+        raise ManifestError(f"{e.artifact} is {p.stat().st_size} bytes, not the {e.size_bytes} exported (changed after its SHA-256 was "
+                            "checked, or the manifest is another bundle's): open the bundle again once nothing writes to it, or re-export it")
+    data = p.read_bytes()
+    if verify and hashlib.sha256(data).hexdigest() != e.sha256:
+        raise ManifestError(f"{e.artifact} changed after its SHA-256 was checked (written to while the bundle was opened): open "
+                            "the bundle again once nothing writes to it")
+    if p.suffix.lower() == ".onnx":
+        try:
+            name = external_tensor(data)
+        except MalformedOnnx as err:
+            if not verify and hashlib.sha256(data).hexdigest() != e.sha256:
+                raise ManifestError(f"{e.artifact} cannot be loaded and its SHA-256 differs from the manifest's (opened with "
+                                    "verify=False): the file was damaged or changed; re-export the bundle") from None
+            raise ManifestError(f"{e.artifact} is not a well-formed ONNX model ({err}): re-export the bundle") from None
+        if name is not None:  # ONNX Runtime reads it by a name the model gives: outside the bundle on some builds, unchecked on all
+            raise ManifestError(f"{e.artifact} keeps tensor {name!r} as external data (in another file, which no checksum of the "
+                                "bundle covers): dvt-edge exports none, so this artifact was made or changed elsewhere; re-export the bundle")
+    return data
 
 
 class CallsInFlight:

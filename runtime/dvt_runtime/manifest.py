@@ -18,7 +18,7 @@ from typing import Any, Optional, Union
 
 from dvt_runtime.io import atomic_write_json, sha256_file
 from dvt_runtime.preprocess import Preprocess
-from dvt_runtime.schema import checked_fields
+from dvt_runtime.schema import checked_fields, parse_json, printable
 
 __all__ = ["SCHEMA_VERSION", "TensorSpec", "ExitSpec", "ExitParity", "ParityReport", "Manifest", "ManifestError"]
 
@@ -27,6 +27,8 @@ __all__ = ["SCHEMA_VERSION", "TensorSpec", "ExitSpec", "ExitParity", "ParityRepo
 SCHEMA_VERSION = 3
 MANIFEST_NAME = "manifest.json"
 FOLDER_ARTIFACTS = (".mlpackage", ".mlmodelc")  # artifacts that are folders (Core ML); the rest are files
+MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a few KB (an ImageNet model's class names: about 30 KB)
+MAX_EXITS = 16  # DVT cascades have 2 to 4; 400 exits of one shared artifact held 1.2 GB
 
 
 class ManifestError(ValueError):
@@ -177,7 +179,11 @@ class Manifest:
         """Types and ranges of every field a device relies on (a wrong type is a ManifestError, never a wrong label)."""
         for name in ("model", "target", "precision", "backend"):
             _need(isinstance(getattr(self, name), str) and getattr(self, name), f"{name} must be a non-empty string, got {getattr(self, name)!r}")
+            _need(printable(getattr(self, name)), f"{name} holds control characters: {getattr(self, name)!r}")
         _need(isinstance(self.exits, list) and self.exits, "exits must be a non-empty list")
+        _need(len(self.exits) <= MAX_EXITS, f"{len(self.exits)} exits; a cascade has at most {MAX_EXITS}")
+        arts = [e.artifact for e in self.exits]
+        _need(len(set(map(str, arts))) == len(arts), f"exits share an artifact ({arts}): each exit has its own")
         for i, e in enumerate(self.exits):
             w = f"exit {i + 1}:"
             _need(_is_int(e.index) and e.index == i, f"{w} index must be {i}, got {e.index!r}")
@@ -187,11 +193,13 @@ class Manifest:
                   f"{w} sha256 must be 64 lowercase hex digits, got {e.sha256!r}")
             _need(_is_int(e.size_bytes) and e.size_bytes >= 0, f"{w} size_bytes must be a non-negative integer, got {e.size_bytes!r}")
             _need(all(_is_num(v) and v >= 0 for v in (e.gflops, e.stage_gflops)), f"{w} gflops must be non-negative numbers")
+            _need(isinstance(e.artifact, str) and printable(e.artifact), f"{w} artifact {e.artifact!r} holds control characters")
             for t in list(e.inputs) + list(e.outputs):
-                _need(isinstance(t.name, str) and t.name, f"{w} tensor names must be strings, got {t.name!r}")
+                _need(isinstance(t.name, str) and t.name and printable(t.name), f"{w} tensor names must be printable strings, got {t.name!r}")
                 _need(isinstance(t.shape, list) and t.shape and all(_is_int(v) and v > 0 for v in t.shape),
                       f"{w} tensor {t.name} has a bad shape {t.shape!r}")
             _need(isinstance(e.quantization, dict), f"{w} quantization must be an object")
+        self._validate_chain()
         image = tuple(self.exits[0].inputs[0].shape[1:])
         _need(self.preprocess.input_shape == image, f"preprocess makes {self.preprocess.input_shape} inputs (channels "
               f"{self.preprocess.channels!r}, size {self.preprocess.size}) but exit 1 takes {image}: the preprocessing is another "
@@ -202,6 +210,8 @@ class Manifest:
         _need(isinstance(self.classes, list) and all(isinstance(c, str) for c in self.classes),
               f"classes must be a list of strings, got {type(self.classes).__name__}")
         _need(len(self.classes) == n_classes, f"classes lists {len(self.classes)} names but the model outputs {n_classes} logits")
+        bad = [c for c in self.classes if not printable(c)]
+        _need(not bad, f"class names hold control characters (a terminal would run them), e.g. {bad[0]!r}" if bad else "")
         if self.thresholds is not None:
             t = self.thresholds
             _need(isinstance(t, list) and len(t) in (self.num_exits - 1, self.num_exits),
@@ -214,16 +224,38 @@ class Manifest:
         for name in ("model_config", "quantization", "toolchain", "source", "extras"):
             _need(isinstance(getattr(self, name), dict), f"{name} must be an object")
 
+    def _validate_chain(self) -> None:
+        """Every exit takes the image exit 1 takes, and what a later exit carries over is what the exit before gives
+        (features_out -> features, relations_out -> relations, same shapes but the batch): a mismatched chain had opened
+        and failed inside ONNX Runtime at the first image that reached it."""
+        _need(bool(self.exits[0].inputs), "exit 1 lists no inputs")
+        image = self.exits[0].inputs[0]
+        for i, e in enumerate(self.exits):
+            ins = {t.name: t.shape for t in e.inputs}
+            _need(bool(e.inputs) and bool(e.outputs), f"exit {i + 1} lists no inputs or no outputs")
+            _need(e.inputs[0].name == image.name and e.inputs[0].shape[1:] == image.shape[1:],
+                  f"exit {i + 1} takes {e.inputs[0].name} {e.inputs[0].shape}, not exit 1's image {image.name} {image.shape}")
+            if i == 0:
+                continue
+            prev = {t.name: t.shape for t in self.exits[i - 1].outputs}
+            for name, shape in ins.items():
+                if name == image.name:
+                    continue
+                given = prev.get(f"{name}_out")
+                _need(given is not None and given[1:] == shape[1:], f"exit {i + 1}'s input {name} {shape} is not what exit {i} "
+                      f"gives ({name}_out: {given}): the exits are not one cascade's")
+
     @classmethod
     def from_json(cls, text: str, where: str = MANIFEST_NAME) -> "Manifest":
         """The manifest in ``text`` (read from ``where``, named in errors)."""
         try:
-            return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as e:
-            raise ManifestError(f"{where} is not valid JSON ({e}): the bundle is damaged (a copy or an export cut short?); copy "
-                                "it again from where it was exported, or export it again into a new folder") from None
+            d = parse_json(text)
         except RecursionError:
             raise ManifestError(f"{where} is nested too deeply to be a manifest") from None
+        except ValueError as e:  # bad syntax, a key twice, a 5,000-digit number
+            raise ManifestError(f"{where} is not valid JSON ({str(e)[:300]}): the bundle is damaged (a copy or an export cut short?); "
+                                "copy it again from where it was exported, or export it again into a new folder") from None
+        return cls.from_dict(d)
 
     # ---------------------------------------------------------------- files
     def save(self, bundle_dir: Union[str, Path]) -> Path:
@@ -264,6 +296,9 @@ class Manifest:
             raise ManifestError(f"{path} is a folder, not the bundle's manifest file; re-export the bundle")
         if not path.is_file():
             raise ManifestError(f"{bundle_dir} is not a bundle: {MANIFEST_NAME} not found (export one with python -m dvt_edge.export)")
+        if path.stat().st_size > MAX_MANIFEST_BYTES:  # read whole before parsing: a 1 GB file held 2 GB
+            raise ManifestError(f"{path} is {path.stat().st_size} bytes, far more than a manifest's few KB (at most "
+                                f"{MAX_MANIFEST_BYTES >> 20} MB): the bundle is damaged or not dvt-edge's; re-export it")
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
@@ -277,7 +312,7 @@ class Manifest:
         """Resolved path of an exit's artifact; refuses paths that leave the bundle."""
         rel = self.exits[exit_index].artifact
         p = PurePosixPath(rel)
-        if p.is_absolute() or ".." in p.parts or not rel:
+        if p.is_absolute() or ".." in p.parts or not rel or not printable(rel):
             raise ManifestError(f"exit {exit_index + 1}: artifact path {rel!r} escapes the bundle (must be relative, inside it)")
         root = Path(bundle_dir).resolve()
         full = (root / Path(*p.parts)).resolve()

@@ -25,6 +25,7 @@ INTERPOLATIONS = ("area", "linear", "cubic", "nearest", "pil-bicubic")
 CHANNELS = ("gray", "rgb", "bgr")
 STD_RANGE = (1e-4, 1e3)  # of the [0, 1]-scaled pixels: outside it every input is (nearly) one value, or not finite in float32
 MAX_ABS_MEAN = 1e3
+MAX_SIDE = 4096  # pixels per side of the model input and of its resize: 224 for the published models; a 4096 px image is 200 MB in float32
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,8 @@ class Preprocess:
         if len(self.mean) != nc or len(self.std) != nc:
             raise ValueError(f"mean/std need {nc} value(s) for channels={self.channels!r}")
         for name, v in (("size", self.size), ("resize", self.resize)):
-            if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= 16384:
-                raise ValueError(f"preprocess {name} must be a whole number of pixels in 1..16384, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= MAX_SIDE:  # 16384 px had one image preprocessed in 10 GB
+                raise ValueError(f"preprocess {name} must be a whole number of pixels in 1..{MAX_SIDE}, got {v!r}")
         for name, vals in (("mean", self.mean), ("std", self.std)):
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in vals):
                 raise ValueError(f"preprocess {name} must be finite numbers, got {list(vals)}")

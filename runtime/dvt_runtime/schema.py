@@ -44,3 +44,26 @@ def checked_fields(cls, d: Any, what: str, error: Callable[[str], Exception], cu
     if unknown:
         raise error(f"{what} has unknown field(s) {unknown}; valid: {names}")
     return dict(d)
+
+
+def parse_json(text: str) -> Any:
+    """``json.loads``, refusing what another reader of the same file could read otherwise: an object holding a key twice
+    (Python keeps the last, others the first, so a check and a device could see different values). A ValueError
+    (``json.JSONDecodeError`` for bad syntax; a number of more than 4,300 digits is Python's own)."""
+    import json
+
+    def unique(pairs: list) -> dict:
+        d = dict(pairs)
+        if len(d) != len(pairs):
+            seen: set = set()
+            twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+            raise ValueError(f"key {twice!r} appears twice in one object")
+        return d
+
+    return json.loads(text, object_pairs_hook=unique)
+
+
+def printable(text: str) -> bool:
+    """No control characters (C0, DEL, C1): a name read from a file and printed must not run ``\x1b[2J`` and the like in
+    the user's terminal."""
+    return not any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text)
