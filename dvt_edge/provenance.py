@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["code_revision", "environment", "environment_line", "result_provenance", "set_torch_threads", "THREADS_HELP"]
+__all__ = ["code_revision", "created_at", "environment", "environment_line", "result_provenance", "set_torch_threads", "THREADS_HELP"]
 
 _ROOT = Path(__file__).resolve().parent.parent  # the checkout holding dvt_edge/ when run from a git clone
 
@@ -84,3 +84,18 @@ def result_provenance(checkpoint: str) -> dict[str, Any]:
     from dvt_runtime.io import sha256_file
 
     return {"checkpoint_sha256": sha256_file(checkpoint), "environment": environment()}
+
+
+def created_at() -> str:
+    """When a file is made, UTC to the second (ISO 8601); ``SOURCE_DATE_EPOCH`` (seconds since 1970, the reproducible-
+    builds convention) fixes it, so that the same export gives the same manifest byte for byte (a cache key, a diff)."""
+    import datetime
+
+    fixed = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if fixed:
+        if not fixed.isdigit():
+            raise ValueError(f"SOURCE_DATE_EPOCH must be whole seconds since 1970-01-01 UTC (e.g. $(git log -1 --format=%ct)), got {fixed!r}")
+        when = datetime.datetime.fromtimestamp(int(fixed), datetime.timezone.utc)
+    else:
+        when = datetime.datetime.now(datetime.timezone.utc)
+    return when.isoformat(timespec="seconds")

@@ -61,7 +61,7 @@ def resume_run(args: argparse.Namespace, out: Path, defaults: dict[str, Any], gi
             args.finetune = run_args["finetune"]
         if resume_state.get("train", {}).get("epoch", 0) >= args.epochs and os.environ.get("RANK", "0") == "0":
             print(f"note: {out} finished its {args.epochs} epoch(s): nothing left to train (train on from it with --finetune "
-                  f"{last} --out NEW_RUN)", flush=True)
+                  f"{last} --out NEW_RUN)", file=sys.stderr, flush=True)
         return resume_state
     if args.finetune and Path(args.finetune).resolve() in (last.resolve(), best_path.resolve()):
         # the run would overwrite its own starting point (and its lineage would name itself)

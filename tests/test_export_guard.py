@@ -811,3 +811,44 @@ def test_a_forked_child_does_not_keep_its_parents_lock_and_a_removed_folder_is_n
     with written_together(tmp_path / "out", "bench") as st:
         (st / "bench.json").write_text('{"new": 1}')
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bench.json"]
+
+
+def test_a_failed_export_keeps_a_log_another_export_writes_to(tmp_path):
+    """Two exports into one folder share its log: the one that failed removed it (holding only headers), though the other
+    had named it on its terminal and went on writing to the removed file."""
+    from dvt_edge.export import _undo_setup
+
+    log = tmp_path / "dvt-edge-export.log"
+    mine = "export a.pt -> onnx int8 at /x/int8"
+    log.write_text(f"\n==== 2026-12-07T08:00:00 {mine} ====\n")
+    _undo_setup([], log, mine)
+    assert not log.exists()  # its own header alone: nothing a toolchain wrote
+    log.write_text(f"\n==== 2026-12-07T08:00:00 export a.pt -> onnx fp32 at /x/fp32 ====\n==== 2026-12-07T08:00:03 {mine} ====\n")
+    _undo_setup([], log, mine)
+    assert log.exists()
+    log.write_text("\n==== 2026-12-07T08:00:00 export a.pt -> onnx fp32 at /x/fp32 ====\n")  # another's header alone
+    _undo_setup([], log, mine)
+    assert log.exists()
+
+
+def test_the_same_export_gives_the_same_manifest_byte_for_byte_under_source_date_epoch(micro_ckpt, tmp_path, monkeypatch):
+    """A CI cache keyed on the manifest missed every time: its ``created`` (and so ``content_sha256``) was the export's
+    time. The manifest also records how it was made: the command and the options that shape the artifacts."""
+    from dvt_edge.export import ExportOptions, export_bundle
+    from dvt_edge.export.__main__ import main as export_main
+    from dvt_edge.provenance import created_at
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1765000000")
+    a, b = (export_bundle(str(micro_ckpt), "onnx", "fp32", ExportOptions(out=str(tmp_path / d / "b"), verify_n=50, progress=False)).path
+            for d in ("x", "y"))
+    assert (a / "manifest.json").read_bytes() == (b / "manifest.json").read_bytes()
+    m = json.loads((a / "manifest.json").read_text())
+    assert m["created"] == "2025-12-06T05:46:40+00:00"
+    assert m["source"]["command"] == "dvt_edge.export.export_bundle() from Python"
+    assert m["source"]["options"] == {"calib_data": None, "calib_n": 64, "verify_n": 50, "int8_min_agreement": 97.0, "scheme": None}
+    assert export_main(["--checkpoint", str(micro_ckpt), "--target", "onnx", "--verify-n", "50", "--out", str(tmp_path / "z" / "b")]) == 0
+    assert json.loads((tmp_path / "z" / "b" / "manifest.json").read_text())["source"]["command"] == (
+        f"python -m dvt_edge.export --checkpoint {micro_ckpt} --target onnx --verify-n 50 --out {tmp_path / 'z' / 'b'}")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    with pytest.raises(ValueError, match="SOURCE_DATE_EPOCH must be whole seconds since 1970"):
+        created_at()

@@ -144,7 +144,7 @@ def test_resume_with_other_run_settings_is_refused(tmp_path, capsys):
     train(build_parser().parse_args(["--out", str(tmp_path), "--resume", "--quiet"]))
     err = capsys.readouterr()
     assert "note: --resume goes on with the run's own --batch-size 64, --epochs 1" in err.err and "--no-augment True" not in err.err
-    assert f"note: {tmp_path} finished its 1 epoch(s): nothing left to train" in err.out  # it printed "training ..." and stopped
+    assert f"note: {tmp_path} finished its 1 epoch(s): nothing left to train" in err.err  # it printed "training ..." and stopped
     ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
     ckpt["train"]["rng"] = ckpt["train"]["rng"] * 2  # as if run by two processes: steps per epoch would differ
     torch.save(ckpt, tmp_path / "last.pt")

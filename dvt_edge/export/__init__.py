@@ -58,7 +58,7 @@ from dvt_edge.imageset import default_classes
 from dvt_edge.logs import quiet_toolchains
 from dvt_edge.models import DVT, imagenet_layout
 from dvt_edge.npzdata import HOLDOUT_MARK
-from dvt_edge.provenance import code_revision
+from dvt_edge.provenance import code_revision, created_at
 from dvt_runtime.backends import available_backends
 from dvt_runtime.bundle import softmax
 from dvt_runtime.console import progress, quote_arg
@@ -157,6 +157,7 @@ class ExportOptions:
     log_path: Optional[str] = None
     caller: str = "export"  # whose flags advice names: "export" (--calib-data, --scheme) or "bench" (--data)
     etrecord: bool = False  # ExecuTorch: an ETRecord beside each .pte (the Inspector names an ETDump's operators with it)
+    command: Optional[str] = None  # the command line, recorded in the manifest (None: called from Python)
 
     @property
     def data_flag(self) -> str:
@@ -219,7 +220,7 @@ def export_bundle(checkpoint: str, target: str, precision: str = "fp32", options
     model, info = load_checkpoint(checkpoint, model=opts.model_name, trusted=opts.trusted)
     dest = Path(opts.out) if opts.out else Path("bundles") / f"{model.name}-{t.name}-{precision}"
     for note in recover_leftovers(dest):
-        print(f"note: {note}")
+        print(f"note: {note}", file=sys.stderr)
     log = Path(opts.log_path) if opts.log_path else dest.parent / "dvt-edge-export.log"
     inputs = [checkpoint] + ([opts.calib_data.partition(":")[2]] if opts.calib_data and ":" in opts.calib_data else [])
     check_destination(dest, opts.force, inputs, log, checkpoint, log_written=not opts.verbose)
@@ -237,14 +238,14 @@ def export_bundle(checkpoint: str, target: str, precision: str = "fp32", options
     plan.tmp = tmp = Path(tempfile.mkdtemp(prefix=f".{staging_stem(dest)}.tmp-{os.getpid()}-", dir=dest.parent))
     os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; a bundle is as readable as any folder the user makes
     try:  # held while it works: another export's clean-up leaves a live folder alone, whatever this process's PID looks like there
-        with hold_lock(tmp, wait=True), quiet_toolchains(log, opts.verbose,
-                                                         header=f"export {checkpoint} -> {t.name} {precision} at {dest}") as console:
+        header = f"export {checkpoint} -> {t.name} {precision} at {dest}"
+        with hold_lock(tmp, wait=True), quiet_toolchains(log, opts.verbose, header=header) as console:
             if not tmp.is_dir():  # removed in the moment before it was locked (a clean-up that found it unheld)
                 raise ExportError(f"the export's temporary folder {tmp} was removed before it started; export again")
             res = _export_into(plan, console)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        _undo_setup(made, None if had_log else log)
+        _undo_setup(made, None if had_log else log, header)
         raise
     for note in res.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -260,12 +261,14 @@ def _missing_folders(folder: Path) -> list[Path]:
     return out
 
 
-def _undo_setup(made: list[Path], new_log: Optional[Path]) -> None:
-    """After a failed export: remove the log it created if no toolchain wrote to it, and the folders it made while
-    they are empty (a log with the toolchain's error in it stays, and so does its folder)."""
+def _undo_setup(made: list[Path], new_log: Optional[Path], header: str = "") -> None:
+    """After a failed export: remove the log it created if nothing but its own header is in it, and the folders it made
+    while they are empty (a log with the toolchain's error in it stays, and so does its folder; so does one another export
+    into the same folder writes to: its header is there too)."""
     with contextlib.suppress(OSError):
-        if new_log is not None and all(line.startswith("====") for line in new_log.read_text(errors="replace").splitlines() if line.strip()):
-            new_log.unlink()  # nothing in it but the header quiet_toolchains wrote
+        lines = [line for line in new_log.read_text(errors="replace").splitlines() if line.strip()] if new_log is not None else []
+        if new_log is not None and len(lines) <= 1 and all(line.startswith("====") and header in line for line in lines):
+            new_log.unlink()  # nothing in it but the header quiet_toolchains wrote for this export
     for folder in sorted(set(made), key=lambda f: len(f.parts), reverse=True):  # deepest first
         with contextlib.suppress(OSError):
             folder.rmdir()  # only an empty folder
@@ -448,8 +451,10 @@ def _export_into(p: _Plan, console) -> ExportResult:
                       "min_top1_agreement": p.opts.int8_min_agreement if p.opts.verify and agreement_measured(report, [a.quantization for a in artifacts]) else None}
         if p.precision == "int8" else {},
         thresholds=p.thresholds, thresholds_source=p.thr_source, parity=report, toolchain=_toolchain(),
-        source={"checkpoint": str(p.checkpoint), "sha256": sha256_file(p.checkpoint), "format": p.info.format, "data": p.spec},
-        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        source={"checkpoint": str(p.checkpoint), "sha256": sha256_file(p.checkpoint), "format": p.info.format, "data": p.spec,
+                "command": p.opts.command or "dvt_edge.export.export_bundle() from Python",
+                "options": {k: getattr(p.opts, k) for k in ("calib_data", "calib_n", "verify_n", "int8_min_agreement", "scheme")}},
+        created=created_at(),
         max_batch=max_batch, batch_note=batch_note,
     )
     if cfgs:

@@ -18,7 +18,7 @@ from dvt_edge.export.targets import TARGETS, TargetUnavailable, get_target
 from dvt_edge.export.verify import INT8_MIN_AGREEMENT
 from dvt_edge.provenance import THREADS_HELP, set_torch_threads
 from dvt_runtime.cli import command_name
-from dvt_runtime.console import silenced_progress
+from dvt_runtime.console import join_args, silenced_progress
 
 #: what a full or read-only disk raises while the bundle is written
 WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}
@@ -117,7 +117,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             ref = default_for_model(args.model)
             args.checkpoint = str(ref.checkpoint)
-            print(f"no --checkpoint: exporting the reference model {ref.model} ({args.checkpoint})")
+            print(f"no --checkpoint: exporting the reference model {ref.model} ({args.checkpoint})", file=sys.stderr)
         # "onnx,onnx" exported twice then failed on its own bundle; "int8," and "fp32, int8" named a blank precision
         names = sorted(TARGETS) if args.target == "all" else list(dict.fromkeys(get_target(n.strip()).name for n in args.target.split(",")
                                                                                 if n.strip()))
@@ -148,7 +148,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         as_parent = bool(args.out) and (several or (not is_bundle and (args.out.endswith(("/", os.sep)) or Path(args.out).is_dir())))
         base = ExportOptions(model_name=args.model, calib_data=args.calib_data, calib_n=ExportOptions.calib_n if args.calib_n is None else args.calib_n, verify_n=args.verify_n,
                              force=args.force, verify=not args.no_verify, trusted=args.trust_checkpoint, verbose=args.verbose,
-                             int8_min_agreement=_agreement(args.int8_min_agreement))
+                             int8_min_agreement=_agreement(args.int8_min_agreement),
+                             command=join_args(["python", "-m", "dvt_edge.export", *(sys.argv[1:] if argv is None else argv)]))
         failed = 0
         model_name = None
         if as_parent:
