@@ -10,7 +10,6 @@ leaves a half bundle, and an existing bundle is replaced only with ``force=True`
 from __future__ import annotations
 
 import contextlib
-import datetime
 import os
 import platform
 import shutil
