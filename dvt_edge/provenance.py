@@ -93,9 +93,12 @@ def created_at() -> str:
 
     fixed = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
     if fixed:
-        if not fixed.isdigit():
+        try:
+            when = datetime.datetime.fromtimestamp(int(fixed), datetime.timezone.utc) if fixed.isdigit() else None
+        except (OverflowError, OSError, ValueError):  # beyond year 9999
+            when = None
+        if when is None:
             raise ValueError(f"SOURCE_DATE_EPOCH must be whole seconds since 1970-01-01 UTC (e.g. $(git log -1 --format=%ct)), got {fixed!r}")
-        when = datetime.datetime.fromtimestamp(int(fixed), datetime.timezone.utc)
     else:
         when = datetime.datetime.now(datetime.timezone.utc)
     return when.isoformat(timespec="seconds")

@@ -143,3 +143,17 @@ def test_thumbnails_among_training_photos_are_warned_about(tmp_path):
     cv2.imwrite(str(tmp_path / "train" / "b" / "icon.png"), np.full((2, 3), 9, np.uint8))
     with pytest.warns(UserWarning, match=r"1 image\(s\) in .* upscaled 4x or more, e\.g\. .*icon\.png \(2 px\)"):
         load_imagefolder(str(tmp_path), "train", None)
+
+
+def test_type_checkers_see_pillow_images_and_uploads_as_one_prediction():
+    """The README's own ``bundle.predict(Image.open(...))`` and ``bundle.predict(request_body)`` failed mypy and pyright:
+    the overloads knew arrays and lists of arrays only (a typed service's helper, mypy --strict and pyright strict)."""
+    import typing
+
+    from dvt_runtime.bundle import Encoded, ImageInput, PILImage, Prediction
+
+    first, listed, _ = typing.get_overloads(Bundle.predict)
+    hints = typing.get_type_hints(first)
+    assert set(typing.get_args(hints["x"])) >= {PILImage, bytes, bytearray} and hints["return"] is Prediction
+    assert typing.get_type_hints(listed)["x"] == typing.Sequence[ImageInput]
+    assert typing.get_type_hints(Bundle.preprocess)["image"] == ImageInput and Encoded == typing.Union[bytes, bytearray]

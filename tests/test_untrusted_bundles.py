@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -46,20 +47,28 @@ def _set_artifact(d: dict, i: int, path: Path) -> None:
     d["exits"][i]["size_bytes"] = path.stat().st_size
 
 
-def test_the_wire_reader_follows_onnx_s_own_field_numbers(monkeypatch):
-    """onnxfile reads protobuf without the onnx package (devices lack it): its field numbers are onnx.proto's."""
-    names = {("model", 7): (onnx.ModelProto, "graph"), ("model", 20): (onnx.ModelProto, "training_info"),
-             ("model", 25): (onnx.ModelProto, "functions"), ("training", 1): (onnx.TrainingInfoProto, "initialization"),
-             ("training", 2): (onnx.TrainingInfoProto, "algorithm"), ("function", 7): (onnx.FunctionProto, "node"),
-             ("graph", 1): (onnx.GraphProto, "node"), ("graph", 5): (onnx.GraphProto, "initializer"),
-             ("graph", 15): (onnx.GraphProto, "sparse_initializer"), ("node", 5): (onnx.NodeProto, "attribute"),
-             ("attribute", 5): (onnx.AttributeProto, "t"), ("attribute", 6): (onnx.AttributeProto, "g"),
-             ("attribute", 10): (onnx.AttributeProto, "tensors"), ("attribute", 11): (onnx.AttributeProto, "graphs"),
-             ("attribute", 22): (onnx.AttributeProto, "sparse_tensor"), ("attribute", 23): (onnx.AttributeProto, "sparse_tensors"),
-             ("sparse", 1): (onnx.SparseTensorProto, "values"), ("sparse", 2): (onnx.SparseTensorProto, "indices")}
-    assert {(k, f) for k, fields in SCHEMA.items() for f in fields} == set(names)
-    for (_, number), (msg, field) in names.items():
-        assert msg.DESCRIPTOR.fields_by_name[field].number == number
+def test_the_wire_reader_follows_every_path_to_a_tensor_in_onnx_s_own_schema(monkeypatch):
+    """onnxfile reads protobuf without the onnx package (devices lack it): every field through which onnx.proto lets a
+    message reach a TensorProto is one it follows (a hand-written list had missed FunctionProto's attribute defaults)."""
+    kinds = {"onnx.ModelProto": "model", "onnx.TrainingInfoProto": "training", "onnx.FunctionProto": "function",
+             "onnx.GraphProto": "graph", "onnx.NodeProto": "node", "onnx.AttributeProto": "attribute",
+             "onnx.SparseTensorProto": "sparse", "onnx.TensorProto": "tensor"}
+    seen, todo = {}, [onnx.ModelProto.DESCRIPTOR]
+    while todo:  # every message reachable from ModelProto
+        d = todo.pop()
+        if d.full_name not in seen:
+            seen[d.full_name] = d
+            todo += [f.message_type for f in d.fields if f.message_type is not None]
+    reach = {"onnx.TensorProto"}
+    while True:  # the messages that can hold a TensorProto, however deep
+        more = {n for n, d in seen.items() if any(f.message_type is not None and f.message_type.full_name in reach for f in d.fields)}
+        if more <= reach:
+            break
+        reach |= more
+    paths = {(n, f.number, f.message_type.full_name) for n in reach for f in seen[n].fields
+             if f.message_type is not None and f.message_type.full_name in reach}
+    assert {n for n, _, t in paths} | {t for _, _, t in paths} <= set(kinds)  # a new kind of message: the reader must know it
+    assert {(kinds[n], num): kinds[t] for n, num, t in paths} == {(k, f): t for k, fields in SCHEMA.items() for f, t in fields.items()}
     for field, number in (("name", 8), ("external_data", 13), ("data_location", 14)):
         assert onnx.TensorProto.DESCRIPTOR.fields_by_name[field].number == number
     assert onnx.TensorProto.EXTERNAL == 1
@@ -101,6 +110,60 @@ def test_an_artifact_with_external_data_is_refused_before_onnx_runtime_reads_it(
     _reseal(bundle, lambda d: _set_artifact(d, 0, bundle / "exit1.onnx"))
     with pytest.raises(ManifestError, match=r"exit1\.onnx keeps tensor '.*' as external data .* re-export the bundle"):
         Bundle.open(bundle)
+
+
+@pytest.mark.parametrize("name", ["exit1.ort", "exit1.bin"])
+def test_external_data_is_found_whatever_the_artifacts_name(bundle, name):
+    """ONNX Runtime tells ONNX from ORT format by content: an ONNX model named .ort or .bin had skipped the check."""
+    m = _external(onnx.load(str(bundle / "exit1.onnx")), "w.bin")
+    onnx.save(m, str(bundle / name))
+    (bundle / "w.bin").write_bytes(bytes(4))
+
+    def change(d):
+        d["exits"][0]["artifact"] = name
+        _set_artifact(d, 0, bundle / name)
+
+    _reseal(bundle, change)
+    with pytest.raises(ManifestError, match="as external data"):
+        Bundle.open(bundle)
+
+
+def test_tensors_hidden_where_only_onnx_runtime_looks_are_found():
+    """A function's attribute defaults (FunctionProto field 11), and a tag of more than 32 bits (C++ protobuf keeps the
+    low 32 bits: field 5 to ONNX Runtime, an unknown field to a 64-bit reader): both had hidden external data."""
+    w = onnx.helper.make_tensor("w", onnx.TensorProto.FLOAT, [3], [0.0, 0.0, 0.0])
+    w.ClearField("float_data")
+    w.data_location, e = onnx.TensorProto.EXTERNAL, w.external_data.add()
+    e.key, e.value = "location", "w.bin"
+    ref = onnx.helper.make_node("Constant", [], ["o"])
+    ref.attribute.append(onnx.AttributeProto(name="value", ref_attr_name="value", type=onnx.AttributeProto.TENSOR))
+    fn = onnx.helper.make_function("local", "f", [], ["o"], [ref], [onnx.helper.make_opsetid("", 17)])
+    fn.attribute_proto.append(onnx.helper.make_attribute("value", w))  # the tensor only as the attribute's default
+    model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []), functions=[fn])
+    assert external_tensor(model.SerializeToString()) == "w"
+    node = onnx.helper.make_node("Constant", [], ["o"], value=w)
+    data = onnx.helper.make_model(onnx.helper.make_graph([node], "g", [], [])).SerializeToString()
+    assert external_tensor(data) == "w"
+    attr = onnx.AttributeProto(name="value", type=onnx.AttributeProto.TENSOR)
+    hidden = attr.SerializeToString() + b"\xaa\x80\x80\x80\x10" + _varint(len(w.SerializeToString())) + w.SerializeToString()
+    plain = onnx.NodeProto(op_type="Constant", output=["o"]).SerializeToString()
+    graph = _ld(1, plain + _ld(5, hidden))  # GraphProto.node, whose attribute t (5) is tagged with bit 32 set: 5 bytes
+    with pytest.raises(MalformedOnnx, match="more than 32 bits"):
+        external_tensor(_ld(7, graph))  # ModelProto.graph
+
+
+def _varint(n: int) -> bytes:
+    out = b""
+    while True:
+        out += bytes([(n & 0x7F) | (0x80 if n > 0x7F else 0)])
+        n >>= 7
+        if not n:
+            return out
+
+
+def _ld(field: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
 
 
 def test_an_artifact_overwritten_after_its_check_is_not_loaded(bundle, monkeypatch):
@@ -215,11 +278,33 @@ def test_the_budget_table_and_device_names_are_bounded(onnx_bundle):
 def test_a_printed_command_quotes_control_characters_so_they_paste_back_and_never_run(text):
     q = quote_arg(text)
     assert q.startswith("$'") and not any(ord(c) < 32 or 127 <= ord(c) < 160 for c in q)
-    if shutil.which("bash"):
-        assert subprocess.run(["bash", "-c", "printf %s " + q], capture_output=True).stdout == text.encode()
+    if shutil.which("bash"):  # in a C locale too (containers, CI): \\u0085 had stayed literal text there
+        for locale in ("C", "C.UTF-8"):
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": locale}
+            assert subprocess.run(["bash", "-c", "printf %s " + q], capture_output=True, env=env).stdout == text.encode()
 
 
 def test_duplicate_keys_are_named():
     assert parse_json('{"a": 1, "b": {"c": 2}}') == {"a": 1, "b": {"c": 2}}
     with pytest.raises(ValueError, match="key 'c' appears twice"):
         parse_json('{"a": 1, "b": {"c": 2, "c": 3}}')
+
+
+def test_odd_inputs_keep_their_error_types(bundle):
+    """A caller catching ManifestError / InputError had got a bare FileNotFoundError or OSError."""
+    from PIL import Image
+
+    from dvt_runtime.checks import InputError
+
+    b = Bundle.open(bundle)
+    img = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
+    assert b.predict(memoryview(img)).label == b.predict(img).label  # a memoryview of pixels is pixels, not a file
+    Image.fromarray(img).resize((200, 200)).save(bundle / "p.jpg", quality=95)
+    (bundle / "cut.jpg").write_bytes((bundle / "p.jpg").read_bytes()[:600])
+    with pytest.raises(InputError, match="cannot decode the Pillow image"):
+        b.predict(Image.open(bundle / "cut.jpg"))
+    with pytest.raises(InputError, match="got a path"):
+        b.predict(b"BMW_1.jpg")  # no NUL: a path, whatever its first letters
+    (bundle / "exit3.onnx").unlink()
+    with pytest.raises(ManifestError, match=r"exit3\.onnx is missing from the bundle"):
+        Bundle.open(bundle, verify=False)

@@ -216,6 +216,7 @@ def export_bundle(checkpoint: str, target: str, precision: str = "fp32", options
     t.check_precision(precision)
     t.check_etrecord(opts.etrecord)
     t.load(precision)  # installed, and its exporter makes that precision: refused before any work
+    created_at()  # a bad SOURCE_DATE_EPOCH too (it had been found after the conversion and verification)
     model, info = load_checkpoint(checkpoint, model=opts.model_name, trusted=opts.trusted)
     dest = Path(opts.out) if opts.out else Path("bundles") / f"{model.name}-{t.name}-{precision}"
     for note in recover_leftovers(dest):

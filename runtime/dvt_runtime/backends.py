@@ -19,7 +19,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
@@ -176,6 +176,10 @@ class OrtSession(Session):
             fix = (MEMORY_FIX if out_of_memory(e) else f"this bundle needs onnxruntime >= {MIN_ORT}: {install_hint('onnx', '-U')}" if old
                    else "re-export the bundle, or run it on execution providers that take its operators (without --providers: the CPU)")
             raise BackendUnavailable(f"onnxruntime {ort.__version__} cannot load {path.name} ({type(e).__name__}: {why}); {fix}") from None
+        if data is not None and self.sess.get_providers() == ["CPUExecutionProvider"] and getattr(self.sess, "_model_bytes", None) is data:
+            # ONNX Runtime's wrapper keeps the bytes to build the session again when a GPU provider fails at run time (a
+            # CPU session never does): a second copy of the model for the session's life (+100 MB for a 100 MB model)
+            self.sess._model_bytes = None
         got = [i.name for i in self.sess.get_inputs()]
         if sorted(got) != sorted(self.input_names):
             from dvt_runtime.manifest import ManifestError  # the artifact is wrong, not the host: never "unavailable"
@@ -289,7 +293,7 @@ PROVIDERS_HELP = ("ONNX Runtime execution providers in priority order, comma-sep
                   "'TensorrtExecutionProvider:trt_fp16_enable=1;trt_engine_cache_enable=1;trt_engine_cache_path=/var/cache/trt,"
                   "CUDAExecutionProvider,CPUExecutionProvider' (a TensorRT engine cache spares a rebuild at every start)")
 
-Provider = Union[str, tuple[str, dict]]  # a name, or (name, options) as ONNX Runtime takes them
+Provider = Union[str, tuple[str, dict[str, Any]]]  # a name, or (name, options) as ONNX Runtime takes them
 
 
 def provider_name(p: Provider) -> str:

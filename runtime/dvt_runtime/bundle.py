@@ -48,7 +48,7 @@ from dvt_runtime.console import quote_arg
 from dvt_runtime.controller import BudgetController, controller_for
 from dvt_runtime.device import check_device_name, say_host_calibration
 from dvt_runtime.etdump_record import write_run_record
-from dvt_runtime.inputs import BundleInputs
+from dvt_runtime.inputs import BundleInputs, Encoded, ImageInput, PILImage
 from dvt_runtime.latency import LatencyProfile
 from dvt_runtime.loading import CallsInFlight, load_bundle
 from dvt_runtime.manifest import Manifest, ManifestError  # noqa: F401  (ManifestError: raised by open)
@@ -56,12 +56,13 @@ from dvt_runtime.prediction import Prediction, softmax
 
 Thresholds = Union[Sequence[Optional[float]], np.ndarray]  # per exit (None: never stop there), or an array of them
 
-__all__ = ["Bundle", "Prediction", "InputError", "NonFiniteOutput", "check_thresholds", "positive_ms", "softmax"]
+__all__ = ["Bundle", "Prediction", "InputError", "ManifestError", "NonFiniteOutput", "DEFAULT_BATCH_PIXELS", "DEFAULT_MAX_BATCH",
+           "Encoded", "ImageInput", "PILImage", "check_thresholds", "positive_ms", "softmax"]
 
 
 class Bundle(BundleInputs):
     """A verified bundle with one loaded session per exit. ``close()`` (or ``with Bundle.open(...) as b:``) releases the
-    sessions (and an ExecuTorch bundle's mapped files) now, not when the last reference goes."""
+    sessions (and an ExecuTorch bundle's program bytes) now, not when the last reference goes."""
 
     def __init__(self, path: Path, manifest: Manifest, sessions: list[Session], load_ms: list[float], device_name: Optional[str] = None,
                  threads: Optional[int] = None, calibration_dir: Union[str, Path, None] = None):
@@ -85,7 +86,7 @@ class Bundle(BundleInputs):
     @classmethod
     def open(cls, path: Union[str, Path], threads: Optional[int] = 1, providers: Optional[Sequence[Provider]] = None,
              verify: bool = True, device_name: Optional[str] = None, calibration_dir: Union[str, Path, None] = None,
-             **backend_opts) -> "Bundle":
+             **backend_opts: Any) -> "Bundle":
         """Validate the manifest (schema, paths, SHA-256 of every artifact) and load each exit. ``threads``: intra-op threads per
         session (1 is usually fastest for a cascade of small graphs; None = the backend's default). ``providers``: ONNX Runtime
         execution providers in priority order, e.g. ``["CUDAExecutionProvider", "CPUExecutionProvider"]``, each a name or
@@ -261,7 +262,8 @@ class Bundle(BundleInputs):
             return outs[0], ms
         return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}, ms
 
-    def run_exits(self, x: np.ndarray, max_batch: Optional[int] = None, check_finite: bool = True) -> list[np.ndarray]:
+    def run_exits(self, x: Union[ImageInput, Sequence[ImageInput]], max_batch: Optional[int] = None,
+                  check_finite: bool = True) -> list[np.ndarray]:
         """Logits of every exit for every sample: list of (N, classes) arrays (no early exit). Takes
         what ``predict`` takes (uint8 images are preprocessed)."""
         x = self._batch(x)[0]
@@ -282,7 +284,12 @@ class Bundle(BundleInputs):
             yield carry, ms
 
     @overload
-    def predict(self, x: Sequence[np.ndarray], thresholds: Optional[Thresholds] = None,
+    def predict(self, x: Union[PILImage, Encoded], thresholds: Optional[Thresholds] = None,
+                budget_ms: Optional[float] = None, deadline_ms: Optional[float] = None, max_batch: Optional[int] = None,
+                spent_ms: float = 0.0) -> Prediction: ...
+
+    @overload
+    def predict(self, x: Sequence[ImageInput], thresholds: Optional[Thresholds] = None,
                 budget_ms: Optional[float] = None, deadline_ms: Optional[float] = None, max_batch: Optional[int] = None,
                 spent_ms: float = 0.0) -> list[Prediction]: ...
 
@@ -290,7 +297,7 @@ class Bundle(BundleInputs):
     def predict(self, x: np.ndarray, thresholds: Optional[Thresholds] = None, budget_ms: Optional[float] = None,
                 deadline_ms: Optional[float] = None, max_batch: Optional[int] = None, spent_ms: float = 0.0) -> Any: ...
 
-    def predict(self, x: Union[np.ndarray, Sequence[np.ndarray]], thresholds: Optional[Thresholds] = None,
+    def predict(self, x: Union[ImageInput, Sequence[ImageInput]], thresholds: Optional[Thresholds] = None,
                 budget_ms: Optional[float] = None, deadline_ms: Optional[float] = None,
                 max_batch: Optional[int] = None, spent_ms: float = 0.0) -> Union[Prediction, list[Prediction]]:
         """Early-exit prediction. One image -> Prediction; a batch (N, C, H, W), a uint8 batch
@@ -456,7 +463,7 @@ class Bundle(BundleInputs):
         return sessions
 
     def close(self, timeout: float = 60.0) -> None:
-        """Release every exit's session (an ExecuTorch bundle's mapped .pte files too) once the ``predict`` and ``run_exits``
+        """Release every exit's session (an ExecuTorch bundle's .pte programs too) once the ``predict`` and ``run_exits``
         calls in flight have finished (up to ``timeout`` seconds: a service swapping bundles had failed its requests in
         flight); calls after it raise. Idempotent."""
         self._calls.close(timeout)

@@ -76,6 +76,12 @@ if TYPE_CHECKING:
     from dvt_runtime.profile import LatencyProfile
 
 
+__all__ = ["Fit", "calibrate", "fit", "format_result", "main",  # and what other modules define, re-exported:
+           "CALIBRATION_DIR_HELP", "SCHEMA", "BudgetRow", "Calibration", "CalibrationError", "Chosen", "bundle_identity", "file_device",
+           "file_state", "other_hosts_latencies", "validate_calibration", "check_batch_memory", "check_device_name", "profiled_here",
+           "this_host", "NO_OVERHEAD", "cascade_overhead_ms", "exit_probs", "measure_cascade", "measure_interleaved",
+           "recorded_overhead", "with_overhead", "check_npz_preprocess", "load_npz"]
+
 @dataclass
 class Fit:
     """What a threshold search on a device stands on: measured stage costs and the artifacts' own
@@ -95,7 +101,7 @@ class Fit:
     differs: tuple[str, ...] = ()  # how a profile taken on this host differs from the bundle's setting (threads, providers, version)
 
 
-def fit(bundle: Bundle, x: np.ndarray, y: np.ndarray, holdout: float = 0.5, seed: int = 0, profile=None, runs: int = 200,
+def fit(bundle: Bundle, x: np.ndarray, y: np.ndarray, holdout: float = 0.5, seed: int = 0, profile: Optional["LatencyProfile"] = None, runs: int = 200,
         warmup: int = 20, batch: int = 1, progress: bool = True, device_name: Optional[str] = None,
         check_costs: Optional[Callable[[StageCosts], None]] = None) -> Fit:
     """Profile (unless ``profile`` is given), measure the cascade overhead, run every exit on ``x``
@@ -174,7 +180,7 @@ def _check_reachable(costs: StageCosts, budget_ms: float, metric: str, seed: int
         raise CalibrationError(f"on {device_name}{': the budget' + spare if spare else ''}: {e}") from None
 
 
-def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, metric: str = "mean", profile=None,
+def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, metric: str = "mean", profile: Optional["LatencyProfile"] = None,
               algorithm: str = "exact", device_name: Optional[str] = None, holdout: float = 0.5, seed: int = 0,
               runs: int = 200, warmup: int = 20, verify: bool = True, progress: bool = True, batch: int = 1,
               data: Optional[dict] = None, command: str = "", headroom: float = 0.0, allow_chance: bool = False) -> Calibration:

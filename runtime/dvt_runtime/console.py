@@ -47,8 +47,8 @@ def quote_arg(arg: object) -> str:
 def _ansi_c_quoted(text: str) -> str:
     """``text`` with control characters as ``\\xHH`` escapes: ``$'...'`` quoting (bash, zsh, POSIX sh since 2024),
     which pastes back as the same argument; on Windows no shell takes it back, but nothing runs in the terminal."""
-    body = "".join(f"\\x{ord(c):02x}" if ord(c) <= 127 and not c.isprintable() else f"\\u{ord(c):04x}" if 127 < ord(c) < 160
-                   else "\\" + c if c in "\\'" else c for c in text)  # C1 as \\u: \\x85 would be a byte, not the character
+    body = "".join("".join(f"\\x{b:02x}" for b in c.encode("utf-8")) if ord(c) < 32 or 127 <= ord(c) < 160
+                   else "\\" + c if c in "\\'" else c for c in text)  # C1 as its UTF-8 bytes: \\u85 is literal text under LC_ALL=C
     return f"$'{body}'"
 
 

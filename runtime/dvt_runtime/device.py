@@ -25,7 +25,7 @@ import numpy as np
 
 from dvt_runtime.backends import backend_version
 
-__all__ = ["BatchMemoryError", "available_memory_mb", "cgroup_memory_mb", "cpu_quota", "usable_cores", "check_batch_memory", "contention_since", "contention_snapshot", "cpu_model", "current_rss_mb", "device_facts", "peak_rss_mb"]
+__all__ = ["BatchMemoryError", "this_host", "check_device_name", "available_memory_mb", "cgroup_memory_mb", "cpu_quota", "usable_cores", "check_batch_memory", "contention_since", "contention_snapshot", "cpu_model", "current_rss_mb", "device_facts", "peak_rss_mb"]
 
 
 # Device facts

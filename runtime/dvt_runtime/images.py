@@ -265,17 +265,11 @@ def read_image(path: Union[str, Path], strict: bool = False) -> np.ndarray:
     return decode_image(data, f"image {path}", strict)
 
 
-# The first bytes of the encoded formats OpenCV decodes (a path never holds a NUL byte; these do, or start so)
-_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
-
-
 def encoded_image(x: object) -> bool:
-    """Whether ``x`` is an encoded image file's bytes (an upload, ``open(f, 'rb').read()``), not a path given as
-    bytes: a NUL byte (no path holds one) or a known format's signature (JPEG, PNG, GIF, BMP, TIFF, WebP)."""
-    if not isinstance(x, (bytes, bytearray, memoryview)):
-        return False
-    head = bytes(x[:16])
-    return b"\x00" in bytes(x) or head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+    """Whether ``x`` is an encoded image file's bytes (an upload, ``open(f, 'rb').read()``), not a path given as bytes:
+    ``bytes`` or a ``bytearray`` holding a NUL byte, which no path holds and every JPEG, PNG, GIF, BMP, TIFF and WebP header
+    does (a memoryview is left alone: one of a pixel array is pixels)."""
+    return isinstance(x, (bytes, bytearray)) and b"\x00" in x
 
 
 def is_pil_image(x: object) -> bool:
@@ -289,7 +283,15 @@ def from_pil(img, what: str = "the Pillow image") -> np.ndarray:
     np.asarray of a Pillow image is RGB, RGBA, CMYK or palette indices, which read as BGR would be wrong pixels."""
     from PIL import ImageOps
 
-    img = ImageOps.exif_transpose(img)  # a copy, upright as OpenCV decodes the file
+    try:
+        return _from_pil(ImageOps.exif_transpose(img), what)  # a copy, upright as OpenCV decodes the file
+    except (OSError, ValueError, SyntaxError) as e:  # Pillow decodes lazily: a truncated file fails here (SyntaxError: its
+        if isinstance(e, ImageError):  # parsers' own)
+            raise
+        raise ImageError(f"cannot decode {what} ({type(e).__name__}: {e})") from None
+
+
+def _from_pil(img, what: str) -> np.ndarray:
     mode = img.mode
     if mode in ("L", "LA", "1"):  # gray (with alpha: dropped)
         return np.ascontiguousarray(np.asarray(img.convert("L")))

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Protocol, Sequence, Union
 
 import numpy as np
 
@@ -13,7 +13,20 @@ from dvt_runtime.checks import InputError, check_finite
 from dvt_runtime.images import decode_image, encoded_image, from_pil, is_pil_image
 from dvt_runtime.manifest import Manifest
 
-__all__ = ["BundleInputs"]
+__all__ = ["BundleInputs", "Encoded", "ImageInput", "PILImage"]
+
+
+class PILImage(Protocol):
+    """A Pillow image, as the type checker sees one (Pillow is not a dependency)."""
+
+    @property
+    def mode(self) -> str: ...
+
+    def getexif(self) -> Any: ...
+
+
+Encoded = Union[bytes, bytearray]  # an image file's bytes (an upload)
+ImageInput = Union[np.ndarray, PILImage, Encoded]  # one image as predict, preprocess and run_exits take it
 
 CARRY = ("features_out", "relations_out")  # what a later exit takes from the one before (its features and relations)
 
@@ -46,7 +59,7 @@ class BundleInputs:
     def num_exits(self) -> int:
         return self.manifest.num_exits
 
-    def preprocess(self, image: np.ndarray) -> np.ndarray:
+    def preprocess(self, image: ImageInput) -> np.ndarray:
         """BGR/gray uint8 image -> (1, C, H, W) float32 per the manifest; a uint8 batch (N, H, W, C)
         -> (N, C, H, W); float32 arrays are checked and passed."""
         a = _pixels(image)

@@ -72,7 +72,7 @@ def _load(path: Path, threads: Optional[int], opts: dict[str, Any], verify: bool
         said.append("providers")
     for i, e in enumerate(m.exits):
         t0 = time.perf_counter()
-        data = artifact_bytes(m.artifact_path(path, i), e, verify)  # read and checked as a device's loader does: timed
+        data = artifact_bytes(m.artifact_path(path, i), e, verify, m.backend)  # read and checked as a device's loader does: timed
         try:
             sessions.append(open_session(m.backend, m.artifact_path(path, i), [t.name for t in e.inputs],
                                          [t.name for t in e.outputs], threads=threads, data=data, **opts))
@@ -87,20 +87,26 @@ def _load(path: Path, threads: Optional[int], opts: dict[str, Any], verify: bool
     return m, sessions, load_ms, fell
 
 
-def artifact_bytes(p: Path, e: ExitSpec, verify: bool) -> Optional[bytes]:
+def artifact_bytes(p: Path, e: ExitSpec, verify: bool, backend: str) -> Optional[bytes]:
     """The bytes a backend loads, read once: with ``verify``, checked against the manifest's SHA-256 (the backend loads
     these bytes, not the file again: one overwritten in place after :meth:`Manifest.verify` hashed it is caught), and for
-    an ONNX model, refused when a tensor lies in another file. None for a Core ML package (a folder, loaded by path)."""
+    ONNX Runtime, refused when a tensor lies in another file (any artifact not in ORT format, whatever its name). None
+    for a Core ML package (a folder, loaded by path)."""
     if p.is_dir():
         return None
+    if not p.is_file():  # verify=False skips the manifest's own check
+        raise ManifestError(f"{e.artifact} is missing from the bundle (or not a file): re-export the bundle")
     if verify and p.stat().st_size != e.size_bytes:  # not read into memory: a 1 GB file named like an artifact
         raise ManifestError(f"{e.artifact} is {p.stat().st_size} bytes, not the {e.size_bytes} exported (changed after its SHA-256 was "
                             "checked, or the manifest is another bundle's): open the bundle again once nothing writes to it, or re-export it")
-    data = p.read_bytes()
+    try:
+        data = p.read_bytes()
+    except OSError as err:
+        raise ManifestError(f"{e.artifact} cannot be read ({err.strerror or err}): re-export the bundle, or let this user read it") from None
     if verify and hashlib.sha256(data).hexdigest() != e.sha256:
         raise ManifestError(f"{e.artifact} changed after its SHA-256 was checked (written to while the bundle was opened): open "
                             "the bundle again once nothing writes to it")
-    if p.suffix.lower() == ".onnx":
+    if backend == "onnxruntime" and data[4:8] != b"ORTM":  # ONNX Runtime tells the format by content, whatever the name
         try:
             name = external_tensor(data)
         except MalformedOnnx as err:

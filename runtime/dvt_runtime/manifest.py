@@ -182,8 +182,8 @@ class Manifest:
             _need(printable(getattr(self, name)), f"{name} holds control characters: {getattr(self, name)!r}")
         _need(isinstance(self.exits, list) and self.exits, "exits must be a non-empty list")
         _need(len(self.exits) <= MAX_EXITS, f"{len(self.exits)} exits; a cascade has at most {MAX_EXITS}")
-        arts = [e.artifact for e in self.exits]
-        _need(len(set(map(str, arts))) == len(arts), f"exits share an artifact ({arts}): each exit has its own")
+        arts = [PurePosixPath(e.artifact).parts if isinstance(e.artifact, str) else e.artifact for e in self.exits]  # ./a is a
+        _need(len(set(map(str, arts))) == len(arts), f"exits share an artifact ({[e.artifact for e in self.exits]}): each exit has its own")
         for i, e in enumerate(self.exits):
             w = f"exit {i + 1}:"
             _need(_is_int(e.index) and e.index == i, f"{w} index must be {i}, got {e.index!r}")

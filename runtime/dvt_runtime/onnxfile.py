@@ -14,7 +14,7 @@ __all__ = ["MalformedOnnx", "external_tensor"]
 SCHEMA: dict[str, dict[int, str]] = {
     "model": {7: "graph", 20: "training", 25: "function"},
     "training": {1: "graph", 2: "graph"},
-    "function": {7: "node"},
+    "function": {7: "node", 11: "attribute"},  # 11: attribute_proto, the defaults of its attributes
     "graph": {1: "node", 5: "tensor", 15: "sparse"},
     "node": {5: "attribute"},
     "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},
@@ -54,6 +54,8 @@ def _fields(buf: memoryview, budget: list[int]) -> Iterator[tuple[int, int, obje
         field, wire = key >> 3, key & 7
         if field == 0:  # no message has a field 0: zeros, or not protobuf at all
             raise MalformedOnnx(f"field number 0 at byte {pos}")
+        if key > 0xFFFFFFFF:  # C++ protobuf (ONNX Runtime's) reads tags as 32 bits: the bits above would hide a field here
+            raise MalformedOnnx(f"a tag of more than 32 bits at byte {pos}")
         if wire == 0:
             value, pos = _varint(buf, pos)
         elif wire == 2:
@@ -81,7 +83,8 @@ def external_tensor(data: bytes) -> Optional[str]:
             if kind == "tensor":
                 if field == TENSOR_NAME and wire == 2:
                     name = bytes(value).decode("utf-8", "replace")  # type: ignore[arg-type]
-                external = external or (field == EXTERNAL_DATA and wire == 2) or (field == DATA_LOCATION and value == EXTERNAL)
+                external = external or (field == EXTERNAL_DATA and wire == 2) or (
+                    field == DATA_LOCATION and wire == 0 and value & 0xFFFFFFFF == EXTERNAL)  # an enum: 32 bits in C++
             elif wire == 2 and field in SCHEMA[kind]:
                 stack.append((SCHEMA[kind][field], value, depth + 1))
         if external:
