@@ -849,6 +849,9 @@ def test_the_same_export_gives_the_same_manifest_byte_for_byte_under_source_date
     assert export_main(["--checkpoint", str(micro_ckpt), "--target", "onnx", "--verify-n", "50", "--out", str(tmp_path / "z" / "b")]) == 0
     assert json.loads((tmp_path / "z" / "b" / "manifest.json").read_text())["source"]["command"] == (
         f"python -m dvt_edge.export --checkpoint {micro_ckpt} --target onnx --verify-n 50 --out {tmp_path / 'z' / 'b'}")
-    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
-    with pytest.raises(ValueError, match="SOURCE_DATE_EPOCH must be whole seconds since 1970"):
-        created_at()
+    for bad in ("yesterday", "9" * 20):  # the second had been an OverflowError, after the whole export
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", bad)
+        with pytest.raises(ValueError, match="SOURCE_DATE_EPOCH must be whole seconds since 1970"):
+            created_at()
+    assert export_main(["--checkpoint", str(micro_ckpt), "--target", "onnx", "--out", str(tmp_path / "w" / "b")]) == 2
+    assert not (tmp_path / "w").exists()  # refused before any work
