@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional, Union
 
 from dvt_edge.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from dvt_edge.data import DataError, npz_in_sample, trained_on_val
-from dvt_edge.provenance import environment_line
+from dvt_edge.provenance import THREADS_HELP, environment_line, set_torch_threads
 from dvt_edge.references import card_path
 from dvt_edge.resume import STARTED_OVER
 from dvt_runtime import io as dio
@@ -410,8 +410,7 @@ def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict
         f"Written by {_code(command or join_args(['python', '-m', 'dvt_edge.model_card', '--run', str(run_dir), '--out', str(path)]))} from the run's final epoch",
         "(no model selection on the evaluation split). Every figure below was measured by that command",
         "or recorded by the training run.",
-        "",
-        "## Model",
+        "", "## Model",
         f"- Registry name `{model.name}`: {c.num_exits} exits over {grids} token grids, embed {c.embed_dim}, depth "
         f"{' / '.join(map(str, c.stage_depths)) if c.stage_depths else c.depth}, "
         f"{c.num_heads} heads, MLP ratio {c.mlp_ratio:g}, `{c.tokenizer}` tokenizer per stage "
@@ -428,8 +427,7 @@ def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict
         lines.append(f"- Preprocessing (stored in the checkpoint and every exported manifest): {pre.channels}, {pre.size}x{pre.size}, "
                      f"mean {list(pre.mean)}, std {list(pre.std)}, {pre.interpolation} resize, {pre.layout}.")
     lines += [
-        "",
-        "## Training",
+        "", "## Training",
         f"- Data: {_code(str(args['data']))} training split; objective: {_objective(args)}.",
         f"- AdamW (lr {args['lr']:g}, weight decay {args['weight_decay']:g}), {args['warmup_epochs']:g} warmup epoch(s) then cosine, "
         f"batch {args['batch_size']} per process, stochastic depth {args['drop_path'] if args['drop_path'] is not None else c.drop_path_rate:g}, "
@@ -482,8 +480,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--eval-data", default=None, help="data spec recorded as the checkpoint's portable evaluation set (e.g. cifar10-ref)")
     ap.add_argument("--note", action="append", default=[], help="a line for the card's Notes (repeatable), e.g. what else ran meanwhile")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
+    ap.add_argument("--threads", type=int, default=None, help=THREADS_HELP + " (the card's evaluation)")
     args = ap.parse_args(argv)
     try:
+        set_torch_threads(args.threads)
         r = publish_run(args.run, args.out, args.card, args.data, args.threshold_n, eval_data=args.eval_data, notes=args.note,
                         force=args.force, progress=not args.no_progress)
     except (CheckpointError, DataError, ValueError, OSError) as e:
