@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from dvt_edge.bench_report import SCHEMA, _device_label
-from dvt_edge.logs import quiet_toolchains
+from dvt_edge.logs import pyplot, quiet_toolchains
 from dvt_runtime.device import available_memory_mb
 from dvt_runtime.io import save_png
 from dvt_runtime.stats import sample_stats
@@ -353,10 +353,7 @@ def plot_latency(results: list[dict], path: Path) -> bool:
     rs = [r for r in results if r.get("mode") == "latency"]
     if not rs:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     same = len({r.get("model") for r in rs}) == 1  # one model on several devices: one scale, or the bars mislead
     fig, axes = plt.subplots(1, len(rs), figsize=(7 * len(rs), 4.5), squeeze=False, sharey=same)

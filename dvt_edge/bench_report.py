@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from dvt_edge.logs import pyplot
 from dvt_runtime.io import atomic_write, atomic_write_json, save_png, written_together
 
 __all__ = ["SCHEMA", "MATCH_POINTS", "markdown", "halvings_line", "matched_cells", "throughput_markdown", "plot", "plot_exits", "plot_throughput",
@@ -248,10 +249,7 @@ def failures_markdown(r: dict) -> list[str]:
 
 def plot(results: list[dict], path_acc: Path, path_exits: Optional[Path] = None) -> list[Path]:
     """The accuracy-vs-latency plot (and the exit-distribution one); returns the files written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     if not any(row.get("status") == "ok" and "static" in row for r in results for row in r["rows"]):
         return []  # throughput-only results: see plot_throughput
@@ -292,7 +290,7 @@ def plot(results: list[dict], path_acc: Path, path_exits: Optional[Path] = None)
 
 def plot_exits(results: list[dict], path_exits: Path) -> bool:
     """Stacked bars: the share of images leaving at each exit, per budget, per target x precision."""
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     ok = [(r, row) for r in results for row in r["rows"] if row.get("status") == "ok" and "static" in row]
     if not ok:
@@ -321,10 +319,7 @@ def plot_throughput(results: list[dict], path: Path) -> bool:
     rows = [(r, row) for r in results for row in r["rows"] if row.get("status") == "ok" and row.get("throughput")]
     if not rows:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]

@@ -37,6 +37,7 @@ from dvt_edge.data import (
     same_data,
     scoring_set,
 )
+from dvt_edge.logs import pyplot
 from dvt_edge.provenance import THREADS_HELP, environment, set_torch_threads
 from dvt_runtime.checks import FEW_IMAGES, numbered
 from dvt_runtime.cli import DocFormatter, command_name
@@ -228,10 +229,7 @@ def format_report(r: dict) -> str:
 
 
 def plot_report(r: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     c = sorted(r["budget_curve"], key=lambda p: p["mean_cost"])

@@ -79,3 +79,26 @@ def open_log(log_path: Path) -> int:
         os.close(fd)
         raise ValueError(f"the toolchain log {log_path} is not a plain file; remove it or write elsewhere")
     return fd
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files, no display), with a configuration folder it can write: under a
+    read-only or missing home (CI, containers) matplotlib printed several lines asking for MPLCONFIGDIR on every run."""
+    import tempfile
+
+    if not os.environ.get("MPLCONFIGDIR"):
+        try:  # where matplotlib looks on Linux (macOS: ~/.matplotlib)
+            base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+            where = base / "matplotlib" if sys.platform != "darwin" else Path.home() / ".matplotlib"
+            where.mkdir(parents=True, exist_ok=True)
+            usable = os.access(where, os.W_OK)
+        except (OSError, RuntimeError):  # RuntimeError: no home folder at all
+            usable = False
+        if not usable:
+            os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="dvt-edge-matplotlib-")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

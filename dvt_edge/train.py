@@ -36,6 +36,7 @@ from dvt_edge import data as _data
 from dvt_edge.batches import augment, batches, epoch_shard, eval_batch_size, evaluate_exits, gather_rng_states, materialize, set_rng_state
 from dvt_edge.checkpoint import CheckpointError, _state_dict_of, checkpoint_model_name, read_checkpoint, save_checkpoint
 from dvt_edge.data import DATASETS, DataError, ImageSet, default_preprocess, default_train_data, load_dataset
+from dvt_edge.logs import pyplot
 from dvt_edge.models import DVT, create_model, list_models, model_defaults, model_from_args
 from dvt_edge.provenance import THREADS_HELP, code_revision, environment
 from dvt_edge.resume import agreed, check_room, resume_hint, resume_run, resumed_differently, run_lock, started_over
@@ -81,10 +82,7 @@ def _lr_lambda(total_steps: int, warmup_steps: int, min_ratio: float = 0.01):
 
 
 def _plot_metrics(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     epochs = [h["epoch"] for h in history]

@@ -4,6 +4,7 @@ and thumbnails, read as the file itself would be (one decoder for training, ``pr
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -157,3 +158,15 @@ def test_type_checkers_see_pillow_images_and_uploads_as_one_prediction():
     assert set(typing.get_args(hints["x"])) >= {PILImage, bytes, bytearray} and hints["return"] is Prediction
     assert typing.get_type_hints(listed)["x"] == typing.Sequence[ImageInput]
     assert typing.get_type_hints(Bundle.preprocess)["image"] == ImageInput and Encoded == typing.Union[bytes, bytearray]
+
+
+def test_plots_under_a_home_that_cannot_be_written_say_nothing(tmp_path):
+    """A CI job with a read-only home: matplotlib printed several lines asking for MPLCONFIGDIR on every train/evaluate/bench."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")}
+    env.update(HOME="/proc/self", PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1] / "runtime"), str(Path(__file__).parents[1])]))
+    code = "from dvt_edge.logs import pyplot; plt = pyplot(); fig = plt.figure(); print('drawn')"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "drawn" and "MPLCONFIGDIR" not in r.stderr and "mkdir" not in r.stderr, r.stderr
