@@ -7,7 +7,7 @@
 Per image: the class, its confidence, the exit that answered, and the milliseconds the cascade took
 (preprocessing timed apart, after one untimed run of every stage); then how many images each exit
 answered and the latency percentiles.
-Folders are read recursively (``.jpg .jpeg .png .bmp .webp .tif .tiff``), decoded as training decoded them
+Folders are read recursively (``.jpg .jpeg .jfif .jpe .png .bmp .webp .tif .tiff .avif``), decoded as training decoded them
 (``dvt_runtime.images``). An unreadable image (a truncated JPEG, or with simplejpeg installed one
 whose coded data libjpeg finds corrupt) is listed and makes the exit code 1; the others are still answered. Bad arguments and bundles: exit code 2.
 """
