@@ -22,7 +22,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union, overload
+from typing import Any, Literal, Optional, Sequence, Union, overload
 
 import numpy as np
 
@@ -133,6 +133,14 @@ class Bundle(BundleInputs):
         calibration at N images per call: one never replaces the other."""
         return calibration_file(self.calibration_dir, device_name, batch)
 
+    @overload
+    def use_calibration(self, device_name: str, missing_ok: Literal[False] = False, batch: int = 1,
+                        _stacklevel: int = 2) -> Calibration: ...
+
+    @overload
+    def use_calibration(self, device_name: str, missing_ok: bool = False, batch: int = 1,
+                        _stacklevel: int = 2) -> Optional[Calibration]: ...
+
     def use_calibration(self, device_name: str, missing_ok: bool = False, batch: int = 1, _stacklevel: int = 2) -> Optional[Calibration]:
         """Use ``calibration/<device>.json`` (in :attr:`calibration_dir`; or the one made at ``batch`` images per call): its thresholds,
         per-stage p90 and budget table.
@@ -197,7 +205,7 @@ class Bundle(BundleInputs):
         if said := setting_differences(threads, device, self.threads, self.providers, backend_version(self.manifest.backend)):
             warnings.warn(f"{what} at another setting ({'; '.join(said)}): {fix}", stacklevel=stacklevel + 1)
 
-    def use_profile(self, stage_p90_ms: Union[Sequence[float], LatencyProfile]) -> None:
+    def use_profile(self, stage_p90_ms: Union[Sequence[float], np.ndarray, LatencyProfile]) -> None:
         """Per-stage p90 latencies (ms) for deadline mode: one per stage, or a ``LatencyProfile`` of this bundle."""
         p90 = stage_p90_ms.deadline_p90(self.manifest) if hasattr(stage_p90_ms, "deadline_p90") else stage_p90_ms
         if hasattr(stage_p90_ms, "deadline_p90"):  # as use_calibration says it

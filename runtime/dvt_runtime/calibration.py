@@ -55,7 +55,7 @@ class BudgetRow:
 
     budget_ms: float
     thresholds: list[Optional[float]]
-    predicted: dict  # accuracy (%), mean_ms, exit_fractions: on the calibration split x the profile
+    predicted: dict[str, Any]  # accuracy (%), mean_ms, exit_fractions: on the calibration split x the profile
 
 
 @dataclass
@@ -64,8 +64,8 @@ class Chosen:
 
     thresholds: list[Optional[float]]
     budget_ms: float  # what they were searched for: the calibration's budget less its headroom
-    predicted: dict  # accuracy, mean_ms, p90_ms, exit_fractions, on
-    measured: Optional[dict] = None  # dvt_runtime.calibrate.measure_cascade on the holdout (None: another device)
+    predicted: dict[str, Any]  # accuracy, mean_ms, p90_ms, exit_fractions, on
+    measured: Optional[dict[str, Any]] = None  # dvt_runtime.calibrate.measure_cascade on the holdout (None: another device)
 
 
 @dataclass
@@ -73,8 +73,8 @@ class Calibration:
     """``<bundle>/calibration/<device>.json``: thresholds for a latency budget on one device."""
 
     device: str
-    bundle: dict  # bundle_identity(): model, target, precision, artifact SHA-256s
-    profile: dict  # LatencyProfile.summary() the search stood on
+    bundle: dict[str, Any]  # bundle_identity(): model, target, precision, artifact SHA-256s
+    profile: dict[str, Any]  # LatencyProfile.summary() the search stood on
     table: list[BudgetRow]
     chosen: Chosen
     budget_ms: float  # the user's budget; thresholds are searched for budget_ms x (1 - headroom)
@@ -85,10 +85,10 @@ class Calibration:
     budget_unit: str = "ms per image (batch 1)"
     profile_source: str = ""
     cascade_overhead_ms: float = 0.0  # predict's own cost for an image stopping at exit 1 (per exit: the next field)
-    cascade_overhead_ms_per_exit: Optional[list] = None  # priced into the search (None: a version-1 file, exit 1's only)
+    cascade_overhead_ms_per_exit: Optional[list[float]] = None  # priced into the search (None: a version-1 file, exit 1's only)
     seed: Optional[int] = None  # of the calibration/holdout split and the ga search (None: a version-1 file)
     holdout: Optional[float] = None  # fraction of the images kept out of the search
-    data: dict = field(default_factory=dict)  # the images: path, sha256, n (from the CLI; as the Python caller gave)
+    data: dict[str, Any] = field(default_factory=dict)  # the images: path, sha256, n (from the CLI; as the Python caller gave)
     command: str = ""  # the command that wrote it (from the CLI)
     n_calibration: int = 0
     n_holdout: int = 0

@@ -106,7 +106,7 @@ class LatencyProfile:
     @classmethod
     def from_samples(
         cls,
-        stage_samples: Sequence[Sequence[float]],
+        stage_samples: Sequence[Union[Sequence[float], np.ndarray]],
         *,
         device: Optional[dict] = None,
         source: str = "measured",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,7 @@ class Prediction:
         return (f"Prediction(label={self.label}, class_name={self.class_name!r}, confidence={self.confidence:.4f}, exit={self.exit}, "
                 f"total_ms={self.total_ms:.3f})")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """The JSON form: the exit numbered from 1, as in every file this project writes; ``probs`` left out."""
         return {"label": self.label, "class_name": self.class_name, "confidence": self.confidence, "exit": self.exit + 1,
                 "total_ms": self.total_ms, "stage_ms": self.stage_ms, "stage_ms_per_image": self.stage_ms_per_image,

@@ -32,7 +32,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 
@@ -48,6 +48,9 @@ from dvt_runtime.manifest import Manifest
 from dvt_runtime.measure import cascade_overhead_ms
 from dvt_runtime.npzsets import load_images
 from dvt_runtime.stats import DRIFT_THRESHOLD, MIN_RUNS, ProfileError, sample_stats
+
+if TYPE_CHECKING:
+    from dvt_runtime.bundle import Bundle
 
 BLOCK = 20  # timed runs per block of one depth (chain or stream); blocks rotate between depths
 # untimed runs that open each block: after a switch, stage 1 of the CIFAR reference took 1.02,
@@ -119,7 +122,7 @@ def _frames_note(raw: list[np.ndarray]) -> str:
 
 
 def profile_bundle(
-    bundle,
+    bundle: "Bundle",
     warmup: int = 20,
     runs: int = 200,
     images: Optional[Union[np.ndarray, Sequence[np.ndarray]]] = None,
