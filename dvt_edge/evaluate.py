@@ -140,8 +140,71 @@ def evaluate_checkpoint(
         "checkpoint_thresholds_note": stored_note,  # rows left out, and why ("" when none)
         "pareto": [c.to_dict() for c in frontier],
         "checkpoint_accuracies": info.accuracies,
+        "per_class": per_class(probs, ds.labels, list(ds.classes)),
         "artifacts": artifacts,
     }
+
+
+MAX_CONFUSION = 100  # classes up to which the last exit's confusion matrix is kept (ImageNet's would be a million cells)
+
+
+def per_class(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
+    """Per-class figures of every exit (``probs``: (E, N, classes)): each class's recall and how often it is predicted, and
+    the last exit's confusion matrix (rows: true class, columns: predicted). On unbalanced data overall top-1 hid an
+    early exit that never answered the rare class."""
+    n_exits, n, c = probs.shape
+    pred = probs.argmax(-1)  # (E, N)
+    support = np.bincount(labels, minlength=c)
+    recall = [[float(100 * np.mean(pred[e][labels == k] == k)) if support[k] else None for k in range(c)] for e in range(n_exits)]
+    conf = np.zeros((c, c), np.int64)
+    np.add.at(conf, (labels, pred[-1]), 1)
+    return {"classes": classes, "support": support.tolist(), "recall": recall,
+            "predicted_pct": [(100 * np.bincount(pred[e], minlength=c) / max(n, 1)).tolist() for e in range(n_exits)],
+            "confusion_last_exit": conf.tolist() if c <= MAX_CONFUSION else None}
+
+
+def _class_order(pc: dict, most: int) -> tuple[list[int], str]:
+    """The classes the images hold, or the ``most`` with the lowest last-exit recall when there are more; and a heading."""
+    rec, sup, names = pc["recall"], pc["support"], pc["classes"]
+    held = [k for k in range(len(names)) if sup[k]]
+    if len(names) <= most:
+        return held, "per class"
+    return sorted(held, key=lambda k: rec[-1][k])[:most], f"the {min(most, len(held))} classes of {len(names)} with the lowest last-exit recall"
+
+
+def _never_notes(pc: dict) -> list[str]:
+    """A note for every exit that never predicts a class the images hold."""
+    out = []
+    for e, share in enumerate(pc["predicted_pct"]):
+        never = [str(pc["classes"][k]) for k in range(len(share)) if pc["support"][k] and share[k] == 0]
+        if never:
+            out.append(f"note: exit {e + 1} never predicts {', '.join(never[:5])}{' ...' if len(never) > 5 else ''} (on these images): "
+                       "a cascade stopping there never answers it; see per_class in the JSON")
+    return out
+
+
+def per_class_lines(pc: dict, most: int = 20) -> list[str]:
+    """The per-class table for the terminal, and the never-predicted notes."""
+    order, head = _class_order(pc, most)
+    names, width = pc["classes"], min(24, max((len(str(pc["classes"][k])) for k in order), default=5))
+    lines = ["", f"{head} (recall % at each exit alone; n images):"]
+    lines += [f"  {str(names[k])[:width]:<{width}}  n {pc['support'][k]:>5}  " + " / ".join(f"{r[k]:6.2f}" for r in pc["recall"]) for k in order]
+    return lines + _never_notes(pc)
+
+
+def per_class_markdown(report: dict, most: int = 20) -> list[str]:
+    """The per-class table for a model card (its class names, images per class and each exit's recall), and the notes."""
+    pc = report.get("per_class")
+    if not pc:
+        return []
+    order, head = _class_order(pc, most)
+    exits = len(pc["recall"])
+    lines = ["", f"{head[0].upper()}{head[1:]} (recall % of each exit alone on the {report['split']} split; n images):", "",
+             "| class | n | " + " | ".join(f"exit {e + 1}" for e in range(exits)) + " |", "|---|---|" + "---|" * exits]
+    lines += [f"| {str(pc['classes'][k]).replace('|', '/')} | {pc['support'][k]} | " + " | ".join(f"{r[k]:.2f}" for r in pc["recall"]) + " |"
+              for k in order]
+    notes = _never_notes(pc)
+    return lines + (["", *(n.replace("note: ", "Note: ").replace("; see per_class in the JSON", ".") for n in notes)] if notes else [])
 
 
 def _stored_curve(rows, n_exits: int, out: ExitOutputs, costs: StageCosts) -> tuple[list, str]:
@@ -211,6 +274,8 @@ def format_report(r: dict) -> str:
     for p in r["pareto"]:
         frac = " / ".join(f"{100 * f:.0f}" for f in p["exit_fractions"])
         lines.append(f"{p['mean_cost']:>12.4f}  {p['accuracy']:>8.2f}  {frac}")
+    if r.get("per_class"):
+        lines += per_class_lines(r["per_class"])
     if stored := r.get("checkpoint_thresholds_curve"):  # the authors' own thresholds, as the file carries them
         best = max(stored, key=lambda p: p["accuracy"])
         lines += ["", f"the checkpoint's dynamic_threshold rows ({len(stored)}), scored here: {min(p['mean_cost'] for p in stored):.4f} to "

@@ -392,7 +392,7 @@ def _evaluate_command(path: Path, report: dict) -> str:
 def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict], report: dict, run_dir: Path,
                 steps: Optional[list[dict]] = None, command: Optional[str] = None, file: Optional[Path] = None) -> str:
     """The model card of the checkpoint published at ``path`` (its bytes read from ``file``, default ``path``)."""
-    from dvt_edge.evaluate import small_sample_note
+    from dvt_edge.evaluate import per_class_markdown, small_sample_note
 
     file, c, n_params = Path(file or path), model.cfg, sum(p.numel() for p in model.parameters())
     grids = " / ".join(f"{g}x{g}" for g in c.grids)
@@ -447,15 +447,14 @@ def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict
         gain = f"+{gains[i - 1]:.2f}" if i and gains[i - 1] >= 0 else (f"{gains[i - 1]:.2f}" if i else "")
         lines.append(f"| {e['exit']} | {e['grid']} | {e['gflops'] * 1e3:.2f} | {e['top1']:.2f} | {gain} |")
     lines += [
-        "",
-        "FLOPs are counted by torch's flop counter on each stage's graph (`python -m dvt_edge.zoo`).",
+        "", "FLOPs are counted by torch's flop counter on each stage's graph (`python -m dvt_edge.zoo`).",
         "",
         f"FLOPs-budget curve (the authors' exit-distribution procedure, thresholds from {report['threshold_selection']}), Pareto points:",
         "",
         "| expected MFLOPs | top-1 % | exits taken (%) |",
         "|---|---|---|",
     ]
-    lines += pareto_rows(report)
+    lines += pareto_rows(report) + per_class_markdown(report)
     lines += [
         "",
         "## Per-epoch validation accuracy (recorded by the run at each epoch)",

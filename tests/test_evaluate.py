@@ -340,3 +340,22 @@ def test_a_checkpoints_own_dynamic_threshold_rows_are_scored_as_stored(tmp_path,
     save_checkpoint(tmp_path / "plain.pt", m, classes=ds.classes, preprocess=ds.preprocess)
     r = evaluate_checkpoint(str(tmp_path / "plain.pt"), limit=100, threshold_n=100, progress=False)
     assert r["checkpoint_thresholds_curve"] == []
+
+
+def test_per_class_figures_show_a_rare_class_an_early_exit_never_answers():
+    """A 4-class, 5:1 unbalanced custom set: exit 1 never predicted the rare class, which overall top-1 (60%) hid."""
+    from dvt_edge.evaluate import format_report, per_class, per_class_lines
+
+    labels = np.array([0] * 6 + [1] * 3 + [2] * 1)
+    probs = np.zeros((2, 10, 4))
+    probs[0, np.arange(10), [0] * 6 + [0, 1, 1] + [0]] = 1  # exit 1: class 2 never predicted, class 3 has no images
+    probs[1, np.arange(10), labels] = 1  # exit 2: all right
+    pc = per_class(probs, labels, ["Scratch Defect", "Dent", "OK Part", "Unused"])
+    assert pc["support"] == [6, 3, 1, 0] and np.allclose(pc["recall"][0][:3], [100, 200 / 3, 0]) and pc["recall"][0][3] is None
+    assert pc["predicted_pct"][0] == [80.0, 20.0, 0.0, 0.0] and pc["confusion_last_exit"][2] == [0, 0, 1, 0]
+    text = "\n".join(per_class_lines(pc))
+    assert "OK Part" in text and "note: exit 1 never predicts OK Part (on these images)" in text and "Unused" not in text
+    assert "exit 2 never" not in text
+    r = {"model": "m", "data": "d", "split": "val", "n": 10, "exits": [], "budget_curve": [], "threshold_selection": "x", "pareto": [],
+         "per_class": pc}
+    assert "per class (recall % at each exit alone; n images):" in format_report(r)
