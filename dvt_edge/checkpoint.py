@@ -59,6 +59,7 @@ def _torch_load(path: Path, map_location, trusted: bool) -> object:
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a directory, not a file")
+    _check_records(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=not trusted)
     except pickle.UnpicklingError as e:
@@ -66,8 +67,9 @@ def _torch_load(path: Path, map_location, trusted: bool) -> object:
         lines = msg.strip().splitlines()
         detail = next((line for line in lines if "GLOBAL" in line or "Unsupported global" in line), None)
         if detail is not None:  # a real pickle that references Python classes/functions
+            detail = detail.strip().split(" was not an allowed global")[0]  # not torch's advice to allow it
             raise CheckpointError(
-                f"{path} needs arbitrary Python unpickling to load ({detail.strip()}). Unpickling can run code, so "
+                f"{path} needs arbitrary Python unpickling to load ({ascii(detail)[1:-1]}). Unpickling can run code, so "
                 "it is refused by default. If you trust the file's source, load it with trusted=True "
                 "(CLI: --trust-checkpoint, on train, evaluate, export, bench and data export)."
             ) from None
@@ -75,6 +77,22 @@ def _torch_load(path: Path, map_location, trusted: bool) -> object:
     except Exception as e:  # torch raises many types on junk (KeyError, RuntimeError, EOFError, ...)
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({_safe_reason(str(e).strip().splitlines(), e)}); "
                               + _not_a_checkpoint(path)) from None
+
+
+def _check_records(path: Path) -> None:
+    """A torch.save file is a zip whose records are stored, not compressed: a compressed one (a 1 MB file inflating to a
+    1 GB tensor) is refused before torch allocates it. Other files (legacy pickles, junk) are left to torch.load."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            packed = [i for i in zf.infolist() if i.compress_type != zipfile.ZIP_STORED and i.file_size > (1 << 20)]
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return
+    if packed:
+        raise CheckpointError(f"{path} holds compressed records ({packed[0].filename}: {packed[0].compress_size} bytes inflating to "
+                              f"{packed[0].file_size}), which torch.save never writes: not a checkpoint as saved (a zip bomb?); "
+                              "save it again with torch.save")
 
 
 #: files users pass as --checkpoint by mistake, by suffix: what they are

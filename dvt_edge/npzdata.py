@@ -97,6 +97,9 @@ def load_npz(path: str, split: str, preprocess: Optional[Preprocess]) -> ImageSe
 
 def _numbered_classes(labels: np.ndarray, p: Path) -> list[str]:
     """Class names "0".."max label" for a file without ``classes``; every class must occur."""
+    if int(labels.max()) >= len(labels):  # some class cannot occur; and a label of 10**12 had built a list of 10**12 names
+        raise DataError(f"npz: {p} has no 'classes' array and labels run to {int(labels.max())} for {len(labels)} images, so some "
+                        "class has none; add a 'classes' array naming every class (or fix the labels)")
     classes = [str(i) for i in range(int(labels.max()) + 1)]
     counts = np.bincount(labels[labels >= 0]) if (labels >= 0).all() else None
     if counts is not None and (counts == 0).any():

@@ -78,7 +78,7 @@ def test_a_path_is_refused_in_a_short_message_and_broken_bytes_are_named(onnx_bu
     with pytest.raises(InputError, match="got a path") as e:
         b.predict(str(photo_files / "rgb.png") * 40)
     assert len(str(e.value)) < 500 and "a Pillow image, an image file's bytes" in str(e.value)
-    with pytest.raises(InputError, match="got a path"):
+    with pytest.raises(InputError, match="got a path|so a path"):
         b.predict(os.fsencode(photo_files / "rgb.png"))
     data = (photo_files / "rgb.png").read_bytes()
     with pytest.raises(InputError, match=r"cannot decode the encoded image \(\d+ bytes\)") as e:

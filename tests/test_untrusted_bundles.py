@@ -313,7 +313,7 @@ def test_odd_inputs_keep_their_error_types(bundle):
     (bundle / "cut.jpg").write_bytes((bundle / "p.jpg").read_bytes()[:600])
     with pytest.raises(InputError, match="cannot decode the Pillow image"):
         b.predict(Image.open(bundle / "cut.jpg"))
-    with pytest.raises(InputError, match="got a path"):
+    with pytest.raises(InputError, match="got a path|so a path"):
         b.predict(b"BMW_1.jpg")  # no NUL: a path, whatever its first letters
     (bundle / "exit3.onnx").unlink()
     with pytest.raises(ManifestError, match=r"exit3\.onnx is missing from the bundle"):

@@ -18,6 +18,7 @@ from typing import Optional, Union
 import numpy as np
 
 from dvt_runtime.checks import InputError
+from dvt_runtime.imagesize import declared_size, max_pixels
 
 __all__ = ["IMAGE_EXTS", "IMREAD_FLAGS", "CorruptImage", "DecoderMissing", "ImageError", "TruncatedImage", "UnsupportedPixels", "can_check_jpegs", "cv2_or_fail",
            "decode_image", "encoded_image", "from_pil", "is_pil_image", "jpeg_corruption", "jpeg_end", "read_image", "to_uint8"]
@@ -221,6 +222,11 @@ def decode_image(data: np.ndarray, what: str, strict: bool = False) -> np.ndarra
     cv2 = cv2_or_fail()
     if data.size == 0:
         raise ImageError(f"{what} is empty (0 bytes)")
+    size = declared_size(data[:1 << 20].tobytes())  # headers come first (a JPEG's EXIF is at most 64 KB a segment)
+    if size is not None and size[0] * size[1] > (most := max_pixels()):  # before any decoder allocates it
+        raise ImageError(f"{what} declares {size[0]} x {size[1]} pixels ({size[0] * size[1] / 1e6:.0f} MP), more than the "
+                         f"{most / 1e6:.0f} MP an image may have here (an image bomb, or a huge scan: resize it, or raise "
+                         "DVT_MAX_IMAGE_PIXELS)")
     if data[:3].tobytes() == b"\xff\xd8\xff":
         end = jpeg_end(data.tobytes())
         if end is None:
@@ -268,8 +274,8 @@ def read_image(path: Union[str, Path], strict: bool = False) -> np.ndarray:
 def encoded_image(x: object) -> bool:
     """Whether ``x`` is an encoded image file's bytes (an upload, ``open(f, 'rb').read()``), not a path given as bytes:
     ``bytes`` or a ``bytearray`` holding a NUL byte, which no path holds and every JPEG, PNG, GIF, BMP, TIFF and WebP header
-    does (a memoryview is left alone: one of a pixel array is pixels)."""
-    return isinstance(x, (bytes, bytearray)) and b"\x00" in x
+    does, or longer than a path can be (a PPM has no NUL); a memoryview is left alone: one of a pixel array is pixels."""
+    return isinstance(x, (bytes, bytearray)) and (b"\x00" in x or len(x) > 4096)  # longer than any path (PATH_MAX): a file
 
 
 def is_pil_image(x: object) -> bool:

@@ -10,7 +10,7 @@ from typing import Any, Optional, Protocol, Sequence, Union
 import numpy as np
 
 from dvt_runtime.checks import InputError, check_finite
-from dvt_runtime.images import decode_image, encoded_image, from_pil, is_pil_image
+from dvt_runtime.images import can_check_jpegs, decode_image, encoded_image, from_pil, is_pil_image
 from dvt_runtime.manifest import Manifest
 
 __all__ = ["BundleInputs", "Encoded", "ImageInput", "PILImage"]
@@ -43,8 +43,8 @@ def _pixels(x: Any) -> np.ndarray:
     if is_pil_image(x):
         return from_pil(x)
     if encoded_image(x):
-        data = np.frombuffer(bytes(x), np.uint8)
-        return decode_image(data, f"the encoded image ({data.size} bytes)")
+        data = np.frombuffer(bytes(x), np.uint8)  # a JPEG whose coded data libjpeg finds corrupt: refused, as predict refuses it
+        return decode_image(data, f"the encoded image ({data.size} bytes)", strict=can_check_jpegs())
     return np.asarray(x)
 
 
@@ -91,7 +91,8 @@ class BundleInputs:
     def _as_array(self, x) -> np.ndarray:
         """One array from an array (never silently converted)."""
         if x is None or (isinstance(x, (str, bytes, Path)) and not encoded_image(x)):  # a failed cv2.imread is None; a path is not pixels
-            what = "None (cv2.imread returns None for a file it cannot read)" if x is None else f"a path {_short(x)}"
+            what = ("None (cv2.imread returns None for a file it cannot read)" if x is None else f"a path {_short(x)}" if not
+                    isinstance(x, bytes) else f"{len(x)} bytes without a NUL byte, so a path, not an image file's bytes")  # not echoed
             raise InputError(f"got {what}: pass the decoded image (a uint8 HxW or HxWxC array, e.g. cv2.imread(path)), "
                              "a Pillow image, an image file's bytes, or preprocessed float32 of shape (N, "
                              + ", ".join(map(str, self.input_shape)) + ")")
@@ -114,13 +115,16 @@ class BundleInputs:
         preprocessed float32 arrays ((C, H, W) or (n, C, H, W), as ``bundle.preprocess`` returns)."""
         if not len(x):
             raise InputError("got an empty list of images (0 images); pass at least one image")
-        arrs = [_pixels(v) for v in x]
-        dtypes = {a.dtype for a in arrs}
+        arrs, dtypes = [], set()
+        for v in x:  # each image preprocessed as it is decoded: a list of uploads is never held decoded all at once
+            a = _pixels(v)
+            dtypes.add(a.dtype)
+            arrs.append(self.manifest.preprocess.apply(a) if a.dtype == np.uint8 else a)  # (C, H, W) float32
         if len(dtypes) > 1:
             raise InputError(f"a list of images must share one dtype, got {sorted(map(str, dtypes))}: pass all uint8 "
                              "images, or all float32 arrays already preprocessed (bundle.preprocess)")
-        if arrs[0].dtype == np.uint8:
-            return self.manifest.preprocess.apply_batch(arrs)
+        if dtypes == {np.dtype(np.uint8)}:
+            return np.stack(arrs)  # (N, C, H, W)
         d = len(self.input_shape)
         bad = [a.shape for a in arrs if a.ndim not in (d, d + 1) or tuple(a.shape[-d:]) != self.input_shape]
         if bad:

@@ -9,6 +9,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
 
@@ -331,41 +332,70 @@ def sha256_file(path: Union[str, Path], chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def read_npz(path: Union[str, Path], need: Sequence[str], error: Callable[[str], Exception], hint: str) -> dict:
-    """The arrays of a .npz file (never unpickled), with those in ``need`` present.
+def read_npz(path: Union[str, Path], need: Sequence[str], error: Callable[[str], Exception], hint: str) -> "NpzArrays":
+    """The arrays of a .npz file (never unpickled), with those in ``need`` present and read now; the others are read when
+    first used (a member nobody needs, inflating to gigabytes, is never read).
 
     Missing, unreadable files and missing arrays raise ``error(message)``; ``hint`` says how to
     write a good file. The one npz reader of the project (data sets, calibration, profiling).
     """
-    import numpy as np
-
     p = Path(path).expanduser()
     if p.is_dir():
         raise error(f"{p} is a folder, not a .npz file ({hint})")
     if not p.is_file():
         raise error(f"{p} not found ({hint})")
-    import zipfile
-
-    arrays, pickled = {}, []
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            for k in z.files:
-                try:
-                    arrays[k] = z[k]
-                except ValueError as e:  # an object array (it would need unpickling): fatal only if needed
-                    if "Object arrays cannot be loaded" not in str(e) and k in need:
-                        raise  # a damaged array: not readable
-                    pickled.append(k)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise error(f"{p} is not a readable .npz archive ({type(e).__name__}: damaged, or cut short by an interrupted copy or "
-                    f"write?); {hint}") from None
-    if needed := [k for k in pickled if k in need]:
-        raise error(f"{p}: its {needed[0]!r} array holds Python objects (a list of arrays of different sizes?), which are not "
-                    f"unpickled for safety: save one numeric array, e.g. np.stack of same-sized images; {hint}")
-    missing = [k for k in need if k not in arrays]
+    z = NpzArrays(p, error, hint)
+    missing = [k for k in need if k not in z]
     if missing:
-        raise error(f"{p} has no {' / '.join(repr(k) for k in missing)} array (found {sorted(arrays)}); {hint}")
-    return arrays
+        raise error(f"{p} has no {' / '.join(repr(k) for k in missing)} array (found {sorted(z)}); {hint}")
+    for k in need:
+        z[k]  # noqa: B018  read now: a damaged or pickled array the caller needs is said before any work
+    return z
+
+
+class NpzArrays(Mapping):
+    """A .npz file's arrays by name, each read from the file when first used."""
+
+    def __init__(self, path: Path, error: Callable[[str], Exception], hint: str):
+        import zipfile
+
+        self.path, self._error, self._hint, self._arrays = path, error, hint, {}
+        try:
+            with zipfile.ZipFile(path) as zf:
+                self._keys = [n[: -len(".npy")] for n in zf.namelist() if n.endswith(".npy")]
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise self._unreadable(e) from None
+
+    def _unreadable(self, e: BaseException) -> Exception:
+        return self._error(f"{self.path} is not a readable .npz archive ({type(e).__name__}: damaged, or cut short by an interrupted "
+                           f"copy or write?); {self._hint}")
+
+    def __getitem__(self, k: str):
+        if k not in self._arrays:
+            if k not in self._keys:
+                raise KeyError(k)
+            import zipfile
+
+            import numpy as np
+
+            try:
+                with np.load(self.path, allow_pickle=False) as z:
+                    self._arrays[k] = z[k]
+            except ValueError as e:
+                if "Object arrays cannot be loaded" in str(e):  # it would need unpickling
+                    raise self._error(f"{self.path}: its {k!r} array holds Python objects (a list of arrays of different sizes?), "
+                                      "which are not unpickled for safety: save one numeric array, e.g. np.stack of same-sized "
+                                      f"images; {self._hint}") from None
+                raise self._unreadable(e) from None
+            except (OSError, EOFError, zipfile.BadZipFile) as e:
+                raise self._unreadable(e) from None
+        return self._arrays[k]
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
 
 
 def check_labels(labels, where: str, error: Callable[[str], Exception]):

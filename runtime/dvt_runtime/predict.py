@@ -84,7 +84,10 @@ def image_files(paths: Sequence[str], skipped: Optional[collections.Counter] = N
     for p in map(Path, _expanded(paths)):
         if p.is_dir():
             here: dict = {}
-            found = _walk(p, here)
+            try:
+                found = _walk(p, here)
+            except RecursionError:  # os.walk recurses (Python 3.11): 1,200 nested folders ended in a traceback
+                raise ValueError(f"{p} nests folders too deeply to walk (hundreds of levels): pass the folders that hold the images") from None
             if not found:
                 what = collections.Counter(here.values())
                 other = f"; it holds {sum(what.values())} other file(s): " + ", ".join(f"{k}: {v}" for k, v in what.most_common(6)) if what else ""
