@@ -432,10 +432,11 @@ def _info(spec: str) -> None:
             print(f"{spec} [{split}]: none ({e})")
             continue
         counts = np.bincount(ds.labels, minlength=ds.num_classes)
-        print(f"{ds.name} [{split}]: {len(ds)} images, {ds.num_classes} classes, per class {counts.tolist()}")
+        per = ", ".join(f"{c}: {n}" for c, n in zip(ds.classes, counts.tolist())) if ds.num_classes <= 50 else str(counts.tolist())
+        print(f"{ds.name} [{split}]: {len(ds)} images, {ds.num_classes} classes ({per})")  # named: counts alone hid which was rare
     if ds is None:
         raise DataError(f"{spec} holds none of the splits {list(SPLITS)}")
-    print(f"preprocess: {ds.preprocess.to_dict()}")
+    print(f"preprocess (data export's default without --checkpoint; train and export use the model's): {ds.preprocess.to_dict()}")
 
 
 def _export(args: argparse.Namespace) -> None:

@@ -263,6 +263,7 @@ def test_data_export_round_trip(tmp_path, fmnist_test, capsys):
     assert main(["info", "--data", f"npz:{out}"]) == 0  # a file of one split: the other is said, not an error
     printed = capsys.readouterr().out
     assert f"npz:{out} [train]: none (npz: {out} holds only the 'val' split" in printed and "[val]: 64 images" in printed
+    assert f"10 classes ({back.classes[0]}: " in printed  # named with their counts: a rare class is seen by its name
     # export_npz is atomic: no temp files
     export_npz(fmnist_test, tmp_path / "again.npz", n=4, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again.npz", "val.npz"]
