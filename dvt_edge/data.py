@@ -45,7 +45,7 @@ from dvt_edge.npzdata import HOLDOUT_MARK, export_npz, load_npz, load_npz_spec, 
 
 # the loaders live in their own modules; their public names are importable from here too
 from dvt_runtime.cli import DocFormatter, command_name
-from dvt_runtime.console import quote_arg, silenced_progress
+from dvt_runtime.console import quote_arg, shown, silenced_progress
 from dvt_runtime.io import os_error_text, sha256_file, unwritable
 from dvt_runtime.preprocess import Preprocess
 
@@ -432,7 +432,7 @@ def _info(spec: str) -> None:
             print(f"{spec} [{split}]: none ({e})")
             continue
         counts = np.bincount(ds.labels, minlength=ds.num_classes)
-        per = ", ".join(f"{c}: {n}" for c, n in zip(ds.classes, counts.tolist())) if ds.num_classes <= 50 else str(counts.tolist())
+        per = ", ".join(f"{shown(c)}: {n}" for c, n in zip(ds.classes, counts.tolist())) if ds.num_classes <= 50 else str(counts.tolist())
         print(f"{ds.name} [{split}]: {len(ds)} images, {ds.num_classes} classes ({per})")  # named: counts alone hid which was rare
     if ds is None:
         raise DataError(f"{spec} holds none of the splits {list(SPLITS)}")

@@ -41,7 +41,7 @@ from dvt_edge.logs import pyplot
 from dvt_edge.provenance import THREADS_HELP, environment, set_torch_threads
 from dvt_runtime.checks import FEW_IMAGES, numbered
 from dvt_runtime.cli import DocFormatter, command_name
-from dvt_runtime.console import join_args, quote_arg, silenced_progress
+from dvt_runtime.console import join_args, quote_arg, shown, silenced_progress
 from dvt_runtime.io import atomic_write_json, check_result_files, os_error_text, save_png, sha256_file
 from dvt_runtime.search import ExitOutputs, StageCosts, evaluate_thresholds, pareto_frontier, sweep_thresholds
 from dvt_runtime.stats import accuracy_interval
@@ -176,7 +176,7 @@ def _never_notes(pc: dict) -> list[str]:
     """A note for every exit that never predicts a class the images hold."""
     out = []
     for e, share in enumerate(pc["predicted_pct"]):
-        never = [str(pc["classes"][k]) for k in range(len(share)) if pc["support"][k] and share[k] == 0]
+        never = [shown(pc["classes"][k]) for k in range(len(share)) if pc["support"][k] and share[k] == 0]
         if never:
             out.append(f"note: exit {e + 1} never predicts {', '.join(never[:5])}{' ...' if len(never) > 5 else ''} (on these images): "
                        "a cascade stopping there never answers it; see per_class in the JSON")
@@ -186,7 +186,8 @@ def _never_notes(pc: dict) -> list[str]:
 def per_class_lines(pc: dict, most: int = 20) -> list[str]:
     """The per-class table for the terminal, and the never-predicted notes."""
     order, head = _class_order(pc, most)
-    names, width = pc["classes"], min(24, max((len(str(pc["classes"][k])) for k in order), default=5))
+    names = [shown(c) for c in pc["classes"]]  # a data file's names: escape sequences printed, not run
+    width = min(24, max((len(names[k]) for k in order), default=5))
     lines = ["", f"{head} (recall % at each exit alone; n images):"]
     lines += [f"  {str(names[k])[:width]:<{width}}  n {pc['support'][k]:>5}  " + " / ".join(f"{r[k]:6.2f}" for r in pc["recall"]) for k in order]
     return lines + _never_notes(pc)

@@ -87,11 +87,13 @@ def pyplot():
     import tempfile
 
     if not os.environ.get("MPLCONFIGDIR"):
-        try:  # where matplotlib looks on Linux (macOS: ~/.matplotlib)
-            base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-            where = base / "matplotlib" if sys.platform != "darwin" else Path.home() / ".matplotlib"
-            where.mkdir(parents=True, exist_ok=True)
-            usable = os.access(where, os.W_OK)
+        try:  # where matplotlib keeps its configuration and its font cache on Linux (macOS: ~/.matplotlib for both)
+            home = Path.home()
+            where = [Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "matplotlib",
+                     Path(os.environ.get("XDG_CACHE_HOME") or home / ".cache") / "matplotlib"] if sys.platform != "darwin" else [home / ".matplotlib"]
+            for w in where if os.name != "nt" else []:  # Windows: matplotlib's own folders under the user's profile
+                w.mkdir(parents=True, exist_ok=True)
+            usable = all(os.access(w, os.W_OK) for w in where) if os.name != "nt" else True
         except (OSError, RuntimeError):  # RuntimeError: no home folder at all
             usable = False
         if not usable:

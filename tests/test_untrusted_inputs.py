@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import struct
+import sys
 import time
 import zipfile
 import zlib
@@ -15,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dvt_runtime.images import ImageError, decode_image, read_image
+from dvt_runtime.images import ImageError, decode_image
 from dvt_runtime.imagesize import DEFAULT_MAX_PIXELS, declared_size, max_pixels
 
 
@@ -36,7 +37,6 @@ def test_the_declared_size_is_the_decoded_size(fmt):
     """The header reader (before any decoder allocates) reads every format's real files right: no good image refused."""
     data = _encoded(fmt)
     assert declared_size(data) == (37, 23)
-    assert read_image  # the decode itself is the one every path uses
     assert decode_image(np.frombuffer(data, np.uint8), fmt).shape[:2] == (23, 37)
 
 
@@ -63,6 +63,25 @@ def test_an_image_bomb_is_refused_before_it_is_decoded(fmt):
     with pytest.raises(ImageError, match=r"declares 32000 x 32000 pixels \(1024 MP\), more than the 134 MP .* DVT_MAX_IMAGE_PIXELS"):
         decode_image(np.frombuffer(_bombs()[fmt], np.uint8), f"the {fmt}", strict=True)
     assert time.perf_counter() - t0 < 2
+
+
+def test_headers_far_into_the_file_repeated_or_netpbm_are_read(monkeypatch):
+    """A JPEG's frame header after 1.1 MB of padding segments, a TIFF's directory after its pixels, and a TIFF naming its
+    width twice (libtiff reads the first) had passed a check that read the first 1 MB and the last entry; PPM had none."""
+    from dvt_runtime.images import TooLarge
+
+    monkeypatch.setenv("DVT_MAX_IMAGE_PIXELS", "500")  # under 37 x 23
+    jpg = _encoded("jpg")
+    pad = (b"\xff\xee" + struct.pack(">H", 65535) + bytes(65533)) * 17  # APP14 segments, 1.1 MB before the frame header
+    tiff_far = b"II*\x00" + struct.pack("<I", 8 + 1_200_000) + bytes(1_200_000) + struct.pack("<H", 2) + \
+        struct.pack("<HHII", 256, 4, 1, 1000) + struct.pack("<HHII", 257, 4, 1, 400)
+    tiff_twice = b"II*\x00" + struct.pack("<IH", 8, 3) + struct.pack("<HHII", 256, 4, 1, 200) + \
+        struct.pack("<HHII", 256, 4, 1, 10) + struct.pack("<HHII", 257, 4, 1, 20)
+    cases = {"jpg": jpg[:2] + pad + jpg[2:], "tiff_far": tiff_far, "tiff_twice": tiff_twice, "ppm": b"P6\n# made\n300 200\n255\n" + bytes(64)}
+    assert [declared_size(d) for d in cases.values()] == [(37, 23), (1000, 400), (200, 20), (300, 200)]
+    for name, data in cases.items():
+        with pytest.raises(TooLarge, match="declares"):
+            decode_image(np.frombuffer(data, np.uint8), name)
 
 
 def test_the_pixel_limit_is_the_users_to_set(monkeypatch):
@@ -105,6 +124,7 @@ def test_a_data_file_cannot_make_a_small_file_allocate_gigabytes(tmp_path):
     from dvt_runtime.io import read_npz
 
     z = read_npz(tmp_path / "junk.npz", ("images", "labels"), ValueError, "hint")
+    assert "junk" in z and "nothing" not in z  # asked by name, not read
     assert sorted(z) == ["images", "junk", "labels"] and sorted(z._arrays) == ["images", "labels"]  # junk never read
     assert load_dataset(f"npz:{tmp_path / 'junk.npz'}", "val").labels.tolist() == (np.arange(10) % 2).tolist()
 
@@ -118,6 +138,12 @@ def test_a_checkpoint_that_inflates_or_prints_escapes_is_refused_plainly(tmp_pat
             zout.writestr(i.filename, zin.read(i))
     with pytest.raises(CheckpointError, match=r"holds compressed records .* torch.save never writes"):
         load_checkpoint(str(tmp_path / "bomb.pt"))
+    torch.save({f"t{i}": torch.zeros(1 << 16) for i in range(20)}, tmp_path / "many.pt")  # 20 records of 256 KB each
+    with zipfile.ZipFile(tmp_path / "many.pt") as zin, zipfile.ZipFile(tmp_path / "bombs.pt", "w", zipfile.ZIP_DEFLATED) as zout:
+        for i in zin.infolist():
+            zout.writestr(i.filename, zin.read(i))
+    with pytest.raises(CheckpointError, match=r"holds compressed records \(2\d, "):  # each under 1 MB: counted in total
+        load_checkpoint(str(tmp_path / "bombs.pt"))
     with zipfile.ZipFile(tmp_path / "ok.pt") as zin, zipfile.ZipFile(tmp_path / "ansi.pt", "w") as zout:
         for i in zin.infolist():
             data = b"\x80\x02cx\x1b[31mRED\x1b]0;TITLE\x07\ny\nq\x00." if i.filename.endswith("data.pkl") else zin.read(i)
@@ -140,5 +166,23 @@ def test_a_folder_nested_past_pythons_recursion_limit_is_one_error(tmp_path, onn
         os.chdir("a")
     cv2.imwrite("x.png", np.zeros((8, 8), np.uint8))
     os.chdir(tmp_path)
-    assert main(["--bundle", str(onnx_bundle), str(tmp_path / "d")]) == 2
-    assert "nests folders too deeply to walk" in capsys.readouterr().err
+    rc = main(["--bundle", str(onnx_bundle), str(tmp_path / "d")])
+    if sys.version_info < (3, 12):  # os.walk recursed until 3.12
+        assert rc == 2 and "nests folders too deeply to walk" in capsys.readouterr().err
+    else:
+        assert rc == 0
+
+
+def test_names_from_a_data_file_reach_the_terminal_escaped(tmp_path, capsys):
+    from dvt_edge.data import main as data_main
+    from dvt_edge.evaluate import per_class, per_class_lines
+
+    np.savez(tmp_path / "x.npz", images=np.zeros((4, 8, 8), np.uint8), labels=np.array([0, 0, 1, 1]),
+             classes=np.array(["cat\x1b]0;PWNED\x07", "dog\x1b[2J"]))
+    assert data_main(["info", "--data", f"npz:{tmp_path / 'x.npz'}"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "cat\\x1b]0;PWNED\\x07: " in out
+    probs = np.zeros((1, 4, 2))
+    probs[0, :, 0] = 1
+    text = "\n".join(per_class_lines(per_class(probs, np.array([0, 0, 1, 1]), ["cat", "dog\x1b[2J"])))
+    assert "\x1b" not in text and "never predicts dog\\x1b[2J" in text

@@ -52,6 +52,11 @@ def _ansi_c_quoted(text: str) -> str:
     return f"$'{body}'"
 
 
+def shown(text: object) -> str:
+    """``text`` for a terminal: control characters (an escape sequence or a newline in a file or class name) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def join_args(args: Iterable[object]) -> str:
     """A command line of ``args``, each quoted by :func:`quote_arg` (a recorded, rerunnable command)."""
     return " ".join(quote_arg(a) for a in args)

@@ -20,7 +20,7 @@ import numpy as np
 from dvt_runtime.checks import InputError
 from dvt_runtime.imagesize import declared_size, max_pixels
 
-__all__ = ["IMAGE_EXTS", "IMREAD_FLAGS", "CorruptImage", "DecoderMissing", "ImageError", "TruncatedImage", "UnsupportedPixels", "can_check_jpegs", "cv2_or_fail",
+__all__ = ["IMAGE_EXTS", "IMREAD_FLAGS", "CorruptImage", "TooLarge", "DecoderMissing", "ImageError", "TruncatedImage", "UnsupportedPixels", "can_check_jpegs", "cv2_or_fail",
            "decode_image", "encoded_image", "from_pil", "is_pil_image", "jpeg_corruption", "jpeg_end", "read_image", "to_uint8"]
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".webp", ".tif", ".tiff", ".avif"})  # what image folders hold (by suffix, any case)
@@ -36,6 +36,12 @@ class TruncatedImage(ImageError):
     """A JPEG that ends, or whose structure breaks, before its end-of-image marker."""
 
     kind = "truncated"
+
+
+class TooLarge(ImageError):
+    """An image whose header declares more pixels than :func:`dvt_runtime.imagesize.max_pixels` allows."""
+
+    kind = "over the pixel limit (DVT_MAX_IMAGE_PIXELS)"
 
 
 class CorruptImage(ImageError):
@@ -222,9 +228,9 @@ def decode_image(data: np.ndarray, what: str, strict: bool = False) -> np.ndarra
     cv2 = cv2_or_fail()
     if data.size == 0:
         raise ImageError(f"{what} is empty (0 bytes)")
-    size = declared_size(data[:1 << 20].tobytes())  # headers come first (a JPEG's EXIF is at most 64 KB a segment)
+    size = declared_size(data.tobytes())  # the whole file: a JPEG's frame header can follow 1 MB of other segments
     if size is not None and size[0] * size[1] > (most := max_pixels()):  # before any decoder allocates it
-        raise ImageError(f"{what} declares {size[0]} x {size[1]} pixels ({size[0] * size[1] / 1e6:.0f} MP), more than the "
+        raise TooLarge(f"{what} declares {size[0]} x {size[1]} pixels ({size[0] * size[1] / 1e6:.0f} MP), more than the "
                          f"{most / 1e6:.0f} MP an image may have here (an image bomb, or a huge scan: resize it, or raise "
                          "DVT_MAX_IMAGE_PIXELS)")
     if data[:3].tobytes() == b"\xff\xd8\xff":

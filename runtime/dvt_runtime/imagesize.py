@@ -1,7 +1,7 @@
 """The pixel size an image file declares in its header, read before it is decoded: a few bytes can claim 32000 x 32000
 pixels (a GIF of 35 bytes made OpenCV allocate 8 GB, a 1 KB BMP 4 GB, a JPEG with its size field changed 6 GB), so an
 image over :func:`max_pixels` is refused before any decoder allocates it. JPEG, PNG, GIF, BMP, WebP and TIFF are read
-here; other formats keep OpenCV's own limit (2^30 pixels)."""
+here, and Netpbm; other formats keep OpenCV's own limit (2^30 pixels)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ def max_pixels() -> int:
 
 
 def declared_size(data: bytes) -> Optional[tuple[int, int]]:
-    """(width, height) from the header of a JPEG, PNG, GIF, BMP, WebP or TIFF file's bytes; None for another format or a
+    """(width, height) from the header of a JPEG, PNG, GIF, BMP, WebP, TIFF or Netpbm file's bytes (all of them: a JPEG's
+    frame header may follow megabytes of other segments, a TIFF's directory its pixels); None for another format or a
     header too short to say (the decoder then judges the file)."""
     try:
         if data[:3] == b"\xff\xd8\xff":
@@ -45,6 +46,8 @@ def declared_size(data: bytes) -> Optional[tuple[int, int]]:
             return _webp(data)
         if data[:4] in (b"II*\x00", b"MM\x00*"):
             return _tiff(data)
+        if data[:1] == b"P" and data[1:2] in b"1234567f" and data[2:3].isspace():
+            return _pnm(data)
     except struct.error:  # too short: the decoder says so
         return None
     return None
@@ -98,5 +101,16 @@ def _tiff(data: bytes) -> Optional[tuple[int, int]]:
     for i in range(min(count, 4096)):
         tag, kind, _, value = struct.unpack(e + "HHI4s", data[ifd + 2 + 12 * i:ifd + 14 + 12 * i])
         if tag in (256, 257):
-            size[tag] = struct.unpack(e + ("H" if kind == 3 else "I"), value[:2] if kind == 3 else value)[0]
+            size.setdefault(tag, struct.unpack(e + ("H" if kind == 3 else "I"), value[:2] if kind == 3 else value)[0])  # libtiff: the first
     return (size[256], size[257]) if len(size) == 2 else None
+
+
+def _pnm(data: bytes) -> Optional[tuple[int, int]]:
+    """Netpbm (P1-P6, PFM): width and height, the header's first two numbers after the magic (comments skipped); P7 (PAM)
+    names them WIDTH and HEIGHT."""
+    head = data[:4096].split(b"ENDHDR")[0] if data[1:2] == b"7" else data[:4096]
+    words = [w for line in head.split(b"\n") for w in line.split(b"#")[0].split()]
+    if data[1:2] == b"7":
+        keys = dict(zip(words[1::2], words[2::2]))
+        return (int(keys[b"WIDTH"]), int(keys[b"HEIGHT"])) if b"WIDTH" in keys and b"HEIGHT" in keys else None
+    return (int(words[1]), int(words[2])) if len(words) >= 3 and words[1].isdigit() and words[2].isdigit() else None

@@ -383,13 +383,16 @@ class NpzArrays(Mapping):
                     self._arrays[k] = z[k]
             except ValueError as e:
                 if "Object arrays cannot be loaded" in str(e):  # it would need unpickling
-                    raise self._error(f"{self.path}: its {k!r} array holds Python objects (a list of arrays of different sizes?), "
-                                      "which are not unpickled for safety: save one numeric array, e.g. np.stack of same-sized "
-                                      f"images; {self._hint}") from None
+                    raise self._error(f"{self.path}: its {k!r} array holds Python objects (not unpickled, for safety): "
+                                      "save images as one numeric array (np.stack of same-sized images) and names as "
+                                      f"np.array(names, dtype=str); {self._hint}") from None
                 raise self._unreadable(e) from None
             except (OSError, EOFError, zipfile.BadZipFile) as e:
                 raise self._unreadable(e) from None
         return self._arrays[k]
+
+    def __contains__(self, k: object) -> bool:  # by name: Mapping's own reads the member
+        return k in self._keys
 
     def __iter__(self):
         return iter(self._keys)

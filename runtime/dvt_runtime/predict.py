@@ -32,7 +32,7 @@ from dvt_runtime.backends import PROVIDERS_HELP, BackendUnavailable, parse_provi
 from dvt_runtime.calibration import CALIBRATION_DIR_HELP, bundle_args
 from dvt_runtime.checks import NonFiniteOutput, check_thresholds, parse_thresholds, positive_ms, preprocessed_here, rough_thresholds
 from dvt_runtime.cli import DocFormatter, command_name
-from dvt_runtime.console import WINDOWS, progress, quote_arg  # WINDOWS: its shells pass *.jpg to the command as it is typed
+from dvt_runtime.console import WINDOWS, progress, quote_arg, shown  # WINDOWS: its shells pass *.jpg to the command as it is typed
 from dvt_runtime.device import open_here, profiled_here, this_host
 from dvt_runtime.images import IMAGE_EXTS, ImageError, can_check_jpegs, cv2_or_fail, read_image
 from dvt_runtime.io import atomic_write_json, check_out_path, os_error_text
@@ -194,30 +194,25 @@ def _against_budget(r: dict) -> str:
     return f"; predict {metric} {v:.3f} ms a call, {'within' if v <= r['budget_ms'] else 'OVER'} the {r['budget_ms']:g} ms budget"
 
 
-def _shown(text: object) -> str:
-    """``text`` for a terminal: control characters (an escape sequence or a newline in a file or class name) escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
-
-
 def format_result(r: dict) -> str:
     """One line per image, then the exits' counts and latency percentiles (names with control characters escaped)."""
     # paths under the images' common folder: names alone repeat across class folders (train/cat/IMG_0000.jpg, train/dog/...)
     full = [os.path.abspath(x["file"]) for x in r["images"]]
     try:
         root = os.path.commonpath([os.path.dirname(f) for f in full]) if full else ""
-        names = [_shown(os.path.relpath(f, root)) for f in full]
+        names = [shown(os.path.relpath(f, root)) for f in full]
     except ValueError:  # files on different drives (Windows)
-        names = [_shown(Path(f).name) for f in full]
+        names = [shown(Path(f).name) for f in full]
     width = min(60, max([len(n) for n in names] + [4]))
-    cw = min(40, max([len(_shown(x["class_name"])) for x in r["images"]] + [5]))  # class names whole (ImageNet's run to 30 and more)
+    cw = min(40, max([len(shown(x["class_name"])) for x in r["images"]] + [5]))  # class names whole (ImageNet's run to 30 and more)
     lines = [f"{'file':<{width}}  {'class':<{cw}} {'conf':>6}  exit  {'ms':>7}"]
     for name, x in zip(names, r["images"]):
         name = name if len(name) <= width else "..." + name[-(width - 3):]  # the file's own name kept
-        lines.append(f"{name:<{width}}  {_shown(x['class_name'])[:cw]:<{cw}} {x['confidence']:>6.3f}  {x['exit']:>4}  "
+        lines.append(f"{name:<{width}}  {shown(x['class_name'])[:cw]:<{cw}} {x['confidence']:>6.3f}  {x['exit']:>4}  "
                      f"{x['total_ms']:>7.3f}" + ("  (deadline: later exit skipped)" if x["deadline_skipped"] else "")
                      + (f"  (a small image, upscaled {x['upscaled']:g}x)" if x.get("upscaled") else ""))
-    lines += [f"unreadable: {_shown(u['error'])}" for u in r["unreadable"]]
-    lines += [f"failed: {_shown(u['file'])}: {_shown(u['error'])}" for u in r.get("failed", [])]
+    lines += [f"unreadable: {shown(u['error'])}" for u in r["unreadable"]]
+    lines += [f"failed: {shown(u['file'])}: {shown(u['error'])}" for u in r.get("failed", [])]
     n = r["n_images"]
     failed = f", {len(r['failed'])} failed" if r.get("failed") else ""
     if n:
@@ -328,7 +323,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if unsaved is not None:
         return 2
     if saved is not None:
-        print(f"wrote {_shown(saved)}")  # a name with control characters is shown escaped, as in the table
+        print(f"wrote {shown(saved)}")  # a name with control characters is shown escaped, as in the table
     return 1 if r["unreadable"] or r["failed"] else 0
 
 
