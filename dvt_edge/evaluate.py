@@ -139,8 +139,7 @@ def evaluate_checkpoint(
         "checkpoint_thresholds_curve": [c.to_dict() for c in stored],  # its dynamic_threshold rows as stored ([] without)
         "checkpoint_thresholds_note": stored_note,  # rows left out, and why ("" when none)
         "pareto": [c.to_dict() for c in frontier],
-        "checkpoint_accuracies": info.accuracies,
-        "per_class": per_class(probs, ds.labels, list(ds.classes)),
+        "checkpoint_accuracies": info.accuracies, "per_class": per_class(probs, ds.labels, list(ds.classes)),
         "artifacts": artifacts,
     }
 

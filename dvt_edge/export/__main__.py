@@ -150,8 +150,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              force=args.force, verify=not args.no_verify, trusted=args.trust_checkpoint, verbose=args.verbose,
                              int8_min_agreement=_agreement(args.int8_min_agreement),
                              command=join_args(["python", "-m", "dvt_edge.export", *(sys.argv[1:] if argv is None else argv)]))
-        failed = 0
-        model_name = None
+        failed, model_name = 0, None
         if as_parent:
             from dvt_edge.checkpoint import load_checkpoint
 

@@ -76,11 +76,10 @@ if TYPE_CHECKING:
     from dvt_runtime.profile import LatencyProfile
 
 
-__all__ = ["Fit", "calibrate", "fit", "format_result", "main",  # and what other modules define, re-exported:
-           "CALIBRATION_DIR_HELP", "SCHEMA", "BudgetRow", "Calibration", "CalibrationError", "Chosen", "bundle_identity", "file_device",
-           "file_state", "other_hosts_latencies", "validate_calibration", "check_batch_memory", "check_device_name", "profiled_here",
-           "this_host", "NO_OVERHEAD", "cascade_overhead_ms", "exit_probs", "measure_cascade", "measure_interleaved",
-           "recorded_overhead", "with_overhead", "check_npz_preprocess", "load_npz"]
+__all__ = ["Fit", "calibrate", "fit", "format_result", "main", "CALIBRATION_DIR_HELP", "SCHEMA", "BudgetRow", "Calibration", "CalibrationError",
+           "Chosen", "bundle_identity", "file_device", "file_state", "other_hosts_latencies", "validate_calibration", "check_batch_memory",
+           "check_device_name", "profiled_here", "this_host", "NO_OVERHEAD", "cascade_overhead_ms", "exit_probs", "measure_cascade",
+           "measure_interleaved", "recorded_overhead", "with_overhead", "check_npz_preprocess", "load_npz"]  # with the re-exported
 
 @dataclass
 class Fit:

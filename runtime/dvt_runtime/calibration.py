@@ -332,7 +332,8 @@ def validate_calibration(d: Any, manifest=None) -> None:
             _need(isinstance(s, dict) and _num(s.get("mean")) and s["mean"] > 0,
                   f"profile 'stopping' exit {i + 1}: mean must be a positive number of ms, got {s.get('mean') if isinstance(s, dict) else s!r}")
     _need(_num(d["budget_ms"]) and d["budget_ms"] > 0, f"budget_ms must be a positive number, got {d['budget_ms']!r}")
-    _need(0 < len(d["table"]) <= MAX_TABLE_ROWS, f"the budget table has {len(d['table'])} rows (1 to {MAX_TABLE_ROWS}: calibrate writes a few dozen)")
+    _need(len(d["table"]) > 0, "the budget table is empty")
+    _need(len(d["table"]) <= MAX_TABLE_ROWS, f"the budget table has {len(d['table'])} rows (at most {MAX_TABLE_ROWS}: calibrate writes a few dozen)")
     for j, r in enumerate(d["table"]):
         _need(isinstance(r, dict) and isinstance(r.get("predicted"), dict), f"table row {j + 1} is malformed")
         _thresholds(r.get("thresholds"), n, f"table row {j + 1} thresholds")

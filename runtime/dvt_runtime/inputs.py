@@ -115,15 +115,16 @@ class BundleInputs:
         preprocessed float32 arrays ((C, H, W) or (n, C, H, W), as ``bundle.preprocess`` returns)."""
         if not len(x):
             raise InputError("got an empty list of images (0 images); pass at least one image")
-        arrs, dtypes = [], set()
+        arrs: list = []
+        first: Any = None
         for v in x:  # each image preprocessed as it is decoded: a list of uploads is never held decoded all at once
             a = _pixels(v)
-            dtypes.add(a.dtype)
+            if arrs and a.dtype != first:
+                raise InputError(f"a list of images must share one dtype, got {sorted({str(first), str(a.dtype)})}: pass all uint8 "
+                                 "images, or all float32 arrays already preprocessed (bundle.preprocess)")
+            first = a.dtype
             arrs.append(self.manifest.preprocess.apply(a) if a.dtype == np.uint8 else a)  # (C, H, W) float32
-        if len(dtypes) > 1:
-            raise InputError(f"a list of images must share one dtype, got {sorted(map(str, dtypes))}: pass all uint8 "
-                             "images, or all float32 arrays already preprocessed (bundle.preprocess)")
-        if dtypes == {np.dtype(np.uint8)}:
+        if first == np.uint8:
             return np.stack(arrs)  # (N, C, H, W)
         d = len(self.input_shape)
         bad = [a.shape for a in arrs if a.ndim not in (d, d + 1) or tuple(a.shape[-d:]) != self.input_shape]
