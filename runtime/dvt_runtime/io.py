@@ -384,7 +384,7 @@ class NpzArrays(Mapping):
             except ValueError as e:
                 if "Object arrays cannot be loaded" in str(e):  # it would need unpickling
                     raise self._error(f"{self.path}: its {k!r} array holds Python objects (not unpickled, for safety): "
-                                      "save images as one numeric array (np.stack of same-sized images) and names as "
+                                      "save images as one numeric array, e.g. np.stack of same-sized images, and names as "
                                       f"np.array(names, dtype=str); {self._hint}") from None
                 raise self._unreadable(e) from None
             except (OSError, EOFError, zipfile.BadZipFile) as e:
