@@ -17,6 +17,8 @@ import threading
 import warnings
 from typing import Any, Callable, Iterable, Iterator, Optional
 
+from dvt_runtime.schema import printable
+
 __all__ = ["progress", "progress_silenced", "silenced_progress", "output_to", "plain_warnings", "sigterm_as_interrupt", "run_cli",
            "WINDOWS", "quote_arg", "join_args", "move_command"]
 
@@ -33,7 +35,7 @@ def quote_arg(arg: object) -> str:
     read their arguments (``subprocess.list2cmdline``'s rules). ``%VAR%`` (cmd.exe) and ``$x`` (PowerShell) still expand
     inside double quotes."""
     text = str(arg)
-    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text):  # a control character printed would run in the terminal
+    if not printable(text):  # a control character printed would run in the terminal
         return _ansi_c_quoted(text)
     if not WINDOWS:
         return shlex.quote(text)
@@ -47,7 +49,7 @@ def quote_arg(arg: object) -> str:
 def _ansi_c_quoted(text: str) -> str:
     """``text`` with control characters as ``\\xHH`` escapes: ``$'...'`` quoting (bash, zsh, POSIX sh since 2024),
     which pastes back as the same argument; on Windows no shell takes it back, but nothing runs in the terminal."""
-    body = "".join("".join(f"\\x{b:02x}" for b in c.encode("utf-8")) if ord(c) < 32 or 127 <= ord(c) < 160
+    body = "".join("".join(f"\\x{b:02x}" for b in c.encode("utf-8")) if not printable(c)
                    else "\\" + c if c in "\\'" else c for c in text)  # C1 as its UTF-8 bytes: \\u85 is literal text under LC_ALL=C
     return f"$'{body}'"
 

@@ -228,18 +228,19 @@ def decode_image(data: np.ndarray, what: str, strict: bool = False) -> np.ndarra
     cv2 = cv2_or_fail()
     if data.size == 0:
         raise ImageError(f"{what} is empty (0 bytes)")
-    size = declared_size(data.tobytes())  # the whole file: a JPEG's frame header can follow 1 MB of other segments
+    raw = data.tobytes()  # once: the size check and the JPEG walk both read the whole file
+    size = declared_size(raw)  # the whole file: a JPEG's frame header can follow 1 MB of other segments
     if size is not None and size[0] * size[1] > (most := max_pixels()):  # before any decoder allocates it
         raise TooLarge(f"{what} declares {size[0]} x {size[1]} pixels ({size[0] * size[1] / 1e6:.0f} MP), more than the "
                          f"{most / 1e6:.0f} MP an image may have here (an image bomb, or a huge scan: resize it, or raise "
                          "DVT_MAX_IMAGE_PIXELS)")
-    if data[:3].tobytes() == b"\xff\xd8\xff":
-        end = jpeg_end(data.tobytes())
+    if raw[:3] == b"\xff\xd8\xff":
+        end = jpeg_end(raw)
         if end is None:
             raise TruncatedImage(f"{what} is a truncated or broken JPEG (it ends, or its structure breaks, before its end-of-image "
                             "marker): copy or download it again, or re-save it from its source")
         data = data[:end]  # what follows the image (a motion photo's video) is not decoded
-        if strict and (warning := jpeg_corruption(data.tobytes())):
+        if strict and (warning := jpeg_corruption(raw[:end])):
             raise CorruptImage(f"{what} has corrupt JPEG data (libjpeg: {warning!r}): its pixels cannot be trusted; copy or "
                                "download it again, or re-save it from its source")
     why = "not an image OpenCV can decode"
