@@ -4,6 +4,7 @@ and the rolling state it is drawn from. Drawing only: no window, no keys, no run
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -14,11 +15,12 @@ import numpy as np
 from .common import cv2, fmt_ms
 from .modes import Mode
 
-__all__ = ["EXIT_COLORS", "FPS_WINDOW", "HISTORY", "Overlay", "annotate", "color_of", "model_input_image"]
+__all__ = ["EXIT_COLORS", "FPS_WINDOW", "HISTORY", "MIN_SIDE", "Overlay", "annotate", "color_of", "drawn_scale", "model_input_image"]
 
 HISTORY = 100  # frames in the rolling exit histogram
 FPS_WINDOW = 30  # frames in the rolling FPS / frame-latency average
 FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX (a literal so the module imports without cv2)
+MIN_SIDE = 240  # a frame with a shorter side is drawn enlarged by a whole factor (a 160x120 camera's text overlapped, cut off)
 
 # one BGR color per exit: green (cheapest) -> yellow -> red, then orange, violet, ...
 EXIT_COLORS: list[tuple[int, int, int]] = [
@@ -41,6 +43,12 @@ def model_input_image(x: np.ndarray, pre) -> np.ndarray:
     if img.shape[2] == 1:
         return np.repeat(img, 3, axis=2)
     return np.ascontiguousarray(img[:, :, ::-1]) if pre.channels == "rgb" else img
+
+
+def drawn_scale(h: int, w: int) -> int:
+    """The whole factor a ``h`` x ``w`` frame is enlarged by before the overlay is drawn (1 from MIN_SIDE up): the annotated
+    frame, and so a ``--record`` video and a snapshot, is that many times the source's size."""
+    return max(1, math.ceil(MIN_SIDE / max(1, min(h, w))))
 
 
 def _text(img, s: str, org: tuple[int, int], scale: float, color, thick: int = 1) -> None:
@@ -114,6 +122,8 @@ class Overlay:
     def draw(self, frame: np.ndarray, pred, model_input: Optional[np.ndarray] = None, model_ms: Optional[float] = None) -> np.ndarray:
         """A copy of ``frame`` with the overlay drawn on it (the input frame is not modified)."""
         img = np.ascontiguousarray(frame if frame.ndim == 3 and frame.shape[2] == 3 else _to_bgr(frame)).copy()
+        if (k := drawn_scale(*img.shape[:2])) > 1:  # pixels kept sharp: the model sees the source's, not these
+            img = cv2.resize(img, (img.shape[1] * k, img.shape[0] * k), interpolation=cv2.INTER_NEAREST)
         h, w = img.shape[:2]
         u = max(0.6, min(h, w) / 480.0)  # 1.0 for a 640x480 frame
         fs, fb = 0.6 * u, 0.95 * u  # font scales: normal, big

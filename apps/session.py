@@ -20,7 +20,7 @@ from dvt_runtime.console import sigterm_as_interrupt
 from . import window
 from .common import AppError, cv2, warn
 from .modes import Mode, deadline_fits, setup_mode
-from .overlay import Overlay, annotate
+from .overlay import Overlay, annotate, drawn_scale
 from .sources import open_bundle, read_first_frame
 
 __all__ = ["FrameLoop", "Tally", "build_stats", "latency_summary", "run_session"]
@@ -97,10 +97,11 @@ def source_fps(cap) -> float:
 
 
 def open_writer(path, frame, fps: float):
-    """A video writer (mp4v) for ``--record``, frames of ``frame``'s size; None without ``--record``."""
+    """A video writer (mp4v) for ``--record``, frames of the annotated ``frame``'s size; None without ``--record``."""
     if not path:
         return None
-    h, w = frame.shape[:2]
+    k = drawn_scale(*frame.shape[:2])  # a small frame is annotated enlarged: a writer of the source's size drops every frame
+    h, w = frame.shape[0] * k, frame.shape[1] * k
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
     if not writer.isOpened():

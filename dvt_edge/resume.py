@@ -24,6 +24,7 @@ STARTED_OVER = "started-over.json"
 #: locked in OUT by the process that writes a run's checkpoints, for the whole run
 LOCK_NAME = ".dvt-train.lock"
 #: what a run writes in OUT (atomically: an interrupted write leaves ``.NAME.*.tmp``)
+METRICS_SCHEMA = "dvt-edge/train-metrics/1"  # OUT/metrics.json
 RUN_FILES = ("last.pt", "best.pt", "metrics.json", "metrics.png", STARTED_OVER)
 
 #: flags a resumed run may change (how it runs; --threads and --amp change float rounding: recorded per epoch and warned,

@@ -39,7 +39,7 @@ from dvt_edge.data import DATASETS, DataError, ImageSet, default_preprocess, def
 from dvt_edge.logs import pyplot
 from dvt_edge.models import DVT, create_model, list_models, model_defaults, model_from_args
 from dvt_edge.provenance import THREADS_HELP, code_revision, environment
-from dvt_edge.resume import agreed, check_room, resume_hint, resume_run, resumed_differently, run_lock, started_over
+from dvt_edge.resume import METRICS_SCHEMA, agreed, check_room, resume_hint, resume_run, resumed_differently, run_lock, started_over
 from dvt_edge.transfer import carry_head_rows, transfer_weights
 from dvt_runtime.cli import DocFormatter, GivenParser, command_name
 from dvt_runtime.console import progress as progress_bar
@@ -462,7 +462,7 @@ def _end_epoch(run: _Run, state: _RunState, out: Path, epoch: int, train_loss: f
         save_checkpoint(out / "best.pt", model, **meta, train_summary=json.dumps({"epoch": epoch + 1, "args": vars(args)}))
     save_checkpoint(out / "last.pt", model, **meta, train=t)
     started_over(out, args, done=True)
-    atomic_write_json(out / "metrics.json", {"model": args.model, "data": args.data, "history": state.history,
+    atomic_write_json(out / "metrics.json", {"schema": METRICS_SCHEMA, "schema_version": 1, "model": args.model, "data": args.data, "history": state.history,
                                              "exits": [e.__dict__ for e in model.exits], "world_size": run.world,
                                              "run_seconds": run_seconds, "args": vars(args)})
     _plot_metrics(state.history, out / "metrics.png")

@@ -16,6 +16,8 @@ import torch
 from dvt_edge.models import create_model, describe_model, list_models
 from dvt_runtime.cli import command_name
 
+SCHEMA = "dvt-edge/zoo/1"
+
 
 def zoo_rows() -> list[dict]:
     rows = []
@@ -49,10 +51,10 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog=command_name("python -m dvt_edge.zoo"), description=__doc__)
-    ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ap.add_argument("--json", action="store_true", help=f"print JSON instead of a table ({SCHEMA}: the rows under \"models\")")
     args = ap.parse_args(argv)
     rows = zoo_rows()
-    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    print(json.dumps({"schema": SCHEMA, "schema_version": 1, "models": rows}, indent=2) if args.json else format_table(rows))
     return 0
 
 

@@ -545,6 +545,9 @@ def test_one_console_command_with_subcommands(capsys):
     assert main(["zoo"]) == 0
     assert main(["nope"]) == 2
     capsys.readouterr()
+    assert main(["zoo", "--json"]) == 0  # versioned like every other file a script reads
+    zoo = json.loads(capsys.readouterr().out)
+    assert (zoo["schema"], zoo["schema_version"]) == ("dvt-edge/zoo/1", 1) and "dvt_small_cifar" in [m["model"] for m in zoo["models"]]
     assert main(["--help"]) == 0 and "device side (torch-free): dvt-runtime predict | profile | calibrate" in capsys.readouterr().out
     assert main(["predict", "--bundle", "B", "x.jpg"]) == 2  # the device side's command: named with its program
     assert "predict is a command of dvt-runtime: dvt-runtime predict --bundle B x.jpg" in capsys.readouterr().err

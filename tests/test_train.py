@@ -46,6 +46,7 @@ def test_short_run_beats_chance(tmp_path):
     acc = summary["history"][-1]["val_acc"]
     assert len(acc) == 3 and min(acc) > 30.0 and max(acc) > 45.0, acc  # chance is 10%; measured 55-64 over seeds and CPUs
     metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert (metrics["schema"], metrics["schema_version"]) == ("dvt-edge/train-metrics/1", 1)
     assert len(metrics["history"]) == 2 and (tmp_path / "metrics.png").stat().st_size > 1000
     model, info = load_checkpoint(tmp_path / "best.pt")
     assert info.classes[0] == "T-shirt/top" and info.preprocess is not None

@@ -752,3 +752,24 @@ def test_a_long_session_keeps_the_latest_frames_records_and_counts_every_frame(m
     b = session._budget_stats(SimpleNamespace(kind="budget", ms=110.0, active=False), t, bundle)
     assert b["since_frame"] == 9 and b["predict_since"]["mean"] == pytest.approx(10.0)
     assert session._budget_stats(SimpleNamespace(kind="budget", ms=120.0, active=False), t, bundle)["since_frame"] == 12
+
+
+def test_a_small_camera_is_annotated_enlarged_and_recorded_whole(env, tmp_path):
+    """A 160x120 camera's overlay was drawn at the frame's own size: its text panels overlapped and ran off the frame. Such a
+    frame is annotated enlarged by a whole factor (320x240), and --record writes every frame at that size (a writer opened
+    at the source's size drops frames of another size without a word)."""
+    video = tmp_path / "qqvga.avi"
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (160, 120))
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        w.write(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8))
+    w.release()
+    rec = tmp_path / "rec.mp4"
+    assert webcam.main(["--bundle", str(env[0]), "--video", str(video), "--headless", "--record", str(rec), "--stats",
+                        str(tmp_path / "s.json")]) == 0
+    frames = read_frames(rec)
+    assert len(frames) == 6 and frames[0].shape == (240, 320, 3)
+    assert json.loads((tmp_path / "s.json").read_text())["frame_size"] == [160, 120]  # the source's size, as the model saw it
+    from apps.overlay import drawn_scale
+
+    assert [drawn_scale(h, w) for h, w in ((120, 160), (144, 176), (240, 320), (480, 640), (1, 1))] == [2, 2, 1, 1, 240]
