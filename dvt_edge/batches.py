@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
@@ -181,3 +182,17 @@ def bf16_warning(amp: str, device: torch.device) -> Optional[str]:
         return None
     return (f"warning: --amp bf16 on a CPU without native bf16 ({torch.backends.cpu.get_cpu_capability()}, no AVX512-BF16/AMX) "
             "is emulated and runs many times slower than fp32 (measured 16x on an AVX2 EPYC); use --amp fp32 here")
+
+
+CLASS_WEIGHTS = ("none", "balanced")  # train --class-weight
+
+
+def balanced_class_weights(labels: np.ndarray, num_classes: int, log: Optional[Callable[..., None]] = None) -> torch.Tensor:
+    """Cross-entropy weights n / (classes x count) per class (scikit-learn's "balanced"): every class weighs in the loss as
+    in a balanced set. A class without training images gets 0 (it has no term to weigh)."""
+    counts = np.bincount(np.asarray(labels, np.int64), minlength=num_classes).astype(np.float64)  # (classes,)
+    w = np.divide(counts.sum(), num_classes * counts, out=np.zeros_like(counts), where=counts > 0)
+    if log is not None:
+        log("class weights (--class-weight balanced): " + ", ".join(f"{c}: {x:.3g}" for c, x in enumerate(w)))
+    return torch.tensor(w, dtype=torch.float32)
+

@@ -178,7 +178,8 @@ def _never_notes(pc: dict) -> list[str]:
         never = [shown(pc["classes"][k]) for k in range(len(share)) if pc["support"][k] and share[k] == 0]
         if never:
             out.append(f"note: exit {e + 1} never predicts {', '.join(never[:5])}{' ...' if len(never) > 5 else ''} (on these images): "
-                       "a cascade stopping there never answers it; see per_class in the JSON")
+                       "a cascade stopping there never answers it; see per_class in the JSON (for unbalanced training data: train "
+                       "with --class-weight balanced)")
     return out
 
 

@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default 0.05)")
     ap.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up, in epochs (default 1)")
     ap.add_argument("--label-smoothing", type=float, default=0.0, help="default 0")
+    ap.add_argument("--class-weight", choices=_batches.CLASS_WEIGHTS, default="none", help="balanced: each class's cross-entropy weighs n / "
+                    "(classes x its training images), for unbalanced data; the weights are logged (default none)")
     ap.add_argument("--drop-path", type=float, default=None, help="stochastic depth rate (default: the model's)")
     ap.add_argument("--no-augment", action="store_true", help="disable random translation + flip")
     ap.add_argument("--no-flip", action="store_true", help="no horizontal flips (e.g. digits, text)")
@@ -210,6 +212,7 @@ class _Run:
     pad: int = 0
     holdout: Optional[dict] = None  # an image folder without val/: which files its holdout held (recorded in checkpoints)
     finetune_sha256: Optional[str] = None  # the --finetune source as it was when the run started (recorded in checkpoints)
+    class_weights: Optional[torch.Tensor] = None  # (classes,) with --class-weight balanced
 
     @property
     def main_proc(self) -> bool:
@@ -395,6 +398,8 @@ def _prepare_batches(run: _Run) -> None:
     pre = run.train_ds.preprocess
     run.bg = torch.tensor([(0.0 - m) / s for m, s in zip(pre.mean, pre.std)], device=run.device)
     run.pad = max(2, run.model.cfg.img_size // 14) if run.args.pad is None else run.args.pad
+    if getattr(run.args, "class_weight", "none") == "balanced":  # a run recorded before the flag had none
+        run.class_weights = _batches.balanced_class_weights(run.train_ds.labels, len(run.train_ds.classes), run.log).to(run.device)
     model, args = run.model, run.args
     run.log(f"training {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, exits at "
             f"{[f'{e.grid}x{e.grid}' for e in model.exits]}, GFLOPs {[round(e.gflops, 4) for e in model.exits]}) "
@@ -415,7 +420,7 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[float, float]:
             x = augment(x, run.pad, run.bg, run.gen, flip=not args.no_flip)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
             outs = run.ddp_model(x)
-        loss = exit_loss([o.float() for o in outs], y, args.label_smoothing, getattr(args, "distill", 0.0), getattr(args, "distill_temp", 2.0))
+        loss = exit_loss([o.float() for o in outs], y, args.label_smoothing, args.distill, args.distill_temp, run.class_weights)
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
         run.opt.step()
@@ -429,11 +434,11 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[float, float]:
 
 
 def exit_loss(outs: Sequence[torch.Tensor], y: torch.Tensor, label_smoothing: float = 0.0,
-              distill: float = 0.0, temp: float = 2.0) -> torch.Tensor:
+              distill: float = 0.0, temp: float = 2.0, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Sum of every exit's cross-entropy, plus ``distill`` x each earlier exit's KL divergence from
     the last exit's (detached) answer at temperature ``temp``, scaled by ``temp**2`` (self-distillation:
-    earlier exits learn which images the last exit finds easy, so their confidence means more)."""
-    loss = sum(F.cross_entropy(o, y, label_smoothing=label_smoothing) for o in outs)
+    earlier exits learn which images the last exit finds easy, so their confidence means more). ``weight``: per class."""
+    loss = sum(F.cross_entropy(o, y, weight=weight, label_smoothing=label_smoothing) for o in outs)
     if distill > 0 and len(outs) > 1:
         teacher = F.log_softmax(outs[-1].detach() / temp, dim=-1)  # (B, classes)
         kd = sum(F.kl_div(F.log_softmax(o / temp, dim=-1), teacher, log_target=True, reduction="batchmean") for o in outs[:-1])

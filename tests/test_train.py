@@ -1117,3 +1117,32 @@ def test_a_run_that_fails_before_saving_leaves_no_folder_behind(tmp_path):
     with pytest.raises(DataError):
         train(build_parser().parse_args([*QUICK, "--epochs", "1", "--data", f"imagefolder:{tmp_path / 'nope'}", "--out", str(out)]))
     assert not out.exists()
+
+
+def test_class_weight_balanced_weighs_each_class_as_in_a_balanced_set(tmp_path, monkeypatch, capsys):
+    """Unbalanced custom data had plain cross-entropy only (a 4-class 5:1 folder's first exit never answered its rare
+    class). ``--class-weight balanced`` weighs each class's cross-entropy by n / (classes x its count), is recorded with the
+    run's flags, and reaches every step's loss."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from dvt_edge import train as T
+    from dvt_edge.batches import balanced_class_weights
+
+    w = balanced_class_weights(np.array([0] * 10 + [1] * 2), 3)  # 12 images: 12/30, 12/6, and a class with none
+    assert w.tolist() == pytest.approx([0.4, 2.0, 0.0])
+    gen = torch.Generator().manual_seed(0)
+    outs, y = [torch.randn(6, 3, generator=gen) for _ in range(2)], torch.tensor([0, 0, 0, 0, 1, 1])
+    want = sum(F.cross_entropy(o, y, reduction="none").mul(w[y]).sum() / w[y].sum() for o in outs)
+    assert float(T.exit_loss(outs, y, weight=w)) == pytest.approx(float(want), rel=1e-6)
+    assert float(T.exit_loss(outs, y)) != pytest.approx(float(want), rel=1e-3)  # the weights change it
+    seen = []
+    real = T.exit_loss
+    monkeypatch.setattr(T, "exit_loss", lambda *a, **k: (seen.append(a[5] if len(a) > 5 else k.get("weight")), real(*a, **k))[1])
+    train(build_parser().parse_args([*QUICK, "--train-limit", "200", "--val-limit", "100", "--epochs", "1", "--class-weight",
+                                     "balanced", "--out", str(tmp_path)]))
+    assert seen and all(s is not None and s.shape == (10,) for s in seen)
+    assert json.loads((tmp_path / "metrics.json").read_text())["args"]["class_weight"] == "balanced"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*QUICK, "--class-weight", "auto"])
+    assert "invalid choice: 'auto' (choose from 'none', 'balanced')" in capsys.readouterr().err
