@@ -185,7 +185,7 @@ def test_recipe_variants_are_keyed_on_what_they_produce_and_core_ml_packages_get
     finally:
         os.umask(old)
     assert len(checked) == 3 and res.manifest.parity.checked == "structural"
-    pkg = res.path / "exit2.mlpackage"
+    pkg = res.path / res.manifest.exits[1].artifact
     modes = {oct(p.stat().st_mode & 0o777) for p in [pkg, *pkg.rglob("*")] if p.is_dir()}
     assert modes == {"0o755"}, modes
     modes = {oct(p.stat().st_mode & 0o777) for p in pkg.rglob("*") if p.is_file()}

@@ -223,7 +223,7 @@ def export_bundle(checkpoint: str, target: str, precision: str = "fp32", options
         print(f"note: {note}", file=sys.stderr)
     log = Path(opts.log_path) if opts.log_path else dest.parent / "dvt-edge-export.log"
     inputs = [checkpoint] + ([opts.calib_data.partition(":")[2]] if opts.calib_data and ":" in opts.calib_data else [])
-    check_destination(dest, opts.force, inputs, log, checkpoint, log_written=not opts.verbose)
+    check_destination(dest, opts.force, inputs, log, checkpoint, log_written=not opts.verbose, made=(t.name, precision))
     code_revision()  # the checkout as this export started (a pull while it runs does not change what it records)
     schemes = int8_schemes(t, precision, opts.scheme, model.num_exits)  # per exit
     if any(len(c) > 1 for c in schemes) and t.backend not in available_backends():  # auto measures each scheme: not here
@@ -358,6 +358,10 @@ def _prepare(dest: Path, t: Target, precision: str, opts: ExportOptions, model: 
                  thresholds, thr_source, spec, checkpoint, check_inputs)
 
 
+def _classes(p: _Plan) -> list[str]:
+    return list(p.info.classes) if p.info.classes else default_classes(p.model.cfg.num_classes, imagenet_layout(p.model.name))
+
+
 def _export_exits(p: _Plan, console) -> tuple[list[ExitArtifact], list[str]]:
     """Each exit through the target's recipe (every int8 scheme tried, the best kept); the artifacts and scheme notes."""
     artifacts: list[ExitArtifact] = []
@@ -370,8 +374,8 @@ def _export_exits(p: _Plan, console) -> tuple[list[ExitArtifact], list[str]]:
         for sch in p.schemes[e]:
             cdir = p.tmp if len(p.schemes[e]) == 1 else Path(tempfile.mkdtemp(prefix=f"{sch}-", dir=p.tmp))
             check_e = [c[e] for c in p.check_inputs]
-            art = mod.export_exit(ExitJob(e, p.graphs[e], p.target, p.precision, sch, calib_e, cdir, {"etrecord": p.opts.etrecord},
-                                          check_e))
+            art = mod.export_exit(ExitJob(e, p.graphs[e], p.target, p.precision, sch, calib_e, cdir, {"etrecord": p.opts.etrecord, "about": {
+                "model": p.model.name, "num_exits": len(p.graphs), "classes": _classes(p), "preprocess": p.pre.to_dict()}}, check_e))
             candidates.append((sch, cdir, art))
         if len(candidates) > 1:
             _, _, art = pick_scheme(p.model, p.target, candidates, p.graphs, artifacts, p.tmp, p.data, p.real_ref, e, notes, p.pre)
@@ -445,7 +449,7 @@ def _export_into(p: _Plan, console) -> ExportResult:
     report = _verify(p, exits, artifacts, max_batch, notes)
     manifest = Manifest(
         model=model.name, target=t.name, precision=p.precision,
-        classes=list(p.info.classes) if p.info.classes else default_classes(model.cfg.num_classes, imagenet_layout(model.name)),
+        classes=_classes(p),
         preprocess=p.pre, exits=exits, backend=t.backend, model_config=model.cfg.to_dict(),
         quantization={"schemes_tried": _tried(p.schemes), "recipe": t.recipe,
                       "min_top1_agreement": p.opts.int8_min_agreement if p.opts.verify and agreement_measured(report, [a.quantization for a in artifacts]) else None}

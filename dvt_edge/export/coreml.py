@@ -21,8 +21,11 @@ A float16 program keeps the T2T performer's linear attention in float32 (``FP32_
 from __future__ import annotations
 
 import collections
+import copy
+import json
 import logging
 import os
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -71,6 +74,63 @@ def _kept_float32(name: str, op_type: str, weight: Optional[str], weights: froze
     if op_type == "linear":
         return weight is not None and weight.removesuffix("_to_fp16") in weights
     return name.removeprefix("_inversed_").startswith(FP32_PREFIX)
+
+
+def xcode_name(model: str, precision: str, scheme: Optional[str], index: int) -> str:
+    """The package's name, e.g. ``DvtSmallCifarFp16Exit1``: Xcode names the Swift class it generates, and the compiled
+    ``.mlmodelc``, after the file, so every bundle's ``exit1.mlpackage`` collided in one app target (two precisions for
+    iOS 16 and 17, or two models), and a class named ``exit1`` reads as no type. A valid Swift type name, unique per model,
+    precision, int8 scheme and exit."""
+    parts = [*re.split(r"[^0-9A-Za-z]+", model), precision, *([scheme] if scheme and scheme != "linear" else []), f"exit{index + 1}"]
+    name = "".join(w[:1].upper() + w[1:] for w in parts if w)
+    return name if name[:1].isalpha() else "Dvt" + name
+
+
+def _describe(ml, job: ExitJob, target_os: str) -> None:
+    """What Xcode shows, and a Swift app can read from the package itself (``MLModel.modelDescription.metadata``): what the
+    exit is, its input's preprocessing, where its reuse inputs come from and its outputs go, the class names."""
+    from dvt_edge import __version__
+
+    about, i, g = job.options.get("about") or {}, job.index + 1, job.graph
+    n, pre, classes = about.get("num_exits", "?"), about.get("preprocess") or {}, list(about.get("classes") or [])
+    ml.author, ml.version = f"exported by dvt-edge {__version__}", __version__
+    ml.short_description = (f"{about.get('model', 'DVT')} exit {i} of {n} ({job.precision}{' ' + job.scheme if job.scheme else ''}, "
+                            f"{target_os}+): one stage of a Dynamic Vision Transformer cascade. It returns raw logits: stop at this "
+                            "exit when the softmax's largest value is >= its threshold (the bundle's manifest.json)")
+    c, side = len(pre.get("mean") or []) or "C", pre.get("size", "S")
+    ml.input_description["image"] = (f"Float32 MLMultiArray [1, {c}, {side}, {side}], planar {str(pre.get('channels', '')).upper()}: each "
+                                     f"pixel / 255, minus mean {pre.get('mean')}, divided by std {pre.get('std')} per channel, after "
+                                     "the resize and crop of the manifest's preprocess (not an image input: Vision cannot feed it)")
+    for name in g.input_names[1:]:
+        ml.input_description[name] = f"exit {i - 1}'s {name}_out, as it returned it"
+    ml.output_description["logits"] = f"raw scores of the {len(classes) or ''} classes, in the order of the metadata's dvt.classes"
+    for name in g.output_names[1:]:
+        ml.output_description[name] = f"give to exit {i + 1}'s {name.removesuffix('_out')} input when this exit does not stop"
+    ml.user_defined_metadata.update({
+        "dvt.model": str(about.get("model", "")), "dvt.exit": str(i), "dvt.num_exits": str(n), "dvt.precision": job.precision,
+        "dvt.scheme": job.scheme or "", "dvt.minimum_deployment_target": target_os, "dvt.classes": json.dumps(classes),
+        "dvt.preprocess": json.dumps(pre), "dvt.inputs_from": json.dumps({k: f"exit{i - 1}.{k}_out" for k in g.input_names[1:]})})
+
+
+def simulate_weights(graph: torch.nn.Module, scheme: str, bits: int = 6, threshold: int = 2048) -> torch.nn.Module:
+    """A copy of ``graph`` whose weights are what ``linear_quantize_weights`` (int8 symmetric, per output channel) or
+    ``palettize_weights`` (a ``bits``-bit k-means palette per tensor) make of them, rounded by coremltools' own functions:
+    every float parameter and buffer of ``threshold`` or more elements, its default. Computed in float32 (the package
+    computes in float16)."""
+    from coremltools.converters.mil.mil import types
+    from coremltools.optimize.coreml import _quantization_passes as passes  # the passes' own rounding (pinned coremltools)
+
+    sim = copy.deepcopy(graph)
+    with torch.no_grad():
+        for t in [*sim.parameters(), *sim.buffers()]:
+            if t.is_floating_point() and t.numel() >= threshold:
+                w = t.detach().numpy()
+                if scheme == "linear":  # axis 0: a linear's or a conv's output channels
+                    got = passes.linear_quantize_weights.decompress(passes.linear_quantize_weights.compress(w, 0, "LINEAR_SYMMETRIC", types.int8))
+                else:
+                    got = passes.palettize_weights.decompress(passes.palettize_weights.compress(w, "KMEANS", bits))
+                t.copy_(torch.from_numpy(np.asarray(got, np.float32).reshape(w.shape)))
+    return sim
 
 
 def _convert(job: ExitJob, fp16: bool, module: Optional[torch.nn.Module] = None):
@@ -143,10 +203,17 @@ def export_exit(job: ExitJob) -> ExitArtifact:
                 cfg = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=bits))
                 ml = cto.palettize_weights(ml, cfg)
                 quant.update(scheme="palettize", weights=f"{bits}-bit k-means palette")
+                sim = simulate_weights(job.graph, "palettize", bits)
             else:
                 cfg = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8"))
                 ml = cto.linear_quantize_weights(ml, cfg)
                 quant.update(scheme="linear", weights="int8 symmetric per-channel (linear_quantize_weights)")
+                sim = simulate_weights(job.graph, "linear")
+            if job.check:  # off macOS nothing else measures what the weights' rounding costs
+                from dvt_edge.export.pt2e import simulated_agreement
+
+                quant["simulated"] = {**simulated_agreement(job.graph, sim, job.check, job.graph.input_names),
+                                      "on": "held-out verification images; the rounded weights run in PyTorch in float32, not Core ML"}
             ops = program_ops(ml.get_spec())  # what was compressed, counted on the program: small weights stay fp16
             quant.update(compressed_constants=sum(v for k, v in ops.items() if k.startswith("constexpr_")),
                          linear_and_conv_layers=ops["linear"] + ops["conv"],
@@ -160,10 +227,15 @@ def export_exit(job: ExitJob) -> ExitArtifact:
             quant.update(float32_ops=n, float32_ops_note=FP32_OPS_NOTE + (
                 "; w8a8 quantizes its feature projections like every linear layer (int8, computed in float16): what follows "
                 "them is float32" if scheme == "w8a8" else ""))
-    path = job.artifact
+    target_os = "iOS17" if scheme == "w8a8" else "iOS16"  # as _convert asked; macOS 14 / 13
+    quant["minimum_deployment_target"] = target_os
+    _describe(ml, job, target_os)
+    path = job.out_dir / (xcode_name(str((job.options.get("about") or {}).get("model", "dvt")), job.precision, scheme, job.index)
+                          + job.target.suffix)
     if path.exists():
         shutil.rmtree(path)
     ml.save(str(path))
+    (path / "executorch_debug_handle_mapping.json").unlink(missing_ok=True)  # coremltools' note for ExecuTorch: no part of the model
     usual_permissions(path)
     quant["coremltools"] = ct.__version__
     return ExitArtifact(artifact=path.name, quantization=quant)

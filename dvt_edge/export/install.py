@@ -143,10 +143,11 @@ def _remove(p: Path) -> str:
 
 
 def check_destination(dest: Path, force: bool, inputs: Sequence[str] = (), log: Optional[Path] = None,
-                      checkpoint: Optional[str] = None, log_written: bool = True) -> None:
+                      checkpoint: Optional[str] = None, log_written: bool = True, made: Optional[tuple[str, str]] = None) -> None:
     """Refuse to replace anything but a bundle this package wrote (and never the working directory, a symbolic
     link, a bundle holding files its manifest does not list, or one holding ``inputs``: the checkpoint, the data).
-    Without ``force``, a bundle of another file than ``checkpoint`` is said to be another model's. ``log_written``: False
+    Without ``force``, a bundle of another file than ``checkpoint`` is said to be another model's, and one of another
+    target or precision than ``made`` (target, precision) is said to be that bundle. ``log_written``: False
     under ``--verbose`` (no log is written: a link of its name is not refused)."""
     if too_long := name_too_long(dest):  # else found at the rename, after the work
         raise ExportError(f"--out {dest}: its name {too_long}; choose a shorter name; nothing was changed")
@@ -172,7 +173,7 @@ def check_destination(dest: Path, force: bool, inputs: Sequence[str] = (), log: 
                               f"would delete them. Move them out of {dest} first (only {KEPT}/ is carried into a new bundle); "
                               "nothing was changed")
         if not force:
-            raise ExportError(f"{dest} already exists; " + (_other_model(dest, checkpoint) or
+            raise ExportError(f"{dest} already exists; " + (_other_model(dest, checkpoint, made) or
                               "pass --force (force=True in Python) to replace it (the old bundle is kept until the new one is complete)"))
     if (near := next((q for q in dest.parents if q.exists()), None)) is not None and near.is_dir() and (why := unwritable(near)):
         raise ExportError(f"cannot write the bundle under {near} ({why}); choose another --out; nothing was changed")
@@ -184,9 +185,10 @@ def check_destination(dest: Path, force: bool, inputs: Sequence[str] = (), log: 
                               f"outside it (e.g. {parent.parent / dest.name}); nothing was changed")
 
 
-def _other_model(dest: Path, checkpoint: Optional[str]) -> str:
+def _other_model(dest: Path, checkpoint: Optional[str], made: Optional[tuple[str, str]] = None) -> str:
     """How the bundle at ``dest`` is another checkpoint's (every bundle of an architecture is named alike by default,
-    so a second model's export had been told to --force over the first's), else ""."""
+    so a second model's export had been told to --force over the first's), or this one's for another target or precision
+    than ``made`` (an app's ONNX fallback beside its .pte had been told to --force), else ""."""
     try:
         d = json.loads((dest / "manifest.json").read_text(encoding="utf-8"))
         src = d.get("source") or {}
@@ -195,6 +197,9 @@ def _other_model(dest: Path, checkpoint: Optional[str]) -> str:
     if not checkpoint or not isinstance(src, dict) or not src.get("sha256") or not Path(checkpoint).is_file():
         return ""
     if src["sha256"] == sha256_file(checkpoint):
+        if made and (was := (d.get("target"), d.get("precision"))) != tuple(made):
+            return (f"it holds this checkpoint's {was[0]} {was[1]} bundle, which --force would replace with the {made[0]} {made[1]} one; "
+                    f"to keep both, name another folder, e.g. --out {quote_arg(str(dest.parent / f'{dest.name}-{made[0]}-{made[1]}'))}")
         return ""
     was = src.get("checkpoint")
     if isinstance(was, str) and Path(was).expanduser().is_absolute() and Path(was).expanduser().resolve() == Path(checkpoint).resolve():

@@ -1,11 +1,6 @@
-"""Inference backends, each loading its library lazily.
-
-    session = open_session("onnxruntime", "exit1.onnx", input_names, output_names, threads=1)
-    outputs = session.run({"image": x})   # dict name -> np.ndarray
-
-A backend whose library is missing raises :class:`BackendUnavailable` naming the pip
-extra to install. ExecuTorch's Python runtime imports torch (the C++ runtime on a phone
-does not); ONNX Runtime and Core ML do not need torch.
+"""Inference backends, each loading its library lazily: ``open_session("onnxruntime", "exit1.onnx", input_names,
+output_names, threads=1).run({"image": x})`` maps names to arrays. A missing library raises :class:`BackendUnavailable`
+naming the pip extra; ExecuTorch's Python runtime imports torch (the C++ runtime on a phone does not), the others do not.
 """
 
 from __future__ import annotations
@@ -357,7 +352,9 @@ class CoreMLSession(Session):
     def __init__(self, path: Path, input_names, output_names, compute_units: str = "CPU_AND_NE"):
         super().__init__(input_names, output_names)
         if platform.system() != "Darwin":
-            raise BackendUnavailable("Core ML models run only on macOS/iOS (MLModel.predict); on this host they can be converted and inspected only")
+            raise BackendUnavailable(f"Core ML models run only on macOS (MLModel.predict; dvt-runtime does not run on iOS): on {platform.system()} "
+                                     "a Core ML bundle is exported and inspected, not run, profiled or calibrated. Run this on a Mac with: pip "
+                                     "install './runtime[coreml]' (a phone's timings import anywhere: python -m dvt_runtime.profile import)")
         try:
             import coremltools as ct
         except ImportError as e:
@@ -373,6 +370,7 @@ class CoreMLSession(Session):
 
 #: The options ``Bundle.open(**opts)`` passes to each backend (anything else is a typo, refused).
 BACKEND_OPTIONS = {"onnxruntime": ("providers", "spinning"), "executorch": ("etdump",), "coreml": ("compute_units",)}
+COMPUTE_UNITS = ("CPU_AND_NE", "ALL", "CPU_AND_GPU", "CPU_ONLY")  # coremltools' ComputeUnit names; the first is the default
 
 
 MAX_THREADS = 256  # threads per session refused above max(this, 4 x the machine's cores)
@@ -413,6 +411,8 @@ def check_options(backend: str, opts: dict) -> None:
         raise ValueError(f"execution providers (--providers) are ONNX Runtime's; this bundle runs on {backend}: drop them")
     if bad:
         raise TypeError(f"{backend} bundles take no option(s) {bad}; valid: {list(valid) + ['threads', 'verify', 'device_name']}")
+    if opts.get("compute_units", "CPU_AND_NE") not in COMPUTE_UNITS:
+        raise ValueError(f"unknown compute_units {opts['compute_units']!r}; valid: {list(COMPUTE_UNITS)}")
     prov = opts.get("providers")
     if prov is not None and (isinstance(prov, (str, bytes)) or not all(map(_is_provider, prov)) or not len(prov)):
         raise ValueError(f"providers must be a list of execution provider names or (name, options) pairs, e.g. "
