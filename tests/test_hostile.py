@@ -986,6 +986,26 @@ def test_close_lets_the_calls_in_flight_finish(onnx_bundle):
     assert len(got) == 1 and got[0].exit == 2 and not b.sessions and "closed" in repr(b)
 
 
+def test_a_bundle_dropped_unclosed_frees_its_sessions_without_the_garbage_collector(onnx_bundle):
+    """A service reloading bundles without close() kept each old bundle's sessions until the garbage collector ran (the
+    bundle and its in-flight counter referred to each other): with the collector off, 9.5 MB more per reload."""
+    import gc
+    import weakref
+
+    Bundle.open(onnx_bundle, device_name="").close()  # the backend imported: its import's frames hold nothing of the next
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        b = Bundle.open(onnx_bundle, device_name="")
+        b.predict(np.zeros((28, 28), np.uint8))
+        refs = [weakref.ref(b), *map(weakref.ref, b.sessions)]
+        del b
+        assert [r() for r in refs] == [None] * 4
+    finally:
+        if was:
+            gc.enable()
+
+
 def test_a_requests_fault_is_an_input_error_and_a_calibration_dropped_meanwhile_is_said(onnx_bundle, tmp_path):
     """A service maps InputError to HTTP 400: bad thresholds, budgets, deadlines and batch sizes were plain ValueErrors,
     as a closed bundle is. And use_calibration(..., missing_ok=True) from another thread, between predict's two reads of
