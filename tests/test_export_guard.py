@@ -158,6 +158,16 @@ def test_recipe_variants_are_keyed_on_what_they_produce_and_core_ml_packages_get
     res = export_bundle(str(micro_ckpt), "ort-mobile", "fp32", out=str(tmp_path / "ort"), verify_n=16, progress=False)
     assert [e.artifact for e in res.manifest.exits] == ["exit1.ort", "exit2.ort", "exit3.ort"]
     assert (res.path / "required_operators.config").is_file()
+    # ONNX Runtime's own config of all three exits, with each operator's types (a reduced build's type reduction): its parser
+    # reads it (a hand merge of typed lines had split their JSON), and it names no temporary folder of the export
+    from onnxruntime.tools.ort_format_model.utils import create_config_from_models
+    from onnxruntime.tools.reduced_build_config_parser import parse_config
+
+    text = (res.path / "required_operators.config").read_text()
+    ops, types = parse_config(str(res.path / "required_operators.config"), True)
+    assert types is not None and '"inputs"' in text and "tmp" not in text and ".ort" not in text, text
+    create_config_from_models([res.path / e.artifact for e in res.manifest.exits], tmp_path / "all.config", True)
+    assert ops == parse_config(str(tmp_path / "all.config"), True)[0] and {"Conv", "MatMul"} <= set().union(*ops["ai.onnx"].values())
     # the reduced build's operator list is checked like the exits: edited, a warning; left off a device, nothing
     cfg = res.path / "required_operators.config"
     assert res.manifest.extras["required_operators_sha256"] == sha256_file(cfg)

@@ -443,7 +443,7 @@ def _export_into(p: _Plan, console) -> ExportResult:
     if cfgs:  # the ort target: one required_operators.config for the whole bundle
         from dvt_edge.export.onnx import merge_required_operators
 
-        merge_required_operators(p.tmp, cfgs)
+        merge_required_operators(p.tmp, cfgs, [a.artifact for a in artifacts])
     max_batch, batch_note = _batch_support(t, artifacts)
     exits = exit_specs(model, p.graphs, artifacts, p.tmp)  # artifacts hashed once: verification and manifest
     report = _verify(p, exits, artifacts, max_batch, notes)

@@ -174,16 +174,16 @@ def export_exit(job: ExitJob) -> ExitArtifact:
     return ExitArtifact(artifact=onnx_path.name, quantization=quant)
 
 
-def merge_required_operators(bundle_dir: Path, names: list[str]) -> None:
-    """Merge per-exit required_operators configs into one ``required_operators.config``."""
-    lines: dict[str, set[str]] = {}
+def merge_required_operators(bundle_dir: Path, names: list[str], models: list[str]) -> None:
+    """One ``required_operators.config`` for all exits (``models``, the .ort files), with each operator's types, written by
+    ONNX Runtime's own tool (a reduced build reads the types with ``--enable_reduced_operator_type_support``; the
+    per-exit configs ``names`` the converter wrote had none, and a hand merge of typed lines split their JSON)."""
+    from onnxruntime.tools.ort_format_model.utils import create_config_from_models
+
     for n in names:
-        for line in (bundle_dir / n).read_text().splitlines():
-            if not line.strip() or line.startswith("#"):
-                continue
-            head, _, rest = line.rpartition(";")  # "ai.onnx;20;Add,Gemm" -> "ai.onnx;20", "Add,Gemm"
-            lines.setdefault(head.strip(), set()).update(o.strip() for o in rest.split(",") if o.strip())
         (bundle_dir / n).unlink()
-    text = "# ONNX Runtime required operators for all exits of this bundle (reduced builds)\n"
-    text += "".join(f"{k};{','.join(sorted(v))}\n" for k, v in sorted(lines.items()))
-    (bundle_dir / "required_operators.config").write_text(text)
+    out = bundle_dir / "required_operators.config"
+    create_config_from_models([bundle_dir / m for m in models], out, enable_type_reduction=True)
+    lines = [ln for ln in out.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]  # its comment
+    out.write_text("# ONNX Runtime's required operators, with their types, for all exits of this bundle (reduced builds)\n"  # named
+                   + "".join(ln + "\n" for ln in lines), encoding="utf-8")  # the build folder's temporary paths: dropped
