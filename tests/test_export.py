@@ -111,6 +111,9 @@ def test_export_target_precision(tmp_path, micro_ckpt, target, precision):
     if target == "executorch":
         for e in m.exits:
             assert e.undelegated_ops is not None
+            # the kernels a selective build of the app's runtime must link, as the program names them (aten::x.out)
+            kernels = e.quantization["portable_kernels"]
+            assert all(re.fullmatch(r"aten::\w+\.\w+", k) for k in kernels) and len(kernels) >= len(e.undelegated_ops) > 0, kernels
             hot = [op for op in e.undelegated_ops if any(op == h or op.startswith(h + ".") for h in HOT_OPS)]
             assert not hot, f"exit {e.index + 1}: hot ops not delegated: {hot}"
             if precision == "int8":  # counted on the converted graph; static takes the patch/stem convs too (XNNPACK asks
