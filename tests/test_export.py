@@ -736,7 +736,9 @@ def test_out_that_is_a_folder_of_bundles_is_the_parent(micro_ckpt, tmp_path, cap
     # a typo among several precisions is refused before any export (fp32 ran for minutes, then fp16 failed "in the toolchain")
     capsys.readouterr()
     assert export_main([*args[:-3], "--precision", "fp32,int9", "--out", "typo"]) == 2
-    assert "unsupported precision(s): onnx int9; valid per target: {'onnx': ['fp32', 'int8']}" in capsys.readouterr().err
+    assert "unsupported precision(s): onnx int9; valid per target: {'onnx': ['fp32', 'int8']}\n" in capsys.readouterr().err
+    assert export_main([*args[:-5], "--target", "executorch", "--precision", "static", "--out", "typo"]) == 2  # a scheme for a precision
+    assert capsys.readouterr().err.endswith("; static is an int8 scheme: --precision int8 --scheme static\n")
     assert not (tmp_path / "typo").exists()
     # "onnx,onnx" exported twice, then failed on the bundle it had just written; "fp32," named a blank precision
     assert export_main([*args[:-5], "--target", "onnx, onnx", "--precision", "fp32,", "--no-verify", "--out", "twice"]) == 0

@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _scheme_hint(jobs: list[tuple[str, str]], names: list[str]) -> str:
+    """For a precision that is an int8 scheme of a target asked for (``--precision w8a8``), the flags that ask for it."""
+    schemes = sorted({p for _, p in jobs if any(p in TARGETS[n].int8.get("schemes", ()) for n in names)})
+    return "".join(f"; {s} is an int8 scheme: --precision int8 --scheme {s}" for s in schemes)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
@@ -137,7 +143,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         several = len(jobs) > 1
         if bad := sorted({f"{n} {p}" for n, p in jobs if p not in TARGETS[n].precisions}):  # before any export: not after minutes
             raise ValueError(f"unsupported precision(s): {', '.join(bad)}; valid per target: "
-                             f"{ {n: list(TARGETS[n].precisions) for n in names} }")
+                             f"{ {n: list(TARGETS[n].precisions) for n in names} }{_scheme_hint(jobs, names)}")
         check_scheme(args.scheme, jobs, {"--calib-n": args.calib_n, "--int8-min-agreement": args.int8_min_agreement})
         if args.etrecord and "executorch" not in names:
             get_target(names[0]).check_etrecord(True)  # the error that names the fix
