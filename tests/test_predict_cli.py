@@ -187,6 +187,18 @@ def test_without_opencv_it_is_one_error_naming_the_extra(onnx_bundle, photos, mo
     out, err = capsys.readouterr()
     assert err.count("needs OpenCV: pip install 'opencv-python-headless>=4.10' 'simplejpeg>=1.7.4' (dvt-runtime's [opencv] extra; "
                      "from a dvt-edge checkout: pip install './runtime[opencv]')") == 1 and "unreadable" not in out + err
+    # onnxruntime missing too (a fresh device): both in one pip command, not one and then the other
+    import dvt_runtime.predict as PR
+    from dvt_runtime.backends import _missing
+
+    def no_ort(backend, *a, **k):
+        raise _missing(backend, ModuleNotFoundError("No module named 'onnxruntime'", name="onnxruntime"))
+
+    monkeypatch.setattr(PR, "import_backend", no_ort)
+    assert main(["--bundle", str(onnx_bundle), str(photos), "--no-progress"]) == 2
+    assert capsys.readouterr().err == ("error: reading image files needs OpenCV, and this onnxruntime bundle needs its library: pip install "
+                                       "'onnxruntime>=1.18' 'opencv-python-headless>=4.10' 'simplejpeg>=1.7.4' (dvt-runtime's [onnx,opencv] "
+                                       "extras; from a dvt-edge checkout: pip install './runtime[onnx,opencv]')\n")
 
 
 def test_opencv_or_simplejpeg_installed_for_another_numpy_is_said_as_such(onnx_bundle, photos, tmp_path, monkeypatch, capsys):

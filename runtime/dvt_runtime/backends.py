@@ -33,9 +33,10 @@ EXTRAS = {"onnx": ("onnxruntime>=1.18",), "executorch": ("executorch==1.5.1", "t
 
 
 def install_hint(extra: str, flags: str = "") -> str:
-    """The pip command that installs ``extra``'s packages (``flags``: e.g. ``-U``), naming the extra as well."""
-    return (f"pip install {flags + ' ' if flags else ''}{' '.join(repr(p) if '>' in p else p for p in EXTRAS[extra])} (dvt-runtime's "
-            f"[{extra}] extra; from a dvt-edge checkout: pip install './runtime[{extra}]')")
+    """The pip command that installs ``extra``'s packages (one extra, or several joined by commas; ``flags``: e.g. ``-U``)."""
+    pkgs = [p for e in extra.split(",") for p in EXTRAS[e]]
+    return (f"pip install {flags + ' ' if flags else ''}{' '.join(repr(p) if '>' in p else p for p in pkgs)} (dvt-runtime's "
+            f"[{extra}] extra{'s' if ',' in extra else ''}; from a dvt-edge checkout: pip install './runtime[{extra}]')")
 _MODULE = {"onnxruntime": "onnxruntime", "executorch": "executorch", "coreml": "coremltools"}  # what each backend imports
 MIN_ORT = "1.18"  # the first onnxruntime to load ONNX IR version 10 (the exporter's); runtime/pyproject.toml pins the same
 

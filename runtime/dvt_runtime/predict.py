@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
-from dvt_runtime.backends import PROVIDERS_HELP, BackendUnavailable, parse_providers
+from dvt_runtime.backends import _EXTRA, PROVIDERS_HELP, BackendUnavailable, import_backend, install_hint, parse_providers
 from dvt_runtime.calibration import CALIBRATION_DIR_HELP, bundle_args
 from dvt_runtime.checks import NonFiniteOutput, check_thresholds, parse_thresholds, positive_ms, preprocessed_here, rough_thresholds
 from dvt_runtime.cli import DocFormatter, command_name
@@ -265,6 +265,22 @@ def _check_mode(bundle, args: argparse.Namespace) -> None:
                          "--out PROFILE.json), or calibrate this device (dvt-runtime calibrate)")
 
 
+def _with_backend(err: ImageError, bundle_dir: str) -> ImageError:
+    """OpenCV missing: the bundle's backend library too when it is missing, in one pip command (a fresh device had met
+    one, installed it, then met the other)."""
+    try:
+        backend = json.loads((Path(bundle_dir) / "manifest.json").read_text(encoding="utf-8"))["backend"]
+        import_backend(backend)
+    except BackendUnavailable as e:
+        if "could not be imported" in str(e) and "needs OpenCV:" in str(err):  # both plainly missing (not broken installs)
+            return ImageError(f"reading image files needs OpenCV, and this {backend} bundle needs its library: "
+                              f"{install_hint(_EXTRA[backend] + ',opencv')}")
+        return ImageError(f"{err}; and {e}")
+    except Exception:  # no manifest to read here: opening the bundle says why, once OpenCV is installed
+        pass
+    return err
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -287,7 +303,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   + ", ".join(f"{k}: {v}" for k, v in skipped.most_common()) + f"; it reads {', '.join(sorted(IMAGE_EXTS))})"
                   + ("; convert HEIC photos to JPEG to use them (e.g. with pillow-heif)" if skipped.keys() & {".heic", ".heif"} else ""),
                   file=sys.stderr)
-        cv2_or_fail()  # once, not "unreadable" for every file
+        try:
+            cv2_or_fail()  # once, not "unreadable" for every file
+        except ImageError as e:
+            raise _with_backend(e, args.bundle) from None
         with warnings.catch_warnings(record=True) as said:  # held: a budget with no calibration is an error, said alone
             bundle = open_here(args.bundle, args.device_name, threads=args.threads, providers=providers,
                                calibration_dir=args.calibration_dir)
