@@ -44,15 +44,20 @@ def _port(bundle, path) -> tuple[np.ndarray, list[np.ndarray], int, int, float]:
     return (x[0], logits, *answer)
 
 
-def test_vectors_hold_what_a_port_following_the_readme_computes(onnx_bundle, tmp_path, capsys):
+def test_vectors_hold_what_a_port_following_the_readme_computes(onnx_bundle, tmp_path, capsys, monkeypatch):
     rng = np.random.default_rng(4)
     files = []
     for i, (h, w) in enumerate([(28, 28), (30, 33), (45, 29), (61, 64), (33, 30)]):  # odd sizes: floors and half-to-even crops
         f = tmp_path / f"{i}.png"
         cv2.imwrite(str(f), rng.integers(0, 256, (h, w), dtype=np.uint8))
         files.append(f)
-    assert main(["--bundle", str(onnx_bundle), "--out", str(tmp_path / "v.npz"), *map(str, files)]) == 0
-    assert "wrote" in capsys.readouterr().out
+    import dvt_runtime.console as C
+
+    real, bars = C.progress, []
+    monkeypatch.setattr(C, "progress", lambda it, **k: (bars.append((k["desc"], k["enabled"])), real(it, **k))[1])  # a bar over
+    assert main(["--bundle", str(onnx_bundle), "--out", str(tmp_path / "v.npz"), *map(str, files)]) == 0  # the decoding
+    assert main(["--bundle", str(onnx_bundle), "--out", str(tmp_path / "v.npz"), "--no-progress", *map(str, files)]) == 0
+    assert bars == [("vectors", True), ("vectors", False)] and "wrote" in capsys.readouterr().out
     v = np.load(tmp_path / "v.npz")  # no pickled objects
     assert list(v["files"]) == [str(f) for f in files] and v["input"].dtype == np.float32
     for i, f in enumerate(files):

@@ -22,15 +22,17 @@ import numpy as np
 __all__ = ["port_vectors", "main"]
 
 
-def port_vectors(bundle, files: Sequence[Path], thresholds: Optional[list] = None) -> dict[str, np.ndarray]:
+def port_vectors(bundle, files: Sequence[Path], thresholds: Optional[list] = None, show_progress: bool = False) -> dict[str, np.ndarray]:
     """The vectors of ``files`` (every one readable: an unreadable image is an ImageError naming it) through ``bundle``
-    at ``thresholds`` (None: the bundle's own, as ``predict`` without a budget uses them)."""
+    at ``thresholds`` (None: the bundle's own, as ``predict`` without a budget uses them); ``show_progress``: a bar over
+    the decoding, the slow part for photos."""
+    from dvt_runtime.console import progress
     from dvt_runtime.images import read_image
     from dvt_runtime.search import thresholds_from_list
 
     if not files:
         raise ValueError("no images given: pass image files or folders")
-    x = np.concatenate([bundle.preprocess(read_image(f)) for f in files])  # (N, C, H, W) float32
+    x = np.concatenate([bundle.preprocess(read_image(f)) for f in progress(files, desc="vectors", unit="image", enabled=show_progress)])  # (N, C, H, W)
     logits = bundle.run_exits(x)  # E x (N, classes)
     preds = bundle.predict(list(x), thresholds=thresholds)
     used = thresholds if thresholds is not None else bundle.default_thresholds()
@@ -55,13 +57,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--out", required=True, help="the .npz to write")
     ap.add_argument("--thresholds", default=None, help="per-exit confidences (default: the bundle's manifest thresholds)")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads per session (default 1)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     try:
         import io
 
         thresholds = parse_thresholds(args.thresholds) if args.thresholds is not None else None
         bundle = Bundle.open(args.bundle, threads=args.threads)
-        vec = port_vectors(bundle, image_files(args.images), thresholds)
+        vec = port_vectors(bundle, image_files(args.images), thresholds, show_progress=not args.no_progress)
         buf = io.BytesIO()
         np.savez(buf, **vec)
         atomic_write(args.out, buf.getvalue())
