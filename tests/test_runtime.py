@@ -539,6 +539,33 @@ def test_an_onnxruntime_that_cannot_load_the_artifact_says_which_and_why(onnx_bu
     assert "needs its library, which could not be imported" in str(_missing("onnxruntime", gone))
 
 
+def test_a_jetson_is_never_told_to_replace_its_gpu_build_with_pypis_cpu_one(onnx_bundle, monkeypatch):
+    """On a Jetson, NVIDIA's onnxruntime-gpu failing under numpy 2 was told pip install --force-reinstall onnxruntime (PyPI's CPU
+    build, over the GPU one) and JetPack's OpenCV to upgrade opencv-python-headless; PyPI's CPU onnxruntime asked for CUDA only
+    warned 'not available here'."""
+    import dvt_runtime.builds as BU
+    from dvt_runtime.backends import _missing
+
+    abi = ImportError("numpy.core.multiarray failed to import")
+    monkeypatch.setattr(BU, "installed_distribution", lambda module: {"onnxruntime": "onnxruntime-gpu", "cv2": None}[module])
+    monkeypatch.setattr(BU.np, "__version__", "2.2.6")
+    said = str(_missing("onnxruntime", abi))
+    assert "this onnxruntime-gpu build is built for numpy 1 and this environment has numpy 2.2.6: pip install 'numpy<2'" in said
+    assert "--force-reinstall" not in said and "do not replace it with PyPI's onnxruntime, which has no CUDA or TensorRT" in said
+    said = BU.rebuild_fix("cv2", abi, "PYPI")
+    assert said.startswith("this cv2 (not installed by pip: a system package, e.g. JetPack's) is built for numpy 1") and "PYPI" not in said
+    assert "Reinstall this onnxruntime-gpu build from where it came" in str(_missing("onnxruntime", ImportError("libcudart.so.12")))
+    monkeypatch.setattr(BU, "installed_distribution", lambda module: {"onnxruntime": "onnxruntime", "cv2": "opencv-python-headless"}[module])
+    assert "--force-reinstall" in str(_missing("onnxruntime", abi)) and BU.rebuild_fix("cv2", abi, "PYPI") == "Install a build that matches, e.g. PYPI"
+    with pytest.warns(UserWarning, match=r"\['CUDAExecutionProvider'\] not available here; using \['CPUExecutionProvider'\]; this onnxruntime "
+                                         r"is PyPI's CPU-only build: for CUDA or TensorRT, pip uninstall onnxruntime, then install onnxruntime-gpu"):
+        Bundle.open(onnx_bundle, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(BU, "installed_distribution", lambda module: "onnxruntime-gpu")  # a GPU build missing CUDA's libraries
+    with pytest.warns(UserWarning) as w:
+        Bundle.open(onnx_bundle, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert not any("CPU-only build" in str(x.message) for x in w)
+
+
 def test_budget_without_calibration_names_the_missing_file(onnx_bundle):
     b = Bundle.open(onnx_bundle, device_name="laptop")
     x = np.zeros((1, *b.input_shape), np.float32)

@@ -128,6 +128,26 @@ def test_channels_first_uint8_is_an_input_error(onnx_bundle):
     assert len(b.predict(np.zeros((100, 28, 28), np.uint8)[..., None])) == 100
 
 
+def test_a_calibration_made_in_another_jetson_power_mode_or_governor_is_warned(bundle_copy, monkeypatch):
+    """A Jetson calibrated at MAXN and run at 15 W (or a CPU governor changed from performance to powersave) ran every
+    budget over, unsaid: the power mode was recorded and never compared."""
+    import dvt_runtime.device as D
+
+    monkeypatch.setattr(D, "power_facts", lambda: {"cpu_governor": "performance", "jetson_power_mode": "NV Power Mode: MAXN\n0"})
+    _calibrate(Bundle.open(bundle_copy, threads=1), "orin")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Bundle.open(bundle_copy, threads=1, device_name="orin")  # as calibrated: nothing said
+    monkeypatch.setattr(D, "power_facts", lambda: {"cpu_governor": "schedutil", "jetson_power_mode": "NV Power Mode: 15W\n2"})
+    with pytest.warns(UserWarning, match=r"calibrated at another setting \(Jetson power mode 'NV Power Mode: MAXN', this host runs "
+                                         r"'NV Power Mode: 15W'; CPU governor 'performance', this host runs 'schedutil'\)"):
+        Bundle.open(bundle_copy, threads=1, device_name="orin")
+    monkeypatch.setattr(D, "power_facts", lambda: {"cpu_governor": None, "jetson_power_mode": None})  # unreadable here: nothing
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Bundle.open(bundle_copy, threads=1, device_name="orin")
+
+
 def test_batch_calibration_leaves_deadline_p90s_alone(bundle_copy, monkeypatch):
     from dvt_runtime.calibrate import CalibrationError
 

@@ -18,6 +18,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from dvt_runtime.builds import MODULE_DISTRIBUTIONS, gpu_build_hint, rebuild_fix
 from dvt_runtime.console import held_output
 from dvt_runtime.io import loadable
 
@@ -75,11 +76,11 @@ def _missing(backend: str, err: Exception) -> BackendUnavailable:
             f"({err}); executorch declares no torch requirement. Install it with: {install_hint('executorch')} "
             f"(it pins {TORCH_PIN}; for the CPU-only build add --extra-index-url https://download.pytorch.org/whl/cpu)"
         )
-    if installed_but_broken(err, _MODULE.get(backend, backend)):
+    if installed_but_broken(err, module := _MODULE.get(backend, backend)):
+        fix = rebuild_fix(module, err, install_hint(_EXTRA[backend], "--force-reinstall"))  # never PyPI's CPU build over NVIDIA's
         return BackendUnavailable(  # installed, but it (or what it imports) fails: another pip install of the extra changes nothing
             f"the {backend} backend's library is installed but fails to import ({type(err).__name__}: {str(err) or 'no message'}); it may "
-            f"be built for another numpy or Python than this environment's. Install a build that matches, e.g. "
-            f"{install_hint(_EXTRA[backend], '--force-reinstall')}, and check: python -c 'import {_MODULE.get(backend, backend)}'")
+            f"be built for another numpy or Python than this environment's. {fix}, and check: python -c 'import {module}'")
     return BackendUnavailable(
         f"the {backend} backend needs its library, which could not be imported ({err}). "
         f"Install it with: {install_hint(_EXTRA[backend])}"
@@ -322,12 +323,13 @@ def ort_providers(providers: Optional[Sequence[Provider]], stacklevel: int = 3, 
     wanted = list(providers) if providers else ["CPUExecutionProvider"]
     unknown = [provider_name(p) for p in wanted if provider_name(p) not in available]
     if len(unknown) == len(wanted):
-        raise BackendUnavailable(f"ONNX Runtime execution provider(s) {unknown} not available here; available: {available}")
+        raise BackendUnavailable(f"ONNX Runtime execution provider(s) {unknown} not available here; available: {available}"
+                                 + gpu_build_hint(unknown))
     if unknown:  # the first available ones run, and the user is told (unless ``warn`` is off: said already)
         wanted = [p for p in wanted if provider_name(p) in available]
     if unknown and warn:
-        warnings.warn(f"ONNX Runtime execution provider(s) {unknown} not available here; using {[provider_name(p) for p in wanted]}",
-                      stacklevel=stacklevel)
+        warnings.warn(f"ONNX Runtime execution provider(s) {unknown} not available here; using {[provider_name(p) for p in wanted]}"
+                      + gpu_build_hint(unknown), stacklevel=stacklevel)
     return wanted
 
 
@@ -353,9 +355,10 @@ class CoreMLSession(Session):
     def __init__(self, path: Path, input_names, output_names, compute_units: str = "CPU_AND_NE"):
         super().__init__(input_names, output_names)
         if platform.system() != "Darwin":
-            raise BackendUnavailable(f"Core ML models run only on macOS (MLModel.predict; dvt-runtime does not run on iOS): on {platform.system()} "
-                                     "a Core ML bundle is exported and inspected, not run, profiled or calibrated. Run this on a Mac with: pip "
-                                     "install './runtime[coreml]' (a phone's timings import anywhere: python -m dvt_runtime.profile import)")
+            raise BackendUnavailable(f"Core ML models run only on macOS (MLModel.predict; dvt-runtime does not run on iOS): on "
+                                     f"{platform.system()} a Core ML bundle is exported and inspected, not run, profiled or calibrated. "
+                                     "Run this on a Mac with: pip install './runtime[coreml]' (a phone's timings import anywhere: "
+                                     "python -m dvt_runtime.profile import)")
         try:
             import coremltools as ct
         except ImportError as e:
@@ -456,11 +459,8 @@ def open_session(backend: str, path, input_names, output_names, threads: Optiona
     raise ValueError(f"unknown backend {backend!r}; valid: {list(BACKENDS)}")
 
 
-#: the distributions each backend's module comes in: a Jetson's or a GPU server's onnxruntime is onnxruntime-gpu, and had
-#: counted as no onnxruntime at all (the benchmark skipped every ONNX row, profiles recorded no version)
-DISTRIBUTIONS = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino", "onnxruntime-qnn",
-                                 "onnxruntime-silicon", "onnxruntime-training"),
-                 "executorch": ("executorch",), "coreml": ("coremltools",)}
+#: the distributions each backend's module comes in (onnxruntime-gpu had counted as no onnxruntime: bench skipped ONNX rows)
+DISTRIBUTIONS = {"onnxruntime": MODULE_DISTRIBUTIONS["onnxruntime"], "executorch": ("executorch",), "coreml": ("coremltools",)}
 
 
 def backend_version(backend: str) -> Optional[str]:

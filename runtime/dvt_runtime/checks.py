@@ -181,4 +181,11 @@ def setting_differences(threads, device, my_threads: Optional[int], my_providers
     if isinstance(version, str) and my_version and version != my_version and device.get("backend") != "coreml":
         said.append(f"{device.get('backend') or 'the backend'} {version}, this host runs {my_version}: another version's "
                     "latencies, and an int8 bundle's answers may differ")
+    if isinstance(device, dict) and any(isinstance(device.get(k), str) for k in ("jetson_power_mode", "cpu_governor")):
+        from dvt_runtime.device import power_facts  # a calibration made at MAXN and run at 15 W overran every budget, unsaid
+
+        here = power_facts()
+        for key, what in (("jetson_power_mode", "Jetson power mode"), ("cpu_governor", "CPU governor")):
+            if isinstance(theirs_v := device.get(key), str) and isinstance(ours := here[key], str) and theirs_v != ours:
+                said.append(f"{what} {theirs_v.splitlines()[0]!r}, this host runs {ours.splitlines()[0]!r}")
     return said

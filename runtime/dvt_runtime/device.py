@@ -49,7 +49,8 @@ def _read(path: str) -> Optional[str]:
 
 def _cpu_model() -> Optional[str]:
     text = _read("/proc/cpuinfo") or ""
-    for key in ("model name", "Hardware", "Processor", "cpu model"):
+    pi = (_read("/proc/device-tree/model") or "").startswith("Raspberry Pi")  # every Pi's kernel says Hardware: BCM2835
+    for key in ("model name", *(() if pi else ("Hardware",)), "Processor", "cpu model"):
         m = re.search(rf"^{key}\s*:\s*(.+)$", text, re.MULTILINE)
         if m and m.group(1).strip():
             return m.group(1).strip()
@@ -316,6 +317,11 @@ def say_host_calibration(bundle) -> None:
                       "and the webcam do); device_name='' keeps the manifest's without this warning", stacklevel=3)
 
 
+def power_facts() -> dict[str, Optional[str]]:
+    """The settings that change a machine's speed from one run to the next: cpu0's frequency governor, a Jetson's power mode."""
+    return {"cpu_governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"), "jetson_power_mode": _safe(_nvpmodel)}
+
+
 def device_facts(threads: Optional[int] = None, backend: Optional[str] = None) -> dict[str, Any]:
     """Facts about this machine that explain its latencies; unreadable facts are None."""
     from dvt_runtime import __version__
@@ -340,9 +346,8 @@ def device_facts(threads: Optional[int] = None, backend: Optional[str] = None) -
         "backend_version": _safe(backend_version, backend) if backend else None,
         "threads": threads,
         "image_resize": _resize_impl(),
-        "cpu_governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        **power_facts(),
         "temperatures": _safe(_temperatures),
-        "jetson_power_mode": _safe(_nvpmodel),
         "nv_tegra_release": tegra.splitlines()[0] if tegra else None,
     }
 

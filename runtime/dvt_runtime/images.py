@@ -58,13 +58,13 @@ def cv2_or_fail():
     if cv2 is None:
         from dvt_runtime import preprocess
         from dvt_runtime.backends import install_hint, installed_but_broken
+        from dvt_runtime.builds import rebuild_fix
 
         err = preprocess._CV2_ERROR
         if err is not None and installed_but_broken(err, "cv2"):  # "pip install opencv..." would change nothing
             raise ImageError(f"reading image files needs OpenCV, which is installed but fails to import ({type(err).__name__}: "
                              f"{str(err) or 'no message'}); it may be built for another numpy than this environment's ({np.__version__}). "
-                             f"Install a build that matches, e.g. {install_hint('opencv', '-U')}, and check: "
-                             "python -c 'import cv2'")
+                             f"{rebuild_fix('cv2', err, install_hint('opencv', '-U'))}, and check: python -c 'import cv2'")
         raise ImageError(f"reading image files needs OpenCV: {install_hint('opencv')} (or opencv-python)")
     return cv2
 
@@ -169,8 +169,8 @@ def _simplejpeg_problem(e: BaseException) -> str:
     if installed_but_broken(e, "simplejpeg"):
         return (f"is installed but fails to import ({type(e).__name__}: {str(e)[:200] or 'no message'}); install a build that "
                 f"matches this numpy ({np.__version__}), e.g. {install_hint('opencv', '-U')}")
-    return (f"is not installed ({e}): pip install 'simplejpeg>=1.7.4' (dvt-edge depends on it; an install older than that "
-            "dependency: pip install -e . again)")
+    return (f"is not installed ({e}): {install_hint('opencv')} (dvt-edge depends on it too: a dvt-edge install older than "
+            "that dependency needs pip install -e . again)")
 
 
 def _libjpeg_complaint(data: bytes) -> Optional[str]:
