@@ -17,6 +17,8 @@ from typing import Optional
 
 import numpy as np
 
+from dvt_edge import imagefolder as _folders
+from dvt_edge import imageset as _imageset
 from dvt_edge.cifar10 import (  # noqa: F401  (re-exported)
     CIFAR10_CLASSES,
     CIFAR10_MD5,
@@ -45,7 +47,7 @@ from dvt_edge.npzdata import HOLDOUT_MARK, export_npz, load_npz, load_npz_spec, 
 
 # the loaders live in their own modules; their public names are importable from here too
 from dvt_runtime.cli import DocFormatter, command_name
-from dvt_runtime.console import quote_arg, shown, silenced_progress
+from dvt_runtime.console import quote_arg, silenced_progress
 from dvt_runtime.io import os_error_text, sha256_file, unwritable
 from dvt_runtime.preprocess import Preprocess
 
@@ -330,11 +332,11 @@ def data_for_checkpoint(data: Optional[str], model_name: str, extras: Optional[d
 
 
 def load_dataset(spec: str = "fashion-mnist", split: str = "train", preprocess: Optional[Preprocess] = None, download: bool = True,
-                 limit: Optional[int] = None, seed: int = 0) -> ImageSet:
+                 limit: Optional[int] = None, seed: int = 0, listed: bool = False) -> ImageSet:
     """Open a dataset by spec string; ``preprocess`` overrides the dataset's default (e.g. a model's).
 
     ``limit``: a seeded, class-stratified random ``limit`` of the split (``ImageSet.limit(limit, seed)``);
-    image folders pick it from their file listing and decode only those files.
+    image folders pick it from their file listing and decode only those files (``listed``: none, as file paths).
     """
     if split not in _SPLIT_ALIASES:
         raise DataError(f"unknown split {split!r}; valid: {sorted(_SPLIT_ALIASES)}")
@@ -343,10 +345,11 @@ def load_dataset(spec: str = "fashion-mnist", split: str = "train", preprocess: 
     if kind == "imagefolder":
         if not arg:
             raise DataError(f"dataset spec {spec!r} needs a path: {kind}:PATH")
-        return load_imagefolder(arg, split, preprocess, limit, seed)
+        return _folders.listed_imagefolder(arg, split, preprocess) if listed else load_imagefolder(arg, split, preprocess, limit, seed)
     if kind == "cifar10-jpeg":
         root = find_cifar10_jpeg()
-        ds = load_imagefolder(str(root), split, preprocess or cifar10_preprocess(), limit, seed)  # the reference's (not ImageNet's)
+        ds = (_folders.listed_imagefolder if listed else load_imagefolder)(str(root), split, preprocess or cifar10_preprocess(),  # the
+                                                                   *(() if listed else (limit, seed)))  # reference's, not ImageNet's
         check_reference_holdout(ds, root, split)
         ds.name = "cifar10-jpeg"
         return ds
@@ -427,13 +430,13 @@ def _info(spec: str) -> None:
     ds = None
     for split in SPLITS:
         try:
-            ds = load_dataset(spec, split)
+            ds = load_dataset(spec, split, listed=True)  # an image folder counted from its listing
         except SplitNotHeld as e:  # an exported .npz holds one split
             print(f"{spec} [{split}]: none ({e})")
             continue
-        counts = np.bincount(ds.labels, minlength=ds.num_classes)
-        per = ", ".join(f"{shown(c)}: {n}" for c, n in zip(ds.classes, counts.tolist())) if ds.num_classes <= 50 else str(counts.tolist())
-        print(f"{ds.name} [{split}]: {len(ds)} images, {ds.num_classes} classes ({per})")  # named: counts alone hid which was rare
+        per = _imageset.class_counts(ds.classes, np.bincount(ds.labels, minlength=ds.num_classes))  # named: counts alone hid which was rare
+        listed = " image files (listed: unreadable ones are left out when read)" if isinstance(ds.images, list) else " images"
+        print(f"{ds.name} [{split}]: {len(ds)}{listed}, {ds.num_classes} classes ({per})")
     if ds is None:
         raise DataError(f"{spec} holds none of the splits {list(SPLITS)}")
     print(f"preprocess (data export's default without --checkpoint; train and export use the model's): {ds.preprocess.to_dict()}")

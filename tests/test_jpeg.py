@@ -169,12 +169,13 @@ def test_a_jpeg_pack_with_a_corrupt_image_is_refused(tmp_path):
 
 def test_without_simplejpeg_the_strict_check_names_the_package(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "simplejpeg", None)  # import fails
-    with pytest.raises(DataError, match=r"needs simplejpeg, which is not installed .*: pip install 'simplejpeg>=1\.7\.4'"):
+    with pytest.raises(DataError, match=r"needs simplejpeg, which is not installed .*: pip install .*'simplejpeg>=1\.7\.4' \(dvt-runtime's "
+                                        r"\[opencv\] extra"):  # the runtime's extra: a device has no dvt-edge
         decode_image(np.frombuffer(_variants()["baseline"], np.uint8), "x.jpg")
     images.decode_image(np.frombuffer(_variants()["baseline"], np.uint8), "x.jpg")  # not strict: not needed
     # an image folder: every JPEG was counted "unreadable" and the error named no package
     _folder(tmp_path, {})
-    with pytest.raises(DataError, match=r"needs simplejpeg, which is not installed .*pip install 'simplejpeg>=1\.7\.4'"):
+    with pytest.raises(DataError, match=r"needs simplejpeg, which is not installed .*pip install .*'simplejpeg>=1\.7\.4'"):
         load_dataset(f"imagefolder:{tmp_path}", "val")
     assert not images.can_check_jpegs()
 
