@@ -177,12 +177,6 @@ def test_arm_boards_are_told_apart_and_know_their_own_profiles(monkeypatch, tmp_
     assert other_hosts_latencies(cal) == "measured on another machine (cpu_cores 'ARM Cortex-A53 x4')"
     cal.write_text(json.dumps({"profile": {"device": older}}))
     assert other_hosts_latencies(cal) is None
-    # a Pi's kernel names every Pi's chip BCM2835 (a Pi 5's is a BCM2712): not recorded as its CPU; another board's Hardware is
-    monkeypatch.undo()
-    _board(monkeypatch, pi.format(part="0xd0b"), "Raspberry Pi 5 Model B Rev 1.0")
-    assert device._cpu_model() != "BCM2835" and device._cpu_cores() == "ARM Cortex-A76 x4"
-    _board(monkeypatch, pi.format(part="0xd0b").replace("BCM2835", "Qualcomm Technologies, Inc SM8250"), "Some phone")
-    assert device._cpu_model() == "Qualcomm Technologies, Inc SM8250"
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux: RLIMIT_FSIZE")

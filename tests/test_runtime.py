@@ -813,7 +813,7 @@ def test_a_profile_taken_on_this_host_is_checked_here_another_devices_is_not(bun
         r = calibrate(b, x[:60], y[:60], 1.0, profile=default, progress=False)
     assert r.chosen.measured is None and ("taken on this host at the backend default (every core) or an unrecorded thread count, "
                                           "this bundle runs 1 thread(s): not measured here") in r.note, r.note
-    assert "--threads 0 and its execution providers, to measure it" in r.note, r.note  # it said 'at None thread(s) ... --threads None'
+    assert "--threads 0, its providers, power mode and governor, to measure it" in r.note, r.note  # it said 'at None thread(s) ... --threads None'
     assert b.calibration.device == r.device  # this host's file (another setting, said in the note): the bundle runs it
 
 

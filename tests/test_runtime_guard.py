@@ -142,6 +142,9 @@ def test_a_calibration_made_in_another_jetson_power_mode_or_governor_is_warned(b
     with pytest.warns(UserWarning, match=r"calibrated at another setting \(Jetson power mode 'NV Power Mode: MAXN', this host runs "
                                          r"'NV Power Mode: 15W'; CPU governor 'performance', this host runs 'schedutil'\)"):
         Bundle.open(bundle_copy, threads=1, device_name="orin")
+    from dvt_runtime.checks import setting_differences  # a blank value (an imported device record's) is unknown, not a crash
+
+    assert setting_differences(1, {"cpu_governor": "", "jetson_power_mode": " \n"}, 1, None) == []
     monkeypatch.setattr(D, "power_facts", lambda: {"cpu_governor": None, "jetson_power_mode": None})  # unreadable here: nothing
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -79,8 +79,8 @@ def _kept_float32(name: str, op_type: str, weight: Optional[str], weights: froze
 def xcode_name(model: str, precision: str, scheme: Optional[str], index: int) -> str:
     """The package's name, e.g. ``DvtSmallCifarFp16Exit1``: Xcode names the Swift class it generates, and the compiled
     ``.mlmodelc``, after the file, so every bundle's ``exit1.mlpackage`` collided in one app target (two precisions for
-    iOS 16 and 17, or two models), and a class named ``exit1`` reads as no type. A valid Swift type name, unique per model,
-    precision, int8 scheme and exit."""
+    iOS 16 and 17, or two models), and a class named ``exit1`` reads as no type. A valid Swift type name, unique per
+    architecture, precision, int8 scheme and exit (two fine-tunes of one architecture still share names: rename one)."""
     parts = [*re.split(r"[^0-9A-Za-z]+", model), precision, *([scheme] if scheme and scheme != "linear" else []), f"exit{index + 1}"]
     name = "".join(w[:1].upper() + w[1:] for w in parts if w)
     return name if name[:1].isalpha() else "Dvt" + name

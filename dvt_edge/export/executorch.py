@@ -120,8 +120,8 @@ def export_exit(job: ExitJob) -> ExitArtifact:
         edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()], generate_etrecord=etrecord)
         ops = undelegated_ops(edge.exported_program())
         prog = edge.to_executorch()
-        quant["portable_kernels"] = sorted({f"{o.name}.{o.overload}" for plan in prog.executorch_program.execution_plan
-                                            for o in plan.operators})  # as a selective build's op list names them
+        quant["portable_kernels"] = sorted({o.name + (f".{o.overload}" if o.overload else "") for plan in prog.executorch_program.execution_plan
+                                            for o in plan.operators})  # as a selective build's op list names them (a default: no overload)
         extra = []
         if etrecord:  # the graphs with debug handles: Inspector(etdump_path=..., etrecord=...) names each traced operator
             prog.get_etrecord().save(str(job.out_dir / f"{job.basename}.etrecord"))

@@ -236,12 +236,13 @@ def format_parity(m: Manifest) -> str:
     p = m.parity or ParityReport(runtime="?", checked="?", exits=[])
     ran = f"{p.n_real} real images" if p.checked == "numerical" else "outputs not compared"
     lines = [f"{m.model} -> {m.target} {m.precision}  ({p.checked} check on {p.runtime}; {ran})"]
-    lines.append(f"{'exit':>4} {'grid':>6} {'artifact':<28} {'size KB':>8} {'scheme':<10} {'max|dlogit| fixed':>17} {'real':>9} "
+    w = max([28, *(len(e.artifact) for e in m.exits)])  # Core ML's names run longer (DvtSmallCifarInt8Exit1.mlpackage)
+    lines.append(f"{'exit':>4} {'grid':>6} {'artifact':<{w}} {'size KB':>8} {'scheme':<10} {'max|dlogit| fixed':>17} {'real':>9} "
                  f"{'top-1 agree %':>13} {'top-1 art/pt %':>15}")
     for e in m.exits:
         row = next((r for r in p.exits if r.exit == e.index + 1), ExitParity(e.index + 1))
         ac = f"{row.top1_artifact:.2f}/{row.top1_pytorch:.2f}" if row.top1_artifact is not None else "-"
-        lines.append(f"{e.index + 1:>4} {e.grid:>4}x{e.grid:<1} {e.artifact:<28} {e.size_bytes / 1024:>8.0f} "
+        lines.append(f"{e.index + 1:>4} {e.grid:>4}x{e.grid:<1} {e.artifact:<{w}} {e.size_bytes / 1024:>8.0f} "
                      f"{str(e.quantization.get('scheme', '-')):<10} {_cell(row.max_abs_diff_fixed, '.2e'):>17} "
                      f"{_cell(row.max_abs_diff_real, '.2e'):>9} {_cell(row.top1_agreement, '.2f'):>13} {ac:>15}")
         if sim := e.quantization.get("simulated"):

@@ -52,8 +52,10 @@ def rebuild_fix(module: str, err: BaseException, pypi_fix: str) -> str:
         return (f"{what} is built for numpy 1 and this environment has numpy {np.__version__}: pip install 'numpy<2' (NVIDIA's "
                 f"Jetson wheels and JetPack's OpenCV are numpy-1 builds), or a build of it for numpy 2; do not replace it with "
                 f"PyPI's {ours}, which {'has no CUDA or TensorRT' if module == 'onnxruntime' else 'cannot open GStreamer cameras'}")
-    return (f"Reinstall {what} from where it came, for this environment's numpy and Python (PyPI's {dist or ours} on a server, "
-            f"NVIDIA's wheel for your JetPack on a Jetson); PyPI's {ours} would replace it")
+    if module == "cv2":  # a system OpenCV (JetPack's is an apt package)
+        return f"Reinstall {what} with the system's package manager (JetPack: apt), for this environment's numpy and Python"
+    return (f"Reinstall {what} from where it came, for this environment's numpy and Python (PyPI on a server, NVIDIA's wheel "
+            f"for your JetPack on a Jetson); PyPI's {ours} would replace it")
 
 
 def gpu_build_hint(missing: list[str]) -> str:

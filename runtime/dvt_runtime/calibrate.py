@@ -139,7 +139,7 @@ def fit(bundle: Bundle, x: np.ndarray, y: np.ndarray, holdout: float = 0.5, seed
     if not here and profiled_here(profile):  # this host's profile at another setting: said now, not only in the file's note
         warnings.warn(f"the profile was taken on this host at {'; '.join(differ)}: it prices the thresholds, which cannot be "
                       f"measured here at this setting; calibrate as it was profiled (--threads {profile.threads or 0}, its execution "
-                      "providers), or profile at the setting the device will run", stacklevel=3)
+                      "providers, power mode and governor), or profile at the setting the device will run", stacklevel=3)
     recorded = recorded_overhead(profile, bundle.num_exits)  # measured with the profile, on its device (None: not recorded)
     overhead = recorded if recorded is not None else cascade_overhead_ms(bundle, x, batch=batch) if here else [0.0] * bundle.num_exits
     overhead_from = "the profile" if recorded is not None else "measured here" if here else "none"
@@ -155,8 +155,7 @@ def fit(bundle: Bundle, x: np.ndarray, y: np.ndarray, holdout: float = 0.5, seed
 
 
 def _a_calibration(path: Path) -> bool:
-    """Whether ``path`` is a calibration file, whole or damaged (its schema leads the file): one calibrate may replace, as
-    the runtime's advice for a broken one says."""
+    """Whether ``path`` is a calibration file, whole or damaged (its schema leads it): one calibrate may replace, as advised."""
     try:
         with open(path, "rb") as f:
             return b'"dvt-calibration/' in f.read(4096)
@@ -236,7 +235,8 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
         result.chosen.measured = measure_cascade(bundle, x[f.hold_idx], y[f.hold_idx], thr, warmup=warmup, batch=batch, metric=metric)
     elif verify:
         why = (f"taken on this host at {'; '.join(f.differs)}: not measured here (calibrate as it was profiled, --threads "
-               f"{f.profile.threads or 0} and its execution providers, to measure it)" if profiled_here(f.profile) else "verify on that device")
+               f"{f.profile.threads or 0}, its providers, power mode and governor, to measure it)" if profiled_here(f.profile)
+               else "verify on that device")
         result.note = (result.note + "; " if result.note else "") + f"latency from the given profile ({device_name}): {why}"
     runs = min(int(s.get("n", 0)) for s in f.profile.stages)
     notes = (_few_images(len(f.cal_idx), len(f.hold_idx), metric, runs), NO_OVERHEAD if f.overhead_from == "none" else "", chance)

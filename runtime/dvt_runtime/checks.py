@@ -186,6 +186,7 @@ def setting_differences(threads, device, my_threads: Optional[int], my_providers
 
         here = power_facts()
         for key, what in (("jetson_power_mode", "Jetson power mode"), ("cpu_governor", "CPU governor")):
-            if isinstance(theirs_v := device.get(key), str) and isinstance(ours := here[key], str) and theirs_v != ours:
+            theirs_v, ours = (v.strip() if isinstance(v, str) else "" for v in (device.get(key), here[key]))  # "": unknown
+            if theirs_v and ours and theirs_v != ours:
                 said.append(f"{what} {theirs_v.splitlines()[0]!r}, this host runs {ours.splitlines()[0]!r}")
     return said

@@ -49,8 +49,7 @@ def _read(path: str) -> Optional[str]:
 
 def _cpu_model() -> Optional[str]:
     text = _read("/proc/cpuinfo") or ""
-    pi = (_read("/proc/device-tree/model") or "").startswith("Raspberry Pi")  # every Pi's kernel says Hardware: BCM2835
-    for key in ("model name", *(() if pi else ("Hardware",)), "Processor", "cpu model"):
+    for key in ("model name", "Hardware", "Processor", "cpu model"):  # every Pi says BCM2835 (cpu_cores and board tell them apart)
         m = re.search(rf"^{key}\s*:\s*(.+)$", text, re.MULTILINE)
         if m and m.group(1).strip():
             return m.group(1).strip()

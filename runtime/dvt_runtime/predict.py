@@ -272,7 +272,8 @@ def _with_backend(err: ImageError, bundle_dir: str) -> ImageError:
         backend = json.loads((Path(bundle_dir) / "manifest.json").read_text(encoding="utf-8"))["backend"]
         import_backend(backend)
     except BackendUnavailable as e:
-        if "could not be imported" in str(e) and "needs OpenCV:" in str(err):  # both plainly missing (not broken installs)
+        if backend == "onnxruntime" and "could not be imported" in str(e) and "needs OpenCV:" in str(err):  # both plainly missing
+            # (ExecuTorch's own message carries torch's CPU index: kept whole)
             return ImageError(f"reading image files needs OpenCV, and this {backend} bundle needs its library: "
                               f"{install_hint(_EXTRA[backend] + ',opencv')}")
         return ImageError(f"{err}; and {e}")
