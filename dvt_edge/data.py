@@ -377,9 +377,6 @@ def _load_whole(spec: str, split: str, preprocess: Optional[Preprocess], downloa
     raise DataError(f"unknown dataset spec {spec!r}; valid: {list(DATASETS)}")
 
 
-# ----------------------------------------------------------------------------- command line
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog=command_name("python -m dvt_edge.data"), description=__doc__, formatter_class=DocFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -439,7 +436,8 @@ def _info(spec: str) -> None:
         print(f"{ds.name} [{split}]: {len(ds)}{listed}, {ds.num_classes} classes ({per})")
     if ds is None:
         raise DataError(f"{spec} holds none of the splits {list(SPLITS)}")
-    print(f"preprocess (data export's default without --checkpoint; train and export use the model's): {ds.preprocess.to_dict()}")
+    sample = ", judged on a sample of the images (data export judges every one it reads)" if isinstance(ds.images, list) else ""
+    print(f"preprocess (data export's default without --checkpoint{sample}; train and export use the model's): {ds.preprocess.to_dict()}")
 
 
 def _export(args: argparse.Namespace) -> None:

@@ -547,20 +547,25 @@ def test_a_jetson_is_never_told_to_replace_its_gpu_build_with_pypis_cpu_one(onnx
     from dvt_runtime.backends import _missing
 
     abi = ImportError("numpy.core.multiarray failed to import")
-    monkeypatch.setattr(BU, "installed_distribution", lambda module: {"onnxruntime": "onnxruntime-gpu", "cv2": None}[module])
+    monkeypatch.setattr(BU, "installed_distribution", lambda module, among=None: {"onnxruntime": "onnxruntime-gpu"}.get(module))
     monkeypatch.setattr(BU.np, "__version__", "2.2.6")
     said = str(_missing("onnxruntime", abi))
-    assert "this onnxruntime-gpu build is built for numpy 1 and this environment has numpy 2.2.6: pip install 'numpy<2'" in said
+    assert "This onnxruntime-gpu build is built for numpy 1 and this environment has numpy 2.2.6: pip install 'numpy<2'" in said
     assert "--force-reinstall" not in said and "do not replace it with PyPI's onnxruntime, which has no CUDA or TensorRT" in said
     said = BU.rebuild_fix("cv2", abi, "PYPI")
-    assert said.startswith("this cv2 (not installed by pip: a system package, e.g. JetPack's) is built for numpy 1") and "PYPI" not in said
+    assert said.startswith("This cv2 (not installed by pip: a system package, e.g. JetPack's) is built for numpy 1") and "PYPI" not in said
+    assert BU.rebuild_fix("executorch", abi, "PYPI") == "Install a build that matches, e.g. PYPI"  # PyPI's builds only: no Jetson words
     assert "Reinstall this onnxruntime-gpu build from where it came" in str(_missing("onnxruntime", ImportError("libcudart.so.12")))
-    monkeypatch.setattr(BU, "installed_distribution", lambda module: {"onnxruntime": "onnxruntime", "cv2": "opencv-python-headless"}[module])
+    dists = {"onnxruntime": "onnxruntime", "cv2": "opencv-python-headless"}
+    monkeypatch.setattr(BU, "installed_distribution", lambda module, among=None: dists.get(module))
     assert "--force-reinstall" in str(_missing("onnxruntime", abi)) and BU.rebuild_fix("cv2", abi, "PYPI") == "Install a build that matches, e.g. PYPI"
+    dists["onnxruntime-gpu"] = "onnxruntime-gpu"  # both installed into one package (the README warns): said, not a CPU reinstall
+    assert BU.rebuild_fix("onnxruntime", abi, "PYPI").startswith("Both onnxruntime and onnxruntime-gpu are installed")
+    del dists["onnxruntime-gpu"]
     with pytest.warns(UserWarning, match=r"\['CUDAExecutionProvider'\] not available here; using \['CPUExecutionProvider'\]; this onnxruntime "
                                          r"is PyPI's CPU-only build: for CUDA or TensorRT, pip uninstall onnxruntime, then install onnxruntime-gpu"):
         Bundle.open(onnx_bundle, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
-    monkeypatch.setattr(BU, "installed_distribution", lambda module: "onnxruntime-gpu")  # a GPU build missing CUDA's libraries
+    monkeypatch.setattr(BU, "installed_distribution", lambda module, among=None: "onnxruntime-gpu")  # a GPU build missing CUDA's libraries
     with pytest.warns(UserWarning) as w:
         Bundle.open(onnx_bundle, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert not any("CPU-only build" in str(x.message) for x in w)

@@ -20,12 +20,12 @@ MODULE_DISTRIBUTIONS = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxr
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
-def installed_distribution(module: str) -> Optional[str]:
-    """The pip distribution that installed ``module`` (the first of its known ones), or None (not from pip: a system
-    package such as JetPack's OpenCV, or not installed)."""
+def installed_distribution(module: str, among: Optional[tuple[str, ...]] = None) -> Optional[str]:
+    """The pip distribution that installed ``module`` (the first of its known ones, or of ``among``), or None (not from pip:
+    a system package such as JetPack's OpenCV, or not installed)."""
     from importlib import metadata
 
-    for dist in MODULE_DISTRIBUTIONS.get(module, (module,)):
+    for dist in among or MODULE_DISTRIBUTIONS.get(module, (module,)):
         try:
             metadata.version(dist)
             return dist
@@ -43,13 +43,16 @@ def rebuild_fix(module: str, err: BaseException, pypi_fix: str) -> str:
     """The fix for ``module`` installed but failing to import with ``err``: ``pypi_fix`` (a matching build from PyPI), unless
     the installed build is not PyPI's CPU one (NVIDIA's onnxruntime-gpu, a system OpenCV), which it would replace: then
     numpy 1 for a numpy-ABI error, or that build's own maker's."""
-    dist = installed_distribution(module)
-    ours = {"onnxruntime": "onnxruntime", "cv2": "opencv-python-headless"}.get(module, module)
-    if dist == ours or (dist is not None and module == "cv2"):
-        return f"Install a build that matches, e.g. {pypi_fix}"
+    ours = {"onnxruntime": "onnxruntime", "cv2": "opencv-python-headless"}.get(module)
+    dist = installed_distribution(module) if ours else None
+    if ours is None or dist == ours or (dist is not None and module == "cv2"):  # executorch, coremltools: PyPI's builds only
+        both = module == "onnxruntime" and installed_distribution("onnxruntime-gpu", ("onnxruntime-gpu",)) is not None
+        return (f"Install a build that matches, e.g. {pypi_fix}" if not both else "Both onnxruntime and onnxruntime-gpu are "
+                "installed, into the same onnxruntime package: pip uninstall both, then install the one you run (the GPU one, "
+                "on a Jetson NVIDIA's wheel for your JetPack)")
     what = f"this {dist} build" if dist else f"this {module} (not installed by pip: a system package, e.g. JetPack's)"
     if numpy_abi_error(err) and np.__version__.split(".")[0] != "1":
-        return (f"{what} is built for numpy 1 and this environment has numpy {np.__version__}: pip install 'numpy<2' (NVIDIA's "
+        return (f"{what[0].upper()}{what[1:]} is built for numpy 1 and this environment has numpy {np.__version__}: pip install 'numpy<2' (NVIDIA's "
                 f"Jetson wheels and JetPack's OpenCV are numpy-1 builds), or a build of it for numpy 2; do not replace it with "
                 f"PyPI's {ours}, which {'has no CUDA or TensorRT' if module == 'onnxruntime' else 'cannot open GStreamer cameras'}")
     if module == "cv2":  # a system OpenCV (JetPack's is an apt package)

@@ -9,7 +9,7 @@ import os
 import re
 import sys
 import warnings
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
@@ -164,6 +164,14 @@ def numbered(names) -> bool:
     return [str(c) for c in names] == [str(i) for i in range(len(names))]
 
 
+def _power_value(v: Any) -> str:
+    """A recorded governor or ``nvpmodel -q`` output as compared: its "NV Power Mode: X" (the output may open with other
+    lines, e.g. "NVPM WARN: fan mode is not set!"), else its first line; "" when blank or not text."""
+    text = v.strip() if isinstance(v, str) else ""
+    m = re.search(r"NV Power Mode:\s*(\S.*)", text)
+    return m.group(1).strip() if m else (text.splitlines() or [""])[0]
+
+
 def setting_differences(threads, device, my_threads: Optional[int], my_providers, my_version: Optional[str] = None) -> list[str]:
     """How a measurement's threads per session, execution providers (``device["providers"]``) and backend library version
     (``device["backend_version"]``) differ from a bundle's (a None or 0 thread count of the bundle is the backend's default:
@@ -186,7 +194,7 @@ def setting_differences(threads, device, my_threads: Optional[int], my_providers
 
         here = power_facts()
         for key, what in (("jetson_power_mode", "Jetson power mode"), ("cpu_governor", "CPU governor")):
-            theirs_v, ours = (v.strip() if isinstance(v, str) else "" for v in (device.get(key), here[key]))  # "": unknown
+            theirs_v, ours = (_power_value(v) for v in (device.get(key), here[key]))  # "": unknown
             if theirs_v and ours and theirs_v != ours:
-                said.append(f"{what} {theirs_v.splitlines()[0]!r}, this host runs {ours.splitlines()[0]!r}")
+                said.append(f"{what} {theirs_v!r}, this host runs {ours!r}")
     return said
