@@ -131,6 +131,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         ap.error(f"--snapshot-frame must be a 0-based frame index >= 0, got {args.snapshot_frame}")
     if args.max_frames is not None and args.max_frames < 1:
         ap.error(f"--max-frames must be >= 1 (omit it to run until the source ends), got {args.max_frames}")
+    if "-" in (args.record, args.stats, args.snapshot):  # a file named "-" had been written where a pipe's reader waited
+        ap.error("an output of -: standard output is not a file the webcam writes; name a file")
     outs = {flag: Path(v).expanduser().resolve() for flag, v in (("--record", args.record), ("--stats", args.stats),
                                                                   ("--snapshot", args.snapshot)) if v}
     if args.camera and _is_file(args.camera):  # OpenCV opens a file path as a camera: read it as the video it is (its end is no failure)

@@ -374,7 +374,7 @@ def _load_whole(spec: str, split: str, preprocess: Optional[Preprocess], downloa
         if not arg:
             raise DataError(f"dataset spec {spec!r} needs a path: {kind}:PATH")
         return load_npz_spec(arg, split, preprocess)
-    raise DataError(f"unknown dataset spec {spec!r}; valid: {list(DATASETS)}")
+    raise DataError(f"unknown dataset spec {spec!r}; valid: {list(DATASETS)}" + (f" (an .npz file: npz:{spec})" if spec.endswith(".npz") else ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -442,6 +442,8 @@ def _info(spec: str) -> None:
 
 def _export(args: argparse.Namespace) -> None:
     out = Path(args.out)
+    if args.out == "-":  # a file named "-" had been written where a pipe's reader waited
+        raise DataError("--out -: standard output cannot take an .npz; name the .npz file to write (e.g. val.npz)")
     if out.is_dir():
         raise DataError(f"--out {out} is a folder; name the .npz file to write (e.g. {out / 'val.npz'})")
     if out.exists() and not args.force:

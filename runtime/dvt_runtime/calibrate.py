@@ -476,7 +476,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(note, file=sys.stderr)
         x, y = load_npz(args.data, bundle.manifest.preprocess, bundle.classes)
         profile = load_profile_arg(args.profile) if args.profile else None
-        data = {"path": os.path.abspath(args.data), "sha256": sha256_file(args.data), "n": len(x)}
+        data = {"path": os.path.abspath(src := args.data.removeprefix("npz:")), "sha256": sha256_file(src), "n": len(x)}  # npz: as on the host
         command = f"{command_name('python -m dvt_runtime.calibrate')} {join_args(sys.argv[1:] if argv is None else argv)}"
         r = calibrate(bundle, x, y, args.budget_ms, args.metric, profile, args.algorithm, args.device_name,
                       args.holdout, args.seed, args.runs, batch=args.batch, progress=not args.no_progress, data=data, command=command,

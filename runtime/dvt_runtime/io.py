@@ -229,6 +229,8 @@ def check_out_path(path: Union[str, Path], flag: str = "--out", replaces: Union[
     replaced).
     ``example``: a file name to suggest inside a folder given instead of a file (None: the path is not the user's
     to choose, so the folder is in the way)."""
+    if str(path) == "-":  # a file named "-" had been written where a pipe's reader waited (only predict --out - is stdout)
+        raise ValueError(f"{flag} -: standard output is not a file this command writes (only predict's --out - is); name a file")
     p = Path(path).expanduser()
     if too_long := name_too_long(p):
         raise ValueError(f"{flag} {p}: its file name {too_long}; {fix}")

@@ -45,7 +45,7 @@ def load_npz(path: str, preprocess: Optional[Preprocess] = None, classes: Option
     OpenCV reads them, or RGB with ``channel_order="rgb"``) preprocessed here. With ``preprocess``, a file that records another preprocessing, images of
     another shape and floats outside its value range (raw 0-255 pixels) are refused; with ``classes`` (the bundle's), a
     file that names other classes (another data set's labels) and labels outside them are refused."""
-    p = Path(path)
+    p = Path(str(path).removeprefix("npz:"))  # the host's spec for the same file (one DATA= for both sides of a Makefile)
     hint = ("calibration measures accuracy on labelled images: 'images' uint8 (N, H, W[, C], BGR) and 'labels' (N,) class "
             "indices, e.g. np.savez('val.npz', images=..., labels=...), or on the host: python -m dvt_edge.data export --checkpoint CKPT --split val --out val.npz")
     z = read_npz(p, ("images", "labels"), CalibrationError, hint)
@@ -159,7 +159,7 @@ def bgr_pixels(z, images: np.ndarray, where, error: Callable[[str], Exception]) 
 def load_images(path: str, bundle) -> tuple[np.ndarray, Optional[list[np.ndarray]]]:
     """``profile --data``: preprocessed float32 images (N, C, H, W) and, for uint8 files, the raw images (to time the
     preprocessing on); a ValueError naming the file and the fix otherwise."""
-    p = Path(path)
+    p = Path(str(path).removeprefix("npz:"))  # the host's spec for the same file
     hint = "'images' must be float32 (N, C, H, W) preprocessed or uint8 (N, H, W[, C])"
     z = read_npz(p, ("images",), lambda m: ValueError(f"--data {m}"), hint)
     if z["images"].dtype == np.float32:  # raw uint8 images are preprocessed here, by the bundle's own rules

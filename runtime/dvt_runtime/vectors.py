@@ -44,11 +44,22 @@ def port_vectors(bundle, files: Sequence[Path], thresholds: Optional[list] = Non
     return out
 
 
+def _earlier_vectors(path: Path) -> bool:
+    """Whether ``path`` is an earlier vectors file (an npz holding ``input`` and ``logits_exit1``), which a new run may replace."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return {"input.npy", "logits_exit1.npy", "exit.npy"} <= set(z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from dvt_runtime.backends import BackendUnavailable
     from dvt_runtime.bundle import Bundle
     from dvt_runtime.checks import parse_thresholds
-    from dvt_runtime.io import atomic_write, os_error_text
+    from dvt_runtime.io import atomic_write, check_out_path, os_error_text
     from dvt_runtime.predict import image_files
 
     ap = argparse.ArgumentParser(prog="dvt-runtime vectors", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,6 +73,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         import io
 
+        check_out_path(args.out, replaces=_earlier_vectors, example="vectors.npz")  # a bundle's own artifact had been overwritten
         thresholds = parse_thresholds(args.thresholds) if args.thresholds is not None else None
         bundle = Bundle.open(args.bundle, threads=args.threads)
         vec = port_vectors(bundle, image_files(args.images), thresholds, show_progress=not args.no_progress)
