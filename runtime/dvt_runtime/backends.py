@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from dvt_runtime.builds import MODULE_DISTRIBUTIONS, gpu_build_hint, rebuild_fix
+from dvt_runtime.builds import MODULE_DISTRIBUTIONS, gpu_build_hint, installed, rebuild_fix
 from dvt_runtime.console import held_output
 from dvt_runtime.io import loadable
 
@@ -465,14 +465,8 @@ DISTRIBUTIONS = {"onnxruntime": MODULE_DISTRIBUTIONS["onnxruntime"], "executorch
 
 def backend_version(backend: str) -> Optional[str]:
     """Version of the backend's library (whichever of its distributions is installed), or None when none is."""
-    from importlib import metadata
-
-    for dist in DISTRIBUTIONS[backend]:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
+    found = installed(DISTRIBUTIONS[backend])
+    return found[1] if found else None
 
 
 def provider_fallback(wanted: Sequence[Provider], sessions: Sequence["Session"]) -> Optional[str]:

@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["NUMPY_ABI_SIGNS", "installed_distribution", "numpy_abi_error", "rebuild_fix", "gpu_build_hint"]
+__all__ = ["NUMPY_ABI_SIGNS", "installed", "installed_distribution", "numpy_abi_error", "rebuild_fix", "gpu_build_hint"]
 
 #: what a library built for numpy 1 says when imported under numpy 2 (and the reverse)
 NUMPY_ABI_SIGNS = ("numpy.core.multiarray failed to import", "compiled using numpy 1", "_array_api not found", "numpy.dtype size changed",
@@ -20,18 +20,23 @@ MODULE_DISTRIBUTIONS = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxr
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
-def installed_distribution(module: str, among: Optional[tuple[str, ...]] = None) -> Optional[str]:
-    """The pip distribution that installed ``module`` (the first of its known ones, or of ``among``), or None (not from pip:
-    a system package such as JetPack's OpenCV, or not installed)."""
+def installed(dists: tuple[str, ...]) -> Optional[tuple[str, str]]:
+    """(name, version) of the first of the pip distributions ``dists`` that is installed, or None."""
     from importlib import metadata
 
-    for dist in among or MODULE_DISTRIBUTIONS.get(module, (module,)):
+    for dist in dists:
         try:
-            metadata.version(dist)
-            return dist
+            return dist, metadata.version(dist)
         except metadata.PackageNotFoundError:
             continue
     return None
+
+
+def installed_distribution(module: str, among: Optional[tuple[str, ...]] = None) -> Optional[str]:
+    """The pip distribution that installed ``module`` (the first of its known ones, or of ``among``), or None (not from pip:
+    a system package such as JetPack's OpenCV, or not installed)."""
+    found = installed(among or MODULE_DISTRIBUTIONS.get(module, (module,)))
+    return found[0] if found else None
 
 
 def numpy_abi_error(err: BaseException) -> bool:

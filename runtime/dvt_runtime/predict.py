@@ -268,8 +268,10 @@ def _check_mode(bundle, args: argparse.Namespace) -> None:
 def _with_backend(err: ImageError, bundle_dir: str) -> ImageError:
     """OpenCV missing: the bundle's backend library too when it is missing, in one pip command (a fresh device had met
     one, installed it, then met the other)."""
+    from dvt_runtime.manifest import Manifest
+
     try:
-        backend = json.loads((Path(bundle_dir) / "manifest.json").read_text(encoding="utf-8"))["backend"]
+        backend = Manifest.load(bundle_dir, verify=False).backend
         import_backend(backend)
     except BackendUnavailable as e:
         if backend == "onnxruntime" and "could not be imported" in str(e) and "needs OpenCV:" in str(err):  # both plainly missing
