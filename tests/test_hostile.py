@@ -709,6 +709,36 @@ def test_calibrate_writes_only_its_own_files_inside_the_bundle(bundle_copy, imag
     assert calibrate(Bundle.open(bundle_copy), x, y, 1.0, device_name="fleet", runs=20, warmup=2, progress=False).device == "fleet"
 
 
+def test_calibrate_names_the_classes_its_thresholds_never_answer(micro_ckpt, onnx_bundle, tmp_path):
+    """Unbalanced training data makes an early exit that never predicts a rare class: a budget that stops the images there
+    never answers that class, and calibrate said nothing (evaluate did, per exit alone). Here exits 1 and 2 always answer
+    one class with certainty, so any budget under the last exit's cost answers only it: said, in the warning and the file."""
+    from dvt_edge.checkpoint import save_checkpoint
+    from dvt_edge.export import export_bundle
+    from dvt_runtime.calibrate import calibrate
+    from dvt_runtime.profile import profile_bundle
+    from dvt_runtime.search import ExitOutputs, unanswered_classes
+
+    x, y = load_dataset("fashion-mnist", "val").arrays(200, seed=3)
+    model, info = load_checkpoint(micro_ckpt)
+    with torch.no_grad():
+        for stage in model.stages[:-1]:
+            stage.head.bias[0] += 1e4  # always "T-shirt/top", at softmax 1.0
+    save_checkpoint(tmp_path / "early.pt", model, classes=info.classes, preprocess=info.preprocess)
+    b = Bundle.open(export_bundle(str(tmp_path / "early.pt"), "onnx", "fp32", out=str(tmp_path / "b"), verify_n=20, progress=False).path)
+    last = Bundle.open(onnx_bundle).run_exits(x)[-1].argmax(1)
+    right = sorted({b.classes[k] for k in set(last[last == y].tolist())} - {b.classes[0]})
+    assert len(right) >= 5  # classes the last exit alone answers
+    p = profile_bundle(b, warmup=2, runs=20, images=x[:8], progress=False, overhead=True)
+    under_last = 0.9 * float(p.stage_costs().cumulative[-1])  # every image at exit 3 is over it: they stop at exit 1 or 2
+    with pytest.warns(UserWarning, match="the chosen thresholds never answer .* on the holdout \\(the last exit alone does\\)"):
+        r = calibrate(b, x, y, under_last, profile=p, progress=False, holdout=0.75)
+    assert "never answer" in r.note and any(c in r.note for c in right) and b.classes[0] not in r.note.split("never answer")[1][:40]
+    # the rule itself: a class the last exit answers right and the cascade never answers; none when every image reaches it
+    out = ExitOutputs.from_predictions(np.array([[0.9, 0.9, 0.2], [1, 1, 1.0]]), np.array([[0, 0, 0], [1, 2, 0]]), np.array([1, 2, 0]))
+    assert unanswered_classes(out, [0.5, 1.0]) == [1, 2] and unanswered_classes(out, [1.0, 1.0]) == []
+
+
 def test_calibrating_on_labels_the_model_does_not_know_is_said(bundle_copy, images):
     """Random images, or labels in another class order, calibrated without a word (8% on the holdout, under chance) and
     predict then ran those thresholds, replacing the device's good calibration with exit code 0. Refused, nothing written;

@@ -1065,7 +1065,7 @@ def test_device_side_messages_name_the_real_problem(bundle_dir, tmp_path, capsys
     assert "only 6 images to search thresholds on and 6 to check them on" in r.note and "calibrate on 400 or more in all" in r.note
     assert "the p99.9 of 6 holdout images is about their slowest: it needs 10000 or more" in r.note
     assert r.chosen.measured["p99.9_ms"] > 0 and np.isfinite(r.chosen.measured["p99.9_ms"])
-    from dvt_runtime.calibrate import _few_images
+    from dvt_runtime.calnotes import few_images as _few_images
 
     assert _few_images(500, 500, "p100.0") == "" and _few_images(500, 500, "mean") == ""  # no division by zero at q = 100
     assert "calibrate on 1000 or more in all" in _few_images(400, 100, "mean")  # a 0.2 holdout: 200 of 1000 (it said 400)

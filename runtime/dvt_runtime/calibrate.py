@@ -43,7 +43,8 @@ from dvt_runtime.calibration import (  # noqa: F401  (re-exported)
     other_hosts_latencies,
     validate_calibration,
 )
-from dvt_runtime.checks import FEW_IMAGES, positive_ms, setting_differences
+from dvt_runtime.calnotes import chance_note, few_images, search_note, unanswered_note
+from dvt_runtime.checks import positive_ms, setting_differences
 from dvt_runtime.cli import DocFormatter, command_name
 from dvt_runtime.console import join_args
 from dvt_runtime.device import check_batch_memory, check_device_name, profiled_here, this_host  # noqa: F401  (re-exported)
@@ -70,7 +71,7 @@ from dvt_runtime.search import (
     metric_span,
     search_thresholds,
 )
-from dvt_runtime.stats import accuracy_interval, at_chance, chance_bar
+from dvt_runtime.stats import accuracy_interval
 
 if TYPE_CHECKING:
     from dvt_runtime.profile import LatencyProfile
@@ -207,7 +208,7 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
     f = fit(bundle, x, y, holdout=holdout, seed=seed, profile=profile, runs=runs, warmup=warmup, batch=batch, progress=progress,
             device_name=device_name, check_costs=lambda c: _check_reachable(c, budget_ms, metric, seed, device_name, headroom))
     costs = f.costs
-    chance = _chance_note(f, len(bundle.classes), allow_chance)  # refused here, before the search and the measurement
+    chance = chance_note(f.hold, len(bundle.classes), allow_chance)  # refused here, before the search and the measurement
     try:
         chosen = search_thresholds(f.cal, costs, priced, metric=metric, algorithm=algorithm, seed=seed)
     except ValueError as e:
@@ -228,7 +229,7 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
         profile_source="measured here" if f.measured_here else "given (--profile" + (", taken on this host)" if f.on_this_host else ")"),
         cascade_overhead_ms=f.overhead_ms[0], cascade_overhead_ms_per_exit=f.overhead_ms, seed=seed, holdout=float(holdout),
         data=dict(data or {}), command=command,
-        n_calibration=len(f.cal_idx), n_holdout=len(f.hold_idx), note=_search_note(chosen, priced, metric),
+        n_calibration=len(f.cal_idx), n_holdout=len(f.hold_idx), note=search_note(chosen, priced, metric),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
     if verify and f.on_this_host:
@@ -239,7 +240,8 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
                else "verify on that device")
         result.note = (result.note + "; " if result.note else "") + f"latency from the given profile ({device_name}): {why}"
     runs = min(int(s.get("n", 0)) for s in f.profile.stages)
-    notes = (_few_images(len(f.cal_idx), len(f.hold_idx), metric, runs), NO_OVERHEAD if f.overhead_from == "none" else "", chance)
+    notes = (few_images(len(f.cal_idx), len(f.hold_idx), metric, runs), NO_OVERHEAD if f.overhead_from == "none" else "", chance,
+             unanswered_note(f.hold, chosen.best.thresholds, bundle.classes))
     result.note = "; ".join(n for n in (result.note, *notes) if n)
     d = result.to_dict()
     validate_calibration(d, bundle.manifest)  # before writing: never a file that would stop this bundle opening
@@ -256,44 +258,6 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
             warnings.filterwarnings("always" if f.on_this_host else "ignore", message=".* at another setting ")
             bundle.use_calibration(device_name, batch=batch)
     return result
-
-
-def _chance_note(f: Fit, classes: int, allow_chance: bool) -> str:
-    """When the last exit scores under the chance bar on the holdout, even at the top of its 95% interval (e.g. labels in
-    another order): refused (nothing written: a good calibration of that device is kept), or with ``allow_chance`` a note
-    and a warning; else ''."""
-    if not at_chance(last := float(f.hold.correct[-1].mean() * 100), classes, len(f.hold_idx)):
-        return ""
-    chance = f"{last:.2f}% on the holdout, under {chance_bar(classes):.2f}% (chance is {100 / classes:.2f}%)"
-    why = (f"the bundle's last exit scores {chance} on --data: its labels may not be this model's (another class order "
-           "or label set) or its images not what the model saw; the thresholds chosen on them mean nothing. Check "
-           "--data, e.g. with python -m dvt_runtime predict on a few of its images")
-    if not allow_chance:
-        raise CalibrationError(f"{why}; nothing was written (--allow-chance writes it anyway)")
-    warnings.warn(why, stacklevel=3)
-    return f"the last exit scores {chance}: thresholds chosen on it mean nothing"
-
-
-def _few_images(n_cal: int, n_hold: int, metric: str, runs: Optional[int] = None) -> str:
-    """A note when the split is too small to trust: accuracies of a few hundred images move by points, and a
-    percentile q needs about 10 / (1 - q) images above the median (10 / q below it), or it is their slowest (fastest);
-    and when the profile has fewer than ``FEW_RUNS`` timed ``runs`` per stage (its percentiles are rough)."""
-    from dvt_runtime.profile import FEW_RUNS
-
-    notes = []
-    if runs is not None and runs < FEW_RUNS:  # e.g. profile --runs 5, or an imported trace of a few runs: a p90 is their slowest
-        notes.append(f"the latency profile has only {runs} timed run(s) for a stage: its percentiles are rough below {FEW_RUNS} "
-                     "(profile 100 or more per stage: --runs)")
-    if min(n_cal, n_hold) < FEW_IMAGES:  # images in all for FEW_IMAGES on the smaller side at this split's fractions
-        need = math.ceil(FEW_IMAGES * (n_cal + n_hold) / max(1, min(n_cal, n_hold)))
-        notes.append(f"only {n_cal} images to search thresholds on and {n_hold} to check them on: accuracies of so few "
-                     f"move by points from one sample to the next; calibrate on {need} or more in all (--data)")
-    q = check_metric(metric)  # None (the mean) or an exact fraction in (0, 100]
-    tail = None if q is None or q in (0, 100) else (100 - q if q > 50 else q)
-    if tail is not None and n_hold < (need := math.ceil(1000 / tail)):
-        end = "slowest" if q > 50 else "fastest"
-        notes.append(f"the {metric} of {n_hold} holdout images is about their {end}: it needs {need} or more to be measured")
-    return "; ".join(notes)
 
 
 def _device_for(profile, device_name: Optional[str]) -> str:
@@ -383,17 +347,6 @@ def _pareto_table(cal: ExitOutputs, costs: StageCosts, metric: str = "mean", see
             pred[f"{metric}_ms"] = b.cost
         table.append(BudgetRow(res.budget / (1 - headroom), b.to_dict()["thresholds"], pred))
     return table
-
-
-def _search_note(chosen, budget_ms: float, metric: str) -> str:
-    """What the user should know about the chosen point (the search's own note, e.g. a budget above every
-    exit in the budget's metric; saturated accuracy)."""
-    notes = [chosen.info["note"]] if chosen.info.get("note") else []
-    top = max(chosen.frontier, key=lambda p: p.accuracy) if chosen.frontier else None
-    if top is not None and chosen.best.accuracy >= top.accuracy and chosen.best.mean_cost < 0.9 * budget_ms and metric == "mean":
-        notes.append(f"accuracy saturates at {top.accuracy:.2f}% from {top.mean_cost:.4g} ms on the calibration split: "
-                     f"the rest of the budget buys no accuracy, so it is not spent")
-    return "; ".join(notes)
 
 
 def _budget_line(r: Calibration, m: dict, what: str = "measured") -> str:

@@ -55,6 +55,7 @@ __all__ = [
     "search_thresholds",
     "sweep_thresholds",
     "thresholds_from_list",
+    "unanswered_classes",
 ]
 
 ALGORITHMS = ("exact", "ga", "sweep")
@@ -339,6 +340,15 @@ def exit_indices(confidences: np.ndarray, thresholds: Sequence[float]) -> np.nda
     conf = _check_confidences(confidences)
     thr = _as_thresholds(thresholds, conf.shape[0])
     return _exit_batch(conf, thr[None, :])[0]
+
+
+def unanswered_classes(outputs: ExitOutputs, thresholds: Sequence[float]) -> list[int]:
+    """Classes the cascade at ``thresholds`` never answers on these images although the last exit alone answers them on
+    some of them: their images leave at an earlier exit that never predicts them (unbalanced training data)."""
+    taken = exit_indices(outputs.confidences, thresholds)  # (N,)
+    answered = outputs.predictions[taken, np.arange(outputs.n_samples)]  # (N,) the cascade's answer to each image
+    last = outputs.predictions[-1][outputs.labels == outputs.predictions[-1]]  # right answers of the last exit alone
+    return sorted(int(k) for k in set(np.unique(last).tolist()) - set(np.unique(answered).tolist()))
 
 
 def _exit_batch(conf: np.ndarray, thr: np.ndarray) -> np.ndarray:
