@@ -15,6 +15,7 @@ import dataclasses
 import io
 import math
 import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
@@ -130,19 +131,33 @@ def read_checkpoint(path: Union[str, Path], map_location="cpu", trusted: bool = 
     return obj
 
 
+EMA_KEYS = ("state_dict_ema", "model_ema", "ema_state_dict", "ema")  # timm's, DeiT's and others' averaged weights
+
+
+def _weights(ckpt: dict, key: str) -> Optional[dict]:
+    """``ckpt[key]`` when it is a non-empty dict of tensors (a module's state dict in a trusted load), else None."""
+    sd = ckpt.get(key)
+    sd = sd.state_dict() if isinstance(sd, torch.nn.Module) else sd  # {'model': model} (a trusted load)
+    return sd if isinstance(sd, dict) and sd and all(isinstance(v, torch.Tensor) for v in sd.values()) else None
+
+
 def _state_dict_of(ckpt: dict, path: Path) -> dict[str, torch.Tensor]:
-    for key in ("model_state_dict", "state_dict", "model"):
-        sd = ckpt.get(key)
-        sd = sd.state_dict() if isinstance(sd, torch.nn.Module) else sd  # {'model': model} (a trusted load)
-        if isinstance(sd, dict) and sd and all(isinstance(v, torch.Tensor) for v in sd.values()):
-            break
+    """The file's model weights: its first of model_state_dict, state_dict, model; else its EMA weights (said); else the
+    file itself when it is a bare state dict. A file holding EMA weights beside the others says which were taken."""
+    key = next((k for k in ("model_state_dict", "state_dict", "model") if _weights(ckpt, k) is not None), None)
+    ema = next((k for k in EMA_KEYS if _weights(ckpt, k) is not None), None)
+    if key is not None and ema is not None:
+        warnings.warn(f"{path} also holds averaged (EMA) weights under {ema!r}: loaded {key!r}; to use the EMA weights, save them "
+                      f"alone: python -c \"import torch; c = torch.load('{path}', weights_only=True); torch.save({{'state_dict': "
+                      f"c['{ema}']}}, 'ema.pth')\"", stacklevel=3)
+    if key is not None or ema is not None:
+        if key is None:
+            warnings.warn(f"{path} holds only averaged (EMA) weights, under {ema!r}: loaded them", stacklevel=3)
+        sd = _weights(ckpt, key or ema)
+    elif ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        sd = ckpt  # a bare state dict
     else:
-        if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-            sd = ckpt  # a bare state dict
-        else:
-            raise CheckpointError(
-                f"{path} has no model weights: expected a 'model_state_dict' entry (found keys {sorted(ckpt)[:8]})"
-            )
+        raise CheckpointError(f"{path} has no model weights: expected a 'model_state_dict' entry (found keys {sorted(ckpt)[:8]})")
     while (pre := next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in sd)), None)) is not None:
         sd = {k[len(pre):]: v for k, v in sd.items()}  # saved from a wrapper, maybe two (DDP around torch.compile)
     return sd
@@ -363,6 +378,9 @@ def load_checkpoint(
             f"depth {model.cfg.stage_depths or model.cfg.depth}, {model.cfg.num_classes} classes){fits}: "
             f"{_format_diff(missing, unexpected, wrong)}"
         )
+    if bad := [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]:
+        raise CheckpointError(f"{path}: {', '.join(bad[:3])}{f' and {len(bad) - 3} more' if len(bad) > 3 else ''} hold NaN or "
+                              "infinite weights (a training run that diverged, or a damaged file): use an earlier checkpoint")
     model.load_state_dict(sd, strict=True)
     model.eval()
     pre = ckpt.get("preprocess")

@@ -1,4 +1,7 @@
-"""The model zoo as a table: exits, token grids, FLOPs and parameters of every variant.
+"""The model zoo as a table: exits, token grids, FLOPs and parameters of every variant (params: every weight a checkpoint
+holds; trainable: without T2T's fixed sinusoid tables and performer projections). FLOPs are multiply-accumulates counted on
+each stage's exported graph, whose reuse resizes are matrix products (the paper's interpolation counts none: about 0.06
+GMACs more at T2T-ViT-12's last exit).
 
     python -m dvt_edge.zoo [--json]
 """
@@ -24,7 +27,8 @@ def zoo_rows() -> list[dict]:
     for name in list_models():
         with torch.device("meta"):
             m = create_model(name)
-        params = sum(p.numel() for p in m.parameters())
+        params = sum(p.numel() for p in m.parameters())  # every weight the checkpoint holds, the fixed ones too
+        trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)  # T2T: not its sinusoid tables and performer draws
         rows.append({
             "model": name,
             "input": "x".join(map(str, m.input_shape)),
@@ -35,17 +39,19 @@ def zoo_rows() -> list[dict]:
             "gflops": [float(f"{e.gflops:.6g}") for e in m.exits],
             "params": params,
             "params_m": float(f"{params / 1e6:.4g}"),  # not pre-rounded: 75,406 printed as 0.07M, the card says 0.08M
+            "params_trainable": trainable,
             "description": describe_model(name),
         })
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'model':<18} {'input':<10} {'exits (tokens)':<22} {'cumulative GFLOPs per exit':<28} {'params':>8}"
+    head = f"{'model':<18} {'input':<10} {'exits (tokens)':<22} {'cumulative GFLOPs per exit':<28} {'params':>8} {'trainable':>9}"
     lines = [head, "-" * len(head)]
     for r in rows:
         g = " / ".join(f"{f:.3g}" for f in r["gflops"])
-        lines.append(f"{r['model']:<18} {r['input']:<10} {' / '.join(r['exits']):<22} {g:<28} {r['params_m']:>7.2f}M")
+        lines.append(f"{r['model']:<18} {r['input']:<10} {' / '.join(r['exits']):<22} {g:<28} {r['params_m']:>7.2f}M "
+                     f"{r['params_trainable'] / 1e6:>8.2f}M")
     return "\n".join(lines)
 
 

@@ -110,6 +110,26 @@ def test_a_pickled_model_loads_its_weights_when_trusted(tmp_path, wrap):
         assert torch.equal(m2.state_dict()[k], v), k
 
 
+def test_ema_weights_are_named_and_nan_weights_refused(tmp_path):
+    """A file holding timm's or DeiT's averaged weights beside the others loaded the others without a word (and one holding
+    only them was "no model weights"); a diverged run's NaN weights loaded and ran to NaN logits downstream."""
+    m = create_model("dvt_micro_fmnist")
+    sd = m.state_dict()
+    ema = {k: v + 1 for k, v in sd.items()}
+    torch.save({"state_dict": sd, "state_dict_ema": ema}, tmp_path / "both.pth")
+    with pytest.warns(UserWarning, match="also holds averaged \\(EMA\\) weights under 'state_dict_ema': loaded 'state_dict'.*torch.save"):
+        got, _ = load_checkpoint(tmp_path / "both.pth")
+    assert torch.equal(got.state_dict()["less_less_token.head.bias"], sd["less_less_token.head.bias"])
+    torch.save({"model_ema": ema}, tmp_path / "ema.pth")
+    with pytest.warns(UserWarning, match="holds only averaged \\(EMA\\) weights, under 'model_ema': loaded them"):
+        got, _ = load_checkpoint(tmp_path / "ema.pth")
+    assert torch.equal(got.state_dict()["less_less_token.head.bias"], ema["less_less_token.head.bias"])
+    sd["less_token.head.weight"][0, 0] = float("nan")
+    torch.save({"state_dict": sd}, tmp_path / "nan.pth")
+    with pytest.raises(CheckpointError, match="less_token.head.weight hold NaN or infinite weights .*use an earlier checkpoint"):
+        load_checkpoint(tmp_path / "nan.pth")
+
+
 def test_wrong_shape_is_listed(tmp_path):
     sd = published_state_dict("DVT_T2t_vit_12")
     sd["normal_token.blocks.0.mlp.fc1.weight"] = torch.zeros(512, 256)  # should be (512, 304)

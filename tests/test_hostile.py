@@ -548,6 +548,9 @@ def test_one_console_command_with_subcommands(capsys):
     assert main(["zoo", "--json"]) == 0  # versioned like every other file a script reads
     zoo = json.loads(capsys.readouterr().out)
     assert (zoo["schema"], zoo["schema_version"]) == ("dvt-edge/zoo/1", 1) and "dvt_small_cifar" in [m["model"] for m in zoo["models"]]
+    rows = {m["model"]: m for m in zoo["models"]}  # T2T's fixed position tables and performer draws are weights, not trained
+    assert rows["dvt_t2t_vit_12"]["params_trainable"] < rows["dvt_t2t_vit_12"]["params"] == 22_461_516  # the published file's
+    assert rows["dvt_deit_small"]["params_trainable"] == rows["dvt_deit_small"]["params"]
     assert main(["--help"]) == 0 and "device side (torch-free): dvt-runtime predict | profile | calibrate" in capsys.readouterr().out
     assert main(["predict", "--bundle", "B", "x.jpg"]) == 2  # the device side's command: named with its program
     assert "predict is a command of dvt-runtime: dvt-runtime predict --bundle B x.jpg" in capsys.readouterr().err
