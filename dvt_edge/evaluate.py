@@ -92,18 +92,16 @@ def evaluate_checkpoint(
         raise ValueError("; ".join(not_here))
     for why in not_here:
         print(f"warning: {why}: not scored", file=sys.stderr)
-    acc, probs = evaluate_exits(model, ds, progress=progress, desc=f"evaluate {split} ({len(ds)} images)")
+    acc, test_out = evaluate_exits(model, ds, progress=progress, desc=f"evaluate {split} ({len(ds)} images)")
     flops = [e.gflops for e in model.exits]
     costs = StageCosts.from_cumulative(flops, unit="GFLOPs")
-    test_out = ExitOutputs.from_probs(probs, ds.labels)
 
     # thresholds chosen on training images, as the authors' procedure does (their training loader's logits,
     # images the model trained on; the note says so)
     try:
         sel = scoring_set(data, "train", pre, model.cfg.num_classes, info.classes, "choose thresholds for", limit=threshold_n,
                           seed=THRESHOLD_SEED)
-        _, sel_probs = evaluate_exits(model, sel, progress=progress, desc=f"threshold images ({len(sel)} of train)")
-        sel_out = ExitOutputs.from_probs(sel_probs, sel.labels)
+        _, sel_out = evaluate_exits(model, sel, progress=progress, desc=f"threshold images ({len(sel)} of train)")
         sel_note = f"{len(sel)} training images (seeded; {_whose(recorded_train_args(info.extras), data, sel.whole)})"
         if _one_set(data, ds.split):  # the curve is scored on the images its thresholds were chosen on: said, not hidden
             why = "the train split is the one scored" if ds.split == "train" else f"{data} holds one set for both splits"
@@ -139,7 +137,7 @@ def evaluate_checkpoint(
         "checkpoint_thresholds_curve": [c.to_dict() for c in stored],  # its dynamic_threshold rows as stored ([] without)
         "checkpoint_thresholds_note": stored_note,  # rows left out, and why ("" when none)
         "pareto": [c.to_dict() for c in frontier],
-        "checkpoint_accuracies": info.accuracies, "per_class": per_class(probs, ds.labels, list(ds.classes)),
+        "checkpoint_accuracies": info.accuracies, "per_class": per_class(test_out.predictions, ds.labels, list(ds.classes), model.cfg.num_classes),
         "artifacts": artifacts,
     }
 
@@ -147,12 +145,11 @@ def evaluate_checkpoint(
 MAX_CONFUSION = 100  # classes up to which the last exit's confusion matrix is kept (ImageNet's would be a million cells)
 
 
-def per_class(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
-    """Per-class figures of every exit (``probs``: (E, N, classes)): each class's recall and how often it is predicted, and
-    the last exit's confusion matrix (rows: true class, columns: predicted). On unbalanced data overall top-1 hid an
-    early exit that never answered the rare class."""
-    n_exits, n, c = probs.shape
-    pred = probs.argmax(-1)  # (E, N)
+def per_class(pred: np.ndarray, labels: np.ndarray, classes: list[str], num_classes: Optional[int] = None) -> dict:
+    """Per-class figures of every exit (``pred``: (E, N) predicted classes): each class's recall and how often it is
+    predicted, and the last exit's confusion matrix (rows: true class, columns: predicted). On unbalanced data overall
+    top-1 hid an early exit that never answered the rare class. ``num_classes``: the model's (default: as many as names)."""
+    (n_exits, n), c = pred.shape, num_classes or len(classes)
     support = np.bincount(labels, minlength=c)
     recall = [[float(100 * np.mean(pred[e][labels == k] == k)) if support[k] else None for k in range(c)] for e in range(n_exits)]
     conf = np.zeros((c, c), np.int64)

@@ -106,19 +106,21 @@ def test_evaluate_bad_checkpoint(tmp_path, capsys):
 
 
 def test_a_model_answering_nan_is_one_error_line(micro_ckpt, tmp_path, capsys):
-    """evaluate_exits refuses non-finite outputs (training saved NaN models as 10% accurate): the CLI says so in one line."""
+    """evaluate_exits refuses non-finite outputs (training saved NaN models as 10% accurate): the CLI says so in one line;
+    NaN weights are refused before, when the checkpoint loads, naming the tensor."""
     ckpt = torch.load(micro_ckpt, weights_only=True)
     bias = next(k for k in ckpt["model_state_dict"] if k.endswith("bias"))
     ckpt["model_state_dict"][bias] = torch.full_like(ckpt["model_state_dict"][bias], float("nan"))
     torch.save(ckpt, tmp_path / "nan.pt")
     assert main(["--checkpoint", str(tmp_path / "nan.pt"), "--limit", "50", "--out", str(tmp_path / "o")]) == 2
-    assert "error: the model's outputs are not finite" in capsys.readouterr().err
-    # a -inf logit: its softmax is finite (0), and evaluate scored the broken model (82.67% where export refused it)
+    assert f"{bias} hold NaN or infinite weights" in capsys.readouterr().err
+    # finite weights whose logits overflow: their softmax is NaN, or finite beside a -inf logit (evaluate had scored such a
+    # broken model: 82.67% where export refused it)
     ckpt = torch.load(micro_ckpt, weights_only=True)
-    head = [k for k in ckpt["model_state_dict"] if k.endswith("head.bias")][-1]
-    ckpt["model_state_dict"][head][3] = float("-inf")
-    torch.save(ckpt, tmp_path / "neginf.pt")
-    assert main(["--checkpoint", str(tmp_path / "neginf.pt"), "--limit", "50", "--out", str(tmp_path / "o")]) == 2
+    head = [k for k in ckpt["model_state_dict"] if k.endswith("head.weight")][-1]
+    ckpt["model_state_dict"][head].fill_(3e38)
+    torch.save(ckpt, tmp_path / "overflow.pt")
+    assert main(["--checkpoint", str(tmp_path / "overflow.pt"), "--limit", "50", "--out", str(tmp_path / "o")]) == 2
     assert "error: the model's outputs are not finite (exit 3 on 50 of 50 images)" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
@@ -350,7 +352,7 @@ def test_per_class_figures_show_a_rare_class_an_early_exit_never_answers():
     probs = np.zeros((2, 10, 4))
     probs[0, np.arange(10), [0] * 6 + [0, 1, 1] + [0]] = 1  # exit 1: class 2 never predicted, class 3 has no images
     probs[1, np.arange(10), labels] = 1  # exit 2: all right
-    pc = per_class(probs, labels, ["Scratch Defect", "Dent", "OK Part", "Unused"])
+    pc = per_class(probs.argmax(-1), labels, ["Scratch Defect", "Dent", "OK Part", "Unused"])
     assert pc["support"] == [6, 3, 1, 0] and np.allclose(pc["recall"][0][:3], [100, 200 / 3, 0]) and pc["recall"][0][3] is None
     assert pc["predicted_pct"][0] == [80.0, 20.0, 0.0, 0.0] and pc["confusion_last_exit"][2] == [0, 0, 1, 0]
     text = "\n".join(per_class_lines(pc))

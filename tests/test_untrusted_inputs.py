@@ -194,5 +194,5 @@ def test_names_from_a_data_file_reach_the_terminal_escaped(tmp_path, capsys):
     assert "\x1b" not in out and "cat\\x1b]0;PWNED\\x07: " in out
     probs = np.zeros((1, 4, 2))
     probs[0, :, 0] = 1
-    text = "\n".join(per_class_lines(per_class(probs, np.array([0, 0, 1, 1]), ["cat", "dog\x1b[2J"])))
+    text = "\n".join(per_class_lines(per_class(probs.argmax(-1), np.array([0, 0, 1, 1]), ["cat", "dog\x1b[2J"])))
     assert "\x1b" not in text and "never predicts dog\\x1b[2J" in text
