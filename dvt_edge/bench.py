@@ -66,14 +66,14 @@ def bench_bundle(bundle, x: np.ndarray, y: np.ndarray, budgets: Optional[list[fl
     if device_name:
         f.profile.device["device_name"] = device_name
     xh, yh = x[f.hold_idx], y[f.hold_idx]
-    static = _static_rows(b, f, xh, yh, y)
+    static = _static_rows(b, f, xh, yh)
     lo, hi = float(f.costs.cumulative[0]), float(f.costs.cumulative[-1])
     if not budgets:
         budgets = [float(v) for v in np.geomspace(lo, hi, 7)[1:-1]]  # denser where early exits decide
     dynamic, flops_rows = _budget_rows(b, f, xh, yh, budgets)
     matched = _matched_point(b, f, xh, yh, static[-1])
     if matched:
-        matched["halvings"] = matched_over_halvings(f.probs, y, f.costs, len(f.hold_idx))
+        matched["halvings"] = matched_over_halvings(f.outputs, f.costs, len(f.hold_idx))
     out = {"profile": f.profile.summary(), "device": f.profile.device, "runtime_overhead": runtime_overhead(b, x), "static": static,
            "dynamic": dynamic, "flops_calibrated": flops_rows, "matched": matched, "n_holdout": len(f.hold_idx),
            "n_calibration": len(f.cal_idx), "split_seed": seed,  # numpy default_rng(seed) halves the images (halvings: their seeds)
@@ -85,7 +85,7 @@ def bench_bundle(bundle, x: np.ndarray, y: np.ndarray, budgets: Optional[list[fl
     return out
 
 
-def _static_rows(b, f, xh: np.ndarray, yh: np.ndarray, y: np.ndarray) -> list[dict]:
+def _static_rows(b, f, xh: np.ndarray, yh: np.ndarray) -> list[dict]:
     """Each exit alone as a static model: stages 1..e always run (it needs its predecessors' reuse tensors)."""
     cum, m = f.profile.cumulative, b.manifest
     rows = []
@@ -93,7 +93,7 @@ def _static_rows(b, f, xh: np.ndarray, yh: np.ndarray, y: np.ndarray) -> list[di
         thr = [0.0 if k == e else None for k in range(b.num_exits - 1)]  # None: never stop there
         meas = _run_cascade(b, xh, yh, thr)
         rows.append({"exit": e + 1, "grid": m.exits[e].grid, "gflops": m.exits[e].gflops,
-                     "accuracy_all": float((f.probs[e].argmax(-1) == y).mean() * 100), "accuracy": meas["accuracy"],
+                     "accuracy_all": float(f.outputs.correct[e].mean() * 100), "accuracy": meas["accuracy"],
                      "profile_p50_ms": cum[e]["median"], "profile_p90_ms": cum[e]["p90"],
                      "measured_mean_ms": meas["mean_ms"], "measured_p90_ms": meas["p90_ms"]})
     return rows

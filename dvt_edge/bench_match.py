@@ -4,12 +4,15 @@ the same rule replayed on other random halvings to say how far one split can be 
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from dvt_edge.bench_report import MATCH_POINTS
 from dvt_runtime.stats import at_chance
+
+if TYPE_CHECKING:
+    from dvt_runtime.search import ExitOutputs
 
 # Accuracies are multiples of 100/n computed two ways (search: 100*k/n; measurement: mean*100), which differ in
 # the last bit: comparisons of them allow this much, far below one image's 100/n (NaN still fails them).
@@ -54,21 +57,21 @@ def _cheapest_matching(cal, costs):
 HALVINGS = 20  # other random splits on which the matched-accuracy rule is replayed (predicted, not re-timed)
 
 
-def matched_over_halvings(probs: np.ndarray, y: np.ndarray, costs, n_hold: int, n: int = HALVINGS) -> Optional[dict]:
+def matched_over_halvings(outputs: "ExitOutputs", costs, n_hold: int, n: int = HALVINGS) -> Optional[dict]:
     """How far one split can be trusted: the matched-accuracy rule on ``n`` other seeded halvings of the
-    same images (``probs``: (E, N, classes) of every exit), thresholds chosen on one part, accuracy and
+    same images (``outputs``: every exit's on all of them), thresholds chosen on one part, accuracy and
     mean cost predicted on the other ``n_hold`` from the measured stage prices ``costs``; speedup = the
     last exit's price over the cascade's."""
-    from dvt_runtime.search import ExitOutputs, evaluate_thresholds
+    from dvt_runtime.search import evaluate_thresholds
 
     if n <= 0:
         return None
     last_price, speedups, deltas, fallbacks = float(costs.cumulative[-1]), [], [], 0
     for seed in range(1, n + 1):  # seed 0 is the measured split
-        perm = np.random.default_rng(seed).permutation(len(y))
+        perm = np.random.default_rng(seed).permutation(outputs.n_samples)
         hold, cal = perm[:n_hold], perm[n_hold:]
-        oh = ExitOutputs.from_probs(probs[:, hold], y[hold])
-        p = _cheapest_matching(ExitOutputs.from_probs(probs[:, cal], y[cal]), costs)
+        oh = outputs.take(hold)
+        p = _cheapest_matching(outputs.take(cal), costs)
         if p is None:  # no point as accurate as the last exit: the rule falls back to the last exit alone
             fallbacks += 1
             speedups.append(1.0)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from dvt_edge.bench import SCHEMA, load_results, main, markdown, run_bench, write_outputs
+from dvt_runtime.search import ExitOutputs
 from dvt_runtime.stats import at_chance
 
 
@@ -80,7 +81,7 @@ def test_bench_result_shape_and_real_numbers(results):
     assert "every image stopping at the exit" in md and f"{stop[0]:.3f}" in md
 
 
-def _outputs(conf: list[float], right: list[float], n: int = 400, classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def _outputs(conf: list[float], right: list[float], n: int = 400, classes: int = 10) -> ExitOutputs:
     """(E, n, classes) softmax outputs: exit e gives ``conf[e]`` to the true class on a ``right[e]`` fraction
     of the images (spread over them), to another class on the rest."""
     y = np.arange(n) % classes
@@ -89,7 +90,7 @@ def _outputs(conf: list[float], right: list[float], n: int = 400, classes: int =
         ok = np.random.default_rng(e).random(n) < r
         probs[e] = (1 - c) / (classes - 1)
         probs[e, np.arange(n), np.where(ok, y, (y + 1) % classes)] = c
-    return probs, y
+    return ExitOutputs.from_probs(probs, y)
 
 
 def test_matched_over_halvings_replays_the_rule():
@@ -97,27 +98,27 @@ def test_matched_over_halvings_replays_the_rule():
     from dvt_runtime.search import StageCosts
 
     costs = StageCosts.from_cumulative([1.0, 2.0, 4.0])
-    easy = matched_over_halvings(*_outputs([0.99, 0.99, 0.99], [1, 1, 1]), costs, 200, n=5)
+    easy = matched_over_halvings(_outputs([0.99, 0.99, 0.99], [1, 1, 1]), costs, 200, n=5)
     assert easy["speedups"] == pytest.approx([4.0] * 5) and easy["matched"] == 5  # all stop at exit 1
     # early exits as confident when wrong as when right, and less accurate: never stop there, whatever the split
-    trap = matched_over_halvings(*_outputs([0.99, 0.99, 0.6], [0.9, 0.95, 1]), costs, 200, n=5)
+    trap = matched_over_halvings(_outputs([0.99, 0.99, 0.6], [0.9, 0.95, 1]), costs, 200, n=5)
     assert trap["speedups"] == pytest.approx([1.0] * 5) and trap["accuracy_deltas"] == pytest.approx([0.0] * 5)
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(10) * 0.3, size=(3, 400))
-    mixed = matched_over_halvings(probs, rng.integers(0, 10, 400), costs, 200, n=8)
+    mixed = matched_over_halvings(ExitOutputs.from_probs(probs, rng.integers(0, 10, 400)), costs, 200, n=8)
     assert all(1.0 - 1e-9 <= v <= 4.0 + 1e-9 for v in mixed["speedups"])
     assert mixed["matched"] == sum(d >= -0.2 for d in mixed["accuracy_deltas"])
     from dvt_edge.bench_match import _cheapest_matching
-    from dvt_runtime.search import ExitOutputs, evaluate_thresholds
+    from dvt_runtime.search import evaluate_thresholds
 
     y = rng.integers(0, 10, 400)
-    again = matched_over_halvings(probs, y, costs, 200, n=3)
+    again = matched_over_halvings(ExitOutputs.from_probs(probs, y), costs, 200, n=3)
     for seed, delta in zip(again["seeds"], again["accuracy_deltas"]):  # the recorded seeds re-create each halving
         perm = np.random.default_rng(seed).permutation(400)
         hold, cal = ExitOutputs.from_probs(probs[:, perm[:200]], y[perm[:200]]), ExitOutputs.from_probs(probs[:, perm[200:]], y[perm[200:]])
         p = _cheapest_matching(cal, costs)
         assert delta == (0.0 if p is None else evaluate_thresholds(hold, None, p.thresholds, costs).accuracy - hold.correct[-1].mean() * 100)
-    assert matched_over_halvings(probs, rng.integers(0, 10, 400), costs, 200, n=0) is None
+    assert matched_over_halvings(ExitOutputs.from_probs(probs, rng.integers(0, 10, 400)), costs, 200, n=0) is None
     assert easy["last_exit_fallbacks"] == trap["last_exit_fallbacks"] == mixed["last_exit_fallbacks"] == 0
 
 
@@ -129,7 +130,7 @@ def test_halvings_without_a_matching_point_are_counted_and_said(monkeypatch):
     from dvt_runtime.search import StageCosts
 
     monkeypatch.setattr(B, "_cheapest_matching", lambda cal, costs: None)
-    hv = B.matched_over_halvings(*_outputs([0.99, 0.99, 0.99], [1, 1, 1]), StageCosts.from_cumulative([1.0, 2.0, 4.0]), 200, n=3)
+    hv = B.matched_over_halvings(_outputs([0.99, 0.99, 0.99], [1, 1, 1]), StageCosts.from_cumulative([1.0, 2.0, 4.0]), 200, n=3)
     assert hv["last_exit_fallbacks"] == 3 and hv["speedups"] == [1.0] * 3
     assert "3 of them found no point as accurate as the last exit" in halvings_line(hv)
     assert "found no point" not in halvings_line(dict(hv, last_exit_fallbacks=0))

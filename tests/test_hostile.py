@@ -739,7 +739,8 @@ def test_calibrate_names_the_classes_its_thresholds_never_answer(micro_ckpt, onn
     assert "never answer" in r.note and any(c in r.note for c in right) and b.classes[0] not in r.note.split("never answer")[1][:40]
     # the rule itself: a class the last exit answers right and the cascade never answers; none when every image reaches it
     out = ExitOutputs.from_predictions(np.array([[0.9, 0.9, 0.2], [1, 1, 1.0]]), np.array([[0, 0, 0], [1, 2, 0]]), np.array([1, 2, 0]))
-    assert unanswered_classes(out, [0.5, 1.0]) == [1, 2] and unanswered_classes(out, [1.0, 1.0]) == []
+    assert unanswered_classes(out, [0.5, 1.0], min_right=1) == [1, 2] and unanswered_classes(out, [1.0, 1.0], min_right=1) == []
+    assert unanswered_classes(out, [0.5, 1.0]) == []  # one right answer of a class says too little
 
 
 def test_calibrating_on_labels_the_model_does_not_know_is_said(bundle_copy, images):

@@ -283,7 +283,7 @@ def test_a_budget_the_profile_cannot_meet_is_refused_before_any_exit_runs(bundle
     prof = LatencyProfile.from_samples([[2.0, 2.1, 2.2, 2.0], [3.0, 3.1, 3.0, 3.2], [5.0, 5.5, 5.0, 5.1]], device={"device_name": "phone"},
                                        bundle=ident)
     ran = []
-    monkeypatch.setattr(cal_mod, "exit_probs", lambda *a, **k: ran.append(1) or (_ for _ in ()).throw(AssertionError("exits ran")))
+    monkeypatch.setattr(cal_mod, "exit_outputs", lambda *a, **k: ran.append(1) or (_ for _ in ()).throw(AssertionError("exits ran")))
     for metric, msg in (("mean", "below the cheapest possible mean latency on phone: exit 1 alone takes 2.075 ms"),
                         ("p90", "on phone: budget 1 ms is below the cheapest achievable p90 cost 2.2 ms")):
         with pytest.raises(CalibrationError, match=msg):
@@ -992,11 +992,11 @@ def test_headroom_keeps_a_share_of_the_budget_spare(bundle_copy, val, capsys):
     from dvt_runtime.calibrate import CalibrationError, calibrate, format_result, main
     from dvt_runtime.calibration import read_calibration, rewrite_command
     from dvt_runtime.latency import LatencyProfile
-    from dvt_runtime.measure import exit_probs
+    from dvt_runtime.measure import exit_outputs
 
     x, _ = val
     m = Bundle.open(bundle_copy).manifest
-    y = exit_probs(Bundle.open(bundle_copy), x, False)[-1].argmax(-1)  # the last exit's answers: depth buys accuracy
+    y = exit_outputs(Bundle.open(bundle_copy), x, np.zeros(len(x), int)).predictions[-1]  # the last exit's answers: depth buys accuracy
     ident = {"model": m.model, "target": m.target, "precision": m.precision, "backend": m.backend}
     prof = LatencyProfile.from_samples([[1.0] * 20, [2.0] * 20, [4.0] * 20], device={"device_name": "dev"}, bundle=ident)
     full = calibrate(Bundle.open(bundle_copy), x, y, 4.0, profile=prof, progress=False)

@@ -53,7 +53,7 @@ from dvt_runtime.latency import batch_note, load_profile_arg
 from dvt_runtime.measure import (  # noqa: F401  (re-exported)
     NO_OVERHEAD,
     cascade_overhead_ms,
-    exit_probs,
+    exit_outputs,
     measure_cascade,
     measure_interleaved,
     recorded_overhead,
@@ -79,7 +79,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Fit", "calibrate", "fit", "format_result", "main", "CALIBRATION_DIR_HELP", "SCHEMA", "BudgetRow", "Calibration", "CalibrationError",
            "Chosen", "bundle_identity", "file_device", "file_state", "other_hosts_latencies", "validate_calibration", "check_batch_memory",
-           "check_device_name", "profiled_here", "this_host", "NO_OVERHEAD", "cascade_overhead_ms", "exit_probs", "measure_cascade",
+           "check_device_name", "profiled_here", "this_host", "NO_OVERHEAD", "cascade_overhead_ms", "exit_outputs", "measure_cascade",
            "measure_interleaved", "recorded_overhead", "with_overhead", "check_npz_preprocess", "load_npz"]  # with the re-exported
 
 @dataclass
@@ -91,7 +91,7 @@ class Fit:
     measured_here: bool  # profiled here (else given, e.g. imported from a phone)
     overhead_ms: list[float]  # predict's own per-image cost beyond the stages, stopping at each exit (0s: another device's profile)
     costs: StageCosts  # per stage, in ms, that overhead included (cascade_overhead_ms, with_overhead)
-    probs: np.ndarray  # (E, N, classes) softmax of every exit
+    outputs: ExitOutputs  # every exit's max softmax and class on every image (N), with the labels
     cal_idx: np.ndarray  # indexes of the calibration images
     hold_idx: np.ndarray  # indexes of the holdout images
     cal: ExitOutputs
@@ -147,12 +147,12 @@ def fit(bundle: Bundle, x: np.ndarray, y: np.ndarray, holdout: float = 0.5, seed
     costs = with_overhead(profile.stage_costs(), overhead)
     if check_costs is not None:
         check_costs(costs)
-    probs = exit_probs(bundle, x, progress)
+    outputs = exit_outputs(bundle, x, y, progress)
     perm = np.random.default_rng(seed).permutation(len(x))
     n_hold = max(1, int(round(len(x) * holdout)))
     cal_idx, hold_idx = perm[n_hold:], perm[:n_hold]
-    return Fit(profile, measured_here, overhead, costs, probs, cal_idx, hold_idx,
-               ExitOutputs.from_probs(probs[:, cal_idx], y[cal_idx]), ExitOutputs.from_probs(probs[:, hold_idx], y[hold_idx]), here, overhead_from, tuple(differ))
+    return Fit(profile, measured_here, overhead, costs, outputs, cal_idx, hold_idx, outputs.take(cal_idx), outputs.take(hold_idx), here,
+               overhead_from, tuple(differ))
 
 
 def _a_calibration(path: Path) -> bool:

@@ -14,17 +14,22 @@ from dvt_runtime.bundle import Bundle, softmax
 from dvt_runtime.console import progress as _bar
 from dvt_runtime.device import check_batch_memory
 from dvt_runtime.latency import LatencyProfile, check_batch
-from dvt_runtime.search import StageCosts, check_metric
+from dvt_runtime.search import ExitOutputs, StageCosts, check_metric
 from dvt_runtime.stats import MAX_MS, ProfileError, sample_stats
 
-__all__ = ["exit_probs", "measure_cascade", "measure_interleaved", "cascade_overhead_ms", "with_overhead"]
+__all__ = ["exit_outputs", "measure_cascade", "measure_interleaved", "cascade_overhead_ms", "with_overhead"]
 
 
-def exit_probs(bundle: Bundle, x: np.ndarray, progress: bool = False, chunk: int = 16) -> np.ndarray:
-    """Softmax outputs of every exit of the bundle's own artifacts: (E, N, classes)."""
+def exit_outputs(bundle: Bundle, x: np.ndarray, y: np.ndarray, progress: bool = False, chunk: int = 16) -> ExitOutputs:
+    """Every exit's max softmax and class on each image, from the bundle's own artifacts, with the labels ``y``. Only those
+    are kept, chunk by chunk (every class's softmax of 50,000 images x 1,000 classes x 3 exits was 1.2 GB in float64)."""
     starts = _bar(range(0, len(x), chunk), desc="run exits", unit="batch", enabled=progress)
-    out = [bundle.run_exits(x[s : s + chunk]) for s in starts]  # per chunk: E arrays (n, classes)
-    return np.stack([softmax(np.concatenate([o[e] for o in out]).astype(np.float64)) for e in range(bundle.num_exits)])
+    conf, pred = [], []
+    for s in starts:
+        p = [softmax(o.astype(np.float64)) for o in bundle.run_exits(x[s : s + chunk])]  # E arrays (n, classes)
+        conf.append(np.stack([q.max(-1) for q in p]))  # (E, n)
+        pred.append(np.stack([q.argmax(-1) for q in p]))
+    return ExitOutputs.from_predictions(np.concatenate(conf, axis=1), np.concatenate(pred, axis=1), np.asarray(y))
 
 
 def _timed_calls(bundle: Bundle, x: np.ndarray, y: np.ndarray, thresholds, batch: int) -> tuple[list, list, list, float]:

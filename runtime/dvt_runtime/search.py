@@ -125,6 +125,10 @@ class ExitOutputs:
         """From precomputed confidences (E, N) and predictions (E, N)."""
         return cls(confidences, predictions, labels)
 
+    def take(self, idx: np.ndarray) -> ExitOutputs:
+        """The outputs of the samples ``idx`` (in that order)."""
+        return ExitOutputs(self.confidences[:, idx], self.predictions[:, idx], self.labels[idx])
+
     @property
     def n_exits(self) -> int:
         return int(self.confidences.shape[0])
@@ -342,13 +346,15 @@ def exit_indices(confidences: np.ndarray, thresholds: Sequence[float]) -> np.nda
     return _exit_batch(conf, thr[None, :])[0]
 
 
-def unanswered_classes(outputs: ExitOutputs, thresholds: Sequence[float]) -> list[int]:
-    """Classes the cascade at ``thresholds`` never answers on these images although the last exit alone answers them on
-    some of them: their images leave at an earlier exit that never predicts them (unbalanced training data)."""
+def unanswered_classes(outputs: ExitOutputs, thresholds: Sequence[float], min_right: int = 3) -> list[int]:
+    """Classes the cascade at ``thresholds`` never answers on these images although the last exit alone answers
+    ``min_right`` or more of their images right: those leave at an earlier exit that never predicts them (unbalanced
+    training data). Fewer right answers say too little (a class of 3 images in a holdout of 30)."""
     taken = exit_indices(outputs.confidences, thresholds)  # (N,)
     answered = outputs.predictions[taken, np.arange(outputs.n_samples)]  # (N,) the cascade's answer to each image
     last = outputs.predictions[-1][outputs.labels == outputs.predictions[-1]]  # right answers of the last exit alone
-    return sorted(int(k) for k in set(np.unique(last).tolist()) - set(np.unique(answered).tolist()))
+    classes, right = np.unique(last, return_counts=True)
+    return sorted(int(k) for k in set(classes[right >= min_right].tolist()) - set(np.unique(answered).tolist()))
 
 
 def _exit_batch(conf: np.ndarray, thr: np.ndarray) -> np.ndarray:
