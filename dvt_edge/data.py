@@ -15,10 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-
 from dvt_edge import imagefolder as _folders
-from dvt_edge import imageset as _imageset
 from dvt_edge.cifar10 import (  # noqa: F401  (re-exported)
     CIFAR10_CLASSES,
     CIFAR10_MD5,
@@ -393,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--no-progress", action="store_true", help="no progress bars (as TQDM_DISABLE=1)")
     info = sub.add_parser("info", help="print what a dataset spec resolves to")
     info.add_argument("--data", required=True, help=f"dataset spec: {', '.join(DATASETS)}")
+    info.add_argument("--json", action="store_true", help="print JSON (dvt-edge/data-info/1: each split's classes and images per class)")
     return ap
 
 
@@ -421,23 +419,6 @@ def scoring_set(spec: str, split: str, preprocess: Optional[Preprocess], num_cla
         raise DataError(f"{spec} cannot {use} this model: {mismatch} (a model for these classes: python -m dvt_edge.train "
                         f"--finetune {quote_arg(checkpoint)} --data {quote_arg(spec)} --out runs/NAME)")
     return ds
-
-
-def _info(spec: str) -> None:
-    ds = None
-    for split in SPLITS:
-        try:
-            ds = load_dataset(spec, split, listed=True)  # an image folder counted from its listing
-        except SplitNotHeld as e:  # an exported .npz holds one split
-            print(f"{spec} [{split}]: none ({e})")
-            continue
-        per = _imageset.class_counts(ds.classes, np.bincount(ds.labels, minlength=ds.num_classes))  # named: counts alone hid which was rare
-        listed = " image files (listed: unreadable ones are left out when read)" if isinstance(ds.images, list) else " images"
-        print(f"{ds.name} [{split}]: {len(ds)}{listed}, {ds.num_classes} classes ({per})")
-    if ds is None:
-        raise DataError(f"{spec} holds none of the splits {list(SPLITS)}")
-    sample = ", judged on a sample of the images (data export judges every one it reads)" if isinstance(ds.images, list) else ""
-    print(f"preprocess (data export's default without --checkpoint{sample}; train and export use the model's): {ds.preprocess.to_dict()}")
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -485,7 +466,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         with silenced_progress(getattr(args, "no_progress", False)):
             if args.cmd == "info":
-                _info(args.data)
+                from dvt_edge.datainfo import print_info
+
+                print_info(args.data, args.json)
             else:
                 _export(args)
         return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import shutil
 import warnings
@@ -1104,3 +1105,8 @@ def test_data_info_counts_a_big_folder_from_its_listing_and_names_its_rare_class
     assert f"imagefolder:{tmp_path} [train]: 639 image files (listed: unreadable ones are left out when read), 60 classes (fewest c07: 1, " \
            "c00: 10, c01: 10, c02: 10, c04: 10; most c59: 11, c58: 11, c57: 11; median 11)" in out
     assert "[val]: 71 image files" in out and "'channels': 'rgb'" in out and "'size': 8" in out
+    assert D.main(["info", "--data", f"imagefolder:{tmp_path}", "--json"]) == 0  # for scripts: every class's count, named, versioned
+    info = json.loads(capsys.readouterr().out)
+    assert (info["schema"], info["schema_version"], info["preprocess_sampled"]) == ("dvt-edge/data-info/1", 1, True)
+    tr = info["splits"]["train"]
+    assert tr["n"] == 639 and tr["listed"] and len(tr["classes"]) == 60 and tr["counts"][tr["classes"].index("c07")] == 1
