@@ -107,6 +107,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--headless", action="store_true", help="no window: process every frame (use with --record/--stats)")
     ap.add_argument("--record", default=None, metavar="OUT.mp4", help="write the annotated video (mp4v)")
     ap.add_argument("--stats", default=None, metavar="OUT.json", help="write per-frame predictions and latency statistics")
+    ap.add_argument("--no-progress", action="store_true", help="accepted as every command takes it (the webcam draws no progress bar)")
     ap.add_argument("--snapshot", default=None, metavar="OUT.png", help="write one annotated frame as PNG (default: the last)")
     ap.add_argument("--snapshot-frame", type=int, default=None, metavar="K", help="0-based index of the frame for --snapshot")
     ap.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames")

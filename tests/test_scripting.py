@@ -63,3 +63,19 @@ def test_one_data_spelling_serves_host_and_device(onnx_bundle, tmp_path, capsys)
     assert (tmp_path / "cal" / "box.json").is_file()
     with pytest.raises(DataError, match=rf"unknown dataset spec .*\(an \.npz file: npz:{tmp_path / 'val.npz'}\)"):
         load_dataset(str(tmp_path / "val.npz"), "val")
+
+
+@pytest.mark.parametrize("module, args", [
+    ("dvt_edge.train", []), ("dvt_edge.export.__main__", []), ("dvt_edge.evaluate", []), ("dvt_edge.data", ["export"]),
+    ("dvt_edge.bench", []), ("dvt_edge.demo", []), ("dvt_edge.model_card", []), ("dvt_runtime.predict", []),
+    ("dvt_runtime.profile", []), ("dvt_runtime.profile", ["import"]), ("dvt_runtime.calibrate", []), ("dvt_runtime.vectors", []),
+    ("apps.webcam", []),
+])
+def test_every_command_takes_no_progress(module, args, capsys):
+    """A script passing ``--no-progress`` to every command alike: the webcam and ``profile import`` (which draw no bar)
+    stopped it with 'unrecognized arguments'."""
+    import importlib
+
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(module).main([*args, "--help"])
+    assert e.value.code == 0 and "--no-progress" in capsys.readouterr().out

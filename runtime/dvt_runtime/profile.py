@@ -296,6 +296,7 @@ def _import_parser() -> argparse.ArgumentParser:
     ap.add_argument("--bundle", help="the bundle the latencies were measured with: recorded, so that calibrate refuses the "
                                      "profile for another model, target or precision (without it nothing can check)")
     ap.add_argument("--out", required=True, help="write the profile JSON here")
+    ap.add_argument("--no-progress", action="store_true", help="accepted as every command takes it (an import draws no progress bar)")
     return ap
 
 
