@@ -192,7 +192,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"webcam: error: {e}", file=sys.stderr)
         return e.code
     lat = stats["latency_ms"]
-    line = (f"{stats['frames']} frames from {stats['source']}: exits {stats['exit_counts']}, predict p50 {fmt_ms(lat['predict']['p50'])} ms "
+    counts = stats["exit_counts"]  # as predict says them
+    line = (f"{stats['frames']} frames from {stats['source']}: exits 1-{len(counts)} answered {' / '.join(map(str, counts))}, predict p50 {fmt_ms(lat['predict']['p50'])} ms "
             f"p90 {fmt_ms(lat['predict']['p90'])} ms, frame p50 {fmt_ms(lat['frame']['p50'])} ms, {stats['fps'] or 0:.1f} FPS")
     if stats["budget"]:
         b = stats["budget"]
