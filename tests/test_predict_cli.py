@@ -621,3 +621,25 @@ def test_predict_with_stdout_closed_refuses_instead_of_losing_the_answers(onnx_b
     cmd = f"{shlex.quote(sys.executable)} -m dvt_runtime.predict --bundle {shlex.quote(str(onnx_bundle))} {shlex.quote(str(photos / 'sub' / '0'))}"
     r = subprocess.run(cmd + " >&-", shell=True, capture_output=False, stderr=subprocess.PIPE, text=True, timeout=300)
     assert r.returncode == 2 and "standard output is closed: the answers would be lost; pass --out FILE" in r.stderr, r.stderr[-800:]
+
+
+def test_a_backend_failing_at_run_time_is_one_line_naming_the_exit(onnx_bundle, photos, monkeypatch, capsys):
+    """An execution provider's failure in the middle of a stage (ONNX Runtime's Fail) was a traceback: one line naming
+    the backend, the exit and the reason, with what to try; the Python API raises BackendRunError with the cause chained."""
+    import onnxruntime as ort
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail
+
+    from dvt_runtime.backends import BackendRunError, BackendUnavailable
+
+    def fail(self, *a, **k):
+        raise Fail("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running Conv node. Name:'/conv' "
+                   "Status Message: CUDNN failure 4: CUDNN_STATUS_INTERNAL_ERROR")
+
+    b = Bundle.open(onnx_bundle)
+    monkeypatch.setattr(ort.InferenceSession, "run", fail)
+    with pytest.raises(BackendRunError, match=r"onnxruntime failed running exit 1 of dvt_micro_fmnist \(Fail: .*CUDNN_STATUS_INTERNAL_ERROR\); check") as e:
+        b.predict(np.zeros((28, 28), np.uint8))
+    assert isinstance(e.value, BackendUnavailable) and isinstance(e.value.__cause__, Fail)
+    assert main(["--bundle", str(onnx_bundle), "--no-progress", str(photos / "sub" / "0" / "00.png")]) == 2
+    err = capsys.readouterr().err
+    assert "error: onnxruntime failed running exit 1 of dvt_micro_fmnist (Fail: [ONNXRuntimeError]" in err and "Traceback" not in err

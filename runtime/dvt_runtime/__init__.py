@@ -6,7 +6,8 @@
 
 Errors a caller may catch: ``InputError``, ``ManifestError``, ``CalibrationError``, ``ProfileError`` and ``NonFiniteOutput``
 (all ValueErrors: bad input, an edited bundle, calibration or profile, an exit that answered NaN or infinite logits) and
-``BackendUnavailable`` (the backend's library is missing or cannot run the bundle here; a RuntimeError).
+``BackendUnavailable`` (the backend's library is missing or cannot run the bundle here; a RuntimeError), and its
+``BackendRunError`` (the backend failed running a stage: its own error is the ``__cause__``).
 """
 
 __version__ = "0.2.0"
@@ -18,12 +19,12 @@ import os  # noqa: E402
 # ONNX Runtime reads it once, when it loads: dvt_runtime is imported before it, by every command and bundle here.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
-from dvt_runtime.backends import BackendUnavailable  # noqa: E402
+from dvt_runtime.backends import BackendRunError, BackendUnavailable  # noqa: E402
 from dvt_runtime.bundle import Bundle, InputError, NonFiniteOutput, Prediction  # noqa: E402
 from dvt_runtime.calibration import Calibration, CalibrationError  # noqa: E402
 from dvt_runtime.latency import LatencyProfile, ProfileError  # noqa: E402
 from dvt_runtime.manifest import Manifest, ManifestError  # noqa: E402
 from dvt_runtime.preprocess import Preprocess  # noqa: E402
 
-__all__ = ["BackendUnavailable", "Bundle", "Calibration", "CalibrationError", "InputError", "LatencyProfile", "Manifest", "ManifestError",
+__all__ = ["BackendRunError", "BackendUnavailable", "Bundle", "Calibration", "CalibrationError", "InputError", "LatencyProfile", "Manifest", "ManifestError",
            "NonFiniteOutput", "Prediction", "Preprocess", "ProfileError", "__version__"]

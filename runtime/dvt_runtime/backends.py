@@ -46,6 +46,10 @@ class BackendUnavailable(RuntimeError):
     """The backend's library is not installed or cannot run on this host."""
 
 
+class BackendRunError(BackendUnavailable):
+    """The backend failed running a stage (its own error, e.g. an execution provider's, is the cause)."""
+
+
 _LIBRARIES = {"onnxruntime": ("onnxruntime",), "executorch": ("torch", "executorch.runtime"), "coreml": ("coremltools",)}
 TORCH_PIN = "torch==2.13.0"  # the torch executorch 1.5.1's Python runtime is built against (it declares none)
 

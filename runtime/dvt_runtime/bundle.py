@@ -50,7 +50,7 @@ from dvt_runtime.device import check_device_name, say_host_calibration
 from dvt_runtime.etdump_record import write_run_record
 from dvt_runtime.inputs import BundleInputs, Encoded, ImageInput, PILImage
 from dvt_runtime.latency import LatencyProfile
-from dvt_runtime.loading import CallsInFlight, load_bundle
+from dvt_runtime.loading import CallsInFlight, load_bundle, run_error
 from dvt_runtime.manifest import Manifest, ManifestError  # noqa: F401  (ManifestError: raised by open)
 from dvt_runtime.prediction import Prediction, softmax
 
@@ -243,7 +243,12 @@ class Bundle(BundleInputs):
         inputs = {"image": image}
         if e > 0:
             inputs["features"], inputs["relations"] = carry["features_out"], carry["relations_out"]  # type: ignore[index]
-        out = sessions[e].run(inputs)
+        try:
+            out = sessions[e].run(inputs)
+        except Exception as err:  # noqa: BLE001  a backend's own error types: one line naming the exit, the cause chained
+            if (said := run_error(err, f"exit {e + 1} of {self.manifest.model}", self.manifest.backend, self.providers)) is err:
+                raise
+            raise said from err
         # one reduction: a float64 sum of float32 values is finite iff every value is
         if check_finite and not math.isfinite(out["logits"].sum(dtype=np.float64)):
             m = self.manifest

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from dvt_runtime.backends import (
+    BackendRunError,
     BackendUnavailable,
     Session,
     check_options,
@@ -147,3 +148,17 @@ class CallsInFlight:
         with self._done:
             self._closing = True
             self._done.wait_for(lambda: not self._n, timeout)
+
+
+def run_error(err: Exception, what: str, backend: str, providers: Optional[list] = None) -> Exception:
+    """What a stage's failure raises: our own errors (out of memory, a refused input) as they are; a backend's own error
+    (ONNX Runtime's Fail, an ExecuTorch error code) as one :class:`BackendRunError` naming the stage, with the fix."""
+    if isinstance(err, (MemoryError, BackendUnavailable, ValueError)):
+        return err
+    why = " ".join(str(err).split())
+    why = why if len(why) <= 300 else "..." + why[-300:]  # the backend's reason comes last, after a C++ signature
+    gpu = [p for p in providers or [] if p != "CPUExecutionProvider"]
+    fix = (f"run it without --providers (on the CPU) to tell {', '.join(gpu)} from the bundle" if gpu else
+           f"check the bundle with python -m dvt_runtime predict on one image, and re-export it if that fails too (the {backend} "
+           "version in the manifest's toolchain is the one it was verified with)")
+    return BackendRunError(f"{backend} failed running {what} ({type(err).__name__}: {why or 'no message'}); {fix}")
