@@ -559,6 +559,8 @@ def test_a_jetson_is_never_told_to_replace_its_gpu_build_with_pypis_cpu_one(onnx
     dists = {"onnxruntime": "onnxruntime", "cv2": "opencv-python-headless"}
     monkeypatch.setattr(BU, "installed_distribution", lambda module, among=None: dists.get(module))
     assert "--force-reinstall" in str(_missing("onnxruntime", abi)) and BU.rebuild_fix("cv2", abi, "PYPI") == "Install a build that matches, e.g. PYPI"
+    dists["cv2"] = "opencv-python"  # pip's GUI build (a webcam window): reinstalled as itself, not swapped for the headless one
+    assert BU.rebuild_fix("cv2", abi, "PYPI").startswith("Install a build that matches, e.g. pip install --force-reinstall opencv-python (")
     dists["onnxruntime-gpu"] = "onnxruntime-gpu"  # both installed into one package (the README warns): said, not a CPU reinstall
     assert BU.rebuild_fix("onnxruntime", abi, "PYPI").startswith("Both onnxruntime and onnxruntime-gpu are installed")
     del dists["onnxruntime-gpu"]

@@ -50,7 +50,10 @@ def rebuild_fix(module: str, err: BaseException, pypi_fix: str) -> str:
     numpy 1 for a numpy-ABI error, or that build's own maker's."""
     ours = {"onnxruntime": "onnxruntime", "cv2": "opencv-python-headless"}.get(module)
     dist = installed_distribution(module) if ours else None
-    if ours is None or dist == ours or (dist is not None and module == "cv2"):  # executorch, coremltools: PyPI's builds only
+    if module == "cv2" and dist not in (None, ours):  # pip's GUI or contrib OpenCV (a webcam window needs one): the same again
+        return (f"Install a build that matches, e.g. pip install --force-reinstall {dist} (the OpenCV build installed here; the runtime's "
+                f"extra names {ours}, which installs the same cv2 package over it)")
+    if ours is None or dist == ours:  # executorch, coremltools: PyPI's builds only
         both = module == "onnxruntime" and installed_distribution("onnxruntime-gpu", ("onnxruntime-gpu",)) is not None
         return (f"Install a build that matches, e.g. {pypi_fix}" if not both else "Both onnxruntime and onnxruntime-gpu are "
                 "installed, into the same onnxruntime package: pip uninstall both, then install the one you run (the GPU one, "
