@@ -161,17 +161,17 @@ def test_controller_moves_along_table_when_device_slows():
              {"thresholds": [0.99, 0.99], "predicted_ms": 3.0, "accuracy": 88.0}]
     c = BudgetController(2.5, table, exit_mean_ms=[1.0, 2.0, 3.0])
     assert c.thresholds() == [0.9, 0.0]
-    for _ in range(30):  # the device got twice as slow
+    for _ in range(64):  # the device got twice as slow: a window of samples later, the estimate is that
         c.observe([2.0, 2.0])
     assert c.scale == pytest.approx(2.0, rel=0.01)
     assert c.thresholds() == [0.0, 0.0]  # predicted 1 ms x 2 fits 2.5 ms
-    for _ in range(30):  # and fast again
+    for _ in range(64):  # and fast again
         c.observe([0.5])
     assert c.thresholds() == [0.99, 0.99]
     with pytest.raises(ValueError, match="positive"):
         BudgetController(-1, table, [1, 2, 3])
-    for bad in (dict(budget_ms=float("nan")), dict(alpha=2.0), dict(alpha=0.0)):  # NaN fits nothing; alpha > 1 oscillates
-        with pytest.raises(ValueError, match="finite positive|alpha"):
+    for bad in (dict(budget_ms=float("nan")), dict(window=0), dict(window=2.5)):  # NaN fits nothing
+        with pytest.raises(ValueError, match="finite positive|window"):
             BudgetController(**{"budget_ms": 2.5, "table": table, "exit_mean_ms": [1, 2, 3], **bad})
     c.observe([float("nan")])  # a broken timer reading is ignored, not stuck in the estimate
     assert np.isfinite(c.scale) and c.thresholds() == [0.99, 0.99]
@@ -192,6 +192,15 @@ def test_controller_moves_along_table_when_device_slows():
         steady.observe([float(r)])
         seen.append(steady.scale)
     assert np.mean(seen[1000:]) == pytest.approx(1.0, abs=0.01)
+    # one slow call (a 4 ms spike where 1 ms was priced) among samples on time moves the estimate by its milliseconds'
+    # share of the window, not by a fixed weight of its ratio (an EMA of weight 0.2 had added 0.6, 2.6 for a 13x spike)
+    spiked = BudgetController(2.5, table, exit_mean_ms=[1.0, 2.0, 3.0])
+    for ms in [1.0] * 100 + [4.0]:
+        spiked.observe([ms])
+    assert spiked.scale == pytest.approx(67 / 64) and spiked.thresholds() == [0.9, 0.0]  # the row it ran before
+    for _ in range(64):
+        spiked.observe([1.0])
+    assert spiked.scale == pytest.approx(1.0)  # gone from the window, and the running sums kept exact
 
 
 class _Slow:
