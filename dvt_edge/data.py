@@ -39,7 +39,16 @@ from dvt_edge.fashion_mnist import (  # noqa: F401  (re-exported)
     load_fashion_mnist,
 )
 from dvt_edge.imagefolder import HOLDOUT_FRACTION, HOLDOUT_SEED, IMAGE_EXTS, holdout_fingerprint, load_imagefolder, split_files  # noqa: F401  (re-exported)
-from dvt_edge.imageset import DataError, ImageSet, SplitNotHeld, as_imagenet_labels, default_preprocess, label_mismatch, stratified_subset  # noqa: F401  (re-exported)
+from dvt_edge.imageset import (  # noqa: F401  (re-exported)
+    DataError,
+    ImageSet,
+    SplitNotHeld,
+    as_imagenet_labels,
+    as_model_labels,
+    default_preprocess,
+    label_mismatch,
+    stratified_subset,
+)
 from dvt_edge.npzdata import HOLDOUT_MARK, export_npz, load_npz, load_npz_spec, npz_has_split, write_jpeg_pack  # noqa: F401  (re-exported)
 
 # the loaders live in their own modules; their public names are importable from here too
@@ -410,7 +419,7 @@ def scoring_set(spec: str, split: str, preprocess: Optional[Preprocess], num_cla
         left = len(ds.skipped)  # unreadable files among those chosen: the split is larger than what was read
         has = f"{len(ds)} readable images of the {len(ds) + left} chosen" if left else f"{len(ds)} images"
         print(f"note: {spec}'s {split} split has {has}, all used to {use} it (up to {limit} would be)", file=sys.stderr)
-    ds = as_imagenet_labels(ds, num_classes, classes) or ds  # some of ImageNet's synset folders, for an ImageNet model
+    ds = as_model_labels(ds, num_classes, classes) or ds  # some of the model's classes (ImageNet's synset folders, a test folder)
     mismatch = label_mismatch(ds, num_classes, classes)
     if mismatch and stand_in:  # the model's own images are missing here: that is the fix, not a model for these classes
         raise DataError(f"{spec} cannot {use} this model: {mismatch}. It stood in because {stand_in.replace(f'; using {spec} instead', '')}: "
@@ -446,7 +455,7 @@ def _export(args: argparse.Namespace) -> None:
             args.data = data_for_checkpoint(args.data, model.name, info.extras, model.cfg, _SPLIT_ALIASES.get(args.split, "val"))[0]
     ds = load_dataset(args.data, args.split, preprocess=pre, limit=args.n, seed=args.seed)  # an image folder decodes only those
     if model is not None:  # labelled as the bundles of this checkpoint answer, which the runtime's calibrate checks
-        ds = as_imagenet_labels(ds, model.cfg.num_classes, info.classes) or ds
+        ds = as_model_labels(ds, model.cfg.num_classes, info.classes) or ds
         if mismatch := label_mismatch(ds, model.cfg.num_classes, info.classes):
             print(f"warning: {args.data} is not labelled with {args.checkpoint}'s classes ({mismatch}): the runtime's calibrate "
                   "will refuse this file for that checkpoint's bundles", file=sys.stderr)

@@ -7,6 +7,7 @@ Loaders (``dvt_edge.fashion_mnist``, ``dvt_edge.cifar10``, ``dvt_edge.imagefolde
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from dvt_runtime.console import progress as progress_bar
 from dvt_runtime.images import IMREAD_FLAGS, jpeg_end, to_uint8  # noqa: F401  (re-exported)
 from dvt_runtime.preprocess import Preprocess
 
-__all__ = ["DataError", "ImageSet", "SplitNotHeld", "stratified_subset", "as_imagenet_labels", "default_preprocess", "decode_image", "jpeg_end", "label_mismatch", "read_image", "to_uint8"]
+__all__ = ["DataError", "ImageSet", "SplitNotHeld", "stratified_subset", "as_imagenet_labels", "as_model_labels", "default_preprocess", "decode_image", "jpeg_end", "label_mismatch", "read_image", "to_uint8"]
 
 
 class DataError(ValueError):
@@ -152,10 +153,37 @@ def label_mismatch(ds: ImageSet, num_classes: int, classes: Optional[list[str]])
     """Why a data set's labels are not a model's (None: they are): other class names (indices "0".."N-1" on
     either side name nothing), or another number of classes."""
     if classes and not numbered(classes) and not numbered(ds.classes) and list(ds.classes) != list(classes):
+        loose = {_loose(c): c for c in classes}  # folders named like the classes but for case, spaces, "_" or "-"
+        if near := [(c, loose[_loose(c)]) for c in ds.classes if c not in classes and _loose(c) in loose][:3]:
+            return (f"its class folders {', '.join(f'{a!r}' for a, _ in near)} are the checkpoint's {', '.join(f'{b!r}' for _, b in near)} "
+                    "but for case, spaces or underscores: rename the folders to the checkpoint's class names")
         return f"its classes {list(ds.classes)[:5]}... are not the checkpoint's {list(classes)[:5]}..."
     if ds.num_classes != num_classes:
         return f"it has {ds.num_classes} classes, the model {num_classes}"
     return None
+
+
+def _loose(name: str) -> str:
+    return "".join(ch for ch in name.casefold() if ch not in " _-")
+
+
+def as_model_labels(ds: ImageSet, num_classes: int, classes: Optional[list[str]]) -> Optional[ImageSet]:
+    """A set holding some of a model's named classes (a test folder without the rare class; some of ImageNet's synset
+    folders for an ImageNet model): the same images labelled with the model's indices and names, the classes it lacks
+    said on stderr. None when that is not the case (all of them, other names, or unnamed classes)."""
+    if (imagenet := as_imagenet_labels(ds, num_classes, classes)) is not None:
+        return imagenet
+    if not classes or len(classes) != num_classes or numbered(classes) or numbered(ds.classes) or len(ds.classes) >= len(classes):
+        return None
+    index = {c: i for i, c in enumerate(classes)}
+    if not all(c in index for c in ds.classes):
+        return None
+    lacks = [c for c in classes if c not in set(ds.classes)]
+    print(f"note: {ds.name} [{ds.split}] holds {len(ds.classes)} of the model's {len(classes)} classes (none of "
+          f"{', '.join(map(repr, lacks[:5]))}{' ...' if len(lacks) > 5 else ''}): its images are scored as the model's classes", file=sys.stderr)
+    to_model = np.array([index[c] for c in ds.classes], dtype=np.int64)
+    return ImageSet(ds.name, ds.split, ds.images, to_model[ds.labels], list(classes), ds.preprocess, ds.preprocessed, ds.skipped,
+                    ds.files, ds.split_size)
 
 
 def as_imagenet_labels(ds: ImageSet, num_classes: int, classes: Optional[list[str]]) -> Optional[ImageSet]:

@@ -361,3 +361,23 @@ def test_per_class_figures_show_a_rare_class_an_early_exit_never_answers():
     r = {"model": "m", "data": "d", "split": "val", "n": 10, "exits": [], "budget_curve": [], "threshold_selection": "x", "pareto": [],
          "per_class": pc}
     assert "per class (recall % at each exit alone; n images):" in format_report(r)
+
+
+def test_a_test_folder_without_some_of_the_models_classes_is_scored_as_its_classes(micro_ckpt, tmp_path, capsys):
+    """A labelled test folder lacking a class (no T-shirt/top photos: a '/' cannot name a folder anyway) was refused, 'it has
+    9 classes, the model 10'; it is scored with the model's indices, the missing classes said. Folders named like the
+    classes but for case or underscores are told to rename, not shown two lists of five names."""
+    ds = load_dataset("fashion-mnist", "val", limit=60, seed=2)
+    keep = [k for k in range(1, 10)]
+    for i in range(len(ds)):
+        if int(ds.labels[i]) in keep:
+            c = tmp_path / "d" / "val" / ds.classes[int(ds.labels[i])]
+            c.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(c / f"{i}.png"), ds.images[i])
+    r = evaluate_checkpoint(str(micro_ckpt), data=f"imagefolder:{tmp_path / 'd'}", threshold_n=20, progress=False)
+    assert "holds 9 of the model's 10 classes (none of 'T-shirt/top')" in capsys.readouterr().err
+    want = ds.labels[np.isin(ds.labels, keep)]
+    assert r["n"] == len(want) and r["per_class"]["support"] == np.bincount(want, minlength=10).tolist()
+    (tmp_path / "d" / "val" / "Ankle boot").rename(tmp_path / "d" / "val" / "ankle_boot")
+    with pytest.raises(ValueError, match="class folders 'ankle_boot' are the checkpoint's 'Ankle boot' but for case, spaces or underscores: rename"):
+        evaluate_checkpoint(str(micro_ckpt), data=f"imagefolder:{tmp_path / 'd'}", threshold_n=20, progress=False)

@@ -12,7 +12,7 @@ import numpy as np
 from dvt_edge.data import DataError, load_dataset
 from dvt_edge.export.common import ExportError
 from dvt_edge.export.verify import IN_SAMPLE
-from dvt_edge.imageset import SplitNotHeld, as_imagenet_labels, label_mismatch, stratified_subset
+from dvt_edge.imageset import SplitNotHeld, as_model_labels, label_mismatch, stratified_subset
 from dvt_runtime.npzsets import check_values, foreign_pixels
 from dvt_runtime.preprocess import Preprocess
 
@@ -99,7 +99,7 @@ def _images(spec: str, split: str, pre: Preprocess, num_classes: int, classes: O
     expects, and some of ImageNet's synset folders labelled with ImageNet's indices for an ImageNet model."""
     ds = load_dataset(spec, split, preprocess=pre, limit=limit, seed=seed)
     _check_preprocessed(ds, spec, pre)
-    return as_imagenet_labels(ds, num_classes, classes) or ds
+    return as_model_labels(ds, num_classes, classes) or ds
 
 
 def _foreign(ds, pre: Preprocess, n: int = 64) -> list[str]:
