@@ -147,7 +147,8 @@ class Tally:
         """One frame; ``counted_ms`` (default ``predict_ms``) is what its budget or deadline judges (a deadline: its
         preprocessing too), recorded with it."""
         self.predictions.append({
-            "frame": self.frames, "label": int(pred.label), "class": str(pred.class_name), "confidence": float(pred.confidence),
+            "frame": self.frames, "label": int(pred.label), "class": str(pred.class_name),
+            "class_name": str(pred.class_name), "confidence": float(pred.confidence),
             "exit": int(pred.exit) + 1, "total_ms": float(pred.total_ms), "stage_ms": [float(v) for v in pred.stage_ms],
             "predict_ms": predict_ms, "preprocess_ms": preprocess_ms, "frame_ms": frame_ms, "deadline_skipped": bool(pred.deadline_skipped),
             "limit_ms": limit_ms, "counted_ms": predict_ms if counted_ms is None else counted_ms})

@@ -115,6 +115,7 @@ def test_headless_run_outputs(env, headless):
     assert [p["frame"] for p in stats["predictions"]] == list(range(n))
     for p in stats["predictions"]:
         assert set(p) >= {"frame", "label", "class", "confidence", "exit", "total_ms", "stage_ms"}
+        assert p["class_name"] == p["class"]  # predict --out's name for it; "class" kept for readers of version 1
         assert len(p["stage_ms"]) == p["exit"] and 1 <= p["exit"] <= stats["num_exits"] and p["total_ms"] >= 0  # exits from 1
     for key in ("predict", "frame"):
         lat = stats["latency_ms"][key]
