@@ -174,15 +174,14 @@ class Bundle(BundleInputs):
         p90, src = (None, None) if self._p90_from not in (None, device_name) else (self.stage_p90_ms, self._p90_from)  # not another's
         if cal.batch == 1:  # deadline mode runs one image per call: a batch calibration's per-image p90s are too low for it
             p90, src = cal.stage_p90_ms(), device_name
-        self.calibration = cal
-        self.stage_p90_ms, self._p90_from = p90, src  # one step: a deadline call in flight saw None between two, and failed
         prof = cal.profile if isinstance(cal.profile, dict) else {}
         self._warn_other_setting(f"{p} was calibrated", prof.get("threads"), prof.get("device"),
                                  "its latencies (and the thresholds they chose) are another setting's: open the bundle as it was "
                                  "calibrated, or recalibrate", stacklevel=_stacklevel)
-        with self._budget_lock:  # a new table: a fresh controller, and every budget may warn again
-            self.controller = None
-            self._warned_budgets.clear()
+        with self._budget_lock:  # with a fresh controller in one step (a budget call between two had kept the old table's)
+            self.calibration, self.controller = cal, None
+            self.stage_p90_ms, self._p90_from = p90, src  # one step: a deadline call in flight saw None between two, and failed
+            self._warned_budgets.clear()  # every budget may warn again
         return cal
 
     def _drop_calibration(self) -> None:
