@@ -147,9 +147,9 @@ def _state_dict_of(ckpt: dict, path: Path) -> dict[str, torch.Tensor]:
     key = next((k for k in ("model_state_dict", "state_dict", "model") if _weights(ckpt, k) is not None), None)
     ema = next((k for k in EMA_KEYS if _weights(ckpt, k) is not None), None)
     if key is not None and ema is not None:
-        warnings.warn(f"{path} also holds averaged (EMA) weights under {ema!r}: loaded {key!r}; to use the EMA weights, save them "
-                      f"alone: python -c \"import torch; c = torch.load('{path}', weights_only=True); torch.save({{'state_dict': "
-                      f"c['{ema}']}}, 'ema.pth')\"", stacklevel=3)
+        warnings.warn(f"{path} also holds averaged (EMA) weights under {ema!r}: loaded {key!r}; to use the EMA weights, save a copy "
+                      f"holding them in its place: python -c \"import torch; c = torch.load('{path}', weights_only=True); "
+                      f"c['{key}'] = c.pop('{ema}'); torch.save(c, 'ema.pth')\"", stacklevel=3)
     if key is not None or ema is not None:
         if key is None:
             warnings.warn(f"{path} holds only averaged (EMA) weights, under {ema!r}: loaded them", stacklevel=3)
@@ -160,6 +160,9 @@ def _state_dict_of(ckpt: dict, path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} has no model weights: expected a 'model_state_dict' entry (found keys {sorted(ckpt)[:8]})")
     while (pre := next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in sd)), None)) is not None:
         sd = {k[len(pre):]: v for k, v in sd.items()}  # saved from a wrapper, maybe two (DDP around torch.compile)
+    if bad := [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]:  # load, --finetune alike
+        raise CheckpointError(f"{path}: {', '.join(bad[:3])}{f' and {len(bad) - 3} more' if len(bad) > 3 else ''} hold NaN or "
+                              "infinite weights (a training run that diverged, or a damaged file): use an earlier checkpoint")
     return sd
 
 
@@ -378,9 +381,6 @@ def load_checkpoint(
             f"depth {model.cfg.stage_depths or model.cfg.depth}, {model.cfg.num_classes} classes){fits}: "
             f"{_format_diff(missing, unexpected, wrong)}"
         )
-    if bad := [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]:
-        raise CheckpointError(f"{path}: {', '.join(bad[:3])}{f' and {len(bad) - 3} more' if len(bad) > 3 else ''} hold NaN or "
-                              "infinite weights (a training run that diverged, or a damaged file): use an earlier checkpoint")
     model.load_state_dict(sd, strict=True)
     model.eval()
     pre = ckpt.get("preprocess")

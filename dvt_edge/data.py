@@ -400,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="print what a dataset spec resolves to")
     info.add_argument("--data", required=True, help=f"dataset spec: {', '.join(DATASETS)}")
     info.add_argument("--json", action="store_true", help="print JSON (dvt-edge/data-info/1: each split's classes and images per class)")
+    info.add_argument("--no-progress", action="store_true", help="accepted as every command takes it (info draws no progress bar)")
     return ap
 
 

@@ -168,19 +168,21 @@ def _loose(name: str) -> str:
 
 
 def as_model_labels(ds: ImageSet, num_classes: int, classes: Optional[list[str]]) -> Optional[ImageSet]:
-    """A set holding some of a model's named classes (a test folder without the rare class; some of ImageNet's synset
-    folders for an ImageNet model): the same images labelled with the model's indices and names, the classes it lacks
-    said on stderr. None when that is not the case (all of them, other names, or unnamed classes)."""
+    """A set holding a model's named classes in another order (folders sort by name), or some of them (a test folder
+    without the rare class; some of ImageNet's synset folders for an ImageNet model): the same images labelled with the
+    model's indices and names, the classes it lacks said on stderr. None when that is not the case (the model's order
+    already, other names, or unnamed classes)."""
     if (imagenet := as_imagenet_labels(ds, num_classes, classes)) is not None:
         return imagenet
-    if not classes or len(classes) != num_classes or numbered(classes) or numbered(ds.classes) or len(ds.classes) >= len(classes):
+    if not classes or len(classes) != num_classes or numbered(classes) or numbered(ds.classes) or list(ds.classes) == list(classes):
         return None
     index = {c: i for i, c in enumerate(classes)}
-    if not all(c in index for c in ds.classes):
+    if len(set(ds.classes)) != len(ds.classes) or not all(c in index for c in ds.classes):
         return None
-    lacks = [c for c in classes if c not in set(ds.classes)]
-    print(f"note: {ds.name} [{ds.split}] holds {len(ds.classes)} of the model's {len(classes)} classes (none of "
-          f"{', '.join(map(repr, lacks[:5]))}{' ...' if len(lacks) > 5 else ''}): its images are scored as the model's classes", file=sys.stderr)
+    if lacks := [c for c in classes if c not in set(ds.classes)]:
+        print(f"note: {ds.name} [{ds.split}] holds {len(ds.classes)} of the model's {len(classes)} classes (none of "
+              f"{', '.join(map(repr, lacks[:5]))}{' ...' if len(lacks) > 5 else ''}): its images are scored as the model's classes",
+              file=sys.stderr)
     to_model = np.array([index[c] for c in ds.classes], dtype=np.int64)
     return ImageSet(ds.name, ds.split, ds.images, to_model[ds.labels], list(classes), ds.preprocess, ds.preprocessed, ds.skipped,
                     ds.files, ds.split_size)

@@ -58,6 +58,7 @@ def format_table(rows: list[dict]) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog=command_name("python -m dvt_edge.zoo"), description=__doc__, formatter_class=DocFormatter)
     ap.add_argument("--json", action="store_true", help=f"print JSON instead of a table ({SCHEMA}: the rows under \"models\")")
+    ap.add_argument("--no-progress", action="store_true", help="accepted as every command takes it (the zoo draws no progress bar)")
     args = ap.parse_args(argv)
     rows = zoo_rows()
     print(json.dumps({"schema": SCHEMA, "schema_version": 1, "models": rows}, indent=2) if args.json else format_table(rows))

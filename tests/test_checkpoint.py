@@ -110,14 +110,15 @@ def test_a_pickled_model_loads_its_weights_when_trusted(tmp_path, wrap):
         assert torch.equal(m2.state_dict()[k], v), k
 
 
-def test_ema_weights_are_named_and_nan_weights_refused(tmp_path):
+def test_ema_weights_are_named_and_nan_weights_refused(tmp_path, capsys):
     """A file holding timm's or DeiT's averaged weights beside the others loaded the others without a word (and one holding
     only them was "no model weights"); a diverged run's NaN weights loaded and ran to NaN logits downstream."""
     m = create_model("dvt_micro_fmnist")
     sd = m.state_dict()
     ema = {k: v + 1 for k, v in sd.items()}
     torch.save({"state_dict": sd, "state_dict_ema": ema}, tmp_path / "both.pth")
-    with pytest.warns(UserWarning, match="also holds averaged \\(EMA\\) weights under 'state_dict_ema': loaded 'state_dict'.*torch.save"):
+    with pytest.warns(UserWarning, match="also holds averaged \\(EMA\\) weights under 'state_dict_ema': loaded 'state_dict'.*"
+                                         "c\\['state_dict'\\] = c.pop\\('state_dict_ema'\\); torch.save\\(c, 'ema.pth'\\)"):
         got, _ = load_checkpoint(tmp_path / "both.pth")
     assert torch.equal(got.state_dict()["less_less_token.head.bias"], sd["less_less_token.head.bias"])
     torch.save({"model_ema": ema}, tmp_path / "ema.pth")
@@ -128,6 +129,11 @@ def test_ema_weights_are_named_and_nan_weights_refused(tmp_path):
     torch.save({"state_dict": sd}, tmp_path / "nan.pth")
     with pytest.raises(CheckpointError, match="less_token.head.weight hold NaN or infinite weights .*use an earlier checkpoint"):
         load_checkpoint(tmp_path / "nan.pth")
+    from dvt_edge.train import main as train_main  # --finetune reads the weights itself: refused there too, before any epoch
+
+    assert train_main(["--finetune", str(tmp_path / "nan.pth"), "--epochs", "1", "--train-limit", "64", "--val-limit", "32",
+                       "--threads", "1", "--quiet", "--out", str(tmp_path / "run")]) == 2
+    assert "hold NaN or infinite weights" in capsys.readouterr().err
 
 
 def test_wrong_shape_is_listed(tmp_path):

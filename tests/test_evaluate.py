@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from dvt_edge import save_checkpoint
+from dvt_edge.checkpoint import load_checkpoint
 from dvt_edge.data import load_dataset, stratified_subset
 from dvt_edge.evaluate import evaluate_checkpoint, main
 from dvt_edge.models import create_model
@@ -123,6 +124,13 @@ def test_a_model_answering_nan_is_one_error_line(micro_ckpt, tmp_path, capsys):
     assert main(["--checkpoint", str(tmp_path / "overflow.pt"), "--limit", "50", "--out", str(tmp_path / "o")]) == 2
     assert "error: the model's outputs are not finite (exit 3 on 50 of 50 images)" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+    # one -inf logit beside finite ones: its softmax is finite (0 there), and only the logits say the model is broken
+    from dvt_edge.batches import NonFiniteOutputs
+
+    model, _ = load_checkpoint(micro_ckpt)
+    model.stages[-1].register_forward_hook(lambda mod, args, out: (out[0].index_fill(1, torch.tensor([3]), float("-inf")), *out[1:]))
+    with pytest.raises(NonFiniteOutputs, match=r"not finite \(exit 3 on 20 of 20 images\)"):
+        evaluate_exits(model, load_dataset("fashion-mnist", "val", limit=20))
 
 
 def test_evaluate_exported_bundle_matches_pytorch(micro_ckpt, onnx_bundle, tmp_path):
@@ -378,6 +386,14 @@ def test_a_test_folder_without_some_of_the_models_classes_is_scored_as_its_class
     assert "holds 9 of the model's 10 classes (none of 'T-shirt/top')" in capsys.readouterr().err
     want = ds.labels[np.isin(ds.labels, keep)]
     assert r["n"] == len(want) and r["per_class"]["support"] == np.bincount(want, minlength=10).tolist()
+    # all of the classes in the folders' (sorted) order: relabelled by name, as the subset is (it was refused, "its classes
+    # ['Ankle boot', 'Bag', ...] are not the checkpoint's", though they were)
+    from dvt_edge.imageset import ImageSet, as_model_labels
+
+    order = sorted(ds.classes)
+    by_name = ImageSet(ds.name, "val", ds.images, np.array([order.index(ds.classes[k]) for k in ds.labels]), order, ds.preprocess)
+    assert as_model_labels(by_name, 10, list(ds.classes)).labels.tolist() == ds.labels.tolist()
+    assert as_model_labels(ds, 10, list(ds.classes)) is None  # the model's order already
     (tmp_path / "d" / "val" / "Ankle boot").rename(tmp_path / "d" / "val" / "ankle_boot")
     with pytest.raises(ValueError, match="class folders 'ankle_boot' are the checkpoint's 'Ankle boot' but for case, spaces or underscores: rename"):
         evaluate_checkpoint(str(micro_ckpt), data=f"imagefolder:{tmp_path / 'd'}", threshold_n=20, progress=False)

@@ -734,13 +734,16 @@ def test_calibrate_names_the_classes_its_thresholds_never_answer(micro_ckpt, onn
     assert len(right) >= 5  # classes the last exit alone answers
     p = profile_bundle(b, warmup=2, runs=20, images=x[:8], progress=False, overhead=True)
     under_last = 0.9 * float(p.stage_costs().cumulative[-1])  # every image at exit 3 is over it: they stop at exit 1 or 2
-    with pytest.warns(UserWarning, match="the chosen thresholds never answer .* on the holdout \\(the last exit alone does\\)"):
+    with pytest.warns(UserWarning, match="the chosen thresholds never answer .* right on the holdout \\(the last exit alone does\\)"):
         r = calibrate(b, x, y, under_last, profile=p, progress=False, holdout=0.75)
     assert "never answer" in r.note and any(c in r.note for c in right) and b.classes[0] not in r.note.split("never answer")[1][:40]
     # the rule itself: a class the last exit answers right and the cascade never answers; none when every image reaches it
     out = ExitOutputs.from_predictions(np.array([[0.9, 0.9, 0.2], [1, 1, 1.0]]), np.array([[0, 0, 0], [1, 2, 0]]), np.array([1, 2, 0]))
     assert unanswered_classes(out, [0.5, 1.0], min_right=1) == [1, 2] and unanswered_classes(out, [1.0, 1.0], min_right=1) == []
     assert unanswered_classes(out, [0.5, 1.0]) == []  # one right answer of a class says too little
+    # answered only wrongly (an image of another class answered "1" at the last exit) is never answered right all the same
+    out = ExitOutputs.from_predictions(np.array([[0.9, 0.9, 0.9, 0.2], [1.0] * 4]), np.array([[0] * 4, [1] * 4]), np.array([1, 1, 1, 0]))
+    assert unanswered_classes(out, [0.5, 1.0]) == [1]
 
 
 def test_calibrating_on_labels_the_model_does_not_know_is_said(bundle_copy, images):

@@ -637,7 +637,7 @@ def test_a_backend_failing_at_run_time_is_one_line_naming_the_exit(onnx_bundle, 
 
     b = Bundle.open(onnx_bundle)
     monkeypatch.setattr(ort.InferenceSession, "run", fail)
-    with pytest.raises(BackendRunError, match=r"onnxruntime failed running exit 1 of dvt_micro_fmnist \(Fail: .*CUDNN_STATUS_INTERNAL_ERROR\); check") as e:
+    with pytest.raises(BackendRunError, match=r"onnxruntime failed running exit 1 of dvt_micro_fmnist \(Fail: .*CUDNN_STATUS_INTERNAL_ERROR\); compare this host.s onnxruntime") as e:
         b.predict(np.zeros((28, 28), np.uint8))
     assert isinstance(e.value, BackendUnavailable) and isinstance(e.value.__cause__, Fail)
     assert main(["--bundle", str(onnx_bundle), "--no-progress", str(photos / "sub" / "0" / "00.png")]) == 2

@@ -69,7 +69,7 @@ def test_one_data_spelling_serves_host_and_device(onnx_bundle, tmp_path, capsys)
     ("dvt_edge.train", []), ("dvt_edge.export.__main__", []), ("dvt_edge.evaluate", []), ("dvt_edge.data", ["export"]),
     ("dvt_edge.bench", []), ("dvt_edge.demo", []), ("dvt_edge.model_card", []), ("dvt_runtime.predict", []),
     ("dvt_runtime.profile", []), ("dvt_runtime.profile", ["import"]), ("dvt_runtime.calibrate", []), ("dvt_runtime.vectors", []),
-    ("apps.webcam", []),
+    ("apps.webcam", []), ("dvt_edge.data", ["info"]), ("dvt_edge.zoo", []),
 ])
 def test_every_command_takes_no_progress(module, args, capsys):
     """A script passing ``--no-progress`` to every command alike: the webcam and ``profile import`` (which draw no bar)

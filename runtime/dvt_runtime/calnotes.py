@@ -53,12 +53,12 @@ def few_images(n_cal: int, n_hold: int, metric: str, runs: Optional[int] = None)
 
 
 def unanswered_note(hold: ExitOutputs, thresholds: Sequence[float], classes: Sequence[str]) -> str:
-    """A note naming the classes the chosen thresholds never answer on the holdout (the last exit alone does); else ''."""
+    """A note naming the classes the chosen thresholds never answer right on the holdout (the last exit alone does); else ''."""
     lost = [shown(classes[k]) for k in unanswered_classes(hold, thresholds)]
     if not lost:
         return ""
-    warnings.warn(msg := (f"the chosen thresholds never answer {', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''} on the holdout "
-                          "(the last exit alone does): those images leave at an earlier exit that never predicts them; check "
+    warnings.warn(msg := (f"the chosen thresholds never answer {', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''} right on the "
+                          "holdout (the last exit alone does): those images leave at an earlier exit that never predicts them; check "
                           "python -m dvt_edge.evaluate's per-class recall, or train with --class-weight balanced"), stacklevel=3)
     return msg
 

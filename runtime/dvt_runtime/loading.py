@@ -159,6 +159,6 @@ def run_error(err: Exception, what: str, backend: str, providers: Optional[list]
     why = why if len(why) <= 300 else "..." + why[-300:]  # the backend's reason comes last, after a C++ signature
     gpu = [p for p in providers or [] if p != "CPUExecutionProvider"]
     fix = (f"run it without --providers (on the CPU) to tell {', '.join(gpu)} from the bundle" if gpu else
-           f"check the bundle with python -m dvt_runtime predict on one image, and re-export it if that fails too (the {backend} "
-           "version in the manifest's toolchain is the one it was verified with)")
+           f"compare this host's {backend} with the version in the manifest's toolchain (the one the export verified it with), "
+           "or re-export the bundle (the export runs it through this runtime)")
     return BackendRunError(f"{backend} failed running {what} ({type(err).__name__}: {why or 'no message'}); {fix}")
