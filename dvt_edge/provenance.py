@@ -7,21 +7,23 @@ alone cannot (every checkout of one version carries the same number)."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import platform
 import subprocess
 from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["code_revision", "created_at", "environment", "environment_line", "result_provenance", "set_torch_threads", "THREADS_HELP"]
+__all__ = ["code_changes", "code_revision", "created_at", "environment", "environment_line", "result_provenance", "set_torch_threads", "THREADS_HELP"]
 
 _ROOT = Path(__file__).resolve().parent.parent  # the checkout holding dvt_edge/ when run from a git clone
 
 
 @functools.lru_cache(maxsize=1)
 def code_revision() -> Optional[str]:
-    """The git commit of the checkout this package runs from, with ``+modified`` when its tracked files differ from that
-    commit; None for an installed wheel, where git is missing, or where git refuses the folder."""
+    """The git commit of the checkout this package runs from, with ``+modified`` when its files differ from that commit
+    (tracked files changed, or files git does not ignore added: a ``sitecustomize.py`` on the path changes a run too);
+    None for an installed wheel, where git is missing, or where git refuses the folder."""
     if not (_ROOT / ".git").exists() or not (_ROOT / "dvt_edge").is_dir():
         return None
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # status must not take the index lock a user's own git command may need
@@ -29,11 +31,32 @@ def code_revision() -> Optional[str]:
         head = subprocess.run(["git", "-C", str(_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=20, env=env)
         if head.returncode or len(head.stdout.strip()) < 40:
             return None
-        dirty = subprocess.run(["git", "-C", str(_ROOT), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", str(_ROOT), "status", "--porcelain", "--untracked-files=all"],
                                capture_output=True, text=True, timeout=20, env=env)
     except (OSError, subprocess.SubprocessError):
         return None
     return head.stdout.strip() + ("+modified" if dirty.returncode or dirty.stdout.strip() else "")
+
+
+@functools.lru_cache(maxsize=1)
+def code_changes() -> Optional[str]:
+    """For a ``+modified`` checkout, a digest (16 hex digits) of how it differs from its commit: the tracked changes and the
+    added files' names and contents. Two results marked ``+modified`` ran the same code when these agree (``+modified``
+    alone said only that something differed). None when nothing differs, or without a checkout."""
+    if not (code_revision() or "").endswith("+modified"):
+        return None
+    env, h = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}, hashlib.sha256()
+    try:
+        h.update(subprocess.run(["git", "-C", str(_ROOT), "diff", "HEAD", "--binary"], capture_output=True, timeout=60, env=env).stdout)
+        added = subprocess.run(["git", "-C", str(_ROOT), "ls-files", "--others", "--exclude-standard", "-z"], capture_output=True,
+                               timeout=20, env=env).stdout.split(b"\0")
+        for name in sorted(n for n in added if n):
+            path = _ROOT / os.fsdecode(name)
+            size = path.stat().st_size  # a large added file (data, a bundle) by its size: it is not code
+            h.update(name + b"\0" + (path.read_bytes() if size <= 1 << 20 else str(size).encode()))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return h.hexdigest()[:16]
 
 
 THREADS_HELP = "torch intra-op threads (default: torch's, one per core; at least 1): 1 leaves the other cores to other work"
@@ -62,6 +85,8 @@ def environment(threads: Optional[int] = None, device: Any = None) -> dict[str, 
 
     env = {"dvt_edge": __version__, "revision": code_revision(), "torch": torch.__version__,
            "python": platform.python_version(), "cpu": cpu_model(), "machine": platform.machine() or None}
+    if changes := code_changes():  # which modifications: "+modified" alone is the same for any two
+        env["changes"] = changes
     if device is not None and getattr(device, "type", "cpu") == "cuda":
         env["accelerator"] = (f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}, cuDNN "
                               f"{torch.backends.cudnn.version()})")
@@ -72,7 +97,8 @@ def environment_line(env: dict[str, Any]) -> str:
     """``env`` (from :func:`environment`) in one line, e.g. ``dvt-edge 0.2.0 (git 1a2b3c4d5e6f), torch 2.13.0, Python
     3.11.9, AMD EPYC 9B14 (x86_64)``."""
     rev = env.get("revision")
-    rev = f" (git {rev[:12]}{'+modified' if rev.endswith('+modified') else ''})" if rev else " (revision not recorded)"
+    mod = f"+modified {env['changes'][:8]}" if env.get("changes") else "+modified"
+    rev = f" (git {rev[:12]}{mod if rev.endswith('+modified') else ''})" if rev else " (revision not recorded)"
     cpu = env.get("cpu") or "CPU unknown"
     return (f"dvt-edge {env.get('dvt_edge', '?')}{rev}, torch {env.get('torch', '?')}, Python {env.get('python', '?')}, "
             f"{cpu}" + (f" ({env['machine']})" if env.get("machine") else "") + (f", {env['accelerator']}" if env.get("accelerator") else ""))

@@ -1013,12 +1013,23 @@ def test_the_code_revision_is_the_checkouts_commit_and_says_when_files_differ(tm
         (repo / "dvt_edge" / "x.py").write_text("a = 2\n")
         provenance.code_revision.cache_clear()
         assert provenance.code_revision() == head + "+modified"
-        assert "(git " + head[:12] + "+modified)" in provenance.environment_line({**provenance.environment(), "revision": head + "+modified"})
+        assert "(git " + head[:12] + "+modified" in provenance.environment_line({**provenance.environment(), "revision": head + "+modified"})
+        first = provenance.code_changes()  # which modification: another edit gives another digest, the same edit the same
+        (repo / "dvt_edge" / "x.py").write_text("a = 3\n")
+        provenance.code_revision.cache_clear(), provenance.code_changes.cache_clear()
+        assert provenance.code_changes() not in (None, first) and "+modified " + provenance.code_changes()[:8] in provenance.environment_line(provenance.environment())
+        (repo / "dvt_edge" / "x.py").write_text("a = 1\n")  # back to the commit, but a file git does not ignore added (it ran:
+        (repo / "sitecustomize.py").write_text("import random\n")  # on the path, Python loads it at start): modified
+        provenance.code_revision.cache_clear(), provenance.code_changes.cache_clear()
+        assert provenance.code_revision() == head + "+modified" and provenance.code_changes() is not None
+        (repo / "sitecustomize.py").unlink()
+        provenance.code_revision.cache_clear(), provenance.code_changes.cache_clear()
+        assert provenance.code_revision() == head and provenance.code_changes() is None
         monkeypatch.setattr(provenance, "_ROOT", tmp_path / "installed")  # a wheel: no checkout around the package
         provenance.code_revision.cache_clear()
         assert provenance.code_revision() is None
     finally:
-        provenance.code_revision.cache_clear()
+        provenance.code_revision.cache_clear(), provenance.code_changes.cache_clear()
 
 
 @pytest.mark.skipif(os.name == "nt", reason="no flock")

@@ -57,7 +57,7 @@ from dvt_edge.imageset import default_classes
 from dvt_edge.logs import quiet_toolchains
 from dvt_edge.models import DVT, imagenet_layout
 from dvt_edge.npzdata import HOLDOUT_MARK
-from dvt_edge.provenance import code_revision, created_at
+from dvt_edge.provenance import code_changes, code_revision, created_at
 from dvt_runtime.backends import available_backends
 from dvt_runtime.bundle import softmax
 from dvt_runtime.console import progress, quote_arg
@@ -132,6 +132,8 @@ def _toolchain() -> dict:
             pass
     if rev := code_revision():  # which checkout made it: every checkout of one version carries the same number
         out["dvt-edge-revision"] = rev
+    if changes := code_changes():  # and which modifications of it
+        out["dvt-edge-changes"] = changes
     return out
 
 
@@ -224,7 +226,7 @@ def export_bundle(checkpoint: str, target: str, precision: str = "fp32", options
     log = Path(opts.log_path) if opts.log_path else dest.parent / "dvt-edge-export.log"
     inputs = [checkpoint] + ([opts.calib_data.partition(":")[2]] if opts.calib_data and ":" in opts.calib_data else [])
     check_destination(dest, opts.force, inputs, log, checkpoint, log_written=not opts.verbose, made=(t.name, precision))
-    code_revision()  # the checkout as this export started (a pull while it runs does not change what it records)
+    code_revision(), code_changes()  # the checkout as this export started (a pull, or this bundle in it, does not change that)
     schemes = int8_schemes(t, precision, opts.scheme, model.num_exits)  # per exit
     if any(len(c) > 1 for c in schemes) and t.backend not in available_backends():  # auto measures each scheme: not here
         schemes = [[d if (d := t.int8.get("default_scheme")) in c else c[0]] for c in schemes]  # a recipe whose default is auto: its first
