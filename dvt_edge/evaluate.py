@@ -127,7 +127,7 @@ def evaluate_checkpoint(
         "threshold_selection": sel_note,
         "threshold_n": threshold_n,  # as asked (the command); threshold_images: how many there were
         "threshold_images": len(sel_out.labels),
-        "threshold_seed": THRESHOLD_SEED, "environment": environment(),  # threshold images' subset seed (limit's: 0); code, torch, CPU
+        "threshold_seed": THRESHOLD_SEED, "environment": environment(_torch_threads()),  # threshold images' subset seed (limit's: 0); code, torch, CPU
         "exits": [
             {"exit": e.index + 1, "grid": f"{e.grid}x{e.grid}", "tokens": e.tokens, "gflops": e.gflops, "top1": a,
              "top1_ci95": list(accuracy_interval(a, len(ds)))}  # Wilson 95%: another sample of as many images
@@ -140,6 +140,13 @@ def evaluate_checkpoint(
         "checkpoint_accuracies": info.accuracies, "per_class": per_class(test_out.predictions, ds.labels, list(ds.classes), model.cfg.num_classes),
         "artifacts": artifacts,
     }
+
+
+def _torch_threads() -> int:
+    """The intra-op threads the scores were computed with (``--threads``, or torch's default): recorded with them."""
+    import torch
+
+    return torch.get_num_threads()
 
 
 MAX_CONFUSION = 100  # classes up to which the last exit's confusion matrix is kept (ImageNet's would be a million cells)

@@ -30,9 +30,12 @@ def test_evaluate_writes_report(tmp_path, capsys):
     assert r["n"] == 300 and [e["grid"] for e in r["exits"]] == ["3x3", "5x5", "7x7"]
     # how it was made, in the file (a researcher could not tell a --limit run from a whole one, nor when or from which file)
     assert r["limit"] == 300 and r["checkpoint_sha256"] == sha256_file(tmp_path / "m.pt") and r["created"].startswith("20")
+    import torch
+
     from dvt_edge.provenance import environment
 
-    assert r["threshold_seed"] == 1 and r["environment"] == environment()  # which subset chose thresholds; which code and torch
+    # which subset chose thresholds; which code and torch, and on how many threads (floats depend on them)
+    assert r["threshold_seed"] == 1 and r["environment"] == environment(torch.get_num_threads()) and r["environment"]["threads"] >= 1
     for e in r["exits"]:  # each accuracy with its Wilson 95% interval on these 300 images (about +-4 points at 50-90%)
         lo, hi = e["top1_ci95"]
         assert lo < e["top1"] < hi and 2 < hi - lo < 12, e

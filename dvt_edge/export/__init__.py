@@ -125,15 +125,14 @@ def _toolchain() -> dict:
     from importlib import metadata
 
     out = {"python": platform.python_version(), "platform": platform.platform()}
-    for d in ("dvt-edge", "dvt-runtime", "torch", "executorch", "torchao", "coremltools", "onnx", "onnxruntime", "onnxscript"):
+    for d in ("dvt-edge", "dvt-runtime", "torch", "executorch", "torchao", "coremltools", "onnx", "onnxruntime", "onnxscript", "numpy",
+              "opencv-python-headless", "opencv-python"):  # numpy and OpenCV: the verification images' decoding and resizing
         try:
             out[d] = metadata.version(d)
         except metadata.PackageNotFoundError:
             pass
-    if rev := code_revision():  # which checkout made it: every checkout of one version carries the same number
-        out["dvt-edge-revision"] = rev
-    if changes := code_changes():  # and which modifications of it
-        out["dvt-edge-changes"] = changes
+    if rev := code_revision():  # which checkout made it (every checkout of one version carries the same number), how modified
+        out.update({"dvt-edge-revision": rev, **({"dvt-edge-changes": code_changes()} if code_changes() else {})})
     return out
 
 
