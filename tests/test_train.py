@@ -766,6 +766,8 @@ def test_a_folder_whose_holdout_moved_since_training_is_said(tmp_path, capsys):
     assert said in capsys.readouterr().err
     assert export_main(["--checkpoint", ckpt, "--target", "ort", "--precision", "fp32", "--out", str(tmp_path / "b2")]) == 0
     assert said not in capsys.readouterr().err  # once per process (bench exports one bundle per target: it was said for each)
+    for b in ("b", "b2"):  # and in each manifest, where an audit reads it (the console only, before)
+        assert said in json.loads((tmp_path / b / "manifest.json").read_text())["parity"]["data"]
     run = ["--model", "dvt_micro_fmnist", "--data", spec, "--epochs", "1", "--threads", "1"]
     with pytest.raises(DataError, match=r"--resume: .* changed since the run started \(5 held-out files now, 4 then\)"):
         train(build_parser().parse_args([*run, "--quiet", "--resume", "--out", str(tmp_path / "r")]))

@@ -312,7 +312,7 @@ def _prepare(dest: Path, t: Target, precision: str, opts: ExportOptions, model: 
         print(f"warning: {old_npz}: verification and the default thresholds are in-sample", file=sys.stderr)
     if stand_in:  # another set calibrates and verifies: said on the console and in the parity table
         print(f"note: {stand_in} (pass {opts.data_flag} SPEC to choose)", file=sys.stderr)
-    if spec and (moved := holdout_changed(spec, info.extras)) and moved not in _SAID:  # its thresholds are chosen on the holdout
+    if (moved := spec and holdout_changed(spec, info.extras) or "") and moved not in _SAID:  # thresholds are chosen on the holdout
         _SAID.add(moved)  # once per process: bench exports one bundle per target and precision from the same data
         print(moved, file=sys.stderr)
     need = [s for s in _tried(schemes) if s in CALIBRATED]  # weight-only and dynamic schemes calibrate nothing
@@ -329,8 +329,7 @@ def _prepare(dest: Path, t: Target, precision: str, opts: ExportOptions, model: 
         _SAID.add(few)  # ranges from a handful of images: measured 1.1-1.6 logits off (0.1-0.4 from 64)
         print(f"warning: {', '.join(need)} int8 takes its activation ranges from {len(data.calib)} calibration image(s), which are "
               f"rough: pass {FEW_CALIB} or more (--calib-n, the default 64, or a larger {opts.data_flag})", file=sys.stderr)
-    if stand_in:
-        data.note = f"{stand_in}; {data.note}"
+    data.note = "; ".join(n for n in (stand_in, moved.removeprefix("warning: "), data.note) if n)  # in the manifest's parity too
     if data.verify_x is None:  # said now, not only in the manifest
         print(f"note: {data.note}" if t.backend in available_backends() else  # off its platform real images verify nothing here
               f"note: no real images; {t.backend} does not run on this host, so the export is checked structurally here (verify it "
