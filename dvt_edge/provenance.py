@@ -19,40 +19,48 @@ __all__ = ["code_changes", "code_revision", "created_at", "environment", "enviro
 _ROOT = Path(__file__).resolve().parent.parent  # the checkout holding dvt_edge/ when run from a git clone
 
 
+ADDED_CODE = ("*.py", "*.pth")  # files added to a checkout that change what runs (a sitecustomize.py, a .pth on the path)
+
+
+def _git(*args: str, text: bool = True, timeout: float = 20) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # status must not take the index lock a user's own git command may need
+    return subprocess.run(["git", "-C", str(_ROOT), *args], capture_output=True, text=text, timeout=timeout, env=env)
+
+
 @functools.lru_cache(maxsize=1)
 def code_revision() -> Optional[str]:
-    """The git commit of the checkout this package runs from, with ``+modified`` when its files differ from that commit
-    (tracked files changed, or files git does not ignore added: a ``sitecustomize.py`` on the path changes a run too);
-    None for an installed wheel, where git is missing, or where git refuses the folder."""
+    """The git commit of the checkout this package runs from, with ``+modified`` when its code differs from that commit
+    (tracked files changed, or Python files git does not ignore added: a ``sitecustomize.py`` on the path changes a run
+    too; a user's photos or results in the checkout do not); None for an installed wheel, where git is missing, or where
+    git refuses the folder."""
     if not (_ROOT / ".git").exists() or not (_ROOT / "dvt_edge").is_dir():
         return None
-    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # status must not take the index lock a user's own git command may need
     try:
-        head = subprocess.run(["git", "-C", str(_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=20, env=env)
+        head = _git("rev-parse", "HEAD")
         if head.returncode or len(head.stdout.strip()) < 40:
             return None
-        dirty = subprocess.run(["git", "-C", str(_ROOT), "status", "--porcelain", "--untracked-files=all"],
-                               capture_output=True, text=True, timeout=20, env=env)
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
+        added = _git("ls-files", "--others", "--exclude-standard", "--", *ADDED_CODE)
     except (OSError, subprocess.SubprocessError):
         return None
-    return head.stdout.strip() + ("+modified" if dirty.returncode or dirty.stdout.strip() else "")
+    changed = dirty.returncode or dirty.stdout.strip() or added.returncode or added.stdout.strip()
+    return head.stdout.strip() + ("+modified" if changed else "")
 
 
 @functools.lru_cache(maxsize=1)
 def code_changes() -> Optional[str]:
-    """For a ``+modified`` checkout, a digest (16 hex digits) of how it differs from its commit: the tracked changes and the
-    added files' names and contents. Two results marked ``+modified`` ran the same code when these agree (``+modified``
-    alone said only that something differed). None when nothing differs, or without a checkout."""
+    """For a ``+modified`` checkout, a digest (16 hex digits) of how its code differs from its commit: the tracked changes
+    and the added Python files' names and contents. Two results marked ``+modified`` ran the same code when these agree
+    (``+modified`` alone said only that something differed). None when nothing differs, or without a checkout."""
     if not (code_revision() or "").endswith("+modified"):
         return None
-    env, h = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}, hashlib.sha256()
+    h = hashlib.sha256()
     try:
-        h.update(subprocess.run(["git", "-C", str(_ROOT), "diff", "HEAD", "--binary"], capture_output=True, timeout=60, env=env).stdout)
-        added = subprocess.run(["git", "-C", str(_ROOT), "ls-files", "--others", "--exclude-standard", "-z"], capture_output=True,
-                               timeout=20, env=env).stdout.split(b"\0")
+        h.update(_git("diff", "HEAD", "--binary", text=False, timeout=60).stdout)
+        added = _git("ls-files", "--others", "--exclude-standard", "-z", "--", *ADDED_CODE, text=False).stdout.split(b"\0")
         for name in sorted(n for n in added if n):
             path = _ROOT / os.fsdecode(name)
-            size = path.stat().st_size  # a large added file (data, a bundle) by its size: it is not code
+            size = path.stat().st_size  # a large one by its size: not code a person wrote
             h.update(name + b"\0" + (path.read_bytes() if size <= 1 << 20 else str(size).encode()))
     except (OSError, subprocess.SubprocessError):
         return None

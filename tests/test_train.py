@@ -1025,6 +1025,8 @@ def test_the_code_revision_is_the_checkouts_commit_and_says_when_files_differ(tm
         provenance.code_revision.cache_clear(), provenance.code_changes.cache_clear()
         assert provenance.code_revision() == head + "+modified" and provenance.code_changes() is not None
         (repo / "sitecustomize.py").unlink()
+        (repo / "photos").mkdir()  # a user's images or results in the checkout are not code: not modified
+        (repo / "photos" / "a.jpg").write_bytes(b"\xff\xd8")
         provenance.code_revision.cache_clear(), provenance.code_changes.cache_clear()
         assert provenance.code_revision() == head and provenance.code_changes() is None
         monkeypatch.setattr(provenance, "_ROOT", tmp_path / "installed")  # a wheel: no checkout around the package
