@@ -10,6 +10,7 @@ import functools
 import hashlib
 import os
 import platform
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any, Optional
@@ -22,9 +23,10 @@ _ROOT = Path(__file__).resolve().parent.parent  # the checkout holding dvt_edge/
 ADDED_CODE = ("*.py", "*.pth")  # files added to a checkout that change what runs (a sitecustomize.py, a .pth on the path)
 
 
-def _git(*args: str, text: bool = True, timeout: float = 20) -> subprocess.CompletedProcess:
+def _git(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
+    """git's answer as bytes (a file name git cannot print in this locale's encoding fails no decode)."""
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # status must not take the index lock a user's own git command may need
-    return subprocess.run(["git", "-C", str(_ROOT), *args], capture_output=True, text=text, timeout=timeout, env=env)
+    return subprocess.run(["git", "-C", str(_ROOT), *args], capture_output=True, timeout=timeout, env=env)
 
 
 @functools.lru_cache(maxsize=1)
@@ -37,33 +39,56 @@ def code_revision() -> Optional[str]:
         return None
     try:
         head = _git("rev-parse", "HEAD")
-        if head.returncode or len(head.stdout.strip()) < 40:
+        sha = head.stdout.decode("ascii", "replace").strip()
+        if head.returncode or len(sha) < 40:
             return None
         dirty = _git("status", "--porcelain", "--untracked-files=no")
         added = _git("ls-files", "--others", "--exclude-standard", "--", *ADDED_CODE)
     except (OSError, subprocess.SubprocessError):
         return None
     changed = dirty.returncode or dirty.stdout.strip() or added.returncode or added.stdout.strip()
-    return head.stdout.strip() + ("+modified" if changed else "")
+    return sha + ("+modified" if changed else "")
+
+
+#: a diff that is the same for every user: no external or text-converting diff driver, colour, rename detection or prefix
+#: setting of theirs changes it
+_PLAIN_DIFF = ("diff", "HEAD", "--binary", "--no-ext-diff", "--no-textconv", "--no-color", "--no-renames", "--src-prefix=a/",
+               "--dst-prefix=b/")
+
+
+def _added_file(path: Path) -> bytes:
+    """What an added file contributes to the digest: a link's target (as git records a link), a regular file's contents
+    (a large one by its size), nothing else's (a FIFO or device is never read)."""
+    try:
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            return b"link " + os.fsencode(os.readlink(path))
+        if not stat.S_ISREG(st.st_mode):
+            return b"not a file"
+        return path.read_bytes() if st.st_size <= 1 << 20 else b"size " + str(st.st_size).encode()
+    except OSError as e:  # gone or unreadable meanwhile: said in the digest, not dropping it
+        return f"unreadable {e.errno}".encode()
 
 
 @functools.lru_cache(maxsize=1)
 def code_changes() -> Optional[str]:
     """For a ``+modified`` checkout, a digest (16 hex digits) of how its code differs from its commit: the tracked changes
     and the added Python files' names and contents. Two results marked ``+modified`` ran the same code when these agree
-    (``+modified`` alone said only that something differed). None when nothing differs, or without a checkout."""
+    (``+modified`` alone said only that something differed). None when nothing differs, without a checkout, or when git
+    cannot give the diff."""
     if not (code_revision() or "").endswith("+modified"):
         return None
     h = hashlib.sha256()
     try:
-        h.update(_git("diff", "HEAD", "--binary", text=False, timeout=60).stdout)
-        added = _git("ls-files", "--others", "--exclude-standard", "-z", "--", *ADDED_CODE, text=False).stdout.split(b"\0")
-        for name in sorted(n for n in added if n):
-            path = _ROOT / os.fsdecode(name)
-            size = path.stat().st_size  # a large one by its size: not code a person wrote
-            h.update(name + b"\0" + (path.read_bytes() if size <= 1 << 20 else str(size).encode()))
+        diff = _git(*_PLAIN_DIFF, timeout=60)
+        added = _git("ls-files", "--others", "--exclude-standard", "-z", "--", *ADDED_CODE)
     except (OSError, subprocess.SubprocessError):
         return None
+    if diff.returncode or added.returncode:
+        return None
+    h.update(diff.stdout)
+    for name in sorted(n for n in added.stdout.split(b"\0") if n):
+        h.update(name + b"\0" + _added_file(_ROOT / os.fsdecode(name)) + b"\0")
     return h.hexdigest()[:16]
 
 

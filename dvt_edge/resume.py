@@ -134,7 +134,7 @@ def _check_resume_args(stored: dict, args: argparse.Namespace, last: Path, defau
             + "; resume with the run's own flags (or leave them out), or start a new run from it with --finetune " + str(last))
 
 
-_ENV_SAID = (("revision", "code revision"), ("dvt_edge", "dvt-edge"), ("torch", "torch"), ("python", "Python"), ("cpu", "CPU"),
+_ENV_SAID = (("revision", "code revision"), ("changes", "code changes"), ("dvt_edge", "dvt-edge"), ("torch", "torch"), ("python", "Python"), ("cpu", "CPU"),
              ("accelerator", "GPU"))
 
 

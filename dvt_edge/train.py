@@ -38,7 +38,7 @@ from dvt_edge.checkpoint import CheckpointError, _state_dict_of, checkpoint_mode
 from dvt_edge.data import DATASETS, DataError, ImageSet, default_preprocess, default_train_data, load_dataset
 from dvt_edge.logs import pyplot
 from dvt_edge.models import DVT, create_model, list_models, model_defaults, model_from_args
-from dvt_edge.provenance import THREADS_HELP, code_revision, environment
+from dvt_edge.provenance import THREADS_HELP, code_changes, code_revision, environment
 from dvt_edge.resume import METRICS_SCHEMA, agreed, check_room, resume_hint, resume_run, resumed_differently, run_lock, started_over
 from dvt_edge.transfer import carry_head_rows, transfer_weights
 from dvt_runtime.cli import DocFormatter, GivenParser, command_name
@@ -243,7 +243,7 @@ def _train(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict:
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"--out {out} is a file; pass a folder for the run (checkpoints and metrics go there)")
     rank, world, device = _init_processes(args)
-    code_revision()  # the checkout as the run starts: a pull during its first epoch does not change what its epochs record
+    code_revision(), code_changes()  # the checkout as the run starts: a pull during its first epoch does not change its record
     log = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
     resume_state = resume_run(args, out, vars(build_parser().parse_args(["--out", "x"])), given)  # without --data, --model: its own
     agreed(lambda: stack.enter_context(run_lock(out)), rank, world)  # one run at a time writes OUT's checkpoints (writable: above)

@@ -1010,13 +1010,16 @@ def test_the_code_revision_is_the_checkouts_commit_and_says_when_files_differ(tm
     head = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
     monkeypatch.setattr(provenance, "_ROOT", repo)
     try:
-        provenance.code_revision.cache_clear()
+        provenance.code_revision.cache_clear(), provenance.code_changes.cache_clear()
         assert provenance.code_revision() == head
         (repo / "dvt_edge" / "x.py").write_text("a = 2\n")
         provenance.code_revision.cache_clear()
         assert provenance.code_revision() == head + "+modified"
         assert "(git " + head[:12] + "+modified" in provenance.environment_line({**provenance.environment(), "revision": head + "+modified"})
         first = provenance.code_changes()  # which modification: another edit gives another digest, the same edit the same
+        provenance.code_changes.cache_clear()
+        subprocess.run([*git, "config", "diff.external", "/bin/true"], check=True)  # a user's diff tool changes nothing
+        assert first == provenance.code_changes() and first is not None
         (repo / "dvt_edge" / "x.py").write_text("a = 3\n")
         provenance.code_revision.cache_clear(), provenance.code_changes.cache_clear()
         assert provenance.code_changes() not in (None, first) and "+modified " + provenance.code_changes()[:8] in provenance.environment_line(provenance.environment())
@@ -1024,7 +1027,10 @@ def test_the_code_revision_is_the_checkouts_commit_and_says_when_files_differ(tm
         (repo / "sitecustomize.py").write_text("import random\n")  # on the path, Python loads it at start): modified
         provenance.code_revision.cache_clear(), provenance.code_changes.cache_clear()
         assert provenance.code_revision() == head + "+modified" and provenance.code_changes() is not None
-        (repo / "sitecustomize.py").unlink()
+        (repo / ".#x.py").symlink_to("user@host.1234")  # an editor's lock file: a link to nowhere, in the digest as a link
+        provenance.code_changes.cache_clear()
+        assert provenance.code_changes() is not None
+        (repo / ".#x.py").unlink(), (repo / "sitecustomize.py").unlink()
         (repo / "photos").mkdir()  # a user's images or results in the checkout are not code: not modified
         (repo / "photos" / "a.jpg").write_bytes(b"\xff\xd8")
         provenance.code_revision.cache_clear(), provenance.code_changes.cache_clear()

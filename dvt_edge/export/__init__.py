@@ -329,7 +329,7 @@ def _prepare(dest: Path, t: Target, precision: str, opts: ExportOptions, model: 
         _SAID.add(few)  # ranges from a handful of images: measured 1.1-1.6 logits off (0.1-0.4 from 64)
         print(f"warning: {', '.join(need)} int8 takes its activation ranges from {len(data.calib)} calibration image(s), which are "
               f"rough: pass {FEW_CALIB} or more (--calib-n, the default 64, or a larger {opts.data_flag})", file=sys.stderr)
-    data.note = "; ".join(n for n in (stand_in, moved.removeprefix("warning: "), data.note) if n)  # in the manifest's parity too
+    data.note = "; ".join(n for n in (stand_in, moved, data.note) if n)  # in the manifest's parity too
     if data.verify_x is None:  # said now, not only in the manifest
         print(f"note: {data.note}" if t.backend in available_backends() else  # off its platform real images verify nothing here
               f"note: no real images; {t.backend} does not run on this host, so the export is checked structurally here (verify it "
