@@ -153,18 +153,14 @@ def label_mismatch(ds: ImageSet, num_classes: int, classes: Optional[list[str]])
     """Why a data set's labels are not a model's (None: they are): other class names (indices "0".."N-1" on
     either side name nothing), or another number of classes."""
     if classes and not numbered(classes) and not numbered(ds.classes) and list(ds.classes) != list(classes):
-        loose = {_loose(c): c for c in classes}  # folders named like the classes but for case, spaces, "_" or "-"
-        if near := [(c, loose[_loose(c)]) for c in ds.classes if c not in classes and _loose(c) in loose][:3]:
+        loose = {class_key(c): c for c in classes}  # folders named like the classes but for case, spaces, "_" or "-"
+        if near := [(c, loose[class_key(c)]) for c in ds.classes if c not in classes and class_key(c) in loose][:3]:
             return (f"its class folders {', '.join(f'{a!r}' for a, _ in near)} are the checkpoint's {', '.join(f'{b!r}' for _, b in near)} "
                     "but for case, spaces or underscores: rename the folders to the checkpoint's class names")
         return f"its classes {list(ds.classes)[:5]}... are not the checkpoint's {list(classes)[:5]}..."
     if ds.num_classes != num_classes:
         return f"it has {ds.num_classes} classes, the model {num_classes}"
     return None
-
-
-def _loose(name: str) -> str:
-    return "".join(ch for ch in name.casefold() if ch not in " _-")
 
 
 def as_model_labels(ds: ImageSet, num_classes: int, classes: Optional[list[str]]) -> Optional[ImageSet]:
