@@ -53,7 +53,7 @@ if __name__ == "__main__" and not __package__:  # run as a file (python apps/web
     __package__ = "apps"
 
 from dvt_runtime.calibration import CALIBRATION_DIR_HELP  # noqa: E402
-from dvt_runtime.cli import command_name  # noqa: E402
+from dvt_runtime.cli import Parser, command_name  # noqa: E402
 from dvt_runtime.io import check_out_path  # noqa: E402
 
 from .common import CALIBRATE_HINT, GUI_HINT, SOURCE_HINT, AppError, cv2, fmt_ms, output_problem  # noqa: E402
@@ -86,7 +86,7 @@ def _same_file(a: str, b: Path) -> bool:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog=command_name(f"python -m {__spec__.name if __spec__ else 'apps.webcam'}"),  # dvt_edge.apps in a wheel
+    ap = Parser(prog=command_name(f"python -m {__spec__.name if __spec__ else 'apps.webcam'}"),  # dvt_edge.apps in a wheel
                                  description="Live early-exit DVT classification of camera or video frames.",
                                  epilog="keys (window): q/Esc quit, +/- budget or deadline +-10%, space pause")
     ap.add_argument("--bundle", default=None,

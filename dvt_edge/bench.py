@@ -35,7 +35,7 @@ from dvt_edge.logs import quiet_toolchains
 from dvt_edge.provenance import result_provenance
 from dvt_edge.references import DEFAULT_REFERENCE
 from dvt_runtime.checks import parse_thresholds
-from dvt_runtime.cli import DocFormatter, command_name
+from dvt_runtime.cli import DocFormatter, Parser, command_name
 from dvt_runtime.console import join_args, silenced_progress
 from dvt_runtime.device import contention_since, contention_snapshot
 from dvt_runtime.io import os_error_text
@@ -397,12 +397,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "report":
         return report_main(argv[1:])
-    ap = argparse.ArgumentParser(prog=command_name("python -m dvt_edge.bench"), description=__doc__, formatter_class=DocFormatter)
+    ap = Parser(prog=command_name("python -m dvt_edge.bench"), description=__doc__, formatter_class=DocFormatter)
     ap.add_argument("--checkpoint", default=None, help="checkpoint (default: the natural-image reference dvt_small_cifar)")
     ap.add_argument("--data", default=None, help=f"dataset spec: {', '.join(DATASETS)} (default: the checkpoint's evaluation set; "
                                                  "with --latency-only: int8 calibration images, default random images for --model)")
-    ap.add_argument("--targets", default="all", help="all or a comma-separated list")
-    ap.add_argument("--precisions", default="fp32,int8", help="comma-separated (default fp32,int8)")
+    ap.add_argument("--targets", "--target", default="all", help="all or a comma-separated list (--target: the same, as export spells it)")
+    ap.add_argument("--precisions", "--precision", default="fp32,int8", help="comma-separated (default fp32,int8; --precision: the same)")
     ap.add_argument("--budgets", default=None, help="comma-separated latency budgets in ms (default: 5, geometrically spaced between exit 1 and exit 3)")
     ap.add_argument("--n", type=int, default=None, help="evaluation images (half calibrate thresholds, half measure; default 2000), or "
                                                         "images per pass of fixed-threshold throughput (default 256)")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from dvt_edge.bench_report import check_results_folder, load_results, markdown, write_outputs, wrote_line
-from dvt_runtime.cli import command_name
+from dvt_runtime.cli import Parser, command_name
 from dvt_runtime.io import os_error_text
 
 __all__ = ["report_main", "saved_then_shown"]
@@ -17,10 +17,11 @@ __all__ = ["report_main", "saved_then_shown"]
 
 def report_main(argv: list[str]) -> int:
     """``bench report A.json B.json ...``: merge results from several devices into one report."""
-    ap = argparse.ArgumentParser(prog=command_name("python -m dvt_edge.bench") + " report", description="merge results from several devices")
+    ap = Parser(prog=command_name("python -m dvt_edge.bench") + " report", description="merge results from several devices")
     ap.add_argument("results", nargs="+", help="bench.json files and merged reports; for a device that runs only the runtime, "
                                                "its profile (dvt-runtime profile ... --out) or calibration (<bundle>/calibration/<device>.json)")
     ap.add_argument("--out", default="runs/bench-report", help="folder for the merged report (default runs/bench-report)")
+    ap.add_argument("--no-progress", action="store_true", help="accepted as every command takes it (a merge draws no progress bar)")
     a = ap.parse_args(argv)
     try:
         results = load_results(a.results)

@@ -52,7 +52,7 @@ from dvt_edge.imageset import (  # noqa: F401  (re-exported)
 from dvt_edge.npzdata import HOLDOUT_MARK, export_npz, load_npz, load_npz_spec, npz_has_split, write_jpeg_pack  # noqa: F401  (re-exported)
 
 # the loaders live in their own modules; their public names are importable from here too
-from dvt_runtime.cli import DocFormatter, command_name
+from dvt_runtime.cli import DocFormatter, Parser, command_name
 from dvt_runtime.console import quote_arg, silenced_progress
 from dvt_runtime.io import os_error_text, sha256_file, unwritable
 from dvt_runtime.preprocess import Preprocess
@@ -384,7 +384,7 @@ def _load_whole(spec: str, split: str, preprocess: Optional[Preprocess], downloa
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=command_name("python -m dvt_edge.data"), description=__doc__, formatter_class=DocFormatter)
+    ap = Parser(prog=command_name("python -m dvt_edge.data"), description=__doc__, formatter_class=DocFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     ex = sub.add_parser("export", help="write a preprocessed .npz (calibration/validation set for devices)")
     ex.add_argument("--data", default=None, help=f"dataset spec: {', '.join(DATASETS)} (default: --checkpoint's own data)")

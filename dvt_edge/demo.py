@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 from dvt_edge.provenance import THREADS_HELP, set_torch_threads
 from dvt_edge.references import REFERENCES, get_reference
-from dvt_runtime.cli import DocFormatter, command_name
+from dvt_runtime.cli import DocFormatter, Parser, command_name
 from dvt_runtime.console import join_args, silenced_progress
 from dvt_runtime.device import this_host
 
@@ -43,7 +43,7 @@ def closest_row(result: dict) -> Optional[dict]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=command_name("python -m dvt_edge.demo"), description=__doc__, formatter_class=DocFormatter)
+    ap = Parser(prog=command_name("python -m dvt_edge.demo"), description=__doc__, formatter_class=DocFormatter)
     ap.add_argument("--reference", default="cifar10", choices=sorted(REFERENCES),
                     help="which committed reference to tour (default: cifar10, the natural-image model)")
     ap.add_argument("--checkpoint", default=None, help="model to tour instead of a reference")

@@ -40,7 +40,7 @@ from dvt_edge.data import (
 from dvt_edge.logs import pyplot
 from dvt_edge.provenance import THREADS_HELP, environment, set_torch_threads
 from dvt_runtime.checks import FEW_IMAGES, numbered
-from dvt_runtime.cli import DocFormatter, command_name
+from dvt_runtime.cli import DocFormatter, Parser, command_name
 from dvt_runtime.console import join_args, quote_arg, shown, silenced_progress
 from dvt_runtime.io import atomic_write_json, check_result_files, os_error_text, save_png, sha256_file
 from dvt_runtime.search import ExitOutputs, StageCosts, evaluate_thresholds, pareto_frontier, sweep_thresholds
@@ -342,7 +342,7 @@ def default_out(checkpoint: str) -> Path:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog=command_name("python -m dvt_edge.evaluate"), description=__doc__, formatter_class=DocFormatter)
+    ap = Parser(prog=command_name("python -m dvt_edge.evaluate"), description=__doc__, formatter_class=DocFormatter)
     ap.add_argument("--checkpoint", required=True, help="the checkpoint to evaluate (ours, or a published DVT .pth.tar)")
     ap.add_argument("--model", default=None, help="registered model name (published checkpoints: inferred when omitted)")
     ap.add_argument("--data", default=None, help=f"dataset spec: {', '.join(DATASETS)} (default: the checkpoint's evaluation set)")

@@ -28,7 +28,7 @@ from dvt_edge.provenance import THREADS_HELP, environment_line, set_torch_thread
 from dvt_edge.references import card_path
 from dvt_edge.resume import STARTED_OVER
 from dvt_runtime import io as dio
-from dvt_runtime.cli import command_name
+from dvt_runtime.cli import Parser, command_name
 from dvt_runtime.console import join_args, quote_arg
 from dvt_runtime.io import atomic_write, atomic_write_json, check_out_path, claimed, hold_lock, os_error_text, sha256_file, short_name
 
@@ -469,7 +469,7 @@ def render_card(path: Path, model, info, args: dict, t: dict, history: list[dict
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog=command_name("python -m dvt_edge.model_card"), description=__doc__.split("\n\n")[0])
+    ap = Parser(prog=command_name("python -m dvt_edge.model_card"), description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True, help="finished training run directory (holds last.pt)")
     ap.add_argument("--out", required=True, help="checkpoint to write (weights only)")
     ap.add_argument("--force", action="store_true", help="replace --out (and its card) if it exists")

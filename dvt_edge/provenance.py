@@ -92,16 +92,17 @@ def code_changes() -> Optional[str]:
     return h.hexdigest()[:16]
 
 
-THREADS_HELP = "torch intra-op threads (default: torch's, one per core; at least 1): 1 leaves the other cores to other work"
+THREADS_HELP = ("torch intra-op threads (default, or 0: torch's, one per core, as 0 is the backend's default in the runtime's "
+                "commands): 1 leaves the other cores to other work")
 
 
 def set_torch_threads(threads: Optional[int], flag: str = "--threads") -> None:
-    """torch's intra-op threads for this process (None: torch's own choice, one per core); below 1 is a ValueError naming
-    ``flag`` (0 had meant every core in some commands and an error in others)."""
-    if threads is None:
+    """torch's intra-op threads for this process (None or 0: torch's own choice, one per core, as the runtime's commands
+    take 0: a script passes one value to every command); below 0 is a ValueError naming ``flag``."""
+    if threads is None or (threads == 0 and not isinstance(threads, bool)):
         return
-    if isinstance(threads, bool) or threads < 1:
-        raise ValueError(f"{flag} must be >= 1 (torch's intra-op threads; leave it out for torch's own choice), got {threads}")
+    if isinstance(threads, bool) or threads < 0:
+        raise ValueError(f"{flag} must be >= 1, or 0 for torch's own choice (torch's intra-op threads), got {threads}")
     import torch
 
     torch.set_num_threads(int(threads))

@@ -166,7 +166,7 @@ def check_args(args: argparse.Namespace) -> None:
     """Nonsense arguments are refused before anything is read or written."""
     if getattr(args, "amp", "fp32") not in AMP_CHOICES:
         raise ValueError(f"--amp must be one of {', '.join(AMP_CHOICES)}, got {args.amp!r}")
-    for name, lo in (("epochs", 1), ("batch_size", 1), ("workers", 0), ("train_limit", 1), ("val_limit", 1), ("threads", 1), ("pad", 0)):
+    for name, lo in (("epochs", 1), ("batch_size", 1), ("workers", 0), ("train_limit", 1), ("val_limit", 1), ("threads", 0), ("pad", 0)):
         v = getattr(args, name, None)
         if v is not None and v < lo:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {lo}, got {v}")

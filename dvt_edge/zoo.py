@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from dvt_edge.models import create_model, describe_model, list_models
-from dvt_runtime.cli import DocFormatter, command_name
+from dvt_runtime.cli import DocFormatter, Parser, command_name
 
 SCHEMA = "dvt-edge/zoo/1"
 
@@ -56,7 +56,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog=command_name("python -m dvt_edge.zoo"), description=__doc__, formatter_class=DocFormatter)
+    ap = Parser(prog=command_name("python -m dvt_edge.zoo"), description=__doc__, formatter_class=DocFormatter)
     ap.add_argument("--json", action="store_true", help=f"print JSON instead of a table ({SCHEMA}: the rows under \"models\")")
     ap.add_argument("--no-progress", action="store_true", help="accepted as every command takes it (the zoo draws no progress bar)")
     args = ap.parse_args(argv)

@@ -180,8 +180,8 @@ def test_evaluate_refuses_other_checkpoints_bundle_and_bad_threshold_n(micro_ckp
     (tmp_path / "f").write_text("x")
     assert main(["--checkpoint", str(micro_ckpt), "--out", str(tmp_path / "f")]) == 2
     assert "is a file" in capsys.readouterr().err
-    assert main(["--checkpoint", str(micro_ckpt), "--threads", "0", "--out", str(tmp_path / "o2")]) == 2  # evaluate had no --threads
-    assert "--threads must be >= 1" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+    assert main(["--checkpoint", str(micro_ckpt), "--threads", "-1", "--out", str(tmp_path / "o2")]) == 2  # evaluate had no --threads
+    assert "--threads must be >= 1, or 0 for torch's own choice" in capsys.readouterr().err and not (tmp_path / "o2").exists()
 
 
 def test_evaluate_refuses_an_unwritable_out_before_the_work(micro_ckpt, tmp_path, monkeypatch, capsys):

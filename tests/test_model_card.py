@@ -428,8 +428,8 @@ def test_failed_publish_leaves_the_previous_file_and_card(micro_ckpt, tmp_path, 
     for bad in (0, -3):
         assert main(["--run", str(run), "--out", str(out), "--threshold-n", str(bad)]) == 2
         assert "threshold_n (--threshold-n) must be a whole number >= 1" in capsys.readouterr().err
-    assert main(["--run", str(run), "--out", str(out), "--threads", "0"]) == 2  # it took every core, with no way to say fewer
-    assert "--threads must be >= 1" in capsys.readouterr().err
+    assert main(["--run", str(run), "--out", str(out), "--threads", "-1"]) == 2  # it took every core, with no way to say fewer
+    assert "--threads must be >= 1, or 0 for torch's own choice" in capsys.readouterr().err
     (tmp_path / "afile").write_text("x")  # a card that cannot be written is found before the evaluation, nothing moved
     assert main(["--run", str(run), "--out", str(tmp_path / "new.pt"), "--card", str(tmp_path / "afile" / "card.md")]) == 2
     assert "afile is a file, not a folder" in capsys.readouterr().err and not (tmp_path / "new.pt").exists()
@@ -514,8 +514,9 @@ def test_demo_takes_threads_and_no_progress_as_every_other_command(monkeypatch, 
     try:
         assert D.main(["--threads", "1", "--no-progress", "--out", str(tmp_path)]) == 0 and seen == [(1, True)]
         assert D.main(["--out", str(tmp_path)]) == 0 and seen[-1] == (1, False)
-        assert D.main(["--threads", "0", "--out", str(tmp_path)]) == 2 and len(seen) == 2
-        assert "--threads must be >= 1" in capsys.readouterr().err
+        assert D.main(["--threads", "0", "--out", str(tmp_path)]) == 0 and seen[-1] == (1, False)  # torch's own choice, as left
+        assert D.main(["--threads", "-1", "--out", str(tmp_path)]) == 2 and len(seen) == 3
+        assert "--threads must be >= 1, or 0 for torch's own choice" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
 

@@ -65,12 +65,15 @@ def test_one_data_spelling_serves_host_and_device(onnx_bundle, tmp_path, capsys)
         load_dataset(str(tmp_path / "val.npz"), "val")
 
 
-@pytest.mark.parametrize("module, args", [
+EVERY_COMMAND = [
     ("dvt_edge.train", []), ("dvt_edge.export.__main__", []), ("dvt_edge.evaluate", []), ("dvt_edge.data", ["export"]),
     ("dvt_edge.bench", []), ("dvt_edge.demo", []), ("dvt_edge.model_card", []), ("dvt_runtime.predict", []),
     ("dvt_runtime.profile", []), ("dvt_runtime.profile", ["import"]), ("dvt_runtime.calibrate", []), ("dvt_runtime.vectors", []),
-    ("apps.webcam", []), ("dvt_edge.data", ["info"]), ("dvt_edge.zoo", []),
-])
+    ("apps.webcam", []), ("dvt_edge.data", ["info"]), ("dvt_edge.zoo", []), ("dvt_edge.bench", ["report"]),
+]
+
+
+@pytest.mark.parametrize("module, args", EVERY_COMMAND)
 def test_every_command_takes_no_progress(module, args, capsys):
     """A script passing ``--no-progress`` to every command alike: the webcam and ``profile import`` (which draw no bar)
     stopped it with 'unrecognized arguments'."""
@@ -79,3 +82,45 @@ def test_every_command_takes_no_progress(module, args, capsys):
     with pytest.raises(SystemExit) as e:
         importlib.import_module(module).main([*args, "--help"])
     assert e.value.code == 0 and "--no-progress" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("module, args", EVERY_COMMAND)
+def test_no_command_takes_an_abbreviated_option(module, args, monkeypatch, capsys):
+    """argparse took an option's prefix (``bench --target`` for ``--targets``): a script's abbreviation breaks, or changes
+    meaning, once a later version adds an option that begins alike. Every parser a command builds takes options only as
+    spelled in full."""
+    import argparse
+    import importlib
+
+    seen = []
+    real = argparse.ArgumentParser.parse_known_args
+
+    def spy(self, *a, **k):
+        seen.append(self)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", spy)
+    with pytest.raises(SystemExit):
+        importlib.import_module(module).main([*args, "--help"])
+    assert seen and all(p.allow_abbrev is False for p in seen)
+    ap = seen[-1]
+    longest = max((o for a in ap._actions for o in a.option_strings), key=len)  # e.g. --no-progress
+    assert ap._parse_optional(longest[:-2]) is not None and ap._parse_optional(longest[:-2])[0] is None  # not an abbreviation
+
+
+def test_an_unknown_option_is_told_the_closest(capsys):
+    """What a script's abbreviation now hears, and the spellings each side of export / bench used to differ on."""
+    from dvt_edge.bench import main as bench_main
+    from dvt_edge.export.__main__ import build_parser
+    from dvt_runtime.cli import Parser
+
+    ap = Parser(prog="x")
+    ap.add_argument("--targets")
+    with pytest.raises(SystemExit) as e:
+        ap.parse_args(["--target", "onnx", "--thredas", "1"])
+    assert e.value.code == 2 and "(did you mean: --target -> --targets?)" in capsys.readouterr().err
+    a = build_parser().parse_args(["--data", "cifar10-ref", "--precisions", "int8"])  # bench's and the runtime's spelling
+    assert (a.calib_data, a.precision) == ("cifar10-ref", "int8")
+    with pytest.raises(SystemExit):
+        bench_main(["--target", "onnx", "--precision", "fp32", "--help"])  # export's spelling, in full: both parse
+    assert "unrecognized" not in capsys.readouterr().err

@@ -17,7 +17,7 @@ from dvt_edge.export import ExportError, ExportOptions, VerificationFailed, expo
 from dvt_edge.export.targets import TARGETS, TargetUnavailable, get_target
 from dvt_edge.export.verify import INT8_MIN_AGREEMENT
 from dvt_edge.provenance import THREADS_HELP, set_torch_threads
-from dvt_runtime.cli import command_name
+from dvt_runtime.cli import Parser, command_name
 from dvt_runtime.console import join_args, silenced_progress
 
 #: what a full or read-only disk raises while the bundle is written
@@ -73,14 +73,15 @@ def _agreement(v: Optional[str]) -> Optional[float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=command_name("python -m dvt_edge.export"), description=__doc__)
+    ap = Parser(prog=command_name("python -m dvt_edge.export"), description=__doc__)
     ap.add_argument("--checkpoint", help="our checkpoint or a published DVT .pth.tar (default: the CIFAR-10 reference dvt_small_cifar)")
     ap.add_argument("--model", default=None, help="registered model name (published checkpoints: inferred when omitted)")
     ap.add_argument("--target", help=f"required: one of {sorted(TARGETS)} or 'all'")
-    ap.add_argument("--precision", default="fp32", help="fp32, fp16 (coreml) or int8; comma-separated for several (default fp32)")
+    ap.add_argument("--precision", "--precisions", default="fp32", help="fp32, fp16 (coreml) or int8; comma-separated for several (default fp32)")
     ap.add_argument("--scheme", default=None, help="int8 scheme (see --list-targets; default: the recipe's, 'auto' picks by accuracy "
                     "and speed), or one per exit, comma-separated (e.g. dynamic,dynamic,static: an auto export's choices, pinned)")
-    ap.add_argument("--calib-data", default=None, help=f"calibration/verification data spec ({', '.join(DATASETS)}); default: the checkpoint's training data")
+    ap.add_argument("--calib-data", "--data", default=None, help=f"calibration/verification data spec ({', '.join(DATASETS)}); "
+                    "default: the checkpoint's training data (--data: the same, as the other commands spell it)")
     ap.add_argument("--calib-n", type=int, default=None, help=f"calibration images for static int8 (default {ExportOptions.calib_n})")
     ap.add_argument("--verify-n", type=int, default=1000, help="held-out real images for verification and the default thresholds "
                                                               "(default 1000)")

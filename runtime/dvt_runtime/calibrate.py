@@ -45,7 +45,7 @@ from dvt_runtime.calibration import (  # noqa: F401  (re-exported)
 )
 from dvt_runtime.calnotes import chance_note, few_images, search_note, unanswered_note
 from dvt_runtime.checks import positive_ms, setting_differences
-from dvt_runtime.cli import DocFormatter, command_name
+from dvt_runtime.cli import DocFormatter, Parser, command_name
 from dvt_runtime.console import join_args
 from dvt_runtime.device import check_batch_memory, check_device_name, profiled_here, this_host  # noqa: F401  (re-exported)
 from dvt_runtime.io import atomic_write_json, check_out_path, os_error_text, sha256_file
@@ -391,7 +391,7 @@ def format_result(r: Calibration) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog=command_name("python -m dvt_runtime.calibrate"), description=__doc__, formatter_class=DocFormatter)
+    ap = Parser(prog=command_name("python -m dvt_runtime.calibrate"), description=__doc__, formatter_class=DocFormatter)
     ap.add_argument("--bundle", required=True, help="bundle directory (manifest.json + one artifact per exit)")
     ap.add_argument("--data", required=True, help="labelled .npz: 'images' uint8 (N, H, W[, C], BGR) or preprocessed float32 "
                     "(N, C, H, W; python -m dvt_edge.data export), 'labels' (N,) class indices")

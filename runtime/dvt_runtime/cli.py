@@ -25,7 +25,27 @@ class GivenNamespace(argparse.Namespace):
     __slots__ = ("given_flags",)
 
 
-class GivenParser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
+    """Every command's parser. An option is taken only as spelled in full: argparse's default took ``--target`` for
+    ``bench --targets``, and a script's abbreviation would break, or change meaning, once a later version adds an option
+    it also begins. An unknown option is told the closest one."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):  # type: ignore[override]  # argparse's own: prints usage, exits 2
+        if message.startswith("unrecognized arguments: "):
+            import difflib
+
+            known = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+            hints = [f"{w} -> {m[0]}" for w in message.split(": ", 1)[1].split() if w.startswith("--")
+                     and (m := difflib.get_close_matches(w.split("=", 1)[0], known, n=1, cutoff=0.6))]
+            message += f" (did you mean: {', '.join(hints)}?)" if hints else ""
+        super().error(message)
+
+
+class GivenParser(Parser):
     """An ArgumentParser whose namespace also says which options the command line set (``ns.given_flags``, a set of
     dests): e.g. ``train --resume`` takes the run's own value of every flag not given."""
 

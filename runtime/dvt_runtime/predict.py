@@ -31,7 +31,7 @@ import numpy as np
 from dvt_runtime.backends import _EXTRA, PROVIDERS_HELP, BackendUnavailable, import_backend, install_hint, parse_providers
 from dvt_runtime.calibration import CALIBRATION_DIR_HELP, bundle_args
 from dvt_runtime.checks import NonFiniteOutput, check_thresholds, parse_thresholds, positive_ms, preprocessed_here, rough_thresholds
-from dvt_runtime.cli import DocFormatter, command_name
+from dvt_runtime.cli import DocFormatter, Parser, command_name
 from dvt_runtime.console import WINDOWS, progress, quote_arg, shown  # WINDOWS: its shells pass *.jpg to the command as it is typed
 from dvt_runtime.device import open_here, profiled_here, this_host
 from dvt_runtime.images import IMAGE_EXTS, ImageError, can_check_jpegs, cv2_or_fail, read_image
@@ -229,7 +229,7 @@ def format_result(r: dict) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=command_name("python -m dvt_runtime.predict"), description=__doc__, formatter_class=DocFormatter)
+    ap = Parser(prog=command_name("python -m dvt_runtime.predict"), description=__doc__, formatter_class=DocFormatter)
     ap.add_argument("images", nargs="+", help="image files and folders (read recursively)")
     ap.add_argument("--bundle", required=True, help="bundle directory (manifest.json + one artifact per exit)")
     mode = ap.add_mutually_exclusive_group()

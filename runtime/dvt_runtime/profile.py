@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 import numpy as np
 
 from dvt_runtime.backends import PROVIDERS_HELP, BackendUnavailable, parse_providers
-from dvt_runtime.cli import command_name
+from dvt_runtime.cli import Parser, command_name
 from dvt_runtime.console import progress as _bar
 from dvt_runtime.device import MEMORY_PROBE, MEMORY_WARN, check_batch_memory, device_facts, peak_rss_mb
 from dvt_runtime.etdump_record import ETDUMP_RUNS, check_etdump_files, check_run_record, read_run_record, write_run_record
@@ -263,7 +263,7 @@ def _device(bundle, threads: Optional[int], device_name: Optional[str]) -> dict[
 
 def _measure_parser() -> argparse.ArgumentParser:
     prog = command_name("python -m dvt_runtime.profile")  # as typed: the pointer below names the same form
-    ap = argparse.ArgumentParser(prog=prog, description=f"Profile a bundle's per-exit latency on this device (see also: {prog} import -h).")
+    ap = Parser(prog=prog, description=f"Profile a bundle's per-exit latency on this device (see also: {prog} import -h).")
     ap.add_argument("--bundle", required=True, help="bundle directory (manifest.json + one artifact per exit)")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads per session (default 1; 0: the backend's default, every core)")
     ap.add_argument("--providers", default=None, help=PROVIDERS_HELP)
@@ -280,7 +280,7 @@ def _measure_parser() -> argparse.ArgumentParser:
 
 
 def _import_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=command_name("python -m dvt_runtime.profile") + " import",
+    ap = Parser(prog=command_name("python -m dvt_runtime.profile") + " import",
                                  description="Turn latencies measured elsewhere into a dvt latency profile.")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--csv", help="CSV: stage1_ms,stage2_ms,... | exit1_cumulative_ms,... | exit,ms")

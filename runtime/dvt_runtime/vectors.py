@@ -19,6 +19,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from dvt_runtime.cli import Parser
+
 __all__ = ["port_vectors", "main"]
 
 
@@ -62,7 +64,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from dvt_runtime.io import atomic_write, check_out_path, os_error_text
     from dvt_runtime.predict import image_files
 
-    ap = argparse.ArgumentParser(prog="dvt-runtime vectors", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(prog="dvt-runtime vectors", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("images", nargs="+", help="image files and folders (read recursively, as predict reads them)")
     ap.add_argument("--bundle", required=True, help="bundle directory")
     ap.add_argument("--out", required=True, help="the .npz to write")
