@@ -3,7 +3,6 @@ profile or calibration) merged into one report; and how a command saves its resu
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Callable, Optional

@@ -16,7 +16,6 @@ Writes ``evaluate.json`` and ``evaluate.png``.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import sys
 from collections.abc import Sequence

@@ -11,7 +11,6 @@ in the card comes from the run's files or from this evaluation.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os

@@ -8,7 +8,6 @@ GMACs more at T2T-ViT-12's last exit).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
