@@ -442,6 +442,22 @@ def test_percentile_single_exit_matches_numpy():
     assert same.cost == evaluate_thresholds(out, None, [-np.inf, -np.inf], costs, metric="p90", seed=0).cost
 
 
+def test_a_measured_percentile_is_the_one_the_search_priced():
+    """At the mix a p90 search aims at (exactly 10% of the images at the slow exit) the search priced exit 1's time,
+    while every measurement (profiles, calibrate's measured holdout, predict's verdict) used numpy's linear percentile,
+    a tenth of the way to exit 3's: 1.03 ms 'measured' against 0.5 predicted, and an OVER for a budget the run met."""
+    from dvt_runtime.search import _CostModel
+    from dvt_runtime.stats import percentile, sample_stats
+
+    streams = [np.full(50, 0.5), np.full(50, 1.5), np.full(50, 5.8)]  # each exit's time, constant
+    costs = StageCosts.from_samples([streams[0], streams[1] - 0.5, streams[2] - 1.5], stopping=streams)
+    priced = float(_CostModel(costs, "p90", 250).cost(np.array([[225, 0, 25]]))[0])
+    measured = np.array([0.5] * 225 + [5.8] * 25)  # those 250 images, timed
+    assert priced == 0.5 and sample_stats(measured)["p90"] == percentile(measured, 90) == 0.5
+    assert percentile(np.r_[measured[:-1], 5.8, 5.8], 90) == 5.8  # one more at exit 3: over, in both
+    assert float(_CostModel(costs, "p90", 251).cost(np.array([[225, 0, 26]]))[0]) == 5.8
+
+
 def test_stopping_streams_price_each_exit():
     """With per-exit streams, stopping at an exit costs that stream's latency, not the sum of
     the stages measured in full chains (mean and percentiles)."""

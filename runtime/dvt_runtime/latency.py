@@ -252,6 +252,7 @@ class LatencyProfile:
             rows = d[key]
             if not isinstance(rows, list) or not rows or not all(isinstance(s, dict) for s in rows):
                 raise ProfileError(f"latency profile '{key}' must be a non-empty list of per-stage statistics")
+            d[key] = rows = list(rows)  # rows replaced below are the caller's no longer
             for i, s in enumerate(rows):
                 for k in ("n", "mean", "median", "p50", "p90", "p99"):
                     v = s.get(k)
@@ -259,7 +260,7 @@ class LatencyProfile:
                         raise ProfileError(f"latency profile '{key}' entry {i + 1}: {k!r} must be a finite non-negative number, got {v!r}")
                 if "samples" in s:  # raw samples are priced by the search: checked here, not when it runs
                     a = check_samples(s["samples"], f"latency profile '{key}' entry {i + 1} samples")
-                    _check_summary(s, a, f"latency profile '{key}' entry {i + 1}")
+                    rows[i] = _check_summary(s, a, f"latency profile '{key}' entry {i + 1}")
         _check_priced(d)
         if len(d["cumulative"]) != len(d["stages"]) or not isinstance(d["drift"], list):
             raise ProfileError("latency profile: 'cumulative' needs one entry per stage and 'drift' must be a list")
@@ -422,14 +423,18 @@ def nulled_nonfinite(obj: Any, where: str, bad: list[str]) -> Any:
     return [nulled_nonfinite(v, f"{where}[{i}]", bad) for i, v in enumerate(obj)] if isinstance(obj, list) else obj
 
 
-def _check_summary(row: dict[str, Any], samples: np.ndarray, where: str) -> None:
+def _check_summary(row: dict[str, Any], samples: np.ndarray, where: str) -> dict[str, Any]:
     """A row's summary statistics are what its raw samples give: the search prices the samples and deadline mode the
-    p90, so a hand-edited summary would make the two disagree."""
-    ref = sample_stats(samples, keep_samples=False)
+    p90, so a hand-edited summary would make the two disagree. Returns the row with this version's percentiles: a
+    profile written before they were :func:`~dvt_runtime.stats.percentile`'s holds numpy's interpolated ones."""
+    ref, out = sample_stats(samples, keep_samples=False), dict(row)
     for k in ("n", "mean", "p50", "p90", "p99"):
-        if not math.isclose(row[k], ref[k], rel_tol=1e-9, abs_tol=1e-12):
+        if k in ("p90", "p99") and math.isclose(row[k], float(np.percentile(samples, int(k[1:]))), rel_tol=1e-9, abs_tol=1e-12):
+            out[k] = ref[k]  # an older writer's definition (numpy's linear): read as this version's
+        elif not math.isclose(row[k], ref[k], rel_tol=1e-9, abs_tol=1e-12):
             raise ProfileError(f"{where}: its {k} is {row[k]!r} but its own samples give {ref[k]!r} (the file was edited "
                                "or is damaged): re-profile the bundle (calibrate prices a profile's own samples)")
+    return out
 
 
 def _raw_samples(rows: list[dict[str, Any]]) -> list[np.ndarray]:

@@ -37,7 +37,7 @@ from dvt_runtime.device import open_here, profiled_here, this_host
 from dvt_runtime.images import IMAGE_EXTS, ImageError, can_check_jpegs, cv2_or_fail, read_image
 from dvt_runtime.io import atomic_write_json, check_out_path, os_error_text
 from dvt_runtime.search import check_metric
-from dvt_runtime.stats import sample_stats
+from dvt_runtime.stats import percentile, sample_stats
 
 if TYPE_CHECKING:
     from dvt_runtime.bundle import Bundle
@@ -190,7 +190,7 @@ def _against_budget(r: dict) -> str:
     if r.get("budget_ms") is None or not isinstance(metric, str) or not ms or None in ms:
         return ""
     q = check_metric(metric)  # None: the mean
-    v = float(np.mean(ms) if q is None else np.percentile(ms, float(q)))  # q: an exact fraction
+    v = float(np.mean(ms)) if q is None else percentile(ms, float(q))  # q: an exact fraction
     return f"; predict {metric} {v:.3f} ms a call, {'within' if v <= r['budget_ms'] else 'OVER'} the {r['budget_ms']:g} ms budget"
 
 

@@ -47,7 +47,7 @@ from dvt_runtime.latency import SCHEMA, SCHEMA_VERSION, LatencyProfile, batch_no
 from dvt_runtime.manifest import Manifest
 from dvt_runtime.measure import cascade_overhead_ms
 from dvt_runtime.npzsets import load_images
-from dvt_runtime.stats import DRIFT_THRESHOLD, MIN_RUNS, ProfileError, sample_stats
+from dvt_runtime.stats import DRIFT_MIN_QUARTER, DRIFT_THRESHOLD, MIN_RUNS, ProfileError, sample_stats
 
 if TYPE_CHECKING:
     from dvt_runtime.bundle import Bundle
@@ -332,6 +332,7 @@ def _measure(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     prof = profile_bundle(bundle, warmup=args.warmup, runs=args.runs, images=images, images_raw=raw,
                           threads=args.threads, progress=not args.no_progress, device_name=args.device_name, batch=args.batch,
                           streams=not args.etdump_dir, overhead=True)  # the ETDump holds the chains alone, one run per chain
+    _few_runs_note(prof)
     rc = _finish(prof, args.out)  # the profile first: a trace that cannot be written loses no measurement
     if args.etdump_dir:
         for path in bundle.write_etdump(args.etdump_dir, record=False):
@@ -410,9 +411,7 @@ def _import(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     _record_threads(prof, args.threads)
     if manifest is not None and prof.batch == 1:
         _check_plausible(prof, manifest)
-    if (n := min(int(st["n"]) for st in prof.stages)) < FEW_RUNS:  # a p90 of a handful is their slowest, a p99 a guess
-        print(f"note: {n} timed run(s) for a stage: its percentiles (p90, p99) are rough below {FEW_RUNS}; time 100 or more "
-              "per stage for a calibration to trust", file=sys.stderr)
+    _few_runs_note(prof)
     slow = [i + 1 for i, st in enumerate(prof.stages) if st["median"] > 1000.0]
     if slow:  # a stage of a second or more: microseconds under a millisecond header, most likely
         print(f"note: stage(s) {slow} take over 1000 ms (median): the values are read as milliseconds; if they are "
@@ -457,6 +456,14 @@ def _check_plausible(prof: LatencyProfile, manifest: Manifest) -> None:
 
 
 FEW_RUNS = 20  # an imported profile with fewer timed runs per stage is said to be rough
+
+
+def _few_runs_note(prof: LatencyProfile) -> None:
+    """Said for a measured profile as for an imported one (``profile --runs 4`` printed p90s and p99s of four runs unsaid)."""
+    if (n := min(int(st["n"]) for st in prof.stages)) < FEW_RUNS:  # a p90 of a handful is near their slowest, a p99 a guess
+        print(f"note: {n} timed run(s) for a stage: its percentiles (p90, p99) are rough below {FEW_RUNS}, and under "
+              f"{4 * DRIFT_MIN_QUARTER} runs nothing is judged for throttling; time 100 or more per stage for a calibration to "
+              "trust", file=sys.stderr)
 
 
 def _finish(prof: LatencyProfile, out: Optional[str]) -> int:
