@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from dvt_runtime.console import sigterm_as_interrupt
+from dvt_runtime.shift import exit_shift, expected_shares
 
 from . import window
 from .common import AppError, cv2, warn
@@ -138,9 +139,24 @@ class Tally:
     frames: int = 0
     limit_since: int = 0  # the first frame of the latest run of frames under one budget / deadline (changed with +/-)
     last_limit: Optional[float] = None
+    expected_sum: Optional[list] = None  # summed over frames: where the calibration's images stopped under each frame's thresholds
+    expected_known: bool = True  # every frame ran thresholds a calibration measured
 
     def __post_init__(self) -> None:
         self.exit_counts = [0] * self.num_exits
+
+    def expect(self, shares: Optional[Sequence[float]]) -> None:
+        """The next frame's expected exit shares (:func:`dvt_runtime.shift.expected_shares`; None: unknown)."""
+        if shares is None or len(shares) != self.num_exits:
+            self.expected_known = False
+        elif self.expected_known:
+            self.expected_sum = [a + float(b) for a, b in zip(self.expected_sum or [0.0] * self.num_exits, shares)]
+
+    def expected_fractions(self) -> Optional[list]:
+        """Mean expected exit shares over the frames, or None where a frame's were unknown."""
+        if not self.expected_known or self.expected_sum is None or not self.frames:
+            return None
+        return [v / self.frames for v in self.expected_sum]
 
     def add(self, pred, predict_ms: float, frame_ms: float, limit_ms: Optional[float], counted_ms: Optional[float] = None,
             preprocess_ms: Optional[float] = None) -> None:
@@ -259,8 +275,10 @@ class FrameLoop:
         return window.present(img, self.mode, self.overlay, self._wait_ms(t0), redraw)
 
     def _predict(self, x, pre_ms: float):
+        kw = self.mode.predict_kwargs(pre_ms)
         try:  # a deadline counts the frame's preprocessing, as the runtime's own uint8 path does
-            pred = self.bundle.predict(x, **self.mode.predict_kwargs(pre_ms))
+            self.tally.expect(expected_shares(self.bundle, kw.get("thresholds"), kw.get("budget_ms"), kw.get("deadline_ms")))
+            pred = self.bundle.predict(x, **kw)
         except (ValueError, ImportError) as e:
             raise AppError(f"prediction failed in {self.mode.kind} mode: {e}") from None
         return pred[0] if isinstance(pred, list) else pred  # a (1, C, H, W) batch of one
@@ -342,6 +360,7 @@ def build_stats(args, source: str, frame, bundle, mode: Mode, thresholds: Option
         "thresholds": _jsonable(thresholds if thresholds is not None else bundle.default_thresholds()) if fixed_thresholds else None,
         "exit_counts": tally.exit_counts,
         "exit_fractions": [c / n if n else 0.0 for c in tally.exit_counts],
+        "shift": exit_shift(tally.exit_counts, tally.expected_fractions(), bundle),  # frames unlike the calibration's images
         "latency_ms": {"predict": latency_summary(tally.predict_ms), "frame": latency_summary(tally.frame_ms)},
         "budget": None if mode.ms is None else _budget_stats(mode, tally, bundle),
         "fps": n / loop.wall_s if loop.wall_s > 0 else None,

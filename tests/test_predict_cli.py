@@ -643,3 +643,57 @@ def test_a_backend_failing_at_run_time_is_one_line_naming_the_exit(onnx_bundle, 
     assert main(["--bundle", str(onnx_bundle), "--no-progress", str(photos / "sub" / "0" / "00.png")]) == 2
     err = capsys.readouterr().err
     assert "error: onnxruntime failed running exit 1 of dvt_micro_fmnist (Fail: [ONNXRuntimeError]" in err and "Traceback" not in err
+
+
+def test_images_unlike_the_calibrations_are_said_with_what_they_cost(bundle_for_calibration, tmp_path, capsys):
+    """A distribution-shift QA run: darker or blurred images reached later exits than the calibration's, a budget ran
+    50% over, and predict (and the webcam) said only "OVER". Where the run's images stopped is set against where the
+    calibration's did under the same thresholds, in the JSON (``shift``) and, when they differ, in a note naming the cost
+    and the calibrate command. (The fixture's calibration stops every image at exit 1: the file is then edited to say
+    the calibration's images stopped 20 / 30 / 50%, as a calibration on other images would.)"""
+    from dvt_runtime.calibrate import calibrate
+    from dvt_runtime.latency import LatencyProfile
+
+    b = Bundle.open(bundle_for_calibration)
+    m = b.manifest
+    ident = {"model": m.model, "target": m.target, "precision": m.precision, "backend": m.backend}
+    prof = LatencyProfile.from_samples([[0.2, 0.2, 0.3, 0.2], [0.4, 0.5, 0.4, 0.4], [0.9, 0.8, 0.9, 0.9]],
+                                       device={"device_name": "box"}, bundle=ident)
+    x, y = load_dataset("fashion-mnist", "val", limit=300, seed=1).arrays()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fixture is near chance: its notes are not this test's
+        cal = calibrate(b, x, y, 0.8, profile=prof, progress=False, allow_chance=True, verify=False)
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i, im in enumerate(load_dataset("fashion-mnist", "val", limit=120, seed=2).images):
+        cv2.imwrite(str(d / f"{i:03d}.png"), im)
+
+    def run(*extra: str) -> tuple[dict, str]:
+        capsys.readouterr()
+        assert main(["--bundle", str(bundle_for_calibration), str(d), "--device-name", "box", "--out", str(tmp_path / "p.json"),
+                     "--no-progress", *extra]) == 0
+        return json.loads((tmp_path / "p.json").read_text()), capsys.readouterr().err
+
+    r, err = run()
+    counts = np.asarray(r["exit_counts"])
+    s = r["shift"]
+    assert s["expected_exit_fractions"] == pytest.approx(cal.chosen.predicted["exit_fractions"])
+    assert s["exit_fractions"] == pytest.approx(counts / 120) and s["n"] == 120
+    assert s["total_variation"] == pytest.approx(0.5 * np.abs(counts / 120 - np.asarray(s["expected_exit_fractions"])).sum())
+    assert s["unlike_calibration"] == (s["total_variation"] >= 0.15) == ("unlike the images the device" in err)
+    assert r["confidence"]["mean"] == pytest.approx(np.mean([x["confidence"] for x in r["images"]]))
+    f = bundle_for_calibration / "calibration" / "box.json"
+    c = json.loads(f.read_text())
+    c["chosen"]["predicted"]["exit_fractions"] = [0.2, 0.3, 0.5]  # the calibration's images stopped later than these do
+    f.write_text(json.dumps(c))
+    r, err = run()
+    s, got = r["shift"], np.asarray(r["exit_counts"]) / 120
+    assert s["unlike_calibration"] and s["total_variation"] == pytest.approx(0.5 * np.abs(got - [0.2, 0.3, 0.5]).sum())
+    exit_ms = np.asarray(cal.exit_mean_ms())
+    assert (s["priced_ms"], s["expected_priced_ms"]) == (pytest.approx(got @ exit_ms), pytest.approx(exit_ms @ [0.2, 0.3, 0.5]))
+    assert "note: these 120 images stopped at exits 1-3 " in err and "where the calibration's images stopped 20 / 30 / 50% under the same" in err
+    assert "calibrate on labelled images like them: python -m dvt_runtime.calibrate --bundle" in err and "--device-name box" in err
+    r, _ = run("--budget-ms", "0.8")  # the budget controller's rows: where the calibration's images stopped under each
+    assert r["shift"] is not None and sum(r["shift"]["expected_exit_fractions"]) == pytest.approx(1)
+    r, _ = run("--thresholds", "0.5,0.5")  # thresholds no calibration measured are compared with nothing
+    assert r["shift"] is None

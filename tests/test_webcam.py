@@ -775,3 +775,55 @@ def test_a_small_camera_is_annotated_enlarged_and_recorded_whole(env, tmp_path):
     from apps.overlay import drawn_scale
 
     assert [drawn_scale(h, w) for h, w in ((120, 160), (144, 176), (240, 320), (480, 640), (1, 1))] == [2, 2, 1, 1, 240]
+
+
+def test_frames_unlike_the_calibrations_are_said_after_the_summary(env, tmp_path, capsys):
+    """The webcam ran its budget 31-51% over on darker frames and said only "over by": where the frames stopped is set
+    against where the calibration's images stopped under the same thresholds (stats ``shift``), and said when they differ.
+    The calibration file is edited to say its images stopped 0 / 0 / 100% (as one on other images would), so that any
+    frame leaving early differs from it."""
+    import shutil
+    import warnings
+
+    from dvt_runtime.bundle import Bundle
+    from dvt_runtime.calibrate import calibrate
+    from dvt_runtime.latency import LatencyProfile
+
+    src, video, _ = env
+    bundle = tmp_path / "b"
+    shutil.copytree(src, bundle)
+    b = Bundle.open(bundle)
+    m = b.manifest
+    prof = LatencyProfile.from_samples([[0.3] * 20, [0.8] * 20, [1.5] * 20], device={"device_name": "cam"},
+                                       bundle={"model": m.model, "target": m.target, "precision": m.precision, "backend": m.backend})
+    ds = _holdout()
+    x, y = ds.arrays()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        calibrate(b, x[:200], y[:200], 1.2, profile=prof, progress=False, verify=False)
+    args = ["--bundle", str(bundle), "--video", str(video), "--headless", "--device-name", "cam", "--max-frames", "40",
+            "--stats", str(tmp_path / "s.json"), "--threads", "1"]
+    assert webcam.main(args) == 0
+    s = json.loads((tmp_path / "s.json").read_text())["shift"]
+    assert s["n"] == 40 and s["exit_fractions"] == pytest.approx(np.asarray(json.loads((tmp_path / "s.json").read_text())["exit_counts"]) / 40)
+    assert "unlike the images" not in capsys.readouterr().err  # under 100 frames: compared, not said
+    f = bundle / "calibration" / "cam.json"
+    c = json.loads(f.read_text())
+    c["chosen"]["predicted"]["exit_fractions"] = [0.0, 0.0, 1.0]
+    f.write_text(json.dumps(c))
+    cap, frames = cv2.VideoCapture(str(video)), []
+    while (got := cap.read())[0]:
+        frames.append(got[1])
+    cap.release()
+    longer = tmp_path / "longer.mp4"  # 120 frames: a note needs 100
+    writer = cv2.VideoWriter(str(longer), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (W, H))
+    for fr in frames * 3:
+        writer.write(fr)
+    writer.release()
+    args[args.index(str(video))], args[args.index("40")] = str(longer), "120"
+    assert webcam.main(args) == 0
+    st = json.loads((tmp_path / "s.json").read_text())
+    err = capsys.readouterr().err
+    assert st["frames"] == 120 and st["exit_counts"][2] < 0.85 * 120  # some frames leave early: they differ from the edited file
+    assert st["shift"]["expected_exit_fractions"] == [0.0, 0.0, 1.0] and st["shift"]["unlike_calibration"]
+    assert "note: these 120 frames stopped at exits 1-3 " in err and "where the calibration's images stopped 0 / 0 / 100%" in err

@@ -36,7 +36,7 @@ __all__ = ["BudgetController", "controller_for"]
 @dataclass
 class BudgetController:
     budget_ms: float
-    table: list[dict]  # rows: {"thresholds": [...], "predicted_ms": float, "accuracy": float}
+    table: list[dict]  # rows: {"thresholds": [...], "predicted_ms": float, "accuracy": float, "exit_fractions": [...] or None}
     exit_mean_ms: list[float]  # profiled mean cost of a sample stopping at each exit (ms, stage calls only)
     window: int = WINDOW  # recent samples the estimate is taken over
     scale: float = 1.0  # observed / profiled latency of the recent samples (ratio of their sums)
@@ -61,8 +61,8 @@ class BudgetController:
     @classmethod
     def from_calibration(cls, cal: "Calibration", budget_ms: float, window: int = WINDOW) -> "BudgetController":
         key = "mean_ms" if cal.metric == "mean" else f"{cal.metric}_ms"  # the budget's own statistic (older files: the mean)
-        rows = [{"thresholds": r.thresholds, "predicted_ms": r.predicted.get(key, r.predicted["mean_ms"]), "accuracy": r.predicted["accuracy"]}
-                for r in cal.table]
+        rows = [{"thresholds": r.thresholds, "predicted_ms": r.predicted.get(key, r.predicted["mean_ms"]), "accuracy": r.predicted["accuracy"],
+                 "exit_fractions": r.predicted.get("exit_fractions")} for r in cal.table]  # where the calibration's images stopped
         return cls(budget_ms, rows, cal.exit_mean_ms(), window, batch=int(cal.batch), headroom=float(cal.headroom))
 
     def row(self, budget_ms: Optional[float] = None) -> dict:

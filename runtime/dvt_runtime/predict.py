@@ -37,6 +37,7 @@ from dvt_runtime.device import open_here, profiled_here, this_host
 from dvt_runtime.images import IMAGE_EXTS, ImageError, can_check_jpegs, cv2_or_fail, read_image
 from dvt_runtime.io import atomic_write_json, check_out_path, os_error_text
 from dvt_runtime.search import check_metric
+from dvt_runtime.shift import exit_shift, expected_shares, shift_note
 from dvt_runtime.stats import percentile, sample_stats
 
 if TYPE_CHECKING:
@@ -138,7 +139,7 @@ def _thresholds_source(bundle: "Bundle", thresholds: Optional[list], budget_ms: 
 def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[list] = None, budget_ms: Optional[float] = None,
                   deadline_ms: Optional[float] = None, show_progress: bool = True) -> dict:
     """Every file through ``bundle.predict`` one at a time, as a camera would feed it: the versioned result dict."""
-    rows, unreadable, failed, pre_ms = [], [], [], []
+    rows, unreadable, failed, pre_ms, expected = [], [], [], [], []
     strict = can_check_jpegs()  # a JPEG libjpeg finds corrupt decodes to wrong pixels: listed, not answered
     for f in progress(files, desc="predict", unit="image", enabled=show_progress):
         try:
@@ -154,6 +155,7 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
                 if not rows:  # one untimed run of every stage first: the first call's set-up is no image's latency
                     bundle.run_exits(x[None])
                 # a deadline counts the image's preprocessing, as predict of the uint8 image would
+                shares = expected_shares(bundle, thresholds, budget_ms, deadline_ms)  # before the call: the row it runs
                 t0 = time.perf_counter()
                 p = bundle.predict(x, thresholds=thresholds, budget_ms=budget_ms, deadline_ms=deadline_ms, spent_ms=pre_ms[-1])
                 call_ms = (time.perf_counter() - t0) * 1e3  # the stages and predict's own work: what a budget is priced at
@@ -164,7 +166,9 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
         small = min(img.shape[:2])  # an image far smaller than the model's input is answered, but from few real pixels
         tiny = {"upscaled": round(bundle.manifest.preprocess.resize / small, 1)} if 4 * small <= bundle.manifest.preprocess.resize else {}
         rows.append({"file": str(f), **p.to_dict(), "preprocess_ms": pre_ms[-1], "predict_ms": call_ms, **tiny})  # exits from 1
+        expected.append(shares)
     counts = np.bincount([r["exit"] - 1 for r in rows], minlength=bundle.num_exits).tolist() if rows else [0] * bundle.num_exits
+    shift = exit_shift(counts, np.mean(expected, axis=0).tolist() if expected and None not in expected else None, bundle)
     m = bundle.manifest
     return {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
@@ -179,6 +183,8 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
         "deadline_missed": sum(r["preprocess_ms"] + r["total_ms"] > deadline_ms for r in rows) if deadline_ms is not None else None,
         "latency_ms": {"cascade": sample_stats([r["total_ms"] for r in rows], keep_samples=False) if rows else None,
                        "preprocess": sample_stats(pre_ms, keep_samples=False) if pre_ms else None},
+        "confidence": {"mean": float(np.mean(c)), "p10": float(np.percentile(c, 10, method="inverted_cdf"))} if (c := [r["confidence"] for r in rows]) else None,
+        "shift": shift,  # where the images stopped against where the calibration's did under the same thresholds (None: no calibration ran)
         "images": rows, "unreadable": unreadable, "failed": failed,  # failed: an exit answered NaN or infinite logits
     }
 
@@ -340,6 +346,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {os_error_text(unsaved)}; the predictions (printed next) were not saved: give --out a path you can write",
               file=sys.stderr)
     print(format_result(r), file=sys.stderr if args.out == "-" else sys.stdout)
+    if note := shift_note(r["shift"]):  # after the summary it explains (an OVER, a slow mean)
+        print(note, file=sys.stderr)
     if args.out == "-":  # for a pipeline: the JSON alone on stdout (it had written a file named "-")
         print(json.dumps(r, indent=2, allow_nan=False))
     if unsaved is not None:
