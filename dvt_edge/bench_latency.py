@@ -327,7 +327,7 @@ def latency_markdown(r: dict, device_label: str) -> list[str]:
            f"{r['threads']} thread(s). GEMM peak measured in the same run: {peaks or 'not measured'}.\n"]
     ok = [row for row in r["rows"] if row.get("stages")]
     n = len(ok[0]["stages"]) if ok else 0
-    out.append("| target | prec | " + " | ".join(f"exit {e + 1}: p50 / p90 ms (stage)" for e in range(n))
+    out.append("| target | prec | " + " | ".join(f"exit {e + 1}: p50 / p90 ms to reach it (its stage's p50)" for e in range(n))
                + " | stage GMAC/s (% of peak) |")
     out.append("|---|---|" + "---|" * (n + 1))
     for row in r["rows"]:

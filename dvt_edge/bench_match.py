@@ -39,7 +39,9 @@ def _matched_point(b, f, xh: np.ndarray, yh: np.ndarray, last: dict) -> Optional
             "block_speedups": [a / c for a, c in zip(alone_blocks, blocks)],
             "accuracy_delta": meas["accuracy"] - last["accuracy"],
             "within_match": meas["accuracy"] >= last["accuracy"] - MATCH_POINTS - ACC_EPS,
-            # weights that do not classify these images (random, or another label set) match any cascade: no claim
+            # weights that do not classify these images (random, or another label set) match any cascade: no claim. Judged on
+            # the point estimate (a claim needs the model to classify); calibrate refuses only when even its interval's top is
+            # under the bar (a refusal needs to be sure)
             "chance_accuracy": 100 / len(b.classes), "at_chance": at_chance(last["accuracy"], len(b.classes))}
 
 
@@ -72,7 +74,8 @@ def matched_over_halvings(outputs: "ExitOutputs", costs, n_hold: int, n: int = H
         hold, cal = perm[:n_hold], perm[n_hold:]
         oh = outputs.take(hold)
         p = _cheapest_matching(outputs.take(cal), costs)
-        if p is None:  # no point as accurate as the last exit: the rule falls back to the last exit alone
+        if p is None or float(np.asarray(p.exit_fractions)[-1]) >= 1.0:  # nothing cheaper matched: the last exit alone runs
+            # (the last exit alone is itself a matching point, so None never came: such halvings were counted unsaid)
             fallbacks += 1
             speedups.append(1.0)
             deltas.append(0.0)

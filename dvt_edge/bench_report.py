@@ -43,16 +43,16 @@ def halvings_line(hv: dict) -> str:
     lead += (f" ({hv['speedup_median']:.2f}x over all {hv['n']}, range {rng}, including {unmatched} NOT matched)"
              if unmatched else f" (range {rng})")
     if hv.get("last_exit_fallbacks"):  # counted as matched at 1.0x: the rule then runs the last exit alone
-        lead += f"; {hv['last_exit_fallbacks']} of them found no point as accurate as the last exit (1.00x, the last exit alone)"
+        lead += f"; {hv['last_exit_fallbacks']} of them found no cheaper point as accurate as the last exit (1.00x, the last exit alone)"
     return (f"How far this split can be trusted: the same threshold rule on {hv['n']} other random halvings (thresholds chosen "
             f"on one half, accuracy and mean latency predicted on the other {hv['n_holdout']} images from this run's stage "
-            f"prices, nothing re-timed) stayed within {MATCH_POINTS} points of the last exit on {hv['matched']} of {hv['n']}; "
+            f"prices, nothing re-timed) came no more than {MATCH_POINTS} points below the last exit on {hv['matched']} of {hv['n']}; "
             f"{lead}.")
 
 
 def intervals_line(row: dict, n_images: int) -> str:
     """The accuracies' 95% Wilson intervals: each exit's on all ``n_images`` images, the last exit alone's and the matched
-    cascade's on the holdout (one sample of each: another sample of as many images may score anywhere in them)."""
+    cascade's on the holdout (where each one's own accuracy lies, at 95% confidence, from one sample of each)."""
     from dvt_runtime.stats import accuracy_interval
 
     def ci(acc, n) -> str:
@@ -91,7 +91,11 @@ def matched_cells(mt: Optional[dict]) -> tuple[str, str]:
         return "not reached on the calibration split", "-"
     dyn = f"{mt['accuracy']:.2f}, {mt['measured_mean_ms']:.3f}"
     if mt.get("at_chance"):  # any cascade "matches" a last exit that classifies nothing
-        return dyn, (f"no claim: the last exit scores {mt['accuracy'] - mt['accuracy_delta']:.2f}% (chance {mt['chance_accuracy']:.2f}%): "
+        from dvt_runtime.stats import chance_bar
+
+        bar = chance_bar(round(100 / mt["chance_accuracy"]))  # the bar the claim was judged on, not chance itself
+        return dyn, (f"no claim: the last exit scores {mt['accuracy'] - mt['accuracy_delta']:.2f}% (under {bar:.2f}%; chance "
+                     f"{mt['chance_accuracy']:.2f}%): "
                      f"{mt['speedup_vs_last_exit']:.2f}x means nothing")
     if mt["within_match"]:
         bl = mt.get("block_speedups")  # interleaved blocks: the spread of the ratio on this machine
@@ -219,18 +223,26 @@ def markdown(results: list[dict]) -> str:
                 means = [" / ".join(f"{c['mean']:.3f}" for c in rows) for rows in (stop, row["profile"]["cumulative"])]
                 out.append(f"Mean ms per image, every image stopping at the exit (what the latency search prices each exit at, before predict's own overhead): {means[0]}; "
                            f"reaching it inside chains through every exit: {means[1]}.\n")
-            out.append("| budget ms | latency-calibrated: acc %, mean ms (err %), p90 ms, exits % | FLOPs-calibrated: acc %, mean ms (err %), p90 ms, exits % |")
+            out.append("| budget ms | latency-calibrated: acc %, mean ms (vs budget %; vs predicted %), p90 ms, exits % | "
+                       "FLOPs-calibrated: acc %, mean ms (vs budget %), p90 ms, exits % |")
             out.append("|---|---|---|")
             for d, f in zip(row["dynamic"], row["flops_calibrated"]):
                 if "error" in d:
                     out.append(f"| {d['budget_ms']:.3f} | {d['error']} | |")
                     continue
-                cell = lambda v: (f"{v['accuracy']:.2f}, {v['measured_mean_ms']:.3f} ({v['error_vs_budget_pct']:+.1f}%), "
-                                  f"{v['measured_p90_ms']:.3f}, " + "/".join(f"{100 * q:.0f}" for q in v["exit_fractions"]))
-                out.append(f"| {d['budget_ms']:.3f} | {cell(d)} | {cell(f)} |")
+                out.append(f"| {d['budget_ms']:.3f} | {_budget_cell(d)} | {_budget_cell(f)} |")
         out.extend(throughput_markdown(r) + failures_markdown(r))
         out.append("")
     return "\n".join(out)
+
+
+def _budget_cell(v: dict) -> str:
+    """A budget row's measured figures; its mean against the budget (what a user asked for) and, where the search
+    predicted one, against that prediction: a budget the search left unspent (accuracy saturated) is no error of the
+    prices, which the second figure judges."""
+    vs_pred = f"; {100 * (v['measured_mean_ms'] / v['predicted_ms'] - 1):+.1f}%" if v.get("predicted_ms") else ""
+    return (f"{v['accuracy']:.2f}, {v['measured_mean_ms']:.3f} ({v['error_vs_budget_pct']:+.1f}%{vs_pred}), "
+            f"{v['measured_p90_ms']:.3f}, " + "/".join(f"{100 * q:.0f}" for q in v["exit_fractions"]))
 
 
 def failures_markdown(r: dict) -> list[str]:

@@ -129,7 +129,7 @@ def evaluate_checkpoint(
         "threshold_seed": THRESHOLD_SEED, "environment": environment(_torch_threads()),  # threshold images' subset seed (limit's: 0); code, torch, CPU
         "exits": [
             {"exit": e.index + 1, "grid": f"{e.grid}x{e.grid}", "tokens": e.tokens, "gflops": e.gflops, "top1": a,
-             "top1_ci95": list(accuracy_interval(a, len(ds)))}  # Wilson 95%: another sample of as many images
+             "top1_ci95": list(accuracy_interval(a, len(ds)))}  # Wilson 95%: where the exit's own accuracy lies
             for e, a in zip(model.exits, acc)
         ],
         "budget_curve": [c.to_dict() for c in curve],

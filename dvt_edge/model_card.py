@@ -193,8 +193,10 @@ def _environment_lines(history: list[dict]) -> list[str]:
 
 
 def exit_gains(top1: Sequence[float]) -> list[float]:
-    """Points gained from each exit to the next."""
-    return [round(b - a, 2) for a, b in zip(top1, top1[1:])]
+    """Points gained from each exit to the next, between the figures as shown (two decimals): the card's 33.33 -> 66.67
+    had said +33.33 where the terminal, from the rounded figures, said 33.34."""
+    shown = [round(float(v), 2) for v in top1]
+    return [round(b - a, 2) for a, b in zip(shown, shown[1:])]
 
 
 def publish_command(run: str, out: str, card: Optional[str], data: Optional[str], threshold_n: int,

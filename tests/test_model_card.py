@@ -663,3 +663,10 @@ def test_a_legal_255_byte_checkpoint_name_publishes(micro_ckpt, tmp_path):
     publish_run(str(micro_ckpt.parent), str(out), card=str(tmp_path / "card.md"), threshold_n=500, progress=False)
     assert read_checkpoint(out)["format"] == "dvt-edge-checkpoint" and (tmp_path / "card.md").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, "card.md"])  # no temporary file left behind
+
+
+def test_exit_gains_are_between_the_figures_shown():
+    """The card took gains from unrounded accuracies (33.333 -> 66.667: +33.33), the terminal from the rounded ones (+33.34)."""
+    from dvt_edge.model_card import exit_gains
+
+    assert exit_gains([100 / 3, 200 / 3, 75.0]) == exit_gains([33.33, 66.67, 75.0]) == [33.34, 8.33]

@@ -1072,16 +1072,17 @@ def test_device_side_messages_name_the_real_problem(bundle_dir, tmp_path, capsys
     assert not (bundle_copy / "calibration").exists()
     r = calibrate(b, x, y, 1e6, metric="p99.9", device_name="few", runs=8, warmup=1, progress=False)
     assert "only 6 images to search thresholds on and 6 to check them on" in r.note and "calibrate on 400 or more in all" in r.note
-    assert "the p99.9 of 6 holdout images is about their slowest: it needs 10000 or more" in r.note
+    assert "the p99.9 of 6 holdout images is their slowest: it needs 10000 or more" in r.note
     assert r.chosen.measured["p99.9_ms"] > 0 and np.isfinite(r.chosen.measured["p99.9_ms"])
     from dvt_runtime.calnotes import few_images as _few_images
 
     assert _few_images(500, 500, "p100.0") == "" and _few_images(500, 500, "mean") == ""  # no division by zero at q = 100
     assert "calibrate on 1000 or more in all" in _few_images(400, 100, "mean")  # a 0.2 holdout: 200 of 1000 (it said 400)
-    assert "about their fastest: it needs 100 or more" in _few_images(500, 50, "p10")  # the low tail is the fastest
+    assert "p10 of 50 holdout images is their 5th fastest: it needs 100 or more" in _few_images(500, 50, "p10")  # the low tail
+    assert "p90 of 60 holdout images is their 7th slowest: it needs 100" in _few_images(60, 60, "p90")  # 'about their slowest' had said
     assert "the latency profile has only 5 timed run(s) for a stage" in _few_images(1000, 1000, "p90", runs=5)
     assert _few_images(1000, 1000, "p90", runs=20) == ""
-    assert _few_images(1000, 1000, "p99") == "" and "p99 of 999 holdout images is about their slowest: it needs 1000" in _few_images(999, 999, "p99")
+    assert _few_images(1000, 1000, "p99") == "" and "p99 of 999 holdout images is their 10th slowest: it needs 1000" in _few_images(999, 999, "p99")
     # a name taken from a given profile is checked as a --device-name is
     prof = LatencyProfile.from_samples(STAGES, device={"device_name": "x.json"})
     with pytest.raises(CalibrationError, match="name the device, not the file .* 'x'"):

@@ -381,7 +381,7 @@ def format_result(r: Calibration) -> str:
     lines.append(f"{'predicted':>10} {p['accuracy']:>10.2f} {p['mean_ms']:>9.3f} {p90(p):>8}  {fr(p['exit_fractions'])}")
     if m:
         lines.append(f"{'measured':>10} {m['accuracy']:>10.2f} {m['mean_ms']:>9.3f} {p90(m):>8}  {fr(m['exit_fractions'])}")
-    lo, hi = accuracy_interval((m or p)["accuracy"], r.n_holdout)  # what another sample of as many images may score
+    lo, hi = accuracy_interval((m or p)["accuracy"], r.n_holdout)  # where the thresholds' own accuracy lies (95%)
     lines.append(f"accuracy on {r.n_holdout} holdout images: 95% interval {lo:.2f}-{hi:.2f}% (Wilson)")
     lines.append(_budget_line(r, m) if m else _budget_line(r, p, "predicted"))  # from a given profile: the predicted figure
     if r.note:

@@ -48,7 +48,10 @@ def few_images(n_cal: int, n_hold: int, metric: str, runs: Optional[int] = None)
     tail = None if q is None or q in (0, 100) else (100 - q if q > 50 else q)
     if tail is not None and n_hold < (need := math.ceil(1000 / tail)):
         end = "slowest" if q > 50 else "fastest"
-        notes.append(f"the {metric} of {n_hold} holdout images is about their {end}: it needs {need} or more to be measured")
+        at = math.ceil(q * n_hold / 100)  # the percentile's rank from the fastest (stats.percentile's)
+        k = max(1, n_hold - at + 1 if q > 50 else at)
+        rank = "their " + (end if k == 1 else f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')} {end}")
+        notes.append(f"the {metric} of {n_hold} holdout images is {rank}: it needs {need} or more to be measured")
     return "; ".join(notes)
 
 

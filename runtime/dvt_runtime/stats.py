@@ -125,7 +125,9 @@ def check_samples(samples: Sequence[float], what: str) -> np.ndarray:
 
 def accuracy_interval(accuracy_pct: float, n: int, z: float = 1.96) -> tuple[float, float]:
     """The Wilson score interval (95% by default) of an accuracy in percent measured on ``n`` images, in percent:
-    how far the same model's accuracy on another sample of that many images may lie (0.2 points is 2 images of 1,000)."""
+    where the model's own accuracy lies, at 95% confidence, given this sample (0.2 points is 2 images of 1,000). It is
+    no range for another sample's score: that differs from this one by about 1.4 times as much (a second sample of as
+    many images falls inside it about 84% of the time)."""
     if n < 1 or not np.isfinite(accuracy_pct) or not 0 <= accuracy_pct <= 100:
         raise ValueError(f"an accuracy in [0, 100] on at least one image is needed, got {accuracy_pct!r} on {n}")
     p = accuracy_pct / 100
