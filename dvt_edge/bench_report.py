@@ -14,6 +14,7 @@ import numpy as np
 
 from dvt_edge.logs import pyplot
 from dvt_runtime.io import atomic_write, atomic_write_json, save_png, written_together
+from dvt_runtime.stats import accuracy_interval, chance_bar
 
 __all__ = ["SCHEMA", "MATCH_POINTS", "markdown", "halvings_line", "matched_cells", "throughput_markdown", "plot", "plot_exits", "plot_throughput",
            "write_outputs", "load_results"]
@@ -53,8 +54,6 @@ def halvings_line(hv: dict) -> str:
 def intervals_line(row: dict, n_images: int) -> str:
     """The accuracies' 95% Wilson intervals: each exit's on all ``n_images`` images, the last exit alone's and the matched
     cascade's on the holdout (where each one's own accuracy lies, at 95% confidence, from one sample of each)."""
-    from dvt_runtime.stats import accuracy_interval
-
     def ci(acc, n) -> str:
         try:
             return "{:.2f}-{:.2f}".format(*accuracy_interval(float(acc), int(n)))
@@ -91,8 +90,6 @@ def matched_cells(mt: Optional[dict]) -> tuple[str, str]:
         return "not reached on the calibration split", "-"
     dyn = f"{mt['accuracy']:.2f}, {mt['measured_mean_ms']:.3f}"
     if mt.get("at_chance"):  # any cascade "matches" a last exit that classifies nothing
-        from dvt_runtime.stats import chance_bar
-
         bar = chance_bar(round(100 / mt["chance_accuracy"]))  # the bar the claim was judged on, not chance itself
         return dyn, (f"no claim: the last exit scores {mt['accuracy'] - mt['accuracy_delta']:.2f}% (under {bar:.2f}%; chance "
                      f"{mt['chance_accuracy']:.2f}%): "
@@ -237,9 +234,8 @@ def markdown(results: list[dict]) -> str:
 
 
 def _budget_cell(v: dict) -> str:
-    """A budget row's measured figures; its mean against the budget (what a user asked for) and, where the search
-    predicted one, against that prediction: a budget the search left unspent (accuracy saturated) is no error of the
-    prices, which the second figure judges."""
+    """A budget row's figures; its mean against the budget and the search's prediction (a budget left unspent as
+    accuracy saturated is no error of the prices, which the second figure judges)."""
     vs_pred = f"; {100 * (v['measured_mean_ms'] / v['predicted_ms'] - 1):+.1f}%" if v.get("predicted_ms") else ""
     return (f"{v['accuracy']:.2f}, {v['measured_mean_ms']:.3f} ({v['error_vs_budget_pct']:+.1f}%{vs_pred}), "
             f"{v['measured_p90_ms']:.3f}, " + "/".join(f"{100 * q:.0f}" for q in v["exit_fractions"]))
