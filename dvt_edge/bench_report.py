@@ -224,10 +224,8 @@ def markdown(results: list[dict]) -> str:
                        "FLOPs-calibrated: acc %, mean ms (vs budget %), p90 ms, exits % |")
             out.append("|---|---|---|")
             for d, f in zip(row["dynamic"], row["flops_calibrated"]):
-                if "error" in d:
-                    out.append(f"| {d['budget_ms']:.3f} | {d['error']} | |")
-                    continue
-                out.append(f"| {d['budget_ms']:.3f} | {_budget_cell(d)} | {_budget_cell(f)} |")
+                out.append(f"| {d['budget_ms']:.3f} | {d['error']} | |" if "error" in d else
+                           f"| {d['budget_ms']:.3f} | {_budget_cell(d)} | {_budget_cell(f)} |")
         out.extend(throughput_markdown(r) + failures_markdown(r))
         out.append("")
     return "\n".join(out)
