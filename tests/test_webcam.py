@@ -827,3 +827,26 @@ def test_frames_unlike_the_calibrations_are_said_after_the_summary(env, tmp_path
     assert st["frames"] == 120 and st["exit_counts"][2] < 0.85 * 120  # some frames leave early: they differ from the edited file
     assert st["shift"]["expected_exit_fractions"] == [0.0, 0.0, 1.0] and st["shift"]["unlike_calibration"]
     assert "note: these 120 frames stopped at exits 1-3 " in err and "where the calibration's images stopped 0 / 0 / 100%" in err
+
+
+def test_predict_says_gray_images_for_a_colour_model_and_marks_blank_ones(env, tmp_path, capsys):
+    """calibrate said "grayscale images for a colour model" of an npz of them; predict answered a folder of the same
+    images silently (72% against 81% in colour, a QA helper's run), and answered a blank white frame "deer 0.774" as
+    any other."""
+    from dvt_runtime.predict import main as predict_main
+
+    bundle, _, _ = env
+    ds = _holdout()
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"g{i}.png"), cv2.cvtColor(ds.raw(i), cv2.COLOR_BGR2GRAY))
+    cv2.imwrite(str(tmp_path / "wall.png"), np.full((48, 64, 3), 200, np.uint8) + np.random.default_rng(0).integers(0, 2, (48, 64, 3), dtype=np.uint8))
+    out = tmp_path / "p.json"
+    assert predict_main(["--bundle", str(bundle), str(tmp_path), "--out", str(out), "--no-progress"]) == 0
+    r, text = json.loads(out.read_text()), capsys.readouterr()
+    assert "note: grayscale images for a colour model" in text.err and r["notes"] and "grayscale" in r["notes"][0]
+    marks = {Path(x["file"]).name: x.get("uniform") for x in r["images"]}
+    assert marks == {"g0.png": None, "g1.png": None, "g2.png": None, "wall.png": True}
+    assert "(a uniform image: nothing in it to classify)" in next(ln for ln in text.out.splitlines() if ln.startswith("wall.png"))
+    cv2.imwrite(str(tmp_path / "colour.png"), ds.raw(3))  # one colour image among them: nothing said
+    assert predict_main(["--bundle", str(bundle), str(tmp_path), "--out", str(out), "--no-progress"]) == 0
+    assert json.loads(out.read_text())["notes"] == [] and "grayscale" not in capsys.readouterr().err

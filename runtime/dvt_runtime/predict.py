@@ -36,6 +36,7 @@ from dvt_runtime.console import WINDOWS, progress, quote_arg, shown  # WINDOWS: 
 from dvt_runtime.device import open_here, profiled_here, this_host
 from dvt_runtime.images import IMAGE_EXTS, ImageError, can_check_jpegs, cv2_or_fail, read_image
 from dvt_runtime.io import atomic_write_json, check_out_path, os_error_text
+from dvt_runtime.npzsets import GRAY_FOR_COLOUR, all_gray
 from dvt_runtime.search import check_metric
 from dvt_runtime.shift import exit_shift, expected_shares, shift_note
 from dvt_runtime.stats import percentile, sample_stats
@@ -136,10 +137,14 @@ def _thresholds_source(bundle: "Bundle", thresholds: Optional[list], budget_ms: 
     return cal or (f"the manifest's{rough}" if m.thresholds is not None else last)
 
 
+UNIFORM_STD = 2.0  # gray levels: an image whose pixels vary less is blank (JPEG noise on a wall is about 1)
+
+
 def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[list] = None, budget_ms: Optional[float] = None,
                   deadline_ms: Optional[float] = None, show_progress: bool = True) -> dict:
     """Every file through ``bundle.predict`` one at a time, as a camera would feed it: the versioned result dict."""
     rows, unreadable, failed, pre_ms, expected = [], [], [], [], []
+    every_gray = bundle.manifest.preprocess.channels != "gray"  # a colour model, and every image so far grayscale
     strict = can_check_jpegs()  # a JPEG libjpeg finds corrupt decodes to wrong pixels: listed, not answered
     for f in progress(files, desc="predict", unit="image", enabled=show_progress):
         try:
@@ -165,7 +170,10 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
             continue
         small = min(img.shape[:2])  # an image far smaller than the model's input is answered, but from few real pixels
         tiny = {"upscaled": round(bundle.manifest.preprocess.resize / small, 1)} if 4 * small <= bundle.manifest.preprocess.resize else {}
-        rows.append({"file": str(f), **p.to_dict(), "preprocess_ms": pre_ms[-1], "predict_ms": call_ms, **tiny})  # exits from 1
+        few = img[:: max(1, img.shape[0] // 256), :: max(1, img.shape[1] // 256)]  # (<= ~256, <= ~256[, C]): enough to judge
+        blank = {"uniform": True} if float(few.std()) < UNIFORM_STD else {}  # a lens cap, a wall: its answer is no object's
+        every_gray = every_gray and all_gray([few])
+        rows.append({"file": str(f), **p.to_dict(), "preprocess_ms": pre_ms[-1], "predict_ms": call_ms, **tiny, **blank})  # exits from 1
         expected.append(shares)
     counts = np.bincount([r["exit"] - 1 for r in rows], minlength=bundle.num_exits).tolist() if rows else [0] * bundle.num_exits
     shift = exit_shift(counts, np.mean(expected, axis=0).tolist() if expected and None not in expected else None, bundle)
@@ -185,6 +193,7 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
                        "preprocess": sample_stats(pre_ms, keep_samples=False) if pre_ms else None},
         "confidence": {"mean": float(np.mean(c)), "p10": float(np.percentile(c, 10, method="inverted_cdf"))} if (c := [r["confidence"] for r in rows]) else None,
         "shift": shift,  # where the images stopped against where the calibration's did under the same thresholds (None: no calibration ran)
+        "notes": [GRAY_FOR_COLOUR] if every_gray and rows else [],  # what the images as a whole say (on stderr too)
         "images": rows, "unreadable": unreadable, "failed": failed,  # failed: an exit answered NaN or infinite logits
     }
 
@@ -216,7 +225,8 @@ def format_result(r: dict) -> str:
         name = name if len(name) <= width else "..." + name[-(width - 3):]  # the file's own name kept
         lines.append(f"{name:<{width}}  {shown(x['class_name'])[:cw]:<{cw}} {x['confidence']:>6.3f}  {x['exit']:>4}  "
                      f"{x['total_ms']:>7.3f}" + ("  (deadline: later exit skipped)" if x["deadline_skipped"] else "")
-                     + (f"  (a small image, upscaled {x['upscaled']:g}x)" if x.get("upscaled") else ""))
+                     + (f"  (a small image, upscaled {x['upscaled']:g}x)" if x.get("upscaled") else "")
+                     + ("  (a uniform image: nothing in it to classify)" if x.get("uniform") else ""))
     lines += [f"unreadable: {shown(u['error'])}" for u in r["unreadable"]]
     lines += [f"failed: {shown(u['file'])}: {shown(u['error'])}" for u in r.get("failed", [])]
     n = r["n_images"]
@@ -346,6 +356,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {os_error_text(unsaved)}; the predictions (printed next) were not saved: give --out a path you can write",
               file=sys.stderr)
     print(format_result(r), file=sys.stderr if args.out == "-" else sys.stdout)
+    for note in r["notes"]:
+        print(f"note: {note}", file=sys.stderr)
     if note := shift_note(r["shift"]):  # after the summary it explains (an OVER, a slow mean)
         print(note, file=sys.stderr)
     if args.out == "-":  # for a pipeline: the JSON alone on stdout (it had written a file named "-")
