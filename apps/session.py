@@ -326,11 +326,14 @@ def _budget_stats(mode: Mode, tally: Tally, bundle) -> dict:
     final value: a budget changed with +/- is judged only on those (``since_frame``, ``predict_since``)."""
     n = tally.frames
     since = tally.limit_since if tally.last_limit == mode.ms else n
-    return {"kind": mode.kind, "ms": mode.ms, "hits": tally.hits, "misses": tally.misses,
-            "metric": bundle.calibration.metric if mode.kind == "budget" and mode.active else None,
-            "hit_rate": tally.hits / n if n else None,
+    metric = bundle.calibration.metric if mode.kind == "budget" and mode.active else None
+    after = latency_summary(tally.predict_ms[since:])
+    judged = (after if since else latency_summary(tally.predict_ms)).get(metric or "", None)  # as the summary line judges it
+    return {"kind": mode.kind, "ms": mode.ms, "hits": tally.hits, "misses": tally.misses, "metric": metric,
+            "hit_rate": tally.hits / n if n else None,  # frames under the limit, each alone: a mean budget is judged by "met"
+            "met": None if judged is None else bool(judged <= mode.ms),  # the budget's statistic within it (the summary's "met")
             "counted_on": "preprocessing + predict wall time per frame" if mode.kind == "deadline" else "predict wall time per frame",
-            "since_frame": since, "predict_since": latency_summary(tally.predict_ms[since:])}
+            "since_frame": since, "predict_since": after}
 
 
 def _jsonable(thresholds) -> list:

@@ -694,6 +694,7 @@ def test_images_unlike_the_calibrations_are_said_with_what_they_cost(bundle_for_
     assert "note: these 120 images stopped at exits 1-3 " in err and "where the calibration's images stopped 20 / 30 / 50% under the same" in err
     assert "calibrate on labelled images like them: python -m dvt_runtime.calibrate --bundle" in err and "--device-name box" in err
     r, _ = run("--budget-ms", "0.8")  # the budget controller's rows: where the calibration's images stopped under each
+    assert r["budget_met"] is bool(np.mean([x["predict_ms"] for x in r["images"]]) <= 0.8)  # the summary's verdict, in the JSON
     assert r["shift"] is not None and sum(r["shift"]["expected_exit_fractions"]) == pytest.approx(1)
     r, _ = run("--thresholds", "0.5,0.5")  # thresholds no calibration measured are compared with nothing
-    assert r["shift"] is None
+    assert r["shift"] is None and r["budget_met"] is None

@@ -178,7 +178,7 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
     counts = np.bincount([r["exit"] - 1 for r in rows], minlength=bundle.num_exits).tolist() if rows else [0] * bundle.num_exits
     shift = exit_shift(counts, np.mean(expected, axis=0).tolist() if expected and None not in expected else None, bundle)
     m = bundle.manifest
-    return {
+    out = {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "bundle": {"path": str(bundle.path), "model": m.model, "target": m.target, "precision": m.precision},
@@ -196,17 +196,27 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
         "notes": [GRAY_FOR_COLOUR] if every_gray and rows else [],  # what the images as a whole say (on stderr too)
         "images": rows, "unreadable": unreadable, "failed": failed,  # failed: an exit answered NaN or infinite logits
     }
+    verdict = budget_verdict(out)
+    out["budget_met"] = None if verdict is None else verdict[1]  # the summary's "within" / "OVER", for a monitor
+    return out
+
+
+def budget_verdict(r: dict) -> Optional[tuple[float, bool]]:
+    """In budget mode: predict's own time per image (stages and its own work, as the budget was priced) in the budget's
+    statistic (the mean or any percentile), and whether it met the budget (NaN: not); None in other modes."""
+    metric, ms = r.get("budget_metric"), [x.get("predict_ms") for x in r["images"]]
+    if r.get("budget_ms") is None or not isinstance(metric, str) or not ms or None in ms:
+        return None
+    q = check_metric(metric)  # None: the mean
+    v = float(np.mean(ms)) if q is None else percentile(ms, float(q))  # q: an exact fraction
+    return v, bool(v <= r["budget_ms"])
 
 
 def _against_budget(r: dict) -> str:
-    """In budget mode: predict's own time per image (stages and its own work, as the budget was priced) in the budget's
-    statistic (the mean or any percentile) beside the budget (NaN: OVER)."""
-    metric, ms = r.get("budget_metric"), [x.get("predict_ms") for x in r["images"]]
-    if r.get("budget_ms") is None or not isinstance(metric, str) or not ms or None in ms:
+    """The budget's verdict (:func:`budget_verdict`) in words, beside the budget."""
+    if (got := budget_verdict(r)) is None:
         return ""
-    q = check_metric(metric)  # None: the mean
-    v = float(np.mean(ms)) if q is None else percentile(ms, float(q))  # q: an exact fraction
-    return f"; predict {metric} {v:.3f} ms a call, {'within' if v <= r['budget_ms'] else 'OVER'} the {r['budget_ms']:g} ms budget"
+    return f"; predict {r['budget_metric']} {got[0]:.3f} ms a call, {'within' if got[1] else 'OVER'} the {r['budget_ms']:g} ms budget"
 
 
 def format_result(r: dict) -> str:
