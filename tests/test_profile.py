@@ -151,8 +151,10 @@ def test_measured_json_round_trip(measured, tmp_path):
     _, prof = measured
     path = prof.save(tmp_path / "sub" / "p.json")
     d = json.loads(path.read_text())
-    assert SCHEMA == "dvt-profile/3" and SCHEMA_VERSION == 3
-    assert d["schema"] == "dvt-profile/2" and d["schema_version"] == 2  # no predict overhead: what a version-2 reader prices
+    assert SCHEMA == "dvt-profile/4" and SCHEMA_VERSION == 4
+    # raw samples whose p90 / p99 are stats.percentile's: an older reader would recompute interpolated ones and call the
+    # file edited; version 4 tells it to upgrade
+    assert d["schema"] == "dvt-profile/4" and d["schema_version"] == 4
     back = LatencyProfile.load(path)
     assert back == prof
     assert back.to_dict() == prof.to_dict()
@@ -161,8 +163,12 @@ def test_measured_json_round_trip(measured, tmp_path):
     # refused there with "upgrade"
     with_overhead = LatencyProfile.from_dict({**prof.to_dict(), "settings": {**prof.settings, "predict_overhead_ms": [0.01] * 3}})
     d = json.loads(with_overhead.save(tmp_path / "o.json").read_text())
-    assert d["schema"] == "dvt-profile/3" and d["schema_version"] == 3
+    assert d["schema"] == "dvt-profile/4" and d["schema_version"] == 4
     assert LatencyProfile.load(tmp_path / "o.json") == with_overhead
+    summary = {**with_overhead.summary(), "schema": "dvt-profile/4"}  # no raw samples: as low a version as describes it
+    assert LatencyProfile.from_dict(summary).to_dict()["schema_version"] == 3
+    bare = {**prof.summary(), "schema": "dvt-profile/4"}
+    assert LatencyProfile.from_dict(bare).to_dict()["schema_version"] == 2
 
 
 @bundle_group
@@ -478,8 +484,11 @@ def test_profile_samples_schema_and_source_checked_on_load(tmp_path):
             assert LatencyProfile.from_dict(bad).to_dict()[key][i][stat] == 99.0
     older = json.loads(json.dumps(d))  # written before percentiles were the budget's (numpy's interpolation: 4.7)
     older["stages"][1]["p90"], older["stages"][1]["p99"] = 4.7, 4.97
+    older["schema"], older["schema_version"] = "dvt-profile/3", 3
     prof = LatencyProfile.from_dict(older)
     assert (prof.stages[1]["p90"], prof.stages[1]["p99"]) == (5.0, 5.0) and older["stages"][1]["p90"] == 4.7  # read as today's
+    with pytest.raises(ProfileError, match="its p90 is 4.7 but its own samples give 5.0"):  # a version-4 file holds ours only
+        LatencyProfile.from_dict({**older, "schema": "dvt-profile/4", "schema_version": 4})
     swapped = json.loads(json.dumps(d))  # stages reordered by hand: calibrate priced exit 2's times as exit 1's
     swapped["stages"].reverse()
     with pytest.raises(ProfileError, match=r"'stages' entry 1 says exit 2: entries are listed in exit order, 1 to 2"):
@@ -519,7 +528,7 @@ def test_from_samples_never_writes_what_load_refuses(tmp_path):
 def test_newer_schema_refused(tmp_path):
     d = LatencyProfile.from_samples(STAGES).to_dict()
     d["schema_version"] = SCHEMA_VERSION + 1
-    with pytest.raises(ProfileError, match=r"schema_version 4 is newer than this dvt-runtime \S+ understands \(3\).*upgrade"):
+    with pytest.raises(ProfileError, match=r"schema_version 5 is newer than this dvt-runtime \S+ understands \(4\).*upgrade"):
         LatencyProfile.from_dict(d)
     (tmp_path / "p.json").write_text(json.dumps(d))
     with pytest.raises(ProfileError, match="newer"):

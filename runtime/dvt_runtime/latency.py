@@ -27,8 +27,10 @@ from dvt_runtime.stats import DRIFT_THRESHOLD, ProfileError, check_samples, drif
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "SOURCES", "LatencyProfile", "ProfileError", "read_json", "check_batch", "load_profile_arg"]
 
 # 2: ``stopping`` (per-exit streams); 3: ``settings.predict_overhead_ms`` (predict's own cost per exit, which a version-2
-# reader would price at 0: such a profile is written as version 3, any other as 2). Older files still load.
-SCHEMA_VERSION = 3
+# reader would price at 0: such a profile is written as version 3, any other as 2); 4: p90 / p99 are
+# ``stats.percentile``'s (an older reader, recomputing numpy's interpolated ones from the samples, refused them as "edited":
+# a profile with raw samples is written as version 4, so it is told to upgrade instead). Older files still load.
+SCHEMA_VERSION = 4
 MAX_INPUT_BYTES = 64 << 20  # profiles and latency CSVs are kilobytes; refuse absurd files before reading
 SCHEMA = f"dvt-profile/{SCHEMA_VERSION}"
 SOURCES = ("measured", "csv", "json", "etdump")
@@ -231,8 +233,8 @@ class LatencyProfile:
         """JSON-ready; written as the lowest version that holds it (version 3 only with predict's overhead), so an older
         dvt-runtime reads what it can price and refuses, saying to upgrade, what it would underprice."""
         d = asdict(self)
-        if "predict_overhead_ms" not in (self.settings or {}):
-            d["schema_version"] = min(d["schema_version"], 2)
+        if not any("samples" in s for s in [*self.stages, *self.cumulative, *(self.stopping or [])]):  # no percentile of ours
+            d["schema_version"] = min(d["schema_version"], 3 if "predict_overhead_ms" in (self.settings or {}) else 2)
         d["schema"] = f"dvt-profile/{d['schema_version']}"
         return {"schema": d.pop("schema"), "schema_version": d.pop("schema_version"), **d}
 
@@ -260,7 +262,7 @@ class LatencyProfile:
                         raise ProfileError(f"latency profile '{key}' entry {i + 1}: {k!r} must be a finite non-negative number, got {v!r}")
                 if "samples" in s:  # raw samples are priced by the search: checked here, not when it runs
                     a = check_samples(s["samples"], f"latency profile '{key}' entry {i + 1} samples")
-                    rows[i] = _check_summary(s, a, f"latency profile '{key}' entry {i + 1}")
+                    rows[i] = _check_summary(s, a, f"latency profile '{key}' entry {i + 1}", d["schema_version"] < 4)
         _check_priced(d)
         if len(d["cumulative"]) != len(d["stages"]) or not isinstance(d["drift"], list):
             raise ProfileError("latency profile: 'cumulative' needs one entry per stage and 'drift' must be a list")
@@ -423,13 +425,13 @@ def nulled_nonfinite(obj: Any, where: str, bad: list[str]) -> Any:
     return [nulled_nonfinite(v, f"{where}[{i}]", bad) for i, v in enumerate(obj)] if isinstance(obj, list) else obj
 
 
-def _check_summary(row: dict[str, Any], samples: np.ndarray, where: str) -> dict[str, Any]:
+def _check_summary(row: dict[str, Any], samples: np.ndarray, where: str, older: bool = False) -> dict[str, Any]:
     """A row's summary statistics are what its raw samples give: the search prices the samples and deadline mode the
-    p90, so a hand-edited summary would make the two disagree. Returns the row with this version's percentiles: a
-    profile written before they were :func:`~dvt_runtime.stats.percentile`'s holds numpy's interpolated ones."""
+    p90, so a hand-edited summary would make the two disagree. Returns the row with this version's percentiles: an
+    ``older`` profile (version 3 or less) holds numpy's interpolated ones."""
     ref, out = sample_stats(samples, keep_samples=False), dict(row)
     for k in ("n", "mean", "p50", "p90", "p99"):
-        if k in ("p90", "p99") and math.isclose(row[k], float(np.percentile(samples, int(k[1:]))), rel_tol=1e-9, abs_tol=1e-12):
+        if older and k in ("p90", "p99") and math.isclose(row[k], float(np.percentile(samples, int(k[1:]))), rel_tol=1e-9, abs_tol=1e-12):
             out[k] = ref[k]  # an older writer's definition (numpy's linear): read as this version's
         elif not math.isclose(row[k], ref[k], rel_tol=1e-9, abs_tol=1e-12):
             raise ProfileError(f"{where}: its {k} is {row[k]!r} but its own samples give {ref[k]!r} (the file was edited "
