@@ -141,12 +141,18 @@ class Tally:
     last_limit: Optional[float] = None
     expected_sum: Optional[list] = None  # summed over frames: where the calibration's images stopped under each frame's thresholds
     expected_known: bool = True  # every frame ran thresholds a calibration measured
+    _pending: Optional[Sequence[float]] = field(default=None, repr=False)  # the frame being predicted's expected shares
 
     def __post_init__(self) -> None:
         self.exit_counts = [0] * self.num_exits
 
     def expect(self, shares: Optional[Sequence[float]]) -> None:
-        """The next frame's expected exit shares (:func:`dvt_runtime.shift.expected_shares`; None: unknown)."""
+        """The next frame's expected exit shares (:func:`dvt_runtime.shift.expected_shares`; None: unknown), counted
+        when :meth:`add` counts the frame (an interrupt between the two counts neither)."""
+        self._pending = shares
+
+    def _count_expected(self) -> None:
+        shares, self._pending = self._pending, None
         if shares is None or len(shares) != self.num_exits:
             self.expected_known = False
         elif self.expected_known:
@@ -170,6 +176,7 @@ class Tally:
             "limit_ms": limit_ms, "counted_ms": predict_ms if counted_ms is None else counted_ms})
         if limit_ms != self.last_limit:
             self.limit_since, self.last_limit = self.frames, limit_ms
+        self._count_expected()
         self.frames += 1
         self.predict_ms.append(predict_ms)
         self.frame_ms.append(frame_ms)
@@ -328,7 +335,8 @@ def _budget_stats(mode: Mode, tally: Tally, bundle) -> dict:
     since = tally.limit_since if tally.last_limit == mode.ms else n
     metric = bundle.calibration.metric if mode.kind == "budget" and mode.active else None
     after = latency_summary(tally.predict_ms[since:])
-    judged = (after if since else latency_summary(tally.predict_ms)).get(metric or "", None)  # as the summary line judges it
+    key = (metric or "mean") if mode.kind == "budget" else ""  # an uncalibrated budget: the mean, as the summary judges it
+    judged = (after if since else latency_summary(tally.predict_ms)).get(key)
     return {"kind": mode.kind, "ms": mode.ms, "hits": tally.hits, "misses": tally.misses, "metric": metric,
             "hit_rate": tally.hits / n if n else None,  # frames under the limit, each alone: a mean budget is judged by "met"
             "met": None if judged is None else bool(judged <= mode.ms),  # the budget's statistic within it (the summary's "met")

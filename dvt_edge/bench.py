@@ -359,9 +359,10 @@ def _check_run_args(a: argparse.Namespace) -> None:
     from dvt_runtime.stats import MIN_RUNS
 
     if a.threads < 1:
-        raise ValueError(f"--threads must be >= 1 (threads per session, stated in the report), got {a.threads}")
+        raise ValueError(f"--threads must be >= 1 (threads per session, stated in the report: 0, the backend's default, would state "
+                         f"none), got {a.threads}")
     if a.runs is not None and a.runs < MIN_RUNS:
-        raise ValueError(f"--runs must be at least {MIN_RUNS} (the drift check compares quarters), got {a.runs}")
+        raise ValueError(f"--runs must be at least {MIN_RUNS} (the fewest a profile summarises; the throttling check needs 12 and percentiles 20), got {a.runs}")
     if a.n is None:  # 2,000 random 224 px images at 4 batch sizes x 3 rounds had run over an hour, unsaid
         a.n = THROUGHPUT_N if (a.model or a.thresholds) and not a.latency_only else 2000
     if a.n < 4:

@@ -698,3 +698,8 @@ def test_images_unlike_the_calibrations_are_said_with_what_they_cost(bundle_for_
     assert r["shift"] is not None and sum(r["shift"]["expected_exit_fractions"]) == pytest.approx(1)
     r, _ = run("--thresholds", "0.5,0.5")  # thresholds no calibration measured are compared with nothing
     assert r["shift"] is None and r["budget_met"] is None
+    for damaged in ([0.5, None, 0.5], "0.5", [0.5, 0.5]):  # an edited file's row: no yardstick, and no traceback after every image
+        c["chosen"]["predicted"]["exit_fractions"] = damaged
+        f.write_text(json.dumps(c))
+        r, _ = run()
+        assert r["shift"] is None and r["n_images"] == 120

@@ -213,6 +213,7 @@ def test_budget_without_calibration_falls_back_and_says_how_to_calibrate(env, tm
     b = stats["budget"]
     assert b["ms"] == 0.5 and b["hits"] + b["misses"] == 6
     assert json.loads((tmp_path / "s.json").read_text())["budget"]["ms"] == 0.5
+    assert b["met"] is bool(stats["latency_ms"]["predict"]["mean"] <= 0.5)  # uncalibrated: judged on the mean, as the summary
     # the summary judges a (mean) budget on the mean, not on frames under it ("met on 69/100 frames" at a 1.02 ms mean)
     for ms, said in (("1000", r"budget 1000(\.0)? ms \(mean\): predict mean [0-9.]+ ms, met$"), ("0.001", r"predict mean [0-9.]+ ms, over by \d+%$")):
         assert webcam.main(["--bundle", str(bundle), "--video", str(video), "--headless", "--budget-ms", ms, "--max-frames", "4"]) == 0
@@ -844,13 +845,39 @@ def test_predict_says_gray_images_for_a_colour_model_and_marks_blank_ones(env, t
     for i in range(3):
         cv2.imwrite(str(tmp_path / f"g{i}.png"), cv2.cvtColor(ds.raw(i), cv2.COLOR_BGR2GRAY))
     cv2.imwrite(str(tmp_path / "wall.png"), np.full((48, 64, 3), 200, np.uint8) + np.random.default_rng(0).integers(0, 2, (48, 64, 3), dtype=np.uint8))
+    cv2.imwrite(str(tmp_path / "red.png"), np.full((48, 64, 3), (20, 60, 200), np.uint8))  # a coloured wall: blank too
     out = tmp_path / "p.json"
     assert predict_main(["--bundle", str(bundle), str(tmp_path), "--out", str(out), "--no-progress"]) == 0
     r, text = json.loads(out.read_text()), capsys.readouterr()
     assert "note: grayscale images for a colour model" in text.err and r["notes"] and "grayscale" in r["notes"][0]
     marks = {Path(x["file"]).name: x.get("uniform") for x in r["images"]}
-    assert marks == {"g0.png": None, "g1.png": None, "g2.png": None, "wall.png": True}
+    assert marks == {"g0.png": None, "g1.png": None, "g2.png": None, "wall.png": True, "red.png": True}
     assert "(a uniform image: nothing in it to classify)" in next(ln for ln in text.out.splitlines() if ln.startswith("wall.png"))
     cv2.imwrite(str(tmp_path / "colour.png"), ds.raw(3))  # one colour image among them: nothing said
     assert predict_main(["--bundle", str(bundle), str(tmp_path), "--out", str(out), "--no-progress"]) == 0
     assert json.loads(out.read_text())["notes"] == [] and "grayscale" not in capsys.readouterr().err
+    caps = tmp_path / "caps"  # lens-cap frames alone: blank, neither gray nor colour
+    caps.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(caps / f"{i}.png"), np.zeros((48, 64, 3), np.uint8))
+    assert predict_main(["--bundle", str(bundle), str(caps), "--out", str(out), "--no-progress"]) == 0
+    r = json.loads(out.read_text())
+    assert r["notes"] == [] and all(x["uniform"] for x in r["images"])
+
+
+def test_an_interrupted_frame_counts_no_expected_shares():
+    """The expected exit shares were counted before the frame's predict, the frame after it: an interrupt between the
+    two left the shares summing past 1, and the stats' shift silently None."""
+    from types import SimpleNamespace
+
+    from apps.session import Tally
+
+    t = Tally(3)
+    pred = SimpleNamespace(label=0, class_name="a", confidence=0.9, exit=1, total_ms=1.0, stage_ms=[0.5, 0.5], deadline_skipped=False)
+    t.expect([0.5, 0.5, 0.0])
+    t.add(pred, 1.0, 2.0, None)
+    t.expect([1.0, 0.0, 0.0])  # this frame's predict was interrupted: never added
+    assert t.expected_fractions() == [0.5, 0.5, 0.0] and t.frames == 1
+    t.expect(None)  # thresholds no calibration measured
+    t.add(pred, 1.0, 2.0, None)
+    assert t.expected_fractions() is None

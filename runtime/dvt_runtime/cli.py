@@ -34,15 +34,30 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
-    def error(self, message: str):  # type: ignore[override]  # argparse's own: prints usage, exits 2
-        if message.startswith("unrecognized arguments: "):
-            import difflib
+    def parse_known_args(self, args=None, namespace=None):
+        self._given_words = list(sys.argv[1:] if args is None else args)  # for error(): a required option's typo
+        return super().parse_known_args(args, namespace)
 
-            known = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
-            hints = [f"{w} -> {m[0]}" for w in message.split(": ", 1)[1].split() if w.startswith("--")
-                     and (m := difflib.get_close_matches(w.split("=", 1)[0], known, n=1, cutoff=0.6))]
-            message += f" (did you mean: {', '.join(hints)}?)" if hints else ""
+    def error(self, message: str):  # type: ignore[override]  # argparse's own: prints usage, exits 2
+        words = message.split(": ", 1)[1].split() if message.startswith("unrecognized arguments: ") else (
+            getattr(self, "_given_words", []) if message.startswith("the following arguments are required") else [])
+        if hints := self._closest([w.split("=", 1)[0] for w in words if w.startswith("--")]):
+            message += f" (did you mean: {', '.join(hints)}?)"
         super().error(message)
+
+    def _closest(self, words: list[str]) -> list[str]:
+        """``word -> option`` for each unknown option: the one it begins (what argparse's abbreviations took), else the
+        closest spelling; a sub-command's options count."""
+        import difflib
+
+        parsers = [self, *(p for a in self._actions if isinstance(a, argparse._SubParsersAction) for p in a.choices.values())]
+        known = sorted({o for p in parsers for a in p._actions for o in a.option_strings if o.startswith("--")})
+        out = []
+        for w in (w for w in words if w not in known):
+            begun = [o for o in known if o.startswith(w)]
+            m = begun if len(begun) == 1 else difflib.get_close_matches(w, known, n=1, cutoff=0.6)
+            out += [f"{w} -> {m[0]}"] if m else []
+        return out
 
 
 class GivenParser(Parser):

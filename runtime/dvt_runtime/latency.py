@@ -226,6 +226,8 @@ class LatencyProfile:
         d["cumulative"] = [_strip(s) for s in self.cumulative]
         d["preprocess_ms"] = _strip(self.preprocess_ms)
         d["stopping"] = None if self.stopping is None else [_strip(s) for s in self.stopping]
+        v = 3 if "predict_overhead_ms" in (self.settings or {}) else 2  # no samples: as to_dict writes a summary-only profile
+        d["schema"], d["schema_version"] = f"dvt-profile/{v}", v
         return d
 
     # ---------------------------------------------------------------- JSON
@@ -431,7 +433,7 @@ def _check_summary(row: dict[str, Any], samples: np.ndarray, where: str, older: 
     ``older`` profile (version 3 or less) holds numpy's interpolated ones."""
     ref, out = sample_stats(samples, keep_samples=False), dict(row)
     for k in ("n", "mean", "p50", "p90", "p99"):
-        if older and k in ("p90", "p99") and math.isclose(row[k], float(np.percentile(samples, int(k[1:]))), rel_tol=1e-9, abs_tol=1e-12):
+        if older and k in ("p50", "p90", "p99") and math.isclose(row[k], float(np.percentile(samples, int(k[1:]))), rel_tol=1e-9, abs_tol=1e-12):
             out[k] = ref[k]  # an older writer's definition (numpy's linear): read as this version's
         elif not math.isclose(row[k], ref[k], rel_tol=1e-9, abs_tol=1e-12):
             raise ProfileError(f"{where}: its {k} is {row[k]!r} but its own samples give {ref[k]!r} (the file was edited "

@@ -54,7 +54,7 @@ def _summary(num_exits: int, ms: list, exits: list, correct: list, wall: float, 
         "batch": int(batch), "images_per_s": float(len(exits) / wall),
     }
     if metric != "mean" and f"{metric}_ms" not in out:  # the budget's own percentile (p95, p99.9, ...)
-        out[f"{metric}_ms"] = percentile(ms, float(metric[1:]))
+        out[f"{metric}_ms"] = percentile(ms, metric[1:])
     return out
 
 

@@ -145,6 +145,7 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
     """Every file through ``bundle.predict`` one at a time, as a camera would feed it: the versioned result dict."""
     rows, unreadable, failed, pre_ms, expected = [], [], [], [], []
     every_gray = bundle.manifest.preprocess.channels != "gray"  # a colour model, and every image so far grayscale
+    content = False  # an image that is not blank was read
     strict = can_check_jpegs()  # a JPEG libjpeg finds corrupt decodes to wrong pixels: listed, not answered
     for f in progress(files, desc="predict", unit="image", enabled=show_progress):
         try:
@@ -171,8 +172,10 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
         small = min(img.shape[:2])  # an image far smaller than the model's input is answered, but from few real pixels
         tiny = {"upscaled": round(bundle.manifest.preprocess.resize / small, 1)} if 4 * small <= bundle.manifest.preprocess.resize else {}
         few = img[:: max(1, img.shape[0] // 256), :: max(1, img.shape[1] // 256)]  # (<= ~256, <= ~256[, C]): enough to judge
-        blank = {"uniform": True} if float(few.std()) < UNIFORM_STD else {}  # a lens cap, a wall: its answer is no object's
-        every_gray = every_gray and all_gray([few])
+        spread = few.reshape(-1, few.shape[2]).std(axis=0).max() if few.ndim == 3 else few.std()  # per channel: a coloured wall
+        blank = {"uniform": True} if float(spread) < UNIFORM_STD else {}  # a lens cap, a wall: its answer is no object's
+        every_gray = every_gray and (bool(blank) or all_gray([few]))  # a blank frame is neither gray nor colour
+        content = content or not blank
         rows.append({"file": str(f), **p.to_dict(), "preprocess_ms": pre_ms[-1], "predict_ms": call_ms, **tiny, **blank})  # exits from 1
         expected.append(shares)
     counts = np.bincount([r["exit"] - 1 for r in rows], minlength=bundle.num_exits).tolist() if rows else [0] * bundle.num_exits
@@ -191,9 +194,9 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
         "deadline_missed": sum(r["preprocess_ms"] + r["total_ms"] > deadline_ms for r in rows) if deadline_ms is not None else None,
         "latency_ms": {"cascade": sample_stats([r["total_ms"] for r in rows], keep_samples=False) if rows else None,
                        "preprocess": sample_stats(pre_ms, keep_samples=False) if pre_ms else None},
-        "confidence": {"mean": float(np.mean(c)), "p10": float(np.percentile(c, 10, method="inverted_cdf"))} if (c := [r["confidence"] for r in rows]) else None,
+        "confidence": {"mean": float(np.mean(c)), "p10": percentile(c, 10)} if (c := [r["confidence"] for r in rows]) else None,
         "shift": shift,  # where the images stopped against where the calibration's did under the same thresholds (None: no calibration ran)
-        "notes": [GRAY_FOR_COLOUR] if every_gray and rows else [],  # what the images as a whole say (on stderr too)
+        "notes": [GRAY_FOR_COLOUR] if every_gray and content else [],  # what the images as a whole say (on stderr too)
         "images": rows, "unreadable": unreadable, "failed": failed,  # failed: an exit answered NaN or infinite logits
     }
     verdict = budget_verdict(out)
@@ -208,7 +211,7 @@ def budget_verdict(r: dict) -> Optional[tuple[float, bool]]:
     if r.get("budget_ms") is None or not isinstance(metric, str) or not ms or None in ms:
         return None
     q = check_metric(metric)  # None: the mean
-    v = float(np.mean(ms)) if q is None else percentile(ms, float(q))  # q: an exact fraction
+    v = float(np.mean(ms)) if q is None else percentile(ms, q)  # q: an exact fraction
     return v, bool(v <= r["budget_ms"])
 
 

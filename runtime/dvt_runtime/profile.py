@@ -152,7 +152,7 @@ def profile_bundle(
     stopping at each exit (``settings.predict_overhead_ms``, which calibrate prices)."""
     threads = getattr(bundle, "threads", None) if threads is None else threads  # as opened, unless told
     if int(runs) < MIN_RUNS:
-        raise ValueError(f"runs must be at least {MIN_RUNS} (the drift check compares quarters), got {runs}")
+        raise ValueError(f"runs must be at least {MIN_RUNS} (the fewest a profile summarises; the throttling check needs 12 and percentiles 20), got {runs}")
     if int(warmup) < 0:
         raise ValueError(f"warmup must be >= 0, got {warmup}")
     runs, warmup = int(runs), int(warmup)
@@ -302,7 +302,7 @@ def _import_parser() -> argparse.ArgumentParser:
 
 def _measure(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     if args.runs < MIN_RUNS:
-        ap.error(f"--runs must be at least {MIN_RUNS} (the drift check compares quarters), got {args.runs}")
+        ap.error(f"--runs must be at least {MIN_RUNS} (the fewest a profile summarises; the throttling check needs 12 and percentiles 20), got {args.runs}")
     if args.warmup < 0:
         ap.error(f"--warmup must be >= 0, got {args.warmup}")
     if args.threads is not None and args.threads < 0:  # 0: the backend's default, as predict takes it
@@ -461,9 +461,9 @@ FEW_RUNS = 20  # an imported profile with fewer timed runs per stage is said to 
 def _few_runs_note(prof: LatencyProfile) -> None:
     """Said for a measured profile as for an imported one (``profile --runs 4`` printed p90s and p99s of four runs unsaid)."""
     if (n := min(int(st["n"]) for st in prof.stages)) < FEW_RUNS:  # a p90 of a handful is near their slowest, a p99 a guess
-        print(f"note: {n} timed run(s) for a stage: its percentiles (p90, p99) are rough below {FEW_RUNS}, and under "
-              f"{4 * DRIFT_MIN_QUARTER} runs nothing is judged for throttling; time 100 or more per stage for a calibration to "
-              "trust", file=sys.stderr)
+        none = f" and, under {4 * DRIFT_MIN_QUARTER}, nothing is judged for throttling" if n < 4 * DRIFT_MIN_QUARTER else ""
+        print(f"note: {n} timed run(s) for a stage: its percentiles (p90, p99) are rough below {FEW_RUNS}{none}; time 100 or "
+              "more per stage for a calibration to trust", file=sys.stderr)
 
 
 def _finish(prof: LatencyProfile, out: Optional[str]) -> int:

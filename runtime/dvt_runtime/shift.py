@@ -9,6 +9,7 @@ webcam compare the exits their images stopped at with the calibration's and say 
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
@@ -71,11 +72,15 @@ def expected_shares(bundle: "Bundle", thresholds: Optional[list] = None, budget_
     cal = bundle.calibration
     if cal is None or thresholds is not None or deadline_ms is not None:
         return None
-    if budget_ms is not None:
+    if budget_ms is not None:  # the row predict's own call will take (a concurrent caller may move it: the statistic only)
         from dvt_runtime.controller import controller_for
 
-        return controller_for(bundle, budget_ms).row(budget_ms).get("exit_fractions")
-    return (cal.chosen.measured or cal.chosen.predicted).get("exit_fractions")
+        shares = controller_for(bundle, budget_ms).row(budget_ms).get("exit_fractions")
+    else:
+        shares = (cal.chosen.measured or cal.chosen.predicted).get("exit_fractions")
+    ok = isinstance(shares, list) and len(shares) == bundle.num_exits and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in shares)
+    return [float(v) for v in shares] if ok else None  # an edited file's row is no yardstick (and no crash after every image)
 
 
 def recalibrate_command(bundle: "Bundle") -> str:
