@@ -57,7 +57,18 @@ def test_force_keeps_device_calibrations_and_refuses_files_the_bundle_does_not_l
     assert (out / "calibration" / "pixel-8.json").read_text() == '{"device": "pixel-8"}'  # the device's calibration survives
     assert os.listdir(out / "calibration") == ["pixel-8.json"]  # the half-written temporary file is not carried into the new bundle
     err = capsys.readouterr().err
-    assert "kept calibration/ (1 device calibration(s))" in err and "unchanged" in err, err
+    # each carried file judged by its own record (the replaced bundle's manifest had been compared: a calibration already
+    # stale there was said to "still apply", then refused by the runtime)
+    assert "kept calibration/ (1 device calibration(s))" in err and "every one was made for other artifacts (pixel-8)" in err, err
+    from dvt_runtime.calibration import bundle_identity
+
+    (out / "calibration" / "pixel-9.json").write_text(json.dumps({"device": "pixel-9", "bundle": bundle_identity(Manifest.load(out))}))
+    export_bundle(str(micro_ckpt), "onnx", "fp32", force=True, **kw)  # the same artifacts again
+    err = capsys.readouterr().err
+    assert "(2 device calibration(s))" in err and "1 of them were made for other artifacts (pixel-8)" in err, err
+    (out / "calibration" / "pixel-8.json").unlink()
+    export_bundle(str(micro_ckpt), "onnx", "fp32", force=True, **kw)
+    assert "they were made for these artifacts (same SHA-256), so they still apply" in capsys.readouterr().err
     # the export's own inputs inside the bundle it replaces: refused, kept
     shutil.copy(micro_ckpt, out / "model.pt")
     with pytest.raises(ExportError, match=r"model\.pt lies inside --out .*move it out"):

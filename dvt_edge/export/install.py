@@ -269,13 +269,29 @@ def carry_over(dest: Path, tmp: Path, new: Manifest, log: Optional[Path] = None)
     if not dest.is_dir() or not src.is_dir() or src.is_symlink():
         return notes
     shutil.copytree(src, tmp / KEPT, symlinks=True, ignore=shutil.ignore_patterns(".*.tmp"))  # not a killed write's half file
-    try:
-        same = [e.sha256 for e in Manifest.load(dest, verify=False).exits] == [e.sha256 for e in new.exits]
-    except (ManifestError, OSError):
-        same = False
-    n = sum(1 for _ in src.glob("*.json"))
+    files = sorted(src.glob("*.json"))
+    stale = [f.stem for f in files if not _made_for(f, new)]  # each file's own record: one already stale stays so
+    n = len(files)
     notes.append(f"kept {KEPT}/ ({n} device calibration(s)) from the bundle {dest} replaced: " + (
-        "its artifacts are unchanged (same SHA-256), so they still apply" if same else
-        "the artifacts changed, so recalibrate each device (python -m dvt_runtime.calibrate); the runtime refuses a "
-        "calibration made for other artifacts"))
+        "they were made for these artifacts (same SHA-256), so they still apply" if not stale else
+        f"{'every one was' if len(stale) == n else f'{len(stale)} of them were'} made for other artifacts "
+        f"({', '.join(stale[:5])}{' ...' if len(stale) > 5 else ''}): recalibrate those devices (python -m dvt_runtime.calibrate); "
+        "the runtime refuses a calibration made for other artifacts"))
     return notes
+
+
+def _made_for(path: Path, manifest: Manifest) -> bool:
+    """Whether the calibration file at ``path`` names ``manifest``'s model, target, precision and artifacts (the export
+    had compared the replaced bundle's manifest: a calibration already stale there was said to 'still apply')."""
+    import json
+
+    from dvt_runtime.calibration import bundle_identity
+
+    try:
+        if path.is_symlink() or path.stat().st_size > (8 << 20):
+            return False
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    got, want = d.get("bundle") if isinstance(d, dict) else None, bundle_identity(manifest)
+    return isinstance(got, dict) and all(got.get(k) == v for k, v in want.items())  # as the runtime checks it
