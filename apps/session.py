@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from dvt_runtime.console import sigterm_as_interrupt
+from dvt_runtime.runfacts import run_facts
 from dvt_runtime.shift import exit_shift, expected_shares
 
 from . import window
@@ -372,6 +373,7 @@ def build_stats(args, source: str, frame, bundle, mode: Mode, thresholds: Option
         "exit_counts": tally.exit_counts,
         "exit_fractions": [c / n if n else 0.0 for c in tally.exit_counts],
         "shift": exit_shift(tally.exit_counts, tally.expected_fractions(), bundle),  # frames unlike the calibration's images
+        **run_facts(bundle),  # which bundle bytes, calibration file and machine ran: for an audit from the file alone
         "latency_ms": {"predict": latency_summary(tally.predict_ms), "frame": latency_summary(tally.frame_ms)},
         "budget": None if mode.ms is None else _budget_stats(mode, tally, bundle),
         "fps": n / loop.wall_s if loop.wall_s > 0 else None,

@@ -693,7 +693,12 @@ def test_images_unlike_the_calibrations_are_said_with_what_they_cost(bundle_for_
     assert (s["priced_ms"], s["expected_priced_ms"]) == (pytest.approx(got @ exit_ms), pytest.approx(exit_ms @ [0.2, 0.3, 0.5]))
     assert "note: these 120 images stopped at exits 1-3 " in err and "where the calibration's images stopped 20 / 30 / 50% under the same" in err
     assert "calibrate on labelled images like them: python -m dvt_runtime.calibrate --bundle" in err and "--device-name box" in err
+    assert r["bundle_identity"]["artifacts"] == [e.sha256 for e in m.exits] and r["bundle_identity"]["content_sha256"] == m.content_sha256
+    assert r["calibration"]["file"] == str(bundle_for_calibration / "calibration" / "box.json") and r["calibration"]["created"] == cal.created
+    assert r["device"]["cpu_model"] is not None and "dvt_runtime" in r["device"]  # the machine, as a profile records it
+    assert any("calibrated at another setting" in n for n in r["notes"])  # open's warning (another thread count): in the file too
     r, _ = run("--budget-ms", "0.8")  # the budget controller's rows: where the calibration's images stopped under each
+    assert all(len(x["budget_thresholds"]) == 3 and x["speed_scale"] > 0 for x in r["images"])  # which row ran, and why
     assert r["budget_met"] is bool(np.mean([x["predict_ms"] for x in r["images"]]) <= 0.8)  # the summary's verdict, in the JSON
     assert r["shift"] is not None and sum(r["shift"]["expected_exit_fractions"]) == pytest.approx(1)
     r, _ = run("--thresholds", "0.5,0.5")  # thresholds no calibration measured are compared with nothing

@@ -827,6 +827,8 @@ def test_frames_unlike_the_calibrations_are_said_after_the_summary(env, tmp_path
     err = capsys.readouterr().err
     assert st["frames"] == 120 and st["exit_counts"][2] < 0.85 * 120  # some frames leave early: they differ from the edited file
     assert st["shift"]["expected_exit_fractions"] == [0.0, 0.0, 1.0] and st["shift"]["unlike_calibration"]
+    assert st["calibration"]["file"] == str(f) and st["bundle_identity"]["artifacts"] == [e.sha256 for e in m.exits]
+    assert st["device"]["dvt_runtime"] and st["device"]["cpu_model"] is not None  # which bytes, file and machine ran
     assert "note: these 120 frames stopped at exits 1-3 " in err and "where the calibration's images stopped 0 / 0 / 100%" in err
     for ms, met in (("1000", True), ("0.001", False)):  # the summary's verdict, for a monitor (hit_rate counts frames alone)
         assert webcam.main([*args, "--budget-ms", ms]) == 0

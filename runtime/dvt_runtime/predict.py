@@ -37,6 +37,7 @@ from dvt_runtime.device import open_here, profiled_here, this_host
 from dvt_runtime.images import IMAGE_EXTS, ImageError, can_check_jpegs, cv2_or_fail, read_image
 from dvt_runtime.io import atomic_write_json, check_out_path, os_error_text
 from dvt_runtime.npzsets import GRAY_FOR_COLOUR, all_gray
+from dvt_runtime.runfacts import budget_choice, run_facts
 from dvt_runtime.search import check_metric
 from dvt_runtime.shift import exit_shift, expected_shares, shift_note
 from dvt_runtime.stats import percentile, sample_stats
@@ -161,7 +162,8 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
                 if not rows:  # one untimed run of every stage first: the first call's set-up is no image's latency
                     bundle.run_exits(x[None])
                 # a deadline counts the image's preprocessing, as predict of the uint8 image would
-                shares = expected_shares(bundle, thresholds, budget_ms, deadline_ms)  # before the call: the row it runs
+                choice = budget_choice(bundle, budget_ms) if budget_ms is not None and bundle.calibration is not None else None
+                shares = expected_shares(bundle, thresholds, budget_ms, deadline_ms, choice)  # before the call: the row it runs
                 t0 = time.perf_counter()
                 p = bundle.predict(x, thresholds=thresholds, budget_ms=budget_ms, deadline_ms=deadline_ms, spent_ms=pre_ms[-1])
                 call_ms = (time.perf_counter() - t0) * 1e3  # the stages and predict's own work: what a budget is priced at
@@ -176,7 +178,8 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
         blank = {"uniform": True} if float(spread) < UNIFORM_STD else {}  # a lens cap, a wall: its answer is no object's
         every_gray = every_gray and (bool(blank) or all_gray([few]))  # a blank frame is neither gray nor colour
         content = content or not blank
-        rows.append({"file": str(f), **p.to_dict(), "preprocess_ms": pre_ms[-1], "predict_ms": call_ms, **tiny, **blank})  # exits from 1
+        ran = {"budget_thresholds": choice["thresholds"], "speed_scale": choice["speed_scale"]} if choice else {}  # the row, and why
+        rows.append({"file": str(f), **p.to_dict(), "preprocess_ms": pre_ms[-1], "predict_ms": call_ms, **tiny, **blank, **ran})
         expected.append(shares)
     counts = np.bincount([r["exit"] - 1 for r in rows], minlength=bundle.num_exits).tolist() if rows else [0] * bundle.num_exits
     shift = exit_shift(counts, np.mean(expected, axis=0).tolist() if expected and None not in expected else None, bundle)
@@ -197,6 +200,7 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
         "confidence": {"mean": float(np.mean(c)), "p10": percentile(c, 10)} if (c := [r["confidence"] for r in rows]) else None,
         "shift": shift,  # where the images stopped against where the calibration's did under the same thresholds (None: no calibration ran)
         "notes": [GRAY_FOR_COLOUR] if every_gray and content else [],  # what the images as a whole say (on stderr too)
+        **run_facts(bundle),  # which bundle bytes, calibration file and machine ran: for an audit from the file alone
         "images": rows, "unreadable": unreadable, "failed": failed,  # failed: an exit answered NaN or infinite logits
     }
     verdict = budget_verdict(out)
@@ -359,6 +363,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {os_error_text(e)}", file=sys.stderr)
         return 2
     r["skipped_files"] = dict(skipped.most_common())  # by suffix: files in the folders given that are not images it reads
+    r["notes"] = [str(w.message) for w in said] + r["notes"]  # a stale calibration, another thread count: in the file too
     saved, unsaved = None, None
     if out is not None:  # before anything is printed: a reader gone from stdout (| head) must not lose the file
         try:

@@ -65,17 +65,18 @@ def shift_note(s: Optional[dict[str, Any]], noun: str = "images") -> str:
 
 
 def expected_shares(bundle: "Bundle", thresholds: Optional[list] = None, budget_ms: Optional[float] = None,
-                    deadline_ms: Optional[float] = None) -> Optional[list]:
+                    deadline_ms: Optional[float] = None, choice: Optional[dict] = None) -> Optional[list]:
     """Where the calibration's images stopped (fractions per exit) under the thresholds a ``bundle.predict`` call with
     these arguments runs: the budget controller's row (asked before the call), or the calibration's chosen thresholds;
-    None for thresholds no calibration measured (given ones, the manifest's, a deadline's)."""
+    None for thresholds no calibration measured (given ones, the manifest's, a deadline's). ``choice``: the budget row
+    already asked for (:func:`dvt_runtime.runfacts.budget_choice`)."""
     cal = bundle.calibration
     if cal is None or thresholds is not None or deadline_ms is not None:
         return None
     if budget_ms is not None:  # the row predict's own call will take (a concurrent caller may move it: the statistic only)
-        from dvt_runtime.controller import controller_for
+        from dvt_runtime.runfacts import budget_choice
 
-        shares = controller_for(bundle, budget_ms).row(budget_ms).get("exit_fractions")
+        shares = (choice or budget_choice(bundle, budget_ms))["exit_fractions"]
     else:
         shares = (cal.chosen.measured or cal.chosen.predicted).get("exit_fractions")
     ok = isinstance(shares, list) and len(shares) == bundle.num_exits and all(
