@@ -703,6 +703,15 @@ def test_images_unlike_the_calibrations_are_said_with_what_they_cost(bundle_for_
     assert r["shift"] is not None and sum(r["shift"]["expected_exit_fractions"]) == pytest.approx(1)
     r, _ = run("--thresholds", "0.5,0.5")  # thresholds no calibration measured are compared with nothing
     assert r["shift"] is None and r["budget_met"] is None
+    from dvt_runtime.device import this_host
+
+    here = bundle_for_calibration / "calibration" / f"{this_host()}.json"  # this host's, stale (the bundle re-exported since):
+    here.write_text(json.dumps({**c, "device": this_host(), "bundle": {**c["bundle"], "artifacts": ["0" * 64] * 3}}))
+    capsys.readouterr()  # budget mode had said only "none usable at", the reason on a warning before it
+    assert main(["--bundle", str(bundle_for_calibration), str(d), "--budget-ms", "0.8", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"none usable at {here}: " in err and "was made for other artifacts" in err.split("none usable at")[1], err
+    here.unlink()
     for damaged in ([0.5, None, 0.5], "0.5", [0.5, 0.5]):  # an edited file's row: no yardstick, and no traceback after every image
         c["chosen"]["predicted"]["exit_fractions"] = damaged
         f.write_text(json.dumps(c))

@@ -283,13 +283,16 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _check_mode(bundle, args: argparse.Namespace) -> None:
-    """What --budget-ms and --deadline-ms need, said in commands (the API's own errors speak Python)."""
+def _check_mode(bundle, args: argparse.Namespace, why: Sequence[str] = ()) -> None:
+    """What --budget-ms and --deadline-ms need, said in commands (the API's own errors speak Python); ``why``: opening
+    the bundle's warnings (a calibration there, but stale: its reason had been left out)."""
     b = quote_arg(str(args.bundle))  # commands the user pastes: a path with spaces, quotes or $ stays one argument
     if args.budget_ms is not None and bundle.calibration is None:
         name = f" --device-name {quote_arg(args.device_name)}" if args.device_name else ""
+        path = bundle.calibration_path(bundle.device_name or this_host())
+        reason = next((w for w in why if str(path) in w), None) if path.exists() else None
         raise ValueError(f"--budget-ms needs a calibration of this device (none usable at "
-                         f"{bundle.calibration_path(bundle.device_name or this_host())}): "
+                         f"{path}{f': {reason}' if reason else ''}): "
                          f"dvt-runtime calibrate {bundle_args(bundle.path, bundle.calibration_dir)} --data VAL.npz --budget-ms "
                          f"{args.budget_ms:g}{name} (or pass --device-name "
                          "NAME here, if it was made under another name)")
@@ -357,7 +360,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       "judged on its latencies, not this host's", file=sys.stderr)
         if thresholds is not None:  # refused before any image, not after the first
             check_thresholds(thresholds, bundle.num_exits, "--thresholds")
-        _check_mode(bundle, args)
+        _check_mode(bundle, args, [str(w.message) for w in said])
         r = predict_files(bundle, files, thresholds, args.budget_ms, args.deadline_ms, show_progress=not args.no_progress)
     except (ValueError, OSError, BackendUnavailable) as e:  # ManifestError, InputError, CalibrationError are ValueErrors
         print(f"error: {os_error_text(e)}", file=sys.stderr)
