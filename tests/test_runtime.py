@@ -759,6 +759,11 @@ def test_a_calibration_to_rewrite_gets_the_command_for_its_device(tmp_path):
     assert rewrite_command(cal / "x.json").endswith("--budget-ms 2 --device-name x")
     (cal / "lap top.json").write_text("{not json")  # unreadable: named by its file, the budget left to the user
     assert rewrite_command(cal / "lap top.json").endswith("--budget-ms MS --device-name 'lap top'")  # as a shell takes it
+    # the threads and providers it ran at (a 4-thread deployment had been told to recalibrate at the default 1)
+    for threads, said in ((4, " --threads 4"), (None, " --threads 0")):  # None: the backend's default
+        (cal / "jet.json").write_text(json.dumps({"device": "jet", "budget_ms": 2, "profile": {
+            "threads": threads, "device": {"device_name": "jet", "providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]}}}))
+        assert rewrite_command(cal / "jet.json").endswith(f"--device-name jet{said} --providers CUDAExecutionProvider,CPUExecutionProvider")
 
 
 def test_a_calibration_switched_during_a_call_and_the_api_edges_a_service_meets(bundle_copy, val):

@@ -275,6 +275,12 @@ def rewrite_command(path: Path, bundle: Optional[Path] = None) -> str:
     cmd += f" --batch {m.group(2)}" if m.group(2) else ""
     cmd += f" --metric {quote_arg(d['metric'])}" if _percentile(d.get("metric")) else ""  # a p90 budget stays one
     cmd += f" --headroom {d['headroom']:g}" if _num(d.get("headroom")) and 0 < d["headroom"] < 1 else ""  # and its spare share
+    prof = d.get("profile") if isinstance(d.get("profile"), dict) else {}
+    if "threads" in prof and (prof["threads"] is None or (_num(prof["threads"]) and prof["threads"] >= 1)):  # as it ran: a
+        cmd += f" --threads {int(prof['threads'] or 0)}"  # 4-thread deployment had been told to recalibrate at 1 (0: default)
+    prov = (prof.get("device") or {}).get("providers") if isinstance(prof.get("device"), dict) else None
+    if isinstance(prov, list) and prov and all(isinstance(p, str) for p in prov) and prov != ["CPUExecutionProvider"]:
+        cmd += f" --providers {quote_arg(','.join(prov))}"
     other = other_hosts_latencies(path) if d else None
     return cmd + (f" --profile PROFILE.json (that device's own: this file's latencies were {other})" if other else "")
 
