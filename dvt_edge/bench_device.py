@@ -150,14 +150,12 @@ def glance_markdown(results: list[dict]) -> list[str]:
     return out + [""]
 
 
-BUSY_PCT = 5.0  # a measurement that waited for a CPU (or lost it to a hypervisor) more than this share of its time is warned
 
 
 def busy_line(c: Optional[dict]) -> str:
     """A warning when the measurement competed for the CPU (``bench_bundle``'s ``contention``); "" otherwise or unknown."""
-    wait, steal = (c or {}).get("wait_pct"), (c or {}).get("steal_pct")
-    parts = ([f"its threads waited for a CPU {wait:.1f}% of their runnable time (other processes, or more threads than cores)"]
-             if wait is not None and not wait <= BUSY_PCT else []) + (
-        [f"the hypervisor took {steal:.1f}% of the machine's CPU time"] if steal is not None and not steal <= BUSY_PCT else [])
+    from dvt_runtime.runfacts import busy_reasons
+
+    parts = busy_reasons(c)
     return ("**Warning: the machine was busy during these measurements**: " + "; ".join(parts) + ". The latencies and speedups "
             "below may be off: rerun on an idle machine before trusting them.") if parts else ""

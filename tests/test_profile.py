@@ -148,6 +148,7 @@ def test_measured_stats_match_raw_samples(measured):
     assert prof.device["backend"] == "onnxruntime" and prof.device["backend_version"]
     assert prof.threads == prof.device["threads"] == 1
     assert prof.settings["runs"] == RUNS and prof.settings["warmup"] == 3
+    assert set(prof.settings["contention"]) == {"wait_pct", "steal_pct"}  # measured over the timed runs (None off Linux)
 
 
 @bundle_group
@@ -410,6 +411,12 @@ def test_drift_flags_slowed_second_half():
     one_slow = LatencyProfile.from_samples([[0.40, 0.41, 0.40, 0.47]])  # quarters of one run: one slow last run had warned
     assert one_slow.drift[0]["ratio"] is None and not one_slow.throttling_suspected and "WARNING" not in one_slow.format_table()
     assert LatencyProfile.from_samples([[0.40] * 9 + [0.47] * 3]).throttling_suspected  # 12 runs: a slow last quarter is judged
+    # a busy core or heat? the profile records how much its timed runs competed for a CPU (an on-call engineer could not tell)
+    busy = {"contention": {"wait_pct": 31.5, "steal_pct": 0.0}}
+    table = LatencyProfile.from_samples(slowed, settings=busy).format_table()
+    assert "and the CPU was busy (its threads waited for a CPU 31.5% of their runnable time" in table and "not heat" in table
+    assert "WARNING: the CPU was busy during the run" in LatencyProfile.from_samples(steady, settings=busy).format_table()
+    assert "busy" not in LatencyProfile.from_samples(steady, settings={"contention": {"wait_pct": 0.4, "steal_pct": None}}).format_table()
 
 
 def test_from_samples_validation_and_unequal_counts():

@@ -337,9 +337,15 @@ class LatencyProfile:
         ratios = [d.get("ratio") for d in self.drift]
         if any(r is not None for r in ratios):
             lines.append("drift (last/first quarter median): " + " / ".join("-" if r is None else f"{r:.2f}" for r in ratios))
+        from dvt_runtime.runfacts import busy_reasons
+
+        busy = busy_reasons((self.settings or {}).get("contention"))  # measured since session 64: busy core or heat?
         if self.throttling_suspected:
-            lines.append(f"WARNING: latency rose by more than {DRIFT_THRESHOLD - 1:.0%} during the run "
-                         "(thermal throttling or background load?); cool the device, fix the governor and re-profile")
+            lines.append(f"WARNING: latency rose by more than {DRIFT_THRESHOLD - 1:.0%} during the run " + (
+                f"and the CPU was busy ({'; '.join(busy)}): another process, not heat; re-profile with the device idle" if busy else
+                "(thermal throttling or background load?); cool the device, fix the governor and re-profile"))
+        elif busy:
+            lines.append(f"WARNING: the CPU was busy during the run ({'; '.join(busy)}): re-profile with the device idle")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 

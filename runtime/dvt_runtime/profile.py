@@ -151,18 +151,18 @@ def profile_bundle(
     bundle, or ``first_inference_ms`` is not really the first. ``overhead``: then measure ``predict``'s own per-image cost of
     stopping at each exit (``settings.predict_overhead_ms``, which calibrate prices)."""
     threads = getattr(bundle, "threads", None) if threads is None else threads  # as opened, unless told
-    if int(runs) < MIN_RUNS:
-        raise ValueError(f"runs must be at least {MIN_RUNS} (the fewest a profile summarises; the throttling check needs 12 and percentiles 20), got {runs}")
-    if int(warmup) < 0:
-        raise ValueError(f"warmup must be >= 0, got {warmup}")
-    runs, warmup = int(runs), int(warmup)
-    batch = check_batch(batch)
+    if int(runs) < MIN_RUNS or int(warmup) < 0:
+        raise ValueError(f"runs must be at least {MIN_RUNS} (the fewest a profile summarises; the throttling check needs 12 and "
+                         f"percentiles 20), got {runs}" if int(runs) < MIN_RUNS else f"warmup must be >= 0, got {warmup}")
+    from dvt_runtime.device import contention_since, contention_snapshot
+    runs, warmup, batch = int(runs), int(warmup), check_batch(batch)
     singles = _inputs(bundle, images)
     chunk = bundle.batch_limit()
     memory = check_batch_memory(bundle, batch, "batch", lambda b: _held_mb(bundle, len(singles), b))  # before the first call
     xs = _batches(singles, batch)
     first = [ms / batch for ms in _time_chain(bundle, xs[0], chunk)]
     gc.collect()
+    snap = contention_snapshot()  # how much the timed runs competed for a CPU: a busy core read as throttling
     E = bundle.num_exits
     samples: list[list[float]] = [[] for _ in range(E)]
     stopping: list[list[float]] = [[] for _ in range(E)]
@@ -189,7 +189,7 @@ def profile_bundle(
         first_inference_ms=first,
         preprocess_samples=_time_preprocess(bundle, raw, runs),
         peak_rss_mb=peak,
-        settings={"warmup": warmup, "runs": runs, "inputs": inputs,
+        settings={"warmup": warmup, "runs": runs, "inputs": inputs, "contention": contention_since(snap),
                   "preprocess_frames": _frames_note(raw) + (" (random camera-sized frame)" if images_raw is None else ""),
                   "timer": "time.perf_counter", "unit": "ms per image" if batch > 1 else "ms per call",
                   "calls_per_stage": "loop (batch-1 artifacts)" if chunk == 1 and batch > 1 else "one",

@@ -12,7 +12,18 @@ from typing import TYPE_CHECKING, Any, Optional
 if TYPE_CHECKING:
     from dvt_runtime.bundle import Bundle
 
-__all__ = ["run_facts", "budget_choice"]
+__all__ = ["BUSY_PCT", "busy_reasons", "run_facts", "budget_choice"]
+
+BUSY_PCT = 5.0  # a measurement that waited for a CPU (or lost it to a hypervisor) more than this share of its time is warned
+
+
+def busy_reasons(c: Optional[dict]) -> list[str]:
+    """How a measurement competed for the CPU (``device.contention_since``'s ``wait_pct`` / ``steal_pct``) beyond
+    :data:`BUSY_PCT`, in words; [] when it did not, or the OS does not say. NaN is said (``not <=``)."""
+    wait, steal = (c or {}).get("wait_pct"), (c or {}).get("steal_pct")
+    return ([f"its threads waited for a CPU {wait:.1f}% of their runnable time (other processes, or more threads than cores)"]
+            if wait is not None and not wait <= BUSY_PCT else []) + (
+        [f"the hypervisor took {steal:.1f}% of the machine's CPU time"] if steal is not None and not steal <= BUSY_PCT else [])
 
 
 def run_facts(bundle: "Bundle") -> dict[str, Any]:
