@@ -697,6 +697,7 @@ def test_images_unlike_the_calibrations_are_said_with_what_they_cost(bundle_for_
     assert r["calibration"]["file"] == str(bundle_for_calibration / "calibration" / "box.json") and r["calibration"]["created"] == cal.created
     assert r["device"]["cpu_model"] is not None and "dvt_runtime" in r["device"]  # the machine, as a profile records it
     assert any("calibrated at another setting" in n for n in r["notes"])  # open's warning (another thread count): in the file too
+    assert "note: /" not in err  # ... and said once on stderr (as the warning it is), not again as a note
     r, _ = run("--budget-ms", "0.8")  # the budget controller's rows: where the calibration's images stopped under each
     assert all(len(x["budget_thresholds"]) == 3 and x["speed_scale"] > 0 for x in r["images"])  # which row ran, and why
     assert r["budget_met"] is bool(np.mean([x["predict_ms"] for x in r["images"]]) <= 0.8)  # the summary's verdict, in the JSON

@@ -366,7 +366,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {os_error_text(e)}", file=sys.stderr)
         return 2
     r["skipped_files"] = dict(skipped.most_common())  # by suffix: files in the folders given that are not images it reads
-    r["notes"] = [str(w.message) for w in said] + r["notes"]  # a stale calibration, another thread count: in the file too
+    own = list(r["notes"])  # the images' (said below); open's warnings were said as warnings
+    r["notes"] = [str(w.message) for w in said] + own  # a stale calibration, another thread count: in the file too
     saved, unsaved = None, None
     if out is not None:  # before anything is printed: a reader gone from stdout (| head) must not lose the file
         try:
@@ -377,7 +378,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {os_error_text(unsaved)}; the predictions (printed next) were not saved: give --out a path you can write",
               file=sys.stderr)
     print(format_result(r), file=sys.stderr if args.out == "-" else sys.stdout)
-    for note in r["notes"]:
+    for note in own:
         print(f"note: {note}", file=sys.stderr)
     if note := shift_note(r["shift"]):  # after the summary it explains (an OVER, a slow mean)
         print(note, file=sys.stderr)
