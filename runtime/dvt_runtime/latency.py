@@ -20,6 +20,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from dvt_runtime.io import atomic_write_json
+from dvt_runtime.runfacts import busy_reasons
 from dvt_runtime.schema import checked_fields
 from dvt_runtime.search import StageCosts
 from dvt_runtime.stats import DRIFT_THRESHOLD, ProfileError, check_samples, drift, sample_stats
@@ -337,8 +338,6 @@ class LatencyProfile:
         ratios = [d.get("ratio") for d in self.drift]
         if any(r is not None for r in ratios):
             lines.append("drift (last/first quarter median): " + " / ".join("-" if r is None else f"{r:.2f}" for r in ratios))
-        from dvt_runtime.runfacts import busy_reasons
-
         busy = busy_reasons((self.settings or {}).get("contention"))  # measured since session 64: busy core or heat?
         if self.throttling_suspected:
             lines.append(f"WARNING: latency rose by more than {DRIFT_THRESHOLD - 1:.0%} during the run " + (

@@ -52,8 +52,13 @@ def percentile(samples: Sequence[float], q: Union[float, str, Fraction]) -> floa
     a = np.sort(np.asarray(samples, dtype=np.float64).ravel())
     if a.size == 0:
         raise ProfileError("no latency samples")
-    rank = math.ceil(Fraction(str(q)) * a.size / 100)  # str: a float as written (99.9), not its binary neighbour
-    return float(a[min(max(rank, 1), a.size) - 1])
+    return _ranked(a, q)
+
+
+def _ranked(ordered: np.ndarray, q: Union[float, str, Fraction]) -> float:
+    """:func:`percentile` of samples already sorted (non-empty)."""
+    rank = math.ceil(Fraction(str(q)) * ordered.size / 100)  # str: a float as written (99.9), not its binary neighbour
+    return float(ordered[min(max(rank, 1), ordered.size) - 1])
 
 
 def sample_stats(samples: Sequence[float], keep_samples: bool = True) -> dict[str, Any]:
@@ -68,14 +73,14 @@ def sample_stats(samples: Sequence[float], keep_samples: bool = True) -> dict[st
         raise ProfileError("no latency samples")
     if not np.all(np.isfinite(a)):
         raise ProfileError(f"latency samples must be finite, got {int((~np.isfinite(a)).sum())} non-finite value(s)")
-    median = float(np.median(a))
+    ordered = np.sort(a)  # once, for the median and the three percentiles
     out: dict[str, Any] = {
         "n": int(a.size),
         "mean": float(a.mean()),
-        "median": median,
-        "p50": percentile(a, 50),  # the median's lower middle for an even count, as a p50 budget is priced
-        "p90": percentile(a, 90),
-        "p99": percentile(a, 99),
+        "median": float(np.median(ordered)),
+        "p50": _ranked(ordered, 50),  # the median's lower middle for an even count, as a p50 budget is priced
+        "p90": _ranked(ordered, 90),
+        "p99": _ranked(ordered, 99),
         "std": float(a.std()),
         "min": float(a.min()),
         "max": float(a.max()),
