@@ -718,3 +718,40 @@ def test_images_unlike_the_calibrations_are_said_with_what_they_cost(bundle_for_
         f.write_text(json.dumps(c))
         r, _ = run()
         assert r["shift"] is None and r["n_images"] == 120
+
+
+def test_labels_from_folders_score_the_answers_as_the_datasets_labels_do(onnx_bundle, tmp_path, capsys):
+    """``--labels folders``: each image's class is its folder's name (punctuation and case aside: no folder can be named
+    ``T-shirt/top``); the score agrees with the dataset's own labels, image by image, per exit and per class."""
+    ds = load_dataset("fashion-mnist", "val", limit=40, seed=5)
+    classes = Bundle.open(onnx_bundle).manifest.classes
+    for i in range(len(ds)):
+        folder = tmp_path / "val" / classes[int(ds.labels[i])].replace("/", "_").upper()  # T-SHIRT_TOP
+        folder.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / f"{i:03d}.png"), ds.images[i])
+    truth = {str(f): int(ds.labels[int(f.stem)]) for f in (tmp_path / "val").rglob("*.png")}
+    out = tmp_path / "preds.json"
+    assert main(["--bundle", str(onnx_bundle), str(tmp_path / "val"), "--labels", "folders", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    r = json.loads(out.read_text())
+    rows, acc = r["images"], r["accuracy"]
+    assert len(rows) == 40 and {x["file"]: x["true_label"] for x in rows} == truth
+    right = [x["label"] == truth[x["file"]] for x in rows]
+    assert [x["correct"] for x in rows] == right and acc["correct"] == sum(right) and acc["n"] == 40
+    assert acc["top1"] == pytest.approx(100 * sum(right) / 40) and acc["interval95"][0] <= acc["top1"] <= acc["interval95"][1]
+    for e, x in enumerate(acc["per_exit"], 1):
+        assert (x["answered"], x["correct"]) == (sum(r["exit"] == e for r in rows), sum(ok for r, ok in zip(rows, right) if r["exit"] == e))
+    by_class = collections.Counter(truth.values())
+    assert {c["label"]: c["n"] for c in acc["per_class"]} == by_class and sum(c["correct"] for c in acc["per_class"]) == sum(right)
+    assert set(acc["classes_absent"]) == {c for i, c in enumerate(classes) if i not in by_class}
+    assert f"accuracy on 40 labelled images: {acc['top1']:.2f}%" in printed and "weakest classes: " in printed
+
+
+def test_labels_from_folders_that_name_no_class_are_refused_before_any_image(onnx_bundle, photos, tmp_path, capsys):
+    out = tmp_path / "preds.json"
+    assert main(["--bundle", str(onnx_bundle), str(photos / "sub" / "0"), "--labels", "folders", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "'0' (4 images)" in err and "name none of the bundle's classes" in err and "DIR/<class>/*.jpg" in err and not out.exists()
+    with pytest.raises(SystemExit) as e:  # argparse: the choices listed
+        main(["--bundle", str(onnx_bundle), str(photos), "--labels", "files"])
+    assert e.value.code == 2 and "choose from 'folders'" in capsys.readouterr().err

@@ -38,6 +38,7 @@ from dvt_runtime.images import IMAGE_EXTS, ImageError, can_check_jpegs, cv2_or_f
 from dvt_runtime.io import atomic_write_json, check_out_path, os_error_text
 from dvt_runtime.npzsets import GRAY_FOR_COLOUR, all_gray
 from dvt_runtime.runfacts import budget_choice, run_facts
+from dvt_runtime.scoring import LABEL_SOURCES, accuracy_lines, folder_labels, score
 from dvt_runtime.search import check_metric
 from dvt_runtime.shift import exit_shift, expected_shares, shift_note
 from dvt_runtime.stats import percentile, sample_stats
@@ -258,6 +259,8 @@ def format_result(r: dict) -> str:
                      + _against_budget(r))
     else:
         lines.append(f"no image could be answered ({len(r['unreadable'])} unreadable{failed})")
+    if "accuracy" in r:  # --labels
+        lines += accuracy_lines(r["accuracy"])
     return "\n".join(lines)
 
 
@@ -279,6 +282,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--providers", default=None, help=PROVIDERS_HELP)
     ap.add_argument("--out", default=None, help="also write every answer and the summary as JSON (schema dvt-predictions); "
                     "'-': that JSON on stdout, the table on stderr")
+    ap.add_argument("--labels", default=None, choices=LABEL_SOURCES,
+                    help="score the answers: 'folders', each image's class is the name of its folder (DIR/<class>/*.jpg); "
+                         "prints the accuracy (Wilson 95%% interval), per exit and per class, and marks each answer correct or not")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap
 
@@ -361,7 +367,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if thresholds is not None:  # refused before any image, not after the first
             check_thresholds(thresholds, bundle.num_exits, "--thresholds")
         _check_mode(bundle, args, [str(w.message) for w in said])
+        labels = folder_labels(files, bundle.manifest.classes) if args.labels else None  # refused before any image runs
         r = predict_files(bundle, files, thresholds, args.budget_ms, args.deadline_ms, show_progress=not args.no_progress)
+        if labels is not None:
+            r["accuracy"] = score(r["images"], labels, bundle.manifest.classes, bundle.num_exits, len(r["unreadable"]) + len(r["failed"]))
     except (ValueError, OSError, BackendUnavailable) as e:  # ManifestError, InputError, CalibrationError are ValueErrors
         print(f"error: {os_error_text(e)}", file=sys.stderr)
         return 2
