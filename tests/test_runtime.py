@@ -1112,3 +1112,28 @@ def test_a_profile_carries_predicts_own_cost_to_a_calibration_made_elsewhere(bun
                                          settings={"predict_overhead_ms": [0.1, 0.3]})  # one short (a NaN is refused as a profile is made)
     with pytest.raises(ValueError, match=r"settings.predict_overhead_ms must list 3 non-negative ms"):
         calibrate(Bundle.open(bundle_copy, device_name=""), x, y, 3.0, profile=broken, progress=False, holdout=0.75)
+
+
+def test_a_calibration_made_on_a_busy_cpu_says_so_in_its_note(bundle_copy, val, monkeypatch):
+    """The stages profiled, or the holdout measured, while other processes held the cores: the prices and so the thresholds
+    are this host's under that load. The note (printed and in the file) says which part waited and to calibrate again."""
+    import dvt_runtime.device
+    import dvt_runtime.measure
+    from dvt_runtime.calibrate import calibrate, format_result
+
+    x, y = val
+    b = Bundle.open(bundle_copy)
+    idle = lambda snap: {"wait_pct": 0.5, "steal_pct": 0.0}  # this test's own machine may be busy
+    monkeypatch.setattr(dvt_runtime.device, "contention_since", idle)
+    monkeypatch.setattr(dvt_runtime.measure, "contention_since", idle)
+    r = calibrate(b, x[:40], y[:40], 1e6, device_name="idle", runs=10, warmup=2, progress=False)
+    assert "busy" not in r.note and r.chosen.measured["contention"] == idle(None)
+    monkeypatch.setattr(dvt_runtime.measure, "contention_since", lambda snap: {"wait_pct": 31.0, "steal_pct": 0.0})
+    r = calibrate(b, x[:40], y[:40], 1e6, device_name="busy", runs=10, warmup=2, progress=False)
+    assert "the CPU was busy while calibrating (measuring the holdout: its threads waited for a CPU 31.0%" in format_result(r)
+    assert "profiling:" not in r.note and "calibrate again with the device idle" in r.note
+    monkeypatch.setattr(dvt_runtime.device, "contention_since", lambda snap: {"wait_pct": 1.0, "steal_pct": 12.0})
+    r = calibrate(b, x[:40], y[:40], 1e6, device_name="busy", runs=10, warmup=2, progress=False)
+    assert "(profiling: the hypervisor took 12.0% of the machine's CPU time / measuring the holdout: " in r.note
+    on_disk = json.loads((bundle_copy / "calibration" / "busy.json").read_text())
+    assert on_disk["note"] == r.note and on_disk["chosen"]["measured"]["contention"]["wait_pct"] == 31.0

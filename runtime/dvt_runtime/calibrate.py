@@ -42,7 +42,7 @@ from dvt_runtime.calibration import (  # noqa: F401  (re-exported)
     other_hosts_latencies,
     validate_calibration,
 )
-from dvt_runtime.calnotes import chance_note, few_images, search_note, unanswered_note
+from dvt_runtime.calnotes import busy_note, chance_note, few_images, search_note, unanswered_note
 from dvt_runtime.checks import positive_ms, setting_differences
 from dvt_runtime.cli import DocFormatter, Parser, command_name
 from dvt_runtime.console import join_args
@@ -238,10 +238,7 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
                f"{f.profile.threads or 0}, its providers, power mode and governor, to measure it)" if profiled_here(f.profile)
                else "verify on that device")
         result.note = (result.note + "; " if result.note else "") + f"latency from the given profile ({device_name}): {why}"
-    runs = min(int(s.get("n", 0)) for s in f.profile.stages)
-    notes = (few_images(len(f.cal_idx), len(f.hold_idx), metric, runs), NO_OVERHEAD if f.overhead_from == "none" else "", chance,
-             unanswered_note(f.hold, chosen.best.thresholds, bundle.classes))
-    result.note = "; ".join(n for n in (result.note, *notes) if n)
+    result.note = "; ".join(n for n in (result.note, *_notes(f, bundle, chosen.best.thresholds, metric, result.chosen.measured, chance)) if n)
     d = result.to_dict()
     validate_calibration(d, bundle.manifest)  # before writing: never a file that would stop this bundle opening
     if file_state(target) != before:
@@ -257,6 +254,15 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
             warnings.filterwarnings("always" if f.on_this_host else "ignore", message=".* at another setting ")
             bundle.use_calibration(device_name, batch=batch)
     return result
+
+
+def _notes(f: Fit, bundle: Bundle, thresholds: Sequence, metric: str, measured: Optional[dict], chance: str) -> tuple[str, ...]:
+    """What a calibration's note says of how far it can be trusted: few images or runs, no overhead priced, ``chance``
+    (:func:`chance_note`), classes its thresholds never answer, a busy CPU while it was profiled or measured ('' where not)."""
+    runs = min(int(s.get("n", 0)) for s in f.profile.stages)
+    return (few_images(len(f.cal_idx), len(f.hold_idx), metric, runs), NO_OVERHEAD if f.overhead_from == "none" else "", chance,
+            unanswered_note(f.hold, thresholds, bundle.classes),
+            busy_note((f.profile.settings or {}).get("contention") if f.measured_here else None, (measured or {}).get("contention")))
 
 
 def _device_for(profile, device_name: Optional[str]) -> str:

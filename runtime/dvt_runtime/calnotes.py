@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 from dvt_runtime.calibration import CalibrationError
 from dvt_runtime.checks import FEW_IMAGES
 from dvt_runtime.console import shown
+from dvt_runtime.runfacts import busy_reasons
 from dvt_runtime.search import ExitOutputs, check_metric, unanswered_classes
 from dvt_runtime.stats import at_chance, chance_bar
 
@@ -75,3 +76,15 @@ def search_note(chosen, budget_ms: float, metric: str) -> str:
         notes.append(f"accuracy saturates at {top.accuracy:.2f}% from {top.mean_cost:.4g} ms on the calibration split: "
                      f"the rest of the budget buys no accuracy, so it is not spent")
     return "; ".join(notes)
+
+
+def busy_note(profiled: Optional[dict], measured: Optional[dict]) -> str:
+    """The CPU busy while this host's stages were profiled (``profiled``: the profile's ``settings.contention``) or the
+    holdout measured (``measured``: ``measure_cascade``'s): the prices, and so the thresholds, are this host's under that
+    load (a budget left unspent when the load goes); '' when neither was (or the OS does not say)."""
+    said = [f"profiling: {'; '.join(r)}" for r in [busy_reasons(profiled)] if r] + [
+        f"measuring the holdout: {'; '.join(r)}" for r in [busy_reasons(measured)] if r]
+    if not said:
+        return ""
+    return (f"the CPU was busy while calibrating ({' / '.join(said)}): the latencies, and the thresholds chosen for them, are "
+            "this host's under that load; calibrate again with the device idle")

@@ -12,7 +12,7 @@ import numpy as np
 
 from dvt_runtime.bundle import Bundle, softmax
 from dvt_runtime.console import progress as _bar
-from dvt_runtime.device import check_batch_memory
+from dvt_runtime.device import check_batch_memory, contention_since, contention_snapshot
 from dvt_runtime.latency import LatencyProfile, check_batch
 from dvt_runtime.search import ExitOutputs, StageCosts, check_metric
 from dvt_runtime.stats import MAX_MS, ProfileError, percentile, sample_stats
@@ -71,7 +71,9 @@ def measure_cascade(bundle: Bundle, x: np.ndarray, y: np.ndarray, thresholds, wa
     check_batch_memory(bundle, batch)  # refuses, before the first call, a batch that would not fit
     for s in range(0, min(warmup, -(-len(x) // batch)) * batch, batch):
         bundle.predict(x[s : s + batch], thresholds=thresholds, max_batch=batch)
-    return _summary(bundle.num_exits, *_timed_calls(bundle, x, y, thresholds, batch), batch, metric)
+    snap = contention_snapshot()  # a busy CPU makes every figure below this host's under that load
+    out = _summary(bundle.num_exits, *_timed_calls(bundle, x, y, thresholds, batch), batch, metric)
+    return {**out, "contention": contention_since(snap)}
 
 
 def measure_interleaved(bundle: Bundle, x: np.ndarray, y: np.ndarray, configs: Sequence, blocks: int = 10,
