@@ -156,3 +156,21 @@ def test_onnx_runtime_sends_no_telemetry_from_a_device(onnx_bundle, tmp_path):
     r = subprocess.run([sys.executable, "-c", code], env=dict(env, HOME=str(tmp_path)), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "1", r.stderr[-1000:]
     assert not (tmp_path / ".cache").exists() and not r.stderr.strip()  # no identifier written, nothing said
+
+
+def test_telemetry_is_turned_off_when_onnxruntime_was_imported_first(onnx_bundle, monkeypatch):
+    """ONNX Runtime reads ORT_DISABLE_TELEMETRY once, at its import: an app importing it before dvt_runtime had telemetry
+    on. Opening a bundle turns its events off (unless the user set the variable otherwise)."""
+    import onnxruntime
+
+    from dvt_runtime import Bundle
+
+    calls = []
+    monkeypatch.setattr(onnxruntime, "disable_telemetry_events", lambda: calls.append(1))
+    monkeypatch.setenv("ORT_DISABLE_TELEMETRY", "1")
+    Bundle.open(onnx_bundle, device_name="").close()
+    assert calls  # once per session: harmless
+    calls.clear()
+    monkeypatch.setenv("ORT_DISABLE_TELEMETRY", "0")  # the user's choice stands
+    Bundle.open(onnx_bundle, device_name="").close()
+    assert not calls

@@ -159,6 +159,8 @@ class OrtSession(Session):
             import onnxruntime as ort
         except ImportError as e:
             raise _missing("onnxruntime", e) from None
+        if os.environ.get("ORT_DISABLE_TELEMETRY") == "1" and hasattr(ort, "disable_telemetry_events"):
+            ort.disable_telemetry_events()  # an app that imported onnxruntime before dvt_runtime had it on (read at its import)
         so = ort.SessionOptions()
         so.intra_op_num_threads = int(threads) if threads else 0
         so.inter_op_num_threads = 1
