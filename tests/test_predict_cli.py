@@ -755,3 +755,29 @@ def test_labels_from_folders_that_name_no_class_are_refused_before_any_image(onn
     with pytest.raises(SystemExit) as e:  # argparse: the choices listed
         main(["--bundle", str(onnx_bundle), str(photos), "--labels", "files"])
     assert e.value.code == 2 and "choose from 'folders'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("how, code", [("SIGTERM", 143), ("", 130)])
+def test_an_interrupted_run_keeps_the_answers_so_far(onnx_bundle, photos, tmp_path, capsys, monkeypatch, how, code):
+    """SIGTERM (a job's time limit, docker stop) or Ctrl-C midway: the images answered until then are written and summed
+    up (``interrupted``, ``n_files``), then it ends as an interrupt does (a 3-hour job had lost every answer)."""
+    import dvt_runtime.predict as predict_module
+    from dvt_runtime.console import run_cli
+
+    real, seen = predict_module.read_image, []
+
+    def read(f, strict=False):
+        seen.append(f)
+        if len(seen) == 6:  # the signal arrives while the sixth file is read
+            raise KeyboardInterrupt(how) if how else KeyboardInterrupt()
+        return real(f, strict=strict)
+
+    monkeypatch.setattr(predict_module, "read_image", read)
+    out = tmp_path / "preds.json"
+    assert run_cli(lambda: main(["--bundle", str(onnx_bundle), str(photos), "--out", str(out), "--no-progress"])) == code
+    std = capsys.readouterr()
+    r = json.loads(out.read_text())
+    assert r["n_images"] == len(r["images"]) == 5 and r["interrupted"] == (how or "Ctrl-C") and r["n_files"] == 13
+    assert sum(r["exit_counts"]) == 5 and [x["file"] for x in r["images"]] == [str(f) for f in seen[:5]]
+    assert "5 images (0 unreadable)" in std.out and f"stopped after answering 5 of the 13 images given; the answers so far are in {out}" in std.err
+    assert f"interrupted ({how or 'Ctrl-C'}): stopped" in std.err

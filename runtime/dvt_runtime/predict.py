@@ -46,7 +46,7 @@ from dvt_runtime.stats import percentile, sample_stats
 if TYPE_CHECKING:
     from dvt_runtime.bundle import Bundle
 
-__all__ = ["SCHEMA", "image_files", "predict_files", "main"]
+__all__ = ["SCHEMA", "Interrupted", "image_files", "predict_files", "main"]
 
 SCHEMA, SCHEMA_VERSION = "dvt-predictions", 1
 
@@ -142,6 +142,15 @@ def _thresholds_source(bundle: "Bundle", thresholds: Optional[list], budget_ms: 
 UNIFORM_STD = 2.0  # gray levels: an image whose pixels vary less is blank (JPEG noise on a wall is about 1)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM (``args[0]``: ``"SIGTERM"``, as :func:`dvt_runtime.console.sigterm_as_interrupt` says) during
+    :func:`predict_files`; ``partial``: its result for the images answered until then (``interrupted``, ``n_files``)."""
+
+    def __init__(self, how: str, partial: dict):
+        super().__init__(how)
+        self.partial = partial
+
+
 def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[list] = None, budget_ms: Optional[float] = None,
                   deadline_ms: Optional[float] = None, show_progress: bool = True) -> dict:
     """Every file through ``bundle.predict`` one at a time, as a camera would feed it: the versioned result dict."""
@@ -149,39 +158,44 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
     every_gray = bundle.manifest.preprocess.channels != "gray"  # a colour model, and every image so far grayscale
     content = False  # an image that is not blank was read
     strict = can_check_jpegs()  # a JPEG libjpeg finds corrupt decodes to wrong pixels: listed, not answered
-    for f in progress(files, desc="predict", unit="image", enabled=show_progress):
-        try:
-            img = read_image(f, strict=strict)
-        except ImageError as e:
-            unreadable.append({"file": str(f), "error": str(e)})
-            continue
-        t0 = time.perf_counter()
-        x = bundle.preprocess(img)[0]  # (C, H, W) float32: one image
-        pre_ms.append((time.perf_counter() - t0) * 1e3)
-        try:
-            with preprocessed_here():  # an image whose pixels normalize into [0, 1] is not unnormalized
-                if not rows:  # one untimed run of every stage first: the first call's set-up is no image's latency
-                    bundle.run_exits(x[None])
-                # a deadline counts the image's preprocessing, as predict of the uint8 image would
-                choice = budget_choice(bundle, budget_ms) if budget_ms is not None and bundle.calibration is not None else None
-                shares = expected_shares(bundle, thresholds, budget_ms, deadline_ms, choice)  # before the call: the row it runs
-                t0 = time.perf_counter()
-                p = bundle.predict(x, thresholds=thresholds, budget_ms=budget_ms, deadline_ms=deadline_ms, spent_ms=pre_ms[-1])
-                call_ms = (time.perf_counter() - t0) * 1e3  # the stages and predict's own work: what a budget is priced at
-        except NonFiniteOutput as e:  # this image's answer would be meaningless: listed, and the others still answered
-            failed.append({"file": str(f), "error": str(e)})
-            pre_ms.pop()
-            continue
-        small = min(img.shape[:2])  # an image far smaller than the model's input is answered, but from few real pixels
-        tiny = {"upscaled": round(bundle.manifest.preprocess.resize / small, 1)} if 4 * small <= bundle.manifest.preprocess.resize else {}
-        few = img[:: max(1, img.shape[0] // 256), :: max(1, img.shape[1] // 256)]  # (<= ~256, <= ~256[, C]): enough to judge
-        spread = few.reshape(-1, few.shape[2]).std(axis=0).max() if few.ndim == 3 else few.std()  # per channel: a coloured wall
-        blank = {"uniform": True} if float(spread) < UNIFORM_STD else {}  # a lens cap, a wall: its answer is no object's
-        every_gray = every_gray and (bool(blank) or all_gray([few]))  # a blank frame is neither gray nor colour
-        content = content or not blank
-        ran = {"budget_thresholds": choice["thresholds"], "speed_scale": choice["speed_scale"]} if choice else {}  # the row, and why
-        rows.append({"file": str(f), **p.to_dict(), "preprocess_ms": pre_ms[-1], "predict_ms": call_ms, **tiny, **blank, **ran})
-        expected.append(shares)
+    stopped: Optional[KeyboardInterrupt] = None
+    try:  # Ctrl-C or SIGTERM: the images answered so far are kept (a job stopped after hours had lost them all)
+        for f in progress(files, desc="predict", unit="image", enabled=show_progress):
+            try:
+                img = read_image(f, strict=strict)
+            except ImageError as e:
+                unreadable.append({"file": str(f), "error": str(e)})
+                continue
+            t0 = time.perf_counter()
+            x = bundle.preprocess(img)[0]  # (C, H, W) float32: one image
+            pre_ms.append((time.perf_counter() - t0) * 1e3)
+            try:
+                with preprocessed_here():  # an image whose pixels normalize into [0, 1] is not unnormalized
+                    if not rows:  # one untimed run of every stage first: the first call's set-up is no image's latency
+                        bundle.run_exits(x[None])
+                    # a deadline counts the image's preprocessing, as predict of the uint8 image would
+                    choice = budget_choice(bundle, budget_ms) if budget_ms is not None and bundle.calibration is not None else None
+                    shares = expected_shares(bundle, thresholds, budget_ms, deadline_ms, choice)  # before the call: the row it runs
+                    t0 = time.perf_counter()
+                    p = bundle.predict(x, thresholds=thresholds, budget_ms=budget_ms, deadline_ms=deadline_ms, spent_ms=pre_ms[-1])
+                    call_ms = (time.perf_counter() - t0) * 1e3  # the stages and predict's own work: what a budget is priced at
+            except NonFiniteOutput as e:  # this image's answer would be meaningless: listed, and the others still answered
+                failed.append({"file": str(f), "error": str(e)})
+                pre_ms.pop()
+                continue
+            small = min(img.shape[:2])  # an image far smaller than the model's input is answered, but from few real pixels
+            tiny = {"upscaled": round(bundle.manifest.preprocess.resize / small, 1)} if 4 * small <= bundle.manifest.preprocess.resize else {}
+            few = img[:: max(1, img.shape[0] // 256), :: max(1, img.shape[1] // 256)]  # (<= ~256, <= ~256[, C]): enough to judge
+            spread = few.reshape(-1, few.shape[2]).std(axis=0).max() if few.ndim == 3 else few.std()  # per channel: a coloured wall
+            blank = {"uniform": True} if float(spread) < UNIFORM_STD else {}  # a lens cap, a wall: its answer is no object's
+            every_gray = every_gray and (bool(blank) or all_gray([few]))  # a blank frame is neither gray nor colour
+            content = content or not blank
+            ran = {"budget_thresholds": choice["thresholds"], "speed_scale": choice["speed_scale"]} if choice else {}  # the row, and why
+            rows.append({"file": str(f), **p.to_dict(), "preprocess_ms": pre_ms[-1], "predict_ms": call_ms, **tiny, **blank, **ran})
+            expected.append(shares)
+    except KeyboardInterrupt as e:
+        stopped = e
+        pre_ms, expected = pre_ms[: len(rows)], expected[: len(rows)]  # an image interrupted midway is no image's
     counts = np.bincount([r["exit"] - 1 for r in rows], minlength=bundle.num_exits).tolist() if rows else [0] * bundle.num_exits
     shift = exit_shift(counts, np.mean(expected, axis=0).tolist() if expected and None not in expected else None, bundle)
     m = bundle.manifest
@@ -206,6 +220,10 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
     }
     verdict = budget_verdict(out)
     out["budget_met"] = None if verdict is None else verdict[1]  # the summary's "within" / "OVER", for a monitor
+    out["interrupted"] = None if stopped is None else str(stopped) or "Ctrl-C"  # the images after it were not read
+    out["n_files"] = len(files)  # given: answered, unreadable, failed and (interrupted) not reached
+    if stopped is not None:
+        raise Interrupted(str(stopped), out)
     return out
 
 
@@ -368,7 +386,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             check_thresholds(thresholds, bundle.num_exits, "--thresholds")
         _check_mode(bundle, args, [str(w.message) for w in said])
         labels = folder_labels(files, bundle.manifest.classes) if args.labels else None  # refused before any image runs
-        r = predict_files(bundle, files, thresholds, args.budget_ms, args.deadline_ms, show_progress=not args.no_progress)
+        try:
+            r, stopped = predict_files(bundle, files, thresholds, args.budget_ms, args.deadline_ms, show_progress=not args.no_progress), None
+        except Interrupted as e:  # the answers so far are written and summed up, then it ends as an interrupt does
+            r, stopped = e.partial, e
         if labels is not None:
             r["accuracy"] = score(r["images"], labels, bundle.manifest.classes, bundle.num_exits, len(r["unreadable"]) + len(r["failed"]))
     except (ValueError, OSError, BackendUnavailable) as e:  # ManifestError, InputError, CalibrationError are ValueErrors
@@ -397,6 +418,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if saved is not None:
         print(f"wrote {shown(saved)}")  # a name with control characters is shown escaped, as in the table
+    if stopped is not None:  # run_cli says how it was stopped and exits 130 or 143
+        print(f"note: stopped after answering {len(r['images'])} of the {len(files)} images given" + (f"; the answers so far are in {shown(saved)}"
+              if saved is not None else ""), file=sys.stderr)
+        raise KeyboardInterrupt(*stopped.args)
     return 1 if r["unreadable"] or r["failed"] else 0
 
 
