@@ -699,7 +699,7 @@ def test_images_unlike_the_calibrations_are_said_with_what_they_cost(bundle_for_
     assert any("calibrated at another setting" in n for n in r["notes"])  # open's warning (another thread count): in the file too
     assert "note: /" not in err  # ... and said once on stderr (as the warning it is), not again as a note
     r, _ = run("--budget-ms", "0.8")  # the budget controller's rows: where the calibration's images stopped under each
-    assert all(len(x["budget_thresholds"]) == 3 and x["speed_scale"] > 0 for x in r["images"])  # which row ran, and why
+    assert all(len(x["budget_thresholds"]) == 3 and x["speed_scale"] > 0 and x["mix_scale"] > 0 for x in r["images"])  # which row, why
     assert r["budget_met"] is bool(np.mean([x["predict_ms"] for x in r["images"]]) <= 0.8)  # the summary's verdict, in the JSON
     assert r["shift"] is not None and sum(r["shift"]["expected_exit_fractions"]) == pytest.approx(1)
     r, _ = run("--thresholds", "0.5,0.5")  # thresholds no calibration measured are compared with nothing

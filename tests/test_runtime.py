@@ -16,7 +16,7 @@ import pytest
 
 from dvt_edge.data import export_npz, load_dataset
 from dvt_runtime.bundle import Bundle, InputError
-from dvt_runtime.controller import BudgetController
+from dvt_runtime.controller import MIX_WINDOW, BudgetController
 from dvt_runtime.io import sha256_file
 from dvt_runtime.manifest import Manifest
 from tests.test_batching import CountingSession
@@ -201,6 +201,45 @@ def test_controller_moves_along_table_when_device_slows():
     for _ in range(64):
         spiked.observe([1.0])
     assert spiked.scale == pytest.approx(1.0)  # gone from the window, and the running sums kept exact
+
+
+def test_controller_prices_rows_at_where_recent_images_stopped():
+    """Images that leave the early exits less often than the calibration's (darker ones: 51% over a 0.9 ms budget on the
+    CIFAR reference, where the device ran as profiled) cost more at the same speed: once that is clear (100 samples,
+    3 standard errors), rows are priced at the ratio and a cheaper row runs; images like the calibration's leave it at 1,
+    and bring it back there."""
+    exit_ms = [1.0, 2.0, 3.0]
+    table = [{"thresholds": [0.0, 0.0, None], "predicted_ms": 1.0, "accuracy": 80.0, "exit_fractions": [1.0, 0.0, 0.0]},
+             {"thresholds": [0.9, 0.0, None], "predicted_ms": 1.5, "accuracy": 84.0, "exit_fractions": [0.5, 0.5, 0.0]},
+             {"thresholds": [0.9, 0.9, None], "predicted_ms": 1.9, "accuracy": 86.0, "exit_fractions": [0.4, 0.3, 0.3]}]
+    c = BudgetController(2.0, table, exit_mean_ms=exit_ms)
+    rng = np.random.default_rng(0)
+    moved = 0
+    for _ in range(3000):  # images like the calibration's: exits drawn from the row's own shares
+        thr = c.thresholds()
+        stop = rng.choice(3, p=next(r["exit_fractions"] for r in table if r["thresholds"] == thr))
+        c.observe([exit_ms[0]] * (stop + 1), thr)  # stage times as profiled: the speed estimate stays 1
+        moved += c.mix != 1.0
+    assert moved < 0.05 * 3000 and c.thresholds() == [0.9, 0.9, None]
+    for _ in range(300):  # harder images: under every row, exit 3 three times as often
+        thr = c.thresholds()
+        f = np.array(next(r["exit_fractions"] for r in table if r["thresholds"] == thr))
+        hard = f + np.array([-0.8 * f[0], 0.0, 0.8 * f[0]])
+        c.observe([exit_ms[0]] * (rng.choice(3, p=hard / hard.sum()) + 1), thr)
+    assert c.mix > 1.3 and c.thresholds() != [0.9, 0.9, None] and c.scale == pytest.approx(1.0, abs=0.35)
+    for _ in range(MIX_WINDOW):  # the calibration's images again: a window later, priced as calibrated
+        thr = c.thresholds()
+        c.observe([exit_ms[0]] * (rng.choice(3, p=next(r["exit_fractions"] for r in table if r["thresholds"] == thr)) + 1), thr)
+    assert c.mix == pytest.approx(1.0, abs=0.25)
+    old = BudgetController(2.0, [{k: v for k, v in r.items() if k != "exit_fractions"} for r in table], exit_mean_ms=exit_ms)
+    for _ in range(300):  # an older file's rows carry no shares: no mix estimate
+        old.observe([1.0, 1.0, 1.0], old.thresholds())
+    assert old.mix == 1.0 and not old._mix
+    fresh = BudgetController(2.0, table, exit_mean_ms=exit_ms)
+    for _ in range(100):  # every image at exit 3 under the top row (priced 1.9 ms, each costs 3): judged from the 100th
+        assert fresh.thresholds() == [0.9, 0.9, None] and fresh.mix == 1.0
+        fresh.observe([1.0, 1.0, 1.0], [0.9, 0.9, None])
+    assert fresh.mix == pytest.approx(3.0 / 1.9) and fresh.thresholds() == [0.0, 0.0, None]  # 1.5 x 1.58 > 2: the cheapest
 
 
 class _Slow:
@@ -1137,3 +1176,20 @@ def test_a_calibration_made_on_a_busy_cpu_says_so_in_its_note(bundle_copy, val, 
     assert "(profiling: the hypervisor took 12.0% of the machine's CPU time / measuring the holdout: " in r.note
     on_disk = json.loads((bundle_copy / "calibration" / "busy.json").read_text())
     assert on_disk["note"] == r.note and on_disk["chosen"]["measured"]["contention"]["wait_pct"] == 31.0
+
+
+def test_budget_mode_feeds_the_controller_where_each_image_stopped(bundle_copy, val):
+    """``predict(budget_ms=)`` tells the controller which row each image ran under: its exit-mix estimate sees them all
+    (without, images unlike the calibration's ran a budget over with nothing to correct it)."""
+    from dvt_runtime.calibrate import calibrate
+
+    x, y = val
+    b = Bundle.open(bundle_copy)
+    r = calibrate(b, x[:60], y[:60], 1e6, device_name="mix", runs=10, warmup=2, progress=False)
+    assert all(row.predicted.get("exit_fractions") for row in r.table)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the micro model's calibration notes are not this test's
+        for i in range(60, 120):
+            b.predict(x[i], budget_ms=r.budget_ms)
+        b.predict(x[60:80], budget_ms=r.budget_ms, max_batch=1)  # a batch, one image per call as calibrated: each seen
+    assert len(b.controller._mix) == 80 and b.controller.mix >= 0

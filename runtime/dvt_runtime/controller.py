@@ -10,6 +10,13 @@ CIFAR reference under a competing process, it changed row 510 times in 1,000 ima
 replayed through the ratio of sums, 78 times and 16% under it (at idle, 92 -> 34 changes). The estimate describes the device, not the budget: one
 controller serves every budget (``thresholds(budget_ms)``), so a caller that alternates
 budgets keeps what it has learnt.
+
+A second estimate follows which images come (``mix``): over the last ``MIX_WINDOW`` samples, the profiled price of where
+each stopped over the price of where the calibration's images stopped under the row that ran (a ratio of sums). Darker,
+blurred or other scenes leave the early exits less often and cost more at the same speed: once ``MIX_MIN`` samples differ
+from the calibration's by more than ``MIX_Z`` standard errors, rows are priced at that ratio too (cheaper thresholds, at a
+cost in accuracy on those images, to hold the budget), and images like the calibration's bring it back to 1. Rows of
+older calibration files carry no exit shares: no mix estimate there.
 """
 
 from __future__ import annotations
@@ -29,6 +36,9 @@ if TYPE_CHECKING:
 HISTORY = 1000  # recent speed estimates kept (bounded: a controller may run for months)
 WINDOW = 64  # samples the speed estimate is taken over (about 57 to follow 90% of a sustained slowdown)
 PRIOR = 16  # a new controller starts as if this many exit-1 samples had run at their profiled price
+MIX_WINDOW = 256  # samples the exit-mix estimate is taken over
+MIX_MIN = 100  # samples before it may reprice rows (as shift.MIN_IMAGES: at 100, sampling alone moves a share by ~5 points)
+MIX_Z = 3.0  # standard errors from 1 it must be before rows are repriced (images like the calibration's: 1)
 
 __all__ = ["BudgetController", "controller_for"]
 
@@ -43,6 +53,7 @@ class BudgetController:
     history: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
     batch: int = 1  # images per call the prices were measured at: calls of another size say nothing about them
     headroom: float = 0.0  # fraction of every budget kept spare (the calibration's own): rows must fit budget x (1 - headroom)
+    mix: float = 1.0  # where recent samples stopped, priced, over where the calibration's did under the same rows (1 unless significant)
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.budget_ms) or self.budget_ms <= 0:
@@ -57,6 +68,16 @@ class BudgetController:
         p = max(float(self.exit_mean_ms[0]), 0.0)
         self._recent: deque = deque([(p, p)] * min(PRIOR, self.window), maxlen=self.window)  # (observed, profiled) ms
         self._sums, self._seen = [p * len(self._recent)] * 2, 0
+        self._row_ms = {tuple(r["thresholds"]): c for r in self.table if (c := self._priced(r.get("exit_fractions"))) is not None}
+        self._mix: deque = deque(maxlen=MIX_WINDOW)  # (price of where a sample stopped, its row's expected price)
+        self._msums, self._mseen = [0.0] * 5, 0  # sums of s, e, s*s, s*e, e*e over _mix; samples seen
+
+    def _priced(self, shares) -> Optional[float]:
+        """A row's exit shares priced at the profile's cost of stopping at each exit; None without valid shares."""
+        ok = isinstance(shares, list) and len(shares) == len(self.exit_mean_ms) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in shares)
+        cost = sum(float(f) * float(c) for f, c in zip(shares, self.exit_mean_ms)) if ok else 0.0
+        return cost if ok and math.isfinite(cost) and cost > 0 else None
 
     @classmethod
     def from_calibration(cls, cal: "Calibration", budget_ms: float, window: int = WINDOW) -> "BudgetController":
@@ -72,7 +93,7 @@ class BudgetController:
         if not math.isfinite(budget) or budget <= 0:
             raise ValueError(f"budget_ms must be a finite positive number of ms, got {budget}")
         # a row's budget_ms is its priced budget / (1 - headroom): back again, it may come out one ulp short
-        fit = [r for r in self.table if r["predicted_ms"] * self.scale <= budget * (1 - self.headroom) * (1 + 1e-9)]
+        fit = [r for r in self.table if r["predicted_ms"] * self.scale * self.mix <= budget * (1 - self.headroom) * (1 + 1e-9)]
         if not fit:
             return self.table[0]
         return max(fit, key=lambda r: (r["accuracy"], -r["predicted_ms"]))
@@ -80,13 +101,16 @@ class BudgetController:
     def thresholds(self, budget_ms: Optional[float] = None) -> list[Optional[float]]:
         return list(self.row(budget_ms)["thresholds"])
 
-    def observe(self, stage_ms: Sequence[float]) -> None:
-        """Update the speed estimate from one sample's measured stage times (one per stage it ran)."""
+    def observe(self, stage_ms: Sequence[float], thresholds: Optional[Sequence] = None) -> None:
+        """Update the speed estimate from one sample's measured stage times (one per stage it ran) and, given the row's
+        ``thresholds`` it ran under, the exit-mix estimate."""
         if not stage_ms:
             return
         expected = self.exit_mean_ms[len(stage_ms) - 1]  # one price per exit: a sample runs at most that many stages
         if expected <= 0:
             return
+        if thresholds is not None and (row_ms := self._row_ms.get(tuple(thresholds))) is not None:
+            self._observe_mix(expected, row_ms)
         observed = float(sum(stage_ms))
         if not math.isfinite(observed / expected) or observed < 0:  # a broken timer reading must not pin the estimate for good
             return
@@ -100,6 +124,25 @@ class BudgetController:
             self._sums = [sum(o for o, _ in self._recent), sum(e for _, e in self._recent)]
         self.scale = self._sums[0] / self._sums[1]
         self.history.append(self.scale)
+
+
+    def _observe_mix(self, stopped_ms: float, row_ms: float) -> None:
+        """One sample's price of where it stopped against its row's expected price: :attr:`mix` (see the module)."""
+        if len(self._mix) == self._mix.maxlen:
+            s, e = self._mix[0]
+            self._msums = [a - b for a, b in zip(self._msums, (s, e, s * s, s * e, e * e))]
+        self._mix.append((stopped_ms, row_ms))
+        self._msums = [a + b for a, b in zip(self._msums, (stopped_ms, row_ms, stopped_ms ** 2, stopped_ms * row_ms, row_ms ** 2))]
+        self._mseen += 1
+        if self._mseen % MIX_WINDOW == 0:  # summed afresh now and then, as the speed estimate's
+            self._msums = [sum(v) for v in zip(*((s, e, s * s, s * e, e * e) for s, e in self._mix))]
+        n, (S, E, SS, SE, EE) = len(self._mix), self._msums
+        if n < MIX_MIN or E <= 0:
+            self.mix = 1.0
+            return
+        r = S / E
+        se = math.sqrt(max(SS - 2 * r * SE + r * r * EE, 0.0)) / E  # the ratio estimate's standard error
+        self.mix = r if abs(r - 1) > MIX_Z * se else 1.0
 
 
 def controller_for(bundle: "Bundle", budget_ms: float) -> BudgetController:

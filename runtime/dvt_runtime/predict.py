@@ -190,7 +190,7 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
             blank = {"uniform": True} if float(spread) < UNIFORM_STD else {}  # a lens cap, a wall: its answer is no object's
             every_gray = every_gray and (bool(blank) or all_gray([few]))  # a blank frame is neither gray nor colour
             content = content or not blank
-            ran = {"budget_thresholds": choice["thresholds"], "speed_scale": choice["speed_scale"]} if choice else {}  # the row, and why
+            ran = {"budget_thresholds": choice["thresholds"], "speed_scale": choice["speed_scale"], "mix_scale": choice["mix_scale"]} if choice else {}
             rows.append({"file": str(f), **p.to_dict(), "preprocess_ms": pre_ms[-1], "predict_ms": call_ms, **tiny, **blank, **ran})
             expected.append(shares)
     except KeyboardInterrupt as e:

@@ -47,10 +47,11 @@ def run_facts(bundle: "Bundle") -> dict[str, Any]:
 def budget_choice(bundle: "Bundle", budget_ms: float) -> dict[str, Any]:
     """The budget controller's table row the next ``predict(budget_ms=)`` call runs (asked before the call; a concurrent
     caller may move it) and its speed estimate: ``thresholds``, ``exit_fractions`` (where the calibration's images
-    stopped under them; None in older files) and ``speed_scale`` (observed / profiled stage time)."""
+    stopped under them; None in older files), ``speed_scale`` (observed / profiled stage time) and ``mix_scale`` (the
+    exit-mix estimate rows are priced at: 1 for images like the calibration's, see :mod:`dvt_runtime.controller`)."""
     from dvt_runtime.controller import controller_for
 
     ctl = controller_for(bundle, budget_ms)
     row = ctl.row(budget_ms)
     thr: list[Optional[float]] = [None if v is None else float(v) for v in row["thresholds"]]
-    return {"thresholds": thr, "exit_fractions": row.get("exit_fractions"), "speed_scale": float(ctl.scale)}
+    return {"thresholds": thr, "exit_fractions": row.get("exit_fractions"), "speed_scale": float(ctl.scale), "mix_scale": float(ctl.mix)}

@@ -2,9 +2,10 @@
 the same thresholds.
 
 A latency budget and its accuracy hold for images like the ones it was calibrated on. Darker, blurred or noisier images,
-or another kind of scene, leave the early exits less often: the cascade takes longer than the calibration priced, and
-the budget controller cannot see why (it learns how fast the device runs, not which images come). ``predict`` and the
-webcam compare the exits their images stopped at with the calibration's and say so when they differ.
+or another kind of scene, leave the early exits less often: at fixed thresholds the cascade takes longer than the
+calibration priced (the budget controller prices its rows at where recent images stopped, and so holds a budget by
+stopping them earlier, at a cost in accuracy the calibration did not measure). ``predict`` and the webcam compare the
+exits their images stopped at with the calibration's and say so when they differ.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def shift_note(s: Optional[dict[str, Any]], noun: str = "images") -> str:
     if s["priced_ms"] is not None and s["expected_priced_ms"]:
         ratio = s["priced_ms"] / s["expected_priced_ms"]
         cost = (f"; priced at the profile's stage times, {ratio:.2f}x the calibration's"
-                + (": a latency budget cannot hold for them" if ratio > 1.1 else ""))
+                + (": at fixed thresholds a latency budget cannot hold for them (a budget's controller stops them earlier)"
+                   if ratio > 1.1 else ""))
     return (f"note: these {s['n']} {noun} stopped at exits 1-{e} {pct(s['exit_fractions'])}%, where the calibration's images "
             f"stopped {pct(s['expected_exit_fractions'])}% under the same thresholds{cost}: they are unlike the images the "
             f"device was calibrated on (darker, blurred, noisier, another kind of scene?), and so may be its accuracy. If these "
