@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -903,3 +904,38 @@ def test_verification_judges_the_images_by_the_checkpoints_own_preprocessing(mic
     torch.save(ckpt, tmp_path / "narrow.pt")
     res = export_bundle(str(tmp_path / "narrow.pt"), "onnx", "fp32", out=str(tmp_path / "b"), verify_n=30, progress=False)
     assert res.manifest.parity.passed and res.manifest.parity.n_real == 30 and res.manifest.preprocess.std == (0.02,)
+
+
+def test_blank_calibration_images_are_refused_not_exported_as_passed(micro_ckpt, tmp_path, capsys):
+    """300 black images calibrated a static int8 CIFAR bundle and verified it too: exported "passed", 12 to 22 points
+    down on real images (a quantization engineer's audit). A set most of whose images are blank is refused, by the
+    export (as pixels or preprocessed) and by the runtime's calibrate, naming the problem; a black image is not called
+    grayscale."""
+    from dvt_edge.fashion_mnist import FASHION_MNIST_CLASSES
+    from dvt_runtime.calibration import CalibrationError
+    from dvt_runtime.manifest import Manifest
+    from dvt_runtime.npzsets import foreign_pixels, load_npz
+
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 256, (40, 28, 28), dtype=np.uint8)
+    black = np.zeros((40, 28, 28), np.uint8)
+    black[:12] = real[:12]  # 28 of 40 blank (one gray level of JPEG-like noise on the rest would not change that)
+    black[12:20] += rng.integers(0, 2, (8, 28, 28), dtype=np.uint8)
+    for name, imgs in (("black", black), ("real", real)):
+        np.savez(tmp_path / f"{name}.npz", images=imgs, labels=np.arange(40) % 10, classes=np.array(FASHION_MNIST_CLASSES))
+    with pytest.raises(ExportError, match=r"calibration images from npz:.*black.npz: \d+ of \d+ images looked at are blank"):
+        export_bundle(str(micro_ckpt), "onnx", "int8", out=str(tmp_path / "b"), calib_data=f"npz:{tmp_path / 'black.npz'}",
+                      scheme="static", int8_min_agreement=None, progress=False)
+    assert not (tmp_path / "b").exists()
+    res = export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(tmp_path / "ok"), calib_data=f"npz:{tmp_path / 'real.npz'}",
+                        verify_n=40, progress=False)
+    pre = Manifest.load(res.path).preprocess
+    with pytest.raises(CalibrationError, match="28 of 40 images looked at are blank"):
+        load_npz(str(tmp_path / "black.npz"), pre)
+    x = pre.apply_batch(black)  # (40, 1, 28, 28): stored preprocessed, as data export writes them
+    np.savez(tmp_path / "black_pre.npz", images=x, labels=np.arange(40) % 10, preprocess=json.dumps(pre.to_dict()))
+    with pytest.raises(CalibrationError, match="28 of 40 images looked at are blank"):
+        load_npz(str(tmp_path / "black_pre.npz"), pre)
+    assert load_npz(str(tmp_path / "real.npz"), pre)[0].shape == (40, 1, 28, 28)
+    colour = dataclasses.replace(pre, channels="rgb", mean=(0.5,) * 3, std=(0.25,) * 3)
+    assert foreign_pixels(list(np.zeros((4, 28, 28, 3), np.uint8)), colour) == []  # blank: not "grayscale images"

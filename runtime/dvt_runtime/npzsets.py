@@ -20,7 +20,7 @@ from dvt_runtime.checks import InputError, check_finite, numbered
 from dvt_runtime.io import check_labels, read_npz
 from dvt_runtime.preprocess import Preprocess
 
-__all__ = ["all_gray", "foreign_pixels", "check_npz_preprocess", "load_npz", "load_images", "bgr_pixels"]
+__all__ = ["BLANK_SHARE", "UNIFORM_STD", "all_gray", "blank_share", "check_not_blank", "is_blank", "foreign_pixels", "check_npz_preprocess", "load_npz", "load_images", "bgr_pixels"]
 
 
 def check_npz_preprocess(z: dict, preprocess: Preprocess, path: Path, error: Callable[[str], Exception]) -> None:
@@ -74,6 +74,7 @@ def load_npz(path: str, preprocess: Optional[Preprocess] = None, classes: Option
             out = preprocess.apply_batch(bgr_pixels(z, x, p, CalibrationError))
         except ValueError as e:  # InputError: a shape that is no image
             raise CalibrationError(f"{p}: {e}") from None
+        check_not_blank(blank_share(x), len(x), str(p), CalibrationError)
         _say_foreign_pixels(x, preprocess, p)  # images, now known: whose images?
         return out, y
     want = "" if preprocess is None else f" of shape (N, {', '.join(map(str, preprocess.input_shape))})"
@@ -86,6 +87,7 @@ def load_npz(path: str, preprocess: Optional[Preprocess] = None, classes: Option
                                "re-export the file, or drop those images")
     if preprocess is not None:
         check_values(x, preprocess, p)
+        check_not_blank(blank_share(x, preprocess), len(x), str(p), CalibrationError)
     return x, y
 
 
@@ -122,8 +124,8 @@ def foreign_pixels(images: Union[np.ndarray, Sequence[np.ndarray]], preprocess: 
         said.append(f"the images are {h}x{w}{' (the median)' if len({s for s, _ in sides}) > 1 else ''}, this model resizes them to "
                     f"{preprocess.resize} px ({preprocess.resize / side:.1f}x upscaled): another data set's images? use images like "
                     "the ones the device will see")
-    if preprocess.channels != "gray" and all_gray(images):
-        said.append(GRAY_FOR_COLOUR)
+    if preprocess.channels != "gray" and (shown := [im for im in images if not is_blank(im)]) and all_gray(shown):
+        said.append(GRAY_FOR_COLOUR)  # a blank image is neither gray nor colour (a black one had been called grayscale)
     return said
 
 
@@ -131,6 +133,41 @@ GRAY_FOR_COLOUR = ("grayscale images for a colour model (one channel, repeated t
                    "is not its accuracy on colour images; use images like the ones the device will see (if the model was trained on "
                    "such images, they are)")
 GRAY_TOLERANCE = 3  # a gray picture stored in colour (JPEG): its channels differ by rounding only
+
+
+UNIFORM_STD = 2.0  # gray levels: an image whose every channel varies less is blank (JPEG noise on a wall is about 1)
+BLANK_SHARE = 0.5  # a set this share of whose images are blank is refused for calibration: ranges and thresholds set on nothing
+
+
+def is_blank(im: np.ndarray) -> bool:
+    """Whether a uint8 image ((H, W[, C])) is blank: each channel's pixels vary by less than :data:`UNIFORM_STD` gray
+    levels (a lens cap, a wall, a black frame; a coloured wall too), judged on at most about 256 x 256 of them."""
+    im = np.asarray(im)
+    few = im[:: max(1, im.shape[0] // 256), :: max(1, im.shape[1] // 256)]  # (<= ~256, <= ~256[, C]): enough to judge
+    spread = few.reshape(-1, few.shape[2]).std(axis=0).max() if few.ndim == 3 else few.std()
+    return bool(float(spread) < UNIFORM_STD)
+
+
+def blank_share(images: Union[np.ndarray, Sequence[np.ndarray]], preprocess: Optional[Preprocess] = None) -> float:
+    """The share of blank images (:func:`is_blank`) among uint8 ones ((H, W[, C]) each) or, with ``preprocess``, among
+    preprocessed float32 ones ((N, C, H, W), their spread taken back to gray levels through its std); 0.0 for none."""
+    if len(images) == 0:
+        return 0.0
+    if preprocess is None:
+        return sum(is_blank(im) for im in images) / len(images)
+    x = np.asarray(images, dtype=np.float32)
+    levels = x.reshape(len(x), x.shape[1], -1).std(axis=2) * (255 * np.asarray(preprocess.std, np.float32))[None, :]  # (N, C)
+    return float(np.mean(levels.max(axis=1) < UNIFORM_STD))
+
+
+def check_not_blank(share: float, n: int, where: str, error: Callable[[str], Exception]) -> None:
+    """Refuse a set of images most of which are blank (``share`` of ``n`` judged): int8 ranges, thresholds and accuracy
+    set on them say nothing of real images (a set of black images had exported an int8 bundle 12 to 22 points down,
+    its checks passed on the same black images)."""
+    if share >= BLANK_SHARE:
+        raise error(f"{where}: {round(share * n)} of {n} images looked at are blank (every channel varies by less than "
+                    f"{UNIFORM_STD:g} gray levels: black or single-colour frames): int8 ranges, thresholds and accuracy set or "
+                    "measured on them say nothing of real images; use images like the ones the device will see")
 
 
 def all_gray(images: Union[np.ndarray, Sequence[np.ndarray]]) -> bool:

@@ -36,7 +36,7 @@ from dvt_runtime.console import WINDOWS, progress, quote_arg, shown  # WINDOWS: 
 from dvt_runtime.device import open_here, profiled_here, this_host
 from dvt_runtime.images import IMAGE_EXTS, ImageError, can_check_jpegs, cv2_or_fail, read_image
 from dvt_runtime.io import atomic_write_json, check_out_path, os_error_text
-from dvt_runtime.npzsets import GRAY_FOR_COLOUR, all_gray
+from dvt_runtime.npzsets import GRAY_FOR_COLOUR, all_gray, is_blank
 from dvt_runtime.runfacts import budget_choice, run_facts
 from dvt_runtime.scoring import LABEL_SOURCES, accuracy_lines, folder_labels, score
 from dvt_runtime.search import check_metric
@@ -139,7 +139,6 @@ def _thresholds_source(bundle: "Bundle", thresholds: Optional[list], budget_ms: 
     return cal or (f"the manifest's{rough}" if m.thresholds is not None else last)
 
 
-UNIFORM_STD = 2.0  # gray levels: an image whose pixels vary less is blank (JPEG noise on a wall is about 1)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -186,8 +185,7 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
             small = min(img.shape[:2])  # an image far smaller than the model's input is answered, but from few real pixels
             tiny = {"upscaled": round(bundle.manifest.preprocess.resize / small, 1)} if 4 * small <= bundle.manifest.preprocess.resize else {}
             few = img[:: max(1, img.shape[0] // 256), :: max(1, img.shape[1] // 256)]  # (<= ~256, <= ~256[, C]): enough to judge
-            spread = few.reshape(-1, few.shape[2]).std(axis=0).max() if few.ndim == 3 else few.std()  # per channel: a coloured wall
-            blank = {"uniform": True} if float(spread) < UNIFORM_STD else {}  # a lens cap, a wall: its answer is no object's
+            blank = {"uniform": True} if is_blank(few) else {}  # a lens cap, a wall: its answer is no object's
             every_gray = every_gray and (bool(blank) or all_gray([few]))  # a blank frame is neither gray nor colour
             content = content or not blank
             ran = {"budget_thresholds": choice["thresholds"], "speed_scale": choice["speed_scale"], "mix_scale": choice["mix_scale"]} if choice else {}
