@@ -939,3 +939,24 @@ def test_blank_calibration_images_are_refused_not_exported_as_passed(micro_ckpt,
     assert load_npz(str(tmp_path / "real.npz"), pre)[0].shape == (40, 1, 28, 28)
     colour = dataclasses.replace(pre, channels="rgb", mean=(0.5,) * 3, std=(0.25,) * 3)
     assert foreign_pixels(list(np.zeros((4, 28, 28, 3), np.uint8)), colour) == []  # blank: not "grayscale images"
+
+
+def test_int8_schemes_are_timed_in_turn_and_keep_their_lowest_round(monkeypatch):
+    """One after the other, a busy spell while one candidate was timed chose a scheme 25% slower than the other (as
+    profiled later): the candidates are timed in rounds, in turn, each keeping its lowest round's p50."""
+    import types
+
+    import dvt_runtime.profile
+    from dvt_edge.export.int8 import TIMED_ROUNDS, _time_in_turn
+
+    order, busy = [], iter([False, True] * 2 + [False] * 100)  # the second candidate's first two rounds ran on a busy CPU
+
+    def fake_profile(bundle, **kw):
+        order.append(bundle)
+        ms = {"a": 1.0, "b": 0.8}[bundle] * (1.5 if next(busy) else 1.0)
+        return types.SimpleNamespace(stages=[{"median": 9.0}, {"median": ms}])
+
+    monkeypatch.setattr(dvt_runtime.profile, "profile_bundle", fake_profile)
+    scored = [{"scheme": "static", "vb": "a"}, {"scheme": "dynamic", "vb": "b"}]
+    _time_in_turn(scored, np.zeros((4, 1, 28, 28), np.float32), 1)
+    assert order == ["a", "b"] * TIMED_ROUNDS and [s["p50_ms"] for s in scored] == [1.0, 0.8]
