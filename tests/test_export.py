@@ -960,3 +960,20 @@ def test_int8_schemes_are_timed_in_turn_and_keep_their_lowest_round(monkeypatch)
     scored = [{"scheme": "static", "vb": "a"}, {"scheme": "dynamic", "vb": "b"}]
     _time_in_turn(scored, np.zeros((4, 1, 28, 28), np.float32), 1)
     assert order == ["a", "b"] * TIMED_ROUNDS and [s["p50_ms"] for s in scored] == [1.0, 0.8]
+
+
+def test_default_thresholds_are_not_chosen_on_images_the_model_answers_at_chance(micro_ckpt):
+    """Random-noise calibration images (labelled, and answered at chance) chose default thresholds 0.33, 0.86 for the
+    CIFAR reference: its cascade 8 points under its last exit, unsaid. A last exit at chance on the verification images
+    chooses none, and says why."""
+    model, info = load_checkpoint(micro_ckpt)
+    info.thresholds = None  # chosen on the images, not the checkpoint's own
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 400)
+    logits = [rng.normal(size=(400, 10)).astype(np.float32) for _ in range(3)]
+    for lg in logits:
+        lg[np.arange(400), labels] += 3.0  # every exit mostly right: thresholds chosen
+    t, why = _default_thresholds(model, info, logits, labels)
+    assert t is not None and why.startswith("cheapest FLOPs point")
+    t, why = _default_thresholds(model, info, logits, rng.permutation(labels))  # the same answers, other labels: at chance
+    assert t is None and re.match(r"none \(the last exit scores \d+\.\d% on these 400 labelled images, at chance for 10 classes", why), why

@@ -34,6 +34,7 @@ from dvt_edge.data import (
     trained_on_val,
 )
 from dvt_edge.export.common import ExitArtifact, ExitGraph, ExitJob, ExportError, VerificationFailed, exit_graphs, exit_specs
+from dvt_edge.export.defaults import MIN_THRESHOLD_IMAGES, THRESHOLD_TOLERANCE, _default_thresholds  # noqa: F401  (tests)
 from dvt_edge.export.images import _Data, _load_data, _same_images  # noqa: F401  (_Data, _same_images: tests)
 from dvt_edge.export.install import carry_over, check_destination, install, recover_leftovers, staging_stem
 from dvt_edge.export.int8 import CALIBRATED, int8_schemes, pick_scheme
@@ -59,13 +60,11 @@ from dvt_edge.models import DVT, imagenet_layout
 from dvt_edge.npzdata import HOLDOUT_MARK
 from dvt_edge.provenance import code_changes, code_revision, created_at
 from dvt_runtime.backends import available_backends
-from dvt_runtime.bundle import softmax
 from dvt_runtime.console import progress, quote_arg
 from dvt_runtime.io import current_umask, hold_lock, sha256_file
 from dvt_runtime.manifest import ExitParity, ExitSpec, Manifest, ParityReport
 from dvt_runtime.preprocess import Preprocess
 
-THRESHOLD_TOLERANCE = 0.2  # default thresholds: the cheapest point at most this many points below the best accuracy
 CHECK_BYTES = 256 << 20  # per-exit inputs of verification images kept for the recipes (e.g. Core ML W8A8's simulated check)
 
 __all__ = ["export_bundle", "ExportOptions", "ExportError", "VerificationFailed", "ExportResult", "TARGETS", "get_target", "TargetUnavailable", "FP32_TOL",
@@ -85,37 +84,6 @@ class ExportResult:
 
 
 # ----------------------------------------------------------------------------- thresholds
-
-
-def _default_thresholds(model: DVT, info: CheckpointInfo, ref_logits: Optional[list[np.ndarray]], labels,
-                        origin: str = "PyTorch fp32", precision: str = "fp32") -> tuple[Optional[list], str]:
-    """The checkpoint's own thresholds (its middle dynamic_threshold row, said 1-based), else the cheapest FLOPs point near
-    the best accuracy on ``ref_logits``."""
-    if info.thresholds is not None and info.thresholds.ndim == 2 and info.thresholds.shape[1] == model.num_exits:
-        row = info.thresholds.shape[0] // 2
-        t = [float(v) for v in info.thresholds[row]][:-1]  # the last exit always answers
-        if not all(np.isfinite(t)):
-            raise ExportError(f"the checkpoint's dynamic_threshold row {row + 1} holds non-finite values {t}: fix or drop "
-                              "dynamic_threshold in the checkpoint (without it, thresholds are chosen on real images)")
-        # a confidence is in [0, 1]: above 1 (MSDNet-style 1e8 for an exit no sample reaches) never stops, below 0 always does
-        t = [None if v > 1.0 else max(v, 0.0) for v in t]
-        shifted = (f"; the authors' fp32 thresholds, and {precision} shifts confidences: calibrate on the device (dvt_runtime.calibrate)"
-                   if precision != "fp32" else "")
-        return t + [None], f"checkpoint dynamic_threshold row {row + 1} of {info.thresholds.shape[0]}{shifted}"
-    if ref_logits is None or labels is None:
-        return None, "none (no labelled images of the model's classes to choose them on)"
-    if len(labels) < MIN_THRESHOLD_IMAGES:  # 4 held-out photos chose 0, 0: every image left at exit 1, unsaid at predict time
-        return None, (f"none (only {len(labels)} labelled images, fewer than {MIN_THRESHOLD_IMAGES}: too few to choose thresholds "
-                      "on; every image runs to the last exit until this device is calibrated with dvt_runtime.calibrate)")
-    from dvt_runtime.search import ExitOutputs, StageCosts, search_thresholds
-
-    probs = np.stack([softmax(lg.astype(np.float64)) for lg in ref_logits])  # float64, as the runtime decides
-    costs = StageCosts.from_cumulative([e.gflops for e in model.exits], unit="GFLOPs")
-    res = search_thresholds(ExitOutputs.from_probs(probs, labels), costs, budget=costs.cumulative[-1] * (1 + 1e-9), algorithm="exact")
-    best = max(p.accuracy for p in res.frontier)
-    pick = min((p for p in res.frontier if p.accuracy >= best - THRESHOLD_TOLERANCE), key=lambda p: p.mean_cost)
-    return pick.to_dict()["thresholds"], (f"cheapest FLOPs point within {THRESHOLD_TOLERANCE} points of the best accuracy on {len(labels)} "
-                                          f"verification images ({origin}); re-calibrate on the device with dvt_runtime.calibrate")
 
 
 # ----------------------------------------------------------------------------- main entry
@@ -276,7 +244,6 @@ def _undo_setup(made: list[Path], new_log: Optional[Path], header: str = "") -> 
 
 
 _SAID: set[str] = set()  # warnings already printed in this process
-MIN_THRESHOLD_IMAGES = 50  # fewer labelled images choose no default thresholds
 #: fewer calibration images give rough int8 activation ranges: on the CIFAR reference's ExecuTorch static int8, 2 images left
 #: the logits 1.1-1.6 off and 95.1% of decisions the same, against 0.1-0.4 and 99% with 64 (a helper's export, session 54)
 FEW_CALIB = 32
