@@ -12,7 +12,7 @@ from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SUBCOMMANDS = {"dvt_edge": ("train", "evaluate", "export", "bench", "demo", "zoo", "webcam", "model_card", "data"),
-               "dvt_runtime": ("predict", "profile", "calibrate", "vectors"), "dvt_edge.data": ("export", "info"),
+               "dvt_runtime": ("predict", "profile", "calibrate", "info", "vectors"), "dvt_edge.data": ("export", "info"),
                "dvt_runtime.profile": ("import",)}
 ENTRY = {"dvt_edge": "dvt_edge.__main__", "dvt_runtime": "dvt_runtime.cli", "dvt_edge.export": "dvt_edge.export.__main__"}
 

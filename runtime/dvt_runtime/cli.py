@@ -128,6 +128,7 @@ COMMANDS = {
     "predict": ("dvt_runtime.predict", "run the early-exit cascade on image files and folders: class, confidence, exit, ms"),
     "profile": ("dvt_runtime.profile", "profile each exit of a bundle on this device; import phone/Jetson measurements"),
     "calibrate": ("dvt_runtime.calibrate", "search thresholds for a measured latency budget and write calibration/<device>.json"),
+    "info": ("dvt_runtime.info", "what a bundle is and how far its export checked it: each exit's size, int8 scheme, accuracy; its calibrations"),
     "vectors": ("dvt_runtime.vectors", "write test vectors (inputs, every exit's logits, answers) for a port of the cascade"),
 }
 
