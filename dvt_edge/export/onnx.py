@@ -78,7 +78,9 @@ def _quantize(job: ExitJob, fp32: Path, out: Path, scheme: str) -> dict:
         if scheme == "dynamic":
             quantize_dynamic(str(pre), str(out), op_types_to_quantize=op_types, per_channel=True, reduce_range=True, weight_type=QuantType.QInt8)
             return {"scheme": "dynamic", "method": "onnxruntime.quantize_dynamic", "op_types": op_types,
-                    "weights": "int8 per-channel, 7-bit range", "activations": "uint8 dynamic", "note": U8S8_NOTE}
+                    "weights": "int8 per-channel, 7-bit range", "activations": "uint8 dynamic", "note": U8S8_NOTE,
+                    "excluded_ops": f"all but {'/'.join(op_types)} with a constant weight: the patch convolutions, LayerNorm, "
+                                    "GELU, Softmax and the attention MatMuls (two activations) stay float"}
         if not job.calib:
             raise ValueError("static int8 needs calibration images: pass --calib-data SPEC")
         # U8S8 (asymmetric uint8 activations, symmetric int8 weights): MLAS's VNNI path on x86;
