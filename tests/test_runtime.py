@@ -16,7 +16,7 @@ import pytest
 
 from dvt_edge.data import export_npz, load_dataset
 from dvt_runtime.bundle import Bundle, InputError
-from dvt_runtime.controller import MIX_WINDOW, BudgetController
+from dvt_runtime.controller import MIX_MAX_AGE, MIX_WINDOW, BudgetController
 from dvt_runtime.io import sha256_file
 from dvt_runtime.manifest import Manifest
 from tests.test_batching import CountingSession
@@ -227,10 +227,10 @@ def test_controller_prices_rows_at_where_recent_images_stopped():
         hard = f + np.array([-0.8 * f[0], 0.0, 0.8 * f[0]])
         c.observe([exit_ms[0]] * (rng.choice(3, p=hard / hard.sum()) + 1), thr)
     assert c.mix > 1.3 and c.thresholds() != [0.9, 0.9, None] and c.scale == pytest.approx(1.0, abs=0.35)
-    for _ in range(MIX_WINDOW):  # the calibration's images again: a window later, priced as calibrated
-        thr = c.thresholds()
+    for _ in range(MIX_MAX_AGE + MIX_WINDOW):  # the calibration's images again: the cheapest row (every image at exit 1)
+        thr = c.thresholds()  # says nothing of them; its calls age the hard samples out, then rows that do say run again
         c.observe([exit_ms[0]] * (rng.choice(3, p=next(r["exit_fractions"] for r in table if r["thresholds"] == thr)) + 1), thr)
-    assert c.mix == pytest.approx(1.0, abs=0.25)
+    assert c.mix == 1.0 and c.thresholds() == [0.9, 0.9, None]
     old = BudgetController(2.0, [{k: v for k, v in r.items() if k != "exit_fractions"} for r in table], exit_mean_ms=exit_ms)
     for _ in range(300):  # an older file's rows carry no shares: no mix estimate
         old.observe([1.0, 1.0, 1.0], old.thresholds())
@@ -240,6 +240,14 @@ def test_controller_prices_rows_at_where_recent_images_stopped():
         assert fresh.thresholds() == [0.9, 0.9, None] and fresh.mix == 1.0
         fresh.observe([1.0, 1.0, 1.0], [0.9, 0.9, None])
     assert fresh.mix == pytest.approx(3.0 / 1.9) and fresh.thresholds() == [0.0, 0.0, None]  # 1.5 x 1.58 > 2: the cheapest
+    for _ in range(500):  # a second caller on the cheapest row (every image at exit 1, as calibrated): its samples say
+        fresh.observe([1.0], [0.0, 0.0, None])  # nothing of the images and leave the estimate alone (pooled, they had
+    assert fresh.mix == pytest.approx(3.0 / 1.9)  # pulled it to 1 for every other row)
+    known = BudgetController(2.0, table, exit_mean_ms=exit_ms, n_calibration=50)  # rows priced on 50 images: ~7% off each
+    for _ in range(200):
+        known.observe([1.0, 1.0], [0.9, 0.9, None])  # each at exit 2 (2.0 ms, the row priced 1.9): 5% is within that
+    assert known.mix == 1.0 and BudgetController(2.0, [{**r, "exit_fractions": tuple(r["exit_fractions"])} for r in table],
+                                                 exit_mean_ms=exit_ms)._row_ms  # any sequence of shares is read
 
 
 class _Slow:
@@ -1178,18 +1186,28 @@ def test_a_calibration_made_on_a_busy_cpu_says_so_in_its_note(bundle_copy, val, 
     assert on_disk["note"] == r.note and on_disk["chosen"]["measured"]["contention"]["wait_pct"] == 31.0
 
 
-def test_budget_mode_feeds_the_controller_where_each_image_stopped(bundle_copy, val):
-    """``predict(budget_ms=)`` tells the controller which row each image ran under: its exit-mix estimate sees them all
-    (without, images unlike the calibration's ran a budget over with nothing to correct it)."""
+def test_budget_mode_feeds_the_controller_where_each_image_stopped(bundle_copy, val, monkeypatch):
+    """``predict(budget_ms=)`` tells the controller which row each image ran under (without, images unlike the
+    calibration's ran a budget over with nothing to correct it); an image whose later stages a deadline skipped did not
+    stop early by its confidence, and is not counted as if it had."""
     from dvt_runtime.calibrate import calibrate
 
     x, y = val
     b = Bundle.open(bundle_copy)
     r = calibrate(b, x[:60], y[:60], 1e6, device_name="mix", runs=10, warmup=2, progress=False)
     assert all(row.predicted.get("exit_fractions") for row in r.table)
+    seen = []
+    real = BudgetController.observe
+    monkeypatch.setattr(BudgetController, "observe", lambda self, ms, thr=None: (seen.append((len(ms), thr)), real(self, ms, thr)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the micro model's calibration notes are not this test's
         for i in range(60, 120):
             b.predict(x[i], budget_ms=r.budget_ms)
         b.predict(x[60:80], budget_ms=r.budget_ms, max_batch=1)  # a batch, one image per call as calibrated: each seen
-    assert len(b.controller._mix) == 80 and b.controller.mix >= 0
+        rows = {tuple(t.thresholds) for t in r.table}
+        assert len(seen) == 80 and all(thr is not None and tuple(thr) in rows for _, thr in seen)
+        seen.clear()
+        monkeypatch.setattr(b.controller, "thresholds", lambda budget_ms=None: [None, None, None])  # a row that runs every exit
+        b.predict(x[60:70], budget_ms=r.budget_ms, deadline_ms=1e6, max_batch=1)
+        p = b.predict(x[60:70], budget_ms=r.budget_ms, deadline_ms=1e-6, max_batch=1)  # exit 1 only: the rest skipped
+    assert all(q.deadline_skipped for q in p) and seen == [(3, [None, None, None])] * 10 + [(1, None)] * 10, seen

@@ -79,6 +79,8 @@ def pick_scheme(model, t, candidates, graphs, chosen_artifacts, tmp, data, real_
                            "max_abs_diff": float(np.abs(lg - real_ref[e]).max()) if ok else None,
                            "p50_ms": None, "c": (sch, cdir, art), "vb": vb if ok else None})
         _time_in_turn([s for s in scored if s.get("vb") is not None], data.verify_x, e)
+        for s in scored:
+            s.pop("vb", None)  # each candidate's sessions closed now, not held until the export's end
         if not scored:
             raise ExportError(f"exit {e + 1}: no int8 scheme produced an artifact the runtime can run: {rejected}")
         pick, why = _choose(scored)
@@ -86,7 +88,7 @@ def pick_scheme(model, t, candidates, graphs, chosen_artifacts, tmp, data, real_
             raise ExportError(f"exit {e + 1}: every int8 scheme gave NaN or infinite logits on real images "
                               f"({', '.join(s['scheme'] for s in scored)}); export fp32, or int8 with other calibration data")
         sch, cdir, art = pick["c"]
-        art.quantization["selection"] = {"rule": why, "candidates": [{k: v for k, v in s.items() if k not in ("c", "vb")} for s in scored],
+        art.quantization["selection"] = {"rule": why, "candidates": [{k: v for k, v in s.items() if k != "c"} for s in scored],
                                          "rejected": rejected}
         notes.append(f"exit {e + 1}: " + ", ".join(_describe(s) for s in scored)
                      + "".join(f", {k} rejected ({v})" for k, v in rejected.items()) + f" -> {sch} ({why})")

@@ -363,7 +363,7 @@ class Bundle(BundleInputs):
             if ctl is not None and min(len(xb), chunk) == ctl.batch:
                 with self._budget_lock:
                     for p in preds:
-                        ctl.observe(p.stage_ms_per_image, thresholds)
+                        ctl.observe(p.stage_ms_per_image, None if p.deadline_skipped else thresholds)  # a skip is no early exit
             return preds[0] if single else preds
         finally:
             self._calls.exit()

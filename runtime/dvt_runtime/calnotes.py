@@ -87,4 +87,4 @@ def busy_note(profiled: Optional[dict], measured: Optional[dict]) -> str:
     if not said:
         return ""
     return (f"the CPU was busy while calibrating ({' / '.join(said)}): the latencies, and the thresholds chosen for them, are "
-            "this host's under that load; calibrate again with the device idle")
+            "this host's under that load; calibrate again with the device idle (and --threads at most its cores)")

@@ -14,9 +14,13 @@ budgets keeps what it has learnt.
 A second estimate follows which images come (``mix``): over the last ``MIX_WINDOW`` samples, the profiled price of where
 each stopped over the price of where the calibration's images stopped under the row that ran (a ratio of sums). Darker,
 blurred or other scenes leave the early exits less often and cost more at the same speed: once ``MIX_MIN`` samples differ
-from the calibration's by more than ``MIX_Z`` standard errors, rows are priced at that ratio too (cheaper thresholds, at a
-cost in accuracy on those images, to hold the budget), and images like the calibration's bring it back to 1. Rows of
-older calibration files carry no exit shares: no mix estimate there.
+from the calibration's by more than ``MIX_Z`` standard errors (the window's, and the rows' prices' own, measured on
+``n_calibration`` images) and ``MIX_EFFECT``, rows are priced at that ratio too (cheaper thresholds, at a cost in
+accuracy on those images, to hold the budget), and images like the calibration's bring it back to 1. A row whose images
+all stop at one exit (the cheapest: every image at exit 1) says nothing of them and is left out (pooled, a second
+caller's cheapest row had pulled the estimate to 1 for every other row); samples older than ``MIX_MAX_AGE`` calls are
+forgotten (while only such rows ran, the images may have changed back). The ratio is of means: a percentile budget is
+corrected in part only. Rows of older calibration files carry no exit shares: no mix estimate there.
 """
 
 from __future__ import annotations
@@ -36,9 +40,11 @@ if TYPE_CHECKING:
 HISTORY = 1000  # recent speed estimates kept (bounded: a controller may run for months)
 WINDOW = 64  # samples the speed estimate is taken over (about 57 to follow 90% of a sustained slowdown)
 PRIOR = 16  # a new controller starts as if this many exit-1 samples had run at their profiled price
-MIX_WINDOW = 256  # samples the exit-mix estimate is taken over
+MIX_WINDOW = 256  # informative samples the exit-mix estimate is taken over
 MIX_MIN = 100  # samples before it may reprice rows (as shift.MIN_IMAGES: at 100, sampling alone moves a share by ~5 points)
 MIX_Z = 3.0  # standard errors from 1 it must be before rows are repriced (images like the calibration's: 1)
+MIX_EFFECT = 0.05  # ... and at least this far (rows picked on the calibration's own images are priced a little low)
+MIX_MAX_AGE = 4 * MIX_WINDOW  # calls after which a sample is forgotten (rows that say nothing ran since: the images may be back)
 
 __all__ = ["BudgetController", "controller_for"]
 
@@ -54,6 +60,7 @@ class BudgetController:
     batch: int = 1  # images per call the prices were measured at: calls of another size say nothing about them
     headroom: float = 0.0  # fraction of every budget kept spare (the calibration's own): rows must fit budget x (1 - headroom)
     mix: float = 1.0  # where recent samples stopped, priced, over where the calibration's did under the same rows (1 unless significant)
+    n_calibration: int = 0  # images the rows' exit shares were measured on (0: unknown, their sampling error not counted)
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.budget_ms) or self.budget_ms <= 0:
@@ -69,22 +76,33 @@ class BudgetController:
         self._recent: deque = deque([(p, p)] * min(PRIOR, self.window), maxlen=self.window)  # (observed, profiled) ms
         self._sums, self._seen = [p * len(self._recent)] * 2, 0
         self._row_ms = {tuple(r["thresholds"]): c for r in self.table if (c := self._priced(r.get("exit_fractions"))) is not None}
-        self._mix: deque = deque(maxlen=MIX_WINDOW)  # (price of where a sample stopped, its row's expected price)
-        self._msums, self._mseen = [0.0] * 5, 0  # sums of s, e, s*s, s*e, e*e over _mix; samples seen
+        self._mix: deque = deque()  # (call, price of where a sample stopped, its row's expected price, that price's error)
+        self._msums, self._calls = [0.0] * 6, 0  # sums of s, e, s*s, s*e, e*e, error over _mix; calls seen
 
-    def _priced(self, shares) -> Optional[float]:
-        """A row's exit shares priced at the profile's cost of stopping at each exit; None without valid shares."""
-        ok = isinstance(shares, list) and len(shares) == len(self.exit_mean_ms) and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in shares)
-        cost = sum(float(f) * float(c) for f, c in zip(shares, self.exit_mean_ms)) if ok else 0.0
-        return cost if ok and math.isfinite(cost) and cost > 0 else None
+    def _priced(self, shares) -> Optional[tuple[float, float]]:
+        """A row's exit shares priced at the profile's cost of stopping at each exit, and that price's standard error from
+        the calibration's ``n_calibration`` images; None without valid shares, or for a row whose images all stop at one
+        exit (its price cannot move: the cheapest row's samples had pulled the estimate back to 1 for every other row)."""
+        try:
+            f = [float(v) for v in shares]  # a list, tuple or array
+        except (TypeError, ValueError):
+            return None
+        c = [float(v) for v in self.exit_mean_ms]
+        if len(f) != len(c) or not all(math.isfinite(v) and v >= 0 for v in f) or isinstance(shares, (str, bytes)):
+            return None
+        cost = sum(a * b for a, b in zip(f, c))
+        var = max(sum(a * b * b for a, b in zip(f, c)) - cost * cost, 0.0)  # of one image's price under the row
+        if not (math.isfinite(cost) and cost > 0) or var <= 1e-12 * cost * cost:
+            return None
+        return cost, math.sqrt(var / self.n_calibration) if self.n_calibration > 0 else 0.0
 
     @classmethod
     def from_calibration(cls, cal: "Calibration", budget_ms: float, window: int = WINDOW) -> "BudgetController":
         key = "mean_ms" if cal.metric == "mean" else f"{cal.metric}_ms"  # the budget's own statistic (older files: the mean)
         rows = [{"thresholds": r.thresholds, "predicted_ms": r.predicted.get(key, r.predicted["mean_ms"]), "accuracy": r.predicted["accuracy"],
                  "exit_fractions": r.predicted.get("exit_fractions")} for r in cal.table]  # where the calibration's images stopped
-        return cls(budget_ms, rows, cal.exit_mean_ms(), window, batch=int(cal.batch), headroom=float(cal.headroom))
+        return cls(budget_ms, rows, cal.exit_mean_ms(), window, batch=int(cal.batch), headroom=float(cal.headroom),
+                   n_calibration=int(cal.n_calibration or 0))
 
     def row(self, budget_ms: Optional[float] = None) -> dict:
         """Most accurate row whose rescaled predicted latency fits ``budget_ms`` (default: the
@@ -109,8 +127,9 @@ class BudgetController:
         expected = self.exit_mean_ms[len(stage_ms) - 1]  # one price per exit: a sample runs at most that many stages
         if expected <= 0:
             return
-        if thresholds is not None and (row_ms := self._row_ms.get(tuple(thresholds))) is not None:
-            self._observe_mix(expected, row_ms)
+        if thresholds is not None:
+            self._calls += 1
+            self._observe_mix(expected, self._row_ms.get(tuple(thresholds)))
         observed = float(sum(stage_ms))
         if not math.isfinite(observed / expected) or observed < 0:  # a broken timer reading must not pin the estimate for good
             return
@@ -126,23 +145,26 @@ class BudgetController:
         self.history.append(self.scale)
 
 
-    def _observe_mix(self, stopped_ms: float, row_ms: float) -> None:
-        """One sample's price of where it stopped against its row's expected price: :attr:`mix` (see the module)."""
-        if len(self._mix) == self._mix.maxlen:
-            s, e = self._mix[0]
-            self._msums = [a - b for a, b in zip(self._msums, (s, e, s * s, s * e, e * e))]
-        self._mix.append((stopped_ms, row_ms))
-        self._msums = [a + b for a, b in zip(self._msums, (stopped_ms, row_ms, stopped_ms ** 2, stopped_ms * row_ms, row_ms ** 2))]
-        self._mseen += 1
-        if self._mseen % MIX_WINDOW == 0:  # summed afresh now and then, as the speed estimate's
-            self._msums = [sum(v) for v in zip(*((s, e, s * s, s * e, e * e) for s, e in self._mix))]
-        n, (S, E, SS, SE, EE) = len(self._mix), self._msums
+    def _observe_mix(self, s: float, row: Optional[tuple[float, float]]) -> None:
+        """One call's sample: the price of where it stopped (``s``) against its row's expected price and that price's
+        error (``row``; None: a row whose samples say nothing, only the call counted): :attr:`mix` (see the module)."""
+        terms = lambda s, e, err: (s, e, s * s, s * e, e * e, err)  # noqa: E731
+        if row is not None:
+            self._mix.append((self._calls, s, *row))
+            self._msums = [a + b for a, b in zip(self._msums, terms(s, *row))]
+        while self._mix and (len(self._mix) > MIX_WINDOW or self._mix[0][0] <= self._calls - MIX_MAX_AGE):
+            _, *old = self._mix.popleft()
+            self._msums = [a - b for a, b in zip(self._msums, terms(*old))]
+        if self._calls % MIX_WINDOW == 0:  # summed afresh now and then, as the speed estimate's
+            self._msums = [sum(v) for v in zip(*(terms(*x[1:]) for x in self._mix))] or [0.0] * 6
+        n, (S, E, SS, SE, EE, ERR) = len(self._mix), self._msums
         if n < MIX_MIN or E <= 0:
             self.mix = 1.0
             return
         r = S / E
-        se = math.sqrt(max(SS - 2 * r * SE + r * r * EE, 0.0)) / E  # the ratio estimate's standard error
-        self.mix = r if abs(r - 1) > MIX_Z * se else 1.0
+        # the ratio's standard error: this window's sampling, and the rows' prices' own (their errors taken as one: upper bound)
+        se = math.sqrt(max(SS - 2 * r * SE + r * r * EE, 0.0) + (r * ERR) ** 2) / E
+        self.mix = r if abs(r - 1) > max(MIX_Z * se, MIX_EFFECT) else 1.0
 
 
 def controller_for(bundle: "Bundle", budget_ms: float) -> BudgetController:
