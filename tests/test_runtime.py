@@ -914,7 +914,7 @@ def test_calibrate_with_raw_measurements_says_to_import_them_first(onnx_bundle, 
     import dvt_runtime.calibrate as cal
 
     (tmp_path / "phone.csv").write_text("stage1_ms,stage2_ms,stage3_ms\n1,2,3\n")
-    np.savez(tmp_path / "v.npz", images=np.zeros((4, 1, 28, 28), np.float32), labels=np.zeros(4, np.int64))
+    np.savez(tmp_path / "v.npz", images=np.random.default_rng(0).uniform(-0.8, 2.0, (4, 1, 28, 28)).astype(np.float32), labels=np.zeros(4, np.int64))
     assert cal.main(["--bundle", str(onnx_bundle), "--data", str(tmp_path / "v.npz"), "--budget-ms", "1",
                      "--profile", str(tmp_path / "phone.csv")]) == 2
     err = capsys.readouterr().err
@@ -1211,3 +1211,14 @@ def test_budget_mode_feeds_the_controller_where_each_image_stopped(bundle_copy, 
         b.predict(x[60:70], budget_ms=r.budget_ms, deadline_ms=1e6, max_batch=1)
         p = b.predict(x[60:70], budget_ms=r.budget_ms, deadline_ms=1e-6, max_batch=1)  # exit 1 only: the rest skipped
     assert all(q.deadline_skipped for q in p) and seen == [(3, [None, None, None])] * 10 + [(1, None)] * 10, seen
+
+
+def test_controller_mix_never_loosens_for_easier_images():
+    """Images easier than the calibration's (all at exit 1 under a row priced for some at exit 3) had moved the estimate
+    below 1: the budget went on later exits that cost those images accuracy, and overran when harder ones came."""
+    table = [{"thresholds": [0.5, 0.5, None], "predicted_ms": 1.9, "accuracy": 86.0, "exit_fractions": [0.4, 0.3, 0.3]},
+             {"thresholds": [0.9, 0.9, None], "predicted_ms": 2.6, "accuracy": 87.0, "exit_fractions": [0.1, 0.2, 0.7]}]
+    c = BudgetController(2.0, table, exit_mean_ms=[1.0, 2.0, 3.0])
+    for _ in range(300):
+        c.observe([1.0], [0.5, 0.5, None])  # priced 1.9 ms, each image 1.0
+    assert c.mix == 1.0 and c.thresholds() == [0.5, 0.5, None]
