@@ -84,12 +84,14 @@ class BudgetController:
         """A row's exit shares priced at the profile's cost of stopping at each exit, and that price's standard error from
         the calibration's ``n_calibration`` images; None without valid shares, or for a row whose images all stop at one
         exit (its price cannot move: the cheapest row's samples had pulled the estimate back to 1 for every other row)."""
+        if isinstance(shares, (str, bytes)):
+            return None
         try:
             f = [float(v) for v in shares]  # a list, tuple or array
         except (TypeError, ValueError):
             return None
         c = [float(v) for v in self.exit_mean_ms]
-        if len(f) != len(c) or not all(math.isfinite(v) and v >= 0 for v in f) or isinstance(shares, (str, bytes)):
+        if len(f) != len(c) or not all(math.isfinite(v) and v >= 0 for v in f):
             return None
         cost = sum(a * b for a, b in zip(f, c))
         var = max(sum(a * b * b for a, b in zip(f, c)) - cost * cost, 0.0)  # of one image's price under the row
@@ -144,7 +146,6 @@ class BudgetController:
             self._sums = [sum(o for o, _ in self._recent), sum(e for _, e in self._recent)]
         self.scale = self._sums[0] / self._sums[1]
         self.history.append(self.scale)
-
 
     def _observe_mix(self, s: float, row: Optional[tuple[float, float]]) -> None:
         """One call's sample: the price of where it stopped (``s``) against its row's expected price and that price's
