@@ -805,7 +805,7 @@ def test_some_imagenet_synset_folders_score_an_imagenet_model(tmp_path):
 
     synsets, names = imagenet1k()
     picked = [synsets[0], synsets[417], synsets[999]]
-    img = np.zeros((8, 8, 3), np.uint8)
+    img = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)  # not blank (a blank set is refused)
     for s in [*picked, "n99999999"]:
         for split in ("train", "val"):
             (tmp_path / ("sub" if s in picked else "odd") / split / s).mkdir(parents=True, exist_ok=True)

@@ -664,7 +664,8 @@ def test_one_set_of_images_verifies_on_images_calibration_did_not_see(tmp_path):
     from dvt_runtime.preprocess import Preprocess
 
     n = 40
-    images = np.broadcast_to(np.arange(n, dtype=np.float32)[:, None, None, None] / n, (n, 1, 28, 28)).copy()  # image i is all i/n
+    images = np.broadcast_to(np.arange(n, dtype=np.float32)[:, None, None, None] / (2 * n), (n, 1, 28, 28)).copy()  # image i: i/2n
+    images[:, :, 1::2] += 0.3  # and stripes: no image is blank (those are refused), the first pixel still names it
     np.savez(tmp_path / "one.npz", images=images, labels=np.arange(n) % 4)
     pre = Preprocess(size=28, resize=28, channels="gray", mean=(0.0,), std=(1.0,))
     d = _load_data(f"npz:{tmp_path / 'one.npz'}", pre, calib_n=16, verify_n=100, need_calib=True, num_classes=4)

@@ -738,7 +738,8 @@ def test_a_folder_whose_holdout_moved_since_training_is_said(tmp_path, capsys):
         for ci, c in enumerate(("a", "b")):
             (tmp_path / "photos" / "train" / c).mkdir(parents=True, exist_ok=True)
             for i in range(first, first + n):
-                cv2.imwrite(str(tmp_path / "photos" / "train" / c / f"{i:03d}.png"), np.full((28, 28), 40 + 150 * ci + i, np.uint8))
+                img = np.full((28, 28), 40 + 150 * ci + i, np.uint8) + (np.arange(28, dtype=np.uint8) % 8 * 3)  # not blank
+                cv2.imwrite(str(tmp_path / "photos" / "train" / c / f"{i:03d}.png"), img)
 
     add(0, 20)
     spec = f"imagefolder:{tmp_path / 'photos'}"
