@@ -940,6 +940,9 @@ def test_blank_calibration_images_are_refused_not_exported_as_passed(micro_ckpt,
     with pytest.raises(CalibrationError, match="28 of 40 images looked at are blank"):
         load_npz(str(tmp_path / "black_pre.npz"), pre)
     assert load_npz(str(tmp_path / "real.npz"), pre)[0].shape == (40, 1, 28, 28)
+    turns = np.stack([np.zeros((28, 28), np.uint8) if i % 3 == 0 else real[i % 40] for i in range(600)])  # a blank class of a
+    np.savez(tmp_path / "turns.npz", images=turns, labels=np.arange(600) % 3, classes=np.array(FASHION_MNIST_CLASSES))  # third,
+    assert load_npz(str(tmp_path / "turns.npz"), pre)[0].shape == (600, 1, 28, 28)  # classes in turn: every 3rd had read it all
     colour = dataclasses.replace(pre, channels="rgb", mean=(0.5,) * 3, std=(0.25,) * 3)
     assert foreign_pixels(list(np.zeros((4, 28, 28, 3), np.uint8)), colour) == []  # blank: not "grayscale images"
 

@@ -1213,6 +1213,12 @@ def test_budget_mode_feeds_the_controller_where_each_image_stopped(bundle_copy, 
     assert all(q.deadline_skipped for q in p) and seen == [(3, [None, None, None])] * 10 + [(1, None)] * 10, seen
 
 
+def test_a_calibrations_odd_image_count_is_unknown_not_a_crash():
+    from dvt_runtime.controller import _count
+
+    assert [_count(v) for v in (1000, 1000.0, 0, -3, float("nan"), float("inf"), "x", [1], True, None)] == [1000, 1000] + [0] * 8
+
+
 def test_controller_mix_never_loosens_for_easier_images():
     """Images easier than the calibration's (all at exit 1 under a row priced for some at exit 3) had moved the estimate
     below 1: the budget went on later exits that cost those images accuracy, and overran when harder ones came."""

@@ -80,7 +80,7 @@ def pick_scheme(model, t, candidates, graphs, chosen_artifacts, tmp, data, real_
                            "p50_ms": None, "c": (sch, cdir, art), "vb": vb if ok else None})
         _time_in_turn([s for s in scored if s.get("vb") is not None], data.verify_x, e)
         for s in scored:
-            s.pop("vb", None)  # each candidate's sessions closed now, not held until the export's end
+            s.pop("vb", None)  # each candidate's sessions released now, not held by this list to the export's end
         if not scored:
             raise ExportError(f"exit {e + 1}: no int8 scheme produced an artifact the runtime can run: {rejected}")
         pick, why = _choose(scored)

@@ -105,7 +105,7 @@ class BudgetController:
         rows = [{"thresholds": r.thresholds, "predicted_ms": r.predicted.get(key, r.predicted["mean_ms"]), "accuracy": r.predicted["accuracy"],
                  "exit_fractions": r.predicted.get("exit_fractions")} for r in cal.table]  # where the calibration's images stopped
         return cls(budget_ms, rows, cal.exit_mean_ms(), window, batch=int(cal.batch), headroom=float(cal.headroom),
-                   n_calibration=int(cal.n_calibration or 0))
+                   n_calibration=_count(cal.n_calibration))
 
     def row(self, budget_ms: Optional[float] = None) -> dict:
         """Most accurate row whose rescaled predicted latency fits ``budget_ms`` (default: the
@@ -169,6 +169,12 @@ class BudgetController:
         # only ever tightens: easier images had moved it below 1 and spent the budget on later exits, which cost accuracy on
         # them (0.5 to 1 point, paired) and overran it when harder ones came (an SRE helper's streams)
         self.mix = r if r - 1 > max(MIX_Z * se, MIX_EFFECT) else 1.0
+
+
+def _count(v) -> int:
+    """A calibration's image count as a positive int, else 0 (unknown: an older or hand-edited file's NaN, text or list)."""
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+    return int(v) if ok else 0
 
 
 def controller_for(bundle: "Bundle", budget_ms: float) -> BudgetController:
