@@ -342,7 +342,10 @@ def _budget_stats(mode: Mode, tally: Tally, bundle) -> dict:
             "hit_rate": tally.hits / n if n else None,  # frames under the limit, each alone: a mean budget is judged by "met"
             "met": None if judged is None else bool(judged <= mode.ms),  # the budget's statistic within it (the summary's "met")
             "counted_on": "preprocessing + predict wall time per frame" if mode.kind == "deadline" else "predict wall time per frame",
-            "since_frame": since, "predict_since": after}
+            "since_frame": since, "predict_since": after,
+            # the budget controller's estimates at the end (predict's speed_scale / mix_scale); None: no controller ran
+            "controller": None if (ctl := getattr(bundle, "controller", None)) is None or metric is None else {
+                "speed_scale": float(ctl.scale), "mix_scale": float(ctl.mix)}}
 
 
 def _jsonable(thresholds) -> list:

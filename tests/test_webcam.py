@@ -214,6 +214,7 @@ def test_budget_without_calibration_falls_back_and_says_how_to_calibrate(env, tm
     assert b["ms"] == 0.5 and b["hits"] + b["misses"] == 6
     assert json.loads((tmp_path / "s.json").read_text())["budget"]["ms"] == 0.5
     assert b["met"] is bool(stats["latency_ms"]["predict"]["mean"] <= 0.5)  # uncalibrated: judged on the mean, as the summary
+    assert b["controller"] is None  # none ran
     # the summary judges a (mean) budget on the mean, not on frames under it ("met on 69/100 frames" at a 1.02 ms mean)
     for ms, said in (("1000", r"budget 1000(\.0)? ms \(mean\): predict mean [0-9.]+ ms, met$"), ("0.001", r"predict mean [0-9.]+ ms, over by \d+%$")):
         assert webcam.main(["--bundle", str(bundle), "--video", str(video), "--headless", "--budget-ms", ms, "--max-frames", "4"]) == 0
@@ -834,6 +835,7 @@ def test_frames_unlike_the_calibrations_are_said_after_the_summary(env, tmp_path
         assert webcam.main([*args, "--budget-ms", ms]) == 0
         b = json.loads((tmp_path / "s.json").read_text())["budget"]
         assert b["met"] is met and b["metric"] == "mean" and ("met" if met else "over by") in capsys.readouterr().out
+        assert b["controller"]["speed_scale"] > 0 and b["controller"]["mix_scale"] >= 1.0  # its estimates, as predict's rows
 
 
 def test_predict_says_gray_images_for_a_colour_model_and_marks_blank_ones(env, tmp_path, capsys):
