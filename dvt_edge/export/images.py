@@ -13,7 +13,7 @@ from dvt_edge.data import DataError, load_dataset
 from dvt_edge.export.common import ExportError
 from dvt_edge.export.verify import IN_SAMPLE
 from dvt_edge.imageset import SplitNotHeld, as_model_labels, label_mismatch, stratified_subset
-from dvt_runtime.npzsets import blank_share, check_not_blank, check_values, foreign_pixels
+from dvt_runtime.npzsets import check_not_blank, check_values, foreign_pixels
 from dvt_runtime.preprocess import Preprocess
 
 TRAIN_ONLY = ("it holds only a 'train' split: the export verifies and chooses the default thresholds on training images, "
@@ -83,8 +83,7 @@ def _load_data(spec: Optional[str], pre: Preprocess, calib_n: int, verify_n: int
     except DataError as e:
         raise ExportError(f"calibration data {spec!r}: {e}") from None
     for what, imgs in (("calibration", calib), ("verification", vx)):  # ranges, thresholds and checks on black frames: refused
-        few = np.asarray(imgs[:256])  # (<= 256, C, H, W) preprocessed
-        check_not_blank(blank_share(few, pre), len(few), f"{what} images from {spec}", ExportError)
+        check_not_blank(imgs[:256], f"{what} images from {spec}", ExportError, pre)  # (<= 256, C, H, W) preprocessed
     seeds = f"class-stratified, seeds {CALIB_SEED} and {VERIFY_SEED}" if need_calib else f"class-stratified, seed {VERIFY_SEED}"
     note = ((f"{len(calib)} calibration images from {spec}/{first}, " if need_calib else "") + f"{len(vx)} verification images from {where}"
             + f" ({seeds})")

@@ -74,7 +74,7 @@ def load_npz(path: str, preprocess: Optional[Preprocess] = None, classes: Option
             out = preprocess.apply_batch(bgr_pixels(z, x, p, CalibrationError))
         except ValueError as e:  # InputError: a shape that is no image
             raise CalibrationError(f"{p}: {e}") from None
-        check_not_blank(blank_share(few := _some(x)), len(few), str(p), CalibrationError)
+        check_not_blank(x, str(p), CalibrationError)
         _say_foreign_pixels(x, preprocess, p)  # images, now known: whose images?
         return out, y
     want = "" if preprocess is None else f" of shape (N, {', '.join(map(str, preprocess.input_shape))})"
@@ -87,7 +87,7 @@ def load_npz(path: str, preprocess: Optional[Preprocess] = None, classes: Option
                                "re-export the file, or drop those images")
     if preprocess is not None:
         check_values(x, preprocess, p)
-        check_not_blank(blank_share(few := _some(x), preprocess), len(few), str(p), CalibrationError)
+        check_not_blank(x, str(p), CalibrationError, preprocess)
     return x, y
 
 
@@ -160,20 +160,23 @@ def blank_share(images: Union[np.ndarray, Sequence[np.ndarray]], preprocess: Opt
     return float(np.mean(levels.max(axis=1) < UNIFORM_STD))
 
 
-def _some(x: np.ndarray, n: int = 256) -> np.ndarray:
-    """At most ``n`` of ``x``'s images, a seeded random sample (every k-th of a set whose classes come in turn had
-    judged one class alone: a blank class of a third read as a blank set)."""
+def _some(x: Union[np.ndarray, Sequence[np.ndarray]], n: int = 256) -> np.ndarray:
+    """At most ``n`` of ``x``'s images as one array, a seeded random sample (every k-th of a set whose classes come in
+    turn had judged one class alone: a blank class of a third read as a blank set)."""
     if len(x) <= n:
-        return x
-    return x[np.sort(np.random.default_rng(0).choice(len(x), n, replace=False))]
+        return np.asarray(x)
+    return np.asarray([x[i] for i in np.sort(np.random.default_rng(0).choice(len(x), n, replace=False))])
 
 
-def check_not_blank(share: float, n: int, where: str, error: Callable[[str], Exception]) -> None:
-    """Refuse a set of images most of which are blank (``share`` of ``n`` judged): int8 ranges, thresholds and accuracy
-    set on them say nothing of real images (a set of black images had exported an int8 bundle 12 to 22 points down,
-    its checks passed on the same black images)."""
+def check_not_blank(images: Union[np.ndarray, Sequence[np.ndarray]], where: str, error: Callable[[str], Exception],
+                    preprocess: Optional[Preprocess] = None) -> None:
+    """Refuse a set of images most of which are blank (:func:`blank_share` of at most 256 of them; ``preprocess``: they
+    are preprocessed float32 ones): int8 ranges, thresholds and accuracy set on them say nothing of real images (a set of
+    black images had exported an int8 bundle 12 to 22 points down, its checks passed on the same black images)."""
+    few = _some(images)
+    share = blank_share(few, preprocess)
     if share >= BLANK_SHARE:
-        raise error(f"{where}: {round(share * n)} of {n} images looked at are blank (every channel varies by less than "
+        raise error(f"{where}: {round(share * len(few))} of {len(few)} images looked at are blank (every channel varies by less than "
                     f"{UNIFORM_STD:g} gray levels: black or single-colour frames): int8 ranges, thresholds and accuracy set or "
                     "measured on them say nothing of real images; use images like the ones the device will see")
 
