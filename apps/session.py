@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from dvt_runtime.console import sigterm_as_interrupt
+from dvt_runtime.device import contention_since, contention_snapshot
 from dvt_runtime.runfacts import run_facts
 from dvt_runtime.shift import exit_shift, expected_shares
 
@@ -212,10 +213,12 @@ class FrameLoop:
         self.wall_s = 0.0  # not counting pauses
         self.undecodable = 0  # video frames OpenCV could not decode, skipped (the frames after them are read)
         self.source_stopped: Optional[str] = None  # why a camera stopped delivering frames (a video's end is no failure)
+        self.contention: dict = {}  # how much the loop competed for a CPU (device.contention_since), set when it ends
 
     def run(self, frame) -> None:
         """The loop, from ``frame`` (already read) on; then the release of the writer and the default snapshot."""
         t_start, paused_s = time.perf_counter(), 0.0
+        snap = contention_snapshot()  # a busy CPU makes the frames' latencies this host's under that load
         try:  # SIGTERM (timeout, systemd, docker stop) ends the run as Ctrl-C does: the stats written, the recording closed
             with sigterm_as_interrupt():
                 while self.args.max_frames is None or self.tally.frames < self.args.max_frames:
@@ -234,6 +237,7 @@ class FrameLoop:
             if self.writer is not None:
                 self.writer.release()
         self.wall_s = time.perf_counter() - t_start - paused_s
+        self.contention = contention_since(snap)
         if self.undecodable:
             warn(f"{self.undecodable} frame(s) of the video could not be decoded: skipped, the frames after them were read")
         if self.source_stopped:  # an unplugged camera had ended the run as if it were done, exit status 0, nothing said
@@ -382,6 +386,7 @@ def build_stats(args, source: str, frame, bundle, mode: Mode, thresholds: Option
         "fps": n / loop.wall_s if loop.wall_s > 0 else None,
         "wall_s": loop.wall_s,
         "interrupted": loop.interrupted,
+        "contention": loop.contention,  # wait_pct, steal_pct: how much the frames competed for a CPU (None: the OS does not say)
         "source_stopped": loop.source_stopped,  # why a camera stopped delivering frames (None: it did not)
         "record": str(args.record) if args.record else None,
         "snapshot": loop.snapshot,

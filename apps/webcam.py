@@ -55,6 +55,7 @@ if __name__ == "__main__" and not __package__:  # run as a file (python apps/web
 from dvt_runtime.calibration import CALIBRATION_DIR_HELP  # noqa: E402
 from dvt_runtime.cli import Parser, command_name  # noqa: E402
 from dvt_runtime.io import check_out_path  # noqa: E402
+from dvt_runtime.runfacts import busy_run_note  # noqa: E402
 from dvt_runtime.shift import shift_note  # noqa: E402
 
 from .common import CALIBRATE_HINT, GUI_HINT, SOURCE_HINT, AppError, cv2, fmt_ms, output_problem  # noqa: E402
@@ -213,6 +214,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(line)
     if note := shift_note(stats["shift"], "frames"):  # why a budget ran over, or the answers look unsure
         print(note, file=sys.stderr)
+    if note := busy_run_note(stats["contention"], "classifying the frames"):  # why a budget ran over, on a shared CPU
+        print(f"note: {note}", file=sys.stderr)
     for k in ("record", "stats", "snapshot"):
         v = stats.get(k) if k != "stats" else args.stats
         if v:

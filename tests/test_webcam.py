@@ -262,6 +262,22 @@ def _deadline_run(env, monkeypatch, deadline_ms: float, p90: list[float]) -> dic
                                          "--deadline-ms", f"{deadline_ms:g}", "--thresholds", ",".join(["none"] * (n - 1))]))
 
 
+def test_a_run_on_a_busy_cpu_records_it_and_says_so(env, monkeypatch, capsys):
+    """The frames' latencies taken while other processes held the cores: the stats record how much the loop waited for
+    a CPU and the summary says so with the fix (predict, calibrate and the benchmark do)."""
+    from apps import session
+
+    bundle, video, _ = env
+    argv = ["--bundle", str(bundle), "--video", str(video), "--headless", "--max-frames", "3"]
+    monkeypatch.setattr(session, "contention_since", lambda snap: {"wait_pct": 0.2, "steal_pct": 0.0})  # this machine may be busy
+    assert webcam.main(argv) == 0
+    assert "busy" not in capsys.readouterr().err
+    monkeypatch.setattr(session, "contention_since", lambda snap: {"wait_pct": 1.0, "steal_pct": 17.0})
+    assert webcam.run(webcam.parse_args(argv))["contention"] == {"wait_pct": 1.0, "steal_pct": 17.0}
+    assert webcam.main(argv) == 0
+    assert "note: the CPU was busy while classifying the frames (the hypervisor took 17.0% of the machine's CPU time)" in capsys.readouterr().err
+
+
 def test_deadline_between_stage_costs_stops_at_the_last_stage_that_fits(env, monkeypatch):
     """Stage k has a p90 of 10^(k+2) ms. A deadline of 5 x 10^(stop+2) ms lies between the p90s of
     stages ``stop`` and ``stop + 1``: the stages up to ``stop`` run (their real elapsed time is far

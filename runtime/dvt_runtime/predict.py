@@ -33,11 +33,11 @@ from dvt_runtime.calibration import CALIBRATION_DIR_HELP, bundle_args
 from dvt_runtime.checks import NonFiniteOutput, check_thresholds, parse_thresholds, positive_ms, preprocessed_here, rough_thresholds
 from dvt_runtime.cli import DocFormatter, Parser, command_name
 from dvt_runtime.console import WINDOWS, progress, quote_arg, shown  # WINDOWS: its shells pass *.jpg to the command as it is typed
-from dvt_runtime.device import open_here, profiled_here, this_host
+from dvt_runtime.device import contention_since, contention_snapshot, open_here, profiled_here, this_host
 from dvt_runtime.images import IMAGE_EXTS, ImageError, can_check_jpegs, cv2_or_fail, read_image
 from dvt_runtime.io import atomic_write_json, check_out_path, os_error_text
 from dvt_runtime.npzsets import GRAY_FOR_COLOUR, all_gray, is_blank
-from dvt_runtime.runfacts import budget_choice, run_facts
+from dvt_runtime.runfacts import budget_choice, busy_run_note, run_facts
 from dvt_runtime.scoring import LABEL_SOURCES, accuracy_lines, folder_labels, score
 from dvt_runtime.search import check_metric
 from dvt_runtime.shift import exit_shift, expected_shares, shift_note
@@ -158,6 +158,7 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
     content = False  # an image that is not blank was read
     strict = can_check_jpegs()  # a JPEG libjpeg finds corrupt decodes to wrong pixels: listed, not answered
     stopped: Optional[KeyboardInterrupt] = None
+    snap = contention_snapshot()  # a busy CPU makes every latency below this host's under that load
     try:  # Ctrl-C or SIGTERM: the images answered so far are kept (a job stopped after hours had lost them all)
         for f in progress(files, desc="predict", unit="image", enabled=show_progress):
             try:
@@ -194,6 +195,8 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
     except KeyboardInterrupt as e:
         stopped = e
         pre_ms, expected = pre_ms[: len(rows)], expected[: len(rows)]  # an image interrupted midway is no image's
+    contention = contention_since(snap)
+    busy = busy_run_note(contention, "predicting")
     counts = np.bincount([r["exit"] - 1 for r in rows], minlength=bundle.num_exits).tolist() if rows else [0] * bundle.num_exits
     shift = exit_shift(counts, np.mean(expected, axis=0).tolist() if expected and None not in expected else None, bundle)
     m = bundle.manifest
@@ -212,7 +215,9 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
                        "preprocess": sample_stats(pre_ms, keep_samples=False) if pre_ms else None},
         "confidence": {"mean": float(np.mean(c)), "p10": percentile(c, 10)} if (c := [r["confidence"] for r in rows]) else None,
         "shift": shift,  # where the images stopped against where the calibration's did under the same thresholds (None: no calibration ran)
-        "notes": [GRAY_FOR_COLOUR] if every_gray and content else [],  # what the images as a whole say (on stderr too)
+        "contention": contention,  # how much the run competed for a CPU: wait_pct, steal_pct (None: the OS does not say)
+        # what the images as a whole, and the run, say (on stderr too)
+        "notes": ([GRAY_FOR_COLOUR] if every_gray and content else []) + ([busy] if busy else []),
         **run_facts(bundle),  # which bundle bytes, calibration file and machine ran: for an audit from the file alone
         "images": rows, "unreadable": unreadable, "failed": failed,  # failed: an exit answered NaN or infinite logits
     }

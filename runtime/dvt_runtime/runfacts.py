@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Optional
 if TYPE_CHECKING:
     from dvt_runtime.bundle import Bundle
 
-__all__ = ["BUSY_PCT", "busy_reasons", "run_facts", "budget_choice"]
+__all__ = ["BUSY_PCT", "busy_reasons", "busy_run_note", "run_facts", "budget_choice"]
 
 BUSY_PCT = 5.0  # a measurement that waited for a CPU (or lost it to a hypervisor) more than this share of its time is warned
 
@@ -24,6 +24,15 @@ def busy_reasons(c: Optional[dict]) -> list[str]:
     return ([f"its threads waited for a CPU {wait:.1f}% of their runnable time (other processes, or more threads than cores)"]
             if wait is not None and not wait <= BUSY_PCT else []) + (
         [f"the hypervisor took {steal:.1f}% of the machine's CPU time"] if steal is not None and not steal <= BUSY_PCT else [])
+
+
+def busy_run_note(c: Optional[dict], what: str) -> str:
+    """A run's latencies taken on a busy CPU (``c``: ``device.contention_since``'s), said with the fix; '' when it was not
+    (or the OS does not say). ``what``: the run, e.g. "predicting"."""
+    if not (said := busy_reasons(c)):
+        return ""
+    return (f"the CPU was busy while {what} ({'; '.join(said)}): the latencies are this host's under that load, not the "
+            "bundle's alone; run again with the device idle (and --threads at most its cores)")
 
 
 def run_facts(bundle: "Bundle") -> dict[str, Any]:
