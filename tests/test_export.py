@@ -983,3 +983,22 @@ def test_default_thresholds_are_not_chosen_on_images_the_model_answers_at_chance
     assert t is not None and why.startswith("cheapest FLOPs point")
     t, why = _default_thresholds(model, info, logits, rng.permutation(labels))  # the same answers, other labels: at chance
     assert t is None and re.match(r"none \(the last exit scores \d+\.\d% on these 400 labelled images, at chance for 10 classes", why), why
+
+
+def test_default_thresholds_are_not_chosen_on_images_of_one_class(micro_ckpt):
+    """A verification set of one class (a user's folder of cats) chose thresholds for every class on how sure the exits
+    are on cats. Labelled images holding few of the model's classes choose none, and say why; a set of half the classes
+    still chooses."""
+    model, info = load_checkpoint(micro_ckpt)
+    info.thresholds = None
+    rng = np.random.default_rng(0)
+    for kept, chosen in ((1, False), (2, False), (5, True)):
+        labels = rng.integers(0, kept, 400)
+        logits = [rng.normal(size=(400, 10)).astype(np.float32) for _ in range(3)]
+        for lg in logits:
+            lg[np.arange(400), labels] += 3.0
+        t, why = _default_thresholds(model, info, logits, labels)
+        assert (t is not None) == chosen, (kept, why)
+        if not chosen:
+            assert why.startswith(f"none (the labelled images hold {kept} of the model's 10 classes: thresholds chosen on them") and \
+                "calibrate" in why, why

@@ -1186,6 +1186,21 @@ def test_a_calibration_made_on_a_busy_cpu_says_so_in_its_note(bundle_copy, val, 
     assert on_disk["note"] == r.note and on_disk["chosen"]["measured"]["contention"]["wait_pct"] == 31.0
 
 
+def test_a_calibration_on_images_of_few_classes_says_so_in_its_note(bundle_copy, val):
+    """Thresholds chosen on one class's images are that class's: the calibration's note (printed and in the file) says
+    how many of the bundle's classes the images held; a set of every class says nothing of it."""
+    from dvt_runtime.calibrate import calibrate, format_result
+
+    x, y = val
+    b = Bundle.open(bundle_copy)
+    r = calibrate(b, x[:80], y[:80], 1e6, device_name="all", runs=10, warmup=2, progress=False)
+    assert "classes (" not in r.note, r.note
+    one = y == y[0]
+    r = calibrate(b, x[one], y[one], 1e6, device_name="one", runs=10, warmup=2, progress=False)
+    assert f"the labelled images hold 1 of the model's 10 classes ({b.classes[int(y[0])]}): thresholds chosen on them" in format_result(r)
+    assert json.loads((bundle_copy / "calibration" / "one.json").read_text())["note"] == r.note
+
+
 def test_budget_mode_feeds_the_controller_where_each_image_stopped(bundle_copy, val, monkeypatch):
     """``predict(budget_ms=)`` tells the controller which row each image ran under (without, images unlike the
     calibration's ran a budget over with nothing to correct it); an image whose later stages a deadline skipped did not

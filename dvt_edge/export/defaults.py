@@ -10,6 +10,7 @@ from dvt_edge.checkpoint import CheckpointInfo
 from dvt_edge.export.common import ExportError
 from dvt_edge.models import DVT
 from dvt_runtime.bundle import softmax
+from dvt_runtime.calnotes import few_classes
 
 __all__ = ["MIN_THRESHOLD_IMAGES", "THRESHOLD_TOLERANCE", "_default_thresholds"]
 
@@ -45,6 +46,9 @@ def _default_thresholds(model: DVT, info: CheckpointInfo, ref_logits: Optional[l
         return None, (f"none (the last exit scores {last:.1f}% on these {len(labels)} labelled images, at chance for "
                       f"{model.cfg.num_classes} classes: their labels are not the model's, or they are not images like its own; "
                       "every image runs to the last exit until this device is calibrated with dvt_runtime.calibrate)")
+    if few := few_classes(labels, [str(i) for i in range(model.cfg.num_classes)]):  # one class's images chose thresholds for all
+        return None, (f"none ({few.split(' (')[0]}: thresholds chosen on them would be those classes' alone; every image runs to "
+                      "the last exit until this device is calibrated with dvt_runtime.calibrate on images of every class)")
     probs = np.stack([softmax(lg.astype(np.float64)) for lg in ref_logits])  # float64, as the runtime decides
     costs = StageCosts.from_cumulative([e.gflops for e in model.exits], unit="GFLOPs")
     res = search_thresholds(ExitOutputs.from_probs(probs, labels), costs, budget=costs.cumulative[-1] * (1 + 1e-9), algorithm="exact")

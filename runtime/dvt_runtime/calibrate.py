@@ -42,7 +42,7 @@ from dvt_runtime.calibration import (  # noqa: F401  (re-exported)
     other_hosts_latencies,
     validate_calibration,
 )
-from dvt_runtime.calnotes import busy_note, chance_note, few_images, search_note, unanswered_note
+from dvt_runtime.calnotes import busy_note, chance_note, few_classes, few_images, search_note, unanswered_note
 from dvt_runtime.checks import positive_ms, setting_differences
 from dvt_runtime.cli import DocFormatter, Parser, command_name
 from dvt_runtime.console import join_args
@@ -260,7 +260,8 @@ def _notes(f: Fit, bundle: Bundle, thresholds: Sequence, metric: str, measured: 
     """What a calibration's note says of how far it can be trusted: few images or runs, no overhead priced, ``chance``
     (:func:`chance_note`), classes its thresholds never answer, a busy CPU while it was profiled or measured ('' where not)."""
     runs = min(int(s.get("n", 0)) for s in f.profile.stages)
-    return (few_images(len(f.cal_idx), len(f.hold_idx), metric, runs), NO_OVERHEAD if f.overhead_from == "none" else "", chance,
+    return (few_images(len(f.cal_idx), len(f.hold_idx), metric, runs), few_classes(f.outputs.labels, bundle.classes),
+            NO_OVERHEAD if f.overhead_from == "none" else "", chance,
             unanswered_note(f.hold, thresholds, bundle.classes),
             busy_note((f.profile.settings or {}).get("contention") if f.measured_here else None, (measured or {}).get("contention")))
 

@@ -7,6 +7,8 @@ import math
 import warnings
 from typing import Optional, Sequence
 
+import numpy as np
+
 from dvt_runtime.calibration import CalibrationError
 from dvt_runtime.checks import FEW_IMAGES
 from dvt_runtime.console import shown
@@ -29,6 +31,21 @@ def chance_note(hold: ExitOutputs, classes: int, allow_chance: bool) -> str:
         raise CalibrationError(f"{why}; nothing was written (--allow-chance writes it anyway)")
     warnings.warn(why, stacklevel=3)
     return f"the last exit scores {chance}: thresholds chosen on it mean nothing"
+
+
+def few_classes(labels, classes: Sequence[str]) -> str:
+    """A note when labelled images hold few of the model's classes (one class, or under half of those a set of their
+    size would hold at 20 images a class): thresholds chosen on them are that subset's, as confident as the exits are on
+    those classes alone; '' otherwise. Said by calibrate and by the export's default thresholds."""
+    labels = np.asarray(labels)
+    present, k = int(np.unique(labels).size), len(classes)
+    expected = min(k, max(2, labels.size // 20))  # a set of n images holds about n / 20 classes at least, at most all
+    if k < 2 or not labels.size or (present > 1 and 2 * present >= expected):
+        return ""
+    names = ", ".join(shown(classes[int(c)]) for c in np.unique(labels)[:5]) + (" ..." if present > 5 else "")
+    return (f"the labelled images hold {present} of the model's {k} classes ({names}): thresholds chosen on them are "
+            "those classes' (how sure the exits are on the others' images was not seen); use images of every class the device "
+            "will see")
 
 
 def few_images(n_cal: int, n_hold: int, metric: str, runs: Optional[int] = None) -> str:
