@@ -19,7 +19,7 @@ from typing import Optional, TextIO
 
 from dvt_runtime.console import on_descriptor, output_to
 
-__all__ = ["quiet_toolchains", "open_log", "log_problem"]
+__all__ = ["quiet_toolchains", "open_log", "log_problem", "log_footer"]
 
 _ANNOUNCED: set[str] = set()
 
@@ -51,6 +51,26 @@ def quiet_toolchains(log_path: Optional[Path], verbose: bool = False, header: Op
             else:
                 with os.fdopen(os.dup(terminal), "w", buffering=1) as console:
                     yield console
+    finally:
+        os.close(fd)
+
+
+def log_footer(log_path: Optional[Path], text: str) -> None:
+    """``text`` appended to the log after a timed ``====`` line, as ``quiet_toolchains``' header opens one: how the work
+    that header names ended, for whoever reads the log later (its notes had reached the terminal only). Best effort: a
+    log that cannot be written now loses only this."""
+    if log_path is None or log_problem(Path(log_path)) or not Path(log_path).exists():
+        return
+    first, _, rest = text.partition("\n")
+    line = f"==== {datetime.datetime.now().isoformat(timespec='seconds')} {first} ====\n" + (rest + "\n" if rest else "")
+    try:
+        fd = open_log(Path(log_path))
+    except ValueError:
+        return
+    try:
+        os.write(fd, line.encode("utf-8", "surrogateescape"))
+    except OSError:
+        pass
     finally:
         os.close(fd)
 

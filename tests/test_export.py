@@ -841,11 +841,28 @@ def test_non_finite_artifact_logits_fail_with_the_parity_table(tmp_path, micro_c
         return out
 
     monkeypatch.setattr(v, "chained", nan_logits)
+    (tmp_path / "dvt-edge-export.log").write_text("an earlier export's lines\n")  # kept: a log it did not create
     with pytest.raises(ExportError) as e:
         export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(tmp_path / "b"), verify_n=40, progress=False)
     msg = str(e.value)
     assert msg.startswith("verification failed") and "returned NaN or infinite logits" in msg and "confidences contain" not in msg, msg
     assert not (tmp_path / "b").exists()
+    # the log ends saying how the export it holds ended (the error had reached the terminal only)
+    last = (tmp_path / "dvt-edge-export.log").read_text().splitlines()[-1]
+    assert re.fullmatch(rf"==== \S+ failed, nothing written at {re.escape(str(tmp_path / 'b'))}: VerificationFailed: verification failed \(.* ====", last), last
+
+
+def test_the_toolchain_log_ends_each_export_with_its_verdict_and_notes(tmp_path, micro_ckpt):
+    """A log read later (several exports append to one) said which exports started, not how each ended: each export's
+    lines end with its verdict, its default thresholds' source and the notes the terminal got."""
+    out = tmp_path / "b"
+    res = export_bundle(str(micro_ckpt), "onnx", "fp32", out=str(out), verify_n=40, progress=False)
+    text = (tmp_path / "dvt-edge-export.log").read_text()
+    done = [line for line in text.splitlines() if " done: " in line]
+    assert len(done) == 1 and re.fullmatch(rf"==== \S+ done: {re.escape(str(out))} \(check numerical, passed; default thresholds: "
+                                           rf"{re.escape(res.manifest.thresholds_source)}\) ====", done[0]), done
+    assert text.index(f"export {micro_ckpt} -> onnx fp32 at {out}") < text.index(done[0])  # after the header it closes
+    assert all(f"note: {n}" in text for n in res.notes)
 
 
 def test_reference_cascade_keeps_inputs_only_for_the_images_asked(micro_ckpt):

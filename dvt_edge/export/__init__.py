@@ -55,7 +55,7 @@ from dvt_edge.export.verify import (
     verification_bundle,
 )
 from dvt_edge.imageset import default_classes
-from dvt_edge.logs import quiet_toolchains
+from dvt_edge.logs import log_footer, quiet_toolchains
 from dvt_edge.models import DVT, imagenet_layout
 from dvt_edge.npzdata import HOLDOUT_MARK
 from dvt_edge.provenance import code_changes, code_revision, created_at
@@ -212,12 +212,18 @@ def export_bundle(checkpoint: str, target: str, precision: str = "fp32", options
             if not tmp.is_dir():  # removed in the moment before it was locked (a clean-up that found it unheld)
                 raise ExportError(f"the export's temporary folder {tmp} was removed before it started; export again")
             res = _export_into(plan, console)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         _undo_setup(made, None if had_log else log, header)
+        if not opts.verbose:  # the log kept (a toolchain's lines in it): how the export it holds ended, after them
+            log_footer(log, f"failed, nothing written at {dest}: {type(e).__name__}" + (f": {str(e).splitlines()[0]}" if str(e).strip() else ""))
         raise
     for note in res.notes:
         print(f"note: {note}", file=sys.stderr)
+    if not opts.verbose:  # the verdict and the notes had reached the terminal only
+        par = res.manifest.parity
+        log_footer(log, f"done: {dest} (check {par.checked if par else 'none'}{', passed' if par and par.passed else ', NOT passed'}; default "
+                        f"thresholds: {res.manifest.thresholds_source})" + "".join(f"\nnote: {n}" for n in res.notes))
     return res
 
 
