@@ -11,7 +11,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence, Union
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 from dvt_runtime import console as _console
 from dvt_runtime.console import move_command
@@ -57,11 +57,12 @@ def name_max(folder: Union[str, Path]) -> Optional[int]:
         return NAME_MAX
 
 
-def atomic_write(path: Union[str, Path], data: bytes) -> Path:
+def atomic_write(path: Union[str, Path], data: Union[bytes, Iterable[Union[str, bytes]]]) -> Path:
     """Write ``data`` to ``path`` so that readers see either the old file or the new one.
 
     The bytes go to a temporary file in the same directory, are fsynced, then renamed
-    over ``path``; an interrupted write leaves the previous file untouched.
+    over ``path``; an interrupted write leaves the previous file untouched. ``data`` may come in pieces (text pieces as
+    UTF-8), written as they come: a file larger than memory.
     """
     path = Path(path)
     try:
@@ -72,7 +73,8 @@ def atomic_write(path: Union[str, Path], data: bytes) -> Path:
     try:
         os.chmod(tmp, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for piece in [data] if isinstance(data, (bytes, bytearray, memoryview, str)) else data:
+                f.write(piece.encode("utf-8") if isinstance(piece, str) else piece)
             f.flush()
             os.fsync(f.fileno())
         replace(tmp, path)
@@ -312,7 +314,8 @@ def _kept_aside(path: Path, data: bytes) -> Optional[Path]:
         fd, tmp = tempfile.mkstemp(prefix=f"{short_name(path.stem, 14 + len(path.suffix.encode()))}.kept-", suffix=path.suffix)
         os.chmod(tmp, 0o666 & ~current_umask())  # as atomic_write's: moved into place, a service's user must read it (mkstemp: 0600)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for piece in [data] if isinstance(data, (bytes, bytearray, memoryview, str)) else data:
+                f.write(piece.encode("utf-8") if isinstance(piece, str) else piece)
             f.flush()
             os.fsync(f.fileno())
         return Path(tmp)

@@ -16,18 +16,19 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import datetime
-import json
 import math
 import os
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from dvt_runtime.answers import AnswerTally, RowSpool, result_json
 from dvt_runtime.backends import _EXTRA, PROVIDERS_HELP, BackendUnavailable, import_backend, install_hint, parse_providers
 from dvt_runtime.calibration import CALIBRATION_DIR_HELP, bundle_args
 from dvt_runtime.checks import NonFiniteOutput, check_thresholds, parse_thresholds, positive_ms, preprocessed_here, rough_thresholds
@@ -35,10 +36,10 @@ from dvt_runtime.cli import DocFormatter, Parser, command_name
 from dvt_runtime.console import WINDOWS, progress, quote_arg, shown  # WINDOWS: its shells pass *.jpg to the command as it is typed
 from dvt_runtime.device import contention_since, contention_snapshot, open_here, profiled_here, this_host
 from dvt_runtime.images import IMAGE_EXTS, ImageError, can_check_jpegs, cv2_or_fail, read_image
-from dvt_runtime.io import atomic_write_json, check_out_path, os_error_text
+from dvt_runtime.io import atomic_write, check_out_path, os_error_text
 from dvt_runtime.npzsets import GRAY_FOR_COLOUR, all_gray, is_blank
 from dvt_runtime.runfacts import budget_choice, busy_run_note, run_facts
-from dvt_runtime.scoring import LABEL_SOURCES, accuracy_lines, folder_labels, score
+from dvt_runtime.scoring import LABEL_SOURCES, accuracy_lines, folder_labels, mark
 from dvt_runtime.search import check_metric
 from dvt_runtime.shift import exit_shift, expected_shares, shift_note
 from dvt_runtime.stats import percentile, sample_stats
@@ -151,9 +152,14 @@ class Interrupted(KeyboardInterrupt):
 
 
 def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[list] = None, budget_ms: Optional[float] = None,
-                  deadline_ms: Optional[float] = None, show_progress: bool = True) -> dict:
-    """Every file through ``bundle.predict`` one at a time, as a camera would feed it: the versioned result dict."""
-    rows, unreadable, failed, pre_ms, expected = [], [], [], [], []
+                  deadline_ms: Optional[float] = None, show_progress: bool = True, labels: Optional[dict[str, int]] = None,
+                  rows: Optional[Union[list, RowSpool]] = None) -> dict:
+    """Every file through ``bundle.predict`` one at a time, as a camera would feed it: the versioned result dict.
+    ``labels`` (:func:`dvt_runtime.scoring.folder_labels`'): each answer marked right or not, and the result's ``accuracy``.
+    ``rows``: where each image's answer goes, the result's ``images`` (default a new list; the CLI's :class:`RowSpool`
+    keeps memory flat over any number of images)."""
+    rows = [] if rows is None else rows
+    tally, unreadable, failed = AnswerTally(bundle.num_exits), [], []
     every_gray = bundle.manifest.preprocess.channels != "gray"  # a colour model, and every image so far grayscale
     content = False  # an image that is not blank was read
     strict = can_check_jpegs()  # a JPEG libjpeg finds corrupt decodes to wrong pixels: listed, not answered
@@ -168,20 +174,19 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
                 continue
             t0 = time.perf_counter()
             x = bundle.preprocess(img)[0]  # (C, H, W) float32: one image
-            pre_ms.append((time.perf_counter() - t0) * 1e3)
+            pre_ms = (time.perf_counter() - t0) * 1e3
             try:
                 with preprocessed_here():  # an image whose pixels normalize into [0, 1] is not unnormalized
-                    if not rows:  # one untimed run of every stage first: the first call's set-up is no image's latency
+                    if not len(tally):  # one untimed run of every stage first: the first call's set-up is no image's latency
                         bundle.run_exits(x[None])
                     # a deadline counts the image's preprocessing, as predict of the uint8 image would
                     choice = budget_choice(bundle, budget_ms) if budget_ms is not None and bundle.calibration is not None else None
                     shares = expected_shares(bundle, thresholds, budget_ms, deadline_ms, choice)  # before the call: the row it runs
                     t0 = time.perf_counter()
-                    p = bundle.predict(x, thresholds=thresholds, budget_ms=budget_ms, deadline_ms=deadline_ms, spent_ms=pre_ms[-1])
+                    p = bundle.predict(x, thresholds=thresholds, budget_ms=budget_ms, deadline_ms=deadline_ms, spent_ms=pre_ms)
                     call_ms = (time.perf_counter() - t0) * 1e3  # the stages and predict's own work: what a budget is priced at
             except NonFiniteOutput as e:  # this image's answer would be meaningless: listed, and the others still answered
                 failed.append({"file": str(f), "error": str(e)})
-                pre_ms.pop()
                 continue
             small = min(img.shape[:2])  # an image far smaller than the model's input is answered, but from few real pixels
             tiny = {"upscaled": round(bundle.manifest.preprocess.resize / small, 1)} if 4 * small <= bundle.manifest.preprocess.resize else {}
@@ -190,17 +195,35 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
             every_gray = every_gray and (bool(blank) or all_gray([few]))  # a blank frame is neither gray nor colour
             content = content or not blank
             ran = {"budget_thresholds": choice["thresholds"], "speed_scale": choice["speed_scale"], "mix_scale": choice["mix_scale"]} if choice else {}
-            rows.append({"file": str(f), **p.to_dict(), "preprocess_ms": pre_ms[-1], "predict_ms": call_ms, **tiny, **blank, **ran})
-            expected.append(shares)
+            row = {"file": str(f), **p.to_dict(), "preprocess_ms": pre_ms, "predict_ms": call_ms, **tiny, **blank, **ran}
+            if labels is not None:
+                mark(row, labels, bundle.manifest.classes)
+            tally.add(row, shares)
+            rows.append(row)  # an image interrupted before this is no image's
     except KeyboardInterrupt as e:
         stopped = e
-        pre_ms, expected = pre_ms[: len(rows)], expected[: len(rows)]  # an image interrupted midway is no image's
-    contention = contention_since(snap)
+        tally.truncate(len(rows))
+    out = _summary(bundle, tally, rows, thresholds, budget_ms, deadline_ms, contention_since(snap), every_gray and content)
+    out.update(unreadable=unreadable, failed=failed)  # failed: an exit answered NaN or infinite logits
+    verdict = budget_verdict(out)
+    out["budget_met"] = None if verdict is None else verdict[1]  # the summary's "within" / "OVER", for a monitor
+    out["interrupted"] = None if stopped is None else str(stopped) or "Ctrl-C"  # the images after it were not read
+    out["n_files"] = len(files)  # given: answered, unreadable, failed and (interrupted) not reached
+    if labels is not None:
+        out["accuracy"] = tally.score(bundle.manifest.classes, len(unreadable) + len(failed))
+    if stopped is not None:
+        raise Interrupted(str(stopped), out)
+    return out
+
+
+def _summary(bundle: "Bundle", tally: AnswerTally, rows, thresholds: Optional[list], budget_ms: Optional[float],
+             deadline_ms: Optional[float], contention: dict, gray: bool) -> dict:
+    """The result's summary of the answers ``tally`` counted (``rows``: the answers themselves, the result's ``images``)."""
+    counts = tally.exit_counts()
     busy = busy_run_note(contention, "predicting")
-    counts = np.bincount([r["exit"] - 1 for r in rows], minlength=bundle.num_exits).tolist() if rows else [0] * bundle.num_exits
-    shift = exit_shift(counts, np.mean(expected, axis=0).tolist() if expected and None not in expected else None, bundle)
-    m = bundle.manifest
-    out = {
+    m, n = bundle.manifest, len(tally)
+    cascade, pre = np.asarray(tally.total_ms), np.asarray(tally.preprocess_ms)
+    return {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "bundle": {"path": str(bundle.path), "model": m.model, "target": m.target, "precision": m.precision},
@@ -208,26 +231,20 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
         "budget_ms": budget_ms, "deadline_ms": deadline_ms, **_budget_facts(bundle, budget_ms), "thresholds_from": _thresholds_source(bundle, thresholds, budget_ms, deadline_ms),
         "thresholds": _thresholds_used(bundle, thresholds, budget_ms), "device_name": bundle.device_name, "threads": bundle.threads,
         "providers": bundle.providers,  # what ONNX Runtime started (a CUDA it could not load falls back to the CPU); None elsewhere
-        "n_images": len(rows), "exit_counts": counts,  # exits numbered from 1 in rows; counts[k] is exit k + 1
+        "n_images": n, "exit_counts": counts,  # exits numbered from 1 in rows; counts[k] is exit k + 1
         # images whose preprocessing and stages overran the deadline (exit 1 always runs: a deadline below it is missed)
-        "deadline_missed": sum(r["preprocess_ms"] + r["total_ms"] > deadline_ms for r in rows) if deadline_ms is not None else None,
-        "latency_ms": {"cascade": sample_stats([r["total_ms"] for r in rows], keep_samples=False) if rows else None,
-                       "preprocess": sample_stats(pre_ms, keep_samples=False) if pre_ms else None},
-        "confidence": {"mean": float(np.mean(c)), "p10": percentile(c, 10)} if (c := [r["confidence"] for r in rows]) else None,
-        "shift": shift,  # where the images stopped against where the calibration's did under the same thresholds (None: no calibration ran)
+        "deadline_missed": int(np.sum(pre + cascade > deadline_ms)) if deadline_ms is not None else None,
+        "latency_ms": {"cascade": sample_stats(cascade, keep_samples=False) if n else None,
+                       "preprocess": sample_stats(pre, keep_samples=False) if n else None},
+        "confidence": {"mean": float(np.mean(tally.confidence)), "p10": percentile(tally.confidence, 10)} if n else None,
+        # where the images stopped against where the calibration's did under the same thresholds (None: no calibration ran)
+        "shift": exit_shift(counts, tally.expected_shares(), bundle),
         "contention": contention,  # how much the run competed for a CPU: wait_pct, steal_pct (None: the OS does not say)
         # what the images as a whole, and the run, say (on stderr too)
-        "notes": ([GRAY_FOR_COLOUR] if every_gray and content else []) + ([busy] if busy else []),
+        "notes": ([GRAY_FOR_COLOUR] if gray else []) + ([busy] if busy else []),
         **run_facts(bundle),  # which bundle bytes, calibration file and machine ran: for an audit from the file alone
-        "images": rows, "unreadable": unreadable, "failed": failed,  # failed: an exit answered NaN or infinite logits
+        "images": rows,
     }
-    verdict = budget_verdict(out)
-    out["budget_met"] = None if verdict is None else verdict[1]  # the summary's "within" / "OVER", for a monitor
-    out["interrupted"] = None if stopped is None else str(stopped) or "Ctrl-C"  # the images after it were not read
-    out["n_files"] = len(files)  # given: answered, unreadable, failed and (interrupted) not reached
-    if stopped is not None:
-        raise Interrupted(str(stopped), out)
-    return out
 
 
 def budget_verdict(r: dict) -> Optional[tuple[float, bool]]:
@@ -250,39 +267,59 @@ def _against_budget(r: dict) -> str:
 
 def format_result(r: dict) -> str:
     """One line per image, then the exits' counts and latency percentiles (names with control characters escaped)."""
-    # paths under the images' common folder: names alone repeat across class folders (train/cat/IMG_0000.jpg, train/dog/...)
-    full = [os.path.abspath(x["file"]) for x in r["images"]]
-    try:
-        root = os.path.commonpath([os.path.dirname(f) for f in full]) if full else ""
-        names = [shown(os.path.relpath(f, root)) for f in full]
-    except ValueError:  # files on different drives (Windows)
-        names = [shown(Path(f).name) for f in full]
-    width = min(60, max([len(n) for n in names] + [4]))
-    cw = min(40, max([len(shown(x["class_name"])) for x in r["images"]] + [5]))  # class names whole (ImageNet's run to 30 and more)
-    lines = [f"{'file':<{width}}  {'class':<{cw}} {'conf':>6}  exit  {'ms':>7}"]
-    for name, x in zip(names, r["images"]):
+    return "\n".join(result_lines(r))
+
+
+def _names(r: dict) -> tuple[str, int, int]:
+    """The images' common folder ('' where they have none: files on different drives) and the widths of the name and
+    class columns, in one pass over the answers (a spool of a million is read, not held)."""
+    root: Optional[str] = None
+    cw = 5
+    for x in r["images"]:
+        d = os.path.dirname(os.path.abspath(x["file"]))
+        try:
+            root = d if root is None else os.path.commonpath([root, d]) if root else root
+        except ValueError:  # files on different drives (Windows): names alone
+            root = ""
+        cw = max(cw, len(shown(x["class_name"])))  # class names whole (ImageNet's run to 30 and more)
+    root = root or ""
+    width = max(4, max((len(_name(x["file"], root)) for x in r["images"]), default=4))
+    return root, min(60, width), min(40, cw)
+
+
+def _name(file: str, root: str) -> str:
+    """A file as the table shows it: under the images' common folder (names alone repeat across class folders:
+    train/cat/IMG_0000.jpg, train/dog/...), or its name where there is none."""
+    return shown(os.path.relpath(os.path.abspath(file), root) if root else Path(file).name)
+
+
+def result_lines(r: dict) -> Iterator[str]:
+    """:func:`format_result`'s lines, one at a time."""
+    root, width, cw = _names(r)
+    yield f"{'file':<{width}}  {'class':<{cw}} {'conf':>6}  exit  {'ms':>7}"
+    for x in r["images"]:
+        name = _name(x["file"], root)
         name = name if len(name) <= width else "..." + name[-(width - 3):]  # the file's own name kept
-        lines.append(f"{name:<{width}}  {shown(x['class_name'])[:cw]:<{cw}} {x['confidence']:>6.3f}  {x['exit']:>4}  "
-                     f"{x['total_ms']:>7.3f}" + ("  (deadline: later exit skipped)" if x["deadline_skipped"] else "")
-                     + (f"  (a small image, upscaled {x['upscaled']:g}x)" if x.get("upscaled") else "")
-                     + ("  (a uniform image: nothing in it to classify)" if x.get("uniform") else ""))
-    lines += [f"unreadable: {shown(u['error'])}" for u in r["unreadable"]]
-    lines += [f"failed: {shown(u['file'])}: {shown(u['error'])}" for u in r.get("failed", [])]
+        yield (f"{name:<{width}}  {shown(x['class_name'])[:cw]:<{cw}} {x['confidence']:>6.3f}  {x['exit']:>4}  "
+               f"{x['total_ms']:>7.3f}" + ("  (deadline: later exit skipped)" if x["deadline_skipped"] else "")
+               + (f"  (a small image, upscaled {x['upscaled']:g}x)" if x.get("upscaled") else "")
+               + ("  (a uniform image: nothing in it to classify)" if x.get("uniform") else ""))
+    yield from (f"unreadable: {shown(u['error'])}" for u in r["unreadable"])
+    yield from (f"failed: {shown(u['file'])}: {shown(u['error'])}" for u in r.get("failed", []))
     n = r["n_images"]
     failed = f", {len(r['failed'])} failed" if r.get("failed") else ""
     if n:
         c, pre = r["latency_ms"]["cascade"], r["latency_ms"]["preprocess"]
         shares = " / ".join(f"{k}" for k in r["exit_counts"])
-        lines.append(f"{n} images ({len(r['unreadable'])} unreadable{failed}): exits 1-{len(r['exit_counts'])} answered {shares}; cascade ms "
-                     f"mean {c['mean']:.3f}, p50 {c['p50']:.3f}, p90 {c['p90']:.3f}; preprocessing p50 {pre['p50']:.3f} ms; "
-                     f"thresholds: {r['thresholds_from']}"
-                     + (f"; {r['deadline_missed']} of {n} over the {r['deadline_ms']:g} ms deadline" if r.get("deadline_missed") is not None else "")
-                     + _against_budget(r))
+        yield (f"{n} images ({len(r['unreadable'])} unreadable{failed}): exits 1-{len(r['exit_counts'])} answered {shares}; cascade ms "
+               f"mean {c['mean']:.3f}, p50 {c['p50']:.3f}, p90 {c['p90']:.3f}; preprocessing p50 {pre['p50']:.3f} ms; "
+               f"thresholds: {r['thresholds_from']}"
+               + (f"; {r['deadline_missed']} of {n} over the {r['deadline_ms']:g} ms deadline" if r.get("deadline_missed") is not None else "")
+               + _against_budget(r))
     else:
-        lines.append(f"no image could be answered ({len(r['unreadable'])} unreadable{failed})")
+        yield f"no image could be answered ({len(r['unreadable'])} unreadable{failed})"
     if "accuracy" in r:  # --labels
-        lines += accuracy_lines(r["accuracy"])
-    return "\n".join(lines)
+        yield from accuracy_lines(r["accuracy"])
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -349,6 +386,11 @@ def _with_backend(err: ImageError, bundle_dir: str) -> ImageError:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    with contextlib.ExitStack() as held:  # the answers' spool is removed however predict ends
+        return _main(args, held)
+
+
+def _main(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     try:
         from dvt_runtime.latency import load_profile_arg
 
@@ -389,40 +431,61 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             check_thresholds(thresholds, bundle.num_exits, "--thresholds")
         _check_mode(bundle, args, [str(w.message) for w in said])
         labels = folder_labels(files, bundle.manifest.classes) if args.labels else None  # refused before any image runs
+        spool = _spool(out, held)
         try:
-            r, stopped = predict_files(bundle, files, thresholds, args.budget_ms, args.deadline_ms, show_progress=not args.no_progress), None
+            r, stopped = predict_files(bundle, files, thresholds, args.budget_ms, args.deadline_ms, show_progress=not args.no_progress,
+                                       labels=labels, rows=spool), None
         except Interrupted as e:  # the answers so far are written and summed up, then it ends as an interrupt does
             r, stopped = e.partial, e
-        if labels is not None:
-            r["accuracy"] = score(r["images"], labels, bundle.manifest.classes, bundle.num_exits, len(r["unreadable"]) + len(r["failed"]))
     except (ValueError, OSError, BackendUnavailable) as e:  # ManifestError, InputError, CalibrationError are ValueErrors
         print(f"error: {os_error_text(e)}", file=sys.stderr)
         return 2
+    return _report(args, r, out, said, skipped, len(files), stopped)
+
+
+def _spool(out: Optional[Path], held: contextlib.ExitStack) -> Union[RowSpool, list]:
+    """Where the answers go as they come: a spool on disk beside ``--out`` (where its folder is there), else in the
+    system's temporary folder (a million images' rows had been held in memory, 4.8 KB each); in memory where neither
+    takes a file (the result is written or printed at the end either way)."""
+    for folder in ([out.parent] if out is not None and out.parent.is_dir() else []) + [None]:
+        try:
+            return held.enter_context(RowSpool(folder))
+        except OSError:
+            continue
+    return []
+
+
+def _report(args: argparse.Namespace, r: dict, out: Optional[Path], said: list, skipped: collections.Counter, n_files: int,
+            stopped: Optional[Interrupted]) -> int:
+    """The result written (``--out``), printed and summed up; the exit code (or the interrupt raised again)."""
     r["skipped_files"] = dict(skipped.most_common())  # by suffix: files in the folders given that are not images it reads
     own = list(r["notes"])  # the images' (said below); open's warnings were said as warnings
     r["notes"] = [str(w.message) for w in said] + own  # a stale calibration, another thread count: in the file too
     saved, unsaved = None, None
     if out is not None:  # before anything is printed: a reader gone from stdout (| head) must not lose the file
         try:
-            saved = atomic_write_json(out, r, allow_nan=False)
+            saved = atomic_write(out, result_json(r))  # the rows streamed from the spool
         except OSError as e:  # found writable before the run (os.access), refused now: a read-only or pseudo filesystem
             unsaved = e
     if unsaved is not None:  # said first: a reader gone from stdout would hide it behind exit 141
         print(f"error: {os_error_text(unsaved)}; the predictions (printed next) were not saved: give --out a path you can write",
               file=sys.stderr)
-    print(format_result(r), file=sys.stderr if args.out == "-" else sys.stdout)
+    table = sys.stderr if args.out == "-" else sys.stdout
+    for line in result_lines(r):  # a line at a time: the table of a million images is not built in memory
+        print(line, file=table)
     for note in own:
         print(f"note: {note}", file=sys.stderr)
     if note := shift_note(r["shift"]):  # after the summary it explains (an OVER, a slow mean)
         print(note, file=sys.stderr)
     if args.out == "-":  # for a pipeline: the JSON alone on stdout (it had written a file named "-")
-        print(json.dumps(r, indent=2, allow_nan=False))
+        for piece in result_json(r):
+            sys.stdout.write(piece)
     if unsaved is not None:
         return 2
     if saved is not None:
         print(f"wrote {shown(saved)}")  # a name with control characters is shown escaped, as in the table
     if stopped is not None:  # run_cli says how it was stopped and exits 130 or 143
-        print(f"note: stopped after answering {len(r['images'])} of the {len(files)} images given" + (f"; the answers so far are in {shown(saved)}"
+        print(f"note: stopped after answering {r['n_images']} of the {n_files} images given" + (f"; the answers so far are in {shown(saved)}"
               if saved is not None else ""), file=sys.stderr)
         raise KeyboardInterrupt(*stopped.args)
     return 1 if r["unreadable"] or r["failed"] else 0

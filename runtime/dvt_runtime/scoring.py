@@ -14,9 +14,7 @@ import re
 from pathlib import Path
 from typing import Optional, Sequence
 
-from dvt_runtime.stats import accuracy_interval
-
-__all__ = ["LABEL_SOURCES", "folder_labels", "score", "accuracy_lines"]
+__all__ = ["LABEL_SOURCES", "folder_labels", "mark", "accuracy_lines"]
 
 LABEL_SOURCES = ("folders",)  # where --labels reads each image's class from
 SYNSET = re.compile(r"n\d{8}")  # an ImageNet folder name (n01440764): its class names are the host's to map
@@ -57,33 +55,13 @@ def folder_labels(files: Sequence[Path], classes: Sequence[str]) -> dict[str, in
     return out
 
 
-def _top1(correct: int, n: int) -> Optional[float]:
-    return 100.0 * correct / n if n else None
-
-
-def score(rows: list[dict], labels: dict[str, int], classes: Sequence[str], num_exits: int, not_scored: int) -> Optional[dict]:
-    """Marks each row ``true_label``, ``true_class`` and ``correct``, and returns the score of the answered images
-    (None when none was answered). ``not_scored``: images given that were not answered (unreadable, failed)."""
-    for r in rows:
-        r["true_label"] = t = labels[r["file"]]
-        r["true_class"] = classes[t]
-        r["correct"] = bool(r["label"] == t)
-    if not rows:
-        return None
-    n, k = len(rows), sum(r["correct"] for r in rows)
-    top1 = _top1(k, n)
-    assert top1 is not None  # n > 0
-    per_exit = []
-    for e in range(1, num_exits + 1):
-        at = [r["correct"] for r in rows if r["exit"] == e]
-        per_exit.append({"answered": len(at), "correct": sum(at), "top1": _top1(sum(at), len(at))})
-    per_class = []
-    for c in sorted({r["true_label"] for r in rows}):
-        got = [r["correct"] for r in rows if r["true_label"] == c]
-        per_class.append({"class": classes[c], "label": c, "n": len(got), "correct": sum(got), "top1": _top1(sum(got), len(got))})
-    return {"labels": "folders", "n": n, "correct": k, "top1": top1, "interval95": list(accuracy_interval(top1, n)),
-            "not_scored": not_scored, "per_exit": per_exit, "per_class": per_class,
-            "classes_absent": [c for i, c in enumerate(classes) if i not in {p["label"] for p in per_class}]}
+def mark(row: dict, labels: dict[str, int], classes: Sequence[str]) -> dict:
+    """``row`` (an answer) marked ``true_label``, ``true_class`` and ``correct`` from its file's class in ``labels``
+    (:func:`folder_labels`'); the score is :meth:`dvt_runtime.answers.AnswerTally.score`'s."""
+    row["true_label"] = t = labels[row["file"]]
+    row["true_class"] = classes[t]
+    row["correct"] = bool(row["label"] == t)
+    return row
 
 
 def accuracy_lines(a: Optional[dict]) -> list[str]:
