@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from dvt_edge.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from dvt_edge.data import DataError, npz_in_sample, trained_on_val
+from dvt_edge.data import DataError, absolute_spec, npz_in_sample, trained_on_val
 from dvt_edge.provenance import THREADS_HELP, environment_line, set_torch_threads
 from dvt_edge.references import card_path
 from dvt_edge.resume import STARTED_OVER
@@ -254,7 +254,7 @@ def publish_run(run: str, out: str, card: Optional[str] = None, data: Optional[s
     if bad := _damaged_figures(history, t):  # a run stops before saving a NaN epoch: these were edited or damaged
         raise CheckpointError(f"{last}: its recorded training figures are not finite or out of range ({bad}); the card would print them: "
                               "publish an intact run")
-    extra = {"eval_data": eval_data} if eval_data else {}  # portable evaluation data (e.g. shipped with the package)
+    extra = {"eval_data": absolute_spec(eval_data)} if eval_data else {}  # a path absolute: from elsewhere it was another folder
     for flag, spec in (("--eval-data", eval_data), ("--data", data)):  # the card's figures would be in-sample
         if spec and (said := trained_on_val(spec, args.get("data")) or npz_in_sample(spec, args.get("data"))):
             raise CheckpointError(f"{flag} {spec}: {said}; give a set the run held out")

@@ -62,6 +62,22 @@ def test_a_card_scored_on_few_images_says_its_figures_are_rough(micro_ckpt, tmp_
     assert r["n"] == 60 and "Note: only 60 images: each is 1.7 points of accuracy, so these figures are rough" in card
 
 
+def test_eval_data_given_relative_is_recorded_absolute(micro_ckpt, tmp_path, monkeypatch):
+    """--eval-data imagefolder:test3 was recorded as typed: evaluate run from another folder holding its own test3/
+    scored that one (a user's 1,690 training images, 85.27 / 89.70 / 94.50% for 78.10 / 82.86 / 83.81), unsaid. A path
+    is recorded absolute, as a run's --data is; a named set stays a name."""
+    classes = load_checkpoint(micro_ckpt)[1].classes
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "few.npz", images=rng.integers(0, 256, (60, 28, 28), dtype=np.uint8), labels=np.arange(60) % 10,
+             classes=np.array(classes), split=np.array("val"))
+    monkeypatch.chdir(tmp_path)
+    publish_run(str(micro_ckpt.parent), str(tmp_path / "rel.pt"), eval_data="npz:few.npz", threshold_n=30, progress=False)
+    assert load_checkpoint(tmp_path / "rel.pt")[1].extras["eval_data"] == f"npz:{tmp_path / 'few.npz'}"
+    from dvt_edge.data import absolute_spec
+
+    assert absolute_spec("fashion-mnist") == "fashion-mnist" and absolute_spec("cifar10-ref") == "cifar10-ref"
+
+
 def test_fine_tuned_run_publishes_its_lineage_and_every_step(micro_ckpt, tmp_path):
     """A run fine-tuned (with self-distillation) from one of our runs: the published file records the
     source's SHA-256, arguments and accuracy; the card gives both steps' commands, the second
