@@ -425,6 +425,8 @@ def scoring_set(spec: str, split: str, preprocess: Optional[Preprocess], num_cla
     if mismatch and stand_in:  # the model's own images are missing here: that is the fix, not a model for these classes
         raise DataError(f"{spec} cannot {use} this model: {mismatch}. It stood in because {stand_in.replace(f'; using {spec} instead', '')}: "
                         "pass --data SPEC with the images the model was trained on (moved? their new path)")
+    if mismatch and "rename the folders" in mismatch:  # the model's classes, spelled ambiguously: no other model is needed
+        raise DataError(f"{spec} cannot {use} this model: {mismatch}")
     if mismatch:
         raise DataError(f"{spec} cannot {use} this model: {mismatch} (a model for these classes: python -m dvt_edge.train "
                         f"--finetune {quote_arg(checkpoint)} --data {quote_arg(spec)} --out runs/NAME)")

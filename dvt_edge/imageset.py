@@ -6,6 +6,7 @@ Loaders (``dvt_edge.fashion_mnist``, ``dvt_edge.cifar10``, ``dvt_edge.imagefolde
 
 from __future__ import annotations
 
+import collections
 import functools
 import sys
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from typing import Optional
 import numpy as np
 
 from dvt_runtime import images as _images
-from dvt_runtime.checks import numbered
+from dvt_runtime.checks import class_key, numbered
 from dvt_runtime.console import progress as progress_bar
 from dvt_runtime.images import IMREAD_FLAGS, jpeg_end, to_uint8  # noqa: F401  (re-exported)
 from dvt_runtime.preprocess import Preprocess
@@ -153,11 +154,11 @@ def label_mismatch(ds: ImageSet, num_classes: int, classes: Optional[list[str]])
     """Why a data set's labels are not a model's (None: they are): other class names (indices "0".."N-1" on
     either side name nothing), or another number of classes."""
     if classes and not numbered(classes) and not numbered(ds.classes) and list(ds.classes) != list(classes):
-        loose = {class_key(c): c for c in classes}  # folders named like the classes but for case, spaces, "_" or "-"
-        if near := [(c, loose[class_key(c)]) for c in ds.classes if c not in classes and class_key(c) in loose][:3]:
-            return (f"its class folders {', '.join(f'{a!r}' for a, _ in near)} are the checkpoint's {', '.join(f'{b!r}' for _, b in near)} "
-                    "but for case, spaces or underscores: rename the folders to the checkpoint's class names")
-        return f"its classes {list(ds.classes)[:5]}... are not the checkpoint's {list(classes)[:5]}..."
+        # (spelled alike one for one, as_model_labels reads them as the model's: this is a set it could not)
+        if unknown := [c for c in ds.classes if class_key(c) not in {class_key(k) for k in classes}]:
+            return f"its classes {unknown[:5]}{'...' if len(unknown) > 5 else ''} are none of the checkpoint's {list(classes)[:5]}..."
+        return (f"its class folders {list(ds.classes)[:5]}... are spelled like the checkpoint's {list(classes)[:5]}... but not one "
+                "for one (two folders spelled alike, or one spelled like two classes): rename the folders to the checkpoint's class names")
     if ds.num_classes != num_classes:
         return f"it has {ds.num_classes} classes, the model {num_classes}"
     return None
@@ -173,13 +174,19 @@ def as_model_labels(ds: ImageSet, num_classes: int, classes: Optional[list[str]]
     if not classes or len(classes) != num_classes or numbered(classes) or numbered(ds.classes) or list(ds.classes) == list(classes):
         return None
     index = {c: i for i, c in enumerate(classes)}
-    if len(set(ds.classes)) != len(ds.classes) or not all(c in index for c in ds.classes):
+    keys = collections.Counter(class_key(c) for c in classes)
+    loose = {k: i for i, c in enumerate(classes) if keys[k := class_key(c)] == 1 and k}  # spelled alike by one class only
+    as_ = {c: index[c] if c in index else loose.get(class_key(c)) for c in ds.classes}  # a folder cannot be named T-shirt/top
+    if len(set(ds.classes)) != len(ds.classes) or None in as_.values() or len(set(as_.values())) != len(as_):
         return None
-    if lacks := [c for c in classes if c not in set(ds.classes)]:
+    if renamed := [f"{c!r} as {classes[i]!r}" for c, i in as_.items() if c != classes[i]]:
+        print(f"note: {ds.name} [{ds.split}]: folders read as the model's classes spelled otherwise: {', '.join(renamed[:5])}"
+              f"{' ...' if len(renamed) > 5 else ''}", file=sys.stderr)
+    if lacks := [c for i, c in enumerate(classes) if i not in set(as_.values())]:
         print(f"note: {ds.name} [{ds.split}] holds {len(ds.classes)} of the model's {len(classes)} classes (none of "
               f"{', '.join(map(repr, lacks[:5]))}{' ...' if len(lacks) > 5 else ''}): its images are scored as the model's classes",
               file=sys.stderr)
-    to_model = np.array([index[c] for c in ds.classes], dtype=np.int64)
+    to_model = np.array([as_[c] for c in ds.classes], dtype=np.int64)
     return ImageSet(ds.name, ds.split, ds.images, to_model[ds.labels], list(classes), ds.preprocess, ds.preprocessed, ds.skipped,
                     ds.files, ds.split_size)
 
@@ -244,14 +251,9 @@ def imagenet1k() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(synsets), tuple(names)
 
 
-def class_key(name: str) -> str:
-    """A class name as compared across data sets and folders: case, runs of spaces, ``_`` and ``-`` aside."""
-    return " ".join(str(name).replace("_", " ").replace("-", " ").split()).casefold()
-
-
 def odd_class_names(classes: list[str]) -> str:
     """What is unusual about class folder names, or "": a name with spaces around it (a class of its own, named as
-    written: ``ship `` is not ``ship``), and names alike but for case, spaces, ``_`` or ``-`` (two classes)."""
+    written: ``ship `` is not ``ship``), and names alike (:func:`dvt_runtime.checks.class_key`: two classes)."""
     said = []
     if padded := [c for c in classes if c != c.strip()]:
         said.append(f"{padded} begin or end with a space: each is a class of its own, named as written")
@@ -259,7 +261,7 @@ def odd_class_names(classes: list[str]) -> str:
     for c in classes:
         groups.setdefault(class_key(c), []).append(c)
     if alike := [g for g in groups.values() if len(g) > 1]:
-        said.append(f"{alike} differ only in case, spaces, '_' or '-': each folder is a class of its own")
+        said.append(f"{alike} differ only in case, spaces or punctuation: each folder is a class of its own")
     return "; ".join(said) + ("; rename or merge the folders if that is not meant" if said else "")
 
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dvt_edge.imageset import class_key
+from dvt_runtime.checks import class_key
 
 _BLOCK = re.compile(r"^(?P<stage>.+)\.blocks\.(?P<i>\d+)\.")
 _ZEROED_IN_NEW_BLOCKS = ("attn.proj.weight", "attn.proj.bias", "mlp.fc2.weight", "mlp.fc2.bias")
@@ -132,7 +132,7 @@ def transfer_weights(model: nn.Module, src: dict[str, torch.Tensor], skip=lambda
 def carry_head_rows(model: nn.Module, src: dict[str, torch.Tensor], src_classes: list[str], classes: list[str]) -> list[str]:
     """Each classifier head's row (weight and bias) of every class named alike in ``src_classes`` and ``classes`` copied
     into ``model`` at that class's index (the other rows keep their fresh init); the names carried ("Cat <- cat" where
-    they are written otherwise). Alike: equal but for case, spaces, ``_`` and ``-`` (a folder ``Cat``, or ``ship `` with
+    they are written otherwise). Alike: :func:`dvt_runtime.checks.class_key` (a folder ``Cat``, or ``ship `` with
     a trailing space, carried nothing), and only where that matches one class on each side."""
     from dvt_runtime.checks import numbered
 

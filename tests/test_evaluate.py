@@ -377,7 +377,7 @@ def test_per_class_figures_show_a_rare_class_an_early_exit_never_answers():
 def test_a_test_folder_without_some_of_the_models_classes_is_scored_as_its_classes(micro_ckpt, tmp_path, capsys):
     """A labelled test folder lacking a class (no T-shirt/top photos: a '/' cannot name a folder anyway) was refused, 'it has
     9 classes, the model 10'; it is scored with the model's indices, the missing classes said. Folders named like the
-    classes but for case or underscores are told to rename, not shown two lists of five names."""
+    classes but for case or punctuation are read as those classes, and said."""
     ds = load_dataset("fashion-mnist", "val", limit=60, seed=2)
     keep = [k for k in range(1, 10)]
     for i in range(len(ds)):
@@ -397,6 +397,23 @@ def test_a_test_folder_without_some_of_the_models_classes_is_scored_as_its_class
     by_name = ImageSet(ds.name, "val", ds.images, np.array([order.index(ds.classes[k]) for k in ds.labels]), order, ds.preprocess)
     assert as_model_labels(by_name, 10, list(ds.classes)).labels.tolist() == ds.labels.tolist()
     assert as_model_labels(ds, 10, list(ds.classes)) is None  # the model's order already
+    # folders spelled otherwise (case, punctuation) are read as the class they spell, said: `ankle_boot` had been refused
+    # (rename), and the class T-shirt/top could not be scored at all (a folder cannot hold a '/'), while predict --labels read both
     (tmp_path / "d" / "val" / "Ankle boot").rename(tmp_path / "d" / "val" / "ankle_boot")
-    with pytest.raises(ValueError, match="class folders 'ankle_boot' are the checkpoint's 'Ankle boot' but for case, spaces or underscores: rename"):
+    (tmp_path / "d" / "val" / "T-shirt_top").mkdir()
+    cv2.imwrite(str(tmp_path / "d" / "val" / "T-shirt_top" / "t.png"), ds.images[int(np.flatnonzero(ds.labels == 0)[0])])
+    capsys.readouterr()
+    r2 = evaluate_checkpoint(str(micro_ckpt), data=f"imagefolder:{tmp_path / 'd'}", threshold_n=20, progress=False)
+    assert "folders read as the model's classes spelled otherwise: 'T-shirt_top' as 'T-shirt/top', 'ankle_boot' as 'Ankle boot'" in \
+        capsys.readouterr().err
+    assert r2["per_class"]["support"] == [1] + r["per_class"]["support"][1:]
+    # a folder spelled like no class, or two folders spelled like one, is still refused with what to do
+    (tmp_path / "d" / "val" / "Ankle boot").mkdir()
+    cv2.imwrite(str(tmp_path / "d" / "val" / "Ankle boot" / "a.png"), ds.images[0])
+    with pytest.raises(ValueError, match=r"are spelled like the checkpoint's .* but not one for one .*: rename the folders") as e:
+        evaluate_checkpoint(str(micro_ckpt), data=f"imagefolder:{tmp_path / 'd'}", threshold_n=20, progress=False)
+    assert "--finetune" not in str(e.value)  # its classes are the model's: a new model is no fix
+    shutil.rmtree(tmp_path / "d" / "val" / "Ankle boot")
+    (tmp_path / "d" / "val" / "ankle_boot").rename(tmp_path / "d" / "val" / "boots")
+    with pytest.raises(ValueError, match=r"its classes \['boots'\] are none of the checkpoint's"):
         evaluate_checkpoint(str(micro_ckpt), data=f"imagefolder:{tmp_path / 'd'}", threshold_n=20, progress=False)

@@ -438,6 +438,13 @@ def test_calibrate_errors_keep_previous_file(bundle_copy, val, tmp_path):
     assert main(["--bundle", str(bundle_copy), "--data", str(tmp_path / "renamed.npz"), "--budget-ms", "1.0"]) == 2
     np.savez(tmp_path / "numbered.npz", **{**z, "classes": np.array([str(i) for i in range(len(z["classes"]))])})
     assert len(load_npz(str(tmp_path / "numbered.npz"), classes=b.classes)[1]) == 30  # indices name no classes: accepted
+    # the bundle's classes spelled otherwise (case, punctuation), one for one: the same classes (a device could not re-export)
+    spelled = ["t-shirt_top" if c == "T-shirt/top" else c.upper() for c in b.classes]
+    np.savez(tmp_path / "spelled.npz", **{**z, "classes": np.array(spelled)})
+    assert len(load_npz(str(tmp_path / "spelled.npz"), classes=b.classes)[1]) == 30
+    np.savez(tmp_path / "swapped.npz", **{**z, "classes": np.array([spelled[1], spelled[0], *spelled[2:]])})  # another order
+    with pytest.raises(CalibrationError, match="labelled with classes"):
+        load_npz(str(tmp_path / "swapped.npz"), classes=b.classes)
     assert path.read_bytes() == before
 
 

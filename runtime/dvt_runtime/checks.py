@@ -9,11 +9,11 @@ import os
 import re
 import sys
 import warnings
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["InputError", "NonFiniteOutput", "check_thresholds", "parse_thresholds", "positive_ms", "check_finite", "numbered",
+__all__ = ["InputError", "NonFiniteOutput", "check_thresholds", "parse_thresholds", "positive_ms", "check_finite", "numbered", "class_key", "same_classes",
            "images_per_call"]
 
 
@@ -157,6 +157,17 @@ def check_finite(x: np.ndarray, value_range: Optional[tuple[float, float]] = Non
         warnings.warn(f"{where} holds values in [0, 1], none negative, though this bundle's preprocessing maps pixels darker "
                       f"than its mean below 0 (down to {lo:.3g}): 0-1 pixels never normalized get wrong answers; {fix}",
                       stacklevel=user_stacklevel())
+
+
+def class_key(name: str) -> str:
+    """A class name as compared across data sets, folders and bundles: case and every character but letters and digits
+    aside (a folder cannot be named ``T-shirt/top``: ``t-shirt_top`` is that class; ``Airplane``, ``auto_mobile``)."""
+    return "".join(ch for ch in str(name).casefold() if ch.isalnum())
+
+
+def same_classes(a: Sequence[str], b: Sequence[str]) -> bool:
+    """Two class lists naming the same classes in the same order, spelled alike (:func:`class_key`)."""
+    return len(a) == len(b) and all(class_key(x) == class_key(y) and class_key(x) for x, y in zip(a, b))
 
 
 def numbered(names) -> bool:

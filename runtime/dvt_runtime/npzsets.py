@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 
 from dvt_runtime.calibration import CalibrationError
-from dvt_runtime.checks import InputError, check_finite, numbered
+from dvt_runtime.checks import InputError, check_finite, numbered, same_classes
 from dvt_runtime.io import check_labels, read_npz
 from dvt_runtime.preprocess import Preprocess
 
@@ -53,7 +53,7 @@ def load_npz(path: str, preprocess: Optional[Preprocess] = None, classes: Option
         check_npz_preprocess(z, preprocess, p, CalibrationError)
     theirs = [str(c) for c in z["classes"].reshape(-1)] if "classes" in z else None
     ours = None if classes is None else [str(c) for c in classes]
-    if theirs is not None and ours is not None and not numbered(theirs) and not numbered(ours) and theirs != ours:
+    if theirs is not None and ours is not None and not numbered(theirs) and not numbered(ours) and not same_classes(theirs, ours):
         raise CalibrationError(f"{p} is labelled with classes {theirs[:5]}{'...' if len(theirs) > 5 else ''}, this bundle answers "
                                f"{ours[:5]}{'...' if len(ours) > 5 else ''}: accuracy on it means nothing; export the bundle's "
                                "own data set: python -m dvt_edge.data export --checkpoint CKPT --data SPEC --split val --out val.npz")

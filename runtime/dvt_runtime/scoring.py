@@ -14,15 +14,12 @@ import re
 from pathlib import Path
 from typing import Optional, Sequence
 
+from dvt_runtime.checks import class_key
+
 __all__ = ["LABEL_SOURCES", "folder_labels", "mark", "accuracy_lines"]
 
 LABEL_SOURCES = ("folders",)  # where --labels reads each image's class from
 SYNSET = re.compile(r"n\d{8}")  # an ImageNet folder name (n01440764): its class names are the host's to map
-
-
-def _key(name: str) -> str:
-    """A class name without case and punctuation: how a folder may spell it."""
-    return "".join(ch for ch in name.casefold() if ch.isalnum())
 
 
 def folder_labels(files: Sequence[Path], classes: Sequence[str]) -> dict[str, int]:
@@ -31,14 +28,14 @@ def folder_labels(files: Sequence[Path], classes: Sequence[str]) -> dict[str, in
     exact = {c: i for i, c in enumerate(classes)}
     loose: dict[str, list[int]] = collections.defaultdict(list)
     for i, c in enumerate(classes):
-        loose[_key(c)].append(i)
+        loose[class_key(c)].append(i)
     out: dict[str, int] = {}
     unknown: collections.Counter = collections.Counter()
     for f in files:
         name = Path(os.path.abspath(f)).parent.name  # a file given bare (photo.jpg) is in the current folder
         i = exact.get(name)
-        if i is None and _key(name) and len(loose.get(_key(name), ())) == 1:  # one class spelled that way, not two
-            i = loose[_key(name)][0]
+        if i is None and class_key(name) and len(loose.get(class_key(name), ())) == 1:  # one class spelled that way, not two
+            i = loose[class_key(name)][0]
         if i is None:
             unknown[name] += 1
         else:
