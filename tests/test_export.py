@@ -999,7 +999,16 @@ def test_default_thresholds_are_not_chosen_on_images_the_model_answers_at_chance
     t, why = _default_thresholds(model, info, logits, labels)
     assert t is not None and why.startswith("cheapest FLOPs point")
     t, why = _default_thresholds(model, info, logits, rng.permutation(labels))  # the same answers, other labels: at chance
-    assert t is None and re.match(r"none \(the last exit scores \d+\.\d% on these 400 labelled images, at chance for 10 classes", why), why
+    assert t is None and re.match(r"none \(the last exit scores \d+\.\d% on these 400 labelled images, at chance for 10 classes:", why), why
+    # 70% of the labels one class, the others' in another order: 56% right, over twice chance, under the one class's share
+    labels = np.where(rng.random(400) < 0.7, 0, rng.integers(1, 10, 400))
+    logits = [rng.normal(size=(400, 10)).astype(np.float32) for _ in range(3)]
+    wrong = np.where((labels == 0) & (rng.random(400) < 0.8), 0, labels % 9 + 1)  # class 0 mostly right, the others never
+    for lg in logits:
+        lg[np.arange(400), wrong] += 6.0
+    t, why = _default_thresholds(model, info, logits, labels)
+    assert t is None and re.match(r"none \(the last exit scores \d+\.\d% on these 400 labelled images, at chance for 10 classes "
+                                  r"\(\d+\.\d% of them one class\)", why), why
 
 
 def test_default_thresholds_are_not_chosen_on_images_of_one_class(micro_ckpt):

@@ -760,7 +760,8 @@ def test_calibrating_on_labels_the_model_does_not_know_is_said(bundle_copy, imag
     wrong = (b.run_exits(x)[-1].argmax(1) + 1) % len(b.classes)  # never the last exit's answer: 0% there
     good = calibrate(b, x, y, 1.0, device_name="wrong", runs=20, warmup=2, progress=False, holdout=0.75)  # the device's so far
     before = (bundle_copy / "calibration" / "wrong.json").read_bytes()
-    with pytest.raises(CalibrationError, match=r"last exit scores 0.00% on the holdout, under 20.00% \(chance is 10.00%\) on --data: "
+    bar = r"(20.00% \(chance is 10.00%\)|the \d+\.\d\d% that answering its most frequent label every time would score)"  # labels skewed
+    with pytest.raises(CalibrationError, match=rf"last exit scores 0.00% on the holdout, under {bar} on --data: "
                                                r"its labels may.*nothing was written \(--allow-chance writes it anyway\)"):
         calibrate(b, x, wrong, 1.0, device_name="wrong", runs=20, warmup=2, progress=False)
     assert (bundle_copy / "calibration" / "wrong.json").read_bytes() == before and "chance" not in (good.note or "")
@@ -768,7 +769,7 @@ def test_calibrating_on_labels_the_model_does_not_know_is_said(bundle_copy, imag
     args = ["--bundle", str(bundle_copy), "--data", str(bundle_copy.parent / "wrong.npz"), "--budget-ms", "1", "--runs", "20",
             "--device-name", "wrong", "--no-progress"]
     assert main(args) == 2 and (bundle_copy / "calibration" / "wrong.json").read_bytes() == before
-    with pytest.warns(UserWarning, match=r"last exit scores 0.00% on the holdout, under 20.00% \(chance is 10.00%\) on --data: its labels may"):
+    with pytest.warns(UserWarning, match=rf"last exit scores 0.00% on the holdout, under {bar} on --data: its labels may"):
         r = calibrate(b, x, wrong, 1.0, device_name="wrong", runs=20, warmup=2, progress=False, allow_chance=True)
     assert "thresholds chosen on it mean nothing" in r.note
     with warnings.catch_warnings():
@@ -778,6 +779,30 @@ def test_calibrating_on_labels_the_model_does_not_know_is_said(bundle_copy, imag
     assert at_chance(19.9, 10) and not at_chance(20.0, 10) and at_chance(float("nan"), 10)
     assert not at_chance(15.0, 10, n=20) and at_chance(15.0, 10, n=2000)  # 3 of 20 may be a 40% model's; 300 of 2,000 are not
     assert not at_chance(95.0, 2, 1000) and at_chance(52.0, 2, 1000) and not at_chance(60.0, 3, 1000)  # twice chance is 100% for 2
+
+
+def test_labels_mostly_of_one_class_in_another_order_are_at_chance():
+    """A fine-tuning user's 3 classes, 62% of them Cat: the dog and truck labels swapped (Cat kept its index) calibrated at
+    48% without a word, over the 3-class bar (40.74%) and under the 61.5% answering Cat every time scores. Chance on
+    imbalanced labels is the most frequent label's share: refused, said so; the same accuracy on balanced labels is not."""
+    from dvt_runtime.calibration import CalibrationError
+    from dvt_runtime.calnotes import chance_note
+    from dvt_runtime.search import ExitOutputs
+    from dvt_runtime.stats import at_chance, majority_pct
+
+    labels = np.array([0] * 32 + [1] * 11 + [2] * 9)  # 52: 61.5% Cat
+    right = np.arange(52) < 25  # 48.1% right at the last exit
+    pred = np.where(right, labels, (labels + 1) % 3)
+    out = ExitOutputs.from_predictions(np.ones((2, 52)), np.stack([pred, pred]), labels)
+    with pytest.raises(CalibrationError, match=r"last exit scores 48.08% on the holdout, under the 61.54% that answering its most "
+                                               r"frequent label every time would score on --data: its labels may"):
+        chance_note(out, 3, allow_chance=False)
+    assert majority_pct(labels) == pytest.approx(61.538, abs=1e-3) and not at_chance(48.08, 3, 52)  # the class count's bar alone
+    even = np.arange(51) % 3
+    pred = np.where(np.arange(51) < 25, even, (even + 1) % 3)
+    assert chance_note(ExitOutputs.from_predictions(np.ones((2, 51)), np.stack([pred, pred]), even), 3, allow_chance=False) == ""
+    one = np.zeros(40, dtype=int)  # one class: no majority bar (another note says so), and 100% is not refused
+    assert majority_pct(one) == 0.0 and chance_note(ExitOutputs.from_predictions(np.ones((2, 40)), np.stack([one, one]), one), 3, False) == ""
 
 
 def test_a_reader_that_goes_away_ends_a_command_quietly():

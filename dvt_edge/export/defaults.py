@@ -39,16 +39,18 @@ def _default_thresholds(model: DVT, info: CheckpointInfo, ref_logits: Optional[l
         return None, (f"none (only {len(labels)} labelled images, fewer than {MIN_THRESHOLD_IMAGES}: too few to choose thresholds "
                       "on; every image runs to the last exit until this device is calibrated with dvt_runtime.calibrate)")
     from dvt_runtime.search import ExitOutputs, StageCosts, search_thresholds
-    from dvt_runtime.stats import at_chance
+    from dvt_runtime.stats import at_chance, chance_bar, majority_pct
 
-    last = float((np.asarray(ref_logits[-1]).argmax(-1) == np.asarray(labels)).mean() * 100)
-    if at_chance(last, model.cfg.num_classes, len(labels)):  # random-noise images chose 0.33, 0.86 (the cascade 8 points down)
-        return None, (f"none (the last exit scores {last:.1f}% on these {len(labels)} labelled images, at chance for "
-                      f"{model.cfg.num_classes} classes: their labels are not the model's, or they are not images like its own; "
-                      "every image runs to the last exit until this device is calibrated with dvt_runtime.calibrate)")
     if few := few_classes(labels, [str(i) for i in range(model.cfg.num_classes)]):  # one class's images chose thresholds for all
         return None, (f"none ({few.split(' (')[0]}: thresholds chosen on them would be those classes' alone; every image runs to "
                       "the last exit until this device is calibrated with dvt_runtime.calibrate on images of every class)")
+    last = float((np.asarray(ref_logits[-1]).argmax(-1) == np.asarray(labels)).mean() * 100)
+    top = majority_pct(labels)  # imbalanced labels: answering the most frequent one every time is chance
+    if at_chance(last, model.cfg.num_classes, len(labels), top):  # random-noise images chose 0.33, 0.86 (the cascade 8 points down)
+        return None, (f"none (the last exit scores {last:.1f}% on these {len(labels)} labelled images, at chance for "
+                      f"{model.cfg.num_classes} classes{f' ({top:.1f}% of them one class)' if top > chance_bar(model.cfg.num_classes) else ''}: "
+                      "their labels are not the model's, or they are not images like its own; "
+                      "every image runs to the last exit until this device is calibrated with dvt_runtime.calibrate)")
     probs = np.stack([softmax(lg.astype(np.float64)) for lg in ref_logits])  # float64, as the runtime decides
     costs = StageCosts.from_cumulative([e.gflops for e in model.exits], unit="GFLOPs")
     res = search_thresholds(ExitOutputs.from_probs(probs, labels), costs, budget=costs.cumulative[-1] * (1 + 1e-9), algorithm="exact")

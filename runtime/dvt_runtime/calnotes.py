@@ -14,16 +14,18 @@ from dvt_runtime.checks import FEW_IMAGES
 from dvt_runtime.console import shown
 from dvt_runtime.runfacts import busy_reasons
 from dvt_runtime.search import ExitOutputs, check_metric, unanswered_classes
-from dvt_runtime.stats import at_chance, chance_bar
+from dvt_runtime.stats import at_chance, chance_bar, majority_pct
 
 
 def chance_note(hold: ExitOutputs, classes: int, allow_chance: bool) -> str:
     """When the last exit scores under the chance bar on the holdout, even at the top of its 95% interval (e.g. labels in
     another order): refused (nothing written: a good calibration of that device is kept), or with ``allow_chance`` a note
     and a warning; else ''."""
-    if not at_chance(last := float(hold.correct[-1].mean() * 100), classes, hold.n_samples):
+    top = majority_pct(hold.labels)
+    if not at_chance(last := float(hold.correct[-1].mean() * 100), classes, hold.n_samples, top):
         return ""
-    chance = f"{last:.2f}% on the holdout, under {chance_bar(classes):.2f}% (chance is {100 / classes:.2f}%)"
+    chance = (f"{last:.2f}% on the holdout, under {chance_bar(classes):.2f}% (chance is {100 / classes:.2f}%)" if top <= chance_bar(classes)
+              else f"{last:.2f}% on the holdout, under the {top:.2f}% that answering its most frequent label every time would score")
     why = (f"the bundle's last exit scores {chance} on --data: its labels may not be this model's (another class order "
            "or label set) or its images not what the model saw; the thresholds chosen on them mean nothing. Check "
            "--data, e.g. with python -m dvt_runtime predict on a few of its images")

@@ -15,7 +15,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 __all__ = ["DRIFT_MIN_QUARTER", "DRIFT_THRESHOLD", "MAX_MS", "MIN_RUNS", "ProfileError", "check_samples", "drift", "percentile", "sample_stats", "accuracy_interval", "AT_CHANCE",
-           "at_chance", "chance_bar"]
+           "at_chance", "chance_bar", "majority_pct"]
 
 AT_CHANCE = 2  # a last exit scoring under this many times chance (100 / classes) classifies nothing: thresholds and speedups on it mean nothing
 
@@ -28,12 +28,23 @@ def chance_bar(num_classes: int) -> float:
     return min(AT_CHANCE * chance, chance + (100 - chance) / 9)
 
 
-def at_chance(accuracy_pct: float, num_classes: int, n: Optional[int] = None) -> bool:
-    """Whether an accuracy (%) is under :func:`chance_bar` for ``num_classes`` (a NaN is); given the ``n`` images it was
+def majority_pct(labels) -> float:
+    """The accuracy (%) of answering the labels' most frequent class every time: chance, on imbalanced labels; 0 for
+    labels of fewer than two classes (one class's images are another problem: ``calnotes.few_classes``)."""
+    labels = np.asarray(labels, dtype=np.int64).ravel()
+    if not labels.size or labels.min() < 0 or np.unique(labels).size < 2:
+        return 0.0
+    return float(np.bincount(labels).max() * 100 / labels.size)
+
+
+def at_chance(accuracy_pct: float, num_classes: int, n: Optional[int] = None, majority: float = 0.0) -> bool:
+    """Whether an accuracy (%) is under :func:`chance_bar` for ``num_classes``, or under ``majority`` (what answering
+    the most frequent label every time scores: :func:`majority_pct`; a wrong class order that keeps the majority class's
+    index scored 48% on labels 62% of one class, over the 41% bar of 3 classes); a NaN is. Given the ``n`` images it was
     measured on, whether even its 95% interval's upper end is (a few images say little either way)."""
     if n is not None and np.isfinite(accuracy_pct):
         accuracy_pct = accuracy_interval(accuracy_pct, n)[1]
-    return not accuracy_pct >= chance_bar(num_classes)
+    return not accuracy_pct >= max(chance_bar(num_classes), majority)
 
 DRIFT_THRESHOLD = 1.15  # last-quarter / first-quarter median above this flags throttling
 MIN_RUNS = 4  # timed runs a profile needs at least (the drift check judges from 4 x DRIFT_MIN_QUARTER)
