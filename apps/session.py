@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from dvt_runtime.checks import check_thresholds
 from dvt_runtime.console import sigterm_as_interrupt
 from dvt_runtime.device import contention_since, contention_snapshot
 from dvt_runtime.runfacts import run_facts
@@ -59,11 +60,9 @@ def run_session(args, cap, source: str, thresholds: Optional[list]) -> dict:
 
 def prepare_mode(args, bundle, thresholds: Optional[list]) -> Mode:
     """Check ``--thresholds`` against the bundle and set up the budget / deadline mode (notes on stderr)."""
-    n = bundle.num_exits
-    if thresholds is not None and len(thresholds) not in (n - 1, n):
-        raise AppError(f"--thresholds: this bundle has {n} exits: give {n - 1} thresholds "
-                       f"(the last exit always answers), got {len(thresholds)}")
     try:
+        if thresholds is not None:  # predict's check and words ("need 2 (or 3) thresholds for 3 exits")
+            check_thresholds(thresholds, bundle.num_exits, "--thresholds")
         mode = setup_mode(bundle, args.budget_ms, args.deadline_ms, thresholds)
     except ValueError as e:
         raise AppError(str(e)) from None

@@ -21,6 +21,7 @@ from dvt_runtime.checks import class_key, numbered
 from dvt_runtime.console import progress as progress_bar
 from dvt_runtime.images import IMREAD_FLAGS, jpeg_end, to_uint8  # noqa: F401  (re-exported)
 from dvt_runtime.preprocess import Preprocess
+from dvt_runtime.stats import stratified_indices
 
 __all__ = ["DataError", "ImageSet", "SplitNotHeld", "stratified_subset", "as_imagenet_labels", "as_model_labels", "default_preprocess", "decode_image", "jpeg_end", "label_mismatch", "read_image", "to_uint8"]
 
@@ -34,27 +35,12 @@ class SplitNotHeld(DataError):
 
 
 def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Indices of a seeded, class-stratified random subset of ``n`` samples, in random order.
-
-    Each class gets ``n`` times its share (largest remainders get the leftovers), so a
-    subset of class-sorted data (image folders) still covers every class; the order is
-    shuffled so that any prefix or half of the subset is a random sample too.
-    """
-    labels = np.asarray(labels)
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n <= 0:
-        raise DataError(f"a subset size (--limit, --n, --train-limit, --val-limit) must be a positive whole number; got {n!r}")
-    rng = np.random.default_rng(seed)
-    if n >= len(labels):
-        return rng.permutation(len(labels))
-    classes, counts = np.unique(labels, return_counts=True)
-    exact = counts * (n / len(labels))
-    take = np.floor(exact).astype(int)
-    order = np.argsort(-(exact - take), kind="stable")
-    if n < len(classes):  # fewer samples than classes: which classes appear follows the seed (ties broke to the first classes)
-        order = np.lexsort((np.random.default_rng([int(seed), 1]).random(len(classes)), -(exact - take)))
-    take[order[: n - int(take.sum())]] += 1
-    picked = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
-    return rng.permutation(np.concatenate(picked))
+    """Indices of a seeded, class-stratified random subset of ``n`` samples, in random order
+    (:func:`dvt_runtime.stats.stratified_indices`, the one implementation; the device's calibration splits with it too)."""
+    try:
+        return stratified_indices(labels, n, seed)
+    except ValueError as e:
+        raise DataError(str(e)) from None
 
 
 @dataclass

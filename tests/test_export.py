@@ -1028,3 +1028,23 @@ def test_default_thresholds_are_not_chosen_on_images_of_one_class(micro_ckpt):
         if not chosen:
             assert why.startswith(f"none (the labelled images hold {kept} of the model's 10 classes: thresholds chosen on them") and \
                 "calibrate" in why, why
+
+
+def test_default_thresholds_that_spend_a_rare_class_say_so(micro_ckpt):
+    """Thresholds chosen for the overall accuracy can trade a rare class's right answers for others': the threshold source
+    (manifest and console) names the class and both counts on the verification images."""
+    model, info = load_checkpoint(micro_ckpt)
+    info.thresholds = None
+    labels = np.array([0] * 70 + [2] * 22 + [1] * 8)  # 100 images, 8 of class 1
+    right_last = np.ones(100, bool)
+    right_last[:4] = False  # the last exit misses 4 of class 0 ...
+    right_first = np.ones(100, bool)
+    right_first[92:96] = False  # ... exit 1 misses 4 of class 1 instead: the same accuracy, far cheaper
+    logits = []
+    for right in (right_first, right_first, right_last):
+        lg = np.zeros((100, 10), np.float32)
+        lg[np.arange(100), np.where(right, labels, (labels + 3) % 10)] = 9.0  # confident, right or wrong
+        logits.append(lg)
+    t, why = _default_thresholds(model, info, logits, labels)
+    name = info.classes[1]
+    assert t is not None and t[0] is not None and f"on these images the chosen thresholds answer {name} 4 of 8 (the last exit alone 8) right" in why, why

@@ -805,6 +805,29 @@ def test_labels_mostly_of_one_class_in_another_order_are_at_chance():
     assert majority_pct(one) == 0.0 and chance_note(ExitOutputs.from_predictions(np.ones((2, 40)), np.stack([one, one]), one), 3, False) == ""
 
 
+def test_thresholds_that_spend_a_rare_class_are_said():
+    """On a fine-tuning user's imbalanced set the calibrated thresholds answered 2 of 11 dogs right where the last exit
+    alone answered 5 (no word: only a class never answered right was said). A class the chosen thresholds answer right
+    on at least 3 fewer images and 10 points of its own, than the last exit alone, is named with both counts."""
+    from dvt_runtime.calnotes import class_loss_note
+    from dvt_runtime.search import ExitOutputs, class_losses
+
+    labels = np.array([0] * 32 + [1] * 11 + [2] * 9)
+    first = labels.copy()
+    first[32 + 2:43] = 0  # exit 1 answers 2 dogs right, 9 as cat
+    first[43] = 0  # and 8 of 9 trucks right
+    last = labels.copy()
+    last[32 + 5:43] = 0  # the last exit alone: 5 dogs right
+    out = ExitOutputs.from_predictions(np.full((2, 52), 0.9), np.stack([first, last]), labels)
+    assert class_losses(out, [0.5, None]) == [{"label": 1, "n": 11, "cascade": 2, "last": 5}]  # the truck lost 1: not said
+    note = class_loss_note(out, [0.5, None], ["Cat", "dog", "pickup truck"])
+    assert note.startswith("on the holdout the chosen thresholds answer dog 2 of 11 (the last exit alone 5) right") and "balanced" in note
+    assert class_loss_note(out, [1.0, None], ["Cat", "dog", "pickup truck"]) == ""  # every image to the last exit: nothing lost
+    first[32:43] = 0  # never right at exit 1: unanswered_note's, not said twice
+    out = ExitOutputs.from_predictions(np.full((2, 52), 0.9), np.stack([first, last]), labels)
+    assert class_loss_note(out, [0.5, None], ["Cat", "dog", "pickup truck"]) == ""
+
+
 def test_a_reader_that_goes_away_ends_a_command_quietly():
     """``dvt-runtime --help | head -1`` ended in a BrokenPipeError traceback when head closed the pipe first."""
     for args in (["-m", "dvt_runtime", "--help"], ["-m", "dvt_edge", "--help"], ["-m", "dvt_edge.zoo"]):

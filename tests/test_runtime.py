@@ -1072,7 +1072,8 @@ def test_headroom_keeps_a_share_of_the_budget_spare(bundle_copy, val, capsys):
     full = calibrate(Bundle.open(bundle_copy), x, y, 4.0, profile=prof, progress=False)
     spare = calibrate(Bundle.open(bundle_copy), x, y, 4.0, profile=prof, progress=False, headroom=0.3)
     assert full.chosen.predicted["mean_ms"] > 2.8  # the whole budget buys deeper thresholds ...
-    assert spare.chosen.predicted["mean_ms"] <= 2.8 + 1e-9 and spare.chosen.budget_ms == pytest.approx(2.8)  # ... 30% kept spare
+    # ... 30% kept spare: searched for 2.8 ms (on the holdout, 60 images, the mean may land either side of it)
+    assert spare.chosen.budget_ms == pytest.approx(2.8) and spare.chosen.predicted["mean_ms"] < full.chosen.predicted["mean_ms"]
     path = bundle_copy / "calibration" / "dev.json"
     d = json.loads(path.read_text())
     assert d["budget_ms"] == 4.0 and d["headroom"] == 0.3 and d["schema_version"] == 3
@@ -1206,6 +1207,26 @@ def test_a_calibration_on_images_of_few_classes_says_so_in_its_note(bundle_copy,
     r = calibrate(b, x[one], y[one], 1e6, device_name="one", runs=10, warmup=2, progress=False)
     assert f"the labelled images hold 1 of the model's 10 classes ({b.classes[int(y[0])]}): thresholds chosen on them" in format_result(r)
     assert json.loads((bundle_copy / "calibration" / "one.json").read_text())["note"] == r.note
+
+
+def test_a_calibrations_holdout_takes_each_class_in_its_share(bundle_copy, val, monkeypatch):
+    """A user's 60 / 30 / 15 images split at random put 11 of the 30 dogs in the holdout (19 in the search half): the
+    thresholds were searched and checked on other mixes of classes. calibrate splits each class in the holdout's share;
+    the benchmark keeps its random halves (every figure it has reported)."""
+    import dvt_runtime.calibrate as C
+
+    x, y = val
+    keep = np.concatenate([np.flatnonzero(y == 0), np.flatnonzero(y == 1)[:6], np.flatnonzero(y == 2)[:3]])  # 12 / 6 / 3
+    x, y = x[keep], y[keep]
+    b = Bundle.open(bundle_copy)
+    f = C.fit(b, x, y, holdout=0.5, runs=4, warmup=0, progress=False, stratified=True)
+    assert sorted(np.concatenate([f.hold_idx, f.cal_idx]).tolist()) == list(range(21))
+    assert np.bincount(y[f.hold_idx], minlength=3)[:3].tolist() == [6, 3, 1]  # 10 of 21: 5.7 / 2.9 / 1.4 (random, seed 0: 6 / 2 / 2)
+    seen = {}
+    real = C.fit
+    monkeypatch.setattr(C, "fit", lambda *a, **k: seen.update(k) or real(*a, **k))
+    C.calibrate(b, x, y, 1e6, device_name="strat", runs=4, warmup=0, progress=False)
+    assert seen.get("stratified") is True
 
 
 def test_budget_mode_feeds_the_controller_where_each_image_stopped(bundle_copy, val, monkeypatch):

@@ -72,3 +72,27 @@ def test_vectors_name_an_unreadable_image(onnx_bundle, tmp_path, capsys):
     (tmp_path / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     assert main(["--bundle", str(onnx_bundle), "--out", str(tmp_path / "v.npz"), str(tmp_path / "x.png")]) == 2
     assert "x.png" in capsys.readouterr().err and not (tmp_path / "v.npz").exists()
+
+
+def test_vectors_beside_this_hosts_calibration_say_so_in_its_own_terms(onnx_bundle, tmp_path, capsys, monkeypatch):
+    """With this host's calibration in the bundle, vectors (which record the manifest's thresholds) passed on the API's
+    warning, naming Bundle.open(..., device_name=...), which the command has no flag for: a note in its terms instead."""
+    import shutil
+    import warnings
+
+    import dvt_runtime.device as D
+
+    b = tmp_path / "b"
+    shutil.copytree(onnx_bundle, b)
+    (b / "calibration").mkdir(exist_ok=True)
+    monkeypatch.setattr(D, "this_host", lambda: "vm")
+    (b / "calibration" / "vm.json").write_text("{}")  # its presence is what is said (its content is never read here)
+    img = tmp_path / "i.png"
+    cv2.imwrite(str(img), np.full((28, 28), 120, np.uint8) + np.arange(28, dtype=np.uint8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["--bundle", str(b), "--out", str(tmp_path / "v.npz"), str(img), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "Bundle.open" not in err and "this host's calibration" in err and "pass --thresholds" in err
+    assert main(["--bundle", str(b), "--out", str(tmp_path / "v.npz"), str(img), "--thresholds", "0.5,0.5", "--no-progress"]) == 0
+    assert "calibration" not in capsys.readouterr().err

@@ -278,6 +278,16 @@ def test_a_run_on_a_busy_cpu_records_it_and_says_so(env, monkeypatch, capsys):
     assert "note: the CPU was busy while classifying the frames (the hypervisor took 17.0% of the machine's CPU time)" in capsys.readouterr().err
 
 
+def test_thresholds_of_the_wrong_count_are_refused_in_predicts_words(env, capsys):
+    """The webcam said "give 2 thresholds" but took 3 (predict: "need 2 (or 3)"): one check, one message."""
+    bundle, video, _ = env
+    n = _num_exits(env)
+    argv = ["--bundle", str(bundle), "--video", str(video), "--headless", "--max-frames", "2"]
+    assert webcam.main(argv + ["--thresholds", "0.5"]) == 2
+    assert f"--thresholds: need {n - 1} (or {n}) thresholds for {n} exits, got 1" in capsys.readouterr().err
+    assert webcam.main(argv + ["--thresholds", ",".join(["0.5"] * n)]) == 0
+
+
 def test_deadline_between_stage_costs_stops_at_the_last_stage_that_fits(env, monkeypatch):
     """Stage k has a p90 of 10^(k+2) ms. A deadline of 5 x 10^(stop+2) ms lies between the p90s of
     stages ``stop`` and ``stop + 1``: the stages up to ``stop`` run (their real elapsed time is far
@@ -875,14 +885,15 @@ def test_predict_says_gray_images_for_a_colour_model_and_marks_blank_ones(env, t
     assert "(a uniform image: nothing in it to classify)" in next(ln for ln in text.out.splitlines() if ln.startswith("wall.png"))
     cv2.imwrite(str(tmp_path / "colour.png"), ds.raw(3))  # one colour image among them: nothing said
     assert predict_main(["--bundle", str(bundle), str(tmp_path), "--out", str(out), "--no-progress"]) == 0
-    assert json.loads(out.read_text())["notes"] == [] and "grayscale" not in capsys.readouterr().err
+    notes = json.loads(out.read_text())["notes"]  # (a busy CPU's note may be there: this machine's, not the images')
+    assert not [n for n in notes if "busy" not in n] and "grayscale" not in capsys.readouterr().err
     caps = tmp_path / "caps"  # lens-cap frames alone: blank, neither gray nor colour
     caps.mkdir()
     for i in range(3):
         cv2.imwrite(str(caps / f"{i}.png"), np.zeros((48, 64, 3), np.uint8))
     assert predict_main(["--bundle", str(bundle), str(caps), "--out", str(out), "--no-progress"]) == 0
     r = json.loads(out.read_text())
-    assert r["notes"] == [] and all(x["uniform"] for x in r["images"])
+    assert not [n for n in r["notes"] if "busy" not in n] and all(x["uniform"] for x in r["images"])
 
 
 def test_an_interrupted_frame_counts_no_expected_shares():

@@ -10,7 +10,7 @@ from dvt_edge.checkpoint import CheckpointInfo
 from dvt_edge.export.common import ExportError
 from dvt_edge.models import DVT
 from dvt_runtime.bundle import softmax
-from dvt_runtime.calnotes import few_classes
+from dvt_runtime.calnotes import class_loss_note, few_classes
 
 __all__ = ["MIN_THRESHOLD_IMAGES", "THRESHOLD_TOLERANCE", "_default_thresholds"]
 
@@ -53,8 +53,11 @@ def _default_thresholds(model: DVT, info: CheckpointInfo, ref_logits: Optional[l
                       "every image runs to the last exit until this device is calibrated with dvt_runtime.calibrate)")
     probs = np.stack([softmax(lg.astype(np.float64)) for lg in ref_logits])  # float64, as the runtime decides
     costs = StageCosts.from_cumulative([e.gflops for e in model.exits], unit="GFLOPs")
-    res = search_thresholds(ExitOutputs.from_probs(probs, labels), costs, budget=costs.cumulative[-1] * (1 + 1e-9), algorithm="exact")
+    outputs = ExitOutputs.from_probs(probs, labels)
+    res = search_thresholds(outputs, costs, budget=costs.cumulative[-1] * (1 + 1e-9), algorithm="exact")
     best = max(p.accuracy for p in res.frontier)
     pick = min((p for p in res.frontier if p.accuracy >= best - THRESHOLD_TOLERANCE), key=lambda p: p.mean_cost)
+    names = list(info.classes or []) if len(info.classes or []) == model.cfg.num_classes else [str(i) for i in range(model.cfg.num_classes)]
+    lost = "".join(f"; {n}" for n in [class_loss_note(outputs, pick.thresholds, names).replace("on the holdout ", "on these images ")] if n)
     return pick.to_dict()["thresholds"], (f"cheapest FLOPs point within {THRESHOLD_TOLERANCE} points of the best accuracy on {len(labels)} "
-                                          f"verification images ({origin}); re-calibrate on the device with dvt_runtime.calibrate")
+                                          f"verification images ({origin}); re-calibrate on the device with dvt_runtime.calibrate{lost}")

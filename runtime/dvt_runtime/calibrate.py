@@ -42,7 +42,7 @@ from dvt_runtime.calibration import (  # noqa: F401  (re-exported)
     other_hosts_latencies,
     validate_calibration,
 )
-from dvt_runtime.calnotes import busy_note, chance_note, few_classes, few_images, search_note, unanswered_note
+from dvt_runtime.calnotes import busy_note, chance_note, class_loss_note, few_classes, few_images, search_note, unanswered_note
 from dvt_runtime.checks import positive_ms, setting_differences
 from dvt_runtime.cli import DocFormatter, Parser, command_name
 from dvt_runtime.console import join_args
@@ -70,7 +70,7 @@ from dvt_runtime.search import (
     metric_span,
     search_thresholds,
 )
-from dvt_runtime.stats import accuracy_interval
+from dvt_runtime.stats import accuracy_interval, stratified_indices
 
 if TYPE_CHECKING:
     from dvt_runtime.profile import LatencyProfile
@@ -102,10 +102,12 @@ class Fit:
 
 def fit(bundle: Bundle, x: np.ndarray, y: np.ndarray, holdout: float = 0.5, seed: int = 0, profile: Optional["LatencyProfile"] = None, runs: int = 200,
         warmup: int = 20, batch: int = 1, progress: bool = True, device_name: Optional[str] = None,
-        check_costs: Optional[Callable[[StageCosts], None]] = None) -> Fit:
+        check_costs: Optional[Callable[[StageCosts], None]] = None, stratified: bool = False) -> Fit:
     """Profile (unless ``profile`` is given), measure the cascade overhead, run every exit on ``x``
     and split the images (seeded): the one pipeline behind calibration and the benchmark. ``check_costs`` sees the
-    stage costs before any exit runs (a budget they cannot meet is refused then)."""
+    stage costs before any exit runs (a budget they cannot meet is refused then). ``stratified``: each class split in
+    the holdout's share (calibrate's: a user's 30 dogs had split 11 / 19); else a random split (the benchmark's halves,
+    as every figure it has reported)."""
     from dvt_runtime.profile import profile_bundle
 
     measured_here = profile is None
@@ -147,9 +149,13 @@ def fit(bundle: Bundle, x: np.ndarray, y: np.ndarray, holdout: float = 0.5, seed
     if check_costs is not None:
         check_costs(costs)
     outputs = exit_outputs(bundle, x, y, progress)
-    perm = np.random.default_rng(seed).permutation(len(x))
     n_hold = max(1, int(round(len(x) * holdout)))
-    cal_idx, hold_idx = perm[n_hold:], perm[:n_hold]
+    if stratified:
+        hold_idx = stratified_indices(y, n_hold, seed)
+        cal_idx = np.random.default_rng([seed, 2]).permutation(np.setdiff1d(np.arange(len(x)), hold_idx))
+    else:
+        perm = np.random.default_rng(seed).permutation(len(x))
+        cal_idx, hold_idx = perm[n_hold:], perm[:n_hold]
     return Fit(profile, measured_here, overhead, costs, outputs, cal_idx, hold_idx, outputs.take(cal_idx), outputs.take(hold_idx), here,
                overhead_from, tuple(differ))
 
@@ -204,7 +210,7 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
                                f"host's under that name. Calibrate {device_name} with its profile (--profile), this host under "
                                "its own --device-name, or delete that file first to replace it")
     before = file_state(target)  # another calibration of this device finishing meanwhile is said, not silently replaced
-    f = fit(bundle, x, y, holdout=holdout, seed=seed, profile=profile, runs=runs, warmup=warmup, batch=batch, progress=progress,
+    f = fit(bundle, x, y, holdout=holdout, seed=seed, profile=profile, runs=runs, warmup=warmup, batch=batch, progress=progress, stratified=True,
             device_name=device_name, check_costs=lambda c: _check_reachable(c, budget_ms, metric, seed, device_name, headroom))
     costs = f.costs
     chance = chance_note(f.hold, len(bundle.classes), allow_chance)  # refused here, before the search and the measurement
@@ -258,11 +264,12 @@ def calibrate(bundle: Bundle, x: np.ndarray, y: np.ndarray, budget_ms: float, me
 
 def _notes(f: Fit, bundle: Bundle, thresholds: Sequence, metric: str, measured: Optional[dict], chance: str) -> tuple[str, ...]:
     """What a calibration's note says of how far it can be trusted: few images or runs, no overhead priced, ``chance``
-    (:func:`chance_note`), classes its thresholds never answer, a busy CPU while it was profiled or measured ('' where not)."""
+    (:func:`chance_note`), few classes, classes its thresholds never answer or answer far less often than the last exit
+    alone, a busy CPU while it was profiled or measured ('' where not)."""
     runs = min(int(s.get("n", 0)) for s in f.profile.stages)
     return (few_images(len(f.cal_idx), len(f.hold_idx), metric, runs), few_classes(f.outputs.labels, bundle.classes),
             NO_OVERHEAD if f.overhead_from == "none" else "", chance,
-            unanswered_note(f.hold, thresholds, bundle.classes),
+            unanswered_note(f.hold, thresholds, bundle.classes), class_loss_note(f.hold, thresholds, bundle.classes),
             busy_note((f.profile.settings or {}).get("contention") if f.measured_here else None, (measured or {}).get("contention")))
 
 

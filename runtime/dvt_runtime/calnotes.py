@@ -13,7 +13,7 @@ from dvt_runtime.calibration import CalibrationError
 from dvt_runtime.checks import FEW_IMAGES
 from dvt_runtime.console import shown
 from dvt_runtime.runfacts import busy_reasons
-from dvt_runtime.search import ExitOutputs, check_metric, unanswered_classes
+from dvt_runtime.search import ExitOutputs, check_metric, class_losses, unanswered_classes
 from dvt_runtime.stats import at_chance, chance_bar, majority_pct
 
 
@@ -84,6 +84,19 @@ def unanswered_note(hold: ExitOutputs, thresholds: Sequence[float], classes: Seq
                           "holdout (the last exit alone does): those images leave at an earlier exit that never predicts them; check "
                           "python -m dvt_edge.evaluate's per-class recall, or train with --class-weight balanced"), stacklevel=3)
     return msg
+
+
+def class_loss_note(hold: ExitOutputs, thresholds: Sequence[float], classes: Sequence[str]) -> str:
+    """A note naming the classes the chosen thresholds answer right far less often than the last exit alone on the
+    holdout (:func:`dvt_runtime.search.class_losses`; those never answered are :func:`unanswered_note`'s); else ''."""
+    never = set(unanswered_classes(hold, thresholds))
+    lost = [d for d in class_losses(hold, thresholds) if d["label"] not in never]
+    if not lost:
+        return ""
+    said = ", ".join(f"{shown(classes[d['label']])} {d['cascade']} of {d['n']} (the last exit alone {d['last']})" for d in lost[:5])
+    return (f"on the holdout the chosen thresholds answer {said} right: their images leave at an earlier exit less often right on "
+            "them (the overall accuracy chose the thresholds); check python -m dvt_edge.evaluate's per-class recall, train with "
+            "--class-weight balanced, or give a higher budget")
 
 
 def search_note(chosen, budget_ms: float, metric: str) -> str:

@@ -15,7 +15,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 __all__ = ["DRIFT_MIN_QUARTER", "DRIFT_THRESHOLD", "MAX_MS", "MIN_RUNS", "ProfileError", "check_samples", "drift", "percentile", "sample_stats", "accuracy_interval", "AT_CHANCE",
-           "at_chance", "chance_bar", "majority_pct"]
+           "at_chance", "chance_bar", "majority_pct", "stratified_indices"]
 
 AT_CHANCE = 2  # a last exit scoring under this many times chance (100 / classes) classifies nothing: thresholds and speedups on it mean nothing
 
@@ -158,3 +158,27 @@ def accuracy_interval(accuracy_pct: float, n: int, z: float = 1.96) -> tuple[flo
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return float(100 * max(0.0, centre - half)), float(100 * min(1.0, centre + half))
 
+
+def stratified_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Indices of a seeded, class-stratified random subset of ``n`` samples, in random order.
+
+    Each class gets ``n`` times its share (largest remainders get the leftovers), so a
+    subset of class-sorted data (image folders) still covers every class; the order is
+    shuffled so that any prefix or half of the subset is a random sample too. (``dvt_edge.imageset.stratified_subset``
+    for the host's subsets; a calibration's holdout here.)
+    """
+    labels = np.asarray(labels)
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n <= 0:
+        raise ValueError(f"a subset size (--limit, --n, --train-limit, --val-limit) must be a positive whole number; got {n!r}")
+    rng = np.random.default_rng(seed)
+    if n >= len(labels):
+        return rng.permutation(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * (n / len(labels))
+    take = np.floor(exact).astype(int)
+    order = np.argsort(-(exact - take), kind="stable")
+    if n < len(classes):  # fewer samples than classes: which classes appear follows the seed (ties broke to the first classes)
+        order = np.lexsort((np.random.default_rng([int(seed), 1]).random(len(classes)), -(exact - take)))
+    take[order[: n - int(take.sum())]] += 1
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
+    return rng.permutation(np.concatenate(picked))
