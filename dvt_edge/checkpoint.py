@@ -57,7 +57,10 @@ class CheckpointInfo:
 
 def _torch_load(path: Path, map_location, trusted: bool) -> object:
     if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        from dvt_edge.references import REFERENCES  # a README command run outside the clone: the shipped file is elsewhere
+
+        shipped = [r.checkpoint for r in REFERENCES.values() if r.checkpoint.name == path.name and r.checkpoint.is_file()]
+        raise CheckpointError(f"checkpoint {path} does not exist" + (f" (the packaged reference of that name is {shipped[0]})" if shipped else ""))
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a directory, not a file")
     _check_records(path)

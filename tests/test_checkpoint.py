@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -248,8 +249,14 @@ def test_truncated_checkpoint_says_so_in_whole_sentences(tmp_path):
 
 
 def test_missing_file_and_dict_without_weights(tmp_path):
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(CheckpointError, match="does not exist") as e:
         load_checkpoint(tmp_path / "nope.pt")
+    assert "packaged" not in str(e.value)
+    # the README's --finetune dvt_edge/assets/dvt_small_cifar.pt run from another folder: where the shipped file is
+    from dvt_edge.references import REFERENCES
+
+    with pytest.raises(CheckpointError, match=rf"packaged reference of that name is {re.escape(str(REFERENCES['cifar10'].checkpoint))}\)"):
+        load_checkpoint(tmp_path / "dvt_edge" / "assets" / "dvt_small_cifar.pt")
     torch.save({"epoch": 3}, tmp_path / "noweights.pt")
     with pytest.raises(CheckpointError, match="model_state_dict"):
         load_checkpoint(tmp_path / "noweights.pt")
