@@ -85,6 +85,7 @@ class Overlay:
         self.stamps: deque[float] = deque(maxlen=fps_window + 1)
         self.frame_ms: deque[float] = deque(maxlen=fps_window)
         self.paused = False
+        self.uniform = False  # the frame shown is blank (a lens cap, a wall): its answer is no object's
         self.message, self.message_until = "", 0.0
 
     @classmethod
@@ -142,7 +143,7 @@ class Overlay:
         # top-left: answer, exit, latency, fps, budget
         name = str(pred.class_name)
         lines = [
-            (f"{name}  {100 * pred.confidence:.0f}%", fb, (255, 255, 255), tb),
+            (f"{name}  {100 * pred.confidence:.0f}%" + ("  (blank frame)" if self.uniform else ""), fb, (255, 255, 255), tb),
             (self._exit_text(pred), fs, ecolor, th),
             (self._latency_text(pred, model_ms), fs, (255, 255, 255), th),
             (self._fps_text(), fs, (255, 255, 255), th),

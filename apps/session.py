@@ -18,6 +18,7 @@ from typing import Optional
 from dvt_runtime.checks import check_thresholds
 from dvt_runtime.console import sigterm_as_interrupt
 from dvt_runtime.device import contention_since, contention_snapshot
+from dvt_runtime.npzsets import is_blank
 from dvt_runtime.runfacts import run_facts
 from dvt_runtime.shift import exit_shift, expected_shares
 
@@ -135,6 +136,7 @@ class Tally:
     predict_ms: array = field(default_factory=lambda: array("d"))
     frame_ms: array = field(default_factory=lambda: array("d"))
     exit_counts: list[int] = field(init=False)
+    uniform_frames: int = 0  # blank frames (a lens cap, a wall: dvt_runtime.npzsets.is_blank), answered but no object's
     hits: int = 0  # frames whose predict time (a deadline's: preprocessing and predict) met the budget / deadline
     misses: int = 0
     frames: int = 0
@@ -166,7 +168,7 @@ class Tally:
         return [v / self.frames for v in self.expected_sum]
 
     def add(self, pred, predict_ms: float, frame_ms: float, limit_ms: Optional[float], counted_ms: Optional[float] = None,
-            preprocess_ms: Optional[float] = None) -> None:
+            preprocess_ms: Optional[float] = None, uniform: bool = False) -> None:
         """One frame; ``counted_ms`` (default ``predict_ms``) is what its budget or deadline judges (a deadline: its
         preprocessing too), recorded with it."""
         self.predictions.append({
@@ -174,7 +176,8 @@ class Tally:
             "class_name": str(pred.class_name), "confidence": float(pred.confidence),
             "exit": int(pred.exit) + 1, "total_ms": float(pred.total_ms), "stage_ms": [float(v) for v in pred.stage_ms],
             "predict_ms": predict_ms, "preprocess_ms": preprocess_ms, "frame_ms": frame_ms, "deadline_skipped": bool(pred.deadline_skipped),
-            "limit_ms": limit_ms, "counted_ms": predict_ms if counted_ms is None else counted_ms})
+            "limit_ms": limit_ms, "counted_ms": predict_ms if counted_ms is None else counted_ms, **({"uniform": True} if uniform else {})})
+        self.uniform_frames += bool(uniform)
         if limit_ms != self.last_limit:
             self.limit_since, self.last_limit = self.frames, limit_ms
         self._count_expected()
@@ -271,6 +274,8 @@ class FrameLoop:
         t0 = time.perf_counter()
         x = model_input(self.bundle, frame)
         t1 = time.perf_counter()
+        # judged on at most ~64 rows (predict's 256 took 11 ms of a 640x480 frame): a blank one gets no object's label unmarked
+        self.overlay.uniform = is_blank(frame[:: max(1, frame.shape[0] // 64), :: max(1, frame.shape[1] // 64)])
         pre_ms = (t1 - t0) * 1e3
         pred = self._predict(x, pre_ms)
         t2 = time.perf_counter()
@@ -297,7 +302,8 @@ class FrameLoop:
     def _keep(self, img, pred, p_ms: float, f_ms: float, pre_ms: float) -> None:
         """Count the frame, write it to the record and, when it is ``--snapshot-frame``, to the snapshot."""
         index = self.tally.frames
-        self.tally.add(pred, p_ms, f_ms, self.mode.ms, p_ms + pre_ms if self.mode.kind == "deadline" else p_ms, pre_ms)
+        self.tally.add(pred, p_ms, f_ms, self.mode.ms, p_ms + pre_ms if self.mode.kind == "deadline" else p_ms, pre_ms,
+                       self.overlay.uniform)
         if self.writer is not None:
             self.writer.write(img)
         if self.args.snapshot and self.args.snapshot_frame is not None and index == self.args.snapshot_frame:
@@ -385,6 +391,7 @@ def build_stats(args, source: str, frame, bundle, mode: Mode, thresholds: Option
         "fps": n / loop.wall_s if loop.wall_s > 0 else None,
         "wall_s": loop.wall_s,
         "interrupted": loop.interrupted,
+        "uniform_frames": tally.uniform_frames,  # blank frames, each record marked "uniform" (its answer is no object's)
         "contention": loop.contention,  # wait_pct, steal_pct: how much the frames competed for a CPU (None: the OS does not say)
         "source_stopped": loop.source_stopped,  # why a camera stopped delivering frames (None: it did not)
         "record": str(args.record) if args.record else None,

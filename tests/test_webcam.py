@@ -288,6 +288,45 @@ def test_thresholds_of_the_wrong_count_are_refused_in_predicts_words(env, capsys
     assert webcam.main(argv + ["--thresholds", ",".join(["0.5"] * n)]) == 0
 
 
+def test_blank_frames_are_marked_on_screen_in_the_stats_and_the_summary(env, tmp_path, capsys):
+    """predict marked a blank image "uniform"; the webcam labelled a covered lens "deer 77%" like any object (a QA helper's
+    run). Blank frames are marked in their records, counted, shown as "blank frame" and said at the end."""
+    from apps.overlay import Overlay
+    from dvt_runtime.bundle import Bundle
+
+    bundle, _, _ = env
+    path = tmp_path / "cap.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
+    rng = np.random.default_rng(0)
+    for i in range(4):  # a lens cap (black), a wall, then two scenes
+        w.write(np.zeros((48, 64, 3), np.uint8) if i == 0 else np.full((48, 64, 3), 180, np.uint8) if i == 1
+                else rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    w.release()
+    argv = ["--bundle", str(bundle), "--video", str(path), "--headless", "--stats", str(tmp_path / "s.json")]
+    assert webcam.main(argv) == 0
+    stats, err = json.loads((tmp_path / "s.json").read_text()), capsys.readouterr().err
+    assert stats["uniform_frames"] == 2 and [p.get("uniform", False) for p in stats["predictions"]] == [True, True, False, False]
+    assert "note: 2 of the 4 frames were blank (a lens cap, a wall)" in err
+    o = Overlay.for_bundle(Bundle.open(bundle))
+    o.uniform = True
+    pred = Bundle.open(bundle).predict(np.zeros((48, 64, 3), np.uint8))
+    drawn = [a[0] for a in _texts(o, pred)]
+    assert any(t.endswith("(blank frame)") for t in drawn), drawn
+
+
+def _texts(overlay, pred) -> list:
+    """The text lines the overlay draws for ``pred`` (cv2.putText's arguments)."""
+    import apps.overlay as O
+
+    said, real = [], O._text
+    O._text = lambda img, text, *a, **k: said.append((text,)) or real(img, text, *a, **k)
+    try:
+        overlay.draw(np.zeros((240, 320, 3), np.uint8), pred)
+    finally:
+        O._text = real
+    return said
+
+
 def test_deadline_between_stage_costs_stops_at_the_last_stage_that_fits(env, monkeypatch):
     """Stage k has a p90 of 10^(k+2) ms. A deadline of 5 x 10^(stop+2) ms lies between the p90s of
     stages ``stop`` and ``stop + 1``: the stages up to ``stop`` run (their real elapsed time is far
