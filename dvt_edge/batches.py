@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -190,12 +190,15 @@ def bf16_warning(amp: str, device: torch.device) -> Optional[str]:
 CLASS_WEIGHTS = ("none", "balanced")  # train --class-weight
 
 
-def balanced_class_weights(labels: np.ndarray, num_classes: int, log: Optional[Callable[..., None]] = None) -> torch.Tensor:
+def balanced_class_weights(labels: np.ndarray, classes: Union[int, Sequence[str]], log: Optional[Callable[..., None]] = None) -> torch.Tensor:
     """Cross-entropy weights n / (classes x count) per class (scikit-learn's "balanced"): every class weighs in the loss as
-    in a balanced set. A class without training images gets 0 (it has no term to weigh)."""
+    in a balanced set. A class without training images gets 0 (it has no term to weigh). ``classes``: their number, or
+    their names (logged by name: indices had said nothing of which class was rare)."""
+    num_classes = classes if isinstance(classes, int) else len(classes)
+    named = list(range(num_classes)) if isinstance(classes, int) else list(classes)
     counts = np.bincount(np.asarray(labels, np.int64), minlength=num_classes).astype(np.float64)  # (classes,)
     w = np.divide(counts.sum(), num_classes * counts, out=np.zeros_like(counts), where=counts > 0)
     if log is not None:
-        log("class weights (--class-weight balanced): " + ", ".join(f"{c}: {x:.3g}" for c, x in enumerate(w)))
+        log("class weights (--class-weight balanced): " + ", ".join(f"{c}: {x:.3g}" for c, x in zip(named, w)))
     return torch.tensor(w, dtype=torch.float32)
 

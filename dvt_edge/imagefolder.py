@@ -189,7 +189,8 @@ def _split(root: str, split: str) -> _Split:
         counts = np.bincount(_LISTINGS[key][1], minlength=len(classes)).tolist()
         nz = [n for n in counts if n]
         if nz and max(nz) > 10 * min(nz):
-            warnings.warn(f"imagefolder: {sub} is very unbalanced (image files per class: {class_counts(classes, counts)})", stacklevel=4)
+            warnings.warn(f"imagefolder: {sub} is very unbalanced (image files per class: {class_counts(classes, counts)}); to "
+                          "train on it: --class-weight balanced", stacklevel=4)
         if (sub.name == "train" or not train_classes) and (odd := odd_class_names(classes)):  # once, for train/'s names
             warnings.warn(f"imagefolder: class folders of {sub}: {odd}", stacklevel=4)
     files, labels = _LISTINGS[key]

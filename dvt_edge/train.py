@@ -399,7 +399,7 @@ def _prepare_batches(run: _Run) -> None:
     run.bg = torch.tensor([(0.0 - m) / s for m, s in zip(pre.mean, pre.std)], device=run.device)
     run.pad = max(2, run.model.cfg.img_size // 14) if run.args.pad is None else run.args.pad
     if getattr(run.args, "class_weight", "none") == "balanced":  # a run recorded before the flag had none
-        run.class_weights = _batches.balanced_class_weights(run.train_ds.labels, len(run.train_ds.classes), run.log).to(run.device)
+        run.class_weights = _batches.balanced_class_weights(run.train_ds.labels, run.train_ds.classes, run.log).to(run.device)
     model, args = run.model, run.args
     run.log(f"training {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, exits at "
             f"{[f'{e.grid}x{e.grid}' for e in model.exits]}, GFLOPs {[round(e.gflops, 4) for e in model.exits]}) "

@@ -1098,7 +1098,8 @@ def test_data_info_counts_a_big_folder_from_its_listing_and_names_its_rare_class
             cv2.imwrite(str(c / f"{i}.png"), np.full((8, 8, 3), 4 * k + i, np.uint8))
     (tmp_path / "train" / "c03" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # listed, not read
     monkeypatch.setattr(IF, "_decode", lambda *a, **k: pytest.fail("data info decoded the images"))
-    with pytest.warns(UserWarning, match=r"very unbalanced \(image files per class: fewest c07: 1, c00: 12, .*; most c03: 13, .*median 12\)") as w:
+    with pytest.warns(UserWarning, match=r"very unbalanced \(image files per class: fewest c07: 1, c00: 12, .*; most c03: 13, .*median 12\); "
+                                         r"to train on it: --class-weight balanced") as w:
         assert D.main(["info", "--data", f"imagefolder:{tmp_path}"]) == 0
     assert max(len(str(x.message)) for x in w) < 600
     out = capsys.readouterr().out

@@ -1153,6 +1153,9 @@ def test_class_weight_balanced_weighs_each_class_as_in_a_balanced_set(tmp_path, 
 
     w = balanced_class_weights(np.array([0] * 10 + [1] * 2), 3)  # 12 images: 12/30, 12/6, and a class with none
     assert w.tolist() == pytest.approx([0.4, 2.0, 0.0])
+    said = []  # logged by name (indices had said nothing of which class was rare)
+    assert balanced_class_weights(np.array([0] * 10 + [1] * 2), ["Cat", "dog", "truck"], said.append).tolist() == w.tolist()
+    assert said == ["class weights (--class-weight balanced): Cat: 0.4, dog: 2, truck: 0"]
     gen = torch.Generator().manual_seed(0)
     outs, y = [torch.randn(6, 3, generator=gen) for _ in range(2)], torch.tensor([0, 0, 0, 0, 1, 1])
     want = sum(F.cross_entropy(o, y, reduction="none").mul(w[y]).sum() / w[y].sum() for o in outs)
