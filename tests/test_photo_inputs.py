@@ -56,7 +56,8 @@ def test_a_pillow_image_is_read_as_its_file(photo_files, name):
         assert (want == want[..., :1]).all()
         want = want[..., 0]
     assert got.shape == want.shape and got.dtype == np.uint8
-    assert int(np.abs(got.astype(int) - want).max()) <= (2 if name == "cmyk.jpg" else 0)  # two CMYK-to-RGB conversions
+    # a CMYK JPEG too: converted as OpenCV converts it (Pillow's own conversion was a gray level off: 2 of 200 answers changed)
+    assert int(np.abs(got.astype(int) - want).max()) == 0
 
 
 def test_pillow_images_and_an_uploads_bytes_are_answered_as_the_files_are(onnx_bundle, photo_files):

@@ -296,16 +296,22 @@ def from_pil(img, what: str = "the Pillow image") -> np.ndarray:
     np.asarray of a Pillow image is RGB, RGBA, CMYK or palette indices, which read as BGR would be wrong pixels."""
     from PIL import ImageOps
 
+    jpeg_cmyk = img.mode == "CMYK" and getattr(img, "format", None) == "JPEG"  # (a transposed copy keeps no format)
     try:
-        return _from_pil(ImageOps.exif_transpose(img), what)  # a copy, upright as OpenCV decodes the file
+        return _from_pil(ImageOps.exif_transpose(img), what, jpeg_cmyk)  # a copy, upright as OpenCV decodes the file
     except (OSError, ValueError, SyntaxError) as e:  # Pillow decodes lazily: a truncated file fails here (SyntaxError: its
         if isinstance(e, ImageError):  # parsers' own)
             raise
         raise ImageError(f"cannot decode {what} ({type(e).__name__}: {e})") from None
 
 
-def _from_pil(img, what: str) -> np.ndarray:
+def _from_pil(img, what: str, jpeg_cmyk: bool = False) -> np.ndarray:
     mode = img.mode
+    if jpeg_cmyk and mode == "CMYK":  # converted as OpenCV converts the file (Pillow's rounding was a gray level off)
+        raw = 255 - np.asarray(img, dtype=np.int32)  # (H, W, 4) libjpeg's Adobe CMYK (Pillow inverts it on reading)
+        k = raw[..., 3]
+        bgr = [k - (((255 - raw[..., i]) * k) >> 8) for i in (2, 1, 0)]  # OpenCV's icvCvt_CMYK2BGR_8u_C4C3R: y, m, c
+        return np.ascontiguousarray(np.stack(bgr, axis=-1).astype(np.uint8))
     if mode in ("L", "LA", "1"):  # gray (with alpha: dropped)
         return np.ascontiguousarray(np.asarray(img.convert("L")))
     if mode.startswith("I;16") or mode in ("I", "F"):  # 16-bit or 32-bit gray
