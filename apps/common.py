@@ -17,8 +17,7 @@ except ImportError:  # pragma: no cover - reported by webcam.run()
 
 __all__ = ["AppError", "CALIBRATE_HINT", "GUI_HINT", "SOURCE_HINT", "VIDEO_HINT", "cv2", "fmt_ms", "output_problem", "warn"]
 
-CALIBRATE_HINT = ("calibrate this device first: python -m dvt_runtime.calibrate {bundle_args} --data val.npz --budget-ms {ms} "
-                  "--device-name {name}, then pass --device-name {name}")
+CALIBRATE_HINT = "calibrate this device first: python -m dvt_runtime.calibrate {bundle_args} --data val.npz --budget-ms {ms}{name}"
 GUI_HINT = ("this OpenCV has no GUI (the opencv-python-headless build): run with --headless (add --record OUT.mp4 / --stats OUT.json), "
             "or install the GUI build in its own environment: pip uninstall opencv-python-headless && pip install opencv-python "
             "(the two builds must not be installed into one environment)")

@@ -11,6 +11,7 @@ import numpy as np
 
 from dvt_runtime.calibration import bundle_args
 from dvt_runtime.console import quote_arg
+from dvt_runtime.device import this_host
 
 from .common import CALIBRATE_HINT, AppError, fmt_ms, warn
 
@@ -90,8 +91,10 @@ def _limit_ms(flag: str, v) -> float:
 def _calibrate_hint(bundle, ms: Optional[float]) -> str:
     """How to calibrate this device: for a budget, at that budget; for a deadline (None), at a mean budget B of the
     user's choosing, whose per-stage p90s the deadline then uses."""
-    hint = CALIBRATE_HINT.format(bundle_args=bundle_args(bundle.path, bundle.calibration_dir), ms="B" if ms is None else f"{ms:g}",  # a command to paste
-                                 name=quote_arg(bundle.device_name) if bundle.device_name else "NAME")
+    # this host's calibration is found without a name (as predict's hint says); another name is given to both commands
+    other = bundle.device_name and bundle.device_name != this_host()
+    name = f" --device-name {quote_arg(bundle.device_name)}, then pass --device-name {quote_arg(bundle.device_name)} here" if other else ""
+    hint = CALIBRATE_HINT.format(bundle_args=bundle_args(bundle.path, bundle.calibration_dir), ms="B" if ms is None else f"{ms:g}", name=name)
     return hint if ms is not None else hint + " (B: a mean latency; the deadline uses its per-stage p90s)"
 
 

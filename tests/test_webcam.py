@@ -210,6 +210,12 @@ def test_budget_without_calibration_falls_back_and_says_how_to_calibrate(env, tm
     assert stats["frames"] == 6 and sum(stats["exit_counts"]) == 6
     assert stats["mode"]["kind"] == "budget" and not stats["mode"]["active"]
     assert "dvt_runtime.calibrate" in stats["mode"]["note"] and "dvt_runtime.calibrate" in capsys.readouterr().err
+    # this host's calibration is found by default (as predict's hint says): no --device-name asked for; another name: both
+    assert "--device-name" not in stats["mode"]["note"].split("calibrate this device first")[-1], stats["mode"]["note"]
+    other = webcam.run(webcam.parse_args(["--bundle", str(bundle), "--video", str(video), "--headless", "--budget-ms", "0.5",
+                                          "--max-frames", "2", "--device-name", "lab-pi"]))
+    assert "--budget-ms 0.5 --device-name lab-pi, then pass --device-name lab-pi here" in other["mode"]["note"], other["mode"]["note"]
+    capsys.readouterr()
     b = stats["budget"]
     assert b["ms"] == 0.5 and b["hits"] + b["misses"] == 6
     assert json.loads((tmp_path / "s.json").read_text())["budget"]["ms"] == 0.5
