@@ -218,7 +218,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"note: {note}", file=sys.stderr)
     if stats["uniform_frames"]:  # a covered lens had been labelled "deer 77%" as any object
         print(f"note: {stats['uniform_frames']} of the {stats['frames']} frames were blank (a lens cap, a wall): answered, but their "
-              "answers are no object's (each marked \"uniform\" in the stats, \"blank frame\" on screen)", file=sys.stderr)
+              "answers are no object's (\"blank frame\" on screen; \"uniform\" in their records, which the stats keep for the latest "
+              "10,000 frames)", file=sys.stderr)
     for k in ("record", "stats", "snapshot"):
         v = stats.get(k) if k != "stats" else args.stats
         if v:

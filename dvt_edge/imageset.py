@@ -141,7 +141,7 @@ def label_mismatch(ds: ImageSet, num_classes: int, classes: Optional[list[str]])
     either side name nothing), or another number of classes."""
     if classes and not numbered(classes) and not numbered(ds.classes) and list(ds.classes) != list(classes):
         # (spelled alike one for one, as_model_labels reads them as the model's: this is a set it could not)
-        if unknown := [c for c in ds.classes if class_key(c) not in {class_key(k) for k in classes}]:
+        if unknown := [c for c in ds.classes if not class_key(c) or class_key(c) not in {class_key(k) for k in classes}]:
             return f"its classes {unknown[:5]}{'...' if len(unknown) > 5 else ''} are none of the checkpoint's {list(classes)[:5]}..."
         return (f"its class folders {list(ds.classes)[:5]}... are spelled like the checkpoint's {list(classes)[:5]}... but not one "
                 "for one (two folders spelled alike, or one spelled like two classes): rename the folders to the checkpoint's class names")
@@ -245,7 +245,7 @@ def odd_class_names(classes: list[str]) -> str:
         said.append(f"{padded} begin or end with a space: each is a class of its own, named as written")
     groups: dict[str, list[str]] = {}
     for c in classes:
-        groups.setdefault(class_key(c), []).append(c)
+        groups.setdefault(class_key(c) or c, []).append(c)  # a name without letters or digits is alike to no other
     if alike := [g for g in groups.values() if len(g) > 1]:
         said.append(f"{alike} differ only in case, spaces or punctuation: each folder is a class of its own")
     return "; ".join(said) + ("; rename or merge the folders if that is not meant" if said else "")

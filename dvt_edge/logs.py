@@ -59,20 +59,18 @@ def log_footer(log_path: Optional[Path], text: str) -> None:
     """``text`` appended to the log after a timed ``====`` line, as ``quiet_toolchains``' header opens one: how the work
     that header names ended, for whoever reads the log later (its notes had reached the terminal only). Best effort: a
     log that cannot be written now loses only this."""
-    if log_path is None or log_problem(Path(log_path)) or not Path(log_path).exists():
-        return
     first, _, rest = text.partition("\n")
     line = f"==== {datetime.datetime.now().isoformat(timespec='seconds')} {first} ====\n" + (rest + "\n" if rest else "")
-    try:
+    try:  # never in the way of what the export ends with (its error, or its bundle already in place)
+        if log_path is None or log_problem(Path(log_path)) or not Path(log_path).exists():
+            return
         fd = open_log(Path(log_path))
-    except ValueError:
-        return
-    try:
-        os.write(fd, line.encode("utf-8", "surrogateescape"))
-    except OSError:
+        try:
+            os.write(fd, line.encode("utf-8", "surrogateescape"))
+        finally:
+            os.close(fd)
+    except (OSError, ValueError):
         pass
-    finally:
-        os.close(fd)
 
 
 def log_problem(log_path: Path) -> Optional[str]:

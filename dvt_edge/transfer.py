@@ -142,7 +142,7 @@ def carry_head_rows(model: nn.Module, src: dict[str, torch.Tensor], src_classes:
     for j, c in enumerate(src_classes):
         theirs.setdefault(class_key(c), []).append(j)
     ours = [class_key(c) for c in classes]
-    pairs = [(i, theirs[k][0]) for i, k in enumerate(ours) if len(theirs.get(k, [])) == 1 and ours.count(k) == 1]
+    pairs = [(i, theirs[k][0]) for i, k in enumerate(ours) if k and len(theirs.get(k, [])) == 1 and ours.count(k) == 1]  # "": no letters
     own = model.state_dict()  # tensors sharing the parameters' storage
     heads = [k for k in own if ".head." in k and k in src and src[k].shape[1:] == own[k].shape[1:]
              and src[k].shape[0] == len(src_classes) and own[k].shape[0] == len(classes)]

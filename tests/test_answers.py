@@ -102,3 +102,17 @@ def test_a_tally_cut_short_agrees_with_the_rows_kept():
     for i, r in enumerate(rows):
         t2.add(r, None if i == 4 else [1.0, 0.0, 0.0])
     assert t2.expected_shares() is None  # one image's shares unknown: no comparison
+
+
+def test_a_spool_closes_the_readers_it_opened(tmp_path):
+    """A result write that failed midway left a reader of the spool suspended (in the error's traceback): on Windows the
+    spool could not be deleted and the error became a traceback. close() closes its readers, and an unlink it cannot
+    do is left, not raised."""
+    spool = RowSpool(tmp_path)
+    spool.append({"a": 1})
+    spool.append({"a": 2})
+    it = iter(spool)
+    assert next(it) == {"a": 1}
+    (reader,) = spool._readers
+    spool.close()
+    assert reader.closed and not spool._readers and list(tmp_path.iterdir()) == []

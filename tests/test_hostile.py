@@ -798,9 +798,16 @@ def test_labels_mostly_of_one_class_in_another_order_are_at_chance():
                                                r"frequent label every time would score on --data: its labels may"):
         chance_note(out, 3, allow_chance=False)
     assert majority_pct(labels) == pytest.approx(61.538, abs=1e-3) and not at_chance(48.08, 3, 52)  # the class count's bar alone
+    assert majority_pct(labels, right) == pytest.approx(61.538, abs=1e-3)  # its balanced accuracy 26% (Cat 78%, others 0%)
     even = np.arange(51) % 3
     pred = np.where(np.arange(51) < 25, even, (even + 1) % 3)
     assert chance_note(ExitOutputs.from_predictions(np.ones((2, 51)), np.stack([pred, pred]), even), 3, allow_chance=False) == ""
+    # a good model trained with balanced class weights: 88% of 900 'ok' and 85% of 100 'defect' right, 87.7% under the 90%
+    # majority, yet far from chance on each class (its balanced accuracy 86.5%): not refused (a second reader's case)
+    labels = np.array([0] * 900 + [1] * 100)
+    right = np.concatenate([np.arange(900) < 792, np.arange(100) < 85])
+    pred = np.where(right, labels, 1 - labels)
+    assert chance_note(ExitOutputs.from_predictions(np.ones((2, 1000)), np.stack([pred, pred]), labels), 2, allow_chance=False) == ""
     one = np.zeros(40, dtype=int)  # one class: no majority bar (another note says so), and 100% is not refused
     assert majority_pct(one) == 0.0 and chance_note(ExitOutputs.from_predictions(np.ones((2, 40)), np.stack([one, one]), one), 3, False) == ""
 

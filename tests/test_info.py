@@ -34,11 +34,11 @@ def test_info_says_each_exits_record_and_every_calibration(onnx_bundle, tmp_path
     assert f"{m.model} onnx/fp32 (onnxruntime)" in out and f"{row.top1_artifact:.2f}" in out
     assert "verification (numerical, " in out and "calibration broken.json: not usable by this bundle: " in out
     assert "artifacts: SHA-256 match the manifest" in out
-    if m.thresholds is not None:  # rounded for reading, and exactly as predict --thresholds takes them
-        from dvt_runtime.checks import parse_thresholds
+    from dvt_runtime.checks import parse_thresholds
 
-        exact = re.search(r"\[as --thresholds: ([^\]]*)\]", out).group(1)
-        assert parse_thresholds(exact) == [None if t is None else float(t) for t in m.thresholds[:-1]]
+    assert m.thresholds is not None  # the fixture's export chose some: rounded for reading, exactly as --thresholds takes them
+    exact = re.search(r"\[as --thresholds: ([^\]]*)\]", out).group(1)
+    assert parse_thresholds(exact) == [None if t is None else float(t) for t in m.thresholds[:-1]]
 
 
 def test_info_refuses_a_changed_artifact_and_runs_without_torch(onnx_bundle, tmp_path, capsys):

@@ -781,6 +781,7 @@ def test_an_interrupted_run_keeps_the_answers_so_far(onnx_bundle, photos, tmp_pa
     assert sum(r["exit_counts"]) == 5 and [x["file"] for x in r["images"]] == [str(f) for f in seen[:5]]
     assert "5 images (0 unreadable)" in std.out and f"stopped after answering 5 of the 13 images given; the answers so far are in {out}" in std.err
     assert f"interrupted ({how or 'Ctrl-C'}): stopped" in std.err
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".dvt-rows-")]  # the answers' spool removed
 
 
 def test_a_run_on_a_busy_cpu_records_it_and_says_so(onnx_bundle, photos, tmp_path, capsys, monkeypatch):
@@ -838,3 +839,25 @@ def test_predict_holds_no_answer_in_memory_and_writes_what_it_held(onnx_bundle, 
     assert (tmp_path / "n400.json").read_text() == want
     printed = capsys.readouterr().out.splitlines()
     assert sum(line.startswith("0") for line in printed) == 440  # every answer's line in the table
+
+
+def test_a_spool_whose_disk_fills_keeps_every_answer_in_memory(onnx_bundle, photos, tmp_path):
+    """The spool's disk full midway (an OSError at a row) had ended predict with exit 2 and no answer kept: the answers
+    so far are read back and the rest kept in memory, every one answered, and the notes say why."""
+    import errno
+
+    from dvt_runtime.answers import RowSpool
+    from dvt_runtime.predict import image_files, predict_files
+
+    class Filling(RowSpool):
+        def append(self, row):
+            if len(self) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            super().append(row)
+
+    files = image_files([str(photos / "sub")])
+    with Filling(tmp_path) as spool:
+        r = predict_files(Bundle.open(onnx_bundle), files, show_progress=False, rows=spool)
+        assert isinstance(r["images"], list) and len(r["images"]) == r["n_images"] == len(files) - 1  # (one is unreadable)
+        assert [x["file"] for x in r["images"][:2]] == [x["file"] for x in spool]
+    assert any("could not be written" in n and "from image 3 on were kept in memory" in n for n in r["notes"]), r["notes"]

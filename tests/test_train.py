@@ -540,6 +540,8 @@ def test_numbered_classes_are_never_named_alike():
         for key in [n for n in src if n.endswith(k)]:
             assert torch.equal(model.state_dict()[key][0], src[key][3]) and torch.equal(model.state_dict()[key][2], src[key][8]), key
     assert carry_head_rows(model, src, ["cat", "Cat", "dog", *"abcdefg"], ["CAT", "dog", "x", "y", "z"]) == ["dog"]  # cat ambiguous: none
+    # names without letters or digits are spelled like no other (a bird emoji's row had gone to a fish emoji's class)
+    assert carry_head_rows(model, src, ["cat", "dog", "\U0001F426", *"abcdefg"], ["cat", "dog", "\U0001F41F", "x", "y"]) == ["cat", "dog"]
 
 
 def test_bf16_warning_names_the_fix_on_cpus_without_native_bf16(monkeypatch):

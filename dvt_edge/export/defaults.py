@@ -44,8 +44,9 @@ def _default_thresholds(model: DVT, info: CheckpointInfo, ref_logits: Optional[l
     if few := few_classes(labels, [str(i) for i in range(model.cfg.num_classes)]):  # one class's images chose thresholds for all
         return None, (f"none ({few.split(' (')[0]}: thresholds chosen on them would be those classes' alone; every image runs to "
                       "the last exit until this device is calibrated with dvt_runtime.calibrate on images of every class)")
-    last = float((np.asarray(ref_logits[-1]).argmax(-1) == np.asarray(labels)).mean() * 100)
-    top = majority_pct(labels)  # imbalanced labels: answering the most frequent one every time is chance
+    right = np.asarray(ref_logits[-1]).argmax(-1) == np.asarray(labels)
+    last = float(right.mean() * 100)
+    top = majority_pct(labels, right)  # imbalanced labels answered as if one class: answering that one every time is chance
     if at_chance(last, model.cfg.num_classes, len(labels), top):  # random-noise images chose 0.33, 0.86 (the cascade 8 points down)
         return None, (f"none (the last exit scores {last:.1f}% on these {len(labels)} labelled images, at chance for "
                       f"{model.cfg.num_classes} classes{f' ({top:.1f}% of them one class)' if top > chance_bar(model.cfg.num_classes) else ''}: "

@@ -1,4 +1,4 @@
-"""``predict``'s answers as they come, in flat memory: each image's row spooled to disk (:class:`RowSpool`), the few numbers
+"""``predict``'s answers as they come, in flat memory, and its table: each image's row spooled to disk (:class:`RowSpool`), the few numbers
 the summary needs kept compactly (:class:`AnswerTally`), and the result's JSON written with the rows streamed from the
 spool (:func:`result_json`), byte for byte what ``json.dumps(result, indent=2)`` writes of the rows in memory.
 
@@ -17,9 +17,12 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from dvt_runtime.stats import accuracy_interval
+from dvt_runtime.console import shown
+from dvt_runtime.scoring import accuracy_lines
+from dvt_runtime.search import check_metric
+from dvt_runtime.stats import accuracy_interval, percentile
 
-__all__ = ["RowSpool", "AnswerTally", "result_json"]
+__all__ = ["RowSpool", "AnswerTally", "result_json", "budget_verdict", "format_result", "result_lines"]
 
 
 class RowSpool:
@@ -28,28 +31,40 @@ class RowSpool:
 
     def __init__(self, folder: Union[str, Path, None] = None):
         fd, self.path = tempfile.mkstemp(prefix=".dvt-rows-", suffix=".jsonl", dir=folder)
-        self._f = os.fdopen(fd, "w+", encoding="utf-8")
+        self._f = os.fdopen(fd, "w", encoding="utf-8")
         self._n = 0
+        self._readers: set = set()  # open readers, closed with the spool (Windows deletes no file held open)
 
     def append(self, row: dict) -> None:
-        self._f.write(json.dumps(row, allow_nan=False) + "\n")  # strict JSON: NaN is no answer
+        """One row, on disk before this returns (a full disk fails here, at this row: the rows before it are whole)."""
+        line = json.dumps(row, allow_nan=False) + "\n"  # strict JSON: NaN is no answer
+        self._f.write(line)
+        self._f.flush()
         self._n += 1
 
     def __len__(self) -> int:
         return self._n
 
     def __iter__(self) -> Iterator[dict]:
-        self._f.flush()
-        with open(self.path, encoding="utf-8") as f:  # a reader of its own: appending may go on after
-            for _, line in zip(range(self._n), f):
+        f = open(self.path, encoding="utf-8")  # a reader of its own: appending may go on after
+        self._readers.add(f)
+        try:
+            for _, line in zip(range(self._n), f):  # a row written but not counted (cut short) is not read
                 yield json.loads(line)
+        finally:
+            f.close()
+            self._readers.discard(f)
 
     def close(self) -> None:
-        if not self._f.closed:
-            self._f.close()
+        for f in [self._f, *self._readers]:  # a reader left suspended (an error while writing the result) too
+            try:
+                f.close()
+            except OSError:  # the write that failed (a full disk) fails again at close: nothing more to keep
+                pass
+        self._readers.clear()
         try:
             os.unlink(self.path)
-        except FileNotFoundError:
+        except OSError:  # gone already, or held by another program (Windows): left, a hidden temporary file
             pass
 
     def __enter__(self) -> "RowSpool":
@@ -142,3 +157,80 @@ def result_json(result: dict[str, Any], key: str = "images") -> Iterator[str]:
         first = False
     yield "[]" if first else "\n  ]"
     yield after + "\n"
+
+
+def budget_verdict(r: dict, ms: Optional[Sequence[Optional[float]]] = None) -> Optional[tuple[float, bool]]:
+    """In budget mode: predict's own time per image (stages and its own work, as the budget was priced) in the budget's
+    statistic (the mean or any percentile), and whether it met the budget (NaN: not); None in other modes. ``ms``: each
+    image's ``predict_ms`` (default: read from ``r["images"]``)."""
+    metric = r.get("budget_metric")
+    ms = [x.get("predict_ms") for x in r["images"]] if ms is None else [None if v != v else v for v in ms]  # NaN: none
+    if r.get("budget_ms") is None or not isinstance(metric, str) or not ms or None in ms:
+        return None
+    q = check_metric(metric)  # None: the mean
+    v = float(np.mean(ms)) if q is None else percentile(ms, q)  # q: an exact fraction
+    return v, bool(v <= r["budget_ms"])
+
+
+def _against_budget(r: dict) -> str:
+    """The budget's verdict (:func:`budget_verdict`) in words, beside the budget."""
+    if (got := budget_verdict(r)) is None:
+        return ""
+    return f"; predict {r['budget_metric']} {got[0]:.3f} ms a call, {'within' if got[1] else 'OVER'} the {r['budget_ms']:g} ms budget"
+
+
+def format_result(r: dict) -> str:
+    """One line per image, then the exits' counts and latency percentiles (names with control characters escaped)."""
+    return "\n".join(result_lines(r))
+
+
+def _names(r: dict) -> tuple[str, int, int]:
+    """The images' common folder ('' where they have none: files on different drives) and the widths of the name and
+    class columns, in two passes over the answers (a spool of a million is read, not held)."""
+    root: Optional[str] = None
+    cw = 5
+    for x in r["images"]:
+        d = os.path.dirname(os.path.abspath(x["file"]))
+        try:
+            root = d if root is None else os.path.commonpath([root, d]) if root else root
+        except ValueError:  # files on different drives (Windows): names alone
+            root = ""
+        cw = max(cw, len(shown(x["class_name"])))  # class names whole (ImageNet's run to 30 and more)
+    root = root or ""
+    width = max(4, max((len(_name(x["file"], root)) for x in r["images"]), default=4))
+    return root, min(60, width), min(40, cw)
+
+
+def _name(file: str, root: str) -> str:
+    """A file as the table shows it: under the images' common folder (names alone repeat across class folders:
+    train/cat/IMG_0000.jpg, train/dog/...), or its name where there is none."""
+    return shown(os.path.relpath(os.path.abspath(file), root) if root else Path(file).name)
+
+
+def result_lines(r: dict) -> Iterator[str]:
+    """:func:`format_result`'s lines, one at a time."""
+    root, width, cw = _names(r)
+    yield f"{'file':<{width}}  {'class':<{cw}} {'conf':>6}  exit  {'ms':>7}"
+    for x in r["images"]:
+        name = _name(x["file"], root)
+        name = name if len(name) <= width else "..." + name[-(width - 3):]  # the file's own name kept
+        yield (f"{name:<{width}}  {shown(x['class_name'])[:cw]:<{cw}} {x['confidence']:>6.3f}  {x['exit']:>4}  "
+               f"{x['total_ms']:>7.3f}" + ("  (deadline: later exit skipped)" if x["deadline_skipped"] else "")
+               + (f"  (a small image, upscaled {x['upscaled']:g}x)" if x.get("upscaled") else "")
+               + ("  (a uniform image: nothing in it to classify)" if x.get("uniform") else ""))
+    yield from (f"unreadable: {shown(u['error'])}" for u in r["unreadable"])
+    yield from (f"failed: {shown(u['file'])}: {shown(u['error'])}" for u in r.get("failed", []))
+    n = r["n_images"]
+    failed = f", {len(r['failed'])} failed" if r.get("failed") else ""
+    if n:
+        c, pre = r["latency_ms"]["cascade"], r["latency_ms"]["preprocess"]
+        shares = " / ".join(f"{k}" for k in r["exit_counts"])
+        yield (f"{n} images ({len(r['unreadable'])} unreadable{failed}): exits 1-{len(r['exit_counts'])} answered {shares}; cascade ms "
+               f"mean {c['mean']:.3f}, p50 {c['p50']:.3f}, p90 {c['p90']:.3f}; preprocessing p50 {pre['p50']:.3f} ms; "
+               f"thresholds: {r['thresholds_from']}"
+               + (f"; {r['deadline_missed']} of {n} over the {r['deadline_ms']:g} ms deadline" if r.get("deadline_missed") is not None else "")
+               + _against_budget(r))
+    else:
+        yield f"no image could be answered ({len(r['unreadable'])} unreadable{failed})"
+    if "accuracy" in r:  # --labels
+        yield from accuracy_lines(r["accuracy"])

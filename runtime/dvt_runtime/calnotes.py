@@ -21,7 +21,7 @@ def chance_note(hold: ExitOutputs, classes: int, allow_chance: bool) -> str:
     """When the last exit scores under the chance bar on the holdout, even at the top of its 95% interval (e.g. labels in
     another order): refused (nothing written: a good calibration of that device is kept), or with ``allow_chance`` a note
     and a warning; else ''."""
-    top = majority_pct(hold.labels)
+    top = majority_pct(hold.labels, hold.correct[-1])  # imbalanced labels, answered as if one class: that class's share
     if not at_chance(last := float(hold.correct[-1].mean() * 100), classes, hold.n_samples, top):
         return ""
     chance = (f"{last:.2f}% on the holdout, under {chance_bar(classes):.2f}% (chance is {100 / classes:.2f}%)" if top <= chance_bar(classes)

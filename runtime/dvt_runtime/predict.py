@@ -24,11 +24,11 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 
-from dvt_runtime.answers import AnswerTally, RowSpool, result_json
+from dvt_runtime.answers import AnswerTally, RowSpool, budget_verdict, format_result, result_json, result_lines  # noqa: F401 (re-exported)
 from dvt_runtime.backends import _EXTRA, PROVIDERS_HELP, BackendUnavailable, import_backend, install_hint, parse_providers
 from dvt_runtime.calibration import CALIBRATION_DIR_HELP, bundle_args
 from dvt_runtime.checks import NonFiniteOutput, check_thresholds, parse_thresholds, positive_ms, preprocessed_here, rough_thresholds
@@ -39,8 +39,7 @@ from dvt_runtime.images import IMAGE_EXTS, ImageError, can_check_jpegs, cv2_or_f
 from dvt_runtime.io import atomic_write, check_out_path, os_error_text
 from dvt_runtime.npzsets import GRAY_FOR_COLOUR, all_gray, is_blank
 from dvt_runtime.runfacts import budget_choice, busy_run_note, run_facts
-from dvt_runtime.scoring import LABEL_SOURCES, accuracy_lines, folder_labels, mark
-from dvt_runtime.search import check_metric
+from dvt_runtime.scoring import LABEL_SOURCES, folder_labels, mark
 from dvt_runtime.shift import exit_shift, expected_shares, shift_note
 from dvt_runtime.stats import percentile, sample_stats
 
@@ -164,6 +163,7 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
     content = False  # an image that is not blank was read
     strict = can_check_jpegs()  # a JPEG libjpeg finds corrupt decodes to wrong pixels: listed, not answered
     stopped: Optional[KeyboardInterrupt] = None
+    spilled = ""  # why the answers went on in memory (the spool's disk full), said in the notes
     snap = contention_snapshot()  # a busy CPU makes every latency below this host's under that load
     try:  # Ctrl-C or SIGTERM: the images answered so far are kept (a job stopped after hours had lost them all)
         for f in progress(files, desc="predict", unit="image", enabled=show_progress):
@@ -199,13 +199,17 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
             if labels is not None:
                 mark(row, labels, bundle.manifest.classes)
             tally.add(row, shares)
-            rows.append(row)  # an image interrupted before this is no image's
+            try:
+                rows.append(row)  # an image interrupted before this is no image's
+            except OSError as e:  # the spool's disk is full (or gone): the answers so far and on are kept in memory
+                rows, spilled = _in_memory(rows, row, e, len(tally))
     except KeyboardInterrupt as e:
         stopped = e
         tally.truncate(len(rows))
     out = _summary(bundle, tally, rows, thresholds, budget_ms, deadline_ms, contention_since(snap), every_gray and content)
+    out["notes"] += [spilled] if spilled else []
     out.update(unreadable=unreadable, failed=failed)  # failed: an exit answered NaN or infinite logits
-    verdict = budget_verdict(out)
+    verdict = budget_verdict(out, tally.predict_ms)  # from the tally: no pass over the spooled answers
     out["budget_met"] = None if verdict is None else verdict[1]  # the summary's "within" / "OVER", for a monitor
     out["interrupted"] = None if stopped is None else str(stopped) or "Ctrl-C"  # the images after it were not read
     out["n_files"] = len(files)  # given: answered, unreadable, failed and (interrupted) not reached
@@ -214,6 +218,14 @@ def predict_files(bundle: "Bundle", files: Sequence[Path], thresholds: Optional[
     if stopped is not None:
         raise Interrupted(str(stopped), out)
     return out
+
+
+def _in_memory(rows, row: dict, e: OSError, n: int) -> tuple[list, str]:
+    """The answers spooled so far, and ``row`` (the ``n``-th), as a list, and why (the spool could not take ``row``: ``e``)."""
+    if isinstance(rows, list):  # memory was already where they were
+        raise e
+    why = f"the answers' spool {rows.path} could not be written ({os_error_text(e)}): the answers from image {n} on were kept in memory"
+    return [*rows, row], why
 
 
 def _summary(bundle: "Bundle", tally: AnswerTally, rows, thresholds: Optional[list], budget_ms: Optional[float],
@@ -245,81 +257,6 @@ def _summary(bundle: "Bundle", tally: AnswerTally, rows, thresholds: Optional[li
         **run_facts(bundle),  # which bundle bytes, calibration file and machine ran: for an audit from the file alone
         "images": rows,
     }
-
-
-def budget_verdict(r: dict) -> Optional[tuple[float, bool]]:
-    """In budget mode: predict's own time per image (stages and its own work, as the budget was priced) in the budget's
-    statistic (the mean or any percentile), and whether it met the budget (NaN: not); None in other modes."""
-    metric, ms = r.get("budget_metric"), [x.get("predict_ms") for x in r["images"]]
-    if r.get("budget_ms") is None or not isinstance(metric, str) or not ms or None in ms:
-        return None
-    q = check_metric(metric)  # None: the mean
-    v = float(np.mean(ms)) if q is None else percentile(ms, q)  # q: an exact fraction
-    return v, bool(v <= r["budget_ms"])
-
-
-def _against_budget(r: dict) -> str:
-    """The budget's verdict (:func:`budget_verdict`) in words, beside the budget."""
-    if (got := budget_verdict(r)) is None:
-        return ""
-    return f"; predict {r['budget_metric']} {got[0]:.3f} ms a call, {'within' if got[1] else 'OVER'} the {r['budget_ms']:g} ms budget"
-
-
-def format_result(r: dict) -> str:
-    """One line per image, then the exits' counts and latency percentiles (names with control characters escaped)."""
-    return "\n".join(result_lines(r))
-
-
-def _names(r: dict) -> tuple[str, int, int]:
-    """The images' common folder ('' where they have none: files on different drives) and the widths of the name and
-    class columns, in one pass over the answers (a spool of a million is read, not held)."""
-    root: Optional[str] = None
-    cw = 5
-    for x in r["images"]:
-        d = os.path.dirname(os.path.abspath(x["file"]))
-        try:
-            root = d if root is None else os.path.commonpath([root, d]) if root else root
-        except ValueError:  # files on different drives (Windows): names alone
-            root = ""
-        cw = max(cw, len(shown(x["class_name"])))  # class names whole (ImageNet's run to 30 and more)
-    root = root or ""
-    width = max(4, max((len(_name(x["file"], root)) for x in r["images"]), default=4))
-    return root, min(60, width), min(40, cw)
-
-
-def _name(file: str, root: str) -> str:
-    """A file as the table shows it: under the images' common folder (names alone repeat across class folders:
-    train/cat/IMG_0000.jpg, train/dog/...), or its name where there is none."""
-    return shown(os.path.relpath(os.path.abspath(file), root) if root else Path(file).name)
-
-
-def result_lines(r: dict) -> Iterator[str]:
-    """:func:`format_result`'s lines, one at a time."""
-    root, width, cw = _names(r)
-    yield f"{'file':<{width}}  {'class':<{cw}} {'conf':>6}  exit  {'ms':>7}"
-    for x in r["images"]:
-        name = _name(x["file"], root)
-        name = name if len(name) <= width else "..." + name[-(width - 3):]  # the file's own name kept
-        yield (f"{name:<{width}}  {shown(x['class_name'])[:cw]:<{cw}} {x['confidence']:>6.3f}  {x['exit']:>4}  "
-               f"{x['total_ms']:>7.3f}" + ("  (deadline: later exit skipped)" if x["deadline_skipped"] else "")
-               + (f"  (a small image, upscaled {x['upscaled']:g}x)" if x.get("upscaled") else "")
-               + ("  (a uniform image: nothing in it to classify)" if x.get("uniform") else ""))
-    yield from (f"unreadable: {shown(u['error'])}" for u in r["unreadable"])
-    yield from (f"failed: {shown(u['file'])}: {shown(u['error'])}" for u in r.get("failed", []))
-    n = r["n_images"]
-    failed = f", {len(r['failed'])} failed" if r.get("failed") else ""
-    if n:
-        c, pre = r["latency_ms"]["cascade"], r["latency_ms"]["preprocess"]
-        shares = " / ".join(f"{k}" for k in r["exit_counts"])
-        yield (f"{n} images ({len(r['unreadable'])} unreadable{failed}): exits 1-{len(r['exit_counts'])} answered {shares}; cascade ms "
-               f"mean {c['mean']:.3f}, p50 {c['p50']:.3f}, p90 {c['p90']:.3f}; preprocessing p50 {pre['p50']:.3f} ms; "
-               f"thresholds: {r['thresholds_from']}"
-               + (f"; {r['deadline_missed']} of {n} over the {r['deadline_ms']:g} ms deadline" if r.get("deadline_missed") is not None else "")
-               + _against_budget(r))
-    else:
-        yield f"no image could be answered ({len(r['unreadable'])} unreadable{failed})"
-    if "accuracy" in r:  # --labels
-        yield from accuracy_lines(r["accuracy"])
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -28,12 +28,21 @@ def chance_bar(num_classes: int) -> float:
     return min(AT_CHANCE * chance, chance + (100 - chance) / 9)
 
 
-def majority_pct(labels) -> float:
+def majority_pct(labels, correct=None) -> float:
     """The accuracy (%) of answering the labels' most frequent class every time: chance, on imbalanced labels; 0 for
-    labels of fewer than two classes (one class's images are another problem: ``calnotes.few_classes``)."""
+    labels of fewer than two classes (one class's images are another problem: ``calnotes.few_classes``). With
+    ``correct`` (each image answered right), 0 too where the answers' balanced accuracy (the mean of the classes'
+    recalls) clears :func:`chance_bar` for the classes present: a good model trained with balanced class weights
+    scores under the majority's share (88% and 85% of 900 / 100 images: 87.7% against 90%), yet knows every class."""
     labels = np.asarray(labels, dtype=np.int64).ravel()
-    if not labels.size or labels.min() < 0 or np.unique(labels).size < 2:
+    present = np.unique(labels) if labels.size and labels.min() >= 0 else np.array([], np.int64)
+    if present.size < 2:
         return 0.0
+    if correct is not None:
+        ok = np.asarray(correct, dtype=np.float64).ravel()
+        balanced = 100 * float(np.mean([ok[labels == c].mean() for c in present]))
+        if balanced >= chance_bar(int(present.size)):
+            return 0.0
     return float(np.bincount(labels).max() * 100 / labels.size)
 
 
