@@ -302,17 +302,20 @@ def open_here(path, device_name: Optional[str] = None, **kw):
     return bundle
 
 
+def host_calibration(bundle) -> Optional[Path]:
+    """This host's calibration file in ``bundle``, or None (none there, or a host name no file can be named after)."""
+    try:
+        return p if (p := bundle.calibration_path(this_host())).is_file() else None
+    except (ValueError, OSError):
+        return None
+
+
 def say_host_calibration(bundle) -> None:
     """Warn (at ``Bundle.open``'s caller) when this host's calibration lies in ``bundle`` unused: the CLI's predict runs it
     by default, so a service on the API had run other thresholds without a word."""
-    host = this_host()
-    try:
-        here = bundle.calibration_path(host).is_file()
-    except (ValueError, OSError):  # a host name no file can be named after
-        return
-    if here:
-        warnings.warn(f"{bundle.calibration_path(host)} is this host's calibration, but the bundle was opened without device_name: "
-                      f"it runs the manifest's thresholds. Bundle.open(..., device_name={host!r}) uses it (as dvt-runtime predict "
+    if (p := host_calibration(bundle)) is not None:
+        warnings.warn(f"{p} is this host's calibration, but the bundle was opened without device_name: "
+                      f"it runs the manifest's thresholds. Bundle.open(..., device_name={this_host()!r}) uses it (as dvt-runtime predict "
                       "and the webcam do); device_name='' keeps the manifest's without this warning", stacklevel=3)
 
 

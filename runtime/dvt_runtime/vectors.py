@@ -57,21 +57,11 @@ def _earlier_vectors(path: Path) -> bool:
         return False
 
 
-def _host_calibration(bundle) -> str:
-    """This host's calibration file in ``bundle``, or ''."""
-    from dvt_runtime.device import this_host
-
-    try:
-        p = bundle.calibration_path(this_host())
-        return str(p) if p.is_file() else ""
-    except (ValueError, OSError):  # a host name no file can be named after
-        return ""
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from dvt_runtime.backends import BackendUnavailable
     from dvt_runtime.bundle import Bundle
     from dvt_runtime.checks import parse_thresholds
+    from dvt_runtime.device import host_calibration
     from dvt_runtime.io import atomic_write, check_out_path, os_error_text
     from dvt_runtime.predict import image_files
 
@@ -89,9 +79,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         check_out_path(args.out, replaces=_earlier_vectors, example="vectors.npz")  # a bundle's own artifact had been overwritten
         thresholds = parse_thresholds(args.thresholds) if args.thresholds is not None else None
         bundle = Bundle.open(args.bundle, threads=args.threads, device_name="")  # the manifest's: what a port reproduces
-        if thresholds is None and _host_calibration(bundle):  # the API's warning named Bundle.open, which this command has not
+        if thresholds is None and (cal := host_calibration(bundle)):  # the API's warning named Bundle.open, which this command has not
             print(f"note: the vectors hold the answers at the manifest's thresholds; this host's calibration "
-                  f"({_host_calibration(bundle)}) is not used: pass --thresholds to record another's", file=sys.stderr)
+                  f"({cal}) is not used: pass --thresholds to record another's", file=sys.stderr)
         vec = port_vectors(bundle, image_files(args.images), thresholds, show_progress=not args.no_progress)
         buf = io.BytesIO()
         np.savez(buf, **vec)
